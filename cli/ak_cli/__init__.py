@@ -1,0 +1,1 @@
+"""The ``ak`` command line."""

@@ -1,0 +1,52 @@
+"""The CLI's HTTP client: every command except ``ak up`` is a call to ingress ``/api``."""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+from akcore import wire
+from akcore.config import DEFAULT_SERVICE_URL, ENV_SERVICE_URL, ENV_TIMEOUT
+from akcore.errors import AKError, Unavailable, error_from_kind
+
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Go-style durations as AutoKitteh takes them: ``500ms``, ``10s``, ``2m``, ``1h``, ``30``."""
+    m = _DURATION_RE.match(text.strip())
+    if not m:
+        raise AKError(f"invalid duration {text!r}: use e.g. 500ms, 10s, 2m")
+    n, unit = float(m.group(1)), m.group(2) or "s"
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def service_url() -> str:
+    return os.environ.get(ENV_SERVICE_URL, DEFAULT_SERVICE_URL).rstrip("/")
+
+
+def call(op: str, **args: Any) -> Any:
+    """Runs one operation on the server and returns its result; raises AKError on failure."""
+    url = f"{service_url()}/api/{op}"
+    timeout = parse_duration(os.environ.get(ENV_TIMEOUT, "60s"))
+    req = urllib.request.Request(url, data=wire.encode(wire.StoreRequest(args=args)),
+                                 headers={"Content-Type": "application/msgpack"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        if e.headers.get("Content-Type", "") != "application/msgpack":
+            raise AKError(f"server answered {e.code} for {op}: {body[:200]!r}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise Unavailable(
+            f"cannot reach the server at {service_url()} ({getattr(e, 'reason', e)}): "
+            f"start it with `ak up --mode dev` or set {ENV_SERVICE_URL}"
+        ) from None
+    reply = wire.decode(wire.StoreReply, body)
+    if not reply.ok:
+        raise error_from_kind(reply.error_kind, reply.error)
+    return reply.result

@@ -1,0 +1,92 @@
+"""``ak deploy``: apply the manifest, upload the code, build, deploy and activate."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from akcore.errors import AKError, InvalidArgument, NotFound
+
+from . import client
+
+DEFAULT_MANIFEST = "autokitteh.yaml"
+MAX_BUILD_BYTES = 6 * 1024 * 1024  # fits the 8 MiB NATS payload of `ak up` with room to spare
+_SKIP_DIRS = {"__pycache__"}
+
+
+def _walk(root: Path, skip: set[Path]) -> dict[str, bytes]:
+    """Files under ``root`` by relative path, minus dot-files, ``__pycache__`` and ``skip``."""
+    out: dict[str, bytes] = {}
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            real = path.resolve()
+            if real in skip:
+                continue
+            if not real.is_relative_to(real_root):
+                raise InvalidArgument(f"{path} points outside {root}: refusing to upload it")
+            out[path.relative_to(root).as_posix()] = real.read_bytes()
+    return out
+
+
+def collect_files(manifest: Path | None, files: list[str], dirs: list[str]) -> dict[str, bytes]:
+    """What a build uploads: ``--file`` by basename, ``--dir`` trees, else the manifest's dir."""
+    out: dict[str, bytes] = {}
+    skip = {manifest.resolve()} if manifest else set()
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise NotFound(f"stat {f}: no such file or directory")
+        out[p.name] = p.read_bytes()
+    for d in dirs:
+        p = Path(d)
+        if not p.is_dir():
+            raise NotFound(f"stat {d}: no such file or directory")
+        out.update(_walk(p, skip))
+    if not files and not dirs and manifest is not None:
+        out.update(_walk(manifest.parent, skip | {(manifest.parent / DEFAULT_MANIFEST).resolve()}))
+    size = sum(len(v) for v in out.values())
+    if size > MAX_BUILD_BYTES:
+        raise InvalidArgument(f"the build is {size} bytes, over the {MAX_BUILD_BYTES} byte limit: "
+                              "upload only the project's code with --file/--dir")
+    return out
+
+
+def deploy(manifest: str | None, files: list[str], dirs: list[str], project_name: str,
+           skip_existing_secrets: bool) -> None:
+    if manifest is None:
+        if not Path(DEFAULT_MANIFEST).is_file():
+            raise AKError("no project or manifest provided, and default 'autokitteh.yaml' not "
+                          "found in current directory")
+        manifest = DEFAULT_MANIFEST
+    path = Path(manifest)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise NotFound(f"open {manifest}: no such file or directory") from None
+    except OSError as e:
+        raise AKError(f"open {manifest}: {e.strerror}") from None
+    upload = collect_files(path, files, dirs)  # check the files before changing anything
+    res = client.call("manifest.apply", text=text, project_name=project_name,
+                      skip_existing_secrets=skip_existing_secrets)
+    for stream, line in res["lines"]:
+        typer.echo(line, err=stream == "err")
+    pid = res["project_id"]
+    if not pid:
+        raise InvalidArgument("the manifest has no project to deploy")
+    ref = pid if res["created"] else res["project_name"]
+    typer.echo(f'[plan] project "{ref}": found, id="{pid}"')
+    bid = client.call("build.create", project=pid, files=upload)
+    typer.echo(f'[exec] create_build: created "{bid}"')
+    did = client.call("deployment.create", project=pid, build_id=bid)
+    typer.echo(f'[exec] create_deployment: created "{did}"')
+    client.call("deployment.activate", deployment_id=did)
+    typer.echo("[exec] activate_deployment: activated")
+    sys.stdout.flush()

@@ -1,0 +1,79 @@
+"""The ``ak`` entry point: parse arguments and call the command; nothing else lives here."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from akcore import config
+from akcore.errors import AKError
+
+from . import deploy as deploy_mod
+from . import sessions, up as up_mod, views
+
+app = typer.Typer(help="autokitteh: durable Python workflows.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(sessions.app, name="session")
+app.add_typer(sessions.app, name="ses", hidden=True)
+app.add_typer(views.projects, name="project")
+app.add_typer(views.triggers, name="trigger")
+app.add_typer(views.deployments, name="deployment")
+app.add_typer(views.events, name="event")
+config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@app.command()
+def up(mode: Annotated[str, typer.Option("--mode", "-m", help="dev or default")] = "dev",
+       http_addr: Annotated[str, typer.Option("--http-addr", envvar=config.ENV_HTTP_ADDR,
+                                              help="host:port to listen on")] = "",
+       nats_url: Annotated[str, typer.Option("--nats-url", envvar=config.ENV_NATS_URL,
+                                             help="use this NATS instead of an embedded one")] = ""
+       ) -> None:
+    """Start the whole stack (NATS, store, dispatcher, runner, ingress) until Ctrl-C."""
+    up_mod.up(mode, http_addr or None, nats_url or None)
+
+
+@app.command()
+def deploy(manifest: Annotated[str | None, typer.Option("--manifest", "-m")] = None,
+           file: Annotated[list[str] | None, typer.Option("--file", "-f")] = None,
+           dir: Annotated[list[str] | None, typer.Option("--dir", "-d")] = None,
+           project_name: Annotated[str, typer.Option("--project-name", "-n")] = "",
+           skip_existing_secrets: Annotated[bool, typer.Option("--skip-existing-secrets")] = False,
+           ) -> None:
+    """Apply a manifest, upload the code, then build, deploy and activate it."""
+    deploy_mod.deploy(manifest, file or [], dir or [], project_name, skip_existing_secrets)
+
+
+@config_app.command()
+def where(cfg: Annotated[bool, typer.Option("--cfg", "-c")] = False,
+          data: Annotated[bool, typer.Option("--data", "-d")] = False) -> None:
+    """Print the config and data home directories."""
+    if cfg or data:
+        if cfg:
+            typer.echo(str(config.config_home()))
+        if data:
+            typer.echo(str(config.data_home()))
+        return
+    typer.echo(f"Config home directory: {config.config_home()}")
+    typer.echo(f"Data home directory:   {config.data_home()}")
+    typer.echo("")
+    typer.echo("Override environment variable names:")
+    typer.echo("XDG_CONFIG_HOME")
+    typer.echo("XDG_DATA_HOME")
+
+
+def main() -> None:
+    try:
+        app()
+    except AKError as e:
+        typer.echo(f"Error: {e.message}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""``ak session ...``: list, get, prints, log, watch."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from akcore import timefmt
+from akcore.errors import AKError
+
+from . import client
+from .render import emit, emit_list, jsonable
+
+app = typer.Typer(help="Sessions: runs of a handler.", no_args_is_help=True)
+
+FINAL = ("COMPLETED", "ERROR", "STOPPED")
+SESSION_KEYS = ["session_id", "project", "deployment_id", "build_id", "event_id", "entrypoint",
+                "state", "error", "created_at", "updated_at"]
+JsonOpt = Annotated[bool, typer.Option("--json", "-j", help="One JSON object per line.")]
+Ref = Annotated[str, typer.Argument(help="A session id, or a project for its newest session.")]
+
+
+@app.command("list")
+def list_(project: Annotated[str, typer.Option("--project", "-p")] = "",
+          state: Annotated[str, typer.Option("--state-type", "--state", "-s")] = "",
+          as_json: JsonOpt = False) -> None:
+    """Sessions, newest first."""
+    emit_list(client.call("session.list", project=project, state=state), as_json, SESSION_KEYS)
+
+
+@app.command()
+def get(ref: Ref, as_json: JsonOpt = False) -> None:
+    """One session."""
+    emit(client.call("session.get", session=ref), as_json, SESSION_KEYS, label="session")
+
+
+def print_line(rec: dict[str, Any], no_timestamps: bool) -> str:
+    text = rec["data"].get("text", "")
+    return text if no_timestamps else f"[{timefmt.go_string(rec['t_us'])}] {text}"
+
+
+@app.command()
+def prints(ref: Ref,
+           no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
+           as_json: JsonOpt = False) -> None:
+    """What the session printed, in order."""
+    res = client.call("session.records", session=ref, kinds=["print"])
+    for rec in res["records"]:
+        if as_json:
+            typer.echo(json.dumps({"t": timefmt.rfc3339(rec["t_us"]),
+                                   "print": {"text": rec["data"].get("text", "")}}))
+        else:
+            typer.echo(print_line(rec, no_timestamps))
+
+
+def log_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A journal record the way ``ak session log -j`` shows it."""
+    kind, data = rec["kind"], rec["data"]
+    if kind == "created":
+        body: dict[str, Any] = {"state": {"created": {}}}
+    elif kind == "started":
+        body = {"state": {"running": {"runner": data.get("runner", ""),
+                                      "attempt": data.get("attempt", 1)}}}
+    elif kind == "print":
+        body = {"print": {"text": data.get("text", "")}}
+    elif kind == "ended":
+        state = str(data.get("state", "ERROR")).lower()
+        detail = {k: data[k] for k in ("error", "traceback") if data.get(k)}
+        body = {"state": {state: detail}}
+    else:
+        body = {kind: jsonable(data)}
+    return {"t": timefmt.rfc3339(rec["t_us"]), "seq": rec["seq"], **body}
+
+
+def log_text(rec: dict[str, Any], no_timestamps: bool = False) -> str:
+    r = log_record(rec)
+    if "state" in r:
+        (state, detail), = r["state"].items()
+        text = f"State: {state.upper()}"
+        if detail.get("error"):
+            text += f" {detail['error']}"
+            if detail.get("traceback"):
+                text += f"\n{detail['traceback'].rstrip()}"
+    elif "print" in r:
+        text = f"Print: {r['print']['text']}"
+    else:
+        text = json.dumps({k: v for k, v in r.items() if k not in ("t", "seq")})
+    return text if no_timestamps else f"[{r['t']}] {text}"
+
+
+def _show_log(records: list[dict[str, Any]], as_json: bool, no_timestamps: bool) -> None:
+    for rec in records:
+        if as_json:
+            typer.echo(json.dumps(log_record(rec), separators=(",", ":")))
+        else:
+            typer.echo(log_text(rec, no_timestamps))
+
+
+@app.command()
+def log(ref: Ref, no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
+        as_json: JsonOpt = False) -> None:
+    """The session's history so far: state changes and prints."""
+    _show_log(client.call("session.records", session=ref)["records"], as_json, no_timestamps)
+
+
+@app.command()
+def watch(ref: Ref,
+          end_state: Annotated[str, typer.Option("--end-state", "-e")] = "",
+          timeout: Annotated[str, typer.Option("--timeout", "-t")] = "0",
+          poll_interval: Annotated[str, typer.Option("--poll-interval", "-i")] = "250ms",
+          quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+          no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
+          as_json: JsonOpt = False) -> None:
+    """Follows a session until it ends (or reaches --end-state), printing its history."""
+    limit = client.parse_duration(timeout)
+    interval = client.parse_duration(poll_interval)
+    want = end_state.upper()
+    deadline = time.monotonic() + limit if limit else None
+    shown = 0
+    sid = client.call("session.get", session=ref)["session_id"]
+    while True:
+        s = client.call("session.get", session=sid)
+        records = client.call("session.records", session=sid, skip=shown)["records"]
+        if not quiet:
+            _show_log(records, as_json, no_timestamps)
+        shown += len(records)
+        if s["state"] in FINAL or (want and s["state"] == want):
+            if want and s["state"] != want:
+                raise AKError(f"session ended in state {s['state']}, not {want}")
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise AKError(f"timed out after {timeout} waiting for session {sid} "
+                          f"(state {s['state']})")
+        time.sleep(interval)

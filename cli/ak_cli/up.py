@@ -1,0 +1,147 @@
+"""``ak up``: the whole stack as plain processes, supervised until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from akcore import config, natsserver
+from akcore.errors import AKError
+
+SERVICES = ("store", "dispatcher", "runner", "ingress")
+MAX_BACKOFF = 10.0
+HEALTHY_AFTER = 30.0  # a child that ran this long gets its back-off reset
+STOP_GRACE = 10.0
+
+
+def say(text: str) -> None:
+    typer.echo(f"[ak] {text}", err=True)
+
+
+@dataclass
+class Child:
+    service: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    backoff: float = 0.5
+    restart_at: float = 0.0
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", f"ak_{self.service}"], env=self.env)
+        self.started = time.monotonic()
+
+    def check(self) -> None:
+        """Restarts the child (with back-off) if it died."""
+        now = time.monotonic()
+        if self.proc is None:
+            if now >= self.restart_at:
+                say(f"restarting {self.service}")
+                self.start()
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        if now - self.started > HEALTHY_AFTER:
+            self.backoff = 0.5
+        say(f"{self.service} exited with code {code}; restarting in {self.backoff:g}s")
+        self.proc, self.restart_at = None, now + self.backoff
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+
+
+def _wait_ready(url: str, children: list[Child], stopping: list[bool]) -> bool:
+    while not stopping:
+        for c in children:
+            c.check()
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
+    if mode not in ("dev", "default"):
+        raise AKError(f"unknown mode {mode!r}: use dev or default")
+    env = dict(os.environ)
+    addr = http_addr or env.get(config.ENV_HTTP_ADDR, config.DEFAULT_HTTP_ADDR)
+    nats_url = nats_url or env.get(config.ENV_NATS_URL)
+    if mode == "default" and not (nats_url and env.get(config.ENV_DB_DSN)):
+        raise AKError(f"--mode default needs {config.ENV_NATS_URL} and {config.ENV_DB_DSN}; "
+                      "use --mode dev for an embedded NATS and SQLite")
+    data = config.data_home()
+    data.mkdir(parents=True, exist_ok=True)
+    env[config.ENV_HTTP_ADDR] = addr
+    env.setdefault(config.ENV_DB_DSN, config.default_db_dsn())
+    nats_proc = None
+    if not nats_url:
+        port = int(env.get(config.ENV_NATS_PORT, "0"))
+        nats_proc, nats_url = natsserver.start(data / "nats", port=port,
+                                               log_file=data / "nats-server.log")
+        nats_note = f"{nats_url} (embedded, JetStream in {data / 'nats'})"
+    else:
+        nats_note = nats_url
+    env[config.ENV_NATS_URL] = nats_url
+    host, port = config.split_addr(addr)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    say(f"autokitteh ({mode} mode), pid {os.getpid()}")
+    say(f"HTTP:      {url}")
+    say(f"NATS:      {nats_note}")
+    say(f"Database:  {env[config.ENV_DB_DSN]}")
+    say(f"Data home: {data}")
+
+    stopping: list[bool] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    children = [Child(s, env) for s in SERVICES]
+    for c in children:
+        c.start()
+    try:
+        if _wait_ready(url, children, stopping):
+            say(f"ready: serving on {url} (ingress, dispatcher, runner, store)")
+        while not stopping:
+            for c in children:
+                c.check()
+            time.sleep(0.2)
+    finally:
+        say("stopping")
+        _stop_all([c.proc for c in children if c.proc], nats_proc)
+        say("stopped")
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]], nats_proc: subprocess.Popen[bytes] | None
+              ) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if nats_proc is not None:
+        nats_proc.terminate()
+        try:
+            nats_proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            nats_proc.kill()
+
+

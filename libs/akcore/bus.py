@@ -1,0 +1,183 @@
+"""NATS connection, JetStream stream bootstrap and the store request/reply client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from . import subjects, wire
+from .errors import AKError, Unavailable, error_from_kind
+
+log = logging.getLogger(__name__)
+
+DAY = 24 * 3600.0
+DUPLICATE_WINDOW = 120.0
+
+STREAMS = (
+    StreamConfig(
+        name=subjects.STREAM_EVENTS,
+        subjects=[subjects.EVENTS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        max_age=30 * DAY,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW,
+    ),
+    StreamConfig(
+        name=subjects.STREAM_JOBS,
+        subjects=[subjects.JOBS_ALL],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW,
+    ),
+    StreamConfig(
+        name=subjects.STREAM_JOURNAL,
+        subjects=[subjects.JOURNAL_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW,
+    ),
+    StreamConfig(
+        name=subjects.STREAM_INBOX,
+        subjects=[subjects.INBOX_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW,
+    ),
+)
+
+
+# Ceiling on live sessions across all runners: a live session holds its job un-acked.
+MAX_LIVE_SESSIONS = 4096
+JOB_ACK_WAIT = 15.0  # a dead runner's sessions move on this soon; runners heartbeat faster
+
+# Durable consumers, created with the streams so that no event accepted by ingress can
+# arrive before its consumers exist (they start from the beginning of their stream).
+CONSUMERS = {
+    subjects.CONSUMER_DISPATCHER: (subjects.STREAM_EVENTS, ConsumerConfig(
+        durable_name=subjects.CONSUMER_DISPATCHER, ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=1024,
+        filter_subject=subjects.EVENTS_ALL)),
+    subjects.CONSUMER_RUNNER: (subjects.STREAM_JOBS, ConsumerConfig(
+        durable_name=subjects.CONSUMER_RUNNER, ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL, ack_wait=JOB_ACK_WAIT,
+        max_ack_pending=MAX_LIVE_SESSIONS, filter_subject=subjects.JOBS_ALL)),
+    subjects.CONSUMER_STORE_JOURNAL: (subjects.STREAM_JOURNAL, ConsumerConfig(
+        durable_name=subjects.CONSUMER_STORE_JOURNAL, ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=1,
+        filter_subject=subjects.JOURNAL_ALL)),
+    subjects.CONSUMER_STORE_EVENTS: (subjects.STREAM_EVENTS, ConsumerConfig(
+        durable_name=subjects.CONSUMER_STORE_EVENTS, ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=1,
+        filter_subject=subjects.EVENTS_ALL)),
+}
+
+
+async def connect(url: str, name: str) -> Client:
+    """Connects with unlimited reconnects, so a NATS restart never kills a service."""
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats: %s", e)
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+    )
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Creates the streams of DESIGN.md if missing; idempotent, safe from every service."""
+    for cfg in STREAMS:
+        try:
+            await js.add_stream(cfg)
+        except Exception:  # already exists with another config: keep the operator's settings
+            log.debug("stream %s exists", cfg.name)
+    for name, (stream, ccfg) in CONSUMERS.items():
+        try:
+            await js.add_consumer(stream, ccfg)
+        except Exception:
+            log.debug("consumer %s exists", name)
+
+
+async def bind(js: JetStreamContext, consumer: str) -> JetStreamContext.PullSubscription:
+    """Binds to one of the durable pull consumers of ``CONSUMERS``."""
+    stream, _ = CONSUMERS[consumer]
+    return await js.pull_subscribe_bind(consumer, stream=stream)
+
+
+async def store_call(nc: Client, op: str, args: dict[str, Any], timeout: float = 10.0) -> Any:
+    """Calls one store operation; raises the store's own error type on failure."""
+    payload = wire.encode(wire.StoreRequest(args=args))
+    try:
+        msg = await nc.request(subjects.store_subject(op), payload, timeout=timeout)
+    except (NoRespondersError, NatsTimeout) as e:
+        raise Unavailable(f"store did not answer {op!r}: is the store service running?") from e
+    reply = wire.decode(wire.StoreReply, msg.data)
+    if not reply.ok:
+        raise error_from_kind(reply.error_kind, reply.error)
+    return reply.result
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+async def serve_requests(
+    nc: Client, subject: str, handle: Callable[[str, dict[str, Any]], Awaitable[Any]],
+    queue: str,
+) -> Any:
+    """Answers ``ak.store.<op>`` style requests; ``handle(op, args)`` gives the result."""
+    prefix_len = len(subject) - 1  # subject ends with ">"
+
+    async def on_msg(msg: Msg) -> None:
+        op = msg.subject[prefix_len:]
+        try:
+            req = wire.decode(wire.StoreRequest, msg.data)
+            result = await handle(op, req.args)
+            reply = wire.StoreReply(ok=True, result=result)
+        except AKError as e:
+            reply = wire.StoreReply(ok=False, error_kind=e.kind, error=e.message)
+        except Exception as e:  # one bad request must not stop the service
+            log.exception("request %s failed", op)
+            reply = wire.StoreReply(ok=False, error_kind="internal", error=f"{op}: {e}")
+        await msg.respond(wire.encode(reply))
+
+    return await nc.subscribe(subject, queue=queue, cb=on_msg)
+
+
+async def serve_health(nc: Client, service: str) -> Any:
+    """Answers ``ak.health.<service>`` so ingress's /readyz can see every service."""
+
+    async def on_msg(msg: Msg) -> None:
+        await msg.respond(service.encode())
+
+    return await nc.subscribe(subjects.health_subject(service), cb=on_msg)
+
+
+async def ping_service(nc: Client, service: str, timeout: float = 1.0) -> bool:
+    try:
+        await nc.request(subjects.health_subject(service), b"", timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
+async def wait_forever(stop: asyncio.Event) -> None:
+    await stop.wait()

@@ -1,0 +1,69 @@
+"""Settings and directories, read from the environment once per process.
+
+Environment variable names follow AutoKitteh where it has one (``AK_HTTP__ADDR``,
+``AK_HTTP__SERVICE_URL``, ``AK_DB__DSN``, ``XDG_*``); the rest are ours.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_HTTP_ADDR = "AK_HTTP__ADDR"  # where ingress listens
+ENV_SERVICE_URL = "AK_HTTP__SERVICE_URL"  # where the CLI sends requests
+ENV_DB_DSN = "AK_DB__DSN"  # SQLAlchemy URL of the store
+ENV_NATS_URL = "AK_NATS_URL"  # external NATS; when unset `ak up` embeds one
+ENV_NATS_PORT = "AK_NATS__PORT"  # port of the embedded nats-server (0 = pick a free one)
+ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
+ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
+ENV_TIMEOUT = "AK_TIMEOUT"
+
+DEFAULT_HTTP_ADDR = "127.0.0.1:9980"
+DEFAULT_SERVICE_URL = "http://localhost:9980"
+
+# Settings that belong to the system, never to user code: stripped from a worker's environment.
+INTERNAL_ENV_PREFIXES = ("AK_", "OTEL_")
+
+
+def config_home() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "autokitteh"
+
+
+def data_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "autokitteh"
+
+
+def default_db_dsn() -> str:
+    return f"sqlite:///{data_home() / 'autokitteh.sqlite'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every service needs to find the others."""
+
+    nats_url: str
+    http_addr: str = DEFAULT_HTTP_ADDR
+    db_dsn: str = ""
+    runner_concurrency: int = 32
+    worker_python: str = ""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            nats_url=os.environ.get(ENV_NATS_URL, "nats://127.0.0.1:4222"),
+            http_addr=os.environ.get(ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR),
+            db_dsn=os.environ.get(ENV_DB_DSN) or default_db_dsn(),
+            runner_concurrency=int(os.environ.get(ENV_RUNNER_CONCURRENCY, "32")),
+            worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
+        )
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """Splits ``host:port`` (an empty host means all interfaces)."""
+    host, _, port = addr.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"invalid address {addr!r}: expected host:port")
+    return (host or "0.0.0.0"), int(port)

@@ -1,0 +1,54 @@
+"""The one exception tree of the shared library.
+
+    AKError                 root; ``kind`` maps to CLI exit codes and HTTP statuses
+    ├── InvalidArgument     the user sent something malformed (exit 40, HTTP 400)
+    ├── NotFound            a named thing does not exist (exit 44, HTTP 404)
+    ├── Conflict            the request clashes with current state (exit 42, HTTP 409)
+    └── Unavailable         a service did not answer in time (exit 1, HTTP 503)
+"""
+
+from __future__ import annotations
+
+
+class AKError(Exception):
+    kind = "internal"
+    exit_code = 1
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(AKError):
+    kind = "invalid_argument"
+    exit_code = 40
+    http_status = 400
+
+
+class NotFound(AKError):
+    kind = "not_found"
+    exit_code = 44
+    http_status = 404
+
+
+class Conflict(AKError):
+    kind = "failed_precondition"
+    exit_code = 42
+    http_status = 409
+
+
+class Unavailable(AKError):
+    kind = "unavailable"
+    exit_code = 1
+    http_status = 503
+
+
+_BY_KIND: dict[str, type[AKError]] = {
+    c.kind: c for c in (AKError, InvalidArgument, NotFound, Conflict, Unavailable)
+}
+
+
+def error_from_kind(kind: str, message: str) -> AKError:
+    """Rebuilds an error received over the wire."""
+    return _BY_KIND.get(kind, AKError)(message)

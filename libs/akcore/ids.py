@@ -1,0 +1,61 @@
+"""Type-prefixed, sortable ids (TypeID: prefix + 26 chars of Crockford base32 of a UUIDv7)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import time
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+PREFIXES = ("prj", "env", "bld", "dep", "trg", "ses", "evt", "sig", "run")
+_ID_RE = re.compile(r"^(?P<prefix>[a-z]+)_(?P<suffix>[0-7][" + ALPHABET + r"]{25})$")
+
+
+def _uuid7_int() -> int:
+    return _uuid7_from(time.time_ns() // 1_000_000, int.from_bytes(os.urandom(10), "big"))
+
+
+def _uuid7_from(ms: int, rand: int) -> int:
+    rand_a = (rand >> 62) & 0xFFF
+    rand_b = rand & ((1 << 62) - 1)
+    return (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+
+
+def _encode(n: int) -> str:
+    return "".join(ALPHABET[(n >> (5 * (25 - i))) & 31] for i in range(26))
+
+
+def derived_id(prefix: str, ms: int, key: str) -> str:
+    """A stable id for ``key``: time-ordered by ``ms``, the rest from a hash of ``key``.
+
+    Lets a retried step (a redelivered event) name the same thing again, so JetStream's
+    de-duplication can drop the repeat.
+    """
+    if prefix not in PREFIXES:
+        raise ValueError(f"unknown id prefix {prefix!r}")
+    rand = int.from_bytes(hashlib.sha256(key.encode()).digest()[:10], "big")
+    return f"{prefix}_{_encode(_uuid7_from(ms, rand))}"
+
+
+def new_id(prefix: str) -> str:
+    """Returns a new id such as ``ses_01jv3wxp0dem39cv3v2xvr29wt``."""
+    if prefix not in PREFIXES:
+        raise ValueError(f"unknown id prefix {prefix!r}")
+    return f"{prefix}_{_encode(_uuid7_int())}"
+
+
+def new_slug() -> str:
+    """Returns an unguessable webhook slug: 26 random lowercase base32 characters."""
+    return "".join(secrets.choice(ALPHABET) for _ in range(26))
+
+
+def id_prefix(text: str) -> str | None:
+    """Returns the prefix of a well-formed id, or None when ``text`` is not an id."""
+    m = _ID_RE.match(text)
+    return m.group("prefix") if m and m.group("prefix") in PREFIXES else None
+
+
+def is_id(text: str, prefix: str) -> bool:
+    return id_prefix(text) == prefix

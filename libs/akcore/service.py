@@ -1,0 +1,38 @@
+"""The common entry point of every service: settings, logging, signals, then ``run``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from .config import Settings
+
+Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def setup_logging(service: str) -> None:
+    level = os.environ.get("AK_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format=f"%(asctime)s {service:<10} %(levelname)-5s %(name)s: %(message)s",
+    )
+    logging.getLogger("nats").setLevel(logging.WARNING)
+
+
+def main(service: str, run: Run) -> None:
+    """Runs a service until SIGINT or SIGTERM, then lets it shut down cleanly."""
+    setup_logging(service)
+    settings = Settings.from_env()
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(_main())

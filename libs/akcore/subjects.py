@@ -1,0 +1,55 @@
+"""Every stream, subject, consumer and header name on the wire, defined once."""
+
+from __future__ import annotations
+
+PREFIX = "ak"
+
+STREAM_EVENTS = "AK_EVENTS"
+STREAM_JOBS = "AK_JOBS"
+STREAM_JOURNAL = "AK_JOURNAL"
+STREAM_INBOX = "AK_INBOX"
+
+EVENTS_ALL = f"{PREFIX}.events.>"
+JOBS_ALL = f"{PREFIX}.jobs.>"
+JOURNAL_ALL = f"{PREFIX}.journal.>"
+INBOX_ALL = f"{PREFIX}.inbox.>"
+
+# Durable consumer names.
+CONSUMER_DISPATCHER = "dispatcher"
+CONSUMER_RUNNER = "runner"
+CONSUMER_STORE_JOURNAL = "store-journal"
+CONSUMER_STORE_EVENTS = "store-events"
+
+# Headers.
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_TRACEPARENT = "traceparent"
+
+SERVICES = ("ingress", "dispatcher", "runner", "store")
+
+
+def event_subject(project_id: str, event_id: str) -> str:
+    return f"{PREFIX}.events.{project_id}.{event_id}"
+
+
+def job_subject(session_id: str) -> str:
+    return f"{PREFIX}.jobs.{session_id}"
+
+
+def journal_subject(session_id: str) -> str:
+    return f"{PREFIX}.journal.{session_id}"
+
+
+def inbox_subject(session_id: str) -> str:
+    return f"{PREFIX}.inbox.{session_id}"
+
+
+def store_subject(op: str) -> str:
+    """Request/reply subject of one store operation, e.g. ``ak.store.session.list``."""
+    return f"{PREFIX}.store.{op}"
+
+
+STORE_ALL = f"{PREFIX}.store.>"
+
+
+def health_subject(service: str) -> str:
+    return f"{PREFIX}.health.{service}"

@@ -1,0 +1,25 @@
+"""Timestamps as users see them (AutoKitteh prints Go's ``time.Time.String()`` in UTC)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def now_us() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+def go_string(us: int) -> str:
+    """``2025-01-30 12:34:56.123456 +0000 UTC`` with trailing fraction zeros trimmed, like Go."""
+    dt = from_us(us)
+    frac = f"{dt.microsecond:06d}".rstrip("0")
+    base = dt.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{base}.{frac} +0000 UTC" if frac else f"{base} +0000 UTC"
+
+
+def rfc3339(us: int) -> str:
+    return from_us(us).isoformat().replace("+00:00", "Z")

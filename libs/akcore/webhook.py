@@ -1,0 +1,99 @@
+"""Turns an HTTP request into webhook event data (AutoKitteh's shape, reference section 3.2)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+MAX_BODY = 512 * 1024
+WEBHOOKS_PREFIX = "/webhooks/"
+_FORM_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def canonical_header(name: str) -> str:
+    """``content-type`` -> ``Content-Type``, as Go's net/http does."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def _joined(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return {k: ", ".join(vs) for k, vs in out.items()}
+
+
+def _first_json(body: bytes) -> Any:
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return None
+    text = text.lstrip()
+    if not text:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return None
+    return value
+
+
+def _text(body: bytes) -> str | None:
+    if not body:
+        return None
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _form(method: str, content_type: str, body: bytes) -> dict[str, str] | None:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if method not in _FORM_METHODS or media != "application/x-www-form-urlencoded":
+        return None
+    try:
+        return _joined(parse_qsl(body.decode(), keep_blank_values=True))
+    except UnicodeDecodeError:
+        return None
+
+
+def path_suffix(path: str, slug: str) -> str:
+    """The part of the path after ``/webhooks/<slug>/`` ("" for the bare slug)."""
+    rest = path[len(WEBHOOKS_PREFIX) + len(slug):] if path.startswith(WEBHOOKS_PREFIX) else ""
+    return rest.lstrip("/") if rest.startswith("/") else ""
+
+
+def normalize_request(
+    method: str, raw_url: str, headers: Iterable[tuple[str, str]], body: bytes, slug: str
+) -> dict[str, Any]:
+    """Builds ``event.data`` for a webhook request.
+
+    Args:
+        method: the request method as received.
+        raw_url: path and query exactly as received (``/webhooks/x/a?b=1``).
+        headers: (name, value) pairs in any case; repeated names are joined with ", ".
+        body: the raw request body.
+        slug: the webhook slug the request was routed by.
+    """
+    parts = urlsplit(raw_url)
+    path = unquote(parts.path)
+    hdrs = _joined((canonical_header(k), v) for k, v in headers if k.lower() != "host")
+    method = method.upper()
+    return {
+        "method": method,
+        "raw_url": raw_url,
+        "url": {
+            "path": path,
+            "path_suffix": path_suffix(path, slug),
+            "query": _joined(parse_qsl(parts.query, keep_blank_values=True)),
+        },
+        "headers": hdrs,
+        "trailers": {},
+        "body": {
+            "bytes": body or None,
+            "text": _text(body),
+            "json": _first_json(body),
+            "form": _form(method, hdrs.get("Content-Type", ""), body),
+        },
+    }

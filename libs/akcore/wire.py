@@ -1,0 +1,127 @@
+"""Every message that crosses a process boundary, with its one msgpack codec.
+
+Fields change only by adding with defaults: decoding ignores unknown keys and fills
+missing ones, so old and new services can talk during a rolling upgrade.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgpack
+
+_EXT_BIGINT = 1  # ints outside msgpack's 64-bit range travel as decimal text
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+
+T = TypeVar("T")
+
+
+def _widen(obj: Any) -> Any:
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, int) and not _INT_MIN <= obj <= _INT_MAX:
+        return msgpack.ExtType(_EXT_BIGINT, str(obj).encode())
+    if isinstance(obj, dict):
+        return {k: _widen(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_widen(v) for v in obj]
+    return obj
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_BIGINT:
+        return int(data.decode())
+    return msgpack.ExtType(code, data)
+
+
+def pack(obj: Any) -> bytes:
+    """Encodes plain data (dicts, lists, str, bytes, numbers of any size, None)."""
+    try:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    except OverflowError:
+        return msgpack.packb(_widen(obj), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
+
+
+def encode(msg: Any) -> bytes:
+    """Encodes one of the dataclasses below."""
+    return pack(dataclasses.asdict(msg))
+
+
+def decode(cls: type[T], data: bytes) -> T:
+    raw = unpack(data)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cls.__name__}: expected a map, got {type(raw).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+@dataclass
+class Event:
+    """A normalized event on ``AK_EVENTS``."""
+
+    event_id: str
+    project_id: str
+    destination_id: str  # the trigger the event arrived on
+    event_type: str
+    data: dict[str, Any]
+    memo: dict[str, str] = field(default_factory=dict)
+    created_at_us: int = 0
+
+
+@dataclass
+class Job:
+    """One session to run, on ``AK_JOBS``: everything a runner needs for a fresh start."""
+
+    session_id: str
+    project_id: str
+    deployment_id: str
+    build_id: str
+    entrypoint: str
+    is_durable: bool
+    event_id: str | None
+    event_type: str | None
+    data: dict[str, Any]
+    trigger_id: str = ""
+
+
+# Journal record kinds.
+CREATED, STARTED, PRINT, ENDED = "created", "started", "print", "ended"
+# Ended states.
+COMPLETED, ERROR, STOPPED = "COMPLETED", "ERROR", "STOPPED"
+
+
+@dataclass
+class JournalRecord:
+    """One entry of a session's append-only history on ``ak.journal.<session_id>``.
+
+    ``data`` by kind:
+      created: project_id, deployment_id, build_id, trigger_id, event_id, entrypoint, is_durable
+      started: runner, attempt
+      print:   text
+      ended:   state (COMPLETED/ERROR/STOPPED), error, result (pickle bytes or None)
+    """
+
+    session_id: str
+    seq: int
+    kind: str
+    t_us: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StoreRequest:
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StoreReply:
+    ok: bool
+    result: Any = None
+    error_kind: str = ""
+    error: str = ""

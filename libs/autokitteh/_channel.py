@@ -1,0 +1,57 @@
+"""Framing of the runner <-> worker pipes (standard library only).
+
+A frame is ``>II`` (header length, blob length), a JSON header, then an opaque blob. Pickles
+made by user code travel only in blobs, and the runner never unpickles them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, BinaryIO
+
+_LEN = struct.Struct(">II")
+HEADER_SIZE = _LEN.size
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def encode_frame(header: dict[str, Any], blob: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _LEN.pack(len(head), len(blob)) + head + blob
+
+
+def split_sizes(prefix: bytes) -> tuple[int, int]:
+    hlen, blen = _LEN.unpack(prefix)
+    if hlen + blen > MAX_FRAME:
+        raise ValueError(f"frame of {hlen + blen} bytes is over the {MAX_FRAME} limit")
+    return hlen, blen
+
+
+def decode_header(head: bytes) -> dict[str, Any]:
+    header = json.loads(head)
+    if not isinstance(header, dict) or "type" not in header:
+        raise ValueError("frame header without a type")
+    return header
+
+
+def read_frame(f: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    """Blocking read of one frame; None at end of file."""
+    prefix = _read_exact(f, HEADER_SIZE)
+    if prefix is None:
+        return None
+    hlen, blen = split_sizes(prefix)
+    head = _read_exact(f, hlen)
+    blob = _read_exact(f, blen) if blen else b""
+    if head is None or blob is None:
+        return None
+    return decode_header(head), blob
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)

@@ -1,0 +1,8 @@
+"""Entry point: ``python -m ak_ingress``."""
+
+from akcore.service import main
+
+from .service import run
+
+if __name__ == "__main__":
+    main("ingress", run)

@@ -1,0 +1,37 @@
+"""Ingress service: serves HTTP with uvicorn until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from akcore import bus
+from akcore.config import Settings, split_addr
+
+from .app import create_app
+
+log = logging.getLogger("ak.ingress")
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    nc = await bus.connect(settings.nats_url, "ak-ingress")
+    await bus.ensure_streams(nc.jetstream())
+    await bus.serve_health(nc, "ingress")
+    host, port = split_addr(settings.http_addr)
+    config = uvicorn.Config(create_app(nc), host=host, port=port, log_level="warning",
+                            access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    log.info("ingress listening on http://%s:%d", host, port)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await task
+    stopper.cancel()
+    await nc.drain()

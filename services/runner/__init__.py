@@ -1,0 +1,1 @@
+"""The runner service: executes sessions in worker subprocesses."""

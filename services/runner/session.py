@@ -1,0 +1,94 @@
+"""Runs one session: journal its steps, start the worker, relay its frames, record the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+
+from akcore import bus, subjects, timefmt, wire
+from akcore.config import INTERNAL_ENV_PREFIXES, Settings
+from akcore.errors import AKError
+
+from .builds import unpack_build, worker_env
+from .worker import WorkerProcess
+
+log = logging.getLogger("ak.runner")
+
+
+class SessionRun:
+    """One attempt at one session. ``next_seq`` continues the journal where it ends."""
+
+    def __init__(self, nc: Client, settings: Settings, cache: Path, job: wire.Job,
+                 attempt: int, next_seq: int, runner_id: str) -> None:
+        self.nc, self.settings, self.cache, self.job = nc, settings, cache, job
+        self.attempt, self.seq, self.runner_id = attempt, next_seq, runner_id
+        self.js = nc.jetstream()
+
+    async def journal(self, kind: str, data: dict[str, Any]) -> None:
+        """Appends a record; returns once JetStream has acknowledged it (write-ahead)."""
+        sid = self.job.session_id
+        rec = wire.JournalRecord(session_id=sid, seq=self.seq, kind=kind, t_us=timefmt.now_us(),
+                                 data=data)
+        await self.js.publish(subjects.journal_subject(sid), wire.encode(rec),
+                              headers={subjects.HDR_MSG_ID: f"{sid}:{self.seq}"})
+        self.seq += 1
+
+    async def end(self, state: str, error: str = "", traceback: str = "",
+                  result: bytes | None = None) -> None:
+        await self.journal(wire.ENDED, {"state": state, "error": error, "traceback": traceback,
+                                        "result": result})
+        log.info("session %s: %s %s", self.job.session_id, state, error)
+
+    async def run(self) -> None:
+        job = self.job
+        await self.journal(wire.STARTED, {"runner": self.runner_id, "attempt": self.attempt})
+        try:
+            build = await bus.store_call(self.nc, "build.get", {"build_id": job.build_id})
+            variables = await bus.store_call(self.nc, "session.env", {"project_id": job.project_id})
+            code_dir = unpack_build(self.cache, job.build_id, build["files"])
+        except (AKError, OSError, ValueError) as e:
+            await self.end(wire.ERROR, f"error: could not prepare the session's code: {e}")
+            return
+        python = self.settings.worker_python or sys.executable
+        env = worker_env(dict(os.environ), variables, INTERNAL_ENV_PREFIXES)
+        try:
+            worker = await WorkerProcess.spawn(python, code_dir, env)
+        except OSError as e:
+            await self.end(wire.ERROR, f"error: could not start the worker Python {python!r}: {e}",
+                           "set AK_WORKER_PYTHON to a Python 3.11+ interpreter")
+            return
+        try:
+            await self._converse(worker, code_dir)
+        finally:
+            await worker.close()
+
+    async def _converse(self, worker: WorkerProcess, code_dir: Path) -> None:
+        job = self.job
+        event = {"data": job.data, "event_type": job.event_type, "event_id": job.event_id}
+        await worker.send({"type": "start", "code_dir": str(code_dir), "entrypoint": job.entrypoint,
+                           "session_id": job.session_id, "is_durable": job.is_durable},
+                          pickle.dumps(event))
+        async for header, blob in worker.frames():
+            kind = header.get("type")
+            if kind == "print":
+                await self.journal(wire.PRINT, {"text": str(header.get("text", "")).removesuffix("\n")})
+            elif kind == "done":
+                if header.get("ok"):
+                    await self.end(wire.COMPLETED, result=blob or None)
+                else:
+                    await self.end(wire.ERROR, header.get("error", "error"),
+                                   header.get("traceback", ""))
+                return
+            else:
+                log.warning("session %s: unknown worker frame %r", job.session_id, kind)
+        code = await worker.close()
+        tail = "".join(worker.stderr_tail).strip()
+        await self.end(wire.ERROR,
+                       f"error: worker process exited with code {code} before the handler finished",
+                       tail)

@@ -1,0 +1,1 @@
+"""The store service: the system of record in SQL."""

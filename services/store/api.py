@@ -1,0 +1,272 @@
+"""The store's request/reply operations (``ak.store.<op>``), one method each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session as DB, col, select
+
+from akcore import ids, timefmt, wire
+from akcore.errors import InvalidArgument, NotFound
+
+from .manifests import apply_manifest
+from .models import Build, Deployment, EventRow, Project, Session, SessionRecord, Trigger, Var
+
+FINAL_STATES = ("COMPLETED", "ERROR", "STOPPED")
+SESSION_STATES = ("CREATED", "RUNNING", *FINAL_STATES)
+
+
+def _project_view(p: Project) -> dict[str, Any]:
+    return {"project_id": p.project_id, "name": p.name, "display_name": p.display_name}
+
+
+def _trigger_view(t: Trigger, project_name: str = "") -> dict[str, Any]:
+    view = t.model_dump()
+    view["project"] = project_name
+    return view
+
+
+def _session_view(s: Session, project_name: str) -> dict[str, Any]:
+    return {
+        "session_id": s.session_id, "project_id": s.project_id, "project": project_name,
+        "deployment_id": s.deployment_id, "build_id": s.build_id, "event_id": s.event_id,
+        "trigger_id": s.trigger_id, "entrypoint": s.entrypoint, "state": s.state,
+        "is_durable": s.is_durable, "error": s.error, "traceback": s.traceback,
+        "created_at": timefmt.rfc3339(s.created_us), "updated_at": timefmt.rfc3339(s.updated_us),
+    }
+
+
+def _event_view(e: EventRow, with_data: bool = True) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "event_id": e.event_id, "project_id": e.project_id, "destination_id": e.destination_id,
+        "event_type": e.event_type, "memo": e.memo, "seq": e.seq,
+        "created_at": timefmt.rfc3339(e.created_us),
+    }
+    if with_data:
+        view["data"] = wire.unpack(e.data)
+    return view
+
+
+class StoreApi:
+    """Each public method is an operation named like ``project.get`` -> ``project_get``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def handler(self, op: str) -> Callable[[dict[str, Any]], Any]:
+        fn = getattr(self, op.replace(".", "_"), None)
+        if fn is None or op.startswith("_") or "." not in op:
+            raise InvalidArgument(f"unknown store operation {op!r}")
+        return fn  # type: ignore[no-any-return]
+
+    # --- lookups shared by the operations
+
+    def _project(self, db: DB, name_or_id: str) -> Project:
+        if not name_or_id:
+            raise InvalidArgument("missing project name or id")
+        if ids.is_id(name_or_id, "prj"):
+            p = db.get(Project, name_or_id)
+        else:
+            p = db.exec(select(Project).where(Project.name == name_or_id)).first()
+        if p is None:
+            raise NotFound(f'project "{name_or_id}" not found')
+        return p
+
+    def _names(self, db: DB) -> dict[str, str]:
+        return {p.project_id: p.name for p in db.exec(select(Project))}
+
+    def _session_id(self, db: DB, ref: str) -> str:
+        """A session id as given, or the newest session of the named project."""
+        if ids.is_id(ref, "ses"):
+            return ref
+        if ids.id_prefix(ref) not in (None, "prj"):
+            raise InvalidArgument(f"{ref!r} is neither a session id nor a project")
+        p = self._project(db, ref)
+        s = db.exec(select(Session).where(Session.project_id == p.project_id)
+                    .order_by(col(Session.created_us).desc(), col(Session.session_id).desc())).first()
+        if s is None:
+            raise NotFound(f'project "{ref}" has no sessions')
+        return s.session_id
+
+    # --- operations
+
+    def ping(self, args: dict[str, Any]) -> str:
+        return "pong"
+
+    def project_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        with DB(self.engine) as db:
+            return [_project_view(p) for p in db.exec(select(Project).order_by(Project.name))]
+
+    def project_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        with DB(self.engine) as db:
+            return _project_view(self._project(db, args.get("project", "")))
+
+    def manifest_apply(self, args: dict[str, Any]) -> dict[str, Any]:
+        with DB(self.engine) as db:
+            return apply_manifest(db, args["text"], args.get("project_name", ""),
+                                  bool(args.get("skip_existing_secrets")))
+
+    def build_create(self, args: dict[str, Any]) -> str:
+        files = args.get("files") or {}
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, bytes) for k, v in files.items()
+        ):
+            raise InvalidArgument("build files must map relative paths to bytes")
+        with DB(self.engine) as db:
+            p = self._project(db, args.get("project", ""))
+            b = Build(build_id=ids.new_id("bld"), project_id=p.project_id,
+                      files=wire.pack(files), created_us=timefmt.now_us())
+            db.add(b)
+            db.commit()
+            return b.build_id
+
+    def build_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        with DB(self.engine) as db:
+            b = db.get(Build, args.get("build_id", ""))
+            if b is None:
+                raise NotFound(f'build "{args.get("build_id")}" not found')
+            return {"build_id": b.build_id, "project_id": b.project_id,
+                    "files": wire.unpack(b.files)}
+
+    def deployment_create(self, args: dict[str, Any]) -> str:
+        with DB(self.engine) as db:
+            p = self._project(db, args.get("project", ""))
+            b = db.get(Build, args.get("build_id", ""))
+            if b is None or b.project_id != p.project_id:
+                raise NotFound(f'build "{args.get("build_id")}" not found in project "{p.name}"')
+            d = Deployment(deployment_id=ids.new_id("dep"), project_id=p.project_id,
+                           build_id=b.build_id, created_us=timefmt.now_us())
+            db.add(d)
+            db.commit()
+            return d.deployment_id
+
+    def deployment_activate(self, args: dict[str, Any]) -> None:
+        """Activates one deployment and retires the project's others in the same transaction."""
+        with DB(self.engine) as db:
+            d = db.get(Deployment, args.get("deployment_id", ""))
+            if d is None:
+                raise NotFound(f'deployment "{args.get("deployment_id")}" not found')
+            others = db.exec(select(Deployment).where(
+                Deployment.project_id == d.project_id, Deployment.state == "ACTIVE",
+                Deployment.deployment_id != d.deployment_id))
+            for o in others:
+                live = db.exec(select(Session).where(
+                    Session.deployment_id == o.deployment_id,
+                    col(Session.state).not_in(FINAL_STATES))).first()
+                o.state = "DRAINING" if live else "INACTIVE"
+                db.add(o)
+            d.state = "ACTIVE"
+            db.add(d)
+            db.commit()
+
+    def deployment_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        with DB(self.engine) as db:
+            q = select(Deployment).order_by(col(Deployment.created_us).desc())
+            if args.get("project"):
+                q = q.where(Deployment.project_id == self._project(db, args["project"]).project_id)
+            names = self._names(db)
+            return [{**d.model_dump(), "project": names.get(d.project_id, ""),
+                     "created_at": timefmt.rfc3339(d.created_us)} for d in db.exec(q)]
+
+    def trigger_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        with DB(self.engine) as db:
+            q = select(Trigger).order_by(Trigger.name)
+            if args.get("project"):
+                q = q.where(Trigger.project_id == self._project(db, args["project"]).project_id)
+            names = self._names(db)
+            return [_trigger_view(t, names.get(t.project_id, "")) for t in db.exec(q)]
+
+    def trigger_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        ref = args.get("trigger", "")
+        with DB(self.engine) as db:
+            if ids.is_id(ref, "trg"):
+                t = db.get(Trigger, ref)
+            else:
+                p = self._project(db, args.get("project", ""))
+                t = db.exec(select(Trigger).where(Trigger.project_id == p.project_id,
+                                                  Trigger.name == ref)).first()
+            if t is None:
+                raise NotFound(f'trigger "{ref}" not found')
+            return _trigger_view(t, self._names(db).get(t.project_id, ""))
+
+    def webhook_lookup(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The trigger behind a slug, if its project has an active deployment."""
+        with DB(self.engine) as db:
+            t = db.exec(select(Trigger).where(Trigger.webhook_slug == args.get("slug", ""))).first()
+            if t is None:
+                raise NotFound("no webhook with this path")
+            active = db.exec(select(Deployment).where(Deployment.project_id == t.project_id,
+                                                      Deployment.state == "ACTIVE")).first()
+            if active is None:
+                raise NotFound("the webhook's project has no active deployment")
+            return {"trigger_id": t.trigger_id, "project_id": t.project_id, "name": t.name,
+                    "is_sync": t.is_sync}
+
+    def dispatch_targets(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The trigger an event arrived on and the project's active deployments."""
+        with DB(self.engine) as db:
+            t = db.get(Trigger, args.get("trigger_id", ""))
+            if t is None:
+                return {"trigger": None, "deployments": []}
+            deps = db.exec(select(Deployment).where(Deployment.project_id == t.project_id,
+                                                    Deployment.state == "ACTIVE"))
+            return {"trigger": t.model_dump(),
+                    "deployments": [{"deployment_id": d.deployment_id, "build_id": d.build_id}
+                                    for d in deps]}
+
+    def session_env(self, args: dict[str, Any]) -> dict[str, str]:
+        with DB(self.engine) as db:
+            rows = db.exec(select(Var).where(Var.scope_id == args.get("project_id", "")))
+            return {v.name: v.value for v in rows}
+
+    def session_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        with DB(self.engine) as db:
+            q = select(Session).order_by(col(Session.created_us).desc(),
+                                         col(Session.session_id).desc())
+            if args.get("project"):
+                q = q.where(Session.project_id == self._project(db, args["project"]).project_id)
+            if args.get("state"):
+                state = str(args["state"]).upper()
+                if state not in SESSION_STATES:
+                    raise InvalidArgument(
+                        f"invalid state {args['state']!r}: use one of {', '.join(SESSION_STATES)}")
+                q = q.where(Session.state == state)
+            names = self._names(db)
+            return [_session_view(s, names.get(s.project_id, "")) for s in db.exec(q)]
+
+    def session_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        with DB(self.engine) as db:
+            sid = self._session_id(db, args.get("session", ""))
+            s = db.get(Session, sid)
+            if s is None:
+                raise NotFound(f'session "{sid}" not found')
+            return _session_view(s, self._names(db).get(s.project_id, ""))
+
+    def session_records(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Materialized journal records of a session in order; ``kinds`` narrows them."""
+        with DB(self.engine) as db:
+            sid = self._session_id(db, args.get("session", ""))
+            if db.get(Session, sid) is None:
+                raise NotFound(f'session "{sid}" not found')
+            q = select(SessionRecord).where(SessionRecord.session_id == sid)
+            if args.get("kinds"):
+                q = q.where(col(SessionRecord.kind).in_(args["kinds"]))
+            q = q.order_by(SessionRecord.seq).offset(int(args.get("skip", 0)))
+            return {"session_id": sid, "records": [
+                {"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": r.data} for r in db.exec(q)]}
+
+    def event_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        with DB(self.engine) as db:
+            q = select(EventRow).order_by(col(EventRow.seq).desc())
+            if args.get("project"):
+                q = q.where(EventRow.project_id == self._project(db, args["project"]).project_id)
+            return [_event_view(e, with_data=False) for e in db.exec(q.limit(1000))]
+
+    def event_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        with DB(self.engine) as db:
+            e = db.exec(select(EventRow).where(EventRow.event_id == args.get("event_id"))).first()
+            if e is None:
+                raise NotFound(f'event "{args.get("event_id")}" not found')
+            return _event_view(e)

@@ -1,0 +1,111 @@
+"""Applies a manifest in one transaction: plan against the tables, then execute."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session, select
+
+from akcore import ids, timefmt
+from akcore.errors import InvalidArgument
+from akcore.manifest import parse_manifest
+from akcore.planning import Action, Current, plan_manifest
+
+from .models import Project, Trigger, Var
+
+OUT, ERR = "out", "err"
+
+
+def _current(db: Session, name: str) -> tuple[Project | None, Current]:
+    project = db.exec(select(Project).where(Project.name == name)).first()
+    if project is None:
+        return None, Current()
+    vars_ = db.exec(select(Var).where(Var.scope_id == project.project_id)).all()
+    triggers = db.exec(select(Trigger).where(Trigger.project_id == project.project_id)).all()
+    return project, Current(
+        project_id=project.project_id,
+        display_name=project.display_name,
+        vars={v.name: {"value": v.value, "secret": v.is_secret, "description": v.description}
+              for v in vars_},
+        triggers={t.name: t.model_dump() for t in triggers},
+    )
+
+
+def _execute(db: Session, a: Action, project: Project | None, name: str,
+             lines: list[tuple[str, str]]) -> Project | None:
+    def said(subject: str, effect: str) -> None:
+        lines.append((OUT, f'[exec] {a.type} "{a.key}": {subject} {effect}'))
+
+    if a.type == "create_project":
+        project = Project(project_id=ids.new_id("prj"), name=name,
+                          display_name=a.args["display_name"], created_us=timefmt.now_us())
+        db.add(project)
+        said(project.project_id, "created")
+        return project
+    assert project is not None
+    pid = project.project_id
+    if a.type == "update_project":
+        project.display_name = a.args["display_name"]
+        db.add(project)
+        said(pid, "updated")
+    elif a.type == "set_var":
+        var = db.exec(select(Var).where(Var.scope_id == pid, Var.name == a.args["name"])).first()
+        var = var or Var(scope_id=pid, name=a.args["name"])
+        var.value, var.is_secret = a.args["value"], a.args["secret"]
+        var.description = a.args["description"]
+        db.add(var)
+        said(pid, "updated")
+    elif a.type == "delete_var":
+        for var in db.exec(select(Var).where(Var.scope_id == pid, Var.name == a.args["name"])):
+            db.delete(var)
+        said(pid, "deleted")
+    elif a.type == "create_connection":
+        raise InvalidArgument(
+            f'action create_connection {a.key}: integration "{a.args["integration"]}" not found'
+        )
+    elif a.type == "create_trigger":
+        fields = {k: v for k, v in a.args.items() if k != "trigger_id"}
+        trg = Trigger(trigger_id=ids.new_id("trg"), project_id=pid, **fields)
+        if trg.source_type == "webhook":
+            trg.webhook_slug = ids.new_slug()
+        db.add(trg)
+        said(trg.trigger_id, "created")
+        if trg.webhook_slug:
+            lines.append((ERR, f'[!!!!] trigger "{trg.name}" created, webhook path is '
+                               f'"/webhooks/{trg.webhook_slug}"'))
+    elif a.type == "update_trigger":
+        trg = db.get(Trigger, a.args["trigger_id"])
+        assert trg is not None
+        for k, v in a.args.items():
+            setattr(trg, k, v)  # the webhook slug is not among the fields: it survives updates
+        db.add(trg)
+        said(trg.trigger_id, "updated")
+    elif a.type == "delete_trigger":
+        trg = db.get(Trigger, a.args["trigger_id"])
+        if trg is not None:
+            db.delete(trg)
+        said(a.args["trigger_id"], "deleted")
+    else:
+        raise InvalidArgument(f"unknown manifest action {a.type!r}")
+    db.flush()
+    return project
+
+
+def apply_manifest(db: Session, text: str, project_name: str = "",
+                   skip_existing_secrets: bool = False) -> dict[str, Any]:
+    """Returns the transcript lines ((stream, text) pairs) and the project's id."""
+    m = parse_manifest(text, project_name)
+    if m.project is None:
+        return {"lines": [], "project_id": "", "project_name": "", "created": False}
+    project, cur = _current(db, m.project.name)
+    plan = plan_manifest(m, cur, skip_existing_secrets)
+    lines: list[tuple[str, str]] = [(OUT, line) for line in plan.lines]
+    exec_lines: list[tuple[str, str]] = []
+    for action in plan.actions:
+        project = _execute(db, action, project, m.project.name, exec_lines)
+    # AutoKitteh prints the webhook paths after all [exec] lines.
+    lines += [x for x in exec_lines if x[0] == OUT] + [x for x in exec_lines if x[0] == ERR]
+    db.commit()
+    assert project is not None
+    return {"lines": [list(x) for x in lines], "project_id": project.project_id,
+            "project_name": project.name, "created": not cur.project_id}

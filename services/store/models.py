@@ -1,0 +1,98 @@
+"""SQL tables of the store (SQLModel; SQLite by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Project(SQLModel, table=True):
+    project_id: str = Field(primary_key=True)
+    name: str = Field(index=True, unique=True)
+    display_name: str = ""
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Var(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("scope_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    scope_id: str = Field(index=True)  # a project id
+    name: str
+    value: str = ""
+    is_secret: bool = False
+    description: str = ""
+
+
+class Trigger(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    trigger_id: str = Field(primary_key=True)
+    project_id: str = Field(index=True)
+    name: str
+    source_type: str
+    event_type: str = ""
+    filter: str = ""
+    call: str = ""
+    schedule: str = ""
+    connection: str = ""
+    is_durable: bool = True
+    is_sync: bool = False
+    webhook_slug: str | None = Field(default=None, index=True, unique=True)
+
+
+class Build(SQLModel, table=True):
+    # Build files live in SQL: they are small (source code), written once, read once per
+    # runner, and belong in the same transaction and backup as the deployment that uses them.
+    build_id: str = Field(primary_key=True)
+    project_id: str = Field(index=True)
+    files: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # msgpack {path: bytes}
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Deployment(SQLModel, table=True):
+    deployment_id: str = Field(primary_key=True)
+    project_id: str = Field(index=True)
+    build_id: str
+    state: str = "INACTIVE"  # ACTIVE, DRAINING, INACTIVE
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Session(SQLModel, table=True):
+    session_id: str = Field(primary_key=True)
+    project_id: str = Field(index=True)
+    deployment_id: str = ""
+    build_id: str = ""
+    trigger_id: str = ""
+    event_id: str = ""
+    entrypoint: str = ""
+    is_durable: bool = True
+    state: str = "CREATED"
+    error: str = ""
+    traceback: str = ""
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    updated_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class SessionRecord(SQLModel, table=True):
+    """Materialized journal records (state changes and prints), one row per journal entry."""
+
+    __table_args__ = (UniqueConstraint("session_id", "seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(index=True)
+    seq: int
+    kind: str
+    t_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "events"
+    seq: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(index=True, unique=True)
+    project_id: str = Field(index=True)
+    destination_id: str = ""
+    event_type: str = ""
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # msgpack
+    memo: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
