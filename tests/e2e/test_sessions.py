@@ -1,0 +1,258 @@
+"""Sessions as a user sees them: handler inputs, prints, errors, CLI views and exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Stack, write_project
+
+MANIFEST = """\
+version: v1
+project:
+  name: {name}
+  vars:
+    - name: GREETING
+      value: hi there
+  triggers:
+    - name: hook
+      call: handlers.py:on_any
+      webhook: {{}}
+    - name: only_put
+      event_type: put
+      call: handlers.py:on_put
+      webhook: {{}}
+    - name: filtered
+      call: handlers.py:on_any
+      filter: data.url.path.endsWith("/yes") && event_type == "get"
+      webhook: {{}}
+    - name: boom
+      call: handlers.py:explode
+      webhook: {{}}
+    - name: missing
+      call: broken.py:handler
+      webhook: {{}}
+    - name: asyncy
+      call: handlers.py:on_async
+      webhook: {{}}
+"""
+
+HANDLERS = """\
+import os
+import sys
+import asyncio
+
+import helper
+
+print("module loaded")
+
+
+def on_any(event, session_id):
+    d = event.data
+    print("method", d.method, event["event_type"], session_id == event.session_id)
+    print("suffix", repr(d.url.path_suffix), "query", dict(d.url.query))
+    print("body", repr(d.body), d.body.text, d.body["json"], d.body.form)
+    print("header", d.headers.get("X-Kitteh"))
+    print("a", "b", sep="-", end="!\\n")
+    print("to stderr", file=sys.stderr)
+    print("multi\\nline")
+    print("greeting", os.environ.get("GREETING"), "secret key?", "AK_NATS_URL" in os.environ)
+    print(helper.double(21))
+    event["data"]["extra"] = 1
+    print("extra", event.data.extra)
+    try:
+        event.data.nope = 2
+    except NotImplementedError:
+        print("attribute assignment refused")
+    return {"ok": True}
+
+
+def on_put(event):
+    print("put!")
+
+
+def explode(event):
+    helper.fail("boom")
+
+
+async def on_async(event):
+    await asyncio.sleep(0)
+    print("async done")
+"""
+
+HELPER = """\
+def double(n):
+    return n * 2
+
+
+def fail(msg):
+    raise ValueError(msg)
+"""
+
+BROKEN = """\
+import no_such_module_here
+
+
+def handler(event):
+    pass
+"""
+
+
+@pytest.fixture(scope="module")
+def project(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = write_project(tmp_path_factory.mktemp("proj") / "p", {
+        "autokitteh.yaml": MANIFEST.format(name="sessions_e2e"),
+        "handlers.py": HANDLERS, "helper.py": HELPER, "broken.py": BROKEN,
+        ".hidden.py": "raise SystemExit", "__pycache__/x.pyc": "junk",
+    })
+    res = stack.ak("deploy", "--manifest", str(root / "autokitteh.yaml"), check=True)
+    paths = dict(re.findall(r'trigger "(\w+)" created, webhook path is "(/webhooks/\w+)"',
+                            res.stderr))
+    assert set(paths) == {"hook", "only_put", "filtered", "boom", "missing", "asyncy"}
+    return paths
+
+
+def _session_for(stack: Stack, event_id: str) -> dict[str, str]:
+    sessions = [json.loads(x) for x in
+                stack.ak("session", "list", "-p", "sessions_e2e", "-j", check=True).stdout.splitlines()]
+    matching = [s for s in sessions if s["event_id"] == event_id]
+    assert len(matching) == 1, sessions
+    return stack.wait_session(matching[0]["session_id"])
+
+
+def _fire(stack: Stack, method: str, path: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None) -> str:
+    status, hdrs, _ = stack.request(method, path, body, headers)
+    assert status == 202
+    return hdrs["autokitteh-event-id"]
+
+
+def _wait_for_session(stack: Stack, event_id: str) -> dict[str, str]:
+    import time
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out = stack.ak("session", "list", "-p", "sessions_e2e", "-j", check=True).stdout
+        if event_id in out:
+            return _session_for(stack, event_id)
+        time.sleep(0.2)
+    raise AssertionError(f"no session for {event_id}:\n{stack.output()[-3000:]}")
+
+
+def test_handler_inputs_and_print_capture(stack: Stack, project: dict[str, str]) -> None:
+    eid = _fire(stack, "POST", project["hook"] + "/a/b?x=1&x=2&y=", b"k=v&k=w",
+                {"Content-Type": "application/x-www-form-urlencoded", "X-Kitteh": "meow"})
+    s = _wait_for_session(stack, eid)
+    assert s["state"] == "COMPLETED", s
+    prints = stack.ak("session", "prints", s["session_id"], "-n", check=True).stdout
+    assert prints == (
+        "module loaded\n"
+        "method POST post True\n"
+        "suffix 'a/b' query {'x': '1, 2', 'y': ''}\n"
+        "body b'k=v&k=w' k=v&k=w None {'k': 'v, w'}\n"
+        "header meow\n"
+        "a-b!\n"
+        "to stderr\n"
+        "multi\nline\n"
+        "greeting hi there secret key? False\n"
+        "42\n"
+        "extra 1\n"
+        "attribute assignment refused\n"
+    )
+    log = stack.ak("session", "log", s["session_id"], "-j", check=True).stdout.splitlines()
+    records = [json.loads(x) for x in log]
+    assert records[0]["state"] == {"created": {}}
+    assert "running" in records[1]["state"]
+    assert records[2]["print"] == {"text": "module loaded"}
+    assert records[-1]["state"] == {"completed": {}}
+
+
+def test_event_type_and_filter_select_sessions(stack: Stack, project: dict[str, str]) -> None:
+    no = _fire(stack, "POST", project["only_put"])
+    no2 = _fire(stack, "GET", project["filtered"] + "/no")
+    yes = _fire(stack, "PUT", project["only_put"])
+    s = _wait_for_session(stack, yes)
+    assert stack.ak("session", "prints", s["session_id"], "-n").stdout == "module loaded\nput!\n"
+    yes2 = _fire(stack, "GET", project["filtered"] + "/yes")
+    assert _wait_for_session(stack, yes2)["state"] == "COMPLETED"
+    sessions = stack.ak("session", "list", "-p", "sessions_e2e", "-j", check=True).stdout
+    assert no not in sessions and no2 not in sessions
+    # Unmatched events are still recorded.
+    ev = json.loads(stack.ak("event", "get", no, "-j", check=True).stdout)
+    assert ev["event_type"] == "post" and ev["data"]["method"] == "POST"
+
+
+def test_uncaught_exception_is_error_with_user_traceback(stack: Stack,
+                                                         project: dict[str, str]) -> None:
+    s = _wait_for_session(stack, _fire(stack, "POST", project["boom"]))
+    assert s["state"] == "ERROR"
+    assert s["error"] == "error: ValueError('boom')"
+    tb = s["traceback"]
+    assert 'handlers.py", line' in tb and 'helper.py", line' in tb and "_worker.py" not in tb
+    assert tb.rstrip().endswith("ValueError: boom")
+    text = stack.ak("session", "log", s["session_id"], "-n").stdout
+    assert "State: ERROR error: ValueError('boom')" in text
+
+
+def test_missing_module_gives_error_and_hint(stack: Stack, project: dict[str, str]) -> None:
+    s = _wait_for_session(stack, _fire(stack, "POST", project["missing"]))
+    assert s["state"] == "ERROR"
+    assert "No module named 'no_such_module_here'" in s["error"]
+    prints = stack.ak("session", "prints", s["session_id"], "-n", check=True).stdout
+    assert "No module named 'no_such_module_here'" in prints
+    assert "-m pip install <package>" in prints
+
+
+def test_async_handler(stack: Stack, project: dict[str, str]) -> None:
+    s = _wait_for_session(stack, _fire(stack, "GET", project["asyncy"]))
+    assert s["state"] == "COMPLETED"
+    assert stack.ak("session", "prints", s["session_id"], "-n").stdout.endswith("async done\n")
+
+
+def test_webhook_errors(stack: Stack, project: dict[str, str], tmp_path: Path) -> None:
+    assert stack.request("POST", "/webhooks/" + "0" * 26)[0] == 404
+    before = stack.ak("event", "list", "-j", check=True).stdout.count("\n")
+    status, _, _ = stack.request("POST", project["hook"], b"x" * (512 * 1024 + 1))
+    assert status == 413
+    assert stack.ak("event", "list", "-j", check=True).stdout.count("\n") == before
+    status, _, _ = stack.request("POST", project["hook"], b"x" * (512 * 1024))
+    assert status == 202
+
+
+def test_uploaded_files_skip_hidden_and_pycache(stack: Stack, project: dict[str, str]) -> None:
+    # .hidden.py would exit the worker if it were imported; it is not even uploaded.
+    s = _wait_for_session(stack, _fire(stack, "GET", project["asyncy"]))
+    assert s["state"] == "COMPLETED"
+
+
+def test_cli_errors_and_exit_codes(stack: Stack, tmp_path: Path) -> None:
+    res = stack.ak("session", "get", "ses_" + "0" * 26)
+    assert res.returncode == 44 and res.stderr.startswith("Error: ")
+    res = stack.ak("project", "get", "nope_nope")
+    assert (res.returncode, res.stderr) == (44, 'Error: project "nope_nope" not found\n')
+    res = stack.ak("deploy", "--manifest", str(tmp_path / "bad.yaml"))
+    assert (res.returncode, res.stderr) == (
+        44, f"Error: open {tmp_path / 'bad.yaml'}: no such file or directory\n")
+    res = stack.ak("session", "list", "-s", "SLEEPY")
+    assert res.returncode == 40 and "invalid state" in res.stderr
+    bad = write_project(tmp_path / "bad", {"autokitteh.yaml": (
+        "version: v1\nproject:\n  name: bad_one\n  triggers:\n"
+        "    - name: t\n      webhook: {}\n      colour: red\n"
+        "    - name: u\n      webhook: {}\n      filter: 'data.('\n")})
+    res = stack.ak("deploy", "--manifest", str(bad / "autokitteh.yaml"))
+    assert res.returncode == 40
+    assert "project.triggers[0].colour: unknown field" in res.stderr
+    assert "project.triggers[1].filter: invalid filter" in res.stderr
+    assert stack.ak("project", "get", "bad_one").returncode == 44  # nothing was created
+    res = stack.ak("deploy", "--manifest", str(bad / "autokitteh.yaml"), "--file", "nope.py")
+    assert (res.returncode, res.stderr) == (44, "Error: stat nope.py: no such file or directory\n")
+
+
+def test_config_where(stack: Stack) -> None:
+    res = stack.ak("config", "where", check=True)
+    data, cfg = stack.env["XDG_DATA_HOME"], stack.env["XDG_CONFIG_HOME"]
+    assert res.stdout == (f"Config home directory: {cfg}/autokitteh\n"
+                          f"Data home directory:   {data}/autokitteh\n\n"
+                          "Override environment variable names:\nXDG_CONFIG_HOME\nXDG_DATA_HOME\n")
