@@ -31,32 +31,50 @@ class Stack:
     env: dict[str, str]
     log: Path
 
-    def ak(self, *args: str, cwd: Path | None = None, check: bool = False,
-           input: str | None = None) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([AK, *args], env=self.env, cwd=cwd, capture_output=True, text=True,
-                             timeout=60, input=input)
+    def ak(
+        self, *args: str, cwd: Path | None = None, check: bool = False, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [AK, *args],
+            env=self.env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            input=input,
+        )
         if check and res.returncode != 0:
-            raise AssertionError(f"ak {' '.join(args)} failed ({res.returncode}):\n"
-                                 f"{res.stdout}\n{res.stderr}")
+            raise AssertionError(
+                f"ak {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+            )
         return res
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers=headers or {})
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(
+            self.url + path, data=body, method=method, headers=headers or {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read()
 
-    def deploy(self, project_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    def deploy(
+        self, project_dir: Path, *extra: str
+    ) -> tuple[subprocess.CompletedProcess[str], str]:
         """Deploys and returns the result and the first webhook path printed."""
-        res = self.ak("deploy", "--manifest", str(project_dir / "autokitteh.yaml"), *extra,
-                      check=True)
+        res = self.ak(
+            "deploy", "--manifest", str(project_dir / "autokitteh.yaml"), *extra, check=True
+        )
         m = SLUG_RE.search(res.stderr)
         return res, m.group(1) if m else ""
 
@@ -64,6 +82,7 @@ class Stack:
         res = self.ak("session", "watch", ref, "--timeout", f"{timeout}s", "-q")
         assert res.returncode == 0, res.stderr + self.output()[-3000:]
         import json
+
         return json.loads(self.ak("session", "get", ref, "-j", check=True).stdout)  # type: ignore[no-any-return]
 
     def stop(self) -> int:
@@ -79,13 +98,15 @@ class Stack:
 def start_stack(home: Path, extra_env: dict[str, str] | None = None) -> Stack:
     port = free_port()
     env = dict(os.environ)
-    env.update({
-        "XDG_DATA_HOME": str(home / "data"),
-        "XDG_CONFIG_HOME": str(home / "config"),
-        "AK_HTTP__ADDR": f"127.0.0.1:{port}",
-        "AK_HTTP__SERVICE_URL": f"http://127.0.0.1:{port}",
-        "AK_LOG_LEVEL": "INFO",
-    })
+    env.update(
+        {
+            "XDG_DATA_HOME": str(home / "data"),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "AK_HTTP__ADDR": f"127.0.0.1:{port}",
+            "AK_HTTP__SERVICE_URL": f"http://127.0.0.1:{port}",
+            "AK_LOG_LEVEL": "INFO",
+        }
+    )
     for k in ("AK_NATS_URL", "AK_DB__DSN"):
         env.pop(k, None)
     env.update(extra_env or {})

@@ -32,8 +32,12 @@ def call(op: str, **args: Any) -> Any:
     """Runs one operation on the server and returns its result; raises AKError on failure."""
     url = f"{service_url()}/api/{op}"
     timeout = parse_duration(os.environ.get(ENV_TIMEOUT, "60s"))
-    req = urllib.request.Request(url, data=wire.encode(wire.StoreRequest(args=args)),
-                                 headers={"Content-Type": "application/msgpack"}, method="POST")
+    req = urllib.request.Request(
+        url,
+        data=wire.encode(wire.StoreRequest(args=args)),
+        headers={"Content-Type": "application/msgpack"},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read()

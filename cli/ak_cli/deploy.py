@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import typer
-
 from akcore.errors import AKError, InvalidArgument, NotFound
 
 from . import client
@@ -54,17 +53,26 @@ def collect_files(manifest: Path | None, files: list[str], dirs: list[str]) -> d
         out.update(_walk(manifest.parent, skip | {(manifest.parent / DEFAULT_MANIFEST).resolve()}))
     size = sum(len(v) for v in out.values())
     if size > MAX_BUILD_BYTES:
-        raise InvalidArgument(f"the build is {size} bytes, over the {MAX_BUILD_BYTES} byte limit: "
-                              "upload only the project's code with --file/--dir")
+        raise InvalidArgument(
+            f"the build is {size} bytes, over the {MAX_BUILD_BYTES} byte limit: "
+            "upload only the project's code with --file/--dir"
+        )
     return out
 
 
-def deploy(manifest: str | None, files: list[str], dirs: list[str], project_name: str,
-           skip_existing_secrets: bool) -> None:
+def deploy(
+    manifest: str | None,
+    files: list[str],
+    dirs: list[str],
+    project_name: str,
+    skip_existing_secrets: bool,
+) -> None:
     if manifest is None:
         if not Path(DEFAULT_MANIFEST).is_file():
-            raise AKError("no project or manifest provided, and default 'autokitteh.yaml' not "
-                          "found in current directory")
+            raise AKError(
+                "no project or manifest provided, and default 'autokitteh.yaml' not "
+                "found in current directory"
+            )
         manifest = DEFAULT_MANIFEST
     path = Path(manifest)
     try:
@@ -74,8 +82,12 @@ def deploy(manifest: str | None, files: list[str], dirs: list[str], project_name
     except OSError as e:
         raise AKError(f"open {manifest}: {e.strerror}") from None
     upload = collect_files(path, files, dirs)  # check the files before changing anything
-    res = client.call("manifest.apply", text=text, project_name=project_name,
-                      skip_existing_secrets=skip_existing_secrets)
+    res = client.call(
+        "manifest.apply",
+        text=text,
+        project_name=project_name,
+        skip_existing_secrets=skip_existing_secrets,
+    )
     for stream, line in res["lines"]:
         typer.echo(line, err=stream == "err")
     pid = res["project_id"]

@@ -6,15 +6,19 @@ import sys
 from typing import Annotated
 
 import typer
-
 from akcore import config
 from akcore.errors import AKError
 
 from . import deploy as deploy_mod
-from . import sessions, up as up_mod, views
+from . import sessions, views
+from . import up as up_mod
 
-app = typer.Typer(help="autokitteh: durable Python workflows.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="autokitteh: durable Python workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 app.add_typer(sessions.app, name="session")
 app.add_typer(sessions.app, name="ses", hidden=True)
 app.add_typer(views.projects, name="project")
@@ -26,30 +30,41 @@ app.add_typer(config_app, name="config")
 
 
 @app.command()
-def up(mode: Annotated[str, typer.Option("--mode", "-m", help="dev or default")] = "dev",
-       http_addr: Annotated[str, typer.Option("--http-addr", envvar=config.ENV_HTTP_ADDR,
-                                              help="host:port to listen on")] = "",
-       nats_url: Annotated[str, typer.Option("--nats-url", envvar=config.ENV_NATS_URL,
-                                             help="use this NATS instead of an embedded one")] = ""
-       ) -> None:
+def up(
+    mode: Annotated[str, typer.Option("--mode", "-m", help="dev or default")] = "dev",
+    http_addr: Annotated[
+        str, typer.Option("--http-addr", envvar=config.ENV_HTTP_ADDR, help="host:port to listen on")
+    ] = "",
+    nats_url: Annotated[
+        str,
+        typer.Option(
+            "--nats-url",
+            envvar=config.ENV_NATS_URL,
+            help="use this NATS instead of an embedded one",
+        ),
+    ] = "",
+) -> None:
     """Start the whole stack (NATS, store, dispatcher, runner, ingress) until Ctrl-C."""
     up_mod.up(mode, http_addr or None, nats_url or None)
 
 
 @app.command()
-def deploy(manifest: Annotated[str | None, typer.Option("--manifest", "-m")] = None,
-           file: Annotated[list[str] | None, typer.Option("--file", "-f")] = None,
-           dir: Annotated[list[str] | None, typer.Option("--dir", "-d")] = None,
-           project_name: Annotated[str, typer.Option("--project-name", "-n")] = "",
-           skip_existing_secrets: Annotated[bool, typer.Option("--skip-existing-secrets")] = False,
-           ) -> None:
+def deploy(
+    manifest: Annotated[str | None, typer.Option("--manifest", "-m")] = None,
+    file: Annotated[list[str] | None, typer.Option("--file", "-f")] = None,
+    dir: Annotated[list[str] | None, typer.Option("--dir", "-d")] = None,
+    project_name: Annotated[str, typer.Option("--project-name", "-n")] = "",
+    skip_existing_secrets: Annotated[bool, typer.Option("--skip-existing-secrets")] = False,
+) -> None:
     """Apply a manifest, upload the code, then build, deploy and activate it."""
     deploy_mod.deploy(manifest, file or [], dir or [], project_name, skip_existing_secrets)
 
 
 @config_app.command()
-def where(cfg: Annotated[bool, typer.Option("--cfg", "-c")] = False,
-          data: Annotated[bool, typer.Option("--data", "-d")] = False) -> None:
+def where(
+    cfg: Annotated[bool, typer.Option("--cfg", "-c")] = False,
+    data: Annotated[bool, typer.Option("--data", "-d")] = False,
+) -> None:
     """Print the config and data home directories."""
     if cfg or data:
         if cfg:

@@ -7,7 +7,6 @@ import time
 from typing import Annotated, Any
 
 import typer
-
 from akcore import timefmt
 from akcore.errors import AKError
 
@@ -17,16 +16,28 @@ from .render import emit, emit_list, jsonable
 app = typer.Typer(help="Sessions: runs of a handler.", no_args_is_help=True)
 
 FINAL = ("COMPLETED", "ERROR", "STOPPED")
-SESSION_KEYS = ["session_id", "project", "deployment_id", "build_id", "event_id", "entrypoint",
-                "state", "error", "created_at", "updated_at"]
+SESSION_KEYS = [
+    "session_id",
+    "project",
+    "deployment_id",
+    "build_id",
+    "event_id",
+    "entrypoint",
+    "state",
+    "error",
+    "created_at",
+    "updated_at",
+]
 JsonOpt = Annotated[bool, typer.Option("--json", "-j", help="One JSON object per line.")]
 Ref = Annotated[str, typer.Argument(help="A session id, or a project for its newest session.")]
 
 
 @app.command("list")
-def list_(project: Annotated[str, typer.Option("--project", "-p")] = "",
-          state: Annotated[str, typer.Option("--state-type", "--state", "-s")] = "",
-          as_json: JsonOpt = False) -> None:
+def list_(
+    project: Annotated[str, typer.Option("--project", "-p")] = "",
+    state: Annotated[str, typer.Option("--state-type", "--state", "-s")] = "",
+    as_json: JsonOpt = False,
+) -> None:
     """Sessions, newest first."""
     emit_list(client.call("session.list", project=project, state=state), as_json, SESSION_KEYS)
 
@@ -43,15 +54,23 @@ def print_line(rec: dict[str, Any], no_timestamps: bool) -> str:
 
 
 @app.command()
-def prints(ref: Ref,
-           no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
-           as_json: JsonOpt = False) -> None:
+def prints(
+    ref: Ref,
+    no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """What the session printed, in order."""
     res = client.call("session.records", session=ref, kinds=["print"])
     for rec in res["records"]:
         if as_json:
-            typer.echo(json.dumps({"t": timefmt.rfc3339(rec["t_us"]),
-                                   "print": {"text": rec["data"].get("text", "")}}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "t": timefmt.rfc3339(rec["t_us"]),
+                        "print": {"text": rec["data"].get("text", "")},
+                    }
+                )
+            )
         else:
             typer.echo(print_line(rec, no_timestamps))
 
@@ -62,8 +81,11 @@ def log_record(rec: dict[str, Any]) -> dict[str, Any]:
     if kind == "created":
         body: dict[str, Any] = {"state": {"created": {}}}
     elif kind == "started":
-        body = {"state": {"running": {"runner": data.get("runner", ""),
-                                      "attempt": data.get("attempt", 1)}}}
+        body = {
+            "state": {
+                "running": {"runner": data.get("runner", ""), "attempt": data.get("attempt", 1)}
+            }
+        }
     elif kind == "print":
         body = {"print": {"text": data.get("text", "")}}
     elif kind == "ended":
@@ -78,7 +100,7 @@ def log_record(rec: dict[str, Any]) -> dict[str, Any]:
 def log_text(rec: dict[str, Any], no_timestamps: bool = False) -> str:
     r = log_record(rec)
     if "state" in r:
-        (state, detail), = r["state"].items()
+        ((state, detail),) = r["state"].items()
         text = f"State: {state.upper()}"
         if detail.get("error"):
             text += f" {detail['error']}"
@@ -100,20 +122,25 @@ def _show_log(records: list[dict[str, Any]], as_json: bool, no_timestamps: bool)
 
 
 @app.command()
-def log(ref: Ref, no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
-        as_json: JsonOpt = False) -> None:
+def log(
+    ref: Ref,
+    no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """The session's history so far: state changes and prints."""
     _show_log(client.call("session.records", session=ref)["records"], as_json, no_timestamps)
 
 
 @app.command()
-def watch(ref: Ref,
-          end_state: Annotated[str, typer.Option("--end-state", "-e")] = "",
-          timeout: Annotated[str, typer.Option("--timeout", "-t")] = "0",
-          poll_interval: Annotated[str, typer.Option("--poll-interval", "-i")] = "250ms",
-          quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-          no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
-          as_json: JsonOpt = False) -> None:
+def watch(
+    ref: Ref,
+    end_state: Annotated[str, typer.Option("--end-state", "-e")] = "",
+    timeout: Annotated[str, typer.Option("--timeout", "-t")] = "0",
+    poll_interval: Annotated[str, typer.Option("--poll-interval", "-i")] = "250ms",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Follows a session until it ends (or reaches --end-state), printing its history."""
     limit = client.parse_duration(timeout)
     interval = client.parse_duration(poll_interval)
@@ -132,6 +159,7 @@ def watch(ref: Ref,
                 raise AKError(f"session ended in state {s['state']}, not {want}")
             return
         if deadline is not None and time.monotonic() > deadline:
-            raise AKError(f"timed out after {timeout} waiting for session {sid} "
-                          f"(state {s['state']})")
+            raise AKError(
+                f"timed out after {timeout} waiting for session {sid} (state {s['state']})"
+            )
         time.sleep(interval)

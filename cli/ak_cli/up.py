@@ -9,10 +9,8 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import typer
-
 from akcore import config, natsserver
 from akcore.errors import AKError
 
@@ -79,8 +77,10 @@ def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
     addr = http_addr or env.get(config.ENV_HTTP_ADDR, config.DEFAULT_HTTP_ADDR)
     nats_url = nats_url or env.get(config.ENV_NATS_URL)
     if mode == "default" and not (nats_url and env.get(config.ENV_DB_DSN)):
-        raise AKError(f"--mode default needs {config.ENV_NATS_URL} and {config.ENV_DB_DSN}; "
-                      "use --mode dev for an embedded NATS and SQLite")
+        raise AKError(
+            f"--mode default needs {config.ENV_NATS_URL} and {config.ENV_DB_DSN}; "
+            "use --mode dev for an embedded NATS and SQLite"
+        )
     data = config.data_home()
     data.mkdir(parents=True, exist_ok=True)
     env[config.ENV_HTTP_ADDR] = addr
@@ -88,8 +88,9 @@ def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
     nats_proc = None
     if not nats_url:
         port = int(env.get(config.ENV_NATS_PORT, "0"))
-        nats_proc, nats_url = natsserver.start(data / "nats", port=port,
-                                               log_file=data / "nats-server.log")
+        nats_proc, nats_url = natsserver.start(
+            data / "nats", port=port, log_file=data / "nats-server.log"
+        )
         nats_note = f"{nats_url} (embedded, JetStream in {data / 'nats'})"
     else:
         nats_note = nats_url
@@ -125,8 +126,9 @@ def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
         say("stopped")
 
 
-def _stop_all(procs: list[subprocess.Popen[bytes]], nats_proc: subprocess.Popen[bytes] | None
-              ) -> None:
+def _stop_all(
+    procs: list[subprocess.Popen[bytes]], nats_proc: subprocess.Popen[bytes] | None
+) -> None:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -143,5 +145,3 @@ def _stop_all(procs: list[subprocess.Popen[bytes]], nats_proc: subprocess.Popen[
             nats_proc.wait(timeout=STOP_GRACE)
         except subprocess.TimeoutExpired:
             nats_proc.kill()
-
-

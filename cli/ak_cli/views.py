@@ -17,11 +17,30 @@ triggers = typer.Typer(help="Triggers.", no_args_is_help=True)
 deployments = typer.Typer(help="Deployments.", no_args_is_help=True)
 events = typer.Typer(help="Events.", no_args_is_help=True)
 
-TRIGGER_KEYS = ["trigger_id", "name", "source_type", "project_id", "project", "event_type",
-                "filter", "call", "schedule", "connection", "is_durable", "is_sync",
-                "webhook_slug"]
-EVENT_KEYS = ["event_id", "project_id", "destination_id", "event_type", "created_at", "data",
-              "memo"]
+TRIGGER_KEYS = [
+    "trigger_id",
+    "name",
+    "source_type",
+    "project_id",
+    "project",
+    "event_type",
+    "filter",
+    "call",
+    "schedule",
+    "connection",
+    "is_durable",
+    "is_sync",
+    "webhook_slug",
+]
+EVENT_KEYS = [
+    "event_id",
+    "project_id",
+    "destination_id",
+    "event_type",
+    "created_at",
+    "data",
+    "memo",
+]
 
 
 @projects.command("list")
@@ -41,14 +60,21 @@ def trigger_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
 
 @triggers.command("get")
 def trigger_get(trigger: str, project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
-    emit(client.call("trigger.get", trigger=trigger, project=project), as_json, TRIGGER_KEYS,
-         label="trigger")
+    emit(
+        client.call("trigger.get", trigger=trigger, project=project),
+        as_json,
+        TRIGGER_KEYS,
+        label="trigger",
+    )
 
 
 @deployments.command("list")
 def deployment_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
-    emit_list(client.call("deployment.list", project=project), as_json,
-              ["deployment_id", "project_id", "project", "build_id", "state", "created_at"])
+    emit_list(
+        client.call("deployment.list", project=project),
+        as_json,
+        ["deployment_id", "project_id", "project", "build_id", "state", "created_at"],
+    )
 
 
 @events.command("list")

@@ -10,7 +10,8 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -69,22 +70,50 @@ JOB_ACK_WAIT = 15.0  # a dead runner's sessions move on this soon; runners heart
 # Durable consumers, created with the streams so that no event accepted by ingress can
 # arrive before its consumers exist (they start from the beginning of their stream).
 CONSUMERS = {
-    subjects.CONSUMER_DISPATCHER: (subjects.STREAM_EVENTS, ConsumerConfig(
-        durable_name=subjects.CONSUMER_DISPATCHER, ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=1024,
-        filter_subject=subjects.EVENTS_ALL)),
-    subjects.CONSUMER_RUNNER: (subjects.STREAM_JOBS, ConsumerConfig(
-        durable_name=subjects.CONSUMER_RUNNER, ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=JOB_ACK_WAIT,
-        max_ack_pending=MAX_LIVE_SESSIONS, filter_subject=subjects.JOBS_ALL)),
-    subjects.CONSUMER_STORE_JOURNAL: (subjects.STREAM_JOURNAL, ConsumerConfig(
-        durable_name=subjects.CONSUMER_STORE_JOURNAL, ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=1,
-        filter_subject=subjects.JOURNAL_ALL)),
-    subjects.CONSUMER_STORE_EVENTS: (subjects.STREAM_EVENTS, ConsumerConfig(
-        durable_name=subjects.CONSUMER_STORE_EVENTS, ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=1,
-        filter_subject=subjects.EVENTS_ALL)),
+    subjects.CONSUMER_DISPATCHER: (
+        subjects.STREAM_EVENTS,
+        ConsumerConfig(
+            durable_name=subjects.CONSUMER_DISPATCHER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30,
+            max_ack_pending=1024,
+            filter_subject=subjects.EVENTS_ALL,
+        ),
+    ),
+    subjects.CONSUMER_RUNNER: (
+        subjects.STREAM_JOBS,
+        ConsumerConfig(
+            durable_name=subjects.CONSUMER_RUNNER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=JOB_ACK_WAIT,
+            max_ack_pending=MAX_LIVE_SESSIONS,
+            filter_subject=subjects.JOBS_ALL,
+        ),
+    ),
+    subjects.CONSUMER_STORE_JOURNAL: (
+        subjects.STREAM_JOURNAL,
+        ConsumerConfig(
+            durable_name=subjects.CONSUMER_STORE_JOURNAL,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30,
+            max_ack_pending=1,
+            filter_subject=subjects.JOURNAL_ALL,
+        ),
+    ),
+    subjects.CONSUMER_STORE_EVENTS: (
+        subjects.STREAM_EVENTS,
+        ConsumerConfig(
+            durable_name=subjects.CONSUMER_STORE_EVENTS,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30,
+            max_ack_pending=1,
+            filter_subject=subjects.EVENTS_ALL,
+        ),
+    ),
 }
 
 
@@ -140,7 +169,9 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 async def serve_requests(
-    nc: Client, subject: str, handle: Callable[[str, dict[str, Any]], Awaitable[Any]],
+    nc: Client,
+    subject: str,
+    handle: Callable[[str, dict[str, Any]], Awaitable[Any]],
     queue: str,
 ) -> Any:
     """Answers ``ak.store.<op>`` style requests; ``handle(op, args)`` gives the result."""

@@ -72,7 +72,9 @@ def matches(expr: str | None, event_type: str, data: dict[str, Any]) -> bool:
     assert expr is not None
     try:
         prog = compile_filter(expr.strip())
-        result = prog.evaluate({"data": _to_cel(data), "event_type": celtypes.StringType(event_type)})
+        result = prog.evaluate(
+            {"data": _to_cel(data), "event_type": celtypes.StringType(event_type)}
+        )
     except FilterError:
         return False
     except Exception as e:

@@ -1,10 +1,10 @@
 """The one exception tree of the shared library.
 
-    AKError                 root; ``kind`` maps to CLI exit codes and HTTP statuses
-    ├── InvalidArgument     the user sent something malformed (exit 40, HTTP 400)
-    ├── NotFound            a named thing does not exist (exit 44, HTTP 404)
-    ├── Conflict            the request clashes with current state (exit 42, HTTP 409)
-    └── Unavailable         a service did not answer in time (exit 1, HTTP 503)
+AKError                 root; ``kind`` maps to CLI exit codes and HTTP statuses
+├── InvalidArgument     the user sent something malformed (exit 40, HTTP 400)
+├── NotFound            a named thing does not exist (exit 44, HTTP 404)
+├── Conflict            the request clashes with current state (exit 42, HTTP 409)
+└── Unavailable         a service did not answer in time (exit 1, HTTP 503)
 """
 
 from __future__ import annotations

@@ -140,13 +140,29 @@ def _read_vars(c: _Checker, raw: Any, where: str) -> tuple[Var, ...]:
         if name in seen:
             c.fail(f"{w}.name", f"duplicate var {name!r}")
         seen.add(name)
-        out.append(Var(name, c.string(d, "value", w, required=True), c.boolean(d, "secret", w, False),
-                       c.string(d, "description", w)))
+        out.append(
+            Var(
+                name,
+                c.string(d, "value", w, required=True),
+                c.boolean(d, "secret", w, False),
+                c.string(d, "description", w),
+            )
+        )
     return tuple(out)
 
 
-_TRIGGER_KEYS = {"name", "type", "webhook", "schedule", "connection", "event_type", "filter", "call",
-                 "is_durable", "is_sync"}
+_TRIGGER_KEYS = {
+    "name",
+    "type",
+    "webhook",
+    "schedule",
+    "connection",
+    "event_type",
+    "filter",
+    "call",
+    "is_durable",
+    "is_sync",
+}
 
 
 def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trigger:
@@ -160,7 +176,9 @@ def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trig
     c.mapping(d.get("webhook"), f"{w}.webhook", set())
     marks = [t for t in SOURCE_TYPES if t in d and (t == "webhook" or d[t] not in (None, ""))]
     if len(marks) > 1:
-        c.fail(w, f"only one of webhook, schedule, connection may be given (got {', '.join(marks)})")
+        c.fail(
+            w, f"only one of webhook, schedule, connection may be given (got {', '.join(marks)})"
+        )
     source = declared or (marks[0] if marks else "")
     if not source:
         c.fail(w, "missing trigger type: give one of webhook: {}, schedule or connection")
@@ -178,9 +196,15 @@ def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trig
     if is_sync and source != "webhook":
         c.fail(f"{w}.is_sync", "only webhook triggers can be sync")
     return Trigger(
-        name=name, source_type=source, event_type=c.string(d, "event_type", w), filter=flt,
-        call=call, schedule=c.string(d, "schedule", w), connection=c.string(d, "connection", w),
-        is_durable=c.boolean(d, "is_durable", w, durable_default), is_sync=is_sync,
+        name=name,
+        source_type=source,
+        event_type=c.string(d, "event_type", w),
+        filter=flt,
+        call=call,
+        schedule=c.string(d, "schedule", w),
+        connection=c.string(d, "connection", w),
+        is_durable=c.boolean(d, "is_durable", w, durable_default),
+        is_sync=is_sync,
         has_webhook_field="webhook" in d,
     )
 
@@ -205,8 +229,9 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
         raise InvalidArgument(f"unsupported manifest version {version!r}: use v1 or v2")
     project = None
     if "project" in top:
-        p = c.mapping(top["project"], "project", {"name", "display_name", "vars", "connections",
-                                                  "triggers"})
+        p = c.mapping(
+            top["project"], "project", {"name", "display_name", "vars", "connections", "triggers"}
+        )
         if project_name:
             p = {**p, "name": project_name}
         name = c.name(p, "project")
@@ -220,11 +245,20 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
         for i, item in enumerate(c.items(p.get("connections"), "project.connections")):
             w = f"project.connections[{i}]"
             d = c.mapping(item, w, {"name", "integration", "vars"})
-            conns.append(Connection(c.name(d, w), c.string(d, "integration", w, required=True),
-                                    _read_vars(c, d.get("vars"), f"{w}.vars")))
-        project = Project(name=name, display_name=c.string(p, "display_name", "project"),
-                          vars=_read_vars(c, p.get("vars"), "project.vars"),
-                          connections=tuple(conns), triggers=tuple(triggers))
+            conns.append(
+                Connection(
+                    c.name(d, w),
+                    c.string(d, "integration", w, required=True),
+                    _read_vars(c, d.get("vars"), f"{w}.vars"),
+                )
+            )
+        project = Project(
+            name=name,
+            display_name=c.string(p, "display_name", "project"),
+            vars=_read_vars(c, p.get("vars"), "project.vars"),
+            connections=tuple(conns),
+            triggers=tuple(triggers),
+        )
     if c.problems:
         raise InvalidArgument("invalid YAML semantics:\n" + "\n".join(c.problems))
     return Manifest(version=version, project=project)

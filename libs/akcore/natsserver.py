@@ -35,8 +35,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def start(store_dir: Path, port: int = 0, host: str = "127.0.0.1",
-          log_file: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    store_dir: Path, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Starts nats-server with JetStream; returns the process and its URL once it accepts."""
     port = port or free_port(host)
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,9 @@ def start(store_dir: Path, port: int = 0, host: str = "127.0.0.1",
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited with code {proc.returncode} (port {port} taken?)")
+            raise RuntimeError(
+                f"nats-server exited with code {proc.returncode} (port {port} taken?)"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return proc, url

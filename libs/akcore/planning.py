@@ -115,7 +115,9 @@ def plan_manifest(m: Manifest, cur: Current, skip_existing_secrets: bool = False
             plan.say("trigger", key, "no changes needed")
         else:
             plan.say("trigger", key, "not as desired, will update")
-            plan.actions.append(Action("update_trigger", key, {**spec, "trigger_id": have["trigger_id"]}))
+            plan.actions.append(
+                Action("update_trigger", key, {**spec, "trigger_id": have["trigger_id"]})
+            )
     wanted_triggers = {t.name for t in p.triggers}
     for tname, have in sorted(cur.triggers.items()):
         if tname not in wanted_triggers:

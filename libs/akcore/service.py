@@ -17,7 +17,8 @@ Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
 def setup_logging(service: str) -> None:
     level = os.environ.get("AK_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
-        level=level, stream=sys.stderr,
+        level=level,
+        stream=sys.stderr,
         format=f"%(asctime)s {service:<10} %(levelname)-5s %(name)s: %(message)s",
     )
     logging.getLogger("nats").setLevel(logging.WARNING)

@@ -60,7 +60,7 @@ def _form(method: str, content_type: str, body: bytes) -> dict[str, str] | None:
 
 def path_suffix(path: str, slug: str) -> str:
     """The part of the path after ``/webhooks/<slug>/`` ("" for the bare slug)."""
-    rest = path[len(WEBHOOKS_PREFIX) + len(slug):] if path.startswith(WEBHOOKS_PREFIX) else ""
+    rest = path[len(WEBHOOKS_PREFIX) + len(slug) :] if path.startswith(WEBHOOKS_PREFIX) else ""
     return rest.lstrip("/") if rest.startswith("/") else ""
 
 

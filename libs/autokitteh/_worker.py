@@ -53,8 +53,13 @@ class Channel:
 def _capture_prints(ch: Channel) -> None:
     original = builtins.print
 
-    def ak_print(*objects: Any, sep: str | None = " ", end: str | None = "\n",
-                 file: Any = None, flush: bool = False) -> None:
+    def ak_print(
+        *objects: Any,
+        sep: str | None = " ",
+        end: str | None = "\n",
+        file: Any = None,
+        flush: bool = False,
+    ) -> None:
         original(*objects, sep=sep, end=end, file=file, flush=flush)
         if file is not None and file not in (sys.stdout, sys.stderr):
             return  # a print into the user's own file is not a session print
@@ -82,7 +87,7 @@ def format_error(exc: BaseException, code_dir: str) -> tuple[str, str]:
     """Returns (``error: <repr>``, traceback text trimmed to frames in the user's code)."""
     frames = traceback.extract_tb(exc.__traceback__)
     user = [i for i, f in enumerate(frames) if f.filename.startswith(code_dir + os.sep)]
-    kept = frames[user[0]:] if user else frames[-1:]
+    kept = frames[user[0] :] if user else frames[-1:]
     tb = "Traceback (most recent call last):\n" + "".join(traceback.format_list(kept))
     tb += "".join(traceback.format_exception_only(type(exc), exc))
     return f"error: {exc!r}", tb
@@ -112,8 +117,12 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:
     code_dir = os.path.realpath(start["code_dir"])
     sys.path.insert(0, code_dir)
     ev = pickle.loads(payload)
-    event = Event(data=with_body(ev["data"] or {}), event_type=ev.get("event_type"),
-                  event_id=ev.get("event_id"), session_id=start["session_id"])
+    event = Event(
+        data=with_body(ev["data"] or {}),
+        event_type=ev.get("event_type"),
+        event_id=ev.get("event_id"),
+        session_id=start["session_id"],
+    )
     try:
         fn = _load(start["entrypoint"])
     except BaseException as e:

@@ -1,6 +1,6 @@
 """Errors raised by the SDK.
 
-    AutoKittehError     root of everything the SDK raises
+AutoKittehError     root of everything the SDK raises
 """
 
 from __future__ import annotations

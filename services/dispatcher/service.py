@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-
 from akcore import bus, subjects, wire
 from akcore.config import Settings
 from akcore.errors import AKError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from .matching import sessions_for
 
@@ -24,10 +23,14 @@ async def dispatch(nc: Client, event: wire.Event) -> list[str]:
     started = []
     for created, job in sessions_for(event, targets["trigger"], targets["deployments"]):
         sid = job.session_id
-        await js.publish(subjects.journal_subject(sid), wire.encode(created),
-                         headers={subjects.HDR_MSG_ID: f"{sid}:0"})
-        await js.publish(subjects.job_subject(sid), wire.encode(job),
-                         headers={subjects.HDR_MSG_ID: f"job:{sid}"})
+        await js.publish(
+            subjects.journal_subject(sid),
+            wire.encode(created),
+            headers={subjects.HDR_MSG_ID: f"{sid}:0"},
+        )
+        await js.publish(
+            subjects.job_subject(sid), wire.encode(job), headers={subjects.HDR_MSG_ID: f"job:{sid}"}
+        )
         started.append(sid)
         log.info("event %s: session %s (%s)", event.event_id, sid, job.entrypoint)
     return started

@@ -6,12 +6,11 @@ import logging
 import re
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from nats.aio.client import Client
-
 from akcore import bus, ids, subjects, timefmt, wire
 from akcore.errors import AKError, NotFound
 from akcore.webhook import MAX_BODY, normalize_request
+from fastapi import FastAPI, Request, Response
+from nats.aio.client import Client
 
 log = logging.getLogger("ak.ingress")
 
@@ -54,25 +53,37 @@ def create_app(nc: Client) -> FastAPI:
         except AKError as e:
             log.warning("webhook %s: lookup failed: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
-        data = normalize_request(request.method, _raw_url(request), request.headers.items(),
-                                 body, slug)
+        data = normalize_request(
+            request.method, _raw_url(request), request.headers.items(), body, slug
+        )
         event = wire.Event(
-            event_id=ids.new_id("evt"), project_id=target["project_id"],
-            destination_id=target["trigger_id"], event_type=request.method.lower(), data=data,
-            memo={"method": request.method, "webhook_slug": slug,
-                  "remote_addr": request.client.host if request.client else "",
-                  "trigger_id": target["trigger_id"]},
+            event_id=ids.new_id("evt"),
+            project_id=target["project_id"],
+            destination_id=target["trigger_id"],
+            event_type=request.method.lower(),
+            data=data,
+            memo={
+                "method": request.method,
+                "webhook_slug": slug,
+                "remote_addr": request.client.host if request.client else "",
+                "trigger_id": target["trigger_id"],
+            },
             created_at_us=timefmt.now_us(),
         )
         try:
-            await js.publish(subjects.event_subject(event.project_id, event.event_id),
-                             wire.encode(event), headers={subjects.HDR_MSG_ID: event.event_id})
+            await js.publish(
+                subjects.event_subject(event.project_id, event.event_id),
+                wire.encode(event),
+                headers={subjects.HDR_MSG_ID: event.event_id},
+            )
         except Exception as e:
             log.error("webhook %s: event not stored: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
         # The event is acknowledged by JetStream: from here on it cannot be lost.
-        return Response(status_code=202, headers={"AutoKitteh-Event-ID": event.event_id,
-                                                  "Cache-Control": "no-cache"})
+        return Response(
+            status_code=202,
+            headers={"AutoKitteh-Event-ID": event.event_id, "Cache-Control": "no-cache"},
+        )
 
     app.add_api_route("/webhooks/{slug}", webhook, methods=METHODS)
     app.add_api_route("/webhooks/{slug}/{rest:path}", webhook, methods=METHODS)
@@ -80,18 +91,29 @@ def create_app(nc: Client) -> FastAPI:
     @app.post("/api/{op}")
     async def api(op: str, request: Request) -> Response:
         if not _OP_RE.match(op):
-            return _reply(wire.StoreReply(ok=False, error_kind="not_found",
-                                          error=f"unknown operation {op!r}"), 404)
+            return _reply(
+                wire.StoreReply(
+                    ok=False, error_kind="not_found", error=f"unknown operation {op!r}"
+                ),
+                404,
+            )
         try:
             req = wire.decode(wire.StoreRequest, await request.body())
         except Exception:
-            return _reply(wire.StoreReply(ok=False, error_kind="invalid_argument",
-                                          error="request body is not a msgpack map"), 400)
+            return _reply(
+                wire.StoreReply(
+                    ok=False,
+                    error_kind="invalid_argument",
+                    error="request body is not a msgpack map",
+                ),
+                400,
+            )
         try:
             result: Any = await bus.store_call(nc, op, req.args, timeout=60)
         except AKError as e:
-            return _reply(wire.StoreReply(ok=False, error_kind=e.kind, error=e.message),
-                          e.http_status)
+            return _reply(
+                wire.StoreReply(ok=False, error_kind=e.kind, error=e.message), e.http_status
+            )
         return _reply(wire.StoreReply(ok=True, result=result), 200)
 
     @app.get("/healthz")
@@ -100,11 +122,13 @@ def create_app(nc: Client) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        down = [s for s in subjects.SERVICES if s != "ingress"
-                and not await bus.ping_service(nc, s)]
+        down = [
+            s for s in subjects.SERVICES if s != "ingress" and not await bus.ping_service(nc, s)
+        ]
         if not nc.is_connected or down:
-            return Response(f"not ready: {', '.join(down) or 'nats'} not answering\n",
-                            status_code=503)
+            return Response(
+                f"not ready: {', '.join(down) or 'nats'} not answering\n", status_code=503
+            )
         return Response("ready\n", status_code=200)
 
     return app

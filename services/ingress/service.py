@@ -7,7 +7,6 @@ import contextlib
 import logging
 
 import uvicorn
-
 from akcore import bus
 from akcore.config import Settings, split_addr
 
@@ -22,8 +21,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.ensure_streams(nc.jetstream())
     await bus.serve_health(nc, "ingress")
     host, port = split_addr(settings.http_addr)
-    config = uvicorn.Config(create_app(nc), host=host, port=port, log_level="warning",
-                            access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        create_app(nc), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+    )
     server = uvicorn.Server(config)
     # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]

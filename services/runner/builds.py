@@ -36,8 +36,9 @@ def unpack_build(cache: Path, build_id: str, files: dict[str, bytes]) -> Path:
     return final
 
 
-def worker_env(base: dict[str, str], variables: dict[str, str],
-               internal_prefixes: tuple[str, ...]) -> dict[str, str]:
+def worker_env(
+    base: dict[str, str], variables: dict[str, str], internal_prefixes: tuple[str, ...]
+) -> dict[str, str]:
     """The worker's environment: ours minus the system's own settings, plus the project's vars."""
     env = {k: v for k, v in base.items() if not k.startswith(internal_prefixes)}
     env.update(variables)

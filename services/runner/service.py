@@ -8,12 +8,11 @@ import os
 import socket
 from pathlib import Path
 
+from akcore import bus, config, subjects, wire
+from akcore.config import Settings
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
-
-from akcore import bus, config, subjects, wire
-from akcore.config import Settings
 
 from .session import SessionRun
 
@@ -34,15 +33,15 @@ async def _heartbeat(msg: Msg) -> None:
 
 async def _journal_tail(nc: Client, session_id: str) -> wire.JournalRecord | None:
     try:
-        raw = await nc.jetstream().get_last_msg(subjects.STREAM_JOURNAL,
-                                                subjects.journal_subject(session_id))
+        raw = await nc.jetstream().get_last_msg(
+            subjects.STREAM_JOURNAL, subjects.journal_subject(session_id)
+        )
     except NotFoundError:
         return None
     return wire.decode(wire.JournalRecord, raw.data or b"")
 
 
-async def handle_job(nc: Client, settings: Settings, cache: Path, runner_id: str,
-                     msg: Msg) -> None:
+async def handle_job(nc: Client, settings: Settings, cache: Path, runner_id: str, msg: Msg) -> None:
     try:
         job = wire.decode(wire.Job, msg.data)
     except Exception as e:

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nats.aio.client import Client
-
 from akcore import bus, subjects, timefmt, wire
 from akcore.config import INTERNAL_ENV_PREFIXES, Settings
 from akcore.errors import AKError
+from nats.aio.client import Client
 
 from .builds import unpack_build, worker_env
 from .worker import WorkerProcess
@@ -24,8 +23,16 @@ log = logging.getLogger("ak.runner")
 class SessionRun:
     """One attempt at one session. ``next_seq`` continues the journal where it ends."""
 
-    def __init__(self, nc: Client, settings: Settings, cache: Path, job: wire.Job,
-                 attempt: int, next_seq: int, runner_id: str) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        settings: Settings,
+        cache: Path,
+        job: wire.Job,
+        attempt: int,
+        next_seq: int,
+        runner_id: str,
+    ) -> None:
         self.nc, self.settings, self.cache, self.job = nc, settings, cache, job
         self.attempt, self.seq, self.runner_id = attempt, next_seq, runner_id
         self.js = nc.jetstream()
@@ -33,16 +40,22 @@ class SessionRun:
     async def journal(self, kind: str, data: dict[str, Any]) -> None:
         """Appends a record; returns once JetStream has acknowledged it (write-ahead)."""
         sid = self.job.session_id
-        rec = wire.JournalRecord(session_id=sid, seq=self.seq, kind=kind, t_us=timefmt.now_us(),
-                                 data=data)
-        await self.js.publish(subjects.journal_subject(sid), wire.encode(rec),
-                              headers={subjects.HDR_MSG_ID: f"{sid}:{self.seq}"})
+        rec = wire.JournalRecord(
+            session_id=sid, seq=self.seq, kind=kind, t_us=timefmt.now_us(), data=data
+        )
+        await self.js.publish(
+            subjects.journal_subject(sid),
+            wire.encode(rec),
+            headers={subjects.HDR_MSG_ID: f"{sid}:{self.seq}"},
+        )
         self.seq += 1
 
-    async def end(self, state: str, error: str = "", traceback: str = "",
-                  result: bytes | None = None) -> None:
-        await self.journal(wire.ENDED, {"state": state, "error": error, "traceback": traceback,
-                                        "result": result})
+    async def end(
+        self, state: str, error: str = "", traceback: str = "", result: bytes | None = None
+    ) -> None:
+        await self.journal(
+            wire.ENDED, {"state": state, "error": error, "traceback": traceback, "result": result}
+        )
         log.info("session %s: %s %s", self.job.session_id, state, error)
 
     async def run(self) -> None:
@@ -60,8 +73,11 @@ class SessionRun:
         try:
             worker = await WorkerProcess.spawn(python, code_dir, env)
         except OSError as e:
-            await self.end(wire.ERROR, f"error: could not start the worker Python {python!r}: {e}",
-                           "set AK_WORKER_PYTHON to a Python 3.11+ interpreter")
+            await self.end(
+                wire.ERROR,
+                f"error: could not start the worker Python {python!r}: {e}",
+                "set AK_WORKER_PYTHON to a Python 3.11+ interpreter",
+            )
             return
         try:
             await self._converse(worker, code_dir)
@@ -71,24 +87,36 @@ class SessionRun:
     async def _converse(self, worker: WorkerProcess, code_dir: Path) -> None:
         job = self.job
         event = {"data": job.data, "event_type": job.event_type, "event_id": job.event_id}
-        await worker.send({"type": "start", "code_dir": str(code_dir), "entrypoint": job.entrypoint,
-                           "session_id": job.session_id, "is_durable": job.is_durable},
-                          pickle.dumps(event))
+        await worker.send(
+            {
+                "type": "start",
+                "code_dir": str(code_dir),
+                "entrypoint": job.entrypoint,
+                "session_id": job.session_id,
+                "is_durable": job.is_durable,
+            },
+            pickle.dumps(event),
+        )
         async for header, blob in worker.frames():
             kind = header.get("type")
             if kind == "print":
-                await self.journal(wire.PRINT, {"text": str(header.get("text", "")).removesuffix("\n")})
+                await self.journal(
+                    wire.PRINT, {"text": str(header.get("text", "")).removesuffix("\n")}
+                )
             elif kind == "done":
                 if header.get("ok"):
                     await self.end(wire.COMPLETED, result=blob or None)
                 else:
-                    await self.end(wire.ERROR, header.get("error", "error"),
-                                   header.get("traceback", ""))
+                    await self.end(
+                        wire.ERROR, header.get("error", "error"), header.get("traceback", "")
+                    )
                 return
             else:
                 log.warning("session %s: unknown worker frame %r", job.session_id, kind)
         code = await worker.close()
         tail = "".join(worker.stderr_tail).strip()
-        await self.end(wire.ERROR,
-                       f"error: worker process exited with code {code} before the handler finished",
-                       tail)
+        await self.end(
+            wire.ERROR,
+            f"error: worker process exited with code {code} before the handler finished",
+            tail,
+        )

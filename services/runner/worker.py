@@ -18,8 +18,12 @@ STDERR_TAIL = 20
 class WorkerProcess:
     """Starts ``python -m autokitteh._worker`` with two private pipes for frames."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         self.proc, self._reader, self._writer = proc, reader, writer
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._stderr_task = asyncio.create_task(self._forward_stderr())
@@ -30,19 +34,29 @@ class WorkerProcess:
         from_child_r, from_child_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                python, "-u", "-m", "autokitteh._worker", str(to_child_r), str(from_child_w),
-                pass_fds=(to_child_r, from_child_w), cwd=code_dir, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                python,
+                "-u",
+                "-m",
+                "autokitteh._worker",
+                str(to_child_r),
+                str(from_child_w),
+                pass_fds=(to_child_r, from_child_w),
+                cwd=code_dir,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
             )
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**26)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                     os.fdopen(from_child_r, "rb", buffering=0))
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_child_r, "rb", buffering=0)
+        )
         transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(to_child_w, "wb", buffering=0))
+            asyncio.streams.FlowControlMixin, os.fdopen(to_child_w, "wb", buffering=0)
+        )
         writer = asyncio.StreamWriter(transport, protocol, None, loop)
         return cls(proc, reader, writer)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlmodel import Session as DB, col, select
-
 from akcore import ids, timefmt, wire
 from akcore.errors import InvalidArgument, NotFound
+from sqlalchemy import Engine
+from sqlmodel import Session as DB
+from sqlmodel import col, select
 
 from .manifests import apply_manifest
 from .models import Build, Deployment, EventRow, Project, Session, SessionRecord, Trigger, Var
@@ -30,18 +30,31 @@ def _trigger_view(t: Trigger, project_name: str = "") -> dict[str, Any]:
 
 def _session_view(s: Session, project_name: str) -> dict[str, Any]:
     return {
-        "session_id": s.session_id, "project_id": s.project_id, "project": project_name,
-        "deployment_id": s.deployment_id, "build_id": s.build_id, "event_id": s.event_id,
-        "trigger_id": s.trigger_id, "entrypoint": s.entrypoint, "state": s.state,
-        "is_durable": s.is_durable, "error": s.error, "traceback": s.traceback,
-        "created_at": timefmt.rfc3339(s.created_us), "updated_at": timefmt.rfc3339(s.updated_us),
+        "session_id": s.session_id,
+        "project_id": s.project_id,
+        "project": project_name,
+        "deployment_id": s.deployment_id,
+        "build_id": s.build_id,
+        "event_id": s.event_id,
+        "trigger_id": s.trigger_id,
+        "entrypoint": s.entrypoint,
+        "state": s.state,
+        "is_durable": s.is_durable,
+        "error": s.error,
+        "traceback": s.traceback,
+        "created_at": timefmt.rfc3339(s.created_us),
+        "updated_at": timefmt.rfc3339(s.updated_us),
     }
 
 
 def _event_view(e: EventRow, with_data: bool = True) -> dict[str, Any]:
     view: dict[str, Any] = {
-        "event_id": e.event_id, "project_id": e.project_id, "destination_id": e.destination_id,
-        "event_type": e.event_type, "memo": e.memo, "seq": e.seq,
+        "event_id": e.event_id,
+        "project_id": e.project_id,
+        "destination_id": e.destination_id,
+        "event_type": e.event_type,
+        "memo": e.memo,
+        "seq": e.seq,
         "created_at": timefmt.rfc3339(e.created_us),
     }
     if with_data:
@@ -84,8 +97,11 @@ class StoreApi:
         if ids.id_prefix(ref) not in (None, "prj"):
             raise InvalidArgument(f"{ref!r} is neither a session id nor a project")
         p = self._project(db, ref)
-        s = db.exec(select(Session).where(Session.project_id == p.project_id)
-                    .order_by(col(Session.created_us).desc(), col(Session.session_id).desc())).first()
+        s = db.exec(
+            select(Session)
+            .where(Session.project_id == p.project_id)
+            .order_by(col(Session.created_us).desc(), col(Session.session_id).desc())
+        ).first()
         if s is None:
             raise NotFound(f'project "{ref}" has no sessions')
         return s.session_id
@@ -105,8 +121,12 @@ class StoreApi:
 
     def manifest_apply(self, args: dict[str, Any]) -> dict[str, Any]:
         with DB(self.engine) as db:
-            return apply_manifest(db, args["text"], args.get("project_name", ""),
-                                  bool(args.get("skip_existing_secrets")))
+            return apply_manifest(
+                db,
+                args["text"],
+                args.get("project_name", ""),
+                bool(args.get("skip_existing_secrets")),
+            )
 
     def build_create(self, args: dict[str, Any]) -> str:
         files = args.get("files") or {}
@@ -116,8 +136,12 @@ class StoreApi:
             raise InvalidArgument("build files must map relative paths to bytes")
         with DB(self.engine) as db:
             p = self._project(db, args.get("project", ""))
-            b = Build(build_id=ids.new_id("bld"), project_id=p.project_id,
-                      files=wire.pack(files), created_us=timefmt.now_us())
+            b = Build(
+                build_id=ids.new_id("bld"),
+                project_id=p.project_id,
+                files=wire.pack(files),
+                created_us=timefmt.now_us(),
+            )
             db.add(b)
             db.commit()
             return b.build_id
@@ -127,8 +151,11 @@ class StoreApi:
             b = db.get(Build, args.get("build_id", ""))
             if b is None:
                 raise NotFound(f'build "{args.get("build_id")}" not found')
-            return {"build_id": b.build_id, "project_id": b.project_id,
-                    "files": wire.unpack(b.files)}
+            return {
+                "build_id": b.build_id,
+                "project_id": b.project_id,
+                "files": wire.unpack(b.files),
+            }
 
     def deployment_create(self, args: dict[str, Any]) -> str:
         with DB(self.engine) as db:
@@ -136,8 +163,12 @@ class StoreApi:
             b = db.get(Build, args.get("build_id", ""))
             if b is None or b.project_id != p.project_id:
                 raise NotFound(f'build "{args.get("build_id")}" not found in project "{p.name}"')
-            d = Deployment(deployment_id=ids.new_id("dep"), project_id=p.project_id,
-                           build_id=b.build_id, created_us=timefmt.now_us())
+            d = Deployment(
+                deployment_id=ids.new_id("dep"),
+                project_id=p.project_id,
+                build_id=b.build_id,
+                created_us=timefmt.now_us(),
+            )
             db.add(d)
             db.commit()
             return d.deployment_id
@@ -148,13 +179,20 @@ class StoreApi:
             d = db.get(Deployment, args.get("deployment_id", ""))
             if d is None:
                 raise NotFound(f'deployment "{args.get("deployment_id")}" not found')
-            others = db.exec(select(Deployment).where(
-                Deployment.project_id == d.project_id, Deployment.state == "ACTIVE",
-                Deployment.deployment_id != d.deployment_id))
+            others = db.exec(
+                select(Deployment).where(
+                    Deployment.project_id == d.project_id,
+                    Deployment.state == "ACTIVE",
+                    Deployment.deployment_id != d.deployment_id,
+                )
+            )
             for o in others:
-                live = db.exec(select(Session).where(
-                    Session.deployment_id == o.deployment_id,
-                    col(Session.state).not_in(FINAL_STATES))).first()
+                live = db.exec(
+                    select(Session).where(
+                        Session.deployment_id == o.deployment_id,
+                        col(Session.state).not_in(FINAL_STATES),
+                    )
+                ).first()
                 o.state = "DRAINING" if live else "INACTIVE"
                 db.add(o)
             d.state = "ACTIVE"
@@ -167,8 +205,14 @@ class StoreApi:
             if args.get("project"):
                 q = q.where(Deployment.project_id == self._project(db, args["project"]).project_id)
             names = self._names(db)
-            return [{**d.model_dump(), "project": names.get(d.project_id, ""),
-                     "created_at": timefmt.rfc3339(d.created_us)} for d in db.exec(q)]
+            return [
+                {
+                    **d.model_dump(),
+                    "project": names.get(d.project_id, ""),
+                    "created_at": timefmt.rfc3339(d.created_us),
+                }
+                for d in db.exec(q)
+            ]
 
     def trigger_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
@@ -185,8 +229,9 @@ class StoreApi:
                 t = db.get(Trigger, ref)
             else:
                 p = self._project(db, args.get("project", ""))
-                t = db.exec(select(Trigger).where(Trigger.project_id == p.project_id,
-                                                  Trigger.name == ref)).first()
+                t = db.exec(
+                    select(Trigger).where(Trigger.project_id == p.project_id, Trigger.name == ref)
+                ).first()
             if t is None:
                 raise NotFound(f'trigger "{ref}" not found')
             return _trigger_view(t, self._names(db).get(t.project_id, ""))
@@ -197,12 +242,19 @@ class StoreApi:
             t = db.exec(select(Trigger).where(Trigger.webhook_slug == args.get("slug", ""))).first()
             if t is None:
                 raise NotFound("no webhook with this path")
-            active = db.exec(select(Deployment).where(Deployment.project_id == t.project_id,
-                                                      Deployment.state == "ACTIVE")).first()
+            active = db.exec(
+                select(Deployment).where(
+                    Deployment.project_id == t.project_id, Deployment.state == "ACTIVE"
+                )
+            ).first()
             if active is None:
                 raise NotFound("the webhook's project has no active deployment")
-            return {"trigger_id": t.trigger_id, "project_id": t.project_id, "name": t.name,
-                    "is_sync": t.is_sync}
+            return {
+                "trigger_id": t.trigger_id,
+                "project_id": t.project_id,
+                "name": t.name,
+                "is_sync": t.is_sync,
+            }
 
     def dispatch_targets(self, args: dict[str, Any]) -> dict[str, Any]:
         """The trigger an event arrived on and the project's active deployments."""
@@ -210,11 +262,17 @@ class StoreApi:
             t = db.get(Trigger, args.get("trigger_id", ""))
             if t is None:
                 return {"trigger": None, "deployments": []}
-            deps = db.exec(select(Deployment).where(Deployment.project_id == t.project_id,
-                                                    Deployment.state == "ACTIVE"))
-            return {"trigger": t.model_dump(),
-                    "deployments": [{"deployment_id": d.deployment_id, "build_id": d.build_id}
-                                    for d in deps]}
+            deps = db.exec(
+                select(Deployment).where(
+                    Deployment.project_id == t.project_id, Deployment.state == "ACTIVE"
+                )
+            )
+            return {
+                "trigger": t.model_dump(),
+                "deployments": [
+                    {"deployment_id": d.deployment_id, "build_id": d.build_id} for d in deps
+                ],
+            }
 
     def session_env(self, args: dict[str, Any]) -> dict[str, str]:
         with DB(self.engine) as db:
@@ -223,15 +281,17 @@ class StoreApi:
 
     def session_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
-            q = select(Session).order_by(col(Session.created_us).desc(),
-                                         col(Session.session_id).desc())
+            q = select(Session).order_by(
+                col(Session.created_us).desc(), col(Session.session_id).desc()
+            )
             if args.get("project"):
                 q = q.where(Session.project_id == self._project(db, args["project"]).project_id)
             if args.get("state"):
                 state = str(args["state"]).upper()
                 if state not in SESSION_STATES:
                     raise InvalidArgument(
-                        f"invalid state {args['state']!r}: use one of {', '.join(SESSION_STATES)}")
+                        f"invalid state {args['state']!r}: use one of {', '.join(SESSION_STATES)}"
+                    )
                 q = q.where(Session.state == state)
             names = self._names(db)
             return [_session_view(s, names.get(s.project_id, "")) for s in db.exec(q)]
@@ -254,8 +314,13 @@ class StoreApi:
             if args.get("kinds"):
                 q = q.where(col(SessionRecord.kind).in_(args["kinds"]))
             q = q.order_by(SessionRecord.seq).offset(int(args.get("skip", 0)))
-            return {"session_id": sid, "records": [
-                {"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": r.data} for r in db.exec(q)]}
+            return {
+                "session_id": sid,
+                "records": [
+                    {"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": r.data}
+                    for r in db.exec(q)
+                ],
+            }
 
     def event_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         with DB(self.engine) as db:

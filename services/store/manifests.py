@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, select
-
 from akcore import ids, timefmt
 from akcore.errors import InvalidArgument
 from akcore.manifest import parse_manifest
 from akcore.planning import Action, Current, plan_manifest
+from sqlmodel import Session, select
 
 from .models import Project, Trigger, Var
 
@@ -25,20 +24,27 @@ def _current(db: Session, name: str) -> tuple[Project | None, Current]:
     return project, Current(
         project_id=project.project_id,
         display_name=project.display_name,
-        vars={v.name: {"value": v.value, "secret": v.is_secret, "description": v.description}
-              for v in vars_},
+        vars={
+            v.name: {"value": v.value, "secret": v.is_secret, "description": v.description}
+            for v in vars_
+        },
         triggers={t.name: t.model_dump() for t in triggers},
     )
 
 
-def _execute(db: Session, a: Action, project: Project | None, name: str,
-             lines: list[tuple[str, str]]) -> Project | None:
+def _execute(
+    db: Session, a: Action, project: Project | None, name: str, lines: list[tuple[str, str]]
+) -> Project | None:
     def said(subject: str, effect: str) -> None:
         lines.append((OUT, f'[exec] {a.type} "{a.key}": {subject} {effect}'))
 
     if a.type == "create_project":
-        project = Project(project_id=ids.new_id("prj"), name=name,
-                          display_name=a.args["display_name"], created_us=timefmt.now_us())
+        project = Project(
+            project_id=ids.new_id("prj"),
+            name=name,
+            display_name=a.args["display_name"],
+            created_us=timefmt.now_us(),
+        )
         db.add(project)
         said(project.project_id, "created")
         return project
@@ -71,8 +77,13 @@ def _execute(db: Session, a: Action, project: Project | None, name: str,
         db.add(trg)
         said(trg.trigger_id, "created")
         if trg.webhook_slug:
-            lines.append((ERR, f'[!!!!] trigger "{trg.name}" created, webhook path is '
-                               f'"/webhooks/{trg.webhook_slug}"'))
+            lines.append(
+                (
+                    ERR,
+                    f'[!!!!] trigger "{trg.name}" created, webhook path is '
+                    f'"/webhooks/{trg.webhook_slug}"',
+                )
+            )
     elif a.type == "update_trigger":
         trg = db.get(Trigger, a.args["trigger_id"])
         assert trg is not None
@@ -91,8 +102,9 @@ def _execute(db: Session, a: Action, project: Project | None, name: str,
     return project
 
 
-def apply_manifest(db: Session, text: str, project_name: str = "",
-                   skip_existing_secrets: bool = False) -> dict[str, Any]:
+def apply_manifest(
+    db: Session, text: str, project_name: str = "", skip_existing_secrets: bool = False
+) -> dict[str, Any]:
     """Returns the transcript lines ((stream, text) pairs) and the project's id."""
     m = parse_manifest(text, project_name)
     if m.project is None:
@@ -107,5 +119,9 @@ def apply_manifest(db: Session, text: str, project_name: str = "",
     lines += [x for x in exec_lines if x[0] == OUT] + [x for x in exec_lines if x[0] == ERR]
     db.commit()
     assert project is not None
-    return {"lines": [list(x) for x in lines], "project_id": project.project_id,
-            "project_name": project.name, "created": not cur.project_id}
+    return {
+        "lines": [list(x) for x in lines],
+        "project_id": project.project_id,
+        "project_name": project.name,
+        "created": not cur.project_id,
+    }

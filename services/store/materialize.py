@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
-from sqlmodel import Session as DB, select
-
 from akcore import wire
+from sqlalchemy import Engine
+from sqlmodel import Session as DB
+from sqlmodel import select
 
 from .models import EventRow, Session, SessionRecord
 
@@ -15,20 +15,30 @@ _STATE_BY_KIND = {wire.STARTED: "RUNNING"}
 def apply_record(engine: Engine, rec: wire.JournalRecord) -> None:
     """Applies one journal record; a record already applied (same session and seq) is skipped."""
     with DB(engine) as db:
-        seen = db.exec(select(SessionRecord.id).where(SessionRecord.session_id == rec.session_id,
-                                                      SessionRecord.seq == rec.seq)).first()
+        seen = db.exec(
+            select(SessionRecord.id).where(
+                SessionRecord.session_id == rec.session_id, SessionRecord.seq == rec.seq
+            )
+        ).first()
         if seen is not None:
             return
         s = db.get(Session, rec.session_id)
         if rec.kind == wire.CREATED:
             d = rec.data
             if s is None:
-                s = Session(session_id=rec.session_id, project_id=d.get("project_id", ""),
-                            deployment_id=d.get("deployment_id", ""), build_id=d.get("build_id", ""),
-                            trigger_id=d.get("trigger_id", ""), event_id=d.get("event_id") or "",
-                            entrypoint=d.get("entrypoint", ""),
-                            is_durable=bool(d.get("is_durable", True)), state="CREATED",
-                            created_us=rec.t_us, updated_us=rec.t_us)
+                s = Session(
+                    session_id=rec.session_id,
+                    project_id=d.get("project_id", ""),
+                    deployment_id=d.get("deployment_id", ""),
+                    build_id=d.get("build_id", ""),
+                    trigger_id=d.get("trigger_id", ""),
+                    event_id=d.get("event_id") or "",
+                    entrypoint=d.get("entrypoint", ""),
+                    is_durable=bool(d.get("is_durable", True)),
+                    state="CREATED",
+                    created_us=rec.t_us,
+                    updated_us=rec.t_us,
+                )
         elif s is not None and rec.kind == wire.STARTED and s.state == "CREATED":
             s.state, s.updated_us = "RUNNING", rec.t_us
         elif s is not None and rec.kind == wire.ENDED:
@@ -37,8 +47,11 @@ def apply_record(engine: Engine, rec: wire.JournalRecord) -> None:
             s.traceback = rec.data.get("traceback") or ""
             s.updated_us = rec.t_us
         data = {k: v for k, v in rec.data.items() if not isinstance(v, bytes)}
-        db.add(SessionRecord(session_id=rec.session_id, seq=rec.seq, kind=rec.kind, t_us=rec.t_us,
-                             data=data))
+        db.add(
+            SessionRecord(
+                session_id=rec.session_id, seq=rec.seq, kind=rec.kind, t_us=rec.t_us, data=data
+            )
+        )
         if s is not None:
             db.add(s)
         db.commit()
@@ -48,7 +61,15 @@ def apply_event(engine: Engine, ev: wire.Event) -> None:
     with DB(engine) as db:
         if db.exec(select(EventRow.seq).where(EventRow.event_id == ev.event_id)).first():
             return
-        db.add(EventRow(event_id=ev.event_id, project_id=ev.project_id,
-                        destination_id=ev.destination_id, event_type=ev.event_type,
-                        data=wire.pack(ev.data), memo=ev.memo, created_us=ev.created_at_us))
+        db.add(
+            EventRow(
+                event_id=ev.event_id,
+                project_id=ev.project_id,
+                destination_id=ev.destination_id,
+                event_type=ev.event_type,
+                data=wire.pack(ev.data),
+                memo=ev.memo,
+                created_us=ev.created_at_us,
+            )
+        )
         db.commit()

@@ -7,11 +7,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-
 from akcore import bus, subjects, wire
 from akcore.config import Settings
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from .api import StoreApi
 from .db import open_engine
@@ -20,8 +19,9 @@ from .materialize import apply_event, apply_record
 log = logging.getLogger("ak.store")
 
 
-async def consume(nc: Client, durable: str, apply: Callable[[bytes], None],
-                  stop: asyncio.Event) -> None:
+async def consume(
+    nc: Client, durable: str, apply: Callable[[bytes], None], stop: asyncio.Event
+) -> None:
     """Pulls a stream in order and applies each message; a bad message is logged and skipped."""
     sub = await bus.bind(nc.jetstream(), durable)
     while not stop.is_set():
@@ -64,12 +64,22 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.serve_requests(nc, subjects.STORE_ALL, handle, queue="store")
     await bus.serve_health(nc, "store")
     tasks = [
-        asyncio.create_task(consume(
-            nc, subjects.CONSUMER_STORE_JOURNAL,
-            lambda b: apply_record(engine, wire.decode(wire.JournalRecord, b)), stop)),
-        asyncio.create_task(consume(
-            nc, subjects.CONSUMER_STORE_EVENTS,
-            lambda b: apply_event(engine, wire.decode(wire.Event, b)), stop)),
+        asyncio.create_task(
+            consume(
+                nc,
+                subjects.CONSUMER_STORE_JOURNAL,
+                lambda b: apply_record(engine, wire.decode(wire.JournalRecord, b)),
+                stop,
+            )
+        ),
+        asyncio.create_task(
+            consume(
+                nc,
+                subjects.CONSUMER_STORE_EVENTS,
+                lambda b: apply_event(engine, wire.decode(wire.Event, b)),
+                stop,
+            )
+        ),
     ]
     log.info("store ready (db %s)", engine.url.render_as_string(hide_password=True))
     await stop.wait()

@@ -23,14 +23,23 @@ def test_py_simple_end_to_end(stack: Stack, tmp_path: Path) -> None:
         '[plan] var "py_simple/USER": not found, will set',
         '[plan] trigger "py_simple:webhook/events": not found, will create',
     ]
-    assert re.search(r'^\[exec\] create_project "py_simple": prj_[0-9a-z]{26} created$',
-                     res.stdout, re.M)
-    assert re.search(r'^\[exec\] set_var "py_simple/USER": prj_[0-9a-z]{26} updated$',
-                     res.stdout, re.M)
-    assert re.search(r'^\[exec\] create_trigger "py_simple:webhook/events": trg_[0-9a-z]{26} '
-                     r'created$', res.stdout, re.M)
-    assert re.fullmatch(r'\[!!!!\] trigger "events" created, webhook path is '
-                        r'"/webhooks/[0-9a-z]{26}"\n', res.stderr)
+    assert re.search(
+        r'^\[exec\] create_project "py_simple": prj_[0-9a-z]{26} created$', res.stdout, re.M
+    )
+    assert re.search(
+        r'^\[exec\] set_var "py_simple/USER": prj_[0-9a-z]{26} updated$', res.stdout, re.M
+    )
+    assert re.search(
+        r'^\[exec\] create_trigger "py_simple:webhook/events": trg_[0-9a-z]{26} '
+        r"created$",
+        res.stdout,
+        re.M,
+    )
+    assert re.fullmatch(
+        r'\[!!!!\] trigger "events" created, webhook path is '
+        r'"/webhooks/[0-9a-z]{26}"\n',
+        res.stderr,
+    )
     tail = res.stdout.splitlines()[-4:]
     assert re.fullmatch(r'\[plan\] project "(prj_\w{26})": found, id="\1"', tail[0])
     assert re.fullmatch(r'\[exec\] create_build: created "bld_\w{26}"', tail[1])
@@ -38,8 +47,8 @@ def test_py_simple_end_to_end(stack: Stack, tmp_path: Path) -> None:
     assert tail[3] == "[exec] activate_deployment: activated"
 
     status, headers, body = stack.request(
-        "POST", path, b'{"user": "joe", "event": "login"}',
-        {"Content-Type": "application/json"})
+        "POST", path, b'{"user": "joe", "event": "login"}', {"Content-Type": "application/json"}
+    )
     assert status == 202 and body == b""
     assert re.fullmatch(r"evt_[0-9a-z]{26}", headers["autokitteh-event-id"])
 
@@ -66,24 +75,28 @@ def test_second_deploy_keeps_slug_and_one_active_deployment(stack: Stack, tmp_pa
     proj = tmp_path / "again"
     shutil.copytree(PROJECT, proj)
     (proj / "autokitteh.yaml").write_text(
-        (proj / "autokitteh.yaml").read_text().replace("py_simple", "again"))
+        (proj / "autokitteh.yaml").read_text().replace("py_simple", "again")
+    )
     _, path = stack.deploy(proj)
     res, path2 = stack.deploy(proj)
     assert path2 == ""  # no trigger created the second time
     lines = res.stdout.splitlines()
     assert lines[0].startswith('[plan] project "again": found, id="prj_')
-    assert lines[1:4] == ['[plan] project "again": no changes needed',
-                          '[plan] project "again": found 0 connections',
-                          '[plan] project "again": found 1 triggers']
+    assert lines[1:4] == [
+        '[plan] project "again": no changes needed',
+        '[plan] project "again": found 0 connections',
+        '[plan] project "again": found 1 triggers',
+    ]
     assert lines[4].startswith('[plan] trigger "again:webhook/events": found, id="trg_')
     assert lines[5] == '[plan] trigger "again:webhook/events": no changes needed'
     assert lines[6].startswith('[plan] project "again": found, id="prj_')
     assert res.stderr == ""
-    trig = json.loads(stack.ak("trigger", "get", "events", "-p", "again", "-j",
-                               check=True).stdout)
+    trig = json.loads(stack.ak("trigger", "get", "events", "-p", "again", "-j", check=True).stdout)
     assert f"/webhooks/{trig['webhook_slug']}" == path
-    deps = [json.loads(x) for x in stack.ak("deployment", "list", "-p", "again", "-j",
-                                            check=True).stdout.splitlines()]
+    deps = [
+        json.loads(x)
+        for x in stack.ak("deployment", "list", "-p", "again", "-j", check=True).stdout.splitlines()
+    ]
     assert len(deps) == 2
     assert [d["state"] for d in deps].count("ACTIVE") == 1
     assert deps[0]["state"] == "ACTIVE"  # newest first: the second deployment is the live one

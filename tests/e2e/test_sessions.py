@@ -103,28 +103,44 @@ def handler(event):
 
 @pytest.fixture(scope="module")
 def project(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = write_project(tmp_path_factory.mktemp("proj") / "p", {
-        "autokitteh.yaml": MANIFEST.format(name="sessions_e2e"),
-        "handlers.py": HANDLERS, "helper.py": HELPER, "broken.py": BROKEN,
-        ".hidden.py": "raise SystemExit", "__pycache__/x.pyc": "junk",
-    })
+    root = write_project(
+        tmp_path_factory.mktemp("proj") / "p",
+        {
+            "autokitteh.yaml": MANIFEST.format(name="sessions_e2e"),
+            "handlers.py": HANDLERS,
+            "helper.py": HELPER,
+            "broken.py": BROKEN,
+            ".hidden.py": "raise SystemExit",
+            "__pycache__/x.pyc": "junk",
+        },
+    )
     res = stack.ak("deploy", "--manifest", str(root / "autokitteh.yaml"), check=True)
-    paths = dict(re.findall(r'trigger "(\w+)" created, webhook path is "(/webhooks/\w+)"',
-                            res.stderr))
+    paths = dict(
+        re.findall(r'trigger "(\w+)" created, webhook path is "(/webhooks/\w+)"', res.stderr)
+    )
     assert set(paths) == {"hook", "only_put", "filtered", "boom", "missing", "asyncy"}
     return paths
 
 
 def _session_for(stack: Stack, event_id: str) -> dict[str, str]:
-    sessions = [json.loads(x) for x in
-                stack.ak("session", "list", "-p", "sessions_e2e", "-j", check=True).stdout.splitlines()]
+    sessions = [
+        json.loads(x)
+        for x in stack.ak(
+            "session", "list", "-p", "sessions_e2e", "-j", check=True
+        ).stdout.splitlines()
+    ]
     matching = [s for s in sessions if s["event_id"] == event_id]
     assert len(matching) == 1, sessions
     return stack.wait_session(matching[0]["session_id"])
 
 
-def _fire(stack: Stack, method: str, path: str, body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> str:
+def _fire(
+    stack: Stack,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> str:
     status, hdrs, _ = stack.request(method, path, body, headers)
     assert status == 202
     return hdrs["autokitteh-event-id"]
@@ -132,6 +148,7 @@ def _fire(stack: Stack, method: str, path: str, body: bytes | None = None,
 
 def _wait_for_session(stack: Stack, event_id: str) -> dict[str, str]:
     import time
+
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         out = stack.ak("session", "list", "-p", "sessions_e2e", "-j", check=True).stdout
@@ -142,8 +159,13 @@ def _wait_for_session(stack: Stack, event_id: str) -> dict[str, str]:
 
 
 def test_handler_inputs_and_print_capture(stack: Stack, project: dict[str, str]) -> None:
-    eid = _fire(stack, "POST", project["hook"] + "/a/b?x=1&x=2&y=", b"k=v&k=w",
-                {"Content-Type": "application/x-www-form-urlencoded", "X-Kitteh": "meow"})
+    eid = _fire(
+        stack,
+        "POST",
+        project["hook"] + "/a/b?x=1&x=2&y=",
+        b"k=v&k=w",
+        {"Content-Type": "application/x-www-form-urlencoded", "X-Kitteh": "meow"},
+    )
     s = _wait_for_session(stack, eid)
     assert s["state"] == "COMPLETED", s
     prints = stack.ak("session", "prints", s["session_id"], "-n", check=True).stdout
@@ -184,8 +206,9 @@ def test_event_type_and_filter_select_sessions(stack: Stack, project: dict[str, 
     assert ev["event_type"] == "post" and ev["data"]["method"] == "POST"
 
 
-def test_uncaught_exception_is_error_with_user_traceback(stack: Stack,
-                                                         project: dict[str, str]) -> None:
+def test_uncaught_exception_is_error_with_user_traceback(
+    stack: Stack, project: dict[str, str]
+) -> None:
     s = _wait_for_session(stack, _fire(stack, "POST", project["boom"]))
     assert s["state"] == "ERROR"
     assert s["error"] == "error: ValueError('boom')"
@@ -234,13 +257,21 @@ def test_cli_errors_and_exit_codes(stack: Stack, tmp_path: Path) -> None:
     assert (res.returncode, res.stderr) == (44, 'Error: project "nope_nope" not found\n')
     res = stack.ak("deploy", "--manifest", str(tmp_path / "bad.yaml"))
     assert (res.returncode, res.stderr) == (
-        44, f"Error: open {tmp_path / 'bad.yaml'}: no such file or directory\n")
+        44,
+        f"Error: open {tmp_path / 'bad.yaml'}: no such file or directory\n",
+    )
     res = stack.ak("session", "list", "-s", "SLEEPY")
     assert res.returncode == 40 and "invalid state" in res.stderr
-    bad = write_project(tmp_path / "bad", {"autokitteh.yaml": (
-        "version: v1\nproject:\n  name: bad_one\n  triggers:\n"
-        "    - name: t\n      webhook: {}\n      colour: red\n"
-        "    - name: u\n      webhook: {}\n      filter: 'data.('\n")})
+    bad = write_project(
+        tmp_path / "bad",
+        {
+            "autokitteh.yaml": (
+                "version: v1\nproject:\n  name: bad_one\n  triggers:\n"
+                "    - name: t\n      webhook: {}\n      colour: red\n"
+                "    - name: u\n      webhook: {}\n      filter: 'data.('\n"
+            )
+        },
+    )
     res = stack.ak("deploy", "--manifest", str(bad / "autokitteh.yaml"))
     assert res.returncode == 40
     assert "project.triggers[0].colour: unknown field" in res.stderr
@@ -253,6 +284,8 @@ def test_cli_errors_and_exit_codes(stack: Stack, tmp_path: Path) -> None:
 def test_config_where(stack: Stack) -> None:
     res = stack.ak("config", "where", check=True)
     data, cfg = stack.env["XDG_DATA_HOME"], stack.env["XDG_CONFIG_HOME"]
-    assert res.stdout == (f"Config home directory: {cfg}/autokitteh\n"
-                          f"Data home directory:   {data}/autokitteh\n\n"
-                          "Override environment variable names:\nXDG_CONFIG_HOME\nXDG_DATA_HOME\n")
+    assert res.stdout == (
+        f"Config home directory: {cfg}/autokitteh\n"
+        f"Data home directory:   {data}/autokitteh\n\n"
+        "Override environment variable names:\nXDG_CONFIG_HOME\nXDG_DATA_HOME\n"
+    )
