@@ -1,0 +1,64 @@
+"""Webhook request normalization (reference section 3.2)."""
+
+from __future__ import annotations
+
+from akcore.webhook import canonical_header, normalize_request
+
+SLUG = "n66f3e78p4ext7hdz16578p5tw"
+
+
+def test_get_without_body() -> None:
+    d = normalize_request("get", f"/webhooks/{SLUG}", [("host", "x"), ("accept", "*/*")], b"", SLUG)
+    assert d["method"] == "GET"
+    assert d["url"] == {"path": f"/webhooks/{SLUG}", "path_suffix": "", "query": {}}
+    assert d["headers"] == {"Accept": "*/*"}  # Host is not included
+    assert d["body"] == {"bytes": None, "text": None, "json": None, "form": None}
+    assert d["trailers"] == {}
+
+
+def test_sub_path_query_and_repeated_headers() -> None:
+    raw = f"/webhooks/{SLUG}/a/b%20c?x=1&x=2&y="
+    headers = [("x-foo", "1"), ("X-FOO", "2"), ("content-type", "text/plain")]
+    d = normalize_request("POST", raw, headers, "héllo".encode(), SLUG)
+    assert d["raw_url"] == raw
+    assert d["url"]["path"] == f"/webhooks/{SLUG}/a/b c"
+    assert d["url"]["path_suffix"] == "a/b c"
+    assert d["url"]["query"] == {"x": "1, 2", "y": ""}
+    assert d["headers"] == {"X-Foo": "1, 2", "Content-Type": "text/plain"}
+    assert d["body"]["bytes"] == "héllo".encode()
+    assert d["body"]["text"] == "héllo"
+    assert d["body"]["json"] is None
+    assert d["body"]["form"] is None
+
+
+def test_trailing_slash_has_empty_suffix() -> None:
+    assert normalize_request("GET", f"/webhooks/{SLUG}/", [], b"", SLUG)["url"]["path_suffix"] == ""
+
+
+def test_json_is_the_first_value_and_keeps_big_ints() -> None:
+    body = b' {"n": 123456789012345678901234567890, "f": 1.5}'
+    assert normalize_request("POST", "/", [], body, SLUG)["body"]["json"] == {
+        "n": 123456789012345678901234567890,
+        "f": 1.5,
+    }
+    assert normalize_request("POST", "/", [], b"123abc", SLUG)["body"]["json"] == 123
+
+
+def test_form_only_for_urlencoded_post_put_patch() -> None:
+    hdr = [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")]
+    for method in ("POST", "PUT", "PATCH"):
+        d = normalize_request(method, "/", hdr, b"a=1&a=2&b=", SLUG)
+        assert d["body"]["form"] == {"a": "1, 2", "b": ""}
+    assert normalize_request("GET", "/", hdr, b"a=1", SLUG)["body"]["form"] is None
+    json_hdr = [("Content-Type", "application/json")]
+    assert normalize_request("POST", "/", json_hdr, b"a=1", SLUG)["body"]["form"] is None
+
+
+def test_invalid_utf8_body() -> None:
+    d = normalize_request("POST", "/", [], b"\xff\xfe", SLUG)["body"]
+    assert d == {"bytes": b"\xff\xfe", "text": None, "json": None, "form": None}
+
+
+def test_canonical_header() -> None:
+    assert canonical_header("x-github-event") == "X-Github-Event"
+    assert canonical_header("CONTENT-TYPE") == "Content-Type"
