@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 
 from .matching import sessions_for
 
-log = logging.getLogger("ak.dispatcher")
+log = logging.getLogger(__name__)
 
 
 async def dispatch(nc: Client, event: wire.Event) -> list[str]:

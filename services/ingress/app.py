@@ -12,7 +12,7 @@ from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
 
-log = logging.getLogger("ak.ingress")
+log = logging.getLogger(__name__)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _OP_RE = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")

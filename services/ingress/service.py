@@ -12,7 +12,7 @@ from akcore.config import Settings, split_addr
 
 from .app import create_app
 
-log = logging.getLogger("ak.ingress")
+log = logging.getLogger(__name__)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:

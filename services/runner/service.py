@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 
 from .session import SessionRun
 
-log = logging.getLogger("ak.runner")
+log = logging.getLogger(__name__)
 
 HEARTBEAT = bus.JOB_ACK_WAIT / 3
 

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from .builds import unpack_build, worker_env
 from .worker import WorkerProcess
 
-log = logging.getLogger("ak.runner")
+log = logging.getLogger(__name__)
 
 
 class SessionRun:

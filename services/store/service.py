@@ -16,7 +16,7 @@ from .api import StoreApi
 from .db import open_engine
 from .materialize import apply_event, apply_record
 
-log = logging.getLogger("ak.store")
+log = logging.getLogger(__name__)
 
 
 async def consume(
