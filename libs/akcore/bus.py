@@ -210,5 +210,26 @@ async def ping_service(nc: Client, service: str, timeout: float = 1.0) -> bool:
         return False
 
 
-async def wait_forever(stop: asyncio.Event) -> None:
-    await stop.wait()
+async def pull(sub: JetStreamContext.PullSubscription, timeout: float = 1.0) -> list[Msg]:
+    """Waits up to ``timeout`` for the next message of a pull consumer.
+
+    One at a time on purpose: nats-py's batch fetch waits for the whole batch or the full
+    timeout, which would add up to ``timeout`` of latency to every quiet-time event.
+    """
+    try:
+        return await sub.fetch(batch=1, timeout=timeout)
+    except TimeoutError:
+        return []
+    except Exception as e:  # disconnected, consumer gone: retry after a pause
+        log.warning("fetch failed: %s", e)
+        await asyncio.sleep(0.5)
+        return []
+
+
+async def close(nc: Client) -> None:
+    """Flushes what was published and closes (drain would wait on open pull requests)."""
+    try:
+        await nc.flush(timeout=2)
+    except Exception as e:
+        log.debug("flush on close: %s", e)
+    await nc.close()

@@ -65,14 +65,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     sub = await bus.bind(js, subjects.CONSUMER_DISPATCHER)
     log.info("dispatcher ready")
     while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch=64, timeout=1.0)
-        except TimeoutError:
-            continue
-        except Exception as e:
-            log.warning("fetch failed: %s", e)
-            await asyncio.sleep(0.5)
-            continue
-        for msg in msgs:
+        for msg in await bus.pull(sub):
             await handle(nc, msg)
-    await nc.drain()
+    await bus.close(nc)

@@ -34,4 +34,4 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     server.should_exit = True
     await task
     stopper.cancel()
-    await nc.drain()
+    await bus.close(nc)

@@ -84,15 +84,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if free <= 0:
             await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
             continue
-        try:
-            msgs = await sub.fetch(batch=free, timeout=1.0)
-        except TimeoutError:
-            continue
-        except Exception as e:
-            log.warning("fetch failed: %s", e)
-            await asyncio.sleep(0.5)
-            continue
-        for msg in msgs:
+        for msg in await bus.pull(sub):
             task = asyncio.create_task(handle_job(nc, settings, cache, runner_id, msg))
             live.add(task)
             task.add_done_callback(live.discard)
@@ -100,4 +92,4 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for task in live:
         task.cancel()
     await asyncio.gather(*live, return_exceptions=True)
-    await nc.close()
+    await bus.close(nc)

@@ -25,15 +25,7 @@ async def consume(
     """Pulls a stream in order and applies each message; a bad message is logged and skipped."""
     sub = await bus.bind(nc.jetstream(), durable)
     while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch=1, timeout=1.0)
-        except TimeoutError:
-            continue
-        except Exception as e:
-            log.warning("%s: fetch failed: %s", durable, e)
-            await asyncio.sleep(0.5)
-            continue
-        for msg in msgs:
+        for msg in await bus.pull(sub):
             await _apply_one(msg, apply, durable)
 
 
@@ -86,5 +78,5 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await nc.drain()
+    await bus.close(nc)
     engine.dispose()

@@ -1,0 +1,44 @@
+"""In-process services against a real nats-server on a random port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from akcore import bus
+from akcore.config import Settings
+
+Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+@pytest.fixture
+def settings(nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    return Settings(
+        nats_url=nats_url, http_addr="127.0.0.1:0", db_dsn=f"sqlite:///{tmp_path / 'store.sqlite'}"
+    )
+
+
+@asynccontextmanager
+async def running(run: Run, settings: Settings, service: str) -> AsyncIterator[None]:
+    """Runs a service's ``run`` in this process until the block ends."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    nc = await bus.connect(settings.nats_url, "test-probe")
+    try:
+        for _ in range(200):
+            if task.done():
+                task.result()
+            if await bus.ping_service(nc, service, timeout=0.2):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"{service} did not come up")
+        yield
+    finally:
+        await nc.close()
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)

@@ -1,0 +1,72 @@
+"""Small helpers for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from akcore import bus, subjects, wire
+from nats.aio.client import Client
+
+T = TypeVar("T")
+
+MANIFEST = """\
+version: v1
+project:
+  name: {name}
+  vars:
+    - name: USER
+      value: Garfield
+  triggers:
+    - name: events
+      event_type: post
+      call: simple.py:greet
+      webhook: {{}}
+"""
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10) -> T:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def deploy(nc: Client, name: str, files: dict[str, bytes]) -> dict[str, Any]:
+    """Applies the manifest above, builds ``files``, deploys and activates; returns ids."""
+    res = await bus.store_call(nc, "manifest.apply", {"text": MANIFEST.format(name=name)})
+    pid = res["project_id"]
+    bid = await bus.store_call(nc, "build.create", {"project": pid, "files": files})
+    did = await bus.store_call(nc, "deployment.create", {"project": pid, "build_id": bid})
+    await bus.store_call(nc, "deployment.activate", {"deployment_id": did})
+    trig = await bus.store_call(nc, "trigger.get", {"trigger": "events", "project": pid})
+    return {
+        "project_id": pid,
+        "build_id": bid,
+        "deployment_id": did,
+        "trigger": trig,
+        "lines": res["lines"],
+    }
+
+
+async def journal(nc: Client, session_id: str) -> list[wire.JournalRecord]:
+    """All journal records of a session so far (ordered consumer, read to the end)."""
+    js = nc.jetstream()
+    sub = await js.subscribe(subjects.journal_subject(session_id), ordered_consumer=True)
+    out: list[wire.JournalRecord] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except Exception:
+                return out
+            out.append(wire.decode(wire.JournalRecord, msg.data))
+            if msg.metadata.num_pending == 0:
+                return out
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,60 @@
+"""Ingress: webhook requests become acknowledged events; the API forwards to the store."""
+
+from __future__ import annotations
+
+import httpx
+from ak_ingress.app import create_app
+from ak_store.service import run as run_store
+from akcore import bus, subjects, wire
+from akcore.config import Settings
+
+from .conftest import running
+from .helpers import deploy
+
+
+async def test_webhook_to_event(settings: Settings) -> None:
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "ingress-test")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        slug = d["trigger"]["webhook_slug"]
+        transport = httpx.ASGITransport(app=create_app(nc))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            r = await http.post(
+                f"/webhooks/{slug}/sub?q=1",
+                content=b'{"a": 1}',
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code == 202 and r.content == b""
+            eid = r.headers["AutoKitteh-Event-ID"]
+            assert r.headers["Cache-Control"] == "no-cache"
+            msg = await js.get_last_msg(
+                subjects.STREAM_EVENTS, subjects.event_subject(d["project_id"], eid)
+            )
+            ev = wire.decode(wire.Event, msg.data or b"")
+            assert ev.event_type == "post" and ev.destination_id == d["trigger"]["trigger_id"]
+            assert ev.data["url"] == {
+                "path": f"/webhooks/{slug}/sub",
+                "path_suffix": "sub",
+                "query": {"q": "1"},
+            }
+            assert ev.data["raw_url"] == f"/webhooks/{slug}/sub?q=1"
+            assert ev.data["body"]["json"] == {"a": 1}
+
+            assert (await http.get("/webhooks/aaaaaaaaaaaaaaaaaaaaaaaaaa")).status_code == 404
+            big = await http.post(f"/webhooks/{slug}", content=b"x" * (512 * 1024 + 1))
+            assert big.status_code == 413
+            # The CLI's API: msgpack in, msgpack out, status from the error kind.
+            api = await http.post(
+                "/api/project.get", content=wire.encode(wire.StoreRequest({"project": "zzz"}))
+            )
+            assert api.status_code == 404
+            assert wire.decode(wire.StoreReply, api.content).error == 'project "zzz" not found'
+            ok = await http.post(
+                "/api/project.get", content=wire.encode(wire.StoreRequest({"project": "p"}))
+            )
+            assert wire.decode(wire.StoreReply, ok.content).result["project_id"] == d["project_id"]
+            # Dispatcher and runner are not running here, so the stack is not ready.
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503 and "dispatcher" in ready.text
+        await nc.close()

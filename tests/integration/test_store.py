@@ -1,0 +1,90 @@
+"""Store service: request/reply operations and journal materialization over real NATS."""
+
+from __future__ import annotations
+
+import pytest
+from ak_store.service import run as run_store
+from akcore import bus, subjects, wire
+from akcore.config import Settings
+from akcore.errors import InvalidArgument, NotFound
+
+from .conftest import running
+from .helpers import MANIFEST, deploy, eventually
+
+
+async def test_manifest_and_deployments(settings: Settings) -> None:
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        slug_lookup = {"slug": "nope"}
+        with pytest.raises(NotFound):
+            await bus.store_call(nc, "webhook.lookup", slug_lookup)
+        res = await bus.store_call(nc, "manifest.apply", {"text": MANIFEST.format(name="p1")})
+        trig = await bus.store_call(nc, "trigger.get", {"trigger": "events", "project": "p1"})
+        slug = trig["webhook_slug"]
+        # No active deployment yet: the webhook is not served.
+        with pytest.raises(NotFound, match="no active deployment"):
+            await bus.store_call(nc, "webhook.lookup", {"slug": slug})
+        ids = await deploy(nc, "p1", {"a.py": b"def f(e): pass\n"})
+        assert ids["project_id"] == res["project_id"]
+        found = await bus.store_call(nc, "webhook.lookup", {"slug": slug})
+        assert found["project_id"] == res["project_id"]
+        second = await deploy(nc, "p1", {"a.py": b"def f(e): return 1\n"})
+        deps = await bus.store_call(nc, "deployment.list", {"project": "p1"})
+        assert [(d["deployment_id"], d["state"]) for d in deps] == [
+            (second["deployment_id"], "ACTIVE"),
+            (ids["deployment_id"], "INACTIVE"),
+        ]
+        with pytest.raises(InvalidArgument, match="invalid YAML semantics"):
+            await bus.store_call(
+                nc, "manifest.apply", {"text": "version: v1\nproject:\n  name: p2\n  nope: 1\n"}
+            )
+        assert [p["name"] for p in await bus.store_call(nc, "project.list", {})] == ["p1"]
+        await nc.close()
+
+
+async def test_journal_is_materialized_once(settings: Settings) -> None:
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        ids = await deploy(nc, "p", {"simple.py": b""})
+        sid = "ses_01m8cpgk96e6wakscbfn3064cx"
+        # A malformed message must not stop the consumer.
+        await js.publish(subjects.journal_subject("ses_garbage"), b"\xc1 not msgpack")
+        records = [
+            wire.JournalRecord(
+                sid,
+                0,
+                wire.CREATED,
+                1_000,
+                {
+                    "project_id": ids["project_id"],
+                    "entrypoint": "simple.py:greet",
+                    "event_id": "evt_1",
+                },
+            ),
+            wire.JournalRecord(sid, 1, wire.STARTED, 2_000, {"runner": "r", "attempt": 1}),
+            wire.JournalRecord(sid, 2, wire.PRINT, 3_000, {"text": "hello"}),
+            wire.JournalRecord(sid, 2, wire.PRINT, 3_000, {"text": "hello"}),  # redelivered copy
+            wire.JournalRecord(
+                sid, 3, wire.ENDED, 4_000, {"state": "COMPLETED", "result": b"\x80"}
+            ),
+        ]
+        for r in records:
+            await js.publish(subjects.journal_subject(sid), wire.encode(r))
+
+        async def done() -> dict | None:  # type: ignore[type-arg]
+            try:
+                s = await bus.store_call(nc, "session.get", {"session": "p"})
+            except NotFound:
+                return None
+            return s if s["state"] == "COMPLETED" else None
+
+        s = await eventually(done)
+        assert s["session_id"] == sid and s["entrypoint"] == "simple.py:greet"
+        recs = (await bus.store_call(nc, "session.records", {"session": sid}))["records"]
+        assert [r["kind"] for r in recs] == ["created", "started", "print", "ended"]
+        prints = (
+            await bus.store_call(nc, "session.records", {"session": sid, "kinds": ["print"]})
+        )["records"]
+        assert [p["data"]["text"] for p in prints] == ["hello"]
+        await nc.close()
