@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,6 +82,7 @@ def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
             f"--mode default needs {config.ENV_NATS_URL} and {config.ENV_DB_DSN}; "
             "use --mode dev for an embedded NATS and SQLite"
         )
+    _check_free(addr)
     data = config.data_home()
     data.mkdir(parents=True, exist_ok=True)
     env[config.ENV_HTTP_ADDR] = addr
@@ -124,6 +126,19 @@ def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
         say("stopping")
         _stop_all([c.proc for c in children if c.proc], nats_proc)
         say("stopped")
+
+
+def _check_free(addr: str) -> None:
+    host, port = config.split_addr(addr)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise AKError(
+                f"cannot listen on {addr}: {e.strerror}. Is another `ak up` running? "
+                f"Pick another address with --http-addr or {config.ENV_HTTP_ADDR}"
+            ) from None
 
 
 def _stop_all(

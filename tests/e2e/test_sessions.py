@@ -289,3 +289,14 @@ def test_config_where(stack: Stack) -> None:
         f"Data home directory:   {data}/autokitteh\n\n"
         "Override environment variable names:\nXDG_CONFIG_HOME\nXDG_DATA_HOME\n"
     )
+
+
+def test_second_stack_cannot_take_the_same_port(stack: Stack, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers import AK
+
+    env = {**stack.env, "XDG_DATA_HOME": str(tmp_path / "d2")}
+    res = subprocess.run([AK, "up"], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"Error: cannot listen on {stack.env['AK_HTTP__ADDR']}")

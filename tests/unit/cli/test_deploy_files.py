@@ -1,0 +1,55 @@
+"""What `ak deploy` uploads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ak_cli.deploy import collect_files
+from akcore.errors import InvalidArgument, NotFound
+
+
+def _tree(root: Path) -> Path:
+    for name in [
+        "autokitteh.yaml",
+        "a.py",
+        "pkg/__init__.py",
+        "pkg/m.py",
+        ".env",
+        ".git/config",
+        "__pycache__/a.cpython-311.pyc",
+        "pkg/__pycache__/m.pyc",
+        "_private.py",
+    ]:
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(name)
+    return root
+
+
+def test_manifest_dir_upload(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "proj")
+    files = collect_files(root / "autokitteh.yaml", [], [])
+    assert sorted(files) == ["_private.py", "a.py", "pkg/__init__.py", "pkg/m.py"]
+    assert files["pkg/m.py"] == b"pkg/m.py"
+
+
+def test_files_by_basename_and_dirs(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "proj")
+    files = collect_files(
+        root / "autokitteh.yaml", [str(root / "pkg" / "m.py")], [str(root / "pkg")]
+    )
+    assert sorted(files) == ["__init__.py", "m.py"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="stat nope.py: no such file or directory"):
+        collect_files(None, ["nope.py"], [])
+
+
+def test_symlink_escaping_the_directory_is_refused(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "proj")
+    (tmp_path / "secret.txt").write_text("s")
+    (root / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(InvalidArgument, match="points outside"):
+        collect_files(root / "autokitteh.yaml", [], [])
