@@ -99,7 +99,7 @@ class _Checker:
         if not isinstance(d[key], str):
             self.fail(f"{where}.{key}", f"expected a string, got {_kind(d[key])}")
             return ""
-        return d[key]
+        return str(d[key])
 
     def boolean(self, d: dict[str, Any], key: str, where: str, default: bool) -> bool:
         if key not in d or d[key] is None:

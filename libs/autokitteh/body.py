@@ -23,7 +23,7 @@ class Body(bytes):
         return self
 
     @property
-    def bytes(self) -> bytes | None:  # type: ignore[override]
+    def bytes(self) -> bytes | None:
         return self._forms["bytes"]  # type: ignore[no-any-return]
 
     @property
@@ -38,7 +38,7 @@ class Body(bytes):
     def form(self) -> dict[str, str] | None:
         return self._forms["form"]  # type: ignore[no-any-return]
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             if key in _FORMS:
                 return self._forms[key]

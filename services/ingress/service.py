@@ -26,7 +26,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     server = uvicorn.Server(config)
     # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     log.info("ingress listening on http://%s:%d", host, port)
     stopper = asyncio.create_task(stop.wait())

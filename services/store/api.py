@@ -313,7 +313,7 @@ class StoreApi:
             q = select(SessionRecord).where(SessionRecord.session_id == sid)
             if args.get("kinds"):
                 q = q.where(col(SessionRecord.kind).in_(args["kinds"]))
-            q = q.order_by(SessionRecord.seq).offset(int(args.get("skip", 0)))
+            q = q.order_by(col(SessionRecord.seq)).offset(int(args.get("skip", 0)))
             return {
                 "session_id": sid,
                 "records": [

@@ -85,16 +85,16 @@ def _execute(
                 )
             )
     elif a.type == "update_trigger":
-        trg = db.get(Trigger, a.args["trigger_id"])
-        assert trg is not None
+        current = db.get(Trigger, a.args["trigger_id"])
+        assert current is not None
         for k, v in a.args.items():
-            setattr(trg, k, v)  # the webhook slug is not among the fields: it survives updates
-        db.add(trg)
-        said(trg.trigger_id, "updated")
+            setattr(current, k, v)  # the webhook slug is not among the fields: it survives
+        db.add(current)
+        said(current.trigger_id, "updated")
     elif a.type == "delete_trigger":
-        trg = db.get(Trigger, a.args["trigger_id"])
-        if trg is not None:
-            db.delete(trg)
+        gone = db.get(Trigger, a.args["trigger_id"])
+        if gone is not None:
+            db.delete(gone)
         said(a.args["trigger_id"], "deleted")
     else:
         raise InvalidArgument(f"unknown manifest action {a.type!r}")
