@@ -1,0 +1,74 @@
+"""A runner killed mid-session: the supervisor restarts it and the session still ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.helpers import start_stack, write_project
+
+MANIFEST = """\
+version: v1
+project:
+  name: slow
+  triggers:
+    - name: hook
+      call: slow.py:run
+      webhook: {}
+"""
+
+CODE = """\
+import os
+import time
+
+
+def run(event):
+    print("begin")
+    marker = os.path.join(os.environ["MARKER_DIR"], "started")
+    open(marker, "a").write("x")
+    time.sleep(float(os.environ.get("SLOW_SECONDS", "3")))
+    print("end")
+"""
+
+
+def _runner_pid(ak_pid: int) -> int:
+    for p in subprocess.run(
+        ["pgrep", "-P", str(ak_pid)], capture_output=True, text=True
+    ).stdout.split():
+        if b"ak_runner" in Path(f"/proc/{p}/cmdline").read_bytes():
+            return int(p)
+    raise AssertionError("no runner")
+
+
+def test_session_survives_runner_kill(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path, {"MARKER_DIR": str(tmp_path), "SLOW_SECONDS": "2"})
+    try:
+        proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "slow.py": CODE})
+        _, path = stack.deploy(proj)
+        assert stack.request("POST", path)[0] == 202
+        marker = tmp_path / "started"
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline, stack.output()
+            time.sleep(0.05)
+        os.kill(_runner_pid(stack.proc.pid), signal.SIGKILL)
+        session = stack.wait_session("slow", timeout=60)
+        assert session["state"] == "COMPLETED"
+        assert marker.read_text() == "xx"  # the handler ran a second time, on the new runner
+        log = [
+            json.loads(x)
+            for x in stack.ak("session", "log", "slow", "-j", check=True).stdout.splitlines()
+        ]
+        attempts = [
+            r["state"]["running"]["attempt"] for r in log if "running" in r.get("state", {})
+        ]
+        assert attempts == [1, 2]
+        assert stack.ak("session", "prints", "slow", "-n", check=True).stdout.endswith(
+            "begin\nend\n"
+        )
+    finally:
+        stack.stop()
