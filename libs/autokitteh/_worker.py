@@ -1,8 +1,8 @@
 """The worker process: loads the user's code and runs one handler for the runner.
 
 Started by the runner as ``python -m autokitteh._worker IN_FD OUT_FD`` with the deployment's
-code directory as cwd. Frames on OUT_FD: ``print`` (text) and ``done`` (ok or error with a
-traceback trimmed to the user's frames; pickled return value in the blob).
+code directory as cwd. Frames to the runner: ``print``, ``activity`` and ``sleep`` (both
+answered by the runner once journaled), and ``done``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ import inspect
 import io
 import os
 import pickle
+import queue
 import sys
 import threading
 import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import _runtime
 from ._channel import encode_frame, read_frame
+from ._loader import UserCodeFinder
+from ._replay import NonDeterminismError, Replayer
+from .activities import ACTIVITY_ATTR
 from .body import with_body
 from .event import Event
 
@@ -34,11 +39,14 @@ Install it into the worker's Python, then deploy again:
 
 
 class Channel:
-    """The worker's end of the pipes; sends are serialized so threads can print."""
+    """The worker's end of the pipes. Sends are serialized so threads can print; replies
+    to ``call`` arrive through a reader thread, which also ends the process when the runner
+    goes away (its end of our input pipe closes)."""
 
     def __init__(self, fin: BinaryIO, fout: BinaryIO) -> None:
         self._in, self._out = fin, fout
         self._lock = threading.Lock()
+        self._replies: queue.Queue[tuple[dict[str, Any], bytes]] = queue.Queue()
 
     def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
         data = encode_frame(header, blob)
@@ -49,8 +57,17 @@ class Channel:
     def receive(self) -> tuple[dict[str, Any], bytes] | None:
         return read_frame(self._in)
 
+    def call(self, header: dict[str, Any], blob: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        self.send(header, blob)
+        return self._replies.get()
 
-def _capture_prints(ch: Channel) -> None:
+    def serve_replies(self) -> None:
+        while (frame := self.receive()) is not None:
+            self._replies.put(frame)
+        os._exit(EXIT_PARENT_GONE)
+
+
+def _capture_prints(rt: _runtime.Runtime) -> None:
     original = builtins.print
 
     def ak_print(
@@ -60,21 +77,15 @@ def _capture_prints(ch: Channel) -> None:
         file: Any = None,
         flush: bool = False,
     ) -> None:
-        original(*objects, sep=sep, end=end, file=file, flush=flush)
         if file is not None and file not in (sys.stdout, sys.stderr):
+            original(*objects, sep=sep, end=end, file=file, flush=flush)
             return  # a print into the user's own file is not a session print
         buf = io.StringIO()
         original(*objects, sep=sep, end=end, file=buf)
-        ch.send({"type": "print", "text": buf.getvalue()})
+        if rt.on_print(buf.getvalue()):  # replayed prints are neither journaled nor echoed
+            original(*objects, sep=sep, end=end, file=file, flush=flush)
 
     builtins.print = ak_print
-
-
-def _watch_parent(ch: Channel) -> None:
-    """Exits when the runner goes away (its end of our input pipe closes)."""
-    while ch.receive() is not None:
-        pass
-    os._exit(EXIT_PARENT_GONE)
 
 
 def module_name(path: str) -> str:
@@ -93,51 +104,90 @@ def format_error(exc: BaseException, code_dir: str) -> tuple[str, str]:
     return f"error: {exc!r}", tb
 
 
-def _load(entrypoint: str) -> Any:
+def _load(entrypoint: str, rt: _runtime.Runtime) -> Any:
     path, _, func = entrypoint.partition(":")
-    module = importlib.import_module(module_name(path))
+    rt.loading = True
+    try:
+        module = importlib.import_module(module_name(path))
+    finally:
+        rt.loading = False
     fn = getattr(module, func, None)
     if fn is None or not callable(fn):
         raise LookupError(f"function {func!r} not found in {path}")
     return fn
 
 
-def _call(fn: Any, event: Event, session_id: str) -> Any:
+def _call(fn: Any, event: Event, session_id: str, rt: _runtime.Runtime) -> Any:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         params = {}  # type: ignore[assignment]
-    result = fn(event, session_id=session_id) if "session_id" in params else fn(event)
+    kwargs = {"session_id": session_id} if "session_id" in params else {}
+    if rt.durable and getattr(fn, ACTIVITY_ATTR, False) is True:
+        result = rt.activity(fn, (event,), kwargs, f"{fn.__code__.co_filename}:{fn.__name__}")
+    else:
+        result = fn(event, **kwargs)
     if inspect.iscoroutine(result):
         result = asyncio.run(result)
+    if isinstance(result, _runtime.Resolved):
+        result = result.value
     return result
+
+
+def _fail(ch: Channel, e: BaseException, code_dir: str, loading: bool = False) -> None:
+    """Ends the session in error. The system's own refusals (pickling, non-determinism) and
+    load failures are also printed, so `ak session prints` shows what went wrong."""
+    if isinstance(e, (_runtime.Fatal, NonDeterminismError)):
+        err, tb = str(e), format_error(e, code_dir)[1]
+        ch.send({"type": "print", "text": err})
+    else:
+        err, tb = format_error(e, code_dir)
+        if loading:
+            text = f"{err}\n\n{tb}"
+            if isinstance(e, ModuleNotFoundError):
+                text += "\n" + _PACKAGE_HINT.format(python=sys.executable)
+            ch.send({"type": "print", "text": text})
+    ch.send({"type": "done", "ok": False, "error": err, "traceback": tb})
 
 
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:
     code_dir = os.path.realpath(start["code_dir"])
     sys.path.insert(0, code_dir)
-    ev = pickle.loads(payload)
+    sys.dont_write_bytecode = True
+    init = pickle.loads(payload)
+    replay = init.get("replay") or {}
+    durable = bool(start.get("is_durable", True))
+    finder = UserCodeFinder(code_dir, _runtime.GATES)
+
+    def is_user(fn: Any) -> bool:
+        target = getattr(fn, "__func__", fn)
+        code = getattr(target, "__code__", None)
+        if code is not None:
+            return str(code.co_filename).startswith(finder.code_dir)
+        return getattr(target, "__module__", None) in finder.modules
+
+    rt = _runtime.Runtime(
+        ch, Replayer(replay.get("steps", {}), replay.get("prints", 0)), is_user, durable
+    )
+    _runtime.install(rt)
+    _capture_prints(rt)
+    if durable:
+        finder.install()
     event = Event(
-        data=with_body(ev["data"] or {}),
-        event_type=ev.get("event_type"),
-        event_id=ev.get("event_id"),
+        data=with_body(init["data"] or {}),
+        event_type=init.get("event_type"),
+        event_id=init.get("event_id"),
         session_id=start["session_id"],
     )
     try:
-        fn = _load(start["entrypoint"])
+        fn = _load(start["entrypoint"], rt)
     except BaseException as e:
-        err, tb = format_error(e, code_dir)
-        text = f"{err}\n\n{tb}"
-        if isinstance(e, ModuleNotFoundError):
-            text += "\n" + _PACKAGE_HINT.format(python=sys.executable)
-        ch.send({"type": "print", "text": text})
-        ch.send({"type": "done", "ok": False, "error": err, "traceback": tb})
+        _fail(ch, e, code_dir, loading=True)
         return
     try:
-        result = _call(fn, event, start["session_id"])
+        result = _call(fn, event, start["session_id"], rt)
     except BaseException as e:
-        err, tb = format_error(e, code_dir)
-        ch.send({"type": "done", "ok": False, "error": err, "traceback": tb})
+        _fail(ch, e, code_dir)
         return
     try:
         blob = pickle.dumps(result)
@@ -153,8 +203,7 @@ def main(argv: list[str]) -> None:
     first = ch.receive()
     if first is None or first[0].get("type") != "start":
         sys.exit(EXIT_PARENT_GONE)
-    threading.Thread(target=_watch_parent, args=(ch,), daemon=True).start()
-    _capture_prints(ch)
+    threading.Thread(target=ch.serve_replies, daemon=True).start()
     run(ch, first[0], first[1])
     sys.stdout.flush()
     sys.stderr.flush()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -20,10 +23,42 @@ def activity(fn: F) -> F:
     return fn
 
 
+_inhibit = threading.local()
+
+
+def inhibited() -> int:
+    """How many ``inhibit_activities`` functions are running in this thread."""
+    return getattr(_inhibit, "depth", 0)
+
+
 def inhibit_activities(fn: F) -> F:
-    """Marks ``fn`` so that no call made while it runs becomes an activity."""
-    setattr(fn, INHIBIT_ATTR, True)
-    return fn
+    """No call made while ``fn`` runs becomes an activity (stackable; sync or async).
+
+    Its calls run again on replay, so keep it to fast, deterministic set-up work.
+    """
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            _inhibit.depth = inhibited() + 1
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                _inhibit.depth = inhibited() - 1
+
+        setattr(async_wrapper, INHIBIT_ATTR, True)
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _inhibit.depth = inhibited() + 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _inhibit.depth = inhibited() - 1
+
+    setattr(wrapper, INHIBIT_ATTR, True)
+    return wrapper  # type: ignore[return-value]
 
 
 def register_no_activity(items: Iterable[Callable[..., Any]]) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from akcore import bus, config, subjects, wire
 from akcore.config import Settings
+from akcore.journal import ReplayState, read_journal, replay_state
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
 
 from .session import SessionRun
 
@@ -31,16 +31,6 @@ async def _heartbeat(msg: Msg) -> None:
             log.warning("heartbeat failed: %s", e)
 
 
-async def _journal_tail(nc: Client, session_id: str) -> wire.JournalRecord | None:
-    try:
-        raw = await nc.jetstream().get_last_msg(
-            subjects.STREAM_JOURNAL, subjects.journal_subject(session_id)
-        )
-    except NotFoundError:
-        return None
-    return wire.decode(wire.JournalRecord, raw.data or b"")
-
-
 async def handle_job(nc: Client, settings: Settings, cache: Path, runner_id: str, msg: Msg) -> None:
     try:
         job = wire.decode(wire.Job, msg.data)
@@ -49,16 +39,25 @@ async def handle_job(nc: Client, settings: Settings, cache: Path, runner_id: str
         await msg.term()
         return
     attempt = msg.metadata.num_delivered or 1
-    next_seq = 1
-    if attempt > 1:  # redelivered: another runner died or gave up; never start it twice
-        tail = await _journal_tail(nc, job.session_id)
-        if tail is not None and tail.kind == wire.ENDED:
+    beat = asyncio.create_task(_heartbeat(msg))
+    replay = ReplayState()
+    if attempt > 1:  # redelivered: a runner died mid-session; replay what it journaled
+        try:
+            replay = replay_state(await read_journal(nc.jetstream(), job.session_id))
+        except Exception:
+            log.exception("session %s: cannot read its journal, will retry", job.session_id)
+            beat.cancel()
+            await msg.nak(delay=1.0)
+            return
+        if replay.ended:  # it finished; only the ack was lost
+            beat.cancel()
             await msg.ack()
             return
-        next_seq = tail.seq + 1 if tail else 1
-    beat = asyncio.create_task(_heartbeat(msg))
+        log.info(
+            "session %s: attempt %d replays %d steps", job.session_id, attempt, len(replay.steps)
+        )
     try:
-        await SessionRun(nc, settings, cache, job, attempt, next_seq, runner_id).run()
+        await SessionRun(nc, settings, cache, job, attempt, replay, runner_id).run()
     except Exception:
         log.exception("session %s: runner failure, job will be redelivered", job.session_id)
         beat.cancel()

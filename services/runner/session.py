@@ -12,6 +12,7 @@ from typing import Any
 from akcore import bus, subjects, timefmt, wire
 from akcore.config import INTERNAL_ENV_PREFIXES, Settings
 from akcore.errors import AKError
+from akcore.journal import ACTIVITY, SLEEP, ReplayState
 from nats.aio.client import Client
 
 from .builds import unpack_build, worker_env
@@ -20,8 +21,32 @@ from .worker import WorkerProcess
 log = logging.getLogger(__name__)
 
 
+def print_data(header: dict[str, Any]) -> dict[str, Any]:
+    """A print record: its text (one trailing newline trimmed) and where it was printed."""
+    data: dict[str, Any] = {"text": str(header.get("text", "")).removesuffix("\n")}
+    if header.get("activity"):
+        data["activity"] = True
+    elif header.get("n"):
+        data["n"] = int(header["n"])
+    return data
+
+
+def activity_data(header: dict[str, Any], blob: bytes) -> dict[str, Any]:
+    """An activity record: step, short function name, argument digest, outcome (opaque)."""
+    data = {
+        "step": int(header["step"]),
+        "function": str(header.get("function", "")),
+        "digest": str(header.get("digest", "")),
+        "ok": bool(header.get("ok")),
+        "result": blob,
+    }
+    if not data["ok"]:
+        data["error"] = str(header.get("error", ""))
+    return data
+
+
 class SessionRun:
-    """One attempt at one session. ``next_seq`` continues the journal where it ends."""
+    """One attempt at one session; ``replay`` is what earlier attempts journaled."""
 
     def __init__(
         self,
@@ -30,11 +55,12 @@ class SessionRun:
         cache: Path,
         job: wire.Job,
         attempt: int,
-        next_seq: int,
+        replay: ReplayState,
         runner_id: str,
     ) -> None:
         self.nc, self.settings, self.cache, self.job = nc, settings, cache, job
-        self.attempt, self.seq, self.runner_id = attempt, next_seq, runner_id
+        self.attempt, self.replay, self.runner_id = attempt, replay, runner_id
+        self.seq = replay.next_seq
         self.js = nc.jetstream()
 
     async def journal(self, kind: str, data: dict[str, Any]) -> None:
@@ -84,9 +110,27 @@ class SessionRun:
         finally:
             await worker.close()
 
+    async def _sleep(self, worker: WorkerProcess, header: dict[str, Any]) -> None:
+        """Journals a durable sleep's deadline, then tells the worker when to wake up."""
+        seconds = max(0.0, float(header.get("seconds", 0)))
+        deadline = timefmt.now_us() + int(seconds * 1_000_000)
+        data = {
+            "step": int(header["step"]),
+            "function": "sleep",
+            "seconds": seconds,
+            "deadline_us": deadline,
+        }
+        await self.journal(SLEEP, data)
+        await worker.send({"type": "sleep", "deadline_us": deadline})
+
     async def _converse(self, worker: WorkerProcess, code_dir: Path) -> None:
         job = self.job
-        event = {"data": job.data, "event_type": job.event_type, "event_id": job.event_id}
+        init = {
+            "data": job.data,
+            "event_type": job.event_type,
+            "event_id": job.event_id,
+            "replay": self.replay.for_worker(),
+        }
         await worker.send(
             {
                 "type": "start",
@@ -95,14 +139,17 @@ class SessionRun:
                 "session_id": job.session_id,
                 "is_durable": job.is_durable,
             },
-            pickle.dumps(event),
+            pickle.dumps(init),
         )
         async for header, blob in worker.frames():
             kind = header.get("type")
             if kind == "print":
-                await self.journal(
-                    wire.PRINT, {"text": str(header.get("text", "")).removesuffix("\n")}
-                )
+                await self.journal(wire.PRINT, print_data(header))
+            elif kind == ACTIVITY:
+                await self.journal(ACTIVITY, activity_data(header, blob))
+                await worker.send({"type": "ack"})
+            elif kind == SLEEP:
+                await self._sleep(worker, header)
             elif kind == "done":
                 if header.get("ok"):
                     await self.end(wire.COMPLETED, result=blob or None)

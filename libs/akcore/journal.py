@@ -1,0 +1,76 @@
+"""Reading a session's journal back, and what a replay needs from it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from . import subjects, wire
+
+# Journal record kinds of durable steps, replayed by step number.
+ACTIVITY, SLEEP = "activity", "sleep"
+
+
+@dataclass
+class ReplayState:
+    """What a new attempt needs: recorded steps, recorded workflow prints, where to go on."""
+
+    steps: dict[int, dict[str, Any]] = field(default_factory=dict)
+    prints: int = 0
+    next_seq: int = 1
+    ended: bool = False
+
+    def for_worker(self) -> dict[str, Any]:
+        return {"steps": self.steps, "prints": self.prints}
+
+
+def replay_state(records: list[wire.JournalRecord]) -> ReplayState:
+    """Folds journal records (in order) into the state a replay starts from."""
+    state = ReplayState()
+    for rec in records:
+        state.next_seq = max(state.next_seq, rec.seq + 1)
+        if rec.kind in (ACTIVITY, SLEEP):
+            state.steps[int(rec.data["step"])] = {"kind": rec.kind, **rec.data}
+        elif rec.kind == wire.PRINT and rec.data.get("n"):
+            state.prints = max(state.prints, int(rec.data["n"]))
+        elif rec.kind == wire.ENDED:
+            state.ended = True
+    return state
+
+
+async def last_record(js: JetStreamContext, session_id: str) -> wire.JournalRecord | None:
+    try:
+        raw = await js.get_last_msg(subjects.STREAM_JOURNAL, subjects.journal_subject(session_id))
+    except NotFoundError:
+        return None
+    return wire.decode(wire.JournalRecord, raw.data or b"")
+
+
+async def read_journal(
+    js: JetStreamContext, session_id: str, timeout: float = 10.0
+) -> list[wire.JournalRecord]:
+    """Every record of one session, in order (an ordered consumer read to the last record)."""
+    last = await last_record(js, session_id)
+    if last is None:
+        return []
+    out: list[wire.JournalRecord] = []
+    sub = await js.subscribe(
+        subjects.journal_subject(session_id),
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                rec = wire.decode(wire.JournalRecord, msg.data)
+                out.append(rec)
+                if msg.metadata.num_pending == 0:
+                    return out
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,295 @@
+"""The worker's durable runtime: runs activities, journals them through the runner, replays.
+
+One session per worker process, so the runtime is a module-level singleton that the
+instrumented code reaches through ``_ak_call`` / ``_ak_async_call``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import os
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from . import activities
+from ._gate import Decision, decide, short_name
+from ._replay import NonDeterminismError as NonDeterminism
+from ._replay import Replayer
+from .errors import AutoKittehError
+
+MAX_PAYLOAD = 1024 * 1024
+_real_sleep = time.sleep
+
+PICKLE_HINT = (
+    "Activity arguments and results travel through pickle. Move the code that creates or "
+    "uses this value into one function decorated with @autokitteh.activity, so that only "
+    "picklable values cross the activity boundary."
+)
+
+
+class Fatal(BaseException):
+    """Ends the session in ERROR whatever the handler catches."""
+
+
+class Channel(Protocol):
+    def call(self, header: dict[str, Any], blob: bytes = b"") -> tuple[dict[str, Any], bytes]: ...
+    def send(self, header: dict[str, Any], blob: bytes = b"") -> None: ...
+
+
+class Resolved:
+    """An already finished awaitable: what an async activity's caller gets when it did not
+    await the call directly."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        return self.value
+        yield  # pragma: no cover  (makes this a generator)
+
+
+def _where(depth: int) -> str:
+    frame = sys._getframe(depth)
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A digest of the arguments; arguments that cannot be pickled are described by type."""
+    try:
+        data = pickle.dumps((args, kwargs))
+    except Exception:
+        data = repr([type(a).__qualname__ for a in args] + sorted(kwargs)).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+class Runtime:
+    def __init__(
+        self, channel: Channel, replayer: Replayer, is_user: Callable[[Any], bool], durable: bool
+    ) -> None:
+        self.channel, self.replayer, self.is_user, self.durable = (
+            channel,
+            replayer,
+            is_user,
+            durable,
+        )
+        self.loading = False
+        self.step = 0
+        self.prints = 0
+        self._local = threading.local()
+        self._lock = threading.RLock()  # one activity (or durable step) at a time
+
+    # --- state
+
+    @property
+    def in_activity(self) -> bool:
+        return bool(getattr(self._local, "in_activity", False))
+
+    def decision(self, fn: Any) -> Decision:
+        if not self.durable:
+            return Decision.DIRECT
+        return decide(
+            fn,
+            in_activity=self.in_activity,
+            loading=self.loading,
+            inhibited=activities.inhibited() > 0,
+            is_user=self.is_user,
+        )
+
+    # --- prints
+
+    def on_print(self, text: str) -> bool:
+        """Sends a print to the runner; False when it is a replayed print not to be repeated."""
+        if self.in_activity:
+            self.channel.send({"type": "print", "text": text, "activity": True})
+            return True
+        self.prints += 1
+        if self.replayer.is_replayed_print(self.prints):
+            return False
+        self.channel.send({"type": "print", "text": text, "n": self.prints})
+        return True
+
+    # --- durable steps
+
+    def _next(self, kind: str, name: str, where: str) -> tuple[int, dict[str, Any] | None]:
+        self.step += 1
+        return self.step, self.replayer.take(self.step, kind, name, where)
+
+    def sleep(self, seconds: float, where: str) -> None:
+        """A durable sleep: its deadline is journaled, so a replay waits only what remains."""
+        with self._lock:
+            step, rec = self._next("sleep", "sleep", where)
+            if rec is None:
+                reply, _ = self.channel.call({"type": "sleep", "step": step, "seconds": seconds})
+                rec = reply
+        remaining = rec["deadline_us"] / 1e6 - time.time()
+        if remaining > 0:
+            _real_sleep(remaining)
+
+    def _record(
+        self,
+        step: int,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ok: bool,
+        value: Any,
+    ) -> Any:
+        """Pickles and journals an outcome (write-ahead); returns what the caller gets."""
+        name = short_name(fn)
+        if ok:
+            try:
+                blob = pickle.dumps(value)
+            except Exception as e:
+                raise Fatal(
+                    f"error: activity {name!r} returned a value that cannot be pickled: "
+                    f"{type(e).__name__}({str(e)!r})\n{PICKLE_HINT}"
+                ) from None
+        else:
+            try:
+                blob = pickle.dumps(value)
+                pickle.loads(blob)
+            except Exception:
+                value = AutoKittehError(f"{type(value).__name__}: {value}")
+                blob = pickle.dumps(value)
+        if len(blob) > MAX_PAYLOAD:
+            raise Fatal(
+                f"error: the result of activity {name!r} is {len(blob)} bytes, larger "
+                f"than the {MAX_PAYLOAD} byte limit; return less data (store big data "
+                "elsewhere and return a reference)"
+            )
+        header = {
+            "type": "activity",
+            "step": step,
+            "function": name,
+            "ok": ok,
+            "digest": digest(args, kwargs),
+        }
+        if not ok:
+            header["error"] = repr(value)
+        self.channel.call(header, blob)  # write-ahead: acked before the result is used
+        return value
+
+    @staticmethod
+    def _outcome(rec: dict[str, Any], fn: Any) -> Any:
+        try:
+            value = pickle.loads(rec["result"])
+        except Exception as e:
+            raise AutoKittehError(
+                f"cannot restore the result of {rec.get('function')}: {e!r}"
+            ) from None
+        if not rec.get("ok"):
+            raise value
+        return value
+
+    def activity(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> Any:
+        with self._lock:
+            step, rec = self._next("activity", short_name(fn), where)
+            if rec is not None:
+                value = self._outcome(rec, fn)
+                return Resolved(value) if inspect.iscoroutinefunction(fn) else value
+            self._local.in_activity = True
+            try:
+                value, ok = fn(*args, **kwargs), True
+                if inspect.iscoroutine(value):
+                    value = _run_coroutine(value)
+            except (Fatal, NonDeterminism):
+                raise
+            except BaseException as e:
+                value, ok = e, False
+            finally:
+                self._local.in_activity = False
+            value = self._record(step, fn, args, kwargs, ok, value)
+        if not ok:
+            raise value
+        return Resolved(value) if inspect.iscoroutinefunction(fn) else value
+
+    async def async_activity(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+    ) -> Any:
+        with self._lock:
+            step, rec = self._next("activity", short_name(fn), where)
+            if rec is not None:
+                return self._outcome(rec, fn)
+            self._local.in_activity = True
+            try:
+                value, ok = await fn(*args, **kwargs), True
+            except (Fatal, NonDeterminism):
+                raise
+            except BaseException as e:
+                value, ok = e, False
+            finally:
+                self._local.in_activity = False
+            value = self._record(step, fn, args, kwargs, ok, value)
+        if not ok:
+            raise value
+        return value
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Runs a coroutine to completion, also from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+_runtime: Runtime | None = None
+
+
+def install(rt: Runtime) -> None:
+    global _runtime
+    _runtime = rt
+
+
+def ak_call(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """The gate every instrumented call goes through."""
+    rt = _runtime
+    if rt is None:
+        return fn(*args, **kwargs)
+    d = rt.decision(fn)
+    if d is Decision.DIRECT:
+        return fn(*args, **kwargs)
+    if d is Decision.SLEEP:
+        if len(args) != 1 or kwargs:
+            return fn(*args, **kwargs)  # let time.sleep raise its own TypeError
+        return rt.sleep(float(args[0]), _where(2))
+    return rt.activity(fn, args, kwargs, _where(2))
+
+
+async def ak_async_call(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """The gate of ``await f(...)`` in instrumented code."""
+    rt = _runtime
+    d = rt.decision(fn) if rt is not None else Decision.DIRECT
+    if rt is None or d is Decision.DIRECT:
+        return await fn(*args, **kwargs)
+    if d is Decision.SLEEP:
+        return rt.sleep(float(args[0]), _where(2))
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__func__", None)
+    ):
+        return await rt.async_activity(fn, args, kwargs, _where(2))
+    result = rt.activity(fn, args, kwargs, _where(2))
+    return await result if inspect.isawaitable(result) else result
+
+
+GATES = {"_ak_call": ak_call, "_ak_async_call": ak_async_call}
