@@ -11,7 +11,8 @@ from akcore import timefmt
 from akcore.errors import AKError
 
 from . import client
-from .render import emit, emit_list, jsonable
+from .render import emit, emit_list
+from .sessionlog import entry_text, log_entries
 
 app = typer.Typer(help="Sessions: runs of a handler.", no_args_is_help=True)
 
@@ -75,50 +76,14 @@ def prints(
             typer.echo(print_line(rec, no_timestamps))
 
 
-def log_record(rec: dict[str, Any]) -> dict[str, Any]:
-    """A journal record the way ``ak session log -j`` shows it."""
-    kind, data = rec["kind"], rec["data"]
-    if kind == "created":
-        body: dict[str, Any] = {"state": {"created": {}}}
-    elif kind == "started":
-        body = {
-            "state": {
-                "running": {"runner": data.get("runner", ""), "attempt": data.get("attempt", 1)}
-            }
-        }
-    elif kind == "print":
-        body = {"print": {"text": data.get("text", "")}}
-    elif kind == "ended":
-        state = str(data.get("state", "ERROR")).lower()
-        detail = {k: data[k] for k in ("error", "traceback") if data.get(k)}
-        body = {"state": {state: detail}}
-    else:
-        body = {kind: jsonable(data)}
-    return {"t": timefmt.rfc3339(rec["t_us"]), "seq": rec["seq"], **body}
-
-
-def log_text(rec: dict[str, Any], no_timestamps: bool = False) -> str:
-    r = log_record(rec)
-    if "state" in r:
-        ((state, detail),) = r["state"].items()
-        text = f"State: {state.upper()}"
-        if detail.get("error"):
-            text += f" {detail['error']}"
-            if detail.get("traceback"):
-                text += f"\n{detail['traceback'].rstrip()}"
-    elif "print" in r:
-        text = f"Print: {r['print']['text']}"
-    else:
-        text = json.dumps({k: v for k, v in r.items() if k not in ("t", "seq")})
-    return text if no_timestamps else f"[{r['t']}] {text}"
-
-
 def _show_log(records: list[dict[str, Any]], as_json: bool, no_timestamps: bool) -> None:
     for rec in records:
-        if as_json:
-            typer.echo(json.dumps(log_record(rec), separators=(",", ":")))
-        else:
-            typer.echo(log_text(rec, no_timestamps))
+        for e in log_entries(rec):
+            if as_json:
+                typer.echo(json.dumps(e, separators=(",", ":")))
+            else:
+                text = entry_text(e)
+                typer.echo(text if no_timestamps else f"[{e['t']}] {text}")
 
 
 @app.command()
@@ -127,7 +92,7 @@ def log(
     no_timestamps: Annotated[bool, typer.Option("--no-timestamps", "-n")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The session's history so far: state changes and prints."""
+    """The session's history so far: state changes, activity calls, sleeps and prints."""
     _show_log(client.call("session.records", session=ref)["records"], as_json, no_timestamps)
 
 
