@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,7 +66,9 @@ STREAMS = (
 
 # Ceiling on live sessions across all runners: a live session holds its job un-acked.
 MAX_LIVE_SESSIONS = 4096
-JOB_ACK_WAIT = 15.0  # a dead runner's sessions move on this soon; runners heartbeat faster
+# A dead runner's sessions move on this soon (runners heartbeat at a third of it). Read when
+# the consumer is first created; later changes need the consumer edited.
+JOB_ACK_WAIT = float(os.environ.get("AK_JOBS__ACK_WAIT", "15"))
 
 # Durable consumers, created with the streams so that no event accepted by ingress can
 # arrive before its consumers exist (they start from the beginning of their stream).

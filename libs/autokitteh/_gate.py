@@ -16,7 +16,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from .activities import ACTIVITY_ATTR, no_activity
+from .activities import ACTIVITY_ATTR, INHIBIT_ATTR, no_activity
 
 
 class Decision(enum.Enum):
@@ -199,8 +199,8 @@ def decide(
         marked = None
     if marked is True:
         return Decision.ACTIVITY
-    if marked is False:
-        return Decision.DIRECT
+    if marked is False or getattr(fn, INHIBIT_ATTR, None) is True:
+        return Decision.DIRECT  # an inhibit_activities wrapper runs its function directly
     if is_no_activity(fn) or is_sdk(fn) or is_deterministic(fn) or is_user(fn):
         return Decision.DIRECT
     return Decision.ACTIVITY

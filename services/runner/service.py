@@ -18,20 +18,20 @@ from .session import SessionRun
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = bus.JOB_ACK_WAIT / 3
 
-
-async def _heartbeat(msg: Msg) -> None:
+async def _heartbeat(msg: Msg, every: float) -> None:
     """Keeps a live session's job un-acked but owned (in-progress) while it runs."""
     while True:
-        await asyncio.sleep(HEARTBEAT)
+        await asyncio.sleep(every)
         try:
             await msg.in_progress()
         except Exception as e:
             log.warning("heartbeat failed: %s", e)
 
 
-async def handle_job(nc: Client, settings: Settings, cache: Path, runner_id: str, msg: Msg) -> None:
+async def handle_job(
+    nc: Client, settings: Settings, cache: Path, runner_id: str, msg: Msg, heartbeat: float
+) -> None:
     try:
         job = wire.decode(wire.Job, msg.data)
     except Exception as e:
@@ -39,7 +39,7 @@ async def handle_job(nc: Client, settings: Settings, cache: Path, runner_id: str
         await msg.term()
         return
     attempt = msg.metadata.num_delivered or 1
-    beat = asyncio.create_task(_heartbeat(msg))
+    beat = asyncio.create_task(_heartbeat(msg, heartbeat))
     replay = ReplayState()
     if attempt > 1:  # redelivered: a runner died mid-session; replay what it journaled
         try:
@@ -76,6 +76,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")
     sub = await bus.bind(js, subjects.CONSUMER_RUNNER)
+    info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
+    heartbeat = (info.config.ack_wait or bus.JOB_ACK_WAIT) / 3
     live: set[asyncio.Task[None]] = set()
     log.info("runner %s ready (up to %d sessions)", runner_id, settings.runner_concurrency)
     while not stop.is_set():
@@ -84,7 +86,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
             continue
         for msg in await bus.pull(sub):
-            task = asyncio.create_task(handle_job(nc, settings, cache, runner_id, msg))
+            task = asyncio.create_task(handle_job(nc, settings, cache, runner_id, msg, heartbeat))
             live.add(task)
             task.add_done_callback(live.discard)
     # Stopping: live sessions keep their jobs un-acked, so another runner takes them over.

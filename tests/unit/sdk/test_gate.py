@@ -141,6 +141,7 @@ def test_inhibit_activities_is_stackable() -> None:
 
     outer()
     assert seen == [1, 2, 1] and activities.inhibited() == 0
+    assert gate(outer) is D  # the wrapper lives in the SDK but runs the user's function
 
 
 def test_short_names() -> None:

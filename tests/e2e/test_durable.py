@@ -1,0 +1,412 @@
+"""Durable execution end to end: activities, replay after SIGKILL of the runner, and the
+reference's instrumentation cases, against a real `ak up --mode dev`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Stack, start_stack, write_project
+
+MANIFEST = """\
+version: v1
+project:
+  name: durable
+  triggers:
+{triggers}
+"""
+TRIGGER = """\
+    - name: {name}
+      call: {call}
+      webhook: {{}}
+"""
+
+CRASH = """\
+import os
+import random
+import time
+
+import autokitteh
+
+DIR = os.environ["MARKER_DIR"]
+MODE = open(os.path.join(DIR, "mode")).read()  # module level: runs plainly, on every replay
+
+
+def _bump(name):
+    with open(os.path.join(DIR, name), "a") as f:
+        f.write("+")
+
+
+@autokitteh.activity
+def draw(name):
+    _bump(name)
+    return random.randint(1, 10**9)
+
+
+@autokitteh.activity
+def slow(name, seconds):
+    _bump(name)
+    open(os.path.join(DIR, name + ".running"), "w").close()
+    time.sleep(seconds)  # inside an activity: a real sleep
+    return "slow done"
+
+
+def crash_in_sleep(event):
+    n = draw("a1")
+    print("first", n)
+    time.sleep(4)
+    print("second", n)
+    print("woke", time.time())
+
+
+def crash_between(event):
+    n = draw("a2")
+    print("drew", n)
+    total = 0
+    for i in range(60_000_000):  # plain workflow code, long enough to be killed in
+        total += i
+    print("b", draw("b2"))
+
+
+def crash_inside(event):
+    n = draw("a3")
+    print(slow("b3", 3), n)
+
+
+def changes(event):
+    if MODE == "one":
+        print("one", draw("c1"))
+    else:
+        print("other", random.random())
+    time.sleep(3)
+"""
+
+CASES = """\
+import asyncio
+import random
+import threading
+import time
+import urllib.request
+import uuid
+
+import autokitteh
+
+autokitteh.register_no_activity([random.randint, urllib.request.Request])
+
+
+class Oops(Exception):
+    pass
+
+
+@autokitteh.activity
+def outer():
+    print("ACT")
+    return [random.random() for _ in range(3)]  # nested calls: part of one activity
+
+
+@autokitteh.activity
+def boom(x):
+    raise Oops(x)
+
+
+def nested_and_prints(event):
+    print("START")
+    values = outer()
+    print("END", len(values))
+
+
+def exceptions(event):
+    try:
+        boom(1)
+    except Oops as e:
+        print("caught", type(e).__name__, e.args)
+    boom(2)
+
+
+def big_values(event):
+    big = random.getrandbits(1) + 2**100
+    u = uuid.uuid4()
+    print(type(big).__name__, big >= 2**100, type(u).__name__, len(str(u)))
+
+
+def unpicklable(event):
+    lock = threading.Lock()
+    print("never", lock)
+
+
+async def on_http_start(event):
+    print("START:", event.event_type)
+    await act()
+    print("END", await asyncio.sleep(0, result="slept"))
+
+
+@autokitteh.activity
+async def act():
+    print("ACT")
+
+
+def no_activity(event):
+    random.randint(1, 2)
+    random.randrange(10)
+    req = urllib.request.Request("http://localhost")
+    req.get_method()
+
+
+@autokitteh.inhibit_activities
+def setup():
+    return random.random()
+
+
+def inhibited(event):
+    setup()
+    print("after", random.random() < 2)
+
+
+def sleeper(event):
+    time.sleep(0.2)
+    print("slept")
+
+
+@autokitteh.activity
+def whole(event):
+    print("whole", random.random() < 2)
+    return 5
+"""
+
+NAMES = ["crash_in_sleep", "crash_between", "crash_inside", "changes"]
+CASE_NAMES = [
+    "nested_and_prints",
+    "exceptions",
+    "big_values",
+    "unpicklable",
+    "on_http_start",
+    "no_activity",
+    "inhibited",
+    "sleeper",
+    "whole",
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[str, str], Path]]:
+    home = tmp_path_factory.mktemp("durable")
+    markers = home / "markers"
+    markers.mkdir()
+    (markers / "mode").write_text("one")
+    stack = start_stack(home, {"MARKER_DIR": str(markers), "AK_JOBS__ACK_WAIT": "3"})
+    triggers = "".join(TRIGGER.format(name=n, call=f"crash.py:{n}") for n in NAMES)
+    triggers += "".join(TRIGGER.format(name=n, call=f"cases.py:{n}") for n in CASE_NAMES)
+    triggers += TRIGGER.format(name="plain", call="cases.py:no_activity")
+    triggers += "      is_durable: false\n"
+    proj = write_project(
+        home / "proj",
+        {
+            "autokitteh.yaml": MANIFEST.format(triggers=triggers),
+            "crash.py": CRASH,
+            "cases.py": CASES,
+        },
+    )
+    res = stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"), check=True)
+    import re
+
+    paths = dict(
+        re.findall(r'trigger "(\w+)" created, webhook path is "(/webhooks/\w+)"', res.stderr)
+    )
+    try:
+        yield stack, paths, markers
+    finally:
+        stack.stop()
+
+
+def _fire(stack: Stack, path: str) -> str:
+    status, headers, _ = stack.request("POST", path, b"{}")
+    assert status == 202
+    eid = headers["autokitteh-event-id"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for line in stack.ak(
+            "session", "list", "-p", "durable", "-j", check=True
+        ).stdout.splitlines():
+            s = json.loads(line)
+            if s["event_id"] == eid:
+                return str(s["session_id"])
+        time.sleep(0.1)
+    raise AssertionError("no session")
+
+
+def _run(stack: Stack, path: str) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
+    sid = _fire(stack, path)
+    session = stack.wait_session(sid, timeout=60)
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+    log = [
+        json.loads(x) for x in stack.ak("session", "log", sid, "-j", check=True).stdout.splitlines()
+    ]
+    return session, prints, log
+
+
+def _calls(log: list[dict[str, Any]]) -> list[str]:
+    return [e["call_spec"]["function"] for e in log if e["type"] == "call_spec"]
+
+
+def _kill_runner(stack: Stack) -> None:
+    out = subprocess.run(
+        ["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True
+    ).stdout
+    for pid in out.split():
+        if b"ak_runner" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(int(pid), signal.SIGKILL)
+            return
+    raise AssertionError("no runner process")
+
+
+def _wait_file(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _attempts(log: list[dict[str, Any]]) -> list[int]:
+    return [
+        e["state"]["running"]["attempt"]
+        for e in log
+        if e["type"] == "state" and "running" in e["state"]
+    ]
+
+
+def test_crash_during_durable_sleep(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    sid = _fire(stack, paths["crash_in_sleep"])
+    _wait_file(markers / "a1")
+    time.sleep(0.5)  # into the sleep
+    _kill_runner(stack)
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert (markers / "a1").read_text() == "+"  # the activity ran exactly once
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+    assert [p.split()[0] for p in prints] == ["first", "second", "woke"]  # each exactly once
+    assert prints[0].split()[1] == prints[1].split()[1]  # the replay got the recorded number
+    log = [
+        json.loads(x) for x in stack.ak("session", "log", sid, "-j", check=True).stdout.splitlines()
+    ]
+    assert _attempts(log) == [1, 2]
+    (sleep,) = [e["sleep"] for e in log if e["type"] == "sleep"]
+    deadline = datetime.fromisoformat(sleep["until"].replace("Z", "+00:00")).timestamp()
+    woke = float(prints[2].split()[1])
+    assert deadline - 0.05 <= woke <= deadline + 1.5  # the original deadline, not a new 4 s
+    assert _calls(log) == ["draw", "time"]
+
+
+def test_crash_between_activities(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    sid = _fire(stack, paths["crash_between"])
+    _wait_file(markers / "a2")
+    time.sleep(0.3)  # in the plain loop between the two activities
+    _kill_runner(stack)
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert (markers / "a2").read_text() == "+"
+    assert (markers / "b2").read_text() == "+"
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+    assert [p.split()[0] for p in prints] == ["drew", "b"]
+
+
+def test_crash_inside_activity_runs_it_again(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    sid = _fire(stack, paths["crash_inside"])
+    _wait_file(markers / "b3.running")
+    _kill_runner(stack)
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert (markers / "a3").read_text() == "+"  # finished before the crash: exactly once
+    assert (markers / "b3").read_text() == "++"  # in flight at the crash: once more
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+    assert len(prints) == 1 and prints[0].startswith("slow done ")
+
+
+def test_non_determinism_is_reported(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    (markers / "mode").write_text("one")
+    sid = _fire(stack, paths["changes"])
+    _wait_file(markers / "c1")
+    (markers / "mode").write_text("two")  # the module will take the other branch on replay
+    _kill_runner(stack)
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "ERROR"
+    line = CRASH.splitlines().index('        print("other", random.random())') + 1
+    assert session["error"].startswith(
+        f"non-determinism at crash.py:{line}: step 1 of the journal is activity " + '"draw", '
+        'but the code now asks for activity "random"'
+    ), session["error"]
+    (markers / "mode").write_text("one")
+
+
+def test_nested_activity_and_interleaved_prints(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, prints, log = _run(env[0], env[1]["nested_and_prints"])
+    assert session["state"] == "COMPLETED"
+    assert prints == ["START", "ACT", "END 3"]
+    assert _calls(log) == ["outer"]  # random.random inside it is part of the one activity
+
+
+def test_activity_exceptions(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, prints, log = _run(env[0], env[1]["exceptions"])
+    assert prints == ["caught Oops (1,)"]
+    assert session["state"] == "ERROR" and session["error"] == "error: Oops(2)"
+    completes = [e["call_attempt_complete"] for e in log if e["type"] == "call_attempt_complete"]
+    assert [(c["ok"], c["error"]) for c in completes] == [(False, "Oops(1)"), (False, "Oops(2)")]
+
+
+def test_big_ints_and_uuids(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, prints, log = _run(env[0], env[1]["big_values"])
+    assert prints == ["int True UUID 36"]
+    assert _calls(log) == ["getrandbits", "uuid4"]
+
+
+def test_unpicklable_result(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, prints, _ = _run(env[0], env[1]["unpicklable"])
+    assert session["state"] == "ERROR"
+    assert "activity 'allocate_lock' returned a value that cannot be pickled" in session["error"]
+    assert "@autokitteh.activity" in session["error"]
+    assert any("cannot be pickled" in p for p in prints)
+
+
+def test_async_handler_and_activity(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, prints, log = _run(env[0], env[1]["on_http_start"])
+    assert session["state"] == "COMPLETED"
+    assert prints == ["START: post", "ACT", "END slept"]
+    assert _calls(log) == ["act", "sleep"]  # asyncio.sleep is not durable: an activity
+
+
+def test_register_no_activity(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, _, log = _run(env[0], env[1]["no_activity"])
+    assert session["state"] == "COMPLETED"
+    assert _calls(log) == ["randrange"]
+
+
+def test_inhibit_activities(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, prints, log = _run(env[0], env[1]["inhibited"])
+    assert prints == ["after True"]
+    assert _calls(log) == ["random"]  # only the call outside the inhibited function
+
+
+def test_durable_sleep_and_whole_handler_activity(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, prints, log = _run(env[0], env[1]["sleeper"])
+    assert prints == ["slept"] and [e["type"] for e in log].count("sleep") == 1
+    session, prints, log = _run(env[0], env[1]["whole"])
+    assert session["state"] == "COMPLETED" and prints == ["whole True"]
+    assert _calls(log) == ["whole"]
+
+
+def test_non_durable_trigger_has_no_activities(env: tuple[Stack, dict[str, str], Path]) -> None:
+    session, _, log = _run(env[0], env[1]["plain"])
+    assert session["state"] == "COMPLETED"
+    assert _calls(log) == []
