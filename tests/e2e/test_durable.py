@@ -176,6 +176,29 @@ def sleeper(event):
     print("slept")
 
 
+class Picky(Exception):
+    def __init__(self, a, *, b):
+        super().__init__(a)
+
+
+@autokitteh.activity
+def picky():
+    raise Picky(1, b=2)
+
+
+@autokitteh.activity
+def huge():
+    return b"x" * (2 * 1024 * 1024)
+
+
+def odd_errors(event):
+    try:
+        picky()
+    except autokitteh.AutoKittehError as e:
+        print("restored as", type(e).__name__, str(e))
+    huge()
+
+
 @autokitteh.activity
 def whole(event):
     print("whole", random.random() < 2)
@@ -193,6 +216,7 @@ CASE_NAMES = [
     "inhibited",
     "sleeper",
     "whole",
+    "odd_errors",
 ]
 
 
@@ -410,3 +434,14 @@ def test_non_durable_trigger_has_no_activities(env: tuple[Stack, dict[str, str],
     session, _, log = _run(env[0], env[1]["plain"])
     assert session["state"] == "COMPLETED"
     assert _calls(log) == []
+
+
+def test_unrestorable_exception_and_oversized_result(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    session, prints, _ = _run(env[0], env[1]["odd_errors"])
+    assert prints[0] == "restored as AutoKittehError Picky: 1"
+    assert session["state"] == "ERROR"
+    assert session["error"].startswith(
+        "error: the result of activity 'huge' is 2097161 bytes, larger than the 1048576 byte limit"
+    )
