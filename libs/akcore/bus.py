@@ -149,6 +149,19 @@ async def ensure_streams(js: JetStreamContext) -> None:
             log.debug("consumer %s exists", name)
 
 
+VALUES_BUCKET = "AK_VALUES"
+
+
+async def values_bucket(js: JetStreamContext) -> Any:
+    """The KV bucket of the projects' values stores (created on first use)."""
+    try:
+        return await js.key_value(VALUES_BUCKET)
+    except Exception:
+        from nats.js.api import KeyValueConfig
+
+        return await js.create_key_value(KeyValueConfig(bucket=VALUES_BUCKET, history=1))
+
+
 async def bind(js: JetStreamContext, consumer: str) -> JetStreamContext.PullSubscription:
     """Binds to one of the durable pull consumers of ``CONSUMERS``."""
     stream, _ = CONSUMERS[consumer]

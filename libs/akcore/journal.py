@@ -12,7 +12,8 @@ from nats.js.errors import NotFoundError
 
 from . import subjects, wire
 
-# Journal record kinds of durable steps, replayed by step number.
+# Journal record kinds of durable steps, replayed by step number (system calls use their name:
+# subscribe, next_event, signal, next_signal, start, value, ...).
 ACTIVITY, SLEEP = "activity", "sleep"
 
 
@@ -22,6 +23,7 @@ class ReplayState:
 
     steps: dict[int, dict[str, Any]] = field(default_factory=dict)
     prints: int = 0
+    consumed: set[int] = field(default_factory=set)  # inbox stream sequences already taken
     next_seq: int = 1
     ended: bool = False
 
@@ -34,7 +36,9 @@ def replay_state(records: list[wire.JournalRecord]) -> ReplayState:
     state = ReplayState()
     for rec in records:
         state.next_seq = max(state.next_seq, rec.seq + 1)
-        if rec.kind in (ACTIVITY, SLEEP):
+        if rec.data.get("inbox_seq"):
+            state.consumed.add(int(rec.data["inbox_seq"]))
+        if "step" in rec.data:  # a durable step: activity, sleep or a system call
             state.steps[int(rec.data["step"])] = {"kind": rec.kind, **rec.data}
         elif rec.kind == wire.PRINT and rec.data.get("n"):
             state.prints = max(state.prints, int(rec.data["n"]))

@@ -43,6 +43,16 @@ def inbox_subject(session_id: str) -> str:
     return f"{PREFIX}.inbox.{session_id}"
 
 
+def outcome_subject(event_id: str) -> str:
+    """Core NATS (not stored): outcomes of the sessions of one event, for sync webhooks."""
+    return f"{PREFIX}.outcomes.{event_id}"
+
+
+def dispatched_subject(event_id: str) -> str:
+    """Core NATS: how many sessions and subscriptions one event reached."""
+    return f"{PREFIX}.dispatched.{event_id}"
+
+
 def store_subject(op: str) -> str:
     """Request/reply subject of one store operation, e.g. ``ak.store.session.list``."""
     return f"{PREFIX}.store.{op}"

@@ -88,6 +88,31 @@ class Job:
     event_type: str | None
     data: dict[str, Any]
     trigger_id: str = ""
+    parent_session_id: str = ""
+    memo: dict[str, str] = field(default_factory=dict)
+
+
+# Inbox message kinds.
+INBOX_EVENT, INBOX_SIGNAL, INBOX_CHILD_END, INBOX_STOP = "event", "signal", "child_end", "stop"
+
+
+@dataclass
+class InboxMessage:
+    """Something delivered to one session on ``ak.inbox.<session_id>``.
+
+    event: ``subscription_id`` and ``event`` ({data, event_type, event_id})
+    signal: ``name`` and ``payload`` (a pickle made by the sender's code, opaque here)
+    child_end: ``name`` = the child's session id, ``completed``, ``payload`` = its return value
+    stop: ``reason``
+    """
+
+    kind: str
+    subscription_id: str = ""
+    event: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    payload: bytes | None = None
+    completed: bool = False
+    reason: str = ""
 
 
 # Journal record kinds.

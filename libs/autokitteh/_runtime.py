@@ -209,6 +209,19 @@ class Runtime:
             raise value
         return Resolved(value) if inspect.iscoroutinefunction(fn) else value
 
+    def syscall(self, name: str, args: dict[str, Any], blob: bytes = b"", where: str = "") -> Any:
+        """Asks the runner to do ``name``; durable (journaled, replayed) in handler code."""
+        if self.in_activity or not self.durable:
+            reply, rblob = self.channel.call({"type": "syscall", "name": name, "args": args}, blob)
+            return _syscall_result(name, reply, rblob)
+        with self._lock:
+            step, rec = self._next(name, name, where)
+            if rec is not None:
+                return _syscall_result(name, rec, rec.get("result") or b"")
+            header = {"type": "syscall", "name": name, "args": args, "step": step}
+            reply, rblob = self.channel.call(header, blob)
+        return _syscall_result(name, reply, rblob)
+
     async def async_activity(
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
     ) -> Any:
@@ -229,6 +242,12 @@ class Runtime:
         if not ok:
             raise value
         return value
+
+
+def _syscall_result(name: str, header: dict[str, Any], blob: bytes) -> Any:
+    if header.get("error"):
+        raise AutoKittehError(f"{name}: {header['error']}")
+    return pickle.loads(blob) if blob else None  # made by the runner from plain data
 
 
 def _run_coroutine(coro: Any) -> Any:

@@ -18,8 +18,8 @@ def trigger_matches(trigger: dict[str, Any], event: wire.Event) -> bool:
 
 def sessions_for(
     event: wire.Event, trigger: dict[str, Any] | None, deployments: list[dict[str, Any]]
-) -> list[tuple[wire.JournalRecord, wire.Job]]:
-    """One (created record, job) per active deployment when the trigger matches.
+) -> list[wire.Job]:
+    """One job per active deployment when the trigger matches.
 
     Session ids derive from (event, trigger, deployment), so dispatching the same event
     twice names the same sessions and JetStream drops the repeated messages.
@@ -42,20 +42,28 @@ def sessions_for(
             data=event.data,
             trigger_id=trigger["trigger_id"],
         )
-        created = wire.JournalRecord(
-            session_id=sid,
-            seq=0,
-            kind=wire.CREATED,
-            t_us=timefmt.now_us(),
-            data={
-                "project_id": job.project_id,
-                "deployment_id": job.deployment_id,
-                "build_id": job.build_id,
-                "trigger_id": job.trigger_id,
-                "event_id": job.event_id,
-                "entrypoint": job.entrypoint,
-                "is_durable": job.is_durable,
-            },
-        )
-        out.append((created, job))
+        out.append(job)
+    return out
+
+
+def inbox_deliveries(
+    event: wire.Event, subscriptions: list[dict[str, Any]]
+) -> list[tuple[str, wire.InboxMessage]]:
+    """(session id, inbox message) for every subscription whose filter accepts the event.
+
+    The trigger's own event type and filter do not apply to subscriptions.
+    """
+    out = []
+    for sub in subscriptions:
+        if cel.matches(sub.get("filter"), event.event_type, event.data):
+            msg = wire.InboxMessage(
+                kind=wire.INBOX_EVENT,
+                subscription_id=sub["subscription_id"],
+                event={
+                    "data": event.data,
+                    "event_type": event.event_type,
+                    "event_id": event.event_id,
+                },
+            )
+            out.append((sub["session_id"], msg))
     return out

@@ -8,10 +8,11 @@ import logging
 from akcore import bus, subjects, wire
 from akcore.config import Settings
 from akcore.errors import AKError
+from akcore.sessions import publish_session
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from .matching import sessions_for
+from .matching import inbox_deliveries, sessions_for
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +22,22 @@ async def dispatch(nc: Client, event: wire.Event) -> list[str]:
     js = nc.jetstream()
     targets = await bus.store_call(nc, "dispatch.targets", {"trigger_id": event.destination_id})
     started = []
-    for created, job in sessions_for(event, targets["trigger"], targets["deployments"]):
-        sid = job.session_id
+    for job in sessions_for(event, targets["trigger"], targets["deployments"]):
+        await publish_session(js, job)
+        started.append(job.session_id)
+        log.info("event %s: session %s (%s)", event.event_id, job.session_id, job.entrypoint)
+    deliveries = inbox_deliveries(event, targets.get("subscriptions", []))
+    for sid, msg in deliveries:
         await js.publish(
-            subjects.journal_subject(sid),
-            wire.encode(created),
-            headers={subjects.HDR_MSG_ID: f"{sid}:0"},
+            subjects.inbox_subject(sid),
+            wire.encode(msg),
+            headers={subjects.HDR_MSG_ID: f"{event.event_id}:{msg.subscription_id}"},
         )
-        await js.publish(
-            subjects.job_subject(sid), wire.encode(job), headers={subjects.HDR_MSG_ID: f"job:{sid}"}
-        )
-        started.append(sid)
-        log.info("event %s: session %s (%s)", event.event_id, sid, job.entrypoint)
+    # For a sync webhook waiting in ingress: did this event reach anything?
+    await nc.publish(
+        subjects.dispatched_subject(event.event_id),
+        wire.pack({"sessions": started, "signaled": len(deliveries)}),
+    )
     return started
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -16,6 +17,8 @@ from akcore.journal import ACTIVITY, SLEEP, ReplayState
 from nats.aio.client import Client
 
 from .builds import unpack_build, worker_env
+from .inbox import Inbox
+from .syscalls import SyscallError, Syscalls
 from .worker import WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,10 @@ class SessionRun:
         self.attempt, self.replay, self.runner_id = attempt, replay, runner_id
         self.seq = replay.next_seq
         self.js = nc.jetstream()
+        self.ended = False
+        self.stop_reason: str | None = None
+        self._stop = asyncio.Event()
+        self.inbox = Inbox(self.js, job.session_id, replay.consumed, self._request_stop)
 
     async def journal(self, kind: str, data: dict[str, Any]) -> None:
         """Appends a record; returns once JetStream has acknowledged it (write-ahead)."""
@@ -82,7 +89,29 @@ class SessionRun:
         await self.journal(
             wire.ENDED, {"state": state, "error": error, "traceback": traceback, "result": result}
         )
+        self.ended = True
         log.info("session %s: %s %s", self.job.session_id, state, error)
+        await self._after_end(state, result)
+
+    async def _after_end(self, state: str, result: bytes | None) -> None:
+        """Drops the session's subscriptions and tells a parent session that its child ended."""
+        job = self.job
+        try:
+            await bus.store_call(self.nc, "subscription.delete", {"session_id": job.session_id})
+        except AKError as e:
+            log.warning("session %s: subscriptions not removed: %s", job.session_id, e)
+        if job.parent_session_id:
+            msg = wire.InboxMessage(
+                kind=wire.INBOX_CHILD_END,
+                name=job.session_id,
+                completed=state == wire.COMPLETED,
+                payload=result,
+            )
+            await self.js.publish(
+                subjects.inbox_subject(job.parent_session_id),
+                wire.encode(msg),
+                headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},
+            )
 
     async def run(self) -> None:
         job = self.job
@@ -105,10 +134,58 @@ class SessionRun:
                 "set AK_WORKER_PYTHON to a Python 3.11+ interpreter",
             )
             return
+        self.syscalls = Syscalls(self.nc, job, self.inbox)
+        await self.inbox.start()
         try:
-            await self._converse(worker, code_dir)
+            await self._run_until_stopped(worker, code_dir)
         finally:
+            await self.inbox.close()
             await worker.close()
+
+    def _request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason or "stopped"
+            self._stop.set()
+
+    async def _run_until_stopped(self, worker: WorkerProcess, code_dir: Path) -> None:
+        """Runs the conversation; a stop request kills the worker wherever the handler is."""
+        talk = asyncio.create_task(self._converse(worker, code_dir))
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({talk, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if talk.done():
+            stop.cancel()
+            talk.result()
+            return
+        talk.cancel()
+        await asyncio.gather(talk, return_exceptions=True)
+        if worker.proc.returncode is None:
+            worker.proc.kill()
+        if not self.ended:
+            await self.end(wire.STOPPED, self.stop_reason or "stopped")
+
+    async def _syscall(self, worker: WorkerProcess, header: dict[str, Any], blob: bytes) -> None:
+        """Serves one system call; in handler code its outcome is journaled first."""
+        name, step = str(header.get("name", "")), header.get("step")
+        args = header.get("args") or {}
+        reply: dict[str, Any] = {"type": "syscall"}
+        try:
+            result, inbox_seq = await self.syscalls.call(name, args, blob, step)
+            rblob = pickle.dumps(result) if result is not None else b""
+        except SyscallError as e:
+            reply["error"], rblob, inbox_seq = str(e), b"", None
+        if step:
+            data: dict[str, Any] = {
+                "step": int(step),
+                "function": name,
+                "args": args,
+                "result": rblob,
+            }
+            if "error" in reply:
+                data["error"] = reply["error"]
+            if inbox_seq:
+                data["inbox_seq"] = inbox_seq
+            await self.journal(name, data)  # write-ahead: acked before the worker sees it
+        await worker.send(reply, rblob)
 
     async def _sleep(self, worker: WorkerProcess, header: dict[str, Any]) -> None:
         """Journals a durable sleep's deadline, then tells the worker when to wake up."""
@@ -150,6 +227,8 @@ class SessionRun:
                 await worker.send({"type": "ack"})
             elif kind == SLEEP:
                 await self._sleep(worker, header)
+            elif kind == "syscall":
+                await self._syscall(worker, header, blob)
             elif kind == "done":
                 if header.get("ok"):
                     await self.end(wire.COMPLETED, result=blob or None)

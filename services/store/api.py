@@ -12,7 +12,17 @@ from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from .manifests import apply_manifest
-from .models import Build, Deployment, EventRow, Project, Session, SessionRecord, Trigger, Var
+from .models import (
+    Build,
+    Deployment,
+    EventRow,
+    Project,
+    Session,
+    SessionRecord,
+    Subscription,
+    Trigger,
+    Var,
+)
 
 FINAL_STATES = ("COMPLETED", "ERROR", "STOPPED")
 SESSION_STATES = ("CREATED", "RUNNING", *FINAL_STATES)
@@ -37,6 +47,7 @@ def _session_view(s: Session, project_name: str) -> dict[str, Any]:
         "build_id": s.build_id,
         "event_id": s.event_id,
         "trigger_id": s.trigger_id,
+        "parent_session_id": s.parent_session_id,
         "entrypoint": s.entrypoint,
         "state": s.state,
         "is_durable": s.is_durable,
@@ -261,17 +272,69 @@ class StoreApi:
         with DB(self.engine) as db:
             t = db.get(Trigger, args.get("trigger_id", ""))
             if t is None:
-                return {"trigger": None, "deployments": []}
+                return {"trigger": None, "deployments": [], "subscriptions": []}
             deps = db.exec(
                 select(Deployment).where(
                     Deployment.project_id == t.project_id, Deployment.state == "ACTIVE"
                 )
             )
+            subs = db.exec(select(Subscription).where(Subscription.trigger_id == t.trigger_id))
             return {
+                "subscriptions": [
+                    {
+                        "subscription_id": x.subscription_id,
+                        "session_id": x.session_id,
+                        "filter": x.filter,
+                    }
+                    for x in subs
+                ],
                 "trigger": t.model_dump(),
                 "deployments": [
                     {"deployment_id": d.deployment_id, "build_id": d.build_id} for d in deps
                 ],
+            }
+
+    def subscription_create(self, args: dict[str, Any]) -> None:
+        with DB(self.engine) as db:
+            db.add(
+                Subscription(
+                    subscription_id=args["subscription_id"],
+                    session_id=args["session_id"],
+                    project_id=args["project_id"],
+                    trigger_id=args["trigger_id"],
+                    filter=args.get("filter", ""),
+                    created_us=timefmt.now_us(),
+                )
+            )
+            db.commit()
+
+    def subscription_delete(self, args: dict[str, Any]) -> None:
+        """Deletes one subscription, or every subscription of ``session_id``."""
+        with DB(self.engine) as db:
+            q = select(Subscription)
+            if args.get("subscription_id"):
+                q = q.where(Subscription.subscription_id == args["subscription_id"])
+            else:
+                q = q.where(Subscription.session_id == args["session_id"])
+            for x in db.exec(q):
+                db.delete(x)
+            db.commit()
+
+    def project_active(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A project's id and its active deployment (for starting sessions in it)."""
+        with DB(self.engine) as db:
+            p = self._project(db, args.get("project", ""))
+            d = db.exec(
+                select(Deployment).where(
+                    Deployment.project_id == p.project_id, Deployment.state == "ACTIVE"
+                )
+            ).first()
+            if d is None:
+                raise NotFound(f'project "{p.name}" has no active deployment')
+            return {
+                "project_id": p.project_id,
+                "deployment_id": d.deployment_id,
+                "build_id": d.build_id,
             }
 
     def session_env(self, args: dict[str, Any]) -> dict[str, str]:

@@ -34,6 +34,7 @@ def apply_record(engine: Engine, rec: wire.JournalRecord) -> None:
                     trigger_id=d.get("trigger_id", ""),
                     event_id=d.get("event_id") or "",
                     entrypoint=d.get("entrypoint", ""),
+                    parent_session_id=d.get("parent_session_id") or "",
                     is_durable=bool(d.get("is_durable", True)),
                     state="CREATED",
                     created_us=rec.t_us,

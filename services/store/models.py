@@ -66,6 +66,7 @@ class Session(SQLModel, table=True):
     trigger_id: str = ""
     event_id: str = ""
     entrypoint: str = ""
+    parent_session_id: str = ""
     is_durable: bool = True
     state: str = "CREATED"
     error: str = ""
@@ -95,4 +96,15 @@ class EventRow(SQLModel, table=True):
     event_type: str = ""
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # msgpack
     memo: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Subscription(SQLModel, table=True):
+    """A live session's ``subscribe()``: events on ``trigger_id`` matching ``filter``."""
+
+    subscription_id: str = Field(primary_key=True)
+    session_id: str = Field(index=True)
+    project_id: str
+    trigger_id: str = Field(index=True)
+    filter: str = ""
     created_us: int = Field(sa_column=Column(BigInteger, nullable=False))

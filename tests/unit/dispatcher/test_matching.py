@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ak_dispatcher.matching import sessions_for
 from akcore import wire
+from akcore.sessions import created_record
 
 TRIGGER = {
     "trigger_id": "trg_1",
@@ -22,7 +23,8 @@ def _event(event_type: str = "post", data: dict | None = None) -> wire.Event:  #
 
 
 def test_match_creates_record_and_job() -> None:
-    ((created, job),) = sessions_for(_event(), TRIGGER, DEPS)
+    (job,) = sessions_for(_event(), TRIGGER, DEPS)
+    created = created_record(job)
     assert (
         created.kind == wire.CREATED and created.seq == 0 and created.session_id == job.session_id
     )
@@ -32,8 +34,8 @@ def test_match_creates_record_and_job() -> None:
 
 
 def test_same_event_same_session_id() -> None:
-    a = sessions_for(_event(), TRIGGER, DEPS)[0][1].session_id
-    b = sessions_for(_event(), TRIGGER, DEPS)[0][1].session_id
+    a = sessions_for(_event(), TRIGGER, DEPS)[0].session_id
+    b = sessions_for(_event(), TRIGGER, DEPS)[0].session_id
     assert a == b and a.startswith("ses_")
 
 

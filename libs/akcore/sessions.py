@@ -1,0 +1,40 @@
+"""Creating a session: its ``created`` journal record, then its job on ``AK_JOBS``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import subjects, timefmt, wire
+
+
+def created_record(job: wire.Job) -> wire.JournalRecord:
+    return wire.JournalRecord(
+        session_id=job.session_id,
+        seq=0,
+        kind=wire.CREATED,
+        t_us=timefmt.now_us(),
+        data={
+            "project_id": job.project_id,
+            "deployment_id": job.deployment_id,
+            "build_id": job.build_id,
+            "trigger_id": job.trigger_id,
+            "event_id": job.event_id,
+            "entrypoint": job.entrypoint,
+            "is_durable": job.is_durable,
+            "parent_session_id": job.parent_session_id,
+            "memo": job.memo,
+        },
+    )
+
+
+async def publish_session(js: Any, job: wire.Job) -> None:
+    """Publishes both messages, de-duplicated by session id, so a retry creates nothing new."""
+    sid = job.session_id
+    await js.publish(
+        subjects.journal_subject(sid),
+        wire.encode(created_record(job)),
+        headers={subjects.HDR_MSG_ID: f"{sid}:0"},
+    )
+    await js.publish(
+        subjects.job_subject(sid), wire.encode(job), headers={subjects.HDR_MSG_ID: f"job:{sid}"}
+    )

@@ -1,0 +1,305 @@
+"""SDK functions served by the system: events, signals, child sessions, values, outcomes.
+
+Inside a session each call is a durable step (journaled, replayed). Outside the system they
+are stand-ins (fake ids, an in-memory store) so handlers can be imported and unit-tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import uuid
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from . import _runtime
+from .attr_dict import AttrDict
+from .body import with_body
+from .errors import AutoKittehError
+from .event import Event
+
+
+@dataclass
+class Signal:
+    """A signal a session received. For a child's end, ``name`` is the child's session id and
+    ``payload`` is ``{'completed': True, 'value': <return value>}`` or ``{'completed': False}``."""
+
+    name: str
+    payload: Any
+
+
+def _where() -> str:
+    """file:line of the user's call (the first frame outside this package)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).startswith(
+        "autokitteh"
+    ):
+        frame = frame.f_back
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def _call(name: str, args: dict[str, Any], blob: bytes = b"") -> Any:
+    rt = _runtime._runtime
+    assert rt is not None
+    return rt.syscall(name, args, blob, _where())
+
+
+def _inside() -> bool:
+    return _runtime._runtime is not None
+
+
+def _seconds(timeout: timedelta | int | float | None) -> float | None:
+    if timeout is None:
+        return None
+    secs = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+    return secs if secs > 0 else None  # 0 waits forever, as in AutoKitteh
+
+
+def _plain(value: Any, what: str) -> Any:
+    """Checks that ``value`` is JSON data (values store, child inputs) and returns it."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as e:
+        raise AutoKittehError(
+            f"{what} must be plain data (dict, list, str, number, bool, None): {e}"
+        ) from None
+
+
+# --- events
+
+
+def subscribe(source: str, filter: str = "") -> str:  # noqa: A002  (AutoKitteh's name)
+    """Subscribes to events of the project's trigger ``source``; returns a subscription id."""
+    if not _inside():
+        return str(uuid.uuid4())
+    return str(_call("subscribe", {"source": source, "filter": filter}))
+
+
+def next_event(
+    subscription_id: str | list[str],
+    *,
+    timeout: timedelta | int | float | None = None,
+    full: bool = False,
+) -> AttrDict | Event | None:
+    """The next event of the subscription(s), oldest first; None when ``timeout`` passes."""
+    if not _inside():
+        return None
+    rt = _runtime._runtime
+    if rt is not None and rt.in_activity:
+        raise AutoKittehError(
+            "next_event: cannot wait for events inside an activity; call it "
+            "from the handler's own code"
+        )
+    subs = [subscription_id] if isinstance(subscription_id, str) else list(subscription_id)
+    ev = _call("next_event", {"subscriptions": subs, "timeout": _seconds(timeout)})
+    if ev is None:
+        return None
+    data = AttrDict(with_body(ev["data"] or {}))
+    if full:
+        return Event(data=data, event_type=ev.get("event_type"), event_id=ev.get("event_id"))
+    return data
+
+
+def unsubscribe(subscription_id: str) -> None:
+    if _inside():
+        _call("unsubscribe", {"subscription": subscription_id})
+
+
+# --- sessions and signals
+
+
+def start(
+    loc: str,
+    data: dict[str, Any] | None = None,
+    memo: dict[str, str] | None = None,
+    project: str = "",
+) -> str:
+    """Starts a child session at ``file.py:function`` with ``event.data = data``."""
+    if not _inside():
+        return "ses_" + "0" * 26
+    args = {
+        "loc": loc,
+        "data": _plain(data or {}, "start data"),
+        "memo": _plain(memo or {}, "start memo"),
+        "project": project,
+    }
+    return str(_call("start", args))
+
+
+def signal(session_id: str, name: str, payload: Any = None) -> None:
+    """Sends a named signal (any picklable payload) to a session."""
+    if _inside():
+        try:
+            blob = pickle.dumps(payload)
+        except Exception as e:
+            raise AutoKittehError(f"signal: payload cannot be pickled: {e!r}") from None
+        _call("signal", {"session_id": session_id, "name": name}, blob)
+
+
+def next_signal(
+    name: str | list[str], *, timeout: timedelta | int | float | None = None
+) -> Signal | None:
+    """Waits for a signal by name, or for a child session's end by passing its id."""
+    if not _inside():
+        return None
+    rt = _runtime._runtime
+    if rt is not None and rt.in_activity:
+        raise AutoKittehError("next_signal: cannot wait for signals inside an activity")
+    names = [name] if isinstance(name, str) else list(name)
+    got = _call("next_signal", {"names": names, "timeout": _seconds(timeout)})
+    if got is None:
+        return None
+    if "completed" in got:
+        payload: Any = {"completed": got["completed"]}
+        if got["completed"]:
+            payload["value"] = pickle.loads(got["value"]) if got.get("value") else None
+        return Signal(got["name"], payload)
+    return Signal(got["name"], pickle.loads(got["payload"]) if got.get("payload") else None)
+
+
+# --- values store
+
+_local_values: dict[str, Any] = {}
+
+
+def mutate_value(key: str, op: str, *args: Any) -> Any:
+    """Applies ``op`` (set, get, del, add, check_and_set) to a value, atomically."""
+    if not isinstance(key, str) or not key:
+        raise AutoKittehError("values: key must be a non-empty string")
+    plain = [_plain(a, "a stored value") for a in args]
+    if not _inside():
+        return _local_mutate(key, op, plain)
+    return _call("value", {"key": key, "op": op, "args": plain})
+
+
+def _local_mutate(key: str, op: str, args: list[Any]) -> Any:
+    if op == "set":
+        _local_values[key] = args[0]
+        return None
+    if op == "get":
+        return _local_values.get(key)
+    if op == "del":
+        _local_values.pop(key, None)
+        return None
+    if op == "add":
+        _local_values[key] = _local_values.get(key, 0) + args[0]
+        return _local_values[key]
+    if op == "check_and_set":
+        if _local_values.get(key) != args[0]:
+            return False
+        _local_values[key] = args[1]
+        return True
+    raise AutoKittehError(f"values: unknown operation {op!r}")
+
+
+def set_value(key: str, value: Any) -> None:
+    mutate_value(key, "set", value)
+
+
+def get_value(key: str) -> Any:
+    v = mutate_value(key, "get")
+    return AttrDict(v) if isinstance(v, dict) else v
+
+
+def del_value(key: str) -> None:
+    mutate_value(key, "del")
+
+
+def add_values(key: str, value: int | float) -> int | float:
+    return mutate_value(key, "add", value)  # type: ignore[no-any-return]
+
+
+def check_and_set_value(key: str, expected_value: Any, value: Any) -> bool:
+    return bool(mutate_value(key, "check_and_set", expected_value, value))
+
+
+def list_values_keys() -> list[str]:
+    if not _inside():
+        return sorted(_local_values)
+    return list(_call("value_keys", {}))
+
+
+def publish_value(key: str) -> None:
+    """Makes the value readable without authentication at ``GET /store/<project>/<key>``."""
+    if _inside():
+        _call("value_publish", {"key": key, "published": True})
+
+
+def unpublish_value(key: str) -> None:
+    if _inside():
+        _call("value_publish", {"key": key, "published": False})
+
+
+def get_store_public_url() -> str:
+    return os.environ.get("store_public_url", "")
+
+
+class _Store(MutableMapping[str, Any]):
+    """The values store as a mapping: ``autokitteh.store["k"] = 1``."""
+
+    def __getitem__(self, key: str) -> Any:
+        v = get_value(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        set_value(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        del_value(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list_values_keys())
+
+    def __len__(self) -> int:
+        return len(list_values_keys())
+
+
+store = _Store()
+
+
+# --- outcomes and webhooks
+
+
+def outcome(value: Any, *, event_id: str | None = None) -> None:
+    """Records an outcome for the triggering (or given) event."""
+    if _inside():
+        _call("outcome", {"value": _plain(value, "outcome"), "event_id": event_id})
+
+
+def http_outcome(
+    status_code: int = 200,
+    *,
+    body: Any = None,
+    json: Any = None,  # noqa: A002
+    headers: dict[str, str] | None = None,
+    more: bool = False,
+    event_id: str | None = None,
+) -> None:
+    """The HTTP response of a sync webhook (``is_sync: true``)."""
+    if body is not None and json is not None:
+        raise ValueError("http_outcome: give body or json, not both")
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    outcome(
+        {
+            "status_code": status_code,
+            "body": body,
+            "json": json,
+            "headers": dict(headers or {}),
+            "more": more,
+        },
+        event_id=event_id,
+    )
+
+
+def get_webhook_url(trigger_name: str) -> str:
+    url = os.environ.get(f"{trigger_name}__webhook_url")
+    if not url:
+        raise ValueError(f"no webhook URL for trigger {trigger_name!r}")
+    return url

@@ -1,0 +1,196 @@
+"""What a session's worker asks the system for: events, signals, child sessions, values."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from akcore import bus, cel, ids, subjects, timefmt, wire
+from akcore.errors import AKError, InvalidArgument, NotFound
+from akcore.manifest import parse_call
+from akcore.sessions import publish_session
+from nats.aio.client import Client
+
+from .inbox import Inbox
+from .values import Values
+
+
+class SyscallError(Exception):
+    """A refused system call; its message reaches the handler as an AutoKittehError."""
+
+
+class Syscalls:
+    """Serves one session. ``call`` returns (result, inbox sequence taken, if any)."""
+
+    def __init__(self, nc: Client, job: wire.Job, inbox: Inbox) -> None:
+        self.nc, self.job, self.inbox = nc, job, inbox
+        self.js = nc.jetstream()
+        self._values: Values | None = None
+
+    async def call(
+        self, name: str, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        handler = getattr(self, f"_{name}", None)
+        if handler is None:
+            raise SyscallError(f"unknown system call {name!r}")
+        try:
+            return await handler(args, blob, step)  # type: ignore[no-any-return]
+        except AKError as e:
+            raise SyscallError(e.message) from None
+
+    # --- events
+
+    async def _subscribe(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        source, flt = str(args.get("source", "")), str(args.get("filter") or "")
+        try:
+            trig = await bus.store_call(
+                self.nc, "trigger.get", {"trigger": source, "project": self.job.project_id}
+            )
+        except NotFound:
+            raise SyscallError(f'source "{source}" not found') from None
+        try:
+            cel.validate_filter(flt)
+        except cel.FilterError as e:
+            raise SyscallError(str(e)) from None
+        sub_id = str(uuid.uuid4())
+        await bus.store_call(
+            self.nc,
+            "subscription.create",
+            {
+                "subscription_id": sub_id,
+                "session_id": self.job.session_id,
+                "project_id": self.job.project_id,
+                "trigger_id": trig["trigger_id"],
+                "filter": flt,
+            },
+        )
+        return sub_id, None
+
+    async def _unsubscribe(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        await bus.store_call(
+            self.nc, "subscription.delete", {"subscription_id": str(args.get("subscription", ""))}
+        )
+        return None, None
+
+    async def _next_event(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        subs = [str(s) for s in args.get("subscriptions") or []]
+        got = await self.inbox.take(
+            subs,
+            lambda m: m.subscription_id if m.kind == wire.INBOX_EVENT else None,
+            args.get("timeout"),
+        )
+        if got is None:
+            return None, None
+        seq, msg = got
+        return msg.event, seq
+
+    # --- signals and child sessions
+
+    async def _signal(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        target = str(args.get("session_id", ""))
+        if not ids.is_id(target, "ses"):
+            raise SyscallError(f"{target!r} is not a session id")
+        msg = wire.InboxMessage(
+            kind=wire.INBOX_SIGNAL, name=str(args.get("name", "")), payload=blob or None
+        )
+        msg_id = f"sig:{self.job.session_id}:{step}" if step else ids.new_id("sig")
+        await self.js.publish(
+            subjects.inbox_subject(target), wire.encode(msg), headers={subjects.HDR_MSG_ID: msg_id}
+        )
+        return None, None
+
+    async def _next_signal(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        names = [str(n) for n in args.get("names") or []]
+
+        def key(m: wire.InboxMessage) -> str | None:
+            return m.name if m.kind in (wire.INBOX_SIGNAL, wire.INBOX_CHILD_END) else None
+
+        got = await self.inbox.take(names, key, args.get("timeout"))
+        if got is None:
+            return None, None
+        seq, msg = got
+        if msg.kind == wire.INBOX_CHILD_END:
+            return {"name": msg.name, "completed": msg.completed, "value": msg.payload}, seq
+        return {"name": msg.name, "payload": msg.payload}, seq
+
+    async def _start(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        loc = str(args.get("loc", ""))
+        try:
+            parse_call(loc)
+        except InvalidArgument as e:
+            raise SyscallError(e.message) from None
+        job = self.job
+        project_id, deployment_id, build_id = job.project_id, job.deployment_id, job.build_id
+        if args.get("project"):
+            target = await bus.store_call(self.nc, "project.active", {"project": args["project"]})
+            project_id, deployment_id = target["project_id"], target["deployment_id"]
+            build_id = target["build_id"]
+        key = f"{job.session_id}:start:{step}"
+        sid = ids.derived_id("ses", timefmt.now_us() // 1000, key) if step else ids.new_id("ses")
+        child = wire.Job(
+            session_id=sid,
+            project_id=project_id,
+            deployment_id=deployment_id,
+            build_id=build_id,
+            entrypoint=loc,
+            is_durable=job.is_durable,
+            event_id=None,
+            event_type=None,
+            data=dict(args.get("data") or {}),
+            parent_session_id=job.session_id,
+            memo=dict(args.get("memo") or {}),
+        )
+        await publish_session(self.js, child)
+        return sid, None
+
+    # --- values
+
+    async def _store(self) -> Values:
+        if self._values is None:
+            self._values = Values(await bus.values_bucket(self.js), self.job.project_id)
+        return self._values
+
+    async def _value(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        values = await self._store()
+        return await values.apply(
+            str(args["key"]), str(args["op"]), list(args.get("args") or [])
+        ), None
+
+    async def _value_keys(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        return await (await self._store()).keys(), None
+
+    async def _value_publish(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        await (await self._store()).publish(str(args["key"]), bool(args.get("published")))
+        return None, None
+
+    # --- outcomes
+
+    async def _outcome(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        event_id = args.get("event_id") or self.job.event_id
+        if not event_id:
+            raise SyscallError("the session was not started by an event: pass event_id")
+        await self.nc.publish(
+            subjects.outcome_subject(str(event_id)),
+            wire.pack({"session_id": self.job.session_id, "value": args.get("value")}),
+        )
+        return None, None

@@ -1,0 +1,143 @@
+"""The projects' values stores on a JetStream KV bucket, with compare-and-set for atomicity."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+from akcore.errors import InvalidArgument
+from nats.js.errors import (
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
+
+MAX_VALUE = 64 * 1024
+MAX_KEYS = 64
+_KEEP, _DELETE = object(), object()
+
+
+def kv_key(project_id: str, key: str) -> str:
+    return f"{project_id}.{base64.urlsafe_b64encode(key.encode()).decode().rstrip('=')}"
+
+
+def user_key(kv: str) -> str:
+    enc = kv.partition(".")[2]
+    return base64.urlsafe_b64decode(enc + "=" * (-len(enc) % 4)).decode()
+
+
+def encode(value: Any, published: bool) -> bytes:
+    data = json.dumps({"v": value, "p": published}).encode()
+    if len(data) > MAX_VALUE:
+        raise InvalidArgument(f"value is {len(data)} bytes, over the {MAX_VALUE} byte limit")
+    return data
+
+
+def decode(raw: bytes | None) -> dict[str, Any] | None:
+    return json.loads(raw) if raw else None
+
+
+class Values:
+    """One project's values; every operation is atomic (revision-checked writes, retried)."""
+
+    def __init__(self, kv: Any, project_id: str) -> None:
+        self.kv, self.project_id = kv, project_id
+
+    async def _entry(self, key: str) -> tuple[dict[str, Any] | None, int | None]:
+        try:
+            e = await self.kv.get(kv_key(self.project_id, key))
+        except (KeyNotFoundError, KeyDeletedError):
+            return None, None
+        return decode(e.value), e.revision
+
+    async def keys(self) -> list[str]:
+        try:
+            raw = await self.kv.keys(filters=[f"{self.project_id}.>"])
+        except NoKeysError:
+            return []
+        return sorted(user_key(k) for k in raw)
+
+    async def _mutate(self, key: str, change: Callable[[Any], tuple[Any, Any]]) -> Any:
+        """Applies ``change(current) -> (new or _KEEP/_DELETE, result)`` atomically."""
+        k = kv_key(self.project_id, key)
+        for _ in range(100):
+            entry, rev = await self._entry(key)
+            new, result = change(entry["v"] if entry else None)
+            if new is _KEEP:
+                return result
+            try:
+                if new is _DELETE or new is None:
+                    if rev is not None:
+                        await self.kv.delete(k, last=rev)
+                elif rev is None:
+                    if len(await self.keys()) >= MAX_KEYS:
+                        raise InvalidArgument(
+                            f"the project already has {MAX_KEYS} values, the "
+                            "limit: delete some before adding new keys"
+                        )
+                    await self.kv.create(k, encode(new, False))
+                else:
+                    await self.kv.update(k, encode(new, bool(entry and entry["p"])), last=rev)
+                return result
+            except InvalidArgument:
+                raise
+            except Exception as e:
+                if not _is_conflict(e):
+                    raise
+                # another session changed it first: read again and retry
+        raise InvalidArgument(f"value {key!r} is changing too often to update it")
+
+    async def apply(self, key: str, op: str, args: list[Any]) -> Any:
+        if op == "get":
+            entry, _ = await self._entry(key)
+            return entry["v"] if entry else None
+        if op == "set":
+            _need(op, args, 1)
+            return await self._mutate(key, lambda cur: (args[0], None))
+        if op == "del":
+            return await self._mutate(key, lambda cur: (_DELETE, None))
+        if op == "add":
+            _need(op, args, 1)
+            n = args[0]
+            if not _is_number(n):
+                raise InvalidArgument(f"add: {n!r} is not a number")
+
+            def add(cur: Any) -> tuple[Any, Any]:
+                if cur is not None and not _is_number(cur):
+                    raise InvalidArgument(f"add: the value of {key!r} is not a number")
+                total = (cur or 0) + n
+                return total, total
+
+            return await self._mutate(key, add)
+        if op == "check_and_set":
+            _need(op, args, 2)
+            expected, new = args
+            return await self._mutate(
+                key, lambda cur: (new, True) if cur == expected else (_KEEP, False)
+            )
+        raise InvalidArgument(
+            f"unknown values operation {op!r}: use set, get, del, add, check_and_set"
+        )
+
+    async def publish(self, key: str, published: bool) -> None:
+        k = kv_key(self.project_id, key)
+        entry, rev = await self._entry(key)
+        if entry is None:
+            raise InvalidArgument(f"value {key!r} not found")
+        await self.kv.update(k, encode(entry["v"], published), last=rev)
+
+
+def _is_conflict(e: Exception) -> bool:
+    return isinstance(e, KeyWrongLastSequenceError) or "wrong last sequence" in str(e).lower()
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _need(op: str, args: list[Any], n: int) -> None:
+    if len(args) != n:
+        raise InvalidArgument(f"{op} takes {n} argument(s), got {len(args)}")
