@@ -54,11 +54,13 @@ class Values:
         return decode(e.value), e.revision
 
     async def keys(self) -> list[str]:
+        # nats-py 2.16's keys(filters=...) found nothing here, so filter on our side.
         try:
-            raw = await self.kv.keys(filters=[f"{self.project_id}.>"])
+            raw = await self.kv.keys()
         except NoKeysError:
             return []
-        return sorted(user_key(k) for k in raw)
+        prefix = f"{self.project_id}."
+        return sorted(user_key(k) for k in raw if k.startswith(prefix))
 
     async def _mutate(self, key: str, change: Callable[[Any], tuple[Any, Any]]) -> Any:
         """Applies ``change(current) -> (new or _KEEP/_DELETE, result)`` atomically."""

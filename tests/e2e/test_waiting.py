@@ -1,0 +1,254 @@
+"""Waiting and talking: subscriptions, next_event, signals, child sessions, the values store."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Stack, start_stack, write_project
+
+MANIFEST = """\
+version: v1
+project:
+  name: waiting
+  triggers:
+    - name: meow_webhook
+      event_type: get
+      call: program.py:on_http_get_meow
+      webhook: {}
+    - name: source_only
+      webhook: {}
+"""
+HANDLERS = [
+    "short_wait",
+    "bad_subscribe",
+    "counter",
+    "values_ops",
+    "parent",
+    "pinger",
+    "replayed_wait",
+]
+
+# The seed's "Waiting For Events" example, verbatim.
+SEED = '''\
+from datetime import timedelta
+
+import autokitteh
+
+
+def on_http_get_meow(event):
+    """This workflow is triggered by a predefined HTTP GET request event."""
+    print("Got a meow, waiting for a woof")
+
+    # Wait (up to 1 minute) for a subsequent webhook
+    # event where the URL path ends with "woof".
+    filter = "data.url.path.endsWith('/woof')"
+    sub = autokitteh.subscribe("meow_webhook", filter)
+    delta = timedelta(minutes=1)
+    next = autokitteh.next_event(sub, timeout=delta)
+
+    if next:
+        print("Got a woof:", next)
+    else:
+        print("Timeout!")
+'''
+
+MORE = """
+import os
+
+
+def short_wait(event):
+    sub = autokitteh.subscribe("source_only", "data.method == 'POST'")
+    open(os.path.join(os.environ["MARKER_DIR"], "subscribed"), "w").close()
+    first = autokitteh.next_event(sub, timeout=20)
+    print("first", first.body.text, first.method)
+    ev = autokitteh.next_event([sub], timeout=20, full=True)
+    print("second", ev.event_type, ev.data.body.json["n"])
+    print("third", autokitteh.next_event(sub, timeout=0.5))
+
+
+def bad_subscribe(event):
+    for source, flt in (("nope", ""), ("source_only", "data.(")):
+        try:
+            autokitteh.subscribe(source, flt)
+        except autokitteh.AutoKittehError as e:
+            print("refused:", str(e).splitlines()[0])
+
+
+def counter(event):
+    for _ in range(5):
+        autokitteh.add_values("hits", 1)
+
+
+def values_ops(event):
+    print("hits", autokitteh.get_value("hits"))
+    autokitteh.set_value("cfg", {"a": [1, 2]})
+    print("get", autokitteh.get_value("cfg").a, autokitteh.get_value("missing"))
+    print("cas", autokitteh.check_and_set_value("flag", None, 1),
+          autokitteh.check_and_set_value("flag", None, 2), autokitteh.get_value("flag"))
+    print("big", autokitteh.add_values("big", 2**70) == 2**70)
+    autokitteh.store["mapped"] = "yes"
+    del autokitteh.store["mapped"]
+    print("keys", autokitteh.list_values_keys())
+    try:
+        autokitteh.add_values("cfg", 1)
+    except autokitteh.AutoKittehError as e:
+        print("refused:", e)
+
+
+def pinger(event):
+    me = event.session_id
+    pong = autokitteh.start("program.py:ponger", {"parent": me})
+    for i in range(3):
+        autokitteh.signal(pong, "ping", i)
+        print("pong", autokitteh.next_signal("pong", timeout=20).payload)
+    print("end", autokitteh.next_signal(pong, timeout=20).payload)
+
+
+def ponger(event):
+    for _ in range(3):
+        n = autokitteh.next_signal("ping", timeout=20).payload
+        autokitteh.signal(event.data.parent, "pong", n * 10)
+    return "bye"
+
+
+def replayed_wait(event):
+    sub = autokitteh.subscribe("source_only", "")
+    print("waiting")
+    open(os.path.join(os.environ["MARKER_DIR"], "waiting"), "w").close()
+    ev = autokitteh.next_event(sub, timeout=60)
+    print("got", ev.body.text)
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[str, str], Path]]:
+    home = tmp_path_factory.mktemp("waiting")
+    markers = home / "markers"
+    markers.mkdir()
+    stack = start_stack(home, {"MARKER_DIR": str(markers), "AK_JOBS__ACK_WAIT": "3"})
+    manifest = MANIFEST + "".join(
+        f"    - name: {h}\n      call: program.py:{h}\n      webhook: {{}}\n" for h in HANDLERS
+    )
+    proj = write_project(home / "p", {"autokitteh.yaml": manifest, "program.py": SEED + MORE})
+    res = stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"), check=True)
+    paths = dict(
+        re.findall(r'trigger "(\w+)" created, webhook path is "(/webhooks/\w+)"', res.stderr)
+    )
+    try:
+        yield stack, paths, markers
+    finally:
+        stack.stop()
+
+
+def _fire(stack: Stack, path: str, method: str = "POST", body: bytes = b"{}") -> str:
+    status, headers, _ = stack.request(method, path, body)
+    assert status == 202
+    return str(headers["autokitteh-event-id"])
+
+
+def _session_of(stack: Stack, eid: str) -> str:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for line in stack.ak(
+            "session", "list", "-p", "waiting", "-j", check=True
+        ).stdout.splitlines():
+            s = json.loads(line)
+            if s["event_id"] == eid:
+                return str(s["session_id"])
+        time.sleep(0.1)
+    raise AssertionError(f"no session for {eid}")
+
+
+def _finish(stack: Stack, sid: str) -> tuple[dict[str, Any], list[str]]:
+    session = stack.wait_session(sid, timeout=60)
+    return session, stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+
+
+def _wait_file(path: Path) -> None:
+    deadline = time.monotonic() + 20
+    while not path.exists():
+        assert time.monotonic() < deadline, path
+        time.sleep(0.05)
+
+
+def test_seed_meow_woof(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    sid = _session_of(stack, _fire(stack, paths["meow_webhook"], "GET", b""))
+    deadline = time.monotonic() + 20
+    while "subscribe" not in stack.ak("session", "log", sid, "-j").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    _fire(stack, paths["meow_webhook"] + "/woof", "GET", b"")
+    session, prints = _finish(stack, sid)
+    assert session["state"] == "COMPLETED"
+    assert prints[0] == "Got a meow, waiting for a woof"
+    assert prints[1].startswith("Got a woof: {'method': 'GET'")
+    assert paths["meow_webhook"] + "/woof" in prints[1]
+
+
+def test_buffered_events_in_order_and_timeout(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    sid = _session_of(stack, _fire(stack, paths["short_wait"]))
+    _wait_file(markers / "subscribed")
+    _fire(stack, paths["source_only"], "GET", b"ignored by the filter")
+    _fire(stack, paths["source_only"], "POST", b"one")
+    _fire(stack, paths["source_only"], "POST", b'{"n": 2}')
+    session, prints = _finish(stack, sid)
+    assert prints == ["first one POST", "second post 2", "third None"], prints
+
+
+def test_subscribe_errors(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    _, prints = _finish(stack, _session_of(stack, _fire(stack, paths["bad_subscribe"])))
+    assert prints[0] == 'refused: subscribe: source "nope" not found'
+    assert prints[1].startswith("refused: subscribe: invalid filter")
+
+
+def test_values_atomic_under_concurrency(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    sids = [_session_of(stack, _fire(stack, paths["counter"])) for _ in range(8)]
+    for sid in sids:
+        assert _finish(stack, sid)[0]["state"] == "COMPLETED"
+    _, prints = _finish(stack, _session_of(stack, _fire(stack, paths["values_ops"])))
+    assert prints == [
+        "hits 40",  # 8 concurrent sessions x 5 atomic increments
+        "get [1, 2] None",
+        "cas True False 1",
+        "big True",
+        "keys ['big', 'cfg', 'flag', 'hits']",
+        "refused: value: add: the value of 'cfg' is not a number",
+    ]
+
+
+def test_parent_and_child(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    session, prints = _finish(stack, _session_of(stack, _fire(stack, paths["pinger"])))
+    assert session["state"] == "COMPLETED", session
+    assert prints == ["pong 0", "pong 10", "pong 20", "end {'completed': True, 'value': 'bye'}"]
+
+
+def test_replay_of_a_session_waiting_in_next_event(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    sid = _session_of(stack, _fire(stack, paths["replayed_wait"]))
+    _wait_file(markers / "waiting")
+    out = subprocess.run(
+        ["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True
+    ).stdout
+    runner = next(
+        int(p) for p in out.split() if b"ak_runner" in Path(f"/proc/{p}/cmdline").read_bytes()
+    )
+    os.kill(runner, signal.SIGKILL)
+    _fire(stack, paths["source_only"], "POST", b"while down")
+    session, prints = _finish(stack, sid)
+    assert session["state"] == "COMPLETED"
+    assert prints == ["waiting", "got while down"]
