@@ -33,7 +33,6 @@ HANDLERS = [
     "bad_subscribe",
     "counter",
     "values_ops",
-    "parent",
     "pinger",
     "replayed_wait",
 ]
