@@ -128,3 +128,63 @@ def watch(
                 f"timed out after {timeout} waiting for session {sid} (state {s['state']})"
             )
         time.sleep(interval)
+
+
+def _inputs(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise AKError(f"invalid input {pair!r}: use name=<JSON value>")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise AKError(
+                f"input {name!r} is not JSON ({e.msg}); quote strings: {name}='\"text\"'"
+            ) from None
+    return out
+
+
+@app.command()
+def start(
+    entrypoint: Annotated[str, typer.Option("--entrypoint", "-p", help="file.py:function")],
+    deployment_id: Annotated[str, typer.Option("--deployment-id", "-d")] = "",
+    project: Annotated[str, typer.Option("--project", "-o")] = "",
+    build_id: Annotated[str, typer.Option("--build-id", "-b")] = "",
+    inputs: Annotated[list[str] | None, typer.Option("--input", "-I", help="name=JSON")] = None,
+    memo: Annotated[list[str] | None, typer.Option("--memo", "-m", help="key=value")] = None,
+    durable: Annotated[bool, typer.Option("--durable", "-D")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a session by hand (non-durable unless --durable)."""
+    if not deployment_id and not project:
+        raise AKError("at least one of the flags in the group [deployment-id project] is required")
+    memo_map = dict(m.partition("=")[::2] for m in memo or [])
+    res = client.call(
+        "session.start",
+        entrypoint=entrypoint,
+        deployment_id=deployment_id,
+        project=project,
+        build_id=build_id,
+        inputs=_inputs(inputs or []),
+        memo=memo_map,
+        durable=durable,
+    )
+    typer.echo(json.dumps(res) if as_json else f"session_id: {res['session_id']}")
+
+
+@app.command()
+def stop(
+    ref: Ref,
+    reason: Annotated[str, typer.Option("--reason", "-r")] = "",
+    force: Annotated[bool, typer.Option("--force", "-f")] = False,
+) -> None:
+    """Stop a running session wherever it is waiting; it ends STOPPED with the reason."""
+    client.call("session.stop", session=ref, reason=reason, force=force)
+
+
+@app.command()
+def restart(ref: Ref, as_json: JsonOpt = False) -> None:
+    """Start a new session with the same deployment, entry point and inputs."""
+    res = client.call("session.restart", session=ref)
+    typer.echo(json.dumps(res) if as_json else f"session_id: {res['session_id']}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from akcore import cel
+from akcore.errors import AKError
 
 from . import client
 from .render import emit, emit_list
@@ -85,3 +87,75 @@ def event_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
 @events.command("get")
 def event_get(event_id: str, as_json: JsonOpt = False) -> None:
     emit(client.call("event.get", event_id=event_id), as_json, EVENT_KEYS, label="event")
+
+
+@events.command("redispatch")
+def event_redispatch(event_id: str) -> None:
+    """Dispatch a copy of an event again; prints the new event id."""
+    typer.echo(client.call("event.redispatch", event_id=event_id)["event_id"])
+
+
+@events.command("verify-filter")
+def event_verify_filter(expr: str) -> None:
+    """Check that a CEL filter expression compiles."""
+    try:
+        cel.validate_filter(expr)
+    except cel.FilterError as e:
+        raise AKError(f"verify filter: {e}") from None
+    typer.echo("result: filter expression is valid")
+
+
+@triggers.command("create")
+def trigger_create(
+    name: Annotated[str, typer.Option("--name", "-n")],
+    project: ProjectOpt,
+    call: Annotated[str, typer.Option("--call", "-l", help="file.py:function")] = "",
+    webhook: Annotated[bool, typer.Option("--webhook", "-w")] = False,
+    schedule: Annotated[str, typer.Option("--schedule", "-s")] = "",
+    event_type: Annotated[str, typer.Option("--event-type", "-E")] = "",
+    filter_: Annotated[str, typer.Option("--filter", "-f")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a trigger outside the manifest (non-durable, as in AutoKitteh)."""
+    spec = {
+        "name": name,
+        "call": call,
+        "schedule": schedule,
+        "event_type": event_type,
+        "filter": filter_,
+    }
+    if webhook:
+        spec["type"] = "webhook"
+    t = client.call("trigger.create", project=project, trigger=spec)
+    if as_json:
+        emit(t, True)
+        return
+    typer.echo(f"trigger_id: {t['trigger_id']}")
+    if t.get("webhook_slug"):
+        typer.echo(f"webhook path: /webhooks/{t['webhook_slug']}")
+
+
+@triggers.command("delete")
+def trigger_delete(trigger: str, project: ProjectOpt = "") -> None:
+    client.call("trigger.delete", trigger=trigger, project=project)
+
+
+@deployments.command("activate")
+def deployment_activate(deployment_id: str) -> None:
+    client.call("deployment.activate", deployment_id=deployment_id)
+
+
+@deployments.command("deactivate")
+def deployment_deactivate(deployment_id: str) -> None:
+    """Retire a deployment; running sessions finish, then it becomes inactive."""
+    client.call("deployment.deactivate", deployment_id=deployment_id)
+
+
+@deployments.command("get")
+def deployment_get(deployment_id: str, as_json: JsonOpt = False) -> None:
+    emit(
+        client.call("deployment.get", deployment_id=deployment_id),
+        as_json,
+        ["deployment_id", "project_id", "build_id", "state", "created_at"],
+        label="deployment",
+    )

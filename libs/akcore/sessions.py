@@ -23,6 +23,8 @@ def created_record(job: wire.Job) -> wire.JournalRecord:
             "is_durable": job.is_durable,
             "parent_session_id": job.parent_session_id,
             "memo": job.memo,
+            # inputs of sessions not started by an event, so `ak session restart` can reuse them
+            "inputs": {} if job.event_id else job.data,
         },
     )
 

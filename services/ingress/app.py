@@ -12,6 +12,8 @@ from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
 
+from .commands import COMMANDS
+
 log = logging.getLogger(__name__)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -109,7 +111,11 @@ def create_app(nc: Client) -> FastAPI:
                 400,
             )
         try:
-            result: Any = await bus.store_call(nc, op, req.args, timeout=60)
+            command = COMMANDS.get(op)
+            if command is not None:
+                result: Any = await command(nc, req.args)
+            else:
+                result = await bus.store_call(nc, op, req.args, timeout=60)
         except AKError as e:
             return _reply(
                 wire.StoreReply(ok=False, error_kind=e.kind, error=e.message), e.http_status

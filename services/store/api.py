@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from akcore import ids, timefmt, wire
-from akcore.errors import InvalidArgument, NotFound
+from akcore.errors import Conflict, InvalidArgument, NotFound
+from akcore.manifest import parse_manifest
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
 from sqlmodel import col, select
@@ -48,6 +50,7 @@ def _session_view(s: Session, project_name: str) -> dict[str, Any]:
         "event_id": s.event_id,
         "trigger_id": s.trigger_id,
         "parent_session_id": s.parent_session_id,
+        "inputs": s.inputs,
         "entrypoint": s.entrypoint,
         "state": s.state,
         "is_durable": s.is_durable,
@@ -198,17 +201,74 @@ class StoreApi:
                 )
             )
             for o in others:
-                live = db.exec(
-                    select(Session).where(
-                        Session.deployment_id == o.deployment_id,
-                        col(Session.state).not_in(FINAL_STATES),
-                    )
-                ).first()
-                o.state = "DRAINING" if live else "INACTIVE"
+                o.state = "DRAINING" if self._live(db, o.deployment_id) else "INACTIVE"
                 db.add(o)
             d.state = "ACTIVE"
             db.add(d)
             db.commit()
+
+    def deployment_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        with DB(self.engine) as db:
+            d = db.get(Deployment, args.get("deployment_id", ""))
+            if d is None:
+                raise NotFound(f'deployment "{args.get("deployment_id")}" not found')
+            return {**d.model_dump(), "created_at": timefmt.rfc3339(d.created_us)}
+
+    def deployment_deactivate(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Retires a deployment: DRAINING while it has running sessions, then INACTIVE."""
+        with DB(self.engine) as db:
+            d = db.get(Deployment, args.get("deployment_id", ""))
+            if d is None:
+                raise NotFound(f'deployment "{args.get("deployment_id")}" not found')
+            d.state = "DRAINING" if self._live(db, d.deployment_id) else "INACTIVE"
+            db.add(d)
+            db.commit()
+            return {"state": d.state}
+
+    def _live(self, db: DB, deployment_id: str) -> bool:
+        return (
+            db.exec(
+                select(Session).where(
+                    Session.deployment_id == deployment_id, col(Session.state).not_in(FINAL_STATES)
+                )
+            ).first()
+            is not None
+        )
+
+    def trigger_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``ak trigger create``: one trigger, validated like a manifest's."""
+        with DB(self.engine) as db:
+            p = self._project(db, args.get("project", ""))
+            spec = {k: v for k, v in (args.get("trigger") or {}).items() if v not in (None, "")}
+            m = parse_manifest(
+                json.dumps({"version": "v1", "project": {"name": p.name, "triggers": [spec]}})
+            )
+            assert m.project is not None
+            (t,) = m.project.triggers
+            if db.exec(
+                select(Trigger).where(Trigger.project_id == p.project_id, Trigger.name == t.name)
+            ).first():
+                raise Conflict(f'trigger "{t.name}" already exists in project "{p.name}"')
+            trg = Trigger(
+                trigger_id=ids.new_id("trg"),
+                project_id=p.project_id,
+                name=t.name,
+                **{**t.spec(), "is_durable": bool(spec.get("is_durable", False))},
+            )
+            if trg.source_type == "webhook":
+                trg.webhook_slug = ids.new_slug()
+            db.add(trg)
+            db.commit()
+            db.refresh(trg)
+            return _trigger_view(trg, p.name)
+
+    def trigger_delete(self, args: dict[str, Any]) -> None:
+        view = self.trigger_get(args)
+        with DB(self.engine) as db:
+            t = db.get(Trigger, view["trigger_id"])
+            if t is not None:
+                db.delete(t)
+                db.commit()
 
     def deployment_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         with DB(self.engine) as db:

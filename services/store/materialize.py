@@ -5,9 +5,9 @@ from __future__ import annotations
 from akcore import wire
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
-from sqlmodel import select
+from sqlmodel import col, select
 
-from .models import EventRow, Session, SessionRecord
+from .models import Deployment, EventRow, Session, SessionRecord
 
 _STATE_BY_KIND = {wire.STARTED: "RUNNING"}
 
@@ -35,6 +35,7 @@ def apply_record(engine: Engine, rec: wire.JournalRecord) -> None:
                     event_id=d.get("event_id") or "",
                     entrypoint=d.get("entrypoint", ""),
                     parent_session_id=d.get("parent_session_id") or "",
+                    inputs=d.get("inputs") or {},
                     is_durable=bool(d.get("is_durable", True)),
                     state="CREATED",
                     created_us=rec.t_us,
@@ -47,7 +48,8 @@ def apply_record(engine: Engine, rec: wire.JournalRecord) -> None:
             s.error = rec.data.get("error") or ""
             s.traceback = rec.data.get("traceback") or ""
             s.updated_us = rec.t_us
-        data = {k: v for k, v in rec.data.items() if not isinstance(v, bytes)}
+            _retire_if_drained(db, s.deployment_id, rec.session_id)
+        data = {k: v for k, v in rec.data.items() if not isinstance(v, bytes) and k != "inputs"}
         db.add(
             SessionRecord(
                 session_id=rec.session_id, seq=rec.seq, kind=rec.kind, t_us=rec.t_us, data=data
@@ -56,6 +58,23 @@ def apply_record(engine: Engine, rec: wire.JournalRecord) -> None:
         if s is not None:
             db.add(s)
         db.commit()
+
+
+def _retire_if_drained(db: DB, deployment_id: str, ending: str) -> None:
+    """A draining deployment becomes inactive when its last session ends."""
+    d = db.get(Deployment, deployment_id)
+    if d is None or d.state != "DRAINING":
+        return
+    live = db.exec(
+        select(Session).where(
+            Session.deployment_id == deployment_id,
+            Session.session_id != ending,
+            col(Session.state).not_in(("COMPLETED", "ERROR", "STOPPED")),
+        )
+    ).first()
+    if live is None:
+        d.state = "INACTIVE"
+        db.add(d)
 
 
 def apply_event(engine: Engine, ev: wire.Event) -> None:

@@ -67,6 +67,7 @@ class Session(SQLModel, table=True):
     event_id: str = ""
     entrypoint: str = ""
     parent_session_id: str = ""
+    inputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     is_durable: bool = True
     state: str = "CREATED"
     error: str = ""

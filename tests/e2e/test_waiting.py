@@ -35,6 +35,7 @@ HANDLERS = [
     "values_ops",
     "pinger",
     "replayed_wait",
+    "stoppable",
 ]
 
 # The seed's "Waiting For Events" example, verbatim.
@@ -118,6 +119,16 @@ def ponger(event):
         n = autokitteh.next_signal("ping", timeout=20).payload
         autokitteh.signal(event.data.parent, "pong", n * 10)
     return "bye"
+
+
+def stoppable(event):
+    sub = autokitteh.subscribe("source_only", "false")
+    print("waiting forever")
+    autokitteh.next_event(sub)
+
+
+def manual(event):
+    print("inputs", dict(event.data), event.event_id)
 
 
 def replayed_wait(event):
@@ -251,3 +262,94 @@ def test_replay_of_a_session_waiting_in_next_event(env: tuple[Stack, dict[str, s
     session, prints = _finish(stack, sid)
     assert session["state"] == "COMPLETED"
     assert prints == ["waiting", "got while down"]
+
+
+def test_session_control(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    sid = _session_of(stack, _fire(stack, paths["stoppable"]))
+    deadline = time.monotonic() + 20
+    while "waiting forever" not in stack.ak("session", "prints", sid, "-n").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    res = stack.ak("session", "stop", sid, "--reason", "enough")
+    assert (res.returncode, res.stdout) == (0, "")
+    session = stack.wait_session(sid, timeout=30)
+    assert session["state"] == "STOPPED"
+    log = stack.ak("session", "log", sid, "-n", check=True).stdout
+    assert log.rstrip().endswith("State: STOPPED enough")
+    again = stack.ak("session", "stop", sid)
+    assert again.returncode == 42 and "already in a final state" in again.stderr
+
+    res = stack.ak(
+        "session",
+        "start",
+        "-o",
+        "waiting",
+        "-p",
+        "program.py:manual",
+        "-I",
+        "n=3",
+        "-I",
+        'who="me"',
+        check=True,
+    )
+    started = res.stdout.strip().removeprefix("session_id: ")
+    assert stack.wait_session(started)["state"] == "COMPLETED"
+    expected = ["inputs {'n': 3, 'who': 'me'} None"]
+    assert stack.ak("session", "prints", started, "-n").stdout.splitlines() == expected
+    again_id = stack.ak("session", "restart", started, check=True).stdout.strip()
+    again_id = again_id.removeprefix("session_id: ")
+    assert again_id != started and stack.wait_session(again_id)["state"] == "COMPLETED"
+    assert stack.ak("session", "prints", again_id, "-n").stdout.splitlines() == expected
+    res = stack.ak("session", "start", "-p", "program.py:manual")
+    assert res.returncode == 1 and "deployment-id project" in res.stderr
+
+
+def test_event_commands(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    eid = _fire(stack, paths["bad_subscribe"])
+    _session_of(stack, eid)
+    new = stack.ak("event", "redispatch", eid, check=True).stdout
+    assert re.fullmatch(r"evt_[0-9a-z]{26}\n", new) and new.strip() != eid
+    assert stack.wait_session(_session_of(stack, new.strip()))["state"] == "COMPLETED"
+    ok = stack.ak("event", "verify-filter", "data.method == 'GET'", check=True)
+    assert ok.stdout == "result: filter expression is valid\n"
+    bad = stack.ak("event", "verify-filter", "data.(")
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: verify filter: invalid filter")
+
+
+def test_triggers_and_deployments_from_the_cli(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, _, _ = env
+    res = stack.ak(
+        "trigger",
+        "create",
+        "-n",
+        "adhoc",
+        "-p",
+        "waiting",
+        "-w",
+        "-l",
+        "program.py:manual",
+        check=True,
+    )
+    path = res.stdout.splitlines()[1].removeprefix("webhook path: ")
+    assert stack.request("POST", path, b"x")[0] == 202
+    stack.ak("trigger", "delete", "adhoc", "-p", "waiting", check=True)
+    assert stack.request("POST", path, b"x")[0] == 404
+    deps = [
+        json.loads(x)
+        for x in stack.ak(
+            "deployment", "list", "-p", "waiting", "-j", check=True
+        ).stdout.splitlines()
+    ]
+    active = next(d["deployment_id"] for d in deps if d["state"] == "ACTIVE")
+    stack.ak("deployment", "deactivate", active, check=True)
+    source = _source_path(stack)
+    assert stack.request("POST", source, b"x")[0] == 404  # no active deployment
+    stack.ak("deployment", "activate", active, check=True)
+    assert stack.request("POST", source, b"x")[0] == 202
+
+
+def _source_path(stack: Stack) -> str:
+    t = json.loads(stack.ak("trigger", "get", "source_only", "-p", "waiting", "-j").stdout)
+    return f"/webhooks/{t['webhook_slug']}"
