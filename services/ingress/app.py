@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
 
-from akcore import bus, ids, subjects, timefmt, wire
+from akcore import bus, ids, subjects, timefmt, values, wire
 from akcore.errors import AKError, NotFound
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
 
 from .commands import COMMANDS
+from .sync import SyncWait
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,23 @@ def create_app(nc: Client) -> FastAPI:
             },
             created_at_us=timefmt.now_us(),
         )
+        if target.get("is_sync"):
+            async with SyncWait(nc, event.event_id) as wait:
+                if (failed := await publish(event, slug)) is not None:
+                    return failed
+                resp = await wait.response()
+            resp.headers["AutoKitteh-Event-ID"] = event.event_id
+            return resp
+        if (failed := await publish(event, slug)) is not None:
+            return failed
+        # The event is acknowledged by JetStream: from here on it cannot be lost.
+        return Response(
+            status_code=202,
+            headers={"AutoKitteh-Event-ID": event.event_id, "Cache-Control": "no-cache"},
+        )
+
+    async def publish(event: wire.Event, slug: str) -> Response | None:
+        """Publishes the event; a 503 response when JetStream did not acknowledge it."""
         try:
             await js.publish(
                 subjects.event_subject(event.project_id, event.event_id),
@@ -81,11 +100,22 @@ def create_app(nc: Client) -> FastAPI:
         except Exception as e:
             log.error("webhook %s: event not stored: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
-        # The event is acknowledged by JetStream: from here on it cannot be lost.
-        return Response(
-            status_code=202,
-            headers={"AutoKitteh-Event-ID": event.event_id, "Cache-Control": "no-cache"},
-        )
+        return None
+
+    @app.get("/store/{project_id}/{key:path}")
+    async def public_value(project_id: str, key: str) -> Response:
+        """A published value of a project's store, as JSON, without authentication."""
+        if not ids.is_id(project_id, "prj"):
+            return Response("invalid project id\n", status_code=400)
+        try:
+            kv = await bus.values_bucket(js)
+            entry = await kv.get(values.kv_key(project_id, key))
+            stored = values.decode(entry.value)
+        except Exception:
+            stored = None
+        if not stored or not stored.get("p"):
+            return Response("Not Found\n", status_code=404)
+        return Response(json.dumps(stored["v"]) + "\n", media_type="application/json")
 
     app.add_api_route("/webhooks/{slug}", webhook, methods=METHODS)
     app.add_api_route("/webhooks/{slug}/{rest:path}", webhook, methods=METHODS)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable
 from typing import Any
 
 from akcore.errors import InvalidArgument
+from akcore.values import decode, encode, kv_key, user_key
 from nats.js.errors import (
     KeyDeletedError,
     KeyNotFoundError,
@@ -15,29 +14,8 @@ from nats.js.errors import (
     NoKeysError,
 )
 
-MAX_VALUE = 64 * 1024
 MAX_KEYS = 64
 _KEEP, _DELETE = object(), object()
-
-
-def kv_key(project_id: str, key: str) -> str:
-    return f"{project_id}.{base64.urlsafe_b64encode(key.encode()).decode().rstrip('=')}"
-
-
-def user_key(kv: str) -> str:
-    enc = kv.partition(".")[2]
-    return base64.urlsafe_b64decode(enc + "=" * (-len(enc) % 4)).decode()
-
-
-def encode(value: Any, published: bool) -> bytes:
-    data = json.dumps({"v": value, "p": published}).encode()
-    if len(data) > MAX_VALUE:
-        raise InvalidArgument(f"value is {len(data)} bytes, over the {MAX_VALUE} byte limit")
-    return data
-
-
-def decode(raw: bytes | None) -> dict[str, Any] | None:
-    return json.loads(raw) if raw else None
 
 
 class Values:
