@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from . import cron
 from .cel import FilterError, validate_filter
 from .errors import InvalidArgument
 
@@ -192,6 +193,12 @@ def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trig
         validate_filter(flt)
     except FilterError as e:
         c.fail(f"{w}.filter", str(e))
+    schedule = c.string(d, "schedule", w)
+    if schedule:
+        try:
+            cron.parse(schedule)
+        except cron.CronError as e:
+            c.fail(f"{w}.schedule", str(e))
     is_sync = c.boolean(d, "is_sync", w, False)
     if is_sync and source != "webhook":
         c.fail(f"{w}.is_sync", "only webhook triggers can be sync")

@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .matching import inbox_deliveries, sessions_for
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "dispatcher")
     sub = await bus.bind(js, subjects.CONSUMER_DISPATCHER)
+    ticks = asyncio.create_task(Scheduler(nc).run(stop))
     log.info("dispatcher ready")
     while not stop.is_set():
         for msg in await bus.pull(sub):
             await handle(nc, msg)
+    await asyncio.gather(ticks, return_exceptions=True)
     await bus.close(nc)

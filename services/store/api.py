@@ -397,6 +397,16 @@ class StoreApi:
                 "build_id": d.build_id,
             }
 
+    def schedule_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Schedule triggers of projects that have an active deployment."""
+        with DB(self.engine) as db:
+            active = {
+                d.project_id
+                for d in db.exec(select(Deployment).where(Deployment.state == "ACTIVE"))
+            }
+            rows = db.exec(select(Trigger).where(Trigger.schedule != ""))
+            return [t.model_dump() for t in rows if t.project_id in active]
+
     def session_env(self, args: dict[str, Any]) -> dict[str, str]:
         with DB(self.engine) as db:
             rows = db.exec(select(Var).where(Var.scope_id == args.get("project_id", "")))

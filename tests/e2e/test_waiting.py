@@ -27,6 +27,13 @@ project:
       webhook: {}
     - name: source_only
       webhook: {}
+    - name: sync_hook
+      call: program.py:sync_answer
+      webhook: {}
+      is_sync: true
+    - name: sync_nobody
+      webhook: {}
+      is_sync: true
 """
 HANDLERS = [
     "short_wait",
@@ -125,6 +132,13 @@ def stoppable(event):
     sub = autokitteh.subscribe("source_only", "false")
     print("waiting forever")
     autokitteh.next_event(sub)
+
+
+def sync_answer(event):
+    autokitteh.http_outcome(299, json={"cat": "meow"}, headers={"X-Kitteh": "yes"})
+    autokitteh.set_value("pub", {"x": 1})
+    autokitteh.publish_value("pub")
+    autokitteh.set_value("secret_value", 2)
 
 
 def manual(event):
@@ -353,3 +367,47 @@ def test_triggers_and_deployments_from_the_cli(env: tuple[Stack, dict[str, str],
 def _source_path(stack: Stack) -> str:
     t = json.loads(stack.ak("trigger", "get", "source_only", "-p", "waiting", "-j").stdout)
     return f"/webhooks/{t['webhook_slug']}"
+
+
+def test_sync_webhook_and_published_values(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    status, headers, body = stack.request("POST", paths["sync_hook"], b"{}")
+    assert (status, json.loads(body)) == (299, {"cat": "meow"})
+    assert headers["x-kitteh"] == "yes" and headers["content-type"] == "application/json"
+    assert headers["autokitteh-event-id"].startswith("evt_")
+    status, _, body = stack.request("POST", paths["sync_nobody"], b"{}")
+    assert (status, body) == (502, b"No sessions were started or signaled for sync webhook\n")
+    pid = json.loads(stack.ak("project", "get", "waiting", "-j", check=True).stdout)["project_id"]
+    deadline = time.monotonic() + 10
+    while (
+        stack.request("GET", f"/store/{pid}/secret_value")[0] != 404
+        or stack.request("GET", f"/store/{pid}/pub")[0] != 200
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert json.loads(stack.request("GET", f"/store/{pid}/pub")[2]) == {"x": 1}
+    assert stack.request("GET", "/store/not-a-project/pub")[0] == 400
+
+
+def test_schedule_starts_tick_sessions(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, _, _ = env
+    manifest = (
+        "version: v1\nproject:\n  name: ticker\n  triggers:\n"
+        '    - name: every_second\n      schedule: "* * * * * *"\n      call: t.py:tick\n'
+    )
+    code = "def tick(event):\n    print('tick', event.event_type, dict(event.data))\n"
+    proj = write_project(stack.log.parent / "ticker", {"autokitteh.yaml": manifest, "t.py": code})
+    stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"), check=True)
+    deadline = time.monotonic() + 20
+    while (
+        len(stack.ak("session", "list", "-p", "ticker", "-s", "COMPLETED").stdout.splitlines()) < 2
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert stack.ak("session", "prints", "ticker", "-n", check=True).stdout == "tick tick {}\n"
+    (proj / "autokitteh.yaml").write_text("version: v1\nproject:\n  name: ticker\n")
+    stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"), check=True)
+    time.sleep(3)
+    count = len(stack.ak("session", "list", "-p", "ticker").stdout.splitlines())
+    time.sleep(2)
+    assert len(stack.ak("session", "list", "-p", "ticker").stdout.splitlines()) == count

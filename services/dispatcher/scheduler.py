@@ -1,0 +1,87 @@
+"""Cron ticks: each schedule trigger's due tick becomes an event on ``AK_EVENTS``.
+
+Every dispatcher runs this loop. A tick's event id and ``Nats-Msg-Id`` derive from
+(trigger, tick time), so when several dispatchers publish the same tick JetStream keeps one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from akcore import bus, cron, ids, subjects, wire
+from akcore.errors import AKError
+from nats.aio.client import Client
+
+log = logging.getLogger(__name__)
+
+REFRESH = 2.0  # seconds between reloads of the schedule triggers (a deleted one stops then)
+
+
+def tick_event(trigger: dict[str, Any], at: datetime) -> wire.Event:
+    key = f"tick:{trigger['trigger_id']}:{int(at.timestamp())}"
+    ms = int(at.timestamp() * 1000)
+    return wire.Event(
+        event_id=ids.derived_id("evt", ms, key),
+        project_id=trigger["project_id"],
+        destination_id=trigger["trigger_id"],
+        event_type="tick",
+        data={},
+        memo={"trigger_id": trigger["trigger_id"], "schedule": trigger["schedule"]},
+        created_at_us=ms * 1000,
+    )
+
+
+class Scheduler:
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.next_fire: dict[tuple[str, str], datetime] = {}  # (trigger id, schedule) -> time
+        self.triggers: list[dict[str, Any]] = []
+
+    async def refresh(self) -> None:
+        self.triggers = await bus.store_call(self.nc, "schedule.list", {})
+        now = datetime.now(UTC)
+        keys = set()
+        for t in self.triggers:
+            key = (t["trigger_id"], t["schedule"])
+            keys.add(key)
+            if key not in self.next_fire:
+                try:
+                    self.next_fire[key] = cron.parse(t["schedule"]).next_after(now)
+                except cron.CronError as e:
+                    log.warning("trigger %s: bad schedule: %s", t["trigger_id"], e)
+        for gone in set(self.next_fire) - keys:
+            del self.next_fire[gone]
+
+    async def fire_due(self) -> None:
+        now = datetime.now(UTC)
+        js = self.nc.jetstream()
+        for t in self.triggers:
+            key = (t["trigger_id"], t["schedule"])
+            at = self.next_fire.get(key)
+            if at is None or at > now:
+                continue
+            ev = tick_event(t, at)
+            await js.publish(
+                subjects.event_subject(ev.project_id, ev.event_id),
+                wire.encode(ev),
+                headers={subjects.HDR_MSG_ID: ev.event_id},
+            )
+            self.next_fire[key] = cron.parse(t["schedule"]).next_after(max(at, now))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last_refresh = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                if loop.time() - last_refresh > REFRESH:
+                    await self.refresh()
+                    last_refresh = loop.time()
+                await self.fire_due()
+            except AKError as e:
+                log.warning("scheduler: %s", e)
+            except Exception:
+                log.exception("scheduler failed, retrying")
+            await asyncio.sleep(0.2)

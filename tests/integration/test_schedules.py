@@ -1,0 +1,69 @@
+"""Schedules with two dispatchers: each tick starts exactly one session."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ak_dispatcher.service import run as run_dispatcher
+from ak_store.service import run as run_store
+from akcore import bus, subjects, wire
+from akcore.config import Settings
+
+from .conftest import running
+
+MANIFEST = """\
+version: v1
+project:
+  name: ticks
+  triggers:
+    - name: every_second
+      schedule: "* * * * * *"
+      call: a.py:f
+"""
+
+
+async def test_each_tick_once_with_two_dispatchers(settings: Settings) -> None:
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        res = await bus.store_call(nc, "manifest.apply", {"text": MANIFEST})
+        bid = await bus.store_call(
+            nc, "build.create", {"project": res["project_id"], "files": {"a.py": b""}}
+        )
+        did = await bus.store_call(
+            nc, "deployment.create", {"project": res["project_id"], "build_id": bid}
+        )
+        await bus.store_call(nc, "deployment.activate", {"deployment_id": did})
+        await asyncio.sleep(5.5)
+        await bus.store_call(
+            nc, "manifest.apply", {"text": "version: v1\nproject:\n  name: ticks\n"}
+        )
+        await asyncio.sleep(3)  # let the dispatchers see the trigger is gone
+        events = await _all(js, subjects.STREAM_EVENTS, wire.Event)
+        jobs = [j.event_id for j in await _all(js, subjects.STREAM_JOBS, wire.Job)]
+        ticks = [e for e in events if e.event_type == "tick"]
+        assert 2 <= len(ticks) <= 6
+        assert len({e.created_at_us for e in ticks}) == len(ticks)  # no tick twice
+        assert len(set(jobs)) == len(jobs)  # one session per tick, never two
+        # Every tick started a session, except perhaps the last, dispatched after the delete.
+        assert set(jobs) <= {e.event_id for e in ticks} and len(jobs) >= len(ticks) - 1
+        before = len(ticks)
+        await asyncio.sleep(2)
+        after = [
+            e for e in await _all(js, subjects.STREAM_EVENTS, wire.Event) if e.event_type == "tick"
+        ]
+        assert len(after) == before  # deleting the trigger stopped the ticks
+        await nc.close()
+
+
+async def _all(js, stream: str, cls):  # type: ignore[no-untyped-def]
+    info = await js.stream_info(stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(stream, seq)
+        out.append(wire.decode(cls, msg.data))
+    return out
