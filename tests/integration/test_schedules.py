@@ -46,7 +46,7 @@ async def test_each_tick_once_with_two_dispatchers(settings: Settings) -> None:
         events = await _all(js, subjects.STREAM_EVENTS, wire.Event)
         jobs = [j.event_id for j in await _all(js, subjects.STREAM_JOBS, wire.Job)]
         ticks = [e for e in events if e.event_type == "tick"]
-        assert 2 <= len(ticks) <= 6
+        assert 2 <= len(ticks) <= 10  # ~5.5 s of ticks plus up to one refresh period
         assert len({e.created_at_us for e in ticks}) == len(ticks)  # no tick twice
         assert len(set(jobs)) == len(jobs)  # one session per tick, never two
         # Every tick started a session, except perhaps the last, dispatched after the delete.
