@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -81,9 +82,19 @@ class Stack:
     def wait_session(self, ref: str, timeout: float = 30) -> dict[str, str]:
         res = self.ak("session", "watch", ref, "--timeout", f"{timeout}s", "-q")
         assert res.returncode == 0, res.stderr + self.output()[-3000:]
-        import json
-
         return json.loads(self.ak("session", "get", ref, "-j", check=True).stdout)  # type: ignore[no-any-return]
+
+    def session_of(self, project: str, event_id: str, timeout: float = 20) -> str:
+        """The id of the session an event started in ``project`` (waits for it to appear)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.ak("session", "list", "-p", project, "-j", check=True).stdout
+            for line in out.splitlines():
+                s = json.loads(line)
+                if s["event_id"] == event_id:
+                    return str(s["session_id"])
+            time.sleep(0.1)
+        raise AssertionError(f"no session for {event_id}:\n{self.output()[-3000:]}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -70,52 +70,37 @@ MAX_LIVE_SESSIONS = 4096
 # the consumer is first created; later changes need the consumer edited.
 JOB_ACK_WAIT = float(os.environ.get("AK_JOBS__ACK_WAIT", "15"))
 
+
+def _durable(name: str, subject: str, ack_wait: float, max_ack_pending: int) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=name,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        filter_subject=subject,
+    )
+
+
 # Durable consumers, created with the streams so that no event accepted by ingress can
 # arrive before its consumers exist (they start from the beginning of their stream).
+# The store's consumers apply one message at a time, in stream order.
 CONSUMERS = {
     subjects.CONSUMER_DISPATCHER: (
         subjects.STREAM_EVENTS,
-        ConsumerConfig(
-            durable_name=subjects.CONSUMER_DISPATCHER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
-            max_ack_pending=1024,
-            filter_subject=subjects.EVENTS_ALL,
-        ),
+        _durable(subjects.CONSUMER_DISPATCHER, subjects.EVENTS_ALL, 30, 1024),
     ),
     subjects.CONSUMER_RUNNER: (
         subjects.STREAM_JOBS,
-        ConsumerConfig(
-            durable_name=subjects.CONSUMER_RUNNER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=JOB_ACK_WAIT,
-            max_ack_pending=MAX_LIVE_SESSIONS,
-            filter_subject=subjects.JOBS_ALL,
-        ),
+        _durable(subjects.CONSUMER_RUNNER, subjects.JOBS_ALL, JOB_ACK_WAIT, MAX_LIVE_SESSIONS),
     ),
     subjects.CONSUMER_STORE_JOURNAL: (
         subjects.STREAM_JOURNAL,
-        ConsumerConfig(
-            durable_name=subjects.CONSUMER_STORE_JOURNAL,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
-            max_ack_pending=1,
-            filter_subject=subjects.JOURNAL_ALL,
-        ),
+        _durable(subjects.CONSUMER_STORE_JOURNAL, subjects.JOURNAL_ALL, 30, 1),
     ),
     subjects.CONSUMER_STORE_EVENTS: (
         subjects.STREAM_EVENTS,
-        ConsumerConfig(
-            durable_name=subjects.CONSUMER_STORE_EVENTS,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
-            max_ack_pending=1,
-            filter_subject=subjects.EVENTS_ALL,
-        ),
+        _durable(subjects.CONSUMER_STORE_EVENTS, subjects.EVENTS_ALL, 30, 1),
     ),
 }
 

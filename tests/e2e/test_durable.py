@@ -254,17 +254,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[
 def _fire(stack: Stack, path: str) -> str:
     status, headers, _ = stack.request("POST", path, b"{}")
     assert status == 202
-    eid = headers["autokitteh-event-id"]
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for line in stack.ak(
-            "session", "list", "-p", "durable", "-j", check=True
-        ).stdout.splitlines():
-            s = json.loads(line)
-            if s["event_id"] == eid:
-                return str(s["session_id"])
-        time.sleep(0.1)
-    raise AssertionError("no session")
+    return stack.session_of("durable", headers["autokitteh-event-id"])
 
 
 def _run(stack: Stack, path: str) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:

@@ -181,16 +181,7 @@ def _fire(stack: Stack, path: str, method: str = "POST", body: bytes = b"{}") ->
 
 
 def _session_of(stack: Stack, eid: str) -> str:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for line in stack.ak(
-            "session", "list", "-p", "waiting", "-j", check=True
-        ).stdout.splitlines():
-            s = json.loads(line)
-            if s["event_id"] == eid:
-                return str(s["session_id"])
-        time.sleep(0.1)
-    raise AssertionError(f"no session for {eid}")
+    return stack.session_of("waiting", eid)
 
 
 def _finish(stack: Stack, sid: str) -> tuple[dict[str, Any], list[str]]:
