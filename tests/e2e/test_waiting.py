@@ -34,6 +34,10 @@ project:
     - name: sync_nobody
       webhook: {}
       is_sync: true
+    - name: sync_quiet
+      call: program.py:sync_silent
+      webhook: {}
+      is_sync: true
 """
 HANDLERS = [
     "short_wait",
@@ -43,6 +47,11 @@ HANDLERS = [
     "pinger",
     "replayed_wait",
     "stoppable",
+    "misuse",
+    "failing_parent",
+    "sleepy",
+    "signal_wait",
+    "sync_silent",
 ]
 
 # The seed's "Waiting For Events" example, verbatim.
@@ -71,6 +80,7 @@ def on_http_get_meow(event):
 
 MORE = """
 import os
+import time
 
 
 def short_wait(event):
@@ -141,6 +151,48 @@ def sync_answer(event):
     autokitteh.set_value("secret_value", 2)
 
 
+@autokitteh.activity
+def wait_inside(sub):
+    return autokitteh.next_event(sub, timeout=1)
+
+
+def misuse(event):
+    sub = autokitteh.subscribe("source_only")
+    for attempt in (lambda: wait_inside(sub), lambda: autokitteh.set_value("big", "x" * 70000)):
+        try:
+            attempt()
+        except autokitteh.AutoKittehError as e:
+            print("refused:", e)
+
+
+def broken_child(event):
+    raise RuntimeError("child failed")
+
+
+def failing_parent(event):
+    child = autokitteh.start("program.py:broken_child")
+    print("child", autokitteh.next_signal(child, timeout=20).payload)
+
+
+def sleepy(event):
+    print("sleeping")
+    time.sleep(60)
+
+
+def signal_wait(event):
+    open(os.path.join(os.environ["MARKER_DIR"], "signal_waiting"), "w").close()
+    got = autokitteh.next_signal("wake", timeout=60)
+    print("woke with", got.payload)
+
+
+def waker(event):
+    autokitteh.signal(event.data.target, "wake", "hello")
+
+
+def sync_silent(event):
+    print("no outcome")
+
+
 def manual(event):
     print("inputs", dict(event.data), event.event_id)
 
@@ -159,7 +211,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[
     home = tmp_path_factory.mktemp("waiting")
     markers = home / "markers"
     markers.mkdir()
-    stack = start_stack(home, {"MARKER_DIR": str(markers), "AK_JOBS__ACK_WAIT": "3"})
+    stack = start_stack(
+        home,
+        {
+            "MARKER_DIR": str(markers),
+            "AK_JOBS__ACK_WAIT": "3",
+            "AK_WEBHOOKS__RESPONSE_TIMEOUT": "2",
+        },
+    )
     manifest = MANIFEST + "".join(
         f"    - name: {h}\n      call: program.py:{h}\n      webhook: {{}}\n" for h in HANDLERS
     )
@@ -402,3 +461,117 @@ def test_schedule_starts_tick_sessions(env: tuple[Stack, dict[str, str], Path]) 
     count = len(stack.ak("session", "list", "-p", "ticker").stdout.splitlines())
     time.sleep(2)
     assert len(stack.ak("session", "list", "-p", "ticker").stdout.splitlines()) == count
+
+
+def test_misuse_is_refused(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    _, prints = _finish(stack, _session_of(stack, _fire(stack, paths["misuse"])))
+    assert prints[0] == (
+        "refused: next_event: cannot wait for events inside an activity; "
+        "call it from the handler's own code"
+    )
+    assert (
+        prints[1].startswith("refused: value: value is 70")
+        and "over the 65536 byte limit" in prints[1]
+    )
+
+
+def test_child_that_fails(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    session, prints = _finish(stack, _session_of(stack, _fire(stack, paths["failing_parent"])))
+    assert session["state"] == "COMPLETED" and prints == ["child {'completed': False}"]
+
+
+def test_stop_during_a_durable_sleep(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    sid = _session_of(stack, _fire(stack, paths["sleepy"]))
+    deadline = time.monotonic() + 20
+    while "sleep" not in stack.ak("session", "log", sid, "-j").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    stack.ak("session", "stop", sid, "-r", "wake up", check=True)
+    assert stack.wait_session(sid, timeout=20)["state"] == "STOPPED"
+
+
+def test_replay_of_a_session_waiting_in_next_signal(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    stack, paths, markers = env
+    sid = _session_of(stack, _fire(stack, paths["signal_wait"]))
+    _wait_file(markers / "signal_waiting")
+    out = subprocess.run(
+        ["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True
+    ).stdout
+    runner = next(
+        int(p) for p in out.split() if b"ak_runner" in Path(f"/proc/{p}/cmdline").read_bytes()
+    )
+    os.kill(runner, signal.SIGKILL)
+    res = stack.ak(
+        "session",
+        "start",
+        "-o",
+        "waiting",
+        "-p",
+        "program.py:waker",
+        "-D",
+        "-I",
+        f'target="{sid}"',
+        check=True,
+    )
+    waker = res.stdout.strip().removeprefix("session_id: ")
+    session, prints = _finish(stack, sid)
+    assert session["state"] == "COMPLETED" and prints == ["woke with hello"]
+    assert stack.wait_session(waker)["state"] == "COMPLETED"
+
+
+def test_sync_webhook_timeout(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    status, _, body = stack.request("POST", paths["sync_quiet"], b"{}")
+    assert (status, body) == (504, b"Gateway Timeout\n")
+
+
+def test_redeploy_drains_the_old_deployment(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    sid = _session_of(stack, _fire(stack, paths["stoppable"]))
+    deadline = time.monotonic() + 20
+    while "waiting forever" not in stack.ak("session", "prints", sid, "-n").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    old = json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)["deployment_id"]
+    stack.ak("deployment", "activate", _new_deployment(stack), check=True)
+    state = json.loads(stack.ak("deployment", "get", old, "-j", check=True).stdout)["state"]
+    assert state == "DRAINING"
+    # Stop every session still running on it (earlier tests leave a meow session waiting).
+    for state in ("RUNNING", "CREATED"):
+        for line in stack.ak(
+            "session", "list", "-p", "waiting", "-s", state, "-j"
+        ).stdout.splitlines():
+            live = json.loads(line)
+            if live["deployment_id"] == old:
+                stack.ak("session", "stop", live["session_id"])
+                stack.wait_session(live["session_id"])
+    deadline = time.monotonic() + 10
+    while json.loads(stack.ak("deployment", "get", old, "-j").stdout)["state"] != "INACTIVE":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def _new_deployment(stack: Stack) -> str:
+    """A second deployment of the project's current build (not yet active)."""
+    deps = [
+        json.loads(x)
+        for x in stack.ak("deployment", "list", "-p", "waiting", "-j").stdout.splitlines()
+    ]
+    active = next(d for d in deps if d["state"] == "ACTIVE")
+    return _create_deployment(stack, active["build_id"])
+
+
+def _create_deployment(stack: Stack, build_id: str) -> str:
+    import urllib.request
+
+    from akcore import wire
+
+    body = wire.encode(wire.StoreRequest({"project": "waiting", "build_id": build_id}))
+    req = urllib.request.Request(stack.url + "/api/deployment.create", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return str(wire.decode(wire.StoreReply, resp.read()).result)
