@@ -46,6 +46,41 @@ def _to_cel(value: Any) -> Any:
 _ENV = celpy.Environment()
 
 
+def _str(x: Any) -> celtypes.StringType:
+    return celtypes.StringType(x)
+
+
+def _split(s: Any, sep: Any, limit: Any = -1) -> celtypes.ListType:
+    n = int(limit)
+    if n == 0:
+        return celtypes.ListType([])
+    parts = str(s).split(str(sep), n - 1) if n > 0 else str(s).split(str(sep))
+    return celtypes.ListType([_str(p) for p in parts])
+
+
+def _replace(s: Any, old: Any, new: Any, limit: Any = -1) -> celtypes.StringType:
+    return _str(str(s).replace(str(old), str(new), int(limit)))
+
+
+def _substring(s: Any, start: Any, end: Any = None) -> celtypes.StringType:
+    return _str(str(s)[int(start) : None if end is None else int(end)])
+
+
+# The CEL strings extension (member functions), which cel-python does not ship.
+STRING_FUNCTIONS: dict[str, Any] = {
+    "lowerAscii": lambda s: _str(str(s).lower()),
+    "upperAscii": lambda s: _str(str(s).upper()),
+    "trim": lambda s: _str(str(s).strip()),
+    "split": _split,
+    "join": lambda items, sep="": _str(str(sep).join(str(i) for i in items)),
+    "replace": _replace,
+    "indexOf": lambda s, sub: celtypes.IntType(str(s).find(str(sub))),
+    "lastIndexOf": lambda s, sub: celtypes.IntType(str(s).rfind(str(sub))),
+    "substring": _substring,
+    "charAt": lambda s, i: _str(str(s)[int(i) : int(i) + 1]),
+}
+
+
 @functools.lru_cache(maxsize=4096)
 def compile_filter(expr: str) -> Any:
     """Returns a runnable program for ``expr``; raises FilterError when it does not parse."""
@@ -53,7 +88,7 @@ def compile_filter(expr: str) -> Any:
         ast = _ENV.compile(expr)
     except Exception as e:  # celpy raises its own parse error types
         raise FilterError(f"invalid filter: {e}".strip()) from None
-    return _ENV.program(ast)
+    return _ENV.program(ast, functions=STRING_FUNCTIONS)
 
 
 def is_empty(expr: str | None) -> bool:

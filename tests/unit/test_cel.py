@@ -26,6 +26,13 @@ DATA = {
         ("data.body.json.action == 'opened'", False),  # evaluation error -> no match
         ("data.missing == 1", False),
         ("1 + 1", False),  # not a bool
+        ("data.method.lowerAscii() == 'get'", True),
+        ("data.url.path.split('/').size() == 4", True),
+        ("data.url.path.replace('woof', 'meow').endsWith('/meow')", True),
+        ("data.url.path.substring(1, 9) == 'webhooks'", True),
+        ("['a', 'b'].join('-') == 'a-b'", True),
+        ("data.url.path.indexOf('x') == 10", True),
+        ("[1, 2, 3].exists(n, n > 2) && [1, 2].all(n, n > 0)", True),
     ],
 )
 def test_matches(expr: str, expected: bool) -> None:
