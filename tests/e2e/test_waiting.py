@@ -52,6 +52,10 @@ HANDLERS = [
     "sleepy",
     "signal_wait",
     "sync_silent",
+    "busy_activity",
+    "signal_forever",
+    "cross_project",
+    "many_keys",
 ]
 
 # The seed's "Waiting For Events" example, verbatim.
@@ -187,6 +191,36 @@ def signal_wait(event):
 
 def waker(event):
     autokitteh.signal(event.data.target, "wake", "hello")
+
+
+@autokitteh.activity
+def spin():
+    time.sleep(60)
+
+
+def busy_activity(event):
+    print("in activity")
+    spin()
+
+
+def signal_forever(event):
+    print("waiting for a signal")
+    autokitteh.next_signal("never")
+
+
+def cross_project(event):
+    child = autokitteh.start("t.py:tick", {"from": "waiting"}, project="ticker")
+    print("other project child", autokitteh.next_signal(child, timeout=20).payload)
+
+
+def many_keys(event):
+    for k in autokitteh.list_values_keys():
+        autokitteh.del_value(k)
+    try:
+        for i in range(65):
+            autokitteh.set_value(f"k{i}", i)
+    except autokitteh.AutoKittehError as e:
+        print(len(autokitteh.list_values_keys()), "refused:", e)
 
 
 def sync_silent(event):
@@ -575,3 +609,34 @@ def _create_deployment(stack: Stack, build_id: str) -> str:
     req = urllib.request.Request(stack.url + "/api/deployment.create", data=body, method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
         return str(wire.decode(wire.StoreReply, resp.read()).result)
+
+
+@pytest.mark.parametrize(
+    ("handler", "marker"),
+    [("busy_activity", "in activity"), ("signal_forever", "waiting for a signal")],
+)
+def test_stop_in_an_activity_or_next_signal(
+    env: tuple[Stack, dict[str, str], Path], handler: str, marker: str
+) -> None:
+    stack, paths, _ = env
+    sid = _session_of(stack, _fire(stack, paths[handler]))
+    deadline = time.monotonic() + 20
+    while marker not in stack.ak("session", "prints", sid, "-n").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    stack.ak("session", "stop", sid, "-r", "enough", check=True)
+    assert stack.wait_session(sid, timeout=20)["state"] == "STOPPED"
+
+
+def test_child_in_another_project_and_key_limit(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    # test_schedule_starts_tick_sessions left project "ticker" deployed with t.py:tick.
+    session, prints = _finish(stack, _session_of(stack, _fire(stack, paths["cross_project"])))
+    assert prints == ["other project child {'completed': True, 'value': None}"], session
+    child = stack.ak("session", "list", "-p", "ticker", "-j", check=True).stdout.splitlines()[0]
+    assert json.loads(child)["parent_session_id"] == session["session_id"]
+    _, prints = _finish(stack, _session_of(stack, _fire(stack, paths["many_keys"])))
+    assert prints == [
+        "64 refused: value: the project already has 64 values, the limit: "
+        "delete some before adding new keys"
+    ]
