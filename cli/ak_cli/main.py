@@ -12,6 +12,7 @@ from akcore.errors import AKError
 from . import deploy as deploy_mod
 from . import sessions, views
 from . import up as up_mod
+from . import vars as vars_mod
 
 app = typer.Typer(
     help="autokitteh: durable Python workflows.",
@@ -25,6 +26,8 @@ app.add_typer(views.projects, name="project")
 app.add_typer(views.triggers, name="trigger")
 app.add_typer(views.deployments, name="deployment")
 app.add_typer(views.events, name="event")
+app.add_typer(vars_mod.app, name="var")
+app.add_typer(vars_mod.envs, name="env")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from akcore import ids, timefmt, wire
 from akcore.errors import Conflict, InvalidArgument, NotFound
 from akcore.manifest import parse_manifest
+from akcore.secrets import Sealer
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
 from sqlmodel import col, select
@@ -25,6 +27,15 @@ from .models import (
     Trigger,
     Var,
 )
+
+VAR_NAME = re.compile(r"^[A-Za-z_]\w*$")
+MAX_VAR = 1024 * 1024
+
+
+def env_id(p: Project) -> str:
+    """The id of a project's only environment, "default" (stable, derived from the project)."""
+    return ids.derived_id("env", p.created_us // 1000, p.project_id)
+
 
 FINAL_STATES = ("COMPLETED", "ERROR", "STOPPED")
 SESSION_STATES = ("CREATED", "RUNNING", *FINAL_STATES)
@@ -79,8 +90,8 @@ def _event_view(e: EventRow, with_data: bool = True) -> dict[str, Any]:
 class StoreApi:
     """Each public method is an operation named like ``project.get`` -> ``project_get``."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, sealer: Sealer) -> None:
+        self.engine, self.sealer = engine, sealer
 
     def handler(self, op: str) -> Callable[[dict[str, Any]], Any]:
         fn = getattr(self, op.replace(".", "_"), None)
@@ -138,6 +149,7 @@ class StoreApi:
             return apply_manifest(
                 db,
                 args["text"],
+                self.sealer,
                 args.get("project_name", ""),
                 bool(args.get("skip_existing_secrets")),
             )
@@ -410,7 +422,97 @@ class StoreApi:
     def session_env(self, args: dict[str, Any]) -> dict[str, str]:
         with DB(self.engine) as db:
             rows = db.exec(select(Var).where(Var.scope_id == args.get("project_id", "")))
-            return {v.name: v.value for v in rows}
+            return {v.name: self.sealer.open(v.value) for v in rows}
+
+    # --- vars and environments (each project has one environment, "default")
+
+    def _env_project(self, db: DB, args: dict[str, Any]) -> Project:
+        """The project named by ``project``, or by ``env`` (an env id or ``PROJECT/default``)."""
+        env = str(args.get("env") or "")
+        if not env:
+            return self._project(db, args.get("project", ""))
+        if ids.is_id(env, "env"):
+            for p in db.exec(select(Project)):
+                if env_id(p) == env:
+                    return p
+            raise NotFound(f'environment "{env}" not found')
+        name, _, env_name = env.partition("/")
+        if env_name != "default":
+            raise NotFound(f'environment "{env}" not found: each project has only "default"')
+        return self._project(db, name)
+
+    def env_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        with DB(self.engine) as db:
+            q = select(Project).order_by(Project.name)
+            if args.get("project"):
+                q = q.where(Project.project_id == self._project(db, args["project"]).project_id)
+            return [
+                {
+                    "env_id": env_id(p),
+                    "name": "default",
+                    "project_id": p.project_id,
+                    "project": p.name,
+                }
+                for p in db.exec(q)
+            ]
+
+    def var_set(self, args: dict[str, Any]) -> None:
+        name, value = str(args.get("name", "")), args.get("value")
+        if not VAR_NAME.match(name):
+            raise InvalidArgument(
+                f"invalid var name {name!r}: use letters, digits and _, not starting with a digit"
+            )
+        if not isinstance(value, str):
+            raise InvalidArgument("the var value must be text")
+        if len(value.encode()) > MAX_VAR:
+            raise InvalidArgument(f"the value is over the {MAX_VAR} byte limit")
+        secret = bool(args.get("secret"))
+        with DB(self.engine) as db:
+            p = self._env_project(db, args)
+            var = db.exec(select(Var).where(Var.scope_id == p.project_id, Var.name == name)).first()
+            var = var or Var(scope_id=p.project_id, name=name)
+            var.value = self.sealer.seal(value) if secret else value
+            var.is_secret = secret
+            if args.get("description") is not None:
+                var.description = str(args["description"])
+            db.add(var)
+            db.commit()
+
+    def var_get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Vars of a project; secret values stay masked unless ``reveal``."""
+        names = list(args.get("names") or [])
+        with DB(self.engine) as db:
+            p = self._env_project(db, args)
+            rows = {v.name: v for v in db.exec(select(Var).where(Var.scope_id == p.project_id))}
+            missing = [n for n in names if n not in rows]
+            if missing:
+                raise NotFound(f'var "{missing[0]}" not found in project "{p.name}"')
+            out = []
+            for n in names or sorted(rows):
+                v = rows[n]
+                shown = self.sealer.open(v.value) if not v.is_secret or args.get("reveal") else None
+                out.append(
+                    {
+                        "name": v.name,
+                        "value": shown,
+                        "secret": v.is_secret,
+                        "description": v.description,
+                    }
+                )
+            return out
+
+    def var_delete(self, args: dict[str, Any]) -> None:
+        with DB(self.engine) as db:
+            p = self._env_project(db, args)
+            var = db.exec(
+                select(Var).where(
+                    Var.scope_id == p.project_id, Var.name == str(args.get("name", ""))
+                )
+            ).first()
+            if var is None:
+                raise NotFound(f'var "{args.get("name")}" not found in project "{p.name}"')
+            db.delete(var)
+            db.commit()
 
     def session_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         with DB(self.engine) as db:

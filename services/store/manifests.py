@@ -8,6 +8,7 @@ from akcore import ids, timefmt
 from akcore.errors import InvalidArgument
 from akcore.manifest import parse_manifest
 from akcore.planning import Action, Current, plan_manifest
+from akcore.secrets import Sealer
 from sqlmodel import Session, select
 
 from .models import Project, Trigger, Var
@@ -15,7 +16,7 @@ from .models import Project, Trigger, Var
 OUT, ERR = "out", "err"
 
 
-def _current(db: Session, name: str) -> tuple[Project | None, Current]:
+def _current(db: Session, name: str, sealer: Sealer) -> tuple[Project | None, Current]:
     project = db.exec(select(Project).where(Project.name == name)).first()
     if project is None:
         return None, Current()
@@ -25,7 +26,11 @@ def _current(db: Session, name: str) -> tuple[Project | None, Current]:
         project_id=project.project_id,
         display_name=project.display_name,
         vars={
-            v.name: {"value": v.value, "secret": v.is_secret, "description": v.description}
+            v.name: {
+                "value": sealer.open(v.value),
+                "secret": v.is_secret,
+                "description": v.description,
+            }
             for v in vars_
         },
         triggers={t.name: t.model_dump() for t in triggers},
@@ -33,7 +38,12 @@ def _current(db: Session, name: str) -> tuple[Project | None, Current]:
 
 
 def _execute(
-    db: Session, a: Action, project: Project | None, name: str, lines: list[tuple[str, str]]
+    db: Session,
+    a: Action,
+    project: Project | None,
+    name: str,
+    lines: list[tuple[str, str]],
+    sealer: Sealer,
 ) -> Project | None:
     def said(subject: str, effect: str) -> None:
         lines.append((OUT, f'[exec] {a.type} "{a.key}": {subject} {effect}'))
@@ -57,7 +67,9 @@ def _execute(
     elif a.type == "set_var":
         var = db.exec(select(Var).where(Var.scope_id == pid, Var.name == a.args["name"])).first()
         var = var or Var(scope_id=pid, name=a.args["name"])
-        var.value, var.is_secret = a.args["value"], a.args["secret"]
+        secret = bool(a.args["secret"])
+        var.value = sealer.seal(a.args["value"]) if secret else a.args["value"]
+        var.is_secret = secret
         var.description = a.args["description"]
         db.add(var)
         said(pid, "updated")
@@ -103,18 +115,22 @@ def _execute(
 
 
 def apply_manifest(
-    db: Session, text: str, project_name: str = "", skip_existing_secrets: bool = False
+    db: Session,
+    text: str,
+    sealer: Sealer,
+    project_name: str = "",
+    skip_existing_secrets: bool = False,
 ) -> dict[str, Any]:
     """Returns the transcript lines ((stream, text) pairs) and the project's id."""
     m = parse_manifest(text, project_name)
     if m.project is None:
         return {"lines": [], "project_id": "", "project_name": "", "created": False}
-    project, cur = _current(db, m.project.name)
+    project, cur = _current(db, m.project.name, sealer)
     plan = plan_manifest(m, cur, skip_existing_secrets)
     lines: list[tuple[str, str]] = [(OUT, line) for line in plan.lines]
     exec_lines: list[tuple[str, str]] = []
     for action in plan.actions:
-        project = _execute(db, action, project, m.project.name, exec_lines)
+        project = _execute(db, action, project, m.project.name, exec_lines, sealer)
     # AutoKitteh prints the webhook paths after all [exec] lines.
     lines += [x for x in exec_lines if x[0] == OUT] + [x for x in exec_lines if x[0] == ERR]
     db.commit()

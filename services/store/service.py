@@ -9,6 +9,7 @@ from typing import Any
 
 from akcore import bus, subjects, wire
 from akcore.config import Settings
+from akcore.secrets import Sealer, load_key
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -46,7 +47,7 @@ async def _apply_one(msg: Msg, apply: Callable[[bytes], None], durable: str) -> 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     engine = open_engine(settings.db_dsn)
-    api = StoreApi(engine)
+    api = StoreApi(engine, Sealer(load_key()))
     nc = await bus.connect(settings.nats_url, "ak-store")
     await bus.ensure_streams(nc.jetstream())
 

@@ -1,0 +1,85 @@
+"""``ak var ...`` and ``ak env list``: project variables and secrets."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from akcore.errors import AKError
+
+from . import client
+from .render import emit_list
+
+MAX_STDIN = 1024 * 1024
+
+app = typer.Typer(help="Variables and secrets of a project.", no_args_is_help=True)
+envs = typer.Typer(help="Environments (one per project: default).", no_args_is_help=True)
+
+ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name or id.")]
+EnvOpt = Annotated[str, typer.Option("--env", "-e", help="env_... id or PROJECT/default.")]
+JsonOpt = Annotated[bool, typer.Option("--json", "-j")]
+
+
+def _scope(project: str, env: str) -> dict[str, str]:
+    if bool(project) == bool(env):
+        raise AKError("give exactly one of --project and --env")
+    return {"project": project, "env": env}
+
+
+@app.command("set")
+def var_set(
+    name: str,
+    value: Annotated[
+        str | None, typer.Argument(help="Read from standard input if omitted.")
+    ] = None,
+    secret: Annotated[bool, typer.Option("--secret", "-s")] = False,
+    project: ProjectOpt = "",
+    env: EnvOpt = "",
+    description: Annotated[str | None, typer.Option("--description")] = None,
+) -> None:
+    """Set a variable (secrets are encrypted at rest and masked when read)."""
+    scope = _scope(project, env)
+    if value is None:
+        data = sys.stdin.buffer.read(MAX_STDIN + 1)
+        if len(data) > MAX_STDIN:
+            raise AKError(f"the value on standard input is over the {MAX_STDIN} byte limit")
+        try:
+            value = data.decode()
+        except UnicodeDecodeError:
+            raise AKError("the value on standard input is not UTF-8 text") from None
+    client.call("var.set", name=name, value=value, secret=secret, description=description, **scope)
+
+
+@app.command("get")
+def var_get(
+    names: Annotated[list[str] | None, typer.Argument()] = None,
+    project: ProjectOpt = "",
+    env: EnvOpt = "",
+    reveal: Annotated[bool, typer.Option("--reveal")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print variables as NAME="value"; secrets print NAME=<secret> unless --reveal."""
+    rows = client.call("var.get", names=names or [], reveal=reveal, **_scope(project, env))
+    for v in rows:
+        if as_json:
+            typer.echo(json.dumps(v))
+            continue
+        shown = "<secret>" if v["value"] is None else json.dumps(v["value"])
+        line = f"{v['name']}={shown}"
+        typer.echo(f"{line} # {v['description']}" if v["description"] else line)
+
+
+@app.command("delete")
+def var_delete(name: str, project: ProjectOpt = "", env: EnvOpt = "") -> None:
+    client.call("var.delete", name=name, **_scope(project, env))
+
+
+@envs.command("list")
+def env_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
+    emit_list(
+        client.call("env.list", project=project),
+        as_json,
+        ["env_id", "name", "project_id", "project"],
+    )
