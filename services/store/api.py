@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,13 @@ from .models import (
 
 VAR_NAME = re.compile(r"^[A-Za-z_]\w*$")
 MAX_VAR = 1024 * 1024
+
+
+def webhook_url(slug: str) -> str:
+    """As AutoKitteh: https://<WEBHOOK_ADDRESS or SERVICE_ADDRESS>/webhooks/<slug>, or the
+    relative path when neither is set."""
+    host = os.environ.get("WEBHOOK_ADDRESS") or os.environ.get("SERVICE_ADDRESS")
+    return f"https://{host}/webhooks/{slug}" if host else f"webhooks/{slug}"
 
 
 def env_id(p: Project) -> str:
@@ -421,8 +429,15 @@ class StoreApi:
 
     def session_env(self, args: dict[str, Any]) -> dict[str, str]:
         with DB(self.engine) as db:
-            rows = db.exec(select(Var).where(Var.scope_id == args.get("project_id", "")))
-            return {v.name: self.sealer.open(v.value) for v in rows}
+            pid = args.get("project_id", "")
+            env = {
+                t.name + "__webhook_url": webhook_url(t.webhook_slug)
+                for t in db.exec(select(Trigger).where(Trigger.project_id == pid))
+                if t.webhook_slug
+            }
+            rows = db.exec(select(Var).where(Var.scope_id == pid))
+            env.update({v.name: self.sealer.open(v.value) for v in rows})
+            return env
 
     # --- vars and environments (each project has one environment, "default")
 

@@ -41,6 +41,8 @@ CODE = f"""\
 import hashlib
 import os
 
+import autokitteh
+
 
 def same(name, digest):
     return hashlib.sha256(os.environ.get(name, "").encode()).hexdigest() == digest
@@ -52,6 +54,7 @@ def check(event):
     print("TOKEN ok", same("TOKEN", {_h(PLANTED)!r}))
     print("CREDS ok", same("CREDS", {_h(FROM_STDIN)!r}))
     print("internal", sorted(k for k in os.environ if k.startswith("AK_")))
+    print("url", autokitteh.get_webhook_url("hook"))
 """
 
 
@@ -90,6 +93,7 @@ def test_vars_secrets_and_no_plaintext_at_rest(tmp_path: Path) -> None:
         prints = stack.ak("session", "prints", "secrets_e2e", "-n", check=True).stdout
         assert prints == (
             "PLAIN visible\nAPI_KEY ok True\nTOKEN ok True\nCREDS ok True\ninternal []\n"
+            f"url {path.lstrip('/')}\n"
         )
 
         # A var change reaches the next session without a redeploy; deleting works.
