@@ -96,6 +96,24 @@ class Stack:
             time.sleep(0.1)
         raise AssertionError(f"no session for {event_id}:\n{self.output()[-3000:]}")
 
+    def kill_runner(self) -> None:
+        """SIGKILLs the runner process of this stack (`ak up` restarts it)."""
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout
+        for pid in out.split():
+            if b"ak_runner" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
+                return
+        raise AssertionError("no runner process")
+
+    def wait_output(self, text: str, *args: str, timeout: float = 20) -> None:
+        """Polls ``ak <args>`` until its output contains ``text``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.ak(*args).stdout:
+            assert time.monotonic() < deadline, f"{text!r} never appeared in ak {' '.join(args)}"
+            time.sleep(0.1)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)

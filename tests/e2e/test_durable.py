@@ -4,9 +4,6 @@ reference's instrumentation cases, against a real `ak up --mode dev`."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -271,17 +268,6 @@ def _calls(log: list[dict[str, Any]]) -> list[str]:
     return [e["call_spec"]["function"] for e in log if e["type"] == "call_spec"]
 
 
-def _kill_runner(stack: Stack) -> None:
-    out = subprocess.run(
-        ["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True
-    ).stdout
-    for pid in out.split():
-        if b"ak_runner" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(int(pid), signal.SIGKILL)
-            return
-    raise AssertionError("no runner process")
-
-
 def _wait_file(path: Path, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -302,7 +288,7 @@ def test_crash_during_durable_sleep(env: tuple[Stack, dict[str, str], Path]) -> 
     sid = _fire(stack, paths["crash_in_sleep"])
     _wait_file(markers / "a1")
     time.sleep(0.5)  # into the sleep
-    _kill_runner(stack)
+    stack.kill_runner()
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert (markers / "a1").read_text() == "+"  # the activity ran exactly once
@@ -325,7 +311,7 @@ def test_crash_between_activities(env: tuple[Stack, dict[str, str], Path]) -> No
     sid = _fire(stack, paths["crash_between"])
     _wait_file(markers / "a2")
     time.sleep(0.3)  # in the plain loop between the two activities
-    _kill_runner(stack)
+    stack.kill_runner()
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert (markers / "a2").read_text() == "+"
@@ -338,7 +324,7 @@ def test_crash_inside_activity_runs_it_again(env: tuple[Stack, dict[str, str], P
     stack, paths, markers = env
     sid = _fire(stack, paths["crash_inside"])
     _wait_file(markers / "b3.running")
-    _kill_runner(stack)
+    stack.kill_runner()
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert (markers / "a3").read_text() == "+"  # finished before the crash: exactly once
@@ -353,7 +339,7 @@ def test_non_determinism_is_reported(env: tuple[Stack, dict[str, str], Path]) ->
     sid = _fire(stack, paths["changes"])
     _wait_file(markers / "c1")
     (markers / "mode").write_text("two")  # the module will take the other branch on replay
-    _kill_runner(stack)
+    stack.kill_runner()
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "ERROR"
     line = CRASH.splitlines().index('        print("other", random.random())') + 1

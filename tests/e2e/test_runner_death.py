@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,15 +32,6 @@ def run(event):
 """
 
 
-def _runner_pid(ak_pid: int) -> int:
-    for p in subprocess.run(
-        ["pgrep", "-P", str(ak_pid)], capture_output=True, text=True
-    ).stdout.split():
-        if b"ak_runner" in Path(f"/proc/{p}/cmdline").read_bytes():
-            return int(p)
-    raise AssertionError("no runner")
-
-
 def test_session_survives_runner_kill(tmp_path: Path) -> None:
     stack = start_stack(tmp_path, {"MARKER_DIR": str(tmp_path), "SLOW_SECONDS": "2"})
     try:
@@ -55,7 +43,7 @@ def test_session_survives_runner_kill(tmp_path: Path) -> None:
         while not marker.exists():
             assert time.monotonic() < deadline, stack.output()
             time.sleep(0.05)
-        os.kill(_runner_pid(stack.proc.pid), signal.SIGKILL)
+        stack.kill_runner()
         session = stack.wait_session("slow", timeout=60)
         assert session["state"] == "COMPLETED"
         assert marker.read_text() == "x"  # the write was an activity: replayed, not repeated

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,10 +289,7 @@ def _wait_file(path: Path) -> None:
 def test_seed_meow_woof(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, _ = env
     sid = _session_of(stack, _fire(stack, paths["meow_webhook"], "GET", b""))
-    deadline = time.monotonic() + 20
-    while "subscribe" not in stack.ak("session", "log", sid, "-j").stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    stack.wait_output("subscribe", "session", "log", sid, "-j")
     _fire(stack, paths["meow_webhook"] + "/woof", "GET", b"")
     session, prints = _finish(stack, sid)
     assert session["state"] == "COMPLETED"
@@ -349,13 +343,7 @@ def test_replay_of_a_session_waiting_in_next_event(env: tuple[Stack, dict[str, s
     stack, paths, markers = env
     sid = _session_of(stack, _fire(stack, paths["replayed_wait"]))
     _wait_file(markers / "waiting")
-    out = subprocess.run(
-        ["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True
-    ).stdout
-    runner = next(
-        int(p) for p in out.split() if b"ak_runner" in Path(f"/proc/{p}/cmdline").read_bytes()
-    )
-    os.kill(runner, signal.SIGKILL)
+    stack.kill_runner()
     _fire(stack, paths["source_only"], "POST", b"while down")
     session, prints = _finish(stack, sid)
     assert session["state"] == "COMPLETED"
@@ -365,10 +353,7 @@ def test_replay_of_a_session_waiting_in_next_event(env: tuple[Stack, dict[str, s
 def test_session_control(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, _ = env
     sid = _session_of(stack, _fire(stack, paths["stoppable"]))
-    deadline = time.monotonic() + 20
-    while "waiting forever" not in stack.ak("session", "prints", sid, "-n").stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    stack.wait_output("waiting forever", "session", "prints", sid, "-n")
     res = stack.ak("session", "stop", sid, "--reason", "enough")
     assert (res.returncode, res.stdout) == (0, "")
     session = stack.wait_session(sid, timeout=30)
@@ -519,10 +504,7 @@ def test_child_that_fails(env: tuple[Stack, dict[str, str], Path]) -> None:
 def test_stop_during_a_durable_sleep(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, _ = env
     sid = _session_of(stack, _fire(stack, paths["sleepy"]))
-    deadline = time.monotonic() + 20
-    while "sleep" not in stack.ak("session", "log", sid, "-j").stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    stack.wait_output("sleep", "session", "log", sid, "-j")
     stack.ak("session", "stop", sid, "-r", "wake up", check=True)
     assert stack.wait_session(sid, timeout=20)["state"] == "STOPPED"
 
@@ -533,13 +515,7 @@ def test_replay_of_a_session_waiting_in_next_signal(
     stack, paths, markers = env
     sid = _session_of(stack, _fire(stack, paths["signal_wait"]))
     _wait_file(markers / "signal_waiting")
-    out = subprocess.run(
-        ["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True
-    ).stdout
-    runner = next(
-        int(p) for p in out.split() if b"ak_runner" in Path(f"/proc/{p}/cmdline").read_bytes()
-    )
-    os.kill(runner, signal.SIGKILL)
+    stack.kill_runner()
     res = stack.ak(
         "session",
         "start",
@@ -567,10 +543,7 @@ def test_sync_webhook_timeout(env: tuple[Stack, dict[str, str], Path]) -> None:
 def test_redeploy_drains_the_old_deployment(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, _ = env
     sid = _session_of(stack, _fire(stack, paths["stoppable"]))
-    deadline = time.monotonic() + 20
-    while "waiting forever" not in stack.ak("session", "prints", sid, "-n").stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    stack.wait_output("waiting forever", "session", "prints", sid, "-n")
     old = json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)["deployment_id"]
     stack.ak("deployment", "activate", _new_deployment(stack), check=True)
     state = json.loads(stack.ak("deployment", "get", old, "-j", check=True).stdout)["state"]
@@ -620,10 +593,7 @@ def test_stop_in_an_activity_or_next_signal(
 ) -> None:
     stack, paths, _ = env
     sid = _session_of(stack, _fire(stack, paths[handler]))
-    deadline = time.monotonic() + 20
-    while marker not in stack.ak("session", "prints", sid, "-n").stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    stack.wait_output(marker, "session", "prints", sid, "-n")
     stack.ak("session", "stop", sid, "-r", "enough", check=True)
     assert stack.wait_session(sid, timeout=20)["state"] == "STOPPED"
 
