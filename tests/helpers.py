@@ -16,7 +16,12 @@ from pathlib import Path
 from akcore import natsserver
 
 AK = str(Path(sys.executable).parent / "ak")
-SLUG_RE = re.compile(r'webhook path is "(/webhooks/[0-9a-z]{26})"')
+WEBHOOK_RE = re.compile(r'trigger "(\w+)" created, webhook path is "(/webhooks/[0-9a-z]{26})"')
+
+
+def webhook_paths(deploy_stderr: str) -> dict[str, str]:
+    """Trigger name -> webhook path, from what `ak deploy` printed for created triggers."""
+    return dict(WEBHOOK_RE.findall(deploy_stderr))
 
 
 def free_port() -> int:
@@ -72,12 +77,15 @@ class Stack:
     def deploy(
         self, project_dir: Path, *extra: str
     ) -> tuple[subprocess.CompletedProcess[str], str]:
-        """Deploys and returns the result and the first webhook path printed."""
+        """Deploys and returns the result and the first webhook path printed ("" if none)."""
         res = self.ak(
             "deploy", "--manifest", str(project_dir / "autokitteh.yaml"), *extra, check=True
         )
-        m = SLUG_RE.search(res.stderr)
-        return res, m.group(1) if m else ""
+        return res, next(iter(webhook_paths(res.stderr).values()), "")
+
+    def deploy_paths(self, project_dir: Path) -> dict[str, str]:
+        """Deploys and returns the webhook path of every trigger it created, by name."""
+        return webhook_paths(self.deploy(project_dir)[0].stderr)
 
     def wait_session(self, ref: str, timeout: float = 30) -> dict[str, str]:
         res = self.ak("session", "watch", ref, "--timeout", f"{timeout}s", "-q")

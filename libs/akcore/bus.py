@@ -166,9 +166,6 @@ async def store_call(nc: Client, op: str, args: dict[str, Any], timeout: float =
     return reply.result
 
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
 async def serve_requests(
     nc: Client,
     subject: str,

@@ -236,12 +236,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[
             "cases.py": CASES,
         },
     )
-    res = stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"), check=True)
-    import re
-
-    paths = dict(
-        re.findall(r'trigger "(\w+)" created, webhook path is "(/webhooks/\w+)"', res.stderr)
-    )
+    paths = stack.deploy_paths(proj)
     try:
         yield stack, paths, markers
     finally:

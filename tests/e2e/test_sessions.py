@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -114,10 +113,7 @@ def project(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
             "__pycache__/x.pyc": "junk",
         },
     )
-    res = stack.ak("deploy", "--manifest", str(root / "autokitteh.yaml"), check=True)
-    paths = dict(
-        re.findall(r'trigger "(\w+)" created, webhook path is "(/webhooks/\w+)"', res.stderr)
-    )
+    paths = stack.deploy_paths(root)
     assert set(paths) == {"hook", "only_put", "filtered", "boom", "missing", "asyncy"}
     return paths
 

@@ -254,10 +254,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[
         f"    - name: {h}\n      call: program.py:{h}\n      webhook: {{}}\n" for h in HANDLERS
     )
     proj = write_project(home / "p", {"autokitteh.yaml": manifest, "program.py": SEED + MORE})
-    res = stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"), check=True)
-    paths = dict(
-        re.findall(r'trigger "(\w+)" created, webhook path is "(/webhooks/\w+)"', res.stderr)
-    )
+    paths = stack.deploy_paths(proj)
     try:
         yield stack, paths, markers
     finally:
