@@ -19,13 +19,16 @@ envs = typer.Typer(help="Environments (one per project: default).", no_args_is_h
 
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name or id.")]
 EnvOpt = Annotated[str, typer.Option("--env", "-e", help="env_... id or PROJECT/default.")]
+ConnOpt = Annotated[
+    str, typer.Option("--connection", "-c", help="con_... id or PROJECT/CONNECTION.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", "-j")]
 
 
-def _scope(project: str, env: str) -> dict[str, str]:
-    if bool(project) == bool(env):
-        raise AKError("give exactly one of --project and --env")
-    return {"project": project, "env": env}
+def _scope(project: str, env: str, connection: str = "") -> dict[str, str]:
+    if sum(map(bool, (project, env, connection))) != 1:
+        raise AKError("give exactly one of --project, --env and --connection")
+    return {"project": project, "env": env, "connection": connection}
 
 
 @app.command("set")
@@ -37,10 +40,11 @@ def var_set(
     secret: Annotated[bool, typer.Option("--secret", "-s")] = False,
     project: ProjectOpt = "",
     env: EnvOpt = "",
+    connection: ConnOpt = "",
     description: Annotated[str | None, typer.Option("--description")] = None,
 ) -> None:
     """Set a variable (secrets are encrypted at rest and masked when read)."""
-    scope = _scope(project, env)
+    scope = _scope(project, env, connection)
     if value is None:
         data = sys.stdin.buffer.read(MAX_STDIN + 1)
         if len(data) > MAX_STDIN:
@@ -57,11 +61,13 @@ def var_get(
     names: Annotated[list[str] | None, typer.Argument()] = None,
     project: ProjectOpt = "",
     env: EnvOpt = "",
+    connection: ConnOpt = "",
     reveal: Annotated[bool, typer.Option("--reveal")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Print variables as NAME="value"; secrets print NAME=<secret> unless --reveal."""
-    rows = client.call("var.get", names=names or [], reveal=reveal, **_scope(project, env))
+    scope = _scope(project, env, connection)
+    rows = client.call("var.get", names=names or [], reveal=reveal, **scope)
     for v in rows:
         if as_json:
             typer.echo(json.dumps(v))
@@ -72,8 +78,10 @@ def var_get(
 
 
 @app.command("delete")
-def var_delete(name: str, project: ProjectOpt = "", env: EnvOpt = "") -> None:
-    client.call("var.delete", name=name, **_scope(project, env))
+def var_delete(
+    name: str, project: ProjectOpt = "", env: EnvOpt = "", connection: ConnOpt = ""
+) -> None:
+    client.call("var.delete", name=name, **_scope(project, env, connection))
 
 
 @envs.command("list")

@@ -252,13 +252,20 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
         for i, item in enumerate(c.items(p.get("connections"), "project.connections")):
             w = f"project.connections[{i}]"
             d = c.mapping(item, w, {"name", "integration", "vars"})
-            conns.append(
-                Connection(
-                    c.name(d, w),
-                    c.string(d, "integration", w, required=True),
-                    _read_vars(c, d.get("vars"), f"{w}.vars"),
-                )
+            conn = Connection(
+                c.name(d, w),
+                c.string(d, "integration", w, required=True),
+                _read_vars(c, d.get("vars"), f"{w}.vars"),
             )
+            if conn.name and any(conn.name == o.name for o in conns):
+                c.fail(f"{w}.name", f"duplicate connection {conn.name!r}")
+            conns.append(conn)
+        for i, t in enumerate(triggers):
+            if t.connection and all(t.connection != o.name for o in conns):
+                c.fail(
+                    f"project.triggers[{i}].connection",
+                    f"{t.connection!r} is not one of the project's connections",
+                )
         project = Project(
             name=name,
             display_name=c.string(p, "display_name", "project"),

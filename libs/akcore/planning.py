@@ -92,8 +92,52 @@ def plan_manifest(m: Manifest, cur: Current, skip_existing_secrets: bool = False
         plan.say("project", name, f"found {len(cur.connections)} connections")
     for c in p.connections:
         key = f"{name}/{c.name}"
-        plan.say("connection", key, "not found, will create")
-        plan.actions.append(Action("create_connection", key, {"integration": c.integration}))
+        have_conn = cur.connections.get(c.name)
+        if have_conn is None:
+            plan.say("connection", key, "not found, will create")
+            plan.actions.append(
+                Action("create_connection", key, {"name": c.name, "integration": c.integration})
+            )
+        elif have_conn["integration"] != c.integration:
+            plan.say("connection", key, "not as desired, will update")
+            plan.actions.append(
+                Action(
+                    "update_connection",
+                    key,
+                    {"connection_id": have_conn["connection_id"], "integration": c.integration},
+                )
+            )
+        else:
+            plan.say("connection", key, "no changes needed")
+        have_vars = have_conn["vars"] if have_conn else {}
+        for v in c.vars:
+            vkey = f"{key}/{v.name}"
+            have = have_vars.get(v.name)
+            want = {"value": v.value, "secret": v.secret, "description": v.description}
+            if have is None:
+                plan.say("var", vkey, "not found, will set")
+            elif have == want:
+                plan.say("var", vkey, "no change needed")
+                continue
+            elif skip_existing_secrets and (have["secret"] or v.secret):
+                plan.say("var", vkey, "value differs but one of them is secret, skipping")
+                continue
+            else:
+                plan.say("var", vkey, "changed, will update")
+            plan.actions.append(
+                Action("set_var", vkey, {"name": v.name, "connection": c.name, **want})
+            )
+    wanted_conns = {c.name for c in p.connections}
+    for cname, have_conn in sorted(cur.connections.items()):
+        if cname not in wanted_conns:
+            plan.say("project", name, f'connection "{cname}" is not in the manifest, will delete')
+            plan.actions.append(
+                Action(
+                    "delete_connection",
+                    f"{name}/{cname}",
+                    {"connection_id": have_conn["connection_id"]},
+                )
+            )
 
     if cur.project_id:
         plan.say("project", name, f"found {len(cur.triggers)} triggers")

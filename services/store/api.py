@@ -10,6 +10,7 @@ from typing import Any
 
 from akcore import ids, timefmt, wire
 from akcore.errors import Conflict, InvalidArgument, NotFound
+from akcore.integrations import connection_env
 from akcore.manifest import parse_manifest
 from akcore.secrets import Sealer
 from sqlalchemy import Engine
@@ -19,6 +20,7 @@ from sqlmodel import col, select
 from .manifests import apply_manifest
 from .models import (
     Build,
+    Connection,
     Deployment,
     EventRow,
     Project,
@@ -435,6 +437,10 @@ class StoreApi:
                 for t in db.exec(select(Trigger).where(Trigger.project_id == pid))
                 if t.webhook_slug
             }
+            for c in db.exec(select(Connection).where(Connection.project_id == pid)):
+                rows = db.exec(select(Var).where(Var.scope_id == c.connection_id))
+                plain = {v.name: self.sealer.open(v.value) for v in rows}
+                env.update(connection_env(c.name, c.connection_id, plain))
             rows = db.exec(select(Var).where(Var.scope_id == pid))
             env.update({v.name: self.sealer.open(v.value) for v in rows})
             return env
@@ -455,6 +461,27 @@ class StoreApi:
         if env_name != "default":
             raise NotFound(f'environment "{env}" not found: each project has only "default"')
         return self._project(db, name)
+
+    def _var_scope(self, db: DB, args: dict[str, Any]) -> tuple[str, str]:
+        """Whose vars: a connection (``connection``: ``con_`` id or ``PROJECT/NAME``) or a
+        project (see ``_env_project``). Returns the scope id and how to name it in errors."""
+        ref = str(args.get("connection") or "")
+        if not ref:
+            p = self._env_project(db, args)
+            return p.project_id, f'project "{p.name}"'
+        if ids.is_id(ref, "con"):
+            conn = db.get(Connection, ref)
+        else:
+            project, _, name = ref.rpartition("/")
+            if not project:
+                raise InvalidArgument(f"connection {ref!r}: use PROJECT/CONNECTION or a con_ id")
+            pid = self._project(db, project).project_id
+            conn = db.exec(
+                select(Connection).where(Connection.project_id == pid, Connection.name == name)
+            ).first()
+        if conn is None:
+            raise NotFound(f'connection "{ref}" not found')
+        return conn.connection_id, f'connection "{ref}"'
 
     def env_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
@@ -483,9 +510,9 @@ class StoreApi:
             raise InvalidArgument(f"the value is over the {MAX_VAR} byte limit")
         secret = bool(args.get("secret"))
         with DB(self.engine) as db:
-            p = self._env_project(db, args)
-            var = db.exec(select(Var).where(Var.scope_id == p.project_id, Var.name == name)).first()
-            var = var or Var(scope_id=p.project_id, name=name)
+            scope, _ = self._var_scope(db, args)
+            var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
+            var = var or Var(scope_id=scope, name=name)
             var.value = self.sealer.seal(value) if secret else value
             var.is_secret = secret
             if args.get("description") is not None:
@@ -497,11 +524,11 @@ class StoreApi:
         """Vars of a project; secret values stay masked unless ``reveal``."""
         names = list(args.get("names") or [])
         with DB(self.engine) as db:
-            p = self._env_project(db, args)
-            rows = {v.name: v for v in db.exec(select(Var).where(Var.scope_id == p.project_id))}
+            scope, label = self._var_scope(db, args)
+            rows = {v.name: v for v in db.exec(select(Var).where(Var.scope_id == scope))}
             missing = [n for n in names if n not in rows]
             if missing:
-                raise NotFound(f'var "{missing[0]}" not found in project "{p.name}"')
+                raise NotFound(f'var "{missing[0]}" not found in {label}')
             out = []
             for n in names or sorted(rows):
                 v = rows[n]
@@ -518,14 +545,12 @@ class StoreApi:
 
     def var_delete(self, args: dict[str, Any]) -> None:
         with DB(self.engine) as db:
-            p = self._env_project(db, args)
+            scope, label = self._var_scope(db, args)
             var = db.exec(
-                select(Var).where(
-                    Var.scope_id == p.project_id, Var.name == str(args.get("name", ""))
-                )
+                select(Var).where(Var.scope_id == scope, Var.name == str(args.get("name", "")))
             ).first()
             if var is None:
-                raise NotFound(f'var "{args.get("name")}" not found in project "{p.name}"')
+                raise NotFound(f'var "{args.get("name")}" not found in {label}')
             db.delete(var)
             db.commit()
 

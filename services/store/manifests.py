@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from akcore import ids, timefmt
-from akcore.errors import InvalidArgument
+from akcore.errors import AKError, InvalidArgument
+from akcore.integrations import INTEGRATIONS
 from akcore.manifest import parse_manifest
 from akcore.planning import Action, Current, plan_manifest
 from akcore.secrets import Sealer
 from sqlmodel import Session, select
 
-from .models import Project, Trigger, Var
+from .models import Connection, Project, Trigger, Var
 
 OUT, ERR = "out", "err"
 
@@ -20,21 +21,38 @@ def _current(db: Session, name: str, sealer: Sealer) -> tuple[Project | None, Cu
     project = db.exec(select(Project).where(Project.name == name)).first()
     if project is None:
         return None, Current()
-    vars_ = db.exec(select(Var).where(Var.scope_id == project.project_id)).all()
     triggers = db.exec(select(Trigger).where(Trigger.project_id == project.project_id)).all()
+    conns = db.exec(select(Connection).where(Connection.project_id == project.project_id)).all()
     return project, Current(
         project_id=project.project_id,
         display_name=project.display_name,
-        vars={
-            v.name: {
-                "value": sealer.open(v.value),
-                "secret": v.is_secret,
-                "description": v.description,
-            }
-            for v in vars_
-        },
+        vars=_vars(db, project.project_id, sealer),
         triggers={t.name: t.model_dump() for t in triggers},
+        connections={
+            c.name: {
+                "connection_id": c.connection_id,
+                "integration": c.integration,
+                "vars": _vars(db, c.connection_id, sealer),
+            }
+            for c in conns
+        },
     )
+
+
+def _vars(db: Session, scope_id: str, sealer: Sealer) -> dict[str, dict[str, Any]]:
+    return {
+        v.name: {"value": sealer.open(v.value), "secret": v.is_secret, "description": v.description}
+        for v in db.exec(select(Var).where(Var.scope_id == scope_id))
+    }
+
+
+def delete_connection(db: Session, connection_id: str) -> None:
+    """A connection and its vars."""
+    for var in db.exec(select(Var).where(Var.scope_id == connection_id)):
+        db.delete(var)
+    conn = db.get(Connection, connection_id)
+    if conn is not None:
+        db.delete(conn)
 
 
 def _execute(
@@ -65,22 +83,49 @@ def _execute(
         db.add(project)
         said(pid, "updated")
     elif a.type == "set_var":
-        var = db.exec(select(Var).where(Var.scope_id == pid, Var.name == a.args["name"])).first()
-        var = var or Var(scope_id=pid, name=a.args["name"])
+        scope = pid
+        if a.args.get("connection"):
+            conn = db.exec(
+                select(Connection).where(
+                    Connection.project_id == pid, Connection.name == a.args["connection"]
+                )
+            ).one()
+            scope = conn.connection_id
+        var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == a.args["name"])).first()
+        var = var or Var(scope_id=scope, name=a.args["name"])
         secret = bool(a.args["secret"])
         var.value = sealer.seal(a.args["value"]) if secret else a.args["value"]
         var.is_secret = secret
         var.description = a.args["description"]
         db.add(var)
-        said(pid, "updated")
+        said(scope, "updated")
     elif a.type == "delete_var":
         for var in db.exec(select(Var).where(Var.scope_id == pid, Var.name == a.args["name"])):
             db.delete(var)
         said(pid, "deleted")
-    elif a.type == "create_connection":
-        raise InvalidArgument(
-            f'action create_connection {a.key}: integration "{a.args["integration"]}" not found'
-        )
+    elif a.type in ("create_connection", "update_connection"):
+        if a.args["integration"] not in INTEGRATIONS:  # exit 1, as AutoKitteh's action failure
+            raise AKError(
+                f'action {a.type} {a.key}: integration "{a.args["integration"]}" not found '
+                f"(available: {', '.join(INTEGRATIONS)})"
+            )
+        if a.type == "create_connection":
+            conn = Connection(
+                connection_id=ids.new_id("con"),
+                project_id=pid,
+                name=a.args["name"],
+                integration=a.args["integration"],
+            )
+            said(conn.connection_id, "created")
+        else:
+            found = db.get(Connection, a.args["connection_id"])
+            assert found is not None
+            conn, conn.integration = found, a.args["integration"]
+            said(conn.connection_id, "updated")
+        db.add(conn)
+    elif a.type == "delete_connection":
+        delete_connection(db, a.args["connection_id"])
+        said(a.args["connection_id"], "deleted")
     elif a.type == "create_trigger":
         fields = {k: v for k, v in a.args.items() if k != "trigger_id"}
         trg = Trigger(trigger_id=ids.new_id("trg"), project_id=pid, **fields)

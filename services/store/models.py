@@ -18,11 +18,21 @@ class Project(SQLModel, table=True):
 class Var(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("scope_id", "name"),)
     id: int | None = Field(default=None, primary_key=True)
-    scope_id: str = Field(index=True)  # a project id
+    scope_id: str = Field(index=True)  # a project id or a connection id
     name: str
     value: str = ""
     is_secret: bool = False
     description: str = ""
+
+
+class Connection(SQLModel, table=True):
+    """A project's connection to an integration; its vars are Var rows scoped to its id."""
+
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    connection_id: str = Field(primary_key=True)
+    project_id: str = Field(index=True)
+    name: str
+    integration: str
 
 
 class Trigger(SQLModel, table=True):

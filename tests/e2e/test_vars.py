@@ -8,11 +8,12 @@ import json
 import re
 from pathlib import Path
 
-from tests.helpers import start_stack, write_project
+from tests.helpers import Stack, start_stack, write_project
 
 PLANTED = "planted-TOKEN-9f3kq7"
 FROM_MANIFEST = "manifest-s3cr3t-x81v"
 FROM_STDIN = "stdin-creds-4b2m"
+CONN_TOKEN = "conn-bearer-7hw2p"
 
 MANIFEST = f"""\
 version: v1
@@ -25,6 +26,15 @@ project:
     - name: API_KEY
       value: {FROM_MANIFEST}
       secret: true
+  connections:
+    - name: http_trigger
+      integration: http
+      vars:
+        - name: base_url
+          value: https://api.example.com
+        - name: bearer_token
+          value: ""
+          secret: true
   triggers:
     - name: hook
       call: h.py:check
@@ -53,6 +63,9 @@ def check(event):
     print("API_KEY ok", same("API_KEY", {_h(FROM_MANIFEST)!r}))
     print("TOKEN ok", same("TOKEN", {_h(PLANTED)!r}))
     print("CREDS ok", same("CREDS", {_h(FROM_STDIN)!r}))
+    print("auth ok", same("http_trigger__auth", {_h("Bearer " + CONN_TOKEN)!r}))
+    print("base_url", os.environ.get("http_trigger__base_url"))
+    print("conn id", os.environ.get("http_trigger__connection_id", "")[:4])
     print("internal", sorted(k for k in os.environ if k.startswith("AK_")))
     print("url", autokitteh.get_webhook_url("hook"))
 """
@@ -64,6 +77,38 @@ def test_vars_secrets_and_no_plaintext_at_rest(tmp_path: Path) -> None:
         proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": CODE})
         res, path = stack.deploy(proj)
         assert '[plan] var "secrets_e2e/API_KEY": not found, will set' in res.stdout
+        assert '[plan] connection "secrets_e2e/http_trigger": not found, will create' in res.stdout
+        assert (
+            '[plan] var "secrets_e2e/http_trigger/bearer_token": not found, will set' in res.stdout
+        )
+        assert re.search(
+            r'\[exec\] create_connection "secrets_e2e/http_trigger": con_\w{26} created', res.stdout
+        )
+        stack.ak(
+            "var",
+            "set",
+            "-s",
+            "-c",
+            "secrets_e2e/http_trigger",
+            "bearer_token",
+            CONN_TOKEN,
+            check=True,
+        )
+        conn_vars = stack.ak("var", "get", "-c", "secrets_e2e/http_trigger", check=True).stdout
+        assert conn_vars == 'base_url="https://api.example.com"\nbearer_token=<secret>\n'
+        again = stack.ak(
+            "deploy",
+            "--manifest",
+            str(proj / "autokitteh.yaml"),
+            "--skip-existing-secrets",
+            check=True,
+        )
+        assert '[plan] connection "secrets_e2e/http_trigger": no changes needed' in again.stdout
+        assert '[plan] var "secrets_e2e/http_trigger/base_url": no change needed' in again.stdout
+        assert (
+            '[plan] var "secrets_e2e/http_trigger/bearer_token": value differs but one of them '
+            "is secret, skipping"
+        ) in again.stdout
         env_line = stack.ak("env", "list", "-p", "secrets_e2e", check=True).stdout
         env_id = re.search(r'env_id:"(env_[0-9a-z]{26})"', env_line).group(1)  # type: ignore[union-attr]
         stack.ak("var", "set", "--secret", "--env", env_id, "TOKEN", PLANTED, check=True)
@@ -92,7 +137,8 @@ def test_vars_secrets_and_no_plaintext_at_rest(tmp_path: Path) -> None:
         assert session["state"] == "COMPLETED"
         prints = stack.ak("session", "prints", "secrets_e2e", "-n", check=True).stdout
         assert prints == (
-            "PLAIN visible\nAPI_KEY ok True\nTOKEN ok True\nCREDS ok True\ninternal []\n"
+            "PLAIN visible\nAPI_KEY ok True\nTOKEN ok True\nCREDS ok True\nauth ok True\n"
+            "base_url https://api.example.com\nconn id con_\ninternal []\n"
             f"url {path.lstrip('/')}\n"
         )
 
@@ -116,7 +162,9 @@ def test_vars_secrets_and_no_plaintext_at_rest(tmp_path: Path) -> None:
         if f.is_file():
             data = f.read_bytes()
             leaks += [
-                (str(f), s) for s in (PLANTED, FROM_MANIFEST, FROM_STDIN) if s.encode() in data
+                (str(f), s)
+                for s in (PLANTED, FROM_MANIFEST, FROM_STDIN, CONN_TOKEN)
+                if s.encode() in data
             ]
     assert leaks == []
     # The check above can fail: the plain var is there in plaintext.
@@ -138,3 +186,56 @@ def _wait_for_second(stack) -> str:  # type: ignore[no-untyped-def]
             return str(stack.ak("session", "prints", sessions[0]["session_id"], "-n").stdout)
         time.sleep(0.2)
     raise AssertionError("second session did not complete")
+
+
+SEED_CONNECTION = """\
+version: v1
+project:
+  name: seed_conn
+  connections:
+    - name: http_trigger
+      integration: http
+      vars:
+        - name: bearer_token
+          value: s3cr3t
+          secret: true
+  triggers:
+    - name: hook
+      call: h.py:on_hook
+      webhook: {}
+"""
+
+# The seed's "Connection Secrets" snippet, verbatim inside a handler.
+SEED_CODE = """\
+from os import getenv
+
+
+def on_hook(event):
+    token = getenv('http_trigger__auth')
+    print(f'HTTP token: {token!r}')
+"""
+
+
+def test_connection_auth_as_the_seed_shows(stack: Stack, tmp_path: Path) -> None:
+    proj = write_project(tmp_path / "p", {"autokitteh.yaml": SEED_CONNECTION, "h.py": SEED_CODE})
+    _, path = stack.deploy(proj)
+    assert stack.request("POST", path, b"{}")[0] == 202
+    assert stack.wait_session("seed_conn")["state"] == "COMPLETED"
+    prints = stack.ak("session", "prints", "seed_conn", "-n", check=True).stdout
+    assert prints == "HTTP token: 'Bearer s3cr3t'\n"
+
+
+def test_unknown_integration_is_a_deploy_error_that_changes_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    manifest = SEED_CONNECTION.replace("seed_conn", "telepathic").replace(
+        "integration: http", "integration: telepathy"
+    )
+    proj = write_project(tmp_path / "p", {"autokitteh.yaml": manifest, "h.py": SEED_CODE})
+    res = stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"))
+    assert res.returncode == 1
+    assert res.stderr == (
+        'Error: action create_connection telepathic/http_trigger: integration "telepathy" '
+        "not found (available: http)\n"
+    )
+    assert stack.ak("project", "get", "telepathic").returncode == 44

@@ -115,3 +115,75 @@ project:
     lines = plan_manifest(parse_manifest(text), Current()).lines
     assert '[plan] trigger "p:/a": not found, will create' in lines
     assert '[plan] trigger "p:schedule:*/5 * * * */b": not found, will create' in lines
+
+
+CONNS = """\
+version: v1
+project:
+  name: p
+  connections:
+    - name: api
+      integration: http
+      vars:
+        - name: base_url
+          value: https://a.example
+        - name: bearer_token
+          value: ""
+          secret: true
+    - name: fresh
+      integration: http
+"""
+
+
+def _conn(integration: str = "http", **vars_: dict[str, object]) -> dict[str, object]:
+    return {"connection_id": "con_1", "integration": integration, "vars": vars_}
+
+
+def test_connections_created_kept_updated_and_deleted() -> None:
+    base = {"value": "https://a.example", "secret": False, "description": ""}
+    token = {"value": "tok", "secret": True, "description": ""}
+    cur = Current(
+        project_id="prj_1",
+        connections={
+            "api": _conn(base_url=base, bearer_token=token),
+            "gone": {"connection_id": "con_2", "integration": "http", "vars": {}},
+        },
+    )
+    plan = plan_manifest(parse_manifest(CONNS), cur)
+    assert plan.lines[2:] == [
+        '[plan] project "p": found 2 connections',
+        '[plan] connection "p/api": no changes needed',
+        '[plan] var "p/api/base_url": no change needed',
+        '[plan] var "p/api/bearer_token": changed, will update',
+        '[plan] connection "p/fresh": not found, will create',
+        '[plan] project "p": connection "gone" is not in the manifest, will delete',
+        '[plan] project "p": found 0 triggers',
+    ]
+    assert [(a.type, a.key) for a in plan.actions] == [
+        ("set_var", "p/api/bearer_token"),
+        ("create_connection", "p/fresh"),
+        ("delete_connection", "p/gone"),
+    ]
+    assert plan.actions[0].args["connection"] == "api"
+
+    skipping = plan_manifest(parse_manifest(CONNS), cur, skip_existing_secrets=True)
+    assert (
+        '[plan] var "p/api/bearer_token": value differs but one of them is secret, skipping'
+        in skipping.lines
+    )
+    changed = plan_manifest(
+        parse_manifest(
+            CONNS.replace("integration: http\n      vars", "integration: x\n      vars")
+        ),
+        cur,
+    )
+    assert '[plan] connection "p/api": not as desired, will update' in changed.lines
+
+
+def test_connection_manifest_errors() -> None:
+    dup = CONNS.replace("name: fresh", "name: api")
+    with pytest.raises(InvalidArgument, match=r"connections\[1\].name: duplicate connection"):
+        parse_manifest(dup)
+    trig = CONNS + "  triggers:\n    - name: t\n      connection: nope\n"
+    with pytest.raises(InvalidArgument, match=r"triggers\[0\].connection: 'nope' is not one"):
+        parse_manifest(trig)

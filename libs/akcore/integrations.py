@@ -1,0 +1,26 @@
+"""Integrations a manifest connection may name, and what a connection puts in a worker's
+environment.
+
+Only the generic ``http`` integration exists: a named bundle of vars for calling an HTTP API.
+Its vars reach handlers as ``<connection>__<var>``; ``bearer_token`` (or ``basic_username``
+and ``basic_password``) also give ``<connection>__auth``, the ready-made Authorization value.
+"""
+
+from __future__ import annotations
+
+import base64
+
+INTEGRATIONS = ("http",)
+
+
+def connection_env(name: str, connection_id: str, variables: dict[str, str]) -> dict[str, str]:
+    """The environment variables of one connection, given its vars in plaintext."""
+    env = {f"{name}__{k}": v for k, v in variables.items()}
+    env[f"{name}__connection_id"] = connection_id
+    if "auth" not in variables:
+        if variables.get("bearer_token"):
+            env[f"{name}__auth"] = f"Bearer {variables['bearer_token']}"
+        elif variables.get("basic_username"):
+            pair = f"{variables['basic_username']}:{variables.get('basic_password', '')}"
+            env[f"{name}__auth"] = f"Basic {base64.b64encode(pair.encode()).decode()}"
+    return env
