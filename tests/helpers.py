@@ -146,7 +146,12 @@ def start_stack(home: Path, extra_env: dict[str, str] | None = None) -> Stack:
     )
     for k in ("AK_NATS_URL", "AK_DB__DSN"):
         env.pop(k, None)
+    # Workers run on the test's own Python (which has the SDK) unless a test asks for venvs
+    # by passing AK_WORKER_PYTHON="": building the default venv takes a while and the network.
+    env["AK_WORKER_PYTHON"] = sys.executable
     env.update(extra_env or {})
+    if not env["AK_WORKER_PYTHON"]:
+        del env["AK_WORKER_PYTHON"]
     log = home / "ak-up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([AK, "up", "--mode", "dev"], env=env, stdout=out, stderr=out)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
 from akcore.errors import AKError, InvalidArgument, NotFound
+from akcore.manifest import parse_manifest
 
 from . import client
 
 DEFAULT_MANIFEST = "autokitteh.yaml"
+REQUIREMENTS_FILE = "requirements.txt"
+POLL_EVERY = 0.5
 MAX_BUILD_BYTES = 6 * 1024 * 1024  # fits the 8 MiB NATS payload of `ak up` with room to spare
 _SKIP_DIRS = {"__pycache__"}
 
@@ -60,6 +64,38 @@ def collect_files(manifest: Path | None, files: list[str], dirs: list[str]) -> d
     return out
 
 
+def prepare_python(upload: dict[str, bytes]) -> None:
+    """Has a runner build (or reuse) the Python environment the upload needs, showing pip's
+    progress on stderr. Runs before anything is changed, so a failed install changes nothing."""
+    if not any(name.endswith(".py") for name in upload):
+        return
+    requirements = upload.get(REQUIREMENTS_FILE)
+    token, offset = "", 0
+    while True:
+        res = client.call("pyenv.prepare", requirements=requirements, token=token, offset=offset)
+        if res.get("worker_python"):
+            if requirements is not None:
+                typer.echo(
+                    f"[!!!!] AK_WORKER_PYTHON is set: {REQUIREMENTS_FILE} is not installed, "
+                    f"handlers run on {res['python']}",
+                    err=True,
+                )
+            return
+        for line in res.get("lines", ()):
+            typer.echo(f"[pyenv] {line}", err=True)
+        if res["state"] == "ready":
+            return
+        if res["state"] == "failed":
+            what = REQUIREMENTS_FILE if requirements is not None else "the default package list"
+            raise AKError(
+                f"the Python environment could not be built: {res['error'].splitlines()[0]}. "
+                f"Fix {what} and deploy again (pip's output is above). "
+                "Nothing was changed: the previous deployment stays active"
+            )
+        token, offset = res["token"], res["next"]
+        time.sleep(POLL_EVERY)
+
+
 def deploy(
     manifest: str | None,
     files: list[str],
@@ -82,6 +118,12 @@ def deploy(
     except OSError as e:
         raise AKError(f"open {manifest}: {e.strerror}") from None
     upload = collect_files(path, files, dirs)  # check the files before changing anything
+    try:
+        parse_manifest(text, project_name)
+    except AKError:
+        pass  # manifest.apply reports it, exactly as AutoKitteh words it
+    else:
+        prepare_python(upload)
     res = client.call(
         "manifest.apply",
         text=text,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from akcore import config
+from akcore import config, sdkdist
 from akcore.errors import AKError
 
 from . import deploy as deploy_mod
@@ -30,6 +32,8 @@ app.add_typer(vars_mod.app, name="var")
 app.add_typer(vars_mod.envs, name="env")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+sdk_app = typer.Typer(help="The Python SDK for local development.", no_args_is_help=True)
+app.add_typer(sdk_app, name="sdk")
 
 
 @app.command()
@@ -77,10 +81,26 @@ def where(
         return
     typer.echo(f"Config home directory: {config.config_home()}")
     typer.echo(f"Data home directory:   {config.data_home()}")
+    worker_python = os.environ.get(config.ENV_WORKER_PYTHON)
+    if worker_python:
+        typer.echo(f"Worker Python:         {worker_python} (from {config.ENV_WORKER_PYTHON})")
+    else:
+        typer.echo(f"Python venv:           {config.default_venv()}")
+        typer.echo(f"Python packages list:  {config.python_requirements()}")
+        typer.echo(f"Project venvs:         {config.project_venvs()}")
     typer.echo("")
     typer.echo("Override environment variable names:")
     typer.echo("XDG_CONFIG_HOME")
     typer.echo("XDG_DATA_HOME")
+    typer.echo(config.ENV_WORKER_PYTHON)
+
+
+@sdk_app.command("wheel")
+def sdk_wheel(
+    output: Annotated[str, typer.Option("--output", "-o", help="directory to write to")] = ".",
+) -> None:
+    """Write the autokitteh SDK as a wheel, to pip install into your own venv or IDE."""
+    typer.echo(str(sdkdist.build_wheel(Path(output))))
 
 
 def main() -> None:

@@ -155,11 +155,24 @@ async def bind(js: JetStreamContext, consumer: str) -> JetStreamContext.PullSubs
 
 async def store_call(nc: Client, op: str, args: dict[str, Any], timeout: float = 10.0) -> Any:
     """Calls one store operation; raises the store's own error type on failure."""
+    return await _call(nc, "store", subjects.store_subject(op), op, args, timeout)
+
+
+async def runner_call(nc: Client, op: str, args: dict[str, Any], timeout: float = 10.0) -> Any:
+    """Calls one runner operation (any runner of the queue group answers)."""
+    return await _call(nc, "runner", subjects.runner_subject(op), op, args, timeout)
+
+
+async def _call(
+    nc: Client, service: str, subject: str, op: str, args: dict[str, Any], timeout: float
+) -> Any:
     payload = wire.encode(wire.StoreRequest(args=args))
     try:
-        msg = await nc.request(subjects.store_subject(op), payload, timeout=timeout)
+        msg = await nc.request(subject, payload, timeout=timeout)
     except (NoRespondersError, NatsTimeout) as e:
-        raise Unavailable(f"store did not answer {op!r}: is the store service running?") from e
+        raise Unavailable(
+            f"{service} did not answer {op!r}: is the {service} service running?"
+        ) from e
     reply = wire.decode(wire.StoreReply, msg.data)
     if not reply.ok:
         raise error_from_kind(reply.error_kind, reply.error)
@@ -172,7 +185,7 @@ async def serve_requests(
     handle: Callable[[str, dict[str, Any]], Awaitable[Any]],
     queue: str,
 ) -> Any:
-    """Answers ``ak.store.<op>`` style requests; ``handle(op, args)`` gives the result."""
+    """Answers ``ak.<service>.<op>`` requests; ``handle(op, args)`` gives the result."""
     prefix_len = len(subject) - 1  # subject ends with ">"
 
     async def on_msg(msg: Msg) -> None:

@@ -36,6 +36,21 @@ def data_home() -> Path:
     return Path(base) / "autokitteh"
 
 
+def default_venv() -> Path:
+    """The Python environment of projects without a requirements.txt."""
+    return data_home() / "venv"
+
+
+def project_venvs() -> Path:
+    """Where the environments of projects with a requirements.txt live, one per file hash."""
+    return data_home() / "venvs"
+
+
+def python_requirements() -> Path:
+    """The user-editable package list of the default Python environment."""
+    return config_home() / "python-requirements.txt"
+
+
 def default_db_dsn() -> str:
     return f"sqlite:///{data_home() / 'autokitteh.sqlite'}"
 

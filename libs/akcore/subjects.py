@@ -61,5 +61,14 @@ def store_subject(op: str) -> str:
 STORE_ALL = f"{PREFIX}.store.>"
 
 
+def runner_subject(op: str) -> str:
+    """Request/reply subject of a runner operation, e.g. ``ak.runner.pyenv.prepare``."""
+    return f"{PREFIX}.runner.{op}"
+
+
+RUNNER_ALL = f"{PREFIX}.runner.>"
+RUNNER_OPS = ("pyenv.",)  # API operations ingress forwards to a runner instead of the store
+
+
 def health_subject(service: str) -> str:
     return f"{PREFIX}.health.{service}"

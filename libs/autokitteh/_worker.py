@@ -31,11 +31,29 @@ from .event import Event
 
 EXIT_PARENT_GONE = 70
 
-_PACKAGE_HINT = """\
-Hint: the handler imports a Python package that is not installed where it runs.
-Install it into the worker's Python, then deploy again:
-    {python} -m pip install <package>
-(or point AK_WORKER_PYTHON at a Python that has it)."""
+
+def package_hint(e: ModuleNotFoundError, python_env: str) -> str:
+    """How to make a missing module importable where this worker runs. ``python_env`` is
+    what the runner chose: ``default`` (venv), ``project`` (its requirements.txt) or ``given``
+    (AK_WORKER_PYTHON)."""
+    module = (e.name or "?").split(".")[0]
+    python = sys.executable
+    lines = [f"Hint: no module {module!r} in the Python that runs this handler ({python})."]
+    if python_env == "project":
+        lines.append(
+            "Add the package that provides it to the project's requirements.txt and deploy again."
+        )
+        return "\n".join(lines)
+    lines.append(
+        "List the package that provides it in a requirements.txt next to autokitteh.yaml and "
+        "deploy again (the project then gets its own environment), or install it here:"
+    )
+    lines.append(f"    {python} -m pip install <package>")
+    if python_env == "default":
+        lines.append("(this is the default environment that `ak config where` shows).")
+    elif python_env == "given":
+        lines.append("(this Python was given by AK_WORKER_PYTHON).")
+    return "\n".join(lines)
 
 
 class Channel:
@@ -134,24 +152,25 @@ def _call(fn: Any, event: Event, session_id: str, rt: _runtime.Runtime) -> Any:
     return result
 
 
-def _fail(ch: Channel, e: BaseException, code_dir: str, loading: bool = False) -> None:
-    """Ends the session in error. The system's own refusals (pickling, non-determinism) and
-    load failures are also printed, so `ak session prints` shows what went wrong."""
+def _fail(ch: Channel, e: BaseException, code_dir: str, python_env: str, loading: bool) -> None:
+    """Ends the session in error. The system's own refusals (pickling, non-determinism), load
+    failures and missing modules are also printed, so `ak session prints` shows what to do."""
     if isinstance(e, (_runtime.Fatal, NonDeterminismError)):
         err, tb = str(e), format_error(e, code_dir)[1]
         ch.send({"type": "print", "text": err})
     else:
         err, tb = format_error(e, code_dir)
-        if loading:
+        if loading or isinstance(e, ModuleNotFoundError):
             text = f"{err}\n\n{tb}"
             if isinstance(e, ModuleNotFoundError):
-                text += "\n" + _PACKAGE_HINT.format(python=sys.executable)
+                text += "\n" + package_hint(e, python_env)
             ch.send({"type": "print", "text": text})
     ch.send({"type": "done", "ok": False, "error": err, "traceback": tb})
 
 
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:
     code_dir = os.path.realpath(start["code_dir"])
+    python_env = str(start.get("python_env", ""))
     sys.path.insert(0, code_dir)
     sys.dont_write_bytecode = True
     init = pickle.loads(payload)
@@ -182,12 +201,12 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:
     try:
         fn = _load(start["entrypoint"], rt)
     except BaseException as e:
-        _fail(ch, e, code_dir, loading=True)
+        _fail(ch, e, code_dir, python_env, loading=True)
         return
     try:
         result = _call(fn, event, start["session_id"], rt)
     except BaseException as e:
-        _fail(ch, e, code_dir)
+        _fail(ch, e, code_dir, python_env, loading=False)
         return
     try:
         blob = pickle.dumps(result)

@@ -144,6 +144,8 @@ def create_app(nc: Client) -> FastAPI:
             command = COMMANDS.get(op)
             if command is not None:
                 result: Any = await command(nc, req.args)
+            elif op.startswith(subjects.RUNNER_OPS):
+                result = await bus.runner_call(nc, op, req.args, timeout=60)
             else:
                 result = await bus.store_call(nc, op, req.args, timeout=60)
         except AKError as e:

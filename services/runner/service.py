@@ -6,14 +6,18 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from akcore import bus, config, subjects, wire
 from akcore.config import Settings
+from akcore.errors import InvalidArgument, NotFound
 from akcore.journal import ReplayState, read_journal, replay_state
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from .pyenv import PythonEnvs
 from .session import SessionRun
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,28 @@ async def _heartbeat(msg: Msg, every: float) -> None:
             log.warning("heartbeat failed: %s", e)
 
 
+def request_handler(envs: PythonEnvs) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
+    """The runner's API (``ak.runner.<op>``), called by ``ak deploy`` through ingress."""
+
+    async def handle(op: str, args: dict[str, Any]) -> Any:
+        if op != "pyenv.prepare":
+            raise NotFound(f"unknown runner operation {op!r}")
+        req = args.get("requirements")
+        if req is not None and not isinstance(req, bytes):
+            raise InvalidArgument("requirements must be the bytes of requirements.txt")
+        return await envs.prepare(req, str(args.get("token", "")), int(args.get("offset", 0)))
+
+    return handle
+
+
 async def handle_job(
-    nc: Client, settings: Settings, cache: Path, runner_id: str, msg: Msg, heartbeat: float
+    nc: Client,
+    settings: Settings,
+    cache: Path,
+    envs: PythonEnvs,
+    runner_id: str,
+    msg: Msg,
+    heartbeat: float,
 ) -> None:
     try:
         job = wire.decode(wire.Job, msg.data)
@@ -57,7 +81,7 @@ async def handle_job(
             "session %s: attempt %d replays %d steps", job.session_id, attempt, len(replay.steps)
         )
     try:
-        await SessionRun(nc, settings, cache, job, attempt, replay, runner_id).run()
+        await SessionRun(nc, settings, cache, envs, job, attempt, replay, runner_id).run()
     except Exception:
         log.exception("session %s: runner failure, job will be redelivered", job.session_id)
         beat.cancel()
@@ -71,10 +95,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
     cache = config.data_home() / "runner" / "builds"
+    envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk")
     nc = await bus.connect(settings.nats_url, "ak-runner")
     js = nc.jetstream()
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")
+    await bus.serve_requests(nc, subjects.RUNNER_ALL, request_handler(envs), queue="runners")
     sub = await bus.bind(js, subjects.CONSUMER_RUNNER)
     info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
     heartbeat = (info.config.ack_wait or bus.JOB_ACK_WAIT) / 3
@@ -86,7 +112,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
             continue
         for msg in await bus.pull(sub):
-            task = asyncio.create_task(handle_job(nc, settings, cache, runner_id, msg, heartbeat))
+            task = asyncio.create_task(
+                handle_job(nc, settings, cache, envs, runner_id, msg, heartbeat)
+            )
             live.add(task)
             task.add_done_callback(live.discard)
     # Stopping: live sessions keep their jobs un-acked, so another runner takes them over.

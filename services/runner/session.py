@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import pickle
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from nats.aio.client import Client
 
 from .builds import unpack_build, worker_env
 from .inbox import Inbox
+from .pyenv import REQUIREMENTS_FILE, EnvError, PythonEnvs
 from .syscalls import SyscallError, Syscalls
 from .worker import WorkerProcess
 
@@ -56,12 +56,15 @@ class SessionRun:
         nc: Client,
         settings: Settings,
         cache: Path,
+        envs: PythonEnvs,
         job: wire.Job,
         attempt: int,
         replay: ReplayState,
         runner_id: str,
     ) -> None:
         self.nc, self.settings, self.cache, self.job = nc, settings, cache, job
+        self.envs = envs
+        self.python_env = ""
         self.attempt, self.replay, self.runner_id = attempt, replay, runner_id
         self.seq = replay.next_seq
         self.js = nc.jetstream()
@@ -123,8 +126,17 @@ class SessionRun:
         except (AKError, OSError, ValueError) as e:
             await self.end(wire.ERROR, f"error: could not prepare the session's code: {e}")
             return
-        python = self.settings.worker_python or sys.executable
+        try:
+            python, extra_env, self.python_env = await self.envs.python_for(
+                build["files"].get(REQUIREMENTS_FILE)
+            )
+        except EnvError as e:
+            await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
+            return
         env = worker_env(dict(os.environ), variables, INTERNAL_ENV_PREFIXES)
+        if extra_env.get("PYTHONPATH") and env.get("PYTHONPATH"):
+            extra_env["PYTHONPATH"] += os.pathsep + env["PYTHONPATH"]
+        env.update(extra_env)
         try:
             worker = await WorkerProcess.spawn(python, code_dir, env)
         except OSError as e:
@@ -215,6 +227,7 @@ class SessionRun:
                 "entrypoint": job.entrypoint,
                 "session_id": job.session_id,
                 "is_durable": job.is_durable,
+                "python_env": self.python_env,
             },
             pickle.dumps(init),
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Stack, write_project
+from tests.helpers import AK, Stack, write_project
 
 MANIFEST = """\
 version: v1
@@ -221,7 +223,10 @@ def test_missing_module_gives_error_and_hint(stack: Stack, project: dict[str, st
     assert "No module named 'no_such_module_here'" in s["error"]
     prints = stack.ak("session", "prints", s["session_id"], "-n", check=True).stdout
     assert "No module named 'no_such_module_here'" in prints
-    assert "-m pip install <package>" in prints
+    assert "Hint: no module 'no_such_module_here'" in prints
+    assert "requirements.txt next to autokitteh.yaml" in prints
+    assert f"{sys.executable} -m pip install <package>" in prints
+    assert "(this Python was given by AK_WORKER_PYTHON)" in prints
 
 
 def test_async_handler(stack: Stack, project: dict[str, str]) -> None:
@@ -282,16 +287,19 @@ def test_config_where(stack: Stack) -> None:
     data, cfg = stack.env["XDG_DATA_HOME"], stack.env["XDG_CONFIG_HOME"]
     assert res.stdout == (
         f"Config home directory: {cfg}/autokitteh\n"
-        f"Data home directory:   {data}/autokitteh\n\n"
+        f"Data home directory:   {data}/autokitteh\n"
+        f"Worker Python:         {sys.executable} (from AK_WORKER_PYTHON)\n\n"
         "Override environment variable names:\nXDG_CONFIG_HOME\nXDG_DATA_HOME\n"
+        "AK_WORKER_PYTHON\n"
     )
+    env = {k: v for k, v in stack.env.items() if k != "AK_WORKER_PYTHON"}
+    res = subprocess.run([AK, "config", "where"], env=env, capture_output=True, text=True)
+    assert f"Python venv:           {data}/autokitteh/venv\n" in res.stdout
+    assert f"Python packages list:  {cfg}/autokitteh/python-requirements.txt\n" in res.stdout
+    assert f"Project venvs:         {data}/autokitteh/venvs\n" in res.stdout
 
 
 def test_second_stack_cannot_take_the_same_port(stack: Stack, tmp_path: Path) -> None:
-    import subprocess
-
-    from tests.helpers import AK
-
     env = {**stack.env, "XDG_DATA_HOME": str(tmp_path / "d2")}
     res = subprocess.run([AK, "up"], env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 1

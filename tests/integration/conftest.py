@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,10 @@ Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
 def settings(nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     return Settings(
-        nats_url=nats_url, http_addr="127.0.0.1:0", db_dsn=f"sqlite:///{tmp_path / 'store.sqlite'}"
+        nats_url=nats_url,
+        http_addr="127.0.0.1:0",
+        db_dsn=f"sqlite:///{tmp_path / 'store.sqlite'}",
+        worker_python=sys.executable,  # not a venv: the test's Python has the SDK
     )
 
 

@@ -50,7 +50,7 @@ def test_sdk_uses_only_the_standard_library() -> None:
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
 
 
-SUBJECT_RE = re.compile(r"[\"']ak\.(events|jobs|journal|inbox|store|health)\b")
+SUBJECT_RE = re.compile(r"[\"']ak\.(events|jobs|journal|inbox|store|health|runner)\b")
 
 
 def test_subjects_spelled_once() -> None:

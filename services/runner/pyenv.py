@@ -1,0 +1,312 @@
+"""Python environments for workers: the default venv, one venv per requirements.txt, or
+``AK_WORKER_PYTHON`` as given.
+
+An environment is ready when its marker file names the package list and the SDK version it
+was built with; anything else is (re)built: the venv created if missing, the list installed
+with pip, the SDK wheel installed last. Builds are shared: ``ak deploy`` starts one and polls
+its output (``prepare``), a session that needs one waits for it (``python_for``). A file lock
+keeps two runners on one machine from building the same environment at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from akcore import config, sdkdist
+from akcore.errors import AKError
+
+log = logging.getLogger(__name__)
+
+REQUIREMENTS_FILE = "requirements.txt"
+MARKER = ".ak-env.json"
+MIN_PYTHON = (3, 11)
+_SDK_LINE_RE = re.compile(r"^\s*autokitteh\s*($|[\[<>=~!;@ ])", re.IGNORECASE)
+_PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")
+
+
+class EnvError(AKError):
+    """A Python environment could not be built; the message ends with pip's last words."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Which environment a build of a project needs."""
+
+    path: Path
+    requirements: str  # what pip installs (lines naming the SDK removed)
+    label: str  # for messages: "the default environment" or "requirements.txt <hash>"
+    skipped: tuple[str, ...] = ()  # lines naming the SDK
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    @property
+    def wanted(self) -> dict[str, str]:
+        sha = hashlib.sha256(self.requirements.encode()).hexdigest()[:16]
+        return {"requirements": sha, "sdk": sdkdist.digest()}
+
+
+def default_requirements() -> str:
+    """The default package list: the user's copy in the config home, created on first use."""
+    path = config.python_requirements()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shipped = resources.files("akcore").joinpath("python-requirements.txt").read_text()
+        path.write_text(shipped)
+    return path.read_text()
+
+
+def without_sdk(text: str) -> tuple[str, list[str]]:
+    """The requirements minus lines naming ``autokitteh`` (ours is installed instead)."""
+    keep: list[str] = []
+    skipped: list[str] = []
+    for line in text.splitlines():
+        (skipped if _SDK_LINE_RE.match(line) else keep).append(line)
+    return "\n".join(keep) + "\n", skipped
+
+
+def spec_for(requirements: bytes | None) -> Spec:
+    if requirements is None:
+        text, skipped = without_sdk(default_requirements())
+        return Spec(config.default_venv(), text, "the default environment", tuple(skipped))
+    key = hashlib.sha256(requirements).hexdigest()[:16]
+    text, skipped = without_sdk(requirements.decode(errors="replace"))
+    return Spec(config.project_venvs() / key, text, f"{REQUIREMENTS_FILE} {key}", tuple(skipped))
+
+
+def is_ready(spec: Spec) -> bool:
+    try:
+        marker = json.loads((spec.path / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(marker == spec.wanted and spec.python.exists())
+
+
+@dataclass
+class Build:
+    spec: Spec
+    lines: list[str] = field(default_factory=list)
+    error: str = ""
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    token: str = field(default_factory=lambda: f"{time.time_ns():x}")
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def _base_python() -> str:
+    """The first ``python3`` or ``python`` on PATH, as AutoKitteh picks it."""
+    for name in ("python3", "python"):
+        if found := shutil.which(name):
+            return found
+    raise EnvError(
+        "no python3 or python found in PATH to create the virtual environment: "
+        "install Python 3.11+ or set AK_WORKER_PYTHON"
+    )
+
+
+def _tool_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(config.INTERNAL_ENV_PREFIXES)}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+async def _run(build: Build, what: str, *argv: str) -> None:
+    """Runs a tool, adding its output to the build's lines; raises EnvError when it fails."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=_tool_env(),
+    )
+    assert proc.stdout is not None
+    async for raw in proc.stdout:
+        build.say(raw.decode(errors="replace").rstrip())
+    if (code := await proc.wait()) != 0:
+        tail = "\n".join(line for line in build.lines[-15:] if line.strip())
+        raise EnvError(f"{what} failed (exit code {code})\n{tail}")
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+async def _build(build: Build) -> None:
+    spec = build.spec
+    async with _file_lock(spec.path.parent / f".{spec.path.name}.lock"):
+        if is_ready(spec):  # another runner built it while we waited
+            return
+        if not spec.python.exists():
+            shutil.rmtree(spec.path, ignore_errors=True)
+            base = _base_python()
+            build.say(f"creating {spec.label} at {spec.path} with {base}")
+            await _run(build, "python -m venv", base, "-m", "venv", str(spec.path))
+            await _check_version(build, spec)
+        else:
+            build.say(f"updating {spec.label} at {spec.path}")
+        try:
+            marker = json.loads((spec.path / MARKER).read_text())
+        except (OSError, ValueError):
+            marker = {}
+        wanted = spec.wanted
+        py = str(spec.python)
+        if marker.get("requirements") != wanted["requirements"]:
+            for line in spec.skipped:
+                build.say(f"skipping {line.strip()!r}: the SDK comes from this server")
+            req = spec.path / "ak-requirements.txt"
+            req.write_text(spec.requirements)
+            if any(
+                ln.strip() and not ln.lstrip().startswith("#")
+                for ln in spec.requirements.splitlines()
+            ):
+                build.say("installing packages (pip install -r requirements)")
+                await _run(
+                    build,
+                    "pip install",
+                    py,
+                    *_PIP,
+                    "install",
+                    "--progress-bar",
+                    "off",
+                    "-r",
+                    str(req),
+                )
+        if (
+            marker.get("sdk") != wanted["sdk"]
+            or marker.get("requirements") != wanted["requirements"]
+        ):
+            build.say(f"installing the autokitteh SDK {sdkdist.version()}")
+            with tempfile.TemporaryDirectory(prefix="ak-sdk-") as tmp:
+                wheel = sdkdist.build_wheel(Path(tmp))
+                await _run(
+                    build,
+                    "installing the SDK",
+                    py,
+                    *_PIP,
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--no-index",
+                    "--force-reinstall",
+                    str(wheel),
+                )
+        (spec.path / MARKER).write_text(json.dumps(wanted))
+        build.say(f"{spec.label} is ready: {spec.python}")
+
+
+async def _check_version(build: Build, spec: Spec) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(spec.python),
+        "-c",
+        "import sys; print('%d.%d' % sys.version_info[:2])",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    found = tuple(int(x) for x in out.decode().strip().split(".") if x.isdigit())
+    if found < MIN_PYTHON:
+        shutil.rmtree(spec.path, ignore_errors=True)
+        need = ".".join(map(str, MIN_PYTHON))
+        raise EnvError(
+            f"the Python found in PATH is {out.decode().strip() or 'unknown'}, workers need "
+            f"{need}+: put a newer python3 first in PATH or set AK_WORKER_PYTHON"
+        )
+
+
+class PythonEnvs:
+    """The runner's environments, by requirements; shared by all its sessions."""
+
+    def __init__(self, worker_python: str, sdk_copies: Path) -> None:
+        self.worker_python = worker_python
+        self.sdk_copies = sdk_copies
+        self._builds: dict[Path, Build] = {}
+
+    def _start(self, spec: Spec) -> Build:
+        running = self._builds.get(spec.path)
+        if running is not None and not running.done.is_set():
+            return running
+        build = Build(spec)
+        self._builds[spec.path] = build
+
+        async def go() -> None:
+            try:
+                await _build(build)
+            except EnvError as e:
+                build.error = e.message
+            except Exception as e:  # a bug or the disk: still one clear answer
+                log.exception("building %s failed", spec.path)
+                build.error = f"building {spec.label} failed: {e}"
+            finally:
+                build.done.set()
+
+        asyncio.create_task(go())
+        return build
+
+    async def python_for(self, requirements: bytes | None) -> tuple[str, dict[str, str], str]:
+        """The interpreter for a session's worker, what to add to its environment, and which
+        kind of environment it is (``given``, ``default`` or ``project``)."""
+        if self.worker_python:
+            copy = await asyncio.to_thread(sdkdist.write_copy, self.sdk_copies)
+            return self.worker_python, {"PYTHONPATH": str(copy)}, "given"
+        spec = await asyncio.to_thread(spec_for, requirements)
+        if not is_ready(spec):
+            log.info("building %s for a session", spec.path)
+            build = self._start(spec)
+            await build.done.wait()
+            if build.error:
+                raise EnvError(build.error)
+        bindir = str(spec.path / "bin")
+        path = os.pathsep.join(p for p in (bindir, os.environ.get("PATH", "")) if p)
+        kind = "default" if requirements is None else "project"
+        return str(spec.python), {"VIRTUAL_ENV": str(spec.path), "PATH": path}, kind
+
+    async def prepare(self, requirements: bytes | None, token: str, offset: int) -> dict[str, Any]:
+        """For ``ak deploy``: starts the environment's build when needed and reports on it."""
+        if self.worker_python:
+            return {"state": "ready", "python": self.worker_python, "worker_python": True}
+        spec = await asyncio.to_thread(spec_for, requirements)
+        build = self._builds.get(spec.path)
+        if build is None or build.token != token:
+            if is_ready(spec) and (build is None or build.done.is_set()):
+                return {"state": "ready", "python": str(spec.python), "path": str(spec.path)}
+            build = self._start(spec)
+            offset = 0
+        state = "building" if not build.done.is_set() else "failed" if build.error else "ready"
+        return {
+            "state": state,
+            "token": build.token,
+            "lines": build.lines[offset:],
+            "next": len(build.lines),
+            "error": build.error,
+            "python": str(spec.python),
+            "path": str(spec.path),
+        }

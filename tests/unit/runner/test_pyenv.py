@@ -1,0 +1,73 @@
+"""Which environment a build needs, and the SDK wheel that goes into it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from ak_runner import pyenv
+from akcore import config, sdkdist
+
+
+@pytest.fixture(autouse=True)
+def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+
+def test_lines_naming_the_sdk_are_skipped() -> None:
+    text, skipped = pyenv.without_sdk(
+        "autokitteh ~= 0.2\nAutoKitteh>=0.1\nautokitteh\nautokitteh-extras\nrequests\n"
+    )
+    assert text == "autokitteh-extras\nrequests\n"
+    assert skipped == ["autokitteh ~= 0.2", "AutoKitteh>=0.1", "autokitteh"]
+
+
+def test_default_list_is_copied_to_the_config_home_once_and_then_read_from_there() -> None:
+    spec = pyenv.spec_for(None)
+    path = config.python_requirements()
+    assert "boto3 ~= 1.34" in path.read_text()  # the seed's list
+    assert spec.path == config.default_venv()
+    path.write_text("six\n")
+    assert pyenv.spec_for(None).requirements == "six\n"
+
+
+def test_a_requirements_file_is_keyed_by_its_hash() -> None:
+    a, b = pyenv.spec_for(b"six\n"), pyenv.spec_for(b"six==1.17.0\n")
+    assert a.path.parent == b.path.parent == config.project_venvs()
+    assert a.path.name == hashlib.sha256(b"six\n").hexdigest()[:16]
+    assert a.path != b.path
+    assert pyenv.spec_for(b"six\n") == a
+
+
+def test_ready_only_when_the_marker_matches(tmp_path: Path) -> None:
+    spec = pyenv.spec_for(b"six\n")
+    assert not pyenv.is_ready(spec)
+    (spec.path / "bin").mkdir(parents=True)
+    spec.python.write_text("")
+    (spec.path / pyenv.MARKER).write_text('{"requirements": "other", "sdk": "x"}')
+    assert not pyenv.is_ready(spec)
+    (spec.path / pyenv.MARKER).write_text(json.dumps(spec.wanted))
+    assert pyenv.is_ready(spec)
+
+
+def test_sdk_wheel_has_every_file_with_its_hash(tmp_path: Path) -> None:
+    wheel = sdkdist.build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert "autokitteh/_worker.py" in names and "autokitteh/__init__.py" in names
+        assert not any("__pycache__" in n for n in names)
+        info = f"autokitteh-{sdkdist.version()}.dist-info"
+        record = zf.read(f"{info}/RECORD").decode().splitlines()
+        for line in record:
+            name, digest, size = line.split(",")
+            if name.endswith("RECORD"):
+                continue
+            data = zf.read(name)
+            b64 = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert (digest, size) == (f"sha256={b64}", str(len(data)))
+        assert {line.split(",")[0] for line in record} == names
