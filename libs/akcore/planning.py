@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidArgument
-from .manifest import Manifest, Trigger
+from .manifest import Manifest, Trigger, Var
 
 
 @dataclass
@@ -52,6 +52,36 @@ def trigger_key(project: str, t: Trigger) -> str:
     return f"{project}:{what}/{t.name}"
 
 
+def _plan_vars(
+    plan: Plan,
+    parent: str,
+    wanted: tuple[Var, ...],
+    have_vars: dict[str, dict[str, Any]],
+    skip_existing_secrets: bool,
+    scope: dict[str, str],
+) -> None:
+    """Set actions for the vars of a project (``scope`` empty) or a connection. AutoKitteh
+    words the two differently: project vars say ``differs, will set`` and nothing when equal,
+    connection vars ``changed, will update`` and ``no change needed``."""
+    of_connection = bool(scope)
+    for v in wanted:
+        key = f"{parent}/{v.name}"
+        have = have_vars.get(v.name)
+        want = {"value": v.value, "secret": v.secret, "description": v.description}
+        if have is None:
+            plan.say("var", key, "not found, will set")
+        elif have == want:
+            if of_connection:
+                plan.say("var", key, "no change needed")
+            continue
+        elif skip_existing_secrets and (have["secret"] or v.secret):
+            plan.say("var", key, "value differs but one of them is secret, skipping")
+            continue
+        else:
+            plan.say("var", key, "changed, will update" if of_connection else "differs, will set")
+        plan.actions.append(Action("set_var", key, {"name": v.name, **scope, **want}))
+
+
 def plan_manifest(m: Manifest, cur: Current, skip_existing_secrets: bool = False) -> Plan:
     plan = Plan()
     p = m.project
@@ -69,20 +99,7 @@ def plan_manifest(m: Manifest, cur: Current, skip_existing_secrets: bool = False
         else:
             plan.say("project", name, "no changes needed")
 
-    for v in p.vars:
-        key = f"{name}/{v.name}"
-        have = cur.vars.get(v.name)
-        want = {"value": v.value, "secret": v.secret, "description": v.description}
-        if have is None:
-            plan.say("var", key, "not found, will set")
-        elif have == want:
-            continue
-        elif skip_existing_secrets and (have["secret"] or v.secret):
-            plan.say("var", key, "value differs but one of them is secret, skipping")
-            continue
-        else:
-            plan.say("var", key, "differs, will set")
-        plan.actions.append(Action("set_var", key, {"name": v.name, **want}))
+    _plan_vars(plan, name, p.vars, cur.vars, skip_existing_secrets, {})
     wanted_vars = {v.name for v in p.vars}
     for vname in sorted(set(cur.vars) - wanted_vars):
         plan.say("project", name, f'env var "{vname}" is not in the manifest, will delete')
@@ -110,23 +127,7 @@ def plan_manifest(m: Manifest, cur: Current, skip_existing_secrets: bool = False
         else:
             plan.say("connection", key, "no changes needed")
         have_vars = have_conn["vars"] if have_conn else {}
-        for v in c.vars:
-            vkey = f"{key}/{v.name}"
-            have = have_vars.get(v.name)
-            want = {"value": v.value, "secret": v.secret, "description": v.description}
-            if have is None:
-                plan.say("var", vkey, "not found, will set")
-            elif have == want:
-                plan.say("var", vkey, "no change needed")
-                continue
-            elif skip_existing_secrets and (have["secret"] or v.secret):
-                plan.say("var", vkey, "value differs but one of them is secret, skipping")
-                continue
-            else:
-                plan.say("var", vkey, "changed, will update")
-            plan.actions.append(
-                Action("set_var", vkey, {"name": v.name, "connection": c.name, **want})
-            )
+        _plan_vars(plan, key, c.vars, have_vars, skip_existing_secrets, {"connection": c.name})
     wanted_conns = {c.name for c in p.connections}
     for cname, have_conn in sorted(cur.connections.items()):
         if cname not in wanted_conns:
