@@ -13,6 +13,7 @@ from akcore.errors import AKError
 from . import client
 from .render import emit, emit_list
 from .sessionlog import entry_text, log_entries
+from .tracetree import render as render_trace
 
 app = typer.Typer(help="Sessions: runs of a handler.", no_args_is_help=True)
 
@@ -94,6 +95,22 @@ def log(
 ) -> None:
     """The session's history so far: state changes, activity calls, sleeps and prints."""
     _show_log(client.call("session.records", session=ref)["records"], as_json, no_timestamps)
+
+
+@app.command()
+def trace(ref: Ref, as_json: JsonOpt = False) -> None:
+    """The session's trace: every span from webhook to handler steps, with durations."""
+    res = client.call("session.trace", session=ref)
+    if as_json:
+        for span in res["spans"]:
+            typer.echo(json.dumps(span))
+        return
+    if not res["spans"]:
+        typer.echo(f"no spans recorded for {res['session_id']} (yet)", err=True)
+        return
+    typer.echo(f"trace {res['spans'][0]['trace_id']}")
+    for line in render_trace(res["spans"]):
+        typer.echo(line)
 
 
 @app.command()

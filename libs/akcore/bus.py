@@ -22,8 +22,10 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
-from . import subjects, wire
+from . import subjects, tracing, wire
 from .errors import AKError, Unavailable, error_from_kind
 
 log = logging.getLogger(__name__)
@@ -167,8 +169,11 @@ async def _call(
     nc: Client, service: str, subject: str, op: str, args: dict[str, Any], timeout: float
 ) -> Any:
     payload = wire.encode(wire.StoreRequest(args=args))
+    # Inside a traced flow (a session, a webhook) the callee's span joins the trace.
+    traced = trace.get_current_span().get_span_context().is_valid
+    headers = tracing.inject() if traced else None
     try:
-        msg = await nc.request(subject, payload, timeout=timeout)
+        msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except (NoRespondersError, NatsTimeout) as e:
         raise Unavailable(
             f"{service} did not answer {op!r}: is the {service} service running?"
@@ -184,21 +189,33 @@ async def serve_requests(
     subject: str,
     handle: Callable[[str, dict[str, Any]], Awaitable[Any]],
     queue: str,
+    telemetry: tracing.Telemetry | None = None,
 ) -> Any:
-    """Answers ``ak.<service>.<op>`` requests; ``handle(op, args)`` gives the result."""
+    """Answers ``ak.<service>.<op>`` requests; ``handle(op, args)`` gives the result. A
+    request that carries a trace context gets a server span."""
     prefix_len = len(subject) - 1  # subject ends with ">"
 
-    async def on_msg(msg: Msg) -> None:
-        op = msg.subject[prefix_len:]
+    async def answer(op: str, msg: Msg) -> wire.StoreReply:
         try:
             req = wire.decode(wire.StoreRequest, msg.data)
             result = await handle(op, req.args)
-            reply = wire.StoreReply(ok=True, result=result)
+            return wire.StoreReply(ok=True, result=result)
         except AKError as e:
-            reply = wire.StoreReply(ok=False, error_kind=e.kind, error=e.message)
+            return wire.StoreReply(ok=False, error_kind=e.kind, error=e.message)
         except Exception as e:  # one bad request must not stop the service
             log.exception("request %s failed", op)
-            reply = wire.StoreReply(ok=False, error_kind="internal", error=f"{op}: {e}")
+            return wire.StoreReply(ok=False, error_kind="internal", error=f"{op}: {e}")
+
+    async def on_msg(msg: Msg) -> None:
+        op = msg.subject[prefix_len:]
+        if telemetry is None or not (msg.headers or {}).get(subjects.HDR_TRACEPARENT):
+            reply = await answer(op, msg)
+        else:
+            parent = tracing.extract(msg.headers)
+            with telemetry.span(op, parent=parent, kind=SpanKind.SERVER) as span:
+                reply = await answer(op, msg)
+                if not reply.ok:
+                    tracing.fail(span, reply.error_kind)
         await msg.respond(wire.encode(reply))
 
     return await nc.subscribe(subject, queue=queue, cb=on_msg)

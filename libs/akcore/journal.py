@@ -26,6 +26,7 @@ class ReplayState:
     consumed: set[int] = field(default_factory=set)  # inbox stream sequences already taken
     next_seq: int = 1
     ended: bool = False
+    traceparent: str = ""  # of the trace the session started in (its created record)
 
     def for_worker(self) -> dict[str, Any]:
         return {"steps": self.steps, "prints": self.prints}
@@ -44,6 +45,8 @@ def replay_state(records: list[wire.JournalRecord]) -> ReplayState:
             state.prints = max(state.prints, int(rec.data["n"]))
         elif rec.kind == wire.ENDED:
             state.ended = True
+        elif rec.kind == wire.CREATED:
+            state.traceparent = str(rec.data.get("traceparent") or "")
     return state
 
 

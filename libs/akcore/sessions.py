@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import subjects, timefmt, wire
+from . import subjects, timefmt, tracing, wire
 
 
 def created_record(job: wire.Job) -> wire.JournalRecord:
@@ -25,12 +25,15 @@ def created_record(job: wire.Job) -> wire.JournalRecord:
             "memo": job.memo,
             # inputs of sessions not started by an event, so `ak session restart` can reuse them
             "inputs": {} if job.event_id else job.data,
+            # the trace the session belongs to: a replay continues it
+            "traceparent": tracing.traceparent(),
         },
     )
 
 
 async def publish_session(js: Any, job: wire.Job) -> None:
-    """Publishes both messages, de-duplicated by session id, so a retry creates nothing new."""
+    """Publishes both messages, de-duplicated by session id, so a retry creates nothing new.
+    Both carry the current trace context: the session's span will be a child of it."""
     sid = job.session_id
     await js.publish(
         subjects.journal_subject(sid),
@@ -38,5 +41,7 @@ async def publish_session(js: Any, job: wire.Job) -> None:
         headers={subjects.HDR_MSG_ID: f"{sid}:0"},
     )
     await js.publish(
-        subjects.job_subject(sid), wire.encode(job), headers={subjects.HDR_MSG_ID: f"job:{sid}"}
+        subjects.job_subject(sid),
+        wire.encode(job),
+        headers=tracing.inject({subjects.HDR_MSG_ID: f"job:{sid}"}),
     )

@@ -20,6 +20,9 @@ CONSUMER_RUNNER = "runner"
 CONSUMER_STORE_JOURNAL = "store-journal"
 CONSUMER_STORE_EVENTS = "store-events"
 
+# Core NATS (not stored): finished trace spans, for the store to keep per session.
+SPANS = f"{PREFIX}.spans"
+
 # Headers.
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_TRACEPARENT = "traceparent"

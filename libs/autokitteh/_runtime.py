@@ -139,6 +139,7 @@ class Runtime:
         kwargs: dict[str, Any],
         ok: bool,
         value: Any,
+        t0: int,
     ) -> Any:
         """Pickles and journals an outcome (write-ahead); returns what the caller gets."""
         name = short_name(fn)
@@ -169,9 +170,12 @@ class Runtime:
             "function": name,
             "ok": ok,
             "digest": digest(args, kwargs),
+            "t0_ns": t0,  # when it started and ended, for the runner's trace span
+            "t1_ns": time.time_ns(),
         }
         if not ok:
             header["error"] = repr(value)
+            header["error_type"] = type(value).__name__
         self.channel.call(header, blob)  # write-ahead: acked before the result is used
         return value
 
@@ -194,6 +198,7 @@ class Runtime:
                 value = self._outcome(rec, fn)
                 return Resolved(value) if inspect.iscoroutinefunction(fn) else value
             self._local.in_activity = True
+            t0 = time.time_ns()
             try:
                 value, ok = fn(*args, **kwargs), True
                 if inspect.iscoroutine(value):
@@ -204,7 +209,7 @@ class Runtime:
                 value, ok = e, False
             finally:
                 self._local.in_activity = False
-            value = self._record(step, fn, args, kwargs, ok, value)
+            value = self._record(step, fn, args, kwargs, ok, value, t0)
         if not ok:
             raise value
         return Resolved(value) if inspect.iscoroutinefunction(fn) else value
@@ -230,6 +235,7 @@ class Runtime:
             if rec is not None:
                 return self._outcome(rec, fn)
             self._local.in_activity = True
+            t0 = time.time_ns()
             try:
                 value, ok = await fn(*args, **kwargs), True
             except (Fatal, NonDeterminism):
@@ -238,7 +244,7 @@ class Runtime:
                 value, ok = e, False
             finally:
                 self._local.in_activity = False
-            value = self._record(step, fn, args, kwargs, ok, value)
+            value = self._record(step, fn, args, kwargs, ok, value, t0)
         if not ok:
             raise value
         return value

@@ -165,7 +165,9 @@ def _fail(ch: Channel, e: BaseException, code_dir: str, python_env: str, loading
             if isinstance(e, ModuleNotFoundError):
                 text += "\n" + package_hint(e, python_env)
             ch.send({"type": "print", "text": text})
-    ch.send({"type": "done", "ok": False, "error": err, "traceback": tb})
+    ch.send(
+        {"type": "done", "ok": False, "error": err, "traceback": tb, "error_type": type(e).__name__}
+    )
 
 
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:

@@ -11,7 +11,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from akcore import bus, cron, ids, subjects, wire
+from akcore import bus, cron, ids, subjects, tracing, wire
 from akcore.errors import AKError
 from nats.aio.client import Client
 
@@ -35,8 +35,8 @@ def tick_event(trigger: dict[str, Any], at: datetime) -> wire.Event:
 
 
 class Scheduler:
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
+    def __init__(self, nc: Client, telemetry: tracing.Telemetry) -> None:
+        self.nc, self.tel = nc, telemetry
         self.next_fire: dict[tuple[str, str], datetime] = {}  # (trigger id, schedule) -> time
         self.triggers: list[dict[str, Any]] = []
 
@@ -64,11 +64,13 @@ class Scheduler:
             if at is None or at > now:
                 continue
             ev = tick_event(t, at)
-            await js.publish(
-                subjects.event_subject(ev.project_id, ev.event_id),
-                wire.encode(ev),
-                headers={subjects.HDR_MSG_ID: ev.event_id},
-            )
+            attrs = {"ak.project": ev.project_id, "ak.trigger_id": t["trigger_id"]}
+            with self.tel.span("schedule tick", attributes={**attrs, "ak.event_id": ev.event_id}):
+                await js.publish(
+                    subjects.event_subject(ev.project_id, ev.event_id),
+                    wire.encode(ev),
+                    headers=tracing.inject({subjects.HDR_MSG_ID: ev.event_id}),
+                )
             self.next_fire[key] = cron.parse(t["schedule"]).next_after(max(at, now))
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from akcore import bus, subjects, wire
+from akcore import bus, subjects, tracing, wire
 from akcore.config import Settings
 from akcore.errors import AKError
 from akcore.sessions import publish_session
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from .matching import inbox_deliveries, sessions_for
 from .scheduler import Scheduler
@@ -42,15 +43,18 @@ async def dispatch(nc: Client, event: wire.Event) -> list[str]:
     return started
 
 
-async def handle(nc: Client, msg: Msg) -> None:
+async def handle(nc: Client, tel: tracing.Telemetry, msg: Msg) -> None:
     try:
         event = wire.decode(wire.Event, msg.data)
     except Exception as e:
         log.error("dropping malformed event %s: %s", msg.subject, e)
         await msg.term()
         return
+    attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
+    parent = tracing.extract(msg.headers)
     try:
-        await dispatch(nc, event)
+        with tel.span("dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs):
+            await dispatch(nc, event)
     except AKError as e:
         log.warning("event %s: will retry: %s", event.event_id, e)
         await msg.nak(delay=1.0)
@@ -68,11 +72,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     js = nc.jetstream()
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "dispatcher")
+    tel = tracing.Telemetry("dispatcher")
+    tel.send_to_store(nc)
     sub = await bus.bind(js, subjects.CONSUMER_DISPATCHER)
-    ticks = asyncio.create_task(Scheduler(nc).run(stop))
+    ticks = asyncio.create_task(Scheduler(nc, tel).run(stop))
     log.info("dispatcher ready")
     while not stop.is_set():
         for msg in await bus.pull(sub):
-            await handle(nc, msg)
+            await handle(nc, tel, msg)
     await asyncio.gather(ticks, return_exceptions=True)
+    await tel.close()
     await bus.close(nc)

@@ -7,11 +7,12 @@ import logging
 import re
 from typing import Any
 
-from akcore import bus, ids, subjects, timefmt, values, wire
+from akcore import bus, ids, subjects, timefmt, tracing, values, wire
 from akcore.errors import AKError, NotFound
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
+from opentelemetry.trace import Span, SpanKind
 
 from .commands import COMMANDS
 from .sync import SyncWait
@@ -42,11 +43,23 @@ def _raw_url(request: Request) -> str:
     return f"{path}?{query}" if query else path
 
 
-def create_app(nc: Client) -> FastAPI:
+def create_app(nc: Client, telemetry: tracing.Telemetry | None = None) -> FastAPI:
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
+    tel = telemetry or tracing.Telemetry("ingress")
 
     async def webhook(request: Request, slug: str) -> Response:
+        """The root span of the trace of every session this request starts."""
+        attrs = {"http.request.method": request.method, "http.route": "/webhooks/{slug}"}
+        name = f"{request.method} /webhooks/{{slug}}"
+        with tel.span(name, kind=SpanKind.SERVER, attributes=attrs) as span:
+            resp = await receive(request, slug, span)
+            span.set_attribute("http.response.status_code", resp.status_code)
+            if resp.status_code >= 500:
+                tracing.fail(span, str(resp.status_code))
+            return resp
+
+    async def receive(request: Request, slug: str, span: Span) -> Response:
         body = await _read_body(request)
         if body is None:
             return Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", status_code=413)
@@ -74,6 +87,9 @@ def create_app(nc: Client) -> FastAPI:
             },
             created_at_us=timefmt.now_us(),
         )
+        span.set_attribute("ak.project", event.project_id)
+        span.set_attribute("ak.trigger_id", event.destination_id)
+        span.set_attribute("ak.event_id", event.event_id)
         if target.get("is_sync"):
             async with SyncWait(nc, event.event_id) as wait:
                 if (failed := await publish(event, slug)) is not None:
@@ -95,7 +111,7 @@ def create_app(nc: Client) -> FastAPI:
             await js.publish(
                 subjects.event_subject(event.project_id, event.event_id),
                 wire.encode(event),
-                headers={subjects.HDR_MSG_ID: event.event_id},
+                headers=tracing.inject({subjects.HDR_MSG_ID: event.event_id}),
             )
         except Exception as e:
             log.error("webhook %s: event not stored: %s", slug, e)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 import uvicorn
-from akcore import bus
+from akcore import bus, tracing
 from akcore.config import Settings, split_addr
 
 from .app import create_app
@@ -20,9 +20,16 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     nc = await bus.connect(settings.nats_url, "ak-ingress")
     await bus.ensure_streams(nc.jetstream())
     await bus.serve_health(nc, "ingress")
+    tel = tracing.Telemetry("ingress")
+    tel.send_to_store(nc)
     host, port = split_addr(settings.http_addr)
     config = uvicorn.Config(
-        create_app(nc), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        create_app(nc, tel),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.
@@ -34,4 +41,5 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     server.should_exit = True
     await task
     stopper.cancel()
+    await tel.close()
     await bus.close(nc)

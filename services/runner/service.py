@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from akcore import bus, config, subjects, wire
+from akcore import bus, config, subjects, tracing, wire
 from akcore.config import Settings
 from akcore.errors import InvalidArgument, NotFound
 from akcore.journal import ReplayState, read_journal, replay_state
@@ -52,6 +52,7 @@ async def handle_job(
     settings: Settings,
     cache: Path,
     envs: PythonEnvs,
+    tel: tracing.Telemetry,
     runner_id: str,
     msg: Msg,
     heartbeat: float,
@@ -80,8 +81,13 @@ async def handle_job(
         log.info(
             "session %s: attempt %d replays %d steps", job.session_id, attempt, len(replay.steps)
         )
+    # The trace the session belongs to: from the job, else from its journal (a replay).
+    headers = dict(msg.headers or {})
+    if not headers.get(subjects.HDR_TRACEPARENT) and replay.traceparent:
+        headers[subjects.HDR_TRACEPARENT] = replay.traceparent
+    run = SessionRun(nc, settings, cache, envs, job, attempt, replay, runner_id)
     try:
-        await SessionRun(nc, settings, cache, envs, job, attempt, replay, runner_id).run()
+        await run.traced(tel, tracing.extract(headers))
     except Exception:
         log.exception("session %s: runner failure, job will be redelivered", job.session_id)
         beat.cancel()
@@ -97,6 +103,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     cache = config.data_home() / "runner" / "builds"
     envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk")
     nc = await bus.connect(settings.nats_url, "ak-runner")
+    tel = tracing.Telemetry("runner")
+    tel.send_to_store(nc)
     js = nc.jetstream()
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")
@@ -113,7 +121,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             continue
         for msg in await bus.pull(sub):
             task = asyncio.create_task(
-                handle_job(nc, settings, cache, envs, runner_id, msg, heartbeat)
+                handle_job(nc, settings, cache, envs, tel, runner_id, msg, heartbeat)
             )
             live.add(task)
             task.add_done_callback(live.discard)
@@ -121,4 +129,5 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for task in live:
         task.cancel()
     await asyncio.gather(*live, return_exceptions=True)
+    await tel.close()
     await bus.close(nc)

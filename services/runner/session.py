@@ -6,14 +6,17 @@ import asyncio
 import logging
 import os
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
-from akcore import bus, subjects, timefmt, wire
+from akcore import bus, subjects, timefmt, tracing, wire
 from akcore.config import INTERNAL_ENV_PREFIXES, Settings
 from akcore.errors import AKError
 from akcore.journal import ACTIVITY, SLEEP, ReplayState
 from nats.aio.client import Client
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, Span, SpanKind
 
 from .builds import unpack_build, worker_env
 from .inbox import Inbox
@@ -65,6 +68,13 @@ class SessionRun:
         self.nc, self.settings, self.cache, self.job = nc, settings, cache, job
         self.envs = envs
         self.python_env = ""
+        self.tel: tracing.Telemetry | None = None
+        self.span: Span = NonRecordingSpan(tracing.INVALID_SPAN_CONTEXT)
+        self.attrs = {
+            "ak.session_id": job.session_id,
+            "ak.project": job.project_id,
+            "ak.deployment_id": job.deployment_id,
+        }
         self.attempt, self.replay, self.runner_id = attempt, replay, runner_id
         self.seq = replay.next_seq
         self.js = nc.jetstream()
@@ -86,9 +96,46 @@ class SessionRun:
         )
         self.seq += 1
 
-    async def end(
-        self, state: str, error: str = "", traceback: str = "", result: bytes | None = None
+    async def traced(self, tel: tracing.Telemetry, parent: Context) -> None:
+        """Runs the session inside its span (a child of whatever started it)."""
+        job = self.job
+        self.tel = tel
+        ctx = tracing.with_session(parent, job.session_id, job.project_id, job.deployment_id)
+        attrs = {**self.attrs, "ak.entrypoint": job.entrypoint, "ak.attempt": self.attempt}
+        name = f"session {job.entrypoint}"
+        with tel.span(name, parent=ctx, kind=SpanKind.CONSUMER, attributes=attrs) as span:
+            self.span = span
+            if self.attempt > 1:
+                span.add_event(
+                    "replay",
+                    {"ak.attempt": self.attempt, "ak.replayed_steps": len(self.replay.steps)},
+                )
+            await self.run()
+
+    def _step_span(
+        self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any], error_type: str = ""
     ) -> None:
+        """A span for a step that already happened (its times measured elsewhere)."""
+        if self.tel is None:
+            return
+        span = self.tel.tracer.start_span(
+            name, start_time=start_ns, attributes={**self.attrs, **attrs}
+        )
+        if error_type:
+            tracing.fail(span, error_type)
+        span.end(end_time=max(start_ns, end_ns))
+
+    async def end(
+        self,
+        state: str,
+        error: str = "",
+        traceback: str = "",
+        result: bytes | None = None,
+        error_type: str = "",
+    ) -> None:
+        self.span.set_attribute("ak.state", state)
+        if state == wire.ERROR:
+            tracing.fail(self.span, error_type or "Error")
         await self.journal(
             wire.ENDED, {"state": state, "error": error, "traceback": traceback, "result": result}
         )
@@ -180,11 +227,14 @@ class SessionRun:
         name, step = str(header.get("name", "")), header.get("step")
         args = header.get("args") or {}
         reply: dict[str, Any] = {"type": "syscall"}
-        try:
-            result, inbox_seq = await self.syscalls.call(name, args, blob, step)
-            rblob = pickle.dumps(result) if result is not None else b""
-        except SyscallError as e:
-            reply["error"], rblob, inbox_seq = str(e), b"", None
+        assert self.tel is not None
+        with self.tel.span(name, attributes={"ak.step": int(step or 0)}) as span:
+            try:
+                result, inbox_seq = await self.syscalls.call(name, args, blob, step)
+                rblob = pickle.dumps(result) if result is not None else b""
+            except SyscallError as e:
+                reply["error"], rblob, inbox_seq = str(e), b"", None
+                tracing.fail(span, "AutoKittehError")
         if step:
             data: dict[str, Any] = {
                 "step": int(step),
@@ -211,6 +261,12 @@ class SessionRun:
         }
         await self.journal(SLEEP, data)
         await worker.send({"type": "sleep", "deadline_us": deadline})
+        self._step_span(
+            "sleep",
+            time.time_ns(),
+            deadline * 1000,
+            {"ak.step": int(header["step"]), "ak.sleep.seconds": seconds},
+        )
 
     async def _converse(self, worker: WorkerProcess, code_dir: Path) -> None:
         job = self.job
@@ -238,6 +294,15 @@ class SessionRun:
             elif kind == ACTIVITY:
                 await self.journal(ACTIVITY, activity_data(header, blob))
                 await worker.send({"type": "ack"})
+                now = time.time_ns()
+                function = str(header.get("function", ""))
+                self._step_span(
+                    f"activity {function}",
+                    int(header.get("t0_ns") or now),
+                    int(header.get("t1_ns") or now),
+                    {"ak.activity.function": function, "ak.activity.seq": int(header["step"])},
+                    "" if header.get("ok") else str(header.get("error_type") or "Exception"),
+                )
             elif kind == SLEEP:
                 await self._sleep(worker, header)
             elif kind == "syscall":
@@ -247,7 +312,10 @@ class SessionRun:
                     await self.end(wire.COMPLETED, result=blob or None)
                 else:
                     await self.end(
-                        wire.ERROR, header.get("error", "error"), header.get("traceback", "")
+                        wire.ERROR,
+                        header.get("error", "error"),
+                        header.get("traceback", ""),
+                        error_type=str(header.get("error_type", "")),
                     )
                 return
             else:

@@ -26,6 +26,7 @@ from .models import (
     Project,
     Session,
     SessionRecord,
+    SpanRow,
     Subscription,
     Trigger,
     Var,
@@ -595,6 +596,23 @@ class StoreApi:
                     {"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": r.data}
                     for r in db.exec(q)
                 ],
+            }
+
+    def session_trace(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The spans of the trace(s) a session belongs to, oldest first."""
+        with DB(self.engine) as db:
+            sid = self._session_id(db, args.get("session", ""))
+            if db.get(Session, sid) is None:
+                raise NotFound(f'session "{sid}" not found')
+            traces = set(db.exec(select(SpanRow.trace_id).where(SpanRow.session_id == sid)).all())
+            rows = db.exec(
+                select(SpanRow)
+                .where(col(SpanRow.trace_id).in_(traces))
+                .order_by(col(SpanRow.start_us), col(SpanRow.id))
+            )
+            return {
+                "session_id": sid,
+                "spans": [r.model_dump(exclude={"id"}) for r in rows],
             }
 
     def event_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:

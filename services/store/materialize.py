@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from akcore import wire
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
-from .models import Deployment, EventRow, Session, SessionRecord
+from .models import Deployment, EventRow, Session, SessionRecord, SpanRow
 
 _STATE_BY_KIND = {wire.STARTED: "RUNNING"}
 
@@ -92,4 +94,35 @@ def apply_event(engine: Engine, ev: wire.Event) -> None:
                 created_us=ev.created_at_us,
             )
         )
+        db.commit()
+
+
+def apply_spans(engine: Engine, spans: list[dict[str, Any]]) -> None:
+    """Keeps a batch of finished spans; a span already kept (same trace and span id) is skipped."""
+    with DB(engine) as db:
+        for sp in spans:
+            seen = db.exec(
+                select(SpanRow.id).where(
+                    SpanRow.trace_id == sp["trace_id"], SpanRow.span_id == sp["span_id"]
+                )
+            ).first()
+            if seen is not None:
+                continue
+            attrs = sp.get("attributes") or {}
+            db.add(
+                SpanRow(
+                    trace_id=sp["trace_id"],
+                    span_id=sp["span_id"],
+                    parent_id=sp.get("parent_id", ""),
+                    session_id=str(attrs.get("ak.session_id", "")),
+                    name=sp["name"],
+                    service=sp.get("service", ""),
+                    start_us=int(sp["start_us"]),
+                    end_us=int(sp["end_us"]),
+                    status=sp.get("status", "UNSET"),
+                    status_description=sp.get("status_description", ""),
+                    attributes=attrs,
+                    events=sp.get("events") or [],
+                )
+            )
         db.commit()

@@ -119,3 +119,23 @@ class Subscription(SQLModel, table=True):
     trigger_id: str = Field(index=True)
     filter: str = ""
     created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class SpanRow(SQLModel, table=True):
+    """A finished trace span from any service (``ak.spans``), for ``ak session trace``."""
+
+    __tablename__ = "spans"
+    __table_args__ = (UniqueConstraint("trace_id", "span_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    trace_id: str = Field(index=True)
+    span_id: str
+    parent_id: str = ""
+    session_id: str = Field(default="", index=True)
+    name: str
+    service: str
+    start_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    end_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    status: str = "UNSET"
+    status_description: str = ""
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    events: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from akcore import bus, subjects, wire
+from akcore import bus, subjects, tracing, wire
 from akcore.config import Settings
 from akcore.secrets import Sealer, load_key
 from nats.aio.client import Client
@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 from .api import StoreApi
 from .db import open_engine
-from .materialize import apply_event, apply_record
+from .materialize import apply_event, apply_record, apply_spans
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,20 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     api = StoreApi(engine, Sealer(load_key()))
     nc = await bus.connect(settings.nats_url, "ak-store")
     await bus.ensure_streams(nc.jetstream())
+    tel = tracing.Telemetry("store")
+    tel.send_to_store(nc)
 
     async def handle(op: str, args: dict[str, Any]) -> Any:
         return api.handler(op)(args)
 
-    await bus.serve_requests(nc, subjects.STORE_ALL, handle, queue="store")
+    async def on_spans(msg: Msg) -> None:
+        try:
+            apply_spans(engine, wire.unpack(msg.data))
+        except Exception as e:  # spans are diagnostics: never let them hurt the store
+            log.warning("dropping %d bytes of spans: %s", len(msg.data), e)
+
+    await bus.serve_requests(nc, subjects.STORE_ALL, handle, queue="store", telemetry=tel)
+    await nc.subscribe(subjects.SPANS, queue="store", cb=on_spans)
     await bus.serve_health(nc, "store")
     tasks = [
         asyncio.create_task(
@@ -79,5 +88,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await tel.close()
     await bus.close(nc)
     engine.dispose()

@@ -58,5 +58,24 @@ def test_session_survives_runner_kill(tmp_path: Path) -> None:
         assert stack.ak("session", "prints", "slow", "-n", check=True).stdout.endswith(
             "begin\nend\n"
         )
+        # The replay continues the webhook's trace; the new attempt says so.
+        deadline = time.monotonic() + 10
+        while True:
+            spans = [
+                json.loads(x)
+                for x in stack.ak("session", "trace", "slow", "-j", check=True).stdout.splitlines()
+            ]
+            replayed = [
+                s
+                for s in spans
+                if s["name"] == "session slow.py:run" and s["attributes"]["ak.attempt"] == 2
+            ]
+            if replayed or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(replayed) == 1, spans
+        assert [e["name"] for e in replayed[0]["events"]] == ["replay"]
+        assert len({s["trace_id"] for s in spans}) == 1
+        assert any(s["name"] == "POST /webhooks/{slug}" for s in spans)
     finally:
         stack.stop()

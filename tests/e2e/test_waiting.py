@@ -478,6 +478,14 @@ def test_schedule_starts_tick_sessions(env: tuple[Stack, dict[str, str], Path]) 
     # The newest session may still be running: look at a completed one.
     sid = json.loads(done[0])["session_id"]
     assert stack.ak("session", "prints", sid, "-n", check=True).stdout == "tick tick {}\n"
+    # Its trace is rooted at the tick.
+    while True:
+        spans = [json.loads(x) for x in stack.ak("session", "trace", sid, "-j").stdout.splitlines()]
+        if len(spans) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [(s["name"], s["parent_id"]) for s in spans[:1]] == [("schedule tick", "")]
+    assert spans[1]["name"] == "dispatch" and spans[1]["parent_id"] == spans[0]["span_id"]
     (proj / "autokitteh.yaml").write_text("version: v1\nproject:\n  name: ticker\n")
     stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"), check=True)
     time.sleep(3)
