@@ -104,16 +104,22 @@ class Stack:
             time.sleep(0.1)
         raise AssertionError(f"no session for {event_id}:\n{self.output()[-3000:]}")
 
-    def kill_runner(self) -> None:
-        """SIGKILLs the runner process of this stack (`ak up` restarts it)."""
+    def pids(self, service: str) -> list[int]:
+        """The processes of one service (``ak_<service>``) that `ak up` runs now."""
         out = subprocess.run(
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
         ).stdout
-        for pid in out.split():
-            if b"ak_runner" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(int(pid), signal.SIGKILL)
-                return
-        raise AssertionError("no runner process")
+        return [
+            int(pid)
+            for pid in out.split()
+            if f"ak_{service}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+
+    def kill_runner(self) -> None:
+        """SIGKILLs the runner process of this stack (`ak up` restarts it)."""
+        pids = self.pids("runner")
+        assert pids, "no runner process"
+        os.kill(pids[0], signal.SIGKILL)
 
     def wait_output(self, text: str, *args: str, timeout: float = 20) -> None:
         """Polls ``ak <args>`` until its output contains ``text``."""
@@ -132,7 +138,9 @@ class Stack:
         return self.proc.wait()
 
 
-def start_stack(home: Path, extra_env: dict[str, str] | None = None) -> Stack:
+def start_stack(
+    home: Path, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Stack:
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -144,7 +152,7 @@ def start_stack(home: Path, extra_env: dict[str, str] | None = None) -> Stack:
             "AK_LOG_LEVEL": "INFO",
         }
     )
-    for k in ("AK_NATS_URL", "AK_DB__DSN"):
+    for k in ("AK_NATS_URL", "AK_DB__DSN", "AK_NATS__REPLICAS"):
         env.pop(k, None)
     # Workers run on the test's own Python (which has the SDK) unless a test asks for venvs
     # by passing AK_WORKER_PYTHON="": building the default venv takes a while and the network.
@@ -152,9 +160,10 @@ def start_stack(home: Path, extra_env: dict[str, str] | None = None) -> Stack:
     env.update(extra_env or {})
     if not env["AK_WORKER_PYTHON"]:
         del env["AK_WORKER_PYTHON"]
+    home.mkdir(parents=True, exist_ok=True)
     log = home / "ak-up.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([AK, "up", "--mode", "dev"], env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen([AK, "up", "--mode", "dev", *args], env=env, stdout=out, stderr=out)
     stack = Stack(proc, f"http://127.0.0.1:{port}", env, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -47,12 +47,26 @@ def up(
         typer.Option(
             "--nats-url",
             envvar=config.ENV_NATS_URL,
-            help="use this NATS instead of an embedded one",
+            help="use this NATS (or a comma-separated list of one cluster's servers)",
         ),
     ] = "",
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            envvar=config.ENV_DB_DSN,
+            help="SQLAlchemy URL of the store's database, e.g. "
+            "postgresql+psycopg://user:pass@host:5432/db (default: SQLite in the data home)",
+        ),
+    ] = "",
+    runners: Annotated[int, typer.Option("--runners", help="runner processes")] = 1,
+    dispatchers: Annotated[int, typer.Option("--dispatchers", help="dispatchers")] = 1,
+    ingresses: Annotated[int, typer.Option("--ingresses", help="ingress processes")] = 1,
+    stores: Annotated[int, typer.Option("--stores", help="store processes")] = 1,
 ) -> None:
     """Start the whole stack (NATS, store, dispatcher, runner, ingress) until Ctrl-C."""
-    up_mod.up(mode, http_addr or None, nats_url or None)
+    counts = {"runner": runners, "dispatcher": dispatchers, "ingress": ingresses, "store": stores}
+    up_mod.up(mode, http_addr or None, nats_url or None, counts, db or None)
 
 
 @app.command()

@@ -71,10 +71,23 @@ def _wait_ready(url: str, children: list[Child], stopping: list[bool]) -> bool:
     return False
 
 
-def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
+def up(
+    mode: str,
+    http_addr: str | None,
+    nats_url: str | None,
+    counts: dict[str, int] | None = None,
+    db: str | None = None,
+) -> None:
+    """``counts``: how many processes of each service (default one each)."""
     if mode not in ("dev", "default"):
         raise AKError(f"unknown mode {mode!r}: use dev or default")
+    counts = {s: (counts or {}).get(s, 1) for s in SERVICES}
+    for service, n in counts.items():
+        if not 1 <= n <= 64:
+            raise AKError(f"--{service}s must be between 1 and 64 (got {n})")
     env = dict(os.environ)
+    if db:
+        env[config.ENV_DB_DSN] = db
     addr = http_addr or env.get(config.ENV_HTTP_ADDR, config.DEFAULT_HTTP_ADDR)
     nats_url = nats_url or env.get(config.ENV_NATS_URL)
     if mode == "default" and not (nats_url and env.get(config.ENV_DB_DSN)):
@@ -102,7 +115,7 @@ def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
     say(f"autokitteh ({mode} mode), pid {os.getpid()}")
     say(f"HTTP:      {url}")
     say(f"NATS:      {nats_note}")
-    say(f"Database:  {env[config.ENV_DB_DSN]}")
+    say(f"Database:  {_without_password(env[config.ENV_DB_DSN])}")
     say(f"Data home: {data}")
 
     stopping: list[bool] = []
@@ -112,12 +125,16 @@ def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    children = [Child(s, env) for s in SERVICES]
+    children = [Child(s, env) for s in SERVICES for _ in range(counts[s])]
     for c in children:
         c.start()
+    running = ", ".join(
+        s if counts[s] == 1 else f"{s} x{counts[s]}"
+        for s in ("ingress", "dispatcher", "runner", "store")
+    )
     try:
         if _wait_ready(url, children, stopping):
-            say(f"ready: serving on {url} (ingress, dispatcher, runner, store)")
+            say(f"ready: serving on {url} ({running})")
         while not stopping:
             for c in children:
                 c.check()
@@ -126,6 +143,15 @@ def up(mode: str, http_addr: str | None, nats_url: str | None) -> None:
         say("stopping")
         _stop_all([c.proc for c in children if c.proc], nats_proc)
         say("stopped")
+
+
+def _without_password(dsn: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(dsn).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparsable database URL)"
 
 
 def _check_free(addr: str) -> None:

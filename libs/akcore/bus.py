@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -107,33 +109,71 @@ CONSUMERS = {
 }
 
 
+def server_list(url: str) -> list[str]:
+    """``nats://a:4222,nats://b:4222``: the servers of one cluster, any of which will do."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise ValueError("no NATS URL given")
+    return servers
+
+
+def replicas() -> int:
+    """How many copies of each stream a JetStream cluster keeps (``AK_NATS__REPLICAS``)."""
+    return max(1, int(os.environ.get("AK_NATS__REPLICAS", "1")))
+
+
 async def connect(url: str, name: str) -> Client:
-    """Connects with unlimited reconnects, so a NATS restart never kills a service."""
+    """Connects to any server of the list, with unlimited reconnects to any of them, so a
+    NATS restart or the loss of one cluster node never kills a service."""
 
     async def on_error(e: Exception) -> None:
         log.warning("nats: %s", e)
 
-    return await nats.connect(
-        url,
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected, reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+    nc: Client = await nats.connect(
+        servers=server_list(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
     )
+    return nc
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Creates the streams of DESIGN.md if missing; idempotent, safe from every service."""
-    for cfg in STREAMS:
+async def ensure_streams(js: JetStreamContext, timeout: float = 60.0) -> None:
+    """Creates the streams of DESIGN.md if missing; idempotent, safe from every service.
+    Retries while JetStream is not ready yet (a cluster electing its leader)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    n = replicas()
+    while True:
         try:
-            await js.add_stream(cfg)
-        except Exception:  # already exists with another config: keep the operator's settings
-            log.debug("stream %s exists", cfg.name)
+            await _ensure_streams(js, n)
+            return
+        except Exception as e:
+            if loop.time() > deadline:
+                raise
+            log.warning("JetStream not ready (%s); retrying", e)
+            await asyncio.sleep(1.0)
+
+
+async def _ensure_streams(js: JetStreamContext, n: int) -> None:
+    existing = {info.config.name for info in await js.streams_info()}
+    for cfg in STREAMS:
+        if cfg.name not in existing:  # an existing stream keeps the operator's settings
+            await js.add_stream(dataclasses.replace(cfg, num_replicas=n))
     for name, (stream, ccfg) in CONSUMERS.items():
         try:
+            await js.consumer_info(stream, name)
+        except NotFoundError:
             await js.add_consumer(stream, ccfg)
-        except Exception:
-            log.debug("consumer %s exists", name)
 
 
 VALUES_BUCKET = "AK_VALUES"
@@ -146,7 +186,9 @@ async def values_bucket(js: JetStreamContext) -> Any:
     except Exception:
         from nats.js.api import KeyValueConfig
 
-        return await js.create_key_value(KeyValueConfig(bucket=VALUES_BUCKET, history=1))
+        return await js.create_key_value(
+            KeyValueConfig(bucket=VALUES_BUCKET, history=1, replicas=replicas())
+        )
 
 
 async def bind(js: JetStreamContext, consumer: str) -> JetStreamContext.PullSubscription:

@@ -36,20 +36,40 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def start(
-    store_dir: Path, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None
+    store_dir: Path,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    log_file: Path | None = None,
+    cluster: tuple[str, int, list[int]] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Starts nats-server with JetStream; returns the process and its URL once it accepts."""
+    """Starts nats-server with JetStream; returns the process and its URL once it accepts.
+
+    ``cluster``: (server name, route port, route ports of the other nodes) to run as one
+    node of a JetStream cluster on ``host``.
+    """
     port = port or free_port(host)
     store_dir.mkdir(parents=True, exist_ok=True)
     conf = store_dir / "nats-server.conf"
-    conf.write_text(
+    text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         f"max_payload: {MAX_PAYLOAD}\n"
         f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}\n"
     )
+    if cluster is not None:
+        name, route_port, peers = cluster
+        routes = ", ".join(json.dumps(f"nats-route://{host}:{p}") for p in peers)
+        text += (
+            f"server_name: {json.dumps(name)}\n"
+            f"cluster {{ name: ak, listen: {json.dumps(f'{host}:{route_port}')}, "
+            f"routes: [{routes}] }}\n"
+        )
+    conf.write_text(text)
     args = [binary(), "-c", str(conf)]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(args, stdout=out, stderr=out)
+    if log_file:
+        with open(log_file, "ab") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(args, stdout=out, stderr=out)
+    else:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"nats://{host}:{port}"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -11,6 +11,7 @@ from akcore.errors import AKError
 from akcore.sessions import publish_session
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind
 
 from .matching import inbox_deliveries, sessions_for
@@ -55,8 +56,8 @@ async def handle(nc: Client, tel: tracing.Telemetry, msg: Msg) -> None:
     try:
         with tel.span("dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs):
             await dispatch(nc, event)
-    except AKError as e:
-        log.warning("event %s: will retry: %s", event.event_id, e)
+    except (AKError, NatsError) as e:  # the store or JetStream is away for now
+        log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
         await msg.nak(delay=1.0)
         return
     except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import uvicorn
 from akcore import bus, tracing
@@ -13,6 +14,16 @@ from akcore.config import Settings, split_addr
 from .app import create_app
 
 log = logging.getLogger(__name__)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -34,7 +45,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     server = uvicorn.Server(config)
     # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve())
+    # SO_REUSEPORT: several ingress processes can serve one address (`ak up --ingresses N`).
+    task = asyncio.create_task(server.serve(sockets=[_listen(host, port)]))
     log.info("ingress listening on http://%s:%d", host, port)
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)

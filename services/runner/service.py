@@ -12,7 +12,7 @@ from typing import Any
 
 from akcore import bus, config, subjects, tracing, wire
 from akcore.config import Settings
-from akcore.errors import InvalidArgument, NotFound
+from akcore.errors import InvalidArgument, NotFound, Unavailable
 from akcore.journal import ReplayState, read_journal, replay_state
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -88,6 +88,11 @@ async def handle_job(
     run = SessionRun(nc, settings, cache, envs, job, attempt, replay, runner_id)
     try:
         await run.traced(tel, tracing.extract(headers))
+    except Unavailable as e:
+        log.warning("session %s: %s; will retry", job.session_id, e)
+        beat.cancel()
+        await msg.nak(delay=1.0)
+        return
     except Exception:
         log.exception("session %s: runner failure, job will be redelivered", job.session_id)
         beat.cancel()

@@ -12,7 +12,7 @@ from typing import Any
 
 from akcore import bus, subjects, timefmt, tracing, wire
 from akcore.config import INTERNAL_ENV_PREFIXES, Settings
-from akcore.errors import AKError
+from akcore.errors import AKError, Unavailable
 from akcore.journal import ACTIVITY, SLEEP, ReplayState
 from nats.aio.client import Client
 from opentelemetry.context import Context
@@ -165,14 +165,18 @@ class SessionRun:
 
     async def run(self) -> None:
         job = self.job
-        await self.journal(wire.STARTED, {"runner": self.runner_id, "attempt": self.attempt})
+        started = {"runner": self.runner_id, "attempt": self.attempt}
         try:
             build = await bus.store_call(self.nc, "build.get", {"build_id": job.build_id})
             variables = await bus.store_call(self.nc, "session.env", {"project_id": job.project_id})
             code_dir = unpack_build(self.cache, job.build_id, build["files"])
+        except Unavailable:
+            raise  # the store is away for now: the job goes back to the queue, nothing is lost
         except (AKError, OSError, ValueError) as e:
+            await self.journal(wire.STARTED, started)
             await self.end(wire.ERROR, f"error: could not prepare the session's code: {e}")
             return
+        await self.journal(wire.STARTED, started)
         try:
             python, extra_env, self.python_env = await self.envs.python_for(
                 build["files"].get(REQUIREMENTS_FILE)

@@ -1,17 +1,22 @@
-"""Engine creation and schema set-up."""
+"""Engine creation and schema migrations (Alembic; SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlmodel import SQLModel, create_engine
 
 from . import models  # noqa: F401  (registers the tables)
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+_LOCK_ID = 0x616B5F73  # "ak_s": one migrating store at a time on PostgreSQL
 
-def open_engine(dsn: str) -> Engine:
-    """Opens the database at ``dsn`` and creates missing tables."""
+
+def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
+    """Opens the database at ``dsn`` and brings its schema up to date."""
     if dsn.startswith("sqlite:///"):
         Path(dsn.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(dsn, connect_args={"check_same_thread": False})
@@ -24,5 +29,29 @@ def open_engine(dsn: str) -> Engine:
             cur.close()
     else:
         engine = create_engine(dsn, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine)
+    if migrate_schema:
+        migrate(engine)
     return engine
+
+
+def alembic_config(conn: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Applies pending migrations. Several stores may start at once: on PostgreSQL an
+    advisory lock makes the others wait; SQLite serializes writers itself. A database made
+    before migrations existed gets its missing tables and is marked as up to date."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+        cfg = alembic_config(conn)
+        tables = set(inspect(conn).get_table_names())
+        if "alembic_version" not in tables and "project" in tables:
+            SQLModel.metadata.create_all(conn)
+            command.stamp(cfg, "head")
+        else:
+            command.upgrade(cfg, "head")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -12,16 +12,30 @@ import pytest
 from akcore import bus
 from akcore.config import Settings
 
+from tests.pg import fresh_database
+
 Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every integration test runs against the store on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite'}"
+    else:
+        with fresh_database() as url:
+            yield url
+
+
 @pytest.fixture
-def settings(nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(
+    nats_url: str, db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     return Settings(
         nats_url=nats_url,
         http_addr="127.0.0.1:0",
-        db_dsn=f"sqlite:///{tmp_path / 'store.sqlite'}",
+        db_dsn=db_dsn,
         worker_python=sys.executable,  # not a venv: the test's Python has the SDK
     )
 

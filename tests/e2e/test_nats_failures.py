@@ -1,0 +1,153 @@
+"""NATS failures with real processes: a restarted nats-server, and a three-node JetStream
+cluster (R3 streams) losing a node under load. No acknowledged webhook may be lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from akcore import natsserver
+
+from tests.helpers import Stack, free_port, start_stack, write_project
+
+MANIFEST = """\
+version: v1
+project:
+  name: sturdy
+  triggers:
+    - name: hook
+      webhook: {}
+      call: h.py:on_hook
+"""
+
+CODE = """\
+def on_hook(event):
+    print("n", event.data.body.json["n"])
+"""
+
+
+def _fire(stack: Stack, path: str, n: int) -> tuple[int, str]:
+    status, headers, _ = stack.request("POST", path, json.dumps({"n": n}).encode())
+    return status, headers.get("autokitteh-event-id", "")
+
+
+def _wait_completed(stack: Stack, events: set[str], timeout: float) -> None:
+    """Every event has exactly one session, and all of them completed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = stack.ak("session", "list", "-p", "sturdy", "-j").stdout
+        mine = [s for s in map(json.loads, out.splitlines()) if s["event_id"] in events]
+        done = [s for s in mine if s["state"] == "COMPLETED"]
+        if len(done) == len(events):
+            assert sorted(s["event_id"] for s in mine) == sorted(events)
+            return
+        assert time.monotonic() < deadline, (
+            f"{len(done)}/{len(events)} completed\n" + stack.output()[-4000:]
+        )
+        time.sleep(0.5)
+
+
+def _wait_ready(stack: Stack, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while stack.request("GET", "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, stack.output()[-3000:]
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    proc.wait(timeout=15)
+
+
+def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
+    port = free_port()
+    store = tmp_path / "nats"
+    nats, url = natsserver.start(store, port=port, log_file=tmp_path / "nats.log")
+    try:
+        stack = start_stack(tmp_path / "home", {"AK_NATS_URL": url})
+    except BaseException:
+        _stop(nats)
+        raise
+    try:
+        proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": CODE})
+        _, path = stack.deploy(proj)
+        before = {_fire(stack, path, n)[1] for n in range(10)}
+        _wait_completed(stack, before, timeout=30)
+
+        _stop(nats)
+        time.sleep(1)
+        nats, _ = natsserver.start(store, port=port, log_file=tmp_path / "nats.log")
+        _wait_ready(stack)
+        after = set()
+        for n in range(10, 20):
+            status, event = _fire(stack, path, n)
+            assert status == 202, stack.output()[-3000:]
+            after.add(event)
+        _wait_completed(stack, before | after, timeout=60)
+    finally:
+        stack.stop()
+        _stop(nats)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    routes = [free_port() for _ in range(3)]
+    nodes = [
+        natsserver.start(
+            tmp_path / f"n{i}",
+            log_file=tmp_path / f"n{i}.log",
+            cluster=(f"n{i}", routes[i], [r for j, r in enumerate(routes) if j != i]),
+        )
+        for i in range(3)
+    ]
+    yield nodes
+    for proc, _ in nodes:
+        _stop(proc)
+
+
+@pytest.mark.timeout(300)
+def test_r3_cluster_loses_a_node_under_load(
+    cluster: list[tuple[subprocess.Popen[bytes], str]], tmp_path: Path
+) -> None:
+    urls = ",".join(url for _, url in cluster)
+    stack = start_stack(tmp_path / "home", {"AK_NATS_URL": urls, "AK_NATS__REPLICAS": "3"})
+    try:
+        proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": CODE})
+        _, path = stack.deploy(proj)
+        acked: list[str] = []
+        refused = 0
+        killed_at: list[int] = []  # how many were acknowledged when the node died
+
+        def load() -> None:
+            nonlocal refused
+            deadline = time.monotonic() + 60
+            n = 0
+            # Until 20 more are acknowledged after the kill: the cluster must recover.
+            while not killed_at or len(acked) < killed_at[0] + 20:
+                assert time.monotonic() < deadline, "the cluster did not recover"
+                status, event = _fire(stack, path, n)
+                n += 1
+                if status == 202:
+                    acked.append(event)
+                else:
+                    refused += 1  # not acknowledged (a leader election): the sender retries
+                time.sleep(0.05)
+
+        t = threading.Thread(target=load)
+        t.start()
+        while len(acked) < 20:
+            time.sleep(0.01)
+        killed_at.append(len(acked))
+        _stop(cluster[2][0], signal.SIGKILL)
+        t.join()
+        assert len(acked) >= killed_at[0] + 20
+        _wait_completed(stack, set(acked), timeout=120)
+    finally:
+        stack.stop()

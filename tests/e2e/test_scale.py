@@ -1,0 +1,223 @@
+"""Scale-out with real processes: two of every service on PostgreSQL, and what survives the
+loss of a runner, a dispatcher or the stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Stack, start_stack, write_project
+from tests.pg import fresh_database
+
+MANIFEST = """\
+version: v1
+project:
+  name: scaled
+  triggers:
+    - name: quick
+      webhook: {}
+      call: h.py:quick
+    - name: slow
+      webhook: {}
+      call: h.py:slow
+    - name: talk
+      webhook: {}
+      call: h.py:talk
+"""
+
+CODE = """\
+import os
+import time
+
+
+def quick(event):
+    print("n", event.data.body.json["n"])
+
+
+def slow(event):
+    print("begin")
+    open(os.path.join(os.environ["MARKER_DIR"], "slow"), "a").write("x")
+    time.sleep(3)
+    print("end")
+
+
+def talk(event):
+    for i in range(30):
+        print("line", i)
+        time.sleep(0.1)
+"""
+
+COUNTS = ("--runners", "2", "--dispatchers", "2", "--ingresses", "2", "--stores", "2")
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[str, str]]]:
+    home = tmp_path_factory.mktemp("scaled")
+    with fresh_database() as dsn:
+        stack = start_stack(
+            home,
+            {"AK_DB__DSN": dsn, "AK_JOBS__ACK_WAIT": "3", "MARKER_DIR": str(home)},
+            args=COUNTS,
+        )
+        try:
+            proj = write_project(home / "p", {"autokitteh.yaml": MANIFEST, "h.py": CODE})
+            yield stack, stack.deploy_paths(proj)
+        finally:
+            stack.stop()
+
+
+def _fire(stack: Stack, path: str, n: int) -> str:
+    status, headers, _ = stack.request("POST", path, json.dumps({"n": n}).encode())
+    assert status == 202, status
+    return headers["autokitteh-event-id"]
+
+
+def _sessions(stack: Stack) -> list[dict[str, str]]:
+    out = stack.ak("session", "list", "-p", "scaled", "-j", check=True).stdout
+    return [json.loads(x) for x in out.splitlines()]
+
+
+def _wait_completed(stack: Stack, events: set[str], timeout: float = 60) -> list[dict[str, str]]:
+    """Waits until every event has a COMPLETED session; returns those sessions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mine = [s for s in _sessions(stack) if s["event_id"] in events]
+        if sum(s["state"] == "COMPLETED" for s in mine) >= len(events):
+            return mine
+        assert time.monotonic() < deadline, (len(mine), stack.output()[-3000:])
+        time.sleep(0.3)
+
+
+def test_two_of_each_service_run_each_event_once(scaled: tuple[Stack, dict[str, str]]) -> None:
+    stack, paths = scaled
+    assert "(ingress x2, dispatcher x2, runner x2, store x2)" in stack.output()
+    for service in ("ingress", "dispatcher", "runner", "store"):
+        assert len(stack.pids(service)) == 2, service
+    with ThreadPoolExecutor(8) as pool:
+        events = set(pool.map(lambda n: _fire(stack, paths["quick"], n), range(40)))
+    assert len(events) == 40
+    sessions = _wait_completed(stack, events)
+    assert sorted(s["event_id"] for s in sessions) == sorted(events)  # exactly one each
+    # Both runners took part.
+    runners = set()
+    for s in sessions[:20]:
+        log = stack.ak("session", "log", s["session_id"], "-j", check=True).stdout
+        for rec in map(json.loads, log.splitlines()):
+            runners.add(rec.get("state", {}).get("running", {}).get("runner"))
+    assert len(runners - {None}) == 2
+
+
+def test_a_killed_dispatcher_skips_and_doubles_nothing(
+    scaled: tuple[Stack, dict[str, str]],
+) -> None:
+    stack, paths = scaled
+    victim = stack.pids("dispatcher")[0]
+    events: set[str] = set()
+
+    def load() -> None:
+        for n in range(40):
+            events.add(_fire(stack, paths["quick"], 1000 + n))
+            time.sleep(0.02)
+
+    t = threading.Thread(target=load)
+    t.start()
+    while len(events) < 10:
+        time.sleep(0.01)
+    os.kill(victim, signal.SIGKILL)
+    t.join()
+    sessions = _wait_completed(stack, events)
+    assert sorted(s["event_id"] for s in sessions) == sorted(events)
+
+
+def test_a_killed_runner_session_is_finished_by_another(
+    scaled: tuple[Stack, dict[str, str]],
+) -> None:
+    stack, paths = scaled
+    marker = Path(stack.env["MARKER_DIR"]) / "slow"
+    event = _fire(stack, paths["slow"], 0)
+    deadline = time.monotonic() + 20
+    while not marker.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sid = stack.session_of("scaled", event)
+    log = stack.ak("session", "log", sid, "-j", check=True).stdout
+    first = next(
+        r["state"]["running"]["runner"]
+        for r in map(json.loads, log.splitlines())
+        if "running" in r.get("state", {})
+    )
+    os.kill(int(first.rsplit("-", 1)[1]), signal.SIGKILL)
+    assert stack.wait_session(sid, timeout=60)["state"] == "COMPLETED"
+    log = stack.ak("session", "log", sid, "-j", check=True).stdout
+    runs = [
+        r["state"]["running"]
+        for r in map(json.loads, log.splitlines())
+        if "running" in r.get("state", {})
+    ]
+    assert [r["attempt"] for r in runs] == [1, 2]
+    assert runs[1]["runner"] != first
+    assert marker.read_text() == "x"  # the write ran once
+    assert stack.ak("session", "prints", sid, "-n", check=True).stdout == "begin\nend\n"
+
+
+def test_stores_stopped_for_a_while_catch_up(scaled: tuple[Stack, dict[str, str]]) -> None:
+    stack, paths = scaled
+    event = _fire(stack, paths["talk"], 0)
+    sid = stack.session_of("scaled", event)
+    stack.wait_output("line 0", "session", "prints", sid)
+    stores = stack.pids("store")
+    for pid in stores:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(4)  # the session goes on; its journal records wait in JetStream
+    finally:
+        for pid in stores:
+            os.kill(pid, signal.SIGCONT)
+    assert stack.wait_session(sid, timeout=60)["state"] == "COMPLETED"
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
+    assert prints == "".join(f"line {i}\n" for i in range(30))
+
+
+CONCURRENCY_CODE = """\
+import time
+
+
+def hold(event):
+    time.sleep(1)
+"""
+
+
+def test_a_runner_holds_at_most_its_concurrency(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path / "home", {"AK_RUNNER__CONCURRENCY": "2"})
+    try:
+        manifest = MANIFEST.replace("name: scaled", "name: capped").replace(
+            "call: h.py:quick", "call: h.py:hold"
+        )
+        proj = write_project(
+            tmp_path / "p", {"autokitteh.yaml": manifest, "h.py": CONCURRENCY_CODE}
+        )
+        path = stack.deploy_paths(proj)["quick"]
+        for _ in range(5):
+            assert stack.request("POST", path, b"{}")[0] == 202
+        most, deadline = 0, time.monotonic() + 30
+        while True:
+            states = [
+                json.loads(x)["state"]
+                for x in stack.ak("session", "list", "-p", "capped", "-j").stdout.splitlines()
+            ]
+            most = max(most, states.count("RUNNING"))
+            if states.count("COMPLETED") == 5:
+                break
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)
+        assert most == 2  # the other jobs waited in JetStream
+    finally:
+        stack.stop()

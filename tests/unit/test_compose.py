@@ -1,0 +1,79 @@
+"""compose.yaml is consistent with the code: commands exist, one image, names resolve.
+(`docker compose config` runs too where the docker CLI is installed.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).parents[2]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+OURS = {"store", "dispatcher", "runner", "ingress"}
+
+
+def test_our_services_share_one_image_and_run_their_module() -> None:
+    assert OURS <= set(SERVICES)
+    assert {SERVICES[s]["image"] for s in OURS} == {"autokitteh-nats"}
+    assert (ROOT / "Dockerfile").is_file()
+    for name in OURS:
+        command = SERVICES[name]["command"]
+        assert command[:2] == ["python", "-m"], name
+        assert command[2] == f"ak_{name}"
+        assert importlib.util.find_spec(f"{command[2]}.__main__") is not None, command
+
+
+def test_addresses_point_at_services_of_the_file() -> None:
+    env = SERVICES["store"]["environment"]
+    nats_hosts = [urlparse(u).hostname for u in env["AK_NATS_URL"].split(",")]
+    assert len(nats_hosts) == 3 and all(h in SERVICES for h in nats_hosts)
+    assert env["AK_NATS__REPLICAS"] == "3"
+    db = make_url(env["AK_DB__DSN"])
+    assert db.drivername == "postgresql+psycopg" and db.host in SERVICES
+    assert db.username == SERVICES[db.host]["environment"]["POSTGRES_USER"]
+    assert urlparse(env["OTEL_EXPORTER_OTLP_ENDPOINT"]).hostname in SERVICES
+    assert set(SERVICES["runner"]["depends_on"]) >= set(nats_hosts) | {db.host}
+
+
+def test_ingress_is_published_on_9980() -> None:
+    ingress = SERVICES["ingress"]
+    assert ingress["environment"]["AK_HTTP__ADDR"] == "0.0.0.0:9980"
+    assert ingress["ports"] == ["9980:9980"]
+    assert SERVICES["runner"]["deploy"]["replicas"] >= 2
+
+
+def test_nats_nodes_form_one_cluster() -> None:
+    conf = COMPOSE["configs"]["nats_conf"]["content"]
+    nodes = [n for n in SERVICES if n.startswith("nats-")]
+    assert len(nodes) == 3
+    for n in nodes:
+        assert SERVICES[n]["command"] == ["-c", "/etc/nats/ak.conf", "--server_name", n]
+        assert f"nats-route://{n}:6222" in conf
+    assert "max_payload: 8MB" in conf and "jetstream" in conf
+
+
+def _has_compose() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _has_compose(), reason="no `docker compose` on this machine")
+def test_docker_compose_accepts_the_file() -> None:
+    env = {**os.environ, "AK_SECRETS__KEY": "x" * 43 + "="}
+    res = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
