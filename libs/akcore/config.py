@@ -17,6 +17,7 @@ ENV_NATS_URL = "AK_NATS_URL"  # external NATS; when unset `ak up` embeds one
 ENV_NATS_PORT = "AK_NATS__PORT"  # port of the embedded nats-server (0 = pick a free one)
 ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
 ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
+ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
 ENV_TIMEOUT = "AK_TIMEOUT"
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:9980"
@@ -64,6 +65,7 @@ class Settings:
     db_dsn: str = ""
     runner_concurrency: int = 32
     worker_python: str = ""
+    warm_workers: int = 2  # spare worker processes a runner keeps started, per interpreter
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -73,6 +75,7 @@ class Settings:
             db_dsn=os.environ.get(ENV_DB_DSN) or default_db_dsn(),
             runner_concurrency=int(os.environ.get(ENV_RUNNER_CONCURRENCY, "32")),
             worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
+            warm_workers=int(os.environ.get(ENV_WARM_WORKERS, "2")),
         )
 
 

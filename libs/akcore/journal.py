@@ -27,6 +27,7 @@ class ReplayState:
     next_seq: int = 1
     ended: bool = False
     traceparent: str = ""  # of the trace the session started in (its created record)
+    read_us: int = 0  # how long reading the journal took (shown in the next started record)
 
     def for_worker(self) -> dict[str, Any]:
         return {"steps": self.steps, "prints": self.prints}

@@ -172,6 +172,10 @@ def _fail(ch: Channel, e: BaseException, code_dir: str, python_env: str, loading
 
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:
     code_dir = os.path.realpath(start["code_dir"])
+    if "env" in start:  # started ahead of its session: take on the session's environment
+        os.environ.clear()
+        os.environ.update(start["env"])
+    os.chdir(code_dir)
     python_env = str(start.get("python_env", ""))
     sys.path.insert(0, code_dir)
     sys.dont_write_bytecode = True

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from nats.aio.msg import Msg
 
 from .pyenv import PythonEnvs
 from .session import SessionRun
+from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ async def handle_job(
     settings: Settings,
     cache: Path,
     envs: PythonEnvs,
+    pool: WorkerPool,
     tel: tracing.Telemetry,
     runner_id: str,
     msg: Msg,
@@ -68,7 +71,9 @@ async def handle_job(
     replay = ReplayState()
     if attempt > 1:  # redelivered: a runner died mid-session; replay what it journaled
         try:
+            t0 = time.perf_counter()
             replay = replay_state(await read_journal(nc.jetstream(), job.session_id))
+            replay.read_us = int((time.perf_counter() - t0) * 1e6)
         except Exception:
             log.exception("session %s: cannot read its journal, will retry", job.session_id)
             beat.cancel()
@@ -85,7 +90,7 @@ async def handle_job(
     headers = dict(msg.headers or {})
     if not headers.get(subjects.HDR_TRACEPARENT) and replay.traceparent:
         headers[subjects.HDR_TRACEPARENT] = replay.traceparent
-    run = SessionRun(nc, settings, cache, envs, job, attempt, replay, runner_id)
+    run = SessionRun(nc, settings, cache, envs, pool, job, attempt, replay, runner_id)
     try:
         await run.traced(tel, tracing.extract(headers))
     except Unavailable as e:
@@ -107,6 +112,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
     cache = config.data_home() / "runner" / "builds"
     envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk")
+    spare = config.data_home() / "runner" / "spare"
+    spare.mkdir(parents=True, exist_ok=True)
+    pool = WorkerPool(settings.warm_workers, spare)
     nc = await bus.connect(settings.nats_url, "ak-runner")
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
@@ -126,7 +134,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             continue
         for msg in await bus.pull(sub):
             task = asyncio.create_task(
-                handle_job(nc, settings, cache, envs, tel, runner_id, msg, heartbeat)
+                handle_job(nc, settings, cache, envs, pool, tel, runner_id, msg, heartbeat)
             )
             live.add(task)
             task.add_done_callback(live.discard)
@@ -134,5 +142,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for task in live:
         task.cancel()
     await asyncio.gather(*live, return_exceptions=True)
+    await pool.close()
     await tel.close()
     await bus.close(nc)

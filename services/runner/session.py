@@ -22,7 +22,7 @@ from .builds import unpack_build, worker_env
 from .inbox import Inbox
 from .pyenv import REQUIREMENTS_FILE, EnvError, PythonEnvs
 from .syscalls import SyscallError, Syscalls
-from .worker import WorkerProcess
+from .worker import WorkerPool, WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,15 @@ class SessionRun:
         settings: Settings,
         cache: Path,
         envs: PythonEnvs,
+        pool: WorkerPool,
         job: wire.Job,
         attempt: int,
         replay: ReplayState,
         runner_id: str,
     ) -> None:
         self.nc, self.settings, self.cache, self.job = nc, settings, cache, job
-        self.envs = envs
+        self.envs, self.pool = envs, pool
+        self.env: dict[str, str] = {}
         self.python_env = ""
         self.tel: tracing.Telemetry | None = None
         self.span: Span = NonRecordingSpan(tracing.INVALID_SPAN_CONTEXT)
@@ -165,7 +167,10 @@ class SessionRun:
 
     async def run(self) -> None:
         job = self.job
-        started = {"runner": self.runner_id, "attempt": self.attempt}
+        started: dict[str, Any] = {"runner": self.runner_id, "attempt": self.attempt}
+        if self.attempt > 1:
+            started["replayed_steps"] = len(self.replay.steps)
+            started["read_us"] = self.replay.read_us
         try:
             build = await bus.store_call(self.nc, "build.get", {"build_id": job.build_id})
             variables = await bus.store_call(self.nc, "session.env", {"project_id": job.project_id})
@@ -184,12 +189,15 @@ class SessionRun:
         except EnvError as e:
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
-        env = worker_env(dict(os.environ), variables, INTERNAL_ENV_PREFIXES)
-        if extra_env.get("PYTHONPATH") and env.get("PYTHONPATH"):
-            extra_env["PYTHONPATH"] += os.pathsep + env["PYTHONPATH"]
-        env.update(extra_env)
+        # The worker starts with the runner's environment (minus the system's settings) and
+        # the interpreter's needs; the session's own environment (vars) goes in its start frame.
+        base = worker_env(dict(os.environ), {}, INTERNAL_ENV_PREFIXES)
+        if extra_env.get("PYTHONPATH") and base.get("PYTHONPATH"):
+            extra_env["PYTHONPATH"] += os.pathsep + base["PYTHONPATH"]
+        base.update(extra_env)
+        self.env = {**base, **variables, **extra_env}
         try:
-            worker = await WorkerProcess.spawn(python, code_dir, env)
+            worker = await self.pool.take(python, base)
         except OSError as e:
             await self.end(
                 wire.ERROR,
@@ -288,6 +296,7 @@ class SessionRun:
                 "session_id": job.session_id,
                 "is_durable": job.is_durable,
                 "python_env": self.python_env,
+                "env": self.env,
             },
             pickle.dumps(init),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 from autokitteh._channel import HEADER_SIZE, decode_header, encode_frame, split_sizes
 
 STDERR_TAIL = 20
+log = logging.getLogger(__name__)
 
 
 class WorkerProcess:
@@ -94,3 +96,54 @@ class WorkerProcess:
         code = await self.proc.wait()
         await asyncio.gather(self._stderr_task, return_exceptions=True)
         return code
+
+
+class WorkerPool:
+    """Workers started ahead of their sessions: the interpreter is up and the SDK imported
+    when a session arrives, which then only sends its environment and code directory. Each
+    worker still runs one session and exits, so sessions never share a process.
+
+    Pools are kept per interpreter and spawn environment (a venv, or AK_WORKER_PYTHON), with
+    ``size`` idle workers each (0: start every worker on demand)."""
+
+    def __init__(self, size: int, cwd: Path) -> None:
+        self.size, self.cwd = size, cwd
+        self._idle: dict[tuple[str, frozenset[tuple[str, str]]], list[WorkerProcess]] = {}
+        self._filling: set[asyncio.Task[None]] = set()
+
+    async def take(self, python: str, env: dict[str, str]) -> WorkerProcess:
+        key = (python, frozenset(env.items()))
+        idle = self._idle.setdefault(key, [])
+        worker = None
+        while idle and worker is None:
+            candidate = idle.pop()
+            if candidate.proc.returncode is None:
+                worker = candidate
+            else:
+                await candidate.close()
+        if worker is None:
+            worker = await WorkerProcess.spawn(python, self.cwd, env)
+        if self.size and not any(not t.done() for t in self._filling):
+            task = asyncio.create_task(self._fill(key, python, env))
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
+        return worker
+
+    async def _fill(
+        self, key: tuple[str, frozenset[tuple[str, str]]], python: str, env: dict[str, str]
+    ) -> None:
+        idle = self._idle.setdefault(key, [])
+        while len(idle) < self.size:
+            try:
+                idle.append(await WorkerProcess.spawn(python, self.cwd, env))
+            except OSError as e:
+                log.warning("cannot start a spare worker (%s): %s", python, e)
+                return
+
+    async def close(self) -> None:
+        for task in self._filling:
+            task.cancel()
+        for idle in self._idle.values():
+            for w in idle:
+                await w.close()
+        self._idle.clear()

@@ -1,0 +1,261 @@
+"""Runs every benchmark against a fresh `ak up --mode dev` stack and writes
+docs/benchmarks.md.  Usage: ``python -m bench [--runs 3] [--duration 20] [--only NAME...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import Stack, start_stack  # noqa: E402
+
+PROJECT = Path(__file__).parent / "project"
+Result = dict[str, float]
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def fire(stack: Stack, path: str, body: dict[str, Any]) -> str:
+    status, headers, _ = stack.request("POST", path, json.dumps(body).encode())
+    if status != 202:
+        raise RuntimeError(f"webhook answered {status}")
+    return headers["autokitteh-event-id"]
+
+
+def prints(stack: Stack, sid: str) -> list[Any]:
+    out = stack.ak("session", "prints", sid, "-n", check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def run_session(stack: Stack, path: str, body: dict[str, Any], timeout: float = 120) -> str:
+    sid = stack.session_of("bench", fire(stack, path, body))
+    state = stack.wait_session(sid, timeout=timeout)["state"]
+    if state != "COMPLETED":
+        raise RuntimeError(f"session {sid} ended {state}")
+    return sid
+
+
+# --- the benchmarks: each returns its numbers for one run
+
+
+def bench_activity(stack: Stack, paths: dict[str, str], n: int = 1000) -> Result:
+    """A handler calls a trivial activity n times; per-call time minus the same call without
+    the system (measured here, in a plain loop)."""
+    sid = run_session(stack, paths["activities"], {"n": n})
+    times = prints(stack, sid)[0]["us"]
+
+    def noop(i: int) -> int:
+        return i
+
+    base = []
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        noop(i)
+        base.append((time.perf_counter_ns() - t0) / 1000)
+    b50 = statistics.median(base)
+    return {
+        "overhead p50 (ms)": (pct(times, 50) - b50) / 1000,
+        "overhead p99 (ms)": (pct(times, 99) - b50) / 1000,
+    }
+
+
+def bench_webhook(stack: Stack, paths: dict[str, str], n: int = 200) -> Result:
+    """n sequential webhooks; time from sending the request to the handler's first line."""
+    lat = []
+    for _ in range(n):
+        sent = time.time()
+        sid = stack.session_of("bench", fire(stack, paths["first_line"], {}))
+        stack.wait_session(sid)
+        lat.append((prints(stack, sid)[0]["t"] - sent) * 1000)
+    return {"p50 (ms)": pct(lat, 50), "p99 (ms)": pct(lat, 99)}
+
+
+def bench_throughput(
+    stack: Stack, paths: dict[str, str], duration: float = 20, rate: float = 400
+) -> Result:
+    """Trivial sessions offered at ``rate``/s for ``duration`` s by 8 senders; completed
+    sessions per second, end-to-end p99, and acknowledged events without a completed session."""
+    sent: dict[str, float] = {}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + duration
+    interval = 8 / rate
+
+    def sender() -> None:
+        next_at = time.monotonic()
+        while time.monotonic() < stop_at:
+            t = time.time()
+            try:
+                eid = fire(stack, paths["trivial"], {})
+            except RuntimeError:
+                continue
+            with lock:
+                sent[eid] = t
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(8):
+            pool.submit(sender)
+    deadline = time.monotonic() + 120
+    done: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        out = stack.ak("session", "list", "-p", "bench", "-s", "COMPLETED", "-j").stdout
+        done = {
+            s["event_id"]: s for s in map(json.loads, out.splitlines()) if s["event_id"] in sent
+        }
+        if len(done) == len(sent):
+            break
+        time.sleep(1)
+    ends = [_us(s["updated_at"]) for s in done.values()]
+    firsts = min(sent.values())
+    e2e = [(_us(s["updated_at"]) / 1e6 - sent[e]) * 1000 for e, s in done.items()]
+    return {
+        "offered (/s)": len(sent) / duration,
+        "completed (/s)": len(done) / max(1e-9, max(ends) / 1e6 - firsts),
+        "e2e p99 (ms)": pct(e2e, 99),
+        "lost": float(len(sent) - len(done)),
+    }
+
+
+def _us(ts: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1e6
+
+
+def bench_replay(stack: Stack, paths: dict[str, str], n: int = 1000) -> Result:
+    """A session records n activities, the runner is killed, and the next attempt replays
+    them: time from reading the journal to the first new step."""
+    from ak_cli import client
+
+    os.environ["AK_HTTP__SERVICE_URL"] = stack.url
+    marker = Path(tempfile.mkdtemp()) / "go"
+    sid = stack.session_of("bench", fire(stack, paths["replay"], {"n": n, "marker": str(marker)}))
+    stack.wait_output('"live"', "session", "prints", sid, timeout=120)
+    stack.kill_runner()
+    deadline = time.monotonic() + 120
+    while True:
+        recs = client.call("session.records", session=sid)["records"]
+        starts = [r for r in recs if r["kind"] == "started"]
+        if len(starts) == 2 and recs[-1]["seq"] > starts[1]["seq"]:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the session did not come back")
+        time.sleep(0.2)
+    marker.touch()
+    second = starts[1]
+    after = next(r for r in recs if r["seq"] > second["seq"])
+    read_ms = second["data"].get("read_us", 0) / 1000
+    return {
+        "journal read (ms)": read_ms,
+        "replay to live (ms)": (after["t_us"] - second["t_us"]) / 1000 + read_ms,
+    }
+
+
+BENCHMARKS: dict[str, tuple[str, Callable[..., Result]]] = {
+    "activity": ("Activity overhead (1,000 trivial activities)", bench_activity),
+    "webhook": ("Webhook to handler (200 sequential requests)", bench_webhook),
+    "throughput": ("Throughput (trivial sessions, bounded offered load)", bench_throughput),
+    "replay": ("Replay of a 1,000-activity journal after a runner kill", bench_replay),
+}
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), "
+        f"{mem:.0f} GiB, Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=20, help="throughput load, seconds")
+    ap.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS) + ["dbos"])
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = ap.parse_args()
+    chosen = args.only or [*BENCHMARKS, "dbos"]
+    results: dict[str, list[Result]] = {}
+    home = Path(tempfile.mkdtemp(prefix="ak-bench-"))
+    stack = start_stack(home, {"AK_JOBS__ACK_WAIT": "2", "AK_LOG_LEVEL": "WARNING"})
+    try:
+        paths = stack.deploy_paths(PROJECT)
+        for name in chosen:
+            if name == "dbos":
+                continue
+            title, fn = BENCHMARKS[name]
+            for i in range(args.runs):
+                kw = {"duration": args.duration} if name == "throughput" else {}
+                r = fn(stack, paths, **kw)
+                print(f"{name} run {i + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+                results.setdefault(name, []).append(r)
+    finally:
+        stack.stop()
+    if "dbos" in chosen:
+        from bench import dbos_side
+
+        for i in range(args.runs):
+            r = dbos_side.compare(results)
+            print(f"dbos run {i + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+            results.setdefault("dbos", []).append(r)
+    write(Path(args.out), results, " ".join(["python -m bench", *sys.argv[1:]]))
+
+
+def write(out: Path, results: dict[str, list[Result]], command: str) -> None:
+    titles = {k: t for k, (t, _) in BENCHMARKS.items()}
+    titles["dbos"] = "Side by side with DBOS (SQLite system database)"
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Machine: {machine()}  ",
+        f"Command: `{command}` (from the repository root, `.venv` active)  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "Each number is the median of the runs, with the lowest and highest run in brackets.",
+        "",
+    ]
+    for name, runs in results.items():
+        lines += [f"## {titles[name]}", "", "| metric | median | [min, max] |", "|---|---|---|"]
+        for key in runs[0]:
+            vals = [r[key] for r in runs]
+            lines.append(
+                f"| {key} | {statistics.median(vals):.3f} | [{min(vals):.3f}, {max(vals):.3f}] |"
+            )
+        lines.append("")
+    notes = out.with_name("benchmarks-notes.md")
+    if notes.exists():
+        lines += [notes.read_text()]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    main()
