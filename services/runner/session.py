@@ -165,6 +165,16 @@ class SessionRun:
                 headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},
             )
 
+    async def _code(self) -> tuple[Path, bytes | None]:
+        """The build's directory (fetched and unpacked once per runner: builds never change)
+        and its requirements.txt, if any."""
+        code_dir = self.cache / self.job.build_id
+        if not code_dir.is_dir():  # unpacked atomically, so a directory is a whole build
+            build = await bus.store_call(self.nc, "build.get", {"build_id": self.job.build_id})
+            code_dir = unpack_build(self.cache, self.job.build_id, build["files"])
+        req = code_dir / REQUIREMENTS_FILE
+        return code_dir, (req.read_bytes() if req.is_file() else None)
+
     async def run(self) -> None:
         job = self.job
         started: dict[str, Any] = {"runner": self.runner_id, "attempt": self.attempt}
@@ -172,9 +182,8 @@ class SessionRun:
             started["replayed_steps"] = len(self.replay.steps)
             started["read_us"] = self.replay.read_us
         try:
-            build = await bus.store_call(self.nc, "build.get", {"build_id": job.build_id})
+            code_dir, requirements = await self._code()
             variables = await bus.store_call(self.nc, "session.env", {"project_id": job.project_id})
-            code_dir = unpack_build(self.cache, job.build_id, build["files"])
         except Unavailable:
             raise  # the store is away for now: the job goes back to the queue, nothing is lost
         except (AKError, OSError, ValueError) as e:
@@ -183,9 +192,7 @@ class SessionRun:
             return
         await self.journal(wire.STARTED, started)
         try:
-            python, extra_env, self.python_env = await self.envs.python_for(
-                build["files"].get(REQUIREMENTS_FILE)
-            )
+            python, extra_env, self.python_env = await self.envs.python_for(requirements)
         except EnvError as e:
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
