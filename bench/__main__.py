@@ -34,10 +34,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 def fire(stack: Stack, path: str, body: dict[str, Any]) -> str:
-    status, headers, _ = stack.request("POST", path, json.dumps(body).encode())
+    status, event = stack.post_json(path, body)
     if status != 202:
         raise RuntimeError(f"webhook answered {status}")
-    return headers["autokitteh-event-id"]
+    return event
 
 
 def prints(stack: Stack, sid: str) -> list[Any]:

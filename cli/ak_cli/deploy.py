@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import typer
+from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.manifest import parse_manifest
 
 from . import client
 
 DEFAULT_MANIFEST = "autokitteh.yaml"
-REQUIREMENTS_FILE = "requirements.txt"
 POLL_EVERY = 0.5
 MAX_BUILD_BYTES = 6 * 1024 * 1024  # fits the 8 MiB NATS payload of `ak up` with room to spare
 _SKIP_DIRS = {"__pycache__"}

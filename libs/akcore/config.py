@@ -47,6 +47,10 @@ def project_venvs() -> Path:
     return data_home() / "venvs"
 
 
+# A project's own package list, next to its manifest; gives it its own Python environment.
+REQUIREMENTS_FILE = "requirements.txt"
+
+
 def python_requirements() -> Path:
     """The user-editable package list of the default Python environment."""
     return config_home() / "python-requirements.txt"

@@ -29,14 +29,12 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import subjects, wire
 
 log = logging.getLogger(__name__)
-
-__all__ = ["INVALID_SPAN_CONTEXT", "SESSION_KEYS", "Telemetry", "extract", "fail", "inject"]
 
 # The attributes every span of a session carries; passed on to other services as baggage.
 SESSION_KEYS = ("ak.session_id", "ak.project", "ak.deployment_id")
@@ -173,7 +171,6 @@ class Telemetry:
         parent: Context | None = None,
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Mapping[str, Any] | None = None,
-        start_ns: int | None = None,
     ) -> Iterator[Span]:
         """A current span; an exception escaping it marks it failed with its type only."""
         attrs = dict(attributes or {})
@@ -188,7 +185,6 @@ class Telemetry:
                 name,
                 kind=kind,
                 attributes=attrs,
-                start_time=start_ns,
                 record_exception=False,
                 set_status_on_exception=False,
             ) as span:

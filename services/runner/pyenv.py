@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from akcore import config, sdkdist
+from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError
+
+from .builds import worker_env
 
 log = logging.getLogger(__name__)
 
-REQUIREMENTS_FILE = "requirements.txt"
 MARKER = ".ak-env.json"
 MIN_PYTHON = (3, 11)
 _SDK_LINE_RE = re.compile(r"^\s*autokitteh\s*($|[\[<>=~!;@ ])", re.IGNORECASE)
@@ -90,12 +92,17 @@ def spec_for(requirements: bytes | None) -> Spec:
     return Spec(config.project_venvs() / key, text, f"{REQUIREMENTS_FILE} {key}", tuple(skipped))
 
 
-def is_ready(spec: Spec) -> bool:
+def _marker(spec: Spec) -> dict[str, str]:
+    """What the environment was last built with ({} if never finished)."""
     try:
         marker = json.loads((spec.path / MARKER).read_text())
     except (OSError, ValueError):
-        return False
-    return bool(marker == spec.wanted and spec.python.exists())
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def is_ready(spec: Spec) -> bool:
+    return _marker(spec) == spec.wanted and spec.python.exists()
 
 
 @dataclass
@@ -104,6 +111,7 @@ class Build:
     lines: list[str] = field(default_factory=list)
     error: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None  # held here so the event loop cannot drop it
     token: str = field(default_factory=lambda: f"{time.time_ns():x}")
 
     def say(self, line: str) -> None:
@@ -122,7 +130,7 @@ def _base_python() -> str:
 
 
 def _tool_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(config.INTERNAL_ENV_PREFIXES)}
+    env = worker_env(dict(os.environ), {}, config.INTERNAL_ENV_PREFIXES)
     env.pop("PYTHONPATH", None)
     env.pop("VIRTUAL_ENV", None)
     return env
@@ -174,10 +182,7 @@ async def _build(build: Build) -> None:
             await _check_version(build, spec)
         else:
             build.say(f"updating {spec.label} at {spec.path}")
-        try:
-            marker = json.loads((spec.path / MARKER).read_text())
-        except (OSError, ValueError):
-            marker = {}
+        marker = _marker(spec)
         wanted = spec.wanted
         py = str(spec.python)
         if marker.get("requirements") != wanted["requirements"]:
@@ -268,7 +273,7 @@ class PythonEnvs:
             finally:
                 build.done.set()
 
-        asyncio.create_task(go())
+        build.task = asyncio.create_task(go())
         return build
 
     async def python_for(self, requirements: bytes | None) -> tuple[str, dict[str, str], str]:

@@ -90,9 +90,9 @@ async def handle_job(
     headers = dict(msg.headers or {})
     if not headers.get(subjects.HDR_TRACEPARENT) and replay.traceparent:
         headers[subjects.HDR_TRACEPARENT] = replay.traceparent
-    run = SessionRun(nc, settings, cache, envs, pool, job, attempt, replay, runner_id)
+    run = SessionRun(nc, settings, cache, envs, pool, tel, job, attempt, replay, runner_id)
     try:
-        await run.traced(tel, tracing.extract(headers))
+        await run.traced(tracing.extract(headers))
     except Unavailable as e:
         log.warning("session %s: %s; will retry", job.session_id, e)
         beat.cancel()

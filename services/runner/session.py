@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from akcore import bus, subjects, timefmt, tracing, wire
-from akcore.config import INTERNAL_ENV_PREFIXES, Settings
+from akcore.config import INTERNAL_ENV_PREFIXES, REQUIREMENTS_FILE, Settings
 from akcore.errors import AKError, Unavailable
 from akcore.journal import ACTIVITY, SLEEP, ReplayState
 from nats.aio.client import Client
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, Span, SpanKind
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, SpanKind
 
 from .builds import unpack_build, worker_env
 from .inbox import Inbox
-from .pyenv import REQUIREMENTS_FILE, EnvError, PythonEnvs
+from .pyenv import EnvError, PythonEnvs
 from .syscalls import SyscallError, Syscalls
 from .worker import WorkerPool, WorkerProcess
 
@@ -61,17 +61,17 @@ class SessionRun:
         cache: Path,
         envs: PythonEnvs,
         pool: WorkerPool,
+        tel: tracing.Telemetry,
         job: wire.Job,
         attempt: int,
         replay: ReplayState,
         runner_id: str,
     ) -> None:
         self.nc, self.settings, self.cache, self.job = nc, settings, cache, job
-        self.envs, self.pool = envs, pool
+        self.envs, self.pool, self.tel = envs, pool, tel
         self.env: dict[str, str] = {}
         self.python_env = ""
-        self.tel: tracing.Telemetry | None = None
-        self.span: Span = NonRecordingSpan(tracing.INVALID_SPAN_CONTEXT)
+        self.span: Span = NonRecordingSpan(INVALID_SPAN_CONTEXT)  # until traced() starts it
         self.attrs = {
             "ak.session_id": job.session_id,
             "ak.project": job.project_id,
@@ -98,14 +98,13 @@ class SessionRun:
         )
         self.seq += 1
 
-    async def traced(self, tel: tracing.Telemetry, parent: Context) -> None:
+    async def traced(self, parent: Context) -> None:
         """Runs the session inside its span (a child of whatever started it)."""
         job = self.job
-        self.tel = tel
         ctx = tracing.with_session(parent, job.session_id, job.project_id, job.deployment_id)
         attrs = {**self.attrs, "ak.entrypoint": job.entrypoint, "ak.attempt": self.attempt}
         name = f"session {job.entrypoint}"
-        with tel.span(name, parent=ctx, kind=SpanKind.CONSUMER, attributes=attrs) as span:
+        with self.tel.span(name, parent=ctx, kind=SpanKind.CONSUMER, attributes=attrs) as span:
             self.span = span
             if self.attempt > 1:
                 span.add_event(
@@ -118,8 +117,6 @@ class SessionRun:
         self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any], error_type: str = ""
     ) -> None:
         """A span for a step that already happened (its times measured elsewhere)."""
-        if self.tel is None:
-            return
         span = self.tel.tracer.start_span(
             name, start_time=start_ns, attributes={**self.attrs, **attrs}
         )
@@ -246,7 +243,6 @@ class SessionRun:
         name, step = str(header.get("name", "")), header.get("step")
         args = header.get("args") or {}
         reply: dict[str, Any] = {"type": "syscall"}
-        assert self.tel is not None
         with self.tel.span(name, attributes={"ak.step": int(step or 0)}) as span:
             try:
                 result, inbox_seq = await self.syscalls.call(name, args, blob, step)

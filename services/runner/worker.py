@@ -123,7 +123,7 @@ class WorkerPool:
                 await candidate.close()
         if worker is None:
             worker = await WorkerProcess.spawn(python, self.cwd, env)
-        if self.size and not any(not t.done() for t in self._filling):
+        if self.size and not self._filling:  # one refill at a time
             task = asyncio.create_task(self._fill(key, python, env))
             self._filling.add(task)
             task.add_done_callback(self._filling.discard)
