@@ -12,6 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from akcore import natsserver
 
@@ -73,6 +74,33 @@ class Stack:
                 return resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read()
+
+    def post_json(self, path: str, body: Any) -> tuple[int, str]:
+        """POSTs JSON to a webhook: the status and the event id ("" when not accepted)."""
+        status, headers, _ = self.request("POST", path, json.dumps(body).encode())
+        return status, headers.get("autokitteh-event-id", "")
+
+    def sessions_of_events(
+        self, project: str, events: set[str], timeout: float = 60
+    ) -> list[dict[str, str]]:
+        """Waits until the events have as many COMPLETED sessions as there are events;
+        returns every session of those events (callers check there is exactly one each)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.ak("session", "list", "-p", project, "-j").stdout
+            mine = [s for s in map(json.loads, out.splitlines()) if s["event_id"] in events]
+            done = sum(s["state"] == "COMPLETED" for s in mine)
+            if done >= len(events):
+                return mine
+            assert time.monotonic() < deadline, (
+                f"{done}/{len(events)} completed\n" + self.output()[-4000:]
+            )
+            time.sleep(0.3)
+
+    def spans(self, ref: str) -> list[dict[str, Any]]:
+        """The spans of a session's trace, as `ak session trace -j` gives them."""
+        out = self.ak("session", "trace", ref, "-j", check=True).stdout
+        return [json.loads(line) for line in out.splitlines()]
 
     def deploy(
         self, project_dir: Path, *extra: str

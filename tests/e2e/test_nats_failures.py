@@ -3,7 +3,6 @@ cluster (R3 streams) losing a node under load. No acknowledged webhook may be lo
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import threading
@@ -32,25 +31,11 @@ def on_hook(event):
 """
 
 
-def _fire(stack: Stack, path: str, n: int) -> tuple[int, str]:
-    status, headers, _ = stack.request("POST", path, json.dumps({"n": n}).encode())
-    return status, headers.get("autokitteh-event-id", "")
-
-
 def _wait_completed(stack: Stack, events: set[str], timeout: float) -> None:
     """Every event has exactly one session, and all of them completed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        out = stack.ak("session", "list", "-p", "sturdy", "-j").stdout
-        mine = [s for s in map(json.loads, out.splitlines()) if s["event_id"] in events]
-        done = [s for s in mine if s["state"] == "COMPLETED"]
-        if len(done) == len(events):
-            assert sorted(s["event_id"] for s in mine) == sorted(events)
-            return
-        assert time.monotonic() < deadline, (
-            f"{len(done)}/{len(events)} completed\n" + stack.output()[-4000:]
-        )
-        time.sleep(0.5)
+    mine = stack.sessions_of_events("sturdy", events, timeout)
+    assert sorted(s["event_id"] for s in mine) == sorted(events)
+    assert all(s["state"] == "COMPLETED" for s in mine)
 
 
 def _wait_ready(stack: Stack, timeout: float = 60) -> None:
@@ -78,7 +63,7 @@ def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
     try:
         proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": CODE})
         _, path = stack.deploy(proj)
-        before = {_fire(stack, path, n)[1] for n in range(10)}
+        before = {stack.post_json(path, {"n": n})[1] for n in range(10)}
         _wait_completed(stack, before, timeout=30)
 
         _stop(nats)
@@ -87,7 +72,7 @@ def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
         _wait_ready(stack)
         after = set()
         for n in range(10, 20):
-            status, event = _fire(stack, path, n)
+            status, event = stack.post_json(path, {"n": n})
             assert status == 202, stack.output()[-3000:]
             after.add(event)
         _wait_completed(stack, before | after, timeout=60)
@@ -132,7 +117,7 @@ def test_r3_cluster_loses_a_node_under_load(
             # Until 20 more are acknowledged after the kill: the cluster must recover.
             while not killed_at or len(acked) < killed_at[0] + 20:
                 assert time.monotonic() < deadline, "the cluster did not recover"
-                status, event = _fire(stack, path, n)
+                status, event = stack.post_json(path, {"n": n})
                 n += 1
                 if status == 202:
                     acked.append(event)

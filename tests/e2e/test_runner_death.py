@@ -61,10 +61,7 @@ def test_session_survives_runner_kill(tmp_path: Path) -> None:
         # The replay continues the webhook's trace; the new attempt says so.
         deadline = time.monotonic() + 10
         while True:
-            spans = [
-                json.loads(x)
-                for x in stack.ak("session", "trace", "slow", "-j", check=True).stdout.splitlines()
-            ]
+            spans = stack.spans("slow")
             replayed = [
                 s
                 for s in spans

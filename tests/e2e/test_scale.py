@@ -75,25 +75,9 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, di
 
 
 def _fire(stack: Stack, path: str, n: int) -> str:
-    status, headers, _ = stack.request("POST", path, json.dumps({"n": n}).encode())
+    status, event = stack.post_json(path, {"n": n})
     assert status == 202, status
-    return headers["autokitteh-event-id"]
-
-
-def _sessions(stack: Stack) -> list[dict[str, str]]:
-    out = stack.ak("session", "list", "-p", "scaled", "-j", check=True).stdout
-    return [json.loads(x) for x in out.splitlines()]
-
-
-def _wait_completed(stack: Stack, events: set[str], timeout: float = 60) -> list[dict[str, str]]:
-    """Waits until every event has a COMPLETED session; returns those sessions."""
-    deadline = time.monotonic() + timeout
-    while True:
-        mine = [s for s in _sessions(stack) if s["event_id"] in events]
-        if sum(s["state"] == "COMPLETED" for s in mine) >= len(events):
-            return mine
-        assert time.monotonic() < deadline, (len(mine), stack.output()[-3000:])
-        time.sleep(0.3)
+    return event
 
 
 def test_two_of_each_service_run_each_event_once(scaled: tuple[Stack, dict[str, str]]) -> None:
@@ -104,7 +88,7 @@ def test_two_of_each_service_run_each_event_once(scaled: tuple[Stack, dict[str, 
     with ThreadPoolExecutor(8) as pool:
         events = set(pool.map(lambda n: _fire(stack, paths["quick"], n), range(40)))
     assert len(events) == 40
-    sessions = _wait_completed(stack, events)
+    sessions = stack.sessions_of_events("scaled", events)
     assert sorted(s["event_id"] for s in sessions) == sorted(events)  # exactly one each
     # Both runners took part.
     runners = set()
@@ -133,7 +117,7 @@ def test_a_killed_dispatcher_skips_and_doubles_nothing(
         time.sleep(0.01)
     os.kill(victim, signal.SIGKILL)
     t.join()
-    sessions = _wait_completed(stack, events)
+    sessions = stack.sessions_of_events("scaled", events)
     assert sorted(s["event_id"] for s in sessions) == sorted(events)
 
 

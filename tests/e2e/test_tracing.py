@@ -174,13 +174,7 @@ def test_ak_session_trace_prints_the_tree(traced_stack: Stack, session_id: str) 
     assert all(rows), out
     assert [(r.group(1), r.group(2)) for r in rows if r] == EXPECTED_TREE
 
-    spans = [
-        json.loads(x)
-        for x in traced_stack.ak("session", "trace", session_id, "-j", check=True).stdout.split(
-            "\n"
-        )
-        if x
-    ]
+    spans = traced_stack.spans(session_id)
     assert len(spans) == len(EXPECTED_TREE)
     session = next(s for s in spans if s["name"] == "session h.py:on_hook")
     assert session["attributes"]["ak.session_id"] == session_id
@@ -200,11 +194,7 @@ def test_a_child_session_joins_its_parents_trace(traced_stack: Stack) -> None:
     assert traced_stack.wait_session(child)["state"] == "COMPLETED"
     deadline = time.monotonic() + 10
     while True:
-        spans = [
-            json.loads(x)
-            for x in traced_stack.ak("session", "trace", child, "-j", check=True).stdout.split("\n")
-            if x
-        ]
+        spans = traced_stack.spans(child)
         names = {s["name"]: s for s in spans}
         if "session h.py:child" in names or time.monotonic() > deadline:
             break

@@ -480,7 +480,7 @@ def test_schedule_starts_tick_sessions(env: tuple[Stack, dict[str, str], Path]) 
     assert stack.ak("session", "prints", sid, "-n", check=True).stdout == "tick tick {}\n"
     # Its trace is rooted at the tick.
     while True:
-        spans = [json.loads(x) for x in stack.ak("session", "trace", sid, "-j").stdout.splitlines()]
+        spans = stack.spans(sid)
         if len(spans) >= 3 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
