@@ -8,18 +8,16 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from akcore import bus, config, subjects, tracing, wire
 from akcore.config import Settings
 from akcore.errors import InvalidArgument, NotFound, Unavailable
 from akcore.journal import ReplayState, read_journal, replay_state
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .pyenv import PythonEnvs
-from .session import SessionRun
+from .session import Host, SessionRun
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -49,17 +47,7 @@ def request_handler(envs: PythonEnvs) -> Callable[[str, dict[str, Any]], Awaitab
     return handle
 
 
-async def handle_job(
-    nc: Client,
-    settings: Settings,
-    cache: Path,
-    envs: PythonEnvs,
-    pool: WorkerPool,
-    tel: tracing.Telemetry,
-    runner_id: str,
-    msg: Msg,
-    heartbeat: float,
-) -> None:
+async def handle_job(host: Host, msg: Msg, heartbeat: float) -> None:
     try:
         job = wire.decode(wire.Job, msg.data)
     except Exception as e:
@@ -72,7 +60,7 @@ async def handle_job(
     if attempt > 1:  # redelivered: a runner died mid-session; replay what it journaled
         try:
             t0 = time.perf_counter()
-            replay = replay_state(await read_journal(nc.jetstream(), job.session_id))
+            replay = replay_state(await read_journal(host.nc.jetstream(), job.session_id))
             replay.read_us = int((time.perf_counter() - t0) * 1e6)
         except Exception:
             log.exception("session %s: cannot read its journal, will retry", job.session_id)
@@ -90,7 +78,7 @@ async def handle_job(
     headers = dict(msg.headers or {})
     if not headers.get(subjects.HDR_TRACEPARENT) and replay.traceparent:
         headers[subjects.HDR_TRACEPARENT] = replay.traceparent
-    run = SessionRun(nc, settings, cache, envs, pool, tel, job, attempt, replay, runner_id)
+    run = SessionRun(host, job, attempt, replay)
     try:
         await run.traced(tracing.extract(headers))
     except Unavailable as e:
@@ -118,6 +106,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     nc = await bus.connect(settings.nats_url, "ak-runner")
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
+    host = Host(nc, cache, envs, pool, tel, runner_id)
     js = nc.jetstream()
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")
@@ -133,9 +122,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
             continue
         for msg in await bus.pull(sub):
-            task = asyncio.create_task(
-                handle_job(nc, settings, cache, envs, pool, tel, runner_id, msg, heartbeat)
-            )
+            task = asyncio.create_task(handle_job(host, msg, heartbeat))
             live.add(task)
             task.add_done_callback(live.discard)
     # Stopping: live sessions keep their jobs un-acked, so another runner takes them over.

@@ -7,11 +7,12 @@ import logging
 import os
 import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from akcore import bus, subjects, timefmt, tracing, wire
-from akcore.config import INTERNAL_ENV_PREFIXES, REQUIREMENTS_FILE, Settings
+from akcore.config import INTERNAL_ENV_PREFIXES, REQUIREMENTS_FILE
 from akcore.errors import AKError, Unavailable
 from akcore.journal import ACTIVITY, SLEEP, ReplayState
 from nats.aio.client import Client
@@ -51,24 +52,24 @@ def activity_data(header: dict[str, Any], blob: bytes) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class Host:
+    """What a runner shares with all its sessions."""
+
+    nc: Client
+    cache: Path  # unpacked builds
+    envs: PythonEnvs
+    pool: WorkerPool
+    tel: tracing.Telemetry
+    runner_id: str
+
+
 class SessionRun:
     """One attempt at one session; ``replay`` is what earlier attempts journaled."""
 
-    def __init__(
-        self,
-        nc: Client,
-        settings: Settings,
-        cache: Path,
-        envs: PythonEnvs,
-        pool: WorkerPool,
-        tel: tracing.Telemetry,
-        job: wire.Job,
-        attempt: int,
-        replay: ReplayState,
-        runner_id: str,
-    ) -> None:
-        self.nc, self.settings, self.cache, self.job = nc, settings, cache, job
-        self.envs, self.pool, self.tel = envs, pool, tel
+    def __init__(self, host: Host, job: wire.Job, attempt: int, replay: ReplayState) -> None:
+        self.nc, self.cache, self.job = host.nc, host.cache, job
+        self.envs, self.pool, self.tel = host.envs, host.pool, host.tel
         self.env: dict[str, str] = {}
         self.python_env = ""
         self.span: Span = NonRecordingSpan(INVALID_SPAN_CONTEXT)  # until traced() starts it
@@ -77,9 +78,9 @@ class SessionRun:
             "ak.project": job.project_id,
             "ak.deployment_id": job.deployment_id,
         }
-        self.attempt, self.replay, self.runner_id = attempt, replay, runner_id
+        self.attempt, self.replay, self.runner_id = attempt, replay, host.runner_id
         self.seq = replay.next_seq
-        self.js = nc.jetstream()
+        self.js = host.nc.jetstream()
         self.ended = False
         self.stop_reason: str | None = None
         self._stop = asyncio.Event()
