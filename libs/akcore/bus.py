@@ -280,20 +280,91 @@ async def ping_service(nc: Client, service: str, timeout: float = 1.0) -> bool:
         return False
 
 
-async def pull(sub: JetStreamContext.PullSubscription, timeout: float = 1.0) -> list[Msg]:
-    """Waits up to ``timeout`` for the next message of a pull consumer.
+class Puller:
+    """Reads a durable pull consumer as a stream of batches, with no added latency.
 
-    One at a time on purpose: nats-py's batch fetch waits for the whole batch or the full
-    timeout, which would add up to ``timeout`` of latency to every quiet-time event.
+    One pull request is kept open at a time, for at most the ``limit`` the caller gave when
+    it was sent; its messages are handed out as they arrive (nats-py's ``fetch`` of a batch
+    waits for the whole batch or its timeout). Status replies (request expired, consumer
+    changed) end a request; a request that hears nothing for ``EXPIRES`` plus a grace period
+    (lost in a reconnect) is replaced.
     """
-    try:
-        return await sub.fetch(batch=1, timeout=timeout)
-    except TimeoutError:
-        return []
-    except Exception as e:  # disconnected, consumer gone: retry after a pause
-        log.warning("fetch failed: %s", e)
-        await asyncio.sleep(0.5)
-        return []
+
+    EXPIRES = 5.0
+
+    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+        self.nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._prefix = nc.new_inbox()
+        self._n = 0
+        self._reply = ""  # the open request's reply subject ("" when none is open)
+        self._left = 0  # messages the open request may still deliver
+        self._deadline = 0.0
+        self._ready: list[Msg] = []
+        self._arrived = asyncio.Event()
+        self._sub: Any = None
+
+    @classmethod
+    async def bind(cls, nc: Client, consumer: str) -> Puller:
+        """A puller on one of the durable consumers of ``CONSUMERS``."""
+        stream, _ = CONSUMERS[consumer]
+        puller = cls(nc, stream, consumer)
+        puller._sub = await nc.subscribe(puller._prefix + ".*", cb=puller._on_msg)
+        return puller
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if not msg.reply:  # a status, not a message (those carry their ack subject)
+            status = (msg.headers or {}).get("Status", "")
+            if status != "100" and msg.subject == self._reply:  # 408 expired, 409, 404...
+                self._reply, self._left = "", 0
+                self._arrived.set()
+            return
+        self._ready.append(msg)
+        if self._left > 0:
+            self._left -= 1
+            if self._left == 0:
+                self._reply = ""
+        self._arrived.set()
+
+    async def _request(self, limit: int) -> None:
+        self._n += 1
+        self._reply = f"{self._prefix}.{self._n}"
+        self._left = limit
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self.EXPIRES + 2.0
+        body = f'{{"batch":{limit},"expires":{int(self.EXPIRES * 1e9)}}}'.encode()
+        await self.nc.publish(self._next_subject, body, reply=self._reply)
+
+    async def take(self, limit: int, timeout: float = 1.0) -> list[Msg]:
+        """Up to ``limit`` messages, as soon as there is one; [] after ``timeout`` without."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not self._ready:
+            now = loop.time()
+            if self._reply and now > self._deadline:
+                self._reply = ""  # lost (a reconnect): ask again
+            if not self._reply and limit > 0:
+                try:
+                    await self._request(limit)
+                except Exception as e:  # disconnected: retry after a pause
+                    log.warning("pull request failed: %s", e)
+                    await asyncio.sleep(0.5)
+                    return []
+            self._arrived.clear()
+            wait = min(end, self._deadline) - now
+            if wait <= 0 and now >= end:
+                return []
+            try:
+                await asyncio.wait_for(self._arrived.wait(), max(wait, 0.0))
+            except TimeoutError:
+                if loop.time() >= end:
+                    return []
+        batch, self._ready = self._ready[:limit], self._ready[limit:]
+        return batch
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
 
 
 async def close(nc: Client) -> None:

@@ -18,6 +18,7 @@ ENV_NATS_PORT = "AK_NATS__PORT"  # port of the embedded nats-server (0 = pick a 
 ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
 ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
 ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
+ENV_WORKER_SESSIONS = "AK_RUNNER__WORKER_SESSIONS"
 ENV_TIMEOUT = "AK_TIMEOUT"
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:9980"
@@ -70,6 +71,7 @@ class Settings:
     runner_concurrency: int = 32
     worker_python: str = ""
     warm_workers: int = 2  # spare worker processes a runner keeps started, per interpreter
+    worker_sessions: int = 100  # sessions of one project a worker process runs, one by one
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,6 +82,7 @@ class Settings:
             runner_concurrency=int(os.environ.get(ENV_RUNNER_CONCURRENCY, "32")),
             worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
             warm_workers=int(os.environ.get(ENV_WARM_WORKERS, "2")),
+            worker_sessions=int(os.environ.get(ENV_WORKER_SESSIONS, "100")),
         )
 
 

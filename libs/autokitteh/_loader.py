@@ -78,6 +78,9 @@ def instrument(source: bytes | str, path: str) -> CodeType:
     return compile(tree, path, "exec", dont_inherit=True)
 
 
+_compiled: dict[tuple[str, int, int], CodeType] = {}
+
+
 class _Loader(importlib.machinery.SourceFileLoader):
     def __init__(self, fullname: str, path: str, gates: dict[str, Any]) -> None:
         super().__init__(fullname, path)
@@ -85,7 +88,14 @@ class _Loader(importlib.machinery.SourceFileLoader):
 
     def get_code(self, fullname: str) -> CodeType:
         # Never use or write cached bytecode: the same file runs uninstrumented elsewhere.
-        return instrument(self.get_data(self.path), self.path)
+        # A worker that runs several sessions keeps what it compiled (code objects are
+        # immutable; each import still runs the module anew).
+        st = os.stat(self.path)
+        key = (self.path, st.st_mtime_ns, st.st_size)
+        code = _compiled.get(key)
+        if code is None:
+            code = _compiled[key] = instrument(self.get_data(self.path), self.path)
+        return code
 
     def exec_module(self, module: ModuleType) -> None:
         module.__dict__.update(self._gates)

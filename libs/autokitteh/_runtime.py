@@ -281,7 +281,7 @@ def _run_coroutine(coro: Any) -> Any:
 _runtime: Runtime | None = None
 
 
-def install(rt: Runtime) -> None:
+def install(rt: Runtime | None) -> None:
     global _runtime
     _runtime = rt
 

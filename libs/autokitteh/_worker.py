@@ -1,8 +1,11 @@
 """The worker process: loads the user's code and runs one handler for the runner.
 
-Started by the runner as ``python -m autokitteh._worker IN_FD OUT_FD`` with the deployment's
-code directory as cwd. Frames to the runner: ``print``, ``activity`` and ``sleep`` (both
-answered by the runner once journaled), and ``done``.
+Started by the runner as ``python -m autokitteh._worker IN_FD OUT_FD``, ahead of its first
+session. Each ``start`` frame runs one session; frames to the runner: ``print``, ``activity``
+and ``sleep`` (both answered by the runner once journaled), and ``done``. After ``done`` the
+process puts itself back as it was before the session (user modules forgotten, environment,
+``print``, ``sys.path`` and cwd restored) and waits for the next ``start`` of the same project;
+``done`` says whether that worked (``reusable``). The runner decides whether to send one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import builtins
 import importlib
 import inspect
 import io
+import linecache
 import os
 import pickle
 import queue
@@ -64,7 +68,8 @@ class Channel:
     def __init__(self, fin: BinaryIO, fout: BinaryIO) -> None:
         self._in, self._out = fin, fout
         self._lock = threading.Lock()
-        self._replies: queue.Queue[tuple[dict[str, Any], bytes]] = queue.Queue()
+        self._replies: queue.Queue[tuple[dict[str, Any], bytes] | None] = queue.Queue()
+        self.idle = True  # between sessions: the runner closing our input is a normal end
 
     def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
         data = encode_frame(header, blob)
@@ -77,15 +82,25 @@ class Channel:
 
     def call(self, header: dict[str, Any], blob: bytes = b"") -> tuple[dict[str, Any], bytes]:
         self.send(header, blob)
+        reply = self._replies.get()
+        if reply is None:  # the runner went away; serve_replies is ending the process
+            os._exit(EXIT_PARENT_GONE)
+        return reply
+
+    def next_start(self) -> tuple[dict[str, Any], bytes] | None:
+        """Waits between sessions for the next frame; None when the runner closed the pipe."""
         return self._replies.get()
 
     def serve_replies(self) -> None:
         while (frame := self.receive()) is not None:
             self._replies.put(frame)
-        os._exit(EXIT_PARENT_GONE)
+        self._replies.put(None)
+        if not self.idle:  # mid-session: nobody is left to journal what the handler does
+            os._exit(EXIT_PARENT_GONE)
 
 
-def _capture_prints(rt: _runtime.Runtime) -> None:
+def _capture_prints(rt: _runtime.Runtime) -> Any:
+    """Routes ``print`` to the session; returns the original, to put back afterwards."""
     original = builtins.print
 
     def ak_print(
@@ -104,6 +119,7 @@ def _capture_prints(rt: _runtime.Runtime) -> None:
             original(*objects, sep=sep, end=end, file=file, flush=flush)
 
     builtins.print = ak_print
+    return original
 
 
 def module_name(path: str) -> str:
@@ -152,9 +168,12 @@ def _call(fn: Any, event: Event, session_id: str, rt: _runtime.Runtime) -> Any:
     return result
 
 
-def _fail(ch: Channel, e: BaseException, code_dir: str, python_env: str, loading: bool) -> None:
-    """Ends the session in error. The system's own refusals (pickling, non-determinism), load
-    failures and missing modules are also printed, so `ak session prints` shows what to do."""
+def _failed(
+    ch: Channel, e: BaseException, code_dir: str, python_env: str, loading: bool
+) -> dict[str, Any]:
+    """The ``done`` header of a session in error. The system's own refusals (pickling,
+    non-determinism), load failures and missing modules are also printed, so
+    `ak session prints` shows what to do."""
     if isinstance(e, (_runtime.Fatal, NonDeterminismError)):
         err, tb = str(e), format_error(e, code_dir)[1]
         ch.send({"type": "print", "text": err})
@@ -165,13 +184,71 @@ def _fail(ch: Channel, e: BaseException, code_dir: str, python_env: str, loading
             if isinstance(e, ModuleNotFoundError):
                 text += "\n" + package_hint(e, python_env)
             ch.send({"type": "print", "text": text})
-    ch.send(
-        {"type": "done", "ok": False, "error": err, "traceback": tb, "error_type": type(e).__name__}
-    )
+    return {
+        "type": "done",
+        "ok": False,
+        "error": err,
+        "traceback": tb,
+        "error_type": type(e).__name__,
+    }
 
 
-def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:
+class _Baseline:
+    """The process as it was before a session, to put back afterwards so that the next
+    session of the project finds it as a fresh worker would be (its modules imported anew)."""
+
+    def __init__(self) -> None:
+        self.environ = dict(os.environ)
+        self.cwd = os.getcwd()
+        self.path = list(sys.path)
+        self.meta_path = list(sys.meta_path)
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        self.threads = set(threading.enumerate())
+
+    def restore(self, code_dir: str, print_fn: Any) -> bool:
+        """Undoes the session; False when something it left behind cannot be undone (a
+        thread still running), in which case the worker must not take another session."""
+        builtins.print = print_fn
+        _runtime.install(None)
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        sys.meta_path[:] = self.meta_path
+        sys.path[:] = self.path
+        prefix = code_dir + os.sep
+        for name, module in list(sys.modules.items()):
+            origin = getattr(module, "__file__", None) or ""
+            if origin.startswith(prefix):
+                del sys.modules[name]
+        importlib.invalidate_caches()
+        linecache.clearcache()
+        os.environ.clear()
+        os.environ.update(self.environ)
+        try:
+            os.chdir(self.cwd)
+        except OSError:
+            return False
+        return set(threading.enumerate()) <= self.threads
+
+
+def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
+    """Runs one session and sends its ``done``; True when the process can take another."""
+    baseline = _Baseline()
     code_dir = os.path.realpath(start["code_dir"])
+    ch.idle = False
+    original_print = builtins.print
+    try:
+        done, blob = _session(ch, start, payload, code_dir)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    reusable = baseline.restore(code_dir, original_print)
+    ch.idle = True
+    ch.send({**done, "reusable": reusable}, blob)
+    return reusable
+
+
+def _session(
+    ch: Channel, start: dict[str, Any], payload: bytes, code_dir: str
+) -> tuple[dict[str, Any], bytes]:
     if "env" in start:  # started ahead of its session: take on the session's environment
         os.environ.clear()
         os.environ.update(start["env"])
@@ -195,7 +272,7 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:
         ch, Replayer(replay.get("steps", {}), replay.get("prints", 0)), is_user, durable
     )
     _runtime.install(rt)
-    _capture_prints(rt)
+    _capture_prints(rt)  # put back by _Baseline.restore
     if durable:
         finder.install()
     event = Event(
@@ -207,29 +284,26 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> None:
     try:
         fn = _load(start["entrypoint"], rt)
     except BaseException as e:
-        _fail(ch, e, code_dir, python_env, loading=True)
-        return
+        return _failed(ch, e, code_dir, python_env, loading=True), b""
     try:
         result = _call(fn, event, start["session_id"], rt)
     except BaseException as e:
-        _fail(ch, e, code_dir, python_env, loading=False)
-        return
+        return _failed(ch, e, code_dir, python_env, loading=False), b""
     try:
         blob = pickle.dumps(result)
     except Exception:
         blob = b""
-    ch.send({"type": "done", "ok": True}, blob)
+    return {"type": "done", "ok": True}, blob
 
 
 def main(argv: list[str]) -> None:
     fin = os.fdopen(int(argv[0]), "rb", buffering=0)
     fout = os.fdopen(int(argv[1]), "wb", buffering=0)
     ch = Channel(fin, fout)
-    first = ch.receive()
-    if first is None or first[0].get("type") != "start":
-        sys.exit(EXIT_PARENT_GONE)
     threading.Thread(target=ch.serve_replies, daemon=True).start()
-    run(ch, first[0], first[1])
+    while (frame := ch.next_start()) is not None and frame[0].get("type") == "start":
+        if not run(ch, frame[0], frame[1]):
+            break
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from akcore import bus, subjects, tracing, wire
 from akcore.config import Settings
@@ -44,13 +46,7 @@ async def dispatch(nc: Client, event: wire.Event) -> list[str]:
     return started
 
 
-async def handle(nc: Client, tel: tracing.Telemetry, msg: Msg) -> None:
-    try:
-        event = wire.decode(wire.Event, msg.data)
-    except Exception as e:
-        log.error("dropping malformed event %s: %s", msg.subject, e)
-        await msg.term()
-        return
+async def handle(nc: Client, tel: tracing.Telemetry, msg: Msg, event: wire.Event) -> None:
     attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
     parent = tracing.extract(msg.headers)
     try:
@@ -67,6 +63,39 @@ async def handle(nc: Client, tel: tracing.Telemetry, msg: Msg) -> None:
     await msg.ack()
 
 
+# Events handled at once. Events for one destination (trigger or connection) are handled in
+# the order they arrived, so a session waiting on that source sees them in order.
+MAX_IN_FLIGHT = 64
+
+
+class Lanes:
+    """Runs coroutines concurrently, except that those of one key run one after the other,
+    in the order they were given."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._tails: dict[str, asyncio.Future[None]] = {}
+
+    def run(self, key: str, work: Coroutine[Any, Any, None]) -> None:
+        before = self._tails.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[key] = mine
+
+        async def in_turn() -> None:
+            try:
+                if before is not None:
+                    await asyncio.shield(before)
+                await work
+            finally:
+                mine.set_result(None)
+                if self._tails.get(key) is mine:
+                    del self._tails[key]
+
+        task = asyncio.create_task(in_turn())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     nc = await bus.connect(settings.nats_url, "ak-dispatcher")
@@ -75,12 +104,24 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.serve_health(nc, "dispatcher")
     tel = tracing.Telemetry("dispatcher")
     tel.send_to_store(nc)
-    sub = await bus.bind(js, subjects.CONSUMER_DISPATCHER)
+    puller = await bus.Puller.bind(nc, subjects.CONSUMER_DISPATCHER)
     ticks = asyncio.create_task(Scheduler(nc, tel).run(stop))
+    lanes = Lanes()
     log.info("dispatcher ready")
     while not stop.is_set():
-        for msg in await bus.pull(sub):
-            await handle(nc, tel, msg)
-    await asyncio.gather(ticks, return_exceptions=True)
+        free = MAX_IN_FLIGHT - len(lanes.tasks)
+        if free <= 0:
+            await asyncio.wait(lanes.tasks, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
+            continue
+        for msg in await puller.take(free):
+            try:
+                event = wire.decode(wire.Event, msg.data)
+            except Exception as e:
+                log.error("dropping malformed event %s: %s", msg.subject, e)
+                await msg.term()
+                continue
+            lanes.run(event.destination_id, handle(nc, tel, msg, event))
+    await asyncio.gather(ticks, *lanes.tasks, return_exceptions=True)
+    await puller.close()
     await tel.close()
     await bus.close(nc)

@@ -33,6 +33,15 @@ async def _heartbeat(msg: Msg, every: float) -> None:
             log.warning("heartbeat failed: %s", e)
 
 
+async def _reap(pool: WorkerPool, stop: asyncio.Event) -> None:
+    """Stops worker processes that waited too long for their project's next session."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=pool.IDLE_SECONDS / 4)
+        except TimeoutError:
+            await pool.reap()
+
+
 def request_handler(envs: PythonEnvs) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
     """The runner's API (``ak.runner.<op>``), called by ``ak deploy`` through ingress."""
 
@@ -102,7 +111,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk")
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)
-    pool = WorkerPool(settings.warm_workers, spare)
+    pool = WorkerPool(settings.warm_workers, spare, settings.worker_sessions)
     nc = await bus.connect(settings.nats_url, "ak-runner")
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
@@ -111,24 +120,26 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")
     await bus.serve_requests(nc, subjects.RUNNER_ALL, request_handler(envs), queue="runners")
-    sub = await bus.bind(js, subjects.CONSUMER_RUNNER)
+    puller = await bus.Puller.bind(nc, subjects.CONSUMER_RUNNER)
     info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
     heartbeat = (info.config.ack_wait or bus.JOB_ACK_WAIT) / 3
     live: set[asyncio.Task[None]] = set()
+    reaper = asyncio.create_task(_reap(pool, stop))
     log.info("runner %s ready (up to %d sessions)", runner_id, settings.runner_concurrency)
     while not stop.is_set():
         free = settings.runner_concurrency - len(live)
         if free <= 0:
             await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
             continue
-        for msg in await bus.pull(sub):
+        for msg in await puller.take(free):
             task = asyncio.create_task(handle_job(host, msg, heartbeat))
             live.add(task)
             task.add_done_callback(live.discard)
     # Stopping: live sessions keep their jobs un-acked, so another runner takes them over.
     for task in live:
         task.cancel()
-    await asyncio.gather(*live, return_exceptions=True)
+    await asyncio.gather(*live, reaper, return_exceptions=True)
+    await puller.close()
     await pool.close()
     await tel.close()
     await bus.close(nc)

@@ -202,7 +202,7 @@ class SessionRun:
         base.update(extra_env)
         self.env = {**base, **variables, **extra_env}
         try:
-            worker = await self.pool.take(python, base)
+            worker = await self.pool.take(python, base, job.project_id)
         except OSError as e:
             await self.end(
                 wire.ERROR,
@@ -212,11 +212,12 @@ class SessionRun:
             return
         self.syscalls = Syscalls(self.nc, job, self.inbox)
         await self.inbox.start()
+        worker.reusable = False  # until its session ends with a `done` that says so
         try:
             await self._run_until_stopped(worker, code_dir)
         finally:
             await self.inbox.close()
-            await worker.close()
+            await self.pool.give_back(worker, python, base, job.project_id)
 
     def _request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -325,6 +326,7 @@ class SessionRun:
             elif kind == "syscall":
                 await self._syscall(worker, header, blob)
             elif kind == "done":
+                worker.reusable = bool(header.get("reusable"))
                 if header.get("ok"):
                     await self.end(wire.COMPLETED, result=blob or None)
                 else:

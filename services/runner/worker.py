@@ -28,6 +28,9 @@ class WorkerProcess:
     ) -> None:
         self.proc, self._reader, self._writer = proc, reader, writer
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self.sessions = 0  # sessions it has run
+        self.reusable = False  # its last session ended cleanly and it can take another
+        self.idle_since = 0.0
         self._stderr_task = asyncio.create_task(self._forward_stderr())
 
     @classmethod
@@ -98,29 +101,34 @@ class WorkerProcess:
         return code
 
 
+PoolKey = tuple[str, frozenset[tuple[str, str]]]
+
+
 class WorkerPool:
-    """Workers started ahead of their sessions: the interpreter is up and the SDK imported
-    when a session arrives, which then only sends its environment and code directory. Each
-    worker still runs one session and exits, so sessions never share a process.
+    """Worker processes ready for a session, so that a session does not wait for an
+    interpreter to start and import the SDK.
 
-    Pools are kept per interpreter and spawn environment (a venv, or AK_WORKER_PYTHON), with
-    ``size`` idle workers each (0: start every worker on demand)."""
+    Two kinds are kept per interpreter and spawn environment (a venv, or AK_WORKER_PYTHON):
+    ``size`` spares that never ran a session, and workers that finished a session of a
+    project and wait for the next session of the same project (up to ``reuse`` sessions per
+    process; 1 means every session gets a fresh process). A worker only ever runs one
+    session at a time, and never sessions of two projects."""
 
-    def __init__(self, size: int, cwd: Path) -> None:
-        self.size, self.cwd = size, cwd
-        self._idle: dict[tuple[str, frozenset[tuple[str, str]]], list[WorkerProcess]] = {}
+    IDLE_SECONDS = 60.0  # a finished worker not used again within this is stopped
+
+    def __init__(self, size: int, cwd: Path, reuse: int = 1) -> None:
+        self.size, self.cwd, self.reuse = size, cwd, max(1, reuse)
+        self._idle: dict[PoolKey, list[WorkerProcess]] = {}
+        self._done: dict[tuple[PoolKey, str], list[WorkerProcess]] = {}
         self._filling: set[asyncio.Task[None]] = set()
 
-    async def take(self, python: str, env: dict[str, str]) -> WorkerProcess:
+    async def take(self, python: str, env: dict[str, str], project: str = "") -> WorkerProcess:
         key = (python, frozenset(env.items()))
+        worker = await self._pop_live(self._done.get((key, project), []))
+        if worker is not None:
+            return worker
         idle = self._idle.setdefault(key, [])
-        worker = None
-        while idle and worker is None:
-            candidate = idle.pop()
-            if candidate.proc.returncode is None:
-                worker = candidate
-            else:
-                await candidate.close()
+        worker = await self._pop_live(idle)
         if worker is None:
             worker = await WorkerProcess.spawn(python, self.cwd, env)
         if self.size and not self._filling:  # one refill at a time
@@ -129,9 +137,45 @@ class WorkerPool:
             task.add_done_callback(self._filling.discard)
         return worker
 
-    async def _fill(
-        self, key: tuple[str, frozenset[tuple[str, str]]], python: str, env: dict[str, str]
+    async def _pop_live(self, workers: list[WorkerProcess]) -> WorkerProcess | None:
+        """Takes the last live worker of the list (closing dead ones); the rest stay in it."""
+        while workers:
+            candidate = workers.pop()
+            if candidate.proc.returncode is None:
+                return candidate
+            await candidate.close()
+        return None
+
+    async def give_back(
+        self, worker: WorkerProcess, python: str, env: dict[str, str], project: str
     ) -> None:
+        """A worker whose session ended: kept for the project's next session if it may run
+        another, else stopped."""
+        worker.sessions += 1
+        if (
+            worker.sessions >= self.reuse
+            or not worker.reusable
+            or worker.proc.returncode is not None
+        ):
+            await worker.close()
+            return
+        key = (python, frozenset(env.items()))
+        worker.stderr_tail.clear()
+        worker.idle_since = asyncio.get_running_loop().time()
+        self._done.setdefault((key, project), []).append(worker)
+
+    async def reap(self) -> None:
+        """Stops finished workers that waited longer than ``IDLE_SECONDS`` for a session."""
+        cutoff = asyncio.get_running_loop().time() - self.IDLE_SECONDS
+        for k, workers in list(self._done.items()):
+            stale = [w for w in workers if w.idle_since < cutoff or w.proc.returncode is not None]
+            workers[:] = [w for w in workers if w not in stale]
+            if not workers:
+                self._done.pop(k, None)
+            for w in stale:
+                await w.close()
+
+    async def _fill(self, key: PoolKey, python: str, env: dict[str, str]) -> None:
         idle = self._idle.setdefault(key, [])
         while len(idle) < self.size:
             try:
@@ -146,4 +190,8 @@ class WorkerPool:
         for idle in self._idle.values():
             for w in idle:
                 await w.close()
+        for done in self._done.values():
+            for w in done:
+                await w.close()
         self._idle.clear()
+        self._done.clear()

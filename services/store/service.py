@@ -12,6 +12,8 @@ from akcore.config import Settings
 from akcore.secrets import Sealer, load_key
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from sqlalchemy import Engine
+from sqlmodel import Session as DB
 
 from .api import StoreApi
 from .db import open_engine
@@ -20,19 +22,51 @@ from .materialize import apply_event, apply_record, apply_spans
 log = logging.getLogger(__name__)
 
 
+# Messages a store applies in one transaction.
+BATCH = 256
+
+
 async def consume(
-    nc: Client, durable: str, apply: Callable[[bytes], None], stop: asyncio.Event
+    nc: Client,
+    durable: str,
+    apply: Callable[[DB, bytes], None],
+    engine: Engine,
+    stop: asyncio.Event,
 ) -> None:
-    """Pulls a stream in order and applies each message; a bad message is logged and skipped."""
-    sub = await bus.bind(nc.jetstream(), durable)
-    while not stop.is_set():
-        for msg in await bus.pull(sub):
-            await _apply_one(msg, apply, durable)
-
-
-async def _apply_one(msg: Msg, apply: Callable[[bytes], None], durable: str) -> None:
+    """Pulls a stream and applies what has arrived in one transaction per batch, in stream
+    order, off the event loop (requests are answered meanwhile). A batch that fails is
+    applied again one message at a time, so that one bad message is skipped alone."""
+    puller = await bus.Puller.bind(nc, durable)
     try:
-        apply(msg.data)
+        while not stop.is_set():
+            batch = await puller.take(BATCH)
+            if not batch:
+                continue
+            try:
+                await asyncio.to_thread(_apply_all, engine, apply, [m.data for m in batch])
+            except Exception as e:
+                log.warning("%s: batch of %d failed (%s); one at a time", durable, len(batch), e)
+                for msg in batch:
+                    await _apply_one(msg, apply, engine, durable)
+                continue
+            for msg in batch:
+                await msg.ack()
+    finally:
+        await puller.close()
+
+
+def _apply_all(engine: Engine, apply: Callable[[DB, bytes], None], items: list[bytes]) -> None:
+    with DB(engine) as db:
+        for data in items:
+            apply(db, data)
+        db.commit()
+
+
+async def _apply_one(
+    msg: Msg, apply: Callable[[DB, bytes], None], engine: Engine, durable: str
+) -> None:
+    try:
+        await asyncio.to_thread(_apply_all, engine, apply, [msg.data])
     except (ValueError, TypeError, KeyError) as e:  # undecodable: never retry
         log.error("%s: dropping malformed message %s: %s", durable, msg.subject, e)
         await msg.term()
@@ -70,7 +104,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             consume(
                 nc,
                 subjects.CONSUMER_STORE_JOURNAL,
-                lambda b: apply_record(engine, wire.decode(wire.JournalRecord, b)),
+                lambda db, b: apply_record(db, wire.decode(wire.JournalRecord, b)),
+                engine,
                 stop,
             )
         ),
@@ -78,7 +113,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             consume(
                 nc,
                 subjects.CONSUMER_STORE_EVENTS,
-                lambda b: apply_event(engine, wire.decode(wire.Event, b)),
+                lambda db, b: apply_event(db, wire.decode(wire.Event, b)),
+                engine,
                 stop,
             )
         ),

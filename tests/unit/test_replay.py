@@ -103,6 +103,8 @@ async def _replay(tmp_path: Path, handler: str) -> list[tuple[dict[str, Any], by
         frames.append((header, blob))
         if header["type"] in ("activity", "sleep"):  # nothing should be live before the end
             await w.send({"type": "ack", "deadline_us": 0})
+        if header["type"] == "done":
+            break
     await w.close()
     return frames
 
@@ -113,7 +115,8 @@ async def test_worker_replays_without_running_recorded_steps(tmp_path: Path) -> 
         {"type": "print", "text": "again 424242\n", "n": 4},
     ]
     done, blob = frames[-1]
-    assert done == {"type": "done", "ok": True} and pickle.loads(blob) == 424242
+    assert done == {"type": "done", "ok": True, "reusable": True}
+    assert pickle.loads(blob) == 424242
     assert not (tmp_path / "effects.txt").exists()  # the recorded activity did not run again
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ak_runner.worker import WorkerProcess
+from ak_runner.worker import WorkerPool, WorkerProcess
 
 HANDLERS = """\
 import sys
@@ -49,8 +49,17 @@ async def _run(
         },
         pickle.dumps(event),
     )
-    frames = [f async for f in w.frames()]
+    frames = await _until_done(w)
     assert await w.close() == 0
+    return frames
+
+
+async def _until_done(w: WorkerProcess) -> list[tuple[dict[str, Any], bytes]]:
+    frames = []
+    async for header, blob in w.frames():
+        frames.append((header, blob))
+        if header["type"] == "done":
+            break
     return frames
 
 
@@ -60,7 +69,7 @@ async def test_prints_are_captured_exactly(tmp_path: Path) -> None:
     texts = [h["text"] for h, _ in frames if h["type"] == "print"]
     assert texts == ["loading=1\n", "a, b", "two trailing\n\n", "err\n", "ses_1 post 3\n"]
     done, blob = frames[-1]
-    assert done == {"type": "done", "ok": True}
+    assert done == {"type": "done", "ok": True, "reusable": True}
     assert pickle.loads(blob) == {"answer": 42}
     assert (tmp_path / "own.txt").read_text() == "not captured\n"
 
@@ -81,3 +90,95 @@ async def test_error_is_trimmed_to_user_frames(tmp_path: Path) -> None:
 async def test_missing_function(tmp_path: Path) -> None:
     frames = await _run(tmp_path, "h.py:nope")
     assert frames[-1][0]["error"] == "error: LookupError(\"function 'nope' not found in h.py\")"
+
+
+REUSED = """\
+import os
+import threading
+import time
+
+import helper
+
+COUNT = 0
+
+
+def count(event):
+    global COUNT
+    COUNT += 1
+    helper.CALLS.append(1)
+    os.environ["LEFT_BEHIND"] = "yes"
+    print(COUNT, len(helper.CALLS), os.environ.get("VAR"), os.environ.get("LEFT_BEHIND_BEFORE"))
+    os.environ["LEFT_BEHIND_BEFORE"] = "yes"
+
+
+def leaves_a_thread(event):
+    threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+"""
+
+
+async def _session(
+    w: WorkerProcess, code_dir: Path, entry: str, env: dict[str, str], durable: bool = True
+) -> list[tuple[dict[str, Any], bytes]]:
+    event = {"data": {}, "event_type": "post", "event_id": "evt_1"}
+    start = {
+        "type": "start",
+        "code_dir": str(code_dir),
+        "entrypoint": entry,
+        "session_id": "ses_1",
+        "is_durable": durable,
+        "env": env,
+    }
+    await w.send(start, pickle.dumps(event))
+    return await _until_done(w)
+
+
+async def test_a_reused_worker_starts_each_session_afresh(tmp_path: Path) -> None:
+    """Module globals, user modules and the environment are those of a new process."""
+    builds = []
+    for n in (1, 2):  # two builds of the project: the second one changed helper.py
+        d = tmp_path / f"bld_{n}"
+        d.mkdir()
+        (d / "h.py").write_text(REUSED)
+        (d / "helper.py").write_text(f"CALLS = {[0] * (n - 1)}\n")
+        builds.append(d)
+    w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    texts = []
+    for i, code_dir in enumerate([builds[0], builds[0], builds[1]]):
+        frames = await _session(w, code_dir, "h.py:count", {"VAR": f"v{i}"})
+        texts += [h["text"] for h, _ in frames if h["type"] == "print"]
+        assert frames[-1][0] == {"type": "done", "ok": True, "reusable": True}
+    assert texts == ["1 1 v0 None\n", "1 1 v1 None\n", "1 2 v2 None\n"]
+    assert await w.close() == 0
+
+
+async def test_a_session_that_leaves_a_thread_running_ends_its_worker(tmp_path: Path) -> None:
+    (tmp_path / "h.py").write_text(REUSED)
+    (tmp_path / "helper.py").write_text("CALLS = []\n")
+    w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    frames = await _session(w, tmp_path, "h.py:leaves_a_thread", {}, durable=False)
+    assert frames[-1][0] == {"type": "done", "ok": True, "reusable": False}
+    assert await w.close() == 0  # it exits on its own: it takes no other session
+
+
+async def test_pool_reuses_a_worker_only_for_the_same_project(tmp_path: Path) -> None:
+    (tmp_path / "h.py").write_text(REUSED)
+    (tmp_path / "helper.py").write_text("CALLS = []\n")
+    env = {"PATH": "/usr/bin:/bin"}
+    pool = WorkerPool(0, tmp_path, reuse=2)
+    try:
+        first = await pool.take(sys.executable, env, "prj_a")
+        await _session(first, tmp_path, "h.py:count", {})
+        first.reusable = True
+        await pool.give_back(first, sys.executable, env, "prj_a")
+        other = await pool.take(sys.executable, env, "prj_b")
+        again = await pool.take(sys.executable, env, "prj_a")
+        assert again is first and other is not first
+        await _session(again, tmp_path, "h.py:count", {})
+        await pool.give_back(again, sys.executable, env, "prj_a")  # its 2nd session: the last
+        assert again.proc.returncode is not None
+        fresh = await pool.take(sys.executable, env, "prj_a")
+        assert fresh is not first
+        await fresh.close()
+        await other.close()
+    finally:
+        await pool.close()
