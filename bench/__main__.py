@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -214,11 +215,56 @@ def bench_replay(stack: Stack, paths: dict[str, str], n: int = 1000) -> Result:
     }
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages counted once across the processes sharing them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _runner_kib(stack: Stack) -> int:
+    """The runner and its worker processes."""
+    total = 0
+    for pid in stack.pids("runner"):
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        for p in [pid, *map(int, kids.stdout.split())]:
+            try:
+                total += _pss_kib(p)
+            except OSError:
+                pass
+    return total
+
+
+def bench_memory(stack: Stack, paths: dict[str, str], n: int = 40) -> Result:
+    """n sessions waiting in a durable sleep; the runner's memory (PSS, workers included)
+    before and after, per waiting session. The sessions are stopped afterwards."""
+    time.sleep(2)
+    before = _runner_kib(stack)
+    sids = [session_of(fire(stack, paths["waits"], {})) for _ in range(n)]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = [s for s in api("session.list", project="bench", state="RUNNING")]
+        if len({s["session_id"] for s in running} & set(sids)) == n:
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    after = _runner_kib(stack)
+    for sid in sids:
+        api("session.stop", session=sid, reason="benchmark over")
+    return {
+        "runner before (MiB)": before / 1024,
+        "runner with waiting sessions (MiB)": after / 1024,
+        "per waiting session (MiB)": (after - before) / 1024 / n,
+    }
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[..., Result]]] = {
     "activity": ("Activity overhead (1,000 trivial activities)", bench_activity),
     "webhook": ("Webhook to handler (200 sequential requests)", bench_webhook),
     "throughput": ("Throughput (trivial sessions, bounded offered load)", bench_throughput),
     "replay": ("Replay of a 1,000-activity journal after a runner kill", bench_replay),
+    "memory": ("Memory per idle waiting session (40 sessions in a durable sleep)", bench_memory),
 }
 
 

@@ -48,3 +48,8 @@ def replay(event):
     print(json.dumps({"live": time.time()}))
     while not os.path.exists(marker):
         time.sleep(0.05)
+
+
+def waits(event):
+    """Waits (a durable sleep) until the benchmark stops it: an idle waiting session."""
+    time.sleep(3600)

@@ -88,7 +88,8 @@ def _durable(name: str, subject: str, ack_wait: float, max_ack_pending: int) -> 
 
 # Durable consumers, created with the streams so that no event accepted by ingress can
 # arrive before its consumers exist (they start from the beginning of their stream).
-# The store's consumers apply one message at a time, in stream order.
+# The store's consumers apply batches in stream order (several stores split the stream
+# between them; materializing does not depend on the order across sessions).
 CONSUMERS = {
     subjects.CONSUMER_DISPATCHER: (
         subjects.STREAM_EVENTS,
@@ -100,11 +101,11 @@ CONSUMERS = {
     ),
     subjects.CONSUMER_STORE_JOURNAL: (
         subjects.STREAM_JOURNAL,
-        _durable(subjects.CONSUMER_STORE_JOURNAL, subjects.JOURNAL_ALL, 30, 1),
+        _durable(subjects.CONSUMER_STORE_JOURNAL, subjects.JOURNAL_ALL, 30, 1024),
     ),
     subjects.CONSUMER_STORE_EVENTS: (
         subjects.STREAM_EVENTS,
-        _durable(subjects.CONSUMER_STORE_EVENTS, subjects.EVENTS_ALL, 30, 1),
+        _durable(subjects.CONSUMER_STORE_EVENTS, subjects.EVENTS_ALL, 30, 1024),
     ),
 }
 
@@ -171,8 +172,13 @@ async def _ensure_streams(js: JetStreamContext, n: int) -> None:
             await js.add_stream(dataclasses.replace(cfg, num_replicas=n))
     for name, (stream, ccfg) in CONSUMERS.items():
         try:
-            await js.consumer_info(stream, name)
+            info = await js.consumer_info(stream, name)
         except NotFoundError:
+            await js.add_consumer(stream, ccfg)
+            continue
+        store = name in (subjects.CONSUMER_STORE_JOURNAL, subjects.CONSUMER_STORE_EVENTS)
+        if store and (info.config.max_ack_pending or 0) < (ccfg.max_ack_pending or 0):
+            # made by a version that applied one message at a time: raise its limit
             await js.add_consumer(stream, ccfg)
 
 

@@ -28,6 +28,7 @@ class ReplayState:
     ended: bool = False
     traceparent: str = ""  # of the trace the session started in (its created record)
     read_us: int = 0  # how long reading the journal took (shown in the next started record)
+    subscribed: bool = False  # an earlier attempt subscribed to events
 
     def for_worker(self) -> dict[str, Any]:
         return {"steps": self.steps, "prints": self.prints}
@@ -40,6 +41,8 @@ def replay_state(records: list[wire.JournalRecord]) -> ReplayState:
         state.next_seq = max(state.next_seq, rec.seq + 1)
         if rec.data.get("inbox_seq"):
             state.consumed.add(int(rec.data["inbox_seq"]))
+        if rec.kind == "subscribe":
+            state.subscribed = True
         if "step" in rec.data:  # a durable step: activity, sleep or a system call
             state.steps[int(rec.data["step"])] = {"kind": rec.kind, **rec.data}
         elif rec.kind == wire.PRINT and rec.data.get("n"):

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from .config import Settings
+from .config import ENV_EVENT_LOOP, Settings
 
 Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
@@ -36,4 +36,16 @@ def main(service: str, run: Run) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run(settings, stop)
 
-    asyncio.run(_main())
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_main())
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (faster I/O for every message), unless ``AK_EVENT_LOOP=asyncio``."""
+    if os.environ.get(ENV_EVENT_LOOP, "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -22,6 +22,9 @@ CONSUMER_STORE_EVENTS = "store-events"
 
 # Core NATS (not stored): finished trace spans, for the store to keep per session.
 SPANS = f"{PREFIX}.spans"
+# Core NATS: the store names each operation that changed projects, deployments, triggers or
+# vars (see akcore.cache).
+CHANGED = f"{PREFIX}.changed"
 
 # Headers.
 HDR_MSG_ID = "Nats-Msg-Id"

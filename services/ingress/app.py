@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from akcore import bus, ids, subjects, timefmt, tracing, values, wire
+from akcore.cache import StoreCache
 from akcore.errors import AKError, NotFound
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
@@ -43,10 +44,15 @@ def _raw_url(request: Request) -> str:
     return f"{path}?{query}" if query else path
 
 
-def create_app(nc: Client, telemetry: tracing.Telemetry | None = None) -> FastAPI:
+def create_app(
+    nc: Client, telemetry: tracing.Telemetry | None = None, lookups: StoreCache | None = None
+) -> FastAPI:
+    """The HTTP app; ``lookups`` keeps webhook lookups (it should be watching the store's
+    change notices; without one every request asks the store)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
     tel = telemetry or tracing.Telemetry("ingress")
+    lookups = lookups or StoreCache(ttl=0)
 
     async def webhook(request: Request, slug: str) -> Response:
         """The root span of the trace of every session this request starts."""
@@ -64,7 +70,7 @@ def create_app(nc: Client, telemetry: tracing.Telemetry | None = None) -> FastAP
         if body is None:
             return Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", status_code=413)
         try:
-            target = await bus.store_call(nc, "webhook.lookup", {"slug": slug})
+            target = await lookups.call(nc, "webhook.lookup", {"slug": slug}, slug)
         except NotFound:
             return Response("Not Found\n", status_code=404)
         except AKError as e:

@@ -9,6 +9,7 @@ import socket
 
 import uvicorn
 from akcore import bus, tracing
+from akcore.cache import StoreCache
 from akcore.config import Settings, split_addr
 
 from .app import create_app
@@ -33,14 +34,17 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.serve_health(nc, "ingress")
     tel = tracing.Telemetry("ingress")
     tel.send_to_store(nc)
+    lookups = StoreCache()
+    await lookups.watch(nc)
     host, port = split_addr(settings.http_addr)
     config = uvicorn.Config(
-        create_app(nc, tel),
+        create_app(nc, tel, lookups),
         host=host,
         port=port,
         log_level="warning",
         access_log=False,
         lifespan="off",
+        http="auto",  # httptools when installed
     )
     server = uvicorn.Server(config)
     # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.

@@ -7,9 +7,11 @@ import logging
 from collections.abc import Callable
 
 from akcore import subjects, wire
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +19,12 @@ Key = Callable[[wire.InboxMessage], str | None]
 
 
 class Inbox:
-    """Buffers the session's inbox in arrival order, skipping what earlier attempts took."""
+    """Buffers the session's inbox in arrival order, skipping what earlier attempts took.
+
+    Its consumer is created only when needed, since most sessions never get a message:
+    when the inbox already holds messages as the session starts (``open``), when the
+    session waits for one (``take``), or when the runner hears that one arrived
+    (``InboxWatch``). It reads the inbox from its start, so nothing is missed."""
 
     def __init__(
         self,
@@ -30,8 +37,37 @@ class Inbox:
         self.buffer: list[tuple[int, wire.InboxMessage]] = []
         self._changed = asyncio.Event()
         self._sub: JetStreamContext.PushSubscription | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def reading(self) -> bool:
+        """Whether the consumer was asked for (it may still be starting)."""
+        return self._starting is not None
+
+    async def open(self) -> None:
+        """Starts reading now if something was sent to the session before it started
+        (a stop request, a signal, a child's end); otherwise waits to be needed."""
+        try:
+            await self.js.get_last_msg(
+                subjects.STREAM_INBOX, subjects.inbox_subject(self.session_id)
+            )
+        except NotFoundError:
+            return
+        except Exception as e:  # cannot tell: read it
+            log.debug("inbox of %s: %s", self.session_id, e)
+        await self.start()
 
     async def start(self) -> None:
+        """Creates the consumer (once; concurrent callers wait for the same one)."""
+        t = self._starting
+        if t is None or (t.done() and (t.cancelled() or t.exception() is not None)):
+            t = self._starting = asyncio.create_task(self._subscribe())  # first, or again
+        await asyncio.shield(t)
+
+    async def _subscribe(self) -> None:
+        if self._closed:
+            return
         self._sub = await self.js.subscribe(
             subjects.inbox_subject(self.session_id),
             ordered_consumer=True,
@@ -40,6 +76,9 @@ class Inbox:
         )
 
     async def close(self) -> None:
+        self._closed = True
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
@@ -66,6 +105,7 @@ class Inbox:
     ) -> tuple[int, wire.InboxMessage] | None:
         """The oldest message whose ``key`` is ``wanted[0]``, else ``wanted[1]``, ...; waits
         up to ``timeout`` seconds (None: forever) for one to arrive."""
+        await self.start()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -83,3 +123,28 @@ class Inbox:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 return None
+
+
+class InboxWatch:
+    """The runner's one subscription to every inbox subject (core NATS: a copy of each
+    message as JetStream stores it): a message for a session of this runner whose inbox
+    is not being read yet starts reading it."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, Inbox] = {}
+
+    async def watch(self, nc: Client) -> None:
+        prefix = len(subjects.inbox_subject(""))
+
+        async def on_msg(msg: Msg) -> None:
+            inbox = self.live.get(msg.subject[prefix:])
+            if inbox is not None and not inbox.reading:
+                task = asyncio.create_task(inbox.start())
+                task.add_done_callback(_log_failure)
+
+        await nc.subscribe(subjects.inbox_subject("*"), cb=on_msg)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("reading an inbox failed: %s", task.exception())

@@ -250,10 +250,13 @@ async def _check_version(build: Build, spec: Spec) -> None:
 class PythonEnvs:
     """The runner's environments, by requirements; shared by all its sessions."""
 
+    READY_SECONDS = 10.0
+
     def __init__(self, worker_python: str, sdk_copies: Path) -> None:
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
         self._builds: dict[Path, Build] = {}
+        self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
 
     def _start(self, spec: Spec) -> Build:
         running = self._builds.get(spec.path)
@@ -278,7 +281,16 @@ class PythonEnvs:
 
     async def python_for(self, requirements: bytes | None) -> tuple[str, dict[str, str], str]:
         """The interpreter for a session's worker, what to add to its environment, and which
-        kind of environment it is (``given``, ``default`` or ``project``)."""
+        kind of environment it is (``given``, ``default`` or ``project``). An environment
+        found ready is not checked again for ``READY_SECONDS`` (nor until the next deploy)."""
+        now = time.monotonic()
+        known = self._ready.get(requirements)
+        if known is None or now - known[0] >= self.READY_SECONDS:
+            known = self._ready[requirements] = (now, await self._python_for(requirements))
+        python, extra_env, kind = known[1]
+        return python, dict(extra_env), kind  # the caller adds to the environment
+
+    async def _python_for(self, requirements: bytes | None) -> tuple[str, dict[str, str], str]:
         if self.worker_python:
             copy = await asyncio.to_thread(sdkdist.write_copy, self.sdk_copies)
             return self.worker_python, {"PYTHONPATH": str(copy)}, "given"
@@ -296,6 +308,7 @@ class PythonEnvs:
 
     async def prepare(self, requirements: bytes | None, token: str, offset: int) -> dict[str, Any]:
         """For ``ak deploy``: starts the environment's build when needed and reports on it."""
+        self._ready.clear()  # the package lists may have changed: look again
         if self.worker_python:
             return {"state": "ready", "python": self.worker_python, "worker_python": True}
         spec = await asyncio.to_thread(spec_for, requirements)

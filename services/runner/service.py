@@ -11,11 +11,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from akcore import bus, config, subjects, tracing, wire
+from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.errors import InvalidArgument, NotFound, Unavailable
 from akcore.journal import ReplayState, read_journal, replay_state
 from nats.aio.msg import Msg
 
+from .inbox import InboxWatch
 from .pyenv import PythonEnvs
 from .session import Host, SessionRun
 from .worker import WorkerPool
@@ -115,7 +117,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     nc = await bus.connect(settings.nats_url, "ak-runner")
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
-    host = Host(nc, cache, envs, pool, tel, runner_id)
+    env_cache = StoreCache()
+    await env_cache.watch(nc)
+    inboxes = InboxWatch()
+    await inboxes.watch(nc)
+    host = Host(nc, cache, envs, pool, tel, runner_id, env_cache, inboxes)
     js = nc.jetstream()
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from akcore import bus, subjects, timefmt, tracing, wire
+from akcore.cache import StoreCache
 from akcore.config import INTERNAL_ENV_PREFIXES, REQUIREMENTS_FILE
 from akcore.errors import AKError, Unavailable
 from akcore.journal import ACTIVITY, SLEEP, ReplayState
@@ -20,7 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, SpanKind
 
 from .builds import unpack_build, worker_env
-from .inbox import Inbox
+from .inbox import Inbox, InboxWatch
 from .pyenv import EnvError, PythonEnvs
 from .syscalls import SyscallError, Syscalls
 from .worker import WorkerPool, WorkerProcess
@@ -62,13 +63,15 @@ class Host:
     pool: WorkerPool
     tel: tracing.Telemetry
     runner_id: str
+    env_cache: StoreCache  # each project's vars (`session.env`)
+    inboxes: InboxWatch  # the inboxes of the sessions running here
 
 
 class SessionRun:
     """One attempt at one session; ``replay`` is what earlier attempts journaled."""
 
     def __init__(self, host: Host, job: wire.Job, attempt: int, replay: ReplayState) -> None:
-        self.nc, self.cache, self.job = host.nc, host.cache, job
+        self.host, self.nc, self.cache, self.job = host, host.nc, host.cache, job
         self.envs, self.pool, self.tel = host.envs, host.pool, host.tel
         self.env: dict[str, str] = {}
         self.python_env = ""
@@ -85,6 +88,7 @@ class SessionRun:
         self.stop_reason: str | None = None
         self._stop = asyncio.Event()
         self.inbox = Inbox(self.js, job.session_id, replay.consumed, self._request_stop)
+        self.syscalls = Syscalls(self.nc, job, self.inbox)
 
     async def journal(self, kind: str, data: dict[str, Any]) -> None:
         """Appends a record; returns once JetStream has acknowledged it (write-ahead)."""
@@ -147,7 +151,9 @@ class SessionRun:
         """Drops the session's subscriptions and tells a parent session that its child ended."""
         job = self.job
         try:
-            await bus.store_call(self.nc, "subscription.delete", {"session_id": job.session_id})
+            if self.replay.subscribed or self.syscalls.subscribed:
+                args = {"session_id": job.session_id}
+                await bus.store_call(self.nc, "subscription.delete", args)
         except AKError as e:
             log.warning("session %s: subscriptions not removed: %s", job.session_id, e)
         if job.parent_session_id:
@@ -181,7 +187,9 @@ class SessionRun:
             started["read_us"] = self.replay.read_us
         try:
             code_dir, requirements = await self._code()
-            variables = await bus.store_call(self.nc, "session.env", {"project_id": job.project_id})
+            variables = await self.host.env_cache.call(
+                self.nc, "session.env", {"project_id": job.project_id}, job.project_id
+            )
         except Unavailable:
             raise  # the store is away for now: the job goes back to the queue, nothing is lost
         except (AKError, OSError, ValueError) as e:
@@ -210,12 +218,15 @@ class SessionRun:
                 "set AK_WORKER_PYTHON to a Python 3.11+ interpreter",
             )
             return
-        self.syscalls = Syscalls(self.nc, job, self.inbox)
-        await self.inbox.start()
         worker.reusable = False  # until its session ends with a `done` that says so
+        live = self.host.inboxes.live
+        live[job.session_id] = self.inbox
         try:
+            await self.inbox.open()
             await self._run_until_stopped(worker, code_dir)
         finally:
+            if live.get(job.session_id) is self.inbox:
+                del live[job.session_id]
             await self.inbox.close()
             await self.pool.give_back(worker, python, base, job.project_id)
 

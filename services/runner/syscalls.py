@@ -26,6 +26,7 @@ class Syscalls:
         self.nc, self.job, self.inbox = nc, job, inbox
         self.js = nc.jetstream()
         self._values: Values | None = None
+        self.subscribed = False  # its subscriptions are removed when the session ends
 
     async def call(
         self, name: str, args: dict[str, Any], blob: bytes, step: int | None
@@ -55,6 +56,7 @@ class Syscalls:
         except cel.FilterError as e:
             raise SyscallError(str(e)) from None
         sub_id = str(uuid.uuid4())
+        self.subscribed = True
         await bus.store_call(
             self.nc,
             "subscription.create",

@@ -6,42 +6,88 @@ from typing import Any
 
 from akcore import wire
 from sqlalchemy import Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from .models import Deployment, EventRow, Session, SessionRecord, SpanRow
 
-_STATE_BY_KIND = {wire.STARTED: "RUNNING"}
 
-
-def apply_record(db: DB, rec: wire.JournalRecord) -> None:
-    """Applies one journal record (the caller commits); a record already applied (same
-    session and seq) is skipped. Several stores apply the journal side by side, so a
-    session's records may arrive out of order: its state is the latest its records say."""
-    seen = db.exec(
-        select(SessionRecord.id).where(
-            SessionRecord.session_id == rec.session_id, SessionRecord.seq == rec.seq
-        )
-    ).first()
-    if seen is not None:
+def insert_new(db: DB, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Inserts rows, skipping those that clash with a row already kept (a unique key): each
+    message is applied at least once, so the same row may come again."""
+    if not rows:
         return
-    s = db.get(Session, rec.session_id)
-    if rec.kind == wire.CREATED:
-        if s is None:
-            s = _created(rec)
-            _catch_up(db, s)
-    elif s is not None and rec.kind == wire.STARTED and s.state == "CREATED":
-        s.state, s.updated_us = "RUNNING", rec.t_us
-    elif s is not None and rec.kind == wire.ENDED:
-        _end(db, s, rec.data, rec.t_us)
-    data = {k: v for k, v in rec.data.items() if not isinstance(v, bytes) and k != "inputs"}
-    db.add(
-        SessionRecord(
-            session_id=rec.session_id, seq=rec.seq, kind=rec.kind, t_us=rec.t_us, data=data
-        )
+    conn = db.connection()
+    if conn.dialect.name == "postgresql":
+        stmt: Any = pg_insert(table).on_conflict_do_nothing()
+    else:
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    conn.execute(stmt, rows)
+
+
+def apply_records(db: DB, recs: list[wire.JournalRecord]) -> None:
+    """Applies journal records in order (the caller commits). Applying a record twice
+    changes nothing. Several stores apply the journal side by side, so a session's records
+    may come out of order: a session created after its later records catches up with them."""
+    ids = {r.session_id for r in recs}
+    sessions = {
+        s.session_id: s for s in db.exec(select(Session).where(col(Session.session_id).in_(ids)))
+    }
+    new = [r.session_id for r in recs if r.kind == wire.CREATED and r.session_id not in sessions]
+    earlier = _later_records(db, new) if new else {}
+    for rec in recs:
+        s = sessions.get(rec.session_id)
+        if rec.kind == wire.CREATED:
+            if s is None:
+                s = sessions[rec.session_id] = _created(rec)
+                db.add(s)
+                for kind, data, t_us in earlier.get(rec.session_id, []):
+                    _advance(db, s, kind, data, t_us)
+        elif s is not None:
+            _advance(db, s, rec.kind, rec.data, rec.t_us)
+    insert_new(
+        db,
+        SessionRecord.__table__,  # type: ignore[attr-defined]
+        [
+            {
+                "session_id": r.session_id,
+                "seq": r.seq,
+                "kind": r.kind,
+                "t_us": r.t_us,
+                "data": {
+                    k: v for k, v in r.data.items() if not isinstance(v, bytes) and k != "inputs"
+                },
+            }
+            for r in recs
+        ],
     )
-    if s is not None:
-        db.add(s)
+
+
+def _advance(db: DB, s: Session, kind: str, data: dict[str, Any], t_us: int) -> None:
+    if kind == wire.STARTED and s.state == "CREATED":
+        s.state, s.updated_us = "RUNNING", t_us
+    elif kind == wire.ENDED:
+        _end(db, s, data, t_us)
+
+
+def _later_records(
+    db: DB, session_ids: list[str]
+) -> dict[str, list[tuple[str, dict[str, Any], int]]]:
+    """Records of sessions not created yet that another store already applied."""
+    found: dict[str, list[tuple[str, dict[str, Any], int]]] = {}
+    rows = db.exec(
+        select(SessionRecord)
+        .where(
+            col(SessionRecord.session_id).in_(session_ids),
+            col(SessionRecord.kind).in_((wire.STARTED, wire.ENDED)),
+        )
+        .order_by(col(SessionRecord.seq))
+    )
+    for r in rows:
+        found.setdefault(r.session_id, []).append((r.kind, r.data, r.t_us))
+    return found
 
 
 def _created(rec: wire.JournalRecord) -> Session:
@@ -61,23 +107,6 @@ def _created(rec: wire.JournalRecord) -> Session:
         created_us=rec.t_us,
         updated_us=rec.t_us,
     )
-
-
-def _catch_up(db: DB, s: Session) -> None:
-    """A session created after some of its later records were applied (by another store)."""
-    later = db.exec(
-        select(SessionRecord)
-        .where(
-            SessionRecord.session_id == s.session_id,
-            col(SessionRecord.kind).in_((wire.STARTED, wire.ENDED)),
-        )
-        .order_by(col(SessionRecord.seq))
-    ).all()
-    for r in later:
-        if r.kind == wire.STARTED and s.state == "CREATED":
-            s.state, s.updated_us = "RUNNING", r.t_us
-        elif r.kind == wire.ENDED:
-            _end(db, s, r.data, r.t_us)
 
 
 def _end(db: DB, s: Session, data: dict[str, Any], t_us: int) -> None:
@@ -105,54 +134,47 @@ def _retire_if_drained(db: DB, deployment_id: str, ending: str) -> None:
         db.add(d)
 
 
-def apply_event(db: DB, ev: wire.Event) -> None:
-    """Keeps one event (the caller commits); an event already kept is skipped."""
-    if db.exec(select(EventRow.seq).where(EventRow.event_id == ev.event_id)).first():
-        return
-    db.add(
-        EventRow(
-            event_id=ev.event_id,
-            project_id=ev.project_id,
-            destination_id=ev.destination_id,
-            event_type=ev.event_type,
-            data=wire.pack(ev.data),
-            memo=ev.memo,
-            created_us=ev.created_at_us,
-        )
+def apply_events(db: DB, events: list[wire.Event]) -> None:
+    """Keeps events (the caller commits); an event already kept is skipped."""
+    insert_new(
+        db,
+        EventRow.__table__,  # type: ignore[attr-defined]
+        [
+            {
+                "event_id": ev.event_id,
+                "project_id": ev.project_id,
+                "destination_id": ev.destination_id,
+                "event_type": ev.event_type,
+                "data": wire.pack(ev.data),
+                "memo": ev.memo,
+                "created_us": ev.created_at_us,
+            }
+            for ev in events
+        ],
     )
 
 
 def apply_spans(engine: Engine, spans: list[dict[str, Any]]) -> None:
     """Keeps a batch of finished spans; a span already kept (same trace and span id) is skipped."""
-    with DB(engine) as db:
-        ids = {sp["span_id"] for sp in spans}
-        traces = {sp["trace_id"] for sp in spans}
-        kept = set(
-            db.exec(
-                select(SpanRow.trace_id, SpanRow.span_id).where(
-                    col(SpanRow.trace_id).in_(traces), col(SpanRow.span_id).in_(ids)
-                )
-            ).all()
+    rows = []
+    for sp in spans:
+        attrs = sp.get("attributes") or {}
+        rows.append(
+            {
+                "trace_id": sp["trace_id"],
+                "span_id": sp["span_id"],
+                "parent_id": sp.get("parent_id", ""),
+                "session_id": str(attrs.get("ak.session_id", "")),
+                "name": sp["name"],
+                "service": sp.get("service", ""),
+                "start_us": int(sp["start_us"]),
+                "end_us": int(sp["end_us"]),
+                "status": sp.get("status", "UNSET"),
+                "status_description": sp.get("status_description", ""),
+                "attributes": attrs,
+                "events": sp.get("events") or [],
+            }
         )
-        for sp in spans:
-            if (sp["trace_id"], sp["span_id"]) in kept:
-                continue
-            kept.add((sp["trace_id"], sp["span_id"]))
-            attrs = sp.get("attributes") or {}
-            db.add(
-                SpanRow(
-                    trace_id=sp["trace_id"],
-                    span_id=sp["span_id"],
-                    parent_id=sp.get("parent_id", ""),
-                    session_id=str(attrs.get("ak.session_id", "")),
-                    name=sp["name"],
-                    service=sp.get("service", ""),
-                    start_us=int(sp["start_us"]),
-                    end_us=int(sp["end_us"]),
-                    status=sp.get("status", "UNSET"),
-                    status_description=sp.get("status_description", ""),
-                    attributes=attrs,
-                    events=sp.get("events") or [],
-                )
-            )
+    with DB(engine) as db:
+        insert_new(db, SpanRow.__table__, rows)  # type: ignore[attr-defined]
         db.commit()

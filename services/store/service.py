@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from akcore import bus, subjects, tracing, wire
 from akcore.config import Settings
@@ -17,10 +18,29 @@ from sqlmodel import Session as DB
 
 from .api import StoreApi
 from .db import open_engine
-from .materialize import apply_event, apply_record, apply_spans
+from .materialize import apply_events, apply_records, apply_spans
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
+
+# Operations after which other services' caches (akcore.cache) must forget what they kept
+# (the dispatcher keeps each trigger's targets, subscriptions included).
+CHANGING_OPS = frozenset(
+    {
+        "manifest.apply",
+        "build.create",
+        "deployment.create",
+        "deployment.activate",
+        "deployment.deactivate",
+        "trigger.create",
+        "trigger.delete",
+        "subscription.create",
+        "subscription.delete",
+        "var.set",
+        "var.delete",
+    }
+)
 
 # Messages a store applies in one transaction.
 BATCH = 256
@@ -29,48 +49,60 @@ BATCH = 256
 async def consume(
     nc: Client,
     durable: str,
-    apply: Callable[[DB, bytes], None],
+    decode: Callable[[bytes], T],
+    apply: Callable[[DB, list[T]], None],
     engine: Engine,
+    sql: Executor,
     stop: asyncio.Event,
 ) -> None:
     """Pulls a stream and applies what has arrived in one transaction per batch, in stream
-    order, off the event loop (requests are answered meanwhile). A batch that fails is
-    applied again one message at a time, so that one bad message is skipped alone."""
+    order, off the event loop (requests are answered meanwhile). A message that cannot be
+    decoded is dropped; a batch that fails is applied again one message at a time, so that
+    one bad message is retried alone."""
     puller = await bus.Puller.bind(nc, durable)
+    loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
-            batch = await puller.take(BATCH)
+            batch: list[tuple[Msg, T]] = []
+            for msg in await puller.take(BATCH):
+                try:
+                    batch.append((msg, decode(msg.data)))
+                except Exception as e:  # undecodable: never retry
+                    log.error("%s: dropping malformed message %s: %s", durable, msg.subject, e)
+                    await msg.term()
             if not batch:
                 continue
             try:
-                await asyncio.to_thread(_apply_all, engine, apply, [m.data for m in batch])
+                items = [x for _, x in batch]
+                await loop.run_in_executor(sql, _in_transaction, engine, apply, items)
             except Exception as e:
                 log.warning("%s: batch of %d failed (%s); one at a time", durable, len(batch), e)
-                for msg in batch:
-                    await _apply_one(msg, apply, engine, durable)
+                for msg, item in batch:
+                    await _apply_one(msg, item, apply, engine, sql, durable)
                 continue
-            for msg in batch:
+            for msg, _ in batch:
                 await msg.ack()
     finally:
         await puller.close()
 
 
-def _apply_all(engine: Engine, apply: Callable[[DB, bytes], None], items: list[bytes]) -> None:
+def _in_transaction(engine: Engine, apply: Callable[[DB, list[T]], None], items: list[T]) -> None:
     with DB(engine) as db:
-        for data in items:
-            apply(db, data)
+        apply(db, items)
         db.commit()
 
 
 async def _apply_one(
-    msg: Msg, apply: Callable[[DB, bytes], None], engine: Engine, durable: str
+    msg: Msg,
+    item: T,
+    apply: Callable[[DB, list[T]], None],
+    engine: Engine,
+    sql: Executor,
+    durable: str,
 ) -> None:
     try:
-        await asyncio.to_thread(_apply_all, engine, apply, [msg.data])
-    except (ValueError, TypeError, KeyError) as e:  # undecodable: never retry
-        log.error("%s: dropping malformed message %s: %s", durable, msg.subject, e)
-        await msg.term()
-        return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(sql, _in_transaction, engine, apply, [item])
     except Exception:
         log.exception("%s: applying %s failed, will retry", durable, msg.subject)
         await msg.nak(delay=1.0)
@@ -81,6 +113,8 @@ async def _apply_one(
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     engine = open_engine(settings.db_dsn)
+    # Materializing runs on these threads, so that requests are answered meanwhile.
+    sql = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ak-store-sql")
     api = StoreApi(engine, Sealer(load_key()))
     nc = await bus.connect(settings.nats_url, "ak-store")
     await bus.ensure_streams(nc.jetstream())
@@ -88,11 +122,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     tel.send_to_store(nc)
 
     async def handle(op: str, args: dict[str, Any]) -> Any:
-        return api.handler(op)(args)
+        result = api.handler(op)(args)
+        if op in CHANGING_OPS:  # before the answer: caches forget before the caller goes on
+            await nc.publish(subjects.CHANGED, op.encode())
+        return result
 
     async def on_spans(msg: Msg) -> None:
         try:
-            apply_spans(engine, wire.unpack(msg.data))
+            spans = wire.unpack(msg.data)
+            await asyncio.get_running_loop().run_in_executor(sql, apply_spans, engine, spans)
         except Exception as e:  # spans are diagnostics: never let them hurt the store
             log.warning("dropping %d bytes of spans: %s", len(msg.data), e)
 
@@ -104,8 +142,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             consume(
                 nc,
                 subjects.CONSUMER_STORE_JOURNAL,
-                lambda db, b: apply_record(db, wire.decode(wire.JournalRecord, b)),
+                lambda b: wire.decode(wire.JournalRecord, b),
+                apply_records,
                 engine,
+                sql,
                 stop,
             )
         ),
@@ -113,8 +153,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             consume(
                 nc,
                 subjects.CONSUMER_STORE_EVENTS,
-                lambda db, b: apply_event(db, wire.decode(wire.Event, b)),
+                lambda b: wire.decode(wire.Event, b),
+                apply_events,
                 engine,
+                sql,
                 stop,
             )
         ),
@@ -126,4 +168,5 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await tel.close()
     await bus.close(nc)
+    sql.shutdown(wait=True)  # no statement may outlive the engine
     engine.dispose()

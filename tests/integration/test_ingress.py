@@ -58,3 +58,26 @@ async def test_webhook_to_event(settings: Settings) -> None:
             ready = await http.get("/readyz")
             assert ready.status_code == 503 and "dispatcher" in ready.text
         await nc.close()
+
+
+async def test_kept_webhook_lookups_are_forgotten_when_the_store_changes(
+    settings: Settings,
+) -> None:
+    """Ingress keeps webhook lookups; a deactivation is still seen by the very next request."""
+    from akcore.cache import StoreCache
+
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "ingress-test")
+        d = await deploy(nc, "p", {"simple.py": b""})
+        lookups = StoreCache(ttl=3600)
+        await lookups.watch(nc)
+        transport = httpx.ASGITransport(app=create_app(nc, lookups=lookups))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            hook = f"/webhooks/{d['trigger']['webhook_slug']}"
+            assert (await http.post(hook, content=b"1")).status_code == 202
+            assert (await http.post(hook, content=b"2")).status_code == 202  # from memory
+            await bus.store_call(nc, "deployment.deactivate", {"deployment_id": d["deployment_id"]})
+            assert (await http.post(hook, content=b"3")).status_code == 404
+            await bus.store_call(nc, "deployment.activate", {"deployment_id": d["deployment_id"]})
+            assert (await http.post(hook, content=b"4")).status_code == 202
+        await nc.close()

@@ -88,3 +88,30 @@ async def test_journal_is_materialized_once(settings: Settings) -> None:
         )["records"]
         assert [p["data"]["text"] for p in prints] == ["hello"]
         await nc.close()
+
+
+def test_records_applied_out_of_order_give_the_same_session(db_dsn: str) -> None:
+    """Two stores share the journal: a session's end may be applied before its creation,
+    and a batch may come again. The session still ends up as its journal says, once."""
+    from ak_store.db import open_engine
+    from ak_store.materialize import apply_records
+    from ak_store.models import Session, SessionRecord
+    from sqlmodel import Session as DB
+    from sqlmodel import select
+
+    engine = open_engine(db_dsn)
+    sid = "ses_01m8cpgk96e6wakscbfn3064cy"
+    created = wire.JournalRecord(sid, 0, wire.CREATED, 1_000, {"project_id": "prj_x"})
+    started = wire.JournalRecord(sid, 1, wire.STARTED, 2_000, {"runner": "r", "attempt": 1})
+    printed = wire.JournalRecord(sid, 2, wire.PRINT, 3_000, {"text": "hi"})
+    ended = wire.JournalRecord(sid, 3, wire.ENDED, 4_000, {"state": "ERROR", "error": "boom"})
+    for batch in ([ended, printed], [created, started, ended], [started]):
+        with DB(engine) as db:
+            apply_records(db, batch)
+            db.commit()
+    with DB(engine) as db:
+        s = db.get(Session, sid)
+        assert s is not None and (s.state, s.error, s.updated_us) == ("ERROR", "boom", 4_000)
+        seqs = db.exec(select(SessionRecord.seq).where(SessionRecord.session_id == sid)).all()
+        assert sorted(seqs) == [0, 1, 2, 3]
+    engine.dispose()

@@ -1,0 +1,52 @@
+"""Store answers kept for a few seconds by the services that ask the same thing on every
+event or session (a webhook's trigger, a project's vars).
+
+The store publishes the name of every operation that changes projects, deployments,
+triggers or vars on ``ak.changed`` (core NATS) before it answers it; a ``StoreCache``
+forgets everything when it hears one, so a change is seen by the next event. The time
+limit covers a notice lost in a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from . import bus, subjects
+from .errors import NotFound
+
+
+class StoreCache:
+    """``await cache.call(nc, op, args, key)``: ``bus.store_call`` with memory. A "not found"
+    answer is kept too (it is an answer: unknown webhooks are cheap to refuse)."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._kept: dict[tuple[str, str], tuple[float, Any, str | None]] = {}
+
+    async def watch(self, nc: Client) -> None:
+        async def on_change(_: Msg) -> None:
+            self._kept.clear()
+
+        await nc.subscribe(subjects.CHANGED, cb=on_change)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+    async def call(self, nc: Client, op: str, args: dict[str, Any], key: str) -> Any:
+        now = asyncio.get_running_loop().time()
+        hit = self._kept.get((op, key))
+        if hit is not None and now - hit[0] < self.ttl:
+            if hit[2] is not None:
+                raise NotFound(hit[2])
+            return hit[1]
+        try:
+            result = await bus.store_call(nc, op, args)
+        except NotFound as e:
+            self._kept[(op, key)] = (now, None, e.message)
+            raise
+        self._kept[(op, key)] = (now, result, None)
+        return result
