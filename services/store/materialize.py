@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from akcore import wire
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session as DB
 from sqlmodel import col, select
 
 from .models import Deployment, EventRow, Session, SessionRecord, SpanRow
+
+_JOURNAL_LOCK = 0x616B5F6A  # "ak_j"
 
 
 def insert_new(db: DB, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -31,6 +33,11 @@ def apply_records(db: DB, recs: list[wire.JournalRecord]) -> None:
     """Applies journal records in order (the caller commits). Applying a record twice
     changes nothing. Several stores apply the journal side by side, so a session's records
     may come out of order: a session created after its later records catches up with them."""
+    conn = db.connection()
+    if conn.dialect.name == "postgresql":
+        # Stores apply their batches one after another: a batch must see what the batch
+        # before it committed (SQLite gives the same by refusing a stale writer).
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _JOURNAL_LOCK})
     ids = {r.session_id for r in recs}
     sessions = {
         s.session_id: s for s in db.exec(select(Session).where(col(Session.session_id).in_(ids)))

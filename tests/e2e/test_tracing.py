@@ -156,8 +156,7 @@ EXPECTED_TREE = [
     ("        ├── build.get", "ak-store"),
     ("        ├── session.env", "ak-store"),
     ("        ├── activity double #1", "ak-runner"),
-    ("        ├── activity double #2", "ak-runner"),
-    ("        └── subscription.delete", "ak-store"),
+    ("        └── activity double #2", "ak-runner"),
 ]
 
 
