@@ -357,6 +357,8 @@ class Puller:
                     await asyncio.sleep(0.5)
                     return []
             self._arrived.clear()
+            if self._ready:  # arrived while the request was being sent
+                break
             wait = min(end, self._deadline) - now
             if wait <= 0 and now >= end:
                 return []

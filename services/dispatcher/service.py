@@ -48,11 +48,12 @@ async def dispatch(
                 wire.encode(msg),
                 headers={subjects.HDR_MSG_ID: f"{event.event_id}:{msg.subscription_id}"},
             )
-    # For a sync webhook waiting in ingress: did this event reach anything?
-    await nc.publish(
-        subjects.dispatched_subject(event.event_id),
-        wire.pack({"sessions": started, "signaled": len(deliveries)}),
-    )
+    if (targets["trigger"] or {}).get("is_sync"):
+        # A sync webhook's request waits in ingress: did this event reach anything?
+        await nc.publish(
+            subjects.dispatched_subject(event.event_id),
+            wire.pack({"sessions": started, "signaled": len(deliveries)}),
+        )
     return started
 
 

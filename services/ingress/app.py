@@ -46,9 +46,9 @@ def _raw_url(request: Request) -> str:
 
 def create_app(
     nc: Client, telemetry: tracing.Telemetry | None = None, lookups: StoreCache | None = None
-) -> FastAPI:
-    """The HTTP app; ``lookups`` keeps webhook lookups (it should be watching the store's
-    change notices; without one every request asks the store)."""
+) -> WebhookFront:
+    """The HTTP app (an ASGI callable). ``lookups`` keeps webhook lookups (it should watch
+    the store's change notices; without one every request asks the store)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
     tel = telemetry or tracing.Telemetry("ingress")
@@ -191,7 +191,26 @@ def create_app(
             )
         return Response("ready\n", status_code=200)
 
-    return app
+    return WebhookFront(app, webhook)
+
+
+class WebhookFront:
+    """Serves ``/webhooks/...`` without FastAPI's routing and middleware (most of the CPU a
+    webhook cost), with the same handler; everything else goes to the app."""
+
+    PREFIX = "/webhooks/"
+
+    def __init__(self, app: FastAPI, webhook: Any) -> None:
+        self.app, self.webhook = app, webhook
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        slug = path[len(self.PREFIX) :].split("/", 1)[0] if path.startswith(self.PREFIX) else ""
+        if not slug or scope.get("method") not in METHODS:
+            await self.app(scope, receive, send)
+            return
+        response = await self.webhook(Request(scope, receive), slug)
+        await response(scope, receive, send)
 
 
 def _reply(reply: wire.StoreReply, status: int) -> Response:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 from collections.abc import Callable
 
 from akcore import subjects, wire
@@ -130,19 +132,39 @@ class InboxWatch:
     message as JetStream stores it): a message for a session of this runner whose inbox
     is not being read yet starts reading it."""
 
+    SEEN = 100_000  # sessions remembered as having been sent something
+    SKEW = 5.0  # seconds allowed between the NATS server's clock and ours
+
     def __init__(self) -> None:
         self.live: dict[str, Inbox] = {}
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._since = float("inf")  # messages sent before this may have been missed
 
     async def watch(self, nc: Client) -> None:
         prefix = len(subjects.inbox_subject(""))
 
         async def on_msg(msg: Msg) -> None:
-            inbox = self.live.get(msg.subject[prefix:])
+            sid = msg.subject[prefix:]
+            self._seen[sid] = time.time()
+            self._seen.move_to_end(sid)
+            if len(self._seen) > self.SEEN:
+                _, evicted = self._seen.popitem(last=False)
+                self._since = max(self._since, evicted)
+            inbox = self.live.get(sid)
             if inbox is not None and not inbox.reading:
                 task = asyncio.create_task(inbox.start())
                 task.add_done_callback(_log_failure)
 
+        self._since = time.time()
         await nc.subscribe(subjects.inbox_subject("*"), cb=on_msg)
+
+    def heard_all_since(self, queued_at: float) -> bool:
+        """Whether every message sent to a session queued at ``queued_at`` (NATS server
+        time) reached this watch; if so, a session it never heard of has an empty inbox."""
+        return queued_at > self._since + self.SKEW
+
+    def heard_of(self, session_id: str) -> bool:
+        return session_id in self._seen
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

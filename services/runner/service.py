@@ -71,7 +71,7 @@ async def handle_job(host: Host, msg: Msg, heartbeat: float) -> None:
     if attempt > 1:  # redelivered: a runner died mid-session; replay what it journaled
         try:
             t0 = time.perf_counter()
-            replay = replay_state(await read_journal(host.nc.jetstream(), job.session_id))
+            replay = replay_state(await read_journal(host.js, job.session_id))
             replay.read_us = int((time.perf_counter() - t0) * 1e6)
         except Exception:
             log.exception("session %s: cannot read its journal, will retry", job.session_id)
@@ -89,7 +89,8 @@ async def handle_job(host: Host, msg: Msg, heartbeat: float) -> None:
     headers = dict(msg.headers or {})
     if not headers.get(subjects.HDR_TRACEPARENT) and replay.traceparent:
         headers[subjects.HDR_TRACEPARENT] = replay.traceparent
-    run = SessionRun(host, job, attempt, replay)
+    stamp = msg.metadata.timestamp
+    run = SessionRun(host, job, attempt, replay, stamp.timestamp() if stamp else 0.0)
     try:
         await run.traced(tracing.extract(headers))
     except Unavailable as e:
@@ -121,7 +122,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await env_cache.watch(nc)
     inboxes = InboxWatch()
     await inboxes.watch(nc)
-    host = Host(nc, cache, envs, pool, tel, runner_id, env_cache, inboxes)
+    host = Host(nc, cache, envs, pool, tel, runner_id, env_cache, inboxes, nc.jetstream())
     js = nc.jetstream()
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")

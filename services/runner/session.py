@@ -17,6 +17,7 @@ from akcore.config import INTERNAL_ENV_PREFIXES, REQUIREMENTS_FILE
 from akcore.errors import AKError, Unavailable
 from akcore.journal import ACTIVITY, SLEEP, ReplayState
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, SpanKind
 
@@ -65,12 +66,21 @@ class Host:
     runner_id: str
     env_cache: StoreCache  # each project's vars (`session.env`)
     inboxes: InboxWatch  # the inboxes of the sessions running here
+    js: JetStreamContext
 
 
 class SessionRun:
     """One attempt at one session; ``replay`` is what earlier attempts journaled."""
 
-    def __init__(self, host: Host, job: wire.Job, attempt: int, replay: ReplayState) -> None:
+    def __init__(
+        self,
+        host: Host,
+        job: wire.Job,
+        attempt: int,
+        replay: ReplayState,
+        queued_at: float = 0.0,  # when its job was published (NATS server time), if known
+    ) -> None:
+        self.queued_at = queued_at
         self.host, self.nc, self.cache, self.job = host, host.nc, host.cache, job
         self.envs, self.pool, self.tel = host.envs, host.pool, host.tel
         self.env: dict[str, str] = {}
@@ -83,12 +93,12 @@ class SessionRun:
         }
         self.attempt, self.replay, self.runner_id = attempt, replay, host.runner_id
         self.seq = replay.next_seq
-        self.js = host.nc.jetstream()
+        self.js = host.js
         self.ended = False
         self.stop_reason: str | None = None
         self._stop = asyncio.Event()
         self.inbox = Inbox(self.js, job.session_id, replay.consumed, self._request_stop)
-        self.syscalls = Syscalls(self.nc, job, self.inbox)
+        self.syscalls = Syscalls(self.nc, job, self.inbox, self.js)
 
     async def journal(self, kind: str, data: dict[str, Any]) -> None:
         """Appends a record; returns once JetStream has acknowledged it (write-ahead)."""
@@ -222,7 +232,10 @@ class SessionRun:
         live = self.host.inboxes.live
         live[job.session_id] = self.inbox
         try:
-            await self.inbox.open()
+            watch = self.host.inboxes
+            fresh = self.attempt == 1 and watch.heard_all_since(self.queued_at)
+            if not fresh or watch.heard_of(job.session_id):
+                await self.inbox.open()  # something may be waiting: look
             await self._run_until_stopped(worker, code_dir)
         finally:
             if live.get(job.session_id) is self.inbox:

@@ -10,6 +10,7 @@ from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.manifest import parse_call
 from akcore.sessions import publish_session
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from .inbox import Inbox
 from .values import Values
@@ -22,9 +23,11 @@ class SyscallError(Exception):
 class Syscalls:
     """Serves one session. ``call`` returns (result, inbox sequence taken, if any)."""
 
-    def __init__(self, nc: Client, job: wire.Job, inbox: Inbox) -> None:
+    def __init__(
+        self, nc: Client, job: wire.Job, inbox: Inbox, js: JetStreamContext | None = None
+    ) -> None:
         self.nc, self.job, self.inbox = nc, job, inbox
-        self.js = nc.jetstream()
+        self.js = js or nc.jetstream()
         self._values: Values | None = None
         self.subscribed = False  # its subscriptions are removed when the session ends
 

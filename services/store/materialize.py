@@ -33,11 +33,13 @@ def apply_records(db: DB, recs: list[wire.JournalRecord]) -> None:
     """Applies journal records in order (the caller commits). Applying a record twice
     changes nothing. Several stores apply the journal side by side, so a session's records
     may come out of order: a session created after its later records catches up with them."""
+    # Stores apply their batches one after another: a batch must see what the batch before
+    # it committed, so it takes the database's turn before it reads anything.
     conn = db.connection()
     if conn.dialect.name == "postgresql":
-        # Stores apply their batches one after another: a batch must see what the batch
-        # before it committed (SQLite gives the same by refusing a stale writer).
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _JOURNAL_LOCK})
+    elif conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, held until commit
     ids = {r.session_id for r in recs}
     sessions = {
         s.session_id: s for s in db.exec(select(Session).where(col(Session.session_id).in_(ids)))
