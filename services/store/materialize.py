@@ -53,9 +53,13 @@ def apply_records(db: DB, recs: list[wire.JournalRecord]) -> None:
                 s = sessions[rec.session_id] = _created(rec)
                 db.add(s)
                 for kind, data, t_us in earlier.get(rec.session_id, []):
-                    _advance(db, s, kind, data, t_us)
+                    _advance(s, kind, data, t_us)
         elif s is not None:
-            _advance(db, s, rec.kind, rec.data, rec.t_us)
+            _advance(s, rec.kind, rec.data, rec.t_us)
+    ended = {s.deployment_id for s in sessions.values() if s.state in _FINAL}
+    if ended:
+        db.flush()
+        _retire_drained(db, ended)
     insert_new(
         db,
         SessionRecord.__table__,  # type: ignore[attr-defined]
@@ -74,11 +78,14 @@ def apply_records(db: DB, recs: list[wire.JournalRecord]) -> None:
     )
 
 
-def _advance(db: DB, s: Session, kind: str, data: dict[str, Any], t_us: int) -> None:
+def _advance(s: Session, kind: str, data: dict[str, Any], t_us: int) -> None:
     if kind == wire.STARTED and s.state == "CREATED":
         s.state, s.updated_us = "RUNNING", t_us
     elif kind == wire.ENDED:
-        _end(db, s, data, t_us)
+        s.state = data.get("state", wire.ERROR)
+        s.error = data.get("error") or ""
+        s.traceback = data.get("traceback") or ""
+        s.updated_us = t_us
 
 
 def _later_records(
@@ -118,29 +125,25 @@ def _created(rec: wire.JournalRecord) -> Session:
     )
 
 
-def _end(db: DB, s: Session, data: dict[str, Any], t_us: int) -> None:
-    s.state = data.get("state", wire.ERROR)
-    s.error = data.get("error") or ""
-    s.traceback = data.get("traceback") or ""
-    s.updated_us = t_us
-    _retire_if_drained(db, s.deployment_id, s.session_id)
+_FINAL = ("COMPLETED", "ERROR", "STOPPED")
 
 
-def _retire_if_drained(db: DB, deployment_id: str, ending: str) -> None:
-    """A draining deployment becomes inactive when its last session ends."""
-    d = db.get(Deployment, deployment_id)
-    if d is None or d.state != "DRAINING":
-        return
-    live = db.exec(
-        select(Session).where(
-            Session.deployment_id == deployment_id,
-            Session.session_id != ending,
-            col(Session.state).not_in(("COMPLETED", "ERROR", "STOPPED")),
+def _retire_drained(db: DB, deployment_ids: set[str]) -> None:
+    """A draining deployment becomes inactive when its last session has ended."""
+    draining = db.exec(
+        select(Deployment).where(
+            col(Deployment.deployment_id).in_(deployment_ids), Deployment.state == "DRAINING"
         )
-    ).first()
-    if live is None:
-        d.state = "INACTIVE"
-        db.add(d)
+    ).all()
+    for d in draining:
+        live = db.exec(
+            select(Session.session_id).where(
+                Session.deployment_id == d.deployment_id, col(Session.state).not_in(_FINAL)
+            )
+        ).first()
+        if live is None:
+            d.state = "INACTIVE"
+            db.add(d)
 
 
 def apply_events(db: DB, events: list[wire.Event]) -> None:
