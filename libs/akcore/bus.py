@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -31,6 +31,7 @@ from . import subjects, tracing, wire
 from .errors import AKError, Unavailable, error_from_kind
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DAY = 24 * 3600.0
 DUPLICATE_WINDOW = 120.0
@@ -284,6 +285,17 @@ async def ping_service(nc: Client, service: str, timeout: float = 1.0) -> bool:
         return True
     except Exception:
         return False
+
+
+async def decode_or_drop(cls: type[T], msg: Msg, what: str) -> T | None:
+    """The message as ``cls``; None when it cannot be decoded, in which case it is logged
+    and terminated (redelivering it could never succeed)."""
+    try:
+        return wire.decode(cls, msg.data)
+    except Exception as e:
+        log.error("dropping malformed %s %s: %s", what, msg.subject, e)
+        await msg.term()
+        return None
 
 
 class Puller:

@@ -147,11 +147,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
             continue
         for msg in await puller.take(free):
-            try:
-                event = wire.decode(wire.Event, msg.data)
-            except Exception as e:
-                log.error("dropping malformed event %s: %s", msg.subject, e)
-                await msg.term()
+            event = await bus.decode_or_drop(wire.Event, msg, "event")
+            if event is None:
                 continue
             turn = turns.take(event.destination_id)
             task = asyncio.create_task(handle(nc, tel, msg, event, turn, targets))

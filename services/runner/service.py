@@ -59,11 +59,8 @@ def request_handler(envs: PythonEnvs) -> Callable[[str, dict[str, Any]], Awaitab
 
 
 async def handle_job(host: Host, msg: Msg, heartbeat: float) -> None:
-    try:
-        job = wire.decode(wire.Job, msg.data)
-    except Exception as e:
-        log.error("dropping malformed job %s: %s", msg.subject, e)
-        await msg.term()
+    job = await bus.decode_or_drop(wire.Job, msg, "job")
+    if job is None:
         return
     attempt = msg.metadata.num_delivered or 1
     beat = asyncio.create_task(_heartbeat(msg, heartbeat))

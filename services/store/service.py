@@ -49,7 +49,7 @@ BATCH = 256
 async def consume(
     nc: Client,
     durable: str,
-    decode: Callable[[bytes], T],
+    cls: type[T],
     apply: Callable[[DB, list[T]], None],
     engine: Engine,
     sql: Executor,
@@ -65,11 +65,9 @@ async def consume(
         while not stop.is_set():
             batch: list[tuple[Msg, T]] = []
             for msg in await puller.take(BATCH):
-                try:
-                    batch.append((msg, decode(msg.data)))
-                except Exception as e:  # undecodable: never retry
-                    log.error("%s: dropping malformed message %s: %s", durable, msg.subject, e)
-                    await msg.term()
+                item = await bus.decode_or_drop(cls, msg, durable)
+                if item is not None:
+                    batch.append((msg, item))
             if not batch:
                 continue
             try:
@@ -142,7 +140,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             consume(
                 nc,
                 subjects.CONSUMER_STORE_JOURNAL,
-                lambda b: wire.decode(wire.JournalRecord, b),
+                wire.JournalRecord,
                 apply_records,
                 engine,
                 sql,
@@ -153,7 +151,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             consume(
                 nc,
                 subjects.CONSUMER_STORE_EVENTS,
-                lambda b: wire.decode(wire.Event, b),
+                wire.Event,
                 apply_events,
                 engine,
                 sql,
