@@ -99,8 +99,8 @@ class Channel:
             os._exit(EXIT_PARENT_GONE)
 
 
-def _capture_prints(rt: _runtime.Runtime) -> Any:
-    """Routes ``print`` to the session; returns the original, to put back afterwards."""
+def _capture_prints(rt: _runtime.Runtime) -> None:
+    """Routes ``print`` to the session (``_Baseline.restore`` puts the original back)."""
     original = builtins.print
 
     def ak_print(
@@ -119,7 +119,6 @@ def _capture_prints(rt: _runtime.Runtime) -> Any:
             original(*objects, sep=sep, end=end, file=file, flush=flush)
 
     builtins.print = ak_print
-    return original
 
 
 def module_name(path: str) -> str:
@@ -203,12 +202,13 @@ class _Baseline:
         self.path = list(sys.path)
         self.meta_path = list(sys.meta_path)
         self.stdout, self.stderr = sys.stdout, sys.stderr
+        self.print = builtins.print
         self.threads = set(threading.enumerate())
 
-    def restore(self, code_dir: str, print_fn: Any) -> bool:
+    def restore(self, code_dir: str) -> bool:
         """Undoes the session; False when something it left behind cannot be undone (a
         thread still running), in which case the worker must not take another session."""
-        builtins.print = print_fn
+        builtins.print = self.print
         _runtime.install(None)
         sys.stdout, sys.stderr = self.stdout, self.stderr
         sys.meta_path[:] = self.meta_path
@@ -234,13 +234,12 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     baseline = _Baseline()
     code_dir = os.path.realpath(start["code_dir"])
     ch.idle = False
-    original_print = builtins.print
     try:
         done, blob = _session(ch, start, payload, code_dir)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    reusable = baseline.restore(code_dir, original_print)
+    reusable = baseline.restore(code_dir)
     ch.idle = True
     ch.send({**done, "reusable": reusable}, blob)
     return reusable
@@ -272,7 +271,7 @@ def _session(
         ch, Replayer(replay.get("steps", {}), replay.get("prints", 0)), is_user, durable
     )
     _runtime.install(rt)
-    _capture_prints(rt)  # put back by _Baseline.restore
+    _capture_prints(rt)
     if durable:
         finder.install()
     event = Event(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from akcore import bus, subjects, tracing, wire
@@ -23,25 +22,22 @@ log = logging.getLogger(__name__)
 
 
 async def dispatch(
-    nc: Client, event: wire.Event, turn: Turn | None = None, targets_cache: StoreCache | None = None
+    nc: Client, event: wire.Event, turn: Turn, targets_cache: StoreCache
 ) -> list[str]:
-    """Creates the event's sessions and delivers it to the sessions waiting for it (in its
-    ``turn``, if given); returns the new sessions' ids. Safe to repeat for the same event.
+    """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
+    waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
     ``targets_cache`` keeps each trigger's deployments and subscriptions (it must watch the
     store's change notices)."""
     js = nc.jetstream()
     args = {"trigger_id": event.destination_id}
-    if targets_cache is None:
-        targets = await bus.store_call(nc, "dispatch.targets", args)
-    else:
-        targets = await targets_cache.call(nc, "dispatch.targets", args, event.destination_id)
+    targets = await targets_cache.call(nc, "dispatch.targets", args, event.destination_id)
     started = []
     for job in sessions_for(event, targets["trigger"], targets["deployments"]):
         await publish_session(js, job)
         started.append(job.session_id)
         log.info("event %s: session %s (%s)", event.event_id, job.session_id, job.entrypoint)
     deliveries = inbox_deliveries(event, targets.get("subscriptions", []))
-    async with turn or contextlib.nullcontext():
+    async with turn:
         for sid, msg in deliveries:
             await js.publish(
                 subjects.inbox_subject(sid),

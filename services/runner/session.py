@@ -229,10 +229,10 @@ class SessionRun:
             )
             return
         worker.reusable = False  # until its session ends with a `done` that says so
-        live = self.host.inboxes.live
+        watch = self.host.inboxes
+        live = watch.live
         live[job.session_id] = self.inbox
         try:
-            watch = self.host.inboxes
             fresh = self.attempt == 1 and watch.heard_all_since(self.queued_at)
             if not fresh or watch.heard_of(job.session_id):
                 await self.inbox.open()  # something may be waiting: look
