@@ -23,6 +23,10 @@ class StoreCache:
     """``await cache.call(nc, op, args, key)``: ``bus.store_call`` with memory. A "not found"
     answer is kept too (it is an answer: unknown webhooks are cheap to refuse)."""
 
+    # Keys can come from outside (a webhook's slug): past this many answers, the expired
+    # ones are dropped, and if that is not enough, all of them.
+    MAX_KEPT = 10_000
+
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
         self._kept: dict[tuple[str, str], tuple[float, Any, str | None]] = {}
@@ -33,8 +37,14 @@ class StoreCache:
 
         await nc.subscribe(subjects.CHANGED, cb=on_change)
 
-    def clear(self) -> None:
-        self._kept.clear()
+    def _keep(self, key: tuple[str, str], now: float, result: Any, missing: str | None) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._kept) >= self.MAX_KEPT:
+            self._kept = {k: v for k, v in self._kept.items() if now - v[0] < self.ttl}
+            if len(self._kept) >= self.MAX_KEPT:
+                self._kept.clear()
+        self._kept[key] = (now, result, missing)
 
     async def call(self, nc: Client, op: str, args: dict[str, Any], key: str) -> Any:
         now = asyncio.get_running_loop().time()
@@ -46,7 +56,7 @@ class StoreCache:
         try:
             result = await bus.store_call(nc, op, args)
         except NotFound as e:
-            self._kept[(op, key)] = (now, None, e.message)
+            self._keep((op, key), now, None, e.message)
             raise
-        self._kept[(op, key)] = (now, result, None)
+        self._keep((op, key), now, result, None)
         return result

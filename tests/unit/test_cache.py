@@ -1,0 +1,45 @@
+"""StoreCache: answers kept until a change notice, and never more than MAX_KEPT of them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from akcore import bus, subjects, wire
+from akcore.cache import StoreCache
+from akcore.errors import NotFound
+from nats.aio.msg import Msg
+
+
+async def test_kept_answers_are_bounded_and_forgotten_on_change(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "t")
+    asked: list[str] = []
+
+    async def store(msg: Msg) -> None:  # a store that knows no webhook
+        slug = wire.decode(wire.StoreRequest, msg.data).args["slug"]
+        asked.append(slug)
+        reply = wire.StoreReply(ok=False, error_kind="not_found", error=f"no {slug}")
+        await msg.respond(wire.encode(reply))
+
+    await nc.subscribe(subjects.store_subject("webhook.lookup"), cb=store)
+    cache = StoreCache(ttl=3600)
+    cache.MAX_KEPT = 3
+    await cache.watch(nc)
+
+    async def lookup(slug: str) -> Any:
+        with pytest.raises(NotFound, match=f"no {slug}"):
+            await cache.call(nc, "webhook.lookup", {"slug": slug}, slug)
+
+    for slug in ("a", "a", "b", "c"):
+        await lookup(slug)
+    assert asked == ["a", "b", "c"]  # the second "a" was kept
+    await lookup("d")  # a fourth key: the three kept ones are let go
+    await lookup("a")
+    assert asked == ["a", "b", "c", "d", "a"]
+    await nc.publish(subjects.CHANGED, b"var.set")
+    await nc.flush()
+    await asyncio.sleep(0.1)  # the notice's callback runs as a task of its own
+    await lookup("d")
+    assert asked[-1] == "d"  # forgotten on the change notice
+    await nc.close()
