@@ -101,17 +101,21 @@ class SessionRun:
         self.syscalls = Syscalls(self.nc, job, self.inbox, self.js)
 
     async def journal(self, kind: str, data: dict[str, Any]) -> None:
-        """Appends a record; returns once JetStream has acknowledged it (write-ahead)."""
-        sid = self.job.session_id
+        """Appends a record; returns once JetStream has acknowledged it (write-ahead).
+
+        The sequence number is taken before publishing: a stop can cancel this while the
+        publish is in flight (and already stored), and the next record (``ended``) must not
+        reuse the number, or JetStream would drop it as a duplicate of this one."""
+        sid, seq = self.job.session_id, self.seq
+        self.seq += 1
         rec = wire.JournalRecord(
-            session_id=sid, seq=self.seq, kind=kind, t_us=timefmt.now_us(), data=data
+            session_id=sid, seq=seq, kind=kind, t_us=timefmt.now_us(), data=data
         )
         await self.js.publish(
             subjects.journal_subject(sid),
             wire.encode(rec),
-            headers={subjects.HDR_MSG_ID: f"{sid}:{self.seq}"},
+            headers={subjects.HDR_MSG_ID: f"{sid}:{seq}"},
         )
-        self.seq += 1
 
     async def traced(self, parent: Context) -> None:
         """Runs the session inside its span (a child of whatever started it)."""
