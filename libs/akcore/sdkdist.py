@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+import tempfile
 import zipfile
 from functools import cache
 from importlib import metadata
@@ -84,10 +85,25 @@ def build_wheel(out_dir: Path) -> Path:
 
 def write_copy(parent: Path) -> Path:
     """A plain copy of the package under ``parent/<digest>/`` (for PYTHONPATH); returns the
-    directory to put on the path. Written once per SDK version, atomically."""
+    directory to put on the path. Written once per SDK version, atomically: each writer
+    fills a directory of its own and renames it into place, so writers racing (sessions
+    starting together, several runners) never see or leave a partial copy."""
     final = parent / digest()
     if (final / "autokitteh" / "__init__.py").is_file():
         return final
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest()}.", suffix=".tmp", dir=parent))
+    try:
+        for name, data in files().items():
+            dest = tmp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        tmp.rename(final)
+    except OSError:  # another writer won the race (or the disk failed: say so below)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (final / "autokitteh" / "__init__.py").is_file():
+            raise
+    return final
     tmp = parent / f".{digest()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     for name, data in files().items():

@@ -71,3 +71,16 @@ def test_sdk_wheel_has_every_file_with_its_hash(tmp_path: Path) -> None:
             b64 = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             assert (digest, size) == (f"sha256={b64}", str(len(data)))
         assert {line.split(",")[0] for line in record} == names
+
+
+def test_sessions_starting_together_all_get_a_whole_sdk_copy(tmp_path: Path) -> None:
+    """Workers put the SDK copy on their path: writers racing to make it (sessions starting
+    at once on a fresh runner) must each end with the complete copy, never a partial one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        copies = list(pool.map(lambda _: sdkdist.write_copy(tmp_path / "sdk"), range(16)))
+    assert len(set(copies)) == 1
+    names = {p.relative_to(copies[0]).as_posix() for p in copies[0].rglob("*") if p.is_file()}
+    assert names == set(sdkdist.files())
+    assert not [p for p in (tmp_path / "sdk").iterdir() if p != copies[0]]  # no leftovers
