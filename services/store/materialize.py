@@ -2,67 +2,97 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from akcore import wire
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, Table, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session as DB
-from sqlmodel import col, select
 
 from .models import Deployment, EventRow, Session, SessionRecord, SpanRow
 
 _JOURNAL_LOCK = 0x616B5F6A  # "ak_j"
 
 
-def insert_new(db: DB, table: Any, rows: list[dict[str, Any]]) -> None:
+def insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Inserts rows, skipping those that clash with a row already kept (a unique key): each
     message is applied at least once, so the same row may come again."""
-    if not rows:
-        return
-    conn = db.connection()
-    if conn.dialect.name == "postgresql":
-        stmt: Any = pg_insert(table).on_conflict_do_nothing()
-    else:
-        stmt = sqlite_insert(table).on_conflict_do_nothing()
-    conn.execute(stmt, rows)
+    if rows:
+        conn.execute(_insert_new_stmt(conn.dialect.name, table), rows)
 
 
-def apply_records(db: DB, recs: list[wire.JournalRecord]) -> None:
+@functools.cache
+def _insert_new_stmt(dialect: str, table: Table) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(table).on_conflict_do_nothing()
+
+
+_SESSIONS: Table = Session.__table__  # type: ignore[attr-defined]
+_RECORDS: Table = SessionRecord.__table__  # type: ignore[attr-defined]
+_DEPLOYMENTS: Table = Deployment.__table__  # type: ignore[attr-defined]
+_FINAL = ("COMPLETED", "ERROR", "STOPPED")
+
+# A session starts running only once (a redelivered job journals `started` again); its end
+# is whatever its last `ended` record says.
+_START = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.session_id == bindparam("sid"), _SESSIONS.c.state == "CREATED")
+    .values(state="RUNNING", updated_us=bindparam("t_us"))
+)
+_END = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.session_id == bindparam("sid"))
+    .values(
+        state=bindparam("state"),
+        error=bindparam("error"),
+        traceback=bindparam("traceback"),
+        updated_us=bindparam("t_us"),
+    )
+)
+
+
+def apply_records(conn: Connection, recs: list[wire.JournalRecord]) -> None:
     """Applies journal records in order (the caller commits). Applying a record twice
     changes nothing. Several stores apply the journal side by side, so a session's records
-    may come out of order: a session created after its later records catches up with them."""
+    may come out of order: a session created after its later records catches up with them.
+
+    Plain SQL statements, a handful per batch whatever its size: this runs for every
+    session, several times, and ORM objects cost more than the database does."""
     # Stores apply their batches one after another: a batch must see what the batch before
     # it committed, so it takes the database's turn before it reads anything.
-    conn = db.connection()
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _JOURNAL_LOCK})
     elif conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, held until commit
-    ids = {r.session_id for r in recs}
-    sessions = {
-        s.session_id: s for s in db.exec(select(Session).where(col(Session.session_id).in_(ids)))
-    }
-    new = [r.session_id for r in recs if r.kind == wire.CREATED and r.session_id not in sessions]
-    earlier = _later_records(db, new) if new else {}
-    for rec in recs:
-        s = sessions.get(rec.session_id)
-        if rec.kind == wire.CREATED:
-            if s is None:
-                s = sessions[rec.session_id] = _created(rec)
-                db.add(s)
-                for kind, data, t_us in earlier.get(rec.session_id, []):
-                    _advance(s, kind, data, t_us)
-        elif s is not None:
-            _advance(s, rec.kind, rec.data, rec.t_us)
-    ended = {s.deployment_id for s in sessions.values() if s.state in _FINAL}
-    if ended:
-        db.flush()
-        _retire_drained(db, ended)
+    created = [r for r in recs if r.kind == wire.CREATED]
+    # Records of these sessions that another store applied before they existed here (read
+    # before this batch's own records are kept).
+    steps = _later_records(conn, [r.session_id for r in created]) if created else []
+    insert_new(conn, _SESSIONS, [_created(r) for r in created])
+    steps += [(r.session_id, r.kind, r.data, r.t_us) for r in recs]
+    starts = [{"sid": sid, "t_us": t} for sid, kind, _, t in steps if kind == wire.STARTED]
+    ends = [
+        {
+            "sid": sid,
+            "state": data.get("state", wire.ERROR),
+            "error": data.get("error") or "",
+            "traceback": data.get("traceback") or "",
+            "t_us": t,
+        }
+        for sid, kind, data, t in steps
+        if kind == wire.ENDED
+    ]
+    # Starts before ends: a start only moves a CREATED session, so the order between
+    # sessions does not matter, and within one session the journal has them in this order.
+    if starts:
+        conn.execute(_START, starts)
+    if ends:
+        conn.execute(_END, ends)
+        _retire_drained(conn, {e["sid"] for e in ends})
     insert_new(
-        db,
-        SessionRecord.__table__,  # type: ignore[attr-defined]
+        conn,
+        _RECORDS,
         [
             {
                 "session_id": r.session_id,
@@ -78,78 +108,76 @@ def apply_records(db: DB, recs: list[wire.JournalRecord]) -> None:
     )
 
 
-def _advance(s: Session, kind: str, data: dict[str, Any], t_us: int) -> None:
-    if kind == wire.STARTED and s.state == "CREATED":
-        s.state, s.updated_us = "RUNNING", t_us
-    elif kind == wire.ENDED:
-        s.state = data.get("state", wire.ERROR)
-        s.error = data.get("error") or ""
-        s.traceback = data.get("traceback") or ""
-        s.updated_us = t_us
+_LATER = (
+    select(_RECORDS.c.session_id, _RECORDS.c.kind, _RECORDS.c.data, _RECORDS.c.t_us)
+    .where(
+        _RECORDS.c.session_id.in_(bindparam("ids", expanding=True)),
+        _RECORDS.c.kind.in_((wire.STARTED, wire.ENDED)),
+    )
+    .order_by(_RECORDS.c.seq)
+)
 
 
 def _later_records(
-    db: DB, session_ids: list[str]
-) -> dict[str, list[tuple[str, dict[str, Any], int]]]:
-    """Records of sessions not created yet that another store already applied."""
-    found: dict[str, list[tuple[str, dict[str, Any], int]]] = {}
-    rows = db.exec(
-        select(SessionRecord)
-        .where(
-            col(SessionRecord.session_id).in_(session_ids),
-            col(SessionRecord.kind).in_((wire.STARTED, wire.ENDED)),
-        )
-        .order_by(col(SessionRecord.seq))
-    )
-    for r in rows:
-        found.setdefault(r.session_id, []).append((r.kind, r.data, r.t_us))
-    return found
+    conn: Connection, session_ids: list[str]
+) -> list[tuple[str, str, dict[str, Any], int]]:
+    """Starts and ends of these sessions already kept, in journal order."""
+    rows = conn.execute(_LATER, {"ids": session_ids})
+    return [(r.session_id, r.kind, r.data, r.t_us) for r in rows]
 
 
-def _created(rec: wire.JournalRecord) -> Session:
+def _created(rec: wire.JournalRecord) -> dict[str, Any]:
     d = rec.data
-    return Session(
-        session_id=rec.session_id,
-        project_id=d.get("project_id", ""),
-        deployment_id=d.get("deployment_id", ""),
-        build_id=d.get("build_id", ""),
-        trigger_id=d.get("trigger_id", ""),
-        event_id=d.get("event_id") or "",
-        entrypoint=d.get("entrypoint", ""),
-        parent_session_id=d.get("parent_session_id") or "",
-        inputs=d.get("inputs") or {},
-        is_durable=bool(d.get("is_durable", True)),
-        state="CREATED",
-        created_us=rec.t_us,
-        updated_us=rec.t_us,
-    )
+    return {
+        "session_id": rec.session_id,
+        "project_id": d.get("project_id", ""),
+        "deployment_id": d.get("deployment_id", ""),
+        "build_id": d.get("build_id", ""),
+        "trigger_id": d.get("trigger_id", ""),
+        "event_id": d.get("event_id") or "",
+        "entrypoint": d.get("entrypoint", ""),
+        "parent_session_id": d.get("parent_session_id") or "",
+        "inputs": d.get("inputs") or {},
+        "is_durable": bool(d.get("is_durable", True)),
+        "state": "CREATED",
+        "error": "",
+        "traceback": "",
+        "created_us": rec.t_us,
+        "updated_us": rec.t_us,
+    }
 
 
-_FINAL = ("COMPLETED", "ERROR", "STOPPED")
-
-
-def _retire_drained(db: DB, deployment_ids: set[str]) -> None:
-    """A draining deployment becomes inactive when its last session has ended."""
-    draining = db.exec(
-        select(Deployment).where(
-            col(Deployment.deployment_id).in_(deployment_ids), Deployment.state == "DRAINING"
+_DRAINING = select(_DEPLOYMENTS.c.deployment_id).where(
+    _DEPLOYMENTS.c.state == "DRAINING",
+    _DEPLOYMENTS.c.deployment_id.in_(
+        select(_SESSIONS.c.deployment_id).where(
+            _SESSIONS.c.session_id.in_(bindparam("ids", expanding=True))
         )
-    ).all()
-    for d in draining:
-        live = db.exec(
-            select(Session.session_id).where(
-                Session.deployment_id == d.deployment_id, col(Session.state).not_in(_FINAL)
-            )
-        ).first()
-        if live is None:
-            d.state = "INACTIVE"
-            db.add(d)
+    ),
+)
+_LIVE = (
+    select(_SESSIONS.c.session_id)
+    .where(_SESSIONS.c.deployment_id == bindparam("dep"), _SESSIONS.c.state.not_in(_FINAL))
+    .limit(1)
+)
+_RETIRE = (
+    update(_DEPLOYMENTS)
+    .where(_DEPLOYMENTS.c.deployment_id == bindparam("dep"))
+    .values(state="INACTIVE")
+)
 
 
-def apply_events(db: DB, events: list[wire.Event]) -> None:
+def _retire_drained(conn: Connection, ended: set[str]) -> None:
+    """A draining deployment becomes inactive when its last session has ended."""
+    for dep in list(conn.execute(_DRAINING, {"ids": list(ended)}).scalars()):
+        if conn.execute(_LIVE, {"dep": dep}).first() is None:
+            conn.execute(_RETIRE, {"dep": dep})
+
+
+def apply_events(conn: Connection, events: list[wire.Event]) -> None:
     """Keeps events (the caller commits); an event already kept is skipped."""
     insert_new(
-        db,
+        conn,
         EventRow.__table__,  # type: ignore[attr-defined]
         [
             {
@@ -187,6 +215,5 @@ def apply_spans(engine: Engine, spans: list[dict[str, Any]]) -> None:
                 "events": sp.get("events") or [],
             }
         )
-    with DB(engine) as db:
-        insert_new(db, SpanRow.__table__, rows)  # type: ignore[attr-defined]
-        db.commit()
+    with engine.begin() as conn:
+        insert_new(conn, SpanRow.__table__, rows)  # type: ignore[attr-defined]

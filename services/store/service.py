@@ -13,8 +13,7 @@ from akcore.config import Settings
 from akcore.secrets import Sealer, load_key
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from sqlalchemy import Engine
-from sqlmodel import Session as DB
+from sqlalchemy import Connection, Engine
 
 from .api import StoreApi
 from .db import open_engine
@@ -50,7 +49,7 @@ async def consume(
     nc: Client,
     durable: str,
     cls: type[T],
-    apply: Callable[[DB, list[T]], None],
+    apply: Callable[[Connection, list[T]], None],
     engine: Engine,
     sql: Executor,
     stop: asyncio.Event,
@@ -84,16 +83,17 @@ async def consume(
         await puller.close()
 
 
-def _in_transaction(engine: Engine, apply: Callable[[DB, list[T]], None], items: list[T]) -> None:
-    with DB(engine) as db:
-        apply(db, items)
-        db.commit()
+def _in_transaction(
+    engine: Engine, apply: Callable[[Connection, list[T]], None], items: list[T]
+) -> None:
+    with engine.begin() as conn:
+        apply(conn, items)
 
 
 async def _apply_one(
     msg: Msg,
     item: T,
-    apply: Callable[[DB, list[T]], None],
+    apply: Callable[[Connection, list[T]], None],
     engine: Engine,
     sql: Executor,
     durable: str,

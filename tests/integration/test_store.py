@@ -106,9 +106,8 @@ def test_records_applied_out_of_order_give_the_same_session(db_dsn: str) -> None
     printed = wire.JournalRecord(sid, 2, wire.PRINT, 3_000, {"text": "hi"})
     ended = wire.JournalRecord(sid, 3, wire.ENDED, 4_000, {"state": "ERROR", "error": "boom"})
     for batch in ([ended, printed], [created, started, ended], [started]):
-        with DB(engine) as db:
-            apply_records(db, batch)
-            db.commit()
+        with engine.begin() as conn:
+            apply_records(conn, batch)
     with DB(engine) as db:
         s = db.get(Session, sid)
         assert s is not None and (s.state, s.error, s.updated_us) == ("ERROR", "boom", 4_000)
