@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import importlib
 import inspect
 import io
@@ -121,6 +122,7 @@ def _capture_prints(rt: _runtime.Runtime) -> None:
     builtins.print = ak_print
 
 
+@functools.lru_cache(maxsize=256)
 def module_name(path: str) -> str:
     """``simple.py`` -> ``simple``; ``pkg/mod.py`` -> ``pkg.mod``."""
     p = Path(path)
@@ -197,7 +199,8 @@ class _Baseline:
     session of the project finds it as a fresh worker would be (its modules imported anew)."""
 
     def __init__(self) -> None:
-        self.environ = dict(os.environ)
+        self.environ = _environ_now()
+        self.modules = set(sys.modules)
         self.cwd = os.getcwd()
         self.path = list(sys.path)
         self.meta_path = list(sys.meta_path)
@@ -214,14 +217,13 @@ class _Baseline:
         sys.meta_path[:] = self.meta_path
         sys.path[:] = self.path
         prefix = code_dir + os.sep
-        for name, module in list(sys.modules.items()):
-            origin = getattr(module, "__file__", None) or ""
+        for name in sys.modules.keys() - self.modules:
+            origin = getattr(sys.modules[name], "__file__", None) or ""
             if origin.startswith(prefix):
                 del sys.modules[name]
         importlib.invalidate_caches()
         linecache.clearcache()
-        os.environ.clear()
-        os.environ.update(self.environ)
+        _put_environ(self.environ)
         try:
             os.chdir(self.cwd)
         except OSError:
@@ -229,10 +231,32 @@ class _Baseline:
         return set(threading.enumerate()) <= self.threads
 
 
+# A build's code directory does not move while the runner has it: resolved once.
+_realpath = functools.lru_cache(maxsize=64)(os.path.realpath)
+
+
+def _environ_now() -> dict[bytes, bytes]:
+    """The environment as the OS has it. CPython keeps it encoded beside ``os.environ``:
+    copying that is cheap, where copying ``os.environ`` decodes every variable."""
+    return dict(os.environ._data)  # type: ignore[attr-defined]
+
+
+def _put_environ(saved: dict[bytes, bytes]) -> None:
+    """Makes the environment ``saved`` again, touching only the variables that differ."""
+    now = _environ_now()
+    if now == saved:
+        return
+    for key in now.keys() - saved.keys():
+        del os.environ[os.fsdecode(key)]
+    for key, value in saved.items():
+        if now.get(key) != value:
+            os.environ[os.fsdecode(key)] = os.fsdecode(value)
+
+
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     """Runs one session and sends its ``done``; True when the process can take another."""
     baseline = _Baseline()
-    code_dir = os.path.realpath(start["code_dir"])
+    code_dir = _realpath(start["code_dir"])
     ch.idle = False
     try:
         done, blob = _session(ch, start, payload, code_dir)
@@ -248,9 +272,9 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
 def _session(
     ch: Channel, start: dict[str, Any], payload: bytes, code_dir: str
 ) -> tuple[dict[str, Any], bytes]:
-    if "env" in start:  # started ahead of its session: take on the session's environment
-        os.environ.clear()
-        os.environ.update(start["env"])
+    # The worker was started with the environment of sessions like this one; the session's
+    # own variables come on top (the baseline puts the environment back afterwards).
+    os.environ.update(start.get("env") or {})
     os.chdir(code_dir)
     python_env = str(start.get("python_env", ""))
     sys.path.insert(0, code_dir)

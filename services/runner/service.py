@@ -17,6 +17,7 @@ from akcore.errors import InvalidArgument, NotFound, Unavailable
 from akcore.journal import ReplayState, read_journal, replay_state
 from nats.aio.msg import Msg
 
+from .builds import worker_env
 from .inbox import InboxWatch
 from .pyenv import PythonEnvs
 from .session import Host, SessionRun
@@ -120,7 +121,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     inboxes = InboxWatch()
     await inboxes.watch(nc)
     js = nc.jetstream()
-    host = Host(nc, cache, envs, pool, tel, runner_id, env_cache, inboxes, js)
+    base_env = worker_env(dict(os.environ), {}, config.INTERNAL_ENV_PREFIXES)
+    host = Host(nc, cache, envs, pool, tel, runner_id, env_cache, inboxes, js, base_env)
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")
     await bus.serve_requests(nc, subjects.RUNNER_ALL, request_handler(envs), queue="runners")

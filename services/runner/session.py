@@ -13,7 +13,7 @@ from typing import Any
 
 from akcore import bus, subjects, timefmt, tracing, wire
 from akcore.cache import StoreCache
-from akcore.config import INTERNAL_ENV_PREFIXES, REQUIREMENTS_FILE
+from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, Unavailable
 from akcore.journal import ACTIVITY, SLEEP, ReplayState
 from nats.aio.client import Client
@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, SpanKind
 
-from .builds import unpack_build, worker_env
+from .builds import unpack_build
 from .inbox import Inbox, InboxWatch
 from .pyenv import EnvError, PythonEnvs
 from .syscalls import SyscallError, Syscalls
@@ -67,6 +67,7 @@ class Host:
     env_cache: StoreCache  # each project's vars (`session.env`)
     inboxes: InboxWatch  # the inboxes of the sessions running here
     js: JetStreamContext
+    worker_env: dict[str, str]  # ours minus the system's own settings (see worker_env)
 
 
 class SessionRun:
@@ -217,12 +218,12 @@ class SessionRun:
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
         # The worker starts with the runner's environment (minus the system's settings) and
-        # the interpreter's needs; the session's own environment (vars) goes in its start frame.
-        base = worker_env(dict(os.environ), {}, INTERNAL_ENV_PREFIXES)
+        # the interpreter's needs; the session's own variables go in its start frame, on top.
+        base = dict(self.host.worker_env)
         if extra_env.get("PYTHONPATH") and base.get("PYTHONPATH"):
             extra_env["PYTHONPATH"] += os.pathsep + base["PYTHONPATH"]
         base.update(extra_env)
-        self.env = {**base, **variables, **extra_env}
+        self.env = {**variables, **extra_env}
         try:
             worker = await self.pool.take(python, base, job.project_id)
         except OSError as e:

@@ -143,11 +143,14 @@ async def test_a_reused_worker_starts_each_session_afresh(tmp_path: Path) -> Non
         builds.append(d)
     w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
     texts = []
-    for i, code_dir in enumerate([builds[0], builds[0], builds[1]]):
-        frames = await _session(w, code_dir, "h.py:count", {"VAR": f"v{i}"})
+    # The start frame carries the session's variables (on top of the worker's environment):
+    # a variable deleted before the third session must be gone from it.
+    runs = [(builds[0], {"VAR": "v0"}), (builds[0], {"VAR": "v1"}), (builds[1], {})]
+    for code_dir, variables in runs:
+        frames = await _session(w, code_dir, "h.py:count", variables)
         texts += [h["text"] for h, _ in frames if h["type"] == "print"]
         assert frames[-1][0] == {"type": "done", "ok": True, "reusable": True}
-    assert texts == ["1 1 v0 None\n", "1 1 v1 None\n", "1 2 v2 None\n"]
+    assert texts == ["1 1 v0 None\n", "1 1 v1 None\n", "1 2 None None\n"]
     assert await w.close() == 0
 
 
