@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+import sys
 import time
 import types
 from collections.abc import Callable
@@ -97,13 +98,21 @@ _ASYNCIO_HELPERS = (
 )
 
 
-def _asyncio_helpers() -> frozenset[Any]:
-    import asyncio
-
-    return frozenset(getattr(asyncio, n) for n in _ASYNCIO_HELPERS if hasattr(asyncio, n))
+_asyncio_helpers: frozenset[Any] | None = None
 
 
-ASYNCIO_HELPERS = _asyncio_helpers()
+def _is_asyncio_helper(fn: Any) -> bool:
+    """One of asyncio's helpers. Looked up once asyncio is imported (by the user's code:
+    a worker does not import it itself, it costs a third of the worker's start)."""
+    global _asyncio_helpers
+    if _asyncio_helpers is None:
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is None:
+            return False
+        _asyncio_helpers = frozenset(
+            getattr(asyncio, n) for n in _ASYNCIO_HELPERS if hasattr(asyncio, n)
+        )
+    return _hashable_in(fn, _asyncio_helpers)
 
 
 def _module_of(fn: Any) -> str:
@@ -148,7 +157,7 @@ def is_deterministic(fn: Any) -> bool:
         objclass in BUILTIN_TYPES or issubclass(objclass, BaseException)
     ):
         return True
-    if _hashable_in(fn, DETERMINISTIC_CALLABLES) or _hashable_in(fn, ASYNCIO_HELPERS):
+    if _hashable_in(fn, DETERMINISTIC_CALLABLES) or _is_asyncio_helper(fn):
         return True
     return _in_modules(_module_of(fn), DETERMINISTIC_MODULES)
 

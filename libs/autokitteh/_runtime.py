@@ -6,7 +6,6 @@ instrumented code reaches through ``_ak_call`` / ``_ak_async_call``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import inspect
 import os
@@ -258,6 +257,8 @@ def _syscall_result(name: str, header: dict[str, Any], blob: bytes) -> Any:
 
 def _run_coroutine(coro: Any) -> Any:
     """Runs a coroutine to completion, also from inside a running event loop."""
+    import asyncio  # here: most sessions never need it, and it is slow to import
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

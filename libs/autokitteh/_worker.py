@@ -10,7 +10,6 @@ process puts itself back as it was before the session (user modules forgotten, e
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 import importlib
@@ -163,6 +162,8 @@ def _call(fn: Any, event: Event, session_id: str, rt: _runtime.Runtime) -> Any:
     else:
         result = fn(event, **kwargs)
     if inspect.iscoroutine(result):
+        import asyncio  # here: most handlers are not async, and it is slow to import
+
         result = asyncio.run(result)
     if isinstance(result, _runtime.Resolved):
         result = result.value

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from akcore import bus, subjects, tracing, wire
@@ -51,15 +50,16 @@ async def consume(
     cls: type[T],
     apply: Callable[[Connection, list[T]], None],
     engine: Engine,
-    sql: Executor,
     stop: asyncio.Event,
 ) -> None:
     """Pulls a stream and applies what has arrived in one transaction per batch, in stream
-    order, off the event loop (requests are answered meanwhile). A message that cannot be
-    decoded is dropped; a batch that fails is applied again one message at a time, so that
-    one bad message is retried alone."""
+    order. A message that cannot be decoded is dropped; a batch that fails is applied again
+    one message at a time, so that one bad message is retried alone.
+
+    Transactions run on the event loop, like requests: a batch holds the loop for a few
+    milliseconds, where handing it to a thread cost more CPU than the SQL itself (both
+    threads run Python and take turns on the interpreter lock)."""
     puller = await bus.Puller.bind(nc, durable)
-    loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
             batch: list[tuple[Msg, T]] = []
@@ -71,11 +71,11 @@ async def consume(
                 continue
             try:
                 items = [x for _, x in batch]
-                await loop.run_in_executor(sql, _in_transaction, engine, apply, items)
+                _in_transaction(engine, apply, items)
             except Exception as e:
                 log.warning("%s: batch of %d failed (%s); one at a time", durable, len(batch), e)
                 for msg, item in batch:
-                    await _apply_one(msg, item, apply, engine, sql, durable)
+                    await _apply_one(msg, item, apply, engine, durable)
                 continue
             for msg, _ in batch:
                 await msg.ack()
@@ -95,12 +95,10 @@ async def _apply_one(
     item: T,
     apply: Callable[[Connection, list[T]], None],
     engine: Engine,
-    sql: Executor,
     durable: str,
 ) -> None:
     try:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(sql, _in_transaction, engine, apply, [item])
+        _in_transaction(engine, apply, [item])
     except Exception:
         log.exception("%s: applying %s failed, will retry", durable, msg.subject)
         await msg.nak(delay=1.0)
@@ -111,8 +109,6 @@ async def _apply_one(
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     engine = open_engine(settings.db_dsn)
-    # Materializing runs on these threads, so that requests are answered meanwhile.
-    sql = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ak-store-sql")
     api = StoreApi(engine, Sealer(load_key()))
     nc = await bus.connect(settings.nats_url, "ak-store")
     await bus.ensure_streams(nc.jetstream())
@@ -128,7 +124,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     async def on_spans(msg: Msg) -> None:
         try:
             spans = wire.unpack(msg.data)
-            await asyncio.get_running_loop().run_in_executor(sql, apply_spans, engine, spans)
+            apply_spans(engine, spans)
         except Exception as e:  # spans are diagnostics: never let them hurt the store
             log.warning("dropping %d bytes of spans: %s", len(msg.data), e)
 
@@ -143,7 +139,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 wire.JournalRecord,
                 apply_records,
                 engine,
-                sql,
                 stop,
             )
         ),
@@ -154,7 +149,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 wire.Event,
                 apply_events,
                 engine,
-                sql,
                 stop,
             )
         ),
@@ -166,5 +160,4 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await tel.close()
     await bus.close(nc)
-    sql.shutdown(wait=True)  # no statement may outlive the engine
     engine.dispose()

@@ -88,6 +88,15 @@ def test_deterministic_and_sdk_calls_run_directly(fn: Any) -> None:
     assert gate(fn) is D
 
 
+def test_asyncio_helpers_run_directly() -> None:
+    """The worker does not import asyncio itself (it is slow to import): its helpers are
+    recognized once the user's code has imported it."""
+    import asyncio
+
+    for fn in (asyncio.gather, asyncio.create_task, asyncio.run, asyncio.Queue):
+        assert gate(fn) is D
+
+
 def test_user_code_runs_directly_unless_marked() -> None:
     assert gate(user_fn) is D
     assert gate(UserClass) is D
