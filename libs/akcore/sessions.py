@@ -7,7 +7,8 @@ from typing import Any
 from . import subjects, timefmt, tracing, wire
 
 
-def created_record(job: wire.Job) -> wire.JournalRecord:
+def created_record(job: wire.Job, traceparent: str | None = None) -> wire.JournalRecord:
+    """The session's first journal record; ``traceparent`` defaults to the current trace."""
     return wire.JournalRecord(
         session_id=job.session_id,
         seq=0,
@@ -26,7 +27,7 @@ def created_record(job: wire.Job) -> wire.JournalRecord:
             # inputs of sessions not started by an event, so `ak session restart` can reuse them
             "inputs": {} if job.event_id else job.data,
             # the trace the session belongs to: a replay continues it
-            "traceparent": tracing.traceparent(),
+            "traceparent": tracing.traceparent() if traceparent is None else traceparent,
         },
     )
 
@@ -35,13 +36,14 @@ async def publish_session(js: Any, job: wire.Job) -> None:
     """Publishes both messages, de-duplicated by session id, so a retry creates nothing new.
     Both carry the current trace context: the session's span will be a child of it."""
     sid = job.session_id
+    context = tracing.inject()
     await js.publish(
         subjects.journal_subject(sid),
-        wire.encode(created_record(job)),
+        wire.encode(created_record(job, context.get(subjects.HDR_TRACEPARENT, ""))),
         headers={subjects.HDR_MSG_ID: f"{sid}:0"},
     )
     await js.publish(
         subjects.job_subject(sid),
         wire.encode(job),
-        headers=tracing.inject({subjects.HDR_MSG_ID: f"job:{sid}"}),
+        headers={**context, subjects.HDR_MSG_ID: f"job:{sid}"},
     )

@@ -28,18 +28,18 @@ async def dispatch(
     waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
     ``targets_cache`` keeps each trigger's deployments and subscriptions (it must watch the
     store's change notices)."""
-    js = nc.jetstream()
+    pub = bus.publisher(nc)
     args = {"trigger_id": event.destination_id}
     targets = await targets_cache.call(nc, "dispatch.targets", args, event.destination_id)
     started = []
     for job in sessions_for(event, targets["trigger"], targets["deployments"]):
-        await publish_session(js, job)
+        await publish_session(pub, job)
         started.append(job.session_id)
         log.info("event %s: session %s (%s)", event.event_id, job.session_id, job.entrypoint)
     deliveries = inbox_deliveries(event, targets.get("subscriptions", []))
     async with turn:
         for sid, msg in deliveries:
-            await js.publish(
+            await pub.publish(
                 subjects.inbox_subject(sid),
                 wire.encode(msg),
                 headers={subjects.HDR_MSG_ID: f"{event.event_id}:{msg.subscription_id}"},

@@ -60,6 +60,7 @@ def create_app(
     the store's change notices; without one every request asks the store)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
+    events = bus.publisher(nc)
     tel = telemetry or tracing.Telemetry("ingress")
     lookups = lookups or StoreCache(ttl=0)
 
@@ -123,7 +124,7 @@ def create_app(
     async def publish(event: wire.Event, slug: str) -> Response | None:
         """Publishes the event; a 503 response when JetStream did not acknowledge it."""
         try:
-            await js.publish(
+            await events.publish(
                 subjects.event_subject(event.project_id, event.event_id),
                 wire.encode(event),
                 headers=tracing.inject({subjects.HDR_MSG_ID: event.event_id}),

@@ -95,6 +95,7 @@ class SessionRun:
         self.attempt, self.replay, self.runner_id = attempt, replay, host.runner_id
         self.seq = replay.next_seq
         self.js = host.js
+        self.pub = bus.publisher(host.nc)
         self.ended = False
         self.stop_reason: str | None = None
         self._stop = asyncio.Event()
@@ -112,7 +113,7 @@ class SessionRun:
         rec = wire.JournalRecord(
             session_id=sid, seq=seq, kind=kind, t_us=timefmt.now_us(), data=data
         )
-        await self.js.publish(
+        await self.pub.publish(
             subjects.journal_subject(sid),
             wire.encode(rec),
             headers={subjects.HDR_MSG_ID: f"{sid}:{seq}"},

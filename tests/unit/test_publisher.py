@@ -1,0 +1,43 @@
+"""bus.Publisher: acknowledged JetStream publishes, with js.publish's errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from akcore import bus
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import StreamConfig
+from nats.js.errors import BadRequestError, NoStreamResponseError
+
+
+async def test_acknowledged_deduplicated_and_refused(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="T", subjects=["t.>"], duplicate_window=60))
+    pub = bus.publisher(nc)
+    assert bus.publisher(nc) is pub  # one per connection
+    acks = await asyncio.gather(*(pub.publish(f"t.{i}", b"x") for i in range(50)))
+    assert sorted(a["seq"] for a in acks) == list(range(1, 51))
+    first = await pub.publish("t.a", b"y", headers={"Nats-Msg-Id": "m1"})
+    again = await pub.publish("t.a", b"y", headers={"Nats-Msg-Id": "m1"})
+    assert again["seq"] == first["seq"] and again.get("duplicate") is True
+    assert (await js.stream_info("T")).state.messages == 51
+    with pytest.raises(NoStreamResponseError):  # no stream takes the subject
+        await pub.publish("nowhere.x", b"z")
+    with pytest.raises(BadRequestError):  # the stream refuses it
+        await pub.publish("t.b", b"z", headers={"Nats-Expected-Stream": "OTHER"})
+    await nc.close()
+
+
+async def test_an_unanswered_publish_times_out(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "t")
+
+    async def silent(_: Msg) -> None:  # takes the message, never answers
+        pass
+
+    await nc.subscribe("silent.>", cb=silent)
+    with pytest.raises(NatsTimeout):
+        await bus.publisher(nc).publish("silent.x", b"z", timeout=0.2)
+    await nc.close()
