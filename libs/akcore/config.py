@@ -72,7 +72,7 @@ class Settings:
     runner_concurrency: int = 32
     worker_python: str = ""
     warm_workers: int = 2  # spare worker processes a runner keeps started, per interpreter
-    worker_sessions: int = 100  # sessions of one project a worker process runs, one by one
+    worker_sessions: int = 1000  # sessions of one project a worker process runs, one by one
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -83,7 +83,7 @@ class Settings:
             runner_concurrency=int(os.environ.get(ENV_RUNNER_CONCURRENCY, "32")),
             worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
             warm_workers=int(os.environ.get(ENV_WARM_WORKERS, "2")),
-            worker_sessions=int(os.environ.get(ENV_WORKER_SESSIONS, "100")),
+            worker_sessions=int(os.environ.get(ENV_WORKER_SESSIONS, "1000")),
         )
 
 
