@@ -21,7 +21,9 @@ from .errors import NotFound
 
 class StoreCache:
     """``await cache.call(nc, op, args, key)``: ``bus.store_call`` with memory. A "not found"
-    answer is kept too (it is an answer: unknown webhooks are cheap to refuse)."""
+    answer is kept too (it is an answer: unknown webhooks are cheap to refuse). Callers
+    asking for the same key while it is being fetched wait for that one answer: when an
+    answer expires under load, the store is asked once, not once per waiting event."""
 
     # Keys can come from outside (a webhook's slug): past this many answers, the expired
     # ones are dropped, and if that is not enough, all of them.
@@ -30,6 +32,7 @@ class StoreCache:
     def __init__(self, ttl: float = 5.0) -> None:
         self.ttl = ttl
         self._kept: dict[tuple[str, str], tuple[float, Any, str | None]] = {}
+        self._asking: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     async def watch(self, nc: Client) -> None:
         async def on_change(_: Msg) -> None:
@@ -53,10 +56,27 @@ class StoreCache:
             if hit[2] is not None:
                 raise NotFound(hit[2])
             return hit[1]
+        asking = self._asking.get((op, key))
+        if asking is None:  # a task of its own: a caller given up on does not cancel it
+            asking = asyncio.ensure_future(self._ask(nc, op, args, key, now))
+            asking.add_done_callback(_retrieved)
+            self._asking[(op, key)] = asking
+        return await asyncio.shield(asking)
+
+    async def _ask(self, nc: Client, op: str, args: dict[str, Any], key: str, now: float) -> Any:
         try:
             result = await bus.store_call(nc, op, args)
         except NotFound as e:
             self._keep((op, key), now, None, e.message)
             raise
-        self._keep((op, key), now, result, None)
-        return result
+        else:
+            self._keep((op, key), now, result, None)
+            return result
+        finally:
+            del self._asking[(op, key)]
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Marks an answer's error as seen (its callers have it; none may be left to)."""
+    if not fut.cancelled():
+        fut.exception()

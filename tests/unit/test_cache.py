@@ -43,3 +43,21 @@ async def test_kept_answers_are_bounded_and_forgotten_on_change(nats_url: str) -
     await lookup("d")
     assert asked[-1] == "d"  # forgotten on the change notice
     await nc.close()
+
+
+async def test_callers_of_an_expired_answer_ask_the_store_once(nats_url: str) -> None:
+    """Events arriving together when an answer has expired wait for one store request."""
+    nc = await bus.connect(nats_url, "t")
+    asked: list[str] = []
+
+    async def store(msg: Msg) -> None:
+        asked.append(wire.decode(wire.StoreRequest, msg.data).args["project_id"])
+        await asyncio.sleep(0.1)  # a store busy for a moment
+        await msg.respond(wire.encode(wire.StoreReply(ok=True, result={"VAR": "v"})))
+
+    await nc.subscribe(subjects.store_subject("session.env"), cb=store)
+    cache = StoreCache(ttl=3600)
+    args = {"project_id": "prj_1"}
+    got = await asyncio.gather(*(cache.call(nc, "session.env", args, "prj_1") for _ in range(20)))
+    assert got == [{"VAR": "v"}] * 20 and asked == ["prj_1"]
+    await nc.close()
