@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -70,18 +71,33 @@ async def read_journal(
     if last is None:
         return []
     out: list[wire.JournalRecord] = []
+    read_all = asyncio.Event()
+    failed: list[Exception] = []
+
+    # A callback, not next_msg: next_msg starts two tasks per message, which was most of
+    # the time a replay took to read a long journal.
+    async def on_msg(msg: Msg) -> None:
+        if read_all.is_set():
+            return
+        try:
+            out.append(wire.decode(wire.JournalRecord, msg.data))
+            if msg.metadata.num_pending == 0:
+                read_all.set()
+        except Exception as e:  # a malformed record: the caller hears of it
+            failed.append(e)
+            read_all.set()
+
     sub = await js.subscribe(
         subjects.journal_subject(session_id),
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
+        cb=on_msg,
     )
     try:
         async with asyncio.timeout(timeout):
-            while True:
-                msg = await sub.next_msg(timeout=timeout)
-                rec = wire.decode(wire.JournalRecord, msg.data)
-                out.append(rec)
-                if msg.metadata.num_pending == 0:
-                    return out
+            await read_all.wait()
+        if failed:
+            raise failed[0]
+        return out
     finally:
         await sub.unsubscribe()

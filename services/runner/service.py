@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 
 from .builds import worker_env
 from .inbox import InboxWatch
-from .pyenv import PythonEnvs
+from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
 from .session import Host, SessionRun
 from .worker import WorkerPool
 
@@ -105,6 +105,20 @@ async def handle_job(host: Host, msg: Msg, heartbeat: float) -> None:
     await msg.ack()  # only after the ended record is acknowledged
 
 
+async def _warm(host: Host) -> None:
+    """Starts spare workers for the default environment as the runner starts, so that the
+    first sessions (a dead runner's, taken over) do not wait for Python to start. Only when
+    that environment is ready: building it is left to the first session that needs it."""
+    envs = host.envs
+    if not envs.worker_python and not is_ready(spec_for(None)):
+        return
+    try:
+        python, extra_env, _ = await envs.python_for(None)
+        await host.pool.warm(python, host.spawn_env(extra_env))
+    except (EnvError, OSError) as e:
+        log.warning("no spare workers started ahead: %s", e)
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
@@ -131,6 +145,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     heartbeat = (info.config.ack_wait or bus.JOB_ACK_WAIT) / 3
     live: set[asyncio.Task[None]] = set()
     reaper = asyncio.create_task(_reap(pool, stop))
+    warming = asyncio.create_task(_warm(host))
     log.info("runner %s ready (up to %d sessions)", runner_id, settings.runner_concurrency)
     while not stop.is_set():
         free = settings.runner_concurrency - len(live)
@@ -144,7 +159,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # Stopping: live sessions keep their jobs un-acked, so another runner takes them over.
     for task in live:
         task.cancel()
-    await asyncio.gather(*live, reaper, return_exceptions=True)
+    warming.cancel()
+    await asyncio.gather(*live, reaper, warming, return_exceptions=True)
     await puller.close()
     await pool.close()
     await tel.close()

@@ -69,6 +69,16 @@ class Host:
     js: JetStreamContext
     worker_env: dict[str, str]  # ours minus the system's own settings (see worker_env)
 
+    def spawn_env(self, extra_env: dict[str, str]) -> dict[str, str]:
+        """A worker's environment: the runner's (minus the system's settings) and what its
+        interpreter needs (``extra_env``, its PYTHONPATH put first; updated in place). A
+        session's own variables go in its start frame, on top."""
+        base = dict(self.worker_env)
+        if extra_env.get("PYTHONPATH") and base.get("PYTHONPATH"):
+            extra_env["PYTHONPATH"] += os.pathsep + base["PYTHONPATH"]
+        base.update(extra_env)
+        return base
+
 
 class SessionRun:
     """One attempt at one session; ``replay`` is what earlier attempts journaled."""
@@ -218,12 +228,7 @@ class SessionRun:
         except EnvError as e:
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
-        # The worker starts with the runner's environment (minus the system's settings) and
-        # the interpreter's needs; the session's own variables go in its start frame, on top.
-        base = dict(self.host.worker_env)
-        if extra_env.get("PYTHONPATH") and base.get("PYTHONPATH"):
-            extra_env["PYTHONPATH"] += os.pathsep + base["PYTHONPATH"]
-        base.update(extra_env)
+        base = self.host.spawn_env(extra_env)
         self.env = {**variables, **extra_env}
         try:
             worker = await self.pool.take(python, base, job.project_id)

@@ -132,10 +132,18 @@ class WorkerPool:
         if worker is None:
             worker = await WorkerProcess.spawn(python, self.cwd, env)
         if self.size and not self._filling:  # one refill at a time
-            task = asyncio.create_task(self._fill(key, python, env))
-            self._filling.add(task)
-            task.add_done_callback(self._filling.discard)
+            self._refill(key, python, env)
         return worker
+
+    async def warm(self, python: str, env: dict[str, str]) -> None:
+        """Starts the spares for ``python`` and ``env`` now, before any session asks."""
+        await self._refill((python, frozenset(env.items())), python, env)
+
+    def _refill(self, key: PoolKey, python: str, env: dict[str, str]) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._fill(key, python, env))
+        self._filling.add(task)
+        task.add_done_callback(self._filling.discard)
+        return task
 
     async def _pop_live(self, workers: list[WorkerProcess]) -> WorkerProcess | None:
         """Takes the last live worker of the list (closing dead ones); the rest stay in it."""

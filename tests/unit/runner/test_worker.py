@@ -185,3 +185,19 @@ async def test_pool_reuses_a_worker_only_for_the_same_project(tmp_path: Path) ->
         await other.close()
     finally:
         await pool.close()
+
+
+async def test_warmed_spares_are_ready_before_the_first_session(tmp_path: Path) -> None:
+    """A runner starts spares as it starts: a dead runner's sessions, taken over right
+    after, do not wait for Python to start."""
+    env = {"PATH": "/usr/bin:/bin"}
+    pool = WorkerPool(2, tmp_path)
+    try:
+        await pool.warm(sys.executable, env)
+        spares = list(pool._idle[(sys.executable, frozenset(env.items()))])
+        assert len(spares) == 2 and all(w.proc.returncode is None for w in spares)
+        taken = await pool.take(sys.executable, env, "prj_a")
+        assert taken in spares
+        await taken.close()
+    finally:
+        await pool.close()
