@@ -42,6 +42,8 @@ CHANGING_OPS = frozenset(
 
 # Messages a store applies in one transaction.
 BATCH = 256
+# Seconds a store lets messages gather after a transaction before the next one.
+LINGER = 0.01
 
 
 async def consume(
@@ -60,10 +62,21 @@ async def consume(
     milliseconds, where handing it to a thread cost more CPU than the SQL itself (both
     threads run Python and take turns on the interpreter lock)."""
     puller = await bus.Puller.bind(nc, durable)
+    loop = asyncio.get_running_loop()
+    last = 0.0
     try:
         while not stop.is_set():
+            msgs = await puller.take(BATCH)
+            # A transaction per message costs far more than one per batch: when messages
+            # trickle in (a session's activities, one every millisecond), let them gather
+            # for a few milliseconds after the last transaction.
+            pause = last + LINGER - loop.time()
+            if msgs and len(msgs) < BATCH and pause > 0:
+                await asyncio.sleep(pause)
+                msgs += await puller.take(BATCH - len(msgs), timeout=0)
+            last = loop.time()
             batch: list[tuple[Msg, T]] = []
-            for msg in await puller.take(BATCH):
+            for msg in msgs:
                 item = await bus.decode_or_drop(cls, msg, durable)
                 if item is not None:
                     batch.append((msg, item))
