@@ -104,14 +104,3 @@ def write_copy(parent: Path) -> Path:
         if not (final / "autokitteh" / "__init__.py").is_file():
             raise
     return final
-    tmp = parent / f".{digest()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, data in files().items():
-        dest = tmp / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
-    try:
-        tmp.rename(final)
-    except OSError:  # another runner won the race
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
