@@ -104,6 +104,11 @@ class WorkerProcess:
 PoolKey = tuple[str, frozenset[tuple[str, str]]]
 
 
+def pool_key(python: str, env: dict[str, str]) -> PoolKey:
+    """Workers are interchangeable when started by the same interpreter and environment."""
+    return python, frozenset(env.items())
+
+
 class WorkerPool:
     """Worker processes ready for a session, so that a session does not wait for an
     interpreter to start and import the SDK.
@@ -123,7 +128,7 @@ class WorkerPool:
         self._filling: set[asyncio.Task[None]] = set()
 
     async def take(self, python: str, env: dict[str, str], project: str = "") -> WorkerProcess:
-        key = (python, frozenset(env.items()))
+        key = pool_key(python, env)
         worker = await self._pop_live(self._done.get((key, project), []))
         if worker is not None:
             return worker
@@ -137,7 +142,7 @@ class WorkerPool:
 
     async def warm(self, python: str, env: dict[str, str]) -> None:
         """Starts the spares for ``python`` and ``env`` now, before any session asks."""
-        await self._refill((python, frozenset(env.items())), python, env)
+        await self._refill(pool_key(python, env), python, env)
 
     def _refill(self, key: PoolKey, python: str, env: dict[str, str]) -> asyncio.Task[None]:
         task = asyncio.create_task(self._fill(key, python, env))
@@ -167,7 +172,7 @@ class WorkerPool:
         ):
             await worker.close()
             return
-        key = (python, frozenset(env.items()))
+        key = pool_key(python, env)
         worker.stderr_tail.clear()
         worker.idle_since = asyncio.get_running_loop().time()
         self._done.setdefault((key, project), []).append(worker)
