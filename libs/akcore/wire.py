@@ -130,6 +130,7 @@ class InboxMessage:
 CREATED, STARTED, PRINT, ENDED = "created", "started", "print", "ended"
 # Ended states.
 COMPLETED, ERROR, STOPPED = "COMPLETED", "ERROR", "STOPPED"
+FINAL_STATES = (COMPLETED, ERROR, STOPPED)
 
 
 @dataclass

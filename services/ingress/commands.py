@@ -11,8 +11,6 @@ from akcore.manifest import parse_call
 from akcore.sessions import publish_session
 from nats.aio.client import Client
 
-FINAL = ("COMPLETED", "ERROR", "STOPPED")
-
 
 async def session_start(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
     """Starts a session by hand: ``deployment_id`` or ``project`` (its active deployment)."""
@@ -46,7 +44,7 @@ async def session_start(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
 async def session_stop(nc: Client, args: dict[str, Any]) -> None:
     """Asks the session's runner to stop it (delivered through the session's inbox)."""
     s = await bus.store_call(nc, "session.get", {"session": args.get("session", "")})
-    if s["state"] in FINAL:
+    if s["state"] in wire.FINAL_STATES:
         raise Conflict(f"session {s['session_id']} is already in a final state ({s['state']})")
     reason = str(args.get("reason") or "")
     if args.get("force"):

@@ -48,8 +48,7 @@ def env_id(p: Project) -> str:
     return ids.derived_id("env", p.created_us // 1000, p.project_id)
 
 
-FINAL_STATES = ("COMPLETED", "ERROR", "STOPPED")
-SESSION_STATES = ("CREATED", "RUNNING", *FINAL_STATES)
+SESSION_STATES = ("CREATED", "RUNNING", *wire.FINAL_STATES)
 
 
 def _project_view(p: Project) -> dict[str, Any]:
@@ -252,7 +251,8 @@ class StoreApi:
         return (
             db.exec(
                 select(Session).where(
-                    Session.deployment_id == deployment_id, col(Session.state).not_in(FINAL_STATES)
+                    Session.deployment_id == deployment_id,
+                    col(Session.state).not_in(wire.FINAL_STATES),
                 )
             ).first()
             is not None

@@ -31,7 +31,6 @@ def _insert_new_stmt(dialect: str, table: Table) -> Any:
 _SESSIONS: Table = Session.__table__  # type: ignore[attr-defined]
 _RECORDS: Table = SessionRecord.__table__  # type: ignore[attr-defined]
 _DEPLOYMENTS: Table = Deployment.__table__  # type: ignore[attr-defined]
-_FINAL = ("COMPLETED", "ERROR", "STOPPED")
 
 # A session starts running only once (a redelivered job journals `started` again); its end
 # is whatever its last `ended` record says.
@@ -157,7 +156,9 @@ _DRAINING = select(_DEPLOYMENTS.c.deployment_id).where(
 )
 _LIVE = (
     select(_SESSIONS.c.session_id)
-    .where(_SESSIONS.c.deployment_id == bindparam("dep"), _SESSIONS.c.state.not_in(_FINAL))
+    .where(
+        _SESSIONS.c.deployment_id == bindparam("dep"), _SESSIONS.c.state.not_in(wire.FINAL_STATES)
+    )
     .limit(1)
 )
 _RETIRE = (
