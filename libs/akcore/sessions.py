@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from . import subjects, timefmt, tracing, wire
+from . import bus, subjects, timefmt, tracing, wire
 
 
 def created_record(job: wire.Job, traceparent: str | None = None) -> wire.JournalRecord:
@@ -32,17 +30,17 @@ def created_record(job: wire.Job, traceparent: str | None = None) -> wire.Journa
     )
 
 
-async def publish_session(js: Any, job: wire.Job) -> None:
+async def publish_session(pub: bus.Publisher, job: wire.Job) -> None:
     """Publishes both messages, de-duplicated by session id, so a retry creates nothing new.
     Both carry the current trace context: the session's span will be a child of it."""
     sid = job.session_id
     context = tracing.inject()
-    await js.publish(
+    await pub.publish(
         subjects.journal_subject(sid),
         wire.encode(created_record(job, context.get(subjects.HDR_TRACEPARENT, ""))),
         headers={subjects.HDR_MSG_ID: f"{sid}:0"},
     )
-    await js.publish(
+    await pub.publish(
         subjects.job_subject(sid),
         wire.encode(job),
         headers={**context, subjects.HDR_MSG_ID: f"job:{sid}"},

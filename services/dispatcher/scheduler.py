@@ -57,7 +57,7 @@ class Scheduler:
 
     async def fire_due(self) -> None:
         now = datetime.now(UTC)
-        js = self.nc.jetstream()
+        pub = bus.publisher(self.nc)
         for t in self.triggers:
             key = (t["trigger_id"], t["schedule"])
             at = self.next_fire.get(key)
@@ -66,7 +66,7 @@ class Scheduler:
             ev = tick_event(t, at)
             attrs = {"ak.project": ev.project_id, "ak.trigger_id": t["trigger_id"]}
             with self.tel.span("schedule tick", attributes={**attrs, "ak.event_id": ev.event_id}):
-                await js.publish(
+                await pub.publish(
                     subjects.event_subject(ev.project_id, ev.event_id),
                     wire.encode(ev),
                     headers=tracing.inject({subjects.HDR_MSG_ID: ev.event_id}),

@@ -37,7 +37,7 @@ async def session_start(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
         data=inputs,
         memo={str(k): str(v) for k, v in (args.get("memo") or {}).items()},
     )
-    await publish_session(nc.jetstream(), job)
+    await publish_session(bus.publisher(nc), job)
     return {"session_id": job.session_id}
 
 
@@ -50,7 +50,7 @@ async def session_stop(nc: Client, args: dict[str, Any]) -> None:
     if args.get("force"):
         reason = f"[forced] {reason}".strip()
     msg = wire.InboxMessage(kind=wire.INBOX_STOP, reason=reason or "stopped by user")
-    await nc.jetstream().publish(subjects.inbox_subject(s["session_id"]), wire.encode(msg))
+    await bus.publisher(nc).publish(subjects.inbox_subject(s["session_id"]), wire.encode(msg))
 
 
 async def session_restart(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +72,7 @@ async def session_restart(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
         data=data,
         trigger_id=s.get("trigger_id", ""),
     )
-    await publish_session(nc.jetstream(), job)
+    await publish_session(bus.publisher(nc), job)
     return {"session_id": job.session_id}
 
 
@@ -88,7 +88,7 @@ async def event_redispatch(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
         memo={**ev["memo"], "redispatched_from": ev["event_id"]},
         created_at_us=timefmt.now_us(),
     )
-    await nc.jetstream().publish(
+    await bus.publisher(nc).publish(
         subjects.event_subject(copy.project_id, copy.event_id),
         wire.encode(copy),
         headers={subjects.HDR_MSG_ID: copy.event_id},

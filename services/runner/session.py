@@ -189,7 +189,7 @@ class SessionRun:
                 completed=state == wire.COMPLETED,
                 payload=result,
             )
-            await self.js.publish(
+            await self.pub.publish(
                 subjects.inbox_subject(job.parent_session_id),
                 wire.encode(msg),
                 headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},

@@ -28,6 +28,7 @@ class Syscalls:
     ) -> None:
         self.nc, self.job, self.inbox = nc, job, inbox
         self.js = js or nc.jetstream()
+        self.pub = bus.publisher(nc)
         self._values: Values | None = None
         self.subscribed = False  # its subscriptions are removed when the session ends
 
@@ -107,7 +108,7 @@ class Syscalls:
             kind=wire.INBOX_SIGNAL, name=str(args.get("name", "")), payload=blob or None
         )
         msg_id = f"sig:{self.job.session_id}:{step}" if step else ids.new_id("sig")
-        await self.js.publish(
+        await self.pub.publish(
             subjects.inbox_subject(target), wire.encode(msg), headers={subjects.HDR_MSG_ID: msg_id}
         )
         return None, None
@@ -157,7 +158,7 @@ class Syscalls:
             parent_session_id=job.session_id,
             memo=dict(args.get("memo") or {}),
         )
-        await publish_session(self.js, child)
+        await publish_session(self.pub, child)
         return sid, None
 
     # --- values
