@@ -30,7 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from . import subjects, tracing, wire
-from .errors import AKError, Unavailable, error_from_kind
+from .errors import AKError, InvalidArgument, Unavailable, error_from_kind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -335,7 +335,19 @@ async def serve_requests(
                 reply = await answer(op, msg)
                 if not reply.ok:
                     tracing.fail(span, reply.error_kind)
-        await msg.respond(wire.encode(reply))
+        data = wire.encode(reply)
+        if len(data) > nc.max_payload:  # unsendable: say so rather than leave the caller waiting
+            log.warning("reply to %s is %d bytes, over the message limit", op, len(data))
+            data = wire.encode(
+                wire.StoreReply(
+                    ok=False,
+                    error_kind=InvalidArgument.kind,
+                    error=f"the answer to {op!r} is {len(data)} bytes, over the "
+                    f"{nc.max_payload} byte message limit: ask for less (a smaller page or a "
+                    "narrower filter)",
+                )
+            )
+        await msg.respond(data)
 
     return await nc.subscribe(subject, queue=queue, cb=on_msg)
 
