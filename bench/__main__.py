@@ -70,11 +70,26 @@ def api(op: str, **args: Any) -> Any:
 def session_of(event_id: str, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for s in api("session.list", project="bench"):
-            if s["event_id"] == event_id:
-                return str(s["session_id"])
+        for s in api("session.list", project="bench", event_id=event_id)["sessions"]:
+            return str(s["session_id"])
         time.sleep(0.005)
     raise RuntimeError(f"no session for event {event_id}")
+
+
+def completed_since(t0: float) -> list[dict[str, Any]]:
+    """The project's COMPLETED sessions created at or after ``t0`` (epoch seconds)."""
+    found, token = [], ""
+    while True:
+        page = api(
+            "session.list", project="bench", state="COMPLETED", page_size=1000, page_token=token
+        )
+        for s in page["sessions"]:
+            if _us(s["created_at"]) / 1e6 < t0:
+                return found
+            found.append(s)
+        token = page["next_page_token"]
+        if not token:
+            return found
 
 
 def prints(sid: str, wanted: int = 1, timeout: float = 120) -> list[Any]:
@@ -167,7 +182,7 @@ def bench_throughput(
     deadline = time.monotonic() + 120
     done: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
-        listed = api("session.list", project="bench", state="COMPLETED")
+        listed = completed_since(min(sent.values()))
         done = {s["event_id"]: s for s in listed if s["event_id"] in sent}
         if len(done) == len(sent):
             break
@@ -244,7 +259,7 @@ def bench_memory(stack: Stack, paths: dict[str, str], n: int = 40) -> Result:
     sids = [session_of(fire(stack, paths["waits"], {})) for _ in range(n)]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        running = [s for s in api("session.list", project="bench", state="RUNNING")]
+        running = api("session.list", project="bench", state="RUNNING", page_size=1000)["sessions"]
         if len({s["session_id"] for s in running} & set(sids)) == n:
             break
         time.sleep(0.5)

@@ -87,7 +87,7 @@ class Stack:
         returns every session of those events (callers check there is exactly one each)."""
         deadline = time.monotonic() + timeout
         while True:
-            out = self.ak("session", "list", "-p", project, "-j").stdout
+            out = self.ak("session", "list", "-p", project, "--page-size", "1000", "-j").stdout
             mine = [s for s in map(json.loads, out.splitlines()) if s["event_id"] in events]
             done = sum(s["state"] == "COMPLETED" for s in mine)
             if done >= len(events):
@@ -124,11 +124,10 @@ class Stack:
         """The id of the session an event started in ``project`` (waits for it to appear)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = self.ak("session", "list", "-p", project, "-j", check=True).stdout
+            args = ("-p", project, "--event-id", event_id, "-j")
+            out = self.ak("session", "list", *args, check=True).stdout
             for line in out.splitlines():
-                s = json.loads(line)
-                if s["event_id"] == event_id:
-                    return str(s["session_id"])
+                return str(json.loads(line)["session_id"])
             time.sleep(0.1)
         raise AssertionError(f"no session for {event_id}:\n{self.output()[-3000:]}")
 

@@ -37,11 +37,29 @@ Ref = Annotated[str, typer.Argument(help="A session id, or a project for its new
 @app.command("list")
 def list_(
     project: Annotated[str, typer.Option("--project", "-p")] = "",
+    deployment: Annotated[str, typer.Option("--deployment-id", "-d")] = "",
+    event_id: Annotated[str, typer.Option("--event-id")] = "",
     state: Annotated[str, typer.Option("--state-type", "--state", "-s")] = "",
+    page_size: Annotated[int, typer.Option("--page-size", help="At most 1000.")] = 50,
+    skip: Annotated[int, typer.Option("--skip-rows")] = 0,
+    page_token: Annotated[str, typer.Option("--next-page-token")] = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Sessions, newest first."""
-    emit_list(client.call("session.list", project=project, state=state), as_json, SESSION_KEYS)
+    """Sessions, newest first, a page at a time: when there are more, the last line is
+    ``next-page-token: T`` (on stderr with --json); pass it back with --next-page-token."""
+    page = client.call(
+        "session.list",
+        project=project,
+        deployment=deployment,
+        event_id=event_id,
+        state=state,
+        page_size=page_size,
+        skip=skip,
+        page_token=page_token,
+    )
+    emit_list(page["sessions"], as_json, SESSION_KEYS)
+    if page["next_page_token"]:
+        typer.echo(f"next-page-token: {page['next_page_token']}", err=as_json)
 
 
 @app.command()

@@ -49,6 +49,17 @@ def env_id(p: Project) -> str:
 
 
 SESSION_STATES = ("CREATED", "RUNNING", *wire.FINAL_STATES)
+DEFAULT_PAGE, MAX_PAGE = 50, 1000
+
+
+def _page_after(token: str) -> tuple[int, str]:
+    """The (created_us, session_id) a ``next_page_token`` continues after."""
+    created, _, sid = token.partition(".")
+    if not created.isdigit() or not sid.startswith("ses_"):
+        raise InvalidArgument(
+            f"invalid page token {token!r}: use the next-page-token of the previous page"
+        )
+    return int(created), sid
 
 
 def _project_view(p: Project) -> dict[str, Any]:
@@ -555,13 +566,25 @@ class StoreApi:
             db.delete(var)
             db.commit()
 
-    def session_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def session_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A page of sessions, newest first, without their inputs (as AutoKitteh lists them).
+        ``next_page_token`` (empty on the last page) continues after the page's last session."""
+        size = int(args.get("page_size") or DEFAULT_PAGE)
+        skip = int(args.get("skip") or 0)
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidArgument(f"page size must be between 1 and {MAX_PAGE}, not {size}")
+        if skip < 0:
+            raise InvalidArgument(f"rows to skip must be 0 or more, not {skip}")
         with DB(self.engine) as db:
             q = select(Session).order_by(
                 col(Session.created_us).desc(), col(Session.session_id).desc()
             )
             if args.get("project"):
                 q = q.where(Session.project_id == self._project(db, args["project"]).project_id)
+            if args.get("deployment"):
+                q = q.where(Session.deployment_id == args["deployment"])
+            if args.get("event_id"):
+                q = q.where(Session.event_id == args["event_id"])
             if args.get("state"):
                 state = str(args["state"]).upper()
                 if state not in SESSION_STATES:
@@ -569,8 +592,23 @@ class StoreApi:
                         f"invalid state {args['state']!r}: use one of {', '.join(SESSION_STATES)}"
                     )
                 q = q.where(Session.state == state)
+            if args.get("page_token"):
+                created, sid = _page_after(str(args["page_token"]))
+                q = q.where(
+                    (col(Session.created_us) < created)
+                    | ((col(Session.created_us) == created) & (col(Session.session_id) < sid))
+                )
+            rows = list(db.exec(q.offset(skip).limit(size + 1)))
             names = self._names(db)
-            return [_session_view(s, names.get(s.project_id, "")) for s in db.exec(q)]
+        more, rows = len(rows) > size, rows[:size]
+        views = [_session_view(s, names.get(s.project_id, "")) for s in rows]
+        for v in views:
+            del v["inputs"]
+        last = rows[-1] if more else None
+        return {
+            "sessions": views,
+            "next_page_token": f"{last.created_us}.{last.session_id}" if last else "",
+        }
 
     def session_get(self, args: dict[str, Any]) -> dict[str, Any]:
         with DB(self.engine) as db:

@@ -121,14 +121,10 @@ def project(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 def _session_for(stack: Stack, event_id: str) -> dict[str, str]:
-    sessions = [
-        json.loads(x)
-        for x in stack.ak(
-            "session", "list", "-p", "sessions_e2e", "-j", check=True
-        ).stdout.splitlines()
-    ]
-    matching = [s for s in sessions if s["event_id"] == event_id]
-    assert len(matching) == 1, sessions
+    args = ("-p", "sessions_e2e", "--event-id", event_id, "-j")
+    out = stack.ak("session", "list", *args, check=True).stdout
+    matching = [json.loads(x) for x in out.splitlines()]
+    assert len(matching) == 1 and matching[0]["event_id"] == event_id, out
     return stack.wait_session(matching[0]["session_id"])
 
 
@@ -233,6 +229,23 @@ def test_async_handler(stack: Stack, project: dict[str, str]) -> None:
     s = _wait_for_session(stack, _fire(stack, "GET", project["asyncy"]))
     assert s["state"] == "COMPLETED"
     assert stack.ak("session", "prints", s["session_id"], "-n").stdout.endswith("async done\n")
+
+
+def test_session_list_pages(stack: Stack, project: dict[str, str]) -> None:
+    for _ in range(3):
+        _wait_for_session(stack, _fire(stack, "GET", project["asyncy"]))
+    first = stack.ak("session", "list", "-p", "sessions_e2e", "--page-size", "2", check=True)
+    *lines, token_line = first.stdout.splitlines()
+    assert len(lines) == 2 and all(x.startswith('session_id:"ses_') for x in lines), lines
+    assert token_line.startswith("next-page-token: "), first.stdout
+    token = token_line.removeprefix("next-page-token: ")
+    args = ("-p", "sessions_e2e", "--page-size", "2", "--next-page-token", token, "-j")
+    second = stack.ak("session", "list", *args, check=True)
+    older = [json.loads(x) for x in second.stdout.splitlines()]  # JSON only: token on stderr
+    assert len(older) == 2 and second.stderr.startswith("next-page-token: ")
+    assert not {s["session_id"] for s in older} & {x.split('"')[1] for x in lines}
+    res = stack.ak("session", "list", "--next-page-token", "garbage")
+    assert res.returncode == 40 and "invalid page token" in res.stderr
 
 
 def test_webhook_errors(stack: Stack, project: dict[str, str], tmp_path: Path) -> None:

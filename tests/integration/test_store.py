@@ -114,3 +114,53 @@ def test_records_applied_out_of_order_give_the_same_session(db_dsn: str) -> None
         seqs = db.exec(select(SessionRecord.seq).where(SessionRecord.session_id == sid)).all()
         assert sorted(seqs) == [0, 1, 2, 3]
     engine.dispose()
+
+
+def test_session_list_pages(db_dsn: str) -> None:
+    """Sessions come newest first a page at a time; the pages' token walks all of them once
+    (sessions created in the same microsecond included), and filters narrow every page."""
+    from ak_store.api import StoreApi
+    from ak_store.db import open_engine
+    from ak_store.materialize import apply_records
+    from akcore.secrets import Sealer
+    from cryptography.fernet import Fernet
+
+    engine = open_engine(db_dsn)
+    api = StoreApi(engine, Sealer(Fernet.generate_key()))
+    api.manifest_apply({"text": MANIFEST.format(name="p1")})
+    project = api.project_get({"project": "p1"})["project_id"]
+    sids = [f"ses_01m8cpgk96e6wakscbfn3064{c}" for c in "abcdefg"]
+    with engine.begin() as conn:
+        for i, sid in enumerate(sids):
+            created = {"project_id": project, "event_id": f"evt_{i}", "inputs": {"big": "x" * 99}}
+            records = [wire.JournalRecord(sid, 0, wire.CREATED, 1_000 + i // 2, created)]
+            if i % 3 == 0:
+                end = {"state": "COMPLETED"}
+                records.append(wire.JournalRecord(sid, 1, wire.ENDED, 5_000, end))
+            apply_records(conn, records)
+    newest_first = sorted(sids, key=lambda s: (1_000 + sids.index(s) // 2, s), reverse=True)
+
+    def walk(**args: object) -> list[list[str]]:
+        pages, token = [], ""
+        while True:
+            page = api.session_list({"project": "p1", **args, "page_token": token})
+            pages.append([s["session_id"] for s in page["sessions"]])
+            assert all("inputs" not in s for s in page["sessions"])
+            token = page["next_page_token"]
+            if not token:
+                return pages
+
+    assert walk(page_size=3) == [newest_first[:3], newest_first[3:6], newest_first[6:]]
+    assert walk() == [newest_first]  # 50 by default
+    assert walk(page_size=7) == [newest_first]  # a full last page has no token
+    assert walk(page_size=2, state="COMPLETED") == [[sids[6], sids[3]], [sids[0]]]
+    assert walk(event_id="evt_4") == [[sids[4]]]
+    assert walk(page_size=2, skip=5) == [newest_first[5:7]]
+    for bad, message in [
+        ({"page_size": 1001}, "page size must be between 1 and 1000"),
+        ({"skip": -1}, "rows to skip must be 0 or more"),
+        ({"page_token": "12.nope"}, "invalid page token"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            api.session_list(bad)
+    engine.dispose()
