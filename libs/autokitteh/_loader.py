@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import importlib.machinery
 import os
 import sys
@@ -79,6 +80,10 @@ def instrument(source: bytes | str, path: str) -> CodeType:
 
 _compiled: dict[tuple[str, int, int], CodeType] = {}
 
+# Where a module file really is, asked at every import a session makes (the files of a
+# build and of the interpreter do not move while a worker lives).
+real_path = functools.lru_cache(maxsize=4096)(os.path.realpath)
+
 
 class _Loader(importlib.machinery.SourceFileLoader):
     def __init__(self, fullname: str, path: str, gates: dict[str, Any]) -> None:
@@ -118,7 +123,7 @@ class UserCodeFinder:
         origin = spec.origin if spec else None
         if spec is None or not origin or not origin.endswith(".py"):
             return None
-        if not os.path.realpath(origin).startswith(self.code_dir):
+        if not real_path(origin).startswith(self.code_dir):
             return None
         spec.loader = _Loader(fullname, origin, self.gates)
         self.modules.add(fullname)

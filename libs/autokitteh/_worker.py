@@ -23,11 +23,12 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from types import FunctionType
 from typing import Any, BinaryIO
 
 from . import _runtime
 from ._channel import encode_frame, read_frame
-from ._loader import UserCodeFinder
+from ._loader import UserCodeFinder, real_path
 from ._replay import NonDeterminismError, Replayer
 from .activities import ACTIVITY_ATTR
 from .body import with_body
@@ -151,12 +152,22 @@ def _load(entrypoint: str, rt: _runtime.Runtime) -> Any:
     return fn
 
 
-def _call(fn: Any, event: Event, session_id: str, rt: _runtime.Runtime) -> Any:
+def _takes_session_id(fn: Any) -> bool:
+    """Whether the handler has a ``session_id`` parameter. A plain function's parameters are
+    its code's (read directly: ``inspect.signature`` costs more than a trivial session)."""
+    code = getattr(fn, "__code__", None)
+    if type(fn) is FunctionType and code is not None and not hasattr(fn, "__wrapped__"):
+        if "__signature__" not in fn.__dict__:
+            n = code.co_argcount + code.co_kwonlyargcount
+            return "session_id" in code.co_varnames[code.co_posonlyargcount : n]
     try:
-        params = inspect.signature(fn).parameters
+        return "session_id" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    kwargs = {"session_id": session_id} if "session_id" in params else {}
+        return False
+
+
+def _call(fn: Any, event: Event, session_id: str, rt: _runtime.Runtime) -> Any:
+    kwargs = {"session_id": session_id} if _takes_session_id(fn) else {}
     if rt.durable and getattr(fn, ACTIVITY_ATTR, False) is True:
         result = rt.activity(fn, (event,), kwargs, f"{fn.__code__.co_filename}:{fn.__name__}")
     else:
@@ -197,10 +208,16 @@ def _failed(
 
 class _Baseline:
     """The process as it was before a session, to put back afterwards so that the next
-    session of the project finds it as a fresh worker would be (its modules imported anew)."""
+    session of the project finds it as a fresh worker would be (its modules imported anew).
+
+    The environment is put back lazily: ``owed`` is what it should be between sessions, made
+    true when the next session starts (with that session's variables on top), so variables
+    that every session sets alike are not removed and set again each time."""
+
+    owed: dict[bytes, bytes] | None = None
 
     def __init__(self) -> None:
-        self.environ = _environ_now()
+        self.environ = _Baseline.owed if _Baseline.owed is not None else _environ_now()
         self.modules = set(sys.modules)
         self.cwd = os.getcwd()
         self.path = list(sys.path)
@@ -222,18 +239,18 @@ class _Baseline:
             origin = getattr(sys.modules[name], "__file__", None) or ""
             if origin.startswith(prefix):
                 del sys.modules[name]
-        importlib.invalidate_caches()
+        # Files the session wrote into its code directory must be importable by the next
+        # one (the directory's finder caches its listing).
+        invalidate = getattr(sys.path_importer_cache.get(code_dir), "invalidate_caches", None)
+        if invalidate is not None:
+            invalidate()
         linecache.clearcache()
-        _put_environ(self.environ)
+        _Baseline.owed = self.environ
         try:
             os.chdir(self.cwd)
         except OSError:
             return False
         return set(threading.enumerate()) <= self.threads
-
-
-# A build's code directory does not move while the runner has it: resolved once.
-_realpath = functools.lru_cache(maxsize=64)(os.path.realpath)
 
 
 def _environ_now() -> dict[bytes, bytes]:
@@ -257,7 +274,7 @@ def _put_environ(saved: dict[bytes, bytes]) -> None:
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     """Runs one session and sends its ``done``; True when the process can take another."""
     baseline = _Baseline()
-    code_dir = _realpath(start["code_dir"])
+    code_dir = real_path(start["code_dir"])
     ch.idle = False
     try:
         done, blob = _session(ch, start, payload, code_dir)
@@ -275,7 +292,10 @@ def _session(
 ) -> tuple[dict[str, Any], bytes]:
     # The worker was started with the environment of sessions like this one; the session's
     # own variables come on top (the baseline puts the environment back afterwards).
-    os.environ.update(start.get("env") or {})
+    wanted = dict(_Baseline.owed if _Baseline.owed is not None else _environ_now())
+    wanted.update((os.fsencode(k), os.fsencode(v)) for k, v in (start.get("env") or {}).items())
+    _put_environ(wanted)
+    _Baseline.owed = None
     os.chdir(code_dir)
     python_env = str(start.get("python_env", ""))
     sys.path.insert(0, code_dir)

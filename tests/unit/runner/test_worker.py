@@ -111,6 +111,17 @@ def count(event):
     os.environ["LEFT_BEHIND_BEFORE"] = "yes"
 
 
+def writes_module(event):
+    with open("made.py", "w") as f:
+        f.write("VALUE = 7\\n")
+
+
+def imports_written(event):
+    import made
+
+    print("made", made.VALUE)
+
+
 def leaves_a_thread(event):
     threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
 """
@@ -151,6 +162,70 @@ async def test_a_reused_worker_starts_each_session_afresh(tmp_path: Path) -> Non
         texts += [h["text"] for h, _ in frames if h["type"] == "print"]
         assert frames[-1][0] == {"type": "done", "ok": True, "reusable": True}
     assert texts == ["1 1 v0 None\n", "1 1 v1 None\n", "1 2 None None\n"]
+    assert await w.close() == 0
+
+
+async def test_a_module_one_session_wrote_is_importable_in_the_next(tmp_path: Path) -> None:
+    (tmp_path / "h.py").write_text(REUSED)
+    (tmp_path / "helper.py").write_text("CALLS = []\n")
+    w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    await _session(w, tmp_path, "h.py:count", {})  # the directory's listing is cached now
+    await _session(w, tmp_path, "h.py:writes_module", {}, durable=False)  # no activity
+    frames = await _session(w, tmp_path, "h.py:imports_written", {})
+    assert [h.get("text") for h, _ in frames] == ["made 7\n", None], frames
+    assert await w.close() == 0
+
+
+SIGNATURES = """\
+import functools
+
+
+def plain(event, session_id):
+    print("plain", session_id)
+
+
+def keyword_only(event, *, session_id="none"):
+    print("keyword", session_id)
+
+
+def without(event, **kwargs):
+    print("without", kwargs)
+
+
+def _wrapper(f):
+    @functools.wraps(f)
+    def inner(*args, **kwargs):
+        return f(*args, **kwargs)
+    return inner
+
+
+wrapped = _wrapper(plain)
+
+
+class Callable:
+    def __call__(self, event, session_id):
+        print("callable", session_id)
+
+
+instance = Callable()
+"""
+
+
+async def test_handlers_get_the_session_id_when_they_name_it(tmp_path: Path) -> None:
+    (tmp_path / "s.py").write_text(SIGNATURES)
+    w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    texts = []
+    for entry in ("plain", "keyword_only", "without", "wrapped", "instance"):
+        frames = await _session(w, tmp_path, f"s.py:{entry}", {}, durable=False)
+        assert frames[-1][0]["ok"] is True, frames
+        texts += [h["text"] for h, _ in frames if h["type"] == "print"]
+    assert texts == [
+        "plain ses_1\n",
+        "keyword ses_1\n",
+        "without {}\n",
+        "plain ses_1\n",
+        "callable ses_1\n",
+    ]
     assert await w.close() == 0
 
 
