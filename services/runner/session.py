@@ -7,7 +7,7 @@ import logging
 import os
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,8 @@ class Host:
     inboxes: InboxWatch  # the inboxes of the sessions running here
     js: JetStreamContext
     worker_env: dict[str, str]  # ours minus the system's own settings (see worker_env)
+    # Each build's directory and requirements.txt, once unpacked (builds never change).
+    builds: dict[str, tuple[Path, bytes | None]] = field(default_factory=dict)
 
     def spawn_env(self, extra_env: dict[str, str]) -> dict[str, str]:
         """A worker's environment: the runner's (minus the system's settings) and what its
@@ -198,12 +200,19 @@ class SessionRun:
     async def _code(self) -> tuple[Path, bytes | None]:
         """The build's directory (fetched and unpacked once per runner: builds never change)
         and its requirements.txt, if any."""
+        known = self.host.builds.get(self.job.build_id)
+        if known is not None:
+            return known
         code_dir = self.cache / self.job.build_id
         if not code_dir.is_dir():  # unpacked atomically, so a directory is a whole build
             build = await bus.store_call(self.nc, "build.get", {"build_id": self.job.build_id})
             code_dir = unpack_build(self.cache, self.job.build_id, build["files"])
         req = code_dir / REQUIREMENTS_FILE
-        return code_dir, (req.read_bytes() if req.is_file() else None)
+        known = self.host.builds[self.job.build_id] = (
+            code_dir,
+            req.read_bytes() if req.is_file() else None,
+        )
+        return known
 
     async def run(self) -> None:
         job = self.job
