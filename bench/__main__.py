@@ -303,6 +303,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=float, default=20, help="throughput load, seconds")
+    ap.add_argument("--rate", type=float, default=400, help="throughput offered load, sessions/s")
     ap.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS) + ["dbos"])
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args()
@@ -318,7 +319,7 @@ def main() -> None:
                 continue
             title, fn = BENCHMARKS[name]
             for i in range(args.runs):
-                kw = {"duration": args.duration} if name == "throughput" else {}
+                kw = {"duration": args.duration, "rate": args.rate} if name == "throughput" else {}
                 r = fn(stack, paths, **kw)
                 print(f"{name} run {i + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
                 results.setdefault(name, []).append(r)
