@@ -150,9 +150,7 @@ class SessionRun:
         self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any], error_type: str = ""
     ) -> None:
         """A span for a step that already happened (its times measured elsewhere)."""
-        span = self.tel.tracer.start_span(
-            name, start_time=start_ns, attributes={**self.attrs, **attrs}
-        )
+        span = self.tel.start_span(name, attributes={**self.attrs, **attrs}, start_time=start_ns)
         if error_type:
             tracing.fail(span, error_type)
         span.end(end_time=max(start_ns, end_ns))
