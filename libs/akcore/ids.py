@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -23,8 +24,13 @@ def _uuid7_from(ms: int, rand: int) -> int:
     return (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
 
 
+_FROM_BASE32 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", ALPHABET.encode())
+
+
 def _encode(n: int) -> str:
-    return "".join(ALPHABET[(n >> (5 * (25 - i))) & 31] for i in range(26))
+    """26 Crockford base32 characters of a 128-bit number (standard base32 of it, moved to
+    the top of 160 bits, read in the Crockford alphabet)."""
+    return base64.b32encode((n << 30).to_bytes(20, "big"))[:26].translate(_FROM_BASE32).decode()
 
 
 def derived_id(prefix: str, ms: int, key: str) -> str:

@@ -50,5 +50,10 @@ def test_ids() -> None:
     assert ids.id_prefix("py_simple") is None
     assert ids.derived_id("ses", 1000, "k") == ids.derived_id("ses", 1000, "k")
     assert ids.derived_id("ses", 1000, "k") != ids.derived_id("ses", 1000, "j")
+    # TypeID's own example, and the edges.
+    assert ids._encode(0x01890A5DAC96774BBCCEB302099A8057) == "01h455vb4pex5vsknk084sn02q"
+    assert ids._encode(0) == "0" * 26 and ids._encode(2**128 - 1) == "7" + "z" * 25
+    # A derived id must never change between versions: redelivered events rely on it.
+    assert ids.derived_id("ses", 1000, "k") == "ses_00000000z8f59r6ad9518fdn9s"
     slug = ids.new_slug()
     assert len(slug) == 26 and set(slug) <= set(ids.ALPHABET)
