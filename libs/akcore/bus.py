@@ -464,6 +464,11 @@ class Puller:
         batch, self._ready = self._ready[:limit], self._ready[limit:]
         return batch
 
+    @property
+    def ready(self) -> int:
+        """Messages delivered and not taken yet."""
+        return len(self._ready)
+
     async def close(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()

@@ -16,6 +16,7 @@ ENV_DB_DSN = "AK_DB__DSN"  # SQLAlchemy URL of the store
 ENV_NATS_URL = "AK_NATS_URL"  # external NATS; when unset `ak up` embeds one
 ENV_NATS_PORT = "AK_NATS__PORT"  # port of the embedded nats-server (0 = pick a free one)
 ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
+ENV_RUNNER_MAX_WAITING = "AK_RUNNER__MAX_WAITING"
 ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
 ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
 ENV_WORKER_SESSIONS = "AK_RUNNER__WORKER_SESSIONS"
@@ -69,7 +70,8 @@ class Settings:
     nats_url: str
     http_addr: str = DEFAULT_HTTP_ADDR
     db_dsn: str = ""
-    runner_concurrency: int = 32
+    runner_concurrency: int = 32  # sessions running code at once, per runner
+    runner_max_waiting: int = 200  # and sessions waiting (sleep, next_event, ...) on top
     worker_python: str = ""
     warm_workers: int = 2  # spare worker processes a runner keeps started, per interpreter
     worker_sessions: int = 1000  # sessions of one project a worker process runs, one by one
@@ -81,6 +83,7 @@ class Settings:
             http_addr=os.environ.get(ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR),
             db_dsn=os.environ.get(ENV_DB_DSN) or default_db_dsn(),
             runner_concurrency=int(os.environ.get(ENV_RUNNER_CONCURRENCY, "32")),
+            runner_max_waiting=int(os.environ.get(ENV_RUNNER_MAX_WAITING, "200")),
             worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
             warm_workers=int(os.environ.get(ENV_WARM_WORKERS, "2")),
             worker_sessions=int(os.environ.get(ENV_WORKER_SESSIONS, "1000")),

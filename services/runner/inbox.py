@@ -7,6 +7,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from akcore import subjects, wire
 from nats.aio.client import Client
@@ -34,8 +35,10 @@ class Inbox:
         session_id: str,
         consumed: set[int],
         on_stop: Callable[[str], None],
+        waiting: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.js, self.session_id, self.consumed, self.on_stop = js, session_id, consumed, on_stop
+        self.waiting = waiting  # held while ``take`` waits for a message
         self.buffer: list[tuple[int, wire.InboxMessage]] = []
         self._changed = asyncio.Event()
         self._sub: JetStreamContext.PushSubscription | None = None
@@ -122,7 +125,8 @@ class Inbox:
             if remaining is not None and remaining <= 0:
                 return None
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                with self.waiting():
+                    await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 return None
 

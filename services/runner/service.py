@@ -146,11 +146,28 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     live: set[asyncio.Task[None]] = set()
     reaper = asyncio.create_task(_reap(pool, stop))
     warming = asyncio.create_task(_warm(host))
-    log.info("runner %s ready (up to %d sessions)", runner_id, settings.runner_concurrency)
+    log.info(
+        "runner %s ready (up to %d sessions running and %d waiting)",
+        runner_id,
+        settings.runner_concurrency,
+        settings.runner_max_waiting,
+    )
+    admission = host.admission
     while not stop.is_set():
-        free = settings.runner_concurrency - len(live)
+        # Waiting sessions (sleeps, next_event) do not count against the sessions running.
+        free = min(
+            settings.runner_concurrency - (len(live) - admission.waiting),
+            settings.runner_concurrency + settings.runner_max_waiting - len(live),
+        )
+        # Jobs already delivered start anyway: they hold no heartbeat while they wait here,
+        # and there are no more of them than there was room when they were asked for
+        # (less now only if waiting sessions woke up meanwhile).
+        free = max(free, puller.ready)
         if free <= 0:
-            await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
+            admission.changed.clear()
+            changed = asyncio.create_task(admission.changed.wait())
+            await asyncio.wait({*live, changed}, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
+            changed.cancel()
             continue
         for msg in await puller.take(free):
             task = asyncio.create_task(handle_job(host, msg, heartbeat))

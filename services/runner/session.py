@@ -7,6 +7,8 @@ import logging
 import os
 import pickle
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,32 @@ def activity_data(header: dict[str, Any], blob: bytes) -> dict[str, Any]:
     return data
 
 
+class Admission:
+    """How many of a runner's live sessions are waiting (a durable sleep of a second or
+    more, ``next_event``, ``next_signal``): those hold a worker process but no CPU, so
+    they do not count against the sessions a runner runs at once."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.changed = asyncio.Event()
+
+    def begin(self) -> None:
+        self.waiting += 1
+        self.changed.set()
+
+    def end(self) -> None:
+        self.waiting -= 1
+        self.changed.set()
+
+    @contextmanager
+    def wait(self) -> Iterator[None]:
+        self.begin()
+        try:
+            yield
+        finally:
+            self.end()
+
+
 @dataclass(frozen=True)
 class Host:
     """What a runner shares with all its sessions."""
@@ -70,6 +98,7 @@ class Host:
     worker_env: dict[str, str]  # ours minus the system's own settings (see worker_env)
     # Each build's directory and requirements.txt, once unpacked (builds never change).
     builds: dict[str, tuple[Path, bytes | None]] = field(default_factory=dict)
+    admission: Admission = field(default_factory=Admission)
 
     def spawn_env(self, extra_env: dict[str, str]) -> dict[str, str]:
         """A worker's environment: the runner's (minus the system's settings) and what its
@@ -111,7 +140,10 @@ class SessionRun:
         self.ended = False
         self.stop_reason: str | None = None
         self._stop = asyncio.Event()
-        self.inbox = Inbox(self.js, job.session_id, replay.consumed, self._request_stop)
+        self.inbox = Inbox(
+            self.js, job.session_id, replay.consumed, self._request_stop, host.admission.wait
+        )
+        self.asleep = False  # in a durable sleep that counts as waiting (see Admission)
         self.syscalls = Syscalls(self.nc, job, self.inbox, self.js)
 
     async def journal(self, kind: str, data: dict[str, Any]) -> None:
@@ -256,10 +288,16 @@ class SessionRun:
                 await self.inbox.open()  # something may be waiting: look
             await self._run_until_stopped(worker, code_dir)
         finally:
+            self._awake()
             if live.get(job.session_id) is self.inbox:
                 del live[job.session_id]
             await self.inbox.close()
             await self.pool.give_back(worker, python, base, job.project_id)
+
+    def _awake(self) -> None:
+        if self.asleep:
+            self.asleep = False
+            self.host.admission.end()
 
     def _request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -320,6 +358,9 @@ class SessionRun:
         }
         await self.journal(SLEEP, data)
         await worker.send({"type": "sleep", "deadline_us": deadline})
+        if seconds >= 1 and not self.asleep:  # until the worker's next frame
+            self.asleep = True
+            self.host.admission.begin()
         self._step_span(
             "sleep",
             time.time_ns(),
@@ -348,6 +389,7 @@ class SessionRun:
             pickle.dumps(init),
         )
         async for header, blob in worker.frames():
+            self._awake()
             kind = header.get("type")
             if kind == "print":
                 await self.journal(wire.PRINT, print_data(header))

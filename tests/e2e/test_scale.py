@@ -182,8 +182,9 @@ def hold(event):
 def test_a_runner_holds_at_most_its_concurrency(tmp_path: Path) -> None:
     stack = start_stack(tmp_path / "home", {"AK_RUNNER__CONCURRENCY": "2"})
     try:
+        # Not durable: its sleep keeps it running (a durable one would make it wait).
         manifest = MANIFEST.replace("name: scaled", "name: capped").replace(
-            "call: h.py:quick", "call: h.py:hold"
+            "call: h.py:quick", "call: h.py:hold\n      is_durable: false"
         )
         proj = write_project(
             tmp_path / "p", {"autokitteh.yaml": manifest, "h.py": CONCURRENCY_CODE}
@@ -203,5 +204,70 @@ def test_a_runner_holds_at_most_its_concurrency(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, states
             time.sleep(0.1)
         assert most == 2  # the other jobs waited in JetStream
+    finally:
+        stack.stop()
+
+
+WAITING_CODE = """\
+import time
+
+import autokitteh
+
+
+def nap(event):
+    time.sleep(60)
+
+
+def listen(event):
+    sub = autokitteh.subscribe("talk")  # not fired again
+    autokitteh.next_event(sub, timeout=60)
+
+
+def quick(event):
+    print("quick done")
+"""
+
+
+def test_waiting_sessions_leave_room_for_running_ones(tmp_path: Path) -> None:
+    """Sessions in a durable sleep or waiting for an event do not count against the
+    sessions a runner runs at once (2 here); a runner holds at most that many plus
+    AK_RUNNER__MAX_WAITING (2 here) sessions in all."""
+    env = {"AK_RUNNER__CONCURRENCY": "2", "AK_RUNNER__MAX_WAITING": "2"}
+    stack = start_stack(tmp_path / "home", env)
+    try:
+        manifest = (
+            MANIFEST.replace("name: scaled", "name: waiting")
+            .replace("call: h.py:slow", "call: h.py:nap")
+            .replace("call: h.py:talk", "call: h.py:listen")
+        )
+        proj = write_project(tmp_path / "p", {"autokitteh.yaml": manifest, "h.py": WAITING_CODE})
+        paths = stack.deploy_paths(proj)
+
+        def start(name: str) -> str:
+            return stack.session_of("waiting", stack.post_json(paths[name], {})[1])
+
+        def state(sid: str) -> str:
+            return stack.ak("session", "get", sid, "-j", check=True).stdout.split('"state":"')[1][
+                :7
+            ]
+
+        def until_running(sid: str) -> None:
+            deadline = time.monotonic() + 30
+            while state(sid) != "RUNNING":
+                assert time.monotonic() < deadline, stack.output()[-3000:]
+                time.sleep(0.2)
+
+        waiting = [start("slow"), start("slow"), start("talk")]
+        for sid in waiting:
+            until_running(sid)
+        for sid in (start("quick"), start("quick")):
+            assert stack.wait_session(sid, timeout=30)["state"] == "COMPLETED"
+        waiting.append(start("slow"))
+        until_running(waiting[-1])
+        held = start("quick")  # 4 sessions held: no room until one ends
+        time.sleep(2)
+        assert state(held) == "CREATED"
+        stack.ak("session", "stop", waiting[0], check=True)
+        assert stack.wait_session(held, timeout=30)["state"] == "COMPLETED"
     finally:
         stack.stop()
