@@ -251,10 +251,10 @@ def _runner_kib(stack: Stack) -> int:
     return total
 
 
-def bench_memory(stack: Stack, paths: dict[str, str], n: int = 24) -> Result:
+def bench_memory(stack: Stack, paths: dict[str, str], n: int = 50) -> Result:
     """n sessions waiting in a durable sleep; the runner's memory (PSS, workers included)
-    before and after, per waiting session. The sessions are stopped afterwards. ``n`` stays
-    under the runner's 32 sessions at once (a waiting session holds its place)."""
+    before and after, per waiting session. The sessions are stopped afterwards (a runner
+    keeps up to AK_RUNNER__MAX_WAITING of them, 200)."""
     time.sleep(2)
     before = _runner_kib(stack)
     sids = [session_of(fire(stack, paths["waits"], {})) for _ in range(n)]
