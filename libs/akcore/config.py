@@ -17,6 +17,7 @@ ENV_NATS_URL = "AK_NATS_URL"  # external NATS; when unset `ak up` embeds one
 ENV_NATS_PORT = "AK_NATS__PORT"  # port of the embedded nats-server (0 = pick a free one)
 ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
 ENV_RUNNER_MAX_WAITING = "AK_RUNNER__MAX_WAITING"
+ENV_FORK_WORKERS = "AK_RUNNER__FORK_WORKERS"
 ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
 ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
 ENV_WORKER_SESSIONS = "AK_RUNNER__WORKER_SESSIONS"
@@ -75,6 +76,7 @@ class Settings:
     worker_python: str = ""
     warm_workers: int = 2  # spare worker processes a runner keeps started, per interpreter
     worker_sessions: int = 1000  # sessions of one project a worker process runs, one by one
+    fork_workers: bool = True  # workers forked by a fork server (Linux), not started anew
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -87,6 +89,7 @@ class Settings:
             worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
             warm_workers=int(os.environ.get(ENV_WARM_WORKERS, "2")),
             worker_sessions=int(os.environ.get(ENV_WORKER_SESSIONS, "1000")),
+            fork_workers=os.environ.get(ENV_FORK_WORKERS, "1") not in ("0", "false", "no"),
         )
 
 

@@ -126,7 +126,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk")
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)
-    pool = WorkerPool(settings.warm_workers, spare, settings.worker_sessions)
+    pool = WorkerPool(settings.warm_workers, spare, settings.worker_sessions, settings.fork_workers)
     nc = await bus.connect(settings.nats_url, "ak-runner")
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)

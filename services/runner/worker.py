@@ -6,6 +6,8 @@ import asyncio
 import collections
 import logging
 import os
+import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,15 +16,182 @@ from typing import Any
 from autokitteh._channel import HEADER_SIZE, decode_header, encode_frame, split_sizes
 
 STDERR_TAIL = 20
+EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting its exit
 log = logging.getLogger(__name__)
 
 
+async def _read_stream(fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=2**26)
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    return reader
+
+
+async def _frame_streams(
+    from_child: int, to_child: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = await _read_stream(from_child)
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(to_child, "wb", buffering=0)
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+class ForkServer:
+    """A ``python -m autokitteh._zygote`` process that forks workers on request: a worker
+    then starts in about a millisecond, and the interpreter's and the SDK's memory stays
+    shared between the workers (copy on write). Linux only (``os.pidfd_open``)."""
+
+    SUPPORTED = hasattr(os, "pidfd_open") and hasattr(socket, "SOCK_SEQPACKET")
+
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket) -> None:
+        self.proc, self._sock = proc, sock
+        self._forks: collections.deque[asyncio.Future[int]] = collections.deque()
+        self._procs: dict[int, ForkedProcess] = {}
+        self._codes: dict[int, int] = {}  # exits reported before their process was known
+        self._reading = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, python: str, cwd: Path, env: dict[str, str]) -> ForkServer:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                python,
+                "-u",
+                "-m",
+                "autokitteh._zygote",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(proc, ours)
+
+    @property
+    def alive(self) -> bool:
+        return not self._reading.done()
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await loop.sock_recv(self._sock, 256):
+                kind, rest = data[:1], data[1:].decode()
+                if kind == b"P" and self._forks:
+                    self._forks.popleft().set_result(int(rest))
+                elif kind == b"X":
+                    pid, code = (int(x) for x in rest.split())
+                    proc = self._procs.pop(pid, None)
+                    if proc is None:
+                        self._codes[pid] = code
+                    else:
+                        proc.reported(code)
+        except OSError as e:
+            log.warning("fork server: %s", e)
+        finally:
+            while self._forks:
+                self._forks.popleft().set_exception(ConnectionError("the fork server exited"))
+
+    async def fork(self, cwd: Path, fds: list[int]) -> int:
+        """Forks a worker with these descriptors (frames in, frames out, stderr)."""
+        if not self.alive:
+            raise ConnectionError("the fork server exited")
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._forks.append(done)  # replies come in the order of the requests
+        try:
+            socket.send_fds(self._sock, [b"F" + os.fsencode(str(cwd))], fds)
+        except OSError:
+            self._forks.remove(done)
+            raise
+        return await done
+
+    def watch(self, proc: ForkedProcess) -> None:
+        code = self._codes.pop(proc.pid, None)
+        if code is None:
+            self._procs[proc.pid] = proc
+        else:
+            proc.reported(code)
+
+    async def close(self) -> None:
+        """Stops the server (its workers go on until their runner lets them go)."""
+        self._reading.cancel()
+        await asyncio.gather(self._reading, return_exceptions=True)
+        self._sock.close()  # the server exits when it sees the socket closed
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout=2)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class ForkedProcess:
+    """A worker forked by a ``ForkServer``, with what the runner uses of asyncio's
+    ``Process``. Its end is seen through a pidfd (also when the fork server is gone); the
+    fork server, its parent, reports its exit code."""
+
+    def __init__(self, pid: int, stderr: asyncio.StreamReader, server: ForkServer) -> None:
+        self.pid, self.stderr = pid, stderr
+        self.returncode: int | None = None
+        self._code: int | None = None
+        self._reported = asyncio.Event()
+        self._exited = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # already gone (and reaped)
+            self._pidfd = -1
+            self._settling = self._loop.create_task(self._settle())
+        else:
+            self._loop.add_reader(self._pidfd, self._on_exit)
+        server.watch(self)
+
+    def reported(self, code: int) -> None:
+        self._code = code
+        self._reported.set()
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        self._settling = self._loop.create_task(self._settle())
+
+    async def _settle(self) -> None:
+        try:  # the fork server reaps it and reports its code right after
+            await asyncio.wait_for(self._reported.wait(), timeout=1.0)
+        except TimeoutError:
+            pass
+        self.returncode = self._code if self._code is not None else EXIT_UNKNOWN
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self._exited.set()
+
+    def kill(self) -> None:
+        if self._pidfd >= 0:  # a pidfd never names another process, even if the pid is reused
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+
 class WorkerProcess:
-    """Starts ``python -m autokitteh._worker`` with two private pipes for frames."""
+    """A ``python -m autokitteh._worker`` process (started, or forked by a fork server)
+    with two private pipes for frames."""
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: asyncio.subprocess.Process | ForkedProcess,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -51,19 +220,32 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
             )
+        except BaseException:
+            for fd in (to_child_w, from_child_r):
+                os.close(fd)
+            raise
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2**26)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_child_r, "rb", buffering=0)
-        )
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(to_child_w, "wb", buffering=0)
-        )
-        writer = asyncio.StreamWriter(transport, protocol, None, loop)
-        return cls(proc, reader, writer)
+        return cls(proc, *await _frame_streams(from_child_r, to_child_w))
+
+    @classmethod
+    async def fork(cls, server: ForkServer, code_dir: Path) -> WorkerProcess:
+        """A worker forked by ``server`` (started with the same interpreter and environment)."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            pid = await server.fork(code_dir, [to_child_r, from_child_w, err_w])
+            proc = ForkedProcess(pid, await _read_stream(err_r), server)
+        except BaseException:
+            for fd in (to_child_w, from_child_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (to_child_r, from_child_w, err_w):
+                os.close(fd)
+        return cls(proc, *await _frame_streams(from_child_r, to_child_w))
 
     async def _forward_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -121,11 +303,30 @@ class WorkerPool:
 
     IDLE_SECONDS = 60.0  # a finished worker not used again within this is stopped
 
-    def __init__(self, size: int, cwd: Path, reuse: int = 1) -> None:
+    def __init__(self, size: int, cwd: Path, reuse: int = 1, fork: bool = False) -> None:
         self.size, self.cwd, self.reuse = size, cwd, max(1, reuse)
+        self.fork = fork and ForkServer.SUPPORTED
         self._idle: dict[PoolKey, list[WorkerProcess]] = {}
         self._done: dict[tuple[PoolKey, str], list[WorkerProcess]] = {}
         self._filling: set[asyncio.Task[None]] = set()
+        self._servers: dict[PoolKey, ForkServer] = {}
+        self._starting = asyncio.Lock()
+
+    async def _start(self, key: PoolKey, python: str, env: dict[str, str]) -> WorkerProcess:
+        """A new worker: forked by the fork server of ``key`` (started first if needed), or
+        started as its own process when there is none or it failed."""
+        if self.fork:
+            try:
+                async with self._starting:
+                    server = self._servers.get(key)
+                    if server is None or not server.alive:
+                        if server is not None:
+                            await server.close()
+                        server = self._servers[key] = await ForkServer.start(python, self.cwd, env)
+                return await WorkerProcess.fork(server, self.cwd)
+            except (OSError, ConnectionError) as e:
+                log.warning("no worker from the fork server (%s); starting one: %s", python, e)
+        return await WorkerProcess.spawn(python, self.cwd, env)
 
     async def take(self, python: str, env: dict[str, str], project: str = "") -> WorkerProcess:
         key = pool_key(python, env)
@@ -135,7 +336,7 @@ class WorkerPool:
         idle = self._idle.setdefault(key, [])
         worker = await self._pop_live(idle)
         if worker is None:
-            worker = await WorkerProcess.spawn(python, self.cwd, env)
+            worker = await self._start(key, python, env)
         if self.size and not self._filling:  # one refill at a time
             self._refill(key, python, env)
         return worker
@@ -192,7 +393,7 @@ class WorkerPool:
         idle = self._idle.setdefault(key, [])
         while len(idle) < self.size:
             try:
-                idle.append(await WorkerProcess.spawn(python, self.cwd, env))
+                idle.append(await self._start(key, python, env))
             except OSError as e:
                 log.warning("cannot start a spare worker (%s): %s", python, e)
                 return
@@ -208,3 +409,6 @@ class WorkerPool:
                 await w.close()
         self._idle.clear()
         self._done.clear()
+        for server in self._servers.values():
+            await server.close()
+        self._servers.clear()

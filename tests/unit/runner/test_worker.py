@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ak_runner.worker import WorkerPool, WorkerProcess
+import pytest
+from ak_runner.worker import EXIT_UNKNOWN, ForkedProcess, ForkServer, WorkerPool, WorkerProcess
 
 HANDLERS = """\
 import sys
@@ -276,3 +277,52 @@ async def test_warmed_spares_are_ready_before_the_first_session(tmp_path: Path) 
         await taken.close()
     finally:
         await pool.close()
+
+
+@pytest.mark.skipif(not ForkServer.SUPPORTED, reason="the fork server needs Linux (pidfd)")
+async def test_forked_workers_run_sessions_and_report_their_end(tmp_path: Path) -> None:
+    (tmp_path / "h.py").write_text(REUSED)
+    (tmp_path / "helper.py").write_text("CALLS = []\n")
+    env = {"PATH": "/usr/bin:/bin"}
+    server = await ForkServer.start(sys.executable, tmp_path, env)
+    try:
+        first = await WorkerProcess.fork(server, tmp_path)
+        second = await WorkerProcess.fork(server, tmp_path)
+        assert first.proc.pid != second.proc.pid != server.proc.pid
+        for expected in ("1 1 v None\n", "1 1 v None\n"):  # a fresh start each session
+            frames = await _session(first, tmp_path, "h.py:count", {"VAR": "v"})
+            assert [h.get("text") for h, _ in frames] == [expected, None]
+            assert frames[-1][0] == {"type": "done", "ok": True, "reusable": True}
+        assert await first.close() == 0
+        second.proc.kill()
+        assert await second.close() == -9
+    finally:
+        await server.close()
+
+
+@pytest.mark.skipif(not ForkServer.SUPPORTED, reason="the fork server needs Linux (pidfd)")
+async def test_pool_forks_workers_and_survives_its_fork_server(tmp_path: Path) -> None:
+    (tmp_path / "h.py").write_text(REUSED)
+    (tmp_path / "helper.py").write_text("CALLS = []\n")
+    env = {"PATH": "/usr/bin:/bin"}
+    pool = WorkerPool(0, tmp_path, fork=True)
+    try:
+        worker = await pool.take(sys.executable, env, "prj_a")
+        [server] = pool._servers.values()
+        assert isinstance(worker.proc, ForkedProcess)
+        server.proc.kill()  # the fork server dies: the worker it forked goes on
+        await server.proc.wait()
+        frames = await _session(worker, tmp_path, "h.py:count", {})
+        assert frames[-1][0]["ok"] is True
+        assert await worker.close() == EXIT_UNKNOWN  # its parent was not there to say
+        again = await pool.take(sys.executable, env, "prj_a")  # a new fork server
+        assert isinstance(again.proc, ForkedProcess) and pool._servers[server_key(env)].alive
+        frames = await _session(again, tmp_path, "h.py:count", {})
+        assert frames[-1][0]["ok"] is True
+        await again.close()
+    finally:
+        await pool.close()
+
+
+def server_key(env: dict[str, str]) -> Any:
+    return (sys.executable, frozenset(env.items()))
