@@ -154,7 +154,7 @@ def bench_webhook(stack: Stack, paths: dict[str, str], n: int = 200) -> Result:
 
 
 def bench_throughput(
-    stack: Stack, paths: dict[str, str], duration: float = 20, rate: float = 400
+    stack: Stack, paths: dict[str, str], duration: float = 20, rate: float = 600
 ) -> Result:
     """Trivial sessions offered at ``rate``/s for ``duration`` s by 8 senders; completed
     sessions per second, end-to-end p99, and acknowledged events without a completed session."""
@@ -238,12 +238,16 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def _descendants(pid: int) -> list[int]:
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [k for kid in map(int, kids.stdout.split()) for k in (kid, *_descendants(kid))]
+
+
 def _runner_kib(stack: Stack) -> int:
-    """The runner and its worker processes."""
+    """The runner and its processes: workers, fork server, and the workers it forked."""
     total = 0
     for pid in stack.pids("runner"):
-        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-        for p in [pid, *map(int, kids.stdout.split())]:
+        for p in [pid, *_descendants(pid)]:
             try:
                 total += _pss_kib(p)
             except OSError:
@@ -306,7 +310,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=float, default=20, help="throughput load, seconds")
-    ap.add_argument("--rate", type=float, default=400, help="throughput offered load, sessions/s")
+    ap.add_argument("--rate", type=float, default=600, help="throughput offered load, sessions/s")
     ap.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS) + ["dbos"])
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args()
