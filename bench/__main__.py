@@ -286,7 +286,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., Result]]] = {
     "webhook": ("Webhook to handler (200 sequential requests)", bench_webhook),
     "throughput": ("Throughput (trivial sessions, bounded offered load)", bench_throughput),
     "replay": ("Replay of a 1,000-activity journal after a runner kill", bench_replay),
-    "memory": ("Memory per idle waiting session (40 sessions in a durable sleep)", bench_memory),
+    "memory": ("Memory per idle waiting session (50 sessions in a durable sleep)", bench_memory),
 }
 
 
