@@ -134,7 +134,8 @@ async def connect(url: str, name: str) -> Client:
         log.warning("nats: %s", e)
 
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected, reconnecting")
+        if not nc.is_closed:  # closed: the service closed it, as it stops
+            log.warning("nats: disconnected, reconnecting")
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")

@@ -65,11 +65,15 @@ def start(
         )
     conf.write_text(text)
     args = [binary(), "-c", str(conf)]
+    # Its own session: Ctrl-C in a terminal reaches the whole process group, and the server
+    # must outlive the services while they stop (its owner stops it last).
     if log_file:
         with open(log_file, "ab") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(args, stdout=out, stderr=out)
+            proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
     else:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
     url = f"nats://{host}:{port}"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
