@@ -53,7 +53,10 @@ def _reap(ctrl: socket.socket) -> None:
             return
         if pid == 0:
             return
-        ctrl.send(f"X{pid} {os.waitstatus_to_exitcode(status)}".encode())
+        try:
+            ctrl.send(f"X{pid} {os.waitstatus_to_exitcode(status)}".encode())
+        except OSError:  # the runner is gone
+            sys.exit(0)
 
 
 def main(argv: list[str]) -> None:
@@ -87,7 +90,10 @@ def main(argv: list[str]) -> None:
                 _child(ctrl, [wake_r, wake_w, sel.fileno()], fds, os.fsdecode(msg[1:]))
             for fd in fds:
                 os.close(fd)
-            ctrl.send(f"P{pid}".encode())
+            try:
+                ctrl.send(f"P{pid}".encode())
+            except OSError:
+                sys.exit(0)
         _reap(ctrl)
 
 
