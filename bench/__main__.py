@@ -24,6 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ak_cli import client  # noqa: E402
+
 from tests.helpers import Stack, start_stack  # noqa: E402
 
 PROJECT = Path(__file__).parent / "project"
@@ -62,8 +64,6 @@ def fire(stack: Stack, path: str, body: dict[str, Any]) -> str:
 
 def api(op: str, **args: Any) -> Any:
     """One API call, in this process (the benchmarks must not time `ak` starting up)."""
-    from ak_cli import client
-
     return client.call(op, **args)
 
 
@@ -96,7 +96,7 @@ def prints(sid: str, wanted: int = 1, timeout: float = 120) -> list[Any]:
     """The session's JSON prints, once there are ``wanted`` of them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        recs = api("session.records", session=sid, kinds=["print"])["records"]
+        recs = list(client.records(sid, kinds=["print"]))
         found = [json.loads(r["data"]["text"]) for r in recs]
         if len(found) >= wanted:
             return found
@@ -213,7 +213,7 @@ def bench_replay(stack: Stack, paths: dict[str, str], n: int = 1000) -> Result:
     stack.kill_runner()
     deadline = time.monotonic() + 120
     while True:
-        recs = api("session.records", session=sid)["records"]
+        recs = list(client.records(sid))
         starts = [r for r in recs if r["kind"] == "started"]
         if len(starts) == 2 and recs[-1]["seq"] > starts[1]["seq"]:
             break

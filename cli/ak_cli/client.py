@@ -6,6 +6,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from akcore import wire
@@ -54,3 +55,20 @@ def call(op: str, **args: Any) -> Any:
     if not reply.ok:
         raise error_from_kind(reply.error_kind, reply.error)
     return reply.result
+
+
+def records(ref: str, kinds: list[str] | None = None, skip: int = 0) -> Iterator[dict[str, Any]]:
+    """A session's records from ``skip`` on, fetched a page at a time (a long session's
+    would not fit in one answer). ``ref`` may name a project: its newest session at the
+    first page is the one read to the end."""
+    session = ref
+    while True:
+        args: dict[str, Any] = {"session": session, "skip": skip}
+        if kinds:
+            args["kinds"] = kinds
+        page = call("session.records", **args)
+        session = page["session_id"]
+        yield from page["records"]
+        skip += len(page["records"])
+        if not page.get("more"):
+            return

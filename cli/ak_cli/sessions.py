@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import typer
@@ -80,8 +81,7 @@ def prints(
     as_json: JsonOpt = False,
 ) -> None:
     """What the session printed, in order."""
-    res = client.call("session.records", session=ref, kinds=["print"])
-    for rec in res["records"]:
+    for rec in client.records(ref, kinds=["print"]):
         if as_json:
             typer.echo(
                 json.dumps(
@@ -95,14 +95,18 @@ def prints(
             typer.echo(print_line(rec, no_timestamps))
 
 
-def _show_log(records: list[dict[str, Any]], as_json: bool, no_timestamps: bool) -> None:
+def _show_log(records: Iterable[dict[str, Any]], as_json: bool, no_timestamps: bool) -> int:
+    """Prints the records' log entries; returns how many records there were."""
+    n = 0
     for rec in records:
+        n += 1
         for e in log_entries(rec):
             if as_json:
                 typer.echo(json.dumps(e, separators=(",", ":")))
             else:
                 text = entry_text(e)
                 typer.echo(text if no_timestamps else f"[{e['t']}] {text}")
+    return n
 
 
 @app.command()
@@ -112,7 +116,7 @@ def log(
     as_json: JsonOpt = False,
 ) -> None:
     """The session's history so far: state changes, activity calls, sleeps and prints."""
-    _show_log(client.call("session.records", session=ref)["records"], as_json, no_timestamps)
+    _show_log(client.records(ref), as_json, no_timestamps)
 
 
 @app.command()
@@ -150,10 +154,11 @@ def watch(
     sid = client.call("session.get", session=ref)["session_id"]
     while True:
         s = client.call("session.get", session=sid)
-        records = client.call("session.records", session=sid, skip=shown)["records"]
-        if not quiet:
-            _show_log(records, as_json, no_timestamps)
-        shown += len(records)
+        records = client.records(sid, skip=shown)
+        if quiet:
+            shown += sum(1 for _ in records)
+        else:
+            shown += _show_log(records, as_json, no_timestamps)
         if s["state"] in FINAL or (want and s["state"] == want):
             if want and s["state"] != want:
                 raise AKError(f"session ended in state {s['state']}, not {want}")

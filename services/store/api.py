@@ -50,6 +50,7 @@ def env_id(p: Project) -> str:
 
 SESSION_STATES = ("CREATED", "RUNNING", *wire.FINAL_STATES)
 DEFAULT_PAGE, MAX_PAGE = 50, 1000
+RECORDS_PAGE, RECORDS_BYTES = 1000, 1 << 20  # a page of a session's records, at most
 
 
 def _page_after(token: str) -> tuple[int, str]:
@@ -619,7 +620,13 @@ class StoreApi:
             return _session_view(s, self._names(db).get(s.project_id, ""))
 
     def session_records(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Materialized journal records of a session in order; ``kinds`` narrows them."""
+        """Materialized journal records of a session in order, from ``skip`` on; ``kinds``
+        narrows them. A page holds at most ``limit`` (and 1,000) records and about 1 MiB of
+        their data; ``more`` says whether records follow it."""
+        limit = min(int(args.get("limit") or RECORDS_PAGE), RECORDS_PAGE)
+        skip = int(args.get("skip") or 0)
+        if limit < 1 or skip < 0:
+            raise InvalidArgument("limit must be 1 or more and skip 0 or more")
         with DB(self.engine) as db:
             sid = self._session_id(db, args.get("session", ""))
             if db.get(Session, sid) is None:
@@ -627,14 +634,16 @@ class StoreApi:
             q = select(SessionRecord).where(SessionRecord.session_id == sid)
             if args.get("kinds"):
                 q = q.where(col(SessionRecord.kind).in_(args["kinds"]))
-            q = q.order_by(col(SessionRecord.seq)).offset(int(args.get("skip", 0)))
-            return {
-                "session_id": sid,
-                "records": [
-                    {"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": r.data}
-                    for r in db.exec(q)
-                ],
-            }
+            q = q.order_by(col(SessionRecord.seq)).offset(skip).limit(limit + 1)
+            rows = list(db.exec(q))
+        records: list[dict[str, Any]] = []
+        size = 0
+        for r in rows[:limit]:
+            if records and size > RECORDS_BYTES:
+                break
+            records.append({"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": r.data})
+            size += len(repr(r.data))
+        return {"session_id": sid, "records": records, "more": len(rows) > len(records)}
 
     def session_trace(self, args: dict[str, Any]) -> dict[str, Any]:
         """The spans of the trace(s) a session belongs to, oldest first."""

@@ -39,6 +39,9 @@ project:
     - name: asyncy
       call: handlers.py:on_async
       webhook: {{}}
+    - name: chatty
+      call: handlers.py:chatty
+      webhook: {{}}
 """
 
 HANDLERS = """\
@@ -82,6 +85,11 @@ def explode(event):
 async def on_async(event):
     await asyncio.sleep(0)
     print("async done")
+
+
+def chatty(event):
+    for i in range(2500):
+        print("line", i)
 """
 
 HELPER = """\
@@ -116,7 +124,7 @@ def project(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         },
     )
     paths = stack.deploy_paths(root)
-    assert set(paths) == {"hook", "only_put", "filtered", "boom", "missing", "asyncy"}
+    assert set(paths) == {"hook", "only_put", "filtered", "boom", "missing", "asyncy", "chatty"}
     return paths
 
 
@@ -229,6 +237,16 @@ def test_async_handler(stack: Stack, project: dict[str, str]) -> None:
     s = _wait_for_session(stack, _fire(stack, "GET", project["asyncy"]))
     assert s["state"] == "COMPLETED"
     assert stack.ak("session", "prints", s["session_id"], "-n").stdout.endswith("async done\n")
+
+
+def test_a_long_session_prints_and_logs_whole(stack: Stack, project: dict[str, str]) -> None:
+    """More records than one answer of the store holds: the CLI reads them page by page."""
+    s = _wait_for_session(stack, _fire(stack, "GET", project["chatty"]))
+    assert stack.wait_session(s["session_id"])["state"] == "COMPLETED"
+    prints = stack.ak("session", "prints", s["session_id"], "-n", check=True).stdout
+    assert prints == "module loaded\n" + "".join(f"line {i}\n" for i in range(2500))
+    log = stack.ak("session", "log", s["session_id"], "-j", check=True).stdout.splitlines()
+    assert sum('"print"' in x for x in log) == 2501 and '"completed"' in log[-1]
 
 
 def test_session_list_pages(stack: Stack, project: dict[str, str]) -> None:

@@ -164,3 +164,48 @@ def test_session_list_pages(db_dsn: str) -> None:
         with pytest.raises(InvalidArgument, match=message):
             api.session_list(bad)
     engine.dispose()
+
+
+def test_session_records_come_in_pages(db_dsn: str) -> None:
+    """A long session's records do not have to fit in one answer: pages of at most 1,000
+    records and about 1 MiB, ``more`` until the last."""
+    from ak_store.api import StoreApi
+    from ak_store.db import open_engine
+    from ak_store.materialize import apply_records
+    from akcore.secrets import Sealer
+    from cryptography.fernet import Fernet
+
+    engine = open_engine(db_dsn)
+    api = StoreApi(engine, Sealer(Fernet.generate_key()))
+    sid = "ses_01m8cpgk96e6wakscbfn3064cz"
+    created = wire.JournalRecord(sid, 0, wire.CREATED, 1_000, {"project_id": "prj_x"})
+    prints = [
+        wire.JournalRecord(sid, n, wire.PRINT, 1_000 + n, {"text": f"{n} " + "x" * 1_000})
+        for n in range(1, 2_501)
+    ]
+    with engine.begin() as conn:
+        apply_records(conn, [created, *prints])
+    pages, skip = [], 0
+    while True:
+        page = api.session_records({"session": sid, "kinds": ["print"], "skip": skip})
+        pages.append(len(page["records"]))
+        skip += len(page["records"])
+        if not page["more"]:
+            break
+    assert sum(pages) == 2_500 and max(pages) <= 1_000 and len(pages) == 3, pages
+    texts = [
+        r["data"]["text"].split()[0]
+        for r in api.session_records({"session": sid, "kinds": ["print"], "skip": 998, "limit": 3})[
+            "records"
+        ]
+    ]
+    assert texts == ["999", "1000", "1001"]
+    # Big records: a page stops at about 1 MiB of data.
+    with engine.begin() as conn:
+        big = {"text": "y" * 600_000}
+        apply_records(
+            conn, [wire.JournalRecord(sid, 3_000 + n, wire.PRINT, 9, big) for n in range(4)]
+        )
+    page = api.session_records({"session": sid, "skip": 2_501})
+    assert (len(page["records"]), page["more"]) == (2, True)
+    engine.dispose()
