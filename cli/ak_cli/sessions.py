@@ -123,6 +123,8 @@ def log(
 def trace(ref: Ref, as_json: JsonOpt = False) -> None:
     """The session's trace: every span from webhook to handler steps, with durations."""
     res = client.call("session.trace", session=ref)
+    if res.get("more"):
+        typer.echo(f"(the first {len(res['spans'])} spans; {res['more']} more not shown)", err=True)
     if as_json:
         for span in res["spans"]:
             typer.echo(json.dumps(span))

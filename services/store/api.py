@@ -15,7 +15,7 @@ from akcore.manifest import parse_manifest
 from akcore.secrets import Sealer
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from .manifests import apply_manifest
 from .models import (
@@ -51,6 +51,7 @@ def env_id(p: Project) -> str:
 SESSION_STATES = ("CREATED", "RUNNING", *wire.FINAL_STATES)
 DEFAULT_PAGE, MAX_PAGE = 50, 1000
 RECORDS_PAGE, RECORDS_BYTES = 1000, 1 << 20  # a page of a session's records, at most
+MAX_SPANS = 5000  # spans of a trace in one answer (each ~0.4 KB)
 
 
 def _page_after(token: str) -> tuple[int, str]:
@@ -652,14 +653,27 @@ class StoreApi:
             if db.get(Session, sid) is None:
                 raise NotFound(f'session "{sid}" not found')
             traces = set(db.exec(select(SpanRow.trace_id).where(SpanRow.session_id == sid)).all())
-            rows = db.exec(
-                select(SpanRow)
-                .where(col(SpanRow.trace_id).in_(traces))
-                .order_by(col(SpanRow.start_us), col(SpanRow.id))
+            rows = list(
+                db.exec(
+                    select(SpanRow)
+                    .where(col(SpanRow.trace_id).in_(traces))
+                    .order_by(col(SpanRow.start_us), col(SpanRow.id))
+                    .limit(MAX_SPANS + 1)
+                )
             )
+            more = 0
+            if len(rows) > MAX_SPANS:  # a session of many thousand steps: the first ones
+                rows = rows[:MAX_SPANS]
+                total = db.exec(
+                    select(func.count())
+                    .select_from(SpanRow)
+                    .where(col(SpanRow.trace_id).in_(traces))
+                ).one()
+                more = total - MAX_SPANS
             return {
                 "session_id": sid,
                 "spans": [r.model_dump(exclude={"id"}) for r in rows],
+                "more": more,
             }
 
     def event_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -209,3 +209,33 @@ def test_session_records_come_in_pages(db_dsn: str) -> None:
     page = api.session_records({"session": sid, "skip": 2_501})
     assert (len(page["records"]), page["more"]) == (2, True)
     engine.dispose()
+
+
+def test_a_huge_trace_is_cut_and_says_how_much(db_dsn: str) -> None:
+    from ak_store.api import MAX_SPANS, StoreApi
+    from ak_store.db import open_engine
+    from ak_store.materialize import apply_records, apply_spans
+    from akcore.secrets import Sealer
+    from cryptography.fernet import Fernet
+
+    engine = open_engine(db_dsn)
+    api = StoreApi(engine, Sealer(Fernet.generate_key()))
+    sid = "ses_01m8cpgk96e6wakscbfn3064d0"
+    with engine.begin() as conn:
+        apply_records(conn, [wire.JournalRecord(sid, 0, wire.CREATED, 1, {"project_id": "p"})])
+    spans = [
+        {
+            "trace_id": "t" * 32,
+            "span_id": f"{n:016x}",
+            "name": f"activity {n}",
+            "start_us": n,
+            "end_us": n + 1,
+            "attributes": {"ak.session_id": sid},
+        }
+        for n in range(MAX_SPANS + 3)
+    ]
+    apply_spans(engine, spans)
+    res = api.session_trace({"session": sid})
+    assert len(res["spans"]) == MAX_SPANS and res["more"] == 3
+    assert res["spans"][0]["name"] == "activity 0"  # the oldest first
+    engine.dispose()
