@@ -85,6 +85,10 @@ def up(
     for service, n in counts.items():
         if not 1 <= n <= 64:
             raise AKError(f"--{service}s must be between 1 and 64 (got {n})")
+    try:  # the services would each fail on a bad setting, over and over: say it once
+        config.Settings.from_env()
+    except ValueError as e:
+        raise AKError(str(e)) from None
     env = dict(os.environ)
     if db:
         env[config.ENV_DB_DSN] = db

@@ -84,13 +84,23 @@ class Settings:
             nats_url=os.environ.get(ENV_NATS_URL, "nats://127.0.0.1:4222"),
             http_addr=os.environ.get(ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR),
             db_dsn=os.environ.get(ENV_DB_DSN) or default_db_dsn(),
-            runner_concurrency=int(os.environ.get(ENV_RUNNER_CONCURRENCY, "32")),
-            runner_max_waiting=int(os.environ.get(ENV_RUNNER_MAX_WAITING, "200")),
+            runner_concurrency=_count(ENV_RUNNER_CONCURRENCY, 32, 1),
+            runner_max_waiting=_count(ENV_RUNNER_MAX_WAITING, 200, 0),
             worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
-            warm_workers=int(os.environ.get(ENV_WARM_WORKERS, "2")),
-            worker_sessions=int(os.environ.get(ENV_WORKER_SESSIONS, "1000")),
+            warm_workers=_count(ENV_WARM_WORKERS, 2, 0),
+            worker_sessions=_count(ENV_WORKER_SESSIONS, 1000, 1),
             fork_workers=os.environ.get(ENV_FORK_WORKERS, "1") not in ("0", "false", "no"),
         )
+
+
+def _count(name: str, default: int, least: int) -> int:
+    """A whole-number setting from the environment, at least ``least``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < least:
+        raise ValueError(f"{name} must be a whole number of at least {least}, not {text!r}")
+    return int(text)
 
 
 def split_addr(addr: str) -> tuple[str, int]:

@@ -1,0 +1,39 @@
+"""Settings from the environment: defaults, and one clear message for a bad number."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from akcore.config import Settings
+
+
+def test_numbers_default_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AK_RUNNER__CONCURRENCY", "AK_RUNNER__MAX_WAITING", "AK_RUNNER__FORK_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.runner_concurrency, s.runner_max_waiting, s.fork_workers) == (32, 200, True)
+    monkeypatch.setenv("AK_RUNNER__MAX_WAITING", "0")
+    monkeypatch.setenv("AK_RUNNER__FORK_WORKERS", "0")
+    s = Settings.from_env()
+    assert (s.runner_max_waiting, s.fork_workers) == (0, False)
+    monkeypatch.setenv("AK_RUNNER__CONCURRENCY", "0")
+    with pytest.raises(ValueError, match="AK_RUNNER__CONCURRENCY must be a whole number of at"):
+        Settings.from_env()
+
+
+def test_ak_up_refuses_a_bad_setting_before_starting_anything() -> None:
+    env = {**os.environ, "AK_RUNNER__MAX_WAITING": "lots"}
+    res = subprocess.run(
+        [sys.executable, "-m", "ak_cli.main", "up", "--mode", "dev"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert res.stderr == (
+        "Error: AK_RUNNER__MAX_WAITING must be a whole number of at least 0, not 'lots'\n"
+    )
