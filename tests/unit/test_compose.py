@@ -48,6 +48,7 @@ def test_ingress_is_published_on_9980() -> None:
     assert ingress["environment"]["AK_HTTP__ADDR"] == "0.0.0.0:9980"
     assert ingress["ports"] == ["9980:9980"]
     assert SERVICES["runner"]["deploy"]["replicas"] >= 2
+    assert SERVICES["runner"]["init"] is True  # an init as PID 1 reaps orphaned workers
 
 
 def test_nats_nodes_form_one_cluster() -> None:
