@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from ak_store.api import MAX_SPANS, StoreApi
+from ak_store.db import open_engine
+from ak_store.materialize import apply_records, apply_spans
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
 from akcore.config import Settings
 from akcore.errors import InvalidArgument, NotFound
+from akcore.secrets import Sealer
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine
 
 from .conftest import running
 from .helpers import MANIFEST, deploy, eventually
+
+
+@pytest.fixture
+def store(db_dsn: str) -> Iterator[tuple[StoreApi, Engine]]:
+    """The store's operations on a fresh database, called directly (no NATS)."""
+    engine = open_engine(db_dsn)
+    yield StoreApi(engine, Sealer(Fernet.generate_key())), engine
+    engine.dispose()
 
 
 async def test_manifest_and_deployments(settings: Settings) -> None:
@@ -116,17 +132,10 @@ def test_records_applied_out_of_order_give_the_same_session(db_dsn: str) -> None
     engine.dispose()
 
 
-def test_session_list_pages(db_dsn: str) -> None:
+def test_session_list_pages(store: tuple[StoreApi, Engine]) -> None:
     """Sessions come newest first a page at a time; the pages' token walks all of them once
     (sessions created in the same microsecond included), and filters narrow every page."""
-    from ak_store.api import StoreApi
-    from ak_store.db import open_engine
-    from ak_store.materialize import apply_records
-    from akcore.secrets import Sealer
-    from cryptography.fernet import Fernet
-
-    engine = open_engine(db_dsn)
-    api = StoreApi(engine, Sealer(Fernet.generate_key()))
+    api, engine = store
     api.manifest_apply({"text": MANIFEST.format(name="p1")})
     project = api.project_get({"project": "p1"})["project_id"]
     sids = [f"ses_01m8cpgk96e6wakscbfn3064{c}" for c in "abcdefg"]
@@ -163,20 +172,12 @@ def test_session_list_pages(db_dsn: str) -> None:
     ]:
         with pytest.raises(InvalidArgument, match=message):
             api.session_list(bad)
-    engine.dispose()
 
 
-def test_session_records_come_in_pages(db_dsn: str) -> None:
+def test_session_records_come_in_pages(store: tuple[StoreApi, Engine]) -> None:
     """A long session's records do not have to fit in one answer: pages of at most 1,000
     records and about 1 MiB, ``more`` until the last."""
-    from ak_store.api import StoreApi
-    from ak_store.db import open_engine
-    from ak_store.materialize import apply_records
-    from akcore.secrets import Sealer
-    from cryptography.fernet import Fernet
-
-    engine = open_engine(db_dsn)
-    api = StoreApi(engine, Sealer(Fernet.generate_key()))
+    api, engine = store
     sid = "ses_01m8cpgk96e6wakscbfn3064cz"
     created = wire.JournalRecord(sid, 0, wire.CREATED, 1_000, {"project_id": "prj_x"})
     prints = [
@@ -208,18 +209,10 @@ def test_session_records_come_in_pages(db_dsn: str) -> None:
         )
     page = api.session_records({"session": sid, "skip": 2_501})
     assert (len(page["records"]), page["more"]) == (2, True)
-    engine.dispose()
 
 
-def test_a_huge_trace_is_cut_and_says_how_much(db_dsn: str) -> None:
-    from ak_store.api import MAX_SPANS, StoreApi
-    from ak_store.db import open_engine
-    from ak_store.materialize import apply_records, apply_spans
-    from akcore.secrets import Sealer
-    from cryptography.fernet import Fernet
-
-    engine = open_engine(db_dsn)
-    api = StoreApi(engine, Sealer(Fernet.generate_key()))
+def test_a_huge_trace_is_cut_and_says_how_much(store: tuple[StoreApi, Engine]) -> None:
+    api, engine = store
     sid = "ses_01m8cpgk96e6wakscbfn3064d0"
     with engine.begin() as conn:
         apply_records(conn, [wire.JournalRecord(sid, 0, wire.CREATED, 1, {"project_id": "p"})])
@@ -238,4 +231,3 @@ def test_a_huge_trace_is_cut_and_says_how_much(db_dsn: str) -> None:
     res = api.session_trace({"session": sid})
     assert len(res["spans"]) == MAX_SPANS and res["more"] == 3
     assert res["spans"][0]["name"] == "activity 0"  # the oldest first
-    engine.dispose()
