@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 import typer
-from akcore import timefmt
+from akcore import timefmt, wire
 from akcore.errors import AKError
 
 from . import client
@@ -18,7 +18,6 @@ from .tracetree import render as render_trace
 
 app = typer.Typer(help="Sessions: runs of a handler.", no_args_is_help=True)
 
-FINAL = ("COMPLETED", "ERROR", "STOPPED")
 SESSION_KEYS = [
     "session_id",
     "project",
@@ -156,12 +155,9 @@ def watch(
     sid = client.call("session.get", session=ref)["session_id"]
     while True:
         s = client.call("session.get", session=sid)
-        records = client.records(sid, skip=shown)
-        if quiet:
-            shown += sum(1 for _ in records)
-        else:
-            shown += _show_log(records, as_json, no_timestamps)
-        if s["state"] in FINAL or (want and s["state"] == want):
+        if not quiet:  # quiet: the state is all it needs
+            shown += _show_log(client.records(sid, skip=shown), as_json, no_timestamps)
+        if s["state"] in wire.FINAL_STATES or (want and s["state"] == want):
             if want and s["state"] != want:
                 raise AKError(f"session ended in state {s['state']}, not {want}")
             return
