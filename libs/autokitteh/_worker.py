@@ -277,7 +277,7 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     code_dir = real_path(start["code_dir"])
     ch.idle = False
     try:
-        done, blob = _session(ch, start, payload, code_dir)
+        done, blob = _session(ch, start, payload, code_dir, baseline.environ)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -288,11 +288,11 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
 
 
 def _session(
-    ch: Channel, start: dict[str, Any], payload: bytes, code_dir: str
+    ch: Channel, start: dict[str, Any], payload: bytes, code_dir: str, environ: dict[bytes, bytes]
 ) -> tuple[dict[str, Any], bytes]:
-    # The worker was started with the environment of sessions like this one; the session's
-    # own variables come on top (the baseline puts the environment back afterwards).
-    wanted = dict(_Baseline.owed if _Baseline.owed is not None else _environ_now())
+    # ``environ`` is the worker's environment between sessions (the baseline's); the
+    # session's own variables come on top (the baseline puts it back afterwards).
+    wanted = dict(environ)
     wanted.update((os.fsencode(k), os.fsencode(v)) for k, v in (start.get("env") or {}).items())
     _put_environ(wanted)
     _Baseline.owed = None
