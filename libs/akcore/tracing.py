@@ -132,8 +132,7 @@ class _Span(Span):
         self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
     ) -> None:
         if not self.end_ns:
-            attrs = {k: v for k, v in (attributes or {}).items() if isinstance(v, _VALUE_TYPES)}
-            self.events.append((name, timestamp or time.time_ns(), attrs))
+            self.events.append((name, timestamp or time.time_ns(), _kept(attributes)))
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         pass  # not used by the system
@@ -273,7 +272,7 @@ class Telemetry:
         one), with the session's ids from its baggage unless ``attributes`` has them."""
         if context is None:
             context = otel_context.get_current()
-        attrs = {k: v for k, v in (attributes or {}).items() if isinstance(v, _VALUE_TYPES)}
+        attrs = _kept(attributes)
         bag = baggage.get_all(context)
         for key in SESSION_KEYS:
             if key not in attrs and key in bag:
@@ -305,6 +304,11 @@ class Telemetry:
         finally:
             otel_context.detach(token)
             span.end()
+
+
+def _kept(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The attributes of the types a span keeps (the store keeps these too)."""
+    return {k: v for k, v in (attributes or {}).items() if isinstance(v, _VALUE_TYPES)}
 
 
 def _random_id(bits: int) -> int:

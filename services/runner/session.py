@@ -185,7 +185,7 @@ class SessionRun:
         span = self.tel.start_span(name, attributes={**self.attrs, **attrs}, start_time=start_ns)
         if error_type:
             tracing.fail(span, error_type)
-        span.end(end_time=max(start_ns, end_ns))
+        span.end(end_time=end_ns)  # never before its start (``_Span.end`` sees to it)
 
     async def end(
         self,
