@@ -20,6 +20,24 @@ EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting i
 log = logging.getLogger(__name__)
 
 
+async def _run_module(
+    python: str, module: str, fds: list[int], cwd: Path, env: dict[str, str], **kw: Any
+) -> asyncio.subprocess.Process:
+    """``python -u -m module FD...``, the descriptors passed on to it."""
+    return await asyncio.create_subprocess_exec(
+        python,
+        "-u",
+        "-m",
+        module,
+        *map(str, fds),
+        pass_fds=fds,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        **kw,
+    )
+
+
 async def _read_stream(fd: int) -> asyncio.StreamReader:
     reader = asyncio.StreamReader(limit=2**26)
     await asyncio.get_running_loop().connect_read_pipe(
@@ -57,17 +75,7 @@ class ForkServer:
     async def start(cls, python: str, cwd: Path, env: dict[str, str]) -> ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                python,
-                "-u",
-                "-m",
-                "autokitteh._zygote",
-                str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                cwd=cwd,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
+            proc = await _run_module(python, "autokitteh._zygote", [theirs.fileno()], cwd, env)
         except BaseException:
             ours.close()
             raise
@@ -207,17 +215,12 @@ class WorkerProcess:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await _run_module(
                 python,
-                "-u",
-                "-m",
                 "autokitteh._worker",
-                str(to_child_r),
-                str(from_child_w),
-                pass_fds=(to_child_r, from_child_w),
-                cwd=code_dir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
+                [to_child_r, from_child_w],
+                code_dir,
+                env,
                 stderr=asyncio.subprocess.PIPE,
             )
         except BaseException:
