@@ -247,9 +247,9 @@ def test_waiting_sessions_leave_room_for_running_ones(tmp_path: Path) -> None:
             return stack.session_of("waiting", stack.post_json(paths[name], {})[1])
 
         def state(sid: str) -> str:
-            return stack.ak("session", "get", sid, "-j", check=True).stdout.split('"state":"')[1][
-                :7
-            ]
+            return str(
+                json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)["state"]
+            )
 
         def until_running(sid: str) -> None:
             deadline = time.monotonic() + 30
