@@ -307,6 +307,11 @@ def machine() -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["chaos"]:  # the chaos soak has its own options (bench/chaos.py)
+        from bench import chaos
+
+        chaos.main(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=float, default=20, help="throughput load, seconds")

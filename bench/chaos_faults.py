@@ -1,0 +1,197 @@
+"""Faults for the chaos soak: a 3-node NATS cluster the harness owns, a seeded plan of
+faults, and the thread that carries it out (SIGKILL, or SIGSTOP then SIGCONT)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from akcore import natsserver
+
+SERVICES = ("ingress", "dispatcher", "runner", "store")
+NATS = "nats"
+KILL, FREEZE = "kill", "freeze"
+MODES = {"kill": (KILL,), "freeze": (FREEZE,), "both": (KILL, FREEZE)}
+
+
+class NatsNode:
+    """One node of the cluster, restartable on the same ports and store."""
+
+    def __init__(self, name: str, store: Path, route_port: int, peers: list[int]) -> None:
+        self.name, self.store, self.route_port, self.peers = name, store, route_port, peers
+        self.port = natsserver.free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc, _ = natsserver.start(
+            self.store,
+            port=self.port,
+            log_file=self.store.parent / f"{self.name}.log",
+            cluster=(self.name, self.route_port, self.peers),
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server would never stop
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def nats_cluster(root: Path, size: int = 3) -> list[NatsNode]:
+    """Starts a JetStream cluster of ``size`` nodes under ``root`` (stop each with stop())."""
+    routes = [natsserver.free_port() for _ in range(size)]
+    nodes = [
+        NatsNode(f"n{i}", root / f"n{i}", routes[i], [r for j, r in enumerate(routes) if j != i])
+        for i in range(size)
+    ]
+    for node in nodes:
+        node.start()
+    return nodes
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float  # seconds after the start of the load
+    action: str  # KILL or FREEZE
+    target: str  # a service name or NATS
+
+
+def plan(
+    seed: int, duration: float, every: float, mode: str, targets: tuple[str, ...]
+) -> list[Fault]:
+    """A fault every ``every`` seconds on average (uniformly 0.5x to 1.5x apart) until
+    ``duration``, each on a target and with an action of ``mode`` drawn at random."""
+    rng = random.Random(seed)
+    faults, t = [], every * rng.uniform(0.5, 1.5)
+    while t < duration:
+        faults.append(Fault(t, rng.choice(MODES[mode]), rng.choice(targets)))
+        t += every * rng.uniform(0.5, 1.5)
+    return faults
+
+
+@dataclass
+class Impaired:
+    """A process the injector has stopped (frozen) or a NATS node it has killed."""
+
+    label: str  # service name or NATS node name
+    pid: int
+    until: float  # monotonic time it is resumed or restarted
+    node: NatsNode | None = None
+
+
+@dataclass
+class Injector:
+    """Carries out a plan on a background thread; ``pids(service)`` names the live processes
+    of a service (they change as `ak up` restarts them). A victim is drawn among processes
+    not already frozen; a NATS node only while no other node is down or frozen (a 3-node
+    cluster keeps its quorum); a service keeps at least one process unfrozen."""
+
+    faults: list[Fault]
+    pids: Callable[[str], list[int]]
+    nodes: list[NatsNode]
+    freeze_seconds: float = 15.0
+    nats_down_seconds: float = 5.0
+    seed: int = 0
+    done: Counter[tuple[str, str]] = field(default_factory=Counter)  # (action, label) -> count
+    skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    history: list[str] = field(default_factory=list)
+    _impaired: list[Impaired] = field(default_factory=list)
+    _t0: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="chaos-faults", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ends the plan and brings every frozen process and killed node back."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for imp in list(self._impaired):
+            self._recover(imp)
+
+    def _loop(self) -> None:
+        rng = random.Random(self.seed + 1)
+        pending = sorted(self.faults, key=lambda f: f.at)
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            for imp in [i for i in self._impaired if i.until <= now]:
+                self._recover(imp)
+            while pending and pending[0].at <= now - self._t0:
+                self._apply(pending.pop(0), rng)
+
+    def _note(self, text: str) -> None:
+        wall = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
+        self.history.append(f"{time.monotonic() - self._t0:7.2f}s {wall} UTC {text}")
+
+    def _apply(self, fault: Fault, rng: random.Random) -> None:
+        if fault.target == NATS:
+            self._apply_nats(fault, rng)
+            return
+        frozen = {i.pid for i in self._impaired}
+        pids = self.pids(fault.target)
+        free = [p for p in pids if p not in frozen]
+        if not free or (fault.action == FREEZE and len(free) < len(pids)):
+            self.skipped[(fault.action, fault.target)] += 1
+            self._note(f"{fault.action} {fault.target}: skipped (no process to spare)")
+            return
+        pid = rng.choice(free)
+        if fault.action == KILL:
+            _signal(pid, signal.SIGKILL)
+        else:
+            _signal(pid, signal.SIGSTOP)
+            until = time.monotonic() + self.freeze_seconds
+            self._impaired.append(Impaired(fault.target, pid, until))
+        self.done[(fault.action, fault.target)] += 1
+        self._note(f"{fault.action} {fault.target} pid {pid}")
+
+    def _apply_nats(self, fault: Fault, rng: random.Random) -> None:
+        if any(i.node is not None for i in self._impaired):
+            self.skipped[(fault.action, NATS)] += 1
+            self._note(f"{fault.action} nats: skipped (a node is already down or frozen)")
+            return
+        node = rng.choice(self.nodes)
+        assert node.proc is not None
+        pid = node.proc.pid
+        if fault.action == KILL:
+            node.proc.kill()
+            node.proc.wait()
+            until = time.monotonic() + self.nats_down_seconds
+        else:
+            node.proc.send_signal(signal.SIGSTOP)
+            until = time.monotonic() + self.freeze_seconds
+        self._impaired.append(Impaired(node.name, pid, until, node))
+        self.done[(fault.action, f"{NATS} {node.name}")] += 1
+        self._note(f"{fault.action} nats {node.name} pid {pid}")
+
+    def _recover(self, imp: Impaired) -> None:
+        self._impaired.remove(imp)
+        if imp.node is not None and imp.node.proc is not None and imp.node.proc.poll() is not None:
+            imp.node.start()
+            self._note(f"restarted nats {imp.node.name}")
+        else:
+            _signal(imp.pid, signal.SIGCONT)
+            self._note(f"resumed {imp.label} pid {imp.pid}")
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # it died on its own meanwhile
