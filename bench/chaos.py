@@ -37,6 +37,7 @@ from bench.chaos_faults import (
     NatsNode,
     nats_cluster,
     plan,
+    service_pids,
 )
 from bench.chaos_tally import Effect, Tally, parse_effects, recorded_times, repeated, tally
 from tests.helpers import Stack, start_stack
@@ -92,6 +93,7 @@ def run(cfg: Config) -> Tally:
         finally:
             stack.stop()
     print(t.table(), flush=True)
+    (root / "table.md").write_text(t.table() + "\n")
     print(f"[chaos] logs, side effects and examples in {root}", flush=True)
     return t
 
@@ -101,7 +103,14 @@ def _soak(cfg: Config, stack: Stack, nodes: list[NatsNode], effects: Path) -> Ta
     faults = cfg.faults
     if faults is None:
         faults = plan(cfg.seed, cfg.duration, cfg.every, cfg.mode, cfg.targets)
-    injector = Injector(faults, stack.pids, nodes, cfg.freeze, cfg.nats_down, seed=cfg.seed)
+    injector = Injector(
+        faults,
+        lambda service: service_pids(stack.proc.pid, service),
+        nodes,
+        cfg.freeze,
+        cfg.nats_down,
+        seed=cfg.seed,
+    )
     print(f"[chaos] {cfg.rate:g}/s for {cfg.duration:g}s, {len(faults)} faults", flush=True)
     injector.start()
     try:

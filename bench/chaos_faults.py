@@ -62,6 +62,22 @@ def nats_cluster(root: Path, size: int = 3) -> list[NatsNode]:
     return nodes
 
 
+def service_pids(parent: int, service: str) -> list[int]:
+    """The live processes of ``service`` (``python -m ak_<service>``) among ``parent``'s
+    children; one that ended meanwhile, or is a zombie, is left out."""
+    found = []
+    children = [p for t in Path(f"/proc/{parent}/task").glob("*/children") for p in _words(t)]
+    for pid in map(int, children):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"ak_{service}".encode() in cmdline and state != "Z":
+            found.append(pid)
+    return found
+
+
 @dataclass(frozen=True)
 class Fault:
     at: float  # seconds after the start of the load
@@ -95,9 +111,9 @@ class Impaired:
 @dataclass
 class Injector:
     """Carries out a plan on a background thread; ``pids(service)`` names the live processes
-    of a service (they change as `ak up` restarts them). A victim is drawn among processes
-    not already frozen; a NATS node only while no other node is down or frozen (a 3-node
-    cluster keeps its quorum); a service keeps at least one process unfrozen."""
+    of a service (they change as `ak up` restarts them; see service_pids). A victim is
+    drawn among processes not already frozen; a NATS node only while no other node is down
+    or frozen (a 3-node cluster keeps its quorum); a service keeps one process unfrozen."""
 
     faults: list[Fault]
     pids: Callable[[str], list[int]]
@@ -134,7 +150,12 @@ class Injector:
             for imp in [i for i in self._impaired if i.until <= now]:
                 self._recover(imp)
             while pending and pending[0].at <= now - self._t0:
-                self._apply(pending.pop(0), rng)
+                fault = pending.pop(0)
+                try:
+                    self._apply(fault, rng)
+                except Exception as e:  # one fault that could not be made ends nothing
+                    self.skipped[(fault.action, fault.target)] += 1
+                    self._note(f"{fault.action} {fault.target}: failed: {e!r}")
 
     def _note(self, text: str) -> None:
         wall = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
@@ -188,6 +209,13 @@ class Injector:
         else:
             _signal(imp.pid, signal.SIGCONT)
             self._note(f"resumed {imp.label} pid {imp.pid}")
+
+
+def _words(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:  # a thread that ended
+        return []
 
 
 def _signal(pid: int, sig: int) -> None:
