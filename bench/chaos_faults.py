@@ -57,8 +57,13 @@ def nats_cluster(root: Path, size: int = 3) -> list[NatsNode]:
         NatsNode(f"n{i}", root / f"n{i}", routes[i], [r for j, r in enumerate(routes) if j != i])
         for i in range(size)
     ]
-    for node in nodes:
-        node.start()
+    try:
+        for node in nodes:
+            node.start()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
     return nodes
 
 
