@@ -136,11 +136,15 @@ class Stack:
         out = subprocess.run(
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
         ).stdout
-        return [
-            int(pid)
-            for pid in out.split()
-            if f"ak_{service}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
+        found = []
+        for pid in out.split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:  # it exited meanwhile
+                continue
+            if f"ak_{service}".encode() in cmdline:
+                found.append(int(pid))
+        return found
 
     def kill_runner(self) -> None:
         """SIGKILLs the runner process of this stack (`ak up` restarts it)."""

@@ -73,17 +73,18 @@ STREAMS = (
 
 # Ceiling on live sessions across all runners: a live session holds its job un-acked.
 MAX_LIVE_SESSIONS = 4096
-# A dead runner's sessions move on this soon (runners heartbeat at a third of it). Read when
-# the consumer is first created; later changes need the consumer edited.
+# A message held by a process that died (a job, an event being dispatched, a journal record
+# being materialized) moves on this soon; runners heartbeat their jobs well within it.
+# Every service reconciles the consumers with it as it starts.
 JOB_ACK_WAIT = float(os.environ.get("AK_JOBS__ACK_WAIT", "15"))
 
 
-def _durable(name: str, subject: str, ack_wait: float, max_ack_pending: int) -> ConsumerConfig:
+def _durable(name: str, subject: str, max_ack_pending: int) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=name,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ack_wait,
+        ack_wait=JOB_ACK_WAIT,
         max_ack_pending=max_ack_pending,
         filter_subject=subject,
     )
@@ -96,19 +97,19 @@ def _durable(name: str, subject: str, ack_wait: float, max_ack_pending: int) -> 
 CONSUMERS = {
     subjects.CONSUMER_DISPATCHER: (
         subjects.STREAM_EVENTS,
-        _durable(subjects.CONSUMER_DISPATCHER, subjects.EVENTS_ALL, 30, 1024),
+        _durable(subjects.CONSUMER_DISPATCHER, subjects.EVENTS_ALL, 1024),
     ),
     subjects.CONSUMER_RUNNER: (
         subjects.STREAM_JOBS,
-        _durable(subjects.CONSUMER_RUNNER, subjects.JOBS_ALL, JOB_ACK_WAIT, MAX_LIVE_SESSIONS),
+        _durable(subjects.CONSUMER_RUNNER, subjects.JOBS_ALL, MAX_LIVE_SESSIONS),
     ),
     subjects.CONSUMER_STORE_JOURNAL: (
         subjects.STREAM_JOURNAL,
-        _durable(subjects.CONSUMER_STORE_JOURNAL, subjects.JOURNAL_ALL, 30, 1024),
+        _durable(subjects.CONSUMER_STORE_JOURNAL, subjects.JOURNAL_ALL, 1024),
     ),
     subjects.CONSUMER_STORE_EVENTS: (
         subjects.STREAM_EVENTS,
-        _durable(subjects.CONSUMER_STORE_EVENTS, subjects.EVENTS_ALL, 30, 1024),
+        _durable(subjects.CONSUMER_STORE_EVENTS, subjects.EVENTS_ALL, 1024),
     ),
 }
 
@@ -248,9 +249,15 @@ async def _ensure_streams(js: JetStreamContext, n: int) -> None:
         except NotFoundError:
             await js.add_consumer(stream, ccfg)
             continue
-        store = name in (subjects.CONSUMER_STORE_JOURNAL, subjects.CONSUMER_STORE_EVENTS)
-        if store and (info.config.max_ack_pending or 0) < (ccfg.max_ack_pending or 0):
-            # made by a version that applied one message at a time: raise its limit
+        have = info.config
+        if (have.ack_wait, have.max_ack_pending) != (ccfg.ack_wait, ccfg.max_ack_pending):
+            # made by a version (or with a setting) of its own: follow this one
+            log.info(
+                "consumer %s: ack wait %ss, max ack pending %s",
+                name,
+                ccfg.ack_wait,
+                ccfg.max_ack_pending,
+            )
             await js.add_consumer(stream, ccfg)
 
 
@@ -387,14 +394,14 @@ class Puller:
     One pull request is kept open at a time, for at most the ``limit`` the caller gave when
     it was sent; its messages are handed out as they arrive (nats-py's ``fetch`` of a batch
     waits for the whole batch or its timeout). Status replies (request expired, consumer
-    changed) end a request; a request that hears nothing for ``EXPIRES`` plus a grace period
+    changed) end a request; a request that hears nothing for ``expires`` plus a grace period
     (lost in a reconnect) is replaced.
     """
 
     EXPIRES = 5.0
 
-    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
-        self.nc = nc
+    def __init__(self, nc: Client, stream: str, consumer: str, expires: float = EXPIRES) -> None:
+        self.nc, self.expires = nc, expires
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._prefix = nc.new_inbox()
         self._n = 0
@@ -404,12 +411,14 @@ class Puller:
         self._ready: list[Msg] = []
         self._arrived = asyncio.Event()
         self._sub: Any = None
+        self._sent: dict[str, float] = {}  # reply subject -> loop time its request was sent
 
     @classmethod
-    async def bind(cls, nc: Client, consumer: str) -> Puller:
-        """A puller on one of the durable consumers of ``CONSUMERS``."""
+    async def bind(cls, nc: Client, consumer: str, expires: float = EXPIRES) -> Puller:
+        """A puller on one of the durable consumers of ``CONSUMERS``; its requests last
+        ``expires`` seconds at most."""
         stream, _ = CONSUMERS[consumer]
-        puller = cls(nc, stream, consumer)
+        puller = cls(nc, stream, consumer, expires)
         puller._sub = await nc.subscribe(puller._prefix + ".*", cb=puller._on_msg)
         return puller
 
@@ -432,8 +441,11 @@ class Puller:
         self._reply = f"{self._prefix}.{self._n}"
         self._left = limit
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + self.EXPIRES + 2.0
-        body = f'{{"batch":{limit},"expires":{int(self.EXPIRES * 1e9)}}}'.encode()
+        self._sent[self._reply] = loop.time()
+        if len(self._sent) > 64:
+            del self._sent[next(iter(self._sent))]
+        self._deadline = loop.time() + self.expires + 2.0
+        body = f'{{"batch":{limit},"expires":{int(self.expires * 1e9)}}}'.encode()
         await self.nc.publish(self._next_subject, body, reply=self._reply)
 
     async def take(self, limit: int, timeout: float = 1.0) -> list[Msg]:
@@ -464,6 +476,11 @@ class Puller:
                     return []
         batch, self._ready = self._ready[:limit], self._ready[limit:]
         return batch
+
+    def requested_at(self, msg: Msg) -> float:
+        """The loop time when the request that delivered ``msg`` was sent: JetStream
+        delivered it after that (so its ack deadline runs from later than that)."""
+        return self._sent.get(msg.subject, asyncio.get_running_loop().time())
 
     @property
     def ready(self) -> int:

@@ -21,6 +21,7 @@ ENV_FORK_WORKERS = "AK_RUNNER__FORK_WORKERS"
 ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
 ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
 ENV_WORKER_SESSIONS = "AK_RUNNER__WORKER_SESSIONS"
+ENV_JOBS_MAX_ATTEMPTS = "AK_JOBS__MAX_ATTEMPTS"
 ENV_TIMEOUT = "AK_TIMEOUT"
 ENV_EVENT_LOOP = "AK_EVENT_LOOP"  # uvloop (default when installed) or asyncio
 
@@ -77,6 +78,7 @@ class Settings:
     warm_workers: int = 2  # spare worker processes a runner keeps started, per interpreter
     worker_sessions: int = 1000  # sessions of one project a worker process runs, one by one
     fork_workers: bool = True  # workers forked by a fork server (Linux), not started anew
+    max_attempts: int = 10  # deliveries of a session's job before it ends in ERROR
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,6 +92,7 @@ class Settings:
             warm_workers=_count(ENV_WARM_WORKERS, 2, 0),
             worker_sessions=_count(ENV_WORKER_SESSIONS, 1000, 1),
             fork_workers=os.environ.get(ENV_FORK_WORKERS, "1") not in ("0", "false", "no"),
+            max_attempts=_count(ENV_JOBS_MAX_ATTEMPTS, 10, 1),
         )
 
 

@@ -25,6 +25,7 @@ def _uuid7_from(ms: int, rand: int) -> int:
 
 
 _FROM_BASE32 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", ALPHABET.encode())
+_TO_BASE32 = str.maketrans(ALPHABET, "abcdefghijklmnopqrstuvwxyz234567")
 
 
 def _encode(n: int) -> str:
@@ -43,6 +44,16 @@ def derived_id(prefix: str, ms: int, key: str) -> str:
         raise ValueError(f"unknown id prefix {prefix!r}")
     rand = int.from_bytes(hashlib.sha256(key.encode()).digest()[:10], "big")
     return f"{prefix}_{_encode(_uuid7_from(ms, rand))}"
+
+
+def time_ms(typed_id: str) -> int:
+    """The time (Unix milliseconds) a well-formed id carries; 0 for anything else."""
+    m = _ID_RE.match(typed_id)
+    if m is None:
+        return 0
+    text = m.group("suffix").translate(_TO_BASE32).upper() + "A" * 6  # back to 160 bits
+    n = int.from_bytes(base64.b32decode(text), "big") >> 30  # the UUIDv7 (see _encode)
+    return n >> 80
 
 
 def new_id(prefix: str) -> str:

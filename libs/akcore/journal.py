@@ -1,103 +1,279 @@
-"""Reading a session's journal back, and what a replay needs from it."""
+"""The journal's record kinds, their payloads, the fold over a session's records and the
+replay rules. Pure: no I/O (reading and writing the stream is ``akcore.journalio``).
+
+Every record of ``ak.journal.<session>`` is a ``wire.JournalRecord`` whose ``kind`` is one
+of ``Kind`` and whose ``data`` is the payload of that kind (``payload`` parses it, checked;
+``data_of`` makes it). docs/replay.md describes each kind. Replay: step k of a new attempt
+looks up the durable step k of the journal (``History.replay``); recorded, it is returned
+and not done again; another kind or function means the code changed (non-determinism);
+past the end, the step is live.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError
+from autokitteh._typed import TypeMismatch, typed, untyped
 
-from . import subjects, wire
+from . import wire
 
-# Journal record kinds of durable steps, replayed by step number (system calls use their name:
-# subscribe, next_event, signal, next_signal, start, value, ...).
-ACTIVITY, SLEEP = "activity", "sleep"
+
+class Kind(StrEnum):
+    """Every kind of journal record."""
+
+    CREATED = "created"  # the dispatcher (or whoever starts a session), before its job
+    STARTED = "started"  # a runner, as an attempt begins (fenced: the attempt's first write)
+    PRINT = "print"  # a print() of the handler or of an activity
+    ACTIVITY = "activity"  # a finished activity: its outcome (step)
+    SLEEP = "sleep"  # a durable sleep's deadline (step)
+    RETRY = "retry"  # an attempt that stopped for a reason that may pass (NATS, the store)
+    ENDED = "ended"  # the session's end: COMPLETED, ERROR or STOPPED
+    # System calls made by handler code: each a durable step, named as the SDK names it.
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    NEXT_EVENT = "next_event"
+    SIGNAL = "signal"
+    NEXT_SIGNAL = "next_signal"
+    START = "start"  # a child session
+    VALUE = "value"
+    VALUE_KEYS = "value_keys"
+    VALUE_PUBLISH = "value_publish"
+    OUTCOME = "outcome"
+
+
+SYSCALLS = frozenset(
+    {
+        Kind.SUBSCRIBE,
+        Kind.UNSUBSCRIBE,
+        Kind.NEXT_EVENT,
+        Kind.SIGNAL,
+        Kind.NEXT_SIGNAL,
+        Kind.START,
+        Kind.VALUE,
+        Kind.VALUE_KEYS,
+        Kind.VALUE_PUBLISH,
+        Kind.OUTCOME,
+    }
+)
+STEP_KINDS = frozenset({Kind.ACTIVITY, Kind.SLEEP, *SYSCALLS})
+
+
+class MalformedRecord(ValueError):
+    """A record whose kind is unknown or whose data does not fit its kind."""
+
+
+# The number of the record that ends a session whose journal cannot be read: after any
+# number a record of it may have had.
+AFTER_UNREADABLE = 1 << 31
+
+
+@dataclass(frozen=True)
+class Created:
+    project_id: str
+    deployment_id: str
+    build_id: str
+    entrypoint: str
+    is_durable: bool = True
+    trigger_id: str = ""
+    event_id: str | None = None
+    parent_session_id: str = ""
+    memo: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)  # of sessions not started by an event
+    traceparent: str = ""  # the trace the session belongs to: a replay continues it
+
+
+@dataclass(frozen=True)
+class Started:
+    runner: str
+    attempt: int
+    replayed_steps: int = 0
+    read_us: int = 0  # how long reading the journal took
+
+
+@dataclass(frozen=True)
+class Print:
+    text: str
+    n: int = 0  # the number of a handler-level print (1, 2, ...); 0 inside an activity
+    activity: bool = False
+    cut: int = 0  # the size of the original text, when it was cut to the limit
+
+
+@dataclass(frozen=True)
+class Activity:
+    step: int
+    function: str
+    ok: bool
+    result: bytes  # a pickle made by the session's own code: opaque to the services
+    digest: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Sleep:
+    step: int
+    seconds: float
+    deadline_us: int
+    function: str = "sleep"
+
+
+@dataclass(frozen=True)
+class Syscall:
+    step: int
+    function: str  # the kind, again (replay compares it like an activity's function)
+    args: dict[str, Any] = field(default_factory=dict)
+    result: bytes = b""  # a pickle made by the runner from plain data
+    error: str = ""
+    inbox_seq: int = 0  # the inbox message it took (next_event, next_signal)
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempt: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Ended:
+    state: str  # wire.COMPLETED, wire.ERROR or wire.STOPPED
+    error: str = ""
+    traceback: str = ""
+    result: bytes | None = None  # the handler's return value, pickled by the worker
+
+
+Payload = Created | Started | Print | Activity | Sleep | Syscall | Retry | Ended
+Step = Activity | Sleep | Syscall
+
+_TYPES: dict[Kind, type[Any]] = {
+    Kind.CREATED: Created,
+    Kind.STARTED: Started,
+    Kind.PRINT: Print,
+    Kind.ACTIVITY: Activity,
+    Kind.SLEEP: Sleep,
+    Kind.RETRY: Retry,
+    Kind.ENDED: Ended,
+    **{k: Syscall for k in SYSCALLS},
+}
+
+
+def kind_of(rec: wire.JournalRecord) -> Kind:
+    try:
+        return Kind(rec.kind)
+    except ValueError:
+        raise MalformedRecord(f"unknown journal record kind {rec.kind!r}") from None
+
+
+def payload(rec: wire.JournalRecord) -> Payload:
+    """The record's data as the payload of its kind; raises MalformedRecord."""
+    cls = _TYPES[kind_of(rec)]
+    try:
+        return typed(cls, rec.data, f"{rec.kind} record {rec.seq}")  # type: ignore[no-any-return]
+    except TypeMismatch as e:
+        raise MalformedRecord(str(e)) from None
+
+
+def data_of(p: Payload) -> dict[str, Any]:
+    """The wire form of a payload: its fields, leaving out those at their defaults."""
+    return untyped(p)
+
+
+class NonDeterminism(Exception):
+    """The code asked for a different step than the journal recorded at that place."""
 
 
 @dataclass
-class ReplayState:
-    """What a new attempt needs: recorded steps, recorded workflow prints, where to go on."""
+class History:
+    """What a session's records add up to: what a new attempt replays and where it goes on."""
 
-    steps: dict[int, dict[str, Any]] = field(default_factory=dict)
-    prints: int = 0
-    consumed: set[int] = field(default_factory=set)  # inbox stream sequences already taken
-    next_seq: int = 1
-    ended: bool = False
-    traceparent: str = ""  # of the trace the session started in (its created record)
-    read_us: int = 0  # how long reading the journal took (shown in the next started record)
-    subscribed: bool = False  # an earlier attempt subscribed to events
+    steps: dict[int, Step] = field(default_factory=dict)
+    prints: int = 0  # handler-level prints recorded (not printed again on replay)
+    consumed: set[int] = field(default_factory=set)  # inbox stream sequences taken
+    next_seq: int = 0  # the seq of the next record
+    created: Created | None = None
+    ended: Ended | None = None
+    attempts: int = 0  # `started` records
+    last_started: Started | None = None
+    last_retry: Retry | None = None
+    subscribed: bool = False  # an attempt subscribed to events
 
-    def for_worker(self) -> dict[str, Any]:
-        return {"steps": self.steps, "prints": self.prints}
+    @property
+    def traceparent(self) -> str:
+        return self.created.traceparent if self.created else ""
+
+    def add(self, seq: int, p: Payload) -> None:
+        """Folds one more record (records come in journal order)."""
+        self.next_seq = max(self.next_seq, seq + 1)
+        if isinstance(p, (Activity, Sleep, Syscall)):
+            self.steps[p.step] = p
+            if isinstance(p, Syscall):
+                if p.inbox_seq:
+                    self.consumed.add(p.inbox_seq)
+                if p.function == Kind.SUBSCRIBE:
+                    self.subscribed = True
+        elif isinstance(p, Print):
+            self.prints = max(self.prints, p.n)
+        elif isinstance(p, Started):
+            self.attempts += 1
+            self.last_started = p
+        elif isinstance(p, Retry):
+            self.last_retry = p
+        elif isinstance(p, Ended):
+            self.ended = p
+        elif isinstance(p, Created):
+            self.created = p
+
+    def replay(self, step: int, kind: str, function: str, where: str) -> Step | None:
+        """The recorded outcome of durable step ``step``, or None when it is live.
+
+        Raises:
+            NonDeterminism: the journal has another kind or function at ``step``.
+        """
+        rec = self.steps.get(step)
+        if rec is None:
+            return None
+        recorded = _step_kind(rec)
+        if recorded != kind or rec.function != function:
+            raise NonDeterminism(
+                f"non-determinism at {where}: step {step} of the journal is "
+                f'{recorded} "{rec.function}", but the code now asks for {kind} "{function}". '
+                "A replayed handler must make the same calls in the same order: keep "
+                "non-deterministic code (random values, clocks, I/O) inside activities and do "
+                "not change the code of running sessions."
+            )
+        return rec
+
+    def is_replayed_print(self, n: int) -> bool:
+        return 0 < n <= self.prints
 
 
-def replay_state(records: list[wire.JournalRecord]) -> ReplayState:
-    """Folds journal records (in order) into the state a replay starts from."""
-    state = ReplayState()
+def _step_kind(rec: Step) -> str:
+    if isinstance(rec, Activity):
+        return Kind.ACTIVITY
+    if isinstance(rec, Sleep):
+        return Kind.SLEEP
+    return rec.function
+
+
+def fold(records: list[wire.JournalRecord]) -> History:
+    """The history of a session's records, in journal order; raises MalformedRecord."""
+    history = History()
     for rec in records:
-        state.next_seq = max(state.next_seq, rec.seq + 1)
-        if rec.data.get("inbox_seq"):
-            state.consumed.add(int(rec.data["inbox_seq"]))
-        if rec.kind == "subscribe":
-            state.subscribed = True
-        if "step" in rec.data:  # a durable step: activity, sleep or a system call
-            state.steps[int(rec.data["step"])] = {"kind": rec.kind, **rec.data}
-        elif rec.kind == wire.PRINT and rec.data.get("n"):
-            state.prints = max(state.prints, int(rec.data["n"]))
-        elif rec.kind == wire.ENDED:
-            state.ended = True
-        elif rec.kind == wire.CREATED:
-            state.traceparent = str(rec.data.get("traceparent") or "")
-    return state
+        history.add(rec.seq, payload(rec))
+    return history
 
 
-async def last_record(js: JetStreamContext, session_id: str) -> wire.JournalRecord | None:
-    try:
-        raw = await js.get_last_msg(subjects.STREAM_JOURNAL, subjects.journal_subject(session_id))
-    except NotFoundError:
-        return None
-    return wire.decode(wire.JournalRecord, raw.data or b"")
-
-
-async def read_journal(
-    js: JetStreamContext, session_id: str, timeout: float = 10.0
-) -> list[wire.JournalRecord]:
-    """Every record of one session, in order (an ordered consumer read to the last record)."""
-    last = await last_record(js, session_id)
-    if last is None:
-        return []
-    out: list[wire.JournalRecord] = []
-    read_all = asyncio.Event()
-    failed: list[Exception] = []
-
-    # A callback, not next_msg: next_msg starts two tasks per message, which was most of
-    # the time a replay took to read a long journal.
-    async def on_msg(msg: Msg) -> None:
-        if read_all.is_set():
-            return
-        try:
-            out.append(wire.decode(wire.JournalRecord, msg.data))
-            if msg.metadata.num_pending == 0:
-                read_all.set()
-        except Exception as e:  # a malformed record: the caller hears of it
-            failed.append(e)
-            read_all.set()
-
-    sub = await js.subscribe(
-        subjects.journal_subject(session_id),
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-        cb=on_msg,
+def record(session_id: str, seq: int, p: Payload, t_us: int) -> wire.JournalRecord:
+    return wire.JournalRecord(
+        session_id=session_id, seq=seq, kind=str(kind_for(p)), t_us=t_us, data=data_of(p)
     )
-    try:
-        async with asyncio.timeout(timeout):
-            await read_all.wait()
-        if failed:
-            raise failed[0]
-        return out
-    finally:
-        await sub.unsubscribe()
+
+
+def kind_for(p: Payload) -> Kind:
+    """The kind a payload is written as (a system call's is its function)."""
+    if isinstance(p, Syscall):
+        return Kind(p.function)
+    for kind, cls in _TYPES.items():
+        if cls is type(p):
+            return kind
+    raise TypeError(f"not a journal payload: {p!r}")

@@ -2,46 +2,46 @@
 
 from __future__ import annotations
 
-from . import bus, subjects, timefmt, tracing, wire
+import dataclasses
+
+from . import bus, journal, subjects, timefmt, tracing, wire
 
 
 def created_record(job: wire.Job, traceparent: str | None = None) -> wire.JournalRecord:
     """The session's first journal record; ``traceparent`` defaults to the current trace."""
-    return wire.JournalRecord(
-        session_id=job.session_id,
-        seq=0,
-        kind=wire.CREATED,
-        t_us=timefmt.now_us(),
-        data={
-            "project_id": job.project_id,
-            "deployment_id": job.deployment_id,
-            "build_id": job.build_id,
-            "trigger_id": job.trigger_id,
-            "event_id": job.event_id,
-            "entrypoint": job.entrypoint,
-            "is_durable": job.is_durable,
-            "parent_session_id": job.parent_session_id,
-            "memo": job.memo,
-            # inputs of sessions not started by an event, so `ak session restart` can reuse them
-            "inputs": {} if job.event_id else job.data,
-            # the trace the session belongs to: a replay continues it
-            "traceparent": tracing.traceparent() if traceparent is None else traceparent,
-        },
+    created = journal.Created(
+        project_id=job.project_id,
+        deployment_id=job.deployment_id,
+        build_id=job.build_id,
+        trigger_id=job.trigger_id,
+        event_id=job.event_id,
+        entrypoint=job.entrypoint,
+        is_durable=job.is_durable,
+        parent_session_id=job.parent_session_id,
+        memo=job.memo,
+        # inputs of sessions not started by an event, so `ak session restart` can reuse them
+        inputs={} if job.event_id else job.data,
+        traceparent=tracing.traceparent() if traceparent is None else traceparent,
     )
+    return journal.record(job.session_id, 0, created, timefmt.now_us())
 
 
-async def publish_session(pub: bus.Publisher, job: wire.Job) -> None:
-    """Publishes both messages, de-duplicated by session id, so a retry creates nothing new.
-    Both carry the current trace context: the session's span will be a child of it."""
+async def publish_session(pub: bus.Publisher, job: wire.Job) -> wire.Job:
+    """Publishes both messages, de-duplicated by session id, so a retry creates nothing new
+    (JetStream answers a repeated `created` with the sequence it stored first). Both carry
+    the current trace context: the session's span will be a child of it. Returns the job as
+    published (with its ``journal_seq``)."""
     sid = job.session_id
     context = tracing.inject()
-    await pub.publish(
+    ack = await pub.publish(
         subjects.journal_subject(sid),
         wire.encode(created_record(job, context.get(subjects.HDR_TRACEPARENT, ""))),
         headers={subjects.HDR_MSG_ID: f"{sid}:0"},
     )
+    job = dataclasses.replace(job, journal_seq=int(ack["seq"]))
     await pub.publish(
         subjects.job_subject(sid),
         wire.encode(job),
         headers={**context, subjects.HDR_MSG_ID: f"job:{sid}"},
     )
+    return job

@@ -29,6 +29,8 @@ CHANGED = f"{PREFIX}.changed"
 # Headers.
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_TRACEPARENT = "traceparent"
+# The journal's fence: the stream sequence the writer expects the subject's last message at.
+HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 SERVICES = ("ingress", "dispatcher", "runner", "store")
 

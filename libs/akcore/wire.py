@@ -101,6 +101,9 @@ class Job:
     trigger_id: str = ""
     parent_session_id: str = ""
     memo: dict[str, str] = field(default_factory=dict)
+    # The stream sequence of the session's `created` record: a first attempt's first write
+    # expects it to be the journal's last (akcore.journalio); 0 when unknown.
+    journal_seq: int = 0
 
 
 # Inbox message kinds.

@@ -1,4 +1,10 @@
-"""The worker's durable runtime: runs activities, journals them through the runner, replays.
+"""The worker's durable runtime: every durable step of handler code goes through the runner.
+
+Before each step (activity, durable sleep, system call) the worker asks the runner with a
+``step`` frame: a step the journal already has comes back recorded and is not done again
+(replay); a live activity runs only once the runner says go (so a worker whose runner is
+frozen or gone starts nothing new), and its outcome is journaled before the handler sees
+it. The replay rules themselves live in the runner (``akcore.journal``).
 
 One session per worker process, so the runtime is a module-level singleton that the
 instrumented code reaches through ``_ak_call`` / ``_ak_async_call``.
@@ -17,9 +23,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import activities
+from ._frames import cut_print
 from ._gate import Decision, decide, short_name
-from ._replay import NonDeterminismError as NonDeterminism
-from ._replay import Replayer
 from .errors import AutoKittehError
 
 MAX_PAYLOAD = 1024 * 1024
@@ -69,14 +74,10 @@ def digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 class Runtime:
     def __init__(
-        self, channel: Channel, replayer: Replayer, is_user: Callable[[Any], bool], durable: bool
+        self, channel: Channel, replayed_prints: int, is_user: Callable[[Any], bool], durable: bool
     ) -> None:
-        self.channel, self.replayer, self.is_user, self.durable = (
-            channel,
-            replayer,
-            is_user,
-            durable,
-        )
+        self.channel, self.replayed_prints = channel, replayed_prints
+        self.is_user, self.durable = is_user, durable
         self.loading = False
         self.step = 0
         self.prints = 0
@@ -104,29 +105,37 @@ class Runtime:
 
     def on_print(self, text: str) -> bool:
         """Sends a print to the runner; False when it is a replayed print not to be repeated."""
+        body = text.removesuffix("\n")  # the end print() adds is not the user's text
+        kept, cut = cut_print(body)
+        header: dict[str, Any] = {"type": "print", "text": kept + text[len(body) :]}
+        if cut:
+            header["cut"] = cut
         if self.in_activity:
-            self.channel.send({"type": "print", "text": text, "activity": True})
+            self.channel.send({**header, "activity": True})
             return True
         self.prints += 1
-        if self.replayer.is_replayed_print(self.prints):
+        if self.prints <= self.replayed_prints:
             return False
-        self.channel.send({"type": "print", "text": text, "n": self.prints})
+        self.channel.send({**header, "n": self.prints})
         return True
 
     # --- durable steps
 
-    def _next(self, kind: str, name: str, where: str) -> tuple[int, dict[str, Any] | None]:
+    def _ask(
+        self, kind: str, name: str, where: str, blob: bytes = b"", **extra: Any
+    ) -> tuple[int, dict[str, Any], bytes]:
+        """Asks the runner for the next step: recorded (replayed) or live."""
         self.step += 1
-        return self.step, self.replayer.take(self.step, kind, name, where)
+        header = {"type": "step", "step": self.step, "kind": kind, "function": name}
+        header.update(where=where, **extra)
+        reply, rblob = self.channel.call(header, blob)
+        return self.step, reply, rblob
 
     def sleep(self, seconds: float, where: str) -> None:
         """A durable sleep: its deadline is journaled, so a replay waits only what remains."""
         with self._lock:
-            step, rec = self._next("sleep", "sleep", where)
-            if rec is None:
-                reply, _ = self.channel.call({"type": "sleep", "step": step, "seconds": seconds})
-                rec = reply
-        remaining = rec["deadline_us"] / 1e6 - time.time()
+            _, reply, _ = self._ask("sleep", "sleep", where, seconds=seconds)
+        remaining = reply["deadline_us"] / 1e6 - time.time()
         if remaining > 0:
             _real_sleep(remaining)
 
@@ -179,22 +188,21 @@ class Runtime:
         return value
 
     @staticmethod
-    def _outcome(rec: dict[str, Any], fn: Any) -> Any:
+    def _outcome(reply: dict[str, Any], blob: bytes, name: str) -> Any:
         try:
-            value = pickle.loads(rec["result"])
+            value = pickle.loads(blob)
         except Exception as e:
-            raise AutoKittehError(
-                f"cannot restore the result of {rec.get('function')}: {e!r}"
-            ) from None
-        if not rec.get("ok"):
+            raise AutoKittehError(f"cannot restore the result of {name}: {e!r}") from None
+        if not reply.get("ok"):
             raise value
         return value
 
     def activity(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> Any:
         with self._lock:
-            step, rec = self._next("activity", short_name(fn), where)
-            if rec is not None:
-                value = self._outcome(rec, fn)
+            name = short_name(fn)
+            step, reply, blob = self._ask("activity", name, where)
+            if reply.get("replayed"):
+                value = self._outcome(reply, blob, name)
                 return Resolved(value) if inspect.iscoroutinefunction(fn) else value
             self._local.in_activity = True
             t0 = time.time_ns()
@@ -202,7 +210,7 @@ class Runtime:
                 value, ok = fn(*args, **kwargs), True
                 if inspect.iscoroutine(value):
                     value = _run_coroutine(value)
-            except (Fatal, NonDeterminism):
+            except Fatal:
                 raise
             except BaseException as e:
                 value, ok = e, False
@@ -219,25 +227,22 @@ class Runtime:
             reply, rblob = self.channel.call({"type": "syscall", "name": name, "args": args}, blob)
             return _syscall_result(name, reply, rblob)
         with self._lock:
-            step, rec = self._next(name, name, where)
-            if rec is not None:
-                return _syscall_result(name, rec, rec.get("result") or b"")
-            header = {"type": "syscall", "name": name, "args": args, "step": step}
-            reply, rblob = self.channel.call(header, blob)
+            _, reply, rblob = self._ask(name, name, where, blob, args=args)
         return _syscall_result(name, reply, rblob)
 
     async def async_activity(
         self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
     ) -> Any:
         with self._lock:
-            step, rec = self._next("activity", short_name(fn), where)
-            if rec is not None:
-                return self._outcome(rec, fn)
+            name = short_name(fn)
+            step, reply, blob = self._ask("activity", name, where)
+            if reply.get("replayed"):
+                return self._outcome(reply, blob, name)
             self._local.in_activity = True
             t0 = time.time_ns()
             try:
                 value, ok = await fn(*args, **kwargs), True
-            except (Fatal, NonDeterminism):
+            except Fatal:
                 raise
             except BaseException as e:
                 value, ok = e, False

@@ -1,11 +1,12 @@
 """The worker process: loads the user's code and runs one handler for the runner.
 
 Started by the runner as ``python -m autokitteh._worker IN_FD OUT_FD``, ahead of its first
-session. Each ``start`` frame runs one session; frames to the runner: ``print``, ``activity``
-and ``sleep`` (both answered by the runner once journaled), and ``done``. After ``done`` the
-process puts itself back as it was before the session (user modules forgotten, environment,
-``print``, ``sys.path`` and cwd restored) and waits for the next ``start`` of the same project;
-``done`` says whether that worked (``reusable``). The runner decides whether to send one.
+session. Each ``start`` frame runs one session; the frames to the runner are described in
+``autokitteh._frames`` (``print``, ``step``, ``activity``, ``syscall``, ``done``). After
+``done`` the process puts itself back as it was before the session (user modules forgotten,
+environment, ``print``, ``sys.path`` and cwd restored) and waits for the next ``start`` of the
+same project; ``done`` says whether that worked (``reusable``). The runner decides whether to
+send one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any, BinaryIO
 from . import _runtime
 from ._channel import encode_frame, read_frame
 from ._loader import UserCodeFinder, real_path
-from ._replay import NonDeterminismError, Replayer
 from .activities import ACTIVITY_ATTR
 from .body import with_body
 from .event import Event
@@ -187,7 +187,7 @@ def _failed(
     """The ``done`` header of a session in error. The system's own refusals (pickling,
     non-determinism), load failures and missing modules are also printed, so
     `ak session prints` shows what to do."""
-    if isinstance(e, (_runtime.Fatal, NonDeterminismError)):
+    if isinstance(e, _runtime.Fatal):
         err, tb = str(e), format_error(e, code_dir)[1]
         ch.send({"type": "print", "text": err})
     else:
@@ -300,8 +300,7 @@ def _session(
     python_env = str(start.get("python_env", ""))
     sys.path.insert(0, code_dir)
     sys.dont_write_bytecode = True
-    init = pickle.loads(payload)
-    replay = init.get("replay") or {}
+    init = pickle.loads(payload)  # made by the runner
     durable = bool(start.get("is_durable", True))
     finder = UserCodeFinder(code_dir, _runtime.GATES)
 
@@ -312,9 +311,7 @@ def _session(
             return str(code.co_filename).startswith(finder.code_dir)
         return getattr(target, "__module__", None) in finder.modules
 
-    rt = _runtime.Runtime(
-        ch, Replayer(replay.get("steps", {}), replay.get("prints", 0)), is_user, durable
-    )
+    rt = _runtime.Runtime(ch, int(start.get("prints") or 0), is_user, durable)
     _runtime.install(rt)
     _capture_prints(rt)
     if durable:

@@ -30,6 +30,7 @@ MAX_REQUEST = 8192
 def _child(ctrl: socket.socket, own: list[int], fds: list[int], cwd: str) -> None:
     """Becomes a worker; never returns."""
     try:
+        os.setsid()  # a process group of its own: the runner kills what the handler started
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as a started worker

@@ -10,30 +10,22 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, config, subjects, tracing, wire
+from akcore import bus, config, journal, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
-from akcore.errors import InvalidArgument, NotFound, Unavailable
-from akcore.journal import ReplayState, read_journal, replay_state
+from akcore.errors import InvalidArgument, NotFound
+from akcore.journalio import JournalWriter, last_seq, read_journal
 from nats.aio.msg import Msg
 
 from .builds import worker_env
+from .faults import Faults
 from .inbox import InboxWatch
+from .lease import Lease
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
-from .session import Host, SessionRun
+from .session import Host, Outcome, SessionRun, drop_subscriptions
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
-
-
-async def _heartbeat(msg: Msg, every: float) -> None:
-    """Keeps a live session's job un-acked but owned (in-progress) while it runs."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await msg.in_progress()
-        except Exception as e:
-            log.warning("heartbeat failed: %s", e)
 
 
 async def _reap(pool: WorkerPool, stop: asyncio.Event) -> None:
@@ -59,50 +51,110 @@ def request_handler(envs: PythonEnvs) -> Callable[[str, dict[str, Any]], Awaitab
     return handle
 
 
-async def handle_job(host: Host, msg: Msg, heartbeat: float) -> None:
+async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit: int) -> None:
+    """One delivery of a job: an attempt at its session, or nothing when the job is stale.
+
+    ``since``: when the pull request that delivered it was sent (the lease runs from then);
+    ``limit``: deliveries after which the session ends in ERROR instead of running again.
+    The job is acked once the journal has the session's end, naked after a failure that
+    may pass, and left alone when the attempt no longer owns it (another runner does)."""
     job = await bus.decode_or_drop(wire.Job, msg, "job")
     if job is None:
         return
+    lease = Lease(msg, ack_wait, since, job.session_id)
+    if not lease.valid():
+        log.warning(
+            "session %s: its job arrived after the runner stalled; left to the next runner",
+            job.session_id,
+        )
+        return
+    beat = asyncio.create_task(lease.keep())
+    try:
+        outcome = await _attempt(host, msg, job, lease, limit)
+    finally:
+        beat.cancel()
+    if outcome is Outcome.ENDED:  # the journal has the end: the job is done, whoever holds it
+        await msg.ack()
+    elif outcome is Outcome.RETRY and lease.valid():
+        attempt = msg.metadata.num_delivered or 1
+        await msg.nak(delay=min(2.0 ** (attempt - 1), 30.0))
+
+
+async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int) -> Outcome:
     attempt = msg.metadata.num_delivered or 1
-    beat = asyncio.create_task(_heartbeat(msg, heartbeat))
-    replay = ReplayState()
-    if attempt > 1:  # redelivered: a runner died mid-session; replay what it journaled
+    history, last, read_us = journal.History(next_seq=1), job.journal_seq, 0
+    if attempt > 1 or not last:  # a runner stopped mid-session: replay what it journaled
         try:
             t0 = time.perf_counter()
-            replay = replay_state(await read_journal(host.js, job.session_id))
-            replay.read_us = int((time.perf_counter() - t0) * 1e6)
-        except Exception:
-            log.exception("session %s: cannot read its journal, will retry", job.session_id)
-            beat.cancel()
-            await msg.nak(delay=1.0)
-            return
-        if replay.ended:  # it finished; only the ack was lost
-            beat.cancel()
-            await msg.ack()
-            return
+            records, last = await read_journal(host.js, job.session_id)
+            history = journal.fold(records)
+            read_us = int((time.perf_counter() - t0) * 1e6)
+        except journal.MalformedRecord as e:
+            # Its end goes after every record, whatever their numbers were.
+            history = journal.History(next_seq=journal.AFTER_UNREADABLE)
+            last = await last_seq(host.js, job.session_id)
+            return await _run(host, msg, job, lease, history, last).fail(
+                f"error: the session's journal cannot be replayed: {e}"
+            )
+        except Exception as e:
+            log.warning("session %s: cannot read its journal (%r); will retry", job.session_id, e)
+            return Outcome.RETRY
+        if not records or history.ended:  # it ended (and may be cleaned up already)
+            if history.ended:
+                await _after_end(host, job, history)
+            return Outcome.ENDED
+        if attempt > limit:
+            return await _run(host, msg, job, lease, history, last).fail(
+                gave_up_message(attempt - 1, limit, history)
+            )
         log.info(
-            "session %s: attempt %d replays %d steps", job.session_id, attempt, len(replay.steps)
+            "session %s: attempt %d replays %d steps", job.session_id, attempt, len(history.steps)
         )
+    run = _run(host, msg, job, lease, history, last, read_us)
     # The trace the session belongs to: from the job, else from its journal (a replay).
     headers = dict(msg.headers or {})
-    if not headers.get(subjects.HDR_TRACEPARENT) and replay.traceparent:
-        headers[subjects.HDR_TRACEPARENT] = replay.traceparent
+    if not headers.get(subjects.HDR_TRACEPARENT) and history.traceparent:
+        headers[subjects.HDR_TRACEPARENT] = history.traceparent
+    return await run.traced(tracing.extract(headers))
+
+
+def _run(
+    host: Host,
+    msg: Msg,
+    job: wire.Job,
+    lease: Lease,
+    history: journal.History,
+    last: int,
+    read_us: int = 0,
+) -> SessionRun:
+    writer = JournalWriter(
+        host.js, bus.publisher(host.nc), job.session_id, last, history.next_seq, lease.valid
+    )
     stamp = msg.metadata.timestamp
-    run = SessionRun(host, job, attempt, replay, stamp.timestamp() if stamp else 0.0)
-    try:
-        await run.traced(tracing.extract(headers))
-    except Unavailable as e:
-        log.warning("session %s: %s; will retry", job.session_id, e)
-        beat.cancel()
-        await msg.nak(delay=1.0)
-        return
-    except Exception:
-        log.exception("session %s: runner failure, job will be redelivered", job.session_id)
-        beat.cancel()
-        await msg.nak(delay=1.0)
-        return
-    beat.cancel()
-    await msg.ack()  # only after the ended record is acknowledged
+    queued = stamp.timestamp() if stamp else 0.0
+    attempt = msg.metadata.num_delivered or 1
+    return SessionRun(host, job, attempt, history, lease, writer, queued, read_us)
+
+
+async def _after_end(host: Host, job: wire.Job, history: journal.History) -> None:
+    """What an attempt that wrote the end may not have finished before it stopped."""
+    await drop_subscriptions(host.nc, job.session_id, history)
+
+
+def gave_up_message(attempts: int, limit: int, history: journal.History) -> str:
+    """Why a session that used up its attempts ends in ERROR, and what to do."""
+    text = (
+        f"error: the session did not finish in {attempts} attempts and is not tried again "
+        f"(AK_JOBS__MAX_ATTEMPTS is {limit}). "
+    )
+    retry = history.last_retry
+    if retry is not None and retry.attempt == attempts:
+        return text + f"The last attempt stopped with: {retry.error}"
+    return text + (
+        "Each time, the runner running it stopped before it ended: it was killed or crashed "
+        "(for example out of memory), or froze for longer than the heartbeat allows "
+        "(AK_JOBS__ACK_WAIT)."
+    )
 
 
 async def _warm(host: Host) -> None:
@@ -136,13 +188,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await inboxes.watch(nc)
     js = nc.jetstream()
     base_env = worker_env(dict(os.environ), {}, config.INTERNAL_ENV_PREFIXES)
-    host = Host(nc, cache, envs, pool, tel, runner_id, env_cache, inboxes, js, base_env)
+    faults = Faults.from_env()
+    host = Host(nc, cache, envs, pool, tel, runner_id, env_cache, inboxes, js, base_env, faults)
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")
     await bus.serve_requests(nc, subjects.RUNNER_ALL, request_handler(envs), queue="runners")
-    puller = await bus.Puller.bind(nc, subjects.CONSUMER_RUNNER)
     info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
-    heartbeat = (info.config.ack_wait or bus.JOB_ACK_WAIT) / 3
+    ack_wait = info.config.ack_wait or bus.JOB_ACK_WAIT
+    # A job's lease runs from when its pull request was sent: keep requests short of it.
+    puller = await bus.Puller.bind(nc, subjects.CONSUMER_RUNNER, min(5.0, max(0.5, ack_wait / 4)))
     live: set[asyncio.Task[None]] = set()
     reaper = asyncio.create_task(_reap(pool, stop))
     warming = asyncio.create_task(_warm(host))
@@ -170,7 +224,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             changed.cancel()
             continue
         for msg in await puller.take(free):
-            task = asyncio.create_task(handle_job(host, msg, heartbeat))
+            since = puller.requested_at(msg)
+            job = handle_job(host, msg, ack_wait, since, settings.max_attempts)
+            task = asyncio.create_task(job)
             live.add(task)
             task.add_done_callback(live.discard)
     # Stopping: live sessions keep their jobs un-acked, so another runner takes them over.

@@ -1,8 +1,11 @@
-"""Runs one session: journal its steps, start the worker, relay its frames, record the end."""
+"""Runs one attempt of one session: journal its steps, start the worker, serve its frames,
+record the end. The attempt writes the journal only while it owns it (``JournalWriter``)
+and its job (``Lease``); the moment either is lost it kills its worker and stops."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import pickle
@@ -13,47 +16,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from akcore import bus, subjects, timefmt, tracing, wire
+from akcore import bus, journal, subjects, timefmt, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, Unavailable
-from akcore.journal import ACTIVITY, SLEEP, ReplayState
+from akcore.journal import Kind
+from akcore.journalio import TRANSIENT, Fenced, JournalWriter, RecordTooLarge
+from autokitteh._frames import (
+    ActivityFrame,
+    DoneFrame,
+    FrameError,
+    PrintFrame,
+    StepFrame,
+    SyscallFrame,
+    cut_print,
+    parse,
+)
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, SpanKind
 
 from .builds import unpack_build
+from .faults import Faults
 from .inbox import Inbox, InboxWatch
+from .lease import Lease
 from .pyenv import EnvError, PythonEnvs
 from .syscalls import SyscallError, Syscalls
 from .worker import WorkerPool, WorkerProcess
 
 log = logging.getLogger(__name__)
 
-
-def print_data(header: dict[str, Any]) -> dict[str, Any]:
-    """A print record: its text (one trailing newline trimmed) and where it was printed."""
-    data: dict[str, Any] = {"text": str(header.get("text", "")).removesuffix("\n")}
-    if header.get("activity"):
-        data["activity"] = True
-    elif header.get("n"):
-        data["n"] = int(header["n"])
-    return data
+# The worker holds no more than this of an activity's pickled outcome (autokitteh._runtime).
+MAX_RESULT = 1024 * 1024
 
 
-def activity_data(header: dict[str, Any], blob: bytes) -> dict[str, Any]:
-    """An activity record: step, short function name, argument digest, outcome (opaque)."""
-    data = {
-        "step": int(header["step"]),
-        "function": str(header.get("function", "")),
-        "digest": str(header.get("digest", "")),
-        "ok": bool(header.get("ok")),
-        "result": blob,
-    }
-    if not data["ok"]:
-        data["error"] = str(header.get("error", ""))
-    return data
+class Outcome(enum.Enum):
+    ENDED = "ended"  # the journal has the session's end: ack the job
+    FENCED = "fenced"  # another attempt owns the session, or this one lost its job
+    RETRY = "retry"  # stopped for a reason that may pass (NATS or the store away)
+
+
+class SessionError(Exception):
+    """Ends the session in ERROR with this message (a failure that would repeat)."""
 
 
 class Admission:
@@ -96,6 +101,7 @@ class Host:
     inboxes: InboxWatch  # the inboxes of the sessions running here
     js: JetStreamContext
     worker_env: dict[str, str]  # ours minus the system's own settings (see worker_env)
+    faults: Faults = field(default_factory=lambda: Faults([]))
     # Each build's directory and requirements.txt, once unpacked (builds never change).
     builds: dict[str, tuple[Path, bytes | None]] = field(default_factory=dict)
     admission: Admission = field(default_factory=Admission)
@@ -112,19 +118,23 @@ class Host:
 
 
 class SessionRun:
-    """One attempt at one session; ``replay`` is what earlier attempts journaled."""
+    """One attempt at one session; ``history`` is what earlier attempts journaled."""
 
     def __init__(
         self,
         host: Host,
         job: wire.Job,
         attempt: int,
-        replay: ReplayState,
+        history: journal.History,
+        lease: Lease,
+        writer: JournalWriter,
         queued_at: float = 0.0,  # when its job was published (NATS server time), if known
+        read_us: int = 0,  # how long reading the journal took
     ) -> None:
-        self.queued_at = queued_at
-        self.host, self.nc, self.cache, self.job = host, host.nc, host.cache, job
-        self.envs, self.pool, self.tel = host.envs, host.pool, host.tel
+        self.host, self.job, self.attempt, self.history = host, job, attempt, history
+        self.lease, self.writer, self.queued_at, self.read_us = lease, writer, queued_at, read_us
+        self.nc, self.js, self.tel = host.nc, host.js, host.tel
+        self.pub = bus.publisher(host.nc)
         self.env: dict[str, str] = {}
         self.python_env = ""
         self.span: Span = NonRecordingSpan(INVALID_SPAN_CONTEXT)  # until traced() starts it
@@ -133,59 +143,30 @@ class SessionRun:
             "ak.project": job.project_id,
             "ak.deployment_id": job.deployment_id,
         }
-        self.attempt, self.replay, self.runner_id = attempt, replay, host.runner_id
-        self.seq = replay.next_seq
-        self.js = host.js
-        self.pub = bus.publisher(host.nc)
         self.ended = False
         self.stop_reason: str | None = None
         self._stop = asyncio.Event()
         self.inbox = Inbox(
-            self.js, job.session_id, replay.consumed, self._request_stop, host.admission.wait
+            self.js, job.session_id, history.consumed, self._request_stop, host.admission.wait
         )
         self.asleep = False  # in a durable sleep that counts as waiting (see Admission)
         self.syscalls = Syscalls(self.nc, job, self.inbox, self.js)
+        self.next_step = 1  # the durable step the worker must ask for next
+        self.granted: StepFrame | None = None  # the live activity the worker may run
 
-    async def journal(self, kind: str, data: dict[str, Any]) -> None:
-        """Appends a record; returns once JetStream has acknowledged it (write-ahead).
+    # --- the journal
 
-        The sequence number is taken before publishing: a stop can cancel this while the
-        publish is in flight (and already stored), and the next record (``ended``) must not
-        reuse the number, or JetStream would drop it as a duplicate of this one."""
-        sid, seq = self.job.session_id, self.seq
-        self.seq += 1
-        rec = wire.JournalRecord(
-            session_id=sid, seq=seq, kind=kind, t_us=timefmt.now_us(), data=data
-        )
-        await self.pub.publish(
-            subjects.journal_subject(sid),
-            wire.encode(rec),
-            headers={subjects.HDR_MSG_ID: f"{sid}:{seq}"},
-        )
+    def _fault(self, point: str, step: int = 0) -> None:
+        if self.host.faults.at(point, self.job.entrypoint, self.attempt, step):
+            self.lease.beating = False
 
-    async def traced(self, parent: Context) -> None:
-        """Runs the session inside its span (a child of whatever started it)."""
-        job = self.job
-        ctx = tracing.with_session(parent, job.session_id, job.project_id, job.deployment_id)
-        attrs = {**self.attrs, "ak.entrypoint": job.entrypoint, "ak.attempt": self.attempt}
-        name = f"session {job.entrypoint}"
-        with self.tel.span(name, parent=ctx, kind=SpanKind.CONSUMER, attributes=attrs) as span:
-            self.span = span
-            if self.attempt > 1:
-                span.add_event(
-                    "replay",
-                    {"ak.attempt": self.attempt, "ak.replayed_steps": len(self.replay.steps)},
-                )
-            await self.run()
-
-    def _step_span(
-        self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any], error_type: str = ""
-    ) -> None:
-        """A span for a step that already happened (its times measured elsewhere)."""
-        span = self.tel.start_span(name, attributes={**self.attrs, **attrs}, start_time=start_ns)
-        if error_type:
-            tracing.fail(span, error_type)
-        span.end(end_time=end_ns)  # never before its start (``_Span.end`` sees to it)
+    async def journal(self, p: journal.Payload, step: int = 0) -> None:
+        """Appends a record once JetStream acknowledges it (write-ahead); raises Fenced."""
+        if step:
+            self._fault("journaling", step)
+        await self.writer.append(p)
+        if step:
+            self._fault("journaled", step)
 
     async def end(
         self,
@@ -198,34 +179,97 @@ class SessionRun:
         self.span.set_attribute("ak.state", state)
         if state == wire.ERROR:
             tracing.fail(self.span, error_type or "Error")
-        await self.journal(
-            wire.ENDED, {"state": state, "error": error, "traceback": traceback, "result": result}
-        )
+        await self._tell_parent(state, result)
+        ended = journal.Ended(state=state, error=error, traceback=traceback, result=result)
+        try:
+            await self.journal(ended)
+        except RecordTooLarge:
+            error = (
+                f"error: the handler's return value is {len(result or b'')} bytes pickled, more "
+                "than a journal record can hold; return less (store big data elsewhere and "
+                "return a reference)"
+            )
+            await self.journal(journal.Ended(state=wire.ERROR, error=error))
         self.ended = True
         log.info("session %s: %s %s", self.job.session_id, state, error)
-        await self._after_end(state, result)
+        await drop_subscriptions(self.nc, self.job.session_id, self.history, self.syscalls)
 
-    async def _after_end(self, state: str, result: bytes | None) -> None:
-        """Drops the session's subscriptions and tells a parent session that its child ended."""
+    async def _tell_parent(self, state: str, result: bytes | None) -> None:
+        """A child session's end reaches its parent's inbox (once: de-duplicated by id)."""
         job = self.job
+        if not job.parent_session_id:
+            return
+        msg = wire.InboxMessage(
+            kind=wire.INBOX_CHILD_END,
+            name=job.session_id,
+            completed=state == wire.COMPLETED,
+            payload=result if result is None or len(result) <= MAX_RESULT else None,
+        )
+        await self.pub.publish(
+            subjects.inbox_subject(job.parent_session_id),
+            wire.encode(msg),
+            headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},
+        )
+
+    # --- the attempt
+
+    async def traced(self, parent: Context) -> Outcome:
+        """Runs the attempt inside the session's span (a child of whatever started it)."""
+        job = self.job
+        ctx = tracing.with_session(parent, job.session_id, job.project_id, job.deployment_id)
+        attrs = {**self.attrs, "ak.entrypoint": job.entrypoint, "ak.attempt": self.attempt}
+        name = f"session {job.entrypoint}"
+        with self.tel.span(name, parent=ctx, kind=SpanKind.CONSUMER, attributes=attrs) as span:
+            self.span = span
+            if self.attempt > 1:
+                span.add_event(
+                    "replay",
+                    {"ak.attempt": self.attempt, "ak.replayed_steps": len(self.history.steps)},
+                )
+            return await self.run()
+
+    async def run(self) -> Outcome:
+        """The attempt, start to end; never raises for what a session or NATS can cause."""
         try:
-            if self.replay.subscribed or self.syscalls.subscribed:
-                args = {"session_id": job.session_id}
-                await bus.store_call(self.nc, "subscription.delete", args)
-        except AKError as e:
-            log.warning("session %s: subscriptions not removed: %s", job.session_id, e)
-        if job.parent_session_id:
-            msg = wire.InboxMessage(
-                kind=wire.INBOX_CHILD_END,
-                name=job.session_id,
-                completed=state == wire.COMPLETED,
-                payload=result,
-            )
-            await self.pub.publish(
-                subjects.inbox_subject(job.parent_session_id),
-                wire.encode(msg),
-                headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},
-            )
+            await self._run()
+            return Outcome.ENDED
+        except Fenced as e:
+            log.warning("session %s: attempt %d stops: %s", self.job.session_id, self.attempt, e)
+            return Outcome.FENCED
+        except (*TRANSIENT, Unavailable) as e:
+            return await self._retry(e)
+        except SessionError as e:
+            return await self.fail(str(e))
+        except RecordTooLarge as e:
+            return await self.fail(f"error: {e}; the session cannot go on")
+        except Exception as e:  # a bug of ours: it would happen again, so do not loop
+            log.exception("session %s: runner failure", self.job.session_id)
+            return await self.fail(f"error: the runner failed running this session: {e!r}")
+
+    async def _retry(self, e: BaseException) -> Outcome:
+        why = f"{type(e).__name__}: {e}".rstrip(": ")
+        log.warning(
+            "session %s: attempt %d stops, will retry: %s", self.job.session_id, self.attempt, why
+        )
+        try:
+            await self.journal(journal.Retry(attempt=self.attempt, error=why))
+        except Fenced:
+            return Outcome.FENCED
+        except Exception as err:  # the journal may be what is away
+            log.debug("session %s: retry not journaled: %r", self.job.session_id, err)
+        return Outcome.RETRY
+
+    async def fail(self, error: str) -> Outcome:
+        """Ends the session in ERROR with ``error`` (unless it ended already)."""
+        if self.ended:
+            return Outcome.ENDED
+        try:
+            await self.end(wire.ERROR, error)
+        except Fenced:
+            return Outcome.FENCED
+        except (*TRANSIENT, Unavailable) as e:
+            return await self._retry(e)
+        return Outcome.ENDED
 
     async def _code(self) -> tuple[Path, bytes | None]:
         """The build's directory (fetched and unpacked once per runner: builds never change)
@@ -233,10 +277,13 @@ class SessionRun:
         known = self.host.builds.get(self.job.build_id)
         if known is not None:
             return known
-        code_dir = self.cache / self.job.build_id
+        code_dir = self.host.cache / self.job.build_id
         if not code_dir.is_dir():  # unpacked atomically, so a directory is a whole build
             build = await bus.store_call(self.nc, "build.get", {"build_id": self.job.build_id})
-            code_dir = unpack_build(self.cache, self.job.build_id, build["files"])
+            # Thousands of files take seconds: off the event loop, which heartbeats.
+            code_dir = await asyncio.to_thread(
+                unpack_build, self.host.cache, self.job.build_id, build["files"]
+            )
         req = code_dir / REQUIREMENTS_FILE
         known = self.host.builds[self.job.build_id] = (
             code_dir,
@@ -244,33 +291,51 @@ class SessionRun:
         )
         return known
 
-    async def run(self) -> None:
+    async def _prepare(self) -> tuple[Path, bytes | None, dict[str, str]]:
+        """The code and the project's vars, waiting while the store is away (the job is
+        held and heartbeated meanwhile: no attempt is spent on it)."""
+        job, pause = self.job, 0.5
+        while True:
+            try:
+                code = await self._code()
+                variables = await self.host.env_cache.call(
+                    self.nc, "session.env", {"project_id": job.project_id}, job.project_id
+                )
+                return *code, variables
+            except Unavailable as e:
+                if not self.lease.valid():
+                    raise Fenced(f"lost its job while the store was away ({e})") from None
+                log.warning("session %s: %s; waiting", job.session_id, e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def _run(self) -> None:
         job = self.job
-        started: dict[str, Any] = {"runner": self.runner_id, "attempt": self.attempt}
-        if self.attempt > 1:
-            started["replayed_steps"] = len(self.replay.steps)
-            started["read_us"] = self.replay.read_us
+        started = journal.Started(
+            runner=self.host.runner_id,
+            attempt=self.attempt,
+            replayed_steps=len(self.history.steps),
+            read_us=self.read_us,
+        )
         try:
-            code_dir, requirements = await self._code()
-            variables = await self.host.env_cache.call(
-                self.nc, "session.env", {"project_id": job.project_id}, job.project_id
-            )
-        except Unavailable:
-            raise  # the store is away for now: the job goes back to the queue, nothing is lost
+            code_dir, requirements, variables = await self._prepare()
         except (AKError, OSError, ValueError) as e:
-            await self.journal(wire.STARTED, started)
+            if isinstance(e, Unavailable):
+                raise
+            await self.journal(started)  # fenced: the session is still this attempt's
             await self.end(wire.ERROR, f"error: could not prepare the session's code: {e}")
             return
-        await self.journal(wire.STARTED, started)
+        await self.journal(started)  # the attempt's first write: a stale one stops here
+        self._fault("started")
         try:
-            python, extra_env, self.python_env = await self.envs.python_for(requirements)
+            python, extra_env, self.python_env = await self.host.envs.python_for(requirements)
         except EnvError as e:
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
         base = self.host.spawn_env(extra_env)
         self.env = {**variables, **extra_env}
         try:
-            worker = await self.pool.take(python, base, job.project_id)
+            worker = await self.host.pool.take(python, base, job.project_id)
         except OSError as e:
             await self.end(
                 wire.ERROR,
@@ -280,19 +345,20 @@ class SessionRun:
             return
         worker.reusable = False  # until its session ends with a `done` that says so
         watch = self.host.inboxes
-        live = watch.live
-        live[job.session_id] = self.inbox
+        watch.live[job.session_id] = self.inbox
         try:
             fresh = self.attempt == 1 and watch.heard_all_since(self.queued_at)
             if not fresh or watch.heard_of(job.session_id):
                 await self.inbox.open()  # something may be waiting: look
             await self._run_until_stopped(worker, code_dir)
         finally:
+            if not self.ended:
+                worker.kill()  # whatever stopped the attempt, its handler must not go on
             self._awake()
-            if live.get(job.session_id) is self.inbox:
-                del live[job.session_id]
+            if watch.live.get(job.session_id) is self.inbox:
+                del watch.live[job.session_id]
             await self.inbox.close()
-            await self.pool.give_back(worker, python, base, job.project_id)
+            await self.host.pool.give_back(worker, python, base, job.project_id)
 
     def _awake(self) -> None:
         if self.asleep:
@@ -305,124 +371,61 @@ class SessionRun:
             self._stop.set()
 
     async def _run_until_stopped(self, worker: WorkerProcess, code_dir: Path) -> None:
-        """Runs the conversation; a stop request kills the worker wherever the handler is."""
+        """Runs the conversation; a stop request kills the worker wherever the handler is,
+        and so does the loss of the job."""
         talk = asyncio.create_task(self._converse(worker, code_dir))
         stop = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({talk, stop}, return_when=asyncio.FIRST_COMPLETED)
+        lost = asyncio.create_task(self.lease.lost.wait())
+        await asyncio.wait({talk, stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (stop, lost):
+            t.cancel()
         if talk.done():
-            stop.cancel()
             talk.result()
             return
         talk.cancel()
+        worker.kill()
         await asyncio.gather(talk, return_exceptions=True)
-        if worker.proc.returncode is None:
-            worker.proc.kill()
+        if self.lease.lost.is_set():
+            raise Fenced(f"it lost its job ({self.lease.lost_because})")
         if not self.ended:
             await self.end(wire.STOPPED, self.stop_reason or "stopped")
 
-    async def _syscall(self, worker: WorkerProcess, header: dict[str, Any], blob: bytes) -> None:
-        """Serves one system call; in handler code its outcome is journaled first."""
-        name, step = str(header.get("name", "")), header.get("step")
-        args = header.get("args") or {}
-        reply: dict[str, Any] = {"type": "syscall"}
-        with self.tel.span(name, attributes={"ak.step": int(step or 0)}) as span:
-            try:
-                result, inbox_seq = await self.syscalls.call(name, args, blob, step)
-                rblob = pickle.dumps(result) if result is not None else b""
-            except SyscallError as e:
-                reply["error"], rblob, inbox_seq = str(e), b"", None
-                tracing.fail(span, "AutoKittehError")
-        if step:
-            data: dict[str, Any] = {
-                "step": int(step),
-                "function": name,
-                "args": args,
-                "result": rblob,
-            }
-            if "error" in reply:
-                data["error"] = reply["error"]
-            if inbox_seq:
-                data["inbox_seq"] = inbox_seq
-            await self.journal(name, data)  # write-ahead: acked before the worker sees it
-        await worker.send(reply, rblob)
-
-    async def _sleep(self, worker: WorkerProcess, header: dict[str, Any]) -> None:
-        """Journals a durable sleep's deadline, then tells the worker when to wake up."""
-        seconds = max(0.0, float(header.get("seconds", 0)))
-        deadline = timefmt.now_us() + int(seconds * 1_000_000)
-        data = {
-            "step": int(header["step"]),
-            "function": "sleep",
-            "seconds": seconds,
-            "deadline_us": deadline,
-        }
-        await self.journal(SLEEP, data)
-        await worker.send({"type": "sleep", "deadline_us": deadline})
-        if seconds >= 1 and not self.asleep:  # until the worker's next frame
-            self.asleep = True
-            self.host.admission.begin()
-        self._step_span(
-            "sleep",
-            time.time_ns(),
-            deadline * 1000,
-            {"ak.step": int(header["step"]), "ak.sleep.seconds": seconds},
-        )
+    # --- the conversation with the worker
 
     async def _converse(self, worker: WorkerProcess, code_dir: Path) -> None:
         job = self.job
-        init = {
-            "data": job.data,
-            "event_type": job.event_type,
-            "event_id": job.event_id,
-            "replay": self.replay.for_worker(),
+        init = {"data": job.data, "event_type": job.event_type, "event_id": job.event_id}
+        start = {
+            "type": "start",
+            "code_dir": str(code_dir),
+            "entrypoint": job.entrypoint,
+            "session_id": job.session_id,
+            "is_durable": job.is_durable,
+            "python_env": self.python_env,
+            "env": self.env,
+            "prints": self.history.prints,
         }
-        await worker.send(
-            {
-                "type": "start",
-                "code_dir": str(code_dir),
-                "entrypoint": job.entrypoint,
-                "session_id": job.session_id,
-                "is_durable": job.is_durable,
-                "python_env": self.python_env,
-                "env": self.env,
-            },
-            pickle.dumps(init),
-        )
-        async for header, blob in worker.frames():
-            self._awake()
-            kind = header.get("type")
-            if kind == "print":
-                await self.journal(wire.PRINT, print_data(header))
-            elif kind == ACTIVITY:
-                await self.journal(ACTIVITY, activity_data(header, blob))
-                await worker.send({"type": "ack"})
-                now = time.time_ns()
-                function = str(header.get("function", ""))
-                self._step_span(
-                    f"activity {function}",
-                    int(header.get("t0_ns") or now),
-                    int(header.get("t1_ns") or now),
-                    {"ak.activity.function": function, "ak.activity.seq": int(header["step"])},
-                    "" if header.get("ok") else str(header.get("error_type") or "Exception"),
-                )
-            elif kind == SLEEP:
-                await self._sleep(worker, header)
-            elif kind == "syscall":
-                await self._syscall(worker, header, blob)
-            elif kind == "done":
-                worker.reusable = bool(header.get("reusable"))
-                if header.get("ok"):
-                    await self.end(wire.COMPLETED, result=blob or None)
+        await worker.send(start, pickle.dumps(init))
+        try:
+            async for header, blob in worker.frames():
+                self._awake()
+                frame = parse(header)
+                if isinstance(frame, PrintFrame):
+                    await self._print(frame)
+                elif isinstance(frame, StepFrame):
+                    await self._step(worker, frame, blob)
+                elif isinstance(frame, ActivityFrame):
+                    await self._activity(worker, frame, blob)
+                elif isinstance(frame, SyscallFrame):
+                    await self._plain_syscall(worker, frame, blob)
                 else:
-                    await self.end(
-                        wire.ERROR,
-                        header.get("error", "error"),
-                        header.get("traceback", ""),
-                        error_type=str(header.get("error_type", "")),
-                    )
-                return
-            else:
-                log.warning("session %s: unknown worker frame %r", job.session_id, kind)
+                    await self._done(worker, frame, blob)
+                    return
+        except FrameError as e:
+            raise SessionError(
+                f"error: the worker process sent a malformed message ({e}); the session was "
+                "ended so that it does not repeat it"
+            ) from None
         code = await worker.close()
         tail = "".join(worker.stderr_tail).strip()
         await self.end(
@@ -430,3 +433,157 @@ class SessionRun:
             f"error: worker process exited with code {code} before the handler finished",
             tail,
         )
+
+    async def _print(self, f: PrintFrame) -> None:
+        if self.history.is_replayed_print(f.n):
+            return  # printed by an earlier attempt
+        text, cut = cut_print(f.text.removesuffix("\n"))
+        await self.journal(
+            journal.Print(
+                text=text, n=0 if f.activity else f.n, activity=f.activity, cut=f.cut or cut
+            )
+        )
+
+    async def _done(self, worker: WorkerProcess, f: DoneFrame, blob: bytes) -> None:
+        worker.reusable = f.reusable
+        if f.ok:
+            await self.end(wire.COMPLETED, result=blob or None)
+        else:
+            await self.end(wire.ERROR, f.error or "error", f.traceback, error_type=f.error_type)
+
+    async def _step(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
+        """A durable step: recorded (replayed) or live. Steps come in order, one at a time."""
+        if not self.job.is_durable or f.step != self.next_step or self.granted is not None:
+            raise FrameError(f"step {f.step} out of turn (expected step {self.next_step})")
+        try:
+            rec = self.history.replay(f.step, f.kind, f.function, f.where)
+        except journal.NonDeterminism as e:
+            await self.journal(journal.Print(text=str(e)))
+            raise SessionError(str(e)) from None
+        self.next_step += 1
+        if rec is not None:
+            await worker.send(*replayed_reply(rec))
+            return
+        self._fault("step", f.step)
+        if not self.lease.valid():  # a frozen runner's worker starts nothing new
+            raise Fenced(f"it lost its job before step {f.step} ({self.lease.lost_because})")
+        if f.kind == Kind.ACTIVITY:
+            self.granted = f
+            await worker.send({"type": "step", "go": True})
+        elif f.kind == Kind.SLEEP:
+            await self._sleep(worker, f)
+        elif f.kind in journal.SYSCALLS:
+            await self._syscall(worker, f, blob)
+        else:
+            raise FrameError(f"step {f.step} has an unknown kind {f.kind!r}")
+
+    async def _activity(self, worker: WorkerProcess, f: ActivityFrame, blob: bytes) -> None:
+        granted, self.granted = self.granted, None
+        if granted is None or (granted.step, granted.function) != (f.step, f.function):
+            raise FrameError(f"activity {f.function!r} of step {f.step} was not asked for")
+        if len(blob) > MAX_RESULT + 1024:
+            raise SessionError(
+                f"error: the outcome of activity {f.function!r} is {len(blob)} bytes, over "
+                f"the {MAX_RESULT} byte limit"
+            )
+        rec = journal.Activity(
+            step=f.step,
+            function=f.function,
+            ok=f.ok,
+            result=blob,
+            digest=f.digest,
+            error="" if f.ok else f.error,
+        )
+        await self.journal(rec, f.step)  # write-ahead: acked before the worker goes on
+        await worker.send({"type": "ack"})
+        now = time.time_ns()
+        self._step_span(
+            f"activity {f.function}",
+            f.t0_ns or now,
+            f.t1_ns or now,
+            {"ak.activity.function": f.function, "ak.activity.seq": f.step},
+            "" if f.ok else (f.error_type or "Exception"),
+        )
+
+    async def _sleep(self, worker: WorkerProcess, f: StepFrame) -> None:
+        """Journals a durable sleep's deadline, then tells the worker when to wake up."""
+        seconds = max(0.0, f.seconds)
+        deadline = timefmt.now_us() + int(seconds * 1_000_000)
+        await self.journal(
+            journal.Sleep(step=f.step, seconds=seconds, deadline_us=deadline), f.step
+        )
+        await worker.send({"type": "step", "deadline_us": deadline})
+        if seconds >= 1 and not self.asleep:  # until the worker's next frame
+            self.asleep = True
+            self.host.admission.begin()
+        self._step_span(
+            "sleep",
+            time.time_ns(),
+            deadline * 1000,
+            {"ak.step": f.step, "ak.sleep.seconds": seconds},
+        )
+
+    async def _syscall(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
+        """A system call of handler code: its outcome is journaled before the worker has it."""
+        reply, rblob, inbox_seq = await self._serve(f.kind, f.args, blob, f.step)
+        rec = journal.Syscall(
+            step=f.step,
+            function=f.kind,
+            args=f.args,
+            result=rblob,
+            error=reply.get("error", ""),
+            inbox_seq=inbox_seq or 0,
+        )
+        await self.journal(rec, f.step)  # write-ahead: acked before the worker sees it
+        await worker.send({**reply, "type": "step"}, rblob)
+
+    async def _plain_syscall(self, worker: WorkerProcess, f: SyscallFrame, blob: bytes) -> None:
+        """A system call made inside an activity or by a session that is not durable."""
+        reply, rblob, _ = await self._serve(f.name, f.args, blob, None)
+        await worker.send(reply, rblob)
+
+    async def _serve(
+        self, name: str, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[dict[str, Any], bytes, int | None]:
+        reply: dict[str, Any] = {"type": "syscall"}
+        with self.tel.span(name, attributes={"ak.step": step or 0}) as span:
+            try:
+                result, inbox_seq = await self.syscalls.call(name, args, blob, step)
+                rblob = pickle.dumps(result) if result is not None else b""
+            except SyscallError as e:
+                reply["error"], rblob, inbox_seq = str(e), b"", None
+                tracing.fail(span, "AutoKittehError")
+        return reply, rblob, inbox_seq
+
+    def _step_span(
+        self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any], error_type: str = ""
+    ) -> None:
+        """A span for a step that already happened (its times measured elsewhere)."""
+        span = self.tel.start_span(name, attributes={**self.attrs, **attrs}, start_time=start_ns)
+        if error_type:
+            tracing.fail(span, error_type)
+        span.end(end_time=end_ns)  # never before its start (``_Span.end`` sees to it)
+
+
+def replayed_reply(rec: journal.Step) -> tuple[dict[str, Any], bytes]:
+    """The reply to a step the journal already has: its recorded outcome."""
+    if isinstance(rec, journal.Activity):
+        return {"type": "step", "replayed": True, "ok": rec.ok}, rec.result
+    if isinstance(rec, journal.Sleep):
+        return {"type": "step", "replayed": True, "deadline_us": rec.deadline_us}, b""
+    reply: dict[str, Any] = {"type": "step", "replayed": True}
+    if rec.error:
+        reply["error"] = rec.error
+    return reply, rec.result
+
+
+async def drop_subscriptions(
+    nc: Client, session_id: str, history: journal.History, syscalls: Syscalls | None = None
+) -> None:
+    """Removes an ended session's event subscriptions, if it made any (best effort)."""
+    if not (history.subscribed or (syscalls is not None and syscalls.subscribed)):
+        return
+    try:
+        await bus.store_call(nc, "subscription.delete", {"session_id": session_id})
+    except (AKError, *TRANSIENT) as e:
+        log.warning("session %s: subscriptions not removed: %s", session_id, e)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, cel, ids, subjects, timefmt, wire
+from akcore import bus, cel, ids, subjects, wire
 from akcore.errors import AKError, InvalidArgument, NotFound
+from akcore.journal import Kind
 from akcore.manifest import parse_call
 from akcore.sessions import publish_session
 from nats.aio.client import Client
@@ -35,13 +37,17 @@ class Syscalls:
     async def call(
         self, name: str, args: dict[str, Any], blob: bytes, step: int | None
     ) -> tuple[Any, int | None]:
-        handler = getattr(self, f"_{name}", None)
+        """Serves system call ``name`` (``step``: its durable step, None outside one).
+        Arguments of the wrong type are the handler's error, not the runner's."""
+        handler = _TABLE.get(name)
         if handler is None:
             raise SyscallError(f"unknown system call {name!r}")
         try:
-            return await handler(args, blob, step)  # type: ignore[no-any-return]
+            return await handler(self, args, blob, step)
         except AKError as e:
             raise SyscallError(e.message) from None
+        except (TypeError, ValueError, KeyError) as e:
+            raise SyscallError(f"bad arguments: {e!r}") from None
 
     # --- events
 
@@ -143,8 +149,10 @@ class Syscalls:
             target = await bus.store_call(self.nc, "project.active", {"project": args["project"]})
             project_id, deployment_id = target["project_id"], target["deployment_id"]
             build_id = target["build_id"]
+        # A replayed step names the same child (JetStream drops the repeat): its id derives
+        # from the parent's and the step.
         key = f"{job.session_id}:start:{step}"
-        sid = ids.derived_id("ses", timefmt.now_us() // 1000, key) if step else ids.new_id("ses")
+        sid = ids.derived_id("ses", ids.time_ms(job.session_id), key) if step else ids.new_id("ses")
         child = wire.Job(
             session_id=sid,
             project_id=project_id,
@@ -200,3 +208,20 @@ class Syscalls:
             wire.pack({"session_id": self.job.session_id, "value": args.get("value")}),
         )
         return None, None
+
+
+Handler = Callable[[Syscalls, dict[str, Any], bytes, int | None], Awaitable[tuple[Any, int | None]]]
+
+# Every system call a worker may ask for, by the name the SDK and the journal give it.
+_TABLE: dict[str, Handler] = {
+    Kind.SUBSCRIBE: Syscalls._subscribe,
+    Kind.UNSUBSCRIBE: Syscalls._unsubscribe,
+    Kind.NEXT_EVENT: Syscalls._next_event,
+    Kind.SIGNAL: Syscalls._signal,
+    Kind.NEXT_SIGNAL: Syscalls._next_signal,
+    Kind.START: Syscalls._start,
+    Kind.VALUE: Syscalls._value,
+    Kind.VALUE_KEYS: Syscalls._value_keys,
+    Kind.VALUE_PUBLISH: Syscalls._value_publish,
+    Kind.OUTCOME: Syscalls._outcome,
+}

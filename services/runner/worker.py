@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autokitteh._channel import HEADER_SIZE, decode_header, encode_frame, split_sizes
+from autokitteh._frames import FrameError
 
 STDERR_TAIL = 20
 EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting its exit
@@ -181,7 +182,9 @@ class ForkedProcess:
         self._exited.set()
 
     def kill(self) -> None:
+        """Kills the worker and every process it started (its process group)."""
         if self._pidfd >= 0:  # a pidfd never names another process, even if the pid is reused
+            _kill_group(self.pid)  # (its group: the worker, alive and unreaped, leads it)
             try:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             except ProcessLookupError:
@@ -193,9 +196,17 @@ class ForkedProcess:
         return self.returncode
 
 
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class WorkerProcess:
     """A ``python -m autokitteh._worker`` process (started, or forked by a fork server)
-    with two private pipes for frames."""
+    with two private pipes for frames. It leads a process group of its own, so that what
+    a handler starts dies with it."""
 
     def __init__(
         self,
@@ -222,6 +233,7 @@ class WorkerProcess:
                 code_dir,
                 env,
                 stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
             )
         except BaseException:
             for fd in (to_child_w, from_child_r):
@@ -262,16 +274,29 @@ class WorkerProcess:
         await self._writer.drain()
 
     async def frames(self) -> AsyncIterator[tuple[dict[str, Any], bytes]]:
-        """Frames from the worker until it closes its end."""
+        """Frames from the worker until it closes its end; FrameError when one is not a
+        frame (too large, or a header that is not a JSON map with a type)."""
         while True:
             try:
                 prefix = await self._reader.readexactly(HEADER_SIZE)
                 hlen, blen = split_sizes(prefix)
                 head = await self._reader.readexactly(hlen)
                 blob = await self._reader.readexactly(blen) if blen else b""
+                header = decode_header(head)
             except asyncio.IncompleteReadError:
                 return
-            yield decode_header(head), blob
+            except (ValueError, RecursionError) as e:  # over the size limit, or not JSON
+                raise FrameError(str(e)) from None
+            yield header, blob
+
+    def kill(self) -> None:
+        """Kills the worker and everything it started, now."""
+        if self.proc.returncode is not None:
+            return
+        if isinstance(self.proc, ForkedProcess):
+            self.proc.kill()
+        else:
+            _kill_group(self.proc.pid)
 
     async def close(self) -> int:
         """Stops the worker (if still running) and returns its exit code."""

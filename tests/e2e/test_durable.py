@@ -4,7 +4,6 @@ reference's instrumentation cases, against a real `ak up --mode dev`."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ import time
 import autokitteh
 
 DIR = os.environ["MARKER_DIR"]
-MODE = open(os.path.join(DIR, "mode")).read()  # module level: runs plainly, on every replay
+C1 = os.path.join(DIR, "c1")  # module level: runs plainly, on every replay
 
 
 def _bump(name):
@@ -68,19 +67,21 @@ def crash_in_sleep(event):
 def crash_between(event):
     n = draw("a2")
     print("drew", n)
-    total = 0
-    for i in range(60_000_000):  # plain workflow code, long enough to be killed in
-        total += i
     print("b", draw("b2"))
 
 
 def crash_inside(event):
     n = draw("a3")
-    print(slow("b3", 3), n)
+    print(slow("b3", 0.1), n)
 
 
 def changes(event):
-    if MODE == "one":
+    try:
+        with open(C1):  # a builtin: runs plainly, so a replay sees what attempt 1 left
+            seen = True
+    except FileNotFoundError:
+        seen = False
+    if not seen:
         print("one", draw("c1"))
     else:
         print("other", random.random())
@@ -203,6 +204,15 @@ def whole(event):
 """
 
 NAMES = ["crash_in_sleep", "crash_between", "crash_inside", "changes"]
+# The runner dies where each crash test needs it (its test hook): right after the sleep's
+# record is acknowledged, between two activities, with an activity finished but not yet
+# journaled, and after the step that the replay will take another path at.
+FAULTS = (
+    "crash journaled step=2 entry=crash.py:crash_in_sleep; "
+    "crash journaled step=1 entry=crash.py:crash_between; "
+    "crash journaling step=2 entry=crash.py:crash_inside; "
+    "crash journaled step=1 entry=crash.py:changes"
+)
 CASE_NAMES = [
     "nested_and_prints",
     "exceptions",
@@ -222,8 +232,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[
     home = tmp_path_factory.mktemp("durable")
     markers = home / "markers"
     markers.mkdir()
-    (markers / "mode").write_text("one")
-    stack = start_stack(home, {"MARKER_DIR": str(markers), "AK_JOBS__ACK_WAIT": "3"})
+    settings = {"MARKER_DIR": str(markers), "AK_JOBS__ACK_WAIT": "3", "AK_TEST__FAULTS": FAULTS}
+    stack = start_stack(home, settings)
     triggers = "".join(TRIGGER.format(name=n, call=f"crash.py:{n}") for n in NAMES)
     triggers += "".join(TRIGGER.format(name=n, call=f"cases.py:{n}") for n in CASE_NAMES)
     triggers += TRIGGER.format(name="plain", call="cases.py:no_activity")
@@ -263,13 +273,6 @@ def _calls(log: list[dict[str, Any]]) -> list[str]:
     return [e["call_spec"]["function"] for e in log if e["type"] == "call_spec"]
 
 
-def _wait_file(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 def _attempts(log: list[dict[str, Any]]) -> list[int]:
     return [
         e["state"]["running"]["attempt"]
@@ -280,10 +283,7 @@ def _attempts(log: list[dict[str, Any]]) -> list[int]:
 
 def test_crash_during_durable_sleep(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, markers = env
-    sid = _fire(stack, paths["crash_in_sleep"])
-    _wait_file(markers / "a1")
-    time.sleep(0.5)  # into the sleep
-    stack.kill_runner()
+    sid = _fire(stack, paths["crash_in_sleep"])  # its runner dies as the sleep is journaled
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert (markers / "a1").read_text() == "+"  # the activity ran exactly once
@@ -303,10 +303,7 @@ def test_crash_during_durable_sleep(env: tuple[Stack, dict[str, str], Path]) -> 
 
 def test_crash_between_activities(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, markers = env
-    sid = _fire(stack, paths["crash_between"])
-    _wait_file(markers / "a2")
-    time.sleep(0.3)  # in the plain loop between the two activities
-    stack.kill_runner()
+    sid = _fire(stack, paths["crash_between"])  # its runner dies once step 1 is journaled
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert (markers / "a2").read_text() == "+"
@@ -317,9 +314,7 @@ def test_crash_between_activities(env: tuple[Stack, dict[str, str], Path]) -> No
 
 def test_crash_inside_activity_runs_it_again(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, markers = env
-    sid = _fire(stack, paths["crash_inside"])
-    _wait_file(markers / "b3.running")
-    stack.kill_runner()
+    sid = _fire(stack, paths["crash_inside"])  # dies before step 2's outcome is journaled
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert (markers / "a3").read_text() == "+"  # finished before the crash: exactly once
@@ -330,11 +325,7 @@ def test_crash_inside_activity_runs_it_again(env: tuple[Stack, dict[str, str], P
 
 def test_non_determinism_is_reported(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, markers = env
-    (markers / "mode").write_text("one")
-    sid = _fire(stack, paths["changes"])
-    _wait_file(markers / "c1")
-    (markers / "mode").write_text("two")  # the module will take the other branch on replay
-    stack.kill_runner()
+    sid = _fire(stack, paths["changes"])  # dies after step 1; the replay takes another path
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "ERROR"
     line = CRASH.splitlines().index('        print("other", random.random())') + 1
@@ -342,7 +333,7 @@ def test_non_determinism_is_reported(env: tuple[Stack, dict[str, str], Path]) ->
         f"non-determinism at crash.py:{line}: step 1 of the journal is activity " + '"draw", '
         'but the code now asks for activity "random"'
     ), session["error"]
-    (markers / "mode").write_text("one")
+    assert (markers / "c1").read_text() == "+"
 
 
 def test_nested_activity_and_interleaved_prints(env: tuple[Stack, dict[str, str], Path]) -> None:

@@ -6,6 +6,7 @@ from ak_runner.service import run as run_runner
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
 from akcore.config import Settings
+from akcore.sessions import publish_session
 
 from .conftest import running
 from .helpers import deploy, eventually, journal
@@ -29,14 +30,6 @@ async def test_job_runs_and_is_journaled(settings: Settings, monkeypatch) -> Non
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": CODE})
         sid = "ses_01m8cpgk96e6wakscbfn3064cx"
-        created = wire.JournalRecord(
-            sid,
-            0,
-            wire.CREATED,
-            1,
-            {"project_id": d["project_id"], "entrypoint": "simple.py:greet"},
-        )
-        await js.publish(subjects.journal_subject(sid), wire.encode(created))
         job = wire.Job(
             sid,
             d["project_id"],
@@ -48,7 +41,7 @@ async def test_job_runs_and_is_journaled(settings: Settings, monkeypatch) -> Non
             "post",
             {"body": {"bytes": b"hi", "text": "hi", "json": None, "form": None}},
         )
-        await js.publish(subjects.job_subject(sid), wire.encode(job))
+        await publish_session(bus.publisher(nc), job)
 
         async def ended() -> list[wire.JournalRecord] | None:
             recs = await journal(nc, sid)

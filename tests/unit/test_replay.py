@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ak_runner.session import replayed_reply
 from ak_runner.worker import WorkerProcess
-from akcore import wire
-from akcore.journal import replay_state
-from autokitteh._replay import NonDeterminismError, Replayer
+from akcore import journal, wire
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "journals"
 
@@ -58,62 +57,73 @@ def load(name: str) -> list[wire.JournalRecord]:
     return records
 
 
-def test_replay_state() -> None:
-    state = replay_state(load("crash_in_sleep.json"))
-    assert sorted(state.steps) == [1, 2, 3]
-    assert state.steps[1]["kind"] == "activity" and state.steps[3]["kind"] == "sleep"
-    assert state.prints == 3  # workflow prints; the activity's own print does not count
-    assert state.next_seq == 9 and not state.ended
+def test_history_of_a_journal() -> None:
+    history = journal.fold(load("crash_in_sleep.json"))
+    assert sorted(history.steps) == [1, 2, 3]
+    assert isinstance(history.steps[1], journal.Activity)
+    assert isinstance(history.steps[3], journal.Sleep)
+    assert history.prints == 3  # workflow prints; the activity's own print does not count
+    assert history.next_seq == 9 and history.ended is None and history.attempts == 1
 
 
-def test_replayer_take() -> None:
-    r = Replayer(replay_state(load("crash_in_sleep.json")).steps, 2)
-    assert pickle.loads(r.take(1, "activity", "randint", "h.py:9")["result"]) == 424242  # type: ignore[index]
-    assert r.take(4, "activity", "anything", "h.py:20") is None  # past the end: live
+def test_replay_rules() -> None:
+    history = journal.fold(load("crash_in_sleep.json"))
+    rec = history.replay(1, "activity", "randint", "h.py:9")
+    assert isinstance(rec, journal.Activity) and pickle.loads(rec.result) == 424242
+    assert history.replay(4, "activity", "anything", "h.py:20") is None  # past the end: live
     with pytest.raises(
-        NonDeterminismError,
+        journal.NonDeterminism,
         match=r'at h.py:9: step 1 of the journal is activity "randint", '
         r'but the code now asks for activity "choice"',
     ):
-        r.take(1, "activity", "choice", "h.py:9")
-    with pytest.raises(NonDeterminismError, match='step 3 of the journal is sleep "sleep"'):
-        r.take(3, "activity", "randint", "h.py:15")
-    assert r.is_replayed_print(2) and not r.is_replayed_print(3)
+        history.replay(1, "activity", "choice", "h.py:9")
+    with pytest.raises(journal.NonDeterminism, match='step 3 of the journal is sleep "sleep"'):
+        history.replay(3, "activity", "randint", "h.py:15")
+    assert history.is_replayed_print(3) and not history.is_replayed_print(4)
 
 
 async def _replay(tmp_path: Path, handler: str) -> list[tuple[dict[str, Any], bytes]]:
+    """Runs ``handler`` in a real worker against the fixture's history, answering its steps
+    as the runner does (``ak_runner.session``): recorded steps from the journal."""
     (tmp_path / "h.py").write_text(handler)
     (tmp_path / "helper.py").write_text(HELPER)
-    state = replay_state(load("crash_in_sleep.json"))
+    history = journal.fold(load("crash_in_sleep.json"))
     env = {"PATH": "/usr/bin:/bin", "SIDE_EFFECTS": str(tmp_path / "effects.txt")}
     w = await WorkerProcess.spawn(sys.executable, tmp_path, env)
-    init = {"data": {}, "event_type": "post", "event_id": "evt_1", "replay": state.for_worker()}
-    await w.send(
-        {
-            "type": "start",
-            "code_dir": str(tmp_path),
-            "entrypoint": "h.py:run",
-            "session_id": "ses_fixture",
-            "is_durable": True,
-        },
-        pickle.dumps(init),
-    )
+    init = {"data": {}, "event_type": "post", "event_id": "evt_1"}
+    start = {
+        "type": "start",
+        "code_dir": str(tmp_path),
+        "entrypoint": "h.py:run",
+        "session_id": "ses_fixture",
+        "is_durable": True,
+        "prints": history.prints,
+    }
+    await w.send(start, pickle.dumps(init))
     frames = []
     async for header, blob in w.frames():
         frames.append((header, blob))
-        if header["type"] in ("activity", "sleep"):  # nothing should be live before the end
-            await w.send({"type": "ack", "deadline_us": 0})
+        if header["type"] == "step":
+            try:
+                rec = history.replay(
+                    header["step"], header["kind"], header["function"], header["where"]
+                )
+            except journal.NonDeterminism as e:
+                frames.append(({"type": "non-determinism", "error": str(e)}, b""))
+                break
+            assert rec is not None, f"step {header['step']} is live: nothing should be"
+            await w.send(*replayed_reply(rec))
         if header["type"] == "done":
             break
+    w.kill()
     await w.close()
     return frames
 
 
 async def test_worker_replays_without_running_recorded_steps(tmp_path: Path) -> None:
     frames = await _replay(tmp_path, HANDLER)
-    assert [h for h, _ in frames[:-1]] == [
-        {"type": "print", "text": "again 424242\n", "n": 4},
-    ]
+    assert [h["type"] for h, _ in frames] == ["step", "step", "step", "print", "done"]
+    assert frames[3][0] == {"type": "print", "text": "again 424242\n", "n": 4}
     done, blob = frames[-1]
     assert done == {"type": "done", "ok": True, "reusable": True}
     assert pickle.loads(blob) == 424242
@@ -123,9 +133,7 @@ async def test_worker_replays_without_running_recorded_steps(tmp_path: Path) -> 
 async def test_changed_code_is_non_determinism(tmp_path: Path) -> None:
     changed = HANDLER.replace("random.randint(1, 1_000_000)", "random.choice([1, 2])")
     frames = await _replay(tmp_path, changed)
-    done = frames[-1][0]
-    assert done["ok"] is False
-    assert done["error"].startswith(
+    assert frames[-1][0]["error"].startswith(
         'non-determinism at h.py:9: step 1 of the journal is activity "randint", '
         'but the code now asks for activity "choice"'
     )

@@ -1,0 +1,188 @@
+"""A session's journal on JetStream: reading it back, and appending to it as its one writer.
+
+Only one attempt of a session may write its journal. Each append says which record it
+expects to be the subject's last (``Nats-Expected-Last-Subject-Sequence``): when another
+attempt wrote in between, JetStream refuses it, and the writer raises ``Fenced``. The
+attempt must then stop at once and touch nothing else (its worker killed, its job neither
+acked nor naked): the other attempt owns the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+
+from . import bus, journal, subjects, timefmt, wire
+
+log = logging.getLogger(__name__)
+
+ERR_WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject's last message is not the expected
+
+
+class Fenced(Exception):
+    """Another attempt of the session wrote its journal: this attempt no longer owns it."""
+
+
+class RecordTooLarge(Exception):
+    """A record over the NATS message limit: writing it again would fail again."""
+
+
+# Failures of a publish that may pass: the connection is away or JetStream is busy or full.
+TRANSIENT = (
+    NatsTimeout,
+    NoRespondersError,
+    NoStreamResponseError,
+    ConnectionClosedError,
+    OutboundBufferLimitError,
+    asyncio.TimeoutError,
+)
+
+
+async def last_seq(js: JetStreamContext, session_id: str) -> int:
+    """The stream sequence of the session's last record (0: none)."""
+    try:
+        raw = await js.get_last_msg(subjects.STREAM_JOURNAL, subjects.journal_subject(session_id))
+    except NotFoundError:
+        return 0
+    return raw.seq or 0
+
+
+async def read_journal(
+    js: JetStreamContext, session_id: str, timeout: float = 10.0
+) -> tuple[list[wire.JournalRecord], int]:
+    """Every record of one session, in order, and the stream sequence of the last one (0
+    when there is none): an ordered consumer read to the subject's last message. Raises
+    MalformedRecord for a record that cannot be decoded."""
+    subject = subjects.journal_subject(session_id)
+    try:
+        last = await js.get_last_msg(subjects.STREAM_JOURNAL, subject)
+    except NotFoundError:
+        return [], 0
+    out: list[wire.JournalRecord] = []
+    read_all = asyncio.Event()
+    failed: list[Exception] = []
+    last_seq = last.seq or 0
+    read_to = [0]  # the stream sequence of the last record read
+
+    # A callback, not next_msg: next_msg starts two tasks per message, which was most of
+    # the time a replay took to read a long journal.
+    async def on_msg(msg: Msg) -> None:
+        if read_all.is_set():
+            return
+        try:
+            read_to[0] = msg.metadata.sequence.stream
+            out.append(wire.decode(wire.JournalRecord, msg.data))
+            if read_to[0] >= last_seq or msg.metadata.num_pending == 0:
+                read_all.set()
+        except Exception as e:  # a malformed record: the caller hears of it
+            failed.append(journal.MalformedRecord(f"record at {read_to[0]}: {e}"))
+            read_all.set()
+
+    sub = await js.subscribe(
+        subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=on_msg
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await read_all.wait()
+        if failed:
+            raise failed[0]
+        return out, read_to[0]
+    finally:
+        await sub.unsubscribe()
+
+
+class JournalWriter:
+    """Appends one attempt's records to a session's journal, fenced (see the module).
+
+    ``last`` is the stream sequence of the subject's last record as this attempt knows it
+    (the ``created`` record's for a fresh start, the last one read for a replay); ``seq``
+    is the number of the next record. ``may_write`` says whether the attempt still holds
+    its job: while publishes fail for reasons that may pass, the writer retries as long as
+    it does."""
+
+    RETRY_PAUSE = 0.5
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        pub: bus.Publisher,
+        session_id: str,
+        last: int,
+        seq: int,
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.js, self.pub, self.session_id = js, pub, session_id
+        self.subject = subjects.journal_subject(session_id)
+        self.last, self.seq, self.may_write = last, seq, may_write
+        self.fenced = False
+
+    async def append(self, p: journal.Payload) -> int:
+        """Writes one record; returns once JetStream has it (write-ahead). Raises Fenced
+        when another attempt owns the journal, RecordTooLarge for a record over the limit.
+
+        The record number is taken before publishing: a stop can cancel this while the
+        publish is in flight (and already stored), and the next record must not reuse it."""
+        if self.fenced:
+            raise Fenced(f"session {self.session_id}: this attempt no longer owns the journal")
+        seq = self.seq
+        self.seq += 1
+        rec = journal.record(self.session_id, seq, p, timefmt.now_us())
+        data = wire.encode(rec)
+        headers = {
+            subjects.HDR_MSG_ID: f"{self.session_id}:{seq}",
+            subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: str(self.last),
+        }
+        pause = self.RETRY_PAUSE
+        while True:
+            try:
+                ack = await self.pub.publish(self.subject, data, headers=headers)
+            except APIError as e:
+                if e.err_code == ERR_WRONG_LAST_SEQUENCE:
+                    return await self._settle(data, "another attempt wrote the journal")
+                if e.code != 503:  # 503: the stream is full or has no leader for now
+                    raise
+                error: Exception = e
+            except TRANSIENT as e:
+                error = e
+            except Exception as e:
+                if type(e).__name__ == "MaxPayloadError":
+                    raise RecordTooLarge(
+                        f"a {rec.kind} record of {len(data)} bytes is over the NATS message limit"
+                    ) from None
+                raise
+            else:
+                if ack.get("duplicate"):  # never success: that number was someone else's
+                    return await self._settle(data, "JetStream already had this record number")
+                self.last = int(ack["seq"])
+                return self.last
+            # Stored or not? A retry tells: stored, it is refused as out of turn and
+            # _settle finds it is ours.
+            if not self.may_write():
+                raise self._fence(f"the attempt lost its job while writing ({error!r})")
+            log.warning("session %s: journal write failed (%r); retrying", self.session_id, error)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def _settle(self, data: bytes, why: str) -> int:
+        """A refused append: ours all the same if the subject's last record is exactly the
+        one we sent (an earlier try of this append was stored), else we are fenced."""
+        try:
+            last = await self.js.get_last_msg(subjects.STREAM_JOURNAL, self.subject)
+        except NotFoundError:
+            raise self._fence(f"{why} (the journal is gone: the session ended)") from None
+        if last.data == data and last.seq is not None:
+            self.last = last.seq
+            return self.last
+        raise self._fence(why)
+
+    def _fence(self, why: str) -> Fenced:
+        self.fenced = True
+        return Fenced(f"session {self.session_id}: {why}")

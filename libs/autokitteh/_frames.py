@@ -1,0 +1,116 @@
+"""The frames a worker sends its runner, one type each, parsed and checked where they enter
+the runner (``parse``): a malformed frame is a ``FrameError`` that ends its session alone.
+
+Worker to runner (each frame's JSON header has a ``type``; a blob may follow):
+  print     text of one print(); ``n`` numbers the handler's own prints, ``activity`` marks
+            a print made inside an activity. No reply.
+  step      before every durable step of handler code: ``step`` (1, 2, ...), ``kind``
+            (activity, sleep or a system call), ``function``, ``where`` (file:line); a sleep
+            has ``seconds``, a system call ``args`` (and a blob: a signal's payload).
+            Reply ``step``: recorded (``replayed``) or live (an activity's go-ahead, a
+            sleep's deadline, a system call's outcome).
+  activity  a live activity finished: its outcome (blob: the pickled value or exception).
+            Reply ``ack`` once it is journaled.
+  syscall   a system call that is not a durable step (inside an activity, or a session
+            that is not durable). Reply ``syscall``.
+  done      the handler returned (blob: its pickled value) or raised.
+Runner to worker: ``start`` (one session; the blob is a pickle of its inputs), and the
+replies above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._typed import TypeMismatch, typed
+
+# Characters of one print kept; a longer print is cut and says so.
+MAX_PRINT = 256 * 1024
+
+
+class FrameError(ValueError):
+    """A frame from the worker that does not fit the protocol."""
+
+
+@dataclass(frozen=True)
+class PrintFrame:
+    text: str
+    n: int = 0
+    activity: bool = False
+    cut: int = 0  # the length of the text printed, when longer than MAX_PRINT
+
+
+@dataclass(frozen=True)
+class StepFrame:
+    step: int
+    kind: str
+    function: str
+    where: str = ""
+    seconds: float = 0.0
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActivityFrame:
+    step: int
+    function: str
+    ok: bool
+    digest: str = ""
+    t0_ns: int = 0
+    t1_ns: int = 0
+    error: str = ""
+    error_type: str = ""
+
+
+@dataclass(frozen=True)
+class SyscallFrame:
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DoneFrame:
+    ok: bool
+    reusable: bool = False
+    error: str = ""
+    traceback: str = ""
+    error_type: str = ""
+
+
+Frame = PrintFrame | StepFrame | ActivityFrame | SyscallFrame | DoneFrame
+
+FRAMES: dict[str, type[Any]] = {
+    "print": PrintFrame,
+    "step": StepFrame,
+    "activity": ActivityFrame,
+    "syscall": SyscallFrame,
+    "done": DoneFrame,
+}
+
+
+def parse(header: dict[str, Any]) -> Frame:
+    """The typed frame of a header; raises FrameError."""
+    kind = header.get("type")
+    cls = FRAMES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise FrameError(f"unknown frame type {kind!r}")
+    try:
+        frame: Frame = typed(cls, header, f"{kind} frame")
+    except TypeMismatch as e:
+        raise FrameError(str(e)) from None
+    if isinstance(frame, (StepFrame, ActivityFrame)) and frame.step < 1:
+        raise FrameError(f"{kind} frame: step {frame.step} is not a step number")
+    return frame
+
+
+def cut_print(text: str) -> tuple[str, int]:
+    """A print's text within MAX_PRINT characters (and a line that says it was cut), and the
+    original length if it was cut. A text cut already is left as it is."""
+    if len(text) <= MAX_PRINT + _MARKER_ROOM:
+        return text, 0
+    marker = f"\n[... cut: {len(text):,} characters printed, the first {MAX_PRINT:,} kept]"
+    return text[:MAX_PRINT] + marker, len(text)
+
+
+_MARKER_ROOM = 100  # the marker's length, at most

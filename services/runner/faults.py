@@ -1,0 +1,100 @@
+"""Fault injection for tests: the runner crashes, stalls or stops heartbeating at a chosen
+point of a chosen session, so crash tests need no sleep timed to land in a window.
+
+Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``, each
+``<action> <point> [step=N] [entry=<file.py:function>] [attempt=N|any]``:
+
+  actions  ``crash`` (SIGKILL of the runner itself), ``stall=S`` (blocks the runner's event
+           loop for S seconds, as a synchronous call would), ``no_heartbeats`` (the session's
+           heartbeats stop from there on)
+  points   ``step`` (the worker asks for durable step N, before anything is done),
+           ``journaling`` (the record of step N is about to be written), ``journaled`` (it
+           was acknowledged, the worker not answered yet), ``started`` (the attempt's
+           ``started`` record was acknowledged; no step)
+
+A rule fires in the first attempt only unless it says ``attempt=any`` (or another number).
+Example: ``crash journaled step=1 entry=crash.py:in_sleep``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+ENV = "AK_TEST__FAULTS"
+ACTIONS = ("crash", "stall", "no_heartbeats")
+POINTS = ("step", "journaling", "journaled", "started")
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: str
+    point: str
+    seconds: float = 0.0
+    step: int = 0  # 0: any step
+    entry: str = ""  # "": any session
+    attempt: int = 1  # 0: any attempt
+
+    def matches(self, point: str, step: int, entry: str, attempt: int) -> bool:
+        return (
+            point == self.point
+            and self.step in (0, step)
+            and self.entry in ("", entry)
+            and self.attempt in (0, attempt)
+        )
+
+
+def parse(text: str) -> list[Rule]:
+    """The rules of an ``AK_TEST__FAULTS`` value; raises ValueError naming a bad one."""
+    rules = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        words = part.split()
+        if len(words) < 2:
+            raise ValueError(f"{ENV}: {part!r} needs an action and a point")
+        action, _, seconds = words[0].partition("=")
+        if action not in ACTIONS or words[1] not in POINTS:
+            raise ValueError(f"{ENV}: {part!r}: actions are {ACTIONS}, points {POINTS}")
+        opts = dict(w.partition("=")[::2] for w in words[2:])
+        attempt = opts.get("attempt", "1")
+        rules.append(
+            Rule(
+                action=action,
+                point=words[1],
+                seconds=float(seconds or 0),
+                step=int(opts.get("step", 0)),
+                entry=opts.get("entry", ""),
+                attempt=0 if attempt == "any" else int(attempt),
+            )
+        )
+    return rules
+
+
+class Faults:
+    """The rules in force in this runner (none outside tests)."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        return cls(parse(os.environ.get(ENV, "")))
+
+    def at(self, point: str, entry: str, attempt: int, step: int = 0) -> bool:
+        """Applies the rules for this point; True when heartbeats must stop."""
+        stop_beating = False
+        for rule in self.rules:
+            if not rule.matches(point, step, entry, attempt):
+                continue
+            log.warning("fault injected: %s at %s of step %d (%s)", rule.action, point, step, entry)
+            if rule.action == "crash":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif rule.action == "stall":
+                time.sleep(rule.seconds)  # on purpose: the event loop stalls
+            else:
+                stop_beating = True
+        return stop_beating

@@ -1,0 +1,72 @@
+"""An attempt's hold on its job: valid while JetStream confirms its heartbeats in time.
+
+JetStream gives a held job to another runner once ``ack_wait`` passes without an ack or an
+in-progress heartbeat. The server's deadline is at least ``ack_wait`` after the moment a
+heartbeat was sent (or after the pull request that delivered the job was sent), so an
+attempt may trust its hold until half of that: past it (a stalled event loop, a lost
+connection, a frozen process) the lease is lost for good, and the attempt stops without
+acking, naking or heartbeating again. Heartbeats are requests, so a sent one is known to
+have reached the server; one sent after the lease was lost never renews it, because by then
+the job may be another runner's (JetStream applies a heartbeat to the message, whichever
+delivery sent it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.aio.msg import Msg
+
+log = logging.getLogger(__name__)
+
+ACK_PROGRESS = b"+WPI"
+
+
+class Lease:
+    """``valid()`` while the job is surely this attempt's; ``keep()`` heartbeats it."""
+
+    def __init__(self, msg: Msg, ack_wait: float, since: float, session_id: str) -> None:
+        """``since``: the loop time when the pull request that delivered ``msg`` was sent."""
+        self.msg, self.ack_wait, self.session_id = msg, ack_wait, session_id
+        self._loop = asyncio.get_running_loop()
+        self.until = since + ack_wait / 2
+        self.lost_because = ""
+        self.lost = asyncio.Event()
+        self.beating = True  # the fault hook turns it off
+        self.on_lost: Callable[[str], None] | None = None
+
+    def valid(self) -> bool:
+        if self.lost.is_set():
+            return False
+        now = self._loop.time()
+        if now > self.until:
+            self.lose(f"no heartbeat confirmed for {now - self.until + self.ack_wait / 2:.1f}s")
+            return False
+        return True
+
+    def lose(self, why: str) -> None:
+        if self.lost.is_set():
+            return
+        self.lost_because = why
+        self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost(why)
+
+    async def keep(self) -> None:
+        """Heartbeats every sixth of the ack wait until the lease is lost or cancelled."""
+        every = self.ack_wait / 6
+        while self.valid():
+            sent = self._loop.time()
+            if self.beating:
+                try:
+                    await self.msg._client.request(
+                        self.msg.reply, ACK_PROGRESS, timeout=max(every, 0.5)
+                    )
+                except Exception as e:  # it counts only when the server answers
+                    log.debug("session %s: heartbeat not confirmed: %r", self.session_id, e)
+                else:
+                    if self.valid():  # never revive a lease that was lost meanwhile
+                        self.until = max(self.until, sent + self.ack_wait / 2)
+            await asyncio.sleep(max(0.0, sent + every - self._loop.time()))

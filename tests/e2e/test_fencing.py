@@ -1,0 +1,302 @@
+"""One writer per session under faults: a frozen or stalled runner's attempt is fenced off,
+a runner that cannot heartbeat stops its own attempts, and sessions that fail for a reason
+that repeats end in ERROR instead of running forever. Two runners, a 3 s ack wait; faults
+come from the runner's test hook (AK_TEST__FAULTS) or SIGSTOP, never from a timed sleep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Stack, start_stack, write_project
+
+MANIFEST = """\
+version: v1
+project:
+  name: fenced
+  triggers:
+{triggers}
+"""
+
+CODE = """\
+import os
+import time
+
+import autokitteh
+import autokitteh._runtime
+
+DIR = os.environ["MARKER_DIR"]
+
+
+@autokitteh.activity
+def effect(sid, name):
+    with open(os.path.join(DIR, f"{sid}.{name}"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return os.getpid()
+
+
+def frozen(event, session_id):
+    print("worker", effect(session_id, "a1"))
+    time.sleep(4)  # a durable sleep: its runner is frozen meanwhile
+    effect(session_id, "a2")
+    print("done")
+
+
+def stalled(event, session_id):
+    print("worker", effect(session_id, "a1"))
+    effect(session_id, "a2")
+    print("done")
+
+
+def no_beats(event, session_id):
+    effect(session_id, "a1")
+    time.sleep(3)
+    effect(session_id, "a2")
+    print("done")
+
+
+def crashes(event, session_id):
+    effect(session_id, "a1")
+
+
+def malformed(event):
+    autokitteh._runtime._runtime.channel.send({"type": "activity"})
+    time.sleep(60)
+
+
+def big_print(event):
+    print("x" * (9 * 1024 * 1024))
+    print("after")
+
+
+def plain(event):
+    print("fine")
+"""
+
+HANDLERS = ["frozen", "stalled", "no_beats", "crashes", "malformed", "big_print", "plain"]
+FAULTS = (
+    "stall=8 journaled step=1 entry=f.py:stalled; "
+    "no_heartbeats started entry=f.py:no_beats; "
+    "crash step step=1 entry=f.py:crashes attempt=any"
+)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[str, str], Path]]:
+    home = tmp_path_factory.mktemp("fencing")
+    markers = home / "markers"
+    markers.mkdir()
+    settings = {
+        "MARKER_DIR": str(markers),
+        "AK_JOBS__ACK_WAIT": "3",
+        "AK_JOBS__MAX_ATTEMPTS": "3",
+        "AK_TEST__FAULTS": FAULTS,
+    }
+    stack = start_stack(home, settings, ("--runners", "2"))
+    triggers = "".join(
+        f"    - name: {h}\n      call: f.py:{h}\n      webhook: {{}}\n" for h in HANDLERS
+    )
+    proj = write_project(
+        home / "proj", {"autokitteh.yaml": MANIFEST.format(triggers=triggers), "f.py": CODE}
+    )
+    try:
+        yield stack, stack.deploy_paths(proj), markers
+    finally:
+        stack.stop()
+
+
+def _fire(stack: Stack, path: str) -> str:
+    status, headers, _ = stack.request("POST", path, b"{}")
+    assert status == 202
+    return stack.session_of("fenced", headers["autokitteh-event-id"])
+
+
+def _log(stack: Stack, sid: str) -> list[dict[str, Any]]:
+    out = stack.ak("session", "log", sid, "-j", check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _attempts(log: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(attempt, runner) of each `started` record."""
+    return [
+        (e["state"]["running"]["attempt"], e["state"]["running"]["runner"])
+        for e in log
+        if e["type"] == "state" and "running" in e["state"]
+    ]
+
+
+def _wait(what: str, check: Any, stack: Stack, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}\n{stack.output()[-4000:]}"
+        time.sleep(0.1)
+    return found
+
+
+def _runs(markers: Path, sid: str, name: str) -> list[int]:
+    """The worker pids that ran activity ``name`` of session ``sid``, once per run."""
+    path = markers / f"{sid}.{name}"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _history(log: list[dict[str, Any]]) -> list[str]:
+    """The journal as a list of what happened, in order."""
+    out = []
+    for e in log:
+        if e["type"] == "state":
+            ((state, detail),) = e["state"].items()
+            out.append(f"{state}:{detail.get('attempt', '')}".rstrip(":"))
+        elif e["type"] == "call_spec":
+            out.append(f"call:{e['call_spec']['function']}")
+        elif e["type"] in ("sleep", "print"):
+            out.append(e["type"])
+    return out
+
+
+def test_a_frozen_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) -> None:
+    """SIGSTOP of the runner during a durable sleep: the other runner finishes the session;
+    when the frozen one wakes up, its worker (woken from the sleep, waiting for the go-ahead
+    of the next activity) is killed and nothing it does reaches the journal."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["frozen"])
+    _wait("the sleep never started", lambda: "sleep" in _history(_log(stack, sid)), stack)
+    ((_, runner),) = _attempts(_log(stack, sid))
+    pid = int(runner.rsplit("-", 1)[1])
+    worker = _runs(markers, sid, "a1")[0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        session = stack.wait_session(sid, timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert session["state"] == "COMPLETED", session
+    _wait(
+        "the woken runner did not stop its attempt",
+        lambda: f"session {sid}: attempt 1 stops" in stack.output(),
+        stack,
+    )
+    _wait(f"worker {worker} of the fenced attempt is still alive", lambda: _gone(worker), stack)
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    log = _log(stack, sid)
+    assert [a for a, _ in _attempts(log)] == [1, 2]
+    assert _attempts(log)[1][1] != runner  # the other runner
+    assert _history(log) == [
+        "created",
+        "running:1",
+        "call:effect",
+        "print",
+        "sleep",
+        "running:2",
+        "call:effect",
+        "print",
+        "completed",
+    ]
+    assert stack.ak("session", "prints", sid, "-n", check=True).stdout == (
+        f"worker {worker}\ndone\n"
+    )
+
+
+def test_a_stalled_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) -> None:
+    """The runner's event loop blocks for 8 s right after journaling step 1 (the fault
+    hook): its job goes to the other runner, which finishes the session; the stalled
+    attempt's next step is refused and its worker killed. Each activity ran once."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["stalled"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    _wait(
+        "the stalled runner did not stop its attempt",
+        lambda: f"session {sid}: attempt 1 stops" in stack.output(),
+        stack,
+    )
+    worker = _runs(markers, sid, "a1")[0]
+    _wait(f"worker {worker} of the fenced attempt is still alive", lambda: _gone(worker), stack)
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    log = _log(stack, sid)
+    assert [a for a, _ in _attempts(log)] == [1, 2]
+    assert _history(log) == [
+        "created",
+        "running:1",
+        "call:effect",
+        "running:2",
+        "print",
+        "call:effect",
+        "print",
+        "completed",
+    ]
+
+
+def test_a_runner_that_cannot_heartbeat_stops_its_attempt(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    stack, paths, markers = env
+    sid = _fire(stack, paths["no_beats"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    out = stack.output()
+    assert f"session {sid}: attempt 1 stops: " in out
+    assert "no heartbeat confirmed" in out
+    assert [a for a, _ in _attempts(_log(stack, sid))] == [1, 2]
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+
+
+def test_a_session_whose_runner_dies_every_time_gives_up(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    stack, paths, markers = env
+    sid = _fire(stack, paths["crashes"])
+    session = stack.wait_session(sid, timeout=120)
+    assert session["state"] == "ERROR"
+    assert session["error"].startswith(
+        "error: the session did not finish in 3 attempts and is not tried again "
+        "(AK_JOBS__MAX_ATTEMPTS is 3). Each time, the runner running it stopped"
+    ), session["error"]
+    assert _runs(markers, sid, "a1") == []  # the runner died before the activity, each time
+    assert [a for a, _ in _attempts(_log(stack, sid))] == [1, 2, 3]
+    _still_serving(stack, paths)
+
+
+def test_a_malformed_frame_ends_its_session(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, _ = env
+    sid = _fire(stack, paths["malformed"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "ERROR"
+    assert session["error"] == (
+        "error: the worker process sent a malformed message (activity frame: step is "
+        "missing); the session was ended so that it does not repeat it"
+    )
+    assert [a for a, _ in _attempts(_log(stack, sid))] == [1]  # not retried
+    _still_serving(stack, paths)
+
+
+def test_a_huge_print_is_cut_and_the_session_goes_on(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    stack, paths, _ = env
+    sid = _fire(stack, paths["big_print"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
+    first, marker, last = prints.rstrip("\n").rsplit("\n", 2)
+    assert first == "x" * 256 * 1024
+    assert marker == "[... cut: 9,437,184 characters printed, the first 262,144 kept]"
+    assert last == "after"
+    assert [a for a, _ in _attempts(_log(stack, sid))] == [1]
+
+
+def _still_serving(stack: Stack, paths: dict[str, str]) -> None:
+    sid = _fire(stack, paths["plain"])
+    assert stack.wait_session(sid, timeout=60)["state"] == "COMPLETED"
