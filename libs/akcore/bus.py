@@ -127,9 +127,12 @@ def replicas() -> int:
     return max(1, int(os.environ.get("AK_NATS__REPLICAS", "1")))
 
 
-async def connect(url: str, name: str) -> Client:
+async def connect(
+    url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None
+) -> Client:
     """Connects to any server of the list, with unlimited reconnects to any of them, so a
-    NATS restart or the loss of one cluster node never kills a service."""
+    NATS restart or the loss of one cluster node never kills a service. ``on_reconnect``
+    runs after each reconnect (core-NATS messages sent meanwhile were missed)."""
 
     async def on_error(e: Exception) -> None:
         log.warning("nats: %s", e)
@@ -138,8 +141,10 @@ async def connect(url: str, name: str) -> Client:
         if not nc.is_closed:  # closed: the service closed it, as it stops
             log.warning("nats: disconnected, reconnecting")
 
-    async def on_reconnect() -> None:
+    async def on_reconnected() -> None:
         log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        if on_reconnect is not None:
+            await on_reconnect()
 
     nc: Client = await nats.connect(
         servers=server_list(url),
@@ -148,7 +153,7 @@ async def connect(url: str, name: str) -> Client:
         reconnect_time_wait=0.5,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
+        reconnected_cb=on_reconnected,
     )
     return nc
 

@@ -162,6 +162,17 @@ class InboxWatch:
         self._since = time.time()
         await nc.subscribe(subjects.inbox_subject("*"), cb=on_msg)
 
+    async def resync(self) -> None:
+        """After a reconnect: messages sent while the runner was away were missed by this
+        watch, so every live session whose inbox is not read yet looks at it now (a stop
+        request must reach its session), and sessions queued before now are not assumed
+        to have an empty inbox."""
+        self._since = time.time()
+        for inbox in list(self.live.values()):
+            if not inbox.reading:
+                task = asyncio.create_task(inbox.open())
+                task.add_done_callback(_log_failure)
+
     def heard_all_since(self, queued_at: float) -> bool:
         """Whether every message sent to a session queued at ``queued_at`` (NATS server
         time) reached this watch; if so, a session it never heard of has an empty inbox."""
