@@ -10,6 +10,7 @@ limit covers a notice lost in a reconnect.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
@@ -18,19 +19,25 @@ from nats.aio.msg import Msg
 from . import bus, subjects
 from .errors import NotFound
 
+Fetch = Callable[[Client, str, dict[str, Any]], Awaitable[Any]]
+
 
 class StoreCache:
     """``await cache.call(nc, op, args, key)``: ``bus.store_call`` with memory. A "not found"
     answer is kept too (it is an answer: unknown webhooks are cheap to refuse). Callers
     asking for the same key while it is being fetched wait for that one answer: when an
-    answer expires under load, the store is asked once, not once per waiting event."""
+    answer expires under load, the store is asked once, not once per waiting event.
+
+    ``fetch`` asks the store (``bus.store_call`` by default): a service may wrap it to see
+    each answer as it arrives (ingress remembers webhook lookups beyond the time limit)."""
 
     # Keys can come from outside (a webhook's slug): past this many answers, the expired
     # ones are dropped, and if that is not enough, all of them.
     MAX_KEPT = 10_000
 
-    def __init__(self, ttl: float = 5.0) -> None:
+    def __init__(self, ttl: float = 5.0, fetch: Fetch | None = None) -> None:
         self.ttl = ttl
+        self._fetch: Fetch = fetch or bus.store_call
         self._kept: dict[tuple[str, str], tuple[float, Any, str | None]] = {}
         self._asking: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
@@ -49,7 +56,11 @@ class StoreCache:
                 self._kept.clear()
         self._kept[key] = (now, result, missing)
 
-    async def call(self, nc: Client, op: str, args: dict[str, Any], key: str) -> Any:
+    async def call(
+        self, nc: Client, op: str, args: dict[str, Any], key: str, timeout: float | None = None
+    ) -> Any:
+        """The answer; ``timeout``: how long this caller waits for the store (``TimeoutError``
+        after it; the request goes on, and its answer is kept for the next caller)."""
         now = asyncio.get_running_loop().time()
         hit = self._kept.get((op, key))
         if hit is not None and now - hit[0] < self.ttl:
@@ -61,11 +72,13 @@ class StoreCache:
             asking = asyncio.ensure_future(self._ask(nc, op, args, key, now))
             asking.add_done_callback(_retrieved)
             self._asking[(op, key)] = asking
-        return await asyncio.shield(asking)
+        if timeout is None:
+            return await asyncio.shield(asking)
+        return await asyncio.wait_for(asyncio.shield(asking), timeout)
 
     async def _ask(self, nc: Client, op: str, args: dict[str, Any], key: str, now: float) -> Any:
         try:
-            result = await bus.store_call(nc, op, args)
+            result = await self._fetch(nc, op, args)
         except NotFound as e:
             self._keep((op, key), now, None, e.message)
             raise

@@ -9,6 +9,9 @@ STREAM_JOBS = "AK_JOBS"
 STREAM_JOURNAL = "AK_JOURNAL"
 STREAM_INBOX = "AK_INBOX"
 
+# KV bucket of ingress: the last known lookup of each webhook, for when the store is away.
+BUCKET_WEBHOOKS = "AK_WEBHOOKS"
+
 EVENTS_ALL = f"{PREFIX}.events.>"
 JOBS_ALL = f"{PREFIX}.jobs.>"
 JOURNAL_ALL = f"{PREFIX}.journal.>"

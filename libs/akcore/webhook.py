@@ -1,15 +1,38 @@
-"""Turns an HTTP request into webhook event data (AutoKitteh's shape, reference section 3.2)."""
+"""Turns an HTTP request into webhook event data (AutoKitteh's shape, reference section 3.2),
+and what a webhook's slug leads to."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 MAX_BODY = 512 * 1024
 WEBHOOKS_PREFIX = "/webhooks/"
 _FORM_METHODS = {"POST", "PUT", "PATCH"}
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """The trigger a webhook's slug leads to (the store's ``webhook.lookup`` answer), as
+    ingress keeps it, also in the KV bucket ``AK_WEBHOOKS`` (``wire.encode``)."""
+
+    trigger_id: str
+    project_id: str
+    name: str = ""
+    is_sync: bool = False
+
+    @classmethod
+    def from_lookup(cls, answer: dict[str, Any]) -> WebhookTarget:
+        """From the store's answer (a map with at least ``trigger_id`` and ``project_id``)."""
+        return cls(
+            trigger_id=str(answer["trigger_id"]),
+            project_id=str(answer["project_id"]),
+            name=str(answer.get("name") or ""),
+            is_sync=bool(answer.get("is_sync")),
+        )
 
 
 def canonical_header(name: str) -> str:

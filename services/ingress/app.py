@@ -8,7 +8,6 @@ import re
 from typing import Any
 
 from akcore import bus, ids, subjects, timefmt, tracing, values, wire
-from akcore.cache import StoreCache
 from akcore.errors import AKError, NotFound
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
@@ -16,6 +15,7 @@ from nats.aio.client import Client
 from opentelemetry.trace import Span, SpanKind
 
 from .commands import COMMANDS
+from .lookups import WebhookLookups
 from .sync import SyncWait
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,16 @@ def _raw_url(request: Request) -> str:
 
 
 def create_app(
-    nc: Client, telemetry: tracing.Telemetry | None = None, lookups: StoreCache | None = None
+    nc: Client, telemetry: tracing.Telemetry | None = None, lookups: WebhookLookups | None = None
 ) -> WebhookFront:
     """The HTTP app (an ASGI callable). ``lookups`` keeps webhook lookups (it should watch
-    the store's change notices; without one every request asks the store)."""
+    the store's change notices; without one every request asks the store, and only this
+    process remembers the last known answers)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
     events = bus.publisher(nc)
     tel = telemetry or tracing.Telemetry("ingress")
-    lookups = lookups or StoreCache(ttl=0)
+    lookups = lookups or WebhookLookups(nc, ttl=0)
 
     async def webhook(request: Request, slug: str) -> Response:
         """The root span of the trace of every session this request starts."""
@@ -80,10 +81,10 @@ def create_app(
         if body is None:
             return Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", status_code=413)
         try:
-            target = await lookups.call(nc, "webhook.lookup", {"slug": slug}, slug)
+            target = await lookups.target(slug)
         except NotFound:
             return Response("Not Found\n", status_code=404)
-        except AKError as e:
+        except AKError as e:  # the store is away and this webhook has no last known lookup
             log.warning("webhook %s: lookup failed: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
         data = normalize_request(
@@ -91,22 +92,22 @@ def create_app(
         )
         event = wire.Event(
             event_id=ids.new_id("evt"),
-            project_id=target["project_id"],
-            destination_id=target["trigger_id"],
+            project_id=target.project_id,
+            destination_id=target.trigger_id,
             event_type=request.method.lower(),
             data=data,
             memo={
                 "method": request.method,
                 "webhook_slug": slug,
                 "remote_addr": request.client.host if request.client else "",
-                "trigger_id": target["trigger_id"],
+                "trigger_id": target.trigger_id,
             },
             created_at_us=timefmt.now_us(),
         )
         span.set_attribute("ak.project", event.project_id)
         span.set_attribute("ak.trigger_id", event.destination_id)
         span.set_attribute("ak.event_id", event.event_id)
-        if target.get("is_sync"):
+        if target.is_sync:
             async with SyncWait(nc, event.event_id) as wait:
                 if (failed := await publish(event, slug)) is not None:
                     return failed

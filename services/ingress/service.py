@@ -9,10 +9,10 @@ import socket
 
 import uvicorn
 from akcore import bus, tracing
-from akcore.cache import StoreCache
 from akcore.config import Settings, split_addr
 
 from .app import create_app
+from .lookups import KnownWebhooks, WebhookLookups
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.serve_health(nc, "ingress")
     tel = tracing.Telemetry("ingress")
     tel.send_to_store(nc)
-    lookups = StoreCache()
-    await lookups.watch(nc)
+    # Read before serving: a restarted ingress accepts known webhooks while the store is down.
+    lookups = WebhookLookups(nc, await KnownWebhooks.load(nc.jetstream()))
+    await lookups.watch()
     host, port = split_addr(settings.http_addr)
     config = uvicorn.Config(
         create_app(nc, tel, lookups),

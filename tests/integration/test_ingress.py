@@ -64,13 +64,13 @@ async def test_kept_webhook_lookups_are_forgotten_when_the_store_changes(
     settings: Settings,
 ) -> None:
     """Ingress keeps webhook lookups; a deactivation is still seen by the very next request."""
-    from akcore.cache import StoreCache
+    from ak_ingress.lookups import WebhookLookups
 
     async with running(run_store, settings, "store"):
         nc = await bus.connect(settings.nats_url, "ingress-test")
         d = await deploy(nc, "p", {"simple.py": b""})
-        lookups = StoreCache(ttl=3600)
-        await lookups.watch(nc)
+        lookups = WebhookLookups(nc, ttl=3600)
+        await lookups.watch()
         transport = httpx.ASGITransport(app=create_app(nc, lookups=lookups))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             hook = f"/webhooks/{d['trigger']['webhook_slug']}"
