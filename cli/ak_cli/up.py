@@ -15,9 +15,9 @@ import typer
 from akcore import config, natsserver
 from akcore.errors import AKError
 
+from .restarts import Restarts
+
 SERVICES = ("store", "dispatcher", "runner", "ingress")
-MAX_BACKOFF = 10.0
-HEALTHY_AFTER = 30.0  # a child that ran this long gets its back-off reset
 STOP_GRACE = 10.0
 
 
@@ -31,16 +31,15 @@ class Child:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    backoff: float = 0.5
     restart_at: float = 0.0
-    restarts: list[float] = field(default_factory=list)
+    restarts: Restarts = field(default_factory=Restarts)
 
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", f"ak_{self.service}"], env=self.env)
         self.started = time.monotonic()
 
     def check(self) -> None:
-        """Restarts the child (with back-off) if it died."""
+        """Restarts the child if it ended: at once, or after a back-off in a crash loop."""
         now = time.monotonic()
         if self.proc is None:
             if now >= self.restart_at:
@@ -50,11 +49,13 @@ class Child:
         code = self.proc.poll()
         if code is None:
             return
-        if now - self.started > HEALTHY_AFTER:
-            self.backoff = 0.5
-        say(f"{self.service} exited with code {code}; restarting in {self.backoff:g}s")
-        self.proc, self.restart_at = None, now + self.backoff
-        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+        delay, what = self.restarts.after(code, now - self.started)
+        if delay <= 0:
+            say(f"{self.service} {what}; restarting it now")
+            self.start()
+            return
+        say(f"{self.service} {what}; restarting it in {delay:g}s")
+        self.proc, self.restart_at = None, now + delay
 
 
 def _wait_ready(url: str, children: list[Child], stopping: list[bool]) -> bool:

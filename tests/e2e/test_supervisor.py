@@ -1,4 +1,5 @@
-"""`ak up` as a supervisor: a dead child is reported and restarted; Ctrl-C stops everything."""
+"""`ak up` as a supervisor: a dead child is reported and restarted at once, a crash loop backs
+off; Ctrl-C stops everything."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import start_stack
+from ak_cli.restarts import CRASH_LOOP, QUICK
+
+from tests.helpers import Stack, start_stack
 
 
 def _children(pid: int) -> list[int]:
@@ -22,6 +25,56 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def _pid_of(stack: Stack, service: str, not_pid: int = 0, timeout: float = 10) -> int:
+    """The pid of the service's process (other than ``not_pid``), once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in _children(stack.proc.pid):
+            if p != not_pid and f"ak_{service}" in _cmdline(p):
+                return p
+        time.sleep(0.02)
+    raise AssertionError(f"no new {service} process:\n{stack.output()[-3000:]}")
+
+
+def test_killed_services_are_back_at_once_and_a_crash_loop_backs_off(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path)
+    try:
+        for service in ("store", "dispatcher", "runner", "ingress"):
+            for _ in range(2):  # twice in a row: no back-off for a service that got going
+                old = _pid_of(stack, service)
+                time.sleep(QUICK)  # it got going (a death sooner is a failed start)
+                os.kill(old, signal.SIGKILL)
+                t0 = time.monotonic()
+                _pid_of(stack, service, not_pid=old)
+                assert time.monotonic() - t0 < 2.0, stack.output()[-3000:]
+        assert stack.output().count("killed by SIGKILL") == 8
+        assert "restarting it in" not in stack.output()
+
+        # Killed again as soon as it starts: a failed start each time; from the third in a
+        # row the restart waits (1 s, then 2 s, ...).
+        pid = _pid_of(stack, "dispatcher")
+        for _ in range(CRASH_LOOP):
+            os.kill(pid, signal.SIGKILL)
+            pid = _pid_of(stack, "dispatcher", not_pid=pid)
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        _pid_of(stack, "dispatcher", not_pid=pid)
+        assert time.monotonic() - t0 >= 0.8
+        out = stack.output()
+        assert re.search(
+            rf"dispatcher killed by SIGKILL after [\d.]+s, {CRASH_LOOP} failed starts in a row "
+            r".*: crash loop; restarting it in 1s",
+            out,
+        ), out[-3000:]
+        assert "[ak] restarting dispatcher" in out
+        deadline = time.monotonic() + 30
+        while stack.request("GET", "/readyz")[0] != 200:  # and it serves again
+            assert time.monotonic() < deadline, stack.output()[-3000:]
+            time.sleep(0.2)
+    finally:
+        stack.stop()
 
 
 def test_killed_runner_is_restarted_and_ctrl_c_stops_all(tmp_path: Path) -> None:
@@ -42,7 +95,9 @@ def test_killed_runner_is_restarted_and_ctrl_c_stops_all(tmp_path: Path) -> None
             time.sleep(0.2)
         else:
             raise AssertionError("runner was not restarted:\n" + stack.output())
-        assert re.search(r"runner exited with code -9; restarting in", stack.output())
+        assert re.search(
+            r"runner killed by SIGKILL after [\d.]+s; restarting it now", stack.output()
+        )
         # The restarted stack still serves.
         while time.monotonic() < deadline:
             if stack.request("GET", "/readyz")[0] == 200:
