@@ -90,6 +90,9 @@ def up(
         config.Settings.from_env()
     except ValueError as e:
         raise AKError(str(e)) from None
+    sync = os.environ.get(config.ENV_NATS_SYNC, "always")
+    if sync not in natsserver.SYNC_CHOICES:
+        raise AKError(f"{config.ENV_NATS_SYNC} must be always or default (got {sync!r})")
     env = dict(os.environ)
     if db:
         env[config.ENV_DB_DSN] = db
@@ -109,7 +112,7 @@ def up(
     if not nats_url:
         port = int(env.get(config.ENV_NATS_PORT, "0"))
         nats_proc, nats_url = natsserver.start(
-            data / "nats", port=port, log_file=data / "nats-server.log"
+            data / "nats", port=port, log_file=data / "nats-server.log", sync=sync
         )
         nats_note = f"{nats_url} (embedded, JetStream in {data / 'nats'})"
     else:

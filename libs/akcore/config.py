@@ -15,6 +15,7 @@ ENV_SERVICE_URL = "AK_HTTP__SERVICE_URL"  # where the CLI sends requests
 ENV_DB_DSN = "AK_DB__DSN"  # SQLAlchemy URL of the store
 ENV_NATS_URL = "AK_NATS_URL"  # external NATS; when unset `ak up` embeds one
 ENV_NATS_PORT = "AK_NATS__PORT"  # port of the embedded nats-server (0 = pick a free one)
+ENV_NATS_SYNC = "AK_NATS__SYNC"  # the embedded nats-server's sync_interval: always or default
 ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
 ENV_RUNNER_MAX_WAITING = "AK_RUNNER__MAX_WAITING"
 ENV_FORK_WORKERS = "AK_RUNNER__FORK_WORKERS"

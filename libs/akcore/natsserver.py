@@ -28,6 +28,12 @@ def binary() -> str:
 # NATS's 1 MiB default. An external NATS server needs the same setting.
 MAX_PAYLOAD = 8 * 1024 * 1024
 
+# When JetStream writes its files to disk (``sync_interval``): "always" flushes each write
+# before acknowledging it, so an acknowledged message (a 202 webhook) survives an OS crash
+# or power loss on this machine; "default" leaves the server's own setting (every 2 minutes:
+# a process crash loses nothing, an OS crash may lose the last 2 minutes).
+SYNC_CHOICES = ("always", "default")
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -41,19 +47,25 @@ def start(
     host: str = "127.0.0.1",
     log_file: Path | None = None,
     cluster: tuple[str, int, list[int]] | None = None,
+    sync: str = "default",
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Starts nats-server with JetStream; returns the process and its URL once it accepts.
 
     ``cluster``: (server name, route port, route ports of the other nodes) to run as one
-    node of a JetStream cluster on ``host``.
+    node of a JetStream cluster on ``host``. ``sync``: one of ``SYNC_CHOICES``.
     """
+    if sync not in SYNC_CHOICES:
+        raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)} (got {sync!r})")
     port = port or free_port(host)
     store_dir.mkdir(parents=True, exist_ok=True)
     conf = store_dir / "nats-server.conf"
+    jetstream = f"  store_dir: {json.dumps(str(store_dir))}\n"
+    if sync == "always":
+        jetstream += "  sync_interval: always\n"
     text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         f"max_payload: {MAX_PAYLOAD}\n"
-        f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}\n"
+        f"jetstream {{\n{jetstream}}}\n"
     )
     if cluster is not None:
         name, route_port, peers = cluster

@@ -98,6 +98,9 @@ def test_killed_runner_is_restarted_and_ctrl_c_stops_all(tmp_path: Path) -> None
         assert re.search(
             r"runner killed by SIGKILL after [\d.]+s; restarting it now", stack.output()
         )
+        # Its nats-server flushes every write before acknowledging it (AK_NATS__SYNC).
+        conf = tmp_path / "data" / "autokitteh" / "nats" / "nats-server.conf"
+        assert "sync_interval: always" in conf.read_text()
         # The restarted stack still serves.
         while time.monotonic() < deadline:
             if stack.request("GET", "/readyz")[0] == 200:

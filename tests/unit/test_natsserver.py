@@ -1,0 +1,61 @@
+"""The embedded nats-server's configuration: what the running server reports it uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from akcore import natsserver
+
+
+def _jetstream_config(conf: Path) -> dict[str, Any]:
+    """Runs the server on ``conf`` with a monitoring port and reads its JetStream settings."""
+    port = natsserver.free_port()
+    args = [natsserver.binary(), "-c", str(conf), "-p", "-1", "-m", str(port)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=1) as r:
+                    return json.load(r)["jetstream"]["config"]  # type: ignore[no-any-return]
+            except OSError:
+                assert time.monotonic() < deadline, "nats-server did not start"
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("sync, flushed", [("always", True), ("default", None)])
+def test_sync_interval(tmp_path: Path, sync: str, flushed: bool | None) -> None:
+    proc, _ = natsserver.start(tmp_path, sync=sync)
+    proc.terminate()
+    proc.wait(timeout=10)
+    config = _jetstream_config(tmp_path / "nats-server.conf")
+    assert config.get("sync_always") is flushed
+    assert config["store_dir"].startswith(str(tmp_path))  # the config start() wrote
+
+
+def test_unknown_sync_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="always, default"):
+        natsserver.start(tmp_path, sync="sometimes")
+
+
+def test_ak_up_refuses_an_unknown_sync_setting() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "ak_cli.main", "up", "--mode", "dev"],
+        env={**os.environ, "AK_NATS__SYNC": "sometimes"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert res.stderr == "Error: AK_NATS__SYNC must be always or default (got 'sometimes')\n"
