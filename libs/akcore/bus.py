@@ -21,6 +21,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -31,44 +32,52 @@ from opentelemetry.trace import SpanKind
 
 from . import subjects, tracing, wire
 from .errors import AKError, InvalidArgument, Unavailable, error_from_kind
+from .retention import Retention
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DAY = 24 * 3600.0
 DUPLICATE_WINDOW = 120.0
 
-STREAMS = (
-    StreamConfig(
-        name=subjects.STREAM_EVENTS,
-        subjects=[subjects.EVENTS_ALL],
-        retention=RetentionPolicy.LIMITS,
-        max_age=30 * DAY,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW,
-    ),
-    StreamConfig(
-        name=subjects.STREAM_JOBS,
-        subjects=[subjects.JOBS_ALL],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW,
-    ),
-    StreamConfig(
-        name=subjects.STREAM_JOURNAL,
-        subjects=[subjects.JOURNAL_ALL],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW,
-    ),
-    StreamConfig(
-        name=subjects.STREAM_INBOX,
-        subjects=[subjects.INBOX_ALL],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW,
-    ),
-)
+
+def streams(keep: Retention) -> tuple[StreamConfig, ...]:
+    """The streams of DESIGN.md with their limits. Full, a stream refuses new messages
+    (``discard: new``): nothing it accepted is dropped to make room. Events also age out;
+    journals and inboxes are purged as their sessions end (the store sees to it)."""
+
+    def limited(name: str, subject: str, max_bytes: int, max_age: float = 0.0) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=RetentionPolicy.LIMITS,
+            max_age=max_age,
+            max_bytes=max_bytes,
+            discard=DiscardPolicy.NEW,
+            storage=StorageType.FILE,
+            duplicate_window=min(DUPLICATE_WINDOW, max_age or DUPLICATE_WINDOW),
+        )
+
+    return (
+        limited(
+            subjects.STREAM_EVENTS, subjects.EVENTS_ALL, keep.events_max_bytes, keep.events_age
+        ),
+        StreamConfig(
+            name=subjects.STREAM_JOBS,
+            subjects=[subjects.JOBS_ALL],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_age=0.0,
+            max_bytes=-1,  # one small message per live session
+            discard=DiscardPolicy.NEW,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+        ),
+        limited(subjects.STREAM_JOURNAL, subjects.JOURNAL_ALL, keep.journal_max_bytes),
+        limited(subjects.STREAM_INBOX, subjects.INBOX_ALL, keep.journal_max_bytes),
+    )
+
+
+# The limits reconciled on existing streams (the rest keeps what the operator set).
+_LIMITS = ("max_age", "max_bytes", "discard", "duplicate_window")
 
 
 # Ceiling on live sessions across all runners: a live session holds its job un-acked.
@@ -244,10 +253,16 @@ async def ensure_streams(js: JetStreamContext, timeout: float = 60.0) -> None:
 
 
 async def _ensure_streams(js: JetStreamContext, n: int) -> None:
-    existing = {info.config.name for info in await js.streams_info()}
-    for cfg in STREAMS:
-        if cfg.name not in existing:  # an existing stream keeps the operator's settings
+    existing = {info.config.name: info.config for info in await js.streams_info()}
+    for cfg in streams(Retention.from_env()):
+        have = existing.get(cfg.name)
+        if have is None:
             await js.add_stream(dataclasses.replace(cfg, num_replicas=n))
+            continue
+        want = {k: getattr(cfg, k) for k in _LIMITS}
+        if any(getattr(have, k) != v for k, v in want.items()):
+            log.info("stream %s: limits %s", cfg.name, want)
+            await js.update_stream(dataclasses.replace(have, **want))
     for name, (stream, ccfg) in CONSUMERS.items():
         try:
             info = await js.consumer_info(stream, name)

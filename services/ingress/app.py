@@ -12,6 +12,7 @@ from akcore.errors import AKError, NotFound
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
+from nats.js.errors import APIError
 from opentelemetry.trace import Span, SpanKind
 
 from .commands import COMMANDS
@@ -130,6 +131,17 @@ def create_app(
                 wire.encode(event),
                 headers=tracing.inject({subjects.HDR_MSG_ID: event.event_id}),
             )
+        except APIError as e:
+            if "exceeded" in (e.description or ""):  # maximum bytes (or messages) exceeded
+                log.error("webhook %s: event not stored: AK_EVENTS is full (%s)", slug, e)
+                return Response(
+                    "Service Unavailable: the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES)"
+                    "; the event was not accepted, send it again later\n",
+                    status_code=503,
+                    headers={"Retry-After": "10"},
+                )
+            log.error("webhook %s: event not stored: %s", slug, e)
+            return Response("Service Unavailable\n", status_code=503)
         except Exception as e:
             log.error("webhook %s: event not stored: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)

@@ -1,20 +1,24 @@
-"""Store service: answers ``ak.store.>`` requests and materializes the journal and events."""
+"""Store service: answers ``ak.store.>`` requests, materializes the journal and events, and
+keeps storage bounded (``cleanup``). Its SQL runs on threads of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from akcore import bus, subjects, tracing, wire
 from akcore.config import Settings
+from akcore.retention import Retention
 from akcore.secrets import Sealer, load_key
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from sqlalchemy import Connection, Engine
 
 from .api import StoreApi
+from .cleanup import Purger, prune
 from .db import open_engine
 from .materialize import apply_events, apply_records, apply_spans
 
@@ -46,6 +50,22 @@ BATCH = 256
 LINGER = 0.01
 
 
+Sql = Callable[..., Awaitable[Any]]
+
+
+def sql_thread(engine: Engine) -> tuple[Sql, ThreadPoolExecutor]:
+    """Runs the store's SQL off the event loop (which keeps NATS answered meanwhile): one
+    thread on SQLite (one writer at a time anyway), a few on PostgreSQL."""
+    pool = ThreadPoolExecutor(
+        max_workers=1 if engine.dialect.name == "sqlite" else 4, thread_name_prefix="sql"
+    )
+
+    async def sql(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    return sql, pool
+
+
 async def consume(
     nc: Client,
     durable: str,
@@ -53,14 +73,14 @@ async def consume(
     apply: Callable[[Connection, list[T]], None],
     engine: Engine,
     stop: asyncio.Event,
+    sql: Sql,
+    applied: Callable[[list[tuple[Msg, T]]], None] | None = None,
 ) -> None:
     """Pulls a stream and applies what has arrived in one transaction per batch, in stream
     order. A message that cannot be decoded is dropped; a batch that fails is applied again
-    one message at a time, so that one bad message is retried alone.
-
-    Transactions run on the event loop, like requests: a batch holds the loop for a few
-    milliseconds, where handing it to a thread cost more CPU than the SQL itself (both
-    threads run Python and take turns on the interpreter lock)."""
+    one message at a time, so that one bad message is retried alone (and, failing again
+    and again, is set aside: a record that can never be applied must not stop the rest).
+    ``applied`` hears of each batch once it is committed."""
     puller = await bus.Puller.bind(nc, durable)
     loop = asyncio.get_running_loop()
     last = 0.0
@@ -83,15 +103,20 @@ async def consume(
             if not batch:
                 continue
             try:
-                items = [x for _, x in batch]
-                _in_transaction(engine, apply, items)
+                await sql(_in_transaction, engine, apply, [x for _, x in batch])
             except Exception as e:
                 log.warning("%s: batch of %d failed (%s); one at a time", durable, len(batch), e)
+                done = []
                 for msg, item in batch:
-                    await _apply_one(msg, item, apply, engine, durable)
+                    if await _apply_one(msg, item, apply, engine, durable, sql):
+                        done.append((msg, item))
+                if applied is not None:
+                    applied(done)
                 continue
             for msg, _ in batch:
                 await msg.ack()
+            if applied is not None:
+                applied(batch)
     finally:
         await puller.close()
 
@@ -103,68 +128,89 @@ def _in_transaction(
         apply(conn, items)
 
 
+# Deliveries of a message that fails to apply on its own before it is set aside.
+MAX_APPLY_ATTEMPTS = 5
+
+
 async def _apply_one(
     msg: Msg,
     item: T,
     apply: Callable[[Connection, list[T]], None],
     engine: Engine,
     durable: str,
-) -> None:
+    sql: Sql,
+) -> bool:
     try:
-        _in_transaction(engine, apply, [item])
+        await sql(_in_transaction, engine, apply, [item])
     except Exception:
+        attempts = msg.metadata.num_delivered or 1
+        if attempts >= MAX_APPLY_ATTEMPTS:
+            log.exception(
+                "%s: %s could not be applied in %d attempts; set aside (terminated)",
+                durable,
+                msg.subject,
+                attempts,
+            )
+            await msg.term()
+            return False
         log.exception("%s: applying %s failed, will retry", durable, msg.subject)
-        await msg.nak(delay=1.0)
-        return
+        await msg.nak(delay=float(attempts))
+        return False
     await msg.ack()
+    return True
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     engine = open_engine(settings.db_dsn)
+    sql, pool = sql_thread(engine)
     api = StoreApi(engine, Sealer(load_key()))
     nc = await bus.connect(settings.nats_url, "ak-store")
-    await bus.ensure_streams(nc.jetstream())
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
     tel = tracing.Telemetry("store")
     tel.send_to_store(nc)
 
     async def handle(op: str, args: dict[str, Any]) -> Any:
-        result = api.handler(op)(args)
+        result = await sql(api.handler(op), args)
         if op in CHANGING_OPS:  # before the answer: caches forget before the caller goes on
             await nc.publish(subjects.CHANGED, op.encode())
         return result
 
     async def on_spans(msg: Msg) -> None:
         try:
-            spans = wire.unpack(msg.data)
-            apply_spans(engine, spans)
+            await sql(apply_spans, engine, wire.unpack(msg.data))
         except Exception as e:  # spans are diagnostics: never let them hurt the store
             log.warning("dropping %d bytes of spans: %s", len(msg.data), e)
+
+    purger = Purger(js, sql)
+
+    def records_applied(batch: list[tuple[Msg, wire.JournalRecord]]) -> None:
+        for msg, rec in batch:
+            if rec.kind == wire.ENDED:
+                purger.ended(rec.session_id, msg.metadata.sequence.stream)
 
     await bus.serve_requests(nc, subjects.STORE_ALL, handle, queue="store", telemetry=tel)
     await nc.subscribe(subjects.SPANS, queue="store", cb=on_spans)
     await bus.serve_health(nc, "store")
+    journal = consume(
+        nc,
+        subjects.CONSUMER_STORE_JOURNAL,
+        wire.JournalRecord,
+        apply_records,
+        engine,
+        stop,
+        sql,
+        records_applied,
+    )
+    events = consume(
+        nc, subjects.CONSUMER_STORE_EVENTS, wire.Event, apply_events, engine, stop, sql
+    )
     tasks = [
-        asyncio.create_task(
-            consume(
-                nc,
-                subjects.CONSUMER_STORE_JOURNAL,
-                wire.JournalRecord,
-                apply_records,
-                engine,
-                stop,
-            )
-        ),
-        asyncio.create_task(
-            consume(
-                nc,
-                subjects.CONSUMER_STORE_EVENTS,
-                wire.Event,
-                apply_events,
-                engine,
-                stop,
-            )
-        ),
+        asyncio.create_task(journal),
+        asyncio.create_task(events),
+        asyncio.create_task(purger.run(stop)),
+        asyncio.create_task(_prune(engine, sql, stop)),
     ]
     log.info("store ready (db %s)", engine.url.render_as_string(hide_password=True))
     await stop.wait()
@@ -173,4 +219,28 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await tel.close()
     await bus.close(nc)
+    pool.shutdown(wait=True)
     engine.dispose()
+
+
+# Seconds between two prunings of SQL by the retention settings (the first soon after start).
+PRUNE_EVERY = 300.0
+
+
+async def _prune(engine: Engine, sql: Sql, stop: asyncio.Event) -> None:
+    keep = Retention.from_env()
+    wait = 30.0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), wait)
+            return
+        except TimeoutError:
+            pass
+        wait = PRUNE_EVERY
+        try:
+            done = await sql(prune, engine, keep)
+        except Exception as e:
+            log.warning("pruning by the retention settings failed: %r", e)
+            continue
+        if any(done.values()):
+            log.info("pruned by the retention settings: %s", done)

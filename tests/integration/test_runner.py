@@ -6,6 +6,7 @@ from ak_runner.service import run as run_runner
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
 from akcore.config import Settings
+from akcore.errors import NotFound
 from akcore.sessions import publish_session
 
 from .conftest import running
@@ -43,29 +44,40 @@ async def test_job_runs_and_is_journaled(settings: Settings, monkeypatch) -> Non
         )
         await publish_session(bus.publisher(nc), job)
 
-        async def ended() -> list[wire.JournalRecord] | None:
-            recs = await journal(nc, sid)
-            return recs if recs and recs[-1].kind == wire.ENDED else None
+        async def completed() -> bool:
+            try:
+                s = await bus.store_call(nc, "session.get", {"session": sid})
+            except NotFound:  # not materialized yet
+                return False
+            return bool(s["state"] == "COMPLETED")
 
-        recs = await eventually(ended, timeout=30)
-        assert [r.kind for r in recs] == ["created", "started", "print", "print", "print", "ended"]
-        assert [r.seq for r in recs] == list(range(6))
-        assert [r.data["text"] for r in recs if r.kind == wire.PRINT] == [
+        await eventually(completed, timeout=30)
+        page = await bus.store_call(nc, "session.records", {"session": sid})
+        recs = page["records"]
+        assert [r["kind"] for r in recs] == [
+            "created",
+            "started",
+            "print",
+            "print",
+            "print",
+            "ended",
+        ]
+        assert [r["seq"] for r in recs] == list(range(6))
+        assert [r["data"]["text"] for r in recs if r["kind"] == wire.PRINT] == [
             "loaded",
             "user Garfield internal False",
             "body hi",
         ]
-        assert recs[-1].data["state"] == "COMPLETED"
-        # The job is acked once the session has ended.
+        assert recs[-1]["data"]["state"] == "COMPLETED"
+        # The job is acked once the session has ended, and once the store has all of its
+        # records its journal is purged.
         await eventually(lambda: _jobs_empty(js))
-
-        async def completed() -> bool:
-            return (await bus.store_call(nc, "session.get", {"session": sid}))[
-                "state"
-            ] == "COMPLETED"
-
-        await eventually(completed)
+        await eventually(lambda: _no_journal(nc, sid))
         await nc.close()
+
+
+async def _no_journal(nc, sid: str) -> bool:  # type: ignore[no-untyped-def]
+    return await journal(nc, sid) == []
 
 
 async def _jobs_empty(js) -> bool:  # type: ignore[no-untyped-def]

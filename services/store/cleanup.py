@@ -1,0 +1,218 @@
+"""Keeps storage bounded: an ended session's journal and inbox subjects are purged once the
+store has its records, and SQL keeps ended sessions and events only as long as the
+retention settings say (``akcore.retention``).
+
+A journal subject is purged only when the journal consumer's ack floor has passed its last
+record: every store has then applied and acknowledged all of that session's records, so
+nothing can be redelivered from it. Purges come from two places: the fast path (the
+``ended`` records this store applied, checked every second) and a sweep of the streams'
+subjects (every minute) that catches what the fast path missed (a store that restarted,
+records applied by another store) and inboxes written after their session ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from akcore import ids, subjects, timefmt, wire
+from akcore.retention import Retention
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select
+
+from .models import EventRow, Session, SessionRecord, SpanRow
+
+log = logging.getLogger(__name__)
+
+_SESSIONS = Session.__table__  # type: ignore[attr-defined]
+_RECORDS = SessionRecord.__table__  # type: ignore[attr-defined]
+_SPANS = SpanRow.__table__  # type: ignore[attr-defined]
+_EVENTS = EventRow.__table__  # type: ignore[attr-defined]
+
+CHUNK = 2000  # rows deleted per transaction
+ORPHAN_INBOX_SECONDS = 3600  # an inbox of a session the store never heard of, after this
+
+
+class Purger:
+    """Purges ended sessions' journals and inboxes (see the module)."""
+
+    FAST_EVERY = 1.0
+    SWEEP_EVERY = 60.0
+    CONCURRENCY = 32
+
+    def __init__(self, js: JetStreamContext, sql: Any) -> None:
+        """``sql(fn, *args)`` runs ``fn`` on the store's SQL thread."""
+        self.js, self.sql = js, sql
+        self._ended: list[tuple[int, str]] = []  # (stream seq of its `ended`, session)
+
+    def ended(self, session_id: str, stream_seq: int) -> None:
+        """This store committed ``session_id``'s ``ended`` record (at ``stream_seq``)."""
+        self._ended.append((stream_seq, session_id))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + self.SWEEP_EVERY / 4
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.FAST_EVERY)
+            except TimeoutError:
+                pass
+            try:
+                if self._ended:
+                    await self._purge_ready()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.SWEEP_EVERY
+                    await self.sweep()
+            except Exception as e:  # NATS or SQL away: next time
+                log.warning("purging ended sessions: %r", e)
+
+    async def _ack_floor(self) -> int:
+        info = await self.js.consumer_info(subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL)
+        return info.ack_floor.stream_seq if info.ack_floor else 0
+
+    async def _purge_ready(self) -> None:
+        floor = await self._ack_floor()
+        ready = [sid for seq, sid in self._ended if seq <= floor]
+        self._ended = [(seq, sid) for seq, sid in self._ended if seq > floor]
+        await self._purge([subjects.journal_subject(s) for s in ready], subjects.STREAM_JOURNAL)
+        await self._purge([subjects.inbox_subject(s) for s in ready], subjects.STREAM_INBOX)
+
+    async def _purge(self, names: list[str], stream: str) -> None:
+        for i in range(0, len(names), self.CONCURRENCY):
+            chunk = names[i : i + self.CONCURRENCY]
+            await asyncio.gather(*(self.js.purge_stream(stream, subject=s) for s in chunk))
+
+    async def sweep(self) -> int:
+        """Purges what the fast path missed; returns how many subjects it purged."""
+        journals = await self._session_subjects(subjects.STREAM_JOURNAL)
+        inboxes = await self._session_subjects(subjects.STREAM_INBOX)
+        states = await self.sql(_states, [*journals, *inboxes])
+        floor = await self._ack_floor()
+        done = []
+        for sid in journals:
+            if states.get(sid) in wire.FINAL_STATES and await self._last_seq(sid) <= floor:
+                done.append(subjects.journal_subject(sid))
+        cutoff_ms = timefmt.now_us() // 1000 - ORPHAN_INBOX_SECONDS * 1000
+        for sid in inboxes:
+            state = states.get(sid)
+            if state in wire.FINAL_STATES or (state is None and ids.time_ms(sid) < cutoff_ms):
+                done.append(subjects.inbox_subject(sid))
+        await self._purge([s for s in done if ".journal." in s], subjects.STREAM_JOURNAL)
+        await self._purge([s for s in done if ".inbox." in s], subjects.STREAM_INBOX)
+        if done:
+            log.info("purged %d subjects of ended sessions", len(done))
+        return len(done)
+
+    async def _last_seq(self, session_id: str) -> int:
+        try:
+            msg = await self.js.get_last_msg(
+                subjects.STREAM_JOURNAL, subjects.journal_subject(session_id)
+            )
+        except NotFoundError:
+            return 0
+        return msg.seq or 0
+
+    async def _session_subjects(self, stream: str) -> list[str]:
+        """The session ids that have messages in ``stream`` (its subjects, page by page)."""
+        prefix = (
+            len(subjects.journal_subject(""))
+            if stream == subjects.STREAM_JOURNAL
+            else len(subjects.inbox_subject(""))
+        )
+        nc = self.js._nc  # the JetStream API pages the subjects; nats-py does not
+        found: list[str] = []
+        while True:
+            req = json.dumps({"subjects_filter": ">", "offset": len(found)}).encode()
+            msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", req, timeout=10)
+            info = json.loads(msg.data)
+            page = (info.get("state") or {}).get("subjects") or {}
+            found.extend(s[prefix:] for s in page)
+            if not page or len(found) >= int(info.get("total") or 0):
+                return found
+
+
+def _states(engine: Engine, session_ids: list[str]) -> dict[str, str]:
+    if not session_ids:
+        return {}
+    q = select(_SESSIONS.c.session_id, _SESSIONS.c.state).where(
+        _SESSIONS.c.session_id.in_(bindparam("ids", expanding=True))
+    )
+    with engine.connect() as conn:
+        return {r.session_id: r.state for r in conn.execute(q, {"ids": session_ids})}
+
+
+def prune(engine: Engine, keep: Retention, now_us: int | None = None) -> dict[str, int]:
+    """Deletes ended sessions (with their records and spans) and events past retention:
+    older than their age limit, or beyond their count (the oldest first), a chunk per
+    transaction. Returns how many of each it deleted."""
+    now_us = now_us or timefmt.now_us()
+    sessions_cut = now_us - int(keep.sessions_age * 1e6)
+    events_cut = now_us - int(keep.events_age * 1e6)
+    ended = _SESSIONS.c.state.in_(wire.FINAL_STATES)
+    oldest = select(_SESSIONS.c.session_id).where(ended).order_by(_SESSIONS.c.updated_us)
+    n_sessions = _in_chunks(
+        engine,
+        lambda conn: oldest.where(_SESSIONS.c.updated_us < sessions_cut).limit(CHUNK),
+        _delete_sessions,
+    )
+    n_sessions += _in_chunks(
+        engine,
+        lambda conn: oldest.limit(
+            _over(conn, select(func.count()).where(ended), keep.max_sessions)
+        ),
+        _delete_sessions,
+    )
+    first = select(_EVENTS.c.seq).order_by(_EVENTS.c.seq)
+    n_events = _in_chunks(
+        engine,
+        lambda conn: first.where(_EVENTS.c.created_us < events_cut).limit(CHUNK),
+        _delete_events,
+    )
+    n_events += _in_chunks(
+        engine,
+        lambda conn: first.limit(
+            _over(conn, select(func.count()).select_from(_EVENTS), keep.max_events)
+        ),
+        _delete_events,
+    )
+    with engine.begin() as conn:  # spans of no session (a webhook that started none)
+        conn.execute(
+            delete(_SPANS).where(_SPANS.c.session_id == "", _SPANS.c.start_us < sessions_cut)
+        )
+    return {"sessions": n_sessions, "events": n_events}
+
+
+def _over(conn: Connection, count: Any, limit: int) -> int:
+    """How many rows to delete now (at most a chunk) to bring ``count`` down to ``limit``."""
+    return max(0, min(int(conn.execute(count).scalar_one()) - limit, CHUNK))
+
+
+def _in_chunks(
+    engine: Engine,
+    query: Callable[[Connection], Any],
+    remove: Callable[[Connection, list[Any]], None],
+) -> int:
+    """Deletes what ``query`` selects, a transaction per chunk, until it selects less."""
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            keys = list(conn.execute(query(conn)).scalars())
+            if keys:
+                remove(conn, keys)
+        total += len(keys)
+        if len(keys) < CHUNK:
+            return total
+
+
+def _delete_sessions(conn: Connection, sids: list[str]) -> None:
+    for table in (_RECORDS, _SPANS):
+        conn.execute(delete(table).where(table.c.session_id.in_(sids)))
+    conn.execute(delete(_SESSIONS).where(_SESSIONS.c.session_id.in_(sids)))
+
+
+def _delete_events(conn: Connection, seqs: list[int]) -> None:
+    conn.execute(delete(_EVENTS).where(_EVENTS.c.seq.in_(seqs)))

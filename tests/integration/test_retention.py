@@ -1,0 +1,132 @@
+"""Bounded storage: SQL pruned by the retention settings, and ended sessions' journals and
+inboxes purged from JetStream once the store has their records."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ak_store.cleanup import Purger, prune
+from ak_store.db import open_engine
+from ak_store.materialize import apply_events, apply_records, apply_spans
+from ak_store.service import run as run_store
+from akcore import bus, ids, subjects, wire
+from akcore.config import Settings
+from akcore.retention import Retention
+from sqlalchemy import Engine, text
+
+from .conftest import running
+from .helpers import eventually
+
+SECOND = 1_000_000
+NOW = 1_800_000_000 * SECOND
+
+
+def _session(engine: Engine, sid: str, ended_us: int | None, t0: int) -> None:
+    recs = [wire.JournalRecord(sid, 0, wire.CREATED, t0, {"project_id": "prj_1"})]
+    recs.append(wire.JournalRecord(sid, 1, wire.PRINT, t0 + 1, {"text": "hi", "n": 1}))
+    if ended_us is not None:
+        recs.append(wire.JournalRecord(sid, 2, wire.ENDED, ended_us, {"state": wire.COMPLETED}))
+    with engine.begin() as conn:
+        apply_records(conn, recs)
+    apply_spans(
+        engine,
+        [
+            {
+                "trace_id": f"t{sid}",
+                "span_id": "s1",
+                "name": "session",
+                "start_us": t0,
+                "end_us": t0 + 1,
+                "attributes": {"ak.session_id": sid},
+            }
+        ],
+    )
+
+
+def _count(engine: Engine, table: str, where: str = "1=1") -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}")).scalar_one())
+
+
+def test_prune_by_age_and_by_count(db_dsn: str) -> None:
+    engine = open_engine(db_dsn)
+    try:
+        day = 24 * 3600 * SECOND
+        # Ended 40, 20, 10 and 5 days ago; one still running (started 60 days ago).
+        for i, age in enumerate((40, 20, 10, 5)):
+            _session(engine, f"ses_{i}", NOW - age * day, NOW - age * day - SECOND)
+        _session(engine, "ses_live", None, NOW - 60 * day)
+        with engine.begin() as conn:
+            apply_events(
+                conn,
+                [
+                    wire.Event(f"evt_{age}", "prj_1", "trg_1", "post", {}, {}, NOW - age * day)
+                    for age in (45, 29, 3, 2, 1)
+                ],
+            )
+        month = 30 * 24 * 3600.0
+        keep = Retention(sessions_age=month, max_sessions=2, events_age=month, max_events=3)
+        done = prune(engine, keep, NOW)
+        # 40 days: too old; 20 days: beyond the last two kept; the live one stays.
+        assert done == {"sessions": 2, "events": 2}
+        with engine.connect() as conn:
+            kept = {r[0] for r in conn.execute(text("SELECT session_id FROM session"))}
+            events = {r[0] for r in conn.execute(text("SELECT event_id FROM events"))}
+        assert kept == {"ses_2", "ses_3", "ses_live"}
+        assert events == {"evt_3", "evt_2", "evt_1"}
+        assert _count(engine, "sessionrecord", "session_id IN ('ses_0', 'ses_1')") == 0
+        assert _count(engine, "spans", "session_id IN ('ses_0', 'ses_1')") == 0
+        assert _count(engine, "sessionrecord") == 3 + 3 + 2  # two ended sessions, the live one
+        assert prune(engine, keep, NOW) == {"sessions": 0, "events": 0}  # nothing more to do
+    finally:
+        engine.dispose()
+
+
+async def test_an_ended_sessions_journal_and_inbox_are_purged(settings: Settings) -> None:
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        pub = bus.publisher(nc)
+        sid, live = ids.new_id("ses"), ids.new_id("ses")
+        for s in (sid, live):
+            created = wire.JournalRecord(s, 0, wire.CREATED, 1, {"project_id": "prj_1"})
+            await pub.publish(subjects.journal_subject(s), wire.encode(created))
+            signal = wire.InboxMessage(kind=wire.INBOX_SIGNAL, name="x")
+            await pub.publish(subjects.inbox_subject(s), wire.encode(signal))
+        ended = wire.JournalRecord(sid, 1, wire.ENDED, 2, {"state": wire.COMPLETED})
+        await pub.publish(subjects.journal_subject(sid), wire.encode(ended))
+
+        async def purged() -> bool:
+            return await _messages(js, sid) == (0, 0)
+
+        await eventually(purged, timeout=20)  # the store's own fast path
+        assert await _messages(js, live) == (1, 1)  # a live session keeps both
+        # A message that reaches an ended session's inbox later goes at the next sweep.
+        late = wire.InboxMessage(kind=wire.INBOX_SIGNAL, name="late")
+        await pub.publish(subjects.inbox_subject(sid), wire.encode(late))
+        assert await _messages(js, sid) == (0, 1)
+
+        async def sql(fn: Any, *args: Any) -> Any:
+            engine = open_engine(settings.db_dsn, migrate_schema=False)
+            try:
+                return await asyncio.to_thread(fn, engine, *args)
+            finally:
+                engine.dispose()
+
+        assert await Purger(js, sql).sweep() == 1
+        assert await _messages(js, sid) == (0, 0)
+        assert await _messages(js, live) == (1, 1)
+        await nc.close()
+
+
+async def _messages(js: Any, sid: str) -> tuple[int, int]:
+    """Messages of the session in its journal and in its inbox."""
+    out = []
+    for stream, subject in (
+        (subjects.STREAM_JOURNAL, subjects.journal_subject(sid)),
+        (subjects.STREAM_INBOX, subjects.inbox_subject(sid)),
+    ):
+        info = await js.stream_info(stream, subjects_filter=subject)
+        out.append(sum((info.state.subjects or {}).values()))
+    return out[0], out[1]
