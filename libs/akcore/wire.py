@@ -117,7 +117,8 @@ class InboxMessage:
     event: ``subscription_id`` and ``event`` ({data, event_type, event_id})
     signal: ``name`` and ``payload`` (a pickle made by the sender's code, opaque here)
     child_end: ``name`` = the child's session id, ``completed``, ``payload`` = its return value
-    stop: ``reason``
+    stop: ``reason``; ``failed``: the session ends in ERROR with it (the store could not
+          keep one of its records), else STOPPED
     """
 
     kind: str
@@ -127,6 +128,7 @@ class InboxMessage:
     payload: bytes | None = None
     completed: bool = False
     reason: str = ""
+    failed: bool = False
 
 
 # Journal record kinds.

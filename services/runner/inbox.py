@@ -34,7 +34,7 @@ class Inbox:
         js: JetStreamContext,
         session_id: str,
         consumed: set[int],
-        on_stop: Callable[[str], None],
+        on_stop: Callable[[str, bool], None],
         waiting: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.js, self.session_id, self.consumed, self.on_stop = js, session_id, consumed, on_stop
@@ -100,7 +100,7 @@ class Inbox:
             log.error("session %s: dropping malformed inbox message: %s", self.session_id, e)
             return
         if item.kind == wire.INBOX_STOP:
-            self.on_stop(item.reason)
+            self.on_stop(item.reason, item.failed)
             return
         self.buffer.append((seq, item))
         self._changed.set()

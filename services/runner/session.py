@@ -145,6 +145,7 @@ class SessionRun:
         }
         self.ended = False
         self.stop_reason: str | None = None
+        self.stop_state = wire.STOPPED
         self._stop = asyncio.Event()
         self.inbox = Inbox(
             self.js, job.session_id, history.consumed, self._request_stop, host.admission.wait
@@ -365,9 +366,10 @@ class SessionRun:
             self.asleep = False
             self.host.admission.end()
 
-    def _request_stop(self, reason: str) -> None:
+    def _request_stop(self, reason: str, failed: bool = False) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason or "stopped"
+            self.stop_state = wire.ERROR if failed else wire.STOPPED
             self._stop.set()
 
     async def _run_until_stopped(self, worker: WorkerProcess, code_dir: Path) -> None:
@@ -388,7 +390,7 @@ class SessionRun:
         if self.lease.lost.is_set():
             raise Fenced(f"it lost its job ({self.lease.lost_because})")
         if not self.ended:
-            await self.end(wire.STOPPED, self.stop_reason or "stopped")
+            await self.end(self.stop_state, self.stop_reason or "stopped")
 
     # --- the conversation with the worker
 

@@ -15,7 +15,7 @@ from akcore.retention import Retention
 from akcore.secrets import Sealer, load_key
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from .api import StoreApi
 from .cleanup import Purger, prune
@@ -75,12 +75,14 @@ async def consume(
     stop: asyncio.Event,
     sql: Sql,
     applied: Callable[[list[tuple[Msg, T]]], None] | None = None,
+    set_aside: Callable[[T, str], Awaitable[None]] | None = None,
 ) -> None:
     """Pulls a stream and applies what has arrived in one transaction per batch, in stream
     order. A message that cannot be decoded is dropped; a batch that fails is applied again
-    one message at a time, so that one bad message is retried alone (and, failing again
-    and again, is set aside: a record that can never be applied must not stop the rest).
-    ``applied`` hears of each batch once it is committed."""
+    one message at a time, so that one bad message is retried alone; one that still fails
+    after a few deliveries while the database answers is set aside (terminated, and
+    ``set_aside`` told why): it must not stop the rest. ``applied`` hears of each batch
+    once it is committed."""
     puller = await bus.Puller.bind(nc, durable)
     loop = asyncio.get_running_loop()
     last = 0.0
@@ -108,7 +110,7 @@ async def consume(
                 log.warning("%s: batch of %d failed (%s); one at a time", durable, len(batch), e)
                 done = []
                 for msg, item in batch:
-                    if await _apply_one(msg, item, apply, engine, durable, sql):
+                    if await _apply_one(msg, item, apply, engine, durable, sql, set_aside):
                         done.append((msg, item))
                 if applied is not None:
                     applied(done)
@@ -139,24 +141,41 @@ async def _apply_one(
     engine: Engine,
     durable: str,
     sql: Sql,
+    set_aside: Callable[[T, str], Awaitable[None]] | None,
 ) -> bool:
     try:
         await sql(_in_transaction, engine, apply, [item])
-    except Exception:
+    except Exception as e:
         attempts = msg.metadata.num_delivered or 1
-        if attempts >= MAX_APPLY_ATTEMPTS:
+        if attempts >= MAX_APPLY_ATTEMPTS and await _database_answers(engine, sql):
             log.exception(
-                "%s: %s could not be applied in %d attempts; set aside (terminated)",
+                "%s: %s could not be applied in %d attempts; set aside",
                 durable,
                 msg.subject,
                 attempts,
             )
             await msg.term()
+            if set_aside is not None:
+                await set_aside(item, f"{type(e).__name__}: {e}"[:500])
             return False
-        log.exception("%s: applying %s failed, will retry", durable, msg.subject)
+        log.warning("%s: applying %s failed, will retry: %r", durable, msg.subject, e)
         await msg.nak(delay=float(attempts))
         return False
     await msg.ack()
+    return True
+
+
+def _select_one(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+async def _database_answers(engine: Engine, sql: Sql) -> bool:
+    """Whether the database works (then a message it keeps refusing is the message's fault)."""
+    try:
+        await sql(_select_one, engine)
+    except Exception:
+        return False
     return True
 
 
@@ -185,6 +204,20 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
     purger = Purger(js, sql)
 
+    async def record_set_aside(rec: wire.JournalRecord, error: str) -> None:
+        """A session must not go on without its history: it ends in ERROR."""
+        reason = (
+            f"error: the store could not keep record {rec.seq} ({rec.kind}) of this session "
+            f"({error}); the session was ended so that it does not go on without it"
+        )
+        stop = wire.InboxMessage(kind=wire.INBOX_STOP, reason=reason, failed=True)
+        try:
+            await bus.publisher(nc).publish(
+                subjects.inbox_subject(rec.session_id), wire.encode(stop)
+            )
+        except Exception as e:
+            log.warning("session %s: could not be told to end: %r", rec.session_id, e)
+
     def records_applied(batch: list[tuple[Msg, wire.JournalRecord]]) -> None:
         for msg, rec in batch:
             if rec.kind == wire.ENDED:
@@ -202,6 +235,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         stop,
         sql,
         records_applied,
+        record_set_aside,
     )
     events = consume(
         nc, subjects.CONSUMER_STORE_EVENTS, wire.Event, apply_events, engine, stop, sql

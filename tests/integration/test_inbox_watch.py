@@ -15,7 +15,7 @@ async def test_a_stop_missed_while_away_is_read_after_a_reconnect(nats_url: str)
     await bus.ensure_streams(js)
     stops: list[str] = []
     sid = "ses_01m8cpgk96e6wakscbfn3064cx"
-    inbox = Inbox(js, sid, set(), stops.append)
+    inbox = Inbox(js, sid, set(), lambda reason, failed: stops.append(reason))
     # The stop is stored while the watch does not listen (as when the runner is away).
     stop = wire.InboxMessage(kind=wire.INBOX_STOP, reason="stopped by user")
     await bus.publisher(nc).publish(subjects.inbox_subject(sid), wire.encode(stop))

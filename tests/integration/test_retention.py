@@ -130,3 +130,33 @@ async def _messages(js: Any, sid: str) -> tuple[int, int]:
         info = await js.stream_info(stream, subjects_filter=subject)
         out.append(sum((info.state.subjects or {}).values()))
     return out[0], out[1]
+
+
+async def test_a_record_the_store_cannot_keep_ends_its_session(settings: Settings) -> None:
+    """Refused again and again while the database works, a record is set aside (it must
+    not hold up the others) and its session is told to end in ERROR."""
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        pub = bus.publisher(nc)
+        sid, other = ids.new_id("ses"), ids.new_id("ses")
+        created = wire.JournalRecord(sid, 0, wire.CREATED, 1, {"project_id": "prj_1"})
+        await pub.publish(subjects.journal_subject(sid), wire.encode(created))
+        bad = wire.JournalRecord(sid, 1, wire.PRINT, 2**70, {"text": "when?", "n": 1})
+        await pub.publish(subjects.journal_subject(sid), wire.encode(bad))  # t_us: no column
+        created = wire.JournalRecord(other, 0, wire.CREATED, 1, {"project_id": "prj_1"})
+        await pub.publish(subjects.journal_subject(other), wire.encode(created))
+
+        async def told() -> wire.InboxMessage | None:
+            try:
+                msg = await js.get_last_msg(subjects.STREAM_INBOX, subjects.inbox_subject(sid))
+            except Exception:
+                return None
+            return wire.decode(wire.InboxMessage, msg.data or b"")
+
+        stop = await eventually(told, timeout=60)
+        assert stop.kind == wire.INBOX_STOP and stop.failed
+        assert stop.reason.startswith("error: the store could not keep record 1 (print) of this")
+        got = await bus.store_call(nc, "session.get", {"session": other})
+        assert got["state"] == "CREATED"  # the records after it were applied
+        await nc.close()
