@@ -6,7 +6,8 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
 
   actions  ``crash`` (SIGKILL of the runner itself), ``stall=S`` (blocks the runner's event
            loop for S seconds, as a synchronous call would), ``no_heartbeats`` (the session's
-           heartbeats stop from there on)
+           heartbeats stop from there on), ``unavailable`` (the attempt fails as when the
+           store or NATS is away: it is journaled as a retry and the job naked)
   points   ``step`` (the worker asks for durable step N, before anything is done),
            ``journaling`` (the record of step N is about to be written), ``journaled`` (it
            was acknowledged, the worker not answered yet), ``started`` (the attempt's
@@ -24,10 +25,12 @@ import signal
 import time
 from dataclasses import dataclass
 
+from akcore.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 ENV = "AK_TEST__FAULTS"
-ACTIONS = ("crash", "stall", "no_heartbeats")
+ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable")
 POINTS = ("step", "journaling", "journaled", "started")
 
 
@@ -95,6 +98,8 @@ class Faults:
                 os.kill(os.getpid(), signal.SIGKILL)
             elif rule.action == "stall":
                 time.sleep(rule.seconds)  # on purpose: the event loop stalls
+            elif rule.action == "unavailable":
+                raise Unavailable(f"fault injected at {point} of step {step}")
             else:
                 stop_beating = True
         return stop_beating

@@ -76,15 +76,37 @@ def big_print(event):
     print("after")
 
 
+def flaky(event, session_id):
+    effect(session_id, "a1")
+    effect(session_id, "a2")
+    print("done")
+
+
+def always_flaky(event, session_id):
+    effect(session_id, "a1")
+
+
 def plain(event):
     print("fine")
 """
 
-HANDLERS = ["frozen", "stalled", "no_beats", "crashes", "malformed", "big_print", "plain"]
+HANDLERS = [
+    "frozen",
+    "stalled",
+    "no_beats",
+    "crashes",
+    "malformed",
+    "big_print",
+    "flaky",
+    "always_flaky",
+    "plain",
+]
 FAULTS = (
     "stall=8 journaled step=1 entry=f.py:stalled; "
     "no_heartbeats started entry=f.py:no_beats; "
-    "crash step step=1 entry=f.py:crashes attempt=any"
+    "crash step step=1 entry=f.py:crashes attempt=any; "
+    "unavailable step step=2 entry=f.py:flaky; "
+    "unavailable step step=1 entry=f.py:always_flaky attempt=any"
 )
 
 
@@ -267,6 +289,36 @@ def test_a_session_whose_runner_dies_every_time_gives_up(
     assert _runs(markers, sid, "a1") == []  # the runner died before the activity, each time
     assert [a for a, _ in _attempts(_log(stack, sid))] == [1, 2, 3]
     _still_serving(stack, paths)
+
+
+def test_a_failure_that_may_pass_is_retried_with_replay(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    """The store or NATS away mid-session (the fault hook): the attempt is journaled as a
+    retry and the job naked; the next attempt replays what was done and finishes."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["flaky"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    log = _log(stack, sid)
+    (retry,) = [e["retry"] for e in log if e["type"] == "retry"]
+    assert retry == {"attempt": 1, "error": "Unavailable: fault injected at step of step 2"}
+    assert [a for a, _ in _attempts(log)] == [1, 2]
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+
+
+def test_a_failure_that_keeps_coming_back_gives_up_with_it(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    stack, paths, _ = env
+    sid = _fire(stack, paths["always_flaky"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "ERROR"
+    assert session["error"] == (
+        "error: the session did not finish in 3 attempts and is not tried again "
+        "(AK_JOBS__MAX_ATTEMPTS is 3). The last attempt stopped with: Unavailable: fault "
+        "injected at step of step 1"
+    )
 
 
 def test_a_malformed_frame_ends_its_session(env: tuple[Stack, dict[str, str], Path]) -> None:
