@@ -1,10 +1,13 @@
-"""Replay from a committed journal, with no NATS: bookkeeping, then a real worker process."""
+"""Replay from journals recorded in real runs (tests/fixtures/journals, made by its
+record.py), with no NATS: the record kinds, the fold, the replay rules, and the recorded
+handlers run again in a real worker answered from their journals as the runner answers."""
 
 from __future__ import annotations
 
 import base64
 import json
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,86 +19,98 @@ from akcore import journal, wire
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "journals"
 
-# The handler that wrote crash_in_sleep.json; the runner died during its sleep.
-HANDLER = """\
-import random
-import time
-
-import helper
-
-
-def run(event):
-    print("start")
-    n = random.randint(1, 1_000_000)
-    print("got", n)
-    try:
-        helper.fail()
-    except KeyError as e:
-        print("caught", repr(e))
-    time.sleep(1)
-    print("again", n)
-    return n
-"""
-HELPER = """\
-import os
-
-
-@__import__("autokitteh").activity
-def fail():
-    open(os.environ["SIDE_EFFECTS"], "a").write("fail ran\\n")
-    raise KeyError("k")
-"""
-
 
 def load(name: str) -> list[wire.JournalRecord]:
     records = []
     for raw in json.loads((FIXTURES / name).read_text()):
-        data = raw["data"]
-        if "result_b64" in data:
-            data["result"] = base64.b64decode(data.pop("result_b64"))
-        records.append(wire.JournalRecord(**raw))
+        data = {}
+        for k, v in raw["data"].items():
+            if k.endswith("_b64"):
+                data[k.removesuffix("_b64")] = base64.b64decode(v)
+            else:
+                data[k] = v
+        records.append(wire.JournalRecord(**{**raw, "data": data}))
     return records
 
 
-def test_history_of_a_journal() -> None:
-    history = journal.fold(load("crash_in_sleep.json"))
-    assert sorted(history.steps) == [1, 2, 3]
-    assert isinstance(history.steps[1], journal.Activity)
-    assert isinstance(history.steps[3], journal.Sleep)
-    assert history.prints == 3  # workflow prints; the activity's own print does not count
-    assert history.next_seq == 9 and history.ended is None and history.attempts == 1
+RECORDED = ["everything.json", "child.json"]
+
+
+def test_the_fixtures_hold_every_kind_of_record_and_each_parses() -> None:
+    kinds = set()
+    for name in RECORDED:
+        for rec in load(name):
+            journal.payload(rec)  # its data fits its kind
+            kinds.add(journal.kind_of(rec))
+    assert kinds == set(journal.Kind)
+
+
+def test_a_record_that_does_not_fit_its_kind_is_malformed() -> None:
+    rec = wire.JournalRecord("ses_x", 3, "activity", 1, {"step": "one", "function": "f"})
+    with pytest.raises(journal.MalformedRecord, match="activity record 3: step is str, not int"):
+        journal.payload(rec)
+    with pytest.raises(journal.MalformedRecord, match="unknown journal record kind 'nope'"):
+        journal.payload(wire.JournalRecord("ses_x", 4, "nope", 1, {}))
+    with pytest.raises(journal.MalformedRecord, match="sleep record 5: deadline_us is missing"):
+        journal.payload(wire.JournalRecord("ses_x", 5, "sleep", 1, {"step": 1, "seconds": 1}))
+
+
+def test_history_of_a_recorded_journal() -> None:
+    history = journal.fold(load("everything.json"))
+    assert sorted(history.steps) == list(range(1, 17))
+    assert isinstance(history.steps[1], journal.Activity) and history.steps[1].function == "randint"
+    assert isinstance(history.steps[4], journal.Sleep)
+    assert [history.steps[k].function for k in (5, 6, 7, 8, 9)] == [
+        "subscribe",
+        "next_event",
+        "unsubscribe",
+        "start",
+        "next_signal",
+    ]
+    assert history.prints == 9  # the handler's own prints; the activity's is not counted
+    assert history.consumed == {1, 2, 3} and history.subscribed
+    assert history.attempts == 2 and history.last_retry is not None
+    assert history.last_retry.error.startswith("Unavailable: fault injected")
+    assert history.ended is not None and history.ended.state == wire.COMPLETED
+    assert history.next_seq == 31
 
 
 def test_replay_rules() -> None:
-    history = journal.fold(load("crash_in_sleep.json"))
-    rec = history.replay(1, "activity", "randint", "h.py:9")
-    assert isinstance(rec, journal.Activity) and pickle.loads(rec.result) == 424242
-    assert history.replay(4, "activity", "anything", "h.py:20") is None  # past the end: live
+    history = journal.fold(load("everything.json"))
+    rec = history.replay(1, "activity", "randint", "h.py:23")
+    assert isinstance(rec, journal.Activity) and isinstance(pickle.loads(rec.result), int)
+    assert history.replay(17, "activity", "anything", "h.py:60") is None  # past the end: live
     with pytest.raises(
         journal.NonDeterminism,
-        match=r'at h.py:9: step 1 of the journal is activity "randint", '
+        match=r'at h.py:23: step 1 of the journal is activity "randint", '
         r'but the code now asks for activity "choice"',
     ):
-        history.replay(1, "activity", "choice", "h.py:9")
-    with pytest.raises(journal.NonDeterminism, match='step 3 of the journal is sleep "sleep"'):
-        history.replay(3, "activity", "randint", "h.py:15")
-    assert history.is_replayed_print(3) and not history.is_replayed_print(4)
+        history.replay(1, "activity", "choice", "h.py:23")
+    with pytest.raises(journal.NonDeterminism, match='step 4 of the journal is sleep "sleep"'):
+        history.replay(4, "activity", "randint", "h.py:30")
+    with pytest.raises(journal.NonDeterminism, match="step 5 of the journal is subscribe"):
+        history.replay(5, "next_event", "next_event", "h.py:31")
+    assert history.is_replayed_print(9) and not history.is_replayed_print(10)
 
 
-async def _replay(tmp_path: Path, handler: str) -> list[tuple[dict[str, Any], bytes]]:
-    """Runs ``handler`` in a real worker against the fixture's history, answering its steps
-    as the runner does (``ak_runner.session``): recorded steps from the journal."""
-    (tmp_path / "h.py").write_text(handler)
-    (tmp_path / "helper.py").write_text(HELPER)
-    history = journal.fold(load("crash_in_sleep.json"))
-    env = {"PATH": "/usr/bin:/bin", "SIDE_EFFECTS": str(tmp_path / "effects.txt")}
-    w = await WorkerProcess.spawn(sys.executable, tmp_path, env)
-    init = {"data": {}, "event_type": "post", "event_id": "evt_1"}
+async def _replay(
+    tmp_path: Path, fixture: str, code: str | None = None
+) -> list[tuple[dict[str, Any], bytes]]:
+    """Runs the recorded handler in a real worker, answering its steps from the journal as
+    the runner does (``ak_runner.session``); a live step fails the test."""
+    shutil.copy(FIXTURES / "project" / "h.py", tmp_path / "h.py")
+    if code is not None:
+        (tmp_path / "h.py").write_text(code)
+    records = load(fixture)
+    history = journal.fold(records)
+    assert history.created is not None
+    w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    init = {"data": history.created.inputs, "event_type": "post", "event_id": "evt_1"}
     start = {
         "type": "start",
         "code_dir": str(tmp_path),
-        "entrypoint": "h.py:run",
-        "session_id": "ses_fixture",
+        "entrypoint": history.created.entrypoint,
+        "session_id": records[0].session_id,
         "is_durable": True,
         "prints": history.prints,
     }
@@ -113,27 +128,34 @@ async def _replay(tmp_path: Path, handler: str) -> list[tuple[dict[str, Any], by
                 break
             assert rec is not None, f"step {header['step']} is live: nothing should be"
             await w.send(*replayed_reply(rec))
-        if header["type"] == "done":
+        elif header["type"] != "print":
             break
     w.kill()
     await w.close()
     return frames
 
 
-async def test_worker_replays_without_running_recorded_steps(tmp_path: Path) -> None:
-    frames = await _replay(tmp_path, HANDLER)
-    assert [h["type"] for h, _ in frames] == ["step", "step", "step", "print", "done"]
-    assert frames[3][0] == {"type": "print", "text": "again 424242\n", "n": 4}
+@pytest.mark.parametrize("fixture", RECORDED)
+async def test_a_recorded_session_replays_to_its_recorded_end(tmp_path: Path, fixture: str) -> None:
+    """Every step comes back from the journal (activities, the sleep, events, signals, the
+    child, values), no print is repeated, and the handler ends with what it returned."""
+    frames = await _replay(tmp_path, fixture)
+    history = journal.fold(load(fixture))
+    steps = [h for h, _ in frames if h["type"] == "step"]
+    assert [h["step"] for h in steps] == sorted(history.steps)
+    assert [h for h, _ in frames if h["type"] == "print"] == []
     done, blob = frames[-1]
-    assert done == {"type": "done", "ok": True, "reusable": True}
-    assert pickle.loads(blob) == 424242
-    assert not (tmp_path / "effects.txt").exists()  # the recorded activity did not run again
+    assert done["type"] == "done" and done["ok"] is True, done
+    assert history.ended is not None and history.ended.result is not None
+    assert pickle.loads(blob) == pickle.loads(history.ended.result)
 
 
 async def test_changed_code_is_non_determinism(tmp_path: Path) -> None:
-    changed = HANDLER.replace("random.randint(1, 1_000_000)", "random.choice([1, 2])")
-    frames = await _replay(tmp_path, changed)
+    code = (FIXTURES / "project" / "h.py").read_text()
+    changed = code.replace("random.randint(1, 1_000_000)", "random.choice([1, 2])")
+    line = changed.splitlines().index("    n = random.choice([1, 2])") + 1
+    frames = await _replay(tmp_path, "everything.json", changed)
     assert frames[-1][0]["error"].startswith(
-        'non-determinism at h.py:9: step 1 of the journal is activity "randint", '
+        f'non-determinism at h.py:{line}: step 1 of the journal is activity "randint", '
         'but the code now asks for activity "choice"'
     )
