@@ -1,0 +1,50 @@
+"""Worker frames are typed and checked where they enter the runner."""
+
+from __future__ import annotations
+
+import pytest
+from autokitteh._frames import (
+    MAX_PRINT,
+    ActivityFrame,
+    FrameError,
+    PrintFrame,
+    StepFrame,
+    cut_print,
+    parse,
+)
+
+
+def test_frames_parse_into_their_types() -> None:
+    assert parse({"type": "print", "text": "hi", "n": 2}) == PrintFrame("hi", n=2)
+    step = parse({"type": "step", "step": 1, "kind": "sleep", "function": "sleep", "seconds": 2})
+    assert step == StepFrame(1, "sleep", "sleep", seconds=2.0)
+    act = parse({"type": "activity", "step": 3, "function": "f", "ok": True, "extra": 1})
+    assert act == ActivityFrame(3, "f", True)  # unknown fields are ignored
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        ({"type": "activity"}, "activity frame: step is missing"),
+        ({"type": "print", "text": 5}, "print frame: text is int, not str"),
+        ({"type": "step", "step": True, "kind": "a", "function": "f"}, "step is bool, not int"),
+        ({"type": "step", "step": 0, "kind": "a", "function": "f"}, "step 0 is not a step"),
+        ({"type": "syscall", "name": "x", "args": []}, "args is list, not dict"),
+        ({"type": "reboot"}, "unknown frame type 'reboot'"),
+        ({"type": ["print"]}, "unknown frame type"),
+    ],
+)
+def test_malformed_frames_are_refused(header: dict[str, object], error: str) -> None:
+    with pytest.raises(FrameError, match=error.replace("(", r"\(")):
+        parse(header)
+
+
+def test_a_long_print_is_cut_once() -> None:
+    text = "x" * (MAX_PRINT + 1000)
+    cut, original = cut_print(text)
+    assert original == len(text) and cut.startswith("x" * MAX_PRINT)
+    assert cut.endswith(
+        f"[... cut: {len(text):,} characters printed, the first {MAX_PRINT:,} kept]"
+    )
+    assert cut_print(cut) == (cut, 0)  # the runner leaves what the worker cut as it is
+    assert cut_print("short") == ("short", 0)
