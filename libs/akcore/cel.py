@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime
 import functools
-import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import celpy
 from celpy import celtypes
-
-log = logging.getLogger(__name__)
 
 VARIABLES = frozenset({"data", "event_type"})
 
@@ -19,7 +18,71 @@ class FilterError(ValueError):
     """The filter text is not a valid CEL expression."""
 
 
-def _to_cel(value: Any) -> Any:
+@dataclass
+class Verdict:
+    """What one filter said about one event (also the evaluator process's answer frame)."""
+
+    matched: bool
+    problem: str = ""  # why it could not decide: an error, a result not a bool, its budget
+
+
+class _Unread:
+    """A value of a ``LazyMap`` not converted yet."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"<unread {type(self.raw).__name__}>"
+
+
+class LazyMap(celtypes.MapType):
+    """A CEL map over a plain dict whose values become CEL values when first read, and stay
+    so: a filter reading ``data.method`` leaves a 500 KB ``data.body`` alone, and the
+    filters of one event share what any of them converted.
+
+    cel-python reads maps through ``[]`` and ``get`` (``data.x`` is ``data["x"]``) and
+    iterates their keys, which are converted up front."""
+
+    def __init__(self, raw: Mapping[Any, Any]) -> None:
+        super().__init__()
+        slots: dict[Any, Any] = self  # set with dict's own methods: MapType's check keys
+        for k, v in raw.items():
+            dict.__setitem__(slots, celtypes.StringType(str(k)), _Unread(v))
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        if type(value) is _Unread:
+            value = to_cel(value.raw)
+            slots: dict[Any, Any] = self
+            dict.__setitem__(slots, key, value)
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if not self.valid_key_type(key):
+            raise TypeError(f"unsupported key type: {type(key)}")
+        if key in self:
+            return self[key]
+        if default is not None:
+            return default
+        raise KeyError(key)
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return [self[k] for k in self]
+
+    def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
+        return [(k, self[k]) for k in self]
+
+    def unread(self) -> Iterator[str]:
+        """The keys whose values no filter has read yet."""
+        slots: dict[Any, Any] = self
+        return (k for k, v in dict.items(slots) if type(v) is _Unread)
+
+
+def to_cel(value: Any) -> Any:
+    """A plain value (as events carry) as a CEL value; maps inside it convert lazily."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -33,9 +96,9 @@ def _to_cel(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return celtypes.BytesType(bytes(value))
     if isinstance(value, dict):
-        return celtypes.MapType({celtypes.StringType(str(k)): _to_cel(v) for k, v in value.items()})
+        return LazyMap(value)
     if isinstance(value, (list, tuple)):
-        return celtypes.ListType([_to_cel(v) for v in value])
+        return celtypes.ListType([to_cel(v) for v in value])
     if isinstance(value, datetime.datetime):
         return celtypes.TimestampType(value)
     if isinstance(value, datetime.timedelta):
@@ -100,25 +163,41 @@ def validate_filter(expr: str) -> None:
         compile_filter(expr.strip())
 
 
-def matches(expr: str | None, event_type: str, data: dict[str, Any]) -> bool:
-    """True when the filter accepts the event. An evaluation error counts as no match."""
+def variables(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables a filter sees for one event. Make them once per event and judge all
+    of its filters with them: the event's data is converted as filters read it, once."""
+    return {"data": LazyMap(data), "event_type": celtypes.StringType(event_type)}
+
+
+def _reason(e: BaseException) -> str:
+    # celpy's errors carry (message, python exception type, ...) as their arguments.
+    return str(e.args[0]) if e.args else type(e).__name__
+
+
+def judge(expr: str, variables: Mapping[str, Any]) -> Verdict:
+    """Evaluates one filter against ``variables(...)``. An empty filter matches; an invalid
+    one, an evaluation error (a missing key, say) or a result other than a bool is no
+    match, with the reason."""
     if is_empty(expr):
-        return True
-    assert expr is not None
+        return Verdict(True)
     try:
         prog = compile_filter(expr.strip())
-        result = prog.evaluate(
-            {"data": _to_cel(data), "event_type": celtypes.StringType(event_type)}
-        )
-    except FilterError:
-        return False
-    except Exception as e:
-        log.info("filter %r: evaluation error, no match: %s", expr, e)
-        return False
-    if isinstance(result, Exception):  # celpy returns CELEvalError values
-        log.info("filter %r: evaluation error, no match: %s", expr, result)
-        return False
-    return result is True or (isinstance(result, celtypes.BoolType) and bool(result))
+    except FilterError as e:
+        return Verdict(False, str(e))
+    try:
+        result = prog.evaluate(variables)
+    except Exception as e:  # celpy raises its CELEvalError at the top, among others
+        return Verdict(False, f"evaluation error: {_reason(e)}")
+    if isinstance(result, Exception):  # and returns it from some paths
+        return Verdict(False, f"evaluation error: {_reason(result)}")
+    if isinstance(result, (bool, celtypes.BoolType)):
+        return Verdict(bool(result))
+    return Verdict(False, f"the filter's result is {result!r}, not a bool")
+
+
+def matches(expr: str | None, event_type: str, data: Mapping[str, Any]) -> bool:
+    """True when the filter accepts the event (one filter, evaluated here, no budget)."""
+    return is_empty(expr) or judge(expr or "", variables(event_type, data)).matched
 
 
 def event_type_matches(trigger_event_type: str | None, event_type: str) -> bool:
