@@ -42,6 +42,7 @@ EVENT_KEYS = [
     "created_at",
     "data",
     "memo",
+    "notes",
 ]
 
 

@@ -18,10 +18,12 @@ from sqlmodel import Session as DB
 from sqlmodel import col, func, select
 
 from .manifests import apply_manifest
+from .materialize import insert_new
 from .models import (
     Build,
     Connection,
     Deployment,
+    DispatchNote,
     EventRow,
     Project,
     Session,
@@ -390,6 +392,22 @@ class StoreApi:
                 ],
             }
 
+    def dispatch_note(self, args: dict[str, Any]) -> None:
+        """Keeps the dispatcher's notes on an event (``notes``: source and note each); a
+        note already kept for the same source stays. The event's own row may come later."""
+        now = timefmt.now_us()
+        rows = [
+            {
+                "event_id": args["event_id"],
+                "source": str(n["source"]),
+                "note": str(n["note"]),
+                "created_us": now,
+            }
+            for n in args.get("notes", [])
+        ]
+        with self.engine.begin() as conn:
+            insert_new(conn, DispatchNote.__table__, rows)  # type: ignore[attr-defined]
+
     def subscription_create(self, args: dict[str, Any]) -> None:
         with DB(self.engine) as db:
             db.add(
@@ -688,4 +706,15 @@ class StoreApi:
             e = db.exec(select(EventRow).where(EventRow.event_id == args.get("event_id"))).first()
             if e is None:
                 raise NotFound(f'event "{args.get("event_id")}" not found')
-            return _event_view(e)
+            notes = db.exec(
+                select(DispatchNote)
+                .where(DispatchNote.event_id == e.event_id)
+                .order_by(col(DispatchNote.id))
+            )
+            return {
+                **_event_view(e),
+                "notes": [
+                    {"source": n.source, "note": n.note, "at": timefmt.rfc3339(n.created_us)}
+                    for n in notes
+                ],
+            }

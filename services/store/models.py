@@ -110,6 +110,20 @@ class EventRow(SQLModel, table=True):
     created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class DispatchNote(SQLModel, table=True):
+    """Why an event did not reach a trigger or subscription whose filter could not decide
+    (over its budget, an error), from the dispatcher. Keyed by event id only: the notes may
+    be written before the events consumer has materialized the event itself."""
+
+    __tablename__ = "dispatch_notes"
+    __table_args__ = (UniqueConstraint("event_id", "source"),)
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str
+    source: str  # the trigger or subscription id whose filter it is about
+    note: str
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class Subscription(SQLModel, table=True):
     """A live session's ``subscribe()``: events on ``trigger_id`` matching ``filter``."""
 

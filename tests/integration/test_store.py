@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from ak_store.api import MAX_SPANS, StoreApi
 from ak_store.db import open_engine
-from ak_store.materialize import apply_records, apply_spans
+from ak_store.materialize import apply_events, apply_records, apply_spans
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
 from akcore.config import Settings
@@ -231,3 +231,24 @@ def test_a_huge_trace_is_cut_and_says_how_much(store: tuple[StoreApi, Engine]) -
     res = api.session_trace({"session": sid})
     assert len(res["spans"]) == MAX_SPANS and res["more"] == 3
     assert res["spans"][0]["name"] == "activity 0"  # the oldest first
+
+
+def test_dispatch_notes_kept_before_the_event_and_shown_with_it(
+    store: tuple[StoreApi, Engine],
+) -> None:
+    api, engine = store
+    note = {"source": "trg_1", "note": "trigger t: filter ran over its 100 ms budget"}
+    # The dispatcher may note an event before the events consumer has kept it.
+    api.dispatch_note({"event_id": "evt_1", "notes": [note]})
+    with pytest.raises(NotFound):
+        api.event_get({"event_id": "evt_1"})
+    with engine.begin() as conn:
+        apply_events(conn, [wire.Event("evt_1", "prj_1", "trg_1", "post", {}, {}, 1)])
+    # A redelivered event is judged again: the same note again changes nothing.
+    api.dispatch_note({"event_id": "evt_1", "notes": [note, {"source": "sub_1", "note": "boom"}]})
+    notes = api.event_get({"event_id": "evt_1"})["notes"]
+    assert [{k: n[k] for k in ("source", "note")} for n in notes] == [
+        note,
+        {"source": "sub_1", "note": "boom"},
+    ]
+    assert notes[0]["at"] <= notes[1]["at"]
