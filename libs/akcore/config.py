@@ -22,6 +22,7 @@ ENV_FORK_WORKERS = "AK_RUNNER__FORK_WORKERS"
 ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
 ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
 ENV_WORKER_SESSIONS = "AK_RUNNER__WORKER_SESSIONS"
+ENV_FILTER_BUDGET_MS = "AK_DISPATCHER__FILTER_BUDGET_MS"  # CPU time of one CEL filter
 ENV_JOBS_MAX_ATTEMPTS = "AK_JOBS__MAX_ATTEMPTS"
 ENV_TIMEOUT = "AK_TIMEOUT"
 ENV_EVENT_LOOP = "AK_EVENT_LOOP"  # uvloop (default when installed) or asyncio
@@ -80,6 +81,7 @@ class Settings:
     worker_sessions: int = 1000  # sessions of one project a worker process runs, one by one
     fork_workers: bool = True  # workers forked by a fork server (Linux), not started anew
     max_attempts: int = 10  # deliveries of a session's job before it ends in ERROR
+    filter_budget_ms: int = 100  # CPU time one trigger or subscription filter may take
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -94,6 +96,7 @@ class Settings:
             worker_sessions=_count(ENV_WORKER_SESSIONS, 1000, 1),
             fork_workers=os.environ.get(ENV_FORK_WORKERS, "1") not in ("0", "false", "no"),
             max_attempts=_count(ENV_JOBS_MAX_ATTEMPTS, 10, 1),
+            filter_budget_ms=_count(ENV_FILTER_BUDGET_MS, 100, 1),
         )
 
 

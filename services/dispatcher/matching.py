@@ -1,30 +1,66 @@
-"""Which sessions an event starts (pure: no I/O)."""
+"""Which sessions an event starts, and what its dispatch notes say (pure: no I/O).
+
+Filters are judged elsewhere (by the evaluator processes, within a budget): ``filters_of``
+says which an event needs, keyed by trigger or subscription id, and the functions below
+take the verdicts. ``judge_here`` judges them in this process, with no budget.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from akcore import cel, ids, timefmt, wire
 
+Verdicts = Mapping[str, cel.Verdict]  # by trigger or subscription id
 
-def trigger_matches(trigger: dict[str, Any], event: wire.Event) -> bool:
-    """A trigger starts a session when it has a call, its event type fits and its filter holds."""
-    return (
-        bool(trigger.get("call"))
-        and cel.event_type_matches(trigger.get("event_type"), event.event_type)
-        and cel.matches(trigger.get("filter"), event.event_type, event.data)
+
+def trigger_applies(trigger: dict[str, Any], event: wire.Event) -> bool:
+    """A trigger may start a session when it has a call and its event type fits."""
+    return bool(trigger.get("call")) and cel.event_type_matches(
+        trigger.get("event_type"), event.event_type
     )
 
 
+def filters_of(
+    event: wire.Event, trigger: dict[str, Any] | None, subscriptions: list[dict[str, Any]]
+) -> dict[str, str]:
+    """The filters to judge the event by, by trigger or subscription id: those with text
+    only, and the trigger's only when the trigger applies. Often none."""
+    out = {}
+    if trigger is not None and not cel.is_empty(trigger.get("filter")):
+        if trigger_applies(trigger, event):
+            out[trigger["trigger_id"]] = trigger["filter"]
+    for sub in subscriptions:
+        if not cel.is_empty(sub.get("filter")):
+            out[sub["subscription_id"]] = sub["filter"]
+    return out
+
+
+def judge_here(event: wire.Event, filters: Mapping[str, str]) -> dict[str, cel.Verdict]:
+    """Judges filters in this process, converting the event once for all of them."""
+    variables = cel.variables(event.event_type, event.data)
+    return {key: cel.judge(expr, variables) for key, expr in filters.items()}
+
+
+def _passes(key: str, expr: str | None, verdicts: Verdicts) -> bool:
+    return cel.is_empty(expr) or verdicts[key].matched
+
+
 def sessions_for(
-    event: wire.Event, trigger: dict[str, Any] | None, deployments: list[dict[str, Any]]
+    event: wire.Event,
+    trigger: dict[str, Any] | None,
+    deployments: list[dict[str, Any]],
+    verdicts: Verdicts,
 ) -> list[wire.Job]:
-    """One job per active deployment when the trigger matches.
+    """One job per active deployment when the trigger applies and its filter holds.
 
     Session ids derive from (event, trigger, deployment), so dispatching the same event
     twice names the same sessions and JetStream drops the repeated messages.
     """
-    if trigger is None or not trigger_matches(trigger, event):
+    if trigger is None or not trigger_applies(trigger, event):
+        return []
+    if not _passes(trigger["trigger_id"], trigger.get("filter"), verdicts):
         return []
     out = []
     for dep in deployments:
@@ -47,7 +83,7 @@ def sessions_for(
 
 
 def inbox_deliveries(
-    event: wire.Event, subscriptions: list[dict[str, Any]]
+    event: wire.Event, subscriptions: list[dict[str, Any]], verdicts: Verdicts
 ) -> list[tuple[str, wire.InboxMessage]]:
     """(session id, inbox message) for every subscription whose filter accepts the event.
 
@@ -55,7 +91,7 @@ def inbox_deliveries(
     """
     out = []
     for sub in subscriptions:
-        if cel.matches(sub.get("filter"), event.event_type, event.data):
+        if _passes(sub["subscription_id"], sub.get("filter"), verdicts):
             msg = wire.InboxMessage(
                 kind=wire.INBOX_EVENT,
                 subscription_id=sub["subscription_id"],
@@ -67,3 +103,20 @@ def inbox_deliveries(
             )
             out.append((sub["session_id"], msg))
     return out
+
+
+def notes_of(
+    trigger: dict[str, Any] | None, subscriptions: list[dict[str, Any]], verdicts: Verdicts
+) -> list[dict[str, str]]:
+    """The event's dispatch notes: every filter that could not decide, and why (over its
+    budget, an evaluation error), by whose filter it is. Filters that said no need none."""
+    names = {
+        s["subscription_id"]: f"subscription of session {s['session_id']}" for s in subscriptions
+    }
+    if trigger is not None:
+        names[trigger["trigger_id"]] = f"trigger {trigger.get('name') or trigger['trigger_id']}"
+    return [
+        {"source": key, "note": f"{names.get(key, key)}: {v.problem}; counted as no match"}
+        for key, v in verdicts.items()
+        if v.problem
+    ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
-from akcore import bus, subjects, tracing, wire
+from akcore import bus, cel, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.errors import AKError
@@ -15,68 +17,103 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind
 
-from .matching import inbox_deliveries, sessions_for
+from .evaluators import Evaluators
+from .matching import filters_of, inbox_deliveries, notes_of, sessions_for
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-async def dispatch(
-    nc: Client, event: wire.Event, turn: Turn, targets_cache: StoreCache
-) -> list[str]:
-    """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
-    waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
-    ``targets_cache`` keeps each trigger's deployments and subscriptions (it must watch the
-    store's change notices)."""
-    pub = bus.publisher(nc)
-    args = {"trigger_id": event.destination_id}
-    targets = await targets_cache.call(nc, "dispatch.targets", args, event.destination_id)
-    started = []
-    for job in sessions_for(event, targets["trigger"], targets["deployments"]):
-        await publish_session(pub, job)
-        started.append(job.session_id)
-        log.info("event %s: session %s (%s)", event.event_id, job.session_id, job.entrypoint)
-    deliveries = inbox_deliveries(event, targets.get("subscriptions", []))
-    async with turn:
-        for sid, msg in deliveries:
-            await pub.publish(
-                subjects.inbox_subject(sid),
-                wire.encode(msg),
-                headers={subjects.HDR_MSG_ID: f"{event.event_id}:{msg.subscription_id}"},
+# Seconds between in-progress notices for an event whose filters are being judged (so that
+# JetStream does not redeliver it while it waits for an evaluator or for a heavy filter).
+HOLD = 1.0
+
+
+class Dispatcher:
+    """Dispatches events: the connection, the caches and the filter evaluators they share.
+
+    ``targets`` keeps each trigger's deployments and subscriptions (it must watch the
+    store's change notices); ``evaluators`` judge filters off the event loop."""
+
+    def __init__(
+        self, nc: Client, tel: tracing.Telemetry, targets: StoreCache, evaluators: Evaluators
+    ) -> None:
+        self.nc, self.tel, self.targets, self.evaluators = nc, tel, targets, evaluators
+
+    async def dispatch(self, msg: Msg, event: wire.Event, turn: Turn) -> list[str]:
+        """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
+        waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
+        Filters that could not decide leave notes on the event, kept by the store."""
+        pub = bus.publisher(self.nc)
+        args = {"trigger_id": event.destination_id}
+        targets = await self.targets.call(self.nc, "dispatch.targets", args, event.destination_id)
+        trigger, subs = targets["trigger"], targets.get("subscriptions", [])
+        filters = filters_of(event, trigger, subs)
+        verdicts: dict[str, cel.Verdict] = {}
+        if filters:  # most events have none, and pay nothing for the evaluators
+            judged = self.evaluators.judge(msg.data, list(filters.values()))
+            verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
+        started = []
+        for job in sessions_for(event, trigger, targets["deployments"], verdicts):
+            await publish_session(pub, job)
+            started.append(job.session_id)
+            log.info("event %s: session %s (%s)", event.event_id, job.session_id, job.entrypoint)
+        deliveries = inbox_deliveries(event, subs, verdicts)
+        async with turn:
+            for sid, inbox_msg in deliveries:
+                await pub.publish(
+                    subjects.inbox_subject(sid),
+                    wire.encode(inbox_msg),
+                    headers={subjects.HDR_MSG_ID: f"{event.event_id}:{inbox_msg.subscription_id}"},
+                )
+        await self.note(event, notes_of(trigger, subs, verdicts))
+        if (trigger or {}).get("is_sync"):
+            # A sync webhook's request waits in ingress: did this event reach anything?
+            await self.nc.publish(
+                subjects.dispatched_subject(event.event_id),
+                wire.pack({"sessions": started, "signaled": len(deliveries)}),
             )
-    if (targets["trigger"] or {}).get("is_sync"):
-        # A sync webhook's request waits in ingress: did this event reach anything?
-        await nc.publish(
-            subjects.dispatched_subject(event.event_id),
-            wire.pack({"sessions": started, "signaled": len(deliveries)}),
-        )
-    return started
+        return started
+
+    async def note(self, event: wire.Event, notes: list[dict[str, str]]) -> None:
+        """Has the store keep the event's notes (as AutoKitteh, they are logged too)."""
+        for note in notes:
+            log.info("event %s: %s", event.event_id, note["note"])
+        if notes:
+            args = {"event_id": event.event_id, "notes": notes}
+            await bus.store_call(self.nc, "dispatch.note", args)
+
+    async def handle(self, msg: Msg, event: wire.Event, turn: Turn) -> None:
+        attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
+        parent = tracing.extract(msg.headers)
+        try:
+            with self.tel.span("dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs):
+                await self.dispatch(msg, event, turn)
+        except (AKError, NatsError) as e:  # the store or JetStream is away for now
+            log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
+            await msg.nak(delay=1.0)
+            return
+        except Exception:
+            log.exception("event %s: dispatch failed, will retry", event.event_id)
+            await msg.nak(delay=2.0)
+            return
+        finally:
+            turn.release()
+        await msg.ack()
 
 
-async def handle(
-    nc: Client,
-    tel: tracing.Telemetry,
-    msg: Msg,
-    event: wire.Event,
-    turn: Turn,
-    targets: StoreCache,
-) -> None:
-    attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
-    parent = tracing.extract(msg.headers)
+async def _holding(msg: Msg, judged: Awaitable[T]) -> T:
+    """Awaits ``judged``, telling JetStream every ``HOLD`` seconds that ``msg`` is still
+    being worked on (an event with many heavy filters can take longer than its ack wait)."""
+    task = asyncio.ensure_future(judged)
     try:
-        with tel.span("dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs):
-            await dispatch(nc, event, turn, targets)
-    except (AKError, NatsError) as e:  # the store or JetStream is away for now
-        log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
-        await msg.nak(delay=1.0)
-        return
-    except Exception:
-        log.exception("event %s: dispatch failed, will retry", event.event_id)
-        await msg.nak(delay=2.0)
-        return
-    finally:
-        turn.release()
-    await msg.ack()
+        while not (await asyncio.wait({task}, timeout=HOLD))[0]:
+            await msg.in_progress()
+    except BaseException:
+        task.cancel()
+        raise
+    return task.result()
 
 
 # Events handled at once: their sessions are created concurrently. Deliveries to waiting
@@ -135,6 +172,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     turns = Turns()
     targets = StoreCache()
     await targets.watch(nc)
+    evaluators = Evaluators(settings.filter_budget_ms)
+    dispatcher = Dispatcher(nc, tel, targets, evaluators)
     tasks: set[asyncio.Task[None]] = set()
     log.info("dispatcher ready")
     while not stop.is_set():
@@ -147,10 +186,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             if event is None:
                 continue
             turn = turns.take(event.destination_id)
-            task = asyncio.create_task(handle(nc, tel, msg, event, turn, targets))
+            task = asyncio.create_task(dispatcher.handle(msg, event, turn))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     await asyncio.gather(ticks, *tasks, return_exceptions=True)
+    await evaluators.close()
     await puller.close()
     await tel.close()
     await bus.close(nc)

@@ -37,3 +37,13 @@ def test_ak_up_refuses_a_bad_setting_before_starting_anything() -> None:
     assert res.stderr == (
         "Error: AK_RUNNER__MAX_WAITING must be a whole number of at least 0, not 'lots'\n"
     )
+
+
+def test_filter_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AK_DISPATCHER__FILTER_BUDGET_MS", raising=False)
+    assert Settings.from_env().filter_budget_ms == 100
+    monkeypatch.setenv("AK_DISPATCHER__FILTER_BUDGET_MS", "250")
+    assert Settings.from_env().filter_budget_ms == 250
+    monkeypatch.setenv("AK_DISPATCHER__FILTER_BUDGET_MS", "0")
+    with pytest.raises(ValueError, match="FILTER_BUDGET_MS must be a whole number of at least 1"):
+        Settings.from_env()

@@ -1,9 +1,17 @@
-"""Which sessions an event starts."""
+"""Which sessions an event starts, which filters it needs judged, and its notes."""
 
 from __future__ import annotations
 
-from ak_dispatcher.matching import sessions_for
-from akcore import wire
+from typing import Any
+
+from ak_dispatcher.matching import (
+    filters_of,
+    inbox_deliveries,
+    judge_here,
+    notes_of,
+    sessions_for,
+)
+from akcore import cel, wire
 from akcore.sessions import created_record
 
 TRIGGER = {
@@ -22,8 +30,13 @@ def _event(event_type: str = "post", data: dict | None = None) -> wire.Event:  #
     )
 
 
+def _sessions(event: wire.Event, trigger: dict[str, Any] | None, deps: Any) -> list[wire.Job]:
+    """sessions_for with the filters judged here, as the evaluators would."""
+    return sessions_for(event, trigger, deps, judge_here(event, filters_of(event, trigger, [])))
+
+
 def test_match_creates_record_and_job() -> None:
-    (job,) = sessions_for(_event(), TRIGGER, DEPS)
+    (job,) = _sessions(_event(), TRIGGER, DEPS)
     created = created_record(job)
     assert (
         created.kind == wire.CREATED and created.seq == 0 and created.session_id == job.session_id
@@ -34,19 +47,58 @@ def test_match_creates_record_and_job() -> None:
 
 
 def test_same_event_same_session_id() -> None:
-    a = sessions_for(_event(), TRIGGER, DEPS)[0].session_id
-    b = sessions_for(_event(), TRIGGER, DEPS)[0].session_id
+    a = _sessions(_event(), TRIGGER, DEPS)[0].session_id
+    b = _sessions(_event(), TRIGGER, DEPS)[0].session_id
     assert a == b and a.startswith("ses_")
 
 
 def test_no_match() -> None:
-    assert sessions_for(_event("get"), TRIGGER, DEPS) == []
-    assert sessions_for(_event(), {**TRIGGER, "call": ""}, DEPS) == []
-    assert sessions_for(_event(), {**TRIGGER, "filter": "data.url.path == '/y'"}, DEPS) == []
-    assert sessions_for(_event(), None, DEPS) == []
-    assert sessions_for(_event(), TRIGGER, []) == []
+    assert _sessions(_event("get"), TRIGGER, DEPS) == []
+    assert _sessions(_event(), {**TRIGGER, "call": ""}, DEPS) == []
+    assert _sessions(_event(), {**TRIGGER, "filter": "data.url.path == '/y'"}, DEPS) == []
+    assert _sessions(_event(), None, DEPS) == []
+    assert _sessions(_event(), TRIGGER, []) == []
 
 
 def test_any_event_type() -> None:
     for et in ("", "*"):
-        assert len(sessions_for(_event("delete"), {**TRIGGER, "event_type": et}, DEPS)) == 1
+        assert len(_sessions(_event("delete"), {**TRIGGER, "event_type": et}, DEPS)) == 1
+
+
+SUBS = [
+    {"subscription_id": "sub_1", "session_id": "ses_1", "filter": "data.url.path == '/x'"},
+    {"subscription_id": "sub_2", "session_id": "ses_2", "filter": ""},
+    {"subscription_id": "sub_3", "session_id": "ses_3", "filter": "data.nope == 1"},
+]
+
+
+def test_only_filters_that_can_matter_are_judged() -> None:
+    filtered = {**TRIGGER, "filter": "data.url.path == '/x'"}
+    assert filters_of(_event(), TRIGGER, []) == {}  # no filter: no evaluator, no IPC
+    assert filters_of(_event(), filtered, []) == {"trg_1": "data.url.path == '/x'"}
+    assert filters_of(_event("get"), filtered, []) == {}  # its event type does not fit
+    assert filters_of(_event(), {**filtered, "call": ""}, []) == {}
+    assert filters_of(_event("get"), None, SUBS) == {
+        "sub_1": "data.url.path == '/x'",
+        "sub_3": "data.nope == 1",
+    }
+
+
+def test_verdicts_decide_sessions_deliveries_and_notes() -> None:
+    trigger = {**TRIGGER, "name": "heavy", "filter": "data.body.json.exists(x, x == 1)"}
+    over = cel.Verdict(False, "filter ran over its 100 ms budget")
+    verdicts = {"trg_1": over, "sub_1": cel.Verdict(True), "sub_3": cel.Verdict(False, "boom")}
+    assert sessions_for(_event(), trigger, DEPS, verdicts) == []
+    assert sessions_for(_event(), trigger, DEPS, {"trg_1": cel.Verdict(True)}) != []
+    delivered = [sid for sid, _ in inbox_deliveries(_event(), SUBS, verdicts)]
+    assert delivered == ["ses_1", "ses_2"]
+    assert notes_of(trigger, SUBS, verdicts) == [
+        {
+            "source": "trg_1",
+            "note": "trigger heavy: filter ran over its 100 ms budget; counted as no match",
+        },
+        {
+            "source": "sub_3",
+            "note": "subscription of session ses_3: boom; counted as no match",
+        },
+    ]

@@ -1,0 +1,129 @@
+"""The dispatcher's evaluator processes: CEL filters judged off its event loop.
+
+A few child processes (``evaluator.py``), started when first needed, judge each filter
+within its budget. An event waits for an evaluator only when it has filters to judge; while
+one evaluator works through a heavy filter (for at most its budget), the others and the
+event loop go on. An evaluator that dies, or does not answer in far more than the budget
+(``SLACK``, ``GRACE``), is killed; the filter it was on counts as failed and the event's
+remaining filters go to a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+
+from akcore import cel, wire
+
+from .evaluator import HEADER, FilterRequest
+
+log = logging.getLogger(__name__)
+
+COMMAND = (sys.executable, "-m", "ak_dispatcher.evaluator")
+PROCESSES = 2  # evaluators per dispatcher, each judging one event at a time
+# An evaluator that has not answered within SLACK times a filter's budget plus GRACE seconds
+# is deemed stuck. It reads the event first, and the budget counts CPU time, which a loaded
+# machine hands out slowly (a quarter of a core, say): stopping it sooner would fail a filter
+# that the machine, not the filter, made slow.
+SLACK = 10
+GRACE = 5.0
+
+
+class Evaluator:
+    """One evaluator process and its two pipes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        self._in, self._out = proc.stdin, proc.stdout
+
+    @classmethod
+    async def start(cls) -> Evaluator:
+        proc = await asyncio.create_subprocess_exec(
+            *COMMAND,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(proc)
+
+    async def send(self, req: FilterRequest) -> None:
+        body = wire.encode(req)  # the event's bytes copied once, into the request
+        self._in.write(HEADER.pack(len(body)))
+        self._in.write(body)
+        await self._in.drain()
+
+    async def verdict(self) -> cel.Verdict:
+        (n,) = HEADER.unpack(await self._out.readexactly(HEADER.size))
+        return wire.decode(cel.Verdict, await self._out.readexactly(n))
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # it ended just now
+                self.proc.kill()
+        await self.proc.wait()
+
+    async def close(self) -> None:
+        """Ends the process by closing its input (it finishes what it was doing first)."""
+        self._in.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout=GRACE)
+        except TimeoutError:
+            await self.kill()
+
+
+class Evaluators:
+    """Judges events by their filters, ``PROCESSES`` events at a time."""
+
+    def __init__(self, budget_ms: int, processes: int = PROCESSES) -> None:
+        self.budget_ms = budget_ms
+        self._turns = asyncio.Semaphore(processes)
+        self._idle: list[Evaluator] = []
+
+    async def judge(self, event: bytes, filters: list[str]) -> list[cel.Verdict]:
+        """Each filter's verdict on ``event`` (an encoded ``wire.Event``), in order."""
+        verdicts: list[cel.Verdict] = []
+        async with self._turns:
+            while len(verdicts) < len(filters):
+                rest = filters[len(verdicts) :]
+                evaluator = await self._take()
+                try:
+                    await evaluator.send(FilterRequest(event, rest, self.budget_ms))
+                    for _ in rest:
+                        verdict = await asyncio.wait_for(evaluator.verdict(), self._deadline())
+                        verdicts.append(verdict)
+                except Exception as e:  # it died, hangs, or answered nonsense
+                    await evaluator.kill()
+                    verdicts.append(cel.Verdict(False, self._failure(e, evaluator)))
+                    continue
+                except BaseException:  # cancelled mid-request: its next answer is not ours
+                    await asyncio.shield(evaluator.kill())
+                    raise
+                self._idle.append(evaluator)
+        return verdicts
+
+    async def _take(self) -> Evaluator:
+        while self._idle:
+            evaluator = self._idle.pop()
+            if evaluator.proc.returncode is None:
+                return evaluator
+            await evaluator.kill()  # it ended while idle (killed from outside): not our filter
+        return await Evaluator.start()
+
+    def _deadline(self) -> float:
+        return SLACK * self.budget_ms / 1000 + GRACE
+
+    def _failure(self, e: BaseException, evaluator: Evaluator) -> str:
+        if isinstance(e, TimeoutError):
+            what = f"did not answer within {self._deadline():g} s and was stopped"
+        elif isinstance(e, (EOFError, OSError)):
+            what = f"ended (exit code {evaluator.proc.returncode})"
+        else:
+            what = f"failed ({type(e).__name__}: {e}) and was stopped"
+        log.warning("filter evaluator %s %s; starting another", evaluator.proc.pid, what)
+        return f"the filter's evaluator {what}"
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(e.close() for e in idle), return_exceptions=True)

@@ -1,0 +1,111 @@
+"""Filters judged within a budget, in evaluator processes that may die or hang."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from ak_dispatcher import evaluators
+from ak_dispatcher.evaluator import FilterRequest, judge_event, judge_within
+from ak_dispatcher.evaluators import Evaluators
+from akcore import cel, wire
+
+ITEMS = list(range(3000))
+# Nine million steps of the interpreter: minutes, on any machine.
+HEAVY = "data.items.all(x, data.items.all(y, y >= 0))"
+LIGHT = "data.method == 'POST'"
+
+
+def _event() -> bytes:
+    event = wire.Event("evt_1", "prj_1", "trg_1", "post", {"method": "POST", "items": ITEMS})
+    return wire.encode(event)
+
+
+def test_a_filter_stops_at_its_budget() -> None:
+    variables = cel.variables("post", {"method": "POST", "items": ITEMS})
+    before = signal.getsignal(signal.SIGPROF)
+    verdict = judge_within(HEAVY, variables, 50)
+    assert verdict == cel.Verdict(False, "filter ran over its 50 ms budget")
+    # The timer is off again: the next filter runs to its end, and the signal is as it was.
+    assert judge_within(LIGHT, variables, 50) == cel.Verdict(True)
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGPROF) == before
+
+
+def test_the_budget_holds_every_time() -> None:
+    # A signal raised inside some C calls is swallowed: the timer fires again until one lands.
+    variables = cel.variables("post", {"body": {"json": ITEMS}})
+    nested = "data.body.json.all(x, data.body.json.all(y, y >= 0))"
+    for _ in range(10):
+        assert judge_within(nested, variables, 20).problem == "filter ran over its 20 ms budget"
+
+
+def test_the_event_is_read_once_for_all_its_filters() -> None:
+    req = FilterRequest(_event(), [LIGHT, HEAVY, "data.nope", LIGHT], 50)
+    assert list(judge_event(req)) == [
+        cel.Verdict(True),
+        cel.Verdict(False, "filter ran over its 50 ms budget"),
+        cel.Verdict(False, "evaluation error: no such member in mapping: 'nope'"),
+        cel.Verdict(True),
+    ]
+
+
+def test_request_round_trip() -> None:
+    req = FilterRequest(_event(), [LIGHT], 100)
+    assert wire.decode(FilterRequest, wire.encode(req)) == req
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[Evaluators]:
+    p = Evaluators(budget_ms=1000)
+    yield p
+    await p.close()
+
+
+async def test_one_heavy_filter_does_not_hold_up_another_event(pool: Evaluators) -> None:
+    # Both evaluators started (each takes a request; the second starts while the first works).
+    await asyncio.gather(pool.judge(_event(), [LIGHT]), pool.judge(_event(), [LIGHT]))
+    heavy = asyncio.create_task(pool.judge(_event(), [HEAVY, LIGHT]))
+    assert await pool.judge(_event(), [LIGHT]) == [cel.Verdict(True)]
+    assert not heavy.done()  # the light event was answered while the heavy one was judged
+    assert await heavy == [
+        cel.Verdict(False, "filter ran over its 1000 ms budget"),
+        cel.Verdict(True),
+    ]
+
+
+async def test_an_evaluator_that_ended_while_idle_is_replaced(pool: Evaluators) -> None:
+    assert await pool.judge(_event(), [LIGHT]) == [cel.Verdict(True)]
+    (idle,) = pool._idle
+    idle.proc.kill()
+    await idle.proc.wait()
+    assert await pool.judge(_event(), [LIGHT]) == [cel.Verdict(True)]
+    assert pool._idle[0] is not idle
+
+
+async def test_an_evaluator_that_hangs_or_dies_is_stopped_and_its_filter_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(evaluators, "GRACE", 0.2)
+    hanging = Evaluators(budget_ms=10)
+    monkeypatch.setattr(
+        evaluators, "COMMAND", (sys.executable, "-c", "import time; time.sleep(60)")
+    )
+    assert (
+        await hanging.judge(_event(), [LIGHT, LIGHT])
+        == [
+            cel.Verdict(
+                False, "the filter's evaluator did not answer within 0.3 s and was stopped"
+            ),
+        ]
+        * 2
+    )
+    assert hanging._idle == []
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", "pass"))
+    assert await hanging.judge(_event(), [LIGHT]) == [
+        cel.Verdict(False, "the filter's evaluator ended (exit code 0)")
+    ]
+    await hanging.close()
