@@ -136,6 +136,9 @@ def replicas() -> int:
     return max(1, int(os.environ.get("AK_NATS__REPLICAS", "1")))
 
 
+PING_INTERVAL = 4.0
+
+
 async def connect(
     url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None
 ) -> Client:
@@ -160,6 +163,10 @@ async def connect(
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        # A server that stops answering (frozen, or cut off) is left for another within
+        # about 10 s, instead of the client's default of minutes.
+        ping_interval=PING_INTERVAL,
+        max_outstanding_pings=2,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnected,
