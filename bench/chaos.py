@@ -183,8 +183,11 @@ def _sessions() -> list[dict[str, Any]]:
 
 
 def _drain(accepted: set[str], timeout: float) -> bool:
-    """Waits until every accepted event has a session and no session is unended."""
+    """Waits until every accepted event has a session and no session is unended, twice in a
+    row 5 s apart with no new session between (a process that thawed late may still start
+    sessions of requests it had taken, whose clients gave up on them)."""
     deadline = time.monotonic() + timeout
+    settled = -1  # the number of sessions when everything had ended, at the last check
     while time.monotonic() < deadline:
         try:
             sessions = _sessions()
@@ -195,8 +198,12 @@ def _drain(accepted: set[str], timeout: float) -> bool:
         unended = sum(s["state"] in UNENDED for s in sessions)
         missing = len(accepted - {s["event_id"] for s in sessions})
         if not unended and not missing:
-            return True
-        print(f"[chaos] {unended} sessions not ended, {missing} events without one", flush=True)
+            if settled == len(sessions):
+                return True
+            settled = len(sessions)
+        else:
+            settled = -1
+            print(f"[chaos] {unended} sessions not ended, {missing} events without one", flush=True)
         time.sleep(5)
     return False
 
