@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select
 
-from .models import EventRow, Session, SessionRecord, SpanRow
+from .models import DispatchNote, EventRow, Session, SessionRecord, SpanRow
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ _SESSIONS = Session.__table__  # type: ignore[attr-defined]
 _RECORDS = SessionRecord.__table__  # type: ignore[attr-defined]
 _SPANS = SpanRow.__table__  # type: ignore[attr-defined]
 _EVENTS = EventRow.__table__  # type: ignore[attr-defined]
+_NOTES = DispatchNote.__table__  # type: ignore[attr-defined]
 
 CHUNK = 2000  # rows deleted per transaction
 ORPHAN_INBOX_SECONDS = 3600  # an inbox of a session the store never heard of, after this
@@ -179,10 +180,12 @@ def prune(engine: Engine, keep: Retention, now_us: int | None = None) -> dict[st
         ),
         _delete_events,
     )
-    with engine.begin() as conn:  # spans of no session (a webhook that started none)
+    with engine.begin() as conn:
+        # spans of no session (a webhook that started none), notes of events gone by age
         conn.execute(
             delete(_SPANS).where(_SPANS.c.session_id == "", _SPANS.c.start_us < sessions_cut)
         )
+        conn.execute(delete(_NOTES).where(_NOTES.c.created_us < events_cut))
     return {"sessions": n_sessions, "events": n_events}
 
 
@@ -215,4 +218,6 @@ def _delete_sessions(conn: Connection, sids: list[str]) -> None:
 
 
 def _delete_events(conn: Connection, seqs: list[int]) -> None:
+    gone = select(_EVENTS.c.event_id).where(_EVENTS.c.seq.in_(seqs))
+    conn.execute(delete(_NOTES).where(_NOTES.c.event_id.in_(gone)))
     conn.execute(delete(_EVENTS).where(_EVENTS.c.seq.in_(seqs)))

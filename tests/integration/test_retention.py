@@ -65,6 +65,15 @@ def test_prune_by_age_and_by_count(db_dsn: str) -> None:
                     for age in (45, 29, 3, 2, 1)
                 ],
             )
+        with engine.begin() as conn:
+            for age in (45, 1):
+                conn.execute(
+                    text(
+                        "INSERT INTO dispatch_notes (event_id, source, note, created_us) "
+                        "VALUES (:e, 'trg_1', 'over budget', :t)"
+                    ),
+                    {"e": f"evt_{age}", "t": NOW - age * day},
+                )
         month = 30 * 24 * 3600.0
         keep = Retention(sessions_age=month, max_sessions=2, events_age=month, max_events=3)
         done = prune(engine, keep, NOW)
@@ -75,6 +84,9 @@ def test_prune_by_age_and_by_count(db_dsn: str) -> None:
             events = {r[0] for r in conn.execute(text("SELECT event_id FROM events"))}
         assert kept == {"ses_2", "ses_3", "ses_live"}
         assert events == {"evt_3", "evt_2", "evt_1"}
+        with engine.connect() as conn:
+            notes = {r[0] for r in conn.execute(text("SELECT event_id FROM dispatch_notes"))}
+        assert notes == {"evt_1"}  # the note of a pruned event went with it
         assert _count(engine, "sessionrecord", "session_id IN ('ses_0', 'ses_1')") == 0
         assert _count(engine, "spans", "session_id IN ('ses_0', 'ses_1')") == 0
         assert _count(engine, "sessionrecord") == 3 + 3 + 2  # two ended sessions, the live one
