@@ -55,7 +55,10 @@ class Dispatcher:
             judged = self.evaluators.judge(msg.data, list(filters.values()))
             verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
         started = []
-        for job in sessions_for(event, trigger, targets["deployments"], verdicts):
+        jobs = sessions_for(event, trigger, targets["deployments"], verdicts)
+        if jobs and (msg.metadata.num_delivered or 1) > 1:
+            jobs = await self._not_started(jobs)
+        for job in jobs:
             await publish_session(pub, job)
             started.append(job.session_id)
             log.info("event %s: session %s (%s)", event.event_id, job.session_id, job.entrypoint)
@@ -75,6 +78,13 @@ class Dispatcher:
                 wire.pack({"sessions": started, "signaled": len(deliveries)}),
             )
         return started
+
+    async def _not_started(self, jobs: list[wire.Job]) -> list[wire.Job]:
+        """A redelivered event's sessions that did not start: the others may have ended
+        and had their journals cleaned up since, and must not be created again."""
+        args = {"session_ids": [j.session_id for j in jobs]}
+        states = await bus.store_call(self.nc, "session.states", args)
+        return [j for j in jobs if states.get(j.session_id, "CREATED") == "CREATED"]
 
     async def note(self, event: wire.Event, notes: list[dict[str, str]]) -> None:
         """Has the store keep the event's notes (as AutoKitteh, they are logged too)."""

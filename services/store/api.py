@@ -638,6 +638,19 @@ class StoreApi:
                 raise NotFound(f'session "{sid}" not found')
             return _session_view(s, self._names(db).get(s.project_id, ""))
 
+    def session_states(self, args: dict[str, Any]) -> dict[str, str]:
+        """The states of those of ``session_ids`` the store knows (at most 1,000)."""
+        wanted = args.get("session_ids") or []
+        if not isinstance(wanted, list) or len(wanted) > 1000:
+            raise InvalidArgument("session_ids must be a list of at most 1,000 session ids")
+        with DB(self.engine) as db:
+            rows = db.exec(
+                select(Session.session_id, Session.state).where(
+                    col(Session.session_id).in_([str(x) for x in wanted])
+                )
+            )
+            return {sid: state for sid, state in rows}
+
     def session_records(self, args: dict[str, Any]) -> dict[str, Any]:
         """Materialized journal records of a session in order, from ``skip`` on; ``kinds``
         narrows them. A page holds at most ``limit`` (and 1,000) records and about 1 MiB of

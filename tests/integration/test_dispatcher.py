@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+from ak_dispatcher.matching import sessions_for
 from ak_dispatcher.service import run as run_dispatcher
 from ak_store.service import run as run_store
 from akcore import bus, ids, subjects, timefmt, wire
 from akcore.config import Settings
 from akcore.errors import NotFound
+from akcore.sessions import publish_session
 
 from .conftest import running
 from .helpers import deploy, eventually, journal
@@ -120,4 +123,69 @@ async def test_subscription_filters_judged_within_budget(settings: Settings) -> 
         )
         inbox = await js.stream_info(subjects.STREAM_INBOX, subjects_filter=subjects.INBOX_ALL)
         assert set((inbox.state.subjects or {}).keys()) == {subjects.inbox_subject(light)}
+        await nc.close()
+
+
+async def test_a_redelivered_event_does_not_start_an_ended_session_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dispatcher that stalls past its ack wait gets the event again; meanwhile the event's
+    session ran, ended and had its journal cleaned up. The event starts nothing new."""
+    consumers = dict(bus.CONSUMERS)
+    stream, config = consumers[subjects.CONSUMER_DISPATCHER]
+    consumers[subjects.CONSUMER_DISPATCHER] = (stream, dataclasses.replace(config, ack_wait=2.0))
+    monkeypatch.setattr(bus, "CONSUMERS", consumers)
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        event = wire.Event(
+            ids.new_id("evt"),
+            d["project_id"],
+            d["trigger"]["trigger_id"],
+            "post",
+            {},
+            {},
+            timefmt.now_us(),
+        )
+        await js.publish(
+            subjects.event_subject(event.project_id, event.event_id), wire.encode(event)
+        )
+        # A first delivery that is never acked (the stalled dispatcher) ...
+        first = await js.pull_subscribe_bind(subjects.CONSUMER_DISPATCHER, stream=stream)
+        (msg,) = await first.fetch(1, timeout=5)
+        assert msg.metadata.num_delivered == 1
+        # ... while its session was started by it, ran and ended; its journal is purged.
+        targets = await bus.store_call(nc, "dispatch.targets", {"trigger_id": event.destination_id})
+        (job,) = sessions_for(event, targets["trigger"], targets["deployments"], {})
+        for name in (subjects.STREAM_JOURNAL, subjects.STREAM_JOBS):  # a short memory of ids
+            info = await js.stream_info(name)
+            await js.update_stream(dataclasses.replace(info.config, duplicate_window=1.0))
+        pub = bus.publisher(nc)
+        await publish_session(pub, job)
+        probe = {subjects.HDR_MSG_ID: "probe"}  # published after the session's messages
+        await pub.publish(subjects.job_subject("probe"), b"", headers=probe)
+        ended = wire.JournalRecord(
+            job.session_id, 1, wire.ENDED, timefmt.now_us(), {"state": wire.COMPLETED}
+        )
+        await pub.publish(subjects.journal_subject(job.session_id), wire.encode(ended))
+        await js.purge_stream(subjects.STREAM_JOBS)
+
+        async def purged() -> bool:
+            return await journal(nc, job.session_id) == []
+
+        await eventually(purged, timeout=20)
+
+        async def forgotten() -> bool:  # JetStream no longer drops a repeat of these ids
+            ack = await pub.publish(subjects.job_subject("probe"), b"", headers=probe)
+            return not ack.get("duplicate")
+
+        await eventually(forgotten, timeout=20)
+        await js.purge_stream(subjects.STREAM_JOBS)
+        async with running(run_dispatcher, settings, "dispatcher"):
+            await eventually(lambda: _acked(js, 1), timeout=20)  # the second delivery
+        assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 0
+        assert await journal(nc, job.session_id) == []  # no second `created`
+        got = await bus.store_call(nc, "session.get", {"session": job.session_id})
+        assert got["state"] == wire.COMPLETED
         await nc.close()
