@@ -14,13 +14,14 @@ import logging
 from collections.abc import Callable
 
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
-from nats.errors import TimeoutError as NatsTimeout
+from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from . import bus, journal, subjects, timefmt, wire
+from .errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,13 @@ class RecordTooLarge(Exception):
     """A record over the NATS message limit: writing it again would fail again."""
 
 
-# Failures of a publish that may pass: the connection is away or JetStream is busy or full.
-TRANSIENT = (
-    NatsTimeout,
-    NoRespondersError,
-    NoStreamResponseError,
-    ConnectionClosedError,
-    OutboundBufferLimitError,
-    asyncio.TimeoutError,
-)
+def may_pass(e: BaseException) -> bool:
+    """Whether a failure may pass by itself: NATS (the connection, a timeout, no responder,
+    JetStream busy, electing a leader or full: its 5xx), or the store away. A JetStream
+    4xx (a request it refuses) or any other error would only repeat."""
+    if isinstance(e, APIError):
+        return (e.code or 0) >= 500
+    return isinstance(e, (NatsError, Unavailable, asyncio.TimeoutError, ConnectionError))
 
 
 async def last_seq(js: JetStreamContext, session_id: str) -> int:
@@ -144,20 +143,16 @@ class JournalWriter:
         while True:
             try:
                 ack = await self.pub.publish(self.subject, data, headers=headers)
-            except APIError as e:
-                if e.err_code == ERR_WRONG_LAST_SEQUENCE:
-                    return await self._settle(data, "another attempt wrote the journal")
-                if e.code != 503:  # 503: the stream is full or has no leader for now
-                    raise
-                error: Exception = e
-            except TRANSIENT as e:
-                error = e
+            except MaxPayloadError:
+                raise RecordTooLarge(
+                    f"a {rec.kind} record of {len(data)} bytes is over the NATS message limit"
+                ) from None
             except Exception as e:
-                if type(e).__name__ == "MaxPayloadError":
-                    raise RecordTooLarge(
-                        f"a {rec.kind} record of {len(data)} bytes is over the NATS message limit"
-                    ) from None
-                raise
+                if isinstance(e, APIError) and e.err_code == ERR_WRONG_LAST_SEQUENCE:
+                    return await self._settle(data, "another attempt wrote the journal")
+                if not may_pass(e):  # (the stream full, or without a leader, may pass)
+                    raise
+                error = e
             else:
                 if ack.get("duplicate"):  # never success: that number was someone else's
                     return await self._settle(data, "JetStream already had this record number")

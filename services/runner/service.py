@@ -71,6 +71,9 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
     beat = asyncio.create_task(lease.keep())
     try:
         outcome = await _attempt(host, msg, job, lease, limit)
+    except Exception:  # a consumer loop's one broad catch: the job comes back later
+        log.exception("session %s: attempt failed", job.session_id)
+        outcome = Outcome.RETRY
     finally:
         beat.cancel()
     if outcome is Outcome.ENDED:  # the journal has the end: the job is done, whoever holds it

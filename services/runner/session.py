@@ -21,7 +21,7 @@ from akcore.cache import StoreCache
 from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, Unavailable
 from akcore.journal import Kind
-from akcore.journalio import TRANSIENT, Fenced, JournalWriter, RecordTooLarge
+from akcore.journalio import Fenced, JournalWriter, RecordTooLarge, may_pass
 from autokitteh._frames import (
     ActivityFrame,
     DoneFrame,
@@ -237,13 +237,14 @@ class SessionRun:
         except Fenced as e:
             log.warning("session %s: attempt %d stops: %s", self.job.session_id, self.attempt, e)
             return Outcome.FENCED
-        except (*TRANSIENT, Unavailable) as e:
-            return await self._retry(e)
         except SessionError as e:
             return await self.fail(str(e))
         except RecordTooLarge as e:
             return await self.fail(f"error: {e}; the session cannot go on")
-        except Exception as e:  # a bug of ours: it would happen again, so do not loop
+        except Exception as e:
+            if may_pass(e):  # NATS or the store away: another attempt, with replay
+                return await self._retry(e)
+            # A bug of ours: it would happen again, so do not loop.
             log.exception("session %s: runner failure", self.job.session_id)
             return await self.fail(f"error: the runner failed running this session: {e!r}")
 
@@ -268,7 +269,10 @@ class SessionRun:
             await self.end(wire.ERROR, error)
         except Fenced:
             return Outcome.FENCED
-        except (*TRANSIENT, Unavailable) as e:
+        except Exception as e:
+            if not may_pass(e):  # JetStream refusing the end itself: nothing else to try
+                log.exception("session %s: its end could not be written", self.job.session_id)
+                return Outcome.RETRY
             return await self._retry(e)
         return Outcome.ENDED
 
@@ -587,5 +591,7 @@ async def drop_subscriptions(
         return
     try:
         await bus.store_call(nc, "subscription.delete", {"session_id": session_id})
-    except (AKError, *TRANSIENT) as e:
+    except Exception as e:
+        if not (isinstance(e, AKError) or may_pass(e)):
+            raise
         log.warning("session %s: subscriptions not removed: %s", session_id, e)

@@ -1,0 +1,42 @@
+"""Which failures an attempt retries (they may pass) and which end its session."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from akcore.errors import InvalidArgument, Unavailable
+from akcore.journalio import may_pass
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NatsTimeout(),
+        NoRespondersError(),
+        ConnectionClosedError(),
+        ServiceUnavailableError(code=503, err_code=10008),  # JetStream busy or electing
+        Unavailable("the store did not answer"),
+        asyncio.TimeoutError(),
+        ConnectionResetError(),
+    ],
+)
+def test_failures_that_may_pass(error: Exception) -> None:
+    assert may_pass(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        BadRequestError(code=400, err_code=10071),
+        NotFoundError(code=404, err_code=10059),
+        InvalidArgument("no"),
+        KeyError("step"),
+        ValueError("bad"),
+    ],
+)
+def test_failures_that_would_repeat(error: Exception) -> None:
+    assert not may_pass(error)
