@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from akcore.errors import InvalidArgument, Unavailable
 from akcore.journalio import may_pass
@@ -20,7 +18,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableErr
         ConnectionClosedError(),
         ServiceUnavailableError(code=503, err_code=10008),  # JetStream busy or electing
         Unavailable("the store did not answer"),
-        asyncio.TimeoutError(),
+        TimeoutError(),
         ConnectionResetError(),
     ],
 )
