@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
@@ -174,6 +175,20 @@ async def connect(
     return nc
 
 
+def may_pass(e: BaseException) -> bool:
+    """Whether a failure may pass by itself: NATS (the connection, a timeout, no responder,
+    JetStream busy, electing a leader or full: its 5xx), or the store away. A JetStream
+    4xx (a request it refuses) or any other error would only repeat."""
+    if isinstance(e, APIError):
+        return (e.code or 0) >= 500
+    return isinstance(e, (NatsError, Unavailable, asyncio.TimeoutError, ConnectionError))
+
+
+def is_full(e: BaseException) -> bool:
+    """A stream at its limit refused the message (``discard: new``)."""
+    return isinstance(e, APIError) and "exceeded" in (e.description or "")
+
+
 class Publisher:
     """Acknowledged JetStream publishes, as ``JetStreamContext.publish`` (the same errors
     when no stream answers, the stream refuses or the acknowledgement times out) for about
@@ -229,6 +244,26 @@ class Publisher:
         if "error" in ack:
             raise APIError.from_error(ack["error"])  # raises the error's own class
         return ack
+
+    async def publish_within(
+        self, seconds: float, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> dict[str, Any]:
+        """``publish``, tried again while it fails for a reason that may pass (a cluster
+        electing a stream's leader after losing a node takes a few seconds), for up to
+        ``seconds``. ``headers`` must carry a ``Nats-Msg-Id``: a try that was stored after
+        all makes the next one a duplicate, not a second message."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        pause = 0.1
+        while True:
+            left = deadline - loop.time()
+            try:
+                return await self.publish(subject, payload, headers, max(0.1, min(2.0, left)))
+            except Exception as e:
+                if not may_pass(e) or is_full(e) or loop.time() + pause >= deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 _publishers: weakref.WeakKeyDictionary[Client, Publisher] = weakref.WeakKeyDictionary()

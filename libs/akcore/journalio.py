@@ -14,14 +14,13 @@ import logging
 from collections.abc import Callable
 
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from . import bus, journal, subjects, timefmt, wire
-from .errors import Unavailable
+from .bus import may_pass
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +33,6 @@ class Fenced(Exception):
 
 class RecordTooLarge(Exception):
     """A record over the NATS message limit: writing it again would fail again."""
-
-
-def may_pass(e: BaseException) -> bool:
-    """Whether a failure may pass by itself: NATS (the connection, a timeout, no responder,
-    JetStream busy, electing a leader or full: its 5xx), or the store away. A JetStream
-    4xx (a request it refuses) or any other error would only repeat."""
-    if isinstance(e, APIError):
-        return (e.code or 0) >= 500
-    return isinstance(e, (NatsError, Unavailable, asyncio.TimeoutError, ConnectionError))
 
 
 async def last_seq(js: JetStreamContext, session_id: str) -> int:

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _OP_RE = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
 MSGPACK = "application/msgpack"
+# Seconds a webhook's event may take to be stored while JetStream cannot take it for a
+# reason that may pass (a cluster electing a new leader after losing a node), before 503.
+PUBLISH_WITHIN = 8.0
 
 
 # An over-limit body is still read (and dropped) up to this size: a server that answers
@@ -126,13 +129,14 @@ def create_app(
     async def publish(event: wire.Event, slug: str) -> Response | None:
         """Publishes the event; a 503 response when JetStream did not acknowledge it."""
         try:
-            await events.publish(
+            await events.publish_within(
+                PUBLISH_WITHIN,
                 subjects.event_subject(event.project_id, event.event_id),
                 wire.encode(event),
-                headers=tracing.inject({subjects.HDR_MSG_ID: event.event_id}),
+                tracing.inject({subjects.HDR_MSG_ID: event.event_id}),
             )
         except APIError as e:
-            if "exceeded" in (e.description or ""):  # maximum bytes (or messages) exceeded
+            if bus.is_full(e):
                 log.error("webhook %s: event not stored: AK_EVENTS is full (%s)", slug, e)
                 return Response(
                     "Service Unavailable: the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES)"

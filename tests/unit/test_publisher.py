@@ -41,3 +41,33 @@ async def test_an_unanswered_publish_times_out(nats_url: str) -> None:
     with pytest.raises(NatsTimeout):
         await bus.publisher(nc).publish("silent.x", b"z", timeout=0.2)
     await nc.close()
+
+
+class Counting(bus.Publisher):
+    """A publisher that counts its tries."""
+
+    tries = 0
+
+    async def publish(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.tries += 1
+        return await super().publish(*args, **kwargs)
+
+
+async def test_publish_within_waits_out_a_stream_that_cannot_take_it_yet(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    pub = Counting(nc)
+    headers = {"Nats-Msg-Id": "e1"}
+    task = asyncio.create_task(pub.publish_within(8.0, "w.1", b"x", headers))
+    async with asyncio.timeout(5):
+        while pub.tries < 1:  # the first try found no stream (as during a leader election)
+            await asyncio.sleep(0.01)
+    await js.add_stream(StreamConfig(name="W", subjects=["w.>"], max_msgs=1, discard="new"))
+    ack = await task
+    assert ack["seq"] == 1 and pub.tries >= 2
+    # A stream at its limit is not waited for: nothing frees it in seconds.
+    pub.tries = 0
+    with pytest.raises(bus.APIError, match="maximum messages exceeded"):
+        await pub.publish_within(8.0, "w.2", b"y", {"Nats-Msg-Id": "e2"})
+    assert pub.tries == 1
+    await nc.close()
