@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from akcore import bus, journal, subjects, timefmt, tracing, wire
+from akcore.bus import may_pass
 from akcore.cache import StoreCache
 from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, Unavailable
 from akcore.journal import Kind
-from akcore.journalio import Fenced, JournalWriter, RecordTooLarge, may_pass
+from akcore.journalio import Fenced, JournalWriter, RecordTooLarge
 from autokitteh._frames import (
     ActivityFrame,
     DoneFrame,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from akcore.bus import may_pass
 from akcore.errors import InvalidArgument, Unavailable
-from akcore.journalio import may_pass
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
