@@ -49,6 +49,21 @@ def frozen(event, session_id):
     print("done")
 
 
+@autokitteh.activity
+def held(sid):
+    # runs until the test lets it finish (a file), so its runner can freeze meanwhile
+    effect(sid, "held")
+    while not os.path.exists(os.path.join(DIR, f"{sid}.release")):
+        time.sleep(0.05)  # inside an activity: a plain sleep
+    return "released"
+
+
+def mid_activity(event, session_id):
+    effect(session_id, "a1")
+    print(held(session_id))
+    effect(session_id, "a2")
+
+
 def stalled(event, session_id):
     print("worker", effect(session_id, "a1"))
     effect(session_id, "a2")
@@ -92,6 +107,7 @@ def plain(event):
 
 HANDLERS = [
     "frozen",
+    "mid_activity",
     "stalled",
     "no_beats",
     "crashes",
@@ -229,6 +245,52 @@ def test_a_frozen_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) 
     assert stack.ak("session", "prints", sid, "-n", check=True).stdout == (
         f"worker {worker}\ndone\n"
     )
+
+
+def test_a_runner_frozen_mid_activity_is_fenced_off(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    """SIGSTOP of the runner while its worker runs an activity: the other runner replays
+    what was journaled and runs that activity again (it had no record: at-least-once for an
+    activity in flight); the frozen runner's outcome of it, sent meanwhile, is refused when it
+    thaws, and its worker killed. Finished activities ran once."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["mid_activity"])
+    _wait("the activity never started", lambda: len(_runs(markers, sid, "held")) == 1, stack)
+    ((_, runner),) = _attempts(_log(stack, sid))
+    pid = int(runner.rsplit("-", 1)[1])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _wait(
+            "no other attempt ran the activity",
+            lambda: len(_runs(markers, sid, "held")) == 2,
+            stack,
+        )
+        (markers / f"{sid}.release").touch()  # both workers' activities finish now
+        session = stack.wait_session(sid, timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert session["state"] == "COMPLETED", session
+    _wait(
+        "the thawed runner did not stop its attempt",
+        lambda: f"session {sid}: attempt 1 stops" in stack.output(),
+        stack,
+    )
+    first = _runs(markers, sid, "held")[0]
+    _wait(f"worker {first} of the fenced attempt is still alive", lambda: _gone(first), stack)
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    log = _log(stack, sid)
+    assert _history(log) == [
+        "created",
+        "running:1",
+        "call:effect",
+        "running:2",
+        "call:held",
+        "print",
+        "call:effect",
+        "completed",
+    ]  # the frozen attempt's outcome of `held` is not in it
+    assert stack.ak("session", "prints", sid, "-n", check=True).stdout == "released\n"
 
 
 def test_a_stalled_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) -> None:
