@@ -140,6 +140,7 @@ class Ended:
     error: str = ""
     traceback: str = ""
     result: bytes | None = None  # the handler's return value, pickled by the worker
+    inbox: bool = False  # its inbox may hold messages (the store purges it with the journal)
 
 
 Payload = Created | Started | Print | Activity | Sleep | Syscall | Retry | Ended

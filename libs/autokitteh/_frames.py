@@ -8,7 +8,9 @@ Worker to runner (each frame's JSON header has a ``type``; a blob may follow):
             (activity, sleep or a system call), ``function``, ``where`` (file:line); a sleep
             has ``seconds``, a system call ``args`` (and a blob: a signal's payload).
             Reply ``step``: recorded (``replayed``) or live (an activity's go-ahead, a
-            sleep's deadline, a system call's outcome).
+            sleep's deadline, a system call's outcome). A step the worker replays from
+            the answers its start frame held is sent ``ahead`` and not answered: the
+            runner checks it against the journal all the same, in order.
   activity  a live activity finished: its outcome (blob: the pickled value or exception).
             Reply ``ack`` once it is journaled.
   syscall   a system call that is not a durable step (inside an activity, or a session
@@ -49,6 +51,7 @@ class StepFrame:
     where: str = ""
     seconds: float = 0.0
     args: dict[str, Any] = field(default_factory=dict)
+    ahead: bool = False  # replayed from what the start frame held: not to be answered
 
 
 @dataclass(frozen=True)

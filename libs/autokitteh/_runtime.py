@@ -44,6 +44,7 @@ class Fatal(BaseException):
 class Channel(Protocol):
     def call(self, header: dict[str, Any], blob: bytes = b"") -> tuple[dict[str, Any], bytes]: ...
     def send(self, header: dict[str, Any], blob: bytes = b"") -> None: ...
+    def hold(self, header: dict[str, Any]) -> None: ...
 
 
 class Resolved:
@@ -74,9 +75,15 @@ def digest(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 class Runtime:
     def __init__(
-        self, channel: Channel, replayed_prints: int, is_user: Callable[[Any], bool], durable: bool
+        self,
+        channel: Channel,
+        replayed_prints: int,
+        is_user: Callable[[Any], bool],
+        durable: bool,
+        replay: dict[int, tuple[dict[str, Any], bytes]] | None = None,
     ) -> None:
         self.channel, self.replayed_prints = channel, replayed_prints
+        self.replay = replay or {}  # the runner's answers to the journal's recorded steps
         self.is_user, self.durable = is_user, durable
         self.loading = False
         self.step = 0
@@ -124,10 +131,16 @@ class Runtime:
     def _ask(
         self, kind: str, name: str, where: str, blob: bytes = b"", **extra: Any
     ) -> tuple[int, dict[str, Any], bytes]:
-        """Asks the runner for the next step: recorded (replayed) or live."""
+        """Asks the runner for the next step: recorded (replayed) or live. A recorded step
+        whose answer the start frame held is sent ahead and not waited for (the runner
+        checks it against the journal and ends the session if the code took another path)."""
         self.step += 1
         header = {"type": "step", "step": self.step, "kind": kind, "function": name}
         header.update(where=where, **extra)
+        known = self.replay.pop(self.step, None)
+        if known is not None:
+            self.channel.hold({**header, "ahead": True, "args": {}})
+            return self.step, known[0], known[1]
         reply, rblob = self.channel.call(header, blob)
         return self.step, reply, rblob
 

@@ -70,13 +70,24 @@ class Channel:
         self._in, self._out = fin, fout
         self._lock = threading.Lock()
         self._replies: queue.Queue[tuple[dict[str, Any], bytes] | None] = queue.Queue()
+        self._held: list[bytes] = []  # frames that go with the next one (see ``hold``)
         self.idle = True  # between sessions: the runner closing our input is a normal end
 
     def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
         data = encode_frame(header, blob)
         with self._lock:
+            if self._held:
+                data = b"".join((*self._held, data))
+                self._held.clear()
             self._out.write(data)
             self._out.flush()
+
+    def hold(self, header: dict[str, Any]) -> None:
+        """Queues a frame that needs no answer to go with the next frame sent (replayed
+        steps, in order, ahead of anything that does something: one write for many)."""
+        data = encode_frame(header)
+        with self._lock:
+            self._held.append(data)
 
     def receive(self) -> tuple[dict[str, Any], bytes] | None:
         return read_frame(self._in)
@@ -311,7 +322,7 @@ def _session(
             return str(code.co_filename).startswith(finder.code_dir)
         return getattr(target, "__module__", None) in finder.modules
 
-    rt = _runtime.Runtime(ch, int(start.get("prints") or 0), is_user, durable)
+    rt = _runtime.Runtime(ch, int(start.get("prints") or 0), is_user, durable, init.get("replay"))
     _runtime.install(rt)
     _capture_prints(rt)
     if durable:

@@ -55,8 +55,10 @@ class Lease:
             self.on_lost(why)
 
     async def keep(self) -> None:
-        """Heartbeats every sixth of the ack wait until the lease is lost or cancelled."""
+        """Heartbeats every sixth of the ack wait until the lease is lost or cancelled (the
+        first one a sixth after the pull request: most sessions end before it)."""
         every = self.ack_wait / 6
+        await asyncio.sleep(max(0.0, self.until - self.ack_wait / 2 + every - self._loop.time()))
         while self.valid():
             sent = self._loop.time()
             if self.beating:

@@ -182,7 +182,10 @@ class SessionRun:
         if state == wire.ERROR:
             tracing.fail(self.span, error_type or "Error")
         await self._tell_parent(state, result)
-        ended = journal.Ended(state=state, error=error, traceback=traceback, result=result)
+        inbox = self.inbox.reading or self.host.inboxes.heard_of(self.job.session_id)
+        ended = journal.Ended(
+            state=state, error=error, traceback=traceback, result=result, inbox=inbox
+        )
         try:
             await self.journal(ended)
         except RecordTooLarge:
@@ -191,7 +194,7 @@ class SessionRun:
                 "than a journal record can hold; return less (store big data elsewhere and "
                 "return a reference)"
             )
-            await self.journal(journal.Ended(state=wire.ERROR, error=error))
+            await self.journal(journal.Ended(state=wire.ERROR, error=error, inbox=inbox))
         self.ended = True
         log.info("session %s: %s %s", self.job.session_id, state, error)
         await drop_subscriptions(self.nc, self.job.session_id, self.history, self.syscalls)
@@ -401,7 +404,14 @@ class SessionRun:
 
     async def _converse(self, worker: WorkerProcess, code_dir: Path) -> None:
         job = self.job
-        init = {"data": job.data, "event_type": job.event_type, "event_id": job.event_id}
+        init = {
+            "data": job.data,
+            "event_type": job.event_type,
+            "event_id": job.event_id,
+            # What the journal answers to each recorded step: the worker replays them
+            # without waiting for an answer, and the runner checks each as it comes.
+            "replay": {k: replayed_reply(rec) for k, rec in self.history.steps.items()},
+        }
         start = {
             "type": "start",
             "code_dir": str(code_dir),
@@ -468,6 +478,10 @@ class SessionRun:
             await self.journal(journal.Print(text=str(e)))
             raise SessionError(str(e)) from None
         self.next_step += 1
+        if f.ahead:  # the worker replayed it from what it was sent: checked, not answered
+            if rec is None:
+                raise FrameError(f"step {f.step} is not in the journal, yet it was replayed")
+            return
         if rec is not None:
             await worker.send(*replayed_reply(rec))
             return

@@ -48,11 +48,13 @@ class Purger:
     def __init__(self, js: JetStreamContext, sql: Any) -> None:
         """``sql(fn, *args)`` runs ``fn`` on the store's SQL thread."""
         self.js, self.sql = js, sql
-        self._ended: list[tuple[int, str]] = []  # (stream seq of its `ended`, session)
+        # (stream seq of its `ended`, session, whether its inbox may hold messages)
+        self._ended: list[tuple[int, str, bool]] = []
 
-    def ended(self, session_id: str, stream_seq: int) -> None:
-        """This store committed ``session_id``'s ``ended`` record (at ``stream_seq``)."""
-        self._ended.append((stream_seq, session_id))
+    def ended(self, session_id: str, stream_seq: int, inbox: bool = True) -> None:
+        """This store committed ``session_id``'s ``ended`` record (at ``stream_seq``);
+        ``inbox``: its inbox may hold messages (else only the sweep looks at it)."""
+        self._ended.append((stream_seq, session_id, inbox))
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -77,10 +79,12 @@ class Purger:
 
     async def _purge_ready(self) -> None:
         floor = await self._ack_floor()
-        ready = [sid for seq, sid in self._ended if seq <= floor]
-        self._ended = [(seq, sid) for seq, sid in self._ended if seq > floor]
-        await self._purge([subjects.journal_subject(s) for s in ready], subjects.STREAM_JOURNAL)
-        await self._purge([subjects.inbox_subject(s) for s in ready], subjects.STREAM_INBOX)
+        ready = [(sid, inbox) for seq, sid, inbox in self._ended if seq <= floor]
+        self._ended = [e for e in self._ended if e[0] > floor]
+        journals = [subjects.journal_subject(sid) for sid, _ in ready]
+        await self._purge(journals, subjects.STREAM_JOURNAL)
+        inboxes = [subjects.inbox_subject(sid) for sid, inbox in ready if inbox]
+        await self._purge(inboxes, subjects.STREAM_INBOX)
 
     async def _purge(self, names: list[str], stream: str) -> None:
         for i in range(0, len(names), self.CONCURRENCY):

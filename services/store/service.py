@@ -221,7 +221,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     def records_applied(batch: list[tuple[Msg, wire.JournalRecord]]) -> None:
         for msg, rec in batch:
             if rec.kind == wire.ENDED:
-                purger.ended(rec.session_id, msg.metadata.sequence.stream)
+                inbox = bool(rec.data.get("inbox", True))  # (older runners did not say)
+                purger.ended(rec.session_id, msg.metadata.sequence.stream, inbox)
 
     await bus.serve_requests(nc, subjects.STORE_ALL, handle, queue="store", telemetry=tel)
     await nc.subscribe(subjects.SPANS, queue="store", cb=on_spans)
