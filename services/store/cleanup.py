@@ -158,30 +158,20 @@ def prune(engine: Engine, keep: Retention, now_us: int | None = None) -> dict[st
     sessions_cut = now_us - int(keep.sessions_age * 1e6)
     events_cut = now_us - int(keep.events_age * 1e6)
     ended = _SESSIONS.c.state.in_(wire.FINAL_STATES)
-    oldest = select(_SESSIONS.c.session_id).where(ended).order_by(_SESSIONS.c.updated_us)
-    n_sessions = _in_chunks(
+    n_sessions = _prune(
         engine,
-        lambda conn: oldest.where(_SESSIONS.c.updated_us < sessions_cut).limit(CHUNK),
+        select(_SESSIONS.c.session_id).where(ended).order_by(_SESSIONS.c.updated_us),
+        _SESSIONS.c.updated_us < sessions_cut,
+        select(func.count()).where(ended),
+        keep.max_sessions,
         _delete_sessions,
     )
-    n_sessions += _in_chunks(
+    n_events = _prune(
         engine,
-        lambda conn: oldest.limit(
-            _over(conn, select(func.count()).where(ended), keep.max_sessions)
-        ),
-        _delete_sessions,
-    )
-    first = select(_EVENTS.c.seq).order_by(_EVENTS.c.seq)
-    n_events = _in_chunks(
-        engine,
-        lambda conn: first.where(_EVENTS.c.created_us < events_cut).limit(CHUNK),
-        _delete_events,
-    )
-    n_events += _in_chunks(
-        engine,
-        lambda conn: first.limit(
-            _over(conn, select(func.count()).select_from(_EVENTS), keep.max_events)
-        ),
+        select(_EVENTS.c.seq).order_by(_EVENTS.c.seq),
+        _EVENTS.c.created_us < events_cut,
+        select(func.count()).select_from(_EVENTS),
+        keep.max_events,
         _delete_events,
     )
     with engine.begin() as conn:
@@ -191,6 +181,22 @@ def prune(engine: Engine, keep: Retention, now_us: int | None = None) -> dict[st
         )
         conn.execute(delete(_NOTES).where(_NOTES.c.created_us < events_cut))
     return {"sessions": n_sessions, "events": n_events}
+
+
+def _prune(
+    engine: Engine,
+    oldest: Any,
+    too_old: Any,
+    count: Any,
+    limit: int,
+    remove: Callable[[Connection, list[Any]], None],
+) -> int:
+    """Removes the rows ``oldest`` selects (oldest first) that are ``too_old``, then the
+    oldest beyond ``limit`` of ``count``; returns how many."""
+    removed = _in_chunks(engine, lambda conn: oldest.where(too_old).limit(CHUNK), remove)
+    return removed + _in_chunks(
+        engine, lambda conn: oldest.limit(_over(conn, count, limit)), remove
+    )
 
 
 def _over(conn: Connection, count: Any, limit: int) -> int:

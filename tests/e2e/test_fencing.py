@@ -191,6 +191,16 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _fenced_off(stack: Stack, sid: str, worker: int) -> None:
+    """Waits until attempt 1 of ``sid`` stopped itself and its worker ``worker`` is gone."""
+    _wait(
+        "the attempt did not stop",
+        lambda: f"session {sid}: attempt 1 stops" in stack.output(),
+        stack,
+    )
+    _wait(f"worker {worker} of the fenced attempt is still alive", lambda: _gone(worker), stack)
+
+
 def _history(log: list[dict[str, Any]]) -> list[str]:
     """The journal as a list of what happened, in order."""
     out = []
@@ -221,12 +231,7 @@ def test_a_frozen_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) 
     finally:
         os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
-    _wait(
-        "the woken runner did not stop its attempt",
-        lambda: f"session {sid}: attempt 1 stops" in stack.output(),
-        stack,
-    )
-    _wait(f"worker {worker} of the fenced attempt is still alive", lambda: _gone(worker), stack)
+    _fenced_off(stack, sid, worker)
     assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
     log = _log(stack, sid)
     assert [a for a, _ in _attempts(log)] == [1, 2]
@@ -271,13 +276,8 @@ def test_a_runner_frozen_mid_activity_is_fenced_off(
     finally:
         os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
-    _wait(
-        "the thawed runner did not stop its attempt",
-        lambda: f"session {sid}: attempt 1 stops" in stack.output(),
-        stack,
-    )
     first = _runs(markers, sid, "held")[0]
-    _wait(f"worker {first} of the fenced attempt is still alive", lambda: _gone(first), stack)
+    _fenced_off(stack, sid, first)
     assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
     log = _log(stack, sid)
     assert _history(log) == [
@@ -301,13 +301,8 @@ def test_a_stalled_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path])
     sid = _fire(stack, paths["stalled"])
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
-    _wait(
-        "the stalled runner did not stop its attempt",
-        lambda: f"session {sid}: attempt 1 stops" in stack.output(),
-        stack,
-    )
     worker = _runs(markers, sid, "a1")[0]
-    _wait(f"worker {worker} of the fenced attempt is still alive", lambda: _gone(worker), stack)
+    _fenced_off(stack, sid, worker)
     assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
     log = _log(stack, sid)
     assert [a for a, _ in _attempts(log)] == [1, 2]
