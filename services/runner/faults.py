@@ -11,7 +11,8 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
   points   ``step`` (the worker asks for durable step N, before anything is done),
            ``journaling`` (the record of step N is about to be written), ``journaled`` (it
            was acknowledged, the worker not answered yet), ``started`` (the attempt's
-           ``started`` record was acknowledged; no step)
+           ``started`` record was acknowledged; no step), ``ended`` (the ``ended`` record
+           was acknowledged, the parent not told yet; no step)
 
 A rule fires in the first attempt only unless it says ``attempt=any`` (or another number).
 Example: ``crash journaled step=1 entry=crash.py:in_sleep``.
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 ENV = "AK_TEST__FAULTS"
 ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable")
-POINTS = ("step", "journaling", "journaled", "started")
+POINTS = ("step", "journaling", "journaled", "started", "ended")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from .faults import Faults
 from .inbox import InboxWatch
 from .lease import Lease
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
-from .session import Host, Outcome, SessionRun, drop_subscriptions
+from .session import Host, Outcome, SessionRun, after_end
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             log.warning("session %s: cannot read its journal (%r); will retry", job.session_id, e)
             return Outcome.RETRY
         if not records or history.ended:  # it ended (and may be cleaned up already)
-            if history.ended:
-                await _after_end(host, job, history)
+            if history.ended:  # what its attempt may not have finished
+                await after_end(host.nc, job, history.ended, history)
             return Outcome.ENDED
         if attempt > limit:
             return await _run(host, msg, job, lease, history, last).fail(
@@ -137,11 +137,6 @@ def _run(
     queued = stamp.timestamp() if stamp else 0.0
     attempt = msg.metadata.num_delivered or 1
     return SessionRun(host, job, attempt, history, lease, writer, queued, read_us)
-
-
-async def _after_end(host: Host, job: wire.Job, history: journal.History) -> None:
-    """What an attempt that wrote the end may not have finished before it stopped."""
-    await drop_subscriptions(host.nc, job.session_id, history)
 
 
 def gave_up_message(attempts: int, limit: int, history: journal.History) -> str:

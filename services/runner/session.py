@@ -181,7 +181,6 @@ class SessionRun:
         self.span.set_attribute("ak.state", state)
         if state == wire.ERROR:
             tracing.fail(self.span, error_type or "Error")
-        await self._tell_parent(state, result)
         inbox = self.inbox.reading or self.host.inboxes.heard_of(self.job.session_id)
         ended = journal.Ended(
             state=state, error=error, traceback=traceback, result=result, inbox=inbox
@@ -194,27 +193,12 @@ class SessionRun:
                 "than a journal record can hold; return less (store big data elsewhere and "
                 "return a reference)"
             )
-            await self.journal(journal.Ended(state=wire.ERROR, error=error, inbox=inbox))
+            ended = journal.Ended(state=wire.ERROR, error=error, inbox=inbox)
+            await self.journal(ended)
         self.ended = True
         log.info("session %s: %s %s", self.job.session_id, state, error)
-        await drop_subscriptions(self.nc, self.job.session_id, self.history, self.syscalls)
-
-    async def _tell_parent(self, state: str, result: bytes | None) -> None:
-        """A child session's end reaches its parent's inbox (once: de-duplicated by id)."""
-        job = self.job
-        if not job.parent_session_id:
-            return
-        msg = wire.InboxMessage(
-            kind=wire.INBOX_CHILD_END,
-            name=job.session_id,
-            completed=state == wire.COMPLETED,
-            payload=result if result is None or len(result) <= MAX_RESULT else None,
-        )
-        await self.pub.publish(
-            subjects.inbox_subject(job.parent_session_id),
-            wire.encode(msg),
-            headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},
-        )
+        self._fault("ended")
+        await after_end(self.nc, self.job, ended, self.history, self.syscalls)
 
     # --- the attempt
 
@@ -257,6 +241,8 @@ class SessionRun:
         log.warning(
             "session %s: attempt %d stops, will retry: %s", self.job.session_id, self.attempt, why
         )
+        if self.ended:  # nothing goes after the end: the next delivery finishes what follows
+            return Outcome.RETRY
         try:
             await self.journal(journal.Retry(attempt=self.attempt, error=why))
         except Fenced:
@@ -598,15 +584,33 @@ def replayed_reply(rec: journal.Step) -> tuple[dict[str, Any], bytes]:
     return reply, rec.result
 
 
-async def drop_subscriptions(
-    nc: Client, session_id: str, history: journal.History, syscalls: Syscalls | None = None
+async def after_end(
+    nc: Client,
+    job: wire.Job,
+    ended: journal.Ended,
+    history: journal.History,
+    syscalls: Syscalls | None = None,
 ) -> None:
-    """Removes an ended session's event subscriptions, if it made any (best effort)."""
+    """What follows a session's `ended` record: its parent hears of it (de-duplicated by
+    id, so a later attempt may tell it again) and its subscriptions go. A redelivered job
+    whose journal already ends does it again: its attempt may have stopped in between."""
+    if job.parent_session_id:
+        msg = wire.InboxMessage(
+            kind=wire.INBOX_CHILD_END,
+            name=job.session_id,
+            completed=ended.state == wire.COMPLETED,
+            payload=ended.result,
+        )
+        await bus.publisher(nc).publish(
+            subjects.inbox_subject(job.parent_session_id),
+            wire.encode(msg),
+            headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},
+        )
     if not (history.subscribed or (syscalls is not None and syscalls.subscribed)):
         return
     try:
-        await bus.store_call(nc, "subscription.delete", {"session_id": session_id})
-    except Exception as e:
+        await bus.store_call(nc, "subscription.delete", {"session_id": job.session_id})
+    except Exception as e:  # best effort: the store removes an ended session's anyway
         if not (isinstance(e, AKError) or may_pass(e)):
             raise
-        log.warning("session %s: subscriptions not removed: %s", session_id, e)
+        log.warning("session %s: subscriptions not removed: %s", job.session_id, e)

@@ -36,6 +36,7 @@ _NOTES = DispatchNote.__table__  # type: ignore[attr-defined]
 
 CHUNK = 2000  # rows deleted per transaction
 ORPHAN_INBOX_SECONDS = 3600  # an inbox of a session the store never heard of, after this
+CHILD_GRACE = 300  # seconds a child session's journal outlives its end (see _purge_ready)
 
 
 class Purger:
@@ -81,7 +82,12 @@ class Purger:
         floor = await self._ack_floor()
         ready = [(sid, inbox) for seq, sid, inbox in self._ended if seq <= floor]
         self._ended = [e for e in self._ended if e[0] > floor]
-        journals = [subjects.journal_subject(sid) for sid, _ in ready]
+        # A child's journal stays a while: if its runner stopped between its end and telling
+        # its parent, the next attempt reads the end there and tells the parent (the sweep
+        # purges it later).
+        found = await self.sql(_sessions, [sid for sid, _ in ready])
+        children = {sid for sid, (_, parent, _) in found.items() if parent}
+        journals = [subjects.journal_subject(sid) for sid, _ in ready if sid not in children]
         await self._purge(journals, subjects.STREAM_JOURNAL)
         inboxes = [subjects.inbox_subject(sid) for sid, inbox in ready if inbox]
         await self._purge(inboxes, subjects.STREAM_INBOX)
@@ -95,15 +101,20 @@ class Purger:
         """Purges what the fast path missed; returns how many subjects it purged."""
         journals = await self._session_subjects(subjects.STREAM_JOURNAL)
         inboxes = await self._session_subjects(subjects.STREAM_INBOX)
-        states = await self.sql(_states, [*journals, *inboxes])
+        found = await self.sql(_sessions, [*journals, *inboxes])
         floor = await self._ack_floor()
+        now_us = timefmt.now_us()
         done = []
         for sid in journals:
-            if states.get(sid) in wire.FINAL_STATES and await self._last_seq(sid) <= floor:
-                done.append(subjects.journal_subject(sid))
-        cutoff_ms = timefmt.now_us() // 1000 - ORPHAN_INBOX_SECONDS * 1000
+            state, parent, ended_us = found.get(sid, ("", "", 0))
+            if state not in wire.FINAL_STATES or await self._last_seq(sid) > floor:
+                continue
+            if parent and ended_us > now_us - CHILD_GRACE * 1_000_000:
+                continue  # (see _purge_ready)
+            done.append(subjects.journal_subject(sid))
+        cutoff_ms = now_us // 1000 - ORPHAN_INBOX_SECONDS * 1000
         for sid in inboxes:
-            state = states.get(sid)
+            state = found.get(sid, (None, "", 0))[0]
             if state in wire.FINAL_STATES or (state is None and ids.time_ms(sid) < cutoff_ms):
                 done.append(subjects.inbox_subject(sid))
         await self._purge([s for s in done if ".journal." in s], subjects.STREAM_JOURNAL)
@@ -140,14 +151,17 @@ class Purger:
                 return found
 
 
-def _states(engine: Engine, session_ids: list[str]) -> dict[str, str]:
+def _sessions(engine: Engine, session_ids: list[str]) -> dict[str, tuple[str, str, int]]:
+    """(state, parent session id, last change) of those of the sessions the store has."""
     if not session_ids:
         return {}
-    q = select(_SESSIONS.c.session_id, _SESSIONS.c.state).where(
-        _SESSIONS.c.session_id.in_(bindparam("ids", expanding=True))
+    c = _SESSIONS.c
+    q = select(c.session_id, c.state, c.parent_session_id, c.updated_us).where(
+        c.session_id.in_(bindparam("ids", expanding=True))
     )
     with engine.connect() as conn:
-        return {r.session_id: r.state for r in conn.execute(q, {"ids": session_ids})}
+        rows = conn.execute(q, {"ids": session_ids})
+        return {r.session_id: (r.state, r.parent_session_id, r.updated_us) for r in rows}
 
 
 def prune(engine: Engine, keep: Retention, now_us: int | None = None) -> dict[str, int]:

@@ -101,6 +101,16 @@ def always_flaky(event, session_id):
     effect(session_id, "a1")
 
 
+def parent(event):
+    child = autokitteh.start("f.py:child", {})
+    end = autokitteh.next_signal(child, timeout=60)
+    print("child ended", end.payload)
+
+
+def child(event):
+    return "from the child"
+
+
 def plain(event):
     print("fine")
 """
@@ -115,6 +125,7 @@ HANDLERS = [
     "big_print",
     "flaky",
     "always_flaky",
+    "parent",
     "plain",
 ]
 FAULTS = (
@@ -122,7 +133,8 @@ FAULTS = (
     "no_heartbeats started entry=f.py:no_beats; "
     "crash step step=1 entry=f.py:crashes attempt=any; "
     "unavailable step step=2 entry=f.py:flaky; "
-    "unavailable step step=1 entry=f.py:always_flaky attempt=any"
+    "unavailable step step=1 entry=f.py:always_flaky attempt=any; "
+    "crash ended entry=f.py:child"
 )
 
 
@@ -404,6 +416,25 @@ def test_a_huge_print_is_cut_and_the_session_goes_on(
     assert marker == "[... cut: 9,437,184 characters printed, the first 262,144 kept]"
     assert last == "after"
     assert [a for a, _ in _attempts(_log(stack, sid))] == [1]
+
+
+def test_a_child_whose_runner_dies_after_its_end_still_tells_its_parent(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    """The child's runner dies right after the child's `ended` record is written, before
+    the parent hears of it: the child's next delivery finds the end in the journal and
+    tells the parent, which goes on."""
+    stack, paths, _ = env
+    sid = _fire(stack, paths["parent"])
+    session = stack.wait_session(sid, timeout=90)
+    assert session["state"] == "COMPLETED", session
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
+    assert prints == "child ended {'completed': True, 'value': 'from the child'}\n"
+    listed = stack.ak("session", "list", "-p", "fenced", "-j", check=True).stdout
+    (child,) = [
+        s for s in map(json.loads, listed.splitlines()) if s.get("parent_session_id") == sid
+    ]
+    assert [a for a, _ in _attempts(_log(stack, child["session_id"]))] == [1]  # ended once
 
 
 def _still_serving(stack: Stack, paths: dict[str, str]) -> None:
