@@ -46,9 +46,9 @@ class Purger:
     SWEEP_EVERY = 60.0
     CONCURRENCY = 32
 
-    def __init__(self, js: JetStreamContext, sql: Any) -> None:
-        """``sql(fn, *args)`` runs ``fn`` on the store's SQL thread."""
-        self.js, self.sql = js, sql
+    def __init__(self, js: JetStreamContext, engine: Engine, sql: Any) -> None:
+        """``sql(fn, *args)`` runs ``fn(*args)`` on the store's SQL threads."""
+        self.js, self.engine, self.sql = js, engine, sql
         # (stream seq of its `ended`, session, whether its inbox may hold messages)
         self._ended: list[tuple[int, str, bool]] = []
 
@@ -85,7 +85,7 @@ class Purger:
         # A child's journal stays a while: if its runner stopped between its end and telling
         # its parent, the next attempt reads the end there and tells the parent (the sweep
         # purges it later).
-        found = await self.sql(_sessions, [sid for sid, _ in ready])
+        found = await self.sql(_sessions, self.engine, [sid for sid, _ in ready])
         children = {sid for sid, (_, parent, _) in found.items() if parent}
         journals = [subjects.journal_subject(sid) for sid, _ in ready if sid not in children]
         await self._purge(journals, subjects.STREAM_JOURNAL)
@@ -101,7 +101,7 @@ class Purger:
         """Purges what the fast path missed; returns how many subjects it purged."""
         journals = await self._session_subjects(subjects.STREAM_JOURNAL)
         inboxes = await self._session_subjects(subjects.STREAM_INBOX)
-        found = await self.sql(_sessions, [*journals, *inboxes])
+        found = await self.sql(_sessions, self.engine, [*journals, *inboxes])
         floor = await self._ack_floor()
         now_us = timefmt.now_us()
         done = []

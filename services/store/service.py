@@ -202,7 +202,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         except Exception as e:  # spans are diagnostics: never let them hurt the store
             log.warning("dropping %d bytes of spans: %s", len(msg.data), e)
 
-    purger = Purger(js, sql)
+    purger = Purger(js, engine, sql)
 
     async def record_set_aside(rec: wire.JournalRecord, error: str) -> None:
         """A session must not go on without its history: it ends in ERROR."""

@@ -120,13 +120,13 @@ async def test_an_ended_sessions_journal_and_inbox_are_purged(settings: Settings
         assert await _messages(js, sid) == (0, 1)
 
         async def sql(fn: Any, *args: Any) -> Any:
-            engine = open_engine(settings.db_dsn, migrate_schema=False)
-            try:
-                return await asyncio.to_thread(fn, engine, *args)
-            finally:
-                engine.dispose()
+            return await asyncio.to_thread(fn, *args)
 
-        assert await Purger(js, sql).sweep() == 1
+        engine = open_engine(settings.db_dsn, migrate_schema=False)
+        try:
+            assert await Purger(js, engine, sql).sweep() == 1
+        finally:
+            engine.dispose()
         assert await _messages(js, sid) == (0, 0)
         assert await _messages(js, live) == (1, 1)
         await nc.close()
