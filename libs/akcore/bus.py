@@ -458,12 +458,20 @@ class Puller:
     waits for the whole batch or its timeout). Status replies (request expired, consumer
     changed) end a request; a request that hears nothing for ``expires`` plus a grace period
     (lost in a reconnect) is replaced.
+
+    ``timed``: each request gets a subscription of its own, so that ``requested_at`` can
+    say when the request that delivered a message was sent (a delivered message carries
+    only its original subject). A runner's lease on a job runs from then: a job delivered
+    before the runner stalled is not taken for a fresh one after it.
     """
 
     EXPIRES = 5.0
+    STALE = 60.0  # seconds after its expiry a superseded request's subscription is dropped
 
-    def __init__(self, nc: Client, stream: str, consumer: str, expires: float = EXPIRES) -> None:
-        self.nc, self.expires = nc, expires
+    def __init__(
+        self, nc: Client, stream: str, consumer: str, expires: float = EXPIRES, timed: bool = False
+    ) -> None:
+        self.nc, self.expires, self.timed = nc, expires, timed
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._prefix = nc.new_inbox()
         self._n = 0
@@ -473,40 +481,65 @@ class Puller:
         self._ready: list[Msg] = []
         self._arrived = asyncio.Event()
         self._sub: Any = None
-        self._sent: dict[str, float] = {}  # reply subject -> loop time its request was sent
+        # timed: each request's subscription id -> (its reply subject, when it was sent, it)
+        self._requests: dict[int, tuple[str, float, Any]] = {}
+        self._times: dict[str, float] = {}  # a delivered message's ack subject -> that time
 
     @classmethod
-    async def bind(cls, nc: Client, consumer: str, expires: float = EXPIRES) -> Puller:
+    async def bind(
+        cls, nc: Client, consumer: str, expires: float = EXPIRES, timed: bool = False
+    ) -> Puller:
         """A puller on one of the durable consumers of ``CONSUMERS``; its requests last
         ``expires`` seconds at most."""
         stream, _ = CONSUMERS[consumer]
-        puller = cls(nc, stream, consumer, expires)
-        puller._sub = await nc.subscribe(puller._prefix + ".*", cb=puller._on_msg)
+        puller = cls(nc, stream, consumer, expires, timed)
+        if not timed:
+            puller._sub = await nc.subscribe(puller._prefix + ".*", cb=puller._on_msg)
         return puller
 
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.reply:  # a status, not a message (those carry their ack subject)
             status = (msg.headers or {}).get("Status", "")
-            if status != "100" and msg.subject == self._reply:  # 408 expired, 409, 404...
-                self._reply, self._left = "", 0
-                self._arrived.set()
+            if status != "100":  # 408 expired, 409, 404...: that request is over
+                await self._ended(msg.subject, msg.sid)
+                if msg.subject == self._reply:
+                    self._reply, self._left = "", 0
+                    self._arrived.set()
             return
+        if self.timed:
+            request = self._requests.get(msg.sid or 0)
+            loop = asyncio.get_running_loop()
+            self._times[msg.reply] = request[1] if request else loop.time()
         self._ready.append(msg)
         if self._left > 0:
             self._left -= 1
             if self._left == 0:
+                await self._ended(self._reply, msg.sid)
                 self._reply = ""
         self._arrived.set()
+
+    async def _ended(self, reply: str, sid: int | None) -> None:
+        """A timed request that will deliver nothing more: its subscription goes."""
+        request = self._requests.pop(sid or 0, None)
+        if request is not None and request[0] == reply:
+            await request[2].unsubscribe()
+        elif request is not None:
+            self._requests[sid or 0] = request
 
     async def _request(self, limit: int) -> None:
         self._n += 1
         self._reply = f"{self._prefix}.{self._n}"
         self._left = limit
         loop = asyncio.get_running_loop()
-        self._sent[self._reply] = loop.time()
-        if len(self._sent) > 64:
-            del self._sent[next(iter(self._sent))]
-        self._deadline = loop.time() + self.expires + 2.0
+        now = loop.time()
+        if self.timed:
+            sub = await self.nc.subscribe(self._reply, cb=self._on_msg)
+            self._requests[sub._id] = (self._reply, now, sub)
+            for sid, (_, sent, old) in list(self._requests.items()):
+                if sent + self.expires + self.STALE < now:  # what it delivers now is stale
+                    del self._requests[sid]
+                    await old.unsubscribe()
+        self._deadline = now + self.expires + 2.0
         body = f'{{"batch":{limit},"expires":{int(self.expires * 1e9)}}}'.encode()
         await self.nc.publish(self._next_subject, body, reply=self._reply)
 
@@ -540,9 +573,10 @@ class Puller:
         return batch
 
     def requested_at(self, msg: Msg) -> float:
-        """The loop time when the request that delivered ``msg`` was sent: JetStream
-        delivered it after that (so its ack deadline runs from later than that)."""
-        return self._sent.get(msg.subject, asyncio.get_running_loop().time())
+        """(``timed``, once per message) The loop time when the request that delivered
+        ``msg`` was sent: JetStream delivered it after that, so its ack deadline runs from
+        later than that."""
+        return self._times.pop(msg.reply, asyncio.get_running_loop().time())
 
     @property
     def ready(self) -> int:
@@ -552,6 +586,9 @@ class Puller:
     async def close(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+        for _, _, sub in self._requests.values():
+            await sub.unsubscribe()
+        self._requests.clear()
 
 
 async def close(nc: Client) -> None:

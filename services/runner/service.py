@@ -194,7 +194,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
     ack_wait = info.config.ack_wait or bus.JOB_ACK_WAIT
     # A job's lease runs from when its pull request was sent: keep requests short of it.
-    puller = await bus.Puller.bind(nc, subjects.CONSUMER_RUNNER, min(5.0, max(0.5, ack_wait / 4)))
+    expires = min(5.0, max(0.5, ack_wait / 4))
+    puller = await bus.Puller.bind(nc, subjects.CONSUMER_RUNNER, expires, timed=True)
     live: set[asyncio.Task[None]] = set()
     reaper = asyncio.create_task(_reap(pool, stop))
     warming = asyncio.create_task(_warm(host))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from akcore import bus
@@ -70,4 +71,26 @@ async def test_publish_within_waits_out_a_stream_that_cannot_take_it_yet(nats_ur
     with pytest.raises(bus.APIError, match="maximum messages exceeded"):
         await pub.publish_within(8.0, "w.2", b"y", {"Nats-Msg-Id": "e2"})
     assert pub.tries == 1
+    await nc.close()
+
+
+async def test_a_timed_puller_says_when_a_message_was_asked_for(nats_url: str) -> None:
+    """A message delivered before the loop stalled is known as old after it: a runner must
+    not take a job delivered before a stall for a fresh one (its lease runs from then)."""
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    puller = await bus.Puller.bind(nc, "runner", expires=5.0, timed=True)
+    loop = asyncio.get_running_loop()
+    assert await puller.take(1, timeout=0.1) == []  # its request is open now
+    asked = loop.time()
+    other = await bus.connect(nats_url, "other")
+    await other.jetstream().publish("ak.jobs.x", b"job")  # delivered to the open request
+    await other.close()
+    time.sleep(0.5)  # the loop stalls with the job in its socket (on purpose)
+    (msg,) = await puller.take(1, timeout=5)
+    at = puller.requested_at(msg)  # (once per message)
+    assert at <= asked  # not when it was taken: when it was asked for
+    assert loop.time() - at >= 0.5
+    await puller.close()
     await nc.close()
