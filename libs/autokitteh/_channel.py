@@ -13,6 +13,8 @@ from typing import Any, BinaryIO
 _LEN = struct.Struct(">II")
 HEADER_SIZE = _LEN.size
 MAX_FRAME = 64 * 1024 * 1024
+# A header is small (bulk travels in blobs): the runner parses it on its event loop.
+MAX_HEADER = 1024 * 1024
 
 
 def encode_frame(header: dict[str, Any], blob: bytes = b"") -> bytes:
@@ -24,6 +26,8 @@ def split_sizes(prefix: bytes) -> tuple[int, int]:
     hlen, blen = _LEN.unpack(prefix)
     if hlen + blen > MAX_FRAME:
         raise ValueError(f"frame of {hlen + blen} bytes is over the {MAX_FRAME} limit")
+    if hlen > MAX_HEADER:
+        raise ValueError(f"frame header of {hlen} bytes is over the {MAX_HEADER} limit")
     return hlen, blen
 
 

@@ -2,8 +2,8 @@
 the runner (``parse``): a malformed frame is a ``FrameError`` that ends its session alone.
 
 Worker to runner (each frame's JSON header has a ``type``; a blob may follow):
-  print     text of one print(); ``n`` numbers the handler's own prints, ``activity`` marks
-            a print made inside an activity. No reply.
+  print     one print() (blob: its text, UTF-8); ``n`` numbers the handler's own prints,
+            ``activity`` marks a print made inside an activity. No reply.
   step      before every durable step of handler code: ``step`` (1, 2, ...), ``kind``
             (activity, sleep or a system call), ``function``, ``where`` (file:line); a sleep
             has ``seconds``, a system call ``args`` (and a blob: a signal's payload).
@@ -37,7 +37,7 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True)
 class PrintFrame:
-    text: str
+    # the text is the blob (UTF-8): not parsed as JSON
     n: int = 0
     activity: bool = False
     cut: int = 0  # the length of the text printed, when longer than MAX_PRINT

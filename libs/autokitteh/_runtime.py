@@ -80,10 +80,11 @@ class Runtime:
         replayed_prints: int,
         is_user: Callable[[Any], bool],
         durable: bool,
-        replay: dict[int, tuple[dict[str, Any], bytes]] | None = None,
+        replay: dict[int, tuple[str, str, dict[str, Any], bytes]] | None = None,
     ) -> None:
         self.channel, self.replayed_prints = channel, replayed_prints
-        self.replay = replay or {}  # the runner's answers to the journal's recorded steps
+        # The journal's recorded steps, as (kind, function, the runner's answer, its blob).
+        self.replay = replay or {}
         self.is_user, self.durable = is_user, durable
         self.loading = False
         self.step = 0
@@ -114,16 +115,17 @@ class Runtime:
         """Sends a print to the runner; False when it is a replayed print not to be repeated."""
         body = text.removesuffix("\n")  # the end print() adds is not the user's text
         kept, cut = cut_print(body)
-        header: dict[str, Any] = {"type": "print", "text": kept + text[len(body) :]}
+        blob = (kept + text[len(body) :]).encode("utf-8", "replace")  # (lone surrogates)
+        header: dict[str, Any] = {"type": "print"}
         if cut:
             header["cut"] = cut
         if self.in_activity:
-            self.channel.send({**header, "activity": True})
+            self.channel.send({**header, "activity": True}, blob)
             return True
         self.prints += 1
         if self.prints <= self.replayed_prints:
             return False
-        self.channel.send({**header, "n": self.prints})
+        self.channel.send({**header, "n": self.prints}, blob)
         return True
 
     # --- durable steps
@@ -138,9 +140,11 @@ class Runtime:
         header = {"type": "step", "step": self.step, "kind": kind, "function": name}
         header.update(where=where, **extra)
         known = self.replay.pop(self.step, None)
-        if known is not None:
+        if known is not None and (known[0], known[1]) == (kind, name):
             self.channel.hold({**header, "ahead": True, "args": {}})
-            return self.step, known[0], known[1]
+            return self.step, known[2], known[3]
+        # Live, or the code asks for something else than the journal has here: the runner
+        # decides (and ends the session if the code took another path).
         reply, rblob = self.channel.call(header, blob)
         return self.step, reply, rblob
 

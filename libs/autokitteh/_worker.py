@@ -104,8 +104,13 @@ class Channel:
         return self._replies.get()
 
     def serve_replies(self) -> None:
-        while (frame := self.receive()) is not None:
-            self._replies.put(frame)
+        try:
+            while (frame := self.receive()) is not None:
+                self._replies.put(frame)
+        except BaseException as e:  # not a frame: the worker cannot go on without its runner
+            sys.stderr.write(f"worker: bad message from the runner: {e!r}\n")
+            sys.stderr.flush()
+            os._exit(EXIT_PARENT_GONE)
         self._replies.put(None)
         if not self.idle:  # mid-session: nobody is left to journal what the handler does
             os._exit(EXIT_PARENT_GONE)
@@ -200,14 +205,14 @@ def _failed(
     `ak session prints` shows what to do."""
     if isinstance(e, _runtime.Fatal):
         err, tb = str(e), format_error(e, code_dir)[1]
-        ch.send({"type": "print", "text": err})
+        ch.send({"type": "print"}, err.encode("utf-8", "replace"))
     else:
         err, tb = format_error(e, code_dir)
         if loading or isinstance(e, ModuleNotFoundError):
             text = f"{err}\n\n{tb}"
             if isinstance(e, ModuleNotFoundError):
                 text += "\n" + package_hint(e, python_env)
-            ch.send({"type": "print", "text": text})
+            ch.send({"type": "print"}, text.encode("utf-8", "replace"))
     return {
         "type": "done",
         "ok": False,

@@ -394,9 +394,9 @@ class SessionRun:
             "data": job.data,
             "event_type": job.event_type,
             "event_id": job.event_id,
-            # What the journal answers to each recorded step: the worker replays them
+            # What the journal answers to the recorded steps: the worker replays them
             # without waiting for an answer, and the runner checks each as it comes.
-            "replay": {k: replayed_reply(rec) for k, rec in self.history.steps.items()},
+            "replay": replay_ahead(self.history),
         }
         start = {
             "type": "start",
@@ -414,7 +414,7 @@ class SessionRun:
                 self._awake()
                 frame = parse(header)
                 if isinstance(frame, PrintFrame):
-                    await self._print(frame)
+                    await self._print(frame, blob)
                 elif isinstance(frame, StepFrame):
                     await self._step(worker, frame, blob)
                 elif isinstance(frame, ActivityFrame):
@@ -437,10 +437,10 @@ class SessionRun:
             tail,
         )
 
-    async def _print(self, f: PrintFrame) -> None:
+    async def _print(self, f: PrintFrame, blob: bytes) -> None:
         if self.history.is_replayed_print(f.n):
             return  # printed by an earlier attempt
-        text, cut = cut_print(f.text.removesuffix("\n"))
+        text, cut = cut_print(blob.decode("utf-8", "replace").removesuffix("\n"))
         await self.journal(
             journal.Print(
                 text=text, n=0 if f.activity else f.n, activity=f.activity, cut=f.cut or cut
@@ -570,6 +570,26 @@ class SessionRun:
         if error_type:
             tracing.fail(span, error_type)
         span.end(end_time=end_ns)  # never before its start (``_Span.end`` sees to it)
+
+
+# Bytes of recorded outcomes the start frame carries at most; later recorded steps are
+# answered one by one as the worker asks (the frame must stay well under MAX_FRAME).
+REPLAY_AHEAD_BYTES = 16 * 1024 * 1024
+
+
+def replay_ahead(history: journal.History) -> dict[int, tuple[str, str, dict[str, Any], bytes]]:
+    """The answers to the first recorded steps, for the worker to replay on its own:
+    (kind, function, answer, its blob) by step, up to REPLAY_AHEAD_BYTES of blobs."""
+    out: dict[int, tuple[str, str, dict[str, Any], bytes]] = {}
+    size = 0
+    for k in sorted(history.steps):
+        rec = history.steps[k]
+        reply, blob = replayed_reply(rec)
+        size += len(blob) + 200
+        if size > REPLAY_AHEAD_BYTES:
+            break
+        out[k] = (str(journal.kind_for(rec)), rec.function, reply, blob)
+    return out
 
 
 def replayed_reply(rec: journal.Step) -> tuple[dict[str, Any], bytes]:

@@ -269,9 +269,14 @@ class WorkerProcess:
             self.stderr_tail.append(text)
             sys.stderr.write(text)
 
+    SEND_TIMEOUT = 30.0  # a worker reads its messages on a thread of its own, at once
+
     async def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
         self._writer.write(encode_frame(header, blob))
-        await self._writer.drain()
+        try:
+            await asyncio.wait_for(self._writer.drain(), self.SEND_TIMEOUT)
+        except TimeoutError:
+            raise FrameError("the worker stopped reading its messages") from None
 
     async def frames(self) -> AsyncIterator[tuple[dict[str, Any], bytes]]:
         """Frames from the worker until it closes its end; FrameError when one is not a

@@ -11,9 +11,10 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
-from ak_runner.session import replayed_reply
+from ak_runner.session import REPLAY_AHEAD_BYTES, replay_ahead, replayed_reply
 from ak_runner.worker import WorkerProcess
 from akcore import journal, wire
 
@@ -94,10 +95,13 @@ def test_replay_rules() -> None:
 
 
 async def _replay(
-    tmp_path: Path, fixture: str, code: str | None = None
+    tmp_path: Path, fixture: str, code: str | None = None, ahead: int = REPLAY_AHEAD_BYTES
 ) -> list[tuple[dict[str, Any], bytes]]:
-    """Runs the recorded handler in a real worker, answering its steps from the journal as
-    the runner does (``ak_runner.session``); a live step fails the test."""
+    """Runs the recorded handler in a real worker, answered from the journal as the runner
+    answers (``ak_runner.session``): the start frame holds the answers to the recorded
+    steps (up to ``ahead`` bytes of them), which the worker replays on its own, sending
+    each step ahead; any other step is asked for and answered. Every step is checked
+    against the journal; a live one fails the test."""
     shutil.copy(FIXTURES / "project" / "h.py", tmp_path / "h.py")
     if code is not None:
         (tmp_path / "h.py").write_text(code)
@@ -105,7 +109,10 @@ async def _replay(
     history = journal.fold(records)
     assert history.created is not None
     w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    with mock.patch("ak_runner.session.REPLAY_AHEAD_BYTES", ahead):
+        answers = replay_ahead(history)
     init = {"data": history.created.inputs, "event_type": "post", "event_id": "evt_1"}
+    init["replay"] = answers
     start = {
         "type": "start",
         "code_dir": str(tmp_path),
@@ -127,7 +134,8 @@ async def _replay(
                 frames.append(({"type": "non-determinism", "error": str(e)}, b""))
                 break
             assert rec is not None, f"step {header['step']} is live: nothing should be"
-            await w.send(*replayed_reply(rec))
+            if not header.get("ahead"):
+                await w.send(*replayed_reply(rec))
         elif header["type"] != "print":
             break
     w.kill()
@@ -143,6 +151,7 @@ async def test_a_recorded_session_replays_to_its_recorded_end(tmp_path: Path, fi
     history = journal.fold(load(fixture))
     steps = [h for h, _ in frames if h["type"] == "step"]
     assert [h["step"] for h in steps] == sorted(history.steps)
+    assert all(h.get("ahead") for h in steps)  # replayed by the worker, checked by us
     assert [h for h, _ in frames if h["type"] == "print"] == []
     done, blob = frames[-1]
     assert done["type"] == "done" and done["ok"] is True, done
@@ -158,4 +167,30 @@ async def test_changed_code_is_non_determinism(tmp_path: Path) -> None:
     assert frames[-1][0]["error"].startswith(
         f'non-determinism at h.py:{line}: step 1 of the journal is activity "randint", '
         'but the code now asks for activity "choice"'
+    )
+
+
+async def test_steps_past_what_the_start_frame_holds_are_asked_for(tmp_path: Path) -> None:
+    """A long journal's answers do not all fit in the start frame: the worker replays those
+    it has and asks for the rest, one at a time."""
+    frames = await _replay(tmp_path, "everything.json", ahead=1000)
+    steps = [h for h, _ in frames if h["type"] == "step"]
+    assert [bool(h.get("ahead")) for h in steps[:2]] == [True, True]
+    assert not any(h.get("ahead") for h in steps[-3:])
+    assert [h["step"] for h in steps] == list(range(1, 17))
+    assert frames[-1][0]["type"] == "done" and frames[-1][0]["ok"] is True
+
+
+async def test_the_worker_does_not_replay_a_step_that_changed(tmp_path: Path) -> None:
+    """The code asks for another step than the journal has: the worker does not use the
+    answer it was sent for that step (a handler must never go on with another step's
+    outcome); it asks, and the runner finds the non-determinism."""
+    code = (FIXTURES / "project" / "h.py").read_text()
+    changed = code.replace('print(shout("hi"))', 'print(shout("hi"), random.random())')
+    frames = await _replay(tmp_path, "everything.json", changed)
+    steps = [h for h, _ in frames if h["type"] == "step"]
+    assert [(h["step"], bool(h.get("ahead"))) for h in steps] == [(1, True), (2, True), (3, False)]
+    assert (
+        'step 3 of the journal is activity "fails", but the code now asks for activity '
+        '"random"' in frames[-1][0]["error"]
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
+import struct
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ak_runner.worker import EXIT_UNKNOWN, ForkedProcess, ForkServer, WorkerPool, WorkerProcess
+from autokitteh._worker import EXIT_PARENT_GONE
 
 HANDLERS = """\
 import sys
@@ -67,7 +70,7 @@ async def _until_done(w: WorkerProcess) -> list[tuple[dict[str, Any], bytes]]:
 async def test_prints_are_captured_exactly(tmp_path: Path) -> None:
     body = {"bytes": b'{"n": 3}', "text": '{"n": 3}', "json": {"n": 3}, "form": None}
     frames = await _run(tmp_path, "h.py:printer", {"body": body})
-    texts = [h["text"] for h, _ in frames if h["type"] == "print"]
+    texts = [b.decode() for h, b in frames if h["type"] == "print"]
     assert texts == ["loading=1\n", "a, b", "two trailing\n\n", "err\n", "ses_1 post 3\n"]
     done, blob = frames[-1]
     assert done == {"type": "done", "ok": True, "reusable": True}
@@ -160,7 +163,7 @@ async def test_a_reused_worker_starts_each_session_afresh(tmp_path: Path) -> Non
     runs = [(builds[0], {"VAR": "v0"}), (builds[0], {"VAR": "v1"}), (builds[1], {})]
     for code_dir, variables in runs:
         frames = await _session(w, code_dir, "h.py:count", variables)
-        texts += [h["text"] for h, _ in frames if h["type"] == "print"]
+        texts += [b.decode() for h, b in frames if h["type"] == "print"]
         assert frames[-1][0] == {"type": "done", "ok": True, "reusable": True}
     assert texts == ["1 1 v0 None\n", "1 1 v1 None\n", "1 2 None None\n"]
     assert await w.close() == 0
@@ -173,7 +176,10 @@ async def test_a_module_one_session_wrote_is_importable_in_the_next(tmp_path: Pa
     await _session(w, tmp_path, "h.py:count", {})  # the directory's listing is cached now
     await _session(w, tmp_path, "h.py:writes_module", {}, durable=False)  # no activity
     frames = await _session(w, tmp_path, "h.py:imports_written", {})
-    assert [h.get("text") for h, _ in frames] == ["made 7\n", None], frames
+    assert [b.decode() if h["type"] == "print" else None for h, b in frames] == [
+        "made 7\n",
+        None,
+    ], frames
     assert await w.close() == 0
 
 
@@ -219,7 +225,7 @@ async def test_handlers_get_the_session_id_when_they_name_it(tmp_path: Path) -> 
     for entry in ("plain", "keyword_only", "without", "wrapped", "instance"):
         frames = await _session(w, tmp_path, f"s.py:{entry}", {}, durable=False)
         assert frames[-1][0]["ok"] is True, frames
-        texts += [h["text"] for h, _ in frames if h["type"] == "print"]
+        texts += [b.decode() for h, b in frames if h["type"] == "print"]
     assert texts == [
         "plain ses_1\n",
         "keyword ses_1\n",
@@ -291,7 +297,8 @@ async def test_forked_workers_run_sessions_and_report_their_end(tmp_path: Path) 
         assert first.proc.pid != second.proc.pid != server.proc.pid
         for expected in ("1 1 v None\n", "1 1 v None\n"):  # a fresh start each session
             frames = await _session(first, tmp_path, "h.py:count", {"VAR": "v"})
-            assert [h.get("text") for h, _ in frames] == [expected, None]
+            texts = [b.decode() if h["type"] == "print" else None for h, b in frames]
+            assert texts == [expected, None]
             assert frames[-1][0] == {"type": "done", "ok": True, "reusable": True}
         assert await first.close() == 0
         second.proc.kill()
@@ -326,3 +333,13 @@ async def test_pool_forks_workers_and_survives_its_fork_server(tmp_path: Path) -
 
 def server_key(env: dict[str, str]) -> Any:
     return (sys.executable, frozenset(env.items()))
+
+
+async def test_a_worker_exits_when_its_runner_sends_it_garbage(tmp_path: Path) -> None:
+    """Its reader thread cannot go on: the process ends (a runner waiting on it would wait
+    forever otherwise) with the code of a worker that lost its runner."""
+    w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    w._writer.write(struct.pack(">II", 2 * 1024 * 1024, 0))  # a header over the limit
+    assert await asyncio.wait_for(w.proc.wait(), 10) == EXIT_PARENT_GONE
+    await w.close()  # (its stderr read to the end)
+    assert "bad message from the runner" in "".join(w.stderr_tail)
