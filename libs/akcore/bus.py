@@ -15,7 +15,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -181,6 +181,8 @@ def may_pass(e: BaseException) -> bool:
     4xx (a request it refuses) or any other error would only repeat."""
     if isinstance(e, APIError):
         return (e.code or 0) >= 500
+    if isinstance(e, MaxPayloadError):  # a message over the limit is so every time
+        return False
     return isinstance(e, (NatsError, Unavailable, asyncio.TimeoutError, ConnectionError))
 
 

@@ -17,17 +17,29 @@ MAX_FRAME = 64 * 1024 * 1024
 MAX_HEADER = 1024 * 1024
 
 
-def encode_frame(header: dict[str, Any], blob: bytes = b"") -> bytes:
+class FrameTooLarge(ValueError):
+    """A frame over the limits: it is not sent."""
+
+
+def encode_frame(
+    header: dict[str, Any], blob: bytes = b"", max_header: int = MAX_HEADER
+) -> bytes:
+    """A frame; ``max_header`` is for frames to the runner (the worker trusts its runner)."""
     head = json.dumps(header, separators=(",", ":")).encode()
+    if len(head) > max_header or len(head) + len(blob) > MAX_FRAME:
+        raise FrameTooLarge(
+            f"{len(head) + len(blob)} bytes, over the limit ({MAX_HEADER} for arguments, "
+            f"{MAX_FRAME} in all)"
+        )
     return _LEN.pack(len(head), len(blob)) + head + blob
 
 
-def split_sizes(prefix: bytes) -> tuple[int, int]:
+def split_sizes(prefix: bytes, max_header: int = MAX_HEADER) -> tuple[int, int]:
     hlen, blen = _LEN.unpack(prefix)
     if hlen + blen > MAX_FRAME:
         raise ValueError(f"frame of {hlen + blen} bytes is over the {MAX_FRAME} limit")
-    if hlen > MAX_HEADER:
-        raise ValueError(f"frame header of {hlen} bytes is over the {MAX_HEADER} limit")
+    if hlen > max_header:
+        raise ValueError(f"frame header of {hlen} bytes is over the {max_header} limit")
     return hlen, blen
 
 
@@ -43,7 +55,7 @@ def read_frame(f: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
     prefix = _read_exact(f, HEADER_SIZE)
     if prefix is None:
         return None
-    hlen, blen = split_sizes(prefix)
+    hlen, blen = split_sizes(prefix, MAX_FRAME)  # (the worker reads its runner's frames)
     head = _read_exact(f, hlen)
     blob = _read_exact(f, blen) if blen else b""
     if head is None or blob is None:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import activities
+from ._channel import FrameTooLarge
 from ._frames import cut_print
 from ._gate import Decision, decide, short_name
 from .errors import AutoKittehError
@@ -145,7 +146,11 @@ class Runtime:
             return self.step, known[2], known[3]
         # Live, or the code asks for something else than the journal has here: the runner
         # decides (and ends the session if the code took another path).
-        reply, rblob = self.channel.call(header, blob)
+        try:
+            reply, rblob = self.channel.call(header, blob)
+        except FrameTooLarge as e:  # not sent: the step did not happen
+            self.step -= 1
+            raise AutoKittehError(f"{name}: its arguments are too large: {e}") from None
         return self.step, reply, rblob
 
     def sleep(self, seconds: float, where: str) -> None:
@@ -241,7 +246,11 @@ class Runtime:
     def syscall(self, name: str, args: dict[str, Any], blob: bytes = b"", where: str = "") -> Any:
         """Asks the runner to do ``name``; durable (journaled, replayed) in handler code."""
         if self.in_activity or not self.durable:
-            reply, rblob = self.channel.call({"type": "syscall", "name": name, "args": args}, blob)
+            header = {"type": "syscall", "name": name, "args": args}
+            try:
+                reply, rblob = self.channel.call(header, blob)
+            except FrameTooLarge as e:
+                raise AutoKittehError(f"{name}: its arguments are too large: {e}") from None
             return _syscall_result(name, reply, rblob)
         with self._lock:
             _, reply, rblob = self._ask(name, name, where, blob, args=args)

@@ -12,6 +12,7 @@ from akcore.journal import Kind
 from akcore.manifest import parse_call
 from akcore.sessions import publish_session
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 
 from .inbox import Inbox
@@ -48,6 +49,11 @@ class Syscalls:
             raise SyscallError(e.message) from None
         except (TypeError, ValueError, KeyError) as e:
             raise SyscallError(f"bad arguments: {e!r}") from None
+        except MaxPayloadError:
+            raise SyscallError(
+                f"what it sends is over the NATS message limit ({self.nc.max_payload} bytes): "
+                "send less (keep big data elsewhere and send a reference)"
+            ) from None
 
     # --- events
 

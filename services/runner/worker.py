@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from autokitteh._channel import HEADER_SIZE, decode_header, encode_frame, split_sizes
+from autokitteh._channel import HEADER_SIZE, MAX_FRAME, decode_header, encode_frame, split_sizes
 from autokitteh._frames import FrameError
 
 STDERR_TAIL = 20
@@ -272,7 +272,7 @@ class WorkerProcess:
     SEND_TIMEOUT = 30.0  # a worker reads its messages on a thread of its own, at once
 
     async def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
-        self._writer.write(encode_frame(header, blob))
+        self._writer.write(encode_frame(header, blob, MAX_FRAME))
         try:
             await asyncio.wait_for(self._writer.drain(), self.SEND_TIMEOUT)
         except TimeoutError:

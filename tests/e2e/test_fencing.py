@@ -111,6 +111,13 @@ def child(event):
     return "from the child"
 
 
+def big_signal(event, session_id):
+    try:
+        autokitteh.signal(session_id, "x", b"y" * 9_000_000)
+    except autokitteh.AutoKittehError as e:
+        print(str(e)[:60])
+
+
 def plain(event):
     print("fine")
 """
@@ -126,6 +133,7 @@ HANDLERS = [
     "flaky",
     "always_flaky",
     "parent",
+    "big_signal",
     "plain",
 ]
 FAULTS = (
@@ -435,6 +443,18 @@ def test_a_child_whose_runner_dies_after_its_end_still_tells_its_parent(
         s for s in map(json.loads, listed.splitlines()) if s.get("parent_session_id") == sid
     ]
     assert [a for a, _ in _attempts(_log(stack, child["session_id"]))] == [1]  # ended once
+
+
+def test_a_message_over_the_nats_limit_fails_in_the_handler_at_once(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    stack, paths, _ = env
+    sid = _fire(stack, paths["big_signal"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
+    assert prints == "signal: what it sends is over the NATS message limit (838860\n"
+    assert [a for a, _ in _attempts(_log(stack, sid))] == [1]  # not retried
 
 
 def _still_serving(stack: Stack, paths: dict[str, str]) -> None:

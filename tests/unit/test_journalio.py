@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from akcore.bus import may_pass
 from akcore.errors import InvalidArgument, Unavailable
-from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import ConnectionClosedError, MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
@@ -34,6 +34,7 @@ def test_failures_that_may_pass(error: Exception) -> None:
         InvalidArgument("no"),
         KeyError("step"),
         ValueError("bad"),
+        MaxPayloadError(),
     ],
 )
 def test_failures_that_would_repeat(error: Exception) -> None:

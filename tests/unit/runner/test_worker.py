@@ -339,7 +339,34 @@ async def test_a_worker_exits_when_its_runner_sends_it_garbage(tmp_path: Path) -
     """Its reader thread cannot go on: the process ends (a runner waiting on it would wait
     forever otherwise) with the code of a worker that lost its runner."""
     w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
-    w._writer.write(struct.pack(">II", 2 * 1024 * 1024, 0))  # a header over the limit
+    w._writer.write(struct.pack(">II", 100 * 1024 * 1024, 0))  # over the frame limit
     assert await asyncio.wait_for(w.proc.wait(), 10) == EXIT_PARENT_GONE
     await w.close()  # (its stderr read to the end)
     assert "bad message from the runner" in "".join(w.stderr_tail)
+
+
+async def test_a_system_call_with_arguments_too_large_fails_in_the_handler(tmp_path: Path) -> None:
+    """Not sent: the runner would refuse the frame; the handler gets AutoKittehError."""
+    (tmp_path / "big.py").write_text(
+        "import autokitteh\n"
+        "def run(event):\n"
+        "    try:\n"
+        "        autokitteh.start('big.py:run', {'x': 'y' * 2_000_000})\n"
+        "    except autokitteh.AutoKittehError as e:\n"
+        "        print(str(e)[:40])\n"
+    )
+    w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    start = {
+        "type": "start",
+        "code_dir": str(tmp_path),
+        "entrypoint": "big.py:run",
+        "session_id": "ses_1",
+        "is_durable": True,
+    }
+    await w.send(start, pickle.dumps({"data": {}, "event_type": "post", "event_id": "e"}))
+    frames = await _until_done(w)
+    await w.close()
+    assert [b.decode() for h, b in frames if h["type"] == "print"] == [
+        "start: its arguments are too large: 2000\n"
+    ]
+    assert frames[-1][0]["ok"] is True
