@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from nats.aio.client import Client
+
 from . import bus, journal, subjects, timefmt, tracing, wire
 
 
@@ -45,3 +47,15 @@ async def publish_session(pub: bus.Publisher, job: wire.Job) -> wire.Job:
         headers={**context, subjects.HDR_MSG_ID: f"job:{sid}"},
     )
     return job
+
+
+async def not_started(nc: Client, jobs: list[wire.Job]) -> list[wire.Job]:
+    """Those of ``jobs`` whose sessions the store has not seen start. Creating a session
+    again (a redelivered event, a replayed ``start``) is a no-op within JetStream's
+    duplicate window; after it, a session that ran, ended and had its journal cleaned up
+    would run again: ask the store."""
+    if not jobs:
+        return jobs
+    args = {"session_ids": [j.session_id for j in jobs]}
+    states = await bus.store_call(nc, "session.states", args)
+    return [j for j in jobs if states.get(j.session_id, "CREATED") == "CREATED"]

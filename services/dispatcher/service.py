@@ -11,7 +11,7 @@ from akcore import bus, cel, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.errors import AKError
-from akcore.sessions import publish_session
+from akcore.sessions import not_started, publish_session
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -56,8 +56,8 @@ class Dispatcher:
             verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
         started = []
         jobs = sessions_for(event, trigger, targets["deployments"], verdicts)
-        if jobs and (msg.metadata.num_delivered or 1) > 1:
-            jobs = await self._not_started(jobs)
+        if (msg.metadata.num_delivered or 1) > 1:
+            jobs = await not_started(self.nc, jobs)
         for job in jobs:
             await publish_session(pub, job)
             started.append(job.session_id)
@@ -78,13 +78,6 @@ class Dispatcher:
                 wire.pack({"sessions": started, "signaled": len(deliveries)}),
             )
         return started
-
-    async def _not_started(self, jobs: list[wire.Job]) -> list[wire.Job]:
-        """A redelivered event's sessions that did not start: the others may have ended
-        and had their journals cleaned up since, and must not be created again."""
-        args = {"session_ids": [j.session_id for j in jobs]}
-        states = await bus.store_call(self.nc, "session.states", args)
-        return [j for j in jobs if states.get(j.session_id, "CREATED") == "CREATED"]
 
     async def note(self, event: wire.Event, notes: list[dict[str, str]]) -> None:
         """Has the store keep the event's notes (as AutoKitteh, they are logged too)."""

@@ -10,7 +10,7 @@ from akcore import bus, cel, ids, subjects, wire
 from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.journal import Kind
 from akcore.manifest import parse_call
-from akcore.sessions import publish_session
+from akcore.sessions import not_started, publish_session
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
@@ -172,7 +172,8 @@ class Syscalls:
             parent_session_id=job.session_id,
             memo=dict(args.get("memo") or {}),
         )
-        await publish_session(self.pub, child)
+        if not step or await not_started(self.nc, [child]):  # (a replay may start it again)
+            await publish_session(self.pub, child)
         return sid, None
 
     # --- values

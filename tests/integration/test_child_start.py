@@ -1,0 +1,68 @@
+"""A child session started again by a replayed step: a no-op, also once JetStream's
+duplicate window has passed and the child has ended and had its journal cleaned up."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ak_runner.inbox import Inbox
+from ak_runner.syscalls import Syscalls
+from ak_store.service import run as run_store
+from akcore import bus, ids, subjects, timefmt, wire
+from akcore.config import Settings
+
+from .conftest import running
+from .helpers import deploy, eventually, journal
+
+
+async def test_a_replayed_start_does_not_run_an_ended_child_again(settings: Settings) -> None:
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"h.py": b"def child(event): pass\n"})
+        parent = wire.Job(
+            ids.new_id("ses"),
+            d["project_id"],
+            d["deployment_id"],
+            d["build_id"],
+            "h.py:parent",
+            True,
+            None,
+            None,
+            {},
+        )
+        calls = Syscalls(nc, parent, Inbox(js, parent.session_id, set(), lambda r, f: None))
+        for name in (subjects.STREAM_JOURNAL, subjects.STREAM_JOBS):  # a short memory of ids
+            info = await js.stream_info(name)
+            await js.update_stream(dataclasses.replace(info.config, duplicate_window=1.0))
+        args = {"loc": "h.py:child", "data": {}, "memo": {}, "project": ""}
+        child, _ = await calls.call("start", args, b"", 1)
+        # The child ran and ended; the store has it and purged its journal; its job is done.
+        pub = bus.publisher(nc)
+        ended = wire.JournalRecord(child, 1, wire.ENDED, timefmt.now_us(), {"state": "COMPLETED"})
+        await pub.publish(subjects.journal_subject(child), wire.encode(ended))
+        await js.purge_stream(subjects.STREAM_JOBS)
+
+        async def ended_in_store() -> bool:
+            states = await bus.store_call(nc, "session.states", {"session_ids": [child]})
+            return bool(states.get(child) == "COMPLETED")
+
+        await eventually(ended_in_store, timeout=20)
+        # (the store's sweep purges a child's journal some minutes after its end)
+        await js.purge_stream(subjects.STREAM_JOURNAL, subject=subjects.journal_subject(child))
+        probe = {subjects.HDR_MSG_ID: "probe"}
+        await pub.publish(subjects.job_subject("probe"), b"", headers=probe)
+
+        async def forgotten() -> bool:  # JetStream no longer drops a repeat of the ids
+            ack = await pub.publish(subjects.job_subject("probe"), b"", headers=probe)
+            return not ack.get("duplicate")
+
+        await eventually(forgotten, timeout=20)
+        await js.purge_stream(subjects.STREAM_JOBS)
+        # The parent's attempt died before its `start` step was journaled: the replay runs
+        # the step again and names the same child.
+        again, _ = await calls.call("start", args, b"", 1)
+        assert again == child
+        assert await journal(nc, child) == []  # no second `created`
+        assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 0  # no job
+        await nc.close()
