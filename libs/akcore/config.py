@@ -24,6 +24,8 @@ ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
 ENV_WORKER_SESSIONS = "AK_RUNNER__WORKER_SESSIONS"
 ENV_FILTER_BUDGET_MS = "AK_DISPATCHER__FILTER_BUDGET_MS"  # CPU time of one CEL filter
 ENV_JOBS_MAX_ATTEMPTS = "AK_JOBS__MAX_ATTEMPTS"
+ENV_JOURNAL_MAX_RECORDS = "AK_RUNNER__JOURNAL_MAX_RECORDS"
+ENV_JOURNAL_MAX_BYTES = "AK_RUNNER__JOURNAL_MAX_BYTES"
 ENV_TIMEOUT = "AK_TIMEOUT"
 ENV_EVENT_LOOP = "AK_EVENT_LOOP"  # uvloop (default when installed) or asyncio
 
@@ -81,6 +83,8 @@ class Settings:
     worker_sessions: int = 1000  # sessions of one project a worker process runs, one by one
     fork_workers: bool = True  # workers forked by a fork server (Linux), not started anew
     max_attempts: int = 10  # deliveries of a session's job before it ends in ERROR
+    journal_max_records: int = 50_000  # one session's journal, at most
+    journal_max_bytes: int = 50 * 1024 * 1024
     filter_budget_ms: int = 100  # CPU time one trigger or subscription filter may take
 
     @classmethod
@@ -96,6 +100,8 @@ class Settings:
             worker_sessions=_count(ENV_WORKER_SESSIONS, 1000, 1),
             fork_workers=os.environ.get(ENV_FORK_WORKERS, "1") not in ("0", "false", "no"),
             max_attempts=_count(ENV_JOBS_MAX_ATTEMPTS, 10, 1),
+            journal_max_records=_count(ENV_JOURNAL_MAX_RECORDS, 50_000, 100),
+            journal_max_bytes=_count(ENV_JOURNAL_MAX_BYTES, 50 * 1024 * 1024, 1024 * 1024),
             filter_budget_ms=_count(ENV_FILTER_BUDGET_MS, 100, 1),
         )
 

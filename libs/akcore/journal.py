@@ -66,7 +66,7 @@ class MalformedRecord(ValueError):
 
 # The number of the record that ends a session whose journal cannot be read: after any
 # number a record of it may have had.
-AFTER_UNREADABLE = 1 << 31
+AFTER_UNREADABLE = (1 << 31) - 1  # (the largest record number SQL keeps)
 
 
 @dataclass(frozen=True)

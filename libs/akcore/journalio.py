@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
@@ -35,6 +36,20 @@ class RecordTooLarge(Exception):
     """A record over the NATS message limit: writing it again would fail again."""
 
 
+class JournalFull(Exception):
+    """The session's journal reached its limits (records or bytes): it ends."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long one session's journal may grow: one session must not fill the stream, and
+    a journal must stay quick to read back for a replay (Temporal's history limits are of
+    the same size)."""
+
+    records: int = 50_000
+    size: int = 50 * 1024 * 1024
+
+
 async def last_seq(js: JetStreamContext, session_id: str) -> int:
     """The stream sequence of the session's last record (0: none)."""
     try:
@@ -44,22 +59,29 @@ async def last_seq(js: JetStreamContext, session_id: str) -> int:
     return raw.seq or 0
 
 
-async def read_journal(
-    js: JetStreamContext, session_id: str, timeout: float = 10.0
-) -> tuple[list[wire.JournalRecord], int]:
-    """Every record of one session, in order, and the stream sequence of the last one (0
-    when there is none): an ordered consumer read to the subject's last message. Raises
-    MalformedRecord for a record that cannot be decoded."""
+@dataclass
+class Journal:
+    """A session's records as read back, the stream sequence of the last one (0 when there
+    is none) and how many bytes they take."""
+
+    records: list[wire.JournalRecord]
+    last: int
+    size: int
+
+
+async def read_journal(js: JetStreamContext, session_id: str, timeout: float = 30.0) -> Journal:
+    """Every record of one session, in order: an ordered consumer read to the subject's
+    last message. Raises MalformedRecord for a record that cannot be decoded."""
     subject = subjects.journal_subject(session_id)
     try:
         last = await js.get_last_msg(subjects.STREAM_JOURNAL, subject)
     except NotFoundError:
-        return [], 0
+        return Journal([], 0, 0)
     out: list[wire.JournalRecord] = []
     read_all = asyncio.Event()
     failed: list[Exception] = []
     last_seq = last.seq or 0
-    read_to = [0]  # the stream sequence of the last record read
+    read_to = [0, 0]  # the stream sequence of the last record read, the bytes read
 
     # A callback, not next_msg: next_msg starts two tasks per message, which was most of
     # the time a replay took to read a long journal.
@@ -68,6 +90,7 @@ async def read_journal(
             return
         try:
             read_to[0] = msg.metadata.sequence.stream
+            read_to[1] += len(msg.data)
             out.append(wire.decode(wire.JournalRecord, msg.data))
             if read_to[0] >= last_seq or msg.metadata.num_pending == 0:
                 read_all.set()
@@ -83,7 +106,7 @@ async def read_journal(
             await read_all.wait()
         if failed:
             raise failed[0]
-        return out, read_to[0]
+        return Journal(out, read_to[0], read_to[1])
     finally:
         await sub.unsubscribe()
 
@@ -107,24 +130,41 @@ class JournalWriter:
         last: int,
         seq: int,
         may_write: Callable[[], bool] = lambda: True,
+        limits: Limits = Limits(),
+        written: tuple[int, int] = (0, 0),
     ) -> None:
+        """``written``: the records and bytes the journal holds already."""
         self.js, self.pub, self.session_id = js, pub, session_id
         self.subject = subjects.journal_subject(session_id)
         self.last, self.seq, self.may_write = last, seq, may_write
+        self.limits, (self.records, self.size) = limits, written
         self.fenced = False
 
-    async def append(self, p: journal.Payload) -> int:
+    async def append(self, p: journal.Payload, final: bool = False) -> int:
         """Writes one record; returns once JetStream has it (write-ahead). Raises Fenced
-        when another attempt owns the journal, RecordTooLarge for a record over the limit.
+        when another attempt owns the journal, RecordTooLarge for a record over the NATS
+        limit, JournalFull when the journal reached its limits (``final``: the record that
+        ends the session, which is always written).
 
         The record number is taken before publishing: a stop can cancel this while the
         publish is in flight (and already stored), and the next record must not reuse it."""
         if self.fenced:
             raise Fenced(f"session {self.session_id}: this attempt no longer owns the journal")
+        rec = journal.record(self.session_id, self.seq, p, timefmt.now_us())
+        data = wire.encode(rec)
+        if not final and (
+            self.records + 1 > self.limits.records or self.size + len(data) > self.limits.size
+        ):
+            raise JournalFull(
+                f"the session's journal reached its limit ({self.limits.records:,} records or "
+                f"{self.limits.size:,} bytes; AK_RUNNER__JOURNAL_MAX_RECORDS and "
+                "AK_RUNNER__JOURNAL_MAX_BYTES): a session this long could not be replayed "
+                "quickly; split the work, for example into child sessions"
+            )
         seq = self.seq
         self.seq += 1
-        rec = journal.record(self.session_id, seq, p, timefmt.now_us())
-        data = wire.encode(rec)
+        self.records += 1
+        self.size += len(data)
         headers = {
             subjects.HDR_MSG_ID: f"{self.session_id}:{seq}",
             subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: str(self.last),

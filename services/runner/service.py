@@ -14,7 +14,7 @@ from akcore import bus, config, journal, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.errors import InvalidArgument, NotFound
-from akcore.journalio import JournalWriter, last_seq, read_journal
+from akcore.journalio import JournalWriter, Limits, last_seq, read_journal
 from nats.aio.msg import Msg
 
 from .builds import worker_env
@@ -86,22 +86,26 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
 async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int) -> Outcome:
     attempt = msg.metadata.num_delivered or 1
     history, last, read_us = journal.History(next_seq=1), job.journal_seq, 0
+    written = (1, 0)
     if attempt > 1 or not last:  # a runner stopped mid-session: replay what it journaled
         try:
             t0 = time.perf_counter()
-            records, last = await read_journal(host.js, job.session_id)
+            read = await read_journal(host.js, job.session_id)
+            records, last, written = read.records, read.last, (len(read.records), read.size)
             history = journal.fold(records)
             read_us = int((time.perf_counter() - t0) * 1e6)
-        except journal.MalformedRecord as e:
+        except Exception as e:
+            if not isinstance(e, journal.MalformedRecord) and attempt <= limit:
+                log.warning(
+                    "session %s: cannot read its journal (%r); will retry", job.session_id, e
+                )
+                return Outcome.RETRY
             # Its end goes after every record, whatever their numbers were.
             history = journal.History(next_seq=journal.AFTER_UNREADABLE)
             last = await last_seq(host.js, job.session_id)
             return await _run(host, msg, job, lease, history, last).fail(
-                f"error: the session's journal cannot be replayed: {e}"
+                f"error: the session's journal cannot be read back for a replay: {e!r}"
             )
-        except Exception as e:
-            log.warning("session %s: cannot read its journal (%r); will retry", job.session_id, e)
-            return Outcome.RETRY
         if not records or history.ended:  # it ended (and may be cleaned up already)
             if history.ended:  # what its attempt may not have finished
                 await after_end(host.nc, job, history.ended, history)
@@ -113,7 +117,7 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
         log.info(
             "session %s: attempt %d replays %d steps", job.session_id, attempt, len(history.steps)
         )
-    run = _run(host, msg, job, lease, history, last, read_us)
+    run = _run(host, msg, job, lease, history, last, read_us, written)
     # The trace the session belongs to: from the job, else from its journal (a replay).
     headers = dict(msg.headers or {})
     if not headers.get(subjects.HDR_TRACEPARENT) and history.traceparent:
@@ -129,9 +133,17 @@ def _run(
     history: journal.History,
     last: int,
     read_us: int = 0,
+    written: tuple[int, int] = (0, 0),
 ) -> SessionRun:
     writer = JournalWriter(
-        host.js, bus.publisher(host.nc), job.session_id, last, history.next_seq, lease.valid
+        host.js,
+        bus.publisher(host.nc),
+        job.session_id,
+        last,
+        history.next_seq,
+        lease.valid,
+        host.journal_limits,
+        written,
     )
     stamp = msg.metadata.timestamp
     queued = stamp.timestamp() if stamp else 0.0
@@ -187,7 +199,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     js = nc.jetstream()
     base_env = worker_env(dict(os.environ), {}, config.INTERNAL_ENV_PREFIXES)
     faults = Faults.from_env()
-    host = Host(nc, cache, envs, pool, tel, runner_id, env_cache, inboxes, js, base_env, faults)
+    limits = Limits(settings.journal_max_records, settings.journal_max_bytes)
+    host = Host(
+        nc, cache, envs, pool, tel, runner_id, env_cache, inboxes, js, base_env, faults, limits
+    )
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")
     await bus.serve_requests(nc, subjects.RUNNER_ALL, request_handler(envs), queue="runners")

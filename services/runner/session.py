@@ -22,7 +22,7 @@ from akcore.cache import StoreCache
 from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, Unavailable
 from akcore.journal import Kind
-from akcore.journalio import Fenced, JournalWriter, RecordTooLarge
+from akcore.journalio import Fenced, JournalFull, JournalWriter, Limits, RecordTooLarge
 from autokitteh._frames import (
     ActivityFrame,
     DoneFrame,
@@ -103,6 +103,7 @@ class Host:
     js: JetStreamContext
     worker_env: dict[str, str]  # ours minus the system's own settings (see worker_env)
     faults: Faults = field(default_factory=lambda: Faults([]))
+    journal_limits: Limits = field(default_factory=Limits)
     # Each build's directory and requirements.txt, once unpacked (builds never change).
     builds: dict[str, tuple[Path, bytes | None]] = field(default_factory=dict)
     admission: Admission = field(default_factory=Admission)
@@ -163,10 +164,11 @@ class SessionRun:
             self.lease.beating = False
 
     async def journal(self, p: journal.Payload, step: int = 0) -> None:
-        """Appends a record once JetStream acknowledges it (write-ahead); raises Fenced."""
+        """Appends a record once JetStream acknowledges it (write-ahead); raises Fenced,
+        JournalFull (but for the end)."""
         if step:
             self._fault("journaling", step)
-        await self.writer.append(p)
+        await self.writer.append(p, final=isinstance(p, (journal.Ended, journal.Retry)))
         if step:
             self._fault("journaled", step)
 
@@ -229,6 +231,8 @@ class SessionRun:
             return await self.fail(str(e))
         except RecordTooLarge as e:
             return await self.fail(f"error: {e}; the session cannot go on")
+        except JournalFull as e:
+            return await self.fail(f"error: {e}")
         except Exception as e:
             if may_pass(e):  # NATS or the store away: another attempt, with replay
                 return await self._retry(e)

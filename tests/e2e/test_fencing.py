@@ -118,6 +118,11 @@ def big_signal(event, session_id):
         print(str(e)[:60])
 
 
+def flood(event):
+    while True:
+        print("y")
+
+
 def plain(event):
     print("fine")
 """
@@ -134,6 +139,7 @@ HANDLERS = [
     "always_flaky",
     "parent",
     "big_signal",
+    "flood",
     "plain",
 ]
 FAULTS = (
@@ -155,6 +161,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[
         "MARKER_DIR": str(markers),
         "AK_JOBS__ACK_WAIT": "3",
         "AK_JOBS__MAX_ATTEMPTS": "3",
+        "AK_RUNNER__JOURNAL_MAX_RECORDS": "100",
         "AK_TEST__FAULTS": FAULTS,
     }
     stack = start_stack(home, settings, ("--runners", "2"))
@@ -455,6 +462,23 @@ def test_a_message_over_the_nats_limit_fails_in_the_handler_at_once(
     prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
     assert prints == "signal: what it sends is over the NATS message limit (838860\n"
     assert [a for a, _ in _attempts(_log(stack, sid))] == [1]  # not retried
+
+
+def test_a_session_that_would_fill_the_journal_ends_at_its_limit(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    """One session cannot fill AK_JOURNAL for all the others (its prints in a loop): it
+    ends in ERROR at its journal's limit, and its end is journaled."""
+    stack, paths, _ = env
+    sid = _fire(stack, paths["flood"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "ERROR"
+    assert session["error"].startswith(
+        "error: the session's journal reached its limit (100 records or 52,428,800 bytes"
+    ), session["error"]
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+    assert prints == ["y"] * 98  # created, started, 98 prints: 100 records; then the end
+    _still_serving(stack, paths)
 
 
 def _still_serving(stack: Stack, paths: dict[str, str]) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import pytest
 from ak_runner.service import run as run_runner
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
@@ -82,3 +86,46 @@ async def _no_journal(nc, sid: str) -> bool:  # type: ignore[no-untyped-def]
 
 async def _jobs_empty(js) -> bool:  # type: ignore[no-untyped-def]
     return (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 0
+
+
+async def test_a_journal_that_cannot_be_read_back_ends_its_session(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something that is not a record lands in a session's journal: its attempt is fenced
+    off by it, and the next one, which cannot replay the journal, ends the session in
+    ERROR saying so (it is never retried in a loop)."""
+    consumers = dict(bus.CONSUMERS)
+    stream, config = consumers[subjects.CONSUMER_RUNNER]
+    consumers[subjects.CONSUMER_RUNNER] = (stream, dataclasses.replace(config, ack_wait=2.0))
+    monkeypatch.setattr(bus, "CONSUMERS", consumers)
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        d = await deploy(nc, "p", {"simple.py": CODE})
+        sid = "ses_01m8cpgk96e6wakscbfn3064cy"
+        job = wire.Job(
+            sid,
+            d["project_id"],
+            d["deployment_id"],
+            d["build_id"],
+            "simple.py:greet",
+            True,
+            None,
+            None,
+            {},
+        )
+        await publish_session(bus.publisher(nc), job)
+        await nc.jetstream().publish(subjects.journal_subject(sid), b"\xc1 not a record")
+        async with running(run_runner, settings, "runner"):
+
+            async def ended() -> dict[str, Any] | None:
+                try:
+                    s = await bus.store_call(nc, "session.get", {"session": sid})
+                except NotFound:
+                    return None
+                return s if s["state"] == wire.ERROR else None
+
+            session = await eventually(ended, timeout=30)
+        assert session["error"].startswith(
+            "error: the session's journal cannot be read back for a replay: MalformedRecord("
+        )
+        await nc.close()
