@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import typer
 from akcore import config, natsserver
 from akcore.errors import AKError
+from akcore.retention import Retention
 
 from .restarts import Restarts
 
@@ -88,6 +89,7 @@ def up(
             raise AKError(f"--{service}s must be between 1 and 64 (got {n})")
     try:  # the services would each fail on a bad setting, over and over: say it once
         config.Settings.from_env()
+        Retention.from_env()
     except ValueError as e:
         raise AKError(str(e)) from None
     sync = os.environ.get(config.ENV_NATS_SYNC, "always")

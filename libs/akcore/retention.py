@@ -52,6 +52,9 @@ def parse_count(name: str, text: str) -> int:
     return int(digits)
 
 
+MIN_EVENTS_AGE = 3600.0
+
+
 @dataclass(frozen=True)
 class Retention:
     events_age: float = 30 * DAY  # AK_EVENTS and the events table
@@ -78,4 +81,11 @@ class Retention:
             text = os.environ.get(name, "").strip()
             if text:
                 given[field_name] = parse(name, text)
-        return cls(**given)  # type: ignore[arg-type]
+        keep = cls(**given)  # type: ignore[arg-type]
+        if keep.events_age < MIN_EVENTS_AGE:
+            raise ValueError(
+                "AK_RETENTION__EVENTS must be at least 1h: an event older than it is dropped "
+                "from AK_EVENTS whether or not it was dispatched, so it must outlast any time "
+                "the dispatchers may be down"
+            )
+        return keep
