@@ -11,6 +11,7 @@ remaining filters go to a fresh one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import sys
@@ -73,34 +74,86 @@ class Evaluator:
             await self.kill()
 
 
+class FairTurns:
+    """``n`` turns handed out in turn to each key (a trigger) that waits for one, and in
+    arrival order within a key: a burst of one trigger's events does not make another
+    trigger's event wait behind the whole burst."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._order: collections.deque[str] = collections.deque()  # keys with waiters
+
+    async def acquire(self, key: str) -> None:
+        if self.free > 0 and not self._order:
+            self.free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = collections.deque()
+            self._order.append(key)
+        queue.append(granted)
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted as it was cancelled: pass the turn on
+            elif granted in queue:
+                queue.remove(granted)
+            raise
+
+    def release(self) -> None:
+        while self._order:
+            key = self._order.popleft()
+            queue = self._queues[key]
+            waiter = queue.popleft() if queue else None
+            if queue:
+                self._order.append(key)  # its next event waits for the next round
+            else:
+                del self._queues[key]
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 class Evaluators:
-    """Judges events by their filters, ``PROCESSES`` events at a time."""
+    """Judges events by their filters, ``PROCESSES`` events at a time, taking turns by
+    destination (trigger or connection)."""
 
     def __init__(self, budget_ms: int, processes: int = PROCESSES) -> None:
         self.budget_ms = budget_ms
-        self._turns = asyncio.Semaphore(processes)
+        self._turns = FairTurns(processes)
         self._idle: list[Evaluator] = []
 
-    async def judge(self, event: bytes, filters: list[str]) -> list[cel.Verdict]:
-        """Each filter's verdict on ``event`` (an encoded ``wire.Event``), in order."""
+    async def judge(self, event: bytes, filters: list[str], key: str = "") -> list[cel.Verdict]:
+        """Each filter's verdict on ``event`` (an encoded ``wire.Event`` whose destination
+        is ``key``), in order."""
+        await self._turns.acquire(key)
+        try:
+            return await self._judge(event, filters)
+        finally:
+            self._turns.release()
+
+    async def _judge(self, event: bytes, filters: list[str]) -> list[cel.Verdict]:
         verdicts: list[cel.Verdict] = []
-        async with self._turns:
-            while len(verdicts) < len(filters):
-                rest = filters[len(verdicts) :]
-                evaluator = await self._take()
-                try:
-                    await evaluator.send(FilterRequest(event, rest, self.budget_ms))
-                    for _ in rest:
-                        verdict = await asyncio.wait_for(evaluator.verdict(), self._deadline())
-                        verdicts.append(verdict)
-                except Exception as e:  # it died, hangs, or answered nonsense
-                    await evaluator.kill()
-                    verdicts.append(cel.Verdict(False, self._failure(e, evaluator)))
-                    continue
-                except BaseException:  # cancelled mid-request: its next answer is not ours
-                    await asyncio.shield(evaluator.kill())
-                    raise
-                self._idle.append(evaluator)
+        while len(verdicts) < len(filters):
+            rest = filters[len(verdicts) :]
+            evaluator = await self._take()
+            try:
+                await evaluator.send(FilterRequest(event, rest, self.budget_ms))
+                for _ in rest:
+                    verdict = await asyncio.wait_for(evaluator.verdict(), self._deadline())
+                    verdicts.append(verdict)
+            except Exception as e:  # it died, hangs, or answered nonsense
+                await evaluator.kill()
+                verdicts.append(cel.Verdict(False, self._failure(e, evaluator)))
+                continue
+            except BaseException:  # cancelled mid-request: its next answer is not ours
+                await asyncio.shield(evaluator.kill())
+                raise
+            self._idle.append(evaluator)
         return verdicts
 
     async def _take(self) -> Evaluator:

@@ -40,6 +40,7 @@ class Dispatcher:
         self, nc: Client, tel: tracing.Telemetry, targets: StoreCache, evaluators: Evaluators
     ) -> None:
         self.nc, self.tel, self.targets, self.evaluators = nc, tel, targets, evaluators
+        self.judging = 0  # events waiting for their filters to be judged
 
     async def dispatch(self, msg: Msg, event: wire.Event, turn: Turn) -> list[str]:
         """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
@@ -52,8 +53,12 @@ class Dispatcher:
         filters = filters_of(event, trigger, subs)
         verdicts: dict[str, cel.Verdict] = {}
         if filters:  # most events have none, and pay nothing for the evaluators
-            judged = self.evaluators.judge(msg.data, list(filters.values()))
-            verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
+            judged = self.evaluators.judge(msg.data, list(filters.values()), event.destination_id)
+            self.judging += 1
+            try:
+                verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
+            finally:
+                self.judging -= 1
         started = []
         jobs = sessions_for(event, trigger, targets["deployments"], verdicts)
         if (msg.metadata.num_delivered or 1) > 1:
@@ -123,6 +128,10 @@ async def _holding(msg: Msg, judged: Awaitable[T]) -> T:
 # sessions take turns per destination (trigger or connection), in the order the events
 # arrived, so a session waiting on a source sees its events in order.
 MAX_IN_FLIGHT = 64
+# Events waiting for their filters to be judged, on top: a burst of events with heavy
+# filters must not keep the dispatcher from taking the events behind them (JetStream lets
+# a dispatcher hold 1,024 events un-acked).
+MAX_JUDGING = 512
 
 
 class Turn:
@@ -180,7 +189,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     tasks: set[asyncio.Task[None]] = set()
     log.info("dispatcher ready")
     while not stop.is_set():
-        free = MAX_IN_FLIGHT - len(tasks)
+        free = min(
+            MAX_IN_FLIGHT - (len(tasks) - dispatcher.judging),
+            MAX_IN_FLIGHT + MAX_JUDGING - len(tasks),
+        )
         if free <= 0:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
             continue
