@@ -294,6 +294,12 @@ class WorkerProcess:
                 raise FrameError(str(e)) from None
             yield header, blob
 
+    def quiet(self) -> bool:
+        """Whether it has sent nothing since its last session ended: a worker that did
+        (its handler wrote to the channel itself, after a `done` of its own) is not given
+        another session."""
+        return not self._reader._buffer  # type: ignore[attr-defined]
+
     def kill(self) -> None:
         """Kills the worker and everything it started, now."""
         if self.proc.returncode is not None:
@@ -388,8 +394,9 @@ class WorkerPool:
         """Takes the last live worker of the list (closing dead ones); the rest stay in it."""
         while workers:
             candidate = workers.pop()
-            if candidate.proc.returncode is None:
+            if candidate.proc.returncode is None and candidate.quiet():
                 return candidate
+            candidate.kill()
             await candidate.close()
         return None
 

@@ -370,3 +370,30 @@ async def test_a_system_call_with_arguments_too_large_fails_in_the_handler(tmp_p
         "start: its arguments are too large: 2000\n"
     ]
     assert frames[-1][0]["ok"] is True
+
+
+async def test_a_worker_that_talks_after_its_session_ended_is_not_reused(tmp_path: Path) -> None:
+    """Its handler forged the end of its session and went on talking: the pool does not
+    give it the project's next session (which would read those frames as its own)."""
+    (tmp_path / "h.py").write_text(
+        "import autokitteh._runtime as r\n"
+        "def forge(event):\n"
+        "    r._runtime.channel.send({'type': 'done', 'ok': True, 'reusable': True})\n"
+        "    r._runtime.channel.send({'type': 'print'}, b'late')\n"
+    )
+    env = {"PATH": "/usr/bin:/bin"}
+    pool = WorkerPool(0, tmp_path, reuse=10)
+    try:
+        worker = await pool.take(sys.executable, env, "prj_a")
+        frames = await _session(worker, tmp_path, "h.py:forge", {}, durable=False)  # forged end
+        assert frames == [({"type": "done", "ok": True, "reusable": True}, b"")]
+        worker.reusable = True
+        await pool.give_back(worker, sys.executable, env, "prj_a")
+        async with asyncio.timeout(10):
+            while worker.quiet():  # the frames it sent after come in
+                await asyncio.sleep(0.01)
+        again = await pool.take(sys.executable, env, "prj_a")
+        assert again is not worker and worker.proc.returncode is not None
+        await again.close()
+    finally:
+        await pool.close()
