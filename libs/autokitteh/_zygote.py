@@ -81,10 +81,9 @@ def main(argv: list[str]) -> None:
                 continue
             try:
                 msg, fds, _, _ = socket.recv_fds(ctrl, MAX_REQUEST, 3)
-            except ConnectionResetError:  # the runner died: one line, not a traceback
-                sys.stderr.write(f"fork server {os.getpid()}: its runner is gone; exiting\n")
-                sys.exit(0)
-            if not msg:  # the runner closed it: its workers see their pipes close
+            except ConnectionResetError:  # the runner died (`ak up` says so): no traceback
+                msg, fds = b"", []
+            if not msg:  # the runner is gone: its workers see their pipes close
                 sys.exit(0)
             if msg[:1] != b"F" or len(fds) != 3:
                 for fd in fds:
