@@ -169,6 +169,8 @@ def tally(
         if s["state"] in ("CREATED", "RUNNING"):
             t.stuck += 1
             t.example("stuck", s["session_id"])
+        elif s["state"] != "COMPLETED":  # the handlers never fail: say why this one ended
+            t.example(s["state"].lower(), s["session_id"])
         if s["event_id"] not in accepted:
             t.unacknowledged_ran += 1
     for eid, group in by_event.items():
