@@ -301,7 +301,9 @@ class WorkerProcess:
         return not self._reader._buffer  # type: ignore[attr-defined]
 
     def kill(self) -> None:
-        """Kills the worker and everything it started, now."""
+        """Kills the worker and everything it started, now. (It is never reused: its end
+        may not have been seen yet when its session gives it back.)"""
+        self.reusable = False
         if self.proc.returncode is not None:
             return
         if isinstance(self.proc, ForkedProcess):

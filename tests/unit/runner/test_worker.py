@@ -397,3 +397,24 @@ async def test_a_worker_that_talks_after_its_session_ended_is_not_reused(tmp_pat
         await again.close()
     finally:
         await pool.close()
+
+
+async def test_a_killed_worker_is_never_reused(tmp_path: Path) -> None:
+    """Its session said it was reusable, then its attempt was stopped and killed it: given
+    back before its end is seen, it must not go to the project's next session (which would
+    find it dead: 'worker process exited with code -9')."""
+    (tmp_path / "h.py").write_text(REUSED)
+    (tmp_path / "helper.py").write_text("CALLS = []\n")
+    env = {"PATH": "/usr/bin:/bin"}
+    pool = WorkerPool(0, tmp_path, reuse=10)
+    try:
+        worker = await pool.take(sys.executable, env, "prj_a")
+        await _session(worker, tmp_path, "h.py:count", {})
+        worker.reusable = True  # (its `done` said so)
+        worker.kill()  # the attempt lost its job as it wrote the end
+        await pool.give_back(worker, sys.executable, env, "prj_a")
+        again = await pool.take(sys.executable, env, "prj_a")
+        assert again is not worker
+        await again.close()
+    finally:
+        await pool.close()
