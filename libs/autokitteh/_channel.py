@@ -21,9 +21,7 @@ class FrameTooLarge(ValueError):
     """A frame over the limits: it is not sent."""
 
 
-def encode_frame(
-    header: dict[str, Any], blob: bytes = b"", max_header: int = MAX_HEADER
-) -> bytes:
+def encode_frame(header: dict[str, Any], blob: bytes = b"", max_header: int = MAX_HEADER) -> bytes:
     """A frame; ``max_header`` is for frames to the runner (the worker trusts its runner)."""
     head = json.dumps(header, separators=(",", ":")).encode()
     if len(head) > max_header or len(head) + len(blob) > MAX_FRAME:
