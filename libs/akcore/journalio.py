@@ -117,8 +117,9 @@ class JournalWriter:
     ``last`` is the stream sequence of the subject's last record as this attempt knows it
     (the ``created`` record's for a fresh start, the last one read for a replay); ``seq``
     is the number of the next record. ``may_write`` says whether the attempt still holds
-    its job: while publishes fail for reasons that may pass, the writer retries as long as
-    it does."""
+    its job: nothing is written once it does not (the fence catches a stale attempt only
+    after another one wrote), and while publishes fail for reasons that may pass, the
+    writer retries as long as it does."""
 
     RETRY_PAUSE = 0.5
 
@@ -150,6 +151,8 @@ class JournalWriter:
         publish is in flight (and already stored), and the next record must not reuse it."""
         if self.fenced:
             raise Fenced(f"session {self.session_id}: this attempt no longer owns the journal")
+        if not self.may_write():  # e.g. a record about a worker the lost attempt killed
+            raise self._fence("the attempt lost its job before writing")
         rec = journal.record(self.session_id, self.seq, p, timefmt.now_us())
         data = wire.encode(rec)
         if not final and (

@@ -434,6 +434,8 @@ class SessionRun:
                 "ended so that it does not repeat it"
             ) from None
         code = await worker.close()
+        if self._stop.is_set():  # its end is the stop's, not a crash (a cancellation
+            return  # of this task that came as it finished is not always delivered)
         tail = "".join(worker.stderr_tail).strip()
         await self.end(
             wire.ERROR,
