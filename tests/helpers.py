@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from akcore import natsserver
 
 AK = str(Path(sys.executable).parent / "ak")
@@ -58,6 +59,17 @@ class Stack:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    @property
+    def token(self) -> str:
+        """The API token `ak up` stored for this stack's CLI (in its credentials file)."""
+        creds = Path(self.env["XDG_CONFIG_HOME"]) / "autokitteh" / "credentials"
+        key = self.url.split("://", 1)[1]
+        return str(yaml.safe_load(creds.read_text())[key])
+
+    def auth(self) -> dict[str, str]:
+        """Headers of a raw `/api` call that the CLI would make."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     def request(
         self,
@@ -188,6 +200,9 @@ def start_stack(
     # Workers run on the test's own Python (which has the SDK) unless a test asks for venvs
     # by passing AK_WORKER_PYTHON="": building the default venv takes a while and the network.
     env["AK_WORKER_PYTHON"] = sys.executable
+    # The whole suite runs with API tokens on: `ak up` stores one for the CLI.
+    env["AK_AUTH__TOKENS"] = "on"
+    env.pop("AK_TOKEN", None)
     env.update(extra_env or {})
     if not env["AK_WORKER_PYTHON"]:
         del env["AK_WORKER_PYTHON"]

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from akcore import wire
-from akcore.config import DEFAULT_SERVICE_URL, ENV_SERVICE_URL, ENV_TIMEOUT
-from akcore.errors import AKError, Unavailable, error_from_kind
+from akcore.config import DEFAULT_SERVICE_URL, ENV_SERVICE_URL, ENV_TIMEOUT, ENV_TOKEN
+from akcore.errors import AKError, Unauthenticated, Unavailable, error_from_kind
+
+from . import credentials
 
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
@@ -33,11 +35,12 @@ def call(op: str, **args: Any) -> Any:
     """Runs one operation on the server and returns its result; raises AKError on failure."""
     url = f"{service_url()}/api/{op}"
     timeout = parse_duration(os.environ.get(ENV_TIMEOUT, "60s"))
+    headers = {"Content-Type": "application/msgpack"}
+    token = credentials.token_for(service_url())
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
-        url,
-        data=wire.encode(wire.StoreRequest(args=args)),
-        headers={"Content-Type": "application/msgpack"},
-        method="POST",
+        url, data=wire.encode(wire.StoreRequest(args=args)), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -53,6 +56,10 @@ def call(op: str, **args: Any) -> Any:
         ) from None
     reply = wire.decode(wire.StoreReply, body)
     if not reply.ok:
+        if reply.error_kind == Unauthenticated.kind:
+            raise Unauthenticated(
+                f"{reply.error} (this CLI read {ENV_TOKEN} and {credentials.path()})"
+            )
         raise error_from_kind(reply.error_kind, reply.error)
     return reply.result
 

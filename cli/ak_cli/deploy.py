@@ -72,7 +72,7 @@ def prepare_python(upload: dict[str, bytes]) -> None:
     requirements = upload.get(REQUIREMENTS_FILE)
     token, offset = "", 0
     while True:
-        res = client.call("pyenv.prepare", requirements=requirements, token=token, offset=offset)
+        res = client.call("build.prepare", requirements=requirements, token=token, offset=offset)
         if res.get("worker_python"):
             if requirements is not None:
                 typer.echo(

@@ -11,6 +11,7 @@ import typer
 from akcore import config, sdkdist
 from akcore.errors import AKError
 
+from . import auth as auth_mod
 from . import deploy as deploy_mod
 from . import sessions, views
 from . import up as up_mod
@@ -30,6 +31,7 @@ app.add_typer(views.deployments, name="deployment")
 app.add_typer(views.events, name="event")
 app.add_typer(vars_mod.app, name="var")
 app.add_typer(vars_mod.envs, name="env")
+app.add_typer(auth_mod.app, name="auth")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 sdk_app = typer.Typer(help="The Python SDK for local development.", no_args_is_help=True)

@@ -16,6 +16,7 @@ from akcore import config, natsserver
 from akcore.errors import AKError
 from akcore.retention import Retention
 
+from . import access
 from .restarts import Restarts
 
 SERVICES = ("store", "dispatcher", "runner", "ingress")
@@ -106,6 +107,7 @@ def up(
             "use --mode dev for an embedded NATS and SQLite"
         )
     _check_free(addr)
+    require_tokens = access.tokens_on(mode, config.split_addr(addr)[0], env)
     data = config.data_home()
     data.mkdir(parents=True, exist_ok=True)
     env[config.ENV_HTTP_ADDR] = addr
@@ -121,12 +123,22 @@ def up(
         nats_note = nats_url
     env[config.ENV_NATS_URL] = nats_url
     host, port = config.split_addr(addr)
+    if require_tokens:
+        env[config.ENV_AUTH_TOKENS] = "on"
+        tokens_note = "on: " + access.bootstrap(env, data)
+    else:
+        env[config.ENV_AUTH_TOKENS] = "off"
+        tokens_note = (
+            f"OFF (dev mode on loopback: anyone on this machine can call the API; "
+            f"{config.ENV_AUTH_TOKENS}=on requires tokens)"
+        )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     say(f"autokitteh ({mode} mode), pid {os.getpid()}")
     say(f"HTTP:      {url}")
     say(f"NATS:      {nats_note}")
     say(f"Database:  {_without_password(env[config.ENV_DB_DSN])}")
     say(f"Data home: {data}")
+    say(f"API tokens: {tokens_note}")
 
     stopping: list[bool] = []
 

@@ -6,6 +6,7 @@ Environment variable names follow AutoKitteh where it has one (``AK_HTTP__ADDR``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ ENV_JOURNAL_MAX_RECORDS = "AK_RUNNER__JOURNAL_MAX_RECORDS"
 ENV_JOURNAL_MAX_BYTES = "AK_RUNNER__JOURNAL_MAX_BYTES"
 ENV_TIMEOUT = "AK_TIMEOUT"
 ENV_EVENT_LOOP = "AK_EVENT_LOOP"  # uvloop (default when installed) or asyncio
+ENV_AUTH_TOKENS = "AK_AUTH__TOKENS"  # on (default) or off: /api calls need an API token
+ENV_AUTH_BOOTSTRAP = "AK_AUTH__BOOTSTRAP_TOKEN_FILE"  # a first token (or its digest)
+ENV_TOKEN = "AK_TOKEN"  # the CLI's API token, over its credentials file
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:9980"
 DEFAULT_SERVICE_URL = "http://localhost:9980"
@@ -86,6 +90,8 @@ class Settings:
     journal_max_records: int = 50_000  # one session's journal, at most
     journal_max_bytes: int = 50 * 1024 * 1024
     filter_budget_ms: int = 100  # CPU time one trigger or subscription filter may take
+    auth_tokens: bool = True  # /api calls need an API token (off only on loopback)
+    auth_bootstrap_file: str = ""  # the store keeps the token (or digest) of this file
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -103,6 +109,8 @@ class Settings:
             journal_max_records=_count(ENV_JOURNAL_MAX_RECORDS, 50_000, 100),
             journal_max_bytes=_count(ENV_JOURNAL_MAX_BYTES, 50 * 1024 * 1024, 1024 * 1024),
             filter_budget_ms=_count(ENV_FILTER_BUDGET_MS, 100, 1),
+            auth_tokens=_switch(ENV_AUTH_TOKENS, True),
+            auth_bootstrap_file=os.environ.get(ENV_AUTH_BOOTSTRAP, ""),
         )
 
 
@@ -114,6 +122,26 @@ def _count(name: str, default: int, least: int) -> int:
     if not text.isdigit() or int(text) < least:
         raise ValueError(f"{name} must be a whole number of at least {least}, not {text!r}")
     return int(text)
+
+
+def _switch(name: str, default: bool) -> bool:
+    """An on/off setting from the environment."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text not in ("on", "off", "true", "false", "1", "0"):
+        raise ValueError(f"{name} must be on or off, not {text!r}")
+    return text in ("on", "true", "1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (an address or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def split_addr(addr: str) -> tuple[str, int]:

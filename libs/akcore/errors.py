@@ -4,6 +4,7 @@ AKError                 root; ``kind`` maps to CLI exit codes and HTTP statuses
 ├── InvalidArgument     the user sent something malformed (exit 40, HTTP 400)
 ├── NotFound            a named thing does not exist (exit 44, HTTP 404)
 ├── Conflict            the request clashes with current state (exit 42, HTTP 409)
+├── Unauthenticated     no API token, or one the server does not know (exit 41, HTTP 401)
 └── Unavailable         a service did not answer in time (exit 1, HTTP 503)
 """
 
@@ -38,6 +39,12 @@ class Conflict(AKError):
     http_status = 409
 
 
+class Unauthenticated(AKError):
+    kind = "unauthenticated"
+    exit_code = 41
+    http_status = 401
+
+
 class Unavailable(AKError):
     kind = "unavailable"
     exit_code = 1
@@ -45,7 +52,7 @@ class Unavailable(AKError):
 
 
 _BY_KIND: dict[str, type[AKError]] = {
-    c.kind: c for c in (AKError, InvalidArgument, NotFound, Conflict, Unavailable)
+    c.kind: c for c in (AKError, InvalidArgument, NotFound, Conflict, Unauthenticated, Unavailable)
 }
 
 

@@ -10,7 +10,7 @@ import secrets
 import time
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-PREFIXES = ("prj", "env", "con", "bld", "dep", "trg", "ses", "evt", "sig", "run")
+PREFIXES = ("prj", "env", "con", "bld", "dep", "trg", "ses", "evt", "sig", "run", "tok")
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]+)_(?P<suffix>[0-7][" + ALPHABET + r"]{25})$")
 
 

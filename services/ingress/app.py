@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
-from akcore import bus, ids, subjects, timefmt, tracing, values, wire
-from akcore.errors import AKError, NotFound
+from akcore import bus, ids, ops, subjects, timefmt, tracing, values, wire
+from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
 from nats.js.errors import APIError
 from opentelemetry.trace import Span, SpanKind
 
+from .auth import Authenticator
 from .commands import COMMANDS
 from .lookups import WebhookLookups
 from .sync import SyncWait
@@ -22,7 +22,6 @@ from .sync import SyncWait
 log = logging.getLogger(__name__)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-_OP_RE = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
 MSGPACK = "application/msgpack"
 # Seconds a webhook's event may take to be stored while JetStream cannot take it for a
 # reason that may pass (a cluster electing a new leader after losing a node), before 503.
@@ -58,16 +57,21 @@ def _raw_url(request: Request) -> str:
 
 
 def create_app(
-    nc: Client, telemetry: tracing.Telemetry | None = None, lookups: WebhookLookups | None = None
+    nc: Client,
+    telemetry: tracing.Telemetry | None = None,
+    lookups: WebhookLookups | None = None,
+    tokens_required: bool = True,
 ) -> WebhookFront:
     """The HTTP app (an ASGI callable). ``lookups`` keeps webhook lookups (it should watch
     the store's change notices; without one every request asks the store, and only this
-    process remembers the last known answers)."""
+    process remembers the last known answers). ``tokens_required``: ``/api`` calls need an
+    API token (off only for dev mode on loopback)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
     events = bus.publisher(nc)
     tel = telemetry or tracing.Telemetry("ingress")
     lookups = lookups or WebhookLookups(nc, ttl=0)
+    auth = Authenticator(nc, tokens_required)
 
     async def webhook(request: Request, slug: str) -> Response:
         """The root span of the trace of every session this request starts."""
@@ -169,38 +173,24 @@ def create_app(
     app.add_api_route("/webhooks/{slug}", webhook, methods=METHODS)
     app.add_api_route("/webhooks/{slug}/{rest:path}", webhook, methods=METHODS)
 
-    @app.post("/api/{op}")
-    async def api(op: str, request: Request) -> Response:
-        if not _OP_RE.match(op):
-            return _reply(
-                wire.StoreReply(
-                    ok=False, error_kind="not_found", error=f"unknown operation {op!r}"
-                ),
-                404,
-            )
+    @app.post("/api/{name}")
+    async def api(name: str, request: Request) -> Response:
+        """A public operation of ``akcore.ops``, for a caller with an API token."""
         try:
-            req = wire.decode(wire.StoreRequest, await request.body())
-        except Exception:
-            return _reply(
-                wire.StoreReply(
-                    ok=False,
-                    error_kind="invalid_argument",
-                    error="request body is not a msgpack map",
-                ),
-                400,
-            )
-        try:
-            command = COMMANDS.get(op)
-            if command is not None:
-                result: Any = await command(nc, req.args)
-            elif op.startswith(subjects.RUNNER_OPS):
-                result = await bus.runner_call(nc, op, req.args, timeout=60)
+            caller = await auth.caller(request.headers.get("authorization"))
+            op = ops.public(name)
+            try:
+                args = wire.decode(wire.StoreRequest, await request.body()).args
+            except Exception:
+                raise InvalidArgument("request body is not a msgpack map") from None
+            typed = op.parse(args)  # refused here when malformed, before anything runs
+            if op.service is ops.Service.INGRESS:
+                result: Any = await COMMANDS[name](nc, typed, caller)
             else:
-                result = await bus.store_call(nc, op, req.args, timeout=60)
+                result = await bus.store_call(nc, name, args, timeout=60)
         except AKError as e:
-            return _reply(
-                wire.StoreReply(ok=False, error_kind=e.kind, error=e.message), e.http_status
-            )
+            reply = wire.StoreReply(ok=False, error_kind=e.kind, error=e.message)
+            return _reply(reply, e.http_status)
         return _reply(wire.StoreReply(ok=True, result=result), 200)
 
     @app.get("/healthz")

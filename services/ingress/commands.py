@@ -1,61 +1,72 @@
-"""API operations that ingress carries out itself (they publish to JetStream), not the store."""
+"""API operations that ingress carries out itself (they publish to JetStream or concern the
+caller), each taking its typed request (``akcore.requests``) and the caller."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, ids, subjects, timefmt, wire
+from akcore import bus, ids, ops, subjects, timefmt, tokens, wire
+from akcore import requests as rq
 from akcore.errors import Conflict, InvalidArgument
 from akcore.manifest import parse_call
 from akcore.sessions import publish_session
 from nats.aio.client import Client
 
+from .auth import Caller
 
-async def session_start(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
+
+async def session_start(nc: Client, req: rq.SessionStart, caller: Caller) -> dict[str, Any]:
     """Starts a session by hand: ``deployment_id`` or ``project`` (its active deployment)."""
-    entry = str(args.get("entrypoint", ""))
-    parse_call(entry)
-    if args.get("deployment_id"):
-        dep = await bus.store_call(nc, "deployment.get", {"deployment_id": args["deployment_id"]})
-    elif args.get("project"):
-        dep = await bus.store_call(nc, "project.active", {"project": args["project"]})
+    parse_call(req.entrypoint)
+    if req.deployment_id:
+        dep = await bus.store_call(nc, "deployment.get", {"deployment_id": req.deployment_id})
+    elif req.project:
+        dep = await bus.store_call(nc, "project.active", {"project": req.project})
     else:
         raise InvalidArgument("give --deployment-id or --project")
-    inputs = args.get("inputs") or {}
-    if not isinstance(inputs, dict):
-        raise InvalidArgument("inputs must be a map of names to JSON values")
+    if req.build_id:
+        await _check_build(nc, req.build_id, dep)
     job = wire.Job(
         session_id=ids.new_id("ses"),
         project_id=dep["project_id"],
         deployment_id=dep["deployment_id"],
-        build_id=args.get("build_id") or dep["build_id"],
-        entrypoint=entry,
-        is_durable=bool(args.get("durable")),
+        build_id=req.build_id or dep["build_id"],
+        entrypoint=req.entrypoint,
+        is_durable=req.durable,
         event_id=None,
         event_type=None,
-        data=inputs,
-        memo={str(k): str(v) for k, v in (args.get("memo") or {}).items()},
+        data=req.inputs,
+        memo=req.memo,
     )
     await publish_session(bus.publisher(nc), job)
     return {"session_id": job.session_id}
 
 
-async def session_stop(nc: Client, args: dict[str, Any]) -> None:
+async def _check_build(nc: Client, build_id: str, dep: dict[str, Any]) -> None:
+    """A session runs a build of its deployment's project, never another project's."""
+    build = await bus.store_call(nc, "build.get", {"build_id": build_id, "with_files": False})
+    if build["project_id"] != dep["project_id"]:
+        raise InvalidArgument(
+            f'build "{build_id}" belongs to another project than deployment '
+            f'"{dep["deployment_id"]}": give a build of the same project, or leave '
+            "--build-id out to run the deployment's own build"
+        )
+
+
+async def session_stop(nc: Client, req: rq.SessionStop, caller: Caller) -> None:
     """Asks the session's runner to stop it (delivered through the session's inbox)."""
-    s = await bus.store_call(nc, "session.get", {"session": args.get("session", "")})
+    s = await bus.store_call(nc, "session.get", {"session": req.session})
     if s["state"] in wire.FINAL_STATES:
         raise Conflict(f"session {s['session_id']} is already in a final state ({s['state']})")
-    reason = str(args.get("reason") or "")
-    if args.get("force"):
-        reason = f"[forced] {reason}".strip()
+    reason = f"[forced] {req.reason}".strip() if req.force else req.reason
     msg = wire.InboxMessage(kind=wire.INBOX_STOP, reason=reason or "stopped by user")
     await bus.publisher(nc).publish(subjects.inbox_subject(s["session_id"]), wire.encode(msg))
 
 
-async def session_restart(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
+async def session_restart(nc: Client, req: rq.SessionRef, caller: Caller) -> dict[str, Any]:
     """A new session with the same deployment, entry point, inputs (or event) and durability."""
-    s = await bus.store_call(nc, "session.get", {"session": args.get("session", "")})
+    s = await bus.store_call(nc, "session.get", {"session": req.session})
     data, event_type = s.get("inputs") or {}, None
     if s.get("event_id"):
         ev = await bus.store_call(nc, "event.get", {"event_id": s["event_id"]})
@@ -76,9 +87,9 @@ async def session_restart(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
     return {"session_id": job.session_id}
 
 
-async def event_redispatch(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
+async def event_redispatch(nc: Client, req: rq.EventRef, caller: Caller) -> dict[str, Any]:
     """Dispatches a copy of a stored event under a new id."""
-    ev = await bus.store_call(nc, "event.get", {"event_id": args.get("event_id", "")})
+    ev = await bus.store_call(nc, "event.get", {"event_id": req.event_id})
     copy = wire.Event(
         event_id=ids.new_id("evt"),
         project_id=ev["project_id"],
@@ -96,9 +107,34 @@ async def event_redispatch(nc: Client, args: dict[str, Any]) -> dict[str, Any]:
     return {"event_id": copy.event_id}
 
 
-COMMANDS: dict[str, Callable[[Client, dict[str, Any]], Awaitable[Any]]] = {
+async def build_prepare(nc: Client, req: rq.PyenvPrepare, caller: Caller) -> dict[str, Any]:
+    """Has a runner build (or reuse) the Python environment of a requirements.txt, before
+    ``ak deploy`` changes anything; ``token``/``offset`` follow pip's progress."""
+    args = {"requirements": req.requirements, "token": req.token, "offset": req.offset}
+    return await bus.runner_call(nc, "pyenv.prepare", args, timeout=60)  # type: ignore[no-any-return]
+
+
+async def create_token(nc: Client, req: rq.TokenCreate, caller: Caller) -> str:
+    """A new API token: the store keeps its digest; the raw token is answered only here."""
+    token = tokens.new_token()
+    add = {"digest": tokens.digest(token), "name": req.name, "created_by": caller.token_id or "dev"}
+    await bus.store_call(nc, "token.add", add)
+    return token
+
+
+async def whoami(nc: Client, req: rq.Empty, caller: Caller) -> dict[str, Any]:
+    return {"token_id": caller.token_id, "name": caller.name, "created_at": caller.created_at}
+
+
+Command = Callable[[Client, Any, Caller], Awaitable[Any]]
+
+COMMANDS: dict[str, Command] = {
     "session.start": session_start,
     "session.stop": session_stop,
     "session.restart": session_restart,
     "event.redispatch": event_redispatch,
+    "build.prepare": build_prepare,
+    "auth.create_token": create_token,
+    "auth.whoami": whoami,
 }
+assert set(COMMANDS) == set(ops.served_by(ops.Service.INGRESS)), "commands differ from akcore.ops"

@@ -9,7 +9,8 @@ import socket
 
 import uvicorn
 from akcore import bus, tracing
-from akcore.config import Settings, split_addr
+from akcore.config import ENV_AUTH_TOKENS, Settings, is_loopback, split_addr
+from akcore.errors import AKError
 
 from .app import create_app
 from .lookups import KnownWebhooks, WebhookLookups
@@ -29,6 +30,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    host, port = split_addr(settings.http_addr)
+    if not settings.auth_tokens and not is_loopback(host):
+        raise AKError(
+            f"API tokens are off ({ENV_AUTH_TOKENS}=off) but ingress would listen on "
+            f"{settings.http_addr}, which other machines can reach: turn tokens on, or "
+            "listen on a loopback address such as 127.0.0.1"
+        )
     nc = await bus.connect(settings.nats_url, "ak-ingress")
     await bus.ensure_streams(nc.jetstream())
     await bus.serve_health(nc, "ingress")
@@ -37,9 +45,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # Read before serving: a restarted ingress accepts known webhooks while the store is down.
     lookups = WebhookLookups(nc, await KnownWebhooks.load(nc.jetstream()))
     await lookups.watch()
-    host, port = split_addr(settings.http_addr)
     config = uvicorn.Config(
-        create_app(nc, tel, lookups),
+        create_app(nc, tel, lookups, settings.auth_tokens),
         host=host,
         port=port,
         log_level="warning",

@@ -10,10 +10,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, config, journal, subjects, tracing, wire
+from akcore import bus, config, journal, ops, subjects, tracing, wire
+from akcore import requests as rq
 from akcore.cache import StoreCache
 from akcore.config import Settings
-from akcore.errors import InvalidArgument, NotFound
+from akcore.errors import NotFound
 from akcore.journalio import JournalWriter, Limits, last_seq, read_journal
 from nats.aio.msg import Msg
 
@@ -40,13 +41,15 @@ async def _reap(pool: WorkerPool, stop: asyncio.Event) -> None:
 def request_handler(envs: PythonEnvs) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
     """The runner's API (``ak.runner.<op>``), called by ``ak deploy`` through ingress."""
 
-    async def handle(op: str, args: dict[str, Any]) -> Any:
-        if op != "pyenv.prepare":
-            raise NotFound(f"unknown runner operation {op!r}")
-        req = args.get("requirements")
-        if req is not None and not isinstance(req, bytes):
-            raise InvalidArgument("requirements must be the bytes of requirements.txt")
-        return await envs.prepare(req, str(args.get("token", "")), int(args.get("offset", 0)))
+    declared = ops.served_by(ops.Service.RUNNER)
+    assert set(declared) == {"pyenv.prepare"}, "runner operations differ from akcore.ops"
+
+    async def handle(name: str, args: dict[str, Any]) -> Any:
+        op = declared.get(name)
+        if op is None:
+            raise NotFound(f"unknown runner operation {name!r}")
+        req: rq.PyenvPrepare = op.parse(args)
+        return await envs.prepare(req.requirements, req.token, req.offset)
 
     return handle
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from akcore import ids, timefmt, wire
+from akcore import requests as rq
 from akcore.errors import Conflict, InvalidArgument, NotFound
 from akcore.integrations import connection_env
 from akcore.manifest import parse_manifest
@@ -33,6 +34,7 @@ from .models import (
     Trigger,
     Var,
 )
+from .tokens import Tokens
 
 VAR_NAME = re.compile(r"^[A-Za-z_]\w*$")
 MAX_VAR = 1024 * 1024
@@ -113,16 +115,52 @@ def _event_view(e: EventRow, with_data: bool = True) -> dict[str, Any]:
 
 
 class StoreApi:
-    """Each public method is an operation named like ``project.get`` -> ``project_get``."""
+    """The store's operations; ``routes`` binds each to its declaration in ``akcore.ops``."""
 
     def __init__(self, engine: Engine, sealer: Sealer) -> None:
         self.engine, self.sealer = engine, sealer
+        self.tokens = Tokens(engine)
 
-    def handler(self, op: str) -> Callable[[dict[str, Any]], Any]:
-        fn = getattr(self, op.replace(".", "_"), None)
-        if fn is None or op.startswith("_") or "." not in op:
-            raise InvalidArgument(f"unknown store operation {op!r}")
-        return fn  # type: ignore[no-any-return]
+    def routes(self) -> dict[str, Callable[[Any], Any]]:
+        """The method that answers each store operation of ``akcore.ops``."""
+        return {
+            "ping": self.ping,
+            "project.list": self.project_list,
+            "project.get": self.project_get,
+            "project.active": self.project_active,
+            "manifest.apply": self.manifest_apply,
+            "build.create": self.build_create,
+            "build.get": self.build_get,
+            "deployment.create": self.deployment_create,
+            "deployment.activate": self.deployment_activate,
+            "deployment.deactivate": self.deployment_deactivate,
+            "deployment.get": self.deployment_get,
+            "deployment.list": self.deployment_list,
+            "trigger.create": self.trigger_create,
+            "trigger.delete": self.trigger_delete,
+            "trigger.get": self.trigger_get,
+            "trigger.list": self.trigger_list,
+            "webhook.lookup": self.webhook_lookup,
+            "dispatch.targets": self.dispatch_targets,
+            "dispatch.note": self.dispatch_note,
+            "schedule.list": self.schedule_list,
+            "subscription.create": self.subscription_create,
+            "subscription.delete": self.subscription_delete,
+            "session.env": self.session_env,
+            "env.list": self.env_list,
+            "var.set": self.var_set,
+            "var.get": self.var_get,
+            "var.delete": self.var_delete,
+            "session.list": self.session_list,
+            "session.get": self.session_get,
+            "session.states": self.session_states,
+            "session.records": self.session_records,
+            "session.trace": self.session_trace,
+            "event.list": self.event_list,
+            "event.get": self.event_get,
+            "token.add": self.tokens.add,
+            "token.check": self.tokens.check,
+        }
 
     # --- lookups shared by the operations
 
@@ -158,35 +196,35 @@ class StoreApi:
 
     # --- operations
 
-    def ping(self, args: dict[str, Any]) -> str:
+    def ping(self, req: rq.Empty) -> str:
         return "pong"
 
-    def project_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def project_list(self, req: rq.Empty) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
             return [_project_view(p) for p in db.exec(select(Project).order_by(Project.name))]
 
-    def project_get(self, args: dict[str, Any]) -> dict[str, Any]:
+    def project_get(self, req: rq.ProjectRef) -> dict[str, Any]:
         with DB(self.engine) as db:
-            return _project_view(self._project(db, args.get("project", "")))
+            return _project_view(self._project(db, req.project))
 
-    def manifest_apply(self, args: dict[str, Any]) -> dict[str, Any]:
+    def manifest_apply(self, req: rq.ManifestApply) -> dict[str, Any]:
         with DB(self.engine) as db:
             return apply_manifest(
                 db,
-                args["text"],
+                req.text,
                 self.sealer,
-                args.get("project_name", ""),
-                bool(args.get("skip_existing_secrets")),
+                req.project_name,
+                bool(req.skip_existing_secrets),
             )
 
-    def build_create(self, args: dict[str, Any]) -> str:
-        files = args.get("files") or {}
+    def build_create(self, req: rq.BuildCreate) -> str:
+        files = req.files or {}
         if not isinstance(files, dict) or not all(
             isinstance(k, str) and isinstance(v, bytes) for k, v in files.items()
         ):
             raise InvalidArgument("build files must map relative paths to bytes")
         with DB(self.engine) as db:
-            p = self._project(db, args.get("project", ""))
+            p = self._project(db, req.project)
             b = Build(
                 build_id=ids.new_id("bld"),
                 project_id=p.project_id,
@@ -197,23 +235,22 @@ class StoreApi:
             db.commit()
             return b.build_id
 
-    def build_get(self, args: dict[str, Any]) -> dict[str, Any]:
+    def build_get(self, req: rq.BuildRef) -> dict[str, Any]:
         with DB(self.engine) as db:
-            b = db.get(Build, args.get("build_id", ""))
+            b = db.get(Build, req.build_id)
             if b is None:
-                raise NotFound(f'build "{args.get("build_id")}" not found')
-            return {
-                "build_id": b.build_id,
-                "project_id": b.project_id,
-                "files": wire.unpack(b.files),
-            }
+                raise NotFound(f'build "{req.build_id}" not found')
+            view: dict[str, Any] = {"build_id": b.build_id, "project_id": b.project_id}
+            if req.with_files:
+                view["files"] = wire.unpack(b.files)
+            return view
 
-    def deployment_create(self, args: dict[str, Any]) -> str:
+    def deployment_create(self, req: rq.DeploymentCreate) -> str:
         with DB(self.engine) as db:
-            p = self._project(db, args.get("project", ""))
-            b = db.get(Build, args.get("build_id", ""))
+            p = self._project(db, req.project)
+            b = db.get(Build, req.build_id)
             if b is None or b.project_id != p.project_id:
-                raise NotFound(f'build "{args.get("build_id")}" not found in project "{p.name}"')
+                raise NotFound(f'build "{req.build_id}" not found in project "{p.name}"')
             d = Deployment(
                 deployment_id=ids.new_id("dep"),
                 project_id=p.project_id,
@@ -224,12 +261,12 @@ class StoreApi:
             db.commit()
             return d.deployment_id
 
-    def deployment_activate(self, args: dict[str, Any]) -> None:
+    def deployment_activate(self, req: rq.DeploymentRef) -> None:
         """Activates one deployment and retires the project's others in the same transaction."""
         with DB(self.engine) as db:
-            d = db.get(Deployment, args.get("deployment_id", ""))
+            d = db.get(Deployment, req.deployment_id)
             if d is None:
-                raise NotFound(f'deployment "{args.get("deployment_id")}" not found')
+                raise NotFound(f'deployment "{req.deployment_id}" not found')
             others = db.exec(
                 select(Deployment).where(
                     Deployment.project_id == d.project_id,
@@ -244,19 +281,19 @@ class StoreApi:
             db.add(d)
             db.commit()
 
-    def deployment_get(self, args: dict[str, Any]) -> dict[str, Any]:
+    def deployment_get(self, req: rq.DeploymentRef) -> dict[str, Any]:
         with DB(self.engine) as db:
-            d = db.get(Deployment, args.get("deployment_id", ""))
+            d = db.get(Deployment, req.deployment_id)
             if d is None:
-                raise NotFound(f'deployment "{args.get("deployment_id")}" not found')
+                raise NotFound(f'deployment "{req.deployment_id}" not found')
             return {**d.model_dump(), "created_at": timefmt.rfc3339(d.created_us)}
 
-    def deployment_deactivate(self, args: dict[str, Any]) -> dict[str, Any]:
+    def deployment_deactivate(self, req: rq.DeploymentRef) -> dict[str, Any]:
         """Retires a deployment: DRAINING while it has running sessions, then INACTIVE."""
         with DB(self.engine) as db:
-            d = db.get(Deployment, args.get("deployment_id", ""))
+            d = db.get(Deployment, req.deployment_id)
             if d is None:
-                raise NotFound(f'deployment "{args.get("deployment_id")}" not found')
+                raise NotFound(f'deployment "{req.deployment_id}" not found')
             d.state = "DRAINING" if self._live(db, d.deployment_id) else "INACTIVE"
             db.add(d)
             db.commit()
@@ -273,11 +310,11 @@ class StoreApi:
             is not None
         )
 
-    def trigger_create(self, args: dict[str, Any]) -> dict[str, Any]:
+    def trigger_create(self, req: rq.TriggerCreate) -> dict[str, Any]:
         """``ak trigger create``: one trigger, validated like a manifest's."""
         with DB(self.engine) as db:
-            p = self._project(db, args.get("project", ""))
-            spec = {k: v for k, v in (args.get("trigger") or {}).items() if v not in (None, "")}
+            p = self._project(db, req.project)
+            spec = {k: v for k, v in (req.trigger or {}).items() if v not in (None, "")}
             m = parse_manifest(
                 json.dumps({"version": "v1", "project": {"name": p.name, "triggers": [spec]}})
             )
@@ -300,19 +337,19 @@ class StoreApi:
             db.refresh(trg)
             return _trigger_view(trg, p.name)
 
-    def trigger_delete(self, args: dict[str, Any]) -> None:
-        view = self.trigger_get(args)
+    def trigger_delete(self, req: rq.TriggerRef) -> None:
+        view = self.trigger_get(req)
         with DB(self.engine) as db:
             t = db.get(Trigger, view["trigger_id"])
             if t is not None:
                 db.delete(t)
                 db.commit()
 
-    def deployment_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def deployment_list(self, req: rq.ProjectRef) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
             q = select(Deployment).order_by(col(Deployment.created_us).desc())
-            if args.get("project"):
-                q = q.where(Deployment.project_id == self._project(db, args["project"]).project_id)
+            if req.project:
+                q = q.where(Deployment.project_id == self._project(db, req.project).project_id)
             names = self._names(db)
             return [
                 {
@@ -323,21 +360,21 @@ class StoreApi:
                 for d in db.exec(q)
             ]
 
-    def trigger_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def trigger_list(self, req: rq.ProjectRef) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
             q = select(Trigger).order_by(Trigger.name)
-            if args.get("project"):
-                q = q.where(Trigger.project_id == self._project(db, args["project"]).project_id)
+            if req.project:
+                q = q.where(Trigger.project_id == self._project(db, req.project).project_id)
             names = self._names(db)
             return [_trigger_view(t, names.get(t.project_id, "")) for t in db.exec(q)]
 
-    def trigger_get(self, args: dict[str, Any]) -> dict[str, Any]:
-        ref = args.get("trigger", "")
+    def trigger_get(self, req: rq.TriggerRef) -> dict[str, Any]:
+        ref = req.trigger
         with DB(self.engine) as db:
             if ids.is_id(ref, "trg"):
                 t = db.get(Trigger, ref)
             else:
-                p = self._project(db, args.get("project", ""))
+                p = self._project(db, req.project)
                 t = db.exec(
                     select(Trigger).where(Trigger.project_id == p.project_id, Trigger.name == ref)
                 ).first()
@@ -345,10 +382,10 @@ class StoreApi:
                 raise NotFound(f'trigger "{ref}" not found')
             return _trigger_view(t, self._names(db).get(t.project_id, ""))
 
-    def webhook_lookup(self, args: dict[str, Any]) -> dict[str, Any]:
+    def webhook_lookup(self, req: rq.WebhookLookup) -> dict[str, Any]:
         """The trigger behind a slug, if its project has an active deployment."""
         with DB(self.engine) as db:
-            t = db.exec(select(Trigger).where(Trigger.webhook_slug == args.get("slug", ""))).first()
+            t = db.exec(select(Trigger).where(Trigger.webhook_slug == req.slug)).first()
             if t is None:
                 raise NotFound("no webhook with this path")
             active = db.exec(
@@ -365,10 +402,10 @@ class StoreApi:
                 "is_sync": t.is_sync,
             }
 
-    def dispatch_targets(self, args: dict[str, Any]) -> dict[str, Any]:
+    def dispatch_targets(self, req: rq.DispatchTargets) -> dict[str, Any]:
         """The trigger an event arrived on and the project's active deployments."""
         with DB(self.engine) as db:
-            t = db.get(Trigger, args.get("trigger_id", ""))
+            t = db.get(Trigger, req.trigger_id)
             if t is None:
                 return {"trigger": None, "deployments": [], "subscriptions": []}
             deps = db.exec(
@@ -392,52 +429,52 @@ class StoreApi:
                 ],
             }
 
-    def dispatch_note(self, args: dict[str, Any]) -> None:
+    def dispatch_note(self, req: rq.DispatchNote) -> None:
         """Keeps the dispatcher's notes on an event (``notes``: source and note each); a
         note already kept for the same source stays. The event's own row may come later."""
         now = timefmt.now_us()
         rows = [
             {
-                "event_id": args["event_id"],
+                "event_id": req.event_id,
                 "source": str(n["source"]),
                 "note": str(n["note"]),
                 "created_us": now,
             }
-            for n in args.get("notes", [])
+            for n in req.notes
         ]
         with self.engine.begin() as conn:
             insert_new(conn, DispatchNote.__table__, rows)  # type: ignore[attr-defined]
 
-    def subscription_create(self, args: dict[str, Any]) -> None:
+    def subscription_create(self, req: rq.SubscriptionCreate) -> None:
         with DB(self.engine) as db:
             db.add(
                 Subscription(
-                    subscription_id=args["subscription_id"],
-                    session_id=args["session_id"],
-                    project_id=args["project_id"],
-                    trigger_id=args["trigger_id"],
-                    filter=args.get("filter", ""),
+                    subscription_id=req.subscription_id,
+                    session_id=req.session_id,
+                    project_id=req.project_id,
+                    trigger_id=req.trigger_id,
+                    filter=req.filter,
                     created_us=timefmt.now_us(),
                 )
             )
             db.commit()
 
-    def subscription_delete(self, args: dict[str, Any]) -> None:
+    def subscription_delete(self, req: rq.SubscriptionDelete) -> None:
         """Deletes one subscription, or every subscription of ``session_id``."""
         with DB(self.engine) as db:
             q = select(Subscription)
-            if args.get("subscription_id"):
-                q = q.where(Subscription.subscription_id == args["subscription_id"])
+            if req.subscription_id:
+                q = q.where(Subscription.subscription_id == req.subscription_id)
             else:
-                q = q.where(Subscription.session_id == args["session_id"])
+                q = q.where(Subscription.session_id == req.session_id)
             for x in db.exec(q):
                 db.delete(x)
             db.commit()
 
-    def project_active(self, args: dict[str, Any]) -> dict[str, Any]:
+    def project_active(self, req: rq.ProjectRef) -> dict[str, Any]:
         """A project's id and its active deployment (for starting sessions in it)."""
         with DB(self.engine) as db:
-            p = self._project(db, args.get("project", ""))
+            p = self._project(db, req.project)
             d = db.exec(
                 select(Deployment).where(
                     Deployment.project_id == p.project_id, Deployment.state == "ACTIVE"
@@ -451,7 +488,7 @@ class StoreApi:
                 "build_id": d.build_id,
             }
 
-    def schedule_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def schedule_list(self, req: rq.Empty) -> list[dict[str, Any]]:
         """Schedule triggers of projects that have an active deployment."""
         with DB(self.engine) as db:
             active = {
@@ -461,9 +498,9 @@ class StoreApi:
             rows = db.exec(select(Trigger).where(Trigger.schedule != ""))
             return [t.model_dump() for t in rows if t.project_id in active]
 
-    def session_env(self, args: dict[str, Any]) -> dict[str, str]:
+    def session_env(self, req: rq.SessionEnv) -> dict[str, str]:
         with DB(self.engine) as db:
-            pid = args.get("project_id", "")
+            pid = req.project_id
             env = {
                 t.name + "__webhook_url": webhook_url(t.webhook_slug)
                 for t in db.exec(select(Trigger).where(Trigger.project_id == pid))
@@ -479,11 +516,11 @@ class StoreApi:
 
     # --- vars and environments (each project has one environment, "default")
 
-    def _env_project(self, db: DB, args: dict[str, Any]) -> Project:
+    def _env_project(self, db: DB, req: rq.VarScope) -> Project:
         """The project named by ``project``, or by ``env`` (an env id or ``PROJECT/default``)."""
-        env = str(args.get("env") or "")
+        env = str(req.env or "")
         if not env:
-            return self._project(db, args.get("project", ""))
+            return self._project(db, req.project)
         if ids.is_id(env, "env"):
             for p in db.exec(select(Project)):
                 if env_id(p) == env:
@@ -494,12 +531,12 @@ class StoreApi:
             raise NotFound(f'environment "{env}" not found: each project has only "default"')
         return self._project(db, name)
 
-    def _var_scope(self, db: DB, args: dict[str, Any]) -> tuple[str, str]:
+    def _var_scope(self, db: DB, req: rq.VarScope) -> tuple[str, str]:
         """Whose vars: a connection (``connection``: ``con_`` id or ``PROJECT/NAME``) or a
         project (see ``_env_project``). Returns the scope id and how to name it in errors."""
-        ref = str(args.get("connection") or "")
+        ref = str(req.connection or "")
         if not ref:
-            p = self._env_project(db, args)
+            p = self._env_project(db, req)
             return p.project_id, f'project "{p.name}"'
         if ids.is_id(ref, "con"):
             conn = db.get(Connection, ref)
@@ -515,11 +552,11 @@ class StoreApi:
             raise NotFound(f'connection "{ref}" not found')
         return conn.connection_id, f'connection "{ref}"'
 
-    def env_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def env_list(self, req: rq.ProjectRef) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
             q = select(Project).order_by(Project.name)
-            if args.get("project"):
-                q = q.where(Project.project_id == self._project(db, args["project"]).project_id)
+            if req.project:
+                q = q.where(Project.project_id == self._project(db, req.project).project_id)
             return [
                 {
                     "env_id": env_id(p),
@@ -530,8 +567,8 @@ class StoreApi:
                 for p in db.exec(q)
             ]
 
-    def var_set(self, args: dict[str, Any]) -> None:
-        name, value = str(args.get("name", "")), args.get("value")
+    def var_set(self, req: rq.VarSet) -> None:
+        name, value = str(req.name), req.value
         if not VAR_NAME.match(name):
             raise InvalidArgument(
                 f"invalid var name {name!r}: use letters, digits and _, not starting with a digit"
@@ -540,23 +577,23 @@ class StoreApi:
             raise InvalidArgument("the var value must be text")
         if len(value.encode()) > MAX_VAR:
             raise InvalidArgument(f"the value is over the {MAX_VAR} byte limit")
-        secret = bool(args.get("secret"))
+        secret = bool(req.secret)
         with DB(self.engine) as db:
-            scope, _ = self._var_scope(db, args)
+            scope, _ = self._var_scope(db, req)
             var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
             var = var or Var(scope_id=scope, name=name)
             var.value = self.sealer.seal(value) if secret else value
             var.is_secret = secret
-            if args.get("description") is not None:
-                var.description = str(args["description"])
+            if req.description is not None:
+                var.description = str(req.description)
             db.add(var)
             db.commit()
 
-    def var_get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def var_get(self, req: rq.VarGet) -> list[dict[str, Any]]:
         """Vars of a project; secret values stay masked unless ``reveal``."""
-        names = list(args.get("names") or [])
+        names = list(req.names or [])
         with DB(self.engine) as db:
-            scope, label = self._var_scope(db, args)
+            scope, label = self._var_scope(db, req)
             rows = {v.name: v for v in db.exec(select(Var).where(Var.scope_id == scope))}
             missing = [n for n in names if n not in rows]
             if missing:
@@ -564,7 +601,7 @@ class StoreApi:
             out = []
             for n in names or sorted(rows):
                 v = rows[n]
-                shown = self.sealer.open(v.value) if not v.is_secret or args.get("reveal") else None
+                shown = self.sealer.open(v.value) if not v.is_secret or req.reveal else None
                 out.append(
                     {
                         "name": v.name,
@@ -575,22 +612,22 @@ class StoreApi:
                 )
             return out
 
-    def var_delete(self, args: dict[str, Any]) -> None:
+    def var_delete(self, req: rq.VarDelete) -> None:
         with DB(self.engine) as db:
-            scope, label = self._var_scope(db, args)
+            scope, label = self._var_scope(db, req)
             var = db.exec(
-                select(Var).where(Var.scope_id == scope, Var.name == str(args.get("name", "")))
+                select(Var).where(Var.scope_id == scope, Var.name == str(req.name))
             ).first()
             if var is None:
-                raise NotFound(f'var "{args.get("name")}" not found in {label}')
+                raise NotFound(f'var "{req.name}" not found in {label}')
             db.delete(var)
             db.commit()
 
-    def session_list(self, args: dict[str, Any]) -> dict[str, Any]:
+    def session_list(self, req: rq.SessionList) -> dict[str, Any]:
         """A page of sessions, newest first, without their inputs (as AutoKitteh lists them).
         ``next_page_token`` (empty on the last page) continues after the page's last session."""
-        size = int(args.get("page_size") or DEFAULT_PAGE)
-        skip = int(args.get("skip") or 0)
+        size = int(req.page_size or DEFAULT_PAGE)
+        skip = int(req.skip or 0)
         if not 1 <= size <= MAX_PAGE:
             raise InvalidArgument(f"page size must be between 1 and {MAX_PAGE}, not {size}")
         if skip < 0:
@@ -599,21 +636,21 @@ class StoreApi:
             q = select(Session).order_by(
                 col(Session.created_us).desc(), col(Session.session_id).desc()
             )
-            if args.get("project"):
-                q = q.where(Session.project_id == self._project(db, args["project"]).project_id)
-            if args.get("deployment"):
-                q = q.where(Session.deployment_id == args["deployment"])
-            if args.get("event_id"):
-                q = q.where(Session.event_id == args["event_id"])
-            if args.get("state"):
-                state = str(args["state"]).upper()
+            if req.project:
+                q = q.where(Session.project_id == self._project(db, req.project).project_id)
+            if req.deployment:
+                q = q.where(Session.deployment_id == req.deployment)
+            if req.event_id:
+                q = q.where(Session.event_id == req.event_id)
+            if req.state:
+                state = str(req.state).upper()
                 if state not in SESSION_STATES:
                     raise InvalidArgument(
-                        f"invalid state {args['state']!r}: use one of {', '.join(SESSION_STATES)}"
+                        f"invalid state {req.state!r}: use one of {', '.join(SESSION_STATES)}"
                     )
                 q = q.where(Session.state == state)
-            if args.get("page_token"):
-                created, sid = _page_after(str(args["page_token"]))
+            if req.page_token:
+                created, sid = _page_after(str(req.page_token))
                 q = q.where(
                     (col(Session.created_us) < created)
                     | ((col(Session.created_us) == created) & (col(Session.session_id) < sid))
@@ -630,17 +667,17 @@ class StoreApi:
             "next_page_token": f"{last.created_us}.{last.session_id}" if last else "",
         }
 
-    def session_get(self, args: dict[str, Any]) -> dict[str, Any]:
+    def session_get(self, req: rq.SessionRef) -> dict[str, Any]:
         with DB(self.engine) as db:
-            sid = self._session_id(db, args.get("session", ""))
+            sid = self._session_id(db, req.session)
             s = db.get(Session, sid)
             if s is None:
                 raise NotFound(f'session "{sid}" not found')
             return _session_view(s, self._names(db).get(s.project_id, ""))
 
-    def session_states(self, args: dict[str, Any]) -> dict[str, str]:
+    def session_states(self, req: rq.SessionStates) -> dict[str, str]:
         """The states of those of ``session_ids`` the store knows (at most 1,000)."""
-        wanted = args.get("session_ids") or []
+        wanted = req.session_ids or []
         if not isinstance(wanted, list) or len(wanted) > 1000:
             raise InvalidArgument("session_ids must be a list of at most 1,000 session ids")
         with DB(self.engine) as db:
@@ -651,21 +688,21 @@ class StoreApi:
             )
             return {sid: state for sid, state in rows}
 
-    def session_records(self, args: dict[str, Any]) -> dict[str, Any]:
+    def session_records(self, req: rq.SessionRecords) -> dict[str, Any]:
         """Materialized journal records of a session in order, from ``skip`` on; ``kinds``
         narrows them. A page holds at most ``limit`` (and 1,000) records and about 1 MiB of
         their data; ``more`` says whether records follow it."""
-        limit = min(int(args.get("limit") or RECORDS_PAGE), RECORDS_PAGE)
-        skip = int(args.get("skip") or 0)
+        limit = min(int(req.limit or RECORDS_PAGE), RECORDS_PAGE)
+        skip = int(req.skip or 0)
         if limit < 1 or skip < 0:
             raise InvalidArgument("limit must be 1 or more and skip 0 or more")
         with DB(self.engine) as db:
-            sid = self._session_id(db, args.get("session", ""))
+            sid = self._session_id(db, req.session)
             if db.get(Session, sid) is None:
                 raise NotFound(f'session "{sid}" not found')
             q = select(SessionRecord).where(SessionRecord.session_id == sid)
-            if args.get("kinds"):
-                q = q.where(col(SessionRecord.kind).in_(args["kinds"]))
+            if req.kinds:
+                q = q.where(col(SessionRecord.kind).in_(req.kinds))
             q = q.order_by(col(SessionRecord.seq)).offset(skip).limit(limit + 1)
             rows = list(db.exec(q))
         records: list[dict[str, Any]] = []
@@ -677,10 +714,10 @@ class StoreApi:
             size += len(repr(r.data))
         return {"session_id": sid, "records": records, "more": len(rows) > len(records)}
 
-    def session_trace(self, args: dict[str, Any]) -> dict[str, Any]:
+    def session_trace(self, req: rq.SessionRef) -> dict[str, Any]:
         """The spans of the trace(s) a session belongs to, oldest first."""
         with DB(self.engine) as db:
-            sid = self._session_id(db, args.get("session", ""))
+            sid = self._session_id(db, req.session)
             if db.get(Session, sid) is None:
                 raise NotFound(f'session "{sid}" not found')
             traces = set(db.exec(select(SpanRow.trace_id).where(SpanRow.session_id == sid)).all())
@@ -707,18 +744,18 @@ class StoreApi:
                 "more": more,
             }
 
-    def event_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def event_list(self, req: rq.ProjectRef) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
             q = select(EventRow).order_by(col(EventRow.seq).desc())
-            if args.get("project"):
-                q = q.where(EventRow.project_id == self._project(db, args["project"]).project_id)
+            if req.project:
+                q = q.where(EventRow.project_id == self._project(db, req.project).project_id)
             return [_event_view(e, with_data=False) for e in db.exec(q.limit(1000))]
 
-    def event_get(self, args: dict[str, Any]) -> dict[str, Any]:
+    def event_get(self, req: rq.EventRef) -> dict[str, Any]:
         with DB(self.engine) as db:
-            e = db.exec(select(EventRow).where(EventRow.event_id == args.get("event_id"))).first()
+            e = db.exec(select(EventRow).where(EventRow.event_id == req.event_id)).first()
             if e is None:
-                raise NotFound(f'event "{args.get("event_id")}" not found')
+                raise NotFound(f'event "{req.event_id}" not found')
             notes = db.exec(
                 select(DispatchNote)
                 .where(DispatchNote.event_id == e.event_id)

@@ -153,3 +153,16 @@ class SpanRow(SQLModel, table=True):
     status_description: str = ""
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     events: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class ApiToken(SQLModel, table=True):
+    """An API token, kept as its SHA-256 digest only (the raw token is shown once, when it
+    is made). ``key``: the digest's first characters, to find it without comparing them all."""
+
+    __tablename__ = "api_tokens"
+    token_id: str = Field(primary_key=True)
+    key: str = Field(index=True)
+    digest: str = Field(unique=True)
+    name: str = ""
+    created_by: str = ""  # the token_id that made it, or "bootstrap" / "dev"
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from akcore import bus, subjects, tracing, wire
+from akcore import bus, ops, subjects, tracing, wire
 from akcore.config import Settings
+from akcore.errors import AKError, NotFound
 from akcore.retention import Retention
 from akcore.secrets import Sealer, load_key
 from nats.aio.client import Client
@@ -25,24 +26,6 @@ from .materialize import apply_events, apply_records, apply_spans
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-
-# Operations after which other services' caches (akcore.cache) must forget what they kept
-# (the dispatcher keeps each trigger's targets, subscriptions included).
-CHANGING_OPS = frozenset(
-    {
-        "manifest.apply",
-        "build.create",
-        "deployment.create",
-        "deployment.activate",
-        "deployment.deactivate",
-        "trigger.create",
-        "trigger.delete",
-        "subscription.create",
-        "subscription.delete",
-        "var.set",
-        "var.delete",
-    }
-)
 
 # Messages a store applies in one transaction.
 BATCH = 256
@@ -179,22 +162,43 @@ async def _database_answers(engine: Engine, sql: Sql) -> bool:
     return True
 
 
+def serve_ops(
+    api: StoreApi, nc: Client, sql: Sql
+) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
+    """Answers the store's operations of ``akcore.ops``: each request parsed into its typed
+    request once, here; an operation that changes what caches keep is announced on
+    ``ak.changed`` before it is answered, so caches forget before the caller goes on."""
+    routes = api.routes()
+    declared = ops.served_by(ops.Service.STORE)
+    if set(routes) != set(declared):
+        raise RuntimeError(f"store routes differ from akcore.ops: {set(routes) ^ set(declared)}")
+
+    async def handle(name: str, args: dict[str, Any]) -> Any:
+        op = declared.get(name)
+        if op is None:
+            raise NotFound(f"unknown store operation {name!r}")
+        result = await sql(routes[name], op.parse(args))
+        if not isinstance(result, op.reply):  # the store's bug, not the caller's
+            raise AKError(f"{name} answered a {type(result).__name__}, not {op.reply.__name__}")
+        if op.invalidates:
+            await nc.publish(subjects.CHANGED, name.encode())
+        return result
+
+    return handle
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     engine = open_engine(settings.db_dsn)
     sql, pool = sql_thread(engine)
     api = StoreApi(engine, Sealer(load_key()))
+    await sql(api.tokens.bootstrap, settings.auth_bootstrap_file)
     nc = await bus.connect(settings.nats_url, "ak-store")
+    serve = serve_ops(api, nc, sql)
     js = nc.jetstream()
     await bus.ensure_streams(js)
     tel = tracing.Telemetry("store")
     tel.send_to_store(nc)
-
-    async def handle(op: str, args: dict[str, Any]) -> Any:
-        result = await sql(api.handler(op), args)
-        if op in CHANGING_OPS:  # before the answer: caches forget before the caller goes on
-            await nc.publish(subjects.CHANGED, op.encode())
-        return result
 
     async def on_spans(msg: Msg) -> None:
         try:
@@ -224,7 +228,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 inbox = bool(rec.data.get("inbox", True))  # (older runners did not say)
                 purger.ended(rec.session_id, msg.metadata.sequence.stream, inbox)
 
-    await bus.serve_requests(nc, subjects.STORE_ALL, handle, queue="store", telemetry=tel)
+    await bus.serve_requests(nc, subjects.STORE_ALL, serve, queue="store", telemetry=tel)
     await nc.subscribe(subjects.SPANS, queue="store", cb=on_spans)
     await bus.serve_health(nc, "store")
     journal = consume(

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from akcore import bus, subjects, wire
+from akcore import bus, subjects, tokens, wire
 from nats.aio.client import Client
 
 T = TypeVar("T")
@@ -24,6 +24,13 @@ project:
       call: simple.py:greet
       webhook: {{}}
 """
+
+
+async def api_headers(nc: Client) -> dict[str, str]:
+    """Headers of an `/api` call with a new API token (kept by the store under its digest)."""
+    token = tokens.new_token()
+    await bus.store_call(nc, "token.add", {"digest": tokens.digest(token), "name": "test"})
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10) -> T:

@@ -9,7 +9,7 @@ from akcore import bus, subjects, wire
 from akcore.config import Settings
 
 from .conftest import running
-from .helpers import deploy
+from .helpers import api_headers, deploy
 
 
 async def test_webhook_to_event(settings: Settings) -> None:
@@ -19,6 +19,7 @@ async def test_webhook_to_event(settings: Settings) -> None:
         d = await deploy(nc, "p", {"simple.py": b""})
         slug = d["trigger"]["webhook_slug"]
         transport = httpx.ASGITransport(app=create_app(nc))
+        auth = await api_headers(nc)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             r = await http.post(
                 f"/webhooks/{slug}/sub?q=1",
@@ -46,12 +47,16 @@ async def test_webhook_to_event(settings: Settings) -> None:
             assert big.status_code == 413
             # The CLI's API: msgpack in, msgpack out, status from the error kind.
             api = await http.post(
-                "/api/project.get", content=wire.encode(wire.StoreRequest({"project": "zzz"}))
+                "/api/project.get",
+                content=wire.encode(wire.StoreRequest({"project": "zzz"})),
+                headers=auth,
             )
             assert api.status_code == 404
             assert wire.decode(wire.StoreReply, api.content).error == 'project "zzz" not found'
             ok = await http.post(
-                "/api/project.get", content=wire.encode(wire.StoreRequest({"project": "p"}))
+                "/api/project.get",
+                content=wire.encode(wire.StoreRequest({"project": "p"})),
+                headers=auth,
             )
             assert wire.decode(wire.StoreReply, ok.content).result["project_id"] == d["project_id"]
             # Dispatcher and runner are not running here, so the stack is not ready.

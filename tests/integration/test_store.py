@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from ak_store.api import MAX_SPANS, StoreApi
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records, apply_spans
 from ak_store.service import run as run_store
-from akcore import bus, subjects, wire
+from akcore import bus, ops, subjects, wire
 from akcore.config import Settings
 from akcore.errors import InvalidArgument, NotFound
 from akcore.secrets import Sealer
@@ -18,6 +19,11 @@ from sqlalchemy import Engine
 
 from .conftest import running
 from .helpers import MANIFEST, deploy, eventually
+
+
+def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
+    """One operation as the store serves it: the request parsed into its type first."""
+    return api.routes()[name](ops.get(name).parse(args))
 
 
 @pytest.fixture
@@ -136,8 +142,8 @@ def test_session_list_pages(store: tuple[StoreApi, Engine]) -> None:
     """Sessions come newest first a page at a time; the pages' token walks all of them once
     (sessions created in the same microsecond included), and filters narrow every page."""
     api, engine = store
-    api.manifest_apply({"text": MANIFEST.format(name="p1")})
-    project = api.project_get({"project": "p1"})["project_id"]
+    call(api, "manifest.apply", {"text": MANIFEST.format(name="p1")})
+    project = call(api, "project.get", {"project": "p1"})["project_id"]
     sids = [f"ses_01m8cpgk96e6wakscbfn3064{c}" for c in "abcdefg"]
     with engine.begin() as conn:
         for i, sid in enumerate(sids):
@@ -152,7 +158,7 @@ def test_session_list_pages(store: tuple[StoreApi, Engine]) -> None:
     def walk(**args: object) -> list[list[str]]:
         pages, token = [], ""
         while True:
-            page = api.session_list({"project": "p1", **args, "page_token": token})
+            page = call(api, "session.list", {"project": "p1", **args, "page_token": token})
             pages.append([s["session_id"] for s in page["sessions"]])
             assert all("inputs" not in s for s in page["sessions"])
             token = page["next_page_token"]
@@ -171,7 +177,7 @@ def test_session_list_pages(store: tuple[StoreApi, Engine]) -> None:
         ({"page_token": "12.nope"}, "invalid page token"),
     ]:
         with pytest.raises(InvalidArgument, match=message):
-            api.session_list(bad)
+            call(api, "session.list", bad)
 
 
 def test_session_records_come_in_pages(store: tuple[StoreApi, Engine]) -> None:
@@ -188,7 +194,7 @@ def test_session_records_come_in_pages(store: tuple[StoreApi, Engine]) -> None:
         apply_records(conn, [created, *prints])
     pages, skip = [], 0
     while True:
-        page = api.session_records({"session": sid, "kinds": ["print"], "skip": skip})
+        page = call(api, "session.records", {"session": sid, "kinds": ["print"], "skip": skip})
         pages.append(len(page["records"]))
         skip += len(page["records"])
         if not page["more"]:
@@ -196,9 +202,9 @@ def test_session_records_come_in_pages(store: tuple[StoreApi, Engine]) -> None:
     assert sum(pages) == 2_500 and max(pages) <= 1_000 and len(pages) == 3, pages
     texts = [
         r["data"]["text"].split()[0]
-        for r in api.session_records({"session": sid, "kinds": ["print"], "skip": 998, "limit": 3})[
-            "records"
-        ]
+        for r in call(
+            api, "session.records", {"session": sid, "kinds": ["print"], "skip": 998, "limit": 3}
+        )["records"]
     ]
     assert texts == ["999", "1000", "1001"]
     # Big records: a page stops at about 1 MiB of data.
@@ -207,7 +213,7 @@ def test_session_records_come_in_pages(store: tuple[StoreApi, Engine]) -> None:
         apply_records(
             conn, [wire.JournalRecord(sid, 3_000 + n, wire.PRINT, 9, big) for n in range(4)]
         )
-    page = api.session_records({"session": sid, "skip": 2_501})
+    page = call(api, "session.records", {"session": sid, "skip": 2_501})
     assert (len(page["records"]), page["more"]) == (2, True)
 
 
@@ -228,7 +234,7 @@ def test_a_huge_trace_is_cut_and_says_how_much(store: tuple[StoreApi, Engine]) -
         for n in range(MAX_SPANS + 3)
     ]
     apply_spans(engine, spans)
-    res = api.session_trace({"session": sid})
+    res = call(api, "session.trace", {"session": sid})
     assert len(res["spans"]) == MAX_SPANS and res["more"] == 3
     assert res["spans"][0]["name"] == "activity 0"  # the oldest first
 
@@ -239,14 +245,18 @@ def test_dispatch_notes_kept_before_the_event_and_shown_with_it(
     api, engine = store
     note = {"source": "trg_1", "note": "trigger t: filter ran over its 100 ms budget"}
     # The dispatcher may note an event before the events consumer has kept it.
-    api.dispatch_note({"event_id": "evt_1", "notes": [note]})
+    call(api, "dispatch.note", {"event_id": "evt_1", "notes": [note]})
     with pytest.raises(NotFound):
-        api.event_get({"event_id": "evt_1"})
+        call(api, "event.get", {"event_id": "evt_1"})
     with engine.begin() as conn:
         apply_events(conn, [wire.Event("evt_1", "prj_1", "trg_1", "post", {}, {}, 1)])
     # A redelivered event is judged again: the same note again changes nothing.
-    api.dispatch_note({"event_id": "evt_1", "notes": [note, {"source": "sub_1", "note": "boom"}]})
-    notes = api.event_get({"event_id": "evt_1"})["notes"]
+    call(
+        api,
+        "dispatch.note",
+        {"event_id": "evt_1", "notes": [note, {"source": "sub_1", "note": "boom"}]},
+    )
+    notes = call(api, "event.get", {"event_id": "evt_1"})["notes"]
     assert [{k: n[k] for k in ("source", "note")} for n in notes] == [
         note,
         {"source": "sub_1", "note": "boom"},

@@ -1,0 +1,211 @@
+"""The typed request of every API operation (see ``akcore.ops``), one dataclass each.
+
+Fields change only by adding with defaults. A field the CLI leaves empty is "", 0 or
+False (or null, which keeps the default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Empty:
+    """An operation that takes no arguments."""
+
+
+@dataclass(frozen=True)
+class ProjectRef:
+    project: str = ""  # a project name or prj_ id
+
+
+@dataclass(frozen=True)
+class ManifestApply:
+    text: str
+    project_name: str = ""
+    skip_existing_secrets: bool = False
+
+
+@dataclass(frozen=True)
+class BuildCreate:
+    project: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildRef:
+    build_id: str
+    with_files: bool = True
+
+
+@dataclass(frozen=True)
+class DeploymentCreate:
+    project: str
+    build_id: str
+
+
+@dataclass(frozen=True)
+class DeploymentRef:
+    deployment_id: str
+
+
+@dataclass(frozen=True)
+class TriggerCreate:
+    project: str
+    trigger: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TriggerRef:
+    trigger: str  # a trg_ id, or a name in ``project``
+    project: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookLookup:
+    slug: str
+
+
+@dataclass(frozen=True)
+class DispatchTargets:
+    trigger_id: str
+
+
+@dataclass(frozen=True)
+class DispatchNote:
+    event_id: str
+    notes: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SubscriptionCreate:
+    subscription_id: str
+    session_id: str
+    project_id: str
+    trigger_id: str
+    filter: str = ""
+
+
+@dataclass(frozen=True)
+class SubscriptionDelete:
+    """One subscription, or every subscription of ``session_id``."""
+
+    subscription_id: str = ""
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class SessionEnv:
+    project_id: str
+
+
+@dataclass(frozen=True)
+class VarScope:
+    """Whose vars: a connection, or a project (by ``project`` or ``env``)."""
+
+    project: str = ""
+    env: str = ""
+    connection: str = ""
+
+
+@dataclass(frozen=True)
+class VarSet(VarScope):
+    name: str = ""
+    value: str = ""
+    secret: bool = False
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class VarGet(VarScope):
+    names: list[str] = field(default_factory=list)
+    reveal: bool = False
+
+
+@dataclass(frozen=True)
+class VarDelete(VarScope):
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class SessionList:
+    project: str = ""
+    deployment: str = ""
+    event_id: str = ""
+    state: str = ""
+    page_size: int = 0
+    skip: int = 0
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    session: str  # a ses_ id, or a project (its newest session)
+
+
+@dataclass(frozen=True)
+class SessionStates:
+    session_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SessionRecords:
+    session: str
+    skip: int = 0
+    limit: int = 0
+    kinds: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EventRef:
+    event_id: str
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    entrypoint: str
+    deployment_id: str = ""
+    project: str = ""
+    build_id: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, str] = field(default_factory=dict)
+    durable: bool = False
+
+
+@dataclass(frozen=True)
+class SessionStop:
+    session: str
+    reason: str = ""
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class PyenvPrepare:
+    """``requirements``: the bytes of a project's requirements.txt (none: the default list);
+    ``token`` and ``offset`` continue following an install already asked for."""
+
+    requirements: bytes | None = None
+    token: str = ""
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class TokenCreate:
+    """A new API token for the caller (``name`` labels it)."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TokenAdd:
+    """Keeps a token's SHA-256 digest (the raw token never reaches the store)."""
+
+    digest: str
+    name: str = ""
+    created_by: str = ""
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    digest: str

@@ -1,0 +1,49 @@
+"""API tokens: how they are made, and the digest under which the store keeps them.
+
+A token is ``akt_`` and 43 characters of 256 random bits; the store keeps only its SHA-256
+digest, so neither the database nor NATS ever carries a raw token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+PREFIX = "akt_"
+# A bootstrap token an operator makes (``AK_AUTH__BOOTSTRAP_TOKEN_FILE``) is at least this
+# long; tokens the system makes are longer.
+MIN_LENGTH = 32
+# A bootstrap file may hold a digest instead of a token (``ak up`` writes one).
+DIGEST_PREFIX = "sha256:"
+# The store finds a digest by its first characters, then compares all of them in constant time.
+KEY_LENGTH = 16
+
+
+def new_token() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    """The hex SHA-256 of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def bootstrap_digest(text: str) -> str:
+    """The digest a bootstrap file gives (a raw token, or ``sha256:<hex>``).
+
+    Raises:
+        ValueError: saying what a bootstrap file must hold.
+    """
+    text = text.strip()
+    if text.startswith(DIGEST_PREFIX) and is_digest(text[len(DIGEST_PREFIX) :]):
+        return text[len(DIGEST_PREFIX) :]
+    if len(text) < MIN_LENGTH or any(c.isspace() for c in text):
+        raise ValueError(
+            f"the bootstrap token file must hold one token of at least {MIN_LENGTH} characters "
+            f"without spaces (make one with `openssl rand -hex 32`), or {DIGEST_PREFIX}<hex>"
+        )
+    return digest(text)

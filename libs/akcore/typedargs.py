@@ -1,0 +1,110 @@
+"""Parses an operation's arguments (a decoded msgpack map) into its typed request, once,
+where the request enters a service: unknown fields and wrong types are refused there."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from .errors import InvalidArgument
+
+T = TypeVar("T")
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def parse(op: str, cls: type[T], args: Any) -> T:
+    """``cls`` (a dataclass) from ``args``. A field sent as null keeps its default.
+
+    Raises:
+        InvalidArgument: naming the operation and the field that is unknown, missing or
+            of the wrong type.
+    """
+    if not isinstance(args, Mapping):
+        raise InvalidArgument(f"{op}: the request must be a map of field names to values")
+    hints = _hints(cls)
+    unknown = sorted(str(k) for k in args if k not in hints)
+    if unknown:
+        raise InvalidArgument(
+            f"{op}: unknown field {unknown[0]!r} (known fields: {', '.join(hints) or 'none'})"
+        )
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = args.get(f.name)
+        if value is None and _has_default(f):
+            continue
+        if value is None and f.name not in args and not _allows(hints[f.name], None):
+            raise InvalidArgument(f"{op}: missing field {f.name!r}")
+        if not _allows(hints[f.name], value):
+            raise InvalidArgument(
+                f"{op}: field {f.name!r} must be {_describe(hints[f.name])}, "
+                f"not {type(value).__name__}"
+            )
+        given[f.name] = value
+    return cls(**given)
+
+
+def fields_of(cls: type) -> dict[str, Any]:
+    """A request type's field names and their types."""
+    return dict(_hints(cls))
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        names = {f.name for f in dataclasses.fields(cls)}
+        hints = {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
+        _HINTS[cls] = hints
+    return hints
+
+
+def _has_default(f: dataclasses.Field[Any]) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def _allows(hint: Any, value: Any) -> bool:
+    """Whether ``value`` (plain decoded msgpack) fits the type ``hint``."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_allows(h, value) for h in typing.get_args(hint))
+    if hint is None or hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_allows(item, v) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _allows(key, k) and _allows(item, v) for k, v in value.items()
+        )
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return f"a map of {_describe(key)} to {_describe(item)}"
+    if hint is bytes:
+        return "bytes"
+    if hint is Any:
+        return "any value"
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))

@@ -1,0 +1,71 @@
+"""The store's API tokens: kept as SHA-256 digests, checked in constant time."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+from typing import Any
+
+from akcore import ids, timefmt, tokens
+from akcore import requests as rq
+from akcore.errors import InvalidArgument, Unauthenticated
+from sqlalchemy import Engine
+from sqlmodel import Session as DB
+from sqlmodel import select
+
+from .models import ApiToken
+
+log = logging.getLogger(__name__)
+
+
+class Tokens:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add(self, req: rq.TokenAdd) -> None:
+        """Keeps a digest (once: adding one already kept changes nothing)."""
+        if not tokens.is_digest(req.digest):
+            raise InvalidArgument("token.add: digest must be 64 lowercase hex characters")
+        with DB(self.engine) as db:
+            if db.exec(select(ApiToken).where(ApiToken.digest == req.digest)).first():
+                return
+            db.add(
+                ApiToken(
+                    token_id=ids.new_id("tok"),
+                    key=req.digest[: tokens.KEY_LENGTH],
+                    digest=req.digest,
+                    name=req.name,
+                    created_by=req.created_by,
+                    created_us=timefmt.now_us(),
+                )
+            )
+            db.commit()
+
+    def check(self, req: rq.TokenCheck) -> dict[str, Any]:
+        """Who a digest belongs to; Unauthenticated when it is no token's."""
+        with DB(self.engine) as db:
+            rows = db.exec(
+                select(ApiToken).where(ApiToken.key == req.digest[: tokens.KEY_LENGTH])
+            ).all()
+        for row in rows:
+            if hmac.compare_digest(row.digest.encode(), req.digest.encode()):
+                return {
+                    "token_id": row.token_id,
+                    "name": row.name,
+                    "created_at": timefmt.rfc3339(row.created_us),
+                }
+        raise Unauthenticated("invalid API token")
+
+    def bootstrap(self, path: str) -> None:
+        """Keeps the token (or digest) of an operator's bootstrap file, if one is set."""
+        if not path:
+            return
+        try:
+            found = tokens.bootstrap_digest(Path(path).read_text())
+        except OSError as e:
+            raise InvalidArgument(f"cannot read the bootstrap token file {path}: {e}") from None
+        except ValueError as e:
+            raise InvalidArgument(f"{path}: {e}") from None
+        self.add(rq.TokenAdd(digest=found, name="bootstrap", created_by="bootstrap"))
+        log.info("bootstrap API token from %s is kept", path)

@@ -1,0 +1,85 @@
+"""The operation table: typed requests parsed once, public exactly where the CLI needs it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from akcore import ops
+from akcore import requests as rq
+from akcore.errors import InvalidArgument, NotFound
+from akcore.typedargs import parse
+
+CLI = Path(__file__).parents[2] / "cli" / "ak_cli"
+
+
+def _cli_calls() -> set[str]:
+    """The operations the CLI sources name in ``client.call("op", ...)``."""
+    found = set()
+    for f in CLI.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, (ast.Attribute, ast.Name))
+                and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) == "call"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                found.add(node.args[0].value)
+    return found
+
+
+def test_public_operations_are_exactly_those_the_cli_calls() -> None:
+    public = {name for name, op in ops.OPS.items() if op.public}
+    assert public == _cli_calls()
+
+
+@pytest.mark.parametrize(
+    "name", ["session.env", "pyenv.prepare", "webhook.lookup", "build.get", "token.add", "x"]
+)
+def test_internal_and_unknown_operations_are_not_public(name: str) -> None:
+    with pytest.raises(NotFound, match=f"unknown operation '{name}'"):
+        ops.public(name)
+
+
+def test_changing_operations_come_from_the_table() -> None:
+    assert "var.set" in ops.CHANGING and "deployment.activate" in ops.CHANGING
+    assert "var.get" not in ops.CHANGING and "session.start" not in ops.CHANGING
+
+
+def test_a_request_is_parsed_into_its_type() -> None:
+    req = ops.get("var.get").parse({"project": "p", "names": ["A"], "reveal": True})
+    assert req == rq.VarGet(project="p", names=["A"], reveal=True)
+    # Null keeps the default, as the CLI sends for options left out.
+    assert parse("var.set", rq.VarSet, {"name": "A", "description": None}).description is None
+    assert parse("session.list", rq.SessionList, {"page_size": None}).page_size == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"project": "p", "evil": 1}, "var.get: unknown field 'evil'"),
+        ({"project": 3}, "var.get: field 'project' must be text, not int"),
+        ({"names": "A"}, "field 'names' must be a list of text, not str"),
+        ({"names": ["A", 2]}, "field 'names' must be a list of text, not list"),
+        ({"reveal": "yes"}, "field 'reveal' must be true or false, not str"),
+        (["project"], "var.get: the request must be a map"),
+    ],
+)
+def test_malformed_requests_are_refused_naming_the_field(args: object, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        ops.get("var.get").parse(args)
+
+
+def test_required_fields_and_nested_types() -> None:
+    with pytest.raises(InvalidArgument, match="build.get: missing field 'build_id'"):
+        ops.get("build.get").parse({})
+    with pytest.raises(InvalidArgument, match="must be a whole number, not bool"):
+        ops.get("session.list").parse({"page_size": True})
+    files = ops.get("build.create").parse({"project": "p", "files": {"a.py": b"x"}})
+    assert files.files == {"a.py": b"x"}
+    with pytest.raises(InvalidArgument, match="a map of text to bytes, not dict"):
+        ops.get("build.create").parse({"project": "p", "files": {"a.py": "text"}})
+    with pytest.raises(InvalidArgument, match="'requirements' must be bytes or null"):
+        ops.get("pyenv.prepare").parse({"requirements": "-r /etc/passwd"})
