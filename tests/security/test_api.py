@@ -1,0 +1,219 @@
+"""The HTTP API: tokens required, only public operations, typed requests, projects' builds
+kept apart, tokens never at rest in plaintext (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from akcore import wire
+
+from tests.helpers import AK, Stack, start_stack, write_project
+
+MARKER = "pwned-by-unauthenticated-call"
+MANIFEST = """\
+version: v1
+project:
+  name: {name}
+  vars:
+    - name: SECRET_KEY
+      value: sec-ret-value-7qx
+      secret: true
+  triggers:
+    - name: hook
+      call: h.py:on_hook
+      webhook: {{}}
+"""
+CODE = """\
+def on_hook(event):
+    print("hook")
+
+
+def main(**kwargs):
+    print("main ran")
+"""
+EVIL = f"""\
+import subprocess
+
+
+def main(**kwargs):
+    subprocess.run(["touch", "{{marker}}"])
+    print("{MARKER}")
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("api")
+    s = start_stack(home)
+    for name in ("alpha", "beta"):
+        project = write_project(home / name, {"autokitteh.yaml": MANIFEST.format(name=name)})
+        (project / "h.py").write_text(CODE)
+        s.deploy(project)
+    yield s
+    s.stop()
+
+
+def post(
+    stack: Stack, op: str, args: Any, headers: dict[str, str] | None = None
+) -> tuple[int, wire.StoreReply]:
+    body = wire.encode(wire.StoreRequest(args=args))
+    status, _, data = stack.request("POST", f"/api/{op}", body, headers)
+    return status, wire.decode(wire.StoreReply, data)
+
+
+def active(stack: Stack, project: str) -> dict[str, Any]:
+    deps = stack.ak("deployment", "list", "-p", project, "-j", check=True).stdout.splitlines()
+    return next(d for d in map(json.loads, deps) if d["state"] == "ACTIVE")
+
+
+def test_unauthenticated_calls_get_401_and_run_nothing(stack: Stack, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    dep = active(stack, "alpha")
+    files = {"h.py": EVIL.format(marker=marker).encode()}
+    attempts = [
+        ("manifest.apply", {"text": MANIFEST.format(name="evil")}),
+        ("build.create", {"project": "alpha", "files": files}),
+        ("deployment.create", {"project": "alpha", "build_id": dep["build_id"]}),
+        ("deployment.activate", {"deployment_id": dep["deployment_id"]}),
+        ("session.start", {"project": "alpha", "entrypoint": "h.py:main"}),
+    ]
+    for op, args in attempts:
+        status, reply = post(stack, op, args)
+        assert status == 401, op
+        assert reply.error_kind == "unauthenticated"
+        assert "missing API token" in reply.error and "ak auth create-token" in reply.error
+    assert "evil" not in stack.ak("project", "list", check=True).stdout
+    deps = stack.ak("deployment", "list", "-p", "alpha", "-j", check=True).stdout.splitlines()
+    assert len(deps) == 1
+    assert stack.ak("session", "list", "-p", "alpha", "-j", check=True).stdout == ""
+    assert not marker.exists() and MARKER not in stack.output()
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("var.get", {"project": "alpha", "reveal": True}),
+        ("session.env", {"project_id": "prj_00000000000000000000000000"}),
+        ("build.get", {"build_id": "bld_00000000000000000000000000"}),
+        ("session.stop", {"session": "alpha"}),
+        ("project.list", {}),
+        ("no.such_op", {}),
+    ],
+)
+def test_every_api_call_needs_a_token(stack: Stack, op: str, args: dict[str, Any]) -> None:
+    status, reply = post(stack, op, args)
+    assert status == 401 and "sec-ret-value" not in str(reply.result)
+    assert "missing API token" in reply.error
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer akt_not-a-token-the-server-knows-xxxxxxxxxxxxxxxx", "Bearer ", "Basic abc", "x"],
+)
+def test_a_bad_token_gets_401(stack: Stack, header: str) -> None:
+    status, reply = post(stack, "project.list", {}, {"Authorization": header})
+    assert status == 401
+    assert reply.error.startswith(("invalid API token", "invalid authorization header"))
+    assert "ak auth set-token" in reply.error
+
+
+def test_the_cli_without_a_token_says_how_to_get_one(stack: Stack) -> None:
+    env = {**stack.env, "XDG_CONFIG_HOME": str(Path(stack.env["XDG_CONFIG_HOME"]) / "none")}
+    res = subprocess.run([AK, "project", "list"], env=env, capture_output=True, text=True)
+    assert res.returncode == 41
+    assert "missing API token" in res.stderr and "credentials" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "op", ["session.env", "pyenv.prepare", "webhook.lookup", "build.get", "token.add", "ping"]
+)
+def test_internal_operations_are_not_reachable_even_with_a_token(stack: Stack, op: str) -> None:
+    status, reply = post(stack, op, {}, stack.auth())
+    assert status == 404
+    assert reply.error.startswith(f"unknown operation '{op}'")
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "message"),
+    [
+        ("var.get", {"project": "alpha", "evil": 1}, "var.get: unknown field 'evil'"),
+        ("var.get", {"project": ["alpha"]}, "var.get: field 'project' must be text, not list"),
+        ("session.start", {"entrypoint": 3}, "field 'entrypoint' must be text, not int"),
+        ("build.create", {"project": "alpha", "files": {"a.py": 1}}, "a map of text to bytes"),
+    ],
+)
+def test_malformed_requests_get_400_naming_the_field(
+    stack: Stack, op: str, args: dict[str, Any], message: str
+) -> None:
+    status, reply = post(stack, op, args, stack.auth())
+    assert status == 400 and message in reply.error
+
+
+def test_session_start_refuses_a_build_of_another_project(stack: Stack) -> None:
+    alpha, beta = active(stack, "alpha"), active(stack, "beta")
+    args = {"entrypoint": "h.py:main", "project": "alpha", "build_id": beta["build_id"]}
+    status, reply = post(stack, "session.start", args, stack.auth())
+    assert status == 400
+    assert f'build "{beta["build_id"]}" belongs to another project' in reply.error
+    args["deployment_id"], args["project"] = alpha["deployment_id"], ""
+    assert post(stack, "session.start", args, stack.auth())[0] == 400
+    assert stack.ak("session", "list", "-p", "alpha", "-j", check=True).stdout == ""
+
+
+def test_tokens_from_the_cli_and_none_at_rest_in_plaintext(stack: Stack, tmp_path: Path) -> None:
+    made = stack.ak("auth", "create-token", "-n", "ci", check=True).stdout.strip()
+    assert made.startswith("akt_") and made != stack.token
+    as_json = json.loads(stack.ak("auth", "create-token", "-j", check=True).stdout)
+    other = {**stack.env, "AK_TOKEN": made}
+    who = subprocess.run([AK, "auth", "whoami", "-j"], env=other, capture_output=True, text=True)
+    assert json.loads(who.stdout)["name"] == "ci"
+    # set-token writes the credentials file AutoKitteh's way, owner-only.
+    home = tmp_path / "config"
+    mine = {**stack.env, "XDG_CONFIG_HOME": str(home)}
+    subprocess.run([AK, "auth", "set-token", as_json], env=mine, check=True)
+    creds = home / "autokitteh" / "credentials"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert creds.read_text() == f"{stack.url.split('://')[1]}: {as_json}\n"
+    assert (
+        "project_id"
+        in subprocess.run(
+            [AK, "project", "list", "-j"], env=mine, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    # Nothing the server keeps holds a token: only digests.
+    data = Path(stack.env["XDG_DATA_HOME"])
+    for path in [p for p in data.rglob("*") if p.is_file()] + [stack.log]:
+        blob = path.read_bytes()
+        for token in (made, as_json, stack.token):
+            assert token.encode() not in blob, f"a raw token in {path}"
+
+
+def test_dev_mode_on_loopback_may_run_without_tokens(tmp_path: Path) -> None:
+    s = start_stack(tmp_path, {"AK_AUTH__TOKENS": ""})
+    try:
+        assert "API tokens: OFF (dev mode on loopback" in s.output()
+        status, reply = post(s, "project.list", {})
+        assert status == 200 and reply.ok
+        # Internal operations stay internal with tokens off.
+        assert post(s, "session.env", {"project_id": "x"})[0] == 404
+    finally:
+        s.stop()
+
+
+def test_tokens_cannot_be_off_off_loopback_or_outside_dev_mode(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "AK_AUTH__TOKENS": "off"}
+    for args in (["--http-addr", "0.0.0.0:0"], ["--mode", "default", "--http-addr", "127.0.0.1:0"]):
+        env |= {"AK_NATS_URL": "nats://127.0.0.1:1", "AK_DB__DSN": "sqlite://"}
+        res = subprocess.run([AK, "up", *args], env=env, capture_output=True, text=True)
+        assert res.returncode != 0
+        assert (
+            "AK_AUTH__TOKENS=off is refused: API tokens may be off only with --mode dev on a "
+            "loopback address" in res.stderr
+        )
