@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from .config import ENV_EVENT_LOOP, Settings
+from .errors import AKError
 
 Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
@@ -36,8 +37,12 @@ def main(service: str, run: Run) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run(settings, stop)
 
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_main())
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_main())
+    except AKError as e:  # a setting the operator must fix: said once, plainly
+        logging.getLogger(service).error("%s", e.message)
+        sys.exit(2)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -51,6 +51,15 @@ def test_ingress_is_published_on_9980() -> None:
     assert SERVICES["runner"]["init"] is True  # an init as PID 1 reaps orphaned workers
 
 
+def test_the_api_needs_tokens_and_the_store_gets_a_first_one() -> None:
+    for name in OURS:
+        assert SERVICES[name]["environment"]["AK_AUTH__TOKENS"] == "on", name
+    store = SERVICES["store"]
+    path = store["environment"]["AK_AUTH__BOOTSTRAP_TOKEN_FILE"]
+    (secret,) = store["secrets"]
+    assert path == f"/run/secrets/{secret}" and secret in COMPOSE["secrets"]
+
+
 def test_nats_nodes_form_one_cluster() -> None:
     conf = COMPOSE["configs"]["nats_conf"]["content"]
     nodes = [n for n in SERVICES if n.startswith("nats-")]
