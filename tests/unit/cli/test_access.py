@@ -1,0 +1,77 @@
+"""`ak up`'s token policy and bootstrap, and the CLI's credentials file."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from ak_cli import access, credentials
+from akcore import tokens
+from akcore.errors import AKError
+
+
+@pytest.fixture(autouse=True)
+def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("AK_TOKEN", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "asked", "on"),
+    [
+        ("dev", "127.0.0.1", "", False),
+        ("dev", "::1", "", False),
+        ("dev", "localhost", "", False),
+        ("dev", "127.0.0.1", "on", True),
+        ("dev", "0.0.0.0", "", True),
+        ("dev", "10.1.2.3", "", True),
+        ("default", "127.0.0.1", "", True),
+    ],
+)
+def test_tokens_are_off_only_in_dev_mode_on_loopback(
+    mode: str, host: str, asked: str, on: bool
+) -> None:
+    assert access.tokens_on(mode, host, {"AK_AUTH__TOKENS": asked}) is on
+
+
+@pytest.mark.parametrize(("mode", "host"), [("dev", "0.0.0.0"), ("default", "127.0.0.1")])
+def test_tokens_off_elsewhere_is_refused(mode: str, host: str) -> None:
+    with pytest.raises(AKError, match="may be off only with --mode dev on a loopback address"):
+        access.tokens_on(mode, host, {"AK_AUTH__TOKENS": "off"})
+
+
+def test_bootstrap_stores_a_token_for_the_cli_and_gives_the_store_its_digest(
+    tmp_path: Path,
+) -> None:
+    env = {"AK_HTTP__SERVICE_URL": "http://127.0.0.1:9999"}
+    note = access.bootstrap(env, tmp_path / "data")
+    token = credentials.load()["127.0.0.1:9999"]
+    assert token.startswith("akt_") and "new" in note
+    digest_file = Path(env["AK_AUTH__BOOTSTRAP_TOKEN_FILE"])
+    assert digest_file.read_text() == f"sha256:{tokens.digest(token)}\n"
+    assert token not in digest_file.read_text()
+    assert stat.S_IMODE(digest_file.stat().st_mode) == 0o600
+    # The next start keeps the same token.
+    access.bootstrap(env, tmp_path / "data")
+    assert credentials.load() == {"127.0.0.1:9999": token}
+    assert tokens.bootstrap_digest(digest_file.read_text()) == tokens.digest(token)
+
+
+def test_credentials_file_and_ak_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials.save("h:1", "t1")
+    credentials.save("default", "t0")
+    assert stat.S_IMODE(credentials.path().stat().st_mode) == 0o600
+    assert credentials.token_for("http://h:1") == "t1"
+    assert credentials.token_for("http://other:2") == "t0"
+    monkeypatch.setenv("AK_TOKEN", "from-env")
+    assert credentials.token_for("http://h:1") == "from-env"
+    credentials.save("h:1", "")
+    credentials.save("default", "")
+    assert credentials.path().read_text() == ""
+
+
+def test_a_bootstrap_file_must_hold_a_long_token_or_a_digest() -> None:
+    with pytest.raises(ValueError, match="at least 32 characters"):
+        tokens.bootstrap_digest("short")
+    assert tokens.bootstrap_digest(" " + "x" * 40 + "\n") == tokens.digest("x" * 40)
