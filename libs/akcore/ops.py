@@ -9,6 +9,7 @@ ingress's HTTP allow-list; an operation that is not here does not exist.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,19 +45,19 @@ class Op:
         request: the dataclass its arguments are parsed into (``akcore.requests``).
         reply: the type of its result (``type(None)`` when it answers nothing).
         service: who answers it.
-        public: reachable over HTTP ``/api`` (with a token); otherwise NATS only.
         scope: the request field naming the project, or an object of one project, it
             touches ("" when it is about no one project).
         invalidates: the caches it makes stale.
+        public: reachable over HTTP ``/api`` (with a token); otherwise NATS only.
     """
 
     name: str
     request: type
     reply: type
     service: Service
-    public: bool
     scope: str
     invalidates: frozenset[Cache] = NONE
+    public: bool = False
 
     def parse(self, args: Any) -> Any:
         """The typed request, or InvalidArgument naming the bad field."""
@@ -64,71 +65,63 @@ class Op:
 
 
 _S, _R, _I = Service.STORE, Service.RUNNER, Service.INGRESS
-_WT = frozenset({Cache.WEBHOOKS, Cache.TARGETS})
+_TARGETS = frozenset({Cache.TARGETS})
+_HOOKS = frozenset({Cache.WEBHOOKS, Cache.TARGETS})
+_ENV = frozenset({Cache.SESSION_ENV})
+
+
+_api = functools.partial(Op, public=True)
+_internal = functools.partial(Op, public=False)
+
+_NONE_T = type(None)
 
 _TABLE = (
-    # The CLI's operations: public.
-    Op("project.list", rq.Empty, list, _S, True, ""),
-    Op("project.get", rq.ProjectRef, dict, _S, True, "project"),
-    Op("manifest.apply", rq.ManifestApply, dict, _S, True, "project_name", ALL_CACHES),
-    Op("build.create", rq.BuildCreate, str, _S, True, "project", frozenset({Cache.TARGETS})),
-    Op("build.prepare", rq.PyenvPrepare, dict, _I, True, ""),
-    Op("deployment.create", rq.DeploymentCreate, str, _S, True, "project", _WT),
-    Op("deployment.activate", rq.DeploymentRef, type(None), _S, True, "deployment_id", _WT),
-    Op("deployment.deactivate", rq.DeploymentRef, dict, _S, True, "deployment_id", _WT),
-    Op("deployment.get", rq.DeploymentRef, dict, _S, True, "deployment_id"),
-    Op("deployment.list", rq.ProjectRef, list, _S, True, "project"),
-    Op("trigger.create", rq.TriggerCreate, dict, _S, True, "project", ALL_CACHES),
-    Op("trigger.delete", rq.TriggerRef, type(None), _S, True, "trigger", ALL_CACHES),
-    Op("trigger.get", rq.TriggerRef, dict, _S, True, "trigger"),
-    Op("trigger.list", rq.ProjectRef, list, _S, True, "project"),
-    Op("env.list", rq.ProjectRef, list, _S, True, "project"),
-    Op("var.set", rq.VarSet, type(None), _S, True, "project", frozenset({Cache.SESSION_ENV})),
-    Op("var.get", rq.VarGet, list, _S, True, "project"),
-    Op("var.delete", rq.VarDelete, type(None), _S, True, "project", frozenset({Cache.SESSION_ENV})),
-    Op("session.list", rq.SessionList, dict, _S, True, "project"),
-    Op("session.get", rq.SessionRef, dict, _S, True, "session"),
-    Op("session.records", rq.SessionRecords, dict, _S, True, "session"),
-    Op("session.trace", rq.SessionRef, dict, _S, True, "session"),
-    Op("session.start", rq.SessionStart, dict, _I, True, "deployment_id"),
-    Op("session.stop", rq.SessionStop, type(None), _I, True, "session"),
-    Op("session.restart", rq.SessionRef, dict, _I, True, "session"),
-    Op("event.list", rq.ProjectRef, list, _S, True, "project"),
-    Op("event.get", rq.EventRef, dict, _S, True, "event_id"),
-    Op("event.redispatch", rq.EventRef, dict, _I, True, "event_id"),
-    Op("auth.create_token", rq.TokenCreate, str, _I, True, ""),
-    Op("auth.whoami", rq.Empty, dict, _I, True, ""),
-    # Between services only.
-    Op("ping", rq.Empty, str, _S, False, ""),
-    Op("build.get", rq.BuildRef, dict, _S, False, "build_id"),
-    Op("project.active", rq.ProjectRef, dict, _S, False, "project"),
-    Op("webhook.lookup", rq.WebhookLookup, dict, _S, False, "slug"),
-    Op("dispatch.targets", rq.DispatchTargets, dict, _S, False, "trigger_id"),
-    Op("dispatch.note", rq.DispatchNote, type(None), _S, False, "event_id"),
-    Op("schedule.list", rq.Empty, list, _S, False, ""),
-    Op(
-        "subscription.create",
-        rq.SubscriptionCreate,
-        type(None),
-        _S,
-        False,
-        "project_id",
-        frozenset({Cache.TARGETS}),
-    ),  # fmt: skip
-    Op(
-        "subscription.delete",
-        rq.SubscriptionDelete,
-        type(None),
-        _S,
-        False,
-        "session_id",
-        frozenset({Cache.TARGETS}),
-    ),  # fmt: skip
-    Op("session.env", rq.SessionEnv, dict, _S, False, "project_id"),
-    Op("session.states", rq.SessionStates, dict, _S, False, ""),
-    Op("token.add", rq.TokenAdd, type(None), _S, False, ""),
-    Op("token.check", rq.TokenCheck, dict, _S, False, ""),
-    Op("pyenv.prepare", rq.PyenvPrepare, dict, _R, False, ""),
+    # The CLI's operations: public (with a token).
+    _api("project.list", rq.Empty, list, _S, ""),
+    _api("project.get", rq.ProjectRef, dict, _S, "project"),
+    _api("manifest.apply", rq.ManifestApply, dict, _S, "project_name", ALL_CACHES),
+    _api("build.create", rq.BuildCreate, str, _S, "project", _TARGETS),
+    _api("build.prepare", rq.PyenvPrepare, dict, _I, ""),
+    _api("deployment.create", rq.DeploymentCreate, str, _S, "project", _HOOKS),
+    _api("deployment.activate", rq.DeploymentRef, _NONE_T, _S, "deployment_id", _HOOKS),
+    _api("deployment.deactivate", rq.DeploymentRef, dict, _S, "deployment_id", _HOOKS),
+    _api("deployment.get", rq.DeploymentRef, dict, _S, "deployment_id"),
+    _api("deployment.list", rq.ProjectRef, list, _S, "project"),
+    _api("trigger.create", rq.TriggerCreate, dict, _S, "project", ALL_CACHES),
+    _api("trigger.delete", rq.TriggerRef, _NONE_T, _S, "trigger", ALL_CACHES),
+    _api("trigger.get", rq.TriggerRef, dict, _S, "trigger"),
+    _api("trigger.list", rq.ProjectRef, list, _S, "project"),
+    _api("env.list", rq.ProjectRef, list, _S, "project"),
+    _api("var.set", rq.VarSet, _NONE_T, _S, "project", _ENV),
+    _api("var.get", rq.VarGet, list, _S, "project"),
+    _api("var.delete", rq.VarDelete, _NONE_T, _S, "project", _ENV),
+    _api("session.list", rq.SessionList, dict, _S, "project"),
+    _api("session.get", rq.SessionRef, dict, _S, "session"),
+    _api("session.records", rq.SessionRecords, dict, _S, "session"),
+    _api("session.trace", rq.SessionRef, dict, _S, "session"),
+    _api("session.start", rq.SessionStart, dict, _I, "deployment_id"),
+    _api("session.stop", rq.SessionStop, _NONE_T, _I, "session"),
+    _api("session.restart", rq.SessionRef, dict, _I, "session"),
+    _api("event.list", rq.ProjectRef, list, _S, "project"),
+    _api("event.get", rq.EventRef, dict, _S, "event_id"),
+    _api("event.redispatch", rq.EventRef, dict, _I, "event_id"),
+    _api("auth.create_token", rq.TokenCreate, str, _I, ""),
+    _api("auth.whoami", rq.Empty, dict, _I, ""),
+    # Between services only (NATS).
+    _internal("ping", rq.Empty, str, _S, ""),
+    _internal("build.get", rq.BuildRef, dict, _S, "build_id"),
+    _internal("project.active", rq.ProjectRef, dict, _S, "project"),
+    _internal("webhook.lookup", rq.WebhookLookup, dict, _S, "slug"),
+    _internal("dispatch.targets", rq.DispatchTargets, dict, _S, "trigger_id"),
+    _internal("dispatch.note", rq.DispatchNote, _NONE_T, _S, "event_id"),
+    _internal("schedule.list", rq.Empty, list, _S, ""),
+    _internal("subscription.create", rq.SubscriptionCreate, _NONE_T, _S, "project_id", _TARGETS),
+    _internal("subscription.delete", rq.SubscriptionDelete, _NONE_T, _S, "session_id", _TARGETS),
+    _internal("session.env", rq.SessionEnv, dict, _S, "project_id"),
+    _internal("session.states", rq.SessionStates, dict, _S, "session_ids"),
+    _internal("token.add", rq.TokenAdd, _NONE_T, _S, ""),
+    _internal("token.check", rq.TokenCheck, dict, _S, ""),
+    _internal("pyenv.prepare", rq.PyenvPrepare, dict, _R, ""),
 )
 
 OPS: dict[str, Op] = {op.name: op for op in _TABLE}

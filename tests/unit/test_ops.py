@@ -9,7 +9,7 @@ import pytest
 from akcore import ops
 from akcore import requests as rq
 from akcore.errors import InvalidArgument, NotFound
-from akcore.typedargs import parse
+from akcore.typedargs import fields_of, parse
 
 CLI = Path(__file__).parents[2] / "cli" / "ak_cli"
 
@@ -83,3 +83,9 @@ def test_required_fields_and_nested_types() -> None:
         ops.get("build.create").parse({"project": "p", "files": {"a.py": "text"}})
     with pytest.raises(InvalidArgument, match="'requirements' must be bytes or null"):
         ops.get("pyenv.prepare").parse({"requirements": "-r /etc/passwd"})
+
+
+def test_each_declaration_names_fields_its_request_has() -> None:
+    for name, op in ops.OPS.items():
+        assert not op.scope or op.scope in fields_of(op.request), name
+        assert op.reply in (dict, list, str, type(None)), name
