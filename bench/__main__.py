@@ -324,6 +324,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="ak-bench-"))
     stack = start_stack(home, {"AK_JOBS__ACK_WAIT": "2", "AK_LOG_LEVEL": "WARNING"})
     os.environ["AK_HTTP__SERVICE_URL"] = stack.url
+    os.environ["AK_TOKEN"] = stack.token
     try:
         paths = stack.deploy_paths(PROJECT)
         for name in chosen:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ak_cli import client
 from ak_cli.sessionlog import log_entries
-from akcore.config import ENV_SERVICE_URL
+from akcore.config import ENV_SERVICE_URL, ENV_TOKEN
 
 from bench.chaos_faults import (
     MODES,
@@ -87,7 +87,7 @@ def run(cfg: Config) -> Tally:
         args = tuple(a for flag in flags for a in (flag, str(cfg.counts)))
         stack = start_stack(root / "home", env, args)
         try:
-            with _service_url(stack.url):
+            with _service_url(stack):
                 t = _soak(cfg, stack, nodes, effects)
                 _keep_examples(t, effects, root / "examples.jsonl")
         finally:
@@ -240,17 +240,20 @@ def _keep_examples(t: Tally, effects: Path, out: Path) -> None:
 
 
 @contextmanager
-def _service_url(url: str) -> Iterator[None]:
-    """Points this process's API calls (``ak_cli.client``) at the stack, for a while."""
-    before = os.environ.get(ENV_SERVICE_URL)
-    os.environ[ENV_SERVICE_URL] = url
+def _service_url(stack: Stack) -> Iterator[None]:
+    """Points this process's API calls (``ak_cli.client``) at the stack, with its API token,
+    for a while."""
+    wanted = {ENV_SERVICE_URL: stack.url, ENV_TOKEN: stack.token}
+    before = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ[ENV_SERVICE_URL]
-        else:
-            os.environ[ENV_SERVICE_URL] = before
+        for k, v in before.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 @contextmanager

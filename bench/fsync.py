@@ -28,6 +28,7 @@ def use(stack: Stack) -> None:
     """Points the benchmark's requests at ``stack`` (its API calls read the service URL from
     the environment; its webhooks keep one connection per thread, to the last stack)."""
     os.environ["AK_HTTP__SERVICE_URL"] = stack.url
+    os.environ["AK_TOKEN"] = stack.token
     conn = getattr(bench._conn, "c", None)
     if conn is not None:
         conn.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from akcore import bus, tokens
+from akcore import tokens
+from akcore.cache import StoreCache
 from akcore.errors import Unauthenticated
 from nats.aio.client import Client
 
@@ -30,8 +31,14 @@ DEV_CALLER = Caller(token_id="", name="dev (API tokens are off: dev mode on a lo
 
 
 class Authenticator:
+    """Checks tokens; a token the store knows is remembered for a few seconds (the CLI's
+    polls would otherwise cost a store request each). Unknown ones are asked every time."""
+
+    KEEP = 5.0
+
     def __init__(self, nc: Client, required: bool) -> None:
         self.nc, self.required = nc, required
+        self.known = StoreCache(ttl=self.KEEP)
 
     async def caller(self, authorization: str | None) -> Caller:
         """The caller the header names; Unauthenticated without a token the store knows."""
@@ -47,7 +54,8 @@ class Authenticator:
                 f"{HOW_TO_GET_ONE}"
             )
         try:
-            who = await bus.store_call(self.nc, "token.check", {"digest": tokens.digest(token)})
+            digest = tokens.digest(token)
+            who = await self.known.call(self.nc, "token.check", {"digest": digest}, digest)
         except Unauthenticated:
             raise Unauthenticated(
                 f"invalid API token: the server does not know it. {HOW_TO_GET_ONE}"
