@@ -108,7 +108,6 @@ _TABLE = (
     _api("auth.create_token", rq.TokenCreate, str, _I, ""),
     _api("auth.whoami", rq.Empty, dict, _I, ""),
     # Between services only (NATS).
-    _internal("ping", rq.Empty, str, _S, ""),
     _internal("build.get", rq.BuildRef, dict, _S, "build_id"),
     _internal("project.active", rq.ProjectRef, dict, _S, "project"),
     _internal("webhook.lookup", rq.WebhookLookup, dict, _S, "slug"),

@@ -124,7 +124,6 @@ class StoreApi:
     def routes(self) -> dict[str, Callable[[Any], Any]]:
         """The method that answers each store operation of ``akcore.ops``."""
         return {
-            "ping": self.ping,
             "project.list": self.project_list,
             "project.get": self.project_get,
             "project.active": self.project_active,
@@ -195,9 +194,6 @@ class StoreApi:
         return s.session_id
 
     # --- operations
-
-    def ping(self, req: rq.Empty) -> str:
-        return "pong"
 
     def project_list(self, req: rq.Empty) -> list[dict[str, Any]]:
         with DB(self.engine) as db:

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ak_ingress.service import run as run_ingress
 from akcore import wire
+from akcore.config import Settings
+from akcore.errors import AKError
 
 from tests.helpers import AK, Stack, start_stack, write_project
 
@@ -132,7 +135,8 @@ def test_the_cli_without_a_token_says_how_to_get_one(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    "op", ["session.env", "pyenv.prepare", "webhook.lookup", "build.get", "token.add", "ping"]
+    "op",
+    ["session.env", "pyenv.prepare", "webhook.lookup", "build.get", "token.add", "token.check"],
 )
 def test_internal_operations_are_not_reachable_even_with_a_token(stack: Stack, op: str) -> None:
     status, reply = post(stack, op, {}, stack.auth())
@@ -193,6 +197,20 @@ def test_tokens_from_the_cli_and_none_at_rest_in_plaintext(stack: Stack, tmp_pat
         blob = path.read_bytes()
         for token in (made, as_json, stack.token):
             assert token.encode() not in blob, f"a raw token in {path}"
+
+
+def test_webhooks_and_health_need_no_token(stack: Stack) -> None:
+    assert stack.request("GET", "/healthz")[0] == 200
+    assert stack.request("GET", "/readyz")[0] == 200
+    hooks = stack.ak("trigger", "list", "-p", "beta", "-j", check=True).stdout
+    slug = json.loads(hooks.splitlines()[0])["webhook_slug"]
+    assert stack.request("POST", f"/webhooks/{slug}", b"{}")[0] == 202
+
+
+async def test_ingress_refuses_tokens_off_on_an_address_others_reach() -> None:
+    settings = Settings(nats_url="nats://127.0.0.1:1", http_addr="0.0.0.0:0", auth_tokens=False)
+    with pytest.raises(AKError, match="API tokens are off .* which other machines can reach"):
+        await run_ingress(settings)
 
 
 def test_dev_mode_on_loopback_may_run_without_tokens(tmp_path: Path) -> None:
