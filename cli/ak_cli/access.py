@@ -45,11 +45,15 @@ def bootstrap(env: dict[str, str], data: Path) -> str:
         token = tokens.new_token()
         credentials.save(key, token)
         where = f"{credentials.path()} (entry {key}, new)"
+    try:
+        digest = tokens.bootstrap_digest(token)
+    except ValueError as e:
+        raise AKError(f"the token of {where} cannot be the first API token: {e}") from None
     # The store is given the digest, never the token itself.
     path = data / "auth" / "bootstrap.sha256"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(tokens.DIGEST_PREFIX + tokens.digest(token) + "\n")
+        f.write(tokens.DIGEST_PREFIX + digest + "\n")
     env[config.ENV_AUTH_BOOTSTRAP] = str(path)
     return f"the CLI's token is in {where}; `ak auth create-token` makes more"

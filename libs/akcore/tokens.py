@@ -43,7 +43,7 @@ def bootstrap_digest(text: str) -> str:
         return text[len(DIGEST_PREFIX) :]
     if len(text) < MIN_LENGTH or any(c.isspace() for c in text):
         raise ValueError(
-            f"the bootstrap token file must hold one token of at least {MIN_LENGTH} characters "
-            f"without spaces (make one with `openssl rand -hex 32`), or {DIGEST_PREFIX}<hex>"
+            f"a token has at least {MIN_LENGTH} characters without spaces (make one with "
+            f"`echo akt_$(openssl rand -hex 32)`); a file may also hold {DIGEST_PREFIX}<hex>"
         )
     return digest(text)

@@ -75,3 +75,8 @@ def test_a_bootstrap_file_must_hold_a_long_token_or_a_digest() -> None:
     with pytest.raises(ValueError, match="at least 32 characters"):
         tokens.bootstrap_digest("short")
     assert tokens.bootstrap_digest(" " + "x" * 40 + "\n") == tokens.digest("x" * 40)
+
+
+def test_a_short_token_is_not_taken_as_the_first_one(tmp_path: Path) -> None:
+    with pytest.raises(AKError, match="the token of AK_TOKEN cannot be the first API token"):
+        access.bootstrap({"AK_TOKEN": "secret"}, tmp_path)
