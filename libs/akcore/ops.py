@@ -146,6 +146,3 @@ def public(name: str) -> Op:
 
 def served_by(service: Service) -> dict[str, Op]:
     return {name: op for name, op in OPS.items() if op.service is service}
-
-
-CHANGING = frozenset(name for name, op in OPS.items() if op.invalidates)

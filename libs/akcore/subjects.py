@@ -78,7 +78,6 @@ def runner_subject(op: str) -> str:
 
 
 RUNNER_ALL = f"{PREFIX}.runner.>"
-RUNNER_OPS = ("pyenv.",)  # API operations ingress forwards to a runner instead of the store
 
 
 def health_subject(service: str) -> str:

@@ -43,9 +43,10 @@ def test_internal_and_unknown_operations_are_not_public(name: str) -> None:
         ops.public(name)
 
 
-def test_changing_operations_come_from_the_table() -> None:
-    assert "var.set" in ops.CHANGING and "deployment.activate" in ops.CHANGING
-    assert "var.get" not in ops.CHANGING and "session.start" not in ops.CHANGING
+def test_operations_that_change_what_caches_keep_say_so() -> None:
+    assert ops.get("var.set").invalidates == {ops.Cache.SESSION_ENV}
+    assert ops.Cache.WEBHOOKS in ops.get("deployment.activate").invalidates
+    assert not ops.get("var.get").invalidates and not ops.get("session.start").invalidates
 
 
 def test_a_request_is_parsed_into_its_type() -> None:
