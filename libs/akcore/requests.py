@@ -109,10 +109,10 @@ class VarScope:
     connection: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VarSet(VarScope):
-    name: str = ""
-    value: str = ""
+    name: str
+    value: str
     secret: bool = False
     description: str | None = None
 
@@ -123,9 +123,9 @@ class VarGet(VarScope):
     reveal: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VarDelete(VarScope):
-    name: str = ""
+    name: str
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ def test_a_request_is_parsed_into_its_type() -> None:
     req = ops.get("var.get").parse({"project": "p", "names": ["A"], "reveal": True})
     assert req == rq.VarGet(project="p", names=["A"], reveal=True)
     # Null keeps the default, as the CLI sends for options left out.
-    assert parse("var.set", rq.VarSet, {"name": "A", "description": None}).description is None
+    described = {"name": "A", "value": "1", "description": None}
+    assert parse("var.set", rq.VarSet, described).description is None
     assert parse("session.list", rq.SessionList, {"page_size": None}).page_size == 0
 
 
@@ -90,3 +91,9 @@ def test_each_declaration_names_fields_its_request_has() -> None:
     for name, op in ops.OPS.items():
         assert not op.scope or op.scope in fields_of(op.request), name
         assert op.reply in (dict, list, str, type(None)), name
+
+
+def test_a_var_needs_a_name_and_a_value() -> None:
+    with pytest.raises(InvalidArgument, match="var.set: missing field 'value'"):
+        ops.get("var.set").parse({"project": "p", "name": "A"})
+    assert ops.get("var.set").parse({"name": "A", "value": ""}).value == ""
