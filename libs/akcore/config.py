@@ -32,6 +32,13 @@ ENV_EVENT_LOOP = "AK_EVENT_LOOP"  # uvloop (default when installed) or asyncio
 ENV_AUTH_TOKENS = "AK_AUTH__TOKENS"  # on (default) or off: /api calls need an API token
 ENV_AUTH_BOOTSTRAP = "AK_AUTH__BOOTSTRAP_TOKEN_FILE"  # a first token (or its digest)
 ENV_TOKEN = "AK_TOKEN"  # the CLI's API token, over its credentials file
+# What one HTTP client may take of an ingress (HttpLimits).
+ENV_HTTP_MAX_HEADER_BYTES = "AK_HTTP__MAX_HEADER_BYTES"
+ENV_HTTP_MAX_HEADERS = "AK_HTTP__MAX_HEADERS"
+ENV_HTTP_REQUEST_TIMEOUT = "AK_HTTP__REQUEST_TIMEOUT"
+ENV_HTTP_IDLE_TIMEOUT = "AK_HTTP__IDLE_TIMEOUT"
+ENV_HTTP_MAX_CONNECTIONS = "AK_HTTP__MAX_CONNECTIONS"
+ENV_HTTP_MAX_API_BODY = "AK_HTTP__MAX_API_BODY"
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:9980"
 DEFAULT_SERVICE_URL = "http://localhost:9980"
@@ -74,6 +81,30 @@ def default_db_dsn() -> str:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP client may take of an ingress; over a limit it gets an answer saying
+    which (431, 408, 503, 413) and its connection is closed."""
+
+    max_header_bytes: int = 64 * 1024  # the request line and headers together
+    max_headers: int = 200
+    request_timeout: int = 30  # seconds for a whole request (head and body) to arrive
+    idle_timeout: int = 5  # seconds a connection may wait for its next request
+    max_connections: int = 1000  # open at once, per ingress process
+    max_api_body: int = 8 * 1024 * 1024  # an /api request (the NATS message limit of `ak up`)
+
+    @classmethod
+    def from_env(cls) -> HttpLimits:
+        return cls(
+            max_header_bytes=_count(ENV_HTTP_MAX_HEADER_BYTES, cls.max_header_bytes, 1024),
+            max_headers=_count(ENV_HTTP_MAX_HEADERS, cls.max_headers, 10),
+            request_timeout=_count(ENV_HTTP_REQUEST_TIMEOUT, cls.request_timeout, 1),
+            idle_timeout=_count(ENV_HTTP_IDLE_TIMEOUT, cls.idle_timeout, 1),
+            max_connections=_count(ENV_HTTP_MAX_CONNECTIONS, cls.max_connections, 1),
+            max_api_body=_count(ENV_HTTP_MAX_API_BODY, cls.max_api_body, 64 * 1024),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """What every service needs to find the others."""
 
@@ -92,6 +123,7 @@ class Settings:
     filter_budget_ms: int = 100  # CPU time one trigger or subscription filter may take
     auth_tokens: bool = True  # /api calls need an API token (off only on loopback)
     auth_bootstrap_file: str = ""  # the store keeps the token (or digest) of this file
+    http: HttpLimits = HttpLimits()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -111,6 +143,7 @@ class Settings:
             filter_budget_ms=_count(ENV_FILTER_BUDGET_MS, 100, 1),
             auth_tokens=_switch(ENV_AUTH_TOKENS, True),
             auth_bootstrap_file=os.environ.get(ENV_AUTH_BOOTSTRAP, ""),
+            http=HttpLimits.from_env(),
         )
 
 

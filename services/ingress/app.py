@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from akcore import bus, ids, ops, subjects, timefmt, tracing, values, wire
+from akcore.config import ENV_HTTP_MAX_API_BODY, HttpLimits
 from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
@@ -15,6 +16,7 @@ from nats.js.errors import APIError
 from opentelemetry.trace import Span, SpanKind
 
 from .auth import Authenticator
+from .body import read_body
 from .commands import COMMANDS
 from .lookups import WebhookLookups
 from .sync import SyncWait
@@ -28,26 +30,8 @@ MSGPACK = "application/msgpack"
 PUBLISH_WITHIN = 8.0
 
 
-# An over-limit body is still read (and dropped) up to this size: a server that answers
-# 413 and closes while the client is still sending makes the client see a broken
-# connection instead of the 413.
+# An over-limit webhook body is still read (and dropped) up to this size (read_body).
 DRAIN_LIMIT = 16 * MAX_BODY
-
-
-async def _read_body(request: Request) -> bytes | None:
-    """The body, or None when it is over the limit (checked before and while reading)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > DRAIN_LIMIT:
-        return None
-    buf = bytearray()
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > DRAIN_LIMIT:
-            return None
-        if size <= MAX_BODY:
-            buf += chunk
-    return bytes(buf) if size <= MAX_BODY else None
 
 
 def _raw_url(request: Request) -> str:
@@ -61,17 +45,19 @@ def create_app(
     telemetry: tracing.Telemetry | None = None,
     lookups: WebhookLookups | None = None,
     tokens_required: bool = True,
+    limits: HttpLimits | None = None,
 ) -> WebhookFront:
     """The HTTP app (an ASGI callable). ``lookups`` keeps webhook lookups (it should watch
     the store's change notices; without one every request asks the store, and only this
     process remembers the last known answers). ``tokens_required``: ``/api`` calls need an
-    API token (off only for dev mode on loopback)."""
+    API token (off only for dev mode on loopback). ``limits`` caps ``/api`` bodies."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
     events = bus.publisher(nc)
     tel = telemetry or tracing.Telemetry("ingress")
     lookups = lookups or WebhookLookups(nc, ttl=0)
     auth = Authenticator(nc, tokens_required)
+    max_api_body = (limits or HttpLimits()).max_api_body
 
     async def webhook(request: Request, slug: str) -> Response:
         """The root span of the trace of every session this request starts."""
@@ -85,7 +71,7 @@ def create_app(
             return resp
 
     async def receive(request: Request, slug: str, span: Span) -> Response:
-        body = await _read_body(request)
+        body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
         if body is None:
             return Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", status_code=413)
         try:
@@ -179,8 +165,11 @@ def create_app(
         try:
             caller = await auth.caller(request.headers.get("authorization"))
             op = ops.public(name)
+            body = await read_body(request, max_api_body, max_api_body)
+            if body is None:
+                return _too_large(max_api_body)
             try:
-                args = wire.decode(wire.StoreRequest, await request.body()).args
+                args = wire.decode(wire.StoreRequest, body).args
             except Exception:
                 raise InvalidArgument("request body is not a msgpack map") from None
             typed = op.parse(args)  # refused here when malformed, before anything runs
@@ -228,6 +217,18 @@ class WebhookFront:
             return
         response = await self.webhook(Request(scope, receive), slug)
         await response(scope, receive, send)
+
+
+def _too_large(limit: int) -> Response:
+    """413 without reading the body: the connection is closed after it."""
+    error = (
+        f"the request body is over the {limit} byte limit of the API ({ENV_HTTP_MAX_API_BODY}): "
+        "send less (a build holds the project's code only)"
+    )
+    reply = wire.StoreReply(ok=False, error_kind="invalid_argument", error=error)
+    response = _reply(reply, 413)
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _reply(reply: wire.StoreReply, status: int) -> Response:

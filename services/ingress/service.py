@@ -14,6 +14,7 @@ from akcore.errors import AKError
 
 from .app import create_app
 from .lookups import KnownWebhooks, WebhookLookups
+from .protocol import LimitedProtocol
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     lookups = WebhookLookups(nc, await KnownWebhooks.load(nc.jetstream()))
     await lookups.watch()
     config = uvicorn.Config(
-        create_app(nc, tel, lookups, settings.auth_tokens),
+        create_app(nc, tel, lookups, settings.auth_tokens, settings.http),
         host=host,
         port=port,
         log_level="warning",
         access_log=False,
         lifespan="off",
-        http="auto",  # httptools when installed
+        http=LimitedProtocol.with_limits(settings.http),
+        ws="none",
     )
     server = uvicorn.Server(config)
     # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.

@@ -47,3 +47,17 @@ def test_filter_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AK_DISPATCHER__FILTER_BUDGET_MS", "0")
     with pytest.raises(ValueError, match="FILTER_BUDGET_MS must be a whole number of at least 1"):
         Settings.from_env()
+
+
+def test_http_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AK_HTTP__MAX_HEADER_BYTES", "AK_HTTP__REQUEST_TIMEOUT", "AK_HTTP__MAX_API_BODY"):
+        monkeypatch.delenv(name, raising=False)
+    limits = Settings.from_env().http
+    assert (limits.max_header_bytes, limits.max_headers) == (65536, 200)
+    assert (limits.request_timeout, limits.idle_timeout) == (30, 5)
+    assert (limits.max_connections, limits.max_api_body) == (1000, 8 * 1024 * 1024)
+    monkeypatch.setenv("AK_HTTP__REQUEST_TIMEOUT", "3")
+    assert Settings.from_env().http.request_timeout == 3
+    monkeypatch.setenv("AK_HTTP__MAX_API_BODY", "100")
+    with pytest.raises(ValueError, match="AK_HTTP__MAX_API_BODY must be a whole number of at"):
+        Settings.from_env()

@@ -1,0 +1,196 @@
+"""The HTTP/1.1 connection ingress serves: uvicorn's httptools protocol with limits on what
+one client may take (``HttpLimits``).
+
+uvicorn alone reads a request head of any size and any number of headers, gives a request
+all the time it wants to arrive, keeps a new connection that sends nothing open for ever and
+takes any number of connections. Here, before the app sees the request:
+
+- a head over ``max_header_bytes`` or with more than ``max_headers`` headers gets 431;
+  the head is counted as it arrives, so at most the limit and one read of it is held;
+- a request (head and body) that has not fully arrived ``request_timeout`` s after its first
+  byte gets 408 (or, when its answer has started, its connection closed);
+- a connection waits at most ``idle_timeout`` s for its first request and between requests;
+- a request on a connection beyond ``max_connections`` gets 503.
+
+A refused connection is answered, half-closed, and read (and dropped) for ``LINGER`` s before
+it is closed: closing at once while the client still sends would reset the connection and
+the client could lose the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from asyncio import TimerHandle
+from typing import Any, ClassVar
+
+import httptools
+from akcore.config import (
+    ENV_HTTP_MAX_CONNECTIONS,
+    ENV_HTTP_MAX_HEADER_BYTES,
+    ENV_HTTP_MAX_HEADERS,
+    ENV_HTTP_REQUEST_TIMEOUT,
+    HttpLimits,
+)
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+LINGER = 1.0
+
+
+class Refused(Exception):
+    """A request over a limit: the answer it gets, and then its connection is closed."""
+
+    def __init__(self, status: int, message: str, headers: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+    def response(self) -> bytes:
+        body = (self.message + "\n").encode()
+        head = [
+            "content-type: text/plain; charset=utf-8",
+            f"content-length: {len(body)}",
+            "connection: close",
+            *self.headers,
+        ]
+        return (
+            STATUS_LINE[self.status] + "".join(h + "\r\n" for h in head).encode() + b"\r\n" + body
+        )
+
+
+def head_too_large(limits: HttpLimits) -> Refused:
+    return Refused(
+        431,
+        f"Request Header Fields Too Large: the request line and headers are over "
+        f"{limits.max_header_bytes} bytes ({ENV_HTTP_MAX_HEADER_BYTES}); "
+        "send fewer or smaller headers",
+    )
+
+
+def too_many_headers(limits: HttpLimits) -> Refused:
+    return Refused(
+        431,
+        f"Request Header Fields Too Large: the request has more than {limits.max_headers} "
+        f"headers ({ENV_HTTP_MAX_HEADERS}); send fewer headers",
+    )
+
+
+def too_slow(limits: HttpLimits) -> Refused:
+    return Refused(
+        408,
+        f"Request Timeout: the request did not arrive whole within {limits.request_timeout} s "
+        f"({ENV_HTTP_REQUEST_TIMEOUT}); send it again, faster",
+    )
+
+
+def too_many_connections(limits: HttpLimits) -> Refused:
+    return Refused(
+        503,
+        f"Service Unavailable: this server has {limits.max_connections} connections open, its "
+        f"limit ({ENV_HTTP_MAX_CONNECTIONS}); send the request again later",
+        ("retry-after: 1",),
+    )
+
+
+def not_http() -> Refused:
+    return Refused(400, "Bad Request: the request is not valid HTTP/1.1")
+
+
+class LimitedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with ``limits`` (give a subclass its own: ``with_limits``)."""
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout_keep_alive = self.limits.idle_timeout
+        self._in_head = False  # a request has begun and its head has not all arrived
+        self._heads = 0  # requests begun on this connection
+        self._head_bytes = 0  # bytes of reads that continued the unfinished head
+        self._deadline: TimerHandle | None = None
+        self._refused = False
+
+    @classmethod
+    def with_limits(cls, limits: HttpLimits) -> type[LimitedProtocol]:
+        return type("LimitedProtocol", (cls,), {"limits": limits})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # uvicorn waits for a first request for ever; this waits as long as between requests.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: what still arrives is dropped
+        self._unset_keepalive_if_required()
+        heads, in_head = self._heads, self._in_head
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no WebSockets here: served as a plain request
+        except httptools.HttpParserError as e:
+            self._refuse(e.__context__ if isinstance(e.__context__, Refused) else not_http())
+            return
+        # A read that only continued an unfinished head counts whole; one that began a head
+        # counts when it completes (on_headers_complete), so the count never takes the
+        # bytes of another request for this one's.
+        if in_head and self._in_head and heads == self._heads:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(head_too_large(self.limits))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._heads += 1
+        self._in_head, self._head_bytes = True, 0
+        self._cancel_deadline()
+        self._deadline = self.loop.call_later(self.limits.request_timeout, self._too_slow)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= self.limits.max_headers:
+            raise too_many_headers(self.limits)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > self.limits.max_header_bytes:
+            raise head_too_large(self.limits)
+        if len(self.connections) > self.limits.max_connections:
+            raise too_many_connections(self.limits)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_deadline()
+        super().on_message_complete()
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        cycle = self.cycle if not self._in_head else None
+        if cycle is not None and cycle.response_started:
+            self.transport.close()  # its answer is on the way: nothing else can be said
+            return
+        if cycle is not None:  # the app reads the body: it gets a disconnect, its answer is dropped
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._refuse(too_slow(self.limits))
+
+    def _refuse(self, refusal: Refused) -> None:
+        self._refused = True
+        self._cancel_deadline()
+        self._unset_keepalive_if_required()
+        if self.transport.is_closing():
+            return
+        self.transport.write(refusal.response())
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
