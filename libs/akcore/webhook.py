@@ -10,6 +10,9 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 MAX_BODY = 512 * 1024
+# A JSON body nested deeper is kept as text only (``json`` is None): deeper values would
+# overflow the recursion of what reads events on their way (encoders, filters, workers).
+MAX_JSON_DEPTH = 100
 WEBHOOKS_PREFIX = "/webhooks/"
 _FORM_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -57,9 +60,25 @@ def _first_json(body: bytes) -> Any:
         return None
     try:
         value, _ = json.JSONDecoder().raw_decode(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion
+        return None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
         return None
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and maps nest more than ``limit`` levels (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _text(body: bytes) -> str | None:

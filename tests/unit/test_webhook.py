@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from akcore.webhook import canonical_header, normalize_request
+from akcore.webhook import MAX_JSON_DEPTH, canonical_header, normalize_request
 
 SLUG = "n66f3e78p4ext7hdz16578p5tw"
 
@@ -62,3 +62,15 @@ def test_invalid_utf8_body() -> None:
 def test_canonical_header() -> None:
     assert canonical_header("x-github-event") == "X-Github-Event"
     assert canonical_header("CONTENT-TYPE") == "Content-Type"
+
+
+def test_json_nested_too_deep_is_kept_as_text_only() -> None:
+    """Deeper than MAX_JSON_DEPTH (or than Python can parse): ``json`` is None, the text is
+    there; as deep as the limit still parses."""
+    for body in (b"[" * 100_000, b'{"a":' * 101 + b"1" + b"}" * 101):
+        d = normalize_request("POST", "/", [], body, SLUG)["body"]
+        assert d["json"] is None and d["text"] == body.decode()
+    deepest = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert normalize_request("POST", "/", [], deepest, SLUG)["body"]["json"] is not None
+    wide = b"[" + b",".join([b"[]"] * 500) + b"]"
+    assert normalize_request("POST", "/", [], wide, SLUG)["body"]["json"] == [[]] * 500
