@@ -29,9 +29,10 @@ from typing import Any
 
 from akcore import config, sdkdist
 from akcore.config import REQUIREMENTS_FILE
-from akcore.errors import AKError
+from akcore.errors import AKError, InvalidArgument
 
 from .builds import worker_env
+from .requirements import RequirementsRefused, check_requirements
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,14 @@ _PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")
 
 class EnvError(AKError):
     """A Python environment could not be built; the message ends with pip's last words."""
+
+
+class RequirementsError(EnvError):
+    """A package list holds a line pip must not see: refused before pip runs."""
+
+    kind = InvalidArgument.kind
+    exit_code = InvalidArgument.exit_code
+    http_status = InvalidArgument.http_status
 
 
 @dataclass(frozen=True)
@@ -84,12 +93,25 @@ def without_sdk(text: str) -> tuple[str, list[str]]:
 
 
 def spec_for(requirements: bytes | None) -> Spec:
+    """Raises RequirementsError when the package list holds a line that is not a package."""
     if requirements is None:
-        text, skipped = without_sdk(default_requirements())
+        source = str(config.python_requirements())
+        text, skipped = _packages(default_requirements(), source)
         return Spec(config.default_venv(), text, "the default environment", tuple(skipped))
     key = hashlib.sha256(requirements).hexdigest()[:16]
-    text, skipped = without_sdk(requirements.decode(errors="replace"))
+    text, skipped = _packages(requirements.decode(errors="replace"), REQUIREMENTS_FILE)
     return Spec(config.project_venvs() / key, text, f"{REQUIREMENTS_FILE} {key}", tuple(skipped))
+
+
+def _packages(text: str, source: str) -> tuple[str, list[str]]:
+    """What pip installs (the requirements as parsed, minus the SDK) and the lines naming
+    the SDK, as written; the whole list is checked first, so errors name its lines."""
+    try:
+        check_requirements(text, source)
+        kept, skipped = without_sdk(text)
+        return check_requirements(kept, source), skipped
+    except RequirementsRefused as e:
+        raise RequirementsError(f"{e}. Fix it and deploy again") from None
 
 
 def _marker(spec: Spec) -> dict[str, str]:
@@ -309,9 +331,10 @@ class PythonEnvs:
     async def prepare(self, requirements: bytes | None, token: str, offset: int) -> dict[str, Any]:
         """For ``ak deploy``: starts the environment's build when needed and reports on it."""
         self._ready.clear()  # the package lists may have changed: look again
+        # Checked even when not installed: a list refused in production is refused here too.
+        spec = await asyncio.to_thread(spec_for, requirements)
         if self.worker_python:
             return {"state": "ready", "python": self.worker_python, "worker_python": True}
-        spec = await asyncio.to_thread(spec_for, requirements)
         build = self._builds.get(spec.path)
         if build is None or build.token != token:
             if is_ready(spec) and (build is None or build.done.is_set()):

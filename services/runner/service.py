@@ -175,9 +175,9 @@ async def _warm(host: Host) -> None:
     first sessions (a dead runner's, taken over) do not wait for Python to start. Only when
     that environment is ready: building it is left to the first session that needs it."""
     envs = host.envs
-    if not envs.worker_python and not is_ready(spec_for(None)):
-        return
     try:
+        if not envs.worker_python and not is_ready(spec_for(None)):
+            return
         python, extra_env, _ = await envs.python_for(None)
         await host.pool.warm(python, host.spawn_env(extra_env))
     except (EnvError, OSError) as e:
