@@ -8,7 +8,9 @@ takes any number of connections. Here, before the app sees the request:
 - a head over ``max_header_bytes`` or with more than ``max_headers`` headers gets 431;
   the head is counted as it arrives, so at most the limit and one read of it is held;
 - a request (head and body) that has not fully arrived ``request_timeout`` s after its first
-  byte gets 408 (or, when its answer has started, its connection closed);
+  byte gets 408 (or, when an answer is already on its way on that connection, the connection
+  is closed); time the server itself does not read (a pipelined request waiting its turn)
+  does not count;
 - a connection waits at most ``idle_timeout`` s for its first request and between requests;
 - a request on a connection beyond ``max_connections`` gets 503.
 
@@ -169,15 +171,19 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _too_slow(self) -> None:
-        self._deadline = None
-        cycle = self.cycle if not self._in_head else None
-        if cycle is not None and cycle.response_started:
-            self.transport.close()  # its answer is on the way: nothing else can be said
+        if self.flow.read_paused:  # not read by us (it waits behind an answer): not its delay
+            self._deadline = self.loop.call_later(self.limits.request_timeout, self._too_slow)
             return
-        if cycle is not None:  # the app reads the body: it gets a disconnect, its answer is dropped
-            cycle.disconnected = True
+        self._deadline = None
+        cycle = self.cycle
+        if self._in_head and (cycle is None or cycle.response_complete):
+            self._refuse(too_slow(self.limits))
+        elif not self._in_head and not cycle.response_started:
+            cycle.disconnected = True  # the app reading its body gets a disconnect
             cycle.message_event.set()
-        self._refuse(too_slow(self.limits))
+            self._refuse(too_slow(self.limits))
+        else:  # an answer is on its way: a 408 now would be taken for it
+            self.transport.close()
 
     def _refuse(self, refusal: Refused) -> None:
         self._refused = True
