@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 
 import uvicorn
 from akcore import bus, tracing
-from akcore.config import ENV_AUTH_TOKENS, Settings, is_loopback, split_addr
+from akcore.config import (
+    ENV_AUTH_TOKENS,
+    ENV_HTTP_MAX_CONNECTIONS,
+    HttpLimits,
+    Settings,
+    is_loopback,
+    split_addr,
+)
 from akcore.errors import AKError
 
 from .app import create_app
@@ -29,6 +37,29 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Open files the process needs besides its HTTP connections (NATS, logs, the event loop).
+SPARE_FILES = 256
+
+
+def fit_open_files(limits: HttpLimits) -> None:
+    """Raises this process's open-file limit (often 1024) to fit ``max_connections``, up to
+    the hard limit: beyond it a new connection would fail to be accepted instead of getting
+    a 503."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limits.max_connections + SPARE_FILES
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        log.warning(
+            "the open-file limit (%d) is below %s (%d) plus %d: lower it or raise `ulimit -Hn`",
+            hard,
+            ENV_HTTP_MAX_CONNECTIONS,
+            limits.max_connections,
+            SPARE_FILES,
+        )
+        wanted = hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     host, port = split_addr(settings.http_addr)
@@ -38,6 +69,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             f"{settings.http_addr}, which other machines can reach: turn tokens on, or "
             "listen on a loopback address such as 127.0.0.1"
         )
+    fit_open_files(settings.http)
     nc = await bus.connect(settings.nats_url, "ak-ingress")
     await bus.ensure_streams(nc.jetstream())
     await bus.serve_health(nc, "ingress")
