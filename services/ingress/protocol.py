@@ -105,6 +105,7 @@ class LimitedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.timeout_keep_alive = self.limits.idle_timeout
         self._in_head = False  # a request has begun and its head has not all arrived
+        self._in_body = False  # its head has arrived (the app has it), its body not all
         self._heads = 0  # requests begun on this connection
         self._head_bytes = 0  # bytes of reads that continued the unfinished head
         self._deadline: TimerHandle | None = None
@@ -158,15 +159,16 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
         if size > self.limits.max_header_bytes:
             raise head_too_large(self.limits)
         if len(self.connections) > self.limits.max_connections:
             raise too_many_connections(self.limits)
+        self._in_head, self._in_body = False, True
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._cancel_deadline()
         super().on_message_complete()
 
@@ -175,15 +177,7 @@ class LimitedProtocol(HttpToolsProtocol):
             self._deadline = self.loop.call_later(self.limits.request_timeout, self._too_slow)
             return
         self._deadline = None
-        cycle = self.cycle
-        if self._in_head and (cycle is None or cycle.response_complete):
-            self._refuse(too_slow(self.limits))
-        elif not self._in_head and not cycle.response_started:
-            cycle.disconnected = True  # the app reading its body gets a disconnect
-            cycle.message_event.set()
-            self._refuse(too_slow(self.limits))
-        else:  # an answer is on its way: a 408 now would be taken for it
-            self.transport.close()
+        self._refuse(too_slow(self.limits))
 
     def _refuse(self, refusal: Refused) -> None:
         self._refused = True
@@ -191,10 +185,27 @@ class LimitedProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self.transport.is_closing():
             return
+        if not self._may_answer():  # an answer is due on this connection: this would pass for it
+            self.transport.close()
+            return
         self.transport.write(refusal.response())
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER, self.transport.close)
+
+    def _may_answer(self) -> bool:
+        """Whether nothing has been, or is being, answered for the refused request and no
+        earlier request's answer is still due. A refused body's app gets a disconnect."""
+        if self.pipeline:  # requests waiting their turn: their answers come first
+            return False
+        cycle = self.cycle
+        if not self._in_body:  # the refused request has no cycle: ``cycle`` is an earlier one's
+            return cycle is None or cycle.response_complete
+        if cycle.response_started:
+            return False
+        cycle.disconnected = True  # what the app answers later is dropped
+        cycle.message_event.set()
+        return True
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
