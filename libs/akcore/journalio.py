@@ -59,6 +59,18 @@ async def last_seq(js: JetStreamContext, session_id: str) -> int:
     return raw.seq or 0
 
 
+async def session_project(js: JetStreamContext, session_id: str) -> str | None:
+    """The project of a session, from its journal's first record (None: no journal)."""
+    subject = subjects.journal_subject(session_id)
+    try:
+        raw = await js.get_msg(subjects.STREAM_JOURNAL, seq=1, subject=subject, next=True)
+    except NotFoundError:
+        return None
+    rec = wire.decode(wire.JournalRecord, raw.data or b"")
+    project = rec.data.get("project_id") if rec.kind == wire.CREATED else None
+    return str(project) if project else None
+
+
 @dataclass
 class Journal:
     """A session's records as read back, the stream sequence of the last one (0 when there

@@ -89,7 +89,7 @@ class SubscriptionCreate:
 
 @dataclass(frozen=True)
 class SubscriptionDelete:
-    """One subscription, or every subscription of ``session_id``."""
+    """Every subscription of ``session_id``, or only ``subscription_id`` of it."""
 
     subscription_id: str = ""
     session_id: str = ""

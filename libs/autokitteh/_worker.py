@@ -27,11 +27,12 @@ from pathlib import Path
 from types import FunctionType
 from typing import Any, BinaryIO
 
-from . import _runtime
+from . import _runtime, _values
 from ._channel import encode_frame, read_frame
 from ._loader import UserCodeFinder, real_path
 from .activities import ACTIVITY_ATTR
 from .body import with_body
+from .errors import AutoKittehError
 from .event import Event
 
 EXIT_PARENT_GONE = 70
@@ -332,13 +333,8 @@ def _session(
     _capture_prints(rt)
     if durable:
         finder.install()
-    event = Event(
-        data=with_body(init["data"] or {}),
-        event_type=init.get("event_type"),
-        event_id=init.get("event_id"),
-        session_id=start["session_id"],
-    )
     try:
+        event = _event(init, start["session_id"])
         fn = _load(start["entrypoint"], rt)
     except BaseException as e:
         return _failed(ch, e, code_dir, python_env, loading=True), b""
@@ -346,11 +342,32 @@ def _session(
         result = _call(fn, event, start["session_id"], rt)
     except BaseException as e:
         return _failed(ch, e, code_dir, python_env, loading=False), b""
+    return {"type": "done", "ok": True}, _result(ch, result, bool(start.get("child")))
+
+
+def _event(init: dict[str, Any], session_id: str) -> Event:
+    """The handler's event. Inputs of a session not started by an event (a child's, or
+    given by hand) are values: decoded here, as data."""
+    data = init["data"] or {}
+    if not init.get("event_id"):
+        data = _values.from_data(data, "the session's inputs")
+    return Event(
+        data=with_body(data),
+        event_type=init.get("event_type"),
+        event_id=init.get("event_id"),
+        session_id=session_id,
+    )
+
+
+def _result(ch: Channel, result: Any, child: bool) -> bytes:
+    """The handler's return value, encoded for its parent; a child whose return value is not
+    a value says so in its prints (its parent gets None)."""
     try:
-        blob = pickle.dumps(result)
-    except Exception:
-        blob = b""
-    return {"type": "done", "ok": True}, blob
+        return _values.dumps(result, "the handler's return value")
+    except AutoKittehError as e:  # not a value, or over the size limit
+        if child:
+            ch.send({"type": "print"}, f"{e}: the parent session gets None".encode())
+        return b""
 
 
 def main(argv: list[str]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
 import uuid
 from collections.abc import Iterator, MutableMapping
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from . import _runtime
+from . import _runtime, _values
 from .attr_dict import AttrDict
 from .body import with_body
 from .errors import AutoKittehError
@@ -26,7 +25,8 @@ from .event import Event
 @dataclass
 class Signal:
     """A signal a session received. For a child's end, ``name`` is the child's session id and
-    ``payload`` is ``{'completed': True, 'value': <return value>}`` or ``{'completed': False}``."""
+    ``payload`` is ``{'completed': True, 'value': <return value>}`` or ``{'completed': False}``.
+    Payloads and return values are values (see ``autokitteh._values``)."""
 
     name: str
     payload: Any
@@ -60,7 +60,7 @@ def _seconds(timeout: timedelta | int | float | None) -> float | None:
 
 
 def _plain(value: Any, what: str) -> Any:
-    """Checks that ``value`` is JSON data (values store, child inputs) and returns it."""
+    """Checks that ``value`` is JSON data (memos, outcomes) and returns it."""
     try:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as e:
@@ -118,12 +118,18 @@ def start(
     memo: dict[str, str] | None = None,
     project: str = "",
 ) -> str:
-    """Starts a child session at ``file.py:function`` with ``event.data = data``."""
+    """Starts a child session at ``file.py:function`` with ``event.data = data`` (a dict of
+    values: JSON types, bytes, datetime, timedelta, set, tuple), in the caller's project."""
+    if not isinstance(data or {}, dict):
+        raise AutoKittehError(f"start data must be a dict, not {type(data).__name__}")
+    inputs = _values.to_data(data or {}, "start data")
+    if _values.TAG in inputs:
+        raise AutoKittehError("start data: its keys must be strings other than '__ak__'")
     if not _inside():
         return "ses_" + "0" * 26
     args = {
         "loc": loc,
-        "data": _plain(data or {}, "start data"),
+        "data": inputs,
         "memo": _plain(memo or {}, "start memo"),
         "project": project,
     }
@@ -131,12 +137,10 @@ def start(
 
 
 def signal(session_id: str, name: str, payload: Any = None) -> None:
-    """Sends a named signal (any picklable payload) to a session."""
+    """Sends a named signal to a session of the same project. The payload is a value (JSON
+    types, bytes, datetime, timedelta, set, tuple); anything else raises NotAValue."""
+    blob = _values.dumps(payload, "signal payload")
     if _inside():
-        try:
-            blob = pickle.dumps(payload)
-        except Exception as e:
-            raise AutoKittehError(f"signal: payload cannot be pickled: {e!r}") from None
         _call("signal", {"session_id": session_id, "name": name}, blob)
 
 
@@ -156,9 +160,13 @@ def next_signal(
     if "completed" in got:
         payload: Any = {"completed": got["completed"]}
         if got["completed"]:
-            payload["value"] = pickle.loads(got["value"]) if got.get("value") else None
+            payload["value"] = _decoded(got.get("value"), "the child's return value")
         return Signal(got["name"], payload)
-    return Signal(got["name"], pickle.loads(got["payload"]) if got.get("payload") else None)
+    return Signal(got["name"], _decoded(got.get("payload"), "signal payload"))
+
+
+def _decoded(raw: bytes | None, what: str) -> Any:
+    return _values.loads(raw, what) if raw else None
 
 
 # --- values store
@@ -167,13 +175,14 @@ _local_values: dict[str, Any] = {}
 
 
 def mutate_value(key: str, op: str, *args: Any) -> Any:
-    """Applies ``op`` (set, get, del, add, check_and_set) to a value, atomically."""
+    """Applies ``op`` (set, get, del, add, check_and_set) to a value, atomically. Stored
+    values are values (JSON types, bytes, datetime, timedelta, set, tuple)."""
     if not isinstance(key, str) or not key:
         raise AutoKittehError("values: key must be a non-empty string")
-    plain = [_plain(a, "a stored value") for a in args]
+    data = [_values.to_data(a, "a stored value") for a in args]
     if not _inside():
-        return _local_mutate(key, op, plain)
-    return _call("value", {"key": key, "op": op, "args": plain})
+        return _local_mutate(key, op, [_values.from_data(d) for d in data])
+    return _values.from_data(_call("value", {"key": key, "op": op, "args": data}), "stored value")
 
 
 def _local_mutate(key: str, op: str, args: list[Any]) -> Any:
@@ -213,8 +222,9 @@ def add_values(key: str, value: int | float) -> int | float:
     return mutate_value(key, "add", value)  # type: ignore[no-any-return]
 
 
-def check_and_set_value(key: str, expected_value: Any, value: Any) -> bool:
-    return bool(mutate_value(key, "check_and_set", expected_value, value))
+def check_and_set_value(key: str, expected_value: Any, new_value: Any) -> bool:
+    """Sets ``new_value`` if the value is ``expected_value`` (None: not set); True if it did."""
+    return bool(mutate_value(key, "check_and_set", expected_value, new_value))
 
 
 def list_values_keys() -> list[str]:

@@ -191,7 +191,7 @@ class SessionRun:
             await self.journal(ended)
         except RecordTooLarge:
             error = (
-                f"error: the handler's return value is {len(result or b'')} bytes pickled, more "
+                f"error: the handler's return value is {len(result or b'')} bytes encoded, more "
                 "than a journal record can hold; return less (store big data elsewhere and "
                 "return a reference)"
             )
@@ -408,6 +408,7 @@ class SessionRun:
             "entrypoint": job.entrypoint,
             "session_id": job.session_id,
             "is_durable": job.is_durable,
+            "child": bool(job.parent_session_id),
             "python_env": self.python_env,
             "env": self.env,
             "prints": self.history.prints,

@@ -9,8 +9,11 @@ from typing import Any
 from akcore import bus, cel, ids, subjects, wire
 from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.journal import Kind
+from akcore.journalio import session_project
 from akcore.manifest import parse_call
 from akcore.sessions import not_started, publish_session
+from autokitteh import _values
+from autokitteh.errors import AutoKittehError
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
@@ -47,6 +50,8 @@ class Syscalls:
             return await handler(self, args, blob, step)
         except AKError as e:
             raise SyscallError(e.message) from None
+        except AutoKittehError as e:  # data from the worker that is not a value
+            raise SyscallError(str(e)) from None
         except (TypeError, ValueError, KeyError) as e:
             raise SyscallError(f"bad arguments: {e!r}") from None
         except MaxPayloadError:
@@ -66,7 +71,9 @@ class Syscalls:
                 self.nc, "trigger.get", {"trigger": source, "project": self.job.project_id}
             )
         except NotFound:
-            raise SyscallError(f'source "{source}" not found') from None
+            trig = {}
+        if trig.get("project_id") != self.job.project_id:  # (a trigger id of another project)
+            raise SyscallError(f'source "{source}" not found')
         try:
             cel.validate_filter(flt)
         except cel.FilterError as e:
@@ -89,9 +96,11 @@ class Syscalls:
     async def _unsubscribe(
         self, args: dict[str, Any], blob: bytes, step: int | None
     ) -> tuple[Any, int | None]:
-        await bus.store_call(
-            self.nc, "subscription.delete", {"subscription_id": str(args.get("subscription", ""))}
-        )
+        sub = {
+            "subscription_id": str(args.get("subscription", "")),
+            "session_id": self.job.session_id,
+        }
+        await bus.store_call(self.nc, "subscription.delete", sub)
         return None, None
 
     async def _next_event(
@@ -116,6 +125,8 @@ class Syscalls:
         target = str(args.get("session_id", ""))
         if not ids.is_id(target, "ses"):
             raise SyscallError(f"{target!r} is not a session id")
+        _values.loads(blob, "signal payload")  # data, never a pickle: checked before it goes
+        await self._own_session(target)
         msg = wire.InboxMessage(
             kind=wire.INBOX_SIGNAL, name=str(args.get("name", "")), payload=blob or None
         )
@@ -124,6 +135,22 @@ class Syscalls:
             subjects.inbox_subject(target), wire.encode(msg), headers={subjects.HDR_MSG_ID: msg_id}
         )
         return None, None
+
+    async def _own_session(self, session_id: str) -> None:
+        """Refuses a session of another project as one that does not exist (so that ids
+        cannot be probed). Its journal says whose it is; once cleaned up, the store does."""
+        if session_id == self.job.session_id:
+            return
+        project = await session_project(self.js, session_id)
+        if project is None:
+            try:
+                project = (await bus.store_call(self.nc, "session.get", {"session": session_id}))[
+                    "project_id"
+                ]
+            except NotFound:
+                project = None
+        if project != self.job.project_id:
+            raise SyscallError(f'session "{session_id}" not found')
 
     async def _next_signal(
         self, args: dict[str, Any], blob: bytes, step: int | None
@@ -150,11 +177,14 @@ class Syscalls:
         except InvalidArgument as e:
             raise SyscallError(e.message) from None
         job = self.job
+        inputs = args.get("data") or {}
+        if not isinstance(_values.from_data(inputs, "start data"), dict):
+            raise SyscallError("start data must be a dict")
         project_id, deployment_id, build_id = job.project_id, job.deployment_id, job.build_id
         if args.get("project"):
+            await self._own_project(str(args["project"]))
             target = await bus.store_call(self.nc, "project.active", {"project": args["project"]})
-            project_id, deployment_id = target["project_id"], target["deployment_id"]
-            build_id = target["build_id"]
+            deployment_id, build_id = target["deployment_id"], target["build_id"]
         # A replayed step names the same child (JetStream drops the repeat): its id derives
         # from the parent's and the step.
         key = f"{job.session_id}:start:{step}"
@@ -168,13 +198,23 @@ class Syscalls:
             is_durable=job.is_durable,
             event_id=None,
             event_type=None,
-            data=dict(args.get("data") or {}),
+            data=inputs,  # values as data (autokitteh._values): the child's worker decodes them
             parent_session_id=job.session_id,
             memo=dict(args.get("memo") or {}),
         )
         if not step or await not_started(self.nc, [child]):  # (a replay may start it again)
             await publish_session(self.pub, child)
         return sid, None
+
+    async def _own_project(self, project: str) -> None:
+        """Refuses another project as one that does not exist: a session starts children
+        only in its own project."""
+        try:
+            found = await bus.store_call(self.nc, "project.get", {"project": project})
+        except NotFound:
+            found = {}
+        if found.get("project_id") != self.job.project_id:
+            raise SyscallError(f'project "{project}" not found')
 
     # --- values
 
@@ -187,9 +227,10 @@ class Syscalls:
         self, args: dict[str, Any], blob: bytes, step: int | None
     ) -> tuple[Any, int | None]:
         values = await self._store()
-        return await values.apply(
-            str(args["key"]), str(args["op"]), list(args.get("args") or [])
-        ), None
+        data = list(args.get("args") or [])
+        for d in data:  # stored for every session of the project to read: values only
+            _values.from_data(d, "a stored value")
+        return await values.apply(str(args["key"]), str(args["op"]), data), None
 
     async def _value_keys(
         self, args: dict[str, Any], blob: bytes, step: int | None
@@ -209,7 +250,12 @@ class Syscalls:
     ) -> tuple[Any, int | None]:
         event_id = args.get("event_id") or self.job.event_id
         if not event_id:
-            raise SyscallError("the session was not started by an event: pass event_id")
+            raise SyscallError("the session was not started by an event: it has no outcome")
+        if event_id != self.job.event_id:
+            raise SyscallError(
+                f'event "{event_id}" did not start this session: a session answers only the '
+                "event that started it"
+            )
         await self.nc.publish(
             subjects.outcome_subject(str(event_id)),
             wire.pack({"session_id": self.job.session_id, "value": args.get("value")}),

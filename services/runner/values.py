@@ -7,6 +7,7 @@ from typing import Any
 
 from akcore.errors import InvalidArgument
 from akcore.values import decode, encode, kv_key, user_key
+from autokitteh._values import from_data
 from nats.js.errors import (
     KeyDeletedError,
     KeyNotFoundError,
@@ -19,7 +20,8 @@ _KEEP, _DELETE = object(), object()
 
 
 class Values:
-    """One project's values; every operation is atomic (revision-checked writes, retried)."""
+    """One project's values; every operation is atomic (revision-checked writes, retried).
+    Values are kept as the SDK encodes them (``autokitteh._values``: plain JSON stays JSON)."""
 
     def __init__(self, kv: Any, project_id: str) -> None:
         self.kv, self.project_id = kv, project_id
@@ -94,9 +96,9 @@ class Values:
             return await self._mutate(key, add)
         if op == "check_and_set":
             _need(op, args, 2)
-            expected, new = args
+            expected, new = from_data(args[0]), args[1]
             return await self._mutate(
-                key, lambda cur: (new, True) if cur == expected else (_KEEP, False)
+                key, lambda cur: (new, True) if from_data(cur) == expected else (_KEEP, False)
             )
         raise InvalidArgument(
             f"unknown values operation {op!r}: use set, get, del, add, check_and_set"

@@ -456,13 +456,12 @@ class StoreApi:
             db.commit()
 
     def subscription_delete(self, req: rq.SubscriptionDelete) -> None:
-        """Deletes one subscription, or every subscription of ``session_id``."""
+        """Deletes every subscription of ``session_id``, or only ``subscription_id`` of it (a
+        session removes only its own)."""
         with DB(self.engine) as db:
-            q = select(Subscription)
+            q = select(Subscription).where(Subscription.session_id == req.session_id)
             if req.subscription_id:
                 q = q.where(Subscription.subscription_id == req.subscription_id)
-            else:
-                q = q.where(Subscription.session_id == req.session_id)
             for x in db.exec(q):
                 db.delete(x)
             db.commit()

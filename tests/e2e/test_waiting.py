@@ -206,8 +206,12 @@ def signal_forever(event):
 
 
 def cross_project(event):
-    child = autokitteh.start("t.py:tick", {"from": "waiting"}, project="ticker")
-    print("other project child", autokitteh.next_signal(child, timeout=20).payload)
+    try:
+        autokitteh.start("t.py:tick", {"from": "waiting"}, project="ticker")
+    except autokitteh.AutoKittehError as e:
+        print("refused:", e)
+    child = autokitteh.start("program.py:manual", {"from": "waiting"}, project="waiting")
+    print("own project child", autokitteh.next_signal(child, timeout=20).payload)
 
 
 def many_keys(event):
@@ -612,13 +616,18 @@ def test_stop_in_an_activity_or_next_signal(
     assert stack.wait_session(sid, timeout=20)["state"] == "STOPPED"
 
 
-def test_child_in_another_project_and_key_limit(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_child_only_in_its_own_project_and_key_limit(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
     stack, paths, _ = env
     # test_schedule_starts_tick_sessions left project "ticker" deployed with t.py:tick.
     session, prints = _finish(stack, _session_of(stack, _fire(stack, paths["cross_project"])))
-    assert prints == ["other project child {'completed': True, 'value': None}"], session
-    child = stack.ak("session", "list", "-p", "ticker", "-j", check=True).stdout.splitlines()[0]
-    assert json.loads(child)["parent_session_id"] == session["session_id"]
+    assert prints == [
+        'refused: start: project "ticker" not found',
+        "own project child {'completed': True, 'value': None}",
+    ], session
+    ticker = stack.ak("session", "list", "-p", "ticker", "-j", check=True).stdout.splitlines()
+    assert all(json.loads(s)["parent_session_id"] == "" for s in ticker)
     _, prints = _finish(stack, _session_of(stack, _fire(stack, paths["many_keys"])))
     assert prints == [
         "64 refused: value: the project already has 64 values, the limit: "

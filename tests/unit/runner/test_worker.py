@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from ak_runner.worker import EXIT_UNKNOWN, ForkedProcess, ForkServer, WorkerPool, WorkerProcess
+from autokitteh._values import loads
 from autokitteh._worker import EXIT_PARENT_GONE
 
 HANDLERS = """\
@@ -74,13 +75,13 @@ async def test_prints_are_captured_exactly(tmp_path: Path) -> None:
     assert texts == ["loading=1\n", "a, b", "two trailing\n\n", "err\n", "ses_1 post 3\n"]
     done, blob = frames[-1]
     assert done == {"type": "done", "ok": True, "reusable": True}
-    assert pickle.loads(blob) == {"answer": 42}
+    assert loads(blob) == {"answer": 42}
     assert (tmp_path / "own.txt").read_text() == "not captured\n"
 
 
 async def test_async_handler(tmp_path: Path) -> None:
     done, blob = (await _run(tmp_path, "h.py:coro"))[-1]
-    assert done["ok"] and pickle.loads(blob) == "async"
+    assert done["ok"] and loads(blob) == "async"
 
 
 async def test_error_is_trimmed_to_user_frames(tmp_path: Path) -> None:
