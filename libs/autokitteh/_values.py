@@ -81,11 +81,11 @@ def _encode(v: Any, depth: int) -> Any:
     if v is None or v is True or v is False:
         return v
     if isinstance(v, str):
-        return str(v)
+        return str.__str__(v)  # (a str enum's own __str__ gives its name)
     if isinstance(v, int):
-        return int(v)
+        return int.__index__(v)
     if isinstance(v, float):
-        return float(v) if math.isfinite(v) else _tagged("float", repr(float(v)))
+        return float.__float__(v) if math.isfinite(v) else _tagged("float", repr(float(v)))
     if isinstance(v, (bytes, bytearray)):
         return _tagged("bytes", base64.b64encode(v).decode())
     if isinstance(v, datetime):  # (a datetime is also a date)

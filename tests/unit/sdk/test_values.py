@@ -3,6 +3,7 @@ nothing else is accepted; decoding builds data only."""
 
 from __future__ import annotations
 
+import enum
 import pickle
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -57,10 +58,20 @@ def test_plain_json_encodes_as_itself() -> None:
     assert dumps(data) == b'{"a":[1,2.5,"x",null,true],"b":{"c":{}}}'
 
 
+class Color(str, enum.Enum):  # noqa: UP042  (its str() is its name, not its value)
+    RED = "red"
+
+
+class Size(enum.IntEnum):
+    BIG = 3
+
+
 def test_subclasses_arrive_as_their_base_type() -> None:
-    got = loads(dumps({"d": AttrDict({"k": 1}), "body": Body({"bytes": b"raw"})}))
-    assert got == {"d": {"k": 1}, "body": b"raw"}
-    assert type(got["d"]) is dict and type(got["body"]) is bytes
+    value = {"d": AttrDict({"k": 1}), "body": Body({"bytes": b"raw"}), "e": [Color.RED, Size.BIG]}
+    got = loads(dumps(value))
+    assert got == {"d": {"k": 1}, "body": b"raw", "e": ["red", 3]}
+    assert [type(got[k]) for k in ("d", "body")] == [dict, bytes]
+    assert [type(x) for x in got["e"]] == [str, int]
 
 
 class Marker:
