@@ -37,6 +37,7 @@ class Syscalls:
         self.pub = bus.publisher(nc)
         self._values: Values | None = None
         self.subscribed = False  # its subscriptions are removed when the session ends
+        self._own: set[str] = {job.session_id}  # sessions known to be of the same project
 
     async def call(
         self, name: str, args: dict[str, Any], blob: bytes, step: int | None
@@ -139,7 +140,7 @@ class Syscalls:
     async def _own_session(self, session_id: str) -> None:
         """Refuses a session of another project as one that does not exist (so that ids
         cannot be probed). Its journal says whose it is; once cleaned up, the store does."""
-        if session_id == self.job.session_id:
+        if session_id in self._own:
             return
         project = await session_project(self.js, session_id)
         if project is None:
@@ -151,6 +152,7 @@ class Syscalls:
                 project = None
         if project != self.job.project_id:
             raise SyscallError(f'session "{session_id}" not found')
+        self._own.add(session_id)
 
     async def _next_signal(
         self, args: dict[str, Any], blob: bytes, step: int | None
@@ -180,7 +182,7 @@ class Syscalls:
         inputs = args.get("data") or {}
         if not isinstance(_values.from_data(inputs, "start data"), dict):
             raise SyscallError("start data must be a dict")
-        project_id, deployment_id, build_id = job.project_id, job.deployment_id, job.build_id
+        deployment_id, build_id = job.deployment_id, job.build_id
         if args.get("project"):
             await self._own_project(str(args["project"]))
             target = await bus.store_call(self.nc, "project.active", {"project": args["project"]})
@@ -191,7 +193,7 @@ class Syscalls:
         sid = ids.derived_id("ses", ids.time_ms(job.session_id), key) if step else ids.new_id("ses")
         child = wire.Job(
             session_id=sid,
-            project_id=project_id,
+            project_id=job.project_id,
             deployment_id=deployment_id,
             build_id=build_id,
             entrypoint=loc,
@@ -204,6 +206,7 @@ class Syscalls:
         )
         if not step or await not_started(self.nc, [child]):  # (a replay may start it again)
             await publish_session(self.pub, child)
+        self._own.add(sid)
         return sid, None
 
     async def _own_project(self, project: str) -> None:

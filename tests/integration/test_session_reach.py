@@ -1,0 +1,66 @@
+"""A session signals only sessions of its own project, also once their journals are gone
+(the store then says whose they are); another project's session is "not found", word for word
+what an id that does not exist gets."""
+
+from __future__ import annotations
+
+from ak_runner.inbox import Inbox
+from ak_runner.syscalls import SyscallError, Syscalls
+from ak_store.service import run as run_store
+from akcore import bus, ids, subjects, wire
+from akcore.config import Settings
+from akcore.sessions import publish_session
+from autokitteh._values import dumps
+
+from .conftest import running
+from .helpers import deploy, eventually
+
+
+def _job(d: dict[str, str]) -> wire.Job:
+    return wire.Job(
+        ids.new_id("ses"),
+        d["project_id"],
+        d["deployment_id"],
+        d["build_id"],
+        "h.py:main",
+        True,
+        None,
+        None,
+        {},
+    )
+
+
+async def test_signals_reach_only_the_senders_project(settings: Settings) -> None:
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        code = {"h.py": b"def main(event): pass\n"}
+        mine, theirs = await deploy(nc, "mine", code), await deploy(nc, "theirs", code)
+        sender, friend, stranger = _job(mine), _job(mine), _job(theirs)
+        pub = bus.publisher(nc)
+        for job in (friend, stranger):
+            await publish_session(pub, job)
+
+        async def in_store() -> bool:
+            args = {"session_ids": [friend.session_id, stranger.session_id]}
+            return len(await bus.store_call(nc, "session.states", args)) == 2
+
+        await eventually(in_store, timeout=20)
+        for job in (friend, stranger):  # (the store's sweep purges ended journals)
+            await js.purge_stream(
+                subjects.STREAM_JOURNAL, subject=subjects.journal_subject(job.session_id)
+            )
+        calls = Syscalls(nc, sender, Inbox(js, sender.session_id, set(), lambda r, f: None))
+
+        async def signal(target: str) -> str:
+            try:
+                await calls.call("signal", {"session_id": target, "name": "n"}, dumps(1), None)
+            except SyscallError as e:
+                return str(e)
+            return "sent"
+
+        nobody = ids.new_id("ses")
+        assert await signal(friend.session_id) == "sent"
+        assert await signal(stranger.session_id) == f'session "{stranger.session_id}" not found'
+        assert await signal(nobody) == f'session "{nobody}" not found'
+        await nc.close()
