@@ -17,6 +17,7 @@ from autokitteh.errors import AutoKittehError
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from .inbox import Inbox
 from .values import Values
@@ -251,19 +252,36 @@ class Syscalls:
     async def _outcome(
         self, args: dict[str, Any], blob: bytes, step: int | None
     ) -> tuple[Any, int | None]:
-        event_id = args.get("event_id") or self.job.event_id
+        event_id = str(args.get("event_id") or self.job.event_id or "")
         if not event_id:
-            raise SyscallError("the session was not started by an event: it has no outcome")
-        if event_id != self.job.event_id:
-            raise SyscallError(
-                f'event "{event_id}" did not start this session: a session answers only the '
-                "event that started it"
-            )
+            raise SyscallError("the session was not started by an event: pass event_id")
+        await self._own_event(event_id)
         await self.nc.publish(
             subjects.outcome_subject(str(event_id)),
             wire.pack({"session_id": self.job.session_id, "value": args.get("value")}),
         )
         return None, None
+
+    async def _own_event(self, event_id: str) -> None:
+        """Refuses an event of another project as one that does not exist: a session answers
+        its own event, or one of its project's that reached it through a subscription. The
+        events stream says whose an event is; once it has aged out, the store does."""
+        if event_id == self.job.event_id:
+            return
+        if ids.is_id(event_id, "evt"):
+            subject = subjects.event_subject(self.job.project_id, event_id)
+            try:
+                await self.js.get_last_msg(subjects.STREAM_EVENTS, subject)
+                return
+            except NotFoundError:
+                pass
+            try:
+                event = await bus.store_call(self.nc, "event.get", {"event_id": event_id})
+                if event["project_id"] == self.job.project_id:
+                    return
+            except NotFound:
+                pass
+        raise SyscallError(f'event "{event_id}" not found')
 
 
 Handler = Callable[[Syscalls, dict[str, Any], bytes, int | None], Awaitable[tuple[Any, int | None]]]

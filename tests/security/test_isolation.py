@@ -32,6 +32,9 @@ project:
       call: v.py:sync_wait
       webhook: {}
       is_sync: true
+    - name: sync_source
+      webhook: {}
+      is_sync: true
 """
 
 SECP = """\
@@ -67,6 +70,13 @@ def sync_wait(event):
     (MARKERS / "sync").write_text(f"{event.event_id} {event.session_id}")
     autokitteh.next_signal("answer", timeout=60)
     autokitteh.http_outcome(200, body="from secp")
+
+
+def sync_listener(event):
+    sub = autokitteh.subscribe("sync_source")
+    (MARKERS / "listening").write_text(event.session_id)
+    ev = autokitteh.next_event(sub, timeout=60, full=True)
+    autokitteh.http_outcome(201, body="answered by a subscriber", event_id=ev.event_id)
 
 
 def roundtrip(event):
@@ -224,8 +234,7 @@ def test_another_projects_session_source_project_and_event_are_out_of_reach(
         'start: start: project "secp" not found',
         'start: start: project "no-such-project" not found',
         f'subscribe: subscribe: source "{hook["trigger_id"]}" not found',
-        f'outcome: outcome: event "{event_id}" did not start this session: a session '
-        "answers only the event that started it",
+        f'outcome: outcome: event "{event_id}" not found',
     ]
     assert stack.ak("session", "list", "-p", "secp", "-j").stdout.count('"v.py:roundtrip"') == 0
 
@@ -236,6 +245,19 @@ def test_another_projects_session_source_project_and_event_are_out_of_reach(
     sync.join(60)
     assert box["reply"] == (200, b"from secp")
     assert not (markers / "pwned").exists()
+
+
+def test_a_session_answers_its_own_projects_event_that_reached_its_subscription(
+    env: tuple[Stack, Path],
+) -> None:
+    stack, markers = env
+    listener = _start(stack, "secp", "v.py:sync_listener")
+    _wait_file(markers / "listening")
+    hook = json.loads(stack.ak("trigger", "get", "sync_source", "-p", "secp", "-j").stdout)
+    box: dict[str, Any] = {}
+    _post(f"{stack.url}/webhooks/{hook['webhook_slug']}", box)
+    assert box["reply"] == (201, b"answered by a subscriber")
+    assert stack.wait_session(listener)["state"] == "COMPLETED"
 
 
 def test_a_pickle_is_refused_within_the_project_too(env: tuple[Stack, Path]) -> None:
