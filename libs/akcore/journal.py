@@ -139,7 +139,7 @@ class Ended:
     state: str  # wire.COMPLETED, wire.ERROR or wire.STOPPED
     error: str = ""
     traceback: str = ""
-    result: bytes | None = None  # the handler's return value, pickled by the worker
+    result: bytes | None = None  # the handler's return value (autokitteh._values), or None
     inbox: bool = False  # its inbox may hold messages (the store purges it with the journal)
 
 

@@ -115,7 +115,7 @@ class InboxMessage:
     """Something delivered to one session on ``ak.inbox.<session_id>``.
 
     event: ``subscription_id`` and ``event`` ({data, event_type, event_id})
-    signal: ``name`` and ``payload`` (a pickle made by the sender's code, opaque here)
+    signal: ``name`` and ``payload`` (a value encoded by ``autokitteh._values``; never a pickle)
     child_end: ``name`` = the child's session id, ``completed``, ``payload`` = its return value
     stop: ``reason``; ``failed``: the session ends in ERROR with it (the store could not
           keep one of its records), else STOPPED
@@ -146,7 +146,7 @@ class JournalRecord:
       created: project_id, deployment_id, build_id, trigger_id, event_id, entrypoint, is_durable
       started: runner, attempt
       print:   text
-      ended:   state (COMPLETED/ERROR/STOPPED), error, result (pickle bytes or None)
+      ended:   state (COMPLETED/ERROR/STOPPED), error, result (an encoded value or None)
     """
 
     session_id: str

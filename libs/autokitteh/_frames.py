@@ -6,7 +6,7 @@ Worker to runner (each frame's JSON header has a ``type``; a blob may follow):
             ``activity`` marks a print made inside an activity. No reply.
   step      before every durable step of handler code: ``step`` (1, 2, ...), ``kind``
             (activity, sleep or a system call), ``function``, ``where`` (file:line); a sleep
-            has ``seconds``, a system call ``args`` (and a blob: a signal's payload).
+            has ``seconds``, a system call ``args`` (and a blob: a signal's payload, a value).
             Reply ``step``: recorded (``replayed``) or live (an activity's go-ahead, a
             sleep's deadline, a system call's outcome). A step the worker replays from
             the answers its start frame held is sent ``ahead`` and not answered: the
@@ -15,7 +15,7 @@ Worker to runner (each frame's JSON header has a ``type``; a blob may follow):
             Reply ``ack`` once it is journaled.
   syscall   a system call that is not a durable step (inside an activity, or a session
             that is not durable). Reply ``syscall``.
-  done      the handler returned (blob: its pickled value) or raised.
+  done      the handler returned (blob: its value, ``autokitteh._values``) or raised.
 Runner to worker: ``start`` (one session; the blob is a pickle of its inputs), and the
 replies above.
 """

@@ -21,7 +21,7 @@ from .errors import MalformedValue, NotAValue
 
 TAG = "__ak__"
 MAX_DEPTH = 100
-MAX_SIZE = 8 * 1024 * 1024
+MAX_SIZE = 16 * 1024 * 1024  # (over the NATS message limit: that one says what to do)
 ALLOWED = "use JSON types, bytes, datetime, timedelta, set, tuple"
 
 
