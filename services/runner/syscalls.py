@@ -146,11 +146,10 @@ class Syscalls:
         project = await session_project(self.js, session_id)
         if project is None:
             try:
-                project = (await bus.store_call(self.nc, "session.get", {"session": session_id}))[
-                    "project_id"
-                ]
+                found = await bus.store_call(self.nc, "session.get", {"session": session_id})
+                project = found["project_id"]
             except NotFound:
-                project = None
+                pass
         if project != self.job.project_id:
             raise SyscallError(f'session "{session_id}" not found')
         self._own.add(session_id)
@@ -257,7 +256,7 @@ class Syscalls:
             raise SyscallError("the session was not started by an event: pass event_id")
         await self._own_event(event_id)
         await self.nc.publish(
-            subjects.outcome_subject(str(event_id)),
+            subjects.outcome_subject(event_id),
             wire.pack({"session_id": self.job.session_id, "value": args.get("value")}),
         )
         return None, None
