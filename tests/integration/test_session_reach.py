@@ -108,3 +108,27 @@ async def test_outcomes_answer_only_the_senders_projects_events(settings: Settin
             assert await outcome(other) == f'event "{other}" not found'
             assert await outcome(nobody) == f'event "{nobody}" not found'
         await nc.close()
+
+
+async def test_a_session_removes_only_its_own_subscriptions(settings: Settings) -> None:
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "subs", {"h.py": b"def main(event): pass\n"})
+        owner, other = _job(d), _job(d)
+        calls = {
+            job.session_id: Syscalls(nc, job, Inbox(js, job.session_id, set(), lambda r, f: None))
+            for job in (owner, other)
+        }
+        sub, _ = await calls[owner.session_id].call("subscribe", {"source": "events"}, b"", None)
+
+        async def subscribed() -> list[str]:
+            args = {"trigger_id": d["trigger"]["trigger_id"]}
+            targets = await bus.store_call(nc, "dispatch.targets", args)
+            return [s["subscription_id"] for s in targets["subscriptions"]]
+
+        await calls[other.session_id].call("unsubscribe", {"subscription": sub}, b"", None)
+        assert await subscribed() == [sub]
+        await calls[owner.session_id].call("unsubscribe", {"subscription": sub}, b"", None)
+        assert await subscribed() == []
+        await nc.close()
