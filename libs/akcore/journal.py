@@ -7,10 +7,17 @@ of ``Kind`` and whose ``data`` is the payload of that kind (``payload`` parses i
 looks up the durable step k of the journal (``History.replay``); recorded, it is returned
 and not done again; another kind or function means the code changed (non-determinism);
 past the end, the step is live.
+
+What a handler produced (prints, outcomes, errors, system-call arguments) is sealed with
+the data key wherever a record rests (``seal`` before it is written, ``unseal`` where it is
+read back): the fields of ``SEALED_FIELDS`` go, packed, into one sealed text field
+``sealed``, and a pickled ``result`` is sealed in place. Both are bound to the session and
+record number.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,6 +25,7 @@ from typing import Any
 from autokitteh._typed import TypeMismatch, typed, untyped
 
 from . import wire
+from .datakey import Keyring, SealError
 
 
 class Kind(StrEnum):
@@ -278,3 +286,64 @@ def kind_for(p: Payload) -> Kind:
         if cls is type(p):
             return kind
     raise TypeError(f"not a journal payload: {p!r}")
+
+
+# What a handler produced, by kind: sealed together into the ``sealed`` field (see the module).
+SEALED = "sealed"
+RESULT = "result"
+SEALED_FIELDS: dict[Kind, tuple[str, ...]] = {
+    Kind.PRINT: ("text",),
+    Kind.ACTIVITY: ("error",),
+    Kind.ENDED: ("error", "traceback"),
+    **{k: ("args", "error") for k in SYSCALLS},
+}
+_WITH_RESULT = frozenset({Kind.ACTIVITY, Kind.ENDED, *SYSCALLS})
+
+
+def aad(session_id: str, seq: int, name: str) -> bytes:
+    """What binds a sealed field to its place: a session, a record number, a field."""
+    return f"{session_id}/{seq}/{name}".encode()
+
+
+def seal(rec: wire.JournalRecord, keys: Keyring) -> wire.JournalRecord:
+    """The record as it rests: what the handler produced sealed (see the module)."""
+    kind = kind_of(rec)
+    data = dict(rec.data)
+    hidden = {f: data.pop(f) for f in SEALED_FIELDS.get(kind, ()) if f in data}
+    if hidden:
+        data[SEALED] = keys.seal_text(wire.pack(hidden), aad(rec.session_id, rec.seq, SEALED))
+    result = data.get(RESULT)
+    if kind in _WITH_RESULT and isinstance(result, bytes) and result:
+        data[RESULT] = keys.seal(result, aad(rec.session_id, rec.seq, RESULT))
+    return dataclasses.replace(rec, data=data)
+
+
+def unseal(rec: wire.JournalRecord, keys: Keyring) -> wire.JournalRecord:
+    """The record as written, from the record as it rests; raises MalformedRecord when
+    what should be sealed is not, or does not open."""
+    kind = kind_of(rec)
+    data = dict(rec.data)
+    try:
+        data.update(unseal_fields(rec.session_id, rec.seq, data.pop(SEALED, None), keys))
+        result = data.get(RESULT)
+        if kind in _WITH_RESULT and result:
+            if not isinstance(result, bytes):
+                raise SealError("its result is not bytes")
+            data[RESULT] = keys.open(result, aad(rec.session_id, rec.seq, RESULT))
+    except SealError as e:
+        raise MalformedRecord(f"{rec.kind} record {rec.seq} of {rec.session_id}: {e}") from None
+    if any(f in rec.data for f in SEALED_FIELDS.get(kind, ())):
+        raise MalformedRecord(f"{rec.kind} record {rec.seq} of {rec.session_id} is not sealed")
+    return dataclasses.replace(rec, data=data)
+
+
+def unseal_fields(session_id: str, seq: int, sealed: Any, keys: Keyring) -> dict[str, Any]:
+    """The fields a record's ``sealed`` field holds (none when it is None); raises SealError."""
+    if sealed is None:
+        return {}
+    if not isinstance(sealed, str):
+        raise SealError("its sealed field is not text")
+    fields = wire.unpack(keys.open_text(sealed, aad(session_id, seq, SEALED)))
+    if not isinstance(fields, dict):
+        raise SealError("its sealed field does not hold a map")
+    return fields

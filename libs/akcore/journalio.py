@@ -5,6 +5,8 @@ expects to be the subject's last (``Nats-Expected-Last-Subject-Sequence``): when
 attempt wrote in between, JetStream refuses it, and the writer raises ``Fenced``. The
 attempt must then stop at once and touch nothing else (its worker killed, its job neither
 acked nor naked): the other attempt owns the session.
+
+Records rest sealed (``journal.seal``): the writer seals each, the reader unseals them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from . import bus, journal, subjects, timefmt, wire
 from .bus import may_pass
+from .datakey import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +84,12 @@ class Journal:
     size: int
 
 
-async def read_journal(js: JetStreamContext, session_id: str, timeout: float = 30.0) -> Journal:
-    """Every record of one session, in order: an ordered consumer read to the subject's
-    last message. Raises MalformedRecord for a record that cannot be decoded."""
+async def read_journal(
+    js: JetStreamContext, session_id: str, keys: Keyring, timeout: float = 30.0
+) -> Journal:
+    """Every record of one session, in order and unsealed: an ordered consumer read to the
+    subject's last message. Raises MalformedRecord for a record that cannot be decoded or
+    does not unseal."""
     subject = subjects.journal_subject(session_id)
     try:
         last = await js.get_last_msg(subjects.STREAM_JOURNAL, subject)
@@ -103,7 +109,7 @@ async def read_journal(js: JetStreamContext, session_id: str, timeout: float = 3
         try:
             read_to[0] = msg.metadata.sequence.stream
             read_to[1] += len(msg.data)
-            out.append(wire.decode(wire.JournalRecord, msg.data))
+            out.append(journal.unseal(wire.decode(wire.JournalRecord, msg.data), keys))
             if read_to[0] >= last_seq or msg.metadata.num_pending == 0:
                 read_all.set()
         except Exception as e:  # a malformed record: the caller hears of it
@@ -139,6 +145,7 @@ class JournalWriter:
         self,
         js: JetStreamContext,
         pub: bus.Publisher,
+        keys: Keyring,
         session_id: str,
         last: int,
         seq: int,
@@ -147,7 +154,7 @@ class JournalWriter:
         written: tuple[int, int] = (0, 0),
     ) -> None:
         """``written``: the records and bytes the journal holds already."""
-        self.js, self.pub, self.session_id = js, pub, session_id
+        self.js, self.pub, self.keys, self.session_id = js, pub, keys, session_id
         self.subject = subjects.journal_subject(session_id)
         self.last, self.seq, self.may_write = last, seq, may_write
         self.limits, (self.records, self.size) = limits, written
@@ -166,7 +173,7 @@ class JournalWriter:
         if not self.may_write():  # e.g. a record about a worker the lost attempt killed
             raise self._fence("the attempt lost its job before writing")
         rec = journal.record(self.session_id, self.seq, p, timefmt.now_us())
-        data = wire.encode(rec)
+        data = wire.encode(journal.seal(rec, self.keys))
         if not final and (
             self.records + 1 > self.limits.records or self.size + len(data) > self.limits.size
         ):

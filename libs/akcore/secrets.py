@@ -1,39 +1,60 @@
-"""Secret var values at rest: Fernet-encrypted with a key kept in the data home (owner-only)
-or given by ``AK_SECRETS__KEY``. Values are decrypted only for the worker and ``--reveal``."""
+"""The secrets keys and secret var values at rest.
+
+The keys come from ``AK_SECRETS__KEYS`` (comma-separated), else ``AK_SECRETS__KEY``, else
+the lines of ``<data home>/secrets.key`` (owner-only, made with one key if missing). The
+first key is the primary: it encrypts; every key decrypts, so a key is rotated by putting a
+new one first and keeping the old ones until nothing sealed with them is left. Var values
+are Fernet-encrypted; the data key of ``akcore.datakey`` is derived from the same keys.
+Values are decrypted only for the runner (the session's environment) and ``--reveal``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from .config import data_home
+from .datakey import Keyring
 from .errors import AKError
 
 ENV_KEY = "AK_SECRETS__KEY"
+ENV_KEYS = "AK_SECRETS__KEYS"
+KEY_FILE = "secrets.key"
 PREFIX = "fernet:"
 
 
-def load_key() -> bytes:
-    """The secrets key: from the environment, else ``<data home>/secrets.key``, made if missing."""
+def load_keys() -> list[bytes]:
+    """The secrets keys, the primary first (see the module)."""
+    if os.environ.get(ENV_KEYS):
+        return [k.strip().encode() for k in os.environ[ENV_KEYS].split(",") if k.strip()]
     if os.environ.get(ENV_KEY):
-        return os.environ[ENV_KEY].encode()
-    path: Path = data_home() / "secrets.key"
+        return [os.environ[ENV_KEY].strip().encode()]
+    path: Path = data_home() / KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(Fernet.generate_key())
-    return path.read_bytes().strip()
+            f.write(Fernet.generate_key() + b"\n")
+    return [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def load_keyring() -> Keyring:
+    """The data keyring of the secrets keys."""
+    return Keyring(load_keys())
 
 
 class Sealer:
-    def __init__(self, key: bytes) -> None:
+    """Secret var values: sealed with the primary key, opened with any."""
+
+    def __init__(self, *keys: bytes) -> None:
         try:
-            self._fernet = Fernet(key)
+            self._fernet = MultiFernet([Fernet(k) for k in keys])
         except ValueError:
-            raise AKError(f"the secrets key is not a valid Fernet key (check {ENV_KEY})") from None
+            raise AKError(
+                f"a secrets key is not a valid Fernet key (check {ENV_KEYS}, {ENV_KEY} or the "
+                f"data home's {KEY_FILE})"
+            ) from None
 
     def seal(self, value: str) -> str:
         return PREFIX + self._fernet.encrypt(value.encode()).decode()
@@ -45,6 +66,6 @@ class Sealer:
             return self._fernet.decrypt(stored[len(PREFIX) :].encode()).decode()
         except InvalidToken:
             raise AKError(
-                "a secret cannot be decrypted with this secrets key: was the key "
-                f"(data home secrets.key or {ENV_KEY}) replaced?"
+                "a secret cannot be decrypted with these secrets keys: was a key (data home "
+                f"{KEY_FILE}, {ENV_KEYS} or {ENV_KEY}) replaced instead of rotated?"
             ) from None

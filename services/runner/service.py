@@ -16,6 +16,7 @@ from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.errors import NotFound
 from akcore.journalio import JournalWriter, Limits, last_seq, read_journal
+from akcore.secrets import load_keyring
 from nats.aio.msg import Msg
 
 from .builds import worker_env
@@ -93,7 +94,7 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
     if attempt > 1 or not last:  # a runner stopped mid-session: replay what it journaled
         try:
             t0 = time.perf_counter()
-            read = await read_journal(host.js, job.session_id)
+            read = await read_journal(host.js, job.session_id, host.keys)
             records, last, written = read.records, read.last, (len(read.records), read.size)
             history = journal.fold(records)
             read_us = int((time.perf_counter() - t0) * 1e6)
@@ -141,6 +142,7 @@ def _run(
     writer = JournalWriter(
         host.js,
         bus.publisher(host.nc),
+        host.keys,
         job.session_id,
         last,
         history.next_seq,
@@ -203,8 +205,21 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     base_env = worker_env(dict(os.environ), {}, config.INTERNAL_ENV_PREFIXES)
     faults = Faults.from_env()
     limits = Limits(settings.journal_max_records, settings.journal_max_bytes)
+    keys = load_keyring()  # the runner seals the journal; its workers never see the key
     host = Host(
-        nc, cache, envs, pool, tel, runner_id, env_cache, inboxes, js, base_env, faults, limits
+        nc,
+        cache,
+        envs,
+        pool,
+        tel,
+        runner_id,
+        env_cache,
+        inboxes,
+        js,
+        base_env,
+        keys,
+        faults=faults,
+        journal_limits=limits,
     )
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")

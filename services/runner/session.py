@@ -20,6 +20,7 @@ from akcore import bus, journal, subjects, timefmt, tracing, wire
 from akcore.bus import may_pass
 from akcore.cache import StoreCache
 from akcore.config import REQUIREMENTS_FILE
+from akcore.datakey import Keyring
 from akcore.errors import AKError, Unavailable
 from akcore.journal import Kind
 from akcore.journalio import Fenced, JournalFull, JournalWriter, Limits, RecordTooLarge
@@ -102,6 +103,7 @@ class Host:
     inboxes: InboxWatch  # the inboxes of the sessions running here
     js: JetStreamContext
     worker_env: dict[str, str]  # ours minus the system's own settings (see worker_env)
+    keys: Keyring  # seals and unseals the journal
     faults: Faults = field(default_factory=lambda: Faults([]))
     journal_limits: Limits = field(default_factory=Limits)
     # Each build's directory and requirements.txt, once unpacked (builds never change).

@@ -10,6 +10,7 @@ from typing import Any
 
 from akcore import ids, timefmt, wire
 from akcore import requests as rq
+from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument, NotFound
 from akcore.integrations import connection_env
 from akcore.manifest import parse_manifest
@@ -34,6 +35,7 @@ from .models import (
     Trigger,
     Var,
 )
+from .sealed import open_record, open_session
 from .tokens import Tokens
 
 VAR_NAME = re.compile(r"^[A-Za-z_]\w*$")
@@ -117,8 +119,8 @@ def _event_view(e: EventRow, with_data: bool = True) -> dict[str, Any]:
 class StoreApi:
     """The store's operations; ``routes`` binds each to its declaration in ``akcore.ops``."""
 
-    def __init__(self, engine: Engine, sealer: Sealer) -> None:
-        self.engine, self.sealer = engine, sealer
+    def __init__(self, engine: Engine, sealer: Sealer, keys: Keyring) -> None:
+        self.engine, self.sealer, self.keys = engine, sealer, keys
         self.tokens = Tokens(engine)
 
     def routes(self) -> dict[str, Callable[[Any], Any]]:
@@ -173,6 +175,9 @@ class StoreApi:
         if p is None:
             raise NotFound(f'project "{name_or_id}" not found')
         return p
+
+    def _session_view(self, s: Session, names: dict[str, str]) -> dict[str, Any]:
+        return open_session(_session_view(s, names.get(s.project_id, "")), self.keys)
 
     def _names(self, db: DB) -> dict[str, str]:
         return {p.project_id: p.name for p in db.exec(select(Project))}
@@ -653,7 +658,7 @@ class StoreApi:
             rows = list(db.exec(q.offset(skip).limit(size + 1)))
             names = self._names(db)
         more, rows = len(rows) > size, rows[:size]
-        views = [_session_view(s, names.get(s.project_id, "")) for s in rows]
+        views = [self._session_view(s, names) for s in rows]
         for v in views:
             del v["inputs"]
         last = rows[-1] if more else None
@@ -668,7 +673,7 @@ class StoreApi:
             s = db.get(Session, sid)
             if s is None:
                 raise NotFound(f'session "{sid}" not found')
-            return _session_view(s, self._names(db).get(s.project_id, ""))
+            return self._session_view(s, self._names(db))
 
     def session_states(self, req: rq.SessionStates) -> dict[str, str]:
         """The states of those of ``session_ids`` the store knows (at most 1,000)."""
@@ -705,8 +710,9 @@ class StoreApi:
         for r in rows[:limit]:
             if records and size > RECORDS_BYTES:
                 break
-            records.append({"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": r.data})
-            size += len(repr(r.data))
+            data = open_record(sid, r.seq, r.data, self.keys)
+            records.append({"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": data})
+            size += len(repr(data))
         return {"session_id": sid, "records": records, "more": len(rows) > len(records)}
 
     def session_trace(self, req: rq.SessionRef) -> dict[str, Any]:

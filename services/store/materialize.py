@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from akcore import wire
+from akcore import journal, wire
+from akcore.datakey import Keyring
 from sqlalchemy import Connection, Engine, Table, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .models import Deployment, EventRow, Session, SessionRecord, SpanRow
+from .sealed import seal_column
 
 _JOURNAL_LOCK = 0x616B5F6A  # "ak_j"
 
@@ -51,9 +53,11 @@ _END = (
 )
 
 
-def apply_records(conn: Connection, recs: list[wire.JournalRecord]) -> None:
+def apply_records(conn: Connection, recs: list[wire.JournalRecord], keys: Keyring) -> None:
     """Applies journal records in order (the caller commits). Applying a record twice
-    changes nothing. Several stores apply the journal side by side, so a session's records
+    changes nothing. Records stay sealed as they come (``journal.seal``), less their pickles;
+    a session's error is unsealed from its end and sealed again for the sessions table.
+    Several stores apply the journal side by side, so a session's records
     may come out of order: a session created after its later records catches up with them.
 
     Plain SQL statements, a handful per batch whatever its size: this runs for every
@@ -69,19 +73,9 @@ def apply_records(conn: Connection, recs: list[wire.JournalRecord]) -> None:
     # before this batch's own records are kept).
     steps = _later_records(conn, [r.session_id for r in created]) if created else []
     insert_new(conn, _SESSIONS, [_created(r) for r in created])
-    steps += [(r.session_id, r.kind, r.data, r.t_us) for r in recs]
-    starts = [{"sid": sid, "t_us": t} for sid, kind, _, t in steps if kind == wire.STARTED]
-    ends = [
-        {
-            "sid": sid,
-            "state": data.get("state", wire.ERROR),
-            "error": data.get("error") or "",
-            "traceback": data.get("traceback") or "",
-            "t_us": t,
-        }
-        for sid, kind, data, t in steps
-        if kind == wire.ENDED
-    ]
+    steps += [(r.session_id, r.seq, r.kind, r.data, r.t_us) for r in recs]
+    starts = [{"sid": sid, "t_us": t} for sid, _, kind, _, t in steps if kind == wire.STARTED]
+    ends = [_end(sid, seq, d, t, keys) for sid, seq, kind, d, t in steps if kind == wire.ENDED]
     # Starts before ends: a start only moves a CREATED session, so the order between
     # sessions does not matter, and within one session the journal has them in this order.
     if starts:
@@ -107,8 +101,20 @@ def apply_records(conn: Connection, recs: list[wire.JournalRecord]) -> None:
     )
 
 
+def _end(sid: str, seq: int, data: dict[str, Any], t_us: int, keys: Keyring) -> dict[str, Any]:
+    """The sessions table's end of a session from its `ended` record (raises SealError)."""
+    opened = journal.unseal_fields(sid, seq, data.get(journal.SEALED), keys)
+    return {
+        "sid": sid,
+        "state": data.get("state", wire.ERROR),
+        "error": seal_column(keys, sid, "error", opened.get("error") or ""),
+        "traceback": seal_column(keys, sid, "traceback", opened.get("traceback") or ""),
+        "t_us": t_us,
+    }
+
+
 _LATER = (
-    select(_RECORDS.c.session_id, _RECORDS.c.kind, _RECORDS.c.data, _RECORDS.c.t_us)
+    select(_RECORDS.c.session_id, _RECORDS.c.seq, _RECORDS.c.kind, _RECORDS.c.data, _RECORDS.c.t_us)
     .where(
         _RECORDS.c.session_id.in_(bindparam("ids", expanding=True)),
         _RECORDS.c.kind.in_((wire.STARTED, wire.ENDED)),
@@ -119,10 +125,10 @@ _LATER = (
 
 def _later_records(
     conn: Connection, session_ids: list[str]
-) -> list[tuple[str, str, dict[str, Any], int]]:
+) -> list[tuple[str, int, str, dict[str, Any], int]]:
     """Starts and ends of these sessions already kept, in journal order."""
     rows = conn.execute(_LATER, {"ids": session_ids})
-    return [(r.session_id, r.kind, r.data, r.t_us) for r in rows]
+    return [(r.session_id, r.seq, r.kind, r.data, r.t_us) for r in rows]
 
 
 def _created(rec: wire.JournalRecord) -> dict[str, Any]:

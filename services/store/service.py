@@ -4,6 +4,7 @@ keeps storage bounded (``cleanup``). Its SQL runs on threads of its own."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,9 +12,10 @@ from typing import Any, TypeVar
 
 from akcore import bus, ops, subjects, tracing, wire
 from akcore.config import Settings
+from akcore.datakey import Keyring
 from akcore.errors import AKError, NotFound
 from akcore.retention import Retention
-from akcore.secrets import Sealer, load_key
+from akcore.secrets import Sealer, load_keys
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from sqlalchemy import Connection, Engine, text
@@ -191,7 +193,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     engine = open_engine(settings.db_dsn)
     sql, pool = sql_thread(engine)
-    api = StoreApi(engine, Sealer(load_key()))
+    keys = load_keys()
+    api = StoreApi(engine, Sealer(*keys), Keyring(keys))
     await sql(api.tokens.bootstrap, settings.auth_bootstrap_file)
     nc = await bus.connect(settings.nats_url, "ak-store")
     serve = serve_ops(api, nc, sql)
@@ -235,7 +238,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         nc,
         subjects.CONSUMER_STORE_JOURNAL,
         wire.JournalRecord,
-        apply_records,
+        functools.partial(apply_records, keys=api.keys),
         engine,
         stop,
         sql,

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 from akcore import bus, ids, journal
+from akcore.datakey import Keyring
 from akcore.journalio import Fenced, JournalWriter, read_journal
+from cryptography.fernet import Fernet
 
 
 async def test_nothing_is_written_once_the_attempt_lost_its_job(nats_url: str) -> None:
@@ -17,7 +19,8 @@ async def test_nothing_is_written_once_the_attempt_lost_its_job(nats_url: str) -
         await bus.ensure_streams(js)
         session_id = ids.new_id("ses")
         holds = [True]
-        writer = JournalWriter(js, bus.publisher(nc), session_id, 0, 1, lambda: holds[0])
+        keys = Keyring([Fernet.generate_key()])
+        writer = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1, lambda: holds[0])
         await writer.append(journal.Started(runner="r", attempt=1))
         holds[0] = False  # the lease lapsed
         ended = journal.Ended(state="ERROR", error="worker process exited with code -9")
@@ -25,7 +28,7 @@ async def test_nothing_is_written_once_the_attempt_lost_its_job(nats_url: str) -
             await writer.append(ended, final=True)
         with pytest.raises(Fenced):  # and it stays fenced
             await writer.append(journal.Started(runner="r", attempt=1))
-        read = await read_journal(js, session_id)
+        read = await read_journal(js, session_id, keys)
         assert [r.kind for r in read.records] == [journal.Kind.STARTED]
     finally:
         await nc.close()

@@ -10,14 +10,17 @@ from ak_store.cleanup import Purger, prune
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records, apply_spans
 from ak_store.service import run as run_store
-from akcore import bus, ids, subjects, wire
+from akcore import bus, ids, journal, subjects, wire
 from akcore.config import Settings
+from akcore.datakey import Keyring
 from akcore.retention import Retention
+from cryptography.fernet import Fernet
 from sqlalchemy import Engine, text
 
 from .conftest import running
 from .helpers import eventually
 
+KEYS = Keyring([Fernet.generate_key()])
 SECOND = 1_000_000
 NOW = 1_800_000_000 * SECOND
 
@@ -28,7 +31,7 @@ def _session(engine: Engine, sid: str, ended_us: int | None, t0: int) -> None:
     if ended_us is not None:
         recs.append(wire.JournalRecord(sid, 2, wire.ENDED, ended_us, {"state": wire.COMPLETED}))
     with engine.begin() as conn:
-        apply_records(conn, recs)
+        apply_records(conn, [journal.seal(r, KEYS) for r in recs], KEYS)
     apply_spans(
         engine,
         [

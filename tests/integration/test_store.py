@@ -10,15 +10,23 @@ from ak_store.api import MAX_SPANS, StoreApi
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records, apply_spans
 from ak_store.service import run as run_store
-from akcore import bus, ops, subjects, wire
+from akcore import bus, journal, ops, subjects, wire
 from akcore.config import Settings
+from akcore.datakey import Keyring
 from akcore.errors import InvalidArgument, NotFound
-from akcore.secrets import Sealer
+from akcore.secrets import Sealer, load_keyring
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 
 from .conftest import running
 from .helpers import MANIFEST, deploy, eventually
+
+KEYS = Keyring([Fernet.generate_key()])
+
+
+def sealed(*recs: wire.JournalRecord) -> list[wire.JournalRecord]:
+    """Records as a runner writes them (sealed with the data key)."""
+    return [journal.seal(r, KEYS) for r in recs]
 
 
 def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
@@ -30,7 +38,7 @@ def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
 def store(db_dsn: str) -> Iterator[tuple[StoreApi, Engine]]:
     """The store's operations on a fresh database, called directly (no NATS)."""
     engine = open_engine(db_dsn)
-    yield StoreApi(engine, Sealer(Fernet.generate_key())), engine
+    yield StoreApi(engine, Sealer(Fernet.generate_key()), KEYS), engine
     engine.dispose()
 
 
@@ -91,8 +99,9 @@ async def test_journal_is_materialized_once(settings: Settings) -> None:
                 sid, 3, wire.ENDED, 4_000, {"state": "COMPLETED", "result": b"\x80"}
             ),
         ]
+        keys = load_keyring()  # the store's (the same data home)
         for r in records:
-            await js.publish(subjects.journal_subject(sid), wire.encode(r))
+            await js.publish(subjects.journal_subject(sid), wire.encode(journal.seal(r, keys)))
 
         async def done() -> dict | None:  # type: ignore[type-arg]
             try:
@@ -118,6 +127,7 @@ def test_records_applied_out_of_order_give_the_same_session(db_dsn: str) -> None
     from ak_store.db import open_engine
     from ak_store.materialize import apply_records
     from ak_store.models import Session, SessionRecord
+    from ak_store.sealed import open_session
     from sqlmodel import Session as DB
     from sqlmodel import select
 
@@ -129,10 +139,11 @@ def test_records_applied_out_of_order_give_the_same_session(db_dsn: str) -> None
     ended = wire.JournalRecord(sid, 3, wire.ENDED, 4_000, {"state": "ERROR", "error": "boom"})
     for batch in ([ended, printed], [created, started, ended], [started]):
         with engine.begin() as conn:
-            apply_records(conn, batch)
+            apply_records(conn, sealed(*batch), KEYS)
     with DB(engine) as db:
         s = db.get(Session, sid)
-        assert s is not None and (s.state, s.error, s.updated_us) == ("ERROR", "boom", 4_000)
+        assert s is not None and (s.state, s.updated_us) == ("ERROR", 4_000)
+        assert "boom" not in s.error and open_session(s.model_dump(), KEYS)["error"] == "boom"
         seqs = db.exec(select(SessionRecord.seq).where(SessionRecord.session_id == sid)).all()
         assert sorted(seqs) == [0, 1, 2, 3]
     engine.dispose()
@@ -152,7 +163,7 @@ def test_session_list_pages(store: tuple[StoreApi, Engine]) -> None:
             if i % 3 == 0:
                 end = {"state": "COMPLETED"}
                 records.append(wire.JournalRecord(sid, 1, wire.ENDED, 5_000, end))
-            apply_records(conn, records)
+            apply_records(conn, sealed(*records), KEYS)
     newest_first = sorted(sids, key=lambda s: (1_000 + sids.index(s) // 2, s), reverse=True)
 
     def walk(**args: object) -> list[list[str]]:
@@ -191,7 +202,7 @@ def test_session_records_come_in_pages(store: tuple[StoreApi, Engine]) -> None:
         for n in range(1, 2_501)
     ]
     with engine.begin() as conn:
-        apply_records(conn, [created, *prints])
+        apply_records(conn, sealed(created, *prints), KEYS)
     pages, skip = [], 0
     while True:
         page = call(api, "session.records", {"session": sid, "kinds": ["print"], "skip": skip})
@@ -210,9 +221,8 @@ def test_session_records_come_in_pages(store: tuple[StoreApi, Engine]) -> None:
     # Big records: a page stops at about 1 MiB of data.
     with engine.begin() as conn:
         big = {"text": "y" * 600_000}
-        apply_records(
-            conn, [wire.JournalRecord(sid, 3_000 + n, wire.PRINT, 9, big) for n in range(4)]
-        )
+        bigs = [wire.JournalRecord(sid, 3_000 + n, wire.PRINT, 9, big) for n in range(4)]
+        apply_records(conn, sealed(*bigs), KEYS)
     page = call(api, "session.records", {"session": sid, "skip": 2_501})
     assert (len(page["records"]), page["more"]) == (2, True)
 
@@ -221,7 +231,8 @@ def test_a_huge_trace_is_cut_and_says_how_much(store: tuple[StoreApi, Engine]) -
     api, engine = store
     sid = "ses_01m8cpgk96e6wakscbfn3064d0"
     with engine.begin() as conn:
-        apply_records(conn, [wire.JournalRecord(sid, 0, wire.CREATED, 1, {"project_id": "p"})])
+        created = wire.JournalRecord(sid, 0, wire.CREATED, 1, {"project_id": "p"})
+        apply_records(conn, [created], KEYS)
     spans = [
         {
             "trace_id": "t" * 32,
