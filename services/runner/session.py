@@ -200,7 +200,9 @@ class SessionRun:
             ended = journal.Ended(state=wire.ERROR, error=error, inbox=inbox)
             await self.journal(ended)
         self.ended = True
-        log.info("session %s: %s %s", self.job.session_id, state, error)
+        # Not the error itself: a handler's exception may carry a secret (`ak session get`
+        # shows it to the session's owner).
+        log.info("session %s: %s %s", self.job.session_id, state, error_type)
         self._fault("ended")
         await after_end(self.nc, self.job, ended, self.history, self.syscalls)
 
