@@ -86,8 +86,16 @@ def event_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
 
 
 @events.command("get")
-def event_get(event_id: str, as_json: JsonOpt = False) -> None:
-    emit(client.call("event.get", event_id=event_id), as_json, EVENT_KEYS, label="event")
+def event_get(
+    event_id: str,
+    as_json: JsonOpt = False,
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="show credential headers instead of <secret>")
+    ] = False,
+) -> None:
+    """Show an event; headers that carry credentials print as <secret> unless --reveal."""
+    shown = client.call("event.get", event_id=event_id, reveal=reveal)
+    emit(shown, as_json, EVENT_KEYS, label="event")
 
 
 @events.command("redispatch")

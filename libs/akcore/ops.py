@@ -103,7 +103,7 @@ _TABLE = (
     _api("session.stop", rq.SessionStop, _NONE_T, _I, "session"),
     _api("session.restart", rq.SessionRef, dict, _I, "session"),
     _api("event.list", rq.ProjectRef, list, _S, "project"),
-    _api("event.get", rq.EventRef, dict, _S, "event_id"),
+    _api("event.get", rq.EventGet, dict, _S, "event_id"),
     _api("event.redispatch", rq.EventRef, dict, _I, "event_id"),
     _api("auth.create_token", rq.TokenCreate, str, _I, ""),
     _api("auth.whoami", rq.Empty, dict, _I, ""),

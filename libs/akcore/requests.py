@@ -163,6 +163,13 @@ class EventRef:
 
 
 @dataclass(frozen=True)
+class EventGet:
+    event_id: str
+    reveal: bool = False  # its credential headers opened (else shown masked)
+    sealed: bool = False  # its credential headers as they rest (to dispatch a copy)
+
+
+@dataclass(frozen=True)
 class SessionStart:
     entrypoint: str
     deployment_id: str = ""

@@ -6,9 +6,11 @@ import json
 import logging
 from typing import Any
 
-from akcore import bus, ids, ops, subjects, timefmt, tracing, values, wire
+from akcore import bus, credheaders, ids, ops, subjects, timefmt, tracing, values, wire
 from akcore.config import ENV_HTTP_MAX_API_BODY, HttpLimits
+from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, NotFound
+from akcore.secrets import load_keyring
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
@@ -46,11 +48,13 @@ def create_app(
     lookups: WebhookLookups | None = None,
     tokens_required: bool = True,
     limits: HttpLimits | None = None,
+    keys: Keyring | None = None,
 ) -> WebhookFront:
     """The HTTP app (an ASGI callable). ``lookups`` keeps webhook lookups (it should watch
     the store's change notices; without one every request asks the store, and only this
     process remembers the last known answers). ``tokens_required``: ``/api`` calls need an
-    API token (off only for dev mode on loopback). ``limits`` caps ``/api`` bodies."""
+    API token (off only for dev mode on loopback). ``limits`` caps ``/api`` bodies. ``keys``
+    seal the credential headers of events (by default the data home's)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
     events = bus.publisher(nc)
@@ -58,6 +62,7 @@ def create_app(
     lookups = lookups or WebhookLookups(nc, ttl=0)
     auth = Authenticator(nc, tokens_required)
     max_api_body = (limits or HttpLimits()).max_api_body
+    keys = keys or load_keyring()
 
     async def webhook(request: Request, slug: str) -> Response:
         """The root span of the trace of every session this request starts."""
@@ -89,7 +94,7 @@ def create_app(
             project_id=target.project_id,
             destination_id=target.trigger_id,
             event_type=request.method.lower(),
-            data=data,
+            data=credheaders.seal(data, target.project_id, keys),
             memo={
                 "method": request.method,
                 "webhook_slug": slug,

@@ -69,7 +69,7 @@ async def session_restart(nc: Client, req: rq.SessionRef, caller: Caller) -> dic
     s = await bus.store_call(nc, "session.get", {"session": req.session})
     data, event_type = s.get("inputs") or {}, None
     if s.get("event_id"):
-        ev = await bus.store_call(nc, "event.get", {"event_id": s["event_id"]})
+        ev = await bus.store_call(nc, "event.get", {"event_id": s["event_id"], "sealed": True})
         data, event_type = ev["data"], ev["event_type"]
     job = wire.Job(
         session_id=ids.new_id("ses"),
@@ -89,7 +89,7 @@ async def session_restart(nc: Client, req: rq.SessionRef, caller: Caller) -> dic
 
 async def event_redispatch(nc: Client, req: rq.EventRef, caller: Caller) -> dict[str, Any]:
     """Dispatches a copy of a stored event under a new id."""
-    ev = await bus.store_call(nc, "event.get", {"event_id": req.event_id})
+    ev = await bus.store_call(nc, "event.get", {"event_id": req.event_id, "sealed": True})
     copy = wire.Event(
         event_id=ids.new_id("evt"),
         project_id=ev["project_id"],

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from akcore import bus, journal, subjects, timefmt, tracing, wire
+from akcore import bus, credheaders, journal, subjects, timefmt, tracing, wire
 from akcore.bus import may_pass
 from akcore.cache import StoreCache
 from akcore.config import REQUIREMENTS_FILE
-from akcore.datakey import Keyring
+from akcore.datakey import Keyring, SealError
 from akcore.errors import AKError, Unavailable
 from akcore.journal import Kind
 from akcore.journalio import Fenced, JournalFull, JournalWriter, Limits, RecordTooLarge
@@ -155,7 +155,7 @@ class SessionRun:
             self.js, job.session_id, history.consumed, self._request_stop, host.admission.wait
         )
         self.asleep = False  # in a durable sleep that counts as waiting (see Admission)
-        self.syscalls = Syscalls(self.nc, job, self.inbox, self.js)
+        self.syscalls = Syscalls(self.nc, job, self.inbox, self.js, host.keys)
         self.next_step = 1  # the durable step the worker must ask for next
         self.granted: StepFrame | None = None  # the live activity the worker may run
 
@@ -399,7 +399,7 @@ class SessionRun:
     async def _converse(self, worker: WorkerProcess, code_dir: Path) -> None:
         job = self.job
         init = {
-            "data": job.data,
+            "data": self._event_data(),
             "event_type": job.event_type,
             "event_id": job.event_id,
             # What the journal answers to the recorded steps: the worker replays them
@@ -447,6 +447,15 @@ class SessionRun:
             f"error: worker process exited with code {code} before the handler finished",
             tail,
         )
+
+    def _event_data(self) -> Any:
+        """The event's data as the handler gets it: its credential headers opened."""
+        try:
+            return credheaders.unseal(self.job.data, self.job.project_id, self.host.keys)
+        except SealError as e:
+            raise SessionError(
+                f"error: the event's credential headers cannot be opened: {e.message}"
+            ) from None
 
     async def _print(self, f: PrintFrame, blob: bytes) -> None:
         if self.history.is_replayed_print(f.n):

@@ -6,7 +6,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, cel, ids, subjects, wire
+from akcore import bus, cel, credheaders, ids, subjects, wire
+from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.journal import Kind
 from akcore.journalio import session_project
@@ -31,9 +32,15 @@ class Syscalls:
     """Serves one session. ``call`` returns (result, inbox sequence taken, if any)."""
 
     def __init__(
-        self, nc: Client, job: wire.Job, inbox: Inbox, js: JetStreamContext | None = None
+        self,
+        nc: Client,
+        job: wire.Job,
+        inbox: Inbox,
+        js: JetStreamContext | None = None,
+        keys: Keyring | None = None,
     ) -> None:
-        self.nc, self.job, self.inbox = nc, job, inbox
+        """``keys`` open the credential headers of events (none: they stay sealed)."""
+        self.nc, self.job, self.inbox, self.keys = nc, job, inbox, keys
         self.js = js or nc.jetstream()
         self.pub = bus.publisher(nc)
         self._values: Values | None = None
@@ -117,7 +124,10 @@ class Syscalls:
         if got is None:
             return None, None
         seq, msg = got
-        return msg.event, seq
+        if self.keys is None or not isinstance(msg.event, dict):
+            return msg.event, seq
+        data = credheaders.unseal(msg.event.get("data"), self.job.project_id, self.keys)
+        return {**msg.event, "data": data}, seq
 
     # --- signals and child sessions
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from akcore import ids, timefmt, wire
+from akcore import credheaders, ids, timefmt, wire
 from akcore import requests as rq
 from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument, NotFound
@@ -752,7 +752,9 @@ class StoreApi:
                 q = q.where(EventRow.project_id == self._project(db, req.project).project_id)
             return [_event_view(e, with_data=False) for e in db.exec(q.limit(1000))]
 
-    def event_get(self, req: rq.EventRef) -> dict[str, Any]:
+    def event_get(self, req: rq.EventGet) -> dict[str, Any]:
+        """An event; its credential headers masked, unless ``reveal`` (opened) or ``sealed``
+        (as they rest, for a copy of the event to be dispatched again)."""
         with DB(self.engine) as db:
             e = db.exec(select(EventRow).where(EventRow.event_id == req.event_id)).first()
             if e is None:
@@ -762,8 +764,13 @@ class StoreApi:
                 .where(DispatchNote.event_id == e.event_id)
                 .order_by(col(DispatchNote.id))
             )
+            view = _event_view(e)
+            if req.reveal:
+                view["data"] = credheaders.unseal(view["data"], e.project_id, self.keys)
+            elif not req.sealed:
+                view["data"] = credheaders.mask(view["data"])
             return {
-                **_event_view(e),
+                **view,
                 "notes": [
                     {"source": n.source, "note": n.note, "at": timefmt.rfc3339(n.created_us)}
                     for n in notes

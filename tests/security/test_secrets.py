@@ -1,18 +1,21 @@
 """The planted-secret grep: a secret that passes through a handler (read with ``os.getenv``
-in its body, given to an activity, printed, returned, raised) is nowhere at rest in
-plaintext or base64: not in the data home (SQLite, JetStream's files, any file) nor in the
-service log. The session's owner still reads it back (decrypted at read), and a runner
-killed mid-session replays from the sealed journal."""
+in its body, given to an activity, printed, returned, raised) or that comes in a webhook's
+credential header is nowhere at rest in plaintext or base64: not in the data home (SQLite,
+JetStream's files, any file) nor in the service log. The session's owner still reads it
+back (decrypted at read), the handler gets the header as sent, and a runner killed
+mid-session replays from the sealed journal."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
 from tests.helpers import start_stack, write_project
 
 PLANTED = "planted-TOKEN-q8z3v7k2"
+BEARER = "hdr-bearer-w7m2x9"  # sent in webhook headers
 
 MANIFEST = """\
 version: v1
@@ -24,6 +27,9 @@ project:
       webhook: {}
     - name: boom
       call: h.py:on_boom
+      webhook: {}
+    - name: hdr
+      call: h.py:on_hdr
       webhook: {}
 """
 
@@ -43,6 +49,13 @@ def on_hook(event):
 
 def on_boom(event):
     raise ValueError("refused token " + os.getenv("TOKEN"))
+
+
+def on_hdr(event):
+    headers = event.data.headers
+    for name in ("Authorization", "X-Api-Key", "Cookie"):
+        digest = hashlib.sha256(headers[name].encode()).hexdigest()
+        print(name, digest == "DIGEST", headers["Content-Type"])
 """
 
 
@@ -57,7 +70,7 @@ def encodings(secret: bytes) -> list[bytes]:
 
 
 def test_encodings_find_base64_at_any_offset() -> None:
-    forms = encodings(PLANTED.encode())[1:]
+    forms = [*encodings(PLANTED.encode()), *encodings(BEARER.encode())][1:]
     for prefix in (b"", b"a", b"ab", b"abc"):
         text = base64.b64encode(prefix + PLANTED.encode() + b"tail")
         assert any(f in text for f in forms), prefix
@@ -69,7 +82,9 @@ def test_planted_secret_is_nowhere_at_rest(tmp_path: Path) -> None:
     faults = "crash journaled step=2 entry=h.py:on_hook"
     stack = start_stack(tmp_path, {"AK_TEST__FAULTS": faults})
     try:
-        proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": CODE})
+        digest = hashlib.sha256(BEARER.encode()).hexdigest()
+        code = CODE.replace("DIGEST", digest)
+        proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": code})
         paths = stack.deploy_paths(proj)
         stack.ak("var", "set", "--secret", "-p", "planted", "TOKEN", PLANTED, check=True)
         assert stack.request("POST", paths["hook"], b"{}")[0] == 202
@@ -86,14 +101,16 @@ def test_planted_secret_is_nowhere_at_rest(tmp_path: Path) -> None:
         ]
         assert attempts == [1, 2]  # the second attempt replayed the sealed journal
 
-        assert stack.request("POST", paths["boom"], b"{}")[0] == 202
-        failed = _second_session(stack)
+        _, event_id = stack.post_json(paths["boom"], {})
+        failed = stack.wait_session(stack.session_of("planted", event_id))
         assert failed["state"] == "ERROR"
         assert f"refused token {PLANTED}" in failed["error"]
+
+        _credential_headers(stack, paths["hdr"])
     finally:
         stack.stop()
 
-    forms = encodings(PLANTED.encode())
+    forms = [*encodings(PLANTED.encode()), *encodings(BEARER.encode())]
     at_rest = [f for f in Path(stack.env["XDG_DATA_HOME"]).rglob("*") if f.is_file()]
     leaks = [(str(f), form) for f in at_rest for form in forms if form in f.read_bytes()]
     assert leaks == []
@@ -106,7 +123,24 @@ def test_planted_secret_is_nowhere_at_rest(tmp_path: Path) -> None:
     assert b"h.py:on_hook" in b"".join(f.read_bytes() for f in db.parent.glob("autokitteh.sqlite*"))
 
 
-def _second_session(stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    out = stack.ak("session", "list", "-p", "planted", "-j", check=True).stdout
-    newest = json.loads(out.splitlines()[0])["session_id"]
-    return stack.wait_session(newest)  # type: ignore[no-any-return]
+def _credential_headers(stack, path: str) -> None:  # type: ignore[no-untyped-def]
+    """The handler gets the headers as sent (also when the event is dispatched again);
+    `ak event get` masks them unless --reveal."""
+    headers = {"Authorization": BEARER, "X-Api-Key": BEARER, "Cookie": BEARER}
+    status, answer, _ = stack.request("POST", path, b"{}", {**headers, "Content-Type": "a/b"})
+    assert status == 202
+    event_id = answer["autokitteh-event-id"]
+    expected = "Authorization True a/b\nX-Api-Key True a/b\nCookie True a/b\n"
+    first = stack.wait_session(stack.session_of("planted", event_id))
+    assert first["state"] == "COMPLETED", first
+    assert stack.ak("session", "prints", first["session_id"], "-n").stdout == expected
+    shown = json.loads(stack.ak("event", "get", event_id, "-j", check=True).stdout)
+    got = shown["data"]["headers"]
+    assert (got["Authorization"], got["X-Api-Key"], got["Cookie"]) == ("<secret>",) * 3
+    assert got["Content-Type"] == "a/b"
+    revealed = stack.ak("event", "get", event_id, "-j", "--reveal", check=True).stdout
+    assert json.loads(revealed)["data"]["headers"]["Authorization"] == BEARER
+    again = stack.ak("event", "redispatch", event_id, check=True).stdout.strip()
+    second = stack.wait_session(stack.session_of("planted", again))
+    assert second["state"] == "COMPLETED", second
+    assert stack.ak("session", "prints", second["session_id"], "-n").stdout == expected
