@@ -292,6 +292,7 @@ def kind_for(p: Payload) -> Kind:
 SEALED = "sealed"
 RESULT = "result"
 SEALED_FIELDS: dict[Kind, tuple[str, ...]] = {
+    Kind.CREATED: ("inputs",),
     Kind.PRINT: ("text",),
     Kind.ACTIVITY: ("error",),
     Kind.ENDED: ("error", "traceback"),

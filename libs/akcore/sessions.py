@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from nats.aio.client import Client
 
 from . import bus, journal, subjects, timefmt, tracing, wire
+from .datakey import Keyring, SealError
 
 
 def created_record(job: wire.Job, traceparent: str | None = None) -> wire.JournalRecord:
@@ -28,16 +30,46 @@ def created_record(job: wire.Job, traceparent: str | None = None) -> wire.Journa
     return journal.record(job.session_id, 0, created, timefmt.now_us())
 
 
-async def publish_session(pub: bus.Publisher, job: wire.Job) -> wire.Job:
+def _inputs_aad(session_id: str) -> bytes:
+    return f"{session_id}/job/data".encode()
+
+
+def seal_inputs(job: wire.Job, keys: Keyring) -> wire.Job:
+    """The job with the inputs of a session not started by an event sealed."""
+    if job.event_id or not job.data:
+        return job
+    sealed = keys.seal_text(wire.pack(job.data), _inputs_aad(job.session_id))
+    return dataclasses.replace(job, data={}, sealed=sealed)
+
+
+def job_data(job: wire.Job, keys: Keyring) -> dict[str, Any]:
+    """The job's data, its sealed inputs opened; raises SealError."""
+    if not job.sealed:
+        return job.data
+    data = wire.unpack(keys.open_text(job.sealed, _inputs_aad(job.session_id)))
+    if not isinstance(data, dict):
+        raise SealError("a job's sealed inputs are not a map")
+    return data
+
+
+async def publish_session(
+    pub: bus.Publisher, job: wire.Job, keys: Keyring | None = None
+) -> wire.Job:
     """Publishes both messages, de-duplicated by session id, so a retry creates nothing new
     (JetStream answers a repeated `created` with the sequence it stored first). Both carry
-    the current trace context: the session's span will be a child of it. Returns the job as
+    the current trace context: the session's span will be a child of it. ``keys`` seal the
+    inputs of a session not started by an event (required for those). Returns the job as
     published (with its ``journal_seq``)."""
     sid = job.session_id
     context = tracing.inject()
+    created = created_record(job, context.get(subjects.HDR_TRACEPARENT, ""))
+    if keys is not None:
+        created, job = journal.seal(created, keys), seal_inputs(job, keys)
+    elif created.data.get("inputs"):
+        raise ValueError("a session's inputs are sealed at rest: publish_session needs keys")
     ack = await pub.publish(
         subjects.journal_subject(sid),
-        wire.encode(created_record(job, context.get(subjects.HDR_TRACEPARENT, ""))),
+        wire.encode(created),
         headers={subjects.HDR_MSG_ID: f"{sid}:0"},
     )
     job = dataclasses.replace(job, journal_seq=int(ack["seq"]))

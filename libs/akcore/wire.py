@@ -104,6 +104,9 @@ class Job:
     # The stream sequence of the session's `created` record: a first attempt's first write
     # expects it to be the journal's last (akcore.journalio); 0 when unknown.
     journal_seq: int = 0
+    # ``data`` sealed with the data key (akcore.sessions), ``data`` then empty: the inputs
+    # of a session not started by an event (a child's come from its parent's handler).
+    sealed: str = ""
 
 
 # Inbox message kinds.

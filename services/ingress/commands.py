@@ -3,6 +3,7 @@ caller), each taking its typed request (``akcore.requests``) and the caller."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,10 +11,14 @@ from akcore import bus, ids, ops, subjects, timefmt, tokens, wire
 from akcore import requests as rq
 from akcore.errors import Conflict, InvalidArgument
 from akcore.manifest import parse_call
+from akcore.secrets import load_keyring
 from akcore.sessions import publish_session
 from nats.aio.client import Client
 
 from .auth import Caller
+
+# The data keys seal the inputs of sessions started by hand (read once, when first needed).
+_keys = functools.cache(load_keyring)
 
 
 async def session_start(nc: Client, req: rq.SessionStart, caller: Caller) -> dict[str, Any]:
@@ -39,7 +44,7 @@ async def session_start(nc: Client, req: rq.SessionStart, caller: Caller) -> dic
         data=req.inputs,
         memo=req.memo,
     )
-    await publish_session(bus.publisher(nc), job)
+    await publish_session(bus.publisher(nc), job, _keys())
     return {"session_id": job.session_id}
 
 
@@ -83,7 +88,7 @@ async def session_restart(nc: Client, req: rq.SessionRef, caller: Caller) -> dic
         data=data,
         trigger_id=s.get("trigger_id", ""),
     )
-    await publish_session(bus.publisher(nc), job)
+    await publish_session(bus.publisher(nc), job, _keys())
     return {"session_id": job.session_id}
 
 

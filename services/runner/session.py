@@ -24,6 +24,7 @@ from akcore.datakey import Keyring, SealError
 from akcore.errors import AKError, Unavailable
 from akcore.journal import Kind
 from akcore.journalio import Fenced, JournalFull, JournalWriter, Limits, RecordTooLarge
+from akcore.sessions import job_data
 from autokitteh._frames import (
     ActivityFrame,
     DoneFrame,
@@ -451,11 +452,10 @@ class SessionRun:
     def _event_data(self) -> Any:
         """The event's data as the handler gets it: its credential headers opened."""
         try:
-            return credheaders.unseal(self.job.data, self.job.project_id, self.host.keys)
+            data = job_data(self.job, self.host.keys)
+            return credheaders.unseal(data, self.job.project_id, self.host.keys)
         except SealError as e:
-            raise SessionError(
-                f"error: the event's credential headers cannot be opened: {e.message}"
-            ) from None
+            raise SessionError(f"error: the session's data cannot be opened: {e.message}") from None
 
     async def _print(self, f: PrintFrame, blob: bytes) -> None:
         if self.history.is_replayed_print(f.n):

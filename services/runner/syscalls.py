@@ -215,7 +215,7 @@ class Syscalls:
             memo=dict(args.get("memo") or {}),
         )
         if not step or await not_started(self.nc, [child]):  # (a replay may start it again)
-            await publish_session(self.pub, child)
+            await publish_session(self.pub, child, self.keys)
         self._own.add(sid)
         return sid, None
 

@@ -93,7 +93,9 @@ def apply_records(conn: Connection, recs: list[wire.JournalRecord], keys: Keyrin
                 "kind": r.kind,
                 "t_us": r.t_us,
                 "data": {
-                    k: v for k, v in r.data.items() if not isinstance(v, bytes) and k != "inputs"
+                    k: v
+                    for k, v in r.data.items()
+                    if not isinstance(v, bytes) and not (r.kind == wire.CREATED and k in _INPUTS)
                 },
             }
             for r in recs
@@ -112,6 +114,8 @@ def _end(sid: str, seq: int, data: dict[str, Any], t_us: int, keys: Keyring) -> 
         "t_us": t_us,
     }
 
+
+_INPUTS = ("inputs", journal.SEALED)  # kept in the sessions table, not with the records
 
 _LATER = (
     select(_RECORDS.c.session_id, _RECORDS.c.seq, _RECORDS.c.kind, _RECORDS.c.data, _RECORDS.c.t_us)
@@ -142,7 +146,8 @@ def _created(rec: wire.JournalRecord) -> dict[str, Any]:
         "event_id": d.get("event_id") or "",
         "entrypoint": d.get("entrypoint", ""),
         "parent_session_id": d.get("parent_session_id") or "",
-        "inputs": d.get("inputs") or {},
+        # kept sealed as the record has them (see sealed.open_session)
+        "inputs": {journal.SEALED: d[journal.SEALED]} if journal.SEALED in d else {},
         "is_durable": bool(d.get("is_durable", True)),
         "state": "CREATED",
         "error": "",

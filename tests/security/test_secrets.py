@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from tests.helpers import start_stack, write_project
@@ -34,17 +35,24 @@ project:
 """
 
 # os.getenv is an activity (its result, the secret, is journaled); hashlib gets the secret
-# as an argument; the print, the return value and the error carry it too.
+# as an argument; the print, a child's inputs, the return value and the error carry it too.
 CODE = """\
 import hashlib
 import os
+
+import autokitteh
 
 
 def on_hook(event):
     token = os.getenv("TOKEN")
     digest = hashlib.sha256(token.encode()).hexdigest()
     print("token", token)
+    autokitteh.start("h.py:on_child", data={"token": token})
     return {"auth": "Bearer " + token, "digest": digest[:8]}
+
+
+def on_child(event):
+    print("child got it", event.data.token == os.getenv("TOKEN"))
 
 
 def on_boom(event):
@@ -87,19 +95,25 @@ def test_planted_secret_is_nowhere_at_rest(tmp_path: Path) -> None:
         proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": code})
         paths = stack.deploy_paths(proj)
         stack.ak("var", "set", "--secret", "-p", "planted", "TOKEN", PLANTED, check=True)
-        assert stack.request("POST", paths["hook"], b"{}")[0] == 202
-        session = stack.wait_session("planted", timeout=60)
+        _, event_id = stack.post_json(paths["hook"], {})
+        sid = stack.session_of("planted", event_id)
+        session = stack.wait_session(sid, timeout=60)
         assert session["state"] == "COMPLETED", session
         # Its owner reads what the handler produced, decrypted.
-        prints = stack.ak("session", "prints", "planted", "-n", check=True).stdout
+        prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
         assert prints == f"token {PLANTED}\n"
-        log = stack.ak("session", "log", "planted", "-j", check=True).stdout.splitlines()
+        log = stack.ak("session", "log", sid, "-j", check=True).stdout.splitlines()
         attempts = [
             r["state"]["running"]["attempt"]
             for r in map(json.loads, log)
             if "running" in r.get("state", {})
         ]
         assert attempts == [1, 2]  # the second attempt replayed the sealed journal
+        child = stack.wait_session(_child_of(stack, sid))
+        assert child["state"] == "COMPLETED", child
+        assert child["inputs"] == {"token": PLANTED}  # shown to its owner, opened
+        child_prints = stack.ak("session", "prints", child["session_id"], "-n").stdout
+        assert child_prints == "child got it True\n"
 
         _, event_id = stack.post_json(paths["boom"], {})
         failed = stack.wait_session(stack.session_of("planted", event_id))
@@ -144,3 +158,14 @@ def _credential_headers(stack, path: str) -> None:  # type: ignore[no-untyped-de
     second = stack.wait_session(stack.session_of("planted", again))
     assert second["state"] == "COMPLETED", second
     assert stack.ak("session", "prints", second["session_id"], "-n").stdout == expected
+
+
+def _child_of(stack, parent: str) -> str:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out = stack.ak("session", "list", "-p", "planted", "-j", check=True).stdout
+        for s in map(json.loads, out.splitlines()):
+            if s["parent_session_id"] == parent:
+                return str(s["session_id"])
+        time.sleep(0.2)
+    raise AssertionError(f"no child of {parent}")
