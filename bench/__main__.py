@@ -5,6 +5,7 @@ docs/benchmarks.md.  Usage: ``python -m bench [--runs 3] [--duration 20] [--only
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -134,6 +135,40 @@ def bench_activity(stack: Stack, paths: dict[str, str], n: int = 1000) -> Result
         "overhead p50 (ms)": (pct(times, 50) - b50) / 1000,
         "overhead p99 (ms)": (pct(times, 99) - b50) / 1000,
     }
+
+
+def bench_sealing(stack: Stack, paths: dict[str, str], n: int = 20_000) -> Result:
+    """What sealing adds to one activity record, in this process: the runner seals each
+    record it writes (``journal.seal`` then ``wire.encode``) and a replay unseals it; per
+    record, for a result of 16 bytes, 1 KiB and 64 KiB, against encoding it unsealed."""
+    from akcore import journal, wire
+    from akcore.datakey import Keyring
+    from cryptography.fernet import Fernet
+
+    keys = Keyring([Fernet.generate_key()])
+    out: Result = {}
+    for size, label in ((16, "16 B"), (1024, "1 KiB"), (64 * 1024, "64 KiB")):
+        act = journal.Activity(step=1, function="noop", ok=True, result=os.urandom(size))
+        rec = journal.record("ses_01m91znddsfzjv0ga7t4pzqvck", 7, act, 1)
+        blob = journal.seal(rec, keys)
+        count = max(200, n * 16 // max(16, size // 64))
+        plain = _per_call_us(functools.partial(wire.encode, rec), count)
+        sealed = _per_call_us(lambda r=rec: wire.encode(journal.seal(r, keys)), count)
+        opened = _per_call_us(functools.partial(journal.unseal, blob, keys), count)
+        out[f"seal, {label} result (us)"] = sealed - plain
+        out[f"unseal, {label} result (us)"] = opened
+    return out
+
+
+def _per_call_us(fn: Callable[[], Any], n: int) -> float:
+    """The median over 5 batches of ``n`` calls, in microseconds per call."""
+    batches = []
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        batches.append((time.perf_counter_ns() - t0) / n / 1000)
+    return statistics.median(batches)
 
 
 def bench_webhook(stack: Stack, paths: dict[str, str], n: int = 200) -> Result:
@@ -283,6 +318,7 @@ def bench_memory(stack: Stack, paths: dict[str, str], n: int = 50) -> Result:
 
 BENCHMARKS: dict[str, tuple[str, Callable[..., Result]]] = {
     "activity": ("Activity overhead (1,000 trivial activities)", bench_activity),
+    "sealing": ("Sealing a journal record (per activity, in one process)", bench_sealing),
     "webhook": ("Webhook to handler (200 sequential requests)", bench_webhook),
     "throughput": ("Throughput (trivial sessions, bounded offered load)", bench_throughput),
     "replay": ("Replay of a 1,000-activity journal after a runner kill", bench_replay),
