@@ -291,14 +291,14 @@ def kind_for(p: Payload) -> Kind:
 # What a handler produced, by kind: sealed together into the ``sealed`` field (see the module).
 SEALED = "sealed"
 RESULT = "result"
-SEALED_FIELDS: dict[Kind, tuple[str, ...]] = {
+SEALED_FIELDS: dict[str, tuple[str, ...]] = {
     Kind.CREATED: ("inputs",),
     Kind.PRINT: ("text",),
     Kind.ACTIVITY: ("error",),
     Kind.ENDED: ("error", "traceback"),
     **{k: ("args", "error") for k in SYSCALLS},
 }
-_WITH_RESULT = frozenset({Kind.ACTIVITY, Kind.ENDED, *SYSCALLS})
+_WITH_RESULT: frozenset[str] = frozenset({Kind.ACTIVITY, Kind.ENDED, *SYSCALLS})
 
 
 def aad(session_id: str, seq: int, name: str) -> bytes:
@@ -307,16 +307,16 @@ def aad(session_id: str, seq: int, name: str) -> bytes:
 
 
 def seal(rec: wire.JournalRecord, keys: Keyring) -> wire.JournalRecord:
-    """The record as it rests: what the handler produced sealed (see the module)."""
-    kind = kind_of(rec)
+    """The record as it rests: what the handler produced sealed (see the module). Runs for
+    every record written: kinds are looked up by their text (a Kind is a str)."""
     data = dict(rec.data)
-    hidden = {f: data.pop(f) for f in SEALED_FIELDS.get(kind, ()) if f in data}
+    hidden = {f: data.pop(f) for f in SEALED_FIELDS.get(rec.kind, ()) if f in data}
     if hidden:
         data[SEALED] = keys.seal_text(wire.pack(hidden), aad(rec.session_id, rec.seq, SEALED))
     result = data.get(RESULT)
-    if kind in _WITH_RESULT and isinstance(result, bytes) and result:
+    if rec.kind in _WITH_RESULT and isinstance(result, bytes) and result:
         data[RESULT] = keys.seal(result, aad(rec.session_id, rec.seq, RESULT))
-    return dataclasses.replace(rec, data=data)
+    return wire.JournalRecord(rec.session_id, rec.seq, rec.kind, rec.t_us, data)
 
 
 def unseal(rec: wire.JournalRecord, keys: Keyring) -> wire.JournalRecord:
