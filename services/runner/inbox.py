@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 from akcore import subjects, wire
+from akcore.datakey import Keyring
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -19,6 +21,26 @@ from nats.js.errors import NotFoundError
 log = logging.getLogger(__name__)
 
 Key = Callable[[wire.InboxMessage], str | None]
+
+
+def seal_payload(keys: Keyring, msg: wire.InboxMessage, session_id: str) -> wire.InboxMessage:
+    """A signal's payload or a child's return value (what a handler produced) as it rests
+    in the inbox of session ``session_id``: sealed, bound to that session, kind and name."""
+    if not msg.payload:
+        return msg
+    sealed = keys.seal(msg.payload, _payload_aad(session_id, msg))
+    return dataclasses.replace(msg, payload=sealed)
+
+
+def open_payload(keys: Keyring, msg: wire.InboxMessage, session_id: str) -> bytes | None:
+    """The payload of a message of this session's inbox, opened; raises SealError."""
+    if not msg.payload:
+        return msg.payload
+    return keys.open(msg.payload, _payload_aad(session_id, msg))
+
+
+def _payload_aad(session_id: str, msg: wire.InboxMessage) -> bytes:
+    return f"{session_id}/inbox/{msg.kind}/{msg.name}".encode()
 
 
 class Inbox:

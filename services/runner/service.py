@@ -112,7 +112,7 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             )
         if not records or history.ended:  # it ended (and may be cleaned up already)
             if history.ended:  # what its attempt may not have finished
-                await after_end(host.nc, job, history.ended, history)
+                await after_end(host.nc, host.keys, job, history.ended, history)
             return Outcome.ENDED
         if attempt > limit:
             return await _run(host, msg, job, lease, history, last).fail(

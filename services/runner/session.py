@@ -42,7 +42,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, Sp
 
 from .builds import unpack_build
 from .faults import Faults
-from .inbox import Inbox, InboxWatch
+from .inbox import Inbox, InboxWatch, seal_payload
 from .lease import Lease
 from .pyenv import EnvError, PythonEnvs
 from .syscalls import SyscallError, Syscalls
@@ -205,7 +205,7 @@ class SessionRun:
         # shows it to the session's owner).
         log.info("session %s: %s %s", self.job.session_id, state, error_type)
         self._fault("ended")
-        await after_end(self.nc, self.job, ended, self.history, self.syscalls)
+        await after_end(self.nc, self.host.keys, self.job, ended, self.history, self.syscalls)
 
     # --- the attempt
 
@@ -626,6 +626,7 @@ def replayed_reply(rec: journal.Step) -> tuple[dict[str, Any], bytes]:
 
 async def after_end(
     nc: Client,
+    keys: Keyring,
     job: wire.Job,
     ended: journal.Ended,
     history: journal.History,
@@ -643,7 +644,7 @@ async def after_end(
         )
         await bus.publisher(nc).publish(
             subjects.inbox_subject(job.parent_session_id),
-            wire.encode(msg),
+            wire.encode(seal_payload(keys, msg, job.parent_session_id)),
             headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},
         )
     if not (history.subscribed or (syscalls is not None and syscalls.subscribed)):

@@ -20,7 +20,7 @@ from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from .inbox import Inbox
+from .inbox import Inbox, open_payload, seal_payload
 from .values import Values
 
 
@@ -142,6 +142,8 @@ class Syscalls:
         msg = wire.InboxMessage(
             kind=wire.INBOX_SIGNAL, name=str(args.get("name", "")), payload=blob or None
         )
+        if self.keys is not None:
+            msg = seal_payload(self.keys, msg, target)
         msg_id = f"sig:{self.job.session_id}:{step}" if step else ids.new_id("sig")
         await self.pub.publish(
             subjects.inbox_subject(target), wire.encode(msg), headers={subjects.HDR_MSG_ID: msg_id}
@@ -176,9 +178,12 @@ class Syscalls:
         if got is None:
             return None, None
         seq, msg = got
+        payload = msg.payload
+        if self.keys is not None:
+            payload = open_payload(self.keys, msg, self.job.session_id)
         if msg.kind == wire.INBOX_CHILD_END:
-            return {"name": msg.name, "completed": msg.completed, "value": msg.payload}, seq
-        return {"name": msg.name, "payload": msg.payload}, seq
+            return {"name": msg.name, "completed": msg.completed, "value": payload}, seq
+        return {"name": msg.name, "payload": payload}, seq
 
     async def _start(
         self, args: dict[str, Any], blob: bytes, step: int | None

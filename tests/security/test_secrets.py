@@ -10,8 +10,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import pickle
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
+from ak_runner.inbox import Inbox
+from ak_runner.syscalls import SyscallError, Syscalls
+from akcore import bus, ids, subjects, wire
+from akcore.datakey import Keyring
+from cryptography.fernet import Fernet
 
 from tests.helpers import start_stack, write_project
 
@@ -35,7 +44,8 @@ project:
 """
 
 # os.getenv is an activity (its result, the secret, is journaled); hashlib gets the secret
-# as an argument; the print, a child's inputs, the return value and the error carry it too.
+# as an argument; the print, a child's inputs and return value (in its parent's inbox), the
+# return value and the error carry it too.
 CODE = """\
 import hashlib
 import os
@@ -53,6 +63,7 @@ def on_hook(event):
 
 def on_child(event):
     print("child got it", event.data.token == os.getenv("TOKEN"))
+    return "child saw " + event.data.token  # to its parent's inbox
 
 
 def on_boom(event):
@@ -169,3 +180,35 @@ def _child_of(stack, parent: str) -> str:  # type: ignore[no-untyped-def]
                 return str(s["session_id"])
         time.sleep(0.2)
     raise AssertionError(f"no child of {parent}")
+
+
+def _syscalls(nc: Any, session_id: str, keys: Keyring) -> Syscalls:
+    job = wire.Job(session_id, "prj_a", "dep_a", "bld_a", "h.py:f", True, None, None, {})
+    inbox = Inbox(nc.jetstream(), session_id, set(), lambda reason, failed: None)
+    return Syscalls(nc, job, inbox, nc.jetstream(), keys)
+
+
+async def test_a_signal_rests_sealed_in_the_inbox_of_its_session(nats_url: str) -> None:
+    """A handler's signal payload (or a child's return value) waits in the receiving
+    session's inbox, on disk, maybe long: sealed, it opens only for that session."""
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        keys = Keyring([Fernet.generate_key()])
+        sender, target = ids.new_id("ses"), ids.new_id("ses")
+        args = {"session_id": target, "name": "go"}
+        await _syscalls(nc, sender, keys).call("signal", args, pickle.dumps(PLANTED), 1)
+        subject = subjects.inbox_subject(target)
+        raw = await js.get_last_msg(subjects.STREAM_INBOX, subject)
+        assert [f for f in encodings(PLANTED.encode()) if f in raw.data] == []
+        wanted = {"names": ["go"], "timeout": 5}
+        got, _ = await _syscalls(nc, target, keys).call("next_signal", wanted, b"", 1)
+        assert pickle.loads(got["payload"]) == PLANTED
+        # Copied into another session's inbox, it does not open there.
+        other = ids.new_id("ses")
+        await js.publish(subjects.inbox_subject(other), raw.data)
+        with pytest.raises(SyscallError, match="altered or moved"):
+            await _syscalls(nc, other, keys).call("next_signal", wanted, b"", 1)
+    finally:
+        await nc.close()
