@@ -1,4 +1,5 @@
-"""How the projects' values stores are laid out in the ``AK_VALUES`` KV bucket."""
+"""How the projects' values stores are laid out in the ``AK_VALUES`` KV bucket. Entries
+rest sealed with the data key (``akcore.datakey``), each bound to its project and key."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import json
 from typing import Any
 
+from .datakey import Keyring
 from .errors import InvalidArgument
 
 MAX_VALUE = 64 * 1024
@@ -29,3 +31,13 @@ def encode(value: Any, published: bool) -> bytes:
 
 def decode(raw: bytes | None) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
+
+
+def seal(keys: Keyring, kv: str, raw: bytes) -> bytes:
+    """An entry as it rests under KV key ``kv``."""
+    return keys.seal(raw, kv.encode())
+
+
+def open_entry(keys: Keyring, kv: str, sealed: bytes | None) -> dict[str, Any] | None:
+    """The entry kept under KV key ``kv`` (None when there is none); raises SealError."""
+    return decode(keys.open(sealed, kv.encode())) if sealed else None

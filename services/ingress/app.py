@@ -153,8 +153,9 @@ def create_app(
             return Response("invalid project id\n", status_code=400)
         try:
             kv = await bus.values_bucket(js)
-            entry = await kv.get(values.kv_key(project_id, key))
-            stored = values.decode(entry.value)
+            kv_key = values.kv_key(project_id, key)
+            entry = await kv.get(kv_key)
+            stored = values.open_entry(keys, kv_key, entry.value)
         except Exception:
             stored = None
         if not stored or not stored.get("p"):

@@ -238,7 +238,10 @@ class Syscalls:
 
     async def _store(self) -> Values:
         if self._values is None:
-            self._values = Values(await bus.values_bucket(self.js), self.job.project_id)
+            if self.keys is None:
+                raise SyscallError("the values store needs the data keys")
+            kv = await bus.values_bucket(self.js)
+            self._values = Values(kv, self.job.project_id, self.keys)
         return self._values
 
     async def _value(

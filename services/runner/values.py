@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from akcore.datakey import Keyring
 from akcore.errors import InvalidArgument
-from akcore.values import decode, encode, kv_key, user_key
+from akcore.values import encode, kv_key, open_entry, seal, user_key
 from autokitteh._values import from_data
 from nats.js.errors import (
     KeyDeletedError,
@@ -23,15 +24,19 @@ class Values:
     """One project's values; every operation is atomic (revision-checked writes, retried).
     Values are kept as the SDK encodes them (``autokitteh._values``: plain JSON stays JSON)."""
 
-    def __init__(self, kv: Any, project_id: str) -> None:
-        self.kv, self.project_id = kv, project_id
+    def __init__(self, kv: Any, project_id: str, keyring: Keyring) -> None:
+        self.kv, self.project_id, self.keyring = kv, project_id, keyring
 
     async def _entry(self, key: str) -> tuple[dict[str, Any] | None, int | None]:
+        k = kv_key(self.project_id, key)
         try:
-            e = await self.kv.get(kv_key(self.project_id, key))
+            e = await self.kv.get(k)
         except (KeyNotFoundError, KeyDeletedError):
             return None, None
-        return decode(e.value), e.revision
+        return open_entry(self.keyring, k, e.value), e.revision
+
+    def _sealed(self, k: str, value: Any, published: bool) -> bytes:
+        return seal(self.keyring, k, encode(value, published))
 
     async def keys(self) -> list[str]:
         # nats-py 2.16's keys(filters=...) found nothing here, so filter on our side.
@@ -60,9 +65,10 @@ class Values:
                             f"the project already has {MAX_KEYS} values, the "
                             "limit: delete some before adding new keys"
                         )
-                    await self.kv.create(k, encode(new, False))
+                    await self.kv.create(k, self._sealed(k, new, False))
                 else:
-                    await self.kv.update(k, encode(new, bool(entry and entry["p"])), last=rev)
+                    published = bool(entry and entry["p"])
+                    await self.kv.update(k, self._sealed(k, new, published), last=rev)
                 return result
             except InvalidArgument:
                 raise
@@ -109,7 +115,7 @@ class Values:
         entry, rev = await self._entry(key)
         if entry is None:
             raise InvalidArgument(f"value {key!r} not found")
-        await self.kv.update(k, encode(entry["v"], published), last=rev)
+        await self.kv.update(k, self._sealed(k, entry["v"], published), last=rev)
 
 
 def _is_conflict(e: Exception) -> bool:

@@ -20,6 +20,7 @@ from ak_runner.inbox import Inbox
 from ak_runner.syscalls import SyscallError, Syscalls
 from akcore import bus, ids, subjects, wire
 from akcore.datakey import Keyring
+from akcore.values import kv_key
 from cryptography.fernet import Fernet
 
 from tests.helpers import start_stack, write_project
@@ -210,5 +211,27 @@ async def test_a_signal_rests_sealed_in_the_inbox_of_its_session(nats_url: str) 
         await js.publish(subjects.inbox_subject(other), raw.data)
         with pytest.raises(SyscallError, match="altered or moved"):
             await _syscalls(nc, other, keys).call("next_signal", wanted, b"", 1)
+    finally:
+        await nc.close()
+
+
+async def test_a_stored_value_rests_sealed(nats_url: str) -> None:
+    """``set_value`` keeps what a handler gives it in the KV bucket, sealed to its project
+    and key; the project's sessions read it back."""
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        keys = Keyring([Fernet.generate_key()])
+        calls = _syscalls(nc, ids.new_id("ses"), keys)
+        await calls.call("value", {"key": "tok", "op": "set", "args": [PLANTED]}, b"", None)
+        kv = await bus.values_bucket(js)
+        raw = (await kv.get(kv_key("prj_a", "tok"))).value
+        assert [f for f in encodings(PLANTED.encode()) if f in raw] == []
+        got, _ = await calls.call("value", {"key": "tok", "op": "get"}, b"", None)
+        assert got == PLANTED
+        await kv.put(kv_key("prj_a", "moved"), raw)  # under another key it does not open
+        with pytest.raises(SyscallError, match="altered or moved"):
+            await calls.call("value", {"key": "moved", "op": "get"}, b"", None)
     finally:
         await nc.close()
