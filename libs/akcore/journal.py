@@ -17,7 +17,6 @@ record number.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -322,20 +321,22 @@ def seal(rec: wire.JournalRecord, keys: Keyring) -> wire.JournalRecord:
 def unseal(rec: wire.JournalRecord, keys: Keyring) -> wire.JournalRecord:
     """The record as written, from the record as it rests; raises MalformedRecord when
     what should be sealed is not, or does not open."""
-    kind = kind_of(rec)
+    kind_of(rec)  # a known kind (a Kind is a str: the lookups below use the text)
+    if any(f in rec.data for f in SEALED_FIELDS.get(rec.kind, ())):
+        raise MalformedRecord(f"{rec.kind} record {rec.seq} of {rec.session_id} is not sealed")
     data = dict(rec.data)
     try:
-        data.update(unseal_fields(rec.session_id, rec.seq, data.pop(SEALED, None), keys))
+        sealed = data.pop(SEALED, None)
+        if sealed is not None:
+            data.update(unseal_fields(rec.session_id, rec.seq, sealed, keys))
         result = data.get(RESULT)
-        if kind in _WITH_RESULT and result:
+        if rec.kind in _WITH_RESULT and result:
             if not isinstance(result, bytes):
                 raise SealError("its result is not bytes")
             data[RESULT] = keys.open(result, aad(rec.session_id, rec.seq, RESULT))
     except SealError as e:
         raise MalformedRecord(f"{rec.kind} record {rec.seq} of {rec.session_id}: {e}") from None
-    if any(f in rec.data for f in SEALED_FIELDS.get(kind, ())):
-        raise MalformedRecord(f"{rec.kind} record {rec.seq} of {rec.session_id} is not sealed")
-    return dataclasses.replace(rec, data=data)
+    return wire.JournalRecord(rec.session_id, rec.seq, rec.kind, rec.t_us, data)
 
 
 def unseal_fields(session_id: str, seq: int, sealed: Any, keys: Keyring) -> dict[str, Any]:
