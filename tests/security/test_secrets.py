@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from ak_runner.inbox import Inbox
 from ak_runner.syscalls import SyscallError, Syscalls
 from akcore import bus, ids, subjects, wire
 from akcore.datakey import Keyring
+from akcore.sessions import created_record
 from akcore.values import kv_key
+from autokitteh import _values
 from cryptography.fernet import Fernet
 
 from tests.helpers import start_stack, write_project
@@ -183,8 +184,12 @@ def _child_of(stack, parent: str) -> str:  # type: ignore[no-untyped-def]
     raise AssertionError(f"no child of {parent}")
 
 
+def _job(session_id: str) -> wire.Job:
+    return wire.Job(session_id, "prj_a", "dep_a", "bld_a", "h.py:f", True, None, None, {})
+
+
 def _syscalls(nc: Any, session_id: str, keys: Keyring) -> Syscalls:
-    job = wire.Job(session_id, "prj_a", "dep_a", "bld_a", "h.py:f", True, None, None, {})
+    job = _job(session_id)
     inbox = Inbox(nc.jetstream(), session_id, set(), lambda reason, failed: None)
     return Syscalls(nc, job, inbox, nc.jetstream(), keys)
 
@@ -198,14 +203,16 @@ async def test_a_signal_rests_sealed_in_the_inbox_of_its_session(nats_url: str) 
         await bus.ensure_streams(js)
         keys = Keyring([Fernet.generate_key()])
         sender, target = ids.new_id("ses"), ids.new_id("ses")
+        created = wire.encode(created_record(_job(target)))  # of the sender's project
+        await js.publish(subjects.journal_subject(target), created)
         args = {"session_id": target, "name": "go"}
-        await _syscalls(nc, sender, keys).call("signal", args, pickle.dumps(PLANTED), 1)
+        await _syscalls(nc, sender, keys).call("signal", args, _values.dumps(PLANTED), 1)
         subject = subjects.inbox_subject(target)
         raw = await js.get_last_msg(subjects.STREAM_INBOX, subject)
         assert [f for f in encodings(PLANTED.encode()) if f in raw.data] == []
         wanted = {"names": ["go"], "timeout": 5}
         got, _ = await _syscalls(nc, target, keys).call("next_signal", wanted, b"", 1)
-        assert pickle.loads(got["payload"]) == PLANTED
+        assert _values.loads(got["payload"]) == PLANTED
         # Copied into another session's inbox, it does not open there.
         other = ids.new_id("ses")
         await js.publish(subjects.inbox_subject(other), raw.data)
