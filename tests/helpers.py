@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from akcore import natsserver
+from akcore import config, natsserver
 
 AK = str(Path(sys.executable).parent / "ak")
 WEBHOOK_RE = re.compile(r'trigger "(\w+)" created, webhook path is "(/webhooks/[0-9a-z]{26})"')
@@ -203,6 +203,12 @@ def start_stack(
     # The whole suite runs with API tokens on: `ak up` stores one for the CLI.
     env["AK_AUTH__TOKENS"] = "on"
     env.pop("AK_TOKEN", None)
+    # Variables a test sets for its handlers (markers in its own directories) reach them,
+    # and so do those directories: such handlers run as the test's user, not sandboxed.
+    mine = [k for k in extra_env or {} if not k.startswith(config.INTERNAL_ENV_PREFIXES)]
+    if mine:
+        env[config.ENV_WORKER_ENV] = ",".join(mine)
+        env[config.ENV_SANDBOX] = "off"
     env.update(extra_env or {})
     if not env["AK_WORKER_PYTHON"]:
         del env["AK_WORKER_PYTHON"]

@@ -37,7 +37,11 @@ class Child:
     restarts: Restarts = field(default_factory=Restarts)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", f"ak_{self.service}"], env=self.env)
+        # The store's files (the SQLite database and its journal) are for its user alone.
+        umask = 0o077 if self.service == "store" else -1
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"ak_{self.service}"], env=self.env, umask=umask
+        )
         self.started = time.monotonic()
 
     def check(self) -> None:
@@ -139,6 +143,7 @@ def up(
     say(f"Database:  {_without_password(env[config.ENV_DB_DSN])}")
     say(f"Data home: {data}")
     say(f"API tokens: {tokens_note}")
+    say(f"Sandbox:   {_sandbox_note()}")
 
     stopping: list[bool] = []
 
@@ -165,6 +170,24 @@ def up(
         say("stopping")
         _stop_all([c.proc for c in children if c.proc], nats_proc)
         say("stopped")
+
+
+def _sandbox_note() -> str:
+    """How handlers are boxed in (the runner's settings, checked above)."""
+    settings = config.Settings.from_env()
+    parts = [f"memory {settings.worker_memory_mb} MiB"] if settings.worker_memory_mb else []
+    if settings.session_timeout:
+        parts.append(f"session timeout {settings.session_timeout} s")
+    limits = f"; limits: {', '.join(parts)}" if parts else ""
+    if not settings.sandbox:
+        return f"off ({config.ENV_SANDBOX}=off): handlers run as this user{limits}"
+    if os.geteuid() != 0:
+        return (
+            "handlers run as this user: `ak up` is not root, so workers cannot get users "
+            f"of their own{limits}"
+        )
+    first, last = settings.worker_uids
+    return f"workers run as user ids {first}-{last}{limits}"
 
 
 def _without_password(dsn: str) -> str:

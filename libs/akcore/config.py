@@ -27,6 +27,13 @@ ENV_FILTER_BUDGET_MS = "AK_DISPATCHER__FILTER_BUDGET_MS"  # CPU time of one CEL 
 ENV_JOBS_MAX_ATTEMPTS = "AK_JOBS__MAX_ATTEMPTS"
 ENV_JOURNAL_MAX_RECORDS = "AK_RUNNER__JOURNAL_MAX_RECORDS"
 ENV_JOURNAL_MAX_BYTES = "AK_RUNNER__JOURNAL_MAX_BYTES"
+ENV_SANDBOX = "AK_RUNNER__SANDBOX"  # auto (workers boxed in when the runner is root) or off
+ENV_WORKER_UIDS = "AK_RUNNER__WORKER_UIDS"  # the user ids workers run as: FIRST-LAST
+ENV_WORKER_MEMORY_MB = "AK_RUNNER__WORKER_MEMORY_MB"  # address space of one worker; 0 = none
+ENV_WORKER_PROCESSES = "AK_RUNNER__WORKER_PROCESSES"  # processes of one worker's user
+ENV_SESSION_TIMEOUT = "AK_RUNNER__SESSION_TIMEOUT"  # seconds an attempt may run; 0 = none
+ENV_ECHO_PRINTS = "AK_RUNNER__ECHO_PRINTS"  # also write handler output to the runner's log
+ENV_WORKER_ENV = "AK_RUNNER__WORKER_ENV"  # names of the runner's variables workers also get
 ENV_TIMEOUT = "AK_TIMEOUT"
 ENV_EVENT_LOOP = "AK_EVENT_LOOP"  # uvloop (default when installed) or asyncio
 ENV_AUTH_TOKENS = "AK_AUTH__TOKENS"  # on (default) or off: /api calls need an API token
@@ -41,6 +48,8 @@ ENV_HTTP_MAX_CONNECTIONS = "AK_HTTP__MAX_CONNECTIONS"
 ENV_HTTP_MAX_API_BODY = "AK_HTTP__MAX_API_BODY"
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:9980"
+# User ids no account uses, one per worker process at a time (see services/runner/sandbox.py).
+DEFAULT_WORKER_UIDS = (820000, 829999)
 DEFAULT_SERVICE_URL = "http://localhost:9980"
 
 # Settings that belong to the system, never to user code: stripped from a worker's environment.
@@ -124,6 +133,13 @@ class Settings:
     auth_tokens: bool = True  # /api calls need an API token (off only on loopback)
     auth_bootstrap_file: str = ""  # the store keeps the token (or digest) of this file
     http: HttpLimits = HttpLimits()
+    sandbox: bool = True  # workers run as users of their own when the runner is root
+    worker_uids: tuple[int, int] = DEFAULT_WORKER_UIDS  # first and last, inclusive
+    worker_memory_mb: int = 1024
+    worker_processes: int = 64
+    session_timeout: int = 0
+    echo_prints: bool = False
+    worker_env: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -144,6 +160,13 @@ class Settings:
             auth_tokens=_switch(ENV_AUTH_TOKENS, True),
             auth_bootstrap_file=os.environ.get(ENV_AUTH_BOOTSTRAP, ""),
             http=HttpLimits.from_env(),
+            sandbox=_choice(ENV_SANDBOX, ("auto", "off")) == "auto",
+            worker_uids=_uid_range(os.environ.get(ENV_WORKER_UIDS, "")),
+            worker_memory_mb=_count(ENV_WORKER_MEMORY_MB, 1024, 0),
+            worker_processes=_count(ENV_WORKER_PROCESSES, 64, 1),
+            session_timeout=_count(ENV_SESSION_TIMEOUT, 0, 0),
+            echo_prints=_switch(ENV_ECHO_PRINTS, False),
+            worker_env=tuple(n for n in os.environ.get(ENV_WORKER_ENV, "").split(",") if n),
         )
 
 
@@ -175,6 +198,26 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    """A setting that is one of ``choices`` (the first when unset)."""
+    text = os.environ.get(name, "").strip().lower() or choices[0]
+    if text not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {text!r}")
+    return text
+
+
+def _uid_range(text: str) -> tuple[int, int]:
+    """``FIRST-LAST`` user ids (at least 2 of them, none below 1000)."""
+    if not text.strip():
+        return DEFAULT_WORKER_UIDS
+    first, _, last = text.strip().partition("-")
+    if not (first.isdigit() and last.isdigit()) or not 1000 <= int(first) < int(last):
+        raise ValueError(
+            f"{ENV_WORKER_UIDS} must be FIRST-LAST user ids from 1000 up, not {text!r}"
+        )
+    return int(first), int(last)
 
 
 def split_addr(addr: str) -> tuple[str, int]:

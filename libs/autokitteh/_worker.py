@@ -20,6 +20,7 @@ import linecache
 import os
 import pickle
 import queue
+import resource
 import sys
 import threading
 import traceback
@@ -288,8 +289,23 @@ def _put_environ(saved: dict[bytes, bytes]) -> None:
             os.environ[os.fsdecode(key)] = os.fsdecode(value)
 
 
+def confine(limits: dict[str, Any]) -> None:
+    """Sets the limits the runner asked for (``memory_mb``: address space; ``processes``:
+    of this user) as hard limits, which the handler cannot raise again. One lower already
+    (set by the system) stays."""
+    for which, value in (
+        (resource.RLIMIT_AS, int(limits.get("memory_mb") or 0) * 1024 * 1024),
+        (resource.RLIMIT_NPROC, int(limits.get("processes") or 0)),
+    ):
+        if value > 0:
+            hard = resource.getrlimit(which)[1]
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(which, (value, value))
+
+
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     """Runs one session and sends its ``done``; True when the process can take another."""
+    confine(start.get("limits") or {})
     baseline = _Baseline()
     code_dir = real_path(start["code_dir"])
     ch.idle = False
@@ -371,6 +387,7 @@ def _result(ch: Channel, result: Any, child: bool) -> bytes:
 
 
 def main(argv: list[str]) -> None:
+    os.dup2(2, 1)  # what a handler writes to stdout is not the runner's: see its stderr
     fin = os.fdopen(int(argv[0]), "rb", buffering=0)
     fout = os.fdopen(int(argv[1]), "wb", buffering=0)
     ch = Channel(fin, fout)

@@ -7,10 +7,12 @@ millisecond instead of a tenth of a second, and the pages of the interpreter and
 stay shared between all the workers forked from it (copy on write) instead of each
 worker holding its own copy.
 
-Requests (runner to server): ``F`` and the working directory, with three descriptors: the
-worker's frame pipes (in, out) and its stderr. Replies: ``P<pid>`` for each fork, and
-``X<pid> <exit code>`` when a worker ends (the server is its parent and reaps it). The
-server exits when the runner closes the control socket.
+Requests (runner to server): ``F``, the user id the worker runs as (-1: the server's own),
+a space and the working directory, with three descriptors: the worker's frame pipes (in,
+out) and its stderr. Replies: ``P<pid>`` for each fork, and ``X<pid> <exit code>`` when a
+worker ends (the server is its parent and reaps it). The server exits when the runner
+closes the control socket. A server started as root makes each worker its user (for good)
+before anything of a handler's runs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from . import _worker
 MAX_REQUEST = 8192
 
 
-def _child(ctrl: socket.socket, own: list[int], fds: list[int], cwd: str) -> None:
+def become_user(uid: int) -> None:
+    """Drops every privilege for user ``uid`` (group ``uid``, no other groups), for good;
+    files it creates are its own alone."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    os.umask(0o077)
+
+
+def _child(ctrl: socket.socket, own: list[int], fds: list[int], uid: int, cwd: str) -> None:
     """Becomes a worker; never returns."""
     try:
         os.setsid()  # a process group of its own: the runner kills what the handler started
@@ -40,6 +51,8 @@ def _child(ctrl: socket.socket, own: list[int], fds: list[int], cwd: str) -> Non
         fd_in, fd_out, err = fds
         os.dup2(err, 2)
         os.close(err)
+        if uid >= 0:
+            become_user(uid)
         os.chdir(cwd)
         _worker.main([str(fd_in), str(fd_out)])
     finally:
@@ -89,9 +102,10 @@ def main(argv: list[str]) -> None:
                 for fd in fds:
                     os.close(fd)
                 continue
+            uid, _, cwd = os.fsdecode(msg[1:]).partition(" ")
             pid = os.fork()
             if pid == 0:
-                _child(ctrl, [wake_r, wake_w, sel.fileno()], fds, os.fsdecode(msg[1:]))
+                _child(ctrl, [wake_r, wake_w, sel.fileno()], fds, int(uid), cwd)
             for fd in fds:
                 os.close(fd)
             try:

@@ -28,6 +28,7 @@ def unpack_build(cache: Path, build_id: str, files: dict[str, bytes]) -> Path:
             dest = tmp / safe_relpath(name)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
+        tmp.chmod(0o755)  # readable by the workers' users, who cannot list the cache
         os.rename(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)

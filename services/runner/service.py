@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,11 +20,11 @@ from akcore.journalio import JournalWriter, Limits, last_seq, read_journal
 from akcore.secrets import load_keyring
 from nats.aio.msg import Msg
 
-from .builds import worker_env
 from .faults import Faults
 from .inbox import InboxWatch
 from .lease import Lease
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
+from .sandbox import UserIds, WorkerLimits, is_root, lock_dir, seal_data_home, worker_env
 from .session import Host, Outcome, SessionRun, after_end
 from .worker import WorkerPool
 
@@ -186,6 +187,22 @@ async def _warm(host: Host) -> None:
         log.warning("no spare workers started ahead: %s", e)
 
 
+def _sandbox(settings: Settings) -> UserIds | None:
+    """User ids for workers when the runner can switch to them (it is root), after closing
+    the data home to them; None otherwise."""
+    if not settings.sandbox:
+        log.warning(
+            "the worker sandbox is off (AK_RUNNER__SANDBOX=off): handlers run as %d", os.geteuid()
+        )
+        return None
+    if not is_root():
+        return None  # `ak up` says so
+    seal_data_home(config.data_home())
+    first, last = settings.worker_uids
+    log.info("workers run as user ids %d-%d (the sandbox)", first, last)
+    return UserIds(first, last, lock_dir())
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
@@ -193,7 +210,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk")
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)
-    pool = WorkerPool(settings.warm_workers, spare, settings.worker_sessions, settings.fork_workers)
+    users = _sandbox(settings)
+    pool = WorkerPool(
+        settings.warm_workers,
+        spare,
+        settings.worker_sessions,
+        settings.fork_workers,
+        users,
+        settings.echo_prints,
+    )
     inboxes = InboxWatch()
     nc = await bus.connect(settings.nats_url, "ak-runner", on_reconnect=inboxes.resync)
     tel = tracing.Telemetry("runner")
@@ -202,7 +227,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await env_cache.watch(nc)
     await inboxes.watch(nc)
     js = nc.jetstream()
-    base_env = worker_env(dict(os.environ), {}, config.INTERNAL_ENV_PREFIXES)
+    home = tempfile.gettempdir() if users is not None else None
+    base_env = worker_env(dict(os.environ), settings.worker_env, home)
+    processes = settings.worker_processes if users is not None else 0  # counted per user
+    worker_limits = WorkerLimits(settings.worker_memory_mb, processes)
     faults = Faults.from_env()
     limits = Limits(settings.journal_max_records, settings.journal_max_bytes)
     keys = load_keyring()  # the runner seals the journal; its workers never see the key
@@ -220,6 +248,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         keys,
         faults=faults,
         journal_limits=limits,
+        worker_limits=worker_limits,
+        session_timeout=settings.session_timeout,
     )
     await bus.ensure_streams(js)
     await bus.serve_health(nc, "runner")

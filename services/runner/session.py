@@ -19,7 +19,7 @@ from typing import Any
 from akcore import bus, credheaders, journal, subjects, timefmt, tracing, wire
 from akcore.bus import may_pass
 from akcore.cache import StoreCache
-from akcore.config import REQUIREMENTS_FILE
+from akcore.config import ENV_SESSION_TIMEOUT, ENV_WORKER_MEMORY_MB, REQUIREMENTS_FILE
 from akcore.datakey import Keyring, SealError
 from akcore.errors import AKError, Unavailable
 from akcore.journal import Kind
@@ -45,6 +45,7 @@ from .faults import Faults
 from .inbox import Inbox, InboxWatch, seal_payload
 from .lease import Lease
 from .pyenv import EnvError, PythonEnvs
+from .sandbox import WorkerLimits
 from .syscalls import SyscallError, Syscalls
 from .worker import WorkerPool, WorkerProcess
 
@@ -103,16 +104,18 @@ class Host:
     env_cache: StoreCache  # each project's vars (`session.env`)
     inboxes: InboxWatch  # the inboxes of the sessions running here
     js: JetStreamContext
-    worker_env: dict[str, str]  # ours minus the system's own settings (see worker_env)
+    worker_env: dict[str, str]  # what of ours workers get (sandbox.worker_env)
     keys: Keyring  # seals and unseals the journal
     faults: Faults = field(default_factory=lambda: Faults([]))
     journal_limits: Limits = field(default_factory=Limits)
     # Each build's directory and requirements.txt, once unpacked (builds never change).
     builds: dict[str, tuple[Path, bytes | None]] = field(default_factory=dict)
     admission: Admission = field(default_factory=Admission)
+    worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
+    session_timeout: float = 0.0  # seconds an attempt may run (0: no limit)
 
     def spawn_env(self, extra_env: dict[str, str]) -> dict[str, str]:
-        """A worker's environment: the runner's (minus the system's settings) and what its
+        """A worker's environment: the little it gets of the runner's and what its
         interpreter needs (``extra_env``, its PYTHONPATH put first; updated in place). A
         session's own variables go in its start frame, on top."""
         base = dict(self.worker_env)
@@ -381,8 +384,9 @@ class SessionRun:
         talk = asyncio.create_task(self._converse(worker, code_dir))
         stop = asyncio.create_task(self._stop.wait())
         lost = asyncio.create_task(self.lease.lost.wait())
+        timer = asyncio.create_task(self._time_limit())
         await asyncio.wait({talk, stop, lost}, return_when=asyncio.FIRST_COMPLETED)
-        for t in (stop, lost):
+        for t in (stop, lost, timer):
             t.cancel()
         if talk.done():
             talk.result()
@@ -394,6 +398,17 @@ class SessionRun:
             raise Fenced(f"it lost its job ({self.lease.lost_because})")
         if not self.ended:
             await self.end(self.stop_state, self.stop_reason or "stopped")
+
+    async def _time_limit(self) -> None:
+        """Ends the session in ERROR once its attempt has run for the session timeout."""
+        limit = self.host.session_timeout
+        if limit <= 0:
+            return
+        await asyncio.sleep(limit)
+        self._request_stop(
+            f"session ended: over its time limit of {limit:g} s ({ENV_SESSION_TIMEOUT})",
+            failed=True,
+        )
 
     # --- the conversation with the worker
 
@@ -417,6 +432,7 @@ class SessionRun:
             "python_env": self.python_env,
             "env": self.env,
             "prints": self.history.prints,
+            "limits": self.host.worker_limits.frame(),
         }
         await worker.send(start, pickle.dumps(init))
         try:
@@ -443,11 +459,15 @@ class SessionRun:
         if self._stop.is_set():  # its end is the stop's, not a crash (a cancellation
             return  # of this task that came as it finished is not always delivered)
         tail = "".join(worker.stderr_tail).strip()
-        await self.end(
-            wire.ERROR,
-            f"error: worker process exited with code {code} before the handler finished",
-            tail,
-        )
+        error = f"error: worker process exited with code {code} before the handler finished"
+        await self.end(wire.ERROR, self._over_memory("MemoryError" in tail) or error, tail)
+
+    def _over_memory(self, ran_out: bool) -> str:
+        """The message for a handler that ran out of memory under the memory limit."""
+        limit = self.host.worker_limits.memory_mb
+        if not (ran_out and limit):
+            return ""
+        return f"session ended: over its memory limit of {limit} MiB ({ENV_WORKER_MEMORY_MB})"
 
     def _event_data(self) -> Any:
         """The event's data as the handler gets it: its credential headers opened."""
@@ -472,7 +492,8 @@ class SessionRun:
         if f.ok:
             await self.end(wire.COMPLETED, result=blob or None)
         else:
-            await self.end(wire.ERROR, f.error or "error", f.traceback, error_type=f.error_type)
+            error = self._over_memory(f.error_type == "MemoryError") or f.error or "error"
+            await self.end(wire.ERROR, error, f.traceback, error_type=f.error_type)
 
     async def _step(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
         """A durable step: recorded (replayed) or live. Steps come in order, one at a time."""

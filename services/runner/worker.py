@@ -16,6 +16,8 @@ from typing import Any
 from autokitteh._channel import HEADER_SIZE, MAX_FRAME, decode_header, encode_frame, split_sizes
 from autokitteh._frames import FrameError
 
+from .sandbox import UserIds, kill_user, open_way_to
+
 STDERR_TAIL = 20
 EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting its exit
 log = logging.getLogger(__name__)
@@ -109,14 +111,15 @@ class ForkServer:
             while self._forks:
                 self._forks.popleft().set_exception(ConnectionError("the fork server exited"))
 
-    async def fork(self, cwd: Path, fds: list[int]) -> int:
-        """Forks a worker with these descriptors (frames in, frames out, stderr)."""
+    async def fork(self, cwd: Path, fds: list[int], uid: int = -1) -> int:
+        """Forks a worker with these descriptors (frames in, frames out, stderr), running as
+        ``uid`` (-1: as the server)."""
         if not self.alive:
             raise ConnectionError("the fork server exited")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._forks.append(done)  # replies come in the order of the requests
         try:
-            socket.send_fds(self._sock, [b"F" + os.fsencode(str(cwd))], fds)
+            socket.send_fds(self._sock, [b"F" + os.fsencode(f"{uid} {cwd}")], fds)
         except OSError:
             self._forks.remove(done)
             raise
@@ -206,15 +209,22 @@ def _kill_group(pgid: int) -> None:
 class WorkerProcess:
     """A ``python -m autokitteh._worker`` process (started, or forked by a fork server)
     with two private pipes for frames. It leads a process group of its own, so that what
-    a handler starts dies with it."""
+    a handler starts dies with it; a sandboxed one runs as a user id of its own, and what
+    still runs as that user when it is closed is killed too (``sandbox``).
+
+    What it writes to stdout and stderr is kept (its last lines, for when it dies) and
+    written to the runner's stderr only with ``echo`` (AK_RUNNER__ECHO_PRINTS)."""
 
     def __init__(
         self,
         proc: asyncio.subprocess.Process | ForkedProcess,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        uid: int = -1,
     ) -> None:
-        self.proc, self._reader, self._writer = proc, reader, writer
+        self.proc, self._reader, self._writer, self.uid = proc, reader, writer, uid
+        self.users: UserIds | None = None  # where ``uid`` goes back when it is closed
+        self.echo = False
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self.sessions = 0  # sessions it has run
         self.reusable = False  # its last session ended cleanly and it can take another
@@ -222,9 +232,14 @@ class WorkerProcess:
         self._stderr_task = asyncio.create_task(self._forward_stderr())
 
     @classmethod
-    async def spawn(cls, python: str, code_dir: Path, env: dict[str, str]) -> WorkerProcess:
+    async def spawn(
+        cls, python: str, code_dir: Path, env: dict[str, str], uid: int = -1
+    ) -> WorkerProcess:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        user: dict[str, Any] = {}
+        if uid >= 0:  # as autokitteh._zygote.become_user does
+            user = {"user": uid, "group": uid, "extra_groups": [], "umask": 0o077}
         try:
             proc = await _run_module(
                 python,
@@ -234,6 +249,7 @@ class WorkerProcess:
                 env,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                **user,
             )
         except BaseException:
             for fd in (to_child_w, from_child_r):
@@ -242,16 +258,16 @@ class WorkerProcess:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        return cls(proc, *await _frame_streams(from_child_r, to_child_w))
+        return cls(proc, *await _frame_streams(from_child_r, to_child_w), uid)
 
     @classmethod
-    async def fork(cls, server: ForkServer, code_dir: Path) -> WorkerProcess:
+    async def fork(cls, server: ForkServer, code_dir: Path, uid: int = -1) -> WorkerProcess:
         """A worker forked by ``server`` (started with the same interpreter and environment)."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            pid = await server.fork(code_dir, [to_child_r, from_child_w, err_w])
+            pid = await server.fork(code_dir, [to_child_r, from_child_w, err_w], uid)
             proc = ForkedProcess(pid, await _read_stream(err_r), server)
         except BaseException:
             for fd in (to_child_w, from_child_r, err_r):
@@ -260,14 +276,15 @@ class WorkerProcess:
         finally:
             for fd in (to_child_r, from_child_w, err_w):
                 os.close(fd)
-        return cls(proc, *await _frame_streams(from_child_r, to_child_w))
+        return cls(proc, *await _frame_streams(from_child_r, to_child_w), uid)
 
     async def _forward_stderr(self) -> None:
         assert self.proc.stderr is not None
         async for line in self.proc.stderr:
             text = line.decode(errors="replace")
             self.stderr_tail.append(text)
-            sys.stderr.write(text)
+            if self.echo:
+                sys.stderr.write(text)
 
     SEND_TIMEOUT = 30.0  # a worker reads its messages on a thread of its own, at once
 
@@ -301,15 +318,17 @@ class WorkerProcess:
         return not self._reader._buffer  # type: ignore[attr-defined]
 
     def kill(self) -> None:
-        """Kills the worker and everything it started, now. (It is never reused: its end
-        may not have been seen yet when its session gives it back.)"""
+        """Kills the worker and everything it started, now: its process group, and every
+        process of its user when it has one of its own. (It is never reused: its end may
+        not have been seen yet when its session gives it back.)"""
         self.reusable = False
-        if self.proc.returncode is not None:
-            return
-        if isinstance(self.proc, ForkedProcess):
-            self.proc.kill()
-        else:
-            _kill_group(self.proc.pid)
+        if self.proc.returncode is None:
+            if isinstance(self.proc, ForkedProcess):
+                self.proc.kill()
+            else:
+                _kill_group(self.proc.pid)
+        if self.uid >= 0:  # also what left its process group or session
+            kill_user(self.uid)
 
     async def close(self) -> int:
         """Stops the worker (if still running) and returns its exit code."""
@@ -320,6 +339,9 @@ class WorkerProcess:
             except TimeoutError:
                 self.proc.kill()
         code = await self.proc.wait()
+        if self.users is not None and self.uid >= 0:
+            uid, self.uid = self.uid, -1
+            await self.users.give_back(uid)  # with whatever the handler left running
         await asyncio.gather(self._stderr_task, return_exceptions=True)
         return code
 
@@ -344,9 +366,19 @@ class WorkerPool:
 
     IDLE_SECONDS = 60.0  # a finished worker not used again within this is stopped
 
-    def __init__(self, size: int, cwd: Path, reuse: int = 1, fork: bool = False) -> None:
+    def __init__(
+        self,
+        size: int,
+        cwd: Path,
+        reuse: int = 1,
+        fork: bool = False,
+        users: UserIds | None = None,
+        echo: bool = False,
+    ) -> None:
         self.size, self.cwd, self.reuse = size, cwd, max(1, reuse)
         self.fork = fork and ForkServer.SUPPORTED
+        self.users, self.echo = users, echo  # users: a user id per worker (the sandbox)
+        self._reached: set[str] = set()  # interpreters the workers' users can get to
         self._idle: dict[PoolKey, list[WorkerProcess]] = {}
         self._done: dict[tuple[PoolKey, str], list[WorkerProcess]] = {}
         self._filling: set[asyncio.Task[None]] = set()
@@ -354,8 +386,27 @@ class WorkerPool:
         self._starting = asyncio.Lock()
 
     async def _start(self, key: PoolKey, python: str, env: dict[str, str]) -> WorkerProcess:
-        """A new worker: forked by the fork server of ``key`` (started first if needed), or
-        started as its own process when there is none or it failed."""
+        """A new worker, as a user of its own when sandboxed."""
+        uid = -1
+        if self.users is not None:
+            if python not in self._reached:
+                await asyncio.to_thread(open_way_to, Path(python))
+                self._reached.add(python)
+            uid = await self.users.take()
+        try:
+            worker = await self._launch(key, python, env, uid)
+        except BaseException:
+            if self.users is not None:
+                await self.users.give_back(uid)
+            raise
+        worker.users, worker.echo = self.users, self.echo
+        return worker
+
+    async def _launch(
+        self, key: PoolKey, python: str, env: dict[str, str], uid: int
+    ) -> WorkerProcess:
+        """Forked by the fork server of ``key`` (started first if needed), or started as a
+        process of its own when there is none or it failed."""
         if self.fork:
             try:
                 async with self._starting:
@@ -364,10 +415,10 @@ class WorkerPool:
                         if server is not None:
                             await server.close()
                         server = self._servers[key] = await ForkServer.start(python, self.cwd, env)
-                return await WorkerProcess.fork(server, self.cwd)
+                return await WorkerProcess.fork(server, self.cwd, uid)
             except (OSError, ConnectionError) as e:
                 log.warning("no worker from the fork server (%s); starting one: %s", python, e)
-        return await WorkerProcess.spawn(python, self.cwd, env)
+        return await WorkerProcess.spawn(python, self.cwd, env, uid)
 
     async def take(self, python: str, env: dict[str, str], project: str = "") -> WorkerProcess:
         key = pool_key(python, env)

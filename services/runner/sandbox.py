@@ -1,0 +1,216 @@
+"""The worker sandbox: what a handler's process may see and use.
+
+A runner started as root runs each worker process as a user id of its own, taken from a
+range no account uses (``AK_RUNNER__WORKER_UIDS``) and held for the process's life. That
+user cannot read the data home (the secrets key, the database, NATS's store), the
+services' ``/proc/<pid>/environ``, or another worker's memory; and every process it leaves
+behind is found by its user id and killed when the worker goes, whatever process group or
+session it moved to. Limits (address space, processes of the user) are set by the worker on
+itself before the handler runs. A runner that is not root cannot switch users: its workers
+run as it does, with the same limits and environment rules.
+
+Every worker, sandboxed or not, gets only a minimal environment (``worker_env``): no NATS
+address, no database DSN, no key, no ``AK_*`` setting. The project's variables come in
+its start frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import random
+import signal
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# What a handler may need of the runner's environment (locale, time zone, certificates,
+# proxies, the Python path); everything else stays with the runner.
+KEPT_ENV = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "PYTHONPATH",
+        "PYTHONUTF8",
+        "PYTHONIOENCODING",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+# Entries of the data home that workers read (Python environments, unpacked builds).
+WORKER_DIRS = frozenset({"venv", "venvs", "runner"})
+KILL_ROUNDS = 50  # scans of /proc; each kills what it finds, so a fork loop runs out of them
+
+
+def worker_env(
+    environ: dict[str, str], also: tuple[str, ...], home: str | None = None
+) -> dict[str, str]:
+    """The environment a worker starts with: ``KEPT_ENV``, ``LC_*`` and the names the
+    operator listed in ``also`` (AK_RUNNER__WORKER_ENV). HOME and TMPDIR are ``home`` for a
+    sandboxed worker (the runner's home is not its to read), else the runner's."""
+    env = {k: v for k, v in environ.items() if k in KEPT_ENV or k.startswith("LC_")}
+    env.update((k, environ[k]) for k in also if k in environ)
+    for name in ("HOME", "TMPDIR"):
+        value = home or environ.get(name)
+        if value:
+            env[name] = value
+    return env
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """What one worker process may use; set by the worker on itself (``autokitteh._worker``)."""
+
+    memory_mb: int = 0  # its address space (RLIMIT_AS); 0 = no limit
+    processes: int = 0  # processes of its user (RLIMIT_NPROC), only with a user of its own
+
+    def frame(self) -> dict[str, Any]:
+        return {"memory_mb": self.memory_mb, "processes": self.processes}
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class UserIds:
+    """User ids for worker processes, one per live process. A lock file per id (``flock``,
+    dropped by the kernel when the runner dies) keeps the runners of one machine apart; an
+    id is cleared of any process still running as it before it is handed out again."""
+
+    def __init__(self, first: int, last: int, locks: Path) -> None:
+        self.first, self.last, self._locks = first, last, locks
+        self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
+
+    async def take(self) -> int:
+        """A free user id, with no process left running as it."""
+        uid = await asyncio.to_thread(self._lock_one)
+        await asyncio.to_thread(kill_user, uid)
+        return uid
+
+    def _lock_one(self) -> int:
+        count = self.last - self.first + 1
+        start = random.randrange(count)  # runners starting together rarely meet
+        for i in range(count):
+            uid = self.first + (start + i) % count
+            if uid in self._held:
+                continue
+            fd = os.open(self._locks / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._held[uid] = fd
+            return uid
+        raise OSError(
+            f"all {count} worker user ids are in use (AK_RUNNER__WORKER_UIDS is "
+            f"{self.first}-{self.last}): give the runners a larger range"
+        )
+
+    async def give_back(self, uid: int) -> None:
+        """Kills whatever still runs as ``uid`` (what a handler left behind), then frees it."""
+        await asyncio.to_thread(kill_user, uid)
+        fd = self._held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)  # the lock goes with it
+
+
+def kill_user(uid: int) -> int:
+    """SIGKILLs every process whose real user id is ``uid``, until none is left; returns how
+    many it killed. Read from ``/proc/<pid>/status``, which a process cannot hide from (its
+    ``/proc`` directory's owner it can, by becoming non-dumpable)."""
+    killed = 0
+    for _ in range(KILL_ROUNDS):
+        found = [pid for pid in _pids() if _real_uid(pid) == uid]
+        if not found:
+            return killed
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    log.warning("user %d: processes still running after %d rounds of kills", uid, KILL_ROUNDS)
+    return killed
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _real_uid(pid: int) -> int:
+    """The real user id of a live process (-1 for one gone, or a zombie: dead already)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"State:") and line.split()[1] in (b"Z", b"X"):
+                    return -1
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+def lock_dir() -> Path:
+    """Where the runners of this machine hold their user ids: a directory only root can
+    write to (a worker must not be able to make it first)."""
+    path = Path("/run/autokitteh/worker-uids")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if info.st_uid != 0 or not stat.S_ISDIR(info.st_mode) or stat.S_IMODE(info.st_mode) & 0o022:
+        raise OSError(f"{path} must be a directory of root's that no one else can write to")
+    return path
+
+
+def seal_data_home(data: Path) -> None:
+    """Closes the data home to worker users: only ``WORKER_DIRS`` are theirs to read, the
+    home itself can be crossed but not listed, and the directories above it can be crossed
+    (``o+x``, said once in the log when that had to be added)."""
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o711)
+    for entry in data.iterdir():
+        if entry.is_symlink():
+            continue
+        mode = stat.S_IMODE(entry.stat().st_mode)
+        if entry.name in WORKER_DIRS:
+            entry.chmod(mode | 0o055 if entry.name != "runner" else 0o711)
+        elif mode & 0o077:
+            entry.chmod(mode & ~0o077)
+    runner = data / "runner"
+    for name, mode in (("builds", 0o711), ("spare", 0o711), ("sdk", 0o755)):
+        (runner / name).mkdir(parents=True, exist_ok=True)
+        (runner / name).chmod(mode)
+    open_way_to(data)
+
+
+def open_way_to(path: Path) -> None:
+    """Makes the directories above ``path`` searchable by other users (``o+x``: a name in
+    them can be opened if its own mode allows, none can be listed), saying so in the log
+    for each that was not. Workers must reach their interpreter and the data home, and
+    a root runner's often live under /root."""
+    for parent in path.resolve().parents:
+        mode = stat.S_IMODE(parent.stat().st_mode)
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+            log.warning(
+                "made %s searchable by other users (o+x, not listable) so that sandboxed "
+                "workers reach %s",
+                parent,
+                path,
+            )
