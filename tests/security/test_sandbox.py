@@ -1,0 +1,188 @@
+"""Handlers boxed in: a handler cannot read the data home, the runner's environment or
+another build; it gets no setting of the system's; memory, time and the processes it
+leaves behind are bounded; its output goes to its session, not to the service log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Stack, start_stack, write_project
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the worker sandbox needs the runner to run as root"
+)
+
+MANIFEST = """\
+version: v1
+project:
+  name: boxed
+"""
+
+CODE = """\
+import os
+import subprocess
+import sys
+import time
+
+
+def _try(what, fn):
+    try:
+        fn()
+        print(what, "allowed")
+    except PermissionError:
+        print(what, "denied")
+
+
+def probe(event):
+    home = event.data["data_home"]
+    _try("key", lambda: open(os.path.join(home, "secrets.key"), "rb").read(1))
+    _try("database", lambda: open(os.path.join(home, "autokitteh.sqlite"), "rb").read(1))
+    _try("nats", lambda: os.listdir(os.path.join(home, "nats")))
+    _try("builds", lambda: os.listdir(os.path.join(home, "runner", "builds")))
+    _try("environ", lambda: open(f"/proc/{event.data['runner']}/environ", "rb").read(1))
+    leaks = sorted(
+        k for k, v in os.environ.items()
+        if k.startswith(("AK_", "OTEL_")) or "nats://" in v or "sqlite:" in v or "postgres" in v
+    )
+    print("leaks", leaks)
+    print("root", os.getuid() == 0)
+
+
+def hog(event):
+    big = bytearray(1536 * 1024 * 1024)
+    return len(big)
+
+
+def spin(event):
+    while True:
+        time.sleep(0.05)
+
+
+def litter(event):
+    mark = event.data["mark"]
+    sleeper = [sys.executable, "-c", "import time; time.sleep(1000)", mark]
+    subprocess.Popen(sleeper)
+    # Double-forked into a session of its own: out of the worker's process group.
+    subprocess.Popen(["sh", "-c", 'setsid "$@" &', "sh", *sleeper]).wait()
+    print("littered")
+    time.sleep(1000)
+
+
+def chatty(event):
+    mark = event.data["mark"]
+    print("print", mark)
+    sys.stderr.write(f"stderr {mark}\\n")
+    os.write(1, f"fd1 {mark}\\n".encode())
+    return 1
+"""
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    # Not under pytest's own directory: a pytest starting meanwhile makes that 0700 again,
+    # and the workers' users could no longer reach their builds.
+    home = Path(tempfile.mkdtemp(prefix="ak-sandbox-"))
+    s = start_stack(
+        home,
+        {"AK_RUNNER__WORKER_MEMORY_MB": "512", "AK_RUNNER__SESSION_TIMEOUT": "10"},
+    )
+    s.deploy(write_project(home / "boxed", {"autokitteh.yaml": MANIFEST, "box.py": CODE}))
+    yield s
+    s.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _start(stack: Stack, function: str, **inputs: object) -> str:
+    args = [f"{k}={json.dumps(v)}" for k, v in inputs.items()]
+    flags = [x for a in args for x in ("-I", a)]
+    res = stack.ak("session", "start", "-o", "boxed", "-p", f"box.py:{function}", *flags)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().removeprefix("session_id: ")
+
+
+def _prints(stack: Stack, sid: str) -> list[str]:
+    return stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+
+
+def _data_home(stack: Stack) -> Path:
+    return Path(stack.env["XDG_DATA_HOME"]) / "autokitteh"
+
+
+def test_the_banner_says_how_handlers_are_boxed_in(stack: Stack) -> None:
+    assert "[ak] Sandbox:   workers run as user ids 820000-829999" in stack.output()
+
+
+def test_a_handler_cannot_read_the_data_home_or_the_runners_environment(stack: Stack) -> None:
+    home = _data_home(stack)
+    runner = stack.pids("runner")[0]
+    for secret in (home / "secrets.key", home / "autokitteh.sqlite"):
+        assert secret.is_file()  # there to be read, by the services alone
+    sid = _start(stack, "probe", data_home=str(home), runner=runner)
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    assert _prints(stack, sid) == [
+        "key denied",
+        "database denied",
+        "nats denied",
+        "builds denied",
+        "environ denied",
+        "leaks []",
+        "root False",
+    ]
+
+
+def test_a_handler_over_the_memory_limit_ends_in_error_naming_it(stack: Stack) -> None:
+    session = stack.wait_session(_start(stack, "hog"))
+    assert session["error"] == (
+        "session ended: over its memory limit of 512 MiB (AK_RUNNER__WORKER_MEMORY_MB)"
+    ), session
+    assert session["state"] == "ERROR"
+
+
+def test_a_handler_over_the_session_timeout_ends_in_error_naming_it(stack: Stack) -> None:
+    t0 = time.monotonic()
+    session = stack.wait_session(_start(stack, "spin"), timeout=40)
+    assert session["state"] == "ERROR"
+    assert session["error"] == (
+        "session ended: over its time limit of 10 s (AK_RUNNER__SESSION_TIMEOUT)"
+    )
+    assert time.monotonic() - t0 >= 10
+
+
+def _marked(mark: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mark.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_stopping_a_session_kills_what_its_handler_left_running(stack: Stack) -> None:
+    mark = f"ak-litter-{os.getpid()}-{time.monotonic_ns()}"
+    sid = _start(stack, "litter", mark=mark)
+    stack.wait_output("littered", "session", "prints", sid)
+    left = _marked(mark)
+    assert len(left) == 2  # a child, and a grandchild in a session of its own
+    assert len({os.getsid(pid) for pid in left}) == 2
+    stack.ak("session", "stop", sid, check=True)
+    assert stack.wait_session(sid)["state"] == "STOPPED"
+    assert _marked(mark) == []  # killed before the session's end was written
+
+
+def test_handler_output_goes_to_its_session_not_to_the_service_log(stack: Stack) -> None:
+    mark = f"ak-chatty-{time.monotonic_ns()}"
+    sid = _start(stack, "chatty", mark=mark)
+    session = stack.wait_session(sid)
+    assert session["state"] == "COMPLETED", session
+    assert _prints(stack, sid) == [f"print {mark}"]
+    assert mark not in stack.output()
