@@ -23,15 +23,30 @@ EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting i
 log = logging.getLogger(__name__)
 
 
+# How a root fork server starts: its environment's packages on the path, but not one of
+# their ``.pth`` files run (as root); each worker runs them once it is its own user.
+_NO_SITE = (
+    "import runpy, site, sys; sys.path[1:1] = site.getsitepackages(); "
+    "runpy.run_module({!r}, run_name='__main__', alter_sys=True)"
+)
+
+
 async def _run_module(
-    python: str, module: str, fds: list[int], cwd: Path, env: dict[str, str], **kw: Any
+    python: str,
+    module: str,
+    fds: list[int],
+    cwd: Path,
+    env: dict[str, str],
+    no_site: bool = False,
+    **kw: Any,
 ) -> asyncio.subprocess.Process:
-    """``python -u -m module FD...``, the descriptors passed on to it."""
+    """``python -u -m module FD...``, the descriptors passed on to it (``no_site``: with
+    ``-S``, the packages found by path only)."""
+    start = ("-S", "-c", _NO_SITE.format(module)) if no_site else ("-m", module)
     return await asyncio.create_subprocess_exec(
         python,
         "-u",
-        "-m",
-        module,
+        *start,
         *map(str, fds),
         pass_fds=fds,
         cwd=cwd,
@@ -75,10 +90,15 @@ class ForkServer:
         self._reading = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, python: str, cwd: Path, env: dict[str, str]) -> ForkServer:
+    async def start(
+        cls, python: str, cwd: Path, env: dict[str, str], as_root: bool = False
+    ) -> ForkServer:
+        """``as_root``: it forks sandboxed workers, so it runs no code of the environment's
+        packages (their ``.pth`` files) itself."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            proc = await _run_module(python, "autokitteh._zygote", [theirs.fileno()], cwd, env)
+            fds = [theirs.fileno()]
+            proc = await _run_module(python, "autokitteh._zygote", fds, cwd, env, as_root)
         except BaseException:
             ours.close()
             raise
@@ -414,7 +434,9 @@ class WorkerPool:
                     if server is None or not server.alive:
                         if server is not None:
                             await server.close()
-                        server = self._servers[key] = await ForkServer.start(python, self.cwd, env)
+                        server = self._servers[key] = await ForkServer.start(
+                            python, self.cwd, env, as_root=self.users is not None
+                        )
                 return await WorkerProcess.fork(server, self.cwd, uid)
             except (OSError, ConnectionError) as e:
                 log.warning("no worker from the fork server (%s); starting one: %s", python, e)
