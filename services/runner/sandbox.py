@@ -182,7 +182,9 @@ def seal_data_home(data: Path) -> None:
     """Closes the data home to worker users: only ``WORKER_DIRS`` are theirs to read, the
     home itself can be crossed but not listed, and the directories above it can be crossed
     (``o+x``, said once in the log when that had to be added)."""
-    data.mkdir(parents=True, exist_ok=True)
+    runner = data / "runner"
+    for name in ("builds", "spare", "sdk"):
+        (runner / name).mkdir(parents=True, exist_ok=True)
     data.chmod(0o711)
     for entry in data.iterdir():
         if entry.is_symlink():
@@ -192,9 +194,7 @@ def seal_data_home(data: Path) -> None:
             entry.chmod(mode | 0o055 if entry.name != "runner" else 0o711)
         elif mode & 0o077:
             entry.chmod(mode & ~0o077)
-    runner = data / "runner"
     for name, mode in (("builds", 0o711), ("spare", 0o711), ("sdk", 0o755)):
-        (runner / name).mkdir(parents=True, exist_ok=True)
         (runner / name).chmod(mode)
     open_way_to(data)
 

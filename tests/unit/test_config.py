@@ -61,3 +61,27 @@ def test_http_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AK_HTTP__MAX_API_BODY", "100")
     with pytest.raises(ValueError, match="AK_HTTP__MAX_API_BODY must be a whole number of at"):
         Settings.from_env()
+
+
+def test_sandbox_settings_default_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AK_RUNNER__SANDBOX", "AK_RUNNER__WORKER_UIDS", "AK_RUNNER__WORKER_ENV"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.sandbox, s.worker_uids, s.worker_env) == (True, (820000, 829999), ())
+    assert (s.worker_memory_mb, s.worker_processes, s.session_timeout) == (1024, 64, 0)
+    monkeypatch.setenv("AK_RUNNER__SANDBOX", "off")
+    monkeypatch.setenv("AK_RUNNER__WORKER_UIDS", "5000-5009")
+    monkeypatch.setenv("AK_RUNNER__WORKER_ENV", "MARKER_DIR,TOKEN")
+    s = Settings.from_env()
+    assert (s.sandbox, s.worker_uids, s.worker_env) == (
+        False,
+        (5000, 5009),
+        ("MARKER_DIR", "TOKEN"),
+    )
+    monkeypatch.setenv("AK_RUNNER__WORKER_UIDS", "0-10")
+    with pytest.raises(ValueError, match="AK_RUNNER__WORKER_UIDS must be FIRST-LAST user ids"):
+        Settings.from_env()
+    monkeypatch.setenv("AK_RUNNER__WORKER_UIDS", "5000-5009")
+    monkeypatch.setenv("AK_RUNNER__SANDBOX", "no")
+    with pytest.raises(ValueError, match="AK_RUNNER__SANDBOX must be one of auto, off"):
+        Settings.from_env()

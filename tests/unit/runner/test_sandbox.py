@@ -1,0 +1,96 @@
+"""The worker sandbox's parts: the environment workers get, user ids, killing a user's
+processes, the data home closed to workers."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ak_runner.sandbox import UserIds, kill_user, seal_data_home, worker_env
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+
+
+def test_workers_get_a_minimal_environment() -> None:
+    runner = {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "HOME": "/root",
+        "AK_NATS_URL": "nats://127.0.0.1:4222",
+        "AK_DB__DSN": "postgresql://ak:pw@db/ak",
+        "DATABASE_URL": "postgresql://ak:pw@db/ak",
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=x",
+        "MARKER_DIR": "/tmp/m",
+    }
+    assert worker_env(runner, ("MARKER_DIR", "ABSENT"), "/tmp") == {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "MARKER_DIR": "/tmp/m",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+    }
+    assert worker_env(runner, ())["HOME"] == "/root"  # not sandboxed: the runner's own
+
+
+def test_runners_sharing_a_lock_directory_never_share_a_user_id(tmp_path: Path) -> None:
+    a, b = UserIds(5000, 5001, tmp_path), UserIds(5000, 5001, tmp_path)
+    first, second = a._lock_one(), b._lock_one()
+    assert {first, second} == {5000, 5001}
+    with pytest.raises(OSError, match="all 2 worker user ids are in use"):
+        a._lock_one()
+
+
+@root_only
+def test_killing_a_user_kills_what_left_its_process_group_and_session() -> None:
+    uid = 829998
+    mark = f"ak-kill-user-{os.getpid()}"
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(60)' {mark}"
+    script = f"{sleeper} & setsid {sleeper} &"  # a child, and one in a session of its own
+    subprocess.run(["sh", "-c", script], user=uid, group=uid, extra_groups=[], check=True)
+    deadline = time.monotonic() + 10
+    while len(_marked(mark)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert kill_user(uid) >= 2
+    deadline = time.monotonic() + 5
+    while _marked(mark):
+        assert time.monotonic() < deadline, "a process of the user survived"
+        time.sleep(0.05)
+
+
+def _marked(mark: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mark.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                if "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]:
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_the_data_home_is_closed_but_for_what_workers_read(tmp_path: Path) -> None:
+    data = tmp_path / "autokitteh"
+    (data / "nats").mkdir(parents=True)
+    (data / "venv").mkdir(mode=0o700)
+    (data / "autokitteh.sqlite").write_bytes(b"")
+    (data / "autokitteh.sqlite").chmod(0o644)
+    seal_data_home(data)
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(data) == 0o711  # crossed, not listed
+    assert mode(data / "autokitteh.sqlite") == 0o600
+    assert mode(data / "nats") & 0o077 == 0
+    assert mode(data / "venv") == 0o755
+    assert mode(data / "runner") == mode(data / "runner" / "builds") == 0o711
+    assert mode(tmp_path) & 0o001  # the way to it is open
