@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 KEPT_ENV = frozenset(
     {
         "PATH",
+        "HOME",  # a sandboxed worker cannot write there: files go to TMPDIR (tempfile)
+        "TMPDIR",
         "LANG",
         "LANGUAGE",
         "TZ",
@@ -57,18 +59,11 @@ WORKER_DIRS = frozenset({"venv", "venvs", "runner"})
 KILL_ROUNDS = 50  # scans of /proc; each kills what it finds, so a fork loop runs out of them
 
 
-def worker_env(
-    environ: dict[str, str], also: tuple[str, ...], home: str | None = None
-) -> dict[str, str]:
+def worker_env(environ: dict[str, str], also: tuple[str, ...]) -> dict[str, str]:
     """The environment a worker starts with: ``KEPT_ENV``, ``LC_*`` and the names the
-    operator listed in ``also`` (AK_RUNNER__WORKER_ENV). HOME and TMPDIR are ``home`` for a
-    sandboxed worker (the runner's home is not its to read), else the runner's."""
+    operator listed in ``also`` (AK_RUNNER__WORKER_ENV)."""
     env = {k: v for k, v in environ.items() if k in KEPT_ENV or k.startswith("LC_")}
     env.update((k, environ[k]) for k in also if k in environ)
-    for name in ("HOME", "TMPDIR"):
-        value = home or environ.get(name)
-        if value:
-            env[name] = value
     return env
 
 

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -227,8 +226,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await env_cache.watch(nc)
     await inboxes.watch(nc)
     js = nc.jetstream()
-    home = tempfile.gettempdir() if users is not None else None
-    base_env = worker_env(dict(os.environ), settings.worker_env, home)
+    base_env = worker_env(dict(os.environ), settings.worker_env)
     processes = settings.worker_processes if users is not None else 0  # counted per user
     worker_limits = WorkerLimits(settings.worker_memory_mb, processes)
     faults = Faults.from_env()
