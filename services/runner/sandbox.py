@@ -166,11 +166,17 @@ def lock_dir() -> Path:
     """Where the runners of this machine hold their user ids: a directory only root can
     write to (a worker must not be able to make it first)."""
     path = Path("/run/autokitteh/worker-uids")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as e:
+        raise OSError(f"the worker sandbox needs {path}: {e}{_OFF}") from None
     if info.st_uid != 0 or not stat.S_ISDIR(info.st_mode) or stat.S_IMODE(info.st_mode) & 0o022:
-        raise OSError(f"{path} must be a directory of root's that no one else can write to")
+        raise OSError(f"{path} must be a directory of root's that no one else can write to{_OFF}")
     return path
+
+
+_OFF = " (or set AK_RUNNER__SANDBOX=off to run handlers as the runner's user)"
 
 
 def seal_data_home(data: Path) -> None:
