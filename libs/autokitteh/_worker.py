@@ -1,7 +1,7 @@
 """The worker process: loads the user's code and runs one handler for the runner.
 
-Started by the runner as ``python -m autokitteh._worker IN_FD OUT_FD``, ahead of its first
-session. Each ``start`` frame runs one session; the frames to the runner are described in
+Started by the runner as ``python -m autokitteh._worker IN_FD OUT_FD [UID]``, ahead of its
+first session. Each ``start`` frame runs one session; the frames to the runner are described in
 ``autokitteh._frames`` (``print``, ``step``, ``activity``, ``syscall``, ``done``). After
 ``done`` the process puts itself back as it was before the session (user modules forgotten,
 environment, ``print``, ``sys.path`` and cwd restored) and waits for the next ``start`` of the
@@ -289,6 +289,20 @@ def _put_environ(saved: dict[bytes, bytes]) -> None:
             os.environ[os.fsdecode(key)] = os.fsdecode(value)
 
 
+def become_user(uid: int) -> None:
+    """Drops every privilege for user ``uid`` (group ``uid``, no other groups), for good;
+    files it creates are its own alone. A process started without ``site`` (by a root
+    runner) runs the ``.pth`` files of its packages now, as that user."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    os.umask(0o077)
+    if sys.flags.no_site:
+        import site
+
+        site.main()
+
+
 def confine(limits: dict[str, Any]) -> None:
     """Sets the limits the runner asked for (``memory_mb``: address space; ``processes``:
     of this user) as hard limits, which the handler cannot raise again. One lower already
@@ -387,6 +401,10 @@ def _result(ch: Channel, result: Any, child: bool) -> bytes:
 
 
 def main(argv: list[str]) -> None:
+    """``IN_FD OUT_FD [UID]``: with a user id, the process (started as root) becomes that
+    user first."""
+    if len(argv) > 2:
+        become_user(int(argv[2]))
     os.dup2(2, 1)  # what a handler writes to stdout is not the runner's: see its stderr
     fin = os.fdopen(int(argv[0]), "rb", buffering=0)
     fout = os.fdopen(int(argv[1]), "wb", buffering=0)

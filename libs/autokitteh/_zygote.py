@@ -29,20 +29,6 @@ from . import _worker
 MAX_REQUEST = 8192
 
 
-def become_user(uid: int) -> None:
-    """Drops every privilege for user ``uid`` (group ``uid``, no other groups), for good;
-    files it creates are its own alone. A server started without ``site`` (as root: see
-    the runner) lets the worker run the ``.pth`` files of its packages now, as that user."""
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    os.umask(0o077)
-    if sys.flags.no_site:
-        import site
-
-        site.main()
-
-
 def _child(ctrl: socket.socket, own: list[int], fds: list[int], uid: int, cwd: str) -> None:
     """Becomes a worker; never returns."""
     try:
@@ -57,7 +43,7 @@ def _child(ctrl: socket.socket, own: list[int], fds: list[int], uid: int, cwd: s
         os.dup2(err, 2)
         os.close(err)
         if uid >= 0:
-            become_user(uid)
+            _worker.become_user(uid)
         os.chdir(cwd)
         _worker.main([str(fd_in), str(fd_out)])
     finally:

@@ -23,8 +23,8 @@ EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting i
 log = logging.getLogger(__name__)
 
 
-# How a root fork server starts: its environment's packages on the path, but not one of
-# their ``.pth`` files run (as root); each worker runs them once it is its own user.
+# How a root fork server or worker starts: its environment's packages on the path, but not
+# one of their ``.pth`` files run (as root); a worker runs them once it is its own user.
 _NO_SITE = (
     "import runpy, site, sys; sys.path[1:1] = site.getsitepackages(); "
     "runpy.run_module({!r}, run_name='__main__', alter_sys=True)"
@@ -38,16 +38,17 @@ async def _run_module(
     cwd: Path,
     env: dict[str, str],
     no_site: bool = False,
+    args: list[int] | None = None,
     **kw: Any,
 ) -> asyncio.subprocess.Process:
-    """``python -u -m module FD...``, the descriptors passed on to it (``no_site``: with
-    ``-S``, the packages found by path only)."""
+    """``python -u -m module FD... ARG...``, the descriptors passed on to it (``no_site``:
+    with ``-S``, the packages found by path only)."""
     start = ("-S", "-c", _NO_SITE.format(module)) if no_site else ("-m", module)
     return await asyncio.create_subprocess_exec(
         python,
         "-u",
         *start,
-        *map(str, fds),
+        *map(str, [*fds, *(args or [])]),
         pass_fds=fds,
         cwd=cwd,
         env=env,
@@ -257,9 +258,7 @@ class WorkerProcess:
     ) -> WorkerProcess:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        user: dict[str, Any] = {}
-        if uid >= 0:  # as autokitteh._zygote.become_user does
-            user = {"user": uid, "group": uid, "extra_groups": [], "umask": 0o077}
+        user = [uid] if uid >= 0 else []  # it becomes that user before it runs any package
         try:
             proc = await _run_module(
                 python,
@@ -267,9 +266,10 @@ class WorkerProcess:
                 [to_child_r, from_child_w],
                 code_dir,
                 env,
+                uid >= 0,
+                user,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                **user,
             )
         except BaseException:
             for fd in (to_child_w, from_child_r):

@@ -91,14 +91,19 @@ def chatty(event):
 """
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["1", "0"], ids=["forked", "started"])
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A stack whose workers are forked by a fork server, or each started anew."""
     # Not under pytest's own directory: a pytest starting meanwhile makes that 0700 again,
     # and the workers' users could no longer reach their builds.
     home = Path(tempfile.mkdtemp(prefix="ak-sandbox-"))
     s = start_stack(
         home,
-        {"AK_RUNNER__WORKER_MEMORY_MB": "512", "AK_RUNNER__SESSION_TIMEOUT": "10"},
+        {
+            "AK_RUNNER__WORKER_MEMORY_MB": "512",
+            "AK_RUNNER__SESSION_TIMEOUT": "10",
+            "AK_RUNNER__FORK_WORKERS": request.param,
+        },
     )
     s.deploy(write_project(home / "boxed", {"autokitteh.yaml": MANIFEST, "box.py": CODE}))
     yield s
