@@ -125,13 +125,13 @@ class UserIds:
             os.close(fd)  # the lock goes with it
 
 
-def kill_user(uid: int, spare: int = 0) -> int:
-    """SIGKILLs every process whose real user id is ``uid`` (but ``spare``), until none is
-    left; returns how many it killed. Read from ``/proc/<pid>/status``, which a process
-    cannot hide from (its ``/proc`` directory's owner it can, by becoming non-dumpable)."""
+def kill_user(uid: int) -> int:
+    """SIGKILLs every process whose real user id is ``uid``, until none is left; returns how
+    many it killed. Read from ``/proc/<pid>/status``, which a process cannot hide from (its
+    ``/proc`` directory's owner it can, by becoming non-dumpable)."""
     killed = 0
     for _ in range(KILL_ROUNDS):
-        found = [pid for pid in _pids() if pid != spare and _real_uid(pid) == uid]
+        found = [pid for pid in _pids() if _real_uid(pid) == uid]
         if not found:
             return killed
         for pid in found:

@@ -488,8 +488,6 @@ class WorkerPool:
         ):
             await worker.close()
             return
-        if worker.uid >= 0:  # what its handler left running goes with its session
-            await asyncio.to_thread(kill_user, worker.uid, worker.proc.pid)
         key = pool_key(python, env)
         worker.stderr_tail.clear()
         worker.idle_since = asyncio.get_running_loop().time()

@@ -76,12 +76,6 @@ def litter(event):
     time.sleep(1000)
 
 
-def leave(event):
-    sleeper = [sys.executable, "-c", "import time; time.sleep(1000)", event.data["mark"]]
-    subprocess.Popen(["sh", "-c", 'setsid "$@" &', "sh", *sleeper]).wait()
-    return 1
-
-
 def chatty(event):
     mark = event.data["mark"]
     print("print", mark)
@@ -188,15 +182,6 @@ def test_stopping_a_session_kills_what_its_handler_left_running(stack: Stack) ->
     stack.ak("session", "stop", sid, check=True)
     assert stack.wait_session(sid)["state"] == "STOPPED"
     assert _marked(mark) == []  # killed before the session's end was written
-
-
-def test_what_a_handler_leaves_running_ends_with_its_session(stack: Stack) -> None:
-    mark = f"ak-leave-{os.getpid()}-{time.monotonic_ns()}"
-    assert stack.wait_session(_start(stack, "leave", mark=mark))["state"] == "COMPLETED"
-    deadline = time.monotonic() + 5  # killed as its worker is given back, after the end
-    while _marked(mark):
-        assert time.monotonic() < deadline, "a process the handler left survived its session"
-        time.sleep(0.05)
 
 
 def test_handler_output_goes_to_its_session_not_to_the_service_log(stack: Stack) -> None:
