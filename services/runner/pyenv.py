@@ -33,6 +33,7 @@ from akcore.errors import AKError, InvalidArgument
 
 from .builds import worker_env
 from .requirements import RequirementsRefused, check_requirements
+from .sandbox import UserIds, as_user, chown_tree, open_way_to
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +159,18 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
-async def _run(build: Build, what: str, *argv: str) -> None:
-    """Runs a tool, adding its output to the build's lines; raises EnvError when it fails."""
+async def _run(build: Build, what: str, *argv: str, uid: int = -1) -> None:
+    """Runs a tool (as user ``uid`` when one is given), adding its output to the build's
+    lines; raises EnvError when it fails."""
+    env = _tool_env()
+    if uid >= 0:
+        env["PIP_NO_CACHE_DIR"] = "1"  # the builder cannot write to HOME
     proc = await asyncio.create_subprocess_exec(
-        *argv,
+        *(as_user(uid, list(argv)) if uid >= 0 else argv),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=_tool_env(),
+        env=env,
     )
     assert proc.stdout is not None
     async for raw in proc.stdout:
@@ -191,64 +196,81 @@ async def _file_lock(path: Path) -> AsyncIterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-async def _build(build: Build) -> None:
+async def _build(build: Build, users: UserIds | None) -> None:
+    """Builds the environment; with ``users`` (the sandbox), packages are installed by a
+    user id of their own, which owns the environment only while they install: what their
+    installers run cannot touch anything else, and the workers cannot change it after."""
     spec = build.spec
     async with _file_lock(spec.path.parent / f".{spec.path.name}.lock"):
         if is_ready(spec):  # another runner built it while we waited
             return
-        if not spec.python.exists():
-            shutil.rmtree(spec.path, ignore_errors=True)
-            base = _base_python()
-            build.say(f"creating {spec.label} at {spec.path} with {base}")
-            await _run(build, "python -m venv", base, "-m", "venv", str(spec.path))
-            await _check_version(build, spec)
-        else:
-            build.say(f"updating {spec.label} at {spec.path}")
-        marker = _marker(spec)
-        wanted = spec.wanted
-        py = str(spec.python)
-        if marker.get("requirements") != wanted["requirements"]:
-            for line in spec.skipped:
-                build.say(f"skipping {line.strip()!r}: the SDK comes from this server")
-            req = spec.path / "ak-requirements.txt"
-            req.write_text(spec.requirements)
-            if any(
-                ln.strip() and not ln.lstrip().startswith("#")
-                for ln in spec.requirements.splitlines()
-            ):
-                build.say("installing packages (pip install -r requirements)")
-                await _run(
-                    build,
-                    "pip install",
-                    py,
-                    *_PIP,
-                    "install",
-                    "--progress-bar",
-                    "off",
-                    "-r",
-                    str(req),
-                )
-        if (
-            marker.get("sdk") != wanted["sdk"]
-            or marker.get("requirements") != wanted["requirements"]
-        ):
-            build.say(f"installing the autokitteh SDK {sdkdist.version()}")
-            with tempfile.TemporaryDirectory(prefix="ak-sdk-") as tmp:
-                wheel = sdkdist.build_wheel(Path(tmp))
-                await _run(
-                    build,
-                    "installing the SDK",
-                    py,
-                    *_PIP,
-                    "install",
-                    "-q",
-                    "--no-deps",
-                    "--no-index",
-                    "--force-reinstall",
-                    str(wheel),
-                )
-        (spec.path / MARKER).write_text(json.dumps(wanted))
+        builder = await users.take() if users is not None else -1
+        try:
+            await _install(build, spec, builder)
+        finally:
+            if users is not None:
+                if spec.path.exists():
+                    await asyncio.to_thread(chown_tree, spec.path, 0)
+                await users.give_back(builder)  # with whatever an installer left running
+        (spec.path / MARKER).write_text(json.dumps(spec.wanted))
         build.say(f"{spec.label} is ready: {spec.python}")
+
+
+async def _install(build: Build, spec: Spec, builder: int) -> None:
+    """Creates the venv (with the base Python alone) and installs into it, as ``builder``."""
+    if not spec.python.exists():
+        shutil.rmtree(spec.path, ignore_errors=True)
+        base = _base_python()
+        build.say(f"creating {spec.label} at {spec.path} with {base}")
+        await _run(build, "python -m venv", base, "-m", "venv", str(spec.path))
+        await _check_version(build, spec)
+    else:
+        build.say(f"updating {spec.label} at {spec.path}")
+    if builder >= 0:
+        await asyncio.to_thread(open_way_to, spec.python.resolve())
+        await asyncio.to_thread(chown_tree, spec.path, builder)
+    marker = _marker(spec)
+    wanted = spec.wanted
+    py = str(spec.python)
+    if marker.get("requirements") != wanted["requirements"]:
+        for line in spec.skipped:
+            build.say(f"skipping {line.strip()!r}: the SDK comes from this server")
+        req = spec.path / "ak-requirements.txt"
+        req.write_text(spec.requirements)
+        if any(
+            ln.strip() and not ln.lstrip().startswith("#") for ln in spec.requirements.splitlines()
+        ):
+            build.say("installing packages (pip install -r requirements)")
+            await _run(
+                build,
+                "pip install",
+                py,
+                *_PIP,
+                "install",
+                "--progress-bar",
+                "off",
+                "-r",
+                str(req),
+                uid=builder,
+            )
+    if marker.get("sdk") != wanted["sdk"] or marker.get("requirements") != wanted["requirements"]:
+        build.say(f"installing the autokitteh SDK {sdkdist.version()}")
+        with tempfile.TemporaryDirectory(prefix="ak-sdk-") as tmp:
+            Path(tmp).chmod(0o755)  # for the builder
+            wheel = sdkdist.build_wheel(Path(tmp))
+            await _run(
+                build,
+                "installing the SDK",
+                py,
+                *_PIP,
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-index",
+                "--force-reinstall",
+                str(wheel),
+                uid=builder,
+            )
 
 
 async def _check_version(build: Build, spec: Spec) -> None:
@@ -274,9 +296,10 @@ class PythonEnvs:
 
     READY_SECONDS = 10.0
 
-    def __init__(self, worker_python: str, sdk_copies: Path) -> None:
+    def __init__(self, worker_python: str, sdk_copies: Path, users: UserIds | None = None) -> None:
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
+        self.users = users  # the sandbox: packages are installed as a user of their own
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
 
@@ -289,7 +312,7 @@ class PythonEnvs:
 
         async def go() -> None:
             try:
-                await _build(build)
+                await _build(build, self.users)
             except EnvError as e:
                 build.error = e.message
             except Exception as e:  # a bug or the disk: still one clear answer

@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,27 @@ class WorkerLimits:
 
     def frame(self) -> dict[str, Any]:
         return {"memory_mb": self.memory_mb, "processes": self.processes}
+
+
+# Runs a command as a user id (argv[1]); started by a root runner with its own interpreter
+# isolated (-I -S), so nothing of the command's environment runs as root.
+_AS_USER = (
+    "import os, sys; u = int(sys.argv[1]); os.setgroups([]); os.setresgid(u, u, u); "
+    "os.setresuid(u, u, u); os.umask(0o022); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def as_user(uid: int, argv: list[str]) -> list[str]:
+    """``argv`` run as user ``uid``, what it writes readable by others (a build tool)."""
+    return [sys.executable, "-I", "-S", "-c", _AS_USER, str(uid), *argv]
+
+
+def chown_tree(path: Path, uid: int) -> None:
+    """Gives ``path`` and everything under it to ``uid`` (its group too)."""
+    os.lchown(path, uid, uid)
+    for top, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(top, name), uid, uid)
 
 
 def is_root() -> bool:

@@ -206,10 +206,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
     cache = config.data_home() / "runner" / "builds"
-    envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk")
+    users = _sandbox(settings)
+    envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk", users)
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)
-    users = _sandbox(settings)
     pool = WorkerPool(
         settings.warm_workers,
         spare,

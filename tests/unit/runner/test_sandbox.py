@@ -11,9 +11,23 @@ import time
 from pathlib import Path
 
 import pytest
-from ak_runner.sandbox import UserIds, kill_user, seal_data_home, worker_env
+from ak_runner.sandbox import (
+    UserIds,
+    as_user,
+    chown_tree,
+    kill_user,
+    open_way_to,
+    seal_data_home,
+    worker_env,
+)
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+
+
+@pytest.fixture
+def python_for_all() -> None:
+    """Other users reach this Python, as the runner sees to for its workers' and builders'."""
+    open_way_to(Path(sys.executable).resolve())
 
 
 def test_workers_get_a_minimal_environment() -> None:
@@ -46,6 +60,7 @@ def test_runners_sharing_a_lock_directory_never_share_a_user_id(tmp_path: Path) 
 
 
 @root_only
+@pytest.mark.usefixtures("python_for_all")
 def test_killing_a_user_kills_what_left_its_process_group_and_session() -> None:
     uid = 829998
     mark = f"ak-kill-user-{os.getpid()}"
@@ -92,3 +107,18 @@ def test_the_data_home_is_closed_but_for_what_workers_read(tmp_path: Path) -> No
     assert mode(data / "venv") == 0o755
     assert mode(data / "runner") == mode(data / "runner" / "builds") == 0o711
     assert mode(tmp_path) & 0o001  # the way to it is open
+
+
+@root_only
+@pytest.mark.usefixtures("python_for_all")
+def test_a_build_tool_runs_as_its_user_and_writes_files_others_read(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    out = tmp_path / "out"
+    script = f"import os; print(os.getuid(), os.getgid(), os.getgroups()); open('{out}', 'w')"
+    res = subprocess.run(
+        as_user(829997, [sys.executable, "-c", script]), capture_output=True, text=True
+    )
+    assert res.stdout == "829997 829997 []\n", res.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 and out.stat().st_uid == 829997
+    chown_tree(tmp_path, 0)
+    assert out.stat().st_uid == 0
