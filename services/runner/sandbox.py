@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from akcore.config import INTERNAL_ENV_PREFIXES
+
 log = logging.getLogger(__name__)
 
 # What a handler may need of the runner's environment (locale, time zone, certificates,
@@ -62,9 +64,10 @@ KILL_ROUNDS = 50  # scans of /proc; each kills what it finds, so a fork loop run
 
 def worker_env(environ: dict[str, str], also: tuple[str, ...]) -> dict[str, str]:
     """The environment a worker starts with: ``KEPT_ENV``, ``LC_*`` and the names the
-    operator listed in ``also`` (AK_RUNNER__WORKER_ENV)."""
+    operator listed in ``also`` (AK_RUNNER__WORKER_ENV), never one of the system's own."""
     env = {k: v for k, v in environ.items() if k in KEPT_ENV or k.startswith("LC_")}
-    env.update((k, environ[k]) for k in also if k in environ)
+    allowed = (k for k in also if k in environ and not k.startswith(INTERNAL_ENV_PREFIXES))
+    env.update((k, environ[k]) for k in allowed)
     return env
 
 

@@ -42,7 +42,7 @@ def test_workers_get_a_minimal_environment() -> None:
         "OTEL_EXPORTER_OTLP_HEADERS": "api-key=x",
         "MARKER_DIR": "/tmp/m",
     }
-    assert worker_env(runner, ("MARKER_DIR", "ABSENT")) == {
+    assert worker_env(runner, ("MARKER_DIR", "ABSENT", "AK_DB__DSN")) == {
         "PATH": "/usr/bin",
         "LANG": "C.UTF-8",
         "LC_ALL": "C",
