@@ -174,7 +174,9 @@ def _per_call_us(fn: Callable[[], Any], n: int) -> float:
 def bench_webhook(stack: Stack, paths: dict[str, str], n: int = 200) -> Result:
     """n sequential webhooks; time from sending the request to the handler's first line."""
     lat = []
-    out = Path(tempfile.mkdtemp()) / "t"
+    out_dir = Path(tempfile.mkdtemp())
+    out_dir.chmod(0o777)  # the handler writes there (as its own user in the sandbox)
+    out = out_dir / "t"
     for _ in range(n):
         out.unlink(missing_ok=True)
         sent = time.time()
@@ -242,7 +244,9 @@ def _us(ts: str) -> float:
 def bench_replay(stack: Stack, paths: dict[str, str], n: int = 1000) -> Result:
     """A session records n activities, the runner is killed, and the next attempt replays
     them: time from reading the journal to the first new step."""
-    marker = Path(tempfile.mkdtemp()) / "go"
+    marker_dir = Path(tempfile.mkdtemp())
+    marker_dir.chmod(0o755)  # the handler looks there (as its own user in the sandbox)
+    marker = marker_dir / "go"
     sid = session_of(fire(stack, paths["replay"], {"n": n, "marker": str(marker)}))
     stack.wait_output('"live"', "session", "prints", sid, timeout=120)
     stack.kill_runner()
