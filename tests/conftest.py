@@ -1,17 +1,44 @@
-"""Fixtures: a real nats-server on a random port for each test that asks for one."""
+"""Fixtures: a real nats-server on a random port for each test that asks for one, with the
+services' users (akcore.natsauth) as in production, and a test user allowed everything."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from akcore import natsserver
+from akcore import natsauth, natsserver, subjects
+from akcore.config import Settings
+
+# The services' passwords on each test server, by URL (``as_service``).
+PASSWORDS: dict[str, dict[str, str]] = {}
 
 
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
-    proc, url = natsserver.start(tmp_path / "nats")
+    """The URL with the test user's credentials in it (an admin, for probing). A test
+    after which the server logged a permissions violation fails: the services' users must
+    be allowed all that they do."""
+    passwords = {s: natsauth.new_password() for s in subjects.SERVICES}
+    admin = natsauth.new_password()
+    auth = natsauth.authorization_block(
+        {s: json.dumps(pw) for s, pw in passwords.items()}, {"test": json.dumps(admin)}
+    )
+    log = tmp_path / "nats-server.log"
+    proc, url = natsserver.start(tmp_path / "nats", auth=auth, log_file=log)
+    url = url.replace("nats://", f"nats://test:{admin}@")
+    PASSWORDS[url] = passwords
     yield url
+    del PASSWORDS[url]
     proc.terminate()
     proc.wait(timeout=10)
+    violations = [line for line in log.read_text().splitlines() if "Violation" in line]
+    assert not violations, "\n".join(violations)
+
+
+def as_service(settings: Settings, service: str) -> Settings:
+    """``settings`` with the credentials of ``service``'s own user on the test server."""
+    password = PASSWORDS[settings.nats_url][service]
+    return dataclasses.replace(settings, nats_user=service, nats_password=password)

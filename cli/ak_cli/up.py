@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,9 +11,11 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import typer
-from akcore import config, natsserver
+from akcore import config, natsauth, natsserver
 from akcore.errors import AKError
 from akcore.retention import Retention
 
@@ -21,6 +24,7 @@ from .restarts import Restarts
 
 SERVICES = ("store", "dispatcher", "runner", "ingress")
 STOP_GRACE = 10.0
+NATS_USERS = "nats-users"  # in the data home: the embedded NATS's password of each service
 
 
 def say(text: str) -> None:
@@ -116,16 +120,27 @@ def up(
     data.mkdir(parents=True, exist_ok=True)
     env[config.ENV_HTTP_ADDR] = addr
     env.setdefault(config.ENV_DB_DSN, config.default_db_dsn())
-    nats_proc = None
+    nats_proc, users = None, None
     if not nats_url:
         port = int(env.get(config.ENV_NATS_PORT, "0"))
+        users = natsauth.ensure_passwords(data / NATS_USERS)
         nats_proc, nats_url = natsserver.start(
-            data / "nats", port=port, log_file=data / "nats-server.log", sync=sync
+            data / "nats",
+            port=port,
+            log_file=data / "nats-server.log",
+            sync=sync,
+            auth=natsauth.authorization_block(
+                {s: json.dumps(natsauth.read_password(f)) for s, f in users.items()}
+            ),
         )
-        nats_note = f"{nats_url} (embedded, JetStream in {data / 'nats'})"
+        nats_note = (
+            f"{nats_url} (embedded, JetStream in {data / 'nats'}; "
+            f"a user per service, passwords in {data / NATS_USERS})"
+        )
     else:
-        nats_note = nats_url
+        nats_note = ", ".join(_without_credentials(u) for u in nats_url.split(","))
     env[config.ENV_NATS_URL] = nats_url
+    envs = {s: env if users is None else _service_env(env, s, users[s]) for s in SERVICES}
     host, port = config.split_addr(addr)
     if require_tokens:
         env[config.ENV_AUTH_TOKENS] = "on"
@@ -152,7 +167,7 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    children = [Child(s, env) for s in SERVICES for _ in range(counts[s])]
+    children = [Child(s, envs[s]) for s in SERVICES for _ in range(counts[s])]
     for c in children:
         c.start()
     running = ", ".join(
@@ -188,6 +203,20 @@ def _sandbox_note() -> str:
         )
     first, last = settings.worker_uids
     return f"workers run as user ids {first}-{last}{limits}"
+
+
+def _service_env(env: dict[str, str], service: str, password_file: Path) -> dict[str, str]:
+    """The environment of one service of the embedded NATS: its own user and password file
+    (the password itself is in no process's environment)."""
+    own = {k: v for k, v in env.items() if k != config.ENV_NATS_PASSWORD}
+    own[config.ENV_NATS_USER] = service
+    own[config.ENV_NATS_PASSWORD_FILE] = str(password_file)
+    return own
+
+
+def _without_credentials(url: str) -> str:
+    u = urlsplit(url.strip())
+    return u._replace(netloc=u.netloc.rpartition("@")[2]).geturl()
 
 
 def _without_password(dsn: str) -> str:

@@ -10,12 +10,13 @@ import os
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import AuthorizationError, MaxPayloadError, NoRespondersError
 from nats.errors import Error as NatsError
-from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -23,6 +24,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -31,8 +33,8 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from . import subjects, tracing, wire
-from .errors import AKError, InvalidArgument, Unavailable, error_from_kind
+from . import config, natsauth, subjects, tracing, wire
+from .errors import AKError, InvalidArgument, NotFound, Unavailable, error_from_kind
 from .retention import Retention
 
 log = logging.getLogger(__name__)
@@ -140,14 +142,75 @@ def replicas() -> int:
 PING_INTERVAL = 4.0
 
 
+class CredentialsRefused(AKError):
+    """NATS refused the connection's credentials (or it had none and they are required)."""
+
+    kind = "unauthenticated"
+
+
+def _is_refusal(e: Exception) -> bool:
+    return isinstance(e, AuthorizationError) or "authorization violation" in str(e).lower()
+
+
+def _where(url: str) -> str:
+    """``host:port`` of a server: never the credentials a URL may hold."""
+    u = urlsplit(url if "://" in url else f"nats://{url}")
+    return f"{u.hostname}:{u.port or 4222}"
+
+
+def _refused(url: str, name: str, user: str) -> CredentialsRefused:
+    where = ", ".join(_where(u) for u in server_list(url))
+    what = f"the credentials of user {user!r}" if user else "a connection without credentials"
+    return CredentialsRefused(
+        f"NATS at {where} refused {what} ({name}): set {config.ENV_NATS_USER} and "
+        f"{config.ENV_NATS_PASSWORD} (or {config.ENV_NATS_PASSWORD_FILE}) to this service's "
+        "user and password (`ak up` makes them for its own NATS; see docs/deploy.md)"
+    )
+
+
+_services: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+
+
+async def connect_service(
+    settings: config.Settings,
+    service: str,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
+    """``connect`` as one of the services, with its credentials from ``settings`` and its
+    own inbox prefix (only its user may read the replies sent there)."""
+    nc = await connect(
+        settings.nats_url,
+        f"ak-{service}",
+        on_reconnect,
+        user=settings.nats_user,
+        password=settings.nats_password,
+        inbox_prefix=natsauth.inbox_prefix(service),
+    )
+    _services[nc] = service
+    return nc
+
+
 async def connect(
-    url: str, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None
+    url: str,
+    name: str,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    user: str = "",
+    password: str = "",
+    inbox_prefix: str = "_INBOX",
 ) -> Client:
     """Connects to any server of the list, with unlimited reconnects to any of them, so a
     NATS restart or the loss of one cluster node never kills a service. ``on_reconnect``
-    runs after each reconnect (core-NATS messages sent meanwhile were missed)."""
+    runs after each reconnect (core-NATS messages sent meanwhile were missed). Raises
+    ``CredentialsRefused`` when the server refuses the credentials (or their absence)."""
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[None] = loop.create_future()
 
     async def on_error(e: Exception) -> None:
+        if _is_refusal(e):
+            if not refused.done():
+                refused.set_result(None)
+            log.error("nats: %s", _refused(url, name, user).message)
+            return
         log.warning("nats: %s", e)
 
     async def on_disconnect() -> None:
@@ -155,23 +218,35 @@ async def connect(
             log.warning("nats: disconnected, reconnecting")
 
     async def on_reconnected() -> None:
-        log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        where = nc.connected_url
+        log.info("nats: reconnected to %s", f"{where.hostname}:{where.port}" if where else "?")
         if on_reconnect is not None:
             await on_reconnect()
 
-    nc: Client = await nats.connect(
-        servers=server_list(url),
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        # A server that stops answering (frozen, or cut off) is left for another within
-        # about 10 s, instead of the client's default of minutes.
-        ping_interval=PING_INTERVAL,
-        max_outstanding_pings=2,
-        error_cb=on_error,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnected,
+    connecting = asyncio.ensure_future(
+        nats.connect(
+            servers=server_list(url),
+            name=name,
+            user=user or None,
+            password=password or None,
+            inbox_prefix=inbox_prefix,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            # A server that stops answering (frozen, or cut off) is left for another within
+            # about 10 s, instead of the client's default of minutes.
+            ping_interval=PING_INTERVAL,
+            max_outstanding_pings=2,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnected,
+        )
     )
+    await asyncio.wait((connecting, refused), return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():  # it would try again forever with the same credentials
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        raise _refused(url, name, user)
+    nc: Client = connecting.result()
     return nc
 
 
@@ -280,8 +355,10 @@ def publisher(nc: Client) -> Publisher:
 
 
 async def ensure_streams(js: JetStreamContext, timeout: float = 60.0) -> None:
-    """Creates the streams of DESIGN.md if missing; idempotent, safe from every service.
-    Retries while JetStream is not ready yet (a cluster electing its leader)."""
+    """Creates the streams of DESIGN.md, their durable consumers and the KV buckets if
+    missing, and keeps their limits; idempotent. Only the store's NATS user may (the others
+    ``wait_streams``). Retries while JetStream is not ready yet (a cluster electing its
+    leader)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     n = replicas()
@@ -323,21 +400,51 @@ async def _ensure_streams(js: JetStreamContext, n: int) -> None:
                 ccfg.max_ack_pending,
             )
             await js.add_consumer(stream, ccfg)
+    for bucket in natsauth.BUCKETS:
+        if f"KV_{bucket}" not in existing:
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=n))
 
 
-VALUES_BUCKET = "AK_VALUES"
+async def wait_streams(js: JetStreamContext, service: str) -> None:
+    """Waits until the store has created what ``ensure_streams`` creates (at once when it
+    is there already), saying every so often what it waits for."""
+    loop = asyncio.get_running_loop()
+    said = loop.time()
+    while True:
+        missing = await _missing(js)
+        if not missing:
+            return
+        if loop.time() - said >= 10.0:
+            log.warning("%s waits for the store to create %s", service, missing)
+            said = loop.time()
+        await asyncio.sleep(0.5)
+
+
+async def _missing(js: JetStreamContext) -> str:
+    """The first stream, bucket or consumer ``ensure_streams`` makes that is not there
+    yet ("" when all are)."""
+    try:
+        for stream in (*natsauth.STREAMS, *(f"KV_{b}" for b in natsauth.BUCKETS)):
+            try:
+                await js.stream_info(stream)
+            except NotFoundError:
+                return f"stream {stream}"
+        for name, (stream, _) in CONSUMERS.items():
+            try:
+                await js.consumer_info(stream, name)
+            except NotFoundError:
+                return f"consumer {name} of {stream}"
+    except Exception as e:  # JetStream not ready, NATS away: the same wait
+        return f"the streams (JetStream: {e})"
+    return ""
+
+
+VALUES_BUCKET = natsauth.BUCKET_VALUES
 
 
 async def values_bucket(js: JetStreamContext) -> Any:
-    """The KV bucket of the projects' values stores (created on first use)."""
-    try:
-        return await js.key_value(VALUES_BUCKET)
-    except Exception:
-        from nats.js.api import KeyValueConfig
-
-        return await js.create_key_value(
-            KeyValueConfig(bucket=VALUES_BUCKET, history=1, replicas=replicas())
-        )
+    """The KV bucket of the projects' values stores (``ensure_streams`` creates it)."""
+    return await js.key_value(VALUES_BUCKET)
 
 
 async def bind(js: JetStreamContext, consumer: str) -> JetStreamContext.PullSubscription:
@@ -359,6 +466,9 @@ async def runner_call(nc: Client, op: str, args: dict[str, Any], timeout: float 
 async def _call(
     nc: Client, service: str, subject: str, op: str, args: dict[str, Any], timeout: float
 ) -> Any:
+    caller = _services.get(nc)
+    if caller is not None and not natsauth.may_call(caller, subject):
+        raise NotFound(f"unknown operation {op!r} (not one the {caller} calls)")
     payload = wire.encode(wire.StoreRequest(args=args))
     # Inside a traced flow (a session, a webhook) the callee's span joins the trace.
     traced = trace.get_current_span().get_span_context().is_valid

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_HTTP_ADDR = "AK_HTTP__ADDR"  # where ingress listens
 ENV_SERVICE_URL = "AK_HTTP__SERVICE_URL"  # where the CLI sends requests
 ENV_DB_DSN = "AK_DB__DSN"  # SQLAlchemy URL of the store
 ENV_NATS_URL = "AK_NATS_URL"  # external NATS; when unset `ak up` embeds one
+ENV_NATS_USER = "AK_NATS__USER"  # the service's NATS user (see akcore.natsauth)
+ENV_NATS_PASSWORD = "AK_NATS__PASSWORD"  # its password, or:
+ENV_NATS_PASSWORD_FILE = "AK_NATS__PASSWORD_FILE"  # a file that holds it
 ENV_NATS_PORT = "AK_NATS__PORT"  # port of the embedded nats-server (0 = pick a free one)
 ENV_NATS_SYNC = "AK_NATS__SYNC"  # the embedded nats-server's sync_interval: always or default
 ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
@@ -118,6 +121,8 @@ class Settings:
     """What every service needs to find the others."""
 
     nats_url: str
+    nats_user: str = ""  # none: the server needs no credentials (or the URL holds them)
+    nats_password: str = field(default="", repr=False)
     http_addr: str = DEFAULT_HTTP_ADDR
     db_dsn: str = ""
     runner_concurrency: int = 32  # sessions running code at once, per runner
@@ -145,6 +150,8 @@ class Settings:
     def from_env(cls) -> Settings:
         return cls(
             nats_url=os.environ.get(ENV_NATS_URL, "nats://127.0.0.1:4222"),
+            nats_user=os.environ.get(ENV_NATS_USER, ""),
+            nats_password=_nats_password(),
             http_addr=os.environ.get(ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR),
             db_dsn=os.environ.get(ENV_DB_DSN) or default_db_dsn(),
             runner_concurrency=_count(ENV_RUNNER_CONCURRENCY, 32, 1),
@@ -168,6 +175,21 @@ class Settings:
             echo_prints=_switch(ENV_ECHO_PRINTS, False),
             worker_env=tuple(n for n in os.environ.get(ENV_WORKER_ENV, "").split(",") if n),
         )
+
+
+def _nats_password() -> str:
+    """From ``AK_NATS__PASSWORD`` or the file ``AK_NATS__PASSWORD_FILE`` names."""
+    given, path = os.environ.get(ENV_NATS_PASSWORD, ""), os.environ.get(ENV_NATS_PASSWORD_FILE)
+    if not path:
+        return given
+    if given:
+        raise ValueError(f"set {ENV_NATS_PASSWORD} or {ENV_NATS_PASSWORD_FILE}, not both")
+    try:
+        return Path(path).read_text().strip()
+    except OSError as e:
+        raise ValueError(
+            f"{ENV_NATS_PASSWORD_FILE}: cannot read {path}: {e.strerror or e}"
+        ) from None
 
 
 def _count(name: str, default: int, least: int) -> int:

@@ -117,7 +117,11 @@ async def read_journal(
             read_all.set()
 
     sub = await js.subscribe(
-        subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=on_msg
+        subject,
+        stream=subjects.STREAM_JOURNAL,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+        cb=on_msg,
     )
     try:
         async with asyncio.timeout(timeout):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -48,11 +49,13 @@ def start(
     log_file: Path | None = None,
     cluster: tuple[str, int, list[int]] | None = None,
     sync: str = "default",
+    auth: str = "",
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Starts nats-server with JetStream; returns the process and its URL once it accepts.
 
     ``cluster``: (server name, route port, route ports of the other nodes) to run as one
-    node of a JetStream cluster on ``host``. ``sync``: one of ``SYNC_CHOICES``.
+    node of a JetStream cluster on ``host``. ``sync``: one of ``SYNC_CHOICES``. ``auth``:
+    an ``authorization`` block (``natsauth.authorization_block``); none lets anyone in.
     """
     if sync not in SYNC_CHOICES:
         raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)} (got {sync!r})")
@@ -75,7 +78,11 @@ def start(
             f"cluster {{ name: ak, listen: {json.dumps(f'{host}:{route_port}')}, "
             f"routes: [{routes}] }}\n"
         )
-    conf.write_text(text)
+    text += auth
+    # Owner-only: it may hold the users' passwords.
+    conf.unlink(missing_ok=True)
+    with os.fdopen(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
     args = [binary(), "-c", str(conf)]
     # Its own session: Ctrl-C in a terminal reaches the whole process group, and the server
     # must outlive the services while they stop (its owner stops it last).

@@ -28,7 +28,11 @@ def setup_logging(service: str) -> None:
 def main(service: str, run: Run) -> None:
     """Runs a service until SIGINT or SIGTERM, then lets it shut down cleanly."""
     setup_logging(service)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:
+        logging.getLogger(service).error("%s", e)
+        sys.exit(2)
 
     async def _main() -> None:
         stop = asyncio.Event()

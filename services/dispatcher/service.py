@@ -173,9 +173,9 @@ class Turns:
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    nc = await bus.connect(settings.nats_url, "ak-dispatcher")
+    nc = await bus.connect_service(settings, "dispatcher")
     js = nc.jetstream()
-    await bus.ensure_streams(js)
+    await bus.wait_streams(js, "dispatcher")
     await bus.serve_health(nc, "dispatcher")
     tel = tracing.Telemetry("dispatcher")
     tel.send_to_store(nc)

@@ -23,8 +23,6 @@ from akcore.errors import AKError, NotFound
 from akcore.webhook import WebhookTarget
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 log = logging.getLogger(__name__)
@@ -47,13 +45,9 @@ class KnownWebhooks:
 
     @classmethod
     async def load(cls, js: JetStreamContext) -> KnownWebhooks:
-        """Opens the bucket (created on first use) and reads what it holds."""
-        try:
-            kv = await js.key_value(subjects.BUCKET_WEBHOOKS)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(bucket=subjects.BUCKET_WEBHOOKS, history=1, replicas=bus.replicas())
-            )
+        """Opens the bucket (the store creates it: ``bus.ensure_streams``) and reads what
+        it holds."""
+        kv = await js.key_value(subjects.BUCKET_WEBHOOKS)
         known = cls(kv)
         watcher = await kv.watchall()  # (nats-py leaves its watcher's methods untyped)
         try:

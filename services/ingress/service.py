@@ -70,8 +70,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             "listen on a loopback address such as 127.0.0.1"
         )
     fit_open_files(settings.http)
-    nc = await bus.connect(settings.nats_url, "ak-ingress")
-    await bus.ensure_streams(nc.jetstream())
+    nc = await bus.connect_service(settings, "ingress")
+    await bus.wait_streams(nc.jetstream(), "ingress")
     await bus.serve_health(nc, "ingress")
     tel = tracing.Telemetry("ingress")
     tel.send_to_store(nc)

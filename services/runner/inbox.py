@@ -97,6 +97,7 @@ class Inbox:
             return
         self._sub = await self.js.subscribe(
             subjects.inbox_subject(self.session_id),
+            stream=subjects.STREAM_INBOX,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
             cb=self._on_msg,

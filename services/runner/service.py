@@ -219,7 +219,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         settings.echo_prints,
     )
     inboxes = InboxWatch()
-    nc = await bus.connect(settings.nats_url, "ak-runner", on_reconnect=inboxes.resync)
+    nc = await bus.connect_service(settings, "runner", on_reconnect=inboxes.resync)
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
     env_cache = StoreCache()
@@ -249,7 +249,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         worker_limits=worker_limits,
         session_timeout=settings.session_timeout,
     )
-    await bus.ensure_streams(js)
+    await bus.wait_streams(js, "runner")
     await bus.serve_health(nc, "runner")
     await bus.serve_requests(nc, subjects.RUNNER_ALL, request_handler(envs), queue="runners")
     info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)

@@ -196,7 +196,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     keys = load_keys()
     api = StoreApi(engine, Sealer(*keys), Keyring(keys))
     await sql(api.tokens.bootstrap, settings.auth_bootstrap_file)
-    nc = await bus.connect(settings.nats_url, "ak-store")
+    nc = await bus.connect_service(settings, "store")
     serve = serve_ops(api, nc, sql)
     js = nc.jetstream()
     await bus.ensure_streams(js)

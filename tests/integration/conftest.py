@@ -12,6 +12,7 @@ import pytest
 from akcore import bus
 from akcore.config import Settings
 
+from tests.conftest import as_service
 from tests.pg import fresh_database
 
 Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
@@ -44,7 +45,7 @@ def settings(
 async def running(run: Run, settings: Settings, service: str) -> AsyncIterator[None]:
     """Runs a service's ``run`` in this process until the block ends."""
     stop = asyncio.Event()
-    task = asyncio.create_task(run(settings, stop))
+    task = asyncio.create_task(run(as_service(settings, service), stop))
     nc = await bus.connect(settings.nats_url, "test-probe")
     try:
         for _ in range(200):

@@ -63,6 +63,7 @@ async def _revisions(nc: Client) -> int:
 async def test_last_known_answers_outlive_the_store_and_a_restart(nats_url: str) -> None:
     nc = await bus.connect(nats_url, "t")
     js = nc.jetstream()
+    await bus.ensure_streams(js)  # the store's part: the bucket
     store = FakeStore(nc)
     await store.start()
     store.hooks[SLUG] = ANSWER
@@ -101,6 +102,7 @@ async def test_a_frozen_store_is_waited_for_once(
     PATIENCE, the next ones not at all; when the store answers again, its answers count."""
     monkeypatch.setattr(lookups_mod, "PATIENCE", 0.3)
     nc = await bus.connect(nats_url, "t")
+    await bus.ensure_streams(nc.jetstream())  # the store's part: the bucket
     store = FakeStore(nc)
     await store.start()
     store.hooks[SLUG] = ANSWER

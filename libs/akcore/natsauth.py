@@ -1,0 +1,340 @@
+"""Who may do what on NATS: one user per service, each allowed only its own subjects.
+
+A service that leaks its credentials (the runner is the one closest to user code) gives
+away only what that service does: ingress's user can publish events but not read a
+journal or ask for a session's secrets, the runner's can neither purge a stream nor
+change a consumer, and no service reads the replies sent to another (each has its own
+inbox prefix). Only the store creates and changes streams and consumers (``bus.
+ensure_streams``); the others wait for them (``bus.wait_streams``).
+
+``authorization_block`` writes these users for a nats-server configuration: ``ak up``
+gives its embedded server one with generated passwords (``ensure_passwords``), and
+``ak nats-config`` prints one for an operator's own servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import subjects
+
+API = "$JS.API"
+STREAMS = (
+    subjects.STREAM_EVENTS,
+    subjects.STREAM_JOBS,
+    subjects.STREAM_JOURNAL,
+    subjects.STREAM_INBOX,
+)
+BUCKET_VALUES = "AK_VALUES"  # the projects' values stores (KV)
+BUCKETS = (BUCKET_VALUES, subjects.BUCKET_WEBHOOKS)
+
+# The durable consumers: (stream, name).
+DURABLES = (
+    (subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER),
+    (subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER),
+    (subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL),
+    (subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS),
+)
+
+# The store operations each service calls. Ingress forwards the CLI's (it refuses any other
+# at once, see ``may_call``); the others call the few they need.
+STORE_OPS: dict[str, frozenset[str]] = {
+    "ingress": frozenset(
+        {
+            "project.list",
+            "project.get",
+            "project.active",
+            "manifest.apply",
+            "build.create",
+            "deployment.create",
+            "deployment.activate",
+            "deployment.deactivate",
+            "deployment.get",
+            "deployment.list",
+            "trigger.create",
+            "trigger.delete",
+            "trigger.get",
+            "trigger.list",
+            "webhook.lookup",
+            "env.list",
+            "var.set",
+            "var.get",
+            "var.delete",
+            "session.list",
+            "session.get",
+            "session.records",
+            "session.trace",
+            "event.list",
+            "event.get",
+        }
+    ),
+    "dispatcher": frozenset(
+        {"dispatch.targets", "dispatch.note", "schedule.list", "session.states"}
+    ),
+    "runner": frozenset(
+        {
+            "build.get",
+            "project.active",
+            "session.env",
+            "session.states",
+            "subscription.create",
+            "subscription.delete",
+            "trigger.get",
+        }
+    ),
+    "store": frozenset(),
+}
+RUNNER_OPS: dict[str, frozenset[str]] = {"ingress": frozenset({"pyenv.prepare"})}
+
+
+def inbox_prefix(service: str) -> str:
+    """Where a service's replies arrive: only its own user may subscribe there."""
+    return f"_INBOX.{service}"
+
+
+def may_call(service: str, subject: str) -> bool:
+    """Whether ``service``'s user may send a request to ``subject`` (``ak.store.<op>`` or
+    ``ak.runner.<op>``): checked before asking, so a refused request says so at once
+    instead of timing out."""
+    for prefix, ops in (("ak.store.", STORE_OPS), ("ak.runner.", RUNNER_OPS)):
+        if subject.startswith(prefix):
+            return subject[len(prefix) :] in ops.get(service, frozenset())
+    return True
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    deny_publish: tuple[str, ...] = ()
+
+
+def _pull(stream: str, consumer: str) -> tuple[str, ...]:
+    """Reading a durable pull consumer: ask for messages, ack them, look at the consumer."""
+    return (
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"{API}.CONSUMER.INFO.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    )
+
+
+def _read(stream: str) -> tuple[str, ...]:
+    """Reading a stream's messages: the last one of a subject, or all of them through an
+    ordered (ephemeral) consumer with flow control."""
+    return (
+        f"{API}.STREAM.INFO.{stream}",
+        f"{API}.STREAM.MSG.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+        f"{API}.CONSUMER.CREATE.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}.>",
+        f"{API}.CONSUMER.INFO.{stream}.>",
+        f"{API}.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    )
+
+
+def _kv_get(bucket: str) -> tuple[str, ...]:
+    stream = f"KV_{bucket}"
+    return (
+        f"{API}.STREAM.INFO.{stream}",
+        f"{API}.STREAM.MSG.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+    )
+
+
+def _kv(bucket: str) -> tuple[str, ...]:
+    """Reading, listing or watching and writing a KV bucket."""
+    return (*_read(f"KV_{bucket}"), f"$KV.{bucket}.>")
+
+
+def _waits() -> tuple[str, ...]:
+    """``bus.wait_streams``: looking whether the store has created everything yet."""
+    return (
+        *(f"{API}.STREAM.INFO.{s}" for s in (*STREAMS, *(f"KV_{b}" for b in BUCKETS))),
+        *(f"{API}.CONSUMER.INFO.{s}.{c}" for s, c in DURABLES),
+    )
+
+
+def _bootstrap() -> tuple[str, ...]:
+    """``bus.ensure_streams``: creating the streams, buckets and durable consumers and
+    keeping their limits."""
+    names = (*STREAMS, *(f"KV_{b}" for b in BUCKETS))
+    return (
+        f"{API}.STREAM.LIST",
+        *(f"{API}.STREAM.{verb}.{s}" for s in names for verb in ("CREATE", "INFO")),
+        *(f"{API}.STREAM.UPDATE.{s}" for s in STREAMS),
+        *(f"{API}.CONSUMER.INFO.{s}.{c}" for s, c in DURABLES),
+        *(f"{API}.CONSUMER.CREATE.{s}.{c}" for s, c in DURABLES),
+        *(f"{API}.CONSUMER.CREATE.{s}.{c}.>" for s, c in DURABLES),
+        *(f"{API}.CONSUMER.DURABLE.CREATE.{s}.{c}" for s, c in DURABLES),
+    )
+
+
+def _no_durables(*streams: str) -> tuple[str, ...]:
+    """An ephemeral consumer may not be given a durable consumer's name (which would
+    change that consumer)."""
+    return tuple(
+        f"{API}.CONSUMER.{verb}.{s}.{c}{rest}"
+        for s, c in DURABLES
+        if s in streams
+        for verb in ("CREATE", "DELETE")
+        for rest in ("", ".>")
+    )
+
+
+def _requests(service: str) -> tuple[str, ...]:
+    return (
+        *(subjects.store_subject(op) for op in sorted(STORE_OPS[service])),
+        *(subjects.runner_subject(op) for op in sorted(RUNNER_OPS.get(service, ()))),
+    )
+
+
+def _common(service: str) -> tuple[str, ...]:
+    """What every service subscribes to: its replies, its health check, change notices."""
+    return (f"{inbox_prefix(service)}.>", subjects.health_subject(service))
+
+
+def permissions(service: str) -> Permissions:
+    """The allow-lists of one service's user (every user may also answer the requests
+    it receives: ``allow_responses``)."""
+    new_session = (subjects.JOURNAL_ALL, subjects.JOBS_ALL)  # publish_session
+    if service == "ingress":
+        return Permissions(
+            publish=(
+                subjects.EVENTS_ALL,
+                *new_session,
+                subjects.INBOX_ALL,
+                subjects.SPANS,
+                subjects.health_subject("*"),
+                *_requests(service),
+                *_kv(subjects.BUCKET_WEBHOOKS),
+                *_kv_get(BUCKET_VALUES),
+                *_waits(),
+            ),
+            subscribe=(
+                *_common(service),
+                subjects.CHANGED,
+                subjects.dispatched_subject("*"),
+                subjects.outcome_subject("*"),
+            ),
+        )
+    if service == "dispatcher":
+        return Permissions(
+            publish=(
+                *_pull(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER),
+                subjects.EVENTS_ALL,  # cron ticks
+                *new_session,
+                subjects.INBOX_ALL,
+                subjects.dispatched_subject("*"),
+                subjects.SPANS,
+                *_requests(service),
+                *_waits(),
+            ),
+            subscribe=(*_common(service), subjects.CHANGED),
+        )
+    if service == "runner":
+        return Permissions(
+            publish=(
+                *_pull(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER),
+                *new_session,  # child sessions
+                subjects.INBOX_ALL,
+                subjects.outcome_subject("*"),
+                subjects.SPANS,
+                *_read(subjects.STREAM_JOURNAL),
+                *_read(subjects.STREAM_INBOX),
+                *_kv(BUCKET_VALUES),
+                *_requests(service),
+                *_waits(),
+            ),
+            subscribe=(
+                *_common(service),
+                subjects.CHANGED,
+                subjects.inbox_subject("*"),
+                subjects.RUNNER_ALL,
+            ),
+            deny_publish=_no_durables(subjects.STREAM_JOURNAL, subjects.STREAM_INBOX),
+        )
+    if service == "store":
+        return Permissions(
+            publish=(
+                *_pull(subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL),
+                *_pull(subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS),
+                *(
+                    f"{API}.STREAM.{verb}.{s}"
+                    for s in (subjects.STREAM_JOURNAL, subjects.STREAM_INBOX)
+                    for verb in ("PURGE", "MSG.GET")
+                ),
+                f"{API}.DIRECT.GET.{subjects.STREAM_JOURNAL}.>",
+                subjects.INBOX_ALL,  # ends a session whose record it could not keep
+                subjects.CHANGED,
+                subjects.SPANS,
+                *_bootstrap(),
+            ),
+            subscribe=(*_common(service), subjects.STORE_ALL, subjects.SPANS),
+        )
+    raise ValueError(f"no NATS permissions for {service!r}")
+
+
+def _quoted(items: tuple[str, ...]) -> str:
+    return ", ".join(json.dumps(s) for s in dict.fromkeys(items))
+
+
+def user_entry(service: str, password: str) -> str:
+    """One user of the ``authorization`` block; ``password`` is written as given (a
+    quoted string, or ``$NAME`` for nats-server to read from its environment)."""
+    p = permissions(service)
+    deny = f", deny: [{_quoted(p.deny_publish)}]" if p.deny_publish else ""
+    return (
+        f"    {{\n      user: {json.dumps(service)}\n      password: {password}\n"
+        f"      permissions: {{\n"
+        f"        publish: {{ allow: [{_quoted(p.publish)}]{deny} }}\n"
+        f"        subscribe: {{ allow: [{_quoted(p.subscribe)}] }}\n"
+        f"        allow_responses: true\n      }}\n    }}\n"
+    )
+
+
+def authorization_block(passwords: Mapping[str, str], admins: Mapping[str, str] = {}) -> str:
+    """The nats-server ``authorization`` block of the services' users (``passwords``: the
+    password of each, as written in the file) and of ``admins`` allowed everything."""
+    users = "".join(user_entry(s, pw) for s, pw in passwords.items())
+    users += "".join(
+        f"    {{ user: {json.dumps(u)}, password: {pw} }}\n" for u, pw in admins.items()
+    )
+    return f"authorization {{\n  users: [\n{users}  ]\n}}\n"
+
+
+def password_variable(service: str) -> str:
+    """The environment variable that holds a service's password in compose."""
+    return f"AK_NATS_{service.upper()}_PASSWORD"
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def ensure_passwords(folder: Path) -> dict[str, Path]:
+    """A password file per service in ``folder`` (owner-only; made once, kept after):
+    the file each service's ``AK_NATS__PASSWORD_FILE`` names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    files = {}
+    for service in subjects.SERVICES:
+        path = files[service] = folder / f"{service}.password"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as out:
+            out.write(new_password() + "\n")
+    return files
+
+
+def read_password(path: Path) -> str:
+    return path.read_text().strip()
