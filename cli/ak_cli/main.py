@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from akcore import config, sdkdist
+from akcore import config, natsauth, sdkdist
 from akcore.errors import AKError
 
 from . import auth as auth_mod
@@ -109,6 +109,19 @@ def where(
     typer.echo("XDG_CONFIG_HOME")
     typer.echo("XDG_DATA_HOME")
     typer.echo(config.ENV_WORKER_PYTHON)
+
+
+@app.command("nats-config")
+def nats_config(
+    env: Annotated[
+        bool, typer.Option("--env", help="print a new password for each service instead")
+    ] = False,
+) -> None:
+    """Print the NATS users of the services, for your own nats-server's configuration.
+
+    Each user may use only its service's subjects; nats-server reads the passwords from its
+    environment (AK_NATS_<SERVICE>_PASSWORD). With --env: lines for compose's .env file."""
+    typer.echo(natsauth.env_lines() if env else natsauth.operator_block(), nl=False)
 
 
 @sdk_app.command("wheel")

@@ -282,21 +282,22 @@ def permissions(service: str) -> Permissions:
     raise ValueError(f"no NATS permissions for {service!r}")
 
 
-def _quoted(items: tuple[str, ...]) -> str:
-    return ", ".join(json.dumps(s) for s in dict.fromkeys(items))
+def _list(name: str, items: tuple[str, ...], indent: str) -> str:
+    lines = "".join(f"{indent}  {json.dumps(x)}\n" for x in dict.fromkeys(items))
+    return f"{indent}{name}: [\n{lines}{indent}]\n"
 
 
 def user_entry(service: str, password: str) -> str:
     """One user of the ``authorization`` block; ``password`` is written as given (a
     quoted string, or ``$NAME`` for nats-server to read from its environment)."""
-    p = permissions(service)
-    deny = f", deny: [{_quoted(p.deny_publish)}]" if p.deny_publish else ""
+    p, at = permissions(service), " " * 10
+    deny = _list("deny", p.deny_publish, at) if p.deny_publish else ""
     return (
         f"    {{\n      user: {json.dumps(service)}\n      password: {password}\n"
-        f"      permissions: {{\n"
-        f"        publish: {{ allow: [{_quoted(p.publish)}]{deny} }}\n"
-        f"        subscribe: {{ allow: [{_quoted(p.subscribe)}] }}\n"
-        f"        allow_responses: true\n      }}\n    }}\n"
+        "      permissions: {\n"
+        f"        publish: {{\n{_list('allow', p.publish, at)}{deny}        }}\n"
+        f"        subscribe: {{\n{_list('allow', p.subscribe, at)}        }}\n"
+        "        allow_responses: true\n      }\n    }\n"
     )
 
 
@@ -313,6 +314,17 @@ def authorization_block(passwords: Mapping[str, str], admins: Mapping[str, str] 
 def password_variable(service: str) -> str:
     """The environment variable that holds a service's password in compose."""
     return f"AK_NATS_{service.upper()}_PASSWORD"
+
+
+def operator_block() -> str:
+    """The ``authorization`` block for an operator's own servers (``ak nats-config``): each
+    password is read from the server's environment (``$AK_NATS_<SERVICE>_PASSWORD``)."""
+    return authorization_block({s: f"${password_variable(s)}" for s in subjects.SERVICES})
+
+
+def env_lines() -> str:
+    """A new password for each service, as lines of an env file (compose's ``.env``)."""
+    return "".join(f"{password_variable(s)}={new_password()}\n" for s in subjects.SERVICES)
 
 
 def new_password() -> str:

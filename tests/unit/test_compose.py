@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from akcore import natsauth, natsserver
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).parents[2]
@@ -70,6 +71,30 @@ def test_nats_nodes_form_one_cluster() -> None:
     assert "max_payload: 8MB" in conf and "jetstream" in conf
 
 
+def test_each_service_has_its_own_nats_user(tmp_path: Path) -> None:
+    """Its user and password, which the NATS nodes know: deploy/nats-auth.conf is what
+    `ak nats-config` prints, and nats-server accepts the configuration it is part of."""
+    passwords = {natsauth.password_variable(s): f"pw-{s}" for s in OURS}
+    for name in OURS:
+        env = SERVICES[name]["environment"]
+        assert env["AK_NATS__USER"] == name
+        assert env["AK_NATS__PASSWORD"].startswith(f"${{{natsauth.password_variable(name)}:?")
+    auth = COMPOSE["configs"]["nats_auth"]["file"]
+    assert (ROOT / auth).read_text() == natsauth.operator_block()
+    conf = tmp_path / "ak.conf"
+    conf.write_text(COMPOSE["configs"]["nats_conf"]["content"])
+    (tmp_path / "auth.conf").write_text((ROOT / auth).read_text())
+    for n in (n for n in SERVICES if n.startswith("nats-")):
+        assert set(SERVICES[n]["environment"]) == set(passwords)
+        targets = {c["source"]: c["target"] for c in SERVICES[n]["configs"]}
+        assert targets == {"nats_conf": "/etc/nats/ak.conf", "nats_auth": "/etc/nats/auth.conf"}
+    check = [natsserver.binary(), "-c", str(conf), "-t"]
+    res = subprocess.run(check, env={**os.environ, **passwords}, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run(check, capture_output=True, text=True)  # a password not given
+    assert "AK_NATS_INGRESS_PASSWORD" in res.stderr
+
+
 def _has_compose() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -80,6 +105,7 @@ def _has_compose() -> bool:
 @pytest.mark.skipif(not _has_compose(), reason="no `docker compose` on this machine")
 def test_docker_compose_accepts_the_file() -> None:
     env = {**os.environ, "AK_SECRETS__KEY": "x" * 43 + "="}
+    env.update({natsauth.password_variable(s): "pw" for s in OURS})
     res = subprocess.run(
         ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
         env=env,

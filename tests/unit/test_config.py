@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from akcore.config import Settings
@@ -85,3 +86,37 @@ def test_sandbox_settings_default_and_are_checked(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AK_RUNNER__SANDBOX", "no")
     with pytest.raises(ValueError, match="AK_RUNNER__SANDBOX must be one of auto, off"):
         Settings.from_env()
+
+
+def test_nats_credentials_from_a_password_or_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AK_NATS__USER", "AK_NATS__PASSWORD", "AK_NATS__PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert (Settings.from_env().nats_user, Settings.from_env().nats_password) == ("", "")
+    monkeypatch.setenv("AK_NATS__USER", "runner")
+    monkeypatch.setenv("AK_NATS__PASSWORD", "pw-given")
+    s = Settings.from_env()
+    assert (s.nats_user, s.nats_password) == ("runner", "pw-given")
+    assert "pw-given" not in repr(s)  # settings may be logged; their password never
+    secret = tmp_path / "runner.password"
+    secret.write_text("pw-in-file\n")
+    monkeypatch.setenv("AK_NATS__PASSWORD_FILE", str(secret))
+    with pytest.raises(ValueError, match="set AK_NATS__PASSWORD or AK_NATS__PASSWORD_FILE, not"):
+        Settings.from_env()
+    monkeypatch.delenv("AK_NATS__PASSWORD")
+    assert Settings.from_env().nats_password == "pw-in-file"
+    monkeypatch.setenv("AK_NATS__PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=r"AK_NATS__PASSWORD_FILE: cannot read .*missing: No such"):
+        Settings.from_env()
+
+
+def test_a_service_with_an_unreadable_password_file_says_so() -> None:
+    env = {**os.environ, "AK_NATS__PASSWORD_FILE": "/nonexistent/runner.password"}
+    env.pop("AK_NATS__PASSWORD", None)
+    res = subprocess.run(
+        [sys.executable, "-m", "ak_runner"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2
+    assert "AK_NATS__PASSWORD_FILE: cannot read /nonexistent/runner.password" in res.stderr
+    assert "Traceback" not in res.stderr

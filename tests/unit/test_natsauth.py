@@ -1,0 +1,38 @@
+"""The services' NATS users: what each may call, and the passwords `ak up` makes."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from akcore import natsauth, subjects
+
+
+def test_each_service_may_call_only_its_operations() -> None:
+    assert natsauth.may_call("ingress", "ak.store.var.get")  # the CLI's, forwarded
+    assert not natsauth.may_call("ingress", "ak.store.session.env")  # a session's secrets
+    assert natsauth.may_call("runner", "ak.store.session.env")
+    assert not natsauth.may_call("runner", "ak.store.var.get")
+    assert not natsauth.may_call("runner", "ak.runner.pyenv.prepare")
+    assert natsauth.may_call("ingress", "ak.runner.pyenv.prepare")
+    assert not natsauth.may_call("store", "ak.store.var.get")
+    assert natsauth.may_call("runner", "ak.health.store")  # not an operation: the server says
+
+
+def test_passwords_are_owner_only_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "nats-users"
+    files = natsauth.ensure_passwords(folder)
+    assert set(files) == set(subjects.SERVICES)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    first = {s: natsauth.read_password(p) for s, p in files.items()}
+    for path in files.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(set(first.values())) == len(first) and all(len(p) >= 40 for p in first.values())
+    again = natsauth.ensure_passwords(folder)  # a second `ak up` uses the same ones
+    assert {s: natsauth.read_password(p) for s, p in again.items()} == first
+
+
+def test_no_user_for_an_unknown_service() -> None:
+    with pytest.raises(ValueError, match="no NATS permissions for 'cli'"):
+        natsauth.permissions("cli")
