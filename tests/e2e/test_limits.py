@@ -46,7 +46,9 @@ def test_a_full_event_stream_answers_503_and_recovers(tmp_path: Path) -> None:
         assert b"the event stream is full" in text and headers.get("retry-after") == "10"
         assert 5 <= len(accepted) < 200
         # Space returns (here an operator raises the stream's limit): webhooks are taken again.
-        asyncio.run(_raise_limit(re.search(r"NATS: +(nats://\S+)", stack.output())[1]))
+        url = re.search(r"NATS: +(nats://\S+)", stack.output())[1]
+        users = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "nats-users"
+        asyncio.run(_raise_limit(url, (users / "store.password").read_text().strip()))
         assert stack.request("POST", path, body)[0] == 202
         sessions = stack.sessions_of_events("full", accepted, timeout=60)
         assert sorted(s["event_id"] for s in sessions) == sorted(accepted)  # none lost
@@ -54,8 +56,9 @@ def test_a_full_event_stream_answers_503_and_recovers(tmp_path: Path) -> None:
         stack.stop()
 
 
-async def _raise_limit(url: str) -> None:
-    nc = await bus.connect(url, "operator")
+async def _raise_limit(url: str, password: str) -> None:
+    """As the operator would: the store's NATS user is the one that may change streams."""
+    nc = await bus.connect(url, "operator", user="store", password=password)
     js = nc.jetstream()
     info = await js.stream_info(subjects.STREAM_EVENTS)
     await js.update_stream(dataclasses.replace(info.config, max_bytes=64 * 1024 * 1024))

@@ -3,6 +3,7 @@ cluster (R3 streams) losing a node under load. No acknowledged webhook may be lo
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from akcore import natsserver
+from akcore import natsauth, natsserver
 
 from tests.helpers import Stack, free_port, start_stack, write_project
 
@@ -52,11 +53,17 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
+    """An operator's own NATS, with a user of its own that the settings name."""
     port = free_port()
     store = tmp_path / "nats"
-    nats, url = natsserver.start(store, port=port, log_file=tmp_path / "nats.log")
+    password = natsauth.new_password()
+    auth = natsauth.authorization_block({}, {"ak": json.dumps(password)})
+    nats, url = natsserver.start(store, port=port, log_file=tmp_path / "nats.log", auth=auth)
     try:
-        stack = start_stack(tmp_path / "home", {"AK_NATS_URL": url})
+        stack = start_stack(
+            tmp_path / "home",
+            {"AK_NATS_URL": url, "AK_NATS__USER": "ak", "AK_NATS__PASSWORD": password},
+        )
     except BaseException:
         _stop(nats)
         raise
@@ -68,7 +75,7 @@ def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
 
         _stop(nats)
         time.sleep(1)
-        nats, _ = natsserver.start(store, port=port, log_file=tmp_path / "nats.log")
+        nats, _ = natsserver.start(store, port=port, log_file=tmp_path / "nats.log", auth=auth)
         _wait_ready(stack)
         after = set()
         for n in range(10, 20):
