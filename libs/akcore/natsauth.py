@@ -134,7 +134,6 @@ def _read(stream: str) -> tuple[str, ...]:
         f"{API}.CONSUMER.CREATE.{stream}",
         f"{API}.CONSUMER.CREATE.{stream}.>",
         f"{API}.CONSUMER.INFO.{stream}.>",
-        f"{API}.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     )
 
@@ -181,10 +180,9 @@ def _no_durables(*streams: str) -> tuple[str, ...]:
     """An ephemeral consumer may not be given a durable consumer's name (which would
     change that consumer)."""
     return tuple(
-        f"{API}.CONSUMER.{verb}.{s}.{c}{rest}"
+        f"{API}.CONSUMER.CREATE.{s}.{c}{rest}"
         for s, c in DURABLES
         if s in streams
-        for verb in ("CREATE", "DELETE")
         for rest in ("", ".>")
     )
 

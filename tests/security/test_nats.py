@@ -253,9 +253,9 @@ def test_an_ephemeral_consumer_cannot_take_over_the_stores(stack: Stack, session
     """The runner may read journals through consumers of its own, but a request for one
     named as the store's durable consumer changes nothing."""
 
-    async def attack() -> tuple[bytes | None, float]:
+    async def attack(named: str) -> tuple[bytes | None, float]:
         a = await Attacker.connect(stack, "runner")
-        config = {"durable_name": "store-journal", "ack_policy": "none", "ack_wait": 1}
+        config = {named: "store-journal", "ack_policy": "none", "ack_wait": 1}
         body = json.dumps({"stream_name": subjects.STREAM_JOURNAL, "config": config})
         answer = await a.request(JOURNAL_READ, body.encode())
         js = a.nc.jetstream()
@@ -263,9 +263,10 @@ def test_an_ephemeral_consumer_cannot_take_over_the_stores(stack: Stack, session
         await a.nc.close()
         return answer, info.config.ack_wait or 0
 
-    answer, ack_wait = _run(attack())  # type: ignore[misc]
-    assert answer is not None and b'"error"' in answer, answer
-    assert ack_wait > 1
+    for named in ("durable_name", "name"):
+        answer, ack_wait = _run(attack(named))  # type: ignore[misc]
+        assert answer is not None and b'"error"' in answer, answer
+        assert ack_wait > 1
 
 
 def test_nothing_was_lost_to_the_attacks(stack: Stack, session: str) -> None:
