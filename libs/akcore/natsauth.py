@@ -101,7 +101,10 @@ def may_call(service: str, subject: str) -> bool:
     """Whether ``service``'s user may send a request to ``subject`` (``ak.store.<op>`` or
     ``ak.runner.<op>``): checked before asking, so a refused request says so at once
     instead of timing out."""
-    for prefix, ops in (("ak.store.", STORE_OPS), ("ak.runner.", RUNNER_OPS)):
+    for prefix, ops in (
+        (subjects.store_subject(""), STORE_OPS),
+        (subjects.runner_subject(""), RUNNER_OPS),
+    ):
         if subject.startswith(prefix):
             return subject[len(prefix) :] in ops.get(service, frozenset())
     return True
@@ -195,7 +198,7 @@ def _requests(service: str) -> tuple[str, ...]:
 
 
 def _common(service: str) -> tuple[str, ...]:
-    """What every service subscribes to: its replies, its health check, change notices."""
+    """What every service subscribes to: its replies and its health check."""
     return (f"{inbox_prefix(service)}.>", subjects.health_subject(service))
 
 
