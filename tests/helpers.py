@@ -172,13 +172,20 @@ class Stack:
             time.sleep(0.1)
 
     def stop(self) -> int:
+        """Stops the stack; fails when its NATS refused a service something (the services'
+        users must be allowed all that they do; tests/security's "attacker" may not be)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        return self.proc.wait()
+        code = self.proc.wait()
+        nats_log = Path(self.env["XDG_DATA_HOME"]) / "autokitteh" / "nats-server.log"
+        text = nats_log.read_text(errors="replace") if nats_log.exists() else ""
+        refused = [x for x in text.splitlines() if "Violation" in x and ':attacker"' not in x]
+        assert not refused, "\n".join(refused)
+        return code
 
 
 def start_stack(

@@ -206,12 +206,12 @@ async def connect(
     refused: asyncio.Future[None] = loop.create_future()
 
     async def on_error(e: Exception) -> None:
-        if _is_refusal(e):
-            if not refused.done():
-                refused.set_result(None)
+        if not _is_refusal(e):
+            log.warning("nats: %s", e)
+        elif connecting.done():  # reconnecting: it goes on trying (a server may disagree)
             log.error("nats: %s", _refused(url, name, user).message)
-            return
-        log.warning("nats: %s", e)
+        elif not refused.done():  # the first connection: the caller hears of it
+            refused.set_result(None)
 
     async def on_disconnect() -> None:
         if not nc.is_closed:  # closed: the service closed it, as it stops
