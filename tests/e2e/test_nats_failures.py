@@ -83,6 +83,7 @@ def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
             assert status == 202, stack.output()[-3000:]
             after.add(event)
         _wait_completed(stack, before | after, timeout=60)
+        assert password not in stack.output()
     finally:
         stack.stop()
         _stop(nats)
