@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from akcore import bus, subjects
+from akcore.natsauth import inbox_prefix
 
 from tests.helpers import AK, start_stack, write_project
 
@@ -58,7 +59,9 @@ def test_a_full_event_stream_answers_503_and_recovers(tmp_path: Path) -> None:
 
 async def _raise_limit(url: str, password: str) -> None:
     """As the operator would: the store's NATS user is the one that may change streams."""
-    nc = await bus.connect(url, "operator", user="store", password=password)
+    nc = await bus.connect(
+        url, "operator", user="store", password=password, inbox_prefix=inbox_prefix("store")
+    )
     js = nc.jetstream()
     info = await js.stream_info(subjects.STREAM_EVENTS)
     await js.update_stream(dataclasses.replace(info.config, max_bytes=64 * 1024 * 1024))
