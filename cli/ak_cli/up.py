@@ -140,7 +140,6 @@ def up(
     else:
         nats_note = ", ".join(_without_credentials(u) for u in nats_url.split(","))
     env[config.ENV_NATS_URL] = nats_url
-    envs = {s: env if users is None else _service_env(env, s, users[s]) for s in SERVICES}
     host, port = config.split_addr(addr)
     if require_tokens:
         env[config.ENV_AUTH_TOKENS] = "on"
@@ -167,6 +166,7 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    envs = {s: env if users is None else _service_env(env, s, users[s]) for s in SERVICES}
     children = [Child(s, envs[s]) for s in SERVICES for _ in range(counts[s])]
     for c in children:
         c.start()

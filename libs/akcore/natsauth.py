@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import subjects
+from . import ops, subjects
 
 API = "$JS.API"
 STREAMS = (
@@ -41,36 +41,17 @@ DURABLES = (
     (subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS),
 )
 
-# The store operations each service calls. Ingress forwards the CLI's (it refuses any other
-# at once, see ``may_call``); the others call the few they need.
-STORE_OPS: dict[str, frozenset[str]] = {
+# The internal operations (akcore.ops) each service calls; ingress also forwards every
+# public one that the store or a runner answers.
+CALLS: dict[str, frozenset[str]] = {
     "ingress": frozenset(
         {
-            "project.list",
-            "project.get",
+            "build.get",
             "project.active",
-            "manifest.apply",
-            "build.create",
-            "deployment.create",
-            "deployment.activate",
-            "deployment.deactivate",
-            "deployment.get",
-            "deployment.list",
-            "trigger.create",
-            "trigger.delete",
-            "trigger.get",
-            "trigger.list",
+            "pyenv.prepare",
+            "token.add",
+            "token.check",
             "webhook.lookup",
-            "env.list",
-            "var.set",
-            "var.get",
-            "var.delete",
-            "session.list",
-            "session.get",
-            "session.records",
-            "session.trace",
-            "event.list",
-            "event.get",
         }
     ),
     "dispatcher": frozenset(
@@ -79,8 +60,11 @@ STORE_OPS: dict[str, frozenset[str]] = {
     "runner": frozenset(
         {
             "build.get",
+            "event.get",
             "project.active",
+            "project.get",
             "session.env",
+            "session.get",
             "session.states",
             "subscription.create",
             "subscription.delete",
@@ -89,7 +73,21 @@ STORE_OPS: dict[str, frozenset[str]] = {
     ),
     "store": frozenset(),
 }
-RUNNER_OPS: dict[str, frozenset[str]] = {"ingress": frozenset({"pyenv.prepare"})}
+
+
+def calls(service: str) -> frozenset[str]:
+    """The operations ``service`` may ask the store or a runner for."""
+    if service != "ingress":
+        return CALLS[service]
+    forwarded = {n for n, op in ops.OPS.items() if op.public and op.service != ops.Service.INGRESS}
+    return CALLS[service] | forwarded
+
+
+def op_subject(name: str) -> str:
+    """``ak.store.<op>`` or ``ak.runner.<op>``, by who answers it."""
+    if ops.get(name).service == ops.Service.RUNNER:
+        return subjects.runner_subject(name)
+    return subjects.store_subject(name)
 
 
 def inbox_prefix(service: str) -> str:
@@ -101,13 +99,7 @@ def may_call(service: str, subject: str) -> bool:
     """Whether ``service``'s user may send a request to ``subject`` (``ak.store.<op>`` or
     ``ak.runner.<op>``): checked before asking, so a refused request says so at once
     instead of timing out."""
-    for prefix, ops in (
-        (subjects.store_subject(""), STORE_OPS),
-        (subjects.runner_subject(""), RUNNER_OPS),
-    ):
-        if subject.startswith(prefix):
-            return subject[len(prefix) :] in ops.get(service, frozenset())
-    return True
+    return subject in {op_subject(name) for name in calls(service)}
 
 
 @dataclass(frozen=True)
@@ -130,10 +122,7 @@ def _read(stream: str) -> tuple[str, ...]:
     """Reading a stream's messages: the last one of a subject, or all of them through an
     ordered (ephemeral) consumer with flow control."""
     return (
-        f"{API}.STREAM.INFO.{stream}",
-        f"{API}.STREAM.MSG.GET.{stream}",
-        f"{API}.DIRECT.GET.{stream}",
-        f"{API}.DIRECT.GET.{stream}.>",
+        *_get(stream),
         f"{API}.CONSUMER.CREATE.{stream}",
         f"{API}.CONSUMER.CREATE.{stream}.>",
         f"{API}.CONSUMER.INFO.{stream}.>",
@@ -141,8 +130,8 @@ def _read(stream: str) -> tuple[str, ...]:
     )
 
 
-def _kv_get(bucket: str) -> tuple[str, ...]:
-    stream = f"KV_{bucket}"
+def _get(stream: str) -> tuple[str, ...]:
+    """Reading one message of a stream (a subject's last, or by sequence)."""
     return (
         f"{API}.STREAM.INFO.{stream}",
         f"{API}.STREAM.MSG.GET.{stream}",
@@ -191,10 +180,7 @@ def _no_durables(*streams: str) -> tuple[str, ...]:
 
 
 def _requests(service: str) -> tuple[str, ...]:
-    return (
-        *(subjects.store_subject(op) for op in sorted(STORE_OPS[service])),
-        *(subjects.runner_subject(op) for op in sorted(RUNNER_OPS.get(service, ()))),
-    )
+    return tuple(sorted(op_subject(name) for name in calls(service)))
 
 
 def _common(service: str) -> tuple[str, ...]:
@@ -216,7 +202,7 @@ def permissions(service: str) -> Permissions:
                 subjects.health_subject("*"),
                 *_requests(service),
                 *_kv(subjects.BUCKET_WEBHOOKS),
-                *_kv_get(BUCKET_VALUES),
+                *_get(f"KV_{BUCKET_VALUES}"),
                 *_waits(),
             ),
             subscribe=(
@@ -250,6 +236,7 @@ def permissions(service: str) -> Permissions:
                 subjects.SPANS,
                 *_read(subjects.STREAM_JOURNAL),
                 *_read(subjects.STREAM_INBOX),
+                *_get(subjects.STREAM_EVENTS),  # whose an event is (a session's outcome)
                 *_kv(BUCKET_VALUES),
                 *_requests(service),
                 *_waits(),

@@ -269,12 +269,6 @@ def test_an_ephemeral_consumer_cannot_take_over_the_stores(stack: Stack, session
         assert ack_wait > 1
 
 
-def test_ingress_forwards_no_operation_its_user_may_not_call(stack: Stack) -> None:
-    """Refused by ingress itself at once (its NATS user could not send it anyway)."""
-    status, _, body = stack.request("POST", "/api/session.env", b"\x81\xa4args\x80")
-    assert status == 404 and b"unknown operation 'session.env'" in body
-
-
 def test_nothing_was_lost_to_the_attacks(stack: Stack, session: str) -> None:
     """Runs last: the session's journal, event and prints are all still there."""
     prints = stack.ak("session", "prints", session, "-n", check=True).stdout

@@ -17,7 +17,6 @@ def test_each_service_may_call_only_its_operations() -> None:
     assert not natsauth.may_call("runner", "ak.runner.pyenv.prepare")
     assert natsauth.may_call("ingress", "ak.runner.pyenv.prepare")
     assert not natsauth.may_call("store", "ak.store.var.get")
-    assert natsauth.may_call("runner", "ak.health.store")  # not an operation: the server says
 
 
 def test_passwords_are_owner_only_and_kept(tmp_path: Path) -> None:
