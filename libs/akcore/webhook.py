@@ -64,7 +64,19 @@ def _first_json(body: bytes) -> Any:
         return None
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
         return None
+    if "\\u" in text and not _encodable(value):  # a lone surrogate, e.g. "\\ud800"
+        return None
     return value
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every string in it is valid Unicode (JSON may escape a lone surrogate,
+    which no UTF-8 encoder takes: such a body is kept as text, never refused)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

@@ -21,7 +21,7 @@ from akcore.bus import may_pass
 from akcore.cache import StoreCache
 from akcore.config import ENV_SESSION_TIMEOUT, ENV_WORKER_MEMORY_MB, REQUIREMENTS_FILE
 from akcore.datakey import Keyring, SealError
-from akcore.errors import AKError, Unavailable
+from akcore.errors import AKError, InvalidArgument, Unavailable
 from akcore.journal import Kind
 from akcore.journalio import Fenced, JournalFull, JournalWriter, Limits, RecordTooLarge
 from akcore.sessions import job_data
@@ -108,8 +108,8 @@ class Host:
     keys: Keyring  # seals and unseals the journal
     faults: Faults = field(default_factory=lambda: Faults([]))
     journal_limits: Limits = field(default_factory=Limits)
-    # Each build's directory and requirements.txt, once unpacked (builds never change).
-    builds: dict[str, tuple[Path, bytes | None]] = field(default_factory=dict)
+    # Each build's project, directory and requirements.txt, once unpacked (builds never change).
+    builds: dict[str, tuple[str, Path, bytes | None]] = field(default_factory=dict)
     admission: Admission = field(default_factory=Admission)
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     session_timeout: float = 0.0  # seconds an attempt may run (0: no limit)
@@ -281,22 +281,28 @@ class SessionRun:
     async def _code(self) -> tuple[Path, bytes | None]:
         """The build's directory (fetched and unpacked once per runner: builds never change)
         and its requirements.txt, if any."""
-        known = self.host.builds.get(self.job.build_id)
-        if known is not None:
-            return known
-        code_dir = self.host.cache / self.job.build_id
-        if not code_dir.is_dir():  # unpacked atomically, so a directory is a whole build
-            build = await bus.store_call(self.nc, "build.get", {"build_id": self.job.build_id})
-            # Thousands of files take seconds: off the event loop, which heartbeats.
-            code_dir = await asyncio.to_thread(
-                unpack_build, self.host.cache, self.job.build_id, build["files"]
+        job = self.job
+        known = self.host.builds.get(job.build_id)
+        if known is None:
+            code_dir = self.host.cache / job.build_id
+            fetched = not code_dir.is_dir()  # unpacked atomically: a directory is a whole build
+            build = await bus.store_call(
+                self.nc, "build.get", {"build_id": job.build_id, "with_files": fetched}
             )
-        req = code_dir / REQUIREMENTS_FILE
-        known = self.host.builds[self.job.build_id] = (
-            code_dir,
-            req.read_bytes() if req.is_file() else None,
-        )
-        return known
+            if fetched:  # thousands of files take seconds: off the event loop (heartbeats)
+                code_dir = await asyncio.to_thread(
+                    unpack_build, self.host.cache, job.build_id, build["files"]
+                )
+            req = code_dir / REQUIREMENTS_FILE
+            known = self.host.builds[job.build_id] = (
+                build["project_id"],
+                code_dir,
+                req.read_bytes() if req.is_file() else None,
+            )
+        project, code_dir, requirements = known
+        if project != job.project_id:  # a forged job: never another project's code with its vars
+            raise InvalidArgument(f"build {job.build_id} is not a build of this session's project")
+        return code_dir, requirements
 
     async def _prepare(self) -> tuple[Path, bytes | None, dict[str, str]]:
         """The code and the project's vars, waiting while the store is away (the job is

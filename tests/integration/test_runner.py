@@ -129,3 +129,43 @@ async def test_a_journal_that_cannot_be_read_back_ends_its_session(
             "error: the session's journal cannot be read back for a replay: MalformedRecord("
         )
         await nc.close()
+
+
+async def test_a_job_naming_another_projects_build_runs_nothing(settings: Settings) -> None:
+    """A job is checked where it is run: a build of one project never runs with another
+    project's vars, whoever published the job (a service's NATS user may publish jobs)."""
+    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
+        nc = await bus.connect(settings.nats_url, "t")
+        victim = await deploy(nc, "victim", {"simple.py": CODE})
+        evil = await deploy(nc, "evil", {"simple.py": CODE})
+        for build_id in (evil["build_id"], victim["build_id"]):  # unpacked, then cached
+            job = wire.Job(
+                f"ses_01m8cpgk96e6wakscbfn30{build_id[-4:]}",
+                victim["project_id"],
+                victim["deployment_id"],
+                build_id,
+                "simple.py:greet",
+                True,
+                f"evt_{build_id[-4:]}",
+                "post",
+                {"body": {"bytes": b"hi", "text": "hi", "json": None, "form": None}},
+            )
+            await publish_session(bus.publisher(nc), job)
+
+            async def ended(sid: str = job.session_id) -> bool:
+                try:
+                    s = await bus.store_call(nc, "session.get", {"session": sid})
+                except NotFound:
+                    return False
+                return s["state"] in wire.FINAL_STATES
+
+            await eventually(ended, timeout=30)
+            s = await bus.store_call(nc, "session.get", {"session": job.session_id})
+            if build_id == evil["build_id"]:
+                assert s["state"] == "ERROR", s
+                assert "is not a build of this session's project" in s["error"], s
+                page = await bus.store_call(nc, "session.records", {"session": job.session_id})
+                assert not [r for r in page["records"] if r["kind"] == wire.PRINT], page
+            else:
+                assert s["state"] == "COMPLETED", s["error"]
+        await nc.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from akcore import wire
 from akcore.webhook import MAX_JSON_DEPTH, canonical_header, normalize_request
 
 SLUG = "n66f3e78p4ext7hdz16578p5tw"
@@ -74,3 +75,15 @@ def test_json_nested_too_deep_is_kept_as_text_only() -> None:
     assert normalize_request("POST", "/", [], deepest, SLUG)["body"]["json"] is not None
     wide = b"[" + b",".join([b"[]"] * 500) + b"]"
     assert normalize_request("POST", "/", [], wide, SLUG)["body"]["json"] == [[]] * 500
+
+
+def test_json_with_a_lone_surrogate_is_kept_as_text_and_the_event_encodes() -> None:
+    """``"\\ud800"`` decodes to a string no encoder takes: the event could not be published
+    (a 503 every time the provider retried); its body is text, and a surrogate pair still
+    parses."""
+    body = b'{"a": "\\ud800", "ok": 1}'
+    event = normalize_request("POST", "/", [], body, SLUG)
+    assert event["body"]["json"] is None and event["body"]["text"] == body.decode()
+    wire.encode(wire.StoreReply(ok=True, result=event))  # what ingress publishes must encode
+    pair = normalize_request("POST", "/", [], b'["\\ud83d\\ude00"]', SLUG)["body"]
+    assert pair["json"] == ["\U0001f600"]
