@@ -120,7 +120,16 @@ async def build_prepare(nc: Client, req: rq.PyenvPrepare, caller: Caller) -> dic
 
 
 async def create_token(nc: Client, req: rq.TokenCreate, caller: Caller) -> str:
-    """A new API token: the store keeps its digest; the raw token is answered only here."""
+    """A new API token: the store keeps its digest; the raw token is answered only here.
+    Not while tokens are off: any process that reaches the port (a handler, a web page) could
+    make one, and it would stay valid once tokens are turned on."""
+    if not caller.token_id:
+        raise Conflict(
+            "API tokens are off on this server (dev mode on a loopback address), so a token "
+            "made now could have been made by anything that reaches the port: turn them on "
+            "(AK_AUTH__TOKENS=on; `ak up` then stores a first token for the CLI) and make "
+            "tokens with that one"
+        )
     token = tokens.new_token()
     add = {"digest": tokens.digest(token), "name": req.name, "created_by": caller.token_id or "dev"}
     await bus.store_call(nc, "token.add", add)

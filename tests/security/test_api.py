@@ -221,6 +221,9 @@ def test_dev_mode_on_loopback_may_run_without_tokens(tmp_path: Path) -> None:
         assert status == 200 and reply.ok
         # Internal operations stay internal with tokens off.
         assert post(s, "session.env", {"project_id": "x"})[0] == 404
+        # No token is minted while anything on the machine may ask (it would outlive "off").
+        status, reply = post(s, "auth.create_token", {"name": "handler"})
+        assert not reply.ok and "API tokens are off on this server" in reply.error, reply
     finally:
         s.stop()
 
