@@ -23,13 +23,15 @@ EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting i
 log = logging.getLogger(__name__)
 
 
-# How a root fork server or worker starts: its environment's packages on the path, but not
-# one of their ``.pth`` files run (as root); a worker runs them once it is its own user.
-# (A venv's prefix is set by ``site``: without it, the venv is found as ``site`` finds it.)
+# How a root fork server or worker starts: its environment's packages on the path, after
+# the standard library (a package's module named like a standard one must not be what root
+# imports), and not one of their ``.pth`` files run (as root); a worker runs them once it is
+# its own user. (A venv's prefix is set by ``site``: without it, the venv is found as
+# ``site`` finds it.)
 _NO_SITE = (
     "import os, runpy, site, sys; p = os.path.dirname(os.path.dirname(os.path.abspath("
     "sys.executable))); venv = os.path.exists(os.path.join(p, 'pyvenv.cfg')); "
-    "sys.path[1:1] = site.getsitepackages([p] if venv else None); "
+    "sys.path += site.getsitepackages([p] if venv else None); "
     "runpy.run_module({!r}, run_name='__main__', alter_sys=True)"
 )
 

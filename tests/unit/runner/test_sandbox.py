@@ -122,3 +122,30 @@ def test_a_build_tool_runs_as_its_user_and_writes_files_others_read(tmp_path: Pa
     assert stat.S_IMODE(out.stat().st_mode) == 0o644 and out.stat().st_uid == 829997
     chown_tree(tmp_path, 0)
     assert out.stat().st_uid == 0
+
+
+def test_a_root_start_imports_the_standard_library_before_an_environments_packages(
+    tmp_path: Path,
+) -> None:
+    """A package that ships a module named like a standard one (``queue.py``) is not what
+    a root fork server imports: the environment's packages come after the standard library,
+    and its ``.pth`` files do not run."""
+    import venv
+
+    from ak_runner.worker import _NO_SITE
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    (site_dir,) = env_dir.glob("lib/python*/site-packages")
+    marker = tmp_path / "pwned"
+    (site_dir / "queue.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (site_dir / "evil.pth").write_text(f"import os; open({str(marker)!r}, 'w').close()\n")
+    (site_dir / "probe.py").write_text("import queue, sys\nprint(queue.__file__)\n")
+    res = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-S", "-c", _NO_SITE.format("probe")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert not marker.exists(), res.stdout
+    assert res.stdout.strip().startswith(sys.base_prefix), res.stdout  # the standard one
