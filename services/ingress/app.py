@@ -169,7 +169,12 @@ def create_app(
     async def api(name: str, request: Request) -> Response:
         """A public operation of ``akcore.ops``, for a caller with an API token."""
         try:
-            caller = await auth.caller(request.headers.get("authorization"))
+            caller = await auth.caller(
+                request.headers.get("authorization"),
+                request.scope.get("client"),
+                request.scope.get("server"),
+                request.headers.get("host"),
+            )
             op = ops.public(name)
             body = await read_body(request, max_api_body, max_api_body)
             if body is None:

@@ -3,12 +3,16 @@ against the digests the store keeps (the raw token goes no further than this pro
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from akcore import tokens
 from akcore.cache import StoreCache
+from akcore.config import is_loopback
 from akcore.errors import Unauthenticated
 from nats.aio.client import Client
+
+from . import peers
 
 HOW_TO_GET_ONE = (
     "The CLI sends the token of `ak auth set-token <token>` (or of AK_TOKEN). "
@@ -40,9 +44,21 @@ class Authenticator:
         self.nc, self.required = nc, required
         self.known = StoreCache(ttl=self.KEEP)
 
-    async def caller(self, authorization: str | None) -> Caller:
-        """The caller the header names; Unauthenticated without a token the store knows."""
+    async def caller(
+        self,
+        authorization: str | None,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+        host: str | None = None,
+    ) -> Caller:
+        """The caller the header names; Unauthenticated without a token the store knows.
+        With tokens off, the caller must be the server's own user (or root), as the
+        connection ``client`` -> ``server`` shows: a handler (a sandbox user) or another
+        account on the machine is refused; and the request must name a loopback ``host``
+        (a web page that rebinds its own name to 127.0.0.1 is refused)."""
         if not self.required:
+            self._check_loopback_host(host)
+            self._check_local_user(client, server)
             return DEV_CALLER
         if not authorization:
             raise Unauthenticated(f"missing API token. {HOW_TO_GET_ONE}")
@@ -61,3 +77,31 @@ class Authenticator:
                 f"invalid API token: the server does not know it. {HOW_TO_GET_ONE}"
             ) from None
         return Caller(who["token_id"], who["name"], who["created_at"])
+
+    @staticmethod
+    def _check_loopback_host(host: str | None) -> None:
+        text = (host or "").strip().lower()
+        name = text[1:].partition("]")[0] if text.startswith("[") else text.partition(":")[0]
+        if is_loopback(name):
+            return
+        raise Unauthenticated(
+            f"API tokens are off on this server (dev mode on a loopback address), so its API "
+            f"answers only requests addressed to a loopback name (localhost, 127.0.0.1); "
+            f"this one was addressed to {host or 'no host'!r}. Use the server's loopback "
+            f"address, or start it with AK_AUTH__TOKENS=on and use an API token."
+        )
+
+    @staticmethod
+    def _check_local_user(client: tuple[str, int] | None, server: tuple[str, int] | None) -> None:
+        if not peers.supported():  # no socket owners to read (not Linux): loopback alone
+            return
+        uid = peers.owner(client, server) if client and server else None
+        if uid is not None and uid in (0, os.geteuid()):
+            return
+        who = "an unknown user" if uid is None else f"user id {uid}"
+        raise Unauthenticated(
+            f"API tokens are off on this server (dev mode on a loopback address), so its API "
+            f"answers only the user that runs it (user id {os.geteuid()}); this call came "
+            f"from {who} (a handler or another account on the machine). To call the API "
+            f"from there, start the server with AK_AUTH__TOKENS=on and use an API token."
+        )

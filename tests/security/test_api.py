@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ def main(**kwargs):
 """
 EVIL = f"""\
 import subprocess
+import sys
 
 
 def main(**kwargs):
@@ -213,6 +215,23 @@ async def test_ingress_refuses_tokens_off_on_an_address_others_reach() -> None:
         await run_ingress(settings)
 
 
+CALL_API = """\
+import urllib.error
+import urllib.request
+
+
+def call_api(event):
+    body = bytes([0x81, 0xA4]) + b"args" + bytes([0x80])  # msgpack {"args": {}}
+    req = urllib.request.Request(event.data["url"] + "/api/project.list", data=body)
+    try:
+        with urllib.request.urlopen(req) as r:
+            print("status", r.status)
+    except urllib.error.HTTPError as e:
+        print("status", e.code, e.read().decode(errors="replace"))
+"""
+OTHER_USER = 65534  # nobody
+
+
 def test_dev_mode_on_loopback_may_run_without_tokens(tmp_path: Path) -> None:
     s = start_stack(tmp_path, {"AK_AUTH__TOKENS": ""})
     try:
@@ -224,8 +243,42 @@ def test_dev_mode_on_loopback_may_run_without_tokens(tmp_path: Path) -> None:
         # No token is minted while anything on the machine may ask (it would outlive "off").
         status, reply = post(s, "auth.create_token", {"name": "handler"})
         assert not reply.ok and "API tokens are off on this server" in reply.error, reply
+        # A web page whose name was rebound to 127.0.0.1 (DNS rebinding) names itself.
+        status, reply = post(s, "project.list", {}, {"Host": "evil.example:9980"})
+        assert status == 401 and "addressed to 'evil.example:9980'" in reply.error, reply
+        if os.geteuid() == 0:  # the sandbox: handlers run as users of their own
+            _handlers_and_other_users_are_refused(s, tmp_path)
     finally:
         s.stop()
+
+
+def _handlers_and_other_users_are_refused(s: Stack, tmp_path: Path) -> None:
+    """Without tokens the API answers only the user running the server: not a handler
+    (which would read every project's secrets) nor another account on the machine."""
+    project = write_project(
+        tmp_path / "caller",
+        {"autokitteh.yaml": "version: v1\nproject:\n  name: caller\n", "c.py": CALL_API},
+    )
+    s.deploy(project)
+    url = json.dumps(s.url)
+    res = s.ak("session", "start", "-o", "caller", "-p", "c.py:call_api", "-I", f"url={url}")
+    sid = res.stdout.strip().removeprefix("session_id: ")
+    assert s.wait_session(sid)["state"] == "COMPLETED"
+    prints = s.ak("session", "prints", sid, "-n", check=True).stdout
+    assert "status 401" in prints and "answers only the user that runs it" in prints, prints
+
+    python = os.path.realpath(sys._base_executable)  # stdlib only, reachable by anyone
+    code = CALL_API + f"\ncall_api(type('E', (), {{'data': {{'url': {s.url!r}}}}}))\n"
+    other = subprocess.run(
+        [python, "-I", "-c", code],
+        user=OTHER_USER,
+        group=OTHER_USER,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert "status 401" in other.stdout, other
+    assert "this call came from user id 65534" in other.stdout, other.stdout
 
 
 def test_tokens_cannot_be_off_off_loopback_or_outside_dev_mode(tmp_path: Path) -> None:
