@@ -60,12 +60,18 @@ def test_keys_from_env_or_the_key_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert load_keys() == [NEW, OLD]
 
 
+DIGEST = "5f2b9c0d1e3a4b6c"
+
+
 def _records() -> list[wire.JournalRecord]:
     s = SECRET.decode()
     return [
         journal.record("ses_a", 1, journal.Print(text=f"token {s}", n=1), 1),
         journal.record(
-            "ses_a", 2, journal.Activity(step=1, function="getenv", ok=True, result=SECRET), 2
+            "ses_a",
+            2,
+            journal.Activity(step=1, function="getenv", ok=True, result=SECRET, digest=DIGEST),
+            2,
         ),
         journal.record(
             "ses_a",
@@ -91,6 +97,21 @@ def test_journal_records_rest_sealed_and_unseal_as_written() -> None:
     # What the system needs in the clear stays clear (the store reads it).
     ended = journal.seal(_records()[-1], keys)
     assert ended.data["state"] == wire.ERROR and journal.SEALED in ended.data
+
+
+def test_an_activitys_argument_digest_rests_sealed() -> None:
+    # A digest of a short secret passed to an activity could be matched offline by guessing.
+    keys = Keyring([OLD])
+    activity = _records()[1]
+    assert DIGEST.encode() not in wire.encode(journal.seal(activity, keys))
+    # Journals written before digests were sealed still read.
+    assert journal.unseal(journal.seal(activity, keys), keys).data["digest"] == DIGEST
+    earlier = journal.seal(
+        journal.record("ses_a", 2, journal.Activity(step=1, function="f", ok=True, result=b""), 2),
+        keys,
+    )
+    earlier.data["digest"] = DIGEST
+    assert journal.unseal(earlier, keys).data["digest"] == DIGEST
 
 
 def test_a_record_moved_or_left_unsealed_is_malformed() -> None:
