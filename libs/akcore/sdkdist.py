@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import shutil
 import tempfile
 import zipfile
@@ -98,6 +99,9 @@ def write_copy(parent: Path) -> Path:
             dest = tmp / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
+            dest.chmod(0o644)
+        for top, _, _ in os.walk(tmp):  # readable by the workers' users, whatever the umask
+            os.chmod(top, 0o755)
         tmp.rename(final)
     except OSError:  # another writer won the race (or the disk failed: say so below)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ send one.
 from __future__ import annotations
 
 import builtins
+import ctypes
 import functools
 import importlib
 import inspect
@@ -291,16 +292,40 @@ def _put_environ(saved: dict[bytes, bytes]) -> None:
 
 def become_user(uid: int) -> None:
     """Drops every privilege for user ``uid`` (group ``uid``, no other groups), for good;
-    files it creates are its own alone. A process started without ``site`` (by a root
-    runner) runs the ``.pth`` files of its packages now, as that user."""
+    files it creates are its own alone, and nothing it runs can gain privileges again
+    (``PR_SET_NO_NEW_PRIVS``: a setuid program stays the user's)."""
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     os.umask(0o077)
-    if sys.flags.no_site:
-        import site
+    _no_new_privs()
 
-        site.main()
+
+def _no_new_privs() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    except (OSError, AttributeError):  # not Linux: the user id alone
+        pass
+
+
+def open_packages(venv: str) -> None:
+    """A worker started isolated by a root runner (``-I -S``, the SDK from the runner's own
+    copy), once it is its user: the packages of its environment go on the path after the
+    standard library, and their ``.pth`` files and ``sitecustomize`` run, as this user.
+    ``venv``: the virtual environment, or "-" for the interpreter's own packages (a venv's
+    too when the interpreter is one)."""
+    import site
+
+    if venv == "-":
+        home = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+        venv = home if os.path.exists(os.path.join(home, "pyvenv.cfg")) else ""
+    if venv:
+        sys.prefix = sys.exec_prefix = venv
+        sys.executable = os.path.join(venv, "bin", "python")
+    for packages in site.getsitepackages([sys.prefix]):
+        site.addsitedir(packages)
+    site.execsitecustomize()
 
 
 def confine(limits: dict[str, Any]) -> None:
@@ -401,10 +426,11 @@ def _result(ch: Channel, result: Any, child: bool) -> bytes:
 
 
 def main(argv: list[str]) -> None:
-    """``IN_FD OUT_FD [UID]``: with a user id, the process (started as root) becomes that
-    user first."""
-    if len(argv) > 2:
+    """``IN_FD OUT_FD [UID VENV]``: with a user id, the process (started as root, isolated)
+    becomes that user first, then opens its environment's packages (``open_packages``)."""
+    if len(argv) > 3:
         become_user(int(argv[2]))
+        open_packages(argv[3])
     os.dup2(2, 1)  # what a handler writes to stdout is not the runner's: see its stderr
     fin = os.fdopen(int(argv[0]), "rb", buffering=0)
     fout = os.fdopen(int(argv[1]), "wb", buffering=0)

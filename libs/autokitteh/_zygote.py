@@ -1,18 +1,19 @@
 """The fork server: starts worker processes by forking itself.
 
-Started by the runner as ``python -u -m autokitteh._zygote CTRL_FD`` in a worker's
-environment. It imports what a worker needs once, then forks a worker for each request on
-its control socket (a Unix ``SOCK_SEQPACKET`` socket): a worker starts in about a
-millisecond instead of a tenth of a second, and the pages of the interpreter and the SDK
-stay shared between all the workers forked from it (copy on write) instead of each
-worker holding its own copy.
+Started by the runner as ``python -u -m autokitteh._zygote CTRL_FD [VENV]`` in a worker's
+environment; a root runner starts it isolated (``-I -S``, the SDK from its own root-owned
+copy) and names the environment whose packages a worker opens once it is its user. It
+imports what a worker needs once, then forks a worker for each request on its control
+socket (a Unix ``SOCK_SEQPACKET`` socket): a worker starts in about a millisecond instead
+of a tenth of a second, and the pages of the interpreter and the SDK stay shared between
+all the workers forked from it (copy on write) instead of each worker holding its own copy.
 
 Requests (runner to server): ``F``, the user id the worker runs as (-1: the server's own),
 a space and the working directory, with three descriptors: the worker's frame pipes (in,
 out) and its stderr. Replies: ``P<pid>`` for each fork, and ``X<pid> <exit code>`` when a
 worker ends (the server is its parent and reaps it). The server exits when the runner
-closes the control socket. A server started as root makes each worker its user (for good)
-before anything of a handler's runs.
+closes the control socket. A server started as root runs no code of the environment's
+packages: it makes each worker its user (for good) before any of it runs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from . import _worker
 MAX_REQUEST = 8192
 
 
-def _child(ctrl: socket.socket, own: list[int], fds: list[int], uid: int, cwd: str) -> None:
+def _child(
+    ctrl: socket.socket, own: list[int], fds: list[int], uid: int, cwd: str, venv: str
+) -> None:
     """Becomes a worker; never returns."""
     try:
         os.setsid()  # a process group of its own: the runner kills what the handler started
@@ -44,6 +47,7 @@ def _child(ctrl: socket.socket, own: list[int], fds: list[int], uid: int, cwd: s
         os.close(err)
         if uid >= 0:
             _worker.become_user(uid)
+            _worker.open_packages(venv)
         os.chdir(cwd)
         _worker.main([str(fd_in), str(fd_out)])
     finally:
@@ -66,6 +70,7 @@ def _reap(ctrl: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     ctrl = socket.socket(fileno=int(argv[0]))
+    venv = argv[1] if len(argv) > 1 else "-"
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -96,7 +101,7 @@ def main(argv: list[str]) -> None:
             uid, _, cwd = os.fsdecode(msg[1:]).partition(" ")
             pid = os.fork()
             if pid == 0:
-                _child(ctrl, [wake_r, wake_w, sel.fileno()], fds, int(uid), cwd)
+                _child(ctrl, [wake_r, wake_w, sel.fileno()], fds, int(uid), cwd, venv)
             for fd in fds:
                 os.close(fd)
             try:

@@ -69,6 +69,15 @@ class Spec:
         return self.path / "bin" / "python"
 
     @property
+    def base_file(self) -> Path:
+        """Where the interpreter the venv was created from is recorded, outside the venv
+        (whose files an installer may have replaced): what a root runner starts."""
+        return self.path.parent / f".{self.path.name}.python"
+
+    def base_python(self) -> str:
+        return self.base_file.read_text().strip()
+
+    @property
     def wanted(self) -> dict[str, str]:
         sha = hashlib.sha256(self.requirements.encode()).hexdigest()[:16]
         return {"requirements": sha, "sdk": sdkdist.digest()}
@@ -125,7 +134,16 @@ def _marker(spec: Spec) -> dict[str, str]:
 
 
 def is_ready(spec: Spec) -> bool:
-    return _marker(spec) == spec.wanted and spec.python.exists()
+    return _marker(spec) == spec.wanted and spec.python.exists() and spec.base_file.is_file()
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Writes ``path`` as root in a directory an installer owned: a link left there is
+    replaced, never followed."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with open(fd, "w") as f:
+        f.write(text)
 
 
 @dataclass
@@ -212,18 +230,19 @@ async def _build(build: Build, users: UserIds | None) -> None:
                 if spec.path.exists():
                     await asyncio.to_thread(chown_tree, spec.path, 0)
                 await users.give_back(builder)  # with whatever an installer left running
-        (spec.path / MARKER).write_text(json.dumps(spec.wanted))
+        _write_new(spec.path / MARKER, json.dumps(spec.wanted))
         build.say(f"{spec.label} is ready: {spec.python}")
 
 
 async def _install(build: Build, spec: Spec, builder: int) -> None:
     """Creates the venv (with the base Python alone) and installs into it, as ``builder``."""
-    if not spec.python.exists():
+    if not spec.python.exists() or not spec.base_file.is_file():
         shutil.rmtree(spec.path, ignore_errors=True)
         base = _base_python()
         build.say(f"creating {spec.label} at {spec.path} with {base}")
         await _run(build, "python -m venv", base, "-m", "venv", str(spec.path))
-        await _check_version(build, spec)
+        # Asked while root alone has written the venv: later, its files are not trusted.
+        _write_new(spec.base_file, await _check_version(build, spec) + "\n")
     else:
         build.say(f"updating {spec.label} at {spec.path}")
     if builder >= 0:
@@ -236,7 +255,7 @@ async def _install(build: Build, spec: Spec, builder: int) -> None:
         for line in spec.skipped:
             build.say(f"skipping {line.strip()!r}: the SDK comes from this server")
         req = spec.path / "ak-requirements.txt"
-        req.write_text(spec.requirements)
+        _write_new(req, spec.requirements)
         if any(
             ln.strip() and not ln.lstrip().startswith("#") for ln in spec.requirements.splitlines()
         ):
@@ -273,22 +292,27 @@ async def _install(build: Build, spec: Spec, builder: int) -> None:
             )
 
 
-async def _check_version(build: Build, spec: Spec) -> None:
+async def _check_version(build: Build, spec: Spec) -> str:
+    """The venv's base interpreter (its real path), once its version is checked."""
     proc = await asyncio.create_subprocess_exec(
         str(spec.python),
+        "-I",
         "-c",
-        "import sys; print('%d.%d' % sys.version_info[:2])",
+        "import os, sys; print('%d.%d' % sys.version_info[:2]); "
+        "print(os.path.realpath(sys._base_executable))",
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
-    found = tuple(int(x) for x in out.decode().strip().split(".") if x.isdigit())
+    version, _, base = out.decode().strip().partition("\n")
+    found = tuple(int(x) for x in version.split(".") if x.isdigit())
     if found < MIN_PYTHON:
         shutil.rmtree(spec.path, ignore_errors=True)
         need = ".".join(map(str, MIN_PYTHON))
         raise EnvError(
-            f"the Python found in PATH is {out.decode().strip() or 'unknown'}, workers need "
+            f"the Python found in PATH is {version or 'unknown'}, workers need "
             f"{need}+: put a newer python3 first in PATH or set AK_WORKER_PYTHON"
         )
+    return base
 
 
 class PythonEnvs:
@@ -349,7 +373,10 @@ class PythonEnvs:
         bindir = str(spec.path / "bin")
         path = os.pathsep.join(p for p in (bindir, os.environ.get("PATH", "")) if p)
         kind = "default" if requirements is None else "project"
-        return str(spec.python), {"VIRTUAL_ENV": str(spec.path), "PATH": path}, kind
+        # The sandbox starts workers (as root) with the interpreter the venv was made from,
+        # never with a file of the venv: an installer could have replaced any of them.
+        python = spec.base_python() if self.users is not None else str(spec.python)
+        return python, {"VIRTUAL_ENV": str(spec.path), "PATH": path}, kind
 
     async def prepare(self, requirements: bytes | None, token: str, offset: int) -> dict[str, Any]:
         """For ``ak deploy``: starts the environment's build when needed and reports on it."""

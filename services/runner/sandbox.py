@@ -24,6 +24,7 @@ import random
 import signal
 import stat
 import sys
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,66 @@ def kill_user(uid: int) -> int:
                 pass
     log.warning("user %d: processes still running after %d rounds of kills", uid, KILL_ROUNDS)
     return killed
+
+
+def resident_by_user(uids: Collection[int]) -> dict[int, int]:
+    """The resident memory (bytes) of all the processes of each of ``uids``, together."""
+    used = dict.fromkeys(uids, 0)
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                uid = rss = -1
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        uid = int(line.split()[1])
+                        if uid not in used:
+                            break
+                    elif line.startswith(b"VmRSS:"):
+                        rss = int(line.split()[1]) * 1024  # kB
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+        if uid in used and rss > 0:
+            used[uid] += rss
+    return used
+
+
+class MemoryWatch:
+    """Holds each sandboxed worker to its memory limit for all of its processes together
+    (the address-space limit a worker sets bounds each process alone): twice a second, one
+    scan of ``/proc`` sums the resident memory of every watched user, and a user over its
+    limit gets its callback once. Scans run only while a worker is watched."""
+
+    INTERVAL = 0.5
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[int, Callable[[int], None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, uid: int, limit: int, over: Callable[[int], None]) -> None:
+        """Calls ``over(bytes used)`` once if ``uid``'s processes use more than ``limit``."""
+        self._watched[uid] = (limit, over)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    def unwatch(self, uid: int) -> None:
+        self._watched.pop(uid, None)
+
+    async def _run(self) -> None:
+        while self._watched:
+            await asyncio.sleep(self.INTERVAL)
+            used = await asyncio.to_thread(resident_by_user, list(self._watched))
+            for uid, rss in used.items():
+                watched = self._watched.get(uid)
+                if watched is not None and rss > watched[0]:
+                    del self._watched[uid]
+                    watched[1](rss)
+
+    async def close(self) -> None:
+        self._watched.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def _pids() -> list[int]:

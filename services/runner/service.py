@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, config, journal, ops, subjects, tracing, wire
+from akcore import bus, config, journal, ops, sdkdist, subjects, tracing, wire
 from akcore import requests as rq
 from akcore.cache import StoreCache
 from akcore.config import Settings
@@ -207,7 +207,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
     cache = config.data_home() / "runner" / "builds"
     users = _sandbox(settings)
-    envs = PythonEnvs(settings.worker_python, config.data_home() / "runner" / "sdk", users)
+    sdk_copies = config.data_home() / "runner" / "sdk"
+    envs = PythonEnvs(settings.worker_python, sdk_copies, users)
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)
     pool = WorkerPool(
@@ -217,6 +218,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         settings.fork_workers,
         users,
         settings.echo_prints,
+        sdkdist.write_copy(sdk_copies) if users is not None else None,
     )
     inboxes = InboxWatch()
     nc = await bus.connect_service(settings, "runner", on_reconnect=inboxes.resync)
@@ -296,5 +298,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await asyncio.gather(*live, reaper, warming, return_exceptions=True)
     await puller.close()
     await pool.close()
+    await host.memory.close()
     await tel.close()
     await bus.close(nc)

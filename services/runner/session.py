@@ -45,7 +45,7 @@ from .faults import Faults
 from .inbox import Inbox, InboxWatch, seal_payload
 from .lease import Lease
 from .pyenv import EnvError, PythonEnvs
-from .sandbox import WorkerLimits
+from .sandbox import MemoryWatch, WorkerLimits
 from .syscalls import SyscallError, Syscalls
 from .worker import WorkerPool, WorkerProcess
 
@@ -113,6 +113,7 @@ class Host:
     admission: Admission = field(default_factory=Admission)
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     session_timeout: float = 0.0  # seconds an attempt may run (0: no limit)
+    memory: MemoryWatch = field(default_factory=MemoryWatch)  # sandboxed workers' totals
 
     def spawn_env(self, extra_env: dict[str, str]) -> dict[str, str]:
         """A worker's environment: the little it gets of the runner's and what its
@@ -391,7 +392,11 @@ class SessionRun:
         stop = asyncio.create_task(self._stop.wait())
         lost = asyncio.create_task(self.lease.lost.wait())
         timer = asyncio.create_task(self._time_limit())
-        await asyncio.wait({talk, stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        self._memory_limit(worker)
+        try:
+            await asyncio.wait({talk, stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.host.memory.unwatch(worker.uid)
         for t in (stop, lost, timer):
             t.cancel()
         if talk.done():
@@ -415,6 +420,23 @@ class SessionRun:
             f"session ended: over its time limit of {limit:g} s ({ENV_SESSION_TIMEOUT})",
             failed=True,
         )
+
+    def _memory_limit(self, worker: WorkerProcess) -> None:
+        """Ends the session in ERROR once the processes of its worker's user use more than
+        the memory limit together (a sandboxed worker; each process alone is held to it by
+        its address-space limit)."""
+        limit = self.host.worker_limits.memory_mb
+        if worker.uid < 0 or limit <= 0:
+            return
+
+        def over(used: int) -> None:
+            self._request_stop(
+                f"session ended: over its memory limit of {limit} MiB "
+                f"({ENV_WORKER_MEMORY_MB}): its processes used {used >> 20} MiB together",
+                failed=True,
+            )
+
+        self.host.memory.watch(worker.uid, limit << 20, over)
 
     # --- the conversation with the worker
 

@@ -23,15 +23,12 @@ EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting i
 log = logging.getLogger(__name__)
 
 
-# How a root fork server or worker starts: its environment's packages on the path, after
-# the standard library (a package's module named like a standard one must not be what root
-# imports), and not one of their ``.pth`` files run (as root); a worker runs them once it is
-# its own user. (A venv's prefix is set by ``site``: without it, the venv is found as
-# ``site`` finds it.)
-_NO_SITE = (
-    "import os, runpy, site, sys; p = os.path.dirname(os.path.dirname(os.path.abspath("
-    "sys.executable))); venv = os.path.exists(os.path.join(p, 'pyvenv.cfg')); "
-    "sys.path += site.getsitepackages([p] if venv else None); "
+# How a root runner starts a fork server or a worker: the interpreter isolated (``-I -S``:
+# no environment variables, no site-packages, no ``.pth`` files), with the runner's own
+# root-owned copy of the SDK on the path (argv[1], taken off). Nothing of the environment
+# runs as root: its packages are opened by the worker once it is its user.
+_ISOLATED = (
+    "import runpy, sys; sys.path.append(sys.argv.pop(1)); "
     "runpy.run_module({!r}, run_name='__main__', alter_sys=True)"
 )
 
@@ -42,13 +39,13 @@ async def _run_module(
     fds: list[int],
     cwd: Path,
     env: dict[str, str],
-    no_site: bool = False,
-    args: list[int] | None = None,
+    sdk: str = "",
+    args: list[int | str] | None = None,
     **kw: Any,
 ) -> asyncio.subprocess.Process:
-    """``python -u -m module FD... ARG...``, the descriptors passed on to it (``no_site``:
-    with ``-S``, the packages found by path only)."""
-    start = ("-S", "-c", _NO_SITE.format(module)) if no_site else ("-m", module)
+    """``python -u -m module FD... ARG...``, the descriptors passed on to it (``sdk``:
+    isolated, the SDK from that directory)."""
+    start = ("-I", "-S", "-c", _ISOLATED.format(module), sdk) if sdk else ("-m", module)
     return await asyncio.create_subprocess_exec(
         python,
         "-u",
@@ -96,15 +93,14 @@ class ForkServer:
         self._reading = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(
-        cls, python: str, cwd: Path, env: dict[str, str], as_root: bool = False
-    ) -> ForkServer:
-        """``as_root``: it forks sandboxed workers, so it runs no code of the environment's
-        packages (their ``.pth`` files) itself."""
+    async def start(cls, python: str, cwd: Path, env: dict[str, str], sdk: str = "") -> ForkServer:
+        """``sdk``: it runs as root and forks sandboxed workers, so it starts isolated with
+        the SDK from there, and runs no code of the environment's packages itself."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             fds = [theirs.fileno()]
-            proc = await _run_module(python, "autokitteh._zygote", fds, cwd, env, as_root)
+            venv: list[int | str] = [_venv(env)] if sdk else []
+            proc = await _run_module(python, "autokitteh._zygote", fds, cwd, env, sdk, venv)
         except BaseException:
             ours.close()
             raise
@@ -225,6 +221,12 @@ class ForkedProcess:
         return self.returncode
 
 
+def _venv(env: dict[str, str]) -> str:
+    """The virtual environment a worker's packages come from, as ``activate`` names it
+    (``-``: the interpreter's own)."""
+    return env.get("VIRTUAL_ENV") or "-"
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -259,11 +261,13 @@ class WorkerProcess:
 
     @classmethod
     async def spawn(
-        cls, python: str, code_dir: Path, env: dict[str, str], uid: int = -1
+        cls, python: str, code_dir: Path, env: dict[str, str], uid: int = -1, sdk: str = ""
     ) -> WorkerProcess:
+        """A worker process of its own; with ``uid`` (and ``sdk``, see ``_run_module``), it
+        becomes that user before it runs anything of its environment's packages."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        user = [uid] if uid >= 0 else []  # it becomes that user before it runs any package
+        user: list[int | str] = [uid, _venv(env)] if uid >= 0 else []
         try:
             proc = await _run_module(
                 python,
@@ -271,7 +275,7 @@ class WorkerProcess:
                 [to_child_r, from_child_w],
                 code_dir,
                 env,
-                uid >= 0,
+                sdk,
                 user,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
@@ -399,10 +403,15 @@ class WorkerPool:
         fork: bool = False,
         users: UserIds | None = None,
         echo: bool = False,
+        sdk: Path | None = None,
     ) -> None:
         self.size, self.cwd, self.reuse = size, cwd, max(1, reuse)
         self.fork = fork and ForkServer.SUPPORTED
         self.users, self.echo = users, echo  # users: a user id per worker (the sandbox)
+        # The sandbox starts its workers isolated, with the SDK from this root-owned copy.
+        self.sdk = str(sdk) if users is not None and sdk is not None else ""
+        if users is not None and not self.sdk:
+            raise ValueError("a sandboxed worker pool needs the SDK's root-owned copy")
         self._reached: set[str] = set()  # interpreters the workers' users can get to
         self._idle: dict[PoolKey, list[WorkerProcess]] = {}
         self._done: dict[tuple[PoolKey, str], list[WorkerProcess]] = {}
@@ -440,12 +449,12 @@ class WorkerPool:
                         if server is not None:
                             await server.close()
                         server = self._servers[key] = await ForkServer.start(
-                            python, self.cwd, env, as_root=self.users is not None
+                            python, self.cwd, env, self.sdk
                         )
                 return await WorkerProcess.fork(server, self.cwd, uid)
             except (OSError, ConnectionError) as e:
                 log.warning("no worker from the fork server (%s); starting one: %s", python, e)
-        return await WorkerProcess.spawn(python, self.cwd, env, uid)
+        return await WorkerProcess.spawn(python, self.cwd, env, uid, self.sdk)
 
     async def take(self, python: str, env: dict[str, str], project: str = "") -> WorkerProcess:
         key = pool_key(python, env)

@@ -61,6 +61,14 @@ def hog(event):
     return len(big)
 
 
+def hogs(event):
+    # Three processes of 300 MiB each: each alone is under the 512 MiB limit.
+    code = "import time; data = b'x' * (300 << 20); print('filled', flush=True); time.sleep(1000)"
+    children = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(3)]
+    for child in children:
+        child.wait()
+
+
 def spin(event):
     while True:
         time.sleep(0.05)
@@ -149,6 +157,17 @@ def test_a_handler_over_the_memory_limit_ends_in_error_naming_it(stack: Stack) -
         "session ended: over its memory limit of 512 MiB (AK_RUNNER__WORKER_MEMORY_MB)"
     ), session
     assert session["state"] == "ERROR"
+
+
+def test_a_handlers_processes_are_held_to_the_memory_limit_together(stack: Stack) -> None:
+    session = stack.wait_session(_start(stack, "hogs"))
+    assert session["state"] == "ERROR", session
+    # Not the 10 s time limit: the memory of the worker's processes, summed.
+    assert session["error"].startswith(
+        "session ended: over its memory limit of 512 MiB (AK_RUNNER__WORKER_MEMORY_MB): "
+        "its processes used "
+    ), session
+    assert session["error"].endswith(" MiB together"), session
 
 
 def test_a_handler_over_the_session_timeout_ends_in_error_naming_it(stack: Stack) -> None:

@@ -52,6 +52,10 @@ def test_ready_only_when_the_marker_matches(tmp_path: Path) -> None:
     (spec.path / pyenv.MARKER).write_text('{"requirements": "other", "sdk": "x"}')
     assert not pyenv.is_ready(spec)
     (spec.path / pyenv.MARKER).write_text(json.dumps(spec.wanted))
+    # Not without the record of the interpreter it was made from (a venv of an earlier
+    # version is made again: a root runner starts that interpreter, never the venv's).
+    assert not pyenv.is_ready(spec)
+    spec.base_file.write_text("/usr/bin/python3\n")
     assert pyenv.is_ready(spec)
 
 

@@ -124,28 +124,63 @@ def test_a_build_tool_runs_as_its_user_and_writes_files_others_read(tmp_path: Pa
     assert out.stat().st_uid == 0
 
 
-def test_a_root_start_imports_the_standard_library_before_an_environments_packages(
-    tmp_path: Path,
-) -> None:
-    """A package that ships a module named like a standard one (``queue.py``) is not what
-    a root fork server imports: the environment's packages come after the standard library,
-    and its ``.pth`` files do not run."""
+def _poisoned_venv(tmp_path: Path) -> tuple[Path, Path]:
+    """A venv whose packages shadow a standard module (``queue.py``) and run a ``.pth``
+    file, each leaving ``marker``; and a package of its own, ``theirs``."""
     import venv
-
-    from ak_runner.worker import _NO_SITE
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     (site_dir,) = env_dir.glob("lib/python*/site-packages")
     marker = tmp_path / "pwned"
     (site_dir / "queue.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    (site_dir / "evil.pth").write_text(f"import os; open({str(marker)!r}, 'w').close()\n")
-    (site_dir / "probe.py").write_text("import queue, sys\nprint(queue.__file__)\n")
+    (site_dir / "evil.pth").write_text(f"import os; open({str(marker)!r}, 'a').close()\n")
+    (site_dir / "theirs.py").write_text("")
+    return env_dir, marker
+
+
+def test_a_root_start_runs_nothing_of_the_environment(tmp_path: Path) -> None:
+    """How a root runner starts a fork server or a worker: the base interpreter isolated,
+    the SDK from the runner's copy; no module, ``.pth`` file or package of the venv."""
+    from ak_runner.worker import _ISOLATED
+
+    env_dir, marker = _poisoned_venv(tmp_path)
+    sdk = tmp_path / "sdk"
+    sdk.mkdir()
+    (sdk / "probe.py").write_text(
+        "import importlib.util, queue\n"
+        "print(queue.__file__, importlib.util.find_spec('theirs') is None)\n"
+    )
+    base = os.path.realpath(sys._base_executable)
     res = subprocess.run(
-        [str(env_dir / "bin" / "python"), "-S", "-c", _NO_SITE.format("probe")],
+        [base, "-I", "-S", "-c", _ISOLATED.format("probe"), str(sdk)],
         capture_output=True,
         text=True,
         check=True,
+        env={"VIRTUAL_ENV": str(env_dir), "PYTHONPATH": str(env_dir)},
     )
     assert not marker.exists(), res.stdout
-    assert res.stdout.strip().startswith(sys.base_prefix), res.stdout  # the standard one
+    queue_file, no_theirs = res.stdout.split()
+    assert queue_file.startswith(sys.base_prefix) and no_theirs == "True", res.stdout
+
+
+def test_a_worker_opens_its_environment_after_the_standard_library(tmp_path: Path) -> None:
+    """Once it is its user, a worker puts the venv's packages on its path after the
+    standard library and runs their ``.pth`` files (as that user)."""
+    import autokitteh
+
+    env_dir, marker = _poisoned_venv(tmp_path)
+    libs = os.path.dirname(os.path.dirname(autokitteh.__file__))
+    code = (
+        f"import sys; sys.path.append({libs!r}); "
+        "from autokitteh._worker import open_packages; "
+        f"open_packages({str(env_dir)!r}); "
+        "import queue, theirs; print(queue.__file__, sys.prefix, sys.executable)"
+    )
+    base = os.path.realpath(sys._base_executable)
+    res = subprocess.run([base, "-I", "-S", "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    queue_file, prefix, executable = res.stdout.split()
+    assert queue_file.startswith(sys.base_prefix), res.stdout  # the standard one
+    assert prefix == str(env_dir) and executable == str(env_dir / "bin" / "python")
+    assert marker.exists()  # its .pth ran (here, as the test's user)
