@@ -56,6 +56,12 @@ class StoreCache:
                 self._kept.clear()
         self._kept[key] = (now, result, missing)
 
+    def has(self, op: str, key: str) -> bool:
+        """Whether a good (not "not found") answer for ``key`` is kept and fresh."""
+        hit = self._kept.get((op, key))
+        now = asyncio.get_running_loop().time()
+        return hit is not None and hit[2] is None and now - hit[0] < self.ttl
+
     async def call(
         self, nc: Client, op: str, args: dict[str, Any], key: str, timeout: float | None = None
     ) -> Any:

@@ -5,6 +5,7 @@ AKError                 root; ``kind`` maps to CLI exit codes and HTTP statuses
 ├── NotFound            a named thing does not exist (exit 44, HTTP 404)
 ├── Conflict            the request clashes with current state (exit 42, HTTP 409)
 ├── Unauthenticated     no API token, or one the server does not know (exit 41, HTTP 401)
+├── ResourceExhausted   too many requests of one kind from one caller (exit 1, HTTP 429)
 └── Unavailable         a service did not answer in time (exit 1, HTTP 503)
 """
 
@@ -45,6 +46,12 @@ class Unauthenticated(AKError):
     http_status = 401
 
 
+class ResourceExhausted(AKError):
+    kind = "resource_exhausted"
+    exit_code = 1
+    http_status = 429
+
+
 class Unavailable(AKError):
     kind = "unavailable"
     exit_code = 1
@@ -52,7 +59,16 @@ class Unavailable(AKError):
 
 
 _BY_KIND: dict[str, type[AKError]] = {
-    c.kind: c for c in (AKError, InvalidArgument, NotFound, Conflict, Unauthenticated, Unavailable)
+    c.kind: c
+    for c in (
+        AKError,
+        InvalidArgument,
+        NotFound,
+        Conflict,
+        Unauthenticated,
+        ResourceExhausted,
+        Unavailable,
+    )
 }
 
 

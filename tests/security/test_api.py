@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ def main(**kwargs):
 EVIL = f"""\
 import subprocess
 import sys
+import time
 
 
 def main(**kwargs):
@@ -199,6 +201,29 @@ def test_tokens_from_the_cli_and_none_at_rest_in_plaintext(stack: Stack, tmp_pat
         blob = path.read_bytes()
         for token in (made, as_json, stack.token):
             assert token.encode() not in blob, f"a raw token in {path}"
+
+
+def test_guessing_tokens_is_throttled_per_address(tmp_path: Path) -> None:
+    """Failed token checks from one address have a budget (a burst, then a few a second):
+    past it, requests are refused with 429 before the store is asked."""
+    s = start_stack(tmp_path)
+    try:
+        bad = {"Authorization": "Bearer akt_" + "0" * 64}
+        replies = [post(s, "project.list", {}, bad) for _ in range(70)]
+        statuses = [status for status, _ in replies]
+        assert statuses[:40] == [401] * 40, statuses
+        assert 429 in statuses[50:], statuses
+        status, reply = replies[-1]
+        assert status == 429 and "too many requests with a missing or invalid API token" in (
+            reply.error
+        ), reply
+        # The budget refills: the CLI's good token gets through again.
+        deadline = time.monotonic() + 20
+        while s.ak("project", "list").returncode != 0:
+            assert time.monotonic() < deadline, "the CLI stayed refused"
+            time.sleep(0.2)
+    finally:
+        s.stop()
 
 
 def test_webhooks_and_health_need_no_token(stack: Stack) -> None:
