@@ -170,8 +170,9 @@ class Runtime:
         ok: bool,
         value: Any,
         t0: int,
-    ) -> Any:
-        """Pickles and journals an outcome (write-ahead); returns what the caller gets."""
+    ) -> None:
+        """Pickles and journals an outcome (write-ahead). The caller gets the very value or
+        exception the activity produced; the journal keeps what a replay can restore."""
         name = short_name(fn)
         if ok:
             try:
@@ -181,13 +182,20 @@ class Runtime:
                     f"error: activity {name!r} returned a value that cannot be pickled: "
                     f"{type(e).__name__}({str(e)!r})\n{PICKLE_HINT}"
                 ) from None
+            try:
+                pickle.loads(blob)  # a replay must be able to restore it
+            except Exception as e:
+                raise Fatal(
+                    f"error: activity {name!r} returned a value that pickles but cannot be "
+                    f"restored from pickle (a replay would fail): "
+                    f"{type(e).__name__}({str(e)!r})\n{PICKLE_HINT}"
+                ) from None
         else:
             try:
                 blob = pickle.dumps(value)
                 pickle.loads(blob)
-            except Exception:
-                value = AutoKittehError(f"{type(value).__name__}: {value}")
-                blob = pickle.dumps(value)
+            except Exception:  # a replay raises this stand-in, naming the original
+                blob = pickle.dumps(AutoKittehError(f"{_type_name(value)}: {_text(value)}"))
         if len(blob) > MAX_PAYLOAD:
             raise Fatal(
                 f"error: the result of activity {name!r} is {len(blob)} bytes, larger "
@@ -204,10 +212,9 @@ class Runtime:
             "t1_ns": time.time_ns(),
         }
         if not ok:
-            header["error"] = repr(value)
+            header["error"] = _describe(value)
             header["error_type"] = type(value).__name__
         self.channel.call(header, blob)  # write-ahead: acked before the result is used
-        return value
 
     @staticmethod
     def _outcome(reply: dict[str, Any], blob: bytes, name: str) -> Any:
@@ -238,7 +245,7 @@ class Runtime:
                 value, ok = e, False
             finally:
                 self._local.in_activity = False
-            value = self._record(step, fn, args, kwargs, ok, value, t0)
+            self._record(step, fn, args, kwargs, ok, value, t0)
         if not ok:
             raise value
         return Resolved(value) if inspect.iscoroutinefunction(fn) else value
@@ -274,10 +281,36 @@ class Runtime:
                 value, ok = e, False
             finally:
                 self._local.in_activity = False
-            value = self._record(step, fn, args, kwargs, ok, value, t0)
+            self._record(step, fn, args, kwargs, ok, value, t0)
         if not ok:
             raise value
         return value
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    module = cls.__module__
+    return (
+        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    )
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<its str() failed>"
+
+
+def _describe(exc: BaseException) -> str:
+    """``repr(exc)``, or its type and arguments when its own ``repr`` fails."""
+    try:
+        return repr(exc)
+    except Exception:
+        try:
+            return f"{type(exc).__name__}{exc.args!r}"
+        except Exception:
+            return f"{type(exc).__name__}(<its repr() failed>)"
 
 
 def _syscall_result(name: str, header: dict[str, Any], blob: bytes) -> Any:
