@@ -30,6 +30,7 @@ from typing import Any
 from akcore import config, sdkdist
 from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument
+from packaging.requirements import InvalidRequirement, Requirement
 
 from .builds import worker_env
 from .requirements import RequirementsRefused, check_requirements
@@ -102,6 +103,20 @@ def without_sdk(text: str) -> tuple[str, list[str]]:
     return "\n".join(keep) + "\n", skipped
 
 
+def _wants_all(line: str) -> bool:
+    """Whether a line naming the SDK asks for its ``all`` extra (``autokitteh[all]``)."""
+    text = line.split("#", 1)[0].strip()
+    try:
+        return "all" in Requirement(text).extras
+    except InvalidRequirement:
+        return False
+
+
+def all_extra() -> str:
+    """The packages of AutoKitteh's ``autokitteh[all]`` extra, as a package list."""
+    return resources.files("akcore").joinpath("python-requirements-all.txt").read_text()
+
+
 def spec_for(requirements: bytes | None) -> Spec:
     """Raises RequirementsError when the package list holds a line that is not a package."""
     if requirements is None:
@@ -119,6 +134,8 @@ def _packages(text: str, source: str) -> tuple[str, list[str]]:
     try:
         check_requirements(text, source)
         kept, skipped = without_sdk(text)
+        if any(_wants_all(line) for line in skipped):
+            kept += all_extra()
         return check_requirements(kept, source), skipped
     except RequirementsRefused as e:
         raise RequirementsError(f"{e}. Fix it and deploy again") from None

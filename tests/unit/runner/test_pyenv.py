@@ -88,3 +88,13 @@ def test_sessions_starting_together_all_get_a_whole_sdk_copy(tmp_path: Path) -> 
     names = {p.relative_to(copies[0]).as_posix() for p in copies[0].rglob("*") if p.is_file()}
     assert names == set(sdkdist.files())
     assert not [p for p in (tmp_path / "sdk").iterdir() if p != copies[0]]  # no leftovers
+
+
+def test_autokitteh_all_brings_autokittehs_all_extra() -> None:
+    spec = pyenv.spec_for(b"autokitteh[all] ~= 0.2  # every client helper\nsix\n")
+    wanted = spec.requirements.splitlines()
+    assert "six" in wanted and "slack-sdk~=3.33" in wanted and "PyGithub~=2.8.1" in wanted
+    assert not any(line.lower().startswith("autokitteh") for line in wanted)
+    assert spec.skipped == ("autokitteh[all] ~= 0.2  # every client helper",)
+    # Without the extra, the SDK line is only skipped.
+    assert pyenv.spec_for(b"autokitteh\nsix\n").requirements == "six\n"
