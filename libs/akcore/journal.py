@@ -48,6 +48,8 @@ class Kind(StrEnum):
     VALUE_KEYS = "value_keys"
     VALUE_PUBLISH = "value_publish"
     OUTCOME = "outcome"
+    ENCODE_JWT = "encode_jwt"  # a JWT signed with the server's GitHub app key
+    REFRESH_OAUTH = "refresh_oauth"
 
 
 SYSCALLS = frozenset(
@@ -62,6 +64,8 @@ SYSCALLS = frozenset(
         Kind.VALUE_KEYS,
         Kind.VALUE_PUBLISH,
         Kind.OUTCOME,
+        Kind.ENCODE_JWT,
+        Kind.REFRESH_OAUTH,
     }
 )
 STEP_KINDS = frozenset({Kind.ACTIVITY, Kind.SLEEP, *SYSCALLS})

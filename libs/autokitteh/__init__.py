@@ -3,32 +3,34 @@
 Importable anywhere (standard library only), so handlers can be unit-tested outside the system.
 """
 
+from . import connections, errors, events, outcomes, sessions, signals, store, triggers
 from .activities import activity, inhibit_activities, register_no_activity
 from .attr_dict import AttrDict
 from .body import Body
 from .errors import AutoKittehError
 from .event import Event
-from .syscalls import (
-    Signal,
+from .store import (
     add_values,
     check_and_set_value,
     del_value,
     get_store_public_url,
     get_value,
-    get_webhook_url,
-    http_outcome,
     list_values_keys,
     mutate_value,
+    publish_value,
+    set_value,
+    unpublish_value,
+)
+from .syscalls import (
+    Signal,
+    get_webhook_url,
+    http_outcome,
     next_event,
     next_signal,
     outcome,
-    publish_value,
-    set_value,
     signal,
     start,
-    store,
     subscribe,
-    unpublish_value,
     unsubscribe,
 )
 
@@ -41,7 +43,10 @@ __all__ = [
     "activity",
     "add_values",
     "check_and_set_value",
+    "connections",
     "del_value",
+    "errors",
+    "events",
     "get_store_public_url",
     "get_value",
     "get_webhook_url",
@@ -52,13 +57,17 @@ __all__ = [
     "next_event",
     "next_signal",
     "outcome",
+    "outcomes",
     "publish_value",
     "register_no_activity",
+    "sessions",
     "set_value",
     "signal",
+    "signals",
     "start",
     "store",
     "subscribe",
+    "triggers",
     "unpublish_value",
     "unsubscribe",
 ]

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -91,8 +90,8 @@ def next_event(
     rt = _runtime._runtime
     if rt is not None and rt.in_activity:
         raise AutoKittehError(
-            "next_event: cannot wait for events inside an activity; call it "
-            "from the handler's own code"
+            "next_event inside activity: waiting for events is not allowed in an activity; "
+            "call it from the handler's own code"
         )
     subs = [subscription_id] if isinstance(subscription_id, str) else list(subscription_id)
     ev = _call("next_event", {"subscriptions": subs, "timeout": _seconds(timeout)})
@@ -152,7 +151,10 @@ def next_signal(
         return None
     rt = _runtime._runtime
     if rt is not None and rt.in_activity:
-        raise AutoKittehError("next_signal: cannot wait for signals inside an activity")
+        raise AutoKittehError(
+            "next_signal inside activity: waiting for signals is not allowed in an activity; "
+            "call it from the handler's own code"
+        )
     names = [name] if isinstance(name, str) else list(name)
     got = _call("next_signal", {"names": names, "timeout": _seconds(timeout)})
     if got is None:
@@ -167,110 +169,6 @@ def next_signal(
 
 def _decoded(raw: bytes | None, what: str) -> Any:
     return _values.loads(raw, what) if raw else None
-
-
-# --- values store
-
-_local_values: dict[str, Any] = {}
-
-
-def mutate_value(key: str, op: str, *args: Any) -> Any:
-    """Applies ``op`` (set, get, del, add, check_and_set) to a value, atomically. Stored
-    values are values (JSON types, bytes, datetime, timedelta, set, tuple)."""
-    if not isinstance(key, str) or not key:
-        raise AutoKittehError("values: key must be a non-empty string")
-    data = [_values.to_data(a, "a stored value") for a in args]
-    if not _inside():
-        return _local_mutate(key, op, [_values.from_data(d) for d in data])
-    return _values.from_data(_call("value", {"key": key, "op": op, "args": data}), "stored value")
-
-
-def _local_mutate(key: str, op: str, args: list[Any]) -> Any:
-    if op == "set":
-        _local_values[key] = args[0]
-        return None
-    if op == "get":
-        return _local_values.get(key)
-    if op == "del":
-        _local_values.pop(key, None)
-        return None
-    if op == "add":
-        _local_values[key] = _local_values.get(key, 0) + args[0]
-        return _local_values[key]
-    if op == "check_and_set":
-        if _local_values.get(key) != args[0]:
-            return False
-        _local_values[key] = args[1]
-        return True
-    raise AutoKittehError(f"values: unknown operation {op!r}")
-
-
-def set_value(key: str, value: Any) -> None:
-    mutate_value(key, "set", value)
-
-
-def get_value(key: str) -> Any:
-    v = mutate_value(key, "get")
-    return AttrDict(v) if isinstance(v, dict) else v
-
-
-def del_value(key: str) -> None:
-    mutate_value(key, "del")
-
-
-def add_values(key: str, value: int | float) -> int | float:
-    return mutate_value(key, "add", value)  # type: ignore[no-any-return]
-
-
-def check_and_set_value(key: str, expected_value: Any, new_value: Any) -> bool:
-    """Sets ``new_value`` if the value is ``expected_value`` (None: not set); True if it did."""
-    return bool(mutate_value(key, "check_and_set", expected_value, new_value))
-
-
-def list_values_keys() -> list[str]:
-    if not _inside():
-        return sorted(_local_values)
-    return list(_call("value_keys", {}))
-
-
-def publish_value(key: str) -> None:
-    """Makes the value readable without authentication at ``GET /store/<project>/<key>``."""
-    if _inside():
-        _call("value_publish", {"key": key, "published": True})
-
-
-def unpublish_value(key: str) -> None:
-    if _inside():
-        _call("value_publish", {"key": key, "published": False})
-
-
-def get_store_public_url() -> str:
-    return os.environ.get("store_public_url", "")
-
-
-class _Store(MutableMapping[str, Any]):
-    """The values store as a mapping: ``autokitteh.store["k"] = 1``."""
-
-    def __getitem__(self, key: str) -> Any:
-        v = get_value(key)
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        set_value(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        del_value(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list_values_keys())
-
-    def __len__(self) -> int:
-        return len(list_values_keys())
-
-
-store = _Store()
 
 
 # --- outcomes and webhooks

@@ -20,6 +20,7 @@ from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from . import connections
 from .inbox import Inbox, open_payload, seal_payload
 from .values import Values
 
@@ -82,7 +83,7 @@ class Syscalls:
         except NotFound:
             trig = {}
         if trig.get("project_id") != self.job.project_id:  # (a trigger id of another project)
-            raise SyscallError(f'source "{source}" not found')
+            raise SyscallError(f'subscribe({source}, {flt}) -> source "{source}" not found')
         try:
             cel.validate_filter(flt)
         except cel.FilterError as e:
@@ -300,6 +301,28 @@ class Syscalls:
                 pass
         raise SyscallError(f'event "{event_id}" not found')
 
+    # --- connections
+
+    async def _encode_jwt(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        payload, algorithm = args["payload"], str(args.get("algorithm", ""))
+        if not isinstance(payload, dict):
+            raise SyscallError("payload must be a dict of claims")
+        try:
+            return connections.encode_jwt(payload, algorithm), None
+        except connections.JWTError as e:
+            raise SyscallError(str(e)) from None
+
+    async def _refresh_oauth(
+        self, args: dict[str, Any], blob: bytes, step: int | None
+    ) -> tuple[Any, int | None]:
+        raise SyscallError(
+            f"OAuth is not supported by this server yet: no OAuth configuration for "
+            f"integration {str(args.get('integration', ''))!r} (connection "
+            f"{str(args.get('connection', ''))!r}); use the integration's token vars instead"
+        )
+
 
 Handler = Callable[[Syscalls, dict[str, Any], bytes, int | None], Awaitable[tuple[Any, int | None]]]
 
@@ -315,4 +338,6 @@ _TABLE: dict[str, Handler] = {
     Kind.VALUE_KEYS: Syscalls._value_keys,
     Kind.VALUE_PUBLISH: Syscalls._value_publish,
     Kind.OUTCOME: Syscalls._outcome,
+    Kind.ENCODE_JWT: Syscalls._encode_jwt,
+    Kind.REFRESH_OAUTH: Syscalls._refresh_oauth,
 }

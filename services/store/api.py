@@ -49,6 +49,13 @@ def webhook_url(slug: str) -> str:
     return f"https://{host}/webhooks/{slug}" if host else f"webhooks/{slug}"
 
 
+def store_public_url(project_id: str) -> str:
+    """Where a project's published values are served (``<url>/<key>``), as webhook URLs are
+    made: https://<WEBHOOK_ADDRESS or SERVICE_ADDRESS>/store/<project id>, or relative."""
+    host = os.environ.get("WEBHOOK_ADDRESS") or os.environ.get("SERVICE_ADDRESS")
+    return f"https://{host}/store/{project_id}" if host else f"store/{project_id}"
+
+
 def env_id(p: Project) -> str:
     """The id of a project's only environment, "default" (stable, derived from the project)."""
     return ids.derived_id("env", p.created_us // 1000, p.project_id)
@@ -499,19 +506,23 @@ class StoreApi:
             return [t.model_dump() for t in rows if t.project_id in active]
 
     def session_env(self, req: rq.SessionEnv) -> dict[str, str]:
+        """A session's environment, in AutoKitteh's order (a later name wins): the project's
+        vars, each connection's ``<connection>__<var>``, each webhook trigger's
+        ``<trigger>__webhook_url``, and ``store_public_url``."""
         with DB(self.engine) as db:
             pid = req.project_id
-            env = {
-                t.name + "__webhook_url": webhook_url(t.webhook_slug)
-                for t in db.exec(select(Trigger).where(Trigger.project_id == pid))
-                if t.webhook_slug
-            }
+            rows = db.exec(select(Var).where(Var.scope_id == pid))
+            env = {v.name: self.sealer.open(v.value) for v in rows}
             for c in db.exec(select(Connection).where(Connection.project_id == pid)):
                 rows = db.exec(select(Var).where(Var.scope_id == c.connection_id))
                 plain = {v.name: self.sealer.open(v.value) for v in rows}
                 env.update(connection_env(c.name, c.connection_id, plain))
-            rows = db.exec(select(Var).where(Var.scope_id == pid))
-            env.update({v.name: self.sealer.open(v.value) for v in rows})
+            env.update(
+                (t.name + "__webhook_url", webhook_url(t.webhook_slug))
+                for t in db.exec(select(Trigger).where(Trigger.project_id == pid))
+                if t.webhook_slug
+            )
+            env["store_public_url"] = store_public_url(pid)
             return env
 
     # --- vars and environments (each project has one environment, "default")

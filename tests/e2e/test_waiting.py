@@ -313,7 +313,7 @@ def test_buffered_events_in_order_and_timeout(env: tuple[Stack, dict[str, str], 
 def test_subscribe_errors(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, _ = env
     _, prints = _finish(stack, _session_of(stack, _fire(stack, paths["bad_subscribe"])))
-    assert prints[0] == 'refused: subscribe: source "nope" not found'
+    assert prints[0] == 'refused: subscribe: subscribe(nope, ) -> source "nope" not found'
     assert prints[1].startswith("refused: subscribe: invalid filter")
 
 
@@ -502,8 +502,8 @@ def test_misuse_is_refused(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, _ = env
     _, prints = _finish(stack, _session_of(stack, _fire(stack, paths["misuse"])))
     assert prints[0] == (
-        "refused: next_event: cannot wait for events inside an activity; "
-        "call it from the handler's own code"
+        "refused: next_event inside activity: waiting for events is not allowed in an "
+        "activity; call it from the handler's own code"
     )
     assert (
         prints[1].startswith("refused: value: value is 70")

@@ -233,7 +233,8 @@ def test_another_projects_session_source_project_and_event_are_out_of_reach(
     assert prints[3:] == [
         'start: start: project "secp" not found',
         'start: start: project "no-such-project" not found',
-        f'subscribe: subscribe: source "{hook["trigger_id"]}" not found',
+        f"subscribe: subscribe: subscribe({hook['trigger_id']}, ) -> source "
+        f'"{hook["trigger_id"]}" not found',
         f'outcome: outcome: event "{event_id}" not found',
     ]
     assert stack.ak("session", "list", "-p", "secp", "-j").stdout.count('"v.py:roundtrip"') == 0

@@ -59,7 +59,7 @@ def test_a_record_that_does_not_fit_its_kind_is_malformed() -> None:
 
 def test_history_of_a_recorded_journal() -> None:
     history = journal.fold(load("everything.json"))
-    assert sorted(history.steps) == list(range(1, 17))
+    assert sorted(history.steps) == list(range(1, 19))
     assert isinstance(history.steps[1], journal.Activity) and history.steps[1].function == "randint"
     assert isinstance(history.steps[4], journal.Sleep)
     assert [history.steps[k].function for k in (5, 6, 7, 8, 9)] == [
@@ -69,19 +69,19 @@ def test_history_of_a_recorded_journal() -> None:
         "start",
         "next_signal",
     ]
-    assert history.prints == 9  # the handler's own prints; the activity's is not counted
+    assert history.prints == 11  # the handler's own prints; the activity's is not counted
     assert history.consumed == {1, 2, 3} and history.subscribed
     assert history.attempts == 2 and history.last_retry is not None
     assert history.last_retry.error.startswith("Unavailable: fault injected")
     assert history.ended is not None and history.ended.state == wire.COMPLETED
-    assert history.next_seq == 31
+    assert history.next_seq == 35
 
 
 def test_replay_rules() -> None:
     history = journal.fold(load("everything.json"))
     rec = history.replay(1, "activity", "randint", "h.py:23")
     assert isinstance(rec, journal.Activity) and isinstance(pickle.loads(rec.result), int)
-    assert history.replay(17, "activity", "anything", "h.py:60") is None  # past the end: live
+    assert history.replay(19, "activity", "anything", "h.py:60") is None  # past the end: live
     with pytest.raises(
         journal.NonDeterminism,
         match=r'at h.py:23: step 1 of the journal is activity "randint", '
@@ -92,7 +92,7 @@ def test_replay_rules() -> None:
         history.replay(4, "activity", "randint", "h.py:30")
     with pytest.raises(journal.NonDeterminism, match="step 5 of the journal is subscribe"):
         history.replay(5, "next_event", "next_event", "h.py:31")
-    assert history.is_replayed_print(9) and not history.is_replayed_print(10)
+    assert history.is_replayed_print(11) and not history.is_replayed_print(12)
 
 
 async def _replay(
@@ -178,7 +178,7 @@ async def test_steps_past_what_the_start_frame_holds_are_asked_for(tmp_path: Pat
     steps = [h for h, _ in frames if h["type"] == "step"]
     assert [bool(h.get("ahead")) for h in steps[:2]] == [True, True]
     assert not any(h.get("ahead") for h in steps[-3:])
-    assert [h["step"] for h in steps] == list(range(1, 17))
+    assert [h["step"] for h in steps] == list(range(1, 19))
     assert frames[-1][0]["type"] == "done" and frames[-1][0]["ok"] is True
 
 

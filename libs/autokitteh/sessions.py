@@ -1,0 +1,5 @@
+"""Child sessions."""
+
+from .syscalls import start
+
+__all__ = ["start"]
