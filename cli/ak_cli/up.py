@@ -147,7 +147,7 @@ def up(
     else:
         env[config.ENV_AUTH_TOKENS] = "off"
         tokens_note = (
-            f"OFF (dev mode on loopback: anyone on this machine can call the API; "
+            f"OFF (dev mode on loopback: {_who_may_call()}; "
             f"{config.ENV_AUTH_TOKENS}=on requires tokens)"
         )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
@@ -185,6 +185,17 @@ def up(
         say("stopping")
         _stop_all([c.proc for c in children if c.proc], nats_proc)
         say("stopped")
+
+
+def _who_may_call() -> str:
+    """Who may call a tokens-off API: its user alone where the ingress can tell (Linux),
+    and then handlers too unless they run as users of their own (the sandbox)."""
+    if not Path("/proc/net/tcp").exists():
+        return "anyone on this machine can call the API"
+    me = f"only user id {os.geteuid()} (this user) or root can call the API"
+    if config.Settings.from_env().sandbox and os.geteuid() == 0:
+        return me
+    return f"{me}, and handlers run as this user: they can call it too"
 
 
 def _sandbox_note() -> str:

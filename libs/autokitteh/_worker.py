@@ -309,6 +309,14 @@ def _no_new_privs() -> None:
         pass
 
 
+def sandboxed(uid: int, venv: str, memory_mb: int, processes: int) -> None:
+    """What a worker started by a root runner does before anything of its environment
+    runs: it becomes its user, takes its limits, then opens its packages."""
+    become_user(uid)
+    confine({"memory_mb": memory_mb, "processes": processes})
+    open_packages(venv)
+
+
 def open_packages(venv: str) -> None:
     """A worker started isolated by a root runner (``-I -S``, the SDK from the runner's own
     copy), once it is its user: the packages of its environment go on the path after the
@@ -325,6 +333,11 @@ def open_packages(venv: str) -> None:
         sys.executable = os.path.join(venv, "bin", "python")
     for packages in site.getsitepackages([sys.prefix]):
         site.addsitedir(packages)
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[0:0] = extra  # as a plain start would (-I ignored it while root)
+    site.setquit()  # exit(), quit(), help(), copyright() ... as a plain start has them
+    site.setcopyright()
+    site.sethelper()
     site.execsitecustomize()
 
 
@@ -426,11 +439,11 @@ def _result(ch: Channel, result: Any, child: bool) -> bytes:
 
 
 def main(argv: list[str]) -> None:
-    """``IN_FD OUT_FD [UID VENV]``: with a user id, the process (started as root, isolated)
-    becomes that user first, then opens its environment's packages (``open_packages``)."""
-    if len(argv) > 3:
-        become_user(int(argv[2]))
-        open_packages(argv[3])
+    """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES]``: with a user id, the process (started
+    as root, isolated) becomes that user first, takes its limits, then opens its
+    environment's packages (``open_packages``)."""
+    if len(argv) > 5:
+        sandboxed(int(argv[2]), argv[3], int(argv[4]), int(argv[5]))
     os.dup2(2, 1)  # what a handler writes to stdout is not the runner's: see its stderr
     fin = os.fdopen(int(argv[0]), "rb", buffering=0)
     fout = os.fdopen(int(argv[1]), "wb", buffering=0)

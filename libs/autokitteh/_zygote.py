@@ -1,8 +1,9 @@
 """The fork server: starts worker processes by forking itself.
 
-Started by the runner as ``python -u -m autokitteh._zygote CTRL_FD [VENV]`` in a worker's
-environment; a root runner starts it isolated (``-I -S``, the SDK from its own root-owned
-copy) and names the environment whose packages a worker opens once it is its user. It
+Started by the runner as ``python -u -m autokitteh._zygote CTRL_FD [VENV MEMORY_MB
+PROCESSES]`` in a worker's environment; a root runner starts it isolated (``-I -S``, the SDK
+from its own root-owned copy) and names the environment whose packages a worker opens once
+it is its user, within its limits. It
 imports what a worker needs once, then forks a worker for each request on its control
 socket (a Unix ``SOCK_SEQPACKET`` socket): a worker starts in about a millisecond instead
 of a tenth of a second, and the pages of the interpreter and the SDK stay shared between
@@ -31,7 +32,7 @@ MAX_REQUEST = 8192
 
 
 def _child(
-    ctrl: socket.socket, own: list[int], fds: list[int], uid: int, cwd: str, venv: str
+    ctrl: socket.socket, own: list[int], fds: list[int], uid: int, cwd: str, box: list[str]
 ) -> None:
     """Becomes a worker; never returns."""
     try:
@@ -46,8 +47,8 @@ def _child(
         os.dup2(err, 2)
         os.close(err)
         if uid >= 0:
-            _worker.become_user(uid)
-            _worker.open_packages(venv)
+            venv, memory_mb, processes = box
+            _worker.sandboxed(uid, venv, int(memory_mb), int(processes))
         os.chdir(cwd)
         _worker.main([str(fd_in), str(fd_out)])
     finally:
@@ -70,7 +71,7 @@ def _reap(ctrl: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     ctrl = socket.socket(fileno=int(argv[0]))
-    venv = argv[1] if len(argv) > 1 else "-"
+    box = argv[1:4] if len(argv) > 3 else ["-", "0", "0"]  # venv, memory_mb, processes
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -101,7 +102,7 @@ def main(argv: list[str]) -> None:
             uid, _, cwd = os.fsdecode(msg[1:]).partition(" ")
             pid = os.fork()
             if pid == 0:
-                _child(ctrl, [wake_r, wake_w, sel.fileno()], fds, int(uid), cwd, venv)
+                _child(ctrl, [wake_r, wake_w, sel.fileno()], fds, int(uid), cwd, box)
             for fd in fds:
                 os.close(fd)
             try:

@@ -173,7 +173,7 @@ def create_app(
                 request.headers.get("authorization"),
                 request.scope.get("client"),
                 request.scope.get("server"),
-                request.headers.get("host"),
+                request.headers,
             )
             op = ops.public(name)
             body = await read_body(request, max_api_body, max_api_body)

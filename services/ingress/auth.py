@@ -3,9 +3,11 @@ against the digests the store keeps (the raw token goes no further than this pro
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from akcore import tokens
@@ -16,6 +18,7 @@ from nats.aio.client import Client
 
 from . import peers
 
+MSGPACK = "application/msgpack"
 HOW_TO_GET_ONE = (
     "The CLI sends the token of `ak auth set-token <token>` (or of AK_TOKEN). "
     "`ak up` stores a first token for the CLI on the machine it runs on; "
@@ -86,16 +89,17 @@ class Authenticator:
         authorization: str | None,
         client: tuple[str, int] | None = None,
         server: tuple[str, int] | None = None,
-        host: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Caller:
         """The caller the header names; Unauthenticated without a token the store knows.
         With tokens off, the caller must be the server's own user (or root), as the
         connection ``client`` -> ``server`` shows: a handler (a sandbox user) or another
-        account on the machine is refused; and the request must name a loopback ``host``
-        (a web page that rebinds its own name to 127.0.0.1 is refused)."""
+        account on the machine is refused; and the request must come from a program, not a
+        web page (``_check_not_a_browser``)."""
         if not self.required:
-            self._check_loopback_host(host)
-            self._check_local_user(client, server)
+            self._check_not_a_browser(headers or {})
+            if peers.supported():  # (a table read: off the event loop)
+                await asyncio.to_thread(self._check_local_user, client, server)
             return DEV_CALLER
         address = client[0] if client else ""
         if not self._remembered(authorization):
@@ -131,17 +135,32 @@ class Authenticator:
         return Caller(who["token_id"], who["name"], who["created_at"])
 
     @staticmethod
-    def _check_loopback_host(host: str | None) -> None:
-        text = (host or "").strip().lower()
+    def _check_not_a_browser(headers: Mapping[str, str]) -> None:
+        """A web page open in the operator's browser runs as the operator: it must not call
+        a tokens-off API. Refused: a request addressed to another name than a loopback one
+        (a page that rebinds its own name to 127.0.0.1), one a browser marks as coming from
+        a page (``Origin``, ``Sec-Fetch-Site`` other than ``none``), and one that is not
+        msgpack (what a page may send without asking first is text or a form)."""
+        host = headers.get("host") or ""
+        text = host.strip().lower()
         name = text[1:].partition("]")[0] if text.startswith("[") else text.partition(":")[0]
-        if is_loopback(name):
-            return
-        raise Unauthenticated(
-            f"API tokens are off on this server (dev mode on a loopback address), so its API "
-            f"answers only requests addressed to a loopback name (localhost, 127.0.0.1); "
-            f"this one was addressed to {host or 'no host'!r}. Use the server's loopback "
-            f"address, or start it with AK_AUTH__TOKENS=on and use an API token."
-        )
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        why = ""
+        if not is_loopback(name):
+            why = (
+                "answers only requests addressed to a loopback name (localhost, 127.0.0.1); "
+                f"this one was addressed to {host or 'no host'!r}"
+            )
+        elif headers.get("origin") is not None or headers.get("sec-fetch-site", "none") != "none":
+            why = "does not answer a web page (this request has an Origin or Sec-Fetch-Site)"
+        elif kind != MSGPACK:
+            why = f"answers only msgpack requests (Content-Type: {MSGPACK}), as the ak CLI sends"
+        if why:
+            raise Unauthenticated(
+                f"API tokens are off on this server (dev mode on a loopback address), so its "
+                f"API {why}. Start it with AK_AUTH__TOKENS=on and use an API token to call "
+                f"it from elsewhere."
+            )
 
     @staticmethod
     def _check_local_user(client: tuple[str, int] | None, server: tuple[str, int] | None) -> None:

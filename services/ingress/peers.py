@@ -29,17 +29,24 @@ def _hex_address(host: str, port: int) -> str:
     return "".join(f"{int.from_bytes(w, sys.byteorder):08X}" for w in words) + f":{port:04X}"
 
 
+# The states a client socket of a connection we are answering can be in while its process
+# still holds it: ESTABLISHED, or FIN_WAIT1/2 after it half-closed. A socket its process
+# closed (orphaned: inode 0; TIME_WAIT, listed as root's) proves nothing about who sent.
+_HELD_STATES = frozenset({"01", "04", "05"})
+
+
 def owner(client: tuple[str, int], server: tuple[str, int]) -> int | None:
-    """The user id owning the client's socket of the connection ``client`` -> ``server``,
-    or None when no such socket is listed (it closed already)."""
+    """The user id holding the client's socket of the connection ``client`` -> ``server``,
+    or None when no process holds one now (it closed already): never a guess."""
     wanted = f"{_hex_address(*client)} {_hex_address(*server)}"
-    for table in TABLES:
-        try:
-            lines = table.read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 7 and f"{fields[1]} {fields[2]}" == wanted:
-                return int(fields[7])
+    table = TABLES[1] if ":" in client[0] else TABLES[0]
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 9 and f"{fields[1]} {fields[2]}" == wanted:
+            held = fields[3] in _HELD_STATES and fields[9] != "0"  # its state, its inode
+            return int(fields[7]) if held else None
     return None

@@ -34,7 +34,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from .builds import worker_env
 from .requirements import RequirementsRefused, check_requirements
-from .sandbox import UserIds, as_user, chown_tree, open_way_to
+from .sandbox import UserIds, as_user, chown_tree, kill_user, open_way_to, read_small
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,10 @@ def _packages(text: str, source: str) -> tuple[str, list[str]]:
 
 
 def _marker(spec: Spec) -> dict[str, str]:
-    """What the environment was last built with ({} if never finished)."""
+    """What the environment was last built with ({} if never finished). Read as root from
+    a directory an installer owned: never through a link, never from a FIFO."""
     try:
-        marker = json.loads((spec.path / MARKER).read_text())
+        marker = json.loads(read_small(spec.path / MARKER))
     except (OSError, ValueError):
         return {}
     return marker if isinstance(marker, dict) else {}
@@ -244,9 +245,12 @@ async def _build(build: Build, users: UserIds | None) -> None:
             await _install(build, spec, builder)
         finally:
             if users is not None:
+                # What an installer left running dies first: it cannot change the venv
+                # while root takes it back.
+                await asyncio.to_thread(kill_user, builder)
                 if spec.path.exists():
                     await asyncio.to_thread(chown_tree, spec.path, 0)
-                await users.give_back(builder)  # with whatever an installer left running
+                await users.give_back(builder)
         _write_new(spec.path / MARKER, json.dumps(spec.wanted))
         build.say(f"{spec.label} is ready: {spec.python}")
 
@@ -263,7 +267,8 @@ async def _install(build: Build, spec: Spec, builder: int) -> None:
     else:
         build.say(f"updating {spec.label} at {spec.path}")
     if builder >= 0:
-        await asyncio.to_thread(open_way_to, spec.python.resolve())
+        # (The recorded interpreter, never bin/python: an installer may have made it a link.)
+        await asyncio.to_thread(open_way_to, Path(spec.base_python()))
         await asyncio.to_thread(chown_tree, spec.path, builder)
     marker = _marker(spec)
     wanted = spec.wanted

@@ -96,12 +96,51 @@ def as_user(uid: int, argv: list[str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _AS_USER, str(uid), *argv]
 
 
+# Mode bits a tree given back to root must not keep: what an installer made writable by
+# others (any worker user could then change the venv) or set-id.
+_LOOSE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
+
+
 def chown_tree(path: Path, uid: int) -> None:
-    """Gives ``path`` and everything under it to ``uid`` (its group too)."""
-    os.lchown(path, uid, uid)
-    for top, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            os.lchown(os.path.join(top, name), uid, uid)
+    """Gives ``path`` and everything under it to ``uid`` (its group too), without ever
+    following a link: the walk holds each directory open and works relative to it, so a
+    directory swapped for a link while it walks leads nowhere. Given back to root (uid 0),
+    nothing stays writable by others or set-id, and FIFOs, sockets and device nodes are
+    removed (reading one would block or exhaust root)."""
+    back_to_root = uid == 0
+    for _, _, files, dir_fd in os.fwalk(path, follow_symlinks=False):
+        _own(dir_fd, uid, back_to_root)
+        for name in files:  # (links, to directories too, are listed among the files)
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                os.chown(name, uid, uid, dir_fd=dir_fd, follow_symlinks=False)
+            elif not stat.S_ISREG(info.st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+            else:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+                try:
+                    _own(fd, uid, back_to_root)
+                finally:
+                    os.close(fd)
+
+
+def _own(fd: int, uid: int, strip: bool) -> None:
+    os.fchown(fd, uid, uid)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if strip and mode & _LOOSE_BITS:
+        os.fchmod(fd, mode & ~_LOOSE_BITS)
+
+
+def read_small(path: Path, limit: int = 65536) -> bytes:
+    """A regular file's first ``limit`` bytes, read as root from a directory someone else
+    may have written: a link is not followed, and a FIFO or device is not read (OSError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def is_root() -> bool:
@@ -151,13 +190,13 @@ class UserIds:
             os.close(fd)  # the lock goes with it
 
 
-def kill_user(uid: int) -> int:
-    """SIGKILLs every process whose real user id is ``uid``, until none is left; returns how
-    many it killed. Read from ``/proc/<pid>/status``, which a process cannot hide from (its
-    ``/proc`` directory's owner it can, by becoming non-dumpable)."""
+def kill_user(uid: int, keep: int = 0) -> int:
+    """SIGKILLs every process whose real user id is ``uid`` (but ``keep``), until none is
+    left; returns how many it killed. Read from ``/proc/<pid>/status``, which a process
+    cannot hide from (its ``/proc`` directory's owner it can, by becoming non-dumpable)."""
     killed = 0
     for _ in range(KILL_ROUNDS):
-        found = [pid for pid in _pids() if _real_uid(pid) == uid]
+        found = [pid for pid in _pids() if pid != keep and _real_uid(pid) == uid]
         if not found:
             return killed
         for pid in found:
@@ -171,25 +210,27 @@ def kill_user(uid: int) -> int:
 
 
 def resident_by_user(uids: Collection[int]) -> dict[int, int]:
-    """The resident memory (bytes) of all the processes of each of ``uids``, together."""
+    """The memory (bytes) all the processes of each of ``uids`` use together: their
+    proportional set sizes, so that pages forked children share count once, not once per
+    process (their resident sizes where the kernel shows no ``smaps_rollup``)."""
     used = dict.fromkeys(uids, 0)
     for pid in _pids():
+        uid = _real_uid(pid)
+        if uid in used:
+            used[uid] += _memory_of(pid)
+    return used
+
+
+def _memory_of(pid: int) -> int:
+    for name, field in (("smaps_rollup", b"Pss:"), ("status", b"VmRSS:")):
         try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                uid = rss = -1
+            with open(f"/proc/{pid}/{name}", "rb") as f:
                 for line in f:
-                    if line.startswith(b"Uid:"):
-                        uid = int(line.split()[1])
-                        if uid not in used:
-                            break
-                    elif line.startswith(b"VmRSS:"):
-                        rss = int(line.split()[1]) * 1024  # kB
-                        break
+                    if line.startswith(field):
+                        return int(line.split()[1]) * 1024  # kB
         except (OSError, ValueError, IndexError):
             continue
-        if uid in used and rss > 0:
-            used[uid] += rss
-    return used
+    return 0
 
 
 class MemoryWatch:

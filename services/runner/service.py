@@ -211,6 +211,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     envs = PythonEnvs(settings.worker_python, sdk_copies, users)
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)
+    processes = settings.worker_processes if users is not None else 0  # counted per user
+    worker_limits = WorkerLimits(settings.worker_memory_mb, processes)
     pool = WorkerPool(
         settings.warm_workers,
         spare,
@@ -219,6 +221,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         users,
         settings.echo_prints,
         sdkdist.write_copy(sdk_copies) if users is not None else None,
+        worker_limits,
     )
     inboxes = InboxWatch()
     nc = await bus.connect_service(settings, "runner", on_reconnect=inboxes.resync)
@@ -229,8 +232,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await inboxes.watch(nc)
     js = nc.jetstream()
     base_env = worker_env(dict(os.environ), settings.worker_env)
-    processes = settings.worker_processes if users is not None else 0  # counted per user
-    worker_limits = WorkerLimits(settings.worker_memory_mb, processes)
     faults = Faults.from_env()
     limits = Limits(settings.journal_max_records, settings.journal_max_bytes)
     keys = load_keyring()  # the runner seals the journal; its workers never see the key

@@ -16,7 +16,7 @@ from typing import Any
 from autokitteh._channel import HEADER_SIZE, MAX_FRAME, decode_header, encode_frame, split_sizes
 from autokitteh._frames import FrameError
 
-from .sandbox import UserIds, kill_user, open_way_to
+from .sandbox import UserIds, WorkerLimits, kill_user, open_way_to
 
 STDERR_TAIL = 20
 EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting its exit
@@ -93,14 +93,22 @@ class ForkServer:
         self._reading = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, python: str, cwd: Path, env: dict[str, str], sdk: str = "") -> ForkServer:
+    async def start(
+        cls,
+        python: str,
+        cwd: Path,
+        env: dict[str, str],
+        sdk: str = "",
+        limits: WorkerLimits | None = None,
+    ) -> ForkServer:
         """``sdk``: it runs as root and forks sandboxed workers, so it starts isolated with
-        the SDK from there, and runs no code of the environment's packages itself."""
+        the SDK from there, and runs no code of the environment's packages itself; each
+        worker takes ``limits`` before it does."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             fds = [theirs.fileno()]
-            venv: list[int | str] = [_venv(env)] if sdk else []
-            proc = await _run_module(python, "autokitteh._zygote", fds, cwd, env, sdk, venv)
+            box = _box(env, limits) if sdk else []
+            proc = await _run_module(python, "autokitteh._zygote", fds, cwd, env, sdk, box)
         except BaseException:
             ours.close()
             raise
@@ -221,10 +229,11 @@ class ForkedProcess:
         return self.returncode
 
 
-def _venv(env: dict[str, str]) -> str:
-    """The virtual environment a worker's packages come from, as ``activate`` names it
-    (``-``: the interpreter's own)."""
-    return env.get("VIRTUAL_ENV") or "-"
+def _box(env: dict[str, str], limits: WorkerLimits | None) -> list[int | str]:
+    """What a sandboxed worker is told as it starts: the virtual environment its packages
+    come from, as ``activate`` names it (``-``: the interpreter's own), and its limits."""
+    limits = limits or WorkerLimits()
+    return [env.get("VIRTUAL_ENV") or "-", limits.memory_mb, limits.processes]
 
 
 def _kill_group(pgid: int) -> None:
@@ -261,13 +270,19 @@ class WorkerProcess:
 
     @classmethod
     async def spawn(
-        cls, python: str, code_dir: Path, env: dict[str, str], uid: int = -1, sdk: str = ""
+        cls,
+        python: str,
+        code_dir: Path,
+        env: dict[str, str],
+        uid: int = -1,
+        sdk: str = "",
+        limits: WorkerLimits | None = None,
     ) -> WorkerProcess:
         """A worker process of its own; with ``uid`` (and ``sdk``, see ``_run_module``), it
-        becomes that user before it runs anything of its environment's packages."""
+        becomes that user and takes ``limits`` before it runs anything of its packages."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        user: list[int | str] = [uid, _venv(env)] if uid >= 0 else []
+        user: list[int | str] = [uid, *_box(env, limits)] if uid >= 0 else []
         try:
             proc = await _run_module(
                 python,
@@ -404,6 +419,7 @@ class WorkerPool:
         users: UserIds | None = None,
         echo: bool = False,
         sdk: Path | None = None,
+        limits: WorkerLimits | None = None,
     ) -> None:
         self.size, self.cwd, self.reuse = size, cwd, max(1, reuse)
         self.fork = fork and ForkServer.SUPPORTED
@@ -412,6 +428,7 @@ class WorkerPool:
         self.sdk = str(sdk) if users is not None and sdk is not None else ""
         if users is not None and not self.sdk:
             raise ValueError("a sandboxed worker pool needs the SDK's root-owned copy")
+        self.limits = limits  # what a sandboxed worker takes before its packages run
         self._reached: set[str] = set()  # interpreters the workers' users can get to
         self._idle: dict[PoolKey, list[WorkerProcess]] = {}
         self._done: dict[tuple[PoolKey, str], list[WorkerProcess]] = {}
@@ -449,12 +466,12 @@ class WorkerPool:
                         if server is not None:
                             await server.close()
                         server = self._servers[key] = await ForkServer.start(
-                            python, self.cwd, env, self.sdk
+                            python, self.cwd, env, self.sdk, self.limits
                         )
                 return await WorkerProcess.fork(server, self.cwd, uid)
             except (OSError, ConnectionError) as e:
                 log.warning("no worker from the fork server (%s); starting one: %s", python, e)
-        return await WorkerProcess.spawn(python, self.cwd, env, uid, self.sdk)
+        return await WorkerProcess.spawn(python, self.cwd, env, uid, self.sdk, self.limits)
 
     async def take(self, python: str, env: dict[str, str], project: str = "") -> WorkerProcess:
         key = pool_key(python, env)
@@ -502,6 +519,8 @@ class WorkerPool:
         ):
             await worker.close()
             return
+        if worker.uid >= 0:  # what its session left running dies with the session
+            await asyncio.to_thread(kill_user, worker.uid, worker.proc.pid)
         key = pool_key(python, env)
         worker.stderr_tail.clear()
         worker.idle_since = asyncio.get_running_loop().time()

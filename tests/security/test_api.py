@@ -71,7 +71,8 @@ def post(
     stack: Stack, op: str, args: Any, headers: dict[str, str] | None = None
 ) -> tuple[int, wire.StoreReply]:
     body = wire.encode(wire.StoreRequest(args=args))
-    status, _, data = stack.request("POST", f"/api/{op}", body, headers)
+    sent = {"Content-Type": "application/msgpack", **(headers or {})}
+    status, _, data = stack.request("POST", f"/api/{op}", body, sent)
     return status, wire.decode(wire.StoreReply, data)
 
 
@@ -247,7 +248,11 @@ import urllib.request
 
 def call_api(event):
     body = bytes([0x81, 0xA4]) + b"args" + bytes([0x80])  # msgpack {"args": {}}
-    req = urllib.request.Request(event.data["url"] + "/api/project.list", data=body)
+    req = urllib.request.Request(
+        event.data["url"] + "/api/project.list",
+        data=body,
+        headers={"Content-Type": "application/msgpack"},
+    )
     try:
         with urllib.request.urlopen(req) as r:
             print("status", r.status)
@@ -271,6 +276,14 @@ def test_dev_mode_on_loopback_may_run_without_tokens(tmp_path: Path) -> None:
         # A web page whose name was rebound to 127.0.0.1 (DNS rebinding) names itself.
         status, reply = post(s, "project.list", {}, {"Host": "evil.example:9980"})
         assert status == 401 and "addressed to 'evil.example:9980'" in reply.error, reply
+        # A page elsewhere posting to 127.0.0.1 (no preflight for text or a form) is refused.
+        for page in (
+            {"Origin": "https://evil.example"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Content-Type": "text/plain"},
+        ):
+            status, reply = post(s, "project.list", {}, page)
+            assert status == 401 and "API tokens are off on this server" in reply.error, page
         if os.geteuid() == 0:  # the sandbox: handlers run as users of their own
             _handlers_and_other_users_are_refused(s, tmp_path)
     finally:

@@ -56,9 +56,11 @@ FIRST_WORKER_UID, LAST_WORKER_UID = 820000, 829999
 
 
 def _mark(marks: Path, what: str) -> str:
-    """Python that leaves ``<what>-<uid>-<pid>`` in ``marks``."""
+    """Python that leaves ``<what>-<uid>-<pid>`` in ``marks``, holding the address-space
+    limit it ran under."""
     name = f"'{what}-%d-%d' % (os.getuid(), os.getpid())"
-    return f"import os; open(os.path.join({str(marks)!r}, {name}), 'w').close()\n"
+    limit = "str(resource.getrlimit(resource.RLIMIT_AS)[0])"
+    return f"import os, resource; open(os.path.join({str(marks)!r}, {name}), 'w').write({limit})\n"
 
 
 def _base_python() -> str:
@@ -165,3 +167,6 @@ def test_a_projects_packages_never_run_as_root(stack: Stack, tmp_path: Path) -> 
     assert uid in ran["bin-python"], ran  # the handler's own sys.executable, as itself
     assert "venv-sdk" not in ran, ran  # the worker's SDK is the runner's copy
     assert f"sdk {venvs}/runner/sdk/" in prints
+    # The packages' code ran within the worker's limits (1024 MiB by default), not before.
+    limits = {p.read_text() for p in marks.glob(f"pth-{uid}-*")}
+    assert limits == {str(1024 << 20)}, limits

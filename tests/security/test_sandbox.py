@@ -84,6 +84,12 @@ def litter(event):
     time.sleep(1000)
 
 
+def litter_and_return(event):
+    sleeper = [sys.executable, "-c", "import time; time.sleep(1000)", event.data["mark"]]
+    subprocess.Popen(["sh", "-c", 'setsid "$@" &', "sh", *sleeper]).wait()
+    print("left one behind")
+
+
 def chatty(event):
     mark = event.data["mark"]
     print("print", mark)
@@ -201,6 +207,18 @@ def test_stopping_a_session_kills_what_its_handler_left_running(stack: Stack) ->
     stack.ak("session", "stop", sid, check=True)
     assert stack.wait_session(sid)["state"] == "STOPPED"
     assert _marked(mark) == []  # killed before the session's end was written
+
+
+def test_what_a_finished_session_left_running_is_killed(stack: Stack) -> None:
+    mark = f"ak-leftover-{os.getpid()}-{time.monotonic_ns()}"
+    sid = _start(stack, "litter_and_return", mark=mark)
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    # Its worker waits for the project's next session; what the session started does not
+    # live on with it (not even a daemon in a session of its own).
+    deadline = time.monotonic() + 10
+    while _marked(mark):
+        assert time.monotonic() < deadline, "a finished session's process still runs"
+        time.sleep(0.1)
 
 
 def test_handler_output_goes_to_its_session_not_to_the_service_log(stack: Stack) -> None:

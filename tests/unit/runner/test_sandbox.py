@@ -175,12 +175,95 @@ def test_a_worker_opens_its_environment_after_the_standard_library(tmp_path: Pat
         f"import sys; sys.path.append({libs!r}); "
         "from autokitteh._worker import open_packages; "
         f"open_packages({str(env_dir)!r}); "
-        "import queue, theirs; print(queue.__file__, sys.prefix, sys.executable)"
+        "import builtins, queue, theirs; print(queue.__file__, sys.prefix, sys.executable, "
+        "all(hasattr(builtins, n) for n in ('exit', 'quit', 'help', 'copyright')))"
     )
     base = os.path.realpath(sys._base_executable)
     res = subprocess.run([base, "-I", "-S", "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    queue_file, prefix, executable = res.stdout.split()
+    queue_file, prefix, executable, site_builtins = res.stdout.split()
     assert queue_file.startswith(sys.base_prefix), res.stdout  # the standard one
+    assert site_builtins == "True"  # exit(), quit(), help() as a plain start has them
     assert prefix == str(env_dir) and executable == str(env_dir / "bin" / "python")
     assert marker.exists()  # its .pth ran (here, as the test's user)
+
+
+@root_only
+def test_giving_a_venv_back_to_root_follows_no_link_and_closes_what_an_installer_opened(
+    tmp_path: Path,
+) -> None:
+    """What an installer (the builder user) can leave in a venv: directories and files
+    writable by everyone, set-id bits, a FIFO, links out of the venv. Root takes the venv
+    back without touching anything outside it, and leaves nothing open to other users."""
+    outside = tmp_path / "outside"
+    outside.write_text("root's own file")
+    os.chown(outside, 0, 0)
+    outside.chmod(0o600)
+    venv = tmp_path / "venv"
+    (venv / "lib").mkdir(parents=True)
+    (venv / "lib").chmod(0o777)
+    (venv / "bin").mkdir()
+    tool = venv / "bin" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o4777)
+    os.mkfifo(venv / ".ak-env.json")
+    (venv / "lib" / "escape").symlink_to(outside)
+    (venv / "lib" / "up").symlink_to(tmp_path, target_is_directory=True)
+    chown_tree(venv, 829998)  # to the builder: nothing outside changes hands
+    assert outside.stat().st_uid == 0 and tool.stat().st_uid == 829998
+    chown_tree(venv, 0)
+    assert outside.stat().st_uid == 0 and stat.S_IMODE(outside.stat().st_mode) == 0o600
+    assert stat.S_IMODE((venv / "lib").stat().st_mode) == 0o755
+    assert stat.S_IMODE(tool.stat().st_mode) == 0o755  # no set-uid, not writable by others
+    assert not (venv / ".ak-env.json").exists()  # the FIFO is gone
+    assert (venv / "lib" / "escape").is_symlink() and (venv / "lib" / "escape").lstat().st_uid == 0
+
+
+def test_a_marker_that_is_not_a_regular_file_reads_as_none(tmp_path: Path) -> None:
+    from ak_runner import pyenv
+
+    spec = pyenv.Spec(tmp_path / "venv", "", "test")
+    spec.path.mkdir()
+    os.mkfifo(spec.path / pyenv.MARKER)  # read as root, it would block the runner for good
+    assert pyenv._marker(spec) == {}
+    (spec.path / pyenv.MARKER).unlink()
+    (spec.path / pyenv.MARKER).symlink_to("/dev/zero")
+    assert pyenv._marker(spec) == {}
+
+
+@root_only
+def test_pages_forked_children_share_count_once() -> None:
+    """A handler that touches 100 MiB and forks three children uses about 100 MiB, not 400:
+    the memory watch must not stop a legitimate multiprocessing handler."""
+    from ak_runner.sandbox import resident_by_user
+
+    uid = 829996
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            data = bytearray(100 << 20)
+            data[::4096] = b"\x01" * len(data[::4096])  # every page touched
+            kids = []
+            for _ in range(3):
+                kid = os.fork()
+                if kid == 0:
+                    os.read(go_r, 1)  # holds the shared pages until the parent is done
+                    os._exit(0)
+                kids.append(kid)
+            os.write(ready_w, b"x")
+            for kid in kids:
+                os.waitpid(kid, 0)
+        finally:
+            os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        used = resident_by_user([uid])[uid]
+    finally:
+        os.write(go_w, b"xxx")
+        os.waitpid(pid, 0)
+    assert 90 << 20 < used < 200 << 20, f"{used >> 20} MiB counted for about 100 MiB"
