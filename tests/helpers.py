@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,14 @@ class Stack:
 
     def wait_output(self, text: str, *args: str, timeout: float = 20) -> None:
         """Polls ``ak <args>`` until its output contains ``text``."""
-        deadline = time.monotonic() + timeout
-        while text not in self.ak(*args).stdout:
-            assert time.monotonic() < deadline, f"{text!r} never appeared in ak {' '.join(args)}"
-            time.sleep(0.1)
+        wait_until(
+            lambda: text in self.ak(*args).stdout,
+            f"{text!r} in the output of ak {' '.join(args)}",
+            timeout,
+        )
+
+    def wait_until(self, probe: Callable[[], object], what: str, timeout: float = 30) -> None:
+        wait_until(probe, what, timeout)
 
     def stop(self) -> int:
         """Stops the stack; fails when its NATS refused a service something (the services'
@@ -186,6 +191,15 @@ class Stack:
         refused = [x for x in text.splitlines() if "Violation" in x and ':attacker"' not in x]
         assert not refused, "\n".join(refused)
         return code
+
+
+def wait_until(probe: Callable[[], object], what: str, timeout: float = 30) -> None:
+    """Polls ``probe`` until it is true: waiting on a state, never on a chosen time (the
+    timeout only bounds a test that fails). ``what`` names the state for the failure."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}"
+        time.sleep(0.1)
 
 
 def start_stack(

@@ -1,16 +1,21 @@
 """Integrations a manifest connection may name, and what a connection puts in a worker's
 environment.
 
-Only the generic ``http`` integration exists: a named bundle of vars for calling an HTTP API.
-Its vars reach handlers as ``<connection>__<var>``; ``bearer_token`` (or ``basic_username``
-and ``basic_password``) also give ``<connection>__auth``, the ready-made Authorization value.
+``http``: a named bundle of vars for calling an HTTP API. Its vars reach handlers as
+``<connection>__<var>``; ``bearer_token`` (or ``basic_username`` and ``basic_password``)
+also give ``<connection>__auth``, the ready-made Authorization value.
+
+``github``: AutoKitteh's GitHub connection: its vars (``pat``, ``pat_key``, ``pat_secret``;
+or a GitHub app's ``app_id``, ``install_key__<app>__<installation>``, ``client_secret``)
+route GitHub's webhook deliveries to it (``ak_ingress.github``) and feed
+``autokitteh.github.github_client``.
 """
 
 from __future__ import annotations
 
 import base64
 
-INTEGRATIONS = ("http",)
+INTEGRATIONS = ("http", "github")
 
 
 def connection_env(name: str, connection_id: str, variables: dict[str, str]) -> dict[str, str]:

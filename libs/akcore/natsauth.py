@@ -47,6 +47,7 @@ CALLS: dict[str, frozenset[str]] = {
     "ingress": frozenset(
         {
             "build.get",
+            "github.route",
             "project.active",
             "pyenv.prepare",
             "token.add",
@@ -66,6 +67,7 @@ CALLS: dict[str, frozenset[str]] = {
             "session.env",
             "session.get",
             "session.states",
+            "source.resolve",
             "subscription.create",
             "subscription.delete",
             "trigger.get",

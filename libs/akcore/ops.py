@@ -112,6 +112,8 @@ _TABLE = (
     _internal("project.active", rq.ProjectRef, dict, _S, "project"),
     _internal("webhook.lookup", rq.WebhookLookup, dict, _S, "slug"),
     _internal("dispatch.targets", rq.DispatchTargets, dict, _S, "trigger_id"),
+    _internal("source.resolve", rq.SourceResolve, dict, _S, "project_id"),
+    _internal("github.route", rq.GithubRoute, dict, _S, ""),
     _internal("dispatch.note", rq.DispatchNote, _NONE_T, _S, "event_id"),
     _internal("schedule.list", rq.Empty, list, _S, ""),
     _internal("subscription.create", rq.SubscriptionCreate, _NONE_T, _S, "project_id", _TARGETS),

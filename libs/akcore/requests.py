@@ -63,6 +63,28 @@ class TriggerRef:
 
 
 @dataclass(frozen=True)
+class SourceResolve:
+    """What ``subscribe(source)`` names in a project: a trigger or a connection."""
+
+    project_id: str
+    source: str  # a name, or a trg_/con_ id
+
+
+@dataclass(frozen=True)
+class GithubRoute:
+    """A GitHub delivery, for the store to find the connections it is for and check its
+    signature against their secrets: on a connection's own webhook (``key``: its
+    ``pat_key``), or an app's (``app_id`` and ``installation_id``)."""
+
+    body: bytes
+    signature: str = ""
+    delivery: str = ""  # X-GitHub-Delivery
+    key: str = ""
+    app_id: str = ""
+    installation_id: str = ""
+
+
+@dataclass(frozen=True)
 class WebhookLookup:
     slug: str
 

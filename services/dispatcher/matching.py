@@ -23,13 +23,14 @@ def trigger_applies(trigger: dict[str, Any], event: wire.Event) -> bool:
 
 
 def filters_of(
-    event: wire.Event, trigger: dict[str, Any] | None, subscriptions: list[dict[str, Any]]
+    event: wire.Event, triggers: list[dict[str, Any]], subscriptions: list[dict[str, Any]]
 ) -> dict[str, str]:
     """The filters to judge the event by, by trigger or subscription id: those with text
-    only, and the trigger's only when the trigger applies. Often none."""
+    only, and a trigger's only when the trigger applies. Often none. ``triggers``: the
+    event's trigger, or the triggers of the connection it arrived on."""
     out = {}
-    if trigger is not None and not cel.is_empty(trigger.get("filter")):
-        if trigger_applies(trigger, event):
+    for trigger in triggers:
+        if not cel.is_empty(trigger.get("filter")) and trigger_applies(trigger, event):
             out[trigger["trigger_id"]] = trigger["filter"]
     for sub in subscriptions:
         if not cel.is_empty(sub.get("filter")):
@@ -49,19 +50,27 @@ def _passes(key: str, expr: str | None, verdicts: Verdicts) -> bool:
 
 def sessions_for(
     event: wire.Event,
-    trigger: dict[str, Any] | None,
+    triggers: list[dict[str, Any]],
     deployments: list[dict[str, Any]],
     verdicts: Verdicts,
 ) -> list[wire.Job]:
-    """One job per active deployment when the trigger applies and its filter holds.
+    """One job per active deployment and trigger that applies and whose filter holds.
 
     Session ids derive from (event, trigger, deployment), so dispatching the same event
     twice names the same sessions and JetStream drops the repeated messages.
     """
-    if trigger is None or not trigger_applies(trigger, event):
-        return []
-    if not _passes(trigger["trigger_id"], trigger.get("filter"), verdicts):
-        return []
+    return [
+        job
+        for trigger in triggers
+        if trigger_applies(trigger, event)
+        and _passes(trigger["trigger_id"], trigger.get("filter"), verdicts)
+        for job in _jobs(event, trigger, deployments)
+    ]
+
+
+def _jobs(
+    event: wire.Event, trigger: dict[str, Any], deployments: list[dict[str, Any]]
+) -> list[wire.Job]:
     out = []
     for dep in deployments:
         key = f"{event.event_id}:{trigger['trigger_id']}:{dep['deployment_id']}"
@@ -106,14 +115,14 @@ def inbox_deliveries(
 
 
 def notes_of(
-    trigger: dict[str, Any] | None, subscriptions: list[dict[str, Any]], verdicts: Verdicts
+    triggers: list[dict[str, Any]], subscriptions: list[dict[str, Any]], verdicts: Verdicts
 ) -> list[dict[str, str]]:
     """The event's dispatch notes: every filter that could not decide, and why (over its
     budget, an evaluation error), by whose filter it is. Filters that said no need none."""
     names = {
         s["subscription_id"]: f"subscription of session {s['session_id']}" for s in subscriptions
     }
-    if trigger is not None:
+    for trigger in triggers:
         names[trigger["trigger_id"]] = f"trigger {trigger.get('name') or trigger['trigger_id']}"
     return [
         {"source": key, "note": f"{names.get(key, key)}: {v.problem}; counted as no match"}

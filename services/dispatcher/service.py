@@ -49,8 +49,8 @@ class Dispatcher:
         pub = bus.publisher(self.nc)
         args = {"trigger_id": event.destination_id}
         targets = await self.targets.call(self.nc, "dispatch.targets", args, event.destination_id)
-        trigger, subs = targets["trigger"], targets.get("subscriptions", [])
-        filters = filters_of(event, trigger, subs)
+        triggers, subs = targets["triggers"], targets.get("subscriptions", [])
+        filters = filters_of(event, triggers, subs)
         verdicts: dict[str, cel.Verdict] = {}
         if filters:  # most events have none, and pay nothing for the evaluators
             judged = self.evaluators.judge(msg.data, list(filters.values()), event.destination_id)
@@ -60,7 +60,7 @@ class Dispatcher:
             finally:
                 self.judging -= 1
         started = []
-        jobs = sessions_for(event, trigger, targets["deployments"], verdicts)
+        jobs = sessions_for(event, triggers, targets["deployments"], verdicts)
         if (msg.metadata.num_delivered or 1) > 1:
             jobs = await not_started(self.nc, jobs)
         for job in jobs:
@@ -75,8 +75,8 @@ class Dispatcher:
                     wire.encode(inbox_msg),
                     headers={subjects.HDR_MSG_ID: f"{event.event_id}:{inbox_msg.subscription_id}"},
                 )
-        await self.note(event, notes_of(trigger, subs, verdicts))
-        if (trigger or {}).get("is_sync"):
+        await self.note(event, notes_of(triggers, subs, verdicts))
+        if any(t.get("is_sync") for t in triggers):
             # A sync webhook's request waits in ingress: did this event reach anything?
             await self.nc.publish(
                 subjects.dispatched_subject(event.event_id),

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.js.errors import APIError
 from opentelemetry.trace import Span, SpanKind
 
+from . import github
 from .auth import Authenticator
 from .body import read_body
 from .commands import COMMANDS
@@ -145,6 +146,21 @@ def create_app(
             log.error("webhook %s: event not stored: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
         return None
+
+    async def github_webhook(request: Request, key: str = "") -> Response:
+        """A GitHub delivery: for a connection's own webhook (``key``) or an app's."""
+        attrs = {"http.request.method": "POST", "http.route": "/github/webhook"}
+        with tel.span("POST /github/webhook", kind=SpanKind.SERVER, attributes=attrs) as span:
+            body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
+            if body is None:
+                resp = Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", 413)
+            else:
+                resp = await github.deliver(nc, request, body, key, publish)
+            span.set_attribute("http.response.status_code", resp.status_code)
+            return resp
+
+    app.add_api_route("/github/webhook", github_webhook, methods=["POST"])
+    app.add_api_route("/github/webhook/{key}", github_webhook, methods=["POST"])
 
     @app.get("/store/{project_id}/{key:path}")
     async def public_value(project_id: str, key: str) -> Response:

@@ -77,13 +77,13 @@ class Syscalls:
     ) -> tuple[Any, int | None]:
         source, flt = str(args.get("source", "")), str(args.get("filter") or "")
         try:
-            trig = await bus.store_call(
-                self.nc, "trigger.get", {"trigger": source, "project": self.job.project_id}
+            found = await bus.store_call(
+                self.nc, "source.resolve", {"project_id": self.job.project_id, "source": source}
             )
         except NotFound:
-            trig = {}
-        if trig.get("project_id") != self.job.project_id:  # (a trigger id of another project)
-            raise SyscallError(f'subscribe({source}, {flt}) -> source "{source}" not found')
+            raise SyscallError(
+                f'subscribe({source}, {flt}) -> source "{source}" not found'
+            ) from None
         try:
             cel.validate_filter(flt)
         except cel.FilterError as e:
@@ -97,7 +97,7 @@ class Syscalls:
                 "subscription_id": sub_id,
                 "session_id": self.job.session_id,
                 "project_id": self.job.project_id,
-                "trigger_id": trig["trigger_id"],
+                "trigger_id": found["destination_id"],
                 "filter": flt,
             },
         )

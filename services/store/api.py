@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from akcore import credheaders, ids, timefmt, wire
+from akcore import credheaders, github, ids, timefmt, wire
 from akcore import requests as rq
 from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument, NotFound
@@ -16,6 +16,7 @@ from akcore.integrations import connection_env
 from akcore.manifest import parse_manifest
 from akcore.secrets import Sealer
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DB
 from sqlmodel import col, func, select
 
@@ -24,6 +25,7 @@ from .materialize import insert_new
 from .models import (
     Build,
     Connection,
+    Delivery,
     Deployment,
     DispatchNote,
     EventRow,
@@ -150,6 +152,8 @@ class StoreApi:
             "trigger.list": self.trigger_list,
             "webhook.lookup": self.webhook_lookup,
             "dispatch.targets": self.dispatch_targets,
+            "source.resolve": self.source_resolve,
+            "github.route": self.github_route,
             "dispatch.note": self.dispatch_note,
             "schedule.list": self.schedule_list,
             "subscription.create": self.subscription_create,
@@ -390,6 +394,105 @@ class StoreApi:
                 raise NotFound(f'trigger "{ref}" not found')
             return _trigger_view(t, self._names(db).get(t.project_id, ""))
 
+    def source_resolve(self, req: rq.SourceResolve) -> dict[str, Any]:
+        """The trigger or connection of project ``project_id`` that ``source`` names (by
+        name or id), as ``{"destination_id", "kind"}``: what events a subscription gets."""
+        ref, pid = req.source, req.project_id
+        with DB(self.engine) as db:
+            found: list[Trigger | Connection]
+            if ids.is_id(ref, "trg") or ids.is_id(ref, "con"):
+                row = db.get(Trigger, ref) if ref.startswith("trg_") else db.get(Connection, ref)
+                found = [row] if row is not None and row.project_id == pid else []
+            else:
+                found = [
+                    *db.exec(select(Trigger).where(Trigger.project_id == pid, Trigger.name == ref)),
+                    *db.exec(
+                        select(Connection).where(
+                            Connection.project_id == pid, Connection.name == ref
+                        )
+                    ),
+                ]
+            if not found:
+                raise NotFound(f'source "{ref}" not found')
+            if len(found) > 1:
+                raise Conflict(
+                    f'source "{ref}" names both a trigger and a connection: give its id instead'
+                )
+            (one,) = found
+            if isinstance(one, Trigger):
+                return {"destination_id": one.trigger_id, "kind": "trigger"}
+            return {"destination_id": one.connection_id, "kind": "connection"}
+
+    def github_route(self, req: rq.GithubRoute) -> dict[str, Any]:
+        """Which connections a GitHub delivery is for, once its signature is checked with
+        their secrets (which never leave the store), as AutoKitteh routes it: ``status``
+        200 with ``targets`` (each with the event id the delivery becomes for it, ``new``
+        when it was not delivered before), or 400/403 with ``error``; 200 with no targets
+        when no connection of a project with an active deployment is for it."""
+        with DB(self.engine) as db:
+            if req.key:  # a connection's own webhook: its pat_secret signs
+                targets = []
+                for conn, plain in self._github_connections(db, "pat_key", req.key):
+                    if not github.verify(plain.get("pat_secret", ""), req.body, req.signature):
+                        return {"status": 400, "error": "bad signature", "targets": []}
+                    targets = [conn]  # the first connection whose secret signed it
+                    break
+            else:  # an app's webhook: the app's client secret (or the server's) signs
+                apps = self._github_connections(db, "app_id", req.app_id) if req.app_id else []
+                if not apps:
+                    return {"status": 200, "targets": []}
+                secret = apps[0][1].get("client_secret") or os.environ.get(
+                    "GITHUB_WEBHOOK_SECRET", ""
+                )
+                if not github.verify(secret, req.body, req.signature):
+                    return {"status": 403, "error": "bad signature", "targets": []}
+                if not req.installation_id:
+                    return {"status": 400, "error": "missing installation.id", "targets": []}
+                name = f"install_key__{req.app_id}__{req.installation_id}"
+                targets = [c for c, plain in self._github_connections(db, name) if name in plain]
+            return {"status": 200, "targets": [self._claim(db, c, req.delivery) for c in targets]}
+
+    def _github_connections(
+        self, db: DB, var: str, value: str | None = None
+    ) -> list[tuple[Connection, dict[str, str]]]:
+        """GitHub connections of projects with an active deployment that have ``var``
+        (non-secret, equal to ``value`` when given), with their vars in plaintext."""
+        active = {
+            d.project_id for d in db.exec(select(Deployment).where(Deployment.state == "ACTIVE"))
+        }
+        out = []
+        for conn in db.exec(select(Connection).where(Connection.integration == "github")):
+            if conn.project_id not in active:
+                continue
+            rows = list(db.exec(select(Var).where(Var.scope_id == conn.connection_id)))
+            match = [r for r in rows if r.name == var and not r.is_secret]
+            if not match or (value is not None and self.sealer.open(match[0].value) != value):
+                continue
+            out.append((conn, {r.name: self.sealer.open(r.value) for r in rows}))
+        return out
+
+    def _claim(self, db: DB, conn: Connection, delivery: str) -> dict[str, Any]:
+        """The event a delivery becomes for ``conn``: a new id the first time, the same one
+        when the provider delivers it again (``new`` False: the ingress publishes it again
+        only if the store never got it)."""
+        target = {"connection_id": conn.connection_id, "project_id": conn.project_id}
+        now = timefmt.now_us()
+        event_id = ids.new_id("evt")
+        if not delivery:
+            return {**target, "event_id": event_id, "new": True}
+        key = f"github:{delivery}:{conn.connection_id}"
+        row = Delivery(key=key, event_id=event_id, created_us=now)
+        try:
+            db.add(row)
+            db.commit()
+            return {**target, "event_id": event_id, "new": True}
+        except IntegrityError:
+            db.rollback()
+        kept = db.get(Delivery, key)
+        assert kept is not None
+        stored = db.exec(select(EventRow).where(EventRow.event_id == kept.event_id)).first()
+        return {**target, "event_id": kept.event_id, "new": False, "stored": stored is not None}
+
     def webhook_lookup(self, req: rq.WebhookLookup) -> dict[str, Any]:
         """The trigger behind a slug, if its project has an active deployment."""
         with DB(self.engine) as db:
@@ -411,17 +514,35 @@ class StoreApi:
             }
 
     def dispatch_targets(self, req: rq.DispatchTargets) -> dict[str, Any]:
-        """The trigger an event arrived on and the project's active deployments."""
+        """What an event on ``trigger_id`` reaches: the trigger (or, for an event on a
+        connection, the connection's triggers), the sessions subscribed to it, and the
+        project's active deployments."""
         with DB(self.engine) as db:
-            t = db.get(Trigger, req.trigger_id)
-            if t is None:
-                return {"trigger": None, "deployments": [], "subscriptions": []}
+            triggers: list[Trigger] = []
+            project_id = ""
+            if ids.id_prefix(req.trigger_id) == "con":
+                conn = db.get(Connection, req.trigger_id)
+                if conn is not None:
+                    project_id = conn.project_id
+                    triggers = list(
+                        db.exec(
+                            select(Trigger).where(
+                                Trigger.project_id == conn.project_id,
+                                Trigger.source_type == "connection",
+                                Trigger.connection == conn.name,
+                            )
+                        )
+                    )
+            elif (t := db.get(Trigger, req.trigger_id)) is not None:
+                project_id, triggers = t.project_id, [t]
+            if not project_id:
+                return {"triggers": [], "deployments": [], "subscriptions": []}
             deps = db.exec(
                 select(Deployment).where(
-                    Deployment.project_id == t.project_id, Deployment.state == "ACTIVE"
+                    Deployment.project_id == project_id, Deployment.state == "ACTIVE"
                 )
             )
-            subs = db.exec(select(Subscription).where(Subscription.trigger_id == t.trigger_id))
+            subs = db.exec(select(Subscription).where(Subscription.trigger_id == req.trigger_id))
             return {
                 "subscriptions": [
                     {
@@ -431,7 +552,7 @@ class StoreApi:
                     }
                     for x in subs
                 ],
-                "trigger": t.model_dump(),
+                "triggers": [t.model_dump() for t in triggers],
                 "deployments": [
                     {"deployment_id": d.deployment_id, "build_id": d.build_id} for d in deps
                 ],

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select
 
-from .models import DispatchNote, EventRow, Session, SessionRecord, SpanRow
+from .models import Delivery, DispatchNote, EventRow, Session, SessionRecord, SpanRow
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ _RECORDS = SessionRecord.__table__  # type: ignore[attr-defined]
 _SPANS = SpanRow.__table__  # type: ignore[attr-defined]
 _EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 _NOTES = DispatchNote.__table__  # type: ignore[attr-defined]
+_DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 
 CHUNK = 2000  # rows deleted per transaction
 ORPHAN_INBOX_SECONDS = 3600  # an inbox of a session the store never heard of, after this
@@ -194,6 +195,8 @@ def prune(engine: Engine, keep: Retention, now_us: int | None = None) -> dict[st
             delete(_SPANS).where(_SPANS.c.session_id == "", _SPANS.c.start_us < sessions_cut)
         )
         conn.execute(delete(_NOTES).where(_NOTES.c.created_us < events_cut))
+        # providers' deliveries are remembered as long as the events they became
+        conn.execute(delete(_DELIVERIES).where(_DELIVERIES.c.created_us < events_cut))
     return {"sessions": n_sessions, "events": n_events}
 
 

@@ -166,3 +166,13 @@ class ApiToken(SQLModel, table=True):
     name: str = ""
     created_by: str = ""  # the token_id that made it, or "bootstrap" / "dev"
     created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class Delivery(SQLModel, table=True):
+    """A provider's delivery (GitHub's ``X-GitHub-Delivery``, Slack's event id) to one
+    connection, and the event it became: a redelivery finds it and makes no second event."""
+
+    __tablename__ = "deliveries"
+    key: str = Field(primary_key=True)  # "<integration>:<delivery id>:<connection id>"
+    event_id: str
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))

@@ -157,7 +157,7 @@ async def test_a_redelivered_event_does_not_start_an_ended_session_again(
         assert msg.metadata.num_delivered == 1
         # ... while its session was started by it, ran and ended; its journal is purged.
         targets = await bus.store_call(nc, "dispatch.targets", {"trigger_id": event.destination_id})
-        (job,) = sessions_for(event, targets["trigger"], targets["deployments"], {})
+        (job,) = sessions_for(event, targets["triggers"], targets["deployments"], {})
         for name in (subjects.STREAM_JOURNAL, subjects.STREAM_JOBS):  # a short memory of ids
             info = await js.stream_info(name)
             await js.update_stream(dataclasses.replace(info.config, duplicate_window=1.0))

@@ -32,7 +32,8 @@ def _event(event_type: str = "post", data: dict | None = None) -> wire.Event:  #
 
 def _sessions(event: wire.Event, trigger: dict[str, Any] | None, deps: Any) -> list[wire.Job]:
     """sessions_for with the filters judged here, as the evaluators would."""
-    return sessions_for(event, trigger, deps, judge_here(event, filters_of(event, trigger, [])))
+    triggers = [trigger] if trigger is not None else []
+    return sessions_for(event, triggers, deps, judge_here(event, filters_of(event, triggers, [])))
 
 
 def test_match_creates_record_and_job() -> None:
@@ -74,11 +75,11 @@ SUBS = [
 
 def test_only_filters_that_can_matter_are_judged() -> None:
     filtered = {**TRIGGER, "filter": "data.url.path == '/x'"}
-    assert filters_of(_event(), TRIGGER, []) == {}  # no filter: no evaluator, no IPC
-    assert filters_of(_event(), filtered, []) == {"trg_1": "data.url.path == '/x'"}
-    assert filters_of(_event("get"), filtered, []) == {}  # its event type does not fit
-    assert filters_of(_event(), {**filtered, "call": ""}, []) == {}
-    assert filters_of(_event("get"), None, SUBS) == {
+    assert filters_of(_event(), [TRIGGER], []) == {}  # no filter: no evaluator, no IPC
+    assert filters_of(_event(), [filtered], []) == {"trg_1": "data.url.path == '/x'"}
+    assert filters_of(_event("get"), [filtered], []) == {}  # its event type does not fit
+    assert filters_of(_event(), [{**filtered, "call": ""}], []) == {}
+    assert filters_of(_event("get"), [], SUBS) == {
         "sub_1": "data.url.path == '/x'",
         "sub_3": "data.nope == 1",
     }
@@ -88,11 +89,11 @@ def test_verdicts_decide_sessions_deliveries_and_notes() -> None:
     trigger = {**TRIGGER, "name": "heavy", "filter": "data.body.json.exists(x, x == 1)"}
     over = cel.Verdict(False, "filter ran over its 100 ms budget")
     verdicts = {"trg_1": over, "sub_1": cel.Verdict(True), "sub_3": cel.Verdict(False, "boom")}
-    assert sessions_for(_event(), trigger, DEPS, verdicts) == []
-    assert sessions_for(_event(), trigger, DEPS, {"trg_1": cel.Verdict(True)}) != []
+    assert sessions_for(_event(), [trigger], DEPS, verdicts) == []
+    assert sessions_for(_event(), [trigger], DEPS, {"trg_1": cel.Verdict(True)}) != []
     delivered = [sid for sid, _ in inbox_deliveries(_event(), SUBS, verdicts)]
     assert delivered == ["ses_1", "ses_2"]
-    assert notes_of(trigger, SUBS, verdicts) == [
+    assert notes_of([trigger], SUBS, verdicts) == [
         {
             "source": "trg_1",
             "note": "trigger heavy: filter ran over its 100 ms budget; counted as no match",
@@ -102,3 +103,25 @@ def test_verdicts_decide_sessions_deliveries_and_notes() -> None:
             "note": "subscription of session ses_3: boom; counted as no match",
         },
     ]
+
+
+def test_an_event_on_a_connection_starts_each_of_its_triggers_that_fits() -> None:
+    comment = {**TRIGGER, "trigger_id": "trg_2", "event_type": "issue_comment",
+               "filter": "data.action == 'created'"}  # fmt: skip
+    issues = {**TRIGGER, "trigger_id": "trg_3", "event_type": "issues", "filter": ""}
+    anything = {**TRIGGER, "trigger_id": "trg_4", "event_type": "", "call": "a.py:g"}
+    event = wire.Event(
+        "evt_9", "prj_1", "con_1", "issue_comment", {"action": "created"}, {}, 1_000_000
+    )
+    jobs = _sessions_of(event, [comment, issues, anything])
+    assert sorted((j.trigger_id, j.entrypoint) for j in jobs) == [
+        ("trg_2", "a.py:f"),
+        ("trg_4", "a.py:g"),
+    ]
+    assert len({j.session_id for j in jobs}) == 2  # a session of its own per trigger
+    edited = wire.Event("evt_9", "prj_1", "con_1", "issue_comment", {"action": "edited"}, {}, 1)
+    assert [j.trigger_id for j in _sessions_of(edited, [comment, issues, anything])] == ["trg_4"]
+
+
+def _sessions_of(event: wire.Event, triggers: list[dict[str, Any]]) -> list[wire.Job]:
+    return sessions_for(event, triggers, DEPS, judge_here(event, filters_of(event, triggers, [])))

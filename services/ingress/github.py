@@ -1,0 +1,89 @@
+"""GitHub's webhook deliveries to the project connections they are for, as AutoKitteh's
+GitHub integration serves them: ``POST /github/webhook/<key>`` (a connection's own webhook,
+signed with its ``pat_secret``) and ``POST /github/webhook`` (a GitHub app's, signed with
+the app's secret, routed by its installation).
+
+The store checks the signature with the connections' secrets (they never leave it) and
+remembers each delivery id: a redelivery starts nothing new. The reply is sent once
+JetStream has every event of the delivery; a delivery that could not be stored gets 503,
+so that GitHub delivers it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from akcore import bus, github, ids, wire
+from akcore.errors import AKError
+from fastapi import Request, Response
+from nats.aio.client import Client
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[wire.Event, str], Awaitable[Response | None]]
+
+
+async def deliver(
+    nc: Client, request: Request, body: bytes, key: str, publish: Publish
+) -> Response:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        kind = github.event_type(headers)
+        data = github.payload(body, headers.get("content-type", ""))
+    except github.DeliveryError as e:
+        return Response(f"Bad Request: {e}\n", status_code=400)
+    installation = data.get("installation")
+    args: dict[str, Any] = {
+        "body": body,
+        "signature": github.signature_of(headers),
+        "delivery": headers.get("x-github-delivery", "")[:200],
+    }
+    if key:
+        args["key"] = key
+    else:
+        target_id = headers.get("x-github-hook-installation-target-id", "")
+        if not target_id:
+            return Response("Bad Request: missing X-GitHub-Hook-Installation-Target-ID\n", 400)
+        args["app_id"] = target_id
+        if isinstance(installation, dict) and installation.get("id") is not None:
+            args["installation_id"] = str(installation["id"])
+    try:
+        routed = await bus.store_call(nc, "github.route", args)
+    except AKError as e:
+        log.warning("github delivery: the store did not route it: %s", e)
+        return Response("Service Unavailable\n", status_code=503, headers={"Retry-After": "10"})
+    if routed["status"] != 200:
+        return Response(f"{routed.get('error', 'refused')}\n", status_code=routed["status"])
+    for target in routed["targets"]:
+        if not target["new"] and target.get("stored"):
+            continue  # a redelivery of a delivery already stored: nothing new
+        for event in _events(kind, data, target, args["delivery"]):
+            if (failed := await publish(event, f"github {target['connection_id']}")) is not None:
+                return failed
+    return Response(status_code=200)
+
+
+def _events(
+    kind: str, data: dict[str, Any], target: dict[str, Any], delivery: str
+) -> list[wire.Event]:
+    """The delivery's events for one connection; their ids follow from the first one's,
+    so that publishing them again (a redelivery the store never got) repeats the same."""
+    first = target["event_id"]
+    ms = ids.time_ms(first)
+    out = []
+    for i, (event_type, event_data) in enumerate(github.events(kind, data)):
+        event_id = first if i == 0 else ids.derived_id("evt", ms, f"{first}:{i}")
+        out.append(
+            wire.Event(
+                event_id=event_id,
+                project_id=target["project_id"],
+                destination_id=target["connection_id"],
+                event_type=event_type,
+                data=event_data,
+                memo={"integration": "github", "delivery": delivery},
+                created_at_us=ms * 1000,
+            )
+        )
+    return out

@@ -1,0 +1,218 @@
+"""GitHub deliveries to a project's GitHub connection, end to end and without the internet:
+the test signs deliveries as GitHub does (and forges some), and plays GitHub's API for the
+handler's reply (issue 19)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.helpers import Stack, start_stack, write_project
+
+KEY = "k3y0123456789abcdefghijklm"  # the connection's webhook path
+SECRET = "whsec-test-1"  # the webhook secret set in GitHub and in the connection
+
+MANIFEST = """\
+version: v1
+project:
+  name: ghproj
+  vars:
+    - name: FAKE_API
+      value: {api}
+  connections:
+    - name: gh
+      integration: github
+      vars:
+        - name: auth_type
+          value: pat
+        - name: pat
+          value: ghp_fake_pat
+          secret: true
+        - name: pat_key
+          value: {key}
+        - name: pat_secret
+          value: {secret}
+          secret: true
+  triggers:
+    - name: on_comment
+      connection: gh
+      event_type: issue_comment
+      filter: data.action == "created"
+      call: h.py:on_comment
+    - name: on_slash
+      connection: gh
+      event_type: slash_command
+      call: h.py:on_slash
+"""
+
+CODE = """\
+import os
+
+from autokitteh.github import github_client
+
+
+def on_comment(event):
+    data = event.data
+    print("comment", data.comment.body.splitlines()[0], data.slash_commands)
+    repo = github_client("gh", base_url=os.environ["FAKE_API"]).get_repo(data.repository.full_name)
+    repo.get_issue(data.issue.number).create_comment(f"ack {data.comment.id}")
+
+
+def on_slash(event):
+    print("slash", event.data.command.name, event.data.command.args, event.data.actual_event_type)
+"""
+
+
+class FakeGitHub(BaseHTTPRequestHandler):
+    comments: list[dict[str, Any]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        base = f"http://{self.headers['Host']}"
+        if self.path.startswith("/repos/octo/hello/issues/"):
+            number = int(self.path.rsplit("/", 1)[1])
+            return self._answer(200, {"url": f"{base}{self.path}", "number": number})
+        if self.path.startswith("/repos/octo/hello"):
+            return self._answer(200, {"url": f"{base}/repos/octo/hello", "full_name": "octo/hello"})
+        self._answer(404, {})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.comments.append({"path": self.path, "body": body["body"]})
+        self._answer(201, {"id": len(self.comments), "body": body["body"]})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("github")
+    api = ThreadingHTTPServer(("127.0.0.1", 0), FakeGitHub)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    s = start_stack(home)
+    url = f"http://127.0.0.1:{api.server_address[1]}"
+    manifest = MANIFEST.format(api=url, key=KEY, secret=SECRET)
+    s.deploy(write_project(home / "gh", {"autokitteh.yaml": manifest, "h.py": CODE}))
+    yield s
+    s.stop()
+    api.shutdown()
+    api.server_close()
+
+
+def _comment(comment_id: int, action: str = "created", body: str = "thanks") -> bytes:
+    return json.dumps(
+        {
+            "action": action,
+            "issue": {"number": 7, "title": "broken"},
+            "comment": {"id": comment_id, "body": body},
+            "repository": {"full_name": "octo/hello"},
+            "sender": {"login": "mona"},
+        }
+    ).encode()
+
+
+def _deliver(
+    stack: Stack,
+    body: bytes,
+    delivery: str,
+    secret: str = SECRET,
+    event: str = "issue_comment",
+    key: str = KEY,
+) -> tuple[int, str]:
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": signature,
+    }
+    status, _, data = stack.request("POST", f"/github/webhook/{key}", body, headers)
+    return status, data.decode()
+
+
+def _sessions(stack: Stack, entry: str) -> list[dict[str, Any]]:
+    out = stack.ak("session", "list", "-p", "ghproj", "-j", check=True).stdout.splitlines()
+    return [s for s in map(json.loads, out) if s["entrypoint"] == entry]
+
+
+def _finished(stack: Stack, entry: str, count: int) -> list[dict[str, Any]]:
+    """The handler's sessions once ``count`` of them exist and each has ended."""
+    stack.wait_until(lambda: len(_sessions(stack, entry)) >= count, f"{count} {entry} sessions")
+    found = _sessions(stack, entry)
+    return [stack.wait_session(s["session_id"]) for s in found]
+
+
+def test_a_signed_delivery_starts_the_trigger_and_the_reply_reaches_github(
+    stack: Stack,
+) -> None:
+    FakeGitHub.comments.clear()
+    status, _ = _deliver(stack, _comment(101, body="thanks\n/deploy prod now"), "d-1")
+    assert status == 200
+    (session,) = _finished(stack, "h.py:on_comment", 1)
+    assert session["state"] == "COMPLETED", session
+    prints = stack.ak("session", "prints", session["session_id"], "-n", check=True).stdout
+    assert "comment thanks [{'name': 'deploy', 'args': ['prod', 'now']" in prints
+    assert FakeGitHub.comments == [
+        {"path": "/repos/octo/hello/issues/7/comments", "body": "ack 101"}
+    ]
+    # The slash command in the comment is an event of its own.
+    (slash,) = _finished(stack, "h.py:on_slash", 1)
+    prints = stack.ak("session", "prints", slash["session_id"], "-n", check=True).stdout
+    assert prints.strip() == "slash deploy ['prod', 'now'] issue_comment"
+
+
+def test_a_redelivery_starts_nothing_new(stack: Stack) -> None:
+    before = len(_sessions(stack, "h.py:on_comment"))
+    body = _comment(202)
+    assert _deliver(stack, body, "d-2")[0] == 200
+    _finished(stack, "h.py:on_comment", before + 1)
+    for _ in range(3):  # GitHub's "Redeliver", the same X-GitHub-Delivery each time
+        assert _deliver(stack, body, "d-2")[0] == 200
+    # A new delivery after them shows they were all handled, and started nothing.
+    assert _deliver(stack, _comment(203), "d-3")[0] == 200
+    sessions = _finished(stack, "h.py:on_comment", before + 2)
+    assert len(sessions) == before + 2
+
+
+def test_forged_or_filtered_deliveries_start_nothing(stack: Stack) -> None:
+    before = len(_sessions(stack, "h.py:on_comment"))
+    forged, text = _deliver(stack, _comment(301), "d-4", secret="not-the-secret")
+    assert (forged, text.strip()) == (400, "bad signature")
+    unsigned = _comment(302)
+    status, _, _ = stack.request(
+        "POST",
+        f"/github/webhook/{KEY}",
+        unsigned,
+        {"Content-Type": "application/json", "X-GitHub-Event": "issue_comment"},
+    )
+    assert status == 400
+    # Unknown key: not ours, nothing dispatched (as AutoKitteh: 200, empty).
+    assert _deliver(stack, _comment(303), "d-5", key="nobody")[0] == 200
+    # Signed, but the trigger's filter wants "created".
+    assert _deliver(stack, _comment(304, action="edited"), "d-6")[0] == 200
+    assert _deliver(stack, _comment(305), "d-7")[0] == 200  # this one counts
+    sessions = _finished(stack, "h.py:on_comment", before + 1)
+    assert len(sessions) == before + 1
+    events = stack.ak("event", "list", "-p", "ghproj", "-j", check=True).stdout
+    assert '"issue_comment"' in events
+
+
+def test_a_bad_event_header_or_payload_is_400(stack: Stack) -> None:
+    body = b"not json"
+    assert _deliver(stack, body, "d-8")[0] == 400
+    assert _deliver(stack, _comment(401), "d-9", event="Bad Event!")[0] == 400
