@@ -9,13 +9,18 @@ also give ``<connection>__auth``, the ready-made Authorization value.
 or a GitHub app's ``app_id``, ``install_key__<app>__<installation>``, ``client_secret``)
 route GitHub's webhook deliveries to it (``ak_ingress.github``) and feed
 ``autokitteh.github.github_client``.
+
+``slack``: AutoKitteh's Slack connection: ``install_ids`` (``<app>/<enterprise>/<team>``)
+routes Slack's requests to it, ``private_signing_secret`` (else the server's
+``SLACK_SIGNING_SECRET``) checks them (``ak_ingress.slack``); ``oauth_access_token`` or
+``private_bot_token`` feed ``autokitteh.slack.slack_client``.
 """
 
 from __future__ import annotations
 
 import base64
 
-INTEGRATIONS = ("http", "github")
+INTEGRATIONS = ("http", "github", "slack")
 
 
 def connection_env(name: str, connection_id: str, variables: dict[str, str]) -> dict[str, str]:

@@ -50,6 +50,7 @@ CALLS: dict[str, frozenset[str]] = {
             "github.route",
             "project.active",
             "pyenv.prepare",
+            "slack.route",
             "token.add",
             "token.check",
             "webhook.lookup",

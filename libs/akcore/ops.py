@@ -114,6 +114,7 @@ _TABLE = (
     _internal("dispatch.targets", rq.DispatchTargets, dict, _S, "trigger_id"),
     _internal("source.resolve", rq.SourceResolve, dict, _S, "project_id"),
     _internal("github.route", rq.GithubRoute, dict, _S, ""),
+    _internal("slack.route", rq.SlackRoute, dict, _S, ""),
     _internal("dispatch.note", rq.DispatchNote, _NONE_T, _S, "event_id"),
     _internal("schedule.list", rq.Empty, list, _S, ""),
     _internal("subscription.create", rq.SubscriptionCreate, _NONE_T, _S, "project_id", _TARGETS),

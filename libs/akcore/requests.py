@@ -85,6 +85,21 @@ class GithubRoute:
 
 
 @dataclass(frozen=True)
+class SlackRoute:
+    """A Slack request, for the store to find the connections it is for (``install_ids``
+    = ``<app>/<enterprise>/<team>``) and check its signature with their secret."""
+
+    body: bytes
+    timestamp: str
+    signature: str
+    app_id: str = ""
+    enterprise_id: str = ""
+    team_id: str = ""
+    delivery: str = ""  # the Events API's event_id ("": no de-duplication)
+    any_connection: bool = False  # a URL verification: any Slack connection's secret
+
+
+@dataclass(frozen=True)
 class WebhookLookup:
     slug: str
 

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.js.errors import APIError
 from opentelemetry.trace import Span, SpanKind
 
-from . import github
+from . import github, slack
 from .auth import Authenticator
 from .body import read_body
 from .commands import COMMANDS
@@ -161,6 +161,22 @@ def create_app(
 
     app.add_api_route("/github/webhook", github_webhook, methods=["POST"])
     app.add_api_route("/github/webhook/{key}", github_webhook, methods=["POST"])
+
+    async def slack_request(request: Request) -> Response:
+        """A Slack request: an Events API callback, a slash command or an interaction."""
+        kind = request.url.path.rsplit("/", 1)[1]
+        attrs = {"http.request.method": "POST", "http.route": f"/slack/{kind}"}
+        with tel.span(f"POST /slack/{kind}", kind=SpanKind.SERVER, attributes=attrs) as span:
+            body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
+            if body is None:
+                resp = Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", 413)
+            else:
+                resp = await slack.receive(nc, request, body, kind, publish)
+            span.set_attribute("http.response.status_code", resp.status_code)
+            return resp
+
+    for kind in slack.CONTENT_TYPES:
+        app.add_api_route(f"/slack/{kind}", slack_request, methods=["POST"])
 
     @app.get("/store/{project_id}/{key:path}")
     async def public_value(project_id: str, key: str) -> Response:

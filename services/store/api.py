@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from akcore import credheaders, github, ids, timefmt, wire
+from akcore import credheaders, github, ids, slack, timefmt, wire
 from akcore import requests as rq
 from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument, NotFound
@@ -154,6 +154,7 @@ class StoreApi:
             "dispatch.targets": self.dispatch_targets,
             "source.resolve": self.source_resolve,
             "github.route": self.github_route,
+            "slack.route": self.slack_route,
             "dispatch.note": self.dispatch_note,
             "schedule.list": self.schedule_list,
             "subscription.create": self.subscription_create,
@@ -432,13 +433,13 @@ class StoreApi:
         with DB(self.engine) as db:
             if req.key:  # a connection's own webhook: its pat_secret signs
                 targets = []
-                for conn, plain in self._github_connections(db, "pat_key", req.key):
+                for conn, plain in self._connections(db, "github", "pat_key", req.key):
                     if not github.verify(plain.get("pat_secret", ""), req.body, req.signature):
                         return {"status": 400, "error": "bad signature", "targets": []}
                     targets = [conn]  # the first connection whose secret signed it
                     break
             else:  # an app's webhook: the app's client secret (or the server's) signs
-                apps = self._github_connections(db, "app_id", req.app_id) if req.app_id else []
+                apps = self._connections(db, "github", "app_id", req.app_id) if req.app_id else []
                 if not apps:
                     return {"status": 200, "targets": []}
                 secret = apps[0][1].get("client_secret") or os.environ.get(
@@ -449,29 +450,60 @@ class StoreApi:
                 if not req.installation_id:
                     return {"status": 400, "error": "missing installation.id", "targets": []}
                 name = f"install_key__{req.app_id}__{req.installation_id}"
-                targets = [c for c, plain in self._github_connections(db, name) if name in plain]
-            return {"status": 200, "targets": [self._claim(db, c, req.delivery) for c in targets]}
+                targets = [c for c, plain in self._connections(db, "github", name) if name in plain]
+            claims = [self._claim(db, c, "github", req.delivery) for c in targets]
+            return {"status": 200, "targets": claims}
 
-    def _github_connections(
-        self, db: DB, var: str, value: str | None = None
+    def slack_route(self, req: rq.SlackRoute) -> dict[str, Any]:
+        """Which connections a Slack request is for (by ``install_ids``), once its v0
+        signature is checked with the first one's signing secret (or the server's
+        ``SLACK_SIGNING_SECRET``): as ``github_route``. ``any_connection``: a URL
+        verification, which names no team: good when any Slack connection's secret (or the
+        server's) signed it."""
+        with DB(self.engine) as db:
+            server_secret = os.environ.get("SLACK_SIGNING_SECRET", "")
+            if req.any_connection:
+                secrets = [
+                    p.get("private_signing_secret", "") for _, p in self._connections(db, "slack")
+                ]
+                ok = any(
+                    slack.verify(x, req.timestamp, req.body, req.signature)
+                    for x in [*secrets, server_secret]
+                )
+                return {"status": 200 if ok else 403, "error": "bad signature", "targets": []}
+            key = f"{req.app_id}/{req.enterprise_id}/{req.team_id}"
+            found = self._connections(db, "slack", "install_ids", key)
+            if not found:
+                return {"status": 200, "targets": []}
+            secret = found[0][1].get("private_signing_secret") or server_secret
+            if not slack.verify(secret, req.timestamp, req.body, req.signature):
+                return {"status": 403, "error": "bad signature", "targets": []}
+            claims = [self._claim(db, c, "slack", req.delivery) for c, _ in found]
+            return {"status": 200, "targets": claims}
+
+    def _connections(
+        self, db: DB, integration: str, var: str = "", value: str | None = None
     ) -> list[tuple[Connection, dict[str, str]]]:
-        """GitHub connections of projects with an active deployment that have ``var``
-        (non-secret, equal to ``value`` when given), with their vars in plaintext."""
+        """Connections of ``integration`` of projects with an active deployment that have
+        ``var`` (non-secret, equal to ``value`` when given; any, without ``var``), with
+        their vars in plaintext."""
         active = {
             d.project_id for d in db.exec(select(Deployment).where(Deployment.state == "ACTIVE"))
         }
         out = []
-        for conn in db.exec(select(Connection).where(Connection.integration == "github")):
+        for conn in db.exec(select(Connection).where(Connection.integration == integration)):
             if conn.project_id not in active:
                 continue
             rows = list(db.exec(select(Var).where(Var.scope_id == conn.connection_id)))
             match = [r for r in rows if r.name == var and not r.is_secret]
-            if not match or (value is not None and self.sealer.open(match[0].value) != value):
+            if var and (
+                not match or (value is not None and self.sealer.open(match[0].value) != value)
+            ):
                 continue
             out.append((conn, {r.name: self.sealer.open(r.value) for r in rows}))
         return out
 
-    def _claim(self, db: DB, conn: Connection, delivery: str) -> dict[str, Any]:
+    def _claim(self, db: DB, conn: Connection, integration: str, delivery: str) -> dict[str, Any]:
         """The event a delivery becomes for ``conn``: a new id the first time, the same one
         when the provider delivers it again (``new`` False: the ingress publishes it again
         only if the store never got it)."""
@@ -480,7 +512,7 @@ class StoreApi:
         event_id = ids.new_id("evt")
         if not delivery:
             return {**target, "event_id": event_id, "new": True}
-        key = f"github:{delivery}:{conn.connection_id}"
+        key = f"{integration}:{delivery}:{conn.connection_id}"
         row = Delivery(key=key, event_id=event_id, created_us=now)
         try:
             db.add(row)

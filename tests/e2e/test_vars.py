@@ -236,6 +236,6 @@ def test_unknown_integration_is_a_deploy_error_that_changes_nothing(
     assert res.returncode == 1
     assert res.stderr == (
         'Error: action create_connection telepathic/http_trigger: integration "telepathy" '
-        "not found (available: http, github)\n"
+        "not found (available: http, github, slack)\n"
     )
     assert stack.ak("project", "get", "telepathic").returncode == 44
