@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import random
+import shutil
 import signal
 import stat
 import sys
@@ -157,9 +158,10 @@ class UserIds:
         self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
 
     async def take(self) -> int:
-        """A free user id, with no process left running as it."""
+        """A free user id, with no process left running as it and no file of it left in
+        the shared temporary directories (a runner that died could not clear them)."""
         uid = await asyncio.to_thread(self._lock_one)
-        await asyncio.to_thread(kill_user, uid)
+        await asyncio.to_thread(_clear, uid)
         return uid
 
     def _lock_one(self) -> int:
@@ -183,11 +185,52 @@ class UserIds:
         )
 
     async def give_back(self, uid: int) -> None:
-        """Kills whatever still runs as ``uid`` (what a handler left behind), then frees it."""
-        await asyncio.to_thread(kill_user, uid)
+        """Kills whatever still runs as ``uid`` (what a handler left behind) and removes its
+        files from the shared temporary directories, then frees it: the next worker given
+        the id, maybe another project's, finds nothing of this one."""
+        await asyncio.to_thread(_clear, uid)
         fd = self._held.pop(uid, None)
         if fd is not None:
             os.close(fd)  # the lock goes with it
+
+
+# The machine's temporary directories every user may write to.
+SHARED_TEMP = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
+
+
+def _clear(uid: int) -> None:
+    kill_user(uid)
+    remove_files_of(uid)
+
+
+def remove_files_of(uid: int, roots: tuple[Path, ...] = SHARED_TEMP) -> int:
+    """Removes what user ``uid`` owns at the top of ``roots`` (files, and directories with
+    all they hold), never following a link; returns how many entries it removed. Its
+    processes must be gone first (``kill_user``)."""
+    removed = 0
+    for root in roots:
+        try:
+            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            for name in os.listdir(root_fd):
+                try:
+                    info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                    if info.st_uid != uid:
+                        continue
+                    if stat.S_ISDIR(info.st_mode):
+                        shutil.rmtree(name, dir_fd=root_fd)
+                    else:
+                        os.unlink(name, dir_fd=root_fd)
+                    removed += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    log.warning("could not remove %s/%s of user %d: %s", root, name, uid, e)
+        finally:
+            os.close(root_fd)
+    return removed
 
 
 def kill_user(uid: int, keep: int = 0) -> int:

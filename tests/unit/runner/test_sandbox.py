@@ -267,3 +267,30 @@ def test_pages_forked_children_share_count_once() -> None:
         os.write(go_w, b"xxx")
         os.waitpid(pid, 0)
     assert 90 << 20 < used < 200 << 20, f"{used >> 20} MiB counted for about 100 MiB"
+
+
+@root_only
+def test_a_freed_user_id_keeps_nothing_of_its_last_worker(tmp_path: Path) -> None:
+    """Files a worker left in the shared temporary directories go when its id is freed:
+    the next worker given the id may be another project's."""
+    from ak_runner.sandbox import remove_files_of
+
+    uid, other = 829995, 829994
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    mine = shared / "secret.txt"
+    mine.write_text("project A's token")
+    nested = shared / "cache"
+    (nested / "deep").mkdir(parents=True)
+    (nested / "deep" / "f").write_text("x")
+    theirs = shared / "theirs.txt"
+    theirs.write_text("another user's")
+    outside = tmp_path / "outside"
+    outside.write_text("root's")
+    (nested / "link").symlink_to(outside)
+    chown_tree(nested, uid)
+    os.chown(mine, uid, uid)
+    os.chown(theirs, other, other)
+    assert remove_files_of(uid, (shared,)) == 2
+    assert sorted(p.name for p in shared.iterdir()) == ["theirs.txt"]
+    assert outside.read_text() == "root's"  # the link was removed, not followed
