@@ -16,9 +16,13 @@ import re
 from typing import Any
 from urllib.parse import parse_qs
 
-_HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
+_HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z_]{0,63}$")
 MAX_SLASH_COMMANDS = 16
+MAX_COMMAND_TEXT = 1024  # a command's raw line is cut to this many characters
+# A slash_command event carries the delivery's data (actual_data) only up to this size;
+# above it, the main event's id instead (16 commands must not copy a large payload 16 times).
+MAX_COPIED_DATA = 64 * 1024
 _FENCE_RE = re.compile(r"^\s*(```|~~~)")
 
 
@@ -27,22 +31,28 @@ class DeliveryError(ValueError):
 
 
 def signature_of(headers: dict[str, str]) -> str:
-    """The signature header's value (``X-Hub-Signature-256``, else ``X-Hub-Signature``)."""
-    return headers.get("x-hub-signature-256") or headers.get("x-hub-signature") or ""
+    """The delivery's signature as ``<algorithm>=<hex>``: ``X-Hub-Signature-256`` (SHA-256
+    only), else ``X-Hub-Signature`` (SHA-1, from older senders); "" when unsigned."""
+    if value := headers.get("x-hub-signature-256", ""):
+        return value if value.startswith("sha256=") else "invalid"
+    if value := headers.get("x-hub-signature", ""):
+        return value if value.startswith("sha1=") else "invalid"
+    return ""
 
 
-def verify(secret: str, body: bytes, signature: str) -> bool:
-    """Whether ``signature`` (``<sha1|sha256|sha512>=<hex>``) is the HMAC of ``body`` with
-    ``secret``, compared in constant time. With no secret, only an unsigned delivery passes
-    (a connection that has no webhook secret accepts anything: ``ak connection test`` warns)."""
+def verify(secret: str, body: bytes, signature: str, unsigned_ok: bool = False) -> bool:
+    """Whether ``signature`` (``sha256=<hex>`` or ``sha1=<hex>``) is the HMAC of ``body``
+    with ``secret``, compared in constant time. Without a secret nothing is verified: an
+    unsigned delivery passes only with ``unsigned_ok`` (a connection that says, with an
+    empty ``pat_secret``, that its webhook has no secret)."""
     if not secret:
-        return not signature
+        return unsigned_ok and not signature
     algo, _, digest = signature.partition("=")
-    hash_fn = _HASHES.get(algo.strip().lower())
+    hash_fn = _HASHES.get(algo)
     if hash_fn is None or not digest:
         return False
-    expected = hmac.new(secret.encode(), body, hash_fn).hexdigest()
-    return hmac.compare_digest(expected, digest.strip().lower())
+    expected = hmac.new(secret.encode(), body, hash_fn).hexdigest().encode()
+    return hmac.compare_digest(expected, digest.encode("utf-8", "replace"))
 
 
 def payload(body: bytes, content_type: str) -> dict[str, Any]:
@@ -101,6 +111,7 @@ def slash_commands(kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         line = line.rstrip()
         if fenced or not line.startswith("/"):
             continue
+        line = line[:MAX_COMMAND_TEXT]
         fields = line.split()
         name = fields[0][1:]
         if not name:
@@ -111,12 +122,17 @@ def slash_commands(kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
     return commands
 
 
-def events(kind: str, data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The events one delivery makes, as (event type, data): the delivery's own, its data
-    with ``slash_commands`` added, then a ``slash_command`` event for each command."""
+def events(
+    kind: str, data: dict[str, Any], size: int, main_event_id: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """The events one delivery (``size`` bytes) makes, as (event type, data): the
+    delivery's own, its data with ``slash_commands`` added, then a ``slash_command`` event
+    for each command, with the delivery's data as ``actual_data`` (over
+    ``MAX_COPIED_DATA``: ``{"event_id": <the main event's id>}`` instead)."""
     main = {**data, "slash_commands": slash_commands(kind, data)}
+    actual = main if size <= MAX_COPIED_DATA else {"event_id": main_event_id}
     extra = [
-        ("slash_command", {"command": c, "actual_data": main, "actual_event_type": kind})
+        ("slash_command", {"command": c, "actual_data": actual, "actual_event_type": kind})
         for c in main["slash_commands"]
     ]
     return [(kind, main), *extra]

@@ -134,8 +134,8 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     if not secret or not signature.startswith("v0="):
         return False
     base = b"v0:" + timestamp.encode() + b":" + body
-    expected = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature.strip())
+    expected = b"v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(expected, signature.strip().encode("utf-8", "replace"))
 
 
 def _json(raw: bytes | str) -> dict[str, Any]:
@@ -148,36 +148,50 @@ def _json(raw: bytes | str) -> dict[str, Any]:
     return data
 
 
+MAX_FORM_FIELDS = 64  # Slack's forms have about 15
+
+
 def form(body: bytes) -> dict[str, str]:
     """A form body's fields (the first value of each)."""
-    return {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
+    try:
+        fields = parse_qs(body.decode(errors="replace"), max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise RequestError(400, "too many form fields") from None
+    return {k: v[0] for k, v in fields.items()}
 
 
-def interaction(body: bytes) -> dict[str, Any]:
-    """An interaction's payload (the form field ``payload``, JSON)."""
+def parse(kind: str, body: bytes) -> dict[str, Any]:
+    """The request, read once: an Events API envelope (``event``), a command's form fields
+    (``command``) or an interaction's payload (``interaction``: the form field ``payload``,
+    JSON)."""
+    if kind == "event":
+        return _json(body)
+    if kind == "command":
+        return form(body)
     return _json(form(body).get("payload", ""))
 
 
-def envelope(body: bytes) -> dict[str, Any]:
-    return _json(body)
+def _text(value: Any) -> str:
+    """An id field: text, or "" for anything else Slack would never send."""
+    return value if isinstance(value, str) else ""
 
 
-def routing_ids(kind: str, body: bytes) -> tuple[str, str, str]:
-    """(app id, enterprise id, team id) that name the connection a request is for."""
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def routing_ids(kind: str, p: dict[str, Any]) -> tuple[str, str, str]:
+    """(app id, enterprise id, team id) that name the connection a request (``parse``d) is
+    for."""
     if kind == "event":
-        env = envelope(body)
-        return str(env.get("api_app_id", "")), "", str(env.get("team_id", ""))
+        return _text(p.get("api_app_id")), "", _text(p.get("team_id"))
     if kind == "command":
-        f = form(body)
-        return f.get("api_app_id", ""), f.get("enterprise_id", ""), f.get("team_id", "")
-    p = interaction(body)
-    team = p.get("team") or {}
+        return _text(p.get("api_app_id")), _text(p.get("enterprise_id")), _text(p.get("team_id"))
     enterprise = ""
-    if p.get("is_enterprise_install"):
-        enterprise = str(
-            ((p.get("user") or {}).get("enterprise_user") or {}).get("enterprise_id", "")
-        )
-    return str(p.get("api_app_id", "")), enterprise, str(team.get("id", ""))
+    if p.get("is_enterprise_install") is True:
+        user = _object(p.get("user"))
+        enterprise = _text(_object(user.get("enterprise_user")).get("enterprise_id"))
+    return _text(p.get("api_app_id")), enterprise, _text(_object(p.get("team")).get("id"))
 
 
 def event_of(env: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -197,18 +211,23 @@ def event_of(env: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 def _own(inner: dict[str, Any], kind: str, env: dict[str, Any]) -> bool:
     """Whether the event is the app's own (an authorization's user made it)."""
-    users = {a.get("user_id") for a in env.get("authorizations") or [] if isinstance(a, dict)}
-    users.discard(None)
+    grants = env.get("authorizations")
+    users = (
+        {_text(a.get("user_id")) for a in grants if isinstance(a, dict)}
+        if isinstance(grants, list)
+        else set()
+    )
+    users.discard("")
     if not users:
         return False
     if kind in ("app_mention", "message", "reaction_added", "reaction_removed"):
-        actor = inner.get("user") or (
-            (inner.get("message") or {}).get("user") if kind == "message" else ""
-        )
+        actor = _text(inner.get("user"))
+        if not actor and kind == "message":
+            actor = _text(_object(inner.get("message")).get("user"))
     elif kind in ("channel_created", "channel_rename"):
-        actor = (inner.get("channel") or {}).get("creator", "")
+        actor = _text(_object(inner.get("channel")).get("creator"))
     else:
-        actor = inner.get("inviter") or inner.get("user")
+        actor = _text(inner.get("inviter")) or _text(inner.get("user"))
     return bool(actor) and actor in users
 
 

@@ -61,7 +61,9 @@ class Dispatcher:
                 self.judging -= 1
         started = []
         jobs = sessions_for(event, triggers, targets["deployments"], verdicts)
-        if (msg.metadata.num_delivered or 1) > 1:
+        # Dispatched before? Redelivered by JetStream, or a provider's redelivery published
+        # again: the store says which sessions exist.
+        if (msg.metadata.num_delivered or 1) > 1 or event.memo.get("redelivered"):
             jobs = await not_started(self.nc, jobs)
         for job in jobs:
             await publish_session(pub, job)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from akcore import bus, credheaders, ids, ops, subjects, timefmt, tracing, values, wire
 from akcore.config import ENV_HTTP_MAX_API_BODY, HttpLimits
 from akcore.datakey import Keyring
-from akcore.errors import AKError, InvalidArgument, NotFound
+from akcore.errors import AKError, InvalidArgument, NotFound, ResourceExhausted
 from akcore.secrets import load_keyring
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
@@ -23,6 +24,7 @@ from .body import read_body
 from .commands import COMMANDS
 from .lookups import WebhookLookups
 from .sync import SyncWait
+from .throttle import FailedTries
 
 log = logging.getLogger(__name__)
 
@@ -147,17 +149,37 @@ def create_app(
             return Response("Service Unavailable\n", status_code=503)
         return None
 
-    async def github_webhook(request: Request, key: str = "") -> Response:
-        """A GitHub delivery: for a connection's own webhook (``key``) or an app's."""
-        attrs = {"http.request.method": "POST", "http.route": "/github/webhook"}
-        with tel.span("POST /github/webhook", kind=SpanKind.SERVER, attributes=attrs) as span:
-            body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
-            if body is None:
-                resp = Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", 413)
-            else:
-                resp = await github.deliver(nc, request, body, key, publish)
+    # Unsigned or forged deliveries cost the store a lookup: each address has a budget.
+    refused = FailedTries("refused deliveries (bad signature or request)")
+
+    async def provider_request(
+        request: Request, route: str, handle: Callable[[bytes], Awaitable[Response]]
+    ) -> Response:
+        """A provider's request (GitHub, Slack): read, handled, refusals counted."""
+        attrs = {"http.request.method": "POST", "http.route": route}
+        with tel.span(f"POST {route}", kind=SpanKind.SERVER, attributes=attrs) as span:
+            address = request.client.host if request.client else ""
+            try:
+                refused.check(address)
+                body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
+                if body is None:
+                    resp = Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", 413)
+                else:
+                    resp = await handle(body)
+            except ResourceExhausted as e:
+                resp = Response(f"{e.message}\n", 429, headers={"Retry-After": "1"})
+            if resp.status_code in (400, 401, 403):
+                refused.failed(address)
             span.set_attribute("http.response.status_code", resp.status_code)
             return resp
+
+    async def github_webhook(request: Request, key: str = "") -> Response:
+        """A GitHub delivery: for a connection's own webhook (``key``) or an app's."""
+
+        async def handle(body: bytes) -> Response:
+            return await github.deliver(nc, request, body, key, publish)
+
+        return await provider_request(request, "/github/webhook", handle)
 
     app.add_api_route("/github/webhook", github_webhook, methods=["POST"])
     app.add_api_route("/github/webhook/{key}", github_webhook, methods=["POST"])
@@ -165,15 +187,11 @@ def create_app(
     async def slack_request(request: Request) -> Response:
         """A Slack request: an Events API callback, a slash command or an interaction."""
         kind = request.url.path.rsplit("/", 1)[1]
-        attrs = {"http.request.method": "POST", "http.route": f"/slack/{kind}"}
-        with tel.span(f"POST /slack/{kind}", kind=SpanKind.SERVER, attributes=attrs) as span:
-            body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
-            if body is None:
-                resp = Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", 413)
-            else:
-                resp = await slack.receive(nc, request, body, kind, publish)
-            span.set_attribute("http.response.status_code", resp.status_code)
-            return resp
+
+        async def handle(body: bytes) -> Response:
+            return await slack.receive(nc, request, body, kind, publish)
+
+        return await provider_request(request, f"/slack/{kind}", handle)
 
     for kind in slack.CONTENT_TYPES:
         app.add_api_route(f"/slack/{kind}", slack_request, methods=["POST"])

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from akcore import tokens
 from akcore.cache import StoreCache
 from akcore.config import is_loopback
-from akcore.errors import ResourceExhausted, Unauthenticated
+from akcore.errors import Unauthenticated
 from nats.aio.client import Client
 
 from . import peers
+from .throttle import FailedTries
 
 MSGPACK = "application/msgpack"
 HOW_TO_GET_ONE = (
@@ -39,39 +38,6 @@ class Caller:
 DEV_CALLER = Caller(token_id="", name="dev (API tokens are off: dev mode on a loopback address)")
 
 
-class FailedTries:
-    """Token buckets of failed token checks, one per client address: ``BURST`` failures at
-    once, then ``PER_SECOND``; a client out of them is refused before its token is looked
-    up, so guessing costs the store nothing (a known token the ingress remembers still
-    passes). The ``CLIENTS`` last seen are remembered."""
-
-    BURST = 50.0
-    PER_SECOND = 10.0
-    CLIENTS = 10_000
-
-    def __init__(self) -> None:
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def _level(self, client: str, now: float) -> float:
-        level, since = self._buckets.get(client, (self.BURST, now))
-        return min(self.BURST, level + (now - since) * self.PER_SECOND)
-
-    def check(self, client: str) -> None:
-        """ResourceExhausted when ``client`` has no failure left to spend."""
-        if client in self._buckets and self._level(client, time.monotonic()) < 1.0:
-            raise ResourceExhausted(
-                "too many requests with a missing or invalid API token from this address; "
-                f"wait {1 / self.PER_SECOND:g} s and try again with a valid token"
-            )
-
-    def failed(self, client: str) -> None:
-        now = time.monotonic()
-        self._buckets[client] = (self._level(client, now) - 1.0, now)
-        self._buckets.move_to_end(client)
-        while len(self._buckets) > self.CLIENTS:
-            self._buckets.popitem(last=False)
-
-
 class Authenticator:
     """Checks tokens; a token the store knows is remembered for a few seconds (the CLI's
     polls would otherwise cost a store request each). Unknown ones are asked every time,
@@ -82,7 +48,7 @@ class Authenticator:
     def __init__(self, nc: Client, required: bool) -> None:
         self.nc, self.required = nc, required
         self.known = StoreCache(ttl=self.KEEP)
-        self.failures = FailedTries()
+        self.failures = FailedTries("requests with a missing or invalid API token")
 
     async def caller(
         self,

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from akcore import bus, github, ids, wire
-from akcore.errors import AKError
+from akcore.errors import AKError, NotFound
 from fastapi import Request, Response
 from nats.aio.client import Client
 
@@ -57,23 +57,36 @@ async def deliver(
     if routed["status"] != 200:
         return Response(f"{routed.get('error', 'refused')}\n", status_code=routed["status"])
     for target in routed["targets"]:
-        if not target["new"] and target.get("stored"):
-            continue  # a redelivery of a delivery already stored: nothing new
-        for event in _events(kind, data, target, args["delivery"]):
+        events = _events(kind, data, target, args["delivery"], len(body))
+        if not target["new"]:  # a redelivery: publish again what the store never got
+            events = [ev for ev in events if not await _stored(nc, ev.event_id)]
+        for event in events:
             if (failed := await publish(event, f"github {target['connection_id']}")) is not None:
                 return failed
     return Response(status_code=200)
 
 
+async def _stored(nc: Client, event_id: str) -> bool:
+    try:
+        await bus.store_call(nc, "event.get", {"event_id": event_id})
+    except NotFound:
+        return False
+    return True
+
+
 def _events(
-    kind: str, data: dict[str, Any], target: dict[str, Any], delivery: str
+    kind: str, data: dict[str, Any], target: dict[str, Any], delivery: str, size: int
 ) -> list[wire.Event]:
     """The delivery's events for one connection; their ids follow from the first one's,
-    so that publishing them again (a redelivery the store never got) repeats the same."""
+    so that publishing them again (a redelivery the store never got) repeats the same. A
+    redelivery's are marked: the dispatcher then checks which sessions exist already."""
     first = target["event_id"]
     ms = ids.time_ms(first)
+    memo = {"integration": "github", "delivery": delivery}
+    if not target["new"]:
+        memo["redelivered"] = "true"
     out = []
-    for i, (event_type, event_data) in enumerate(github.events(kind, data)):
+    for i, (event_type, event_data) in enumerate(github.events(kind, data, size, first)):
         event_id = first if i == 0 else ids.derived_id("evt", ms, f"{first}:{i}")
         out.append(
             wire.Event(
@@ -82,7 +95,7 @@ def _events(
                 destination_id=target["connection_id"],
                 event_type=event_type,
                 data=event_data,
-                memo={"integration": "github", "delivery": delivery},
+                memo=memo,
                 created_at_us=ms * 1000,
             )
         )

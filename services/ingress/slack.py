@@ -45,8 +45,9 @@ async def receive(
         slack.check_timestamp(timestamp, time.time())
         if not signature:
             raise slack.RequestError(401, "missing X-Slack-Signature")
-        app_id, enterprise_id, team_id = slack.routing_ids(kind, body)
-        event = _event(kind, body)
+        parsed = slack.parse(kind, body)
+        app_id, enterprise_id, team_id = slack.routing_ids(kind, parsed)
+        event = _event(kind, parsed)
     except slack.RequestError as e:
         return Response(f"{e}\n", status_code=e.status)
     args: dict[str, Any] = {"body": body, "timestamp": timestamp, "signature": signature}
@@ -67,14 +68,18 @@ async def receive(
     event_type, data = event[0], {k: v for k, v in event[1].items() if k != "__event_id"}
     for target in routed["targets"]:
         if not target["new"] and target.get("stored"):
-            continue  # Slack's retry of an event already stored
+            continue  # Slack's retry of an event already stored (one event per request)
         ev = wire.Event(
             event_id=target["event_id"],
             project_id=target["project_id"],
             destination_id=target["connection_id"],
             event_type=event_type,
             data=data,
-            memo={"integration": "slack", "delivery": args.get("delivery", "")},
+            memo={
+                "integration": "slack",
+                "delivery": args.get("delivery", ""),
+                **({} if target["new"] else {"redelivered": "true"}),
+            },
             created_at_us=ids.time_ms(target["event_id"]) * 1000 or timefmt.now_us(),
         )
         if (failed := await publish(ev, f"slack {target['connection_id']}")) is not None:
@@ -85,16 +90,15 @@ async def receive(
     return Response(status_code=200)
 
 
-def _event(kind: str, body: bytes) -> tuple[str, dict[str, Any]] | None:
+def _event(kind: str, parsed: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """(event type, data) of the request; None when there is nothing to dispatch."""
     if kind == "command":
-        fields = slack.form(body)
-        if fields.get("ssl_check"):
+        if parsed.get("ssl_check"):
             return None
-        return "slash_command", slack.command_data(fields)
+        return "slash_command", slack.command_data(parsed)
     if kind == "interaction":
-        return "interaction", slack.interaction(body)
-    env = slack.envelope(body)
+        return "interaction", parsed
+    env = parsed
     if env.get("type") == "url_verification":
         return "url_verification", {"challenge": str(env.get("challenge", ""))}
     found = slack.event_of(env)

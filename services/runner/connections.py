@@ -24,12 +24,23 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def encode_jwt(payload: dict[str, Any], algorithm: str) -> str:
-    """A compact JWT of ``payload`` (integer claims), signed with the GitHub app key."""
+MAX_LIFETIME = 600  # seconds: what GitHub accepts for an app's JWT
+
+
+def encode_jwt(payload: dict[str, Any], algorithm: str, app_id: str) -> str:
+    """A compact JWT of ``payload`` (``iat``, ``exp`` and ``iss``, integers), signed with
+    the GitHub app key, for the app ``app_id`` of the session's own connection only: its
+    ``iss`` must be that app, and it lives at most ``MAX_LIFETIME`` seconds."""
     if algorithm != "RS256":
         raise JWTError(f"unsupported signing method: {algorithm}")
     if not all(isinstance(k, str) and type(v) is int for k, v in payload.items()):
         raise JWTError("payload must map claim names to integers")
+    if set(payload) - {"iat", "exp", "iss"}:
+        raise JWTError("payload may hold only the claims iat, exp and iss")
+    if str(payload.get("iss", "")) != app_id:
+        raise JWTError(f"the claim iss must be the connection's app_id ({app_id})")
+    if payload.get("exp", 0) - payload.get("iat", 0) > MAX_LIFETIME:
+        raise JWTError(f"a JWT may live at most {MAX_LIFETIME} seconds (exp - iat)")
     pem = os.environ.get(ENV_GITHUB_PRIVATE_KEY, "")
     if not pem.strip():
         raise JWTError(f"missing GitHub private key (set {ENV_GITHUB_PRIVATE_KEY} on the runner)")

@@ -107,7 +107,8 @@ def chown_tree(path: Path, uid: int) -> None:
     following a link: the walk holds each directory open and works relative to it, so a
     directory swapped for a link while it walks leads nowhere. Given back to root (uid 0),
     nothing stays writable by others or set-id, and FIFOs, sockets and device nodes are
-    removed (reading one would block or exhaust root)."""
+    removed (reading one would block or exhaust root); handed to another user, a file with
+    other hard links is removed rather than given away."""
     back_to_root = uid == 0
     for _, _, files, dir_fd in os.fwalk(path, follow_symlinks=False):
         _own(dir_fd, uid, back_to_root)
@@ -115,7 +116,9 @@ def chown_tree(path: Path, uid: int) -> None:
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISLNK(info.st_mode):
                 os.chown(name, uid, uid, dir_fd=dir_fd, follow_symlinks=False)
-            elif not stat.S_ISREG(info.st_mode):
+            elif not stat.S_ISREG(info.st_mode) or (info.st_nlink > 1 and not back_to_root):
+                # (a hard link: handed to the installer, it would hand over the file it is
+                # linked to, wherever that is)
                 os.unlink(name, dir_fd=dir_fd)
             else:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)

@@ -307,10 +307,29 @@ class Syscalls:
         self, args: dict[str, Any], blob: bytes, step: int | None
     ) -> tuple[Any, int | None]:
         payload, algorithm = args["payload"], str(args.get("algorithm", ""))
+        connection = str(args.get("connection", ""))
         if not isinstance(payload, dict):
             raise SyscallError("payload must be a dict of claims")
+        # Only for a GitHub app connection of the session's own project.
+        pid = self.job.project_id
         try:
-            return connections.encode_jwt(payload, algorithm), None
+            found = await bus.store_call(
+                self.nc, "source.resolve", {"project_id": pid, "source": connection}
+            )
+        except NotFound:
+            found = {}
+        env = await bus.store_call(self.nc, "session.env", {"project_id": pid})
+        app_id = env.get(f"{connection}__app_id", "")
+        real = found.get("kind") == "connection" and (
+            env.get(f"{connection}__connection_id") == found.get("destination_id")
+        )
+        if not real or not app_id:
+            raise SyscallError(
+                f'connection "{connection}" not found, or not a GitHub app connection '
+                "(it has no app_id)"
+            )
+        try:
+            return connections.encode_jwt(payload, algorithm, app_id), None
         except connections.JWTError as e:
             raise SyscallError(str(e)) from None
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DB
 from sqlmodel import col, func, select
 
+from . import routes
 from .manifests import apply_manifest
 from .materialize import insert_new
 from .models import (
@@ -425,46 +426,56 @@ class StoreApi:
             return {"destination_id": one.connection_id, "kind": "connection"}
 
     def github_route(self, req: rq.GithubRoute) -> dict[str, Any]:
-        """Which connections a GitHub delivery is for, once its signature is checked with
-        their secrets (which never leave the store), as AutoKitteh routes it: ``status``
-        200 with ``targets`` (each with the event id the delivery becomes for it, ``new``
-        when it was not delivered before), or 400/403 with ``error``; 200 with no targets
-        when no connection of a project with an active deployment is for it."""
+        """Which connections a GitHub delivery is for, each proven by its own secret (which
+        never leaves the store): ``status`` 200 with ``targets`` (each with the event id
+        the delivery becomes for it, ``new`` when it was not delivered before), or 400/403
+        with ``error``; 200 with no targets when no connection of a project with an active
+        deployment is for it, as AutoKitteh answers."""
         with DB(self.engine) as db:
+            server_secret = os.environ.get("GITHUB_WEBHOOK_SECRET", "")
             if req.key:  # a connection's own webhook: its pat_secret signs
-                targets = []
-                for conn, plain in self._connections(db, "github", "pat_key", req.key):
-                    if not github.verify(plain.get("pat_secret", ""), req.body, req.signature):
-                        return {"status": 400, "error": "bad signature", "targets": []}
-                    targets = [conn]  # the first connection whose secret signed it
-                    break
-            else:  # an app's webhook: the app's client secret (or the server's) signs
-                apps = self._connections(db, "github", "app_id", req.app_id) if req.app_id else []
-                if not apps:
-                    return {"status": 200, "targets": []}
-                secret = apps[0][1].get("client_secret") or os.environ.get(
-                    "GITHUB_WEBHOOK_SECRET", ""
-                )
-                if not github.verify(secret, req.body, req.signature):
-                    return {"status": 403, "error": "bad signature", "targets": []}
-                if not req.installation_id:
-                    return {"status": 400, "error": "missing installation.id", "targets": []}
+                found = self._connections(db, "github", "pat_key", req.key)
+                refused = 400
+                targets = [
+                    c
+                    for c, plain in found
+                    if github.verify(
+                        plain.get("pat_secret", ""),
+                        req.body,
+                        req.signature,
+                        unsigned_ok="pat_secret" in plain,  # declared empty: no secret
+                    )
+                ]
+            else:  # an app's webhook: the installation's connections, with the app's secret
                 name = f"install_key__{req.app_id}__{req.installation_id}"
-                targets = [c for c, plain in self._connections(db, "github", name) if name in plain]
+                found = self._connections(db, "github", name) if req.installation_id else []
+                refused = 403
+                if req.app_id and not req.installation_id:
+                    return {"status": 400, "error": "missing installation.id", "targets": []}
+                targets = [
+                    c
+                    for c, plain in found
+                    if plain.get("app_id") == req.app_id
+                    and github.verify(
+                        plain.get("client_secret") or server_secret, req.body, req.signature
+                    )
+                ]
+            if found and not targets:
+                return {"status": refused, "error": "bad signature", "targets": []}
             claims = [self._claim(db, c, "github", req.delivery) for c in targets]
             return {"status": 200, "targets": claims}
 
     def slack_route(self, req: rq.SlackRoute) -> dict[str, Any]:
-        """Which connections a Slack request is for (by ``install_ids``), once its v0
-        signature is checked with the first one's signing secret (or the server's
-        ``SLACK_SIGNING_SECRET``): as ``github_route``. ``any_connection``: a URL
-        verification, which names no team: good when any Slack connection's secret (or the
-        server's) signed it."""
+        """Which connections a Slack request is for (by ``install_ids``), each proven by its
+        own signing secret (or the server's ``SLACK_SIGNING_SECRET``): as ``github_route``.
+        ``any_connection``: a URL verification, which names no team: good when any Slack
+        connection's secret (or the server's) signed it."""
         with DB(self.engine) as db:
             server_secret = os.environ.get("SLACK_SIGNING_SECRET", "")
             if req.any_connection:
                 secrets = [
-                    p.get("private_signing_secret", "") for _, p in self._connections(db, "slack")
+                    plain.get("private_signing_secret", "")
+                    for _, plain in self._connections(db, "slack", "install_ids")
                 ]
                 ok = any(
                     slack.verify(x, req.timestamp, req.body, req.signature)
@@ -473,33 +484,37 @@ class StoreApi:
                 return {"status": 200 if ok else 403, "error": "bad signature", "targets": []}
             key = f"{req.app_id}/{req.enterprise_id}/{req.team_id}"
             found = self._connections(db, "slack", "install_ids", key)
-            if not found:
-                return {"status": 200, "targets": []}
-            secret = found[0][1].get("private_signing_secret") or server_secret
-            if not slack.verify(secret, req.timestamp, req.body, req.signature):
+            targets = [
+                c
+                for c, plain in found
+                if slack.verify(
+                    plain.get("private_signing_secret") or server_secret,
+                    req.timestamp,
+                    req.body,
+                    req.signature,
+                )
+            ]
+            if found and not targets:
                 return {"status": 403, "error": "bad signature", "targets": []}
-            claims = [self._claim(db, c, "slack", req.delivery) for c, _ in found]
+            claims = [self._claim(db, c, "slack", req.delivery) for c in targets]
             return {"status": 200, "targets": claims}
 
     def _connections(
-        self, db: DB, integration: str, var: str = "", value: str | None = None
+        self, db: DB, integration: str, var: str, value: str | None = None
     ) -> list[tuple[Connection, dict[str, str]]]:
         """Connections of ``integration`` of projects with an active deployment that have
-        ``var`` (non-secret, equal to ``value`` when given; any, without ``var``), with
-        their vars in plaintext."""
-        active = {
-            d.project_id for d in db.exec(select(Deployment).where(Deployment.state == "ACTIVE"))
-        }
+        the routing variable ``var`` (equal to ``value`` when given), with their vars in
+        plaintext."""
         out = []
-        for conn in db.exec(select(Connection).where(Connection.integration == integration)):
-            if conn.project_id not in active:
+        for conn in routes.candidates(db, integration, var, value):
+            active = db.exec(
+                select(Deployment).where(
+                    Deployment.project_id == conn.project_id, Deployment.state == "ACTIVE"
+                )
+            ).first()
+            if active is None:
                 continue
-            rows = list(db.exec(select(Var).where(Var.scope_id == conn.connection_id)))
-            match = [r for r in rows if r.name == var and not r.is_secret]
-            if var and (
-                not match or (value is not None and self.sealer.open(match[0].value) != value)
-            ):
-                continue
+            rows = db.exec(select(Var).where(Var.scope_id == conn.connection_id))
             out.append((conn, {r.name: self.sealer.open(r.value) for r in rows}))
         return out
 
@@ -744,6 +759,7 @@ class StoreApi:
         secret = bool(req.secret)
         with DB(self.engine) as db:
             scope, _ = self._var_scope(db, req)
+            routes.check_unclaimed(db, scope, name, value, secret)
             var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
             var = var or Var(scope_id=scope, name=name)
             var.value = self.sealer.seal(value) if secret else value

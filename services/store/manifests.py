@@ -12,6 +12,7 @@ from akcore.planning import Action, Current, plan_manifest
 from akcore.secrets import Sealer
 from sqlmodel import Session, select
 
+from . import routes
 from .models import Connection, Project, Trigger, Var
 
 OUT, ERR = "out", "err"
@@ -91,9 +92,10 @@ def _execute(
                 )
             ).one()
             scope = conn.connection_id
+        secret = bool(a.args["secret"])
+        routes.check_unclaimed(db, scope, a.args["name"], a.args["value"], secret)
         var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == a.args["name"])).first()
         var = var or Var(scope_id=scope, name=a.args["name"])
-        secret = bool(a.args["secret"])
         var.value = sealer.seal(a.args["value"]) if secret else a.args["value"]
         var.is_secret = secret
         var.description = a.args["description"]

@@ -25,10 +25,6 @@ project:
     - name: gh__pat
       value: ghp_fake_pat_1
       secret: true
-    - name: app__app_id
-      value: "42"
-    - name: app__install_id
-      value: "7"
     - name: sl__oauth_access_token
       value: xoxb-fake-2
       secret: true
@@ -49,6 +45,14 @@ project:
       secret: true
     - name: aws__Region
       value: eu-west-3
+  connections:
+    - name: app
+      integration: github
+      vars:
+        - name: app_id
+          value: "42"
+        - name: install_id
+          value: "7"
 """
 
 CODE = """\

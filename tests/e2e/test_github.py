@@ -216,3 +216,11 @@ def test_a_bad_event_header_or_payload_is_400(stack: Stack) -> None:
     body = b"not json"
     assert _deliver(stack, body, "d-8")[0] == 400
     assert _deliver(stack, _comment(401), "d-9", event="Bad Event!")[0] == 400
+
+
+def test_a_sender_of_forged_deliveries_is_slowed_down(stack: Stack) -> None:
+    """Each refused delivery costs the store a lookup: an address that keeps sending them
+    gets 429 before its request is looked at (runs last: it spends this module's budget)."""
+    statuses = [_deliver(stack, _comment(500), f"f-{i}", secret="guess")[0] for i in range(70)]
+    assert statuses[:40] == [400] * 40
+    assert 429 in statuses[50:]

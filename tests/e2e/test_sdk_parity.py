@@ -18,6 +18,12 @@ MANIFEST = """\
 version: v1
 project:
   name: sdk
+  connections:
+    - name: gh
+      integration: github
+      vars:
+        - name: app_id
+          value: "42"
 """
 
 CODE = """\
@@ -63,6 +69,8 @@ def names(event):
     print("key in env", "GITHUB_PRIVATE_KEY" in os.environ)
     print("jwt", encode_jwt({"iat": 1700000000, "exp": 1700000600, "iss": 42}, "gh", "RS256"))
     for call in (lambda: encode_jwt({"iat": 1}, "gh", "HS256"),
+                 lambda: encode_jwt({"iat": 1, "exp": 2, "iss": 7}, "gh", "RS256"),
+                 lambda: encode_jwt({"iat": 1, "exp": 2, "iss": 42}, "nope", "RS256"),
                  lambda: refresh_oauth("github", "gh")):
         try:
             call()
@@ -201,7 +209,10 @@ def test_autokittehs_names_import_and_work(env: tuple[Stack, rsa.RSAPublicKey]) 
         _b64(signature), f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256()
     )
     assert prints[8] == "refused: encode_jwt: unsupported signing method: HS256"
-    assert prints[9].startswith(
+    # Only for the app of a GitHub connection of the session's own project.
+    assert prints[9] == "refused: encode_jwt: the claim iss must be the connection's app_id (42)"
+    assert prints[10].startswith('refused: encode_jwt: connection "nope" not found')
+    assert prints[11].startswith(
         "refused: refresh_oauth: OAuth is not supported by this server yet"
     ), prints
 

@@ -1,0 +1,57 @@
+"""How a provider's delivery finds its connection: by a routing variable of the connection
+(GitHub's ``pat_key`` and ``install_key__<app>__<installation>``, Slack's ``install_ids``),
+never by a secret. A routing value names one connection only: a project cannot claim
+another's (it would receive, or block, the other's deliveries)."""
+
+from __future__ import annotations
+
+from akcore.errors import Conflict
+from sqlmodel import Session as DB
+from sqlmodel import select
+
+from .models import Connection, Var
+
+# Variables whose value routes deliveries (by value), and the prefixes of those whose name
+# does (any value).
+BY_VALUE = frozenset({"pat_key", "install_ids"})
+BY_NAME = ("install_key__",)
+
+
+def is_routing(name: str) -> bool:
+    return name in BY_VALUE or name.startswith(BY_NAME)
+
+
+def check_unclaimed(db: DB, scope: str, name: str, value: str, secret: bool) -> None:
+    """Conflict when another connection holds the routing variable ``name`` (with this
+    ``value`` for a variable that routes by value); also when it would be secret (a
+    delivery is routed before any secret is opened)."""
+    if not is_routing(name) or not scope.startswith("con_"):
+        return
+    if secret:
+        raise Conflict(f"connection var {name!r} routes deliveries: it cannot be a secret")
+    q = select(Var).where(Var.name == name, Var.scope_id != scope)
+    if name in BY_VALUE:
+        q = q.where(Var.value == value)
+    other = db.exec(q).first()
+    if other is None:
+        return
+    owner = db.get(Connection, other.scope_id)
+    if owner is None:  # a leftover of a deleted connection
+        return
+    raise Conflict(
+        f"connection var {name}={value!r} is already used by another connection "
+        f"({owner.connection_id}); each routes its own deliveries: choose another value"
+    )
+
+
+def candidates(db: DB, integration: str, name: str, value: str | None) -> list[Connection]:
+    """Connections of ``integration`` with the non-secret routing variable ``name`` (equal
+    to ``value`` when given): found by an indexed query, not by opening every variable."""
+    q = select(Var.scope_id).where(Var.name == name, Var.is_secret == False)  # noqa: E712
+    if value is not None:
+        q = q.where(Var.value == value)
+    scopes = set(db.exec(q))
+    if not scopes:
+        return []
+    rows = db.exec(select(Connection).where(Connection.connection_id.in_(scopes)))  # type: ignore[attr-defined]
+    return [c for c in rows if c.integration == integration]

@@ -1,0 +1,160 @@
+"""The GitHub and Slack routes driven directly, the store and JetStream played by the test:
+odd payloads are refused (never a 500), a redelivery completes what a failed publish left
+out, and a big delivery is not copied into every slash command's event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from ak_ingress import github as gh_route
+from ak_ingress import slack as slack_route
+from akcore import ids, wire
+from akcore.errors import NotFound
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+def request(path: str, headers: dict[str, str]) -> Request:
+    raw = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": raw,
+    }
+    return Request(scope)
+
+
+async def _refuse(*_: Any, **__: Any) -> Any:
+    return {"status": 403, "error": "bad signature", "targets": []}
+
+
+ODD_EVENTS = [
+    {"event": {"type": "message", "message": "x"}, "authorizations": [{"user_id": "U"}]},
+    {"event": {"type": "channel_created", "channel": "C1"}, "authorizations": [{"user_id": "U"}]},
+    {"event": {"type": "message", "user": "U"}, "authorizations": 5},
+    {"event": {"type": "message", "user": ["U"]}, "authorizations": [{"user_id": "U"}]},
+    {"event": {"type": "message", "user": "U"}, "authorizations": [{"user_id": {"a": 1}}]},
+    {"event": [], "team_id": 5},
+    {"event": {"type": ["app_mention"]}},
+]
+ODD_INTERACTIONS = [
+    {"type": "block_actions", "team": 5},
+    {"type": "block_actions", "team": "T1"},
+    {"type": "block_actions", "team": {"id": "T1"}, "is_enterprise_install": True, "user": "U"},
+    {"type": "block_actions", "is_enterprise_install": True, "user": {"enterprise_user": "E"}},
+]
+
+
+def _slack(kind: str, body: bytes, content_type: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(slack_route.bus, "store_call", _refuse)
+    headers = {
+        "Content-Type": content_type,
+        "X-Slack-Request-Timestamp": str(int(time.time())),
+        "X-Slack-Signature": "v0=00",
+    }
+
+    async def publish(event: wire.Event, what: str) -> Response | None:
+        raise AssertionError("nothing may be published")
+
+    req = request(f"/slack/{kind}", headers)
+    resp = asyncio.run(slack_route.receive(None, req, body, kind, publish))  # type: ignore[arg-type]
+    return resp.status_code
+
+
+@pytest.mark.parametrize("envelope", ODD_EVENTS)
+def test_odd_slack_events_are_refused_not_a_crash(
+    envelope: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = _slack("event", json.dumps(envelope).encode(), "application/json", monkeypatch)
+    assert status in (400, 403, 501)
+
+
+@pytest.mark.parametrize("payload", ODD_INTERACTIONS)
+def test_odd_slack_interactions_are_refused_not_a_crash(
+    payload: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.parse import urlencode
+
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    assert _slack("interaction", body, "application/x-www-form-urlencoded", monkeypatch) == 403
+
+
+def test_a_form_with_too_many_fields_is_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = "&".join(f"f{i}=x" for i in range(1000)).encode()
+    assert _slack("command", body, "application/x-www-form-urlencoded", monkeypatch) == 400
+
+
+def _github_delivery(text: str, publish: Any, store_call: Any, mp: pytest.MonkeyPatch) -> int:
+    mp.setattr(gh_route.bus, "store_call", store_call)
+    body = json.dumps({"action": "created", "comment": {"body": text}}).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "issue_comment",
+        "X-GitHub-Delivery": "d-1",
+        "X-Hub-Signature-256": "sha256=00",
+    }
+    req = request("/github/webhook/k", headers)
+    resp = asyncio.run(gh_route.deliver(None, req, body, "k", publish))  # type: ignore[arg-type]
+    return resp.status_code
+
+
+def test_a_redelivery_publishes_what_a_failed_publish_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first_id = ids.new_id("evt")
+    stored: set[str] = set()  # what JetStream (then the store) holds
+    claims = {"n": 0}
+
+    async def store_call(nc: Any, op: str, args: dict[str, Any], **_: Any) -> Any:
+        if op == "event.get":
+            if args["event_id"] not in stored:
+                raise NotFound("no such event")
+            return {"event_id": args["event_id"]}
+        claims["n"] += 1
+        target = {"connection_id": "con_x", "project_id": "prj_x", "event_id": first_id}
+        return {"status": 200, "targets": [{**target, "new": claims["n"] == 1}]}
+
+    room = {"n": 2}  # JetStream is full after the delivery's first two events
+    published: list[wire.Event] = []
+
+    async def publish(event: wire.Event, what: str) -> Response | None:
+        if room["n"] == 0:
+            return Response("Service Unavailable\n", status_code=503)
+        room["n"] -= 1
+        stored.add(event.event_id)
+        published.append(event)
+        return None
+
+    text = "\n".join(f"/cmd{i} a" for i in range(4))  # the comment and 4 commands: 5 events
+    assert _github_delivery(text, publish, store_call, monkeypatch) == 503  # sent again
+    room["n"] = 100
+    assert _github_delivery(text, publish, store_call, monkeypatch) == 200
+    assert len(stored) == 5  # none lost; none published twice
+    assert len(published) == 5
+    assert published[-1].memo["redelivered"] == "true"  # the dispatcher checks its sessions
+
+
+def test_slash_commands_do_not_copy_a_big_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    first_id = ids.new_id("evt")
+
+    async def store_call(nc: Any, op: str, args: dict[str, Any], **_: Any) -> Any:
+        target = {"connection_id": "con_x", "project_id": "prj_x", "event_id": first_id}
+        return {"status": 200, "targets": [{**target, "new": True}]}
+
+    sizes: list[int] = []
+
+    async def publish(event: wire.Event, what: str) -> Response | None:
+        sizes.append(len(wire.encode(event)))
+        return None
+
+    text = "\n".join(["/deploy " + "x" * 5000] * 16 + ["y" * 90_000])
+    assert _github_delivery(text, publish, store_call, monkeypatch) == 200
+    assert len(sizes) == 17
+    assert sum(sizes[1:]) < sizes[0]  # the commands carry a reference, not 16 copies
