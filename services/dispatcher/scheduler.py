@@ -18,6 +18,7 @@ from nats.aio.client import Client
 log = logging.getLogger(__name__)
 
 REFRESH = 2.0  # seconds between reloads of the schedule triggers (a deleted one stops then)
+LONG_WAIT = 20.0  # seconds without the store's answer before the wait is worth a warning
 
 
 def tick_event(trigger: dict[str, Any], at: datetime) -> wire.Event:
@@ -39,6 +40,8 @@ class Scheduler:
         self.nc, self.tel = nc, telemetry
         self.next_fire: dict[tuple[str, str], datetime] = {}  # (trigger id, schedule) -> time
         self.triggers: list[dict[str, Any]] = []
+        self.away_since: float | None = None  # when the store stopped answering
+        self.warned = False
 
     async def refresh(self) -> None:
         self.triggers = await bus.store_call(self.nc, "schedule.list", {})
@@ -81,9 +84,22 @@ class Scheduler:
                 if loop.time() - last_refresh > REFRESH:
                     await self.refresh()
                     last_refresh = loop.time()
+                    self.away_since, self.warned = None, False
                 await self.fire_due()
             except AKError as e:
-                log.warning("scheduler: %s", e)
+                self._waiting(loop.time(), e)
             except Exception:
                 log.exception("scheduler failed, retrying")
             await asyncio.sleep(0.2)
+
+    def _waiting(self, now: float, e: AKError) -> None:
+        """The store did not answer: normal while it starts (or migrates), so the wait is
+        quiet until it is long, then said once."""
+        if self.away_since is None:
+            self.away_since = now
+        waited = now - self.away_since
+        if waited >= LONG_WAIT and not self.warned:
+            log.warning("scheduler: no schedule triggers for %.0f s so far: %s", waited, e)
+            self.warned = True
+        else:
+            log.debug("scheduler: waiting for the store: %s", e)
