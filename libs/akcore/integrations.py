@@ -21,6 +21,26 @@ from __future__ import annotations
 import base64
 
 INTEGRATIONS = ("http", "github", "slack")
+DESCRIPTIONS = {
+    "http": "A named set of vars for calling an HTTP API (no inbound events).",
+    "github": "GitHub: webhook deliveries to a PAT connection or a GitHub app's installations.",
+    "slack": "Slack: Events API, slash commands and interactions of a Slack app.",
+}
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_ID_MAP = {"i": "1", "l": "1", "!": "1", "u": "v", "o": "0", "@": "0", "$": "s"}
+
+
+def integration_id(name: str) -> str:
+    """AutoKitteh's integration id, derived from the unique name: ``int_3kth``, six
+    characters of the name in the id alphabet, then the 64-bit FNV-1 of ``"int," + name``."""
+    hint = "".join(c if c in _ID_ALPHABET else _ID_MAP.get(c, "0") for c in name[:6].lower()).rjust(
+        6, "0"
+    )
+    h = 0xCBF29CE484222325
+    for b in f"int,{name}".encode():
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        h ^= b
+    return f"int_3kth{hint}{h:016x}"
 
 
 def connection_env(name: str, connection_id: str, variables: dict[str, str]) -> dict[str, str]:
