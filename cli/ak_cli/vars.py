@@ -22,7 +22,10 @@ EnvOpt = Annotated[str, typer.Option("--env", "-e", help="env_... id or PROJECT/
 ConnOpt = Annotated[
     str, typer.Option("--connection", "-c", help="con_... id or PROJECT/CONNECTION.")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", "-j")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", "-j", help="Print one JSON object per line instead of text.")
+]
+NameArg = Annotated[str, typer.Argument(help="Variable name: letters, digits and _.")]
 
 
 def _scope(project: str, env: str, connection: str = "") -> dict[str, str]:
@@ -33,15 +36,19 @@ def _scope(project: str, env: str, connection: str = "") -> dict[str, str]:
 
 @app.command("set")
 def var_set(
-    name: str,
+    name: NameArg,
     value: Annotated[
         str | None, typer.Argument(help="Read from standard input if omitted.")
     ] = None,
-    secret: Annotated[bool, typer.Option("--secret", "-s")] = False,
+    secret: Annotated[
+        bool, typer.Option("--secret", "-s", help="Encrypt it at rest and mask it when read.")
+    ] = False,
     project: ProjectOpt = "",
     env: EnvOpt = "",
     connection: ConnOpt = "",
-    description: Annotated[str | None, typer.Option("--description")] = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="What the variable is for.")
+    ] = None,
 ) -> None:
     """Set a variable (secrets are encrypted at rest and masked when read)."""
     scope = _scope(project, env, connection)
@@ -58,11 +65,15 @@ def var_set(
 
 @app.command("get")
 def var_get(
-    names: Annotated[list[str] | None, typer.Argument()] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Variables to print (all when omitted).")
+    ] = None,
     project: ProjectOpt = "",
     env: EnvOpt = "",
     connection: ConnOpt = "",
-    reveal: Annotated[bool, typer.Option("--reveal")] = False,
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="Print secret values instead of <secret>.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Print variables as NAME="value"; secrets print NAME=<secret> unless --reveal."""
@@ -79,13 +90,15 @@ def var_get(
 
 @app.command("delete")
 def var_delete(
-    name: str, project: ProjectOpt = "", env: EnvOpt = "", connection: ConnOpt = ""
+    name: NameArg, project: ProjectOpt = "", env: EnvOpt = "", connection: ConnOpt = ""
 ) -> None:
+    """Delete a variable."""
     client.call("var.delete", name=name, **_scope(project, env, connection))
 
 
 @envs.command("list")
 def env_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
+    """Each project's one environment, "default", with its ID."""
     emit_list(
         client.call("env.list", project=project),
         as_json,

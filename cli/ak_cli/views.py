@@ -1,7 +1,8 @@
-"""``ak project|trigger|deployment|event ...``: read-only views."""
+"""``ak trigger|deployment|event ...``: triggers, deployments and events."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -9,15 +10,17 @@ from akcore import cel
 from akcore.errors import AKError
 
 from . import client
+from . import events as events_mod
+from .options import JsonOpt, ProjectOpt
 from .render import emit, emit_list
 
-JsonOpt = Annotated[bool, typer.Option("--json", "-j", help="One JSON object per line.")]
-ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name or id.")]
-
-projects = typer.Typer(help="Projects.", no_args_is_help=True)
-triggers = typer.Typer(help="Triggers.", no_args_is_help=True)
-deployments = typer.Typer(help="Deployments.", no_args_is_help=True)
-events = typer.Typer(help="Events.", no_args_is_help=True)
+triggers = typer.Typer(help="Create, list, show and delete triggers.", no_args_is_help=True)
+deployments = typer.Typer(
+    help="Create, activate, deactivate, show and delete deployments.", no_args_is_help=True
+)
+events = typer.Typer(help="List, show, dispatch and save events.", no_args_is_help=True)
+events_mod.register(events)
+DeploymentArg = Annotated[str, typer.Argument(help="Deployment ID (dep_...).")]
 
 TRIGGER_KEYS = [
     "trigger_id",
@@ -46,23 +49,20 @@ EVENT_KEYS = [
 ]
 
 
-@projects.command("list")
-def project_list(as_json: JsonOpt = False) -> None:
-    emit_list(client.call("project.list"), as_json)
-
-
-@projects.command("get")
-def project_get(project: str, as_json: JsonOpt = False) -> None:
-    emit(client.call("project.get", project=project), as_json, label="project")
+TriggerArg = Annotated[str, typer.Argument(help="Trigger name (with --project) or ID.")]
+EventArg = Annotated[str, typer.Argument(help="Event ID (evt_...).")]
+DEPLOYMENT_KEYS = ["deployment_id", "project_id", "project", "build_id", "state", "created_at"]
 
 
 @triggers.command("list")
 def trigger_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
+    """Triggers, one per line (every project's unless --project)."""
     emit_list(client.call("trigger.list", project=project), as_json, TRIGGER_KEYS)
 
 
 @triggers.command("get")
-def trigger_get(trigger: str, project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
+def trigger_get(trigger: TriggerArg, project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
+    """One trigger, with its webhook_slug for a webhook."""
     emit(
         client.call("trigger.get", trigger=trigger, project=project),
         as_json,
@@ -73,24 +73,22 @@ def trigger_get(trigger: str, project: ProjectOpt = "", as_json: JsonOpt = False
 
 @deployments.command("list")
 def deployment_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
-    emit_list(
-        client.call("deployment.list", project=project),
-        as_json,
-        ["deployment_id", "project_id", "project", "build_id", "state", "created_at"],
-    )
+    """Deployments, newest first (every project's unless --project)."""
+    emit_list(client.call("deployment.list", project=project), as_json, DEPLOYMENT_KEYS)
 
 
 @events.command("list")
 def event_list(project: ProjectOpt = "", as_json: JsonOpt = False) -> None:
+    """Events, newest first, without their data (every project's unless --project)."""
     emit_list(client.call("event.list", project=project), as_json, EVENT_KEYS)
 
 
 @events.command("get")
 def event_get(
-    event_id: str,
+    event_id: EventArg,
     as_json: JsonOpt = False,
     reveal: Annotated[
-        bool, typer.Option("--reveal", help="show credential headers instead of <secret>")
+        bool, typer.Option("--reveal", help="Show credential headers instead of <secret>.")
     ] = False,
 ) -> None:
     """Show an event; headers that carry credentials print as <secret> unless --reveal."""
@@ -99,13 +97,15 @@ def event_get(
 
 
 @events.command("redispatch")
-def event_redispatch(event_id: str) -> None:
-    """Dispatch a copy of an event again; prints the new event id."""
+def event_redispatch(event_id: EventArg) -> None:
+    """Dispatch a copy of an event again; prints the new event ID."""
     typer.echo(client.call("event.redispatch", event_id=event_id)["event_id"])
 
 
 @events.command("verify-filter")
-def event_verify_filter(expr: str) -> None:
+def event_verify_filter(
+    expr: Annotated[str, typer.Argument(help="A CEL expression over data and event_type.")],
+) -> None:
     """Check that a CEL filter expression compiles."""
     try:
         cel.validate_filter(expr)
@@ -116,13 +116,21 @@ def event_verify_filter(expr: str) -> None:
 
 @triggers.command("create")
 def trigger_create(
-    name: Annotated[str, typer.Option("--name", "-n")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Trigger name.")],
     project: ProjectOpt,
-    call: Annotated[str, typer.Option("--call", "-l", help="file.py:function")] = "",
-    webhook: Annotated[bool, typer.Option("--webhook", "-w")] = False,
-    schedule: Annotated[str, typer.Option("--schedule", "-s")] = "",
-    event_type: Annotated[str, typer.Option("--event-type", "-E")] = "",
-    filter_: Annotated[str, typer.Option("--filter", "-f")] = "",
+    call: Annotated[
+        str, typer.Option("--call", "-l", help="Handler to run: file.py:function.")
+    ] = "",
+    webhook: Annotated[bool, typer.Option("--webhook", "-w", help="A webhook trigger.")] = False,
+    schedule: Annotated[
+        str, typer.Option("--schedule", "-s", help='A cron schedule, e.g. "*/5 * * * *".')
+    ] = "",
+    event_type: Annotated[
+        str, typer.Option("--event-type", "-E", help="Only events of this type.")
+    ] = "",
+    filter_: Annotated[
+        str, typer.Option("--filter", "-f", help="Only events this CEL expression accepts.")
+    ] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Create a trigger outside the manifest (non-durable, as in AutoKitteh)."""
@@ -145,26 +153,52 @@ def trigger_create(
 
 
 @triggers.command("delete")
-def trigger_delete(trigger: str, project: ProjectOpt = "") -> None:
+def trigger_delete(trigger: TriggerArg, project: ProjectOpt = "") -> None:
+    """Delete a trigger."""
     client.call("trigger.delete", trigger=trigger, project=project)
 
 
+@deployments.command("create")
+def deployment_create(
+    build_id: Annotated[str, typer.Option("--build-id", "-b", help="The build to deploy.")],
+    project: Annotated[str, typer.Option("--project", "-e", help="Project name or ID.")],
+    activate: Annotated[
+        bool, typer.Option("--activate", "-a", help="Activate it once created.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a deployment of a build of the project; prints its ID."""
+    did = client.call("deployment.create", project=project, build_id=build_id)
+    typer.echo(json.dumps({"deployment_id": did}) if as_json else f"deployment_id: {did}")
+    if activate:
+        client.call("deployment.activate", deployment_id=did)
+
+
 @deployments.command("activate")
-def deployment_activate(deployment_id: str) -> None:
+def deployment_activate(deployment_id: DeploymentArg) -> None:
+    """Activate a deployment; the project's active one retires (draining while it has
+    sessions)."""
     client.call("deployment.activate", deployment_id=deployment_id)
 
 
 @deployments.command("deactivate")
-def deployment_deactivate(deployment_id: str) -> None:
+def deployment_deactivate(deployment_id: DeploymentArg) -> None:
     """Retire a deployment; running sessions finish, then it becomes inactive."""
     client.call("deployment.deactivate", deployment_id=deployment_id)
 
 
 @deployments.command("get")
-def deployment_get(deployment_id: str, as_json: JsonOpt = False) -> None:
+def deployment_get(deployment_id: DeploymentArg, as_json: JsonOpt = False) -> None:
+    """One deployment."""
     emit(
         client.call("deployment.get", deployment_id=deployment_id),
         as_json,
-        ["deployment_id", "project_id", "build_id", "state", "created_at"],
+        DEPLOYMENT_KEYS[:2] + DEPLOYMENT_KEYS[3:],
         label="deployment",
     )
+
+
+@deployments.command("delete")
+def deployment_delete(deployment_id: DeploymentArg) -> None:
+    """Delete an INACTIVE deployment (its ended sessions stay listed)."""
+    client.call("deployment.delete", deployment_id=deployment_id)

@@ -47,6 +47,7 @@ CALLS: dict[str, frozenset[str]] = {
     "ingress": frozenset(
         {
             "build.get",
+            "event.store",
             "github.route",
             "project.active",
             "pyenv.prepare",

@@ -253,3 +253,73 @@ class TokenAdd:
 @dataclass(frozen=True)
 class TokenCheck:
     digest: str
+
+
+@dataclass(frozen=True)
+class ProjectCreate:
+    name: str = ""  # empty: the server picks one
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectExport:
+    project: str
+    include_contents: bool = False  # the project vars' values in the manifest
+
+
+@dataclass(frozen=True)
+class ManifestPlan:
+    text: str
+    project_name: str = ""
+    from_scratch: bool = False  # plan as if the server had nothing
+    skip_existing_secrets: bool = False
+
+
+@dataclass(frozen=True)
+class BuildId:
+    build_id: str
+    project: str = ""  # when given, the build must belong to it
+
+
+@dataclass(frozen=True)
+class DeploymentDelete:
+    deployment_id: str
+
+
+@dataclass(frozen=True)
+class SessionDelete:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class ConnectionList:
+    project: str = ""
+    integration: str = ""
+
+
+@dataclass(frozen=True)
+class ConnectionRef:
+    connection: str  # a con_ id or PROJECT/NAME
+
+
+@dataclass(frozen=True)
+class EventNew:
+    """An event made by hand (``ak event dispatch|save``). ``destination``: a connection
+    (con_ id or PROJECT/NAME) or a trigger (trg_ id); ``data`` values are any msgpack value."""
+
+    destination: str
+    event_type: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventStore:
+    """A hand-made event, resolved by ingress, for the store to keep without dispatching."""
+
+    event_id: str
+    project_id: str
+    destination_id: str
+    event_type: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, str] = field(default_factory=dict)

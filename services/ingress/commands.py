@@ -112,6 +112,60 @@ async def event_redispatch(nc: Client, req: rq.EventRef, caller: Caller) -> dict
     return {"event_id": copy.event_id}
 
 
+async def _resolve_destination(nc: Client, destination: str) -> tuple[str, str]:
+    """The (project id, destination id) of a hand-made event: a trigger (``trg_`` id) or a
+    connection (``con_`` id or ``PROJECT/NAME``)."""
+    if ids.is_id(destination, "trg"):
+        t = await bus.store_call(nc, "trigger.get", {"trigger": destination})
+        return str(t["project_id"]), str(t["trigger_id"])
+    if not destination:
+        raise InvalidArgument(
+            "the event has no destination: give --connection PROJECT/NAME (or a con_ id), "
+            "or a destination_id (a trg_ or con_ id) in the --from-file JSON"
+        )
+    c = await bus.store_call(nc, "connection.get", {"connection": destination})
+    return str(c["project_id"]), str(c["connection_id"])
+
+
+def _new_event(req: rq.EventNew, project_id: str, destination_id: str) -> wire.Event:
+    return wire.Event(
+        event_id=ids.new_id("evt"),
+        project_id=project_id,
+        destination_id=destination_id,
+        event_type=req.event_type,
+        data=req.data,
+        memo=req.memo,
+        created_at_us=timefmt.now_us(),
+    )
+
+
+async def event_dispatch(nc: Client, req: rq.EventNew, caller: Caller) -> dict[str, Any]:
+    """Dispatches a hand-made event as a webhook's would be: kept, then matched against
+    its destination trigger (an event for a connection is kept; no trigger takes it yet)."""
+    ev = _new_event(req, *await _resolve_destination(nc, req.destination))
+    await bus.publisher(nc).publish(
+        subjects.event_subject(ev.project_id, ev.event_id),
+        wire.encode(ev),
+        headers={subjects.HDR_MSG_ID: ev.event_id},
+    )
+    return {"event_id": ev.event_id}
+
+
+async def event_save(nc: Client, req: rq.EventNew, caller: Caller) -> dict[str, Any]:
+    """Keeps a hand-made event without dispatching it."""
+    ev = _new_event(req, *await _resolve_destination(nc, req.destination))
+    args = {
+        "event_id": ev.event_id,
+        "project_id": ev.project_id,
+        "destination_id": ev.destination_id,
+        "event_type": ev.event_type,
+        "data": ev.data,
+        "memo": ev.memo,
+    }
+    await bus.store_call(nc, "event.store", args)
+    return {"event_id": ev.event_id}
+
+
 async def build_prepare(nc: Client, req: rq.PyenvPrepare, caller: Caller) -> dict[str, Any]:
     """Has a runner build (or reuse) the Python environment of a requirements.txt, before
     ``ak deploy`` changes anything; ``token``/``offset`` follow pip's progress."""
@@ -147,6 +201,8 @@ COMMANDS: dict[str, Command] = {
     "session.stop": session_stop,
     "session.restart": session_restart,
     "event.redispatch": event_redispatch,
+    "event.dispatch": event_dispatch,
+    "event.save": event_save,
     "build.prepare": build_prepare,
     "auth.create_token": create_token,
     "auth.whoami": whoami,

@@ -38,6 +38,7 @@ from .models import (
     Trigger,
     Var,
 )
+from .objects import Objects
 from .sealed import open_record, open_session
 from .tokens import Tokens
 
@@ -132,6 +133,7 @@ class StoreApi:
     def __init__(self, engine: Engine, sealer: Sealer, keys: Keyring) -> None:
         self.engine, self.sealer, self.keys = engine, sealer, keys
         self.tokens = Tokens(engine)
+        self.objects = Objects(engine, sealer, self._project)
 
     def routes(self) -> dict[str, Callable[[Any], Any]]:
         """The method that answers each store operation of ``akcore.ops``."""
@@ -174,6 +176,7 @@ class StoreApi:
             "event.get": self.event_get,
             "token.add": self.tokens.add,
             "token.check": self.tokens.check,
+            **self.objects.routes(),
         }
 
     # --- lookups shared by the operations

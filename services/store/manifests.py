@@ -18,7 +18,7 @@ from .models import Connection, Project, Trigger, Var
 OUT, ERR = "out", "err"
 
 
-def _current(db: Session, name: str, sealer: Sealer) -> tuple[Project | None, Current]:
+def current_state(db: Session, name: str, sealer: Sealer) -> tuple[Project | None, Current]:
     project = db.exec(select(Project).where(Project.name == name)).first()
     if project is None:
         return None, Current()
@@ -172,7 +172,7 @@ def apply_manifest(
     m = parse_manifest(text, project_name)
     if m.project is None:
         return {"lines": [], "project_id": "", "project_name": "", "created": False}
-    project, cur = _current(db, m.project.name, sealer)
+    project, cur = current_state(db, m.project.name, sealer)
     plan = plan_manifest(m, cur, skip_existing_secrets)
     lines: list[tuple[str, str]] = [(OUT, line) for line in plan.lines]
     exec_lines: list[tuple[str, str]] = []

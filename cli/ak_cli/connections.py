@@ -1,0 +1,82 @@
+"""``ak connection ...`` and ``ak integration list``: the connections of projects' manifests
+and the integrations they may name."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from akcore.errors import NotFound
+
+from . import client
+from .options import FailOpt, JsonOpt
+from .projects import silent_unless
+from .render import emit, emit_list
+
+connections = typer.Typer(help="List, show, test and delete connections.", no_args_is_help=True)
+integrations = typer.Typer(help="The integrations connections can use.", no_args_is_help=True)
+
+ConnArg = Annotated[str, typer.Argument(help="Connection ID (con_...) or PROJECT/NAME.")]
+CONNECTION_KEYS = [
+    "connection_id",
+    "integration_id",
+    "integration",
+    "project_id",
+    "project",
+    "name",
+    "status",
+    "links",
+]
+
+
+@connections.command("list")
+def list_(
+    integration: Annotated[
+        str, typer.Option("--integration", "-i", help="Only this integration (name or ID).")
+    ] = "",
+    project: Annotated[str, typer.Option("--project", "-p", help="Project name or ID.")] = "",
+    as_json: JsonOpt = False,
+    fail: FailOpt = False,
+) -> None:
+    """Connections, one per line (every project's unless --project)."""
+    try:
+        found = client.call("connection.list", project=project, integration=integration)
+        if not found:
+            raise NotFound("connections: not_found")
+    except NotFound as e:
+        silent_unless(fail, e)
+        return
+    emit_list(found, as_json, CONNECTION_KEYS)
+
+
+@connections.command("get")
+def get(connection: ConnArg, as_json: JsonOpt = False, fail: FailOpt = False) -> None:
+    """One connection."""
+    try:
+        found = client.call("connection.get", connection=connection)
+    except NotFound as e:
+        silent_unless(fail, e)
+        return
+    emit(found, as_json, CONNECTION_KEYS, label="connection")
+
+
+@connections.command("test")
+def test(connection: ConnArg, as_json: JsonOpt = False) -> None:
+    """Check a connection's credentials against its service (integrations with a test)."""
+    res = client.call("connection.test", connection=connection)
+    if as_json:
+        emit({"status": res}, True)
+    else:
+        typer.echo(f'status: code:{res["code"]} message:"{res["message"]}"')
+
+
+@connections.command("delete")
+def delete(connection: ConnArg) -> None:
+    """Delete a connection and its vars (refused while a trigger uses it)."""
+    client.call("connection.delete", connection=connection)
+
+
+@integrations.command("list")
+def integration_list(as_json: JsonOpt = False) -> None:
+    """The integrations this server knows, one per line."""
+    emit_list(client.call("integration.list"), as_json)
