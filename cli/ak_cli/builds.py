@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from akcore.errors import NotFound
+from akcore.errors import InvalidArgument, NotFound
 
 from . import client
 from .options import FailOpt, JsonOpt
@@ -85,6 +85,47 @@ def download(
         sys.stdout.flush()
     else:
         Path(output).write_bytes(data)
+
+
+def read_build_file(data: bytes) -> dict[str, bytes]:
+    """The code of a build file that ``ak build download`` wrote."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            version = tar.extractfile("version.txt")
+            if version is None or version.read().decode() != FILE_VERSION:
+                raise InvalidArgument("not a build file of `ak build download`")
+            for member in tar.getmembers():
+                if member.isfile() and member.name.startswith("resources/"):
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    files[member.name.removeprefix("resources/")] = f.read()
+    except (tarfile.TarError, KeyError, OSError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"not a build file: {e}") from None
+    return files
+
+
+@app.command("upload")
+def upload(
+    path: Annotated[str, typer.Argument(help="A build file of `ak build download`.")],
+    project: Annotated[str, typer.Option("--project", "-p", help="Project name or ID.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Store a build file as a new build of the project; prints its ID."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"open {path}: no such file or directory") from None
+    bid = client.call("build.create", project=project, files=read_build_file(data))
+    typer.echo(json.dumps({"build_id": bid}) if as_json else f"build_id: {bid}")
+
+
+@app.command("describe")
+def describe(build_id: BuildArg, as_json: JsonOpt = False) -> None:
+    """The files of a build, with their sizes."""
+    res = client.call("build.download", build_id=build_id)
+    files = {name: len(data) for name, data in sorted(res["files"].items())}
+    emit({"build_id": res["build_id"], "files": files}, as_json, label="build")
 
 
 @app.command("delete")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from akcore.errors import NotFound
+from akcore.errors import AKError, NotFound
 
 from . import client
 from .options import FailOpt, JsonOpt
@@ -27,6 +27,33 @@ CONNECTION_KEYS = [
     "status",
     "links",
 ]
+
+
+@connections.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Connection name: letters, digits and _.")],
+    integration: Annotated[
+        str, typer.Option("--integration", "-i", help="Integration name or ID (http).")
+    ] = "",
+    project: Annotated[str, typer.Option("--project", "-p", help="Project name or ID.")] = "",
+    org: Annotated[
+        str, typer.Option("--org", "-o", help="Not supported: connections belong to projects.")
+    ] = "",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the ID.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a connection in a project; prints its ID. Set its vars with `ak var set -c`."""
+    if not integration:
+        raise AKError('required flag(s) "integration" not set')
+    if org and not project:
+        raise AKError("org-level connections are not supported: give --project")
+    if not project:
+        raise AKError("at least one of the flags in the group [project org] is required")
+    res = client.call("connection.create", project=project, name=name, integration=integration)
+    if as_json:
+        emit(res, True)
+    else:
+        typer.echo(f"connection_id: {res['connection_id']}")
 
 
 @connections.command("list")

@@ -102,7 +102,11 @@ def deploy(
     dirs: list[str],
     project_name: str,
     skip_existing_secrets: bool,
+    quiet: bool = False,
+    announce_project: bool = True,
 ) -> None:
+    """``ak deploy`` (and ``ak manifest deploy``: no ``[plan] project`` line, ``-q``
+    silences the ``[plan]``/``[exec]`` lines)."""
     if manifest is None:
         if not Path(DEFAULT_MANIFEST).is_file():
             raise AKError(
@@ -131,16 +135,27 @@ def deploy(
         skip_existing_secrets=skip_existing_secrets,
     )
     for stream, line in res["lines"]:
-        typer.echo(line, err=stream == "err")
+        if not quiet or stream == "err":
+            typer.echo(line, err=stream == "err")
     pid = res["project_id"]
     if not pid:
         raise InvalidArgument("the manifest has no project to deploy")
     ref = pid if res["created"] else res["project_name"]
-    typer.echo(f'[plan] project "{ref}": found, id="{pid}"')
-    bid = client.call("build.create", project=pid, files=upload)
-    typer.echo(f'[exec] create_build: created "{bid}"')
-    did = client.call("deployment.create", project=pid, build_id=bid)
-    typer.echo(f'[exec] create_deployment: created "{did}"')
+    if announce_project and not quiet:
+        typer.echo(f'[plan] project "{ref}": found, id="{pid}"')
+    build_and_deploy(pid, upload, quiet)
+
+
+def build_and_deploy(project: str, upload: dict[str, bytes], quiet: bool) -> tuple[str, str]:
+    """Builds the upload, deploys and activates it; returns the build and deployment ids."""
+    bid = client.call("build.create", project=project, files=upload)
+    if not quiet:
+        typer.echo(f'[exec] create_build: created "{bid}"')
+    did = client.call("deployment.create", project=project, build_id=bid)
+    if not quiet:
+        typer.echo(f'[exec] create_deployment: created "{did}"')
     client.call("deployment.activate", deployment_id=did)
-    typer.echo("[exec] activate_deployment: activated")
+    if not quiet:
+        typer.echo("[exec] activate_deployment: activated")
     sys.stdout.flush()
+    return bid, did

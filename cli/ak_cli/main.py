@@ -51,6 +51,24 @@ for sub, noun, aliases in NOUNS:
         app.add_typer(sub, name=alias, hidden=True)
 
 
+@app.callback()
+def global_options(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config", "-C", help="key=value: a setting for this command only (repeatable)."
+        ),
+    ] = None,
+    token: Annotated[
+        str, typer.Option("--token", help="The API token to call with (over AK_TOKEN).")
+    ] = "",
+) -> None:
+    """autokitteh: durable Python workflows."""
+    settings.override(overrides or [])
+    if token:
+        os.environ[config.ENV_TOKEN] = token
+
+
 @app.command()
 def up(
     mode: Annotated[

@@ -12,6 +12,7 @@ from akcore.errors import AKError, NotFound
 from akcore.manifest import parse_manifest
 
 from . import client
+from . import deploy as deploy_mod
 from .options import QuietOpt
 
 app = typer.Typer(help="Validate, plan and apply project manifests.", no_args_is_help=True)
@@ -117,3 +118,36 @@ def apply(
     for stream, line in res["lines"]:
         if not quiet or stream == "err":
             typer.echo(line, err=stream == "err")
+
+
+@app.command("deploy")
+def deploy(
+    path: Annotated[str, typer.Argument(help="The manifest file (autokitteh.yaml).")],
+    project_name: NameOpt = "",
+    org: OrgOpt = "",
+    dirs: Annotated[
+        list[str] | None,
+        typer.Option("--dir", "-d", help="A directory to upload (repeatable)."),
+    ] = None,
+    files: Annotated[
+        list[str] | None, typer.Option("--file", "-f", help="A file to upload (repeatable).")
+    ] = None,
+    env: Annotated[
+        str, typer.Option("--env", "-e", help="Accepted and ignored, as in AutoKitteh.")
+    ] = "",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Leave out the [plan] and [exec] lines.")
+    ] = False,
+    skip_existing_secrets: SkipSecretsOpt = False,
+) -> None:
+    """Apply the manifest, upload the code, build, deploy and activate: `ak deploy` with the
+    manifest as an argument."""
+    deploy_mod.deploy(
+        path,
+        files or [],
+        dirs or [],
+        project_name,
+        skip_existing_secrets,
+        quiet=quiet,
+        announce_project=False,
+    )

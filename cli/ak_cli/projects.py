@@ -14,7 +14,7 @@ from akcore.errors import AKError, InvalidArgument, NotFound
 
 from . import client
 from . import lint as lint_mod
-from .deploy import DEFAULT_MANIFEST, collect_files
+from .deploy import DEFAULT_MANIFEST, build_and_deploy, collect_files, prepare_python
 from .manifests import read_manifest
 from .options import FailOpt, JsonOpt
 from .render import emit, emit_list
@@ -138,6 +138,45 @@ def export(
         Path(output).write_bytes(buf.getvalue())
 
 
+DirsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--dir", "-d", help="A directory of the project's code (repeatable)."),
+]
+FilesOpt = Annotated[
+    list[str] | None, typer.Option("--file", "-f", help="A file of the project (repeatable).")
+]
+
+
+def _upload(dirs: list[str] | None, files: list[str] | None) -> dict[str, bytes]:
+    if not dirs and not files:
+        raise AKError("at least one of the flags in the group [dir file] is required")
+    upload = collect_files(None, files or [], dirs or [])
+    prepare_python(upload)
+    return upload
+
+
+@app.command("build")
+def build(
+    project: ProjectArg, dirs: DirsOpt = None, files: FilesOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Upload code to an existing project and build it (no deployment); prints the build ID."""
+    upload = _upload(dirs, files)
+    pid = client.call("project.get", project=project)["project_id"]
+    emit_kv("build_id", client.call("build.create", project=pid, files=upload), as_json)
+
+
+@app.command("deploy")
+def deploy(
+    project: ProjectArg, dirs: DirsOpt = None, files: FilesOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Upload code to an existing project, build it, deploy and activate it."""
+    upload = _upload(dirs, files)
+    pid = client.call("project.get", project=project)["project_id"]
+    bid, did = build_and_deploy(pid, upload, quiet=True)
+    emit_kv("build_id", bid, as_json)
+    emit_kv("deployment_id", did, as_json)
+
+
 @app.command("lint")
 def lint(
     manifest: Annotated[
@@ -146,13 +185,8 @@ def lint(
     project: Annotated[
         str, typer.Option("--project", "-p", help="Accepted; the checks need no server.")
     ] = "",
-    dirs: Annotated[
-        list[str] | None,
-        typer.Option("--dir", "-d", help="A directory of the project's code (repeatable)."),
-    ] = None,
-    files: Annotated[
-        list[str] | None, typer.Option("--file", "-f", help="A file of the project (repeatable).")
-    ] = None,
+    dirs: DirsOpt = None,
+    files: FilesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a project before deploying it: the manifest is valid, every trigger's call

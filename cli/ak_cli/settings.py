@@ -99,3 +99,14 @@ def set_key(key: str, value: str) -> None:
     tmp = file.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(tree, sort_keys=True))
     tmp.replace(file)
+
+
+def override(pairs: list[str]) -> None:
+    """``-C key=value``: settings over the file and the environment, for one command."""
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known_keys():
+            raise InvalidArgument(
+                f"invalid -C {pair!r}: use key=value with a key of `ak config list`"
+            )
+        os.environ[env_of(key)] = value

@@ -117,6 +117,7 @@ _TABLE = (
     _api("event.redispatch", rq.EventRef, dict, _I, "event_id"),
     _api("event.dispatch", rq.EventNew, dict, _I, "destination"),
     _api("event.save", rq.EventNew, dict, _I, "destination"),
+    _api("connection.create", rq.ConnectionCreate, dict, _S, "project", _ENV),
     _api("connection.list", rq.ConnectionList, list, _S, "project"),
     _api("connection.get", rq.ConnectionRef, dict, _S, "connection"),
     _api("connection.test", rq.ConnectionRef, dict, _S, "connection"),

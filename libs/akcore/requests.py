@@ -298,6 +298,13 @@ class ConnectionList:
 
 
 @dataclass(frozen=True)
+class ConnectionCreate:
+    project: str
+    name: str
+    integration: str  # a unique name or int_ id
+
+
+@dataclass(frozen=True)
 class ConnectionRef:
     connection: str  # a con_ id or PROJECT/NAME
 

@@ -92,6 +92,7 @@ class Objects:
             "build.delete": self.build_delete,
             "deployment.delete": self.deployment_delete,
             "session.delete": self.session_delete,
+            "connection.create": self.connection_create,
             "connection.list": self.connection_list,
             "connection.get": self.connection_get,
             "connection.test": self.connection_test,
@@ -329,19 +330,42 @@ class Objects:
         p = db.get(Project, project_id)
         return p.name if p else ""
 
+    def connection_create(self, req: rq.ConnectionCreate) -> dict[str, Any]:
+        """A connection outside the manifest (a later deploy of a manifest without it
+        deletes it, as AutoKitteh's does)."""
+        integration = _integration(req.integration)
+        if not PROJECT_NAME.match(req.name):
+            raise InvalidArgument(
+                f"invalid connection: name {req.name!r}: use letters, digits and _, "
+                "not starting with a digit"
+            )
+        with DB(self.engine) as db:
+            p = self._project(db, req.project)
+            if db.exec(
+                select(Connection).where(
+                    Connection.project_id == p.project_id, Connection.name == req.name
+                )
+            ).first():
+                raise Conflict(f'connection "{p.name}/{req.name}" already exists')
+            c = Connection(
+                connection_id=ids.new_id("con"),
+                project_id=p.project_id,
+                name=req.name,
+                integration=integration,
+            )
+            db.add(c)
+            db.commit()
+            return {"connection_id": c.connection_id}
+
     def connection_list(self, req: rq.ConnectionList) -> list[dict[str, Any]]:
-        if req.integration and req.integration not in INTEGRATIONS:
-            by_id = {integration_id(n): n for n in INTEGRATIONS}
-            if req.integration not in by_id:
-                raise NotFound(f'integration "{req.integration}" not found')
+        wanted = _integration(req.integration) if req.integration else ""
         with DB(self.engine) as db:
             q = select(Connection).order_by(Connection.project_id, Connection.name)
             if req.project:
                 q = q.where(Connection.project_id == self._project(db, req.project).project_id)
             names = {p.project_id: p.name for p in db.exec(select(Project))}
             views = [_connection_view(c, names.get(c.project_id, "")) for c in db.exec(q)]
-        wanted = req.integration
-        return [v for v in views if not wanted or wanted in (v["integration"], v["integration_id"])]
+        return [v for v in views if not wanted or v["integration"] == wanted]
 
     def connection_get(self, req: rq.ConnectionRef) -> dict[str, Any]:
         with DB(self.engine) as db:
@@ -402,6 +426,15 @@ class Objects:
                 )
             )
             db.commit()
+
+
+def _integration(ref: str) -> str:
+    """The unique name of an integration given by name or ``int_`` id."""
+    by_id = {integration_id(n): n for n in INTEGRATIONS}
+    name = by_id.get(ref, ref)
+    if name not in INTEGRATIONS:
+        raise NotFound(f'integration "{ref}" not found (available: {", ".join(INTEGRATIONS)})')
+    return name
 
 
 def _purge(db: DB, column: Any, values: list[str]) -> None:

@@ -345,3 +345,53 @@ def test_config_version_and_completion(stack: Stack, tmp_path: Path) -> None:
     script = stack.ak("completion", "bash", check=True).stdout
     assert "_AK_COMPLETE" in script and "complete " in script
     assert stack.ak("completion", "tcsh").returncode == 40
+
+
+def test_deploys_by_other_names_and_build_files(stack: Stack, tmp_path: Path) -> None:
+    root, _ = _project(stack, tmp_path, "dep18", deploy=False)
+    manifest = str(root / "autokitteh.yaml")
+    quiet = stack.ak("manifest", "deploy", manifest, "-q", check=True)
+    assert quiet.stdout == "" and '[!!!!] trigger "hook" created' in quiet.stderr
+    loud = stack.ak("manifest", "deploy", manifest, check=True).stdout
+    assert '[plan] project "dep18": found' in loud and "[exec] create_build" in loud
+    assert '[plan] project "dep18": found, id=' in loud.splitlines()[0]
+    assert "activate_deployment: activated" in loud
+
+    res = stack.ak("project", "deploy", "dep18", "-f", str(root / "h.py"), check=True).stdout
+    bid, did = re.fullmatch(r"build_id: (bld_\w{26})\ndeployment_id: (dep_\w{26})\n", res).groups()  # type: ignore[union-attr]
+    assert 'state:"ACTIVE"' in stack.ak("deployment", "get", did, check=True).stdout
+    built = stack.ak("project", "build", "dep18", "-d", str(root), check=True).stdout
+    assert re.fullmatch(r"build_id: bld_\w{26}\n", built)
+    neither = stack.ak("project", "build", "dep18")
+    assert neither.returncode == 1 and "[dir file]" in neither.stderr
+
+    akb = tmp_path / "b.akb"
+    stack.ak("build", "download", bid, "-o", str(akb), check=True)
+    up = stack.ak("build", "upload", str(akb), "-p", "dep18", check=True).stdout
+    copy = re.fullmatch(r"build_id: (bld_\w{26})\n", up).group(1)  # type: ignore[union-attr]
+    described = json.loads(stack.ak("build", "describe", copy, "-j", check=True).stdout)
+    assert described == {"build_id": copy, "files": {"h.py": len(CODE)}}
+    (tmp_path / "junk.akb").write_bytes(b"not a tar")
+    assert stack.ak("build", "upload", str(tmp_path / "junk.akb"), "-p", "dep18").returncode == 40
+
+
+def test_connection_create_and_global_flags(stack: Stack, tmp_path: Path) -> None:
+    stack.ak("project", "create", "-n", "cc18", check=True)
+    made = stack.ak("connection", "create", "web", "-i", "http", "-p", "cc18", check=True)
+    assert re.fullmatch(r"connection_id: con_\w{26}\n", made.stdout)
+    assert stack.ak("connection", "create", "web", "-i", "http", "-p", "cc18").returncode == 42
+    slack = stack.ak("connection", "create", "s", "-i", "slack", "-p", "cc18")
+    assert slack.returncode == 44 and 'integration "slack" not found' in slack.stderr
+    no_int = stack.ak("connection", "create", "x", "-p", "cc18")
+    assert no_int.stderr == 'Error: required flag(s) "integration" not set\n'
+    stack.ak("var", "set", "-c", "cc18/web", "base_url", "https://x", check=True)
+    assert stack.ak("var", "get", "-c", "cc18/web", check=True).stdout == 'base_url="https://x"\n'
+
+    # -C and --token, before the command as AutoKitteh's global flags.
+    env = {k: v for k, v in stack.env.items() if k != "AK_HTTP__SERVICE_URL"}
+    cmd = [AK, "-C", f"http.service_url={stack.url}", "--token", stack.token, "project", "get"]
+    res = subprocess.run([*cmd, "cc18"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and 'name:"cc18"' in res.stdout
+    bad = [AK, "-C", f"http.service_url={stack.url}", "--token", "nope", "project", "list"]
+    res = subprocess.run(bad, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 41
