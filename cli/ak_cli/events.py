@@ -28,10 +28,16 @@ ConnectionOpt = Annotated[
 EventTypeOpt = Annotated[str, typer.Option("--event-type", "-e", help="The event's type.")]
 DataOpt = Annotated[
     list[str] | None,
-    typer.Option("--data", "-d", help="key=value of the event's data (repeatable, or a,b lists)."),
+    typer.Option(
+        "--data",
+        "-d",
+        metavar="KEY=VALUE",
+        help="key=value of the event's data (repeatable, or a,b lists).",
+    ),
 ]
 MemoOpt = Annotated[
-    list[str] | None, typer.Option("--memo", "-m", help="key=value memo (repeatable).")
+    list[str] | None,
+    typer.Option("--memo", "-m", metavar="KEY=VALUE", help="key=value memo (repeatable)."),
 ]
 
 _SCALARS = ("string", "integer", "float", "boolean")

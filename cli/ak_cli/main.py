@@ -56,7 +56,10 @@ def global_options(
     overrides: Annotated[
         list[str] | None,
         typer.Option(
-            "--config", "-C", help="key=value: a setting for this command only (repeatable)."
+            "--config",
+            "-C",
+            metavar="KEY=VALUE",
+            help="key=value: a setting for this command only (repeatable).",
         ),
     ] = None,
     token: Annotated[
@@ -114,10 +117,12 @@ def deploy(
         typer.Option("--manifest", "-m", help="The manifest (default ./autokitteh.yaml)."),
     ] = None,
     file: Annotated[
-        list[str] | None, typer.Option("--file", "-f", help="A file to upload (repeatable).")
+        list[str] | None,
+        typer.Option("--file", "-f", metavar="FILE", help="A file to upload (repeatable)."),
     ] = None,
     dir: Annotated[
-        list[str] | None, typer.Option("--dir", "-d", help="A directory to upload (repeatable).")
+        list[str] | None,
+        typer.Option("--dir", "-d", metavar="DIR", help="A directory to upload (repeatable)."),
     ] = None,
     project_name: Annotated[
         str, typer.Option("--project-name", "-n", help="Use this name instead of the manifest's.")
@@ -134,7 +139,9 @@ def deploy(
 @config_app.command()
 def where(
     cfg: Annotated[bool, typer.Option("--cfg", "-c", help="Print only the config home.")] = False,
-    data: Annotated[bool, typer.Option("--data", "-d", help="Print only the data home.")] = False,
+    data: Annotated[
+        bool, typer.Option("--data", "-d", metavar="KEY=VALUE", help="Print only the data home.")
+    ] = False,
 ) -> None:
     """Print the config and data home directories and where the Python environments are."""
     if cfg or data:

@@ -127,10 +127,11 @@ def deploy(
     org: OrgOpt = "",
     dirs: Annotated[
         list[str] | None,
-        typer.Option("--dir", "-d", help="A directory to upload (repeatable)."),
+        typer.Option("--dir", "-d", metavar="DIR", help="A directory to upload (repeatable)."),
     ] = None,
     files: Annotated[
-        list[str] | None, typer.Option("--file", "-f", help="A file to upload (repeatable).")
+        list[str] | None,
+        typer.Option("--file", "-f", metavar="FILE", help="A file to upload (repeatable)."),
     ] = None,
     env: Annotated[
         str, typer.Option("--env", "-e", help="Accepted and ignored, as in AutoKitteh.")

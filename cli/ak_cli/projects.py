@@ -140,10 +140,13 @@ def export(
 
 DirsOpt = Annotated[
     list[str] | None,
-    typer.Option("--dir", "-d", help="A directory of the project's code (repeatable)."),
+    typer.Option(
+        "--dir", "-d", metavar="DIR", help="A directory of the project's code (repeatable)."
+    ),
 ]
 FilesOpt = Annotated[
-    list[str] | None, typer.Option("--file", "-f", help="A file of the project (repeatable).")
+    list[str] | None,
+    typer.Option("--file", "-f", metavar="FILE", help="A file of the project (repeatable)."),
 ]
 
 

@@ -324,10 +324,16 @@ def start(
     ] = "",
     inputs: Annotated[
         list[str] | None,
-        typer.Option("--input", "-I", help="name=<JSON value> in event.data (repeatable)."),
+        typer.Option(
+            "--input",
+            "-I",
+            metavar="NAME=JSON",
+            help="name=<JSON value> in event.data (repeatable).",
+        ),
     ] = None,
     memo: Annotated[
-        list[str] | None, typer.Option("--memo", "-m", help="key=value memo (repeatable).")
+        list[str] | None,
+        typer.Option("--memo", "-m", metavar="KEY=VALUE", help="key=value memo (repeatable)."),
     ] = None,
     durable: Annotated[
         bool, typer.Option("--durable", "-D", help="Journal it, so it survives restarts.")
