@@ -33,7 +33,8 @@ CONNECTION_KEYS = [
 def create(
     name: Annotated[str, typer.Argument(help="Connection name: letters, digits and _.")],
     integration: Annotated[
-        str, typer.Option("--integration", "-i", help="Integration name or ID (http).")
+        str,
+        typer.Option("--integration", "-i", help="Integration name or ID: http, github or slack."),
     ] = "",
     project: Annotated[str, typer.Option("--project", "-p", help="Project name or ID.")] = "",
     org: Annotated[
@@ -89,7 +90,8 @@ def get(connection: ConnArg, as_json: JsonOpt = False, fail: FailOpt = False) ->
 
 @connections.command("test")
 def test(connection: ConnArg, as_json: JsonOpt = False) -> None:
-    """Check a connection's credentials against its service (integrations with a test)."""
+    """A connection's status from its vars, by AutoKitteh's rules for its integration (the
+    service itself is not called)."""
     res = client.call("connection.test", connection=connection)
     if as_json:
         emit({"status": res}, True)

@@ -102,8 +102,8 @@ def register(events: typer.Typer) -> None:
         memo: MemoOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Dispatch an event: kept, then sessions start for the triggers it matches (a
-        trigger destination, trg_..., given in the file; connection events start none yet)."""
+        """Dispatch an event: kept, then sessions start for the triggers it matches (those of
+        its connection, or the trg_... destination a --from-file event names)."""
         ev = build_event(from_file, connection, event_type, data or [], memo or [])
         res = client.call("event.dispatch", **ev)
         typer.echo(json.dumps(res) if as_json else f"event_id: {res['event_id']}")

@@ -141,7 +141,7 @@ def _new_event(req: rq.EventNew, project_id: str, destination_id: str) -> wire.E
 
 async def event_dispatch(nc: Client, req: rq.EventNew, caller: Caller) -> dict[str, Any]:
     """Dispatches a hand-made event as a webhook's would be: kept, then matched against
-    its destination trigger (an event for a connection is kept; no trigger takes it yet)."""
+    its destination: a trigger, or a connection's triggers and subscriptions."""
     ev = _new_event(req, *await _resolve_destination(nc, req.destination))
     await bus.publisher(nc).publish(
         subjects.event_subject(ev.project_id, ev.event_id),

@@ -8,15 +8,16 @@ connection a trigger names is refused, saying what to do first.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Callable
 from typing import Any
 
 import yaml
-from akcore import ids, timefmt, wire
+from akcore import connstatus, ids, timefmt, wire
 from akcore import requests as rq
-from akcore.errors import AKError, Conflict, InvalidArgument, NotFound
+from akcore.errors import Conflict, InvalidArgument, NotFound
 from akcore.integrations import DESCRIPTIONS, INTEGRATIONS, integration_id
 from akcore.manifest import parse_manifest
 from akcore.planning import Current, plan_manifest
@@ -29,6 +30,7 @@ from .manifests import current_state, delete_connection
 from .models import (
     Build,
     Connection,
+    Delivery,
     Deployment,
     DispatchNote,
     EventRow,
@@ -43,7 +45,9 @@ from .models import (
 
 PROJECT_NAME = re.compile(r"^[A-Za-z_]\w*$")
 _WORDS = ("whiskers", "purr", "tabby", "mittens", "paws", "meow", "kitten", "tail", "nap")
-STATUS_OK = {"code": "CODE_OK", "message": "OK"}
+DISPLAY_NAMES = {"http": "HTTP", "github": "GitHub", "slack": "Slack"}
+# The server's own secret of an integration, which a connection may do without.
+SERVER_SECRETS = {"github": "GITHUB_WEBHOOK_SECRET", "slack": "SLACK_SIGNING_SECRET"}
 
 ProjectLookup = Callable[[DB, str], Project]
 
@@ -60,7 +64,7 @@ def _build_view(b: Build, project_name: str) -> dict[str, Any]:
     }
 
 
-def _connection_view(c: Connection, project_name: str) -> dict[str, Any]:
+def _connection_view(c: Connection, project_name: str, status: dict[str, str]) -> dict[str, Any]:
     return {
         "connection_id": c.connection_id,
         "integration_id": integration_id(c.integration),
@@ -68,9 +72,12 @@ def _connection_view(c: Connection, project_name: str) -> dict[str, Any]:
         "project_id": c.project_id,
         "project": project_name,
         "name": c.name,
-        "status": STATUS_OK,
-        "capabilities": {},
-        "links": {"self_url": f"/connections/{c.connection_id}"},
+        "status": status,
+        "capabilities": {"supports_connection_test": True},
+        "links": {
+            "self_url": f"/connections/{c.connection_id}",
+            "test_url": f"/connections/{c.connection_id}/test",
+        },
     }
 
 
@@ -151,6 +158,7 @@ class Objects:
             _purge(db, SessionRecord.session_id, sids)
             _purge(db, SpanRow.session_id, sids)
             _purge(db, DispatchNote.event_id, eids)
+            _purge(db, Delivery.event_id, eids)
             for column in (
                 Session.project_id,
                 Subscription.project_id,
@@ -364,23 +372,30 @@ class Objects:
             if req.project:
                 q = q.where(Connection.project_id == self._project(db, req.project).project_id)
             names = {p.project_id: p.name for p in db.exec(select(Project))}
-            views = [_connection_view(c, names.get(c.project_id, "")) for c in db.exec(q)]
+            views = [
+                _connection_view(c, names.get(c.project_id, ""), self._status(db, c))
+                for c in db.exec(q)
+            ]
         return [v for v in views if not wanted or v["integration"] == wanted]
 
     def connection_get(self, req: rq.ConnectionRef) -> dict[str, Any]:
         with DB(self.engine) as db:
             c = self._connection(db, req.connection)
-            return _connection_view(c, self._project_name(db, c.project_id))
+            return _connection_view(c, self._project_name(db, c.project_id), self._status(db, c))
 
     def connection_test(self, req: rq.ConnectionRef) -> dict[str, Any]:
-        """The http integration has nothing to call, so nothing to test: as AutoKitteh
-        answers for an integration without a test."""
+        """The connection's status from its vars, by AutoKitteh's rules for its integration
+        (``akcore.connstatus``). Unlike AutoKitteh's test it calls no third party: the
+        credentials themselves are not tried."""
         with DB(self.engine) as db:
-            c = self._connection(db, req.connection)
-        raise AKError(
-            f"test connection: not_implemented: the {c.integration} integration has no "
-            "connection test (it calls no third party of its own)"
-        )
+            return self._status(db, self._connection(db, req.connection))
+
+    def _status(self, db: DB, c: Connection) -> dict[str, str]:
+        rows = db.exec(select(Var).where(Var.scope_id == c.connection_id))
+        plain = {v.name: self.sealer.open(v.value) for v in rows}
+        server_secret = bool(os.environ.get(SERVER_SECRETS.get(c.integration, ""), ""))
+        got = connstatus.status(c.integration, plain, server_secret)
+        return {"code": got.code, "message": got.message}
 
     def connection_delete(self, req: rq.ConnectionRef) -> None:
         with DB(self.engine) as db:
@@ -403,7 +418,7 @@ class Objects:
             {
                 "integration_id": integration_id(name),
                 "unique_name": name,
-                "display_name": name.upper() if name == "http" else name.title(),
+                "display_name": DISPLAY_NAMES.get(name, name),
                 "description": DESCRIPTIONS.get(name, ""),
             }
             for name in INTEGRATIONS
