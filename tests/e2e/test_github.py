@@ -218,6 +218,58 @@ def test_a_bad_event_header_or_payload_is_400(stack: Stack) -> None:
     assert _deliver(stack, _comment(401), "d-9", event="Bad Event!")[0] == 400
 
 
+INIT_MANIFEST = """\
+version: v1
+project:
+  name: ghinit
+  connections:
+    - name: gh
+      integration: github
+  triggers:
+    - name: on_push
+      connection: gh
+      event_type: push
+      call: h.py:on_push
+"""
+
+
+def test_ak_connection_init_sets_a_mode_without_echoing_secrets(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("ghinit")
+    code = "def on_push(event):\n    print('pushed', event.data.ref)\n"
+    stack.deploy(write_project(root, {"autokitteh.yaml": INIT_MANIFEST, "h.py": code}))
+    before = stack.ak("connection", "test", "ghinit/gh", check=True).stdout
+    assert 'code:CODE_INIT_REQUIRED message:"Init required"' in before
+    secrets = "pat=ghp_init_secret_1\npat_secret=hook-secret-2\n"
+    res = stack.ak("connection", "init", "ghinit/gh", "--mode", "pat", input=secrets)
+    assert res.returncode == 0, res.stderr
+    assert "ghp_init_secret_1" not in res.stdout + res.stderr
+    assert "hook-secret-2" not in res.stdout + res.stderr
+    assert "set pat (secret)" in res.stderr and "set pat_key" in res.stderr
+    url = res.stdout.splitlines()[0].removeprefix("webhook URL: ")
+    assert url.startswith(stack.url + "/github/webhook/"), res.stdout
+    assert 'status: code:CODE_OK message:"Using PAT + webhook"' in res.stdout
+    key = url.rsplit("/", 1)[1]
+    body = json.dumps({"ref": "refs/heads/main", "commits": []}).encode()
+    assert _deliver(stack, body, "p-1", secret="hook-secret-2", event="push", key=key)[0] == 200
+    stack.wait_until(
+        lambda: any(
+            s["entrypoint"] == "h.py:on_push"
+            for s in map(
+                json.loads,
+                stack.ak("session", "list", "-p", "ghinit", "-j").stdout.splitlines(),
+            )
+        ),
+        "a session of the push",
+    )
+    # A mode's missing var is named, and nothing is read from a terminal here.
+    res = stack.ak("connection", "init", "ghinit/gh", "--mode", "app", input="app_id=5\n")
+    assert res.returncode != 0 and "install_id (the app installation's ID) is needed" in (
+        res.stderr
+    )
+
+
 def test_a_sender_of_forged_deliveries_is_slowed_down(stack: Stack) -> None:
     """Each refused delivery costs the store a lookup: an address that keeps sending them
     gets 429 before its request is looked at (runs last: it spends this module's budget)."""
