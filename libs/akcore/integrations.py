@@ -21,6 +21,48 @@ from __future__ import annotations
 import base64
 
 INTEGRATIONS = ("http", "github", "slack")
+# AutoKitteh's other integrations: a connection of one is refused with a clear line (the
+# SDK's client helpers read the same variables from project vars meanwhile).
+NOT_YET = (
+    "chatgpt",
+    "anthropic",
+    "twilio",
+    "aws",
+    "asana",
+    "notion",
+    "pipedrive",
+    "reddit",
+    "kubernetes",
+    "telegram",
+    "discord",
+    "airtable",
+    "linear",
+    "jira",
+    "confluence",
+    "gmail",
+    "googlesheets",
+    "googlecalendar",
+    "googledrive",
+    "googleforms",
+    "gemini",
+    "hubspot",
+    "salesforce",
+    "zoom",
+)
+
+
+def unknown(name: str) -> str:
+    """Why a connection cannot use integration ``name``."""
+    supported = ", ".join(INTEGRATIONS)
+    if name in NOT_YET:
+        return (
+            f'integration "{name}" is not supported yet by this server (supported: {supported}); '
+            f"meanwhile set its variables as project vars (<connection>__<var>) for the SDK's "
+            f"client helpers"
+        )
+    return f'integration "{name}" not found (available: {supported})'
+
+
 DESCRIPTIONS = {
     "http": "A named set of vars for calling an HTTP API (no inbound events).",
     "github": "GitHub: webhook deliveries to a PAT connection or a GitHub app's installations.",

@@ -6,7 +6,7 @@ from typing import Any
 
 from akcore import ids, timefmt
 from akcore.errors import AKError, InvalidArgument
-from akcore.integrations import INTEGRATIONS
+from akcore.integrations import INTEGRATIONS, unknown
 from akcore.manifest import parse_manifest
 from akcore.planning import Action, Current, plan_manifest
 from akcore.secrets import Sealer
@@ -107,10 +107,7 @@ def _execute(
         said(pid, "deleted")
     elif a.type in ("create_connection", "update_connection"):
         if a.args["integration"] not in INTEGRATIONS:  # exit 1, as AutoKitteh's action failure
-            raise AKError(
-                f'action {a.type} {a.key}: integration "{a.args["integration"]}" not found '
-                f"(available: {', '.join(INTEGRATIONS)})"
-            )
+            raise AKError(f"action {a.type} {a.key}: {unknown(a.args['integration'])}")
         if a.type == "create_connection":
             conn = Connection(
                 connection_id=ids.new_id("con"),

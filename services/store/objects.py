@@ -18,7 +18,7 @@ import yaml
 from akcore import connstatus, ids, timefmt, wire
 from akcore import requests as rq
 from akcore.errors import Conflict, InvalidArgument, NotFound
-from akcore.integrations import DESCRIPTIONS, INTEGRATIONS, integration_id
+from akcore.integrations import DESCRIPTIONS, INTEGRATIONS, integration_id, unknown
 from akcore.manifest import parse_manifest
 from akcore.planning import Current, plan_manifest
 from akcore.secrets import Sealer
@@ -448,7 +448,7 @@ def _integration(ref: str) -> str:
     by_id = {integration_id(n): n for n in INTEGRATIONS}
     name = by_id.get(ref, ref)
     if name not in INTEGRATIONS:
-        raise NotFound(f'integration "{ref}" not found (available: {", ".join(INTEGRATIONS)})')
+        raise NotFound(unknown(ref))
     return name
 
 

@@ -239,3 +239,9 @@ def test_unknown_integration_is_a_deploy_error_that_changes_nothing(
         "not found (available: http, github, slack)\n"
     )
     assert stack.ak("project", "get", "telepathic").returncode == 44
+    # One of AutoKitteh's integrations not built here says so.
+    later = manifest.replace("integration: telepathy", "integration: chatgpt")
+    proj = write_project(tmp_path / "q", {"autokitteh.yaml": later, "h.py": SEED_CODE})
+    res = stack.ak("deploy", "--manifest", str(proj / "autokitteh.yaml"))
+    assert res.returncode == 1
+    assert 'integration "chatgpt" is not supported yet by this server' in res.stderr
