@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,8 +320,16 @@ def env_lines() -> str:
     return "".join(f"{password_variable(s)}={new_password()}\n" for s in subjects.SERVICES)
 
 
+PASSWORD_LETTERS = string.ascii_letters + string.digits
+
+
 def new_password() -> str:
-    return secrets.token_urlsafe(32)
+    """256 random bits as 44 letters and digits, the first a letter: nats-server parses the
+    value of an environment variable (``$AK_NATS_..._PASSWORD``) as it would a value in its
+    configuration: one that starts with ``-7D`` (as ``token_urlsafe`` may give) is lexed as a
+    number and fails to parse."""
+    first = secrets.choice(string.ascii_letters)
+    return first + "".join(secrets.choice(PASSWORD_LETTERS) for _ in range(43))
 
 
 def ensure_passwords(folder: Path) -> dict[str, Path]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
-from akcore import natsauth, subjects
+from akcore import natsauth, natsserver, subjects
 
 
 def test_each_service_may_call_only_its_operations() -> None:
@@ -35,3 +37,21 @@ def test_passwords_are_owner_only_and_kept(tmp_path: Path) -> None:
 def test_no_user_for_an_unknown_service() -> None:
     with pytest.raises(ValueError, match="no NATS permissions for 'cli'"):
         natsauth.permissions("cli")
+
+
+def test_new_passwords_parse_as_nats_server_reads_them_from_its_environment(
+    tmp_path: Path,
+) -> None:
+    """nats-server reads ``$AK_NATS_<SERVICE>_PASSWORD`` as a configuration value: a password
+    starting with "-7D" stopped the compose cluster's nodes from starting."""
+    conf = tmp_path / "ak.conf"
+    conf.write_text(natsauth.operator_block())
+    check = [natsserver.binary(), "-c", str(conf), "-t"]
+    for _ in range(10):
+        env = dict(line.split("=", 1) for line in natsauth.env_lines().splitlines())
+        assert all(len(p) == 44 and p.isalnum() and p[0].isalpha() for p in env.values())
+        res = subprocess.run(check, env={**os.environ, **env}, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+    env[natsauth.password_variable("store")] = "-7D" + "x" * 40  # token_urlsafe gave that
+    res = subprocess.run(check, env={**os.environ, **env}, capture_output=True, text=True)
+    assert res.returncode != 0
