@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,17 +38,60 @@ def test_addresses_point_at_services_of_the_file() -> None:
     nats_hosts = [urlparse(u).hostname for u in env["AK_NATS_URL"].split(",")]
     assert len(nats_hosts) == 3 and all(h in SERVICES for h in nats_hosts)
     assert env["AK_NATS__REPLICAS"] == "3"
-    db = make_url(env["AK_DB__DSN"])
+    db = make_url(_filled(env["AK_DB__DSN"]))
     assert db.drivername == "postgresql+psycopg" and db.host in SERVICES
     assert db.username == SERVICES[db.host]["environment"]["POSTGRES_USER"]
-    assert urlparse(env["OTEL_EXPORTER_OTLP_ENDPOINT"]).hostname in SERVICES
-    assert set(SERVICES["runner"]["depends_on"]) >= set(nats_hosts) | {db.host}
+    assert set(SERVICES["runner"]["depends_on"]) >= set(nats_hosts)
+    assert SERVICES["store"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+
+def _filled(text: str) -> str:
+    """``text`` with each ``${...}`` of compose's interpolation replaced by ``pw``."""
+    return re.sub(r"\$\{[^}]*\}", "pw", text)
+
+
+def test_the_database_password_comes_from_the_environment_and_only_stores_reach_it() -> None:
+    """No fixed password, and PostgreSQL on a network of its own with the stores alone: a
+    handler (on a runner) cannot reach it, nor does any other service get its DSN."""
+    postgres = SERVICES["postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${AK_POSTGRES_PASSWORD:?")
+    dsn = SERVICES["store"]["environment"]["AK_DB__DSN"]
+    assert ":${AK_POSTGRES_PASSWORD:?" in dsn and make_url(_filled(dsn)).password == "pw"
+    assert postgres["networks"] == ["db"] and COMPOSE["networks"]["db"]["internal"] is True
+    on_db = {name for name, s in SERVICES.items() if "db" in s.get("networks", [])}
+    assert on_db == {"postgres", "store"}
+    for name in OURS - {"store"}:
+        assert "AK_DB__DSN" not in SERVICES[name]["environment"], name
+
+
+def test_jaeger_is_an_optional_profile_on_loopback_and_export_is_off_by_default() -> None:
+    jaeger = SERVICES["jaeger"]
+    assert jaeger["profiles"] == ["jaeger"]
+    assert all(p.startswith("127.0.0.1:") for p in jaeger["ports"])
+    for name in OURS:
+        env = SERVICES[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
+        assert "jaeger" not in SERVICES[name]["depends_on"]
+
+
+def test_only_the_runner_runs_as_root_with_few_capabilities() -> None:
+    """The image's user is `ak`; the runner is root for its worker sandbox, with only the
+    capabilities tests/compose shows it needs (a session, and stopping one)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "\nUSER ak\n" in dockerfile and dockerfile.count("\nHEALTHCHECK ") == 1
+    for name in OURS - {"runner"}:
+        assert "user" not in SERVICES[name], name
+    runner = SERVICES["runner"]
+    assert runner["user"] == "root" and runner["cap_drop"] == ["ALL"]
+    caps = {"SETUID", "SETGID", "KILL", "CHOWN", "FOWNER", "DAC_OVERRIDE"}
+    assert set(runner["cap_add"]) == caps
+    assert runner["security_opt"] == ["no-new-privileges:true"]
 
 
 def test_ingress_is_published_on_9980() -> None:
     ingress = SERVICES["ingress"]
     assert ingress["environment"]["AK_HTTP__ADDR"] == "0.0.0.0:9980"
-    assert ingress["ports"] == ["9980:9980"]
+    assert ingress["ports"] == ["${AK_INGRESS_PORT:-9980}:9980"]
     assert SERVICES["runner"]["deploy"]["replicas"] >= 2
     assert SERVICES["runner"]["init"] is True  # an init as PID 1 reaps orphaned workers
 
@@ -59,6 +103,7 @@ def test_the_api_needs_tokens_and_the_store_gets_a_first_one() -> None:
     path = store["environment"]["AK_AUTH__BOOTSTRAP_TOKEN_FILE"]
     (secret,) = store["secrets"]
     assert path == f"/run/secrets/{secret}" and secret in COMPOSE["secrets"]
+    assert COMPOSE["secrets"][secret]["file"] == "./ak-bootstrap.sha256"  # a digest
 
 
 def test_nats_nodes_form_one_cluster() -> None:
@@ -104,7 +149,7 @@ def _has_compose() -> bool:
 
 @pytest.mark.skipif(not _has_compose(), reason="no `docker compose` on this machine")
 def test_docker_compose_accepts_the_file() -> None:
-    env = {**os.environ, "AK_SECRETS__KEY": "x" * 43 + "="}
+    env = {**os.environ, "AK_SECRETS__KEY": "x" * 43 + "=", "AK_POSTGRES_PASSWORD": "pw"}
     env.update({natsauth.password_variable(s): "pw" for s in OURS})
     res = subprocess.run(
         ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
