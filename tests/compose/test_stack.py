@@ -282,19 +282,24 @@ def test_every_accepted_event_completes_while_a_nats_node_and_a_runner_die(
     assert done == len(events) == len(mine), f"{done} of {len(events)} completed\n{stack.logs()}"
 
 
+def _deployments(stack: ComposeStack) -> list[dict[str, object]]:
+    out = stack.ak("deployment", "list", "-j", check=True).stdout
+    return sorted(map(json.loads, out.splitlines()), key=lambda d: str(d["deployment_id"]))
+
+
 @pytest.mark.timeout(300)
 def test_the_whole_stack_restarts_with_everything_kept(
     stack: ComposeStack, hook: str, first_session: str
 ) -> None:
     sessions = {s["session_id"]: s["state"] for s in stack.sessions("py_simple")}
-    deployments = stack.ak("deployment", "list", "-j", check=True).stdout
+    deployments = _deployments(stack)
     assert len(sessions) > 50 and set(sessions.values()) == {"COMPLETED"}
 
     stack.compose("restart")
     stack.wait_healthy()
     stack.wait_ready()
 
-    assert stack.ak("deployment", "list", "-j", check=True).stdout == deployments
+    assert _deployments(stack) == deployments
     shown = stack.ak("var", "get", "-p", "py_simple", "--reveal", check=True).stdout
     assert 'GREETING="hello"' in shown and 'API_KEY="s3cr3t-compose"' in shown
     assert {s["session_id"]: s["state"] for s in stack.sessions("py_simple")} == sessions
