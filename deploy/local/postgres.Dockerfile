@@ -15,4 +15,6 @@ COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint
 ENV PATH=/usr/local/lib/postgresql-bin:$PATH PGDATA=/var/lib/postgresql/data
 USER postgres
 EXPOSE 5432
+# As the official image: a fast shutdown (SIGTERM would wait for every client to leave).
+STOPSIGNAL SIGINT
 ENTRYPOINT ["postgres-entrypoint"]
