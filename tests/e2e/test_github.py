@@ -50,10 +50,15 @@ project:
       connection: gh
       event_type: slash_command
       call: h.py:on_slash
+    - name: waiter
+      webhook: {{}}
+      call: h.py:wait_for_push
 """
 
 CODE = """\
 import os
+
+import autokitteh
 
 from autokitteh.github import github_client
 
@@ -67,6 +72,13 @@ def on_comment(event):
 
 def on_slash(event):
     print("slash", event.data.command.name, event.data.command.args, event.data.actual_event_type)
+
+
+def wait_for_push(event):
+    sub = autokitteh.subscribe("gh", "event_type == 'push'")
+    print("subscribed")
+    got = autokitteh.next_event(sub, timeout=60, full=True)
+    print("got", got.event_type, got.data.ref)
 """
 
 
@@ -216,6 +228,21 @@ def test_a_bad_event_header_or_payload_is_400(stack: Stack) -> None:
     body = b"not json"
     assert _deliver(stack, body, "d-8")[0] == 400
     assert _deliver(stack, _comment(401), "d-9", event="Bad Event!")[0] == 400
+
+
+def test_a_running_session_subscribed_to_the_connection_gets_its_event(stack: Stack) -> None:
+    trigger = json.loads(
+        stack.ak("trigger", "get", "waiter", "-p", "ghproj", "-j", check=True).stdout
+    )
+    status, headers, _ = stack.request("POST", f"/webhooks/{trigger['webhook_slug']}", b"{}")
+    assert status == 202
+    sid = stack.session_of("ghproj", headers["autokitteh-event-id"])
+    stack.wait_output("subscribed", "session", "prints", sid)
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    assert _deliver(stack, body, "s-1", event="push")[0] == 200
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+    assert prints == ["subscribed", "got push refs/heads/main"]
 
 
 INIT_MANIFEST = """\
