@@ -5,6 +5,7 @@ AKError                 root; ``kind`` maps to CLI exit codes and HTTP statuses
 ├── NotFound            a named thing does not exist (exit 44, HTTP 404)
 ├── Conflict            the request clashes with current state (exit 42, HTTP 409)
 ├── Unauthenticated     no API token, or one the server does not know (exit 41, HTTP 401)
+├── PermissionDenied    the caller may not do this (a UI form from elsewhere) (exit 43, HTTP 403)
 ├── ResourceExhausted   too many requests of one kind from one caller (exit 1, HTTP 429)
 └── Unavailable         a service did not answer in time (exit 1, HTTP 503)
 """
@@ -46,6 +47,12 @@ class Unauthenticated(AKError):
     http_status = 401
 
 
+class PermissionDenied(AKError):
+    kind = "permission_denied"
+    exit_code = 43
+    http_status = 403
+
+
 class ResourceExhausted(AKError):
     kind = "resource_exhausted"
     exit_code = 1
@@ -66,6 +73,7 @@ _BY_KIND: dict[str, type[AKError]] = {
         NotFound,
         Conflict,
         Unauthenticated,
+        PermissionDenied,
         ResourceExhausted,
         Unavailable,
     )

@@ -21,7 +21,7 @@ from opentelemetry.trace import Span, SpanKind
 from . import github, slack
 from .auth import Authenticator
 from .body import read_body
-from .commands import COMMANDS
+from .commands import perform
 from .lookups import WebhookLookups
 from .sync import SyncWait
 from .throttle import FailedTries
@@ -225,7 +225,7 @@ def create_app(
                 request.scope.get("server"),
                 request.headers,
             )
-            op = ops.public(name)
+            ops.public(name)  # NotFound before the body is read
             body = await read_body(request, max_api_body, max_api_body)
             if body is None:
                 return _too_large(max_api_body)
@@ -233,11 +233,7 @@ def create_app(
                 args = wire.decode(wire.StoreRequest, body).args
             except Exception:
                 raise InvalidArgument("request body is not a msgpack map") from None
-            typed = op.parse(args)  # refused here when malformed, before anything runs
-            if op.service is ops.Service.INGRESS:
-                result: Any = await COMMANDS[name](nc, typed, caller)
-            else:
-                result = await bus.store_call(nc, name, args, timeout=60)
+            result = await perform(nc, name, args, caller)
         except AKError as e:
             reply = wire.StoreReply(ok=False, error_kind=e.kind, error=e.message)
             return _reply(reply, e.http_status)

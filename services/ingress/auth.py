@@ -26,6 +26,12 @@ HOW_TO_GET_ONE = (
 )
 
 
+def host_name(host: str) -> str:
+    """The name of a ``Host`` header, without its port (``[::1]:80`` -> ``::1``)."""
+    text = host.strip().lower()
+    return text[1:].partition("]")[0] if text.startswith("[") else text.partition(":")[0]
+
+
 @dataclass(frozen=True)
 class Caller:
     """``token_id`` is "" when tokens are off (dev mode on loopback)."""
@@ -64,8 +70,7 @@ class Authenticator:
         web page (``_check_not_a_browser``)."""
         if not self.required:
             self._check_not_a_browser(headers or {})
-            if peers.supported():  # (a table read: off the event loop)
-                await asyncio.to_thread(self._check_local_user, client, server)
+            await self.check_local_user(client, server)
             return DEV_CALLER
         address = client[0] if client else ""
         if not self._remembered(authorization):
@@ -75,6 +80,14 @@ class Authenticator:
         except Unauthenticated:
             self.failures.failed(address)
             raise
+
+    async def check_local_user(
+        self, client: tuple[str, int] | None, server: tuple[str, int] | None
+    ) -> None:
+        """Unauthenticated unless the connection comes from the server's own user or root
+        (what a tokens-off server answers; the web UI checks it too)."""
+        if peers.supported():  # (a table read: off the event loop)
+            await asyncio.to_thread(self._check_local_user, client, server)
 
     def _remembered(self, authorization: str | None) -> bool:
         """Whether the header's token was found good a moment ago (no store call needed)."""
@@ -108,8 +121,7 @@ class Authenticator:
         a page (``Origin``, ``Sec-Fetch-Site`` other than ``none``), and one that is not
         msgpack (what a page may send without asking first is text or a form)."""
         host = headers.get("host") or ""
-        text = host.strip().lower()
-        name = text[1:].partition("]")[0] if text.startswith("[") else text.partition(":")[0]
+        name = host_name(host)
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
         why = ""
         if not is_loopback(name):
