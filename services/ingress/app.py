@@ -25,6 +25,7 @@ from .commands import perform
 from .lookups import WebhookLookups
 from .sync import SyncWait
 from .throttle import FailedTries
+from .ui import add_ui
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,7 @@ def create_app(
             )
         return Response("ready\n", status_code=200)
 
+    add_ui(app, nc, auth)
     return WebhookFront(app, webhook)
 
 

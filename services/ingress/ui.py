@@ -1,0 +1,291 @@
+"""The web UI under ``/ui``: server-rendered pages of projects, sessions, one session (its
+prints, journal, event, error) and its trace, behind the API's authentication
+(``uiauth``). Every read is an API operation run for the caller (``commands.perform``);
+``static/ui.js`` polls the fragments that change while a page is open (docs/ui.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+import jinja2
+from akcore import cron
+from akcore.errors import AKError, InvalidArgument, PermissionDenied, Unauthenticated
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from nats.aio.client import Client
+
+from . import uiviews
+from .auth import Authenticator, Caller
+from .body import read_body
+from .commands import perform
+from .uiauth import UiAuth, check_form, csrf_token, set_cookies
+
+HERE = Path(__file__).parent
+STATIC = {  # the only files /ui/static serves
+    "ui.js": "text/javascript; charset=utf-8",
+    "ui.css": "text/css; charset=utf-8",
+}
+RECORDS_SHOWN = 500  # journal records on one page of a session
+MAX_FORM = 8192
+HEADERS = {
+    # No inline script or style, nothing from elsewhere, never inside another site's frame.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,  # everything a handler or a user wrote is text, never markup
+    undefined=jinja2.StrictUndefined,
+)
+_templates.filters["utc"] = uiviews.utc_text
+_templates.filters["iso"] = uiviews.iso
+
+Page = Callable[[Request, Caller], Awaitable[Response]]
+
+
+def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
+    """Adds ``/`` (a redirect), ``/ui`` and its pages to ``app``."""
+    gate = UiAuth(auth)
+
+    def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        csrf = csrf_token(request)
+        ctx.update(csrf=csrf, tokens=gate.tokens_required, path=request.url.path)
+        html = _templates.get_template(name).render(**ctx)
+        resp = HTMLResponse(html, status_code=status, headers=HEADERS)
+        set_cookies(request, resp, csrf)
+        return resp
+
+    def failed(request: Request, e: AKError) -> HTMLResponse:
+        return render(request, "error.html", e.http_status, error=e)
+
+    def page(handler: Page) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                caller = await gate.caller(request)
+            except Unauthenticated as e:
+                if gate.tokens_required and not request.headers.get("x-ak-fragment"):
+                    where = quote(request.url.path + _query(request))
+                    return RedirectResponse(f"/ui/login?next={where}", status_code=303)
+                return failed(request, e)
+            except AKError as e:
+                return failed(request, e)
+            try:
+                return await handler(request, caller)
+            except AKError as e:
+                return failed(request, e)
+
+        return endpoint
+
+    async def call(caller: Caller, name: str, **args: Any) -> Any:
+        return await perform(nc, name, args, caller)
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/ui/sessions", status_code=307)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return Response("Not Found\n", status_code=404)
+        body = (HERE / "static" / name).read_bytes()
+        return Response(body, media_type=STATIC[name], headers=HEADERS)
+
+    async def login_form(request: Request) -> Response:
+        if not gate.tokens_required:
+            return RedirectResponse("/ui/sessions", status_code=303)
+        return render(request, "login.html", next=_next(request.query_params.get("next")))
+
+    async def login(request: Request) -> Response:
+        fields = await _form(request)
+        target = _next(fields.get("next"))
+        try:
+            check_form(request, fields)
+            await gate.check_token(request, fields.get("token", "").strip())
+        except AKError as e:
+            return render(request, "login.html", e.http_status, next=target, error=e.message)
+        resp = RedirectResponse(target, status_code=303)
+        set_cookies(request, resp, csrf_token(request), token=fields["token"].strip())
+        return resp
+
+    async def logout(request: Request) -> Response:
+        fields = await _form(request)
+        try:
+            check_form(request, fields)
+        except AKError as e:
+            return failed(request, e)
+        resp = RedirectResponse("/ui/login", status_code=303)
+        set_cookies(request, resp, csrf_token(request), token="")
+        return resp
+
+    async def projects(request: Request, caller: Caller) -> Response:
+        shown = []
+        for p in await call(caller, "project.list"):
+            ref = p["project_id"]
+            deployments = await call(caller, "deployment.list", project=ref)
+            triggers = await call(caller, "trigger.list", project=ref)
+            for t in triggers:
+                slug = t.get("webhook_slug")
+                t["url"] = f"{request.base_url}webhooks/{slug}" if slug else ""
+                t["next_run"] = _next_run(t.get("schedule") or "")
+            shown.append(
+                {
+                    **p,
+                    "active": [d for d in deployments if d["state"] == "ACTIVE"],
+                    "triggers": triggers,
+                    "vars": await call(caller, "var.get", project=ref),
+                }
+            )
+        return render(request, "projects.html", projects=shown)
+
+    async def session_rows(request: Request, caller: Caller) -> dict[str, Any]:
+        q = request.query_params
+        filters = {k: q.get(k, "") for k in ("project", "state", "deployment", "event_id")}
+        page = await call(caller, "session.list", **filters, page_token=q.get("page", ""))
+        return {
+            "sessions": page["sessions"],
+            "next": _with(q, page=page["next_page_token"]) if page["next_page_token"] else "",
+            "filters": filters,
+            "live": not q.get("page"),
+            "rows_url": "/ui/sessions/rows" + _with(q),
+        }
+
+    async def sessions(request: Request, caller: Caller) -> Response:
+        listed = await session_rows(request, caller)
+        names = [p["name"] for p in await call(caller, "project.list")]
+        return render(request, "sessions.html", projects=names, states=uiviews.STATES, **listed)
+
+    async def sessions_fragment(request: Request, caller: Caller) -> Response:
+        return render(request, "session_rows.html", **await session_rows(request, caller))
+
+    async def session(request: Request, caller: Caller) -> Response:
+        sid = request.path_params["sid"]
+        s = await call(caller, "session.get", session=sid)
+        skip = _int(request.query_params.get("skip", "0"))
+        page = await call(caller, "session.records", session=sid, skip=skip, limit=RECORDS_SHOWN)
+        event = None
+        if s.get("event_id"):
+            event = await call(caller, "event.get", event_id=s["event_id"])
+        rows = [uiviews.journal_row(r) for r in page["records"]]
+        return render(
+            request,
+            "session.html",
+            s=s,
+            final=s["state"] in uiviews.FINAL_STATES,
+            event=event,
+            event_shown=uiviews.event_view(event) if event else None,
+            inputs=uiviews.pretty(s.get("inputs") or {}),
+            rows=rows,
+            skip=skip,
+            next_skip=skip + len(rows) if page["more"] else 0,
+            prev_skip=max(skip - RECORDS_SHOWN, 0) if skip else -1,
+            live=not page["more"],
+        )
+
+    async def session_state(request: Request, caller: Caller) -> Response:
+        s = await call(caller, "session.get", session=request.path_params["sid"])
+        final = s["state"] in uiviews.FINAL_STATES
+        resp = render(request, "session_state.html", s=s, final=final)
+        if final:
+            resp.headers["X-AK-Final"] = "1"
+        return resp
+
+    async def session_records(request: Request, caller: Caller) -> Response:
+        """Journal rows from ``skip`` on, for a page that shows them as they come."""
+        sid, skip = request.path_params["sid"], _int(request.query_params.get("skip", "0"))
+        s = await call(caller, "session.get", session=sid)
+        page = await call(caller, "session.records", session=sid, skip=skip, limit=200)
+        rows = [uiviews.journal_row(r) for r in page["records"]]
+        resp = render(request, "journal_rows.html", rows=rows)
+        resp.headers["X-AK-Skip"] = str(skip + len(rows))
+        if s["state"] in uiviews.FINAL_STATES and not page["more"]:
+            resp.headers["X-AK-Final"] = "1"  # (the state is read first: nothing is missed)
+        return resp
+
+    async def session_action(request: Request, caller: Caller) -> Response:
+        sid, action = request.path_params["sid"], request.path_params["action"]
+        fields = await _form(request)
+        check_form(request, fields)
+        if action == "stop":
+            await call(caller, "session.stop", session=sid, reason="stopped from the web UI")
+            return RedirectResponse(f"/ui/sessions/{quote(sid)}", status_code=303)
+        if action == "restart":
+            new = await call(caller, "session.restart", session=sid)
+            return RedirectResponse(f"/ui/sessions/{quote(new['session_id'])}", status_code=303)
+        raise InvalidArgument(f"unknown action {action!r}: use stop or restart")
+
+    async def trace(request: Request, caller: Caller) -> Response:
+        res = await call(caller, "session.trace", session=request.path_params["sid"])
+        rows = uiviews.waterfall(res["spans"])
+        services = sorted({r.service for r in rows})
+        sid = res["session_id"]
+        return render(
+            request, "trace.html", sid=sid, rows=rows, more=res["more"], services=services
+        )
+
+    app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/ui", root, methods=["GET"])
+    app.add_api_route("/ui/", root, methods=["GET"])
+    app.add_api_route("/ui/static/{name}", static, methods=["GET"])
+    app.add_api_route("/ui/login", login_form, methods=["GET"])
+    app.add_api_route("/ui/login", login, methods=["POST"])
+    app.add_api_route("/ui/logout", logout, methods=["POST"])
+    app.add_api_route("/ui/projects", page(projects), methods=["GET"])
+    app.add_api_route("/ui/sessions", page(sessions), methods=["GET"])
+    app.add_api_route("/ui/sessions/rows", page(sessions_fragment), methods=["GET"])
+    app.add_api_route("/ui/sessions/{sid}", page(session), methods=["GET"])
+    app.add_api_route("/ui/sessions/{sid}/state", page(session_state), methods=["GET"])
+    app.add_api_route("/ui/sessions/{sid}/records", page(session_records), methods=["GET"])
+    app.add_api_route("/ui/sessions/{sid}/trace", page(trace), methods=["GET"])
+    app.add_api_route("/ui/sessions/{sid}/{action}", page(session_action), methods=["POST"])
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A small url-encoded form (login, a button's CSRF token)."""
+    body = await read_body(request, MAX_FORM, MAX_FORM)
+    if body is None:
+        raise PermissionDenied(f"a form of the UI is under {MAX_FORM} bytes")
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _next(target: str | None) -> str:
+    """Where to go after logging in: a UI page of this server, never elsewhere."""
+    if target and target.startswith("/ui/") and not target.startswith("/ui//"):
+        return target
+    return "/ui/sessions"
+
+
+def _query(request: Request) -> str:
+    return f"?{request.url.query}" if request.url.query else ""
+
+
+def _with(params: Any, **changed: str) -> str:
+    """The query string of ``params`` with ``changed`` (empty values left out)."""
+    merged = {k: v for k, v in params.items() if k not in changed}
+    merged.update(changed)
+    kept = {k: v for k, v in merged.items() if v}
+    return f"?{urlencode(kept)}" if kept else ""
+
+
+def _int(text: str) -> int:
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        raise InvalidArgument(f"not a number: {text!r}") from None
+
+
+def _next_run(schedule: str) -> str:
+    if not schedule:
+        return ""
+    try:
+        return cron.parse(schedule).next_after(datetime.now(UTC)).isoformat()
+    except cron.CronError as e:
+        return f"never ({e})"

@@ -1,0 +1,170 @@
+"""What the UI's pages show, shaped from the API's answers: journal rows, the trace as a
+waterfall, an event's data made readable. Pure: no I/O (``ui`` fetches, templates render)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from akcore import timefmt
+
+# Sessions in these states change no more: their pages stop polling.
+FINAL_STATES = frozenset({"COMPLETED", "ERROR", "STOPPED"})
+STATES = ("CREATED", "RUNNING", "COMPLETED", "ERROR", "STOPPED")
+HEX_SHOWN = 4096  # bytes of a binary body shown as hex
+
+
+@dataclass
+class JournalRow:
+    seq: int
+    kind: str
+    t_us: int
+    summary: str
+    detail: str = ""  # an error or a traceback, shown preformatted
+    mark: str = ""  # "attempt 2", "retry": what a reader should notice
+
+
+def _activity(data: dict[str, Any]) -> tuple[str, str]:
+    head = f"#{data.get('step')} {data.get('function', '')}"
+    if data.get("digest"):
+        head += f" (args {str(data['digest'])[:12]})"
+    return (head + (" ok" if data.get("ok") else " failed"), str(data.get("error") or ""))
+
+
+def journal_row(rec: dict[str, Any]) -> JournalRow:
+    """One journal record as a row of the session page's journal."""
+    kind, data = str(rec["kind"]), rec.get("data") or {}
+    row = JournalRow(int(rec["seq"]), kind, int(rec["t_us"]), "")
+    if kind == "created":
+        row.summary = f"created: {data.get('entrypoint', '')}"
+    elif kind == "started":
+        attempt = int(data.get("attempt", 1))
+        row.summary = f"started on {data.get('runner', '')}"
+        if attempt > 1:
+            replayed = data.get("replayed_steps", 0)
+            row.mark = f"attempt {attempt}, {replayed} steps replayed"
+    elif kind == "print":
+        row.summary = str(data.get("text", ""))
+    elif kind == "activity":
+        row.summary, row.detail = _activity(data)
+    elif kind == "sleep":
+        row.summary = f"#{data.get('step')} sleep {float(data.get('seconds', 0)):g} s"
+    elif kind == "retry":
+        row.summary, row.mark = (
+            str(data.get("error", "")),
+            f"retry of attempt {data.get('attempt')}",
+        )
+    elif kind == "ended":
+        row.summary = str(data.get("state", ""))
+        row.detail = "\n".join(x for x in (data.get("error"), data.get("traceback")) if x)
+    else:  # a system call
+        args = data.get("args") or {}
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(args.items()))
+        row.summary = f"#{data.get('step')} {kind}({shown[:300]})"
+        row.detail = str(data.get("error") or "")
+    return row
+
+
+def pretty(value: Any) -> str:
+    """JSON, indented, for a person (what JSON cannot hold is shown by its repr)."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=_readable)
+
+
+def _readable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return body_text(value)
+    return repr(value)
+
+
+def body_text(body: bytes) -> str:
+    """A body as text when it is UTF-8, else as hex (the first ``HEX_SHOWN`` bytes)."""
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        more = f" ... ({len(body)} bytes)" if len(body) > HEX_SHOWN else ""
+        return body[:HEX_SHOWN].hex(" ") + more
+
+
+def event_view(event: dict[str, Any]) -> dict[str, Any]:
+    """An event's data for its page: the body's JSON or text apart, the rest as JSON."""
+    data = dict(event.get("data") or {})
+    body = data.pop("body", None)
+    shown: dict[str, Any] = {"data": pretty(data), "body": "", "body_kind": ""}
+    if isinstance(body, dict):
+        if body.get("json") is not None:
+            shown.update(body=pretty(body["json"]), body_kind="JSON")
+        elif body.get("text") is not None:
+            shown.update(body=str(body["text"]), body_kind="text")
+        elif isinstance(body.get("bytes"), bytes):
+            shown.update(body=body_text(body["bytes"]), body_kind="bytes (hex)")
+    return shown
+
+
+@dataclass
+class SpanRow:
+    """One bar of the waterfall; ``left`` and ``width`` are percents of the whole trace."""
+
+    span_id: str
+    name: str
+    service: str
+    depth: int
+    start_ms: float
+    duration_ms: float
+    left: float
+    width: float
+    error: str = ""
+    replayed: bool = False
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def waterfall(spans: list[dict[str, Any]]) -> list[SpanRow]:
+    """The spans as rows of a waterfall: children under their parent, in start order; a
+    span whose parent is not among them (still running, or lost with a crashed process) is
+    a root."""
+    if not spans:
+        return []
+    known = {s["span_id"] for s in spans}
+    children: dict[str, list[dict[str, Any]]] = {}
+    roots: list[dict[str, Any]] = []
+    for s in sorted(spans, key=lambda s: (s["start_us"], s["end_us"])):
+        if s.get("parent_id") in known:
+            children.setdefault(s["parent_id"], []).append(s)
+        else:
+            roots.append(s)
+    t0 = min(s["start_us"] for s in spans)
+    total = max(max(s["end_us"] for s in spans) - t0, 1)
+    rows: list[SpanRow] = []
+    stack = [(r, 0) for r in reversed(roots)]
+    while stack:
+        s, depth = stack.pop()
+        rows.append(_span_row(s, depth, t0, total))
+        stack += [(kid, depth + 1) for kid in reversed(children.get(s["span_id"], []))]
+    return rows
+
+
+def _span_row(s: dict[str, Any], depth: int, t0: int, total: int) -> SpanRow:
+    start, length = s["start_us"] - t0, max(s["end_us"] - s["start_us"], 0)
+    events = s.get("events") or []
+    return SpanRow(
+        span_id=str(s["span_id"]),
+        name=str(s["name"]),
+        service=str(s.get("service", "")),
+        depth=depth,
+        start_ms=start / 1000,
+        duration_ms=length / 1000,
+        left=round(100 * start / total, 3),
+        width=round(max(100 * length / total, 0.2), 3),
+        error=str(s.get("status_description") or "error") if s.get("status") == "ERROR" else "",
+        replayed=any(e.get("name") == "replay" for e in events),
+        attributes=dict(s.get("attributes") or {}),
+    )
+
+
+def utc_text(t_us: int) -> str:
+    """A time as the UI shows it before its script puts it in the viewer's time zone."""
+    return timefmt.from_us(t_us).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def iso(t_us: int) -> str:
+    return timefmt.rfc3339(t_us)

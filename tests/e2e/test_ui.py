@@ -1,0 +1,171 @@
+"""The web UI over real HTTP against `ak up`: login with an API token, what pages show
+(escaped, secrets masked), CSRF and cross-site refusals, and the tokens-off rules."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.uiproject import HOSTILE, SECRET, deploy
+from tests.helpers import Stack, start_stack
+
+
+@pytest.fixture(scope="module")
+def demo(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return deploy(stack, tmp_path_factory.mktemp("ui_demo"))
+
+
+def _csrf(client: httpx.Client, path: str = "/ui/login") -> str:
+    """The CSRF token of a page's forms (its cookie is now in the client)."""
+    page = client.get(path)
+    return page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+@contextlib.contextmanager
+def _logged_in(stack: Stack) -> Iterator[httpx.Client]:
+    """A client logged in as a browser would: the login page's form, with the API token."""
+    with httpx.Client(base_url=stack.url, timeout=20) as client:
+        csrf = _csrf(client)
+        resp = client.post(
+            "/ui/login",
+            data={"token": stack.token, "csrf": csrf, "next": "/ui/projects"},
+            headers={"Origin": stack.url},
+        )
+        assert resp.status_code == 303, resp.text
+        assert resp.headers["location"] == "/ui/projects"
+        yield client
+
+
+def test_pages_need_a_login(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.url, timeout=20) as client:
+        assert client.get("/").headers["location"] == "/ui/sessions"
+        resp = client.get("/ui/sessions?project=x")
+        assert resp.status_code == 303
+        assert resp.headers["location"] == "/ui/login?next=/ui/sessions%3Fproject%3Dx"
+        # A fragment the page script polls says 401 rather than redirecting.
+        assert client.get("/ui/sessions/rows", headers={"X-AK-Fragment": "1"}).status_code == 401
+        csrf = _csrf(client)
+        bad = client.post(
+            "/ui/login", data={"token": "nope", "csrf": csrf}, headers={"Origin": stack.url}
+        )
+        assert bad.status_code == 401
+        assert "invalid API token" in bad.text
+        # The static script needs no login, and is the only script.
+        assert client.get("/ui/static/ui.js").status_code == 200
+        assert client.get("/ui/static/../app.py").status_code == 404
+
+
+def test_login_sets_a_strict_http_only_cookie(stack: Stack) -> None:
+    with _logged_in(stack) as client:
+        cookie = next(c for c in client.cookies.jar if c.name == "ak_ui_token")
+        assert cookie.path == "/ui"
+        assert cookie.has_nonstandard_attr("HttpOnly")
+        assert cookie.get_nonstandard_attr("SameSite") == "strict"
+        assert client.get("/ui/sessions").status_code == 200
+
+
+def test_login_from_another_site_is_refused(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.url, timeout=20) as client:
+        csrf = _csrf(client)
+        resp = client.post(
+            "/ui/login",
+            data={"token": stack.token, "csrf": csrf},
+            headers={"Origin": "http://localhost:1"},
+        )
+        assert resp.status_code == 403
+        assert not any(c.name == "ak_ui_token" for c in client.cookies.jar)
+
+
+def test_prints_render_as_text_and_secrets_stay_masked(stack: Stack, demo: dict[str, str]) -> None:
+    status, event_id = stack.post_json(demo["hook"], {"name": "<img src=x onerror=alert(1)>"})
+    assert status == 202
+    sid = stack.session_of("ui_demo", event_id)
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    with _logged_in(stack) as client:
+        page = client.get(f"/ui/sessions/{sid}")
+        assert page.status_code == 200
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert "&lt;script&gt;window.pwned=1&lt;/script&gt;&lt;b&gt;bold?&lt;/b&gt;" in page.text
+        assert HOSTILE not in page.text
+        assert "<img src=x" not in page.text and "&lt;img src=x" in page.text
+        assert "doubled 20" in page.text
+        assert "#1 double (args " in page.text and "#2 double (args " in page.text
+        projects = client.get("/ui/projects").text
+        assert SECRET not in projects and "(secret)" in projects
+        assert "plain-value" in projects
+        assert f"{stack.url}{demo['hook']}" in projects
+        listed = client.get("/ui/sessions?project=ui_demo&state=COMPLETED").text
+        assert sid in listed
+        assert client.get("/ui/sessions?state=RUNNING&project=ui_demo").text.count(sid) == 0
+        # Spans reach the store in batches: the page shows all four services once they have.
+        services = ("ak-ingress", "ak-dispatcher", "ak-runner", "ak-store")
+        stack.wait_until(lambda: {s["service"] for s in stack.spans(sid)} >= set(services), "spans")
+        trace = client.get(f"/ui/sessions/{sid}/trace").text
+        for service in services:
+            assert f'data-service="{service}"' in trace
+
+
+def test_stop_needs_this_origin_and_the_csrf_token(stack: Stack, demo: dict[str, str]) -> None:
+    status, event_id = stack.post_json(demo["wait"], {})
+    assert status == 202
+    sid = stack.session_of("ui_demo", event_id)
+    stack.wait_output("waiting for more", "session", "prints", sid)
+    with _logged_in(stack) as client:
+        csrf = _csrf(client, f"/ui/sessions/{sid}")
+        stop = f"/ui/sessions/{sid}/stop"
+        no_origin = client.post(stop, data={"csrf": csrf})
+        other_port = client.post(
+            stop, data={"csrf": csrf}, headers={"Origin": "http://127.0.0.1:1"}
+        )
+        no_token = client.post(stop, data={"csrf": ""}, headers={"Origin": stack.url})
+        wrong = client.post(stop, data={"csrf": csrf + "x"}, headers={"Origin": stack.url})
+        for refused in (no_origin, other_port, no_token, wrong):
+            assert refused.status_code == 403, refused.text
+        assert stack.ak("session", "get", sid, "-j").stdout.count('"RUNNING"') == 1
+        ok = client.post(stop, data={"csrf": csrf}, headers={"Origin": stack.url})
+        assert ok.status_code == 303
+        assert stack.wait_session(sid)["state"] == "STOPPED"
+        again = client.post(stop, data={"csrf": csrf}, headers={"Origin": stack.url})
+        assert again.status_code == 409 and "already in a final state" in again.text
+
+
+def test_missing_session_says_why(stack: Stack) -> None:
+    with _logged_in(stack) as client:
+        page = client.get("/ui/sessions/ses_00000000000000000000000000")
+        assert page.status_code == 404
+        assert "not found" in page.text
+
+
+@pytest.fixture(scope="module")
+def open_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A dev stack with API tokens off."""
+    s = start_stack(tmp_path_factory.mktemp("open"), {"AK_AUTH__TOKENS": "off"})
+    yield s
+    s.stop()
+
+
+def test_tokens_off_serves_loopback_pages_of_this_site_only(open_stack: Stack) -> None:
+    with httpx.Client(base_url=open_stack.url, timeout=20) as client:
+        assert client.get("/ui/sessions").status_code == 200
+        assert client.get("/ui/login").headers["location"] == "/ui/sessions"
+        own = client.get("/ui/projects", headers={"Sec-Fetch-Site": "same-origin"})
+        assert own.status_code == 200
+        assert 'action="/ui/logout"' not in own.text
+        rebound = client.get("/ui/sessions", headers={"Host": "evil.example:9980"})
+        assert rebound.status_code == 403
+        cross = client.get("/ui/sessions", headers={"Sec-Fetch-Site": "cross-site"})
+        assert cross.status_code == 403
+        same_site = client.get("/ui/sessions", headers={"Sec-Fetch-Site": "same-site"})
+        assert same_site.status_code == 403
+
+
+def test_static_files_and_pages_load_nothing_from_elsewhere(stack: Stack, tmp_path: Path) -> None:
+    with _logged_in(stack) as client:
+        for path in ("/ui/sessions", "/ui/projects"):
+            text = client.get(path).text
+            assert "https://" not in text.replace(stack.url, "")
+            assert 'src="/ui/static/ui.js"' in text

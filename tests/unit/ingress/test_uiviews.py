@@ -1,0 +1,57 @@
+"""The UI's pure shaping: the waterfall's rows, journal rows, an event's body."""
+
+from __future__ import annotations
+
+from ak_ingress import uiviews
+
+
+def _span(sid: str, parent: str, start: int, end: int, **extra: object) -> dict[str, object]:
+    return {"span_id": sid, "parent_id": parent, "name": sid, "service": "ak-runner",
+            "start_us": start, "end_us": end, **extra}  # fmt: skip
+
+
+def test_waterfall_nests_children_under_parents_in_start_order() -> None:
+    spans = [
+        _span("b", "a", 100, 200),
+        _span("a", "", 0, 1000),
+        _span("c", "a", 50, 60, events=[{"name": "replay", "attributes": {}}]),
+        _span("orphan", "lost", 900, 1000, status="ERROR", status_description="boom"),
+    ]
+    rows = uiviews.waterfall(spans)
+    assert [(r.span_id, r.depth) for r in rows] == [("a", 0), ("c", 1), ("b", 1), ("orphan", 0)]
+    a, c, b, orphan = rows
+    assert (a.left, a.width) == (0, 100)
+    assert (b.left, b.width) == (10, 10)
+    assert c.replayed and not b.replayed
+    assert orphan.error == "boom"
+    assert uiviews.waterfall([]) == []
+
+
+def test_journal_rows_say_what_happened() -> None:
+    act = {"seq": 3, "kind": "activity", "t_us": 1, "data": {"step": 1, "function": "f",
+           "ok": False, "error": "ValueError: x", "digest": "abcdef0123456789"}}  # fmt: skip
+    row = uiviews.journal_row(act)
+    assert row.summary == "#1 f (args abcdef012345) failed" and row.detail == "ValueError: x"
+    again = uiviews.journal_row(
+        {"seq": 5, "kind": "started", "t_us": 1, "data": {"attempt": 2, "replayed_steps": 4}}
+    )
+    assert again.mark == "attempt 2, 4 steps replayed"
+    ended = uiviews.journal_row(
+        {"seq": 9, "kind": "ended", "t_us": 1,
+         "data": {"state": "ERROR", "error": "boom", "traceback": "Traceback ..."}}
+    )  # fmt: skip
+    assert ended.summary == "ERROR" and ended.detail == "boom\nTraceback ..."
+    call = uiviews.journal_row(
+        {"seq": 6, "kind": "signal", "t_us": 1, "data": {"step": 2, "args": {"name": "go"}}}
+    )
+    assert call.summary == "#2 signal(name='go')"
+
+
+def test_event_bodies_show_as_json_text_or_hex() -> None:
+    as_json = uiviews.event_view({"data": {"body": {"json": {"a": 1}, "text": '{"a":1}'}}})
+    assert as_json["body_kind"] == "JSON" and '"a": 1' in as_json["body"]
+    text = uiviews.event_view({"data": {"body": {"json": None, "text": "hi"}, "method": "POST"}})
+    assert (text["body_kind"], text["body"]) == ("text", "hi")
+    assert '"method": "POST"' in text["data"]
+    raw = uiviews.event_view({"data": {"body": {"json": None, "text": None, "bytes": b"\xff\x00"}}})
+    assert (raw["body_kind"], raw["body"]) == ("bytes (hex)", "ff 00")
