@@ -153,6 +153,7 @@ def up(
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     say(f"autokitteh ({mode} mode), pid {os.getpid()}")
     say(f"HTTP:      {url}")
+    say(f"Web UI:    {url}/ui" + (" (log in with an API token)" if require_tokens else ""))
     say(f"NATS:      {nats_note}")
     say(f"Database:  {_without_password(env[config.ENV_DB_DSN])}")
     say(f"Data home: {data}")

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests.e2e import browser as chromium
 from tests.helpers import Stack, start_stack
 
 
@@ -12,3 +14,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = start_stack(tmp_path_factory.mktemp("stack"))
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium (tests/e2e/browser.py); the test skips where there is none."""
+    chromium.skip_without_browser()
+    driver = chromium.start()
+    yield driver
+    driver.quit()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if chromium.SHOTS.is_dir() and any(chromium.SHOTS.iterdir()):
+        terminalreporter.write_line(f"[ui] screenshots of the browser tests: {chromium.SHOTS}")
