@@ -30,6 +30,7 @@ STATIC = {  # the only files /ui/static serves
     "ui.css": "text/css; charset=utf-8",
 }
 RECORDS_SHOWN = 500  # journal records on one page of a session
+EVENTS_SHOWN = 200  # the newest events on the events page
 MAX_FORM = 8192
 HEADERS = {
     # No inline script or style, nothing from elsewhere, never inside another site's frame.
@@ -222,6 +223,34 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
             return RedirectResponse(f"/ui/sessions/{quote(new['session_id'])}", status_code=303)
         raise InvalidArgument(f"unknown action {action!r}: use stop or restart")
 
+    async def events(request: Request, caller: Caller) -> Response:
+        project = request.query_params.get("project", "")
+        listed = (await call(caller, "event.list", project=project))[:EVENTS_SHOWN]
+        triggers = {t["trigger_id"]: t for t in await call(caller, "trigger.list", project=project)}
+        recent = await call(caller, "session.list", project=project, page_size=1000)
+        by_event: dict[str, list[dict[str, Any]]] = {}
+        for ses in recent["sessions"]:
+            by_event.setdefault(ses.get("event_id") or "", []).append(ses)
+        names = [p["name"] for p in await call(caller, "project.list")]
+        return render(
+            request, "events.html", events=listed, triggers=triggers, sessions=by_event,
+            project=project, projects=names,
+        )  # fmt: skip
+
+    async def event(request: Request, caller: Caller) -> Response:
+        eid = request.path_params["eid"]
+        ev = await call(caller, "event.get", event_id=eid)  # credential headers masked
+        started = await call(caller, "session.list", event_id=eid, page_size=100)
+        return render(
+            request, "event.html", event=ev, shown=uiviews.event_view(ev),
+            sessions=started["sessions"],
+        )  # fmt: skip
+
+    async def redispatch(request: Request, caller: Caller) -> Response:
+        check_form(request, await _form(request))
+        copy = await call(caller, "event.redispatch", event_id=request.path_params["eid"])
+        return RedirectResponse(f"/ui/events/{quote(copy['event_id'])}", status_code=303)
+
     async def trace(request: Request, caller: Caller) -> Response:
         res = await call(caller, "session.trace", session=request.path_params["sid"])
         rows = uiviews.waterfall(res["spans"])
@@ -246,6 +275,9 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
     app.add_api_route("/ui/sessions/{sid}/records", page(session_records), methods=["GET"])
     app.add_api_route("/ui/sessions/{sid}/trace", page(trace), methods=["GET"])
     app.add_api_route("/ui/sessions/{sid}/{action}", page(session_action), methods=["POST"])
+    app.add_api_route("/ui/events", page(events), methods=["GET"])
+    app.add_api_route("/ui/events/{eid}", page(event), methods=["GET"])
+    app.add_api_route("/ui/events/{eid}/redispatch", page(redispatch), methods=["POST"])
 
 
 async def _form(request: Request) -> dict[str, str]:

@@ -18,7 +18,7 @@ import pytest
 CHROMIUM = os.environ.get("AK_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("AK_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "ui-screenshots"
-_emptied: list[bool] = []
+started: list[bool] = []  # a browser started in this run (its screenshots are new)
 
 
 def missing() -> str:
@@ -58,9 +58,9 @@ def start(width: int = 1280, height: int = 900) -> Any:
         f"--window-size={width},{height}",
     ):
         opts.add_argument(arg)
-    if not _emptied:
+    if not started:
         shutil.rmtree(SHOTS, ignore_errors=True)
-        _emptied.append(True)
+        started.append(True)
     SHOTS.mkdir(parents=True, exist_ok=True)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 

@@ -26,5 +26,5 @@ def browser() -> Iterator[Any]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if chromium.SHOTS.is_dir() and any(chromium.SHOTS.iterdir()):
+    if chromium.started:
         terminalreporter.write_line(f"[ui] screenshots of the browser tests: {chromium.SHOTS}")

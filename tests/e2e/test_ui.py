@@ -133,6 +133,29 @@ def test_stop_needs_this_origin_and_the_csrf_token(stack: Stack, demo: dict[str,
         assert again.status_code == 409 and "already in a final state" in again.text
 
 
+def test_events_show_their_sessions_and_redispatch(stack: Stack, demo: dict[str, str]) -> None:
+    status, event_id = stack.post_json(demo["hook"], {"again": "<i>x</i>"})
+    sid = stack.session_of("ui_demo", event_id)
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    with _logged_in(stack) as client:
+        listed = client.get("/ui/events?project=ui_demo").text
+        assert f'href="/ui/events/{event_id}"' in listed
+        assert f'href="/ui/sessions/{sid}"' in listed and "ui_demo:hook" in listed
+        page = client.get(f"/ui/events/{event_id}")
+        assert "&lt;i&gt;x&lt;/i&gt;" in page.text and "<i>x</i>" not in page.text
+        csrf = _csrf(client, f"/ui/events/{event_id}")
+        path = f"/ui/events/{event_id}/redispatch"
+        assert client.post(path, data={"csrf": csrf}).status_code == 403  # no Origin
+        copy = client.post(path, data={"csrf": csrf}, headers={"Origin": stack.url})
+        assert copy.status_code == 303
+        new_event = copy.headers["location"].rsplit("/", 1)[1]
+        assert new_event.startswith("evt_") and new_event != event_id
+        again = stack.session_of("ui_demo", new_event)
+        assert stack.wait_session(again)["state"] == "COMPLETED"
+        shown = client.get(copy.headers["location"]).text
+        assert f'href="/ui/sessions/{again}"' in shown and event_id in shown
+
+
 def test_missing_session_says_why(stack: Stack) -> None:
     with _logged_in(stack) as client:
         page = client.get("/ui/sessions/ses_00000000000000000000000000")

@@ -115,6 +115,10 @@ def test_the_journal_shows_activities_and_hostile_prints_as_text(
     body = browser.find_element(_by().ID, "event-body").text
     assert json.loads(body) == {"n": 1}
     chromium.shot(browser, "session")
+    browser.find_element(_by().LINK_TEXT, event_id).click()  # the input event's own page
+    chromium.wait_for(browser, lambda d: d.current_url.endswith(f"/ui/events/{event_id}"), "event")
+    assert browser.find_element(_by().LINK_TEXT, sid)
+    chromium.shot(browser, "event")
 
 
 def test_the_waterfall_shows_spans_of_all_four_services(
