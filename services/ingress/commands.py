@@ -210,11 +210,14 @@ COMMANDS: dict[str, Command] = {
 assert set(COMMANDS) == set(ops.served_by(ops.Service.INGRESS)), "commands differ from akcore.ops"
 
 
-async def perform(nc: Client, name: str, args: dict[str, Any], caller: Caller) -> Any:
+async def perform(
+    nc: Client, name: str, args: dict[str, Any], caller: Caller, timeout: float = 60
+) -> Any:
     """Runs the public operation ``name`` for ``caller``: parsed first (InvalidArgument
-    when malformed), then carried out here or by the store. The API and the UI call this."""
+    when malformed), then carried out here or by the store (Unavailable when it has not
+    answered within ``timeout`` seconds). The API and the UI call this."""
     op = ops.public(name)
     typed = op.parse(args)  # refused here when malformed, before anything runs
     if op.service is ops.Service.INGRESS:
         return await COMMANDS[name](nc, typed, caller)
-    return await bus.store_call(nc, name, args, timeout=60)
+    return await bus.store_call(nc, name, args, timeout=timeout)

@@ -31,6 +31,7 @@ STATIC = {  # the only files /ui/static serves
 }
 RECORDS_SHOWN = 500  # journal records on one page of a session
 EVENTS_SHOWN = 200  # the newest events on the events page
+STORE_WAIT = 10.0  # seconds a page waits for the store before it says the store is away
 MAX_FORM = 8192
 HEADERS = {
     # No inline script or style, nothing from elsewhere, never inside another site's frame.
@@ -50,6 +51,7 @@ _templates = jinja2.Environment(
 )
 _templates.filters["utc"] = uiviews.utc_text
 _templates.filters["iso"] = uiviews.iso
+_templates.globals["duration"] = uiviews.duration
 
 Page = Callable[[Request, Caller], Awaitable[Response]]
 
@@ -88,7 +90,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
         return endpoint
 
     async def call(caller: Caller, name: str, **args: Any) -> Any:
-        return await perform(nc, name, args, caller)
+        return await perform(nc, name, args, caller, timeout=STORE_WAIT)
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/ui/sessions", status_code=307)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from akcore import timefmt
@@ -159,6 +160,24 @@ def _span_row(s: dict[str, Any], depth: int, t0: int, total: int) -> SpanRow:
         replayed=any(e.get("name") == "replay" for e in events),
         attributes=dict(s.get("attributes") or {}),
     )
+
+
+def duration(created_at: str, ended_at: str = "") -> str:
+    """How long a session took, from its RFC 3339 times ("": until now)."""
+    start = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    end = datetime.fromisoformat(ended_at.replace("Z", "+00:00")) if ended_at else _now()
+    seconds = max((end - start).total_seconds(), 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min {secs} s" if hours else f"{minutes} min {secs} s"
+
+
+def _now() -> datetime:
+    return timefmt.from_us(timefmt.now_us())
 
 
 def utc_text(t_us: int) -> str:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +194,18 @@ def test_static_files_and_pages_load_nothing_from_elsewhere(stack: Stack, tmp_pa
             text = client.get(path).text
             assert "https://" not in text.replace(stack.url, "")
             assert 'src="/ui/static/ui.js"' in text
+
+
+def test_a_page_says_when_the_store_is_away(open_stack: Stack) -> None:
+    """A frozen store: the page answers 503 and says who did not answer, not a blank page."""
+    (store,) = open_stack.pids("store")
+    os.kill(store, signal.SIGSTOP)
+    try:
+        with httpx.Client(base_url=open_stack.url, timeout=60) as client:
+            page = client.get("/ui/sessions")
+    finally:
+        os.kill(store, signal.SIGCONT)
+    assert page.status_code == 503
+    assert "store did not answer" in page.text and "Try again" in page.text
+    with httpx.Client(base_url=open_stack.url, timeout=60) as client:
+        assert client.get("/ui/sessions").status_code == 200

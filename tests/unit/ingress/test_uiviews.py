@@ -55,3 +55,10 @@ def test_event_bodies_show_as_json_text_or_hex() -> None:
     assert '"method": "POST"' in text["data"]
     raw = uiviews.event_view({"data": {"body": {"json": None, "text": None, "bytes": b"\xff\x00"}}})
     assert (raw["body_kind"], raw["body"]) == ("bytes (hex)", "ff 00")
+
+
+def test_durations_read_as_a_person_says_them() -> None:
+    t0 = "2026-01-01T00:00:00Z"
+    assert uiviews.duration(t0, "2026-01-01T00:00:00.250000Z") == "250 ms"
+    assert uiviews.duration(t0, "2026-01-01T00:00:03.5Z") == "3.50 s"
+    assert uiviews.duration(t0, "2026-01-01T01:02:03Z") == "1 h 2 min 3 s"
