@@ -26,7 +26,11 @@ async function fetchFragment(url) {
   const resp = await fetch(url, {
     headers: {"X-AK-Fragment": "1"}, credentials: "same-origin", cache: "no-store",
   });
-  if (!resp.ok) throw new Error(`${resp.status} ${resp.statusText}`);
+  if (!resp.ok) {
+    const err = new Error(`${resp.status} ${resp.statusText}`);
+    err.final = resp.status === 401 || resp.status === 403;  // retrying will not help
+    throw err;
+  }
   return {resp, html: await resp.text()};
 }
 
@@ -38,8 +42,9 @@ function fragmentNodes(html, parent) {
   return Array.from(inner.childNodes);
 }
 
-function showTrouble(el, err) {
-  let note = el.ownerDocument.getElementById("live-trouble");
+function showTrouble(err, final = false) {
+  let note = document.getElementById("live-trouble");
+  if (!note && !err) return;
   if (!note) {
     note = document.createElement("p");
     note.id = "live-trouble";
@@ -47,30 +52,30 @@ function showTrouble(el, err) {
     note.setAttribute("role", "status");
     document.querySelector("main").prepend(note);
   }
-  note.textContent = err ? `Live updates paused (${err.message}); retrying.` : "";
+  const then = final ? "reload the page (or log in again)" : "retrying";
+  note.textContent = err ? `Live updates paused (${err.message}); ${then}.` : "";
   note.hidden = !err;
 }
 
-function poll(el, step) {
-  let timer = 0;
+function poll(step) {
   const tick = async () => {
     if (!document.hidden) {
       try {
         const done = await step();
-        showTrouble(el, null);
+        showTrouble(null);
         if (done) return;
       } catch (err) {
-        showTrouble(el, err);
+        showTrouble(err, err.final);
+        if (err.final) return;
       }
     }
-    timer = setTimeout(tick, EVERY_MS);
+    setTimeout(tick, EVERY_MS);
   };
-  timer = setTimeout(tick, EVERY_MS);
-  return () => clearTimeout(timer);
+  setTimeout(tick, EVERY_MS);
 }
 
 function refresh(el) {
-  poll(el, async () => {
+  poll(async () => {
     const {resp, html} = await fetchFragment(el.dataset.refresh);
     el.replaceChildren(...fragmentNodes(html, el));
     localTimes(el);
@@ -79,7 +84,7 @@ function refresh(el) {
 }
 
 function append(el) {
-  poll(el, async () => {
+  poll(async () => {
     const url = new URL(el.dataset.append, location.href);
     url.searchParams.set("skip", el.dataset.skip);
     const {resp, html} = await fetchFragment(url);
