@@ -6,23 +6,20 @@ prints, journal, event, error) and its trace, behind the API's authentication
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote
 
 import jinja2
-from akcore import cron
-from akcore.errors import AKError, InvalidArgument, PermissionDenied, Unauthenticated
+from akcore.errors import AKError, InvalidArgument, Unauthenticated
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from nats.aio.client import Client
 
 from . import uiviews
 from .auth import Authenticator, Caller
-from .body import read_body
 from .commands import perform
-from .uiauth import UiAuth, check_form, csrf_token, set_cookies
+from .uiauth import UiAuth, after_login, check_form, csrf_token, read_form, set_cookies
 
 HERE = Path(__file__).parent
 STATIC = {  # the only files /ui/static serves
@@ -31,8 +28,8 @@ STATIC = {  # the only files /ui/static serves
 }
 RECORDS_SHOWN = 500  # journal records on one page of a session
 EVENTS_SHOWN = 200  # the newest events on the events page
+MAX_VAR_FORM = 2 * 1024 * 1024 + 4096  # a var's value, at most 1 MiB, url-encoded
 STORE_WAIT = 10.0  # seconds a page waits for the store before it says the store is away
-MAX_FORM = 8192
 HEADERS = {
     # No inline script or style, nothing from elsewhere, never inside another site's frame.
     "Content-Security-Policy": (
@@ -77,7 +74,8 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
                 caller = await gate.caller(request)
             except Unauthenticated as e:
                 if gate.tokens_required and not request.headers.get("x-ak-fragment"):
-                    where = quote(request.url.path + _query(request))
+                    query = f"?{request.url.query}" if request.url.query else ""
+                    where = quote(request.url.path + query)
                     return RedirectResponse(f"/ui/login?next={where}", status_code=303)
                 return failed(request, e)
             except AKError as e:
@@ -89,8 +87,8 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
 
         return endpoint
 
-    async def call(caller: Caller, name: str, **args: Any) -> Any:
-        return await perform(nc, name, args, caller, timeout=STORE_WAIT)
+    async def call(caller: Caller, op: str, **args: Any) -> Any:
+        return await perform(nc, op, args, caller, timeout=STORE_WAIT)
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/ui/sessions", status_code=307)
@@ -105,11 +103,11 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
     async def login_form(request: Request) -> Response:
         if not gate.tokens_required:
             return RedirectResponse("/ui/sessions", status_code=303)
-        return render(request, "login.html", next=_next(request.query_params.get("next")))
+        return render(request, "login.html", next=after_login(request.query_params.get("next")))
 
     async def login(request: Request) -> Response:
-        fields = await _form(request)
-        target = _next(fields.get("next"))
+        fields = await read_form(request)
+        target = after_login(fields.get("next"))
         try:
             check_form(request, fields)
             await gate.check_token(request, fields.get("token", "").strip())
@@ -120,7 +118,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
         return resp
 
     async def logout(request: Request) -> Response:
-        fields = await _form(request)
+        fields = await read_form(request)
         try:
             check_form(request, fields)
         except AKError as e:
@@ -138,7 +136,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
             for t in triggers:
                 slug = t.get("webhook_slug")
                 t["url"] = f"{request.base_url}webhooks/{slug}" if slug else ""
-                t["next_run"] = _next_run(t.get("schedule") or "")
+                t["next_run"] = uiviews.next_run(t.get("schedule") or "")
             shown.append(
                 {
                     **p,
@@ -149,16 +147,36 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
             )
         return render(request, "projects.html", projects=shown)
 
+    async def var_action(request: Request, caller: Caller) -> Response:
+        """Sets (``set``) or deletes (``delete``) a var of a project, as `ak var` does."""
+        project, action = request.path_params["project"], request.path_params["action"]
+        fields = await read_form(request, MAX_VAR_FORM)
+        check_form(request, fields)
+        name = fields.get("name", "")
+        if action == "set":
+            secret = fields.get("secret") == "on"
+            await call(
+                caller, "var.set", project=project, name=name, value=fields.get("value", ""),
+                secret=secret,
+            )  # fmt: skip
+        elif action == "delete":
+            await call(caller, "var.delete", project=project, name=name)
+        else:
+            raise InvalidArgument(f"unknown action {action!r}: use set or delete")
+        return RedirectResponse(f"/ui/projects#{quote(project)}", status_code=303)
+
     async def session_rows(request: Request, caller: Caller) -> dict[str, Any]:
         q = request.query_params
         filters = {k: q.get(k, "") for k in ("project", "state", "deployment", "event_id")}
         page = await call(caller, "session.list", **filters, page_token=q.get("page", ""))
         return {
             "sessions": page["sessions"],
-            "next": _with(q, page=page["next_page_token"]) if page["next_page_token"] else "",
+            "next": uiviews.query_with(q, page=page["next_page_token"])
+            if page["next_page_token"]
+            else "",
             "filters": filters,
             "live": not q.get("page"),
-            "rows_url": "/ui/sessions/rows" + _with(q),
+            "rows_url": "/ui/sessions/rows" + uiviews.query_with(q),
         }
 
     async def sessions(request: Request, caller: Caller) -> Response:
@@ -172,7 +190,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
     async def session(request: Request, caller: Caller) -> Response:
         sid = request.path_params["sid"]
         s = await call(caller, "session.get", session=sid)
-        skip = _int(request.query_params.get("skip", "0"))
+        skip = uiviews.count(request.query_params.get("skip", "0"))
         page = await call(caller, "session.records", session=sid, skip=skip, limit=RECORDS_SHOWN)
         event = None
         if s.get("event_id"):
@@ -203,7 +221,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
 
     async def session_records(request: Request, caller: Caller) -> Response:
         """Journal rows from ``skip`` on, for a page that shows them as they come."""
-        sid, skip = request.path_params["sid"], _int(request.query_params.get("skip", "0"))
+        sid, skip = request.path_params["sid"], uiviews.count(request.query_params.get("skip", "0"))
         s = await call(caller, "session.get", session=sid)
         page = await call(caller, "session.records", session=sid, skip=skip, limit=200)
         rows = [uiviews.journal_row(r) for r in page["records"]]
@@ -215,7 +233,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
 
     async def session_action(request: Request, caller: Caller) -> Response:
         sid, action = request.path_params["sid"], request.path_params["action"]
-        fields = await _form(request)
+        fields = await read_form(request)
         check_form(request, fields)
         if action == "stop":
             await call(caller, "session.stop", session=sid, reason="stopped from the web UI")
@@ -249,7 +267,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
         )  # fmt: skip
 
     async def redispatch(request: Request, caller: Caller) -> Response:
-        check_form(request, await _form(request))
+        check_form(request, await read_form(request))
         copy = await call(caller, "event.redispatch", event_id=request.path_params["eid"])
         return RedirectResponse(f"/ui/events/{quote(copy['event_id'])}", status_code=303)
 
@@ -270,6 +288,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
     app.add_api_route("/ui/login", login, methods=["POST"])
     app.add_api_route("/ui/logout", logout, methods=["POST"])
     app.add_api_route("/ui/projects", page(projects), methods=["GET"])
+    app.add_api_route("/ui/projects/{project}/vars/{action}", page(var_action), methods=["POST"])
     app.add_api_route("/ui/sessions", page(sessions), methods=["GET"])
     app.add_api_route("/ui/sessions/rows", page(sessions_fragment), methods=["GET"])
     app.add_api_route("/ui/sessions/{sid}", page(session), methods=["GET"])
@@ -280,46 +299,3 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
     app.add_api_route("/ui/events", page(events), methods=["GET"])
     app.add_api_route("/ui/events/{eid}", page(event), methods=["GET"])
     app.add_api_route("/ui/events/{eid}/redispatch", page(redispatch), methods=["POST"])
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """A small url-encoded form (login, a button's CSRF token)."""
-    body = await read_body(request, MAX_FORM, MAX_FORM)
-    if body is None:
-        raise PermissionDenied(f"a form of the UI is under {MAX_FORM} bytes")
-    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-
-
-def _next(target: str | None) -> str:
-    """Where to go after logging in: a UI page of this server, never elsewhere."""
-    if target and target.startswith("/ui/") and not target.startswith("/ui//"):
-        return target
-    return "/ui/sessions"
-
-
-def _query(request: Request) -> str:
-    return f"?{request.url.query}" if request.url.query else ""
-
-
-def _with(params: Any, **changed: str) -> str:
-    """The query string of ``params`` with ``changed`` (empty values left out)."""
-    merged = {k: v for k, v in params.items() if k not in changed}
-    merged.update(changed)
-    kept = {k: v for k, v in merged.items() if v}
-    return f"?{urlencode(kept)}" if kept else ""
-
-
-def _int(text: str) -> int:
-    try:
-        return max(int(text), 0)
-    except ValueError:
-        raise InvalidArgument(f"not a number: {text!r}") from None
-
-
-def _next_run(schedule: str) -> str:
-    if not schedule:
-        return ""
-    try:
-        return cron.parse(schedule).next_after(datetime.now(UTC)).isoformat()
-    except cron.CronError as e:
-        return f"never ({e})"

@@ -16,19 +16,21 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from akcore.config import is_loopback
-from akcore.errors import PermissionDenied, Unauthenticated
+from akcore.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from fastapi import Request, Response
 
 from .auth import DEV_CALLER, Authenticator, Caller, host_name
+from .body import read_body
 
 TOKEN_COOKIE = "ak_ui_token"
 CSRF_COOKIE = "ak_ui_csrf"
 COOKIE_PATH = "/ui"
 # Requests a browser makes from a UI page or from its address bar (Sec-Fetch-Site).
 OWN_FETCHES = frozenset({"same-origin", "none"})
+MAX_FORM = 8192
 
 
 class UiAuth:
@@ -111,3 +113,18 @@ def set_cookies(request: Request, response: Response, csrf: str, token: str | No
         response.delete_cookie(
             TOKEN_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict", secure=secure
         )
+
+
+async def read_form(request: Request, limit: int = MAX_FORM) -> dict[str, str]:
+    """A url-encoded form of at most ``limit`` bytes (a button's CSRF token, a login, a var)."""
+    body = await read_body(request, limit, limit)
+    if body is None:
+        raise InvalidArgument(f"this form is over the UI's {limit} byte limit")
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def after_login(target: str | None) -> str:
+    """Where to go after logging in: a UI page of this server, never elsewhere."""
+    if target and target.startswith("/ui/") and not target.startswith("/ui//"):
+        return target
+    return "/ui/sessions"

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
-from akcore import timefmt
+from akcore import cron, timefmt
+from akcore.errors import InvalidArgument
 
 # Sessions in these states change no more: their pages stop polling.
 FINAL_STATES = frozenset({"COMPLETED", "ERROR", "STOPPED"})
@@ -187,3 +189,29 @@ def utc_text(t_us: int) -> str:
 
 def iso(t_us: int) -> str:
     return timefmt.rfc3339(t_us)
+
+
+def query_with(params: Any, **changed: str) -> str:
+    """The query string of ``params`` with ``changed`` (empty values left out)."""
+    merged = {k: v for k, v in params.items() if k not in changed}
+    merged.update(changed)
+    kept = {k: v for k, v in merged.items() if v}
+    return f"?{urlencode(kept)}" if kept else ""
+
+
+def count(text: str) -> int:
+    """A count from a query parameter (0 or more)."""
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        raise InvalidArgument(f"not a number: {text!r}") from None
+
+
+def next_run(schedule: str) -> str:
+    """When a schedule fires next (RFC 3339), or why never."""
+    if not schedule:
+        return ""
+    try:
+        return cron.parse(schedule).next_after(datetime.now(UTC)).isoformat()
+    except cron.CronError as e:
+        return f"never ({e})"

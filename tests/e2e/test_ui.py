@@ -209,3 +209,26 @@ def test_a_page_says_when_the_store_is_away(open_stack: Stack) -> None:
     assert "store did not answer" in page.text and "Try again" in page.text
     with httpx.Client(base_url=open_stack.url, timeout=60) as client:
         assert client.get("/ui/sessions").status_code == 200
+
+
+def test_vars_are_set_and_deleted_from_the_projects_page(
+    stack: Stack, demo: dict[str, str]
+) -> None:
+    with _logged_in(stack) as client:
+        csrf = _csrf(client, "/ui/projects")
+        project = client.get("/ui/projects").text.split('<section class="project" id="', 1)[1]
+        project = project.split('"', 1)[0]
+        base = f"/ui/projects/{project}/vars"
+        form = {"csrf": csrf, "name": "FROM_UI", "value": "ui-made-secret", "secret": "on"}
+        assert client.post(f"{base}/set", data=form).status_code == 403  # no Origin
+        done = client.post(f"{base}/set", data=form, headers={"Origin": stack.url})
+        assert done.status_code == 303
+        page = client.get("/ui/projects").text
+        assert 'data-var="FROM_UI"' in page and "ui-made-secret" not in page
+        shown = stack.ak("var", "get", "FROM_UI", "-p", "ui_demo", "--reveal", "-j", check=True)
+        assert "ui-made-secret" in shown.stdout
+        gone = client.post(
+            f"{base}/delete", data={"csrf": csrf, "name": "FROM_UI"}, headers={"Origin": stack.url}
+        )
+        assert gone.status_code == 303
+        assert 'data-var="FROM_UI"' not in client.get("/ui/projects").text
