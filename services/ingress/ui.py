@@ -27,6 +27,7 @@ STATIC = {  # the only files /ui/static serves
     "ui.css": "text/css; charset=utf-8",
 }
 RECORDS_SHOWN = 500  # journal records on one page of a session
+SESSIONS_SHOWN = 50  # sessions on a page of the list (?size= up to 1000)
 EVENTS_SHOWN = 200  # the newest events on the events page
 MAX_VAR_FORM = 2 * 1024 * 1024 + 4096  # a var's value, at most 1 MiB, url-encoded
 STORE_WAIT = 10.0  # seconds a page waits for the store before it says the store is away
@@ -106,21 +107,23 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
         return render(request, "login.html", next=after_login(request.query_params.get("next")))
 
     async def login(request: Request) -> Response:
-        fields = await read_form(request)
-        target = after_login(fields.get("next"))
+        target, token = "/ui/sessions", ""
         try:
+            fields = await read_form(request)
+            target, token = after_login(fields.get("next")), fields.get("token", "").strip()
             check_form(request, fields)
-            await gate.check_token(request, fields.get("token", "").strip())
+            if not token:
+                raise Unauthenticated("type an API token")
+            await gate.check_token(request, token)
         except AKError as e:
             return render(request, "login.html", e.http_status, next=target, error=e.message)
         resp = RedirectResponse(target, status_code=303)
-        set_cookies(request, resp, csrf_token(request), token=fields["token"].strip())
+        set_cookies(request, resp, csrf_token(request), token=token)
         return resp
 
     async def logout(request: Request) -> Response:
-        fields = await read_form(request)
         try:
-            check_form(request, fields)
+            check_form(request, await read_form(request))
         except AKError as e:
             return failed(request, e)
         resp = RedirectResponse("/ui/login", status_code=303)
@@ -168,12 +171,14 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
     async def session_rows(request: Request, caller: Caller) -> dict[str, Any]:
         q = request.query_params
         filters = {k: q.get(k, "") for k in ("project", "state", "deployment", "event_id")}
-        page = await call(caller, "session.list", **filters, page_token=q.get("page", ""))
+        size = uiviews.count(q.get("size", "0")) or SESSIONS_SHOWN
+        page = await call(
+            caller, "session.list", **filters, page_token=q.get("page", ""), page_size=size
+        )
+        token = page["next_page_token"]
         return {
             "sessions": page["sessions"],
-            "next": uiviews.query_with(q, page=page["next_page_token"])
-            if page["next_page_token"]
-            else "",
+            "next": uiviews.query_with(q, page=token) if token else "",
             "filters": filters,
             "live": not q.get("page"),
             "rows_url": "/ui/sessions/rows" + uiviews.query_with(q),

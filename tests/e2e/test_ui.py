@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import contextlib
+import html
+import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +59,10 @@ def test_pages_need_a_login(stack: Stack) -> None:
         )
         assert bad.status_code == 401
         assert "invalid API token" in bad.text
+        empty = client.post(
+            "/ui/login", data={"token": " ", "csrf": csrf}, headers={"Origin": stack.url}
+        )
+        assert empty.status_code == 401 and "type an API token" in empty.text
         # The static script needs no login, and is the only script.
         assert client.get("/ui/static/ui.js").status_code == 200
         assert client.get("/ui/static/../app.py").status_code == 404
@@ -102,6 +109,7 @@ def test_prints_render_as_text_and_secrets_stay_masked(stack: Stack, demo: dict[
         assert f"{stack.url}{demo['hook']}" in projects
         listed = client.get("/ui/sessions?project=ui_demo&state=COMPLETED").text
         assert sid in listed
+
         assert client.get("/ui/sessions?state=RUNNING&project=ui_demo").text.count(sid) == 0
         # Spans reach the store in batches: the page shows all four services once they have.
         services = ("ak-ingress", "ak-dispatcher", "ak-runner", "ak-store")
@@ -156,6 +164,22 @@ def test_events_show_their_sessions_and_redispatch(stack: Stack, demo: dict[str,
         assert stack.wait_session(again)["state"] == "COMPLETED"
         shown = client.get(copy.headers["location"]).text
         assert f'href="/ui/sessions/{again}"' in shown and event_id in shown
+
+
+def test_sessions_are_paged_as_the_cli_pages_them(stack: Stack, demo: dict[str, str]) -> None:
+    events = {stack.post_json(demo["hook"], {"page": n})[1] for n in range(3)}
+    stack.sessions_of_events("ui_demo", events)
+    shown: list[str] = []
+    with _logged_in(stack) as client:
+        path = "/ui/sessions?project=ui_demo&size=2"
+        while path:
+            page = client.get(path).text
+            shown += re.findall(r'data-session="(ses_\w+)"', page)
+            assert ("data-refresh" in page) == (path.endswith("size=2"))  # the first page is live
+            found = re.search(r'href="([^"]+)" rel="next"', page)
+            path = html.unescape(found.group(1)) if found else ""
+    listed = stack.ak("session", "list", "-p", "ui_demo", "--page-size", "1000", "-j").stdout
+    assert shown == [json.loads(line)["session_id"] for line in listed.splitlines()]
 
 
 def test_missing_session_says_why(stack: Stack) -> None:
