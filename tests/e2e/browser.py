@@ -66,15 +66,33 @@ def start(width: int = 1280, height: int = 900) -> Any:
 
 
 def wait_for(driver: Any, probe: Callable[[Any], object], what: str, timeout: float = 30) -> Any:
-    """Waits until ``probe(driver)`` is true (a state of the page, never a chosen time)."""
-    from selenium.common.exceptions import TimeoutException
+    """Waits until ``probe(driver)`` is true (a state of the page, never a chosen time). An
+    element the page's live updates replaced while the probe read it counts as "not yet"."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
+    ignored = (NoSuchElementException, StaleElementReferenceException)
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(probe)
+        return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(
+            probe
+        )
     except TimeoutException:
         shot(driver, f"FAILED-{what[:40].replace(' ', '_').replace('/', '_')}")
         raise AssertionError(f"waited {timeout:g} s for {what}") from None
+
+
+def click(driver: Any, element_id: str) -> None:
+    """Clicks the element, finding it again if live updates replace it meanwhile."""
+
+    def clicked(d: Any) -> bool:
+        d.find_element("id", element_id).click()
+        return True
+
+    wait_for(driver, clicked, f"#{element_id} clicked")
 
 
 def shot(driver: Any, name: str) -> Path:

@@ -147,7 +147,7 @@ def test_stop_works_from_the_page(stack: Stack, browser: Any, demo: dict[str, st
         lambda d: "waiting for more" in " ".join(_row_texts(d, "#journal tr.kind-print")),
         "the session waiting",
     )
-    browser.find_element(_by().ID, "stop").click()
+    chromium.click(browser, "stop")
     chromium.wait_for(
         browser, lambda d: "STOPPED" in d.find_element(_by().ID, "session-state").text, "STOPPED"
     )

@@ -237,7 +237,7 @@ def test_pages_forked_children_share_count_once() -> None:
     the memory watch must not stop a legitimate multiprocessing handler."""
     from ak_runner.sandbox import resident_by_user
 
-    uid = 829996
+    uid = 779996  # outside the workers' range: no stack's worker can hold it meanwhile
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
