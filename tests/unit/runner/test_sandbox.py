@@ -231,6 +231,29 @@ def test_a_marker_that_is_not_a_regular_file_reads_as_none(tmp_path: Path) -> No
     assert pyenv._marker(spec) == {}
 
 
+# Run as its own user in a fresh interpreter (a fork of pytest would share pytest's pages):
+# touches 100 MiB, forks three children that hold the pages, says so, waits for stdin.
+_SHARER = """
+import os, sys
+data = bytearray(100 << 20)
+data[::4096] = b"\\x01" * len(data[::4096])
+r, w = os.pipe()
+kids = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    kids.append(pid)
+print("ready", flush=True)
+sys.stdin.read(1)
+os.write(w, b"xxx")
+for pid in kids:
+    os.waitpid(pid, 0)
+"""
+
+
 @root_only
 def test_pages_forked_children_share_count_once() -> None:
     """A handler that touches 100 MiB and forks three children uses about 100 MiB, not 400:
@@ -238,34 +261,20 @@ def test_pages_forked_children_share_count_once() -> None:
     from ak_runner.sandbox import resident_by_user
 
     uid = 779996  # outside the workers' range: no stack's worker can hold it meanwhile
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            data = bytearray(100 << 20)
-            data[::4096] = b"\x01" * len(data[::4096])  # every page touched
-            kids = []
-            for _ in range(3):
-                kid = os.fork()
-                if kid == 0:
-                    os.read(go_r, 1)  # holds the shared pages until the parent is done
-                    os._exit(0)
-                kids.append(kid)
-            os.write(ready_w, b"x")
-            for kid in kids:
-                os.waitpid(kid, 0)
-        finally:
-            os._exit(0)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _SHARER],
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd="/",
+    )
     try:
-        os.read(ready_r, 1)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         used = resident_by_user([uid])[uid]
     finally:
-        os.write(go_w, b"xxx")
-        os.waitpid(pid, 0)
+        proc.communicate(b"x", timeout=30)
     assert 90 << 20 < used < 200 << 20, f"{used >> 20} MiB counted for about 100 MiB"
 
 
