@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.compose.stack import OURS, ComposeStack
-from tests.helpers import write_project
+from tests.helpers import wait_until, write_project
 
 ROOT = Path(__file__).parents[2]
 SEED = ROOT / "tests" / "e2e" / "projects" / "py_simple" / "autokitteh.yaml"
@@ -220,10 +220,7 @@ def test_a_handler_runs_as_a_user_of_its_own_and_stop_kills_what_it_left(
 
     mark = f"ak-litter-{time.monotonic_ns()}"
     sid = _start(stack, "litter", mark=mark)
-    deadline = time.monotonic() + 60
-    while "littered" not in stack.prints(sid):
-        assert time.monotonic() < deadline, stack.logs()
-        time.sleep(0.3)
+    wait_until(lambda: "littered" in stack.prints(sid), "the handler's children", 60)
     assert len(_marked(stack, mark)) == 2  # a child, and a grandchild in a session of its own
     stack.ak("session", "stop", sid, check=True)
     assert stack.wait_session(sid)["state"] == "STOPPED"
@@ -254,10 +251,7 @@ def test_every_accepted_event_completes_while_a_nats_node_and_a_runner_die(
             stop.wait(0.1)  # about 10 events a second: a steady load, not a flood
 
     def until(count: int) -> None:
-        deadline = time.monotonic() + 60
-        while len(accepted) < count:
-            assert time.monotonic() < deadline, f"only {len(accepted)} events accepted"
-            time.sleep(0.1)
+        wait_until(lambda: len(accepted) >= count, f"{count} events accepted", 60)
 
     sender = threading.Thread(target=load)
     sender.start()

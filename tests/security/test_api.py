@@ -8,7 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from akcore import wire
 from akcore.config import Settings
 from akcore.errors import AKError
 
-from tests.helpers import AK, Stack, start_stack, write_project
+from tests.helpers import AK, Stack, start_stack, wait_until, write_project
 
 MARKER = "pwned-by-unauthenticated-call"
 MANIFEST = """\
@@ -219,10 +218,7 @@ def test_guessing_tokens_is_throttled_per_address(tmp_path: Path) -> None:
             reply.error
         ), reply
         # The budget refills: the CLI's good token gets through again.
-        deadline = time.monotonic() + 20
-        while s.ak("project", "list").returncode != 0:
-            assert time.monotonic() < deadline, "the CLI stayed refused"
-            time.sleep(0.2)
+        wait_until(lambda: s.ak("project", "list").returncode == 0, "the CLI let in again", 20)
     finally:
         s.stop()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Stack, start_stack, write_project
+from tests.helpers import Stack, start_stack, wait_until, write_project
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the worker sandbox needs the runner to run as root"
@@ -215,10 +215,7 @@ def test_what_a_finished_session_left_running_is_killed(stack: Stack) -> None:
     assert stack.wait_session(sid)["state"] == "COMPLETED"
     # Its worker waits for the project's next session; what the session started does not
     # live on with it (not even a daemon in a session of its own).
-    deadline = time.monotonic() + 10
-    while _marked(mark):
-        assert time.monotonic() < deadline, "a finished session's process still runs"
-        time.sleep(0.1)
+    wait_until(lambda: not _marked(mark), "a finished session's processes gone", 10)
 
 
 def test_handler_output_goes_to_its_session_not_to_the_service_log(stack: Stack) -> None:
