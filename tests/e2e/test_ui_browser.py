@@ -54,7 +54,9 @@ def _same_page(browser: Any) -> bool:
 
 
 def _row_texts(browser: Any, selector: str) -> list[str]:
-    return [e.text for e in browser.find_elements(_by().CSS_SELECTOR, selector)]
+    """The rows' texts read in one script, so a live update cannot replace a row mid-read."""
+    script = "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText.trim());"
+    return list(browser.execute_script(script, selector))
 
 
 def test_a_new_session_appears_without_a_reload(
@@ -72,8 +74,13 @@ def test_a_new_session_appears_without_a_reload(
         browser, lambda d: "COMPLETED" in d.find_element(_by().CSS_SELECTOR, row).text, "state"
     )
     assert _same_page(browser)
-    time_el = browser.find_element(_by().CSS_SELECTOR, f"{row} time")
-    assert time_el.get_attribute("title").endswith("(UTC)")  # local time shown, UTC on hover
+    # local time shown, UTC on hover; read in one probe, as live updates may replace the row
+    title = chromium.wait_for(
+        browser,
+        lambda d: d.find_element(_by().CSS_SELECTOR, f"{row} time").get_attribute("title"),
+        "the row's time",
+    )
+    assert title.endswith("(UTC)"), title
     chromium.shot(browser, "sessions")
 
 
