@@ -88,6 +88,16 @@ class Stack:
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read()
 
+    def api(self, op: str, **args: Any) -> Any:
+        """The result of API operation ``op`` over HTTP ``/api`` (msgpack, with the token)."""
+        from akcore import wire
+
+        body = wire.encode(wire.StoreRequest(args))
+        status, _, raw = self.request("POST", f"/api/{op}", body, self.auth())
+        reply = wire.decode(wire.StoreReply, raw)
+        assert status == 200 and reply.ok, f"{op}: {status} {reply.error}"
+        return reply.result
+
     def post_json(self, path: str, body: Any) -> tuple[int, str]:
         """POSTs JSON to a webhook: the status and the event id ("" when not accepted)."""
         status, headers, _ = self.request("POST", path, json.dumps(body).encode())

@@ -119,6 +119,7 @@ class Activity:
     result: bytes  # a pickle made by the session's own code: opaque to the services
     digest: str = ""
     error: str = ""
+    duration_us: int = 0  # how long it ran, as its worker timed it (shown, never trusted)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ _TABLE = (
     _api("session.stop", rq.SessionStop, _NONE_T, _I, "session"),
     _api("session.restart", rq.SessionRef, dict, _I, "session"),
     _api("session.delete", rq.SessionDelete, dict, _S, "session_id"),
-    _api("event.list", rq.ProjectRef, list, _S, "project"),
+    _api("event.list", rq.EventList, list, _S, "project"),
     _api("event.get", rq.EventGet, dict, _S, "event_id"),
     _api("event.redispatch", rq.EventRef, dict, _I, "event_id"),
     _api("event.dispatch", rq.EventNew, dict, _I, "destination"),

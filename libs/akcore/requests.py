@@ -171,9 +171,19 @@ class SessionList:
     deployment: str = ""
     event_id: str = ""
     state: str = ""
+    trigger: str = ""  # a trg_ id, or the name of a trigger of ``project``
+    parent: str = ""  # the sessions this ses_ id started
+    created_after: str = ""  # RFC 3339 ("2026-12-05T09:00:00Z"; no zone means UTC)
+    created_before: str = ""
     page_size: int = 0
     skip: int = 0
     page_token: str = ""
+
+
+@dataclass(frozen=True)
+class EventList:
+    project: str = ""
+    trigger: str = ""  # a trg_ id, or the name of a trigger of ``project``
 
 
 @dataclass(frozen=True)

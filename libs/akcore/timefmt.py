@@ -23,3 +23,15 @@ def go_string(us: int) -> str:
 
 def rfc3339(us: int) -> str:
     return from_us(us).isoformat().replace("+00:00", "Z")
+
+
+def parse_us(text: str) -> int:
+    """Microseconds since the epoch of an RFC 3339 time; one without a zone is UTC.
+
+    Raises:
+        ValueError: ``text`` is not such a time.
+    """
+    dt = datetime.fromisoformat(text.strip())
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000)

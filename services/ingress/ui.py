@@ -29,6 +29,12 @@ STATIC = {  # the only files /ui/static serves
 RECORDS_SHOWN = 500  # journal records on one page of a session
 SESSIONS_SHOWN = 50  # sessions on a page of the list (?size= up to 1000)
 EVENTS_SHOWN = 200  # the newest events on the events page
+CHILDREN_SHOWN = 100  # the newest child sessions on a session's page
+# The sessions page's filters: ``within`` ("1h", ...) is a shorthand for ``created_after``.
+SESSION_FILTERS = (
+    "project", "state", "deployment", "event_id", "trigger", "parent", "within",
+    "created_after", "created_before",
+)  # fmt: skip
 MAX_VAR_FORM = 2 * 1024 * 1024 + 4096  # a var's value, at most 1 MiB, url-encoded
 STORE_WAIT = 10.0  # seconds a page waits for the store before it says the store is away
 HEADERS = {
@@ -170,10 +176,13 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
 
     async def session_rows(request: Request, caller: Caller) -> dict[str, Any]:
         q = request.query_params
-        filters = {k: q.get(k, "") for k in ("project", "state", "deployment", "event_id")}
+        filters = {k: q.get(k, "") for k in SESSION_FILTERS}
         size = uiviews.count(q.get("size", "0")) or SESSIONS_SHOWN
+        asked = {k: v for k, v in filters.items() if k != "within"}
+        if filters["within"] and not asked["created_after"]:
+            asked["created_after"] = uiviews.since(filters["within"])
         page = await call(
-            caller, "session.list", **filters, page_token=q.get("page", ""), page_size=size
+            caller, "session.list", **asked, page_token=q.get("page", ""), page_size=size
         )
         token = page["next_page_token"]
         return {
@@ -187,7 +196,11 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
     async def sessions(request: Request, caller: Caller) -> Response:
         listed = await session_rows(request, caller)
         names = [p["name"] for p in await call(caller, "project.list")]
-        return render(request, "sessions.html", projects=names, states=uiviews.STATES, **listed)
+        triggers = await call(caller, "trigger.list", project=listed["filters"]["project"])
+        return render(
+            request, "sessions.html", projects=names, states=uiviews.STATES,
+            triggers=triggers, withins=uiviews.WITHIN, **listed,
+        )  # fmt: skip
 
     async def sessions_fragment(request: Request, caller: Caller) -> Response:
         return render(request, "session_rows.html", **await session_rows(request, caller))
@@ -206,6 +219,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
             "session.html",
             s=s,
             final=s["state"] in uiviews.FINAL_STATES,
+            children=await children(caller, s["session_id"]),
             event=event,
             event_shown=uiviews.event_view(event) if event else None,
             inputs=uiviews.pretty(s.get("inputs") or {}),
@@ -216,10 +230,18 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
             live=not page["more"],
         )
 
+    async def children(caller: Caller, sid: str) -> dict[str, Any]:
+        """The sessions ``sid`` started (the newest CHILDREN_SHOWN of them)."""
+        kids: dict[str, Any] = await call(
+            caller, "session.list", parent=sid, page_size=CHILDREN_SHOWN
+        )
+        return kids
+
     async def session_state(request: Request, caller: Caller) -> Response:
         s = await call(caller, "session.get", session=request.path_params["sid"])
         final = s["state"] in uiviews.FINAL_STATES
-        resp = render(request, "session_state.html", s=s, final=final)
+        kids = await children(caller, s["session_id"])
+        resp = render(request, "session_state.html", s=s, final=final, children=kids)
         if final:
             resp.headers["X-AK-Final"] = "1"
         return resp
@@ -250,16 +272,20 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
 
     async def events(request: Request, caller: Caller) -> Response:
         project = request.query_params.get("project", "")
-        listed = (await call(caller, "event.list", project=project))[:EVENTS_SHOWN]
+        trigger = request.query_params.get("trigger", "")
+        listed = await call(caller, "event.list", project=project, trigger=trigger)
+        listed = listed[:EVENTS_SHOWN]
         triggers = {t["trigger_id"]: t for t in await call(caller, "trigger.list", project=project)}
-        recent = await call(caller, "session.list", project=project, page_size=1000)
+        recent = await call(
+            caller, "session.list", project=project, trigger=trigger, page_size=1000
+        )
         by_event: dict[str, list[dict[str, Any]]] = {}
         for ses in recent["sessions"]:
             by_event.setdefault(ses.get("event_id") or "", []).append(ses)
         names = [p["name"] for p in await call(caller, "project.list")]
         return render(
             request, "events.html", events=listed, triggers=triggers, sessions=by_event,
-            project=project, projects=names,
+            project=project, projects=names, trigger=trigger,
         )  # fmt: skip
 
     async def event(request: Request, caller: Caller) -> Response:

@@ -32,7 +32,22 @@ def _activity(data: dict[str, Any]) -> tuple[str, str]:
     head = f"#{data.get('step')} {data.get('function', '')}"
     if data.get("digest"):
         head += f" (args {str(data['digest'])[:12]})"
-    return (head + (" ok" if data.get("ok") else " failed"), str(data.get("error") or ""))
+    head += " ok" if data.get("ok") else " failed"
+    ran = data.get("duration_us")
+    if isinstance(ran, int) and ran > 0:
+        head += f" in {ms_text(ran)}"
+    return head, str(data.get("error") or "")
+
+
+def ms_text(us: int) -> str:
+    """A duration in microseconds as a person reads it: ``0.42 ms``, ``12 ms``, ``3.1 s``."""
+    if us < 10_000:
+        return f"{us / 1000:.2f} ms"
+    if us < 1_000_000:
+        return f"{us / 1000:.0f} ms"
+    if us < 60_000_000:
+        return f"{us / 1_000_000:.1f} s"
+    return f"{us / 60_000_000:.1f} min"
 
 
 def journal_row(rec: dict[str, Any]) -> JournalRow:
@@ -197,6 +212,25 @@ def query_with(params: Any, **changed: str) -> str:
     merged.update(changed)
     kept = {k: v for k, v in merged.items() if v}
     return f"?{urlencode(kept)}" if kept else ""
+
+
+# The sessions page's "created within" choices: (value, label, seconds).
+WITHIN = (
+    ("15m", "the last 15 minutes", 15 * 60),
+    ("1h", "the last hour", 3600),
+    ("24h", "the last 24 hours", 86400),
+    ("7d", "the last 7 days", 7 * 86400),
+    ("30d", "the last 30 days", 30 * 86400),
+)
+
+
+def since(within: str) -> str:
+    """The RFC 3339 time ``within`` (one of WITHIN's values) ago."""
+    for value, _, seconds in WITHIN:
+        if value == within:
+            return timefmt.rfc3339(timefmt.now_us() - seconds * 1_000_000)
+    choices = ", ".join(v for v, _, _ in WITHIN)
+    raise InvalidArgument(f"created within {within!r}? Use one of {choices}")
 
 
 def count(text: str) -> int:

@@ -562,6 +562,8 @@ class SessionRun:
                 f"error: the outcome of activity {f.function!r} is {len(blob)} bytes, over "
                 f"the {MAX_RESULT} byte limit"
             )
+        now = time.time_ns()
+        ran_ns = (f.t1_ns - f.t0_ns) if f.t0_ns and f.t1_ns else 0
         rec = journal.Activity(
             step=f.step,
             function=f.function,
@@ -569,10 +571,10 @@ class SessionRun:
             result=blob,
             digest=f.digest,
             error="" if f.ok else f.error,
+            duration_us=min(max(ran_ns // 1000, 0), 10**15),
         )
         await self.journal(rec, f.step)  # write-ahead: acked before the worker goes on
         await worker.send({"type": "ack"})
-        now = time.time_ns()
         self._step_span(
             f"activity {f.function}",
             f.t0_ns or now,

@@ -85,6 +85,15 @@ def _project_view(p: Project) -> dict[str, Any]:
     return {"project_id": p.project_id, "name": p.name, "display_name": p.display_name}
 
 
+def _time_us(text: str, name: str) -> int:
+    try:
+        return timefmt.parse_us(str(text))
+    except ValueError:
+        raise InvalidArgument(
+            f"{name} {text!r} is not a time: use RFC 3339, as 2026-12-05T09:00:00Z"
+        ) from None
+
+
 def _trigger_view(t: Trigger, project_name: str = "") -> dict[str, Any]:
     view = t.model_dump()
     view["project"] = project_name
@@ -191,6 +200,20 @@ class StoreApi:
         if p is None:
             raise NotFound(f'project "{name_or_id}" not found')
         return p
+
+    def _trigger_id(self, db: DB, project: str, trigger: str) -> str:
+        """The id of ``trigger``: a trg_ id as it is, or the name of a trigger of ``project``."""
+        if ids.is_id(trigger, "trg"):
+            return trigger
+        if not project:
+            raise InvalidArgument(f'trigger "{trigger}" is a name: give its project too')
+        project_id = self._project(db, project).project_id
+        t = db.exec(
+            select(Trigger).where(Trigger.project_id == project_id, Trigger.name == trigger)
+        ).first()
+        if t is None:
+            raise NotFound(f'trigger "{trigger}" not found in project "{project}"')
+        return t.trigger_id
 
     def _session_view(self, s: Session, names: dict[str, str]) -> dict[str, Any]:
         return open_session(_session_view(s, names.get(s.project_id, "")), self.keys)
@@ -825,6 +848,16 @@ class StoreApi:
                 q = q.where(Session.deployment_id == req.deployment)
             if req.event_id:
                 q = q.where(Session.event_id == req.event_id)
+            if req.trigger:
+                q = q.where(Session.trigger_id == self._trigger_id(db, req.project, req.trigger))
+            if req.parent:
+                q = q.where(Session.parent_session_id == req.parent)
+            if req.created_after:
+                after = _time_us(req.created_after, "created_after")
+                q = q.where(col(Session.created_us) >= after)
+            if req.created_before:
+                before = _time_us(req.created_before, "created_before")
+                q = q.where(col(Session.created_us) < before)
             if req.state:
                 state = str(req.state).upper()
                 if state not in SESSION_STATES:
@@ -928,11 +961,15 @@ class StoreApi:
                 "more": more,
             }
 
-    def event_list(self, req: rq.ProjectRef) -> list[dict[str, Any]]:
+    def event_list(self, req: rq.EventList) -> list[dict[str, Any]]:
+        """The newest 1,000 events (of a project, of one of its triggers), newest first."""
         with DB(self.engine) as db:
             q = select(EventRow).order_by(col(EventRow.seq).desc())
             if req.project:
                 q = q.where(EventRow.project_id == self._project(db, req.project).project_id)
+            if req.trigger:
+                trigger_id = self._trigger_id(db, req.project, req.trigger)
+                q = q.where(EventRow.destination_id == trigger_id)
             return [_event_view(e, with_data=False) for e in db.exec(q.limit(1000))]
 
     def event_get(self, req: rq.EventGet) -> dict[str, Any]:

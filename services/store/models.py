@@ -73,10 +73,10 @@ class Session(SQLModel, table=True):
     project_id: str = Field(index=True)
     deployment_id: str = ""
     build_id: str = ""
-    trigger_id: str = ""
-    event_id: str = ""
+    trigger_id: str = Field(default="", index=True)
+    event_id: str = Field(default="", index=True)
     entrypoint: str = ""
-    parent_session_id: str = ""
+    parent_session_id: str = Field(default="", index=True)
     inputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     is_durable: bool = True
     state: str = "CREATED"
@@ -103,7 +103,7 @@ class EventRow(SQLModel, table=True):
     seq: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(index=True, unique=True)
     project_id: str = Field(index=True)
-    destination_id: str = ""
+    destination_id: str = Field(default="", index=True)
     event_type: str = ""
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # msgpack
     memo: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -256,3 +256,70 @@ def test_vars_are_set_and_deleted_from_the_projects_page(
         )
         assert gone.status_code == 303
         assert 'data-var="FROM_UI"' not in client.get("/ui/projects").text
+
+
+def test_a_session_links_its_children_and_they_link_back(
+    stack: Stack, demo: dict[str, str]
+) -> None:
+    status, event_id = stack.post_json(demo["spawn"], {})
+    parent = stack.session_of("ui_demo", event_id)
+    assert stack.wait_session(parent)["state"] == "COMPLETED"
+    prints = stack.ak("session", "prints", parent, "-n", check=True).stdout.splitlines()
+    started = [line.split()[1] for line in prints if line.startswith("started ses_")]
+    assert len(started) == 2
+    with _logged_in(stack) as client:
+        page = client.get(f"/ui/sessions/{parent}").text
+        listed = re.search(r'id="child-sessions">(.*?)</ul>', page, re.S)
+        assert listed, page
+        assert sorted(re.findall(r'href="/ui/sessions/(ses_\w+)"', listed.group(1))) == sorted(
+            started
+        )
+        for child in started:
+            stack.wait_session(child)
+            shown = client.get(f"/ui/sessions/{child}").text
+            assert f'id="parent-session">{parent}<' in shown
+            assert 'id="child-sessions"' not in shown  # a child without children lists none
+        only = client.get(f"/ui/sessions?parent={parent}").text
+        assert sorted(re.findall(r'data-session="(ses_\w+)"', only)) == sorted(started)
+
+
+def test_sessions_and_events_filter_by_trigger_and_time(stack: Stack, demo: dict[str, str]) -> None:
+    _, hooked = stack.post_json(demo["hook"], {"filter": "trigger"})
+    _, spawned = stack.post_json(demo["spawn"], {})
+    by_hook = stack.session_of("ui_demo", hooked)
+    by_spawn = stack.session_of("ui_demo", spawned)
+    triggers = {t["name"]: t["trigger_id"] for t in stack.api("trigger.list", project="ui_demo")}
+    with _logged_in(stack) as client:
+
+        def sessions(query: str) -> set[str]:
+            page = client.get(f"/ui/sessions?{query}")
+            assert page.status_code == 200, page.text
+            return set(re.findall(r'data-session="(ses_\w+)"', page.text))
+
+        hook_only = sessions(f"trigger={triggers['hook']}&size=1000")
+        assert by_hook in hook_only and by_spawn not in hook_only
+        assert by_hook in sessions("project=ui_demo&trigger=hook&size=1000")  # by its name
+        assert by_hook in sessions("within=15m&size=1000")
+        assert not sessions("created_before=2000-01-01T00:00:00Z")
+        assert by_hook in sessions("created_after=2000-01-01T00:00:00Z&size=1000")
+        bad = client.get("/ui/sessions?created_after=yesterday")
+        assert bad.status_code == 400 and "is not a time: use RFC 3339" in bad.text
+        assert "Use one of 15m, 1h" in client.get("/ui/sessions?within=3y").text
+        unknown = client.get("/ui/sessions?project=ui_demo&trigger=nope")
+        assert unknown.status_code == 404
+        assert 'trigger "nope" not found' in html.unescape(unknown.text)
+        events = client.get(f"/ui/events?trigger={triggers['spawn']}").text
+        shown = set(re.findall(r'data-event="(evt_\w+)"', events))
+        assert spawned in shown and hooked not in shown
+    listed = stack.api("event.list", project="ui_demo", trigger="hook")
+    assert hooked in {e["event_id"] for e in listed}
+    assert spawned not in {e["event_id"] for e in listed}
+
+
+def test_the_journal_shows_how_long_each_activity_ran(stack: Stack, demo: dict[str, str]) -> None:
+    _, event_id = stack.post_json(demo["hook"], {"timed": True})
+    sid = stack.session_of("ui_demo", event_id)
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    with _logged_in(stack) as client:
+        page = client.get(f"/ui/sessions/{sid}").text
+    assert len(re.findall(r"#\d double \(args \w+\) ok in \d+(\.\d+)? (ms|s)", page)) == 2, page

@@ -590,16 +590,7 @@ def _new_deployment(stack: Stack) -> str:
 
 
 def _create_deployment(stack: Stack, build_id: str) -> str:
-    import urllib.request
-
-    from akcore import wire
-
-    body = wire.encode(wire.StoreRequest({"project": "waiting", "build_id": build_id}))
-    req = urllib.request.Request(
-        stack.url + "/api/deployment.create", data=body, method="POST", headers=stack.auth()
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return str(wire.decode(wire.StoreReply, resp.read()).result)
+    return str(stack.api("deployment.create", project="waiting", build_id=build_id))
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The project the web UI's tests deploy: prints that try to be markup, an activity, a
-secret var, and a session that waits (for the stop button and for prints that stream)."""
+secret var, a session that waits (for the stop button and for prints that stream), and one
+that starts two children."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ project:
       webhook: {{}}
     - name: more
       webhook: {{}}
+    - name: spawn
+      call: h.py:spawn
+      webhook: {{}}
 """
 
 CODE = f"""\
@@ -50,6 +54,15 @@ def waiter(event):
     print("waiting for more")
     got = autokitteh.next_event(sub, timeout=120)
     print("got", got.body.text)
+
+
+def spawn(event):
+    for n in range(2):
+        print("started", autokitteh.start("h.py:child", {{"n": n}}))
+
+
+def child(event):
+    print("child", event.data.n)
 """
 
 

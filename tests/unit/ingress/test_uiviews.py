@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from ak_ingress import uiviews
+from akcore import timefmt
+from akcore.errors import InvalidArgument
 
 
 def _span(sid: str, parent: str, start: int, end: int, **extra: object) -> dict[str, object]:
@@ -36,6 +39,9 @@ def test_journal_rows_say_what_happened() -> None:
         {"seq": 5, "kind": "started", "t_us": 1, "data": {"attempt": 2, "replayed_steps": 4}}
     )
     assert again.mark == "attempt 2, 4 steps replayed"
+    timed = {"seq": 4, "kind": "activity", "t_us": 1,
+             "data": {"step": 2, "function": "g", "ok": True, "duration_us": 420}}  # fmt: skip
+    assert uiviews.journal_row(timed).summary == "#2 g ok in 0.42 ms"
     ended = uiviews.journal_row(
         {"seq": 9, "kind": "ended", "t_us": 1,
          "data": {"state": "ERROR", "error": "boom", "traceback": "Traceback ..."}}
@@ -62,3 +68,13 @@ def test_durations_read_as_a_person_says_them() -> None:
     assert uiviews.duration(t0, "2026-01-01T00:00:00.250000Z") == "250 ms"
     assert uiviews.duration(t0, "2026-01-01T00:00:03.5Z") == "3.50 s"
     assert uiviews.duration(t0, "2026-01-01T01:02:03Z") == "1 h 2 min 3 s"
+
+
+def test_activity_durations_and_time_filters() -> None:
+    assert [uiviews.ms_text(us) for us in (420, 12_345, 3_100_000, 90_000_000)] == [
+        "0.42 ms", "12 ms", "3.1 s", "1.5 min",
+    ]  # fmt: skip
+    hour_ago = timefmt.parse_us(uiviews.since("1h"))
+    assert abs(timefmt.now_us() - 3_600_000_000 - hour_ago) < 60_000_000
+    with pytest.raises(InvalidArgument, match="Use one of 15m, 1h, 24h, 7d, 30d"):
+        uiviews.since("3y")
