@@ -175,7 +175,7 @@ class Stack:
         assert pids, "no runner process"
         os.kill(pids[0], signal.SIGKILL)
 
-    def wait_output(self, text: str, *args: str, timeout: float = 20) -> None:
+    def wait_output(self, text: str, *args: str, timeout: float = 60) -> None:
         """Polls ``ak <args>`` until its output contains ``text``."""
         wait_until(
             lambda: text in self.ak(*args).stdout,

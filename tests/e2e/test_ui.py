@@ -322,4 +322,7 @@ def test_the_journal_shows_how_long_each_activity_ran(stack: Stack, demo: dict[s
     assert stack.wait_session(sid)["state"] == "COMPLETED"
     with _logged_in(stack) as client:
         page = client.get(f"/ui/sessions/{sid}").text
+        listed = client.get("/ui/sessions?project=ui_demo&size=1000").text
     assert len(re.findall(r"#\d double \(args \w+\) ok in \d+(\.\d+)? (ms|s)", page)) == 2, page
+    row = re.search(rf'data-session="{sid}">(.*?)</tr>', listed, re.S)
+    assert row and re.search(r"<td>(\d+ ms|[\d.]+ s)</td>", row.group(1)), listed  # it took
