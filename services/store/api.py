@@ -88,7 +88,7 @@ def _project_view(p: Project) -> dict[str, Any]:
 def _time_us(text: str, name: str) -> int:
     try:
         return timefmt.parse_us(str(text))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidArgument(
             f"{name} {text!r} is not a time: use RFC 3339, as 2026-12-05T09:00:00Z"
         ) from None
