@@ -3,7 +3,7 @@
 AutoKittehError           root of everything the SDK raises
  ├── NotAValue            an object that cannot cross from one session to another
  ├── MalformedValue       bytes or data that are not an encoded value (autokitteh._values)
- ├── AtlassianOAuthError  an Atlassian OAuth connection that reaches no resources
+ ├── AtlassianOAuthError  an Atlassian OAuth connection, which the helpers cannot use
  ├── ConnectionInitError  a connection the handler uses is not initialized
  ├── EnvVarError          an environment variable a helper needs is missing or invalid
  └── OAuthRefreshError    refreshing a connection's OAuth token failed
@@ -28,10 +28,14 @@ class MalformedValue(AutoKittehError, ValueError):
 
 
 class AtlassianOAuthError(AutoKittehError):
-    """An Atlassian OAuth connection whose token reaches no Atlassian resource."""
+    """An Atlassian OAuth connection given to a Jira or Confluence helper, which need a
+    token connection (``autokitteh.atlassian``)."""
 
     def __init__(self, connection: str) -> None:
-        super().__init__(f"OAuth connection {connection!r} has no accessible Atlassian resources")
+        # AutoKitteh's message, as its published SDK words it.
+        super().__init__(
+            f"API calls not supported by {connection!r}, use a token-based connection instead"
+        )
         self.connection = connection
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -196,9 +196,9 @@ def test_autokittehs_names_import_and_work(env: tuple[Stack, rsa.RSAPublicKey]) 
     assert prints[4] == "name: Invalid AutoKitteh connection name: '1gh'"
     assert prints[5] == (
         "errors: AutoKitteh connection 'gh' not initialized | Environment variable 'TOKEN' is "
-        "missing | OAuth refresh failed for 'gh' connection: expired | OAuth connection "
-        "'jira' has no accessible Atlassian resources | Authentication failed for 'gdrive' "
-        "connection: bad key | False True"
+        "missing | OAuth refresh failed for 'gh' connection: expired | API calls not "
+        "supported by 'jira', use a token-based connection instead | Authentication failed "
+        "for 'gdrive' connection: bad key | False True"
     )
     assert prints[6] == "key in env False"  # the server's key never reaches the handler
     token = prints[7].removeprefix("jwt ")
