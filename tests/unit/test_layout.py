@@ -51,9 +51,11 @@ CLIENT_HELPERS = {
     "airtable": {"pyairtable"},
     "anthropic": {"anthropic", "pydantic_ai"},  # (pydantic_ai inside one helper only)
     "asana": {"asana"},
+    "atlassian": {"atlassian"},
     "aws": {"boto3"},
     "discord": {"discord"},
     "github": {"github"},
+    "google": {"google", "googleapiclient", "pydantic_ai"},  # (pydantic_ai: one helper)
     "kubernetes": {"kubernetes"},
     "linear": {"requests"},
     "notion": {"notion_client"},
