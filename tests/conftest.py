@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +45,30 @@ def as_service(settings: Settings, service: str) -> Settings:
     """``settings`` with the credentials of ``service``'s own user on the test server."""
     password = PASSWORDS[settings.nats_url][service]
     return dataclasses.replace(settings, nats_user=service, nats_password=password)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, each run keeps its files in a directory of its own rather than under
+    /tmp/pytest-of-root: a root runner makes the way to a stack's data home searchable for
+    its workers' users (o+x), and every pytest that starts takes o+x off pytest-of-root again,
+    so a second run on the machine would lock the first one's workers out of their code
+    (PermissionError as they start). ``--basetemp`` still wins."""
+    if os.geteuid() != 0 or config.option.basetemp:
+        return
+    config.option.basetemp = tempfile.mkdtemp(prefix="ak-pytest-")
+    config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Removes the run's own directory when every test passed (kept to look at otherwise)."""
+    own = config.stash.get(_OWN_BASETEMP, "")
+    session = getattr(config, "_ak_session_failed", None)
+    if own and session is False:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._ak_session_failed = exitstatus != 0  # type: ignore[attr-defined]

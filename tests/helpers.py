@@ -141,7 +141,10 @@ class Stack:
     def wait_session(self, ref: str, timeout: float = 30) -> dict[str, str]:
         res = self.ak("session", "watch", ref, "--timeout", f"{timeout}s", "-q")
         assert res.returncode == 0, res.stderr + self.output()[-3000:]
-        return json.loads(self.ak("session", "get", ref, "-j", check=True).stdout)  # type: ignore[no-any-return]
+        got: dict[str, str] = json.loads(self.ak("session", "get", ref, "-j", check=True).stdout)
+        if got.get("state") == "ERROR":  # shown by pytest when the test then fails
+            print(f"session {ref} ended in ERROR: {got.get('error')}\n{got.get('traceback')}")
+        return got
 
     def session_of(self, project: str, event_id: str, timeout: float = 20) -> str:
         """The id of the session an event started in ``project`` (waits for it to appear)."""

@@ -64,6 +64,7 @@ CALLS: dict[str, frozenset[str]] = {
     "runner": frozenset(
         {
             "build.get",
+            "deployment.get",
             "event.get",
             "project.active",
             "project.get",
@@ -197,12 +198,10 @@ def permissions(service: str) -> Permissions:
     """The allow-lists of one service's user (every user may also answer the requests
     it receives: ``allow_responses``)."""
     new_session = (subjects.JOURNAL_ALL, subjects.JOBS_ALL)  # publish_session
-    if service == "ingress":
+    if service == "ingress":  # events only: sessions are started and stopped by a runner
         return Permissions(
             publish=(
                 subjects.EVENTS_ALL,
-                *new_session,
-                subjects.INBOX_ALL,
                 subjects.SPANS,
                 subjects.health_subject("*"),
                 *_requests(service),

@@ -51,6 +51,12 @@ def _child(
             _worker.sandboxed(uid, venv, int(memory_mb), int(processes))
         os.chdir(cwd)
         _worker.main([str(fd_in), str(fd_out)])
+    except BaseException as e:  # said on its stderr, which the runner keeps for the session
+        if not isinstance(e, SystemExit):
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
     finally:
         os._exit(1)
 

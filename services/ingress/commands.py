@@ -3,93 +3,15 @@ caller), each taking its typed request (``akcore.requests``) and the caller."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from akcore import bus, ids, ops, subjects, timefmt, tokens, wire
 from akcore import requests as rq
 from akcore.errors import Conflict, InvalidArgument
-from akcore.manifest import parse_call
-from akcore.secrets import load_keyring
-from akcore.sessions import publish_session
 from nats.aio.client import Client
 
 from .auth import Caller
-
-# The data keys seal the inputs of sessions started by hand (read once, when first needed).
-_keys = functools.cache(load_keyring)
-
-
-async def session_start(nc: Client, req: rq.SessionStart, caller: Caller) -> dict[str, Any]:
-    """Starts a session by hand: ``deployment_id`` or ``project`` (its active deployment)."""
-    parse_call(req.entrypoint)
-    if req.deployment_id:
-        dep = await bus.store_call(nc, "deployment.get", {"deployment_id": req.deployment_id})
-    elif req.project:
-        dep = await bus.store_call(nc, "project.active", {"project": req.project})
-    else:
-        raise InvalidArgument("give --deployment-id or --project")
-    if req.build_id:
-        await _check_build(nc, req.build_id, dep)
-    job = wire.Job(
-        session_id=ids.new_id("ses"),
-        project_id=dep["project_id"],
-        deployment_id=dep["deployment_id"],
-        build_id=req.build_id or dep["build_id"],
-        entrypoint=req.entrypoint,
-        is_durable=req.durable,
-        event_id=None,
-        event_type=None,
-        data=req.inputs,
-        memo=req.memo,
-    )
-    await publish_session(bus.publisher(nc), job, _keys())
-    return {"session_id": job.session_id}
-
-
-async def _check_build(nc: Client, build_id: str, dep: dict[str, Any]) -> None:
-    """A session runs a build of its deployment's project, never another project's."""
-    build = await bus.store_call(nc, "build.get", {"build_id": build_id, "with_files": False})
-    if build["project_id"] != dep["project_id"]:
-        raise InvalidArgument(
-            f'build "{build_id}" belongs to another project than deployment '
-            f'"{dep["deployment_id"]}": give a build of the same project, or leave '
-            "--build-id out to run the deployment's own build"
-        )
-
-
-async def session_stop(nc: Client, req: rq.SessionStop, caller: Caller) -> None:
-    """Asks the session's runner to stop it (delivered through the session's inbox)."""
-    s = await bus.store_call(nc, "session.get", {"session": req.session})
-    if s["state"] in wire.FINAL_STATES:
-        raise Conflict(f"session {s['session_id']} is already in a final state ({s['state']})")
-    reason = f"[forced] {req.reason}".strip() if req.force else req.reason
-    msg = wire.InboxMessage(kind=wire.INBOX_STOP, reason=reason or "stopped by user")
-    await bus.publisher(nc).publish(subjects.inbox_subject(s["session_id"]), wire.encode(msg))
-
-
-async def session_restart(nc: Client, req: rq.SessionRef, caller: Caller) -> dict[str, Any]:
-    """A new session with the same deployment, entry point, inputs (or event) and durability."""
-    s = await bus.store_call(nc, "session.get", {"session": req.session})
-    data, event_type = s.get("inputs") or {}, None
-    if s.get("event_id"):
-        ev = await bus.store_call(nc, "event.get", {"event_id": s["event_id"], "sealed": True})
-        data, event_type = ev["data"], ev["event_type"]
-    job = wire.Job(
-        session_id=ids.new_id("ses"),
-        project_id=s["project_id"],
-        deployment_id=s["deployment_id"],
-        build_id=s["build_id"],
-        entrypoint=s["entrypoint"],
-        is_durable=bool(s["is_durable"]),
-        event_id=s.get("event_id") or None,
-        event_type=event_type,
-        data=data,
-        trigger_id=s.get("trigger_id", ""),
-    )
-    await publish_session(bus.publisher(nc), job, _keys())
-    return {"session_id": job.session_id}
 
 
 async def event_redispatch(nc: Client, req: rq.EventRef, caller: Caller) -> dict[str, Any]:
@@ -197,9 +119,6 @@ async def whoami(nc: Client, req: rq.Empty, caller: Caller) -> dict[str, Any]:
 Command = Callable[[Client, Any, Caller], Awaitable[Any]]
 
 COMMANDS: dict[str, Command] = {
-    "session.start": session_start,
-    "session.stop": session_stop,
-    "session.restart": session_restart,
     "event.redispatch": event_redispatch,
     "event.dispatch": event_dispatch,
     "event.save": event_save,
@@ -220,4 +139,6 @@ async def perform(
     typed = op.parse(args)  # refused here when malformed, before anything runs
     if op.service is ops.Service.INGRESS:
         return await COMMANDS[name](nc, typed, caller)
+    if op.service is ops.Service.RUNNER:
+        return await bus.runner_call(nc, name, args, timeout=timeout)
     return await bus.store_call(nc, name, args, timeout=timeout)

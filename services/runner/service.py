@@ -14,11 +14,14 @@ from akcore import bus, config, journal, ops, sdkdist, subjects, tracing, wire
 from akcore import requests as rq
 from akcore.cache import StoreCache
 from akcore.config import Settings
+from akcore.datakey import Keyring
 from akcore.errors import NotFound
 from akcore.journalio import JournalWriter, Limits, last_seq, read_journal
 from akcore.secrets import load_keyring
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from . import commands
 from .faults import Faults
 from .inbox import InboxWatch
 from .lease import Lease
@@ -39,18 +42,23 @@ async def _reap(pool: WorkerPool, stop: asyncio.Event) -> None:
             await pool.reap()
 
 
-def request_handler(envs: PythonEnvs) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
-    """The runner's API (``ak.runner.<op>``), called by ``ak deploy`` through ingress."""
+def request_handler(
+    envs: PythonEnvs, nc: Client, keys: Keyring
+) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
+    """The runner's API (``ak.runner.<op>``), called through ingress: ``ak deploy``'s
+    environment builds, and starting, stopping and restarting sessions by hand."""
 
     declared = ops.served_by(ops.Service.RUNNER)
-    assert set(declared) == {"pyenv.prepare"}, "runner operations differ from akcore.ops"
+    assert set(declared) == {"pyenv.prepare", *commands.COMMANDS}, "runner ops differ from ops"
 
     async def handle(name: str, args: dict[str, Any]) -> Any:
         op = declared.get(name)
         if op is None:
             raise NotFound(f"unknown runner operation {name!r}")
-        req: rq.PyenvPrepare = op.parse(args)
-        return await envs.prepare(req.requirements, req.token, req.offset)
+        req = op.parse(args)
+        if isinstance(req, rq.PyenvPrepare):
+            return await envs.prepare(req.requirements, req.token, req.offset)
+        return await commands.COMMANDS[name](nc, keys, req)  # type: ignore[operator]
 
     return handle
 
@@ -254,7 +262,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     await bus.wait_streams(js, "runner")
     await bus.serve_health(nc, "runner")
-    await bus.serve_requests(nc, subjects.RUNNER_ALL, request_handler(envs), queue="runners")
+    await bus.serve_requests(
+        nc, subjects.RUNNER_ALL, request_handler(envs, nc, keys), queue="runners"
+    )
     info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
     ack_wait = info.config.ack_wait or bus.JOB_ACK_WAIT
     # A job's lease runs from when its pull request was sent: keep requests short of it.

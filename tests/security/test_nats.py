@@ -207,6 +207,10 @@ ATTACKS = [
     ("ingress", "publish", f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_JOBS}.runner"),
     ("ingress", "subscription", "_INBOX.>"),  # the replies sent to the other services
     ("ingress", "subscription", subjects.STORE_ALL),  # answering as the store
+    # nor writes a session's journal, job or inbox: a runner starts and stops sessions
+    ("ingress", "publish", "ak.journal.ses_x"),
+    ("ingress", "publish", "ak.jobs.ses_x"),
+    ("ingress", "publish", "ak.inbox.ses_x"),
     # the runner is closest to user code: it cannot destroy or change what it uses
     ("runner", "publish", f"$JS.API.STREAM.PURGE.{subjects.STREAM_JOURNAL}"),
     ("runner", "publish", f"$JS.API.STREAM.PURGE.{subjects.STREAM_EVENTS}"),
