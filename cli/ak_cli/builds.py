@@ -14,8 +14,7 @@ import typer
 from akcore.errors import InvalidArgument, NotFound
 
 from . import client
-from .options import FailOpt, JsonOpt
-from .projects import silent_unless
+from .options import FailOpt, JsonOpt, silent_unless
 from .render import emit, emit_list
 
 app = typer.Typer(help="List, show, download and delete builds.", no_args_is_help=True)

@@ -13,8 +13,7 @@ import typer
 from akcore.errors import AKError, NotFound
 
 from . import client
-from .options import FailOpt, JsonOpt
-from .projects import silent_unless
+from .options import FailOpt, JsonOpt, silent_unless
 from .render import emit, emit_list
 
 connections = typer.Typer(

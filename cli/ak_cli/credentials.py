@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
 from akcore import config
 from akcore.errors import AKError
 
@@ -24,6 +23,8 @@ def host_key(url: str) -> str:
 
 
 def load() -> dict[str, str]:
+    import yaml  # ~10 ms, after the file is known to be there
+
     try:
         data = yaml.safe_load(path().read_text()) or {}
     except FileNotFoundError:
@@ -45,6 +46,8 @@ def save(key: str, token: str) -> None:
     target = path()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
+    import yaml
+
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(yaml.safe_dump(entries) if entries else "")

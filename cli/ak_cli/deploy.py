@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument, NotFound
-from akcore.manifest import parse_manifest
 
 from . import client
 
@@ -122,6 +121,8 @@ def deploy(
     except OSError as e:
         raise AKError(f"open {manifest}: {e.strerror}") from None
     upload = collect_files(path, files, dirs)  # check the files before changing anything
+    from akcore.manifest import parse_manifest  # with CEL when the manifest has filters
+
     try:
         parse_manifest(text, project_name)
     except AKError:

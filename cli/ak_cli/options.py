@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from akcore.errors import NotFound
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", "-j", help="Print one JSON object per line instead of text.")
@@ -17,3 +18,9 @@ FailOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+
+
+def silent_unless(fail: bool, e: NotFound) -> None:
+    """AutoKitteh's ``--fail``: a not-found result is no output and exit 0 without it."""
+    if fail:
+        raise e

@@ -13,10 +13,9 @@ import typer
 from akcore.errors import AKError, InvalidArgument, NotFound
 
 from . import client
-from . import lint as lint_mod
 from .deploy import DEFAULT_MANIFEST, build_and_deploy, collect_files, prepare_python
 from .manifests import read_manifest
-from .options import FailOpt, JsonOpt
+from .options import FailOpt, JsonOpt, silent_unless
 from .render import emit, emit_list
 
 app = typer.Typer(help="Create, inspect, export and delete projects.", no_args_is_help=True)
@@ -26,12 +25,6 @@ USER_MANIFEST_HEADER = (
     "# The manifest as it was uploaded with the project's code.\n"
     "# autokitteh.yaml beside it is made from what the server holds now.\n"
 )
-
-
-def silent_unless(fail: bool, e: NotFound) -> None:
-    """AutoKitteh's ``--fail``: a not-found result is no output and exit 0 without it."""
-    if fail:
-        raise e
 
 
 @app.command("create")
@@ -195,6 +188,8 @@ def lint(
     """Check a project before deploying it: the manifest is valid, every trigger's call
     names an existing file and function, the Python files compile. One line per problem;
     exit 1 when there is an error."""
+    from . import lint as lint_mod  # the manifest's checks, with CEL
+
     text = read_manifest(manifest)
     upload = collect_files(Path(manifest), files or [], dirs or [])
     found = lint_mod.lint(Path(manifest).name, text, upload)

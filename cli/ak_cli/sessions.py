@@ -16,8 +16,7 @@ from akcore import timefmt, wire
 from akcore.errors import AKError, InvalidArgument, NotFound
 
 from . import client
-from .options import FailOpt
-from .projects import silent_unless
+from .options import FailOpt, silent_unless
 from .render import emit, emit_list
 from .sessionlog import entry_text, log_entries
 from .tracetree import render as render_trace

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from akcore import config
 from akcore.errors import AKError, InvalidArgument
 
@@ -56,8 +55,12 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 def read(file: Path | None = None) -> dict[str, str]:
     """The file's settings by key; {} when there is no file."""
     file = file or path()
+    if not file.exists():
+        return {}
+    import yaml  # ~10 ms, paid only by who has the file
+
     try:
-        tree = yaml.safe_load(file.read_text()) if file.exists() else None
+        tree = yaml.safe_load(file.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise AKError(f'invalid config file "{file}": {e}') from None
     if tree is not None and not isinstance(tree, dict):
@@ -94,6 +97,8 @@ def set_key(key: str, value: str) -> None:
                 raise AKError(f'invalid config file "{path()}": "{part}" is both a key and a value')
             node = nxt
         node[leaf] = v
+    import yaml
+
     file = path()
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(".tmp")

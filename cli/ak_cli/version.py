@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from importlib import metadata
 
 from akcore.errors import InvalidArgument
-from typer._completion_classes import completion_init
-from typer._completion_shared import get_completion_script
 
 DIST = "autokitteh-nats"
 SHELLS = ("bash", "zsh", "fish", "powershell")
@@ -17,6 +14,8 @@ BUILD_PACKAGES = ("nats-py", "sqlmodel", "typer", "fastapi", "uvicorn", "msgpack
 
 
 def _version(dist: str) -> str:
+    from importlib import metadata  # ~15 ms: only `ak version` reads the installed versions
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -42,6 +41,8 @@ def describe(full: bool, build: bool, as_json: bool) -> str:
 
 def enable_completion() -> None:
     """Lets ``ak`` answer the completion scripts' requests (``_AK_COMPLETE`` set)."""
+    from typer._completion_classes import completion_init
+
     completion_init()
 
 
@@ -49,4 +50,6 @@ def completion_script(shell: str) -> str:
     """The script that makes ``shell`` complete ``ak`` commands and options."""
     if shell not in SHELLS:
         raise InvalidArgument(f"unknown shell {shell!r}: use one of {', '.join(SHELLS)}")
+    from typer._completion_shared import get_completion_script
+
     return get_completion_script(prog_name="ak", complete_var="_AK_COMPLETE", shell=shell)
