@@ -1,57 +1,115 @@
-"""The ``ak`` entry point: parse arguments and call the command; nothing else lives here."""
+"""The ``ak`` entry point: parse arguments and call the command; nothing else lives here.
+
+Start-up is most of a command's wall time, so this module imports only typer and what the
+root's options need. Each noun's module is imported, and its typer turned into click
+commands, only when the command line names it (``ak --help`` and completion load all):
+building every command's click form alone takes ~0.1 s. The commands import what they call
+(CEL, the manifest, NATS auth, the SDK wheel builder) inside their bodies.
+tests/unit/cli/test_import_cost.py checks that the client commands stay this light.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from akcore import config, natsauth, sdkdist
+from akcore import config
 from akcore.errors import AKError
 
-from . import auth as auth_mod
-from . import builds, connections, manifests, projects, sessions, settings, views
-from . import deploy as deploy_mod
-from . import up as up_mod
-from . import vars as vars_mod
+from . import coercion, settings
 from . import version as version_mod
 
-app = typer.Typer(
-    help="autokitteh: durable Python workflows.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
-)
+SETTINGS = {
+    "help": "autokitteh: durable Python workflows.",
+    "no_args_is_help": True,
+    "pretty_exceptions_enable": False,
+    "add_completion": False,
+    "rich_markup_mode": None,
+}
 config_app = typer.Typer(help="Show and change the configuration.", no_args_is_help=True)
 sdk_app = typer.Typer(help="The Python SDK for local development.", no_args_is_help=True)
 
-# Each noun with AutoKitteh's aliases (hidden, so `ak --help` lists each noun once).
-NOUNS: tuple[tuple[typer.Typer, str, tuple[str, ...]], ...] = (
-    (auth_mod.app, "auth", ()),
-    (builds.app, "build", ("bld", "builds")),
-    (config_app, "config", ("cfg",)),
-    (connections.connections, "connection", ("con", "connections")),
-    (views.deployments, "deployment", ("dep", "deployments")),
-    (vars_mod.envs, "env", ()),
-    (views.events, "event", ("evt", "events")),
-    (connections.integrations, "integration", ("int", "integrations")),
-    (manifests.app, "manifest", ("man",)),
-    (projects.app, "project", ("prj", "projects")),
-    (sdk_app, "sdk", ()),
-    (sessions.app, "session", ("ses", "sessions")),
-    (views.triggers, "trigger", ("trg", "triggers")),
-    (vars_mod.app, "var", ("vars",)),
+# Each noun with AutoKitteh's aliases (hidden, so `ak --help` lists each noun once), and
+# where its typer lives: "module:attribute" in this package (no module: this one).
+NOUNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("auth:app", "auth", ()),
+    ("builds:app", "build", ("bld", "builds")),
+    (":config_app", "config", ("cfg",)),
+    ("connections:connections", "connection", ("con", "connections")),
+    ("views:deployments", "deployment", ("dep", "deployments")),
+    ("vars:envs", "env", ()),
+    ("views:events", "event", ("evt", "events")),
+    ("connections:integrations", "integration", ("int", "integrations")),
+    ("manifests:app", "manifest", ("man",)),
+    ("projects:app", "project", ("prj", "projects")),
+    (":sdk_app", "sdk", ()),
+    ("sessions:app", "session", ("ses", "sessions")),
+    ("views:triggers", "trigger", ("trg", "triggers")),
+    ("vars:app", "var", ("vars",)),
 )
-for sub, noun, aliases in NOUNS:
-    app.add_typer(sub, name=noun)
-    for alias in aliases:
-        app.add_typer(sub, name=alias, hidden=True)
+# The root's options that take a value: the command is the first word after them.
+_VALUE_OPTIONS = ("--config", "-C", "--token")
+_VALUE_OPTION_FORMS = ("--config=", "--token=", "-C")
 
 
-@app.callback()
+def _typer_of(where: str) -> typer.Typer:
+    module, _, attr = where.partition(":")
+    owner = importlib.import_module(f".{module}", __package__) if module else sys.modules[__name__]
+    sub = getattr(owner, attr)
+    assert isinstance(sub, typer.Typer)
+    return sub
+
+
+def command_word(args: list[str]) -> str | None:
+    """The first word of a command line after the root's options (``session`` in ``ak -C
+    k=v session list``); None when there is none, or when an option comes first that is
+    not the root's own (``--help``), or when a shell asks for completions."""
+    if os.environ.get("_AK_COMPLETE"):
+        return None
+    words = iter(args)
+    for word in words:
+        if word in _VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+        elif not word.startswith(_VALUE_OPTION_FORMS):
+            return None
+    return None
+
+
+def make_app(args: list[str] | None = None) -> typer.Typer:
+    """The ``ak`` typer for a command line: when it names a noun (or an alias) or a root
+    command, with that alone, else with everything (help, completion, a typo's message).
+
+    The command line's own group is all that click needs to parse and run it, and the
+    help and errors it prints are the same: ``ak session list --help`` never shows its
+    siblings. Building a command's click form takes about a millisecond (typer evaluates
+    its annotations twice); every noun, with the aliases that build it again, takes ~0.1 s.
+    """
+    root = typer.Typer(**SETTINGS)  # type: ignore[arg-type]
+    root.callback()(global_options)
+    word = command_word(args) if args is not None else None
+    nouns = [n for n in NOUNS if word in (n[1], *n[2])]
+    if word in ROOT_COMMANDS:
+        root.command(word, hidden=word in HIDDEN_ROOT_COMMANDS)(ROOT_COMMANDS[word])
+    elif nouns:
+        root.add_typer(_typer_of(nouns[0][0]), name=word, hidden=word != nouns[0][1])
+    else:
+        for name, func in ROOT_COMMANDS.items():
+            root.command(name, hidden=name in HIDDEN_ROOT_COMMANDS)(func)
+        for where, noun, aliases in NOUNS:
+            sub = _typer_of(where)
+            root.add_typer(sub, name=noun)
+            for alias in aliases:
+                root.add_typer(sub, name=alias, hidden=True)
+    return root
+
+
 def global_options(
     overrides: Annotated[
         list[str] | None,
@@ -72,7 +130,6 @@ def global_options(
         os.environ[config.ENV_TOKEN] = token
 
 
-@app.command()
 def up(
     mode: Annotated[
         str, typer.Option("--mode", "-m", help="dev (embedded NATS, SQLite) or default.")
@@ -106,11 +163,12 @@ def up(
     stores: Annotated[int, typer.Option("--stores", help="How many store processes.")] = 1,
 ) -> None:
     """Start the whole stack (NATS, store, dispatcher, runner, ingress) until Ctrl-C."""
+    from . import up as up_mod
+
     counts = {"runner": runners, "dispatcher": dispatchers, "ingress": ingresses, "store": stores}
     up_mod.up(mode, http_addr or None, nats_url or None, counts, db or None)
 
 
-@app.command()
 def deploy(
     manifest: Annotated[
         str | None,
@@ -133,6 +191,8 @@ def deploy(
     ] = False,
 ) -> None:
     """Apply a manifest, upload the code, then build, deploy and activate it."""
+    from . import deploy as deploy_mod
+
     deploy_mod.deploy(manifest, file or [], dir or [], project_name, skip_existing_secrets)
 
 
@@ -166,7 +226,6 @@ def where(
     typer.echo(config.ENV_WORKER_PYTHON)
 
 
-@app.command("nats-config")
 def nats_config(
     env: Annotated[
         bool, typer.Option("--env", help="Print a new password for each service instead.")
@@ -176,6 +235,8 @@ def nats_config(
 
     Each user may use only its service's subjects; nats-server reads the passwords from its
     environment (AK_NATS_<SERVICE>_PASSWORD). With --env: lines for compose's .env file."""
+    from akcore import natsauth
+
     typer.echo(natsauth.env_lines() if env else natsauth.operator_block(), nl=False)
 
 
@@ -184,6 +245,8 @@ def sdk_wheel(
     output: Annotated[str, typer.Option("--output", "-o", help="Directory to write to.")] = ".",
 ) -> None:
     """Write the autokitteh SDK as a wheel, to pip install into your own venv or IDE."""
+    from akcore import sdkdist
+
     typer.echo(str(sdkdist.build_wheel(Path(output))))
 
 
@@ -208,7 +271,6 @@ def config_set(
     settings.set_key(key, value)
 
 
-@app.command("version")
 def version(
     full: Annotated[
         bool, typer.Option("--full", "-f", help="Add the Python it runs on and its path.")
@@ -222,7 +284,6 @@ def version(
     typer.echo(version_mod.describe(full, build, as_json))
 
 
-@app.command("completion")
 def completion(
     shell: Annotated[str, typer.Argument(help="bash, zsh, fish or powershell.")],
 ) -> None:
@@ -230,15 +291,32 @@ def completion(
     typer.echo(version_mod.completion_script(shell))
 
 
-for _alias in ("ver", "v"):
-    app.command(_alias, hidden=True)(version)
+# In the order `ak --help` lists them.
+ROOT_COMMANDS: dict[str, Callable[..., None]] = {
+    "up": up,
+    "deploy": deploy,
+    "nats-config": nats_config,
+    "version": version,
+    "completion": completion,
+    "ver": version,
+    "v": version,
+}
+HIDDEN_ROOT_COMMANDS = frozenset({"ver", "v"})
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the whole ``ak`` typer with every noun (for tests and tools)."""
+    if name == "app":
+        return make_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
     try:
         settings.load_into_environment()
+        coercion.install()
         version_mod.enable_completion()
-        app()
+        make_app(sys.argv[1:])()
     except AKError as e:
         typer.echo(f"Error: {e.message}", err=True)
         sys.exit(e.exit_code)
