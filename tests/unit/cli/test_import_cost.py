@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import free_port
 
 # Modules no client command needs: CEL (and its parser), the store's ORM, the services'
