@@ -4,6 +4,7 @@ token (as AutoKitteh keeps them; mode 0600), overridden by ``AK_TOKEN``."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,14 +23,41 @@ def host_key(url: str) -> str:
     return urlsplit(url).netloc or url
 
 
-def load() -> dict[str, str]:
-    import yaml  # ~10 ms, after the file is known to be there
+# A line as ``save`` writes a token of ``akcore.tokens`` for a host:port or the default
+# entry: YAML reads it as these two strings (the host has a letter or a dot, so YAML
+# takes no host:port for a number).
+_PLAIN_LINE = re.compile(
+    r"((?:[A-Za-z0-9-]*[A-Za-z.][A-Za-z0-9.-]*:[0-9]+)|default): (akt_[A-Za-z0-9_-]+)"
+)
 
+
+def _read_plain(text: str) -> dict[str, str] | None:
+    """The entries of a file made only of such lines; None for any other file (then YAML
+    reads it: importing yaml is ~10 ms of each command)."""
+    entries = {}
+    for line in text.splitlines():
+        m = _PLAIN_LINE.fullmatch(line)
+        if m is None:
+            return None
+        entries[m[1]] = m[2]
+    return entries
+
+
+def load() -> dict[str, str]:
     try:
-        data = yaml.safe_load(path().read_text()) or {}
+        text = path().read_text()
     except FileNotFoundError:
         return {}
-    except (OSError, yaml.YAMLError) as e:
+    except OSError as e:
+        raise AKError(f"cannot read {path()}: {e}; fix or delete it") from None
+    plain = _read_plain(text)
+    if plain is not None:
+        return plain
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
         raise AKError(f"cannot read {path()}: {e}; fix or delete it") from None
     if not isinstance(data, dict):
         raise AKError(f"{path()} is not a map of host[:port] to token; fix or delete it")

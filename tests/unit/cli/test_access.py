@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from ak_cli import access, credentials
 from akcore import tokens
 from akcore.errors import AKError
@@ -80,3 +81,31 @@ def test_a_bootstrap_file_must_hold_a_long_token_or_a_digest() -> None:
 def test_a_short_token_is_not_taken_as_the_first_one(tmp_path: Path) -> None:
     with pytest.raises(AKError, match="the token of AK_TOKEN cannot be the first API token"):
         access.bootstrap({"AK_TOKEN": "secret"}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"127.0.0.1:9980": tokens.new_token(), "default": tokens.new_token()},
+        {"localhost:9980": tokens.new_token(), "ak.example.com:443": tokens.new_token()},
+        {"[::1]:9980": tokens.new_token(), "example.com": tokens.new_token()},
+        {"10:20": tokens.new_token()},  # YAML 1.1 would read 10:20 unquoted as 620
+        {"127.0.0.1:9980": "hand-made"},
+    ],
+)
+def test_credentials_read_back_as_yaml_reads_them(entries: dict[str, str]) -> None:
+    """The file is read without yaml when it is as `save` writes tokens, with it
+    otherwise: the same entries either way."""
+    for key, token in entries.items():
+        credentials.save(key, token)
+    assert credentials.load() == entries
+    assert credentials.load() == {
+        str(k): str(v) for k, v in yaml.safe_load(credentials.path().read_text()).items()
+    }
+
+
+def test_a_hand_edited_credentials_file_is_read_as_yaml() -> None:
+    token = tokens.new_token()
+    credentials.path().parent.mkdir(parents=True)
+    credentials.path().write_text(f"# mine\n'localhost:9980': {token}\nother:1: true\n")
+    assert credentials.load() == {"localhost:9980": token, "other:1": "True"}
