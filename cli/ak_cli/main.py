@@ -10,6 +10,7 @@ tests/unit/cli/test_import_cost.py checks that the client commands stay this lig
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.main
 from akcore import config
 from akcore.errors import AKError
 
@@ -65,40 +67,59 @@ def _typer_of(where: str) -> typer.Typer:
     return sub
 
 
-def command_word(args: list[str]) -> str | None:
-    """The first word of a command line after the root's options (``session`` in ``ak -C
-    k=v session list``); None when there is none, or when an option comes first that is
-    not the root's own (``--help``), or when a shell asks for completions."""
+def command_words(args: list[str]) -> list[str]:
+    """A command line from its first word after the root's options on (``session list``
+    in ``ak -C k=v session list``); [] when there is none, or when an option comes first
+    that is not the root's own (``--help``), or when a shell asks for completions."""
     if os.environ.get("_AK_COMPLETE"):
-        return None
-    words = iter(args)
-    for word in words:
+        return []
+    words = iter(enumerate(args))
+    for i, word in words:
         if word in _VALUE_OPTIONS:
             next(words, None)
         elif not word.startswith("-"):
-            return word
+            return args[i:]
         elif not word.startswith(_VALUE_OPTION_FORMS):
-            return None
-    return None
+            return []
+    return []
+
+
+def _only(sub: typer.Typer, name: str) -> typer.Typer:
+    """``sub`` with its command ``name`` alone, when it has one by that name."""
+    found = [
+        c
+        for c in sub.registered_commands
+        if (c.name or typer.main.get_command_name(getattr(c.callback, "__name__", ""))) == name
+    ]
+    if not found:
+        return sub
+    only = copy.copy(sub)
+    only.registered_commands = found
+    return only
 
 
 def make_app(args: list[str] | None = None) -> typer.Typer:
-    """The ``ak`` typer for a command line: when it names a noun (or an alias) or a root
-    command, with that alone, else with everything (help, completion, a typo's message).
+    """The ``ak`` typer for a command line: when it names a root command, or a noun (or
+    an alias) and one of its commands, with that alone, else with everything there is
+    under what it names (help, completion, a typo's message with its suggestions).
 
-    The command line's own group is all that click needs to parse and run it, and the
-    help and errors it prints are the same: ``ak session list --help`` never shows its
-    siblings. Building a command's click form takes about a millisecond (typer evaluates
-    its annotations twice); every noun, with the aliases that build it again, takes ~0.1 s.
+    Click needs no more to parse and run the command line, and the help and errors it
+    prints are the same: ``ak session list --help`` shows no sibling. Building a command's
+    click form takes about a millisecond (typer evaluates its annotations twice); every
+    noun, with the aliases that build it again, takes ~0.1 s.
     """
     root = typer.Typer(**SETTINGS)  # type: ignore[arg-type]
     root.callback()(global_options)
-    word = command_word(args) if args is not None else None
+    words = command_words(args) if args is not None else []
+    word = words[0] if words else None
     nouns = [n for n in NOUNS if word in (n[1], *n[2])]
     if word in ROOT_COMMANDS:
         root.command(word, hidden=word in HIDDEN_ROOT_COMMANDS)(ROOT_COMMANDS[word])
-    elif nouns:
-        root.add_typer(_typer_of(nouns[0][0]), name=word, hidden=word != nouns[0][1])
+    elif word and nouns:
+        sub = _typer_of(nouns[0][0])
+        if len(words) > 1:
+            sub = _only(sub, words[1])
+        root.add_typer(sub, name=word, hidden=word != nouns[0][1])
     else:
         for name, func in ROOT_COMMANDS.items():
             root.command(name, hidden=name in HIDDEN_ROOT_COMMANDS)(func)
