@@ -1,11 +1,12 @@
 """The ``ak`` entry point: parse arguments and call the command; nothing else lives here.
 
 Start-up is most of a command's wall time, so this module imports only typer and what the
-root's options need. Each noun's module is imported, and its typer turned into click
-commands, only when the command line names it (``ak --help`` and completion load all):
-building every command's click form alone takes ~0.1 s. The commands import what they call
-(CEL, the manifest, NATS auth, the SDK wheel builder) inside their bodies.
-tests/unit/cli/test_import_cost.py checks that the client commands stay this light.
+root's options need, and ``make_app`` builds only what the command line names: the noun's
+module is imported, and its command alone turned into click's form (``ak --help``,
+completion and typos get everything: building all of it takes ~0.1 s). The commands import
+what they call (CEL, the manifest, NATS auth, the SDK wheel builder) in their bodies, and
+``coercion`` keeps typer from importing pydantic. tests/unit/cli/test_import_cost.py checks
+that the client commands stay this light.
 """
 
 from __future__ import annotations
