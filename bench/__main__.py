@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from ak_cli import client  # noqa: E402
 
+from bench.cli import bench_cli  # noqa: E402
 from tests.helpers import Stack, start_stack  # noqa: E402
 
 PROJECT = Path(__file__).parent / "project"
@@ -327,6 +328,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., Result]]] = {
     "throughput": ("Throughput (trivial sessions, bounded offered load)", bench_throughput),
     "replay": ("Replay of a 1,000-activity journal after a runner kill", bench_replay),
     "memory": ("Memory per idle waiting session (50 sessions in a durable sleep)", bench_memory),
+    "cli": ("`ak` commands, wall time from spawn to exit (20 runs each)", bench_cli),
 }
 
 
