@@ -51,7 +51,7 @@ def run_ms(argv: list[str], env: dict[str, str], runs: int) -> tuple[list[float]
     return walls, cpus
 
 
-def commands(stack: Stack) -> dict[str, list[str]]:
+def commands() -> dict[str, list[str]]:
     """What is timed, by the name the results use."""
     py = sys.executable
     return {
@@ -66,12 +66,13 @@ def commands(stack: Stack) -> dict[str, list[str]]:
 
 
 def bench_cli(stack: Stack, paths: dict[str, str], runs: int = 20, deploys: int = 5) -> Result:
-    """p50 and p90 of each command's wall time (ms); the project has ``SESSIONS`` sessions."""
+    """Each command's wall time, p50 and p90, and CPU time, p50 (ms), with ``SESSIONS``
+    sessions in the project."""
     if "trivial" in paths:
         for i in range(SESSIONS):
             stack.session_of("bench", stack.post_json(paths["trivial"], {"i": i})[1])
     out: Result = {}
-    for name, argv in commands(stack).items():
+    for name, argv in commands().items():
         run_ms(argv, stack.env, 2)  # the page cache and .pyc files warm
         walls, cpus = run_ms(argv, stack.env, runs)
         out[f"{name}: wall p50 (ms)"] = pct(walls, 50)
