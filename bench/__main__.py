@@ -1,5 +1,6 @@
 """Runs every benchmark against a fresh `ak up --mode dev` stack and writes
-docs/benchmarks.md.  Usage: ``python -m bench [--runs 3] [--duration 20] [--only NAME...]``.
+docs/benchmarks.md.  Usage: ``python -m bench [--runs 3] [--duration 20] [--only NAME...]``;
+``python -m bench --peers [--only ours restate temporal dbos]``: see bench/peers.py.
 """
 
 from __future__ import annotations
@@ -353,6 +354,11 @@ def main() -> None:
         from bench import chaos
 
         chaos.main(sys.argv[2:])
+        return
+    if "--peers" in sys.argv[1:]:  # side by side with Restate, Temporal, DBOS (bench/peers.py)
+        from bench import peers
+
+        peers.main([a for a in sys.argv[1:] if a != "--peers"])
         return
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--runs", type=int, default=3)

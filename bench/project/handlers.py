@@ -53,3 +53,10 @@ def replay(event):
 def waits(event):
     """Waits (a durable sleep) until the benchmark stops it: an idle waiting session."""
     time.sleep(3600)
+
+
+def sync_step(event):
+    """One trivial activity, then the answer to the sync webhook that started the session
+    (the closed-loop benchmark of bench/peers.py waits for it)."""
+    noop(0)
+    autokitteh.http_outcome(200, json={"ok": True})
