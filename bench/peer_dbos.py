@@ -6,6 +6,7 @@ the pending workflow that the first one left behind."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -79,6 +80,8 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).parent))
     import peerlib as pl
+
+    pl.exit_on_sigterm()
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1000)
@@ -160,8 +163,6 @@ def main() -> None:
         metrics["cpu_ms"] = cpu / max(1, counts["ok"])
         res["closed"] = counts
 
-        import os
-
         count = 0
         for n in (int(x) for x in args.sleepers.split(",") if x):
             pl.log(f"dbos: {n} workflows in a durable sleep")
@@ -195,4 +196,10 @@ if __name__ == "__main__":
         launch(sys.argv[2])  # recovers the pending workflow
         threading.Event().wait()
     else:
-        main()
+        try:
+            main()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            os._exit(1)  # the sleepers' threads would keep the interpreter from exiting

@@ -78,6 +78,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import peerlib as pl
 
+    pl.exit_on_sigterm()
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True, help="the restate-server binary")
     ap.add_argument("--steps", type=int, default=1000)

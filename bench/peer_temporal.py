@@ -92,12 +92,15 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import peerlib as pl
 
+    pl.exit_on_sigterm()
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--starts", type=int, default=200)
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--sleepers", default="50,1000")
+    ap.add_argument("--in-memory", action="store_true", help="start-dev's default store")
     args = ap.parse_args()
 
     temporal = str(Path(sys.executable).with_name("temporal"))
@@ -114,6 +117,7 @@ def main() -> None:
     }
     metrics = pl.Metrics("temporal")
     res["metrics"] = metrics
+    res["store"] = "memory" if args.in_memory else "file"
     work = Path(tempfile.mkdtemp(prefix="ak-bench-temporal-"))
     procs = pl.Procs(work)
     port = pl.free_port()
@@ -234,8 +238,7 @@ def main() -> None:
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--db-filename",
-                str(work / "temporal.db"),
+                *([] if args.in_memory else ["--db-filename", str(work / "temporal.db")]),
                 "--log-level",
                 "warn",
             ],

