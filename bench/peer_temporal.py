@@ -70,11 +70,24 @@ WORKFLOWS = [Many, FirstLine, OneStep, Sleeper]
 WORKER = "import asyncio, sys, peer_temporal as m; asyncio.run(m.worker(sys.argv[1]))"
 
 
-async def worker(address: str) -> None:
+async def connect(address: str) -> Any:
+    """A client, once the dev server's frontend is healthy (its port opens before)."""
     from temporalio.client import Client
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return await Client.connect(address)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def worker(address: str) -> None:
     from temporalio.worker import Worker
 
-    client = await Client.connect(address)
+    client = await connect(address)
     await Worker(client, task_queue=QUEUE, workflows=WORKFLOWS, activities=[noop]).run()
 
 
@@ -86,7 +99,6 @@ def main() -> None:
     import uuid
     from importlib.metadata import version
 
-    from temporalio.client import Client
     from temporalio.worker import Replayer
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -124,7 +136,7 @@ def main() -> None:
     address = f"127.0.0.1:{port}"
 
     async def workloads() -> None:
-        client = await Client.connect(address)
+        client = await connect(address)
 
         def run_id() -> str:
             return f"b-{uuid.uuid4().hex}"
