@@ -334,7 +334,7 @@ def fmt(v: float | None) -> str:
         return f"{v:.1f}"
     if abs(v) >= 0.1:
         return f"{v:.2f}"
-    return f"{v:.3f}"
+    return "0.000" if round(v, 3) == 0 else f"{v:.3f}"
 
 
 def ratio(ours: float | None, peer: float | None) -> str:

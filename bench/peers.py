@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,10 @@ def section(systems: list[dict[str, Any]], command: str, load: tuple[float, floa
 
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     noisy = load[0] > 1.0  # after: this run's own load
+
+    def para(text: str, indent: str = "") -> str:
+        return textwrap.fill(text, 90, subsequent_indent=indent, break_on_hyphens=False)
+
     lines = [
         pl.BEGIN,
         "## Side by side with the peers",
@@ -323,19 +328,21 @@ def section(systems: list[dict[str, Any]], command: str, load: tuple[float, floa
         f"Date: {date}; load average before the run {load[0]:.2f}, after {load[1]:.2f}"
         + (" (machine shared with other work: noisy)" if noisy else " (quiet)"),
         "",
-        "One run of each system, one after the other. Ratios are ours / peer: below 1 we "
-        "take less time, CPU or memory; for workflows/s above 1 we do more. The workloads "
-        "are written for each system alike: trivial steps, the caller waiting for the "
-        "result in the closed loop, CPU summed over every process of the system (server, "
-        "workers, load generator) from /proc, memory as the growth of the proportional set "
-        "size of all of them divided by the number of waiting workflows (a few MiB of "
-        "noise: 50 sleepers resolve only large costs).",
+        para(
+            "One run of each system, one after the other. Ratios are ours / peer: below 1 we "
+            "take less time, CPU or memory; for workflows/s above 1 we do more. The workloads "
+            "are written for each system alike: trivial steps, the caller waiting for the "
+            "result in the closed loop, CPU summed over every process of the system (server, "
+            "workers, load generator) from /proc, memory as the growth of the proportional set "
+            "size of all of them divided by the number of waiting workflows (a few MiB of "
+            "noise: 50 sleepers resolve only large costs)."
+        ),
         "",
         *pl.ratio_table(systems),
         "",
         "Settings:",
         "",
-        *(f"- **{s['name']}**: {s['settings']}" for s in systems if "settings" in s),
+        *(para(f"- **{s['name']}**: {s['settings']}", "  ") for s in systems if "settings" in s),
         "",
         pl.END,
     ]
