@@ -181,16 +181,17 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
-    ).stdout.strip()
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", ".", ":!docs"]).returncode
+    commit_text = commit.stdout.strip() + (" with uncommitted changes" if changed else "")
     return {
         "name": "this project",
         "short": "ours",
         "metrics": metrics,
         "notes": notes,
         "settings": (
-            f"commit {commit}; `ak up --mode dev`: embedded NATS, SQLite, one process per "
+            f"commit {commit_text}; `ak up --mode dev`: embedded NATS, SQLite, one process per "
             "service, workers on the benchmark's Python, sandbox on; defaults but "
             "AK_JOBS__ACK_WAIT=2. Step: an `@autokitteh.activity`; start: a webhook "
             "(202) to the handler's first line; closed loop: a sync webhook whose handler "
