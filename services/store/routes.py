@@ -29,18 +29,21 @@ def check_unclaimed(db: DB, scope: str, name: str, value: str, secret: bool) -> 
         return
     if secret:
         raise Conflict(f"connection var {name!r} routes deliveries: it cannot be a secret")
-    q = select(Var).where(Var.name == name, Var.scope_id != scope)
+    # Only connections' vars route (a project's var, or a leftover of a deleted connection,
+    # with the same name routes nothing), and every one of them is looked at.
+    q = (
+        select(Connection.connection_id)
+        .join(Var, Var.scope_id == Connection.connection_id)  # type: ignore[arg-type]
+        .where(Var.name == name, Var.scope_id != scope)
+    )
     if name in BY_VALUE:
         q = q.where(Var.value == value)
-    other = db.exec(q).first()
-    if other is None:
-        return
-    owner = db.get(Connection, other.scope_id)
-    if owner is None:  # a leftover of a deleted connection
+    owner = db.exec(q.order_by(Connection.connection_id)).first()
+    if owner is None:
         return
     raise Conflict(
         f"connection var {name}={value!r} is already used by another connection "
-        f"({owner.connection_id}); each routes its own deliveries: choose another value"
+        f"({owner}); each routes its own deliveries: choose another value"
     )
 
 
