@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -455,8 +456,9 @@ class StoreApi:
         """Which connections a GitHub delivery is for, each proven by its own secret (which
         never leaves the store): ``status`` 200 with ``targets`` (each with the event id
         the delivery becomes for it, ``new`` when it was not delivered before), or 400/403
-        with ``error``; 200 with no targets when no connection of a project with an active
-        deployment is for it, as AutoKitteh answers."""
+        with ``error`` when the connections it names all refused its signature; 200 with
+        no targets when no connection of a project with an active deployment is for it, as
+        AutoKitteh answers."""
         with DB(self.engine) as db:
             server_secret = os.environ.get("GITHUB_WEBHOOK_SECRET", "")
             if req.key:  # a connection's own webhook: its pat_secret signs
@@ -475,9 +477,7 @@ class StoreApi:
             else:  # an app's webhook: the installation's connections, with the app's secret
                 name = f"install_key__{req.app_id}__{req.installation_id}"
                 found = self._connections(db, "github", name) if req.installation_id else []
-                refused = 403
-                if req.app_id and not req.installation_id:
-                    return {"status": 400, "error": "missing installation.id", "targets": []}
+                refused = 403  # (no installation: a repository's own webhook, not the app's)
                 targets = [
                     c
                     for c, plain in found
@@ -488,7 +488,8 @@ class StoreApi:
                 ]
             if found and not targets:
                 return {"status": refused, "error": "bad signature", "targets": []}
-            claims = [self._claim(db, c, "github", req.delivery) for c in targets]
+            digest = hashlib.sha256(req.body).hexdigest()
+            claims = [self._claim(db, c, "github", req.delivery, digest) for c in targets]
             return {"status": 200, "targets": claims}
 
     def slack_route(self, req: rq.SlackRoute) -> dict[str, Any]:
@@ -522,7 +523,9 @@ class StoreApi:
             ]
             if found and not targets:
                 return {"status": 403, "error": "bad signature", "targets": []}
-            claims = [self._claim(db, c, "slack", req.delivery) for c in targets]
+            signed = b"v0:" + req.timestamp.encode() + b":" + req.body
+            digest = hashlib.sha256(signed).hexdigest()
+            claims = [self._claim(db, c, "slack", req.delivery, digest) for c in targets]
             return {"status": 200, "targets": claims}
 
     def _connections(
@@ -544,27 +547,39 @@ class StoreApi:
             out.append((conn, {r.name: self.sealer.open(r.value) for r in rows}))
         return out
 
-    def _claim(self, db: DB, conn: Connection, integration: str, delivery: str) -> dict[str, Any]:
+    def _claim(
+        self, db: DB, conn: Connection, integration: str, delivery: str, digest: str
+    ) -> dict[str, Any]:
         """The event a delivery becomes for ``conn``: a new id the first time, the same one
         when the provider delivers it again (``new`` False: the ingress publishes it again
-        only if the store never got it)."""
+        only if the store never got it).
+
+        A delivery is known by its id (``delivery``: GitHub's ``X-GitHub-Delivery``,
+        Slack's event id) and by ``digest``, a hash of what its signature covers: the id is
+        not signed, so a signed request sent again under a new id (a replay) is the same
+        delivery too. Both are kept as long as the event (``cleanup``)."""
         target = {"connection_id": conn.connection_id, "project_id": conn.project_id}
-        now = timefmt.now_us()
-        event_id = ids.new_id("evt")
-        if not delivery:
-            return {**target, "event_id": event_id, "new": True}
-        key = f"{integration}:{delivery}:{conn.connection_id}"
-        row = Delivery(key=key, event_id=event_id, created_us=now)
-        try:
-            db.add(row)
-            db.commit()
-            return {**target, "event_id": event_id, "new": True}
-        except IntegrityError:
-            db.rollback()
-        kept = db.get(Delivery, key)
-        assert kept is not None
+        keys = [f"{integration}:{delivery}:{conn.connection_id}"] if delivery else []
+        keys.append(f"{integration}-signed:{digest}:{conn.connection_id}")
+        if (kept := self._delivered(db, keys)) is None:
+            event_id, now = ids.new_id("evt"), timefmt.now_us()
+            try:
+                db.add_all([Delivery(key=k, event_id=event_id, created_us=now) for k in keys])
+                db.commit()
+                return {**target, "event_id": event_id, "new": True}
+            except IntegrityError:  # the same delivery, claimed at the same moment
+                db.rollback()
+            kept = self._delivered(db, keys)
+            assert kept is not None
         stored = db.exec(select(EventRow).where(EventRow.event_id == kept.event_id)).first()
         return {**target, "event_id": kept.event_id, "new": False, "stored": stored is not None}
+
+    @staticmethod
+    def _delivered(db: DB, keys: list[str]) -> Delivery | None:
+        for key in keys:
+            if (row := db.get(Delivery, key)) is not None:
+                return row
+        return None
 
     def webhook_lookup(self, req: rq.WebhookLookup) -> dict[str, Any]:
         """The trigger behind a slug, if its project has an active deployment."""

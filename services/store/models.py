@@ -170,9 +170,13 @@ class ApiToken(SQLModel, table=True):
 
 class Delivery(SQLModel, table=True):
     """A provider's delivery (GitHub's ``X-GitHub-Delivery``, Slack's event id) to one
-    connection, and the event it became: a redelivery finds it and makes no second event."""
+    connection, and the event it became: a redelivery finds it and makes no second event.
+    Each delivery is also kept by a digest of what its signature covers (the id is not
+    signed): a signed request replayed under a new id finds it too."""
 
     __tablename__ = "deliveries"
-    key: str = Field(primary_key=True)  # "<integration>:<delivery id>:<connection id>"
+    # "<integration>:<delivery id>:<connection id>", or
+    # "<integration>-signed:<sha256 hex of the signed bytes>:<connection id>"
+    key: str = Field(primary_key=True)
     event_id: str
     created_us: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
