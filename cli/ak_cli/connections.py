@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import typer
-from akcore.errors import AKError, NotFound
+from akcore.errors import AKError, InvalidArgument, NotFound
 
 from . import client
 from .options import FailOpt, JsonOpt, silent_unless
@@ -80,7 +80,7 @@ MODES: dict[str, dict[str, tuple[str, tuple[Need, ...]]]] = {
             (
                 Need("pat", True, "the personal access token"),
                 Need("pat_secret", True, "the webhook's secret, as set in GitHub"),
-                Need("pat_key", False, "the webhook URL's key (one is made when left out)", True),
+                Need("pat_key", False, "the webhook URL's key (kept, or made when none)", True),
             ),
         ),
         "app": (
@@ -138,40 +138,62 @@ def init(
 ) -> None:
     """Set the vars a connection's mode needs: from --var, then NAME=VALUE lines on standard
     input, then a prompt that does not echo. Secrets are stored encrypted and never printed;
-    prints the URL to give the provider and the connection's status."""
+    all the vars are set at once, or none when one is refused. Prints the URL to give the
+    provider and the connection's status."""
     conn = client.call("connection.get", connection=connection)
     modes = MODES.get(conn["integration"], {})
     chosen = mode or next(iter(modes), "")
     if chosen not in modes:
         known = ", ".join(modes) or "none"
-        raise AKError(f'mode "{chosen}" of {conn["integration"]}: use one of {known}')
+        raise InvalidArgument(f'mode "{chosen}" of {conn["integration"]}: use one of {known}')
     auth_type, needs = modes[chosen]
-    given = _pairs(values or [], "--var")
+    flags = _pairs(values or [], "--var")
+    given = dict(flags)
     if not sys.stdin.isatty():
-        given = {**_pairs(sys.stdin.read().splitlines(), "standard input"), **given}
-    if not given.get("pat_key") and any(n.name == "pat_key" for n in needs):
-        given["pat_key"] = secrets.token_hex(13)
+        given = {**_pairs(sys.stdin.read().splitlines(), "standard input"), **flags}
     ref = conn["connection_id"]
+    kept_key = ""
+    if chosen == "pat" and "pat_key" not in given:  # the webhook URL stays where it is
+        kept_key = _current(ref, "pat_key")
+    for need in needs:
+        if need.name in given or need.optional or not sys.stdin.isatty():
+            continue
+        ask = getpass.getpass if need.secret else input
+        given[need.name] = ask(f"{need.name} ({need.what}): ")
+    chosen_vars: dict[bool, dict[str, str]] = {False: {}, True: {}}
     for need in needs:
         value = given.get(need.name)
-        if value is None and sys.stdin.isatty() and not need.optional:
-            ask = getpass.getpass if need.secret else input
-            value = ask(f"{need.name} ({need.what}): ")
+        if value is None and need.optional:
+            continue
         if value is None:
-            if need.optional:
-                continue
-            raise AKError(f"{need.name} ({need.what}) is needed: give --var {need.name}=... or a "
-                          f"{need.name}=... line on standard input")  # fmt: skip
-        client.call("var.set", connection=ref, name=need.name, value=value, secret=need.secret)
-        typer.echo(f"set {need.name}{' (secret)' if need.secret else ''}", err=True)
+            raise InvalidArgument(
+                f"{need.name} ({need.what}) is needed: give --var {need.name}=... or a "
+                f"{need.name}=... line on standard input"
+            )
+        if not value and not _may_be_empty(need.name, flags):
+            raise InvalidArgument(_empty_message(need))
+        chosen_vars[need.secret][need.name] = value
+    plain, secret = chosen_vars[False], chosen_vars[True]
+    if chosen == "pat" and not plain.get("pat_key"):
+        plain["pat_key"] = kept_key or secrets.token_hex(13)
     if auth_type:
-        client.call("var.set", connection=ref, name="auth_type", value=auth_type, secret=False)
+        plain["auth_type"] = auth_type
     if chosen == "app":
-        key = f"install_key__{given['app_id']}__{given['install_id']}"
-        client.call("var.set", connection=ref, name=key, value="1", secret=False)
+        for name in ("app_id", "install_id"):
+            if not plain[name].isdigit():
+                raise InvalidArgument(f"{name} must be GitHub's ID (a number): {plain[name]!r}")
+        plain[f"install_key__{plain['app_id']}__{plain['install_id']}"] = "1"
+    client.call("connection.init", connection=ref, values=plain, secrets=secret)
+    for name in (n.name for n in needs):
+        if name in secret:
+            typer.echo(f"set {name} (secret)", err=True)
+        elif name in plain and not (name == "pat_key" and plain[name] == kept_key):
+            typer.echo(f"set {name}", err=True)
+    if kept_key:
+        typer.echo("kept pat_key (give --var pat_key= to make a new one)", err=True)
     url = client.service_url()
     if chosen == "pat":
-        typer.echo(f"webhook URL: {url}/github/webhook/{given['pat_key']}")
+        typer.echo(f"webhook URL: {url}/github/webhook/{plain['pat_key']}")
     elif chosen == "app":
         typer.echo(f"webhook URL: {url}/github/webhook")
     elif chosen == "oauth":
@@ -181,6 +203,35 @@ def init(
     typer.echo(f'status: code:{res["code"]} message:"{res["message"]}"')
 
 
+# Vars an empty value means something for: no webhook secret (only when given on purpose,
+# as --var pat_secret=: every delivery is then accepted unsigned), a new webhook key.
+_EMPTY_ON_PURPOSE = {"pat_secret"}
+_EMPTY_MEANS_NEW = {"pat_key"}
+
+
+def _may_be_empty(name: str, flags: dict[str, str]) -> bool:
+    return name in _EMPTY_MEANS_NEW or (name in _EMPTY_ON_PURPOSE and flags.get(name) == "")
+
+
+def _empty_message(need: Need) -> str:
+    if need.name in _EMPTY_ON_PURPOSE:
+        return (
+            f"{need.name} ({need.what}) is empty: give the secret, or --var {need.name}= "
+            "to accept unsigned deliveries (anyone who knows the webhook URL can then send "
+            "events)"
+        )
+    return f"{need.name} ({need.what}) is empty: give a value"
+
+
+def _current(connection: str, name: str) -> str:
+    """The value of the connection's plain var ``name``; "" when it has none."""
+    try:
+        (found,) = client.call("var.get", connection=connection, names=[name])
+    except NotFound:
+        return ""
+    return "" if found.get("secret") else str(found.get("value") or "")
+
+
 def _pairs(lines: list[str], where: str) -> dict[str, str]:
     out = {}
     for line in lines:
@@ -188,7 +239,7 @@ def _pairs(lines: list[str], where: str) -> dict[str, str]:
             continue
         name, sep, value = line.partition("=")
         if not sep or not name.strip():
-            raise AKError(f"{where}: expected NAME=VALUE, got a line without '='")
+            raise InvalidArgument(f"{where}: expected NAME=VALUE, got a line without '='")
         out[name.strip()] = value
     return out
 

@@ -38,6 +38,13 @@ def _github(v: dict[str, str], server_secret: bool) -> Status:
                 "Using GitHub app, but no webhook secret (client_secret, or the server's "
                 "GITHUB_WEBHOOK_SECRET): every delivery is refused",
             )
+        route = f"install_key__{v.get('app_id', '')}__{v['install_id']}"
+        if route not in v:
+            return Status(
+                WARNING,
+                f"Using GitHub app, but no {route} var (it routes the installation's "
+                "deliveries): no delivery can reach it (run ak connection init --mode app)",
+            )
         return Status(OK, "Using GitHub app")
     if mode == "pat":
         if not v.get("pat"):

@@ -120,6 +120,7 @@ _TABLE = (
     _api("connection.create", rq.ConnectionCreate, dict, _S, "project", _ENV),
     _api("connection.list", rq.ConnectionList, list, _S, "project"),
     _api("connection.get", rq.ConnectionRef, dict, _S, "connection"),
+    _api("connection.init", rq.ConnectionInit, _NONE_T, _S, "connection", _ENV),
     _api("connection.test", rq.ConnectionRef, dict, _S, "connection"),
     _api("connection.delete", rq.ConnectionRef, _NONE_T, _S, "connection", _ENV),
     _api("integration.list", rq.Empty, list, _S, ""),

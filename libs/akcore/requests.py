@@ -320,6 +320,15 @@ class ConnectionRef:
 
 
 @dataclass(frozen=True)
+class ConnectionInit:
+    """Vars of a connection set together (``ak connection init``): all or none."""
+
+    connection: str  # a con_ id or PROJECT/NAME
+    values: dict[str, str] = field(default_factory=dict)  # stored as they are
+    secrets: dict[str, str] = field(default_factory=dict)  # stored encrypted
+
+
+@dataclass(frozen=True)
 class EventNew:
     """An event made by hand (``ak event dispatch|save``). ``destination``: a connection
     (con_ id or PROJECT/NAME) or a trigger (trg_ id); ``data`` values are any msgpack value."""

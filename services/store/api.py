@@ -175,6 +175,7 @@ class StoreApi:
             "session.env": self.session_env,
             "env.list": self.env_list,
             "var.set": self.var_set,
+            "connection.init": self.connection_init,
             "var.get": self.var_get,
             "var.delete": self.var_delete,
             "session.list": self.session_list,
@@ -788,7 +789,29 @@ class StoreApi:
             ]
 
     def var_set(self, req: rq.VarSet) -> None:
-        name, value = str(req.name), req.value
+        with DB(self.engine) as db:
+            scope, _ = self._var_scope(db, req)
+            self._put_var(db, scope, str(req.name), req.value, bool(req.secret), req.description)
+            db.commit()
+
+    def connection_init(self, req: rq.ConnectionInit) -> None:
+        """Sets a connection's vars (``values`` in plaintext, ``secrets`` encrypted) all at
+        once: when one is refused, none is set."""
+        both = set(req.values) & set(req.secrets)
+        if both:
+            raise InvalidArgument(f"var {sorted(both)[0]!r} is given both as a secret and not")
+        with DB(self.engine) as db:
+            scope, _ = self._var_scope(db, rq.VarScope(connection=req.connection))
+            for secret, given in ((False, req.values), (True, req.secrets)):
+                for name, value in given.items():
+                    self._put_var(db, scope, name, value, secret, None)
+            db.commit()
+
+    def _put_var(
+        self, db: DB, scope: str, name: str, value: object, secret: bool, description: object
+    ) -> None:
+        """Adds (or changes) a var in ``db``, not committed; refused before any change when
+        the name, the value or a routing claim is not good."""
         if not VAR_NAME.match(name):
             raise InvalidArgument(
                 f"invalid var name {name!r}: use letters, digits and _, not starting with a digit"
@@ -797,18 +820,14 @@ class StoreApi:
             raise InvalidArgument("the var value must be text")
         if len(value.encode()) > MAX_VAR:
             raise InvalidArgument(f"the value is over the {MAX_VAR} byte limit")
-        secret = bool(req.secret)
-        with DB(self.engine) as db:
-            scope, _ = self._var_scope(db, req)
-            routes.check_unclaimed(db, scope, name, value, secret)
-            var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
-            var = var or Var(scope_id=scope, name=name)
-            var.value = self.sealer.seal(value) if secret else value
-            var.is_secret = secret
-            if req.description is not None:
-                var.description = str(req.description)
-            db.add(var)
-            db.commit()
+        routes.check_unclaimed(db, scope, name, value, secret)
+        var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
+        var = var or Var(scope_id=scope, name=name)
+        var.value = self.sealer.seal(value) if secret else value
+        var.is_secret = secret
+        if description is not None:
+            var.description = str(description)
+        db.add(var)
 
     def var_get(self, req: rq.VarGet) -> list[dict[str, Any]]:
         """Vars of a project; secret values stay masked unless ``reveal``."""

@@ -7,6 +7,10 @@ import pytest
 from akcore.connstatus import ERROR, INIT_REQUIRED, OK, WARNING, status
 
 PAT = {"auth_type": "pat", "pat": "ghp_x", "pat_key": "k", "pat_secret": "s"}
+APP = {"app_id": "5", "install_id": "7", "install_key__5__7": "1"}
+# an installation whose routing var is missing (another installation's is there)
+OTHER_INSTALL = {"auth_type": "oauthPrivate", "app_id": "5", "install_id": "7",
+                 "client_secret": "s", "install_key__5__8": "1"}  # fmt: skip
 SLACK = {"auth_type": "oauthPrivate", "oauth_access_token": "xoxb", "install_ids": "A//T"}
 
 
@@ -19,8 +23,9 @@ SLACK = {"auth_type": "oauthPrivate", "oauth_access_token": "xoxb", "install_ids
         ({k: v for k, v in PAT.items() if k != "pat_secret"}, False, WARNING, "every delivery"),
         ({**PAT, "pat_secret": ""}, False, WARNING, "anyone who knows the webhook URL"),
         ({"auth_type": "oauthDefault"}, True, INIT_REQUIRED, "Init required"),
-        ({"auth_type": "oauthDefault", "install_id": "7"}, True, OK, "Using GitHub app"),
-        ({"auth_type": "oauthPrivate", "install_id": "7"}, False, WARNING, "every delivery"),
+        ({**APP, "auth_type": "oauthDefault"}, True, OK, "Using GitHub app"),
+        ({**APP, "auth_type": "oauthPrivate"}, False, WARNING, "every delivery"),
+        (OTHER_INSTALL, False, WARNING, "no install_key__5__7 var"),
         ({"auth_type": "weird"}, False, ERROR, "Bad auth type"),
     ],
 )
