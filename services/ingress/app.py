@@ -24,7 +24,7 @@ from .body import read_body
 from .commands import perform
 from .lookups import WebhookLookups
 from .sync import SyncWait
-from .throttle import FailedTries
+from .throttle import FailedTries, Refusals
 from .ui import add_ui
 
 log = logging.getLogger(__name__)
@@ -150,35 +150,33 @@ def create_app(
             return Response("Service Unavailable\n", status_code=503)
         return None
 
-    # Unsigned or forged deliveries cost the store a lookup: each address has a budget.
-    refused = FailedTries("refused deliveries (bad signature or request)")
+    # Unsigned or forged deliveries cost the store a lookup and a signature check: each
+    # address has a budget for each connection it names (``Refusals``).
+    refused = FailedTries("refused deliveries (bad signature) for this connection")
 
     async def provider_request(
-        request: Request, route: str, handle: Callable[[bytes], Awaitable[Response]]
+        request: Request, route: str, handle: Callable[[bytes, Refusals], Awaitable[Response]]
     ) -> Response:
         """A provider's request (GitHub, Slack): read, handled, refusals counted."""
         attrs = {"http.request.method": "POST", "http.route": route}
         with tel.span(f"POST {route}", kind=SpanKind.SERVER, attributes=attrs) as span:
             address = request.client.host if request.client else ""
             try:
-                refused.check(address)
                 body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
                 if body is None:
                     resp = Response(f"Request Entity Too Large (>{MAX_BODY} bytes)\n", 413)
                 else:
-                    resp = await handle(body)
+                    resp = await handle(body, Refusals(refused, address))
             except ResourceExhausted as e:
                 resp = Response(f"{e.message}\n", 429, headers={"Retry-After": "1"})
-            if resp.status_code in (400, 401, 403):
-                refused.failed(address)
             span.set_attribute("http.response.status_code", resp.status_code)
             return resp
 
     async def github_webhook(request: Request, key: str = "") -> Response:
         """A GitHub delivery: for a connection's own webhook (``key``) or an app's."""
 
-        async def handle(body: bytes) -> Response:
-            return await github.deliver(nc, request, body, key, publish)
+        async def handle(body: bytes, refusals: Refusals) -> Response:
+            return await github.deliver(nc, request, body, key, publish, refusals)
 
         return await provider_request(request, "/github/webhook", handle)
 
@@ -189,8 +187,8 @@ def create_app(
         """A Slack request: an Events API callback, a slash command or an interaction."""
         kind = request.url.path.rsplit("/", 1)[1]
 
-        async def handle(body: bytes) -> Response:
-            return await slack.receive(nc, request, body, kind, publish)
+        async def handle(body: bytes, refusals: Refusals) -> Response:
+            return await slack.receive(nc, request, body, kind, publish, refusals)
 
         return await provider_request(request, f"/slack/{kind}", handle)
 

@@ -4,7 +4,10 @@ signed with its ``pat_secret``) and ``POST /github/webhook`` (a GitHub app's, si
 the app's secret, routed by its installation).
 
 The store checks the signature with the connections' secrets (they never leave it) and
-remembers each delivery id: a redelivery starts nothing new. The reply is sent once
+remembers each delivery (by its id, and by a digest of its signed body: the id is not
+signed): a redelivery, or a replay under a new id, starts nothing new. Refusals are counted
+per address and connection (``Refusals``); a delivery no connection is for gets 200, as
+AutoKitteh answers, and costs no one's budget. The reply is sent once
 JetStream has every event of the delivery; a delivery that could not be stored gets 503,
 so that GitHub delivers it again.
 """
@@ -20,13 +23,15 @@ from akcore.errors import AKError, NotFound
 from fastapi import Request, Response
 from nats.aio.client import Client
 
+from .throttle import Refusals
+
 log = logging.getLogger(__name__)
 
 Publish = Callable[[wire.Event, str], Awaitable[Response | None]]
 
 
 async def deliver(
-    nc: Client, request: Request, body: bytes, key: str, publish: Publish
+    nc: Client, request: Request, body: bytes, key: str, publish: Publish, refusals: Refusals
 ) -> Response:
     headers = {k.lower(): v for k, v in request.headers.items()}
     try:
@@ -42,19 +47,26 @@ async def deliver(
     }
     if key:
         args["key"] = key
+        route = f"github key {key[:200]}"
     else:
         target_id = headers.get("x-github-hook-installation-target-id", "")
         if not target_id:
             return Response("Bad Request: missing X-GitHub-Hook-Installation-Target-ID\n", 400)
-        args["app_id"] = target_id
-        if isinstance(installation, dict) and installation.get("id") is not None:
-            args["installation_id"] = str(installation["id"])
+        if not isinstance(installation, dict) or installation.get("id") is None:
+            # A repository's or an organization's own webhook (someone pointed it here),
+            # not an app's: no connection is for it, as for an unknown key.
+            return Response(status_code=200)
+        args["app_id"] = target_id[:200]
+        args["installation_id"] = str(installation["id"])[:200]
+        route = f"github app {args['app_id']}/{args['installation_id']}"
+    refusals.check(route)
     try:
         routed = await bus.store_call(nc, "github.route", args)
     except AKError as e:
         log.warning("github delivery: the store did not route it: %s", e)
         return Response("Service Unavailable\n", status_code=503, headers={"Retry-After": "10"})
-    if routed["status"] != 200:
+    if routed["status"] != 200:  # the connections it names refused its signature
+        refusals.failed(route)
         return Response(f"{routed.get('error', 'refused')}\n", status_code=routed["status"])
     for target in routed["targets"]:
         events = _events(kind, data, target, args["delivery"], len(body))

@@ -4,7 +4,10 @@ them: ``POST /slack/event`` (Events API), ``/slack/command`` (slash commands) an
 
 Each is signed (Slack's v0 scheme, within five minutes): the store checks the signature
 with the connection's signing secret (it never leaves the store). An Events API callback
-Slack sends again (``X-Slack-Retry-Num``, the same ``event_id``) starts nothing new. The
+Slack sends again (``X-Slack-Retry-Num``, the same ``event_id``) starts nothing new, nor
+does a signed request sent again as it was (a replay within the five minutes: the store
+remembers a digest of what each signature covers). Refusals are counted per address and
+connection (``Refusals``). The
 reply is sent once JetStream has the event; one that could not be stored gets 503.
 """
 
@@ -21,6 +24,7 @@ from fastapi import Request, Response
 from nats.aio.client import Client
 
 from .github import Publish
+from .throttle import Refusals
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ CONTENT_TYPES = {
 
 
 async def receive(
-    nc: Client, request: Request, body: bytes, kind: str, publish: Publish
+    nc: Client, request: Request, body: bytes, kind: str, publish: Publish, refusals: Refusals
 ) -> Response:
     headers = {k.lower(): v for k, v in request.headers.items()}
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -52,16 +56,19 @@ async def receive(
         return Response(f"{e}\n", status_code=e.status)
     args: dict[str, Any] = {"body": body, "timestamp": timestamp, "signature": signature}
     if event is not None and event[0] == "url_verification":
-        return await _verify_url(nc, args, event[1])
-    args.update(app_id=app_id, enterprise_id=enterprise_id, team_id=team_id)
+        return await _verify_url(nc, args, event[1], refusals)
+    args.update(app_id=app_id[:200], enterprise_id=enterprise_id[:200], team_id=team_id[:200])
+    route = f"slack {args['app_id']}/{args['enterprise_id']}/{args['team_id']}"
     if kind == "event" and event is not None:
         args["delivery"] = str(event[1].get("__event_id", ""))[:200]
+    refusals.check(route)
     try:
         routed = await bus.store_call(nc, "slack.route", args)
     except AKError as e:
         log.warning("slack request: the store did not route it: %s", e)
         return Response("Service Unavailable\n", status_code=503, headers={"Retry-After": "10"})
-    if routed["status"] != 200:
+    if routed["status"] != 200:  # the connection it names refused its signature
+        refusals.failed(route)
         return Response(f"{routed.get('error', 'refused')}\n", status_code=routed["status"])
     if event is None:  # the app's own event, or Slack's SSL check: nothing to start
         return Response(status_code=200)
@@ -108,14 +115,19 @@ def _event(kind: str, parsed: dict[str, Any]) -> tuple[str, dict[str, Any]] | No
     return event_type, {**data, "__event_id": env.get("event_id", "")}
 
 
-async def _verify_url(nc: Client, args: dict[str, Any], data: dict[str, Any]) -> Response:
+async def _verify_url(
+    nc: Client, args: dict[str, Any], data: dict[str, Any], refusals: Refusals
+) -> Response:
     """Slack's check of a new Request URL: the challenge echoed, when a Slack
-    connection's signing secret (or the server's) signed it."""
+    connection's signing secret (or the server's) signed it. Its refusals have their own
+    budget: they name no connection."""
+    refusals.check("slack url_verification")
     try:
         routed = await bus.store_call(nc, "slack.route", {**args, "any_connection": True})
     except AKError:
         return Response("Service Unavailable\n", status_code=503)
     if routed["status"] != 200:
+        refusals.failed("slack url_verification")
         return Response("bad signature\n", status_code=routed["status"])
     body = json.dumps({"challenge": data["challenge"]})
     return Response(body, media_type="application/json; charset=utf-8")

@@ -1,4 +1,5 @@
-"""How much failing one client may cost: a budget of failed requests per address."""
+"""How much failing one client may cost: a budget of failed requests per address (or per
+address and what it names)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from akcore.errors import ResourceExhausted
 
 class FailedTries:
     """Token buckets of failed requests (a bad token, a bad signature), one per client
-    address: ``BURST`` failures at once, then ``PER_SECOND``; a client out of them is
-    refused (429) before its request is looked at, so guessing costs the store nothing.
-    The ``CLIENTS`` last seen are remembered."""
+    (an address, or an address and what it names: ``Refusals``): ``BURST`` failures at
+    once, then ``PER_SECOND``; a client out of them is refused (429) before its request is
+    looked at, so guessing costs the store nothing. The ``CLIENTS`` last seen are
+    remembered."""
 
     BURST = 50.0
     PER_SECOND = 10.0
@@ -40,3 +42,23 @@ class FailedTries:
         self._buckets.move_to_end(client)
         while len(self._buckets) > self.CLIENTS:
             self._buckets.popitem(last=False)
+
+
+class Refusals:
+    """A provider's requests from one address (GitHub and Slack send every customer's
+    from a few shared addresses): refusals are counted per address and routing key (the
+    connection a request names), and only those of a connection that refused the
+    signature. A stranger whose requests name no connection, or a connection of theirs,
+    so spends only their own budget, never the one of the deliveries to other
+    connections from the same address."""
+
+    def __init__(self, tries: FailedTries, address: str) -> None:
+        self._tries, self._address = tries, address
+
+    def check(self, route: str) -> None:
+        """ResourceExhausted when requests for ``route`` from this address have no
+        failure left to spend."""
+        self._tries.check(f"{self._address} {route}")
+
+    def failed(self, route: str) -> None:
+        self._tries.failed(f"{self._address} {route}")

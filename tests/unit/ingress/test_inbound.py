@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from ak_ingress import github as gh_route
 from ak_ingress import slack as slack_route
+from ak_ingress.throttle import FailedTries, Refusals
 from akcore import ids, wire
-from akcore.errors import NotFound
+from akcore.errors import NotFound, ResourceExhausted
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -64,7 +65,8 @@ def _slack(kind: str, body: bytes, content_type: str, monkeypatch: pytest.Monkey
         raise AssertionError("nothing may be published")
 
     req = request(f"/slack/{kind}", headers)
-    resp = asyncio.run(slack_route.receive(None, req, body, kind, publish))  # type: ignore[arg-type]
+    refusals = Refusals(FailedTries("x"), "192.0.2.1")
+    resp = asyncio.run(slack_route.receive(None, req, body, kind, publish, refusals))  # type: ignore[arg-type]
     return resp.status_code
 
 
@@ -91,18 +93,61 @@ def test_a_form_with_too_many_fields_is_400(monkeypatch: pytest.MonkeyPatch) -> 
     assert _slack("command", body, "application/x-www-form-urlencoded", monkeypatch) == 400
 
 
-def _github_delivery(text: str, publish: Any, store_call: Any, mp: pytest.MonkeyPatch) -> int:
+def _github_delivery(
+    text: str,
+    publish: Any,
+    store_call: Any,
+    mp: pytest.MonkeyPatch,
+    key: str = "k",
+    refusals: Refusals | None = None,
+    payload: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> int:
     mp.setattr(gh_route.bus, "store_call", store_call)
-    body = json.dumps({"action": "created", "comment": {"body": text}}).encode()
+    body = json.dumps(payload or {"action": "created", "comment": {"body": text}}).encode()
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": "issue_comment",
         "X-GitHub-Delivery": "d-1",
         "X-Hub-Signature-256": "sha256=00",
+        **(headers or {}),
     }
-    req = request("/github/webhook/k", headers)
-    resp = asyncio.run(gh_route.deliver(None, req, body, "k", publish))  # type: ignore[arg-type]
+    req = request(f"/github/webhook/{key}", headers)
+    refusals = refusals or Refusals(FailedTries("x"), "192.0.2.1")
+    resp = asyncio.run(gh_route.deliver(None, req, body, key, publish, refusals))  # type: ignore[arg-type]
     return resp.status_code
+
+
+async def _no_publish(event: wire.Event, what: str) -> Response | None:
+    raise AssertionError("nothing may be published")
+
+
+def test_refusals_are_counted_per_address_and_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GitHub sends every customer's deliveries from a few addresses: one connection's
+    refused deliveries (someone guessing its secret) slow down only that connection's from
+    that address; requests for no connection cost nothing."""
+    tries = FailedTries("refused deliveries")
+    refusals = Refusals(tries, "192.0.2.1")
+
+    async def store_call(nc: Any, op: str, args: dict[str, Any], **_: Any) -> Any:
+        if args.get("key") == "guessed":
+            return {"status": 400, "error": "bad signature", "targets": []}
+        return {"status": 200, "targets": []}  # no connection is for it
+
+    def send(key: str) -> int:
+        return _github_delivery("x", _no_publish, store_call, monkeypatch, key, refusals)
+
+    assert [send("nobody") for _ in range(100)] == [200] * 100
+    assert [send("guessed") for _ in range(int(FailedTries.BURST))] == [400] * 50
+    with pytest.raises(ResourceExhausted, match="too many refused deliveries"):
+        send("guessed")
+    assert send("other") == 200
+    # A repository's own webhook pointed at the app's route: for no one, never counted,
+    # and the store is not asked.
+    hook, repo = {"X-GitHub-Hook-Installation-Target-ID": "99"}, {"repository": {"id": 99}}
+    for _ in range(100):
+        status = _github_delivery("x", _no_publish, _refuse, monkeypatch, "", refusals, repo, hook)
+        assert status == 200
 
 
 def test_a_redelivery_publishes_what_a_failed_publish_left_out(
