@@ -16,6 +16,8 @@ import re
 from typing import Any
 from urllib.parse import parse_qs
 
+from .webhook import MAX_JSON_DEPTH, nested_deeper
+
 _HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z_]{0,63}$")
 MAX_SLASH_COMMANDS = 16
@@ -24,6 +26,8 @@ MAX_COMMAND_TEXT = 1024  # a command's raw line is cut to this many characters
 # above it, the main event's id instead (16 commands must not copy a large payload 16 times).
 MAX_COPIED_DATA = 64 * 1024
 _FENCE_RE = re.compile(r"^\s*(```|~~~)")
+# Events are read on their way by encoders, filters and workers that nest no deeper.
+TOO_DEEP = f"the payload nests lists and objects more than {MAX_JSON_DEPTH} levels deep"
 
 
 class DeliveryError(ValueError):
@@ -66,8 +70,12 @@ def payload(body: bytes, content_type: str) -> dict[str, Any]:
         raise DeliveryError(f"unsupported content type {content_type!r}")
     try:
         data = json.loads(raw)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise DeliveryError(TOO_DEEP) from None
+    except ValueError:
         raise DeliveryError("the payload is not JSON") from None
+    if nested_deeper(raw, data):
+        raise DeliveryError(TOO_DEEP)
     if not isinstance(data, dict):
         raise DeliveryError("the payload is not a JSON object")
     return data

@@ -14,7 +14,11 @@ import json
 from typing import Any
 from urllib.parse import parse_qs
 
+from .webhook import MAX_JSON_DEPTH, nested_deeper
+
 MAX_SKEW = 300  # seconds between Slack's timestamp and now
+# Events are read on their way by encoders, filters and workers that nest no deeper.
+TOO_DEEP = f"the JSON nests lists and objects more than {MAX_JSON_DEPTH} levels deep"
 
 # The inner event types the Events API route accepts (others: 501, as AutoKitteh).
 EVENT_TYPES = frozenset(
@@ -141,8 +145,12 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
 def _json(raw: bytes | str) -> dict[str, Any]:
     try:
         data = json.loads(raw)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise RequestError(400, TOO_DEEP) from None
+    except ValueError:
         raise RequestError(400, "the body is not JSON") from None
+    if nested_deeper(raw, data):
+        raise RequestError(400, TOO_DEEP)
     if not isinstance(data, dict):
         raise RequestError(400, "the body is not a JSON object")
     return data

@@ -62,7 +62,7 @@ def _first_json(body: bytes) -> Any:
         value, _ = json.JSONDecoder().raw_decode(text)
     except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion
         return None
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+    if nested_deeper(text, value):
         return None
     if "\\u" in text and not _encodable(value):  # a lone surrogate, e.g. "\\ud800"
         return None
@@ -77,6 +77,16 @@ def _encodable(value: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def nested_deeper(raw: str | bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value``, parsed from the JSON text ``raw``, nests lists and maps more than
+    ``limit`` levels (the text is looked at first: most have too few brackets to)."""
+    if isinstance(raw, str):
+        brackets = raw.count("[") + raw.count("{")
+    else:
+        brackets = raw.count(b"[") + raw.count(b"{")
+    return brackets > limit and _deeper_than(value, limit)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
