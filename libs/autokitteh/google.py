@@ -120,11 +120,26 @@ def google_creds(integration: str, connection: str, scopes: list[str], **kwargs:
         raise EnvVarError(name, f"not JSON ({e.args[0] if e.args else e})") from None
     if not isinstance(info, dict):
         raise EnvVarError(name, "not a service account's JSON key (not an object)")
+    # Checked here, with messages that name fields only: google-auth's own quote values
+    # (a private key that is not text is repr()ed whole).
+    for field in _KEY_FIELDS:
+        if not isinstance(info.get(field), str) or not info[field]:
+            raise EnvVarError(name, f"not a usable service account key (no {field} text)")
+    for field in _KEY_TEXT_FIELDS:
+        if field in info and not isinstance(info[field], str):
+            raise EnvVarError(name, f"not a usable service account key ({field} is not text)")
     try:
         make = service_account.Credentials.from_service_account_info
         return make(info, scopes=scopes, **kwargs)  # type: ignore[no-untyped-call]
-    except ValueError as e:  # missing fields, or a private key that does not load
-        raise EnvVarError(name, f"not a usable service account key ({e})") from None
+    except (ValueError, TypeError):  # a private key that does not load
+        raise EnvVarError(
+            name, "not a usable service account key (its private_key is not a PEM private key)"
+        ) from None
+
+
+# The fields of a service account's JSON key google-auth needs, and others it reads.
+_KEY_FIELDS = ("client_email", "token_uri", "private_key")
+_KEY_TEXT_FIELDS = ("private_key_id", "project_id", "universe_domain", "type")
 
 
 def google_id(url: str) -> str:

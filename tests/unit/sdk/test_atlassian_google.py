@@ -77,6 +77,27 @@ def test_service_account_json_without_a_key(monkeypatch: pytest.MonkeyPatch) -> 
         google.google_sheets_client("g")
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"private_key": ["-----BEGIN PRIVATE KEY-----SECRETMARK"]}, "no private_key text"),
+        ({"private_key": {"k": "SECRETMARK"}}, "no private_key text"),
+        ({"private_key": "-----BEGIN PRIVATE KEY-----SECRETMARK"}, "not a PEM private key"),
+        ({"client_email": None}, "no client_email text"),
+        ({"private_key_id": ["SECRETMARK"]}, "private_key_id is not text"),
+    ],
+)
+def test_a_bad_service_account_key_is_never_quoted(
+    monkeypatch: pytest.MonkeyPatch, service_account_json: str, change: Any, message: str
+) -> None:
+    """google-auth's messages repr() what they refuse (a private key that is not text,
+    whole): the helpers' messages name fields only."""
+    monkeypatch.setenv("g__JSON", json.dumps({**json.loads(service_account_json), **change}))
+    with pytest.raises(EnvVarError) as e:
+        google.google_sheets_client("g")
+    assert message in str(e.value) and "SECRETMARK" not in str(e.value), str(e.value)
+
+
 def test_oauth_expiry_in_gos_format(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("o__auth_type", "oauth")
     monkeypatch.setenv("o__oauth_AccessToken", "ya29.x")
