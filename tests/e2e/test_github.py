@@ -7,9 +7,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import pty
+import select
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,6 +233,51 @@ def test_a_bad_event_header_or_payload_is_400(stack: Stack) -> None:
     body = b"not json"
     assert _deliver(stack, body, "d-8")[0] == 400
     assert _deliver(stack, _comment(401), "d-9", event="Bad Event!")[0] == 400
+    # Nested deeper than events may be (and than Python's parser, and msgpack, take): a
+    # clear 400 every time GitHub sends it again, never 503.
+    for depth in (101, 1500, 3000):
+        deep = b'{"a": ' + b"[" * depth + b"]" * depth + b"}"
+        status, text = _deliver(stack, deep, f"deep-{depth}")
+        assert (status, text.strip()) == (
+            400,
+            "Bad Request: the payload nests lists and objects more than 100 levels deep",
+        ), depth
+
+
+def test_a_signed_body_sent_again_under_new_delivery_ids_starts_nothing_new(
+    stack: Stack,
+) -> None:
+    """X-GitHub-Delivery is not signed: whoever saw a signed delivery (GitHub's Recent
+    Deliveries page, a proxy's log) could replay it under fresh ids, forever."""
+    before = len(_sessions(stack, "h.py:on_comment"))
+    body = _comment(250)
+    assert _deliver(stack, body, "r-0")[0] == 200
+    _finished(stack, "h.py:on_comment", before + 1)
+    for i in range(1, 4):
+        assert _deliver(stack, body, f"r-{i}")[0] == 200
+    assert _deliver(stack, _comment(251), "r-9")[0] == 200  # shows the replays were handled
+    sessions = _finished(stack, "h.py:on_comment", before + 2)
+    assert len(sessions) == before + 2
+
+
+def test_someone_elses_repository_webhook_on_the_app_route_is_ignored(stack: Stack) -> None:
+    """Anyone can point a repository webhook of theirs at /github/webhook: GitHub sends it
+    from the addresses it sends everyone's deliveries from, with the repository's id and no
+    installation. It is for no connection here: 200, and no address is slowed down."""
+    noise = json.dumps({"zen": "x", "hook_id": 1, "repository": {"id": 99}}).encode()
+    for i in range(70):
+        signature = "sha256=" + hmac.new(b"theirs", noise, hashlib.sha256).hexdigest()
+        headers = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": f"n-{i}",
+            "X-GitHub-Hook-Installation-Target-ID": "99",
+            "X-Hub-Signature-256": signature,
+        }
+        assert stack.request("POST", "/github/webhook", noise, headers)[0] == 200
+    before = len(_sessions(stack, "h.py:on_comment"))
+    assert _deliver(stack, _comment(260), "after-noise")[0] == 200
+    _finished(stack, "h.py:on_comment", before + 1)
 
 
 def test_a_running_session_subscribed_to_the_connection_gets_its_event(stack: Stack) -> None:
@@ -297,9 +347,144 @@ def test_ak_connection_init_sets_a_mode_without_echoing_secrets(
     )
 
 
-def test_a_sender_of_forged_deliveries_is_slowed_down(stack: Stack) -> None:
-    """Each refused delivery costs the store a lookup: an address that keeps sending them
-    gets 429 before its request is looked at (runs last: it spends this module's budget)."""
+PAT_MANIFEST = """\
+version: v1
+project:
+  name: {name}
+  connections:
+    - name: gh
+      integration: github
+      vars:
+        - name: auth_type
+          value: pat
+        - name: pat
+          value: ghp_fake_pat
+          secret: true
+        - name: pat_key
+          value: {key}
+        - name: pat_secret
+          value: {secret}
+          secret: true
+  triggers:
+    - name: on_push
+      connection: gh
+      event_type: push
+      call: h.py:on_push
+"""
+PUSH_CODE = "def on_push(event):\n    print('pushed', event.data.ref)\n"
+
+
+def _pat_project(stack: Stack, root: Path, name: str, key: str, secret: str) -> None:
+    manifest = PAT_MANIFEST.format(name=name, key=key, secret=secret)
+    stack.deploy(write_project(root / name, {"autokitteh.yaml": manifest, "h.py": PUSH_CODE}))
+
+
+def _pushes(stack: Stack, project: str) -> int:
+    out = stack.ak("session", "list", "-p", project, "-j", check=True).stdout.splitlines()
+    return sum(json.loads(line)["entrypoint"] == "h.py:on_push" for line in out)
+
+
+def test_rerunning_init_keeps_the_webhook_url_unless_told(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Rotating the PAT must not move the webhook URL GitHub delivers to."""
+    _pat_project(stack, tmp_path_factory.mktemp("rot"), "rot", "rotkey0123456789", "s1")
+    res = stack.ak("connection", "init", "rot/gh", "--mode", "pat",
+                   input="pat=ghp_new\npat_secret=s1\n")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"webhook URL: {stack.url}/github/webhook/rotkey0123456789\n")
+    assert "kept pat_key" in res.stderr and "set pat_key" not in res.stderr
+    # Asked for: a new key (the old URL then routes nothing).
+    res = stack.ak("connection", "init", "rot/gh", "--var", "pat_key=",
+                   input="pat=ghp_new\npat_secret=s1\n")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    url = res.stdout.splitlines()[0].removeprefix("webhook URL: ")
+    assert url.startswith(stack.url + "/github/webhook/") and "rotkey" not in url
+
+
+def test_init_changes_nothing_when_it_fails(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("keep")
+    _pat_project(stack, root, "keep", "keepkey0123456789", "old")
+    _pat_project(stack, root, "taken", "takenkey0123456789", "o")
+    res = stack.ak("connection", "init", "keep/gh", "--mode", "pat",
+                   input="pat=ghp_x\npat_secret=new\npat_key=takenkey0123456789\n")  # fmt: skip
+    assert res.returncode == 42, res.stderr
+    assert "pat_key='takenkey0123456789' is already used by another connection" in res.stderr
+    assert "set " not in res.stderr
+    # The old secret still signs: nothing was changed.
+    body = json.dumps({"ref": "refs/heads/keep"}).encode()
+    assert _deliver(stack, body, "k-1", "old", "push", "keepkey0123456789")[0] == 200
+    stack.wait_until(lambda: _pushes(stack, "keep") == 1, "the push's session")
+
+
+def test_init_refuses_empty_values_unless_given_on_purpose(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    _pat_project(stack, tmp_path_factory.mktemp("empty"), "empty", "emptykey0123456789", "e")
+    res = stack.ak("connection", "init", "empty/gh", input="pat=ghp_x\npat_secret=\n")
+    assert res.returncode == 40
+    assert "Error: pat_secret (the webhook's secret, as set in GitHub) is empty: give the " \
+           "secret, or --var pat_secret= to accept unsigned deliveries" in res.stderr  # fmt: skip
+    res = stack.ak("connection", "init", "empty/gh", input="pat=\npat_secret=x\n")
+    assert (res.returncode, res.stderr.strip()) == (
+        40,
+        "Error: pat (the personal access token) is empty: give a value",
+    )
+    # Nothing was set: the old secret still signs.
+    body = json.dumps({"ref": "refs/heads/e"}).encode()
+    assert _deliver(stack, body, "e-1", "e", "push", "emptykey0123456789")[0] == 200
+    res = stack.ak("connection", "init", "empty/gh", "--var", "pat_secret=", input="pat=ghp_x\n")
+    assert res.returncode == 0, res.stderr
+    assert "anyone who knows the webhook URL can send events" in res.stdout
+    res = stack.ak("connection", "init", "empty/gh", "--mode", "nope")
+    assert (res.returncode, res.stderr.strip()) == (
+        40,
+        'Error: mode "nope" of github: use one of pat, app',
+    )
+
+
+def test_init_of_an_app_on_a_terminal_asks_and_routes_the_installation(stack: Stack) -> None:
+    stack.ak("project", "create", "--name", "tty", check=True)
+    stack.ak("connection", "create", "gh", "-i", "github", "-p", "tty", check=True)
+    before = stack.ak("connection", "test", "tty/gh", check=True).stdout
+    assert "CODE_INIT_REQUIRED" in before
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: ak on a terminal
+        ak = str(Path(sys.executable).parent / "ak")
+        os.execve(ak, ["ak", "connection", "init", "tty/gh", "--mode", "app"], stack.env)
+    out, answers = b"", iter(["12345", "678", "hook-secret"])
+    while select.select([fd], [], [], 60)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+        if chunk.rstrip().endswith(b":"):  # a prompt
+            os.write(fd, (next(answers, "") + "\n").encode())
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    text = out.decode(errors="replace")
+    assert code == 0 and "Traceback" not in text, text[-600:]
+    assert "hook-secret" not in text  # not echoed
+    assert 'status: code:CODE_OK message:"Using GitHub app"' in text, text[-600:]
+    names = stack.ak("var", "get", "-c", "tty/gh", "-j", check=True).stdout
+    assert "install_key__12345__678" in names
+
+
+def test_a_sender_of_forged_deliveries_is_slowed_down(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each refused delivery costs the store a lookup and a signature check: an address
+    that keeps sending them to one connection gets 429 for that connection before its
+    request is looked at. Another connection's deliveries from the same address (GitHub
+    sends everyone's from a few) are not slowed down (runs last: it spends this module's
+    budget)."""
+    _pat_project(stack, tmp_path_factory.mktemp("next"), "nextdoor", "nextdoorkey0123456789", "n")
     statuses = [_deliver(stack, _comment(500), f"f-{i}", secret="guess")[0] for i in range(70)]
     assert statuses[:40] == [400] * 40
     assert 429 in statuses[50:]
+    body = json.dumps({"ref": "refs/heads/next"}).encode()
+    assert _deliver(stack, body, "nd-1", "n", "push", "nextdoorkey0123456789")[0] == 200

@@ -226,6 +226,24 @@ def test_a_slash_command_is_answered_and_starts_its_trigger(stack: Stack) -> Non
     assert _prints_of(stack, "h.py:on_command", 1) == ["command /ak deploy prod U77"]
 
 
+def test_a_signed_command_or_click_sent_again_starts_nothing_new(stack: Stack) -> None:
+    """Commands and interactions have no id Slack sends again: a captured signed request
+    could start its trigger again for the whole five minutes; it is the same request."""
+    before = len(_sessions(stack, "h.py:on_command"))
+    form = urlencode({"api_app_id": APP, "team_id": TEAM, "command": "/ak", "text": "again",
+                      "user_id": "U78", "trigger_id": "t2"}).encode()  # fmt: skip
+    stamp = int(time.time())
+    for _ in range(3):
+        status, reply = _send(stack, "command", form, "application/x-www-form-urlencoded", ts=stamp)
+        assert status == 200 and "again" in json.loads(reply)["text"]
+    # Typed again: Slack signs it at another time (and with another trigger_id).
+    again = form.replace(b"t2", b"t3")
+    assert _send(stack, "command", again, "application/x-www-form-urlencoded")[0] == 200
+    prints = _prints_of(stack, "h.py:on_command", before + 2)
+    assert len(_sessions(stack, "h.py:on_command")) == before + 2
+    assert prints.count("command /ak again U78") == 2
+
+
 def test_a_button_click_starts_its_trigger(stack: Stack) -> None:
     payload = {
         "type": "block_actions",
@@ -244,3 +262,14 @@ def test_a_request_url_check_is_answered_only_when_signed(stack: Stack) -> None:
     status, reply = _send(stack, "event", body, "application/json")
     assert (status, json.loads(reply)) == (200, {"challenge": "c-123"})
     assert _send(stack, "event", body, "application/json", secret="forged")[0] == 403
+
+
+def test_a_strangers_refused_requests_do_not_slow_down_the_apps(stack: Stack) -> None:
+    """Slack sends every app's requests from a few shared addresses: someone's own app
+    pointed here (its URL checks refused) must not get the connections' requests from the
+    same address refused (429)."""
+    body = json.dumps({"type": "url_verification", "challenge": "c-9", "token": "x"}).encode()
+    statuses = [_send(stack, "event", body, "application/json", secret="theirs")[0]
+                for _ in range(70)]  # fmt: skip
+    assert statuses[:40] == [403] * 40 and 429 in statuses[50:]
+    assert _send(stack, "event", _mention("Ev-after"), "application/json")[0] == 200

@@ -150,3 +150,86 @@ def test_slack_requests_are_proven_by_the_connections_own_secret(api: StoreApi) 
     assert got["status"] == 200 and [t["project_id"] for t in got["targets"]] == [pid]
     for bad in (slack_sig("guess", ts, body), "v0=\u00e9", "v1=00", ""):
         assert call(api, "slack.route", {**base, "signature": bad})["status"] == 403, bad
+
+
+@pytest.mark.parametrize(
+    "integration,routing",
+    [
+        ("github", {"pat_key": "k3y"}),
+        ("github", {"install_key__123__77": "1"}),
+        ("slack", {"install_ids": "A1//T1"}),
+    ],
+)
+def test_a_project_var_named_like_a_routing_var_hides_no_claim(
+    api: StoreApi, integration: str, routing: dict[str, str]
+) -> None:
+    """Only connections' vars route: a project's var of the same name and value (or a
+    deleted connection's) must not hide the connection that holds the value."""
+    ((name, value),) = routing.items()
+    call(api, "project.create", {"name": "bystander"})
+    call(api, "var.set", {"project": "bystander", "name": name, "value": value})
+    deploy(api, "victim", integration, routing)
+    with pytest.raises(Conflict, match="is already used by another connection"):
+        deploy(api, "thief", integration, routing)
+    # and the project var itself claims nothing: its project's connection may take it
+    call(api, "var.delete", {"connection": "victim/c", "name": name})
+    deploy(api, "heir", integration, routing)
+
+
+def test_init_sets_every_var_or_none(api: StoreApi) -> None:
+    deploy(api, "keep", "github", {"pat_key": "keepkey", "pat_secret": ("old",)})
+    deploy(api, "other", "github", {"pat_key": "takenkey"})
+    init = {"connection": "keep/c", "secrets": {"pat": "ghp_x", "pat_secret": "new"}}
+    with pytest.raises(Conflict, match="is already used by another connection"):
+        call(api, "connection.init", {**init, "values": {"pat_key": "takenkey"}})
+    got = call(api, "var.get", {"connection": "keep/c", "reveal": True})
+    assert {v["name"]: v["value"] for v in got} == {"pat_key": "keepkey", "pat_secret": "old"}
+    call(api, "connection.init", {**init, "values": {"pat_key": "keepkey", "auth_type": "pat"}})
+    got = call(api, "var.get", {"connection": "keep/c", "reveal": True, "names": ["pat_secret"]})
+    assert got[0]["value"] == "new" and got[0]["secret"] is True
+
+
+def test_a_signed_delivery_sent_again_under_a_new_id_is_the_same_delivery(
+    api: StoreApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery id is not signed: a replay of a signed body under new ids (GitHub's
+    scheme has no timestamp) finds the first delivery's event, as a redelivery does."""
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "server-app-secret")
+    deploy(api, "own", "github", {"pat_key": "k3y", "pat_secret": ("s",)})
+    deploy(api, "app", "github", {"app_id": "123", "install_key__123__77": "1"})
+    edited = json.dumps({"action": "edited", "installation": {"id": 77}}).encode()
+    for secret, args in (
+        ("s", {"key": "k3y"}),
+        ("server-app-secret", {"app_id": "123", "installation_id": "77"}),
+    ):
+        signed = {**args, "body": BODY, "signature": gh_sig(secret)}
+        first = call(api, "github.route", {**signed, "delivery": "d-1"})
+        assert first["targets"][0]["new"] is True
+        for replay in ("d-2", "d-3", ""):
+            again = call(api, "github.route", {**signed, "delivery": replay})
+            (target,) = again["targets"]
+            assert target["new"] is False, replay
+            assert target["event_id"] == first["targets"][0]["event_id"]
+        other = {**args, "body": edited, "signature": gh_sig(secret, edited), "delivery": "d-9"}
+        assert call(api, "github.route", other)["targets"][0]["new"] is True
+
+
+def test_a_slack_command_replayed_within_its_window_is_the_same_request(api: StoreApi) -> None:
+    deploy(api, "team", "slack", {"install_ids": "A1//T1", "private_signing_secret": ("sec",)})
+    ts, body = str(int(time.time())), b"command=%2Fdeploy&team_id=T1&api_app_id=A1"
+    args = {"body": body, "timestamp": ts, "app_id": "A1", "team_id": "T1"}
+    first = call(api, "slack.route", {**args, "signature": slack_sig("sec", ts, body)})
+    again = call(api, "slack.route", {**args, "signature": slack_sig("sec", ts, body)})
+    assert (first["targets"][0]["new"], again["targets"][0]["new"]) == (True, False)
+    assert again["targets"][0]["event_id"] == first["targets"][0]["event_id"]
+    # The same command typed again is signed at another time (and has its own trigger_id).
+    later = str(int(ts) + 1)
+    other = call(api, "slack.route", {**args, "timestamp": later,
+                                      "signature": slack_sig("sec", later, body)})  # fmt: skip
+    assert other["targets"][0]["new"] is True
+
+
+def test_a_repository_webhook_sent_to_the_app_route_is_for_no_one(api: StoreApi) -> None:
+    deploy(api, "app", "github", {"app_id": "123", "install_key__123__77": "1"})
+    args = {"body": BODY, "app_id": "99", "signature": gh_sig("whatever")}
+    assert call(api, "github.route", args) == {"status": 200, "targets": []}
