@@ -183,7 +183,12 @@ def init(
             if not plain[name].isdigit():
                 raise InvalidArgument(f"{name} must be GitHub's ID (a number): {plain[name]!r}")
         plain[f"install_key__{plain['app_id']}__{plain['install_id']}"] = "1"
-    client.call("connection.init", connection=ref, values=plain, secrets=secret)
+    stale: list[str] = []
+    if chosen == "app":  # another installation's routing var (an earlier init) would stay
+        stale = [n for n in _names(ref) if n.startswith("install_key__") and n not in plain]
+    client.call("connection.init", connection=ref, values=plain, secrets=secret, delete=stale)
+    for name in stale:
+        typer.echo(f"deleted {name}", err=True)
     for name in (n.name for n in needs):
         if name in secret:
             typer.echo(f"set {name} (secret)", err=True)
@@ -221,6 +226,11 @@ def _empty_message(need: Need) -> str:
             "events)"
         )
     return f"{need.name} ({need.what}) is empty: give a value"
+
+
+def _names(connection: str) -> list[str]:
+    """The names of the connection's vars."""
+    return [str(v["name"]) for v in client.call("var.get", connection=connection)]
 
 
 def _current(connection: str, name: str) -> str:

@@ -326,6 +326,7 @@ class ConnectionInit:
     connection: str  # a con_ id or PROJECT/NAME
     values: dict[str, str] = field(default_factory=dict)  # stored as they are
     secrets: dict[str, str] = field(default_factory=dict)  # stored encrypted
+    delete: list[str] = field(default_factory=list)  # vars removed (absent ones: ignored)
 
 
 @dataclass(frozen=True)

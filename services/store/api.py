@@ -795,13 +795,18 @@ class StoreApi:
             db.commit()
 
     def connection_init(self, req: rq.ConnectionInit) -> None:
-        """Sets a connection's vars (``values`` in plaintext, ``secrets`` encrypted) all at
-        once: when one is refused, none is set."""
+        """Sets a connection's vars (``values`` in plaintext, ``secrets`` encrypted) and
+        deletes those named in ``delete``, all at once: when one is refused, nothing
+        changes."""
         both = set(req.values) & set(req.secrets)
         if both:
             raise InvalidArgument(f"var {sorted(both)[0]!r} is given both as a secret and not")
         with DB(self.engine) as db:
             scope, _ = self._var_scope(db, rq.VarScope(connection=req.connection))
+            for name in set(req.delete) - set(req.values) - set(req.secrets):
+                found = select(Var).where(Var.scope_id == scope, Var.name == name)
+                for row in db.exec(found):
+                    db.delete(row)
             for secret, given in ((False, req.values), (True, req.secrets)):
                 for name, value in given.items():
                     self._put_var(db, scope, name, value, secret, None)

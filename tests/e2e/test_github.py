@@ -472,6 +472,18 @@ def test_init_of_an_app_on_a_terminal_asks_and_routes_the_installation(stack: St
     assert 'status: code:CODE_OK message:"Using GitHub app"' in text, text[-600:]
     names = stack.ak("var", "get", "-c", "tty/gh", "-j", check=True).stdout
     assert "install_key__12345__678" in names
+    # Another installation: the earlier one's routing var goes (it would route it here).
+    answers_ = "app_id=12345\ninstall_id=679\nclient_secret=hook-secret\n"
+    res = stack.ak("connection", "init", "tty/gh", "--mode", "app", input=answers_)
+    assert res.returncode == 0 and "deleted install_key__12345__678" in res.stderr, res.stderr
+    names = stack.ak("var", "get", "-c", "tty/gh", "-j", check=True).stdout
+    assert "install_key__12345__679" in names and "install_key__12345__678" not in names
+    res = stack.ak("connection", "init", "tty/gh", "--mode", "app",
+                   input="app_id=12345\ninstall_id=x9\nclient_secret=s\n")  # fmt: skip
+    assert (res.returncode, res.stderr.strip()) == (
+        40,
+        "Error: install_id must be GitHub's ID (a number): 'x9'",
+    )
 
 
 def test_a_sender_of_forged_deliveries_is_slowed_down(

@@ -182,11 +182,17 @@ def test_init_sets_every_var_or_none(api: StoreApi) -> None:
     init = {"connection": "keep/c", "secrets": {"pat": "ghp_x", "pat_secret": "new"}}
     with pytest.raises(Conflict, match="is already used by another connection"):
         call(api, "connection.init", {**init, "values": {"pat_key": "takenkey"}})
+    with pytest.raises(Conflict, match="is already used by another connection"):
+        call(api, "connection.init", {**init, "values": {"pat_key": "takenkey"},
+                                      "delete": ["pat_secret"]})  # fmt: skip
     got = call(api, "var.get", {"connection": "keep/c", "reveal": True})
     assert {v["name"]: v["value"] for v in got} == {"pat_key": "keepkey", "pat_secret": "old"}
     call(api, "connection.init", {**init, "values": {"pat_key": "keepkey", "auth_type": "pat"}})
     got = call(api, "var.get", {"connection": "keep/c", "reveal": True, "names": ["pat_secret"]})
     assert got[0]["value"] == "new" and got[0]["secret"] is True
+    call(api, "connection.init", {"connection": "keep/c", "delete": ["auth_type", "nope"]})
+    got = call(api, "var.get", {"connection": "keep/c"})
+    assert [v["name"] for v in got] == ["pat", "pat_key", "pat_secret"]
 
 
 def test_a_signed_delivery_sent_again_under_a_new_id_is_the_same_delivery(
