@@ -87,6 +87,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         lifespan="off",
         http=LimitedProtocol.with_limits(settings.http),
         ws="none",
+        # The client is the socket's peer, never what a header says: who owns a loopback
+        # connection (tokens off) and the refusal budgets are keyed on it, and uvicorn
+        # would otherwise take X-Forwarded-For from any local process as the truth.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.

@@ -3,6 +3,7 @@ kept apart, tokens never at rest in plaintext (issue 16)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import stat
@@ -242,13 +243,13 @@ import urllib.error
 import urllib.request
 
 
-def call_api(event):
+def call_api(event, forwarded_for=""):
     body = bytes([0x81, 0xA4]) + b"args" + bytes([0x80])  # msgpack {"args": {}}
-    req = urllib.request.Request(
-        event.data["url"] + "/api/project.list",
-        data=body,
-        headers={"Content-Type": "application/msgpack"},
-    )
+    headers = {"Content-Type": "application/msgpack"}
+    if forwarded_for:  # a proxy's header, naming another client
+        headers["X-Forwarded-For"] = forwarded_for
+    url = event.data["url"] + "/api/project.list"
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req) as r:
             print("status", r.status)
@@ -302,17 +303,29 @@ def _handlers_and_other_users_are_refused(s: Stack, tmp_path: Path) -> None:
     assert "status 401" in prints and "answers only the user that runs it" in prints, prints
 
     python = os.path.realpath(sys._base_executable)  # stdlib only, reachable by anyone
-    code = CALL_API + f"\ncall_api(type('E', (), {{'data': {{'url': {s.url!r}}}}}))\n"
-    other = subprocess.run(
-        [python, "-I", "-c", code],
-        user=OTHER_USER,
-        group=OTHER_USER,
-        capture_output=True,
-        text=True,
-        cwd="/",
-    )
-    assert "status 401" in other.stdout, other
-    assert "this call came from user id 65534" in other.stdout, other.stdout
+    # The operator's own connection stays open (a UI tab polls), and the other user names
+    # it in X-Forwarded-For: the server believes the socket, never the header.
+    host, port = s.url.removeprefix("http://").split(":")
+    operator = http.client.HTTPConnection(host, int(port))
+    operator.request("GET", "/healthz")
+    operator.getresponse().read()
+    held = f"127.0.0.1:{operator.sock.getsockname()[1]}"
+    event = f"type('E', (), {{'data': {{'url': {s.url!r}}}}})"
+    try:
+        for forged in ("", held):
+            code = CALL_API + f"\ncall_api({event}, {forged!r})\n"
+            other = subprocess.run(
+                [python, "-I", "-c", code],
+                user=OTHER_USER,
+                group=OTHER_USER,
+                capture_output=True,
+                text=True,
+                cwd="/",
+            )
+            assert "status 401" in other.stdout, (forged, other)
+            assert "this call came from user id 65534" in other.stdout, other.stdout
+    finally:
+        operator.close()
 
 
 def test_tokens_cannot_be_off_off_loopback_or_outside_dev_mode(tmp_path: Path) -> None:
