@@ -41,7 +41,7 @@ def parse(op: str, cls: type[T], args: Any) -> T:
         if not _allows(hints[f.name], value):
             raise InvalidArgument(
                 f"{op}: field {f.name!r} must be {_describe(hints[f.name])}, "
-                f"not {type(value).__name__}"
+                f"not {value if _too_big(value) else type(value).__name__}"
             )
         given[f.name] = value
     return cls(**given)
@@ -82,11 +82,15 @@ def _allows(hint: Any, value: Any) -> bool:
         return isinstance(value, dict) and all(
             _allows(key, k) and _allows(item, v) for k, v in value.items()
         )
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is int:  # what a database column holds (msgpack carries up to 2**64 - 1)
+        return isinstance(value, int) and not isinstance(value, bool) and not _too_big(value)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, hint)
+
+
+def _too_big(value: Any) -> bool:
+    return type(value) is int and not -(2**63) <= value < 2**63
 
 
 _NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}

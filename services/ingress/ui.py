@@ -276,6 +276,9 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
         listed = await call(caller, "event.list", project=project, trigger=trigger)
         listed = listed[:EVENTS_SHOWN]
         triggers = {t["trigger_id"]: t for t in await call(caller, "trigger.list", project=project)}
+        connections = {
+            c["connection_id"]: c for c in await call(caller, "connection.list", project=project)
+        }
         recent = await call(
             caller, "session.list", project=project, trigger=trigger, page_size=1000
         )
@@ -285,7 +288,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
         names = [p["name"] for p in await call(caller, "project.list")]
         return render(
             request, "events.html", events=listed, triggers=triggers, sessions=by_event,
-            project=project, projects=names, trigger=trigger,
+            project=project, projects=names, trigger=trigger, connections=connections,
         )  # fmt: skip
 
     async def event(request: Request, caller: Caller) -> Response:

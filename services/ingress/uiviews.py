@@ -236,9 +236,12 @@ def since(within: str) -> str:
 def count(text: str) -> int:
     """A count from a query parameter (0 or more)."""
     try:
-        return max(int(text), 0)
+        number = max(int(text), 0)
     except ValueError:
         raise InvalidArgument(f"not a number: {text!r}") from None
+    if number >= 2**62:
+        raise InvalidArgument(f"{text!r} is too large")
+    return number
 
 
 def next_run(schedule: str) -> str:

@@ -75,7 +75,7 @@ MAX_SPANS = 5000  # spans of a trace in one answer (each ~0.4 KB)
 def _page_after(token: str) -> tuple[int, str]:
     """The (created_us, session_id) a ``next_page_token`` continues after."""
     created, _, sid = token.partition(".")
-    if not created.isdigit() or not sid.startswith("ses_"):
+    if not created.isdigit() or len(created) > 18 or not sid.startswith("ses_"):
         raise InvalidArgument(
             f"invalid page token {token!r}: use the next-page-token of the previous page"
         )
@@ -217,6 +217,21 @@ class StoreApi:
             raise NotFound(f'trigger "{trigger}" not found in project "{project}"')
         return t.trigger_id
 
+    def _offered_to(self, db: DB, q: Any, trigger_id: str) -> Any:
+        """``q`` narrowed to the events offered to a trigger: a webhook's or a schedule's
+        own, or those of its connection (of its event type, when it names one); whether
+        its filter took them is in their dispatch notes."""
+        t = db.get(Trigger, trigger_id)
+        if t is None or not t.connection:  # (a deleted trigger's events still name it)
+            return q.where(EventRow.destination_id == trigger_id)
+        conn = db.exec(
+            select(Connection).where(
+                Connection.project_id == t.project_id, Connection.name == t.connection
+            )
+        ).first()
+        q = q.where(EventRow.destination_id == (conn.connection_id if conn else trigger_id))
+        return q.where(EventRow.event_type == t.event_type) if t.event_type else q
+
     def _session_view(self, s: Session, names: dict[str, str]) -> dict[str, Any]:
         return open_session(_session_view(s, names.get(s.project_id, "")), self.keys)
 
@@ -229,7 +244,12 @@ class StoreApi:
             return ref
         if ids.id_prefix(ref) not in (None, "prj"):
             raise InvalidArgument(f"{ref!r} is neither a session id nor a project")
-        p = self._project(db, ref)
+        try:
+            p = self._project(db, ref)
+        except NotFound:
+            if ref.startswith("ses_"):  # a mistyped or cut session id, most likely
+                raise NotFound(f'session "{ref}" not found (nor a project of that name)') from None
+            raise
         s = db.exec(
             select(Session)
             .where(Session.project_id == p.project_id)
@@ -1007,8 +1027,7 @@ class StoreApi:
             if req.project:
                 q = q.where(EventRow.project_id == self._project(db, req.project).project_id)
             if req.trigger:
-                trigger_id = self._trigger_id(db, req.project, req.trigger)
-                q = q.where(EventRow.destination_id == trigger_id)
+                q = self._offered_to(db, q, self._trigger_id(db, req.project, req.trigger))
             return [_event_view(e, with_data=False) for e in db.exec(q.limit(1000))]
 
     def event_get(self, req: rq.EventGet) -> dict[str, Any]:

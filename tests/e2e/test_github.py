@@ -500,3 +500,22 @@ def test_a_sender_of_forged_deliveries_is_slowed_down(
     assert 429 in statuses[50:]
     body = json.dumps({"ref": "refs/heads/next"}).encode()
     assert _deliver(stack, body, "nd-1", "n", "push", "nextdoorkey0123456789")[0] == 200
+
+
+def test_the_events_of_a_connection_trigger_are_those_its_connection_offered_it(
+    stack: Stack,
+) -> None:
+    before = len(_sessions(stack, "h.py:on_slash"))
+    assert _deliver(stack, _comment(909, body="/ship it"), "d-events")[0] == 200
+    slash = _finished(stack, "h.py:on_slash", before + 1)
+    for trigger, event_type in (("on_comment", "issue_comment"), ("on_slash", "slash_command")):
+        listed = stack.api("event.list", project="ghproj", trigger=trigger)
+        assert listed and {e["event_type"] for e in listed} == {event_type}, listed
+        assert {e["destination_id"] for e in listed} == {
+            c["connection_id"] for c in stack.api("connection.list", project="ghproj")
+        }
+    newest = {e["event_id"] for e in stack.api("event.list", project="ghproj", trigger="on_slash")}
+    assert {s["event_id"] for s in slash} <= newest
+    waiter = next(t for t in stack.api("trigger.list", project="ghproj") if t["name"] == "waiter")
+    hooked = stack.api("event.list", project="ghproj", trigger="waiter")  # its webhook's own
+    assert {e["destination_id"] for e in hooked} <= {waiter["trigger_id"]}, hooked

@@ -326,3 +326,24 @@ def test_the_journal_shows_how_long_each_activity_ran(stack: Stack, demo: dict[s
     assert len(re.findall(r"#\d double \(args \w+\) ok in \d+(\.\d+)? (ms|s)", page)) == 2, page
     row = re.search(rf'data-session="{sid}">(.*?)</tr>', listed, re.S)
     assert row and re.search(r"<td>(\d+ ms|[\d.]+ s)</td>", row.group(1)), listed  # it took
+
+
+def test_numbers_out_of_range_and_mistyped_ids_are_clear_errors(
+    stack: Stack, demo: dict[str, str]
+) -> None:
+    _, event_id = stack.post_json(demo["hook"], {"range": True})
+    sid = stack.session_of("ui_demo", event_id)
+    with _logged_in(stack) as client:
+        huge_page = client.get("/ui/sessions?page=" + "9" * 30 + ".ses_x")
+        assert huge_page.status_code == 400 and "invalid page token" in huge_page.text
+        huge_skip = client.get(f"/ui/sessions/{sid}?skip={2**63}")
+        assert huge_skip.status_code == 400 and "too large" in huge_skip.text
+        bogus = client.get("/ui/sessions/ses_bogus")
+        assert bogus.status_code == 404
+        assert 'session "ses_bogus" not found' in html.unescape(bogus.text)
+    from akcore import wire  # the API too: what msgpack carries past a database's integers
+
+    body = wire.encode(wire.StoreRequest({"skip": 2**64 - 1}))
+    status, _, raw = stack.request("POST", "/api/session.list", body, stack.auth())
+    reply = wire.decode(wire.StoreReply, raw)
+    assert status == 400 and f"must be a whole number, not {2**64 - 1}" in reply.error, reply

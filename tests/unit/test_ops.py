@@ -79,6 +79,8 @@ def test_required_fields_and_nested_types() -> None:
         ops.get("build.get").parse({})
     with pytest.raises(InvalidArgument, match="must be a whole number, not bool"):
         ops.get("session.list").parse({"page_size": True})
+    with pytest.raises(InvalidArgument, match=f"must be a whole number, not {2**63}"):
+        ops.get("session.list").parse({"skip": 2**63})  # past what a database column holds
     files = ops.get("build.create").parse({"project": "p", "files": {"a.py": b"x"}})
     assert files.files == {"a.py": b"x"}
     with pytest.raises(InvalidArgument, match="a map of text to bytes, not dict"):
