@@ -458,9 +458,21 @@ async def store_call(nc: Client, op: str, args: dict[str, Any], timeout: float =
     return await _call(nc, "store", subjects.store_subject(op), op, args, timeout)
 
 
-async def runner_call(nc: Client, op: str, args: dict[str, Any], timeout: float = 10.0) -> Any:
-    """Calls one runner operation (any runner of the queue group answers)."""
-    return await _call(nc, "runner", subjects.runner_subject(op), op, args, timeout)
+async def runner_call(
+    nc: Client, op: str, args: dict[str, Any], timeout: float = 10.0, patience: float = 0.0
+) -> Any:
+    """Calls one runner operation (any runner of the queue group answers). ``patience``:
+    seconds to keep asking while no runner is there to answer (one restarting)."""
+    subject = subjects.runner_subject(op)
+    give_up = asyncio.get_running_loop().time() + patience
+    while True:
+        try:
+            return await _call(nc, "runner", subject, op, args, timeout)
+        except Unavailable as e:
+            none_there = isinstance(e.__cause__, NoRespondersError)
+            if not none_there or asyncio.get_running_loop().time() >= give_up:
+                raise
+        await asyncio.sleep(0.25)
 
 
 async def _call(

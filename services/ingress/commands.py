@@ -118,6 +118,8 @@ async def whoami(nc: Client, req: rq.Empty, caller: Caller) -> dict[str, Any]:
 
 Command = Callable[[Client, Any, Caller], Awaitable[Any]]
 
+RUNNER_PATIENCE = 20.0  # seconds an operation waits for a runner when none is there
+
 COMMANDS: dict[str, Command] = {
     "event.redispatch": event_redispatch,
     "event.dispatch": event_dispatch,
@@ -139,6 +141,7 @@ async def perform(
     typed = op.parse(args)  # refused here when malformed, before anything runs
     if op.service is ops.Service.INGRESS:
         return await COMMANDS[name](nc, typed, caller)
-    if op.service is ops.Service.RUNNER:
-        return await bus.runner_call(nc, name, args, timeout=timeout)
+    if op.service is ops.Service.RUNNER:  # a runner restarting answers within seconds
+        patience = min(timeout, RUNNER_PATIENCE)
+        return await bus.runner_call(nc, name, args, timeout=timeout, patience=patience)
     return await bus.store_call(nc, name, args, timeout=timeout)
