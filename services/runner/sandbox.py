@@ -163,9 +163,27 @@ class UserIds:
     async def take(self) -> int:
         """A free user id, with no process left running as it and no file of it left in
         the shared temporary directories (a runner that died could not clear them)."""
-        uid = await asyncio.to_thread(self._lock_one)
-        await asyncio.to_thread(_clear, uid)
+        locking = asyncio.ensure_future(asyncio.to_thread(self._lock_one))
+        try:
+            uid = await asyncio.shield(locking)  # a cancelled taker leaves no id held
+        except asyncio.CancelledError:
+            locking.add_done_callback(self._release_abandoned)
+            raise
+        try:
+            await asyncio.to_thread(_clear, uid)
+        except BaseException:
+            self._release(uid)
+            raise
         return uid
+
+    def _release_abandoned(self, locking: asyncio.Future[int]) -> None:
+        if not locking.cancelled() and locking.exception() is None:
+            self._release(locking.result())
+
+    def _release(self, uid: int) -> None:
+        fd = self._held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)  # the lock goes with it
 
     def _lock_one(self) -> int:
         count = self.last - self.first + 1
@@ -192,9 +210,7 @@ class UserIds:
         files from the shared temporary directories, then frees it: the next worker given
         the id, maybe another project's, finds nothing of this one."""
         await asyncio.to_thread(_clear, uid)
-        fd = self._held.pop(uid, None)
-        if fd is not None:
-            os.close(fd)  # the lock goes with it
+        self._release(uid)
 
 
 # The machine's temporary directories every user may write to.

@@ -11,7 +11,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from autokitteh._channel import HEADER_SIZE, MAX_FRAME, decode_header, encode_frame, split_sizes
 from autokitteh._frames import FrameError
@@ -59,22 +59,47 @@ async def _run_module(
     )
 
 
-async def _read_stream(fd: int) -> asyncio.StreamReader:
+# The runner's ends of a worker's pipes are file objects from the moment they exist, and
+# are only ever closed through them (closing twice is then harmless): a descriptor closed
+# twice by number closes whatever reused that number meanwhile (another worker's pipe, a
+# socket, the event loop's epoll), which under many workers starting and ending at once
+# crashed runners.
+
+
+def _pipe(parent_reads: bool) -> tuple[int, BinaryIO]:
+    """A pipe: the child's end (a raw descriptor, passed on and then closed once) and the
+    runner's end (a file object)."""
+    r, w = os.pipe()
+    if parent_reads:
+        return w, os.fdopen(r, "rb", buffering=0)
+    return r, os.fdopen(w, "wb", buffering=0)
+
+
+async def _read_stream(pipe: BinaryIO) -> asyncio.StreamReader:
     reader = asyncio.StreamReader(limit=2**26)
-    await asyncio.get_running_loop().connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-    )
+    try:
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
     return reader
 
 
 async def _frame_streams(
-    from_child: int, to_child: int
+    from_child: BinaryIO, to_child: BinaryIO
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
-    reader = await _read_stream(from_child)
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(to_child, "wb", buffering=0)
-    )
+    try:
+        reader = await _read_stream(from_child)
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, to_child
+        )
+    except BaseException:
+        from_child.close()
+        to_child.close()
+        raise
     return reader, asyncio.StreamWriter(transport, protocol, None, loop)
 
 
@@ -127,7 +152,11 @@ class ForkServer:
             while data := await loop.sock_recv(self._sock, 256):
                 kind, rest = data[:1], data[1:].decode()
                 if kind == b"P" and self._forks:
-                    self._forks.popleft().set_result(int(rest))
+                    asked = self._forks.popleft()
+                    if asked.done():  # its asker gave up (cancelled): no one will run it
+                        _kill_forked(int(rest))
+                    else:
+                        asked.set_result(int(rest))
                 elif kind == b"X":
                     pid, code = (int(x) for x in rest.split())
                     proc = self._procs.pop(pid, None)
@@ -139,7 +168,9 @@ class ForkServer:
             log.warning("fork server: %s", e)
         finally:
             while self._forks:
-                self._forks.popleft().set_exception(ConnectionError("the fork server exited"))
+                asked = self._forks.popleft()
+                if not asked.done():
+                    asked.set_exception(ConnectionError("the fork server exited"))
 
     async def fork(self, cwd: Path, fds: list[int], uid: int = -1) -> int:
         """Forks a worker with these descriptors (frames in, frames out, stderr), running as
@@ -236,6 +267,22 @@ def _box(env: dict[str, str], limits: WorkerLimits | None) -> list[int | str]:
     return [env.get("VIRTUAL_ENV") or "-", limits.memory_mb, limits.processes]
 
 
+def _kill_forked(pid: int) -> None:
+    """Kills a worker just forked for a request its asker gave up on (through a pidfd: the
+    pid of one already gone is never signalled)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        _kill_group(pid)
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -280,8 +327,8 @@ class WorkerProcess:
     ) -> WorkerProcess:
         """A worker process of its own; with ``uid`` (and ``sdk``, see ``_run_module``), it
         becomes that user and takes ``limits`` before it runs anything of its packages."""
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
+        to_child_r, to_child = _pipe(parent_reads=False)
+        from_child_w, from_child = _pipe(parent_reads=True)
         user: list[int | str] = [uid, *_box(env, limits)] if uid >= 0 else []
         try:
             proc = await _run_module(
@@ -296,31 +343,31 @@ class WorkerProcess:
                 start_new_session=True,
             )
         except BaseException:
-            for fd in (to_child_w, from_child_r):
-                os.close(fd)
+            to_child.close()
+            from_child.close()
             raise
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        return cls(proc, *await _frame_streams(from_child_r, to_child_w), uid)
+        return cls(proc, *await _frame_streams(from_child, to_child), uid)
 
     @classmethod
     async def fork(cls, server: ForkServer, code_dir: Path, uid: int = -1) -> WorkerProcess:
         """A worker forked by ``server`` (started with the same interpreter and environment)."""
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        err_r, err_w = os.pipe()
+        to_child_r, to_child = _pipe(parent_reads=False)
+        from_child_w, from_child = _pipe(parent_reads=True)
+        err_w, err = _pipe(parent_reads=True)
         try:
             pid = await server.fork(code_dir, [to_child_r, from_child_w, err_w], uid)
-            proc = ForkedProcess(pid, await _read_stream(err_r), server)
+            proc = ForkedProcess(pid, await _read_stream(err), server)
         except BaseException:
-            for fd in (to_child_w, from_child_r, err_r):
-                os.close(fd)
+            for pipe in (to_child, from_child, err):
+                pipe.close()
             raise
         finally:
             for fd in (to_child_r, from_child_w, err_w):
                 os.close(fd)
-        return cls(proc, *await _frame_streams(from_child_r, to_child_w), uid)
+        return cls(proc, *await _frame_streams(from_child, to_child), uid)
 
     async def _forward_stderr(self) -> None:
         assert self.proc.stderr is not None

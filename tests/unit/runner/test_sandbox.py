@@ -3,10 +3,12 @@ processes, the data home closed to workers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +59,41 @@ def test_runners_sharing_a_lock_directory_never_share_a_user_id(tmp_path: Path) 
     assert {first, second} == {5000, 5001}
     with pytest.raises(OSError, match="all 2 worker user ids are in use"):
         a._lock_one()
+
+
+async def test_a_taker_cancelled_while_an_id_is_locked_leaves_none_held(tmp_path: Path) -> None:
+    """A session stopped while its worker's user id was being locked (in a thread): the id
+    it would have got is freed, not held (with its lock file open) for the runner's life."""
+    ids = UserIds(5000, 5000, tmp_path)  # one id: a leaked one would block the next take
+    started, go_on, locked = threading.Event(), threading.Event(), threading.Event()
+    lock_one = ids._lock_one
+
+    def held_up() -> int:  # the thread is locking when its taker is cancelled
+        started.set()
+        go_on.wait(10)
+        try:
+            return lock_one()
+        finally:
+            locked.set()
+
+    ids._lock_one = held_up  # type: ignore[method-assign]
+    taking = asyncio.create_task(ids.take())
+    assert await asyncio.to_thread(started.wait, 10)
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    go_on.set()
+    assert await asyncio.to_thread(locked.wait, 10)  # it got the id, for no one
+    other = UserIds(5000, 5000, tmp_path)  # another runner of the machine can have it
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert other._lock_one() == 5000
+            break
+        except OSError:  # the abandoned lock is freed once its thread is done
+            assert time.monotonic() < deadline, "the cancelled take kept the id"
+            await asyncio.sleep(0.02)
+    assert not ids._held
 
 
 @root_only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import struct
 import sys
@@ -304,6 +305,43 @@ async def test_forked_workers_run_sessions_and_report_their_end(tmp_path: Path) 
         assert await first.close() == 0
         second.proc.kill()
         assert await second.close() == -9
+    finally:
+        await server.close()
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.mark.skipif(not ForkServer.SUPPORTED, reason="the fork server needs Linux (pidfd)")
+async def test_forks_given_up_on_are_killed_and_close_nothing_twice(tmp_path: Path) -> None:
+    """Sessions cancelled while their worker was being forked (a stop, a runner shutting
+    down): the server still forks, the workers no one waits for are killed, and every pipe
+    end is closed once (a second close by number would close whatever reused it)."""
+    (tmp_path / "h.py").write_text(REUSED)
+    (tmp_path / "helper.py").write_text("CALLS = []\n")
+    env = {"PATH": "/usr/bin:/bin"}
+    server = await ForkServer.start(sys.executable, tmp_path, env)
+    try:
+        fds_before = len(os.listdir("/proc/self/fd"))
+        asks = [asyncio.create_task(WorkerProcess.fork(server, tmp_path)) for _ in range(20)]
+        await asyncio.sleep(0)  # one turn of the loop: each has sent its request, none has a reply
+        for ask in asks:
+            ask.cancel()
+        await asyncio.gather(*asks, return_exceptions=True)
+        assert server.alive
+        worker = await asyncio.wait_for(WorkerProcess.fork(server, tmp_path), 20)  # it forks
+        frames = await _session(worker, tmp_path, "h.py:count", {})
+        assert frames[-1][0]["ok"] is True
+        deadline = asyncio.get_running_loop().time() + 20
+        while _children(server.proc.pid) != {worker.proc.pid}:  # the abandoned ones killed
+            assert asyncio.get_running_loop().time() < deadline, _children(server.proc.pid)
+            await asyncio.sleep(0.05)
+        assert await worker.close() == 0
+        assert len(os.listdir("/proc/self/fd")) <= fds_before  # none left open
     finally:
         await server.close()
 
