@@ -39,6 +39,14 @@ def _entries(kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
                 },
             }
         ]
+    if kind == "parked":
+        wakes_us = int(data.get("deadline_us") or 0)
+        parked = {
+            "seq": data.get("step"),
+            "reason": data.get("reason", ""),
+            "until": timefmt.rfc3339(wakes_us) if wakes_us else "",
+        }
+        return [{"type": "parked", "parked": parked}]
     if kind == "ended":
         detail = {k: data[k] for k in ("error", "traceback") if data.get(k)}
         return [{"type": "state", "state": {str(data.get("state", "ERROR")).lower(): detail}}]
@@ -73,4 +81,8 @@ def entry_text(e: dict[str, Any]) -> str:
     if kind == "sleep":
         s = e["sleep"]
         return f"Sleep: seq #{s['seq']}, {s['seconds']:g}s, until {s['until']}"
+    if kind == "parked":
+        p = e["parked"]
+        until = f" until {p['until']}" if p["until"] else ""
+        return f"Parked: seq #{p['seq']}, waiting for {p['reason']}{until}"
     return f"{kind}: {e.get(kind)}"

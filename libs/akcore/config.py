@@ -22,6 +22,7 @@ ENV_NATS_PORT = "AK_NATS__PORT"  # port of the embedded nats-server (0 = pick a 
 ENV_NATS_SYNC = "AK_NATS__SYNC"  # the embedded nats-server's sync_interval: always or default
 ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
 ENV_RUNNER_MAX_WAITING = "AK_RUNNER__MAX_WAITING"
+ENV_RUNNER_PARK_AFTER = "AK_RUNNER__PARK_AFTER"  # seconds of waiting before parking, or off
 ENV_FORK_WORKERS = "AK_RUNNER__FORK_WORKERS"
 ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
 ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
@@ -127,6 +128,7 @@ class Settings:
     db_dsn: str = ""
     runner_concurrency: int = 32  # sessions running code at once, per runner
     runner_max_waiting: int = 200  # and sessions waiting (sleep, next_event, ...) on top
+    park_after: float = 0.0  # seconds a session waits before it parks (0: never)
     worker_python: str = ""
     warm_workers: int = 2  # spare worker processes a runner keeps started, per interpreter
     worker_sessions: int = 1000  # sessions of one project a worker process runs, one by one
@@ -156,6 +158,7 @@ class Settings:
             db_dsn=os.environ.get(ENV_DB_DSN) or default_db_dsn(),
             runner_concurrency=_count(ENV_RUNNER_CONCURRENCY, 32, 1),
             runner_max_waiting=_count(ENV_RUNNER_MAX_WAITING, 200, 0),
+            park_after=_seconds_or_off(ENV_RUNNER_PARK_AFTER),
             worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
             warm_workers=_count(ENV_WARM_WORKERS, 2, 0),
             worker_sessions=_count(ENV_WORKER_SESSIONS, 1000, 1),
@@ -200,6 +203,20 @@ def _count(name: str, default: int, least: int) -> int:
     if not text.isdigit() or int(text) < least:
         raise ValueError(f"{name} must be a whole number of at least {least}, not {text!r}")
     return int(text)
+
+
+def _seconds_or_off(name: str) -> float:
+    """A number of seconds (more than 0), or ``off`` (the default): 0."""
+    text = os.environ.get(name, "").strip().lower()
+    if text in ("", "off"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:  # (also refuses nan and inf)
+        raise ValueError(f"{name} must be a number of seconds more than 0, or off, not {text!r}")
+    return value
 
 
 def _switch(name: str, default: bool) -> bool:

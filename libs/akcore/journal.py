@@ -37,6 +37,7 @@ class Kind(StrEnum):
     SLEEP = "sleep"  # a durable sleep's deadline (step)
     RETRY = "retry"  # an attempt that stopped for a reason that may pass (NATS, the store)
     ENDED = "ended"  # the session's end: COMPLETED, ERROR or STOPPED
+    PARKED = "parked"  # a waiting session gave up its worker and its job (docs/reliability.md)
     # System calls made by handler code: each a durable step, named as the SDK names it.
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
@@ -146,6 +147,18 @@ class Retry:
     error: str
 
 
+# Why a session parked: what its step waits for.
+PARK_REASONS = ("sleep", "next_event", "next_signal", "child")
+
+
+@dataclass(frozen=True)
+class Parked:
+    step: int  # the durable step it waits in (its sleep, or its live next_event/next_signal)
+    reason: str  # one of PARK_REASONS
+    deadline_us: int = 0  # when the wait ends by itself (0: only an inbox message ends it)
+    inbox_seq: int = 0  # the last AK_INBOX stream sequence the attempt had read (0: none)
+
+
 @dataclass(frozen=True)
 class Ended:
     state: str  # wire.COMPLETED, wire.ERROR or wire.STOPPED
@@ -155,7 +168,7 @@ class Ended:
     inbox: bool = False  # its inbox may hold messages (the store purges it with the journal)
 
 
-Payload = Created | Started | Print | Activity | Sleep | Syscall | Retry | Ended
+Payload = Created | Started | Print | Activity | Sleep | Syscall | Retry | Ended | Parked
 Step = Activity | Sleep | Syscall
 
 _TYPES: dict[Kind, type[Any]] = {
@@ -166,6 +179,7 @@ _TYPES: dict[Kind, type[Any]] = {
     Kind.SLEEP: Sleep,
     Kind.RETRY: Retry,
     Kind.ENDED: Ended,
+    Kind.PARKED: Parked,
     **{k: Syscall for k in SYSCALLS},
 }
 
@@ -209,6 +223,10 @@ class History:
     last_started: Started | None = None
     last_retry: Retry | None = None
     subscribed: bool = False  # an attempt subscribed to events
+    last_kind: str = ""  # the kind of the last record
+    last_parked: tuple[int, Parked] | None = None  # the last `parked` record and its seq
+    parked: dict[int, Parked] = field(default_factory=dict)  # by step: the last of each
+    started_since_park: int = 0  # `started` records after the last `parked` one
 
     @property
     def traceparent(self) -> str:
@@ -217,6 +235,7 @@ class History:
     def add(self, seq: int, p: Payload) -> None:
         """Folds one more record (records come in journal order)."""
         self.next_seq = max(self.next_seq, seq + 1)
+        self.last_kind = p.function if isinstance(p, Syscall) else _KINDS[type(p)]
         if isinstance(p, (Activity, Sleep, Syscall)):
             self.steps[p.step] = p
             if isinstance(p, Syscall):
@@ -228,7 +247,12 @@ class History:
             self.prints = max(self.prints, p.n)
         elif isinstance(p, Started):
             self.attempts += 1
+            self.started_since_park += 1
             self.last_started = p
+        elif isinstance(p, Parked):
+            self.last_parked = (seq, p)
+            self.parked[p.step] = p
+            self.started_since_park = 0
         elif isinstance(p, Retry):
             self.last_retry = p
         elif isinstance(p, Ended):
@@ -255,6 +279,13 @@ class History:
                 "not change the code of running sessions."
             )
         return rec
+
+    @property
+    def parked_at(self) -> int:
+        """The seq of the `parked` record the journal ends with (0: it ends otherwise)."""
+        if self.last_kind == Kind.PARKED and self.last_parked is not None:
+            return self.last_parked[0]
+        return 0
 
     def is_replayed_print(self, n: int) -> bool:
         return 0 < n <= self.prints
@@ -286,10 +317,13 @@ def kind_for(p: Payload) -> Kind:
     """The kind a payload is written as (a system call's is its function)."""
     if isinstance(p, Syscall):
         return Kind(p.function)
-    for kind, cls in _TYPES.items():
-        if cls is type(p):
-            return kind
-    raise TypeError(f"not a journal payload: {p!r}")
+    kind = _KINDS.get(type(p))
+    if kind is None:
+        raise TypeError(f"not a journal payload: {p!r}")
+    return kind
+
+
+_KINDS: dict[type[Any], Kind] = {cls: k for k, cls in _TYPES.items() if cls is not Syscall}
 
 
 # What a handler produced, by kind: sealed together into the ``sealed`` field (see the module).

@@ -32,7 +32,7 @@ STREAMS = (
     subjects.STREAM_INBOX,
 )
 BUCKET_VALUES = "AK_VALUES"  # the projects' values stores (KV)
-BUCKETS = (BUCKET_VALUES, subjects.BUCKET_WEBHOOKS)
+BUCKETS = (BUCKET_VALUES, subjects.BUCKET_WEBHOOKS, subjects.BUCKET_PARKED)
 
 # The durable consumers: (stream, name).
 DURABLES = (
@@ -227,8 +227,12 @@ def permissions(service: str) -> Permissions:
                 subjects.SPANS,
                 *_requests(service),
                 *_waits(),
+                # the waker: parked sessions, and every inbox message (it may wake one)
+                *_kv(subjects.BUCKET_PARKED),
+                *_read(subjects.STREAM_INBOX),
             ),
             subscribe=(*_common(service), subjects.CHANGED),
+            deny_publish=_no_durables(subjects.STREAM_INBOX),
         )
     if service == "runner":
         return Permissions(
@@ -242,6 +246,7 @@ def permissions(service: str) -> Permissions:
                 *_read(subjects.STREAM_INBOX),
                 *_get(subjects.STREAM_EVENTS),  # whose an event is (a session's outcome)
                 *_kv(BUCKET_VALUES),
+                *_kv(subjects.BUCKET_PARKED),  # parking a waiting session
                 *_requests(service),
                 *_waits(),
             ),

@@ -11,6 +11,9 @@ STREAM_INBOX = "AK_INBOX"
 
 # KV bucket of ingress: the last known lookup of each webhook, for when the store is away.
 BUCKET_WEBHOOKS = "AK_WEBHOOKS"
+# KV bucket of parked sessions (key: session id): the runner puts, the dispatchers' wakers
+# watch and delete (compare-and-set on the revision: one waker wins).
+BUCKET_PARKED = "AK_PARKED"
 
 EVENTS_ALL = f"{PREFIX}.events.>"
 JOBS_ALL = f"{PREFIX}.jobs.>"

@@ -107,6 +107,9 @@ class Job:
     # ``data`` sealed with the data key (akcore.sessions), ``data`` then empty: the inputs
     # of a session not started by an event (a child's come from its parent's handler).
     sealed: str = ""
+    # A wake job (the dispatcher's waker): the seq of the `parked` record it resumes from;
+    # 0 for the session's first job.
+    parked_seq: int = 0
 
 
 # Inbox message kinds.

@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind
 from .evaluators import Evaluators
 from .matching import filters_of, inbox_deliveries, notes_of, sessions_for
 from .scheduler import Scheduler
+from .waker import Waker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -183,6 +184,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     tel.send_to_store(nc)
     puller = await bus.Puller.bind(nc, subjects.CONSUMER_DISPATCHER)
     ticks = asyncio.create_task(Scheduler(nc, tel).run(stop))
+    waker = asyncio.create_task(Waker(nc).run(stop))
     turns = Turns()
     targets = StoreCache()
     await targets.watch(nc)
@@ -206,7 +208,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             task = asyncio.create_task(dispatcher.handle(msg, event, turn))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-    await asyncio.gather(ticks, *tasks, return_exceptions=True)
+    await asyncio.gather(ticks, waker, *tasks, return_exceptions=True)
     await evaluators.close()
     await puller.close()
     await tel.close()

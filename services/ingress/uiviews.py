@@ -73,6 +73,10 @@ def journal_row(rec: dict[str, Any]) -> JournalRow:
             str(data.get("error", "")),
             f"retry of attempt {data.get('attempt')}",
         )
+    elif kind == "parked":
+        deadline = int(data.get("deadline_us") or 0)
+        until = f"parked until {timefmt.rfc3339(deadline)}" if deadline else "parked"
+        row.summary = f"#{data.get('step')} {until}, waiting for {data.get('reason', '')}"
     elif kind == "ended":
         row.summary = str(data.get("state", ""))
         row.detail = "\n".join(x for x in (data.get("error"), data.get("traceback")) if x)

@@ -12,7 +12,9 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
            ``journaling`` (the record of step N is about to be written), ``journaled`` (it
            was acknowledged, the worker not answered yet), ``started`` (the attempt's
            ``started`` record was acknowledged; no step), ``ended`` (the ``ended`` record
-           was acknowledged, the parent not told yet; no step)
+           was acknowledged, the parent not told yet; no step), ``parked`` (a waiting
+           session's ``parked`` record was acknowledged, its AK_PARKED entry not put yet; no
+           step), ``registered`` (that entry was put, the job not acked yet; no step)
 
 A rule fires in the first attempt only unless it says ``attempt=any`` (or another number).
 Example: ``crash journaled step=1 entry=crash.py:in_sleep``.
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 ENV = "AK_TEST__FAULTS"
 ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable")
-POINTS = ("step", "journaling", "journaled", "started", "ended")
+POINTS = ("step", "journaling", "journaled", "started", "ended", "parked", "registered")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ class Inbox:
         self._sub: JetStreamContext.PushSubscription | None = None
         self._starting: asyncio.Task[None] | None = None
         self._closed = False
+        self.last_seq = 0  # the last stream sequence read (parking records it)
 
     @property
     def reading(self) -> bool:
@@ -115,6 +116,7 @@ class Inbox:
 
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
+        self.last_seq = max(self.last_seq, seq)
         if seq in self.consumed:
             return
         try:

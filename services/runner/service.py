@@ -25,9 +25,10 @@ from . import commands
 from .faults import Faults
 from .inbox import InboxWatch
 from .lease import Lease
+from .parking import Parking
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
 from .sandbox import UserIds, WorkerLimits, is_root, lock_dir, seal_data_home, worker_env
-from .session import Host, Outcome, SessionRun, after_end
+from .session import Host, Outcome, SessionRun, after_end, parked_entry
 from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -90,16 +91,19 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
         beat.cancel()
     if outcome is Outcome.ENDED:  # the journal has the end: the job is done, whoever holds it
         await msg.ack()
+    elif outcome is Outcome.DROPPED:  # a stale job: another one runs the session
+        await msg.ack_sync()
     elif outcome is Outcome.RETRY and lease.valid():
         attempt = msg.metadata.num_delivered or 1
         await msg.nak(delay=min(2.0 ** (attempt - 1), 30.0))
 
 
 async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int) -> Outcome:
-    attempt = msg.metadata.num_delivered or 1
+    delivery = msg.metadata.num_delivered or 1
     history, last, read_us = journal.History(next_seq=1), job.journal_seq, 0
-    written = (1, 0)
-    if attempt > 1 or not last:  # a runner stopped mid-session: replay what it journaled
+    written, attempt = (1, 0), 1
+    # A runner stopped mid-session, or a parked session wakes up: replay what it journaled.
+    if delivery > 1 or not last or job.parked_seq:
         try:
             t0 = time.perf_counter()
             read = await read_journal(host.js, job.session_id, host.keys)
@@ -107,7 +111,7 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             history = journal.fold(records)
             read_us = int((time.perf_counter() - t0) * 1e6)
         except Exception as e:
-            if not isinstance(e, journal.MalformedRecord) and attempt <= limit:
+            if not isinstance(e, journal.MalformedRecord) and delivery <= limit:
                 log.warning(
                     "session %s: cannot read its journal (%r); will retry", job.session_id, e
                 )
@@ -115,21 +119,29 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             # Its end goes after every record, whatever their numbers were.
             history = journal.History(next_seq=journal.AFTER_UNREADABLE)
             last = await last_seq(host.js, job.session_id)
-            return await _run(host, msg, job, lease, history, last).fail(
+            return await _run(host, msg, job, lease, history, last, delivery).fail(
                 f"error: the session's journal cannot be read back for a replay: {e!r}"
             )
         if not records or history.ended:  # it ended (and may be cleaned up already)
             if history.ended:  # what its attempt may not have finished
                 await after_end(host.nc, host.keys, job, history.ended, history)
             return Outcome.ENDED
-        if attempt > limit:
-            return await _run(host, msg, job, lease, history, last).fail(
-                gave_up_message(attempt - 1, limit, history)
+        if history.last_parked is not None or job.parked_seq:
+            if not await _resumes(host, job, history, delivery):
+                return Outcome.DROPPED
+        # Attempts that failed: since the session last parked, as its journal says (a wake
+        # job is a new message), or as its deliveries say when more (a runner that died
+        # before its attempt's first record).
+        failed = max(history.started_since_park, delivery - 1)
+        attempt = history.attempts + 1
+        if failed >= limit:
+            return await _run(host, msg, job, lease, history, last, attempt).fail(
+                gave_up_message(failed, limit, history)
             )
         log.info(
             "session %s: attempt %d replays %d steps", job.session_id, attempt, len(history.steps)
         )
-    run = _run(host, msg, job, lease, history, last, read_us, written)
+    run = _run(host, msg, job, lease, history, last, attempt, read_us, written)
     # The trace the session belongs to: from the job, else from its journal (a replay).
     headers = dict(msg.headers or {})
     if not headers.get(subjects.HDR_TRACEPARENT) and history.traceparent:
@@ -144,6 +156,7 @@ def _run(
     lease: Lease,
     history: journal.History,
     last: int,
+    attempt: int,
     read_us: int = 0,
     written: tuple[int, int] = (0, 0),
 ) -> SessionRun:
@@ -160,8 +173,28 @@ def _run(
     )
     stamp = msg.metadata.timestamp
     queued = stamp.timestamp() if stamp else 0.0
-    attempt = msg.metadata.num_delivered or 1
     return SessionRun(host, job, attempt, history, lease, writer, queued, read_us)
+
+
+async def _resumes(host: Host, job: wire.Job, history: journal.History, delivery: int) -> bool:
+    """Whether this job runs a session that parked at some time (else it is stale: acked).
+
+    Only the wake job of the session's last parking resumes it, so that no two jobs of one
+    session run at once: any other job whose journal ends parked makes sure the session is
+    in AK_PARKED (its runner may have stopped before it was put there) and is dropped."""
+    last = history.last_parked[0] if history.last_parked else 0
+    if last != job.parked_seq:  # the job of an earlier parking (or the session's first)
+        if history.last_parked is not None and history.parked_at and host.parking is not None:
+            parked = history.last_parked[1]
+            trace = history.traceparent
+            await host.parking.ensure(job.session_id, parked_entry(job, last, parked, trace))
+        log.info("session %s: a stale job dropped (it parked since)", job.session_id)
+        return False
+    if history.parked_at == last:
+        return True  # the wake job of its last parking: it resumes from there
+    # The journal went on after that parking: the wake job's own earlier delivery (its
+    # runner stopped) or, on a first delivery, another wake job of the same parking.
+    return delivery > 1
 
 
 def gave_up_message(attempts: int, limit: int, history: journal.History) -> str:
@@ -171,7 +204,7 @@ def gave_up_message(attempts: int, limit: int, history: journal.History) -> str:
         f"(AK_JOBS__MAX_ATTEMPTS is {limit}). "
     )
     retry = history.last_retry
-    if retry is not None and retry.attempt == attempts:
+    if retry is not None and retry.attempt == history.attempts:
         return text + f"The last attempt stopped with: {retry.error}"
     return text + (
         "Each time, the runner running it stopped before it ended: it was killed or crashed "
@@ -259,6 +292,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         journal_limits=limits,
         worker_limits=worker_limits,
         session_timeout=settings.session_timeout,
+        parking=Parking(js, settings.park_after),
     )
     await bus.wait_streams(js, "runner")
     await bus.serve_health(nc, "runner")

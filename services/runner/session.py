@@ -5,6 +5,7 @@ and its job (``Lease``); the moment either is lost it kills its worker and stops
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import os
@@ -16,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from akcore import bus, credheaders, journal, subjects, timefmt, tracing, wire
+from akcore import bus, credheaders, ids, journal, parking, subjects, timefmt, tracing, wire
 from akcore.bus import may_pass
 from akcore.cache import StoreCache
 from akcore.config import ENV_SESSION_TIMEOUT, ENV_WORKER_MEMORY_MB, REQUIREMENTS_FILE
 from akcore.datakey import Keyring, SealError
 from akcore.errors import AKError, InvalidArgument, Unavailable
-from akcore.journal import Kind
+from akcore.journal import Kind, Parked
 from akcore.journalio import Fenced, JournalFull, JournalWriter, Limits, RecordTooLarge
 from akcore.sessions import job_data
 from autokitteh._frames import (
@@ -44,6 +45,7 @@ from .builds import unpack_build
 from .faults import Faults
 from .inbox import Inbox, InboxWatch, seal_payload
 from .lease import Lease
+from .parking import Parking
 from .pyenv import EnvError, PythonEnvs
 from .sandbox import MemoryWatch, WorkerLimits
 from .syscalls import SyscallError, Syscalls
@@ -59,6 +61,8 @@ class Outcome(enum.Enum):
     ENDED = "ended"  # the journal has the session's end: ack the job
     FENCED = "fenced"  # another attempt owns the session, or this one lost its job
     RETRY = "retry"  # stopped for a reason that may pass (NATS or the store away)
+    PARKED = "parked"  # the session parked: its job is acked already
+    DROPPED = "dropped"  # a stale job (of a session parked or resumed since): ack it
 
 
 class SessionError(Exception):
@@ -114,6 +118,7 @@ class Host:
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     session_timeout: float = 0.0  # seconds an attempt may run (0: no limit)
     memory: MemoryWatch = field(default_factory=MemoryWatch)  # sandboxed workers' totals
+    parking: Parking | None = None  # None or ``after`` 0: sessions never park
 
     def spawn_env(self, extra_env: dict[str, str]) -> dict[str, str]:
         """A worker's environment: the little it gets of the runner's and what its
@@ -163,6 +168,12 @@ class SessionRun:
         self.syscalls = Syscalls(self.nc, job, self.inbox, self.js, host.keys)
         self.next_step = 1  # the durable step the worker must ask for next
         self.granted: StepFrame | None = None  # the live activity the worker may run
+        # Parking: the wait the session is in now (while it may park), and the timer that
+        # parks it once it has waited AK_RUNNER__PARK_AFTER.
+        self.wait: journal.Parked | None = None
+        self._park = asyncio.Event()
+        self._park_timer: asyncio.TimerHandle | None = None
+        self.parked = False
 
     # --- the journal
 
@@ -232,7 +243,7 @@ class SessionRun:
         """The attempt, start to end; never raises for what a session or NATS can cause."""
         try:
             await self._run()
-            return Outcome.ENDED
+            return Outcome.PARKED if self.parked else Outcome.ENDED
         except Fenced as e:
             log.warning("session %s: attempt %d stops: %s", self.job.session_id, self.attempt, e)
             return Outcome.FENCED
@@ -375,6 +386,7 @@ class SessionRun:
             await self.host.pool.give_back(worker, python, base, job.project_id)
 
     def _awake(self) -> None:
+        self._disarm()
         if self.asleep:
             self.asleep = False
             self.host.admission.end()
@@ -394,9 +406,24 @@ class SessionRun:
         timer = asyncio.create_task(self._time_limit())
         self._memory_limit(worker)
         try:
-            await asyncio.wait({talk, stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                park = asyncio.create_task(self._park.wait())
+                waits = {talk, stop, lost, park}
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                park.cancel()
+                if talk.done() or stop.done() or lost.done():
+                    break
+                wait, self._park = self.wait, asyncio.Event()
+                if wait is not None and self._may_park():
+                    # The handler waits (the talk is suspended in that wait): it gives up
+                    # its worker and its job, nothing of it having been journaled.
+                    talk.cancel()
+                    await asyncio.gather(talk, return_exceptions=True)
+                    await self._park_now(worker, wait)
+                    return
         finally:
             self.host.memory.unwatch(worker.uid)
+            self._disarm()
         for t in (stop, lost, timer):
             t.cancel()
         if talk.done():
@@ -409,6 +436,78 @@ class SessionRun:
             raise Fenced(f"it lost its job ({self.lease.lost_because})")
         if not self.ended:
             await self.end(self.stop_state, self.stop_reason or "stopped")
+
+    # --- parking (docs/reliability.md, "Parking")
+
+    def _arm(self, step: int, reason: str, deadline_us: int) -> None:
+        """The session waits in ``step`` until ``deadline_us`` (0: no deadline): it parks
+        once it has waited AK_RUNNER__PARK_AFTER, unless the wait ends first."""
+        self._disarm()
+        parking = self.host.parking
+        if parking is None or not parking.after or not self.job.is_durable:
+            return
+        after = parking.after
+        if deadline_us and deadline_us - timefmt.now_us() <= after * 1_000_000:
+            return  # it ends before it would park
+        self.wait = journal.Parked(step=step, deadline_us=deadline_us, reason=reason)
+        self._park_timer = asyncio.get_running_loop().call_later(after, self._park.set)
+
+    def _disarm(self) -> None:
+        self.wait = None
+        if self._park_timer is not None:
+            self._park_timer.cancel()
+            self._park_timer = None
+
+    def _may_park(self) -> bool:
+        """Whether nothing stands in the way: no activity running, no stop asked for, room
+        left in the journal for the `parked` record and the next attempt's `started`."""
+        w = self.writer
+        return (
+            self.granted is None
+            and self.stop_reason is None
+            and not self.ended
+            and self.lease.valid()
+            and w.records + 3 < w.limits.records
+        )
+
+    async def _park_now(self, worker: WorkerProcess, wait: Parked) -> None:
+        """Journals the wait, puts the session in AK_PARKED, acks its job, kills its worker.
+        A crash between two of these is taken care of by the job's next delivery
+        (ak_runner.service), the order being what makes that safe."""
+        job, parking = self.job, self.host.parking
+        assert parking is not None
+        rec = dataclasses.replace(wait, inbox_seq=self.inbox.last_seq)
+        seq = self.writer.seq  # the number the `parked` record takes
+        await self.journal(rec)  # fenced, like every record
+        self._fault("parked")
+        trace = self.history.traceparent or (self.lease.msg.headers or {}).get(
+            subjects.HDR_TRACEPARENT, ""
+        )
+        await parking.register(job.session_id, parked_entry(job, seq, rec, trace))
+        self._fault("registered")
+        self.lease.beating = False
+        try:
+            await self.lease.msg.ack_sync()
+        except Exception as e:  # the next delivery finds the journal parked: it acks then
+            log.warning("session %s: parked, its job not acked: %r", job.session_id, e)
+        self.parked = True
+        worker.kill()
+        self.span.add_event("parked", {"ak.step": wait.step, "ak.park.reason": wait.reason})
+        log.info("session %s: parked in step %d (%s)", job.session_id, wait.step, wait.reason)
+
+    def _wait_args(self, f: StepFrame) -> tuple[dict[str, Any], int]:
+        """The arguments a live next_event/next_signal is served with, and its deadline
+        (0: none): a wait that parked before keeps the deadline its `parked` record has,
+        so the whole wait never lasts more than the handler asked."""
+        args, now = f.args, timefmt.now_us()
+        parked = self.history.parked.get(f.step)
+        if parked is not None:
+            left = None if not parked.deadline_us else max(0.0, (parked.deadline_us - now) / 1e6)
+            return {**args, "timeout": left}, parked.deadline_us
+        timeout = args.get("timeout")
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+            return args, now + max(1, int(timeout * 1_000_000))
+        return args, 0
 
     async def _time_limit(self) -> None:
         """Ends the session in ERROR once its attempt has run for the session timeout."""
@@ -448,7 +547,9 @@ class SessionRun:
             "event_id": job.event_id,
             # What the journal answers to the recorded steps: the worker replays them
             # without waiting for an answer, and the runner checks each as it comes.
-            "replay": replay_ahead(self.history),
+            "replay": replay_ahead(
+                self.history, self.host.parking.after if self.host.parking else 0.0
+            ),
         }
         start = {
             "type": "start",
@@ -539,6 +640,8 @@ class SessionRun:
             return
         if rec is not None:
             await worker.send(*replayed_reply(rec))
+            if isinstance(rec, journal.Sleep):  # (held back from replay_ahead: see there)
+                self._asleep_until(f.step, rec.deadline_us)
             return
         self._fault("step", f.step)
         if not self.lease.valid():  # a frozen runner's worker starts nothing new
@@ -591,9 +694,7 @@ class SessionRun:
             journal.Sleep(step=f.step, seconds=seconds, deadline_us=deadline), f.step
         )
         await worker.send({"type": "step", "deadline_us": deadline})
-        if seconds >= 1 and not self.asleep:  # until the worker's next frame
-            self.asleep = True
-            self.host.admission.begin()
+        self._asleep_until(f.step, deadline)
         self._step_span(
             "sleep",
             time.time_ns(),
@@ -601,9 +702,24 @@ class SessionRun:
             {"ak.step": f.step, "ak.sleep.seconds": seconds},
         )
 
+    def _asleep_until(self, step: int, deadline_us: int) -> None:
+        """The worker sleeps until ``deadline_us`` (until its next frame, as far as the
+        runner knows): a waiting session, which may park."""
+        if deadline_us - timefmt.now_us() >= 1_000_000 and not self.asleep:
+            self.asleep = True
+            self.host.admission.begin()
+        self._arm(step, "sleep", deadline_us)
+
     async def _syscall(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
         """A system call of handler code: its outcome is journaled before the worker has it."""
-        reply, rblob, inbox_seq = await self._serve(f.kind, f.args, blob, f.step)
+        args = f.args
+        if f.kind in (Kind.NEXT_EVENT, Kind.NEXT_SIGNAL):
+            args, deadline = self._wait_args(f)
+            self._arm(f.step, _wait_reason(f), deadline)
+        try:
+            reply, rblob, inbox_seq = await self._serve(f.kind, args, blob, f.step)
+        finally:
+            self._disarm()  # (before anything of its outcome is written)
         rec = journal.Syscall(
             step=f.step,
             function=f.kind,
@@ -648,13 +764,20 @@ class SessionRun:
 REPLAY_AHEAD_BYTES = 16 * 1024 * 1024
 
 
-def replay_ahead(history: journal.History) -> dict[int, tuple[str, str, dict[str, Any], bytes]]:
+def replay_ahead(
+    history: journal.History, park_after: float = 0.0
+) -> dict[int, tuple[str, str, dict[str, Any], bytes]]:
     """The answers to the first recorded steps, for the worker to replay on its own:
-    (kind, function, answer, its blob) by step, up to REPLAY_AHEAD_BYTES of blobs."""
+    (kind, function, answer, its blob) by step, up to REPLAY_AHEAD_BYTES of blobs.
+    ``park_after``: sessions park; a recorded sleep with more than that left is left out,
+    so that the worker asks for it and the runner knows it sleeps (and may park it)."""
     out: dict[int, tuple[str, str, dict[str, Any], bytes]] = {}
     size = 0
+    later = timefmt.now_us() + int(park_after * 1_000_000) if park_after else 0
     for k in sorted(history.steps):
         rec = history.steps[k]
+        if later and isinstance(rec, journal.Sleep) and rec.deadline_us > later:
+            continue
         reply, blob = replayed_reply(rec)
         size += len(blob) + 200
         if size > REPLAY_AHEAD_BYTES:
@@ -673,6 +796,27 @@ def replayed_reply(rec: journal.Step) -> tuple[dict[str, Any], bytes]:
     if rec.error:
         reply["error"] = rec.error
     return reply, rec.result
+
+
+def _wait_reason(f: StepFrame) -> str:
+    """What a live next_event/next_signal waits for, as a `parked` record says it."""
+    if f.kind == Kind.NEXT_EVENT:
+        return "next_event"
+    names = f.args.get("names") or []
+    if names and all(isinstance(n, str) and ids.is_id(n, "ses") for n in names):
+        return "child"  # the end of a child session
+    return "next_signal"
+
+
+def parked_entry(job: wire.Job, seq: int, rec: journal.Parked, traceparent: str) -> parking.Entry:
+    """The AK_PARKED entry of a session parked by its `parked` record ``rec`` at ``seq``."""
+    return parking.Entry(
+        parked_seq=seq,
+        deadline_us=rec.deadline_us,
+        inbox_seq=rec.inbox_seq,
+        job=wire.encode(dataclasses.replace(job, parked_seq=0)),
+        traceparent=traceparent,
+    )
 
 
 async def after_end(

@@ -1,0 +1,50 @@
+"""The runner's side of parking: putting a parked session's entry in ``AK_PARKED``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from akcore import subjects
+from akcore.parking import Entry
+from nats.js import JetStreamContext
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+
+log = logging.getLogger(__name__)
+
+
+class Parking:
+    """``after``: seconds a session waits before it parks (0: it never does)."""
+
+    def __init__(self, js: JetStreamContext, after: float) -> None:
+        self.js, self.after = js, after
+        self._kv: Any = None
+
+    async def bucket(self) -> Any:
+        if self._kv is None:
+            self._kv = await self.js.key_value(subjects.BUCKET_PARKED)
+        return self._kv
+
+    async def register(self, session_id: str, entry: Entry) -> None:
+        """Puts the entry: from now on a waker wakes the session."""
+        await (await self.bucket()).put(session_id, entry.encode())
+
+    async def ensure(self, session_id: str, entry: Entry) -> None:
+        """Puts the entry unless the session has one (its parking attempt may have put it
+        before it stopped); an entry already woken is put again, which at worst wakes the
+        session once more (its stale wake job is dropped)."""
+        kv = await self.bucket()
+        try:
+            try:
+                found = await kv.get(session_id)
+            except (KeyNotFoundError, KeyDeletedError):
+                await kv.create(session_id, entry.encode())
+                return
+            try:
+                older = Entry.decode(found.value or b"").parked_seq < entry.parked_seq
+            except ValueError:
+                older = True
+            if older:  # an entry of an earlier parking that no waker woke (yet)
+                await kv.update(session_id, entry.encode(), last=found.revision)
+        except KeyWrongLastSequenceError:  # put meanwhile (by its parking attempt)
+            log.debug("session %s: its parked entry is there already", session_id)

@@ -1,0 +1,330 @@
+"""Parking (AK_RUNNER__PARK_AFTER): a session that waits gives up its worker and its job,
+and resumes by replay when its deadline passes, its event or signal comes, or it is
+stopped; each activity runs once, also when the runner dies in the middle of parking.
+Two runners, parking after 1 s, a 3 s ack wait; crashes come from the runner's fault hook
+(AK_TEST__FAULTS), and every wait is on a state, a journal record or a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Stack, start_stack, wait_until, write_project
+
+MANIFEST = """\
+version: v1
+project:
+  name: parking
+  triggers:
+{triggers}
+    - name: source
+      webhook: {{}}
+"""
+
+CODE = """\
+import os
+import time
+
+import autokitteh
+
+DIR = os.environ["MARKER_DIR"]
+
+
+@autokitteh.activity
+def effect(sid, name):
+    with open(os.path.join(DIR, f"{sid}.{name}"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return os.getpid()
+
+
+def sleeper(event, session_id):
+    effect(session_id, "a1")
+    time.sleep(5)
+    effect(session_id, "a2")
+    print("done")
+
+
+def long_sleeper(event, session_id):
+    effect(session_id, "a1")
+    time.sleep(3600)
+    effect(session_id, "a2")
+
+
+def event_waiter(event, session_id):
+    sub = autokitteh.subscribe("source", "data.method == 'POST'")
+    effect(session_id, "a1")
+    ev = autokitteh.next_event(sub)
+    effect(session_id, "a2")
+    print("got", ev.body.json["n"])
+
+
+def signal_waiter(event, session_id):
+    effect(session_id, "a1")
+    sig = autokitteh.next_signal("go", timeout=600)
+    effect(session_id, "a2")
+    print("signal", sig.payload)
+
+
+def signaller(event):
+    autokitteh.signal(event.data.body.json["to"], "go", 7)
+
+
+def timed_waiter(event, session_id):
+    sub = autokitteh.subscribe("source", "data.method == 'PUT'")
+    effect(session_id, "a1")
+    print("timed out", autokitteh.next_event(sub, timeout=4) is None)
+    effect(session_id, "a2")
+
+
+def parent(event, session_id):
+    child = autokitteh.start("f.py:child", {})
+    end = autokitteh.next_signal(child, timeout=600)
+    effect(session_id, "a1")
+    print("child said", end.payload)
+
+
+def child(event):
+    time.sleep(4)
+    return "hello"
+
+
+def crash_parked(event, session_id):
+    effect(session_id, "a1")
+    time.sleep(4)
+    effect(session_id, "a2")
+    print("done")
+
+
+def crash_registered(event, session_id):
+    effect(session_id, "a1")
+    time.sleep(4)
+    effect(session_id, "a2")
+    print("done")
+"""
+
+HANDLERS = [
+    "sleeper",
+    "long_sleeper",
+    "event_waiter",
+    "signal_waiter",
+    "signaller",
+    "timed_waiter",
+    "parent",
+    "crash_parked",
+    "crash_registered",
+]
+FAULTS = "crash parked entry=f.py:crash_parked; crash registered entry=f.py:crash_registered"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[str, str], Path]]:
+    home = tmp_path_factory.mktemp("parking")
+    markers = home / "markers"
+    markers.mkdir()
+    settings = {
+        "MARKER_DIR": str(markers),
+        "AK_JOBS__ACK_WAIT": "3",
+        "AK_RUNNER__PARK_AFTER": "1",
+        "AK_TEST__FAULTS": FAULTS,
+    }
+    stack = start_stack(home, settings, ("--runners", "2"))
+    triggers = "".join(
+        f"    - name: {h}\n      call: f.py:{h}\n      webhook: {{}}\n" for h in HANDLERS
+    )
+    proj = write_project(
+        home / "proj", {"autokitteh.yaml": MANIFEST.format(triggers=triggers), "f.py": CODE}
+    )
+    try:
+        yield stack, stack.deploy_paths(proj), markers
+    finally:
+        stack.stop()
+
+
+def _fire(stack: Stack, path: str, body: Any = None) -> str:
+    status, headers, _ = stack.request("POST", path, json.dumps(body or {}).encode())
+    assert status == 202
+    return stack.session_of("parking", headers["autokitteh-event-id"])
+
+
+def _log(stack: Stack, sid: str) -> list[dict[str, Any]]:
+    out = stack.ak("session", "log", sid, "-j", check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _parked(stack: Stack, sid: str, times: int = 1) -> list[dict[str, Any]]:
+    """Waits until the session's journal has ``times`` `parked` records; returns them."""
+    found: list[dict[str, Any]] = []
+
+    def probe() -> bool:
+        found[:] = [e["parked"] for e in _log(stack, sid) if e["type"] == "parked"]
+        return len(found) >= times
+
+    wait_until(probe, f"{sid} parked {times} time(s)\n{stack.output()[-3000:]}", 60)
+    return found
+
+
+def _runners(log: list[dict[str, Any]]) -> list[str]:
+    """The runner of each attempt, in order."""
+    return [
+        e["state"]["running"]["runner"]
+        for e in log
+        if e["type"] == "state" and "running" in e["state"]
+    ]
+
+
+def _runs(markers: Path, sid: str, name: str) -> list[int]:
+    """The worker pids that ran activity ``name`` of session ``sid``, once per run."""
+    path = markers / f"{sid}.{name}"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _state(stack: Stack, sid: str) -> str:
+    return str(json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)["state"])
+
+
+def _prints(stack: Stack, sid: str) -> str:
+    return stack.ak("session", "prints", sid, "-n", check=True).stdout
+
+
+def test_a_sleep_parks_and_resumes_on_the_other_runner(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    """The sleep parks the session (its worker is gone, it stays RUNNING); the runner that
+    parked it is frozen; the other one resumes it after the deadline."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["sleeper"])
+    (parked,) = _parked(stack, sid)
+    assert parked["reason"] == "sleep" and parked["until"], parked
+    (worker,) = _runs(markers, sid, "a1")
+    wait_until(lambda: _gone(worker), f"the parked session's worker {worker} to exit", 30)
+    assert _state(stack, sid) == "RUNNING"
+    (first,) = _runners(_log(stack, sid))
+    pid = int(first.rsplit("-", 1)[1])
+    os.kill(pid, signal.SIGSTOP)  # it takes nothing more: the wake job goes to the other one
+    try:
+        session = stack.wait_session(sid, timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert session["state"] == "COMPLETED", session
+    runners = _runners(_log(stack, sid))
+    assert len(runners) == 2 and runners[1] != first, runners
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert _prints(stack, sid) == "done\n"
+    text = stack.ak("session", "log", sid, check=True).stdout
+    assert "Parked: seq #2, waiting for sleep until " in text, text
+
+
+def test_next_event_parks_and_an_event_wakes_it(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    sid = _fire(stack, paths["event_waiter"])
+    (parked,) = _parked(stack, sid)
+    assert parked["reason"] == "next_event" and not parked["until"], parked
+    (worker,) = _runs(markers, sid, "a1")
+    wait_until(lambda: _gone(worker), f"the parked session's worker {worker} to exit", 30)
+    status, _ = stack.post_json(paths["source"], {"n": 41})
+    assert status == 202
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert _prints(stack, sid) == "got 41\n"
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+
+
+def test_next_signal_parks_and_a_signal_wakes_it(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    sid = _fire(stack, paths["signal_waiter"])
+    (parked,) = _parked(stack, sid)
+    assert parked["reason"] == "next_signal" and parked["until"], parked
+    _fire(stack, paths["signaller"], {"to": sid})
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert _prints(stack, sid) == "signal 7\n"
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+
+
+def test_a_parked_wait_keeps_its_timeout(env: tuple[Stack, dict[str, str], Path]) -> None:
+    """next_event with a 4 s timeout parks, wakes at its deadline, and times out then."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["timed_waiter"])
+    (parked,) = _parked(stack, sid)
+    assert parked["reason"] == "next_event" and parked["until"], parked
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert _prints(stack, sid) == "timed out True\n"
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+
+
+def test_a_parent_parks_until_its_child_ends(env: tuple[Stack, dict[str, str], Path]) -> None:
+    stack, paths, markers = env
+    sid = _fire(stack, paths["parent"])
+    (parked,) = _parked(stack, sid)
+    assert parked["reason"] == "child", parked
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert _prints(stack, sid) == "child said {'completed': True, 'value': 'hello'}\n"
+    assert len(_runs(markers, sid, "a1")) == 1
+
+
+def test_a_parked_session_stops_when_asked(env: tuple[Stack, dict[str, str], Path]) -> None:
+    """A session parked in an hour's sleep ends STOPPED on `ak session stop`, not at its
+    deadline."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["long_sleeper"])
+    _parked(stack, sid)
+    stack.ak("session", "stop", sid, "--reason", "enough", check=True)
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "STOPPED", session
+    assert len(_runs(markers, sid, "a1")) == 1 and not _runs(markers, sid, "a2")
+
+
+@pytest.mark.parametrize("handler", ["crash_parked", "crash_registered"])
+def test_a_runner_dying_while_parking_loses_nothing(
+    env: tuple[Stack, dict[str, str], Path], handler: str
+) -> None:
+    """The runner dies right after the `parked` record (the session not in AK_PARKED yet),
+    or right after putting it there (the job not acked yet): the job comes back, finds the
+    session parked, sees that it is in AK_PARKED and is dropped; the session wakes at its
+    deadline and completes, each activity run once."""
+    stack, paths, markers = env
+    before = stack.output().count("fault injected")
+    sid = _fire(stack, paths[handler])
+    session = stack.wait_session(sid, timeout=90)
+    assert session["state"] == "COMPLETED", session
+    assert stack.output().count("fault injected") > before
+    assert len(_parked(stack, sid)) == 1
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert _prints(stack, sid) == "done\n"
+    # The session ran twice: the attempt that parked (and died), and the one it woke to.
+    assert len(_runners(_log(stack, sid))) == 2
+
+
+def test_no_parking_by_default(tmp_path: Path) -> None:
+    """Without AK_RUNNER__PARK_AFTER a sleeping session keeps its worker (nothing changes)."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    stack = start_stack(tmp_path / "home", {"MARKER_DIR": str(markers)})
+    try:
+        triggers = "    - name: sleeper\n      call: f.py:sleeper\n      webhook: {}\n"
+        proj = write_project(
+            tmp_path / "proj",
+            {"autokitteh.yaml": MANIFEST.format(triggers=triggers), "f.py": CODE},
+        )
+        sid = _fire(stack, stack.deploy_paths(proj)["sleeper"])
+        session = stack.wait_session(sid, timeout=60)
+        assert session["state"] == "COMPLETED", session
+        assert not [e for e in _log(stack, sid) if e["type"] == "parked"]
+        assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    finally:
+        stack.stop()
