@@ -5,6 +5,7 @@ handlers run again in a real worker answered from their journals as the runner a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import pickle
 import shutil
@@ -16,7 +17,7 @@ from unittest import mock
 import pytest
 from ak_runner.session import REPLAY_AHEAD_BYTES, replay_ahead, replayed_reply
 from ak_runner.worker import WorkerProcess
-from akcore import journal, wire
+from akcore import journal, timefmt, wire
 from autokitteh._values import loads
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "journals"
@@ -40,7 +41,7 @@ RECORDED = ["everything.json", "child.json"]
 
 def test_the_fixtures_hold_every_kind_of_record_and_each_parses() -> None:
     kinds = set()
-    for name in RECORDED:
+    for name in [*RECORDED, "parked.json"]:
         for rec in load(name):
             journal.payload(rec)  # its data fits its kind
             kinds.add(journal.kind_of(rec))
@@ -75,6 +76,36 @@ def test_history_of_a_recorded_journal() -> None:
     assert history.last_retry.error.startswith("Unavailable: fault injected")
     assert history.ended is not None and history.ended.state == wire.COMPLETED
     assert history.next_seq == 35
+
+
+def test_history_of_a_parked_journal() -> None:
+    """A session whose sleep parked it, resumed by a second attempt: attempts count from the
+    journal, and those since the parking are what MAX_ATTEMPTS applies to."""
+    records = load("parked.json")
+    upto = [r for r in records if r.seq <= 6]
+    parked = journal.fold(upto)
+    assert parked.parked_at == 6 and parked.last_parked is not None
+    assert parked.last_parked[1] == parked.parked[2]
+    assert parked.parked[2].reason == "sleep" and parked.parked[2].deadline_us
+    assert parked.attempts == 1 and parked.started_since_park == 0
+    whole = journal.fold(records)
+    assert whole.parked_at == 0 and whole.attempts == 2 and whole.started_since_park == 1
+    assert whole.last_started is not None and whole.last_started.attempt == 2
+    assert whole.ended is not None and whole.ended.state == wire.COMPLETED
+
+
+def test_a_far_sleep_is_not_replayed_ahead_when_sessions_park() -> None:
+    """With parking on, a recorded sleep that has long to go is asked for, so that the
+    runner knows the worker sleeps in it (and may park it again); one that is over is not."""
+    history = journal.fold([r for r in load("parked.json") if r.seq <= 6])
+    assert set(replay_ahead(history)) == {1, 2}
+    assert set(replay_ahead(history, park_after=1.0)) == {1, 2}  # its deadline has passed
+    sleep = history.steps[2]
+    assert isinstance(sleep, journal.Sleep)
+    far = dataclasses.replace(sleep, deadline_us=timefmt.now_us() + 3_600_000_000)
+    history.steps[2] = far
+    assert set(replay_ahead(history)) == {1, 2}
+    assert set(replay_ahead(history, park_after=1.0)) == {1}
 
 
 def test_replay_rules() -> None:
