@@ -1,6 +1,7 @@
 """Runs every benchmark against a fresh `ak up --mode dev` stack and writes
 docs/benchmarks.md.  Usage: ``python -m bench [--runs 3] [--duration 20] [--only NAME...]``;
 ``python -m bench --peers [--only ours restate temporal dbos]``: see bench/peers.py.
+``python -m bench parked [N]``: memory with N sessions parked in a durable sleep (printed).
 """
 
 from __future__ import annotations
@@ -322,6 +323,54 @@ def bench_memory(stack: Stack, paths: dict[str, str], n: int = 50) -> Result:
     }
 
 
+def _service_kib(stack: Stack, service: str) -> int:
+    return sum(_pss_kib(pid) for pid in stack.pids(service))
+
+
+def bench_parked(n: int) -> Result:
+    """``python -m bench parked [N]``: N sessions in an hour's durable sleep on one runner
+    with parking on (AK_RUNNER__PARK_AFTER=1): the memory of the runner (PSS, workers
+    included) and of the dispatcher (its waker holds the parked sessions) before and once
+    every one has parked. A stack of its own (parking is off in the other benchmarks)."""
+    home = Path(tempfile.mkdtemp(prefix="ak-bench-parked-"))
+    env = {"AK_RUNNER__PARK_AFTER": "1", "AK_JOBS__ACK_WAIT": "5", "AK_LOG_LEVEL": "INFO"}
+    stack = start_stack(home, env)
+    os.environ["AK_HTTP__SERVICE_URL"] = stack.url
+    os.environ["AK_TOKEN"] = stack.token
+    try:
+        paths = stack.deploy_paths(PROJECT)
+        time.sleep(2)
+        runner0, dispatcher0 = _runner_kib(stack), _service_kib(stack, "dispatcher")
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: fire(stack, paths["waits"], {}), range(n)))
+        fired = time.monotonic() - t0
+        deadline = time.monotonic() + 60 + n * 0.2
+        peak = 0
+        while (parked := stack.output().count(": parked in step ")) < n:
+            peak = max(peak, _runner_kib(stack))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{parked} of {n} sessions parked in time")
+            time.sleep(1.0)
+        all_parked = time.monotonic() - t0
+        time.sleep(3)  # killed workers reaped, spare ones back
+        runner1, dispatcher1 = _runner_kib(stack), _service_kib(stack, "dispatcher")
+    finally:
+        stack.stop()
+    return {
+        "sessions": float(n),
+        "fired in (s)": fired,
+        "all parked after (s)": all_parked,
+        "runner before (MiB)": runner0 / 1024,
+        "runner at its peak while parking (MiB)": peak / 1024,
+        "runner with all parked (MiB)": runner1 / 1024,
+        "runner per parked session (KiB)": (runner1 - runner0) / n,
+        "dispatcher before (MiB)": dispatcher0 / 1024,
+        "dispatcher with all parked (MiB)": dispatcher1 / 1024,
+        "dispatcher per parked session (KiB)": (dispatcher1 - dispatcher0) / n,
+    }
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[..., Result]]] = {
     "activity": ("Activity overhead (1,000 trivial activities)", bench_activity),
     "sealing": ("Sealing a journal record (per activity, in one process)", bench_sealing),
@@ -359,6 +408,11 @@ def main() -> None:
         from bench import peers
 
         peers.main([a for a in sys.argv[1:] if a != "--peers"])
+        return
+    if sys.argv[1:2] == ["parked"]:  # written to docs/benchmarks-notes.md by hand
+        n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+        r = bench_parked(n)
+        print("parked: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
         return
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--runs", type=int, default=3)

@@ -66,7 +66,10 @@ class Inbox:
         self._sub: JetStreamContext.PushSubscription | None = None
         self._starting: asyncio.Task[None] | None = None
         self._closed = False
-        self.last_seq = 0  # the last stream sequence read (parking records it)
+        # Parking records these: the last stream sequence read, and the last one a waiting
+        # ``take`` had looked at (messages after it may be what the wait waits for).
+        self.last_seq = 0
+        self.examined_seq = 0
 
     @property
     def reading(self) -> bool:
@@ -146,6 +149,7 @@ class Inbox:
                         self.consumed.add(seq)
                         return seq, item
             self._changed.clear()
+            self.examined_seq = self.last_seq  # every message read so far was looked at
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return None

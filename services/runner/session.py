@@ -476,7 +476,11 @@ class SessionRun:
         (ak_runner.service), the order being what makes that safe."""
         job, parking = self.job, self.host.parking
         assert parking is not None
-        rec = dataclasses.replace(wait, inbox_seq=self.inbox.last_seq)
+        # A message past these wakes it: for a sleep, one it has not read; for a wait for a
+        # message, one the wait has not looked at (it may be the one it waits for).
+        inbox = self.inbox
+        seen = inbox.last_seq if wait.reason == "sleep" else inbox.examined_seq
+        rec = dataclasses.replace(wait, inbox_seq=seen)
         seq = self.writer.seq  # the number the `parked` record takes
         await self.journal(rec)  # fenced, like every record
         self._fault("parked")
