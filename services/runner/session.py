@@ -424,8 +424,8 @@ class SessionRun:
         finally:
             self.host.memory.unwatch(worker.uid)
             self._disarm()
-        for t in (stop, lost, timer):
-            t.cancel()
+            for t in (stop, lost, timer):
+                t.cancel()
         if talk.done():
             talk.result()
             return

@@ -199,28 +199,16 @@ def _prints(stack: Stack, sid: str) -> str:
     return stack.ak("session", "prints", sid, "-n", check=True).stdout
 
 
-def test_a_sleep_parks_and_resumes_on_the_other_runner(
+def test_a_sleep_parks_and_resumes_after_its_deadline(
     env: tuple[Stack, dict[str, str], Path],
 ) -> None:
-    """The sleep parks the session (its worker is gone, it stays RUNNING); the runner that
-    parked it is frozen; the other one resumes it after the deadline."""
     stack, paths, markers = env
     sid = _fire(stack, paths["sleeper"])
     (parked,) = _parked(stack, sid)
     assert parked["reason"] == "sleep" and parked["until"], parked
-    (worker,) = _runs(markers, sid, "a1")
-    wait_until(lambda: _gone(worker), f"the parked session's worker {worker} to exit", 30)
-    assert _state(stack, sid) == "RUNNING"
-    (first,) = _runners(_log(stack, sid))
-    pid = int(first.rsplit("-", 1)[1])
-    os.kill(pid, signal.SIGSTOP)  # it takes nothing more: the wake job goes to the other one
-    try:
-        session = stack.wait_session(sid, timeout=60)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
-    runners = _runners(_log(stack, sid))
-    assert len(runners) == 2 and runners[1] != first, runners
+    assert len(_runners(_log(stack, sid))) == 2  # the one that parked, the one that resumed
     assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
     assert _prints(stack, sid) == "done\n"
     text = stack.ak("session", "log", sid, check=True).stdout
@@ -232,8 +220,6 @@ def test_next_event_parks_and_an_event_wakes_it(env: tuple[Stack, dict[str, str]
     sid = _fire(stack, paths["event_waiter"])
     (parked,) = _parked(stack, sid)
     assert parked["reason"] == "next_event" and not parked["until"], parked
-    (worker,) = _runs(markers, sid, "a1")
-    wait_until(lambda: _gone(worker), f"the parked session's worker {worker} to exit", 30)
     status, _ = stack.post_json(paths["source"], {"n": 41})
     assert status == 202
     session = stack.wait_session(sid, timeout=60)
@@ -242,14 +228,29 @@ def test_next_event_parks_and_an_event_wakes_it(env: tuple[Stack, dict[str, str]
     assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
 
 
-def test_next_signal_parks_and_a_signal_wakes_it(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_a_signal_wakes_a_parked_session_on_the_other_runner(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    """next_signal parks the session: its worker is gone and it stays RUNNING. The runner
+    that parked it is frozen; the signal wakes it and the other runner resumes it."""
     stack, paths, markers = env
     sid = _fire(stack, paths["signal_waiter"])
     (parked,) = _parked(stack, sid)
     assert parked["reason"] == "next_signal" and parked["until"], parked
-    _fire(stack, paths["signaller"], {"to": sid})
-    session = stack.wait_session(sid, timeout=60)
+    (worker,) = _runs(markers, sid, "a1")
+    wait_until(lambda: _gone(worker), f"the parked session's worker {worker} to exit", 30)
+    assert _state(stack, sid) == "RUNNING"
+    (first,) = _runners(_log(stack, sid))
+    pid = int(first.rsplit("-", 1)[1])
+    os.kill(pid, signal.SIGSTOP)  # it takes nothing more: the wake job goes to the other one
+    try:
+        _fire(stack, paths["signaller"], {"to": sid})
+        session = stack.wait_session(sid, timeout=90)
+    finally:
+        os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
+    runners = _runners(_log(stack, sid))
+    assert len(runners) == 2 and runners[1] != first, runners
     assert _prints(stack, sid) == "signal 7\n"
     assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
 
@@ -283,6 +284,9 @@ def test_a_parked_session_stops_when_asked(env: tuple[Stack, dict[str, str], Pat
     stack, paths, markers = env
     sid = _fire(stack, paths["long_sleeper"])
     _parked(stack, sid)
+    (worker,) = _runs(markers, sid, "a1")
+    wait_until(lambda: _gone(worker), f"the parked session's worker {worker} to exit", 30)
+    assert _state(stack, sid) == "RUNNING"
     stack.ak("session", "stop", sid, "--reason", "enough", check=True)
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "STOPPED", session
