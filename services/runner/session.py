@@ -254,6 +254,9 @@ class SessionRun:
         except JournalFull as e:
             return await self.fail(f"error: {e}")
         except Exception as e:
+            if self.parked:  # (cleaning up after it): its job is acked, it must not end
+                log.warning("session %s: parked; then: %r", self.job.session_id, e)
+                return Outcome.PARKED
             if may_pass(e):  # NATS or the store away: another attempt, with replay
                 return await self._retry(e)
             # A bug of ours: it would happen again, so do not loop.
