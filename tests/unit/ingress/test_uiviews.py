@@ -51,8 +51,8 @@ def test_journal_rows_say_what_happened() -> None:
         {"seq": 6, "kind": "signal", "t_us": 1, "data": {"step": 2, "args": {"name": "go"}}}
     )
     assert call.summary == "#2 signal(name='go')"
-    parked = {"seq": 7, "kind": "parked", "t_us": 1,
-              "data": {"step": 3, "reason": "sleep", "deadline_us": 1_796_000_000_000_000}}  # fmt: skip
+    data = {"step": 3, "reason": "sleep", "deadline_us": 1_796_000_000_000_000}
+    parked = {"seq": 7, "kind": "parked", "t_us": 1, "data": data}
     assert uiviews.journal_row(parked).summary == (
         "#3 parked until 2026-11-30T00:53:20Z, waiting for sleep"
     )
