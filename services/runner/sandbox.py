@@ -169,12 +169,18 @@ class UserIds:
         except asyncio.CancelledError:
             locking.add_done_callback(self._release_abandoned)
             raise
+        clearing = asyncio.ensure_future(asyncio.to_thread(_clear, uid))
         try:
-            await asyncio.to_thread(_clear, uid)
-        except BaseException:
-            self._release(uid)
+            await asyncio.shield(clearing)
+        except BaseException:  # freed once the clear is over (it may kill what it finds)
+            clearing.add_done_callback(lambda done: self._release_cleared(uid, done))
             raise
         return uid
+
+    def _release_cleared(self, uid: int, clearing: asyncio.Future[None]) -> None:
+        if not clearing.cancelled() and clearing.exception() is not None:
+            log.warning("user %d: clearing it failed: %s", uid, clearing.exception())
+        self._release(uid)
 
     def _release_abandoned(self, locking: asyncio.Future[int]) -> None:
         if not locking.cancelled() and locking.exception() is None:

@@ -75,16 +75,18 @@ def _pipe(parent_reads: bool) -> tuple[int, BinaryIO]:
     return r, os.fdopen(w, "wb", buffering=0)
 
 
-async def _read_stream(pipe: BinaryIO) -> asyncio.StreamReader:
+async def _read_stream(pipe: BinaryIO) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """A stream over the pipe, and its transport (closing it is how to let go of the pipe:
+    the loop stops watching the descriptor before it is closed)."""
     reader = asyncio.StreamReader(limit=2**26)
     try:
-        await asyncio.get_running_loop().connect_read_pipe(
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), pipe
         )
     except BaseException:
         pipe.close()
         raise
-    return reader
+    return reader, transport
 
 
 async def _frame_streams(
@@ -92,12 +94,16 @@ async def _frame_streams(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     try:
-        reader = await _read_stream(from_child)
+        reader, reading = await _read_stream(from_child)
+    except BaseException:
+        to_child.close()
+        raise
+    try:
         transport, protocol = await loop.connect_write_pipe(
             asyncio.streams.FlowControlMixin, to_child
         )
     except BaseException:
-        from_child.close()
+        reading.close()
         to_child.close()
         raise
     return reader, asyncio.StreamWriter(transport, protocol, None, loop)
@@ -359,7 +365,6 @@ class WorkerProcess:
         err_w, err = _pipe(parent_reads=True)
         try:
             pid = await server.fork(code_dir, [to_child_r, from_child_w, err_w], uid)
-            proc = ForkedProcess(pid, await _read_stream(err), server)
         except BaseException:
             for pipe in (to_child, from_child, err):
                 pipe.close()
@@ -367,7 +372,23 @@ class WorkerProcess:
         finally:
             for fd in (to_child_r, from_child_w, err_w):
                 os.close(fd)
-        return cls(proc, *await _frame_streams(from_child, to_child), uid)
+        proc: ForkedProcess | None = None
+        try:
+            stderr, reading = await _read_stream(err)
+            try:
+                proc = ForkedProcess(pid, stderr, server)
+            except BaseException:
+                reading.close()
+                raise
+            return cls(proc, *await _frame_streams(from_child, to_child), uid)
+        except BaseException:  # nothing will talk to it: it must not run on
+            if proc is not None:
+                proc.kill()
+            else:
+                _kill_forked(pid)
+            to_child.close()
+            from_child.close()
+            raise
 
     async def _forward_stderr(self) -> None:
         assert self.proc.stderr is not None

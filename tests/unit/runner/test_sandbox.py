@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ak_runner import sandbox
 from ak_runner.sandbox import (
     UserIds,
     as_user,
@@ -94,6 +95,36 @@ async def test_a_taker_cancelled_while_an_id_is_locked_leaves_none_held(tmp_path
             assert time.monotonic() < deadline, "the cancelled take kept the id"
             await asyncio.sleep(0.02)
     assert not ids._held
+
+
+async def test_an_id_is_not_handed_out_while_a_cancelled_take_still_clears_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clear (killing the id's processes, removing its files) goes on in its thread after
+    its taker is cancelled: the id stays held until it is done, or a worker given it
+    meanwhile would be killed by it."""
+    ids = UserIds(5000, 5000, tmp_path)
+    clearing, finish = threading.Event(), threading.Event()
+
+    def held_up(uid: int) -> None:
+        clearing.set()
+        finish.wait(10)
+
+    monkeypatch.setattr(sandbox, "_clear", held_up)
+    taking = asyncio.create_task(ids.take())
+    assert await asyncio.to_thread(clearing.wait, 10)
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    other = UserIds(5000, 5000, tmp_path)  # another runner of the machine
+    with pytest.raises(OSError, match="all 1 worker user ids are in use"):
+        other._lock_one()
+    finish.set()
+    deadline = time.monotonic() + 10
+    while ids._held:  # freed once the clear is over
+        assert time.monotonic() < deadline, "the id stayed held after its clear"
+        await asyncio.sleep(0.02)
+    assert other._lock_one() == 5000
 
 
 @root_only
