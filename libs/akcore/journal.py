@@ -223,7 +223,7 @@ class History:
     last_started: Started | None = None
     last_retry: Retry | None = None
     subscribed: bool = False  # an attempt subscribed to events
-    last_kind: str = ""  # the kind of the last record
+    last_kind: str = ""  # the kind of the last record but `retry` records
     last_parked: tuple[int, Parked] | None = None  # the last `parked` record and its seq
     parked: dict[int, Parked] = field(default_factory=dict)  # by step: the last of each
     started_since_park: int = 0  # `started` records after the last `parked` one
@@ -235,7 +235,8 @@ class History:
     def add(self, seq: int, p: Payload) -> None:
         """Folds one more record (records come in journal order)."""
         self.next_seq = max(self.next_seq, seq + 1)
-        self.last_kind = p.function if isinstance(p, Syscall) else _KINDS[type(p)]
+        if not isinstance(p, Retry):  # (a retry written after a park leaves it parked)
+            self.last_kind = p.function if isinstance(p, Syscall) else _KINDS[type(p)]
         if isinstance(p, (Activity, Sleep, Syscall)):
             self.steps[p.step] = p
             if isinstance(p, Syscall):

@@ -26,8 +26,10 @@ class Parking:
         return self._kv
 
     async def register(self, session_id: str, entry: Entry) -> None:
-        """Puts the entry: from now on a waker wakes the session."""
-        await (await self.bucket()).put(session_id, entry.encode())
+        """Puts the entry: from now on a waker wakes the session. Never over the entry of
+        a later parking (a runner that froze while parking, thawed after the session had
+        been woken and parked again, would leave the later parking with no entry)."""
+        await self.ensure(session_id, entry)
 
     async def ensure(self, session_id: str, entry: Entry) -> None:
         """Puts the entry unless the session has one (its parking attempt may have put it

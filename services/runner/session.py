@@ -174,6 +174,7 @@ class SessionRun:
         self._park = asyncio.Event()
         self._park_timer: asyncio.TimerHandle | None = None
         self.parked = False
+        self.park_journaled = False  # its `parked` record is written (see _park_now)
 
     # --- the journal
 
@@ -268,8 +269,8 @@ class SessionRun:
         log.warning(
             "session %s: attempt %d stops, will retry: %s", self.job.session_id, self.attempt, why
         )
-        if self.ended:  # nothing goes after the end: the next delivery finishes what follows
-            return Outcome.RETRY
+        if self.ended or self.park_journaled:  # nothing goes after the end or the `parked`
+            return Outcome.RETRY  # record: the next delivery finishes what follows
         try:
             await self.journal(journal.Retry(attempt=self.attempt, error=why))
         except Fenced:
@@ -486,10 +487,13 @@ class SessionRun:
         rec = dataclasses.replace(wait, inbox_seq=seen)
         seq = self.writer.seq  # the number the `parked` record takes
         await self.journal(rec)  # fenced, like every record
+        self.park_journaled = True  # nothing more is journaled by this attempt
         self._fault("parked")
         trace = self.history.traceparent or (self.lease.msg.headers or {}).get(
             subjects.HDR_TRACEPARENT, ""
         )
+        if not self.lease.valid():  # frozen meanwhile: another runner has taken it on
+            raise Fenced(f"it lost its job while parking ({self.lease.lost_because})")
         await parking.register(job.session_id, parked_entry(job, seq, rec, trace))
         self._fault("registered")
         self.lease.beating = False
