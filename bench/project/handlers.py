@@ -1,4 +1,4 @@
-"""Handlers the benchmarks run (see bench/README.md)."""
+"""Handlers the benchmarks run (see docs/benchmarks.md, "How to run")."""
 
 import json
 import os
