@@ -1,7 +1,8 @@
 """Parking (AK_RUNNER__PARK_AFTER): a session that waits gives up its worker and its job,
 and resumes by replay when its deadline passes, its event or signal comes, or it is
 stopped; each activity runs once, also when the runner dies in the middle of parking.
-Two runners, parking after 1 s, a 3 s ack wait; crashes come from the runner's fault hook
+Two runners and two dispatchers (two wakers), parking after 1 s, a 3 s ack wait; crashes,
+NATS failures and freezes come from the runner's fault hook
 (AK_TEST__FAULTS), and every wait is on a state, a journal record or a file."""
 
 from __future__ import annotations
@@ -94,18 +95,36 @@ def child(event):
     return "hello"
 
 
-def crash_parked(event, session_id):
+def parks_once(session_id):
     effect(session_id, "a1")
     time.sleep(4)
     effect(session_id, "a2")
     print("done")
+
+
+# The same handler under the names the fault hook picks its sessions by.
+def crash_parked(event, session_id):
+    parks_once(session_id)
 
 
 def crash_registered(event, session_id):
+    parks_once(session_id)
+
+
+def away_parked(event, session_id):
+    parks_once(session_id)
+
+
+def away_registered(event, session_id):
+    parks_once(session_id)
+
+
+def stale_register(event, session_id):
     effect(session_id, "a1")
     time.sleep(4)
     effect(session_id, "a2")
-    print("done")
+    time.sleep(3600)
+    effect(session_id, "a3")
 """
 
 HANDLERS = [
@@ -118,8 +137,21 @@ HANDLERS = [
     "parent",
     "crash_parked",
     "crash_registered",
+    "away_parked",
+    "away_registered",
+    "stale_register",
 ]
-FAULTS = "crash parked entry=f.py:crash_parked; crash registered entry=f.py:crash_registered"
+FAULTS = "; ".join(
+    [
+        "crash parked entry=f.py:crash_parked",
+        "crash registered entry=f.py:crash_registered",
+        # NATS away for a moment right after the `parked` record, or right after the put
+        "unavailable parked entry=f.py:away_parked",
+        "unavailable registered entry=f.py:away_registered",
+        # the runner's loop frozen right after the `parked` record (a SIGSTOP, a long GC)
+        "stall=25 parked entry=f.py:stale_register",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +165,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[
         "AK_RUNNER__PARK_AFTER": "1",
         "AK_TEST__FAULTS": FAULTS,
     }
-    stack = start_stack(home, settings, ("--runners", "2"))
+    stack = start_stack(home, settings, ("--runners", "2", "--dispatchers", "2"))  # two wakers
     triggers = "".join(
         f"    - name: {h}\n      call: f.py:{h}\n      webhook: {{}}\n" for h in HANDLERS
     )
@@ -312,6 +344,45 @@ def test_a_runner_dying_while_parking_loses_nothing(
     assert _prints(stack, sid) == "done\n"
     # The session ran twice: the attempt that parked (and died), and the one it woke to.
     assert len(_runners(_log(stack, sid))) == 2
+
+
+@pytest.mark.parametrize("handler", ["away_parked", "away_registered"])
+def test_a_park_that_fails_for_a_moment_loses_nothing(
+    env: tuple[Stack, dict[str, str], Path], handler: str
+) -> None:
+    """NATS (or the KV bucket) away for a moment right after the `parked` record (before
+    the AK_PARKED put) or right after the put (before the ack): the attempt journals nothing
+    after its `parked` record and naks its job; the session resumes and completes, each
+    activity once (a `retry` record written after the `parked` one made every later job of
+    the session look stale: it stayed RUNNING for ever)."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths[handler])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+
+
+def test_a_runner_thawing_mid_park_does_not_unpark_a_later_parking(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    """Runner A parks the session (record s1) and freezes before its AK_PARKED put. Its job
+    goes to runner B, which finds the journal parked and puts the entry itself; a waker
+    wakes the session at its deadline, B resumes it and it parks again (record s2, an hour's
+    sleep). Then A thaws: it must not put its s1 entry over the s2 one (a waker would wake
+    s1, a duplicate wake job JetStream drops, and delete the entry: the session would stay
+    RUNNING, for an hour or for ever). The session still stops when asked."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["stale_register"])
+    _parked(stack, sid, times=2)
+    wait_until(
+        lambda: f"session {sid}: attempt 1 stops: it lost its job while parking" in stack.output(),
+        "the frozen runner thawed",
+        60,
+    )
+    stack.ak("session", "stop", sid, "--reason", "enough", check=True)
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "STOPPED", session
+    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
 
 
 def test_no_parking_by_default(tmp_path: Path) -> None:
