@@ -24,13 +24,8 @@ from tests.helpers import Stack, start_stack, write_project
 KEY = "k3y0123456789abcdefghijklm"  # the connection's webhook path
 SECRET = "whsec-test-1"  # the webhook secret set in GitHub and in the connection
 
-MANIFEST = """\
-version: v1
-project:
-  name: ghproj
-  vars:
-    - name: FAKE_API
-      value: {api}
+# A GitHub connection in PAT mode (the manifests below format in its key and secret).
+PAT_CONNECTION = """\
   connections:
     - name: gh
       integration: github
@@ -45,6 +40,19 @@ project:
         - name: pat_secret
           value: {secret}
           secret: true
+"""
+
+MANIFEST = (
+    """\
+version: v1
+project:
+  name: ghproj
+  vars:
+    - name: FAKE_API
+      value: {api}
+"""
+    + PAT_CONNECTION
+    + """\
   triggers:
     - name: on_comment
       connection: gh
@@ -59,6 +67,7 @@ project:
       webhook: {{}}
       call: h.py:wait_for_push
 """
+)
 
 CODE = """\
 import os
@@ -347,30 +356,21 @@ def test_ak_connection_init_sets_a_mode_without_echoing_secrets(
     )
 
 
-PAT_MANIFEST = """\
+PAT_MANIFEST = (
+    """\
 version: v1
 project:
   name: {name}
-  connections:
-    - name: gh
-      integration: github
-      vars:
-        - name: auth_type
-          value: pat
-        - name: pat
-          value: ghp_fake_pat
-          secret: true
-        - name: pat_key
-          value: {key}
-        - name: pat_secret
-          value: {secret}
-          secret: true
+"""
+    + PAT_CONNECTION
+    + """\
   triggers:
     - name: on_push
       connection: gh
       event_type: push
       call: h.py:on_push
 """
+)
 PUSH_CODE = "def on_push(event):\n    print('pushed', event.data.ref)\n"
 
 
