@@ -10,36 +10,17 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import Stack, start_stack, write_project
+from tests.e2e.faultproject import EFFECT, Env, fault_env, fire, gone, journal_log, runs
+from tests.helpers import Stack
 
-MANIFEST = """\
-version: v1
-project:
-  name: fenced
-  triggers:
-{triggers}
-"""
-
-CODE = """\
-import os
-import time
-
-import autokitteh
+CODE = (
+    EFFECT
+    + """
 import autokitteh._runtime
-
-DIR = os.environ["MARKER_DIR"]
-
-
-@autokitteh.activity
-def effect(sid, name):
-    with open(os.path.join(DIR, f"{sid}.{name}"), "a") as f:
-        f.write(f"{os.getpid()}\\n")
-    return os.getpid()
 
 
 def frozen(event, session_id):
@@ -126,6 +107,7 @@ def flood(event):
 def plain(event):
     print("fine")
 """
+)
 
 HANDLERS = [
     "frozen",
@@ -153,39 +135,18 @@ FAULTS = (
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[str, str], Path]]:
-    home = tmp_path_factory.mktemp("fencing")
-    markers = home / "markers"
-    markers.mkdir()
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     settings = {
-        "MARKER_DIR": str(markers),
         "AK_JOBS__ACK_WAIT": "3",
         "AK_JOBS__MAX_ATTEMPTS": "3",
         "AK_RUNNER__JOURNAL_MAX_RECORDS": "100",
         "AK_TEST__FAULTS": FAULTS,
     }
-    stack = start_stack(home, settings, ("--runners", "2"))
-    triggers = "".join(
-        f"    - name: {h}\n      call: f.py:{h}\n      webhook: {{}}\n" for h in HANDLERS
-    )
-    proj = write_project(
-        home / "proj", {"autokitteh.yaml": MANIFEST.format(triggers=triggers), "f.py": CODE}
-    )
-    try:
-        yield stack, stack.deploy_paths(proj), markers
-    finally:
-        stack.stop()
+    yield from fault_env(tmp_path_factory, "fenced", CODE, HANDLERS, settings, ("--runners", "2"))
 
 
-def _fire(stack: Stack, path: str) -> str:
-    status, headers, _ = stack.request("POST", path, b"{}")
-    assert status == 202
-    return stack.session_of("fenced", headers["autokitteh-event-id"])
-
-
-def _log(stack: Stack, sid: str) -> list[dict[str, Any]]:
-    out = stack.ak("session", "log", sid, "-j", check=True).stdout
-    return [json.loads(line) for line in out.splitlines()]
+def _fire(stack: Stack, path: str, body: Any = None) -> str:
+    return fire(stack, "fenced", path, body)
 
 
 def _attempts(log: list[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -205,19 +166,6 @@ def _wait(what: str, check: Any, stack: Stack, timeout: float = 60) -> Any:
     return found
 
 
-def _runs(markers: Path, sid: str, name: str) -> list[int]:
-    """The worker pids that ran activity ``name`` of session ``sid``, once per run."""
-    path = markers / f"{sid}.{name}"
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 def _fenced_off(stack: Stack, sid: str, worker: int) -> None:
     """Waits until attempt 1 of ``sid`` stopped itself and its worker ``worker`` is gone."""
     _wait(
@@ -225,7 +173,7 @@ def _fenced_off(stack: Stack, sid: str, worker: int) -> None:
         lambda: f"session {sid}: attempt 1 stops" in stack.output(),
         stack,
     )
-    _wait(f"worker {worker} of the fenced attempt is still alive", lambda: _gone(worker), stack)
+    _wait(f"worker {worker} of the fenced attempt is still alive", lambda: gone(worker), stack)
 
 
 def _history(log: list[dict[str, Any]]) -> list[str]:
@@ -242,16 +190,16 @@ def _history(log: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def test_a_frozen_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_a_frozen_runner_is_fenced_off(env: Env) -> None:
     """SIGSTOP of the runner during a durable sleep: the other runner finishes the session;
     when the frozen one wakes up, its worker (woken from the sleep, waiting for the go-ahead
     of the next activity) is killed and nothing it does reaches the journal."""
     stack, paths, markers = env
     sid = _fire(stack, paths["frozen"])
-    _wait("the sleep never started", lambda: "sleep" in _history(_log(stack, sid)), stack)
-    ((_, runner),) = _attempts(_log(stack, sid))
+    _wait("the sleep never started", lambda: "sleep" in _history(journal_log(stack, sid)), stack)
+    ((_, runner),) = _attempts(journal_log(stack, sid))
     pid = int(runner.rsplit("-", 1)[1])
-    worker = _runs(markers, sid, "a1")[0]
+    worker = runs(markers, sid, "a1")[0]
     os.kill(pid, signal.SIGSTOP)
     try:
         session = stack.wait_session(sid, timeout=60)
@@ -259,8 +207,8 @@ def test_a_frozen_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) 
         os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
     _fenced_off(stack, sid, worker)
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
-    log = _log(stack, sid)
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
+    log = journal_log(stack, sid)
     assert [a for a, _ in _attempts(log)] == [1, 2]
     assert _attempts(log)[1][1] != runner  # the other runner
     assert _history(log) == [
@@ -280,7 +228,7 @@ def test_a_frozen_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) 
 
 
 def test_a_runner_frozen_mid_activity_is_fenced_off(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     """SIGSTOP of the runner while its worker runs an activity: the other runner replays
     what was journaled and runs that activity again (it had no record: at-least-once for an
@@ -288,14 +236,14 @@ def test_a_runner_frozen_mid_activity_is_fenced_off(
     thaws, and its worker killed. Finished activities ran once."""
     stack, paths, markers = env
     sid = _fire(stack, paths["mid_activity"])
-    _wait("the activity never started", lambda: len(_runs(markers, sid, "held")) == 1, stack)
-    ((_, runner),) = _attempts(_log(stack, sid))
+    _wait("the activity never started", lambda: len(runs(markers, sid, "held")) == 1, stack)
+    ((_, runner),) = _attempts(journal_log(stack, sid))
     pid = int(runner.rsplit("-", 1)[1])
     os.kill(pid, signal.SIGSTOP)
     try:
         _wait(
             "no other attempt ran the activity",
-            lambda: len(_runs(markers, sid, "held")) == 2,
+            lambda: len(runs(markers, sid, "held")) == 2,
             stack,
         )
         (markers / f"{sid}.release").touch()  # both workers' activities finish now
@@ -303,10 +251,10 @@ def test_a_runner_frozen_mid_activity_is_fenced_off(
     finally:
         os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
-    first = _runs(markers, sid, "held")[0]
+    first = runs(markers, sid, "held")[0]
     _fenced_off(stack, sid, first)
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
-    log = _log(stack, sid)
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
+    log = journal_log(stack, sid)
     assert _history(log) == [
         "created",
         "running:1",
@@ -320,7 +268,7 @@ def test_a_runner_frozen_mid_activity_is_fenced_off(
     assert stack.ak("session", "prints", sid, "-n", check=True).stdout == "released\n"
 
 
-def test_a_stalled_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_a_stalled_runner_is_fenced_off(env: Env) -> None:
     """The runner's event loop blocks for 8 s right after journaling step 1 (the fault
     hook): its job goes to the other runner, which finishes the session; the stalled
     attempt's next step is refused and its worker killed. Each activity ran once."""
@@ -328,10 +276,10 @@ def test_a_stalled_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path])
     sid = _fire(stack, paths["stalled"])
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
-    worker = _runs(markers, sid, "a1")[0]
+    worker = runs(markers, sid, "a1")[0]
     _fenced_off(stack, sid, worker)
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
-    log = _log(stack, sid)
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
+    log = journal_log(stack, sid)
     assert [a for a, _ in _attempts(log)] == [1, 2]
     assert _history(log) == [
         "created",
@@ -346,7 +294,7 @@ def test_a_stalled_runner_is_fenced_off(env: tuple[Stack, dict[str, str], Path])
 
 
 def test_a_runner_that_cannot_heartbeat_stops_its_attempt(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     stack, paths, markers = env
     sid = _fire(stack, paths["no_beats"])
@@ -355,12 +303,12 @@ def test_a_runner_that_cannot_heartbeat_stops_its_attempt(
     out = stack.output()
     assert f"session {sid}: attempt 1 stops: " in out
     assert "no heartbeat confirmed" in out
-    assert [a for a, _ in _attempts(_log(stack, sid))] == [1, 2]
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert [a for a, _ in _attempts(journal_log(stack, sid))] == [1, 2]
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
 def test_a_session_whose_runner_dies_every_time_gives_up(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     stack, paths, markers = env
     sid = _fire(stack, paths["crashes"])
@@ -370,13 +318,13 @@ def test_a_session_whose_runner_dies_every_time_gives_up(
         "error: the session did not finish in 3 attempts and is not tried again "
         "(AK_JOBS__MAX_ATTEMPTS is 3). Each time, the runner running it stopped"
     ), session["error"]
-    assert _runs(markers, sid, "a1") == []  # the runner died before the activity, each time
-    assert [a for a, _ in _attempts(_log(stack, sid))] == [1, 2, 3]
+    assert runs(markers, sid, "a1") == []  # the runner died before the activity, each time
+    assert [a for a, _ in _attempts(journal_log(stack, sid))] == [1, 2, 3]
     _still_serving(stack, paths)
 
 
 def test_a_failure_that_may_pass_is_retried_with_replay(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     """The store or NATS away mid-session (the fault hook): the attempt is journaled as a
     retry and the job naked; the next attempt replays what was done and finishes."""
@@ -384,15 +332,15 @@ def test_a_failure_that_may_pass_is_retried_with_replay(
     sid = _fire(stack, paths["flaky"])
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
-    log = _log(stack, sid)
+    log = journal_log(stack, sid)
     (retry,) = [e["retry"] for e in log if e["type"] == "retry"]
     assert retry == {"attempt": 1, "error": "Unavailable: fault injected at step of step 2"}
     assert [a for a, _ in _attempts(log)] == [1, 2]
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
 def test_a_failure_that_keeps_coming_back_gives_up_with_it(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     stack, paths, _ = env
     sid = _fire(stack, paths["always_flaky"])
@@ -405,7 +353,7 @@ def test_a_failure_that_keeps_coming_back_gives_up_with_it(
     )
 
 
-def test_a_malformed_frame_ends_its_session(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_a_malformed_frame_ends_its_session(env: Env) -> None:
     stack, paths, _ = env
     sid = _fire(stack, paths["malformed"])
     session = stack.wait_session(sid, timeout=60)
@@ -414,12 +362,12 @@ def test_a_malformed_frame_ends_its_session(env: tuple[Stack, dict[str, str], Pa
         "error: the worker process sent a malformed message (activity frame: step is "
         "missing); the session was ended so that it does not repeat it"
     )
-    assert [a for a, _ in _attempts(_log(stack, sid))] == [1]  # not retried
+    assert [a for a, _ in _attempts(journal_log(stack, sid))] == [1]  # not retried
     _still_serving(stack, paths)
 
 
 def test_a_huge_print_is_cut_and_the_session_goes_on(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     stack, paths, _ = env
     sid = _fire(stack, paths["big_print"])
@@ -430,11 +378,11 @@ def test_a_huge_print_is_cut_and_the_session_goes_on(
     assert first == "x" * 256 * 1024
     assert marker == "[... cut: 9,437,184 characters printed, the first 262,144 kept]"
     assert last == "after"
-    assert [a for a, _ in _attempts(_log(stack, sid))] == [1]
+    assert [a for a, _ in _attempts(journal_log(stack, sid))] == [1]
 
 
 def test_a_child_whose_runner_dies_after_its_end_still_tells_its_parent(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     """The child's runner dies right after the child's `ended` record is written, before
     the parent hears of it: the child's next delivery finds the end in the journal and
@@ -449,11 +397,11 @@ def test_a_child_whose_runner_dies_after_its_end_still_tells_its_parent(
     (child,) = [
         s for s in map(json.loads, listed.splitlines()) if s.get("parent_session_id") == sid
     ]
-    assert [a for a, _ in _attempts(_log(stack, child["session_id"]))] == [1]  # ended once
+    assert [a for a, _ in _attempts(journal_log(stack, child["session_id"]))] == [1]  # ended once
 
 
 def test_a_message_over_the_nats_limit_fails_in_the_handler_at_once(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     stack, paths, _ = env
     sid = _fire(stack, paths["big_signal"])
@@ -461,11 +409,11 @@ def test_a_message_over_the_nats_limit_fails_in_the_handler_at_once(
     assert session["state"] == "COMPLETED", session
     prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
     assert prints == "signal: what it sends is over the NATS message limit (838860\n"
-    assert [a for a, _ in _attempts(_log(stack, sid))] == [1]  # not retried
+    assert [a for a, _ in _attempts(journal_log(stack, sid))] == [1]  # not retried
 
 
 def test_a_session_that_would_fill_the_journal_ends_at_its_limit(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     """One session cannot fill AK_JOURNAL for all the others (its prints in a loop): it
     ends in ERROR at its journal's limit, and its end is journaled."""

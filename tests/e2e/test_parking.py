@@ -16,32 +16,21 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.faultproject import (
+    EFFECT,
+    Env,
+    fault_env,
+    fire,
+    gone,
+    journal_log,
+    manifest,
+    runs,
+)
 from tests.helpers import Stack, start_stack, wait_until, write_project
 
-MANIFEST = """\
-version: v1
-project:
-  name: parking
-  triggers:
-{triggers}
-    - name: source
-      webhook: {{}}
-"""
-
-CODE = """\
-import os
-import time
-
-import autokitteh
-
-DIR = os.environ["MARKER_DIR"]
-
-
-@autokitteh.activity
-def effect(sid, name):
-    with open(os.path.join(DIR, f"{sid}.{name}"), "a") as f:
-        f.write(f"{os.getpid()}\\n")
-    return os.getpid()
+CODE = (
+    EFFECT
+    + """
 
 
 def sleeper(event, session_id):
@@ -126,6 +115,7 @@ def stale_register(event, session_id):
     time.sleep(3600)
     effect(session_id, "a3")
 """
+)
 
 HANDLERS = [
     "sleeper",
@@ -141,6 +131,7 @@ HANDLERS = [
     "away_registered",
     "stale_register",
 ]
+SOURCE = "    - name: source\n      webhook: {}\n"  # the events event_waiter waits for
 FAULTS = "; ".join(
     [
         "crash parked entry=f.py:crash_parked",
@@ -155,38 +146,25 @@ FAULTS = "; ".join(
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[str, str], Path]]:
-    home = tmp_path_factory.mktemp("parking")
-    markers = home / "markers"
-    markers.mkdir()
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     settings = {
-        "MARKER_DIR": str(markers),
         "AK_JOBS__ACK_WAIT": "3",
         "AK_RUNNER__PARK_AFTER": "1",
         "AK_TEST__FAULTS": FAULTS,
     }
-    stack = start_stack(home, settings, ("--runners", "2", "--dispatchers", "2"))  # two wakers
-    triggers = "".join(
-        f"    - name: {h}\n      call: f.py:{h}\n      webhook: {{}}\n" for h in HANDLERS
+    yield from fault_env(
+        tmp_path_factory,
+        "parking",
+        CODE,
+        HANDLERS,
+        settings,
+        ("--runners", "2", "--dispatchers", "2"),
+        extra_triggers=SOURCE,
     )
-    proj = write_project(
-        home / "proj", {"autokitteh.yaml": MANIFEST.format(triggers=triggers), "f.py": CODE}
-    )
-    try:
-        yield stack, stack.deploy_paths(proj), markers
-    finally:
-        stack.stop()
 
 
 def _fire(stack: Stack, path: str, body: Any = None) -> str:
-    status, headers, _ = stack.request("POST", path, json.dumps(body or {}).encode())
-    assert status == 202
-    return stack.session_of("parking", headers["autokitteh-event-id"])
-
-
-def _log(stack: Stack, sid: str) -> list[dict[str, Any]]:
-    out = stack.ak("session", "log", sid, "-j", check=True).stdout
-    return [json.loads(line) for line in out.splitlines()]
+    return fire(stack, "parking", path, body)
 
 
 def _parked(stack: Stack, sid: str, times: int = 1) -> list[dict[str, Any]]:
@@ -194,7 +172,7 @@ def _parked(stack: Stack, sid: str, times: int = 1) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
 
     def probe() -> bool:
-        found[:] = [e["parked"] for e in _log(stack, sid) if e["type"] == "parked"]
+        found[:] = [e["parked"] for e in journal_log(stack, sid) if e["type"] == "parked"]
         return len(found) >= times
 
     wait_until(probe, f"{sid} parked {times} time(s)\n{stack.output()[-3000:]}", 60)
@@ -210,19 +188,6 @@ def _runners(log: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _runs(markers: Path, sid: str, name: str) -> list[int]:
-    """The worker pids that ran activity ``name`` of session ``sid``, once per run."""
-    path = markers / f"{sid}.{name}"
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 def _state(stack: Stack, sid: str) -> str:
     return str(json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)["state"])
 
@@ -232,7 +197,7 @@ def _prints(stack: Stack, sid: str) -> str:
 
 
 def test_a_sleep_parks_and_resumes_after_its_deadline(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     stack, paths, markers = env
     sid = _fire(stack, paths["sleeper"])
@@ -240,14 +205,14 @@ def test_a_sleep_parks_and_resumes_after_its_deadline(
     assert parked["reason"] == "sleep" and parked["until"], parked
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
-    assert len(_runners(_log(stack, sid))) == 2  # the one that parked, the one that resumed
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert len(_runners(journal_log(stack, sid))) == 2  # the one that parked, the one that resumed
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
     assert _prints(stack, sid) == "done\n"
     text = stack.ak("session", "log", sid, check=True).stdout
     assert "Parked: seq #2, waiting for sleep until " in text, text
 
 
-def test_next_event_parks_and_an_event_wakes_it(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_next_event_parks_and_an_event_wakes_it(env: Env) -> None:
     stack, paths, markers = env
     sid = _fire(stack, paths["event_waiter"])
     (parked,) = _parked(stack, sid)
@@ -257,11 +222,11 @@ def test_next_event_parks_and_an_event_wakes_it(env: tuple[Stack, dict[str, str]
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert _prints(stack, sid) == "got 41\n"
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
 def test_a_signal_wakes_a_parked_session_on_the_other_runner(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     """next_signal parks the session: its worker is gone and it stays RUNNING. The runner
     that parked it is frozen; the signal wakes it and the other runner resumes it."""
@@ -269,10 +234,10 @@ def test_a_signal_wakes_a_parked_session_on_the_other_runner(
     sid = _fire(stack, paths["signal_waiter"])
     (parked,) = _parked(stack, sid)
     assert parked["reason"] == "next_signal" and parked["until"], parked
-    (worker,) = _runs(markers, sid, "a1")
-    wait_until(lambda: _gone(worker), f"the parked session's worker {worker} to exit", 30)
+    (worker,) = runs(markers, sid, "a1")
+    wait_until(lambda: gone(worker), f"the parked session's worker {worker} to exit", 30)
     assert _state(stack, sid) == "RUNNING"
-    (first,) = _runners(_log(stack, sid))
+    (first,) = _runners(journal_log(stack, sid))
     pid = int(first.rsplit("-", 1)[1])
     os.kill(pid, signal.SIGSTOP)  # it takes nothing more: the wake job goes to the other one
     try:
@@ -281,13 +246,13 @@ def test_a_signal_wakes_a_parked_session_on_the_other_runner(
     finally:
         os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
-    runners = _runners(_log(stack, sid))
+    runners = _runners(journal_log(stack, sid))
     assert len(runners) == 2 and runners[1] != first, runners
     assert _prints(stack, sid) == "signal 7\n"
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
-def test_a_parked_wait_keeps_its_timeout(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_a_parked_wait_keeps_its_timeout(env: Env) -> None:
     """next_event with a 4 s timeout parks, wakes at its deadline, and times out then."""
     stack, paths, markers = env
     sid = _fire(stack, paths["timed_waiter"])
@@ -296,10 +261,10 @@ def test_a_parked_wait_keeps_its_timeout(env: tuple[Stack, dict[str, str], Path]
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert _prints(stack, sid) == "timed out True\n"
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
-def test_a_parent_parks_until_its_child_ends(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_a_parent_parks_until_its_child_ends(env: Env) -> None:
     stack, paths, markers = env
     sid = _fire(stack, paths["parent"])
     (parked,) = _parked(stack, sid)
@@ -307,28 +272,26 @@ def test_a_parent_parks_until_its_child_ends(env: tuple[Stack, dict[str, str], P
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert _prints(stack, sid) == "child said {'completed': True, 'value': 'hello'}\n"
-    assert len(_runs(markers, sid, "a1")) == 1
+    assert len(runs(markers, sid, "a1")) == 1
 
 
-def test_a_parked_session_stops_when_asked(env: tuple[Stack, dict[str, str], Path]) -> None:
+def test_a_parked_session_stops_when_asked(env: Env) -> None:
     """A session parked in an hour's sleep ends STOPPED on `ak session stop`, not at its
     deadline."""
     stack, paths, markers = env
     sid = _fire(stack, paths["long_sleeper"])
     _parked(stack, sid)
-    (worker,) = _runs(markers, sid, "a1")
-    wait_until(lambda: _gone(worker), f"the parked session's worker {worker} to exit", 30)
+    (worker,) = runs(markers, sid, "a1")
+    wait_until(lambda: gone(worker), f"the parked session's worker {worker} to exit", 30)
     assert _state(stack, sid) == "RUNNING"
     stack.ak("session", "stop", sid, "--reason", "enough", check=True)
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "STOPPED", session
-    assert len(_runs(markers, sid, "a1")) == 1 and not _runs(markers, sid, "a2")
+    assert len(runs(markers, sid, "a1")) == 1 and not runs(markers, sid, "a2")
 
 
 @pytest.mark.parametrize("handler", ["crash_parked", "crash_registered"])
-def test_a_runner_dying_while_parking_loses_nothing(
-    env: tuple[Stack, dict[str, str], Path], handler: str
-) -> None:
+def test_a_runner_dying_while_parking_loses_nothing(env: Env, handler: str) -> None:
     """The runner dies right after the `parked` record (the session not in AK_PARKED yet),
     or right after putting it there (the job not acked yet): the job comes back, finds the
     session parked, sees that it is in AK_PARKED and is dropped; the session wakes at its
@@ -340,16 +303,14 @@ def test_a_runner_dying_while_parking_loses_nothing(
     assert session["state"] == "COMPLETED", session
     assert stack.output().count("fault injected") > before
     assert len(_parked(stack, sid)) == 1
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
     assert _prints(stack, sid) == "done\n"
     # The session ran twice: the attempt that parked (and died), and the one it woke to.
-    assert len(_runners(_log(stack, sid))) == 2
+    assert len(_runners(journal_log(stack, sid))) == 2
 
 
 @pytest.mark.parametrize("handler", ["away_parked", "away_registered"])
-def test_a_park_that_fails_for_a_moment_loses_nothing(
-    env: tuple[Stack, dict[str, str], Path], handler: str
-) -> None:
+def test_a_park_that_fails_for_a_moment_loses_nothing(env: Env, handler: str) -> None:
     """NATS (or the KV bucket) away for a moment right after the `parked` record (before
     the AK_PARKED put) or right after the put (before the ack): the attempt journals nothing
     after its `parked` record and naks its job; the session resumes and completes, each
@@ -359,11 +320,11 @@ def test_a_park_that_fails_for_a_moment_loses_nothing(
     sid = _fire(stack, paths[handler])
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
 def test_a_runner_thawing_mid_park_does_not_unpark_a_later_parking(
-    env: tuple[Stack, dict[str, str], Path],
+    env: Env,
 ) -> None:
     """Runner A parks the session (record s1) and freezes before its AK_PARKED put. Its job
     goes to runner B, which finds the journal parked and puts the entry itself; a waker
@@ -382,7 +343,7 @@ def test_a_runner_thawing_mid_park_does_not_unpark_a_later_parking(
     stack.ak("session", "stop", sid, "--reason", "enough", check=True)
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "STOPPED", session
-    assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
 def test_no_parking_by_default(tmp_path: Path) -> None:
@@ -391,15 +352,14 @@ def test_no_parking_by_default(tmp_path: Path) -> None:
     markers.mkdir()
     stack = start_stack(tmp_path / "home", {"MARKER_DIR": str(markers)})
     try:
-        triggers = "    - name: sleeper\n      call: f.py:sleeper\n      webhook: {}\n"
         proj = write_project(
             tmp_path / "proj",
-            {"autokitteh.yaml": MANIFEST.format(triggers=triggers), "f.py": CODE},
+            {"autokitteh.yaml": manifest("parking", ["sleeper"], SOURCE), "f.py": CODE},
         )
         sid = _fire(stack, stack.deploy_paths(proj)["sleeper"])
         session = stack.wait_session(sid, timeout=60)
         assert session["state"] == "COMPLETED", session
-        assert not [e for e in _log(stack, sid) if e["type"] == "parked"]
-        assert len(_runs(markers, sid, "a1")) == 1 and len(_runs(markers, sid, "a2")) == 1
+        assert not [e for e in journal_log(stack, sid) if e["type"] == "parked"]
+        assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
     finally:
         stack.stop()
