@@ -82,11 +82,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True, help="the restate-server binary")
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--starts", type=int, default=200)
-    ap.add_argument("--duration", type=float, default=20)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--sleepers", default="50,1000")
+    pl.add_workload_options(ap)
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ak-bench-restate-"))

@@ -107,11 +107,7 @@ def main() -> None:
     pl.exit_on_sigterm()
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--starts", type=int, default=200)
-    ap.add_argument("--duration", type=float, default=20)
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--sleepers", default="50,1000")
+    pl.add_workload_options(ap)
     ap.add_argument("--in-memory", action="store_true", help="start-dev's default store")
     args = ap.parse_args()
 

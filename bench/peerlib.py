@@ -48,6 +48,15 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def add_workload_options(ap: Any) -> None:
+    """The workload options every peer's driver takes (``argparse.ArgumentParser``)."""
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--starts", type=int, default=200)
+    ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--sleepers", default="50,1000")
+
+
 def pct(values: Sequence[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
