@@ -62,13 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
 _OWN_BASETEMP = pytest.StashKey[str]()
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Removes the run's own directory when every test passed (kept to look at otherwise)."""
-    own = config.stash.get(_OWN_BASETEMP, "")
-    session = getattr(config, "_ak_session_failed", None)
-    if own and session is False:
-        shutil.rmtree(own, ignore_errors=True)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    session.config._ak_session_failed = exitstatus != 0  # type: ignore[attr-defined]
+    """Removes the run's own directory when every test passed (kept to look at otherwise)."""
+    own = session.config.stash.get(_OWN_BASETEMP, "")
+    if own and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
