@@ -183,9 +183,15 @@ def init(
             if not plain[name].isdigit():
                 raise InvalidArgument(f"{name} must be GitHub's ID (a number): {plain[name]!r}")
         plain[f"install_key__{plain['app_id']}__{plain['install_id']}"] = "1"
+    # Routing vars an earlier init left that this one does not set (another installation's,
+    # the other mode's) would keep routing deliveries here: they go.
     stale: list[str] = []
-    if chosen == "app":  # another installation's routing var (an earlier init) would stay
-        stale = [n for n in _names(ref) if n.startswith("install_key__") and n not in plain]
+    if chosen in ("app", "pat"):
+        stale = [
+            n
+            for n in _names(ref)
+            if (n.startswith("install_key__") or n == "pat_key") and n not in plain
+        ]
     client.call("connection.init", connection=ref, values=plain, secrets=secret, delete=stale)
     for name in stale:
         typer.echo(f"deleted {name}", err=True)

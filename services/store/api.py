@@ -812,7 +812,7 @@ class StoreApi:
         with DB(self.engine) as db:
             scope, _ = self._var_scope(db, req)
             self._put_var(db, scope, str(req.name), req.value, bool(req.secret), req.description)
-            db.commit()
+            routes.write(db, commit=True)
 
     def connection_init(self, req: rq.ConnectionInit) -> None:
         """Sets a connection's vars (``values`` in plaintext, ``secrets`` encrypted) and
@@ -830,7 +830,7 @@ class StoreApi:
             for secret, given in ((False, req.values), (True, req.secrets)):
                 for name, value in given.items():
                     self._put_var(db, scope, name, value, secret, None)
-            db.commit()
+            routes.write(db, commit=True)
 
     def _put_var(
         self, db: DB, scope: str, name: str, value: object, secret: bool, description: object
@@ -850,9 +850,11 @@ class StoreApi:
         var = var or Var(scope_id=scope, name=name)
         var.value = self.sealer.seal(value) if secret else value
         var.is_secret = secret
+        var.route_key = routes.claim(scope, name, value)
         if description is not None:
             var.description = str(description)
         db.add(var)
+        routes.write(db)  # a claim refused here, not by the next query's autoflush
 
     def var_get(self, req: rq.VarGet) -> list[dict[str, Any]]:
         """Vars of a project; secret values stay masked unless ``reveal``."""

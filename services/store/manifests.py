@@ -98,8 +98,10 @@ def _execute(
         var = var or Var(scope_id=scope, name=a.args["name"])
         var.value = sealer.seal(a.args["value"]) if secret else a.args["value"]
         var.is_secret = secret
+        var.route_key = routes.claim(scope, a.args["name"], a.args["value"])
         var.description = a.args["description"]
         db.add(var)
+        routes.write(db)
         said(scope, "updated")
     elif a.type == "delete_var":
         for var in db.exec(select(Var).where(Var.scope_id == pid, Var.name == a.args["name"])):
@@ -177,7 +179,7 @@ def apply_manifest(
         project = _execute(db, action, project, m.project.name, exec_lines, sealer)
     # AutoKitteh prints the webhook paths after all [exec] lines.
     lines += [x for x in exec_lines if x[0] == OUT] + [x for x in exec_lines if x[0] == ERR]
-    db.commit()
+    routes.write(db, commit=True)
     assert project is not None
     return {
         "lines": [list(x) for x in lines],

@@ -23,6 +23,9 @@ class Var(SQLModel, table=True):
     value: str = ""
     is_secret: bool = False
     description: str = ""
+    # A connection's routing var (see routes.py) holds its claim here: unique, so that two
+    # requests claiming one routing value at the same moment cannot both win.
+    route_key: str | None = Field(default=None, unique=True, index=True)
 
 
 class Connection(SQLModel, table=True):

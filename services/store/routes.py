@@ -6,6 +6,7 @@ another's (it would receive, or block, the other's deliveries)."""
 from __future__ import annotations
 
 from akcore.errors import Conflict
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DB
 from sqlmodel import select
 
@@ -19,6 +20,29 @@ BY_NAME = ("install_key__",)
 
 def is_routing(name: str) -> bool:
     return name in BY_VALUE or name.startswith(BY_NAME)
+
+
+def claim(scope: str, name: str, value: str) -> str | None:
+    """The claim a var makes (kept unique in ``Var.route_key``): the name of a var that routes
+    by name, the name and value of one that routes by value; None for any other var."""
+    if not is_routing(name) or not scope.startswith("con_"):
+        return None
+    return f"{name}={value}" if name in BY_VALUE else name
+
+
+def write(db: DB, commit: bool = False) -> None:
+    """Flushes (or commits) vars just added; Conflict when a unique row was written by
+    another request since this one looked: two claims of one routing value at the same
+    moment (on PostgreSQL both pass ``check_unclaimed``), or two creations of one var. The
+    transaction is rolled back then: nothing of the request is kept."""
+    try:
+        db.commit() if commit else db.flush()
+    except IntegrityError:
+        db.rollback()
+        raise Conflict(
+            "another request changed the same project, connection or var, or claimed the same "
+            "routing value, at the same moment: nothing was changed; run the command again"
+        ) from None
 
 
 def check_unclaimed(db: DB, scope: str, name: str, value: str, secret: bool) -> None:

@@ -478,6 +478,17 @@ def test_init_of_an_app_on_a_terminal_asks_and_routes_the_installation(stack: St
     assert res.returncode == 0 and "deleted install_key__12345__678" in res.stderr, res.stderr
     names = stack.ak("var", "get", "-c", "tty/gh", "-j", check=True).stdout
     assert "install_key__12345__679" in names and "install_key__12345__678" not in names
+    # From app to PAT mode and back: the other mode's routing var goes each time (it would
+    # keep routing that mode's deliveries to this connection).
+    res = stack.ak("connection", "init", "tty/gh", "--mode", "pat",
+                   input="pat=ghp_x\npat_secret=s\n")  # fmt: skip
+    assert res.returncode == 0 and "deleted install_key__12345__679" in res.stderr, res.stderr
+    names = stack.ak("var", "get", "-c", "tty/gh", "-j", check=True).stdout
+    assert "pat_key" in names and "install_key__" not in names
+    res = stack.ak("connection", "init", "tty/gh", "--mode", "app", input=answers_)
+    assert res.returncode == 0 and "deleted pat_key" in res.stderr, res.stderr
+    names = stack.ak("var", "get", "-c", "tty/gh", "-j", check=True).stdout
+    assert "pat_key" not in names and "install_key__12345__679" in names
     res = stack.ak("connection", "init", "tty/gh", "--mode", "app",
                    input="app_id=12345\ninstall_id=x9\nclient_secret=s\n")  # fmt: skip
     assert (res.returncode, res.stderr.strip()) == (

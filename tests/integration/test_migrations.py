@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ak_store.db import migrate, open_engine
+from ak_store.db import alembic_config, migrate, open_engine
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -28,3 +29,45 @@ def test_database_from_before_migrations_is_adopted(db_dsn: str) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {"project", "spans", "connection", "alembic_version"} <= tables
     engine.dispose()
+
+
+def test_routing_claims_of_an_older_database_go_to_the_first_var(db_dsn: str) -> None:
+    """Version 0006 gives connections' routing vars their unique claims; two connections
+    that both won a race for one routing value before it keep it for the first var only."""
+    engine = create_engine(db_dsn)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0005")
+        for cid in ("con_a", "con_b"):
+            conn.execute(
+                text(
+                    "INSERT INTO connection (connection_id, project_id, name, integration) "
+                    "VALUES (:c, 'prj_x', :c, 'github')"
+                ),
+                {"c": cid},
+            )
+        for scope, name, value in (
+            ("con_a", "pat_key", "k3y"),
+            ("con_b", "pat_key", "k3y"),  # the race's second winner
+            ("con_b", "install_key__1__2", "1"),
+            ("prj_x", "pat_key", "k3y"),  # a project's var: routes nothing, claims nothing
+            ("con_a", "other", "k3y"),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO var (scope_id, name, value, is_secret, description) "
+                    "VALUES (:s, :n, :v, :f, '')"
+                ),
+                {"s": scope, "n": name, "v": value, "f": False},
+            )
+    engine.dispose()
+    engine = open_engine(db_dsn)  # migrates to head
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT scope_id, name, route_key FROM var ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        ("con_a", "pat_key", "pat_key=k3y"),
+        ("con_b", "pat_key", None),
+        ("con_b", "install_key__1__2", "install_key__1__2"),
+        ("prj_x", "pat_key", None),
+        ("con_a", "other", None),
+    ]

@@ -239,3 +239,26 @@ def test_a_repository_webhook_sent_to_the_app_route_is_for_no_one(api: StoreApi)
     deploy(api, "app", "github", {"app_id": "123", "install_key__123__77": "1"})
     args = {"body": BODY, "app_id": "99", "signature": gh_sig("whatever")}
     assert call(api, "github.route", args) == {"status": 200, "targets": []}
+
+
+def test_two_claims_of_one_routing_value_at_the_same_moment_do_not_both_win(
+    api: StoreApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both requests looked before either wrote (on PostgreSQL both pass the check): the
+    database's unique claim refuses the second, and nothing of it is kept."""
+    deploy(api, "victim", "github", {"pat_key": "k3y"})
+    thief = deploy(api, "thief", "github", {"other": "x"})
+    monkeypatch.setattr("ak_store.routes.check_unclaimed", lambda *a: None)  # the race window
+    with pytest.raises(Conflict, match="at the same moment: nothing was changed"):
+        call(api, "var.set", {"connection": f"{thief_name(api, thief)}/c", "name": "pat_key",
+                              "value": "k3y"})  # fmt: skip
+    with pytest.raises(Conflict, match="at the same moment"):
+        call(api, "connection.init", {"connection": f"{thief_name(api, thief)}/c",
+                                      "values": {"pat_key": "k3y", "other": "y"}})  # fmt: skip
+    got = call(api, "var.get", {"connection": f"{thief_name(api, thief)}/c"})
+    assert [(v["name"], v["value"]) for v in got] == [("other", "x")]
+    # Freed when its var goes: the claim can be made again.
+    victim = next(p["project_id"] for p in call(api, "project.list", {}) if p["name"] == "victim")
+    call(api, "var.delete", {"connection": f"{thief_name(api, victim)}/c", "name": "pat_key"})
+    call(api, "var.set", {"connection": f"{thief_name(api, thief)}/c", "name": "pat_key",
+                          "value": "k3y"})  # fmt: skip
