@@ -170,6 +170,7 @@ class SessionList:
     project: str = ""
     deployment: str = ""
     event_id: str = ""
+    event_ids: list[str] = field(default_factory=list)  # sessions of any of these (<= 1,000)
     state: str = ""
     trigger: str = ""  # a trg_ id, or the name of a trigger of ``project``
     parent: str = ""  # the sessions this ses_ id started

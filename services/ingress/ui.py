@@ -279,11 +279,14 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
         connections = {
             c["connection_id"]: c for c in await call(caller, "connection.list", project=project)
         }
-        recent = await call(
-            caller, "session.list", project=project, trigger=trigger, page_size=1000
+        ids = [e["event_id"] for e in listed]
+        started = (
+            await call(caller, "session.list", project=project, event_ids=ids, page_size=1000)
+            if ids
+            else {}
         )
         by_event: dict[str, list[dict[str, Any]]] = {}
-        for ses in recent["sessions"]:
+        for ses in started.get("sessions", []):
             by_event.setdefault(ses.get("event_id") or "", []).append(ses)
         names = [p["name"] for p in await call(caller, "project.list")]
         return render(

@@ -909,6 +909,10 @@ class StoreApi:
                 q = q.where(Session.deployment_id == req.deployment)
             if req.event_id:
                 q = q.where(Session.event_id == req.event_id)
+            if req.event_ids:
+                if len(req.event_ids) > MAX_PAGE:
+                    raise InvalidArgument(f"at most {MAX_PAGE} event ids, not {len(req.event_ids)}")
+                q = q.where(col(Session.event_id).in_(req.event_ids))
             if req.trigger:
                 q = q.where(Session.trigger_id == self._trigger_id(db, req.project, req.trigger))
             if req.parent:

@@ -181,11 +181,13 @@ def test_session_list_pages(store: tuple[StoreApi, Engine]) -> None:
     assert walk(page_size=7) == [newest_first]  # a full last page has no token
     assert walk(page_size=2, state="COMPLETED") == [[sids[6], sids[3]], [sids[0]]]
     assert walk(event_id="evt_4") == [[sids[4]]]
+    assert walk(event_ids=["evt_1", "evt_5", "evt_none"]) == [[sids[5], sids[1]]]
     assert walk(page_size=2, skip=5) == [newest_first[5:7]]
     for bad, message in [
         ({"page_size": 1001}, "page size must be between 1 and 1000"),
         ({"skip": -1}, "rows to skip must be 0 or more"),
         ({"page_token": "12.nope"}, "invalid page token"),
+        ({"event_ids": [f"evt_{i}" for i in range(1001)]}, "at most 1000 event ids"),
     ]:
         with pytest.raises(InvalidArgument, match=message):
             call(api, "session.list", bad)
