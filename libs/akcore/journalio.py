@@ -35,6 +35,11 @@ class Fenced(Exception):
     """Another attempt of the session wrote its journal: this attempt no longer owns it."""
 
 
+class NotCreated(Fenced):
+    """The session's `created` record is not in its journal (yet): nothing may be written
+    before it, so the attempt stops as a fenced one does and its job comes back later."""
+
+
 class RecordTooLarge(Exception):
     """A record over the NATS message limit: writing it again would fail again."""
 
@@ -60,6 +65,33 @@ async def last_seq(js: JetStreamContext, session_id: str) -> int:
     except NotFoundError:
         return 0
     return raw.seq or 0
+
+
+# Pauses between looks for a `created` record published along with its job (``created_seq``).
+CREATED_PAUSES = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+async def created_seq(js: JetStreamContext, session_id: str) -> int:
+    """The stream sequence of the session's `created` record, its journal's only record.
+
+    A session's `created` record and its job are published together (``sessions``): the
+    job may be delivered before the record is stored (they go to two streams), so a
+    journal still empty is looked at again for a while (about 2 s). Raises NotCreated when
+    it stays empty (the record's publish failed: its publisher tries again, and the job
+    comes back later), Fenced when the last record is another one (another attempt wrote)."""
+    subject = subjects.journal_subject(session_id)
+    for pause in CREATED_PAUSES:
+        if pause:
+            await asyncio.sleep(pause)
+        try:
+            raw = await js.get_last_msg(subjects.STREAM_JOURNAL, subject)
+        except NotFoundError:
+            continue
+        rec = wire.decode(wire.JournalRecord, raw.data or b"")
+        if rec.kind == wire.CREATED and rec.seq == 0 and raw.seq:
+            return raw.seq
+        raise Fenced(f"session {session_id}: another attempt wrote its journal first")
+    raise NotCreated(f"session {session_id}: its `created` record is not in its journal yet")
 
 
 async def session_project(js: JetStreamContext, session_id: str) -> str | None:

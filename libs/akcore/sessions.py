@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -59,7 +60,12 @@ async def publish_session(
     (JetStream answers a repeated `created` with the sequence it stored first). Both carry
     the current trace context: the session's span will be a child of it. ``keys`` seal the
     inputs of a session not started by an event (required for those). Returns the job as
-    published (with its ``journal_seq``)."""
+    published.
+
+    The two are published at once and this returns when both are stored, so the session
+    is created only if both are: a caller that fails tries both again. The job does not say
+    where `created` is (``journal_seq`` 0): it may even be delivered before `created` is
+    stored, and its runner looks for it (``journalio.created_seq``)."""
     sid = job.session_id
     context = tracing.inject()
     created = created_record(job, context.get(subjects.HDR_TRACEPARENT, ""))
@@ -67,16 +73,19 @@ async def publish_session(
         created, job = journal.seal(created, keys), seal_inputs(job, keys)
     elif created.data.get("inputs"):
         raise ValueError("a session's inputs are sealed at rest: publish_session needs keys")
-    ack = await pub.publish(
-        subjects.journal_subject(sid),
-        wire.encode(created),
-        headers={subjects.HDR_MSG_ID: f"{sid}:0"},
-    )
-    job = dataclasses.replace(job, journal_seq=int(ack["seq"]))
-    await pub.publish(
-        subjects.job_subject(sid),
-        wire.encode(job),
-        headers={**context, subjects.HDR_MSG_ID: f"job:{sid}"},
+    job = dataclasses.replace(job, journal_seq=0)
+    # `created` goes out first, on the same connection: it reaches the server first.
+    await asyncio.gather(
+        pub.publish(
+            subjects.journal_subject(sid),
+            wire.encode(created),
+            headers={subjects.HDR_MSG_ID: f"{sid}:0"},
+        ),
+        pub.publish(
+            subjects.job_subject(sid),
+            wire.encode(job),
+            headers={**context, subjects.HDR_MSG_ID: f"job:{sid}"},
+        ),
     )
     return job
 

@@ -103,7 +103,8 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
     history, last, read_us = journal.History(next_seq=1), job.journal_seq, 0
     written, attempt = (1, 0), 1
     # A runner stopped mid-session, or a parked session wakes up: replay what it journaled.
-    if delivery > 1 or not last or job.parked_seq:
+    # (A first delivery starts at once: its `created` record is looked for meanwhile.)
+    if delivery > 1 or job.parked_seq:
         try:
             t0 = time.perf_counter()
             read = await read_journal(host.js, job.session_id, host.keys)
@@ -122,6 +123,13 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             return await _run(host, msg, job, lease, history, last, delivery).fail(
                 f"error: the session's journal cannot be read back for a replay: {e!r}"
             )
+        if not records and not (job.journal_seq or job.parked_seq):
+            if not await _ended_in_store(host, job):  # its `created` is on its way
+                log.warning(
+                    "session %s: its `created` record is not in its journal yet; will retry",
+                    job.session_id,
+                )
+                return Outcome.RETRY
         if not records or history.ended:  # it ended (and may be cleaned up already)
             if history.ended:  # what its attempt may not have finished
                 await after_end(host.nc, host.keys, job, history.ended, history)
@@ -147,6 +155,14 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
     if not headers.get(subjects.HDR_TRACEPARENT) and history.traceparent:
         headers[subjects.HDR_TRACEPARENT] = history.traceparent
     return await run.traced(tracing.extract(headers))
+
+
+async def _ended_in_store(host: Host, job: wire.Job) -> bool:
+    """Whether the store has the session ended: a journal found empty is then one cleaned
+    up after its end; else the session's `created` record, published along with its job,
+    is not stored yet (its publisher tries again until it is)."""
+    states = await bus.store_call(host.nc, "session.states", {"session_ids": [job.session_id]})
+    return states.get(job.session_id) in wire.FINAL_STATES
 
 
 def _run(

@@ -23,8 +23,15 @@ from akcore.cache import StoreCache
 from akcore.config import ENV_SESSION_TIMEOUT, ENV_WORKER_MEMORY_MB, REQUIREMENTS_FILE
 from akcore.datakey import Keyring, SealError
 from akcore.errors import AKError, InvalidArgument, Unavailable
-from akcore.journal import Kind, Parked
-from akcore.journalio import Fenced, JournalFull, JournalWriter, Limits, RecordTooLarge
+from akcore.journal import Kind, Parked, Started
+from akcore.journalio import (
+    Fenced,
+    JournalFull,
+    JournalWriter,
+    Limits,
+    RecordTooLarge,
+    created_seq,
+)
 from akcore.sessions import job_data
 from autokitteh._frames import (
     ActivityFrame,
@@ -175,6 +182,8 @@ class SessionRun:
         self._park_timer: asyncio.TimerHandle | None = None
         self.parked = False
         self.park_journaled = False  # its `parked` record is written (see _park_now)
+        self.begun: asyncio.Task[None] | None = None  # writing `started` (see _run)
+        self._located = asyncio.Event()  # the place of `started` is known (see _locate)
 
     # --- the journal
 
@@ -184,12 +193,50 @@ class SessionRun:
 
     async def journal(self, p: journal.Payload, step: int = 0) -> None:
         """Appends a record once JetStream acknowledges it (write-ahead); raises Fenced,
-        JournalFull (but for the end)."""
+        JournalFull (but for the end). Waits for the attempt's first write (``_run``)."""
+        await self._begun()
+        await self._locate()
         if step:
             self._fault("journaling", step)
         await self.writer.append(p, final=isinstance(p, (journal.Ended, journal.Retry)))
         if step:
             self._fault("journaled", step)
+
+    async def _locate(self) -> None:
+        """A first delivery's job does not say where its `created` record is (it was
+        published with it): the first write looks it up, to append after it (fenced)."""
+        if not self.writer.last:
+            self.writer.last = await created_seq(self.js, self.job.session_id)
+
+    async def _may_start(self) -> None:
+        """Returns once the worker may be told to start: the journal is known to hold only
+        the session's `created` record (a stale job, of a session that ended or never was,
+        runs nothing); raises what writing `started` raised if it failed first."""
+        begun = self.begun
+        if begun is None or self._located.is_set():
+            return
+        located = asyncio.ensure_future(self._located.wait())
+        try:
+            await asyncio.wait({located, begun}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            located.cancel()
+        if not self._located.is_set():
+            await self._begun(all_errors=True)
+
+    async def _begun(self, all_errors: bool = False) -> None:
+        """Returns once the attempt's `started` record is written (``_run``). Raises Fenced
+        when another attempt owns the journal; ``all_errors``: also what else writing it
+        raised (raised once, where the worker is served: the end may be written after it)."""
+        begun = self.begun
+        if begun is None:
+            return
+        if not begun.done():
+            await asyncio.shield(begun)
+        if begun.cancelled():  # (only when the whole attempt is cancelled)
+            raise Fenced(f"session {self.job.session_id}: its `started` record was not written")
+        error = begun.exception()
+        if error is not None and (all_errors or isinstance(error, Fenced)):
+            raise error
 
     async def end(
         self,
@@ -354,8 +401,29 @@ class SessionRun:
             await self.journal(started)  # fenced: the session is still this attempt's
             await self.end(wire.ERROR, f"error: could not prepare the session's code: {e}")
             return
-        await self.journal(started)  # the attempt's first write: a stale one stops here
+        # The attempt's first write (a stale attempt stops there). In a first attempt it goes
+        # on while the worker is taken and told to start (once the journal is known to hold
+        # only `created`: ``_may_start``): the handler's first line does not wait for it,
+        # but every later write does (``journal``), and so does every frame of the worker's
+        # (``_converse``); a refused write kills the worker. A later attempt (another may
+        # still be running the session) writes it before its worker starts.
+        # (Left to finish when the attempt stops first: it writes nothing once its job is
+        # lost, and the attempt's end, if any, is written after it.)
+        self.begun = asyncio.create_task(self._begin(started))
+        self.begun.add_done_callback(_retrieved)
+        if self.attempt > 1:
+            await self._begun(all_errors=True)
+        await self._take_and_run(job, code_dir, requirements, variables)
+
+    async def _begin(self, started: Started) -> None:
+        await self._locate()
+        self._located.set()
+        await self.writer.append(started)
         self._fault("started")
+
+    async def _take_and_run(
+        self, job: wire.Job, code_dir: Path, requirements: bytes | None, variables: dict[str, str]
+    ) -> None:
         try:
             python, extra_env, self.python_env = await self.host.envs.python_for(requirements)
         except EnvError as e:
@@ -574,7 +642,9 @@ class SessionRun:
             "prints": self.history.prints,
             "limits": self.host.worker_limits.frame(),
         }
+        await self._may_start()
         await worker.send(start, pickle.dumps(init))
+        await self._begun(all_errors=True)  # nothing of the worker's is served before it
         try:
             async for header, blob in worker.frames():
                 self._awake()
@@ -773,6 +843,12 @@ class SessionRun:
 # Bytes of recorded outcomes the start frame carries at most; later recorded steps are
 # answered one by one as the worker asks (the frame must stay well under MAX_FRAME).
 REPLAY_AHEAD_BYTES = 16 * 1024 * 1024
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Marks the outcome of a task whose waiters may all be gone as seen."""
+    if not task.cancelled():
+        task.exception()
 
 
 def replay_ahead(

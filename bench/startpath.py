@@ -1,0 +1,119 @@
+"""Where the time between a webhook and its handler's first line goes:
+``python -m bench.startpath [--starts 200] [--runs 3]``.
+
+Runs ``bench_webhook``'s sequential starts on a fresh `ak up --mode dev` stack, then reads
+each session's trace and journal and splits its start into stages by the timestamps the
+services recorded (every service is on this machine: one clock):
+
+- ``ingress``: the request sent to the event journaled and answered (the webhook span's end);
+- ``to dispatcher``: from there to the dispatch span's start (JetStream delivering the event);
+- ``dispatcher``: the dispatch span's start to its `created` record's time, then to the
+  dispatch span's end (``created+job``: both publishes acked);
+- ``to runner``: the dispatch span's end to the session span's start (delivering the job);
+- ``runner``: the session span's start to its `started` record's time (preparing), then to
+  the handler's first line (``started, worker``: the `started` write, the worker, its start).
+Prints the p50 of each stage per run and of the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import __main__ as b  # noqa: E402
+from tests.helpers import start_stack  # noqa: E402
+
+STAGES = [
+    "ingress",
+    "to dispatcher",
+    "dispatcher: to created",
+    "dispatcher: created+job",
+    "to runner",
+    "runner: to started",
+    "runner: started, worker, first line",
+    "total",
+]
+
+
+def starts(stack: Any, paths: dict[str, str], n: int) -> list[tuple[str, float, float]]:
+    """n sequential webhooks: (event id, sent, first line) in epoch seconds."""
+    out_dir = Path(tempfile.mkdtemp())
+    out_dir.chmod(0o777)
+    out = out_dir / "t"
+    found = []
+    for _ in range(n):
+        out.unlink(missing_ok=True)
+        sent = time.time()
+        eid = b.fire(stack, paths["first_line"], {"out": str(out)})
+        deadline = time.monotonic() + 30
+        while not out.exists() or not out.read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the handler did not run")
+            time.sleep(0.0005)
+        found.append((eid, sent, float(out.read_text())))
+    return found
+
+
+def stages(eid: str, sent: float, first: float) -> dict[str, float] | None:
+    sid = b.session_of(eid)
+    recs = {r["kind"]: r for r in b.client.records(sid, kinds=["created", "started"])}
+    spans = b.api("session.trace", session=sid)["spans"]
+    by = {s["name"].split(" ")[0]: s for s in spans}
+    hook, disp, ses = by.get("POST"), by.get("dispatch"), by.get("session")
+    if not (hook and disp and ses and "created" in recs and "started" in recs):
+        return None
+    us = 1e6
+    t = [
+        sent * us,
+        hook["end_us"],
+        disp["start_us"],
+        recs["created"]["t_us"],
+        disp["end_us"],
+        ses["start_us"],
+        recs["started"]["t_us"],
+        first * us,
+    ]
+    out = {name: (t[i + 1] - t[i]) / 1000 for i, name in enumerate(STAGES[:-1])}
+    out["total"] = (t[-1] - t[0]) / 1000
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.startpath")
+    ap.add_argument("--starts", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="ak-bench-start-"))
+    stack = start_stack(home, {"AK_JOBS__ACK_WAIT": "2", "AK_LOG_LEVEL": "WARNING"})
+    os.environ["AK_HTTP__SERVICE_URL"] = stack.url
+    os.environ["AK_TOKEN"] = stack.token
+    try:
+        paths = stack.deploy_paths(b.PROJECT)
+        b.bench_webhook(stack, paths, n=20)  # warm up: spare workers, caches
+        for run in range(args.runs):
+            found = starts(stack, paths, args.starts)
+            time.sleep(1.5)  # the services send their spans to the store in batches
+            rows = [r for r in (stages(*f) for f in found) if r is not None]
+            load = os.getloadavg()[0]
+            print(f"run {run + 1}: {len(rows)} starts traced, load {load:.2f}")
+            for name in STAGES:
+                vals = [r[name] for r in rows]
+                print(
+                    f"  {name:40s} p50 {statistics.median(vals):7.3f} ms"
+                    f"  p99 {b.pct(vals, 99):7.3f} ms"
+                )
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

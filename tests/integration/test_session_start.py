@@ -1,0 +1,156 @@
+"""A session's `created` record and its job are published at once (``publish_session``):
+the job may reach a runner before the record is stored, or without it when its publish
+failed (the publisher tries both again). Nothing is journaled before `created`, the
+handler does not run until it is there, and a job whose journal was cleaned up after its
+session ended runs nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from ak_runner.service import run as run_runner
+from ak_store.service import run as run_store
+from akcore import bus, subjects, wire
+from akcore.config import Settings
+from akcore.errors import NotFound
+from akcore.sessions import publish_session
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from .conftest import running
+from .helpers import deploy, eventually, journal
+
+CODE = b"""\
+def greet(event):
+    with open(event.data.body.text, "a") as f:
+        f.write("ran\\n")
+    print("hello")
+"""
+
+
+@pytest.fixture
+def short_ack_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job left alone by its attempt comes back within seconds."""
+    consumers = dict(bus.CONSUMERS)
+    stream, config = consumers[subjects.CONSUMER_RUNNER]
+    consumers[subjects.CONSUMER_RUNNER] = (stream, dataclasses.replace(config, ack_wait=2.0))
+    monkeypatch.setattr(bus, "CONSUMERS", consumers)
+
+
+def _job(d: dict[str, str], sid: str, marker: Path) -> wire.Job:
+    body = {"bytes": str(marker).encode(), "text": str(marker), "json": None, "form": None}
+    return wire.Job(
+        sid,
+        d["project_id"],
+        d["deployment_id"],
+        d["build_id"],
+        "simple.py:greet",
+        True,
+        "evt_1",
+        "post",
+        {"body": body},
+    )
+
+
+def _marker(tmp_path: Path) -> Path:
+    where = tmp_path / "runs"
+    where.mkdir()
+    where.chmod(0o777)  # the handler writes there (as a user of its own in the sandbox)
+    return where / "ran"
+
+
+def _runs(marker: Path) -> int:
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+async def _state(nc: Client, sid: str) -> str:
+    try:
+        return str((await bus.store_call(nc, "session.get", {"session": sid}))["state"])
+    except NotFound:
+        return ""
+
+
+async def _deliveries(js: JetStreamContext) -> int:
+    """Jobs delivered to runners so far, deliveries again included."""
+    info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
+    return info.delivered.consumer_seq if info.delivered else 0
+
+
+async def _no_jobs(js: JetStreamContext) -> bool:
+    return (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 0
+
+
+async def test_a_job_without_its_created_record_waits_for_it(
+    settings: Settings, short_ack_wait: None, tmp_path: Path
+) -> None:
+    marker = _marker(tmp_path)
+    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": CODE})
+        sid = "ses_01m8cpgk96e6wakscbfn3064d0"
+        job = _job(d, sid, marker)
+        # The job alone, as when the publish of `created` failed: its first delivery finds
+        # no `created` (for about 2 s) and leaves the job alone; the second one finds the
+        # journal empty and a session the store does not know, and has it back later.
+        await bus.publisher(nc).publish(
+            subjects.job_subject(sid),
+            wire.encode(job),
+            headers={subjects.HDR_MSG_ID: f"job:{sid}"},
+        )
+
+        async def third_delivery() -> bool:
+            return await _deliveries(js) >= 3
+
+        await eventually(third_delivery, timeout=30)
+        assert await journal(nc, sid) == []
+        assert _runs(marker) == 0
+        # The publisher tries again: `created` is stored (the job is a duplicate).
+        await publish_session(bus.publisher(nc), job)
+
+        async def completed() -> bool:
+            return await _state(nc, sid) == wire.COMPLETED
+
+        await eventually(completed, timeout=60)
+        page = await bus.store_call(nc, "session.records", {"session": sid})
+        kinds = [r["kind"] for r in page["records"]]
+        assert kinds[:2] == ["created", "started"] and kinds[-2:] == ["print", "ended"], kinds
+        assert kinds.count("started") == 1, kinds
+        assert _runs(marker) == 1
+        await eventually(lambda: _no_jobs(js))
+        await nc.close()
+
+
+async def test_a_job_of_a_session_ended_and_cleaned_up_runs_nothing(
+    settings: Settings, short_ack_wait: None, tmp_path: Path
+) -> None:
+    marker = _marker(tmp_path)
+    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": CODE})
+        sid = "ses_01m8cpgk96e6wakscbfn3064d1"
+        job = _job(d, sid, marker)
+        await publish_session(bus.publisher(nc), job)
+
+        async def cleaned_up() -> bool:
+            return await _state(nc, sid) == wire.COMPLETED and await journal(nc, sid) == []
+
+        await eventually(cleaned_up, timeout=60)
+        assert _runs(marker) == 1
+        # The same job again, past JetStream's duplicate window: its journal is empty and
+        # the store has the session ended.
+        await bus.publisher(nc).publish(
+            subjects.job_subject(sid),
+            wire.encode(job),
+            headers={subjects.HDR_MSG_ID: f"job:{sid}:again"},
+        )
+        # Its first delivery finds no `created` and leaves it alone; the next one finds the
+        # journal empty and the session ended, and acks it.
+        await eventually(lambda: _no_jobs(js), timeout=30)
+        assert _runs(marker) == 1
+        assert await journal(nc, sid) == []
+        assert await _state(nc, sid) == wire.COMPLETED
+        await nc.close()
