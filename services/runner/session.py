@@ -209,11 +209,22 @@ class SessionRun:
             self.writer.last = await created_seq(self.js, self.job.session_id)
 
     async def _may_start(self) -> None:
-        """Returns once the worker may be told to start: the journal is known to hold only
-        the session's `created` record (a stale job, of a session that ended or never was,
-        runs nothing); raises what writing `started` raised if it failed first."""
+        """Returns once the worker may be told to start; raises what writing `started`
+        raised if it failed first.
+
+        At once for a job published less than ``FRESH_JOB`` ago: the session's only job
+        (JetStream drops a repeated one within its duplicate window), so its session has
+        not run yet; its `created` record is looked up meanwhile. (It may be missing: its
+        publish failed while the job's did not. The handler then runs up to its first
+        step, which never comes, and runs again once the publisher has tried again: as
+        after a runner crash.) An older job waits until its journal is known to hold only
+        `created`: a job of a session that ended (its journal cleaned up) runs nothing."""
         begun = self.begun
+        if not self.lease.valid():  # (a runner frozen since its job came starts nothing)
+            raise Fenced(f"it lost its job before its worker started ({self.lease.lost_because})")
         if begun is None or self._located.is_set():
+            return
+        if self.queued_at and time.time() - self.queued_at < FRESH_JOB:
             return
         located = asyncio.ensure_future(self._located.wait())
         try:
@@ -402,11 +413,12 @@ class SessionRun:
             await self.end(wire.ERROR, f"error: could not prepare the session's code: {e}")
             return
         # The attempt's first write (a stale attempt stops there). In a first attempt it goes
-        # on while the worker is taken and told to start (once the journal is known to hold
-        # only `created`: ``_may_start``): the handler's first line does not wait for it,
-        # but every later write does (``journal``), and so does every frame of the worker's
-        # (``_converse``); a refused write kills the worker. A later attempt (another may
-        # still be running the session) writes it before its worker starts.
+        # on while the worker is taken and told to start (``_may_start``): the handler's
+        # first line does not wait for it, but every later write does (``journal``), and so
+        # does every frame of the worker's (``_converse``): no activity, print or system
+        # call of the handler's goes ahead before it is acknowledged, and a refused write
+        # kills the worker. A later attempt (another may still be running the session)
+        # writes it before its worker starts.
         # (Left to finish when the attempt stops first: it writes nothing once its job is
         # lost, and the attempt's end, if any, is written after it.)
         self.begun = asyncio.create_task(self._begin(started))
@@ -839,6 +851,10 @@ class SessionRun:
             tracing.fail(span, error_type)
         span.end(end_time=end_ns)  # never before its start (``_Span.end`` sees to it)
 
+
+# A job younger than this is its session's only one (``SessionRun._may_start``): JetStream's
+# duplicate window, less what the NATS server's clock and ours may differ by.
+FRESH_JOB = bus.DUPLICATE_WINDOW - 10.0
 
 # Bytes of recorded outcomes the start frame carries at most; later recorded steps are
 # answered one by one as the worker asks (the frame must stay well under MAX_FRAME).
