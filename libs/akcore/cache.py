@@ -4,7 +4,8 @@ event or session (a webhook's trigger, a project's vars).
 The store publishes the name of every operation that changes projects, deployments,
 triggers or vars on ``ak.changed`` (core NATS) before it answers it; a ``StoreCache``
 forgets everything when it hears one, so a change is seen by the next event. The time
-limit covers a notice lost in a reconnect.
+limit covers a notice lost in a reconnect. With ``ahead``, an answer still in use is asked
+for again before it expires, off the caller's path.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class StoreCache:
     # ones are dropped, and if that is not enough, all of them.
     MAX_KEPT = 10_000
 
-    def __init__(self, ttl: float = 5.0, fetch: Fetch | None = None) -> None:
-        self.ttl = ttl
+    def __init__(self, ttl: float = 5.0, fetch: Fetch | None = None, ahead: bool = False) -> None:
+        """``ahead``: an answer used in the second half of its time is asked again in the
+        background, so that a key in steady use is never asked for while a caller waits."""
+        self.ttl, self.ahead = ttl, ahead
         self._fetch: Fetch = fetch or bus.store_call
         self._kept: dict[tuple[str, str], tuple[float, Any, str | None]] = {}
         self._asking: dict[tuple[str, str], asyncio.Future[Any]] = {}
@@ -70,17 +73,26 @@ class StoreCache:
         now = asyncio.get_running_loop().time()
         hit = self._kept.get((op, key))
         if hit is not None and now - hit[0] < self.ttl:
+            if self.ahead and now - hit[0] >= self.ttl / 2:
+                self._asked(nc, op, args, key, now)  # for the next callers
             if hit[2] is not None:
                 raise NotFound(hit[2])
             return hit[1]
+        asking = self._asked(nc, op, args, key, now)
+        if timeout is None:
+            return await asyncio.shield(asking)
+        return await asyncio.wait_for(asyncio.shield(asking), timeout)
+
+    def _asked(
+        self, nc: Client, op: str, args: dict[str, Any], key: str, now: float
+    ) -> asyncio.Future[Any]:
+        """The store's answer on its way: asked now unless it is already being asked."""
         asking = self._asking.get((op, key))
         if asking is None:  # a task of its own: a caller given up on does not cancel it
             asking = asyncio.ensure_future(self._ask(nc, op, args, key, now))
             asking.add_done_callback(_retrieved)
             self._asking[(op, key)] = asking
-        if timeout is None:
-            return await asyncio.shield(asking)
-        return await asyncio.wait_for(asyncio.shield(asking), timeout)
+        return asking
 
     async def _ask(self, nc: Client, op: str, args: dict[str, Any], key: str, now: float) -> Any:
         try:

@@ -186,7 +186,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     ticks = asyncio.create_task(Scheduler(nc, tel).run(stop))
     waker = asyncio.create_task(Waker(nc).run(stop))
     turns = Turns()
-    targets = StoreCache()
+    targets = StoreCache(ahead=True)  # asked again in the background while in use
     await targets.watch(nc)
     evaluators = Evaluators(settings.filter_budget_ms)
     dispatcher = Dispatcher(nc, tel, targets, evaluators)

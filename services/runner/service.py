@@ -284,7 +284,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     nc = await bus.connect_service(settings, "runner", on_reconnect=inboxes.resync)
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
-    env_cache = StoreCache()
+    env_cache = StoreCache(ahead=True)  # asked again in the background while in use
     await env_cache.watch(nc)
     await inboxes.watch(nc)
     js = nc.jetstream()

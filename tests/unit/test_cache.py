@@ -61,3 +61,30 @@ async def test_callers_of_an_expired_answer_ask_the_store_once(nats_url: str) ->
     got = await asyncio.gather(*(cache.call(nc, "session.env", args, "prj_1") for _ in range(20)))
     assert got == [{"VAR": "v"}] * 20 and asked == ["prj_1"]
     await nc.close()
+
+
+async def test_an_answer_in_use_is_asked_again_ahead_of_its_expiry() -> None:
+    """``ahead``: a caller of an answer in the second half of its time gets it at once, and
+    the store is asked again in the background for the callers after it."""
+    answers: list[int] = []
+
+    async def fetch(nc: Any, op: str, args: dict[str, Any]) -> int:
+        answers.append(len(answers) + 1)
+        return answers[-1]
+
+    cache = StoreCache(ttl=10.0, fetch=fetch, ahead=True)
+    key = ("session.env", "prj_1")
+
+    async def call() -> Any:
+        return await cache.call(None, "session.env", {}, "prj_1")  # type: ignore[arg-type]
+
+    assert await call() == 1
+    assert await call() == 1
+    assert answers == [1]  # young: kept, not asked again
+    when, result, missing = cache._kept[key]
+    cache._kept[key] = (when - 6.0, result, missing)  # as if asked 6 s ago
+    assert await call() == 1
+    await asyncio.gather(*cache._asking.values())  # the background request
+    assert answers == [1, 2]
+    assert await call() == 2
+    assert answers == [1, 2]
