@@ -11,8 +11,9 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
   points   ``step`` (the worker asks for durable step N, before anything is done),
            ``journaling`` (the record of step N is about to be written), ``journaled`` (it
            was acknowledged, the worker not answered yet), ``started`` (the attempt's
-           ``started`` record was acknowledged; no step), ``ended`` (the ``ended`` record
-           was acknowledged, the parent not told yet; no step), ``parked`` (a waiting
+           ``started`` record was acknowledged, in a first attempt while its worker starts;
+           no step), ``ended`` (the ``ended`` record was acknowledged, the parent not told
+           yet; no step), ``parked`` (a waiting
            session's ``parked`` record was acknowledged, its AK_PARKED entry not put yet; no
            step), ``registered`` (that entry was put, the job not acked yet; no step)
 

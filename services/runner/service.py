@@ -125,6 +125,14 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             )
         if not records and not (job.journal_seq or job.parked_seq):
             if not await _ended_in_store(host, job):  # its `created` is on its way
+                if delivery > limit and _age(msg) > bus.DUPLICATE_WINDOW:
+                    # Whoever published it gave up, or a new try of theirs brings a new job
+                    # (past the duplicate window): this one goes.
+                    log.error(
+                        "session %s: its `created` record never came; its job is dropped",
+                        job.session_id,
+                    )
+                    return Outcome.DROPPED
                 log.warning(
                     "session %s: its `created` record is not in its journal yet; will retry",
                     job.session_id,
@@ -155,6 +163,12 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
     if not headers.get(subjects.HDR_TRACEPARENT) and history.traceparent:
         headers[subjects.HDR_TRACEPARENT] = history.traceparent
     return await run.traced(tracing.extract(headers))
+
+
+def _age(msg: Msg) -> float:
+    """Seconds since the message was published (by the NATS server's clock)."""
+    stamp = msg.metadata.timestamp
+    return time.time() - stamp.timestamp() if stamp else 0.0
 
 
 async def _ended_in_store(host: Host, job: wire.Job) -> bool:

@@ -171,3 +171,33 @@ async def test_a_job_of_a_session_ended_and_cleaned_up_runs_nothing(
         assert await journal(nc, sid) == []
         assert await _state(nc, sid) == wire.COMPLETED
         await nc.close()
+
+
+async def test_a_job_whose_created_record_never_comes_is_dropped_in_the_end(
+    settings: Settings, short_ack_wait: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its publisher gave up (a parent's `start` that failed): once the job has used up its
+    attempts and is past JetStream's duplicate window (as this one is made to be), it goes,
+    with nothing journaled (a new try of its publisher would bring a new job)."""
+    monkeypatch.setattr(bus, "DUPLICATE_WINDOW", 0.0)
+    settings = dataclasses.replace(settings, max_attempts=2)
+    marker = _marker(tmp_path)
+    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": CODE})
+        sid = "ses_01m8cpgk96e6wakscbfn3064d2"
+        await bus.publisher(nc).publish(
+            subjects.job_subject(sid),
+            wire.encode(_job(d, sid, marker, "eager")),
+            headers={subjects.HDR_MSG_ID: f"job:{sid}"},
+        )
+
+        async def third_delivery() -> bool:
+            return await _deliveries(js) >= 3
+
+        await eventually(third_delivery, timeout=30)
+        await eventually(lambda: _no_jobs(js), timeout=30)
+        assert await journal(nc, sid) == []
+        assert await _state(nc, sid) == ""
+        await nc.close()
