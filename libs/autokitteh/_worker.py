@@ -293,20 +293,41 @@ def _put_environ(saved: dict[bytes, bytes]) -> None:
 def become_user(uid: int) -> None:
     """Drops every privilege for user ``uid`` (group ``uid``, no other groups), for good;
     files it creates are its own alone, and nothing it runs can gain privileges again
-    (``PR_SET_NO_NEW_PRIVS``: a setuid program stays the user's)."""
+    (``PR_SET_NO_NEW_PRIVS``: a setuid program stays the user's). The process also becomes
+    its descendants' reaper (``PR_SET_CHILD_SUBREAPER``): what a handler starts stays among
+    its children even when it double-forks, so that the runner can tell from the worker's
+    children alone whether a session left anything running (it then kills every process of
+    the user)."""
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     os.umask(0o077)
-    _no_new_privs()
+    _prctl(38)  # PR_SET_NO_NEW_PRIVS
+    global _reaper
+    _reaper = _prctl(36)  # PR_SET_CHILD_SUBREAPER
 
 
-def _no_new_privs() -> None:
+_reaper = False  # whether this process is its descendants' reaper (a worker of its own user)
+
+
+def _prctl(option: int) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        return bool(libc.prctl(option, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):  # not Linux: the user id alone
-        pass
+        return False
+
+
+def reap_children() -> None:
+    """Reaps the children that ended, in a worker that is its descendants' reaper: what the
+    runner killed of earlier sessions stays a zombie until this process waits for it."""
+    while _reaper:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def sandboxed(uid: int, venv: str, memory_mb: int, processes: int) -> None:
@@ -358,6 +379,7 @@ def confine(limits: dict[str, Any]) -> None:
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     """Runs one session and sends its ``done``; True when the process can take another."""
     confine(start.get("limits") or {})
+    reap_children()
     baseline = _Baseline()
     code_dir = real_path(start["code_dir"])
     ch.idle = False

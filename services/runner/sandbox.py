@@ -277,6 +277,21 @@ def kill_user(uid: int, keep: int = 0) -> int:
     return killed
 
 
+def has_children(pid: int) -> bool:
+    """Whether process ``pid`` has children (ended ones it has not waited for too), from the
+    ``children`` lists of its threads; True when those cannot be read (a kernel without
+    them, or the process gone), so that a caller falls back to scanning ``/proc``."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+        for tid in tids:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                if f.read(1):
+                    return True
+    except OSError:
+        return True
+    return not tids
+
+
 def resident_by_user(uids: Collection[int]) -> dict[int, int]:
     """The memory (bytes) all the processes of each of ``uids`` use together: their
     proportional set sizes, so that pages forked children share count once, not once per
@@ -346,15 +361,18 @@ def _pids() -> list[int]:
 def _real_uid(pid: int) -> int:
     """The real user id of a live process (-1 for one gone, or a zombie: dead already)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"State:") and line.split()[1] in (b"Z", b"X"):
-                    return -1
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[1])
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        try:
+            head = os.read(fd, 4096)  # State comes before Uid, both in the first lines
+        finally:
+            os.close(fd)
+        state = head.index(b"\nState:") + 7
+        if head[state : state + 3].split()[0] in (b"Z", b"X"):
+            return -1
+        uid = head.index(b"\nUid:") + 5
+        return int(head[uid : head.index(b"\n", uid)].split()[0])
     except (OSError, ValueError, IndexError):
-        pass
-    return -1
+        return -1
 
 
 def lock_dir() -> Path:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from autokitteh._channel import HEADER_SIZE, MAX_FRAME, decode_header, encode_frame, split_sizes
 from autokitteh._frames import FrameError
 
-from .sandbox import UserIds, WorkerLimits, kill_user, open_way_to
+from .sandbox import UserIds, WorkerLimits, has_children, kill_user, open_way_to
 
 STDERR_TAIL = 20
 EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting its exit
@@ -587,7 +587,10 @@ class WorkerPool:
         ):
             await worker.close()
             return
-        if worker.uid >= 0:  # what its session left running dies with the session
+        if worker.uid >= 0 and has_children(worker.proc.pid):
+            # What its session left running dies with the session. (The worker is its
+            # descendants' reaper: a session that started nothing, or whose processes all
+            # ended and were waited for, leaves it no children, and /proc need not be read.)
             await asyncio.to_thread(kill_user, worker.uid, worker.proc.pid)
         key = pool_key(python, env)
         worker.stderr_tail.clear()

@@ -18,6 +18,7 @@ from ak_runner.sandbox import (
     UserIds,
     as_user,
     chown_tree,
+    has_children,
     kill_user,
     open_way_to,
     seal_data_home,
@@ -144,6 +145,65 @@ def test_killing_a_user_kills_what_left_its_process_group_and_session() -> None:
     while _marked(mark):
         assert time.monotonic() < deadline, "a process of the user survived"
         time.sleep(0.05)
+
+
+_REAPER = """
+import subprocess, sys
+from autokitteh import _worker
+_worker.become_user(int(sys.argv[1]))
+print("started", flush=True)
+sys.stdin.readline()  # the test looks: no children
+subprocess.Popen(["sh", "-c", 'setsid "$@" &', "sh", *sys.argv[2:]]).wait()
+print("littered", flush=True)
+sys.stdin.readline()  # the test kills what it left
+_worker.reap_children()
+print("reaped", flush=True)
+sys.stdin.readline()
+"""
+
+
+@root_only
+def test_a_worker_of_its_own_user_keeps_what_it_double_forked_among_its_children(
+    python_for_all: None,
+) -> None:
+    uid = 829997
+    mark = f"ak-reaper-{os.getpid()}"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)", mark]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(uid), *sleeper],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3] / "libs")},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "started\n"
+        assert not has_children(proc.pid)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "littered\n"
+        # The daemon's parent ended: it was handed to the worker, not to init.
+        assert len([pid for pid in _marked(mark) if pid != proc.pid]) == 1
+        assert has_children(proc.pid)
+        assert kill_user(uid, keep=proc.pid) >= 1
+        deadline = time.monotonic() + 5
+        while [pid for pid in _marked(mark) if pid != proc.pid]:
+            assert time.monotonic() < deadline, "a process of the user survived"
+            time.sleep(0.05)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "reaped\n"
+        assert not has_children(proc.pid)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_process_that_cannot_be_read_counts_as_having_children() -> None:
+    pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    pid.wait()
+    assert has_children(pid.pid)  # gone: the caller scans /proc instead
 
 
 def _marked(mark: str) -> list[int]:
