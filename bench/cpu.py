@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,16 +41,43 @@ def kind(pid: int, root: int) -> str:
     return "worker"
 
 
-def per_process(root: int) -> dict[int, tuple[str, float]]:
-    return {pid: (kind(pid, root), pl.cpu_ms([pid])) for pid in pl.tree(root)}
+def _is_busy_worker(pid: int) -> bool:
+    """A worker that has run sessions (not a spare, nor the fork server: forked workers
+    keep its command line)."""
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        forked = "_zygote" in Path(f"/proc/{ppid}/cmdline").read_text()
+        started = "_zygote" not in Path(f"/proc/{pid}/cmdline").read_text()
+        return (forked or started) and pl.cpu_ms([pid]) > 1
+    except OSError:
+        return False
+
+
+Counts = tuple[float, float, float]  # user ms, system ms, minor page faults
+
+
+def counts(pid: int) -> Counts:
+    """User and system CPU (children waited for included) and minor faults of a process."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0, 0.0
+    tick = 1000 / pl.CLK_TCK
+    return (int(f[11]) + int(f[13])) * tick, (int(f[12]) + int(f[14])) * tick, float(f[7])
+
+
+def per_process(root: int) -> dict[int, tuple[str, Counts]]:
+    return {pid: (kind(pid, root), counts(pid)) for pid in pl.tree(root)}
 
 
 def breakdown(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
-) -> dict[str, float]:
-    out: dict[str, float] = defaultdict(float)
-    for pid, (k, ms) in after.items():
-        out[k] += ms - before.get(pid, (k, 0.0))[1]
+    before: dict[int, tuple[str, Counts]], after: dict[int, tuple[str, Counts]]
+) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for pid, (k, now) in after.items():
+        then = before.get(pid, (k, (0.0, 0.0, 0.0)))[1]
+        for i in range(3):
+            out[k][i] += now[i] - then[i]
     return out
 
 
@@ -71,9 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KIND",
         help="record these kinds of process (runner, store, ...) with py-spy in the first round",
     )
+    ap.add_argument("--perf", nargs="*", default=[], metavar="KIND", help="perf record these")
     ap.add_argument("--out", default="/tmp", help="where py-spy's profiles go")
     ap.add_argument("--env", nargs="*", default=[], help="NAME=VALUE for the stack")
     args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
 
     home = Path(tempfile.mkdtemp(prefix="ak-bench-cpu-"))
     env = {"AK_JOBS__ACK_WAIT": "2", "AK_LOG_LEVEL": "WARNING"}
@@ -92,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.rounds):
             load = os.getloadavg()[0]
             before = per_process(stack.proc.pid)
-            spies = [
+            spies = [  # (the load generator's CPU is all counted as user time)
                 subprocess.Popen(
                     [
                         shutil.which("py-spy") or "py-spy",
@@ -104,32 +132,67 @@ def main(argv: list[str] | None = None) -> None:
                         "-f",
                         "raw",
                         "-r",
-                        "200",
+                        "1000",
                         "--nonblocking",
                         "-o",
                         f"{args.out}/py-spy-{k}-{pid}.txt",
                     ],
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=open(f"{args.out}/py-spy-{k}-{pid}.log", "wb"),  # noqa: SIM115
                 )
-                for pid, (k, _) in before.items()
-                if k in args.py_spy
+                for pid, k in [
+                    (pid, k)
+                    for pid, (k, _) in before.items()
+                    if k in args.py_spy and (k != "worker" or _is_busy_worker(pid))
+                ][:8]
             ]
             args.py_spy = []
+            perf = None
+            if args.perf:
+                pids = [pid for pid, (k, _) in before.items() if k in args.perf]
+                perf = subprocess.Popen(
+                    [
+                        "perf",
+                        "record",
+                        "-F",
+                        "999",
+                        "-g",
+                        "-o",
+                        f"{args.out}/perf.data",
+                        "-p",
+                        ",".join(map(str, pids)),
+                        "--",
+                        "sleep",
+                        str(int(args.duration)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             loop = pl.closed_loop(url, {}, args.concurrency, args.duration)
             parts = breakdown(before, per_process(stack.proc.pid))
             for spy in spies:
                 spy.wait()
-            parts["load generator"] = loop["client_cpu_ms"]
+            if perf is not None:
+                perf.wait()
+                args.perf = []
+            after = per_process(stack.proc.pid)
+            old = {p for p, (k, _) in before.items() if k == "worker"}
+            new = {p for p, (k, _) in after.items() if k == "worker"}
+            print(f"worker processes: {len(old)} before, {len(new)} after, {len(new - old)} new")
+            parts["load generator"] = [loop["client_cpu_ms"], 0.0, 0.0]
             n = max(1, loop["ok"])
-            total = sum(parts.values()) / n
+            total = sum(p[0] + p[1] for p in parts.values()) / n
             print(
                 f"{loop['rate']:.0f} workflows/s, p99 {loop['p99_ms']:.0f} ms, "
                 f"failed+lost {loop['failed'] + loop['lost']}, CPU {total:.2f} ms/workflow, "
                 f"load before {load:.2f}"
             )
-            for k, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
-                print(f"  {k:15s} {ms / n:6.3f} ms")
+            print("  process          CPU ms  (user + system)  minor faults")
+            for k, (user, system, faults) in sorted(parts.items(), key=lambda kv: -sum(kv[1][:2])):
+                print(
+                    f"  {k:15s} {(user + system) / n:6.3f}  ({user / n:.3f} + {system / n:.3f})"
+                    f"  {faults / n:8.1f}"
+                )
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)

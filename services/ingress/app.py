@@ -23,7 +23,7 @@ from .auth import Authenticator
 from .body import read_body
 from .commands import perform
 from .lookups import WebhookLookups
-from .sync import SyncWait
+from .sync import SyncWaits
 from .throttle import FailedTries, Refusals
 from .ui import add_ui
 
@@ -67,6 +67,7 @@ def create_app(
     auth = Authenticator(nc, tokens_required)
     max_api_body = (limits or HttpLimits()).max_api_body
     keys = keys or load_keyring()
+    sync_waits = SyncWaits(nc)
 
     async def webhook(request: Request, slug: str) -> Response:
         """The root span of the trace of every session this request starts."""
@@ -111,7 +112,7 @@ def create_app(
         span.set_attribute("ak.trigger_id", event.destination_id)
         span.set_attribute("ak.event_id", event.event_id)
         if target.is_sync:
-            async with SyncWait(nc, event.event_id) as wait:
+            async with sync_waits.wait(event.event_id) as wait:
                 if (failed := await publish(event, slug)) is not None:
                     return failed
                 resp = await wait.response()

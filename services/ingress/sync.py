@@ -15,34 +15,70 @@ from nats.aio.msg import Msg
 TIMEOUT = float(os.environ.get("AK_WEBHOOKS__RESPONSE_TIMEOUT", "30"))
 
 
-class SyncWait:
-    """Listens for an event's dispatch report and outcomes; start it before publishing."""
+class SyncWaits:
+    """The sync webhook requests of one ingress process waiting for their events' dispatch
+    reports and outcomes: one subscription to each subject for all requests, made once.
+    (Two subscriptions, a flush and two unsubscribes per request were a third of ingress's
+    CPU per sync request.) With several ingress processes, each also hears the others'
+    reports and outcomes and drops them unread."""
 
-    def __init__(self, nc: Client, event_id: str) -> None:
-        self.nc, self.event_id = nc, event_id
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self._waits: dict[str, SyncWait] = {}
+        self._subscribed: asyncio.Future[None] | None = None
+
+    def wait(self, event_id: str) -> SyncWait:
+        """Listens for ``event_id``'s report and outcomes; enter it before publishing."""
+        return SyncWait(self, event_id)
+
+    async def _ready(self) -> None:
+        if self._subscribed is None or (
+            self._subscribed.done() and self._subscribed.exception() is not None
+        ):
+            self._subscribed = asyncio.ensure_future(self._subscribe())
+        await asyncio.shield(self._subscribed)
+
+    async def _subscribe(self) -> None:
+        subs = [
+            await self.nc.subscribe(subjects.dispatched_subject("*"), cb=self._on_dispatched),
+            await self.nc.subscribe(subjects.outcome_subject("*"), cb=self._on_outcome),
+        ]
+        try:
+            await self.nc.flush()  # the server has them before any event is published
+        except BaseException:
+            for sub in subs:
+                await sub.unsubscribe()
+            raise
+
+    def _waiting(self, msg: Msg) -> SyncWait | None:
+        return self._waits.get(msg.subject.rpartition(".")[2])
+
+    async def _on_dispatched(self, msg: Msg) -> None:
+        wait = self._waiting(msg)
+        if wait is not None and not wait.dispatched.done():
+            wait.dispatched.set_result(wire.unpack(msg.data))
+
+    async def _on_outcome(self, msg: Msg) -> None:
+        wait = self._waiting(msg)
+        if wait is not None and not wait.outcome.done():
+            wait.outcome.set_result(wire.unpack(msg.data).get("value"))
+
+
+class SyncWait:
+    """One sync webhook request's wait for its event's dispatch report and first outcome."""
+
+    def __init__(self, waits: SyncWaits, event_id: str) -> None:
+        self.waits, self.event_id = waits, event_id
         self.dispatched: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._subs: list[Any] = []
 
     async def __aenter__(self) -> SyncWait:
-        async def on_dispatched(msg: Msg) -> None:
-            if not self.dispatched.done():
-                self.dispatched.set_result(wire.unpack(msg.data))
-
-        async def on_outcome(msg: Msg) -> None:
-            if not self.outcome.done():
-                self.outcome.set_result(wire.unpack(msg.data).get("value"))
-
-        self._subs = [
-            await self.nc.subscribe(subjects.dispatched_subject(self.event_id), cb=on_dispatched),
-            await self.nc.subscribe(subjects.outcome_subject(self.event_id), cb=on_outcome),
-        ]
-        await self.nc.flush()
+        await self.waits._ready()
+        self.waits._waits[self.event_id] = self
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
+        self.waits._waits.pop(self.event_id, None)
 
     async def response(self) -> Response:
         loop = asyncio.get_running_loop()
