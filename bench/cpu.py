@@ -3,8 +3,13 @@ webhook whose handler runs one activity and answers with ``http_outcome``, 64 in
 
 ``python -m bench.cpu [--duration 20] [--concurrency 64] [--rounds 1]`` starts its own
 ``ak up --mode dev`` (as ``python -m bench --peers --only ours`` does), and prints the
-workflows/s and, for each kind of process (ingress, dispatcher, runner, store, workers,
-nats-server, the load generator), its CPU (user + system, from /proc) per workflow.
+workflows/s and, for each kind of process (ingress, dispatcher, runner, store, workers with
+their fork server, nats-server, the load generator), its CPU per workflow (user and system
+time from /proc, children it waited for included) and its minor page faults.
+``--steps N``: per durable step instead, in one session of N sequential activities.
+``--py-spy KIND...`` / ``--perf KIND...``: profiles of those processes (first round) in
+``--out``; ``--env NAME=VALUE...``: settings for the stack (``AK_RUNNER__SANDBOX=off``).
+Printed only: docs/benchmarks.md quotes it by hand.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,6 +87,70 @@ def breakdown(
     return out
 
 
+def profilers(
+    before: dict[int, tuple[str, Counts]], args: argparse.Namespace
+) -> tuple[list[subprocess.Popen[bytes]], subprocess.Popen[bytes] | None]:
+    """py-spy and perf on the processes asked for, for ``args.duration`` (first round only)."""
+    spies = [  # py-spy on at most 8 processes
+        subprocess.Popen(
+            [
+                shutil.which("py-spy") or "py-spy",
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(int(args.duration)),
+                "-f",
+                "raw",
+                "-r",
+                "1000",
+                "--nonblocking",
+                "-o",
+                f"{args.out}/py-spy-{k}-{pid}.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"{args.out}/py-spy-{k}-{pid}.log", "wb"),  # noqa: SIM115
+        )
+        for pid, k in [
+            (pid, k)
+            for pid, (k, _) in before.items()
+            if k in args.py_spy and (k != "worker" or _is_busy_worker(pid))
+        ][:8]
+    ]
+    args.py_spy = []
+    perf = None
+    if args.perf:
+        pids = [pid for pid, (k, _) in before.items() if k in args.perf]
+        perf = subprocess.Popen(
+            [
+                "perf",
+                "record",
+                "-F",
+                "999",
+                "-g",
+                "-o",
+                f"{args.out}/perf.data",
+                "-p",
+                ",".join(map(str, pids)),
+                "--",
+                "sleep",
+                str(int(args.duration)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    return spies, perf
+
+
+def show(parts: dict[str, list[float]], n: int) -> None:
+    print("  process          CPU ms  (user + system)  minor faults")
+    for k, (user, system, faults) in sorted(parts.items(), key=lambda kv: -sum(kv[1][:2])):
+        print(
+            f"  {k:15s} {(user + system) / n:6.3f}  ({user / n:.3f} + {system / n:.3f})"
+            f"  {faults / n:8.1f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     from bench import __main__ as b
     from tests.helpers import start_stack
@@ -89,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--pause", action="store_true", help="print the pids and wait for Enter")
+    ap.add_argument(
+        "--steps", type=int, default=0, help="instead: one session of this many activities"
+    )
     ap.add_argument(
         "--py-spy",
         nargs="*",
@@ -113,61 +185,30 @@ def main(argv: list[str] | None = None) -> None:
         paths = stack.deploy_paths(b.PROJECT)
         url = stack.url + paths["sync_step"]
         pl.closed_loop(url, {}, 8, 1)  # warm up: workers started
-        if args.pause:
-            for pid, (k, _) in sorted(per_process(stack.proc.pid).items()):
-                print(pid, k)
-            input("Enter to go on")
         for _ in range(args.rounds):
             load = os.getloadavg()[0]
+            if args.steps:
+                before = per_process(stack.proc.pid)
+                spies, perf = profilers(before, args)
+                sid = b.run_session(stack, paths["activities"], {"n": args.steps})
+                times = b.prints(sid)[0]["us"]
+                parts = breakdown(before, per_process(stack.proc.pid))
+                for spy in spies:  # (recording for --duration: stopped when the session ends)
+                    spy.send_signal(signal.SIGINT)  # (py-spy writes its profile then)
+                    spy.wait()
+                if perf is not None:
+                    perf.wait()
+                    args.perf = []
+                n = args.steps
+                total = sum(p[0] + p[1] for p in parts.values()) / n
+                print(
+                    f"{n} activities: p50 {b.pct(times, 50) / 1000:.3f} ms, "
+                    f"CPU {total:.3f} ms per step, load before {load:.2f}"
+                )
+                show(parts, n)
+                continue
             before = per_process(stack.proc.pid)
-            spies = [  # (the load generator's CPU is all counted as user time)
-                subprocess.Popen(
-                    [
-                        shutil.which("py-spy") or "py-spy",
-                        "record",
-                        "-p",
-                        str(pid),
-                        "-d",
-                        str(int(args.duration)),
-                        "-f",
-                        "raw",
-                        "-r",
-                        "1000",
-                        "--nonblocking",
-                        "-o",
-                        f"{args.out}/py-spy-{k}-{pid}.txt",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=open(f"{args.out}/py-spy-{k}-{pid}.log", "wb"),  # noqa: SIM115
-                )
-                for pid, k in [
-                    (pid, k)
-                    for pid, (k, _) in before.items()
-                    if k in args.py_spy and (k != "worker" or _is_busy_worker(pid))
-                ][:8]
-            ]
-            args.py_spy = []
-            perf = None
-            if args.perf:
-                pids = [pid for pid, (k, _) in before.items() if k in args.perf]
-                perf = subprocess.Popen(
-                    [
-                        "perf",
-                        "record",
-                        "-F",
-                        "999",
-                        "-g",
-                        "-o",
-                        f"{args.out}/perf.data",
-                        "-p",
-                        ",".join(map(str, pids)),
-                        "--",
-                        "sleep",
-                        str(int(args.duration)),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+            spies, perf = profilers(before, args)
             loop = pl.closed_loop(url, {}, args.concurrency, args.duration)
             parts = breakdown(before, per_process(stack.proc.pid))
             for spy in spies:
@@ -187,12 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"failed+lost {loop['failed'] + loop['lost']}, CPU {total:.2f} ms/workflow, "
                 f"load before {load:.2f}"
             )
-            print("  process          CPU ms  (user + system)  minor faults")
-            for k, (user, system, faults) in sorted(parts.items(), key=lambda kv: -sum(kv[1][:2])):
-                print(
-                    f"  {k:15s} {(user + system) / n:6.3f}  ({user / n:.3f} + {system / n:.3f})"
-                    f"  {faults / n:8.1f}"
-                )
+            show(parts, n)
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
