@@ -319,8 +319,10 @@ def _prctl(option: int) -> bool:
 
 
 def reap_children() -> None:
-    """Reaps the children that ended, in a worker that is its descendants' reaper: what the
-    runner killed of earlier sessions stays a zombie until this process waits for it."""
+    """Reaps the children that ended, in a worker that is its descendants' reaper: they
+    stay zombies until this process waits for them (what its sessions started and did not
+    wait for, and their orphans). Only between sessions: while a handler runs, its own
+    ``subprocess`` objects wait for their processes, and must get their exit codes."""
     while _reaper:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -379,7 +381,7 @@ def confine(limits: dict[str, Any]) -> None:
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     """Runs one session and sends its ``done``; True when the process can take another."""
     confine(start.get("limits") or {})
-    reap_children()
+    reap_children()  # what the runner killed after the last session
     baseline = _Baseline()
     code_dir = real_path(start["code_dir"])
     ch.idle = False
@@ -389,6 +391,8 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
         sys.stdout.flush()
         sys.stderr.flush()
     reusable = baseline.restore(code_dir)
+    if reusable:  # (no thread of the handler's is left to wait for its own processes)
+        reap_children()  # what the session started and did not wait for, ended: not left
     ch.idle = True
     ch.send({**done, "reusable": reusable}, blob)
     return reusable
