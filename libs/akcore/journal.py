@@ -157,6 +157,13 @@ class Parked:
     reason: str  # one of PARK_REASONS
     deadline_us: int = 0  # when the wait ends by itself (0: only an inbox message ends it)
     inbox_seq: int = 0  # the last AK_INBOX stream sequence the attempt had read (0: none)
+    # What inbox messages the wait takes (akcore.parking.want): a waker wakes the session
+    # for those and for a stop request only. None (records of before): any message wakes it.
+    wants: list[str] | None = None
+    # When the attempt that parked started counting AK_RUNNER__SESSION_TIMEOUT (µs since the
+    # epoch; 0: it had no limit, or a record of before): the attempt it wakes to goes on
+    # counting from there.
+    clock_us: int = 0
 
 
 @dataclass(frozen=True)

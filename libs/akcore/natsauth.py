@@ -229,6 +229,7 @@ def permissions(service: str) -> Permissions:
                 *_waits(),
                 # the waker: parked sessions, and every inbox message (it may wake one)
                 *_kv(subjects.BUCKET_PARKED),
+                f"{API}.STREAM.PURGE.KV_{subjects.BUCKET_PARKED}",  # woken entries' markers
                 *_read(subjects.STREAM_INBOX),
             ),
             subscribe=(*_common(service), subjects.CHANGED),

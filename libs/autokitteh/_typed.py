@@ -25,6 +25,7 @@ _ACCEPTS: dict[str, tuple[type, ...]] = {
     "dict[str, str]": (dict,),
     "dict[str, Any]": (dict,),
     "list[str]": (list,),
+    "list[str] | None": (list, type(None)),
 }
 
 

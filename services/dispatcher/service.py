@@ -11,6 +11,7 @@ from akcore import bus, cel, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.errors import AKError
+from akcore.parking import inbox_headers
 from akcore.sessions import not_started, publish_session
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -76,7 +77,10 @@ class Dispatcher:
                 await pub.publish(
                     subjects.inbox_subject(sid),
                     wire.encode(inbox_msg),
-                    headers={subjects.HDR_MSG_ID: f"{event.event_id}:{inbox_msg.subscription_id}"},
+                    headers={
+                        subjects.HDR_MSG_ID: f"{event.event_id}:{inbox_msg.subscription_id}",
+                        **inbox_headers(inbox_msg),
+                    },
                 )
         await self.note(event, notes_of(triggers, subs, verdicts))
         if any(t.get("is_sync") for t in triggers):

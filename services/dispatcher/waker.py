@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from akcore import bus, subjects, timefmt, wire
@@ -38,6 +39,11 @@ class Parked:
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, Entry]] = {}  # session -> (revision, entry)
         self._heap: list[tuple[int, str, int]] = []  # (deadline_us, session, revision)
+        # Deadlines that came due while a wake of the same session was in flight: looked at
+        # again once it is over (``release``), since its entry may have been replaced.
+        self._held: dict[str, list[tuple[int, str, int]]] = {}
+        # Delete markers of woken entries (session -> the marker's revision), to purge.
+        self.markers: dict[str, int] = {}
 
     def learn(self, session_id: str, revision: int, entry: Entry) -> None:
         self.entries[session_id] = (revision, entry)
@@ -50,21 +56,44 @@ class Parked:
         if known is not None and (revision is None or known[0] == revision):
             del self.entries[session_id]
 
+    def deleted(self, session_id: str, revision: int) -> None:
+        """The session's entry was deleted (or purged) by the marker at ``revision``."""
+        self.forget(session_id)
+        self.markers[session_id] = revision
+
+    def take_markers(self) -> dict[str, int]:
+        """The delete markers seen since the last call (to purge)."""
+        out, self.markers = self.markers, {}
+        return out
+
     def later(self, session_id: str, at_us: int) -> None:
         """Looks at the session again at ``at_us`` (its wake job could not be published)."""
         known = self.entries.get(session_id)
         if known is not None:
             heapq.heappush(self._heap, (at_us, session_id, known[0]))
 
-    def due(self, now_us: int) -> list[str]:
-        """The sessions whose deadline has passed (each once; stale heap items skipped)."""
+    def due(self, now_us: int, busy: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """The sessions whose deadline has passed (each once; stale heap items skipped).
+        A session in ``busy`` (a wake of it in flight) is held until ``release``: its entry
+        may have been replaced meanwhile by a later parking, whose deadline must not be
+        lost with the wake of the earlier one."""
         out = []
         while self._heap and self._heap[0][0] <= now_us:
-            _, sid, revision = heapq.heappop(self._heap)
+            item = heapq.heappop(self._heap)
+            _, sid, revision = item
             known = self.entries.get(sid)
-            if known is not None and known[0] == revision:
+            if known is None or known[0] != revision:
+                continue
+            if sid in busy:
+                self._held.setdefault(sid, []).append(item)
+            else:
                 out.append(sid)
         return out
+
+    def release(self, session_id: str) -> None:
+        """The wake of the session is over: its held deadlines come due again."""
+        for item in self._held.pop(session_id, []):
+            heapq.heappush(self._heap, item)
 
     def next_deadline(self) -> int | None:
         while self._heap:
@@ -75,15 +104,20 @@ class Parked:
             heapq.heappop(self._heap)  # forgotten or replaced since
         return None
 
-    def woken_by(self, session_id: str, inbox_seq: int) -> bool:
-        """Whether an inbox message at ``inbox_seq`` wakes the session."""
+    def woken_by(
+        self, session_id: str, inbox_seq: int, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """Whether an inbox message at ``inbox_seq`` with ``headers`` wakes the session: one
+        past what it read that its wait takes, or a stop request (Entry.woken_by)."""
         known = self.entries.get(session_id)
-        return known is not None and inbox_seq > known[1].inbox_seq
+        return known is not None and inbox_seq > known[1].inbox_seq and known[1].woken_by(headers)
 
 
 class Waker:
     IDLE = 5.0  # seconds between looks at the heap when nothing changes
     RETRY = 1.0  # seconds before a wake job that could not be published is tried again
+    PURGE_EVERY = 10.0  # seconds between purges of the delete markers of woken entries
+    SCAN = 1000  # inbox messages looked at as an entry is learned (more: it wakes)
 
     def __init__(self, nc: Client) -> None:
         self.nc, self.js = nc, nc.jetstream()
@@ -94,6 +128,7 @@ class Waker:
         self._kv: Any = None
         self._inbox: Any = None
         self._inbox_starting: asyncio.Lock = asyncio.Lock()
+        self._purged_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wakes sessions until ``stop``; starts over after a failure (NATS away)."""
@@ -119,8 +154,9 @@ class Waker:
                 if watching.done():
                     watching.result()
                     raise RuntimeError("the watch of AK_PARKED ended")
-                for sid in self.parked.due(timefmt.now_us()):
+                for sid in self.parked.due(timefmt.now_us(), self._waking):
                     self.wake(sid, "its deadline passed")
+                await self._purge()
                 nxt = self.parked.next_deadline()
                 pause = self.IDLE
                 if nxt is not None:
@@ -152,7 +188,7 @@ class Waker:
             if e is None:  # every entry there was as the watch began has come
                 continue
             if e.operation in KV_GONE:
-                self.parked.forget(e.key)
+                self.parked.deleted(e.key, e.revision)
                 continue
             try:
                 entry = Entry.decode(e.value or b"")
@@ -163,17 +199,57 @@ class Waker:
             self.changed.set()
             self._spawn(self._look_at_inbox(e.key, e.revision, entry))
 
+    async def _purge(self) -> None:
+        """Purges the delete markers of woken entries (else they stay in the bucket, and
+        every waker reads them all as it starts). Each purge takes the key's messages up to
+        its marker only: an entry put since (the session parked again) stays."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._purged_at < self.PURGE_EVERY:
+            return
+        self._purged_at = loop.time()
+        markers = self.parked.take_markers()
+        if markers:
+            self._spawn(self._purge_markers(markers))
+
+    async def _purge_markers(self, markers: dict[str, int]) -> None:
+        stream = f"KV_{subjects.BUCKET_PARKED}"
+        for sid, revision in markers.items():
+            subject = f"$KV.{subjects.BUCKET_PARKED}.{sid}"
+            try:
+                await self.js.purge_stream(stream, seq=revision + 1, subject=subject)
+            except Exception as e:  # another waker's purge, or NATS away: purged later
+                log.debug("waker: marker of %s not purged: %r", sid, e)
+        log.debug("waker: purged %d delete markers", len(markers))
+
     async def _look_at_inbox(self, session_id: str, revision: int, entry: Entry) -> None:
-        """Wakes a session just learned of whose inbox got a message while it parked."""
+        """Wakes a session just learned of whose inbox got a message while it parked (one
+        its wait takes, or a stop request)."""
         await self._read_inboxes()  # from now on, a new message is seen as it comes
+        subject = subjects.inbox_subject(session_id)
         try:
-            last = await self.js.get_last_msg(
-                subjects.STREAM_INBOX, subjects.inbox_subject(session_id)
-            )
+            last = await self.js.get_last_msg(subjects.STREAM_INBOX, subject)
         except NotFoundError:
             return
+        if (last.seq or 0) <= entry.inbox_seq:
+            return
+        woken = entry.woken_by(last.headers)
+        seq = entry.inbox_seq + 1
+        for _ in range(self.SCAN):  # the messages before the last, oldest first
+            if woken:
+                break
+            try:
+                msg = await self.js.get_msg(
+                    subjects.STREAM_INBOX, seq=seq, subject=subject, next=True
+                )
+            except NotFoundError:
+                break
+            if (msg.seq or 0) >= (last.seq or 0):
+                break
+            woken, seq = entry.woken_by(msg.headers), (msg.seq or seq) + 1
+        else:
+            woken = True  # too many to look at: the woken attempt reads them
         known = self.parked.entries.get(session_id)
-        if (last.seq or 0) > entry.inbox_seq and known is not None and known[0] == revision:
+        if woken and known is not None and known[0] == revision:
             self.wake(session_id, "its inbox got a message while it parked")
 
     async def _read_inboxes(self) -> None:
@@ -191,7 +267,7 @@ class Waker:
 
     async def _on_inbox(self, msg: Msg) -> None:
         sid = msg.subject[len(subjects.inbox_subject("")) :]
-        if self.parked.woken_by(sid, msg.metadata.sequence.stream):
+        if self.parked.woken_by(sid, msg.metadata.sequence.stream, msg.headers):
             self.wake(sid, "a message reached its inbox")
 
     def wake(self, session_id: str, why: str) -> None:
@@ -201,8 +277,8 @@ class Waker:
         self._spawn(self._wake(session_id, why))
 
     async def _wake(self, session_id: str, why: str) -> None:
+        known = self.parked.entries.get(session_id)
         try:
-            known = self.parked.entries.get(session_id)
             if known is None:
                 return
             revision, entry = known
@@ -230,6 +306,18 @@ class Waker:
             log.exception("parked session %s: waking failed", session_id)
         finally:
             self._waking.discard(session_id)
+            self.parked.release(session_id)
+            self._after_wake(session_id, known[0] if known is not None else None)
+
+    def _after_wake(self, session_id: str, woken: int | None) -> None:
+        """The session parked again while it was being woken (its entry replaced by a later
+        parking's): what came meanwhile (a due deadline, an inbox message) was not acted on
+        then; look again."""
+        now = self.parked.entries.get(session_id)
+        if now is None or now[0] == woken:
+            return
+        self.changed.set()  # its held deadline, if any, is in the heap again
+        self._spawn(self._look_at_inbox(session_id, *now))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -13,6 +13,7 @@ from akcore import requests as rq
 from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument
 from akcore.manifest import parse_call
+from akcore.parking import inbox_headers
 from akcore.sessions import publish_session
 from nats.aio.client import Client
 
@@ -62,7 +63,9 @@ async def session_stop(nc: Client, keys: Keyring, req: rq.SessionStop) -> None:
         raise Conflict(f"session {s['session_id']} is already in a final state ({s['state']})")
     reason = f"[forced] {req.reason}".strip() if req.force else req.reason
     msg = wire.InboxMessage(kind=wire.INBOX_STOP, reason=reason or "stopped by user")
-    await bus.publisher(nc).publish(subjects.inbox_subject(s["session_id"]), wire.encode(msg))
+    await bus.publisher(nc).publish(
+        subjects.inbox_subject(s["session_id"]), wire.encode(msg), headers=inbox_headers(msg)
+    )
 
 
 async def session_restart(nc: Client, keys: Keyring, req: rq.SessionRef) -> dict[str, Any]:

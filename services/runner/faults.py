@@ -7,7 +7,10 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
   actions  ``crash`` (SIGKILL of the runner itself), ``stall=S`` (blocks the runner's event
            loop for S seconds, as a synchronous call would), ``no_heartbeats`` (the session's
            heartbeats stop from there on), ``unavailable`` (the attempt fails as when the
-           store or NATS is away: it is journaled as a retry and the job naked)
+           store or NATS is away: it is journaled as a retry and the job naked), ``hold``
+           (the attempt waits, the runner going on, until the file named by ``file=`` exists:
+           the test makes it when it has done what must happen meanwhile; only at the points
+           ``read`` and ``parking``)
   points   ``step`` (the worker asks for durable step N, before anything is done),
            ``journaling`` (the record of step N is about to be written), ``journaled`` (it
            was acknowledged, the worker not answered yet), ``started`` (the attempt's
@@ -15,7 +18,10 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
            no step), ``ended`` (the ``ended`` record was acknowledged, the parent not told
            yet; no step), ``parked`` (a waiting
            session's ``parked`` record was acknowledged, its AK_PARKED entry not put yet; no
-           step), ``registered`` (that entry was put, the job not acked yet; no step)
+           step), ``registered`` (that entry was put, the job not acked yet; no step),
+           ``read`` (a replaying attempt has read the journal, nothing written yet; no step),
+           ``parking`` (a waiting session has given up its handler's wait to park, its
+           ``parked`` record not written yet; no step)
 
 A rule fires in the first attempt only unless it says ``attempt=any`` (or another number).
 Example: ``crash journaled step=1 entry=crash.py:in_sleep``.
@@ -23,6 +29,7 @@ Example: ``crash journaled step=1 entry=crash.py:in_sleep``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -34,8 +41,18 @@ from akcore.errors import Unavailable
 log = logging.getLogger(__name__)
 
 ENV = "AK_TEST__FAULTS"
-ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable")
-POINTS = ("step", "journaling", "journaled", "started", "ended", "parked", "registered")
+ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable", "hold")
+POINTS = (
+    "step",
+    "journaling",
+    "journaled",
+    "started",
+    "ended",
+    "parked",
+    "registered",
+    "read",
+    "parking",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,7 @@ class Rule:
     step: int = 0  # 0: any step
     entry: str = ""  # "": any session
     attempt: int = 1  # 0: any attempt
+    file: str = ""  # hold: until this file exists
 
     def matches(self, point: str, step: int, entry: str, attempt: int) -> bool:
         return (
@@ -76,6 +94,7 @@ def parse(text: str) -> list[Rule]:
                 step=int(opts.get("step", 0)),
                 entry=opts.get("entry", ""),
                 attempt=0 if attempt == "any" else int(attempt),
+                file=opts.get("file", ""),
             )
         )
     return rules
@@ -104,6 +123,15 @@ class Faults:
                 time.sleep(rule.seconds)  # on purpose: the event loop stalls
             elif rule.action == "unavailable":
                 raise Unavailable(f"fault injected at {point} of step {step}")
-            else:
+            elif rule.action == "no_heartbeats":
                 stop_beating = True
         return stop_beating
+
+    async def hold(self, point: str, entry: str, attempt: int) -> None:
+        """Applies the ``hold`` rules for this point (and the others, as ``at``)."""
+        if self.at(point, entry, attempt):
+            raise RuntimeError(f"no_heartbeats is not a fault of point {point}")
+        for rule in self.rules:
+            if rule.action == "hold" and rule.matches(point, 0, entry, attempt) and rule.file:
+                while not os.path.exists(rule.file):  # the test's go-ahead
+                    await asyncio.sleep(0.05)

@@ -93,6 +93,14 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
         await msg.ack()
     elif outcome is Outcome.DROPPED:  # a stale job: another one runs the session
         await msg.ack_sync()
+    elif outcome is Outcome.FENCED and job.parked_seq and lease.valid():
+        # A wake job that still holds its job yet was fenced: another job of the session
+        # wrote its journal meanwhile (a second wake job of the same parking, published
+        # past JetStream's duplicate window, that read the journal as this one did). That
+        # one runs the session: this one is dropped, not delivered again (it would fence
+        # the other in turn, and so on until the attempts run out).
+        log.info("session %s: a wake job fenced by another one; dropped", job.session_id)
+        await msg.ack_sync()
     elif outcome is Outcome.RETRY and lease.valid():
         attempt = msg.metadata.num_delivered or 1
         await msg.nak(delay=min(2.0 ** (attempt - 1), 30.0))
@@ -157,6 +165,7 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
         log.info(
             "session %s: attempt %d replays %d steps", job.session_id, attempt, len(history.steps)
         )
+        await host.faults.hold("read", job.entrypoint, attempt)
     run = _run(host, msg, job, lease, history, last, attempt, read_us, written)
     # The trace the session belongs to: from the job, else from its journal (a replay).
     headers = dict(msg.headers or {})
@@ -217,7 +226,8 @@ async def _resumes(host: Host, job: wire.Job, history: journal.History, delivery
         if history.last_parked is not None and history.parked_at and host.parking is not None:
             parked = history.last_parked[1]
             trace = history.traceparent
-            await host.parking.ensure(job.session_id, parked_entry(job, last, parked, trace))
+            entry = parked_entry(job, last, parked, trace, host.session_timeout)
+            await host.parking.ensure(job.session_id, entry)
         log.info("session %s: a stale job dropped (it parked since)", job.session_id)
         return False
     if history.parked_at == last:

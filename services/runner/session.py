@@ -184,6 +184,13 @@ class SessionRun:
         self.park_journaled = False  # its `parked` record is written (see _park_now)
         self.begun: asyncio.Task[None] | None = None  # writing `started` (see _run)
         self._located = asyncio.Event()  # the place of `started` is known (see _locate)
+        # When AK_RUNNER__SESSION_TIMEOUT started counting (µs): as the attempt starts, but
+        # an attempt a wake starts goes on with the clock of the attempt that parked (the
+        # limit means the same with parking on or off); one after a crash starts afresh.
+        self.clock_us = timefmt.now_us()
+        parked = history.last_parked
+        if history.parked_at and parked is not None and parked[1].clock_us:
+            self.clock_us = min(self.clock_us, parked[1].clock_us)
 
     # --- the journal
 
@@ -500,17 +507,23 @@ class SessionRun:
                 wait, self._park = self.wait, asyncio.Event()
                 if wait is not None and self._may_park():
                     # The handler waits (the talk is suspended in that wait): it gives up
-                    # its worker and its job, nothing of it having been journaled.
+                    # its worker and its job, nothing of it having been journaled. What the
+                    # inbox has read is taken now, before anything else can run: a message
+                    # read from here on is past it (and wakes the session).
+                    seen = self._seen(wait)
                     talk.cancel()
                     await asyncio.gather(talk, return_exceptions=True)
-                    await self._park_now(worker, wait)
-                    return
+                    await self.host.faults.hold("parking", self.job.entrypoint, self.attempt)
+                    if self._may_park():
+                        await self._park_now(worker, wait, seen)
+                        return
+                    break  # a stop read meanwhile (or the job lost): not parked
         finally:
             self.host.memory.unwatch(worker.uid)
             self._disarm()
             for t in (stop, lost, timer):
                 t.cancel()
-        if talk.done():
+        if talk.done() and not talk.cancelled():
             talk.result()
             return
         talk.cancel()
@@ -523,9 +536,10 @@ class SessionRun:
 
     # --- parking (docs/reliability.md, "Parking")
 
-    def _arm(self, step: int, reason: str, deadline_us: int) -> None:
-        """The session waits in ``step`` until ``deadline_us`` (0: no deadline): it parks
-        once it has waited AK_RUNNER__PARK_AFTER, unless the wait ends first."""
+    def _arm(self, step: int, reason: str, deadline_us: int, wants: list[str]) -> None:
+        """The session waits in ``step`` until ``deadline_us`` (0: no deadline) for an
+        inbox message of ``wants`` (parking.want; none for a sleep): it parks once it has
+        waited AK_RUNNER__PARK_AFTER, unless the wait ends first."""
         self._disarm()
         parking = self.host.parking
         if parking is None or not parking.after or not self.job.is_durable:
@@ -533,7 +547,13 @@ class SessionRun:
         after = parking.after
         if deadline_us and deadline_us - timefmt.now_us() <= after * 1_000_000:
             return  # it ends before it would park
-        self.wait = journal.Parked(step=step, deadline_us=deadline_us, reason=reason)
+        self.wait = journal.Parked(
+            step=step,
+            deadline_us=deadline_us,
+            reason=reason,
+            wants=wants,
+            clock_us=self.clock_us,
+        )
         self._park_timer = asyncio.get_running_loop().call_later(after, self._park.set)
 
     def _disarm(self) -> None:
@@ -554,16 +574,19 @@ class SessionRun:
             and w.records + 3 < w.limits.records
         )
 
-    async def _park_now(self, worker: WorkerProcess, wait: Parked) -> None:
+    def _seen(self, wait: Parked) -> int:
+        """The inbox sequence a message past which may wake the session: for a sleep, one it
+        has not read (a stop request); for a wait for a message, one the wait has not looked
+        at (it may be the one it waits for)."""
+        inbox = self.inbox
+        return inbox.last_seq if wait.reason == "sleep" else inbox.examined_seq
+
+    async def _park_now(self, worker: WorkerProcess, wait: Parked, seen: int) -> None:
         """Journals the wait, puts the session in AK_PARKED, acks its job, kills its worker.
         A crash between two of these is taken care of by the job's next delivery
         (ak_runner.service), the order being what makes that safe."""
         job, parking = self.job, self.host.parking
         assert parking is not None
-        # A message past these wakes it: for a sleep, one it has not read; for a wait for a
-        # message, one the wait has not looked at (it may be the one it waits for).
-        inbox = self.inbox
-        seen = inbox.last_seq if wait.reason == "sleep" else inbox.examined_seq
         rec = dataclasses.replace(wait, inbox_seq=seen)
         seq = self.writer.seq  # the number the `parked` record takes
         await self.journal(rec)  # fenced, like every record
@@ -574,7 +597,8 @@ class SessionRun:
         )
         if not self.lease.valid():  # frozen meanwhile: another runner has taken it on
             raise Fenced(f"it lost its job while parking ({self.lease.lost_because})")
-        await parking.register(job.session_id, parked_entry(job, seq, rec, trace))
+        entry = parked_entry(job, seq, rec, trace, self.host.session_timeout)
+        await parking.register(job.session_id, entry)
         self._fault("registered")
         self.lease.beating = False
         try:
@@ -601,11 +625,12 @@ class SessionRun:
         return args, 0
 
     async def _time_limit(self) -> None:
-        """Ends the session in ERROR once its attempt has run for the session timeout."""
+        """Ends the session in ERROR once it has run for the session timeout: counted from
+        the start of its attempt, or of the attempt that parked when a wake started it."""
         limit = self.host.session_timeout
         if limit <= 0:
             return
-        await asyncio.sleep(limit)
+        await asyncio.sleep(max(0.0, limit - (timefmt.now_us() - self.clock_us) / 1e6))
         self._request_stop(
             f"session ended: over its time limit of {limit:g} s ({ENV_SESSION_TIMEOUT})",
             failed=True,
@@ -801,14 +826,14 @@ class SessionRun:
         if deadline_us - timefmt.now_us() >= 1_000_000 and not self.asleep:
             self.asleep = True
             self.host.admission.begin()
-        self._arm(step, "sleep", deadline_us)
+        self._arm(step, "sleep", deadline_us, [])
 
     async def _syscall(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
         """A system call of handler code: its outcome is journaled before the worker has it."""
         args = f.args
         if f.kind in (Kind.NEXT_EVENT, Kind.NEXT_SIGNAL):
             args, deadline = self._wait_args(f)
-            self._arm(f.step, _wait_reason(f), deadline)
+            self._arm(f.step, _wait_reason(f), deadline, _wants(f))
         try:
             reply, rblob, inbox_seq = await self._serve(f.kind, args, blob, f.step)
         finally:
@@ -911,14 +936,30 @@ def _wait_reason(f: StepFrame) -> str:
     return "next_signal"
 
 
-def parked_entry(job: wire.Job, seq: int, rec: journal.Parked, traceparent: str) -> parking.Entry:
-    """The AK_PARKED entry of a session parked by its `parked` record ``rec`` at ``seq``."""
+def _wants(f: StepFrame) -> list[str]:
+    """What inbox messages a live next_event/next_signal takes (parking.want)."""
+    if f.kind == Kind.NEXT_EVENT:
+        return [parking.want(wire.INBOX_EVENT, str(s)) for s in f.args.get("subscriptions") or []]
+    return [parking.want(wire.INBOX_SIGNAL, str(n)) for n in f.args.get("names") or []]
+
+
+def parked_entry(
+    job: wire.Job, seq: int, rec: journal.Parked, traceparent: str, timeout: float = 0.0
+) -> parking.Entry:
+    """The AK_PARKED entry of a session parked by its `parked` record ``rec`` at ``seq``;
+    ``timeout``: AK_RUNNER__SESSION_TIMEOUT (the session is woken when it runs out, to end
+    then as it would have with parking off)."""
+    deadline = rec.deadline_us
+    if timeout > 0 and rec.clock_us:
+        over = rec.clock_us + int(timeout * 1_000_000)
+        deadline = min(deadline, over) if deadline else over
     return parking.Entry(
         parked_seq=seq,
-        deadline_us=rec.deadline_us,
+        deadline_us=deadline,
         inbox_seq=rec.inbox_seq,
         job=wire.encode(dataclasses.replace(job, parked_seq=0)),
         traceparent=traceparent,
+        wants=None if rec.wants is None else tuple(rec.wants),
     )
 
 
@@ -943,7 +984,7 @@ async def after_end(
         await bus.publisher(nc).publish(
             subjects.inbox_subject(job.parent_session_id),
             wire.encode(seal_payload(keys, msg, job.parent_session_id)),
-            headers={subjects.HDR_MSG_ID: f"end:{job.session_id}"},
+            headers={subjects.HDR_MSG_ID: f"end:{job.session_id}", **parking.inbox_headers(msg)},
         )
     if not (history.subscribed or (syscalls is not None and syscalls.subscribed)):
         return

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, cel, credheaders, ids, subjects, wire
+from akcore import bus, cel, credheaders, ids, parking, subjects, wire
 from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.journal import Kind
@@ -147,7 +147,9 @@ class Syscalls:
             msg = seal_payload(self.keys, msg, target)
         msg_id = f"sig:{self.job.session_id}:{step}" if step else ids.new_id("sig")
         await self.pub.publish(
-            subjects.inbox_subject(target), wire.encode(msg), headers={subjects.HDR_MSG_ID: msg_id}
+            subjects.inbox_subject(target),
+            wire.encode(msg),
+            headers={subjects.HDR_MSG_ID: msg_id, **parking.inbox_headers(msg)},
         )
         return None, None
 

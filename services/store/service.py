@@ -14,6 +14,7 @@ from akcore import bus, ops, subjects, tracing, wire
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.errors import AKError, NotFound
+from akcore.parking import inbox_headers
 from akcore.retention import Retention
 from akcore.secrets import Sealer, load_keys
 from nats.aio.client import Client
@@ -220,7 +221,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         stop = wire.InboxMessage(kind=wire.INBOX_STOP, reason=reason, failed=True)
         try:
             await bus.publisher(nc).publish(
-                subjects.inbox_subject(rec.session_id), wire.encode(stop)
+                subjects.inbox_subject(rec.session_id),
+                wire.encode(stop),
+                headers=inbox_headers(stop),
             )
         except Exception as e:
             log.warning("session %s: could not be told to end: %r", rec.session_id, e)
