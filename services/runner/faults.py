@@ -8,9 +8,10 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
            loop for S seconds, as a synchronous call would), ``no_heartbeats`` (the session's
            heartbeats stop from there on), ``unavailable`` (the attempt fails as when the
            store or NATS is away: it is journaled as a retry and the job naked), ``hold``
-           (the attempt waits, the runner going on, until the file named by ``file=`` exists:
-           the test makes it when it has done what must happen meanwhile; only at the points
-           ``read`` and ``parking``)
+           (the attempt waits, the runner going on, until the file named by ``file=`` exists,
+           environment variables expanded: the test makes it when it has done what must
+           happen meanwhile; without ``file=``, until a stop request reaches the attempt;
+           only at the points ``read`` and ``parking``)
   points   ``step`` (the worker asks for durable step N, before anything is done),
            ``journaling`` (the record of step N is about to be written), ``journaled`` (it
            was acknowledged, the worker not answered yet), ``started`` (the attempt's
@@ -127,11 +128,20 @@ class Faults:
                 stop_beating = True
         return stop_beating
 
-    async def hold(self, point: str, entry: str, attempt: int) -> None:
-        """Applies the ``hold`` rules for this point (and the others, as ``at``)."""
+    async def hold(
+        self, point: str, entry: str, attempt: int, stopped: asyncio.Event | None = None
+    ) -> None:
+        """Applies the ``hold`` rules for this point (and the others, as ``at``);
+        ``stopped``: the attempt's stop request (what a rule without a file waits for)."""
         if self.at(point, entry, attempt):
             raise RuntimeError(f"no_heartbeats is not a fault of point {point}")
         for rule in self.rules:
-            if rule.action == "hold" and rule.matches(point, 0, entry, attempt) and rule.file:
-                while not os.path.exists(rule.file):  # the test's go-ahead
-                    await asyncio.sleep(0.05)
+            if rule.action != "hold" or not rule.matches(point, 0, entry, attempt):
+                continue
+            if not rule.file:
+                if stopped is not None:
+                    await stopped.wait()
+                continue
+            path = os.path.expandvars(rule.file)
+            while not os.path.exists(path):  # the test's go-ahead
+                await asyncio.sleep(0.05)

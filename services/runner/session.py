@@ -513,7 +513,8 @@ class SessionRun:
                     seen = self._seen(wait)
                     talk.cancel()
                     await asyncio.gather(talk, return_exceptions=True)
-                    await self.host.faults.hold("parking", self.job.entrypoint, self.attempt)
+                    faults = self.host.faults
+                    await faults.hold("parking", self.job.entrypoint, self.attempt, self._stop)
                     if self._may_park():
                         await self._park_now(worker, wait, seen)
                         return

@@ -7,14 +7,19 @@ NATS failures and freezes come from the runner's fault hook
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from akcore import bus, natsauth, parking, subjects, wire
+from nats.aio.client import Client
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from tests.e2e.faultproject import (
     EFFECT,
@@ -27,6 +32,8 @@ from tests.e2e.faultproject import (
     runs,
 )
 from tests.helpers import Stack, start_stack, wait_until, write_project
+
+T = TypeVar("T")
 
 CODE = (
     EFFECT
@@ -62,7 +69,39 @@ def signal_waiter(event, session_id):
 
 
 def signaller(event):
-    autokitteh.signal(event.data.body.json["to"], "go", 7)
+    body = event.data.body.json
+    autokitteh.signal(body["to"], body.get("name", "go"), body.get("n", 7))
+
+
+def picky(event, session_id):
+    effect(session_id, "a1")
+    go = autokitteh.next_signal("go")
+    first = autokitteh.next_signal("other", timeout=600)
+    second = autokitteh.next_signal("other", timeout=600)
+    print("picky", go.payload, first.payload, second.payload)
+
+
+def stop_parking(event, session_id):
+    effect(session_id, "a1")
+    time.sleep(3600)
+    effect(session_id, "a2")
+
+
+def double_wake(event, session_id):
+    effect(session_id, "a1")
+    time.sleep(4)
+    effect(session_id, "a2")
+    for _ in range(8):  # each under AK_RUNNER__PARK_AFTER: it does not park
+        time.sleep(0.9)
+    effect(session_id, "a3")
+    print("done")
+
+
+def timed_sleeps(event, session_id):
+    effect(session_id, "a1")
+    time.sleep(3)
+    time.sleep(3)
+    effect(session_id, "a2")
 
 
 def timed_waiter(event, session_id):
@@ -130,6 +169,9 @@ HANDLERS = [
     "away_parked",
     "away_registered",
     "stale_register",
+    "picky",
+    "stop_parking",
+    "double_wake",
 ]
 SOURCE = "    - name: source\n      webhook: {}\n"  # the events event_waiter waits for
 FAULTS = "; ".join(
@@ -141,6 +183,10 @@ FAULTS = "; ".join(
         "unavailable registered entry=f.py:away_registered",
         # the runner's loop frozen right after the `parked` record (a SIGSTOP, a long GC)
         "stall=25 parked entry=f.py:stale_register",
+        # held as it parks until a stop request reaches it
+        "hold parking entry=f.py:stop_parking",
+        # the attempts a wake starts, held after reading the journal until the test says
+        "hold read attempt=2 entry=f.py:double_wake file=$MARKER_DIR/go-double_wake",
     ]
 )
 
@@ -361,5 +407,144 @@ def test_no_parking_by_default(tmp_path: Path) -> None:
         assert session["state"] == "COMPLETED", session
         assert not [e for e in journal_log(stack, sid) if e["type"] == "parked"]
         assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
+    finally:
+        stack.stop()
+
+
+def _nats(stack: Stack, service: str) -> tuple[str, str]:
+    """The embedded NATS's URL and ``service``'s password on it (``ak up`` keeps them)."""
+    found = re.search(r"(nats://\S+) \(embedded", stack.output())
+    assert found, stack.output()[-2000:]
+    users = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "nats-users"
+    return found.group(1), natsauth.read_password(users / f"{service}.password")
+
+
+def _as_dispatcher(stack: Stack, work: Callable[[Client], Awaitable[T]]) -> T:
+    url, password = _nats(stack, "dispatcher")
+
+    async def run() -> T:
+        nc = await bus.connect(
+            url,
+            "test-dispatcher",
+            user="dispatcher",
+            password=password,
+            inbox_prefix=natsauth.inbox_prefix("dispatcher"),
+        )
+        try:
+            return await work(nc)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def test_a_parked_wait_wakes_only_for_what_it_takes(env: Env) -> None:
+    """A session parked in next_signal("go") is not woken by signals of another name: they
+    wait in its inbox, and it reads them, in order, once "go" has woken it. Another session
+    parked in next_signal("go") and signalled after those messages shows that the wakers
+    have read them (they read the inbox in order)."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["picky"])
+    sentinel = _fire(stack, paths["signal_waiter"])
+    _parked(stack, sid)
+    _parked(stack, sentinel)
+    for n in (1, 2):
+        sig = _fire(stack, paths["signaller"], {"to": sid, "name": "other", "n": n})
+        assert stack.wait_session(sig)["state"] == "COMPLETED"
+    _fire(stack, paths["signaller"], {"to": sentinel})
+    assert stack.wait_session(sentinel, timeout=60)["state"] == "COMPLETED"
+    assert len(_runners(journal_log(stack, sid))) == 1  # not woken
+    _fire(stack, paths["signaller"], {"to": sid, "n": 3})
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert _prints(stack, sid) == "picky 3 1 2\n"
+    assert len(_runners(journal_log(stack, sid))) == 2 and len(_parked(stack, sid)) == 1
+
+
+def test_a_stop_read_as_a_session_parks_ends_it(env: Env) -> None:
+    """The stop request reaches the attempt after it has given up its handler's wait to
+    park and before its `parked` record (the fault hook holds it there until it does): it
+    does not park (a parked session whose stop was read already slept until its deadline,
+    an hour here); it ends STOPPED."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["stop_parking"])
+    held = "fault injected: hold at parking of step 0 (f.py:stop_parking)"
+    wait_until(lambda: held in stack.output(), "the attempt held as it parks", 60)
+    stack.ak("session", "stop", sid, "--reason", "enough", check=True)
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "STOPPED", session
+    assert not _parked_records(stack, sid)
+    assert len(runs(markers, sid, "a1")) == 1 and not runs(markers, sid, "a2")
+
+
+def test_a_second_wake_job_of_one_parking_is_dropped(env: Env) -> None:
+    """A second wake job of the same parking, published by hand with another message id
+    (as a waker past JetStream's duplicate window would), reaches a runner while the first
+    one's attempt is held after reading the journal: both read it parked, both go on, one
+    writes its `started` first and the other is fenced. The fenced one is acked and dropped
+    (it was left to come back, and fenced the other in turn until the attempts ran out)."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["double_wake"])
+
+    async def entry(nc: Client) -> parking.Entry:
+        kv = await nc.jetstream().key_value(subjects.BUCKET_PARKED)
+        for _ in range(600):
+            try:
+                found = await kv.get(sid)
+                return parking.Entry.decode(found.value or b"")
+            except (KeyNotFoundError, KeyDeletedError):
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"{sid} was never in AK_PARKED")
+
+    parked = _as_dispatcher(stack, entry)
+    hold = "fault injected: hold at read of step 0 (f.py:double_wake)"
+    wait_until(lambda: hold in stack.output(), "the waker's wake job held", 60)
+
+    async def wake_again(nc: Client) -> None:
+        await nc.jetstream().publish(
+            subjects.job_subject(sid),
+            wire.encode(parked.wake_job()),
+            headers={subjects.HDR_MSG_ID: f"wake-again-{sid}"},
+        )
+
+    _as_dispatcher(stack, wake_again)
+    wait_until(lambda: stack.output().count(hold) >= 2, "the second wake job held", 60)
+    (markers / "go-double_wake").touch()
+    session = stack.wait_session(sid, timeout=90)
+    assert session["state"] == "COMPLETED", session
+    runners = _runners(journal_log(stack, sid))
+    assert len(runners) == 2, runners  # the attempt that parked, the wake job that won
+    assert f"session {sid}: a wake job fenced by another one; dropped" in stack.output()
+    for name in ("a1", "a2", "a3"):
+        assert len(runs(markers, sid, name)) == 1, name
+
+
+def _parked_records(stack: Stack, sid: str) -> list[dict[str, Any]]:
+    return [e["parked"] for e in journal_log(stack, sid) if e["type"] == "parked"]
+
+
+def test_a_wake_keeps_the_session_timeout(tmp_path: Path) -> None:
+    """AK_RUNNER__SESSION_TIMEOUT means the same with parking on: two 3 s sleeps under a 4 s
+    limit end the session in ERROR, though each attempt (parked after 1 s, woken at its
+    sleep's end) runs for less than that."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    settings = {
+        "MARKER_DIR": str(markers),
+        "AK_RUNNER__PARK_AFTER": "1",
+        "AK_RUNNER__SESSION_TIMEOUT": "4",
+    }
+    stack = start_stack(tmp_path / "home", settings)
+    try:
+        proj = write_project(
+            tmp_path / "proj",
+            {"autokitteh.yaml": manifest("parking", ["timed_sleeps"]), "f.py": CODE},
+        )
+        sid = _fire(stack, stack.deploy_paths(proj)["timed_sleeps"])
+        session = stack.wait_session(sid, timeout=60)
+        assert session["state"] == "ERROR", session
+        assert "over its time limit of 4 s" in session.get("error", ""), session
+        assert _parked_records(stack, sid)
+        assert len(runs(markers, sid, "a1")) == 1 and not runs(markers, sid, "a2")
     finally:
         stack.stop()
