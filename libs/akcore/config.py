@@ -23,6 +23,7 @@ ENV_NATS_SYNC = "AK_NATS__SYNC"  # the embedded nats-server's sync_interval: alw
 ENV_RUNNER_CONCURRENCY = "AK_RUNNER__CONCURRENCY"
 ENV_RUNNER_MAX_WAITING = "AK_RUNNER__MAX_WAITING"
 ENV_RUNNER_PARK_AFTER = "AK_RUNNER__PARK_AFTER"  # seconds of waiting before parking, or off
+PARK_AFTER = 30.0  # its default
 ENV_FORK_WORKERS = "AK_RUNNER__FORK_WORKERS"
 ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
 ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
@@ -128,7 +129,7 @@ class Settings:
     db_dsn: str = ""
     runner_concurrency: int = 32  # sessions running code at once, per runner
     runner_max_waiting: int = 200  # and sessions waiting (sleep, next_event, ...) on top
-    park_after: float = 0.0  # seconds a session waits before it parks (0: never)
+    park_after: float = PARK_AFTER  # seconds a session waits before it parks (0: never)
     worker_python: str = ""
     warm_workers: int = 2  # spare worker processes a runner keeps started, per interpreter
     worker_sessions: int = 1000  # sessions of one project a worker process runs, one by one
@@ -158,7 +159,7 @@ class Settings:
             db_dsn=os.environ.get(ENV_DB_DSN) or default_db_dsn(),
             runner_concurrency=_count(ENV_RUNNER_CONCURRENCY, 32, 1),
             runner_max_waiting=_count(ENV_RUNNER_MAX_WAITING, 200, 0),
-            park_after=_seconds_or_off(ENV_RUNNER_PARK_AFTER),
+            park_after=_seconds_or_off(ENV_RUNNER_PARK_AFTER, PARK_AFTER),
             worker_python=os.environ.get(ENV_WORKER_PYTHON, ""),
             warm_workers=_count(ENV_WARM_WORKERS, 2, 0),
             worker_sessions=_count(ENV_WORKER_SESSIONS, 1000, 1),
@@ -205,17 +206,23 @@ def _count(name: str, default: int, least: int) -> int:
     return int(text)
 
 
-def _seconds_or_off(name: str) -> float:
-    """A number of seconds (more than 0), or ``off`` (the default): 0."""
+def _seconds_or_off(name: str, default: float) -> float:
+    """A number of seconds (more than 0), or ``off`` or ``0``: 0; unset: ``default``."""
     text = os.environ.get(name, "").strip().lower()
-    if text in ("", "off"):
+    if not text:
+        return default
+    if text == "off":
         return 0.0
     try:
         value = float(text)
     except ValueError:
         value = -1.0
+    if value == 0:
+        return 0.0
     if not 0 < value < 1e9:  # (also refuses nan and inf)
-        raise ValueError(f"{name} must be a number of seconds more than 0, or off, not {text!r}")
+        raise ValueError(
+            f"{name} must be a number of seconds more than 0, or off (or 0), not {text!r}"
+        )
     return value
 
 

@@ -43,7 +43,13 @@ def later(event):
 
 def test_a_stop_sent_while_queued_stops_the_session_when_it_starts(tmp_path: Path) -> None:
     # One place, and none for waiting sessions: the holder waits in the only one.
-    stack = start_stack(tmp_path, {"AK_RUNNER__CONCURRENCY": "1", "AK_RUNNER__MAX_WAITING": "0"})
+    # (parking off: the holder must keep its place however long the machine takes)
+    settings = {
+        "AK_RUNNER__CONCURRENCY": "1",
+        "AK_RUNNER__MAX_WAITING": "0",
+        "AK_RUNNER__PARK_AFTER": "off",
+    }
+    stack = start_stack(tmp_path, settings)
     try:
         proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "q.py": CODE})
         paths = stack.deploy_paths(proj)

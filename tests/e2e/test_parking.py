@@ -392,11 +392,12 @@ def test_a_runner_thawing_mid_park_does_not_unpark_a_later_parking(
     assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
-def test_no_parking_by_default(tmp_path: Path) -> None:
-    """Without AK_RUNNER__PARK_AFTER a sleeping session keeps its worker (nothing changes)."""
+def test_no_parking_when_off(tmp_path: Path) -> None:
+    """With AK_RUNNER__PARK_AFTER=off a sleeping session keeps its worker (nothing changes)."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    stack = start_stack(tmp_path / "home", {"MARKER_DIR": str(markers)})
+    settings = {"MARKER_DIR": str(markers), "AK_RUNNER__PARK_AFTER": "off"}
+    stack = start_stack(tmp_path / "home", settings)
     try:
         proj = write_project(
             tmp_path / "proj",

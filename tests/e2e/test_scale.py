@@ -226,7 +226,12 @@ def test_waiting_sessions_leave_room_for_running_ones(tmp_path: Path) -> None:
     """Sessions in a durable sleep or waiting for an event do not count against the
     sessions a runner runs at once (2 here); a runner holds at most that many plus
     AK_RUNNER__MAX_WAITING (2 here) sessions in all."""
-    env = {"AK_RUNNER__CONCURRENCY": "2", "AK_RUNNER__MAX_WAITING": "2"}
+    # (parking off: parked sessions would leave room, and this is the bound of the unparked)
+    env = {
+        "AK_RUNNER__CONCURRENCY": "2",
+        "AK_RUNNER__MAX_WAITING": "2",
+        "AK_RUNNER__PARK_AFTER": "off",
+    }
     stack = start_stack(tmp_path / "home", env)
     try:
         manifest = (

@@ -122,17 +122,24 @@ def test_a_service_with_an_unreadable_password_file_says_so() -> None:
     assert "Traceback" not in res.stderr
 
 
-def test_parking_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parking_is_on_after_30_s_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AK_RUNNER__PARK_AFTER", raising=False)
-    assert Settings.from_env().park_after == 0
-    for text, seconds in (("off", 0.0), ("1", 1.0), ("0.5", 0.5), (" 30 ", 30.0)):
+    assert Settings.from_env().park_after == 30.0
+    for text, seconds in (
+        ("off", 0.0),
+        ("0", 0.0),
+        ("0.0", 0.0),
+        ("1", 1.0),
+        ("0.5", 0.5),
+        (" 30 ", 30.0),
+    ):
         monkeypatch.setenv("AK_RUNNER__PARK_AFTER", text)
         assert Settings.from_env().park_after == seconds
-    for bad in ("0", "-1", "soon", "nan", "inf"):
+    for bad in ("-1", "soon", "nan", "inf"):
         monkeypatch.setenv("AK_RUNNER__PARK_AFTER", bad)
         with pytest.raises(
             ValueError,
-            match=f"AK_RUNNER__PARK_AFTER must be a number of seconds more than 0, or off, "
-            f"not '{bad}'",
+            match=r"AK_RUNNER__PARK_AFTER must be a number of seconds more than 0, or off "
+            rf"\(or 0\), not '{bad}'",
         ):
             Settings.from_env()
