@@ -327,6 +327,17 @@ def _service_kib(stack: Stack, service: str) -> int:
     return sum(_pss_kib(pid) for pid in stack.pids(service))
 
 
+def _system_kib(stack: Stack) -> int:
+    """Every process of the system: `ak up`, NATS, each service and what they started."""
+    total = 0
+    for p in [stack.proc.pid, *_descendants(stack.proc.pid)]:
+        try:
+            total += _pss_kib(p)
+        except OSError:
+            pass
+    return total
+
+
 def bench_parked(n: int) -> Result:
     """``python -m bench parked [N]``: N sessions in an hour's durable sleep on one runner
     with parking on (AK_RUNNER__PARK_AFTER=1): the memory of the runner (PSS, workers
@@ -341,6 +352,7 @@ def bench_parked(n: int) -> Result:
         paths = stack.deploy_paths(PROJECT)
         time.sleep(2)
         runner0, dispatcher0 = _runner_kib(stack), _service_kib(stack, "dispatcher")
+        system0 = _system_kib(stack)
         t0 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda _: fire(stack, paths["waits"], {}), range(n)))
@@ -355,6 +367,7 @@ def bench_parked(n: int) -> Result:
         all_parked = time.monotonic() - t0
         time.sleep(3)  # killed workers reaped, spare ones back
         runner1, dispatcher1 = _runner_kib(stack), _service_kib(stack, "dispatcher")
+        system1 = _system_kib(stack)
     finally:
         stack.stop()
     return {
@@ -368,6 +381,10 @@ def bench_parked(n: int) -> Result:
         "dispatcher before (MiB)": dispatcher0 / 1024,
         "dispatcher with all parked (MiB)": dispatcher1 / 1024,
         "dispatcher per parked session (KiB)": (dispatcher1 - dispatcher0) / n,
+        "system before (MiB)": system0 / 1024,
+        "system with all parked (MiB)": system1 / 1024,
+        "system per parked session, all of it / N (KiB)": system1 / n,
+        "system per parked session, growth / N (KiB)": (system1 - system0) / n,
     }
 
 
