@@ -75,17 +75,55 @@ def _pipe(parent_reads: bool) -> tuple[int, BinaryIO]:
     return r, os.fdopen(w, "wb", buffering=0)
 
 
+class _LoopEnd:
+    """A pipe end as uvloop is given it: a descriptor of its own (a duplicate), which libuv
+    closes itself as the transport closes; uvloop then closes the file object it was given
+    too, and a real one would close the same number a second time. Between the two, a
+    thread of the runner (clearing a worker user, taking a user id's lock) may have opened
+    a file and got that number: its descriptor went instead (seen as 'Bad file descriptor'
+    on /tmp, /proc, lock files and pidfds, and runners aborting under worker churn)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        """Nothing: libuv has closed the descriptor already (and owns it until then)."""
+
+
+def _for_loop(loop: asyncio.AbstractEventLoop, pipe: BinaryIO) -> tuple[Any, BinaryIO | None]:
+    """What to hand the loop for ``pipe``, and what of ours to close once it has it.
+    asyncio's own loop closes the file object it is given (once): ``pipe`` itself. uvloop
+    closes the descriptor itself: it gets a duplicate, and ``pipe`` is ours to close."""
+    if type(loop).__module__.startswith("uvloop"):
+        return _LoopEnd(os.dup(pipe.fileno())), pipe
+    return pipe, None
+
+
+async def _connect(pipe: BinaryIO, connect: Any, factory: Any) -> tuple[Any, Any]:
+    """``connect(factory, pipe)`` (the loop's connect_read_pipe or connect_write_pipe); on
+    failure ``pipe`` is closed (a duplicate uvloop may have taken is left to it)."""
+    given, ours = _for_loop(asyncio.get_running_loop(), pipe)
+    try:
+        return await connect(factory, given)  # type: ignore[no-any-return]
+    except BaseException:
+        pipe.close()
+        raise
+    finally:
+        if ours is not None:
+            ours.close()
+
+
 async def _read_stream(pipe: BinaryIO) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     """A stream over the pipe, and its transport (closing it is how to let go of the pipe:
     the loop stops watching the descriptor before it is closed)."""
     reader = asyncio.StreamReader(limit=2**26)
-    try:
-        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-    except BaseException:
-        pipe.close()
-        raise
+    loop = asyncio.get_running_loop()
+    transport, _ = await _connect(
+        pipe, loop.connect_read_pipe, lambda: asyncio.StreamReaderProtocol(reader)
+    )
     return reader, transport
 
 
@@ -99,12 +137,11 @@ async def _frame_streams(
         to_child.close()
         raise
     try:
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, to_child
+        transport, protocol = await _connect(
+            to_child, loop.connect_write_pipe, asyncio.streams.FlowControlMixin
         )
     except BaseException:
         reading.close()
-        to_child.close()
         raise
     return reader, asyncio.StreamWriter(transport, protocol, None, loop)
 

@@ -55,3 +55,58 @@ async def test_a_cancelled_frame_streams_leaves_no_closed_fd_in_the_loop(
         transport.close()
     finally:
         os.close(w)
+
+
+class _Watched:
+    """A pipe end's file object that notes whether its descriptor was still open when it
+    was closed (closed already: someone closed that number before it, and its own close
+    would close whatever got the number meanwhile)."""
+
+    def __init__(self, fd: int) -> None:
+        self.file = os.fdopen(fd, "rb", buffering=0)
+        self.closed_twice = False
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+    def close(self) -> None:
+        if not self.file.closed:
+            try:
+                os.fstat(self.file.fileno())
+            except OSError:
+                self.closed_twice = True
+        self.file.close()
+
+
+def test_uvloop_never_closes_a_pipe_end_twice() -> None:
+    """uvloop's pipe transports close their descriptor in libuv and then close the file
+    object they were given: with the runner's own file object, the same number was closed
+    twice, and a thread's file opened in between (clearing a worker user's files, taking a
+    user id's lock) lost its descriptor ('Bad file descriptor', runner aborts under worker
+    churn)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> list[_Watched]:
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        reading, writing = _Watched(r1), _Watched(w2)
+        _, transport = await worker._read_stream(reading)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        wt, _ = await worker._connect(  # type: ignore[arg-type]
+            writing, loop.connect_write_pipe, asyncio.streams.FlowControlMixin
+        )
+        transport.close()
+        wt.close()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        os.close(w1)
+        os.close(r2)
+        return [reading, writing]
+
+    ends = uvloop.run(run())
+    assert all(end.closed for end in ends)
+    assert not any(end.closed_twice for end in ends)
