@@ -327,6 +327,41 @@ def _service_kib(stack: Stack, service: str) -> int:
     return sum(_pss_kib(pid) for pid in stack.pids(service))
 
 
+def parked_count(stack: Stack) -> int:
+    """How many sessions are in ``AK_PARKED`` now (read as the stack's dispatcher, whose
+    password `ak up` keeps in its data home)."""
+    import asyncio
+    import re
+
+    from akcore import bus, natsauth, subjects
+    from nats.js.errors import NoKeysError
+
+    found = re.search(r"(nats://\S+) \(embedded", stack.output())
+    if found is None:
+        raise RuntimeError("the stack's NATS URL is not in its output")
+    users = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "nats-users"
+    password = natsauth.read_password(users / "dispatcher.password")
+
+    async def count() -> int:
+        nc = await bus.connect(
+            found.group(1),
+            "bench",
+            user="dispatcher",
+            password=password,
+            inbox_prefix=natsauth.inbox_prefix("dispatcher"),
+        )
+        try:
+            kv = await nc.jetstream().key_value(subjects.BUCKET_PARKED)
+            try:
+                return len(await kv.keys())
+            except NoKeysError:
+                return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
 def _system_kib(stack: Stack) -> int:
     """Every process of the system: `ak up`, NATS, each service and what they started."""
     total = 0
