@@ -362,6 +362,19 @@ def parked_count(stack: Stack) -> int:
     return asyncio.run(count())
 
 
+def _others_kib(stack: Stack) -> dict[str, int]:
+    """The processes of the system that ``bench_parked`` does not read apart."""
+    out = {service: _service_kib(stack, service) for service in ("ingress", "store")}
+    kids = subprocess.run(["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True)
+    for pid in map(int, kids.stdout.split()):
+        try:
+            if b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out["nats-server"] = _pss_kib(pid)
+        except OSError:
+            pass
+    return out
+
+
 def _system_kib(stack: Stack) -> int:
     """Every process of the system: `ak up`, NATS, each service and what they started."""
     total = 0
@@ -387,7 +400,7 @@ def bench_parked(n: int) -> Result:
         paths = stack.deploy_paths(PROJECT)
         time.sleep(2)
         runner0, dispatcher0 = _runner_kib(stack), _service_kib(stack, "dispatcher")
-        system0 = _system_kib(stack)
+        system0, others0 = _system_kib(stack), _others_kib(stack)
         t0 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda _: fire(stack, paths["waits"], {}), range(n)))
@@ -404,7 +417,7 @@ def bench_parked(n: int) -> Result:
         all_parked = time.monotonic() - t0
         time.sleep(3)  # killed workers reaped, spare ones back
         runner1, dispatcher1 = _runner_kib(stack), _service_kib(stack, "dispatcher")
-        system1 = _system_kib(stack)
+        system1, others1 = _system_kib(stack), _others_kib(stack)
     finally:
         stack.stop()
     return {
@@ -422,6 +435,8 @@ def bench_parked(n: int) -> Result:
         "system with all parked (MiB)": system1 / 1024,
         "system per parked session, all of it / N (KiB)": system1 / n,
         "system per parked session, growth / N (KiB)": (system1 - system0) / n,
+        **{f"{k} before (MiB)": others0[k] / 1024 for k in others0},
+        **{f"{k} with all parked (MiB)": others1[k] / 1024 for k in others1},
     }
 
 
