@@ -127,6 +127,9 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         paths = stack.deploy_paths(b.PROJECT)
+        (runner,) = stack.pids("runner")
+        time.sleep(2)  # its spare workers started
+        workers0 = len(pl.tree(runner))
         pl.log(f"ours: {args.steps} sequential activities in one session")
         r = b.bench_activity(stack, paths, n=args.steps)
         metrics["step_p50_ms"] = r["overhead p50 (ms)"]
@@ -146,6 +149,10 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         metrics["closed_bad"] = loop["failed"] + loop["lost"]
         metrics["cpu_ms"] = cpu / max(1, loop["ok"])
 
+        # The workers the closed loop's sessions leave for reuse are stopped after a minute
+        # unused: parked sleepers would take them and their end would read as a shrink.
+        pl.log("ours: waiting for the runner's workers to be back to its spares")
+        pl.wait_until(lambda: len(pl.tree(runner)) <= workers0, "the runner's spares only", 180)
         waiting: list[str] = []
         for i, n in enumerate(args.sleeper_counts):
             key = "mem50_mib" if i == 0 else "mem1000_mib"
