@@ -107,7 +107,9 @@ def inbox_headers(msg: wire.InboxMessage) -> dict[str, str]:
     """The headers that say what an inbox message is (see ``want_of``)."""
     key = msg.subscription_id if msg.kind == wire.INBOX_EVENT else msg.name
     headers = {HDR_INBOX_KIND: msg.kind}
-    if key:
+    # A key NATS would not carry as it is (header values lose their outer whitespace) is
+    # left out: such a message then wakes any parked wait (want_of), never none.
+    if key and key == key.strip() and key.isprintable() and len(key) <= MAX_KEY:
         headers[HDR_INBOX_KEY] = key
     return headers
 
