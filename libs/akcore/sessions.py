@@ -7,9 +7,11 @@ import dataclasses
 from typing import Any
 
 from nats.aio.client import Client
+from nats.js.errors import APIError
 
 from . import bus, journal, subjects, timefmt, tracing, wire
 from .datakey import Keyring, SealError
+from .journalio import ERR_WRONG_LAST_SEQUENCE
 
 
 def created_record(job: wire.Job, traceparent: str | None = None) -> wire.JournalRecord:
@@ -74,20 +76,38 @@ async def publish_session(
     elif created.data.get("inputs"):
         raise ValueError("a session's inputs are sealed at rest: publish_session needs keys")
     job = dataclasses.replace(job, journal_seq=0)
-    # `created` goes out first, on the same connection: it reaches the server first.
+    # `created` goes out first, on the same connection: it reaches the server first. Each
+    # is stored only if its subject holds nothing yet: a try past JetStream's duplicate
+    # window (which de-duplicates by Nats-Msg-Id only within it) must not add a second job
+    # while the first is still there (two jobs of one session run it twice at once: the
+    # second's delivery again reads the journal as a resumption, and an activity running
+    # in the first runs again in it), nor a second `created` to a journal.
     await asyncio.gather(
-        pub.publish(
+        _first(
+            pub,
             subjects.journal_subject(sid),
             wire.encode(created),
-            headers={subjects.HDR_MSG_ID: f"{sid}:0"},
+            {subjects.HDR_MSG_ID: f"{sid}:0"},
         ),
-        pub.publish(
+        _first(
+            pub,
             subjects.job_subject(sid),
             wire.encode(job),
-            headers={**context, subjects.HDR_MSG_ID: f"job:{sid}"},
+            {**context, subjects.HDR_MSG_ID: f"job:{sid}"},
         ),
     )
     return job
+
+
+async def _first(pub: bus.Publisher, subject: str, data: bytes, headers: dict[str, str]) -> None:
+    """Publishes a session's first message on ``subject``, unless the subject already holds
+    one (a duplicate within the window is answered as JetStream always does)."""
+    headers = {**headers, subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: "0"}
+    try:
+        await pub.publish(subject, data, headers=headers)
+    except APIError as e:
+        if e.err_code != ERR_WRONG_LAST_SEQUENCE:
+            raise
 
 
 async def not_started(nc: Client, jobs: list[wire.Job]) -> list[wire.Job]:
