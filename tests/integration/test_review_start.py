@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from ak_runner.service import run as run_runner
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
@@ -13,7 +12,7 @@ from akcore.sessions import publish_session
 
 from .conftest import running
 from .helpers import deploy, eventually, journal
-from .test_session_start import _deliveries, _job, _eager_runs, _marker, _state, short_ack_wait  # noqa: F401
+from .test_session_start import _deliveries, _eager_runs, _job, _marker, _state, short_ack_wait  # noqa: F401
 
 CODE = b"""\
 import time
