@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from ak_dispatcher.waker import Waker
-from akcore import parking, wire
+from akcore import parking, subjects, wire
 from nats.aio.client import Client
 
 from .helpers import eventually
-from .test_waker import _park, _ready, _send, _signal, _woken, probe, waker  # noqa: F401
+from .test_waker import _job, _park, _ready, _send, _signal, _woken, probe, waker  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,3 +38,61 @@ async def test_a_signal_name_with_outer_spaces_wakes_the_parked_wait_that_takes_
 
 async def _known(w: Waker, sid: str) -> bool:
     return sid in w.parked.entries
+
+
+async def test_a_restarted_waker_wakes_every_session_whose_message_came_while_it_was_away(
+    probe: Client,  # noqa: F811
+    nats_url: str,
+) -> None:
+    """Many sessions parked in next_signal("go"), each sent "go" while no waker ran: a
+    waker that starts then learns them all at once and looks at each inbox (one JetStream
+    API request each, all at the same time). A look that fails (a request timed out, the
+    server's API queue full) is not tried again: that session sleeps for ever."""
+    import asyncio
+    import re
+
+    from akcore import bus, natsauth
+
+    from tests.conftest import PASSWORDS
+
+    n = 2000
+    js = probe.jetstream()
+    kv = await js.key_value(subjects.BUCKET_PARKED)
+    go = (parking.want(wire.INBOX_SIGNAL, "go"),)
+    for i in range(n):
+        sid = f"ses_many{i:05d}"
+        entry = parking.Entry(parked_seq=4, deadline_us=0, inbox_seq=0, job=_job(sid), wants=go)
+        await kv.create(sid, entry.encode())
+    pub = bus.publisher(probe)
+    await asyncio.gather(
+        *(
+            pub.publish(
+                subjects.inbox_subject(f"ses_many{i:05d}"),
+                wire.encode(_signal("go")),
+                headers=parking.inbox_headers(_signal("go")),
+            )
+            for i in range(n)
+        )
+    )
+    plain = re.sub(r"//[^@/]*@", "//", nats_url)
+    nc = await bus.connect(
+        plain,
+        "ak-dispatcher",
+        user="dispatcher",
+        password=PASSWORDS[nats_url]["dispatcher"],
+        inbox_prefix=natsauth.inbox_prefix("dispatcher"),
+    )
+    w = Waker(nc)
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    try:
+
+        async def all_woken() -> bool:
+            info = await js.stream_info(subjects.STREAM_JOBS)
+            return info.state.messages >= n
+
+        await eventually(all_woken, timeout=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await nc.close()
