@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 class Parking:
     """``after``: seconds a session waits before it parks (0: it never does)."""
 
+    TRIES = 5  # writes of an entry whose key changes meanwhile, before the attempt fails
+
     def __init__(self, js: JetStreamContext, after: float) -> None:
         self.js, self.after = js, after
         self._kv: Any = None
@@ -36,17 +38,24 @@ class Parking:
         before it stopped); an entry already woken is put again, which at worst wakes the
         session once more (its stale wake job is dropped)."""
         kv = await self.bucket()
-        try:
+        for _ in range(self.TRIES):
             try:
-                found = await kv.get(session_id)
-            except (KeyNotFoundError, KeyDeletedError):
-                await kv.create(session_id, entry.encode())
+                try:
+                    found = await kv.get(session_id)
+                except (KeyNotFoundError, KeyDeletedError):
+                    await kv.create(session_id, entry.encode())
+                    return
+                try:
+                    older = Entry.decode(found.value or b"").parked_seq < entry.parked_seq
+                except ValueError:
+                    older = True
+                if older:  # an entry of an earlier parking that no waker woke (yet)
+                    await kv.update(session_id, entry.encode(), last=found.revision)
                 return
-            try:
-                older = Entry.decode(found.value or b"").parked_seq < entry.parked_seq
-            except ValueError:
-                older = True
-            if older:  # an entry of an earlier parking that no waker woke (yet)
-                await kv.update(session_id, entry.encode(), last=found.revision)
-        except KeyWrongLastSequenceError:  # put meanwhile (by its parking attempt)
-            log.debug("session %s: its parked entry is there already", session_id)
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                # The key changed as it was written: put meanwhile (by its parking attempt),
+                # or a waker purged the delete marker that create was about to write over
+                # (create then fails as if the key had been put). Look again: taking either
+                # for "put" would leave a parked session with no entry, woken by nothing.
+                log.debug("session %s: its parked entry changed meanwhile; again", session_id)
+        raise RuntimeError(f"session {session_id}: its parked entry kept changing as it was put")

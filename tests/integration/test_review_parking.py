@@ -6,6 +6,7 @@ import pytest
 from ak_dispatcher.waker import Waker
 from akcore import parking, subjects, wire
 from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
 
 from .helpers import eventually
 from .test_waker import _job, _park, _ready, _send, _signal, _woken, probe, waker  # noqa: F401
@@ -96,3 +97,62 @@ async def test_a_restarted_waker_wakes_every_session_whose_message_came_while_it
         stop.set()
         await asyncio.wait_for(task, 15)
         await nc.close()
+
+
+async def test_a_parking_racing_the_purge_of_its_last_delete_marker_still_puts_its_entry(
+    probe: Client,  # noqa: F811
+) -> None:
+    """The session was woken (its entry deleted: a marker at revision R) and parks again
+    before a waker purged that marker. nats-py's kv.create tries last=0 (refused: the
+    marker), reads the key (deleted, at R) and tries last=R; a waker's purge of the marker
+    between the two makes the last try fail with KeyWrongLastSequenceError, which
+    Parking.ensure reads as "its parking attempt put it already": the session is parked
+    (journaled, job acked, worker killed) with no entry, and nothing ever wakes it, not
+    even a stop."""
+    from ak_runner.parking import Parking
+
+    sid = "ses_purgerace"
+    js = probe.jetstream()
+    kv = await js.key_value(subjects.BUCKET_PARKED)
+    first = parking.Entry(parked_seq=4, deadline_us=0, inbox_seq=0, job=_job(sid))
+    await kv.create(sid, first.encode())
+    await kv.delete(sid)  # woken: the marker stays until a waker purges it
+    marker = (
+        await js.get_last_msg(
+            f"KV_{subjects.BUCKET_PARKED}",
+            f"$KV.PARKED_X.{sid}".replace("PARKED_X", subjects.BUCKET_PARKED),
+        )
+    ).seq
+    p = Parking(js, 30.0)
+    bucket = await p.bucket()
+    real_get = bucket._get
+
+    reads = []
+
+    async def purge() -> None:
+        await js.purge_stream(
+            f"KV_{subjects.BUCKET_PARKED}",
+            seq=(marker or 0) + 1,
+            subject=f"$KV.{subjects.BUCKET_PARKED}.{sid}",
+        )
+
+    async def get_then_purged(key: str, *a: object, **kw: object) -> object:
+        reads.append(key)
+        if len(reads) != 2:  # ensure's own read; then create's, with the purge after it
+            return await real_get(key, *a, **kw)
+        try:
+            return await real_get(key, *a, **kw)
+        finally:
+            await purge()
+
+    bucket._get = get_then_purged
+    second = parking.Entry(parked_seq=9, deadline_us=0, inbox_seq=0, job=_job(sid))
+    try:
+        await p.register(sid, second)
+    finally:
+        bucket._get = real_get
+    try:
+        got = await kv.get(sid)
+    except KeyNotFoundError:
+        raise AssertionError("parked with no entry: nothing wakes the session") from None
+    assert parking.Entry.decode(got.value or b"").parked_seq == 9
