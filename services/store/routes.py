@@ -5,6 +5,8 @@ another's (it would receive, or block, the other's deliveries)."""
 
 from __future__ import annotations
 
+import hashlib
+
 from akcore.errors import Conflict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session as DB
@@ -23,11 +25,17 @@ def is_routing(name: str) -> bool:
 
 
 def claim(scope: str, name: str, value: str) -> str | None:
-    """The claim a var makes (kept unique in ``Var.route_key``): the name of a var that routes
-    by name, the name and value of one that routes by value; None for any other var."""
+    """The claim a var makes (kept unique in ``Var.route_key``): a digest of the name of a
+    var that routes by name, of the name and value of one that routes by value (a digest:
+    values up to the var limit fit a unique index on every database); None for any other
+    var."""
     if not is_routing(name) or not scope.startswith("con_"):
         return None
-    return f"{name}={value}" if name in BY_VALUE else name
+    return claim_digest(f"{name}={value}" if name in BY_VALUE else name)
+
+
+def claim_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write(db: DB, commit: bool = False) -> None:

@@ -1,6 +1,7 @@
 """route claims
 
-A connection's routing var keeps its claim in ``var.route_key`` (unique), so that two
+A connection's routing var keeps its claim in ``var.route_key`` (unique; a SHA-256 of the
+name, or of name=value for a var that routes by value), so that two
 requests claiming one routing value at the same moment cannot both win. Vars there already
 are given their claims in id order; a claim a later var repeats (two connections that won
 such a race before this version) stays with the first var, and the later one routes nothing
@@ -12,6 +13,8 @@ Create Date: 2026-12-05 12:10:00.000000
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import sqlalchemy as sa
 import sqlmodel
@@ -49,6 +52,7 @@ def upgrade() -> None:
             key = name
         else:
             continue
+        key = hashlib.sha256(key.encode()).hexdigest()  # as routes.claim keeps it
         if key in taken:
             continue
         taken.add(key)

@@ -1,4 +1,5 @@
-"""Review findings on parking (this round's changes), against a real nats-server."""
+"""Parking against a real nats-server: header values NATS would change, a waker restarted
+with messages waiting, a parking racing the purge of its last delete marker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review: ways a handler's process leaves the worker's children without turning its
+"""Ways a handler's process leaves the worker's children without turning its
 PR_SET_CHILD_SUBREAPER off (services/runner/worker.py then skips the end-of-session kill,
 and the process lives on into the project's next session on that worker)."""
 
@@ -31,7 +31,7 @@ sys.stdin.readline()
 
 @root_only
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the clone syscall's number")
-@pytest.mark.xfail(strict=True, reason="review: CLONE_PARENT leaves the worker's children")
+@pytest.mark.xfail(strict=True, reason="known gap (docs/security.md): a CLONE_PARENT sibling")
 def test_a_process_cloned_as_the_workers_sibling_is_still_seen_as_left_over(
     python_for_all: None,  # noqa: F811
 ) -> None:

@@ -1,4 +1,5 @@
-"""Review findings on the faster start (publish_session's `created` and job at once)."""
+"""A session whose job is stored twice (its `created` publish failed, tried again past the
+duplicate window): its activity runs once."""
 
 from __future__ import annotations
 
