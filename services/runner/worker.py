@@ -158,6 +158,7 @@ class ForkServer:
         self._forks: collections.deque[asyncio.Future[int]] = collections.deque()
         self._procs: dict[int, ForkedProcess] = {}
         self._codes: dict[int, int] = {}  # exits reported before their process was known
+        self._unwatched: set[int] = set()  # forked, not yet watched: their exits are kept
         self._reading = asyncio.create_task(self._read())
 
     @classmethod
@@ -199,14 +200,17 @@ class ForkServer:
                     if asked.done():  # its asker gave up (cancelled): no one will run it
                         _kill_forked(int(rest))
                     else:
+                        self._unwatched.add(int(rest))
                         asked.set_result(int(rest))
                 elif kind == b"X":
                     pid, code = (int(x) for x in rest.split())
                     proc = self._procs.pop(pid, None)
-                    if proc is None:
-                        self._codes[pid] = code
-                    else:
+                    if proc is not None:
                         proc.reported(code)
+                    elif pid in self._unwatched:
+                        self._codes[pid] = code
+                    # else not a worker of ours (a handler's process made the server's
+                    # child, or an abandoned fork): nothing waits for it, nothing is kept
         except OSError as e:
             log.warning("fork server: %s", e)
         finally:
@@ -230,6 +234,7 @@ class ForkServer:
         return await done
 
     def watch(self, proc: ForkedProcess) -> None:
+        self._unwatched.discard(proc.pid)
         code = self._codes.pop(proc.pid, None)
         if code is None:
             self._procs[proc.pid] = proc

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,3 +112,31 @@ def test_uvloop_never_closes_a_pipe_end_twice() -> None:
     ends = uvloop.run(run())
     assert all(end.closed for end in ends)
     assert not any(end.closed_twice for end in ends)
+
+
+async def test_the_fork_server_keeps_exits_only_of_its_own_forks() -> None:
+    """The fork server reports every child it reaps, also a handler's process made its
+    child (clone with CLONE_PARENT): only a worker forked and not yet watched has its exit
+    kept for it; an exit of a process nobody forked is not kept for ever."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    server = worker.ForkServer(None, ours)  # type: ignore[arg-type]
+    try:
+        forking = asyncio.create_task(server.fork(Path("/"), []))
+        await asyncio.sleep(0)
+        assert theirs.recv(256).startswith(b"F")
+        theirs.send(b"P4242")
+        assert await forking == 4242
+        theirs.send(b"X4242 3")  # the worker ended before its asker watched it: kept
+        theirs.send(b"X999999 0")  # not a fork of this server's: dropped
+        theirs.send(b"P4243")  # (no asker: an unexpected reply changes nothing)
+        for _ in range(100):
+            if 4242 in server._codes:
+                break
+            await asyncio.sleep(0.01)
+        assert server._codes == {4242: 3}
+    finally:
+        server._reading.cancel()
+        await asyncio.gather(server._reading, return_exceptions=True)
+        ours.close()
+        theirs.close()
