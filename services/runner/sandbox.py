@@ -292,6 +292,22 @@ def has_children(pid: int) -> bool:
     return not tids
 
 
+def has_strangers(pid: int, known: Collection[int]) -> bool:
+    """Whether the parent of process ``pid`` has a child not in ``known`` (its forks): a
+    process a handler made the parent's child (``clone(CLONE_PARENT)``) is no child of its
+    worker. True when it cannot be told, so that a caller scans ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+        for tid in os.listdir(f"/proc/{parent}/task"):
+            with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                if any(int(child) not in known for child in f.read().split()):
+                    return True
+    except (OSError, ValueError, IndexError):
+        return True
+    return False
+
+
 def resident_by_user(uids: Collection[int]) -> dict[int, int]:
     """The memory (bytes) all the processes of each of ``uids`` use together: their
     proportional set sizes, so that pages forked children share count once, not once per

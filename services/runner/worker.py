@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from autokitteh._channel import HEADER_SIZE, MAX_FRAME, decode_header, encode_frame, split_sizes
 from autokitteh._frames import FrameError
 
-from .sandbox import UserIds, WorkerLimits, has_children, kill_user, open_way_to
+from .sandbox import UserIds, WorkerLimits, has_children, has_strangers, kill_user, open_way_to
 
 STDERR_TAIL = 20
 EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting its exit
@@ -233,6 +233,11 @@ class ForkServer:
             raise
         return await done
 
+    def forks(self) -> set[int]:
+        """The workers it forked that have not been reported ended (its children, as far
+        as it knows)."""
+        return {*self._procs, *self._unwatched, *self._codes}
+
     def watch(self, proc: ForkedProcess) -> None:
         self._unwatched.discard(proc.pid)
         code = self._codes.pop(proc.pid, None)
@@ -253,13 +258,24 @@ class ForkServer:
             await self.proc.wait()
 
 
+def _may_have_left_some(worker: WorkerProcess) -> bool:
+    """Whether a worker's session may have left a process running: the worker has
+    children, or (a forked worker) the fork server has a child it did not fork, which a
+    handler's ``clone(CLONE_PARENT)`` makes. (A worker started as a process of its own has
+    the runner as its parent: such a sibling is not looked for; see docs/security.md.)"""
+    proc = worker.proc
+    if has_children(proc.pid):
+        return True
+    return isinstance(proc, ForkedProcess) and has_strangers(proc.pid, proc.server.forks())
+
+
 class ForkedProcess:
     """A worker forked by a ``ForkServer``, with what the runner uses of asyncio's
     ``Process``. Its end is seen through a pidfd (also when the fork server is gone); the
     fork server, its parent, reports its exit code."""
 
     def __init__(self, pid: int, stderr: asyncio.StreamReader, server: ForkServer) -> None:
-        self.pid, self.stderr = pid, stderr
+        self.pid, self.stderr, self.server = pid, stderr, server
         self.returncode: int | None = None
         self._code: int | None = None
         self._reported = asyncio.Event()
@@ -629,7 +645,7 @@ class WorkerPool:
         ):
             await worker.close()
             return
-        if worker.uid >= 0 and has_children(worker.proc.pid):
+        if worker.uid >= 0 and _may_have_left_some(worker):
             # What its session left running dies with the session. (The worker is its
             # descendants' reaper: a session that started nothing, or whose processes all
             # ended and were waited for, leaves it no children, and /proc need not be read.)
