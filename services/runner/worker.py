@@ -459,9 +459,16 @@ class WorkerProcess:
     SEND_TIMEOUT = 30.0  # a worker reads its messages on a thread of its own, at once
 
     async def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
-        self._writer.write(encode_frame(header, blob, MAX_FRAME))
+        writer = self._writer
+        writer.write(encode_frame(header, blob, MAX_FRAME))
+        transport = writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[0]:
+            # Under the low-water mark writing is not paused: drain does not wait (it raises
+            # if the pipe is closed), so no timer is armed (a task a frame, on every step).
+            await writer.drain()
+            return
         try:
-            await asyncio.wait_for(self._writer.drain(), self.SEND_TIMEOUT)
+            await asyncio.wait_for(writer.drain(), self.SEND_TIMEOUT)
         except TimeoutError:
             raise FrameError("the worker stopped reading its messages") from None
 

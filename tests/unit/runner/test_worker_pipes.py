@@ -140,3 +140,24 @@ async def test_the_fork_server_keeps_exits_only_of_its_own_forks() -> None:
         await asyncio.gather(server._reading, return_exceptions=True)
         ours.close()
         theirs.close()
+
+
+async def test_a_worker_that_stops_reading_its_frames_is_given_up_on() -> None:
+    """Frames go out without a timer while the pipe takes them; once writing waits (the
+    worker stopped reading), the wait has a limit and ends in FrameError."""
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.streams.FlowControlMixin(), os.fdopen(w, "wb", buffering=0)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    fake = type("W", (), {"_writer": writer, "SEND_TIMEOUT": 0.5})()
+    try:
+        await worker.WorkerProcess.send(fake, {"type": "step"})  # type: ignore[arg-type]
+        assert os.read(r, 65536)  # it went out
+        with pytest.raises(worker.FrameError, match="stopped reading its messages"):
+            for _ in range(100):  # nobody reads: the pipe fills, then the transport's buffer
+                await worker.WorkerProcess.send(fake, {"type": "x"}, b"y" * 100_000)  # type: ignore[arg-type]
+    finally:
+        transport.abort()
+        os.close(r)
