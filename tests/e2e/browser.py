@@ -72,13 +72,25 @@ def wait_for(driver: Any, probe: Callable[[Any], object], what: str, timeout: fl
         NoSuchElementException,
         StaleElementReferenceException,
         TimeoutException,
+        WebDriverException,
     )
     from selenium.webdriver.support.ui import WebDriverWait
 
     ignored = (NoSuchElementException, StaleElementReferenceException)
+
+    def looked(d: Any) -> object:
+        try:
+            return probe(d)
+        except WebDriverException as e:
+            # Chrome's own word for an element of a page that was just replaced (a form
+            # posted, the page loading again): not yet, as a stale element is.
+            if "does not belong to the document" in str(e.msg):
+                return False
+            raise
+
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(
-            probe
+            looked
         )
     except TimeoutException:
         shot(driver, f"FAILED-{what[:40].replace(' ', '_').replace('/', '_')}")
