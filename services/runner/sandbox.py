@@ -277,19 +277,27 @@ def kill_user(uid: int, keep: int = 0) -> int:
     return killed
 
 
+def children(pid: int) -> set[int]:
+    """The children of process ``pid`` (ended ones it has not waited for too), from the
+    ``children`` lists of its threads; OSError when those cannot be read (a kernel without
+    them, or the process gone)."""
+    tids = os.listdir(f"/proc/{pid}/task")
+    if not tids:
+        raise ProcessLookupError(pid)
+    found: set[int] = set()
+    for tid in tids:
+        with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+            found.update(int(child) for child in f.read().split())
+    return found
+
+
 def has_children(pid: int) -> bool:
-    """Whether process ``pid`` has children (ended ones it has not waited for too), from the
-    ``children`` lists of its threads; True when those cannot be read (a kernel without
-    them, or the process gone), so that a caller falls back to scanning ``/proc``."""
+    """Whether process ``pid`` has children; True when it cannot be told, so that a caller
+    falls back to scanning ``/proc``."""
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-        for tid in tids:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                if f.read(1):
-                    return True
+        return bool(children(pid))
     except OSError:
         return True
-    return not tids
 
 
 def has_strangers(pid: int, known: Collection[int]) -> bool:
@@ -299,13 +307,9 @@ def has_strangers(pid: int, known: Collection[int]) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             parent = int(f.read().rsplit(b")", 1)[1].split()[1])
-        for tid in os.listdir(f"/proc/{parent}/task"):
-            with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
-                if any(int(child) not in known for child in f.read().split()):
-                    return True
+        return not children(parent) <= set(known)
     except (OSError, ValueError, IndexError):
         return True
-    return False
 
 
 def resident_by_user(uids: Collection[int]) -> dict[int, int]:

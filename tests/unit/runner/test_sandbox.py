@@ -17,8 +17,10 @@ from ak_runner import sandbox
 from ak_runner.sandbox import (
     UserIds,
     as_user,
+    children,
     chown_tree,
     has_children,
+    has_strangers,
     kill_user,
     open_way_to,
     seal_data_home,
@@ -168,20 +170,12 @@ def test_a_worker_of_its_own_user_keeps_what_it_double_forked_among_its_children
 ) -> None:
     uid = 829997
     mark = f"ak-reaper-{os.getpid()}"
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)", mark]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _REAPER, str(uid), *sleeper],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3] / "libs")},
-    )
+    proc = _as_worker(_REAPER, uid, mark)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         assert proc.stdout.readline() == "started\n"
         assert not has_children(proc.pid)
-        proc.stdin.write("\n")
-        proc.stdin.flush()
+        _go_on(proc)
         assert proc.stdout.readline() == "littered\n"
         # The daemon's parent ended: it was handed to the worker, not to init.
         assert len([pid for pid in _marked(mark) if pid != proc.pid]) == 1
@@ -191,13 +185,81 @@ def test_a_worker_of_its_own_user_keeps_what_it_double_forked_among_its_children
         while [pid for pid in _marked(mark) if pid != proc.pid]:
             assert time.monotonic() < deadline, "a process of the user survived"
             time.sleep(0.05)
-        proc.stdin.write("\n")
-        proc.stdin.flush()
+        _go_on(proc)
         assert proc.stdout.readline() == "reaped\n"
         assert not has_children(proc.pid)
     finally:
         proc.kill()
         proc.communicate()
+
+
+_CLONE_PARENT = """
+import ctypes, os, signal, sys
+from autokitteh import _worker
+_worker.become_user(int(sys.argv[1]))
+sys.stdin.readline()
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_PARENT = 0x00008000
+pid = libc.syscall(56, CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)  # x86_64 clone
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+print("littered", pid, flush=True)
+sys.stdin.readline()
+"""
+
+
+@root_only
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the clone syscall's number")
+def test_a_process_cloned_as_the_workers_sibling_is_seen_as_left_over(
+    python_for_all: None,
+) -> None:
+    """A handler's process made its worker's sibling (``clone(CLONE_PARENT)``) is no child
+    of the worker, yet a child of the worker's parent that the parent did not fork:
+    ``has_strangers`` finds it (services/runner/worker.py then kills what the user left)."""
+    uid = 829996
+    mark = f"ak-sibling-{os.getpid()}"
+    proc = _as_worker(_CLONE_PARENT, uid, mark)
+    assert proc.stdin is not None and proc.stdout is not None
+    forks = children(os.getpid())  # what this process forked, the worker among them
+    try:
+        assert proc.pid in forks and not has_strangers(proc.pid, forks)
+        _go_on(proc)  # clone now
+        assert proc.stdout.readline().startswith("littered")
+        deadline = time.monotonic() + 10
+        while not (left := [pid for pid in _marked(mark) if pid != proc.pid]):
+            assert time.monotonic() < deadline, "the clone did not start its program"
+            time.sleep(0.05)
+        assert len(left) == 1  # alive, of the worker's user, and a child of the test's
+        assert not has_children(proc.pid)  # not the worker's child...
+        assert has_strangers(proc.pid, forks), "the runner would not look for it: it lives on"
+    finally:
+        kill_user(uid, keep=proc.pid)
+        proc.kill()
+        proc.communicate()
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:  # the sibling was this process's child
+                pass
+        except ChildProcessError:
+            pass
+
+
+def _as_worker(script: str, uid: int, mark: str) -> subprocess.Popen[str]:
+    """``script`` as a worker runs: this process's child, taking user ``uid`` itself, told
+    to go on through its stdin; its programs are sleepers carrying ``mark``."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)", mark]
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(uid), *sleeper],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3] / "libs")},
+    )
+
+
+def _go_on(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
 
 
 def test_a_process_that_cannot_be_read_counts_as_having_children() -> None:
