@@ -127,13 +127,13 @@ async def test_the_fork_server_keeps_exits_only_of_its_own_forks() -> None:
         assert theirs.recv(256).startswith(b"F")
         theirs.send(b"P4242")
         assert await forking == 4242
+        second = asyncio.create_task(server.fork(Path("/"), []))
+        await asyncio.sleep(0)  # (its request sent)
+        assert theirs.recv(256).startswith(b"F")
         theirs.send(b"X4242 3")  # the worker ended before its asker watched it: kept
         theirs.send(b"X999999 0")  # not a fork of this server's: dropped
-        theirs.send(b"P4243")  # (no asker: an unexpected reply changes nothing)
-        for _ in range(100):
-            if 4242 in server._codes:
-                break
-            await asyncio.sleep(0.01)
+        theirs.send(b"P4243")
+        assert await second == 4243  # the server's reports are read in order: all of them
         assert server._codes == {4242: 3}
     finally:
         server._reading.cancel()
