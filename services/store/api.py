@@ -22,7 +22,7 @@ from sqlmodel import Session as DB
 from sqlmodel import col, func, select
 
 from . import routes
-from .manifests import apply_manifest
+from .manifests import apply_manifest, put_var
 from .materialize import insert_new
 from .models import (
     Build,
@@ -845,16 +845,8 @@ class StoreApi:
             raise InvalidArgument("the var value must be text")
         if len(value.encode()) > MAX_VAR:
             raise InvalidArgument(f"the value is over the {MAX_VAR} byte limit")
-        routes.check_unclaimed(db, scope, name, value, secret)
-        var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
-        var = var or Var(scope_id=scope, name=name)
-        var.value = self.sealer.seal(value) if secret else value
-        var.is_secret = secret
-        var.route_key = routes.claim(scope, name, value)
-        if description is not None:
-            var.description = str(description)
-        db.add(var)
-        routes.write(db)  # a claim refused here, not by the next query's autoflush
+        text = None if description is None else str(description)
+        put_var(db, self.sealer, scope, name, value, secret, text)
 
     def var_get(self, req: rq.VarGet) -> list[dict[str, Any]]:
         """Vars of a project; secret values stay masked unless ``reveal``."""

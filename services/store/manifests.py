@@ -47,6 +47,30 @@ def _vars(db: Session, scope_id: str, sealer: Sealer) -> dict[str, dict[str, Any
     }
 
 
+def put_var(
+    db: Session,
+    sealer: Sealer,
+    scope: str,
+    name: str,
+    value: str,
+    secret: bool,
+    description: str | None,
+) -> None:
+    """Adds (or changes) a var of a project or connection in ``db`` (flushed, not
+    committed); Conflict, before any change, when it would claim another connection's
+    routing value (``routes``). ``description`` None keeps the var's."""
+    routes.check_unclaimed(db, scope, name, value, secret)
+    var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
+    var = var or Var(scope_id=scope, name=name)
+    var.value = sealer.seal(value) if secret else value
+    var.is_secret = secret
+    var.route_key = routes.claim(scope, name, value)
+    if description is not None:
+        var.description = description
+    db.add(var)
+    routes.write(db)  # a claim refused here, not by the next query's autoflush
+
+
 def delete_connection(db: Session, connection_id: str) -> None:
     """A connection and its vars."""
     for var in db.exec(select(Var).where(Var.scope_id == connection_id)):
@@ -92,16 +116,15 @@ def _execute(
                 )
             ).one()
             scope = conn.connection_id
-        secret = bool(a.args["secret"])
-        routes.check_unclaimed(db, scope, a.args["name"], a.args["value"], secret)
-        var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == a.args["name"])).first()
-        var = var or Var(scope_id=scope, name=a.args["name"])
-        var.value = sealer.seal(a.args["value"]) if secret else a.args["value"]
-        var.is_secret = secret
-        var.route_key = routes.claim(scope, a.args["name"], a.args["value"])
-        var.description = a.args["description"]
-        db.add(var)
-        routes.write(db)
+        put_var(
+            db,
+            sealer,
+            scope,
+            a.args["name"],
+            a.args["value"],
+            bool(a.args["secret"]),
+            a.args["description"],
+        )
         said(scope, "updated")
     elif a.type == "delete_var":
         for var in db.exec(select(Var).where(Var.scope_id == pid, Var.name == a.args["name"])):
