@@ -2,11 +2,14 @@
 the job may reach a runner before the record is stored, or without it when its publish
 failed (the publisher tries both again). Nothing is journaled before `created`, no step
 of the handler's runs until it is there, and a job whose journal was cleaned up after its
-session ended runs nothing."""
+session ended runs nothing; a session whose job was stored twice (its `created` publish
+failed and was tried again past the duplicate window) runs its activity once."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,24 @@ def greet(event):
 def eager(event):
     open(event.data.body.text + "." + str(id(object())), "x")  # a file, before any step
     print("hello")
+"""
+
+
+# A session whose job is stored twice: its activity (a file made by each run) must run once.
+ONCE_CODE = b"""\
+import time
+
+import autokitteh
+
+
+@autokitteh.activity
+def once(path):
+    open(path + "." + str(id(object())) + str(time.time()), "x").close()
+
+
+def greet(event):
+    time.sleep(8)
+    once(event.data.body.text)
 """
 
 
@@ -79,6 +100,29 @@ def _eager_runs(marker: Path) -> int:
     return len(list(marker.parent.glob(marker.name + ".*")))
 
 
+@asynccontextmanager
+async def _store_and_runner(
+    settings: Settings, code: bytes = CODE
+) -> AsyncIterator[tuple[Client, dict[str, str]]]:
+    """A store and a runner in this process, a client, and project p deployed with
+    ``code`` as simple.py."""
+    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
+        nc = await bus.connect(settings.nats_url, "t")
+        try:
+            yield nc, await deploy(nc, "p", {"simple.py": code})
+        finally:
+            await nc.close()
+
+
+async def _job_alone(nc: Client, job: wire.Job) -> None:
+    """The job without its `created` record, as when the publish of `created` failed."""
+    await bus.publisher(nc).publish(
+        subjects.job_subject(job.session_id),
+        wire.encode(job),
+        headers={subjects.HDR_MSG_ID: f"job:{job.session_id}"},
+    )
+
+
 async def _state(nc: Client, sid: str) -> str:
     try:
         return str((await bus.store_call(nc, "session.get", {"session": sid}))["state"])
@@ -100,20 +144,14 @@ async def test_a_job_without_its_created_record_waits_for_it(
     settings: Settings, short_ack_wait: None, tmp_path: Path
 ) -> None:
     marker = _marker(tmp_path)
-    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _store_and_runner(settings) as (nc, d):
         js = nc.jetstream()
-        d = await deploy(nc, "p", {"simple.py": CODE})
         sid = "ses_01m8cpgk96e6wakscbfn3064d0"
         job = _job(d, sid, marker)
         # The job alone, as when the publish of `created` failed: its first delivery finds
         # no `created` (for about 2 s) and leaves the job alone; the second one finds the
         # journal empty and a session the store does not know, and has it back later.
-        await bus.publisher(nc).publish(
-            subjects.job_subject(sid),
-            wire.encode(job),
-            headers={subjects.HDR_MSG_ID: f"job:{sid}"},
-        )
+        await _job_alone(nc, job)
 
         async def third_delivery() -> bool:
             return await _deliveries(js) >= 3
@@ -134,7 +172,6 @@ async def test_a_job_without_its_created_record_waits_for_it(
         assert kinds.count("started") == 1, kinds
         assert _runs(marker) == 1
         await eventually(lambda: _no_jobs(js))
-        await nc.close()
 
 
 async def test_a_job_of_a_session_ended_and_cleaned_up_runs_nothing(
@@ -144,10 +181,8 @@ async def test_a_job_of_a_session_ended_and_cleaned_up_runs_nothing(
     a stale one: its handler does not start before its `created` record is found."""
     monkeypatch.setattr(ak_session, "FRESH_JOB", 0.0)
     marker = _marker(tmp_path)
-    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _store_and_runner(settings) as (nc, d):
         js = nc.jetstream()
-        d = await deploy(nc, "p", {"simple.py": CODE})
         sid = "ses_01m8cpgk96e6wakscbfn3064d1"
         job = _job(d, sid, marker, "eager")
         await publish_session(bus.publisher(nc), job)
@@ -170,7 +205,6 @@ async def test_a_job_of_a_session_ended_and_cleaned_up_runs_nothing(
         assert _eager_runs(marker) == 1
         assert await journal(nc, sid) == []
         assert await _state(nc, sid) == wire.COMPLETED
-        await nc.close()
 
 
 async def test_a_job_whose_created_record_never_comes_is_dropped_in_the_end(
@@ -182,16 +216,10 @@ async def test_a_job_whose_created_record_never_comes_is_dropped_in_the_end(
     monkeypatch.setattr(bus, "DUPLICATE_WINDOW", 0.0)
     settings = dataclasses.replace(settings, max_attempts=2)
     marker = _marker(tmp_path)
-    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _store_and_runner(settings) as (nc, d):
         js = nc.jetstream()
-        d = await deploy(nc, "p", {"simple.py": CODE})
         sid = "ses_01m8cpgk96e6wakscbfn3064d2"
-        await bus.publisher(nc).publish(
-            subjects.job_subject(sid),
-            wire.encode(_job(d, sid, marker, "eager")),
-            headers={subjects.HDR_MSG_ID: f"job:{sid}"},
-        )
+        await _job_alone(nc, _job(d, sid, marker, "eager"))
 
         async def third_delivery() -> bool:
             return await _deliveries(js) >= 3
@@ -200,4 +228,51 @@ async def test_a_job_whose_created_record_never_comes_is_dropped_in_the_end(
         await eventually(lambda: _no_jobs(js), timeout=30)
         assert await journal(nc, sid) == []
         assert await _state(nc, sid) == ""
-        await nc.close()
+
+
+async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once(
+    settings: Settings,
+    short_ack_wait: None,
+    tmp_path: Path,
+) -> None:
+    """publish_session's `created` failed while its job was stored, and its publisher tried
+    again past JetStream's duplicate window (a dispatcher's event redelivered then: the
+    store does not know the session, so not_started keeps it): the session now has two
+    jobs. The first one, coming back, finds `created` there and resumes the session as
+    after a runner crash while the second one runs it. Its activity must run once, and the
+    session must end COMPLETED."""
+    marker = _marker(tmp_path)
+    async with _store_and_runner(settings, ONCE_CODE) as (nc, d):
+        js = nc.jetstream()
+        sid = "ses_01m8cpgk96e6wakscbfn3064r0"
+        job = _job(d, sid, marker)
+        await _job_alone(nc, job)
+
+        async def second_delivery() -> bool:
+            return await _deliveries(js) >= 2
+
+        await eventually(second_delivery, timeout=30)
+        assert await journal(nc, sid) == []
+        # The publisher's new try, past the duplicate window: a new job message.
+        real = bus.publisher(nc)
+
+        class Late:
+            async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> object:
+                if subject.startswith(subjects.job_subject("")):
+                    headers = {**headers, subjects.HDR_MSG_ID: f"job:{sid}:late"}
+                return await real.publish(subject, data, headers=headers)
+
+        await publish_session(Late(), job)  # type: ignore[arg-type]
+
+        async def ended() -> bool:
+            return await _state(nc, sid) in wire.FINAL_STATES
+
+        await eventually(ended, timeout=120)
+        page = await bus.store_call(nc, "session.records", {"session": sid})
+        kinds = [r["kind"] for r in page["records"]]
+        state = await _state(nc, sid)
+        assert (state, _eager_runs(marker)) == (wire.COMPLETED, 1), (
+            state,
+            _eager_runs(marker),
+            kinds,
+        )
