@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -47,6 +48,15 @@ def main(service: str, run: Run) -> None:
     except AKError as e:  # a setting the operator must fix: said once, plainly
         logging.getLogger(service).error("%s", e.message)
         sys.exit(2)
+
+
+def settle_heap() -> None:
+    """Called once a service is up: takes what it made while starting (its modules, clients,
+    settings: ~50,000 objects in the runner) out of the garbage collector's sight. A full
+    collection then walks only what came later; before, each one walked everything and
+    held the event loop for ~20-26 ms (in the runner, in the middle of a replay)."""
+    gc.collect()
+    gc.freeze()
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

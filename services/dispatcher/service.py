@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from akcore import bus, cel, subjects, tracing, wire
+from akcore import bus, cel, service, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.errors import AKError
@@ -195,6 +195,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     evaluators = Evaluators(settings.filter_budget_ms)
     dispatcher = Dispatcher(nc, tel, targets, evaluators)
     tasks: set[asyncio.Task[None]] = set()
+    service.settle_heap()
     log.info("dispatcher ready")
     while not stop.is_set():
         free = min(

@@ -9,7 +9,7 @@ import resource
 import socket
 
 import uvicorn
-from akcore import bus, tracing
+from akcore import bus, service, tracing
 from akcore.config import (
     ENV_AUTH_TOKENS,
     ENV_HTTP_MAX_CONNECTIONS,
@@ -96,6 +96,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # Our own loop handles SIGINT/SIGTERM (akcore.service); keep uvicorn from replacing them.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     # SO_REUSEPORT: several ingress processes can serve one address (`ak up --ingresses N`).
+    service.settle_heap()
     task = asyncio.create_task(server.serve(sockets=[_listen(host, port)]))
     log.info("ingress listening on http://%s:%d", host, port)
     stopper = asyncio.create_task(stop.wait())

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from akcore import bus, ops, subjects, tracing, wire
+from akcore import bus, ops, service, subjects, tracing, wire
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.errors import AKError, NotFound
@@ -257,6 +257,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(purger.run(stop)),
         asyncio.create_task(_prune(engine, sql, stop)),
     ]
+    service.settle_heap()
     log.info("store ready (db %s)", engine.url.render_as_string(hide_password=True))
     await stop.wait()
     for t in tasks:
