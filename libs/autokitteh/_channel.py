@@ -17,13 +17,17 @@ MAX_FRAME = 64 * 1024 * 1024
 MAX_HEADER = 1024 * 1024
 
 
+# One encoder for every frame (``json.dumps`` with separators makes a new one per call).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 class FrameTooLarge(ValueError):
     """A frame over the limits: it is not sent."""
 
 
 def encode_frame(header: dict[str, Any], blob: bytes = b"", max_header: int = MAX_HEADER) -> bytes:
     """A frame; ``max_header`` is for frames to the runner (the worker trusts its runner)."""
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = _encode(header).encode()
     if len(head) > max_header or len(head) + len(blob) > MAX_FRAME:
         raise FrameTooLarge(
             f"{len(head) + len(blob)} bytes, over the limit ({MAX_HEADER} for arguments, "

@@ -64,6 +64,9 @@ def package_hint(e: ModuleNotFoundError, python_env: str) -> str:
     return "\n".join(lines)
 
 
+HOLD_BATCH = 64
+
+
 class Channel:
     """The worker's end of the pipes. Sends are serialized so threads can print; replies
     to ``call`` arrive through a reader thread, which also ends the process when the runner
@@ -87,10 +90,15 @@ class Channel:
 
     def hold(self, header: dict[str, Any]) -> None:
         """Queues a frame that needs no answer to go with the next frame sent (replayed
-        steps, in order, ahead of anything that does something: one write for many)."""
+        steps, in order, ahead of anything that does something: one write for many). Every
+        ``HOLD_BATCH`` of them go at once, so the runner checks them while the replay goes on."""
         data = encode_frame(header)
         with self._lock:
             self._held.append(data)
+            if len(self._held) >= HOLD_BATCH:
+                self._out.write(b"".join(self._held))
+                self._out.flush()
+                self._held.clear()
 
     def receive(self) -> tuple[dict[str, Any], bytes] | None:
         return read_frame(self._in)

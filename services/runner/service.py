@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, config, journal, ops, sdkdist, subjects, tracing, wire
+from akcore import bus, config, journal, ops, sdkdist, service, subjects, tracing, wire
 from akcore import requests as rq
 from akcore.cache import StoreCache
 from akcore.config import Settings
@@ -106,6 +106,10 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
         await msg.nak(delay=min(2.0 ** (attempt - 1), 30.0))
 
 
+# Fetches started ahead of an attempt's need (``Host.ready_ahead``): held until they end.
+_AHEAD: set[asyncio.Task[None]] = set()
+
+
 async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int) -> Outcome:
     delivery = msg.metadata.num_delivered or 1
     history, last, read_us = journal.History(next_seq=1), job.journal_seq, 0
@@ -113,6 +117,9 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
     # A runner stopped mid-session, or a parked session wakes up: replay what it journaled.
     # (A first delivery starts at once: its `created` record is looked for meanwhile.)
     if delivery > 1 or job.parked_seq:
+        ahead = asyncio.create_task(host.ready_ahead(job))  # meanwhile: code and vars
+        _AHEAD.add(ahead)
+        ahead.add_done_callback(_AHEAD.discard)
         try:
             t0 = time.perf_counter()
             read = await read_journal(host.js, job.session_id, host.keys)
@@ -347,6 +354,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     live: set[asyncio.Task[None]] = set()
     reaper = asyncio.create_task(_reap(pool, stop))
     warming = asyncio.create_task(_warm(host))
+    service.settle_heap()
     log.info(
         "runner %s ready (up to %d sessions running and %d waiting)",
         runner_id,

@@ -121,11 +121,62 @@ class Host:
     journal_limits: Limits = field(default_factory=Limits)
     # Each build's project, directory and requirements.txt, once unpacked (builds never change).
     builds: dict[str, tuple[str, Path, bytes | None]] = field(default_factory=dict)
+    fetching: dict[str, asyncio.Task[tuple[str, Path, bytes | None]]] = field(
+        default_factory=dict
+    )  # builds being fetched (``build``)
     admission: Admission = field(default_factory=Admission)
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     session_timeout: float = 0.0  # seconds an attempt may run (0: no limit)
     memory: MemoryWatch = field(default_factory=MemoryWatch)  # sandboxed workers' totals
     parking: Parking | None = None  # None or ``after`` 0: sessions never park
+
+    async def build(self, build_id: str) -> tuple[str, Path, bytes | None]:
+        """A build's project, directory and requirements.txt: fetched and unpacked once per
+        runner (builds never change); callers asking while it is fetched share the fetch."""
+        known = self.builds.get(build_id)
+        if known is not None:
+            return known
+        fetch = self.fetching.get(build_id)
+        if fetch is None:  # (a failed fetch is forgotten: the next caller tries again)
+            fetch = self.fetching[build_id] = asyncio.create_task(self._fetch(build_id))
+            fetch.add_done_callback(_retrieved)
+        return await asyncio.shield(fetch)
+
+    async def _fetch(self, build_id: str) -> tuple[str, Path, bytes | None]:
+        try:
+            code_dir = self.cache / build_id
+            fetched = not code_dir.is_dir()  # unpacked atomically: a directory is a whole build
+            build = await bus.store_call(
+                self.nc, "build.get", {"build_id": build_id, "with_files": fetched}
+            )
+            if fetched:  # thousands of files take seconds: off the event loop (heartbeats)
+                code_dir = await asyncio.to_thread(
+                    unpack_build, self.cache, build_id, build["files"]
+                )
+            req = code_dir / REQUIREMENTS_FILE
+            known = self.builds[build_id] = (
+                build["project_id"],
+                code_dir,
+                req.read_bytes() if req.is_file() else None,
+            )
+            return known
+        finally:
+            self.fetching.pop(build_id, None)
+
+    async def ready_ahead(self, job: wire.Job) -> None:
+        """Fetches what the job's session will need (its build, its project's vars) while
+        something else goes on (reading its journal for a replay). Failures are left to the
+        session's own asks, which wait and say why."""
+        await asyncio.gather(
+            self.build(job.build_id), self.variables(job.project_id), return_exceptions=True
+        )
+
+    async def variables(self, project_id: str) -> dict[str, str]:
+        """A project's vars, as its sessions get them (cached: ``env_cache``)."""
+        found: dict[str, str] = await self.env_cache.call(
+            self.nc, "session.env", {"project_id": project_id}, project_id
+        )
+        return found
 
     def spawn_env(self, extra_env: dict[str, str]) -> dict[str, str]:
         """A worker's environment: the little it gets of the runner's and what its
@@ -360,27 +411,9 @@ class SessionRun:
         return Outcome.ENDED
 
     async def _code(self) -> tuple[Path, bytes | None]:
-        """The build's directory (fetched and unpacked once per runner: builds never change)
-        and its requirements.txt, if any."""
+        """The build's directory and its requirements.txt, if any (``Host.build``)."""
         job = self.job
-        known = self.host.builds.get(job.build_id)
-        if known is None:
-            code_dir = self.host.cache / job.build_id
-            fetched = not code_dir.is_dir()  # unpacked atomically: a directory is a whole build
-            build = await bus.store_call(
-                self.nc, "build.get", {"build_id": job.build_id, "with_files": fetched}
-            )
-            if fetched:  # thousands of files take seconds: off the event loop (heartbeats)
-                code_dir = await asyncio.to_thread(
-                    unpack_build, self.host.cache, job.build_id, build["files"]
-                )
-            req = code_dir / REQUIREMENTS_FILE
-            known = self.host.builds[job.build_id] = (
-                build["project_id"],
-                code_dir,
-                req.read_bytes() if req.is_file() else None,
-            )
-        project, code_dir, requirements = known
+        project, code_dir, requirements = await self.host.build(job.build_id)
         if project != job.project_id:  # a forged job: never another project's code with its vars
             raise InvalidArgument(f"build {job.build_id} is not a build of this session's project")
         return code_dir, requirements
@@ -392,10 +425,7 @@ class SessionRun:
         while True:
             try:
                 code = await self._code()
-                variables = await self.host.env_cache.call(
-                    self.nc, "session.env", {"project_id": job.project_id}, job.project_id
-                )
-                return *code, variables
+                return *code, await self.host.variables(job.project_id)
             except Unavailable as e:
                 if not self.lease.valid():
                     raise Fenced(f"lost its job while the store was away ({e})") from None
@@ -887,7 +917,7 @@ FRESH_JOB = bus.DUPLICATE_WINDOW - 10.0
 REPLAY_AHEAD_BYTES = 16 * 1024 * 1024
 
 
-def _retrieved(task: asyncio.Task[None]) -> None:
+def _retrieved(task: asyncio.Task[Any]) -> None:
     """Marks the outcome of a task whose waiters may all be gone as seen."""
     if not task.cancelled():
         task.exception()

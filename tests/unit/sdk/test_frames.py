@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
+
 import pytest
+from autokitteh._channel import read_frame
 from autokitteh._frames import (
     MAX_PRINT,
     ActivityFrame,
@@ -12,6 +16,7 @@ from autokitteh._frames import (
     cut_print,
     parse,
 )
+from autokitteh._worker import HOLD_BATCH, Channel
 
 
 def test_frames_parse_into_their_types() -> None:
@@ -48,3 +53,41 @@ def test_a_long_print_is_cut_once() -> None:
     )
     assert cut_print(cut) == (cut, 0)  # the runner leaves what the worker cut as it is
     assert cut_print("short") == ("short", 0)
+
+
+def _frames(data: bytes) -> list[dict[str, object]]:
+    stream, out = io.BytesIO(data), []
+    while (frame := read_frame(stream)) is not None:
+        out.append(frame[0])
+    return out
+
+
+def test_held_frames_go_to_the_runner_in_batches_while_the_replay_goes_on() -> None:
+    """Replayed steps are held and sent together, but not all at the end of the replay: a
+    full batch goes at once (the runner checks it while the worker replays the next), and
+    the rest goes with the next frame sent, in order."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    with os.fdopen(r, "rb", buffering=0) as fin, os.fdopen(w, "wb", buffering=0) as fout:
+        ch = Channel(fin, fout)
+
+        def pending() -> bytes:
+            try:
+                return fin.read(1 << 20) or b""
+            except BlockingIOError:
+                return b""
+
+        for step in range(1, HOLD_BATCH):
+            ch.hold({"type": "step", "step": step, "ahead": True})
+        assert pending() == b""  # one short of a batch: held
+        ch.hold({"type": "step", "step": HOLD_BATCH, "ahead": True})
+        batch = _frames(pending())
+        assert [f["step"] for f in batch] == list(range(1, HOLD_BATCH + 1))
+        ch.hold({"type": "step", "step": HOLD_BATCH + 1, "ahead": True})
+        assert pending() == b""
+        ch.send({"type": "print", "n": 1}, b"hi")
+        rest = _frames(pending())
+        assert [(f["type"], f.get("step")) for f in rest] == [
+            ("step", HOLD_BATCH + 1),
+            ("print", None),
+        ]
