@@ -268,6 +268,7 @@ def bench_replay(stack: Stack, paths: dict[str, str], n: int = 1000) -> Result:
     read_ms = second["data"].get("read_us", 0) / 1000
     return {
         "journal read (ms)": read_ms,
+        "records from chunks": second["data"].get("chunked", 0),
         "replay to live (ms)": (after["t_us"] - second["t_us"]) / 1000 + read_ms,
     }
 

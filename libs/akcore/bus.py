@@ -46,7 +46,8 @@ DUPLICATE_WINDOW = 120.0
 def streams(keep: Retention) -> tuple[StreamConfig, ...]:
     """The streams of DESIGN.md with their limits. Full, a stream refuses new messages
     (``discard: new``): nothing it accepted is dropped to make room. Events also age out;
-    journals and inboxes are purged as their sessions end (the store sees to it)."""
+    journals, inboxes and replay chunks are purged as their sessions end (the store sees to
+    it)."""
 
     def limited(name: str, subject: str, max_bytes: int, max_age: float = 0.0) -> StreamConfig:
         return StreamConfig(
@@ -76,6 +77,7 @@ def streams(keep: Retention) -> tuple[StreamConfig, ...]:
         ),
         limited(subjects.STREAM_JOURNAL, subjects.JOURNAL_ALL, keep.journal_max_bytes),
         limited(subjects.STREAM_INBOX, subjects.INBOX_ALL, keep.journal_max_bytes),
+        limited(subjects.STREAM_REPLAY, subjects.REPLAY_ALL, keep.journal_max_bytes),
     )
 
 

@@ -102,6 +102,7 @@ class Started:
     attempt: int
     replayed_steps: int = 0
     read_us: int = 0  # how long reading the journal took
+    chunked: int = 0  # how many of the records read came from replay chunks (akcore.chunks)
 
 
 @dataclass(frozen=True)

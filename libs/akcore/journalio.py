@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
-from . import bus, journal, subjects, timefmt, wire
+from . import bus, chunks, journal, subjects, timefmt, wire
 from .bus import may_pass
 from .datakey import Keyring
 
@@ -71,8 +71,9 @@ async def last_seq(js: JetStreamContext, session_id: str) -> int:
 CREATED_PAUSES = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-async def created_seq(js: JetStreamContext, session_id: str) -> int:
-    """The stream sequence of the session's `created` record, its journal's only record.
+async def created_seq(js: JetStreamContext, session_id: str) -> tuple[int, bytes]:
+    """The stream sequence of the session's `created` record, its journal's only record,
+    and the record as it rests.
 
     A session's `created` record and its job are published together (``sessions``): the
     job may be delivered before the record is stored (they go to two streams), so a
@@ -89,7 +90,7 @@ async def created_seq(js: JetStreamContext, session_id: str) -> int:
             continue
         rec = wire.decode(wire.JournalRecord, raw.data or b"")
         if rec.kind == wire.CREATED and rec.seq == 0 and raw.seq:
-            return raw.seq
+            return raw.seq, raw.data or b""
         raise Fenced(f"session {session_id}: another attempt wrote its journal first")
     raise NotCreated(f"session {session_id}: its `created` record is not in its journal yet")
 
@@ -109,58 +110,115 @@ async def session_project(js: JetStreamContext, session_id: str) -> str | None:
 @dataclass
 class Journal:
     """A session's records as read back, the stream sequence of the last one (0 when there
-    is none) and how many bytes they take."""
+    is none) and how many bytes they take; ``chunked``: how many of them (from the first)
+    came from replay chunks, ``unchunked`` the others as (stream sequence, size, record),
+    for the attempt's own chunks (``chunks.Chunker``)."""
 
     records: list[wire.JournalRecord]
     last: int
     size: int
+    chunked: int = 0
+    unchunked: list[tuple[int, int, wire.JournalRecord]] = field(default_factory=list)
 
 
 async def read_journal(
-    js: JetStreamContext, session_id: str, keys: Keyring, timeout: float = 30.0
+    js: JetStreamContext,
+    session_id: str,
+    keys: Keyring,
+    timeout: float = 30.0,
+    use_chunks: bool = True,
 ) -> Journal:
-    """Every record of one session, in order and unsealed: an ordered consumer read to the
-    subject's last message. Raises MalformedRecord for a record that cannot be decoded or
-    does not unseal."""
+    """Every record of one session, in order and unsealed: the replay chunks that join
+    (``akcore.chunks``), then the journal's records after them (all of them without chunks),
+    read with an ordered consumer up to the subject's last message. Raises MalformedRecord
+    for a record of the journal that cannot be decoded or does not unseal."""
     subject = subjects.journal_subject(session_id)
     try:
         last = await js.get_last_msg(subjects.STREAM_JOURNAL, subject)
     except NotFoundError:
         return Journal([], 0, 0)
-    out: list[wire.JournalRecord] = []
-    read_all = asyncio.Event()
-    failed: list[Exception] = []
     last_seq = last.seq or 0
-    read_to = [0, 0]  # the stream sequence of the last record read, the bytes read
+    stored = await _chunked(js, session_id, keys, last_seq, timeout) if use_chunks else []
+    start = stored[-1][0] + 1 if stored else 1
+    tail = await _read(js, subjects.STREAM_JOURNAL, subject, start, last_seq, timeout)
+    records = [rec for _, _, rec in stored]
+    for stream_seq, data in tail:
+        try:
+            records.append(_open(data, session_id, keys))
+        except Exception as e:
+            raise journal.MalformedRecord(f"record at {stream_seq}: {e}") from None
+    if stored and len(records) > len(stored) and records[len(stored)].seq != len(stored):
+        log.warning("session %s: replay chunks do not join the journal; read it all", session_id)
+        return await read_journal(js, session_id, keys, timeout, use_chunks=False)
+    return Journal(
+        records,
+        tail[-1][0] if tail else start - 1,
+        sum(n for _, n, _ in stored) + sum(len(d) for _, d in tail),
+        len(stored),
+        [(s, len(d), r) for (s, d), r in zip(tail, records[len(stored) :], strict=True)],
+    )
+
+
+def _open(data: bytes, session_id: str, keys: Keyring) -> wire.JournalRecord:
+    rec = journal.unseal(wire.decode(wire.JournalRecord, data), keys)
+    if rec.session_id != session_id:
+        raise ValueError(f"a record of another session ({rec.session_id})")
+    return rec
+
+
+async def _chunked(
+    js: JetStreamContext, session_id: str, keys: Keyring, last: int, timeout: float
+) -> list[tuple[int, int, wire.JournalRecord]]:
+    """The journal's records that its replay chunks hold from the first on, as (stream
+    sequence, size, record): none when there are no chunks or they cannot be read."""
+    subject = subjects.replay_subject(session_id)
+    try:
+        newest = await js.get_last_msg(subjects.STREAM_REPLAY, subject)
+        msgs = await _read(js, subjects.STREAM_REPLAY, subject, 1, newest.seq or 0, timeout)
+    except NotFoundError:
+        return []
+    except Exception as e:  # (they only save time)
+        log.warning("session %s: replay chunks cannot be read: %r", session_id, e)
+        return []
+    found = []
+    for stream_seq, data in msgs:
+        try:
+            found.append(chunks.unseal(data, session_id, keys))
+        except Exception as e:
+            log.warning("session %s: replay chunk at %d not used: %s", session_id, stream_seq, e)
+    return chunks.joined(found, last)
+
+
+async def _read(
+    js: JetStreamContext, stream: str, subject: str, start: int, last: int, timeout: float
+) -> list[tuple[int, bytes]]:
+    """The messages of ``subject`` from stream sequence ``start`` to ``last``, as (stream
+    sequence, data): an ordered consumer, read to ``last`` or to what is there."""
+    if start > last:
+        return []
+    out: list[tuple[int, bytes]] = []
+    read_all = asyncio.Event()
 
     # A callback, not next_msg: next_msg starts two tasks per message, which was most of
     # the time a replay took to read a long journal.
     async def on_msg(msg: Msg) -> None:
         if read_all.is_set():
             return
-        try:
-            read_to[0] = msg.metadata.sequence.stream
-            read_to[1] += len(msg.data)
-            out.append(journal.unseal(wire.decode(wire.JournalRecord, msg.data), keys))
-            if read_to[0] >= last_seq or msg.metadata.num_pending == 0:
-                read_all.set()
-        except Exception as e:  # a malformed record: the caller hears of it
-            failed.append(journal.MalformedRecord(f"record at {read_to[0]}: {e}"))
+        meta = msg.metadata
+        out.append((meta.sequence.stream, msg.data))
+        if meta.sequence.stream >= last or meta.num_pending == 0:
             read_all.set()
 
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    if start > 1:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
     sub = await js.subscribe(
-        subject,
-        stream=subjects.STREAM_JOURNAL,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-        cb=on_msg,
+        subject, stream=stream, ordered_consumer=True, cb=on_msg, config=config
     )
     try:
         async with asyncio.timeout(timeout):
             await read_all.wait()
-        if failed:
-            raise failed[0]
-        return Journal(out, read_to[0], read_to[1])
+        return out
     finally:
         await sub.unsubscribe()
 
@@ -188,9 +246,12 @@ class JournalWriter:
         may_write: Callable[[], bool] = lambda: True,
         limits: Limits = Limits(),
         written: tuple[int, int] = (0, 0),
+        chunker: chunks.Chunker | None = None,
     ) -> None:
-        """``written``: the records and bytes the journal holds already."""
+        """``written``: the records and bytes the journal holds already; ``chunker`` is
+        given each record once the journal has it (replay chunks)."""
         self.js, self.pub, self.keys, self.session_id = js, pub, keys, session_id
+        self.chunker = chunker
         self.subject = subjects.journal_subject(session_id)
         self.last, self.seq, self.may_write = last, seq, may_write
         self.limits, (self.records, self.size) = limits, written
@@ -237,15 +298,14 @@ class JournalWriter:
                 ) from None
             except Exception as e:
                 if isinstance(e, APIError) and e.err_code == ERR_WRONG_LAST_SEQUENCE:
-                    return await self._settle(data, "another attempt wrote the journal")
+                    return await self._settle(rec, data, "another attempt wrote the journal")
                 if not may_pass(e):  # (the stream full, or without a leader, may pass)
                     raise
                 error = e
             else:
                 if ack.get("duplicate"):  # never success: that number was someone else's
-                    return await self._settle(data, "JetStream already had this record number")
-                self.last = int(ack["seq"])
-                return self.last
+                    return await self._settle(rec, data, "JetStream already had this record number")
+                return self._stored(seq, int(ack["seq"]), data, rec)
             # Stored or not? A retry tells: stored, it is refused as out of turn and
             # _settle finds it is ours.
             if not self.may_write():
@@ -254,7 +314,20 @@ class JournalWriter:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
-    async def _settle(self, data: bytes, why: str) -> int:
+    def located(self, stream_seq: int, created: bytes) -> None:
+        """A first attempt's journal holds only its `created` record (``created``, as it
+        rests), at ``stream_seq``."""
+        self._stored(0, stream_seq, created, created)
+
+    def _stored(
+        self, seq: int, stream_seq: int, data: bytes, rec: wire.JournalRecord | bytes
+    ) -> int:
+        self.last = stream_seq
+        if self.chunker is not None:
+            self.chunker.add(seq, stream_seq, len(data), rec)
+        return stream_seq
+
+    async def _settle(self, rec: wire.JournalRecord, data: bytes, why: str) -> int:
         """A refused append: ours all the same if the subject's last record is exactly the
         one we sent (an earlier try of this append was stored), else we are fenced."""
         try:
@@ -262,10 +335,11 @@ class JournalWriter:
         except NotFoundError:
             raise self._fence(f"{why} (the journal is gone: the session ended)") from None
         if last.data == data and last.seq is not None:
-            self.last = last.seq
-            return self.last
+            return self._stored(rec.seq, last.seq, data, rec)
         raise self._fence(why)
 
     def _fence(self, why: str) -> Fenced:
         self.fenced = True
+        if self.chunker is not None:
+            self.chunker.stop("fenced")
         return Fenced(f"session {self.session_id}: {why}")

@@ -30,6 +30,7 @@ STREAMS = (
     subjects.STREAM_JOBS,
     subjects.STREAM_JOURNAL,
     subjects.STREAM_INBOX,
+    subjects.STREAM_REPLAY,
 )
 BUCKET_VALUES = "AK_VALUES"  # the projects' values stores (KV)
 BUCKETS = (BUCKET_VALUES, subjects.BUCKET_WEBHOOKS, subjects.BUCKET_PARKED)
@@ -245,6 +246,8 @@ def permissions(service: str) -> Permissions:
                 subjects.SPANS,
                 *_read(subjects.STREAM_JOURNAL),
                 *_read(subjects.STREAM_INBOX),
+                subjects.REPLAY_ALL,  # replay chunks (akcore.chunks)
+                *_read(subjects.STREAM_REPLAY),
                 *_get(subjects.STREAM_EVENTS),  # whose an event is (a session's outcome)
                 *_kv(BUCKET_VALUES),
                 *_kv(subjects.BUCKET_PARKED),  # parking a waiting session
@@ -269,6 +272,7 @@ def permissions(service: str) -> Permissions:
                     for s in (subjects.STREAM_JOURNAL, subjects.STREAM_INBOX)
                     for verb in ("PURGE", "MSG.GET")
                 ),
+                f"{API}.STREAM.PURGE.{subjects.STREAM_REPLAY}",  # ended sessions' chunks
                 f"{API}.DIRECT.GET.{subjects.STREAM_JOURNAL}.>",
                 subjects.INBOX_ALL,  # ends a session whose record it could not keep
                 subjects.CHANGED,

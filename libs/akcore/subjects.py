@@ -8,6 +8,8 @@ STREAM_EVENTS = "AK_EVENTS"
 STREAM_JOBS = "AK_JOBS"
 STREAM_JOURNAL = "AK_JOURNAL"
 STREAM_INBOX = "AK_INBOX"
+# Replay chunks: a copy of each journal, many records to a message (akcore.chunks).
+STREAM_REPLAY = "AK_REPLAY"
 
 # KV bucket of ingress: the last known lookup of each webhook, for when the store is away.
 BUCKET_WEBHOOKS = "AK_WEBHOOKS"
@@ -19,6 +21,7 @@ EVENTS_ALL = f"{PREFIX}.events.>"
 JOBS_ALL = f"{PREFIX}.jobs.>"
 JOURNAL_ALL = f"{PREFIX}.journal.>"
 INBOX_ALL = f"{PREFIX}.inbox.>"
+REPLAY_ALL = f"{PREFIX}.replay.>"
 
 # Durable consumer names.
 CONSUMER_DISPATCHER = "dispatcher"
@@ -55,6 +58,10 @@ def journal_subject(session_id: str) -> str:
 
 def inbox_subject(session_id: str) -> str:
     return f"{PREFIX}.inbox.{session_id}"
+
+
+def replay_subject(session_id: str) -> str:
+    return f"{PREFIX}.replay.{session_id}"
 
 
 def outcome_subject(event_id: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from akcore import bus, config, journal, ops, sdkdist, service, subjects, tracing, wire
 from akcore import requests as rq
 from akcore.cache import StoreCache
+from akcore.chunks import Chunker
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.errors import NotFound
@@ -112,8 +113,9 @@ _AHEAD: set[asyncio.Task[None]] = set()
 
 async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int) -> Outcome:
     delivery = msg.metadata.num_delivered or 1
-    history, last, read_us = journal.History(next_seq=1), job.journal_seq, 0
+    history, last, read_us, chunked = journal.History(next_seq=1), job.journal_seq, 0, 0
     written, attempt = (1, 0), 1
+    chunker = Chunker(bus.publisher(host.nc), host.keys, job.session_id)  # (`created` first)
     # A runner stopped mid-session, or a parked session wakes up: replay what it journaled.
     # (A first delivery starts at once: its `created` record is looked for meanwhile.)
     if delivery > 1 or job.parked_seq:
@@ -124,6 +126,9 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             t0 = time.perf_counter()
             read = await read_journal(host.js, job.session_id, host.keys)
             records, last, written = read.records, read.last, (len(read.records), read.size)
+            chunked = read.chunked
+            pub = bus.publisher(host.nc)
+            chunker = Chunker(pub, host.keys, job.session_id, chunked, read.unchunked)
             history = journal.fold(records)
             read_us = int((time.perf_counter() - t0) * 1e6)
         except Exception as e:
@@ -173,7 +178,7 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             "session %s: attempt %d replays %d steps", job.session_id, attempt, len(history.steps)
         )
         await host.faults.hold("read", job.entrypoint, attempt)
-    run = _run(host, msg, job, lease, history, last, attempt, read_us, written)
+    run = _run(host, msg, job, lease, history, last, attempt, read_us, written, chunker, chunked)
     # The trace the session belongs to: from the job, else from its journal (a replay).
     headers = dict(msg.headers or {})
     if not headers.get(subjects.HDR_TRACEPARENT) and history.traceparent:
@@ -205,6 +210,8 @@ def _run(
     attempt: int,
     read_us: int = 0,
     written: tuple[int, int] = (0, 0),
+    chunker: Chunker | None = None,
+    chunked: int = 0,
 ) -> SessionRun:
     writer = JournalWriter(
         host.js,
@@ -216,10 +223,11 @@ def _run(
         lease.valid,
         host.journal_limits,
         written,
+        chunker,
     )
     stamp = msg.metadata.timestamp
     queued = stamp.timestamp() if stamp else 0.0
-    return SessionRun(host, job, attempt, history, lease, writer, queued, read_us)
+    return SessionRun(host, job, attempt, history, lease, writer, queued, read_us, chunked)
 
 
 async def _resumes(host: Host, job: wire.Job, history: journal.History, delivery: int) -> bool:

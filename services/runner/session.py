@@ -202,9 +202,11 @@ class SessionRun:
         writer: JournalWriter,
         queued_at: float = 0.0,  # when its job was published (NATS server time), if known
         read_us: int = 0,  # how long reading the journal took
+        chunked: int = 0,  # how many of the records read came from replay chunks
     ) -> None:
         self.host, self.job, self.attempt, self.history = host, job, attempt, history
         self.lease, self.writer, self.queued_at, self.read_us = lease, writer, queued_at, read_us
+        self.chunked = chunked
         self.nc, self.js, self.tel = host.nc, host.js, host.tel
         self.pub = bus.publisher(host.nc)
         self.env: dict[str, str] = {}
@@ -264,7 +266,7 @@ class SessionRun:
         """A first delivery's job does not say where its `created` record is (it was
         published with it): the first write looks it up, to append after it (fenced)."""
         if not self.writer.last:
-            self.writer.last = await created_seq(self.js, self.job.session_id)
+            self.writer.located(*await created_seq(self.js, self.job.session_id))
 
     async def _may_start(self) -> None:
         """Returns once the worker may be told to start; raises what writing `started`
@@ -440,6 +442,7 @@ class SessionRun:
             attempt=self.attempt,
             replayed_steps=len(self.history.steps),
             read_us=self.read_us,
+            chunked=self.chunked,
         )
         try:
             code_dir, requirements, variables = await self._prepare()

@@ -1,6 +1,7 @@
 """Keeps storage bounded: an ended session's journal and inbox subjects are purged once the
-store has its records, and SQL keeps ended sessions and events only as long as the
-retention settings say (``akcore.retention``).
+store has its records (and its replay chunks, ``akcore.chunks``, by the sweep), and SQL
+keeps ended sessions and events only as long as the retention settings say
+(``akcore.retention``).
 
 A journal subject is purged only when the journal consumer's ack floor has passed its last
 record: every store has then applied and acknowledged all of that session's records, so
@@ -102,7 +103,8 @@ class Purger:
         """Purges what the fast path missed; returns how many subjects it purged."""
         journals = await self._session_subjects(subjects.STREAM_JOURNAL)
         inboxes = await self._session_subjects(subjects.STREAM_INBOX)
-        found = await self.sql(_sessions, self.engine, [*journals, *inboxes])
+        replays = await self._session_subjects(subjects.STREAM_REPLAY)
+        found = await self.sql(_sessions, self.engine, [*journals, *inboxes, *replays])
         floor = await self._ack_floor()
         now_us = timefmt.now_us()
         done = []
@@ -118,8 +120,13 @@ class Purger:
             state = found.get(sid, (None, "", 0))[0]
             if state in wire.FINAL_STATES or (state is None and ids.time_ms(sid) < cutoff_ms):
                 done.append(subjects.inbox_subject(sid))
+        for sid in replays:  # (a copy: the journal can be read without them)
+            state = found.get(sid, (None, "", 0))[0]
+            if state in wire.FINAL_STATES or (state is None and ids.time_ms(sid) < cutoff_ms):
+                done.append(subjects.replay_subject(sid))
         await self._purge([s for s in done if ".journal." in s], subjects.STREAM_JOURNAL)
         await self._purge([s for s in done if ".inbox." in s], subjects.STREAM_INBOX)
+        await self._purge([s for s in done if ".replay." in s], subjects.STREAM_REPLAY)
         if done:
             log.info("purged %d subjects of ended sessions", len(done))
         return len(done)
@@ -135,11 +142,7 @@ class Purger:
 
     async def _session_subjects(self, stream: str) -> list[str]:
         """The session ids that have messages in ``stream`` (its subjects, page by page)."""
-        prefix = (
-            len(subjects.journal_subject(""))
-            if stream == subjects.STREAM_JOURNAL
-            else len(subjects.inbox_subject(""))
-        )
+        prefix = len(_SUBJECT_OF[stream](""))
         nc = self.js._nc  # the JetStream API pages the subjects; nats-py does not
         found: list[str] = []
         while True:
@@ -150,6 +153,13 @@ class Purger:
             found.extend(s[prefix:] for s in page)
             if not page or len(found) >= int(info.get("total") or 0):
                 return found
+
+
+_SUBJECT_OF: dict[str, Callable[[str], str]] = {
+    subjects.STREAM_JOURNAL: subjects.journal_subject,
+    subjects.STREAM_INBOX: subjects.inbox_subject,
+    subjects.STREAM_REPLAY: subjects.replay_subject,
+}
 
 
 def _sessions(engine: Engine, session_ids: list[str]) -> dict[str, tuple[str, str, int]]:

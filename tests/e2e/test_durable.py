@@ -75,6 +75,18 @@ def crash_inside(event):
     print(slow("b3", 0.1), n)
 
 
+@autokitteh.activity
+def tick(i):
+    with open(os.path.join(DIR, "ticks"), "a") as f:
+        f.write(f"{i}\\n")
+    return i * i
+
+
+def crash_late(event):
+    total = sum(tick(i) for i in range(610))
+    print("total", total)
+
+
 def changes(event):
     try:
         with open(C1):  # a builtin: runs plainly, so a replay sees what attempt 1 left
@@ -203,15 +215,16 @@ def whole(event):
     return 5
 """
 
-NAMES = ["crash_in_sleep", "crash_between", "crash_inside", "changes"]
+NAMES = ["crash_in_sleep", "crash_between", "crash_inside", "changes", "crash_late"]
 # The runner dies where each crash test needs it (its test hook): right after the sleep's
 # record is acknowledged, between two activities, with an activity finished but not yet
-# journaled, and after the step that the replay will take another path at.
+# journaled, after the step that the replay will take another path at, and 600 steps in.
 FAULTS = (
     "crash journaled step=2 entry=crash.py:crash_in_sleep; "
     "crash journaled step=1 entry=crash.py:crash_between; "
     "crash journaling step=2 entry=crash.py:crash_inside; "
-    "crash journaled step=1 entry=crash.py:changes"
+    "crash journaled step=1 entry=crash.py:changes; "
+    "crash journaled step=600 entry=crash.py:crash_late"
 )
 CASE_NAMES = [
     "nested_and_prints",
@@ -321,6 +334,26 @@ def test_crash_inside_activity_runs_it_again(env: tuple[Stack, dict[str, str], P
     assert (markers / "b3").read_text() == "++"  # in flight at the crash: once more
     prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
     assert len(prints) == 1 and prints[0].startswith("slow done ")
+
+
+def test_a_long_replay_reads_chunks_and_runs_each_activity_once(
+    env: tuple[Stack, dict[str, str], Path],
+) -> None:
+    """600 activities journaled, then the runner dies: the next attempt reads most of the
+    journal from its replay chunks (four of 128 records), replays all 600 and runs the
+    last 10, each activity once."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["crash_late"])
+    session = stack.wait_session(sid, timeout=90)
+    assert session["state"] == "COMPLETED", session
+    ticks = (markers / "ticks").read_text().split()
+    assert sorted(map(int, ticks)) == list(range(610))  # each exactly once
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+    assert prints == [f"total {sum(i * i for i in range(610))}"]
+    records = stack.api("session.records", session=sid, kinds=["started"])["records"]
+    second = records[1]["data"]
+    assert second["attempt"] == 2 and second["replayed_steps"] == 600
+    assert second["chunked"] == 512  # records 0-511 from four chunks, the rest one by one
 
 
 def test_non_determinism_is_reported(env: tuple[Stack, dict[str, str], Path]) -> None:

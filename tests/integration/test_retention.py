@@ -1,5 +1,6 @@
 """Bounded storage: SQL pruned by the retention settings, and ended sessions' journals and
-inboxes purged from JetStream once the store has their records."""
+inboxes purged from JetStream once the store has their records (their replay chunks at the
+next sweep)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ak_store.cleanup import Purger, prune
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records, apply_spans
 from ak_store.service import run as run_store
-from akcore import bus, ids, journal, subjects, wire
+from akcore import bus, chunks, ids, journal, subjects, wire
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.retention import Retention
@@ -109,6 +110,8 @@ async def test_an_ended_sessions_journal_and_inbox_are_purged(settings: Settings
             await pub.publish(subjects.journal_subject(s), wire.encode(created))
             signal = wire.InboxMessage(kind=wire.INBOX_SIGNAL, name="x")
             await pub.publish(subjects.inbox_subject(s), wire.encode(signal))
+            chunk = chunks.seal(chunks.Chunk(0, [(1, 1, created)]), s, KEYS)  # (replay chunk)
+            await pub.publish(subjects.replay_subject(s), chunk)
         ended = wire.JournalRecord(sid, 1, wire.ENDED, 2, {"state": wire.COMPLETED})
         await pub.publish(subjects.journal_subject(sid), wire.encode(ended))
 
@@ -125,13 +128,16 @@ async def test_an_ended_sessions_journal_and_inbox_are_purged(settings: Settings
         async def sql(fn: Any, *args: Any) -> Any:
             return await asyncio.to_thread(fn, *args)
 
+        assert await _chunks(js, sid) == 1  # replay chunks go at the sweep only
         engine = open_engine(settings.db_dsn, migrate_schema=False)
         try:
-            assert await Purger(js, engine, sql).sweep() == 1
+            assert await Purger(js, engine, sql).sweep() == 2  # the late inbox, the chunks
         finally:
             engine.dispose()
         assert await _messages(js, sid) == (0, 0)
+        assert await _chunks(js, sid) == 0
         assert await _messages(js, live) == (1, 1)
+        assert await _chunks(js, live) == 1
         await nc.close()
 
 
@@ -145,6 +151,12 @@ async def _messages(js: Any, sid: str) -> tuple[int, int]:
         info = await js.stream_info(stream, subjects_filter=subject)
         out.append(sum((info.state.subjects or {}).values()))
     return out[0], out[1]
+
+
+async def _chunks(js: Any, sid: str) -> int:
+    subject = subjects.replay_subject(sid)
+    info = await js.stream_info(subjects.STREAM_REPLAY, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
 
 
 async def test_a_record_the_store_cannot_keep_ends_its_session(settings: Settings) -> None:
