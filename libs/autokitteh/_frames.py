@@ -10,9 +10,15 @@ Worker to runner (each frame's JSON header has a ``type``; a blob may follow):
             Reply ``step``: recorded (``replayed``) or live (an activity's go-ahead, a
             sleep's deadline, a system call's outcome). A step the worker replays from
             the answers its start frame held is sent ``ahead`` and not answered: the
-            runner checks it against the journal all the same, in order.
+            runner checks it against the journal all the same, in order. A live activity
+            the runner gave a go-ahead for in advance is sent ``granted`` and not answered.
   activity  a live activity finished: its outcome (blob: the pickled value or exception).
             Reply ``ack`` once it is journaled.
+A reply to a live activity's outcome or system call may carry ``go_until``: the worker may
+start the next step, if it is a live activity, without asking, before that
+``time.monotonic()`` deadline (a go-ahead in advance, never past the runner's lease). The
+start frame's ``clock`` is the runner's ``time.monotonic()``: a worker whose clock is not
+the same uses none.
   syscall   a system call that is not a durable step (inside an activity, or a session
             that is not durable). Reply ``syscall``.
   done      the handler returned (blob: its value, ``autokitteh._values``) or raised.
@@ -52,6 +58,7 @@ class StepFrame:
     seconds: float = 0.0
     args: dict[str, Any] = field(default_factory=dict)
     ahead: bool = False  # replayed from what the start frame held: not to be answered
+    granted: bool = False  # a live activity started on a go-ahead given in advance
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@ Before each step (activity, durable sleep, system call) the worker asks the runn
 ``step`` frame: a step the journal already has comes back recorded and is not done again
 (replay); a live activity runs only once the runner says go (so a worker whose runner is
 frozen or gone starts nothing new), and its outcome is journaled before the handler sees
-it. The replay rules themselves live in the runner (``akcore.journal``).
+it. The go may come in advance, with the reply that ended the step before (``go_until``):
+the worker then starts the activity at once, telling the runner without waiting, if it is
+still before that deadline (the runner makes it end before its hold on the job could). The
+replay rules themselves live in the runner (``akcore.journal``).
 
 One session per worker process, so the runtime is a module-level singleton that the
 instrumented code reaches through ``_ak_call`` / ``_ak_async_call``.
@@ -30,6 +33,10 @@ from .errors import AutoKittehError
 
 MAX_PAYLOAD = 1024 * 1024
 _real_sleep = time.sleep
+_monotonic = time.monotonic  # (the handler may patch time's functions: a grant needs the real)
+# How far past the runner's clock in the start frame this process's may read and still be
+# taken for the same clock (``same_clock``).
+CLOCK_SLACK = 1.0
 
 PICKLE_HINT = (
     "Activity arguments and results travel through pickle. Move the code that creates or "
@@ -82,7 +89,9 @@ class Runtime:
         is_user: Callable[[Any], bool],
         durable: bool,
         replay: dict[int, tuple[str, str, dict[str, Any], bytes]] | None = None,
+        grants: bool = False,
     ) -> None:
+        """``grants``: whether go-aheads in advance may be used (``same_clock``)."""
         self.channel, self.replayed_prints = channel, replayed_prints
         # The journal's recorded steps, as (kind, function, the runner's answer, its blob).
         self.replay = replay or {}
@@ -90,6 +99,8 @@ class Runtime:
         self.loading = False
         self.step = 0
         self.prints = 0
+        self.grants = grants
+        self.go_until = 0.0  # the go-ahead in advance for the next step (time.monotonic())
         self._local = threading.local()
         self._lock = threading.RLock()  # one activity (or durable step) at a time
 
@@ -144,14 +155,26 @@ class Runtime:
         if known is not None and (known[0], known[1]) == (kind, name):
             self.channel.hold({**header, "ahead": True, "args": {}})
             return self.step, known[2], known[3]
+        until, self.go_until = self.go_until, 0.0  # for this step only, used or not
         # Live, or the code asks for something else than the journal has here: the runner
         # decides (and ends the session if the code took another path).
         try:
+            if kind == "activity" and _monotonic() < until:  # go-ahead given: not waited for
+                self.channel.send({**header, "granted": True}, blob)
+                return self.step, {}, b""
             reply, rblob = self.channel.call(header, blob)
         except FrameTooLarge as e:  # not sent: the step did not happen
             self.step -= 1
             raise AutoKittehError(f"{name}: its arguments are too large: {e}") from None
+        self._take_grant(reply)
         return self.step, reply, rblob
+
+    def _take_grant(self, reply: dict[str, Any]) -> None:
+        """Keeps the go-ahead in advance a reply carries, if any, for the next step."""
+        until = reply.get("go_until")
+        self.go_until = 0.0
+        if self.grants and isinstance(until, (int, float)) and not isinstance(until, bool):
+            self.go_until = float(until)
 
     def sleep(self, seconds: float, where: str) -> None:
         """A durable sleep: its deadline is journaled, so a replay waits only what remains."""
@@ -214,7 +237,8 @@ class Runtime:
         if not ok:
             header["error"] = _describe(value)
             header["error_type"] = type(value).__name__
-        self.channel.call(header, blob)  # write-ahead: acked before the result is used
+        reply, _ = self.channel.call(header, blob)  # write-ahead: acked before it is used
+        self._take_grant(reply)
 
     @staticmethod
     def _outcome(reply: dict[str, Any], blob: bytes, name: str) -> Any:
@@ -285,6 +309,16 @@ class Runtime:
         if not ok:
             raise value
         return value
+
+
+def same_clock(runner_clock: Any) -> bool:
+    """Whether this process reads the runner's monotonic clock (the one go-ahead deadlines
+    are in), its reading ``runner_clock`` having been taken just before: not behind it, and
+    not more than CLOCK_SLACK ahead. A process in another time namespace fails this; one
+    that read it late only goes without go-aheads in advance."""
+    if not isinstance(runner_clock, (int, float)) or isinstance(runner_clock, bool):
+        return False
+    return 0.0 <= _monotonic() - runner_clock <= CLOCK_SLACK
 
 
 def _type_name(value: Any) -> str:

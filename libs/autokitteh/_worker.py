@@ -388,13 +388,14 @@ def confine(limits: dict[str, Any]) -> None:
 
 def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     """Runs one session and sends its ``done``; True when the process can take another."""
+    grants = _runtime.same_clock(start.get("clock"))  # (first: read as soon as it came)
     confine(start.get("limits") or {})
     reap_children()  # what the runner killed after the last session
     baseline = _Baseline()
     code_dir = real_path(start["code_dir"])
     ch.idle = False
     try:
-        done, blob = _session(ch, start, payload, code_dir, baseline.environ)
+        done, blob = _session(ch, start, payload, code_dir, baseline.environ, grants)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -407,7 +408,12 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
 
 
 def _session(
-    ch: Channel, start: dict[str, Any], payload: bytes, code_dir: str, environ: dict[bytes, bytes]
+    ch: Channel,
+    start: dict[str, Any],
+    payload: bytes,
+    code_dir: str,
+    environ: dict[bytes, bytes],
+    grants: bool,
 ) -> tuple[dict[str, Any], bytes]:
     # ``environ`` is the worker's environment between sessions (the baseline's); the
     # session's own variables come on top (the baseline puts it back afterwards).
@@ -430,7 +436,9 @@ def _session(
             return str(code.co_filename).startswith(finder.code_dir)
         return getattr(target, "__module__", None) in finder.modules
 
-    rt = _runtime.Runtime(ch, int(start.get("prints") or 0), is_user, durable, init.get("replay"))
+    rt = _runtime.Runtime(
+        ch, int(start.get("prints") or 0), is_user, durable, init.get("replay"), grants
+    )
     _runtime.install(rt)
     _capture_prints(rt)
     if durable:

@@ -111,6 +111,11 @@ class Faults:
     def from_env(cls) -> Faults:
         return cls(parse(os.environ.get(ENV, "")))
 
+    def armed(self, point: str, entry: str, attempt: int, step: int = 0) -> bool:
+        """Whether a rule applies at this point (the runner then gives no go-ahead in
+        advance for the step: the worker must ask, so that the rule fires before it starts)."""
+        return any(rule.matches(point, step, entry, attempt) for rule in self.rules)
+
     def at(self, point: str, entry: str, attempt: int, step: int = 0) -> bool:
         """Applies the rules for this point; True when heartbeats must stop."""
         stop_beating = False

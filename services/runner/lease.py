@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from nats.aio.msg import Msg
@@ -22,6 +23,9 @@ from nats.aio.msg import Msg
 log = logging.getLogger(__name__)
 
 ACK_PROGRESS = b"+WPI"
+
+# How long before the lease's end a go-ahead given in advance ends (``grant_until``).
+GRANT_MARGIN = 0.1
 
 
 class Lease:
@@ -45,6 +49,19 @@ class Lease:
             self.lose(f"no heartbeat confirmed for {now - self.until + self.ack_wait / 2:.1f}s")
             return False
         return True
+
+    def grant_until(self, longest: float) -> float:
+        """A ``time.monotonic()`` deadline, at most ``longest`` from now and ``GRANT_MARGIN``
+        before the lease's end, before which the worker may start its next activity without
+        asking (0.0: none). The loop's time never runs ahead of ``time.monotonic()`` (asyncio
+        reads it; uvloop reads the same clock in whole milliseconds, cut down), so the lease,
+        judged by the loop's time, is still valid at the grant's end. Read here afresh: after
+        a long stall the loop's time may not have been read since."""
+        if self.lost.is_set():
+            return 0.0
+        now = time.monotonic()
+        left = min(longest, self.until - now - GRANT_MARGIN)
+        return now + left if left > 0 else 0.0
 
     def lose(self, why: str) -> None:
         if self.lost.is_set():

@@ -228,6 +228,7 @@ class SessionRun:
         self.syscalls = Syscalls(self.nc, job, self.inbox, self.js, host.keys)
         self.next_step = 1  # the durable step the worker must ask for next
         self.granted: StepFrame | None = None  # the live activity the worker may run
+        self.grant = 0  # the step a go-ahead was given for in advance (``_grant``), if any
         # Parking: the wait the session is in now (while it may park), and the timer that
         # parks it once it has waited AK_RUNNER__PARK_AFTER.
         self.wait: journal.Parked | None = None
@@ -714,6 +715,7 @@ class SessionRun:
             "limits": self.host.worker_limits.frame(),
         }
         await self._may_start()
+        start["clock"] = time.monotonic()  # the worker checks its clock is ours (``_grant``)
         await worker.send(start, pickle.dumps(init))
         await self._begun(all_errors=True)  # nothing of the worker's is served before it
         try:
@@ -780,12 +782,15 @@ class SessionRun:
         """A durable step: recorded (replayed) or live. Steps come in order, one at a time."""
         if not self.job.is_durable or f.step != self.next_step or self.granted is not None:
             raise FrameError(f"step {f.step} out of turn (expected step {self.next_step})")
+        grant, self.grant = self.grant, 0  # a go-ahead in advance is for the next step only
         try:
             rec = self.history.replay(f.step, f.kind, f.function, f.where)
         except journal.NonDeterminism as e:
             await self.journal(journal.Print(text=str(e)))
             raise SessionError(str(e)) from None
         self.next_step += 1
+        if f.granted and (f.ahead or rec is not None or f.kind != Kind.ACTIVITY or grant != f.step):
+            raise FrameError(f"step {f.step} was started on a go-ahead it was not given")
         if f.ahead:  # the worker replayed it from what it was sent: checked, not answered
             if rec is None:
                 raise FrameError(f"step {f.step} is not in the journal, yet it was replayed")
@@ -800,13 +805,32 @@ class SessionRun:
             raise Fenced(f"it lost its job before step {f.step} ({self.lease.lost_because})")
         if f.kind == Kind.ACTIVITY:
             self.granted = f
-            await worker.send({"type": "step", "go": True})
+            if not f.granted:  # (one that is runs already: it had its go-ahead in advance)
+                await worker.send({"type": "step", "go": True})
         elif f.kind == Kind.SLEEP:
             await self._sleep(worker, f)
         elif f.kind in journal.SYSCALLS:
             await self._syscall(worker, f, blob)
         else:
             raise FrameError(f"step {f.step} has an unknown kind {f.kind!r}")
+
+    def _grant(self) -> dict[str, float]:
+        """A go-ahead in advance for the next step, to go with a reply that ends a live step:
+        if it is an activity, the worker may start it without asking (and sends its step
+        ``granted``), before ``go_until`` (``time.monotonic()``). It ends before the lease
+        could (``Lease.grant_until``), so a worker whose runner froze or lost its job still
+        starts nothing new once the job may be another runner's. None once a stop is asked
+        for, or while a fault rule waits at the next step's ``step`` point."""
+        step = self.next_step
+        if self.stop_reason is not None or self.host.faults.armed(
+            "step", self.job.entrypoint, self.attempt, step
+        ):
+            return {}
+        until = self.lease.grant_until(GRANT_MAX)
+        if not until:
+            return {}
+        self.grant = step
+        return {"go_until": until}
 
     async def _activity(self, worker: WorkerProcess, f: ActivityFrame, blob: bytes) -> None:
         granted, self.granted = self.granted, None
@@ -829,7 +853,7 @@ class SessionRun:
             duration_us=min(max(ran_ns // 1000, 0), 10**15),
         )
         await self.journal(rec, f.step)  # write-ahead: acked before the worker goes on
-        await worker.send({"type": "ack"})
+        await worker.send({"type": "ack", **self._grant()})
         self._step_span(
             f"activity {f.function}",
             f.t0_ns or now,
@@ -845,6 +869,7 @@ class SessionRun:
         await self.journal(
             journal.Sleep(step=f.step, seconds=seconds, deadline_us=deadline), f.step
         )
+        # (No go-ahead in advance: a sleep outlasts most, and the session may park in it.)
         await worker.send({"type": "step", "deadline_us": deadline})
         self._asleep_until(f.step, deadline)
         self._step_span(
@@ -881,7 +906,7 @@ class SessionRun:
             inbox_seq=inbox_seq or 0,
         )
         await self.journal(rec, f.step)  # write-ahead: acked before the worker sees it
-        await worker.send({**reply, "type": "step"}, rblob)
+        await worker.send({**reply, "type": "step", **self._grant()}, rblob)
 
     async def _plain_syscall(self, worker: WorkerProcess, f: SyscallFrame, blob: bytes) -> None:
         """A system call made inside an activity or by a session that is not durable."""
@@ -914,6 +939,10 @@ class SessionRun:
 # A job younger than this is its session's only one (``SessionRun._may_start``): JetStream's
 # duplicate window, less what the NATS server's clock and ours may differ by.
 FRESH_JOB = bus.DUPLICATE_WINDOW - 10.0
+
+# The longest go-ahead in advance a worker gets (``SessionRun._grant``): it starts its next
+# live activity without a round trip to the runner if it starts it within this.
+GRANT_MAX = 1.0
 
 # Bytes of recorded outcomes the start frame carries at most; later recorded steps are
 # answered one by one as the worker asks (the frame must stay well under MAX_FRAME).

@@ -169,3 +169,77 @@ async def test_a_job_naming_another_projects_build_runs_nothing(settings: Settin
             else:
                 assert s["state"] == "COMPLETED", s["error"]
         await nc.close()
+
+
+STEPS = b"""\
+import random
+import time
+import autokitteh._runtime
+
+
+def two(event):
+    random.random()
+    print("go-ahead", autokitteh._runtime._runtime.go_until > 0)
+    random.random()
+
+
+def forges(event):
+    print("ran")
+    rt = autokitteh._runtime._runtime
+    step = {"type": "step", "step": 1, "kind": "activity", "function": "random"}
+    rt.channel.send({**step, "where": "simple.py:16", "granted": True})
+    time.sleep(60)
+"""
+
+
+async def _session(nc: Any, d: dict[str, Any], sid: str, entrypoint: str) -> dict[str, Any]:
+    """Runs ``entrypoint`` of the build ``d`` as session ``sid``; returns it once it ended."""
+    job = wire.Job(
+        sid, d["project_id"], d["deployment_id"], d["build_id"], entrypoint, True, None, None, {}
+    )
+    await publish_session(bus.publisher(nc), job)
+
+    async def ended() -> dict[str, Any] | None:
+        try:
+            s = await bus.store_call(nc, "session.get", {"session": sid})
+        except NotFound:
+            return None
+        return s if s["state"] in wire.FINAL_STATES else None
+
+    return await eventually(ended, timeout=30)
+
+
+async def test_a_live_activity_gets_its_go_ahead_in_advance(settings: Settings) -> None:
+    """The ack of an activity carries a go-ahead for the next step: the worker holds it
+    (its clock is the runner's), and the next activity runs on it and is journaled."""
+    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
+        nc = await bus.connect(settings.nats_url, "t")
+        d = await deploy(nc, "p", {"simple.py": STEPS})
+        sid = "ses_01m8cpgk96e6wakscbfn3064cz"
+        session = await _session(nc, d, sid, "simple.py:two")
+        assert session["state"] == wire.COMPLETED, session
+        page = await bus.store_call(nc, "session.records", {"session": sid})
+        recs = page["records"]
+        assert [r["data"]["text"] for r in recs if r["kind"] == wire.PRINT] == ["go-ahead True"]
+        assert [r["data"]["step"] for r in recs if r["kind"] == "activity"] == [1, 2]
+        await nc.close()
+
+
+async def test_a_step_on_a_go_ahead_never_given_ends_its_session(settings: Settings) -> None:
+    """A worker that says it started an activity on a go-ahead in advance the runner did not
+    give (here forged by the handler) ends its session in ERROR, at once and for good: the
+    handler runs once, nothing of the activity is journaled."""
+    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
+        nc = await bus.connect(settings.nats_url, "t")
+        d = await deploy(nc, "p", {"simple.py": STEPS})
+        sid = "ses_01m8cpgk96e6wakscbfn3064d0"
+        session = await _session(nc, d, sid, "simple.py:forges")
+        assert session["state"] == wire.ERROR, session
+        assert session["error"] == (
+            "error: the worker process sent a malformed message (step 1 was started on a "
+            "go-ahead it was not given); the session was ended so that it does not repeat it"
+        )
+        page = await bus.store_call(nc, "session.records", {"session": sid})
+        kinds = [r["kind"] for r in page["records"]]
+        assert kinds == ["created", "started", "print", "ended"], kinds  # one attempt
+        await nc.close()

@@ -36,3 +36,13 @@ def test_actions() -> None:
     assert faults.at("step", "h.py:f", 1, 2) is False
     with pytest.raises(Unavailable, match="fault injected at step of step 3"):
         faults.at("step", "h.py:f", 1, 3)
+
+
+def test_a_rule_at_a_point_is_armed_there_without_firing() -> None:
+    """The runner gives no go-ahead in advance for a step a rule waits at (``armed``)."""
+    faults = Faults(parse("crash step step=2 entry=h.py:f"))
+    assert faults.armed("step", "h.py:f", 1, 2)  # (a crash would kill the test)
+    assert not faults.armed("step", "h.py:f", 1, 3)
+    assert not faults.armed("step", "h.py:g", 1, 2)
+    assert not faults.armed("step", "h.py:f", 2, 2)  # the first attempt only
+    assert not faults.armed("journaled", "h.py:f", 1, 2)

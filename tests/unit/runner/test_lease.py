@@ -4,9 +4,11 @@ the pull request that delivered the job), lost for good once it lapses."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from ak_runner.lease import Lease
+import pytest
+from ak_runner.lease import GRANT_MARGIN, Lease
 
 
 class FakeMsg:
@@ -57,3 +59,20 @@ async def test_a_lease_lost_stays_lost_when_a_late_answer_comes() -> None:
     assert not lease.valid()
     lease.until = loop.time() + 10  # as a heartbeat answered after the loss would
     assert not lease.valid()
+
+
+async def test_a_go_ahead_in_advance_ends_before_the_lease() -> None:
+    """It is in ``time.monotonic()`` (the worker's clock too), at most ``longest`` long,
+    and ends GRANT_MARGIN before the lease could: none once that has passed, or the lease
+    is lost."""
+    loop = asyncio.get_running_loop()
+    lease = Lease(FakeMsg(Client(True)), 10.0, loop.time(), "ses_1")  # type: ignore[arg-type]
+    before = time.monotonic()
+    assert before + 1.0 <= lease.grant_until(1.0) <= time.monotonic() + 1.0
+    assert lease.grant_until(60.0) == pytest.approx(lease.until - GRANT_MARGIN, abs=1e-6)
+    assert lease.grant_until(60.0) < lease.until
+    lease.until = time.monotonic() + GRANT_MARGIN / 2  # valid, but too close to its end
+    assert lease.valid() and lease.grant_until(1.0) == 0.0
+    lease.until = time.monotonic() + 10
+    lease.lose("test")
+    assert lease.grant_until(1.0) == 0.0
