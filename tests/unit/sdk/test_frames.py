@@ -25,6 +25,10 @@ def test_frames_parse_into_their_types() -> None:
     assert step == StepFrame(1, "sleep", "sleep", seconds=2.0)
     act = parse({"type": "activity", "step": 3, "function": "f", "ok": True, "extra": 1})
     assert act == ActivityFrame(3, "f", True)  # unknown fields are ignored
+    granted = parse(
+        {"type": "step", "step": 4, "kind": "activity", "function": "f", "granted": True}
+    )
+    assert granted == StepFrame(4, "activity", "f", granted=True)
 
 
 @pytest.mark.parametrize(
