@@ -53,10 +53,11 @@ class Lease:
     def grant_until(self, longest: float) -> float:
         """A ``time.monotonic()`` deadline, at most ``longest`` from now and ``GRANT_MARGIN``
         before the lease's end, before which the worker may start its next activity without
-        asking (0.0: none). The loop's time never runs ahead of ``time.monotonic()`` (asyncio
-        reads it; uvloop reads the same clock in whole milliseconds, cut down), so the lease,
-        judged by the loop's time, is still valid at the grant's end. Read here afresh: after
-        a long stall the loop's time may not have been read since."""
+        asking (0.0: none). The clock is read here, not through the loop: the loop's time
+        never runs ahead of it (asyncio reads it; libuv keeps the same clock in whole
+        milliseconds, cut down, and may hand out a reading taken before a stall), so the
+        lease, judged by the loop's time, is still valid at the grant's end, and a runner
+        whose loop stalled past the lease's end gives none."""
         if self.lost.is_set():
             return 0.0
         now = time.monotonic()
