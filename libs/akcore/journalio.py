@@ -166,19 +166,34 @@ def _open(data: bytes, session_id: str, keys: Keyring) -> wire.JournalRecord:
     return rec
 
 
+# After replay chunks could not be read, they are left alone this long (``_chunked``).
+CHUNKS_PAUSE = 60.0
+_chunks_unread_until = [0.0]  # (loop time)
+
+
 async def _chunked(
     js: JetStreamContext, session_id: str, keys: Keyring, last: int, timeout: float
 ) -> list[tuple[int, int, wire.JournalRecord]]:
     """The journal's records that its replay chunks hold from the first on, as (stream
     sequence, size, record): none when there are no chunks or they cannot be read."""
     subject = subjects.replay_subject(session_id)
+    now = asyncio.get_running_loop().time()
+    if now < _chunks_unread_until[0]:
+        return []
     try:
         newest = await js.get_last_msg(subjects.STREAM_REPLAY, subject)
         msgs = await _read(js, subjects.STREAM_REPLAY, subject, 1, newest.seq or 0, timeout)
     except NotFoundError:
         return []
-    except Exception as e:  # (they only save time)
-        log.warning("session %s: replay chunks cannot be read: %r", session_id, e)
+    except Exception as e:  # (they only save time: a NATS user not allowed to read them,
+        # from before they existed, would make every replay wait; not tried for a while)
+        log.warning(
+            "session %s: replay chunks cannot be read (%r): replays read only the journal "
+            "for a minute",
+            session_id,
+            e,
+        )
+        _chunks_unread_until[0] = now + CHUNKS_PAUSE
         return []
     found = []
     for stream_seq, data in msgs:
