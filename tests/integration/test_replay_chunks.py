@@ -11,6 +11,7 @@ import pickle
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -173,6 +174,42 @@ async def test_a_fenced_writer_writes_no_more_chunks(nc: Client) -> None:
     assert writer.chunker is not None and writer.chunker.off
     await _published()
     assert await _chunk_messages(nc, sid) == 0  # (12 records: fewer than one chunk)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: the chunks are read by an ordered consumer that waits for the newest "
+    "chunk seen by get_last_msg; purged meanwhile (the store's sweep, a session that ended), "
+    "nothing comes and the replay waits out its whole timeout (30 s), then reads no chunks "
+    "in that runner for a minute",
+)
+async def test_chunks_purged_as_they_are_read_make_the_replay_wait_for_nothing(
+    nc: Client,
+) -> None:
+    """The store's sweep purges an ended session's chunks whenever it likes: one that does
+    so between the reader finding the newest chunk and reading them costs it no wait, and
+    the records read are the journal's."""
+    js, sid = nc.jetstream(), ids.new_id("ses")
+    await _journal(nc, sid, 40)
+    plain = await read_journal(js, sid, KEYS, use_chunks=False)
+    found = js.get_last_msg
+
+    async def then_purged(stream: str, subject: str) -> Any:
+        msg = await found(stream, subject)
+        if stream == subjects.STREAM_REPLAY:  # (as the sweep would, right then)
+            await js.purge_stream(stream, subject=subject)
+        return msg
+
+    with (
+        mock.patch.object(js, "get_last_msg", then_purged),
+        mock.patch("akcore.journalio._chunks_unread_until", [0.0]),
+    ):
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        read = await read_journal(js, sid, KEYS, timeout=5.0)
+        took = loop.time() - t0
+    _same(read.records, plain.records)
+    assert took < 2.0, f"the replay waited {took:.1f}s for chunks that were gone"
 
 
 @pytest.mark.xfail(
