@@ -375,17 +375,26 @@ async def ensure_streams(js: JetStreamContext, timeout: float = 60.0) -> None:
             await asyncio.sleep(1.0)
 
 
+# Streams that only save time (replay chunks): a server without room for them still runs
+# everything else, and no service waits for them.
+OPTIONAL_STREAMS = frozenset({subjects.STREAM_REPLAY})
+
+
 async def _ensure_streams(js: JetStreamContext, n: int) -> None:
     existing = {info.config.name: info.config for info in await js.streams_info()}
     for cfg in streams(Retention.from_env()):
-        have = existing.get(cfg.name)
-        if have is None:
-            await js.add_stream(dataclasses.replace(cfg, num_replicas=n))
-            continue
-        want = {k: getattr(cfg, k) for k in _LIMITS}
-        if any(getattr(have, k) != v for k, v in want.items()):
-            log.info("stream %s: limits %s", cfg.name, want)
-            await js.update_stream(dataclasses.replace(have, **want))
+        try:
+            await _ensure_stream(js, cfg, existing.get(cfg.name), n)
+        except Exception as e:
+            if cfg.name not in OPTIONAL_STREAMS:
+                raise
+            log.warning(
+                "stream %s (replay chunks) could not be made (%s): replays read journals "
+                "record by record, which is slower for long sessions; give JetStream more "
+                "storage (max_file_store) or lower AK_RETENTION__JOURNAL_MAX_BYTES",
+                cfg.name,
+                getattr(e, "description", None) or repr(e),
+            )
     for name, (stream, ccfg) in CONSUMERS.items():
         try:
             info = await js.consumer_info(stream, name)
@@ -405,6 +414,18 @@ async def _ensure_streams(js: JetStreamContext, n: int) -> None:
     for bucket in natsauth.BUCKETS:
         if f"KV_{bucket}" not in existing:
             await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=n))
+
+
+async def _ensure_stream(
+    js: JetStreamContext, cfg: StreamConfig, have: StreamConfig | None, n: int
+) -> None:
+    if have is None:
+        await js.add_stream(dataclasses.replace(cfg, num_replicas=n))
+        return
+    want = {k: getattr(cfg, k) for k in _LIMITS}
+    if any(getattr(have, k) != v for k, v in want.items()):
+        log.info("stream %s: limits %s", cfg.name, want)
+        await js.update_stream(dataclasses.replace(have, **want))
 
 
 async def wait_streams(js: JetStreamContext, service: str) -> None:
@@ -427,6 +448,8 @@ async def _missing(js: JetStreamContext) -> str:
     yet ("" when all are)."""
     try:
         for stream in (*natsauth.STREAMS, *(f"KV_{b}" for b in natsauth.BUCKETS)):
+            if stream in OPTIONAL_STREAMS:
+                continue
             try:
                 await js.stream_info(stream)
             except NotFoundError:

@@ -168,6 +168,8 @@ def _open(data: bytes, session_id: str, keys: Keyring) -> wire.JournalRecord:
 
 # After replay chunks could not be read, they are left alone this long (``_chunked``).
 CHUNKS_PAUSE = 60.0
+# How long a replay waits for the chunks it found (a few messages: they come at once).
+CHUNKS_WAIT = 1.0
 _chunks_unread_until = [0.0]  # (loop time)
 
 
@@ -182,8 +184,10 @@ async def _chunked(
         return []
     try:
         newest = await js.get_last_msg(subjects.STREAM_REPLAY, subject)
-        msgs = await _read(js, subjects.STREAM_REPLAY, subject, 1, newest.seq or 0, timeout)
-    except NotFoundError:
+        # (Purged meanwhile, with its session's end, they never come: not waited for long.)
+        wait = min(timeout, CHUNKS_WAIT)
+        msgs = await _read(js, subjects.STREAM_REPLAY, subject, 1, newest.seq or 0, wait)
+    except (NotFoundError, TimeoutError):
         return []
     except Exception as e:  # (they only save time: a NATS user not allowed to read them,
         # from before they existed, would make every replay wait; not tried for a while)

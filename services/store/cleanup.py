@@ -120,7 +120,10 @@ class Purger:
             state = found.get(sid, (None, "", 0))[0]
             if state in wire.FINAL_STATES or (state is None and ids.time_ms(sid) < cutoff_ms):
                 done.append(subjects.inbox_subject(sid))
-        for sid in replays:  # (a copy: the journal can be read without them)
+        purging = {s for s in done if ".journal." in s}
+        for sid in replays:  # with or after the journal (a replay reads them before it)
+            if sid in journals and subjects.journal_subject(sid) not in purging:
+                continue
             state = found.get(sid, (None, "", 0))[0]
             if state in wire.FINAL_STATES or (state is None and ids.time_ms(sid) < cutoff_ms):
                 done.append(subjects.replay_subject(sid))

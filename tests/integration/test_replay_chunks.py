@@ -176,13 +176,6 @@ async def test_a_fenced_writer_writes_no_more_chunks(nc: Client) -> None:
     assert await _chunk_messages(nc, sid) == 0  # (12 records: fewer than one chunk)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the chunks are read by an ordered consumer that waits for the newest "
-    "chunk seen by get_last_msg; purged meanwhile (the store's sweep, a session that ended), "
-    "nothing comes and the replay waits out its whole timeout (30 s), then reads no chunks "
-    "in that runner for a minute",
-)
 async def test_chunks_purged_as_they_are_read_make_the_replay_wait_for_nothing(
     nc: Client,
 ) -> None:
@@ -212,13 +205,6 @@ async def test_chunks_purged_as_they_are_read_make_the_replay_wait_for_nothing(
     assert took < 2.0, f"the replay waited {took:.1f}s for chunks that were gone"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: AK_REPLAY reserves another AK_RETENTION__JOURNAL_MAX_BYTES (4 GiB by "
-    "default) of JetStream storage; a server with room for the streams of before (an "
-    "explicit max_file_store, or the default 75% of a disk with less than ~21 GiB free) "
-    "refuses it (10047), ensure_streams gives up and the store never starts",
-)
 async def test_a_server_with_room_for_the_streams_of_before_still_takes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -242,6 +228,7 @@ async def test_a_server_with_room_for_the_streams_of_before_still_takes_them(
         nc = await _connected(f"nats://127.0.0.1:{port}")
         try:
             await bus.ensure_streams(nc.jetstream(), timeout=1.0)
+            await asyncio.wait_for(bus.wait_streams(nc.jetstream(), "t"), 5)  # nobody waits
         finally:
             await nc.close()
     finally:
