@@ -19,6 +19,7 @@ MAX_HEADER = 1024 * 1024
 
 # One encoder for every frame (``json.dumps`` with separators makes a new one per call).
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
 
 
 class FrameTooLarge(ValueError):
@@ -46,7 +47,7 @@ def split_sizes(prefix: bytes, max_header: int = MAX_HEADER) -> tuple[int, int]:
 
 
 def decode_header(head: bytes) -> dict[str, Any]:
-    header = json.loads(head)
+    header = _decode(head.decode())  # (UTF-8, as encode_frame writes it)
     if not isinstance(header, dict) or "type" not in header:
         raise ValueError("frame header without a type")
     return header

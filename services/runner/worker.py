@@ -371,6 +371,7 @@ class WorkerProcess:
         uid: int = -1,
     ) -> None:
         self.proc, self._reader, self._writer, self.uid = proc, reader, writer, uid
+        self._unread = bytearray()  # read from the pipe, not yet taken as frames (``frames``)
         self.users: UserIds | None = None  # where ``uid`` goes back when it is closed
         self.echo = False
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
@@ -456,7 +457,8 @@ class WorkerProcess:
             if self.echo:
                 sys.stderr.write(text)
 
-    SEND_TIMEOUT = 30.0  # a worker reads its messages on a thread of its own, at once
+    SEND_TIMEOUT = 30.0
+    READ_SIZE = 1 << 16  # a worker reads its messages on a thread of its own, at once
 
     async def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
         writer = self._writer
@@ -474,25 +476,44 @@ class WorkerProcess:
 
     async def frames(self) -> AsyncIterator[tuple[dict[str, Any], bytes]]:
         """Frames from the worker until it closes its end; FrameError when one is not a
-        frame (too large, or a header that is not a JSON map with a type)."""
+        frame (too large, or a header that is not a JSON map with a type). What the pipe
+        has is read at once and split here: a worker sends replayed steps many to a write,
+        and one read for them all costs less than two or three awaits a frame."""
+        buf = self._unread
         while True:
             try:
-                prefix = await self._reader.readexactly(HEADER_SIZE)
-                hlen, blen = split_sizes(prefix)
-                head = await self._reader.readexactly(hlen)
-                blob = await self._reader.readexactly(blen) if blen else b""
-                header = decode_header(head)
+                if len(buf) >= HEADER_SIZE:
+                    hlen, blen = split_sizes(bytes(buf[:HEADER_SIZE]))
+                    end = HEADER_SIZE + hlen + blen
+                    if len(buf) >= end:
+                        head = bytes(buf[HEADER_SIZE : HEADER_SIZE + hlen])
+                        blob = bytes(buf[HEADER_SIZE + hlen : end])
+                        del buf[:end]
+                        header = decode_header(head)
+                        yield header, blob
+                        continue
+                    if end - len(buf) > self.READ_SIZE:  # a large blob: the rest in one read
+                        rest = await self._reader.readexactly(end - len(buf))
+                        head = bytes(buf[HEADER_SIZE : HEADER_SIZE + hlen])
+                        blob = bytes(buf[HEADER_SIZE + hlen :]) + rest
+                        buf.clear()
+                        header = decode_header(head)
+                        yield header, blob
+                        continue
+                data = await self._reader.read(self.READ_SIZE)
             except asyncio.IncompleteReadError:
                 return
             except (ValueError, RecursionError) as e:  # over the size limit, or not JSON
                 raise FrameError(str(e)) from None
-            yield header, blob
+            if not data:
+                return
+            buf += data
 
     def quiet(self) -> bool:
         """Whether it has sent nothing since its last session ended: a worker that did
         (its handler wrote to the channel itself, after a `done` of its own) is not given
         another session."""
-        return not self._reader._buffer  # type: ignore[attr-defined]
+        return not self._unread and not self._reader._buffer  # type: ignore[attr-defined]
 
     def kill(self) -> None:
         """Kills the worker and everything it started, now: its process group, and every

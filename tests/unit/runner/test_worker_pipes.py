@@ -161,3 +161,46 @@ async def test_a_worker_that_stops_reading_its_frames_is_given_up_on() -> None:
     finally:
         transport.abort()
         os.close(r)
+
+
+def _reading(data: list[bytes]) -> worker.WorkerProcess:
+    """A worker process object whose pipe from the worker gives ``data``, write by write,
+    then closes."""
+    reader = asyncio.StreamReader()
+    w = object.__new__(worker.WorkerProcess)
+    w._reader, w._unread = reader, bytearray()  # type: ignore[attr-defined]
+
+    async def feed() -> None:
+        for chunk in data:
+            reader.feed_data(chunk)
+            await asyncio.sleep(0)
+        reader.feed_eof()
+
+    asyncio.get_running_loop().create_task(feed())
+    return w
+
+
+async def test_frames_come_whole_however_the_pipe_cuts_them() -> None:
+    """Many frames in one write, a frame cut across writes, a blob larger than a read: each
+    comes whole, in order; bytes after the last whole frame are not a frame."""
+    from autokitteh._channel import encode_frame
+
+    small = [encode_frame({"type": "step", "step": n, "ahead": True}) for n in range(1, 101)]
+    big = encode_frame({"type": "activity", "step": 101}, os.urandom(300_000))
+    data = b"".join(small) + big + encode_frame({"type": "done", "ok": True})
+    cuts = [data[:7], data[7:5000], data[5000:80_000], data[80_000:-3], data[-3:]]
+    got = [(h, b) async for h, b in _reading(cuts).frames()]
+    assert [h.get("step") for h, _ in got] == [*range(1, 102), None]
+    assert got[100][1] == big[-300_000:]
+    assert got[-1][0] == {"type": "done", "ok": True}
+
+
+async def test_what_a_worker_sends_after_its_last_frame_keeps_it_from_another_session() -> None:
+    from autokitteh._channel import encode_frame
+
+    done, extra = encode_frame({"type": "done", "ok": True}), encode_frame({"type": "print"})
+    w = _reading([done + extra])
+    async for header, _ in w.frames():
+        assert header["type"] == "done"
+        break  # (the session ends at its `done`; the rest came in the same read)
+    assert not w.quiet()
