@@ -138,6 +138,8 @@ async def read_journal(
     except NotFoundError:
         return Journal([], 0, 0)
     last_seq = last.seq or 0
+    if use_chunks and _records_in(last.data or b"") < chunks.CHUNK_RECORDS:
+        use_chunks = False  # (a short journal: read at once, and not worth a look for chunks)
     stored = await _chunked(js, session_id, keys, last_seq, timeout) if use_chunks else []
     start = stored[-1][0] + 1 if stored else 1
     tail = await _read(js, subjects.STREAM_JOURNAL, subject, start, last_seq, timeout)
@@ -157,6 +159,15 @@ async def read_journal(
         len(stored),
         [(s, len(d), r) for (s, d), r in zip(tail, records[len(stored) :], strict=True)],
     )
+
+
+def _records_in(last: bytes) -> int:
+    """How many records a journal whose last record is ``last`` holds, about (its record
+    number, plus one); 0 when that cannot be told."""
+    try:
+        return int(wire.decode(wire.JournalRecord, last).seq) + 1
+    except Exception:
+        return 0
 
 
 def _open(data: bytes, session_id: str, keys: Keyring) -> wire.JournalRecord:

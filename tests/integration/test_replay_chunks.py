@@ -243,3 +243,22 @@ async def _connected(url: str) -> Client:
         except Exception:
             await asyncio.sleep(0.05)
     return await bus.connect(url, "t")
+
+
+async def test_a_journal_shorter_than_a_chunk_is_read_without_looking_for_chunks(
+    nc: Client,
+) -> None:
+    """(A parked session that wakes reads its journal each time: a short one is read at
+    once, without a request for chunks it would hardly have.)"""
+    js, pub, sid = nc.jetstream(), bus.publisher(nc), ids.new_id("ses")
+    with mock.patch("akcore.chunks.CHUNK_RECORDS", 10**6):
+        await _journal(nc, sid, SIZE - 4)  # SIZE - 2 records
+    plain = await read_journal(js, sid, KEYS, use_chunks=False)
+    chunk = chunks.Chunk(0, plain.unchunked[:8])  # (as a chunk by size would hold them)
+    await pub.publish(subjects.replay_subject(sid), chunks.seal(chunk, sid, KEYS))
+    looked = mock.AsyncMock(wraps=js.get_last_msg)
+    with mock.patch.object(js, "get_last_msg", looked):
+        read = await read_journal(js, sid, KEYS)
+    _same(read.records, plain.records)
+    assert read.chunked == 0
+    assert [c.args[0] for c in looked.await_args_list] == [subjects.STREAM_JOURNAL]
