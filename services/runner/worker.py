@@ -493,9 +493,11 @@ class WorkerProcess:
                         yield header, blob
                         continue
                     if end - len(buf) > self.READ_SIZE:  # a large blob: the rest in one read
-                        rest = await self._reader.readexactly(end - len(buf))
-                        head = bytes(buf[HEADER_SIZE : HEADER_SIZE + hlen])
-                        blob = bytes(buf[HEADER_SIZE + hlen :]) + rest
+                        start = HEADER_SIZE + hlen
+                        if len(buf) < start:  # (a read may end inside the header, or before)
+                            buf += await self._reader.readexactly(start - len(buf))
+                        head = bytes(buf[HEADER_SIZE:start])
+                        blob = bytes(buf[start:]) + await self._reader.readexactly(end - len(buf))
                         buf.clear()
                         header = decode_header(head)
                         yield header, blob

@@ -204,3 +204,16 @@ async def test_what_a_worker_sends_after_its_last_frame_keeps_it_from_another_se
         assert header["type"] == "done"
         break  # (the session ends at its `done`; the rest came in the same read)
     assert not w.quiet()
+
+
+async def test_a_large_frame_comes_whole_wherever_a_read_ends_in_its_header() -> None:
+    """A read that ends right after a large frame's sizes, or inside its header (a handler's
+    error with a long message makes a header larger than a read), still gives the frame."""
+    from autokitteh._channel import encode_frame
+
+    blob = encode_frame({"type": "activity", "step": 1}, b"y" * 300_000)
+    got = [(h, b) async for h, b in _reading([blob[:8], blob[8:12], blob[12:]]).frames()]
+    assert got == [({"type": "activity", "step": 1}, b"y" * 300_000)]
+    error = {"type": "done", "ok": False, "error": "x" * 200_000}
+    got = [(h, b) async for h, b in _reading([encode_frame(error)]).frames()]
+    assert got == [(error, b"")]
