@@ -33,6 +33,9 @@ project:
     - name: boom
       call: handlers.py:explode
       webhook: {{}}
+    - name: boom_long
+      call: handlers.py:explode_long
+      webhook: {{}}
     - name: missing
       call: broken.py:handler
       webhook: {{}}
@@ -82,6 +85,10 @@ def explode(event):
     helper.fail("boom")
 
 
+def explode_long(event):
+    helper.fail("boom " * 40_000)
+
+
 async def on_async(event):
     await asyncio.sleep(0)
     print("async done")
@@ -124,7 +131,16 @@ def project(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         },
     )
     paths = stack.deploy_paths(root)
-    assert set(paths) == {"hook", "only_put", "filtered", "boom", "missing", "asyncy", "chatty"}
+    assert set(paths) == {
+        "hook",
+        "only_put",
+        "filtered",
+        "boom",
+        "boom_long",
+        "missing",
+        "asyncy",
+        "chatty",
+    }
     return paths
 
 
@@ -219,6 +235,15 @@ def test_uncaught_exception_is_error_with_user_traceback(
     assert tb.rstrip().endswith("ValueError: boom")
     text = stack.ak("session", "log", s["session_id"], "-n").stdout
     assert "State: ERROR error: ValueError('boom')" in text
+
+
+def test_an_exception_with_a_long_message_is_the_sessions_error(
+    stack: Stack, project: dict[str, str]
+) -> None:
+    """(Its `done` frame's header is larger than one read of the worker's pipe.)"""
+    s = _wait_for_session(stack, _fire(stack, "POST", project["boom_long"]))
+    assert s["state"] == "ERROR"
+    assert s["error"].startswith("error: ValueError('boom boom "), s["error"][:300]
 
 
 def test_missing_module_gives_error_and_hint(stack: Stack, project: dict[str, str]) -> None:
