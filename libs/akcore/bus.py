@@ -366,7 +366,9 @@ async def ensure_streams(js: JetStreamContext, timeout: float = 60.0) -> None:
     n = replicas()
     while True:
         try:
-            await _ensure_streams(js, n)
+            # (An optional stream that fails for a reason that may pass is tried again
+            # with the rest, but not past the deadline: the store starts without it.)
+            await _ensure_streams(js, n, last_try=loop.time() + 2.0 > deadline)
             return
         except Exception as e:
             if loop.time() > deadline:
@@ -378,15 +380,17 @@ async def ensure_streams(js: JetStreamContext, timeout: float = 60.0) -> None:
 # Streams that only save time (replay chunks): a server without room for them still runs
 # everything else, and no service waits for them.
 OPTIONAL_STREAMS = frozenset({subjects.STREAM_REPLAY})
+ERR_NO_ROOM = 10047  # JetStream: insufficient storage resources available
 
 
-async def _ensure_streams(js: JetStreamContext, n: int) -> None:
+async def _ensure_streams(js: JetStreamContext, n: int, last_try: bool = True) -> None:
     existing = {info.config.name: info.config for info in await js.streams_info()}
     for cfg in streams(Retention.from_env()):
         try:
             await _ensure_stream(js, cfg, existing.get(cfg.name), n)
         except Exception as e:
-            if cfg.name not in OPTIONAL_STREAMS:
+            no_room = isinstance(e, APIError) and e.err_code == ERR_NO_ROOM
+            if cfg.name not in OPTIONAL_STREAMS or (may_pass(e) and not no_room and not last_try):
                 raise
             log.warning(
                 "stream %s (replay chunks) could not be made (%s): replays read journals "

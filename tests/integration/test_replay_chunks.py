@@ -280,11 +280,6 @@ async def test_without_the_replay_stream_sessions_journal_and_replay_as_before(
     assert took < 1.0, f"the replay took {took:.1f}s without the replay stream"
 
 
-@pytest.mark.xfail(
-    reason="review: any error making AK_REPLAY is taken as 'no room' and not tried again; a "
-    "passing one (a timeout while JetStream settles) leaves it unmade until the store restarts",
-    strict=True,
-)
 async def test_a_replay_stream_not_made_for_a_passing_error_is_made_on_a_retry(
     nats_url: str,
 ) -> None:
