@@ -212,34 +212,35 @@ async def _session(nc: Any, d: dict[str, Any], sid: str, entrypoint: str) -> dic
 async def test_a_live_activity_gets_its_go_ahead_in_advance(settings: Settings) -> None:
     """The ack of an activity carries a go-ahead for the next step: the worker holds it
     (its clock is the runner's), and the next activity runs on it and is journaled."""
-    async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
-        nc = await bus.connect(settings.nats_url, "t")
-        d = await deploy(nc, "p", {"simple.py": STEPS})
-        sid = "ses_01m8cpgk96e6wakscbfn3064cz"
-        session = await _session(nc, d, sid, "simple.py:two")
-        assert session["state"] == wire.COMPLETED, session
-        page = await bus.store_call(nc, "session.records", {"session": sid})
-        recs = page["records"]
-        assert [r["data"]["text"] for r in recs if r["kind"] == wire.PRINT] == ["go-ahead True"]
-        assert [r["data"]["step"] for r in recs if r["kind"] == "activity"] == [1, 2]
-        await nc.close()
+    session, recs = await _steps_session(settings, "ses_01m8cpgk96e6wakscbfn3064cz", "two")
+    assert session["state"] == wire.COMPLETED, session
+    assert [r["data"]["text"] for r in recs if r["kind"] == wire.PRINT] == ["go-ahead True"]
+    assert [r["data"]["step"] for r in recs if r["kind"] == "activity"] == [1, 2]
 
 
 async def test_a_step_on_a_go_ahead_never_given_ends_its_session(settings: Settings) -> None:
     """A worker that says it started an activity on a go-ahead in advance the runner did not
     give (here forged by the handler) ends its session in ERROR, at once and for good: the
     handler runs once, nothing of the activity is journaled."""
+    session, recs = await _steps_session(settings, "ses_01m8cpgk96e6wakscbfn3064d0", "forges")
+    assert session["state"] == wire.ERROR, session
+    assert session["error"] == (
+        "error: the worker process sent a malformed message (step 1 was started on a "
+        "go-ahead it was not given); the session was ended so that it does not repeat it"
+    )
+    kinds = [r["kind"] for r in recs]
+    assert kinds == ["created", "started", "print", "ended"], kinds  # one attempt
+
+
+async def _steps_session(
+    settings: Settings, sid: str, handler: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Runs ``simple.py:<handler>`` of STEPS as session ``sid`` on a store and a runner of
+    their own; returns the session, once ended, and its records."""
     async with running(run_store, settings, "store"), running(run_runner, settings, "runner"):
         nc = await bus.connect(settings.nats_url, "t")
         d = await deploy(nc, "p", {"simple.py": STEPS})
-        sid = "ses_01m8cpgk96e6wakscbfn3064d0"
-        session = await _session(nc, d, sid, "simple.py:forges")
-        assert session["state"] == wire.ERROR, session
-        assert session["error"] == (
-            "error: the worker process sent a malformed message (step 1 was started on a "
-            "go-ahead it was not given); the session was ended so that it does not repeat it"
-        )
+        session = await _session(nc, d, sid, f"simple.py:{handler}")
         page = await bus.store_call(nc, "session.records", {"session": sid})
-        kinds = [r["kind"] for r in page["records"]]
-        assert kinds == ["created", "started", "print", "ended"], kinds  # one attempt
         await nc.close()
+    return session, page["records"]
