@@ -114,13 +114,20 @@ async def _store_and_runner(
             await nc.close()
 
 
-async def _job_alone(nc: Client, job: wire.Job) -> None:
-    """The job without its `created` record, as when the publish of `created` failed."""
+async def _job_alone(nc: Client, job: wire.Job, deliveries: int) -> None:
+    """The job without its `created` record, as when the publish of `created` failed;
+    returns once runners have had jobs ``deliveries`` times."""
     await bus.publisher(nc).publish(
         subjects.job_subject(job.session_id),
         wire.encode(job),
         headers={subjects.HDR_MSG_ID: f"job:{job.session_id}"},
     )
+    js = nc.jetstream()
+
+    async def delivered() -> bool:
+        return await _deliveries(js) >= deliveries
+
+    await eventually(delivered, timeout=30)
 
 
 async def _state(nc: Client, sid: str) -> str:
@@ -151,12 +158,7 @@ async def test_a_job_without_its_created_record_waits_for_it(
         # The job alone, as when the publish of `created` failed: its first delivery finds
         # no `created` (for about 2 s) and leaves the job alone; the second one finds the
         # journal empty and a session the store does not know, and has it back later.
-        await _job_alone(nc, job)
-
-        async def third_delivery() -> bool:
-            return await _deliveries(js) >= 3
-
-        await eventually(third_delivery, timeout=30)
+        await _job_alone(nc, job, 3)
         assert await journal(nc, sid) == []
         assert _runs(marker) == 0
         # The publisher tries again: `created` is stored (the job is a duplicate).
@@ -219,12 +221,7 @@ async def test_a_job_whose_created_record_never_comes_is_dropped_in_the_end(
     async with _store_and_runner(settings) as (nc, d):
         js = nc.jetstream()
         sid = "ses_01m8cpgk96e6wakscbfn3064d2"
-        await _job_alone(nc, _job(d, sid, marker, "eager"))
-
-        async def third_delivery() -> bool:
-            return await _deliveries(js) >= 3
-
-        await eventually(third_delivery, timeout=30)
+        await _job_alone(nc, _job(d, sid, marker, "eager"), 3)
         await eventually(lambda: _no_jobs(js), timeout=30)
         assert await journal(nc, sid) == []
         assert await _state(nc, sid) == ""
@@ -243,15 +240,9 @@ async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once
     session must end COMPLETED."""
     marker = _marker(tmp_path)
     async with _store_and_runner(settings, ONCE_CODE) as (nc, d):
-        js = nc.jetstream()
         sid = "ses_01m8cpgk96e6wakscbfn3064r0"
         job = _job(d, sid, marker)
-        await _job_alone(nc, job)
-
-        async def second_delivery() -> bool:
-            return await _deliveries(js) >= 2
-
-        await eventually(second_delivery, timeout=30)
+        await _job_alone(nc, job, 2)
         assert await journal(nc, sid) == []
         # The publisher's new try, past the duplicate window: a new job message.
         real = bus.publisher(nc)
