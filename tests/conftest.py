@@ -6,14 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from akcore import natsauth, natsserver, subjects
+from akcore import bus, natsauth, natsserver, subjects
 from akcore.config import Settings
+from nats.aio.client import Client
 
 # The services' passwords on each test server, by URL (``as_service``).
 PASSWORDS: dict[str, dict[str, str]] = {}
@@ -39,6 +41,19 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
     proc.wait(timeout=10)
     violations = [line for line in log.read_text().splitlines() if "Violation" in line]
     assert not violations, "\n".join(violations)
+
+
+async def connect_as(nats_url: str, service: str) -> Client:
+    """A connection to the test server (``nats_url`` of the fixture) as ``service``'s own
+    user: its permissions, its inbox prefix."""
+    plain = re.sub(r"//[^@/]*@", "//", nats_url)
+    return await bus.connect(
+        plain,
+        f"ak-{service}",
+        user=service,
+        password=PASSWORDS[nats_url][service],
+        inbox_prefix=natsauth.inbox_prefix(service),
+    )
 
 
 def as_service(settings: Settings, service: str) -> Settings:

@@ -51,11 +51,10 @@ async def test_a_restarted_waker_wakes_every_session_whose_message_came_while_it
     API request each, all at the same time). A look that fails (a request timed out, the
     server's API queue full) is not tried again: that session sleeps for ever."""
     import asyncio
-    import re
 
-    from akcore import bus, natsauth
+    from akcore import bus
 
-    from tests.conftest import PASSWORDS
+    from tests.conftest import connect_as
 
     n = 2000
     js = probe.jetstream()
@@ -76,14 +75,7 @@ async def test_a_restarted_waker_wakes_every_session_whose_message_came_while_it
             for i in range(n)
         )
     )
-    plain = re.sub(r"//[^@/]*@", "//", nats_url)
-    nc = await bus.connect(
-        plain,
-        "ak-dispatcher",
-        user="dispatcher",
-        password=PASSWORDS[nats_url]["dispatcher"],
-        inbox_prefix=natsauth.inbox_prefix("dispatcher"),
-    )
+    nc = await connect_as(nats_url, "dispatcher")
     w = Waker(nc)
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))

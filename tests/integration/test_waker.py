@@ -6,17 +6,16 @@ wait is on a state (a wake job published, an entry gone)."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 
 import pytest
 from ak_dispatcher.waker import Waker
-from akcore import bus, natsauth, parking, subjects, timefmt, wire
+from akcore import bus, parking, subjects, timefmt, wire
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
-from tests.conftest import PASSWORDS
+from tests.conftest import connect_as
 
 from .helpers import eventually
 
@@ -36,15 +35,7 @@ async def probe(nats_url: str) -> AsyncIterator[Client]:
 async def waker(nats_url: str, probe: Client) -> AsyncIterator[Waker]:
     """A waker on the dispatcher's user (its permissions are the ones it runs with),
     purging delete markers as soon as it sees them."""
-    plain = re.sub(r"//[^@/]*@", "//", nats_url)
-    password = PASSWORDS[nats_url]["dispatcher"]
-    nc = await bus.connect(
-        plain,
-        "ak-dispatcher",
-        user="dispatcher",
-        password=password,
-        inbox_prefix=natsauth.inbox_prefix("dispatcher"),
-    )
+    nc = await connect_as(nats_url, "dispatcher")
     w = Waker(nc)
     w.PURGE_EVERY = 0.0
     stop = asyncio.Event()

@@ -6,21 +6,14 @@ from __future__ import annotations
 import asyncio
 
 from ak_ingress.sync import SyncWaits
-from akcore import bus, natsauth, subjects, wire
+from akcore import bus, subjects, wire
 
-from tests.conftest import PASSWORDS
+from tests.conftest import connect_as
 
 
 async def test_each_request_gets_its_own_events_report_and_first_outcome(nats_url: str) -> None:
     # Ingress's own user: the subscriptions must be within its permissions.
-    bare = "nats://" + nats_url.rpartition("@")[2]
-    ingress = await bus.connect(
-        bare,
-        "ingress",
-        user="ingress",
-        password=PASSWORDS[nats_url]["ingress"],
-        inbox_prefix=natsauth.inbox_prefix("ingress"),
-    )
+    ingress = await connect_as(nats_url, "ingress")
     other = await bus.connect(nats_url, "dispatcher and runner")
     try:
         waits = SyncWaits(ingress)
