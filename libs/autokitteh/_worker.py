@@ -80,22 +80,18 @@ class Channel:
         self.idle = True  # between sessions: the runner closing our input is a normal end
 
     def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
-        data = encode_frame(header, blob)
-        with self._lock:
-            if self._held:
-                data = b"".join((*self._held, data))
-                self._held.clear()
-            self._out.write(data)
-            self._out.flush()
+        self._put(encode_frame(header, blob), now=True)
 
     def hold(self, header: dict[str, Any]) -> None:
         """Queues a frame that needs no answer to go with the next frame sent (replayed
         steps, in order, ahead of anything that does something: one write for many). Every
         ``HOLD_BATCH`` of them go at once, so the runner checks them while the replay goes on."""
-        data = encode_frame(header)
+        self._put(encode_frame(header), now=False)
+
+    def _put(self, frame: bytes, now: bool) -> None:
         with self._lock:
-            self._held.append(data)
-            if len(self._held) >= HOLD_BATCH:
+            self._held.append(frame)
+            if now or len(self._held) >= HOLD_BATCH:
                 self._out.write(b"".join(self._held))
                 self._out.flush()
                 self._held.clear()
