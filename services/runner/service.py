@@ -115,7 +115,8 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
     delivery = msg.metadata.num_delivered or 1
     history, last, read_us, chunked = journal.History(next_seq=1), job.journal_seq, 0, 0
     written, attempt = (1, 0), 1
-    chunker = Chunker(bus.publisher(host.nc), host.keys, job.session_id)  # (`created` first)
+    pub = bus.publisher(host.nc)
+    chunker = Chunker(pub, host.keys, job.session_id)  # (its `created` record comes first)
     # A runner stopped mid-session, or a parked session wakes up: replay what it journaled.
     # (A first delivery starts at once: its `created` record is looked for meanwhile.)
     if delivery > 1 or job.parked_seq:
@@ -127,7 +128,6 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
             read = await read_journal(host.js, job.session_id, host.keys)
             records, last, written = read.records, read.last, (len(read.records), read.size)
             chunked = read.chunked
-            pub = bus.publisher(host.nc)
             chunker = Chunker(pub, host.keys, job.session_id, chunked, read.unchunked)
             history = journal.fold(records)
             read_us = int((time.perf_counter() - t0) * 1e6)
