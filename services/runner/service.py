@@ -103,8 +103,23 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
         log.info("session %s: a wake job fenced by another one; dropped", job.session_id)
         await msg.ack_sync()
     elif outcome is Outcome.RETRY and lease.valid():
-        attempt = msg.metadata.num_delivered or 1
-        await msg.nak(delay=min(2.0 ** (attempt - 1), 30.0))
+        await msg.nak(delay=retry_delay(msg.metadata.num_delivered or 1))
+
+
+def retry_delay(delivery: int) -> float:
+    """Seconds before a job whose attempt failed for a passing reason comes back."""
+    return min(2.0 ** (delivery - 1), 30.0)
+
+
+def waiting_deliveries(limit: int) -> int:
+    """How many deliveries a job can spend finding no `created` record before it is
+    dropped: it is dropped once past ``limit`` deliveries and past JetStream's duplicate
+    window, the time its deliveries' ``retry_delay``s add up to at the least."""
+    waited, deliveries = 0.0, 0
+    while waited < bus.DUPLICATE_WINDOW:
+        deliveries += 1
+        waited += retry_delay(deliveries)
+    return max(limit, deliveries)
 
 
 # Fetches started ahead of an attempt's need (``Host.ready_ahead``): held until they end.
@@ -167,8 +182,12 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
                 return Outcome.DROPPED
         # Attempts that failed: since the session last parked, as its journal says (a wake
         # job is a new message), or as its deliveries say when more (a runner that died
-        # before its attempt's first record).
+        # before its attempt's first record). Before any attempt has started, deliveries
+        # may have found no `created` record yet (its publisher tried again): those ran
+        # nothing, and up to as many as could have waited for it are not counted.
         failed = max(history.started_since_park, delivery - 1)
+        if not history.attempts:
+            failed = max(0, delivery - 1 - waiting_deliveries(limit))
         attempt = history.attempts + 1
         if failed >= limit:
             return await _run(host, msg, job, lease, history, last, attempt).fail(

@@ -267,3 +267,28 @@ async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once
             _eager_runs(marker),
             kinds,
         )
+
+
+async def test_deliveries_spent_waiting_for_created_are_not_failed_attempts(
+    settings: Settings, short_ack_wait: None, tmp_path: Path
+) -> None:
+    """A job that found no `created` record for more deliveries than AK_JOBS__MAX_ATTEMPTS
+    (its publisher's new try came late) still runs its session when the record comes: no
+    attempt of it had started, so none had failed."""
+    settings = dataclasses.replace(settings, max_attempts=2)
+    marker = _marker(tmp_path)
+    async with _store_and_runner(settings) as (nc, d):
+        js = nc.jetstream()
+        sid = "ses_01m8cpgk96e6wakscbfn3064d3"
+        job = _job(d, sid, marker)
+        await _job_alone(nc, job, 3)  # past the limit: three deliveries found nothing
+        assert await journal(nc, sid) == []
+        await publish_session(bus.publisher(nc), job)
+
+        async def ended() -> bool:
+            return await _state(nc, sid) in wire.FINAL_STATES
+
+        await eventually(ended, timeout=60)
+        session = await bus.store_call(nc, "session.get", {"session": sid})
+        assert (session["state"], _runs(marker)) == (wire.COMPLETED, 1), session
+        await eventually(lambda: _no_jobs(js))
