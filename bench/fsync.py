@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench import __main__ as bench
+from bench import peerlib as pl
 from tests.helpers import Stack, start_stack
 
 MODES = ("default", "always")  # AK_NATS__SYNC
@@ -94,18 +95,6 @@ def section(results: dict[str, dict[str, list[bench.Result]]], command: str) -> 
     return "\n".join([*lines, "", END])
 
 
-def write(out: Path, text: str) -> None:
-    """Replaces this script's section of ``out`` (or appends it)."""
-    old = out.read_text() if out.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    out.write_text(new)
-    print(f"wrote {out}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.fsync")
     ap.add_argument("--runs", type=int, default=3)
@@ -113,7 +102,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(bench.ROOT / "docs" / "benchmarks-notes.md"))
     args = ap.parse_args()
     results = measure(args.runs, args.only or ["activity", "webhook"])
-    write(Path(args.out), section(results, " ".join(["python -m bench.fsync", *sys.argv[1:]])))
+    command = " ".join(["python -m bench.fsync", *sys.argv[1:]])
+    pl.put_section(Path(args.out), section(results, command), BEGIN, END)
 
 
 if __name__ == "__main__":
