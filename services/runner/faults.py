@@ -11,7 +11,8 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
            (the attempt waits, the runner going on, until the file named by ``file=`` exists,
            environment variables expanded: the test makes it when it has done what must
            happen meanwhile; without ``file=``, until a stop request reaches the attempt;
-           only at the points ``read`` and ``parking``)
+           only at the points ``step``, ``read`` and ``parking``: held at ``step``, a live
+           attempt keeps its job, heartbeating, its worker waiting for the go-ahead)
   points   ``step`` (the worker asks for durable step N, before anything is done),
            ``journaling`` (the record of step N is about to be written), ``journaled`` (it
            was acknowledged, the worker not answered yet), ``started`` (the attempt's
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 ENV = "AK_TEST__FAULTS"
 ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable", "hold")
+HOLD_POINTS = ("step", "read", "parking")  # where the runner waits out a ``hold`` rule
 POINTS = (
     "step",
     "journaling",
@@ -85,6 +87,8 @@ def parse(text: str) -> list[Rule]:
         action, _, seconds = words[0].partition("=")
         if action not in ACTIONS or words[1] not in POINTS:
             raise ValueError(f"{ENV}: {part!r}: actions are {ACTIONS}, points {POINTS}")
+        if action == "hold" and words[1] not in HOLD_POINTS:
+            raise ValueError(f"{ENV}: {part!r}: hold is a fault of the points {HOLD_POINTS}")
         opts = dict(w.partition("=")[::2] for w in words[2:])
         attempt = opts.get("attempt", "1")
         rules.append(
@@ -136,12 +140,25 @@ class Faults:
     async def hold(
         self, point: str, entry: str, attempt: int, stopped: asyncio.Event | None = None
     ) -> None:
-        """Applies the ``hold`` rules for this point (and the others, as ``at``);
-        ``stopped``: the attempt's stop request (what a rule without a file waits for)."""
+        """Applies the rules for this point: the others as ``at``, then the ``hold`` ones
+        (``held``), at a point with no step where heartbeats cannot be stopped."""
         if self.at(point, entry, attempt):
             raise RuntimeError(f"no_heartbeats is not a fault of point {point}")
+        await self.held(point, entry, attempt, stopped=stopped)
+
+    async def held(
+        self,
+        point: str,
+        entry: str,
+        attempt: int,
+        step: int = 0,
+        stopped: asyncio.Event | None = None,
+    ) -> None:
+        """Waits out the ``hold`` rules for this point (``at`` applies the others; it logs
+        these too); ``stopped``: the attempt's stop request (what a rule without a file
+        waits for)."""
         for rule in self.rules:
-            if rule.action != "hold" or not rule.matches(point, 0, entry, attempt):
+            if rule.action != "hold" or not rule.matches(point, step, entry, attempt):
                 continue
             if not rule.file:
                 if stopped is not None:

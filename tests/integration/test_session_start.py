@@ -8,6 +8,7 @@ failed and was tried again past the duplicate window) runs its activity once."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,6 +45,7 @@ def eager(event):
 
 
 # A session whose job is stored twice: its activity (a file made by each run) must run once.
+# Step 1 is the activity: a first attempt is held there by the fault hook (see the test).
 ONCE_CODE = b"""\
 import time
 
@@ -56,7 +58,6 @@ def once(path):
 
 
 def greet(event):
-    time.sleep(8)
     once(event.data.body.text)
 """
 
@@ -231,15 +232,23 @@ async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once
     settings: Settings,
     short_ack_wait: None,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """publish_session's `created` failed while its job was stored, and its publisher tried
     again past JetStream's duplicate window (a dispatcher's event redelivered then: the
-    store does not know the session, so not_started keeps it): the session now has two
-    jobs. The first one, coming back, finds `created` there and resumes the session as
-    after a runner crash while the second one runs it. Its activity must run once, and the
-    session must end COMPLETED."""
+    store does not know the session, so not_started keeps it): the session must still have
+    one job. Were the second one stored, the two would run the session at once: the
+    fault hook holds the first attempt, live, before its activity (step 1) until every job
+    of the session has started an attempt (as many `started` records as jobs), so that a
+    second job's attempt, resuming the session as after a runner crash, would run the
+    activity too. Its activity must run once, and the session must end COMPLETED."""
+    caplog.set_level(logging.WARNING, "ak_runner.faults")
+    go = tmp_path / "go"
+    monkeypatch.setenv("AK_TEST__FAULTS", f"hold step step=1 entry=simple.py:greet file={go}")
     marker = _marker(tmp_path)
     async with _store_and_runner(settings, ONCE_CODE) as (nc, d):
+        js = nc.jetstream()
         sid = "ses_01m8cpgk96e6wakscbfn3064r0"
         job = _job(d, sid, marker)
         await _job_alone(nc, job, 2)
@@ -255,8 +264,21 @@ async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once
 
         await publish_session(Late(), job)  # type: ignore[arg-type]
 
-        async def ended() -> bool:
-            return await _state(nc, sid) in wire.FINAL_STATES
+        async def held_and_all_jobs_started() -> bool:
+            if "fault injected: hold at step of step 1" not in caplog.text:
+                return False
+            info = await js.stream_info(
+                subjects.STREAM_JOBS, subjects_filter=subjects.job_subject(sid)
+            )
+            jobs = (info.state.subjects or {}).get(subjects.job_subject(sid), 0)
+            kinds = [r.kind for r in await journal(nc, sid)]
+            return kinds.count("started") >= max(jobs, 1)
+
+        await eventually(held_and_all_jobs_started, timeout=60)
+        go.touch()
+
+        async def ended() -> bool:  # and every attempt over: its job settled
+            return await _state(nc, sid) in wire.FINAL_STATES and await _no_jobs(js)
 
         await eventually(ended, timeout=120)
         page = await bus.store_call(nc, "session.records", {"session": sid})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 from ak_runner.faults import Faults, Rule, parse
 from akcore.errors import Unavailable
@@ -46,3 +49,50 @@ def test_a_rule_at_a_point_is_armed_there_without_firing() -> None:
     assert not faults.armed("step", "h.py:g", 1, 2)
     assert not faults.armed("step", "h.py:f", 2, 2)  # the first attempt only
     assert not faults.armed("journaled", "h.py:f", 1, 2)
+
+
+def test_hold_is_a_fault_of_the_points_that_wait_it_out() -> None:
+    rules = parse("hold step step=2 entry=h.py:f file=$MARKER_DIR/go; hold read attempt=any")
+    assert rules == [
+        Rule("hold", "step", step=2, entry="h.py:f", file="$MARKER_DIR/go"),
+        Rule("hold", "read", attempt=0),
+    ]
+    with pytest.raises(ValueError, match="hold is a fault of the points"):
+        parse("hold journaled step=2")
+
+
+async def test_a_live_step_is_held_until_its_file_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held at step 2 of the first attempt only, until the test makes the file."""
+    monkeypatch.setenv("MARKER_DIR", str(tmp_path))
+    faults = Faults(parse("hold step step=2 entry=h.py:f file=$MARKER_DIR/go"))
+    assert faults.armed("step", "h.py:f", 1, 2)  # the worker must ask for it
+    for point, entry, attempt, step in [
+        ("step", "h.py:f", 1, 1),
+        ("step", "h.py:f", 2, 2),
+        ("step", "h.py:g", 1, 2),
+        ("journaled", "h.py:f", 1, 2),
+    ]:
+        await asyncio.wait_for(faults.held(point, entry, attempt, step), 5)  # not held
+    held = asyncio.create_task(faults.held("step", "h.py:f", 1, 2))
+    await _run_others()
+    assert not held.done()
+    (tmp_path / "go").touch()
+    await asyncio.wait_for(held, 5)
+
+
+async def test_a_live_step_held_without_a_file_waits_for_a_stop() -> None:
+    faults = Faults(parse("hold step step=1"))
+    stopped = asyncio.Event()
+    held = asyncio.create_task(faults.held("step", "h.py:f", 1, 1, stopped))
+    await _run_others()
+    assert not held.done()
+    stopped.set()
+    await asyncio.wait_for(held, 5)
+
+
+async def _run_others() -> None:
+    """Lets the tasks that can run run (a held one waits, whatever the time)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
