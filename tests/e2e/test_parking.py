@@ -90,10 +90,7 @@ def stop_parking(event, session_id):
 def double_wake(event, session_id):
     effect(session_id, "a1")
     time.sleep(4)
-    effect(session_id, "a2")
-    for _ in range(8):  # each under AK_RUNNER__PARK_AFTER: it does not park
-        time.sleep(0.9)
-    effect(session_id, "a3")
+    effect(session_id, "a2")  # step 3: the fault hook holds the woken attempt there
     print("done")
 
 
@@ -187,6 +184,8 @@ FAULTS = "; ".join(
         "hold parking entry=f.py:stop_parking",
         # the attempts a wake starts, held after reading the journal until the test says
         "hold read attempt=2 entry=f.py:double_wake file=$MARKER_DIR/go-double_wake",
+        # and the one that won, live before its activity a2, until the test says
+        "hold step step=3 attempt=2 entry=f.py:double_wake file=$MARKER_DIR/go-a2-double_wake",
     ]
 )
 
@@ -483,7 +482,9 @@ def test_a_second_wake_job_of_one_parking_is_dropped(env: Env) -> None:
     (as a waker past JetStream's duplicate window would), reaches a runner while the first
     one's attempt is held after reading the journal: both read it parked, both go on, one
     writes its `started` first and the other is fenced. The fenced one is acked and dropped
-    (it was left to come back, and fenced the other in turn until the attempts ran out)."""
+    (it was left to come back, and fenced the other in turn until the attempts ran out):
+    the one that won is held live before its activity a2 until the fenced one is dropped,
+    or has come back (a third attempt)."""
     stack, paths, markers = env
     sid = _fire(stack, paths["double_wake"])
 
@@ -511,12 +512,21 @@ def test_a_second_wake_job_of_one_parking_is_dropped(env: Env) -> None:
     _as_dispatcher(stack, wake_again)
     wait_until(lambda: stack.output().count(hold) >= 2, "the second wake job held", 60)
     (markers / "go-double_wake").touch()
+    held = "fault injected: hold at step of step 3 (f.py:double_wake)"
+    dropped = f"session {sid}: a wake job fenced by another one; dropped"
+
+    def settled() -> bool:  # the winner held; the fenced job dropped or come back
+        out = stack.output()
+        return held in out and (dropped in out or len(_runners(journal_log(stack, sid))) > 2)
+
+    wait_until(settled, "the winner held, the fenced wake job dropped or come back", 60)
+    (markers / "go-a2-double_wake").touch()
     session = stack.wait_session(sid, timeout=90)
     assert session["state"] == "COMPLETED", session
     runners = _runners(journal_log(stack, sid))
     assert len(runners) == 2, runners  # the attempt that parked, the wake job that won
-    assert f"session {sid}: a wake job fenced by another one; dropped" in stack.output()
-    for name in ("a1", "a2", "a3"):
+    assert dropped in stack.output()
+    for name in ("a1", "a2"):
         assert len(runs(markers, sid, name)) == 1, name
 
 
