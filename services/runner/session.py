@@ -801,8 +801,10 @@ class SessionRun:
                 self._asleep_until(f.step, rec.deadline_us)
             return
         self._fault("step", f.step)
-        # (A test's hold: the worker waits for its go-ahead, the job kept, heartbeating.)
-        await self.host.faults.held("step", self.job.entrypoint, self.attempt, f.step, self._stop)
+        if self.host.faults.rules:  # a test's hold: the worker waits, the job kept, beating
+            await self.host.faults.held(
+                "step", self.job.entrypoint, self.attempt, f.step, self._stop
+            )
         if not self.lease.valid():  # a frozen runner's worker starts nothing new
             raise Fenced(f"it lost its job before step {f.step} ({self.lease.lost_because})")
         if f.kind == Kind.ACTIVITY:
