@@ -50,12 +50,15 @@ def start(
     cluster: tuple[str, int, list[int]] | None = None,
     sync: str = "default",
     auth: str = "",
+    max_file_store: str = "",
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Starts nats-server with JetStream; returns the process and its URL once it accepts.
 
     ``cluster``: (server name, route port, route ports of the other nodes) to run as one
     node of a JetStream cluster on ``host``. ``sync``: one of ``SYNC_CHOICES``. ``auth``:
     an ``authorization`` block (``natsauth.authorization_block``); none lets anyone in.
+    ``max_file_store``: the most JetStream may keep on disk (``200MiB``; by default what
+    the disk has).
     """
     if sync not in SYNC_CHOICES:
         raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)} (got {sync!r})")
@@ -65,6 +68,8 @@ def start(
     jetstream = f"  store_dir: {json.dumps(str(store_dir))}\n"
     if sync == "always":
         jetstream += "  sync_interval: always\n"
+    if max_file_store:
+        jetstream += f"  max_file_store: {max_file_store}\n"
     text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         f"max_payload: {MAX_PAYLOAD}\n"

@@ -6,9 +6,7 @@ records all the same."""
 from __future__ import annotations
 
 import asyncio
-import json
 import pickle
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -214,19 +212,9 @@ async def test_a_server_with_room_for_the_streams_of_before_still_takes_them(
     create what it needs and start."""
     monkeypatch.setenv("AK_RETENTION__EVENTS_MAX_BYTES", "64MiB")
     monkeypatch.setenv("AK_RETENTION__JOURNAL_MAX_BYTES", "64MiB")
-    port = natsserver.free_port()
-    conf = tmp_path / "nats.conf"
-    store = json.dumps(str(tmp_path / "js"))
-    conf.write_text(
-        f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: {store}, max_file_store: 200MiB }}\n'
-    )
-    proc = subprocess.Popen(
-        [natsserver.binary(), "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, url = natsserver.start(tmp_path / "js", max_file_store="200MiB")
     try:
-        nc = await _connected(f"nats://127.0.0.1:{port}")
+        nc = await bus.connect(url, "t")
         try:
             await bus.ensure_streams(nc.jetstream(), timeout=1.0)
             await asyncio.wait_for(bus.wait_streams(nc.jetstream(), "t"), 5)  # nobody waits
@@ -235,15 +223,6 @@ async def test_a_server_with_room_for_the_streams_of_before_still_takes_them(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-async def _connected(url: str) -> Client:
-    for _ in range(100):
-        try:
-            return await bus.connect(url, "t")
-        except Exception:
-            await asyncio.sleep(0.05)
-    return await bus.connect(url, "t")
 
 
 async def test_a_journal_shorter_than_a_chunk_is_read_without_looking_for_chunks(
