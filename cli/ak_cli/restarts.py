@@ -55,10 +55,11 @@ class Restarts:
 
     failures: int = 0  # failed starts in a row
 
-    def after(self, code: int, ran: float) -> tuple[float, str]:
+    def after(self, code: int, ran: float, how: str = "") -> tuple[float, str]:
         """How long to wait before restarting a process that ended with ``code`` (negative:
-        the signal that killed it) after running ``ran`` seconds, and what to tell the user."""
-        what = describe(code, ran)
+        the signal that killed it) after running ``ran`` seconds, and what to tell the user
+        (``how`` it ended, when not from its code)."""
+        what = how or describe(code, ran)
         if ran >= HEALTHY_AFTER or not failed(code, ran):
             self.failures = 0
         if not failed(code, ran):

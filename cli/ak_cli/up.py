@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,39 +34,50 @@ def say(text: str) -> None:
 
 @dataclass
 class Child:
+    """A supervised process: a service, or the embedded nats-server."""
+
     service: str
-    env: dict[str, str]
+    launch: Callable[[], subprocess.Popen[bytes]]
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restart_at: float = 0.0
     restarts: Restarts = field(default_factory=Restarts)
 
     def start(self) -> None:
-        # The store's files (the SQLite database and its journal) are for its user alone.
-        umask = 0o077 if self.service == "store" else -1
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"ak_{self.service}"], env=self.env, umask=umask
-        )
         self.started = time.monotonic()
+        try:
+            self.proc = self.launch()
+        except (OSError, RuntimeError) as e:  # it did not start (its port taken, ...)
+            self._ended(1, f"did not start ({e})")
 
     def check(self) -> None:
         """Restarts the child if it ended: at once, or after a back-off in a crash loop."""
-        now = time.monotonic()
         if self.proc is None:
-            if now >= self.restart_at:
+            if time.monotonic() >= self.restart_at:
                 say(f"restarting {self.service}")
                 self.start()
             return
         code = self.proc.poll()
-        if code is None:
-            return
-        delay, what = self.restarts.after(code, now - self.started)
+        if code is not None:
+            self._ended(code)
+
+    def _ended(self, code: int, how: str = "") -> None:
+        now = time.monotonic()
+        delay, what = self.restarts.after(code, now - self.started, how)
+        self.proc = None
         if delay <= 0:
             say(f"{self.service} {what}; restarting it now")
             self.start()
             return
         say(f"{self.service} {what}; restarting it in {delay:g}s")
-        self.proc, self.restart_at = None, now + delay
+        self.restart_at = now + delay
+
+
+def _service(service: str, env: dict[str, str]) -> Callable[[], subprocess.Popen[bytes]]:
+    # The store's files (the SQLite database and its journal) are for its user alone.
+    umask = 0o077 if service == "store" else -1
+    argv = [sys.executable, "-m", f"ak_{service}"]
+    return lambda: subprocess.Popen(argv, env=env, umask=umask)
 
 
 def _wait_ready(url: str, children: list[Child], stopping: list[bool]) -> bool:
@@ -120,19 +132,23 @@ def up(
     data.mkdir(parents=True, exist_ok=True)
     env[config.ENV_HTTP_ADDR] = addr
     env.setdefault(config.ENV_DB_DSN, config.default_db_dsn())
-    nats_proc, users = None, None
+    nats_child, users = None, None
     if not nats_url:
-        port = int(env.get(config.ENV_NATS_PORT, "0"))
         users = natsauth.ensure_passwords(data / NATS_USERS)
-        nats_proc, nats_url = natsserver.start(
-            data / "nats",
-            port=port,
-            log_file=data / "nats-server.log",
-            sync=sync,
-            auth=natsauth.authorization_block(
-                {s: json.dumps(natsauth.read_password(f)) for s, f in users.items()}
-            ),
+        auth = natsauth.authorization_block(
+            {s: json.dumps(natsauth.read_password(f)) for s, f in users.items()}
         )
+
+        def start_nats(port: int) -> tuple[subprocess.Popen[bytes], str]:
+            return natsserver.start(
+                data / "nats", port, log_file=data / "nats-server.log", sync=sync, auth=auth
+            )
+
+        nats_proc, nats_url = start_nats(int(env.get(config.ENV_NATS_PORT, "0")))
+        # Supervised as the services are: restarted on the same port (they reconnect).
+        nats_port = urlsplit(nats_url).port or 0
+        nats_child = Child("nats-server", lambda: start_nats(nats_port)[0], nats_proc)
+        nats_child.started = time.monotonic()
         nats_note = (
             f"{nats_url} (embedded, JetStream in {data / 'nats'}; "
             f"a user per service, passwords in {data / NATS_USERS})"
@@ -168,23 +184,24 @@ def up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     envs = {s: env if users is None else _service_env(env, s, users[s]) for s in SERVICES}
-    children = [Child(s, envs[s]) for s in SERVICES for _ in range(counts[s])]
+    children = [Child(s, _service(s, envs[s])) for s in SERVICES for _ in range(counts[s])]
     for c in children:
         c.start()
+    supervised = ([nats_child] if nats_child else []) + children
     running = ", ".join(
         s if counts[s] == 1 else f"{s} x{counts[s]}"
         for s in ("ingress", "dispatcher", "runner", "store")
     )
     try:
-        if _wait_ready(url, children, stopping):
+        if _wait_ready(url, supervised, stopping):
             say(f"ready: serving on {url} ({running})")
         while not stopping:
-            for c in children:
+            for c in supervised:
                 c.check()
             time.sleep(0.2)
     finally:
         say("stopping")
-        _stop_all([c.proc for c in children if c.proc], nats_proc)
+        _stop_all([c.proc for c in children if c.proc], nats_child.proc if nats_child else None)
         say("stopped")
 
 

@@ -4,6 +4,8 @@ cluster (R3 streams) losing a node under load. No acknowledged webhook may be lo
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import threading
@@ -87,6 +89,56 @@ def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
     finally:
         stack.stop()
         _stop(nats)
+
+
+def _embedded_nats(stack: Stack, not_pid: int = 0, timeout: float = 30) -> int:
+    """The pid of `ak up`'s own nats-server (other than ``not_pid``), once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = subprocess.run(
+            ["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True
+        ).stdout
+        for pid in map(int, kids.split()):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if pid != not_pid and b"nats-server" in cmdline and state != "Z":
+                return pid
+        time.sleep(0.1)
+    raise AssertionError("no nats-server running under ak up:\n" + stack.output()[-3000:])
+
+
+def test_ak_up_restarts_its_embedded_nats_server(tmp_path: Path) -> None:
+    """`ak up --mode dev` supervises its nats-server as it does the services: killed, it is
+    reported and started again on the same port, the services reconnect, and what was
+    accepted before runs once."""
+    stack = start_stack(tmp_path)
+    try:
+        proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": CODE})
+        _, path = stack.deploy(proj)
+        before = {stack.post_json(path, {"n": n})[1] for n in range(10)}
+        old = _embedded_nats(stack)
+        port = int(re.search(r"NATS:\s+nats://127.0.0.1:(\d+)", stack.output()).group(1))
+        os.kill(old, signal.SIGKILL)
+        _embedded_nats(stack, not_pid=old)
+        assert re.search(
+            r"nats-server killed by SIGKILL after [\d.]+s; restarting it now", stack.output()
+        )
+        conf = tmp_path / "data" / "autokitteh" / "nats" / "nats-server.conf"
+        assert f'listen: "127.0.0.1:{port}"' in conf.read_text()  # where the services look
+        _wait_ready(stack)
+        after = set()
+        for n in range(10, 20):
+            status, event = stack.post_json(path, {"n": n})
+            assert status == 202, stack.output()[-3000:]
+            after.add(event)
+        _wait_completed(stack, before | after, timeout=90)
+    finally:
+        code = stack.stop()
+    assert code == 0
+    assert "[ak] stopped" in stack.output()
 
 
 @pytest.fixture
