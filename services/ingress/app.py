@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -147,6 +148,20 @@ def create_app(
             log.error("webhook %s: event not stored: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
         except Exception as e:
+            if isinstance(e, asyncio.TimeoutError):  # sent, no answer: it may yet be stored
+                log.error(
+                    "webhook %s: event %s not acknowledged within %gs; it may still be stored",
+                    slug,
+                    event.event_id,
+                    PUBLISH_WITHIN,
+                )
+                return Response(
+                    "Gateway Timeout: the event store did not answer in time; the event may "
+                    "still be stored and run (ak event get <the AutoKitteh-Event-ID header>), "
+                    "check before sending it again\n",
+                    status_code=504,
+                    headers={"AutoKitteh-Event-ID": event.event_id},
+                )
             log.error("webhook %s: event not stored: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
         return None

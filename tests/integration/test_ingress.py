@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import httpx
+import pytest
+from ak_ingress import app as ak_app
 from ak_ingress.app import create_app
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
 from akcore.config import Settings
+from nats.js.errors import NotFoundError
 
 from .conftest import running
-from .helpers import api_headers, deploy
+from .helpers import api_headers, deploy, eventually
 
 
 async def test_webhook_to_event(settings: Settings) -> None:
@@ -86,3 +94,49 @@ async def test_kept_webhook_lookups_are_forgotten_when_the_store_changes(
             await bus.store_call(nc, "deployment.activate", {"deployment_id": d["deployment_id"]})
             assert (await http.post(hook, content=b"4")).status_code == 202
         await nc.close()
+
+
+async def test_an_event_not_acknowledged_in_time_is_a_504_that_names_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """JetStream frozen (SIGSTOP) while a webhook's event is sent: no answer in time is not
+    a refusal (the event sits in the server's socket and is stored once it runs again), so
+    ingress says so (504, the event's id) instead of a 503 that reads as not stored."""
+    monkeypatch.setattr(ak_app, "PUBLISH_WITHIN", 1.0)
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "ingress-test")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        slug = d["trigger"]["webhook_slug"]
+        transport = httpx.ASGITransport(app=create_app(nc))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            assert (await http.post(f"/webhooks/{slug}", content=b"1")).status_code == 202
+            server = _nats_server_of(tmp_path)
+            os.kill(server, signal.SIGSTOP)
+            try:
+                r = await http.post(f"/webhooks/{slug}", content=b"2")
+            finally:
+                os.kill(server, signal.SIGCONT)
+            assert r.status_code == 504, r.text
+            assert "may still be stored" in r.text
+            eid = r.headers["AutoKitteh-Event-ID"]
+
+            async def stored() -> bool:
+                try:
+                    subject = subjects.event_subject(d["project_id"], eid)
+                    await js.get_last_msg(subjects.STREAM_EVENTS, subject)
+                    return True
+                except NotFoundError:
+                    return False
+
+            await eventually(stored, timeout=30)  # as the 504 said it might be
+        await nc.close()
+
+
+def _nats_server_of(tmp_path: Path) -> int:
+    """The pid of the test's nats-server (its configuration is in ``tmp_path``)."""
+    conf = str(tmp_path / "nats" / "nats-server.conf")
+    out = subprocess.run(["pgrep", "-f", conf], capture_output=True, text=True).stdout
+    pids = [int(p) for p in out.split()]
+    assert len(pids) == 1, pids
+    return pids[0]
