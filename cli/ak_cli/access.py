@@ -28,14 +28,14 @@ def tokens_on(mode: str, host: str, env: dict[str, str]) -> bool:
     return on
 
 
-def bootstrap(env: dict[str, str], data: Path) -> str:
-    """Makes sure the store keeps a token the local CLI has; says where it is. A token file
-    the operator gives (``AK_AUTH__BOOTSTRAP_TOKEN_FILE``) is left to the store."""
+def bootstrap(env: dict[str, str], data: Path, url: str) -> str:
+    """Makes sure the store keeps a token the local CLI has (its entry for ``url``, the
+    URL it calls the stack by); says where it is. A token file the operator gives
+    (``AK_AUTH__BOOTSTRAP_TOKEN_FILE``) is left to the store."""
     given = env.get(config.ENV_AUTH_BOOTSTRAP)
     if given:
         return f"the bootstrap token of {given} ({config.ENV_AUTH_BOOTSTRAP})"
     token = env.pop(config.ENV_TOKEN, "").strip()
-    url = env.get(config.ENV_SERVICE_URL) or config.DEFAULT_SERVICE_URL
     key = credentials.host_key(url)
     where = f"{config.ENV_TOKEN}"
     if not token:

@@ -157,18 +157,22 @@ def up(
         nats_note = ", ".join(_without_credentials(u) for u in nats_url.split(","))
     env[config.ENV_NATS_URL] = nats_url
     host, port = config.split_addr(addr)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    cli_url = _cli_url(env, url, host, port)
+    # (a CLI calls http://localhost:9980 unless told: say how when that is not this stack)
+    told = cli_url != url or config.ENV_SERVICE_URL in env
+    hint = "" if told else f" (for ak: {config.ENV_SERVICE_URL}={url})"
     if require_tokens:
         env[config.ENV_AUTH_TOKENS] = "on"
-        tokens_note = "on: " + access.bootstrap(env, data)
+        tokens_note = "on: " + access.bootstrap(env, data, cli_url)
     else:
         env[config.ENV_AUTH_TOKENS] = "off"
         tokens_note = (
             f"OFF (dev mode on loopback: {_who_may_call()}; "
             f"{config.ENV_AUTH_TOKENS}=on requires tokens)"
         )
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     say(f"autokitteh ({mode} mode), pid {os.getpid()}")
-    say(f"HTTP:      {url}")
+    say(f"HTTP:      {url}{hint}")
     say(f"Web UI:    {url}/ui" + (" (log in with an API token)" if require_tokens else ""))
     say(f"NATS:      {nats_note}")
     say(f"Database:  {_without_password(env[config.ENV_DB_DSN])}")
@@ -203,6 +207,18 @@ def up(
         say("stopping")
         _stop_all([c.proc for c in children if c.proc], nats_child.proc if nats_child else None)
         say("stopped")
+
+
+def _cli_url(env: dict[str, str], url: str, host: str, port: int) -> str:
+    """The URL a CLI on this machine calls the stack by, whose entry gets its token: the
+    setting when there is one, else the default URL when that reaches the stack (listening
+    on loopback or every address, at the default port), else the stack's own URL."""
+    if env.get(config.ENV_SERVICE_URL):
+        return env[config.ENV_SERVICE_URL]
+    default = urlsplit(config.DEFAULT_SERVICE_URL)
+    if port == default.port and host in ("0.0.0.0", "", "127.0.0.1", "localhost"):
+        return config.DEFAULT_SERVICE_URL
+    return url
 
 
 def _who_may_call() -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ak_cli import access, credentials
+from ak_cli import access, credentials, up
 from akcore import tokens
 from akcore.errors import AKError
 
@@ -45,8 +45,8 @@ def test_tokens_off_elsewhere_is_refused(mode: str, host: str) -> None:
 def test_bootstrap_stores_a_token_for_the_cli_and_gives_the_store_its_digest(
     tmp_path: Path,
 ) -> None:
-    env = {"AK_HTTP__SERVICE_URL": "http://127.0.0.1:9999"}
-    note = access.bootstrap(env, tmp_path / "data")
+    env: dict[str, str] = {}
+    note = access.bootstrap(env, tmp_path / "data", "http://127.0.0.1:9999")
     token = credentials.load()["127.0.0.1:9999"]
     assert token.startswith("akt_") and "new" in note
     digest_file = Path(env["AK_AUTH__BOOTSTRAP_TOKEN_FILE"])
@@ -54,9 +54,31 @@ def test_bootstrap_stores_a_token_for_the_cli_and_gives_the_store_its_digest(
     assert token not in digest_file.read_text()
     assert stat.S_IMODE(digest_file.stat().st_mode) == 0o600
     # The next start keeps the same token.
-    access.bootstrap(env, tmp_path / "data")
+    access.bootstrap(env, tmp_path / "data", "http://127.0.0.1:9999")
     assert credentials.load() == {"127.0.0.1:9999": token}
     assert tokens.bootstrap_digest(digest_file.read_text()) == tokens.digest(token)
+
+
+@pytest.mark.parametrize(
+    ("env", "addr", "url"),
+    [
+        ({}, "127.0.0.1:9980", "http://localhost:9980"),  # what `ak` calls by default
+        ({}, "0.0.0.0:9980", "http://localhost:9980"),
+        ({}, "0.0.0.0:9973", "http://127.0.0.1:9973"),  # the default does not reach it
+        ({}, "192.0.2.7:9980", "http://192.0.2.7:9980"),
+        (
+            {"AK_HTTP__SERVICE_URL": "http://ak.internal:80"},
+            "0.0.0.0:9973",
+            "http://ak.internal:80",
+        ),
+    ],
+)
+def test_ak_up_keeps_the_cli_token_under_the_url_the_cli_calls(
+    env: dict[str, str], addr: str, url: str
+) -> None:
+    host, port = addr.rsplit(":", 1)
+    served = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    assert up._cli_url(env, served, host, int(port)) == url
 
 
 def test_credentials_file_and_ak_token(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,7 +102,7 @@ def test_a_bootstrap_file_must_hold_a_long_token_or_a_digest() -> None:
 
 def test_a_short_token_is_not_taken_as_the_first_one(tmp_path: Path) -> None:
     with pytest.raises(AKError, match="the token of AK_TOKEN cannot be the first API token"):
-        access.bootstrap({"AK_TOKEN": "secret"}, tmp_path)
+        access.bootstrap({"AK_TOKEN": "secret"}, tmp_path, "http://localhost:9980")
 
 
 @pytest.mark.parametrize(
