@@ -5,9 +5,11 @@ range no account uses (``AK_RUNNER__WORKER_UIDS``) and held for the process's li
 user cannot read the data home (the secrets key, the database, NATS's store), the
 services' ``/proc/<pid>/environ``, or another worker's memory; and every process it leaves
 behind is found by its user id and killed when the worker goes, whatever process group or
-session it moved to. Limits (address space, processes of the user) are set by the worker on
-itself before the handler runs. A runner that is not root cannot switch users: its workers
-run as it does, with the same limits and environment rules.
+session it moved to; its files in the directories every user may write to and its System V
+IPC objects go then too. Limits (address space, processes of the user) are set by the worker
+on itself before the handler runs; the memory watch holds all its processes and System V
+memory together to the memory limit. A runner that is not root cannot switch users: its
+workers run as it does, with the same limits and environment rules.
 
 Every worker, sandboxed or not, gets only a minimal environment (``worker_env``): no NATS
 address, no database DSN, no key, no ``AK_*`` setting. The project's variables come in
@@ -17,6 +19,7 @@ its start frame.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -25,6 +28,7 @@ import shutil
 import signal
 import stat
 import sys
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +165,9 @@ class UserIds:
         self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
 
     async def take(self) -> int:
-        """A free user id, with no process left running as it and no file of it left in
-        the shared temporary directories (a runner that died could not clear them)."""
+        """A free user id, with no process left running as it and nothing of it left in the
+        shared directories or among System V IPC objects (a runner that died could not
+        clear them)."""
         locking = asyncio.ensure_future(asyncio.to_thread(self._lock_one))
         try:
             uid = await asyncio.shield(locking)  # a cancelled taker leaves no id held
@@ -212,26 +217,41 @@ class UserIds:
         )
 
     async def give_back(self, uid: int) -> None:
-        """Kills whatever still runs as ``uid`` (what a handler left behind) and removes its
-        files from the shared temporary directories, then frees it: the next worker given
-        the id, maybe another project's, finds nothing of this one."""
+        """Kills whatever still runs as ``uid`` (what a handler left behind), removes its
+        files from the directories every user may write to (``SHARED_TEMP``, the POSIX
+        message queues) and its System V shared memory, semaphores and message queues, then
+        frees it: the next worker given the id, maybe another project's, finds nothing of
+        this one."""
         await asyncio.to_thread(_clear, uid)
         self._release(uid)
 
 
-# The machine's temporary directories every user may write to.
-SHARED_TEMP = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
+# The machine's directories every user may write to: the temporary ones, the lock directory
+# (/var/lock is most often a link to /run/lock, and a link is not followed: either is
+# cleared where it is a directory), and where POSIX message queues are listed
+# (``mqueue_dir``).
+SHARED_TEMP = (
+    Path("/tmp"),
+    Path("/var/tmp"),
+    Path("/dev/shm"),
+    Path("/run/lock"),
+    Path("/var/lock"),
+)
+SHARED_DEPTH = 8  # how deep the clear looks into others' world-writable directories
 
 
 def _clear(uid: int) -> None:
     kill_user(uid)
-    remove_files_of(uid)
+    remove_files_of(uid, (*SHARED_TEMP, *filter(None, [mqueue_dir()])))
+    remove_ipc_of(uid)
 
 
 def remove_files_of(uid: int, roots: tuple[Path, ...] = SHARED_TEMP) -> int:
-    """Removes what user ``uid`` owns at the top of ``roots`` (files, and directories with
-    all they hold), never following a link; returns how many entries it removed. Its
-    processes must be gone first (``kill_user``)."""
+    """Removes what user ``uid`` owns in ``roots`` (files, and directories with all they
+    hold), never following a link; returns how many entries it removed. Below the top it
+    looks only into directories of others that every user may write to (``/tmp/.X11-unix``):
+    a directory the user owns goes whole, and it can write to no other. Its processes must
+    be gone first (``kill_user``)."""
     removed = 0
     for root in roots:
         try:
@@ -239,23 +259,144 @@ def remove_files_of(uid: int, roots: tuple[Path, ...] = SHARED_TEMP) -> int:
         except OSError:
             continue
         try:
-            for name in os.listdir(root_fd):
-                try:
-                    info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
-                    if info.st_uid != uid:
-                        continue
-                    if stat.S_ISDIR(info.st_mode):
-                        shutil.rmtree(name, dir_fd=root_fd)
-                    else:
-                        os.unlink(name, dir_fd=root_fd)
-                    removed += 1
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    log.warning("could not remove %s/%s of user %d: %s", root, name, uid, e)
+            removed += _remove_in(root_fd, root, uid, SHARED_DEPTH)
         finally:
             os.close(root_fd)
     return removed
+
+
+def _remove_in(dir_fd: int, where: Path, uid: int, depth: int) -> int:
+    removed = 0
+    for name in os.listdir(dir_fd):
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if info.st_uid != uid:
+                if depth > 0 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                    try:
+                        removed += _remove_in(fd, where / name, uid, depth - 1)
+                    finally:
+                        os.close(fd)
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(name, dir_fd=dir_fd)
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+            removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("could not remove %s/%s of user %d: %s", where, name, uid, e)
+    return removed
+
+
+_MQUEUE_OWN = Path("/run/autokitteh/mqueue")  # where a root runner mounts one if none is
+_mqueue: list[Path | None] = []  # found once: [the directory, or None]
+_mqueue_lock = threading.Lock()  # (ids are cleared in threads)
+
+
+def mqueue_dir() -> Path | None:
+    """A directory listing the machine's POSIX message queues (an ``mqueue`` file system:
+    every mount of it shows the same queues), to remove a user's as its files: the first
+    mount of it, or one a root runner makes at ``/run/autokitteh/mqueue``; None, said once
+    in the log, when there is none and none can be made."""
+    with _mqueue_lock:
+        if not _mqueue:
+            _mqueue.append(_find_mqueue())
+        return _mqueue[0]
+
+
+def _find_mqueue() -> Path | None:
+    try:
+        with open("/proc/self/mounts", "rb") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == b"mqueue":
+                    return Path(os.fsdecode(fields[1]).replace("\\040", " "))
+    except OSError:
+        pass
+    if not is_root():
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        _MQUEUE_OWN.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if libc.mount(b"mqueue", bytes(_MQUEUE_OWN), b"mqueue", 0, None) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except OSError as e:
+        log.warning(
+            "no mqueue file system to find POSIX message queues a worker left (%s): "
+            "mount one (mount -t mqueue none /dev/mqueue) for them to be removed",
+            e,
+        )
+        return None
+    return _MQUEUE_OWN
+
+
+# --- System V IPC: shared memory segments, semaphore sets and message queues live on after
+# the processes that made them, until removed (IPC_RMID) or the machine restarts.
+
+_IPC_RMID = 0
+
+
+def sysv_objects(kind: str) -> list[dict[str, int]]:
+    """The machine's System V IPC objects of ``kind`` (shm, sem or msg), each a row of
+    ``/proc/sysvipc/<kind>`` by its column names (``shmid``/``semid``/``msqid``, ``uid``
+    the owner's, ``cuid`` the creator's, ...); none where they cannot be read."""
+    try:
+        with open(f"/proc/sysvipc/{kind}", "rb") as f:
+            head, *rows = f.read().splitlines()
+    except (OSError, ValueError):
+        return []
+    names = [n.decode() for n in head.split()]
+    found = []
+    for row in rows:
+        try:
+            found.append(dict(zip(names, map(int, row.split()), strict=True)))
+        except ValueError:
+            continue
+    return found
+
+
+def remove_ipc_of(uid: int) -> int:
+    """Removes every System V shared memory segment, semaphore set and message queue that
+    user ``uid`` created or owns (an owner may hand its object to any user id, not its
+    creator); returns how many it removed. A segment still attached goes once the last
+    process detaches: the user's processes must be gone first (``kill_user``)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    removed = 0
+    for kind, ident in (("shm", "shmid"), ("sem", "semid"), ("msg", "msqid")):
+        for obj in sysv_objects(kind):
+            if uid not in (obj.get("uid"), obj.get("cuid")) or ident not in obj:
+                continue
+            # semctl(id, semnum, cmd); shmctl and msgctl (id, cmd, buf)
+            args = (0, _IPC_RMID) if kind == "sem" else (_IPC_RMID, None)
+            if getattr(libc, f"{kind}ctl")(obj[ident], *args) == 0:
+                removed += 1
+            elif (err := ctypes.get_errno()) not in (errno.EINVAL, errno.EIDRM):  # gone
+                log.warning(
+                    "could not remove %s %d of user %d: %s", kind, obj[ident], uid, os.strerror(err)
+                )
+    return removed
+
+
+def sysv_memory_by_creator(uids: Collection[int]) -> dict[int, int]:
+    """The memory (bytes) the System V shared memory segments and message queues each of
+    ``uids`` created hold, attached or not: a segment's resident and swapped pages (its
+    size where the kernel shows neither), a queue's messages. By creator, not owner: an
+    owner can hand its object to another user id, but never charge it with it."""
+    used = dict.fromkeys(uids, 0)
+    for seg in sysv_objects("shm"):
+        if seg.get("cuid") in used:
+            held = seg["rss"] + seg["swap"] if "rss" in seg and "swap" in seg else seg["size"]
+            used[seg["cuid"]] += held
+    for queue in sysv_objects("msg"):
+        if queue.get("cuid") in used:
+            used[queue["cuid"]] += queue.get("cbytes", 0)
+    return used
 
 
 def kill_user(uid: int, keep: int = 0) -> int:
@@ -313,10 +454,14 @@ def has_strangers(pid: int, known: Collection[int]) -> bool:
 
 
 def resident_by_user(uids: Collection[int]) -> dict[int, int]:
-    """The memory (bytes) all the processes of each of ``uids`` use together: their
+    """The memory (bytes) each of ``uids`` uses: all its processes together, by their
     proportional set sizes, so that pages forked children share count once, not once per
-    process (their resident sizes where the kernel shows no ``smaps_rollup``)."""
-    used = dict.fromkeys(uids, 0)
+    process (their resident sizes where the kernel shows no ``smaps_rollup``); and the
+    System V shared memory and message queues it made, which outlive its processes
+    (``sysv_memory_by_creator``). A segment's pages that a process of the user has mapped
+    count twice, in both: they cannot be told apart from other shared pages in a
+    process's sum, and counting them once would let memory out of the count."""
+    used = sysv_memory_by_creator(uids)
     for pid in _pids():
         uid = _real_uid(pid)
         if uid in used:
@@ -338,9 +483,10 @@ def _memory_of(pid: int) -> int:
 
 class MemoryWatch:
     """Holds each sandboxed worker to its memory limit for all of its processes together
-    (the address-space limit a worker sets bounds each process alone): twice a second, one
-    scan of ``/proc`` sums the resident memory of every watched user, and a user over its
-    limit gets its callback once. Scans run only while a worker is watched."""
+    (the address-space limit a worker sets bounds each process alone) and the System V
+    memory it made: twice a second, one scan of ``/proc`` sums what every watched user uses
+    (``resident_by_user``), and a user over its limit gets its callback once. Scans run
+    only while a worker is watched."""
 
     INTERVAL = 0.5
 

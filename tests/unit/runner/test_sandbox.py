@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -493,3 +495,145 @@ def test_a_freed_user_id_keeps_nothing_of_its_last_worker(tmp_path: Path) -> Non
     assert remove_files_of(uid, (shared,)) == 2
     assert sorted(p.name for p in shared.iterdir()) == ["theirs.txt"]
     assert outside.read_text() == "root's"  # the link was removed, not followed
+
+
+# Run as a worker's user: leaves what outlives a process where the next worker given the id
+# would find it (a System V shared memory segment, semaphore set and message queue, a POSIX
+# message queue, a file in the lock directory and one in another's world-writable
+# directory), says so, and waits for stdin with the segment attached.
+_LITTER_IPC = """
+import ctypes, ctypes.util, os, sys
+key, name, shared = int(sys.argv[1], 0), sys.argv[2], sys.argv[3]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+IPC_CREAT = 0o1000
+
+def check(what, got):
+    if got == -1 or got is None:
+        sys.exit(f"{what}: {os.strerror(ctypes.get_errno())}")
+    return got
+
+shm = check("shmget", libc.shmget(key, 1 << 20, IPC_CREAT | 0o600))
+addr = libc.shmat(shm, None, 0)
+check("shmat", -1 if addr in (None, ctypes.c_void_p(-1).value) else 0)
+ctypes.memmove(addr, b"project A's token", 17)
+check("semget", libc.semget(key, 1, IPC_CREAT | 0o600))
+msg = check("msgget", libc.msgget(key, IPC_CREAT | 0o600))
+buf = ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + 17)
+ctypes.c_long.from_buffer(buf).value = 1
+buf[ctypes.sizeof(ctypes.c_long):] = b"project A's token"
+check("msgsnd", libc.msgsnd(msg, buf, 17, 0))
+try:
+    mq_open = libc.mq_open
+except AttributeError:  # glibc before 2.34
+    mq_open = ctypes.CDLL(ctypes.util.find_library("rt"), use_errno=True).mq_open
+check("mq_open", mq_open(f"/{name}".encode(), os.O_CREAT | os.O_RDWR, 0o600, None))
+for where in ("/run/lock", shared):
+    with open(os.path.join(where, name), "w") as f:
+        f.write("project A's token")
+print("left", flush=True)
+sys.stdin.read(1)
+"""
+
+
+def _ipc_of(uid: int) -> list[tuple[str, dict[str, int]]]:
+    from ak_runner.sandbox import sysv_objects
+
+    return [
+        (kind, obj)
+        for kind in ("shm", "sem", "msg")
+        for obj in sysv_objects(kind)
+        if uid in (obj["uid"], obj["cuid"])
+    ]
+
+
+@root_only
+def test_a_freed_user_id_keeps_no_ipc_object_or_lock_file_of_its_last_worker() -> None:
+    """What a worker leaves that outlives its processes (System V IPC objects, POSIX
+    message queues, files in /run/lock and in a world-writable directory of another user
+    in /tmp) goes when its id is cleared: the next worker given the id, maybe another
+    project's, could otherwise attach to the segment or read the queue by its key."""
+    from ak_runner.sandbox import _clear, mqueue_dir
+
+    uid = 779995  # outside the workers' range: no stack's worker can hold it meanwhile
+    name = f"ak-ipc-{os.getpid()}"
+    shared = Path(tempfile.mkdtemp(prefix="ak-shared-", dir="/tmp"))  # like /tmp/.X11-unix
+    shared.chmod(0o1777)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _LITTER_IPC, hex(0x5EED0000 + os.getpid() % 0xFFFF)]
+        + [name, str(shared)],
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd="/",
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"left"
+        assert sorted(kind for kind, _ in _ipc_of(uid)) == ["msg", "sem", "shm"]
+        queues = mqueue_dir()
+        assert queues is not None and (queues / name).exists()
+        _clear(uid)  # as a freed id is, its worker gone or not
+        assert proc.wait(timeout=30) == -9
+        assert _ipc_of(uid) == []
+        assert not (queues / name).exists()
+        assert not (Path("/run/lock") / name).exists()
+        assert not (shared / name).exists() and shared.is_dir()  # another's, kept
+    finally:
+        proc.kill()
+        proc.communicate()
+        sandbox.remove_ipc_of(uid)
+        (Path("/run/lock") / name).unlink(missing_ok=True)
+        if (queues := mqueue_dir()) is not None:
+            (queues / name).unlink(missing_ok=True)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+# Run as a worker's user: makes a 64 MiB System V segment, fills it, detaches and ends; the
+# memory stays held by no process.
+_SHM_HOG = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shm = libc.shmget(0, 64 << 20, 0o1000 | 0o600)  # IPC_PRIVATE: only its id reaches it
+addr = libc.shmat(shm, None, 0)
+if shm == -1 or addr in (None, ctypes.c_void_p(-1).value):
+    sys.exit("no segment")
+ctypes.memset(addr, 1, 64 << 20)
+libc.shmdt(ctypes.c_void_p(addr))
+"""
+
+
+@root_only
+async def test_system_v_shared_memory_a_user_made_counts_against_its_memory_limit() -> None:
+    """Segments outlive the processes that made them (12 of 256 MiB, detached, held 3 GB
+    past a worker's 1 GiB limit): the memory watch counts those its user made."""
+    from ak_runner.sandbox import MemoryWatch, remove_ipc_of, resident_by_user
+
+    uid = 779994
+    try:
+        made = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-I", "-S", "-c", _SHM_HOG],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            cwd="/",
+            capture_output=True,
+        )
+        assert made.returncode == 0, made.stderr
+        assert [kind for kind, _ in _ipc_of(uid)] == ["shm"]  # no process of it runs
+        assert resident_by_user([uid])[uid] >= 64 << 20
+        watch, reported = MemoryWatch(), asyncio.Event()
+        used: list[int] = []
+        watch.watch(uid, 32 << 20, lambda n: (used.append(n), reported.set()))
+        try:
+            await asyncio.wait_for(reported.wait(), 30)
+        finally:
+            await watch.close()
+        assert used[0] >= 64 << 20
+        assert remove_ipc_of(uid) == 1
+        assert resident_by_user([uid])[uid] == 0
+    finally:
+        remove_ipc_of(uid)
