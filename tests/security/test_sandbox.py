@@ -4,6 +4,7 @@ leaves behind are bounded; its output goes to its session, not to the service lo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -254,3 +255,140 @@ def test_handler_output_goes_to_its_session_not_to_the_service_log(stack: Stack)
     assert session["state"] == "COMPLETED", session
     assert _prints(stack, sid) == [f"print {mark}"]
     assert mark not in stack.output()
+
+
+# What outlives a handler's processes, left by one project and looked for by the next given
+# the same user id; and System V memory over the limit.
+IPC_CODE = """\
+import ctypes
+import os
+import time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+IPC_CREAT = 0o1000
+FAILED = (None, ctypes.c_void_p(-1).value)
+
+
+def leave(event):
+    key, lock = event.data["key"], event.data["lock"]
+    shm = libc.shmget(key, 4096, IPC_CREAT | 0o600)
+    addr = libc.shmat(shm, None, 0)
+    ctypes.memmove(addr, b"alpha's token", 13)
+    libc.shmdt(ctypes.c_void_p(addr))
+    sem, msg = libc.semget(key, 1, IPC_CREAT | 0o600), libc.msgget(key, IPC_CREAT | 0o600)
+    with open(lock, "w") as f:
+        f.write("alpha's token")
+    print("left", shm >= 0 and addr not in FAILED and sem >= 0 and msg >= 0)
+
+
+def look(event):
+    key, lock = event.data["key"], event.data["lock"]
+    print("shm", libc.shmget(key, 0, 0) >= 0)
+    print("sem", libc.semget(key, 0, 0) >= 0)
+    print("msg", libc.msgget(key, 0, 0) >= 0)
+    print("lock", os.path.exists(lock))
+
+
+def shm_hog(event):
+    # Four segments of 256 MiB, filled and detached: no process holds them.
+    for _ in range(4):
+        shm = libc.shmget(0, 256 << 20, IPC_CREAT | 0o600)
+        addr = libc.shmat(shm, None, 0)
+        ctypes.memset(addr, 1, 256 << 20)
+        libc.shmdt(ctypes.c_void_p(addr))
+    print("made")
+    time.sleep(1000)
+"""
+
+ONE_UID = 779990  # outside the default range: no other stack's worker can hold it
+LOCKS = Path("/run/autokitteh/worker-uids")  # where the runners of a machine hold ids
+
+
+@pytest.fixture(scope="module")
+def one_uid_stack() -> Iterator[Stack]:
+    """A stack with one worker user id free to it (a range has two at least: this process
+    holds the other as another runner would), each worker running one session: every
+    session gets the same id, in turn, whatever its project."""
+    LOCKS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    other = os.open(LOCKS / str(ONE_UID + 1), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    home = Path(tempfile.mkdtemp(prefix="ak-sandbox-ipc-"))
+    s = start_stack(
+        home,
+        {
+            "AK_RUNNER__WORKER_UIDS": f"{ONE_UID}-{ONE_UID + 1}",
+            "AK_RUNNER__WORKER_SESSIONS": "1",
+            "AK_RUNNER__WARM_WORKERS": "0",
+            "AK_RUNNER__WORKER_MEMORY_MB": "512",
+            "AK_RUNNER__SESSION_TIMEOUT": "30",
+        },
+    )
+    for name in ("alpha", "beta"):
+        manifest = MANIFEST.replace("name: boxed", f"name: {name}")
+        s.deploy(write_project(home / name, {"autokitteh.yaml": manifest, "ipc.py": IPC_CODE}))
+    yield s
+    s.stop()
+    os.close(other)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _run(stack: Stack, project: str, function: str, **inputs: object) -> dict[str, str]:
+    args = [x for k, v in inputs.items() for x in ("-I", f"{k}={json.dumps(v)}")]
+    res = stack.ak("session", "start", "-o", project, "-p", f"ipc.py:{function}", *args)
+    assert res.returncode == 0, res.stderr
+    sid = res.stdout.strip().removeprefix("session_id: ")
+    session = stack.wait_session(sid)
+    session["prints"] = "\n".join(_prints(stack, sid))
+    return session
+
+
+def _uid_free() -> bool:
+    """Whether no runner holds ONE_UID (its worker gone and the id cleared)."""
+    fd = os.open(LOCKS / str(ONE_UID), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _sysv_of(uid: int) -> list[str]:
+    from ak_runner.sandbox import sysv_objects
+
+    return [
+        kind
+        for kind in ("shm", "sem", "msg")
+        for obj in sysv_objects(kind)
+        if uid in (obj["uid"], obj["cuid"])
+    ]
+
+
+def test_the_next_project_given_a_user_id_finds_nothing_the_last_left(
+    one_uid_stack: Stack,
+) -> None:
+    """System V IPC objects and lock files outlive the handler that made them: when its
+    worker's id goes to another project, they are gone."""
+    key, lock = 0x5EEDAC00 + os.getpid() % 0xFF, f"/run/lock/ak-alpha-{os.getpid()}"
+    alpha = _run(one_uid_stack, "alpha", "leave", key=key, lock=lock)
+    assert (alpha["state"], alpha["prints"]) == ("COMPLETED", "left True"), alpha
+    wait_until(_uid_free, "alpha's worker gone and its user id freed", 30)
+    assert _sysv_of(ONE_UID) == [] and not os.path.exists(lock)
+    beta = _run(one_uid_stack, "beta", "look", key=key, lock=lock)
+    assert beta["state"] == "COMPLETED", beta
+    assert beta["prints"] == "shm False\nsem False\nmsg False\nlock False"
+
+
+def test_system_v_shared_memory_counts_against_the_memory_limit(one_uid_stack: Stack) -> None:
+    """Segments a handler made and detached are held by no process, yet by the machine
+    until removed: they count against its worker's limit, and go with its user id."""
+    wait_until(_uid_free, "the last worker's user id freed", 30)
+    session = _run(one_uid_stack, "alpha", "shm_hog")
+    assert session["state"] == "ERROR", session  # not the 30 s timeout
+    assert session["error"].startswith(
+        "session ended: over its memory limit of 512 MiB (AK_RUNNER__WORKER_MEMORY_MB)"
+    ), session
+    wait_until(_uid_free, "the worker's user id freed", 30)
+    assert _sysv_of(ONE_UID) == []
