@@ -331,6 +331,10 @@ def _find_mqueue() -> Path | None:
             e,
         )
         return None
+    log.info(
+        "mounted an mqueue file system at %s to find POSIX message queues workers leave",
+        _MQUEUE_OWN,
+    )
     return _MQUEUE_OWN
 
 
