@@ -18,7 +18,13 @@ from autokitteh._frames import FrameError
 
 from .sandbox import UserIds, WorkerLimits, has_children, has_strangers, kill_user, open_way_to
 
+# What the runner keeps of a worker's stderr, for the error of a session whose worker died:
+# its last STDERR_TAIL lines, each cut to its first STDERR_LINE bytes (with a note of its
+# length). The pipe is read STDERR_READ bytes at a time, and never stops being read: a
+# worker writing more, or a longer line, than the runner keeps must not block on it.
 STDERR_TAIL = 20
+STDERR_LINE = 4096
+STDERR_READ = 1 << 16
 EXIT_UNKNOWN = 255  # a forked worker whose fork server ended before reporting its exit
 log = logging.getLogger(__name__)
 
@@ -116,10 +122,13 @@ async def _connect(pipe: BinaryIO, connect: Any, factory: Any) -> tuple[Any, Any
             ours.close()
 
 
-async def _read_stream(pipe: BinaryIO) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+async def _read_stream(
+    pipe: BinaryIO, limit: int = 2**26
+) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     """A stream over the pipe, and its transport (closing it is how to let go of the pipe:
-    the loop stops watching the descriptor before it is closed)."""
-    reader = asyncio.StreamReader(limit=2**26)
+    the loop stops watching the descriptor before it is closed). The stream holds up to
+    twice ``limit`` bytes not yet read before the pipe is no longer read."""
+    reader = asyncio.StreamReader(limit=limit)
     loop = asyncio.get_running_loop()
     transport, _ = await _connect(
         pipe, loop.connect_read_pipe, lambda: asyncio.StreamReaderProtocol(reader)
@@ -360,8 +369,9 @@ class WorkerProcess:
     a handler starts dies with it; a sandboxed one runs as a user id of its own, and what
     still runs as that user when it is closed is killed too (``sandbox``).
 
-    What it writes to stdout and stderr is kept (its last lines, for when it dies) and
-    written to the runner's stderr only with ``echo`` (AK_RUNNER__ECHO_PRINTS)."""
+    What it writes to stdout and stderr is kept (its last lines, each cut at STDERR_LINE
+    bytes, for when it dies) and written to the runner's stderr only with ``echo``
+    (AK_RUNNER__ECHO_PRINTS), cut the same way."""
 
     def __init__(
         self,
@@ -375,6 +385,8 @@ class WorkerProcess:
         self.users: UserIds | None = None  # where ``uid`` goes back when it is closed
         self.echo = False
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self._line = bytearray()  # the stderr line being read: its first STDERR_LINE bytes
+        self._line_length = 0  # and its length so far
         self.sessions = 0  # sessions it has run
         self.reusable = False  # its last session ended cleanly and it can take another
         self.idle_since = 0.0
@@ -405,6 +417,7 @@ class WorkerProcess:
                 sdk,
                 user,
                 stderr=asyncio.subprocess.PIPE,
+                limit=STDERR_READ,
                 start_new_session=True,
             )
         except BaseException:
@@ -433,7 +446,7 @@ class WorkerProcess:
                 os.close(fd)
         proc: ForkedProcess | None = None
         try:
-            stderr, reading = await _read_stream(err)
+            stderr, reading = await _read_stream(err, STDERR_READ)
             try:
                 proc = ForkedProcess(pid, stderr, server)
             except BaseException:
@@ -450,12 +463,37 @@ class WorkerProcess:
             raise
 
     async def _forward_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            text = line.decode(errors="replace")
-            self.stderr_tail.append(text)
-            if self.echo:
-                sys.stderr.write(text)
+        """Reads the worker's stderr to its end, in chunks: lines are split here, so that no
+        line, however long, stops the reading (``readline`` raises past its limit)."""
+        stream = self.proc.stderr
+        assert stream is not None
+        while chunk := await stream.read(STDERR_READ):
+            *ended, rest = chunk.split(b"\n")
+            if len(ended) > STDERR_TAIL and not self.echo:  # the lines before are not kept
+                self._line, self._line_length = bytearray(), 0
+                ended = ended[-STDERR_TAIL:]
+            for part in ended:
+                self._take_stderr(part)
+                self._end_stderr_line(b"\n")
+            self._take_stderr(rest)
+        if self._line_length:  # a last line without its newline
+            self._end_stderr_line(b"")
+
+    def _take_stderr(self, part: bytes) -> None:
+        room = STDERR_LINE - len(self._line)
+        if room > 0:
+            self._line += part[:room]
+        self._line_length += len(part)
+
+    def _end_stderr_line(self, end: bytes) -> None:
+        line, length = self._line, self._line_length
+        if length > len(line):
+            line += f" [... cut: a line of {length:,} bytes, its first {len(line):,} kept]".encode()
+        text = (line + end).decode(errors="replace")
+        self._line, self._line_length = bytearray(), 0
+        self.stderr_tail.append(text)
+        if self.echo:
+            sys.stderr.write(text)
 
     SEND_TIMEOUT = 30.0
     READ_SIZE = 1 << 16  # a worker reads its messages on a thread of its own, at once

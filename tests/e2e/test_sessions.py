@@ -36,6 +36,9 @@ project:
     - name: boom_long
       call: handlers.py:explode_long
       webhook: {{}}
+    - name: dies_loudly
+      call: handlers.py:dies_loudly
+      webhook: {{}}
     - name: missing
       call: broken.py:handler
       webhook: {{}}
@@ -89,6 +92,13 @@ def explode_long(event):
     helper.fail("boom " * 40_000)
 
 
+def dies_loudly(event):
+    for i in range(30):
+        os.write(2, b"line %d " % i + b"y" * (1 << 20) + b"\\n")
+    os.write(2, b"the last words\\n")
+    os._exit(3)
+
+
 async def on_async(event):
     await asyncio.sleep(0)
     print("async done")
@@ -137,6 +147,7 @@ def project(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "filtered",
         "boom",
         "boom_long",
+        "dies_loudly",
         "missing",
         "asyncy",
         "chatty",
@@ -244,6 +255,20 @@ def test_an_exception_with_a_long_message_is_the_sessions_error(
     s = _wait_for_session(stack, _fire(stack, "POST", project["boom_long"]))
     assert s["state"] == "ERROR"
     assert s["error"].startswith("error: ValueError('boom boom "), s["error"][:300]
+
+
+def test_a_worker_that_dies_after_huge_stderr_lines_ends_its_session_with_their_tail(
+    stack: Stack, project: dict[str, str]
+) -> None:
+    """Its last lines of stderr are the session's traceback, each cut to its start: the
+    runner keeps no more of them than that."""
+    s = _wait_for_session(stack, _fire(stack, "POST", project["dies_loudly"]))
+    assert s["state"] == "ERROR"
+    assert s["error"] == "error: worker process exited with code 3 before the handler finished"
+    lines = s["traceback"].splitlines()
+    assert len(lines) == 20 and lines[-1] == "the last words", lines[-1][:300]
+    cut = f" [... cut: a line of {(1 << 20) + 8:,} bytes, its first 4,096 kept]"
+    assert lines[-2] == "line 29 " + "y" * (4096 - 8) + cut
 
 
 def test_missing_module_gives_error_and_hint(stack: Stack, project: dict[str, str]) -> None:

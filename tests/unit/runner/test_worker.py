@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ak_runner.worker import EXIT_UNKNOWN, ForkedProcess, ForkServer, WorkerPool, WorkerProcess
+from ak_runner.worker import (
+    EXIT_UNKNOWN,
+    STDERR_LINE,
+    STDERR_TAIL,
+    ForkedProcess,
+    ForkServer,
+    WorkerPool,
+    WorkerProcess,
+)
 from autokitteh._values import loads
 from autokitteh._worker import EXIT_PARENT_GONE
 
@@ -457,3 +465,85 @@ async def test_a_killed_worker_is_never_reused(tmp_path: Path) -> None:
         await again.close()
     finally:
         await pool.close()
+
+
+LOUD = """\
+import os
+
+
+def floods(event):
+    for i in range(30):
+        os.write(2, b"line %d " % i + b"y" * (1 << 20) + b"\\n")
+    os.write(2, b"the last words\\n")
+
+
+def writes_an_endless_line(event):
+    os.write(2, b"z" * (65 << 20))  # longer than any reader's limit, and no newline
+    os.write(2, b" and its end\\nafter it\\n")
+    print("still running")
+"""
+
+
+async def _worker(how: str, tmp_path: Path) -> tuple[WorkerProcess, ForkServer | None]:
+    env = {"PATH": "/usr/bin:/bin"}
+    if how == "spawned":
+        return await WorkerProcess.spawn(sys.executable, tmp_path, env), None
+    server = await ForkServer.start(sys.executable, tmp_path, env)
+    return await WorkerProcess.fork(server, tmp_path), server
+
+
+WORKERS = pytest.mark.parametrize(
+    "how",
+    [
+        "spawned",
+        pytest.param(
+            "forked",
+            marks=pytest.mark.skipif(not ForkServer.SUPPORTED, reason="fork server: Linux only"),
+        ),
+    ],
+)
+
+
+@WORKERS
+async def test_what_the_runner_keeps_of_a_workers_stderr_is_bounded(
+    how: str, tmp_path: Path
+) -> None:
+    """Its last lines, each cut to its start with a note of its length: a handler writing
+    huge lines to its stderr does not grow the runner (which serves every project)."""
+    (tmp_path / "loud.py").write_text(LOUD)
+    w, server = await _worker(how, tmp_path)
+    try:
+        frames = await asyncio.wait_for(
+            _session(w, tmp_path, "loud.py:floods", {}, durable=False), 60
+        )
+        assert frames[-1][0]["ok"] is True
+        assert await w.close() == 0  # (its stderr read to the end)
+    finally:
+        if server is not None:
+            await server.close()
+    tail = list(w.stderr_tail)
+    assert len(tail) == STDERR_TAIL and tail[-1] == "the last words\n"
+    cut = f" [... cut: a line of {(1 << 20) + 8:,} bytes, its first {STDERR_LINE:,} kept]\n"
+    assert tail[-2] == "line 29 " + "y" * (STDERR_LINE - 8) + cut
+    assert sum(map(len, tail)) < STDERR_TAIL * (STDERR_LINE + 100)
+
+
+@WORKERS
+async def test_a_stderr_line_longer_than_any_limit_does_not_stop_the_worker(
+    how: str, tmp_path: Path
+) -> None:
+    """The runner goes on reading the pipe (a reader that gave up would leave the worker
+    blocked writing to it, its session hung), and goes on keeping what follows."""
+    (tmp_path / "loud.py").write_text(LOUD)
+    w, server = await _worker(how, tmp_path)
+    try:
+        session = _session(w, tmp_path, "loud.py:writes_an_endless_line", {}, durable=False)
+        frames = await asyncio.wait_for(session, 60)
+        assert [b for h, b in frames if h["type"] == "print"] == [b"still running\n"]
+        assert frames[-1][0]["ok"] is True
+        assert await w.close() == 0
+    finally:
+        if server is not None:
+            await server.close()
+    cut = f" [... cut: a line of {(65 << 20) + 12:,} bytes, its first {STDERR_LINE:,} kept]\n"
+    assert list(w.stderr_tail) == ["z" * STDERR_LINE + cut, "after it\n", "still running\n"]
