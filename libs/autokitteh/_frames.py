@@ -35,6 +35,10 @@ from ._typed import TypeMismatch, typed
 
 # Characters of one print kept; a longer print is cut and says so.
 MAX_PRINT = 256 * 1024
+# Characters kept of a session's or an activity's error, and of a traceback; the middle of a
+# longer one is cut and says so. Both fit in a frame's header (MAX_HEADER) even with every
+# character escaped in JSON (up to 12 bytes one).
+MAX_ERROR = 32 * 1024
 
 
 class FrameError(ValueError):
@@ -121,6 +125,16 @@ def cut_print(text: str) -> tuple[str, int]:
         return text, 0
     marker = f"\n[... cut: {len(text):,} characters printed, the first {MAX_PRINT:,} kept]"
     return text[:MAX_PRINT] + marker, len(text)
+
+
+def cut_middle(text: str, limit: int = MAX_ERROR) -> str:
+    """``text`` within about ``limit`` characters: its start and its end, and a line between
+    them that says how much was cut. A text cut already is left as it is."""
+    if len(text) <= limit + _MARKER_ROOM:
+        return text
+    half = limit // 2
+    marker = f"\n[... cut: {len(text) - 2 * half:,} of {len(text):,} characters ...]\n"
+    return text[:half] + marker + text[-half:]
 
 
 _MARKER_ROOM = 100  # the marker's length, at most

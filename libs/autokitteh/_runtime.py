@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from . import activities
 from ._channel import FrameTooLarge
-from ._frames import cut_print
+from ._frames import cut_middle, cut_print
 from ._gate import Decision, decide, short_name
 from .errors import AutoKittehError
 
@@ -235,8 +235,8 @@ class Runtime:
             "t1_ns": time.time_ns(),
         }
         if not ok:
-            header["error"] = _describe(value)
-            header["error_type"] = type(value).__name__
+            header["error"] = cut_middle(_describe(value))
+            header["error_type"] = cut_middle(type(value).__name__, 1024)
         reply, _ = self.channel.call(header, blob)  # write-ahead: acked before it is used
         self._take_grant(reply)
 

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 from . import _runtime, _values
 from ._channel import encode_frame, read_frame
+from ._frames import cut_middle
 from ._loader import UserCodeFinder, real_path
 from .activities import ACTIVITY_ATTR
 from .body import with_body
@@ -211,10 +212,10 @@ def _failed(
     non-determinism), load failures and missing modules are also printed, so
     `ak session prints` shows what to do."""
     if isinstance(e, _runtime.Fatal):
-        err, tb = str(e), format_error(e, code_dir)[1]
+        err, tb = cut_middle(str(e)), cut_middle(format_error(e, code_dir)[1])
         ch.send({"type": "print"}, err.encode("utf-8", "replace"))
     else:
-        err, tb = format_error(e, code_dir)
+        err, tb = (cut_middle(x) for x in format_error(e, code_dir))
         if loading or isinstance(e, ModuleNotFoundError):
             text = f"{err}\n\n{tb}"
             if isinstance(e, ModuleNotFoundError):
@@ -225,7 +226,7 @@ def _failed(
         "ok": False,
         "error": err,
         "traceback": tb,
-        "error_type": type(e).__name__,
+        "error_type": cut_middle(type(e).__name__, 1024),
     }
 
 

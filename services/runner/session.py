@@ -40,6 +40,7 @@ from autokitteh._frames import (
     PrintFrame,
     StepFrame,
     SyscallFrame,
+    cut_middle,
     cut_print,
     parse,
 )
@@ -775,8 +776,10 @@ class SessionRun:
         if f.ok:
             await self.end(wire.COMPLETED, result=blob or None)
         else:
+            # (Cut by the worker already; again here, where a handler's own frame is not.)
             error = self._over_memory(f.error_type == "MemoryError") or f.error or "error"
-            await self.end(wire.ERROR, error, f.traceback, error_type=f.error_type)
+            error, traceback = cut_middle(error), cut_middle(f.traceback)
+            await self.end(wire.ERROR, error, traceback, error_type=cut_middle(f.error_type, 1024))
 
     async def _step(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
         """A durable step: recorded (replayed) or live. Steps come in order, one at a time."""

@@ -36,6 +36,9 @@ project:
     - name: boom_long
       call: handlers.py:explode_long
       webhook: {{}}
+    - name: boom_huge
+      call: handlers.py:explode_huge
+      webhook: {{}}
     - name: dies_loudly
       call: handlers.py:dies_loudly
       webhook: {{}}
@@ -90,6 +93,10 @@ def explode(event):
 
 def explode_long(event):
     helper.fail("boom " * 40_000)
+
+
+def explode_huge(event):
+    helper.fail("start " + "boom " * (2 << 20) + "end")
 
 
 def dies_loudly(event):
@@ -147,6 +154,7 @@ def project(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "filtered",
         "boom",
         "boom_long",
+        "boom_huge",
         "dies_loudly",
         "missing",
         "asyncy",
@@ -255,6 +263,20 @@ def test_an_exception_with_a_long_message_is_the_sessions_error(
     s = _wait_for_session(stack, _fire(stack, "POST", project["boom_long"]))
     assert s["state"] == "ERROR"
     assert s["error"].startswith("error: ValueError('boom boom "), s["error"][:300]
+
+
+def test_an_exception_with_a_huge_message_is_the_sessions_error_cut(
+    stack: Stack, project: dict[str, str]
+) -> None:
+    """A message of megabytes (more than the worker's frame to the runner can hold): the
+    session still ends with it, its start and its end kept and the middle cut."""
+    s = _wait_for_session(stack, _fire(stack, "POST", project["boom_huge"]))
+    assert s["state"] == "ERROR"
+    error, tb = s["error"], s["traceback"]
+    assert error.startswith("error: ValueError('start boom boom "), error[:300]
+    assert error.endswith(" boom end')") and "\n[... cut: " in error
+    assert len(error) < 40_000 and len(tb) < 40_000
+    assert 'helper.py", line' in tb and tb.rstrip().endswith("boom boom end")
 
 
 def test_a_worker_that_dies_after_huge_stderr_lines_ends_its_session_with_their_tail(

@@ -20,6 +20,7 @@ from ak_runner.worker import (
     WorkerPool,
     WorkerProcess,
 )
+from autokitteh._frames import MAX_ERROR
 from autokitteh._values import loads
 from autokitteh._worker import EXIT_PARENT_GONE
 
@@ -481,6 +482,10 @@ def writes_an_endless_line(event):
     os.write(2, b"z" * (65 << 20))  # longer than any reader's limit, and no newline
     os.write(2, b" and its end\\nafter it\\n")
     print("still running")
+
+
+def fails_at_length(event):
+    raise ValueError("boom " * (2 << 20))
 """
 
 
@@ -547,3 +552,28 @@ async def test_a_stderr_line_longer_than_any_limit_does_not_stop_the_worker(
             await server.close()
     cut = f" [... cut: a line of {(65 << 20) + 12:,} bytes, its first {STDERR_LINE:,} kept]\n"
     assert list(w.stderr_tail) == ["z" * STDERR_LINE + cut, "after it\n", "still running\n"]
+
+
+async def test_an_exception_with_a_huge_message_ends_its_session_with_it_cut(
+    tmp_path: Path,
+) -> None:
+    """Its message (and its traceback) are cut in the middle to fit the frame that ends the
+    session: the session still says what it raised, not that its worker crashed."""
+    (tmp_path / "loud.py").write_text(LOUD)
+    done, _ = (await _session_of(tmp_path, "loud.py:fails_at_length"))[-1]
+    assert done["ok"] is False and done["error_type"] == "ValueError"
+    error, tb = done["error"], done["traceback"]
+    size = len("error: ValueError('')") + 5 * (2 << 20)
+    assert error.startswith("error: ValueError('boom boom ") and error.endswith(" boom ')")
+    assert f"\n[... cut: {size - MAX_ERROR:,} of {size:,} characters ...]\n" in error
+    assert len(error) < MAX_ERROR + 100 and len(tb) < MAX_ERROR + 100
+    assert tb.startswith("Traceback (most recent call last):\n") and 'loud.py", line' in tb
+    assert tb.endswith(" boom boom \n") and "\n[... cut: " in tb
+
+
+async def _session_of(tmp_path: Path, entry: str) -> list[tuple[dict[str, Any], bytes]]:
+    w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
+    try:
+        return await asyncio.wait_for(_session(w, tmp_path, entry, {}, durable=False), 60)
+    finally:
+        await w.close()

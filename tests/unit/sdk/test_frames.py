@@ -8,11 +8,13 @@ import os
 import pytest
 from autokitteh._channel import read_frame
 from autokitteh._frames import (
+    MAX_ERROR,
     MAX_PRINT,
     ActivityFrame,
     FrameError,
     PrintFrame,
     StepFrame,
+    cut_middle,
     cut_print,
     parse,
 )
@@ -57,6 +59,17 @@ def test_a_long_print_is_cut_once() -> None:
     )
     assert cut_print(cut) == (cut, 0)  # the runner leaves what the worker cut as it is
     assert cut_print("short") == ("short", 0)
+
+
+def test_a_long_error_is_cut_in_the_middle_once() -> None:
+    text = "a" * MAX_ERROR + "b" * 10_000_000 + "c" * MAX_ERROR
+    cut = cut_middle(text)
+    n = len(text) - MAX_ERROR
+    assert cut == "a" * (
+        MAX_ERROR // 2
+    ) + f"\n[... cut: {n:,} of {len(text):,} characters ...]\n" + "c" * (MAX_ERROR // 2)
+    assert cut_middle(cut) == cut  # the runner leaves what the worker cut as it is
+    assert cut_middle("short") == "short"
 
 
 def _frames(data: bytes) -> list[dict[str, object]]:
