@@ -48,6 +48,16 @@ def _wait_ready(stack: Stack, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def _accepted(stack: Stack, path: str, numbers: range) -> set[str]:
+    """Posts a webhook for each number, each to be accepted (202); their event ids."""
+    events = set()
+    for n in numbers:
+        status, event = stack.post_json(path, {"n": n})
+        assert status == 202, stack.output()[-3000:]
+        events.add(event)
+    return events
+
+
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -79,11 +89,7 @@ def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
         time.sleep(1)
         nats, _ = natsserver.start(store, port=port, log_file=tmp_path / "nats.log", auth=auth)
         _wait_ready(stack)
-        after = set()
-        for n in range(10, 20):
-            status, event = stack.post_json(path, {"n": n})
-            assert status == 202, stack.output()[-3000:]
-            after.add(event)
+        after = _accepted(stack, path, range(10, 20))
         _wait_completed(stack, before | after, timeout=60)
         assert password not in stack.output()
     finally:
@@ -129,11 +135,7 @@ def test_ak_up_restarts_its_embedded_nats_server(tmp_path: Path) -> None:
         conf = tmp_path / "data" / "autokitteh" / "nats" / "nats-server.conf"
         assert f'listen: "127.0.0.1:{port}"' in conf.read_text()  # where the services look
         _wait_ready(stack)
-        after = set()
-        for n in range(10, 20):
-            status, event = stack.post_json(path, {"n": n})
-            assert status == 202, stack.output()[-3000:]
-            after.add(event)
+        after = _accepted(stack, path, range(10, 20))
         _wait_completed(stack, before | after, timeout=90)
     finally:
         code = stack.stop()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,63 +17,76 @@ from ak_ingress.app import create_app
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
 from akcore.config import Settings
+from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from .conftest import running
 from .helpers import api_headers, deploy, eventually
 
 
-async def test_webhook_to_event(settings: Settings) -> None:
+@asynccontextmanager
+async def _ingress(
+    settings: Settings,
+) -> AsyncIterator[tuple[Client, dict[str, Any], httpx.AsyncClient]]:
+    """A store, project p deployed with one webhook trigger, and ingress's app in this
+    process: a NATS connection, the deployment and an HTTP client of the app."""
     async with running(run_store, settings, "store"):
         nc = await bus.connect(settings.nats_url, "ingress-test")
-        js = nc.jetstream()
-        d = await deploy(nc, "p", {"simple.py": b""})
-        slug = d["trigger"]["webhook_slug"]
-        transport = httpx.ASGITransport(app=create_app(nc))
-        auth = await api_headers(nc)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            r = await http.post(
-                f"/webhooks/{slug}/sub?q=1",
-                content=b'{"a": 1}',
-                headers={"Content-Type": "application/json"},
-            )
-            assert r.status_code == 202 and r.content == b""
-            eid = r.headers["AutoKitteh-Event-ID"]
-            assert r.headers["Cache-Control"] == "no-cache"
-            msg = await js.get_last_msg(
-                subjects.STREAM_EVENTS, subjects.event_subject(d["project_id"], eid)
-            )
-            ev = wire.decode(wire.Event, msg.data or b"")
-            assert ev.event_type == "post" and ev.destination_id == d["trigger"]["trigger_id"]
-            assert ev.data["url"] == {
-                "path": f"/webhooks/{slug}/sub",
-                "path_suffix": "sub",
-                "query": {"q": "1"},
-            }
-            assert ev.data["raw_url"] == f"/webhooks/{slug}/sub?q=1"
-            assert ev.data["body"]["json"] == {"a": 1}
+        try:
+            d = await deploy(nc, "p", {"simple.py": b""})
+            transport = httpx.ASGITransport(app=create_app(nc))
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                yield nc, d, http
+        finally:
+            await nc.close()
 
-            assert (await http.get("/webhooks/aaaaaaaaaaaaaaaaaaaaaaaaaa")).status_code == 404
-            big = await http.post(f"/webhooks/{slug}", content=b"x" * (512 * 1024 + 1))
-            assert big.status_code == 413
-            # The CLI's API: msgpack in, msgpack out, status from the error kind.
-            api = await http.post(
-                "/api/project.get",
-                content=wire.encode(wire.StoreRequest({"project": "zzz"})),
-                headers=auth,
-            )
-            assert api.status_code == 404
-            assert wire.decode(wire.StoreReply, api.content).error == 'project "zzz" not found'
-            ok = await http.post(
-                "/api/project.get",
-                content=wire.encode(wire.StoreRequest({"project": "p"})),
-                headers=auth,
-            )
-            assert wire.decode(wire.StoreReply, ok.content).result["project_id"] == d["project_id"]
-            # Dispatcher and runner are not running here, so the stack is not ready.
-            ready = await http.get("/readyz")
-            assert ready.status_code == 503 and "dispatcher" in ready.text
-        await nc.close()
+
+async def test_webhook_to_event(settings: Settings) -> None:
+    async with _ingress(settings) as (nc, d, http):
+        js = nc.jetstream()
+        slug = d["trigger"]["webhook_slug"]
+        auth = await api_headers(nc)
+        r = await http.post(
+            f"/webhooks/{slug}/sub?q=1",
+            content=b'{"a": 1}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 202 and r.content == b""
+        eid = r.headers["AutoKitteh-Event-ID"]
+        assert r.headers["Cache-Control"] == "no-cache"
+        msg = await js.get_last_msg(
+            subjects.STREAM_EVENTS, subjects.event_subject(d["project_id"], eid)
+        )
+        ev = wire.decode(wire.Event, msg.data or b"")
+        assert ev.event_type == "post" and ev.destination_id == d["trigger"]["trigger_id"]
+        assert ev.data["url"] == {
+            "path": f"/webhooks/{slug}/sub",
+            "path_suffix": "sub",
+            "query": {"q": "1"},
+        }
+        assert ev.data["raw_url"] == f"/webhooks/{slug}/sub?q=1"
+        assert ev.data["body"]["json"] == {"a": 1}
+
+        assert (await http.get("/webhooks/aaaaaaaaaaaaaaaaaaaaaaaaaa")).status_code == 404
+        big = await http.post(f"/webhooks/{slug}", content=b"x" * (512 * 1024 + 1))
+        assert big.status_code == 413
+        # The CLI's API: msgpack in, msgpack out, status from the error kind.
+        api = await http.post(
+            "/api/project.get",
+            content=wire.encode(wire.StoreRequest({"project": "zzz"})),
+            headers=auth,
+        )
+        assert api.status_code == 404
+        assert wire.decode(wire.StoreReply, api.content).error == 'project "zzz" not found'
+        ok = await http.post(
+            "/api/project.get",
+            content=wire.encode(wire.StoreRequest({"project": "p"})),
+            headers=auth,
+        )
+        assert wire.decode(wire.StoreReply, ok.content).result["project_id"] == d["project_id"]
+        # Dispatcher and runner are not running here, so the stack is not ready.
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and "dispatcher" in ready.text
 
 
 async def test_kept_webhook_lookups_are_forgotten_when_the_store_changes(
@@ -103,34 +119,29 @@ async def test_an_event_not_acknowledged_in_time_is_a_504_that_names_it(
     a refusal (the event sits in the server's socket and is stored once it runs again), so
     ingress says so (504, the event's id) instead of a 503 that reads as not stored."""
     monkeypatch.setattr(ak_app, "PUBLISH_WITHIN", 1.0)
-    async with running(run_store, settings, "store"):
-        nc = await bus.connect(settings.nats_url, "ingress-test")
+    async with _ingress(settings) as (nc, d, http):
         js = nc.jetstream()
-        d = await deploy(nc, "p", {"simple.py": b""})
         slug = d["trigger"]["webhook_slug"]
-        transport = httpx.ASGITransport(app=create_app(nc))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            assert (await http.post(f"/webhooks/{slug}", content=b"1")).status_code == 202
-            server = _nats_server_of(tmp_path)
-            os.kill(server, signal.SIGSTOP)
+        assert (await http.post(f"/webhooks/{slug}", content=b"1")).status_code == 202
+        server = _nats_server_of(tmp_path)
+        os.kill(server, signal.SIGSTOP)
+        try:
+            r = await http.post(f"/webhooks/{slug}", content=b"2")
+        finally:
+            os.kill(server, signal.SIGCONT)
+        assert r.status_code == 504, r.text
+        assert "may still be stored" in r.text
+        eid = r.headers["AutoKitteh-Event-ID"]
+
+        async def stored() -> bool:
             try:
-                r = await http.post(f"/webhooks/{slug}", content=b"2")
-            finally:
-                os.kill(server, signal.SIGCONT)
-            assert r.status_code == 504, r.text
-            assert "may still be stored" in r.text
-            eid = r.headers["AutoKitteh-Event-ID"]
+                subject = subjects.event_subject(d["project_id"], eid)
+                await js.get_last_msg(subjects.STREAM_EVENTS, subject)
+                return True
+            except NotFoundError:
+                return False
 
-            async def stored() -> bool:
-                try:
-                    subject = subjects.event_subject(d["project_id"], eid)
-                    await js.get_last_msg(subjects.STREAM_EVENTS, subject)
-                    return True
-                except NotFoundError:
-                    return False
-
-            await eventually(stored, timeout=30)  # as the 504 said it might be
-        await nc.close()
+        await eventually(stored, timeout=30)  # as the 504 said it might be
 
 
 def _nats_server_of(tmp_path: Path) -> int:

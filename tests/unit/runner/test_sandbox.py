@@ -446,15 +446,10 @@ for pid in kids:
 """
 
 
-@root_only
-def test_pages_forked_children_share_count_once() -> None:
-    """A handler that touches 100 MiB and forks three children uses about 100 MiB, not 400:
-    the memory watch must not stop a legitimate multiprocessing handler."""
-    from ak_runner.sandbox import resident_by_user
-
-    uid = 779996  # outside the workers' range: no stack's worker can hold it meanwhile
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _SHARER],
+def _python_as(uid: int, script: str, *args: str) -> subprocess.Popen[bytes]:
+    """``script`` run by an isolated Python as user ``uid``, its stdin and stdout piped."""
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", script, *args],
         user=uid,
         group=uid,
         extra_groups=[],
@@ -462,6 +457,16 @@ def test_pages_forked_children_share_count_once() -> None:
         stdout=subprocess.PIPE,
         cwd="/",
     )
+
+
+@root_only
+def test_pages_forked_children_share_count_once() -> None:
+    """A handler that touches 100 MiB and forks three children uses about 100 MiB, not 400:
+    the memory watch must not stop a legitimate multiprocessing handler."""
+    from ak_runner.sandbox import resident_by_user
+
+    uid = 779996  # outside the workers' range: no stack's worker can hold it meanwhile
+    proc = _python_as(uid, _SHARER)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         used = resident_by_user([uid])[uid]
@@ -559,16 +564,8 @@ def test_a_freed_user_id_keeps_no_ipc_object_or_lock_file_of_its_last_worker() -
     name = f"ak-ipc-{os.getpid()}"
     shared = Path(tempfile.mkdtemp(prefix="ak-shared-", dir="/tmp"))  # like /tmp/.X11-unix
     shared.chmod(0o1777)
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _LITTER_IPC, hex(0x5EED0000 + os.getpid() % 0xFFFF)]
-        + [name, str(shared)],
-        user=uid,
-        group=uid,
-        extra_groups=[],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd="/",
-    )
+    key = hex(0x5EED0000 + os.getpid() % 0xFFFF)
+    proc = _python_as(uid, _LITTER_IPC, key, name, str(shared))
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"left"
         assert sorted(kind for kind, _ in _ipc_of(uid)) == ["msg", "sem", "shm"]
