@@ -330,16 +330,23 @@ class Publisher:
         """``publish``, tried again while it fails for a reason that may pass (a cluster
         electing a stream's leader after losing a node takes a few seconds), for up to
         ``seconds``. ``headers`` must carry a ``Nats-Msg-Id``: a try that was stored after
-        all makes the next one a duplicate, not a second message."""
+        all makes the next one a duplicate, not a second message. When a try went
+        unanswered (it may be stored yet), giving up raises ``asyncio.TimeoutError``
+        whatever the last try's error was."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         pause = 0.1
+        unanswered: BaseException | None = None
         while True:
             left = deadline - loop.time()
             try:
                 return await self.publish(subject, payload, headers, max(0.1, min(2.0, left)))
             except Exception as e:
+                if isinstance(e, asyncio.TimeoutError):
+                    unanswered = e
                 if not may_pass(e) or is_full(e) or loop.time() + pause >= deadline:
+                    if unanswered is not None and unanswered is not e:
+                        raise TimeoutError(f"a try went unanswered; the last: {e!r}") from e
                     raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)

@@ -74,6 +74,33 @@ async def test_publish_within_waits_out_a_stream_that_cannot_take_it_yet(nats_ur
     await nc.close()
 
 
+async def test_publish_within_says_unanswered_when_any_try_went_unanswered(
+    nats_url: str,
+) -> None:
+    """Its first try taken and never answered (it may be stored yet), its later ones
+    refused: giving up must not read as "not stored" (ingress answers 504, not 503)."""
+    nc = await bus.connect(nats_url, "t")
+
+    async def silent(_: Msg) -> None:  # takes the message, never answers
+        pass
+
+    sub = await nc.subscribe("gone.>", cb=silent)
+
+    class FirstUnanswered(Counting):
+        async def publish(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            try:
+                return await super().publish(*args, **kwargs)
+            except NatsTimeout:
+                await sub.unsubscribe()  # later tries: nobody takes the subject
+                raise
+
+    pub = FirstUnanswered(nc)
+    with pytest.raises(asyncio.TimeoutError, match="a try went unanswered; the last"):
+        await pub.publish_within(3.0, "gone.x", b"z", {"Nats-Msg-Id": "u1"})
+    assert pub.tries >= 2
+    await nc.close()
+
+
 async def test_a_timed_puller_says_when_a_message_was_asked_for(nats_url: str) -> None:
     """A message delivered before the loop stalled is known as old after it: a runner must
     not take a job delivered before a stall for a fresh one (its lease runs from then)."""
