@@ -66,6 +66,10 @@ class Child:
         delay, what = self.restarts.after(code, now - self.started, how)
         self.proc = None
         if delay <= 0:
+            if how:  # it did not start: tried again from the loop (which may be stopping)
+                say(f"{self.service} {what}")
+                self.restart_at = now
+                return
             say(f"{self.service} {what}; restarting it now")
             self.start()
             return

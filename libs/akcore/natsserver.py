@@ -42,6 +42,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _free(host: str, port: int) -> bool:
+    """Whether nothing listens on ``host:port`` (as the server binds: reusing an address
+    that only has connections closing)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def start(
     store_dir: Path,
     port: int = 0,
@@ -62,6 +74,8 @@ def start(
     """
     if sync not in SYNC_CHOICES:
         raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)} (got {sync!r})")
+    if port and not _free(host, port):  # (else whatever listens there looks like it)
+        raise RuntimeError(f"port {port} of {host} is taken by another process")
     port = port or free_port(host)
     store_dir.mkdir(parents=True, exist_ok=True)
     conf = store_dir / "nats-server.conf"

@@ -59,3 +59,16 @@ def test_ak_up_refuses_an_unknown_sync_setting() -> None:
     )
     assert res.returncode == 1
     assert res.stderr == "Error: AK_NATS__SYNC must be always or default (got 'sometimes')\n"
+
+
+def test_a_port_another_process_listens_on_is_refused(tmp_path: Path) -> None:
+    """Whatever listens on the port would pass for the server (and get the services'
+    passwords): `ak up` restarting its nats-server must hear that the port is taken."""
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"port {port} of 127.0.0.1 is taken"):
+            natsserver.start(tmp_path / "nats", port=port)

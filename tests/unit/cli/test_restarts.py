@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import time
 
+import pytest
 from ak_cli.restarts import CRASH_LOOP, MAX_BACKOFF, QUICK, Restarts, describe
 
 KILLED = -signal.SIGKILL
@@ -42,3 +45,30 @@ def test_descriptions() -> None:
     assert describe(1, 0.84) == "exited with code 1 after 0.8s"
     assert describe(-signal.SIGSEGV, 2.0) == "died of SIGSEGV after 2.0s"
     assert describe(-200, 2.0) == "died of signal 200 after 2.0s"
+
+
+def test_a_child_that_cannot_start_is_tried_again_from_the_loop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A launch that fails (nats-server's port taken) is reported and left to the next
+    check, so that `ak up` goes on supervising the others and hears Ctrl-C meanwhile; a
+    crash loop of them backs off."""
+    from ak_cli.up import Child
+
+    tries: list[float] = []
+
+    def launch() -> subprocess.Popen[bytes]:
+        tries.append(time.monotonic())
+        raise RuntimeError("port 4222 of 127.0.0.1 is taken by another process")
+
+    child = Child("nats-server", launch)
+    child.start()
+    assert len(tries) == 1 and child.proc is None  # not tried again within start()
+    child.check()
+    child.check()
+    assert len(tries) == 3
+    child.check()  # the third failed start in a row: a crash loop, it waits
+    assert len(tries) == 3
+    err = capsys.readouterr().err
+    assert "[ak] nats-server did not start (port 4222 of 127.0.0.1 is taken" in err
+    assert "crash loop; restarting it in 1s" in err
