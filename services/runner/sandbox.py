@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import logging
 import os
 import random
@@ -163,26 +164,38 @@ class UserIds:
     def __init__(self, first: int, last: int, locks: Path) -> None:
         self.first, self.last, self._locks = first, last, locks
         self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
+        # Ids a System V segment of still holds (see ``_clear``): not handed out meanwhile.
+        self._unclear: set[int] = set()
 
     async def take(self) -> int:
         """A free user id, with no process left running as it and nothing of it left in the
         shared directories or among System V IPC objects (a runner that died could not
         clear them)."""
-        locking = asyncio.ensure_future(asyncio.to_thread(self._lock_one))
-        try:
-            uid = await asyncio.shield(locking)  # a cancelled taker leaves no id held
-        except asyncio.CancelledError:
-            locking.add_done_callback(self._release_abandoned)
-            raise
-        clearing = asyncio.ensure_future(asyncio.to_thread(_clear, uid))
-        try:
-            await asyncio.shield(clearing)
-        except BaseException:  # freed once the clear is over (it may kill what it finds)
-            clearing.add_done_callback(lambda done: self._release_cleared(uid, done))
-            raise
-        return uid
+        self._unclear -= {uid for uid in self._unclear if not _segments_of(uid)}
+        while True:
+            locking = asyncio.ensure_future(asyncio.to_thread(self._lock_one))
+            try:
+                uid = await asyncio.shield(locking)  # a cancelled taker leaves no id held
+            except asyncio.CancelledError:
+                locking.add_done_callback(self._release_abandoned)
+                raise
+            clearing = asyncio.ensure_future(asyncio.to_thread(_clear, uid))
+            try:
+                clear = await asyncio.shield(clearing)
+            except BaseException:  # freed once the clear is over (it may kill what it finds)
+                clearing.add_done_callback(functools.partial(self._release_cleared, uid))
+                raise
+            if clear:
+                return uid
+            log.warning(
+                "user %d: a System V shared memory segment it made is still attached by "
+                "another user's process; the id is not handed out until it goes",
+                uid,
+            )
+            self._unclear.add(uid)
+            self._release(uid)
 
-    def _release_cleared(self, uid: int, clearing: asyncio.Future[None]) -> None:
+    def _release_cleared(self, uid: int, clearing: asyncio.Future[bool]) -> None:
         if not clearing.cancelled() and clearing.exception() is not None:
             log.warning("user %d: clearing it failed: %s", uid, clearing.exception())
         self._release(uid)
@@ -201,7 +214,7 @@ class UserIds:
         start = random.randrange(count)  # runners starting together rarely meet
         for i in range(count):
             uid = self.first + (start + i) % count
-            if uid in self._held:
+            if uid in self._held or uid in self._unclear:
                 continue
             fd = os.open(self._locks / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -240,10 +253,20 @@ SHARED_TEMP = (
 SHARED_DEPTH = 8  # how deep the clear looks into others' world-writable directories
 
 
-def _clear(uid: int) -> None:
+def _clear(uid: int) -> bool:
+    """Kills what runs as ``uid`` and removes what it left (``give_back``); whether nothing
+    of it is left: a System V segment removed while a process of another user still has
+    it attached lives on, its creator's, until that one detaches (a worker given the id
+    meanwhile could attach it again by its id, and would be charged with it)."""
     kill_user(uid)
     remove_files_of(uid, (*SHARED_TEMP, *filter(None, [mqueue_dir()])))
     remove_ipc_of(uid)
+    return not _segments_of(uid)
+
+
+def _segments_of(uid: int) -> bool:
+    """Whether a System V shared memory segment that ``uid`` made or owns exists."""
+    return any(uid in (seg.get("uid"), seg.get("cuid")) for seg in sysv_objects("shm"))
 
 
 def remove_files_of(uid: int, roots: tuple[Path, ...] = SHARED_TEMP) -> int:

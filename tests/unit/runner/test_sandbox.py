@@ -634,3 +634,52 @@ async def test_system_v_shared_memory_a_user_made_counts_against_its_memory_limi
         assert resident_by_user([uid])[uid] == 0
     finally:
         remove_ipc_of(uid)
+
+
+# A segment anyone may attach (made by the first user, attached by the second until told).
+_SHM_SHARED = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+if sys.argv[1] == "make":
+    shm = libc.shmget(0, 1 << 20, 0o1000 | 0o666)
+    print(shm, flush=True)
+    sys.exit(0 if shm != -1 else 1)
+addr = libc.shmat(int(sys.argv[2]), None, 0)
+print("attached" if addr not in (None, ctypes.c_void_p(-1).value) else "no", flush=True)
+sys.stdin.read(1)
+"""
+
+
+@root_only
+async def test_an_id_whose_segment_another_user_holds_is_not_handed_out(
+    tmp_path: Path,
+) -> None:
+    """A segment removed while another user's process has it attached lives on, its
+    maker's: the id that made it is not handed out until it is gone (its next worker,
+    maybe another project's, could attach it again by its id and be charged with it)."""
+    from ak_runner.sandbox import UserIds
+
+    maker, holder = 779993, 779992  # outside the workers' range
+    made = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _SHM_SHARED, "make"],
+        user=maker,
+        group=maker,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        check=True,
+    )
+    shmid = made.stdout.decode().strip()
+    proc = _python_as(holder, _SHM_SHARED, "attach", shmid)
+    ids = UserIds(maker, maker, tmp_path)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"attached"
+        with pytest.raises(OSError, match="worker user ids are in use"):
+            await ids.take()  # removed (marked), but attached: not handed out
+        assert [kind for kind, _ in _ipc_of(maker)] == ["shm"]
+    finally:
+        proc.communicate(b"x", timeout=30)
+    assert _ipc_of(maker) == []  # detached: gone
+    assert await ids.take() == maker
+    await ids.give_back(maker)
