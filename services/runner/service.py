@@ -108,18 +108,20 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
 
 def retry_delay(delivery: int) -> float:
     """Seconds before a job whose attempt failed for a passing reason comes back."""
-    return min(2.0 ** (delivery - 1), 30.0)
+    return min(2.0 ** min(delivery - 1, 5), 30.0)  # (2.0 ** 1024 overflows)
 
 
-def waiting_deliveries(limit: int) -> int:
-    """How many deliveries a job can spend finding no `created` record before it is
-    dropped: it is dropped once past ``limit`` deliveries and past JetStream's duplicate
-    window, the time its deliveries' ``retry_delay``s add up to at the least."""
-    waited, deliveries = 0.0, 0
-    while waited < bus.DUPLICATE_WINDOW:
+def waiting_deliveries(waited: float) -> int:
+    """How many deliveries of a job can have come within ``waited`` seconds of its first
+    (each comes ``retry_delay`` or more after the one before)."""
+    deliveries, at = 1, 0.0
+    while (at := at + retry_delay(deliveries)) <= waited:
         deliveries += 1
-        waited += retry_delay(deliveries)
-    return max(limit, deliveries)
+    return deliveries
+
+
+# Seconds by which the clock of a `created` record's writer may differ from NATS's.
+CLOCK_SLACK = 2.0
 
 
 # Fetches started ahead of an attempt's need (``Host.ready_ahead``): held until they end.
@@ -183,11 +185,13 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
         # Attempts that failed: since the session last parked, as its journal says (a wake
         # job is a new message), or as its deliveries say when more (a runner that died
         # before its attempt's first record). Before any attempt has started, deliveries
-        # may have found no `created` record yet (its publisher tried again): those ran
-        # nothing, and up to as many as could have waited for it are not counted.
+        # may have found no `created` record yet (its publisher's next try stored it
+        # later): those ran nothing, and as many as can have come before it was written
+        # are not counted.
         failed = max(history.started_since_park, delivery - 1)
-        if not history.attempts:
-            failed = max(0, delivery - 1 - waiting_deliveries(limit))
+        if not history.attempts and records[0].kind == wire.CREATED:
+            late = records[0].t_us / 1e6 - _published(msg)
+            failed = max(0, delivery - 1 - waiting_deliveries(late + CLOCK_SLACK))
         attempt = history.attempts + 1
         if failed >= limit:
             return await _run(host, msg, job, lease, history, last, attempt).fail(
@@ -205,10 +209,15 @@ async def _attempt(host: Host, msg: Msg, job: wire.Job, lease: Lease, limit: int
     return await run.traced(tracing.extract(headers))
 
 
+def _published(msg: Msg) -> float:
+    """When the message was published (by the NATS server's clock; now if unknown)."""
+    stamp = msg.metadata.timestamp
+    return stamp.timestamp() if stamp else time.time()
+
+
 def _age(msg: Msg) -> float:
     """Seconds since the message was published (by the NATS server's clock)."""
-    stamp = msg.metadata.timestamp
-    return time.time() - stamp.timestamp() if stamp else 0.0
+    return time.time() - _published(msg)
 
 
 async def _ended_in_store(host: Host, job: wire.Job) -> bool:

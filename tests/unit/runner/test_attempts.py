@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
 from ak_runner.service import retry_delay, waiting_deliveries
-from akcore import bus
 
 
-@pytest.mark.parametrize("limit", [1, 2, 10, 40])
-def test_deliveries_that_may_wait_for_created_cover_the_duplicate_window(limit: int) -> None:
-    """A job is dropped for a `created` record that never came only once past its limit
-    and past the duplicate window: up to then every delivery may have found nothing, and
-    none of them may count against the session."""
-    waiting = waiting_deliveries(limit)
-    assert waiting >= limit
-    assert sum(retry_delay(k) for k in range(1, waiting + 1)) >= bus.DUPLICATE_WINDOW
-    # ... and no more than that: the first of those delays that reaches the window ends it.
-    if waiting > limit:
-        assert sum(retry_delay(k) for k in range(1, waiting)) < bus.DUPLICATE_WINDOW
+def test_deliveries_that_can_come_within_a_time() -> None:
+    """A job's deliveries come 1, 2, 4, 8, ... s apart (its naks' delays), at the least:
+    within ``waited`` seconds of its first, no more than these can have come."""
+    within = {0: 1, 0.9: 1, 1: 2, 2.9: 2, 3: 3, 6.9: 3, 7: 4, 60: 6, 61: 7}
+    assert {t: waiting_deliveries(t) for t in within} == within
+    assert waiting_deliveries(10**5) == 5 + (10**5 - 31) // 30 + 1
 
 
 def test_retry_delays_grow_to_half_a_minute() -> None:
     assert [retry_delay(k) for k in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert retry_delay(5000) == 30  # a job naked for hours (2.0 ** 4999 overflows)
