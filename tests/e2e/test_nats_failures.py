@@ -138,7 +138,7 @@ def test_ak_up_restarts_its_embedded_nats_server(tmp_path: Path) -> None:
         after = _accepted(stack, path, range(10, 20))
         _wait_completed(stack, before | after, timeout=90)
     finally:
-        code = stack.stop()
+        code = stack.stop(nats_restarted=True)
     assert code == 0
     assert "[ak] stopped" in stack.output()
 
