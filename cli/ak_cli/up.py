@@ -137,6 +137,7 @@ def up(
     env[config.ENV_HTTP_ADDR] = addr
     env.setdefault(config.ENV_DB_DSN, config.default_db_dsn())
     nats_child, users = None, None
+    stopping: list[bool] = []  # (Ctrl-C: see below)
     if not nats_url:
         users = natsauth.ensure_passwords(data / NATS_USERS)
         auth = natsauth.authorization_block(
@@ -145,7 +146,12 @@ def up(
 
         def start_nats(port: int) -> tuple[subprocess.Popen[bytes], str]:
             return natsserver.start(
-                data / "nats", port, log_file=data / "nats-server.log", sync=sync, auth=auth
+                data / "nats",
+                port,
+                log_file=data / "nats-server.log",
+                sync=sync,
+                auth=auth,
+                cancelled=lambda: bool(stopping),
             )
 
         nats_proc, nats_url = start_nats(int(env.get(config.ENV_NATS_PORT, "0")))
@@ -183,8 +189,6 @@ def up(
     say(f"Data home: {data}")
     say(f"API tokens: {tokens_note}")
     say(f"Sandbox:   {_sandbox_note()}")
-
-    stopping: list[bool] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         stopping.append(True)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -42,6 +43,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+LISTEN_WITHIN = 120.0  # seconds a started nats-server, still running, has to listen
+
+
 def _free(host: str, port: int) -> bool:
     """Whether nothing listens on ``host:port`` (as the server binds: reusing an address
     that only has connections closing)."""
@@ -63,6 +67,7 @@ def start(
     sync: str = "default",
     auth: str = "",
     max_file_store: str = "",
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Starts nats-server with JetStream; returns the process and its URL once it accepts.
 
@@ -70,7 +75,8 @@ def start(
     node of a JetStream cluster on ``host``. ``sync``: one of ``SYNC_CHOICES``. ``auth``:
     an ``authorization`` block (``natsauth.authorization_block``); none lets anyone in.
     ``max_file_store``: the most JetStream may keep on disk (``200MiB``; by default what
-    the disk has).
+    the disk has). ``cancelled``: asked while it waits for the server to listen; true, the
+    server is stopped and RuntimeError raised.
     """
     if sync not in SYNC_CHOICES:
         raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)} (got {sync!r})")
@@ -113,8 +119,10 @@ def start(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
     url = f"nats://{host}:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    # It listens once JetStream has read its store back: after a crash, a large store may
+    # take a while. A server that fails exits (checked below), so this is only a backstop.
+    deadline = time.monotonic() + LISTEN_WITHIN
+    while time.monotonic() < deadline and not cancelled():
         if proc.poll() is not None:
             raise RuntimeError(
                 f"nats-server exited with code {proc.returncode} (port {port} taken?)"
@@ -125,4 +133,9 @@ def start(
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"nats-server did not start listening on {host}:{port}")
+    proc.wait()
+    if cancelled():
+        raise RuntimeError("nats-server stopped while it started")
+    raise RuntimeError(
+        f"nats-server did not start listening on {host}:{port} within {LISTEN_WITHIN:g}s"
+    )

@@ -72,3 +72,13 @@ def test_a_port_another_process_listens_on_is_refused(tmp_path: Path) -> None:
         port = squatter.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"port {port} of 127.0.0.1 is taken"):
             natsserver.start(tmp_path / "nats", port=port)
+
+
+def test_a_start_cancelled_while_waiting_stops_the_server(tmp_path: Path) -> None:
+    """`ak up` hears Ctrl-C while its nats-server reads a large store back: the start gives
+    up and leaves no server running."""
+    with pytest.raises(RuntimeError, match="stopped while it started"):
+        natsserver.start(tmp_path / "nats", cancelled=lambda: True)
+    conf = str(tmp_path / "nats" / "nats-server.conf")
+    left = subprocess.run(["pgrep", "-f", conf], capture_output=True, text=True).stdout
+    assert left == ""
