@@ -159,6 +159,11 @@ class Stack:
 
     def pids(self, service: str) -> list[int]:
         """The processes of one service (``ak_<service>``) that `ak up` runs now."""
+        return self.processes(f"ak_{service}")
+
+    def processes(self, name: str) -> list[int]:
+        """The processes `ak up` runs now whose command line holds ``name`` (a zombie's
+        command line is empty: an ended one is not among them)."""
         out = subprocess.run(
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
         ).stdout
@@ -168,7 +173,7 @@ class Stack:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except FileNotFoundError:  # it exited meanwhile
                 continue
-            if f"ak_{service}".encode() in cmdline:
+            if name.encode() in cmdline:
                 found.append(int(pid))
         return found
 

@@ -97,23 +97,16 @@ def test_services_reconnect_after_a_nats_restart(tmp_path: Path) -> None:
         _stop(nats)
 
 
-def _embedded_nats(stack: Stack, not_pid: int = 0, timeout: float = 30) -> int:
+def _embedded_nats(stack: Stack, not_pid: int = 0) -> int:
     """The pid of `ak up`'s own nats-server (other than ``not_pid``), once there is one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kids = subprocess.run(
-            ["pgrep", "-P", str(stack.proc.pid)], capture_output=True, text=True
-        ).stdout
-        for pid in map(int, kids.split()):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if pid != not_pid and b"nats-server" in cmdline and state != "Z":
-                return pid
-        time.sleep(0.1)
-    raise AssertionError("no nats-server running under ak up:\n" + stack.output()[-3000:])
+    running: list[int] = []
+
+    def started() -> bool:
+        running[:] = [p for p in stack.processes("nats-server") if p != not_pid]
+        return bool(running)
+
+    stack.wait_until(started, "a nats-server running under ak up", 30)
+    return running[0]
 
 
 def test_ak_up_restarts_its_embedded_nats_server(tmp_path: Path) -> None:
