@@ -171,7 +171,8 @@ class UserIds:
         """A free user id, with no process left running as it and nothing of it left in the
         shared directories or among System V IPC objects (a runner that died could not
         clear them)."""
-        self._unclear -= {uid for uid in self._unclear if not _segments_of(uid)}
+        if self._unclear:
+            self._unclear &= _segment_users()
         while True:
             locking = asyncio.ensure_future(asyncio.to_thread(self._lock_one))
             try:
@@ -261,12 +262,12 @@ def _clear(uid: int) -> bool:
     kill_user(uid)
     remove_files_of(uid, (*SHARED_TEMP, *filter(None, [mqueue_dir()])))
     remove_ipc_of(uid)
-    return not _segments_of(uid)
+    return uid not in _segment_users()
 
 
-def _segments_of(uid: int) -> bool:
-    """Whether a System V shared memory segment that ``uid`` made or owns exists."""
-    return any(uid in (seg.get("uid"), seg.get("cuid")) for seg in sysv_objects("shm"))
+def _segment_users() -> set[int]:
+    """The user ids that made or own a System V shared memory segment that exists."""
+    return {seg[k] for seg in sysv_objects("shm") for k in ("uid", "cuid") if k in seg}
 
 
 def remove_files_of(uid: int, roots: tuple[Path, ...] = SHARED_TEMP) -> int:
@@ -342,10 +343,9 @@ def _find_mqueue() -> Path | None:
         return None
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
     try:
         _MQUEUE_OWN.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if libc.mount(b"mqueue", bytes(_MQUEUE_OWN), b"mqueue", 0, None) != 0:
+        if _libc().mount(b"mqueue", bytes(_MQUEUE_OWN), b"mqueue", 0, None) != 0:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     except OSError as e:
         log.warning(
@@ -359,6 +359,14 @@ def _find_mqueue() -> Path | None:
         _MQUEUE_OWN,
     )
     return _MQUEUE_OWN
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library, for the calls Python's ``os`` lacks (``mount``, ``shmctl``, ...)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 # --- System V IPC: shared memory segments, semaphore sets and message queues live on after
@@ -393,7 +401,7 @@ def remove_ipc_of(uid: int) -> int:
     process detaches: the user's processes must be gone first (``kill_user``)."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     removed = 0
     for kind, ident in (("shm", "shmid"), ("sem", "semid"), ("msg", "msqid")):
         for obj in sysv_objects(kind):
