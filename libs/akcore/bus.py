@@ -336,16 +336,16 @@ class Publisher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         pause = 0.1
-        unanswered: BaseException | None = None
+        unanswered = False
         while True:
             left = deadline - loop.time()
             try:
                 return await self.publish(subject, payload, headers, max(0.1, min(2.0, left)))
             except Exception as e:
-                if isinstance(e, asyncio.TimeoutError):
-                    unanswered = e
+                timed_out = isinstance(e, asyncio.TimeoutError)
+                unanswered |= timed_out
                 if not may_pass(e) or is_full(e) or loop.time() + pause >= deadline:
-                    if unanswered is not None and unanswered is not e:
+                    if unanswered and not timed_out:
                         raise TimeoutError(f"a try went unanswered; the last: {e!r}") from e
                     raise
             await asyncio.sleep(pause)

@@ -39,6 +39,7 @@ MAX_PRINT = 256 * 1024
 # longer one is cut and says so. Both fit in a frame's header (MAX_HEADER) even with every
 # character escaped in JSON (up to 12 bytes one).
 MAX_ERROR = 32 * 1024
+MAX_ERROR_TYPE = 1024  # characters kept of an error's type name
 
 
 class FrameError(ValueError):

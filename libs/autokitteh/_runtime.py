@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from . import activities
 from ._channel import FrameTooLarge
-from ._frames import cut_middle, cut_print
+from ._frames import MAX_ERROR_TYPE, cut_middle, cut_print
 from ._gate import Decision, decide, short_name
 from .errors import AutoKittehError
 
@@ -236,7 +236,7 @@ class Runtime:
         }
         if not ok:
             header["error"] = cut_middle(_describe(value))
-            header["error_type"] = cut_middle(type(value).__name__, 1024)
+            header["error_type"] = cut_middle(type(value).__name__, MAX_ERROR_TYPE)
         reply, _ = self.channel.call(header, blob)  # write-ahead: acked before it is used
         self._take_grant(reply)
 

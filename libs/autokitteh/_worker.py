@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 from . import _runtime, _values
 from ._channel import encode_frame, read_frame
-from ._frames import cut_middle
+from ._frames import MAX_ERROR_TYPE, cut_middle
 from ._loader import UserCodeFinder, real_path
 from .activities import ACTIVITY_ATTR
 from .body import with_body
@@ -226,7 +226,7 @@ def _failed(
         "ok": False,
         "error": err,
         "traceback": tb,
-        "error_type": cut_middle(type(e).__name__, 1024),
+        "error_type": cut_middle(type(e).__name__, MAX_ERROR_TYPE),
     }
 
 

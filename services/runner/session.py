@@ -34,6 +34,7 @@ from akcore.journalio import (
 )
 from akcore.sessions import job_data
 from autokitteh._frames import (
+    MAX_ERROR_TYPE,
     ActivityFrame,
     DoneFrame,
     FrameError,
@@ -779,7 +780,9 @@ class SessionRun:
             # (Cut by the worker already; again here, where a handler's own frame is not.)
             error = self._over_memory(f.error_type == "MemoryError") or f.error or "error"
             error, traceback = cut_middle(error), cut_middle(f.traceback)
-            await self.end(wire.ERROR, error, traceback, error_type=cut_middle(f.error_type, 1024))
+            await self.end(
+                wire.ERROR, error, traceback, error_type=cut_middle(f.error_type, MAX_ERROR_TYPE)
+            )
 
     async def _step(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
         """A durable step: recorded (replayed) or live. Steps come in order, one at a time."""
