@@ -52,8 +52,8 @@ ECHO = (
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
     """p50 and p90 in milliseconds, warm-up dropped."""
-    s = sorted(samples[WARMUP:])
-    return s[len(s) // 2] * 1e3, s[int(len(s) * 0.9)] * 1e3
+    kept = samples[WARMUP:]
+    return pl.pct(kept, 50) * 1e3, pl.pct(kept, 90) * 1e3
 
 
 def fsync_times(where: Path, count: int) -> list[float]:
