@@ -7,6 +7,8 @@ import os
 import pickle
 import struct
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -489,12 +491,19 @@ def fails_at_length(event):
 """
 
 
-async def _worker(how: str, tmp_path: Path) -> tuple[WorkerProcess, ForkServer | None]:
+@asynccontextmanager
+async def _loud_worker(how: str, tmp_path: Path) -> AsyncIterator[WorkerProcess]:
+    """A worker (spawned, or forked by a fork server of its own) for LOUD's handlers."""
+    (tmp_path / "loud.py").write_text(LOUD)
     env = {"PATH": "/usr/bin:/bin"}
     if how == "spawned":
-        return await WorkerProcess.spawn(sys.executable, tmp_path, env), None
+        yield await WorkerProcess.spawn(sys.executable, tmp_path, env)
+        return
     server = await ForkServer.start(sys.executable, tmp_path, env)
-    return await WorkerProcess.fork(server, tmp_path), server
+    try:
+        yield await WorkerProcess.fork(server, tmp_path)
+    finally:
+        await server.close()
 
 
 WORKERS = pytest.mark.parametrize(
@@ -515,17 +524,12 @@ async def test_what_the_runner_keeps_of_a_workers_stderr_is_bounded(
 ) -> None:
     """Its last lines, each cut to its start with a note of its length: a handler writing
     huge lines to its stderr does not grow the runner (which serves every project)."""
-    (tmp_path / "loud.py").write_text(LOUD)
-    w, server = await _worker(how, tmp_path)
-    try:
+    async with _loud_worker(how, tmp_path) as w:
         frames = await asyncio.wait_for(
             _session(w, tmp_path, "loud.py:floods", {}, durable=False), 60
         )
         assert frames[-1][0]["ok"] is True
         assert await w.close() == 0  # (its stderr read to the end)
-    finally:
-        if server is not None:
-            await server.close()
     tail = list(w.stderr_tail)
     assert len(tail) == STDERR_TAIL and tail[-1] == "the last words\n"
     cut = f" [... cut: a line of {(1 << 20) + 8:,} bytes, its first {STDERR_LINE:,} kept]\n"
@@ -539,17 +543,12 @@ async def test_a_stderr_line_longer_than_any_limit_does_not_stop_the_worker(
 ) -> None:
     """The runner goes on reading the pipe (a reader that gave up would leave the worker
     blocked writing to it, its session hung), and goes on keeping what follows."""
-    (tmp_path / "loud.py").write_text(LOUD)
-    w, server = await _worker(how, tmp_path)
-    try:
+    async with _loud_worker(how, tmp_path) as w:
         session = _session(w, tmp_path, "loud.py:writes_an_endless_line", {}, durable=False)
         frames = await asyncio.wait_for(session, 60)
         assert [b for h, b in frames if h["type"] == "print"] == [b"still running\n"]
         assert frames[-1][0]["ok"] is True
         assert await w.close() == 0
-    finally:
-        if server is not None:
-            await server.close()
     cut = f" [... cut: a line of {(65 << 20) + 12:,} bytes, its first {STDERR_LINE:,} kept]\n"
     assert list(w.stderr_tail) == ["z" * STDERR_LINE + cut, "after it\n", "still running\n"]
 
