@@ -373,6 +373,7 @@ def _libc() -> Any:
 # the processes that made them, until removed (IPC_RMID) or the machine restarts.
 
 _IPC_RMID = 0
+_SYSV_KINDS = {"shm": "shmid", "sem": "semid", "msg": "msqid"}  # each kind's id column
 
 
 def sysv_objects(kind: str) -> list[dict[str, int]]:
@@ -403,19 +404,29 @@ def remove_ipc_of(uid: int) -> int:
 
     libc = _libc()
     removed = 0
-    for kind, ident in (("shm", "shmid"), ("sem", "semid"), ("msg", "msqid")):
-        for obj in sysv_objects(kind):
-            if uid not in (obj.get("uid"), obj.get("cuid")) or ident not in obj:
-                continue
-            # semctl(id, semnum, cmd); shmctl and msgctl (id, cmd, buf)
-            args = (0, _IPC_RMID) if kind == "sem" else (_IPC_RMID, None)
-            if getattr(libc, f"{kind}ctl")(obj[ident], *args) == 0:
-                removed += 1
-            elif (err := ctypes.get_errno()) not in (errno.EINVAL, errno.EIDRM):  # gone
-                log.warning(
-                    "could not remove %s %d of user %d: %s", kind, obj[ident], uid, os.strerror(err)
-                )
+    for kind, obj in sysv_objects_of(uid):
+        ident = _SYSV_KINDS[kind]
+        if ident not in obj:
+            continue
+        # semctl(id, semnum, cmd); shmctl and msgctl (id, cmd, buf)
+        args = (0, _IPC_RMID) if kind == "sem" else (_IPC_RMID, None)
+        if getattr(libc, f"{kind}ctl")(obj[ident], *args) == 0:
+            removed += 1
+        elif (err := ctypes.get_errno()) not in (errno.EINVAL, errno.EIDRM):  # gone
+            log.warning(
+                "could not remove %s %d of user %d: %s", kind, obj[ident], uid, os.strerror(err)
+            )
     return removed
+
+
+def sysv_objects_of(uid: int) -> list[tuple[str, dict[str, int]]]:
+    """The System V IPC objects user ``uid`` made or owns, each with its kind."""
+    return [
+        (kind, obj)
+        for kind in _SYSV_KINDS
+        for obj in sysv_objects(kind)
+        if uid in (obj.get("uid"), obj.get("cuid"))
+    ]
 
 
 def sysv_memory_by_creator(uids: Collection[int]) -> dict[int, int]:

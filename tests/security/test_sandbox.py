@@ -356,14 +356,9 @@ def _uid_free() -> bool:
 
 
 def _sysv_of(uid: int) -> list[str]:
-    from ak_runner.sandbox import sysv_objects
+    from ak_runner.sandbox import sysv_objects_of
 
-    return [
-        kind
-        for kind in ("shm", "sem", "msg")
-        for obj in sysv_objects(kind)
-        if uid in (obj["uid"], obj["cuid"])
-    ]
+    return [kind for kind, _ in sysv_objects_of(uid)]
 
 
 def test_the_next_project_given_a_user_id_finds_nothing_the_last_left(

@@ -542,14 +542,9 @@ sys.stdin.read(1)
 
 
 def _ipc_of(uid: int) -> list[tuple[str, dict[str, int]]]:
-    from ak_runner.sandbox import sysv_objects
+    from ak_runner.sandbox import sysv_objects_of
 
-    return [
-        (kind, obj)
-        for kind in ("shm", "sem", "msg")
-        for obj in sysv_objects(kind)
-        if uid in (obj["uid"], obj["cuid"])
-    ]
+    return sysv_objects_of(uid)
 
 
 @root_only
