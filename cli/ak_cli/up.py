@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import typer
-from akcore import config, natsauth, natsserver
+from akcore import config, natsauth, natsserver, netfence
 from akcore.errors import AKError
 from akcore.retention import Retention
 
@@ -131,6 +131,7 @@ def up(
             "use --mode dev for an embedded NATS and SQLite"
         )
     _check_free(addr)
+    sandbox_note = _sandbox_note(addr)
     require_tokens = access.tokens_on(mode, config.split_addr(addr)[0], env)
     data = config.data_home()
     data.mkdir(parents=True, exist_ok=True)
@@ -169,9 +170,7 @@ def up(
     host, port = config.split_addr(addr)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     cli_url = _cli_url(env, url, host, port)
-    # (a CLI calls http://localhost:9980 unless told: say how when that is not this stack)
-    told = cli_url != url or config.ENV_SERVICE_URL in env
-    hint = "" if told else f" (for ak: {config.ENV_SERVICE_URL}={url})"
+    hint = _cli_hint(env, cli_url)
     if require_tokens:
         env[config.ENV_AUTH_TOKENS] = "on"
         tokens_note = "on: " + access.bootstrap(env, data, cli_url)
@@ -188,7 +187,7 @@ def up(
     say(f"Database:  {_without_password(env[config.ENV_DB_DSN])}")
     say(f"Data home: {data}")
     say(f"API tokens: {tokens_note}")
-    say(f"Sandbox:   {_sandbox_note()}")
+    say(f"Sandbox:   {sandbox_note}")
 
     def on_signal(signum: int, _frame: object) -> None:
         stopping.append(True)
@@ -229,6 +228,14 @@ def _cli_url(env: dict[str, str], url: str, host: str, port: int) -> str:
     return url
 
 
+def _cli_hint(env: dict[str, str], cli_url: str) -> str:
+    """What to add to the HTTP line so that a CLI finds this stack: a CLI calls
+    http://localhost:9980 unless told, so say how to tell it when that is not this stack."""
+    if config.ENV_SERVICE_URL in env or cli_url == config.DEFAULT_SERVICE_URL:
+        return ""
+    return f" (for ak: {config.ENV_SERVICE_URL}={cli_url})"
+
+
 def _who_may_call() -> str:
     """Who may call a tokens-off API: its user alone where the ingress can tell (Linux),
     and then handlers too unless they run as users of their own (the sandbox)."""
@@ -240,8 +247,10 @@ def _who_may_call() -> str:
     return f"{me}, and handlers run as this user: they can call it too"
 
 
-def _sandbox_note() -> str:
-    """How handlers are boxed in (the runner's settings, checked above)."""
+def _sandbox_note(http_addr: str) -> str:
+    """How handlers are boxed in (the runner's settings, checked above). Puts up the network
+    fence the runners put up too, so that this says what handlers can reach, and a fence
+    that is required and cannot be put up stops ``ak up`` before anything starts."""
     settings = config.Settings.from_env()
     parts = [f"memory {settings.worker_memory_mb} MiB"] if settings.worker_memory_mb else []
     if settings.session_timeout:
@@ -255,7 +264,28 @@ def _sandbox_note() -> str:
             f"of their own{limits}"
         )
     first, last = settings.worker_uids
-    return f"workers run as user ids {first}-{last}{limits}"
+    return f"workers run as user ids {first}-{last}{limits}; {_fence(settings, http_addr)}"
+
+
+def _fence(settings: config.Settings, http_addr: str) -> str:
+    first, last = settings.worker_uids
+    if settings.network_fence == "off":
+        try:
+            netfence.take_down(first, last)  # (an earlier stack's)
+        except netfence.FenceError as e:
+            return f"network: handlers may connect to this host, AND AN OLD FENCE STAYS: {e}"
+        return f"network: handlers may connect to this host ({config.ENV_NETWORK_FENCE}=off)"
+    ports = netfence.allowed_ports(http_addr, settings.host_ports)
+    try:
+        netfence.put_up(first, last, ports)
+    except netfence.FenceError as e:
+        if settings.network_fence == "required":
+            raise AKError(
+                f"handlers cannot be fenced off this host: {e} "
+                f"({config.ENV_NETWORK_FENCE}=required)"
+            ) from None
+        return f"network: handlers MAY CONNECT TO THIS HOST: {e} (docs/security.md, item 7)"
+    return f"network: handlers reach no port of this host but {', '.join(map(str, ports))}"
 
 
 def _service_env(env: dict[str, str], service: str, password_file: Path) -> dict[str, str]:

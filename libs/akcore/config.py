@@ -34,6 +34,8 @@ ENV_JOURNAL_MAX_RECORDS = "AK_RUNNER__JOURNAL_MAX_RECORDS"
 ENV_JOURNAL_MAX_BYTES = "AK_RUNNER__JOURNAL_MAX_BYTES"
 ENV_SANDBOX = "AK_RUNNER__SANDBOX"  # auto (workers boxed in when the runner is root) or off
 ENV_WORKER_UIDS = "AK_RUNNER__WORKER_UIDS"  # the user ids workers run as: FIRST-LAST
+ENV_NETWORK_FENCE = "AK_RUNNER__NETWORK_FENCE"  # auto, required or off (akcore.netfence)
+ENV_HOST_PORTS = "AK_RUNNER__HOST_PORTS"  # ports of this host fenced handlers may still reach
 ENV_WORKER_MEMORY_MB = "AK_RUNNER__WORKER_MEMORY_MB"  # address space of one worker; 0 = none
 ENV_WORKER_PROCESSES = "AK_RUNNER__WORKER_PROCESSES"  # processes of one worker's user
 ENV_SESSION_TIMEOUT = "AK_RUNNER__SESSION_TIMEOUT"  # seconds an attempt may run; 0 = none
@@ -143,6 +145,8 @@ class Settings:
     http: HttpLimits = HttpLimits()
     sandbox: bool = True  # workers run as users of their own when the runner is root
     worker_uids: tuple[int, int] = DEFAULT_WORKER_UIDS  # first and last, inclusive
+    network_fence: str = "auto"  # keep sandboxed handlers off this host: auto, required, off
+    host_ports: tuple[int, ...] = ()  # ports of this host they may still reach (and DNS, HTTP)
     worker_memory_mb: int = 1024
     worker_processes: int = 64
     session_timeout: int = 0
@@ -173,6 +177,8 @@ class Settings:
             http=HttpLimits.from_env(),
             sandbox=_choice(ENV_SANDBOX, ("auto", "off")) == "auto",
             worker_uids=_uid_range(os.environ.get(ENV_WORKER_UIDS, "")),
+            network_fence=_choice(ENV_NETWORK_FENCE, ("auto", "required", "off")),
+            host_ports=_ports(ENV_HOST_PORTS),
             worker_memory_mb=_count(ENV_WORKER_MEMORY_MB, 1024, 0),
             worker_processes=_count(ENV_WORKER_PROCESSES, 64, 1),
             session_timeout=_count(ENV_SESSION_TIMEOUT, 0, 0),
@@ -264,6 +270,15 @@ def _uid_range(text: str) -> tuple[int, int]:
             f"{ENV_WORKER_UIDS} must be FIRST-LAST user ids from 1000 up, not {text!r}"
         )
     return int(first), int(last)
+
+
+def _ports(name: str) -> tuple[int, ...]:
+    """A comma-separated list of TCP/UDP port numbers (1-65535)."""
+    text = os.environ.get(name, "")
+    ports = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() and 1 <= int(p) <= 65535 for p in ports):
+        raise ValueError(f"{name} must be port numbers separated by commas, not {text!r}")
+    return tuple(sorted({int(p) for p in ports}))
 
 
 def split_addr(addr: str) -> tuple[str, int]:

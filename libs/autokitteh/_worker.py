@@ -302,7 +302,8 @@ def become_user(uid: int) -> None:
     its descendants' reaper (``PR_SET_CHILD_SUBREAPER``): what a handler starts stays among
     its children even when it double-forks, so that the runner can tell from the worker's
     children alone whether a session left anything running (it then kills every process of
-    the user)."""
+    the user). And it may not connect to the abstract Unix sockets of this host's other
+    processes (``_scope_abstract_sockets``)."""
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
@@ -310,6 +311,41 @@ def become_user(uid: int) -> None:
     _prctl(38)  # PR_SET_NO_NEW_PRIVS
     global _reaper
     _reaper = _prctl(36)  # PR_SET_CHILD_SUBREAPER
+    _scope_abstract_sockets()
+
+
+# Landlock (Linux 6.12, ABI 6): system calls, and the scope that keeps a process from
+# connecting to abstract Unix sockets made outside its domain.
+_LANDLOCK_CREATE_RULESET, _LANDLOCK_RESTRICT_SELF = 444, 446
+_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = 1
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+def _scope_abstract_sockets() -> bool:
+    """Keeps this process and its descendants from connecting to abstract Unix sockets
+    (``@name``: no file, so no permission guards them) that processes outside them made:
+    another user's service listening on one is out of a handler's reach. Files, the network
+    and sockets of its own are not restricted. Whether it could (a kernel before 6.12, or
+    without Landlock, cannot: the fence then is file permissions alone)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = _RulesetAttr(0, 0, _LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET)
+        fd = libc.syscall(_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+        if fd < 0:
+            return False
+        try:
+            return bool(libc.syscall(_LANDLOCK_RESTRICT_SELF, fd, 0) == 0)
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):  # not Linux
+        return False
 
 
 _reaper = False  # whether this process is its descendants' reaper (a worker of its own user)

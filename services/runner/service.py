@@ -10,13 +10,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, config, journal, ops, sdkdist, service, subjects, tracing, wire
+from akcore import bus, config, journal, netfence, ops, sdkdist, service, subjects, tracing, wire
 from akcore import requests as rq
 from akcore.cache import StoreCache
 from akcore.chunks import Chunker
 from akcore.config import Settings
 from akcore.datakey import Keyring
-from akcore.errors import NotFound
+from akcore.errors import AKError, NotFound
 from akcore.journalio import JournalWriter, Limits, last_seq, read_journal
 from akcore.secrets import load_keyring
 from nats.aio.client import Client
@@ -323,7 +323,43 @@ def _sandbox(settings: Settings) -> UserIds | None:
     seal_data_home(config.data_home())
     first, last = settings.worker_uids
     log.info("workers run as user ids %d-%d (the sandbox)", first, last)
+    _fence(settings)
     return UserIds(first, last, lock_dir())
+
+
+def _fence(settings: Settings) -> None:
+    """Keeps the workers' user ids off this host's addresses (``akcore.netfence``); raises
+    when it cannot and the settings require it."""
+    first, last = settings.worker_uids
+    if settings.network_fence == "off":
+        try:
+            netfence.take_down(first, last)
+        except netfence.FenceError as e:
+            log.warning("could not remove the network fence of an earlier runner: %s", e)
+        log.info("handlers may connect to services on this host (%s=off)", config.ENV_NETWORK_FENCE)
+        return
+    ports = netfence.allowed_ports(settings.http_addr, settings.host_ports)
+    try:
+        netfence.put_up(first, last, ports)
+    except netfence.FenceError as e:
+        if settings.network_fence == "required":
+            raise AKError(
+                f"handlers cannot be fenced off this host: {e}; the runner does not start "
+                f"({config.ENV_NETWORK_FENCE}=required)"
+            ) from None
+        log.warning(
+            "handlers may connect to services on this host: %s (docs/security.md, checklist "
+            "item 7; %s=off says you know)",
+            e,
+            config.ENV_NETWORK_FENCE,
+        )
+        return
+    log.info(
+        "handlers may not connect to this host's addresses but its ports %s (nftables table "
+        "inet %s)",
+        ", ".join(map(str, ports)),
+        netfence.table_name(first, last),
+    )
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:

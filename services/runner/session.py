@@ -684,7 +684,8 @@ class SessionRun:
         def over(used: int) -> None:
             self._request_stop(
                 f"session ended: over its memory limit of {limit} MiB "
-                f"({ENV_WORKER_MEMORY_MB}): its processes used {used >> 20} MiB together",
+                f"({ENV_WORKER_MEMORY_MB}): its processes and System V memory used "
+                f"{used >> 20} MiB together",
                 failed=True,
             )
 

@@ -231,7 +231,8 @@ def env(
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GITHUB_PRIVATE_KEY", pem)  # the runner's, as AutoKitteh's server reads it
-        s = start_stack(home)
+        # (the fake APIs are on this host: their port is let through the network fence)
+        s = start_stack(home, {"AK_RUNNER__HOST_PORTS": str(server.server_address[1])})
     s.deploy(write_project(home / "helpers", {"autokitteh.yaml": manifest, "h.py": CODE}))
     yield s, api, key.public_key()
     s.stop()

@@ -130,7 +130,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("github")
     api = ThreadingHTTPServer(("127.0.0.1", 0), FakeGitHub)
     threading.Thread(target=api.serve_forever, daemon=True).start()
-    s = start_stack(home)
+    # (the fake API is on this host: its port is let through the handlers' network fence)
+    s = start_stack(home, {"AK_RUNNER__HOST_PORTS": str(api.server_address[1])})
     url = f"http://127.0.0.1:{api.server_address[1]}"
     manifest = MANIFEST.format(api=url, key=KEY, secret=SECRET)
     s.deploy(write_project(home / "gh", {"autokitteh.yaml": manifest, "h.py": CODE}))

@@ -19,7 +19,7 @@ import pytest
 from akcore import subjects
 from nats.aio.client import Client
 
-from tests.helpers import Stack, start_stack, write_project
+from tests.helpers import Stack, free_port, start_stack, write_project
 
 MANIFEST = """\
 version: v1
@@ -59,7 +59,12 @@ def on_hook(event):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("natsec"))
+    # The NATS port is let through the handlers' network fence (tests/security/test_netfence
+    # shows a handler kept off this host's ports): here NATS itself must refuse one.
+    port = str(free_port())
+    s = start_stack(
+        tmp_path_factory.mktemp("natsec"), {"AK_NATS__PORT": port, "AK_RUNNER__HOST_PORTS": port}
+    )
     yield s
     s.stop()
 

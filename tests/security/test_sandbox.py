@@ -103,6 +103,21 @@ def litter_as_sibling(event):
     print("left a sibling behind", pid > 0)
 
 
+def abstract(event):
+    import socket
+    for name in (event.data["theirs"], "ak-own-" + event.data["theirs"]):
+        if name.startswith("ak-own-"):  # a socket of the handler's own: its to use
+            mine = socket.socket(socket.AF_UNIX)
+            mine.bind("\\0" + name)
+            mine.listen()
+        client = socket.socket(socket.AF_UNIX)
+        try:
+            client.connect("\\0" + name)
+            print(name[:7], "connected")
+        except OSError as e:
+            print(name[:7], "refused", e.errno)
+
+
 def chatty(event):
     mark = event.data["mark"]
     print("print", mark)
@@ -184,7 +199,7 @@ def test_a_handlers_processes_are_held_to_the_memory_limit_together(stack: Stack
     # Not the 10 s time limit: the memory of the worker's processes, summed.
     assert session["error"].startswith(
         "session ended: over its memory limit of 512 MiB (AK_RUNNER__WORKER_MEMORY_MB): "
-        "its processes used "
+        "its processes and System V memory used "
     ), session
     assert session["error"].endswith(" MiB together"), session
 
@@ -255,6 +270,25 @@ def test_handler_output_goes_to_its_session_not_to_the_service_log(stack: Stack)
     assert session["state"] == "COMPLETED", session
     assert _prints(stack, sid) == [f"print {mark}"]
     assert mark not in stack.output()
+
+
+def test_a_handler_cannot_connect_to_another_users_abstract_unix_socket(stack: Stack) -> None:
+    """An abstract socket (``@name``) has no file and so no permissions: a service of this
+    host listening on one is kept from handlers by Landlock's scope (Linux 6.12)."""
+    import errno
+    import socket
+
+    name = f"ak-theirs-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX) as theirs:
+        theirs.bind("\0" + name)
+        theirs.listen()
+        sid = _start(stack, "abstract", theirs=name)
+        session = stack.wait_session(sid)
+        assert session["state"] == "COMPLETED", session
+        assert _prints(stack, sid) == [f"ak-thei refused {errno.EPERM}", "ak-own- connected"]
+        theirs.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            theirs.accept()  # nobody came through
 
 
 # What outlives a handler's processes, left by one project and looked for by the next given

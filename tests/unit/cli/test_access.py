@@ -81,6 +81,23 @@ def test_ak_up_keeps_the_cli_token_under_the_url_the_cli_calls(
     assert up._cli_url(env, served, host, int(port)) == url
 
 
+@pytest.mark.parametrize(
+    ("env", "addr", "hint"),
+    [
+        ({}, "127.0.0.1:9980", ""),
+        ({}, "localhost:9980", ""),  # (the default URL is this one)
+        ({}, "0.0.0.0:9973", " (for ak: AK_HTTP__SERVICE_URL=http://127.0.0.1:9973)"),
+        ({"AK_HTTP__SERVICE_URL": "http://127.0.0.1:9973"}, "127.0.0.1:9973", ""),
+    ],
+)
+def test_ak_up_says_how_to_reach_it_only_when_a_cli_would_not_by_default(
+    env: dict[str, str], addr: str, hint: str
+) -> None:
+    host, port = addr.rsplit(":", 1)
+    served = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    assert up._cli_hint(env, up._cli_url(env, served, host, int(port))) == hint
+
+
 def test_credentials_file_and_ak_token(monkeypatch: pytest.MonkeyPatch) -> None:
     credentials.save("h:1", "t1")
     credentials.save("default", "t0")

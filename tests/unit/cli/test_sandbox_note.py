@@ -1,4 +1,5 @@
-"""`ak up`'s `Sandbox:` line: how handlers are boxed in, said once."""
+"""`ak up`'s `Sandbox:` line: how handlers are boxed in, said once; and the network fence
+it puts up (as the runners do), or why not."""
 
 from __future__ import annotations
 
@@ -6,19 +7,77 @@ import os
 
 import pytest
 from ak_cli.up import _sandbox_note
+from akcore import netfence
+from akcore.errors import AKError
+
+
+@pytest.fixture
+def fences(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, tuple[int, ...]]]:
+    """What `ak up` asked of nftables (nothing reaches the machine's real rules)."""
+    asked: list[tuple[str, int, int, tuple[int, ...]]] = []
+    monkeypatch.setattr(
+        netfence, "put_up", lambda first, last, p: asked.append(("up", first, last, tuple(p)))
+    )
+    monkeypatch.setattr(
+        netfence, "take_down", lambda first, last: asked.append(("down", first, last, ()))
+    )
+    for name in ("AK_RUNNER__SANDBOX", "AK_RUNNER__NETWORK_FENCE", "AK_RUNNER__HOST_PORTS"):
+        monkeypatch.delenv(name, raising=False)
+    return asked
 
 
 def test_a_runner_that_is_not_root_says_handlers_run_as_its_user(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, fences: list[object]
 ) -> None:
-    monkeypatch.delenv("AK_RUNNER__SANDBOX", raising=False)
     monkeypatch.setenv("AK_RUNNER__SESSION_TIMEOUT", "30")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert _sandbox_note() == (
+    assert _sandbox_note("127.0.0.1:9980") == (
         "handlers run as this user: `ak up` is not root, so workers cannot get users of "
         "their own; limits: memory 1024 MiB, session timeout 30 s"
     )
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    assert _sandbox_note().startswith("workers run as user ids 820000-829999; limits:")
+    assert _sandbox_note("127.0.0.1:9980").startswith(
+        "workers run as user ids 820000-829999; limits:"
+    )
     monkeypatch.setenv("AK_RUNNER__SANDBOX", "off")
-    assert _sandbox_note().startswith("off (AK_RUNNER__SANDBOX=off): handlers run as this user")
+    assert _sandbox_note("127.0.0.1:9980").startswith(
+        "off (AK_RUNNER__SANDBOX=off): handlers run as this user"
+    )
+
+
+def test_as_root_it_fences_handlers_off_this_host_but_dns_http_and_the_ports_named(
+    monkeypatch: pytest.MonkeyPatch, fences: list[object]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("AK_RUNNER__HOST_PORTS", "5432, 6379")
+    note = _sandbox_note("0.0.0.0:9973")
+    assert note.endswith("; network: handlers reach no port of this host but 53, 5432, 6379, 9973")
+    assert fences == [("up", 820000, 829999, (53, 5432, 6379, 9973))]
+
+
+def test_a_fence_that_cannot_be_put_up_is_said_or_stops_ak_up_when_required(
+    monkeypatch: pytest.MonkeyPatch, fences: list[object]
+) -> None:
+    def refuse(first: int, last: int, ports: object) -> None:
+        raise netfence.FenceError("the nft command is missing (install Debian's nftables package)")
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netfence, "put_up", refuse)
+    assert _sandbox_note("127.0.0.1:9980").endswith(
+        "; network: handlers MAY CONNECT TO THIS HOST: the nft command is missing (install "
+        "Debian's nftables package) (docs/security.md, item 7)"
+    )
+    monkeypatch.setenv("AK_RUNNER__NETWORK_FENCE", "required")
+    with pytest.raises(AKError, match=r"handlers cannot be fenced off this host: the nft command"):
+        _sandbox_note("127.0.0.1:9980")
+
+
+def test_with_the_fence_off_an_earlier_stacks_fence_is_taken_down(
+    monkeypatch: pytest.MonkeyPatch, fences: list[object]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("AK_RUNNER__NETWORK_FENCE", "off")
+    assert _sandbox_note("127.0.0.1:9980").endswith(
+        "; network: handlers may connect to this host (AK_RUNNER__NETWORK_FENCE=off)"
+    )
+    assert fences == [("down", 820000, 829999, ())]

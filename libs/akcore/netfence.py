@@ -1,0 +1,112 @@
+"""The network fence: sandboxed handlers may not connect to this host itself.
+
+Workers share the runner's network. Under ``ak up`` that is the host's, and services on it
+that trust local connections (PostgreSQL with ``trust``, Redis without a password, a NATS
+server without users, a cloud's metadata address) would be open to every handler. A root
+runner with the sandbox on therefore installs an nftables table that refuses the worker
+user ids (``AK_RUNNER__WORKER_UIDS``) every address of this host (loopback and its own
+interfaces' addresses, whatever the port) and the link-local range where clouds serve
+instance metadata and credentials, except DNS (port 53, for a resolver on loopback), the
+stack's own HTTP port and the ports ``AK_RUNNER__HOST_PORTS`` names. Other machines (the
+internet, the LAN) stay reachable.
+
+The rules match packets by their socket's owner, in a chain that runs before any NAT
+(a port a container publishes on loopback is refused too); packets without a socket (the
+kernel's own) are never matched. The table is named after the user id range and replaced
+whole, atomically, by each runner that starts: runners of one host sharing a range must
+share its settings. It is left in place when a runner stops (nothing of that range runs
+then), so a crash never opens it; ``nft delete table inet NAME`` removes it.
+
+It takes the ``nft`` command (Debian's ``nftables`` package) and CAP_NET_ADMIN; without them
+``auto`` logs why handlers are not fenced and ``required`` refuses to start the runner.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable
+
+DNS_PORT = 53
+# Link-local addresses, where clouds serve instance metadata and credentials
+# (169.254.169.254, 169.254.170.2), and AWS's IPv6 metadata address.
+METADATA_V4 = "169.254.0.0/16"
+METADATA_V6 = "fd00:ec2::254"
+NFT_TIMEOUT = 10.0
+
+
+class FenceError(Exception):
+    """The fence could not be put up; the message says why and what to do."""
+
+
+def table_name(first: int, last: int) -> str:
+    return f"autokitteh_workers_{first}_{last}"
+
+
+def ruleset(first: int, last: int, ports: Iterable[int]) -> str:
+    """The nftables script that (re)places the fence of user ids ``first``-``last``,
+    letting ``ports`` (and DNS) on this host through."""
+    name = table_name(first, last)
+    uids = f"meta skuid {first}-{last}"
+    allowed = ", ".join(str(p) for p in sorted({DNS_PORT, *ports}))
+    refuse = "reject with icmpx admin-prohibited"
+    return "\n".join(
+        [
+            # Declaring the table first makes the delete succeed when there is none; the
+            # three lines are one transaction, so the old rules go as the new ones come.
+            f"table inet {name}",
+            f"delete table inet {name}",
+            f"table inet {name} {{",
+            "  chain output {",
+            # raw priority: before NAT rewrites a local destination to a container's
+            "    type filter hook output priority raw; policy accept;",
+            f"    {uids} fib daddr type local meta l4proto {{ tcp, udp }}"
+            f" th dport {{ {allowed} }} accept",
+            f"    {uids} fib daddr type local {refuse}",
+            f"    {uids} ip daddr {METADATA_V4} {refuse}",
+            f"    {uids} ip6 daddr {METADATA_V6} {refuse}",
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
+def put_up(first: int, last: int, ports: Iterable[int]) -> None:
+    """Installs (or replaces) the fence; raises FenceError saying why it could not."""
+    _nft(ruleset(first, last, ports))
+
+
+def take_down(first: int, last: int) -> None:
+    """Removes the fence of that range if there is one: a runner with the fence off would
+    otherwise find an earlier runner's still holding. Raises FenceError if it cannot."""
+    if shutil.which("nft") is None:
+        return  # (nothing can have put one up)
+    name = table_name(first, last)
+    _nft(f"table inet {name}\ndelete table inet {name}\n")
+
+
+def _nft(script: str) -> None:
+    nft = shutil.which("nft")
+    if nft is None:
+        raise FenceError("the nft command is missing (install Debian's nftables package)")
+    try:
+        done = subprocess.run(
+            [nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise FenceError(f"nft could not be run: {e}") from None
+    if done.returncode != 0:
+        said = " ".join(done.stderr.split())[:300] or f"exit code {done.returncode}"
+        raise FenceError(f"nft refused the rules: {said}")
+
+
+def allowed_ports(http_addr: str, extra: Iterable[int]) -> tuple[int, ...]:
+    """The ports of this host handlers may still reach: DNS, the stack's HTTP port (its
+    webhooks; its API asks for a token, or refuses handlers when tokens are off) and
+    ``extra``."""
+    ports = {DNS_PORT, *extra}
+    port = http_addr.rpartition(":")[2]
+    if port.isdigit():
+        ports.add(int(port))
+    return tuple(sorted(ports))

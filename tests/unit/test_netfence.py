@@ -1,0 +1,93 @@
+"""The network fence's rules, and what a runner does when nftables cannot take them."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+from akcore import config, netfence
+from akcore.errors import AKError
+
+from services.runner.service import _fence
+
+
+def test_the_rules_refuse_the_worker_range_this_host_but_the_ports_let_through() -> None:
+    rules = netfence.ruleset(820000, 829999, (9980, 53, 5432)).splitlines()
+    name = "autokitteh_workers_820000_829999"
+    # Replaced whole in one transaction (declared first so that the delete never fails).
+    assert rules[:3] == [f"table inet {name}", f"delete table inet {name}", f"table inet {name} {{"]
+    body = [x.strip() for x in rules[3:]]
+    assert "type filter hook output priority raw; policy accept;" in body
+    uids = "meta skuid 820000-829999"
+    # Every rule names the range: packets without a socket (the kernel's) are never matched.
+    assert all(x.startswith(uids) for x in body if "reject" in x or x.endswith(" accept"))
+    assert body.index(
+        f"{uids} fib daddr type local meta l4proto {{ tcp, udp }} th dport {{ 53, 5432, 9980 }} "
+        "accept"
+    ) < body.index(f"{uids} fib daddr type local reject with icmpx admin-prohibited")
+    assert f"{uids} ip daddr 169.254.0.0/16 reject with icmpx admin-prohibited" in body
+    assert f"{uids} ip6 daddr fd00:ec2::254 reject with icmpx admin-prohibited" in body
+
+
+def test_the_ports_let_through_are_dns_the_http_port_and_those_named() -> None:
+    assert netfence.allowed_ports("0.0.0.0:9973", (5432,)) == (53, 5432, 9973)
+    assert netfence.allowed_ports("[::1]:8080", ()) == (53, 8080)
+
+
+def _fake_nft(tmp_path: Path, script: str) -> None:
+    nft = tmp_path / "nft"
+    nft.write_text("#!/bin/sh\n" + script)
+    nft.chmod(nft.stat().st_mode | stat.S_IXUSR)
+
+
+def test_put_up_says_why_it_could_not(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(netfence.FenceError, match="the nft command is missing"):
+        netfence.put_up(820000, 829999, (53,))
+    _fake_nft(tmp_path, "/bin/cat >/dev/null; echo 'Error: Operation not permitted' >&2; exit 1\n")
+    with pytest.raises(netfence.FenceError, match="nft refused the rules: Error: Operation not"):
+        netfence.put_up(820000, 829999, (53,))
+
+
+def test_put_up_hands_nft_the_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _fake_nft(tmp_path, f'[ "$1 $2" = "-f -" ] && /bin/cat > {tmp_path}/given\n')
+    netfence.put_up(820000, 829999, (53, 9980))
+    assert (tmp_path / "given").read_text() == netfence.ruleset(820000, 829999, (53, 9980))
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, fence: str) -> config.Settings:
+    monkeypatch.setenv("AK_RUNNER__NETWORK_FENCE", fence)
+    return config.Settings.from_env()
+
+
+def test_a_runner_without_nft_warns_or_with_the_fence_required_does_not_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        _fence(_settings(monkeypatch, "auto"))
+    assert "handlers may connect to services on this host: the nft command is missing" in (
+        caplog.text
+    )
+    with pytest.raises(AKError, match="handlers cannot be fenced off this host: the nft"):
+        _fence(_settings(monkeypatch, "required"))
+
+
+def test_fence_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AK_RUNNER__NETWORK_FENCE", "AK_RUNNER__HOST_PORTS"):
+        monkeypatch.delenv(name, raising=False)
+    s = config.Settings.from_env()
+    assert (s.network_fence, s.host_ports) == ("auto", ())
+    monkeypatch.setenv("AK_RUNNER__HOST_PORTS", "6379,5432, 6379")
+    assert config.Settings.from_env().host_ports == (5432, 6379)
+    for bad in ("5432;6379", "0", "70000", "http"):
+        monkeypatch.setenv("AK_RUNNER__HOST_PORTS", bad)
+        with pytest.raises(ValueError, match="AK_RUNNER__HOST_PORTS must be port numbers"):
+            config.Settings.from_env()
+    monkeypatch.setenv("AK_RUNNER__HOST_PORTS", "")
+    monkeypatch.setenv("AK_RUNNER__NETWORK_FENCE", "on")
+    with pytest.raises(ValueError, match="AK_RUNNER__NETWORK_FENCE must be one of auto, required"):
+        config.Settings.from_env()
