@@ -340,7 +340,9 @@ def main() -> None:
         version_mod.enable_completion()
         make_app(sys.argv[1:])()
     except AKError as e:
-        typer.echo(f"Error: {e.message}", err=True)
+        from .render import terminal_safe  # (only on an error: commands import it lazily)
+
+        typer.echo(f"Error: {terminal_safe(e.message)}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

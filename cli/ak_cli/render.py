@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import typer
+
+# What text from a session (its prints, errors, log) may not send to a terminal as is:
+# control characters (escape sequences that set the title, move the cursor or rewrite a
+# line with a carriage return) but tab and newline, and the bidirectional overrides that
+# show text in another order than it has.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with what a terminal would act on written out as escapes (``\\x1b``,
+    ``\\r``, ``\\u202e``), so that what a handler printed, maybe from a stranger's
+    webhook, cannot rewrite what its reader sees. ``-j`` output has the exact text."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(found: re.Match[str]) -> str:
+    return repr(found[0])[1:-1]
 
 
 def jsonable(value: Any) -> Any:

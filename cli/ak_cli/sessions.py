@@ -17,7 +17,7 @@ from akcore.errors import AKError, InvalidArgument, NotFound
 
 from . import client
 from .options import FailOpt, silent_unless
-from .render import emit, emit_list
+from .render import emit, emit_list, terminal_safe
 from .sessionlog import entry_text, log_entries
 from .tracetree import render as render_trace
 
@@ -102,7 +102,7 @@ def get(ref: Ref, as_json: JsonOpt = False) -> None:
 
 
 def print_line(rec: dict[str, Any], no_timestamps: bool) -> str:
-    text = rec["data"].get("text", "")
+    text = terminal_safe(rec["data"].get("text", ""))
     return text if no_timestamps else f"[{timefmt.go_string(rec['t_us'])}] {text}"
 
 
@@ -161,7 +161,7 @@ def _show_log(records: Iterable[dict[str, Any]], as_json: bool, no_timestamps: b
             if as_json:
                 typer.echo(json.dumps(e, separators=(",", ":")))
             else:
-                text = entry_text(e)
+                text = terminal_safe(entry_text(e))
                 typer.echo(text if no_timestamps else f"[{e['t']}] {text}")
     return n
 
@@ -222,7 +222,7 @@ def trace(ref: Ref, as_json: JsonOpt = False) -> None:
         return
     typer.echo(f"trace {res['spans'][0]['trace_id']}")
     for line in render_trace(res["spans"]):
-        typer.echo(line)
+        typer.echo(terminal_safe(line))
 
 
 @app.command()

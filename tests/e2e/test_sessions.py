@@ -228,6 +228,25 @@ def test_handler_inputs_and_print_capture(stack: Stack, project: dict[str, str])
     assert records[-1]["state"] == {"completed": {}}
 
 
+def test_what_a_stranger_sent_is_printed_with_its_control_characters_escaped(
+    stack: Stack, project: dict[str, str]
+) -> None:
+    """A handler that prints a webhook's body cannot have a stranger's escape sequences
+    (a window title, a carriage return and a forged line) act on its reader's terminal;
+    ``-j`` keeps the exact text."""
+    sent = "\x1b]0;owned\x07\rforged \u202eline"
+    eid = _fire(stack, "POST", project["hook"], sent.encode(), {"Content-Type": "text/plain"})
+    sid = _wait_for_session(stack, eid)["session_id"]
+    shown = "\\x1b]0;owned\\x07\\rforged \\u202eline"
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout.splitlines()
+    body = next(x for x in prints if x.startswith("body "))
+    assert f" {shown} " in body and "\x1b" not in body and "\r" not in body, body
+    log = stack.ak("session", "log", sid, "-n", check=True).stdout
+    assert "Print: body " in log and shown in log and "\x1b" not in log
+    exact = stack.ak("session", "prints", sid, "-j", check=True).stdout.splitlines()
+    assert any(f" {sent} " in json.loads(x)["print"]["text"] for x in exact)
+
+
 def test_event_type_and_filter_select_sessions(stack: Stack, project: dict[str, str]) -> None:
     no = _fire(stack, "POST", project["only_put"])
     no2 = _fire(stack, "GET", project["filtered"] + "/no")
