@@ -619,7 +619,8 @@ def test_child_only_in_its_own_project_and_key_limit(
     ], session
     ticker = stack.ak("session", "list", "-p", "ticker", "-j", check=True).stdout.splitlines()
     assert all(json.loads(s)["parent_session_id"] == "" for s in ticker)
-    _, prints = _finish(stack, _session_of(stack, _fire(stack, paths["many_keys"])))
+    session, prints = _finish(stack, _session_of(stack, _fire(stack, paths["many_keys"])))
+    assert session["state"] == "COMPLETED", session
     assert prints == [
         "64 refused: value: the project already has 64 values, the limit: "
         "delete some before adding new keys"
