@@ -277,7 +277,7 @@ def _fence(settings: config.Settings, http_addr: str) -> str:
         return f"network: handlers may connect to this host ({config.ENV_NETWORK_FENCE}=off)"
     ports = netfence.allowed_ports(http_addr, settings.host_ports)
     try:
-        netfence.put_up(first, last, ports)
+        ports = netfence.put_up(first, last, ports)
     except netfence.FenceError as e:
         if settings.network_fence == "required":
             raise AKError(

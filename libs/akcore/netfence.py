@@ -13,9 +13,9 @@ internet, the LAN) stay reachable.
 The rules match packets by their socket's owner, in a chain that runs before any NAT
 (a port a container publishes on loopback is refused too); packets without a socket (the
 kernel's own) are never matched. The table is named after the user id range and replaced
-whole, atomically, by each runner that starts: runners of one host sharing a range must
-share its settings. It is left in place when a runner stops (nothing of that range runs
-then), so a crash never opens it; ``nft delete table inet NAME`` removes it.
+whole, atomically, by each runner that starts, with the ports of every live runner of
+that range (``put_up``). It is left in place when a runner stops, so a crash never opens
+it; ``nft delete table inet NAME`` removes it.
 
 It takes the ``nft`` command (Debian's ``nftables`` package) and CAP_NET_ADMIN; without them
 ``auto`` logs why handlers are not fenced and ``required`` refuses to start the runner.
@@ -23,9 +23,13 @@ It takes the ``nft`` command (Debian's ``nftables`` package) and CAP_NET_ADMIN; 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 
 DNS_PORT = 53
 # Link-local addresses, where clouds serve instance metadata and credentials
@@ -33,6 +37,8 @@ DNS_PORT = 53
 METADATA_V4 = "169.254.0.0/16"
 METADATA_V6 = "fd00:ec2::254"
 NFT_TIMEOUT = 10.0
+MISSING = "the nft command is missing (install Debian's nftables package)"
+REGISTRY = Path("/run/autokitteh/fence")  # the ports each process of a range lets through
 
 
 class FenceError(Exception):
@@ -72,9 +78,55 @@ def ruleset(first: int, last: int, ports: Iterable[int]) -> str:
     )
 
 
-def put_up(first: int, last: int, ports: Iterable[int]) -> None:
-    """Installs (or replaces) the fence; raises FenceError saying why it could not."""
-    _nft(ruleset(first, last, ports))
+def put_up(
+    first: int, last: int, ports: Iterable[int], registry: Path = REGISTRY
+) -> tuple[int, ...]:
+    """Installs (or replaces) the fence, letting through ``ports`` and those of the other
+    live processes that put up the fence of this range (several stacks on one host, a test
+    suite beside a development stack: each registers its ports under ``registry`` by its
+    process id, and a dead one's go at the next call). Returns the ports let through;
+    raises FenceError saying why it could not."""
+    mine = tuple(sorted(set(ports)))
+    if shutil.which("nft") is None:
+        raise FenceError(MISSING)
+    try:
+        folder = _own_folder(registry / f"{first}-{last}")
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (folder / str(os.getpid())).write_text(",".join(map(str, mine)))
+            allowed = _live_ports(folder)
+            _nft(ruleset(first, last, allowed))
+            return allowed
+    except OSError as e:
+        raise FenceError(f"cannot keep the fence's ports in {registry}: {e}") from None
+
+
+def _own_folder(path: Path) -> Path:
+    """``path``, made if need be: root's alone (a worker that could write there could let
+    itself through)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if info.st_uid != os.geteuid() or not stat.S_ISDIR(info.st_mode) or info.st_mode & 0o022:
+        raise OSError(f"{path} must be a directory of this user's that no one else can write to")
+    return path
+
+
+def _live_ports(folder: Path) -> tuple[int, ...]:
+    """The ports every live registered process lets through; the dead ones' entries go."""
+    ports: set[int] = set()
+    for entry in folder.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            os.kill(int(entry.name), 0)
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+            continue
+        except PermissionError:
+            pass  # alive, another user's (a process id reused since)
+        text = entry.read_text()
+        ports.update(int(p) for p in text.split(",") if p.isdigit() and 0 < int(p) < 65536)
+    return tuple(sorted(ports))
 
 
 def take_down(first: int, last: int) -> None:
@@ -89,7 +141,7 @@ def take_down(first: int, last: int) -> None:
 def _nft(script: str) -> None:
     nft = shutil.which("nft")
     if nft is None:
-        raise FenceError("the nft command is missing (install Debian's nftables package)")
+        raise FenceError(MISSING)
     try:
         done = subprocess.run(
             [nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT

@@ -340,7 +340,7 @@ def _fence(settings: Settings) -> None:
         return
     ports = netfence.allowed_ports(settings.http_addr, settings.host_ports)
     try:
-        netfence.put_up(first, last, ports)
+        ports = netfence.put_up(first, last, ports)
     except netfence.FenceError as e:
         if settings.network_fence == "required":
             raise AKError(

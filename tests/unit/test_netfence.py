@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,14 +50,40 @@ def test_put_up_says_why_it_could_not(monkeypatch: pytest.MonkeyPatch, tmp_path:
         netfence.put_up(820000, 829999, (53,))
     _fake_nft(tmp_path, "/bin/cat >/dev/null; echo 'Error: Operation not permitted' >&2; exit 1\n")
     with pytest.raises(netfence.FenceError, match="nft refused the rules: Error: Operation not"):
-        netfence.put_up(820000, 829999, (53,))
+        netfence.put_up(820000, 829999, (53,), tmp_path / "fence")
 
 
-def test_put_up_hands_nft_the_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_put_up_hands_nft_the_rules_with_every_live_processs_ports(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     _fake_nft(tmp_path, f'[ "$1 $2" = "-f -" ] && /bin/cat > {tmp_path}/given\n')
-    netfence.put_up(820000, 829999, (53, 9980))
+    registry = tmp_path / "fence"
+    assert netfence.put_up(820000, 829999, (53, 9980), registry) == (53, 9980)
     assert (tmp_path / "given").read_text() == netfence.ruleset(820000, 829999, (53, 9980))
+    # Another live stack's ports stay let through; a dead one's go.
+    folder = registry / "820000-829999"
+    (folder / str(os.getppid())).write_text("53,5432")
+    dead = subprocess.Popen(["/bin/true"])
+    dead.wait()
+    (folder / str(dead.pid)).write_text("6379")
+    assert netfence.put_up(820000, 829999, (53, 9981), registry) == (53, 5432, 9981)
+    assert (tmp_path / "given").read_text() == netfence.ruleset(820000, 829999, (53, 5432, 9981))
+    assert sorted(x.name for x in folder.iterdir()) == sorted(
+        [".lock", str(os.getppid()), str(os.getpid())]
+    )
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_put_up_refuses_a_registry_others_can_write(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _fake_nft(tmp_path, "/bin/cat >/dev/null\n")
+    (tmp_path / "fence" / "820000-829999").mkdir(parents=True)
+    (tmp_path / "fence" / "820000-829999").chmod(0o777)
+    with pytest.raises(netfence.FenceError, match="no one else can write to"):
+        netfence.put_up(820000, 829999, (53,), tmp_path / "fence")
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, fence: str) -> config.Settings:

@@ -15,9 +15,12 @@ from akcore.errors import AKError
 def fences(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, tuple[int, ...]]]:
     """What `ak up` asked of nftables (nothing reaches the machine's real rules)."""
     asked: list[tuple[str, int, int, tuple[int, ...]]] = []
-    monkeypatch.setattr(
-        netfence, "put_up", lambda first, last, p: asked.append(("up", first, last, tuple(p)))
-    )
+
+    def put_up(first: int, last: int, ports: tuple[int, ...]) -> tuple[int, ...]:
+        asked.append(("up", first, last, tuple(ports)))
+        return (*ports, 7777)  # (and another live stack's port)
+
+    monkeypatch.setattr(netfence, "put_up", put_up)
     monkeypatch.setattr(
         netfence, "take_down", lambda first, last: asked.append(("down", first, last, ()))
     )
@@ -51,7 +54,9 @@ def test_as_root_it_fences_handlers_off_this_host_but_dns_http_and_the_ports_nam
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setenv("AK_RUNNER__HOST_PORTS", "5432, 6379")
     note = _sandbox_note("0.0.0.0:9973")
-    assert note.endswith("; network: handlers reach no port of this host but 53, 5432, 6379, 9973")
+    assert note.endswith(
+        "; network: handlers reach no port of this host but 53, 5432, 6379, 9973, 7777"
+    )
     assert fences == [("up", 820000, 829999, (53, 5432, 6379, 9973))]
 
 
