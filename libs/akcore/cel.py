@@ -1,9 +1,13 @@
-"""CEL filters over events: compile once (cached), evaluate with ``data`` and ``event_type``."""
+"""CEL filters over events: checked for size, compiled once (cached), evaluated with
+``data`` and ``event_type``."""
 
 from __future__ import annotations
 
+import collections
 import datetime
-import functools
+import logging
+import operator
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,11 +15,22 @@ from typing import Any
 import celpy
 from celpy import celtypes
 
+from . import cellimits
+from .cellimits import OverLimit, check_built
+
 VARIABLES = frozenset({"data", "event_type"})
+# Compiled programs kept, the most recently used first: at most this many, and at most this
+# many tokens of filters in all (a program takes ~3.5 KB per token: ~60 MB).
+CACHE_ENTRIES = 4096
+CACHE_TOKENS = 16384
+
+# cel-python logs the arguments of a function that failed (an event's data, maybe
+# megabytes of it) at ERROR, to standard error when nothing else is set up: never.
+logging.getLogger("celpy").setLevel(logging.CRITICAL + 1)
 
 
 class FilterError(ValueError):
-    """The filter text is not a valid CEL expression."""
+    """The filter text is not a valid CEL expression, or is over a limit on its size."""
 
 
 @dataclass
@@ -107,51 +122,132 @@ def to_cel(value: Any) -> Any:
 
 
 _ENV = celpy.Environment()
+# cel-python's parser keeps the text it parses on itself (for its error messages): one
+# parse at a time (the store validates manifests on several threads, the runner off its loop).
+_PARSING = threading.Lock()
 
 
 def _str(x: Any) -> celtypes.StringType:
     return celtypes.StringType(x)
 
 
+# The functions below that can make something longer than what they were given check its
+# size first (``cellimits``): one call must not take gigabytes.
+
+
 def _split(s: Any, sep: Any, limit: Any = -1) -> celtypes.ListType:
-    n = int(limit)
+    text, sep, n = str(s), str(sep), int(limit)
     if n == 0:
         return celtypes.ListType([])
-    parts = str(s).split(str(sep), n - 1) if n > 0 else str(s).split(str(sep))
+    if sep:
+        count = text.count(sep) + 1
+        check_built("split()", min(count, n) if n > 0 else count, "items")
+    parts = text.split(sep, n - 1) if n > 0 else text.split(sep)
     return celtypes.ListType([_str(p) for p in parts])
 
 
+def _join(items: Any, sep: Any = "") -> celtypes.StringType:
+    sep, size = str(sep), 0
+    parts: list[str] = []
+    for item in items:
+        part = str(item)
+        size += len(part) + (len(sep) if parts else 0)
+        check_built("join()", size, "characters or more")
+        parts.append(part)
+    return _str(sep.join(parts))
+
+
 def _replace(s: Any, old: Any, new: Any, limit: Any = -1) -> celtypes.StringType:
-    return _str(str(s).replace(str(old), str(new), int(limit)))
+    text, old, new, n = str(s), str(old), str(new), int(limit)
+    count = text.count(old)  # (an empty ``old`` is found between every two characters)
+    size = len(text) + (min(count, n) if n >= 0 else count) * (len(new) - len(old))
+    if size > len(text):
+        check_built("replace()", size, "characters")
+    return _str(text.replace(old, new, n))
 
 
 def _substring(s: Any, start: Any, end: Any = None) -> celtypes.StringType:
     return _str(str(s)[int(start) : None if end is None else int(end)])
 
 
-# The CEL strings extension (member functions), which cel-python does not ship.
+_SEQUENCES = (str, bytes, list)
+_UNITS = {str: "characters", bytes: "bytes", list: "items"}
+
+
+def _add(a: Any, b: Any) -> Any:
+    """CEL's ``+``; two strings, bytes or lists are measured first."""
+    if isinstance(a, _SEQUENCES) and isinstance(b, _SEQUENCES):
+        unit = next(u for t, u in _UNITS.items() if isinstance(a, t))
+        check_built("+", len(a) + len(b), unit)
+    return operator.add(a, b)
+
+
+# The CEL strings extension (member functions), which cel-python does not ship, and ``+``.
 STRING_FUNCTIONS: dict[str, Any] = {
     "lowerAscii": lambda s: _str(str(s).lower()),
     "upperAscii": lambda s: _str(str(s).upper()),
     "trim": lambda s: _str(str(s).strip()),
     "split": _split,
-    "join": lambda items, sep="": _str(str(sep).join(str(i) for i in items)),
+    "join": _join,
     "replace": _replace,
     "indexOf": lambda s, sub: celtypes.IntType(str(s).find(str(sub))),
     "lastIndexOf": lambda s, sub: celtypes.IntType(str(s).rfind(str(sub))),
     "substring": _substring,
     "charAt": lambda s, i: _str(str(s)[int(i) : int(i) + 1]),
+    "_+_": _add,
 }
 
 
-@functools.lru_cache(maxsize=4096)
-def compile_filter(expr: str) -> Any:
-    """Returns a runnable program for ``expr``; raises FilterError when it does not parse."""
+def _compile(expr: str) -> tuple[Any, int]:
+    """A runnable program for ``expr`` and its number of tokens; raises FilterError when it
+    is over a limit on its size (measured before it is parsed) or does not parse."""
     try:
-        ast = _ENV.compile(expr)
-    except Exception as e:  # celpy raises its own parse error types
-        raise FilterError(f"invalid filter: {e}".strip()) from None
-    return _ENV.program(ast, functions=STRING_FUNCTIONS)
+        tokens = cellimits.measure(expr)
+        with _PARSING:
+            try:
+                ast = _ENV.compile(expr)
+            except Exception as e:  # celpy raises its own parse error types
+                raise FilterError(f"invalid filter: {e}".strip()) from None
+            cellimits.check_depth(ast)
+            return _ENV.program(ast, functions=STRING_FUNCTIONS), tokens
+    except cellimits.TooBig as e:
+        raise FilterError(f"invalid filter: {e}") from None
+
+
+class Programs:
+    """Compiled filters, the most recently used kept, within ``CACHE_ENTRIES`` and
+    ``CACHE_TOKENS`` (what a program takes grows with its filter's tokens)."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES, tokens: int = CACHE_TOKENS) -> None:
+        self.entries, self.tokens = entries, tokens
+        self.kept_tokens = 0
+        self.compiled = 0  # filters compiled (a cache miss each)
+        self._kept: collections.OrderedDict[str, tuple[Any, int]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, expr: str) -> Any:
+        """The program for ``expr``, compiled if not kept; raises FilterError."""
+        kept = self._kept.get(expr)
+        if kept is not None:
+            self._kept.move_to_end(expr)
+            return kept[0]
+        program, tokens = _compile(expr)
+        self.compiled += 1
+        self._kept[expr] = (program, tokens)
+        # Counted again, not kept up to date: a filter's budget may stop it anywhere here.
+        self.kept_tokens = sum(t for _, t in self._kept.values())
+        while len(self._kept) > self.entries or self.kept_tokens > self.tokens:
+            self.kept_tokens -= self._kept.popitem(last=False)[1][1]
+        return program
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self.kept_tokens = 0
+
+
+PROGRAMS = Programs()
 
 
 def is_empty(expr: str | None) -> bool:
@@ -159,8 +255,10 @@ def is_empty(expr: str | None) -> bool:
 
 
 def validate_filter(expr: str) -> None:
+    """Raises FilterError unless ``expr`` is a filter. What it compiled is not kept: where
+    filters are only checked (a manifest, a subscribe), they are not run."""
     if not is_empty(expr):
-        compile_filter(expr.strip())
+        _compile(expr.strip())
 
 
 def variables(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,16 +274,21 @@ def _reason(e: BaseException) -> str:
 
 def judge(expr: str, variables: Mapping[str, Any]) -> Verdict:
     """Evaluates one filter against ``variables(...)``. An empty filter matches; an invalid
-    one, an evaluation error (a missing key, say) or a result other than a bool is no
-    match, with the reason."""
+    one, an evaluation error (a missing key, say), a value built over the size limit or a
+    result other than a bool is no match, with the reason. Raises MemoryError when the
+    process ran out of memory."""
     if is_empty(expr):
         return Verdict(True)
     try:
-        prog = compile_filter(expr.strip())
+        prog = PROGRAMS.get(expr.strip())
     except FilterError as e:
         return Verdict(False, str(e))
     try:
         result = prog.evaluate(variables)
+    except OverLimit as e:
+        return Verdict(False, str(e))
+    except MemoryError:
+        raise  # the caller knows the limit it ran into
     except Exception as e:  # celpy raises its CELEvalError at the top, among others
         return Verdict(False, f"evaluation error: {_reason(e)}")
     if isinstance(result, Exception):  # and returns it from some paths

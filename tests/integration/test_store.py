@@ -10,7 +10,7 @@ from ak_store.api import MAX_SPANS, StoreApi
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records, apply_spans
 from ak_store.service import run as run_store
-from akcore import bus, journal, ops, subjects, wire
+from akcore import bus, cel, journal, ops, subjects, wire
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.errors import InvalidArgument, NotFound
@@ -70,6 +70,32 @@ async def test_manifest_and_deployments(settings: Settings) -> None:
             )
         assert [p["name"] for p in await bus.store_call(nc, "project.list", {})] == ["p1"]
         await nc.close()
+
+
+def test_a_filter_too_big_is_refused_and_not_kept(store: tuple[StoreApi, Engine]) -> None:
+    api, _ = store
+    wide = "size([" + ",".join(["0"] * 30_000) + "]) > 0"  # the review's: ~6 s and 370 MB each
+    text = (
+        "version: v1\nproject:\n  name: p1\n  triggers:\n"
+        f"    - name: t\n      webhook: {{}}\n      filter: '{wide}'\n"
+    )
+    problem = (
+        "invalid filter: it is 60011 characters long, over the limit of 4096: "
+        "filter on a few fields and check the rest in the handler"
+    )
+    for op in ("manifest.plan", "manifest.apply"):
+        with pytest.raises(InvalidArgument) as e:
+            call(api, op, {"text": text})
+        assert f"project.triggers[0].filter: {problem}" in e.value.message
+    call(api, "manifest.apply", {"text": "version: v1\nproject:\n  name: p1\n"})
+    spec = {"name": "t", "type": "webhook", "filter": wide}
+    with pytest.raises(InvalidArgument, match="over the limit of 4096"):
+        call(api, "trigger.create", {"project": "p1", "trigger": spec})
+    # A filter that is saved is checked, not kept compiled: only evaluators run filters.
+    kept = len(cel.PROGRAMS)
+    spec["filter"] = "data.method == 'POST'"
+    call(api, "trigger.create", {"project": "p1", "trigger": spec})
+    assert len(cel.PROGRAMS) == kept
 
 
 async def test_journal_is_materialized_once(settings: Settings) -> None:

@@ -46,11 +46,32 @@ def test_invalid_filter() -> None:
 
 
 def test_compiled_once() -> None:
-    cel.compile_filter.cache_clear()
+    cel.PROGRAMS.clear()
+    before = cel.PROGRAMS.compiled
     for _ in range(5):
         cel.matches("data.method == 'GET'", "get", DATA)
-    info = cel.compile_filter.cache_info()
-    assert (info.misses, info.hits) == (1, 4)
+    assert cel.PROGRAMS.compiled == before + 1
+
+
+def test_the_compiled_programs_kept_are_bounded_by_their_tokens() -> None:
+    programs = cel.Programs(entries=100, tokens=50)
+    for n in range(20):
+        programs.get(f"data.n == {n}")  # 5 tokens each
+    assert (len(programs), programs.kept_tokens) == (10, 50)
+    programs.get("data.n == 19")
+    assert programs.compiled == 20  # the newest were kept
+    programs.get("data.n == 0")
+    assert programs.compiled == 21  # the oldest were not
+    # One filter over the whole allowance is compiled, used and not kept.
+    big = " || ".join(f"data.n == {n}" for n in range(20))
+    assert programs.get(big).evaluate(cel.variables("get", {"n": 3}))
+    assert programs.kept_tokens <= 50
+
+
+def test_a_filter_is_only_checked_where_it_is_saved() -> None:
+    kept = len(cel.PROGRAMS)
+    cel.validate_filter("data.method == 'a checked filter'")
+    assert len(cel.PROGRAMS) == kept
 
 
 def test_event_type() -> None:
@@ -123,3 +144,117 @@ def test_the_filters_of_one_event_convert_it_once(monkeypatch: pytest.MonkeyPatc
 def test_a_filter_that_cannot_decide_says_why(expr: str, problem: str) -> None:
     verdict = cel.judge(expr, cel.variables("get", DATA))
     assert not verdict.matched and verdict.problem.startswith(problem)
+
+
+WIDE = "size([" + ",".join(["1"] * 300) + "]) > 0"  # 606 tokens
+CHAINED = " + ".join(["1"] * 160) + " > 0"  # 321 tokens, but 320 levels of additions
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        (
+            "data.x == '" + "a" * 4090 + "'",
+            "invalid filter: it is 4102 characters long, over the limit of 4096: "
+            "filter on a few fields and check the rest in the handler",
+        ),
+        (
+            WIDE,
+            "invalid filter: it has 606 tokens (names, literals, operators and brackets), "
+            "over the limit of 500: filter on a few fields and check the rest in the handler",
+        ),
+        (
+            "(" * 17 + "true" + ")" * 17,
+            "invalid filter: its brackets nest 17 deep, over the limit of 16",
+        ),
+        (
+            CHAINED,
+            "invalid filter: it nests 331 levels deep once parsed, over the limit of 300: use "
+            "fewer nested brackets and macros, and shorter chains of operators",
+        ),
+    ],
+)
+def test_a_filter_over_a_size_limit_is_refused_with_the_limit(expr: str, problem: str) -> None:
+    with pytest.raises(cel.FilterError) as e:
+        cel.validate_filter(expr)
+    assert str(e.value) == problem
+    assert cel.judge(expr, cel.variables("get", DATA)) == cel.Verdict(False, problem)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "data.method != '" + "a" * 4000 + "'",  # a long string is one token
+        "data.method != '" + "(" * 100 + "'",  # brackets in a string are not brackets
+        "(" * 16 + "data.method == 'GET'" + ")" * 16,
+        " + ".join(["1"] * 120) + " > 0",
+        " && ".join(f"data.headers['X-Github-Event'] != 'x{n}'" for n in range(40)),
+    ],
+)
+def test_filters_within_the_limits_run(expr: str) -> None:
+    cel.validate_filter(expr)
+    assert cel.judge(expr, cel.variables("get", DATA)) == cel.Verdict(True)
+
+
+def test_the_size_of_a_filter_is_checked_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def parse(text: str) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(cel._ENV, "compile", parse)
+    for expr in ["x" * 100_000, WIDE, "[" * 100 + "]" * 100]:
+        with pytest.raises(cel.FilterError, match="over the limit"):
+            cel.validate_filter(expr)
+
+
+TEXT = "x" * 2000
+LIMIT = "more than the 1048576 a filter may build"
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        # 2,000 characters with the text between each two: 4 million in one call.
+        (
+            'data.text.replace("", data.text).size() == 0',
+            f"replace() would make 4004000 characters, {LIMIT}",
+        ),
+        ('data.text.replace("", data.text) == "" || true', "replace() would make 4004000"),
+        ("data.items.map(x, data.text).join(',').size() > 0", "join() would make 10"),
+        ("size(data.big + data.big) > 0", f"+ would make 1200000 characters, {LIMIT}"),
+        ("size(data.list + data.list) > 0", f"+ would make 1200000 items, {LIMIT}"),
+        ("size(data.blob + data.blob) > 0", f"+ would make 1200000 bytes, {LIMIT}"),
+        ("data.big.split('a').size() > 0", f"split() would make 1100001 items, {LIMIT}"),
+    ],
+)
+def test_a_filter_cannot_build_a_huge_value(expr: str, problem: str) -> None:
+    data = {
+        "text": TEXT,
+        "items": list(range(1000)),
+        "big": "a" * 600_000,
+        "list": [0] * 600_000,
+        "blob": b"a" * 600_000,
+    }
+    if "split" in expr:
+        data["big"] = "a" * 1_100_000
+    verdict = cel.judge(expr, cel.variables("post", data))
+    assert not verdict.matched
+    assert verdict.problem.startswith(f"filter ran over its size limit: {problem}")
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "data.text.replace('x', 'yy').size() == 4000",
+        "data.text.replace('', '-', 3).startsWith('-x-x-x')",
+        "data.huge.replace('a', 'b').size() == 2000000",  # as long as what it was given
+        "data.huge.lowerAscii().size() == 2000000",
+        "(data.text + data.text).size() == 4000 && size([1] + [2]) == 2",
+        "data.text.split('').size() == 0 || true",  # (an error, and false, in cel-python)
+        "['a', 'b'].join('-') == 'a-b'",
+    ],
+)
+def test_values_within_the_size_limit_are_built(expr: str) -> None:
+    data = {"text": TEXT, "huge": "a" * 2_000_000}
+    assert cel.judge(expr, cel.variables("post", data)) == cel.Verdict(True)

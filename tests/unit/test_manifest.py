@@ -110,6 +110,20 @@ project:
         assert expected in msg, msg
 
 
+def test_a_filter_too_big_is_named_with_its_limit() -> None:
+    wide = "size([" + ",".join(["0"] * 300) + "]) > 0"
+    msg = _problems(
+        "version: v1\nproject:\n  name: p\n  triggers:\n"
+        f"    - name: t\n      webhook: {{}}\n      filter: '{wide}'\n"
+        f"    - name: u\n      webhook: {{}}\n      filter: '{'x' * 5000}'\n"
+    )
+    assert (
+        "- project.triggers[0].filter: invalid filter: it has 606 tokens (names, literals, "
+        "operators and brackets), over the limit of 500" in msg
+    )
+    assert "- project.triggers[1].filter: invalid filter: it is 5000 characters long" in msg
+
+
 def test_trigger_without_type() -> None:
     msg = _problems("version: v1\nproject:\n  name: p\n  triggers:\n    - name: t\n")
     assert "project.triggers[0]: missing trigger type" in msg
