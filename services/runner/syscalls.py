@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +28,18 @@ from .values import Values
 
 class SyscallError(Exception):
     """A refused system call; its message reaches the handler as an AutoKittehError."""
+
+
+def _filter_problem(flt: str) -> str:
+    """Why ``flt`` is not a filter, or "". Called off the event loop: parsing a filter takes
+    up to ~50 ms (the limits of ``akcore.cellimits``), the first ever ~0.15 s more."""
+    from akcore import cel  # only here: building its parser takes a runner's start ~0.15 s
+
+    try:
+        cel.validate_filter(flt)
+    except cel.FilterError as e:
+        return str(e)
+    return ""
 
 
 class Syscalls:
@@ -84,12 +97,9 @@ class Syscalls:
             raise SyscallError(
                 f'subscribe({source}, {flt}) -> source "{source}" not found'
             ) from None
-        from akcore import cel  # only here: building its parser takes a runner's start ~0.15 s
-
-        try:
-            cel.validate_filter(flt)
-        except cel.FilterError as e:
-            raise SyscallError(str(e)) from None
+        problem = await asyncio.to_thread(_filter_problem, flt)
+        if problem:
+            raise SyscallError(problem)
         sub_id = str(uuid.uuid4())
         self.subscribed = True
         await bus.store_call(
