@@ -29,6 +29,7 @@ ENV_WORKER_PYTHON = "AK_WORKER_PYTHON"
 ENV_WARM_WORKERS = "AK_RUNNER__WARM_WORKERS"
 ENV_WORKER_SESSIONS = "AK_RUNNER__WORKER_SESSIONS"
 ENV_FILTER_BUDGET_MS = "AK_DISPATCHER__FILTER_BUDGET_MS"  # CPU time of one CEL filter
+ENV_EVALUATOR_MEMORY_MB = "AK_DISPATCHER__EVALUATOR_MEMORY_MB"  # of one; 0 = no limit
 ENV_JOBS_MAX_ATTEMPTS = "AK_JOBS__MAX_ATTEMPTS"
 ENV_JOURNAL_MAX_RECORDS = "AK_RUNNER__JOURNAL_MAX_RECORDS"
 ENV_JOURNAL_MAX_BYTES = "AK_RUNNER__JOURNAL_MAX_BYTES"
@@ -140,6 +141,9 @@ class Settings:
     journal_max_records: int = 50_000  # one session's journal, at most
     journal_max_bytes: int = 50 * 1024 * 1024
     filter_budget_ms: int = 100  # CPU time one trigger or subscription filter may take
+    # The address space of one filter evaluator (``evaluator_memory_mb()``; each evaluator
+    # reads it from the environment it inherits from its dispatcher).
+    evaluator_memory_mb: int = 1024
     auth_tokens: bool = True  # /api calls need an API token (off only on loopback)
     auth_bootstrap_file: str = ""  # the store keeps the token (or digest) of this file
     http: HttpLimits = HttpLimits()
@@ -172,6 +176,7 @@ class Settings:
             journal_max_records=_count(ENV_JOURNAL_MAX_RECORDS, 50_000, 100),
             journal_max_bytes=_count(ENV_JOURNAL_MAX_BYTES, 50 * 1024 * 1024, 1024 * 1024),
             filter_budget_ms=_count(ENV_FILTER_BUDGET_MS, 100, 1),
+            evaluator_memory_mb=evaluator_memory_mb(),
             auth_tokens=_switch(ENV_AUTH_TOKENS, True),
             auth_bootstrap_file=os.environ.get(ENV_AUTH_BOOTSTRAP, ""),
             http=HttpLimits.from_env(),
@@ -185,6 +190,11 @@ class Settings:
             echo_prints=_switch(ENV_ECHO_PRINTS, False),
             worker_env=tuple(n for n in os.environ.get(ENV_WORKER_ENV, "").split(",") if n),
         )
+
+
+def evaluator_memory_mb() -> int:
+    """``AK_DISPATCHER__EVALUATOR_MEMORY_MB``: the memory of one filter evaluator, in MiB."""
+    return _count(ENV_EVALUATOR_MEMORY_MB, 1024, 0)
 
 
 def _nats_password() -> str:

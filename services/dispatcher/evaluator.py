@@ -7,13 +7,17 @@ filter, in order, each as soon as it is known. It ends when its input closes.
 
 The budget is CPU time, kept by a ``setitimer(ITIMER_PROF)`` timer: cel-python is pure
 Python, so its signal stops a filter between two bytecodes (regular expressions check for
-signals too). The dispatcher kills an evaluator that does not answer at all
-(``evaluators.py``).
+signals too). One bytecode can take gigabytes, though (a ``replace`` in C): the functions
+that build strings and lists refuse to build one over ``cellimits.MAX_BUILT``, and the
+process is held to ``AK_DISPATCHER__EVALUATOR_MEMORY_MB`` of address space, so a filter
+that takes more gets a ``MemoryError``, counts as failed, and the evaluator goes on. The
+dispatcher kills an evaluator that does not answer at all (``evaluators.py``).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import struct
 import sys
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, BinaryIO
 
-from akcore import cel, wire
+from akcore import cel, config, wire
 
 HEADER = struct.Struct(">I")
 
@@ -70,14 +74,43 @@ def over_budget_note(budget_ms: int) -> str:
     return f"filter ran over its {budget_ms} ms budget"
 
 
+class _Memory:
+    limit_mb = 0  # the address space this process holds itself to (``limit_memory``)
+
+
+def limit_memory(mb: int) -> None:
+    """Holds this process to ``mb`` MiB of address space (0: no limit), for good."""
+    if mb <= 0:
+        return
+    value, hard = mb << 20, resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (value, value))
+    _Memory.limit_mb = value >> 20
+
+
+def over_memory_note() -> str:
+    if not _Memory.limit_mb:
+        return "filter ran out of memory"
+    return (
+        f"filter ran over the evaluator's memory limit of {_Memory.limit_mb} MiB "
+        f"({config.ENV_EVALUATOR_MEMORY_MB})"
+    )
+
+
 def judge_within(expr: str, variables: dict[str, Any], budget_ms: int) -> cel.Verdict:
-    """``cel.judge`` stopped after ``budget_ms`` of CPU time (main thread only)."""
+    """``cel.judge`` stopped after ``budget_ms`` of CPU time (main thread only), or when
+    the process runs out of memory."""
     previous = signal.signal(signal.SIGPROF, _over_budget)
     verdict = None
+    ran_out = False
     try:
-        _Timer.armed = True
-        signal.setitimer(signal.ITIMER_PROF, budget_ms / 1000, AGAIN)
-        verdict = cel.judge(expr, variables)
+        try:
+            _Timer.armed = True
+            signal.setitimer(signal.ITIMER_PROF, budget_ms / 1000, AGAIN)
+            verdict = cel.judge(expr, variables)
+        except MemoryError:
+            ran_out = True  # (its note is made below, once what the filter built is freed)
         _disarm()
     except OverBudget:  # the filter's, or one that came just as it ended
         pass
@@ -88,6 +121,8 @@ def judge_within(expr: str, variables: dict[str, Any], budget_ms: int) -> cel.Ve
         except OverBudget:
             continue
     signal.signal(signal.SIGPROF, previous)
+    if ran_out:
+        return cel.Verdict(False, over_memory_note())
     return verdict if verdict is not None else cel.Verdict(False, over_budget_note(budget_ms))
 
 
@@ -96,8 +131,11 @@ def judge_event(req: FilterRequest) -> Iterator[cel.Verdict]:
     try:
         event = wire.decode(wire.Event, req.event)
     except Exception as e:
+        problem = f"the event could not be read: {e}"
+        if isinstance(e, MemoryError):
+            problem = over_memory_note()
         for _ in req.filters:
-            yield cel.Verdict(False, f"the event could not be read: {e}")
+            yield cel.Verdict(False, problem)
         return
     variables = cel.variables(event.event_type, event.data)
     for expr in req.filters:
@@ -127,6 +165,8 @@ def main() -> None:
     # The frames own standard output; a stray print from a library goes to standard error.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    # (After the imports: a limit set too low fails filters, with a note that says so.)
+    limit_memory(config.evaluator_memory_mb())
     serve(sys.stdin.buffer, out)
 
 

@@ -40,6 +40,16 @@ def test_ak_up_refuses_a_bad_setting_before_starting_anything() -> None:
     )
 
 
+def test_evaluator_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AK_DISPATCHER__EVALUATOR_MEMORY_MB", raising=False)
+    assert Settings.from_env().evaluator_memory_mb == 1024
+    monkeypatch.setenv("AK_DISPATCHER__EVALUATOR_MEMORY_MB", "0")
+    assert Settings.from_env().evaluator_memory_mb == 0  # no limit
+    monkeypatch.setenv("AK_DISPATCHER__EVALUATOR_MEMORY_MB", "1g")
+    with pytest.raises(ValueError, match="EVALUATOR_MEMORY_MB must be a whole number"):
+        Settings.from_env()
+
+
 def test_filter_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AK_DISPATCHER__FILTER_BUDGET_MS", raising=False)
     assert Settings.from_env().filter_budget_ms == 100

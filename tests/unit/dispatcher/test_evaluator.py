@@ -77,6 +77,29 @@ async def test_one_heavy_filter_does_not_hold_up_another_event(pool: Evaluators)
     ]
 
 
+async def test_a_filter_over_the_evaluators_memory_fails_and_the_evaluator_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AK_DISPATCHER__EVALUATOR_MEMORY_MB", "128")  # (evaluators inherit it)
+    pool = Evaluators(budget_ms=20_000)
+    data = {"method": "POST", "s": "x" * 400_000, "items": ITEMS[:1000]}
+    event = wire.encode(wire.Event("evt_1", "prj_1", "trg_1", "post", data))
+    # Strings within the size limit, but 800 MB of them: one step of the interpreter each.
+    greedy = "data.items.map(x, data.s + data.s).size() == 0"
+    assert await pool.judge(event, [greedy, LIGHT]) == [
+        cel.Verdict(
+            False,
+            "filter ran over the evaluator's memory limit of 128 MiB "
+            "(AK_DISPATCHER__EVALUATOR_MEMORY_MB)",
+        ),
+        cel.Verdict(True),
+    ]
+    (evaluator,) = pool._idle
+    assert await pool.judge(event, [LIGHT]) == [cel.Verdict(True)]
+    assert pool._idle == [evaluator]  # the same process
+    await pool.close()
+
+
 async def test_an_evaluator_that_ended_while_idle_is_replaced(pool: Evaluators) -> None:
     assert await pool.judge(_event(), [LIGHT]) == [cel.Verdict(True)]
     (idle,) = pool._idle
