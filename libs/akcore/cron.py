@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .errors import shown
+
 _MACROS = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
@@ -35,7 +37,7 @@ def _field(text: str, lo: int, hi: int, names: dict[str, int] | None = None) -> 
         rng, _, step_s = part.partition("/")
         step = int(step_s) if step_s.isdigit() and int(step_s) > 0 else None
         if step_s and step is None:
-            raise CronError(f"bad step in {part!r}")
+            raise CronError(f"bad step in {shown(part)}")
         if rng == "*":
             a, b = lo, hi
         else:
@@ -43,10 +45,10 @@ def _field(text: str, lo: int, hi: int, names: dict[str, int] | None = None) -> 
             try:
                 nums = [int(x) for x in ends]
             except ValueError:
-                raise CronError(f"{part!r} is not a number, range or name") from None
+                raise CronError(f"{shown(part)} is not a number, range or name") from None
             a, b = nums[0], nums[-1] if len(nums) == 2 else (hi if step else nums[0])
         if not lo <= a <= b <= hi:
-            raise CronError(f"{part!r} is outside {lo}-{hi}")
+            raise CronError(f"{shown(part)} is outside {lo}-{hi}")
         out.update(range(a, b + 1, step or 1))
     return frozenset(out)
 
@@ -112,7 +114,7 @@ def parse(text: str) -> Schedule:
     if len(fields) == 5:
         fields = ["0", *fields]
     if len(fields) != 6:
-        raise CronError(f"{text!r}: expected 5 fields (or 6 with seconds first)")
+        raise CronError(f"{shown(text)}: expected 5 fields (or 6 with seconds first)")
     sec, minute, hour, dom, mon, dow = fields
     weekdays = _field(dow.replace("7", "0") if dow != "*" else dow, 0, 6, _NAMES["weekday"])
     return Schedule(

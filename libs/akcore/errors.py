@@ -83,3 +83,25 @@ _BY_KIND: dict[str, type[AKError]] = {
 def error_from_kind(kind: str, message: str) -> AKError:
     """Rebuilds an error received over the wire."""
     return _BY_KIND.get(kind, AKError)(message)
+
+
+MAX_SHOWN = 80  # characters of a text a message quotes
+
+
+def shown(value: object) -> str:
+    """What an error message quotes of a value a user sent: a short scalar's repr, a long
+    text's first ``MAX_SHOWN`` characters and its length, anything else only its kind.
+
+    Never the repr of a list or mapping: one read from YAML may share its parts
+    (``*alias``), and written out it can be a million times the size of what was sent.
+    """
+    if isinstance(value, str):
+        if len(value) <= MAX_SHOWN:
+            return repr(value)
+        return f"{value[:MAX_SHOWN]!r}... ({len(value):,} characters)"
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):  # (a huge int's repr raises ValueError past 4300 digits)
+        return repr(value) if value.bit_length() <= 64 else "a number too long to show"
+    kinds: dict[type, str] = {dict: "a mapping", list: "a list", bytes: "binary data"}
+    return kinds.get(type(value), f"a {type(value).__name__}")

@@ -12,6 +12,7 @@ import time
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 PREFIXES = ("prj", "env", "con", "bld", "dep", "trg", "ses", "evt", "sig", "run", "tok")
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]+)_(?P<suffix>[0-7][" + ALPHABET + r"]{25})$")
+_ID_SHAPE = re.compile(r"(?:" + "|".join(PREFIXES) + r")_[0-9a-z]{26}")
 
 
 def _uuid7_int() -> int:
@@ -76,3 +77,9 @@ def id_prefix(text: str) -> str | None:
 
 def is_id(text: str, prefix: str) -> bool:
     return id_prefix(text) == prefix
+
+
+def looks_like_id(text: str) -> bool:
+    """Whether ``text`` has the shape of an id: one of our prefixes, ``_`` and 26 lowercase
+    letters or digits (an id where a name is expected is looked up as an id)."""
+    return _ID_SHAPE.fullmatch(text) is not None

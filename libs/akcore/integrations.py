@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 
+from .errors import MAX_SHOWN
+
 INTEGRATIONS = ("http", "github", "slack")
 # AutoKitteh's other integrations: a connection of one is refused with a clear line (the
 # SDK's client helpers read the same variables from project vars meanwhile).
@@ -54,6 +56,8 @@ NOT_YET = (
 def unknown(name: str) -> str:
     """Why a connection cannot use integration ``name``."""
     supported = ", ".join(INTEGRATIONS)
+    if len(name) > MAX_SHOWN:
+        name = name[:MAX_SHOWN] + "..."
     if name in NOT_YET:
         return (
             f'integration "{name}" is not supported yet by this server (supported: {supported}); '

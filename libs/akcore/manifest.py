@@ -9,10 +9,10 @@ from typing import Any
 import yaml
 
 from . import cron
-from .errors import InvalidArgument
+from .errors import InvalidArgument, shown
+from .names import name_problem
 
-_NAME_RE = re.compile(r"^\w+$")
-_CALL_RE = re.compile(r"^(?P<path>[^:\s]+\.py)[: ](?P<name>[A-Za-z_]\w*)$")
+_CALL_RE = re.compile(r"^(?P<path>[^:\s]+\.py)[: ](?P<name>[A-Za-z_]\w*)\Z")
 SOURCE_TYPES = ("webhook", "schedule", "connection")
 
 
@@ -88,7 +88,8 @@ class _Checker:
             return {}
         for key in value:
             if key not in allowed:
-                self.fail(f"{where}.{key}" if where else str(key), "unknown field")
+                field_name = key if isinstance(key, str) and len(key) <= 64 else shown(key)
+                self.fail(f"{where}.{field_name}" if where else field_name, "unknown field")
         return value
 
     def string(self, d: dict[str, Any], key: str, where: str, required: bool = False) -> str:
@@ -105,14 +106,15 @@ class _Checker:
         if key not in d or d[key] is None:
             return default
         if not isinstance(d[key], bool):
-            self.fail(f"{where}.{key}", f"expected true or false, got {d[key]!r}")
+            self.fail(f"{where}.{key}", f"expected true or false, got {shown(d[key])}")
             return default
         return bool(d[key])
 
     def name(self, d: dict[str, Any], where: str) -> str:
         name = self.string(d, "name", where, required=True)
-        if name and not _NAME_RE.match(name):
-            self.fail(f"{where}.name", f"{name!r} must contain only letters, digits and _")
+        problem = name_problem(name) if name else ""
+        if problem:
+            self.fail(f"{where}.name", f"invalid name {shown(name)}: {problem}")
         return name
 
     def items(self, value: Any, where: str) -> list[Any]:
@@ -122,6 +124,25 @@ class _Checker:
             self.fail(where, f"expected a list, got {_kind(value)}")
             return []
         return value
+
+
+class _NoAliases(yaml.SafeLoader):  # type: ignore[misc]  # (PyYAML comes without types)
+    """YAML without aliases (``*name``). AutoKitteh's Go YAML takes them, but a few hundred
+    bytes of nested aliases expand to gigabytes for whatever walks or prints the result, and
+    a manifest has little to repeat: write the value out instead."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            alias = event.anchor if len(event.anchor) <= 40 else event.anchor[:40] + "..."
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"found the alias *{alias}: a manifest cannot use YAML aliases; write the "
+                "value out in full",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def _kind(value: Any) -> str:
@@ -138,7 +159,7 @@ def _read_vars(c: _Checker, raw: Any, where: str) -> tuple[Var, ...]:
         d = c.mapping(item, w, {"name", "value", "secret", "description"})
         name = c.name(d, w)
         if name in seen:
-            c.fail(f"{w}.name", f"duplicate var {name!r}")
+            c.fail(f"{w}.name", f"duplicate var {shown(name)}")
         seen.add(name)
         out.append(
             Var(
@@ -170,7 +191,7 @@ def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trig
     name = c.name(d, w)
     declared = c.string(d, "type", w)
     if declared and declared not in SOURCE_TYPES:
-        c.fail(f"{w}.type", f"{declared!r} is not one of webhook, schedule, connection")
+        c.fail(f"{w}.type", f"{shown(declared)} is not one of webhook, schedule, connection")
     if "webhook" in d and d["webhook"] is not None and not isinstance(d["webhook"], dict):
         c.fail(f"{w}.webhook", "expected a mapping such as {}")
     c.mapping(d.get("webhook"), f"{w}.webhook", set())
@@ -183,10 +204,10 @@ def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trig
     if not source:
         c.fail(w, "missing trigger type: give one of webhook: {}, schedule or connection")
     elif marks and declared and marks[0] != declared:
-        c.fail(f"{w}.type", f"type {declared!r} contradicts field {marks[0]!r}")
+        c.fail(f"{w}.type", f"type {shown(declared)} contradicts field {marks[0]!r}")
     call = c.string(d, "call", w)
     if call and not _CALL_RE.match(call):
-        c.fail(f"{w}.call", f"{call!r} is not of the form file.py:function")
+        c.fail(f"{w}.call", f"{shown(call)} is not of the form file.py:function")
     flt = c.string(d, "filter", w)
     if flt:
         # CEL takes ~0.2 s to import: a CLI checking a manifest without filters skips it.
@@ -227,16 +248,18 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
         project_name: overrides ``project.name`` (``ak deploy --project-name``).
     """
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, _NoAliases)  # a SafeLoader that refuses aliases
     except yaml.YAMLError as e:
         raise InvalidArgument(f"yaml: {e}") from None
+    except ValueError:  # int() refuses over 4300 digits
+        raise InvalidArgument("yaml: a number is too long: quote it to make it text") from None
     c = _Checker()
     top = c.mapping(raw, "", {"version", "project"})
     version = top.get("version")
     if version not in ("v1", "v2"):
         if c.problems:
             raise InvalidArgument("invalid YAML semantics:\n" + "\n".join(c.problems))
-        raise InvalidArgument(f"unsupported manifest version {version!r}: use v1 or v2")
+        raise InvalidArgument(f"unsupported manifest version {shown(version)}: use v1 or v2")
     project = None
     if "project" in top:
         p = c.mapping(
@@ -249,7 +272,7 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
         for i, item in enumerate(c.items(p.get("triggers"), "project.triggers")):
             t = _read_trigger(c, item, f"project.triggers[{i}]", durable_default=version == "v1")
             if any(t.name == o.name for o in triggers):
-                c.fail(f"project.triggers[{i}].name", f"duplicate trigger {t.name!r}")
+                c.fail(f"project.triggers[{i}].name", f"duplicate trigger {shown(t.name)}")
             triggers.append(t)
         conns: list[Connection] = []
         for i, item in enumerate(c.items(p.get("connections"), "project.connections")):
@@ -261,13 +284,13 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
                 _read_vars(c, d.get("vars"), f"{w}.vars"),
             )
             if conn.name and any(conn.name == o.name for o in conns):
-                c.fail(f"{w}.name", f"duplicate connection {conn.name!r}")
+                c.fail(f"{w}.name", f"duplicate connection {shown(conn.name)}")
             conns.append(conn)
         for i, t in enumerate(triggers):
             if t.connection and all(t.connection != o.name for o in conns):
                 c.fail(
                     f"project.triggers[{i}].connection",
-                    f"{t.connection!r} is not one of the project's connections",
+                    f"{shown(t.connection)} is not one of the project's connections",
                 )
         project = Project(
             name=name,
@@ -285,5 +308,5 @@ def parse_call(call: str) -> tuple[str, str]:
     """Splits ``file.py:function`` into its path and function name."""
     m = _CALL_RE.match(call)
     if not m:
-        raise InvalidArgument(f"invalid entry point {call!r}: expected file.py:function")
+        raise InvalidArgument(f"invalid entry point {shown(call)}: expected file.py:function")
     return m.group("path"), m.group("name")

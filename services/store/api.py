@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
 from akcore import credheaders, github, ids, slack, timefmt, wire
 from akcore import requests as rq
 from akcore.datakey import Keyring
-from akcore.errors import Conflict, InvalidArgument, NotFound
+from akcore.errors import Conflict, InvalidArgument, NotFound, shown
 from akcore.integrations import connection_env
 from akcore.manifest import parse_manifest
+from akcore.names import name_problem
 from akcore.secrets import Sealer
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -43,7 +43,6 @@ from .objects import Objects
 from .sealed import open_record, open_session
 from .tokens import Tokens
 
-VAR_NAME = re.compile(r"^[A-Za-z_]\w*$")
 MAX_VAR = 1024 * 1024
 
 
@@ -837,10 +836,9 @@ class StoreApi:
     ) -> None:
         """Adds (or changes) a var in ``db``, not committed; refused before any change when
         the name, the value or a routing claim is not good."""
-        if not VAR_NAME.match(name):
-            raise InvalidArgument(
-                f"invalid var name {name!r}: use letters, digits and _, not starting with a digit"
-            )
+        problem = name_problem(name)
+        if problem:
+            raise InvalidArgument(f"invalid var name {shown(name)}: {problem}")
         if not isinstance(value, str):
             raise InvalidArgument("the var value must be text")
         if len(value.encode()) > MAX_VAR:

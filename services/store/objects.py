@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from collections.abc import Callable
 from typing import Any
 
 import yaml
 from akcore import connstatus, ids, timefmt, wire
 from akcore import requests as rq
-from akcore.errors import Conflict, InvalidArgument, NotFound
+from akcore.errors import Conflict, InvalidArgument, NotFound, shown
 from akcore.integrations import DESCRIPTIONS, INTEGRATIONS, integration_id, unknown
 from akcore.manifest import parse_manifest
+from akcore.names import name_problem
 from akcore.planning import Current, plan_manifest
 from akcore.secrets import Sealer
 from sqlalchemy import Engine
@@ -43,7 +43,6 @@ from .models import (
     Var,
 )
 
-PROJECT_NAME = re.compile(r"^[A-Za-z_]\w*$")
 _WORDS = ("whiskers", "purr", "tabby", "mittens", "paws", "meow", "kitten", "tail", "nap")
 DISPLAY_NAMES = {"http": "HTTP", "github": "GitHub", "slack": "Slack"}
 # The server's own secret of an integration, which a connection may do without.
@@ -113,11 +112,9 @@ class Objects:
     def project_create(self, req: rq.ProjectCreate) -> dict[str, Any]:
         with DB(self.engine) as db:
             name = req.name or f"{'_'.join(random.sample(_WORDS, 2))}_{random.randint(0, 9999):04}"
-            if not PROJECT_NAME.match(name):
-                raise InvalidArgument(
-                    f"parse project name: invalid name {name!r}: use letters, digits and _, "
-                    "not starting with a digit"
-                )
+            problem = name_problem(name)
+            if problem:
+                raise InvalidArgument(f"parse project name: invalid name {shown(name)}: {problem}")
             if db.exec(select(Project).where(Project.name == name)).first():
                 raise Conflict(f'project "{name}" already exists')
             p = Project(
@@ -342,11 +339,9 @@ class Objects:
         """A connection outside the manifest (a later deploy of a manifest without it
         deletes it, as AutoKitteh's does)."""
         integration = _integration(req.integration)
-        if not PROJECT_NAME.match(req.name):
-            raise InvalidArgument(
-                f"invalid connection: name {req.name!r}: use letters, digits and _, "
-                "not starting with a digit"
-            )
+        problem = name_problem(req.name)
+        if problem:
+            raise InvalidArgument(f"invalid connection: name {shown(req.name)}: {problem}")
         with DB(self.engine) as db:
             p = self._project(db, req.project)
             if db.exec(

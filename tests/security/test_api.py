@@ -338,3 +338,33 @@ def test_tokens_cannot_be_off_off_loopback_or_outside_dev_mode(tmp_path: Path) -
             "AK_AUTH__TOKENS=off is refused: API tokens may be off only with --mode dev on a "
             "loopback address" in res.stderr
         )
+
+
+def test_names_are_plain_ascii_symbols_that_are_not_ids(stack: Stack) -> None:
+    """A final newline, a Cyrillic look-alike of "alpha", 100,000 characters, or another
+    project's id as a name were all accepted."""
+    alpha_id = json.loads(stack.ak("project", "get", "alpha", "-j", check=True).stdout)
+    bad = ["evil\n", "\u0430lpha", "x" * 100_000, f"prj_{alpha_id['project_id'][4:]}"]
+    for name in bad:
+        status, reply = post(stack, "project.create", {"name": name}, stack.auth())
+        assert status == 400 and reply.error.startswith("parse project name: invalid name ")
+        assert len(reply.error) < 300
+        args = {"project": "alpha", "name": name, "value": "v"}
+        status, reply = post(stack, "var.set", args, stack.auth())
+        assert status == 400 and reply.error.startswith("invalid var name ")
+        args = {"project": "alpha", "name": name, "integration": "http"}
+        status, reply = post(stack, "connection.create", args, stack.auth())
+        assert status == 400 and reply.error.startswith("invalid connection: name ")
+    names = {p["name"] for p in stack.api("project.list")}
+    assert not names & set(bad)
+
+
+def test_a_manifest_alias_bomb_gets_a_short_answer(stack: Stack) -> None:
+    """547 bytes of nested aliases made a 132 MB error message (a million strings here)."""
+    lines = ["version: v1", "x0: &a0 [" + ",".join(["lollollol"] * 10) + "]"]
+    lines += [f"x{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    lines += ["project:", "  name: bomb", "  triggers:", "    - name: t", "      webhook: {}"]
+    text = "\n".join([*lines, "      is_sync: *a5", ""])
+    status, reply = post(stack, "manifest.plan", {"text": text}, stack.auth())
+    assert status == 400 and len(reply.error) < 400
+    assert "a manifest cannot use YAML aliases; write the value out in full" in reply.error

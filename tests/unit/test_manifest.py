@@ -95,7 +95,8 @@ project:
 """
     )
     for expected in [
-        "- project.name: 'bad-name' must contain only letters, digits and _",
+        "- project.name: invalid name 'bad-name': use ASCII letters, digits and _, not "
+        "starting with a digit",
         "- project.colour: unknown field",
         "- project.vars[0].value: missing required field",
         "- project.vars[1].value: expected a string, got int",
@@ -132,3 +133,109 @@ def test_trigger_without_type() -> None:
 def test_yaml_syntax_error() -> None:
     with pytest.raises(InvalidArgument, match="^yaml: "):
         parse_manifest("version: v1\nproject: [\n")
+
+
+def _bomb(levels: int, field: str) -> str:
+    """A manifest of a few hundred bytes whose ``field`` is 10**levels strings once its
+    nested aliases are expanded (scratch-review3/bomb.py)."""
+    lines = ["version: v1", "x0: &a0 [" + ",".join(["lollollol"] * 10) + "]"]
+    for i in range(1, levels):
+        lines.append(f"x{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
+    lines += ["project:", "  name: bomb", "  triggers:", "    - name: t", "      webhook: {}"]
+    return "\n".join([*lines, f"      {field}: *a{levels - 1}", ""])
+
+
+@pytest.mark.parametrize("field", ["is_sync", "call", "name"])
+def test_an_alias_bomb_is_refused_before_anything_expands_it(field: str) -> None:
+    text = _bomb(6, field)  # a million strings expanded (the review's 7 made 132 MB)
+    assert len(text) < 500
+    with pytest.raises(InvalidArgument) as e:
+        parse_manifest(text)
+    assert e.value.message.startswith("yaml: found the alias *a0: a manifest cannot use YAML ")
+    assert "write the value out in full" in e.value.message and len(e.value.message) < 400
+
+
+def test_an_anchor_without_an_alias_is_plain_yaml() -> None:
+    m = parse_manifest("version: v1\nproject:\n  name: &n p\n")
+    assert m.project is not None and m.project.name == "p"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("[1, [2, [3]]]", "got a list"),
+        ("{a: 1}", "got a mapping"),
+        ("'" + "y" * 100_000 + "'", "got '" + "y" * 80 + "'... (100,000 characters)"),
+        ("1" * 5000, "a number is too long: quote it to make it text"),
+    ],
+)
+def test_a_wrong_value_is_shown_by_its_kind_or_cut(value: str, shown: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        parse_manifest(
+            f"version: v1\nproject:\n  name: p\n  triggers:\n  - name: t\n"
+            f"    webhook: {{}}\n    is_sync: {value}\n"
+        )
+    assert shown in e.value.message and len(e.value.message) < 400, e.value.message
+
+
+def test_a_version_that_is_not_text_is_named_by_its_kind() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        parse_manifest("version: [" + ",".join(["v1"] * 10_000) + "]\n")
+    assert e.value.message == "unsupported manifest version a list: use v1 or v2"
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ('"evil\\n"', "invalid name 'evil\\n': use ASCII letters, digits and _"),
+        ('"\\u0440rj"', "invalid name 'рrj': use ASCII letters, digits and _"),  # Cyrillic р
+        ("1st", "invalid name '1st': use ASCII letters, digits and _, not starting"),
+        ("a" * 129, "... (129 characters): a name is at most 128 characters"),
+        ("prj_01jv3wxp0dem39cv3v2xvr29wt", "it has the shape of an id (prj_..., trg_..."),
+        ("trg_zzzzzzzzzzzzzzzzzzzzzzzzzz", "it has the shape of an id"),
+    ],
+)
+@pytest.mark.parametrize("where", ["project", "var", "connection", "trigger"])
+def test_names_follow_one_rule(name: str, problem: str, where: str) -> None:
+    project, var, conn, trigger = "p", "V", "c", "t"
+    if where == "project":
+        project = name
+    elif where == "var":
+        var = name
+    elif where == "connection":
+        conn = name
+    else:
+        trigger = name
+    text = (
+        f"version: v1\nproject:\n  name: {project}\n"
+        f"  vars:\n  - name: {var}\n    value: x\n"
+        f"  connections:\n  - name: {conn}\n    integration: http\n"
+        f"  triggers:\n  - name: {trigger}\n    webhook: {{}}\n"
+    )
+    field = {"project": "project", "var": "project.vars[0]"}.get(where, "")
+    field = field or f"project.{where}s[0]"
+    msg = _problems(text)
+    assert f"- {field}.name: " in msg and problem in msg, msg
+
+
+def test_the_longest_name_and_names_near_ids_pass() -> None:
+    for name in (
+        "a" * 128,
+        "prj_short",
+        "prj_01jv3wxp0dem39cv3v2xvr29wtx",
+        "PRJ_01JV3WXP0DEM39CV3V2XVR29WT",
+    ):
+        m = parse_manifest(f"version: v1\nproject:\n  name: {name}\n")
+        assert m.project is not None and m.project.name == name
+
+
+@pytest.mark.parametrize("field", ["call", "type", "schedule", "connection", "version"])
+def test_a_long_bad_text_is_quoted_cut(field: str) -> None:
+    long = "z" * 1_000_000
+    if field == "version":
+        text = f"version: {long}\n"
+    else:
+        text = f"version: v1\nproject:\n  name: p\n  triggers:\n  - name: t\n    {field}: {long}\n"
+    with pytest.raises(InvalidArgument) as e:
+        parse_manifest(text)
+    assert "(1,000,000 characters)" in e.value.message and len(e.value.message) < 600
