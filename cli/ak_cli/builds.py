@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from akcore.buildfiles import check_paths
 from akcore.errors import InvalidArgument, NotFound
 
 from . import client
@@ -78,6 +79,7 @@ def download(
 ) -> None:
     """Write a build (its code) as a tar.gz file."""
     res = client.call("build.download", build_id=build_id)
+    check_paths(res["files"], "refusing to write the build file")  # one stored unchecked
     data = build_file(res["build_id"], res["files"])
     if output == "-":
         sys.stdout.buffer.write(data)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import typer
+from akcore.buildfiles import check_build
 from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument, NotFound
 
@@ -15,7 +16,6 @@ from . import client
 
 DEFAULT_MANIFEST = "autokitteh.yaml"
 POLL_EVERY = 0.5
-MAX_BUILD_BYTES = 6 * 1024 * 1024  # fits the 8 MiB NATS payload of `ak up` with room to spare
 _SKIP_DIRS = {"__pycache__"}
 
 
@@ -54,12 +54,7 @@ def collect_files(manifest: Path | None, files: list[str], dirs: list[str]) -> d
         out.update(_walk(p, skip))
     if not files and not dirs and manifest is not None:
         out.update(_walk(manifest.parent, skip | {(manifest.parent / DEFAULT_MANIFEST).resolve()}))
-    size = sum(len(v) for v in out.values())
-    if size > MAX_BUILD_BYTES:
-        raise InvalidArgument(
-            f"the build is {size} bytes, over the {MAX_BUILD_BYTES} byte limit: "
-            "upload only the project's code with --file/--dir"
-        )
+    check_build(out)  # as the store will: refused before anything changes
     return out
 
 

@@ -6,11 +6,12 @@ import io
 import json
 import sys
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from akcore.errors import AKError, InvalidArgument, NotFound
+from akcore.buildfiles import check_paths
+from akcore.errors import AKError, NotFound
 
 from . import client
 from .deploy import DEFAULT_MANIFEST, build_and_deploy, collect_files, prepare_python
@@ -72,13 +73,6 @@ def delete(project: ProjectArg, fail: FailOpt = False) -> None:
         silent_unless(fail, e)
 
 
-def _safe_path(root: Path, name: str) -> Path:
-    rel = PurePosixPath(name)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise InvalidArgument(f"refusing to write {name!r} outside {root}")
-    return root.joinpath(*rel.parts)
-
-
 @app.command("download")
 def download(
     project: ProjectArg,
@@ -95,9 +89,10 @@ def download(
     except NotFound as e:
         silent_unless(fail, e)
         return
+    check_paths(files, f"refusing to write into {output_dir}")  # a build stored unchecked
     root = Path(output_dir)
     for name, data in sorted(files.items()):
-        path = _safe_path(root, name)
+        path = root.joinpath(*name.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
@@ -116,6 +111,7 @@ def export(
     """Write the project as a zip: its code and an autokitteh.yaml (v2) made from what the
     server holds (connection vars are never exported; var values only with -c)."""
     res = client.call("project.export", project=project, include_contents=include_contents)
+    check_paths(res["files"], "refusing to write the zip")  # a build stored unchecked
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in sorted(res["files"].items()):

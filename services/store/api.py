@@ -10,6 +10,7 @@ from typing import Any
 
 from akcore import credheaders, github, ids, slack, timefmt, wire
 from akcore import requests as rq
+from akcore.buildfiles import check_build
 from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument, NotFound, shown
 from akcore.integrations import connection_env
@@ -284,6 +285,7 @@ class StoreApi:
             isinstance(k, str) and isinstance(v, bytes) for k, v in files.items()
         ):
             raise InvalidArgument("build files must map relative paths to bytes")
+        check_build(files)
         with DB(self.engine) as db:
             p = self._project(db, req.project)
             b = Build(

@@ -340,6 +340,26 @@ def test_tokens_cannot_be_off_off_loopback_or_outside_dev_mode(tmp_path: Path) -
         )
 
 
+@pytest.mark.parametrize(
+    "name", ["../x.py", "/etc/cron.d/x", "a/../../x.py", "a\x00b.py", "..\\..\\x.py"]
+)
+def test_build_create_refuses_file_names_that_would_escape(stack: Stack, name: str) -> None:
+    """The runner never wrote them, but `ak build download` and `ak project export` wrote
+    them into archives as given."""
+    before = stack.ak("build", "list", "-p", "alpha", check=True).stdout
+    args = {"project": "alpha", "files": {"h.py": CODE.encode(), name: b"x"}}
+    status, reply = post(stack, "build.create", args, stack.auth())
+    assert status == 400 and reply.error.startswith("invalid build: file name ")
+    assert stack.ak("build", "list", "-p", "alpha", check=True).stdout == before
+
+
+def test_build_create_refuses_more_files_than_the_limit(stack: Stack) -> None:
+    """200,000 one-byte files filled a runner's disk with 787 MB (4 KiB each)."""
+    files = {f"d{i // 1000}/{i}": b"x" for i in range(10_001)}
+    status, reply = post(stack, "build.create", {"project": "alpha", "files": files}, stack.auth())
+    assert status == 400 and reply.error.startswith("the build has 10,001 files, over the limit")
+
+
 def test_names_are_plain_ascii_symbols_that_are_not_ids(stack: Stack) -> None:
     """A final newline, a Cyrillic look-alike of "alpha", 100,000 characters, or another
     project's id as a name were all accepted."""
