@@ -1,40 +1,176 @@
-"""Build files on local disk: unpacked once per build into the runner's cache."""
+"""Build files on local disk: each build unpacked once into a cache that the runners of one
+data home share, and removed again when no session needs it (``BuildCache``)."""
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import secrets
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
+import threading
+import time
+from pathlib import Path
+
+from akcore.buildfiles import check_build
+
+log = logging.getLogger(__name__)
+
+# A directory of the cache that starts with a dot is an unpack under way (or one a crash
+# cut short), or a build being removed: left alone for this long, then removed.
+STALE_SECONDS = 3600.0
 
 
-def safe_relpath(path: str) -> PurePosixPath:
-    """Rejects absolute paths and ``..`` so a build can only write inside its directory."""
-    p = PurePosixPath(path)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ValueError(f"unsafe path in build: {path!r}")
-    return p
+class Held:
+    """A session's hold on its build's directory: while it is open, no runner removes the
+    directory (a shared ``flock`` on it; ``BuildCache.prune`` needs an exclusive one)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # (releases the lock)
+            self._fd = -1
 
 
-def unpack_build(cache: Path, build_id: str, files: dict[str, bytes]) -> Path:
-    """Writes ``files`` to ``cache/<build_id>`` (atomically: a rename) and returns that dir."""
-    final = cache / build_id
-    if final.is_dir():
+class BuildCache:
+    """The builds unpacked under ``root``, a directory each (``root/<build id>``).
+
+    A directory is whole or missing: a build is written under another name and renamed
+    into place. A session holds its build (``hold``) from before its worker starts until
+    its attempt ends, and each hold marks the directory used (its mtime, which every
+    runner sharing the cache sees). ``prune`` removes directories no one holds: those not
+    used for ``idle`` seconds (0: kept however old), then the least recently used while
+    all of them take more than ``max_bytes`` of disk.
+    """
+
+    def __init__(self, root: Path, max_bytes: int, idle: float) -> None:
+        self.root, self.max_bytes, self.idle = root, max_bytes, idle
+        self._sizes: dict[str, int] = {}  # each directory's disk use, measured once
+        self._pruning = threading.Lock()
+
+    def unpack(self, build_id: str, files: dict[str, bytes]) -> Path:
+        """Writes ``files`` to ``root/<build_id>`` unless it is there; returns that directory.
+        Raises InvalidArgument for a build over the limits (one stored before them)."""
+        final = self.root / build_id
+        if final.is_dir():
+            return final
+        check_build(files)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{build_id}-", dir=self.root))
+        try:
+            for name, data in files.items():
+                dest = tmp.joinpath(*name.split("/"))
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            tmp.chmod(0o755)  # readable by the workers' users, who cannot list the cache
+            size = disk_usage(tmp)
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not final.is_dir():  # not a lost race with another session of the same build
+                raise
+            return final
+        self._sizes[build_id] = size
         return final
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{build_id}-", dir=cache))
+
+    def hold(self, build_id: str) -> Held | None:
+        """Holds the build's directory for a session; None when it is not there (never
+        unpacked, or removed meanwhile: unpack it again)."""
+        path = self.root / build_id
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused: it is being removed
+            if not _same(fd, path):  # removed (renamed away) after it was opened
+                raise FileNotFoundError(path)
+            os.utime(path)  # its last use
+        except OSError:
+            os.close(fd)
+            return None
+        return Held(fd)
+
+    def prune(self, keep: str = "") -> list[str]:
+        """Removes what ``BuildCache`` says (but ``keep``, a build just unpacked for a
+        session); returns the ids of the builds removed."""
+        with self._pruning:
+            now = time.time()
+            found: list[tuple[float, str]] = []
+            try:
+                entries = list(os.scandir(self.root))
+            except FileNotFoundError:  # nothing unpacked yet
+                entries = []
+            for entry in entries:
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    if entry.name.startswith("."):
+                        if now - mtime > STALE_SECONDS:
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                    elif entry.is_dir(follow_symlinks=False):
+                        if entry.name not in self._sizes:
+                            self._sizes[entry.name] = disk_usage(Path(entry.path))
+                        found.append((mtime, entry.name))
+                except FileNotFoundError:  # removed meanwhile by another runner
+                    continue
+            total = sum(self._sizes[name] for _, name in found)
+            removed = []
+            for mtime, name in sorted(found):  # least recently used first
+                unused = self.idle > 0 and now - mtime >= self.idle
+                if not unused and total <= self.max_bytes:
+                    break
+                if name != keep and self._remove(name):
+                    total -= self._sizes.pop(name, 0)
+                    removed.append(name)
+            if removed:
+                log.info("removed %d unpacked builds: %s", len(removed), ", ".join(removed))
+            return removed
+
+    def _remove(self, build_id: str) -> bool:
+        """Removes one build's directory unless a session holds it."""
+        path = self.root / build_id
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return True  # another runner's prune was first
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _same(fd, path):
+                return False
+            # Renamed first: a runner that looks for it now unpacks it again.
+            gone = self.root / f".removing-{build_id}-{secrets.token_hex(4)}"
+            os.rename(path, gone)
+        except OSError:  # held (BlockingIOError), or removed meanwhile
+            return False
+        finally:
+            os.close(fd)
+        shutil.rmtree(gone, ignore_errors=True)
+        return True
+
+
+def _same(fd: int, path: Path) -> bool:
+    """Whether the directory open as ``fd`` is still the one at ``path``."""
     try:
-        for name, data in files.items():
-            dest = tmp / safe_relpath(name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-        tmp.chmod(0o755)  # readable by the workers' users, who cannot list the cache
-        os.rename(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not final.is_dir():  # not a lost race with another session of the same build
-            raise
-    return final
+        there, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
+
+def disk_usage(root: Path) -> int:
+    """Bytes of disk a directory tree takes (its blocks: a one-byte file takes 4 KiB)."""
+    total, todo = 0, [str(root)]
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                total += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(entry.path)
+    return total
 
 
 def worker_env(

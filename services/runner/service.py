@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from . import commands
+from .builds import BuildCache
 from .faults import Faults
 from .inbox import InboxWatch
 from .lease import Lease
@@ -34,6 +35,8 @@ from .worker import WorkerPool
 
 log = logging.getLogger(__name__)
 
+PRUNE_EVERY = 300.0  # seconds between looks for unpacked builds to remove
+
 
 async def _reap(pool: WorkerPool, stop: asyncio.Event) -> None:
     """Stops worker processes that waited too long for their project's next session."""
@@ -42,6 +45,20 @@ async def _reap(pool: WorkerPool, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=pool.IDLE_SECONDS / 4)
         except TimeoutError:
             await pool.reap()
+
+
+async def _prune(host: Host, stop: asyncio.Event) -> None:
+    """Removes unpacked builds no session needs: at start, then every few minutes, or
+    twice per AK_RUNNER__BUILD_CACHE_IDLE when that is shorter (and ``Host`` after each
+    build it unpacks)."""
+    idle = host.cache.idle
+    every = min(PRUNE_EVERY, idle / 2) if idle > 0 else PRUNE_EVERY
+    while not stop.is_set():
+        await host.prune()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        except TimeoutError:
+            pass
 
 
 def request_handler(
@@ -365,7 +382,11 @@ def _fence(settings: Settings) -> None:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
-    cache = config.data_home() / "runner" / "builds"
+    cache = BuildCache(
+        config.data_home() / "runner" / "builds",
+        settings.build_cache_mb * 1024 * 1024,
+        settings.build_cache_idle,
+    )
     users = _sandbox(settings)
     sdk_copies = config.data_home() / "runner" / "sdk"
     envs = PythonEnvs(settings.worker_python, sdk_copies, users)
@@ -425,6 +446,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     puller = await bus.Puller.bind(nc, subjects.CONSUMER_RUNNER, expires, timed=True)
     live: set[asyncio.Task[None]] = set()
     reaper = asyncio.create_task(_reap(pool, stop))
+    pruner = asyncio.create_task(_prune(host, stop))
     warming = asyncio.create_task(_warm(host))
     service.settle_heap()
     log.info(
@@ -460,7 +482,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for task in live:
         task.cancel()
     warming.cancel()
-    await asyncio.gather(*live, reaper, warming, return_exceptions=True)
+    await asyncio.gather(*live, reaper, warming, pruner, return_exceptions=True)
     await puller.close()
     await pool.close()
     await host.memory.close()

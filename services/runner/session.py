@@ -50,7 +50,7 @@ from nats.js import JetStreamContext
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Span, SpanKind
 
-from .builds import unpack_build
+from .builds import BuildCache, Held
 from .faults import Faults
 from .inbox import Inbox, InboxWatch, seal_payload
 from .lease import Lease
@@ -109,7 +109,7 @@ class Host:
     """What a runner shares with all its sessions."""
 
     nc: Client
-    cache: Path  # unpacked builds
+    cache: BuildCache  # unpacked builds
     envs: PythonEnvs
     pool: WorkerPool
     tel: tracing.Telemetry
@@ -144,17 +144,27 @@ class Host:
             fetch.add_done_callback(_retrieved)
         return await asyncio.shield(fetch)
 
+    async def hold_build(self, build_id: str) -> tuple[str, Path, bytes | None, Held]:
+        """``build``, and a hold on its directory that keeps it from being pruned until
+        the session lets go of it (``Held.close``)."""
+        for _ in range(3):
+            known = await self.build(build_id)
+            held = self.cache.hold(build_id)
+            if held is not None:
+                return *known, held
+            self.builds.pop(build_id, None)  # pruned since (by another runner): again
+        raise Unavailable(f"build {build_id} keeps being removed from the runner's cache")
+
     async def _fetch(self, build_id: str) -> tuple[str, Path, bytes | None]:
         try:
-            code_dir = self.cache / build_id
+            code_dir = self.cache.root / build_id
             fetched = not code_dir.is_dir()  # unpacked atomically: a directory is a whole build
             build = await bus.store_call(
                 self.nc, "build.get", {"build_id": build_id, "with_files": fetched}
             )
             if fetched:  # thousands of files take seconds: off the event loop (heartbeats)
-                code_dir = await asyncio.to_thread(
-                    unpack_build, self.cache, build_id, build["files"]
-                )
+                code_dir = await asyncio.to_thread(self.cache.unpack, build_id, build["files"])
+                await self.prune(keep=build_id)
             req = code_dir / REQUIREMENTS_FILE
             known = self.builds[build_id] = (
                 build["project_id"],
@@ -164,6 +174,16 @@ class Host:
             return known
         finally:
             self.fetching.pop(build_id, None)
+
+    async def prune(self, keep: str = "") -> None:
+        """Removes unpacked builds no session needs (``BuildCache.prune``), and forgets them."""
+        try:
+            removed = await asyncio.to_thread(self.cache.prune, keep)
+        except OSError as e:  # the disk: the next prune tries again
+            log.warning("pruning unpacked builds failed: %s", e)
+            return
+        for build_id in removed:
+            self.builds.pop(build_id, None)
 
     async def ready_ahead(self, job: wire.Job) -> None:
         """Fetches what the job's session will need (its build, its project's vars) while
@@ -220,6 +240,7 @@ class SessionRun:
             "ak.deployment_id": job.deployment_id,
         }
         self.ended = False
+        self.held: Held | None = None  # its build's directory, while the attempt uses it
         self.stop_reason: str | None = None
         self.stop_state = wire.STOPPED
         self._stop = asyncio.Event()
@@ -364,6 +385,13 @@ class SessionRun:
     async def run(self) -> Outcome:
         """The attempt, start to end; never raises for what a session or NATS can cause."""
         try:
+            return await self._attempt()
+        finally:
+            if self.held is not None:
+                self.held.close()  # its build may be pruned now
+
+    async def _attempt(self) -> Outcome:
+        try:
             await self._run()
             return Outcome.PARKED if self.parked else Outcome.ENDED
         except Fenced as e:
@@ -416,9 +444,12 @@ class SessionRun:
         return Outcome.ENDED
 
     async def _code(self) -> tuple[Path, bytes | None]:
-        """The build's directory and its requirements.txt, if any (``Host.build``)."""
+        """The build's directory, held until the attempt ends (``Host.hold_build``), and
+        its requirements.txt, if any."""
         job = self.job
-        project, code_dir, requirements = await self.host.build(job.build_id)
+        if self.held is not None:  # (asked again after the store was away)
+            self.held.close()
+        project, code_dir, requirements, self.held = await self.host.hold_build(job.build_id)
         if project != job.project_id:  # a forged job: never another project's code with its vars
             raise InvalidArgument(f"build {job.build_id} is not a build of this session's project")
         return code_dir, requirements

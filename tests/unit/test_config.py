@@ -153,3 +153,16 @@ def test_parking_is_on_after_30_s_unless_set(monkeypatch: pytest.MonkeyPatch) ->
             rf"\(or 0\), not '{bad}'",
         ):
             Settings.from_env()
+
+
+def test_build_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AK_RUNNER__BUILD_CACHE_MB", "AK_RUNNER__BUILD_CACHE_IDLE"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.build_cache_mb, s.build_cache_idle) == (1024, 86400.0)
+    monkeypatch.setenv("AK_RUNNER__BUILD_CACHE_IDLE", "off")
+    monkeypatch.setenv("AK_RUNNER__BUILD_CACHE_MB", "64")
+    assert (Settings.from_env().build_cache_mb, Settings.from_env().build_cache_idle) == (64, 0)
+    monkeypatch.setenv("AK_RUNNER__BUILD_CACHE_MB", "10")
+    with pytest.raises(ValueError, match="BUILD_CACHE_MB must be a whole number of at least 64"):
+        Settings.from_env()

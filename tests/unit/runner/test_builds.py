@@ -1,25 +1,137 @@
-"""Build unpacking and the worker's environment."""
+"""Build unpacking, the pruning of the build cache, and the worker's environment."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import time
 from pathlib import Path
 
 import pytest
-from ak_runner.builds import unpack_build, worker_env
+from ak_runner.builds import BuildCache, disk_usage, worker_env
+from akcore.buildfiles import MAX_BUILD_FILES
+from akcore.errors import InvalidArgument
+
+MiB = 1024 * 1024
+
+
+def _cache(tmp_path: Path, max_bytes: int = 100 * MiB, idle: float = 0) -> BuildCache:
+    return BuildCache(tmp_path / "builds", max_bytes, idle)
+
+
+def _age(cache: BuildCache, build_id: str, seconds: float) -> None:
+    """Makes a build look last used ``seconds`` ago."""
+    then = time.time() - seconds
+    os.utime(cache.root / build_id, (then, then))
 
 
 def test_unpack_once(tmp_path: Path) -> None:
-    d = unpack_build(tmp_path, "bld_1", {"a.py": b"x = 1\n", "pkg/__init__.py": b""})
+    cache = _cache(tmp_path)
+    d = cache.unpack("bld_1", {"a.py": b"x = 1\n", "pkg/__init__.py": b""})
     assert (d / "a.py").read_bytes() == b"x = 1\n" and (d / "pkg" / "__init__.py").exists()
-    assert unpack_build(tmp_path, "bld_1", {"a.py": b"changed"}) == d
+    assert cache.unpack("bld_1", {"a.py": b"changed"}) == d
     assert (d / "a.py").read_bytes() == b"x = 1\n"
 
 
-@pytest.mark.parametrize("bad", ["../evil.py", "/etc/x.py", "a/../../b.py"])
+@pytest.mark.parametrize("bad", ["../evil.py", "/etc/x.py", "a/../../b.py", "a/./b.py"])
 def test_paths_cannot_escape(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(ValueError, match="unsafe path"):
-        unpack_build(tmp_path, "bld_2", {bad: b""})
-    assert not (tmp_path / "bld_2").exists()
+    cache = _cache(tmp_path)
+    with pytest.raises(InvalidArgument, match="invalid build: file name"):
+        cache.unpack("bld_2", {bad: b""})
+    assert not (cache.root / "bld_2").exists()
+    assert not (tmp_path / "evil.py").exists() and not (tmp_path / "b.py").exists()
+
+
+def test_a_build_stored_before_the_limits_is_refused_before_a_file_is_written(
+    tmp_path: Path,
+) -> None:
+    cache = _cache(tmp_path)
+    files = {f"d/{i}": b"x" for i in range(MAX_BUILD_FILES + 1)}
+    with pytest.raises(InvalidArgument, match=f"{MAX_BUILD_FILES + 1:,} files, over the limit"):
+        cache.unpack("bld_many", files)
+    assert not cache.root.exists() or not any(cache.root.iterdir())
+
+
+def test_unused_builds_go_after_the_idle_time_but_not_one_a_session_holds(
+    tmp_path: Path,
+) -> None:
+    cache = _cache(tmp_path, idle=3600)
+    for b in ("bld_old", "bld_held", "bld_recent"):
+        cache.unpack(b, {"h.py": b"pass\n"})
+    held = cache.hold("bld_held")
+    assert held is not None
+    _age(cache, "bld_old", 7200)
+    _age(cache, "bld_held", 7200)
+    assert cache.prune() == ["bld_old"]
+    assert not (cache.root / "bld_old").exists()
+    assert (cache.root / "bld_held" / "h.py").exists() and (cache.root / "bld_recent").exists()
+    held.close()  # the session ended
+    assert cache.prune() == ["bld_held"]
+    assert sorted(os.listdir(cache.root)) == ["bld_recent"]
+
+
+def test_over_the_cap_the_least_recently_used_go_first(tmp_path: Path) -> None:
+    files = {f"f{i}": b"x" for i in range(100)}  # 100 files: 400 KiB of disk or so
+    one = disk_usage(_cache(tmp_path / "probe").unpack("bld_x", files))
+    cache = _cache(tmp_path, max_bytes=int(one * 2.5))
+    for i, b in enumerate(("bld_a", "bld_b", "bld_c", "bld_d")):
+        cache.unpack(b, files)
+        _age(cache, b, 100 - i)  # bld_a used longest ago
+    held = cache.hold("bld_b")  # a session uses it: kept, however long ago it began
+    assert held is not None
+    _age(cache, "bld_b", 200)
+    assert cache.prune() == ["bld_a", "bld_c"]
+    assert sorted(os.listdir(cache.root)) == ["bld_b", "bld_d"]
+    held.close()
+
+
+def test_a_build_being_held_elsewhere_survives_and_a_removed_one_is_not_held(
+    tmp_path: Path,
+) -> None:
+    """Another runner sharing the data home (another open file: flock treats it as another
+    holder) keeps its build; a build removed meanwhile is reported, to be unpacked again."""
+    mine, theirs = _cache(tmp_path, idle=1), _cache(tmp_path, idle=1)
+    mine.unpack("bld_1", {"h.py": b""})
+    mine.unpack("bld_2", {"h.py": b""})
+    held = theirs.hold("bld_1")
+    assert held is not None
+    _age(mine, "bld_1", 60)
+    _age(mine, "bld_2", 60)
+    assert mine.prune() == ["bld_2"]
+    assert theirs.hold("bld_2") is None
+    held.close()
+
+
+def test_a_build_removed_as_a_session_takes_hold_of_it_is_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the open and the lock, another runner's prune renames the directory away
+    and a third unpacks the build again: the lock holds the directory being deleted, not
+    the one the session would use, so the session must ask again."""
+    cache = _cache(tmp_path)
+    cache.unpack("bld_1", {"h.py": b""})
+    lock = fcntl.flock
+
+    def removed_first(fd: int, op: int) -> None:
+        os.rename(cache.root / "bld_1", cache.root / ".removing-bld_1-x")
+        _cache(tmp_path).unpack("bld_1", {"h.py": b""})
+        lock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", removed_first)
+    assert cache.hold("bld_1") is None
+
+
+def test_a_crashed_unpack_is_cleaned_up_once_stale(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    cache.root.mkdir(parents=True)
+    left = cache.root / ".bld_1-abc"
+    (left / "d").mkdir(parents=True)
+    fresh = cache.root / ".bld_2-def"
+    fresh.mkdir()
+    then = time.time() - 2 * 3600
+    os.utime(left, (then, then))
+    cache.prune()
+    assert not left.exists() and fresh.exists()
 
 
 def test_worker_env_drops_internal_settings_and_adds_vars() -> None:
