@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from pathlib import Path
 
 import typer
-from akcore.buildfiles import check_build
+from akcore.buildfiles import MAX_BUILD_BYTES, check_build
 from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument, NotFound
 
@@ -34,8 +35,29 @@ def _walk(root: Path, skip: set[Path]) -> dict[str, bytes]:
                 continue
             if not real.is_relative_to(real_root):
                 raise InvalidArgument(f"{path} points outside {root}: refusing to upload it")
-            out[path.relative_to(root).as_posix()] = real.read_bytes()
+            data = _read(real, path)
+            if data is not None:
+                out[path.relative_to(root).as_posix()] = data
     return out
+
+
+def _read(real: Path, path: Path) -> bytes | None:
+    """A regular file's bytes; None, said on stderr, for anything else the directory holds
+    (a FIFO would block the upload for ever, a device would never end). A file over the
+    build's whole size limit is refused before it is read."""
+    try:
+        info = real.stat()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):
+        typer.echo(f"skipping {path}: not a regular file", err=True)
+        return None
+    if info.st_size > MAX_BUILD_BYTES:
+        raise InvalidArgument(
+            f"{path} is {info.st_size:,} bytes, over the build's limit of {MAX_BUILD_BYTES:,}: "
+            "leave it out of the project's directory, or upload only the code with --file/--dir"
+        )
+    return real.read_bytes()
 
 
 def collect_files(manifest: Path | None, files: list[str], dirs: list[str]) -> dict[str, bytes]:
