@@ -253,6 +253,10 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
         raise InvalidArgument(f"yaml: {e}") from None
     except ValueError:  # int() refuses over 4300 digits
         raise InvalidArgument("yaml: a number is too long: quote it to make it text") from None
+    except RecursionError:  # (PyYAML composes nested collections by recursion)
+        raise InvalidArgument(
+            "yaml: the manifest's collections are nested too deeply (a manifest needs a few levels)"
+        ) from None
     c = _Checker()
     top = c.mapping(raw, "", {"version", "project"})
     version = top.get("version")

@@ -239,3 +239,15 @@ def test_a_long_bad_text_is_quoted_cut(field: str) -> None:
     with pytest.raises(InvalidArgument) as e:
         parse_manifest(text)
     assert "(1,000,000 characters)" in e.value.message and len(e.value.message) < 600
+
+
+@pytest.mark.parametrize("kind", ["flow", "block"])
+def test_a_manifest_nested_too_deeply_is_refused_plainly(kind: str) -> None:
+    """(It raised RecursionError, which the store logged as a crash of the request.)"""
+    n = 5000
+    if kind == "flow":
+        text = "version: v1\nx: " + "[" * n + "]" * n + "\n"
+    else:
+        text = "version: v1\nx:\n" + "".join(" " * i + "- \n" for i in range(n))
+    with pytest.raises(InvalidArgument, match="yaml: the manifest's collections are nested too"):
+        parse_manifest(text)
