@@ -78,6 +78,16 @@ def streams(keep: Retention) -> tuple[StreamConfig, ...]:
         limited(subjects.STREAM_JOURNAL, subjects.JOURNAL_ALL, keep.journal_max_bytes),
         limited(subjects.STREAM_INBOX, subjects.INBOX_ALL, keep.journal_max_bytes),
         limited(subjects.STREAM_REPLAY, subjects.REPLAY_ALL, keep.journal_max_bytes),
+        StreamConfig(
+            name=subjects.STREAM_DEFERRED,
+            subjects=[subjects.DEFERRED_ALL],
+            retention=RetentionPolicy.WORK_QUEUE,  # gone once dispatched
+            max_age=0.0,  # a deferred event waits for its turn however long that takes
+            max_bytes=keep.events_max_bytes,  # copies of some of AK_EVENTS
+            discard=DiscardPolicy.NEW,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+        ),
     )
 
 
@@ -124,6 +134,10 @@ CONSUMERS = {
     subjects.CONSUMER_STORE_EVENTS: (
         subjects.STREAM_EVENTS,
         _durable(subjects.CONSUMER_STORE_EVENTS, subjects.EVENTS_ALL, 1024),
+    ),
+    subjects.CONSUMER_DISPATCHER_DEFERRED: (
+        subjects.STREAM_DEFERRED,
+        _durable(subjects.CONSUMER_DISPATCHER_DEFERRED, subjects.DEFERRED_ALL, 1024),
     ),
 }
 

@@ -31,6 +31,7 @@ STREAMS = (
     subjects.STREAM_JOURNAL,
     subjects.STREAM_INBOX,
     subjects.STREAM_REPLAY,
+    subjects.STREAM_DEFERRED,
 )
 BUCKET_VALUES = "AK_VALUES"  # the projects' values stores (KV)
 BUCKETS = (BUCKET_VALUES, subjects.BUCKET_WEBHOOKS, subjects.BUCKET_PARKED)
@@ -41,6 +42,7 @@ DURABLES = (
     (subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER),
     (subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL),
     (subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS),
+    (subjects.STREAM_DEFERRED, subjects.CONSUMER_DISPATCHER_DEFERRED),
 )
 
 # The internal operations (akcore.ops) each service calls; ingress also forwards every
@@ -222,6 +224,10 @@ def permissions(service: str) -> Permissions:
             publish=(
                 *_pull(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER),
                 subjects.EVENTS_ALL,  # cron ticks
+                # events deferred (ak_dispatcher.admission): kept, taken back, looked for
+                subjects.DEFERRED_ALL,
+                *_pull(subjects.STREAM_DEFERRED, subjects.CONSUMER_DISPATCHER_DEFERRED),
+                *_get(subjects.STREAM_DEFERRED),
                 *new_session,
                 subjects.INBOX_ALL,
                 subjects.dispatched_subject("*"),

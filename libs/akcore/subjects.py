@@ -10,6 +10,9 @@ STREAM_JOURNAL = "AK_JOURNAL"
 STREAM_INBOX = "AK_INBOX"
 # Replay chunks: a copy of each journal, many records to a message (akcore.chunks).
 STREAM_REPLAY = "AK_REPLAY"
+# Events the dispatcher set aside because their destination had too many waiting for their
+# filters (ak_dispatcher.admission): a work queue, read by the dispatchers.
+STREAM_DEFERRED = "AK_DEFERRED"
 
 # KV bucket of ingress: the last known lookup of each webhook, for when the store is away.
 BUCKET_WEBHOOKS = "AK_WEBHOOKS"
@@ -22,9 +25,11 @@ JOBS_ALL = f"{PREFIX}.jobs.>"
 JOURNAL_ALL = f"{PREFIX}.journal.>"
 INBOX_ALL = f"{PREFIX}.inbox.>"
 REPLAY_ALL = f"{PREFIX}.replay.>"
+DEFERRED_ALL = f"{PREFIX}.deferred.>"
 
 # Durable consumer names.
 CONSUMER_DISPATCHER = "dispatcher"
+CONSUMER_DISPATCHER_DEFERRED = "dispatcher-deferred"
 CONSUMER_RUNNER = "runner"
 CONSUMER_STORE_JOURNAL = "store-journal"
 CONSUMER_STORE_EVENTS = "store-events"
@@ -62,6 +67,11 @@ def inbox_subject(session_id: str) -> str:
 
 def replay_subject(session_id: str) -> str:
     return f"{PREFIX}.replay.{session_id}"
+
+
+def deferred_subject(destination_id: str) -> str:
+    """An event deferred by the dispatcher, by its destination (trigger or connection)."""
+    return f"{PREFIX}.deferred.{destination_id}"
 
 
 def outcome_subject(event_id: str) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+import re
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from akcore import bus, cel, service, subjects, tracing, wire
@@ -16,8 +17,10 @@ from akcore.sessions import not_started, publish_session
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
+from .admission import Admission
 from .evaluators import Evaluators
 from .matching import filters_of, inbox_deliveries, notes_of, sessions_for
 from .scheduler import Scheduler
@@ -25,6 +28,8 @@ from .waker import Waker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")  # a destination id that can end a subject
 
 
 # Seconds between in-progress notices for an event whose filters are being judged (so that
@@ -36,36 +41,43 @@ class Dispatcher:
     """Dispatches events: the connection, the caches and the filter evaluators they share.
 
     ``targets`` keeps each trigger's deployments and subscriptions (it must watch the
-    store's change notices); ``evaluators`` judge filters off the event loop."""
+    store's change notices); ``evaluators`` judge filters off the event loop; ``admission``
+    says which events wait for them here and which are deferred."""
 
     def __init__(
         self, nc: Client, tel: tracing.Telemetry, targets: StoreCache, evaluators: Evaluators
     ) -> None:
         self.nc, self.tel, self.targets, self.evaluators = nc, tel, targets, evaluators
-        self.judging = 0  # events waiting for their filters to be judged
+        self.admission = Admission()
 
-    async def dispatch(self, msg: Msg, event: wire.Event, turn: Turn) -> list[str]:
+    async def dispatch(
+        self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool = False
+    ) -> list[str]:
         """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
         waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
-        Filters that could not decide leave notes on the event, kept by the store."""
+        Filters that could not decide leave notes on the event, kept by the store. An
+        event whose filters cannot wait here now is deferred instead (and starts nothing
+        yet); ``deferred``: ``msg`` is one taken back from ``AK_DEFERRED``."""
         pub = bus.publisher(self.nc)
-        args = {"trigger_id": event.destination_id}
-        targets = await self.targets.call(self.nc, "dispatch.targets", args, event.destination_id)
+        key = event.destination_id
+        if deferred:
+            self.admission.taken_back(key)
+        targets = await self.targets.call(self.nc, "dispatch.targets", {"trigger_id": key}, key)
         triggers, subs = targets["triggers"], targets.get("subscriptions", [])
         filters = filters_of(event, triggers, subs)
         verdicts: dict[str, cel.Verdict] = {}
         if filters:  # most events have none, and pay nothing for the evaluators
-            judged = self.evaluators.judge(msg.data, list(filters.values()), event.destination_id)
-            self.judging += 1
-            try:
+            if not deferred and not await self.admits(key) and await self.defer(msg, event):
+                return []
+            with self.admission.waiting(key, deferred):
+                judged = self.evaluators.judge(msg.data, list(filters.values()), key)
                 verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
-            finally:
-                self.judging -= 1
         started = []
         jobs = sessions_for(event, triggers, targets["deployments"], verdicts)
         # Dispatched before? Redelivered by JetStream, or a provider's redelivery published
-        # again: the store says which sessions exist.
-        if (msg.metadata.num_delivered or 1) > 1 or event.memo.get("redelivered"):
+        # again, or deferred (a dispatcher that stopped after deferring it and before its
+        # ack dispatched it again): the store says which sessions exist.
+        if (msg.metadata.num_delivered or 1) > 1 or event.memo.get("redelivered") or deferred:
             jobs = await not_started(self.nc, jobs)
         for job in jobs:
             await publish_session(pub, job)
@@ -91,6 +103,48 @@ class Dispatcher:
             )
         return started
 
+    async def admits(self, key: str) -> bool:
+        """Whether an event of destination ``key`` may wait here for its filters (see
+        ``admission``). A destination deferred by this dispatcher whose deferred events
+        another dispatcher took back is found out by looking at ``AK_DEFERRED`` now and
+        then."""
+        if self.admission.should_look(key, asyncio.get_running_loop().time()):
+            try:
+                await self.nc.jetstream().get_last_msg(
+                    subjects.STREAM_DEFERRED, subjects.deferred_subject(key)
+                )
+            except NotFoundError:
+                self.admission.gone(key)
+            except NatsError as e:  # asked again at the next look
+                log.debug("looking for deferred events of %s: %s", key, e)
+        return self.admission.admits(key)
+
+    async def defer(self, msg: Msg, event: wire.Event) -> bool:
+        """Copies the event to ``AK_DEFERRED``, from which it is judged once the events of
+        its destination before it were; False when that failed (it is judged here)."""
+        key = event.destination_id
+        if not _TOKEN.fullmatch(key):
+            return False  # no subject token: judged here
+        if self.admission.deferred(key):  # counted at once: its next events defer too
+            log.info(
+                "destination %s: too many events wait for their filters; deferring its "
+                "next ones to %s",
+                key,
+                subjects.STREAM_DEFERRED,
+            )
+        headers = tracing.inject({subjects.HDR_MSG_ID: event.event_id})
+        try:
+            await bus.publisher(self.nc).publish(
+                subjects.deferred_subject(key), msg.data, headers=headers
+            )
+        except (NatsError, TimeoutError) as e:  # full, or away: judged late rather than not
+            log.warning("event %s: not deferred (%s); judging it here", event.event_id, e)
+            self.admission.taken_back(key)
+            return False
+        # write-ahead: kept on AK_DEFERRED before the caller acks it on AK_EVENTS (a copy
+        # there already, a duplicate, is as good: the event was deferred before)
+        return True
+
     async def note(self, event: wire.Event, notes: list[dict[str, str]]) -> None:
         """Has the store keep the event's notes (as AutoKitteh, they are logged too)."""
         for note in notes:
@@ -99,12 +153,12 @@ class Dispatcher:
             args = {"event_id": event.event_id, "notes": notes}
             await bus.store_call(self.nc, "dispatch.note", args)
 
-    async def handle(self, msg: Msg, event: wire.Event, turn: Turn) -> None:
+    async def handle(self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool) -> None:
         attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
         parent = tracing.extract(msg.headers)
         try:
             with self.tel.span("dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs):
-                await self.dispatch(msg, event, turn)
+                await self.dispatch(msg, event, turn, deferred)
         except (AKError, NatsError) as e:  # the store or JetStream is away for now
             log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
             await msg.nak(delay=1.0)
@@ -133,12 +187,13 @@ async def _holding(msg: Msg, judged: Awaitable[T]) -> T:
 
 # Events handled at once: their sessions are created concurrently. Deliveries to waiting
 # sessions take turns per destination (trigger or connection), in the order the events
-# arrived, so a session waiting on a source sees its events in order.
+# arrived, so a session waiting on a source sees its events in order. Events waiting for
+# their filters come on top (up to ``admission.TOTAL``), so that a burst of events with heavy
+# filters does not keep the dispatcher from taking the events behind them.
 MAX_IN_FLIGHT = 64
-# Events waiting for their filters to be judged, on top: a burst of events with heavy
-# filters must not keep the dispatcher from taking the events behind them (JetStream lets
-# a dispatcher hold 1,024 events un-acked).
-MAX_JUDGING = 512
+# Deferred events taken back at once (all of them wait for their filters, in turns by
+# destination, as the evaluators free up).
+MAX_TAKEN_BACK = 64
 
 
 class Turn:
@@ -186,7 +241,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.serve_health(nc, "dispatcher")
     tel = tracing.Telemetry("dispatcher")
     tel.send_to_store(nc)
-    puller = await bus.Puller.bind(nc, subjects.CONSUMER_DISPATCHER)
+    events = await bus.Puller.bind(nc, subjects.CONSUMER_DISPATCHER)
+    deferred = await bus.Puller.bind(nc, subjects.CONSUMER_DISPATCHER_DEFERRED)
     ticks = asyncio.create_task(Scheduler(nc, tel).run(stop))
     waker = asyncio.create_task(Waker(nc).run(stop))
     turns = Turns()
@@ -194,14 +250,43 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await targets.watch(nc)
     evaluators = Evaluators(settings.filter_budget_ms)
     dispatcher = Dispatcher(nc, tel, targets, evaluators)
-    tasks: set[asyncio.Task[None]] = set()
     service.settle_heap()
     log.info("dispatcher ready")
-    while not stop.is_set():
-        free = min(
-            MAX_IN_FLIGHT - (len(tasks) - dispatcher.judging),
-            MAX_IN_FLIGHT + MAX_JUDGING - len(tasks),
+
+    admission = dispatcher.admission
+
+    def room(busy: int) -> int:  # ``busy``: events of AK_EVENTS being handled
+        return min(
+            MAX_IN_FLIGHT - (busy - admission.judging), MAX_IN_FLIGHT + admission.total - busy
         )
+
+    def room_back(busy: int) -> int:  # ``busy``: deferred events being handled
+        return MAX_TAKEN_BACK - busy
+
+    async with asyncio.TaskGroup() as intake:
+        intake.create_task(_take(events, room, dispatcher, turns, False, stop))
+        intake.create_task(_take(deferred, room_back, dispatcher, turns, True, stop))
+    await asyncio.gather(ticks, waker, return_exceptions=True)
+    await evaluators.close()
+    await events.close()
+    await deferred.close()
+    await tel.close()
+    await bus.close(nc)
+
+
+async def _take(
+    puller: bus.Puller,
+    room: Callable[[int], int],
+    dispatcher: Dispatcher,
+    turns: Turns,
+    deferred: bool,
+    stop: asyncio.Event,
+) -> None:
+    """Hands the events of one consumer to ``dispatcher`` until ``stop``, as many at once
+    as ``room`` allows given how many it is handling; then waits for those."""
+    tasks: set[asyncio.Task[None]] = set()
+    while not stop.is_set():
+        free = room(len(tasks))
         if free <= 0:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
             continue
@@ -210,11 +295,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             if event is None:
                 continue
             turn = turns.take(event.destination_id)
-            task = asyncio.create_task(dispatcher.handle(msg, event, turn))
+            task = asyncio.create_task(dispatcher.handle(msg, event, turn, deferred))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-    await asyncio.gather(ticks, waker, *tasks, return_exceptions=True)
-    await evaluators.close()
-    await puller.close()
-    await tel.close()
-    await bus.close(nc)
+    await asyncio.gather(*tasks, return_exceptions=True)

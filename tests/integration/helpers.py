@@ -44,9 +44,12 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 
         await asyncio.sleep(0.05)
 
 
-async def deploy(nc: Client, name: str, files: dict[str, bytes]) -> dict[str, Any]:
-    """Applies the manifest above, builds ``files``, deploys and activates; returns ids."""
-    res = await bus.store_call(nc, "manifest.apply", {"text": MANIFEST.format(name=name)})
+async def deploy(
+    nc: Client, name: str, files: dict[str, bytes], manifest: str = MANIFEST
+) -> dict[str, Any]:
+    """Applies the manifest above (or ``manifest``: a trigger named ``events`` in project
+    ``{name}``), builds ``files``, deploys and activates; returns ids."""
+    res = await bus.store_call(nc, "manifest.apply", {"text": manifest.format(name=name)})
     pid = res["project_id"]
     bid = await bus.store_call(nc, "build.create", {"project": pid, "files": files})
     did = await bus.store_call(nc, "deployment.create", {"project": pid, "build_id": bid})

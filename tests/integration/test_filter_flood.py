@@ -1,0 +1,115 @@
+"""A trigger flooded with events whose filter cannot decide yet holds up no other project's
+events, and every flooded event is judged in the end (none lost)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from ak_dispatcher.evaluators import Evaluators
+from ak_dispatcher.service import run as run_dispatcher
+from ak_store.service import run as run_store
+from akcore import bus, cel, ids, subjects, timefmt, wire
+from akcore.config import Settings
+
+from .conftest import running
+from .helpers import MANIFEST, deploy, eventually
+
+FILTERED = MANIFEST.replace(
+    "      webhook: {{}}\n", "      webhook: {{}}\n      filter: data.n >= 0\n"
+)
+# More than JetStream lets the dispatcher hold un-acked (max_ack_pending 1,024): holding the
+# flood, even unjudged, would keep the event behind it from being delivered at all.
+FLOOD = 1100
+
+
+async def test_a_flooded_filter_holds_up_no_other_project(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flooded trigger's filter does not decide until the test lets it (a filter stuck
+    # in its evaluator); other filters are judged as usual.
+    let_go = asyncio.Event()
+    stuck: set[str] = set()
+    judge = Evaluators.judge
+
+    async def held(
+        self: Evaluators, event: bytes, filters: list[str], key: str = ""
+    ) -> list[cel.Verdict]:
+        if key in stuck:
+            await let_go.wait()
+        return await judge(self, event, filters, key)
+
+    monkeypatch.setattr(Evaluators, "judge", held)
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        try:
+            flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
+            victim = await deploy(nc, "victim", {"simple.py": b""})
+            stuck.add(flooded["trigger"]["trigger_id"])
+            pub = bus.publisher(nc)
+            flood: list[str] = []
+            for start in range(0, FLOOD, 100):  # all in the stream before the victim's event
+                batch = (_send(pub, flooded, n) for n in range(start, start + 100))
+                flood += await asyncio.gather(*batch)
+            victim_event = await _send(pub, victim, 0)
+
+            async def sessions() -> dict[str, int]:  # job subjects: one per session
+                info = await js.stream_info(subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL)
+                return info.state.subjects or {}
+
+            # The victim's session is created while no flooded event has been judged.
+            (victim_job,) = await eventually(sessions, timeout=30)
+            assert not let_go.is_set()
+            assert await _event_of(js, victim_job) == victim_event
+
+            let_go.set()  # the flooded filter decides: each flooded event starts a session
+
+            async def all_started() -> bool:
+                return len(await sessions()) == FLOOD + 1
+
+            await eventually(all_started, timeout=60)
+            started = [await _event_of(js, job) for job in await sessions()]
+            assert sorted(started) == sorted([*flood, victim_event])
+            await eventually(lambda: _settled(js), timeout=10)
+        finally:
+            let_go.set()  # a failed test's dispatcher stops
+            await nc.close()
+
+
+async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
+    """Publishes an event ``{"n": n}`` to the deployed trigger, as ingress does; its id."""
+    ev = wire.Event(
+        ids.new_id("evt"),
+        deployed["project_id"],
+        deployed["trigger"]["trigger_id"],
+        "post",
+        {"n": n},
+        {},
+        timefmt.now_us(),
+    )
+    subject = subjects.event_subject(ev.project_id, ev.event_id)
+    await pub.publish(subject, wire.encode(ev), headers={subjects.HDR_MSG_ID: ev.event_id})
+    return ev.event_id
+
+
+async def _event_of(js: Any, job_subject: str) -> str | None:
+    msg = await js.get_last_msg(subjects.STREAM_JOBS, job_subject)
+    return wire.decode(wire.Job, msg.data).event_id
+
+
+async def _settled(js: Any) -> bool:
+    """Nothing left deferred, nothing held un-acked by the dispatcher."""
+    deferred = await js.stream_info(subjects.STREAM_DEFERRED)
+    pending = [
+        (await js.consumer_info(stream, name)).num_ack_pending
+        for stream, name in (
+            (subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER),
+            (subjects.STREAM_DEFERRED, subjects.CONSUMER_DISPATCHER_DEFERRED),
+        )
+    ]
+    return deferred.state.messages == 0 and pending == [0, 0]
