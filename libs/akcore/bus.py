@@ -119,6 +119,12 @@ def _durable(name: str, subject: str, max_ack_pending: int) -> ConsumerConfig:
 # The store's consumers apply batches in stream order (several stores split the stream
 # between them; materializing does not depend on the order across sessions).
 CONSUMERS = {
+    # First: a dispatcher that finds the consumers it waits for finds this one too (its
+    # stream is optional: no service waits for it).
+    subjects.CONSUMER_DISPATCHER_DEFERRED: (
+        subjects.STREAM_DEFERRED,
+        _durable(subjects.CONSUMER_DISPATCHER_DEFERRED, subjects.DEFERRED_ALL, 1024),
+    ),
     subjects.CONSUMER_DISPATCHER: (
         subjects.STREAM_EVENTS,
         _durable(subjects.CONSUMER_DISPATCHER, subjects.EVENTS_ALL, 1024),
@@ -134,10 +140,6 @@ CONSUMERS = {
     subjects.CONSUMER_STORE_EVENTS: (
         subjects.STREAM_EVENTS,
         _durable(subjects.CONSUMER_STORE_EVENTS, subjects.EVENTS_ALL, 1024),
-    ),
-    subjects.CONSUMER_DISPATCHER_DEFERRED: (
-        subjects.STREAM_DEFERRED,
-        _durable(subjects.CONSUMER_DISPATCHER_DEFERRED, subjects.DEFERRED_ALL, 1024),
     ),
 }
 
@@ -398,14 +400,25 @@ async def ensure_streams(js: JetStreamContext, timeout: float = 60.0) -> None:
             await asyncio.sleep(1.0)
 
 
-# Streams that only save time (replay chunks): a server without room for them still runs
-# everything else, and no service waits for them.
-OPTIONAL_STREAMS = frozenset({subjects.STREAM_REPLAY})
+# Streams the system runs without: a server without room for them still runs everything
+# else, and no service waits for them (nor for their consumers). Each with what is missed.
+OPTIONAL_STREAMS = {
+    subjects.STREAM_REPLAY: (
+        "replays read journals record by record, which is slower for long sessions; give "
+        "JetStream more storage (max_file_store) or lower AK_RETENTION__JOURNAL_MAX_BYTES"
+    ),
+    subjects.STREAM_DEFERRED: (
+        "dispatchers cannot defer the events of a trigger flooded with events for its "
+        "filter, which then hold up other triggers' events; give JetStream more storage "
+        "(max_file_store) or lower AK_RETENTION__EVENTS_MAX_BYTES, and restart the store"
+    ),
+}
 ERR_NO_ROOM = 10047  # JetStream: insufficient storage resources available
 
 
 async def _ensure_streams(js: JetStreamContext, n: int, last_try: bool = True) -> None:
     existing = {info.config.name: info.config for info in await js.streams_info()}
+    missing = set()
     for cfg in streams(Retention.from_env()):
         try:
             await _ensure_stream(js, cfg, existing.get(cfg.name), n)
@@ -414,13 +427,15 @@ async def _ensure_streams(js: JetStreamContext, n: int, last_try: bool = True) -
             if cfg.name not in OPTIONAL_STREAMS or (may_pass(e) and not no_room and not last_try):
                 raise
             log.warning(
-                "stream %s (replay chunks) could not be made (%s): replays read journals "
-                "record by record, which is slower for long sessions; give JetStream more "
-                "storage (max_file_store) or lower AK_RETENTION__JOURNAL_MAX_BYTES",
+                "stream %s could not be made (%s): %s",
                 cfg.name,
                 getattr(e, "description", None) or repr(e),
+                OPTIONAL_STREAMS[cfg.name],
             )
+            missing.add(cfg.name)
     for name, (stream, ccfg) in CONSUMERS.items():
+        if stream in missing:
+            continue
         try:
             info = await js.consumer_info(stream, name)
         except NotFoundError:
@@ -480,6 +495,8 @@ async def _missing(js: JetStreamContext) -> str:
             except NotFoundError:
                 return f"stream {stream}"
         for name, (stream, _) in CONSUMERS.items():
+            if stream in OPTIONAL_STREAMS:
+                continue
             try:
                 await js.consumer_info(stream, name)
             except NotFoundError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,7 @@ class Dispatcher:
     ) -> None:
         self.nc, self.tel, self.targets, self.evaluators = nc, tel, targets, evaluators
         self.admission = Admission()
+        self.deferring = False  # AK_DEFERRED is there (see ``_take_back``)
 
     async def dispatch(
         self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool = False
@@ -60,7 +62,7 @@ class Dispatcher:
         yet); ``deferred``: ``msg`` is one taken back from ``AK_DEFERRED``."""
         pub = bus.publisher(self.nc)
         key = event.destination_id
-        if deferred:
+        if deferred and (msg.metadata.num_delivered or 1) == 1:
             self.admission.taken_back(key)
         targets = await self.targets.call(self.nc, "dispatch.targets", {"trigger_id": key}, key)
         triggers, subs = targets["triggers"], targets.get("subscriptions", [])
@@ -123,8 +125,8 @@ class Dispatcher:
         """Copies the event to ``AK_DEFERRED``, from which it is judged once the events of
         its destination before it were; False when that failed (it is judged here)."""
         key = event.destination_id
-        if not _TOKEN.fullmatch(key):
-            return False  # no subject token: judged here
+        if not self.deferring or not _TOKEN.fullmatch(key):
+            return False  # nowhere to, or no subject token: judged here
         if self.admission.deferred(key):  # counted at once: its next events defer too
             log.info(
                 "destination %s: too many events wait for their filters; deferring its "
@@ -265,13 +267,44 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
     async with asyncio.TaskGroup() as intake:
         intake.create_task(_take(events, room, dispatcher, turns, False, stop))
-        intake.create_task(_take(deferred, room_back, dispatcher, turns, True, stop))
+        intake.create_task(_take_back(deferred, room_back, dispatcher, turns, stop))
     await asyncio.gather(ticks, waker, return_exceptions=True)
     await evaluators.close()
     await events.close()
     await deferred.close()
     await tel.close()
     await bus.close(nc)
+
+
+async def _take_back(
+    puller: bus.Puller,
+    room: Callable[[int], int],
+    dispatcher: Dispatcher,
+    turns: Turns,
+    stop: asyncio.Event,
+) -> None:
+    """Defers events and takes them back once ``AK_DEFERRED`` and its consumer are there:
+    the store makes them as it starts, when JetStream has room for them."""
+    js, said = dispatcher.nc.jetstream(), False
+    while not stop.is_set():
+        try:
+            await js.consumer_info(subjects.STREAM_DEFERRED, subjects.CONSUMER_DISPATCHER_DEFERRED)
+            break
+        except NotFoundError:
+            if not said:
+                why = bus.OPTIONAL_STREAMS[subjects.STREAM_DEFERRED]
+                log.warning("%s is not there (yet): %s", subjects.STREAM_DEFERRED, why)
+                said = True
+        except NatsError as e:  # NATS away: asked again
+            log.debug("looking for %s: %s", subjects.STREAM_DEFERRED, e)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 5.0)
+    if stop.is_set():
+        return
+    if said:
+        log.info("%s is there: deferring events when needed", subjects.STREAM_DEFERRED)
+    dispatcher.deferring = True
+    await _take(puller, room, dispatcher, turns, True, stop)
 
 
 async def _take(

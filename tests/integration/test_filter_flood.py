@@ -4,9 +4,12 @@ events, and every flooded event is judged in the end (none lost)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from ak_dispatcher.admission import PER_DESTINATION
 from ak_dispatcher.evaluators import Evaluators
 from ak_dispatcher.service import run as run_dispatcher
 from ak_store.service import run as run_store
@@ -79,6 +82,61 @@ async def test_a_flooded_filter_holds_up_no_other_project(
         finally:
             let_go.set()  # a failed test's dispatcher stops
             await nc.close()
+
+
+async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full AK_DEFERRED refuses the copies: those events wait in the dispatcher instead
+    (as before deferring existed), and none is lost."""
+    let_go = asyncio.Event()
+    judge = Evaluators.judge
+
+    async def held(
+        self: Evaluators, event: bytes, filters: list[str], key: str = ""
+    ) -> list[cel.Verdict]:
+        await let_go.wait()
+        return await judge(self, event, filters, key)
+
+    monkeypatch.setattr(Evaluators, "judge", held)
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        info = await js.stream_info(subjects.STREAM_DEFERRED)
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=1))  # full at once
+        try:
+            async with running(run_dispatcher, settings, "dispatcher"):
+                flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
+                pub = bus.publisher(nc)
+                n = PER_DESTINATION + 8
+                flood = [await _send(pub, flooded, i) for i in range(n)]
+
+                def refused() -> bool:
+                    return any("judging it here" in r.getMessage() for r in caplog.records)
+
+                await eventually(_async(refused), timeout=30)
+                let_go.set()
+
+                async def sessions() -> list[str] | None:
+                    info = await js.stream_info(
+                        subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL
+                    )
+                    jobs = info.state.subjects or {}
+                    return list(jobs) if len(jobs) == n else None
+
+                started = [await _event_of(js, job) for job in await eventually(sessions)]
+                assert sorted(started) == sorted(flood)
+                await eventually(lambda: _settled(js), timeout=10)
+        finally:
+            let_go.set()
+            await nc.close()
+
+
+def _async(probe: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def probed() -> bool:
+        return probe()
+
+    return probed
 
 
 async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
