@@ -14,6 +14,7 @@ from akcore.config import REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument, NotFound
 
 from . import client
+from .render import terminal_safe
 
 DEFAULT_MANIFEST = "autokitteh.yaml"
 POLL_EVERY = 0.5
@@ -98,7 +99,7 @@ def prepare_python(upload: dict[str, bytes]) -> None:
                 )
             return
         for line in res.get("lines", ()):
-            typer.echo(f"[pyenv] {line}", err=True)
+            typer.echo(f"[pyenv] {terminal_safe(line)}", err=True)  # (a package's words)
         if res["state"] == "ready":
             return
         if res["state"] == "failed":

@@ -11,9 +11,11 @@ import typer
 
 # What text from a session (its prints, errors, log) may not send to a terminal as is:
 # control characters (escape sequences that set the title, move the cursor or rewrite a
-# line with a carriage return) but tab and newline, and the bidirectional overrides that
-# show text in another order than it has.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# line with a carriage return) but tab and newline, the bidirectional marks and overrides
+# that show text in another order than it has, and Unicode's own line separators.
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def terminal_safe(text: str) -> str:

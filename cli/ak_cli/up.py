@@ -271,9 +271,15 @@ def _fence(settings: config.Settings, http_addr: str) -> str:
     first, last = settings.worker_uids
     if settings.network_fence == "off":
         try:
-            netfence.take_down(first, last)  # (an earlier stack's)
+            keeping = netfence.take_down(first, last)  # (an earlier stack's)
         except netfence.FenceError as e:
             return f"network: handlers may connect to this host, AND AN OLD FENCE STAYS: {e}"
+        if keeping:
+            return (
+                f"network: {config.ENV_NETWORK_FENCE}=off, but the fence of these user ids "
+                f"stays for the other stacks that use them (processes "
+                f"{', '.join(map(str, keeping))}): give this one other {config.ENV_WORKER_UIDS}"
+            )
         return f"network: handlers may connect to this host ({config.ENV_NETWORK_FENCE}=off)"
     ports = netfence.allowed_ports(http_addr, settings.host_ports)
     try:

@@ -32,10 +32,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 DNS_PORT = 53
-# Link-local addresses, where clouds serve instance metadata and credentials
-# (169.254.169.254, 169.254.170.2), and AWS's IPv6 metadata address.
-METADATA_V4 = "169.254.0.0/16"
-METADATA_V6 = "fd00:ec2::254"
+# Where clouds serve instance metadata and credentials: the link-local range (AWS, GCP,
+# Azure, OpenStack: 169.254.169.254, 169.254.170.2), Alibaba's, and AWS's and GCP's IPv6.
+METADATA_V4 = "{ 169.254.0.0/16, 100.100.100.200 }"
+METADATA_V6 = "{ fd00:ec2::254, fd20:ce::254 }"
 NFT_TIMEOUT = 10.0
 MISSING = "the nft command is missing (install Debian's nftables package)"
 REGISTRY = Path("/run/autokitteh/fence")  # the ports each process of a range lets through
@@ -69,6 +69,8 @@ def ruleset(first: int, last: int, ports: Iterable[int]) -> str:
             f"    {uids} fib daddr type local meta l4proto {{ tcp, udp }}"
             f" th dport {{ {allowed} }} accept",
             f"    {uids} fib daddr type local {refuse}",
+            # The kernel loops broadcast and multicast back to this host's own sockets.
+            f"    {uids} fib daddr type {{ broadcast, multicast }} {refuse}",
             f"    {uids} ip daddr {METADATA_V4} {refuse}",
             f"    {uids} ip6 daddr {METADATA_V6} {refuse}",
             "  }",
@@ -112,30 +114,58 @@ def _own_folder(path: Path) -> Path:
 
 
 def _live_ports(folder: Path) -> tuple[int, ...]:
-    """The ports every live registered process lets through; the dead ones' entries go."""
+    """The ports every live registered process lets through; the dead ones' entries go
+    (and whatever else is there is passed over: only root writes in the folder)."""
     ports: set[int] = set()
+    for _, entry in _registered(folder):
+        try:
+            text = entry.read_bytes()[:4096].decode("ascii", "replace")
+        except OSError:
+            continue
+        for p in text.split(","):
+            if p.isascii() and p.isdigit() and 0 < int(p[:6]) < 65536:
+                ports.add(int(p))
+    return tuple(sorted(ports))
+
+
+def _registered(folder: Path) -> list[tuple[int, Path]]:
+    """The live processes registered in ``folder``, with their entries; removes the dead
+    ones' entries."""
+    live = []
     for entry in folder.iterdir():
-        if not entry.name.isdigit():
+        name = entry.name
+        if not (name.isascii() and name.isdigit() and len(name) <= 9):
             continue
         try:
-            os.kill(int(entry.name), 0)
+            os.kill(int(name), 0)
         except ProcessLookupError:
             entry.unlink(missing_ok=True)
             continue
         except PermissionError:
             pass  # alive, another user's (a process id reused since)
-        text = entry.read_text()
-        ports.update(int(p) for p in text.split(",") if p.isdigit() and 0 < int(p) < 65536)
-    return tuple(sorted(ports))
+        live.append((int(name), entry))
+    return live
 
 
-def take_down(first: int, last: int) -> None:
-    """Removes the fence of that range if there is one: a runner with the fence off would
-    otherwise find an earlier runner's still holding. Raises FenceError if it cannot."""
+def take_down(first: int, last: int, registry: Path = REGISTRY) -> list[int]:
+    """Removes the fence of that range if there is one (a runner with the fence off would
+    otherwise find an earlier runner's still holding), unless other live processes put it
+    up: it stays for them, and their process ids are returned. Raises FenceError if it
+    cannot be removed."""
     if shutil.which("nft") is None:
-        return  # (nothing can have put one up)
+        return []  # (nothing can have put one up)
+    folder = registry / f"{first}-{last}"
+    try:
+        keeping = [pid for pid, _ in _registered(folder) if pid != os.getpid()]
+    except FileNotFoundError:
+        keeping = []
+    except OSError as e:
+        raise FenceError(f"cannot read the fence's ports in {registry}: {e}") from None
+    if keeping:
+        return keeping
     name = table_name(first, last)
     _nft(f"table inet {name}\ndelete table inet {name}\n")
+    return []
 
 
 def _nft(script: str) -> None:

@@ -513,10 +513,30 @@ def _result(ch: Channel, result: Any, child: bool) -> bytes:
         return b""
 
 
+def close_other_fds(keep: set[int]) -> None:
+    """Closes every descriptor above stderr but ``keep``: a process started or forked by
+    the runner may hold copies of others it was never meant to have (uvloop's spawn leaves
+    the runner's stdout and stderr, which are ``ak up``'s and maybe an operator's terminal,
+    open in the child), and a handler would write to them, or read the terminal."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(x) for x in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):  # not Linux
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def main(argv: list[str]) -> None:
     """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES]``: with a user id, the process (started
     as root, isolated) becomes that user first, takes its limits, then opens its
     environment's packages (``open_packages``)."""
+    close_other_fds({int(argv[0]), int(argv[1])})
     if len(argv) > 5:
         sandboxed(int(argv[2]), argv[3], int(argv[4]), int(argv[5]))
     os.dup2(2, 1)  # what a handler writes to stdout is not the runner's: see its stderr

@@ -46,6 +46,7 @@ def _child(
         fd_in, fd_out, err = fds
         os.dup2(err, 2)
         os.close(err)
+        _worker.close_other_fds({fd_in, fd_out})
         if uid >= 0:
             venv, memory_mb, processes = box
             _worker.sandboxed(uid, venv, int(memory_mb), int(processes))
@@ -76,6 +77,7 @@ def _reap(ctrl: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> None:
+    _worker.close_other_fds({int(argv[0])})  # (its workers inherit what it holds)
     ctrl = socket.socket(fileno=int(argv[0]))
     box = argv[1:4] if len(argv) > 3 else ["-", "0", "0"]  # venv, memory_mb, processes
     wake_r, wake_w = os.pipe()

@@ -90,11 +90,27 @@ class WorkerLimits:
 
 
 # Runs a command as a user id (argv[1]); started by a root runner with its own interpreter
-# isolated (-I -S), so nothing of the command's environment runs as root.
-_AS_USER = (
-    "import os, sys; u = int(sys.argv[1]); os.setgroups([]); os.setresgid(u, u, u); "
-    "os.setresuid(u, u, u); os.umask(0o022); os.execv(sys.argv[2], sys.argv[2:])"
-)
+# isolated (-I -S), so nothing of the command's environment runs as root. As a worker
+# does (autokitteh._worker.become_user), it keeps no descriptor but stdio (uvloop's spawn
+# leaves the runner's stdout and stderr open in a child), gains no privilege from what it
+# runs (no_new_privs) and connects to no abstract Unix socket made outside it (Landlock,
+# Linux 6.12; nothing on older kernels): a package's build script is anyone's code.
+_AS_USER = """\
+import ctypes, os, sys
+u = int(sys.argv[1])
+os.closerange(3, 1 << 20)
+os.setgroups([])
+os.setresgid(u, u, u)
+os.setresuid(u, u, u)
+os.umask(0o022)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(38, 1, 0, 0, 0)
+fd = libc.syscall(444, (ctypes.c_uint64 * 3)(0, 0, 1), 24, 0)
+if fd >= 0:
+    libc.syscall(446, fd, 0)
+    os.close(fd)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def as_user(uid: int, argv: list[str]) -> list[str]:

@@ -350,9 +350,21 @@ def _fence(settings: Settings) -> None:
     first, last = settings.worker_uids
     if settings.network_fence == "off":
         try:
-            netfence.take_down(first, last)
+            keeping = netfence.take_down(first, last)
         except netfence.FenceError as e:
             log.warning("could not remove the network fence of an earlier runner: %s", e)
+            return
+        if keeping:
+            log.warning(
+                "%s=off, but the network fence of user ids %d-%d stays for the other stacks "
+                "that use them (processes %s): give this one other %s",
+                config.ENV_NETWORK_FENCE,
+                first,
+                last,
+                ", ".join(map(str, keeping)),
+                config.ENV_WORKER_UIDS,
+            )
+            return
         log.info("handlers may connect to services on this host (%s=off)", config.ENV_NETWORK_FENCE)
         return
     ports = netfence.allowed_ports(settings.http_addr, settings.host_ports)

@@ -46,6 +46,18 @@ def reach(event):
             print(f"{host}:{port} connected")
         except OSError as e:
             print(f"{host}:{port} refused", errno.errorcode.get(e.errno, e.errno))
+
+
+def shout(event):
+    for host, port in event.data["targets"]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        try:
+            s.sendto(b"hello", (host, port))
+            print(f"{host} sent")
+        except OSError as e:
+            print(f"{host} refused", errno.errorcode.get(e.errno, e.errno))
 """
 
 
@@ -103,9 +115,9 @@ def stack(listeners: dict[str, Listener]) -> Iterator[Stack]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-def _reach(stack: Stack, targets: list[tuple[str, int]]) -> list[str]:
+def _reach(stack: Stack, targets: list[tuple[str, int]], how: str = "reach") -> list[str]:
     arg = f"targets={json.dumps(targets)}"
-    res = stack.ak("session", "start", "-o", "fenced", "-p", "f.py:reach", "-I", arg)
+    res = stack.ak("session", "start", "-o", "fenced", "-p", f"f.py:{how}", "-I", arg)
     assert res.returncode == 0, res.stderr
     sid = res.stdout.strip().removeprefix("session_id: ")
     wait_until(
@@ -150,6 +162,31 @@ def test_a_handler_cannot_connect_to_a_service_of_this_host(
     # The services, and anything else of this host's own users, are not fenced.
     socket.create_connection((fenced[0].host, fenced[0].port), timeout=5).close()
     wait_until(lambda: fenced[0].accepted == 1, "the test's own connection")
+
+
+def test_a_handler_cannot_reach_this_hosts_udp_services_by_broadcast_or_multicast(
+    stack: Stack,
+) -> None:
+    """The kernel loops a broadcast or multicast datagram back to this host's own sockets
+    bound to every address (statsd, syslog, SNMP...): refused as a unicast one is."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as service:
+        service.bind(("0.0.0.0", 0))
+        port = service.getsockname()[1]
+        targets = [("255.255.255.255", port), ("224.0.0.1", port), ("127.0.0.1", port)]
+        own = _own_address()
+        if own:  # its subnet's broadcast address, as a /24 would have it
+            targets.append((own.rsplit(".", 1)[0] + ".255", port))
+        prints = _reach(stack, targets, "shout")
+        for host, _ in targets:
+            assert f"{host} refused EPERM" in prints or f"{host} refused EACCES" in prints, prints
+        service.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            service.recvfrom(100)  # nothing came
+        # (while this test's own datagram, not from a worker's user, does)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mine:
+            mine.sendto(b"x", ("127.0.0.1", port))
+        service.settimeout(5)
+        assert service.recvfrom(100)[0] == b"x"
 
 
 def test_the_fence_is_one_table_per_user_id_range(tmp_path: Path) -> None:

@@ -103,6 +103,14 @@ def litter_as_sibling(event):
     print("left a sibling behind", pid > 0)
 
 
+def fds(event):
+    for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+        try:
+            print(fd, os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # (the listing's own descriptor, closed meanwhile)
+
+
 def abstract(event):
     import socket
     for name in (event.data["theirs"], "ak-own-" + event.data["theirs"]):
@@ -270,6 +278,17 @@ def test_handler_output_goes_to_its_session_not_to_the_service_log(stack: Stack)
     assert session["state"] == "COMPLETED", session
     assert _prints(stack, sid) == [f"print {mark}"]
     assert mark not in stack.output()
+
+
+def test_a_handler_holds_none_of_ak_ups_output(stack: Stack) -> None:
+    """uvloop's spawn left copies of the runner's stdout and stderr (``ak up``'s: a log file
+    here, an operator's terminal when run by hand) open in the fork server and so in every
+    worker: a handler wrote forged ``[ak]`` lines there, and could read the terminal."""
+    sid = _start(stack, "fds")
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    held = _prints(stack, sid)
+    assert held and not any(stack.log.name in x for x in held), held
+    assert len(held) <= 8, held  # stdio, the frame pipes, a few of the interpreter's
 
 
 def test_a_handler_cannot_connect_to_another_users_abstract_unix_socket(stack: Stack) -> None:

@@ -23,14 +23,17 @@ def test_the_rules_refuse_the_worker_range_this_host_but_the_ports_let_through()
     body = [x.strip() for x in rules[3:]]
     assert "type filter hook output priority raw; policy accept;" in body
     uids = "meta skuid 820000-829999"
+    refuse = "reject with icmpx admin-prohibited"
     # Every rule names the range: packets without a socket (the kernel's) are never matched.
     assert all(x.startswith(uids) for x in body if "reject" in x or x.endswith(" accept"))
     assert body.index(
         f"{uids} fib daddr type local meta l4proto {{ tcp, udp }} th dport {{ 53, 5432, 9980 }} "
         "accept"
     ) < body.index(f"{uids} fib daddr type local reject with icmpx admin-prohibited")
-    assert f"{uids} ip daddr 169.254.0.0/16 reject with icmpx admin-prohibited" in body
-    assert f"{uids} ip6 daddr fd00:ec2::254 reject with icmpx admin-prohibited" in body
+    # Broadcast and multicast loop back to this host's own sockets bound to every address.
+    assert f"{uids} fib daddr type {{ broadcast, multicast }} {refuse}" in body
+    assert f"{uids} ip daddr {{ 169.254.0.0/16, 100.100.100.200 }} {refuse}" in body
+    assert f"{uids} ip6 daddr {{ fd00:ec2::254, fd20:ce::254 }} {refuse}" in body
 
 
 def test_the_ports_let_through_are_dns_the_http_port_and_those_named() -> None:
@@ -119,3 +122,33 @@ def test_fence_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AK_RUNNER__NETWORK_FENCE", "on")
     with pytest.raises(ValueError, match="AK_RUNNER__NETWORK_FENCE must be one of auto, required"):
         config.Settings.from_env()
+
+
+def test_the_registry_passes_over_what_it_cannot_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only root writes there, but a stray file must not stop every runner from starting."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _fake_nft(tmp_path, "/bin/cat >/dev/null\n")
+    folder = tmp_path / "fence" / "820000-829999"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / str(os.getppid())).write_bytes(b"\xff,53,\xb2,9" * 3 + b"," + b"7" * 4400)
+    (folder / "\u00b2").write_text("1")  # (a digit to str.isdigit, not to int)
+    (folder / ("9" * 30)).write_text("2")
+    (folder / "x.lock").mkdir()
+    assert netfence.put_up(820000, 829999, (80,), tmp_path / "fence") == (9, 53, 80)
+
+
+def test_the_fence_off_leaves_the_table_to_the_other_live_stacks_of_its_range(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _fake_nft(tmp_path, f"/bin/cat >> {tmp_path}/given\n")
+    registry = tmp_path / "fence"
+    (registry / "820000-829999").mkdir(parents=True, mode=0o700)
+    (registry / "820000-829999" / str(os.getppid())).write_text("53,9980")
+    assert netfence.take_down(820000, 829999, registry) == [os.getppid()]
+    assert not (tmp_path / "given").exists()  # nft not asked
+    (registry / "820000-829999" / str(os.getppid())).unlink()
+    assert netfence.take_down(820000, 829999, registry) == []
+    assert "delete table inet autokitteh_workers_820000_829999" in (tmp_path / "given").read_text()

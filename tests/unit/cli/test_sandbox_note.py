@@ -21,9 +21,12 @@ def fences(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, tuple[i
         return (*ports, 7777)  # (and another live stack's port)
 
     monkeypatch.setattr(netfence, "put_up", put_up)
-    monkeypatch.setattr(
-        netfence, "take_down", lambda first, last: asked.append(("down", first, last, ()))
-    )
+
+    def take_down(first: int, last: int) -> list[int]:
+        asked.append(("down", first, last, ()))
+        return []
+
+    monkeypatch.setattr(netfence, "take_down", take_down)
     for name in ("AK_RUNNER__SANDBOX", "AK_RUNNER__NETWORK_FENCE", "AK_RUNNER__HOST_PORTS"):
         monkeypatch.delenv(name, raising=False)
     return asked
@@ -86,3 +89,8 @@ def test_with_the_fence_off_an_earlier_stacks_fence_is_taken_down(
         "; network: handlers may connect to this host (AK_RUNNER__NETWORK_FENCE=off)"
     )
     assert fences == [("down", 820000, 829999, ())]
+    monkeypatch.setattr(netfence, "take_down", lambda first, last: [4242])
+    assert _sandbox_note("127.0.0.1:9980").endswith(
+        "; network: AK_RUNNER__NETWORK_FENCE=off, but the fence of these user ids stays for the "
+        "other stacks that use them (processes 4242): give this one other AK_RUNNER__WORKER_UIDS"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -310,10 +311,47 @@ def test_a_build_tool_runs_as_its_user_and_writes_files_others_read(tmp_path: Pa
     res = subprocess.run(
         as_user(829997, [sys.executable, "-c", script]), capture_output=True, text=True
     )
-    assert res.stdout == "829997 829997 []\n", res.stderr
+    assert res.stdout == "829997 829997 []\n" and res.returncode == 0, res.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o644 and out.stat().st_uid == 829997
     chown_tree(tmp_path, 0)
     assert out.stat().st_uid == 0
+
+
+@root_only
+@pytest.mark.usefixtures("python_for_all")
+def test_a_build_tool_gains_no_privilege_and_holds_nothing_of_the_runners() -> None:
+    """A package's build script is anyone's code: as a worker, it keeps no descriptor of
+    the runner's (its stdout, maybe a terminal), cannot gain privileges from a setuid
+    program, and cannot connect to another user's abstract Unix socket (Linux 6.12)."""
+    script = (
+        "import os, socket\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(status.split('NoNewPrivs:')[1].split()[0])\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        "    s.connect(b'\\0' + os.environb[b'THEIRS'])\n"
+        "    print('connected')\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+        "print(os.path.exists('/proc/self/fd/' + os.environ['HELD']))\n"
+    )
+    name = f"ak-theirs-{os.getpid()}"
+    held = os.open("/dev/null", os.O_RDONLY)  # (stands for the runner's stdout)
+    os.set_inheritable(held, True)
+    try:
+        with socket.socket(socket.AF_UNIX) as theirs:
+            theirs.bind("\0" + name)
+            theirs.listen()
+            res = subprocess.run(
+                as_user(829997, [sys.executable, "-c", script]),
+                capture_output=True,
+                text=True,
+                close_fds=False,
+                env={"THEIRS": name, "HELD": str(held)},
+            )
+    finally:
+        os.close(held)
+    assert res.stdout.splitlines() == ["1", "refused", "False"], res.stderr
 
 
 def _poisoned_venv(tmp_path: Path) -> tuple[Path, Path]:
