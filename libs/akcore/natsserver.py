@@ -122,16 +122,21 @@ def start(
     # It listens once JetStream has read its store back: after a crash, a large store may
     # take a while. A server that fails exits (checked below), so this is only a backstop.
     deadline = time.monotonic() + LISTEN_WITHIN
-    while time.monotonic() < deadline and not cancelled():
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"nats-server exited with code {proc.returncode} (port {port} taken?)"
-            )
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return proc, url
-        except OSError:
-            time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline and not cancelled():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"nats-server exited with code {proc.returncode} (port {port} taken?)"
+                )
+            try:
+                with socket.create_connection((host, port), timeout=0.2):
+                    return proc, url
+            except OSError:
+                time.sleep(0.05)
+    except BaseException:  # (Ctrl-C before `ak up` has its handlers: it has a session of its own)
+        proc.kill()
+        proc.wait()
+        raise
     proc.kill()
     proc.wait()
     if cancelled():

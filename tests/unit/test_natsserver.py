@@ -82,3 +82,17 @@ def test_a_start_cancelled_while_waiting_stops_the_server(tmp_path: Path) -> Non
     conf = str(tmp_path / "nats" / "nats-server.conf")
     left = subprocess.run(["pgrep", "-f", conf], capture_output=True, text=True).stdout
     assert left == ""
+
+
+def test_ctrl_c_during_the_first_start_leaves_no_server(tmp_path: Path) -> None:
+    """Before `ak up` sets its signal handlers, Ctrl-C is a KeyboardInterrupt in the wait;
+    the server, in a session of its own, did not get the signal and must not outlive it."""
+
+    def interrupted() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        natsserver.start(tmp_path / "nats", cancelled=interrupted)
+    conf = str(tmp_path / "nats" / "nats-server.conf")
+    left = subprocess.run(["pgrep", "-f", conf], capture_output=True, text=True).stdout
+    assert left == ""
