@@ -269,29 +269,28 @@ def _sandbox_note(http_addr: str) -> str:
 
 def _fence(settings: config.Settings, http_addr: str) -> str:
     first, last = settings.worker_uids
-    if settings.network_fence == "off":
-        try:
-            keeping = netfence.take_down(first, last)  # (an earlier stack's)
-        except netfence.FenceError as e:
-            return f"network: handlers may connect to this host, AND AN OLD FENCE STAYS: {e}"
-        if keeping:
+    try:
+        done = netfence.apply(settings.network_fence, first, last, http_addr, settings.host_ports)
+    except netfence.FenceError as e:
+        raise AKError(
+            f"handlers cannot be fenced off this host: {e} ({config.ENV_NETWORK_FENCE}=required)"
+        ) from None
+    if done.mode == "off":
+        if done.problem:
+            return f"network: handlers may connect, BUT AN OLD FENCE STAYS: {done.problem}"
+        if done.kept_for:
             return (
                 f"network: {config.ENV_NETWORK_FENCE}=off, but the fence of these user ids "
                 f"stays for the other stacks that use them (processes "
-                f"{', '.join(map(str, keeping))}): give this one other {config.ENV_WORKER_UIDS}"
+                f"{', '.join(map(str, done.kept_for))}): give this one other "
+                f"{config.ENV_WORKER_UIDS}"
             )
         return f"network: handlers may connect to this host ({config.ENV_NETWORK_FENCE}=off)"
-    ports = netfence.allowed_ports(http_addr, settings.host_ports)
-    try:
-        ports = netfence.put_up(first, last, ports)
-    except netfence.FenceError as e:
-        if settings.network_fence == "required":
-            raise AKError(
-                f"handlers cannot be fenced off this host: {e} "
-                f"({config.ENV_NETWORK_FENCE}=required)"
-            ) from None
-        return f"network: handlers MAY CONNECT TO THIS HOST: {e} (docs/security.md, item 7)"
-    return f"network: handlers reach no port of this host but {', '.join(map(str, ports))}"
+    if done.problem:
+        return (
+            f"network: handlers MAY CONNECT TO THIS HOST: {done.problem} (docs/security.md, item 7)"
+        )
+    return f"network: handlers reach no port of this host but {', '.join(map(str, done.ports))}"
 
 
 def _service_env(env: dict[str, str], service: str, password_file: Path) -> dict[str, str]:

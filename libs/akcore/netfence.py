@@ -29,6 +29,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 DNS_PORT = 53
@@ -181,6 +182,32 @@ def _nft(script: str) -> None:
     if done.returncode != 0:
         said = " ".join(done.stderr.split())[:300] or f"exit code {done.returncode}"
         raise FenceError(f"nft refused the rules: {said}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``apply`` did: the fence is up (``ports`` let through), or why it is not."""
+
+    mode: str  # the setting: auto, required or off
+    ports: tuple[int, ...] = ()  # up: the ports of this host handlers still reach
+    problem: str = ""  # not up (auto), or not taken down (off): why
+    kept_for: tuple[int, ...] = ()  # off, but the fence stays for these live processes
+
+
+def apply(mode: str, first: int, last: int, http_addr: str, extra: Iterable[int]) -> Outcome:
+    """Puts up the fence of user ids ``first``-``last`` as the setting ``mode`` says (off:
+    takes an earlier one down); raises FenceError when it is ``required`` and cannot."""
+    if mode == "off":
+        try:
+            return Outcome(mode, kept_for=tuple(take_down(first, last)))
+        except FenceError as e:
+            return Outcome(mode, problem=str(e))
+    try:
+        return Outcome(mode, ports=put_up(first, last, allowed_ports(http_addr, extra)))
+    except FenceError as e:
+        if mode == "required":
+            raise
+        return Outcome(mode, problem=str(e))
 
 
 def allowed_ports(http_addr: str, extra: Iterable[int]) -> tuple[int, ...]:

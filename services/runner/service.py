@@ -348,47 +348,42 @@ def _fence(settings: Settings) -> None:
     """Keeps the workers' user ids off this host's addresses (``akcore.netfence``); raises
     when it cannot and the settings require it."""
     first, last = settings.worker_uids
-    if settings.network_fence == "off":
-        try:
-            keeping = netfence.take_down(first, last)
-        except netfence.FenceError as e:
-            log.warning("could not remove the network fence of an earlier runner: %s", e)
-            return
-        if keeping:
-            log.warning(
-                "%s=off, but the network fence of user ids %d-%d stays for the other stacks "
-                "that use them (processes %s): give this one other %s",
-                config.ENV_NETWORK_FENCE,
-                first,
-                last,
-                ", ".join(map(str, keeping)),
-                config.ENV_WORKER_UIDS,
-            )
-            return
-        log.info("handlers may connect to services on this host (%s=off)", config.ENV_NETWORK_FENCE)
-        return
-    ports = netfence.allowed_ports(settings.http_addr, settings.host_ports)
+    mode = settings.network_fence
     try:
-        ports = netfence.put_up(first, last, ports)
+        done = netfence.apply(mode, first, last, settings.http_addr, settings.host_ports)
     except netfence.FenceError as e:
-        if settings.network_fence == "required":
-            raise AKError(
-                f"handlers cannot be fenced off this host: {e}; the runner does not start "
-                f"({config.ENV_NETWORK_FENCE}=required)"
-            ) from None
+        raise AKError(
+            f"handlers cannot be fenced off this host: {e}; the runner does not start "
+            f"({config.ENV_NETWORK_FENCE}=required)"
+        ) from None
+    if mode == "off" and done.problem:
+        log.warning("could not remove the network fence of an earlier runner: %s", done.problem)
+    elif done.kept_for:
+        log.warning(
+            "%s=off, but the network fence of user ids %d-%d stays for the other stacks "
+            "that use them (processes %s): give this one other %s",
+            config.ENV_NETWORK_FENCE,
+            first,
+            last,
+            ", ".join(map(str, done.kept_for)),
+            config.ENV_WORKER_UIDS,
+        )
+    elif mode == "off":
+        log.info("handlers may connect to services on this host (%s=off)", config.ENV_NETWORK_FENCE)
+    elif done.problem:
         log.warning(
             "handlers may connect to services on this host: %s (docs/security.md, checklist "
             "item 7; %s=off says you know)",
-            e,
+            done.problem,
             config.ENV_NETWORK_FENCE,
         )
-        return
-    log.info(
-        "handlers may not connect to this host's addresses but its ports %s (nftables table "
-        "inet %s)",
-        ", ".join(map(str, ports)),
-        netfence.table_name(first, last),
-    )
+    else:
+        log.info(
+            "handlers may not connect to this host's addresses but its ports %s (nftables "
+            "table inet %s)",
+            ", ".join(map(str, done.ports)),
+            netfence.table_name(first, last),
+        )
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
