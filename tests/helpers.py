@@ -146,6 +146,11 @@ class Stack:
             print(f"session {ref} ended in ERROR: {got.get('error')}\n{got.get('traceback')}")
         return got
 
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        """``ak event get -j`` of an event, or None while there is none."""
+        res = self.ak("event", "get", event_id, "-j")
+        return json.loads(res.stdout) if res.returncode == 0 else None
+
     def session_of(self, project: str, event_id: str, timeout: float = 20) -> str:
         """The id of the session an event started in ``project`` (waits for it to appear)."""
         deadline = time.monotonic() + timeout

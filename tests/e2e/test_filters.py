@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -44,11 +43,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.stop()
 
 
-def _event(stack: Stack, event_id: str) -> dict[str, Any] | None:
-    res = stack.ak("event", "get", event_id, "-j")
-    return json.loads(res.stdout) if res.returncode == 0 else None
-
-
 def test_a_filter_over_its_budget_delays_no_other_trigger(stack: Stack, tmp_path: Any) -> None:
     project = write_project(
         tmp_path / "filters", {"autokitteh.yaml": MANIFEST, "program.py": PROGRAM}
@@ -64,7 +58,7 @@ def test_a_filter_over_its_budget_delays_no_other_trigger(stack: Stack, tmp_path
     ended = stack.wait_session(stack.session_of("filters", light))
     assert ended["state"] == "COMPLETED"
     deadline = time.monotonic() + 120
-    while not (noted := _event(stack, heavy)) or not noted["notes"]:
+    while not (noted := stack.event(heavy)) or not noted["notes"]:
         assert time.monotonic() < deadline, stack.output()[-3000:]
         time.sleep(0.2)
     (note,) = noted["notes"]

@@ -9,7 +9,6 @@ filter took the store 6-8 s and 370 MB each time."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,15 +39,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.stop()
 
 
-def _event(stack: Stack, event_id: str) -> dict[str, Any] | None:
-    res = stack.ak("event", "get", event_id, "-j")
-    return json.loads(res.stdout) if res.returncode == 0 else None
-
-
 def _note(stack: Stack, event_id: str) -> str:
     """The dispatch note of an event (waits for it)."""
-    stack.wait_until(lambda: (_event(stack, event_id) or {}).get("notes"), f"{event_id}'s note")
-    (note,) = (_event(stack, event_id) or {})["notes"]
+    stack.wait_until(lambda: (stack.event(event_id) or {}).get("notes"), f"{event_id}'s note")
+    (note,) = (stack.event(event_id) or {})["notes"]
     return str(note["note"])
 
 
