@@ -24,7 +24,9 @@ STALE_SECONDS = 3600.0
 
 class Held:
     """A session's hold on its build's directory: while it is open, no runner removes the
-    directory (a shared ``flock`` on it; ``BuildCache.prune`` needs an exclusive one)."""
+    directory (a shared ``flock`` on the build's lock file; ``BuildCache.prune`` needs an
+    exclusive one). The lock files are root's alone, beside the cache: a worker's user can
+    read a build's directory, and a lock on that it took would keep sessions from it."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -48,6 +50,7 @@ class BuildCache:
 
     def __init__(self, root: Path, max_bytes: int, idle: float) -> None:
         self.root, self.max_bytes, self.idle = root, max_bytes, idle
+        self.locks = root.with_name(root.name + "-locks")  # a lock file per build
         self._sizes: dict[str, int] = {}  # each directory's disk use, measured once
         self._pruning = threading.Lock()
 
@@ -80,19 +83,30 @@ class BuildCache:
         """Holds the build's directory for a session; None when it is not there (never
         unpacked, or removed meanwhile: unpack it again)."""
         path = self.root / build_id
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return None
+        fd = self._lock_file(build_id)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused: it is being removed
-            if not _same(fd, path):  # removed (renamed away) after it was opened
+            if not self._still(fd, build_id) or not path.is_dir():  # (removed meanwhile)
                 raise FileNotFoundError(path)
             os.utime(path)  # its last use
         except OSError:
             os.close(fd)
             return None
         return Held(fd)
+
+    def _lock_file(self, build_id: str) -> int:
+        self.locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(self.locks / build_id, flags, 0o600)
+
+    def _still(self, fd: int, build_id: str) -> bool:
+        """Whether the lock file open as ``fd`` is still the build's (a remover unlinks it,
+        holding it, after the directory is gone: a lock taken on it after that is void)."""
+        try:
+            there, held = os.stat(self.locks / build_id), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
 
     def prune(self, keep: str = "") -> list[str]:
         """Removes what ``BuildCache`` says (but ``keep``, a build just unpacked for a
@@ -133,31 +147,27 @@ class BuildCache:
         """Removes one build's directory unless a session holds it."""
         path = self.root / build_id
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            return True  # another runner's prune was first
+            fd = self._lock_file(build_id)
+        except OSError:
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not _same(fd, path):
+            if not self._still(fd, build_id):
                 return False
             # Renamed first: a runner that looks for it now unpacks it again.
             gone = self.root / f".removing-{build_id}-{secrets.token_hex(4)}"
-            os.rename(path, gone)
+            try:
+                os.rename(path, gone)
+            except FileNotFoundError:  # another runner's prune was first
+                gone = path  # (nothing there to remove)
+            os.unlink(self.locks / build_id)  # (still held: a hold opened before is void)
         except OSError:  # held (BlockingIOError), or removed meanwhile
             return False
         finally:
             os.close(fd)
-        shutil.rmtree(gone, ignore_errors=True)
+        if gone != path:
+            shutil.rmtree(gone, ignore_errors=True)
         return True
-
-
-def _same(fd: int, path: Path) -> bool:
-    """Whether the directory open as ``fd`` is still the one at ``path``."""
-    try:
-        there, held = os.stat(path), os.fstat(fd)
-    except FileNotFoundError:
-        return False
-    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
 
 
 def disk_usage(root: Path) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -105,20 +106,43 @@ def test_a_build_being_held_elsewhere_survives_and_a_removed_one_is_not_held(
 def test_a_build_removed_as_a_session_takes_hold_of_it_is_not_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Between the open and the lock, another runner's prune renames the directory away
-    and a third unpacks the build again: the lock holds the directory being deleted, not
-    the one the session would use, so the session must ask again."""
+    """Between the lock file's open and the lock, another runner's prune removes the build
+    (and its lock file) and a third unpacks it again: the lock holds a lock file no one
+    else will look at, so the session must ask again."""
     cache = _cache(tmp_path)
     cache.unpack("bld_1", {"h.py": b""})
     lock = fcntl.flock
 
     def removed_first(fd: int, op: int) -> None:
-        os.rename(cache.root / "bld_1", cache.root / ".removing-bld_1-x")
+        monkeypatch.setattr(fcntl, "flock", lock)
+        assert _cache(tmp_path)._remove("bld_1")
         _cache(tmp_path).unpack("bld_1", {"h.py": b""})
         lock(fd, op)
 
     monkeypatch.setattr(fcntl, "flock", removed_first)
     assert cache.hold("bld_1") is None
+    held = cache.hold("bld_1")  # asked again: the new one
+    assert held is not None
+    assert not _cache(tmp_path)._remove("bld_1")
+    held.close()
+
+
+def test_a_workers_lock_on_a_builds_directory_keeps_no_session_from_it(tmp_path: Path) -> None:
+    """A worker's user can open a build's directory (it reads its code there) and lock it:
+    holds and removals go by lock files of root's alone."""
+    cache = _cache(tmp_path, idle=1)
+    path = cache.unpack("bld_1", {"h.py": b""})
+    theirs = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(theirs, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = cache.hold("bld_1")
+        assert held is not None
+        held.close()
+        _age(cache, "bld_1", 60)
+        assert cache.prune() == ["bld_1"]
+    finally:
+        os.close(theirs)
+    assert stat.S_IMODE(cache.locks.stat().st_mode) == 0o700
 
 
 def test_a_crashed_unpack_is_cleaned_up_once_stale(tmp_path: Path) -> None:
