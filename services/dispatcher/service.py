@@ -51,6 +51,7 @@ class Dispatcher:
         self.nc, self.tel, self.targets, self.evaluators = nc, tel, targets, evaluators
         self.admission = Admission()
         self.deferring = False  # AK_DEFERRED is there (see ``_take_back``)
+        self.maybe_deferred: set[str] = set()  # events whose copy's publish went unanswered
 
     async def dispatch(
         self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool = False
@@ -69,7 +70,11 @@ class Dispatcher:
         filters = filters_of(event, triggers, subs)
         verdicts: dict[str, cel.Verdict] = {}
         if filters:  # most events have none, and pay nothing for the evaluators
-            if not deferred and not await self.admits(key) and await self.defer(msg, event):
+            if (
+                not deferred
+                and (event.event_id in self.maybe_deferred or not await self.admits(key))
+                and await self.defer(msg, event)
+            ):
                 return []
             with self.admission.waiting(key, deferred):
                 judged = self.evaluators.judge(msg.data, list(filters.values()), key)
@@ -139,10 +144,21 @@ class Dispatcher:
             await bus.publisher(self.nc).publish(
                 subjects.deferred_subject(key), msg.data, headers=headers
             )
-        except (NatsError, TimeoutError) as e:  # full, or away: judged late rather than not
+        except TimeoutError as e:  # (nats' own is one too) stored or not: unknown
+            # Judged here, it could be judged again from AK_DEFERRED later (delivered twice
+            # to a waiting session, past the duplicate window). Left un-acked instead, it
+            # comes back and is deferred again, whatever its destination's count then (a
+            # duplicate if the copy was stored).
+            log.warning("event %s: deferring it timed out (%s); trying again", event.event_id, e)
+            self.admission.taken_back(key)
+            self.maybe_deferred.add(event.event_id)
+            raise
+        except NatsError as e:  # full, or away: judged late rather than not
             log.warning("event %s: not deferred (%s); judging it here", event.event_id, e)
             self.admission.taken_back(key)
+            self.maybe_deferred.discard(event.event_id)
             return False
+        self.maybe_deferred.discard(event.event_id)
         # write-ahead: kept on AK_DEFERRED before the caller acks it on AK_EVENTS (a copy
         # there already, a duplicate, is as good: the event was deferred before)
         return True
@@ -161,7 +177,7 @@ class Dispatcher:
         try:
             with self.tel.span("dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs):
                 await self.dispatch(msg, event, turn, deferred)
-        except (AKError, NatsError) as e:  # the store or JetStream is away for now
+        except (AKError, NatsError, TimeoutError) as e:  # the store or JetStream is away
             log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
             await msg.nak(delay=1.0)
             return

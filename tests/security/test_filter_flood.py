@@ -185,3 +185,61 @@ async def _settled(js: Any) -> bool:
         )
     ]
     return deferred.state.messages == 0 and pending == [0, 0]
+
+
+async def test_an_event_whose_copy_may_have_been_stored_is_judged_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy's publish times out although JetStream stored it: judged where it waits, the
+    event would be judged again from AK_DEFERRED later, its deliveries to waiting sessions
+    repeated past the duplicate window. It is left to come back and be deferred again (a
+    duplicate) instead, and judged once."""
+    let_go = asyncio.Event()
+    judged: list[str] = []
+    judge = Evaluators.judge
+
+    async def held(
+        self: Evaluators, event: bytes, filters: list[str], key: str = ""
+    ) -> list[cel.Verdict]:
+        await let_go.wait()
+        judged.append(wire.decode(wire.Event, event).event_id)
+        return await judge(self, event, filters, key)
+
+    monkeypatch.setattr(Evaluators, "judge", held)
+    publish = bus.Publisher.publish
+    timed_out: list[str] = []
+
+    async def stored_but_unanswered(self: bus.Publisher, subject: str, *a: Any, **kw: Any) -> Any:
+        ack = await publish(self, subject, *a, **kw)
+        if subject.startswith(subjects.deferred_subject("")) and len(timed_out) < 3:
+            timed_out.append(subject)
+            raise TimeoutError("no answer in time")
+        return ack
+
+    monkeypatch.setattr(bus.Publisher, "publish", stored_but_unanswered)
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        try:
+            flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
+            pub = bus.publisher(nc)
+            n = PER_DESTINATION + 8
+            flood = [await _send(pub, flooded, i) for i in range(n)]
+            await eventually(_async(lambda: len(timed_out) == 3), timeout=30)
+            let_go.set()
+
+            async def sessions() -> list[str] | None:
+                info = await js.stream_info(subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL)
+                jobs = info.state.subjects or {}
+                return list(jobs) if len(jobs) == n else None
+
+            started = [await _event_of(js, job) for job in await eventually(sessions)]
+            assert sorted(started) == sorted(flood)
+            await eventually(lambda: _settled(js), timeout=20)
+            assert sorted(judged) == sorted(flood)  # each once
+        finally:
+            let_go.set()
+            await nc.close()
