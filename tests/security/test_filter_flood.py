@@ -75,22 +75,13 @@ async def test_a_flooded_filter_holds_up_no_other_project(
                 flood += await asyncio.gather(*batch)
             victim_event = await _send(pub, victim, 0)
 
-            async def sessions() -> dict[str, int]:  # job subjects: one per session
-                info = await js.stream_info(subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL)
-                return info.state.subjects or {}
-
             # The victim's session is created while no flooded event has been judged.
-            (victim_job,) = await eventually(sessions, timeout=30)
+            (victim_job,) = await eventually(lambda: _jobs(js), timeout=30)
             assert not let_go.is_set()
             assert await _event_of(js, victim_job) == victim_event
 
             let_go.set()  # the flooded filter decides: each flooded event starts a session
-
-            async def all_started() -> bool:
-                return len(await sessions()) == FLOOD + 1
-
-            await eventually(all_started, timeout=60)
-            started = [await _event_of(js, job) for job in await sessions()]
+            started = await _started(js, FLOOD + 1, timeout=60)
             assert sorted(started) == sorted([*flood, victim_event])
             await eventually(lambda: _settled(js), timeout=10)
         finally:
@@ -131,15 +122,7 @@ async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
                 await eventually(_async(refused), timeout=30)
                 let_go.set()
 
-                async def sessions() -> list[str] | None:
-                    info = await js.stream_info(
-                        subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL
-                    )
-                    jobs = info.state.subjects or {}
-                    return list(jobs) if len(jobs) == n else None
-
-                started = [await _event_of(js, job) for job in await eventually(sessions)]
-                assert sorted(started) == sorted(flood)
+                assert sorted(await _started(js, n)) == sorted(flood)
                 await eventually(lambda: _settled(js), timeout=10)
         finally:
             let_go.set()
@@ -167,6 +150,22 @@ async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
     subject = subjects.event_subject(ev.project_id, ev.event_id)
     await pub.publish(subject, wire.encode(ev), headers={subjects.HDR_MSG_ID: ev.event_id})
     return ev.event_id
+
+
+async def _jobs(js: Any) -> dict[str, int]:
+    """The job subjects in AK_JOBS: one per session created."""
+    info = await js.stream_info(subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL)
+    return info.state.subjects or {}
+
+
+async def _started(js: Any, n: int, timeout: float = 10) -> list[str | None]:
+    """The events of the sessions created, once there are ``n`` of them."""
+
+    async def all_there() -> list[str] | None:
+        jobs = await _jobs(js)
+        return list(jobs) if len(jobs) == n else None
+
+    return [await _event_of(js, job) for job in await eventually(all_there, timeout)]
 
 
 async def _event_of(js: Any, job_subject: str) -> str | None:
@@ -231,13 +230,7 @@ async def test_an_event_whose_copy_may_have_been_stored_is_judged_once(
             await eventually(_async(lambda: len(timed_out) == 3), timeout=30)
             let_go.set()
 
-            async def sessions() -> list[str] | None:
-                info = await js.stream_info(subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL)
-                jobs = info.state.subjects or {}
-                return list(jobs) if len(jobs) == n else None
-
-            started = [await _event_of(js, job) for job in await eventually(sessions)]
-            assert sorted(started) == sorted(flood)
+            assert sorted(await _started(js, n)) == sorted(flood)
             await eventually(lambda: _settled(js), timeout=20)
             assert sorted(judged) == sorted(flood)  # each once
         finally:
