@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,17 @@ DEFAULT_SERVICE_URL = "http://localhost:9980"
 
 # Settings that belong to the system, never to user code: stripped from a worker's environment.
 INTERNAL_ENV_PREFIXES = ("AK_", "OTEL_")
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, made if need be: a directory of this user's that no one else can write to
+    (where a root service keeps what a worker's user must not make first or change);
+    raises OSError saying what is wrong."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if info.st_uid != os.geteuid() or not stat.S_ISDIR(info.st_mode) or info.st_mode & 0o022:
+        raise OSError(f"{path} must be a directory of this user's that no one else can write to")
+    return path
 
 
 def config_home() -> Path:

@@ -26,11 +26,12 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import stat
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .config import private_dir
 
 DNS_PORT = 53
 # Where clouds serve instance metadata and credentials: the link-local range (AWS, GCP,
@@ -93,7 +94,8 @@ def put_up(
     if shutil.which("nft") is None:
         raise FenceError(MISSING)
     try:
-        folder = _own_folder(registry / f"{first}-{last}")
+        # root's alone: a worker that could write there could let itself through
+        folder = private_dir(registry / f"{first}-{last}")
         with open(folder / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             (folder / str(os.getpid())).write_text(",".join(map(str, mine)))
@@ -102,16 +104,6 @@ def put_up(
             return allowed
     except OSError as e:
         raise FenceError(f"cannot keep the fence's ports in {registry}: {e}") from None
-
-
-def _own_folder(path: Path) -> Path:
-    """``path``, made if need be: root's alone (a worker that could write there could let
-    itself through)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
-    if info.st_uid != os.geteuid() or not stat.S_ISDIR(info.st_mode) or info.st_mode & 0o022:
-        raise OSError(f"{path} must be a directory of this user's that no one else can write to")
-    return path
 
 
 def _live_ports(folder: Path) -> tuple[int, ...]:

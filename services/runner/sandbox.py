@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from akcore.config import INTERNAL_ENV_PREFIXES
+from akcore.config import INTERNAL_ENV_PREFIXES, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -608,13 +608,9 @@ def lock_dir() -> Path:
     write to (a worker must not be able to make it first)."""
     path = Path("/run/autokitteh/worker-uids")
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(path)
+        return private_dir(path)  # (the runner is root: root's)
     except OSError as e:
         raise OSError(f"the worker sandbox needs {path}: {e}{_OFF}") from None
-    if info.st_uid != 0 or not stat.S_ISDIR(info.st_mode) or stat.S_IMODE(info.st_mode) & 0o022:
-        raise OSError(f"{path} must be a directory of root's that no one else can write to{_OFF}")
-    return path
 
 
 _OFF = " (or set AK_RUNNER__SANDBOX=off to run handlers as the runner's user)"
