@@ -98,7 +98,8 @@ def put_up(
         folder = private_dir(registry / f"{first}-{last}")
         with open(folder / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            (folder / str(os.getpid())).write_text(",".join(map(str, mine)))
+            entry = ",".join(map(str, mine))
+            (folder / str(os.getpid())).write_text(f"{entry} {_started(os.getpid())}")
             allowed = _live_ports(folder)
             _nft(ruleset(first, last, allowed))
             return allowed
@@ -110,34 +111,51 @@ def _live_ports(folder: Path) -> tuple[int, ...]:
     """The ports every live registered process lets through; the dead ones' entries go
     (and whatever else is there is passed over: only root writes in the folder)."""
     ports: set[int] = set()
-    for _, entry in _registered(folder):
-        try:
-            text = entry.read_bytes()[:4096].decode("ascii", "replace")
-        except OSError:
-            continue
-        for p in text.split(","):
+    for _, text in _registered(folder):
+        for p in text.split(" ", 1)[0].split(","):
             if p.isascii() and p.isdigit() and 0 < int(p[:6]) < 65536:
                 ports.add(int(p))
     return tuple(sorted(ports))
 
 
-def _registered(folder: Path) -> list[tuple[int, Path]]:
-    """The live processes registered in ``folder``, with their entries; removes the dead
-    ones' entries."""
+def _registered(folder: Path) -> list[tuple[int, str]]:
+    """The live processes registered in ``folder``, with their entries' text ("PORTS
+    STARTED"); removes the dead ones' entries. A process id alive but started at another
+    time than its entry says is another process's now: the registered one is dead."""
     live = []
     for entry in folder.iterdir():
         name = entry.name
         if not (name.isascii() and name.isdigit() and len(name) <= 9):
             continue
         try:
-            os.kill(int(name), 0)
+            text = entry.read_bytes()[:4096].decode("ascii", "replace")
+        except OSError:
+            continue
+        pid, started = int(name), text.partition(" ")[2]
+        if started and started.strip() != _started(pid):
+            entry.unlink(missing_ok=True)  # (an entry of older code has no start: kept)
+            continue
+        try:
+            os.kill(pid, 0)
         except ProcessLookupError:
             entry.unlink(missing_ok=True)
             continue
         except PermissionError:
             pass  # alive, another user's (a process id reused since)
-        live.append((int(name), entry))
+        live.append((pid, text))
     return live
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), or "" if it is not there."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # the command's name, in parentheses, may hold anything: the fields follow its last ")"
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else ""
 
 
 def take_down(first: int, last: int, registry: Path = REGISTRY) -> list[int]:

@@ -78,6 +78,31 @@ def test_put_up_hands_nft_the_rules_with_every_live_processs_ports(
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
+def test_a_registered_process_id_given_to_another_process_lets_nothing_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A dead stack's process id reused by any process (root's kill(pid, 0) succeeds on
+    every one) must not keep its ports open: entries carry their process's start time."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _fake_nft(tmp_path, "/bin/cat >/dev/null\n")
+    registry = tmp_path / "fence"
+    assert netfence.put_up(820000, 829999, (53, 9980), registry) == (53, 9980)
+    folder = registry / "820000-829999"
+    mine = (folder / str(os.getpid())).read_text()
+    # the parent (alive) as registered by an earlier process of the same id
+    (folder / str(os.getppid())).write_text("5432 1")
+    assert netfence.put_up(820000, 829999, (53, 9981), registry) == (53, 9981)
+    assert not (folder / str(os.getppid())).exists()
+    assert (folder / str(os.getpid())).read_text() == mine.replace("9980", "9981")
+    # ... and as it registered itself (or as older code did, without a start time)
+    started = netfence._started(os.getppid())
+    assert started.isdigit()
+    (folder / str(os.getppid())).write_text(f"5432 {started}")
+    assert netfence.put_up(820000, 829999, (53,), registry) == (53, 5432)
+    (folder / str(os.getppid())).write_text("6379")
+    assert netfence.put_up(820000, 829999, (53,), registry) == (53, 6379)
+
+
 def test_put_up_refuses_a_registry_others_can_write(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
