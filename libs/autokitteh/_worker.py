@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FunctionType
 from typing import Any, BinaryIO
 
-from . import _runtime, _values
+from . import _hide, _runtime, _values
 from ._channel import encode_frame, read_frame
 from ._frames import MAX_ERROR_TYPE, cut_middle
 from ._loader import UserCodeFinder, real_path
@@ -373,9 +373,12 @@ def reap_children() -> None:
             return
 
 
-def sandboxed(uid: int, venv: str, memory_mb: int, processes: int) -> None:
+def sandboxed(uid: int, venv: str, memory_mb: int, processes: int, hidden: str = "") -> None:
     """What a worker started by a root runner does before anything of its environment
-    runs: it becomes its user, takes its limits, then opens its packages."""
+    runs: it stops seeing ``hidden`` (see ``hide``), becomes its user, takes its limits,
+    then opens its packages."""
+    if hidden and not _hide.done:
+        _hide.hide(hidden)
     become_user(uid)
     confine({"memory_mb": memory_mb, "processes": processes})
     open_packages(venv)
@@ -533,12 +536,13 @@ def _max_fd() -> int:
 
 
 def main(argv: list[str]) -> None:
-    """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES]``: with a user id, the process (started
-    as root, isolated) becomes that user first, takes its limits, then opens its
-    environment's packages (``open_packages``)."""
+    """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES HIDDEN]``: with a user id, the process
+    (started as root, isolated) hides ``HIDDEN`` ("-": nothing), becomes that user, takes
+    its limits, then opens its environment's packages (``open_packages``)."""
     close_other_fds({int(argv[0]), int(argv[1])})
     if len(argv) > 5:
-        sandboxed(int(argv[2]), argv[3], int(argv[4]), int(argv[5]))
+        hidden = argv[6] if len(argv) > 6 and argv[6] != "-" else ""
+        sandboxed(int(argv[2]), argv[3], int(argv[4]), int(argv[5]), hidden)
     os.dup2(2, 1)  # what a handler writes to stdout is not the runner's: see its stderr
     fin = os.fdopen(int(argv[0]), "rb", buffering=0)
     fout = os.fdopen(int(argv[1]), "wb", buffering=0)

@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 
-from . import _worker
+from . import _hide, _worker
 
 MAX_REQUEST = 8192
 
@@ -48,7 +48,7 @@ def _child(
         os.close(err)
         _worker.close_other_fds({fd_in, fd_out})
         if uid >= 0:
-            venv, memory_mb, processes = box
+            venv, memory_mb, processes, _ = box  # (hidden by the fork server)
             _worker.sandboxed(uid, venv, int(memory_mb), int(processes))
         os.chdir(cwd)
         _worker.main([str(fd_in), str(fd_out)])
@@ -79,7 +79,10 @@ def _reap(ctrl: socket.socket) -> None:
 def main(argv: list[str]) -> None:
     _worker.close_other_fds({int(argv[0])})  # (its workers inherit what it holds)
     ctrl = socket.socket(fileno=int(argv[0]))
-    box = argv[1:4] if len(argv) > 3 else ["-", "0", "0"]  # venv, memory_mb, processes
+    # venv, memory_mb, processes, hidden: for sandboxed workers
+    box = argv[1:5] if len(argv) > 4 else ["-", "0", "0", "-"]
+    if box[3] != "-":
+        _hide.hide(box[3])  # once, for all its workers: they are forked in its namespace
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)

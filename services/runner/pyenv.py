@@ -195,14 +195,14 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
-async def _run(build: Build, what: str, *argv: str, uid: int = -1) -> None:
-    """Runs a tool (as user ``uid`` when one is given), adding its output to the build's
-    lines; raises EnvError when it fails."""
+async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str = "") -> None:
+    """Runs a tool (as user ``uid`` when one is given, not seeing ``hidden``), adding its
+    output to the build's lines; raises EnvError when it fails."""
     env = _tool_env()
     if uid >= 0:
         env["PIP_NO_CACHE_DIR"] = "1"  # the builder cannot write to HOME
     proc = await asyncio.create_subprocess_exec(
-        *(as_user(uid, list(argv)) if uid >= 0 else argv),
+        *(as_user(uid, list(argv), hidden) if uid >= 0 else argv),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -242,7 +242,7 @@ async def _build(build: Build, users: UserIds | None) -> None:
             return
         builder = await users.take() if users is not None else -1
         try:
-            await _install(build, spec, builder)
+            await _install(build, spec, builder, users.hidden if users is not None else "")
         finally:
             if users is not None:
                 # What an installer left running dies first: it cannot change the venv
@@ -255,8 +255,9 @@ async def _build(build: Build, users: UserIds | None) -> None:
         build.say(f"{spec.label} is ready: {spec.python}")
 
 
-async def _install(build: Build, spec: Spec, builder: int) -> None:
-    """Creates the venv (with the base Python alone) and installs into it, as ``builder``."""
+async def _install(build: Build, spec: Spec, builder: int, hidden: str = "") -> None:
+    """Creates the venv (with the base Python alone) and installs into it, as ``builder``
+    (not seeing ``hidden``, as workers)."""
     if not spec.python.exists() or not spec.base_file.is_file():
         shutil.rmtree(spec.path, ignore_errors=True)
         base = _base_python()
@@ -293,6 +294,7 @@ async def _install(build: Build, spec: Spec, builder: int) -> None:
                 "-r",
                 str(req),
                 uid=builder,
+                hidden=hidden,
             )
     if marker.get("sdk") != wanted["sdk"] or marker.get("requirements") != wanted["requirements"]:
         build.say(f"installing the autokitteh SDK {sdkdist.version()}")
@@ -311,6 +313,7 @@ async def _install(build: Build, spec: Spec, builder: int) -> None:
                 "--force-reinstall",
                 str(wheel),
                 uid=builder,
+                hidden=hidden,
             )
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from akcore.config import INTERNAL_ENV_PREFIXES, private_dir
+from autokitteh import _hide
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,40 @@ def worker_env(environ: dict[str, str], also: tuple[str, ...]) -> dict[str, str]
     return env
 
 
+# Where this host's services keep their Unix sockets (Debian: PostgreSQL, MySQL, D-Bus,
+# Docker; /var/run points there): sandboxed workers do not see it (``hidden_dir``).
+HIDDEN = "/run"
+_CAP_SYS_ADMIN = 21
+
+
+def hidden_dir(*needed: str | Path) -> tuple[str, str]:
+    """The directory sandboxed workers are not to see (``HIDDEN``), or "" and why not:
+    hiding takes a mount namespace (CAP_SYS_ADMIN, which a container seldom has), and
+    nothing the workers need (``needed``: their interpreter, the data home) may be in it."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            caps = next(line for line in f if line.startswith(b"CapEff:"))
+        admin = bool(int(caps.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        admin = False
+    if not admin:
+        return "", "the runner may not make mount namespaces (no CAP_SYS_ADMIN)"
+    if not os.path.isdir(HIDDEN):
+        return "", f"there is no {HIDDEN}"
+    for path in needed:
+        real = os.path.realpath(path)
+        if real == HIDDEN or real.startswith(HIDDEN + "/"):
+            return "", f"workers need {path}, which is in it"
+    return HIDDEN, ""
+
+
 @dataclass(frozen=True)
 class WorkerLimits:
     """What one worker process may use; set by the worker on itself (``autokitteh._worker``)."""
 
     memory_mb: int = 0  # its address space (RLIMIT_AS); 0 = no limit
     processes: int = 0  # processes of its user (RLIMIT_NPROC), only with a user of its own
+    hidden: str = ""  # a directory it does not see (``hidden_dir``), only with a user of its own
 
     def frame(self) -> dict[str, Any]:
         return {"memory_mb": self.memory_mb, "processes": self.processes}
@@ -96,9 +125,11 @@ class WorkerLimits:
 # runs (no_new_privs) and connects to no abstract Unix socket made outside it (Landlock,
 # Linux 6.12; nothing on older kernels): a package's build script is anyone's code.
 _AS_USER = """\
-import ctypes, os, sys
+import ctypes, os, runpy, sys
 u = int(sys.argv[1])
 os.closerange(3, 1 << 20)
+if sys.argv[3] != "-":
+    runpy.run_path(sys.argv[2])["hide"](sys.argv[3])
 os.setgroups([])
 os.setresgid(u, u, u)
 os.setresuid(u, u, u)
@@ -109,13 +140,24 @@ fd = libc.syscall(444, (ctypes.c_uint64 * 3)(0, 0, 1), 24, 0)
 if fd >= 0:
     libc.syscall(446, fd, 0)
     os.close(fd)
-os.execv(sys.argv[2], sys.argv[2:])
+os.execv(sys.argv[4], sys.argv[4:])
 """
 
 
-def as_user(uid: int, argv: list[str]) -> list[str]:
-    """``argv`` run as user ``uid``, what it writes readable by others (a build tool)."""
-    return [sys.executable, "-I", "-S", "-c", _AS_USER, str(uid), *argv]
+def as_user(uid: int, argv: list[str], hidden: str = "") -> list[str]:
+    """``argv`` run as user ``uid``, what it writes readable by others (a build tool),
+    not seeing ``hidden`` (as a worker, ``hidden_dir``)."""
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        _AS_USER,
+        str(uid),
+        _hide.__file__,
+        hidden or "-",
+        *argv,
+    ]
 
 
 # Mode bits a tree given back to root must not keep: what an installer made writable by
@@ -177,8 +219,9 @@ class UserIds:
     dropped by the kernel when the runner dies) keeps the runners of one machine apart; an
     id is cleared of any process still running as it before it is handed out again."""
 
-    def __init__(self, first: int, last: int, locks: Path) -> None:
+    def __init__(self, first: int, last: int, locks: Path, hidden: str = "") -> None:
         self.first, self.last, self._locks = first, last, locks
+        self.hidden = hidden  # the directory their processes do not see (``hidden_dir``)
         self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
         # Ids a System V segment of still holds (see ``_clear``): not handed out meanwhile.
         self._unclear: set[int] = set()

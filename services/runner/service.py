@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +32,16 @@ from .inbox import InboxWatch
 from .lease import Lease
 from .parking import Parking
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
-from .sandbox import UserIds, WorkerLimits, is_root, lock_dir, seal_data_home, worker_env
+from .sandbox import (
+    HIDDEN,
+    UserIds,
+    WorkerLimits,
+    hidden_dir,
+    is_root,
+    lock_dir,
+    seal_data_home,
+    worker_env,
+)
 from .session import Host, Outcome, SessionRun, after_end, parked_entry
 from .worker import WorkerPool
 
@@ -341,7 +353,23 @@ def _sandbox(settings: Settings) -> UserIds | None:
     first, last = settings.worker_uids
     log.info("workers run as user ids %d-%d (the sandbox)", first, last)
     _fence(settings)
-    return UserIds(first, last, lock_dir())
+    return UserIds(first, last, lock_dir(), _hidden(settings))
+
+
+def _hidden(settings: Settings) -> str:
+    """The directory sandboxed workers do not see (``sandbox.hidden_dir``), said once."""
+    python = shutil.which(settings.worker_python) or settings.worker_python or sys.executable
+    hidden, why = hidden_dir(config.data_home(), sys.executable, python, tempfile.gettempdir())
+    if hidden:
+        log.info("handlers do not see %s (this host's services' Unix sockets)", hidden)
+    else:
+        log.warning(
+            "handlers see %s (this host's services' Unix sockets; file permissions alone "
+            "keep them out; in a container, its own): %s",
+            HIDDEN,
+            why,
+        )
+    return hidden
 
 
 def _fence(settings: Settings) -> None:
@@ -400,7 +428,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)
     processes = settings.worker_processes if users is not None else 0  # counted per user
-    worker_limits = WorkerLimits(settings.worker_memory_mb, processes)
+    hidden = users.hidden if users is not None else ""
+    worker_limits = WorkerLimits(settings.worker_memory_mb, processes, hidden)
     pool = WorkerPool(
         settings.warm_workers,
         spare,

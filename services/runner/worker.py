@@ -335,9 +335,11 @@ class ForkedProcess:
 
 def _box(env: dict[str, str], limits: WorkerLimits | None) -> list[int | str]:
     """What a sandboxed worker is told as it starts: the virtual environment its packages
-    come from, as ``activate`` names it (``-``: the interpreter's own), and its limits."""
+    come from, as ``activate`` names it (``-``: the interpreter's own), its limits and the
+    directory it does not see (``-``: none)."""
     limits = limits or WorkerLimits()
-    return [env.get("VIRTUAL_ENV") or "-", limits.memory_mb, limits.processes]
+    hidden = limits.hidden or "-"
+    return [env.get("VIRTUAL_ENV") or "-", limits.memory_mb, limits.processes, hidden]
 
 
 def _kill_forked(pid: int) -> None:

@@ -126,6 +126,19 @@ def abstract(event):
             print(name[:7], "refused", e.errno)
 
 
+def pathsock(event):
+    import socket
+    for path in event.data["paths"]:
+        client = socket.socket(socket.AF_UNIX)
+        try:
+            client.connect(path)
+            print(path, "connected")
+        except OSError as e:
+            print(path, "refused", e.errno)
+    print("run holds", sorted(os.listdir("/run")))
+    print("hosts", socket.getaddrinfo("localhost", 80)[0][4][1])
+
+
 def chatty(event):
     mark = event.data["mark"]
     print("print", mark)
@@ -310,6 +323,46 @@ def test_a_handler_cannot_connect_to_another_users_abstract_unix_socket(stack: S
             theirs.accept()  # nobody came through
 
 
+def test_a_handler_does_not_see_the_unix_sockets_of_this_hosts_services(stack: Stack) -> None:
+    """A service's socket under /run that lets every local user in (PostgreSQL with ``local
+    all all trust`` and a 0777 socket) is not there for handlers: they see an empty,
+    read-only /run. A socket elsewhere is left to its permissions."""
+    import errno
+    import socket
+
+    folder = Path(tempfile.mkdtemp(prefix="ak-theirs-", dir="/run"))
+    folder.chmod(0o755)
+    elsewhere = Path(tempfile.mkdtemp(prefix="ak-theirs-"))  # /tmp: not hidden
+    elsewhere.chmod(0o755)
+    try:
+        listening = []
+        for where in (folder, elsewhere):
+            theirs = socket.socket(socket.AF_UNIX)
+            theirs.bind(str(where / "service.sock"))
+            os.chmod(where / "service.sock", 0o777)
+            theirs.listen()
+            listening.append(theirs)
+        paths = [str(folder / "service.sock"), str(elsewhere / "service.sock")]
+        sid = _start(stack, "pathsock", paths=paths)
+        session = stack.wait_session(sid)
+        assert session["state"] == "COMPLETED", session
+        assert _prints(stack, sid) == [
+            f"{paths[0]} refused {errno.ENOENT}",
+            f"{paths[1]} connected",
+            "run holds []",
+            "hosts 80",  # (names still resolve)
+        ]
+        listening[0].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listening[0].accept()  # nobody came through
+        assert folder.is_dir()  # the host's /run as it was
+    finally:
+        for sock in listening:
+            sock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
 # What outlives a handler's processes, left by one project and looked for by the next given
 # the same user id; and System V memory over the limit.
 IPC_CODE = """\
@@ -419,7 +472,7 @@ def test_the_next_project_given_a_user_id_finds_nothing_the_last_left(
 ) -> None:
     """System V IPC objects and lock files outlive the handler that made them: when its
     worker's id goes to another project, they are gone."""
-    key, lock = 0x5EEDAC00 + os.getpid() % 0xFF, f"/run/lock/ak-alpha-{os.getpid()}"
+    key, lock = 0x5EEDAC00 + os.getpid() % 0xFF, f"/dev/shm/ak-alpha-{os.getpid()}"
     alpha = _run(one_uid_stack, "alpha", "leave", key=key, lock=lock)
     assert (alpha["state"], alpha["prints"]) == ("COMPLETED", "left True"), alpha
     wait_until(_uid_free, "alpha's worker gone and its user id freed", 30)

@@ -4,6 +4,7 @@ processes, the data home closed to workers."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import socket
@@ -352,6 +353,48 @@ def test_a_build_tool_gains_no_privilege_and_holds_nothing_of_the_runners() -> N
     finally:
         os.close(held)
     assert res.stdout.splitlines() == ["1", "refused", "False"], res.stderr
+
+
+@root_only
+@pytest.mark.usefixtures("python_for_all")
+def test_a_build_tool_does_not_see_the_hidden_directory(tmp_path: Path) -> None:
+    """Package installs run anyone's build code: as workers, they do not see /run (this
+    host's services' Unix sockets)."""
+    script = "import os; print(os.listdir('/run'), os.access('/run', os.W_OK))"
+    res = subprocess.run(
+        as_user(829997, [sys.executable, "-c", script], "/run"), capture_output=True, text=True
+    )
+    assert res.stdout == "[] False\n", res.stderr
+    assert os.listdir("/run")  # the runner's own view is the host's
+
+
+@root_only
+def test_hiding_keeps_the_file_resolv_conf_points_to(tmp_path: Path) -> None:
+    """With systemd-resolved, /etc/resolv.conf points into /run: names must still resolve."""
+    folder = tmp_path / "run"
+    (folder / "resolve").mkdir(parents=True)
+    (folder / "resolve" / "stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
+    (folder / "service.sock").write_text("")
+    link = tmp_path / "resolv.conf"
+    link.symlink_to(folder / "resolve" / "stub-resolv.conf")
+    script = (
+        "import os, sys\n"
+        "from autokitteh import _hide\n"
+        "_hide.hide(sys.argv[1], sys.argv[2])\n"
+        "print(sorted(os.listdir(sys.argv[1])), open(sys.argv[2]).read().strip())\n"
+        "try:\n"
+        "    open(os.path.join(sys.argv[1], 'new'), 'w')\n"
+        "except OSError as e:\n"
+        "    print(e.errno)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(folder), str(link)], capture_output=True, text=True
+    )
+    assert res.stdout.splitlines() == [
+        "['resolve'] nameserver 127.0.0.53",
+        str(errno.EROFS),
+    ], res.stderr
+    assert (folder / "service.sock").exists()  # only that process's view changed
 
 
 def _poisoned_venv(tmp_path: Path) -> tuple[Path, Path]:
