@@ -264,7 +264,12 @@ def _sandbox_note(http_addr: str) -> str:
             f"of their own{limits}"
         )
     first, last = settings.worker_uids
-    return f"workers run as user ids {first}-{last}{limits}; {_fence(settings, http_addr)}"
+    folder, why = netfence.hidden(settings.worker_python)
+    where = f"this host's Unix sockets in {netfence.HIDDEN}"
+    sockets = f"{where} hidden" if folder else f"{where} SEEN by handlers: {why}"
+    return (
+        f"workers run as user ids {first}-{last}{limits}; {sockets}; {_fence(settings, http_addr)}"
+    )
 
 
 def _fence(settings: config.Settings, http_addr: str) -> str:

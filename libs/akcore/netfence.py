@@ -19,6 +19,9 @@ it; ``nft delete table inet NAME`` removes it.
 
 It takes the ``nft`` command (Debian's ``nftables`` package) and CAP_NET_ADMIN; without them
 ``auto`` logs why handlers are not fenced and ``required`` refuses to start the runner.
+
+Unix sockets with a path are no IP: those of this host's services are under ``/run``, which
+workers do not see (``hidden``: a mount namespace of their own, CAP_SYS_ADMIN).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import fcntl
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .config import private_dir
 
 DNS_PORT = 53
@@ -41,6 +47,39 @@ METADATA_V6 = "{ fd00:ec2::254, fd20:ce::254 }"
 NFT_TIMEOUT = 10.0
 MISSING = "the nft command is missing (install Debian's nftables package)"
 REGISTRY = Path("/run/autokitteh/fence")  # the ports each process of a range lets through
+
+
+# Where this host's services keep their Unix sockets (Debian: PostgreSQL, MySQL, D-Bus,
+# Docker; /var/run points there): sandboxed workers do not see it (``hidden_dir``).
+HIDDEN = "/run"
+_CAP_SYS_ADMIN = 21
+
+
+def hidden(worker_python: str = "") -> tuple[str, str]:
+    """The directory sandboxed workers (and package installs) are not to see (``HIDDEN``;
+    ``autokitteh._hide`` hides it), or "" and why not: hiding takes a mount namespace
+    (CAP_SYS_ADMIN, which a container seldom has), and nothing the workers need (the data
+    home, their interpreter, the temporary directory) may be in it."""
+    python = shutil.which(worker_python) or worker_python or sys.executable
+    return _hidden_unless(config.data_home(), sys.executable, python, tempfile.gettempdir())
+
+
+def _hidden_unless(*needed: str | Path) -> tuple[str, str]:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            caps = next(line for line in f if line.startswith(b"CapEff:"))
+        admin = bool(int(caps.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        admin = False
+    if not admin:
+        return "", "the runner may not make mount namespaces (no CAP_SYS_ADMIN)"
+    if not os.path.isdir(HIDDEN):
+        return "", f"there is no {HIDDEN}"
+    for path in needed:
+        real = os.path.realpath(path)
+        if real == HIDDEN or real.startswith(HIDDEN + "/"):
+            return "", f"workers need {path}, which is in it"
+    return HIDDEN, ""
 
 
 class FenceError(Exception):

@@ -79,40 +79,15 @@ def worker_env(environ: dict[str, str], also: tuple[str, ...]) -> dict[str, str]
     return env
 
 
-# Where this host's services keep their Unix sockets (Debian: PostgreSQL, MySQL, D-Bus,
-# Docker; /var/run points there): sandboxed workers do not see it (``hidden_dir``).
-HIDDEN = "/run"
-_CAP_SYS_ADMIN = 21
-
-
-def hidden_dir(*needed: str | Path) -> tuple[str, str]:
-    """The directory sandboxed workers are not to see (``HIDDEN``), or "" and why not:
-    hiding takes a mount namespace (CAP_SYS_ADMIN, which a container seldom has), and
-    nothing the workers need (``needed``: their interpreter, the data home) may be in it."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            caps = next(line for line in f if line.startswith(b"CapEff:"))
-        admin = bool(int(caps.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
-    except (OSError, StopIteration, ValueError, IndexError):
-        admin = False
-    if not admin:
-        return "", "the runner may not make mount namespaces (no CAP_SYS_ADMIN)"
-    if not os.path.isdir(HIDDEN):
-        return "", f"there is no {HIDDEN}"
-    for path in needed:
-        real = os.path.realpath(path)
-        if real == HIDDEN or real.startswith(HIDDEN + "/"):
-            return "", f"workers need {path}, which is in it"
-    return HIDDEN, ""
-
-
 @dataclass(frozen=True)
 class WorkerLimits:
     """What one worker process may use; set by the worker on itself (``autokitteh._worker``)."""
 
     memory_mb: int = 0  # its address space (RLIMIT_AS); 0 = no limit
     processes: int = 0  # processes of its user (RLIMIT_NPROC), only with a user of its own
-    hidden: str = ""  # a directory it does not see (``hidden_dir``), only with a user of its own
+    hidden: str = (
+        ""  # a directory it does not see (``netfence.hidden``), only with a user of its own
+    )
 
     def frame(self) -> dict[str, Any]:
         return {"memory_mb": self.memory_mb, "processes": self.processes}
@@ -146,7 +121,7 @@ os.execv(sys.argv[4], sys.argv[4:])
 
 def as_user(uid: int, argv: list[str], hidden: str = "") -> list[str]:
     """``argv`` run as user ``uid``, what it writes readable by others (a build tool),
-    not seeing ``hidden`` (as a worker, ``hidden_dir``)."""
+    not seeing ``hidden`` (as a worker, ``netfence.hidden``)."""
     return [
         sys.executable,
         "-I",
@@ -221,7 +196,7 @@ class UserIds:
 
     def __init__(self, first: int, last: int, locks: Path, hidden: str = "") -> None:
         self.first, self.last, self._locks = first, last, locks
-        self.hidden = hidden  # the directory their processes do not see (``hidden_dir``)
+        self.hidden = hidden  # the directory their processes do not see (``netfence.hidden``)
         self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
         # Ids a System V segment of still holds (see ``_clear``): not handed out meanwhile.
         self._unclear: set[int] = set()

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,16 +29,7 @@ from .inbox import InboxWatch
 from .lease import Lease
 from .parking import Parking
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
-from .sandbox import (
-    HIDDEN,
-    UserIds,
-    WorkerLimits,
-    hidden_dir,
-    is_root,
-    lock_dir,
-    seal_data_home,
-    worker_env,
-)
+from .sandbox import UserIds, WorkerLimits, is_root, lock_dir, seal_data_home, worker_env
 from .session import Host, Outcome, SessionRun, after_end, parked_entry
 from .worker import WorkerPool
 
@@ -357,16 +345,15 @@ def _sandbox(settings: Settings) -> UserIds | None:
 
 
 def _hidden(settings: Settings) -> str:
-    """The directory sandboxed workers do not see (``sandbox.hidden_dir``), said once."""
-    python = shutil.which(settings.worker_python) or settings.worker_python or sys.executable
-    hidden, why = hidden_dir(config.data_home(), sys.executable, python, tempfile.gettempdir())
+    """The directory sandboxed workers do not see (``netfence.hidden``), said once."""
+    hidden, why = netfence.hidden(settings.worker_python)
     if hidden:
         log.info("handlers do not see %s (this host's services' Unix sockets)", hidden)
     else:
         log.warning(
             "handlers see %s (this host's services' Unix sockets; file permissions alone "
             "keep them out; in a container, its own): %s",
-            HIDDEN,
+            netfence.HIDDEN,
             why,
         )
     return hidden

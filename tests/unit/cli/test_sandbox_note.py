@@ -4,6 +4,7 @@ it puts up (as the runners do), or why not."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from ak_cli.up import _sandbox_note
@@ -93,4 +94,35 @@ def test_with_the_fence_off_an_earlier_stacks_fence_is_taken_down(
     assert _sandbox_note("127.0.0.1:9980").endswith(
         "; network: AK_RUNNER__NETWORK_FENCE=off, but the fence of these user ids stays for the "
         "other stacks that use them (processes 4242): give this one other AK_RUNNER__WORKER_UIDS"
+    )
+
+
+def test_it_says_whether_handlers_see_the_unix_sockets_of_this_hosts_services(
+    monkeypatch: pytest.MonkeyPatch, fences: list[object]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netfence, "hidden", lambda python: ("/run", ""))
+    assert "; this host's Unix sockets in /run hidden; network: " in _sandbox_note("127.0.0.1:9980")
+    why = "the runner may not make mount namespaces (no CAP_SYS_ADMIN)"
+    monkeypatch.setattr(netfence, "hidden", lambda python: ("", why))
+    assert f"; this host's Unix sockets in /run SEEN by handlers: {why}; network: " in (
+        _sandbox_note("127.0.0.1:9980")
+    )
+
+
+def test_hiding_needs_the_right_to_make_mount_namespaces_and_nothing_workers_need_in_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        assert netfence.hidden() == (
+            "",
+            "the runner may not make mount namespaces (no CAP_SYS_ADMIN)",
+        )
+        return
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert netfence.hidden() == ("/run", "")
+    monkeypatch.setenv("XDG_DATA_HOME", "/run/somewhere")
+    assert netfence.hidden() == (
+        "",
+        "workers need /run/somewhere/autokitteh, which is in it",
     )
