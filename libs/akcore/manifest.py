@@ -133,16 +133,35 @@ class _NoAliases(yaml.SafeLoader):  # type: ignore[misc]  # (PyYAML comes withou
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            alias = event.anchor if len(event.anchor) <= 40 else event.anchor[:40] + "..."
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                f"found the alias *{alias}: a manifest cannot use YAML aliases; write the "
-                "value out in full",
-                event.start_mark,
-            )
+            self.refuse(self.peek_event())
         return super().compose_node(parent, index)
+
+    @staticmethod
+    def refuse(event: Any) -> None:
+        alias = event.anchor if len(event.anchor) <= 40 else event.anchor[:40] + "..."
+        raise yaml.composer.ComposerError(
+            None,
+            None,
+            f"found the alias *{alias}: a manifest cannot use YAML aliases; write the "
+            "value out in full",
+            event.start_mark,
+        )
+
+
+_TOO_DEEP = "yaml: the manifest's collections are nested too deeply (a manifest needs a few levels)"
+
+
+def _load_yaml(text: str) -> Any:
+    """The YAML document, aliases refused (``_NoAliases``). With libyaml (PyYAML's wheels
+    have it), parsed in C, ten times faster: the events are looked at for aliases first,
+    then the document is loaded, both without expanding anything."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is None:
+        return yaml.load(text, _NoAliases)
+    for event in yaml.parse(text, Loader=fast):
+        if isinstance(event, yaml.AliasEvent):
+            _NoAliases.refuse(event)
+    return yaml.load(text, Loader=fast)
 
 
 def _kind(value: Any) -> str:
@@ -248,15 +267,15 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
         project_name: overrides ``project.name`` (``ak deploy --project-name``).
     """
     try:
-        raw = yaml.load(text, _NoAliases)  # a SafeLoader that refuses aliases
+        raw = _load_yaml(text)
     except yaml.YAMLError as e:
+        if "exceeded maximum nesting depth" in str(e):  # (libyaml's own limit)
+            raise InvalidArgument(_TOO_DEEP) from None
         raise InvalidArgument(f"yaml: {e}") from None
     except ValueError:  # int() refuses over 4300 digits
         raise InvalidArgument("yaml: a number is too long: quote it to make it text") from None
     except RecursionError:  # (PyYAML composes nested collections by recursion)
-        raise InvalidArgument(
-            "yaml: the manifest's collections are nested too deeply (a manifest needs a few levels)"
-        ) from None
+        raise InvalidArgument(_TOO_DEEP) from None
     c = _Checker()
     top = c.mapping(raw, "", {"version", "project"})
     version = top.get("version")
@@ -273,12 +292,15 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
             p = {**p, "name": project_name}
         name = c.name(p, "project")
         triggers: list[Trigger] = []
+        names: set[str] = set()
         for i, item in enumerate(c.items(p.get("triggers"), "project.triggers")):
             t = _read_trigger(c, item, f"project.triggers[{i}]", durable_default=version == "v1")
-            if any(t.name == o.name for o in triggers):
+            if t.name in names:
                 c.fail(f"project.triggers[{i}].name", f"duplicate trigger {shown(t.name)}")
+            names.add(t.name)
             triggers.append(t)
         conns: list[Connection] = []
+        conn_names: set[str] = set()
         for i, item in enumerate(c.items(p.get("connections"), "project.connections")):
             w = f"project.connections[{i}]"
             d = c.mapping(item, w, {"name", "integration", "vars"})
@@ -287,11 +309,12 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
                 c.string(d, "integration", w, required=True),
                 _read_vars(c, d.get("vars"), f"{w}.vars"),
             )
-            if conn.name and any(conn.name == o.name for o in conns):
+            if conn.name and conn.name in conn_names:
                 c.fail(f"{w}.name", f"duplicate connection {shown(conn.name)}")
+            conn_names.add(conn.name)
             conns.append(conn)
         for i, t in enumerate(triggers):
-            if t.connection and all(t.connection != o.name for o in conns):
+            if t.connection and t.connection not in conn_names:
                 c.fail(
                     f"project.triggers[{i}].connection",
                     f"{shown(t.connection)} is not one of the project's connections",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from akcore.errors import InvalidArgument
 from akcore.manifest import parse_manifest
 
@@ -241,6 +242,28 @@ def test_a_long_bad_text_is_quoted_cut(field: str) -> None:
     assert "(1,000,000 characters)" in e.value.message and len(e.value.message) < 600
 
 
+@pytest.fixture(params=["libyaml", "python"])
+def yaml_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Manifests are parsed by libyaml where PyYAML has it, else by PyYAML's own parser."""
+    if request.param == "python":
+        monkeypatch.delattr(yaml, "CSafeLoader")
+    elif not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML without libyaml")
+
+
+@pytest.mark.usefixtures("yaml_parser")
+def test_either_parser_refuses_aliases_and_reads_the_same_manifest() -> None:
+    with pytest.raises(InvalidArgument, match="yaml: found the alias \\*a0: a manifest cannot"):
+        parse_manifest(_bomb(6, "call"))
+    m = parse_manifest(
+        "version: v1\nproject:\n  name: &n p\n  triggers:\n    - name: t\n"
+        "      webhook: {}\n      call: h.py:f\n      is_sync: yes\n"
+    )
+    assert m.project is not None and m.project.name == "p"
+    assert m.project.triggers[0].call == "h.py:f"
+
+
+@pytest.mark.usefixtures("yaml_parser")
 @pytest.mark.parametrize("kind", ["flow", "block"])
 def test_a_manifest_nested_too_deeply_is_refused_plainly(kind: str) -> None:
     """(It raised RecursionError, which the store logged as a crash of the request.)"""
