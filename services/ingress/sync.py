@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from typing import Any
 
 from akcore import subjects, wire
+from akcore.errors import shown
 from fastapi import Response
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -98,20 +100,95 @@ class SyncWait:
         return outcome_response(value)
 
 
+# Headers of the message's framing and of the connection, which the server sets: a
+# handler's Content-Length or Transfer-Encoding beside the server's could make a proxy in
+# front read the body as a second response (on a connection it shares between clients).
+SERVER_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header's name (RFC 9110)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (a tab is fine in a value)
+
+
+class BadOutcome(ValueError):
+    """An outcome that cannot be sent as an HTTP response; the message says why."""
+
+
 def outcome_response(value: Any) -> Response:
-    """An ``http_outcome`` becomes that response; any other outcome is a JSON 200."""
+    """An ``http_outcome`` becomes that response; any other outcome is a JSON 200. One the
+    server cannot send as it is (a status that is not a final one, a header name that is no
+    token or a value with a line break, a body that is not JSON) is a 502 saying why."""
+    try:
+        return _response(value)
+    except BadOutcome as e:
+        return Response(
+            f"The handler's outcome is not a valid HTTP response: {e}\n", status_code=502
+        )
+
+
+def _response(value: Any) -> Response:
     if not (isinstance(value, dict) and "status_code" in value):
-        return Response(json.dumps(value) + "\n", status_code=200, media_type="application/json")
-    headers = {str(k): str(v) for k, v in (value.get("headers") or {}).items()}
-    status = int(value.get("status_code") or 200)
+        return Response(_json(value), status_code=200, media_type="application/json")
+    status = _status(value.get("status_code"))
+    headers = _headers(value.get("headers"))
+    if status in (204, 304):  # no body, whatever was given (as Go's server drops it)
+        return Response(b"", status_code=status, headers=headers)
     if value.get("json") is not None:
-        headers.setdefault("Content-Type", "application/json")
-        return Response(json.dumps(value["json"]) + "\n", status_code=status, headers=headers)
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        return Response(_json(value["json"]), status_code=status, headers=headers)
     body = value.get("body")
     if body is None:
         content = b""
     elif isinstance(body, str):
-        content = body.encode()
+        content = body.encode(errors="replace")
     else:
-        content = (json.dumps(body) + "\n").encode()
+        content = _json(body).encode()
     return Response(content, status_code=status, headers=headers)
+
+
+def _status(raw: Any) -> int:
+    """0 or none is 200, as AutoKitteh; a final response's status is 200-599."""
+    try:
+        status = int(raw or 200) if not isinstance(raw, bool) else -1
+    except (TypeError, ValueError, OverflowError):
+        status = -1
+    if not 200 <= status <= 599:
+        raise BadOutcome(f"status code {shown(raw)} (give 200-599)")
+    return status
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadOutcome(f"headers must be a dict of names to values, not {type(raw).__name__}")
+    headers: dict[str, str] = {}
+    for k, v in raw.items():
+        name = str(k)
+        if not _TOKEN.fullmatch(name):
+            raise BadOutcome(f"header name {shown(name)} is not a valid HTTP header name")
+        value = str(v)
+        if _CONTROL.search(value):
+            raise BadOutcome(f"header {name}'s value has a line break or another control character")
+        if name.lower() in SERVER_HEADERS:
+            continue  # (the server's own: see SERVER_HEADERS)
+        # sent as its UTF-8 bytes (as Go's server does; headers are Latin-1 to Starlette)
+        headers[name] = value.encode(errors="replace").decode("latin-1")
+    return headers
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value) + "\n"
+    except (TypeError, ValueError) as e:  # bytes, a set, a circular list
+        raise BadOutcome(f"the body cannot be sent as JSON: {e}") from None

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from ak_ingress.sync import SyncWaits
+import pytest
+from ak_ingress.sync import SyncWaits, outcome_response
 from akcore import bus, subjects, wire
+from fastapi import Response
 
 from tests.conftest import connect_as
 
@@ -38,3 +40,71 @@ async def test_each_request_gets_its_own_events_report_and_first_outcome(nats_ur
     finally:
         await ingress.close()
         await other.close()
+
+
+def _framing(resp: Response) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in resp.raw_headers if k in (b"content-length", b"transfer-encoding")]
+
+
+def test_an_http_outcome_becomes_its_response() -> None:
+    resp = outcome_response(
+        {"status_code": 299, "json": {"cat": "meow"}, "headers": {"X-Kitteh": "yes"}}
+    )
+    assert (resp.status_code, resp.body) == (299, b'{"cat": "meow"}\n')
+    assert resp.headers["x-kitteh"] == "yes" and resp.headers["content-type"] == "application/json"
+    resp = outcome_response({"status_code": 0, "body": "plain", "headers": {"content-type": "a/b"}})
+    assert (resp.status_code, resp.body) == (200, b"plain")
+    assert resp.headers.getlist("content-type") == ["a/b"]  # the handler's alone
+    resp = outcome_response({"status_code": 201, "headers": {"X-Name": "caf\u00e9"}})
+    assert resp.raw_headers[0] == (b"x-name", "caf\u00e9".encode())  # its UTF-8 bytes
+    assert outcome_response(["any", "value"]).body == b'["any", "value"]\n'
+
+
+def test_an_outcome_cannot_frame_the_response_itself() -> None:
+    """Its Content-Length or Transfer-Encoding beside the server's could make a proxy in
+    front read the body as a second response: the server frames every response."""
+    smuggled = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+    resp = outcome_response(
+        {
+            "status_code": 200,
+            "body": smuggled,
+            "headers": {
+                "Content-Length": "0",
+                "Transfer-Encoding": "chunked",
+                "Connection": "upgrade",
+                "Upgrade": "h2c",
+            },
+        }
+    )
+    assert resp.status_code == 200 and resp.body == smuggled.encode()
+    assert _framing(resp) == [(b"content-length", str(len(smuggled)).encode())]
+    assert b"connection" not in dict(resp.raw_headers) and b"upgrade" not in dict(resp.raw_headers)
+    resp = outcome_response({"status_code": 204, "body": smuggled})
+    assert (resp.status_code, resp.body, _framing(resp)) == (204, b"", [])
+
+
+@pytest.mark.parametrize(
+    ("outcome", "why"),
+    [
+        ({"status_code": 101}, "status code 101 (give 200-599)"),
+        ({"status_code": 600}, "status code 600 (give 200-599)"),
+        ({"status_code": "teapot"}, "status code 'teapot' (give 200-599)"),
+        ({"status_code": True}, "status code True (give 200-599)"),
+        (
+            {"status_code": 200, "headers": {"X-A": "1\r\nSet-Cookie: x=1"}},
+            "header X-A's value has a line break",
+        ),
+        ({"status_code": 200, "headers": {"X A": "1"}}, "header name 'X A' is not a valid HTTP"),
+        ({"status_code": 200, "headers": {"": "1"}}, "header name '' is not a valid HTTP"),
+        ({"status_code": 200, "headers": ["X-A"]}, "headers must be a dict of names to values"),
+        ({"status_code": 200, "json": {"b": b"bytes"}}, "the body cannot be sent as JSON"),
+    ],
+)
+def test_an_outcome_that_is_no_valid_response_is_a_502_saying_why(
+    outcome: dict[str, object], why: str
+) -> None:
+    resp = outcome_response(outcome)
+    assert resp.status_code == 502
+    assert resp.body.decode().startswith(
+        f"The handler's outcome is not a valid HTTP response: {why}"
+    ), resp.body
