@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from autokitteh import _values
 from autokitteh._channel import HEADER_SIZE, MAX_FRAME, decode_header, encode_frame, split_sizes
-from autokitteh._frames import FrameError
+from autokitteh._frames import MAX_PRINT, FrameError
+from autokitteh._runtime import MAX_PAYLOAD
 
 from .sandbox import UserIds, WorkerLimits, has_children, has_strangers, kill_user, open_way_to
 
@@ -365,6 +367,78 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+# The largest blob a worker's message of each type carries (the SDK's own limits, with
+# room): one announcing more is refused before the runner reads it, so that a handler
+# writing to its pipe itself cannot make the runner hold MAX_FRAME (64 MiB) per worker.
+SMALL_BLOB = 64 * 1024
+PRINT_BLOB = 4 * MAX_PRINT + SMALL_BLOB  # (UTF-8: up to 4 bytes a character)
+RESULT_BLOB = MAX_PAYLOAD + SMALL_BLOB  # an activity's result or error, pickled
+VALUE_BLOB = _values.MAX_SIZE + SMALL_BLOB  # a return value, a signal's payload
+
+
+def blob_limit(header: dict[str, Any]) -> int:
+    kind = header.get("type")
+    if kind == "print":
+        return PRINT_BLOB
+    if kind == "activity":
+        return RESULT_BLOB
+    if kind in ("done", "syscall") or (kind == "step" and header.get("kind") == "signal"):
+        return VALUE_BLOB
+    return SMALL_BLOB  # (a wait's step among them: nothing big held while it waits)
+
+
+def _checked(head: bytes, blen: int) -> dict[str, Any]:
+    """A frame's header, if its blob of ``blen`` bytes is within its type's limit."""
+    header = decode_header(head)
+    if blen > (limit := blob_limit(header)):
+        raise ValueError(
+            f"a {str(header['type'])[:40]!r} message of {blen} bytes, over its {limit} limit"
+        )
+    return header
+
+
+class ByteBudget:
+    """Bytes of all its workers' large messages the runner reads and handles at once: a
+    worker whose message does not fit waits (and, no longer read, blocks on its pipe) until
+    others are handled. Taken in the order asked; one asking more than ``total`` takes all
+    of it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = self.free = total
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def take(self, n: int) -> int:
+        """Takes ``n`` bytes (waiting for them); returns what to give back."""
+        n = min(n, self.total)
+        if not self._waiting and self.free >= n:
+            self.free -= n
+            return n
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give(n)  # granted as it was cancelled
+            else:
+                self._waiting.remove((n, waiter))
+                self.give(0)  # the ones behind it may fit now
+            raise
+        return n
+
+    def give(self, n: int) -> None:
+        self.free += n
+        while self._waiting and self._waiting[0][0] <= self.free:
+            need, waiter = self._waiting.popleft()
+            if not waiter.done():
+                self.free -= need
+                waiter.set_result(None)
+
+
+READING_BYTES = 256 * 1024 * 1024
+READING = ByteBudget(READING_BYTES)
+
+
 class WorkerProcess:
     """A ``python -m autokitteh._worker`` process (started, or forked by a fork server)
     with two private pipes for frames. It leads a process group of its own, so that what
@@ -526,21 +600,28 @@ class WorkerProcess:
                     hlen, blen = split_sizes(bytes(buf[:HEADER_SIZE]))
                     end = HEADER_SIZE + hlen + blen
                     if len(buf) >= end:
-                        head = bytes(buf[HEADER_SIZE : HEADER_SIZE + hlen])
+                        header = _checked(bytes(buf[HEADER_SIZE : HEADER_SIZE + hlen]), blen)
                         blob = bytes(buf[HEADER_SIZE + hlen : end])
                         del buf[:end]
-                        header = decode_header(head)
                         yield header, blob
                         continue
                     if end - len(buf) > self.READ_SIZE:  # a large blob: the rest in one read
                         start = HEADER_SIZE + hlen
                         if len(buf) < start:  # (a read may end inside the header, or before)
                             buf += await self._reader.readexactly(start - len(buf))
-                        head = bytes(buf[HEADER_SIZE:start])
-                        blob = bytes(buf[start:]) + await self._reader.readexactly(end - len(buf))
-                        buf.clear()
-                        header = decode_header(head)
-                        yield header, blob
+                        header = _checked(bytes(buf[HEADER_SIZE:start]), blen)
+                        # held while the session handles it too (only the quick ones carry
+                        # large blobs: a wait's step does not, see ``blob_limit``)
+                        held = await READING.take(end - len(buf))
+                        try:
+                            rest = await self._reader.readexactly(end - len(buf))
+                            blob = bytes(buf[start:]) + rest
+                            del rest
+                            buf.clear()
+                            yield header, blob
+                            del blob
+                        finally:
+                            READING.give(held)
                         continue
                 data = await self._reader.read(self.READ_SIZE)
             except asyncio.IncompleteReadError:

@@ -217,3 +217,78 @@ async def test_a_large_frame_comes_whole_wherever_a_read_ends_in_its_header() ->
     error = {"type": "done", "ok": False, "error": "x" * 200_000}
     got = [(h, b) async for h, b in _reading([encode_frame(error)]).frames()]
     assert got == [(error, b"")]
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        ({"type": "print", "n": 1}, worker.PRINT_BLOB + 1),
+        ({"type": "activity", "step": 1}, worker.RESULT_BLOB + 1),
+        ({"type": "step", "step": 1, "kind": "next_event"}, worker.SMALL_BLOB + 1),
+        ({"type": "done", "ok": True}, worker.VALUE_BLOB + 1),
+        ({"type": "forged"}, worker.SMALL_BLOB + 1),
+    ],
+)
+async def test_a_message_announcing_more_than_its_type_carries_is_refused_unread(
+    header: dict[str, Any], size: int
+) -> None:
+    """A handler can write to its pipe itself: a frame of up to 64 MiB per worker, held by
+    the runner (12 workers took a runner to 800 MB). Its header is read first, and a blob
+    over its type's limit ends the session as a malformed message before it is read."""
+    from autokitteh._channel import HEADER_SIZE, encode_frame
+
+    frame = encode_frame(header, b"\0" * size)
+    w = _reading([frame[: HEADER_SIZE + 200], frame[HEADER_SIZE + 200 :]])
+    with pytest.raises(worker.FrameError, match=f"message of {size} bytes, over its"):
+        [x async for x in w.frames()]
+    for _ in range(5):  # (the rest fed)
+        await asyncio.sleep(0)
+    unread = len(w._reader._buffer)  # type: ignore[attr-defined]
+    assert unread >= size - 2 * w.READ_SIZE  # the blob was not read
+
+
+async def test_the_largest_messages_of_each_type_still_come() -> None:
+    from autokitteh._channel import encode_frame
+
+    frames = [
+        encode_frame({"type": "print", "n": 1}, b"p" * worker.PRINT_BLOB),
+        encode_frame({"type": "step", "step": 1, "kind": "signal"}, b"s" * worker.VALUE_BLOB),
+        encode_frame({"type": "done", "ok": True}, b"d" * worker.VALUE_BLOB),
+    ]
+    got = [(h["type"], len(b)) async for h, b in _reading(frames).frames()]
+    assert got == [
+        ("print", worker.PRINT_BLOB),
+        ("step", worker.VALUE_BLOB),
+        ("done", worker.VALUE_BLOB),
+    ]
+    assert worker.READING.free == worker.READING.total  # all given back
+
+
+async def test_large_messages_are_read_within_the_budget_in_the_order_asked() -> None:
+    budget = worker.ByteBudget(100)
+    first = await budget.take(60)
+    order: list[str] = []
+
+    async def taker(name: str, n: int) -> int:
+        got = await budget.take(n)
+        order.append(name)
+        return got
+
+    big = asyncio.create_task(taker("big", 80))
+    small = asyncio.create_task(taker("small", 10))  # would fit, but waits its turn
+    cancelled = asyncio.create_task(taker("cancelled", 30))
+    huge = asyncio.create_task(taker("huge", 1000))  # more than all: takes all of it
+    await asyncio.sleep(0)
+    assert order == [] and budget.free == 40
+    cancelled.cancel()
+    budget.give(first)
+    assert await big == 80 and await small == 10
+    assert order == ["big", "small"] and budget.free == 10
+    await asyncio.sleep(0)
+    assert not huge.done()
+    budget.give(80)
+    budget.give(10)
+    assert await huge == 100 and budget.free == 0
+    assert cancelled.cancelled()
+    budget.give(100)
+    assert budget.free == 100 and not budget._waiting
