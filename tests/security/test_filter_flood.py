@@ -89,6 +89,61 @@ async def test_a_flooded_filter_holds_up_no_other_project(
             await nc.close()
 
 
+async def test_a_flooded_filter_holds_up_no_other_filtered_trigger(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deferred events are taken back per destination, in turns: a filtered trigger's burst
+    deferred after a flood's events (more than its share waiting) is judged while the flood
+    is still far from judged. Taken back in one line, oldest first, only the burst's first
+    ``PER_DESTINATION`` events (those that waited in the dispatcher) would start."""
+    let_go = asyncio.Event()
+    stuck: set[str] = set()
+    judge = Evaluators.judge
+
+    async def held(
+        self: Evaluators, event: bytes, filters: list[str], key: str = ""
+    ) -> list[cel.Verdict]:
+        if key in stuck:
+            await let_go.wait()
+        return await judge(self, event, filters, key)
+
+    monkeypatch.setattr(Evaluators, "judge", held)
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        try:
+            flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
+            victim = await deploy(nc, "victim", {"simple.py": b""}, FILTERED)
+            stuck.add(flooded["trigger"]["trigger_id"])
+            pub = bus.publisher(nc)
+            # More deferred than a dispatcher takes back at once (64), all before the burst.
+            flood = await asyncio.gather(*(_send(pub, flooded, n) for n in range(200)))
+            flood_key = subjects.deferred_subject(flooded["trigger"]["trigger_id"])
+
+            async def flood_deferred() -> bool:
+                info = await js.stream_info(subjects.STREAM_DEFERRED, subjects_filter=flood_key)
+                return sum((info.state.subjects or {}).values()) > 0
+
+            await eventually(flood_deferred, timeout=30)
+            burst = [await _send(pub, victim, n) for n in range(3 * PER_DESTINATION)]
+
+            # Every event of the burst starts its session while no flooded one is judged.
+            jobs = await _started(js, len(burst), timeout=30)
+            assert not let_go.is_set()
+            assert sorted(jobs) == sorted(burst)
+
+            let_go.set()  # the flooded filter decides: the flood starts its sessions too
+            started = await _started(js, len(flood) + len(burst), timeout=60)
+            assert sorted(started) == sorted([*flood, *burst])
+            await eventually(lambda: _settled(js), timeout=20)
+        finally:
+            let_go.set()  # a failed test's dispatcher stops
+            await nc.close()
+
+
 async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
