@@ -119,12 +119,6 @@ def _durable(name: str, subject: str, max_ack_pending: int) -> ConsumerConfig:
 # The store's consumers apply batches in stream order (several stores split the stream
 # between them; materializing does not depend on the order across sessions).
 CONSUMERS = {
-    # First: a dispatcher that finds the consumers it waits for finds this one too (its
-    # stream is optional: no service waits for it).
-    subjects.CONSUMER_DISPATCHER_DEFERRED: (
-        subjects.STREAM_DEFERRED,
-        _durable(subjects.CONSUMER_DISPATCHER_DEFERRED, subjects.DEFERRED_ALL, 1024),
-    ),
     subjects.CONSUMER_DISPATCHER: (
         subjects.STREAM_EVENTS,
         _durable(subjects.CONSUMER_DISPATCHER, subjects.EVENTS_ALL, 1024),
@@ -142,6 +136,34 @@ CONSUMERS = {
         _durable(subjects.CONSUMER_STORE_EVENTS, subjects.EVENTS_ALL, 1024),
     ),
 }
+
+
+# Consumers of earlier versions that this one deletes (``ensure_streams``): the single
+# consumer of all deferred events, replaced by one per destination (``deferred_consumer``);
+# the events it held stay in the stream and are taken back by those.
+RETIRED_CONSUMERS = natsauth.RETIRED_DURABLES
+
+# The consumers of AK_DEFERRED, one per destination with deferred events (the dispatchers
+# make them as they find such a destination): how many of its events JetStream hands out
+# at once, across all dispatchers, and how long one no dispatcher asks for events (nor
+# holds one) lives on before JetStream removes it.
+DEFERRED_SHARE = 8
+DEFERRED_IDLE = 30.0
+# The most consumers of AK_DEFERRED the dispatchers make (about: each counts those it saw
+# at its last look and those it made since). A destination deferred beyond them waits, its
+# events kept, until the consumer of one whose deferred events were all taken back is gone.
+MAX_DEFERRED_CONSUMERS = 256
+
+
+def deferred_consumer(destination_id: str) -> ConsumerConfig:
+    """The consumer of ``AK_DEFERRED`` that takes one destination's events back, oldest
+    first (a work queue: each deferred event is removed once acked)."""
+    name = subjects.deferred_consumer(destination_id)
+    return dataclasses.replace(
+        _durable(name, subjects.deferred_subject(destination_id), DEFERRED_SHARE),
+        name=name,  # made through CONSUMER.CREATE.<stream>.<name>.<filter>: see natsauth
+        inactive_threshold=DEFERRED_IDLE,
+    )
 
 
 def server_list(url: str) -> list[str]:
@@ -433,6 +455,14 @@ async def _ensure_streams(js: JetStreamContext, n: int, last_try: bool = True) -
                 OPTIONAL_STREAMS[cfg.name],
             )
             missing.add(cfg.name)
+    for stream, name in RETIRED_CONSUMERS:
+        if stream in missing or stream not in existing:
+            continue
+        try:
+            await js.delete_consumer(stream, name)
+            log.info("consumer %s of %s: deleted (retired)", name, stream)
+        except NotFoundError:
+            pass
     for name, (stream, ccfg) in CONSUMERS.items():
         if stream in missing:
             continue
@@ -660,7 +690,13 @@ class Puller:
     STALE = 60.0  # seconds after its expiry a superseded request's subscription is dropped
 
     def __init__(
-        self, nc: Client, stream: str, consumer: str, expires: float = EXPIRES, timed: bool = False
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        expires: float = EXPIRES,
+        timed: bool = False,
+        arrived: asyncio.Event | None = None,
     ) -> None:
         self.nc, self.expires, self.timed = nc, expires, timed
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
@@ -668,9 +704,11 @@ class Puller:
         self._n = 0
         self._reply = ""  # the open request's reply subject ("" when none is open)
         self._left = 0  # messages the open request may still deliver
+        self._asked = 0  # messages the open (or last) request asked for
+        self.came_empty = False  # the last request ended delivering nothing
         self._deadline = 0.0
         self._ready: list[Msg] = []
-        self._arrived = asyncio.Event()
+        self._arrived = arrived or asyncio.Event()
         self._sub: Any = None
         # timed: each request's subscription id -> (its reply subject, when it was sent, it)
         self._requests: dict[int, tuple[str, float, Any]] = {}
@@ -683,7 +721,21 @@ class Puller:
         """A puller on one of the durable consumers of ``CONSUMERS``; its requests last
         ``expires`` seconds at most."""
         stream, _ = CONSUMERS[consumer]
-        puller = cls(nc, stream, consumer, expires, timed)
+        return await cls.of(nc, stream, consumer, expires, timed)
+
+    @classmethod
+    async def of(
+        cls,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        expires: float = EXPIRES,
+        timed: bool = False,
+        arrived: asyncio.Event | None = None,
+    ) -> Puller:
+        """A puller on any durable pull consumer; ``arrived`` (shared by several pullers,
+        see ``ask``) is set whenever a message arrives or a request ends."""
+        puller = cls(nc, stream, consumer, expires, timed, arrived)
         if not timed:
             puller._sub = await nc.subscribe(puller._prefix + ".*", cb=puller._on_msg)
         return puller
@@ -694,6 +746,7 @@ class Puller:
             if status != "100":  # 408 expired, 409, 404...: that request is over
                 await self._ended(msg.subject, msg.sid)
                 if msg.subject == self._reply:
+                    self.came_empty = self._left == self._asked
                     self._reply, self._left = "", 0
                     self._arrived.set()
             return
@@ -720,7 +773,8 @@ class Puller:
     async def _request(self, limit: int) -> None:
         self._n += 1
         self._reply = f"{self._prefix}.{self._n}"
-        self._left = limit
+        self._left = self._asked = limit
+        self.came_empty = False
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self.timed:
@@ -762,6 +816,29 @@ class Puller:
                     return []
         batch, self._ready = self._ready[:limit], self._ready[limit:]
         return batch
+
+    async def ask(self, limit: int) -> None:
+        """Without waiting: asks for up to ``limit`` messages unless a request is open;
+        they come to ``take_ready`` (and set ``arrived``)."""
+        if self._reply and asyncio.get_running_loop().time() > self._deadline:
+            self._reply, self._left = "", 0  # lost (a reconnect): ask again
+        if not self._reply and limit > 0:
+            await self._request(limit)
+
+    def take_ready(self) -> list[Msg]:
+        """The messages delivered and not taken yet (without waiting)."""
+        batch, self._ready = self._ready, []
+        return batch
+
+    @property
+    def asking(self) -> bool:
+        """A request is open (``held`` counts what it may still deliver)."""
+        return bool(self._reply) and asyncio.get_running_loop().time() <= self._deadline
+
+    @property
+    def held(self) -> int:
+        """Messages delivered and not taken yet, and those the open request may deliver."""
+        return len(self._ready) + (self._left if self.asking else 0)
 
     def requested_at(self, msg: Msg) -> float:
         """(``timed``, once per message) The loop time when the request that delivered

@@ -5,7 +5,9 @@ away only what that service does: ingress's user can publish events but not read
 journal or ask for a session's secrets, the runner's can neither purge a stream nor
 change a consumer, and no service reads the replies sent to another (each has its own
 inbox prefix). Only the store creates and changes streams and consumers (``bus.
-ensure_streams``); the others wait for them (``bus.wait_streams``).
+ensure_streams``); the others wait for them (``bus.wait_streams``). The one exception: the
+dispatchers make the consumers of ``AK_DEFERRED``, one per destination with deferred events
+(``bus.deferred_consumer``), each of one destination's subject only.
 
 ``authorization_block`` writes these users for a nats-server configuration: ``ak up``
 gives its embedded server one with generated passwords (``ensure_passwords``), and
@@ -42,8 +44,9 @@ DURABLES = (
     (subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER),
     (subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL),
     (subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS),
-    (subjects.STREAM_DEFERRED, subjects.CONSUMER_DISPATCHER_DEFERRED),
 )
+# Durable consumers of earlier versions, which the store deletes as it starts.
+RETIRED_DURABLES = ((subjects.STREAM_DEFERRED, subjects.CONSUMER_DISPATCHER_DEFERRED_RETIRED),)
 
 # The internal operations (akcore.ops) each service calls; ingress also forwards every
 # public one that the store or a runner answers.
@@ -174,6 +177,21 @@ def _bootstrap() -> tuple[str, ...]:
         *(f"{API}.CONSUMER.CREATE.{s}.{c}" for s, c in DURABLES),
         *(f"{API}.CONSUMER.CREATE.{s}.{c}.>" for s, c in DURABLES),
         *(f"{API}.CONSUMER.DURABLE.CREATE.{s}.{c}" for s, c in DURABLES),
+        *(f"{API}.CONSUMER.DELETE.{s}.{c}" for s, c in RETIRED_DURABLES),
+    )
+
+
+def _deferred_consumers() -> tuple[str, ...]:
+    """The dispatchers' consumers of ``AK_DEFERRED``, one per destination: making one (the
+    name is any one token: NATS cannot match part of a token; the subject it reads must be
+    a single destination's, which JetStream checks against the consumer's filter), looking
+    at it, and reading it. No other stream's consumers, and none reading all destinations."""
+    stream = subjects.STREAM_DEFERRED
+    return (
+        f"{API}.CONSUMER.CREATE.{stream}.*.{subjects.deferred_subject('*')}",
+        f"{API}.CONSUMER.INFO.{stream}.*",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.*.>",
     )
 
 
@@ -226,7 +244,7 @@ def permissions(service: str) -> Permissions:
                 subjects.EVENTS_ALL,  # cron ticks
                 # events deferred (ak_dispatcher.admission): kept, taken back, looked for
                 subjects.DEFERRED_ALL,
-                *_pull(subjects.STREAM_DEFERRED, subjects.CONSUMER_DISPATCHER_DEFERRED),
+                *_deferred_consumers(),
                 *_get(subjects.STREAM_DEFERRED),
                 *new_session,
                 subjects.INBOX_ALL,

@@ -29,7 +29,11 @@ DEFERRED_ALL = f"{PREFIX}.deferred.>"
 
 # Durable consumer names.
 CONSUMER_DISPATCHER = "dispatcher"
-CONSUMER_DISPATCHER_DEFERRED = "dispatcher-deferred"
+# AK_DEFERRED's consumers: one per destination with deferred events, made by the dispatchers
+# (``deferred_consumer``). The single consumer of all of them that came before is deleted by
+# the store as it starts (a work queue refuses consumers whose subjects overlap).
+CONSUMER_DEFERRED_PREFIX = "deferred-"
+CONSUMER_DISPATCHER_DEFERRED_RETIRED = "dispatcher-deferred"
 CONSUMER_RUNNER = "runner"
 CONSUMER_STORE_JOURNAL = "store-journal"
 CONSUMER_STORE_EVENTS = "store-events"
@@ -72,6 +76,16 @@ def replay_subject(session_id: str) -> str:
 def deferred_subject(destination_id: str) -> str:
     """An event deferred by the dispatcher, by its destination (trigger or connection)."""
     return f"{PREFIX}.deferred.{destination_id}"
+
+
+def deferred_destination(subject: str) -> str:
+    """The destination of a subject ``deferred_subject`` made."""
+    return subject.removeprefix(f"{PREFIX}.deferred.")
+
+
+def deferred_consumer(destination_id: str) -> str:
+    """The durable consumer of ``AK_DEFERRED`` that takes one destination's events back."""
+    return f"{CONSUMER_DEFERRED_PREFIX}{destination_id}"
 
 
 def outcome_subject(event_id: str) -> str:

@@ -25,12 +25,14 @@ from .admission import Admission
 from .evaluators import Evaluators
 from .matching import filters_of, inbox_deliveries, notes_of, sessions_for
 from .scheduler import Scheduler
+from .takeback import TakeBack
 from .waker import Waker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_TOKEN = re.compile(r"[A-Za-z0-9_-]+")  # a destination id that can end a subject
+# A destination id that can end a subject and a consumer's name (``takeback``).
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 # Seconds between in-progress notices for an event whose filters are being judged (so that
@@ -52,6 +54,8 @@ class Dispatcher:
         self.admission = Admission()
         self.deferring = False  # AK_DEFERRED is there (see ``_take_back``)
         self.maybe_deferred: set[str] = set()  # events whose copy's publish went unanswered
+        # told of each destination deferred (``TakeBack.deferred``: it takes turns at once)
+        self.on_deferred: Callable[[str], None] = lambda key: None
 
     async def dispatch(
         self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool = False
@@ -159,6 +163,7 @@ class Dispatcher:
             self.maybe_deferred.discard(event.event_id)
             return False
         self.maybe_deferred.discard(event.event_id)
+        self.on_deferred(key)
         # write-ahead: kept on AK_DEFERRED before the caller acks it on AK_EVENTS (a copy
         # there already, a duplicate, is as good: the event was deferred before)
         return True
@@ -210,7 +215,8 @@ async def _holding(msg: Msg, judged: Awaitable[T]) -> T:
 # filters does not keep the dispatcher from taking the events behind them.
 MAX_IN_FLIGHT = 64
 # Deferred events taken back at once (all of them wait for their filters, in turns by
-# destination, as the evaluators free up).
+# destination, as the evaluators free up), dealt in turns among the destinations with
+# deferred events (``takeback``).
 MAX_TAKEN_BACK = 64
 
 
@@ -260,7 +266,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     tel = tracing.Telemetry("dispatcher")
     tel.send_to_store(nc)
     events = await bus.Puller.bind(nc, subjects.CONSUMER_DISPATCHER)
-    deferred = await bus.Puller.bind(nc, subjects.CONSUMER_DISPATCHER_DEFERRED)
     ticks = asyncio.create_task(Scheduler(nc, tel).run(stop))
     waker = asyncio.create_task(Waker(nc).run(stop))
     turns = Turns()
@@ -278,33 +283,23 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             MAX_IN_FLIGHT - (busy - admission.judging), MAX_IN_FLIGHT + admission.total - busy
         )
 
-    def room_back(busy: int) -> int:  # ``busy``: deferred events being handled
-        return MAX_TAKEN_BACK - busy
-
     async with asyncio.TaskGroup() as intake:
         intake.create_task(_take(events, room, dispatcher, turns, False, stop))
-        intake.create_task(_take_back(deferred, room_back, dispatcher, turns, stop))
+        intake.create_task(_take_back(dispatcher, turns, stop))
     await asyncio.gather(ticks, waker, return_exceptions=True)
     await evaluators.close()
     await events.close()
-    await deferred.close()
     await tel.close()
     await bus.close(nc)
 
 
-async def _take_back(
-    puller: bus.Puller,
-    room: Callable[[int], int],
-    dispatcher: Dispatcher,
-    turns: Turns,
-    stop: asyncio.Event,
-) -> None:
-    """Defers events and takes them back once ``AK_DEFERRED`` and its consumer are there:
-    the store makes them as it starts, when JetStream has room for them."""
+async def _take_back(dispatcher: Dispatcher, turns: Turns, stop: asyncio.Event) -> None:
+    """Defers events and takes them back once ``AK_DEFERRED`` is there: the store makes it
+    as it starts, when JetStream has room for it."""
     js, said = dispatcher.nc.jetstream(), False
     while not stop.is_set():
         try:
-            await js.consumer_info(subjects.STREAM_DEFERRED, subjects.CONSUMER_DISPATCHER_DEFERRED)
+            await js.stream_info(subjects.STREAM_DEFERRED)
             break
         except NotFoundError:
             if not said:
@@ -319,8 +314,10 @@ async def _take_back(
         return
     if said:
         log.info("%s is there: deferring events when needed", subjects.STREAM_DEFERRED)
+    takeback = TakeBack(dispatcher, turns, MAX_TAKEN_BACK)
+    dispatcher.on_deferred = takeback.deferred
     dispatcher.deferring = True
-    await _take(puller, room, dispatcher, turns, True, stop)
+    await takeback.run(stop)
 
 
 async def _take(
