@@ -182,10 +182,13 @@ def _bootstrap() -> tuple[str, ...]:
 
 
 def _deferred_consumers() -> tuple[str, ...]:
-    """The dispatchers' consumers of ``AK_DEFERRED``, one per destination: making one (the
-    name is any one token: NATS cannot match part of a token; the subject it reads must be
-    a single destination's, which JetStream checks against the consumer's filter), looking
-    at it, and reading it. No other stream's consumers, and none reading all destinations."""
+    """The dispatchers' consumers of ``AK_DEFERRED``, one per destination: making one,
+    looking at it, reading it; no other stream's consumers. The name may be any one token
+    (a permission cannot match part of one); the request's subject ends with the subject the
+    consumer reads (JetStream refuses a consumer whose filter differs from it), which the
+    permission limits to ``ak.deferred.<one token>``. NATS lets a literal wildcard token
+    through a ``*``, though: a leaked dispatcher password could make one consumer of all
+    destinations, after which no other can be made (see docs/security.md)."""
     stream = subjects.STREAM_DEFERRED
     return (
         f"{API}.CONSUMER.CREATE.{stream}.*.{subjects.deferred_subject('*')}",

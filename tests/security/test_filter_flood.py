@@ -22,6 +22,7 @@ from ak_dispatcher.service import run as run_dispatcher
 from ak_store.service import run as run_store
 from akcore import bus, cel, ids, subjects, timefmt, wire
 from akcore.config import Settings
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from tests.integration.conftest import running
 from tests.integration.helpers import MANIFEST, deploy, eventually
@@ -184,6 +185,47 @@ async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
             await nc.close()
 
 
+async def test_events_deferred_by_an_earlier_version_are_taken_back(settings: Settings) -> None:
+    """Earlier versions took deferred events back through one consumer of all of them, beside
+    which a work queue lets no consumer of one destination be made: the store deletes it as
+    it starts, and the events it held (one of them delivered, never acked) are taken back."""
+    retired = subjects.CONSUMER_DISPATCHER_DEFERRED_RETIRED
+    nc = await bus.connect(settings.nats_url, "t")
+    js = nc.jetstream()
+    try:
+        async with running(run_store, settings, "store"):
+            deployed = await deploy(nc, "earlier", {"simple.py": b""}, FILTERED)
+            config = ConsumerConfig(
+                durable_name=retired,
+                filter_subject=subjects.DEFERRED_ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                max_ack_pending=1024,
+            )
+            await js.add_consumer(subjects.STREAM_DEFERRED, config)
+            pub = bus.publisher(nc)
+            deferred = []
+            for n in range(5):
+                ev = _event(deployed, n)
+                headers = {subjects.HDR_MSG_ID: ev.event_id}
+                subject = subjects.deferred_subject(ev.destination_id)
+                await pub.publish(subject, wire.encode(ev), headers=headers)
+                deferred.append(ev.event_id)
+            held = await js.pull_subscribe_bind(retired, stream=subjects.STREAM_DEFERRED)
+            assert len(await held.fetch(1)) == 1  # a dispatcher of then stopped holding it
+            await held.unsubscribe()
+
+        async with (
+            running(run_store, settings, "store"),
+            running(run_dispatcher, settings, "dispatcher"),
+        ):
+            assert sorted(await _started(js, len(deferred), timeout=30)) == sorted(deferred)
+            consumers = await js.consumers_info(subjects.STREAM_DEFERRED)
+            assert retired not in [c.name for c in consumers]
+            await eventually(lambda: _settled(js), timeout=20)
+    finally:
+        await nc.close()
+
+
 def _async(probe: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     async def probed() -> bool:
         return probe()
@@ -191,9 +233,9 @@ def _async(probe: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     return probed
 
 
-async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
-    """Publishes an event ``{"n": n}`` to the deployed trigger, as ingress does; its id."""
-    ev = wire.Event(
+def _event(deployed: dict[str, Any], n: int) -> wire.Event:
+    """An event ``{"n": n}`` of the deployed trigger."""
+    return wire.Event(
         ids.new_id("evt"),
         deployed["project_id"],
         deployed["trigger"]["trigger_id"],
@@ -202,6 +244,11 @@ async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
         {},
         timefmt.now_us(),
     )
+
+
+async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
+    """Publishes an event ``{"n": n}`` to the deployed trigger, as ingress does; its id."""
+    ev = _event(deployed, n)
     subject = subjects.event_subject(ev.project_id, ev.event_id)
     await pub.publish(subject, wire.encode(ev), headers={subjects.HDR_MSG_ID: ev.event_id})
     return ev.event_id
