@@ -70,8 +70,8 @@ class TakeBack:
                     next_look = loop.time() + LOOK_EVERY
                 await self._join()
                 await self._take()
-                await self._ask()
                 await self._leave()
+                await self._ask()
                 wait = max(0.05, min(1.0, next_look - loop.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.arrived.wait(), wait)
@@ -101,7 +101,10 @@ class TakeBack:
         its consumer (made when it is not there and there are fewer than the most)."""
         joined = 0
         for key in [*self._wanted, *self._seen]:
-            if self.rotation.full or joined >= JOIN_PER_ROUND:
+            if self.rotation.full and key not in self.rotation:
+                self._at_the_most(len(self.rotation))
+                break
+            if joined >= JOIN_PER_ROUND:
                 break
             self._wanted.pop(key, None)
             if key in self.rotation:
@@ -119,14 +122,7 @@ class TakeBack:
                 await js.consumer_info(subjects.STREAM_DEFERRED, name)
             except NotFoundError:
                 if self._consumers >= bus.MAX_DEFERRED_CONSUMERS:
-                    if not self._said_full:
-                        log.warning(
-                            "%s has %d consumers, the most: the deferred events of further "
-                            "destinations wait until one is gone",
-                            subjects.STREAM_DEFERRED,
-                            self._consumers,
-                        )
-                        self._said_full = True
+                    self._at_the_most(self._consumers)
                     return False
                 await js.add_consumer(subjects.STREAM_DEFERRED, bus.deferred_consumer(key))
                 self._consumers += 1
@@ -140,6 +136,16 @@ class TakeBack:
         self._pullers[key] = puller
         self.rotation.add(key)
         return True
+
+    def _at_the_most(self, n: int) -> None:
+        if not self._said_full:
+            log.warning(
+                "%d destinations have consumers of their deferred events, the most: those of "
+                "further destinations wait in %s until one is gone",
+                n,
+                subjects.STREAM_DEFERRED,
+            )
+            self._said_full = True
 
     async def _take(self) -> None:
         """Hands the events delivered to the dispatcher, in the order they came."""

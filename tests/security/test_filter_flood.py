@@ -185,6 +185,55 @@ async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
             await nc.close()
 
 
+async def test_destinations_deferred_beyond_the_most_consumers_wait_for_one_to_go(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An attacker with many flooded triggers makes the server hold at most
+    ``MAX_DEFERRED_CONSUMERS`` consumers of ``AK_DEFERRED``: a destination deferred beyond
+    them keeps its events there until the consumer of one taken back entirely is gone."""
+    monkeypatch.setattr(bus, "MAX_DEFERRED_CONSUMERS", 1)
+    monkeypatch.setattr(bus, "DEFERRED_IDLE", 1.0)
+    let_go = asyncio.Event()
+    judge = Evaluators.judge
+
+    async def held(
+        self: Evaluators, event: bytes, filters: list[str], key: str = ""
+    ) -> list[cel.Verdict]:
+        await let_go.wait()
+        return await judge(self, event, filters, key)
+
+    monkeypatch.setattr(Evaluators, "judge", held)
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        try:
+            first = await deploy(nc, "first", {"simple.py": b""}, FILTERED)
+            second = await deploy(nc, "second", {"simple.py": b""}, FILTERED)
+            pub = bus.publisher(nc)
+            n = PER_DESTINATION + 8
+            sent = [await _send(pub, first, i) for i in range(n)]
+            sent += [await _send(pub, second, i) for i in range(n)]
+
+            def at_the_most() -> bool:
+                return any("the most:" in r.getMessage() for r in caplog.records)
+
+            await eventually(_async(at_the_most), timeout=30)
+            consumers = await js.consumers_info(subjects.STREAM_DEFERRED)
+            assert [c.name for c in consumers] == [
+                subjects.deferred_consumer(first["trigger"]["trigger_id"])
+            ]
+            let_go.set()
+
+            assert sorted(await _started(js, len(sent), timeout=60)) == sorted(sent)
+            await eventually(lambda: _settled(js), timeout=20)
+        finally:
+            let_go.set()
+            await nc.close()
+
+
 async def test_events_deferred_by_an_earlier_version_are_taken_back(settings: Settings) -> None:
     """Earlier versions took deferred events back through one consumer of all of them, beside
     which a work queue lets no consumer of one destination be made: the store deletes it as
