@@ -463,6 +463,17 @@ async def _ensure_streams(js: JetStreamContext, n: int, last_try: bool = True) -
             log.info("consumer %s of %s: deleted (retired)", name, stream)
         except NotFoundError:
             pass
+        except Exception as e:  # (NATS refuses the request: a timeout) not worth not starting
+            if may_pass(e) and not last_try:
+                raise
+            log.warning(
+                "consumer %s of %s could not be deleted (%s): the dispatchers take no deferred "
+                "event back until it is; on a NATS server of your own, give the users what "
+                "`ak nats-config` prints now, and restart the store",
+                name,
+                stream,
+                getattr(e, "description", None) or repr(e),
+            )
     for name, (stream, ccfg) in CONSUMERS.items():
         if stream in missing:
             continue

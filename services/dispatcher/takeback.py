@@ -68,10 +68,14 @@ class TakeBack:
                 if loop.time() >= next_look:
                     await self._look()
                     next_look = loop.time() + LOOK_EVERY
-                await self._join()
-                await self._take()
-                await self._leave()
-                await self._ask()
+                try:
+                    await self._join()
+                    await self._take()
+                    await self._leave()
+                    await self._ask()
+                except NatsError as e:  # NATS away: the next round tries again
+                    log.warning("taking deferred events back: %s", e)
+                    await asyncio.sleep(0.5)
                 wait = max(0.05, min(1.0, next_look - loop.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.arrived.wait(), wait)
