@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -25,14 +24,11 @@ from .admission import Admission
 from .evaluators import Evaluators
 from .matching import filters_of, inbox_deliveries, notes_of, sessions_for
 from .scheduler import Scheduler
-from .takeback import TakeBack
+from .takeback import DESTINATION, TakeBack
 from .waker import Waker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# A destination id that can end a subject and a consumer's name (``takeback``).
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 # Seconds between in-progress notices for an event whose filters are being judged (so that
@@ -134,7 +130,7 @@ class Dispatcher:
         """Copies the event to ``AK_DEFERRED``, from which it is judged once the events of
         its destination before it were; False when that failed (it is judged here)."""
         key = event.destination_id
-        if not self.deferring or not _TOKEN.fullmatch(key):
+        if not self.deferring or not DESTINATION.fullmatch(key):
             return False  # nowhere to, or no subject token: judged here
         if self.admission.deferred(key):  # counted at once: its next events defer too
             log.info(

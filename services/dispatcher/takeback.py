@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from typing import TYPE_CHECKING
 
 from akcore import bus, subjects, wire
@@ -36,6 +37,8 @@ LOOK_EVERY = 2.0
 EXPIRES = 1.0
 # Destinations that join the turns per round at most (each costs a request or two).
 JOIN_PER_ROUND = 32
+# A destination id that can end a subject and a consumer's name (deferred only then).
+DESTINATION = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class TakeBack:
@@ -102,23 +105,27 @@ class TakeBack:
 
     async def _join(self) -> None:
         """Destinations deferred here or found at the last look join the turns, each with
-        its consumer (made when it is not there and there are fewer than the most)."""
-        joined = 0
-        for key in [*self._wanted, *self._seen]:
-            if self.rotation.full and key not in self.rotation:
-                self._at_the_most(len(self.rotation))
-                break
-            if joined >= JOIN_PER_ROUND:
-                break
-            self._wanted.pop(key, None)
-            if key in self.rotation:
+        its consumer (made when it is not there and there are fewer than the most). Each
+        is tried once, up to ``JOIN_PER_ROUND`` a round: one that did not join is found
+        again at a later look (its events are in the stream)."""
+        tried = 0
+        while (self._wanted or self._seen) and tried < JOIN_PER_ROUND:
+            if self._wanted:
+                key = next(iter(self._wanted))
+                del self._wanted[key]
+            else:
+                key = self._seen.pop()
+            if key in self.rotation or not DESTINATION.fullmatch(key):
                 continue
-            if await self._bind(key):
-                joined += 1
-        self._seen = [k for k in self._seen if k not in self.rotation]
-        # the others are found at the next look: their events are in the stream
+            tried += 1
+            if self.rotation.full or await self._bind(key) is None:  # at the most
+                self._at_the_most(len(self.rotation) if self.rotation.full else self._consumers)
+                self._wanted.clear()
+                self._seen = []
 
-    async def _bind(self, key: str) -> bool:
+    async def _bind(self, key: str) -> bool | None:
+        """Whether ``key`` joined the turns; None when it cannot for there are as many
+        consumers as there may be."""
         js = self.dispatcher.nc.jetstream()
         name = subjects.deferred_consumer(key)
         try:
@@ -126,11 +133,10 @@ class TakeBack:
                 await js.consumer_info(subjects.STREAM_DEFERRED, name)
             except NotFoundError:
                 if self._consumers >= bus.MAX_DEFERRED_CONSUMERS:
-                    self._at_the_most(self._consumers)
-                    return False
+                    return None
                 await js.add_consumer(subjects.STREAM_DEFERRED, bus.deferred_consumer(key))
                 self._consumers += 1
-                self._said_full = False
+                self._said_full = False  # (said again when it comes to the most again)
             puller = await bus.Puller.of(
                 self.dispatcher.nc, subjects.STREAM_DEFERRED, name, EXPIRES, arrived=self.arrived
             )

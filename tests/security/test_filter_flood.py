@@ -185,6 +185,55 @@ async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
             await nc.close()
 
 
+async def test_two_dispatchers_share_the_consumers_of_deferred_events(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two dispatchers defer the events of two flooded destinations and take them back
+    through the same consumers, one per destination: each event is judged once, and starts
+    its session."""
+    let_go = asyncio.Event()
+    judged: list[str] = []
+    judge = Evaluators.judge
+
+    async def held(
+        self: Evaluators, event: bytes, filters: list[str], key: str = ""
+    ) -> list[cel.Verdict]:
+        await let_go.wait()
+        judged.append(wire.decode(wire.Event, event).event_id)
+        return await judge(self, event, filters, key)
+
+    monkeypatch.setattr(Evaluators, "judge", held)
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        try:
+            floods = [await deploy(nc, f"f{i}", {"simple.py": b""}, FILTERED) for i in range(2)]
+            pub = bus.publisher(nc)
+            sent = []
+            for deployed in floods:  # more than both dispatchers let wait for their filters
+                sent += await asyncio.gather(*(_send(pub, deployed, n) for n in range(100)))
+
+            async def deferred() -> bool:
+                info = await js.stream_info(subjects.STREAM_DEFERRED)
+                return info.state.messages > 0
+
+            await eventually(deferred, timeout=30)
+            let_go.set()
+
+            assert sorted(await _started(js, len(sent), timeout=60)) == sorted(sent)
+            await eventually(lambda: _settled(js), timeout=20)
+            assert sorted(judged) == sorted(sent)  # each once
+            names = {c.name for c in await js.consumers_info(subjects.STREAM_DEFERRED)}
+            assert names <= {subjects.deferred_consumer(d["trigger"]["trigger_id"]) for d in floods}
+        finally:
+            let_go.set()
+            await nc.close()
+
+
 async def test_destinations_deferred_beyond_the_most_consumers_wait_for_one_to_go(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
