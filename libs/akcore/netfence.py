@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,31 +55,65 @@ HIDDEN = "/run"
 _CAP_SYS_ADMIN = 21
 
 
-def hidden(worker_python: str = "") -> tuple[str, str]:
+def hidden(worker_python: str = "", env: Mapping[str, str] | None = None) -> tuple[str, str]:
     """The directory sandboxed workers (and package installs) are not to see (``HIDDEN``;
     ``autokitteh._hide`` hides it), or "" and why not: hiding takes a mount namespace
-    (CAP_SYS_ADMIN, which a container seldom has), and nothing the workers need (the data
-    home, their interpreter, the temporary directory) may be in it."""
+    (CAP_SYS_ADMIN, and no AppArmor profile or seccomp filter refusing ``mount``, as a
+    container's usually do: tried once, in a process of its own), and nothing the workers
+    need may be in it: the data home, their interpreter, the temporary directory, or a path
+    in ``env`` (the environment they start with: PATH, PYTHONPATH, SSL_CERT_FILE, ...)."""
     python = shutil.which(worker_python) or worker_python or sys.executable
-    return _hidden_unless(config.data_home(), sys.executable, python, tempfile.gettempdir())
-
-
-def _hidden_unless(*needed: str | Path) -> tuple[str, str]:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            caps = next(line for line in f if line.startswith(b"CapEff:"))
-        admin = bool(int(caps.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
-    except (OSError, StopIteration, ValueError, IndexError):
-        admin = False
-    if not admin:
+    needed = {
+        "the data home": str(config.data_home()),
+        "the interpreter": sys.executable,
+        "the workers' interpreter": python,
+        "the temporary directory": tempfile.gettempdir(),
+    }
+    for name, value in (env or {}).items():
+        for part in value.split(os.pathsep):
+            if part.startswith("/"):
+                needed[f"{name}={part}"] = part
+    for what, path in needed.items():
+        real = os.path.realpath(path)
+        if real == HIDDEN or real.startswith(HIDDEN + "/"):
+            return "", f"workers need {what}, which is in it"
+    if not _may_admin():
         return "", "the runner may not make mount namespaces (no CAP_SYS_ADMIN)"
     if not os.path.isdir(HIDDEN):
         return "", f"there is no {HIDDEN}"
-    for path in needed:
-        real = os.path.realpath(path)
-        if real == HIDDEN or real.startswith(HIDDEN + "/"):
-            return "", f"workers need {path}, which is in it"
-    return HIDDEN, ""
+    return (HIDDEN, "") if not (why := _try_hiding()) else ("", why)
+
+
+def _may_admin() -> bool:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            caps = next(line for line in f if line.startswith(b"CapEff:"))
+        return bool(int(caps.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
+
+
+_TRY = "import runpy, sys; runpy.run_path(sys.argv[1])['hide'](sys.argv[2])"
+
+
+def _try_hiding() -> str:
+    """Hides ``HIDDEN`` in a process of its own, as workers will: "" when it worked, else
+    what went wrong."""
+    from autokitteh import _hide
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _TRY, _hide.__file__, HIDDEN],
+            capture_output=True,
+            text=True,
+            timeout=NFT_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"trying it failed: {e}"
+    if done.returncode == 0:
+        return ""
+    lines = (done.stderr or "").strip().splitlines()
+    return lines[-1][-300:] if lines else f"trying it exited with code {done.returncode}"
 
 
 class FenceError(Exception):
@@ -137,8 +171,10 @@ def put_up(
         folder = private_dir(registry / f"{first}-{last}")
         with open(folder / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            entry = ",".join(map(str, mine))
-            (folder / str(os.getpid())).write_text(f"{entry} {_started(os.getpid())}")
+            me = str(os.getpid())
+            # (when it started in a file of its own: older code reads the ports alone)
+            (folder / f"{me}{STARTED}").write_text(_started(os.getpid()))
+            (folder / me).write_text(",".join(map(str, mine)))
             allowed = _live_ports(folder)
             _nft(ruleset(first, last, allowed))
             return allowed
@@ -151,42 +187,47 @@ def _live_ports(folder: Path) -> tuple[int, ...]:
     (and whatever else is there is passed over: only root writes in the folder)."""
     ports: set[int] = set()
     for _, text in _registered(folder):
-        for p in text.split(" ", 1)[0].split(","):
+        for p in text.split(" ", 1)[0].split(","):  # (what follows a space is no port)
             if p.isascii() and p.isdigit() and 0 < int(p[:6]) < 65536:
                 ports.add(int(p))
     return tuple(sorted(ports))
 
 
+STARTED = ".started"  # PID.started: when the process that registered as PID started
+
+
 def _registered(folder: Path) -> list[tuple[int, str]]:
-    """The live processes registered in ``folder``, with their entries' text ("PORTS
-    STARTED"); removes the dead ones' entries. A process id alive but started at another
-    time than its entry says is another process's now: the registered one is dead."""
+    """The live processes registered in ``folder``, with their entries' text (their ports);
+    removes the dead ones' entries. A process id that is running but started at another
+    time than its entry says is another process's now, and a zombie's is dead: the
+    registered process is gone either way."""
     live = []
-    for entry in folder.iterdir():
-        name = entry.name
+    names = {entry.name for entry in folder.iterdir()}
+    for name in names:
+        if name.endswith(STARTED) and name.removesuffix(STARTED) not in names:
+            (folder / name).unlink(missing_ok=True)  # (its entry went: older code's doing)
         if not (name.isascii() and name.isdigit() and len(name) <= 9):
             continue
         try:
-            text = entry.read_bytes()[:4096].decode("ascii", "replace")
+            text = (folder / name).read_bytes()[:4096].decode("ascii", "replace")
+            started = (folder / f"{name}{STARTED}").read_bytes()[:64].decode("ascii", "replace")
+        except FileNotFoundError:
+            started = ""  # an entry of older code: its process id alone
         except OSError:
             continue
-        pid, started = int(name), text.partition(" ")[2]
-        if started and started.strip() != _started(pid):
-            entry.unlink(missing_ok=True)  # (an entry of older code has no start: kept)
+        pid = int(name)
+        now = _started(pid)  # "" when not running (gone, or a zombie)
+        if not now or (started.strip() and started.strip() != now):
+            (folder / name).unlink(missing_ok=True)
+            (folder / f"{name}{STARTED}").unlink(missing_ok=True)
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            entry.unlink(missing_ok=True)
-            continue
-        except PermissionError:
-            pass  # alive, another user's (a process id reused since)
         live.append((pid, text))
     return live
 
 
 def _started(pid: int) -> str:
-    """When process ``pid`` started (clock ticks since boot), or "" if it is not there."""
+    """When process ``pid`` started (clock ticks since boot), or "" if it is not running
+    (not there, or a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -194,7 +235,9 @@ def _started(pid: int) -> str:
         return ""
     # the command's name, in parentheses, may hold anything: the fields follow its last ")"
     fields = stat[stat.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else ""
+    if len(fields) <= 19 or fields[0] in (b"Z", b"X"):
+        return ""
+    return fields[19].decode()
 
 
 def take_down(first: int, last: int, registry: Path = REGISTRY) -> list[int]:

@@ -18,14 +18,15 @@ def hide(folder: str, keep: str = "/etc/resolv.conf") -> None:
     services keep their Unix sockets: PostgreSQL's, MySQL's, D-Bus's, Docker's) for this
     process and its descendants, in a mount namespace of their own: a socket whose
     permissions let every local user in is out of a handler's reach, as the network
-    fence keeps it off the host's addresses. The file ``keep`` (``/etc/resolv.conf``)
-    points to, when it is in there (systemd-resolved), stays readable. Runs as root
-    (CAP_SYS_ADMIN), before the process becomes its user; raises OSError when it cannot
-    (the runner asked for it knowing it could: the worker must not run without it)."""
+    fence keeps it off the host's addresses. When ``keep`` (``/etc/resolv.conf``) leads in
+    there (systemd-resolved, NetworkManager), the links on its way are made again and the
+    directory of the file it names is mounted, read-only, where it was: names resolve, and
+    a new file renamed over the old one is seen. Runs as root (CAP_SYS_ADMIN), before the
+    process becomes its user; raises OSError when it cannot (the runner checked that it
+    could: the worker must not run without it)."""
     global done
     libc = ctypes.CDLL(None, use_errno=True)
-    resolv = os.path.realpath(keep)
-    kept = resolv if resolv.startswith(folder.rstrip("/") + "/") else ""
+    links, kept = way_into(folder, keep)
     kept_fd = -1
 
     def call(result: int, what: str) -> None:
@@ -33,24 +34,50 @@ def hide(folder: str, keep: str = "/etc/resolv.conf") -> None:
             err = ctypes.get_errno()
             raise OSError(err, f"cannot hide {folder} from handlers: {what}: {os.strerror(err)}")
 
+    umask = os.umask(0o022)  # (what is made in there is for every worker user to read)
     try:
         call(libc.unshare(_CLONE_NEWNS), "unshare")
         # nothing mounted here reaches the host's namespace
         call(libc.mount(b"none", b"/", None, _MS_REC | _MS_SLAVE, None), "mount --make-rslave /")
-        if kept and os.path.isfile(kept):  # opened in this namespace: a bind's source must be
-            kept_fd = os.open(kept, os.O_RDONLY | os.O_CLOEXEC)
+        if kept:  # opened in this namespace: a bind's source must be
+            kept_fd = os.open(kept, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
         where = os.fsencode(folder)
         call(libc.mount(b"tmpfs", where, b"tmpfs", flags, b"mode=0755,size=64k"), "mount")
+        for path, target in links:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.symlink(target, path)
         if kept_fd >= 0:
-            os.makedirs(os.path.dirname(kept), mode=0o755, exist_ok=True)
-            open(kept, "x").close()
+            os.makedirs(kept, exist_ok=True)
             source = f"/proc/self/fd/{kept_fd}".encode()
-            call(libc.mount(source, os.fsencode(kept), None, _MS_BIND, None), "bind resolv.conf")
+            call(libc.mount(source, os.fsencode(kept), None, _MS_BIND, None), f"bind {kept}")
             ro = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | flags
-            call(libc.mount(None, os.fsencode(kept), None, ro, None), "remount resolv.conf")
+            call(libc.mount(None, os.fsencode(kept), None, ro, None), f"remount {kept}")
         call(libc.mount(None, where, None, _MS_REMOUNT | _MS_RDONLY | flags, None), "remount")
     finally:
+        os.umask(umask)
         if kept_fd >= 0:
             os.close(kept_fd)
     done = True
+
+
+def way_into(folder: str, keep: str) -> tuple[list[tuple[str, str]], str]:
+    """The symbolic links inside ``folder`` on the way from ``keep`` to the file it names
+    (each with its target, as written), and that file's directory when it is inside
+    ``folder`` ("" when it is not, or there is no such file)."""
+    prefix = folder.rstrip("/") + "/"
+    links: list[tuple[str, str]] = []
+    path = os.path.abspath(keep)
+    for _ in range(40):  # (as the kernel, at most 40 links)
+        path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if not os.path.islink(path):
+            break
+        target = os.readlink(path)
+        if path.startswith(prefix):
+            links.append((path, target))
+        path = os.path.join(os.path.dirname(path), target)
+    else:
+        return [], ""  # a loop
+    if not path.startswith(prefix) or not os.path.isfile(path):
+        return links, ""
+    return links, os.path.dirname(path)

@@ -346,7 +346,8 @@ def _sandbox(settings: Settings) -> UserIds | None:
 
 def _hidden(settings: Settings) -> str:
     """The directory sandboxed workers do not see (``netfence.hidden``), said once."""
-    hidden, why = netfence.hidden(settings.worker_python)
+    env = worker_env(dict(os.environ), settings.worker_env)
+    hidden, why = netfence.hidden(settings.worker_python, env)
     if hidden:
         log.info("handlers do not see %s (this host's services' Unix sockets)", hidden)
     else:

@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def test_put_up_hands_nft_the_rules_with_every_live_processs_ports(
     assert netfence.put_up(820000, 829999, (53, 9981), registry) == (53, 5432, 9981)
     assert (tmp_path / "given").read_text() == netfence.ruleset(820000, 829999, (53, 5432, 9981))
     assert sorted(x.name for x in folder.iterdir()) == sorted(
-        [".lock", str(os.getppid()), str(os.getpid())]
+        [".lock", str(os.getppid()), str(os.getpid()), f"{os.getpid()}.started"]
     )
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
@@ -82,25 +83,39 @@ def test_a_registered_process_id_given_to_another_process_lets_nothing_through(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A dead stack's process id reused by any process (root's kill(pid, 0) succeeds on
-    every one) must not keep its ports open: entries carry their process's start time."""
+    every one), or its zombie, must not keep its ports open: entries carry their process's
+    start time, in a file of its own (older code reads the ports file alone)."""
     monkeypatch.setenv("PATH", str(tmp_path))
     _fake_nft(tmp_path, "/bin/cat >/dev/null\n")
     registry = tmp_path / "fence"
     assert netfence.put_up(820000, 829999, (53, 9980), registry) == (53, 9980)
     folder = registry / "820000-829999"
-    mine = (folder / str(os.getpid())).read_text()
-    # the parent (alive) as registered by an earlier process of the same id
-    (folder / str(os.getppid())).write_text("5432 1")
+    me = str(os.getpid())
+    assert (folder / me).read_text() == "53,9980"  # as older code wrote and reads it
+    assert (folder / f"{me}.started").read_text() == netfence._started(os.getpid()) != ""
+    # the parent (running) as registered by an earlier process of the same id
+    parent = str(os.getppid())
+    (folder / parent).write_text("5432")
+    (folder / f"{parent}.started").write_text("1")
     assert netfence.put_up(820000, 829999, (53, 9981), registry) == (53, 9981)
-    assert not (folder / str(os.getppid())).exists()
-    assert (folder / str(os.getpid())).read_text() == mine.replace("9980", "9981")
-    # ... and as it registered itself (or as older code did, without a start time)
-    started = netfence._started(os.getppid())
-    assert started.isdigit()
-    (folder / str(os.getppid())).write_text(f"5432 {started}")
+    assert not (folder / parent).exists() and not (folder / f"{parent}.started").exists()
+    # ... and as it registered itself, or as older code did (no start time)
+    (folder / parent).write_text("5432")
+    (folder / f"{parent}.started").write_text(netfence._started(os.getppid()))
     assert netfence.put_up(820000, 829999, (53,), registry) == (53, 5432)
-    (folder / str(os.getppid())).write_text("6379")
+    (folder / f"{parent}.started").unlink()
+    (folder / parent).write_text("6379")
     assert netfence.put_up(820000, 829999, (53,), registry) == (53, 6379)
+    # a zombie (dead, not waited for yet) lets nothing through; a start time alone goes
+    zombie = subprocess.Popen(["/bin/true"])
+    while netfence._started(zombie.pid):
+        time.sleep(0.01)  # (until it is a zombie: its exit not collected)
+    (folder / str(zombie.pid)).write_text("11211")
+    (folder / "999999999.started").write_text("5")
+    assert netfence.put_up(820000, 829999, (53,), registry) == (53, 6379)
+    assert not (folder / str(zombie.pid)).exists()
+    assert not (folder / "999999999.started").exists()
+    zombie.wait()
 
 
 def test_put_up_refuses_a_registry_others_can_write(

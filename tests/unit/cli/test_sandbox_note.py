@@ -101,10 +101,10 @@ def test_it_says_whether_handlers_see_the_unix_sockets_of_this_hosts_services(
     monkeypatch: pytest.MonkeyPatch, fences: list[object]
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(netfence, "hidden", lambda python: ("/run", ""))
+    monkeypatch.setattr(netfence, "hidden", lambda python, env: ("/run", ""))
     assert "; this host's Unix sockets in /run hidden; network: " in _sandbox_note("127.0.0.1:9980")
     why = "the runner may not make mount namespaces (no CAP_SYS_ADMIN)"
-    monkeypatch.setattr(netfence, "hidden", lambda python: ("", why))
+    monkeypatch.setattr(netfence, "hidden", lambda python, env: ("", why))
     assert f"; this host's Unix sockets in /run SEEN by handlers: {why}; network: " in (
         _sandbox_note("127.0.0.1:9980")
     )
@@ -120,9 +120,27 @@ def test_hiding_needs_the_right_to_make_mount_namespaces_and_nothing_workers_nee
         )
         return
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert netfence.hidden() == ("/run", "")
-    monkeypatch.setenv("XDG_DATA_HOME", "/run/somewhere")
-    assert netfence.hidden() == (
+    assert netfence.hidden() == ("/run", "")  # (tried in a process of its own)
+    env = {"PATH": "/usr/bin:/run/current-system/sw/bin", "LANG": "C.UTF-8"}
+    assert netfence.hidden("", env) == (
         "",
-        "workers need /run/somewhere/autokitteh, which is in it",
+        "workers need PATH=/run/current-system/sw/bin, which is in it",
     )
+    monkeypatch.setenv("XDG_DATA_HOME", "/run/somewhere")
+    assert netfence.hidden() == ("", "workers need the data home, which is in it")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, with the right to make namespaces")
+def test_hiding_that_cannot_be_done_is_said_not_asked_of_workers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """CAP_SYS_ADMIN is not enough (an AppArmor profile or a seccomp filter may refuse
+    mount): it is tried, and what went wrong is said."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.setattr(netfence, "HIDDEN", str(tmp_path / "not-a-directory"))
+    (tmp_path / "not-a-directory").write_text("")
+    folder, why = netfence.hidden()
+    assert folder == "" and why == f"there is no {tmp_path}/not-a-directory"
+    monkeypatch.setattr(netfence, "_TRY", "import sys; sys.exit('mount: Permission denied')")
+    monkeypatch.setattr(netfence, "HIDDEN", "/run")
+    assert netfence.hidden() == ("", "mount: Permission denied")

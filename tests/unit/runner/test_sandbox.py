@@ -369,32 +369,59 @@ def test_a_build_tool_does_not_see_the_hidden_directory(tmp_path: Path) -> None:
 
 
 @root_only
-def test_hiding_keeps_the_file_resolv_conf_points_to(tmp_path: Path) -> None:
-    """With systemd-resolved, /etc/resolv.conf points into /run: names must still resolve."""
+def test_hiding_keeps_the_file_resolv_conf_points_to() -> None:
+    """With systemd-resolved or NetworkManager, /etc/resolv.conf leads into /run: names
+    must still resolve, through links there too, whatever the runner's umask, and a new
+    file renamed over the old one (as they write it) is seen by workers already started."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="ak-hide-"))  # (pytest's own is 0700)
+    tmp_path.chmod(0o755)
     folder = tmp_path / "run"
     (folder / "resolve").mkdir(parents=True)
     (folder / "resolve" / "stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
+    (folder / "resolve" / "resolv.conf").symlink_to("stub-resolv.conf")
+    (folder / "resolv.conf").symlink_to(folder / "resolve" / "resolv.conf")
     (folder / "service.sock").write_text("")
     link = tmp_path / "resolv.conf"
-    link.symlink_to(folder / "resolve" / "stub-resolv.conf")
+    link.symlink_to(folder / "resolv.conf")  # a chain of two links in there, then the file
     script = (
         "import os, sys\n"
         "from autokitteh import _hide\n"
+        "os.umask(0o077)\n"
         "_hide.hide(sys.argv[1], sys.argv[2])\n"
-        "print(sorted(os.listdir(sys.argv[1])), open(sys.argv[2]).read().strip())\n"
+        "os.setresuid(65534, 65534, 65534)\n"  # (a worker reads it as its user)
+        "print(sorted(os.listdir(sys.argv[1])), open(sys.argv[2]).read().strip(), flush=True)\n"
         "try:\n"
         "    open(os.path.join(sys.argv[1], 'new'), 'w')\n"
         "except OSError as e:\n"
-        "    print(e.errno)\n"
+        "    print(e.errno, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print(open(sys.argv[2]).read().strip(), flush=True)\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", script, str(folder), str(link)], capture_output=True, text=True
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(folder), str(link)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert res.stdout.splitlines() == [
-        "['resolve'] nameserver 127.0.0.53",
-        str(errno.EROFS),
-    ], res.stderr
-    assert (folder / "service.sock").exists()  # only that process's view changed
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        first = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
+        assert first == [
+            "['resolv.conf', 'resolve'] nameserver 127.0.0.53",
+            str(errno.EROFS),
+        ], proc.stderr.read() if proc.stderr else ""
+        new = folder / "resolve" / ".stub-resolv.conf.new"
+        new.write_text("nameserver 10.0.0.2\n")
+        new.rename(folder / "resolve" / "stub-resolv.conf")  # (as resolved writes it)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "nameserver 10.0.0.2"
+        assert (folder / "service.sock").exists()  # only that process's view changed
+    finally:
+        proc.kill()
+        proc.communicate()  # (and its pipes closed)
+        shutil.rmtree(tmp_path)
 
 
 def _poisoned_venv(tmp_path: Path) -> tuple[Path, Path]:
