@@ -186,6 +186,7 @@ def _data_home(stack: Stack) -> Path:
 
 def test_the_banner_says_how_handlers_are_boxed_in(stack: Stack) -> None:
     assert "[ak] Sandbox:   workers run as user ids 820000-829999" in stack.output()
+    assert "; this host's Unix sockets in /run hidden; network: " in stack.output()
 
 
 def test_a_handler_cannot_read_the_data_home_or_the_runners_environment(stack: Stack) -> None:
