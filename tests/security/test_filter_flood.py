@@ -431,3 +431,66 @@ async def test_an_event_whose_copy_may_have_been_stored_is_judged_once(
         finally:
             let_go.set()
             await nc.close()
+
+
+@pytest.mark.parametrize("taken_back_first", [False, True], ids=["waiting", "taken-back"])
+async def test_an_event_deferred_by_a_dispatcher_that_stopped_is_judged_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, taken_back_first: bool
+) -> None:
+    """A dispatcher stored an event's copy in AK_DEFERRED and stopped before acking the
+    event: the event comes again (to a dispatcher that knows nothing of it), whose judging
+    it here would judge it twice (its deliveries to waiting sessions repeated past the
+    duplicate window). It asks AK_DEFERRED by publishing the copy again: a duplicate, so
+    it is judged from there alone, whether its copy waits there or was taken back."""
+    judged: list[str] = []
+    judge = Evaluators.judge
+
+    async def counted(
+        self: Evaluators, event: bytes, filters: list[str], key: str = ""
+    ) -> list[cel.Verdict]:
+        judged.append(wire.decode(wire.Event, event).event_id)
+        return await judge(self, event, filters, key)
+
+    monkeypatch.setattr(Evaluators, "judge", counted)
+    from ak_dispatcher.service import Dispatcher
+
+    dispatch = Dispatcher.dispatch
+    comes_again: set[str] = set()
+
+    async def first_delivery_lost(self: Dispatcher, msg: Any, event: wire.Event, *a: Any) -> Any:
+        if event.event_id in comes_again and (msg.metadata.num_delivered or 1) == 1:
+            if taken_back_first:  # (its copy judged before it comes again)
+                await eventually(_async(lambda: event.event_id in judged), timeout=20)
+            raise TimeoutError("stopped before acking it")  # (naked: it comes again)
+        return await dispatch(self, msg, event, *a)
+
+    monkeypatch.setattr(Dispatcher, "dispatch", first_delivery_lost)
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        try:
+            filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
+            pub = bus.publisher(nc)
+            ev = _event(filtered, 1)
+            comes_again.add(ev.event_id)
+            data = wire.encode(ev)
+            # the copy the stopped dispatcher stored, and the event it did not ack
+            await pub.publish(
+                subjects.deferred_subject(ev.destination_id),
+                data,
+                headers={subjects.HDR_MSG_ID: ev.event_id},
+            )
+            await pub.publish(
+                subjects.event_subject(ev.project_id, ev.event_id),
+                data,
+                headers={subjects.HDR_MSG_ID: ev.event_id},
+            )
+            assert await _started(js, 1, timeout=30) == [ev.event_id]
+            await eventually(lambda: _settled(js), timeout=30)
+            assert judged == [ev.event_id]  # once
+            assert await _started(js, 1) == [ev.event_id]
+        finally:
+            await nc.close()
