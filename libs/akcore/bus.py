@@ -595,9 +595,14 @@ async def _call(
     headers = tracing.inject() if traced else None
     try:
         msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
-    except (NoRespondersError, NatsTimeout) as e:
+    except NoRespondersError as e:
         raise Unavailable(
             f"{service} did not answer {op!r}: is the {service} service running?"
+        ) from e
+    except NatsTimeout as e:  # taken, maybe, by one that is busy or frozen: it may still act
+        raise Unavailable(
+            f"{service} did not answer {op!r} within {timeout:g} s; one that took it may "
+            f"still carry it out (a {service} busy or paused): look before asking again"
         ) from e
     reply = wire.decode(wire.StoreReply, msg.data)
     if not reply.ok:

@@ -753,7 +753,7 @@ class SessionRun:
         await worker.send(start, pickle.dumps(init))
         await self._begun(all_errors=True)  # nothing of the worker's is served before it
         try:
-            async for header, blob in worker.frames():
+            async for header, blob in worker.frames(self.job.project_id):
                 self._awake()
                 frame = parse(header)
                 if isinstance(frame, PrintFrame):
@@ -959,14 +959,26 @@ class SessionRun:
         self, name: str, args: dict[str, Any], blob: bytes, step: int | None
     ) -> tuple[dict[str, Any], bytes, int | None]:
         reply: dict[str, Any] = {"type": "syscall"}
+        pause = 0.5
         with self.tel.span(name, attributes={"ak.step": step or 0}) as span:
-            try:
-                result, inbox_seq = await self.syscalls.call(name, args, blob, step)
-                rblob = pickle.dumps(result) if result is not None else b""
-            except SyscallError as e:
-                reply["error"], rblob, inbox_seq = str(e), b"", None
-                tracing.fail(span, "AutoKittehError")
-        return reply, rblob, inbox_seq
+            while True:
+                try:
+                    result, inbox_seq = await self.syscalls.call(name, args, blob, step)
+                    rblob = pickle.dumps(result) if result is not None else b""
+                except SyscallError as e:
+                    reply["error"], rblob, inbox_seq = str(e), b"", None
+                    tracing.fail(span, "AutoKittehError")
+                except Unavailable as e:
+                    # The store away (restarting, frozen): not the handler's error, and not
+                    # one to journal as its result. The call waits for it (the job held and
+                    # heartbeated), as the attempt's start does.
+                    if not self.lease.valid():
+                        raise Fenced(f"lost its job while the store was away ({e})") from None
+                    log.warning("session %s: %s: %s; waiting", self.job.session_id, name, e)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 5.0)
+                    continue
+                return reply, rblob, inbox_seq
 
     def _step_span(
         self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any], error_type: str = ""

@@ -9,7 +9,7 @@ from typing import Any
 
 from akcore import bus, credheaders, ids, parking, subjects, wire
 from akcore.datakey import Keyring
-from akcore.errors import AKError, InvalidArgument, NotFound
+from akcore.errors import AKError, InvalidArgument, NotFound, Unavailable
 from akcore.journal import Kind
 from akcore.journalio import session_project
 from akcore.manifest import parse_call
@@ -71,6 +71,8 @@ class Syscalls:
             raise SyscallError(f"unknown system call {name!r}")
         try:
             return await handler(self, args, blob, step)
+        except Unavailable:  # the store away: the call waits for it (``Session._serve``)
+            raise
         except AKError as e:
             raise SyscallError(e.message) from None
         except AutoKittehError as e:  # data from the worker that is not a value

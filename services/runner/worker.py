@@ -400,43 +400,77 @@ def _checked(head: bytes, blen: int) -> dict[str, Any]:
 class ByteBudget:
     """Bytes of all its workers' large messages the runner reads and handles at once: a
     worker whose message does not fit waits (and, no longer read, blocks on its pipe) until
-    others are handled. Taken in the order asked; one asking more than ``total`` takes all
-    of it."""
+    others are handled. Taken in the order asked, but one owner (a project) holds at most
+    a quarter of it: its messages wait while others' go (so that one project's workers,
+    sending slowly, cannot keep every project's large messages waiting). One asking more
+    than an owner may hold takes that much."""
 
     def __init__(self, total: int) -> None:
         self.total = self.free = total
-        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self.share = max(1, total // 4)
+        self._held: dict[str, int] = {}  # by owner
+        self._waiting: collections.deque[tuple[int, str, asyncio.Future[None]]] = (
+            collections.deque()
+        )
 
-    async def take(self, n: int) -> int:
-        """Takes ``n`` bytes (waiting for them); returns what to give back."""
-        n = min(n, self.total)
-        if not self._waiting and self.free >= n:
-            self.free -= n
+    async def take(self, n: int, owner: str = "") -> int:
+        """Takes ``n`` bytes for ``owner`` (waiting for them); returns what to give back."""
+        n = min(n, self.share)
+        if n <= 0:
+            return 0
+        if not self._waiting and self._fits(n, owner):
+            self._grant(n, owner)
             return n
         waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append((n, waiter))
+        self._waiting.append((n, owner, waiter))
+        self._pump()  # (the ones before it may wait for their owners' shares alone)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.give(n)  # granted as it was cancelled
+                self.give(n, owner)  # granted as it was cancelled
             else:
-                self._waiting.remove((n, waiter))
-                self.give(0)  # the ones behind it may fit now
+                self._waiting.remove((n, owner, waiter))
+                self._pump()  # the ones behind it may fit now
             raise
         return n
 
-    def give(self, n: int) -> None:
+    def _fits(self, n: int, owner: str) -> bool:
+        return n <= self.free and self._held.get(owner, 0) + n <= self.share
+
+    def _grant(self, n: int, owner: str) -> None:
+        self.free -= n
+        self._held[owner] = self._held.get(owner, 0) + n
+
+    def give(self, n: int, owner: str = "") -> None:
         self.free += n
-        while self._waiting and self._waiting[0][0] <= self.free:
-            need, waiter = self._waiting.popleft()
-            if not waiter.done():
-                self.free -= need
+        left = self._held.get(owner, 0) - n
+        if left > 0:
+            self._held[owner] = left
+        else:
+            self._held.pop(owner, None)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Grants the waiting ones that fit, in order."""
+        for item in list(self._waiting):
+            need, who, waiter = item
+            if waiter.done():
+                self._waiting.remove(item)
+            elif self._fits(need, who):
+                self._waiting.remove(item)
+                self._grant(need, who)
                 waiter.set_result(None)
+            elif need > self.free:
+                break  # (in order: a large one is not passed by ever smaller ones)
+            # else: its owner holds its share; the next owner's may go
 
 
 READING_BYTES = 256 * 1024 * 1024
 READING = ByteBudget(READING_BYTES)
+# Seconds a worker has to send the rest of a large message once its turn came: it writes a
+# message at once, and one sending slowly would hold its share of the budget.
+LARGE_SEND_SECONDS = 10.0
 
 
 class WorkerProcess:
@@ -588,7 +622,7 @@ class WorkerProcess:
         except TimeoutError:
             raise FrameError("the worker stopped reading its messages") from None
 
-    async def frames(self) -> AsyncIterator[tuple[dict[str, Any], bytes]]:
+    async def frames(self, owner: str = "") -> AsyncIterator[tuple[dict[str, Any], bytes]]:
         """Frames from the worker until it closes its end; FrameError when one is not a
         frame (too large, or a header that is not a JSON map with a type). What the pipe
         has is read at once and split here: a worker sends replayed steps many to a write,
@@ -612,16 +646,16 @@ class WorkerProcess:
                         header = _checked(bytes(buf[HEADER_SIZE:start]), blen)
                         # held while the session handles it too (only the quick ones carry
                         # large blobs: a wait's step does not, see ``blob_limit``)
-                        held = await READING.take(end - len(buf))
+                        held = await READING.take(end - len(buf), owner)
                         try:
-                            rest = await self._reader.readexactly(end - len(buf))
+                            rest = await self._rest(end - len(buf))
                             blob = bytes(buf[start:]) + rest
                             del rest
                             buf.clear()
                             yield header, blob
                             del blob
                         finally:
-                            READING.give(held)
+                            READING.give(held, owner)
                         continue
                 data = await self._reader.read(self.READ_SIZE)
             except asyncio.IncompleteReadError:
@@ -631,6 +665,15 @@ class WorkerProcess:
             if not data:
                 return
             buf += data
+
+    async def _rest(self, n: int) -> bytes:
+        """The rest of a large message, sent within ``LARGE_SEND_SECONDS``."""
+        try:
+            return await asyncio.wait_for(self._reader.readexactly(n), LARGE_SEND_SECONDS)
+        except TimeoutError:
+            raise ValueError(
+                f"a message's last {n} bytes did not come within {LARGE_SEND_SECONDS:g} s"
+            ) from None
 
     def quiet(self) -> bool:
         """Whether it has sent nothing since its last session ended: a worker that did

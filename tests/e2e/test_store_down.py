@@ -4,9 +4,11 @@ store is back, exactly once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -142,3 +144,81 @@ def _healthy(stack: Stack) -> bool:
         return stack.request("GET", "/healthz")[0] == 200
     except OSError:
         return False
+
+
+CALLER = """\
+version: v2
+project:
+  name: caller
+  triggers:
+    - name: call
+      webhook: {}
+      call: c.py:call
+"""
+
+CALLER_CODE = """\
+import os
+import time
+
+import autokitteh
+
+
+def call(event):
+    go = event.data.body.json["go"]
+    print("waiting")
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    sub = autokitteh.subscribe("call", "true")
+    print("subscribed", bool(sub))
+"""
+
+
+def test_a_system_call_waits_for_the_store(
+    stack: Stack, frozen: list[int], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The store away (frozen) as a handler's system call asks it: the call waits for it,
+    and the session goes on when it is back (the store's absence is not the handler's
+    error: it ended the session in ERROR, the error journaled as the call's result)."""
+    proj = write_project(
+        tmp_path_factory.mktemp("caller"), {"autokitteh.yaml": CALLER, "c.py": CALLER_CODE}
+    )
+    _, path = stack.deploy(proj)
+    folder = Path(tempfile.mkdtemp(prefix="ak-go-"))  # (the worker's user reads it)
+    folder.chmod(0o755)
+    go = folder / "go"
+    status, event = stack.post_json(path, {"go": str(go)})
+    assert status == 202
+    _wait("no session", lambda: _session_of(stack, event), stack)
+    sid = _session_of(stack, event)["session_id"]
+    _wait("no first print", lambda: "waiting" in _prints(stack, sid), stack)
+    store = _pids(stack, "store")
+    frozen.extend(store)
+    for pid in store:
+        os.kill(pid, signal.SIGSTOP)
+    _wait("store not stopped", lambda: all(_state(p) == "T" for p in store), stack)
+    seen = len(stack.output())
+    go.write_text("")
+    _wait(
+        "the call not waiting for the store",
+        lambda: "subscribe: store did not answer" in stack.output()[seen:],
+        stack,
+        timeout=60,
+    )
+    for pid in store:
+        os.kill(pid, signal.SIGCONT)
+    ended = ("COMPLETED", "ERROR", "STOPPED")
+    _wait("not ended", lambda: _session_of(stack, event).get("state") in ended, stack, 60)
+    done = _session_of(stack, event)
+    assert done["state"] == "COMPLETED", done
+    assert _prints(stack, sid) == ["waiting", "subscribed True"]
+
+
+def _prints(stack: Stack, sid: str) -> list[str]:
+    res = stack.ak("session", "prints", sid, "-n")
+    return res.stdout.splitlines() if res.returncode == 0 else []
+
+
+def _session_of(stack: Stack, event: str) -> dict[str, str]:
+    res = stack.ak("session", "list", "-p", "caller", "-j")
+    found = [x for x in map(json.loads, res.stdout.splitlines()) if x["event_id"] == event]
+    return found[0] if found else {}

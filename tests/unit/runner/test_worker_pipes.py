@@ -265,30 +265,68 @@ async def test_the_largest_messages_of_each_type_still_come() -> None:
 
 
 async def test_large_messages_are_read_within_the_budget_in_the_order_asked() -> None:
-    budget = worker.ByteBudget(100)
-    first = await budget.take(60)
+    """In the order asked, a larger one not passed by smaller ones; but one owner (a
+    project) holds at most a quarter: its further messages wait while others' go."""
+    budget = worker.ByteBudget(100)  # a quarter of it, 25, for one owner at most
+    first = await budget.take(20, "a")
+    assert first == 20 and budget.free == 80
     order: list[str] = []
 
-    async def taker(name: str, n: int) -> int:
-        got = await budget.take(n)
+    async def taker(name: str, n: int, owner: str) -> int:
+        got = await budget.take(n, owner)
         order.append(name)
         return got
 
-    big = asyncio.create_task(taker("big", 80))
-    small = asyncio.create_task(taker("small", 10))  # would fit, but waits its turn
-    cancelled = asyncio.create_task(taker("cancelled", 30))
-    huge = asyncio.create_task(taker("huge", 1000))  # more than all: takes all of it
+    more_a = asyncio.create_task(taker("a2", 20, "a"))  # over a's share: waits
+    b = asyncio.create_task(taker("b", 25, "b"))  # another owner's: goes past it
+    c = asyncio.create_task(taker("c", 1000, "c"))  # more than a share: takes one
     await asyncio.sleep(0)
-    assert order == [] and budget.free == 40
-    cancelled.cancel()
-    budget.give(first)
-    assert await big == 80 and await small == 10
-    assert order == ["big", "small"] and budget.free == 10
+    assert order == ["b", "c"] and budget.free == 30 and not more_a.done()
+    d = asyncio.create_task(taker("d", 25, "d"))
+    e = asyncio.create_task(taker("e", 25, "e"))  # does not fit: waits
+    f = asyncio.create_task(taker("f", 5, "f"))  # fits, but waits behind a larger one
     await asyncio.sleep(0)
-    assert not huge.done()
-    budget.give(80)
-    budget.give(10)
-    assert await huge == 100 and budget.free == 0
-    assert cancelled.cancelled()
-    budget.give(100)
-    assert budget.free == 100 and not budget._waiting
+    assert order == ["b", "c", "d"] and budget.free == 5
+    budget.give(25, "d")  # (as if d's message was handled)
+    await asyncio.sleep(0)
+    assert order == ["b", "c", "d", "e", "f"] and budget.free == 0 and not more_a.done()
+    budget.give(first, "a")
+    assert await more_a == 20 and budget.free == 0
+    for task, owner in ((b, "b"), (c, "c"), (d, None), (e, "e"), (f, "f"), (more_a, "a")):
+        got = await task
+        if owner:
+            budget.give(got, owner)
+    assert budget.free == 100 and not budget._held and not budget._waiting
+    assert c.result() == 25
+
+
+async def test_a_message_that_gave_up_waiting_leaves_the_budget_as_it_was() -> None:
+    budget = worker.ByteBudget(100)
+    assert await budget.take(25, "x") == 25
+    waiting = asyncio.create_task(budget.take(10, "x"))  # over x's share
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not budget._waiting and budget.free == 75
+    budget.give(25, "x")
+    assert budget.free == 100 and not budget._held
+    assert await budget.take(0, "x") == 0  # nothing to take: no wait
+
+
+async def test_a_large_message_sent_slowly_is_refused_past_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker writing a large message's start and then nothing would hold its share of
+    the budget for ever."""
+    from autokitteh._channel import encode_frame
+
+    monkeypatch.setattr(worker, "LARGE_SEND_SECONDS", 0.2)
+    frame = encode_frame({"type": "done", "ok": True}, b"d" * 500_000)
+    reader = asyncio.StreamReader()
+    w = object.__new__(worker.WorkerProcess)
+    w._reader, w._unread = reader, bytearray()  # type: ignore[attr-defined]
+    reader.feed_data(frame[:100_000])  # and no more, never closed
+    with pytest.raises(worker.FrameError, match="last .* bytes did not come within 0.2 s"):
+        [x async for x in w.frames("evil")]
+    assert worker.READING.free == worker.READING.total
