@@ -107,14 +107,19 @@ SERVER_HEADERS = frozenset(
     {
         "connection",
         "content-length",
+        "date",
         "keep-alive",
         "proxy-connection",
+        "server",
         "te",
         "trailer",
         "transfer-encoding",
         "upgrade",
     }
 )
+# What an outcome's headers may take in all: an answer is not a way to send megabytes of
+# headers that a proxy in front would refuse (or hold).
+MAX_HEADERS, MAX_HEADER_BYTES = 100, 64 * 1024
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header's name (RFC 9110)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (a tab is fine in a value)
 
@@ -140,7 +145,7 @@ def _response(value: Any) -> Response:
         return Response(_json(value), status_code=200, media_type="application/json")
     status = _status(value.get("status_code"))
     headers = _headers(value.get("headers"))
-    if status in (204, 304):  # no body, whatever was given (as Go's server drops it)
+    if status in (204, 205, 304):  # no body, whatever was given (as Go's server drops it)
         return Response(b"", status_code=status, headers=headers)
     if value.get("json") is not None:
         if not any(k.lower() == "content-type" for k in headers):
@@ -158,8 +163,10 @@ def _response(value: Any) -> Response:
 
 def _status(raw: Any) -> int:
     """0 or none is 200, as AutoKitteh; a final response's status is 200-599."""
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
     try:
-        status = int(raw or 200) if not isinstance(raw, bool) else -1
+        status = int(raw or 200) if not isinstance(raw, (bool, float)) else -1
     except (TypeError, ValueError, OverflowError):
         status = -1
     if not 200 <= status <= 599:
@@ -172,16 +179,28 @@ def _headers(raw: Any) -> dict[str, str]:
         return {}
     if not isinstance(raw, dict):
         raise BadOutcome(f"headers must be a dict of names to values, not {type(raw).__name__}")
+    if len(raw) > MAX_HEADERS:
+        raise BadOutcome(f"{len(raw)} headers, more than {MAX_HEADERS}")
     headers: dict[str, str] = {}
+    by_name: dict[str, str] = {}  # lower-cased name -> the name kept
+    size = 0
     for k, v in raw.items():
         name = str(k)
         if not _TOKEN.fullmatch(name):
             raise BadOutcome(f"header name {shown(name)} is not a valid HTTP header name")
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise BadOutcome(f"header {name}'s value is {type(v).__name__}, not text")
         value = str(v)
         if _CONTROL.search(value):
             raise BadOutcome(f"header {name}'s value has a line break or another control character")
+        size += len(name) + len(value.encode(errors="replace")) + 4
+        if size > MAX_HEADER_BYTES:
+            raise BadOutcome(f"the headers take more than {MAX_HEADER_BYTES} bytes")
         if name.lower() in SERVER_HEADERS:
             continue  # (the server's own: see SERVER_HEADERS)
+        # one header of a name, the last given (as Go's Header.Set, names in any case)
+        headers.pop(by_name.get(name.lower(), ""), None)
+        by_name[name.lower()] = name
         # sent as its UTF-8 bytes (as Go's server does; headers are Latin-1 to Starlette)
         headers[name] = value.encode(errors="replace").decode("latin-1")
     return headers

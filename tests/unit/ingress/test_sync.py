@@ -79,8 +79,16 @@ def test_an_outcome_cannot_frame_the_response_itself() -> None:
     assert resp.status_code == 200 and resp.body == smuggled.encode()
     assert _framing(resp) == [(b"content-length", str(len(smuggled)).encode())]
     assert b"connection" not in dict(resp.raw_headers) and b"upgrade" not in dict(resp.raw_headers)
-    resp = outcome_response({"status_code": 204, "body": smuggled})
-    assert (resp.status_code, resp.body, _framing(resp)) == (204, b"", [])
+    for status, framing in ((204, []), (205, [(b"content-length", b"0")]), (304, [])):
+        resp = outcome_response({"status_code": status, "body": smuggled})
+        assert (resp.status_code, resp.body, _framing(resp)) == (status, b"", framing)
+    resp = outcome_response(
+        {"status_code": 200.0, "headers": {"Date": "x", "Server": "y", "X-A": "1", "x-a": "2"}}
+    )
+    assert resp.status_code == 200
+    assert [(k, v) for k, v in resp.raw_headers if k in (b"date", b"server", b"x-a")] == [
+        (b"x-a", b"2")  # the server's own Date and Server are uvicorn's; one X-A, the last
+    ]
 
 
 @pytest.mark.parametrize(
@@ -98,6 +106,11 @@ def test_an_outcome_cannot_frame_the_response_itself() -> None:
         ({"status_code": 200, "headers": {"": "1"}}, "header name '' is not a valid HTTP"),
         ({"status_code": 200, "headers": ["X-A"]}, "headers must be a dict of names to values"),
         ({"status_code": 200, "json": {"b": b"bytes"}}, "the body cannot be sent as JSON"),
+        ({"status_code": 200.9}, "status code 200.9 (give 200-599)"),
+        ({"status_code": 200, "headers": {"X-A": ["a", "b"]}}, "header X-A's value is list"),
+        ({"status_code": 200, "headers": {"X-A": None}}, "header X-A's value is NoneType"),
+        ({"status_code": 200, "headers": {f"X-{i}": "v" for i in range(101)}}, "101 headers"),
+        ({"status_code": 200, "headers": {"X-A": "v" * 70_000}}, "the headers take more than"),
     ],
 )
 def test_an_outcome_that_is_no_valid_response_is_a_502_saying_why(
