@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -149,10 +150,33 @@ RETIRED_CONSUMERS = natsauth.RETIRED_DURABLES
 # holds one) lives on before JetStream removes it.
 DEFERRED_SHARE = 8
 DEFERRED_IDLE = 30.0
-# The most consumers of AK_DEFERRED the dispatchers make (about: each counts those it saw
-# at its last look and those it made since). A destination deferred beyond them waits, its
+# The most consumers of AK_DEFERRED the store makes for the dispatchers (about: several
+# stores asked at once may each make one more). A destination deferred beyond them waits, its
 # events kept, until the consumer of one whose deferred events were all taken back is gone.
 MAX_DEFERRED_CONSUMERS = 256
+
+
+# A destination id that can end a subject and a consumer's name (deferred only then).
+DEFERRED_DESTINATION = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+async def make_deferred_consumer(js: JetStreamContext, destination_id: str) -> dict[str, bool]:
+    """The store's side of ``deferred.consumer``: makes the destination's consumer of
+    ``AK_DEFERRED`` (``deferred_consumer``) unless it is there; ``full`` when there are
+    ``MAX_DEFERRED_CONSUMERS`` already (the destination's events wait until one is gone)."""
+    if not DEFERRED_DESTINATION.fullmatch(destination_id):
+        raise InvalidArgument(f"{destination_id[:40]!r} is not a destination id")
+    name = subjects.deferred_consumer(destination_id)
+    try:
+        await js.consumer_info(subjects.STREAM_DEFERRED, name)
+        return {"full": False}
+    except NotFoundError:
+        pass
+    info = await js.stream_info(subjects.STREAM_DEFERRED)
+    if (info.state.consumer_count or 0) >= MAX_DEFERRED_CONSUMERS:
+        return {"full": True}
+    await js.add_consumer(subjects.STREAM_DEFERRED, deferred_consumer(destination_id))
+    return {"full": False}
 
 
 def deferred_consumer(destination_id: str) -> ConsumerConfig:

@@ -5,9 +5,9 @@ away only what that service does: ingress's user can publish events but not read
 journal or ask for a session's secrets, the runner's can neither purge a stream nor
 change a consumer, and no service reads the replies sent to another (each has its own
 inbox prefix). Only the store creates and changes streams and consumers (``bus.
-ensure_streams``); the others wait for them (``bus.wait_streams``). The one exception: the
-dispatchers make the consumers of ``AK_DEFERRED``, one per destination with deferred events
-(``bus.deferred_consumer``), each of one destination's subject only.
+ensure_streams``, and the consumers of ``AK_DEFERRED``, one per destination with deferred
+events, when a dispatcher asks: ``bus.make_deferred_consumer``); the others wait for them
+(``bus.wait_streams``).
 
 ``authorization_block`` writes these users for a nats-server configuration: ``ak up``
 gives its embedded server one with generated passwords (``ensure_passwords``), and
@@ -65,7 +65,13 @@ CALLS: dict[str, frozenset[str]] = {
         }
     ),
     "dispatcher": frozenset(
-        {"dispatch.targets", "dispatch.note", "schedule.list", "session.states"}
+        {
+            "deferred.consumer",
+            "dispatch.targets",
+            "dispatch.note",
+            "schedule.list",
+            "session.states",
+        }
     ),
     "runner": frozenset(
         {
@@ -182,19 +188,26 @@ def _bootstrap() -> tuple[str, ...]:
 
 
 def _deferred_consumers() -> tuple[str, ...]:
-    """The dispatchers' consumers of ``AK_DEFERRED``, one per destination: making one,
-    looking at it, reading it; no other stream's consumers. The name may be any one token
-    (a permission cannot match part of one); the request's subject ends with the subject the
-    consumer reads (JetStream refuses a consumer whose filter differs from it), which the
-    permission limits to ``ak.deferred.<one token>``. NATS lets a literal wildcard token
-    through a ``*``, though: a leaked dispatcher password could make one consumer of all
-    destinations, after which no other can be made (see docs/security.md)."""
+    """The dispatchers' consumers of ``AK_DEFERRED``, one per destination: looking at one,
+    reading it, acking its events; no other stream's consumers. They are made by the store
+    (``deferred.consumer``), with a configuration of its own: a dispatcher's user that
+    could make or change one could give it any configuration (a push consumer delivering
+    to any subject, past its own publish permissions; a window of one event)."""
+    stream = subjects.STREAM_DEFERRED
+    return (
+        f"{API}.CONSUMER.INFO.{stream}.*",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.*.>",
+    )
+
+
+def _deferred_made() -> tuple[str, ...]:
+    """The store making a destination's consumer of ``AK_DEFERRED`` (any destination: a
+    permission cannot match part of a token), and looking at how many there are."""
     stream = subjects.STREAM_DEFERRED
     return (
         f"{API}.CONSUMER.CREATE.{stream}.*.{subjects.deferred_subject('*')}",
         f"{API}.CONSUMER.INFO.{stream}.*",
-        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
-        f"$JS.ACK.{stream}.*.>",
     )
 
 
@@ -307,6 +320,7 @@ def permissions(service: str) -> Permissions:
                 subjects.CHANGED,
                 subjects.SPANS,
                 *_bootstrap(),
+                *_deferred_made(),
             ),
             subscribe=(*_common(service), subjects.STORE_ALL, subjects.SPANS),
         )

@@ -135,6 +135,7 @@ _TABLE = (
     _internal("github.route", rq.GithubRoute, dict, _S, ""),
     _internal("slack.route", rq.SlackRoute, dict, _S, ""),
     _internal("dispatch.note", rq.DispatchNote, _NONE_T, _S, "event_id"),
+    _internal("deferred.consumer", rq.DeferredConsumer, dict, _S, ""),
     _internal("schedule.list", rq.Empty, list, _S, ""),
     _internal("event.store", rq.EventStore, _NONE_T, _S, "project_id"),
     _internal("subscription.create", rq.SubscriptionCreate, _NONE_T, _S, "project_id", _TARGETS),

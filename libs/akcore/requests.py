@@ -105,6 +105,11 @@ class WebhookLookup:
 
 
 @dataclass(frozen=True)
+class DeferredConsumer:
+    destination_id: str
+
+
+@dataclass(frozen=True)
 class DispatchTargets:
     trigger_id: str
 

@@ -1,8 +1,8 @@
 """Takes the events deferred to ``AK_DEFERRED`` back, per destination and in turns.
 
 Each destination (trigger or connection) with deferred events has a durable consumer of its
-own, ``deferred-<destination>`` (``bus.deferred_consumer``), which several dispatchers share
-and JetStream removes once no dispatcher has used it for ``bus.DEFERRED_IDLE`` seconds. A
+own, ``deferred-<destination>`` (``bus.deferred_consumer``, made by the store when asked),
+which several dispatchers share and JetStream removes once no dispatcher has used it for ``bus.DEFERRED_IDLE`` seconds. A
 dispatcher learns which destinations have deferred events from its own deferrals at once,
 and from the stream every ``LOOK_EVERY`` seconds (the events others deferred, or deferred
 before a restart); it takes their events back in turns (``rotation.Rotation``), so that one
@@ -15,13 +15,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 from typing import TYPE_CHECKING
 
 from akcore import bus, subjects, wire
+from akcore.errors import AKError
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.errors import NotFoundError
 
 from .rotation import Rotation
 
@@ -37,8 +36,7 @@ LOOK_EVERY = 2.0
 EXPIRES = 1.0
 # Destinations that join the turns per round at most (each costs a request or two).
 JOIN_PER_ROUND = 32
-# A destination id that can end a subject and a consumer's name (deferred only then).
-DESTINATION = re.compile(r"[A-Za-z0-9_-]{1,128}")
+DESTINATION = bus.DEFERRED_DESTINATION
 
 
 class TakeBack:
@@ -126,21 +124,19 @@ class TakeBack:
     async def _bind(self, key: str) -> bool | None:
         """Whether ``key`` joined the turns; None when it cannot for there are as many
         consumers as there may be."""
-        js = self.dispatcher.nc.jetstream()
         name = subjects.deferred_consumer(key)
         try:
-            try:
-                await js.consumer_info(subjects.STREAM_DEFERRED, name)
-            except NotFoundError:
-                if self._consumers >= bus.MAX_DEFERRED_CONSUMERS:
-                    return None
-                await js.add_consumer(subjects.STREAM_DEFERRED, bus.deferred_consumer(key))
-                self._consumers += 1
-                self._said_full = False  # (said again when it comes to the most again)
+            # made by the store (a dispatcher's user may not make or change consumers)
+            made = await bus.store_call(
+                self.dispatcher.nc, "deferred.consumer", {"destination_id": key}
+            )
+            if made.get("full"):
+                return None
+            self._said_full = False  # (said again when it comes to the most again)
             puller = await bus.Puller.of(
                 self.dispatcher.nc, subjects.STREAM_DEFERRED, name, EXPIRES, arrived=self.arrived
             )
-        except NatsError as e:  # away, or refused (a consumer of all of them still there)
+        except (NatsError, AKError) as e:  # away, or refused
             log.warning("deferred events of %s: not taken back yet (%s)", key, e)
             return False
         self._pullers[key] = puller

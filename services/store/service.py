@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from akcore import bus, ops, service, subjects, tracing, wire
+from akcore import requests as rq
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.errors import AKError, NotFound
@@ -170,17 +171,30 @@ def serve_ops(
 ) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
     """Answers the store's operations of ``akcore.ops``: each request parsed into its typed
     request once, here; an operation that changes what caches keep is announced on
-    ``ak.changed`` before it is answered, so caches forget before the caller goes on."""
+    ``ak.changed`` before it is answered, so caches forget before the caller goes on. Most
+    are the database's (``api.routes``, on its thread); a few are JetStream's (here)."""
     routes = api.routes()
+    js = nc.jetstream()
+
+    async def deferred_consumer(req: rq.DeferredConsumer) -> dict[str, bool]:
+        return await bus.make_deferred_consumer(js, req.destination_id)
+
+    streams: dict[str, Callable[[Any], Awaitable[Any]]] = {
+        "deferred.consumer": deferred_consumer,
+    }
     declared = ops.served_by(ops.Service.STORE)
-    if set(routes) != set(declared):
-        raise RuntimeError(f"store routes differ from akcore.ops: {set(routes) ^ set(declared)}")
+    if set(routes) | set(streams) != set(declared):
+        missing = (set(routes) | set(streams)) ^ set(declared)
+        raise RuntimeError(f"store routes differ from akcore.ops: {missing}")
 
     async def handle(name: str, args: dict[str, Any]) -> Any:
         op = declared.get(name)
         if op is None:
             raise NotFound(f"unknown store operation {name!r}")
-        result = await sql(routes[name], op.parse(args))
+        if name in streams:
+            result = await streams[name](op.parse(args))
+        else:
+            result = await sql(routes[name], op.parse(args))
         if not isinstance(result, op.reply):  # the store's bug, not the caller's
             raise AKError(f"{name} answered a {type(result).__name__}, not {op.reply.__name__}")
         if op.invalidates:

@@ -235,6 +235,12 @@ ATTACKS = [
     ("dispatcher", "publish", f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_JOBS}.runner"),
     ("dispatcher", "publish", subjects.store_subject("session.env")),
     ("dispatcher", "publish", JOURNAL_GET),
+    # nor makes or changes a consumer (a push consumer would deliver past its permissions)
+    (
+        "dispatcher",
+        "publish",
+        f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_DEFERRED}.deferred-x.ak.deferred.x",
+    ),
     # the store keeps the records but starts no session
     ("store", "publish", "ak.jobs.ses_x"),
     ("store", "publish", subjects.store_subject("var.get")),
