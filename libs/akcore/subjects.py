@@ -30,8 +30,9 @@ DEFERRED_ALL = f"{PREFIX}.deferred.>"
 # Durable consumer names.
 CONSUMER_DISPATCHER = "dispatcher"
 # AK_DEFERRED's consumers: one per destination with deferred events, made by the store when
-# a dispatcher asks (``deferred_consumer``). The single consumer of all of them that came before is deleted by
-# the store as it starts (a work queue refuses consumers whose subjects overlap).
+# a dispatcher asks (``deferred_consumer``). The single consumer of all of them that came
+# before is deleted by the store as it starts (a work queue refuses consumers whose
+# subjects overlap).
 CONSUMER_DEFERRED_PREFIX = "deferred-"
 CONSUMER_DISPATCHER_DEFERRED_RETIRED = "dispatcher-deferred"
 CONSUMER_RUNNER = "runner"
