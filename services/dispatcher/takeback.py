@@ -3,9 +3,9 @@
 Each destination (trigger or connection) with deferred events has a durable consumer of its
 own, ``deferred-<destination>`` (``bus.deferred_consumer``, made by the store when asked),
 which several dispatchers share and JetStream removes once no dispatcher has used it for
-``bus.DEFERRED_IDLE`` seconds. A dispatcher learns which destinations have deferred events from its own deferrals at once,
-and from the stream every ``LOOK_EVERY`` seconds (the events others deferred, or deferred
-before a restart); it takes their events back in turns (``rotation.Rotation``), so that one
+``bus.DEFERRED_IDLE`` seconds. A dispatcher learns which destinations have deferred
+events from its own deferrals at once, and from the stream every ``LOOK_EVERY`` seconds
+(the events others deferred, or deferred before a restart); it takes their events back in turns (``rotation.Rotation``), so that one
 destination's flood does not hold up another's deferred events.
 """
 
