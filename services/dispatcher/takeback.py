@@ -5,8 +5,9 @@ own, ``deferred-<destination>`` (``bus.deferred_consumer``, made by the store wh
 which several dispatchers share and JetStream removes once no dispatcher has used it for
 ``bus.DEFERRED_IDLE`` seconds. A dispatcher learns which destinations have deferred
 events from its own deferrals at once, and from the stream every ``LOOK_EVERY`` seconds
-(the events others deferred, or deferred before a restart); it takes their events back in turns (``rotation.Rotation``), so that one
-destination's flood does not hold up another's deferred events.
+(the events others deferred, or deferred before a restart); it takes their events back
+in turns (``rotation.Rotation``), so that one destination's flood does not hold up
+another's deferred events.
 """
 
 from __future__ import annotations
