@@ -102,8 +102,11 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
     beat = asyncio.create_task(lease.keep())
     try:
         outcome = await _attempt(host, msg, job, lease, limit)
-    except Exception:  # a consumer loop's one broad catch: the job comes back later
-        log.exception("session %s: attempt failed", job.session_id)
+    except Exception as e:  # a consumer loop's one broad catch: the job comes back later
+        if bus.may_pass(e):  # NATS or the store away (restarting): said without a traceback
+            log.warning("session %s: attempt failed, will retry: %s", job.session_id, e)
+        else:
+            log.exception("session %s: attempt failed", job.session_id)
         outcome = Outcome.RETRY
     finally:
         beat.cancel()

@@ -370,6 +370,7 @@ def _kill_group(pgid: int) -> None:
 # The largest blob a worker's message of each type carries (the SDK's own limits, with
 # room): one announcing more is refused before the runner reads it, so that a handler
 # writing to its pipe itself cannot make the runner hold MAX_FRAME (64 MiB) per worker.
+SMALL_HEADER = 8 * 1024  # parsed on the event loop; larger ones on a thread
 SMALL_BLOB = 64 * 1024
 PRINT_BLOB = 4 * MAX_PRINT + SMALL_BLOB  # (UTF-8: up to 4 bytes a character)
 RESULT_BLOB = MAX_PAYLOAD + SMALL_BLOB  # an activity's result or error, pickled
@@ -634,7 +635,8 @@ class WorkerProcess:
                     hlen, blen = split_sizes(bytes(buf[:HEADER_SIZE]))
                     end = HEADER_SIZE + hlen + blen
                     if len(buf) >= end:
-                        header = _checked(bytes(buf[HEADER_SIZE : HEADER_SIZE + hlen]), blen)
+                        head = bytes(buf[HEADER_SIZE : HEADER_SIZE + hlen])
+                        header = await self._header(head, blen)
                         blob = bytes(buf[HEADER_SIZE + hlen : end])
                         del buf[:end]
                         yield header, blob
@@ -643,7 +645,8 @@ class WorkerProcess:
                         start = HEADER_SIZE + hlen
                         if len(buf) < start:  # (a read may end inside the header, or before)
                             buf += await self._reader.readexactly(start - len(buf))
-                        header = _checked(bytes(buf[HEADER_SIZE:start]), blen)
+                        head = bytes(buf[HEADER_SIZE:start])
+                        header = await self._header(head, blen)
                         # held while the session handles it too (only the quick ones carry
                         # large blobs: a wait's step does not, see ``blob_limit``)
                         held = await READING.take(end - len(buf), owner)
@@ -665,6 +668,15 @@ class WorkerProcess:
             if not data:
                 return
             buf += data
+
+    @staticmethod
+    async def _header(head: bytes, blen: int) -> dict[str, Any]:
+        """A header parsed off the event loop: a megabyte of nested JSON takes ~0.1 s, which
+        every session of the runner would wait (a header of a few KiB, most, is parsed in
+        place)."""
+        if len(head) <= SMALL_HEADER:
+            return _checked(head, blen)
+        return await asyncio.to_thread(_checked, head, blen)
 
     async def _rest(self, n: int) -> bytes:
         """The rest of a large message, sent within ``LARGE_SEND_SECONDS``."""

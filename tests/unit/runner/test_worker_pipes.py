@@ -251,12 +251,14 @@ async def test_the_largest_messages_of_each_type_still_come() -> None:
     from autokitteh._channel import encode_frame
 
     frames = [
+        encode_frame({"type": "syscall", "args": {"v": [[]] * 100_000}}),  # (parsed on a thread)
         encode_frame({"type": "print", "n": 1}, b"p" * worker.PRINT_BLOB),
         encode_frame({"type": "step", "step": 1, "kind": "signal"}, b"s" * worker.VALUE_BLOB),
         encode_frame({"type": "done", "ok": True}, b"d" * worker.VALUE_BLOB),
     ]
     got = [(h["type"], len(b)) async for h, b in _reading(frames).frames()]
     assert got == [
+        ("syscall", 0),
         ("print", worker.PRINT_BLOB),
         ("step", worker.VALUE_BLOB),
         ("done", worker.VALUE_BLOB),
