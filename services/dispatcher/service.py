@@ -84,6 +84,7 @@ class Dispatcher:
                 verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
         started = []
         jobs = sessions_for(event, triggers, targets["deployments"], verdicts)
+        reached = [job.session_id for job in jobs]  # started now or by an earlier delivery
         # Dispatched before? Redelivered by JetStream, or a provider's redelivery published
         # again, or deferred (a dispatcher that stopped after deferring it and before its
         # ack dispatched it again): the store says which sessions exist.
@@ -106,10 +107,12 @@ class Dispatcher:
                 )
         await self.note(event, notes_of(triggers, subs, verdicts))
         if any(t.get("is_sync") for t in triggers):
-            # A sync webhook's request waits in ingress: did this event reach anything?
+            # A sync webhook's request waits in ingress: did this event reach anything? (Its
+            # sessions, also those an earlier delivery started: else a request answered by
+            # a redelivery would get a 502 while its session runs.)
             await self.nc.publish(
                 subjects.dispatched_subject(event.event_id),
-                wire.pack({"sessions": started, "signaled": len(deliveries)}),
+                wire.pack({"sessions": reached, "signaled": len(deliveries)}),
             )
         return started
 

@@ -4,6 +4,7 @@ filters are judged within their budget and leave notes on the event."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from ak_dispatcher.matching import sessions_for
@@ -189,3 +190,77 @@ async def test_a_redelivered_event_does_not_start_an_ended_session_again(
         got = await bus.store_call(nc, "session.get", {"session": job.session_id})
         assert got["state"] == wire.COMPLETED
         await nc.close()
+
+
+SYNC = """\
+version: v1
+project:
+  name: {name}
+  triggers:
+    - name: events
+      call: simple.py:greet
+      webhook: {{}}
+      is_sync: true
+"""
+
+
+async def test_a_sync_webhooks_event_dispatched_again_reports_its_session(
+    settings: Settings,
+) -> None:
+    """A sync webhook's request waits for its event's dispatch report: an event dispatched
+    a second time (a provider's redelivery, or after a dispatcher died before its ack)
+    reaches the session the first time started, and says so (it said no session: the
+    request got a 502 while its session ran)."""
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""}, SYNC)
+        event = wire.Event(
+            ids.new_id("evt"),
+            d["project_id"],
+            d["trigger"]["trigger_id"],
+            "post",
+            {},
+            {},
+            timefmt.now_us(),
+        )
+        reports: list[dict[str, object]] = []
+
+        async def on_report(msg: Any) -> None:
+            reports.append(wire.unpack(msg.data))
+
+        await nc.subscribe(subjects.dispatched_subject(event.event_id), cb=on_report)
+        subject = subjects.event_subject(event.project_id, event.event_id)
+        await js.publish(subject, wire.encode(event))
+        await eventually(_async(lambda: len(reports) == 1))
+        (sid,) = reports[0]["sessions"]  # type: ignore[misc]
+
+        # ... which ran meanwhile (here: ended at once), as the store knows
+        ended = wire.JournalRecord(sid, 2, wire.ENDED, timefmt.now_us(), {"state": wire.COMPLETED})
+        await bus.publisher(nc).publish(subjects.journal_subject(sid), wire.encode(ended))
+
+        async def known() -> bool:  # the store has it ended (it is asked again)
+            try:
+                got = await bus.store_call(nc, "session.get", {"session": sid})
+            except NotFound:
+                return False
+            return bool(got["state"] == wire.COMPLETED)
+
+        await eventually(known)
+        again = dataclasses.replace(event, memo={"redelivered": "yes"})
+        await js.publish(subject, wire.encode(again))
+        await eventually(_async(lambda: len(reports) == 2))
+        sessions = [r["sessions"] for r in reports]
+        assert len(sessions[0]) == 1 and sessions[1] == sessions[0]
+        assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 1  # one session
+        await nc.close()
+
+
+def _async(probe: Any) -> Any:
+    async def probed() -> bool:
+        return bool(probe())
+
+    return probed
