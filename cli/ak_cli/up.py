@@ -264,9 +264,7 @@ def _sandbox_note(http_addr: str) -> str:
             f"of their own{limits}"
         )
     first, last = settings.worker_uids
-    from ak_runner.sandbox import worker_env  # (what the runner will check: see there)
-
-    env = worker_env(dict(os.environ), settings.worker_env)
+    env = config.worker_env(dict(os.environ), settings.worker_env)
     folder, why = netfence.hidden(settings.worker_python, env)
     where = f"this host's Unix sockets in {netfence.HIDDEN}"
     sockets = f"{where} hidden" if folder else f"{where} SEEN by handlers: {why}"

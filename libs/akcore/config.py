@@ -316,3 +316,39 @@ def split_addr(addr: str) -> tuple[str, int]:
     if not port.isdigit():
         raise ValueError(f"invalid address {addr!r}: expected host:port")
     return (host or "0.0.0.0"), int(port)
+
+
+# What a handler may need of the runner's environment (locale, time zone, certificates,
+# proxies, the Python path); everything else stays with the runner.
+KEPT_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",  # a sandboxed worker cannot write there: files go to TMPDIR (tempfile)
+        "TMPDIR",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "PYTHONPATH",
+        "PYTHONUTF8",
+        "PYTHONIOENCODING",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+
+
+def worker_env(environ: dict[str, str], also: tuple[str, ...]) -> dict[str, str]:
+    """The environment a worker starts with: ``KEPT_ENV``, ``LC_*`` and the names the
+    operator listed in ``also`` (AK_RUNNER__WORKER_ENV), never one of the system's own."""
+    env = {k: v for k, v in environ.items() if k in KEPT_ENV or k.startswith("LC_")}
+    allowed = (k for k in also if k in environ and not k.startswith(INTERNAL_ENV_PREFIXES))
+    env.update((k, environ[k]) for k in allowed)
+    return env

@@ -125,6 +125,8 @@ class Runtime:
 
     def on_print(self, text: str) -> bool:
         """Sends a print to the runner; False when it is a replayed print not to be repeated."""
+        if _runtime is not self:  # a forked child's: printed plainly (to its stderr)
+            return True
         body = text.removesuffix("\n")  # the end print() adds is not the user's text
         kept, cut = cut_print(body)
         blob = (kept + text[len(body) :]).encode("utf-8", "replace")  # (lone surrogates)
@@ -269,6 +271,10 @@ class Runtime:
                 value, ok = e, False
             finally:
                 self._local.in_activity = False
+            if _runtime is not self:  # (the child of an os.fork() this activity made)
+                if not ok:
+                    raise value
+                return value
             self._record(step, fn, args, kwargs, ok, value, t0)
         if not ok:
             raise value
@@ -305,6 +311,10 @@ class Runtime:
                 value, ok = e, False
             finally:
                 self._local.in_activity = False
+            if _runtime is not self:  # (the child of an os.fork() this activity made)
+                if not ok:
+                    raise value
+                return value
             self._record(step, fn, args, kwargs, ok, value, t0)
         if not ok:
             raise value
@@ -378,6 +388,21 @@ def _run_coroutine(coro: Any) -> Any:
 
 
 _runtime: Runtime | None = None
+forked = False  # this process was forked from a session's worker (``_after_fork_in_child``)
+
+
+def _after_fork_in_child() -> None:
+    """A process forked from a session's worker (``os.fork``, ``multiprocessing``) runs
+    outside the session: its calls run plainly, its prints go to its stderr, and system
+    calls say they cannot (the worker's pipes are the worker's: a step of the child's
+    would be a second answer to the worker's, and end the session as a malformed one)."""
+    global _runtime, forked
+    if _runtime is not None:
+        _runtime, forked = None, True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def install(rt: Runtime | None) -> None:

@@ -43,12 +43,17 @@ def _where() -> str:
 
 def _call(name: str, args: dict[str, Any], blob: bytes = b"") -> Any:
     rt = _runtime._runtime
-    assert rt is not None
+    if rt is None:
+        raise AutoKittehError(
+            f"autokitteh.{name}: only a session's own process can do this; this one is not "
+            "(a process forked from the session's, or code run outside a session)"
+        )
     return rt.syscall(name, args, blob, _where())
 
 
 def _inside() -> bool:
-    return _runtime._runtime is not None
+    """In a session (or in a process forked from one, where ``_call`` says it cannot)."""
+    return _runtime._runtime is not None or _runtime.forked
 
 
 def _seconds(timeout: timedelta | int | float | None) -> float | None:

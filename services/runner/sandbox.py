@@ -11,7 +11,7 @@ on itself before the handler runs; the memory watch holds all its processes and 
 memory together to the memory limit. A runner that is not root cannot switch users: its
 workers run as it does, with the same limits and environment rules.
 
-Every worker, sandboxed or not, gets only a minimal environment (``worker_env``): no NATS
+Every worker, sandboxed or not, gets only a minimal environment (``akcore.config.worker_env``): no NATS
 address, no database DSN, no key, no ``AK_*`` setting. The project's variables come in
 its start frame.
 """
@@ -35,48 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from akcore.config import INTERNAL_ENV_PREFIXES, private_dir
+from akcore.config import private_dir
 from autokitteh import _hide
 
 log = logging.getLogger(__name__)
 
-# What a handler may need of the runner's environment (locale, time zone, certificates,
-# proxies, the Python path); everything else stays with the runner.
-KEPT_ENV = frozenset(
-    {
-        "PATH",
-        "HOME",  # a sandboxed worker cannot write there: files go to TMPDIR (tempfile)
-        "TMPDIR",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TERM",
-        "PYTHONPATH",
-        "PYTHONUTF8",
-        "PYTHONIOENCODING",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-    }
-)
 # Entries of the data home that workers read (Python environments, unpacked builds).
 WORKER_DIRS = frozenset({"venv", "venvs", "runner"})
 KILL_ROUNDS = 50  # scans of /proc; each kills what it finds, so a fork loop runs out of them
-
-
-def worker_env(environ: dict[str, str], also: tuple[str, ...]) -> dict[str, str]:
-    """The environment a worker starts with: ``KEPT_ENV``, ``LC_*`` and the names the
-    operator listed in ``also`` (AK_RUNNER__WORKER_ENV), never one of the system's own."""
-    env = {k: v for k, v in environ.items() if k in KEPT_ENV or k.startswith("LC_")}
-    allowed = (k for k in also if k in environ and not k.startswith(INTERNAL_ENV_PREFIXES))
-    env.update((k, environ[k]) for k in allowed)
-    return env
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from akcore import bus, config, journal, netfence, ops, sdkdist, service, subjec
 from akcore import requests as rq
 from akcore.cache import StoreCache
 from akcore.chunks import Chunker
-from akcore.config import Settings
+from akcore.config import Settings, worker_env
 from akcore.datakey import Keyring
 from akcore.errors import AKError, NotFound
 from akcore.journalio import JournalWriter, Limits, last_seq, read_journal
@@ -29,7 +29,7 @@ from .inbox import InboxWatch
 from .lease import Lease
 from .parking import Parking
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
-from .sandbox import UserIds, WorkerLimits, is_root, lock_dir, seal_data_home, worker_env
+from .sandbox import UserIds, WorkerLimits, is_root, lock_dir, seal_data_home
 from .session import Host, Outcome, SessionRun, after_end, parked_entry
 from .worker import WorkerPool
 

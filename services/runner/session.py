@@ -117,7 +117,7 @@ class Host:
     env_cache: StoreCache  # each project's vars (`session.env`)
     inboxes: InboxWatch  # the inboxes of the sessions running here
     js: JetStreamContext
-    worker_env: dict[str, str]  # what of ours workers get (sandbox.worker_env)
+    worker_env: dict[str, str]  # what of ours workers get (config.worker_env)
     keys: Keyring  # seals and unseals the journal
     faults: Faults = field(default_factory=lambda: Faults([]))
     journal_limits: Limits = field(default_factory=Limits)

@@ -213,6 +213,24 @@ def odd_errors(event):
 def whole(event):
     print("whole", random.random() < 2)
     return 5
+
+
+def forks(event):
+    import os
+
+    print("before", random.random() < 2)
+    pid = os.fork()  # (an activity, which returns in two processes)
+    if pid == 0:  # the child: outside the session
+        print("in the child")  # (to the worker's stderr, not the session's prints)
+        try:
+            autokitteh.set_value("k", 1)
+            code = 3
+        except autokitteh.AutoKittehError as e:
+            code = 7 if "only a session's own process" in str(e) else 5
+        os._exit(code if random.random() < 2 else 4)  # (a call that runs plainly)
+    _, status = os.waitpid(pid, 0)
+    print("child exited", os.waitstatus_to_exitcode(status))
+    print("after", random.random() < 2)
 """
 
 NAMES = ["crash_in_sleep", "crash_between", "crash_inside", "changes", "crash_late"]
@@ -237,6 +255,7 @@ CASE_NAMES = [
     "sleeper",
     "whole",
     "odd_errors",
+    "forks",
 ]
 
 
@@ -440,3 +459,14 @@ def test_unrestorable_exception_and_oversized_result(
     assert session["error"].startswith(
         "error: the result of activity 'huge' is 2097161 bytes, larger than the 1048576 byte limit"
     )
+
+
+def test_a_forked_child_runs_outside_the_session(env: tuple[Stack, dict[str, str], Path]) -> None:
+    """``os.fork()`` in a durable handler returns in two processes: the child runs plainly,
+    outside the session (its system calls say they cannot; its steps and prints are not
+    the session's), and the session goes on in the parent (the child's answer to the fork
+    step ended the session as a malformed message)."""
+    session, prints, log = _run(env[0], env[1]["forks"])
+    assert session["state"] == "COMPLETED", session
+    assert prints == ["before True", "child exited 7", "after True"]
+    assert _calls(log) == ["random", "fork", "waitpid", "waitstatus_to_exitcode", "random"]

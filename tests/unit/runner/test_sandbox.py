@@ -28,8 +28,8 @@ from ak_runner.sandbox import (
     kill_user,
     open_way_to,
     seal_data_home,
-    worker_env,
 )
+from akcore.config import worker_env
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 
