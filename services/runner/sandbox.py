@@ -11,8 +11,9 @@ on itself before the handler runs; the memory watch holds all its processes and 
 memory together to the memory limit. A runner that is not root cannot switch users: its
 workers run as it does, with the same limits and environment rules.
 
-Every worker, sandboxed or not, gets only a minimal environment (``akcore.config.worker_env``): no NATS
-address, no database DSN, no key, no ``AK_*`` setting. The project's variables come in
+Every worker, sandboxed or not, gets only a minimal environment
+(``akcore.config.worker_env``): no NATS address, no database DSN, no key, no ``AK_*``
+setting. The project's variables come in
 its start frame.
 """
 
