@@ -262,8 +262,6 @@ def permissions(service: str) -> Permissions:
                 subjects.DEFERRED_ALL,
                 *_deferred_consumers(),
                 *_get(subjects.STREAM_DEFERRED),
-                # a copy stored by asking whether a redelivered event was deferred before
-                f"{API}.STREAM.MSG.DELETE.{subjects.STREAM_DEFERRED}",
                 *new_session,
                 subjects.INBOX_ALL,
                 subjects.dispatched_subject("*"),

@@ -70,12 +70,20 @@ class Dispatcher:
         filters = filters_of(event, triggers, subs)
         verdicts: dict[str, cel.Verdict] = {}
         if filters:  # most events have none, and pay nothing for the evaluators
+            # Deferred when its filters cannot wait here now, and whenever it comes again:
+            # a dispatcher that stopped after its copy was stored and before it acked it
+            # left it in AK_DEFERRED, where it is judged in its turn, and judged here too its
+            # deliveries to waiting sessions would come twice (further apart than the
+            # duplicate window). Deferring it again is safe either way: JetStream drops the
+            # copy as a duplicate if the first is there (or was, and was judged).
             redelivered = (msg.metadata.num_delivered or 1) > 1
-            if not deferred and redelivered and await self.deferred_before(msg, event):
-                return []  # (judged from AK_DEFERRED, or being)
             if (
                 not deferred
-                and (event.event_id in self.maybe_deferred or not await self.admits(key))
+                and (
+                    redelivered
+                    or event.event_id in self.maybe_deferred
+                    or not await self.admits(key)
+                )
                 and await self.defer(msg, event)
             ):
                 return []
@@ -131,30 +139,6 @@ class Dispatcher:
             except NatsError as e:  # asked again at the next look
                 log.debug("looking for deferred events of %s: %s", key, e)
         return self.admission.admits(key)
-
-    async def deferred_before(self, msg: Msg, event: wire.Event) -> bool:
-        """Whether a redelivered event was deferred already: a dispatcher that stopped after
-        its copy was stored and before it acked the event leaves it in ``AK_DEFERRED``,
-        where it is judged in its turn; judged here too, its deliveries to waiting sessions
-        would come twice (further apart than JetStream's duplicate window). Publishing the
-        copy again tells: JetStream answers "duplicate" for an id it stored within the
-        window (taken back since, it was judged there). A copy stored by this asking is
-        removed again, and the event is judged here."""
-        key = event.destination_id
-        if not self.deferring or not DESTINATION.fullmatch(key):
-            return False
-        headers = tracing.inject({subjects.HDR_MSG_ID: event.event_id})
-        ack = await bus.publisher(self.nc).publish(
-            subjects.deferred_subject(key), msg.data, headers=headers
-        )  # (a failure: the event is tried again, and asked again)
-        if ack.get("duplicate"):
-            log.info("event %s: deferred before it came again; judged from there", event.event_id)
-            return True
-        try:
-            await self.nc.jetstream().delete_msg(subjects.STREAM_DEFERRED, int(ack["seq"]))
-        except NotFoundError:  # taken back already by a dispatcher: judged there
-            return True
-        return False
 
     async def defer(self, msg: Msg, event: wire.Event) -> bool:
         """Copies the event to ``AK_DEFERRED``, from which it is judged once the events of

@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -960,10 +961,11 @@ class SessionRun:
     ) -> tuple[dict[str, Any], bytes, int | None]:
         reply: dict[str, Any] = {"type": "syscall"}
         pause = 0.5
+        key = f"step-{step}" if step is not None else uuid.uuid4().hex  # (every try's)
         with self.tel.span(name, attributes={"ak.step": step or 0}) as span:
             while True:
                 try:
-                    result, inbox_seq = await self.syscalls.call(name, args, blob, step)
+                    result, inbox_seq = await self.syscalls.call(name, args, blob, step, key)
                     rblob = pickle.dumps(result) if result is not None else b""
                 except SyscallError as e:
                     reply["error"], rblob, inbox_seq = str(e), b"", None

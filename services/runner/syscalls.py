@@ -60,15 +60,20 @@ class Syscalls:
         self._values: Values | None = None
         self.subscribed = False  # its subscriptions are removed when the session ends
         self._own: set[str] = {job.session_id}  # sessions known to be of the same project
+        self.key = ""  # the call being served's (see ``call``)
 
     async def call(
-        self, name: str, args: dict[str, Any], blob: bytes, step: int | None
+        self, name: str, args: dict[str, Any], blob: bytes, step: int | None, key: str = ""
     ) -> tuple[Any, int | None]:
         """Serves system call ``name`` (``step``: its durable step, None outside one).
-        Arguments of the wrong type are the handler's error, not the runner's."""
+        Arguments of the wrong type are the handler's error, not the runner's. ``key``:
+        the same for every try of one call (``Session._serve`` tries again while the store
+        is away), so that what a try makes (a subscription) is made once whichever try the
+        store carries out."""
         handler = _TABLE.get(name)
         if handler is None:
             raise SyscallError(f"unknown system call {name!r}")
+        self.key = key or uuid.uuid4().hex
         try:
             return await handler(self, args, blob, step)
         except Unavailable:  # the store away: the call waits for it (``Session._serve``)
@@ -102,7 +107,7 @@ class Syscalls:
         problem = await asyncio.to_thread(_filter_problem, flt)
         if problem:
             raise SyscallError(problem)
-        sub_id = str(uuid.uuid4())
+        sub_id = str(uuid.uuid5(_SUBSCRIPTIONS, f"{self.job.session_id}/{self.key}"))
         self.subscribed = True
         await bus.store_call(
             self.nc,
@@ -362,6 +367,8 @@ class Syscalls:
 Handler = Callable[[Syscalls, dict[str, Any], bytes, int | None], Awaitable[tuple[Any, int | None]]]
 
 # Every system call a worker may ask for, by the name the SDK and the journal give it.
+_SUBSCRIPTIONS = uuid.UUID("6b3f6c2e-3b8e-4f55-9d54-5d2a4b1c7e01")  # (uuid5's namespace)
+
 _TABLE: dict[str, Handler] = {
     Kind.SUBSCRIBE: Syscalls._subscribe,
     Kind.UNSUBSCRIBE: Syscalls._unsubscribe,

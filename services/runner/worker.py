@@ -383,9 +383,12 @@ def blob_limit(header: dict[str, Any]) -> int:
         return PRINT_BLOB
     if kind == "activity":
         return RESULT_BLOB
-    if kind in ("done", "syscall") or (kind == "step" and header.get("kind") == "signal"):
+    signal = (kind == "step" and header.get("kind") == "signal") or (
+        kind == "syscall" and header.get("name") == "signal"
+    )  # (a signal's payload: the one system call that carries a blob)
+    if kind == "done" or signal:
         return VALUE_BLOB
-    return SMALL_BLOB  # (a wait's step among them: nothing big held while it waits)
+    return SMALL_BLOB  # (a wait among them: nothing big is held while it waits)
 
 
 def _checked(head: bytes, blen: int) -> dict[str, Any]:

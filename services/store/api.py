@@ -685,7 +685,11 @@ class StoreApi:
             insert_new(conn, DispatchNote.__table__, rows)  # type: ignore[attr-defined]
 
     def subscription_create(self, req: rq.SubscriptionCreate) -> None:
+        """Keeps a session's subscription; one with its id kept already (an earlier try of
+        the same call, answered late) stays as it is."""
         with DB(self.engine) as db:
+            if db.get(Subscription, req.subscription_id) is not None:
+                return
             db.add(
                 Subscription(
                     subscription_id=req.subscription_id,
@@ -696,7 +700,10 @@ class StoreApi:
                     created_us=timefmt.now_us(),
                 )
             )
-            db.commit()
+            try:
+                db.commit()
+            except IntegrityError:  # (the other try, kept by another store at that moment)
+                db.rollback()
 
     def subscription_delete(self, req: rq.SubscriptionDelete) -> None:
         """Deletes every subscription of ``session_id``, or only ``subscription_id`` of it (a

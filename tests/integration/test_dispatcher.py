@@ -264,3 +264,40 @@ def _async(probe: Any) -> Any:
         return bool(probe())
 
     return probed
+
+
+async def test_a_subscription_made_again_is_kept_once(settings: Settings) -> None:
+    """A session's `subscribe` tried again while the store was away (the earlier try
+    carried out late) makes the same subscription, once: each event reaches the session
+    once (a second row got a second copy of every event into its inbox, unread)."""
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
+        args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
+        for _ in range(2):  # the same call's two tries: one subscription id
+            await bus.store_call(
+                nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": ""}
+            )
+        await bus.store_call(
+            nc, "subscription.create", {**args, "subscription_id": "sub-2", "filter": ""}
+        )
+        event = wire.Event(
+            ids.new_id("evt"), d["project_id"], trigger_id, "get", {}, {}, timefmt.now_us()
+        )
+        await js.publish(
+            subjects.event_subject(event.project_id, event.event_id), wire.encode(event)
+        )
+
+        async def delivered() -> int | None:
+            info = await js.stream_info(subjects.STREAM_INBOX, subjects_filter=subjects.INBOX_ALL)
+            return (info.state.subjects or {}).get(subjects.inbox_subject(sid))
+
+        assert await eventually(delivered, timeout=30) == 2  # sub-1 once, sub-2 once
+        await eventually(lambda: _acked(js, 1), timeout=30)
+        assert await delivered() == 2
+        await nc.close()

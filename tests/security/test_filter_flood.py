@@ -22,6 +22,7 @@ from ak_dispatcher.service import run as run_dispatcher
 from ak_store.service import run as run_store
 from akcore import bus, cel, ids, subjects, timefmt, wire
 from akcore.config import Settings
+from akcore.errors import Unavailable
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from tests.integration.conftest import running
@@ -492,5 +493,56 @@ async def test_an_event_deferred_by_a_dispatcher_that_stopped_is_judged_once(
             await eventually(lambda: _settled(js), timeout=30)
             assert judged == [ev.event_id]  # once
             assert await _started(js, 1) == [ev.event_id]
+        finally:
+            await nc.close()
+
+
+async def test_an_event_that_comes_again_is_not_lost_when_the_store_is_away(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event of a filtered trigger comes again (its first delivery naked), then the store
+    does not answer once as its sessions are made. (A review: when a redelivered event's
+    copy was stored to ask and deleted again, JetStream kept its id for its duplicate
+    window, and the next delivery was told "deferred before" with no copy there: acked,
+    never judged.) It starts its session."""
+    from ak_dispatcher import service as svc
+
+    dispatch = svc.Dispatcher.dispatch
+    victim: set[str] = set()
+
+    async def first_delivery_lost(self: Any, msg: Any, event: wire.Event, *a: Any) -> Any:
+        if event.event_id in victim and (msg.metadata.num_delivered or 1) == 1:
+            raise TimeoutError("stopped before acking it")
+        return await dispatch(self, msg, event, *a)
+
+    real = svc.not_started
+    failed: list[int] = []
+
+    async def store_away_once(nc: Any, jobs: list[Any]) -> Any:
+        if any(j.event_id in victim for j in jobs) and not failed:
+            failed.append(1)
+            raise Unavailable("store did not answer 'session.states' within 10 s")
+        return await real(nc, jobs)
+
+    monkeypatch.setattr(svc.Dispatcher, "dispatch", first_delivery_lost)
+    monkeypatch.setattr(svc, "not_started", store_away_once)
+    async with (
+        running(run_store, settings, "store"),
+        running(run_dispatcher, settings, "dispatcher"),
+    ):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        try:
+            filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
+            ev = _event(filtered, 1)
+            victim.add(ev.event_id)
+            await bus.publisher(nc).publish(
+                subjects.event_subject(ev.project_id, ev.event_id),
+                wire.encode(ev),
+                headers={subjects.HDR_MSG_ID: ev.event_id},
+            )
+            await eventually(_async(lambda: bool(failed)), timeout=30)
+            assert await _started(js, 1, timeout=30) == [ev.event_id]
+            await eventually(lambda: _settled(js), timeout=30)
         finally:
             await nc.close()

@@ -226,6 +226,9 @@ async def test_a_large_frame_comes_whole_wherever_a_read_ends_in_its_header() ->
         ({"type": "activity", "step": 1}, worker.RESULT_BLOB + 1),
         ({"type": "step", "step": 1, "kind": "next_event"}, worker.SMALL_BLOB + 1),
         ({"type": "done", "ok": True}, worker.VALUE_BLOB + 1),
+        # a wait holds what it carries while it waits: only a signal carries a payload
+        ({"type": "syscall", "name": "next_signal", "args": {}}, worker.SMALL_BLOB + 1),
+        ({"type": "syscall", "name": "signal", "args": {}}, worker.VALUE_BLOB + 1),
         ({"type": "forged"}, worker.SMALL_BLOB + 1),
     ],
 )
@@ -254,6 +257,7 @@ async def test_the_largest_messages_of_each_type_still_come() -> None:
         encode_frame({"type": "syscall", "args": {"v": [[]] * 100_000}}),  # (parsed on a thread)
         encode_frame({"type": "print", "n": 1}, b"p" * worker.PRINT_BLOB),
         encode_frame({"type": "step", "step": 1, "kind": "signal"}, b"s" * worker.VALUE_BLOB),
+        encode_frame({"type": "syscall", "name": "signal"}, b"s" * worker.VALUE_BLOB),
         encode_frame({"type": "done", "ok": True}, b"d" * worker.VALUE_BLOB),
     ]
     got = [(h["type"], len(b)) async for h, b in _reading(frames).frames()]
@@ -261,6 +265,7 @@ async def test_the_largest_messages_of_each_type_still_come() -> None:
         ("syscall", 0),
         ("print", worker.PRINT_BLOB),
         ("step", worker.VALUE_BLOB),
+        ("syscall", worker.VALUE_BLOB),
         ("done", worker.VALUE_BLOB),
     ]
     assert worker.READING.free == worker.READING.total  # all given back
