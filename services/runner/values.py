@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,6 @@ from nats.js.errors import (
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 
 MAX_KEYS = 64
@@ -39,13 +39,24 @@ class Values:
         return seal(self.keyring, k, encode(value, published))
 
     async def keys(self) -> list[str]:
-        # nats-py 2.16's keys(filters=...) found nothing here, so filter on our side.
-        try:
-            raw = await self.kv.keys()
-        except NoKeysError:
-            return []
-        prefix = f"{self.project_id}."
-        return sorted(user_key(k) for k in raw if k.startswith(prefix))
+        """The project's keys: the subjects of its values in the bucket's stream (asked of
+        the server, its project's alone), less those whose last word is a delete. (nats-py's
+        ``kv.keys()`` watches the whole bucket through a consumer and, under load, could
+        answer before it had read anything: no keys while 64 were there, so the limit
+        could be passed too.)"""
+        js, stream, pre = self.kv._js, self.kv._stream, self.kv._pre
+        info = await js.stream_info(stream, subjects_filter=f"{pre}{self.project_id}.>")
+        found = [subject.removeprefix(pre) for subject in info.state.subjects or {}]
+
+        async def live(k: str) -> bool:
+            try:
+                await self.kv.get(k)
+            except (KeyNotFoundError, KeyDeletedError):
+                return False
+            return True
+
+        alive = await asyncio.gather(*(live(k) for k in found))
+        return sorted(user_key(k) for k, ok in zip(found, alive, strict=True) if ok)
 
     async def _mutate(self, key: str, change: Callable[[Any], tuple[Any, Any]]) -> Any:
         """Applies ``change(current) -> (new or _KEEP/_DELETE, result)`` atomically."""
