@@ -117,10 +117,13 @@ class TakeBack:
             if key in self.rotation or not DESTINATION.fullmatch(key):
                 continue
             tried += 1
-            if self.rotation.full or await self._bind(key) is None:  # at the most
+            joined = None if self.rotation.full else await self._bind(key)
+            if joined is None:  # at the most
                 self._at_the_most(len(self.rotation) if self.rotation.full else self._consumers)
                 self._wanted.clear()
                 self._seen = []
+            elif not joined:  # the store or NATS away: the others at a later look (each
+                return  # asked now would wait for it, holding up the turns of the rest)
 
     async def _bind(self, key: str) -> bool | None:
         """Whether ``key`` joined the turns; None when it cannot for there are as many
@@ -129,7 +132,7 @@ class TakeBack:
         try:
             # made by the store (a dispatcher's user may not make or change consumers)
             made = await bus.store_call(
-                self.dispatcher.nc, "deferred.consumer", {"destination_id": key}
+                self.dispatcher.nc, "deferred.consumer", {"destination_id": key}, timeout=2.0
             )
             if made.get("full"):
                 return None
