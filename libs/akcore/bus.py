@@ -144,8 +144,8 @@ CONSUMERS = {
 # the events it held stay in the stream and are taken back by those.
 RETIRED_CONSUMERS = natsauth.RETIRED_DURABLES
 
-# The consumers of AK_DEFERRED, one per destination with deferred events (the dispatchers
-# make them as they find such a destination): how many of its events JetStream hands out
+# The consumers of AK_DEFERRED, one per destination with deferred events (the store makes
+# them when a dispatcher finds such a destination): how many of its events JetStream hands out
 # at once, across all dispatchers, and how long one no dispatcher asks for events (nor
 # holds one) lives on before JetStream removes it.
 DEFERRED_SHARE = 8

@@ -50,7 +50,7 @@ REGISTRY = Path("/run/autokitteh/fence")  # the ports each process of a range le
 
 
 # Where this host's services keep their Unix sockets (Debian: PostgreSQL, MySQL, D-Bus,
-# Docker; /var/run points there): sandboxed workers do not see it (``hidden_dir``).
+# Docker; /var/run points there): sandboxed workers do not see it (``hidden``).
 HIDDEN = "/run"
 _CAP_SYS_ADMIN = 21
 
@@ -187,7 +187,7 @@ def _live_ports(folder: Path) -> tuple[int, ...]:
     (and whatever else is there is passed over: only root writes in the folder)."""
     ports: set[int] = set()
     for _, text in _registered(folder):
-        for p in text.split(" ", 1)[0].split(","):  # (what follows a space is no port)
+        for p in text.split(","):
             if p.isascii() and p.isdigit() and 0 < int(p[:6]) < 65536:
                 ports.add(int(p))
     return tuple(sorted(ports))
@@ -210,11 +210,12 @@ def _registered(folder: Path) -> list[tuple[int, str]]:
             continue
         try:
             text = (folder / name).read_bytes()[:4096].decode("ascii", "replace")
-            started = (folder / f"{name}{STARTED}").read_bytes()[:64].decode("ascii", "replace")
-        except FileNotFoundError:
-            started = ""  # an entry of older code: its process id alone
-        except OSError:
+        except OSError:  # (gone meanwhile: another process's take_down)
             continue
+        try:
+            started = (folder / f"{name}{STARTED}").read_bytes()[:64].decode("ascii", "replace")
+        except OSError:
+            started = ""  # an entry of older code: its process id alone
         pid = int(name)
         now = _started(pid)  # "" when not running (gone, or a zombie)
         if not now or (started.strip() and started.strip() != now):

@@ -10,7 +10,6 @@ import os
 _CLONE_NEWNS = 0x20000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_SLAVE = 32, 4096, 16384, 1 << 19
-done = False  # whether this process (a fork server's workers: their parent) hid a directory
 
 
 def hide(folder: str, keep: str = "/etc/resolv.conf") -> None:
@@ -24,7 +23,6 @@ def hide(folder: str, keep: str = "/etc/resolv.conf") -> None:
     a new file renamed over the old one is seen. Runs as root (CAP_SYS_ADMIN), before the
     process becomes its user; raises OSError when it cannot (the runner checked that it
     could: the worker must not run without it)."""
-    global done
     libc = ctypes.CDLL(None, use_errno=True)
     links, kept = way_into(folder, keep)
     kept_fd = -1
@@ -58,7 +56,6 @@ def hide(folder: str, keep: str = "/etc/resolv.conf") -> None:
         os.umask(umask)
         if kept_fd >= 0:
             os.close(kept_fd)
-    done = True
 
 
 def way_into(folder: str, keep: str) -> tuple[list[tuple[str, str]], str]:

@@ -377,7 +377,7 @@ def sandboxed(uid: int, venv: str, memory_mb: int, processes: int, hidden: str =
     """What a worker started by a root runner does before anything of its environment
     runs: it stops seeing ``hidden`` (see ``hide``), becomes its user, takes its limits,
     then opens its packages."""
-    if hidden and not _hide.done:
+    if hidden:  # (a fork server hid it once, for all its workers: it passes none)
         _hide.hide(hidden)
     become_user(uid)
     confine({"memory_mb": memory_mb, "processes": processes})

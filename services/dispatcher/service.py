@@ -49,7 +49,6 @@ class Dispatcher:
         self.nc, self.tel, self.targets, self.evaluators = nc, tel, targets, evaluators
         self.admission = Admission()
         self.deferring = False  # AK_DEFERRED is there (see ``_take_back``)
-        self.maybe_deferred: set[str] = set()  # events whose copy's publish went unanswered
         # told of each destination deferred (``TakeBack.deferred``: it takes turns at once)
         self.on_deferred: Callable[[str], None] = lambda key: None
 
@@ -79,11 +78,7 @@ class Dispatcher:
             redelivered = (msg.metadata.num_delivered or 1) > 1
             if (
                 not deferred
-                and (
-                    redelivered
-                    or event.event_id in self.maybe_deferred
-                    or not await self.admits(key)
-                )
+                and (redelivered or not await self.admits(key))
                 and await self.defer(msg, event)
             ):
                 return []
@@ -165,14 +160,11 @@ class Dispatcher:
             # duplicate if the copy was stored).
             log.warning("event %s: deferring it timed out (%s); trying again", event.event_id, e)
             self.admission.taken_back(key)
-            self.maybe_deferred.add(event.event_id)
             raise
         except NatsError as e:  # full, or away: judged late rather than not
             log.warning("event %s: not deferred (%s); judging it here", event.event_id, e)
             self.admission.taken_back(key)
-            self.maybe_deferred.discard(event.event_id)
             return False
-        self.maybe_deferred.discard(event.event_id)
         self.on_deferred(key)
         # write-ahead: kept on AK_DEFERRED before the caller acks it on AK_EVENTS (a copy
         # there already, a duplicate, is as good: the event was deferred before)

@@ -13,8 +13,7 @@ workers run as it does, with the same limits and environment rules.
 
 Every worker, sandboxed or not, gets only a minimal environment
 (``akcore.config.worker_env``): no NATS address, no database DSN, no key, no ``AK_*``
-setting. The project's variables come in
-its start frame.
+setting. The project's variables come in its start frame.
 """
 
 from __future__ import annotations
@@ -52,9 +51,8 @@ class WorkerLimits:
 
     memory_mb: int = 0  # its address space (RLIMIT_AS); 0 = no limit
     processes: int = 0  # processes of its user (RLIMIT_NPROC), only with a user of its own
-    hidden: str = (
-        ""  # a directory it does not see (``netfence.hidden``), only with a user of its own
-    )
+    # a directory it does not see (``netfence.hidden``), only with a user of its own
+    hidden: str = ""
 
     def frame(self) -> dict[str, Any]:
         return {"memory_mb": self.memory_mb, "processes": self.processes}
