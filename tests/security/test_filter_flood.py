@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +43,42 @@ def settings(nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return Settings(nats_url=nats_url, http_addr="127.0.0.1:0", db_dsn=db)
 
 
-async def test_a_flooded_filter_holds_up_no_other_project(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The flooded trigger's filter does not decide until the test lets it (a filter stuck
-    # in its evaluator); other filters are judged as usual.
-    let_go = asyncio.Event()
-    stuck: set[str] = set()
+@dataclasses.dataclass
+class Judging:
+    """The evaluators' judging as a test holds it: the events of the ``stuck`` destinations
+    (of every one, with ``everything``) wait until ``let_go``, as filters stuck in their
+    evaluators; ``judged`` lists the events judged, in order."""
+
+    let_go: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    stuck: set[str] = dataclasses.field(default_factory=set)
+    everything: bool = False
+    judged: list[str] = dataclasses.field(default_factory=list)
+
+
+@pytest.fixture
+def judging(monkeypatch: pytest.MonkeyPatch) -> Iterator[Judging]:
+    j = Judging()
     judge = Evaluators.judge
 
     async def held(
         self: Evaluators, event: bytes, filters: list[str], key: str = ""
     ) -> list[cel.Verdict]:
-        if key in stuck:
-            await let_go.wait()
+        if j.everything or key in j.stuck:
+            await j.let_go.wait()
+        j.judged.append(wire.decode(wire.Event, event).event_id)
         return await judge(self, event, filters, key)
 
     monkeypatch.setattr(Evaluators, "judge", held)
+    yield j
+    j.let_go.set()  # (a failed test's dispatcher stops)
+
+
+async def test_a_flooded_filter_holds_up_no_other_project(
+    settings: Settings, judging: Judging
+) -> None:
+    # The flooded trigger's filter does not decide until the test lets it (a filter stuck
+    # in its evaluator); other filters are judged as usual.
+    let_go, stuck = judging.let_go, judging.stuck
     async with (
         running(run_store, settings, "store"),
         running(run_dispatcher, settings, "dispatcher"),
@@ -92,24 +111,13 @@ async def test_a_flooded_filter_holds_up_no_other_project(
 
 
 async def test_a_flooded_filter_holds_up_no_other_filtered_trigger(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, judging: Judging
 ) -> None:
     """Deferred events are taken back per destination, in turns: a filtered trigger's burst
     deferred after a flood's events (more than its share waiting) is judged while the flood
     is still far from judged. Taken back in one line, oldest first, only the burst's first
     ``PER_DESTINATION`` events (those that waited in the dispatcher) would start."""
-    let_go = asyncio.Event()
-    stuck: set[str] = set()
-    judge = Evaluators.judge
-
-    async def held(
-        self: Evaluators, event: bytes, filters: list[str], key: str = ""
-    ) -> list[cel.Verdict]:
-        if key in stuck:
-            await let_go.wait()
-        return await judge(self, event, filters, key)
-
-    monkeypatch.setattr(Evaluators, "judge", held)
+    let_go, stuck = judging.let_go, judging.stuck
     async with (
         running(run_store, settings, "store"),
         running(run_dispatcher, settings, "dispatcher"),
@@ -147,20 +155,14 @@ async def test_a_flooded_filter_holds_up_no_other_filtered_trigger(
 
 
 async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    judging: Judging,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A full AK_DEFERRED refuses the copies: those events wait in the dispatcher instead
     (as before deferring existed), and none is lost."""
-    let_go = asyncio.Event()
-    judge = Evaluators.judge
-
-    async def held(
-        self: Evaluators, event: bytes, filters: list[str], key: str = ""
-    ) -> list[cel.Verdict]:
-        await let_go.wait()
-        return await judge(self, event, filters, key)
-
-    monkeypatch.setattr(Evaluators, "judge", held)
+    judging.everything = True
+    let_go = judging.let_go
     async with running(run_store, settings, "store"):
         nc = await bus.connect(settings.nats_url, "t")
         js = nc.jetstream()
@@ -187,23 +189,13 @@ async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
 
 
 async def test_two_dispatchers_share_the_consumers_of_deferred_events(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, judging: Judging
 ) -> None:
     """Two dispatchers defer the events of two flooded destinations and take them back
     through the same consumers, one per destination: each event is judged once, and starts
     its session."""
-    let_go = asyncio.Event()
-    judged: list[str] = []
-    judge = Evaluators.judge
-
-    async def held(
-        self: Evaluators, event: bytes, filters: list[str], key: str = ""
-    ) -> list[cel.Verdict]:
-        await let_go.wait()
-        judged.append(wire.decode(wire.Event, event).event_id)
-        return await judge(self, event, filters, key)
-
-    monkeypatch.setattr(Evaluators, "judge", held)
+    judging.everything = True
+    let_go, judged = judging.let_go, judging.judged
     async with (
         running(run_store, settings, "store"),
         running(run_dispatcher, settings, "dispatcher"),
@@ -236,23 +228,18 @@ async def test_two_dispatchers_share_the_consumers_of_deferred_events(
 
 
 async def test_destinations_deferred_beyond_the_most_consumers_wait_for_one_to_go(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    judging: Judging,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An attacker with many flooded triggers makes the server hold at most
     ``MAX_DEFERRED_CONSUMERS`` consumers of ``AK_DEFERRED``: a destination deferred beyond
     them keeps its events there until the consumer of one taken back entirely is gone."""
     monkeypatch.setattr(bus, "MAX_DEFERRED_CONSUMERS", 1)
     monkeypatch.setattr(bus, "DEFERRED_IDLE", 1.0)
-    let_go = asyncio.Event()
-    judge = Evaluators.judge
-
-    async def held(
-        self: Evaluators, event: bytes, filters: list[str], key: str = ""
-    ) -> list[cel.Verdict]:
-        await let_go.wait()
-        return await judge(self, event, filters, key)
-
-    monkeypatch.setattr(Evaluators, "judge", held)
+    judging.everything = True
+    let_go = judging.let_go
     async with (
         running(run_store, settings, "store"),
         running(run_dispatcher, settings, "dispatcher"),
@@ -383,24 +370,14 @@ async def _settled(js: Any) -> bool:
 
 
 async def test_an_event_whose_copy_may_have_been_stored_is_judged_once(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, judging: Judging, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The copy's publish times out although JetStream stored it: judged where it waits, the
     event would be judged again from AK_DEFERRED later, its deliveries to waiting sessions
     repeated past the duplicate window. It is left to come back and be deferred again (a
     duplicate) instead, and judged once."""
-    let_go = asyncio.Event()
-    judged: list[str] = []
-    judge = Evaluators.judge
-
-    async def held(
-        self: Evaluators, event: bytes, filters: list[str], key: str = ""
-    ) -> list[cel.Verdict]:
-        await let_go.wait()
-        judged.append(wire.decode(wire.Event, event).event_id)
-        return await judge(self, event, filters, key)
-
-    monkeypatch.setattr(Evaluators, "judge", held)
+    judging.everything = True
+    let_go, judged = judging.let_go, judging.judged
     publish = bus.Publisher.publish
     timed_out: list[str] = []
 
@@ -436,23 +413,14 @@ async def test_an_event_whose_copy_may_have_been_stored_is_judged_once(
 
 @pytest.mark.parametrize("taken_back_first", [False, True], ids=["waiting", "taken-back"])
 async def test_an_event_deferred_by_a_dispatcher_that_stopped_is_judged_once(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, taken_back_first: bool
+    settings: Settings, judging: Judging, monkeypatch: pytest.MonkeyPatch, taken_back_first: bool
 ) -> None:
     """A dispatcher stored an event's copy in AK_DEFERRED and stopped before acking the
     event: the event comes again (to a dispatcher that knows nothing of it), whose judging
     it here would judge it twice (its deliveries to waiting sessions repeated past the
-    duplicate window). It asks AK_DEFERRED by publishing the copy again: a duplicate, so
-    it is judged from there alone, whether its copy waits there or was taken back."""
-    judged: list[str] = []
-    judge = Evaluators.judge
-
-    async def counted(
-        self: Evaluators, event: bytes, filters: list[str], key: str = ""
-    ) -> list[cel.Verdict]:
-        judged.append(wire.decode(wire.Event, event).event_id)
-        return await judge(self, event, filters, key)
-
-    monkeypatch.setattr(Evaluators, "judge", counted)
+    duplicate window). It is deferred again: a duplicate of the copy, so it is judged from
+    there alone, whether its copy waits there or was taken back."""
+    judged = judging.judged
     from ak_dispatcher.service import Dispatcher
 
     dispatch = Dispatcher.dispatch
