@@ -27,24 +27,8 @@ async def test_event_becomes_one_session(settings: Settings) -> None:
         nc = await bus.connect(settings.nats_url, "t")
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""})
-        event = wire.Event(
-            ids.new_id("evt"),
-            d["project_id"],
-            d["trigger"]["trigger_id"],
-            "post",
-            {"body": {"bytes": b"x"}},
-            {},
-            timefmt.now_us(),
-        )
-        ignored = wire.Event(
-            ids.new_id("evt"),
-            d["project_id"],
-            d["trigger"]["trigger_id"],
-            "get",
-            {},
-            {},
-            timefmt.now_us(),
-        )
+        event = _event(d, "post", {"body": {"bytes": b"x"}})
+        ignored = _event(d, "get")
         for ev in (ignored, event):
             await js.publish(subjects.event_subject(ev.project_id, ev.event_id), wire.encode(ev))
         # The same event delivered again (as after a dispatcher crash before its ack).
@@ -95,15 +79,8 @@ async def test_subscription_filters_judged_within_budget(settings: Settings) -> 
             await bus.store_call(
                 nc, "subscription.create", {**args, "subscription_id": sid, "filter": flt}
             )
-        event = wire.Event(
-            ids.new_id("evt"),
-            d["project_id"],
-            trigger_id,
-            "get",  # not the trigger's type: subscriptions only
-            {"items": list(range(3000))},
-            {},
-            timefmt.now_us(),
-        )
+        # not the trigger's type: subscriptions only
+        event = _event(d, "get", {"items": list(range(3000))})
         await js.publish(
             subjects.event_subject(event.project_id, event.event_id), wire.encode(event)
         )
@@ -140,15 +117,7 @@ async def test_a_redelivered_event_does_not_start_an_ended_session_again(
         nc = await bus.connect(settings.nats_url, "t")
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""})
-        event = wire.Event(
-            ids.new_id("evt"),
-            d["project_id"],
-            d["trigger"]["trigger_id"],
-            "post",
-            {},
-            {},
-            timefmt.now_us(),
-        )
+        event = _event(d, "post")
         await js.publish(
             subjects.event_subject(event.project_id, event.event_id), wire.encode(event)
         )
@@ -218,15 +187,7 @@ async def test_a_sync_webhooks_event_dispatched_again_reports_its_session(
         nc = await bus.connect(settings.nats_url, "t")
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""}, SYNC)
-        event = wire.Event(
-            ids.new_id("evt"),
-            d["project_id"],
-            d["trigger"]["trigger_id"],
-            "post",
-            {},
-            {},
-            timefmt.now_us(),
-        )
+        event = _event(d, "post")
         reports: list[dict[str, object]] = []
 
         async def on_report(msg: Any) -> None:
@@ -286,9 +247,7 @@ async def test_a_subscription_made_again_is_kept_once(settings: Settings) -> Non
         await bus.store_call(
             nc, "subscription.create", {**args, "subscription_id": "sub-2", "filter": ""}
         )
-        event = wire.Event(
-            ids.new_id("evt"), d["project_id"], trigger_id, "get", {}, {}, timefmt.now_us()
-        )
+        event = _event(d, "get")
         await js.publish(
             subjects.event_subject(event.project_id, event.event_id), wire.encode(event)
         )
@@ -301,3 +260,16 @@ async def test_a_subscription_made_again_is_kept_once(settings: Settings) -> Non
         await eventually(lambda: _acked(js, 1), timeout=30)
         assert await delivered() == 2
         await nc.close()
+
+
+def _event(d: dict[str, Any], event_type: str, data: dict[str, Any] | None = None) -> wire.Event:
+    """An event of the deployed trigger ``d``, sent now."""
+    return wire.Event(
+        ids.new_id("evt"),
+        d["project_id"],
+        d["trigger"]["trigger_id"],
+        event_type,
+        data or {},
+        {},
+        timefmt.now_us(),
+    )
