@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -91,6 +92,9 @@ def test_two_of_each_service_run_each_event_once(scaled: tuple[Stack, dict[str, 
     assert "(ingress x2, dispatcher x2, runner x2, store x2)" in stack.output()
     for service in ("ingress", "dispatcher", "runner", "store"):
         assert len(stack.pids(service)) == 2, service
+    # `ak up` is ready once one of each answers: both runners take jobs once both are ready
+    # (each tries hiding /run in a process of its own first, which one may do later)
+    stack.wait_until(lambda: len(re.findall(r"runner \S+ ready", stack.output())) >= 2, "runners")
     with ThreadPoolExecutor(8) as pool:
         events = set(pool.map(lambda n: _fire(stack, paths["quick"], n), range(40)))
     assert len(events) == 40
