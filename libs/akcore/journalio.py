@@ -286,6 +286,7 @@ class JournalWriter:
         self.last, self.seq, self.may_write = last, seq, may_write
         self.limits, (self.records, self.size) = limits, written
         self.fenced = False
+        self.waited_for_room = False
 
     async def append(self, p: journal.Payload, final: bool = False) -> int:
         """Writes one record; returns once JetStream has it (write-ahead). Raises Fenced
@@ -317,6 +318,7 @@ class JournalWriter:
         headers = {
             subjects.HDR_MSG_ID: f"{self.session_id}:{seq}",
             subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: str(self.last),
+            subjects.HDR_JOURNAL_BYTES: str(self.size),
         }
         pause = self.RETRY_PAUSE
         while True:
@@ -340,7 +342,17 @@ class JournalWriter:
             # _settle finds it is ours.
             if not self.may_write():
                 raise self._fence(f"the attempt lost its job while writing ({error!r})")
-            log.warning("session %s: journal write failed (%r); retrying", self.session_id, error)
+            if not bus.is_full(error):
+                log.warning(
+                    "session %s: journal write failed (%r); retrying", self.session_id, error
+                )
+            elif not self.waited_for_room:  # said once: every session waits alike
+                self.waited_for_room = True
+                log.warning(
+                    "session %s: AK_JOURNAL is full; waiting for room (the store ends the "
+                    "sessions holding the most of it)",
+                    self.session_id,
+                )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -363,7 +375,7 @@ class JournalWriter:
         try:
             last = await self.js.get_last_msg(subjects.STREAM_JOURNAL, self.subject)
         except NotFoundError:
-            raise self._fence(f"{why} (the journal is gone: the session ended)") from None
+            raise self._fence("its journal is gone: the session was ended") from None
         if last.data == data and last.seq is not None:
             return self._stored(rec.seq, last.seq, data, rec)
         raise self._fence(why)

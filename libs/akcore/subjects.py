@@ -50,6 +50,9 @@ HDR_MSG_ID = "Nats-Msg-Id"
 HDR_TRACEPARENT = "traceparent"
 # The journal's fence: the stream sequence the writer expects the subject's last message at.
 HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# A journal record's: the bytes of the journal with it (the store's watch over the room
+# left in AK_JOURNAL ends the sessions holding the most when it nearly fills).
+HDR_JOURNAL_BYTES = "Ak-Journal-Bytes"
 
 SERVICES = ("ingress", "dispatcher", "runner", "store")
 

@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 from akcore import ids, subjects, timefmt, wire
 from akcore.retention import Retention
@@ -144,18 +144,33 @@ class Purger:
         return msg.seq or 0
 
     async def _session_subjects(self, stream: str) -> list[str]:
-        """The session ids that have messages in ``stream`` (its subjects, page by page)."""
-        prefix = len(_SUBJECT_OF[stream](""))
-        nc = self.js._nc  # the JetStream API pages the subjects; nats-py does not
-        found: list[str] = []
-        while True:
-            req = json.dumps({"subjects_filter": ">", "offset": len(found)}).encode()
-            msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", req, timeout=10)
-            info = json.loads(msg.data)
-            page = (info.get("state") or {}).get("subjects") or {}
-            found.extend(s[prefix:] for s in page)
-            if not page or len(found) >= int(info.get("total") or 0):
-                return found
+        return await session_subjects(self.js, stream)
+
+
+@overload
+async def session_subjects(
+    js: JetStreamContext, stream: str, counts: Literal[False] = False
+) -> list[str]: ...
+@overload
+async def session_subjects(
+    js: JetStreamContext, stream: str, counts: Literal[True]
+) -> dict[str, int]: ...
+async def session_subjects(
+    js: JetStreamContext, stream: str, counts: bool = False
+) -> list[str] | dict[str, int]:
+    """The session ids that have messages in ``stream`` (its subjects, page by page);
+    ``counts``: with how many messages each has."""
+    prefix = len(_SUBJECT_OF[stream](""))
+    nc = js._nc  # the JetStream API pages the subjects; nats-py does not
+    found: dict[str, int] = {}
+    while True:
+        req = json.dumps({"subjects_filter": ">", "offset": len(found)}).encode()
+        msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", req, timeout=10)
+        info = json.loads(msg.data)
+        page = (info.get("state") or {}).get("subjects") or {}
+        found.update((s[prefix:], int(n)) for s, n in page.items())
+        if not page or len(found) >= int(info.get("total") or 0):
+            return found if counts else list(found)
 
 
 _SUBJECT_OF: dict[str, Callable[[str], str]] = {

@@ -82,7 +82,7 @@ def apply_records(conn: Connection, recs: list[wire.JournalRecord], keys: Keyrin
         conn.execute(_START, starts)
     if ends:
         conn.execute(_END, ends)
-        _retire_drained(conn, {e["sid"] for e in ends})
+        retire_drained(conn, {e["sid"] for e in ends})
     insert_new(
         conn,
         _RECORDS,
@@ -179,7 +179,7 @@ _RETIRE = (
 )
 
 
-def _retire_drained(conn: Connection, ended: set[str]) -> None:
+def retire_drained(conn: Connection, ended: set[str]) -> None:
     """A draining deployment becomes inactive when its last session has ended."""
     for dep in list(conn.execute(_DRAINING, {"ids": list(ended)}).scalars()):
         if conn.execute(_LIVE, {"dep": dep}).first() is None:

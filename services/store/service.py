@@ -26,6 +26,7 @@ from .api import StoreApi
 from .cleanup import Purger, prune
 from .db import open_engine
 from .materialize import apply_events, apply_records, apply_spans
+from .room import Room
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -269,6 +270,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(journal),
         asyncio.create_task(events),
         asyncio.create_task(purger.run(stop)),
+        asyncio.create_task(Room(nc, engine, sql, api.keys, serve).run(stop)),
         asyncio.create_task(_prune(engine, sql, stop)),
     ]
     service.settle_heap()

@@ -1,0 +1,277 @@
+"""Keeps ``AK_JOURNAL`` and ``AK_INBOX`` from filling up for good.
+
+Both streams are shared by every project and refuse new messages when full (``discard:
+new``). A full journal used to be a deadlock: no session could write its `ended` record,
+so no journal was purged and room never came back; a full inbox refused every event,
+signal and stop request for every session. Here each store looks at both streams every few
+seconds; when the room left in one is under ``LEAST_ROOM`` of its limit (or under the
+largest message NATS takes), the store ends live sessions until twice that is free: each
+time the largest session of the project holding the most of the stream (so one project
+flooding it loses its own sessions first, and a project with many small sessions its
+largest). Ending is the store's own, since the session may be unable to write anything:
+its end goes to SQL (ERROR, saying why), its journal, replay chunks and inbox are purged
+(its attempt, if one runs, is fenced at its next write), its parent hears of its end, its
+subscriptions go and its runner is asked to stop it.
+
+A journal's size is its last record's ``Ak-Journal-Bytes`` header (the runner's count of
+the journal's bytes); an inbox's is its message count times the stream's mean message size.
+Journals of sessions that ended already are purged soon: they count as room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from akcore import bus, subjects, timefmt, wire
+from akcore.config import ENV_JOURNAL_MAX_BYTES
+from akcore.datakey import Keyring
+from akcore.parking import inbox_headers
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from sqlalchemy import Engine, bindparam, select, update
+
+from .cleanup import session_subjects
+from .materialize import retire_drained
+from .models import Session
+from .sealed import seal_column
+
+log = logging.getLogger(__name__)
+
+ENV_STREAM_MAX = "AK_RETENTION__JOURNAL_MAX_BYTES"  # each of AK_JOURNAL and AK_INBOX
+# A stream is nearly full when the room left in it is under a tenth of its limit, or under
+# the largest message NATS takes (at most a quarter of the limit); sessions are then ended
+# until twice that is left (at most half the limit).
+LEAST_ROOM = 0.10
+EVERY = 5.0  # seconds between two looks (with some jitter: stores look apart)
+CONCURRENCY = 32  # journals looked at, at once
+
+_SESSIONS = Session.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A live session's share of a stream."""
+
+    session_id: str
+    project_id: str
+    size: int
+
+
+Ops = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+class Room:
+    """The store's watch over the room left in ``AK_JOURNAL`` and ``AK_INBOX``."""
+
+    def __init__(self, nc: Client, engine: Engine, sql: Any, keys: Keyring, ops: Ops) -> None:
+        """``sql(fn, *args)`` runs SQL on the store's threads; ``ops`` is the store's own
+        operations (subscriptions are deleted through it, announced as any deletion)."""
+        self.nc, self.js = nc, nc.jetstream()
+        self.engine, self.sql, self.keys, self.ops = engine, sql, keys, ops
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), EVERY * random.uniform(0.8, 1.2))
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.look()
+            except Exception as e:  # NATS or SQL away: next time
+                log.warning("looking at the room left in the session streams: %r", e)
+
+    async def look(self) -> list[str]:
+        """Ends sessions where a stream is nearly full; returns those it ended."""
+        ended = []
+        for stream in (subjects.STREAM_JOURNAL, subjects.STREAM_INBOX):
+            info = await self.js.stream_info(stream)
+            limit, used = info.config.max_bytes or -1, info.state.bytes
+            if limit > 0 and limit - used < self._least_room(limit):
+                ended += await self._make_room(stream, used, limit, info.state.messages)
+        return ended
+
+    def _least_room(self, limit: int) -> int:
+        return int(max(LEAST_ROOM * limit, min(self.nc.max_payload, limit / 4)))
+
+    async def _make_room(self, stream: str, used: int, limit: int, messages: int) -> list[str]:
+        sizes = await self._sizes(stream, used, messages)
+        found = await self.sql(_sessions, self.engine, list(sizes))
+        room = sum(size for sid, size in sizes.items() if found.get(sid, ("",))[0] in _FINAL)
+        need = used - room - (limit - min(2 * self._least_room(limit), limit // 2))
+        holders = [
+            Holder(sid, found[sid][1], size)
+            for sid, size in sizes.items()
+            if sid in found and found[sid][0] not in _FINAL
+        ]
+        ended = []
+        for h in _largest_first(holders):
+            if need <= 0:
+                break
+            why = _reason(stream, used, limit, h)
+            if await self._end(h.session_id, found[h.session_id][2], why):
+                log.warning(
+                    "session %s of project %s ended: %s was %.0f%% full and it held %s of it, "
+                    "the most of the project holding the most",
+                    h.session_id,
+                    h.project_id,
+                    stream,
+                    100 * used / limit,
+                    _size(h.size),
+                )
+                ended.append(h.session_id)
+            need -= h.size
+        return ended
+
+    async def _sizes(self, stream: str, used: int, messages: int) -> dict[str, int]:
+        """Bytes each session holds in ``stream``."""
+        if stream == subjects.STREAM_INBOX:
+            counts = await session_subjects(self.js, stream, counts=True)
+            mean = used // max(1, messages)
+            return {sid: n * mean for sid, n in counts.items()}
+        sids = await session_subjects(self.js, stream)
+        sizes: dict[str, int] = {}
+        for i in range(0, len(sids), CONCURRENCY):
+            chunk = sids[i : i + CONCURRENCY]
+            found = await asyncio.gather(*map(self._journal_size, chunk))
+            for sid, size in zip(chunk, found, strict=True):
+                if size is not None:
+                    sizes[sid] = size
+        return sizes
+
+    async def _journal_size(self, session_id: str) -> int | None:
+        """The journal's bytes by its last record; None when that record ends the session
+        (its end is being applied: not a session to end)."""
+        try:
+            msg = await self.js.get_last_msg(
+                subjects.STREAM_JOURNAL, subjects.journal_subject(session_id)
+            )
+        except NotFoundError:
+            return None
+        data = msg.data or b""
+        try:
+            if wire.decode(wire.JournalRecord, data).kind == wire.ENDED:
+                return None
+        except Exception:
+            pass  # not a record of ours: its size counts all the same
+        try:
+            return max(int((msg.headers or {}).get(subjects.HDR_JOURNAL_BYTES, "")), len(data))
+        except ValueError:  # a `created` record (the dispatcher's), or an older runner's
+            return len(data)
+
+    async def _end(self, session_id: str, parent: str, why: str) -> bool:
+        """Ends a live session by the store (see the module); False if it had ended."""
+        if not await self.sql(_end_row, self.engine, self.keys, session_id, why):
+            return False
+        for stream, subject in (
+            (subjects.STREAM_JOURNAL, subjects.journal_subject(session_id)),
+            (subjects.STREAM_REPLAY, subjects.replay_subject(session_id)),
+            (subjects.STREAM_INBOX, subjects.inbox_subject(session_id)),
+        ):
+            await self.js.purge_stream(stream, subject=subject)
+        told = []
+        if parent:
+            end = wire.InboxMessage(kind=wire.INBOX_CHILD_END, name=session_id, completed=False)
+            told.append((parent, end, f"end:{session_id}"))
+        stop = wire.InboxMessage(kind=wire.INBOX_STOP, reason=why, failed=True)
+        told.append((session_id, stop, f"room:{session_id}"))
+        for to, msg, msg_id in told:
+            headers = {subjects.HDR_MSG_ID: msg_id, **inbox_headers(msg)}
+            try:
+                await bus.publisher(self.nc).publish(
+                    subjects.inbox_subject(to), wire.encode(msg), headers=headers
+                )
+            except Exception as e:  # (the inbox stream itself full): its attempt is fenced
+                log.warning("session %s: could not be told of %s's end: %r", to, session_id, e)
+        try:
+            await self.ops("subscription.delete", {"session_id": session_id})
+        except Exception as e:  # the dispatcher drops an ended session's deliveries anyway
+            log.warning("session %s: subscriptions not removed: %r", session_id, e)
+        return True
+
+
+_FINAL = tuple(wire.FINAL_STATES)
+
+
+def _largest_first(holders: list[Holder]) -> list[Holder]:
+    """Holders in the order they are ended: the largest session of the project holding
+    the most (what it holds less those before it in this order), then again."""
+    per_project: dict[str, list[Holder]] = defaultdict(list)
+    for h in holders:
+        per_project[h.project_id].append(h)
+    heap = []
+    for project, hs in per_project.items():
+        hs.sort(key=lambda h: h.size)
+        heap.append((-sum(h.size for h in hs), project))
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        total, project = heapq.heappop(heap)
+        h = per_project[project].pop()
+        order.append(h)
+        if per_project[project]:
+            heapq.heappush(heap, (total + h.size, project))
+    return order
+
+
+def _reason(stream: str, used: int, limit: int, h: Holder) -> str:
+    what = "journal" if stream == subjects.STREAM_JOURNAL else "inbox (events not read yet)"
+    return (
+        f"error: the session streams were nearly full: {stream} held {_size(used)} of its "
+        f"{_size(limit)} ({ENV_STREAM_MAX}), and this session's {what} held {_size(h.size)}, "
+        "the most of the project holding the most; it was ended to make room for every "
+        f"project's sessions. Give {stream} more room ({ENV_STREAM_MAX}), or keep sessions "
+        f"shorter ({ENV_JOURNAL_MAX_BYTES}) and read the events they subscribe to"
+    )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+_LIVE_END = (
+    update(_SESSIONS)
+    .where(
+        _SESSIONS.c.session_id == bindparam("sid"),
+        _SESSIONS.c.state.not_in(wire.FINAL_STATES),
+    )
+    .values(
+        state=wire.ERROR,
+        error=bindparam("error"),
+        traceback="",
+        updated_us=bindparam("t_us"),
+    )
+)
+
+
+def _end_row(engine: Engine, keys: Keyring, session_id: str, why: str) -> bool:
+    """The session's end in SQL, unless it had ended; whether it was live."""
+    row = {"sid": session_id, "error": seal_column(keys, session_id, "error", why)}
+    with engine.begin() as conn:
+        done = conn.execute(_LIVE_END, {**row, "t_us": timefmt.now_us()}).rowcount
+        if done:
+            retire_drained(conn, {session_id})
+    return bool(done)
+
+
+def _sessions(engine: Engine, session_ids: list[str]) -> dict[str, tuple[str, str, str]]:
+    """(state, project, parent session) of those of the sessions the store has."""
+    if not session_ids:
+        return {}
+    c = _SESSIONS.c
+    q = select(c.session_id, c.state, c.project_id, c.parent_session_id).where(
+        c.session_id.in_(bindparam("ids", expanding=True))
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(q, {"ids": session_ids})
+        return {r.session_id: (r.state, r.project_id, r.parent_session_id) for r in rows}
