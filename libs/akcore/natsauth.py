@@ -290,6 +290,7 @@ def permissions(service: str) -> Permissions:
                 *_read(subjects.STREAM_REPLAY),
                 *_get(subjects.STREAM_EVENTS),  # whose an event is (a session's outcome)
                 *_kv(BUCKET_VALUES),
+                f"{API}.STREAM.PURGE.KV_{BUCKET_VALUES}",  # deleted values leave no marker
                 *_kv(subjects.BUCKET_PARKED),  # parking a waiting session
                 *_requests(service),
                 *_waits(),

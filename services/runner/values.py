@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
 )
 
+log = logging.getLogger(__name__)
+
 MAX_KEYS = 64
 _KEEP, _DELETE = object(), object()
 
@@ -23,6 +26,8 @@ _KEEP, _DELETE = object(), object()
 class Values:
     """One project's values; every operation is atomic (revision-checked writes, retried).
     Values are kept as the SDK encodes them (``autokitteh._values``: plain JSON stays JSON)."""
+
+    purge_refused = False  # said once (see _forget)
 
     def __init__(self, kv: Any, project_id: str, keyring: Keyring) -> None:
         self.kv, self.project_id, self.keyring = kv, project_id, keyring
@@ -51,12 +56,37 @@ class Values:
         async def live(k: str) -> bool:
             try:
                 await self.kv.get(k)
-            except (KeyNotFoundError, KeyDeletedError):
+            except (KeyNotFoundError, KeyDeletedError) as e:
+                marker = getattr(e, "entry", None)  # a delete an older version left: gone now
+                if marker is not None and marker.revision:
+                    await self._forget(k, marker.revision)
                 return False
             return True
 
         alive = await asyncio.gather(*(live(k) for k in found))
         return sorted(user_key(k) for k, ok in zip(found, alive, strict=True) if ok)
+
+    async def _delete(self, k: str, rev: int) -> None:
+        """Deletes ``k`` if its revision is still ``rev``, leaving nothing of it behind: the
+        delete marker is removed with what it deleted (a bucket's markers are otherwise kept
+        for good, and a project deleting ever new keys would grow the bucket without end)."""
+        ack = await self.kv._js.publish(
+            f"{self.kv._pre}{k}",
+            headers={"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(rev)},
+        )
+        await self._forget(k, ack.seq)
+
+    async def _forget(self, k: str, marker: int) -> None:
+        """Removes ``k``'s messages up to its delete marker at stream sequence ``marker``
+        (a value set again after it stays). Best effort: the delete is done already."""
+        try:
+            await self.kv._js.purge_stream(
+                self.kv._stream, subject=f"{self.kv._pre}{k}", seq=marker + 1
+            )
+        except Exception as e:  # (a NATS configuration from before this: a marker stays)
+            if not Values.purge_refused:
+                Values.purge_refused = True
+                log.warning("a deleted value's marker stays in the values bucket: %r", e)
 
     async def _mutate(self, key: str, change: Callable[[Any], tuple[Any, Any]]) -> Any:
         """Applies ``change(current) -> (new or _KEEP/_DELETE, result)`` atomically."""
@@ -69,7 +99,7 @@ class Values:
             try:
                 if new is _DELETE or new is None:
                     if rev is not None:
-                        await self.kv.delete(k, last=rev)
+                        await self._delete(k, rev)
                 elif rev is None:
                     if len(await self.keys()) >= MAX_KEYS:
                         raise InvalidArgument(
