@@ -167,16 +167,36 @@ async def make_deferred_consumer(js: JetStreamContext, destination_id: str) -> d
     if not DEFERRED_DESTINATION.fullmatch(destination_id):
         raise InvalidArgument(f"{destination_id[:40]!r} is not a destination id")
     name = subjects.deferred_consumer(destination_id)
+    want = deferred_consumer(destination_id)
     try:
-        await js.consumer_info(subjects.STREAM_DEFERRED, name)
-        return {"full": False}
+        have = await js.consumer_info(subjects.STREAM_DEFERRED, name)
+        if _as_made(have.config, want):
+            return {"full": False}
+        # Made otherwise (by a user that could once make consumers: a push consumer
+        # delivering elsewhere, a window of one): its events stay in the stream and go
+        # to the one made again.
+        log.warning(
+            "consumer %s of %s was not as the store makes it; made again",
+            name,
+            subjects.STREAM_DEFERRED,
+        )
+        await js.delete_consumer(subjects.STREAM_DEFERRED, name)
     except NotFoundError:
         pass
     info = await js.stream_info(subjects.STREAM_DEFERRED)
     if (info.state.consumer_count or 0) >= MAX_DEFERRED_CONSUMERS:
         return {"full": True}
-    await js.add_consumer(subjects.STREAM_DEFERRED, deferred_consumer(destination_id))
+    await js.add_consumer(subjects.STREAM_DEFERRED, want)
     return {"full": False}
+
+
+def _as_made(have: ConsumerConfig, want: ConsumerConfig) -> bool:
+    """Whether a consumer's configuration is the one ``want`` makes: a pull consumer (no
+    deliver subject) with every setting ``want`` gives."""
+    if have.deliver_subject or have.deliver_group or have.filter_subjects:
+        return False
+    given = {k: v for k, v in dataclasses.asdict(want).items() if v is not None}
+    return all(getattr(have, k, None) == v for k, v in given.items())
 
 
 def deferred_consumer(destination_id: str) -> ConsumerConfig:

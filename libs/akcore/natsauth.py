@@ -208,6 +208,7 @@ def _deferred_made() -> tuple[str, ...]:
     return (
         f"{API}.CONSUMER.CREATE.{stream}.*.{subjects.deferred_subject('*')}",
         f"{API}.CONSUMER.INFO.{stream}.*",
+        f"{API}.CONSUMER.DELETE.{stream}.*",  # one not made as the store makes them
     )
 
 
