@@ -22,7 +22,9 @@ def hide(folder: str, keep: str = "/etc/resolv.conf") -> None:
     directory of the file it names is mounted, read-only, where it was: names resolve, and
     a new file renamed over the old one is seen. Runs as root (CAP_SYS_ADMIN), before the
     process becomes its user; raises OSError when it cannot (the runner checked that it
-    could: the worker must not run without it)."""
+    could: the worker must not run without it). On Linux 5.8 and later, ``/proc`` is
+    mounted again in there with ``hidepid=2``: a worker's user sees its own processes
+    alone, not the host's or other workers' (their command lines, their users)."""
     libc = ctypes.CDLL(None, use_errno=True)
     links, kept = way_into(folder, keep)
     kept_fd = -1
@@ -52,10 +54,22 @@ def hide(folder: str, keep: str = "/etc/resolv.conf") -> None:
             ro = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | flags
             call(libc.mount(None, os.fsencode(kept), None, ro, None), f"remount {kept}")
         call(libc.mount(None, where, None, _MS_REMOUNT | _MS_RDONLY | flags, None), "remount")
+        if own_proc():  # a /proc of this namespace's own, showing a user its processes alone
+            call(libc.mount(b"proc", b"/proc", b"proc", flags, b"hidepid=2"), "mount /proc")
     finally:
         os.umask(umask)
         if kept_fd >= 0:
             os.close(kept_fd)
+
+
+def own_proc() -> bool:
+    """Whether a /proc mounted here has options of its own (Linux 5.8 and later): before,
+    its ``hidepid`` would change the host's /proc too."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
 
 
 def way_into(folder: str, keep: str) -> tuple[list[tuple[str, str]], str]:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from autokitteh import _hide
 
 from tests.helpers import Stack, start_stack, wait_until, write_project
 
@@ -40,6 +41,8 @@ def _try(what, fn):
         print(what, "allowed")
     except PermissionError:
         print(what, "denied")
+    except FileNotFoundError:
+        print(what, "hidden")
 
 
 def probe(event):
@@ -139,6 +142,18 @@ def pathsock(event):
     print("hosts", socket.getaddrinfo("localhost", 80)[0][4][1])
 
 
+def procs(event):
+    pids = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    print("self", os.getpid() in pids)
+    print("init", 1 in pids)
+    print("runner", event.data["runner"] in pids)
+    try:
+        open(f"/proc/{event.data['runner']}/cmdline", "rb").read()
+        print("runner's command line read")
+    except OSError:
+        print("runner's command line refused")
+
+
 def chatty(event):
     mark = event.data["mark"]
     print("print", mark)
@@ -201,7 +216,7 @@ def test_a_handler_cannot_read_the_data_home_or_the_runners_environment(stack: S
         "database denied",
         "nats denied",
         "builds denied",
-        "environ denied",
+        "environ hidden" if _hide.own_proc() else "environ denied",  # (/proc with hidepid)
         "leaks []",
         "root False",
     ]
@@ -410,6 +425,21 @@ def shm_hog(event):
 
 ONE_UID = 779990  # outside the default range: no other stack's worker can hold it
 LOCKS = Path("/run/autokitteh/worker-uids")  # where the runners of a machine hold ids
+
+
+def test_a_handler_sees_its_own_processes_alone(stack: Stack) -> None:
+    """/proc is mounted again for workers with ``hidepid=2``: not the host's processes,
+    the runner's, or other workers' (on Linux 5.8 and later); the host's /proc is as it was."""
+    runner = stack.pids("runner")[0]
+    sid = _start(stack, "procs", runner=runner)
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    assert _prints(stack, sid) == [
+        "self True",
+        "init False",
+        "runner False",
+        "runner's command line refused",
+    ]
+    assert Path("/proc/1").exists() and Path(f"/proc/{runner}").exists()  # the host's
 
 
 @pytest.fixture(scope="module")
