@@ -34,7 +34,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from . import config, natsauth, subjects, tracing, wire
+from . import config, natsauth, ops, subjects, tracing, wire
 from .errors import AKError, InvalidArgument, NotFound, Unavailable, error_from_kind
 from .retention import Retention
 
@@ -644,6 +644,10 @@ async def _call(
             f"{service} did not answer {op!r}: is the {service} service running?"
         ) from e
     except NatsTimeout as e:  # taken, maybe, by one that is busy or frozen: it may still act
+        if ops.changes_nothing(op):
+            raise Unavailable(
+                f"{service} did not answer {op!r} within {timeout:g} s (busy or paused): try again"
+            ) from e
         raise Unavailable(
             f"{service} did not answer {op!r} within {timeout:g} s; one that took it may "
             f"still carry it out (a {service} busy or paused): look before asking again"

@@ -64,6 +64,18 @@ class Op:
         return parse(self.name, self.request, args)
 
 
+# The verbs of the operations that change nothing (asking one again is always safe).
+READ_VERBS = frozenset(
+    {"active", "check", "describe", "download", "env", "export", "get", "list", "lookup"}
+    | {"plan", "records", "resolve", "route", "states", "targets", "trace", "whoami"}
+)
+
+
+def changes_nothing(name: str) -> bool:
+    """Whether operation ``name`` only reads (by its verb)."""
+    return name.rpartition(".")[2] in READ_VERBS
+
+
 _S, _R, _I = Service.STORE, Service.RUNNER, Service.INGRESS
 _TARGETS = frozenset({Cache.TARGETS})
 _HOOKS = frozenset({Cache.WEBHOOKS, Cache.TARGETS})

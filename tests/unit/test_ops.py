@@ -99,3 +99,12 @@ def test_a_var_needs_a_name_and_a_value() -> None:
     with pytest.raises(InvalidArgument, match="var.set: missing field 'value'"):
         ops.get("var.set").parse({"project": "p", "name": "A"})
     assert ops.get("var.set").parse({"name": "A", "value": ""}).value == ""
+
+
+def test_operations_that_only_read_invalidate_no_cache() -> None:
+    """``changes_nothing`` goes by the verb: none of those operations may change what a
+    cache keeps (a timeout then tells the caller to simply ask again)."""
+    reads = [op for op in ops.OPS.values() if ops.changes_nothing(op.name)]
+    assert {"session.get", "token.check", "session.list"} <= {op.name for op in reads}
+    assert not [op.name for op in reads if op.invalidates]
+    assert not ops.changes_nothing("session.stop") and not ops.changes_nothing("var.set")
