@@ -43,6 +43,7 @@ ENV_WORKER_PROCESSES = "AK_RUNNER__WORKER_PROCESSES"  # processes of one worker'
 ENV_SESSION_TIMEOUT = "AK_RUNNER__SESSION_TIMEOUT"  # seconds an attempt may run; 0 = none
 ENV_ECHO_PRINTS = "AK_RUNNER__ECHO_PRINTS"  # also write handler output to the runner's log
 ENV_WORKER_ENV = "AK_RUNNER__WORKER_ENV"  # names of the runner's variables workers also get
+ENV_PACKAGES_TIMEOUT = "AK_RUNNER__PACKAGES_TIMEOUT"  # seconds one environment's install may take
 ENV_BUILD_CACHE_MB = "AK_RUNNER__BUILD_CACHE_MB"  # disk the unpacked builds may take
 ENV_BUILD_CACHE_IDLE = "AK_RUNNER__BUILD_CACHE_IDLE"  # seconds an unused build is kept, or off
 BUILD_CACHE_IDLE = 86400.0  # its default: a day
@@ -171,6 +172,7 @@ class Settings:
     session_timeout: int = 0
     echo_prints: bool = False
     worker_env: tuple[str, ...] = ()
+    packages_timeout: int = 1800  # seconds installing one environment's packages may take
     build_cache_mb: int = 1024  # the runner's unpacked builds, at most (but those in use)
     build_cache_idle: float = BUILD_CACHE_IDLE  # an unused build is removed after (0: never)
 
@@ -206,6 +208,7 @@ class Settings:
             session_timeout=_count(ENV_SESSION_TIMEOUT, 0, 0),
             echo_prints=_switch(ENV_ECHO_PRINTS, False),
             worker_env=tuple(n for n in os.environ.get(ENV_WORKER_ENV, "").split(",") if n),
+            packages_timeout=_count(ENV_PACKAGES_TIMEOUT, 1800, 10),
             build_cache_mb=_count(ENV_BUILD_CACHE_MB, 1024, 64),
             build_cache_idle=_seconds_or_off(ENV_BUILD_CACHE_IDLE, BUILD_CACHE_IDLE),
         )

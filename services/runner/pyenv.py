@@ -11,6 +11,7 @@ keeps two runners on one machine from building the same environment at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -19,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from akcore import config, sdkdist
-from akcore.config import REQUIREMENTS_FILE
+from akcore.config import ENV_PACKAGES_TIMEOUT, REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument
 from packaging.requirements import InvalidRequirement, Requirement
 
@@ -164,17 +166,39 @@ def _write_new(path: Path, text: str) -> None:
         f.write(text)
 
 
+# What one environment's installers may take: processes of the builder's user at once
+# (a fork bomb in a package's build script), and lines of output kept for `ak deploy`.
+BUILDER_PROCESSES = 512
+MAX_LINES = 10_000
+MAX_LINE = 2_000  # characters of one line kept
+
+
 @dataclass
 class Build:
     spec: Spec
+    timeout: int = 1800  # seconds (AK_RUNNER__PACKAGES_TIMEOUT)
     lines: list[str] = field(default_factory=list)
     error: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None  # held here so the event loop cannot drop it
     token: str = field(default_factory=lambda: f"{time.time_ns():x}")
+    last: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=15))
+    deadline: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
 
     def say(self, line: str) -> None:
-        self.lines.append(line)
+        line = line if len(line) <= MAX_LINE else line[:MAX_LINE] + " [cut]"
+        self.last.append(line)
+        if len(self.lines) < MAX_LINES:
+            self.lines.append(line)
+        elif len(self.lines) == MAX_LINES:
+            self.lines.append(f"[more output not shown: only the first {MAX_LINES:,} lines]")
+
+    def tail(self) -> str:
+        """The last lines of output (for an error)."""
+        return "\n".join(line for line in self.last if line.strip())
 
 
 def _base_python() -> str:
@@ -196,24 +220,44 @@ def _tool_env() -> dict[str, str]:
 
 
 async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str = "") -> None:
-    """Runs a tool (as user ``uid`` when one is given, not seeing ``hidden``), adding its
-    output to the build's lines; raises EnvError when it fails."""
+    """Runs a tool (as user ``uid`` when one is given, not seeing ``hidden``, with at most
+    ``BUILDER_PROCESSES`` processes), adding its output to the build's lines; raises
+    EnvError when it fails or is not done by the build's deadline (what the builder left
+    running is then killed by ``_build``)."""
     env = _tool_env()
     if uid >= 0:
         env["PIP_NO_CACHE_DIR"] = "1"  # the builder cannot write to HOME
     proc = await asyncio.create_subprocess_exec(
-        *(as_user(uid, list(argv), hidden) if uid >= 0 else argv),
+        *(as_user(uid, list(argv), hidden, BUILDER_PROCESSES) if uid >= 0 else argv),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
+        start_new_session=True,
     )
     assert proc.stdout is not None
-    async for raw in proc.stdout:
-        build.say(raw.decode(errors="replace").rstrip())
-    if (code := await proc.wait()) != 0:
-        tail = "\n".join(line for line in build.lines[-15:] if line.strip())
-        raise EnvError(f"{what} failed (exit code {code})\n{tail}")
+    stdout = proc.stdout
+
+    async def output() -> int:
+        while raw := await stdout.readline():  # (a line over the reader's limit: cut)
+            build.say(raw.decode(errors="replace").rstrip())
+        return await proc.wait()
+
+    try:
+        code = await asyncio.wait_for(output(), max(1.0, build.deadline - time.monotonic()))
+    except (TimeoutError, ValueError) as e:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        if isinstance(e, ValueError):  # a line without an end over the reader's limit
+            raise EnvError(f"{what} failed: it wrote a line over 64 KiB") from None
+        raise EnvError(
+            f"{what} was stopped: installing the packages took more than "
+            f"{build.timeout} s ({ENV_PACKAGES_TIMEOUT}); give more time, or fewer or "
+            f"prebuilt packages (wheels)\n{build.tail()}"
+        ) from None
+    if code != 0:
+        raise EnvError(f"{what} failed (exit code {code})\n{build.tail()}")
 
 
 @contextlib.asynccontextmanager
@@ -240,6 +284,7 @@ async def _build(build: Build, users: UserIds | None) -> None:
     async with _file_lock(spec.path.parent / f".{spec.path.name}.lock"):
         if is_ready(spec):  # another runner built it while we waited
             return
+        build.deadline = time.monotonic() + build.timeout  # (not counting that wait)
         builder = await users.take() if users is not None else -1
         try:
             await _install(build, spec, builder, users.hidden if users is not None else "")
@@ -345,10 +390,19 @@ class PythonEnvs:
 
     READY_SECONDS = 10.0
 
-    def __init__(self, worker_python: str, sdk_copies: Path, users: UserIds | None = None) -> None:
+    def __init__(
+        self,
+        worker_python: str,
+        sdk_copies: Path,
+        users: UserIds | None = None,
+        timeout: int = 1800,
+    ) -> None:
+        """``timeout``: seconds installing one environment may take
+        (``AK_RUNNER__PACKAGES_TIMEOUT``)."""
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
         self.users = users  # the sandbox: packages are installed as a user of their own
+        self.timeout = timeout
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
 
@@ -356,7 +410,7 @@ class PythonEnvs:
         running = self._builds.get(spec.path)
         if running is not None and not running.done.is_set():
             return running
-        build = Build(spec)
+        build = Build(spec, self.timeout)
         self._builds[spec.path] = build
 
         async def go() -> None:

@@ -65,11 +65,13 @@ class WorkerLimits:
 # runs (no_new_privs) and connects to no abstract Unix socket made outside it (Landlock,
 # Linux 6.12; nothing on older kernels): a package's build script is anyone's code.
 _AS_USER = """\
-import ctypes, os, runpy, sys
-u = int(sys.argv[1])
+import ctypes, os, resource, runpy, sys
+u, nproc = (int(x) for x in sys.argv[1].split(","))
 os.closerange(3, 1 << 20)
 if sys.argv[3] != "-":
     runpy.run_path(sys.argv[2])["hide"](sys.argv[3])
+if nproc:
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 os.setgroups([])
 os.setresgid(u, u, u)
 os.setresuid(u, u, u)
@@ -84,16 +86,17 @@ os.execv(sys.argv[4], sys.argv[4:])
 """
 
 
-def as_user(uid: int, argv: list[str], hidden: str = "") -> list[str]:
+def as_user(uid: int, argv: list[str], hidden: str = "", processes: int = 0) -> list[str]:
     """``argv`` run as user ``uid``, what it writes readable by others (a build tool),
-    not seeing ``hidden`` (as a worker, ``netfence.hidden``)."""
+    not seeing ``hidden`` (as a worker, ``netfence.hidden``), with at most ``processes``
+    processes of that user at once (0: no limit)."""
     return [
         sys.executable,
         "-I",
         "-S",
         "-c",
         _AS_USER,
-        str(uid),
+        f"{uid},{processes}",
         _hide.__file__,
         hidden or "-",
         *argv,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import sys
+import time
+import typing
 import zipfile
 from pathlib import Path
 
@@ -98,3 +102,39 @@ def test_autokitteh_all_brings_autokittehs_all_extra() -> None:
     assert spec.skipped == ("autokitteh[all] ~= 0.2  # every client helper",)
     # Without the extra, the SDK line is only skipped.
     assert pyenv.spec_for(b"autokitteh\nsix\n").requirements == "six\n"
+
+
+def _build(timeout: int = 1800) -> pyenv.Build:
+    return pyenv.Build(typing.cast(pyenv.Spec, None), timeout)
+
+
+def test_an_install_past_its_time_is_stopped_and_says_so() -> None:
+    """A package whose build script never ends (or waits on the network for ever) no
+    longer holds the environment's lock, and `ak deploy`, for good."""
+    build = _build(timeout=1)
+    hang = "import time; print('building', flush=True); time.sleep(600)"
+    started = time.monotonic()
+    with pytest.raises(pyenv.EnvError) as e:
+        asyncio.run(pyenv._run(build, "pip install", sys.executable, "-c", hang))
+    assert time.monotonic() - started < 30
+    assert e.value.message.startswith("pip install was stopped: installing the packages took")
+    assert "more than 1 s (AK_RUNNER__PACKAGES_TIMEOUT)" in e.value.message
+    assert e.value.message.endswith("\nbuilding")
+
+
+def test_an_installers_output_is_kept_within_bounds() -> None:
+    """A chatty build script cannot fill the runner's memory with its output: the first
+    lines are kept for `ak deploy`, long lines cut, and an error shows the last ones."""
+    build = _build()
+    chatty = (
+        "import sys\n"
+        "for i in range(30_000): print('line', i)\n"
+        "print('x' * 50_000)\n"
+        "print('the end'); sys.exit(3)\n"
+    )
+    with pytest.raises(pyenv.EnvError) as e:
+        asyncio.run(pyenv._run(build, "pip install", sys.executable, "-c", chatty))
+    assert len(build.lines) == pyenv.MAX_LINES + 1
+    assert build.lines[-1] == "[more output not shown: only the first 10,000 lines]"
+    assert e.value.message.startswith("pip install failed (exit code 3)\nline 29987")
+    assert e.value.message.endswith("x [cut]\nthe end")

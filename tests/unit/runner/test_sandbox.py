@@ -320,6 +320,33 @@ def test_a_build_tool_runs_as_its_user_and_writes_files_others_read(tmp_path: Pa
 
 @root_only
 @pytest.mark.usefixtures("python_for_all")
+def test_a_build_tools_processes_are_bounded() -> None:
+    """A fork bomb in a package's build script stops at the builder's process limit."""
+    script = (
+        "import os, time\n"
+        "made = 0\n"
+        "try:\n"
+        "    for _ in range(50):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30); os._exit(0)\n"
+        "        made += 1\n"
+        "except BlockingIOError:\n"
+        "    print('refused after', made)\n"
+    )
+    try:
+        res = subprocess.run(
+            as_user(829997, [sys.executable, "-c", script], processes=8),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.stdout == "refused after 7\n", res.stderr
+    finally:
+        kill_user(829997)
+
+
+@root_only
+@pytest.mark.usefixtures("python_for_all")
 def test_a_build_tool_gains_no_privilege_and_holds_nothing_of_the_runners() -> None:
     """A package's build script is anyone's code: as a worker, it keeps no descriptor of
     the runner's (its stdout, maybe a terminal), cannot gain privileges from a setuid
