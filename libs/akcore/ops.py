@@ -30,6 +30,7 @@ class Cache(enum.Enum):
     WEBHOOKS = "ingress: the trigger behind each webhook slug"
     TARGETS = "dispatcher: each trigger's deployments and subscriptions"
     SESSION_ENV = "runner: each project's vars and webhook URLs"
+    TOKENS = "ingress: the API tokens it took lately"
 
 
 ALL_CACHES = frozenset(Cache)
@@ -138,6 +139,8 @@ _TABLE = (
     _api("integration.list", rq.Empty, list, _S, ""),
     _api("auth.create_token", rq.TokenCreate, str, _I, ""),
     _api("auth.whoami", rq.Empty, dict, _I, ""),
+    _api("auth.list_tokens", rq.Empty, list, _S, ""),
+    _api("auth.revoke_token", rq.TokenRevoke, _NONE_T, _S, "", frozenset({Cache.TOKENS})),
     # Between services only (NATS).
     _internal("build.get", rq.BuildRef, dict, _S, "build_id"),
     _internal("project.active", rq.ProjectRef, dict, _S, "project"),

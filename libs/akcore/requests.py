@@ -272,6 +272,11 @@ class TokenCheck:
 
 
 @dataclass(frozen=True)
+class TokenRevoke:
+    token_id: str
+
+
+@dataclass(frozen=True)
 class ProjectCreate:
     name: str = ""  # empty: the server picks one
     display_name: str = ""

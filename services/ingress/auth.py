@@ -54,6 +54,7 @@ class Authenticator:
     def __init__(self, nc: Client, required: bool) -> None:
         self.nc, self.required = nc, required
         self.known = StoreCache(ttl=self.KEEP)
+        self.watching = False  # the store's change notices (a revoked token is forgotten)
         self.failures = FailedTries("requests with a missing or invalid API token")
 
     async def caller(
@@ -104,6 +105,9 @@ class Authenticator:
                 f"invalid authorization header: use `Authorization: Bearer <token>`. "
                 f"{HOW_TO_GET_ONE}"
             )
+        if not self.watching:
+            self.watching = True
+            await self.known.watch(self.nc)
         try:
             digest = tokens.digest(token)
             who = await self.known.call(self.nc, "token.check", {"digest": digest}, digest)

@@ -9,7 +9,7 @@ from typing import Any
 
 from akcore import ids, timefmt, tokens
 from akcore import requests as rq
-from akcore.errors import InvalidArgument, Unauthenticated
+from akcore.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
 from sqlmodel import select
@@ -56,6 +56,36 @@ class Tokens:
                     "created_at": timefmt.rfc3339(row.created_us),
                 }
         raise Unauthenticated("invalid API token")
+
+    def list(self, req: rq.Empty) -> list[dict[str, Any]]:
+        """Every token, oldest first: its id, name, maker and time (never the token)."""
+        with DB(self.engine) as db:
+            rows = db.exec(select(ApiToken).order_by(ApiToken.created_us)).all()  # type: ignore[arg-type]
+        return [
+            {
+                "token_id": row.token_id,
+                "name": row.name,
+                "created_by": row.created_by,
+                "created_at": timefmt.rfc3339(row.created_us),
+            }
+            for row in rows
+        ]
+
+    def revoke(self, req: rq.TokenRevoke) -> None:
+        """Forgets a token (ingresses stop taking it within seconds: ``Authenticator``);
+        never the last one, which would leave no way in."""
+        with DB(self.engine) as db:
+            row = db.get(ApiToken, req.token_id)
+            if row is None:
+                raise NotFound(f'API token "{req.token_id}" not found (ak auth list-tokens)')
+            if len(db.exec(select(ApiToken.token_id)).all()) == 1:
+                raise Conflict(
+                    f'"{req.token_id}" is the last API token: revoked, nothing could call the '
+                    "API any more; make another first (ak auth create-token)"
+                )
+            db.delete(row)
+            db.commit()
+        log.info("API token %s (%s) revoked", req.token_id, row.name or "no name")
 
     def bootstrap(self, path: str) -> None:
         """Keeps the token (or digest) of an operator's bootstrap file, if one is set."""

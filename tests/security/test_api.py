@@ -204,6 +204,35 @@ def test_tokens_from_the_cli_and_none_at_rest_in_plaintext(stack: Stack, tmp_pat
             assert token.encode() not in blob, f"a raw token in {path}"
 
 
+def test_a_revoked_token_is_refused_at_once_and_the_last_one_is_kept(stack: Stack) -> None:
+    """`ak auth list-tokens` shows ids and names (never a token); `ak auth revoke-token`
+    makes the server refuse a token, even one it took a moment ago."""
+    leaked = stack.ak("auth", "create-token", "-n", "leaked", check=True).stdout.strip()
+    mine = {"Authorization": f"Bearer {leaked}"}
+    assert post(stack, "project.list", {}, mine)[0] == 200  # taken, and remembered
+    listed = [
+        json.loads(x) for x in stack.ak("auth", "list-tokens", "-j", check=True).stdout.splitlines()
+    ]
+    row = next(t for t in listed if t["name"] == "leaked")
+    assert set(row) == {"token_id", "name", "created_by", "created_at"}
+    text = stack.ak("auth", "list-tokens", check=True).stdout
+    assert f'token_id:"{row["token_id"]}" name:"leaked"' in text and leaked not in text
+    stack.ak("auth", "revoke-token", row["token_id"], check=True)
+    status, reply = post(stack, "project.list", {}, mine)
+    assert status == 401 and "invalid API token" in reply.error
+    assert row["token_id"] not in stack.ak("auth", "list-tokens", check=True).stdout
+    res = stack.ak("auth", "revoke-token", row["token_id"])
+    assert res.returncode != 0 and "not found" in res.stderr
+    # The last token is kept: revoking every other leaves the CLI's own.
+    for t in map(json.loads, stack.ak("auth", "list-tokens", "-j", check=True).stdout.splitlines()):
+        mine_id = json.loads(stack.ak("auth", "whoami", "-j", check=True).stdout)["token_id"]
+        if t["token_id"] != mine_id:
+            stack.ak("auth", "revoke-token", t["token_id"], check=True)
+    res = stack.ak("auth", "revoke-token", mine_id)
+    assert res.returncode != 0 and "is the last API token" in res.stderr, res.stderr
+    assert post(stack, "project.list", {}, stack.auth())[0] == 200
+
+
 def test_guessing_tokens_is_throttled_per_address(tmp_path: Path) -> None:
     """Failed token checks from one address have a budget (a burst, then a few a second):
     past it, requests are refused with 429 before the store is asked."""
