@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,9 @@ from nats.js.errors import (
 log = logging.getLogger(__name__)
 
 MAX_KEYS = 64
+_TOO_MANY = (
+    f"the project already has {MAX_KEYS} values, the limit: delete some before adding new keys"
+)
 _KEEP, _DELETE = object(), object()
 
 
@@ -32,12 +36,15 @@ class Values:
     def __init__(self, kv: Any, project_id: str, keyring: Keyring) -> None:
         self.kv, self.project_id, self.keyring = kv, project_id, keyring
 
-    async def _entry(self, key: str) -> tuple[dict[str, Any] | None, int | None]:
+    async def _entry(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        """The key's value and the revision a write must name: the value's, or its delete
+        marker's while one is there, or 0 (no message of the key at all)."""
         k = kv_key(self.project_id, key)
         try:
             e = await self.kv.get(k)
-        except (KeyNotFoundError, KeyDeletedError):
-            return None, None
+        except (KeyNotFoundError, KeyDeletedError) as gone:
+            marker = getattr(gone, "entry", None)
+            return None, (marker.revision or 0) if marker is not None else 0
         return open_entry(self.keyring, k, e.value), e.revision
 
     def _sealed(self, k: str, value: Any, published: bool) -> bytes:
@@ -98,15 +105,20 @@ class Values:
                 return result
             try:
                 if new is _DELETE or new is None:
-                    if rev is not None:
+                    if entry is not None:
                         await self._delete(k, rev)
-                elif rev is None:
+                elif entry is None:
                     if len(await self.keys()) >= MAX_KEYS:
-                        raise InvalidArgument(
-                            f"the project already has {MAX_KEYS} values, the "
-                            "limit: delete some before adding new keys"
-                        )
-                    await self.kv.create(k, self._sealed(k, new, False))
+                        raise InvalidArgument(_TOO_MANY)
+                    # (Named revision: the key's marker, or none: a set racing a delete
+                    # is a conflict, tried again.)
+                    made = await self.kv.update(k, self._sealed(k, new, False), last=rev)
+                    # Sessions adding keys at once all saw room: the ones past the limit
+                    # take theirs back.
+                    if len(await self.keys()) > MAX_KEYS:
+                        with contextlib.suppress(Exception):  # (set again by another: theirs)
+                            await self._delete(k, made)
+                        raise InvalidArgument(_TOO_MANY)
                 else:
                     published = bool(entry and entry["p"])
                     await self.kv.update(k, self._sealed(k, new, published), last=rev)
