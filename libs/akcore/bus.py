@@ -191,12 +191,22 @@ async def make_deferred_consumer(js: JetStreamContext, destination_id: str) -> d
 
 
 def _as_made(have: ConsumerConfig, want: ConsumerConfig) -> bool:
-    """Whether a consumer's configuration is the one ``want`` makes: a pull consumer (no
-    deliver subject) with every setting ``want`` gives."""
-    if have.deliver_subject or have.deliver_group or have.filter_subjects:
-        return False
-    given = {k: v for k, v in dataclasses.asdict(want).items() if v is not None}
-    return all(getattr(have, k, None) == v for k, v in given.items())
+    """Whether a consumer can be trusted with what ``want`` is made for: a pull consumer
+    (no deliver subject) of the same subject, delivering every event, each one whole, until
+    acked, with a window at least as wide and an ack wait of a second at least. Not equality:
+    the server rounds durations (4.1 s comes back as 4.0999...), and stores of two versions
+    or settings (a rolling upgrade) would otherwise make it again and again, each time
+    handing out anew the events a dispatcher holds."""
+    return (
+        not (have.deliver_subject or have.deliver_group or have.filter_subjects)
+        and not (have.headers_only or have.rate_limit_bps or have.backoff or have.pause_until)
+        and have.filter_subject == want.filter_subject
+        and have.ack_policy == want.ack_policy
+        and have.deliver_policy == want.deliver_policy
+        and (have.max_deliver or -1) == -1
+        and (have.max_ack_pending or 0) >= (want.max_ack_pending or 0)
+        and (have.ack_wait or 0) >= 1.0
+    )
 
 
 def deferred_consumer(destination_id: str) -> ConsumerConfig:
