@@ -169,8 +169,11 @@ def _write_new(path: Path, text: str) -> None:
 # What one environment's installers may take: processes of the builder's user at once
 # (a fork bomb in a package's build script), and lines of output kept for `ak deploy`.
 BUILDER_PROCESSES = 512
-MAX_LINES = 10_000
-MAX_LINE = 2_000  # characters of one line kept
+MAX_LINES = 5_000
+MAX_LINE = 1_000  # characters of one line kept
+PAGE_BYTES = 512 * 1024  # of output in one answer to `ak deploy` (it asks for the rest)
+KEEP_FINISHED = 600.0  # seconds a finished build's output is kept for `ak deploy`
+OUTPUT_GRACE = 2.0  # seconds output is still read after the tool ended (a process it left)
 
 
 @dataclass
@@ -184,6 +187,8 @@ class Build:
     token: str = field(default_factory=lambda: f"{time.time_ns():x}")
     last: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=15))
     deadline: float = 0.0
+    waited: bool = False  # for another runner's build of the same environment
+    finished: float = 0.0  # when it was done (time.monotonic)
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.timeout
@@ -238,37 +243,78 @@ async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str =
     assert proc.stdout is not None
     stdout = proc.stdout
 
-    async def output() -> int:
-        while raw := await stdout.readline():  # (a line over the reader's limit: cut)
+    async def output() -> None:
+        while raw := await stdout.readline():
             build.say(raw.decode(errors="replace").rstrip())
-        return await proc.wait()
+
+    reading = asyncio.create_task(output())
+
+    async def exited() -> int:
+        # (Not proc.wait(): asyncio answers it only once the pipe is closed too, and a
+        # process the tool left behind may hold it open.)
+        while proc.returncode is None:
+            await asyncio.sleep(0.05)
+        return proc.returncode
+
+    ended = asyncio.create_task(exited())
+
+    async def until_ended() -> None:
+        """Until the tool ends (or its output fails: a line over the reader's limit)."""
+        await asyncio.wait({reading, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not (reading.done() and reading.exception() is not None):
+            await ended
 
     try:
-        code = await asyncio.wait_for(output(), max(1.0, build.deadline - time.monotonic()))
-    except (TimeoutError, ValueError) as e:
+        await asyncio.wait_for(until_ended(), max(1.0, build.deadline - time.monotonic()))
+        if reading.done() and reading.exception() is not None:
+            raise EnvError(f"{what} failed: it wrote a line over 64 KiB\n{build.tail()}")
+        # What it wrote before it ended, not what a process it left holds open.
+        await asyncio.wait({reading}, timeout=OUTPUT_GRACE)
+        code = await ended
+    except (TimeoutError, EnvError) as e:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        if isinstance(e, ValueError):  # a line without an end over the reader's limit
-            raise EnvError(f"{what} failed: it wrote a line over 64 KiB") from None
+        if isinstance(e, EnvError):
+            raise
         raise EnvError(
             f"{what} was stopped: installing the packages took more than "
             f"{build.timeout} s ({ENV_PACKAGES_TIMEOUT}); give more time, or fewer or "
             f"prebuilt packages (wheels)\n{build.tail()}"
         ) from None
+    finally:
+        if not reading.done():  # (a process it left holds the pipe: let it go)
+            reading.cancel()
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:
+                transport.close()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(ended, 10)  # (killed: reaped at once)
     if code != 0:
         raise EnvError(f"{what} failed (exit code {code})\n{build.tail()}")
 
 
 @contextlib.asynccontextmanager
-async def _file_lock(path: Path) -> AsyncIterator[None]:
+async def _file_lock(path: Path, build: Build | None = None) -> AsyncIterator[None]:
+    """``path`` locked; with a ``build``, the wait is said in its output and lasts no
+    longer than a build may (another runner's build holds it at most that long)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
+        limit = build.timeout + 60 if build is not None else 0
+        give_up = time.monotonic() + limit
         while True:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if build is not None and not build.waited:
+                    build.waited = True
+                    build.say("waiting for another runner that is building this environment")
+                if limit and time.monotonic() > give_up:
+                    raise EnvError(
+                        f"another runner has held this environment's lock ({path}) for over "
+                        f"{limit} s ({ENV_PACKAGES_TIMEOUT}): is it stuck? Restart it and "
+                        "deploy again"
+                    ) from None
                 await asyncio.sleep(0.2)
         try:
             yield
@@ -281,7 +327,7 @@ async def _build(build: Build, users: UserIds | None) -> None:
     user id of their own, which owns the environment only while they install: what their
     installers run cannot touch anything else, and the workers cannot change it after."""
     spec = build.spec
-    async with _file_lock(spec.path.parent / f".{spec.path.name}.lock"):
+    async with _file_lock(spec.path.parent / f".{spec.path.name}.lock", build):
         if is_ready(spec):  # another runner built it while we waited
             return
         build.deadline = time.monotonic() + build.timeout  # (not counting that wait)
@@ -410,6 +456,10 @@ class PythonEnvs:
         running = self._builds.get(spec.path)
         if running is not None and not running.done.is_set():
             return running
+        now = time.monotonic()  # a finished build's output is kept a while only
+        for path, old in list(self._builds.items()):
+            if old.done.is_set() and now - old.finished > KEEP_FINISHED:
+                del self._builds[path]
         build = Build(spec, self.timeout)
         self._builds[spec.path] = build
 
@@ -422,6 +472,7 @@ class PythonEnvs:
                 log.exception("building %s failed", spec.path)
                 build.error = f"building {spec.label} failed: {e}"
             finally:
+                build.finished = time.monotonic()
                 build.done.set()
 
         build.task = asyncio.create_task(go())
@@ -471,11 +522,19 @@ class PythonEnvs:
             build = self._start(spec)
             offset = 0
         state = "building" if not build.done.is_set() else "failed" if build.error else "ready"
+        page: list[str] = []
+        size = 0
+        for line in build.lines[offset:]:  # (at least one line: each is short)
+            size += len(line) + 8
+            if page and size > PAGE_BYTES:
+                state = "building"  # more to show: `ak deploy` asks again
+                break
+            page.append(line)
         return {
             "state": state,
             "token": build.token,
-            "lines": build.lines[offset:],
-            "next": len(build.lines),
+            "lines": page,
+            "next": offset + len(page),
             "error": build.error,
             "python": str(spec.python),
             "path": str(spec.path),

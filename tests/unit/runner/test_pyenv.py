@@ -135,6 +135,46 @@ def test_an_installers_output_is_kept_within_bounds() -> None:
     with pytest.raises(pyenv.EnvError) as e:
         asyncio.run(pyenv._run(build, "pip install", sys.executable, "-c", chatty))
     assert len(build.lines) == pyenv.MAX_LINES + 1
-    assert build.lines[-1] == "[more output not shown: only the first 10,000 lines]"
+    assert build.lines[-1] == "[more output not shown: only the first 5,000 lines]"
     assert e.value.message.startswith("pip install failed (exit code 3)\nline 29987")
     assert e.value.message.endswith("x [cut]\nthe end")
+
+
+def test_an_install_that_left_a_process_holding_its_output_ends_when_it_does() -> None:
+    """What a tool wrote before it ended is read; a process it left behind holding the
+    output open does not turn a finished install into a timeout."""
+    build = _build(timeout=60)
+    leave = (
+        "import os, subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " start_new_session=True)\n"
+        "print('installed', flush=True)\n"
+    )
+    started = time.monotonic()
+    asyncio.run(pyenv._run(build, "pip install", sys.executable, "-c", leave))
+    assert time.monotonic() - started < pyenv.OUTPUT_GRACE + 10
+    assert build.lines == ["installed"]
+
+
+def test_ak_deploy_gets_a_long_output_in_pages(tmp_path: Path) -> None:
+    """Each answer to `ak deploy` holds at most PAGE_BYTES of output (one over the NATS
+    message limit could not be sent); it asks again for the rest, told "building"."""
+    envs = pyenv.PythonEnvs("", tmp_path)
+    spec = pyenv.spec_for(b"six\n")
+    build = pyenv.Build(spec)
+    for i in range(pyenv.MAX_LINES):
+        build.say(f"{i:05} " + "y" * 900)
+    build.error = "pip install failed"
+    build.done.set()
+    envs._builds[spec.path] = build
+    got, offset, answers = [], 0, 0
+    while True:
+        res = asyncio.run(envs.prepare(b"six\n", build.token, offset))
+        answers += 1
+        size = sum(len(line) for line in res["lines"])
+        assert size <= pyenv.PAGE_BYTES
+        got += res["lines"]
+        offset = res["next"]
+        if res["state"] != "building":
+            break
+    assert res["state"] == "failed" and got == build.lines and answers > 5
