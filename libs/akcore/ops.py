@@ -65,7 +65,8 @@ class Op:
         return parse(self.name, self.request, args)
 
 
-# The verbs of the operations that change nothing (asking one again is always safe).
+# The verbs of the operations that change nothing, or nothing a repeat would change again
+# (``*.route`` keeps a provider delivery's claim, idempotently): asking again is safe.
 READ_VERBS = frozenset(
     {"active", "check", "describe", "download", "env", "export", "get", "list", "lookup"}
     | {"plan", "records", "resolve", "route", "states", "targets", "trace", "whoami"}
@@ -73,7 +74,7 @@ READ_VERBS = frozenset(
 
 
 def changes_nothing(name: str) -> bool:
-    """Whether operation ``name`` only reads (by its verb)."""
+    """Whether operation ``name`` may simply be asked again (by its verb: see READ_VERBS)."""
     return name.rpartition(".")[2] in READ_VERBS
 
 
