@@ -358,7 +358,8 @@ class JournalWriter:
 
     def located(self, stream_seq: int, created: bytes) -> None:
         """A first attempt's journal holds only its `created` record (``created``, as it
-        rests), at ``stream_seq``."""
+        rests), at ``stream_seq``: its bytes count (a child's inputs may be most of them)."""
+        self.size += len(created)
         self._stored(0, stream_seq, created, created)
 
     def _stored(

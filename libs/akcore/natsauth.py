@@ -315,6 +315,7 @@ def permissions(service: str) -> Permissions:
                     for verb in ("PURGE", "MSG.GET")
                 ),
                 f"{API}.STREAM.PURGE.{subjects.STREAM_REPLAY}",  # ended sessions' chunks
+                *_read(subjects.STREAM_INBOX),  # the inboxes' sizes (ak_store.room)
                 f"{API}.DIRECT.GET.{subjects.STREAM_JOURNAL}.>",
                 subjects.INBOX_ALL,  # ends a session whose record it could not keep
                 subjects.CHANGED,

@@ -14,8 +14,10 @@ its end goes to SQL (ERROR, saying why), its journal, replay chunks and inbox ar
 subscriptions go and its runner is asked to stop it.
 
 A journal's size is its last record's ``Ak-Journal-Bytes`` header (the runner's count of
-the journal's bytes); an inbox's is its message count times the stream's mean message size.
-Journals of sessions that ended already are purged soon: they count as room.
+the journal's bytes, its `created` record included); an inbox's is the sum of its messages'
+sizes (read as headers only; past ``INBOX_SCAN_MAX`` messages, estimated from the count).
+What sessions that ended hold goes first (a child's journal is otherwise kept for minutes,
+an ended session's inbox until the next sweep); ends not applied yet count as room.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from akcore.config import ENV_JOURNAL_MAX_BYTES
 from akcore.datakey import Keyring
 from akcore.parking import inbox_headers
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from sqlalchemy import Engine, bindparam, select, update
 
@@ -51,8 +55,20 @@ ENV_STREAM_MAX = "AK_RETENTION__JOURNAL_MAX_BYTES"  # each of AK_JOURNAL and AK_
 LEAST_ROOM = 0.10
 EVERY = 5.0  # seconds between two looks (with some jitter: stores look apart)
 CONCURRENCY = 32  # journals looked at, at once
+INBOX_SCAN_MAX = 500_000  # messages of AK_INBOX read for their sizes (more: estimated)
+INBOX_SCAN_SECONDS = 60.0
 
 _SESSIONS = Session.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a session holds in a stream: bytes; for a journal, whether its last record
+    ends the session, and that record's stream sequence."""
+
+    size: int
+    ended: bool = False
+    last: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,12 +120,19 @@ class Room:
     async def _make_room(self, stream: str, used: int, limit: int, messages: int) -> list[str]:
         sizes = await self._sizes(stream, used, messages)
         found = await self.sql(_sessions, self.engine, list(sizes))
-        room = sum(size for sid, size in sizes.items() if found.get(sid, ("",))[0] in _FINAL)
-        need = used - room - (limit - min(2 * self._least_room(limit), limit // 2))
+        # Sessions that ended first: theirs go now (a child's journal would stay for minutes,
+        # and an ended session's inbox until the next sweep: both could be filled again).
+        done = {sid for sid in sizes if found.get(sid, ("",))[0] in _FINAL}
+        freed = await self._purge_ended(stream, {sid: sizes[sid] for sid in done})
+        # Ends written but not applied yet (or records the store has not all applied):
+        # their journals go once they are.
+        pending = sum(s.size for sid, s in sizes.items() if s.ended and sid not in done)
+        pending += sum(sizes[sid].size for sid in done) - freed
+        need = used - freed - pending - (limit - min(2 * self._least_room(limit), limit // 2))
         holders = [
-            Holder(sid, found[sid][1], size)
-            for sid, size in sizes.items()
-            if sid in found and found[sid][0] not in _FINAL
+            Holder(sid, found[sid][1], s.size)
+            for sid, s in sizes.items()
+            if sid in found and sid not in done and not s.ended
         ]
         ended = []
         for h in _largest_first(holders):
@@ -130,25 +153,26 @@ class Room:
             need -= h.size
         return ended
 
-    async def _sizes(self, stream: str, used: int, messages: int) -> dict[str, int]:
-        """Bytes each session holds in ``stream``."""
+    async def _sizes(self, stream: str, used: int, messages: int) -> dict[str, Held]:
+        """What each session holds in ``stream``."""
         if stream == subjects.STREAM_INBOX:
-            counts = await session_subjects(self.js, stream, counts=True)
+            if messages <= INBOX_SCAN_MAX:
+                return {sid: Held(n) for sid, n in (await self._inbox_bytes()).items()}
+            counts = await session_subjects(self.js, stream, counts=True)  # (an estimate)
             mean = used // max(1, messages)
-            return {sid: n * mean for sid, n in counts.items()}
+            return {sid: Held(n * mean) for sid, n in counts.items()}
         sids = await session_subjects(self.js, stream)
-        sizes: dict[str, int] = {}
+        sizes: dict[str, Held] = {}
         for i in range(0, len(sids), CONCURRENCY):
             chunk = sids[i : i + CONCURRENCY]
             found = await asyncio.gather(*map(self._journal_size, chunk))
-            for sid, size in zip(chunk, found, strict=True):
-                if size is not None:
-                    sizes[sid] = size
+            for sid, held in zip(chunk, found, strict=True):
+                if held is not None:
+                    sizes[sid] = held
         return sizes
 
-    async def _journal_size(self, session_id: str) -> int | None:
-        """The journal's bytes by its last record; None when that record ends the session
-        (its end is being applied: not a session to end)."""
+    async def _journal_size(self, session_id: str) -> Held | None:
+        """The journal's bytes by its last record (which says whether the session ended)."""
         try:
             msg = await self.js.get_last_msg(
                 subjects.STREAM_JOURNAL, subjects.journal_subject(session_id)
@@ -157,14 +181,66 @@ class Room:
             return None
         data = msg.data or b""
         try:
-            if wire.decode(wire.JournalRecord, data).kind == wire.ENDED:
-                return None
+            ended = wire.decode(wire.JournalRecord, data).kind == wire.ENDED
         except Exception:
-            pass  # not a record of ours: its size counts all the same
+            ended = False  # not a record of ours: its size counts all the same
         try:
-            return max(int((msg.headers or {}).get(subjects.HDR_JOURNAL_BYTES, "")), len(data))
+            size = max(int((msg.headers or {}).get(subjects.HDR_JOURNAL_BYTES, "")), len(data))
         except ValueError:  # a `created` record (the dispatcher's), or an older runner's
-            return len(data)
+            size = len(data)
+        return Held(size, ended, msg.seq or 0)
+
+    async def _inbox_bytes(self) -> dict[str, int]:
+        """Each session's inbox bytes, summed from the stream's messages' sizes (read as
+        headers only: an inbox's count of messages says little, one may be 1 MiB)."""
+        prefix = len(subjects.inbox_subject(""))
+        held: dict[str, int] = defaultdict(int)
+        read_all = asyncio.Event()
+
+        async def on_msg(msg: Msg) -> None:
+            try:
+                held[msg.subject[prefix:]] += int((msg.headers or {}).get("Nats-Msg-Size", 0))
+            except ValueError:
+                pass
+            if msg.metadata.num_pending == 0:
+                read_all.set()
+
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, headers_only=True)
+        sub = await self.js.subscribe(
+            subjects.INBOX_ALL,
+            stream=subjects.STREAM_INBOX,
+            ordered_consumer=True,
+            cb=on_msg,
+            config=config,
+        )
+        try:
+            async with asyncio.timeout(INBOX_SCAN_SECONDS):
+                await read_all.wait()
+        finally:
+            await sub.unsubscribe()
+        return dict(held)
+
+    async def _purge_ended(self, stream: str, done: dict[str, Held]) -> int:
+        """Purges what sessions that ended hold in ``stream`` (journals once the store has
+        applied their records); returns the bytes freed."""
+        if stream == subjects.STREAM_JOURNAL:
+            floor = await self._ack_floor()
+            done = {sid: h for sid, h in done.items() if h.last <= floor}
+        for sid in done:
+            for name, subject in (
+                (subjects.STREAM_JOURNAL, subjects.journal_subject(sid)),
+                (subjects.STREAM_REPLAY, subjects.replay_subject(sid)),
+                (subjects.STREAM_INBOX, subjects.inbox_subject(sid)),
+            ):
+                if name == stream or stream == subjects.STREAM_JOURNAL:
+                    await self.js.purge_stream(name, subject=subject)
+        if done:
+            log.info("%s nearly full: purged what %d ended sessions held", stream, len(done))
+        return sum(h.size for h in done.values())
+
+    async def _ack_floor(self) -> int:
+        info = await self.js.consumer_info(subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL)
+        return info.ack_floor.stream_seq if info.ack_floor else 0
 
     async def _end(self, session_id: str, parent: str, why: str) -> bool:
         """Ends a live session by the store (see the module); False if it had ended."""

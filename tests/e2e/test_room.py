@@ -6,10 +6,11 @@ none could write its end, so no journal was purged)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
-from tests.helpers import start_stack, write_project
+from tests.helpers import Stack, start_stack, write_project
 
 HOG = """\
 version: v1
@@ -47,9 +48,14 @@ project:
     - name: hook
       webhook: {}
       call: s.py:on_hook
+    - name: long
+      webhook: {}
+      call: s.py:long
 """
 
 SMALL_CODE = """\
+import time
+
 import autokitteh
 
 
@@ -60,6 +66,42 @@ def step(n):
 
 def on_hook(event):
     print("small done", step(1))
+
+
+def long(event):
+    print("small holding", step(1))
+    time.sleep(3600)
+"""
+
+# Children that write 0.9 MB of journal each and end: their journals are kept a while
+# after (a child's parent may yet need to hear of its end from them).
+KIDS = """\
+version: v1
+project:
+  name: kids
+  triggers:
+    - name: hook
+      webhook: {}
+      call: k.py:fill
+"""
+
+KIDS_CODE = """\
+import autokitteh
+
+
+@autokitteh.activity
+def blob(i):
+    return str(i) * 300_000
+
+
+def child(event):
+    for i in range(3):
+        blob(i)
+
+
+def fill(event):
+    for _ in range(4):
+        autokitteh.start("k.py:child", {})
 """
 
 
@@ -70,9 +112,26 @@ def test_a_project_filling_the_journal_loses_its_own_sessions(tmp_path: Path) ->
         _, hog = stack.deploy(
             write_project(tmp_path / "hog", {"autokitteh.yaml": HOG, "h.py": HOG_CODE})
         )
-        _, small = stack.deploy(
+        paths = stack.deploy_paths(
             write_project(tmp_path / "small", {"autokitteh.yaml": SMALL, "s.py": SMALL_CODE})
         )
+        small = paths["hook"]
+        _, kids = stack.deploy(
+            write_project(tmp_path / "kids", {"autokitteh.yaml": KIDS, "k.py": KIDS_CODE})
+        )
+        # A long session of another project, its journal small: never the one to end.
+        holder = stack.session_of("small", stack.post_json(paths["long"], {})[1])
+        stack.wait_until(
+            lambda: "small holding" in stack.ak("session", "log", holder).stdout, "holding"
+        )
+        # 3.6 MB of journals of ended children: what they hold goes first.
+        assert stack.request("POST", kids)[0] == 202
+        stack.wait_until(
+            lambda: "AK_JOURNAL nearly full: purged what" in stack.output(),
+            "the ended children's journals purged",
+            timeout=60,
+        )
+        assert "small" not in _ended_projects(stack)
         for _ in range(8):  # 8 x 0.9 MB of journal: twice what AK_JOURNAL may hold
             assert stack.request("POST", hog)[0] == 202
         stack.wait_until(lambda: "full and it held" in stack.output(), "the store making room")
@@ -116,8 +175,20 @@ def test_a_project_filling_the_journal_loses_its_own_sessions(tmp_path: Path) ->
             lambda: stack.output().count("attempt 1 stops") >= len(ended),
             "the ended sessions' attempts to stop",
         )
+        assert _ended_projects(stack) == {"hog"}
+        assert json.loads(stack.ak("session", "get", holder, "-j").stdout)["state"] == "RUNNING"
     finally:
         stack.stop()
+
+
+def _ended_projects(stack: Stack) -> set[str]:
+    """The projects of the sessions the store ended to make room (from its log)."""
+    ids = set(re.findall(r"ak_store.room: session \S+ of project (\S+) ended", stack.output()))
+    names = {}
+    for line in stack.ak("project", "list", "-j", check=True).stdout.splitlines():
+        project = json.loads(line)
+        names[project["project_id"]] = project["name"]
+    return {names.get(i, i) for i in ids}
 
 
 DEAF = """\
@@ -152,12 +223,23 @@ project:
     - name: start
       webhook: {}
       call: e.py:ear
+    - name: slow
+      webhook: {}
+      call: e.py:slow
     - name: feed
       webhook: {}
 """
 
 EAR_CODE = """\
+import time
+
 import autokitteh
+
+
+def slow(event):
+    autokitteh.subscribe("feed")
+    print("busy")
+    time.sleep(3600)  # its (small) events wait meanwhile
 
 
 def ear(event):
@@ -182,6 +264,12 @@ def test_a_session_that_never_reads_its_events_is_ended_when_the_inbox_fills(
         ear = stack.deploy_paths(
             write_project(tmp_path / "ear", {"autokitteh.yaml": EAR, "e.py": EAR_CODE})
         )
+        # A busy session of another project, with many small events waiting for it: it
+        # holds more messages than the flooded one, but far fewer bytes.
+        busy = stack.session_of("ear", stack.post_json(ear["slow"], {})[1])
+        stack.wait_until(lambda: "busy" in stack.ak("session", "log", busy).stdout, "busy")
+        for i in range(100):
+            assert stack.post_json(ear["feed"], {"i": i})[0] == 202
         status, deaf_event = stack.post_json(deaf["start"], {})
         deaf_session = stack.session_of("deaf", deaf_event)
         stack.wait_until(
@@ -194,6 +282,7 @@ def test_a_session_that_never_reads_its_events_is_ended_when_the_inbox_fills(
         got = json.loads(stack.ak("session", "get", deaf_session, "-j", check=True).stdout)
         assert got["state"] == "ERROR", got
         assert "inbox (events not read yet) held" in got["error"], got["error"]
+        assert json.loads(stack.ak("session", "get", busy, "-j").stdout)["state"] == "RUNNING"
         # Another project's subscriber hears its event.
         status, ear_event = stack.post_json(ear["start"], {})
         ear_session = stack.session_of("ear", ear_event)
