@@ -87,8 +87,8 @@ class Purger:
         # A child's journal stays a while: if its runner stopped between its end and telling
         # its parent, the next attempt reads the end there and tells the parent (the sweep
         # purges it later).
-        found = await self.sql(_sessions, self.engine, [sid for sid, _ in ready])
-        children = {sid for sid, (_, parent, _) in found.items() if parent}
+        found = await self.sql(sessions, self.engine, [sid for sid, _ in ready])
+        children = {sid for sid, (_, parent, *_) in found.items() if parent}
         journals = [subjects.journal_subject(sid) for sid, _ in ready if sid not in children]
         await self._purge(journals, subjects.STREAM_JOURNAL)
         inboxes = [subjects.inbox_subject(sid) for sid, inbox in ready if inbox]
@@ -104,12 +104,12 @@ class Purger:
         journals = await self._session_subjects(subjects.STREAM_JOURNAL)
         inboxes = await self._session_subjects(subjects.STREAM_INBOX)
         replays = await self._session_subjects(subjects.STREAM_REPLAY)
-        found = await self.sql(_sessions, self.engine, [*journals, *inboxes, *replays])
+        found = await self.sql(sessions, self.engine, [*journals, *inboxes, *replays])
         floor = await self._ack_floor()
         now_us = timefmt.now_us()
         done = []
         for sid in journals:
-            state, parent, ended_us = found.get(sid, ("", "", 0))
+            state, parent, ended_us, _ = found.get(sid, ("", "", 0, ""))
             if state not in wire.FINAL_STATES or await self._last_seq(sid) > floor:
                 continue
             if parent and ended_us > now_us - CHILD_GRACE * 1_000_000:
@@ -180,17 +180,20 @@ _SUBJECT_OF: dict[str, Callable[[str], str]] = {
 }
 
 
-def _sessions(engine: Engine, session_ids: list[str]) -> dict[str, tuple[str, str, int]]:
-    """(state, parent session id, last change) of those of the sessions the store has."""
+def sessions(engine: Engine, session_ids: list[str]) -> dict[str, tuple[str, str, int, str]]:
+    """(state, parent session id, last change, project) of those of the sessions the store
+    has."""
     if not session_ids:
         return {}
     c = _SESSIONS.c
-    q = select(c.session_id, c.state, c.parent_session_id, c.updated_us).where(
+    q = select(c.session_id, c.state, c.parent_session_id, c.updated_us, c.project_id).where(
         c.session_id.in_(bindparam("ids", expanding=True))
     )
     with engine.connect() as conn:
         rows = conn.execute(q, {"ids": session_ids})
-        return {r.session_id: (r.state, r.parent_session_id, r.updated_us) for r in rows}
+        return {
+            r.session_id: (r.state, r.parent_session_id, r.updated_us, r.project_id) for r in rows
+        }
 
 
 def prune(engine: Engine, keep: Retention, now_us: int | None = None) -> dict[str, int]:

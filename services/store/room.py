@@ -39,9 +39,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy import Engine, bindparam, update
 
-from .cleanup import session_subjects
+from .cleanup import session_subjects, sessions
 from .materialize import retire_drained
 from .models import Session
 from .sealed import seal_column
@@ -119,7 +119,7 @@ class Room:
 
     async def _make_room(self, stream: str, used: int, limit: int, messages: int) -> list[str]:
         sizes = await self._sizes(stream, used, messages)
-        found = await self.sql(_sessions, self.engine, list(sizes))
+        found = await self.sql(sessions, self.engine, list(sizes))
         # Sessions that ended first: theirs go now (a child's journal would stay for minutes,
         # and an ended session's inbox until the next sweep: both could be filled again).
         done = {sid for sid in sizes if found.get(sid, ("",))[0] in _FINAL}
@@ -130,7 +130,7 @@ class Room:
         pending += sum(sizes[sid].size for sid in done) - freed
         need = used - freed - pending - (limit - min(2 * self._least_room(limit), limit // 2))
         holders = [
-            Holder(sid, found[sid][1], s.size)
+            Holder(sid, found[sid][3], s.size)
             for sid, s in sizes.items()
             if sid in found and sid not in done and not s.ended
         ]
@@ -139,7 +139,7 @@ class Room:
             if need <= 0:
                 break
             why = _reason(stream, used, limit, h)
-            if await self._end(h.session_id, found[h.session_id][2], why):
+            if await self._end(h.session_id, found[h.session_id][1], why):
                 log.warning(
                     "session %s of project %s ended: %s was %.0f%% full and it held %s of it, "
                     "the most of the project holding the most",
@@ -338,16 +338,3 @@ def _end_row(engine: Engine, keys: Keyring, session_id: str, why: str) -> bool:
         if done:
             retire_drained(conn, {session_id})
     return bool(done)
-
-
-def _sessions(engine: Engine, session_ids: list[str]) -> dict[str, tuple[str, str, str]]:
-    """(state, project, parent session) of those of the sessions the store has."""
-    if not session_ids:
-        return {}
-    c = _SESSIONS.c
-    q = select(c.session_id, c.state, c.project_id, c.parent_session_id).where(
-        c.session_id.in_(bindparam("ids", expanding=True))
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(q, {"ids": session_ids})
-        return {r.session_id: (r.state, r.project_id, r.parent_session_id) for r in rows}
