@@ -55,7 +55,8 @@ def hide(folder: str, keep: str = "/etc/resolv.conf") -> None:
             call(libc.mount(None, os.fsencode(kept), None, ro, None), f"remount {kept}")
         call(libc.mount(None, where, None, _MS_REMOUNT | _MS_RDONLY | flags, None), "remount")
         if own_proc():  # a /proc of this namespace's own, showing a user its processes alone
-            call(libc.mount(b"proc", b"/proc", b"proc", flags, b"hidepid=2"), "mount /proc")
+            # (Where the kernel refuses it, /proc stays as it was: /run is hidden all the same.)
+            libc.mount(b"proc", b"/proc", b"proc", flags, b"hidepid=2")
     finally:
         os.umask(umask)
         if kept_fd >= 0:
