@@ -159,6 +159,8 @@ class Syscalls:
             raise SyscallError(f"{target!r} is not a session id")
         _values.loads(blob, "signal payload")  # data, never a pickle: checked before it goes
         await self._own_session(target)
+        if await self._has_ended(target):  # (its inbox would keep it until purged: for nothing)
+            raise SyscallError(f'session "{target}" has ended: it takes no more signals')
         msg = wire.InboxMessage(
             kind=wire.INBOX_SIGNAL, name=str(args.get("name", "")), payload=blob or None
         )
@@ -171,6 +173,18 @@ class Syscalls:
             headers={subjects.HDR_MSG_ID: msg_id, **parking.inbox_headers(msg)},
         )
         return None, None
+
+    async def _has_ended(self, session_id: str) -> bool:
+        """Whether a session of this project has ended: its journal's last record ends it,
+        or it has no journal left and the store has it ended."""
+        try:
+            last = await self.js.get_last_msg(
+                subjects.STREAM_JOURNAL, subjects.journal_subject(session_id)
+            )
+        except NotFoundError:
+            found = await bus.store_call(self.nc, "session.get", {"session": session_id})
+            return found["state"] in wire.FINAL_STATES
+        return wire.decode(wire.JournalRecord, last.data or b"").kind == wire.ENDED
 
     async def _own_session(self, session_id: str) -> None:
         """Refuses a session of another project as one that does not exist (so that ids

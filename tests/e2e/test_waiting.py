@@ -130,6 +130,10 @@ def pinger(event):
         autokitteh.signal(pong, "ping", i)
         print("pong", autokitteh.next_signal("pong", timeout=20).payload)
     print("end", autokitteh.next_signal(pong, timeout=20).payload)
+    try:
+        autokitteh.signal(pong, "ping", 99)  # it has ended
+    except autokitteh.AutoKittehError as e:
+        print("refused:", e)
 
 
 def ponger(event):
@@ -337,7 +341,9 @@ def test_parent_and_child(env: tuple[Stack, dict[str, str], Path]) -> None:
     stack, paths, _ = env
     session, prints = _finish(stack, _session_of(stack, _fire(stack, paths["pinger"])))
     assert session["state"] == "COMPLETED", session
-    assert prints == ["pong 0", "pong 10", "pong 20", "end {'completed': True, 'value': 'bye'}"]
+    assert prints[:4] == ["pong 0", "pong 10", "pong 20", "end {'completed': True, 'value': 'bye'}"]
+    assert len(prints) == 5 and prints[4].startswith('refused: signal: session "ses_'), prints
+    assert prints[4].endswith('" has ended: it takes no more signals'), prints
 
 
 def test_replay_of_a_session_waiting_in_next_event(env: tuple[Stack, dict[str, str], Path]) -> None:
