@@ -55,7 +55,7 @@ ENV_STREAM_MAX = "AK_RETENTION__JOURNAL_MAX_BYTES"  # each of AK_JOURNAL and AK_
 LEAST_ROOM = 0.10
 EVERY = 5.0  # seconds between two looks (with some jitter: stores look apart)
 CONCURRENCY = 32  # journals looked at, at once
-INBOX_SCAN_MAX = 500_000  # messages of AK_INBOX read for their sizes (more: estimated)
+INBOX_SCAN_MAX = 100_000  # messages of AK_INBOX read for their sizes (more: estimated)
 INBOX_SCAN_SECONDS = 60.0
 
 _SESSIONS = Session.__table__  # type: ignore[attr-defined]
