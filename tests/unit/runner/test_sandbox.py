@@ -328,7 +328,7 @@ def test_a_build_tools_processes_are_bounded() -> None:
         "try:\n"
         "    for _ in range(50):\n"
         "        if os.fork() == 0:\n"
-        "            time.sleep(30); os._exit(0)\n"
+        "            os.close(1); os.close(2); time.sleep(30); os._exit(0)\n"
         "        made += 1\n"
         "except BlockingIOError:\n"
         "    print('refused after', made)\n"
