@@ -10,8 +10,9 @@ minutes of CPU and waits on states, not times."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ak_store.service import run as run_store
 from akcore import bus, cel, ids, subjects, timefmt, wire
 from akcore.config import Settings
 from akcore.errors import Unavailable
+from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from tests.integration.conftest import running
@@ -73,41 +75,53 @@ def judging(monkeypatch: pytest.MonkeyPatch) -> Iterator[Judging]:
     j.let_go.set()  # (a failed test's dispatcher stops)
 
 
+@contextlib.asynccontextmanager
+async def _dispatching(
+    settings: Settings, judging: Judging | None = None, dispatchers: int = 1
+) -> AsyncIterator[Client]:
+    """The store and ``dispatchers`` dispatchers running, and a connection to their NATS;
+    the filters ``judging`` holds are let go before they stop (a failed test's dispatcher
+    stops)."""
+    async with contextlib.AsyncExitStack() as services:
+        await services.enter_async_context(running(run_store, settings, "store"))
+        for _ in range(dispatchers):
+            await services.enter_async_context(running(run_dispatcher, settings, "dispatcher"))
+        nc = await bus.connect(settings.nats_url, "t")
+        try:
+            yield nc
+        finally:
+            if judging is not None:
+                judging.let_go.set()
+            await nc.close()
+
+
 async def test_a_flooded_filter_holds_up_no_other_project(
     settings: Settings, judging: Judging
 ) -> None:
     # The flooded trigger's filter does not decide until the test lets it (a filter stuck
     # in its evaluator); other filters are judged as usual.
     let_go, stuck = judging.let_go, judging.stuck
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _dispatching(settings, judging) as nc:
         js = nc.jetstream()
-        try:
-            flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
-            victim = await deploy(nc, "victim", {"simple.py": b""})
-            stuck.add(flooded["trigger"]["trigger_id"])
-            pub = bus.publisher(nc)
-            flood: list[str] = []
-            for start in range(0, FLOOD, 100):  # all in the stream before the victim's event
-                batch = (_send(pub, flooded, n) for n in range(start, start + 100))
-                flood += await asyncio.gather(*batch)
-            victim_event = await _send(pub, victim, 0)
+        flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
+        victim = await deploy(nc, "victim", {"simple.py": b""})
+        stuck.add(flooded["trigger"]["trigger_id"])
+        pub = bus.publisher(nc)
+        flood: list[str] = []
+        for start in range(0, FLOOD, 100):  # all in the stream before the victim's event
+            batch = (_send(pub, flooded, n) for n in range(start, start + 100))
+            flood += await asyncio.gather(*batch)
+        victim_event = await _send(pub, victim, 0)
 
-            # The victim's session is created while no flooded event has been judged.
-            (victim_job,) = await eventually(lambda: _jobs(js), timeout=30)
-            assert not let_go.is_set()
-            assert await _event_of(js, victim_job) == victim_event
+        # The victim's session is created while no flooded event has been judged.
+        (victim_job,) = await eventually(lambda: _jobs(js), timeout=30)
+        assert not let_go.is_set()
+        assert await _event_of(js, victim_job) == victim_event
 
-            let_go.set()  # the flooded filter decides: each flooded event starts a session
-            started = await _started(js, FLOOD + 1, timeout=60)
-            assert sorted(started) == sorted([*flood, victim_event])
-            await eventually(lambda: _settled(js), timeout=10)
-        finally:
-            let_go.set()  # a failed test's dispatcher stops
-            await nc.close()
+        let_go.set()  # the flooded filter decides: each flooded event starts a session
+        started = await _started(js, FLOOD + 1, timeout=60)
+        assert sorted(started) == sorted([*flood, victim_event])
+        await eventually(lambda: _settled(js), timeout=10)
 
 
 async def test_a_flooded_filter_holds_up_no_other_filtered_trigger(
@@ -118,40 +132,32 @@ async def test_a_flooded_filter_holds_up_no_other_filtered_trigger(
     is still far from judged. Taken back in one line, oldest first, only the burst's first
     ``PER_DESTINATION`` events (those that waited in the dispatcher) would start."""
     let_go, stuck = judging.let_go, judging.stuck
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _dispatching(settings, judging) as nc:
         js = nc.jetstream()
-        try:
-            flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
-            victim = await deploy(nc, "victim", {"simple.py": b""}, FILTERED)
-            stuck.add(flooded["trigger"]["trigger_id"])
-            pub = bus.publisher(nc)
-            # More deferred than a dispatcher takes back at once (64), all before the burst.
-            flood = await asyncio.gather(*(_send(pub, flooded, n) for n in range(200)))
-            flood_key = subjects.deferred_subject(flooded["trigger"]["trigger_id"])
+        flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
+        victim = await deploy(nc, "victim", {"simple.py": b""}, FILTERED)
+        stuck.add(flooded["trigger"]["trigger_id"])
+        pub = bus.publisher(nc)
+        # More deferred than a dispatcher takes back at once (64), all before the burst.
+        flood = await asyncio.gather(*(_send(pub, flooded, n) for n in range(200)))
+        flood_key = subjects.deferred_subject(flooded["trigger"]["trigger_id"])
 
-            async def flood_deferred() -> bool:
-                info = await js.stream_info(subjects.STREAM_DEFERRED, subjects_filter=flood_key)
-                return sum((info.state.subjects or {}).values()) > 0
+        async def flood_deferred() -> bool:
+            info = await js.stream_info(subjects.STREAM_DEFERRED, subjects_filter=flood_key)
+            return sum((info.state.subjects or {}).values()) > 0
 
-            await eventually(flood_deferred, timeout=30)
-            burst = [await _send(pub, victim, n) for n in range(3 * PER_DESTINATION)]
+        await eventually(flood_deferred, timeout=30)
+        burst = [await _send(pub, victim, n) for n in range(3 * PER_DESTINATION)]
 
-            # Every event of the burst starts its session while no flooded one is judged.
-            jobs = await _started(js, len(burst), timeout=30)
-            assert not let_go.is_set()
-            assert sorted(jobs) == sorted(burst)
+        # Every event of the burst starts its session while no flooded one is judged.
+        jobs = await _started(js, len(burst), timeout=30)
+        assert not let_go.is_set()
+        assert sorted(jobs) == sorted(burst)
 
-            let_go.set()  # the flooded filter decides: the flood starts its sessions too
-            started = await _started(js, len(flood) + len(burst), timeout=60)
-            assert sorted(started) == sorted([*flood, *burst])
-            await eventually(lambda: _settled(js), timeout=20)
-        finally:
-            let_go.set()  # a failed test's dispatcher stops
-            await nc.close()
+        let_go.set()  # the flooded filter decides: the flood starts its sessions too
+        started = await _started(js, len(flood) + len(burst), timeout=60)
+        assert sorted(started) == sorted([*flood, *burst])
+        await eventually(lambda: _settled(js), timeout=20)
 
 
 async def test_events_that_cannot_be_deferred_are_judged_where_they_wait(
@@ -196,35 +202,26 @@ async def test_two_dispatchers_share_the_consumers_of_deferred_events(
     its session."""
     judging.everything = True
     let_go, judged = judging.let_go, judging.judged
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _dispatching(settings, judging, dispatchers=2) as nc:
         js = nc.jetstream()
-        try:
-            floods = [await deploy(nc, f"f{i}", {"simple.py": b""}, FILTERED) for i in range(2)]
-            pub = bus.publisher(nc)
-            sent = []
-            for deployed in floods:  # more than both dispatchers let wait for their filters
-                sent += await asyncio.gather(*(_send(pub, deployed, n) for n in range(100)))
+        floods = [await deploy(nc, f"f{i}", {"simple.py": b""}, FILTERED) for i in range(2)]
+        pub = bus.publisher(nc)
+        sent = []
+        for deployed in floods:  # more than both dispatchers let wait for their filters
+            sent += await asyncio.gather(*(_send(pub, deployed, n) for n in range(100)))
 
-            async def deferred() -> bool:
-                info = await js.stream_info(subjects.STREAM_DEFERRED)
-                return info.state.messages > 0
+        async def deferred() -> bool:
+            info = await js.stream_info(subjects.STREAM_DEFERRED)
+            return info.state.messages > 0
 
-            await eventually(deferred, timeout=30)
-            let_go.set()
+        await eventually(deferred, timeout=30)
+        let_go.set()
 
-            assert sorted(await _started(js, len(sent), timeout=60)) == sorted(sent)
-            await eventually(lambda: _settled(js), timeout=20)
-            assert sorted(judged) == sorted(sent)  # each once
-            names = {c.name for c in await js.consumers_info(subjects.STREAM_DEFERRED)}
-            assert names <= {subjects.deferred_consumer(d["trigger"]["trigger_id"]) for d in floods}
-        finally:
-            let_go.set()
-            await nc.close()
+        assert sorted(await _started(js, len(sent), timeout=60)) == sorted(sent)
+        await eventually(lambda: _settled(js), timeout=20)
+        assert sorted(judged) == sorted(sent)  # each once
+        names = {c.name for c in await js.consumers_info(subjects.STREAM_DEFERRED)}
+        assert names <= {subjects.deferred_consumer(d["trigger"]["trigger_id"]) for d in floods}
 
 
 async def test_destinations_deferred_beyond_the_most_consumers_wait_for_one_to_go(
@@ -240,35 +237,27 @@ async def test_destinations_deferred_beyond_the_most_consumers_wait_for_one_to_g
     monkeypatch.setattr(bus, "DEFERRED_IDLE", 1.0)
     judging.everything = True
     let_go = judging.let_go
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _dispatching(settings, judging) as nc:
         js = nc.jetstream()
-        try:
-            first = await deploy(nc, "first", {"simple.py": b""}, FILTERED)
-            second = await deploy(nc, "second", {"simple.py": b""}, FILTERED)
-            pub = bus.publisher(nc)
-            n = PER_DESTINATION + 8
-            sent = [await _send(pub, first, i) for i in range(n)]
-            sent += [await _send(pub, second, i) for i in range(n)]
+        first = await deploy(nc, "first", {"simple.py": b""}, FILTERED)
+        second = await deploy(nc, "second", {"simple.py": b""}, FILTERED)
+        pub = bus.publisher(nc)
+        n = PER_DESTINATION + 8
+        sent = [await _send(pub, first, i) for i in range(n)]
+        sent += [await _send(pub, second, i) for i in range(n)]
 
-            def at_the_most() -> bool:
-                return any("the most:" in r.getMessage() for r in caplog.records)
+        def at_the_most() -> bool:
+            return any("the most:" in r.getMessage() for r in caplog.records)
 
-            await eventually(_async(at_the_most), timeout=30)
-            consumers = await js.consumers_info(subjects.STREAM_DEFERRED)
-            assert [c.name for c in consumers] == [
-                subjects.deferred_consumer(first["trigger"]["trigger_id"])
-            ]
-            let_go.set()
+        await eventually(_async(at_the_most), timeout=30)
+        consumers = await js.consumers_info(subjects.STREAM_DEFERRED)
+        assert [c.name for c in consumers] == [
+            subjects.deferred_consumer(first["trigger"]["trigger_id"])
+        ]
+        let_go.set()
 
-            assert sorted(await _started(js, len(sent), timeout=60)) == sorted(sent)
-            await eventually(lambda: _settled(js), timeout=20)
-        finally:
-            let_go.set()
-            await nc.close()
+        assert sorted(await _started(js, len(sent), timeout=60)) == sorted(sent)
+        await eventually(lambda: _settled(js), timeout=20)
 
 
 async def test_events_deferred_by_an_earlier_version_are_taken_back(settings: Settings) -> None:
@@ -389,26 +378,18 @@ async def test_an_event_whose_copy_may_have_been_stored_is_judged_once(
         return ack
 
     monkeypatch.setattr(bus.Publisher, "publish", stored_but_unanswered)
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _dispatching(settings, judging) as nc:
         js = nc.jetstream()
-        try:
-            flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
-            pub = bus.publisher(nc)
-            n = PER_DESTINATION + 8
-            flood = [await _send(pub, flooded, i) for i in range(n)]
-            await eventually(_async(lambda: len(timed_out) == 3), timeout=30)
-            let_go.set()
+        flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
+        pub = bus.publisher(nc)
+        n = PER_DESTINATION + 8
+        flood = [await _send(pub, flooded, i) for i in range(n)]
+        await eventually(_async(lambda: len(timed_out) == 3), timeout=30)
+        let_go.set()
 
-            assert sorted(await _started(js, n)) == sorted(flood)
-            await eventually(lambda: _settled(js), timeout=20)
-            assert sorted(judged) == sorted(flood)  # each once
-        finally:
-            let_go.set()
-            await nc.close()
+        assert sorted(await _started(js, n)) == sorted(flood)
+        await eventually(lambda: _settled(js), timeout=20)
+        assert sorted(judged) == sorted(flood)  # each once
 
 
 @pytest.mark.parametrize("taken_back_first", [False, True], ids=["waiting", "taken-back"])
@@ -434,35 +415,28 @@ async def test_an_event_deferred_by_a_dispatcher_that_stopped_is_judged_once(
         return await dispatch(self, msg, event, *a)
 
     monkeypatch.setattr(Dispatcher, "dispatch", first_delivery_lost)
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _dispatching(settings) as nc:
         js = nc.jetstream()
-        try:
-            filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
-            pub = bus.publisher(nc)
-            ev = _event(filtered, 1)
-            comes_again.add(ev.event_id)
-            data = wire.encode(ev)
-            # the copy the stopped dispatcher stored, and the event it did not ack
-            await pub.publish(
-                subjects.deferred_subject(ev.destination_id),
-                data,
-                headers={subjects.HDR_MSG_ID: ev.event_id},
-            )
-            await pub.publish(
-                subjects.event_subject(ev.project_id, ev.event_id),
-                data,
-                headers={subjects.HDR_MSG_ID: ev.event_id},
-            )
-            assert await _started(js, 1, timeout=30) == [ev.event_id]
-            await eventually(lambda: _settled(js), timeout=30)
-            assert judged == [ev.event_id]  # once
-            assert await _started(js, 1) == [ev.event_id]
-        finally:
-            await nc.close()
+        filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
+        pub = bus.publisher(nc)
+        ev = _event(filtered, 1)
+        comes_again.add(ev.event_id)
+        data = wire.encode(ev)
+        # the copy the stopped dispatcher stored, and the event it did not ack
+        await pub.publish(
+            subjects.deferred_subject(ev.destination_id),
+            data,
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        await pub.publish(
+            subjects.event_subject(ev.project_id, ev.event_id),
+            data,
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        assert await _started(js, 1, timeout=30) == [ev.event_id]
+        await eventually(lambda: _settled(js), timeout=30)
+        assert judged == [ev.event_id]  # once
+        assert await _started(js, 1) == [ev.event_id]
 
 
 async def test_an_event_that_comes_again_is_not_lost_when_the_store_is_away(
@@ -494,23 +468,16 @@ async def test_an_event_that_comes_again_is_not_lost_when_the_store_is_away(
 
     monkeypatch.setattr(svc.Dispatcher, "dispatch", first_delivery_lost)
     monkeypatch.setattr(svc, "not_started", store_away_once)
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with _dispatching(settings) as nc:
         js = nc.jetstream()
-        try:
-            filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
-            ev = _event(filtered, 1)
-            victim.add(ev.event_id)
-            await bus.publisher(nc).publish(
-                subjects.event_subject(ev.project_id, ev.event_id),
-                wire.encode(ev),
-                headers={subjects.HDR_MSG_ID: ev.event_id},
-            )
-            await eventually(_async(lambda: bool(failed)), timeout=30)
-            assert await _started(js, 1, timeout=30) == [ev.event_id]
-            await eventually(lambda: _settled(js), timeout=30)
-        finally:
-            await nc.close()
+        filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
+        ev = _event(filtered, 1)
+        victim.add(ev.event_id)
+        await bus.publisher(nc).publish(
+            subjects.event_subject(ev.project_id, ev.event_id),
+            wire.encode(ev),
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        await eventually(_async(lambda: bool(failed)), timeout=30)
+        assert await _started(js, 1, timeout=30) == [ev.event_id]
+        await eventually(lambda: _settled(js), timeout=30)
