@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
 from akcore import bus
 from akcore.config import Settings
+from nats.aio.client import Client
 
 from tests.conftest import as_service
 from tests.pg import fresh_database
@@ -61,3 +62,26 @@ async def running(run: Run, settings: Settings, service: str) -> AsyncIterator[N
         await nc.close()
         stop.set()
         await asyncio.wait_for(task, timeout=15)
+
+
+@asynccontextmanager
+async def dispatching(
+    settings: Settings, let_go: asyncio.Event | None = None, dispatchers: int = 1
+) -> AsyncIterator[Client]:
+    """The store and ``dispatchers`` dispatchers running, and a connection to their NATS;
+    ``let_go`` (what a test holds filters back with) is set before they stop, so that a
+    failed test's dispatcher stops."""
+    from ak_dispatcher.service import run as run_dispatcher
+    from ak_store.service import run as run_store
+
+    async with AsyncExitStack() as services:
+        await services.enter_async_context(running(run_store, settings, "store"))
+        for _ in range(dispatchers):
+            await services.enter_async_context(running(run_dispatcher, settings, "dispatcher"))
+        nc = await bus.connect(settings.nats_url, "t")
+        try:
+            yield nc
+        finally:
+            if let_go is not None:
+                let_go.set()
+            await nc.close()

@@ -15,16 +15,12 @@ from akcore.config import Settings
 from akcore.errors import NotFound
 from akcore.sessions import publish_session
 
-from .conftest import running
+from .conftest import dispatching, running
 from .helpers import deploy, eventually, journal
 
 
 async def test_event_becomes_one_session(settings: Settings) -> None:
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with dispatching(settings) as nc:
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""})
         event = _event(d, "post", {"body": {"bytes": b"x"}})
@@ -52,7 +48,6 @@ async def test_event_becomes_one_session(settings: Settings) -> None:
         (created,) = await journal(nc, job.session_id)
         assert created.kind == wire.CREATED and created.data["deployment_id"] == d["deployment_id"]
         assert consumer is not None
-        await nc.close()
 
 
 async def _acked(js, n: int) -> bool:  # type: ignore[no-untyped-def]
@@ -62,11 +57,7 @@ async def _acked(js, n: int) -> bool:  # type: ignore[no-untyped-def]
 
 async def test_subscription_filters_judged_within_budget(settings: Settings) -> None:
     settings = dataclasses.replace(settings, filter_budget_ms=50)
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with dispatching(settings) as nc:
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""})
         trigger_id, light, heavy = d["trigger"]["trigger_id"], ids.new_id("ses"), ids.new_id("ses")
@@ -101,7 +92,6 @@ async def test_subscription_filters_judged_within_budget(settings: Settings) -> 
         )
         inbox = await js.stream_info(subjects.STREAM_INBOX, subjects_filter=subjects.INBOX_ALL)
         assert set((inbox.state.subjects or {}).keys()) == {subjects.inbox_subject(light)}
-        await nc.close()
 
 
 async def test_a_redelivered_event_does_not_start_an_ended_session_again(
@@ -180,11 +170,7 @@ async def test_a_sync_webhooks_event_dispatched_again_reports_its_session(
     a second time (a provider's redelivery, or after a dispatcher died before its ack)
     reaches the session the first time started, and says so (it said no session: the
     request got a 502 while its session ran)."""
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with dispatching(settings) as nc:
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""}, SYNC)
         event = _event(d, "post")
@@ -217,7 +203,6 @@ async def test_a_sync_webhooks_event_dispatched_again_reports_its_session(
         sessions = [r["sessions"] for r in reports]
         assert len(sessions[0]) == 1 and sessions[1] == sessions[0]
         assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 1  # one session
-        await nc.close()
 
 
 def _async(probe: Any) -> Any:
@@ -231,11 +216,7 @@ async def test_a_subscription_made_again_is_kept_once(settings: Settings) -> Non
     """A session's `subscribe` tried again while the store was away (the earlier try
     carried out late) makes the same subscription, once: each event reaches the session
     once (a second row got a second copy of every event into its inbox, unread)."""
-    async with (
-        running(run_store, settings, "store"),
-        running(run_dispatcher, settings, "dispatcher"),
-    ):
-        nc = await bus.connect(settings.nats_url, "t")
+    async with dispatching(settings) as nc:
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""})
         trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
@@ -259,7 +240,6 @@ async def test_a_subscription_made_again_is_kept_once(settings: Settings) -> Non
         assert await eventually(delivered, timeout=30) == 2  # sub-1 once, sub-2 once
         await eventually(lambda: _acked(js, 1), timeout=30)
         assert await delivered() == 2
-        await nc.close()
 
 
 def _event(d: dict[str, Any], event_type: str, data: dict[str, Any] | None = None) -> wire.Event:

@@ -10,9 +10,8 @@ minutes of CPU and waits on states, not times."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,9 @@ from ak_store.service import run as run_store
 from akcore import bus, cel, ids, subjects, timefmt, wire
 from akcore.config import Settings
 from akcore.errors import Unavailable
-from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from tests.integration.conftest import running
+from tests.integration.conftest import dispatching, running
 from tests.integration.helpers import MANIFEST, deploy, eventually
 
 FILTERED = MANIFEST.replace(
@@ -75,33 +73,13 @@ def judging(monkeypatch: pytest.MonkeyPatch) -> Iterator[Judging]:
     j.let_go.set()  # (a failed test's dispatcher stops)
 
 
-@contextlib.asynccontextmanager
-async def _dispatching(
-    settings: Settings, judging: Judging | None = None, dispatchers: int = 1
-) -> AsyncIterator[Client]:
-    """The store and ``dispatchers`` dispatchers running, and a connection to their NATS;
-    the filters ``judging`` holds are let go before they stop (a failed test's dispatcher
-    stops)."""
-    async with contextlib.AsyncExitStack() as services:
-        await services.enter_async_context(running(run_store, settings, "store"))
-        for _ in range(dispatchers):
-            await services.enter_async_context(running(run_dispatcher, settings, "dispatcher"))
-        nc = await bus.connect(settings.nats_url, "t")
-        try:
-            yield nc
-        finally:
-            if judging is not None:
-                judging.let_go.set()
-            await nc.close()
-
-
 async def test_a_flooded_filter_holds_up_no_other_project(
     settings: Settings, judging: Judging
 ) -> None:
     # The flooded trigger's filter does not decide until the test lets it (a filter stuck
     # in its evaluator); other filters are judged as usual.
     let_go, stuck = judging.let_go, judging.stuck
-    async with _dispatching(settings, judging) as nc:
+    async with dispatching(settings, judging.let_go) as nc:
         js = nc.jetstream()
         flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
         victim = await deploy(nc, "victim", {"simple.py": b""})
@@ -132,7 +110,7 @@ async def test_a_flooded_filter_holds_up_no_other_filtered_trigger(
     is still far from judged. Taken back in one line, oldest first, only the burst's first
     ``PER_DESTINATION`` events (those that waited in the dispatcher) would start."""
     let_go, stuck = judging.let_go, judging.stuck
-    async with _dispatching(settings, judging) as nc:
+    async with dispatching(settings, judging.let_go) as nc:
         js = nc.jetstream()
         flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
         victim = await deploy(nc, "victim", {"simple.py": b""}, FILTERED)
@@ -202,7 +180,7 @@ async def test_two_dispatchers_share_the_consumers_of_deferred_events(
     its session."""
     judging.everything = True
     let_go, judged = judging.let_go, judging.judged
-    async with _dispatching(settings, judging, dispatchers=2) as nc:
+    async with dispatching(settings, judging.let_go, dispatchers=2) as nc:
         js = nc.jetstream()
         floods = [await deploy(nc, f"f{i}", {"simple.py": b""}, FILTERED) for i in range(2)]
         pub = bus.publisher(nc)
@@ -237,7 +215,7 @@ async def test_destinations_deferred_beyond_the_most_consumers_wait_for_one_to_g
     monkeypatch.setattr(bus, "DEFERRED_IDLE", 1.0)
     judging.everything = True
     let_go = judging.let_go
-    async with _dispatching(settings, judging) as nc:
+    async with dispatching(settings, judging.let_go) as nc:
         js = nc.jetstream()
         first = await deploy(nc, "first", {"simple.py": b""}, FILTERED)
         second = await deploy(nc, "second", {"simple.py": b""}, FILTERED)
@@ -378,7 +356,7 @@ async def test_an_event_whose_copy_may_have_been_stored_is_judged_once(
         return ack
 
     monkeypatch.setattr(bus.Publisher, "publish", stored_but_unanswered)
-    async with _dispatching(settings, judging) as nc:
+    async with dispatching(settings, judging.let_go) as nc:
         js = nc.jetstream()
         flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
         pub = bus.publisher(nc)
@@ -415,7 +393,7 @@ async def test_an_event_deferred_by_a_dispatcher_that_stopped_is_judged_once(
         return await dispatch(self, msg, event, *a)
 
     monkeypatch.setattr(Dispatcher, "dispatch", first_delivery_lost)
-    async with _dispatching(settings) as nc:
+    async with dispatching(settings) as nc:
         js = nc.jetstream()
         filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
         pub = bus.publisher(nc)
@@ -468,7 +446,7 @@ async def test_an_event_that_comes_again_is_not_lost_when_the_store_is_away(
 
     monkeypatch.setattr(svc.Dispatcher, "dispatch", first_delivery_lost)
     monkeypatch.setattr(svc, "not_started", store_away_once)
-    async with _dispatching(settings) as nc:
+    async with dispatching(settings) as nc:
         js = nc.jetstream()
         filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
         ev = _event(filtered, 1)
