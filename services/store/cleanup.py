@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Literal, overload
+from typing import Any
 
 from akcore import ids, subjects, timefmt, wire
 from akcore.retention import Retention
@@ -76,12 +76,8 @@ class Purger:
             except Exception as e:  # NATS or SQL away: next time
                 log.warning("purging ended sessions: %r", e)
 
-    async def _ack_floor(self) -> int:
-        info = await self.js.consumer_info(subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL)
-        return info.ack_floor.stream_seq if info.ack_floor else 0
-
     async def _purge_ready(self) -> None:
-        floor = await self._ack_floor()
+        floor = await ack_floor(self.js)
         ready = [(sid, inbox) for seq, sid, inbox in self._ended if seq <= floor]
         self._ended = [e for e in self._ended if e[0] > floor]
         # A child's journal stays a while: if its runner stopped between its end and telling
@@ -101,11 +97,11 @@ class Purger:
 
     async def sweep(self) -> int:
         """Purges what the fast path missed; returns how many subjects it purged."""
-        journals = await self._session_subjects(subjects.STREAM_JOURNAL)
-        inboxes = await self._session_subjects(subjects.STREAM_INBOX)
-        replays = await self._session_subjects(subjects.STREAM_REPLAY)
+        journals = await session_subjects(self.js, subjects.STREAM_JOURNAL)
+        inboxes = await session_subjects(self.js, subjects.STREAM_INBOX)
+        replays = await session_subjects(self.js, subjects.STREAM_REPLAY)
         found = await self.sql(sessions, self.engine, [*journals, *inboxes, *replays])
-        floor = await self._ack_floor()
+        floor = await ack_floor(self.js)
         now_us = timefmt.now_us()
         done = []
         for sid in journals:
@@ -143,24 +139,21 @@ class Purger:
             return 0
         return msg.seq or 0
 
-    async def _session_subjects(self, stream: str) -> list[str]:
-        return await session_subjects(self.js, stream)
+
+async def ack_floor(js: JetStreamContext) -> int:
+    """The stream sequence up to which the store has applied (and acked) every record."""
+    info = await js.consumer_info(subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL)
+    return info.ack_floor.stream_seq if info.ack_floor else 0
 
 
-@overload
-async def session_subjects(
-    js: JetStreamContext, stream: str, counts: Literal[False] = False
-) -> list[str]: ...
-@overload
-async def session_subjects(
-    js: JetStreamContext, stream: str, counts: Literal[True]
-) -> dict[str, int]: ...
-async def session_subjects(
-    js: JetStreamContext, stream: str, counts: bool = False
-) -> list[str] | dict[str, int]:
-    """The session ids that have messages in ``stream`` (its subjects, page by page);
-    ``counts``: with how many messages each has."""
-    prefix = len(_SUBJECT_OF[stream](""))
+async def session_subjects(js: JetStreamContext, stream: str) -> list[str]:
+    """The session ids that have messages in ``stream``."""
+    return list(await subject_counts(js, stream))
+
+
+async def subject_counts(js: JetStreamContext, stream: str) -> dict[str, int]:
+    """How many messages each session has in ``stream`` (its subjects, page by page)."""
+    prefix = len(SUBJECT_OF[stream](""))
     nc = js._nc  # the JetStream API pages the subjects; nats-py does not
     found: dict[str, int] = {}
     while True:
@@ -170,10 +163,11 @@ async def session_subjects(
         page = (info.get("state") or {}).get("subjects") or {}
         found.update((s[prefix:], int(n)) for s, n in page.items())
         if not page or len(found) >= int(info.get("total") or 0):
-            return found if counts else list(found)
+            return found
 
 
-_SUBJECT_OF: dict[str, Callable[[str], str]] = {
+# A session's subject in each of the streams that hold its messages while it lives.
+SUBJECT_OF: dict[str, Callable[[str], str]] = {
     subjects.STREAM_JOURNAL: subjects.journal_subject,
     subjects.STREAM_INBOX: subjects.inbox_subject,
     subjects.STREAM_REPLAY: subjects.replay_subject,

@@ -41,7 +41,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from sqlalchemy import Engine, bindparam, update
 
-from .cleanup import session_subjects, sessions
+from .cleanup import SUBJECT_OF, ack_floor, session_subjects, sessions, subject_counts
 from .materialize import retire_drained
 from .models import Session
 from .sealed import seal_column
@@ -122,7 +122,7 @@ class Room:
         found = await self.sql(sessions, self.engine, list(sizes))
         # Sessions that ended first: theirs go now (a child's journal would stay for minutes,
         # and an ended session's inbox until the next sweep: both could be filled again).
-        done = {sid for sid in sizes if found.get(sid, ("",))[0] in _FINAL}
+        done = {sid for sid in sizes if found.get(sid, ("",))[0] in wire.FINAL_STATES}
         freed = await self._purge_ended(stream, {sid: sizes[sid] for sid in done})
         # Ends written but not applied yet (or records the store has not all applied):
         # their journals go once they are.
@@ -158,7 +158,7 @@ class Room:
         if stream == subjects.STREAM_INBOX:
             if messages <= INBOX_SCAN_MAX:
                 return {sid: Held(n) for sid, n in (await self._inbox_bytes()).items()}
-            counts = await session_subjects(self.js, stream, counts=True)  # (an estimate)
+            counts = await subject_counts(self.js, stream)  # (an estimate)
             mean = used // max(1, messages)
             return {sid: Held(n * mean) for sid, n in counts.items()}
         sids = await session_subjects(self.js, stream)
@@ -223,49 +223,32 @@ class Room:
     async def _purge_ended(self, stream: str, done: dict[str, Held]) -> int:
         """Purges what sessions that ended hold in ``stream`` (journals once the store has
         applied their records); returns the bytes freed."""
-        if stream == subjects.STREAM_JOURNAL:
-            floor = await self._ack_floor()
+        if stream == subjects.STREAM_JOURNAL:  # (with the journal, all the session held)
+            floor = await ack_floor(self.js)
             done = {sid: h for sid, h in done.items() if h.last <= floor}
+            streams = tuple(SUBJECT_OF)
+        else:
+            streams = (stream,)
         for sid in done:
-            for name, subject in (
-                (subjects.STREAM_JOURNAL, subjects.journal_subject(sid)),
-                (subjects.STREAM_REPLAY, subjects.replay_subject(sid)),
-                (subjects.STREAM_INBOX, subjects.inbox_subject(sid)),
-            ):
-                if name == stream or stream == subjects.STREAM_JOURNAL:
-                    await self.js.purge_stream(name, subject=subject)
+            await self._purge(sid, streams)
         if done:
             log.info("%s nearly full: purged what %d ended sessions held", stream, len(done))
         return sum(h.size for h in done.values())
 
-    async def _ack_floor(self) -> int:
-        info = await self.js.consumer_info(subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL)
-        return info.ack_floor.stream_seq if info.ack_floor else 0
+    async def _purge(self, session_id: str, streams: tuple[str, ...]) -> None:
+        for stream in streams:
+            await self.js.purge_stream(stream, subject=SUBJECT_OF[stream](session_id))
 
     async def _end(self, session_id: str, parent: str, why: str) -> bool:
         """Ends a live session by the store (see the module); False if it had ended."""
         if not await self.sql(_end_row, self.engine, self.keys, session_id, why):
             return False
-        for stream, subject in (
-            (subjects.STREAM_JOURNAL, subjects.journal_subject(session_id)),
-            (subjects.STREAM_REPLAY, subjects.replay_subject(session_id)),
-            (subjects.STREAM_INBOX, subjects.inbox_subject(session_id)),
-        ):
-            await self.js.purge_stream(stream, subject=subject)
-        told = []
+        await self._purge(session_id, tuple(SUBJECT_OF))
         if parent:
             end = wire.InboxMessage(kind=wire.INBOX_CHILD_END, name=session_id, completed=False)
-            told.append((parent, end, f"end:{session_id}"))
+            await tell(self.nc, parent, end, f"end:{session_id}")
         stop = wire.InboxMessage(kind=wire.INBOX_STOP, reason=why, failed=True)
-        told.append((session_id, stop, f"room:{session_id}"))
-        for to, msg, msg_id in told:
-            headers = {subjects.HDR_MSG_ID: msg_id, **inbox_headers(msg)}
-            try:
-                await bus.publisher(self.nc).publish(
-                    subjects.inbox_subject(to), wire.encode(msg), headers=headers
-                )
-            except Exception as e:  # (the inbox stream itself full): its attempt is fenced
-                log.warning("session %s: could not be told of %s's end: %r", to, session_id, e)
+        await tell(self.nc, session_id, stop, f"room:{session_id}")  # (else fenced anyway)
         try:
             await self.ops("subscription.delete", {"session_id": session_id})
         except Exception as e:  # the dispatcher drops an ended session's deliveries anyway
@@ -273,7 +256,16 @@ class Room:
         return True
 
 
-_FINAL = tuple(wire.FINAL_STATES)
+async def tell(nc: Client, session_id: str, msg: wire.InboxMessage, msg_id: str = "") -> None:
+    """Puts ``msg`` in a session's inbox (a stop, a child's end); says so when it cannot
+    (NATS away, the inbox stream full)."""
+    headers = {subjects.HDR_MSG_ID: msg_id, **inbox_headers(msg)} if msg_id else inbox_headers(msg)
+    try:
+        await bus.publisher(nc).publish(
+            subjects.inbox_subject(session_id), wire.encode(msg), headers=headers
+        )
+    except Exception as e:
+        log.warning("session %s: could not be told (%s): %r", session_id, msg.kind, e)
 
 
 def _largest_first(holders: list[Holder]) -> list[Holder]:

@@ -15,7 +15,6 @@ from akcore import requests as rq
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.errors import AKError, NotFound
-from akcore.parking import inbox_headers
 from akcore.retention import Retention
 from akcore.secrets import Sealer, load_keys
 from nats.aio.client import Client
@@ -26,7 +25,7 @@ from .api import StoreApi
 from .cleanup import Purger, prune
 from .db import open_engine
 from .materialize import apply_events, apply_records, apply_spans
-from .room import Room
+from .room import Room, tell
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -234,14 +233,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             f"({error}); the session was ended so that it does not go on without it"
         )
         stop = wire.InboxMessage(kind=wire.INBOX_STOP, reason=reason, failed=True)
-        try:
-            await bus.publisher(nc).publish(
-                subjects.inbox_subject(rec.session_id),
-                wire.encode(stop),
-                headers=inbox_headers(stop),
-            )
-        except Exception as e:
-            log.warning("session %s: could not be told to end: %r", rec.session_id, e)
+        await tell(nc, rec.session_id, stop)
 
     def records_applied(batch: list[tuple[Msg, wire.JournalRecord]]) -> None:
         for msg, rec in batch:
