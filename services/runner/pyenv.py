@@ -187,7 +187,6 @@ class Build:
     token: str = field(default_factory=lambda: f"{time.time_ns():x}")
     last: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=15))
     deadline: float = 0.0
-    waited: bool = False  # for another runner's build of the same environment
     finished: float = 0.0  # when it was done (time.monotonic)
 
     def __post_init__(self) -> None:
@@ -257,20 +256,15 @@ async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str =
         return proc.returncode
 
     ended = asyncio.create_task(exited())
-
-    async def until_ended() -> None:
-        """Until the tool ends (or its output fails: a line over the reader's limit)."""
-        await asyncio.wait({reading, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not (reading.done() and reading.exception() is not None):
-            await ended
-
     try:
-        await asyncio.wait_for(until_ended(), max(1.0, build.deadline - time.monotonic()))
-        if reading.done() and reading.exception() is not None:
-            raise EnvError(f"{what} failed: it wrote a line over 64 KiB\n{build.tail()}")
+        async with asyncio.timeout(max(1.0, build.deadline - time.monotonic())):
+            # Until the tool ends, or its output fails (a line over the reader's limit).
+            await asyncio.wait({reading, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if reading.done() and reading.exception() is not None:
+                raise EnvError(f"{what} failed: it wrote a line over 64 KiB\n{build.tail()}")
+            code = await ended
         # What it wrote before it ended, not what a process it left holds open.
         await asyncio.wait({reading}, timeout=OUTPUT_GRACE)
-        code = await ended
     except (TimeoutError, EnvError) as e:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -294,22 +288,23 @@ async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str =
 
 
 @contextlib.asynccontextmanager
-async def _file_lock(path: Path, build: Build | None = None) -> AsyncIterator[None]:
-    """``path`` locked; with a ``build``, the wait is said in its output and lasts no
-    longer than a build may (another runner's build holds it at most that long)."""
+async def _file_lock(path: Path, build: Build) -> AsyncIterator[None]:
+    """``path`` locked for ``build``: a wait is said in its output and lasts no longer than
+    a build may (another runner's build holds it at most that long)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        limit = build.timeout + 60 if build is not None else 0
+        limit = build.timeout + 60
         give_up = time.monotonic() + limit
+        said = False
         while True:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if build is not None and not build.waited:
-                    build.waited = True
+                if not said:
+                    said = True
                     build.say("waiting for another runner that is building this environment")
-                if limit and time.monotonic() > give_up:
+                if time.monotonic() > give_up:
                     raise EnvError(
                         f"another runner has held this environment's lock ({path}) for over "
                         f"{limit} s ({ENV_PACKAGES_TIMEOUT}): is it stuck? Restart it and "
