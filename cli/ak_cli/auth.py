@@ -44,7 +44,7 @@ def list_tokens(as_json: JsonOpt = False) -> None:
 def revoke_token(
     token_id: Annotated[str, typer.Argument(help="The token's id (tok_...): ak auth list-tokens.")],
 ) -> None:
-    """Revoke an API token: within seconds the server no longer takes it."""
+    """Revoke an API token: the server no longer takes it, at once."""
     client.call("auth.revoke_token", token_id=token_id)
 
 

@@ -72,8 +72,8 @@ class Tokens:
         ]
 
     def revoke(self, req: rq.TokenRevoke) -> None:
-        """Forgets a token (ingresses stop taking it within seconds: ``Authenticator``);
-        never the last one, which would leave no way in."""
+        """Forgets a token (ingresses forget what they took when the store announces it:
+        ``Authenticator``); never the last one, which would leave no way in."""
         with DB(self.engine) as db:
             row = db.get(ApiToken, req.token_id)
             if row is None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 from tests.helpers import Stack, start_stack, write_project
@@ -145,21 +144,22 @@ def test_a_project_filling_the_journal_loses_its_own_sessions(tmp_path: Path) ->
         assert sorted(s["event_id"] for s in done) == sorted(accepted)
         # The hog's sessions ended by it say why, and none of them is stuck: it comes to
         # rest with each either ended so or holding its journal (printed "holding").
-        deadline = time.monotonic() + 90
-        while True:
+        hogs: list[dict[str, str]] = []
+        ended: list[dict[str, str]] = []
+
+        def at_rest() -> bool:
             out = stack.ak("session", "list", "-p", "hog", "-j", check=True).stdout
-            hogs = [json.loads(line) for line in out.splitlines()]
-            ended = [s for s in hogs if s["state"] == "ERROR"]
+            hogs[:] = [json.loads(line) for line in out.splitlines()]
+            ended[:] = [s for s in hogs if s["state"] == "ERROR"]
             holding = [
                 s
                 for s in hogs
                 if s["state"] == "RUNNING"
                 and "holding" in stack.ak("session", "log", s["session_id"]).stdout
             ]
-            if len(ended) + len(holding) == 8:
-                break
-            assert time.monotonic() < deadline, f"{hogs}\n{stack.output()[-4000:]}"
-            time.sleep(0.5)
+            return len(ended) + len(holding) == 8
+
+        stack.wait_until(at_rest, "every hog session ended or holding its journal", timeout=90)
         # 8 x 0.9 MB, ended until 2 MiB of the 4 are left: not every session
         assert 2 <= len(ended) <= 7, hogs
         got = stack.ak("session", "get", ended[0]["session_id"], "-j", check=True).stdout
