@@ -96,7 +96,8 @@ def streams(keep: Retention) -> tuple[StreamConfig, ...]:
 _LIMITS = ("max_age", "max_bytes", "discard", "duplicate_window")
 
 
-# Ceiling on live sessions across all runners: a live session holds its job un-acked.
+# Ceiling on live sessions of one lane of AK_JOBS across all runners: a live session holds
+# its job un-acked.
 MAX_LIVE_SESSIONS = 4096
 # A message held by a process that died (a job, an event being dispatched, a journal record
 # being materialized) moves on this soon; runners heartbeat their jobs well within it.
@@ -124,10 +125,19 @@ CONSUMERS = {
         subjects.STREAM_EVENTS,
         _durable(subjects.CONSUMER_DISPATCHER, subjects.EVENTS_ALL, 1024),
     ),
+    # (Before the lanes': earlier versions read all of AK_JOBS through it, and a work queue
+    # makes no consumer whose subjects overlap another's: it is narrowed first.)
     subjects.CONSUMER_RUNNER: (
         subjects.STREAM_JOBS,
-        _durable(subjects.CONSUMER_RUNNER, subjects.JOBS_ALL, MAX_LIVE_SESSIONS),
+        _durable(subjects.CONSUMER_RUNNER, subjects.JOBS_UNLANED, MAX_LIVE_SESSIONS),
     ),
+    **{
+        subjects.lane_consumer(n): (
+            subjects.STREAM_JOBS,
+            _durable(subjects.lane_consumer(n), subjects.lane_jobs(n), MAX_LIVE_SESSIONS),
+        )
+        for n in range(subjects.JOB_LANES)
+    },
     subjects.CONSUMER_STORE_JOURNAL: (
         subjects.STREAM_JOURNAL,
         _durable(subjects.CONSUMER_STORE_JOURNAL, subjects.JOURNAL_ALL, 1024),
@@ -537,13 +547,15 @@ async def _ensure_streams(js: JetStreamContext, n: int, last_try: bool = True) -
             await js.add_consumer(stream, ccfg)
             continue
         have = info.config
-        if (have.ack_wait, have.max_ack_pending) != (ccfg.ack_wait, ccfg.max_ack_pending):
+        kept = ("ack_wait", "max_ack_pending", "filter_subject")
+        if any(getattr(have, k) != getattr(ccfg, k) for k in kept):
             # made by a version (or with a setting) of its own: follow this one
             log.info(
-                "consumer %s: ack wait %ss, max ack pending %s",
+                "consumer %s: ack wait %ss, max ack pending %s, subjects %s",
                 name,
                 ccfg.ack_wait,
                 ccfg.max_ack_pending,
+                ccfg.filter_subject,
             )
             await js.add_consumer(stream, ccfg)
     for bucket in natsauth.BUCKETS:
@@ -908,6 +920,11 @@ class Puller:
     def asking(self) -> bool:
         """A request is open (``held`` counts what it may still deliver)."""
         return bool(self._reply) and asyncio.get_running_loop().time() <= self._deadline
+
+    @property
+    def idle(self) -> bool:
+        """No request was sent yet, or the last one ended delivering nothing."""
+        return self._n == 0 or self.came_empty
 
     @property
     def held(self) -> int:

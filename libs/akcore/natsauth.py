@@ -41,7 +41,7 @@ BUCKETS = (BUCKET_VALUES, subjects.BUCKET_WEBHOOKS, subjects.BUCKET_PARKED)
 # The durable consumers: (stream, name).
 DURABLES = (
     (subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER),
-    (subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER),
+    *((subjects.STREAM_JOBS, name) for name in subjects.RUNNER_CONSUMERS),
     (subjects.STREAM_JOURNAL, subjects.CONSUMER_STORE_JOURNAL),
     (subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS),
 )
@@ -280,7 +280,7 @@ def permissions(service: str) -> Permissions:
     if service == "runner":
         return Permissions(
             publish=(
-                *_pull(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER),
+                *(p for c in subjects.RUNNER_CONSUMERS for p in _pull(subjects.STREAM_JOBS, c)),
                 *new_session,  # child sessions
                 subjects.INBOX_ALL,
                 subjects.outcome_subject("*"),

@@ -91,7 +91,7 @@ async def publish_session(
         ),
         _first(
             pub,
-            subjects.job_subject(sid),
+            subjects.job_subject(job.project_id, sid),
             wire.encode(job),
             {**context, subjects.HDR_MSG_ID: f"job:{sid}"},
         ),

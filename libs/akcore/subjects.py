@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 PREFIX = "ak"
 
 STREAM_EVENTS = "AK_EVENTS"
@@ -61,8 +63,35 @@ def event_subject(project_id: str, event_id: str) -> str:
     return f"{PREFIX}.events.{project_id}.{event_id}"
 
 
-def job_subject(session_id: str) -> str:
-    return f"{PREFIX}.jobs.{session_id}"
+# AK_JOBS is split into lanes by project (``job_lane``): each lane has its own durable
+# consumer, and runners split their free places among the lanes with jobs, so that a flood of
+# one project's sessions holds up only the projects of its lane (``ak_runner.lanes``).
+JOB_LANES = 8
+# The consumer of jobs published by earlier versions (``ak.jobs.<session>``, no lane).
+JOBS_UNLANED = f"{PREFIX}.jobs.*"
+
+
+def job_lane(project_id: str) -> int:
+    """The lane of a project's jobs: the same in every process and version."""
+    return zlib.crc32(project_id.encode()) % JOB_LANES
+
+
+def job_subject(project_id: str, session_id: str) -> str:
+    return f"{PREFIX}.jobs.{job_lane(project_id)}.{session_id}"
+
+
+def lane_jobs(lane: int) -> str:
+    """The subjects of one lane's jobs."""
+    return f"{PREFIX}.jobs.{lane}.*"
+
+
+def lane_consumer(lane: int) -> str:
+    """The durable consumer of one lane's jobs, shared by all runners."""
+    return f"{CONSUMER_RUNNER}-{lane}"
+
+
+# Every consumer of AK_JOBS: the lanes', then the one of jobs without a lane.
+RUNNER_CONSUMERS = (*(lane_consumer(n) for n in range(JOB_LANES)), CONSUMER_RUNNER)
 
 
 def journal_subject(session_id: str) -> str:

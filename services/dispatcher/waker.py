@@ -285,7 +285,7 @@ class Waker:
             try:
                 job = entry.wake_job()
                 await bus.publisher(self.nc).publish(
-                    subjects.job_subject(session_id),
+                    subjects.job_subject(job.project_id, session_id),
                     wire.encode(job),
                     headers=wake_headers(entry, session_id),
                 )

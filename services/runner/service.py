@@ -26,6 +26,7 @@ from . import commands
 from .builds import BuildCache
 from .faults import Faults
 from .inbox import InboxWatch
+from .lanes import Lanes
 from .lease import Lease
 from .parking import Parking
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
@@ -466,12 +467,18 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await bus.serve_requests(
         nc, subjects.RUNNER_ALL, request_handler(envs, nc, keys), queue="runners"
     )
-    info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
+    info = await js.consumer_info(subjects.STREAM_JOBS, subjects.lane_consumer(0))
     ack_wait = info.config.ack_wait or bus.JOB_ACK_WAIT
     # A job's lease runs from when its pull request was sent: keep requests short of it.
     expires = min(5.0, max(0.5, ack_wait / 4))
-    puller = await bus.Puller.bind(nc, subjects.CONSUMER_RUNNER, expires, timed=True)
+    wake = asyncio.Event()  # a job arrived, a request ended, a session ended
+    lanes = await Lanes.bind(nc, expires, wake)
     live: set[asyncio.Task[None]] = set()
+
+    def ended(task: asyncio.Task[None]) -> None:
+        live.discard(task)
+        wake.set()
+
     reaper = asyncio.create_task(_reap(pool, stop))
     pruner = asyncio.create_task(_prune(host, stop))
     warming = asyncio.create_task(_warm(host))
@@ -484,33 +491,35 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     admission = host.admission
     while not stop.is_set():
+        wake.clear()
+        admission.changed.clear()
         # Waiting sessions (sleeps, next_event) do not count against the sessions running.
         free = min(
             settings.runner_concurrency - (len(live) - admission.waiting),
             settings.runner_concurrency + settings.runner_max_waiting - len(live),
         )
-        # Jobs already delivered start anyway: they hold no heartbeat while they wait here,
-        # and there are no more of them than there was room when they were asked for
-        # (less now only if waiting sessions woke up meanwhile).
-        free = max(free, puller.ready)
-        if free <= 0:
-            admission.changed.clear()
-            changed = asyncio.create_task(admission.changed.wait())
-            await asyncio.wait({*live, changed}, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
-            changed.cancel()
-            continue
-        for msg in await puller.take(free):
-            since = puller.requested_at(msg)
+        await lanes.ask(free)
+        # Jobs delivered start at once: they hold no heartbeat while they wait here, and
+        # there are no more of them than the lanes were asked for.
+        ready = lanes.take_ready()
+        for msg, since in ready:
             job = handle_job(host, msg, ack_wait, since, settings.max_attempts)
             task = asyncio.create_task(job)
             live.add(task)
-            task.add_done_callback(live.discard)
+            task.add_done_callback(ended)
+        if ready:
+            continue
+        woken = asyncio.create_task(wake.wait())
+        changed = asyncio.create_task(admission.changed.wait())
+        await asyncio.wait({woken, changed}, return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
+        woken.cancel()
+        changed.cancel()
     # Stopping: live sessions keep their jobs un-acked, so another runner takes them over.
     for task in live:
         task.cancel()
     warming.cancel()
     await asyncio.gather(*live, reaper, warming, pruner, return_exceptions=True)
-    await puller.close()
+    await lanes.close()
     await pool.close()
     await host.memory.close()
     await tel.close()

@@ -504,7 +504,7 @@ def test_a_second_wake_job_of_one_parking_is_dropped(env: Env) -> None:
 
     async def wake_again(nc: Client) -> None:
         await nc.jetstream().publish(
-            subjects.job_subject(sid),
+            subjects.job_subject(parked.wake_job().project_id, sid),
             wire.encode(parked.wake_job()),
             headers={subjects.HDR_MSG_ID: f"wake-again-{sid}"},
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,25 @@ project:
       call: simple.py:greet
       webhook: {{}}
 """
+
+
+def short_job_ack_wait(monkeypatch: Any, seconds: float = 2.0) -> None:
+    """Jobs left alone by their attempt come back within ``seconds`` (every lane's consumer
+    made with that ack wait)."""
+    consumers = dict(bus.CONSUMERS)
+    for name in subjects.RUNNER_CONSUMERS:
+        stream, config = consumers[name]
+        consumers[name] = (stream, dataclasses.replace(config, ack_wait=seconds))
+    monkeypatch.setattr(bus, "CONSUMERS", consumers)
+
+
+async def jobs_delivered(js: Any) -> int:
+    """Jobs delivered to runners so far (deliveries again included), over every lane."""
+    total = 0
+    for name in subjects.RUNNER_CONSUMERS:
+        info = await js.consumer_info(subjects.STREAM_JOBS, name)
+        total += info.delivered.consumer_seq if info.delivered else 0
+    return total
 
 
 async def api_headers(nc: Client) -> dict[str, str]:

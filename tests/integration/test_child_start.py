@@ -51,10 +51,10 @@ async def test_a_replayed_start_does_not_run_an_ended_child_again(settings: Sett
         # (the store's sweep purges a child's journal some minutes after its end)
         await js.purge_stream(subjects.STREAM_JOURNAL, subject=subjects.journal_subject(child))
         probe = {subjects.HDR_MSG_ID: "probe"}
-        await pub.publish(subjects.job_subject("probe"), b"", headers=probe)
+        await pub.publish(subjects.job_subject("prj", "probe"), b"", headers=probe)
 
         async def forgotten() -> bool:  # JetStream no longer drops a repeat of the ids
-            ack = await pub.publish(subjects.job_subject("probe"), b"", headers=probe)
+            ack = await pub.publish(subjects.job_subject("prj", "probe"), b"", headers=probe)
             return not ack.get("duplicate")
 
         await eventually(forgotten, timeout=20)

@@ -40,7 +40,7 @@ async def test_event_becomes_one_session(settings: Settings) -> None:
         consumer = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
         await eventually(lambda: _acked(js, 3))
         assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 1
-        sub = await bus.bind(js, subjects.CONSUMER_RUNNER)
+        sub = await bus.bind(js, subjects.lane_consumer(subjects.job_lane(d["project_id"])))
         (msg,) = await sub.fetch(1, timeout=2)
         job = wire.decode(wire.Job, msg.data)
         assert job.event_id == event.event_id and job.entrypoint == "simple.py:greet"
@@ -124,7 +124,7 @@ async def test_a_redelivered_event_does_not_start_an_ended_session_again(
         pub = bus.publisher(nc)
         await publish_session(pub, job)
         probe = {subjects.HDR_MSG_ID: "probe"}  # published after the session's messages
-        await pub.publish(subjects.job_subject("probe"), b"", headers=probe)
+        await pub.publish(subjects.job_subject("prj", "probe"), b"", headers=probe)
         ended = wire.JournalRecord(
             job.session_id, 1, wire.ENDED, timefmt.now_us(), {"state": wire.COMPLETED}
         )
@@ -137,7 +137,7 @@ async def test_a_redelivered_event_does_not_start_an_ended_session_again(
         await eventually(purged, timeout=20)
 
         async def forgotten() -> bool:  # JetStream no longer drops a repeat of these ids
-            ack = await pub.publish(subjects.job_subject("probe"), b"", headers=probe)
+            ack = await pub.publish(subjects.job_subject("prj", "probe"), b"", headers=probe)
             return not ack.get("duplicate")
 
         await eventually(forgotten, timeout=20)

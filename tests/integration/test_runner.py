@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from akcore.errors import NotFound
 from akcore.sessions import publish_session
 
 from .conftest import running
-from .helpers import deploy, eventually, journal
+from .helpers import deploy, eventually, journal, short_job_ack_wait
 
 CODE = b"""\
 import os
@@ -94,10 +93,7 @@ async def test_a_journal_that_cannot_be_read_back_ends_its_session(
     """Something that is not a record lands in a session's journal: its attempt is fenced
     off by it, and the next one, which cannot replay the journal, ends the session in
     ERROR saying so (it is never retried in a loop)."""
-    consumers = dict(bus.CONSUMERS)
-    stream, config = consumers[subjects.CONSUMER_RUNNER]
-    consumers[subjects.CONSUMER_RUNNER] = (stream, dataclasses.replace(config, ack_wait=2.0))
-    monkeypatch.setattr(bus, "CONSUMERS", consumers)
+    short_job_ack_wait(monkeypatch)
     async with running(run_store, settings, "store"):
         nc = await bus.connect(settings.nats_url, "t")
         d = await deploy(nc, "p", {"simple.py": CODE})

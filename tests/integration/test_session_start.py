@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from .conftest import running
-from .helpers import deploy, eventually, journal
+from .helpers import deploy, eventually, jobs_delivered, journal, short_job_ack_wait
 
 CODE = b"""\
 import os
@@ -65,10 +65,7 @@ def greet(event):
 @pytest.fixture
 def short_ack_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """A job left alone by its attempt comes back within seconds."""
-    consumers = dict(bus.CONSUMERS)
-    stream, config = consumers[subjects.CONSUMER_RUNNER]
-    consumers[subjects.CONSUMER_RUNNER] = (stream, dataclasses.replace(config, ack_wait=2.0))
-    monkeypatch.setattr(bus, "CONSUMERS", consumers)
+    short_job_ack_wait(monkeypatch)
 
 
 def _job(d: dict[str, str], sid: str, marker: Path, entry: str = "greet") -> wire.Job:
@@ -119,7 +116,7 @@ async def _job_alone(nc: Client, job: wire.Job, deliveries: int) -> None:
     """The job without its `created` record, as when the publish of `created` failed;
     returns once runners have had jobs ``deliveries`` times."""
     await bus.publisher(nc).publish(
-        subjects.job_subject(job.session_id),
+        subjects.job_subject(job.project_id, job.session_id),
         wire.encode(job),
         headers={subjects.HDR_MSG_ID: f"job:{job.session_id}"},
     )
@@ -140,8 +137,7 @@ async def _state(nc: Client, sid: str) -> str:
 
 async def _deliveries(js: JetStreamContext) -> int:
     """Jobs delivered to runners so far, deliveries again included."""
-    info = await js.consumer_info(subjects.STREAM_JOBS, subjects.CONSUMER_RUNNER)
-    return info.delivered.consumer_seq if info.delivered else 0
+    return await jobs_delivered(js)
 
 
 async def _no_jobs(js: JetStreamContext) -> bool:
@@ -198,7 +194,7 @@ async def test_a_job_of_a_session_ended_and_cleaned_up_runs_nothing(
         # The same job again, past JetStream's duplicate window: its journal is empty and
         # the store has the session ended.
         await bus.publisher(nc).publish(
-            subjects.job_subject(sid),
+            subjects.job_subject(job.project_id, sid),
             wire.encode(job),
             headers={subjects.HDR_MSG_ID: f"job:{sid}:again"},
         )
@@ -258,7 +254,7 @@ async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once
 
         class Late:
             async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> object:
-                if subject.startswith(subjects.job_subject("")):
+                if subject == subjects.job_subject(job.project_id, sid):
                     headers = {**headers, subjects.HDR_MSG_ID: f"job:{sid}:late"}
                 return await real.publish(subject, data, headers=headers)
 
@@ -268,9 +264,9 @@ async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once
             if "fault injected: hold at step of step 1" not in caplog.text:
                 return False
             info = await js.stream_info(
-                subjects.STREAM_JOBS, subjects_filter=subjects.job_subject(sid)
+                subjects.STREAM_JOBS, subjects_filter=subjects.job_subject(job.project_id, sid)
             )
-            jobs = (info.state.subjects or {}).get(subjects.job_subject(sid), 0)
+            jobs = (info.state.subjects or {}).get(subjects.job_subject(job.project_id, sid), 0)
             kinds = [r.kind for r in await journal(nc, sid)]
             return kinds.count("started") >= max(jobs, 1)
 

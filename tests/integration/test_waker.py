@@ -68,7 +68,9 @@ async def _send(nc: Client, sid: str, msg: wire.InboxMessage) -> int:
 async def _woken(nc: Client, sid: str) -> bool:
     """Whether the session's wake job is in AK_JOBS."""
     try:
-        msg = await nc.jetstream().get_last_msg(subjects.STREAM_JOBS, subjects.job_subject(sid))
+        msg = await nc.jetstream().get_last_msg(
+            subjects.STREAM_JOBS, subjects.job_subject("prj_x", sid)
+        )
     except NotFoundError:
         return False
     return wire.decode(wire.Job, msg.data or b"").parked_seq == 4

@@ -210,6 +210,7 @@ ATTACKS = [
     ("ingress", "subscription", subjects.JOURNAL_ALL),
     ("ingress", "publish", subjects.store_subject("session.env")),
     ("ingress", "publish", f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_JOBS}.runner"),
+    ("ingress", "publish", f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_JOBS}.runner-0"),
     ("ingress", "subscription", "_INBOX.>"),  # the replies sent to the other services
     ("ingress", "subscription", subjects.STORE_ALL),  # answering as the store
     # nor writes a session's journal, job or inbox: a runner starts and stops sessions
@@ -224,6 +225,8 @@ ATTACKS = [
     ("runner", "publish", f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_JOURNAL}.store-journal"),
     ("runner", "publish", f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_JOURNAL}.store-journal"),
     ("runner", "publish", f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_JOBS}.runner"),
+    ("runner", "publish", f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_JOBS}.runner-3"),
+    ("runner", "publish", f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_JOBS}.runner-3"),
     ("runner", "publish", f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_EVENTS}.dispatcher"),
     ("runner", "publish", subjects.store_subject("var.get")),
     ("runner", "publish", subjects.store_subject("manifest.apply")),
