@@ -764,7 +764,9 @@ class Puller:
     it was sent; its messages are handed out as they arrive (nats-py's ``fetch`` of a batch
     waits for the whole batch or its timeout). Status replies (request expired, consumer
     changed) end a request; a request that hears nothing for ``expires`` plus a grace period
-    (lost in a reconnect) is replaced.
+    (lost in a reconnect) is replaced. A request refused at once (the consumer is missing,
+    deleted, or the server is electing a leader) pauses the puller for ``PAUSE`` seconds
+    rather than asking again in a tight loop.
 
     ``timed``: each request gets a subscription of its own, so that ``requested_at`` can
     say when the request that delivered a message was sent (a delivered message carries
@@ -774,6 +776,8 @@ class Puller:
 
     EXPIRES = 5.0
     STALE = 60.0  # seconds after its expiry a superseded request's subscription is dropped
+    PAUSE = 1.0  # seconds without a request after one was refused
+    SAY_EVERY = 60.0  # seconds between two warnings of refused requests
 
     def __init__(
         self,
@@ -792,7 +796,13 @@ class Puller:
         self._left = 0  # messages the open request may still deliver
         self._asked = 0  # messages the open (or last) request asked for
         self.came_empty = False  # the last request ended delivering nothing
+        # Messages the consumer still held after the last one delivered (0 once a request
+        # expired with room left: none was waiting then).
+        self.pending = 0
         self._deadline = 0.0
+        self._paused_until = 0.0
+        self._said = -self.SAY_EVERY
+        self._consumer = consumer
         self._ready: list[Msg] = []
         self._arrived = arrived or asyncio.Event()
         self._sub: Any = None
@@ -828,11 +838,16 @@ class Puller:
 
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.reply:  # a status, not a message (those carry their ack subject)
-            status = (msg.headers or {}).get("Status", "")
+            headers = msg.headers or {}
+            status = headers.get("Status", "")
             if status != "100":  # 408 expired, 409, 404...: that request is over
                 await self._ended(msg.subject, msg.sid)
                 if msg.subject == self._reply:
                     self.came_empty = self._left == self._asked
+                    if status == "408":
+                        self.pending = 0  # it waited with room left: nothing came
+                    else:
+                        self._refused(status, headers.get("Description", ""))
                     self._reply, self._left = "", 0
                     self._arrived.set()
             return
@@ -841,12 +856,29 @@ class Puller:
             loop = asyncio.get_running_loop()
             self._times[msg.reply] = request[1] if request else loop.time()
         self._ready.append(msg)
-        if self._left > 0:
+        try:
+            self.pending = msg.metadata.num_pending or 0
+        except Exception:  # not a JetStream ack subject: its consumer tells nothing
+            pass
+        if self._left > 0 and msg.subject == self._reply:  # (not a superseded request's)
             self._left -= 1
             if self._left == 0:
                 await self._ended(self._reply, msg.sid)
                 self._reply = ""
         self._arrived.set()
+
+    def _refused(self, status: str, description: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._paused_until = loop.time() + self.PAUSE
+        if loop.time() - self._said >= self.SAY_EVERY:
+            self._said = loop.time()
+            log.warning(
+                "consumer %s refused a pull request (%s %s); asking again every %ss",
+                self._consumer,
+                status,
+                description,
+                self.PAUSE,
+            )
 
     async def _ended(self, reply: str, sid: int | None) -> None:
         """A timed request that will deliver nothing more: its subscription goes."""
@@ -883,6 +915,11 @@ class Puller:
             if self._reply and now > self._deadline:
                 self._reply = ""  # lost (a reconnect): ask again
             if not self._reply and limit > 0:
+                if now < self._paused_until:  # the last request was refused
+                    await asyncio.sleep(min(self._paused_until, end) - now)
+                    if loop.time() >= end:
+                        return []
+                    continue
                 try:
                     await self._request(limit)
                 except Exception as e:  # disconnected: retry after a pause
@@ -906,9 +943,10 @@ class Puller:
     async def ask(self, limit: int) -> None:
         """Without waiting: asks for up to ``limit`` messages unless a request is open;
         they come to ``take_ready`` (and set ``arrived``)."""
-        if self._reply and asyncio.get_running_loop().time() > self._deadline:
+        now = asyncio.get_running_loop().time()
+        if self._reply and now > self._deadline:
             self._reply, self._left = "", 0  # lost (a reconnect): ask again
-        if not self._reply and limit > 0:
+        if not self._reply and limit > 0 and now >= self._paused_until:
             await self._request(limit)
 
     def take_ready(self) -> list[Msg]:

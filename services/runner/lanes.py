@@ -2,19 +2,22 @@
 
 Jobs go to one of ``subjects.JOB_LANES`` lanes by their project (``subjects.job_lane``), each
 read through a durable consumer of its own that all runners share (jobs published by earlier
-versions, without a lane, through one more). A single queue made a project's 10,000 queued
-sessions a wait of their whole run for every other project's next session; with lanes a flood
+versions, without a lane, through one more). On a single queue a project's 10,000 queued
+sessions made every other project's next session wait for all of them; with lanes a flood
 holds up only the projects that share its lane.
 
-A runner keeps at most one pull request open on each lane and hands its free places out:
+A runner keeps at most one pull request open per lane, and knows of each lane how many of its
+sessions run here (``live``) and whether jobs wait in it (``queued``: JetStream says with each
+job how many are left behind it; a request that expires with room left says none are):
 
-- A lane that has not had a job lately (its last request came back empty, or none was sent)
-  keeps a request for one job open even when every place is taken: a job arriving there starts
-  at once. So at most one job per lane runs beyond the runner's places (``probes``).
-- The free places go to the lanes that had jobs, one share each, starting from a lane that
-  moves on each time: two projects flooding their lanes get about half of the places each, and
-  a place that frees goes to each of them in turn. A lane that had jobs asks for nothing while
-  no place is free; its jobs wait in JetStream, where another runner may take them.
+- Free places go to the lanes with jobs queued, one at a time to the lane with the fewest
+  sessions here (ties in turn): two floods get half of the places each, whatever the length
+  of their sessions, and a lane that starts late gets the places that free until it holds as
+  many as the others.
+- A lane with no job queued, or none of whose sessions run here, keeps a request for one
+  job open (a probe) even when every place is taken: a quiet project's session starts at
+  once, and so does the first of a backlog in a lane that has no session here. Probes run at
+  most one job per lane beyond the places (``len(lanes)`` in all).
 """
 
 from __future__ import annotations
@@ -32,49 +35,61 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Lane:
-    """What the plan needs of one lane's puller."""
+    """What the plan needs to know of one lane."""
 
     asking: bool  # a request is open
-    idle: bool  # no job came with its last request (or none was sent)
-    held: int  # jobs delivered and not taken, and those its open request may still deliver
-    probing: bool  # its last request was a probe (beyond the free places)
+    held: int  # what the open request may still deliver
+    probing: bool  # the open request is a probe (beyond the free places)
+    queued: int  # jobs waiting in the lane (as last heard)
+    live: int  # sessions from this lane running here
 
 
-def plan(lanes: list[Lane], free: int, start: int) -> tuple[list[tuple[int, int]], int]:
-    """The requests to send now: (lane, jobs asked for), and the lane to start from next time.
+@dataclass(frozen=True)
+class Ask:
+    lane: int
+    jobs: int
+    probe: bool  # beyond the free places
 
-    ``free``: places not running a session (negative when probes' jobs run beyond them);
-    ``start``: the lane that comes first among those that had jobs."""
-    asks: list[tuple[int, int]] = []
-    promised = sum(lane.held for lane in lanes if not lane.probing)
-    in_probes = sum(lane.held for lane in lanes if lane.probing)
-    # Probes: one job each, beyond the free places, while fewer jobs than lanes run beyond.
-    beyond = max(0, -free)
-    for i, lane in enumerate(lanes):
-        if not lane.asking and lane.idle and beyond + in_probes < len(lanes):
-            asks.append((i, 1))
-            in_probes += 1
-    # The free places not promised yet, shared among the lanes that had jobs, in turn.
-    room = free - promised
-    turn = [(start + k) % len(lanes) for k in range(len(lanes))]
-    waiting = [i for i in turn if not lanes[i].asking and not lanes[i].idle]
-    for k, i in enumerate(waiting):
-        if room <= 0:
-            break
-        share = -(-room // (len(waiting) - k))  # ceil: the first lanes in turn get the rest
-        asks.append((i, share))
-        room -= share
-        start = (i + 1) % len(lanes)
+
+def plan(lanes: list[Lane], free: int, start: int) -> tuple[list[Ask], int]:
+    """The requests to send now, and the lane that comes first among equals next time.
+
+    ``free``: places not running a session (negative when probes' jobs run beyond them)."""
+    n = len(lanes)
+    room = free - sum(lane.held for lane in lanes if lane.asking and not lane.probing)
+    shares = [0] * n
+    order = [(start + k) % n for k in range(n)]
+    wanting = [i for i in order if lanes[i].queued and not lanes[i].asking]
+    while room > 0 and wanting:
+        i = min(wanting, key=lambda j: lanes[j].live + shares[j])  # first of equals in turn
+        shares[i] += 1
+        room -= 1
+        wanting.remove(i)
+        if shares[i] < lanes[i].queued:
+            wanting.append(i)  # the next place among equals goes to the next lane
+        start = (i + 1) % n
+    asks = [Ask(i, shares[i], False) for i in order if shares[i]]
+    # Probes, while every place taken and every request delivering would run fewer than
+    # ``n`` jobs beyond the places.
+    beyond = -free + sum(lane.held for lane in lanes if lane.asking) + sum(shares)
+    for i in order:
+        lane = lanes[i]
+        quiet = not lane.queued or lane.live == 0
+        if not lane.asking and not shares[i] and quiet and beyond < n:
+            asks.append(Ask(i, 1, True))
+            beyond += 1
     return asks, start
 
 
 class Lanes:
     """Pullers on every consumer of ``AK_JOBS``, asked according to ``plan``.
 
-    ``wake`` is set whenever a job arrives or a request ends (the caller may set it too)."""
+    ``wake`` is set whenever a job arrives or a request ends (the caller sets it too, when
+    a session ends)."""
 
     def __init__(self, pullers: list[bus.Puller], wake: asyncio.Event) -> None:
         self.pullers, self.wake = pullers, wake
+        self.live = [0] * len(pullers)
         self._probing = [False] * len(pullers)
         self._start = 0
 
@@ -88,23 +103,44 @@ class Lanes:
 
     def _state(self, i: int) -> Lane:
         p = self.pullers[i]
-        return Lane(p.asking, p.idle, p.held, self._probing[i])
+        return Lane(p.asking, p.held, self._probing[i], p.pending, self.live[i])
 
     async def ask(self, free: int) -> None:
         """Sends the requests ``plan`` says for ``free`` places."""
         lanes = [self._state(i) for i in range(len(self.pullers))]
         asks, self._start = plan(lanes, free, self._start)
-        for i, n in asks:
-            self._probing[i] = lanes[i].idle
+        for ask in asks:
+            self._probing[ask.lane] = ask.probe
             try:
-                await self.pullers[i].ask(n)
+                await self.pullers[ask.lane].ask(ask.jobs)
             except Exception as e:  # disconnected: asked again on the caller's next turn
                 log.warning("pull request failed: %s", e)
                 return
 
-    def take_ready(self) -> list[tuple[Msg, float]]:
-        """The jobs delivered, each with when the request that delivered it was sent."""
-        return [(msg, p.requested_at(msg)) for p in self.pullers for msg in p.take_ready()]
+    @property
+    def ready(self) -> int:
+        return sum(p.ready for p in self.pullers)
+
+    def take_ready(self) -> list[tuple[int, Msg, float]]:
+        """The jobs delivered, each with its lane (counted as live from now on, until
+        ``ended``) and when the request that delivered it was sent."""
+        taken = []
+        for i, p in enumerate(self.pullers):
+            for msg in p.take_ready():
+                self.live[i] += 1
+                taken.append((i, msg, p.requested_at(msg)))
+        return taken
+
+    def ended(self, lane: int, _: object = None) -> None:
+        """A session taken from ``lane`` is no longer running here."""
+        self.live[lane] -= 1
+        self.wake.set()
+
+    def forget(self) -> None:
+        """After a reconnect: what was heard of the lanes' queues may be old (requests lost
+        with their replies); every lane is taken for quiet until it says otherwise."""
+        for p in self.pullers:
+            p.pending = 0
 
     async def close(self) -> None:
         for p in self.pullers:

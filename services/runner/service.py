@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -433,7 +434,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         worker_limits,
     )
     inboxes = InboxWatch()
-    nc = await bus.connect_service(settings, "runner", on_reconnect=inboxes.resync)
+    lanes: list[Lanes] = []  # (made once the streams are there)
+
+    async def reconnected() -> None:
+        await inboxes.resync()
+        for each in lanes:
+            each.forget()
+
+    nc = await bus.connect_service(settings, "runner", on_reconnect=reconnected)
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
     env_cache = StoreCache(ahead=True)  # asked again in the background while in use
@@ -472,13 +480,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # A job's lease runs from when its pull request was sent: keep requests short of it.
     expires = min(5.0, max(0.5, ack_wait / 4))
     wake = asyncio.Event()  # a job arrived, a request ended, a session ended
-    lanes = await Lanes.bind(nc, expires, wake)
+    jobs = await Lanes.bind(nc, expires, wake)
+    lanes.append(jobs)
     live: set[asyncio.Task[None]] = set()
-
-    def ended(task: asyncio.Task[None]) -> None:
-        live.discard(task)
-        wake.set()
-
     reaper = asyncio.create_task(_reap(pool, stop))
     pruner = asyncio.create_task(_prune(host, stop))
     warming = asyncio.create_task(_warm(host))
@@ -493,21 +497,21 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     while not stop.is_set():
         wake.clear()
         admission.changed.clear()
+        # Jobs delivered start at once: they hold no heartbeat while they wait here, and
+        # there are no more of them than the lanes were asked for.
+        for lane, msg, since in jobs.take_ready():
+            job = handle_job(host, msg, ack_wait, since, settings.max_attempts)
+            task = asyncio.create_task(job)
+            live.add(task)
+            task.add_done_callback(live.discard)
+            task.add_done_callback(functools.partial(jobs.ended, lane))
         # Waiting sessions (sleeps, next_event) do not count against the sessions running.
         free = min(
             settings.runner_concurrency - (len(live) - admission.waiting),
             settings.runner_concurrency + settings.runner_max_waiting - len(live),
         )
-        await lanes.ask(free)
-        # Jobs delivered start at once: they hold no heartbeat while they wait here, and
-        # there are no more of them than the lanes were asked for.
-        ready = lanes.take_ready()
-        for msg, since in ready:
-            job = handle_job(host, msg, ack_wait, since, settings.max_attempts)
-            task = asyncio.create_task(job)
-            live.add(task)
-            task.add_done_callback(ended)
-        if ready:
+        await jobs.ask(free)
+        if jobs.ready:  # delivered meanwhile
             continue
         woken = asyncio.create_task(wake.wait())
         changed = asyncio.create_task(admission.changed.wait())
@@ -519,7 +523,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         task.cancel()
     warming.cancel()
     await asyncio.gather(*live, reaper, warming, pruner, return_exceptions=True)
-    await lanes.close()
+    await jobs.close()
     await pool.close()
     await host.memory.close()
     await tel.close()

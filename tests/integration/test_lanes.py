@@ -74,8 +74,8 @@ async def test_a_flood_of_one_project_does_not_hold_up_another(
     """A runner with two places; one project's 12 sessions queued, each held live by the fault
     hook once it starts: its two places are taken and ten sessions wait. Another project's
     session starts and completes meanwhile (on a single queue it waited behind all ten, here
-    for ever); the flood's sessions wait in JetStream, two running at a time, and all complete
-    once let go."""
+    for ever), and so do its next ones, sent at once; the flood's sessions wait in JetStream,
+    two running at a time, and all complete once let go."""
     caplog.set_level(logging.WARNING, "ak_runner.faults")
     go = tmp_path / "go"
     monkeypatch.setenv("AK_TEST__FAULTS", f"hold step step=1 entry=h.py:hog file={go}")
@@ -95,12 +95,18 @@ async def test_a_flood_of_one_project_does_not_hold_up_another(
                 return caplog.text.count(held) >= 2
 
             await eventually(two_held, timeout=60)
-            quick = _job(other, "quick")
-            await sessions.publish_session(pub, quick)
+            quick = [_job(other, "quick")]
+            await sessions.publish_session(pub, quick[0])
 
             async def quick_completed() -> bool:
-                return await _state(nc, quick.session_id) == wire.COMPLETED
+                states = {await _state(nc, job.session_id) for job in quick}
+                return states == {wire.COMPLETED}
 
+            await eventually(quick_completed, timeout=30)
+            # The next ones too, a burst of them this time (one at a time beyond the places).
+            quick = [_job(other, "quick") for _ in range(3)]
+            for job in quick:
+                await sessions.publish_session(pub, job)
             await eventually(quick_completed, timeout=30)
             assert caplog.text.count(held) == 2  # the flood still has its two places
             info = await js.stream_info(subjects.STREAM_JOBS)

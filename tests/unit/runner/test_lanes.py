@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from ak_runner.lanes import Lane, plan
-from akcore import subjects
+import asyncio
+import random
+
+from ak_runner.lanes import Ask, Lane, plan
+from akcore import bus, subjects
 
 N = subjects.JOB_LANES + 1  # the lanes and the consumer of jobs without a lane
 
-IDLE = Lane(asking=False, idle=True, held=0, probing=False)
-PROBING = Lane(asking=True, idle=False, held=1, probing=True)
-HAD_JOBS = Lane(asking=False, idle=False, held=0, probing=False)
+QUIET = Lane(asking=False, held=0, probing=False, queued=0, live=0)
+PROBING = Lane(asking=True, held=1, probing=True, queued=0, live=0)
+
+
+def _flood(live: int, queued: int = 10_000) -> Lane:
+    return Lane(asking=False, held=0, probing=False, queued=queued, live=live)
 
 
 def _lanes(**which: Lane) -> list[Lane]:
@@ -17,57 +23,121 @@ def _lanes(**which: Lane) -> list[Lane]:
     return [which.get(f"l{i}", PROBING) for i in range(N)]
 
 
+def _jobs(asks: list[Ask]) -> dict[int, int]:
+    return {a.lane: a.jobs for a in asks}
+
+
 def test_a_runner_starting_probes_every_lane_for_one_job() -> None:
-    asks, _ = plan([IDLE] * N, 32, 0)
-    assert asks == [(i, 1) for i in range(N)]
+    asks, _ = plan([QUIET] * N, 32, 0)
+    assert asks == [Ask(i, 1, True) for i in range(N)]
 
 
 def test_one_busy_project_gets_every_free_place() -> None:
     """The other lanes' probes are not taken from the free places: a runner serving one
     project runs as many of its sessions as it has places."""
-    asks, start = plan(_lanes(l3=HAD_JOBS), 32, 0)
-    assert asks == [(3, 32)]
-    assert start == 4
+    asks, _ = plan(_lanes(l3=_flood(live=1)), 31, 0)
+    assert asks == [Ask(3, 31, False)]
 
 
-def test_two_busy_projects_share_the_places_and_take_turns() -> None:
-    lanes = _lanes(l1=HAD_JOBS, l5=HAD_JOBS)
-    assert plan(lanes, 10, 0) == ([(1, 5), (5, 5)], 6)
-    assert plan(lanes, 11, 0)[0] == [(1, 6), (5, 5)]
-    # One place frees at a time: it goes to each in turn.
+def test_a_lane_is_asked_for_no_more_than_it_has_queued() -> None:
+    """(A request for more would hold the other places until it expires.)"""
+    asks, _ = plan(_lanes(l3=_flood(live=1, queued=3), l5=_flood(live=0)), 20, 0)
+    assert _jobs(asks) == {3: 3, 5: 17}
+
+
+def test_places_go_to_the_lane_with_the_fewest_sessions_here() -> None:
+    """Two floods, one of long sessions holding 30 places, one that starts late: the late
+    one gets every place that frees until it holds as many (sharing by places held, not by
+    starts: sessions of any length get half each)."""
+    asks, _ = plan(_lanes(l1=_flood(live=30), l5=_flood(live=1)), 1, 0)
+    assert asks == [Ask(5, 1, False)]
+    asks, _ = plan(_lanes(l1=_flood(live=30), l5=_flood(live=1)), 31, 0)
+    assert _jobs(asks) == {1: 1, 5: 30}
+
+
+def test_equal_lanes_take_turns_one_place_at_a_time() -> None:
+    lanes = _lanes(l1=_flood(live=4), l5=_flood(live=4))
     asks, start = plan(lanes, 1, 0)
-    assert asks == [(1, 1)]
+    assert asks == [Ask(1, 1, False)]
     asks, start = plan(lanes, 1, start)
-    assert asks == [(5, 1)]
+    assert asks == [Ask(5, 1, False)]
     asks, start = plan(lanes, 1, start)
-    assert asks == [(1, 1)]
+    assert asks == [Ask(1, 1, False)]
+    assert _jobs(plan(lanes, 10, 0)[0]) == {1: 5, 5: 5}
 
 
 def test_places_promised_to_an_open_request_are_not_handed_out_again() -> None:
-    open_request = Lane(asking=True, idle=False, held=8, probing=False)
-    asks, _ = plan(_lanes(l0=open_request, l2=HAD_JOBS), 10, 0)
-    assert asks == [(2, 2)]
-    asks, _ = plan(_lanes(l0=open_request, l2=HAD_JOBS), 8, 0)
+    open_request = Lane(asking=True, held=8, probing=False, queued=100, live=2)
+    asks, _ = plan(_lanes(l0=open_request, l2=_flood(live=2)), 10, 0)
+    assert asks == [Ask(2, 2, False)]
+    asks, _ = plan(_lanes(l0=open_request, l2=_flood(live=2)), 8, 0)
     assert asks == []
 
 
-def test_a_full_runner_asks_a_busy_lane_for_nothing_but_still_probes_quiet_ones() -> None:
-    """No place free: the flood's lane waits; a quiet lane's next job may still start, one
-    per lane at most beyond the places."""
-    asks, _ = plan(_lanes(l0=HAD_JOBS, l4=IDLE), 0, 0)
-    assert asks == [(4, 1)]
-    # As many jobs run beyond the places as there are lanes: no more probes.
-    asks, _ = plan(_lanes(l0=HAD_JOBS, l4=IDLE), -(N - 1), 0)
+def test_a_full_runner_asks_a_flood_for_nothing_but_keeps_quiet_lanes_probed() -> None:
+    """No place free: the flood's lane waits for one; a quiet lane's next job starts at once
+    (also the next one after it: its lane had no other job queued), and so does the first
+    job of a lane with a backlog but no session here."""
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=QUIET), 0, 0)
+    assert asks == [Ask(4, 1, True)]
+    after_one = Lane(asking=False, held=0, probing=False, queued=0, live=1)
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=after_one), -1, 0)
+    assert asks == [Ask(4, 1, True)]
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=_flood(live=0)), 0, 0)
+    assert asks == [Ask(4, 1, True)]
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=_flood(live=1)), -1, 0)
+    assert asks == []  # it has a session here: it waits for a place
+
+
+def test_at_most_one_job_per_lane_runs_beyond_the_places() -> None:
+    # Eight probes open, one job beyond the places: the ninth lane gets no probe.
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=QUIET), -2, 0)
     assert asks == []
-    everything_idle = [IDLE] * N
-    asks, _ = plan(everything_idle, -3, 0)
+    asks, _ = plan([QUIET] * N, -3, 0)
     assert len(asks) == N - 3
 
 
-def test_probes_count_what_they_hold() -> None:
-    """A probe's delivered job not started yet counts among the jobs beyond the places."""
-    delivered = Lane(asking=False, idle=False, held=1, probing=True)
-    lanes = [delivered] * (N - 1) + [IDLE]
-    asks, _ = plan(lanes, 0, 0)
-    assert asks == [(N - 1, 1)]
-    assert plan(lanes, -1, 0)[0] == []  # and one job more beyond: no probe
+def test_random_states_never_plan_past_the_places_and_the_lanes() -> None:
+    """Whatever the lanes' states, what runs now plus what every request may deliver stays
+    within the free places plus one job per lane; a share never exceeds what is queued."""
+    rng = random.Random(7)
+    for _ in range(5_000):
+        lanes = []
+        for _ in range(N):
+            asking = rng.random() < 0.4
+            probing = asking and rng.random() < 0.5
+            held = (1 if probing else rng.randint(1, 6)) if asking else 0
+            lanes.append(Lane(asking, held, probing, rng.choice([0, 0, 1, 5, 100]), 0))
+        free = rng.randint(-N, 40)
+        before = -free + sum(lane.held for lane in lanes if lane.asking)
+        asks, start = plan(lanes, free, rng.randrange(N))
+        assert 0 <= start < N
+        assert len({a.lane for a in asks}) == len(asks)
+        assert all(not lanes[a.lane].asking and a.jobs > 0 for a in asks)
+        assert all(a.probe or a.jobs <= lanes[a.lane].queued for a in asks)
+        shares = sum(a.jobs for a in asks if not a.probe)
+        probes = sum(a.jobs for a in asks if a.probe)
+        promised = sum(lane.held for lane in lanes if lane.asking and not lane.probing)
+        assert shares <= max(free - promised, 0)
+        assert all(a.jobs == 1 for a in asks if a.probe)
+        assert before + shares + probes <= max(N, before + shares)
+
+
+async def test_a_refused_pull_request_pauses_the_puller(nats_url: str) -> None:
+    """A consumer that is not there answers each request at once: the puller asks again
+    once a second, not in a loop."""
+    nc = await bus.connect(nats_url, "t")
+    try:
+        puller = await bus.Puller.of(nc, subjects.STREAM_JOBS, "missing", 5.0)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 1.5
+        asked = 0
+        while loop.time() < end:
+            if not puller.asking:
+                before = puller._n
+                await puller.ask(1)
+                asked += puller._n - before
+            await asyncio.sleep(0.01)
+        assert 1 <= asked <= 3
+    finally:
+        await nc.close()
