@@ -851,16 +851,18 @@ class Puller:
                     self._reply, self._left = "", 0
                     self._arrived.set()
             return
+        current = True  # delivered by the open request (untimed: taken to be)
         if self.timed:
             request = self._requests.get(msg.sid or 0)
             loop = asyncio.get_running_loop()
             self._times[msg.reply] = request[1] if request else loop.time()
+            current = request is not None and request[0] == self._reply
         self._ready.append(msg)
         try:
             self.pending = msg.metadata.num_pending or 0
         except Exception:  # not a JetStream ack subject: its consumer tells nothing
             pass
-        if self._left > 0 and msg.subject == self._reply:  # (not a superseded request's)
+        if self._left > 0 and current:  # (timed: a superseded request's does not count)
             self._left -= 1
             if self._left == 0:
                 await self._ended(self._reply, msg.sid)

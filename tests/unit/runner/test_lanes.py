@@ -7,6 +7,7 @@ import random
 
 from ak_runner.lanes import Ask, Lane, plan
 from akcore import bus, subjects
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 N = subjects.JOB_LANES + 1  # the lanes and the consumer of jobs without a lane
 
@@ -139,5 +140,34 @@ async def test_a_refused_pull_request_pauses_the_puller(nats_url: str) -> None:
                 asked += puller._n - before
             await asyncio.sleep(0.01)
         assert 1 <= asked <= 3
+    finally:
+        await nc.close()
+
+
+async def test_a_request_that_delivered_all_it_asked_for_is_over(nats_url: str) -> None:
+    """A lane asked for one job and given it asks again at once (its request is not taken
+    to be open until it expires): the next job of a quiet project starts at once too. Each
+    delivered job tells how many wait behind it."""
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    try:
+        await js.add_stream(StreamConfig(name="T", subjects=["t.>"]))
+        await js.add_consumer("T", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT))
+        arrived = asyncio.Event()
+        puller = await bus.Puller.of(nc, "T", "c", 5.0, True, arrived)
+        for n in range(3):
+            await js.publish(f"t.{n}", b"")
+        await puller.ask(1)
+        await asyncio.wait_for(arrived.wait(), 5)
+        (msg,) = puller.take_ready()
+        assert not puller.asking and puller.held == 0
+        assert puller.pending == 2
+        await puller.ask(5)
+        while puller.ready < 2:
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 5)
+        assert puller.asking and puller.held == 5  # 2 delivered, 3 more may come
+        assert puller.pending == 0
+        await puller.close()
     finally:
         await nc.close()
