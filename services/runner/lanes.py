@@ -14,10 +14,12 @@ job how many are left behind it; a request that expires with room left says none
   sessions here (ties in turn): two floods get half of the places each, whatever the length
   of their sessions, and a lane that starts late gets the places that free until it holds as
   many as the others.
-- A lane with no job queued, or none of whose sessions run here, keeps a request for one
-  job open (a probe) even when every place is taken: a quiet project's session starts at
-  once, and so does the first of a backlog in a lane that has no session here. Probes run at
-  most one job per lane beyond the places (``len(lanes)`` in all).
+- The places left go to the lanes with sessions here and no job queued, in one request each
+  that takes their jobs as they come (as a single queue's request did).
+- A lane with no session here, or with no job queued and fewer sessions here than an even
+  share of the places, keeps a request for one job open (a probe) even when every place is
+  taken: a quiet project's session starts at once, and so does the first of a backlog in a
+  lane that has no session here. Probes run at most ``len(lanes)`` jobs beyond the places.
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ class Ask:
     probe: bool  # beyond the free places
 
 
-def plan(lanes: list[Lane], free: int, start: int) -> tuple[list[Ask], int]:
+def plan(lanes: list[Lane], free: int, start: int, places: int) -> tuple[list[Ask], int]:
     """The requests to send now, and the lane that comes first among equals next time.
 
-    ``free``: places not running a session (negative when probes' jobs run beyond them)."""
+    ``free``: places not running a session (negative when probes' jobs run beyond them);
+    ``places``: the runner's places (AK_RUNNER__CONCURRENCY)."""
     n = len(lanes)
     room = free - sum(lane.held for lane in lanes if lane.asking and not lane.probing)
     shares = [0] * n
@@ -68,13 +71,31 @@ def plan(lanes: list[Lane], free: int, start: int) -> tuple[list[Ask], int]:
         if shares[i] < lanes[i].queued:
             wanting.append(i)  # the next place among equals goes to the next lane
         start = (i + 1) % n
+    # The places left go to lanes running sessions here with nothing queued (as last
+    # heard): one request takes their jobs as they come (a probe per job costs a request
+    # per job); it holds those places until it expires, 5 s at most, before a lane with a
+    # backlog gets them.
+    active = [
+        i
+        for i in order
+        if not lanes[i].asking and not shares[i] and lanes[i].live > 0 and not lanes[i].queued
+    ]
+    for k, i in enumerate(active):
+        if room <= 0:
+            break
+        share = -(-room // (len(active) - k))
+        shares[i], room = share, room - share
     asks = [Ask(i, shares[i], False) for i in order if shares[i]]
     # Probes, while every place taken and every request delivering would run fewer than
-    # ``n`` jobs beyond the places.
+    # ``n`` jobs beyond the places: for lanes with no session here, and for lanes with
+    # nothing queued that hold less than an even share of the places among the lanes that
+    # have sessions here or jobs queued (a flood taking its jobs as they come is not quiet).
     beyond = -free + sum(lane.held for lane in lanes if lane.asking) + sum(shares)
+    busy = sum(1 for lane in lanes if lane.live or lane.queued)
+    even = places / max(busy, 1)
     for i in order:
         lane = lanes[i]
-        quiet = not lane.queued or lane.live == 0
+        quiet = lane.live == 0 or (not lane.queued and lane.live < even)
         if not lane.asking and not shares[i] and quiet and beyond < n:
             asks.append(Ask(i, 1, True))
             beyond += 1
@@ -87,19 +108,19 @@ class Lanes:
     ``wake`` is set whenever a job arrives or a request ends (the caller sets it too, when
     a session ends)."""
 
-    def __init__(self, pullers: list[bus.Puller], wake: asyncio.Event) -> None:
-        self.pullers, self.wake = pullers, wake
+    def __init__(self, pullers: list[bus.Puller], wake: asyncio.Event, places: int) -> None:
+        self.pullers, self.wake, self.places = pullers, wake, places
         self.live = [0] * len(pullers)
         self._probing = [False] * len(pullers)
         self._start = 0
 
     @classmethod
-    async def bind(cls, nc: Client, expires: float, wake: asyncio.Event) -> Lanes:
+    async def bind(cls, nc: Client, expires: float, wake: asyncio.Event, places: int) -> Lanes:
         pullers = [
             await bus.Puller.of(nc, subjects.STREAM_JOBS, name, expires, True, wake)
             for name in subjects.RUNNER_CONSUMERS
         ]
-        return cls(pullers, wake)
+        return cls(pullers, wake, places)
 
     def _state(self, i: int) -> Lane:
         p = self.pullers[i]
@@ -108,7 +129,7 @@ class Lanes:
     async def ask(self, free: int) -> None:
         """Sends the requests ``plan`` says for ``free`` places."""
         lanes = [self._state(i) for i in range(len(self.pullers))]
-        asks, self._start = plan(lanes, free, self._start)
+        asks, self._start = plan(lanes, free, self._start, self.places)
         for ask in asks:
             self._probing[ask.lane] = ask.probe
             try:

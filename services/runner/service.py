@@ -480,7 +480,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # A job's lease runs from when its pull request was sent: keep requests short of it.
     expires = min(5.0, max(0.5, ack_wait / 4))
     wake = asyncio.Event()  # a job arrived, a request ended, a session ended
-    jobs = await Lanes.bind(nc, expires, wake)
+    jobs = await Lanes.bind(nc, expires, wake, settings.runner_concurrency)
     lanes.append(jobs)
     live: set[asyncio.Task[None]] = set()
     reaper = asyncio.create_task(_reap(pool, stop))

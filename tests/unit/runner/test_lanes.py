@@ -29,20 +29,35 @@ def _jobs(asks: list[Ask]) -> dict[int, int]:
 
 
 def test_a_runner_starting_probes_every_lane_for_one_job() -> None:
-    asks, _ = plan([QUIET] * N, 32, 0)
+    asks, _ = plan([QUIET] * N, 32, 0, 32)
     assert asks == [Ask(i, 1, True) for i in range(N)]
 
 
 def test_one_busy_project_gets_every_free_place() -> None:
     """The other lanes' probes are not taken from the free places: a runner serving one
     project runs as many of its sessions as it has places."""
-    asks, _ = plan(_lanes(l3=_flood(live=1)), 31, 0)
+    asks, _ = plan(_lanes(l3=_flood(live=1)), 31, 0, 32)
     assert asks == [Ask(3, 31, False)]
+
+
+def test_a_lane_taking_jobs_as_they_come_asks_for_the_places_left_in_one_request() -> None:
+    """A lane running sessions here with nothing queued (jobs come one at a time, each
+    taken as it comes) is asked for the places left, not probed job by job: a request per
+    job cost the runner a subscription per session."""
+    steady = Lane(asking=False, held=0, probing=False, queued=0, live=12)
+    asks, _ = plan(_lanes(l2=steady), 20, 0, 32)
+    assert asks == [Ask(2, 20, False)]
+    # Lanes with a backlog come first; what is left is the steady lane's.
+    asks, _ = plan(_lanes(l2=steady, l6=_flood(live=0, queued=5)), 20, 0, 32)
+    assert _jobs(asks) == {6: 5, 2: 15}
+    # No place left: a probe, as for any quiet lane.
+    asks, _ = plan(_lanes(l2=steady), 0, 0, 32)
+    assert asks == [Ask(2, 1, True)]
 
 
 def test_a_lane_is_asked_for_no_more_than_it_has_queued() -> None:
     """(A request for more would hold the other places until it expires.)"""
-    asks, _ = plan(_lanes(l3=_flood(live=1, queued=3), l5=_flood(live=0)), 20, 0)
+    asks, _ = plan(_lanes(l3=_flood(live=1, queued=3), l5=_flood(live=0)), 20, 0, 32)
     assert _jobs(asks) == {3: 3, 5: 17}
 
 
@@ -50,28 +65,28 @@ def test_places_go_to_the_lane_with_the_fewest_sessions_here() -> None:
     """Two floods, one of long sessions holding 30 places, one that starts late: the late
     one gets every place that frees until it holds as many (sharing by places held, not by
     starts: sessions of any length get half each)."""
-    asks, _ = plan(_lanes(l1=_flood(live=30), l5=_flood(live=1)), 1, 0)
+    asks, _ = plan(_lanes(l1=_flood(live=30), l5=_flood(live=1)), 1, 0, 32)
     assert asks == [Ask(5, 1, False)]
-    asks, _ = plan(_lanes(l1=_flood(live=30), l5=_flood(live=1)), 31, 0)
+    asks, _ = plan(_lanes(l1=_flood(live=30), l5=_flood(live=1)), 31, 0, 32)
     assert _jobs(asks) == {1: 1, 5: 30}
 
 
 def test_equal_lanes_take_turns_one_place_at_a_time() -> None:
     lanes = _lanes(l1=_flood(live=4), l5=_flood(live=4))
-    asks, start = plan(lanes, 1, 0)
+    asks, start = plan(lanes, 1, 0, 32)
     assert asks == [Ask(1, 1, False)]
-    asks, start = plan(lanes, 1, start)
+    asks, start = plan(lanes, 1, start, 32)
     assert asks == [Ask(5, 1, False)]
-    asks, start = plan(lanes, 1, start)
+    asks, start = plan(lanes, 1, start, 32)
     assert asks == [Ask(1, 1, False)]
-    assert _jobs(plan(lanes, 10, 0)[0]) == {1: 5, 5: 5}
+    assert _jobs(plan(lanes, 10, 0, 32)[0]) == {1: 5, 5: 5}
 
 
 def test_places_promised_to_an_open_request_are_not_handed_out_again() -> None:
     open_request = Lane(asking=True, held=8, probing=False, queued=100, live=2)
-    asks, _ = plan(_lanes(l0=open_request, l2=_flood(live=2)), 10, 0)
+    asks, _ = plan(_lanes(l0=open_request, l2=_flood(live=2)), 10, 0, 32)
     assert asks == [Ask(2, 2, False)]
-    asks, _ = plan(_lanes(l0=open_request, l2=_flood(live=2)), 8, 0)
+    asks, _ = plan(_lanes(l0=open_request, l2=_flood(live=2)), 8, 0, 32)
     assert asks == []
 
 
@@ -79,22 +94,35 @@ def test_a_full_runner_asks_a_flood_for_nothing_but_keeps_quiet_lanes_probed() -
     """No place free: the flood's lane waits for one; a quiet lane's next job starts at once
     (also the next one after it: its lane had no other job queued), and so does the first
     job of a lane with a backlog but no session here."""
-    asks, _ = plan(_lanes(l0=_flood(live=32), l4=QUIET), 0, 0)
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=QUIET), 0, 0, 32)
     assert asks == [Ask(4, 1, True)]
     after_one = Lane(asking=False, held=0, probing=False, queued=0, live=1)
-    asks, _ = plan(_lanes(l0=_flood(live=32), l4=after_one), -1, 0)
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=after_one), -1, 0, 32)
     assert asks == [Ask(4, 1, True)]
-    asks, _ = plan(_lanes(l0=_flood(live=32), l4=_flood(live=0)), 0, 0)
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=_flood(live=0)), 0, 0, 32)
     assert asks == [Ask(4, 1, True)]
-    asks, _ = plan(_lanes(l0=_flood(live=32), l4=_flood(live=1)), -1, 0)
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=_flood(live=1)), -1, 0, 32)
     assert asks == []  # it has a session here: it waits for a place
 
 
-def test_at_most_one_job_per_lane_runs_beyond_the_places() -> None:
-    # Eight probes open, one job beyond the places: the ninth lane gets no probe.
-    asks, _ = plan(_lanes(l0=_flood(live=32), l4=QUIET), -2, 0)
+def test_a_flood_taking_its_jobs_as_they_come_probes_no_further_than_its_share() -> None:
+    """Jobs published one at a time each leave none queued behind them: such a lane is
+    probed past the places only while it holds less than an even share of them."""
+    as_they_come = Lane(asking=False, held=0, probing=False, queued=0, live=32)
+    asks, _ = plan(_lanes(l0=as_they_come), 0, 0, 32)
     assert asks == []
-    asks, _ = plan([QUIET] * N, -3, 0)
+    # Beside another lane's sessions, each gets a probe below half of the places.
+    half = Lane(asking=False, held=0, probing=False, queued=0, live=15)
+    other = Lane(asking=False, held=0, probing=False, queued=0, live=17)
+    asks, _ = plan(_lanes(l0=half, l4=other), 0, 0, 32)
+    assert asks == [Ask(0, 1, True)]
+
+
+def test_at_most_as_many_jobs_as_lanes_run_beyond_the_places() -> None:
+    # Eight probes open, one job beyond the places: the ninth lane gets no probe.
+    asks, _ = plan(_lanes(l0=_flood(live=32), l4=QUIET), -2, 0, 32)
+    assert asks == []
+    asks, _ = plan([QUIET] * N, -3, 0, 32)
     assert len(asks) == N - 3
 
 
@@ -108,14 +136,17 @@ def test_random_states_never_plan_past_the_places_and_the_lanes() -> None:
             asking = rng.random() < 0.4
             probing = asking and rng.random() < 0.5
             held = (1 if probing else rng.randint(1, 6)) if asking else 0
-            lanes.append(Lane(asking, held, probing, rng.choice([0, 0, 1, 5, 100]), 0))
+            queued, live = rng.choice([0, 0, 1, 5, 100]), rng.choice([0, 0, 1, 7])
+            lanes.append(Lane(asking, held, probing, queued, live))
         free = rng.randint(-N, 40)
         before = -free + sum(lane.held for lane in lanes if lane.asking)
-        asks, start = plan(lanes, free, rng.randrange(N))
+        asks, start = plan(lanes, free, rng.randrange(N), 32)
         assert 0 <= start < N
         assert len({a.lane for a in asks}) == len(asks)
         assert all(not lanes[a.lane].asking and a.jobs > 0 for a in asks)
-        assert all(a.probe or a.jobs <= lanes[a.lane].queued for a in asks)
+        assert all(
+            a.probe or a.jobs <= lanes[a.lane].queued or not lanes[a.lane].queued for a in asks
+        )
         shares = sum(a.jobs for a in asks if not a.probe)
         probes = sum(a.jobs for a in asks if a.probe)
         promised = sum(lane.held for lane in lanes if lane.asking and not lane.probing)
