@@ -35,7 +35,12 @@ def run(event):
 def test_session_survives_runner_kill(tmp_path: Path) -> None:
     # The runner dies as the marker's write (step 1) is journaled (its test hook).
     faults = "crash journaled step=1 entry=slow.py:run"
-    settings = {"MARKER_DIR": str(tmp_path), "SLOW_SECONDS": "2", "AK_TEST__FAULTS": faults}
+    settings = {
+        "MARKER_DIR": str(tmp_path),
+        "SLOW_SECONDS": "2",
+        "AK_TEST__FAULTS": faults,
+        "AK_JOBS__ACK_WAIT": "3",  # the killed runner's job comes back after 3 s, not 15
+    }
     stack = start_stack(tmp_path, settings)
     try:
         proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "slow.py": CODE})

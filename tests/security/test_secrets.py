@@ -101,7 +101,8 @@ def test_planted_secret_is_nowhere_at_rest(tmp_path: Path) -> None:
     # The runner dies as the hashlib activity (step 2) is journaled: the next attempt
     # replays the sealed journal.
     faults = "crash journaled step=2 entry=h.py:on_hook"
-    stack = start_stack(tmp_path, {"AK_TEST__FAULTS": faults})
+    # (The killed runner's job comes back after 3 s rather than the default 15.)
+    stack = start_stack(tmp_path, {"AK_TEST__FAULTS": faults, "AK_JOBS__ACK_WAIT": "3"})
     try:
         digest = hashlib.sha256(BEARER.encode()).hexdigest()
         code = CODE.replace("DIGEST", digest)
