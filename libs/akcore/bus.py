@@ -917,8 +917,11 @@ class Puller:
             if self._reply and now > self._deadline:
                 self._reply = ""  # lost (a reconnect): ask again
             if not self._reply and limit > 0:
-                if now < self._paused_until:  # the last request was refused
-                    await asyncio.sleep(min(self._paused_until, end) - now)
+                if now < self._paused_until or not self.nc.is_connected:
+                    # The last request was refused, or NATS is away (a request sent now
+                    # would go out after the reconnect with an old time on it).
+                    until = self._paused_until if self.nc.is_connected else now + 0.5
+                    await asyncio.sleep(max(0.0, min(until, end) - now))
                     if loop.time() >= end:
                         return []
                     continue
@@ -948,7 +951,9 @@ class Puller:
         now = asyncio.get_running_loop().time()
         if self._reply and now > self._deadline:
             self._reply, self._left = "", 0  # lost (a reconnect): ask again
-        if not self._reply and limit > 0 and now >= self._paused_until:
+        # (Not while NATS is away: the client would send the request after the reconnect,
+        # and what it delivered would look older than it is.)
+        if not self._reply and limit > 0 and now >= self._paused_until and self.nc.is_connected:
             await self._request(limit)
 
     def take_ready(self) -> list[Msg]:
