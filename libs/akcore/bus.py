@@ -967,11 +967,6 @@ class Puller:
         return bool(self._reply) and asyncio.get_running_loop().time() <= self._deadline
 
     @property
-    def idle(self) -> bool:
-        """No request was sent yet, or the last one ended delivering nothing."""
-        return self._n == 0 or self.came_empty
-
-    @property
     def held(self) -> int:
         """Messages delivered and not taken yet, and those the open request may deliver."""
         return len(self._ready) + (self._left if self.asking else 0)
