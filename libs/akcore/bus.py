@@ -890,7 +890,7 @@ class Puller:
         elif request is not None:
             self._requests[sid or 0] = request
 
-    async def _request(self, limit: int) -> None:
+    async def _request(self, limit: int, expires: float | None = None) -> None:
         self._n += 1
         self._reply = f"{self._prefix}.{self._n}"
         self._left = self._asked = limit
@@ -904,8 +904,9 @@ class Puller:
                 if sent + self.expires + self.STALE < now:  # what it delivers now is stale
                     del self._requests[sid]
                     await old.unsubscribe()
-        self._deadline = now + self.expires + 2.0
-        body = f'{{"batch":{limit},"expires":{int(self.expires * 1e9)}}}'.encode()
+        expires = min(expires or self.expires, self.expires)
+        self._deadline = now + expires + 2.0
+        body = f'{{"batch":{limit},"expires":{int(expires * 1e9)}}}'.encode()
         await self.nc.publish(self._next_subject, body, reply=self._reply)
 
     async def take(self, limit: int, timeout: float = 1.0) -> list[Msg]:
@@ -945,16 +946,17 @@ class Puller:
         batch, self._ready = self._ready[:limit], self._ready[limit:]
         return batch
 
-    async def ask(self, limit: int) -> None:
+    async def ask(self, limit: int, expires: float | None = None) -> None:
         """Without waiting: asks for up to ``limit`` messages unless a request is open;
-        they come to ``take_ready`` (and set ``arrived``)."""
+        they come to ``take_ready`` (and set ``arrived``). ``expires``: this request's, if
+        shorter than the puller's."""
         now = asyncio.get_running_loop().time()
         if self._reply and now > self._deadline:
             self._reply, self._left = "", 0  # lost (a reconnect): ask again
         # (Not while NATS is away: the client would send the request after the reconnect,
         # and what it delivered would look older than it is.)
         if not self._reply and limit > 0 and now >= self._paused_until and self.nc.is_connected:
-            await self._request(limit)
+            await self._request(limit, expires)
 
     def take_ready(self) -> list[Msg]:
         """The messages delivered and not taken yet (without waiting)."""

@@ -51,13 +51,22 @@ class Ask:
     lane: int
     jobs: int
     probe: bool  # beyond the free places
+    brief: bool = False  # places left to a lane with nothing queued: held for a second only
 
 
-def plan(lanes: list[Lane], free: int, start: int, places: int) -> tuple[list[Ask], int]:
+# Seconds a request for the places left (``Ask.brief``) holds them before it expires.
+BRIEF = 1.0
+
+
+def plan(
+    lanes: list[Lane], free: int, start: int, places: int, spare: int
+) -> tuple[list[Ask], int]:
     """The requests to send now, and the lane that comes first among equals next time.
 
     ``free``: places not running a session (negative when probes' jobs run beyond them);
-    ``places``: the runner's places (AK_RUNNER__CONCURRENCY)."""
+    ``places``: the runner's places (AK_RUNNER__CONCURRENCY); ``spare``: the most jobs
+    that may run beyond them (at most one per lane; fewer when the runner's workers are
+    nearly all taken by waiting sessions)."""
     n = len(lanes)
     room = free - sum(lane.held for lane in lanes if lane.asking and not lane.probing)
     shares = [0] * n
@@ -80,25 +89,38 @@ def plan(lanes: list[Lane], free: int, start: int, places: int) -> tuple[list[As
         for i in order
         if not lanes[i].asking and not shares[i] and lanes[i].live > 0 and not lanes[i].queued
     ]
+    brief = set()
     for k, i in enumerate(active):
         if room <= 0:
             break
         share = -(-room // (len(active) - k))
         shares[i], room = share, room - share
-    asks = [Ask(i, shares[i], False) for i in order if shares[i]]
-    # Probes, while every place taken and every request delivering would run fewer than
-    # ``n`` jobs beyond the places: for lanes with no session here, and for lanes with
-    # nothing queued that hold less than an even share of the places among the lanes that
-    # have sessions here or jobs queued (a flood taking its jobs as they come is not quiet).
+        brief.add(i)
+        start = (i + 1) % n
+    asks = [Ask(i, shares[i], False, i in brief) for i in order if shares[i]]
+    # Probes: for lanes with no session here, and for lanes with nothing queued that a
+    # free place was not left to, or, the runner full, that hold less than an even share
+    # of the places among the lanes that have sessions here or jobs queued (a flood taking
+    # its jobs as they come is not quiet). Each takes a free place not promised yet, or,
+    # none left, one beyond the places while every place taken and every request
+    # delivering would run fewer than ``spare`` jobs beyond them. (Each lane has one
+    # request at most, and those for more than one job promise free places only: what
+    # runs beyond the places never exceeds the number of lanes.)
     beyond = -free + sum(lane.held for lane in lanes if lane.asking) + sum(shares)
     busy = sum(1 for lane in lanes if lane.live or lane.queued)
     even = places / max(busy, 1)
     for i in order:
         lane = lanes[i]
-        quiet = lane.live == 0 or (not lane.queued and lane.live < even)
-        if not lane.asking and not shares[i] and quiet and beyond < n:
-            asks.append(Ask(i, 1, True))
-            beyond += 1
+        quiet = lane.live == 0 or (not lane.queued and (free > 0 or lane.live < even))
+        if lane.asking or shares[i] or not quiet:
+            continue
+        if room > 0:
+            room -= 1
+            start = (i + 1) % n  # a scarce free place goes to each lane in turn
+        elif beyond >= spare:
+            continue
+        beyond += 1
+        asks.append(Ask(i, 1, True))
     return asks, start
 
 
@@ -108,32 +130,42 @@ class Lanes:
     ``wake`` is set whenever a job arrives or a request ends (the caller sets it too, when
     a session ends)."""
 
-    def __init__(self, pullers: list[bus.Puller], wake: asyncio.Event, places: int) -> None:
+    def __init__(
+        self, pullers: list[bus.Puller], wake: asyncio.Event, places: int, waiting: list[int]
+    ) -> None:
         self.pullers, self.wake, self.places = pullers, wake, places
-        self.live = [0] * len(pullers)
+        self.live = [0] * len(pullers)  # sessions taken from each lane, running or waiting
+        self.waiting = waiting  # of those, the ones waiting (``Admission.waiting_in``)
         self._probing = [False] * len(pullers)
         self._start = 0
 
     @classmethod
-    async def bind(cls, nc: Client, expires: float, wake: asyncio.Event, places: int) -> Lanes:
+    async def bind(
+        cls, nc: Client, expires: float, wake: asyncio.Event, places: int, waiting: list[int]
+    ) -> Lanes:
         pullers = [
             await bus.Puller.of(nc, subjects.STREAM_JOBS, name, expires, True, wake)
             for name in subjects.RUNNER_CONSUMERS
         ]
-        return cls(pullers, wake, places)
+        return cls(pullers, wake, places, waiting)
 
     def _state(self, i: int) -> Lane:
         p = self.pullers[i]
-        return Lane(p.asking, p.held, self._probing[i], p.pending, self.live[i])
+        # (A job published without a lane by an earlier version waits in its project's
+        # lane's count: hence the floor.)
+        running = max(0, self.live[i] - self.waiting[i])
+        return Lane(p.asking, p.held, self._probing[i], p.pending, running)
 
-    async def ask(self, free: int) -> None:
-        """Sends the requests ``plan`` says for ``free`` places."""
+    async def ask(self, free: int, workers: int) -> None:
+        """Sends the requests ``plan`` says for ``free`` places, when ``workers`` more
+        sessions may live on this runner (waiting ones included)."""
         lanes = [self._state(i) for i in range(len(self.pullers))]
-        asks, self._start = plan(lanes, free, self._start, self.places)
+        spare = max(0, min(len(lanes), workers - max(free, 0)))
+        asks, self._start = plan(lanes, free, self._start, self.places, spare)
         for ask in asks:
             self._probing[ask.lane] = ask.probe
             try:
-                await self.pullers[ask.lane].ask(ask.jobs)
+                await self.pullers[ask.lane].ask(ask.jobs, BRIEF if ask.brief else None)
             except Exception as e:  # disconnected: asked again on the caller's next turn
                 log.warning("pull request failed: %s", e)
                 return

@@ -480,7 +480,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # A job's lease runs from when its pull request was sent: keep requests short of it.
     expires = min(5.0, max(0.5, ack_wait / 4))
     wake = asyncio.Event()  # a job arrived, a request ended, a session ended
-    jobs = await Lanes.bind(nc, expires, wake, settings.runner_concurrency)
+    jobs = await Lanes.bind(
+        nc, expires, wake, settings.runner_concurrency, host.admission.waiting_in
+    )
     lanes.append(jobs)
     live: set[asyncio.Task[None]] = set()
     reaper = asyncio.create_task(_reap(pool, stop))
@@ -499,18 +501,20 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         admission.changed.clear()
         # Jobs delivered start at once: they hold no heartbeat while they wait here, and
         # there are no more of them than the lanes were asked for.
+        started = False
         for lane, msg, since in jobs.take_ready():
             job = handle_job(host, msg, ack_wait, since, settings.max_attempts)
             task = asyncio.create_task(job)
             live.add(task)
             task.add_done_callback(live.discard)
             task.add_done_callback(functools.partial(jobs.ended, lane))
+            started = True
+        if started:  # the jobs taken first: their sessions start before anything is asked
+            await asyncio.sleep(0)
         # Waiting sessions (sleeps, next_event) do not count against the sessions running.
-        free = min(
-            settings.runner_concurrency - (len(live) - admission.waiting),
-            settings.runner_concurrency + settings.runner_max_waiting - len(live),
-        )
-        await jobs.ask(free)
+        workers = settings.runner_concurrency + settings.runner_max_waiting - len(live)
+        free = min(settings.runner_concurrency - (len(live) - admission.waiting), workers)
+        await jobs.ask(free, workers)
         if jobs.ready:  # delivered meanwhile
             continue
         woken = asyncio.create_task(wake.wait())

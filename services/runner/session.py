@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import logging
 import os
 import pickle
@@ -86,23 +87,28 @@ class Admission:
 
     def __init__(self) -> None:
         self.waiting = 0
+        # By lane of AK_JOBS (``subjects.job_lane`` of the session's project): the runner
+        # hands its places to lanes by the sessions they run, not those that wait.
+        self.waiting_in = [0] * len(subjects.RUNNER_CONSUMERS)
         self.changed = asyncio.Event()
 
-    def begin(self) -> None:
+    def begin(self, lane: int) -> None:
         self.waiting += 1
+        self.waiting_in[lane] += 1
         self.changed.set()
 
-    def end(self) -> None:
+    def end(self, lane: int) -> None:
         self.waiting -= 1
+        self.waiting_in[lane] -= 1
         self.changed.set()
 
     @contextmanager
-    def wait(self) -> Iterator[None]:
-        self.begin()
+    def wait(self, lane: int) -> Iterator[None]:
+        self.begin(lane)
         try:
             yield
         finally:
-            self.end()
+            self.end(lane)
 
 
 @dataclass(frozen=True)
@@ -245,8 +251,13 @@ class SessionRun:
         self.stop_reason: str | None = None
         self.stop_state = wire.STOPPED
         self._stop = asyncio.Event()
+        self.lane = subjects.job_lane(job.project_id)
         self.inbox = Inbox(
-            self.js, job.session_id, history.consumed, self._request_stop, host.admission.wait
+            self.js,
+            job.session_id,
+            history.consumed,
+            self._request_stop,
+            functools.partial(host.admission.wait, self.lane),
         )
         self.asleep = False  # in a durable sleep that counts as waiting (see Admission)
         self.syscalls = Syscalls(self.nc, job, self.inbox, self.js, host.keys)
@@ -548,7 +559,7 @@ class SessionRun:
         self._disarm()
         if self.asleep:
             self.asleep = False
-            self.host.admission.end()
+            self.host.admission.end(self.lane)
 
     def _request_stop(self, reason: str, failed: bool = False) -> None:
         if self.stop_reason is None:
@@ -927,7 +938,7 @@ class SessionRun:
         runner knows): a waiting session, which may park."""
         if deadline_us - timefmt.now_us() >= 1_000_000 and not self.asleep:
             self.asleep = True
-            self.host.admission.begin()
+            self.host.admission.begin(self.lane)
         self._arm(step, "sleep", deadline_us, [])
 
     async def _syscall(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
