@@ -178,21 +178,21 @@ def test_random_states_never_plan_past_the_places_and_the_lanes() -> None:
 
 
 async def test_a_refused_pull_request_pauses_the_puller(nats_url: str) -> None:
-    """A consumer that is not there answers each request at once: the puller asks again
-    once a second, not in a loop."""
+    """A consumer that is not there answers each request at once: the puller waits out
+    its pause before asking again, not in a loop."""
     nc = await bus.connect(nats_url, "t")
     try:
-        puller = await bus.Puller.of(nc, subjects.STREAM_JOBS, "missing", 5.0)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 1.5
-        asked = 0
-        while loop.time() < end:
-            if not puller.asking:
-                before = puller._n
-                await puller.ask(1)
-                asked += puller._n - before
-            await asyncio.sleep(0.01)
-        assert 1 <= asked <= 3
+        refused = asyncio.Event()
+        puller = await bus.Puller.of(nc, subjects.STREAM_JOBS, "missing", 5.0, arrived=refused)
+        await puller.ask(1)
+        assert puller._n == 1
+        await asyncio.wait_for(refused.wait(), 5)  # the server's answer ended the request
+        assert not puller.asking
+        for _ in range(100):
+            await puller.ask(1)
+        assert puller._n == 1  # no request while paused
+        pause = puller._paused_until - asyncio.get_running_loop().time()
+        assert 0 < pause <= bus.Puller.PAUSE
     finally:
         await nc.close()
 
