@@ -1,6 +1,9 @@
-"""Webhook headers that carry credentials: which they are, sealed in the event as it rests
-(``AK_EVENTS``, SQL, jobs), opened where the event reaches its handler, masked where it is
-shown. A sealed value is bound to its project and header name (``akcore.datakey``)."""
+"""Webhook headers that carry credentials: which they are, and masked where an event is
+shown (``ak event get``, the web UI) unless revealed.
+
+An event's data rests sealed whole (``akcore.eventdata``). Earlier versions sealed only
+these headers, one by one, each bound to its project and header name (``seal``): such
+events, still in a stream or the store, are opened by ``unseal``."""
 
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ def _headers(data: Any) -> dict[str, Any] | None:
 
 
 def seal(data: dict[str, Any], project_id: str, keys: Keyring) -> dict[str, Any]:
-    """Event data with its credential headers sealed (data without headers as it is)."""
+    """Event data with its credential headers sealed, as earlier versions published it
+    (data without headers as it is)."""
     headers = _headers(data)
     if not headers or not any(map(is_credential, headers)):
         return data
@@ -56,11 +60,11 @@ def unseal(data: Any, project_id: str, keys: Keyring) -> Any:
 
 
 def mask(data: Any) -> Any:
-    """Event data with its sealed credential headers shown as ``MASK``."""
+    """Event data with its credential headers shown as ``MASK``."""
     headers = _headers(data)
     if not headers:
         return data
-    return {**data, "headers": {k: MASK if _is_sealed(k, v) else v for k, v in headers.items()}}
+    return {**data, "headers": {k: MASK if is_credential(k) else v for k, v in headers.items()}}
 
 
 def _is_sealed(name: str, value: Any) -> bool:

@@ -32,11 +32,26 @@ def load_keys() -> list[bytes]:
         return [os.environ[ENV_KEY].strip().encode()]
     path: Path = data_home() / KEY_FILE
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _make_key_file(path)
+    return [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _make_key_file(path: Path) -> None:
+    """Writes a new key aside and links it into place: services starting together on a
+    new data home all read the one key that got there first, never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(Fernet.generate_key() + b"\n")
-    return [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(aside, path)  # fails if another process's key is there: that one is kept
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(aside)
 
 
 def load_keyring() -> Keyring:

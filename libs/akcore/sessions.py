@@ -9,7 +9,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.errors import APIError
 
-from . import bus, journal, subjects, timefmt, tracing, wire
+from . import bus, eventdata, journal, subjects, timefmt, tracing, wire
 from .datakey import Keyring, SealError
 from .journalio import ERR_WRONG_LAST_SEQUENCE
 
@@ -46,7 +46,10 @@ def seal_inputs(job: wire.Job, keys: Keyring) -> wire.Job:
 
 
 def job_data(job: wire.Job, keys: Keyring) -> dict[str, Any]:
-    """The job's data, its sealed inputs opened; raises SealError."""
+    """The job's data, its sealed inputs or its event's sealed data opened; raises
+    SealError."""
+    if job.sealed_data:
+        return eventdata.open_data(job.sealed_data, job.project_id, job.event_id or "", keys)
     if not job.sealed:
         return job.data
     data = wire.unpack(keys.open_text(job.sealed, _inputs_aad(job.session_id)))

@@ -83,6 +83,9 @@ class Event:
     data: dict[str, Any]
     memo: dict[str, str] = field(default_factory=dict)
     created_at_us: int = 0
+    # ``data`` sealed with the data key (akcore.eventdata), ``data`` then empty; empty in
+    # events published by earlier versions.
+    sealed_data: bytes = b""
 
 
 @dataclass
@@ -110,6 +113,9 @@ class Job:
     # A wake job (the dispatcher's waker): the seq of the `parked` record it resumes from;
     # 0 for the session's first job.
     parked_seq: int = 0
+    # The event's data as it rests, sealed (akcore.eventdata: bound to the event), ``data``
+    # then empty: the job of a session started by an event.
+    sealed_data: bytes = b""
 
 
 # Inbox message kinds.
@@ -120,7 +126,8 @@ INBOX_EVENT, INBOX_SIGNAL, INBOX_CHILD_END, INBOX_STOP = "event", "signal", "chi
 class InboxMessage:
     """Something delivered to one session on ``ak.inbox.<session_id>``.
 
-    event: ``subscription_id`` and ``event`` ({data, event_type, event_id})
+    event: ``subscription_id`` and ``event`` ({data, event_type, event_id}; ``sealed_data``
+           instead of ``data`` when the event's data is sealed, akcore.eventdata)
     signal: ``name`` and ``payload`` (a value encoded by ``autokitteh._values``; never a pickle)
     child_end: ``name`` = the child's session id, ``completed``, ``payload`` = its return value
     stop: ``reason``; ``failed``: the session ends in ERROR with it (the store could not

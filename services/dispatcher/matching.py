@@ -86,6 +86,7 @@ def _jobs(
             event_type=event.event_type,
             data=event.data,
             trigger_id=trigger["trigger_id"],
+            sealed_data=event.sealed_data,
         )
         out.append(job)
     return out
@@ -105,7 +106,11 @@ def inbox_deliveries(
                 kind=wire.INBOX_EVENT,
                 subscription_id=sub["subscription_id"],
                 event={
-                    "data": event.data,
+                    **(
+                        {"sealed_data": event.sealed_data}
+                        if event.sealed_data
+                        else {"data": event.data}
+                    ),
                     "event_type": event.event_type,
                     "event_id": event.event_id,
                 },

@@ -8,11 +8,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from akcore import bus, cel, service, subjects, tracing, wire
+from akcore import bus, cel, eventdata, service, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
+from akcore.datakey import Keyring, SealError
 from akcore.errors import AKError
 from akcore.parking import inbox_headers
+from akcore.secrets import load_keyring
 from akcore.sessions import not_started, publish_session
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -44,9 +46,15 @@ class Dispatcher:
     says which events wait for them here and which are deferred."""
 
     def __init__(
-        self, nc: Client, tel: tracing.Telemetry, targets: StoreCache, evaluators: Evaluators
+        self,
+        nc: Client,
+        tel: tracing.Telemetry,
+        targets: StoreCache,
+        evaluators: Evaluators,
+        keys: Keyring,
     ) -> None:
         self.nc, self.tel, self.targets, self.evaluators = nc, tel, targets, evaluators
+        self.keys = keys  # opens events' data for their filters, seals an earlier version's
         self.admission = Admission()
         self.deferring = False  # AK_DEFERRED is there (see ``_take_back``)
         # told of each destination deferred (``TakeBack.deferred``: it takes turns at once)
@@ -82,9 +90,16 @@ class Dispatcher:
                 and await self.defer(msg, event)
             ):
                 return []
-            with self.admission.waiting(key, deferred):
-                judged = self.evaluators.judge(msg.data, list(filters.values()), key)
-                verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
+            if (clear := self._in_clear(msg, event)) is None:
+                problem = cel.Verdict(False, "its data could not be opened (see the log)")
+                verdicts = dict.fromkeys(filters, problem)
+            else:
+                with self.admission.waiting(key, deferred):
+                    judged = self.evaluators.judge(clear, list(filters.values()), key)
+                    verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
+        # Sessions and waiting sessions get the data sealed: as it is, or sealed here when
+        # an earlier version published it in the clear.
+        event = eventdata.sealed(event, self.keys)
         started = []
         jobs = sessions_for(event, triggers, targets["deployments"], verdicts)
         reached = [job.session_id for job in jobs]  # started now or by an earlier delivery
@@ -118,6 +133,17 @@ class Dispatcher:
                 wire.pack({"sessions": reached, "signaled": len(deliveries)}),
             )
         return started
+
+    def _in_clear(self, msg: Msg, event: wire.Event) -> bytes | None:
+        """The event for the filter evaluators, its data opened (they judge the data); None
+        when it does not open (altered, or sealed with a key this dispatcher lacks)."""
+        if not event.sealed_data:
+            return msg.data
+        try:
+            return wire.encode(eventdata.opened(event, self.keys))
+        except SealError as e:
+            log.error("event %s: its data could not be opened: %s", event.event_id, e.message)
+            return None
 
     async def admits(self, key: str) -> bool:
         """Whether an event of destination ``key`` may wait here for its filters (see
@@ -274,7 +300,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     targets = StoreCache(ahead=True)  # asked again in the background while in use
     await targets.watch(nc)
     evaluators = Evaluators(settings.filter_budget_ms)
-    dispatcher = Dispatcher(nc, tel, targets, evaluators)
+    dispatcher = Dispatcher(nc, tel, targets, evaluators, load_keyring())
     service.settle_heap()
     log.info("dispatcher ready")
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, credheaders, ids, ops, subjects, timefmt, tracing, values, wire
+from akcore import bus, eventdata, ids, ops, subjects, timefmt, tracing, values, wire
 from akcore.config import ENV_HTTP_MAX_API_BODY, HttpLimits
 from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, NotFound, ResourceExhausted
@@ -59,7 +59,7 @@ def create_app(
     the store's change notices; without one every request asks the store, and only this
     process remembers the last known answers). ``tokens_required``: ``/api`` calls need an
     API token (off only for dev mode on loopback). ``limits`` caps ``/api`` bodies. ``keys``
-    seal the credential headers of events (by default the data home's)."""
+    seal the events' data (by default the data home's)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
     events = bus.publisher(nc)
@@ -100,7 +100,7 @@ def create_app(
             project_id=target.project_id,
             destination_id=target.trigger_id,
             event_type=request.method.lower(),
-            data=credheaders.seal(data, target.project_id, keys),
+            data=data,
             memo={
                 "method": request.method,
                 "webhook_slug": slug,
@@ -128,12 +128,13 @@ def create_app(
         )
 
     async def publish(event: wire.Event, slug: str) -> Response | None:
-        """Publishes the event; a 503 response when JetStream did not acknowledge it."""
+        """Publishes the event, its data sealed; a 503 response when JetStream did not
+        acknowledge it."""
         try:
             await events.publish_within(
                 PUBLISH_WITHIN,
                 subjects.event_subject(event.project_id, event.event_id),
-                wire.encode(event),
+                wire.encode(eventdata.sealed(event, keys)),
                 tracing.inject({subjects.HDR_MSG_ID: event.event_id}),
             )
         except APIError as e:
@@ -248,7 +249,7 @@ def create_app(
                 args = wire.decode(wire.StoreRequest, body).args
             except Exception:
                 raise InvalidArgument("request body is not a msgpack map") from None
-            result = await perform(nc, name, args, caller)
+            result = await perform(nc, name, args, caller, keys)
         except AKError as e:
             reply = wire.StoreReply(ok=False, error_kind=e.kind, error=e.message)
             return _reply(reply, e.http_status)
@@ -269,7 +270,7 @@ def create_app(
             )
         return Response("ready\n", status_code=200)
 
-    add_ui(app, nc, auth)
+    add_ui(app, nc, auth, keys)
     return WebhookFront(app, webhook)
 
 

@@ -6,32 +6,41 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, ids, ops, subjects, timefmt, tokens, wire
+from akcore import bus, credheaders, eventdata, ids, ops, subjects, timefmt, tokens, wire
 from akcore import requests as rq
+from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument
 from nats.aio.client import Client
 
 from .auth import Caller
 
 
-async def event_redispatch(nc: Client, req: rq.EventRef, caller: Caller) -> dict[str, Any]:
-    """Dispatches a copy of a stored event under a new id."""
+async def event_redispatch(
+    nc: Client, req: rq.EventRef, caller: Caller, keys: Keyring
+) -> dict[str, Any]:
+    """Dispatches a copy of a stored event under a new id (its data, sealed to the stored
+    event, opened here and sealed to the copy: it never crosses NATS in the clear)."""
     ev = await bus.store_call(nc, "event.get", {"event_id": req.event_id, "sealed": True})
+    data = eventdata.open_data(ev["sealed_data"], ev["project_id"], ev["event_id"], keys)
     copy = wire.Event(
         event_id=ids.new_id("evt"),
         project_id=ev["project_id"],
         destination_id=ev["destination_id"],
         event_type=ev["event_type"],
-        data=ev["data"],
+        data=credheaders.unseal(data, ev["project_id"], keys),
         memo={**ev["memo"], "redispatched_from": ev["event_id"]},
         created_at_us=timefmt.now_us(),
     )
-    await bus.publisher(nc).publish(
-        subjects.event_subject(copy.project_id, copy.event_id),
-        wire.encode(copy),
-        headers={subjects.HDR_MSG_ID: copy.event_id},
-    )
+    await _publish(nc, copy, keys)
     return {"event_id": copy.event_id}
+
+
+async def _publish(nc: Client, event: wire.Event, keys: Keyring) -> None:
+    await bus.publisher(nc).publish(
+        subjects.event_subject(event.project_id, event.event_id),
+        wire.encode(eventdata.sealed(event, keys)),
+        headers={subjects.HDR_MSG_ID: event.event_id},
+    )
 
 
 async def _resolve_destination(nc: Client, destination: str) -> tuple[str, str]:
@@ -61,19 +70,17 @@ def _new_event(req: rq.EventNew, project_id: str, destination_id: str) -> wire.E
     )
 
 
-async def event_dispatch(nc: Client, req: rq.EventNew, caller: Caller) -> dict[str, Any]:
+async def event_dispatch(
+    nc: Client, req: rq.EventNew, caller: Caller, keys: Keyring
+) -> dict[str, Any]:
     """Dispatches a hand-made event as a webhook's would be: kept, then matched against
     its destination: a trigger, or a connection's triggers and subscriptions."""
     ev = _new_event(req, *await _resolve_destination(nc, req.destination))
-    await bus.publisher(nc).publish(
-        subjects.event_subject(ev.project_id, ev.event_id),
-        wire.encode(ev),
-        headers={subjects.HDR_MSG_ID: ev.event_id},
-    )
+    await _publish(nc, ev, keys)
     return {"event_id": ev.event_id}
 
 
-async def event_save(nc: Client, req: rq.EventNew, caller: Caller) -> dict[str, Any]:
+async def event_save(nc: Client, req: rq.EventNew, caller: Caller, keys: Keyring) -> dict[str, Any]:
     """Keeps a hand-made event without dispatching it."""
     ev = _new_event(req, *await _resolve_destination(nc, req.destination))
     args = {
@@ -88,14 +95,16 @@ async def event_save(nc: Client, req: rq.EventNew, caller: Caller) -> dict[str, 
     return {"event_id": ev.event_id}
 
 
-async def build_prepare(nc: Client, req: rq.PyenvPrepare, caller: Caller) -> dict[str, Any]:
+async def build_prepare(
+    nc: Client, req: rq.PyenvPrepare, caller: Caller, keys: Keyring
+) -> dict[str, Any]:
     """Has a runner build (or reuse) the Python environment of a requirements.txt, before
     ``ak deploy`` changes anything; ``token``/``offset`` follow pip's progress."""
     args = {"requirements": req.requirements, "token": req.token, "offset": req.offset}
     return await bus.runner_call(nc, "pyenv.prepare", args, timeout=60)  # type: ignore[no-any-return]
 
 
-async def create_token(nc: Client, req: rq.TokenCreate, caller: Caller) -> str:
+async def create_token(nc: Client, req: rq.TokenCreate, caller: Caller, keys: Keyring) -> str:
     """A new API token: the store keeps its digest; the raw token is answered only here.
     Not while tokens are off: any process that reaches the port (a handler, a web page) could
     make one, and it would stay valid once tokens are turned on."""
@@ -112,11 +121,11 @@ async def create_token(nc: Client, req: rq.TokenCreate, caller: Caller) -> str:
     return token
 
 
-async def whoami(nc: Client, req: rq.Empty, caller: Caller) -> dict[str, Any]:
+async def whoami(nc: Client, req: rq.Empty, caller: Caller, keys: Keyring) -> dict[str, Any]:
     return {"token_id": caller.token_id, "name": caller.name, "created_at": caller.created_at}
 
 
-Command = Callable[[Client, Any, Caller], Awaitable[Any]]
+Command = Callable[[Client, Any, Caller, Keyring], Awaitable[Any]]
 
 RUNNER_PATIENCE = 20.0  # seconds an operation waits for a runner when none is there
 
@@ -132,7 +141,7 @@ assert set(COMMANDS) == set(ops.served_by(ops.Service.INGRESS)), "commands diffe
 
 
 async def perform(
-    nc: Client, name: str, args: dict[str, Any], caller: Caller, timeout: float = 60
+    nc: Client, name: str, args: dict[str, Any], caller: Caller, keys: Keyring, timeout: float = 60
 ) -> Any:
     """Runs the public operation ``name`` for ``caller``: parsed first (InvalidArgument
     when malformed), then carried out here or by the store (Unavailable when it has not
@@ -140,7 +149,7 @@ async def perform(
     op = ops.public(name)
     typed = op.parse(args)  # refused here when malformed, before anything runs
     if op.service is ops.Service.INGRESS:
-        return await COMMANDS[name](nc, typed, caller)
+        return await COMMANDS[name](nc, typed, caller, keys)
     if op.service is ops.Service.RUNNER:  # a runner restarting answers within seconds
         patience = min(timeout, RUNNER_PATIENCE)
         return await bus.runner_call(nc, name, args, timeout=timeout, patience=patience)

@@ -80,7 +80,7 @@ async def deliver(
 
 async def _stored(nc: Client, event_id: str) -> bool:
     try:
-        await bus.store_call(nc, "event.get", {"event_id": event_id})
+        await bus.store_call(nc, "event.get", {"event_id": event_id, "sealed": True})
     except NotFound:
         return False
     return True

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import jinja2
+from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, Unauthenticated
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -60,8 +61,9 @@ _templates.globals["duration"] = uiviews.duration
 Page = Callable[[Request, Caller], Awaitable[Response]]
 
 
-def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
-    """Adds ``/`` (a redirect), ``/ui`` and its pages to ``app``."""
+def add_ui(app: FastAPI, nc: Client, auth: Authenticator, keys: Keyring) -> None:
+    """Adds ``/`` (a redirect), ``/ui`` and its pages to ``app`` (``keys`` open the events'
+    data that the pages dispatch again)."""
     gate = UiAuth(auth)
 
     def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -95,7 +97,7 @@ def add_ui(app: FastAPI, nc: Client, auth: Authenticator) -> None:
         return endpoint
 
     async def call(caller: Caller, op: str, **args: Any) -> Any:
-        return await perform(nc, op, args, caller, timeout=STORE_WAIT)
+        return await perform(nc, op, args, caller, keys, timeout=STORE_WAIT)
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/ui/sessions", status_code=307)

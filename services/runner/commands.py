@@ -71,10 +71,10 @@ async def session_stop(nc: Client, keys: Keyring, req: rq.SessionStop) -> None:
 async def session_restart(nc: Client, keys: Keyring, req: rq.SessionRef) -> dict[str, Any]:
     """A new session with the same deployment, entry point, inputs (or event) and durability."""
     s = await bus.store_call(nc, "session.get", {"session": req.session})
-    data, event_type = s.get("inputs") or {}, None
-    if s.get("event_id"):
+    data, event_type, sealed_data = s.get("inputs") or {}, None, b""
+    if s.get("event_id"):  # the event's data, sealed to it, passes on as it is
         ev = await bus.store_call(nc, "event.get", {"event_id": s["event_id"], "sealed": True})
-        data, event_type = ev["data"], ev["event_type"]
+        data, event_type, sealed_data = {}, ev["event_type"], ev["sealed_data"]
     job = wire.Job(
         session_id=ids.new_id("ses"),
         project_id=s["project_id"],
@@ -86,6 +86,7 @@ async def session_restart(nc: Client, keys: Keyring, req: rq.SessionRef) -> dict
         event_type=event_type,
         data=data,
         trigger_id=s.get("trigger_id", ""),
+        sealed_data=sealed_data,
     )
     await publish_session(bus.publisher(nc), job, keys)
     return {"session_id": job.session_id}

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, credheaders, ids, parking, subjects, wire
+from akcore import bus, credheaders, eventdata, ids, parking, subjects, wire
 from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, NotFound, Unavailable
 from akcore.journal import Kind
@@ -146,8 +146,12 @@ class Syscalls:
         seq, msg = got
         if self.keys is None or not isinstance(msg.event, dict):
             return msg.event, seq
-        data = credheaders.unseal(msg.event.get("data"), self.job.project_id, self.keys)
-        return {**msg.event, "data": data}, seq
+        event = dict(msg.event)
+        if "sealed_data" in event:
+            blob, event_id = event.pop("sealed_data"), str(event.get("event_id"))
+            event["data"] = eventdata.open_data(blob, self.job.project_id, event_id, self.keys)
+        data = credheaders.unseal(event.get("data"), self.job.project_id, self.keys)
+        return {**event, "data": data}, seq
 
     # --- signals and child sessions
 
@@ -329,7 +333,8 @@ class Syscalls:
             except NotFoundError:
                 pass
             try:
-                event = await bus.store_call(self.nc, "event.get", {"event_id": event_id})
+                ref = {"event_id": event_id, "sealed": True}  # whose: its data stays sealed
+                event = await bus.store_call(self.nc, "event.get", ref)
                 if event["project_id"] == self.job.project_id:
                     return
             except NotFound:

@@ -8,10 +8,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from akcore import credheaders, github, ids, slack, timefmt, wire
+from akcore import credheaders, eventdata, github, ids, slack, timefmt, wire
 from akcore import requests as rq
 from akcore.buildfiles import check_build
-from akcore.datakey import Keyring
+from akcore.datakey import Keyring, is_sealed
 from akcore.errors import Conflict, InvalidArgument, NotFound, shown
 from akcore.integrations import connection_env
 from akcore.manifest import parse_manifest
@@ -122,8 +122,8 @@ def _session_view(s: Session, project_name: str) -> dict[str, Any]:
     }
 
 
-def _event_view(e: EventRow, with_data: bool = True) -> dict[str, Any]:
-    view: dict[str, Any] = {
+def _event_view(e: EventRow) -> dict[str, Any]:
+    return {
         "event_id": e.event_id,
         "project_id": e.project_id,
         "destination_id": e.destination_id,
@@ -132,9 +132,20 @@ def _event_view(e: EventRow, with_data: bool = True) -> dict[str, Any]:
         "seq": e.seq,
         "created_at": timefmt.rfc3339(e.created_us),
     }
-    if with_data:
-        view["data"] = wire.unpack(e.data)
-    return view
+
+
+def _sealed_data(e: EventRow, keys: Keyring) -> bytes:
+    """The event's data sealed, as it rests (rows kept by earlier versions are sealed now)."""
+    if is_sealed(e.data):
+        return e.data
+    return eventdata.seal(wire.unpack(e.data), e.project_id, e.event_id, keys)
+
+
+def _event_data(e: EventRow, keys: Keyring) -> Any:
+    """The event's data, opened; raises SealError."""
+    if is_sealed(e.data):
+        return eventdata.open_data(e.data, e.project_id, e.event_id, keys)
+    return wire.unpack(e.data)
 
 
 class StoreApi:
@@ -143,7 +154,7 @@ class StoreApi:
     def __init__(self, engine: Engine, sealer: Sealer, keys: Keyring) -> None:
         self.engine, self.sealer, self.keys = engine, sealer, keys
         self.tokens = Tokens(engine)
-        self.objects = Objects(engine, sealer, self._project)
+        self.objects = Objects(engine, sealer, self._project, keys)
 
     def routes(self) -> dict[str, Callable[[Any], Any]]:
         """The method that answers each store operation of ``akcore.ops``."""
@@ -1035,11 +1046,12 @@ class StoreApi:
                 q = q.where(EventRow.project_id == self._project(db, req.project).project_id)
             if req.trigger:
                 q = self._offered_to(db, q, self._trigger_id(db, req.project, req.trigger))
-            return [_event_view(e, with_data=False) for e in db.exec(q.limit(1000))]
+            return [_event_view(e) for e in db.exec(q.limit(1000))]
 
     def event_get(self, req: rq.EventGet) -> dict[str, Any]:
-        """An event; its credential headers masked, unless ``reveal`` (opened) or ``sealed``
-        (as they rest, for a copy of the event to be dispatched again)."""
+        """An event; its data opened and its credential headers masked, unless ``reveal``
+        (shown); ``sealed``: its data as it rests instead (``sealed_data``, for a copy of
+        the event to be dispatched again or a session restarted)."""
         with DB(self.engine) as db:
             e = db.exec(select(EventRow).where(EventRow.event_id == req.event_id)).first()
             if e is None:
@@ -1050,10 +1062,13 @@ class StoreApi:
                 .order_by(col(DispatchNote.id))
             )
             view = _event_view(e)
-            if req.reveal:
-                view["data"] = credheaders.unseal(view["data"], e.project_id, self.keys)
-            elif not req.sealed:
-                view["data"] = credheaders.mask(view["data"])
+            if req.sealed:
+                view["sealed_data"] = _sealed_data(e, self.keys)
+            elif req.reveal:
+                data = _event_data(e, self.keys)
+                view["data"] = credheaders.unseal(data, e.project_id, self.keys)
+            else:
+                view["data"] = credheaders.mask(_event_data(e, self.keys))
             return {
                 **view,
                 "notes": [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from akcore import journal, wire
+from akcore import eventdata, journal, wire
 from akcore.datakey import Keyring
 from sqlalchemy import Connection, Engine, Table, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -186,8 +186,9 @@ def retire_drained(conn: Connection, ended: set[str]) -> None:
             conn.execute(_RETIRE, {"dep": dep})
 
 
-def apply_events(conn: Connection, events: list[wire.Event]) -> None:
-    """Keeps events (the caller commits); an event already kept is skipped."""
+def apply_events(conn: Connection, events: list[wire.Event], keys: Keyring) -> None:
+    """Keeps events, their data sealed (the caller commits); an event already kept is
+    skipped."""
     insert_new(
         conn,
         EventRow.__table__,  # type: ignore[attr-defined]
@@ -197,7 +198,7 @@ def apply_events(conn: Connection, events: list[wire.Event]) -> None:
                 "project_id": ev.project_id,
                 "destination_id": ev.destination_id,
                 "event_type": ev.event_type,
-                "data": wire.pack(ev.data),
+                "data": eventdata.sealed(ev, keys).sealed_data,
                 "memo": ev.memo,
                 "created_us": ev.created_at_us,
             }

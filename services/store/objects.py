@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from akcore import connstatus, ids, timefmt, wire
+from akcore import connstatus, eventdata, ids, timefmt, wire
 from akcore import requests as rq
+from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument, NotFound, shown
 from akcore.integrations import DESCRIPTIONS, INTEGRATIONS, integration_id, unknown
 from akcore.manifest import parse_manifest
@@ -83,8 +84,10 @@ def _connection_view(c: Connection, project_name: str, status: dict[str, str]) -
 class Objects:
     """Operations on whole objects; ``project`` finds a project by name or id."""
 
-    def __init__(self, engine: Engine, sealer: Sealer, project: ProjectLookup) -> None:
-        self.engine, self.sealer, self._project = engine, sealer, project
+    def __init__(
+        self, engine: Engine, sealer: Sealer, project: ProjectLookup, keys: Keyring
+    ) -> None:
+        self.engine, self.sealer, self._project, self.keys = engine, sealer, project, keys
 
     def routes(self) -> dict[str, Callable[[Any], Any]]:
         return {
@@ -430,7 +433,7 @@ class Objects:
                     project_id=req.project_id,
                     destination_id=req.destination_id,
                     event_type=req.event_type,
-                    data=wire.pack(req.data),
+                    data=eventdata.seal(req.data, req.project_id, req.event_id, self.keys),
                     memo=req.memo,
                     created_us=timefmt.now_us(),
                 )

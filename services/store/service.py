@@ -256,7 +256,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         record_set_aside,
     )
     events = consume(
-        nc, subjects.CONSUMER_STORE_EVENTS, wire.Event, apply_events, engine, stop, sql
+        nc,
+        subjects.CONSUMER_STORE_EVENTS,
+        wire.Event,
+        functools.partial(apply_events, keys=api.keys),
+        engine,
+        stop,
+        sql,
     )
     tasks = [
         asyncio.create_task(journal),

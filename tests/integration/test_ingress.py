@@ -15,8 +15,9 @@ import pytest
 from ak_ingress import app as ak_app
 from ak_ingress.app import create_app
 from ak_store.service import run as run_store
-from akcore import bus, subjects, wire
+from akcore import bus, eventdata, subjects, wire
 from akcore.config import Settings
+from akcore.secrets import load_keyring
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
@@ -59,13 +60,16 @@ async def test_webhook_to_event(settings: Settings) -> None:
         )
         ev = wire.decode(wire.Event, msg.data or b"")
         assert ev.event_type == "post" and ev.destination_id == d["trigger"]["trigger_id"]
-        assert ev.data["url"] == {
+        # Its data rests sealed (the query string and body included), bound to this event.
+        assert ev.data == {} and b"sub?q=1" not in (msg.data or b"")
+        data = eventdata.data_of(ev, load_keyring())
+        assert data["url"] == {
             "path": f"/webhooks/{slug}/sub",
             "path_suffix": "sub",
             "query": {"q": "1"},
         }
-        assert ev.data["raw_url"] == f"/webhooks/{slug}/sub?q=1"
-        assert ev.data["body"]["json"] == {"a": 1}
+        assert data["raw_url"] == f"/webhooks/{slug}/sub?q=1"
+        assert data["body"]["json"] == {"a": 1}
 
         assert (await http.get("/webhooks/aaaaaaaaaaaaaaaaaaaaaaaaaa")).status_code == 404
         big = await http.post(f"/webhooks/{slug}", content=b"x" * (512 * 1024 + 1))

@@ -68,6 +68,7 @@ def test_prune_by_age_and_by_count(db_dsn: str) -> None:
                     wire.Event(f"evt_{age}", "prj_1", "trg_1", "post", {}, {}, NOW - age * day)
                     for age in (45, 29, 3, 2, 1)
                 ],
+                Keyring([Fernet.generate_key()]),
             )
         with engine.begin() as conn:
             for age in (45, 1):

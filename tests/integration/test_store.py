@@ -10,13 +10,13 @@ from ak_store.api import MAX_SPANS, StoreApi
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records, apply_spans
 from ak_store.service import run as run_store
-from akcore import bus, cel, journal, ops, subjects, wire
+from akcore import bus, cel, eventdata, journal, ops, subjects, wire
 from akcore.config import Settings
-from akcore.datakey import Keyring
+from akcore.datakey import Keyring, SealError
 from akcore.errors import InvalidArgument, NotFound
 from akcore.secrets import Sealer, load_keyring
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from .conftest import running
 from .helpers import MANIFEST, deploy, eventually
@@ -288,7 +288,7 @@ def test_dispatch_notes_kept_before_the_event_and_shown_with_it(
     with pytest.raises(NotFound):
         call(api, "event.get", {"event_id": "evt_1"})
     with engine.begin() as conn:
-        apply_events(conn, [wire.Event("evt_1", "prj_1", "trg_1", "post", {}, {}, 1)])
+        apply_events(conn, [wire.Event("evt_1", "prj_1", "trg_1", "post", {}, {}, 1)], KEYS)
     # A redelivered event is judged again: the same note again changes nothing.
     call(
         api,
@@ -301,3 +301,52 @@ def test_dispatch_notes_kept_before_the_event_and_shown_with_it(
         {"source": "sub_1", "note": "boom"},
     ]
     assert notes[0]["at"] <= notes[1]["at"]
+
+
+def test_event_data_rests_sealed_and_opens_for_its_owner(store: tuple[StoreApi, Engine]) -> None:
+    """An event's data (a webhook's query, body and headers) is sealed in the events
+    table; `ak event get` opens it with its credential headers masked, `--reveal` shows
+    them, and a row kept by an earlier version (in the clear) still reads."""
+    api, engine = store
+    secret = "q-secret-7f3k"
+    data = {
+        "url": {"query": {"token": secret}},
+        "headers": {"Authorization": f"Bearer {secret}", "Accept": "*/*"},
+        "body": {"text": f"password={secret}"},
+    }
+    new = wire.Event("evt_new", "prj_1", "trg_1", "post", data, {}, 1)
+    # Sealed by ingress as published, or (an earlier version's) in the clear: both rest sealed.
+    published = eventdata.sealed(new, KEYS)
+    old = wire.Event("evt_old", "prj_1", "trg_1", "post", data, {}, 2)
+    with engine.begin() as conn:
+        apply_events(conn, [published, old], KEYS)
+        rows = conn.execute(text("SELECT data FROM events")).scalars().all()
+        conn.execute(
+            text(
+                "INSERT INTO events (event_id, project_id, destination_id, event_type, data, "
+                "memo, created_us) VALUES ('evt_clear', 'prj_1', 'trg_1', 'post', :d, '{}', 3)"
+            ),
+            {"d": wire.pack(data)},
+        )
+    assert len(rows) == 2 and not any(secret.encode() in bytes(r) for r in rows)
+    masked = {**data, "headers": {"Authorization": "<secret>", "Accept": "*/*"}}
+    for event_id in ("evt_new", "evt_old", "evt_clear"):
+        assert call(api, "event.get", {"event_id": event_id})["data"] == masked
+        shown = call(api, "event.get", {"event_id": event_id, "reveal": True})
+        assert shown["data"] == data
+        # As it rests, for a copy or a restart: sealed to this event, whatever its row.
+        blob = call(api, "event.get", {"event_id": event_id, "sealed": True})["sealed_data"]
+        assert "data" not in call(api, "event.get", {"event_id": event_id, "sealed": True})
+        assert eventdata.open_data(blob, "prj_1", event_id, KEYS) == data
+        with pytest.raises(SealError):
+            eventdata.open_data(blob, "prj_1", "evt_other", KEYS)
+    # A hand-made event kept without dispatch (`ak event save`) rests sealed too.
+    call(
+        api,
+        "event.store",
+        {"event_id": "evt_saved", "project_id": "prj_1", "destination_id": "trg_1", "data": data},
+    )
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT data FROM events WHERE event_id = 'evt_saved'")).scalar()
+    assert secret.encode() not in bytes(row)
+    assert call(api, "event.get", {"event_id": "evt_saved", "reveal": True})["data"] == data

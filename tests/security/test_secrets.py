@@ -1,8 +1,9 @@
 """The planted-secret grep: a secret that passes through a handler (read with ``os.getenv``
 in its body, given to an activity, printed, returned, raised) or that comes in a webhook's
-credential header is nowhere at rest in plaintext or base64: not in the data home (SQLite,
+credential header, query string or body (judged by a filter, delivered to a waiting
+session) is nowhere at rest in plaintext or base64: not in the data home (SQLite,
 JetStream's files, any file) nor in the service log. The session's owner still reads it
-back (decrypted at read), the handler gets the header as sent, and a runner killed
+back (decrypted at read), the handler gets the request as sent, and a runner killed
 mid-session replays from the sealed journal."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.helpers import start_stack, write_project
 
 PLANTED = "planted-TOKEN-q8z3v7k2"
 BEARER = "hdr-bearer-w7m2x9"  # sent in webhook headers
+SENT = "query-and-body-k5t9r3"  # sent in a webhook's query string and body
 
 MANIFEST = """\
 version: v1
@@ -42,6 +44,12 @@ project:
       webhook: {}
     - name: hdr
       call: h.py:on_hdr
+      webhook: {}
+    - name: query
+      call: h.py:on_query
+      webhook: {}
+      filter: data.url.query.token.startsWith("query-and-body")
+    - name: feed
       webhook: {}
 """
 
@@ -77,6 +85,16 @@ def on_hdr(event):
     for name in ("Authorization", "X-Api-Key", "Cookie"):
         digest = hashlib.sha256(headers[name].encode()).hexdigest()
         print(name, digest == "DIGEST", headers["Content-Type"])
+
+
+def on_query(event):
+    token = event.data.url.query.token
+    print("query", hashlib.sha256(token.encode()).hexdigest() == "SENT_DIGEST")
+    print("body", event.data.body.json["password"] == token)
+    sub = autokitteh.subscribe("feed", 'data.body.json.password.startsWith("query")')
+    print("subscribed")
+    fed = autokitteh.next_event(sub, timeout=120)
+    print("fed", fed.body.json["password"] == token)
 """
 
 
@@ -105,7 +123,8 @@ def test_planted_secret_is_nowhere_at_rest(tmp_path: Path) -> None:
     stack = start_stack(tmp_path, {"AK_TEST__FAULTS": faults, "AK_JOBS__ACK_WAIT": "3"})
     try:
         digest = hashlib.sha256(BEARER.encode()).hexdigest()
-        code = CODE.replace("DIGEST", digest)
+        code = CODE.replace("SENT_DIGEST", hashlib.sha256(SENT.encode()).hexdigest())
+        code = code.replace("DIGEST", digest)
         proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "h.py": code})
         paths = stack.deploy_paths(proj)
         stack.ak("var", "set", "--secret", "-p", "planted", "TOKEN", PLANTED, check=True)
@@ -135,10 +154,12 @@ def test_planted_secret_is_nowhere_at_rest(tmp_path: Path) -> None:
         assert f"refused token {PLANTED}" in failed["error"]
 
         _credential_headers(stack, paths["hdr"])
+        _query_and_body(stack, paths["query"], paths["feed"])
     finally:
         stack.stop()
 
     forms = [*encodings(PLANTED.encode()), *encodings(BEARER.encode())]
+    forms += encodings(SENT.encode())
     at_rest = [f for f in Path(stack.env["XDG_DATA_HOME"]).rglob("*") if f.is_file()]
     leaks = [(str(f), form) for f in at_rest for form in forms if form in f.read_bytes()]
     assert leaks == []
@@ -172,6 +193,25 @@ def _credential_headers(stack, path: str) -> None:  # type: ignore[no-untyped-de
     second = stack.wait_session(stack.session_of("planted", again))
     assert second["state"] == "COMPLETED", second
     assert stack.ak("session", "prints", second["session_id"], "-n").stdout == expected
+
+
+def _query_and_body(stack, query: str, feed: str) -> None:  # type: ignore[no-untyped-def]
+    """A webhook's query string and body reach a filter (the dispatcher opens the event),
+    the handler, and a session waiting for the next event; its owner sees them."""
+    body = json.dumps({"password": SENT}).encode()
+    status, answer, _ = stack.request("POST", f"{query}?token={SENT}", body)
+    assert status == 202
+    sid = stack.session_of("planted", answer["autokitteh-event-id"])
+    stack.wait_output("subscribed", "session", "prints", sid, "-n")
+    status, fed, _ = stack.request("POST", feed, body)
+    assert status == 202
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
+    assert prints == "query True\nbody True\nsubscribed\nfed True\n"
+    for event_id in (answer["autokitteh-event-id"], fed["autokitteh-event-id"]):
+        shown = json.loads(stack.ak("event", "get", event_id, "-j", check=True).stdout)
+        assert shown["data"]["body"]["json"] == {"password": SENT}  # to its owner, opened
 
 
 def _child_of(stack, parent: str) -> str:  # type: ignore[no-untyped-def]

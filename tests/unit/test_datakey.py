@@ -4,6 +4,9 @@ keys rotated without losing what older keys sealed."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,34 @@ def test_keys_from_env_or_the_key_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert load_keys() == [OLD]
     monkeypatch.setenv("AK_SECRETS__KEYS", f"{NEW.decode()}, {OLD.decode()}")
     assert load_keys() == [NEW, OLD]
+
+
+def test_services_starting_together_on_a_new_data_home_share_one_key(tmp_path: Path) -> None:
+    """Four services start at once and each makes the key file if it is missing: all of
+    them read the same key (never an empty file, never an error)."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path)}
+    env.pop("AK_SECRETS__KEY", None)
+    env.pop("AK_SECRETS__KEYS", None)
+    go = tmp_path / "go"
+    code = (
+        "import os, sys\nfrom akcore.secrets import load_keys\nprint(flush=True)\n"
+        f"while not os.path.exists({str(go)!r}): pass\nprint(load_keys()[0].decode())"
+    )
+    for _ in range(5):
+        key = tmp_path / "autokitteh" / "secrets.key"
+        key.unlink(missing_ok=True)
+        go.unlink(missing_ok=True)
+        runs = [
+            subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
+            for _ in range(4)
+        ]
+        for run in runs:  # each has imported and waits for the go
+            assert run.stdout is not None and run.stdout.readline() == b"\n"
+        go.touch()
+        keys = {run.communicate(timeout=60)[0].strip() for run in runs}
+        assert [run.returncode for run in runs] == [0] * 4
+        assert keys == {key.read_text().strip().encode()}
+    assert sorted(p.name for p in key.parent.iterdir()) == ["secrets.key"]  # none left aside
 
 
 DIGEST = "5f2b9c0d1e3a4b6c"

@@ -11,8 +11,10 @@ from ak_dispatcher.matching import (
     notes_of,
     sessions_for,
 )
-from akcore import cel, wire
-from akcore.sessions import created_record
+from akcore import cel, eventdata, wire
+from akcore.datakey import Keyring
+from akcore.sessions import created_record, job_data
+from cryptography.fernet import Fernet
 
 TRIGGER = {
     "trigger_id": "trg_1",
@@ -103,6 +105,19 @@ def test_verdicts_decide_sessions_deliveries_and_notes() -> None:
             "note": "subscription of session ses_3: boom; counted as no match",
         },
     ]
+
+
+def test_a_sealed_event_passes_on_sealed_to_its_sessions_and_waiting_sessions() -> None:
+    keys = Keyring([Fernet.generate_key()])
+    event = eventdata.sealed(_event(data={"url": {"query": {"token": "t-1"}}}), keys)
+    (job,) = sessions_for(event, [TRIGGER], DEPS, {})
+    assert job.data == {} and job.sealed_data == event.sealed_data
+    assert job_data(job, keys) == {"url": {"query": {"token": "t-1"}}}
+    deliveries = inbox_deliveries(event, SUBS[1:2], {})
+    assert [msg.event for _, msg in deliveries] == [
+        {"sealed_data": event.sealed_data, "event_type": "post", "event_id": "evt_1"}
+    ]
+    assert b"t-1" not in wire.encode(job) + wire.encode(deliveries[0][1])
 
 
 def test_an_event_on_a_connection_starts_each_of_its_triggers_that_fits() -> None:
