@@ -7,13 +7,16 @@ import collections
 import datetime
 import logging
 import operator
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import celpy
+import re2
 from celpy import celtypes
+from celpy.evaluation import CELEvalError
 
 from . import cellimits
 from .cellimits import OverLimit, check_built
@@ -182,7 +185,22 @@ def _add(a: Any, b: Any) -> Any:
     return operator.add(a, b)
 
 
-# The CEL strings extension (member functions), which cel-python does not ship, and ``+``.
+# re2 writes a pattern that does not parse to standard error (the dispatcher's log): the
+# pattern may be made of the event's values.
+_QUIET = re2.Options()
+_QUIET.log_errors = False
+
+
+def _matches(s: Any, pattern: Any) -> Any:
+    """CEL's ``matches``, as cel-python's, without re2's log line."""
+    try:
+        return celtypes.BoolType(re2.search(str(pattern), str(s), options=_QUIET) is not None)
+    except re2.error as e:
+        return CELEvalError("match error", type(e), None)
+
+
+# The CEL strings extension (member functions), which cel-python does not ship, ``+`` and
+# ``matches``.
 STRING_FUNCTIONS: dict[str, Any] = {
     "lowerAscii": lambda s: _str(str(s).lower()),
     "upperAscii": lambda s: _str(str(s).upper()),
@@ -195,6 +213,7 @@ STRING_FUNCTIONS: dict[str, Any] = {
     "substring": _substring,
     "charAt": lambda s, i: _str(str(s)[int(i) : int(i) + 1]),
     "_+_": _add,
+    "matches": _matches,
 }
 
 
@@ -267,9 +286,46 @@ def variables(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
     return {"data": LazyMap(data), "event_type": celtypes.StringType(event_type)}
 
 
+# Why a filter could not decide, worded without a value of the event: the reason is kept
+# in the event's notes (SQL, the dispatcher's log) while the event's data rests sealed, and
+# celpy's messages quote values (a string that has no fields, the whole activation of an
+# undeclared name). Messages of these shapes are kept, reworded with names and types only
+# (names and keys come from the filter's text); any other is named by its kind.
+_FIXED = frozenset(
+    {
+        "modulus or divide by zero",
+        "invalid_argument",
+        "return error for overflow",
+        "match error",
+        "no such key",
+        "no such overload",
+    }
+)
+_NAME = r"([A-Za-z_][A-Za-z0-9_]{0,99})"
+_SHAPES = (
+    (re.compile(rf"undeclared reference to '{_NAME}'"), "undeclared reference to '{0}'"),
+    (re.compile(rf"no such member in mapping: '{_NAME}'$"), "no such member in mapping: '{0}'"),
+    (
+        re.compile(r"with type: '<class '[\w.]*?(\w+)'>' does not support field selection$"),
+        "a value of type {0} does not support field selection",
+    ),
+)
+_OVERLOAD = re.compile(r"found no matching overload for Token\('RULE', '(\w+)'\) applied to '")
+_TYPE = re.compile(r"<class '(?:[\w]+\.)*(\w+)'>")
+
+
 def _reason(e: BaseException) -> str:
     # celpy's errors carry (message, python exception type, ...) as their arguments.
-    return str(e.args[0]) if e.args else type(e).__name__
+    message = str(e.args[0]) if e.args else ""
+    if message in _FIXED:
+        return message
+    for shape, wording in _SHAPES:
+        if found := shape.search(message):
+            return wording.format(*found.groups())
+    if found := _OVERLOAD.match(message):
+        types = ", ".join(_TYPE.findall(message[found.end() :]))
+        return f"no matching overload for {found.group(1)} applied to ({types})"
+    return f"{type(e).__name__} (its message is not kept: it may quote the event)"
 
 
 def judge(expr: str, variables: Mapping[str, Any]) -> Verdict:
@@ -295,7 +351,7 @@ def judge(expr: str, variables: Mapping[str, Any]) -> Verdict:
         return Verdict(False, f"evaluation error: {_reason(result)}")
     if isinstance(result, (bool, celtypes.BoolType)):
         return Verdict(bool(result))
-    return Verdict(False, f"the filter's result is {result!r}, not a bool")
+    return Verdict(False, f"the filter's result is of type {type(result).__name__}, not a bool")
 
 
 def matches(expr: str | None, event_type: str, data: Mapping[str, Any]) -> bool:

@@ -48,7 +48,7 @@ def key_id(data_key: bytes) -> bytes:
 
 
 def is_sealed(blob: bytes) -> bool:
-    return blob[: len(MAGIC)] == MAGIC
+    return isinstance(blob, bytes) and blob[: len(MAGIC)] == MAGIC
 
 
 class Keyring:
@@ -88,7 +88,7 @@ class Keyring:
 
     def open_text(self, sealed: str, aad: bytes) -> bytes:
         """Raises SealError."""
-        if not sealed.startswith(TEXT_PREFIX):
+        if not isinstance(sealed, str) or not sealed.startswith(TEXT_PREFIX):
             raise SealError("a value that should be sealed is not (was it written by hand?)")
         try:
             blob = base64.b64decode(sealed[len(TEXT_PREFIX) :], validate=True)

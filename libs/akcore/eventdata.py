@@ -27,16 +27,21 @@ def seal(data: dict[str, Any], project_id: str, event_id: str, keys: Keyring) ->
 
 
 def open_data(blob: bytes, project_id: str, event_id: str, keys: Keyring) -> dict[str, Any]:
-    """The data sealed in ``blob``; raises SealError (another event's, altered, another key's)."""
-    data = wire.unpack(keys.open(blob, _aad(project_id, event_id)))
+    """The data sealed in ``blob``; raises SealError (another event's, altered, another
+    key's, or not sealed data at all)."""
+    try:
+        data = wire.unpack(keys.open(blob, _aad(project_id, event_id)))
+    except ValueError:  # (msgpack's errors are ValueErrors) sealed by no version of ours
+        raise SealError("an event's sealed data is not an encoded map") from None
     if not isinstance(data, dict):
         raise SealError("an event's sealed data is not a map")
     return data
 
 
 def sealed(event: wire.Event, keys: Keyring) -> wire.Event:
-    """The event with its data sealed (as it is when already sealed)."""
-    if event.sealed_data:
+    """The event with its data sealed (as it is when already sealed, or has none: a
+    schedule's tick)."""
+    if event.sealed_data or not event.data:
         return event
     blob = seal(event.data, event.project_id, event.event_id, keys)
     return dataclasses.replace(event, data={}, sealed_data=blob)

@@ -9,7 +9,9 @@ Values are decrypted only for the runner (the session's environment) and ``--rev
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -23,6 +25,8 @@ ENV_KEYS = "AK_SECRETS__KEYS"
 KEY_FILE = "secrets.key"
 PREFIX = "fernet:"
 
+log = logging.getLogger(__name__)
+
 
 def load_keys() -> list[bytes]:
     """The secrets keys, the primary first (see the module)."""
@@ -33,21 +37,29 @@ def load_keys() -> list[bytes]:
     path: Path = data_home() / KEY_FILE
     if not path.exists():
         _make_key_file(path)
-    return [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+    keys = [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+    if not keys:
+        raise AKError(f"{path} holds no secrets key: put the key back (from a backup)")
+    return keys
 
 
 def _make_key_file(path: Path) -> None:
     """Writes a new key aside and links it into place: services starting together on a
     new data home all read the one key that got there first, never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(f".{KEY_FILE}.{os.getpid()}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, aside = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=path.parent)  # (mode 0600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(Fernet.generate_key() + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.link(aside, path)  # fails if another process's key is there: that one is kept
+        log.warning(
+            "no secrets key was given (%s): made one in %s; every service of this system "
+            "must use the same key: back it up apart from the database",
+            ENV_KEY,
+            path,
+        )
     except FileExistsError:
         pass
     finally:

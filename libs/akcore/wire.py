@@ -64,10 +64,47 @@ def encode(msg: Any) -> bytes:
     return pack({name: getattr(msg, name) for name in _names(type(msg))})
 
 
+# What a field's annotation lets through, by its outer type (``dict[str, Any]``: a dict);
+# fields annotated otherwise (``Any``) are not checked.
+_KINDS: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool, int),
+    "float": (int, float),
+    "bytes": (bytes,),
+    "dict": (dict,),
+    "list": (list,),
+    "None": (type(None),),
+}
+_CHECKS: dict[type, tuple[tuple[str, tuple[type, ...], str], ...]] = {}
+
+
+def _checks(cls: type) -> tuple[tuple[str, tuple[type, ...], str], ...]:
+    """(field, the types it takes, its annotation) for each field of ``cls`` that is checked."""
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        out = []
+        for f in dataclasses.fields(cls):
+            text = str(f.type)
+            parts = [part.strip().split("[", 1)[0] for part in text.split("|")]
+            if all(part in _KINDS for part in parts):
+                kinds = tuple(kind for part in parts for kind in _KINDS[part])
+                out.append((f.name, kinds, text))
+        checks = _CHECKS[cls] = tuple(out)
+    return checks
+
+
 def decode(cls: type[T], data: bytes) -> T:
+    """The message as ``cls``, each field of the type its annotation says (its outer type:
+    a dict's items are not looked into); raises ValueError. Unknown keys are ignored,
+    missing ones get their defaults."""
     raw = unpack(data)
     if not isinstance(raw, dict):
         raise ValueError(f"{cls.__name__}: expected a map, got {type(raw).__name__}")
+    for name, kinds, text in _checks(cls):
+        if name in raw and not isinstance(raw[name], kinds):
+            got = type(raw[name]).__name__
+            raise ValueError(f"{cls.__name__}.{name}: expected {text}, got {got}")
     names = _names(cls)
     return cls(**{k: v for k, v in raw.items() if k in names})
 

@@ -12,7 +12,14 @@ from akcore import bus, cel, eventdata, service, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.datakey import Keyring, SealError
-from akcore.errors import AKError
+from akcore.errors import (
+    AKError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from akcore.parking import inbox_headers
 from akcore.secrets import load_keyring
 from akcore.sessions import not_started, publish_session
@@ -36,6 +43,9 @@ T = TypeVar("T")
 # Seconds between in-progress notices for an event whose filters are being judged (so that
 # JetStream does not redeliver it while it waits for an evaluator or for a heavy filter).
 HOLD = 1.0
+# Deliveries of an event whose dispatch failed with an error that is not the store's or
+# JetStream's absence (which are waited out, however long) before it is given up.
+GIVE_UP = 3
 
 
 class Dispatcher:
@@ -210,17 +220,53 @@ class Dispatcher:
         try:
             with self.tel.span("dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs):
                 await self.dispatch(msg, event, turn, deferred)
-        except (AKError, NatsError, TimeoutError) as e:  # the store or JetStream is away
-            log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
-            await msg.nak(delay=1.0)
-            return
-        except Exception:
-            log.exception("event %s: dispatch failed, will retry", event.event_id)
-            await msg.nak(delay=2.0)
+        except Exception as e:
+            if _will_repeat(e):
+                await self._failed(msg, event, e)
+            else:  # the store or JetStream is away, or busy: waited out, however long
+                log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
+                await msg.nak(delay=1.0)
             return
         finally:
             turn.release()
         await msg.ack()
+
+    async def _failed(self, msg: Msg, event: wire.Event, e: Exception) -> None:
+        """An error that will most likely come again (the store refusing the request, a
+        bug): the event is tried ``GIVE_UP`` times, then left with a note (it stays in the
+        store: ``ak event redispatch`` sends a copy)."""
+        tries = msg.metadata.num_delivered or 1
+        if tries < GIVE_UP:
+            log.exception("event %s: dispatch failed, will retry", event.event_id)
+            await msg.nak(delay=2.0)
+            return
+        log.exception(
+            "event %s: dispatch failed %d times; given up (ak event redispatch sends a copy)",
+            event.event_id,
+            tries,
+        )
+        note = (
+            f"dispatch failed {tries} times ({type(e).__name__}, in the dispatcher's log); "
+            "given up: nothing was started; `ak event redispatch` dispatches a copy"
+        )
+        try:
+            await self.note(event, [{"source": "dispatcher", "note": note}])
+        except (AKError, NatsError, TimeoutError) as away:  # the log has said it
+            log.warning("event %s: its note was not kept: %s", event.event_id, away)
+        await msg.term()
+
+
+# The store's answers that say the request itself is wrong: asked again, it fails again.
+_REFUSALS = (InvalidArgument, NotFound, Conflict, PermissionDenied, Unauthenticated, SealError)
+
+
+def _will_repeat(e: Exception) -> bool:
+    """Whether an error of a dispatch would come again with the same event: not the store
+    or JetStream away or busy (Unavailable, ResourceExhausted, the store's internal
+    error, NATS errors and timeouts), which pass."""
+    if isinstance(e, AKError):
+        return isinstance(e, _REFUSALS)
+    return not isinstance(e, (NatsError, TimeoutError))
 
 
 async def _holding(msg: Msg, judged: Awaitable[T]) -> T:

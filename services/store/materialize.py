@@ -198,7 +198,7 @@ def apply_events(conn: Connection, events: list[wire.Event], keys: Keyring) -> N
                 "project_id": ev.project_id,
                 "destination_id": ev.destination_id,
                 "event_type": ev.event_type,
-                "data": eventdata.sealed(ev, keys).sealed_data,
+                "data": eventdata.sealed(ev, keys).sealed_data or wire.pack(ev.data),
                 "memo": ev.memo,
                 "created_us": ev.created_at_us,
             }

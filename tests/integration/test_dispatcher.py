@@ -3,11 +3,13 @@ filters are judged within their budget and leave notes on the event."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
 import pytest
 from ak_dispatcher.matching import sessions_for
+from ak_dispatcher.service import GIVE_UP
 from ak_dispatcher.service import run as run_dispatcher
 from ak_store.service import run as run_store
 from akcore import bus, ids, subjects, timefmt, wire
@@ -87,7 +89,9 @@ async def test_subscription_filters_judged_within_budget(settings: Settings) -> 
             except NotFound:
                 return None
 
-        (note,) = await eventually(notes, timeout=30)
+        got = await eventually(notes, timeout=30)
+        assert len(got) == 1, got
+        (note,) = got
         assert note["source"] == heavy
         assert note["note"] == (
             f"subscription of session {heavy}: filter ran over its 50 ms budget;"
@@ -243,6 +247,48 @@ async def test_a_subscription_made_again_is_kept_once(settings: Settings) -> Non
         assert await eventually(delivered, timeout=30) == 2  # sub-1 once, sub-2 once
         await eventually(lambda: _acked(js, 1), timeout=30)
         assert await delivered() == 2
+
+
+async def test_an_event_that_fails_every_time_is_given_up_with_a_note(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event whose dispatch fails with an error that will come again (here a fault put
+    in for one event: a bug, say) is tried GIVE_UP times, then left with a note: no endless
+    redelivery, no session; the events after it are dispatched."""
+    d: dict[str, Any] = {}
+    bad: list[wire.Event] = []
+
+    def faulty(event: wire.Event, *args: Any) -> list[wire.Job]:
+        if event.event_id == bad[0].event_id:
+            raise KeyError("a fault for this test")
+        return sessions_for(event, *args)
+
+    monkeypatch.setattr("ak_dispatcher.service.sessions_for", faulty)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        bad.append(_event(d, "post"))
+        good = _event(d, "post")
+        for ev in (bad[0], good):
+            await js.publish(subjects.event_subject(ev.project_id, ev.event_id), wire.encode(ev))
+
+        async def notes() -> list[dict[str, str]] | None:
+            with contextlib.suppress(NotFound):
+                got = await bus.store_call(nc, "event.get", {"event_id": bad[0].event_id})
+                return got["notes"] or None
+            return None
+
+        (note,) = await eventually(notes, timeout=30)
+        assert note["source"] == "dispatcher"
+        assert note["note"] == (
+            f"dispatch failed {GIVE_UP} times (KeyError, in the dispatcher's log); given "
+            "up: nothing was started; `ak event redispatch` dispatches a copy"
+        )
+        await eventually(lambda: _acked(js, 2))  # nothing left to deliver: not retried
+        info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
+        # Two events delivered, the bad one GIVE_UP times, and then neither again.
+        assert info.delivered.consumer_seq == GIVE_UP + 1 and info.num_pending == 0
+        assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 1  # the good one
 
 
 def _event(d: dict[str, Any], event_type: str, data: dict[str, Any] | None = None) -> wire.Event:

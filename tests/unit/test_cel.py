@@ -137,13 +137,45 @@ def test_the_filters_of_one_event_convert_it_once(monkeypatch: pytest.MonkeyPatc
     ("expr", "problem"),
     [
         ("data.nope == 1", "evaluation error: no such member in mapping: 'nope'"),
-        ("1 + 1", "the filter's result is IntType(2), not a bool"),
+        ("1 + 1", "the filter's result is of type IntType, not a bool"),
         ("data.(", "invalid filter"),
     ],
 )
 def test_a_filter_that_cannot_decide_says_why(expr: str, problem: str) -> None:
     verdict = cel.judge(expr, cel.variables("get", DATA))
     assert not verdict.matched and verdict.problem.startswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        (
+            "data.t.foo == 1",
+            "evaluation error: a value of type StringType does not support field selection",
+        ),
+        ("data.t", "the filter's result is of type StringType, not a bool"),
+        ("data.t.startswith('x')", "evaluation error: undeclared reference to 'startswith'"),
+        (
+            "data.t + 1 == 2",
+            "evaluation error: no matching overload for addition_add applied to "
+            "(StringType, IntType)",
+        ),
+        ("data.m[data.t] == 1", "evaluation error: no such key"),
+        ("data.m.matches(data.t + '[')", "evaluation error: match error"),
+        ("int(data.t) == 1", "evaluation error: return error for overflow"),
+    ],
+)
+def test_a_filter_that_fails_on_a_value_does_not_quote_it(
+    expr: str, problem: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The reason is kept in the event's notes and the log while the event's data rests
+    sealed: it names types and the filter's own names, never a value of the event (nor
+    does re2 write a pattern made of them to standard error)."""
+    secret = "sealed-value-x7"
+    verdict = cel.judge(expr, cel.variables("get", {"t": secret, "m": {"a": secret}}))
+    assert (verdict.matched, verdict.problem) == (False, problem)
+    out, err = capfd.readouterr()
+    assert secret not in out + err
 
 
 WIDE = "size([" + ",".join(["1"] * 300) + "]) > 0"  # 606 tokens

@@ -73,6 +73,17 @@ def test_event_data_is_sealed_whole_and_opens_only_as_its_event() -> None:
     ):
         with pytest.raises(SealError):
             eventdata.data_of(moved, KEYS)
+    # What a hostile publisher may put there instead (NATS carries any msgpack value).
+    for junk in (
+        5,
+        True,
+        {"a": 1},
+        "ak1:x",
+        b"junk",
+        KEYS.seal(b"\xc1", b"prj_a/event/evt_a/data"),
+    ):
+        with pytest.raises(SealError):
+            eventdata.data_of(dataclasses.replace(sealed, sealed_data=junk), KEYS)
     other = Keyring([Fernet.generate_key()])
     with pytest.raises(SealError, match="secrets key this service does not have"):
         eventdata.data_of(sealed, other)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from akcore import journal, wire
 from akcore.datakey import Keyring, SealError
+from akcore.errors import AKError
 from akcore.secrets import Sealer, load_keys
 from cryptography.fernet import Fernet
 
@@ -57,6 +58,9 @@ def test_keys_from_env_or_the_key_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     path.write_bytes(NEW + b"\n" + made + b"\n")  # rotated: the new key first
     assert load_keys() == [NEW, made]
+    path.write_bytes(b"\n")  # emptied (by hand, or a crash of an earlier version)
+    with pytest.raises(AKError, match=f"{path} holds no secrets key"):
+        load_keys()
     monkeypatch.setenv("AK_SECRETS__KEY", OLD.decode())
     assert load_keys() == [OLD]
     monkeypatch.setenv("AK_SECRETS__KEYS", f"{NEW.decode()}, {OLD.decode()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgpack
+import pytest
 from akcore import ids, wire
 
 
@@ -57,3 +58,26 @@ def test_ids() -> None:
     assert ids.derived_id("ses", 1000, "k") == "ses_00000000z8f59r6ad9518fdn9s"
     slug = ids.new_slug()
     assert len(slug) == 26 and set(slug) <= set(ids.ALPHABET)
+
+
+def test_a_field_of_another_type_is_refused_naming_it() -> None:
+    """What crosses a boundary is checked as it is decoded: a field of another type than
+    its annotation (its outer type) is a ValueError naming it, before anything uses it."""
+    event = {"event_id": "evt_1", "project_id": "prj_1", "destination_id": "trg_1"}
+    event.update(event_type="post", data={}, memo={})
+    ok = wire.decode(wire.Event, msgpack.packb(event))
+    assert ok.data == {} and ok.sealed_data == b""
+    for field, value, message in [
+        ("sealed_data", 5, "Event.sealed_data: expected bytes, got int"),
+        ("memo", 5, "Event.memo: expected dict[str, str], got int"),
+        ("data", [1], "Event.data: expected dict[str, Any], got list"),
+        ("destination_id", 5, "Event.destination_id: expected str, got int"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            wire.decode(wire.Event, msgpack.packb({**event, field: value}))
+    job = wire.Job("ses_1", "prj_1", "dep_1", "bld_1", "a.py:f", True, None, None, {})
+    assert wire.decode(wire.Job, wire.encode(job)) == job  # optional fields take None
+    with pytest.raises(ValueError, match=r"Job.event_id: expected str \| None, got int"):
+        wire.decode(wire.Job, msgpack.packb({**wire.unpack(wire.encode(job)), "event_id": 1}))
+    # Unannotated (Any) fields take anything; a bool field takes an int, as Python does.
+    assert wire.decode(wire.StoreReply, msgpack.packb({"ok": 1, "result": [1]})).ok
