@@ -135,6 +135,9 @@ def up(
     require_tokens = access.tokens_on(mode, config.split_addr(addr)[0], env)
     data = config.data_home()
     data.mkdir(parents=True, exist_ok=True)
+    from akcore import secrets  # (cryptography: only for `ak up`)
+
+    secrets.ensure_key_file()  # before the services that share it start
     env[config.ENV_HTTP_ADDR] = addr
     env.setdefault(config.ENV_DB_DSN, config.default_db_dsn())
     nats_child, users = None, None

@@ -36,16 +36,26 @@ def load_keys() -> list[bytes]:
         return [os.environ[ENV_KEY].strip().encode()]
     path: Path = data_home() / KEY_FILE
     if not path.exists():
-        _make_key_file(path)
+        _make_key_file(path, announce=True)
     keys = [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
     if not keys:
         raise AKError(f"{path} holds no secrets key: put the key back (from a backup)")
     return keys
 
 
-def _make_key_file(path: Path) -> None:
+def ensure_key_file() -> None:
+    """Makes the data home's key file unless keys are given (``ak up``, before it starts
+    the services that share it: none of them then makes one, and warns)."""
+    path = data_home() / KEY_FILE
+    if not (os.environ.get(ENV_KEYS) or os.environ.get(ENV_KEY) or path.exists()):
+        _make_key_file(path, announce=False)
+
+
+def _make_key_file(path: Path, announce: bool) -> None:
     """Writes a new key aside and links it into place: services starting together on a
-    new data home all read the one key that got there first, never a half-written file."""
+    new data home all read the one key that got there first, never a half-written file.
+    ``announce``: a service made it, which warns (one started without the key may not
+    share it with the others)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, aside = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=path.parent)  # (mode 0600)
     try:
@@ -54,12 +64,13 @@ def _make_key_file(path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.link(aside, path)  # fails if another process's key is there: that one is kept
-        log.warning(
-            "no secrets key was given (%s): made one in %s; every service of this system "
-            "must use the same key: back it up apart from the database",
-            ENV_KEY,
-            path,
-        )
+        if announce:
+            log.warning(
+                "no secrets key was given (%s): made one in %s; every service of this "
+                "system must use the same key: back it up apart from the database",
+                ENV_KEY,
+                path,
+            )
     except FileExistsError:
         pass
     finally:

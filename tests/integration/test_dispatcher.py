@@ -67,7 +67,7 @@ async def test_subscription_filters_judged_within_budget(settings: Settings) -> 
         d = await deploy(nc, "p", {"simple.py": b""})
         trigger_id, light, heavy = d["trigger"]["trigger_id"], ids.new_id("ses"), ids.new_id("ses")
         subs = {
-            light: "data.items.size() == 3000",
+            light: "event_type == 'get'",  # takes nothing near the budget, however busy
             heavy: "data.items.all(x, data.items.all(y, y >= 0))",
         }
         for sid, flt in subs.items():
