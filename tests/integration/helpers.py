@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from akcore import bus, subjects, tokens, wire
+from akcore.errors import NotFound
 from nats.aio.client import Client
 
 T = TypeVar("T")
@@ -100,3 +101,11 @@ async def journal(nc: Client, session_id: str) -> list[wire.JournalRecord]:
                 return out
     finally:
         await sub.unsubscribe()
+
+
+async def session_state(nc: Client, sid: str) -> str:
+    """The session's state as the store has it; "" while the store has not seen it."""
+    try:
+        return str((await bus.store_call(nc, "session.get", {"session": sid}))["state"])
+    except NotFound:
+        return ""

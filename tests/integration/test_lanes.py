@@ -13,12 +13,11 @@ from ak_runner.service import run as run_runner
 from ak_store.service import run as run_store
 from akcore import bus, ids, sessions, subjects, wire
 from akcore.config import Settings
-from akcore.errors import NotFound
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
 from .conftest import running
-from .helpers import deploy, eventually
+from .helpers import deploy, eventually, session_state
 
 CODE = b"""\
 import os
@@ -46,13 +45,6 @@ def _job(d: dict[str, Any], entry: str) -> wire.Job:
         None,
         {},
     )
-
-
-async def _state(nc: Client, sid: str) -> str:
-    try:
-        return str((await bus.store_call(nc, "session.get", {"session": sid}))["state"])
-    except NotFound:
-        return ""
 
 
 async def _two_lanes(nc: Client) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -99,7 +91,7 @@ async def test_a_flood_of_one_project_does_not_hold_up_another(
             await sessions.publish_session(pub, quick[0])
 
             async def quick_completed() -> bool:
-                states = {await _state(nc, job.session_id) for job in quick}
+                states = {await session_state(nc, job.session_id) for job in quick}
                 return states == {wire.COMPLETED}
 
             await eventually(quick_completed, timeout=30)
@@ -114,7 +106,7 @@ async def test_a_flood_of_one_project_does_not_hold_up_another(
             go.touch()
 
             async def all_completed() -> bool:
-                states = [await _state(nc, job.session_id) for job in hogs]
+                states = [await session_state(nc, job.session_id) for job in hogs]
                 return all(s == wire.COMPLETED for s in states)
 
             await eventually(all_completed, timeout=90)
@@ -159,7 +151,7 @@ async def test_jobs_queued_by_an_earlier_version_still_run(settings: Settings) -
             async with running(run_runner, settings, "runner"):
 
                 async def both_completed() -> bool:
-                    states = {await _state(nc, s) for s in (sid, new.session_id)}
+                    states = {await session_state(nc, s) for s in (sid, new.session_id)}
                     return states == {wire.COMPLETED}
 
                 await eventually(both_completed, timeout=30)

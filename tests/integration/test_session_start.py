@@ -19,13 +19,19 @@ from ak_runner.service import run as run_runner
 from ak_store.service import run as run_store
 from akcore import bus, subjects, wire
 from akcore.config import Settings
-from akcore.errors import NotFound
 from akcore.sessions import publish_session
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from .conftest import running
-from .helpers import deploy, eventually, jobs_delivered, journal, short_job_ack_wait
+from .helpers import (
+    deploy,
+    eventually,
+    jobs_delivered,
+    journal,
+    session_state,
+    short_job_ack_wait,
+)
 
 CODE = b"""\
 import os
@@ -128,13 +134,6 @@ async def _job_alone(nc: Client, job: wire.Job, deliveries: int) -> None:
     await eventually(delivered, timeout=30)
 
 
-async def _state(nc: Client, sid: str) -> str:
-    try:
-        return str((await bus.store_call(nc, "session.get", {"session": sid}))["state"])
-    except NotFound:
-        return ""
-
-
 async def _deliveries(js: JetStreamContext) -> int:
     """Jobs delivered to runners so far, deliveries again included."""
     return await jobs_delivered(js)
@@ -162,7 +161,7 @@ async def test_a_job_without_its_created_record_waits_for_it(
         await publish_session(bus.publisher(nc), job)
 
         async def completed() -> bool:
-            return await _state(nc, sid) == wire.COMPLETED
+            return await session_state(nc, sid) == wire.COMPLETED
 
         await eventually(completed, timeout=60)
         page = await bus.store_call(nc, "session.records", {"session": sid})
@@ -187,7 +186,7 @@ async def test_a_job_of_a_session_ended_and_cleaned_up_runs_nothing(
         await publish_session(bus.publisher(nc), job)
 
         async def cleaned_up() -> bool:
-            return await _state(nc, sid) == wire.COMPLETED and await journal(nc, sid) == []
+            return await session_state(nc, sid) == wire.COMPLETED and await journal(nc, sid) == []
 
         await eventually(cleaned_up, timeout=60)
         assert _eager_runs(marker) == 1
@@ -203,7 +202,7 @@ async def test_a_job_of_a_session_ended_and_cleaned_up_runs_nothing(
         await eventually(lambda: _no_jobs(js), timeout=30)
         assert _eager_runs(marker) == 1
         assert await journal(nc, sid) == []
-        assert await _state(nc, sid) == wire.COMPLETED
+        assert await session_state(nc, sid) == wire.COMPLETED
 
 
 async def test_a_job_whose_created_record_never_comes_is_dropped_in_the_end(
@@ -221,7 +220,7 @@ async def test_a_job_whose_created_record_never_comes_is_dropped_in_the_end(
         await _job_alone(nc, _job(d, sid, marker, "eager"), 3)
         await eventually(lambda: _no_jobs(js), timeout=30)
         assert await journal(nc, sid) == []
-        assert await _state(nc, sid) == ""
+        assert await session_state(nc, sid) == ""
 
 
 async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once(
@@ -274,12 +273,12 @@ async def test_a_job_left_without_created_and_a_second_job_run_the_activity_once
         go.touch()
 
         async def ended() -> bool:  # and every attempt over: its job settled
-            return await _state(nc, sid) in wire.FINAL_STATES and await _no_jobs(js)
+            return await session_state(nc, sid) in wire.FINAL_STATES and await _no_jobs(js)
 
         await eventually(ended, timeout=120)
         page = await bus.store_call(nc, "session.records", {"session": sid})
         kinds = [r["kind"] for r in page["records"]]
-        state = await _state(nc, sid)
+        state = await session_state(nc, sid)
         assert (state, _eager_runs(marker)) == (wire.COMPLETED, 1), (
             state,
             _eager_runs(marker),
@@ -304,7 +303,7 @@ async def test_deliveries_spent_waiting_for_created_are_not_failed_attempts(
         await publish_session(bus.publisher(nc), job)
 
         async def ended() -> bool:
-            return await _state(nc, sid) in wire.FINAL_STATES
+            return await session_state(nc, sid) in wire.FINAL_STATES
 
         await eventually(ended, timeout=60)
         session = await bus.store_call(nc, "session.get", {"session": sid})
