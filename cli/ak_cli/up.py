@@ -137,7 +137,7 @@ def up(
     data.mkdir(parents=True, exist_ok=True)
     from akcore import secrets  # (cryptography: only for `ak up`)
 
-    secrets.ensure_key_file()  # before the services that share it start
+    secrets.ensure_key_file(announce=mode != "dev")  # before the services that share it
     env[config.ENV_HTTP_ADDR] = addr
     env.setdefault(config.ENV_DB_DSN, config.default_db_dsn())
     nats_child, users = None, None

@@ -192,11 +192,14 @@ _QUIET.log_errors = False
 
 
 def _matches(s: Any, pattern: Any) -> Any:
-    """CEL's ``matches``, as cel-python's, without re2's log line."""
+    """CEL's ``matches``, as cel-python's (its arguments as they are: a number or a map is
+    no overload), without re2's log line."""
     try:
-        return celtypes.BoolType(re2.search(str(pattern), str(s), options=_QUIET) is not None)
+        return celtypes.BoolType(re2.search(pattern, s, options=_QUIET) is not None)
     except re2.error as e:
         return CELEvalError("match error", type(e), None)
+    except TypeError as e:
+        return CELEvalError("no such overload", type(e), None)
 
 
 # The CEL strings extension (member functions), which cel-python does not ship, ``+`` and
@@ -302,11 +305,16 @@ _FIXED = frozenset(
     }
 )
 _NAME = r"([A-Za-z_][A-Za-z0-9_]{0,99})"
+# (Each shape is matched from the message's start, so that a value it quotes cannot pass
+# for one.)
 _SHAPES = (
-    (re.compile(rf"undeclared reference to '{_NAME}'"), "undeclared reference to '{0}'"),
+    (
+        re.compile(rf"undeclared reference to '{_NAME}'(?: \(in activation|$)"),
+        "undeclared reference to '{0}'",
+    ),
     (re.compile(rf"no such member in mapping: '{_NAME}'$"), "no such member in mapping: '{0}'"),
     (
-        re.compile(r"with type: '<class '[\w.]*?(\w+)'>' does not support field selection$"),
+        re.compile(r".* with type: '<class '[\w.]*?(\w+)'>' does not support field selection$"),
         "a value of type {0} does not support field selection",
     ),
 )
@@ -320,7 +328,7 @@ def _reason(e: BaseException) -> str:
     if message in _FIXED:
         return message
     for shape, wording in _SHAPES:
-        if found := shape.search(message):
+        if found := shape.match(message):
             return wording.format(*found.groups())
     if found := _OVERLOAD.match(message):
         types = ", ".join(_TYPE.findall(message[found.end() :]))

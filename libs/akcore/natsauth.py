@@ -56,6 +56,7 @@ CALLS: dict[str, frozenset[str]] = {
             "build.get",
             "event.store",
             "github.route",
+            "keys.check",
             "project.active",
             "pyenv.prepare",
             "slack.route",
@@ -69,6 +70,7 @@ CALLS: dict[str, frozenset[str]] = {
             "deferred.consumer",
             "dispatch.targets",
             "dispatch.note",
+            "keys.check",
             "schedule.list",
             "session.states",
         }
@@ -78,6 +80,7 @@ CALLS: dict[str, frozenset[str]] = {
             "build.get",
             "deployment.get",
             "event.get",
+            "keys.check",
             "project.active",
             "project.get",
             "session.env",

@@ -160,6 +160,7 @@ _TABLE = (
     _internal("session.states", rq.SessionStates, dict, _S, "session_ids"),
     _internal("token.add", rq.TokenAdd, _NONE_T, _S, ""),
     _internal("token.check", rq.TokenCheck, dict, _S, ""),
+    _internal("keys.check", rq.KeysCheck, dict, _S, ""),
     _internal("pyenv.prepare", rq.PyenvPrepare, dict, _R, ""),
 )
 

@@ -272,6 +272,13 @@ class TokenCheck:
 
 
 @dataclass(frozen=True)
+class KeysCheck:
+    """A value the caller sealed with its primary secrets key (``akcore.keycheck``)."""
+
+    sealed: bytes
+
+
+@dataclass(frozen=True)
 class TokenRevoke:
     token_id: str
 

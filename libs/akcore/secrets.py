@@ -43,12 +43,13 @@ def load_keys() -> list[bytes]:
     return keys
 
 
-def ensure_key_file() -> None:
+def ensure_key_file(announce: bool) -> None:
     """Makes the data home's key file unless keys are given (``ak up``, before it starts
-    the services that share it: none of them then makes one, and warns)."""
+    the services that share it: none of them then makes one, and warns; ``announce``: it
+    warns itself, as where services on other hosts may need the key too)."""
     path = data_home() / KEY_FILE
     if not (os.environ.get(ENV_KEYS) or os.environ.get(ENV_KEY) or path.exists()):
-        _make_key_file(path, announce=False)
+        _make_key_file(path, announce)
 
 
 def _make_key_file(path: Path, announce: bool) -> None:

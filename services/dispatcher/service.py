@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from akcore import bus, cel, eventdata, service, subjects, tracing, wire
+from akcore import bus, cel, eventdata, keycheck, service, subjects, tracing, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.datakey import Keyring, SealError
-from akcore.errors import (
-    AKError,
-    Conflict,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-)
+from akcore.errors import AKError
 from akcore.parking import inbox_headers
 from akcore.secrets import load_keyring
 from akcore.sessions import not_started, publish_session
@@ -46,6 +40,7 @@ HOLD = 1.0
 # Deliveries of an event whose dispatch failed with an error that is not the store's or
 # JetStream's absence (which are waited out, however long) before it is given up.
 GIVE_UP = 3
+MAX_FAILING = 10_000  # events whose failures a dispatcher counts at once
 
 
 class Dispatcher:
@@ -65,6 +60,7 @@ class Dispatcher:
     ) -> None:
         self.nc, self.tel, self.targets, self.evaluators = nc, tel, targets, evaluators
         self.keys = keys  # opens events' data for their filters, seals an earlier version's
+        self._failures: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.admission = Admission()
         self.deferring = False  # AK_DEFERRED is there (see ``_take_back``)
         # told of each destination deferred (``TakeBack.deferred``: it takes turns at once)
@@ -229,25 +225,30 @@ class Dispatcher:
             return
         finally:
             turn.release()
+        self._failures.pop(event.event_id, None)
         await msg.ack()
 
     async def _failed(self, msg: Msg, event: wire.Event, e: Exception) -> None:
-        """An error that will most likely come again (the store refusing the request, a
-        bug): the event is tried ``GIVE_UP`` times, then left with a note (it stays in the
-        store: ``ak event redispatch`` sends a copy)."""
-        tries = msg.metadata.num_delivered or 1
-        if tries < GIVE_UP:
+        """An error that will most likely come again (a bug, a malformed event): the event
+        is tried until it failed so ``GIVE_UP`` times here (failures that pass do not
+        count), then left with a note (it stays in the store: ``ak event redispatch``
+        sends a copy)."""
+        failures = self._failures.pop(event.event_id, 0) + 1
+        if failures < GIVE_UP:
+            self._failures[event.event_id] = failures
+            while len(self._failures) > MAX_FAILING:  # (those another dispatcher took over)
+                self._failures.popitem(last=False)
             log.exception("event %s: dispatch failed, will retry", event.event_id)
             await msg.nak(delay=2.0)
             return
         log.exception(
             "event %s: dispatch failed %d times; given up (ak event redispatch sends a copy)",
             event.event_id,
-            tries,
+            failures,
         )
         note = (
-            f"dispatch failed {tries} times ({type(e).__name__}, in the dispatcher's log); "
-            "given up: nothing was started; `ak event redispatch` dispatches a copy"
+            f"dispatch failed {failures} times with {type(e).__name__} (in the dispatcher's "
+            "log); given up: nothing was started; `ak event redispatch` dispatches a copy"
         )
         try:
             await self.note(event, [{"source": "dispatcher", "note": note}])
@@ -256,17 +257,16 @@ class Dispatcher:
         await msg.term()
 
 
-# The store's answers that say the request itself is wrong: asked again, it fails again.
-_REFUSALS = (InvalidArgument, NotFound, Conflict, PermissionDenied, Unauthenticated, SealError)
+# What passes, or may: the store or JetStream away or busy, an answer too large for now
+# (a trigger's subscriptions), a store of another version, the machine short of processes,
+# files or memory.
+_PASSING = (AKError, NatsError, TimeoutError, OSError, MemoryError)
 
 
 def _will_repeat(e: Exception) -> bool:
-    """Whether an error of a dispatch would come again with the same event: not the store
-    or JetStream away or busy (Unavailable, ResourceExhausted, the store's internal
-    error, NATS errors and timeouts), which pass."""
-    if isinstance(e, AKError):
-        return isinstance(e, _REFUSALS)
-    return not isinstance(e, (NatsError, TimeoutError))
+    """Whether an error of a dispatch would come again with the same event (a bug, or an
+    event the code cannot take)."""
+    return not isinstance(e, _PASSING)
 
 
 async def _holding(msg: Msg, judged: Awaitable[T]) -> T:
@@ -334,6 +334,12 @@ class Turns:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     nc = await bus.connect_service(settings, "dispatcher")
+    keys = load_keyring()
+    try:  # before it opens or seals an event's data
+        await keycheck.wait(nc, keys, stop)
+    except AKError:
+        await bus.close(nc)
+        raise
     js = nc.jetstream()
     await bus.wait_streams(js, "dispatcher")
     await bus.serve_health(nc, "dispatcher")
@@ -346,7 +352,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     targets = StoreCache(ahead=True)  # asked again in the background while in use
     await targets.watch(nc)
     evaluators = Evaluators(settings.filter_budget_ms)
-    dispatcher = Dispatcher(nc, tel, targets, evaluators, load_keyring())
+    dispatcher = Dispatcher(nc, tel, targets, evaluators, keys)
     service.settle_heap()
     log.info("dispatcher ready")
 

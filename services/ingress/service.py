@@ -9,7 +9,7 @@ import resource
 import socket
 
 import uvicorn
-from akcore import bus, service, tracing
+from akcore import bus, keycheck, service, tracing
 from akcore.config import (
     ENV_AUTH_TOKENS,
     ENV_HTTP_MAX_CONNECTIONS,
@@ -19,6 +19,7 @@ from akcore.config import (
     split_addr,
 )
 from akcore.errors import AKError
+from akcore.secrets import load_keyring
 
 from .app import create_app
 from .lookups import KnownWebhooks, WebhookLookups
@@ -78,8 +79,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # Read before serving: a restarted ingress accepts known webhooks while the store is down.
     lookups = WebhookLookups(nc, await KnownWebhooks.load(nc.jetstream()))
     await lookups.watch()
+    keys = load_keyring()
+    failed: list[AKError] = []  # the key check's verdict (it stops ingress)
+    checking = asyncio.create_task(keycheck.watch(nc, keys, stop, failed))
     config = uvicorn.Config(
-        create_app(nc, tel, lookups, settings.auth_tokens, settings.http),
+        create_app(nc, tel, lookups, settings.auth_tokens, settings.http, keys),
         host=host,
         port=port,
         log_level="warning",
@@ -104,5 +108,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     server.should_exit = True
     await task
     stopper.cancel()
+    checking.cancel()
     await tel.close()
     await bus.close(nc)
+    if failed:
+        raise failed[0]

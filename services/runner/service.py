@@ -11,7 +11,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, config, journal, netfence, ops, sdkdist, service, subjects, tracing, wire
+from akcore import (
+    bus,
+    config,
+    journal,
+    keycheck,
+    netfence,
+    ops,
+    sdkdist,
+    service,
+    subjects,
+    tracing,
+    wire,
+)
 from akcore import requests as rq
 from akcore.cache import StoreCache
 from akcore.chunks import Chunker
@@ -407,6 +419,15 @@ def _fence(settings: Settings) -> None:
         )
 
 
+async def _check_keys(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:
+    """The store's secrets key is this runner's (akcore.keycheck), or AKError (closed)."""
+    try:
+        await keycheck.wait(nc, keys, stop)
+    except AKError:
+        await bus.close(nc)
+        raise
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
@@ -442,6 +463,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             each.forget()
 
     nc = await bus.connect_service(settings, "runner", on_reconnect=reconnected)
+    keys = load_keyring()  # the runner seals the journal; its workers never see the key
+    await _check_keys(nc, keys, stop)  # before it seals or opens anything
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
     env_cache = StoreCache(ahead=True)  # asked again in the background while in use
@@ -451,7 +474,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     base_env = worker_env(dict(os.environ), settings.worker_env)
     faults = Faults.from_env()
     limits = Limits(settings.journal_max_records, settings.journal_max_bytes)
-    keys = load_keyring()  # the runner seals the journal; its workers never see the key
     host = Host(
         nc,
         cache,

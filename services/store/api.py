@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from akcore import credheaders, eventdata, github, ids, slack, timefmt, wire
+from akcore import credheaders, eventdata, github, ids, keycheck, slack, timefmt, wire
 from akcore import requests as rq
 from akcore.buildfiles import check_build
 from akcore.datakey import Keyring, is_sealed
@@ -198,6 +198,7 @@ class StoreApi:
             "event.get": self.event_get,
             "token.add": self.tokens.add,
             "token.check": self.tokens.check,
+            "keys.check": self.keys_check,
             "auth.list_tokens": self.tokens.list,
             "auth.revoke_token": self.tokens.revoke,
             **self.objects.routes(),
@@ -1037,6 +1038,14 @@ class StoreApi:
                 "spans": [r.model_dump(exclude={"id"}) for r in rows],
                 "more": more,
             }
+
+    def keys_check(self, req: rq.KeysCheck) -> dict[str, Any]:
+        """Whether the caller's value opens here, and one sealed here for it to open
+        (``akcore.keycheck``)."""
+        return {
+            "opened": keycheck.opens(self.keys, req.sealed),
+            "sealed": keycheck.sealed(self.keys),
+        }
 
     def event_list(self, req: rq.EventList) -> list[dict[str, Any]]:
         """The newest 1,000 events (of a project, of one of its triggers), newest first."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,10 @@ def browser() -> Iterator[Any]:
     driver.quit()
 
 
+_SINCE = time.time()  # (this run's screenshots are newer; they are taken in test processes)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if chromium.started:
+    shots = chromium.SHOTS.glob("*.png") if chromium.SHOTS.is_dir() else []
+    if chromium.started or any(p.stat().st_mtime >= _SINCE for p in shots):
         terminalreporter.write_line(f"[ui] screenshots of the browser tests: {chromium.SHOTS}")

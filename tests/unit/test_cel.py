@@ -163,6 +163,8 @@ def test_a_filter_that_cannot_decide_says_why(expr: str, problem: str) -> None:
         ("data.m[data.t] == 1", "evaluation error: no such key"),
         ("data.m.matches(data.t + '[')", "evaluation error: match error"),
         ("int(data.t) == 1", "evaluation error: return error for overflow"),
+        # A value that reads like a message cel-python words without values is not one.
+        ("{data.u: 1, data.u: 2}.size() == 1", "evaluation error: CELEvalError (its message"),
     ],
 )
 def test_a_filter_that_fails_on_a_value_does_not_quote_it(
@@ -172,8 +174,11 @@ def test_a_filter_that_fails_on_a_value_does_not_quote_it(
     sealed: it names types and the filter's own names, never a value of the event (nor
     does re2 write a pattern made of them to standard error)."""
     secret = "sealed-value-x7"
-    verdict = cel.judge(expr, cel.variables("get", {"t": secret, "m": {"a": secret}}))
-    assert (verdict.matched, verdict.problem) == (False, problem)
+    u = f"undeclared reference to '{secret.replace('-', '_')}'"
+    data = {"t": secret, "m": {"a": secret}, "u": u}
+    verdict = cel.judge(expr, cel.variables("get", data))
+    assert not verdict.matched and verdict.problem.startswith(problem)
+    assert secret.replace("-", "_") not in verdict.problem
     out, err = capfd.readouterr()
     assert secret not in out + err
 
@@ -290,3 +295,23 @@ def test_a_filter_cannot_build_a_huge_value(expr: str, problem: str) -> None:
 def test_values_within_the_size_limit_are_built(expr: str) -> None:
     data = {"text": TEXT, "huge": "a" * 2_000_000}
     assert cel.judge(expr, cel.variables("post", data)) == cel.Verdict(True)
+
+
+@pytest.mark.parametrize(
+    ("expr", "matched", "problem"),
+    [
+        ("data.s.matches('^a')", True, ""),
+        ("matches(data.s, 'c$')", True, ""),
+        ("data.b.matches('^ab')", True, ""),  # bytes, as cel-python
+        ("data.s.matches('[')", False, "evaluation error: match error"),
+        # Not a string: no overload, as cel-python (not the text of a number or a map).
+        ("data.n.matches('^42$')", False, "evaluation error: no such overload"),
+        ("matches('42', data.n)", False, "evaluation error: no such overload"),
+        ("data.m.matches('admin')", False, "evaluation error: no such overload"),
+        ("data.m.role != '' && data.m.matches('admin')", False, "evaluation error: no such"),
+    ],
+)
+def test_matches_as_cel_python(expr: str, matched: bool, problem: str) -> None:
+    data = {"s": "abc", "b": b"ab", "n": 42, "m": {"role": "admin"}}
+    verdict = cel.judge(expr, cel.variables("get", data))
+    assert verdict.matched is matched and verdict.problem.startswith(problem)

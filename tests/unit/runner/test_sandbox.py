@@ -137,7 +137,7 @@ async def test_an_id_is_not_handed_out_while_a_cancelled_take_still_clears_it(
 @root_only
 @pytest.mark.usefixtures("python_for_all")
 def test_killing_a_user_kills_what_left_its_process_group_and_session() -> None:
-    uid = 829998
+    uid = 779989
     mark = f"ak-kill-user-{os.getpid()}"
     sleeper = f"{sys.executable} -c 'import time; time.sleep(60)' {mark}"
     script = f"{sleeper} & setsid {sleeper} &"  # a child, and one in a session of its own
@@ -172,7 +172,7 @@ sys.stdin.readline()
 def test_a_worker_of_its_own_user_keeps_what_it_double_forked_among_its_children(
     python_for_all: None,
 ) -> None:
-    uid = 829997
+    uid = 779988
     mark = f"ak-reaper-{os.getpid()}"
     proc = _as_worker(_REAPER, uid, mark)
     assert proc.stdin is not None and proc.stdout is not None
@@ -220,7 +220,7 @@ def test_a_process_cloned_as_the_workers_sibling_is_seen_as_left_over(
     """A handler's process made its worker's sibling (``clone(CLONE_PARENT)``) is no child
     of the worker, yet a child of the worker's parent that the parent did not fork:
     ``has_strangers`` finds it (services/runner/worker.py then kills what the user left)."""
-    uid = 829996
+    uid = 779987
     mark = f"ak-sibling-{os.getpid()}"
     proc = _as_worker(_CLONE_PARENT, uid, mark)
     assert proc.stdin is not None and proc.stdout is not None
@@ -310,10 +310,10 @@ def test_a_build_tool_runs_as_its_user_and_writes_files_others_read(tmp_path: Pa
     out = tmp_path / "out"
     script = f"import os; print(os.getuid(), os.getgid(), os.getgroups()); open('{out}', 'w')"
     res = subprocess.run(
-        as_user(829997, [sys.executable, "-c", script]), capture_output=True, text=True
+        as_user(779988, [sys.executable, "-c", script]), capture_output=True, text=True
     )
-    assert res.stdout == "829997 829997 []\n" and res.returncode == 0, res.stderr
-    assert stat.S_IMODE(out.stat().st_mode) == 0o644 and out.stat().st_uid == 829997
+    assert res.stdout == "779988 779988 []\n" and res.returncode == 0, res.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 and out.stat().st_uid == 779988
     chown_tree(tmp_path, 0)
     assert out.stat().st_uid == 0
 
@@ -335,14 +335,14 @@ def test_a_build_tools_processes_are_bounded() -> None:
     )
     try:
         res = subprocess.run(
-            as_user(829997, [sys.executable, "-c", script], processes=8),
+            as_user(779988, [sys.executable, "-c", script], processes=8),
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert res.stdout == "refused after 7\n", res.stderr
     finally:
-        kill_user(829997)
+        kill_user(779988)
 
 
 @root_only
@@ -371,7 +371,7 @@ def test_a_build_tool_gains_no_privilege_and_holds_nothing_of_the_runners() -> N
             theirs.bind("\0" + name)
             theirs.listen()
             res = subprocess.run(
-                as_user(829997, [sys.executable, "-c", script]),
+                as_user(779988, [sys.executable, "-c", script]),
                 capture_output=True,
                 text=True,
                 close_fds=False,
@@ -389,7 +389,7 @@ def test_a_build_tool_does_not_see_the_hidden_directory(tmp_path: Path) -> None:
     host's services' Unix sockets)."""
     script = "import os; print(os.listdir('/run'), os.access('/run', os.W_OK))"
     res = subprocess.run(
-        as_user(829997, [sys.executable, "-c", script], "/run"), capture_output=True, text=True
+        as_user(779988, [sys.executable, "-c", script], "/run"), capture_output=True, text=True
     )
     assert res.stdout == "[] False\n", res.stderr
     assert os.listdir("/run")  # the runner's own view is the host's
@@ -536,8 +536,8 @@ def test_giving_a_venv_back_to_root_follows_no_link_and_closes_what_an_installer
     os.mkfifo(venv / ".ak-env.json")
     (venv / "lib" / "escape").symlink_to(outside)
     (venv / "lib" / "up").symlink_to(tmp_path, target_is_directory=True)
-    chown_tree(venv, 829998)  # to the builder: nothing outside changes hands
-    assert outside.stat().st_uid == 0 and tool.stat().st_uid == 829998
+    chown_tree(venv, 779989)  # to the builder: nothing outside changes hands
+    assert outside.stat().st_uid == 0 and tool.stat().st_uid == 779989
     chown_tree(venv, 0)
     assert outside.stat().st_uid == 0 and stat.S_IMODE(outside.stat().st_mode) == 0o600
     assert stat.S_IMODE((venv / "lib").stat().st_mode) == 0o755
