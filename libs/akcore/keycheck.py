@@ -21,7 +21,7 @@ from nats.aio.client import Client
 
 from . import bus
 from .datakey import Keyring, SealError
-from .errors import AKError, NotFound, Unavailable
+from .errors import AKError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -50,37 +50,45 @@ def opens(keys: Keyring, blob: object) -> bool:
         return False
 
 
+class KeyMismatch(AKError):
+    """This service's secrets key is not the store's (one of the two ways)."""
+
+
 async def check(nc: Client, keys: Keyring) -> None:
-    """Asks the store (once: Unavailable while it does not answer); raises AKError when
-    either side's primary key is unknown to the other."""
+    """Asks the store once; raises KeyMismatch when either side's primary key is unknown
+    to the other, Unavailable (or another error) when the store gave no verdict."""
     try:
         answer = await bus.store_call(nc, "keys.check", {"sealed": sealed(keys)})
     except NotFound:  # a store of an earlier version, in a rolling upgrade
         log.warning("the store does not know keys.check (an earlier version): key not checked")
         return
     if not answer.get("opened"):
-        raise AKError(NOT_THE_STORES.format(which="the store cannot open what it seals"))
+        raise KeyMismatch(NOT_THE_STORES.format(which="the store cannot open what it seals"))
     if not opens(keys, answer.get("sealed")):
-        raise AKError(NOT_THE_STORES.format(which="it cannot open what the store seals"))
+        raise KeyMismatch(NOT_THE_STORES.format(which="it cannot open what the store seals"))
 
 
 async def wait(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:
-    """Checks once the store answers (asking again while it does not); returns then, or
-    when ``stop`` is set first; raises AKError on a mismatch."""
+    """Checks once the store gives a verdict (asking again, however long, while it does
+    not: away, busy, NATS reconnecting); returns then, or when ``stop`` is set first;
+    raises KeyMismatch."""
     loop = asyncio.get_running_loop()
     say_at = loop.time() + PATIENT
     while not stop.is_set():
         try:
             await check(nc, keys)
             return
-        except Unavailable:
+        except KeyMismatch:
+            raise
+        except Exception as e:  # no verdict: asked again
             if loop.time() >= say_at:
-                log.info(
-                    "waiting for the store to check this service's secrets key (is the store "
-                    "up, and may this service's NATS user ask it keys.check? print "
-                    "`ak nats-config` again after an upgrade)"
+                log.warning(
+                    "still waiting for the store to check this service's secrets key (%s): "
+                    "is the store up, and may this service's NATS user ask it keys.check? "
+                    "(print `ak nats-config` again after an upgrade)",
+                    e or type(e).__name__,
                 )
-                say_at = float("inf")
+                say_at = loop.time() + 60
         try:
             await asyncio.wait_for(stop.wait(), RETRY)
         except TimeoutError:
@@ -89,11 +97,10 @@ async def wait(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:
 
 async def watch(nc: Client, keys: Keyring, stop: asyncio.Event, failed: list[AKError]) -> None:
     """``wait`` in the background (for a service that serves while the store is away); on
-    a mismatch the error is logged, added to ``failed`` and ``stop`` set: the service
-    stops (and raises it)."""
+    a mismatch the error is added to ``failed`` and ``stop`` set: the service stops (and
+    raises it)."""
     try:
         await wait(nc, keys, stop)
-    except AKError as e:
-        log.error("%s", e.message)
+    except KeyMismatch as e:
         failed.append(e)
         stop.set()

@@ -61,6 +61,9 @@ def fit_open_files(limits: HttpLimits) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+CHECK_FIRST = 5.0  # seconds the key check may hold listening up (akcore.keycheck)
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     host, port = split_addr(settings.http_addr)
@@ -82,6 +85,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     keys = load_keyring()
     failed: list[AKError] = []  # the key check's verdict (it stops ingress)
     checking = asyncio.create_task(keycheck.watch(nc, keys, stop, failed))
+    # Not listening before the verdict, while the store gives one soon (with the store
+    # away, known webhooks are served and the check comes once it is back).
+    await asyncio.wait({checking}, timeout=CHECK_FIRST)
+    if failed:
+        await tel.close()
+        await bus.close(nc)
+        raise failed[0]
     config = uvicorn.Config(
         create_app(nc, tel, lookups, settings.auth_tokens, settings.http, keys),
         host=host,

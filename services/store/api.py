@@ -198,7 +198,6 @@ class StoreApi:
             "event.get": self.event_get,
             "token.add": self.tokens.add,
             "token.check": self.tokens.check,
-            "keys.check": self.keys_check,
             "auth.list_tokens": self.tokens.list,
             "auth.revoke_token": self.tokens.revoke,
             **self.objects.routes(),

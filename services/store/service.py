@@ -179,8 +179,12 @@ def serve_ops(
     async def deferred_consumer(req: rq.DeferredConsumer) -> dict[str, bool]:
         return await bus.make_deferred_consumer(js, req.destination_id)
 
+    async def keys_check(req: rq.KeysCheck) -> dict[str, Any]:
+        return api.keys_check(req)  # no database: not behind its queue
+
     streams: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "deferred.consumer": deferred_consumer,
+        "keys.check": keys_check,
     }
     declared = ops.served_by(ops.Service.STORE)
     if set(routes) | set(streams) != set(declared):

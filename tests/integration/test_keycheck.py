@@ -14,7 +14,6 @@ from akcore import bus, keycheck
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.errors import AKError
-from akcore.secrets import load_keys
 from cryptography.fernet import Fernet
 
 from .conftest import as_service, running
@@ -22,17 +21,22 @@ from .conftest import as_service, running
 OTHER = Fernet.generate_key()
 
 
-async def test_the_store_and_a_service_check_each_others_key(settings: Settings) -> None:
+async def test_the_store_and_a_service_check_each_others_key(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new, old = Fernet.generate_key(), Fernet.generate_key()
+    monkeypatch.setenv("AK_SECRETS__KEYS", f"{new.decode()},{old.decode()}")  # rotating
     async with running(run_store, settings, "store"):
         nc = await bus.connect(settings.nats_url, "t")
         try:
-            (mine,) = load_keys()  # the data home's, which the store read
-            await keycheck.check(nc, Keyring([mine]))
-            await keycheck.check(nc, Keyring([mine, OTHER]))  # rotating: the store's first
-            with pytest.raises(AKError, match="the store cannot open what it seals"):
-                await keycheck.check(nc, Keyring([OTHER]))
-            with pytest.raises(AKError, match="the store cannot open what it seals"):
-                await keycheck.check(nc, Keyring([OTHER, mine]))  # a new key the store lacks
+            for passing in ([new], [new, old], [old, new]):
+                await keycheck.check(nc, Keyring(passing))
+            # Not restarted with the new key: it cannot open what the store now seals.
+            with pytest.raises(AKError, match="it cannot open what the store seals"):
+                await keycheck.check(nc, Keyring([old]))
+            for failing in ([OTHER], [OTHER, new]):  # a primary key the store lacks
+                with pytest.raises(AKError, match="the store cannot open what it seals"):
+                    await keycheck.check(nc, Keyring(failing))
         finally:
             await nc.close()
 
@@ -43,6 +47,7 @@ async def test_a_service_given_another_key_stops_saying_so(
 ) -> None:
     run = {"dispatcher": run_dispatcher, "runner": run_runner, "ingress": run_ingress}[service]
     async with running(run_store, settings, "store"):
+        monkeypatch.delenv("AK_SECRETS__KEYS", raising=False)
         monkeypatch.setenv("AK_SECRETS__KEY", OTHER.decode())  # the service's, not the store's
         # Never told to stop: it ends only by the check.
         task = asyncio.create_task(run(as_service(settings, service), asyncio.Event()))
