@@ -95,6 +95,16 @@ async def wait(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:
             pass
 
 
+async def first(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:
+    """``wait``, for a service that checks before it does anything else: on a mismatch its
+    connection is closed before KeyMismatch is raised (nothing else to undo)."""
+    try:
+        await wait(nc, keys, stop)
+    except KeyMismatch:
+        await bus.close(nc)
+        raise
+
+
 async def watch(nc: Client, keys: Keyring, stop: asyncio.Event, failed: list[AKError]) -> None:
     """``wait`` in the background (for a service that serves while the store is away); on
     a mismatch the error is added to ``failed`` and ``stop`` set: the service stops (and

@@ -28,12 +28,19 @@ PREFIX = "fernet:"
 log = logging.getLogger(__name__)
 
 
-def load_keys() -> list[bytes]:
-    """The secrets keys, the primary first (see the module)."""
+def _given() -> list[bytes] | None:
+    """The keys the environment gives, if it gives any."""
     if os.environ.get(ENV_KEYS):
         return [k.strip().encode() for k in os.environ[ENV_KEYS].split(",") if k.strip()]
     if os.environ.get(ENV_KEY):
         return [os.environ[ENV_KEY].strip().encode()]
+    return None
+
+
+def load_keys() -> list[bytes]:
+    """The secrets keys, the primary first (see the module)."""
+    if (given := _given()) is not None:
+        return given
     path: Path = data_home() / KEY_FILE
     if not path.exists():
         _make_key_file(path, announce=True)
@@ -48,7 +55,7 @@ def ensure_key_file(announce: bool) -> None:
     the services that share it: none of them then makes one, and warns; ``announce``: it
     warns itself, as where services on other hosts may need the key too)."""
     path = data_home() / KEY_FILE
-    if not (os.environ.get(ENV_KEYS) or os.environ.get(ENV_KEY) or path.exists()):
+    if _given() is None and not path.exists():
         _make_key_file(path, announce)
 
 

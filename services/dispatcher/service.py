@@ -335,11 +335,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     nc = await bus.connect_service(settings, "dispatcher")
     keys = load_keyring()
-    try:  # before it opens or seals an event's data
-        await keycheck.wait(nc, keys, stop)
-    except AKError:
-        await bus.close(nc)
-        raise
+    await keycheck.first(nc, keys, stop)  # before it opens or seals an event's data
     js = nc.jetstream()
     await bus.wait_streams(js, "dispatcher")
     await bus.serve_health(nc, "dispatcher")

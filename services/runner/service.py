@@ -419,15 +419,6 @@ def _fence(settings: Settings) -> None:
         )
 
 
-async def _check_keys(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:
-    """The store's secrets key is this runner's (akcore.keycheck), or AKError (closed)."""
-    try:
-        await keycheck.wait(nc, keys, stop)
-    except AKError:
-        await bus.close(nc)
-        raise
-
-
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     runner_id = f"{socket.gethostname()}-{os.getpid()}"
@@ -464,7 +455,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
     nc = await bus.connect_service(settings, "runner", on_reconnect=reconnected)
     keys = load_keyring()  # the runner seals the journal; its workers never see the key
-    await _check_keys(nc, keys, stop)  # before it seals or opens anything
+    await keycheck.first(nc, keys, stop)  # before it seals or opens anything
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
     env_cache = StoreCache(ahead=True)  # asked again in the background while in use

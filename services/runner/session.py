@@ -86,19 +86,20 @@ class Admission:
     they do not count against the sessions a runner runs at once."""
 
     def __init__(self) -> None:
-        self.waiting = 0
         # By lane of AK_JOBS (``subjects.job_lane`` of the session's project): the runner
         # hands its places to lanes by the sessions they run, not those that wait.
         self.waiting_in = [0] * len(subjects.RUNNER_CONSUMERS)
         self.changed = asyncio.Event()
 
+    @property
+    def waiting(self) -> int:
+        return sum(self.waiting_in)
+
     def begin(self, lane: int) -> None:
-        self.waiting += 1
         self.waiting_in[lane] += 1
         self.changed.set()
 
     def end(self, lane: int) -> None:
-        self.waiting -= 1
         self.waiting_in[lane] -= 1
         self.changed.set()
 
