@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +28,11 @@ _TOO_MANY = (
     f"the project already has {MAX_KEYS} values, the limit: delete some before adding new keys"
 )
 _KEEP, _DELETE = object(), object()
+# How long an operation keeps retrying while other sessions change its key first. Retries
+# wait a random, growing while (at most _MAX_PAUSE) so that no session loses every race:
+# without it, one of a few sessions on the same key could lose a hundred in a row.
+CONFLICT_PATIENCE = 20.0
+_MAX_PAUSE = 0.05
 
 
 class Values:
@@ -98,7 +106,10 @@ class Values:
     async def _mutate(self, key: str, change: Callable[[Any], tuple[Any, Any]]) -> Any:
         """Applies ``change(current) -> (new or _KEEP/_DELETE, result)`` atomically."""
         k = kv_key(self.project_id, key)
-        for _ in range(100):
+        deadline = time.monotonic() + CONFLICT_PATIENCE
+        for attempt in itertools.count():
+            if attempt:
+                await _back_off(attempt, deadline)
             entry, rev = await self._entry(key)
             new, result = change(entry["v"] if entry else None)
             if new is _KEEP:
@@ -129,7 +140,12 @@ class Values:
                 if not _is_conflict(e):
                     raise
                 # another session changed it first: read again and retry
-        raise InvalidArgument(f"value {key!r} is changing too often to update it")
+                if time.monotonic() >= deadline:
+                    raise InvalidArgument(
+                        f"value {key!r} is changing too often to update it: other sessions"
+                        f" kept changing it for {CONFLICT_PATIENCE:.0f} s; try again later"
+                    ) from None
+        raise AssertionError("unreachable")
 
     async def apply(self, key: str, op: str, args: list[Any]) -> Any:
         if op == "get":
@@ -169,6 +185,11 @@ class Values:
         if entry is None:
             raise InvalidArgument(f"value {key!r} not found")
         await self.kv.update(k, self._sealed(k, entry["v"], published), last=rev)
+
+
+async def _back_off(attempt: int, deadline: float) -> None:
+    pause = random.uniform(0, min(_MAX_PAUSE, 0.0005 * 2**attempt))
+    await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 
 def _is_conflict(e: Exception) -> bool:

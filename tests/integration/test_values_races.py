@@ -151,3 +151,68 @@ def test_a_set_racing_a_delete_never_fails(nats_url: str) -> None:
 
     errors = asyncio.run(main())
     assert not errors, errors
+
+
+class _Overtaken:
+    """The values bucket of a session that loses its races: before each of its writes,
+    another runner's session (its own connection) changes the same key first, ``times``
+    times. Real conflicts from the server, made deterministic."""
+
+    def __init__(self, kv, other: Values, key: str, times: int) -> None:
+        self._kv, self._other, self._key, self.left = kv, other, key, times
+
+    def __getattr__(self, name: str):
+        return getattr(self._kv, name)
+
+    async def update(self, *args, **kwargs):
+        if self.left:
+            self.left -= 1
+            await self._other.apply(self._key, "add", [1])
+        return await self._kv.update(*args, **kwargs)
+
+
+def test_a_session_that_loses_many_races_in_a_row_still_succeeds(nats_url: str) -> None:
+    """Losing 150 races in a row (earlier, 100 ended the operation with an error) is only a
+    delay: the add lands once, after the other session's 150."""
+
+    async def main() -> tuple[int, int]:
+        store, conns, kvs = await _runners(nats_url, 2)
+        other = Values(kvs[1], "prj_a", KEYS)
+        slow = Values(_Overtaken(kvs[0], other, "n", 150), "prj_a", KEYS)
+        mine = await slow.apply("n", "add", [1000])
+        final = await other.apply("n", "get", [])
+        for c in conns:
+            await c.close()
+        await store.close()
+        return mine, final
+
+    assert asyncio.run(main()) == (1150, 1150)
+
+
+def test_a_key_that_never_stops_changing_ends_with_a_clear_error(
+    nats_url: str, monkeypatch
+) -> None:
+    import ak_runner.values as values
+
+    monkeypatch.setattr(values, "CONFLICT_PATIENCE", 0.5)
+
+    async def main() -> tuple[str, int]:
+        store, conns, kvs = await _runners(nats_url, 2)
+        other = Values(kvs[1], "prj_a", KEYS)
+        slow = Values(_Overtaken(kvs[0], other, "n", 10**9), "prj_a", KEYS)
+        try:
+            await slow.apply("n", "set", ["mine"])
+        except InvalidArgument as e:
+            message = str(e)
+        else:
+            message = "no error"
+        final = await other.apply("n", "get", [])
+        for c in conns:
+            await c.close()
+        await store.close()
+        return message, final
+
+    message, final = asyncio.run(main())
+    assert message.startswith("value 'n' is changing too often to update it"), message
+    assert "try again later" in message
+    assert isinstance(final, int) and final > 0  # the other session's adds stand, not "mine"
