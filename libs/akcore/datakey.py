@@ -51,6 +51,13 @@ def is_sealed(blob: bytes) -> bool:
     return isinstance(blob, bytes) and blob[: len(MAGIC)] == MAGIC
 
 
+def sealed_by(blob: bytes) -> bytes | None:
+    """The id of the key that sealed ``blob`` (None: not sealed bytes)."""
+    if not is_sealed(blob) or len(blob) < _HEAD + 16:
+        return None
+    return blob[len(MAGIC) : len(MAGIC) + _ID]
+
+
 class Keyring:
     """Seals with the primary (first) key; opens with whichever key sealed."""
 
@@ -61,6 +68,10 @@ class Keyring:
         self._keys = {key_id(k): AESGCM(k) for k in derived}
         self._primary_id = key_id(derived[0])
         self._primary = self._keys[self._primary_id]
+
+    @property
+    def primary_id(self) -> bytes:
+        return self._primary_id
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(_NONCE)

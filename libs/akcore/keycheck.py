@@ -1,5 +1,13 @@
 """Whether a service holds the store's secrets key, checked as it starts.
 
+The canary: a fixed value the store seals with its primary key the first time it starts and
+keeps in the JetStream KV bucket ``AK_KEYS``. A store that starts again opens it before it
+serves: a store whose keys do not include the one that sealed it (the key replaced instead
+of rotated, or a second store given another key) stops, unless told that key is lost for
+good (``AK_SECRETS__LOST_KEY=<its id>``), and it seals the canary again with its primary
+when an older key sealed it (rotation). Every other service opens it too, as soon as NATS
+answers, store or no store: one given another key stops at once.
+
 A service started without ``AK_SECRETS__KEY`` makes a key of its own (``akcore.secrets``),
 and one given another key seals what no other service opens: sessions end in ERROR, filters
 count as no match, stored values do not open. Each dispatcher, runner and ingress therefore
@@ -18,9 +26,12 @@ import asyncio
 import logging
 
 from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import NotFoundError as StreamNotFound
 
-from . import bus
-from .datakey import Keyring, SealError
+from . import bus, natsauth
+from .datakey import Keyring, SealError, sealed_by
 from .errors import AKError, NotFound
 
 log = logging.getLogger(__name__)
@@ -34,6 +45,20 @@ NOT_THE_STORES = (
     "this service's secrets key is not the store's: {which}. Give every store, runner, "
     "dispatcher and ingress the same key (AK_SECRETS__KEY, or AK_SECRETS__KEYS with the "
     "primary first; restart the stores first when rotating): docs/deploy.md"
+)
+
+
+CANARY = "canary"  # its key in the bucket
+_CANARY_AAD = b"keys.canary"
+MALFORMED = "malformed"  # the id named for a canary that is not sealed bytes
+
+STORE_LACKS = (
+    "the secrets key that sealed this system's data (key id {by}) is not among this store's "
+    "keys: it was replaced instead of rotated, or this store was given another store's "
+    "key. Give the store that key too (AK_SECRETS__KEYS=<new>,<old>: docs/deploy.md). If "
+    "it is lost for good, nothing it sealed (secret vars, sessions' journals, events) can "
+    "be read again by anyone; to go on without it, start the store once with "
+    "AK_SECRETS__LOST_KEY={by}"
 )
 
 
@@ -52,6 +77,67 @@ def opens(keys: Keyring, blob: object) -> bool:
 
 class KeyMismatch(AKError):
     """This service's secrets key is not the store's (one of the two ways)."""
+
+
+async def _canary(js: JetStreamContext) -> tuple[bytes, int] | None:
+    """The canary and its revision; None while there is none (no store of this version
+    has started yet)."""
+    try:
+        kv = await js.key_value(natsauth.BUCKET_KEYS)
+        entry = await kv.get(CANARY)
+    except (BucketNotFoundError, StreamNotFound, KeyNotFoundError):
+        return None
+    return entry.value or b"", entry.revision or 0
+
+
+def _opens_canary(keys: Keyring, blob: bytes) -> bool:
+    try:
+        return keys.open(blob, _CANARY_AAD) == _CANARY
+    except SealError:
+        return False
+
+
+async def settle(js: JetStreamContext, keys: Keyring, lost: str | None) -> None:
+    """The store's part, before it serves: seals the canary (first start), opens it, seals
+    it again with the primary key when another of its keys sealed it, or with ``lost`` naming
+    the id of the key that sealed it (a key lost for good), seals it anew. Raises
+    KeyMismatch when it does not open otherwise."""
+    kv = await js.key_value(natsauth.BUCKET_KEYS)
+    while True:
+        found = await _canary(js)
+        if found is not None:
+            blob, revision = found
+            if _opens_canary(keys, blob):
+                if sealed_by(blob) == keys.primary_id:
+                    return
+            else:
+                by = sealed_by(blob)
+                named = by.hex() if by is not None else MALFORMED
+                if lost != named:
+                    raise KeyMismatch(STORE_LACKS.format(by=named))
+                log.warning(
+                    "the secrets key %s is lost (AK_SECRETS__LOST_KEY): what it sealed stays "
+                    "unreadable; the canary is sealed with this store's primary key",
+                    named,
+                )
+        else:
+            revision = 0
+        try:  # (two stores starting at once: one seals it, the other opens that)
+            await kv.update(CANARY, keys.seal(_CANARY, _CANARY_AAD), last=revision)
+            return
+        except KeyWrongLastSequenceError:
+            continue
+
+
+async def canary(js: JetStreamContext, keys: Keyring) -> bool:
+    """A service's part: whether the canary is there and opens (False: not there yet);
+    raises KeyMismatch when it does not open."""
+    found = await _canary(js)
+    if found is None:
+        return False
+    if not _opens_canary(keys, found[0]):
+        raise KeyMismatch(NOT_THE_STORES.format(which="it cannot open what the store seals"))
+    return True
 
 
 async def check(nc: Client, keys: Keyring) -> None:
@@ -74,8 +160,19 @@ async def wait(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:
     raises KeyMismatch."""
     loop = asyncio.get_running_loop()
     say_at = loop.time() + PATIENT
+    opened = False
     while not stop.is_set():
         try:
+            # The canary first: it needs only NATS, and tells a key that is not the store's
+            # while the store is away. (Not allowed to read it, as with a NATS configuration
+            # printed before this version: the store's verdict alone.)
+            if not opened:
+                try:
+                    opened = await canary(nc.jetstream(), keys)
+                except KeyMismatch:
+                    raise
+                except Exception:
+                    pass
             await check(nc, keys)
             return
         except KeyMismatch:

@@ -36,7 +36,8 @@ STREAMS = (
     subjects.STREAM_DEFERRED,
 )
 BUCKET_VALUES = "AK_VALUES"  # the projects' values stores (KV)
-BUCKETS = (BUCKET_VALUES, subjects.BUCKET_WEBHOOKS, subjects.BUCKET_PARKED)
+BUCKET_KEYS = "AK_KEYS"  # the secrets key's canary (akcore.keycheck)
+BUCKETS = (BUCKET_VALUES, subjects.BUCKET_WEBHOOKS, subjects.BUCKET_PARKED, BUCKET_KEYS)
 
 # The durable consumers: (stream, name).
 DURABLES = (
@@ -248,6 +249,7 @@ def permissions(service: str) -> Permissions:
                 *_requests(service),
                 *_kv(subjects.BUCKET_WEBHOOKS),
                 *_get(f"KV_{BUCKET_VALUES}"),
+                *_get(f"KV_{BUCKET_KEYS}"),  # the key's canary
                 *_waits(),
             ),
             subscribe=(
@@ -276,6 +278,7 @@ def permissions(service: str) -> Permissions:
                 *_kv(subjects.BUCKET_PARKED),
                 f"{API}.STREAM.PURGE.KV_{subjects.BUCKET_PARKED}",  # woken entries' markers
                 *_read(subjects.STREAM_INBOX),
+                *_get(f"KV_{BUCKET_KEYS}"),  # the key's canary
             ),
             subscribe=(*_common(service), subjects.CHANGED),
             deny_publish=_no_durables(subjects.STREAM_INBOX),
@@ -296,6 +299,7 @@ def permissions(service: str) -> Permissions:
                 *_kv(BUCKET_VALUES),
                 f"{API}.STREAM.PURGE.KV_{BUCKET_VALUES}",  # deleted values leave no marker
                 *_kv(subjects.BUCKET_PARKED),  # parking a waiting session
+                *_get(f"KV_{BUCKET_KEYS}"),  # the key's canary
                 *_requests(service),
                 *_waits(),
             ),
@@ -325,6 +329,7 @@ def permissions(service: str) -> Permissions:
                 subjects.SPANS,
                 *_bootstrap(),
                 *_deferred_made(),
+                *_kv(BUCKET_KEYS),  # seals the key's canary, or seals it again
             ),
             subscribe=(*_common(service), subjects.STORE_ALL, subjects.SPANS),
         )

@@ -22,6 +22,7 @@ from .errors import AKError
 
 ENV_KEY = "AK_SECRETS__KEY"
 ENV_KEYS = "AK_SECRETS__KEYS"
+ENV_LOST = "AK_SECRETS__LOST_KEY"  # the id of a key lost for good (akcore.keycheck.settle)
 KEY_FILE = "secrets.key"
 PREFIX = "fernet:"
 

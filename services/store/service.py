@@ -6,17 +6,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from akcore import bus, ops, service, subjects, tracing, wire
+from akcore import bus, keycheck, ops, service, subjects, tracing, wire
 from akcore import requests as rq
 from akcore.config import Settings
 from akcore.datakey import Keyring
 from akcore.errors import AKError, NotFound
 from akcore.retention import Retention
-from akcore.secrets import Sealer, load_keys
+from akcore.secrets import ENV_LOST, Sealer, load_keys
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from sqlalchemy import Connection, Engine, text
@@ -219,6 +220,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     serve = serve_ops(api, nc, sql)
     js = nc.jetstream()
     await bus.ensure_streams(js)
+    try:
+        await keycheck.settle(js, api.keys, os.environ.get(ENV_LOST, "").strip() or None)
+    except keycheck.KeyMismatch:
+        await bus.close(nc)
+        pool.shutdown(wait=True)
+        engine.dispose()
+        raise
     tel = tracing.Telemetry("store")
     tel.send_to_store(nc)
 

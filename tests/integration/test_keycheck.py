@@ -10,8 +10,8 @@ from ak_dispatcher.service import run as run_dispatcher
 from ak_ingress.service import run as run_ingress
 from ak_runner.service import run as run_runner
 from ak_store.service import run as run_store
-from akcore import bus, keycheck
-from akcore.config import Settings
+from akcore import bus, datakey, keycheck
+from akcore.config import Settings, data_home
 from akcore.datakey import Keyring
 from akcore.errors import AKError
 from cryptography.fernet import Fernet
@@ -54,8 +54,112 @@ async def test_a_service_given_another_key_stops_saying_so(
         with pytest.raises(AKError) as failed:
             await asyncio.wait_for(task, timeout=60)
         assert failed.value.message == (
-            "this service's secrets key is not the store's: the store cannot open what it "
+            "this service's secrets key is not the store's: it cannot open what the store "
             "seals. Give every store, runner, dispatcher and ingress the same key "
             "(AK_SECRETS__KEY, or AK_SECRETS__KEYS with the primary first; restart the "
             "stores first when rotating): docs/deploy.md"
         )
+        # Holding the store's key too, with another first: what it seals, the store cannot
+        # open.
+        store_key = (data_home() / "secrets.key").read_bytes().strip()
+        monkeypatch.setenv("AK_SECRETS__KEYS", f"{OTHER.decode()},{store_key.decode()}")
+        task = asyncio.create_task(run(as_service(settings, service), asyncio.Event()))
+        with pytest.raises(AKError, match="the store cannot open what it seals"):
+            await asyncio.wait_for(task, timeout=60)
+
+
+async def _store_runs(settings: Settings, keys: list[bytes], monkeypatch) -> None:
+    """Starts a store with ``keys`` and stops it once it serves (it has settled the canary)."""
+    monkeypatch.setenv("AK_SECRETS__KEYS", ",".join(k.decode() for k in keys))
+    async with running(run_store, settings, "store"):
+        pass
+
+
+async def _store_fails(settings: Settings, keys: list[bytes], monkeypatch) -> str:
+    monkeypatch.setenv("AK_SECRETS__KEYS", ",".join(k.decode() for k in keys))
+    with pytest.raises(AKError) as failed:
+        await asyncio.wait_for(run_store(as_service(settings, "store"), asyncio.Event()), 60)
+    return failed.value.message
+
+
+@pytest.mark.parametrize("service", ["dispatcher", "runner", "ingress"])
+async def test_a_service_given_another_key_stops_while_the_store_is_away(
+    settings: Settings, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The canary the store sealed in JetStream tells it: no store needed (an ingress
+    restarted so would otherwise accept webhooks whose sessions all end in ERROR)."""
+    run = {"dispatcher": run_dispatcher, "runner": run_runner, "ingress": run_ingress}[service]
+    mine = Fernet.generate_key()
+    await _store_runs(settings, [mine], monkeypatch)
+    monkeypatch.setenv("AK_SECRETS__KEYS", OTHER.decode())
+    task = asyncio.create_task(run(as_service(settings, service), asyncio.Event()))
+    with pytest.raises(AKError, match="it cannot open what the store seals"):
+        await asyncio.wait_for(task, timeout=60)
+    nc = await bus.connect(settings.nats_url, "t")
+    try:  # and the store's key opens it, still with no store
+        assert await keycheck.canary(nc.jetstream(), Keyring([mine]))
+        assert not await bus.ping_service(nc, "store", timeout=0.2)
+    finally:
+        await nc.close()
+
+
+async def test_a_store_given_a_replaced_key_stops_until_told_the_old_one_is_lost(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    await _store_runs(settings, [old], monkeypatch)
+    message = await _store_fails(settings, [new], monkeypatch)
+    old_id = datakey.key_id(datakey.derive(old)).hex()
+    assert message.startswith(
+        f"the secrets key that sealed this system's data (key id {old_id}) is not among "
+        "this store's keys: it was replaced instead of rotated"
+    ), message
+    assert message.endswith(f"start the store once with AK_SECRETS__LOST_KEY={old_id}")
+    assert old.decode() not in message and new.decode() not in message
+    monkeypatch.setenv("AK_SECRETS__LOST_KEY", "0badbeef")  # not that key: still stops
+    assert "AK_SECRETS__LOST_KEY" in await _store_fails(settings, [new], monkeypatch)
+    monkeypatch.setenv("AK_SECRETS__LOST_KEY", old_id)
+    await _store_runs(settings, [new], monkeypatch)
+    monkeypatch.delenv("AK_SECRETS__LOST_KEY")
+    await _store_runs(settings, [new], monkeypatch)  # and from now on without it
+    nc = await bus.connect(settings.nats_url, "t")
+    try:
+        assert await keycheck.canary(nc.jetstream(), Keyring([new]))
+        with pytest.raises(AKError, match="it cannot open what the store seals"):
+            await keycheck.canary(nc.jetstream(), Keyring([old]))
+    finally:
+        await nc.close()
+
+
+async def test_a_second_store_given_another_key_stops(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = Fernet.generate_key(), Fernet.generate_key()
+    monkeypatch.setenv("AK_SECRETS__KEYS", first.decode())
+    async with running(run_store, settings, "store"):
+        message = await _store_fails(settings, [second], monkeypatch)
+        assert "is not among this store's keys" in message
+        nc = await bus.connect(settings.nats_url, "t")
+        try:  # the first one serves on, and the canary is still its own
+            assert await bus.ping_service(nc, "store", timeout=2)
+            assert await keycheck.canary(nc.jetstream(), Keyring([first]))
+        finally:
+            await nc.close()
+
+
+async def test_rotation_seals_the_canary_again_with_the_new_key(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    await _store_runs(settings, [old], monkeypatch)
+    await _store_runs(settings, [new, old], monkeypatch)  # rotating: the new key first
+    nc = await bus.connect(settings.nats_url, "t")
+    try:  # (no store running) services given the new key pass; one left with the old fails
+        for passing in ([new], [new, old], [old, new]):
+            assert await keycheck.canary(nc.jetstream(), Keyring(passing))
+        with pytest.raises(AKError, match="it cannot open what the store seals"):
+            await keycheck.canary(nc.jetstream(), Keyring([old]))
+    finally:
+        await nc.close()
+    await _store_runs(settings, [new], monkeypatch)  # the old key dropped in the end
+    assert "is not among" in await _store_fails(settings, [old], monkeypatch)
