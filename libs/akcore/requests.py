@@ -112,6 +112,7 @@ class DeferredConsumer:
 @dataclass(frozen=True)
 class DispatchTargets:
     trigger_id: str
+    after: str = ""  # the subscriptions after this id (the answer before said ``more``)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from akcore import bus, cel, eventdata, keycheck, service, subjects, tracing, wire
 from akcore.cache import StoreCache
@@ -41,6 +41,19 @@ HOLD = 1.0
 # JetStream's absence (which are waited out, however long) before it is given up.
 GIVE_UP = 3
 MAX_FAILING = 10_000  # events whose failures a dispatcher counts at once
+
+
+async def fetch_targets(nc: Client, op: str, args: dict[str, Any]) -> Any:
+    """The store's answer to ``op``; for ``dispatch.targets``, with every page of the
+    trigger's subscriptions (the store answers them a page at a time)."""
+    answer = await bus.store_call(nc, op, args)
+    if op != "dispatch.targets":
+        return answer
+    subs = list(answer.get("subscriptions", []))
+    while more := answer.get("more"):
+        answer = await bus.store_call(nc, op, {**args, "after": more})
+        subs.extend(answer.get("subscriptions", []))
+    return {**answer, "subscriptions": subs, "more": ""}
 
 
 class Dispatcher:
@@ -345,7 +358,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     ticks = asyncio.create_task(Scheduler(nc, tel).run(stop))
     waker = asyncio.create_task(Waker(nc).run(stop))
     turns = Turns()
-    targets = StoreCache(ahead=True)  # asked again in the background while in use
+    targets = StoreCache(ahead=True, fetch=fetch_targets)  # (asked again while in use)
     await targets.watch(nc)
     evaluators = Evaluators(settings.filter_budget_ms)
     dispatcher = Dispatcher(nc, tel, targets, evaluators, keys)

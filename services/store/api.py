@@ -45,6 +45,14 @@ from .sealed import open_record, open_session
 from .tokens import Tokens
 
 MAX_VAR = 1024 * 1024
+# Live subscriptions (``subscribe``): of one session, and to one trigger or connection from
+# all the project's sessions (every event on it is judged against each one's filter).
+MAX_SESSION_SUBSCRIPTIONS = 100
+MAX_SOURCE_SUBSCRIPTIONS = 5000
+# ``dispatch.targets`` answers a trigger's subscriptions in pages of at most this many, and
+# about this many bytes (NATS messages are 1 MiB by default).
+SUBSCRIPTIONS_PAGE = 1000
+SUBSCRIPTIONS_PAGE_BYTES = 512 * 1024
 
 
 def webhook_url(slug: str) -> str:
@@ -665,21 +673,42 @@ class StoreApi:
                     Deployment.project_id == project_id, Deployment.state == "ACTIVE"
                 )
             )
-            subs = db.exec(select(Subscription).where(Subscription.trigger_id == req.trigger_id))
+            subs, more = self._subscriptions(db, req.trigger_id, req.after)
             return {
-                "subscriptions": [
-                    {
-                        "subscription_id": x.subscription_id,
-                        "session_id": x.session_id,
-                        "filter": x.filter,
-                    }
-                    for x in subs
-                ],
+                "subscriptions": subs,
+                "more": more,
                 "triggers": [t.model_dump() for t in triggers],
                 "deployments": [
                     {"deployment_id": d.deployment_id, "build_id": d.build_id} for d in deps
                 ],
             }
+
+    @staticmethod
+    def _subscriptions(db: DB, trigger_id: str, after: str) -> tuple[list[dict[str, str]], str]:
+        """One page of the subscriptions to ``trigger_id`` (in id order, after ``after``),
+        and the id to ask after for the next ("" when this is the last): thousands of
+        subscriptions with long filters would not fit one NATS message."""
+        rows = db.exec(
+            select(Subscription)
+            .where(Subscription.trigger_id == trigger_id, Subscription.subscription_id > after)
+            .order_by(col(Subscription.subscription_id))
+            .limit(SUBSCRIPTIONS_PAGE + 1)
+        ).all()
+        page: list[dict[str, str]] = []
+        size = 0
+        for x in rows[:SUBSCRIPTIONS_PAGE]:
+            size += len(x.filter.encode()) + 128  # (ids and encoding)
+            if page and size > SUBSCRIPTIONS_PAGE_BYTES:
+                return page, page[-1]["subscription_id"]
+            page.append(
+                {
+                    "subscription_id": x.subscription_id,
+                    "session_id": x.session_id,
+                    "filter": x.filter,
+                }
+            )
+        more = page[-1]["subscription_id"] if len(rows) > SUBSCRIPTIONS_PAGE else ""
+        return page, more
 
     def dispatch_note(self, req: rq.DispatchNote) -> None:
         """Keeps the dispatcher's notes on an event (``notes``: source and note each); a
@@ -703,6 +732,22 @@ class StoreApi:
         with DB(self.engine) as db:
             if db.get(Subscription, req.subscription_id) is not None:
                 return
+            mine = db.exec(
+                select(func.count()).where(Subscription.session_id == req.session_id)
+            ).one()
+            if mine >= MAX_SESSION_SUBSCRIPTIONS:
+                raise InvalidArgument(
+                    f"this session already has {mine} subscriptions, the limit: unsubscribe "
+                    "from some before subscribing again"
+                )
+            theirs = db.exec(
+                select(func.count()).where(Subscription.trigger_id == req.trigger_id)
+            ).one()
+            if theirs >= MAX_SOURCE_SUBSCRIPTIONS:
+                raise InvalidArgument(
+                    f"this source already has {theirs} subscriptions of live sessions, the "
+                    "limit: let some of those sessions end or unsubscribe first"
+                )
             db.add(
                 Subscription(
                     subscription_id=req.subscription_id,

@@ -14,7 +14,7 @@ from ak_dispatcher.service import run as run_dispatcher
 from ak_store.service import run as run_store
 from akcore import bus, ids, subjects, timefmt, wire
 from akcore.config import Settings
-from akcore.errors import NotFound, Unavailable
+from akcore.errors import InvalidArgument, NotFound, Unavailable
 from akcore.secrets import load_keyring
 from akcore.sessions import job_data, publish_session
 
@@ -308,3 +308,141 @@ def _event(d: dict[str, Any], event_type: str, data: dict[str, Any] | None = Non
         {},
         timefmt.now_us(),
     )
+
+
+async def test_an_event_reaches_every_subscription_whatever_their_number(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store answers a trigger's subscriptions a page at a time (pages of three here);
+    the dispatcher reads them all: each matching one gets the event, the others not."""
+    import ak_store.api
+
+    monkeypatch.setattr(ak_store.api, "SUBSCRIPTIONS_PAGE", 3)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        trigger_id = d["trigger"]["trigger_id"]
+        sessions = [ids.new_id("ses") for _ in range(10)]
+        for i, sid in enumerate(sessions):
+            await bus.store_call(
+                nc,
+                "subscription.create",
+                {
+                    "subscription_id": f"sub-{i:02}",
+                    "session_id": sid,
+                    "project_id": d["project_id"],
+                    "trigger_id": trigger_id,
+                    "filter": "event_type == 'get'" if i % 3 else "event_type == 'post'",
+                },
+            )
+        event = _event(d, "get")
+        await js.publish(
+            subjects.event_subject(event.project_id, event.event_id), wire.encode(event)
+        )
+        await eventually(lambda: _acked(js, 1), timeout=30)
+        info = await js.stream_info(subjects.STREAM_INBOX, subjects_filter=subjects.INBOX_ALL)
+        reached = set(info.state.subjects or {})
+        assert reached == {subjects.inbox_subject(s) for i, s in enumerate(sessions) if i % 3}
+
+
+async def test_subscriptions_are_answered_in_pages_that_fit_a_message(settings: Settings) -> None:
+    """300 subscriptions with filters of 4,096 three-byte characters (3.6 MB in all) come
+    in pages of at most about 512 KiB (one answer of them all once exceeded NATS's limit
+    at about 2,000 such, and every event on the trigger failed until fewer were left)."""
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        try:
+            d = await deploy(nc, "p", {"simple.py": b""})
+            trigger_id = d["trigger"]["trigger_id"]
+            made = {}
+            for i in range(300):
+                flt = f"data.k == '{'あ' * 4080}' || {i} == {i}"
+                made[f"sub-{i:03}"] = flt
+                await bus.store_call(
+                    nc,
+                    "subscription.create",
+                    {
+                        "subscription_id": f"sub-{i:03}",
+                        "session_id": ids.new_id("ses"),
+                        "project_id": d["project_id"],
+                        "trigger_id": trigger_id,
+                        "filter": flt,
+                    },
+                )
+            got: dict[str, str] = {}
+            after, pages = "", 0
+            while True:
+                raw = await nc.request(
+                    subjects.store_subject("dispatch.targets"),
+                    wire.pack({"trigger_id": trigger_id, "after": after}),
+                    timeout=10,
+                )
+                assert len(raw.data) < 600 * 1024, f"a page of {len(raw.data)} bytes"
+                page = await bus.store_call(
+                    nc, "dispatch.targets", {"trigger_id": trigger_id, "after": after}
+                )
+                got.update({s["subscription_id"]: s["filter"] for s in page["subscriptions"]})
+                pages += 1
+                if not (after := page["more"]):
+                    break
+            assert got == made
+            assert pages >= 6
+        finally:
+            await nc.close()
+
+
+async def test_a_session_and_a_source_have_at_most_so_many_subscriptions(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ak_store.api
+
+    monkeypatch.setattr(ak_store.api, "MAX_SOURCE_SUBSCRIPTIONS", 120)
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        try:
+            d = await deploy(nc, "p", {"simple.py": b""})
+            args = {"project_id": d["project_id"], "trigger_id": d["trigger"]["trigger_id"]}
+            one = ids.new_id("ses")
+            for i in range(100):
+                await bus.store_call(
+                    nc,
+                    "subscription.create",
+                    {**args, "session_id": one, "subscription_id": f"a{i}", "filter": ""},
+                )
+            with pytest.raises(InvalidArgument) as refused:
+                await bus.store_call(
+                    nc,
+                    "subscription.create",
+                    {**args, "session_id": one, "subscription_id": "a100", "filter": ""},
+                )
+            assert refused.value.message == (
+                "this session already has 100 subscriptions, the limit: unsubscribe from "
+                "some before subscribing again"
+            )
+            # The same call tried again (the store away the first time) still passes.
+            await bus.store_call(
+                nc,
+                "subscription.create",
+                {**args, "session_id": one, "subscription_id": "a99", "filter": ""},
+            )
+            for i in range(20):
+                await bus.store_call(
+                    nc,
+                    "subscription.create",
+                    {**args, "session_id": ids.new_id("ses"), "subscription_id": f"b{i}"},
+                )
+            with pytest.raises(InvalidArgument, match="this source already has 120 sub"):
+                await bus.store_call(
+                    nc,
+                    "subscription.create",
+                    {**args, "session_id": ids.new_id("ses"), "subscription_id": "b20"},
+                )
+            # Unsubscribing makes room again.
+            await bus.store_call(nc, "subscription.delete", {"session_id": one})
+            await bus.store_call(
+                nc,
+                "subscription.create",
+                {**args, "session_id": one, "subscription_id": "a100", "filter": ""},
+            )
+        finally:
+            await nc.close()
