@@ -732,6 +732,9 @@ class StoreApi:
         with DB(self.engine) as db:
             if db.get(Subscription, req.subscription_id) is not None:
                 return
+            session = db.get(Session, req.session_id)
+            if session is not None and session.state in wire.FINAL_STATES:
+                return  # an earlier try of the call, carried out after the session ended
             mine = db.exec(
                 select(func.count()).where(Subscription.session_id == req.session_id)
             ).one()

@@ -7,11 +7,11 @@ from typing import Any
 
 from akcore import eventdata, journal, wire
 from akcore.datakey import Keyring
-from sqlalchemy import Connection, Engine, Table, bindparam, select, text, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .models import Deployment, EventRow, Session, SessionRecord, SpanRow
+from .models import Deployment, EventRow, Session, SessionRecord, SpanRow, Subscription
 from .sealed import seal_column
 
 _JOURNAL_LOCK = 0x616B5F6A  # "ak_j"
@@ -33,6 +33,7 @@ def _insert_new_stmt(dialect: str, table: Table) -> Any:
 _SESSIONS: Table = Session.__table__  # type: ignore[attr-defined]
 _RECORDS: Table = SessionRecord.__table__  # type: ignore[attr-defined]
 _DEPLOYMENTS: Table = Deployment.__table__  # type: ignore[attr-defined]
+_SUBSCRIPTIONS: Table = Subscription.__table__  # type: ignore[attr-defined]
 
 # A session starts running only once (a redelivered job journals `started` again); its end
 # is whatever its last `ended` record says.
@@ -82,7 +83,11 @@ def apply_records(conn: Connection, recs: list[wire.JournalRecord], keys: Keyrin
         conn.execute(_START, starts)
     if ends:
         conn.execute(_END, ends)
-        retire_drained(conn, {e["sid"] for e in ends})
+        ended = {e["sid"] for e in ends}
+        retire_drained(conn, ended)
+        # (the runner removes them too, but not while the store is away: they would count
+        # toward the trigger's limit and be judged for every event, for nobody)
+        conn.execute(delete(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.session_id.in_(ended)))
     insert_new(
         conn,
         _RECORDS,

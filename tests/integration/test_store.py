@@ -350,3 +350,52 @@ def test_event_data_rests_sealed_and_opens_for_its_owner(store: tuple[StoreApi, 
         row = conn.execute(text("SELECT data FROM events WHERE event_id = 'evt_saved'")).scalar()
     assert secret.encode() not in bytes(row)
     assert call(api, "event.get", {"event_id": "evt_saved", "reveal": True})["data"] == data
+
+
+async def test_a_sessions_end_removes_its_subscriptions(settings: Settings) -> None:
+    """The runner removes an ended session's subscriptions, but not while the store is
+    away: the store removes them as it applies the session's end, and a late try of a
+    `subscribe` made before the end adds none back."""
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        try:
+            js = nc.jetstream()
+            d = await deploy(nc, "p", {"simple.py": b""})
+            trigger_id = d["trigger"]["trigger_id"]
+            sid, other = "ses_01m8cpgk96e6wakscbfn3064cz", "ses_01m8cpgk96e6wakscbfn3064d0"
+            keys = load_keyring()
+            created = {"project_id": d["project_id"], "entrypoint": "simple.py:greet"}
+            for s in (sid, other):
+                rec = wire.JournalRecord(s, 0, wire.CREATED, 1_000, created)
+                await js.publish(subjects.journal_subject(s), wire.encode(journal.seal(rec, keys)))
+
+            async def sub(s: str, sub_id: str) -> None:
+                await bus.store_call(
+                    nc,
+                    "subscription.create",
+                    {
+                        "subscription_id": sub_id,
+                        "session_id": s,
+                        "project_id": d["project_id"],
+                        "trigger_id": trigger_id,
+                    },
+                )
+
+            async def subscribed() -> set[str]:
+                page = await bus.store_call(nc, "dispatch.targets", {"trigger_id": trigger_id})
+                return {x["subscription_id"] for x in page["subscriptions"]}
+
+            await sub(sid, "s1")
+            await sub(other, "o1")
+            assert await subscribed() == {"s1", "o1"}
+            ended = wire.JournalRecord(sid, 1, wire.ENDED, 4_000, {"state": "COMPLETED"})
+            await js.publish(subjects.journal_subject(sid), wire.encode(journal.seal(ended, keys)))
+
+            async def gone() -> bool:
+                return await subscribed() == {"o1"}
+
+            assert await eventually(gone, timeout=30)
+            await sub(sid, "s2")  # late
+            assert await subscribed() == {"o1"}
+        finally:
+            await nc.close()
