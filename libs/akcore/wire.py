@@ -94,9 +94,14 @@ def _checks(cls: type) -> tuple[tuple[str, tuple[type, ...], str], ...]:
     return checks
 
 
+def _all_str(d: dict[Any, Any]) -> bool:
+    return all(type(k) is str and type(v) is str for k, v in d.items())
+
+
 def decode(cls: type[T], data: bytes) -> T:
-    """The message as ``cls``, each field of the type its annotation says (its outer type:
-    a dict's items are not looked into); raises ValueError. Unknown keys are ignored,
+    """The message as ``cls``, each field of the type its annotation says (its outer type;
+    a ``dict[str, str]``'s items too, other dicts' and lists' are not looked into); raises
+    ValueError. Unknown keys are ignored,
     missing ones get their defaults."""
     raw = unpack(data)
     if not isinstance(raw, dict):
@@ -105,6 +110,8 @@ def decode(cls: type[T], data: bytes) -> T:
         if name in raw and not isinstance(raw[name], kinds):
             got = type(raw[name]).__name__
             raise ValueError(f"{cls.__name__}.{name}: expected {text}, got {got}")
+        if text == "dict[str, str]" and name in raw and not _all_str(raw[name]):
+            raise ValueError(f"{cls.__name__}.{name}: expected {text}, got other items")
     names = _names(cls)
     return cls(**{k: v for k, v in raw.items() if k in names})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -237,6 +238,11 @@ class Syscalls:
         inputs = args.get("data") or {}
         if not isinstance(_values.from_data(inputs, "start data"), dict):
             raise SyscallError("start data must be a dict")
+        memo = args.get("memo") or {}
+        if not isinstance(memo, dict):
+            raise SyscallError(f"start memo must be a dict, not {type(memo).__name__}")
+        # A session's memo maps strings to strings; other JSON values are kept as their text.
+        memo = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in memo.items()}
         deployment_id, build_id = job.deployment_id, job.build_id
         if args.get("project"):
             await self._own_project(str(args["project"]))
@@ -257,7 +263,7 @@ class Syscalls:
             event_type=None,
             data=inputs,  # values as data (autokitteh._values): the child's worker decodes them
             parent_session_id=job.session_id,
-            memo=dict(args.get("memo") or {}),
+            memo=memo,
         )
         if not step or await not_started(self.nc, [child]):  # (a replay may start it again)
             await publish_session(self.pub, child, self.keys)

@@ -66,3 +66,42 @@ async def test_a_replayed_start_does_not_run_an_ended_child_again(settings: Sett
         assert await journal(nc, child) == []  # no second `created`
         assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 0  # no job
         await nc.close()
+
+
+async def test_a_childs_memo_of_other_json_values_is_kept_as_their_text(
+    settings: Settings,
+) -> None:
+    """A session's memo maps strings to strings (runners drop a job whose memo does not):
+    `start(..., memo={"n": 1})` gives the child `{"n": "1"}`, and a memo that is not a map
+    is the handler's error."""
+    import pytest
+    from ak_runner.syscalls import SyscallError
+
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"h.py": b"def child(event): pass\n"})
+        parent = wire.Job(
+            ids.new_id("ses"),
+            d["project_id"],
+            d["deployment_id"],
+            d["build_id"],
+            "h.py:parent",
+            True,
+            None,
+            None,
+            {},
+        )
+        calls = Syscalls(nc, parent, Inbox(js, parent.session_id, set(), lambda r, f: None))
+        memo = {"n": 1, "s": "x", "l": [1, {"a": None}], "b": True}
+        args = {"loc": "h.py:child", "data": {}, "memo": memo, "project": ""}
+        child, _ = await calls.call("start", args, b"", 1)
+        info = await js.stream_info(subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL)
+        (subject,) = info.state.subjects or {}
+        msg = await js.get_last_msg(subjects.STREAM_JOBS, subject)
+        job = wire.decode(wire.Job, msg.data)
+        assert job.session_id == child
+        assert job.memo == {"n": "1", "s": "x", "l": '[1, {"a": null}]', "b": "true"}
+        with pytest.raises(SyscallError, match="start memo must be a dict, not list"):
+            await calls.call("start", {**args, "memo": ["a"]}, b"", 2)
+        await nc.close()

@@ -70,6 +70,8 @@ def test_a_field_of_another_type_is_refused_naming_it() -> None:
     for field, value, message in [
         ("sealed_data", 5, "Event.sealed_data: expected bytes, got int"),
         ("memo", 5, "Event.memo: expected dict[str, str], got int"),
+        ("memo", {"slug": {"a": 1}}, "Event.memo: expected dict[str, str], got other items"),
+        ("memo", {1: "x"}, "Event.memo: expected dict[str, str], got other items"),
         ("data", [1], "Event.data: expected dict[str, Any], got list"),
         ("destination_id", 5, "Event.destination_id: expected str, got int"),
     ]:
