@@ -7,6 +7,7 @@ missing ones, so old and new services can talk during a rolling upgrade.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -98,10 +99,18 @@ def _all_str(d: dict[Any, Any]) -> bool:
     return all(type(k) is str and type(v) is str for k, v in d.items())
 
 
+def _as_text(cls: type, name: str, d: dict[Any, Any]) -> dict[str, str]:
+    """A memo whose values are not all text (earlier runners passed a child's JSON memo
+    on as it was): each other value as its JSON text. Keys must be text."""
+    if not all(type(k) is str for k in d):
+        raise ValueError(f"{cls.__name__}.{name}: expected dict[str, str], got other keys")
+    return {k: v if type(v) is str else json.dumps(v, default=repr) for k, v in d.items()}
+
+
 def decode(cls: type[T], data: bytes) -> T:
     """The message as ``cls``, each field of the type its annotation says (its outer type;
-    a ``dict[str, str]``'s items too, other dicts' and lists' are not looked into); raises
-    ValueError. Unknown keys are ignored,
+    a ``dict[str, str]``'s keys too, its other values made their JSON text; other dicts'
+    and lists' items are not looked into); raises ValueError. Unknown keys are ignored,
     missing ones get their defaults."""
     raw = unpack(data)
     if not isinstance(raw, dict):
@@ -111,7 +120,7 @@ def decode(cls: type[T], data: bytes) -> T:
             got = type(raw[name]).__name__
             raise ValueError(f"{cls.__name__}.{name}: expected {text}, got {got}")
         if text == "dict[str, str]" and name in raw and not _all_str(raw[name]):
-            raise ValueError(f"{cls.__name__}.{name}: expected {text}, got other items")
+            raw[name] = _as_text(cls, name, raw[name])
     names = _names(cls)
     return cls(**{k: v for k, v in raw.items() if k in names})
 
