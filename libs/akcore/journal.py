@@ -339,7 +339,7 @@ _KINDS: dict[type[Any], Kind] = {cls: k for k, cls in _TYPES.items() if cls is n
 SEALED = "sealed"
 RESULT = "result"
 SEALED_FIELDS: dict[str, tuple[str, ...]] = {
-    Kind.CREATED: ("inputs",),
+    Kind.CREATED: ("inputs", "memo"),
     Kind.PRINT: ("text",),
     Kind.ACTIVITY: ("error", "digest"),
     Kind.ENDED: ("error", "traceback"),
@@ -347,7 +347,7 @@ SEALED_FIELDS: dict[str, tuple[str, ...]] = {
 }
 _WITH_RESULT: frozenset[str] = frozenset({Kind.ACTIVITY, Kind.ENDED, *SYSCALLS})
 # Sealed since a later version: read as written by earlier ones (in plaintext) too.
-_ONCE_PLAIN = frozenset({"digest"})
+_ONCE_PLAIN = frozenset({"digest", "memo"})
 
 
 def aad(session_id: str, seq: int, name: str) -> bytes:

@@ -76,9 +76,12 @@ async def publish_session(
     created = created_record(job, context.get(subjects.HDR_TRACEPARENT, ""))
     if keys is not None:
         created, job = journal.seal(created, keys), seal_inputs(job, keys)
-    elif created.data.get("inputs"):
-        raise ValueError("a session's inputs are sealed at rest: publish_session needs keys")
-    job = dataclasses.replace(job, journal_seq=0)
+    elif created.data.get("inputs") or created.data.get("memo"):
+        raise ValueError(
+            "a session's inputs and memo are sealed at rest: publish_session needs keys"
+        )
+    # (the memo is the `created` record's, sealed: the job need not carry it in the clear)
+    job = dataclasses.replace(job, journal_seq=0, memo={})
     # `created` goes out first, on the same connection: it reaches the server first. Each
     # is stored only if its subject holds nothing yet: a try past JetStream's duplicate
     # window (which de-duplicates by Nats-Msg-Id only within it) must not add a second job

@@ -71,11 +71,13 @@ async def test_a_replayed_start_does_not_run_an_ended_child_again(settings: Sett
 async def test_a_childs_memo_of_other_json_values_is_kept_as_their_text(
     settings: Settings,
 ) -> None:
-    """A session's memo maps strings to strings (runners drop a job whose memo does not):
-    `start(..., memo={"n": 1})` gives the child `{"n": "1"}`, and a memo that is not a map
-    is the handler's error."""
+    """A session's memo maps strings to strings: `start(..., memo={"n": 1})` gives the
+    child `{"n": "1"}`, kept sealed in its `created` record (a handler may put anything in
+    it) and not in its job; a memo that is not a map is the handler's error."""
     import pytest
     from ak_runner.syscalls import SyscallError
+    from akcore.journal import unseal
+    from akcore.secrets import load_keyring
 
     async with running(run_store, settings, "store"):
         nc = await bus.connect(settings.nats_url, "t")
@@ -92,16 +94,22 @@ async def test_a_childs_memo_of_other_json_values_is_kept_as_their_text(
             None,
             {},
         )
-        calls = Syscalls(nc, parent, Inbox(js, parent.session_id, set(), lambda r, f: None))
-        memo = {"n": 1, "s": "x", "l": [1, {"a": None}], "b": True}
+        inbox = Inbox(js, parent.session_id, set(), lambda r, f: None)
+        calls = Syscalls(nc, parent, inbox, keys=load_keyring())
+        memo = {"n": 1, "s": "memo-secret-7Q", "l": [1, {"a": None}], "b": True}
         args = {"loc": "h.py:child", "data": {}, "memo": memo, "project": ""}
         child, _ = await calls.call("start", args, b"", 1)
         info = await js.stream_info(subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL)
         (subject,) = info.state.subjects or {}
         msg = await js.get_last_msg(subjects.STREAM_JOBS, subject)
         job = wire.decode(wire.Job, msg.data)
-        assert job.session_id == child
-        assert job.memo == {"n": "1", "s": "x", "l": '[1, {"a": null}]', "b": "true"}
+        assert job.session_id == child and job.memo == {}
+        assert b"memo-secret-7Q" not in msg.data
+        (created,) = await journal(nc, child)
+        assert "memo" not in created.data and b"memo-secret-7Q" not in wire.encode(created)
+        opened = unseal(created, load_keyring())
+        want = {"n": "1", "s": "memo-secret-7Q", "l": '[1, {"a": null}]', "b": "true"}
+        assert opened.data["memo"] == want
         with pytest.raises(SyscallError, match="start memo must be a dict, not list"):
             await calls.call("start", {**args, "memo": ["a"]}, b"", 2)
         await nc.close()

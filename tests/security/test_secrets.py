@@ -67,7 +67,7 @@ def on_hook(event):
     token = os.getenv("TOKEN")
     digest = hashlib.sha256(token.encode()).hexdigest()
     print("token", token)
-    autokitteh.start("h.py:on_child", data={"token": token})
+    autokitteh.start("h.py:on_child", data={"token": token}, memo={"token": token})
     return {"auth": "Bearer " + token, "digest": digest[:8]}
 
 
