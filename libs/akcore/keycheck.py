@@ -27,7 +27,12 @@ import logging
 
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.errors import NotFoundError as StreamNotFound
 
 from . import bus, natsauth
@@ -79,14 +84,18 @@ class KeyMismatch(AKError):
     """This service's secrets key is not the store's (one of the two ways)."""
 
 
-async def _canary(js: JetStreamContext) -> tuple[bytes, int] | None:
-    """The canary and its revision; None while there is none (no store of this version
-    has started yet)."""
+async def _canary(js: JetStreamContext) -> tuple[bytes | None, int]:
+    """The canary (None while there is none: no store of this version has started yet, or
+    it was deleted) and the revision a write must name (0: no message of it at all)."""
     try:
         kv = await js.key_value(natsauth.BUCKET_KEYS)
+    except (BucketNotFoundError, StreamNotFound):
+        return None, 0
+    try:
         entry = await kv.get(CANARY)
-    except (BucketNotFoundError, StreamNotFound, KeyNotFoundError):
-        return None
+    except (KeyNotFoundError, KeyDeletedError) as gone:  # (deleted by hand: its marker's)
+        marker = getattr(gone, "entry", None)
+        return None, (marker.revision or 0) if marker is not None else 0
     return entry.value or b"", entry.revision or 0
 
 
@@ -103,10 +112,9 @@ async def settle(js: JetStreamContext, keys: Keyring, lost: str | None) -> None:
     the id of the key that sealed it (a key lost for good), seals it anew. Raises
     KeyMismatch when it does not open otherwise."""
     kv = await js.key_value(natsauth.BUCKET_KEYS)
-    while True:
-        found = await _canary(js)
-        if found is not None:
-            blob, revision = found
+    for _ in range(100):  # (stores starting together: a few rounds at most)
+        blob, revision = await _canary(js)
+        if blob is not None:
             if _opens_canary(keys, blob):
                 if sealed_by(blob) == keys.primary_id:
                     return
@@ -120,22 +128,24 @@ async def settle(js: JetStreamContext, keys: Keyring, lost: str | None) -> None:
                     "unreadable; the canary is sealed with this store's primary key",
                     named,
                 )
-        else:
-            revision = 0
         try:  # (two stores starting at once: one seals it, the other opens that)
             await kv.update(CANARY, keys.seal(_CANARY, _CANARY_AAD), last=revision)
             return
         except KeyWrongLastSequenceError:
             continue
+    raise AKError(
+        f"the secrets key's canary ({natsauth.BUCKET_KEYS}) kept changing while this store "
+        "started: is something else writing it?"
+    )
 
 
 async def canary(js: JetStreamContext, keys: Keyring) -> bool:
     """A service's part: whether the canary is there and opens (False: not there yet);
     raises KeyMismatch when it does not open."""
-    found = await _canary(js)
-    if found is None:
+    blob, _ = await _canary(js)
+    if blob is None:
         return False
-    if not _opens_canary(keys, found[0]):
+    if not _opens_canary(keys, blob):
         raise KeyMismatch(NOT_THE_STORES.format(which="it cannot open what the store seals"))
     return True
 

@@ -10,7 +10,7 @@ from ak_dispatcher.service import run as run_dispatcher
 from ak_ingress.service import run as run_ingress
 from ak_runner.service import run as run_runner
 from ak_store.service import run as run_store
-from akcore import bus, datakey, keycheck
+from akcore import bus, datakey, keycheck, natsauth
 from akcore.config import Settings, data_home
 from akcore.datakey import Keyring
 from akcore.errors import AKError
@@ -163,3 +163,25 @@ async def test_rotation_seals_the_canary_again_with_the_new_key(
         await nc.close()
     await _store_runs(settings, [new], monkeypatch)  # the old key dropped in the end
     assert "is not among" in await _store_fails(settings, [old], monkeypatch)
+
+
+async def test_a_canary_deleted_by_hand_is_sealed_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting the canary (a NATS administrator: only stores may write it) resets the
+    check: the next store seals it with its key (it once went round forever, writing
+    against the delete marker's revision as if there were nothing)."""
+    first, second = Fernet.generate_key(), Fernet.generate_key()
+    await _store_runs(settings, [first], monkeypatch)
+    nc = await bus.connect(settings.nats_url, "t")
+    try:
+        kv = await nc.jetstream().key_value(natsauth.BUCKET_KEYS)
+        await kv.delete(keycheck.CANARY)
+        assert not await keycheck.canary(nc.jetstream(), Keyring([second]))  # none now
+        await asyncio.wait_for(_store_runs(settings, [second], monkeypatch), 60)
+        assert await keycheck.canary(nc.jetstream(), Keyring([second]))
+        await kv.purge(keycheck.CANARY)
+        await asyncio.wait_for(_store_runs(settings, [first], monkeypatch), 60)
+        assert await keycheck.canary(nc.jetstream(), Keyring([first]))
+    finally:
+        await nc.close()
