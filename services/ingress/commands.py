@@ -9,8 +9,9 @@ from typing import Any
 from akcore import bus, credheaders, eventdata, ids, ops, subjects, timefmt, tokens, wire
 from akcore import requests as rq
 from akcore.datakey import Keyring
-from akcore.errors import Conflict, InvalidArgument
+from akcore.errors import Conflict, InvalidArgument, Unavailable
 from nats.aio.client import Client
+from nats.js.errors import APIError
 
 from .auth import Caller
 
@@ -36,11 +37,19 @@ async def event_redispatch(
 
 
 async def _publish(nc: Client, event: wire.Event, keys: Keyring) -> None:
-    await bus.publisher(nc).publish(
-        subjects.event_subject(event.project_id, event.event_id),
-        wire.encode(eventdata.sealed(event, keys)),
-        headers={subjects.HDR_MSG_ID: event.event_id},
-    )
+    try:
+        await bus.publisher(nc).publish(
+            subjects.event_subject(event.project_id, event.event_id),
+            wire.encode(eventdata.sealed(event, keys)),
+            headers={subjects.HDR_MSG_ID: event.event_id},
+        )
+    except APIError as e:
+        if bus.is_full(e):  # as a webhook's event is answered (ak_ingress.app)
+            raise Unavailable(
+                "the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES); the event was "
+                "not accepted, send it again later"
+            ) from None
+        raise
 
 
 async def _resolve_destination(nc: Client, destination: str) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -46,6 +47,18 @@ def test_a_full_event_stream_answers_503_and_recovers(tmp_path: Path) -> None:
         assert status == 503, "the stream never filled up"
         assert b"the event stream is full" in text and headers.get("retry-after") == "10"
         assert 5 <= len(accepted) < 200
+        # A hand-made event is refused the same way (it was an internal error).
+        listed = stack.ak("trigger", "list", "-p", "full", "-j", check=True).stdout
+        (trigger,) = [json.loads(line) for line in listed.splitlines()]
+        ev_file = tmp_path / "ev.json"
+        big = {"x": "y" * 4000}  # (the last webhook's 2,000 bytes did not fit)
+        ev_file.write_text(json.dumps({"destination_id": trigger["trigger_id"], "data": big}))
+        res = stack.ak("event", "dispatch", "-f", str(ev_file), "-e", "post")
+        assert res.returncode != 0
+        assert res.stderr.strip().endswith(
+            "the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES); the event was not "
+            "accepted, send it again later"
+        ), res.stderr
         # Space returns (here an operator raises the stream's limit): webhooks are taken again.
         url = re.search(r"NATS: +(nats://\S+)", stack.output())[1]
         users = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "nats-users"
