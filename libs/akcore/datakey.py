@@ -73,6 +73,10 @@ class Keyring:
     def primary_id(self) -> bytes:
         return self._primary_id
 
+    def holds(self, key_id: bytes) -> bool:
+        """Whether one of its keys has this id."""
+        return key_id in self._keys
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
         sealed = self._primary.encrypt(nonce, plaintext, aad)

@@ -55,8 +55,13 @@ NOT_THE_STORES = (
 
 CANARY = "canary"  # its key in the bucket
 _CANARY_AAD = b"keys.canary"
-MALFORMED = "malformed"  # the id named for a canary that is not sealed bytes
+MALFORMED = "malformed"  # the id named for a canary that is not sealed bytes, or altered
 
+CANARY_ALTERED = (
+    "the secrets key's canary in the KV bucket {bucket} is not a value any store sealed (it "
+    "was altered, or written by hand): check who may write to it. To seal it anew with this "
+    "store's key, start the store once with AK_SECRETS__LOST_KEY=malformed"
+)
 STORE_LACKS = (
     "the secrets key that sealed this system's data (key id {by}) is not among this store's "
     "keys: it was replaced instead of rotated, or this store was given another store's "
@@ -120,8 +125,10 @@ async def settle(js: JetStreamContext, keys: Keyring, lost: str | None) -> None:
                     return
             else:
                 by = sealed_by(blob)
-                named = by.hex() if by is not None else MALFORMED
+                named = by.hex() if by is not None and not keys.holds(by) else MALFORMED
                 if lost != named:
+                    if named == MALFORMED:
+                        raise KeyMismatch(CANARY_ALTERED.format(bucket=natsauth.BUCKET_KEYS))
                     raise KeyMismatch(STORE_LACKS.format(by=named))
                 log.warning(
                     "the secrets key %s is lost (AK_SECRETS__LOST_KEY): what it sealed stays "

@@ -185,3 +185,26 @@ async def test_a_canary_deleted_by_hand_is_sealed_again(
         assert await keycheck.canary(nc.jetstream(), Keyring([first]))
     finally:
         await nc.close()
+
+
+async def test_an_altered_canary_stops_the_store_saying_so(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = Fernet.generate_key()
+    await _store_runs(settings, [key], monkeypatch)
+    nc = await bus.connect(settings.nats_url, "t")
+    try:
+        kv = await nc.jetstream().key_value(natsauth.BUCKET_KEYS)
+        good = (await kv.get(keycheck.CANARY)).value
+        for bad in (good[:-1] + bytes([good[-1] ^ 1]), b"written by hand"):
+            await kv.put(keycheck.CANARY, bad)
+            message = await _store_fails(settings, [key], monkeypatch)
+            assert message.startswith(
+                "the secrets key's canary in the KV bucket AK_KEYS is not a value any store "
+                "sealed (it was altered, or written by hand)"
+            ), message
+        monkeypatch.setenv("AK_SECRETS__LOST_KEY", "malformed")
+        await _store_runs(settings, [key], monkeypatch)
+        assert await keycheck.canary(nc.jetstream(), Keyring([key]))
+    finally:
+        await nc.close()
