@@ -64,11 +64,23 @@ CANARY_ALTERED = (
 )
 STORE_LACKS = (
     "the secrets key that sealed this system's data (key id {by}) is not among this store's "
-    "keys: it was replaced instead of rotated, or this store was given another store's "
-    "key. Give the store that key too (AK_SECRETS__KEYS=<new>,<old>: docs/deploy.md). If "
-    "it is lost for good, nothing it sealed (secret vars, sessions' journals, events) can "
-    "be read again by anyone; to go on without it, start the store once with "
+    "keys: it was replaced instead of rotated, or this store was given another store's key "
+    "or a key list from before a rotation. Give the store that key too (AK_SECRETS__KEYS="
+    "<new>,<old>, or the lines of secrets.key in the data home: docs/deploy.md). If it is "
+    "lost for good, nothing it sealed (secret vars, sessions' journals, events) can be read "
+    "again by anyone; to go on without it, stop every store and start one with "
     "AK_SECRETS__LOST_KEY={by}"
+)
+LOST_WHILE_RUNNING = (
+    "AK_SECRETS__LOST_KEY names the key that sealed the canary, but another store is "
+    "running, which may hold that key (then this store is the one given the wrong key): "
+    "stop every store first, then start one with AK_SECRETS__LOST_KEY"
+)
+CANT_OPEN_CANARY = (
+    "this service's secrets keys cannot open the key canary the stores sealed (with key id "
+    "{by}): give every store, runner, dispatcher and ingress the same keys (AK_SECRETS__KEY, "
+    "or AK_SECRETS__KEYS with the primary first, or the lines of secrets.key in the data "
+    "home): docs/deploy.md"
 )
 
 
@@ -111,11 +123,13 @@ def _opens_canary(keys: Keyring, blob: bytes) -> bool:
         return False
 
 
-async def settle(js: JetStreamContext, keys: Keyring, lost: str | None) -> None:
+async def settle(nc: Client, keys: Keyring, lost: str | None) -> None:
     """The store's part, before it serves: seals the canary (first start), opens it, seals
     it again with the primary key when another of its keys sealed it, or with ``lost`` naming
-    the id of the key that sealed it (a key lost for good), seals it anew. Raises
-    KeyMismatch when it does not open otherwise."""
+    the id of the key that sealed it (a key lost for good), seals it anew, but only while no
+    other store runs (one that does may hold that key: this store would be the one given
+    the wrong key). Raises KeyMismatch when it does not open otherwise."""
+    js = nc.jetstream()
     kv = await js.key_value(natsauth.BUCKET_KEYS)
     for _ in range(100):  # (stores starting together: a few rounds at most)
         blob, revision = await _canary(js)
@@ -130,6 +144,8 @@ async def settle(js: JetStreamContext, keys: Keyring, lost: str | None) -> None:
                     if named == MALFORMED:
                         raise KeyMismatch(CANARY_ALTERED.format(bucket=natsauth.BUCKET_KEYS))
                     raise KeyMismatch(STORE_LACKS.format(by=named))
+                if await bus.ping_service(nc, "store", timeout=0.5):  # (not this one yet)
+                    raise KeyMismatch(LOST_WHILE_RUNNING)
                 log.warning(
                     "the secrets key %s is lost (AK_SECRETS__LOST_KEY): what it sealed stays "
                     "unreadable; the canary is sealed with this store's primary key",
@@ -153,7 +169,8 @@ async def canary(js: JetStreamContext, keys: Keyring) -> bool:
     if blob is None:
         return False
     if not _opens_canary(keys, blob):
-        raise KeyMismatch(NOT_THE_STORES.format(which="it cannot open what the store seals"))
+        by = sealed_by(blob)
+        raise KeyMismatch(CANT_OPEN_CANARY.format(by=by.hex() if by is not None else MALFORMED))
     return True
 
 

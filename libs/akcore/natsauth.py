@@ -330,6 +330,7 @@ def permissions(service: str) -> Permissions:
                 *_bootstrap(),
                 *_deferred_made(),
                 *_kv(BUCKET_KEYS),  # seals the key's canary, or seals it again
+                subjects.health_subject("store"),  # is another store running? (keycheck)
             ),
             subscribe=(*_common(service), subjects.STORE_ALL, subjects.SPANS),
         )

@@ -221,8 +221,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     js = nc.jetstream()
     await bus.ensure_streams(js)
     try:
-        await keycheck.settle(js, api.keys, os.environ.get(ENV_LOST, "").strip() or None)
-    except keycheck.KeyMismatch:
+        await keycheck.settle(nc, api.keys, os.environ.get(ENV_LOST, "").strip().lower() or None)
+    except BaseException:  # (a mismatch, NATS away: nothing left open)
         await bus.close(nc)
         pool.shutdown(wait=True)
         engine.dispose()

@@ -53,15 +53,16 @@ async def test_a_service_given_another_key_stops_saying_so(
         task = asyncio.create_task(run(as_service(settings, service), asyncio.Event()))
         with pytest.raises(AKError) as failed:
             await asyncio.wait_for(task, timeout=60)
+        store_key = (data_home() / "secrets.key").read_bytes().strip()
+        store_id = datakey.key_id(datakey.derive(store_key)).hex()
         assert failed.value.message == (
-            "this service's secrets key is not the store's: it cannot open what the store "
-            "seals. Give every store, runner, dispatcher and ingress the same key "
-            "(AK_SECRETS__KEY, or AK_SECRETS__KEYS with the primary first; restart the "
-            "stores first when rotating): docs/deploy.md"
+            "this service's secrets keys cannot open the key canary the stores sealed (with "
+            f"key id {store_id}): give every store, runner, dispatcher and ingress the same "
+            "keys (AK_SECRETS__KEY, or AK_SECRETS__KEYS with the primary first, or the lines "
+            "of secrets.key in the data home): docs/deploy.md"
         )
         # Holding the store's key too, with another first: what it seals, the store cannot
         # open.
-        store_key = (data_home() / "secrets.key").read_bytes().strip()
         monkeypatch.setenv("AK_SECRETS__KEYS", f"{OTHER.decode()},{store_key.decode()}")
         task = asyncio.create_task(run(as_service(settings, service), asyncio.Event()))
         with pytest.raises(AKError, match="the store cannot open what it seals"):
@@ -93,7 +94,7 @@ async def test_a_service_given_another_key_stops_while_the_store_is_away(
     await _store_runs(settings, [mine], monkeypatch)
     monkeypatch.setenv("AK_SECRETS__KEYS", OTHER.decode())
     task = asyncio.create_task(run(as_service(settings, service), asyncio.Event()))
-    with pytest.raises(AKError, match="it cannot open what the store seals"):
+    with pytest.raises(AKError, match="cannot open the key canary the stores sealed"):
         await asyncio.wait_for(task, timeout=60)
     nc = await bus.connect(settings.nats_url, "t")
     try:  # and the store's key opens it, still with no store
@@ -114,18 +115,22 @@ async def test_a_store_given_a_replaced_key_stops_until_told_the_old_one_is_lost
         f"the secrets key that sealed this system's data (key id {old_id}) is not among "
         "this store's keys: it was replaced instead of rotated"
     ), message
-    assert message.endswith(f"start the store once with AK_SECRETS__LOST_KEY={old_id}")
+    assert message.endswith(f"stop every store and start one with AK_SECRETS__LOST_KEY={old_id}")
     assert old.decode() not in message and new.decode() not in message
     monkeypatch.setenv("AK_SECRETS__LOST_KEY", "0badbeef")  # not that key: still stops
     assert "AK_SECRETS__LOST_KEY" in await _store_fails(settings, [new], monkeypatch)
-    monkeypatch.setenv("AK_SECRETS__LOST_KEY", old_id)
+    monkeypatch.setenv("AK_SECRETS__LOST_KEY", old_id.upper())  # (either case)
+    # Not while a store runs: it may hold the key (this one would be the misconfigured one).
+    monkeypatch.setenv("AK_SECRETS__KEYS", old.decode())
+    async with running(run_store, settings, "store"):
+        assert "another store is running" in await _store_fails(settings, [new], monkeypatch)
     await _store_runs(settings, [new], monkeypatch)
     monkeypatch.delenv("AK_SECRETS__LOST_KEY")
     await _store_runs(settings, [new], monkeypatch)  # and from now on without it
     nc = await bus.connect(settings.nats_url, "t")
     try:
         assert await keycheck.canary(nc.jetstream(), Keyring([new]))
-        with pytest.raises(AKError, match="it cannot open what the store seals"):
+        with pytest.raises(AKError, match="cannot open the key canary"):
             await keycheck.canary(nc.jetstream(), Keyring([old]))
     finally:
         await nc.close()
@@ -157,7 +162,7 @@ async def test_rotation_seals_the_canary_again_with_the_new_key(
     try:  # (no store running) services given the new key pass; one left with the old fails
         for passing in ([new], [new, old], [old, new]):
             assert await keycheck.canary(nc.jetstream(), Keyring(passing))
-        with pytest.raises(AKError, match="it cannot open what the store seals"):
+        with pytest.raises(AKError, match="cannot open the key canary"):
             await keycheck.canary(nc.jetstream(), Keyring([old]))
     finally:
         await nc.close()
