@@ -44,6 +44,8 @@ ENV_SESSION_TIMEOUT = "AK_RUNNER__SESSION_TIMEOUT"  # seconds an attempt may run
 ENV_ECHO_PRINTS = "AK_RUNNER__ECHO_PRINTS"  # also write handler output to the runner's log
 ENV_WORKER_ENV = "AK_RUNNER__WORKER_ENV"  # names of the runner's variables workers also get
 ENV_PACKAGES_TIMEOUT = "AK_RUNNER__PACKAGES_TIMEOUT"  # seconds one environment's install may take
+# memory the processes installing one environment's packages may use together; 0 = no limit
+ENV_PACKAGES_MEMORY_MB = "AK_RUNNER__PACKAGES_MEMORY_MB"
 ENV_BUILD_CACHE_MB = "AK_RUNNER__BUILD_CACHE_MB"  # disk the unpacked builds may take
 ENV_BUILD_CACHE_IDLE = "AK_RUNNER__BUILD_CACHE_IDLE"  # seconds an unused build is kept, or off
 BUILD_CACHE_IDLE = 86400.0  # its default: a day
@@ -173,6 +175,7 @@ class Settings:
     echo_prints: bool = False
     worker_env: tuple[str, ...] = ()
     packages_timeout: int = 1800  # seconds installing one environment's packages may take
+    packages_memory_mb: int = 4096  # what installing them may use, all processes together
     build_cache_mb: int = 1024  # the runner's unpacked builds, at most (but those in use)
     build_cache_idle: float = BUILD_CACHE_IDLE  # an unused build is removed after (0: never)
 
@@ -209,6 +212,7 @@ class Settings:
             echo_prints=_switch(ENV_ECHO_PRINTS, False),
             worker_env=tuple(n for n in os.environ.get(ENV_WORKER_ENV, "").split(",") if n),
             packages_timeout=_count(ENV_PACKAGES_TIMEOUT, 1800, 10),
+            packages_memory_mb=_count(ENV_PACKAGES_MEMORY_MB, 4096, 0),
             build_cache_mb=_count(ENV_BUILD_CACHE_MB, 1024, 64),
             build_cache_idle=_seconds_or_off(ENV_BUILD_CACHE_IDLE, BUILD_CACHE_IDLE),
         )

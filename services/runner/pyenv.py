@@ -30,13 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from akcore import config, sdkdist
-from akcore.config import ENV_PACKAGES_TIMEOUT, REQUIREMENTS_FILE
+from akcore.config import ENV_PACKAGES_MEMORY_MB, ENV_PACKAGES_TIMEOUT, REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument
 from packaging.requirements import InvalidRequirement, Requirement
 
 from .builds import worker_env
 from .requirements import RequirementsRefused, check_requirements
-from .sandbox import UserIds, as_user, chown_tree, kill_user, open_way_to, read_small
+from .sandbox import (
+    UserIds,
+    as_user,
+    chown_tree,
+    kill_user,
+    open_way_to,
+    read_small,
+    resident_by_user,
+    resident_of_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +178,8 @@ def _write_new(path: Path, text: str) -> None:
 # What one environment's installers may take: processes of the builder's user at once
 # (a fork bomb in a package's build script), and lines of output kept for `ak deploy`.
 BUILDER_PROCESSES = 512
+MIB = 1024 * 1024
+MEMORY_INTERVAL = 0.5  # seconds between looks at what a build's processes use
 MAX_LINES = 5_000
 MAX_LINE = 1_000  # characters of one line kept
 PAGE_BYTES = 512 * 1024  # of output in one answer to `ak deploy` (it asks for the rest)
@@ -180,6 +191,7 @@ OUTPUT_GRACE = 2.0  # seconds output is still read after the tool ended (a proce
 class Build:
     spec: Spec
     timeout: int = 1800  # seconds (AK_RUNNER__PACKAGES_TIMEOUT)
+    memory_mb: int = 0  # its tools' processes together (AK_RUNNER__PACKAGES_MEMORY_MB); 0: none
     lines: list[str] = field(default_factory=list)
     error: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -256,6 +268,8 @@ async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str =
         return proc.returncode
 
     ended = asyncio.create_task(exited())
+    over: list[int] = []  # what it used, once over the memory limit (it is killed then)
+    watching = asyncio.create_task(_watch_memory(build, proc.pid, uid, over))
     try:
         async with asyncio.timeout(max(1.0, build.deadline - time.monotonic())):
             # Until the tool ends, or its output fails (a line over the reader's limit).
@@ -276,6 +290,7 @@ async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str =
             f"prebuilt packages (wheels)\n{build.tail()}"
         ) from None
     finally:
+        watching.cancel()
         if not reading.done():  # (a process it left holds the pipe: let it go)
             reading.cancel()
             transport = getattr(proc, "_transport", None)
@@ -283,8 +298,38 @@ async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str =
                 transport.close()
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(ended, 10)  # (killed: reaped at once)
+    if over:
+        raise EnvError(
+            f"{what} was stopped: installing the packages used {over[0] // MIB} MiB, more "
+            f"than the {build.memory_mb} MiB allowed ({ENV_PACKAGES_MEMORY_MB}); give more, "
+            f"or fewer or prebuilt packages (wheels)\n{build.tail()}"
+        )
     if code != 0:
         raise EnvError(f"{what} failed (exit code {code})\n{build.tail()}")
+
+
+async def _watch_memory(build: Build, pid: int, uid: int, over: list[int]) -> None:
+    """Kills the tool and what it started once they use more than the build's memory
+    limit together (counted by their user, when they have one of their own, else by the
+    session they were started in), saying what they used in ``over``. Looked at twice a
+    second, as a worker's memory is: a build that grabs more than the machine has within
+    half a second is for the kernel to stop."""
+    if build.memory_mb <= 0:
+        return
+    limit = build.memory_mb * MIB
+    while True:
+        await asyncio.sleep(MEMORY_INTERVAL)
+        if uid >= 0:
+            used = (await asyncio.to_thread(resident_by_user, [uid])).get(uid, 0)
+        else:
+            used = await asyncio.to_thread(resident_of_session, pid)
+        if used > limit:
+            over.append(used)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            if uid >= 0:  # (what left the tool's session)
+                await asyncio.to_thread(kill_user, uid)
+            return
 
 
 @contextlib.asynccontextmanager
@@ -437,13 +482,15 @@ class PythonEnvs:
         sdk_copies: Path,
         users: UserIds | None = None,
         timeout: int = 1800,
+        memory_mb: int = 0,
     ) -> None:
         """``timeout``: seconds installing one environment may take
-        (``AK_RUNNER__PACKAGES_TIMEOUT``)."""
+        (``AK_RUNNER__PACKAGES_TIMEOUT``); ``memory_mb``: what its processes may use
+        together (``AK_RUNNER__PACKAGES_MEMORY_MB``, 0: no limit)."""
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
         self.users = users  # the sandbox: packages are installed as a user of their own
-        self.timeout = timeout
+        self.timeout, self.memory_mb = timeout, memory_mb
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
 
@@ -455,7 +502,7 @@ class PythonEnvs:
         for path, old in list(self._builds.items()):
             if old.done.is_set() and now - old.finished > KEEP_FINISHED:
                 del self._builds[path]
-        build = Build(spec, self.timeout)
+        build = Build(spec, self.timeout, self.memory_mb)
         self._builds[spec.path] = build
 
         async def go() -> None:

@@ -517,6 +517,22 @@ def resident_by_user(uids: Collection[int]) -> dict[int, int]:
     return used
 
 
+def resident_of_session(sid: int) -> int:
+    """The memory (bytes) the processes of session ``sid`` use together (as
+    ``resident_by_user`` counts a process): what a tool started in a session of its own
+    runs, when it has no user of its own to be counted by."""
+    used = 0
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and fields[3] == str(sid).encode():  # (state, ppid, pgrp, sid)
+            used += _memory_of(pid)
+    return used
+
+
 def _memory_of(pid: int) -> int:
     for name, field in (("smaps_rollup", b"Pss:"), ("status", b"VmRSS:")):
         try:

@@ -429,7 +429,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     users = _sandbox(settings)
     sdk_copies = config.data_home() / "runner" / "sdk"
-    envs = PythonEnvs(settings.worker_python, sdk_copies, users, settings.packages_timeout)
+    envs = PythonEnvs(
+        settings.worker_python,
+        sdk_copies,
+        users,
+        settings.packages_timeout,
+        settings.packages_memory_mb,
+    )
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)
     processes = settings.worker_processes if users is not None else 0  # counted per user

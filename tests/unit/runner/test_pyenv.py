@@ -6,6 +6,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
+import re
 import sys
 import time
 import typing
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from ak_runner import pyenv
+from ak_runner.sandbox import kill_user
 from akcore import config, sdkdist
 
 
@@ -120,6 +123,41 @@ def test_an_install_past_its_time_is_stopped_and_says_so() -> None:
     assert e.value.message.startswith("pip install was stopped: installing the packages took")
     assert "more than 1 s (AK_RUNNER__PACKAGES_TIMEOUT)" in e.value.message
     assert e.value.message.endswith("\nbuilding")
+
+
+# A build script that takes ~400 MiB, in a child process (counted with its parent), and
+# holds it: over a limit of 100 MiB.
+_GREEDY = (
+    "import subprocess, sys, time\n"
+    "print('building', flush=True)\n"
+    "child = 'b = bytearray(400 * 1024 * 1024); import time; time.sleep(60)'\n"
+    "subprocess.run([sys.executable, '-c', child])\n"
+)
+
+
+@pytest.mark.parametrize("as_user", [False, True], ids=["own session", "own user"])
+def test_an_install_over_its_memory_limit_is_stopped_and_says_so(as_user: bool) -> None:
+    """A package's build script that takes the host's memory is stopped at the limit, all
+    its processes together: by their session (a runner that is not root), or by their
+    user (the sandbox), which a process leaving the session does not escape."""
+    if as_user and os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    build = pyenv.Build(typing.cast(pyenv.Spec, None), 60, memory_mb=100)
+    uid = 779986 if as_user else -1  # outside the workers' range
+    started = time.monotonic()
+    try:
+        with pytest.raises(pyenv.EnvError) as e:
+            asyncio.run(pyenv._run(build, "pip install", sys.executable, "-c", _GREEDY, uid=uid))
+    finally:
+        if as_user:
+            kill_user(uid)
+    assert time.monotonic() - started < 30
+    assert re.match(
+        r"pip install was stopped: installing the packages used \d+ MiB, more than the 100 "
+        r"MiB allowed \(AK_RUNNER__PACKAGES_MEMORY_MB\); give more, or fewer or prebuilt "
+        r"packages \(wheels\)\nbuilding$",
+        e.value.message,
+    ), e.value.message
 
 
 def test_an_installers_output_is_kept_within_bounds() -> None:
