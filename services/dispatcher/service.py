@@ -50,7 +50,9 @@ async def fetch_targets(nc: Client, op: str, args: dict[str, Any]) -> Any:
     if op != "dispatch.targets":
         return answer
     subs = list(answer.get("subscriptions", []))
-    while more := answer.get("more"):
+    asked: set[str] = set()
+    while (more := answer.get("more")) and isinstance(more, str) and more not in asked:
+        asked.add(more)  # (a store answering the same page again is not followed round)
         answer = await bus.store_call(nc, op, {**args, "after": more})
         subs.extend(answer.get("subscriptions", []))
     return {**answer, "subscriptions": subs, "more": ""}
