@@ -4,12 +4,16 @@ duplicate window has passed and the child has ended and had its journal cleaned 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import pytest
 from ak_runner.inbox import Inbox
-from ak_runner.syscalls import Syscalls
+from ak_runner.syscalls import SyscallError, Syscalls
 from ak_store.service import run as run_store
 from akcore import bus, ids, subjects, timefmt, wire
 from akcore.config import Settings
+from akcore.journal import unseal
+from akcore.secrets import load_keyring
 
 from .conftest import running
 from .helpers import deploy, eventually, journal
@@ -20,17 +24,7 @@ async def test_a_replayed_start_does_not_run_an_ended_child_again(settings: Sett
         nc = await bus.connect(settings.nats_url, "t")
         js = nc.jetstream()
         d = await deploy(nc, "p", {"h.py": b"def child(event): pass\n"})
-        parent = wire.Job(
-            ids.new_id("ses"),
-            d["project_id"],
-            d["deployment_id"],
-            d["build_id"],
-            "h.py:parent",
-            True,
-            None,
-            None,
-            {},
-        )
+        parent = _parent(d)
         calls = Syscalls(nc, parent, Inbox(js, parent.session_id, set(), lambda r, f: None))
         for name in (subjects.STREAM_JOURNAL, subjects.STREAM_JOBS):  # a short memory of ids
             info = await js.stream_info(name)
@@ -74,26 +68,11 @@ async def test_a_childs_memo_of_other_json_values_is_kept_as_their_text(
     """A session's memo maps strings to strings: `start(..., memo={"n": 1})` gives the
     child `{"n": "1"}`, kept sealed in its `created` record (a handler may put anything in
     it) and not in its job; a memo that is not a map is the handler's error."""
-    import pytest
-    from ak_runner.syscalls import SyscallError
-    from akcore.journal import unseal
-    from akcore.secrets import load_keyring
-
     async with running(run_store, settings, "store"):
         nc = await bus.connect(settings.nats_url, "t")
         js = nc.jetstream()
         d = await deploy(nc, "p", {"h.py": b"def child(event): pass\n"})
-        parent = wire.Job(
-            ids.new_id("ses"),
-            d["project_id"],
-            d["deployment_id"],
-            d["build_id"],
-            "h.py:parent",
-            True,
-            None,
-            None,
-            {},
-        )
+        parent = _parent(d)
         inbox = Inbox(js, parent.session_id, set(), lambda r, f: None)
         calls = Syscalls(nc, parent, inbox, keys=load_keyring())
         memo = {"n": 1, "s": "memo-secret-7Q", "l": [1, {"a": None}], "b": True}
@@ -113,3 +92,18 @@ async def test_a_childs_memo_of_other_json_values_is_kept_as_their_text(
         with pytest.raises(SyscallError, match="start memo must be a dict, not list"):
             await calls.call("start", {**args, "memo": ["a"]}, b"", 2)
         await nc.close()
+
+
+def _parent(d: dict[str, Any]) -> wire.Job:
+    """The job of a parent session in the deployment ``d``."""
+    return wire.Job(
+        ids.new_id("ses"),
+        d["project_id"],
+        d["deployment_id"],
+        d["build_id"],
+        "h.py:parent",
+        True,
+        None,
+        None,
+        {},
+    )
