@@ -585,7 +585,13 @@ async def wait_streams(js: JetStreamContext, service: str) -> None:
         if not missing:
             return
         if loop.time() - said >= 10.0:
-            log.warning("%s waits for the store to create %s", service, missing)
+            log.warning(
+                "%s waits for the store to create %s (if the store is up: may this "
+                "service's NATS user look at it? print `ak nats-config` again after an "
+                "upgrade)",
+                service,
+                missing,
+            )
             said = loop.time()
         await asyncio.sleep(0.5)
 
