@@ -43,12 +43,21 @@ class StoreCache:
         self._fetch: Fetch = fetch or bus.store_call
         self._kept: dict[tuple[str, str], tuple[float, Any, str | None]] = {}
         self._asking: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        # Change notices heard: an answer asked for before one is neither kept nor joined
+        # by callers after it (it may have been read before the change was made).
+        self._generation = 0
 
     async def watch(self, nc: Client) -> None:
         async def on_change(_: Msg) -> None:
-            self._kept.clear()
+            self.forget()
 
         await nc.subscribe(subjects.CHANGED, cb=on_change)
+
+    def forget(self) -> None:
+        """Forgets every answer, kept or on its way (a change was made)."""
+        self._kept.clear()
+        self._asking.clear()  # (their callers still get them; later callers ask anew)
+        self._generation += 1
 
     def _keep(self, key: tuple[str, str], now: float, result: Any, missing: str | None) -> None:
         if self.ttl <= 0:
@@ -89,22 +98,27 @@ class StoreCache:
         """The store's answer on its way: asked now unless it is already being asked."""
         asking = self._asking.get((op, key))
         if asking is None:  # a task of its own: a caller given up on does not cancel it
-            asking = asyncio.ensure_future(self._ask(nc, op, args, key, now))
+            asking = asyncio.ensure_future(self._ask(nc, op, args, key, now, self._generation))
             asking.add_done_callback(_retrieved)
             self._asking[(op, key)] = asking
         return asking
 
-    async def _ask(self, nc: Client, op: str, args: dict[str, Any], key: str, now: float) -> Any:
+    async def _ask(
+        self, nc: Client, op: str, args: dict[str, Any], key: str, now: float, generation: int
+    ) -> Any:
         try:
             result = await self._fetch(nc, op, args)
         except NotFound as e:
-            self._keep((op, key), now, None, e.message)
+            if generation == self._generation:
+                self._keep((op, key), now, None, e.message)
             raise
         else:
-            self._keep((op, key), now, result, None)
+            if generation == self._generation:
+                self._keep((op, key), now, result, None)
             return result
         finally:
-            del self._asking[(op, key)]
+            if self._asking.get((op, key)) is asyncio.current_task():
+                del self._asking[(op, key)]
 
 
 def _retrieved(fut: asyncio.Future[Any]) -> None:

@@ -88,3 +88,32 @@ async def test_an_answer_in_use_is_asked_again_ahead_of_its_expiry() -> None:
     assert answers == [1, 2]
     assert await call() == 2
     assert answers == [1, 2]
+
+
+async def test_an_answer_asked_for_before_a_change_is_neither_kept_nor_joined() -> None:
+    """A change notice heard while an answer is on its way: that answer may have been read
+    before the change (a trigger's subscriptions read a page at a time, one made between
+    two pages): callers after the notice ask again, and what is kept is their answer."""
+    gates: list[asyncio.Event] = []
+    answers = iter(["before the change", "after it"])
+
+    async def fetch(nc: Any, op: str, args: dict[str, Any]) -> Any:
+        gates.append(gate := asyncio.Event())
+        answer = next(answers)
+        await gate.wait()
+        return answer
+
+    cache = StoreCache(ttl=3600, fetch=fetch)
+    first = asyncio.create_task(cache.call(None, "dispatch.targets", {}, "trg_1"))  # type: ignore[arg-type]
+    while not gates:
+        await asyncio.sleep(0)
+    cache.forget()  # the notice
+    second = asyncio.create_task(cache.call(None, "dispatch.targets", {}, "trg_1"))  # type: ignore[arg-type]
+    while len(gates) < 2:
+        await asyncio.sleep(0)
+    gates[1].set()
+    assert await second == "after it"
+    gates[0].set()
+    assert await first == "before the change"  # (its caller asked before the change)
+    assert await cache.call(None, "dispatch.targets", {}, "trg_1") == "after it"  # type: ignore[arg-type]
+    assert len(gates) == 2
