@@ -732,7 +732,14 @@ class StoreApi:
         with DB(self.engine) as db:
             if db.get(Subscription, req.subscription_id) is not None:
                 return
-            session = db.get(Session, req.session_id)
+            # (Locked until this commits: a session's end applied at the same moment waits,
+            # then removes this subscription with its others; or it came first, and this
+            # sees it.)
+            session = db.exec(
+                select(Session)
+                .where(Session.session_id == req.session_id)
+                .with_for_update(read=True)
+            ).first()
             if session is not None and session.state in wire.FINAL_STATES:
                 return  # an earlier try of the call, carried out after the session ended
             mine = db.exec(

@@ -399,3 +399,63 @@ async def test_a_sessions_end_removes_its_subscriptions(settings: Settings) -> N
             assert await subscribed() == {"o1"}
         finally:
             await nc.close()
+
+
+def test_a_sessions_end_applied_while_it_subscribes_removes_that_subscription_too(
+    store: tuple[StoreApi, Engine],
+) -> None:
+    """PostgreSQL's store serves requests on several threads beside its journal consumer:
+    a `subscribe` that has read the session as running when its `ended` record is applied
+    is waited for, and its subscription removed with the session's others (it stayed for
+    good, counted toward the trigger's limit and judged for every event)."""
+    import threading
+
+    from sqlalchemy import event as sa_event
+
+    api, engine = store
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serves the store's SQL on one thread")
+    sid = "ses_01m8cpgk96e6wakscbfn3064d1"
+    created = {"project_id": "prj_x", "entrypoint": "simple.py:greet"}
+    with engine.begin() as conn:
+        apply_records(conn, sealed(wire.JournalRecord(sid, 0, wire.CREATED, 1_000, created)), KEYS)
+    read, go = threading.Event(), threading.Event()
+
+    @sa_event.listens_for(engine, "after_cursor_execute")
+    def hold(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "subscribe" and "FROM session " in statement:
+            read.set()
+            go.wait(30)
+
+    args = {"subscription_id": "s1", "session_id": sid, "project_id": "prj_x"}
+    subscribing = threading.Thread(
+        target=call,
+        args=(api, "subscription.create", {**args, "trigger_id": "trg_x"}),
+        name="subscribe",
+    )
+    subscribing.start()
+    assert read.wait(30)
+    ended = sealed(wire.JournalRecord(sid, 1, wire.ENDED, 3_000, {"state": "COMPLETED"}))
+
+    def end() -> None:
+        with engine.begin() as conn:
+            apply_records(conn, ended, KEYS)
+
+    ending = threading.Thread(target=end)
+    ending.start()
+    with engine.connect() as c:  # the end waits for the subscribe's transaction
+        for _ in range(600):
+            waiting = c.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar_one()
+            if waiting:
+                break
+            c.rollback()
+            threading.Event().wait(0.05)
+        assert waiting, "the end did not wait for the subscribe"
+    go.set()
+    subscribing.join(30)
+    ending.join(30)
+    with engine.connect() as c:
+        left = c.execute(text("SELECT count(*) FROM subscription")).scalar_one()
+    assert left == 0
