@@ -120,6 +120,7 @@ def _session_view(s: Session, project_name: str) -> dict[str, Any]:
         "trigger_id": s.trigger_id,
         "parent_session_id": s.parent_session_id,
         "inputs": s.inputs,
+        "memo": {},  # (sealed with the inputs: open_session)
         "entrypoint": s.entrypoint,
         "state": s.state,
         "is_durable": s.is_durable,
@@ -1046,7 +1047,8 @@ class StoreApi:
             raise InvalidArgument("limit must be 1 or more and skip 0 or more")
         with DB(self.engine) as db:
             sid = self._session_id(db, req.session)
-            if db.get(Session, sid) is None:
+            session = db.get(Session, sid)
+            if session is None:
                 raise NotFound(f'session "{sid}" not found')
             q = select(SessionRecord).where(SessionRecord.session_id == sid)
             if req.kinds:
@@ -1059,6 +1061,8 @@ class StoreApi:
             if records and size > RECORDS_BYTES:
                 break
             data = open_record(sid, r.seq, r.data, self.keys)
+            if r.kind == wire.CREATED and "memo" not in data:  # (sealed with the inputs)
+                data["memo"] = self._session_view(session, {})["memo"]
             records.append({"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": data})
             size += len(repr(data))
         return {"session_id": sid, "records": records, "more": len(rows) > len(records)}

@@ -22,12 +22,14 @@ def seal_column(keys: Keyring, session_id: str, column: str, text: str) -> str:
 
 
 def open_session(view: dict[str, Any], keys: Keyring) -> dict[str, Any]:
-    """A session's view with its inputs, error and traceback unsealed; raises SealError."""
+    """A session's view with its inputs and memo, error and traceback unsealed; raises
+    SealError."""
     inputs = view.get("inputs")
     if isinstance(inputs, dict) and journal.SEALED in inputs:
         # The `created` record's sealed field, its number 0 (akcore.sessions.created_record).
         opened = journal.unseal_fields(view["session_id"], 0, inputs[journal.SEALED], keys)
         view["inputs"] = opened.get("inputs") or {}
+        view["memo"] = opened.get("memo") or view.get("memo") or {}
     for column in COLUMNS:
         text = view.get(column) or ""
         if text.startswith(TEXT_PREFIX):

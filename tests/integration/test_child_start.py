@@ -12,6 +12,7 @@ from ak_runner.syscalls import SyscallError, Syscalls
 from ak_store.service import run as run_store
 from akcore import bus, ids, subjects, timefmt, wire
 from akcore.config import Settings
+from akcore.errors import NotFound
 from akcore.journal import unseal
 from akcore.secrets import load_keyring
 
@@ -89,6 +90,16 @@ async def test_a_childs_memo_of_other_json_values_is_kept_as_their_text(
         opened = unseal(created, load_keyring())
         want = {"n": "1", "s": "memo-secret-7Q", "l": '[1, {"a": null}]', "b": "true"}
         assert opened.data["memo"] == want
+
+        async def kept() -> dict[str, Any] | None:  # and `ak session get|records` show it
+            try:
+                return await bus.store_call(nc, "session.get", {"session": child})  # type: ignore[no-any-return]
+            except NotFound:
+                return None
+
+        assert (await eventually(kept, timeout=20))["memo"] == want
+        records = await bus.store_call(nc, "session.records", {"session": child})
+        assert records["records"][0]["data"]["memo"] == want
         with pytest.raises(SyscallError, match="start memo must be a dict, not list"):
             await calls.call("start", {**args, "memo": ["a"]}, b"", 2)
         await nc.close()
