@@ -40,6 +40,7 @@ from .sandbox import (
     UserIds,
     as_user,
     chown_tree,
+    kill_session,
     kill_user,
     open_way_to,
     read_small,
@@ -325,10 +326,10 @@ async def _watch_memory(build: Build, pid: int, uid: int, over: list[int]) -> No
             used = await asyncio.to_thread(resident_of_session, pid)
         if used > limit:
             over.append(used)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            if uid >= 0:  # (what left the tool's session)
+            if uid >= 0:  # whatever group or session they moved to
                 await asyncio.to_thread(kill_user, uid)
+            else:  # whatever group they moved to (this is how they were counted)
+                await asyncio.to_thread(kill_session, pid)
             return
 
 

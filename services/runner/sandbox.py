@@ -19,6 +19,7 @@ setting. The project's variables come in its start frame.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import functools
@@ -517,11 +518,9 @@ def resident_by_user(uids: Collection[int]) -> dict[int, int]:
     return used
 
 
-def resident_of_session(sid: int) -> int:
-    """The memory (bytes) the processes of session ``sid`` use together (as
-    ``resident_by_user`` counts a process): what a tool started in a session of its own
-    runs, when it has no user of its own to be counted by."""
-    used = 0
+def session_pids(sid: int) -> list[int]:
+    """The processes of session ``sid``."""
+    found = []
     for pid in _pids():
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -529,8 +528,27 @@ def resident_of_session(sid: int) -> int:
         except (OSError, IndexError):
             continue
         if len(fields) > 3 and fields[3] == str(sid).encode():  # (state, ppid, pgrp, sid)
-            used += _memory_of(pid)
-    return used
+            found.append(pid)
+    return found
+
+
+def resident_of_session(sid: int) -> int:
+    """The memory (bytes) the processes of session ``sid`` use together (as
+    ``resident_by_user`` counts a process): what a tool started in a session of its own
+    runs, when it has no user of its own to be counted by."""
+    return sum(_memory_of(pid) for pid in session_pids(sid))
+
+
+def kill_session(sid: int) -> None:
+    """Kills every process of session ``sid``, whatever process group it is in (a round
+    more for what they forked meanwhile)."""
+    for _ in range(3):
+        pids = session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _memory_of(pid: int) -> int:

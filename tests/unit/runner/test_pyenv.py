@@ -160,6 +160,37 @@ def test_an_install_over_its_memory_limit_is_stopped_and_says_so(as_user: bool) 
     ), e.value.message
 
 
+def test_a_build_process_in_a_group_of_its_own_is_killed_with_the_rest() -> None:
+    """Without the sandbox the build's processes are counted by their session: one that
+    moved to a process group of its own is killed with them too (it held its memory after
+    `ak deploy` said the build was stopped)."""
+    build = pyenv.Build(typing.cast(pyenv.Spec, None), 60, memory_mb=100)
+    greedy = (
+        "import subprocess, sys\n"
+        "child = ('import os, time; os.setpgid(0, 0); print(os.getpid(), flush=True); '\n"
+        "         'b = bytearray(400 * 1024 * 1024); time.sleep(60)')\n"
+        "subprocess.Popen([sys.executable, '-c', child])\n"
+        "import time; time.sleep(60)\n"
+    )
+    with pytest.raises(pyenv.EnvError, match="used \\d+ MiB, more than the 100 MiB"):
+        asyncio.run(pyenv._run(build, "pip install", sys.executable, "-c", greedy))
+    (pid,) = (int(line) for line in build.lines if line.isdigit())
+    for _ in range(100):  # (reaped by init once killed)
+        if not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"process {pid} lives on")
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def test_an_installers_output_is_kept_within_bounds() -> None:
     """A chatty build script cannot fill the runner's memory with its output: the first
     lines are kept for `ak deploy`, long lines cut, and an error shows the last ones."""
