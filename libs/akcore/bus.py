@@ -358,11 +358,24 @@ def may_pass(e: BaseException) -> bool:
     """Whether a failure may pass by itself: NATS (the connection, a timeout, no responder,
     JetStream busy, electing a leader or full: its 5xx), or the store away. A JetStream
     4xx (a request it refuses) or any other error would only repeat."""
-    if isinstance(e, APIError):
-        return (e.code or 0) >= 500
+    if isinstance(e, APIError):  # (a message of the same id in flight: answered on a retry)
+        return (e.code or 0) >= 500 or e.err_code == ERR_DUPLICATE_IN_PROCESS
     if isinstance(e, MaxPayloadError):  # a message over the limit is so every time
         return False
     return isinstance(e, (NatsError, Unavailable, asyncio.TimeoutError, ConnectionError))
+
+
+# JetStream refusing a write whose expected last (subject) sequence is not the stream's:
+# 10071 from a single server, 10164 (no number in it) from a clustered stream's leader.
+ERR_WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+# A clustered stream refusing a message whose id (Nats-Msg-Id) is on its way in already:
+# a retry is answered as a duplicate, or stored if that one was not.
+ERR_DUPLICATE_IN_PROCESS = 10158
+
+
+def is_wrong_last(e: BaseException) -> bool:
+    """A write refused as out of turn (``Nats-Expected-Last-Subject-Sequence``)."""
+    return isinstance(e, APIError) and e.err_code in ERR_WRONG_LAST_SEQUENCE
 
 
 def is_full(e: BaseException) -> bool:

@@ -20,15 +20,13 @@ from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from . import bus, chunks, journal, subjects, timefmt, wire
 from .bus import may_pass
 from .datakey import Keyring
 
 log = logging.getLogger(__name__)
-
-ERR_WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject's last message is not the expected
 
 
 class Fenced(Exception):
@@ -329,7 +327,7 @@ class JournalWriter:
                     f"a {rec.kind} record of {len(data)} bytes is over the NATS message limit"
                 ) from None
             except Exception as e:
-                if isinstance(e, APIError) and e.err_code == ERR_WRONG_LAST_SEQUENCE:
+                if bus.is_wrong_last(e):
                     return await self._settle(rec, data, "another attempt wrote the journal")
                 if not may_pass(e):  # (the stream full, or without a leader, may pass)
                     raise

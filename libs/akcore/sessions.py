@@ -11,7 +11,6 @@ from nats.js.errors import APIError
 
 from . import bus, eventdata, journal, subjects, timefmt, tracing, wire
 from .datakey import Keyring, SealError
-from .journalio import ERR_WRONG_LAST_SEQUENCE
 
 
 def created_record(job: wire.Job, traceparent: str | None = None) -> wire.JournalRecord:
@@ -109,11 +108,18 @@ async def _first(pub: bus.Publisher, subject: str, data: bytes, headers: dict[st
     """Publishes a session's first message on ``subject``, unless the subject already holds
     one (a duplicate within the window is answered as JetStream always does)."""
     headers = {**headers, subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: "0"}
-    try:
-        await pub.publish(subject, data, headers=headers)
-    except APIError as e:
-        if e.err_code != ERR_WRONG_LAST_SEQUENCE:
-            raise
+    for pause in (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 0.0):
+        try:
+            await pub.publish(subject, data, headers=headers)
+            return
+        except APIError as e:
+            if bus.is_wrong_last(e):
+                return
+            # Another try of the same session's message still on its way in (a clustered
+            # stream): asked again, it is answered as a duplicate.
+            if e.err_code != bus.ERR_DUPLICATE_IN_PROCESS or not pause:
+                raise
+        await asyncio.sleep(pause)
 
 
 async def not_started(nc: Client, jobs: list[wire.Job]) -> list[wire.Job]:

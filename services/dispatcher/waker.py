@@ -29,7 +29,6 @@ from nats.js.errors import APIError, NotFoundError
 
 log = logging.getLogger(__name__)
 
-ERR_WRONG_LAST_SEQUENCE = 10071
 KV_GONE = ("DEL", "PURGE")
 
 
@@ -298,7 +297,7 @@ class Waker:
             try:
                 await self._kv.delete(session_id, last=revision)
             except APIError as e:
-                if e.err_code != ERR_WRONG_LAST_SEQUENCE:
+                if not bus.is_wrong_last(e):
                     raise
                 # another waker woke it first (or the session parked again meanwhile)
             self.parked.forget(session_id, revision)

@@ -3,6 +3,8 @@ cluster (R3 streams) losing a node under load. No acknowledged webhook may be lo
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -191,3 +193,70 @@ def test_r3_cluster_loses_a_node_under_load(
         _wait_completed(stack, set(acked), timeout=120)
     finally:
         stack.stop()
+
+
+@pytest.mark.timeout(120)
+def test_writes_out_of_turn_on_a_clustered_stream_are_told_apart(
+    cluster: list[tuple[subprocess.Popen[bytes], str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replicated stream's leader refuses a write out of turn with another error code
+    (10164, no number in it) than one server does (10071): a second attempt's journal
+    write is fenced, a session created again is a no-op, as on one server (in a compose
+    run a runner took it for a failure and ended a session in ERROR)."""
+    monkeypatch.setenv("AK_NATS__REPLICAS", "3")
+    asyncio.run(_out_of_turn(",".join(url for _, url in cluster)))
+
+
+async def _out_of_turn(urls: str) -> None:
+    from akcore import bus, ids, journal, subjects, wire
+    from akcore.datakey import Keyring
+    from akcore.journalio import Fenced, JournalWriter
+    from akcore.sessions import publish_session
+    from cryptography.fernet import Fernet
+
+    nc = await bus.connect(urls, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        keys, pub = Keyring([Fernet.generate_key()]), bus.publisher(nc)
+        # Writes to one subject in flight together: the leader refuses all but the first,
+        # with 10164 while the first is not applied yet, 10071 after.
+        codes = set()
+        for _ in range(5):
+            subject = subjects.journal_subject(ids.new_id("ses"))
+            headers = {subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: "0"}
+            sent = [nc.request(subject, b"x", headers=headers, timeout=10) for _ in range(3)]
+            answers = [json.loads(m.data) for m in await asyncio.gather(*sent)]
+            codes |= {a["error"]["err_code"] for a in answers if "error" in a}
+            assert sum("error" not in a for a in answers) == 1
+        assert codes and codes <= bus.ERR_WRONG_LAST_SEQUENCE, codes
+        # Two attempts of a session writing at once: one is stored, the other fenced.
+        for _ in range(5):
+            sid = ids.new_id("ses")
+            created = journal.record(sid, 0, journal.Created("p", "d", "b", "a.py:f"), 1)
+            first = await pub.publish(
+                subjects.journal_subject(sid), wire.encode(journal.seal(created, keys))
+            )
+            writers = [
+                JournalWriter(js, pub, keys, sid, int(first["seq"]), 1, lambda: True)
+                for _ in range(2)
+            ]
+            outcomes = await asyncio.gather(
+                *(
+                    w.append(journal.Started(runner=f"r{i}", attempt=1))
+                    for i, w in enumerate(writers)
+                ),
+                return_exceptions=True,
+            )
+            assert sorted(type(o).__name__ for o in outcomes) == ["Fenced", "int"], [
+                (o, getattr(o, "err_code", None), getattr(o, "description", None)) for o in outcomes
+            ]
+            assert all(isinstance(o, (int, Fenced)) for o in outcomes)
+        # A session's first messages published again at once add nothing and fail nothing.
+        job = wire.Job(ids.new_id("ses"), "p", "d", "b", "a.py:f", True, None, None, {})
+        tries = [dataclasses.replace(job, entrypoint=f"a.py:f{i}") for i in range(3)]
+        await asyncio.gather(*(publish_session(pub, j, keys) for j in tries))
+        info = await js.stream_info(subjects.STREAM_JOURNAL, subjects_filter=">")
+        assert (info.state.subjects or {}).get(subjects.journal_subject(job.session_id)) == 1
+    finally:
+        await nc.close()

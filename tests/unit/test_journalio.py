@@ -7,7 +7,7 @@ from akcore.bus import may_pass
 from akcore.errors import InvalidArgument, Unavailable
 from nats.errors import ConnectionClosedError, MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
 
 @pytest.mark.parametrize(
@@ -17,6 +17,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableErr
         NoRespondersError(),
         ConnectionClosedError(),
         ServiceUnavailableError(code=503, err_code=10008),  # JetStream busy or electing
+        APIError(code=409, err_code=10158),  # a clustered stream: the same id on its way in
         Unavailable("the store did not answer"),
         TimeoutError(),
         ConnectionResetError(),
