@@ -366,8 +366,10 @@ def may_pass(e: BaseException) -> bool:
 
 
 # JetStream refusing a write whose expected last (subject) sequence is not the stream's:
-# 10071 from a single server, 10164 (no number in it) from a clustered stream's leader.
-ERR_WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+# 10071; a clustered stream's leader says 10164 (no number in it) while another message of
+# the subject is on its way in (it may be this writer's own earlier try: ask again).
+ERR_WRONG_LAST_IN_FLIGHT = 10164
+ERR_WRONG_LAST_SEQUENCE = frozenset({10071, ERR_WRONG_LAST_IN_FLIGHT})
 # A clustered stream refusing a message whose id (Nats-Msg-Id) is on its way in already:
 # a retry is answered as a duplicate, or stored if that one was not.
 ERR_DUPLICATE_IN_PROCESS = 10158

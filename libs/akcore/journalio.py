@@ -327,9 +327,11 @@ class JournalWriter:
                     f"a {rec.kind} record of {len(data)} bytes is over the NATS message limit"
                 ) from None
             except Exception as e:
-                if bus.is_wrong_last(e):
+                in_flight = getattr(e, "err_code", None) == bus.ERR_WRONG_LAST_IN_FLIGHT
+                if bus.is_wrong_last(e) and not in_flight:
                     return await self._settle(rec, data, "another attempt wrote the journal")
-                if not may_pass(e):  # (the stream full, or without a leader, may pass)
+                # (the stream full, or without a leader, may pass; a message in flight lands)
+                if not (may_pass(e) or in_flight):
                     raise
                 error = e
             else:
