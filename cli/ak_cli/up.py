@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -77,11 +78,59 @@ class Child:
         self.restart_at = now + delay
 
 
-def _service(service: str, env: dict[str, str]) -> Callable[[], subprocess.Popen[bytes]]:
+def _service(service: str, env: dict[str, str], lock: int) -> Callable[[], subprocess.Popen[bytes]]:
     # The store's files (the SQLite database and its journal) are for its user alone.
     umask = 0o077 if service == "store" else -1
     argv = [sys.executable, "-m", f"ak_{service}"]
-    return lambda: subprocess.Popen(argv, env=env, umask=umask)
+    return lambda: subprocess.Popen(
+        argv,
+        env=env,
+        umask=umask,
+        pass_fds=(lock,),
+        preexec_fn=natsserver.ends_with_parent(),
+    )
+
+
+LOCK_FILE = "ak-up.lock"
+
+
+def _lock_data_home(data: Path) -> int:
+    """Holds the data home for this ``ak up`` and every process it starts (they inherit
+    the lock): a second one on the same data home would run a second nats-server on the
+    same JetStream files and a second store on the same database, and accepted events
+    would be lost. Raises AKError naming who holds it."""
+    path = data / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        holders = _holders(path)
+        raise AKError(
+            f"another `ak up` is using the data home {data}"
+            + (f" (processes {', '.join(map(str, holders))})" if holders else "")
+            + ", or the processes it started are still running after it was killed: stop "
+            "them first (two on one data home lose events), or give this one a data home of "
+            "its own (XDG_DATA_HOME)"
+        ) from None
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def _holders(path: Path) -> list[int]:
+    """The processes that have ``path`` open (those this user may look at)."""
+    found = []
+    for pid in (
+        (int(p) for p in os.listdir("/proc") if p.isdigit()) if Path("/proc").is_dir() else ()
+    ):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    found.append(pid)
+                    break
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def _wait_ready(url: str, children: list[Child], stopping: list[bool]) -> bool:
@@ -130,11 +179,12 @@ def up(
             f"--mode default needs {config.ENV_NATS_URL} and {config.ENV_DB_DSN}; "
             "use --mode dev for an embedded NATS and SQLite"
         )
+    data = config.data_home()
+    data.mkdir(parents=True, exist_ok=True)
+    lock = _lock_data_home(data)
     _check_free(addr)
     sandbox_note = _sandbox_note(addr)
     require_tokens = access.tokens_on(mode, config.split_addr(addr)[0], env)
-    data = config.data_home()
-    data.mkdir(parents=True, exist_ok=True)
     from akcore import secrets  # (cryptography: only for `ak up`)
 
     secrets.ensure_key_file(announce=mode != "dev")  # before the services that share it
@@ -156,6 +206,8 @@ def up(
                 sync=sync,
                 auth=auth,
                 cancelled=lambda: bool(stopping),
+                keep_fds=(lock,),
+                with_parent=True,
             )
 
         nats_proc, nats_url = start_nats(int(env.get(config.ENV_NATS_PORT, "0")))
@@ -198,7 +250,7 @@ def up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     envs = {s: env if users is None else _service_env(env, s, users[s]) for s in SERVICES}
-    children = [Child(s, _service(s, envs[s])) for s in SERVICES for _ in range(counts[s])]
+    children = [Child(s, _service(s, envs[s], lock)) for s in SERVICES for _ in range(counts[s])]
     for c in children:
         c.start()
     supervised = ([nats_child] if nats_child else []) + children
@@ -333,8 +385,9 @@ def _check_free(addr: str) -> None:
             s.bind((host, port))
         except OSError as e:
             raise AKError(
-                f"cannot listen on {addr}: {e.strerror}. Is another `ak up` running? "
-                f"Pick another address with --http-addr or {config.ENV_HTTP_ADDR}"
+                f"cannot listen on {addr}: {e.strerror}. Is another program (or an `ak up` "
+                f"of another data home) listening there? Pick another address with "
+                f"--http-addr or {config.ENV_HTTP_ADDR}"
             ) from None
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def binary() -> str:
@@ -68,6 +71,8 @@ def start(
     auth: str = "",
     max_file_store: str = "",
     cancelled: Callable[[], bool] = lambda: False,
+    keep_fds: tuple[int, ...] = (),
+    with_parent: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Starts nats-server with JetStream; returns the process and its URL once it accepts.
 
@@ -76,7 +81,9 @@ def start(
     an ``authorization`` block (``natsauth.authorization_block``); none lets anyone in.
     ``max_file_store``: the most JetStream may keep on disk (``200MiB``; by default what
     the disk has). ``cancelled``: asked while it waits for the server to listen; true, the
-    server is stopped and RuntimeError raised.
+    server is stopped and RuntimeError raised. ``keep_fds``: descriptors the server
+    inherits (``ak up``'s lock on its data home); ``with_parent``: it ends when the process
+    that started it dies (``ends_with_parent``).
     """
     if sync not in SYNC_CHOICES:
         raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)} (got {sync!r})")
@@ -111,13 +118,14 @@ def start(
     args = [binary(), "-c", str(conf)]
     # Its own session: Ctrl-C in a terminal reaches the whole process group, and the server
     # must outlive the services while they stop (its owner stops it last).
+    extra: dict[str, Any] = {"start_new_session": True, "pass_fds": keep_fds}
+    if with_parent:
+        extra["preexec_fn"] = ends_with_parent()
     if log_file:
         with open(log_file, "ab") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
+            proc = subprocess.Popen(args, stdout=out, stderr=out, **extra)
     else:
-        proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **extra)
     url = f"nats://{host}:{port}"
     # It listens once JetStream has read its store back: after a crash, a large store may
     # take a while. A server that fails exits (checked below), so this is only a backstop.
@@ -144,3 +152,20 @@ def start(
     raise RuntimeError(
         f"nats-server did not start listening on {host}:{port} within {LISTEN_WITHIN:g}s"
     )
+
+
+def ends_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` by which the child gets SIGTERM when its parent dies (Linux: the
+    parent death signal; elsewhere nothing), even of SIGKILL: ``ak up``'s processes do not
+    run on unsupervised after it, on a data home the next ``ak up`` would share."""
+    parent = os.getpid()
+
+    def arm() -> None:
+        if sys.platform != "linux":
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # (it died before that)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ak_cli.restarts import CRASH_LOOP, QUICK
 
-from tests.helpers import Stack, start_stack
+from tests.helpers import AK, Stack, free_port, start_stack
 
 
 def _children(pid: int) -> list[int]:
@@ -118,3 +118,38 @@ def test_killed_runner_is_restarted_and_ctrl_c_stops_all(tmp_path: Path) -> None
     assert "[ak] stopped" in stack.output()
     for p in kids:
         assert not Path(f"/proc/{p}").exists() or "zombie" in Path(f"/proc/{p}/status").read_text()
+
+
+def test_one_ak_up_per_data_home_and_none_of_its_processes_outlive_it(tmp_path: Path) -> None:
+    """A second `ak up` on the same data home is refused (two nats-servers on one
+    JetStream directory and two stores on one database lost accepted events); and `ak up`
+    killed outright takes its services and nats-server with it, so that the next one may
+    start (they ran on unsupervised, and held the data home)."""
+    from ak_cli.up import LOCK_FILE, _holders
+
+    stack = start_stack(tmp_path)
+    lock = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / LOCK_FILE
+    try:
+        ours = _holders(lock)
+        assert stack.proc.pid in ours and len(ours) >= 5, ours  # ak up, nats-server, services
+        second = subprocess.run(
+            [AK, "up", "--mode", "dev"],
+            env={**stack.env, "AK_HTTP__ADDR": f"127.0.0.1:{free_port()}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0
+        assert f"another `ak up` is using the data home {lock.parent}" in second.stderr
+        assert str(stack.proc.pid) in second.stderr
+        stack.proc.send_signal(signal.SIGKILL)
+        stack.proc.wait()
+        deadline = time.monotonic() + 30
+        while _holders(lock) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _holders(lock), [_cmdline(p) for p in _holders(lock)]
+    finally:
+        for pid in _holders(lock):
+            os.kill(pid, signal.SIGKILL)
+    again = start_stack(tmp_path)  # the same data home
+    assert again.stop() == 0
