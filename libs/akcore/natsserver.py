@@ -159,12 +159,12 @@ def ends_with_parent() -> Callable[[], None]:
     parent death signal; elsewhere nothing), even of SIGKILL: ``ak up``'s processes do not
     run on unsupervised after it, on a data home the next ``ak up`` would share."""
     parent = os.getpid()
+    if sys.platform != "linux":
+        return lambda: None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # (looked up here: the child only calls)
 
     def arm() -> None:
-        if sys.platform != "linux":
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # (it died before that)
             os.kill(os.getpid(), signal.SIGTERM)
 
