@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from typing import Any
 from akcore import credheaders, eventdata, github, ids, keycheck, slack, timefmt, wire
 from akcore import requests as rq
 from akcore.buildfiles import check_build
-from akcore.datakey import Keyring, is_sealed
+from akcore.datakey import Keyring, SealError, is_sealed
 from akcore.errors import Conflict, InvalidArgument, NotFound, shown
 from akcore.integrations import connection_env
 from akcore.manifest import parse_manifest
@@ -1062,7 +1063,8 @@ class StoreApi:
                 break
             data = open_record(sid, r.seq, r.data, self.keys)
             if r.kind == wire.CREATED and "memo" not in data:  # (sealed with the inputs)
-                data["memo"] = self._session_view(session, {})["memo"]
+                with contextlib.suppress(SealError):  # (an error that does not open: none)
+                    data["memo"] = self._session_view(session, {})["memo"]
             records.append({"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": data})
             size += len(repr(data))
         return {"session_id": sid, "records": records, "more": len(rows) > len(records)}
