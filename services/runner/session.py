@@ -599,6 +599,13 @@ class SessionRun:
                         await self._park_now(worker, wait, seen)
                         return
                     break  # a stop read meanwhile (or the job lost): not parked
+        except BaseException:
+            # Cancelled (the runner stopping: its jobs go to another runner un-acked) or
+            # failed: the conversation ends here, before the worker is killed, or it would
+            # take the worker's death for the handler's and end the session in ERROR.
+            talk.cancel()
+            await asyncio.gather(talk, return_exceptions=True)
+            raise
         finally:
             self.host.memory.unwatch(worker.uid)
             self._disarm()

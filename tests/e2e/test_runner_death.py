@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import start_stack, write_project
 
@@ -81,5 +85,55 @@ def test_session_survives_runner_kill(tmp_path: Path) -> None:
         assert [e["name"] for e in replayed[0]["events"]] == ["replay"]
         assert len({s["trace_id"] for s in spans}) == 1
         assert any(s["name"] == "POST /webhooks/{slug}" for s in spans)
+    finally:
+        stack.stop()
+
+
+ACTIVITY = """\
+import os
+import time
+
+from autokitteh import activity
+
+
+@activity
+def work():
+    open(os.path.join(os.environ["MARKER_DIR"], "started"), "a").write("x")
+    time.sleep(4)
+    return 1
+
+
+def run(event):
+    work()
+    print("done")
+"""
+
+
+@pytest.mark.parametrize("how", ["runner SIGTERM", "ak up Ctrl-C", "ak up SIGKILL"])
+def test_a_stopped_runner_leaves_its_sessions_to_the_next(tmp_path: Path, how: str) -> None:
+    """A runner told to stop (a rolling restart; `ak up` stopped, or killed: its services
+    end with it) leaves the sessions it runs to the next runner, which resumes them by
+    replay. They ended in ERROR: the conversation with the worker outlived the cancelled
+    attempt and took the worker's death for the handler's."""
+    from ak_cli.up import LOCK_FILE, _holders
+
+    settings = {"MARKER_DIR": str(tmp_path), "AK_JOBS__ACK_WAIT": "3"}
+    stack = start_stack(tmp_path, settings)
+    try:
+        proj = write_project(tmp_path / "p", {"autokitteh.yaml": MANIFEST, "slow.py": ACTIVITY})
+        _, path = stack.deploy(proj)
+        assert stack.request("POST", path)[0] == 202
+        stack.wait_until(lambda: (tmp_path / "started").exists(), "the activity to start")
+        if how == "runner SIGTERM":  # `ak up` starts another
+            os.kill(stack.pids("runner")[0], signal.SIGTERM)
+        else:
+            os.kill(stack.proc.pid, signal.SIGINT if how == "ak up Ctrl-C" else signal.SIGKILL)
+            stack.proc.wait()
+            lock = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / LOCK_FILE
+            stack.wait_until(lambda: not _holders(lock), "the services to end")
+            stack = start_stack(tmp_path, settings)  # the same data home
+        session = stack.wait_session("slow", timeout=90)
+        assert session["state"] == "COMPLETED", session.get("error")
+        assert stack.ak("session", "prints", "slow", "-n", check=True).stdout == "done\n"
     finally:
         stack.stop()
