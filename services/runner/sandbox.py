@@ -233,6 +233,28 @@ class UserIds:
             f"{self.first}-{self.last}): give the runners a larger range"
         )
 
+    def sweep(self) -> list[int]:
+        """Clears the ids of the range that run processes while no runner holds them: what
+        the handlers of a runner that died left running (a process of theirs would run on
+        beside the replay of its session); returns those ids. Once, as a runner starts."""
+        found = sorted(
+            {uid for pid in _pids() if self.first <= (uid := _real_uid(pid)) <= self.last}
+        )
+        cleared = []
+        for uid in found:
+            fd = os.open(self._locks / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live runner's worker
+                os.close(fd)
+                continue
+            try:
+                _clear(uid)
+                cleared.append(uid)
+            finally:
+                os.close(fd)
+        return cleared
+
     async def give_back(self, uid: int) -> None:
         """Kills whatever still runs as ``uid`` (what a handler left behind), removes its
         files from the directories every user may write to (``SHARED_TEMP``, the POSIX

@@ -428,6 +428,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         settings.build_cache_idle,
     )
     users = _sandbox(settings)
+    if users is not None and (left := await asyncio.to_thread(users.sweep)):
+        log.warning(
+            "killed what %d worker user id(s) left running with no runner holding them (a "
+            "runner that died): %s",
+            len(left),
+            ", ".join(map(str, left[:10])) + (" ..." if len(left) > 10 else ""),
+        )
     sdk_copies = config.data_home() / "runner" / "sdk"
     envs = PythonEnvs(
         settings.worker_python,

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -819,3 +820,36 @@ async def test_an_id_whose_segment_another_user_holds_is_not_handed_out(
     assert _ipc_of(maker) == []  # detached: gone
     assert await ids.take() == maker
     await ids.give_back(maker)
+
+
+@root_only
+async def test_a_starting_runner_kills_what_ids_no_runner_holds_left_running(
+    tmp_path: Path,
+) -> None:
+    """A runner that died left its handlers' processes running (a runner SIGKILLed, or
+    with `ak up`): the next one kills them as it starts, before a replay of their session
+    runs the same work beside them; a live runner's workers (their id's lock held) stay."""
+    from ak_runner.sandbox import _real_uid
+
+    orphan, held = 779983, 779982  # outside the workers' range
+    live = UserIds(held, held, tmp_path)
+    assert await live.take() == held  # a live runner's worker holds it
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    procs = [
+        subprocess.Popen(as_user(uid, sleeper), start_new_session=True) for uid in (orphan, held)
+    ]
+    try:
+        for p, uid in zip(procs, (orphan, held), strict=True):  # (each has become its user)
+            for _ in range(200):
+                if _real_uid(p.pid) == uid:
+                    break
+                await asyncio.sleep(0.02)
+        mine = UserIds(held, orphan, tmp_path)
+        assert await asyncio.to_thread(mine.sweep) == [orphan]
+        assert procs[0].wait(timeout=10) == -signal.SIGKILL
+        assert procs[1].poll() is None
+    finally:
+        for uid in (orphan, held):
+            kill_user(uid)
+        for p in procs:
+            p.wait(timeout=10)
