@@ -103,7 +103,7 @@ def _lock_data_home(data: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         holders = _holders(path)
         raise AKError(
@@ -112,6 +112,12 @@ def _lock_data_home(data: Path) -> int:
             + ", or the processes it started are still running after it was killed: stop "
             "them first (two on one data home lose events), or give this one a data home of "
             "its own (XDG_DATA_HOME)"
+        ) from None
+    except OSError as e:  # (a file system without locks: NFS mounted nolock, some FUSE)
+        os.close(fd)
+        raise AKError(
+            f"cannot lock {path}: {e.strerror}: `ak up` needs a data home on a file system "
+            "with file locks, to keep a second one off it (XDG_DATA_HOME)"
         ) from None
     os.set_inheritable(fd, True)
     return fd
