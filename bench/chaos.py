@@ -9,6 +9,7 @@ SIGCONT); then it counts lost, duplicated and stuck sessions and activities run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -313,6 +314,11 @@ def main(argv: list[str]) -> Tally:
         help="an environment variable for `ak up` (e.g. AK_JOBS__ACK_WAIT=5)",
     )
     a = ap.parse_args(argv)
+    # A session of its own, where it can: started from a shell that exits (nohup, a
+    # script), the stack's process group would be orphaned, and the kernel turns a frozen
+    # service's SIGSTOP into SIGHUP, a kill the fault plan did not make.
+    with contextlib.suppress(PermissionError):  # (already a group leader: a shell's job)
+        os.setsid()
     targets = tuple(x for x in a.targets.split(",") if x)
     bad = set(targets) - {*SERVICES, NATS}
     if bad:
