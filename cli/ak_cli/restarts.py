@@ -23,6 +23,7 @@ HEALTHY_AFTER = 30.0
 # Signals someone sends to stop or kill a process (an operator, the OOM killer, a chaos
 # test); any other signal is the process's own crash (SIGSEGV, SIGABRT, ...).
 KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+SETTING_ERROR = 2  # a service's exit code for what the operator must fix (akcore.service)
 
 
 def describe(code: int, ran: float) -> str:
@@ -36,6 +37,8 @@ def describe(code: int, ran: float) -> str:
         how = f"killed by {name}" if -code in KILLS else f"died of {name}"
     else:
         how = f"exited with code {code}"
+    if code == SETTING_ERROR:
+        how += " (a setting to fix: its message is above)"
     return f"{how} after {ran:.1f}s"
 
 

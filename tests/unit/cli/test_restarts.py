@@ -43,6 +43,9 @@ def test_what_counts_as_a_failed_start() -> None:
 
 def test_descriptions() -> None:
     assert describe(1, 0.84) == "exited with code 1 after 0.8s"
+    assert describe(2, 0.5) == (
+        "exited with code 2 (a setting to fix: its message is above) after 0.5s"
+    )
     assert describe(-signal.SIGSEGV, 2.0) == "died of SIGSEGV after 2.0s"
     assert describe(-200, 2.0) == "died of signal 200 after 2.0s"
 
