@@ -188,7 +188,7 @@ class Values:
 
 
 async def _back_off(attempt: int, deadline: float) -> None:
-    pause = random.uniform(0, min(_MAX_PAUSE, 0.0005 * 2**attempt))
+    pause = random.uniform(0, min(_MAX_PAUSE, 0.0005 * 2 ** min(attempt, 16)))
     await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 
