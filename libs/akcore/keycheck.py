@@ -89,10 +89,11 @@ def sealed(keys: Keyring) -> bytes:
     return keys.seal(_CANARY, _AAD)
 
 
-def opens(keys: Keyring, blob: object) -> bool:
-    """Whether ``blob`` is the check's value sealed with a key of ``keys``."""
+def opens(keys: Keyring, blob: object, aad: bytes = _AAD) -> bool:
+    """Whether ``blob`` is the check's value (or with ``_CANARY_AAD``, the canary) sealed
+    with a key of ``keys``."""
     try:
-        return isinstance(blob, bytes) and keys.open(blob, _AAD) == _CANARY
+        return isinstance(blob, bytes) and keys.open(blob, aad) == _CANARY
     except SealError:
         return False
 
@@ -116,13 +117,6 @@ async def _canary(js: JetStreamContext) -> tuple[bytes | None, int]:
     return entry.value or b"", entry.revision or 0
 
 
-def _opens_canary(keys: Keyring, blob: bytes) -> bool:
-    try:
-        return keys.open(blob, _CANARY_AAD) == _CANARY
-    except SealError:
-        return False
-
-
 async def settle(nc: Client, keys: Keyring, lost: str | None) -> None:
     """The store's part, before it serves: seals the canary (first start), opens it, seals
     it again with the primary key when another of its keys sealed it, or with ``lost`` naming
@@ -134,7 +128,7 @@ async def settle(nc: Client, keys: Keyring, lost: str | None) -> None:
     for _ in range(100):  # (stores starting together: a few rounds at most)
         blob, revision = await _canary(js)
         if blob is not None:
-            if _opens_canary(keys, blob):
+            if opens(keys, blob, _CANARY_AAD):
                 if sealed_by(blob) == keys.primary_id:
                     return
             else:
@@ -168,7 +162,7 @@ async def canary(js: JetStreamContext, keys: Keyring) -> bool:
     blob, _ = await _canary(js)
     if blob is None:
         return False
-    if not _opens_canary(keys, blob):
+    if not opens(keys, blob, _CANARY_AAD):
         by = sealed_by(blob)
         raise KeyMismatch(CANT_OPEN_CANARY.format(by=by.hex() if by is not None else MALFORMED))
     return True
