@@ -99,12 +99,18 @@ def _all_str(d: dict[Any, Any]) -> bool:
     return all(type(k) is str and type(v) is str for k, v in d.items())
 
 
+def memo_text(memo: dict[str, Any]) -> dict[str, str]:
+    """A session's memo maps text to text: each value that is not text as its JSON text
+    (a handler's `start(memo=...)` may hold any JSON value)."""
+    return {k: v if type(v) is str else json.dumps(v, default=repr) for k, v in memo.items()}
+
+
 def _as_text(cls: type, name: str, d: dict[Any, Any]) -> dict[str, str]:
     """A memo whose values are not all text (earlier runners passed a child's JSON memo
-    on as it was): each other value as its JSON text. Keys must be text."""
+    on as it was), as ``memo_text`` makes it. Keys must be text."""
     if not all(type(k) is str for k in d):
         raise ValueError(f"{cls.__name__}.{name}: expected dict[str, str], got other keys")
-    return {k: v if type(v) is str else json.dumps(v, default=repr) for k, v in d.items()}
+    return memo_text(d)
 
 
 def decode(cls: type[T], data: bytes) -> T:

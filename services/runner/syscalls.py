@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -241,8 +240,7 @@ class Syscalls:
         memo = args.get("memo") or {}
         if not isinstance(memo, dict):
             raise SyscallError(f"start memo must be a dict, not {type(memo).__name__}")
-        # A session's memo maps strings to strings; other JSON values are kept as their text.
-        memo = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in memo.items()}
+        memo = wire.memo_text({str(k): v for k, v in memo.items()})
         deployment_id, build_id = job.deployment_id, job.build_id
         if args.get("project"):
             await self._own_project(str(args["project"]))
