@@ -220,11 +220,8 @@ class UserIds:
             uid = self.first + (start + i) % count
             if uid in self._held or uid in self._unclear:
                 continue
-            fd = os.open(self._locks / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            fd = self._try_lock(uid)
+            if fd is None:
                 continue
             self._held[uid] = fd
             return uid
@@ -232,6 +229,16 @@ class UserIds:
             f"all {count} worker user ids are in use (AK_RUNNER__WORKER_UIDS is "
             f"{self.first}-{self.last}): give the runners a larger range"
         )
+
+    def _try_lock(self, uid: int) -> int | None:
+        """The descriptor holding ``uid``'s lock; None when another runner holds it."""
+        fd = os.open(self._locks / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
     def sweep(self) -> list[int]:
         """Clears the ids of the range that run processes while no runner holds them: what
@@ -242,11 +249,8 @@ class UserIds:
         )
         cleared = []
         for uid in found:
-            fd = os.open(self._locks / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a live runner's worker
-                os.close(fd)
+            fd = self._try_lock(uid)
+            if fd is None:  # a live runner's worker
                 continue
             try:
                 _clear(uid)
