@@ -22,7 +22,7 @@ from opentelemetry.trace import Span, SpanKind
 from . import github, slack
 from .auth import Authenticator
 from .body import read_body
-from .commands import perform
+from .commands import EVENTS_FULL, perform
 from .lookups import WebhookLookups
 from .sync import SyncWaits
 from .throttle import FailedTries, Refusals
@@ -141,8 +141,7 @@ def create_app(
             if bus.is_full(e):
                 log.error("webhook %s: event not stored: AK_EVENTS is full (%s)", slug, e)
                 return Response(
-                    "Service Unavailable: the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES)"
-                    "; the event was not accepted, send it again later\n",
+                    f"Service Unavailable: {EVENTS_FULL}\n",
                     status_code=503,
                     headers={"Retry-After": "10"},
                 )

@@ -36,6 +36,13 @@ async def event_redispatch(
     return {"event_id": copy.event_id}
 
 
+# What a full AK_EVENTS means to whoever sent the event (a webhook's 503, `ak event dispatch`).
+EVENTS_FULL = (
+    "the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES); the event was not accepted, "
+    "send it again later"
+)
+
+
 async def _publish(nc: Client, event: wire.Event, keys: Keyring) -> None:
     try:
         await bus.publisher(nc).publish(
@@ -45,10 +52,7 @@ async def _publish(nc: Client, event: wire.Event, keys: Keyring) -> None:
         )
     except APIError as e:
         if bus.is_full(e):  # as a webhook's event is answered (ak_ingress.app)
-            raise Unavailable(
-                "the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES); the event was "
-                "not accepted, send it again later"
-            ) from None
+            raise Unavailable(EVENTS_FULL) from None
         raise
 
 
