@@ -98,8 +98,12 @@ from autokitteh import activity
 
 @activity
 def work():
-    open(os.path.join(os.environ["MARKER_DIR"], "started"), "a").write("x")
-    time.sleep(4)
+    folder = os.environ["MARKER_DIR"]
+    open(os.path.join(folder, "started"), "a").write("x")
+    # Runs until the test lets it end: its first attempt is always stopped mid-activity.
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.path.join(folder, "release")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return 1
 
 
@@ -125,15 +129,20 @@ def test_a_stopped_runner_leaves_its_sessions_to_the_next(tmp_path: Path, how: s
         assert stack.request("POST", path)[0] == 202
         stack.wait_until(lambda: (tmp_path / "started").exists(), "the activity to start")
         if how == "runner SIGTERM":  # `ak up` starts another
-            os.kill(stack.pids("runner")[0], signal.SIGTERM)
+            (old,) = stack.pids("runner")
+            os.kill(old, signal.SIGTERM)
+            stack.wait_until(lambda: stack.pids("runner") not in ([], [old]), "a new runner")
         else:
             os.kill(stack.proc.pid, signal.SIGINT if how == "ak up Ctrl-C" else signal.SIGKILL)
             stack.proc.wait()
             lock = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / LOCK_FILE
             stack.wait_until(lambda: not _holders(lock), "the services to end")
             stack = start_stack(tmp_path, settings)  # the same data home
+        (tmp_path / "release").touch()  # the first attempt is gone: the next one may end
         session = stack.wait_session("slow", timeout=90)
         assert session["state"] == "COMPLETED", session.get("error")
         assert stack.ak("session", "prints", "slow", "-n", check=True).stdout == "done\n"
+        # In flight when its attempt stopped, the activity ran again in the next, once.
+        assert (tmp_path / "started").read_text() == "xx"
     finally:
         stack.stop()

@@ -144,10 +144,7 @@ def test_one_ak_up_per_data_home_and_none_of_its_processes_outlive_it(tmp_path: 
         assert str(stack.proc.pid) in second.stderr
         stack.proc.send_signal(signal.SIGKILL)
         stack.proc.wait()
-        deadline = time.monotonic() + 30
-        while _holders(lock) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _holders(lock), [_cmdline(p) for p in _holders(lock)]
+        stack.wait_until(lambda: not _holders(lock), "ak up's processes to end with it")
     finally:
         for pid in _holders(lock):
             os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,8 @@ from ak_runner import pyenv
 from ak_runner.sandbox import kill_user
 from akcore import config, sdkdist
 
+from tests.helpers import wait_until
+
 
 @pytest.fixture(autouse=True)
 def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,12 +177,8 @@ def test_a_build_process_in_a_group_of_its_own_is_killed_with_the_rest() -> None
     with pytest.raises(pyenv.EnvError, match="used \\d+ MiB, more than the 100 MiB"):
         asyncio.run(pyenv._run(build, "pip install", sys.executable, "-c", greedy))
     (pid,) = (int(line) for line in build.lines if line.isdigit())
-    for _ in range(100):  # (reaped by init once killed)
-        if not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z":
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError(f"process {pid} lives on")
+    # (a zombie until init reaps it)
+    wait_until(lambda: _state(pid) in ("Z", "gone"), f"process {pid} to be killed", 5)
 
 
 def _state(pid: int) -> str:
