@@ -498,22 +498,6 @@ def test_init_of_an_app_on_a_terminal_asks_and_routes_the_installation(stack: St
     )
 
 
-def test_a_sender_of_forged_deliveries_is_slowed_down(
-    stack: Stack, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """Each refused delivery costs the store a lookup and a signature check: an address
-    that keeps sending them to one connection gets 429 for that connection before its
-    request is looked at. Another connection's deliveries from the same address (GitHub
-    sends everyone's from a few) are not slowed down (runs last: it spends this module's
-    budget)."""
-    _pat_project(stack, tmp_path_factory.mktemp("next"), "nextdoor", "nextdoorkey0123456789", "n")
-    statuses = [_deliver(stack, _comment(500), f"f-{i}", secret="guess")[0] for i in range(70)]
-    assert statuses[:40] == [400] * 40
-    assert 429 in statuses[50:]
-    body = json.dumps({"ref": "refs/heads/next"}).encode()
-    assert _deliver(stack, body, "nd-1", "n", "push", "nextdoorkey0123456789")[0] == 200
-
-
 def test_the_events_of_a_connection_trigger_are_those_its_connection_offered_it(
     stack: Stack,
 ) -> None:
@@ -531,3 +515,19 @@ def test_the_events_of_a_connection_trigger_are_those_its_connection_offered_it(
     waiter = next(t for t in stack.api("trigger.list", project="ghproj") if t["name"] == "waiter")
     hooked = stack.api("event.list", project="ghproj", trigger="waiter")  # its webhook's own
     assert {e["destination_id"] for e in hooked} <= {waiter["trigger_id"]}, hooked
+
+
+def test_a_sender_of_forged_deliveries_is_slowed_down(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each refused delivery costs the store a lookup and a signature check: an address
+    that keeps sending them to one connection gets 429 for that connection before its
+    request is looked at. Another connection's deliveries from the same address (GitHub
+    sends everyone's from a few) are not slowed down. Last in this file: it spends the
+    address's budget for the module's connection, and a delivery to it right after gets 429."""
+    _pat_project(stack, tmp_path_factory.mktemp("next"), "nextdoor", "nextdoorkey0123456789", "n")
+    statuses = [_deliver(stack, _comment(500), f"f-{i}", secret="guess")[0] for i in range(70)]
+    assert statuses[:40] == [400] * 40
+    assert 429 in statuses[50:]
+    body = json.dumps({"ref": "refs/heads/next"}).encode()
+    assert _deliver(stack, body, "nd-1", "n", "push", "nextdoorkey0123456789")[0] == 200
