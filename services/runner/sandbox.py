@@ -264,9 +264,11 @@ class UserIds:
         files from the directories every user may write to (``SHARED_TEMP``, the POSIX
         message queues) and its System V shared memory, semaphores and message queues, then
         frees it: the next worker given the id, maybe another project's, finds nothing of
-        this one."""
-        await asyncio.to_thread(_clear, uid)
-        self._release(uid)
+        this one. A caller cancelled meanwhile (its session stopped as its worker ended)
+        does not keep the id held: it is freed once cleared."""
+        clearing = asyncio.ensure_future(asyncio.to_thread(_clear, uid))
+        clearing.add_done_callback(functools.partial(self._release_cleared, uid))
+        await asyncio.shield(clearing)
 
 
 # The machine's directories every user may write to: the temporary ones, the lock directory

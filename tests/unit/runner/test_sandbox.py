@@ -135,6 +135,36 @@ async def test_an_id_is_not_handed_out_while_a_cancelled_take_still_clears_it(
     assert other._lock_one() == 5000
 
 
+async def test_a_giver_cancelled_while_an_id_is_cleared_leaves_none_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session stopped just as its worker ended (the memory watch and the worker's exit
+    at once) cancels the worker's close while its user id is cleared: the id is freed once
+    the clear is over, not held for the runner's life (with one id, no session could run)."""
+    ids = UserIds(5000, 5000, tmp_path)
+    uid = await ids.take()
+    clearing, finish = threading.Event(), threading.Event()
+
+    def held_up(uid: int) -> bool:
+        clearing.set()
+        finish.wait(10)
+        return True
+
+    monkeypatch.setattr(sandbox, "_clear", held_up)
+    giving = asyncio.create_task(ids.give_back(uid))
+    assert await asyncio.to_thread(clearing.wait, 10)
+    giving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await giving
+    assert ids._held  # still being cleared: not handed out meanwhile
+    finish.set()
+    deadline = time.monotonic() + 10
+    while ids._held:
+        assert time.monotonic() < deadline, "the cancelled give_back kept the id"
+        await asyncio.sleep(0.02)
+    assert UserIds(5000, 5000, tmp_path)._lock_one() == 5000  # another runner may have it
+
+
 @root_only
 @pytest.mark.usefixtures("python_for_all")
 def test_killing_a_user_kills_what_left_its_process_group_and_session() -> None:
