@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import typer
-from akcore import config, natsauth, natsserver, netfence
+from akcore import cgroups, config, natsauth, natsserver, netfence
 from akcore.errors import AKError
 from akcore.retention import Retention
 
@@ -324,6 +324,11 @@ def _sandbox_note(http_addr: str) -> str:
             "handlers run as this user: `ak up` is not root, so workers cannot get users "
             f"of their own{limits}"
         )
+    if settings.worker_memory_mb:
+        groups, no_groups = cgroups.WorkerGroups.find()
+        held = "held by the kernel" if groups else f"counted twice a second: {no_groups}"
+        parts[0] += f" ({held})"
+        limits = f"; limits: {', '.join(parts)}"
     first, last = settings.worker_uids
     env = config.worker_env(dict(os.environ), settings.worker_env)
     folder, why = netfence.hidden(settings.worker_python, env)

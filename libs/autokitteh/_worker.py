@@ -373,15 +373,34 @@ def reap_children() -> None:
             return
 
 
-def sandboxed(uid: int, venv: str, memory_mb: int, processes: int, hidden: str = "") -> None:
+def sandboxed(
+    uid: int, venv: str, memory_mb: int, processes: int, hidden: str = "", groups: str = ""
+) -> None:
     """What a worker started by a root runner does before anything of its environment
-    runs: it stops seeing ``hidden`` (see ``hide``), becomes its user, takes its limits,
-    then opens its packages."""
+    runs: it stops seeing ``hidden`` (see ``hide``), joins its user id's control groups
+    (``join_groups``), becomes its user, takes its limits, then opens its packages."""
     if hidden:  # (a fork server hid it once, for all its workers: it passes none)
         _hide.hide(hidden)
+    if groups:
+        join_groups(groups, uid)
     become_user(uid)
     confine({"memory_mb": memory_mb, "processes": processes})
     open_packages(venv)
+
+
+def join_groups(parents: str, uid: int) -> None:
+    """Moves this process into the control groups the runner made for user ``uid``
+    (``u<uid>`` under each of ``parents``, one per line), while it is still root: what it
+    runs and starts from then on is held there to the kernel's memory and process limits,
+    and cannot leave (the groups are root's). OSError when a group is missing: a worker
+    must not run outside the limits it was given."""
+    pid = str(os.getpid()).encode()
+    for parent in parents.splitlines():
+        fd = os.open(os.path.join(parent, f"u{uid}", "cgroup.procs"), os.O_WRONLY)
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)
 
 
 def open_packages(venv: str) -> None:
@@ -536,13 +555,14 @@ def _max_fd() -> int:
 
 
 def main(argv: list[str]) -> None:
-    """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES HIDDEN]``: with a user id, the process
-    (started as root, isolated) hides ``HIDDEN`` ("-": nothing), becomes that user, takes
-    its limits, then opens its environment's packages (``open_packages``)."""
+    """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES HIDDEN GROUPS]``: with a user id, the
+    process (started as root, isolated) hides ``HIDDEN`` ("-": nothing), joins its control
+    groups under ``GROUPS`` ("-": none; ``join_groups``), becomes that user, takes its
+    limits, then opens its environment's packages (``open_packages``)."""
     close_other_fds({int(argv[0]), int(argv[1])})
     if len(argv) > 5:
-        hidden = argv[6] if len(argv) > 6 and argv[6] != "-" else ""
-        sandboxed(int(argv[2]), argv[3], int(argv[4]), int(argv[5]), hidden)
+        hidden, groups = [a if a != "-" else "" for a in argv[6:8]] + [""] * (8 - len(argv))
+        sandboxed(int(argv[2]), argv[3], int(argv[4]), int(argv[5]), hidden, groups)
     os.dup2(2, 1)  # what a handler writes to stdout is not the runner's: see its stderr
     fin = os.fdopen(int(argv[0]), "rb", buffering=0)
     fout = os.fdopen(int(argv[1]), "wb", buffering=0)

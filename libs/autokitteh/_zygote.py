@@ -1,9 +1,9 @@
 """The fork server: starts worker processes by forking itself.
 
 Started by the runner as ``python -u -m autokitteh._zygote CTRL_FD [VENV MEMORY_MB
-PROCESSES]`` in a worker's environment; a root runner starts it isolated (``-I -S``, the SDK
-from its own root-owned copy) and names the environment whose packages a worker opens once
-it is its user, within its limits. It
+PROCESSES HIDDEN GROUPS]`` in a worker's environment; a root runner starts it isolated
+(``-I -S``, the SDK from its own root-owned copy) and names the environment whose packages a
+worker opens once it is its user, within its limits, and where its control groups are. It
 imports what a worker needs once, then forks a worker for each request on its control
 socket (a Unix ``SOCK_SEQPACKET`` socket): a worker starts in about a millisecond instead
 of a tenth of a second, and the pages of the interpreter and the SDK stay shared between
@@ -48,8 +48,9 @@ def _child(
         os.close(err)
         _worker.close_other_fds({fd_in, fd_out})
         if uid >= 0:
-            venv, memory_mb, processes, _ = box  # (hidden by the fork server)
-            _worker.sandboxed(uid, venv, int(memory_mb), int(processes))
+            venv, memory_mb, processes, _, groups = box  # (hidden by the fork server)
+            groups = groups if groups != "-" else ""
+            _worker.sandboxed(uid, venv, int(memory_mb), int(processes), groups=groups)
         os.chdir(cwd)
         _worker.main([str(fd_in), str(fd_out)])
     except BaseException as e:  # said on its stderr, which the runner keeps for the session
@@ -79,8 +80,8 @@ def _reap(ctrl: socket.socket) -> None:
 def main(argv: list[str]) -> None:
     _worker.close_other_fds({int(argv[0])})  # (its workers inherit what it holds)
     ctrl = socket.socket(fileno=int(argv[0]))
-    # venv, memory_mb, processes, hidden: for sandboxed workers
-    box = argv[1:5] if len(argv) > 4 else ["-", "0", "0", "-"]
+    # venv, memory_mb, processes, hidden, control groups: for sandboxed workers
+    box = (argv[1:6] + ["-"])[:5] if len(argv) > 4 else ["-", "0", "0", "-", "-"]
     if box[3] != "-":
         _hide.hide(box[3])  # once, for all its workers: they are forked in its namespace
     wake_r, wake_w = os.pipe()

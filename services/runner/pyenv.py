@@ -236,16 +236,20 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
-async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str = "") -> None:
-    """Runs a tool (as user ``uid`` when one is given, not seeing ``hidden``, with at most
-    ``BUILDER_PROCESSES`` processes), adding its output to the build's lines; raises
-    EnvError when it fails or is not done by the build's deadline (what the builder left
-    running is then killed by ``_build``)."""
+async def _run(
+    build: Build, what: str, *argv: str, uid: int = -1, users: UserIds | None = None
+) -> None:
+    """Runs a tool (as user ``uid`` when one is given, with at most ``BUILDER_PROCESSES``
+    processes; not seeing what ``users`` hide, in its control groups), adding its
+    output to the build's lines; raises EnvError when it fails or is not done by the
+    build's deadline (what the builder left running is then killed by ``_build``)."""
     env = _tool_env()
     if uid >= 0:
         env["PIP_NO_CACHE_DIR"] = "1"  # the builder cannot write to HOME
+        hidden, groups = (users.hidden, users.groups_arg) if users is not None else ("", "")
+        argv = tuple(as_user(uid, list(argv), hidden, BUILDER_PROCESSES, groups))
     proc = await asyncio.create_subprocess_exec(
-        *(as_user(uid, list(argv), hidden, BUILDER_PROCESSES) if uid >= 0 else argv),
+        *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -304,6 +308,12 @@ async def _run(build: Build, what: str, *argv: str, uid: int = -1, hidden: str =
             f"{what} was stopped: installing the packages used {over[0] // MIB} MiB, more "
             f"than the {build.memory_mb} MiB allowed ({ENV_PACKAGES_MEMORY_MB}); give more, "
             f"or fewer or prebuilt packages (wheels)\n{build.tail()}"
+        )
+    if uid >= 0 and users is not None and users.oom_kills(uid):
+        raise EnvError(
+            f"{what} was stopped: installing the packages went over the {build.memory_mb} "
+            f"MiB allowed ({ENV_PACKAGES_MEMORY_MB}), where the kernel stopped a process of "
+            f"it; give more, or fewer or prebuilt packages (wheels)\n{build.tail()}"
         )
     if code != 0:
         raise EnvError(f"{what} failed (exit code {code})\n{build.tail()}")
@@ -372,9 +382,11 @@ async def _build(build: Build, users: UserIds | None) -> None:
         if is_ready(spec):  # another runner built it while we waited
             return
         build.deadline = time.monotonic() + build.timeout  # (not counting that wait)
-        builder = await users.take() if users is not None else -1
+        builder = -1
+        if users is not None:
+            builder = await users.take(max(0, build.memory_mb))
         try:
-            await _install(build, spec, builder, users.hidden if users is not None else "")
+            await _install(build, spec, builder, users)
         finally:
             if users is not None:
                 # What an installer left running dies first: it cannot change the venv
@@ -387,9 +399,9 @@ async def _build(build: Build, users: UserIds | None) -> None:
         build.say(f"{spec.label} is ready: {spec.python}")
 
 
-async def _install(build: Build, spec: Spec, builder: int, hidden: str = "") -> None:
+async def _install(build: Build, spec: Spec, builder: int, users: UserIds | None = None) -> None:
     """Creates the venv (with the base Python alone) and installs into it, as ``builder``
-    (not seeing ``hidden``, as workers)."""
+    of ``users`` (boxed in as workers are)."""
     if not spec.python.exists() or not spec.base_file.is_file():
         shutil.rmtree(spec.path, ignore_errors=True)
         base = _base_python()
@@ -426,7 +438,7 @@ async def _install(build: Build, spec: Spec, builder: int, hidden: str = "") -> 
                 "-r",
                 str(req),
                 uid=builder,
-                hidden=hidden,
+                users=users,
             )
     if marker.get("sdk") != wanted["sdk"] or marker.get("requirements") != wanted["requirements"]:
         build.say(f"installing the autokitteh SDK {sdkdist.version()}")
@@ -445,7 +457,7 @@ async def _install(build: Build, spec: Spec, builder: int, hidden: str = "") -> 
                 "--force-reinstall",
                 str(wheel),
                 uid=builder,
-                hidden=hidden,
+                users=users,
             )
 
 

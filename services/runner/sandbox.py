@@ -7,9 +7,11 @@ services' ``/proc/<pid>/environ``, or another worker's memory; and every process
 behind is found by its user id and killed when the worker goes, whatever process group or
 session it moved to; its files in the directories every user may write to and its System V
 IPC objects go then too. Limits (address space, processes of the user) are set by the worker
-on itself before the handler runs; the memory watch holds all its processes and System V
-memory together to the memory limit. A runner that is not root cannot switch users: its
-workers run as it does, with the same limits and environment rules.
+on itself before the handler runs; all its processes together are held to the memory limit
+by the kernel where the machine allows a control group per user id (``akcore.cgroups``),
+and by the memory watch (its processes and System V memory, twice a second). A runner
+that is not root cannot switch users: its workers run as it does, with the same limits and
+environment rules.
 
 Every worker, sandboxed or not, gets only a minimal environment
 (``akcore.config.worker_env``): no NATS address, no database DSN, no key, no ``AK_*``
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from akcore.cgroups import WorkerGroups
 from akcore.config import private_dir
 from autokitteh import _hide
 
@@ -54,6 +57,9 @@ class WorkerLimits:
     processes: int = 0  # processes of its user (RLIMIT_NPROC), only with a user of its own
     # a directory it does not see (``netfence.hidden``), only with a user of its own
     hidden: str = ""
+    # the parents of its user id's control groups (``WorkerGroups.joined``), which it joins
+    # before it drops root; "" where the kernel does not keep its limits
+    groups: str = ""
 
     def frame(self) -> dict[str, Any]:
         return {"memory_mb": self.memory_mb, "processes": self.processes}
@@ -71,6 +77,9 @@ u, nproc = (int(x) for x in sys.argv[1].split(","))
 os.closerange(3, 1 << 20)
 if sys.argv[3] != "-":
     runpy.run_path(sys.argv[2])["hide"](sys.argv[3])
+for parent in sys.argv[4].splitlines() if sys.argv[4] != "-" else []:
+    with open(os.path.join(parent, f"u{u}", "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
 if nproc:
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 os.setgroups([])
@@ -83,14 +92,17 @@ fd = libc.syscall(444, (ctypes.c_uint64 * 3)(0, 0, 1), 24, 0)
 if fd >= 0:
     libc.syscall(446, fd, 0)
     os.close(fd)
-os.execv(sys.argv[4], sys.argv[4:])
+os.execv(sys.argv[5], sys.argv[5:])
 """
 
 
-def as_user(uid: int, argv: list[str], hidden: str = "", processes: int = 0) -> list[str]:
+def as_user(
+    uid: int, argv: list[str], hidden: str = "", processes: int = 0, groups: str = ""
+) -> list[str]:
     """``argv`` run as user ``uid``, what it writes readable by others (a build tool),
     not seeing ``hidden`` (as a worker, ``netfence.hidden``), with at most ``processes``
-    processes of that user at once (0: no limit)."""
+    processes of that user at once (0: no limit), in its control groups under ``groups``
+    (``WorkerGroups.joined``; "": none)."""
     return [
         sys.executable,
         "-I",
@@ -100,6 +112,7 @@ def as_user(uid: int, argv: list[str], hidden: str = "", processes: int = 0) -> 
         f"{uid},{processes}",
         _hide.__file__,
         hidden or "-",
+        groups or "-",
         *argv,
     ]
 
@@ -161,19 +174,52 @@ def is_root() -> bool:
 class UserIds:
     """User ids for worker processes, one per live process. A lock file per id (``flock``,
     dropped by the kernel when the runner dies) keeps the runners of one machine apart; an
-    id is cleared of any process still running as it before it is handed out again."""
+    id is cleared of any process still running as it before it is handed out again. With
+    ``groups``, each id handed out has control groups of its own, holding its processes
+    to its memory limit (``akcore.cgroups``)."""
 
-    def __init__(self, first: int, last: int, locks: Path, hidden: str = "") -> None:
+    def __init__(
+        self,
+        first: int,
+        last: int,
+        locks: Path,
+        hidden: str = "",
+        groups: WorkerGroups | None = None,
+    ) -> None:
         self.first, self.last, self._locks = first, last, locks
         self.hidden = hidden  # the directory their processes do not see (``netfence.hidden``)
+        self.groups = groups
         self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
         # Ids a System V segment of still holds (see ``_clear``): not handed out meanwhile.
         self._unclear: set[int] = set()
 
-    async def take(self) -> int:
+    @property
+    def groups_arg(self) -> str:
+        """What a process of an id is told to join (``WorkerLimits.groups``): "" for none."""
+        return self.groups.joined if self.groups is not None else ""
+
+    def oom_kills(self, uid: int) -> int:
+        """How many processes of ``uid`` the kernel killed at its memory limit (0 without
+        control groups)."""
+        return self.groups.oom_kills(uid) if self.groups is not None else 0
+
+    async def take(self, memory_mb: int = 0) -> int:
         """A free user id, with no process left running as it and nothing of it left in the
         shared directories or among System V IPC objects (a runner that died could not
-        clear them)."""
+        clear them); with control groups, fresh ones limited to ``memory_mb`` (0: no
+        limit)."""
+        uid = await self._take()
+        if self.groups is None:
+            return uid
+        making = asyncio.ensure_future(asyncio.to_thread(self.groups.make, uid, memory_mb << 20))
+        try:
+            await asyncio.shield(making)
+        except BaseException:  # failed, or its taker cancelled: given back once it is over
+            making.add_done_callback(lambda _: asyncio.ensure_future(self.give_back(uid)))
+            raise
+        return uid
+
+    async def _take(self) -> int:
         if self._unclear:
             self._unclear &= _segment_users()
         while True:
@@ -257,18 +303,34 @@ class UserIds:
                 cleared.append(uid)
             finally:
                 os.close(fd)
+        groups = self.groups
+        if groups is not None:
+            for uid in groups.leftovers():
+                fd = self._try_lock(uid)
+                if fd is None:  # a live runner's worker's
+                    continue
+                try:
+                    groups.remove(uid)
+                finally:
+                    os.close(fd)
         return cleared
 
     async def give_back(self, uid: int) -> None:
         """Kills whatever still runs as ``uid`` (what a handler left behind), removes its
         files from the directories every user may write to (``SHARED_TEMP``, the POSIX
-        message queues) and its System V shared memory, semaphores and message queues, then
-        frees it: the next worker given the id, maybe another project's, finds nothing of
-        this one. A caller cancelled meanwhile (its session stopped as its worker ended)
-        does not keep the id held: it is freed once cleared."""
-        clearing = asyncio.ensure_future(asyncio.to_thread(_clear, uid))
+        message queues), its System V shared memory, semaphores and message queues and
+        its control groups, then frees it: the next worker given the id, maybe another
+        project's, finds nothing of this one. A caller cancelled meanwhile (its session
+        stopped as its worker ended) does not keep the id held: it is freed once cleared."""
+        clearing = asyncio.ensure_future(asyncio.to_thread(self._clear_all, uid))
         clearing.add_done_callback(functools.partial(self._release_cleared, uid))
         await asyncio.shield(clearing)
+
+    def _clear_all(self, uid: int) -> bool:
+        clear = _clear(uid)
+        if self.groups is not None:
+            self.groups.remove(uid)
+        return clear
 
 
 # The machine's directories every user may write to: the temporary ones, the lock directory
@@ -595,18 +657,27 @@ class MemoryWatch:
     """Holds each sandboxed worker to its memory limit for all of its processes together
     (the address-space limit a worker sets bounds each process alone) and the System V
     memory it made: twice a second, one scan of ``/proc`` sums what every watched user uses
-    (``resident_by_user``), and a user over its limit gets its callback once. Scans run
-    only while a worker is watched."""
+    (``resident_by_user``), and a user over its limit gets its callback once, told what
+    went over. With control groups (``users.groups``), where the kernel holds them to the
+    limit at every allocation, a process of theirs the kernel killed there counts as over
+    too. Scans run only while a worker is watched."""
 
     INTERVAL = 0.5
 
-    def __init__(self) -> None:
-        self._watched: dict[int, tuple[int, Callable[[int], None]]] = {}
+    def __init__(self, users: UserIds | None = None) -> None:
+        self.users = users
+        # uid -> (limit, the kernel's kills of it when watched, callback)
+        self._watched: dict[int, tuple[int, int, Callable[[str], None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def watch(self, uid: int, limit: int, over: Callable[[int], None]) -> None:
-        """Calls ``over(bytes used)`` once if ``uid``'s processes use more than ``limit``."""
-        self._watched[uid] = (limit, over)
+    def oom_kills(self, uid: int) -> int:
+        """How many processes of ``uid`` the kernel killed at its memory limit so far."""
+        return self.users.oom_kills(uid) if self.users is not None and uid >= 0 else 0
+
+    def watch(self, uid: int, limit: int, over: Callable[[str], None]) -> None:
+        """Calls ``over(what went over)`` once if ``uid``'s processes use more than
+        ``limit``, or the kernel kills one of them at it, from now on."""
+        self._watched[uid] = (limit, self.oom_kills(uid), over)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
 
@@ -616,18 +687,32 @@ class MemoryWatch:
     async def _run(self) -> None:
         while self._watched:
             await asyncio.sleep(self.INTERVAL)
-            used = await asyncio.to_thread(resident_by_user, list(self._watched))
-            for uid, rss in used.items():
-                watched = self._watched.get(uid)
-                if watched is not None and rss > watched[0]:
-                    del self._watched[uid]
-                    watched[1](rss)
+            found = await asyncio.to_thread(self._look, dict(self._watched))
+            for uid, what in found.items():
+                watched = self._watched.pop(uid, None)
+                if watched is not None:
+                    watched[2](what)
+
+    def _look(self, watched: dict[int, tuple[int, int, Callable[[str], None]]]) -> dict[int, str]:
+        """The watched users over their limits, each with what went over (in a thread)."""
+        found = {}
+        for uid, used in resident_by_user(list(watched)).items():
+            limit, kills, _ = watched[uid]
+            if self.oom_kills(uid) > kills:
+                found[uid] = KERNEL_STOPPED
+            elif used > limit:
+                found[uid] = f"its processes and System V memory used {used >> 20} MiB together"
+        return found
 
     async def close(self) -> None:
         self._watched.clear()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+# What went over, when the kernel stopped a process at a user id's memory limit (``cgroups``).
+KERNEL_STOPPED = "the kernel stopped a process of it there"
 
 
 def _pids() -> list[int]:

@@ -26,6 +26,7 @@ from akcore import (
 )
 from akcore import requests as rq
 from akcore.cache import StoreCache
+from akcore.cgroups import WorkerGroups
 from akcore.chunks import Chunker
 from akcore.config import Settings, worker_env
 from akcore.datakey import Keyring
@@ -43,7 +44,7 @@ from .lanes import Lanes
 from .lease import Lease
 from .parking import Parking
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
-from .sandbox import UserIds, WorkerLimits, is_root, lock_dir, seal_data_home
+from .sandbox import MemoryWatch, UserIds, WorkerLimits, is_root, lock_dir, seal_data_home
 from .session import Host, Outcome, SessionRun, after_end, parked_entry
 from .worker import WorkerPool
 
@@ -358,7 +359,16 @@ def _sandbox(settings: Settings) -> UserIds | None:
     first, last = settings.worker_uids
     log.info("workers run as user ids %d-%d (the sandbox)", first, last)
     _fence(settings)
-    return UserIds(first, last, lock_dir(), _hidden(settings))
+    groups, why = WorkerGroups.find()
+    if groups is not None:
+        log.info(
+            "the kernel holds each worker's processes to its memory limit together "
+            "(control groups under %s)",
+            ", ".join(map(str, groups.parents.values())),
+        )
+    else:
+        log.warning("workers' memory is counted twice a second, not held by the kernel: %s", why)
+    return UserIds(first, last, lock_dir(), _hidden(settings), groups)
 
 
 def _hidden(settings: Settings) -> str:
@@ -447,7 +457,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     spare.mkdir(parents=True, exist_ok=True)
     processes = settings.worker_processes if users is not None else 0  # counted per user
     hidden = users.hidden if users is not None else ""
-    worker_limits = WorkerLimits(settings.worker_memory_mb, processes, hidden)
+    groups = users.groups_arg if users is not None else ""
+    worker_limits = WorkerLimits(settings.worker_memory_mb, processes, hidden, groups)
     pool = WorkerPool(
         settings.warm_workers,
         spare,
@@ -494,6 +505,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         journal_limits=limits,
         worker_limits=worker_limits,
         session_timeout=settings.session_timeout,
+        memory=MemoryWatch(users),
         parking=Parking(js, settings.park_after),
     )
     await bus.wait_streams(js, "runner")

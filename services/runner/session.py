@@ -58,7 +58,7 @@ from .inbox import Inbox, InboxWatch, seal_payload
 from .lease import Lease
 from .parking import Parking
 from .pyenv import EnvError, PythonEnvs
-from .sandbox import MemoryWatch, WorkerLimits
+from .sandbox import KERNEL_STOPPED, MemoryWatch, WorkerLimits
 from .syscalls import SyscallError, Syscalls
 from .worker import WorkerPool, WorkerProcess
 
@@ -250,6 +250,7 @@ class SessionRun:
         self.ended = False
         self.held: Held | None = None  # its build's directory, while the attempt uses it
         self.stop_reason: str | None = None
+        self.oom_kills = 0  # the kernel's kills at its worker's memory limit before it ran
         self.stop_state = wire.STOPPED
         self._stop = asyncio.Event()
         self.lane = subjects.job_lane(job.project_id)
@@ -575,6 +576,7 @@ class SessionRun:
         stop = asyncio.create_task(self._stop.wait())
         lost = asyncio.create_task(self.lease.lost.wait())
         timer = asyncio.create_task(self._time_limit())
+        self.oom_kills = self.host.memory.oom_kills(worker.uid)  # this session's are past it
         self._memory_limit(worker)
         try:
             while True:
@@ -732,13 +734,8 @@ class SessionRun:
         if worker.uid < 0 or limit <= 0:
             return
 
-        def over(used: int) -> None:
-            self._request_stop(
-                f"session ended: over its memory limit of {limit} MiB "
-                f"({ENV_WORKER_MEMORY_MB}): its processes and System V memory used "
-                f"{used >> 20} MiB together",
-                failed=True,
-            )
+        def over(what: str) -> None:
+            self._request_stop(self._over_memory(True, what), failed=True)
 
         self.host.memory.watch(worker.uid, limit << 20, over)
 
@@ -792,19 +789,30 @@ class SessionRun:
                 f"error: the worker process sent a malformed message ({e}); the session was "
                 "ended so that it does not repeat it"
             ) from None
+        stopped = self._kernel_stopped(worker)  # (read before its user id is given back)
         code = await worker.close()
         if self._stop.is_set():  # its end is the stop's, not a crash (a cancellation
             return  # of this task that came as it finished is not always delivered)
         tail = "".join(worker.stderr_tail).strip()
         error = f"error: worker process exited with code {code} before the handler finished"
-        await self.end(wire.ERROR, self._over_memory("MemoryError" in tail) or error, tail)
+        ran_out = bool(stopped) or "MemoryError" in tail
+        await self.end(wire.ERROR, self._over_memory(ran_out, stopped) or error, tail)
 
-    def _over_memory(self, ran_out: bool) -> str:
-        """The message for a handler that ran out of memory under the memory limit."""
+    def _kernel_stopped(self, worker: WorkerProcess) -> str:
+        """``KERNEL_STOPPED`` when the kernel killed a process of the worker's at its
+        memory limit during this session (its control groups), else ""."""
+        if worker.uid < 0 or self.host.memory.oom_kills(worker.uid) <= self.oom_kills:
+            return ""
+        return KERNEL_STOPPED
+
+    def _over_memory(self, ran_out: bool, what: str = "") -> str:
+        """The message for a session that ran out of memory under the memory limit (""
+        when it did not, or there is none), saying ``what`` went over when known."""
         limit = self.host.worker_limits.memory_mb
         if not (ran_out and limit):
             return ""
-        return f"session ended: over its memory limit of {limit} MiB ({ENV_WORKER_MEMORY_MB})"
+        said = f"session ended: over its memory limit of {limit} MiB ({ENV_WORKER_MEMORY_MB})"
+        return f"{said}: {what}" if what else said
 
     def _event_data(self) -> Any:
         """The event's data as the handler gets it: its credential headers opened."""
@@ -826,7 +834,12 @@ class SessionRun:
 
     async def _done(self, worker: WorkerProcess, f: DoneFrame, blob: bytes) -> None:
         worker.reusable = f.reusable
-        if f.ok:
+        if stopped := self._kernel_stopped(worker):
+            # A process of its was killed at the memory limit: the session is over it,
+            # whatever the handler made of that (as when the memory watch sees it first).
+            worker.reusable = False
+            await self.end(wire.ERROR, self._over_memory(True, stopped))
+        elif f.ok:
             await self.end(wire.COMPLETED, result=blob or None)
         else:
             # (Cut by the worker already; again here, where a handler's own frame is not.)

@@ -337,11 +337,11 @@ class ForkedProcess:
 
 def _box(env: dict[str, str], limits: WorkerLimits | None) -> list[int | str]:
     """What a sandboxed worker is told as it starts: the virtual environment its packages
-    come from, as ``activate`` names it (``-``: the interpreter's own), its limits and the
-    directory it does not see (``-``: none)."""
+    come from, as ``activate`` names it (``-``: the interpreter's own), its limits, the
+    directory it does not see and where its control groups are (``-``: none)."""
     limits = limits or WorkerLimits()
-    hidden = limits.hidden or "-"
-    return [env.get("VIRTUAL_ENV") or "-", limits.memory_mb, limits.processes, hidden]
+    venv, hidden, groups = env.get("VIRTUAL_ENV") or "-", limits.hidden or "-", limits.groups or "-"
+    return [venv, limits.memory_mb, limits.processes, hidden, groups]
 
 
 def _kill_forked(pid: int) -> None:
@@ -778,7 +778,7 @@ class WorkerPool:
             if python not in self._reached:
                 await asyncio.to_thread(open_way_to, Path(python))
                 self._reached.add(python)
-            uid = await self.users.take()
+            uid = await self.users.take((self.limits or WorkerLimits()).memory_mb)
         try:
             worker = await self._launch(key, python, env, uid)
         except BaseException:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 import typing
 import zipfile
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from ak_runner import pyenv
-from ak_runner.sandbox import kill_user
+from ak_runner.sandbox import UserIds, kill_user
 from akcore import config, sdkdist
+from akcore.cgroups import WorkerGroups
 
 from tests.helpers import wait_until
 
@@ -160,6 +162,36 @@ def test_an_install_over_its_memory_limit_is_stopped_and_says_so(as_user: bool) 
         r"packages \(wheels\)\nbuilding$",
         e.value.message,
     ), e.value.message
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or WorkerGroups.find()[0] is None,
+    reason="needs root and cgroup v1's memory controller",
+)
+def test_an_install_is_held_to_its_memory_limit_by_the_kernel() -> None:
+    """With a control group per user id, the kernel stops the build's processes at the
+    limit as they allocate, before any count of them could: `ak deploy` says so."""
+    locks = Path(tempfile.mkdtemp(prefix="ak-uid-locks-"))
+    users = UserIds(779984, 779985, locks, groups=WorkerGroups.find()[0])
+    build = pyenv.Build(typing.cast(pyenv.Spec, None), 60, memory_mb=100)
+
+    async def run() -> None:
+        uid = await users.take(build.memory_mb)
+        try:
+            argv = (sys.executable, "-c", _GREEDY)
+            await pyenv._run(build, "pip install", *argv, uid=uid, users=users)
+        finally:
+            await users.give_back(uid)
+
+    with pytest.raises(pyenv.EnvError) as e:
+        asyncio.run(run())
+    assert e.value.message == (
+        "pip install was stopped: installing the packages went over the 100 MiB allowed "
+        "(AK_RUNNER__PACKAGES_MEMORY_MB), where the kernel stopped a process of it; give "
+        "more, or fewer or prebuilt packages (wheels)\nbuilding"
+    )
+    assert users.groups is not None  # given back: its group is gone
+    assert not {779984, 779985} & set(users.groups.leftovers())
 
 
 def test_a_build_process_in_a_group_of_its_own_is_killed_with_the_rest() -> None:

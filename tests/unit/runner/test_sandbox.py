@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import shutil
 import signal
 import socket
@@ -790,13 +791,14 @@ async def test_system_v_shared_memory_a_user_made_counts_against_its_memory_limi
         assert [kind for kind, _ in _ipc_of(uid)] == ["shm"]  # no process of it runs
         assert resident_by_user([uid])[uid] >= 64 << 20
         watch, reported = MemoryWatch(), asyncio.Event()
-        used: list[int] = []
-        watch.watch(uid, 32 << 20, lambda n: (used.append(n), reported.set()))
+        said: list[str] = []
+        watch.watch(uid, 32 << 20, lambda what: (said.append(what), reported.set()))
         try:
             await asyncio.wait_for(reported.wait(), 30)
         finally:
             await watch.close()
-        assert used[0] >= 64 << 20
+        what = re.fullmatch(r"its processes and System V memory used (\d+) MiB together", said[0])
+        assert what and int(what[1]) >= 64, said
         assert remove_ipc_of(uid) == 1
         assert resident_by_user([uid])[uid] == 0
     finally:

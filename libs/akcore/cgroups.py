@@ -1,0 +1,194 @@
+"""The memory limit the kernel keeps, a control group per worker user id.
+
+A root runner whose machine has cgroup v1's ``memory`` controller mounted writable makes a
+group ``u<uid>`` for each user id it hands out (a worker's, a package builder's), under
+``autokitteh-workers`` in its own memory group, with the id's memory limit
+(``memory.limit_in_bytes``, and swap with it where the kernel counts swap); processes
+are bounded per user id already (``RLIMIT_NPROC``). The process given the id joins its
+group itself before it drops root (``autokitteh._worker.join_groups``), so everything it
+starts is in it, whatever user, process group or session it moves to. The kernel then
+holds all of them together to the limit at every allocation: files in ``/dev/shm`` and
+other memory file systems, System V memory and page tables count too, which the runner's
+twice-a-second count (``sandbox.MemoryWatch``) sees only in part and after the fact. At the limit
+the kernel stops the largest process of the group (an out-of-memory kill), which the
+runner reads in the group's ``memory.oom_control`` to end the session with the limit's
+message.
+
+Where there is no such controller (cgroup v2 alone, a container without it, a runner that
+is not root), the runner says so once in its log and counts memory as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PARENT = "autokitteh-workers"  # the runner's groups, in its own group of each controller
+CONTROLLERS = ("memory",)
+KILL_ROUNDS = 50  # reads of a group's processes; each kills what it finds
+
+
+def _mounts() -> dict[str, tuple[Path, str]]:
+    """Each cgroup v1 controller's mount point and the group mounted there (``/`` but in
+    a container showing the host's tree from a group down)."""
+    found: dict[str, tuple[Path, str]] = {}
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            pre, _, post = line.decode(errors="replace").partition(" - ")
+            fields, tail = pre.split(), post.split()
+            if len(fields) < 5 or len(tail) < 3 or tail[0] != "cgroup":
+                continue
+            for option in tail[2].split(","):
+                if option in CONTROLLERS and option not in found:
+                    found[option] = (Path(_unescape(fields[4])), _unescape(fields[3]))
+    return found
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+
+
+def _own_groups() -> dict[str, str]:
+    """The runner's group in each cgroup v1 controller (``/proc/self/cgroup``)."""
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for controller in controllers.split(","):
+                own[controller] = path
+    return own
+
+
+class WorkerGroups:
+    """The runner's groups, one per user id it hands out, in each controller's tree."""
+
+    def __init__(self, parents: dict[str, Path]) -> None:
+        self.parents = parents  # controller -> this runner's ``autokitteh-workers``
+
+    @classmethod
+    def find(cls) -> tuple[WorkerGroups | None, str]:
+        """The groups, made ready (their parent in each controller); or None and why not,
+        for the log."""
+        if os.geteuid() != 0:
+            return None, "the runner is not root"
+        try:
+            mounts, own = _mounts(), _own_groups()
+        except OSError as e:
+            return None, f"cannot read this process's control groups: {e}"
+        missing = [c for c in CONTROLLERS if c not in mounts or c not in own]
+        if missing:
+            return None, "no cgroup v1 memory controller mounted (cgroup v2 is not used yet)"
+        parents: dict[str, Path] = {}
+        for controller in CONTROLLERS:
+            mount, root = mounts[controller]
+            path = own[controller]
+            if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
+                path = path[len(root.rstrip("/")) :]  # (a mount of a group, not the tree)
+            parent = mount / path.lstrip("/") / PARENT
+            try:
+                parent.mkdir(mode=0o755, exist_ok=True)
+                if controller == "memory":
+                    with contextlib.suppress(OSError):  # (one with children refuses it)
+                        (parent / "memory.use_hierarchy").write_text("1")
+                    if (parent / "memory.use_hierarchy").read_text().strip() != "1":
+                        return None, f"{parent} does not count its groups' memory in its own"
+            except OSError as e:
+                return None, f"cannot make {parent}: {e.strerror or e}"
+            parents[controller] = parent
+        return cls(parents), ""
+
+    @property
+    def joined(self) -> str:
+        """What a process told to join its user id's groups is given: the parents, joined
+        by newlines (``autokitteh._worker.join_groups`` adds ``u<uid>``)."""
+        return "\n".join(str(p) for p in self.parents.values())
+
+    def _group(self, controller: str, uid: int) -> Path:
+        return self.parents[controller] / f"u{uid}"
+
+    def make(self, uid: int, memory: int) -> None:
+        """A fresh group for ``uid`` in each controller (what an earlier one held is
+        killed, and the group removed), limited to ``memory`` bytes (0: none)."""
+        self.remove(uid)
+        for controller in CONTROLLERS:
+            self._group(controller, uid).mkdir(mode=0o755)
+        mem = self._group("memory", uid)
+        if memory > 0:
+            (mem / "memory.limit_in_bytes").write_text(str(memory))
+            with contextlib.suppress(FileNotFoundError):  # (a kernel that counts no swap)
+                (mem / "memory.memsw.limit_in_bytes").write_text(str(memory))
+
+    def oom_kills(self, uid: int) -> int:
+        """How many processes of ``uid``'s group the kernel killed at its memory limit."""
+        try:
+            text = (self._group("memory", uid) / "memory.oom_control").read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
+
+    def used(self, uid: int) -> int:
+        """The memory (bytes) ``uid``'s group holds now, the kernel's count."""
+        try:
+            return int((self._group("memory", uid) / "memory.usage_in_bytes").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def remove(self, uid: int) -> None:
+        """Kills every process in ``uid``'s groups and removes them (none there: nothing)."""
+        for controller in CONTROLLERS:
+            group = self._group(controller, uid)
+            if not group.is_dir():
+                continue
+            for _ in range(KILL_ROUNDS):
+                pids = _procs(group)
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            _rmdir(group)
+
+    def leftovers(self) -> list[int]:
+        """The user ids that have a group (a runner that died could not remove its)."""
+        found: set[int] = set()
+        for parent in self.parents.values():
+            with contextlib.suppress(OSError):
+                for entry in parent.iterdir():
+                    if entry.name.startswith("u") and entry.name[1:].isdigit():
+                        found.add(int(entry.name[1:]))
+        return sorted(found)
+
+
+def _procs(group: Path) -> list[int]:
+    try:
+        return [int(x) for x in (group / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _rmdir(group: Path) -> None:
+    """Removes an emptied group: a killed process leaves it only once the kernel is done
+    with it, a moment after the kill."""
+    import time
+
+    for attempt in range(100):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or attempt == 99:
+                log.warning("could not remove the control group %s: %s", group, e)
+                return
+            time.sleep(0.01)
