@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from akcore.errors import InvalidArgument
 
 from . import client, credentials
 from .render import emit, emit_list
@@ -14,13 +15,38 @@ app = typer.Typer(help="API tokens.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", "-j", help="JSON output.")]
 
 
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> int:
+    """A duration as ``--expires`` takes it: a number and a unit (``90m``, ``12h``, ``30d``)."""
+    text = text.strip().lower()
+    unit = UNITS.get(text[-1:]) if text[-1:].isalpha() else 1
+    number = text[:-1] if text[-1:].isalpha() else text
+    if unit is None or not number.isdigit() or int(number) == 0:
+        raise InvalidArgument(
+            f"--expires: {text!r} is not a duration: give a whole number and a unit, s, m, h "
+            "or d (90m, 12h, 30d)"
+        )
+    return int(number) * unit
+
+
 @app.command("create-token")
 def create_token(
     name: Annotated[str, typer.Option("--name", "-n", help="A label for the token.")] = "",
+    expires: Annotated[
+        str,
+        typer.Option(
+            "--expires",
+            help="How long the token is taken (90m, 12h, 30d); by default as long as the "
+            "calling token, for ever when that one never expires.",
+        ),
+    ] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API token and print it (it is shown only this once)."""
-    token = client.call("auth.create_token", name=name)
+    args = {"expires_in": _seconds(expires)} if expires else {}  # (an earlier server has none)
+    token = client.call("auth.create_token", name=name, **args)
     typer.echo(json.dumps(token) if as_json else token)
 
 
@@ -32,11 +58,12 @@ def set_token(token: Annotated[str, typer.Argument(help="The token; empty delete
 
 @app.command("list-tokens")
 def list_tokens(as_json: JsonOpt = False) -> None:
-    """List the API tokens: id, name, who made it and when (never the tokens themselves)."""
+    """List the API tokens: id, name, who made it, when, and when it expires (never the
+    tokens themselves)."""
     emit_list(
         client.call("auth.list_tokens"),
         as_json,
-        ["token_id", "name", "created_by", "created_at"],
+        ["token_id", "name", "created_by", "created_at", "expires_at"],
     )
 
 

@@ -253,9 +253,11 @@ class PyenvPrepare:
 
 @dataclass(frozen=True)
 class TokenCreate:
-    """A new API token for the caller (``name`` labels it)."""
+    """A new API token for the caller (``name`` labels it), taken for ``expires_in``
+    seconds (0: as long as the caller's own token, never for one that never expires)."""
 
     name: str = ""
+    expires_in: int = 0
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ class TokenAdd:
     digest: str
     name: str = ""
     created_by: str = ""
+    expires_us: int = 0  # when it stops being taken (0: never)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,18 @@ DIGEST_PREFIX = "sha256:"
 KEY_LENGTH = 16
 
 
+# The longest a token may be made to last (``ak auth create-token --expires``).
+MAX_EXPIRES_IN = 100 * 365 * 86400
+
+
+def expired(at: str) -> str:
+    """What a caller whose token expired (at ``at``, RFC 3339) is told."""
+    return (
+        f"API token expired at {at}: make a new one with `ak auth create-token` (called with "
+        "a token that has not expired) and store it with `ak auth set-token <token>`"
+    )
+
+
 def new_token() -> str:
     return PREFIX + secrets.token_urlsafe(32)
 

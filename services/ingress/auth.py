@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from akcore import tokens
+from akcore import timefmt, tokens
 from akcore.cache import StoreCache
 from akcore.config import is_loopback
 from akcore.errors import Unauthenticated
@@ -39,6 +39,7 @@ class Caller:
     token_id: str
     name: str
     created_at: str = ""
+    expires_us: int = 0  # when its token stops being taken (0: never)
 
 
 DEV_CALLER = Caller(token_id="", name="dev (API tokens are off: dev mode on a loopback address)")
@@ -111,11 +112,16 @@ class Authenticator:
         try:
             digest = tokens.digest(token)
             who = await self.known.call(self.nc, "token.check", {"digest": digest}, digest)
-        except Unauthenticated:
+        except Unauthenticated as e:
+            if e.message.startswith("API token expired"):
+                raise
             raise Unauthenticated(
                 f"invalid API token: the server does not know it. {HOW_TO_GET_ONE}"
             ) from None
-        return Caller(who["token_id"], who["name"], who["created_at"])
+        expires = int(who.get("expires_us") or 0)
+        if expires and expires <= timefmt.now_us():  # (an answer kept from before)
+            raise Unauthenticated(tokens.expired(timefmt.rfc3339(expires)))
+        return Caller(who["token_id"], who["name"], who["created_at"], expires)
 
     @staticmethod
     def _check_not_a_browser(headers: Mapping[str, str]) -> None:

@@ -129,13 +129,46 @@ async def create_token(nc: Client, req: rq.TokenCreate, caller: Caller, keys: Ke
             "tokens with that one"
         )
     token = tokens.new_token()
-    add = {"digest": tokens.digest(token), "name": req.name, "created_by": caller.token_id or "dev"}
+    add: dict[str, Any] = {
+        "digest": tokens.digest(token),
+        "name": req.name,
+        "created_by": caller.token_id,
+    }
+    if expires := _expiry(req.expires_in, caller.expires_us):
+        add["expires_us"] = expires  # (only then: a store of an earlier version has none)
     await bus.store_call(nc, "token.add", add)
     return token
 
 
+def _expiry(expires_in: int, maker_expires_us: int) -> int:
+    """When a new token expires (0: never): ``expires_in`` seconds from now, or when its
+    maker's does when not given. A token expiring makes none that outlive it: expiry would
+    otherwise be undone by a token made the minute before."""
+    if not 0 <= expires_in <= tokens.MAX_EXPIRES_IN:
+        raise InvalidArgument(
+            f"a token expires within {tokens.MAX_EXPIRES_IN // (365 * 86400)} years: "
+            f"{expires_in} s is out of range"
+        )
+    if not expires_in:
+        return maker_expires_us
+    expires = timefmt.now_us() + expires_in * 1_000_000
+    if maker_expires_us and expires > maker_expires_us:
+        raise InvalidArgument(
+            f"the token calling expires at {timefmt.rfc3339(maker_expires_us)}, and the tokens "
+            "it makes may not outlive it: ask for an earlier expiry (--expires), or make "
+            "this one with a token that lasts longer"
+        )
+    return expires
+
+
 async def whoami(nc: Client, req: rq.Empty, caller: Caller, keys: Keyring) -> dict[str, Any]:
-    return {"token_id": caller.token_id, "name": caller.name, "created_at": caller.created_at}
+    expires = timefmt.rfc3339(caller.expires_us) if caller.expires_us else ""
+    return {
+        "token_id": caller.token_id,
+        "name": caller.name,
+        "created_at": caller.created_at,
+        "expires_at": expires,
+    }
 
 
 Command = Callable[[Client, Any, Caller, Keyring], Awaitable[Any]]

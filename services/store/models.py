@@ -169,6 +169,10 @@ class ApiToken(SQLModel, table=True):
     name: str = ""
     created_by: str = ""  # the token_id that made it, or "bootstrap" / "dev"
     created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # when it stops being taken; 0: never
+    expires_us: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class Delivery(SQLModel, table=True):

@@ -27,6 +27,8 @@ class Tokens:
         """Keeps a digest (once: adding one already kept changes nothing)."""
         if not tokens.is_digest(req.digest):
             raise InvalidArgument("token.add: digest must be 64 lowercase hex characters")
+        if req.expires_us and req.expires_us <= timefmt.now_us():
+            raise InvalidArgument("token.add: the token would have expired already")
         with DB(self.engine) as db:
             if db.exec(select(ApiToken).where(ApiToken.digest == req.digest)).first():
                 return
@@ -38,27 +40,33 @@ class Tokens:
                     name=req.name,
                     created_by=req.created_by,
                     created_us=timefmt.now_us(),
+                    expires_us=max(0, req.expires_us),
                 )
             )
             db.commit()
 
     def check(self, req: rq.TokenCheck) -> dict[str, Any]:
-        """Who a digest belongs to; Unauthenticated when it is no token's."""
+        """Who a digest belongs to (and until when: ``expires_us``, 0 for ever);
+        Unauthenticated when it is no token's, or its token expired."""
         with DB(self.engine) as db:
             rows = db.exec(
                 select(ApiToken).where(ApiToken.key == req.digest[: tokens.KEY_LENGTH])
             ).all()
         for row in rows:
             if hmac.compare_digest(row.digest.encode(), req.digest.encode()):
+                if row.expires_us and row.expires_us <= timefmt.now_us():
+                    raise Unauthenticated(tokens.expired(timefmt.rfc3339(row.expires_us)))
                 return {
                     "token_id": row.token_id,
                     "name": row.name,
                     "created_at": timefmt.rfc3339(row.created_us),
+                    "expires_us": row.expires_us,
                 }
         raise Unauthenticated("invalid API token")
 
     def list(self, req: rq.Empty) -> list[dict[str, Any]]:
-        """Every token, oldest first: its id, name, maker and time (never the token)."""
+        """Every token, oldest first: its id, name, maker, time and expiry ("" for none;
+        never the token)."""
         with DB(self.engine) as db:
             rows = db.exec(select(ApiToken).order_by(ApiToken.created_us)).all()  # type: ignore[arg-type]
         return [
@@ -67,6 +75,7 @@ class Tokens:
                 "name": row.name,
                 "created_by": row.created_by,
                 "created_at": timefmt.rfc3339(row.created_us),
+                "expires_at": timefmt.rfc3339(row.expires_us) if row.expires_us else "",
             }
             for row in rows
         ]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from ak_ingress.service import run as run_ingress
-from akcore import wire
+from akcore import timefmt, wire
 from akcore.config import Settings
 from akcore.errors import AKError
 
@@ -214,7 +214,8 @@ def test_a_revoked_token_is_refused_at_once_and_the_last_one_is_kept(stack: Stac
         json.loads(x) for x in stack.ak("auth", "list-tokens", "-j", check=True).stdout.splitlines()
     ]
     row = next(t for t in listed if t["name"] == "leaked")
-    assert set(row) == {"token_id", "name", "created_by", "created_at"}
+    assert set(row) == {"token_id", "name", "created_by", "created_at", "expires_at"}
+    assert row["expires_at"] == ""  # (made without --expires by a token that never expires)
     text = stack.ak("auth", "list-tokens", check=True).stdout
     assert f'token_id:"{row["token_id"]}" name:"leaked"' in text and leaked not in text
     stack.ak("auth", "revoke-token", row["token_id"], check=True)
@@ -231,6 +232,46 @@ def test_a_revoked_token_is_refused_at_once_and_the_last_one_is_kept(stack: Stac
     res = stack.ak("auth", "revoke-token", mine_id)
     assert res.returncode != 0 and "is the last API token" in res.stderr, res.stderr
     assert post(stack, "project.list", {}, stack.auth())[0] == 200
+
+
+def test_a_token_made_to_expire_is_refused_once_it_has(stack: Stack) -> None:
+    """`ak auth create-token --expires` bounds how long a token is taken, remembered by
+    ingress or not; a token that expires makes none that outlive it."""
+    short = stack.ak("auth", "create-token", "-n", "short", "--expires", "10s", check=True)
+    as_short = {**stack.env, "AK_TOKEN": short.stdout.strip()}
+    mine = {"Authorization": f"Bearer {short.stdout.strip()}"}
+    assert post(stack, "project.list", {}, mine)[0] == 200  # taken, and remembered
+
+    def ak(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AK, *args], env=as_short, capture_output=True, text=True)
+
+    expires_at = json.loads(ak("auth", "whoami", "-j").stdout)["expires_at"]
+    assert 0 < timefmt.parse_us(expires_at) - timefmt.now_us() <= 10_000_000, expires_at
+    res = ak("auth", "create-token", "--expires", "1d")
+    assert res.returncode == 40, res.stderr
+    assert f"the token calling expires at {expires_at}, and the tokens it makes may not " in (
+        res.stderr
+    )
+    child = ak("auth", "create-token", "-n", "child")  # as long as its maker, by default
+    assert child.returncode == 0, child.stderr
+    listed = stack.ak("auth", "list-tokens", "-j", check=True).stdout.splitlines()
+    assert {t["name"]: t["expires_at"] for t in map(json.loads, listed)}["child"] == expires_at
+    res = stack.ak("auth", "create-token", "--expires", "3w")
+    assert (res.returncode, res.stderr.strip()) == (
+        40,
+        "Error: --expires: '3w' is not a duration: give a whole number and a unit, s, m, h "
+        "or d (90m, 12h, 30d)",
+    )
+    wait_until(lambda: post(stack, "project.list", {}, mine)[0] == 401, "the token to expire")
+    status, reply = post(stack, "project.list", {}, mine)
+    assert reply.error.startswith(f"API token expired at {expires_at}: make a new one with ")
+    res = subprocess.run(
+        [AK, "project", "list"],
+        env={**stack.env, "AK_TOKEN": child.stdout.strip()},
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 41 and f"API token expired at {expires_at}" in res.stderr, res.stderr
 
 
 def test_guessing_tokens_is_throttled_per_address(tmp_path: Path) -> None:
