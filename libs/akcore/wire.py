@@ -145,6 +145,8 @@ class Event:
     # ``data`` sealed with the data key (akcore.eventdata), ``data`` then empty; empty in
     # events published by earlier versions.
     sealed_data: bytes = b""
+    # ``memo`` sealed likewise (akcore.eventdata), ``memo`` then empty.
+    sealed_memo: bytes = b""
 
 
 @dataclass

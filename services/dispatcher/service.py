@@ -127,7 +127,7 @@ class Dispatcher:
         # Dispatched before? Redelivered by JetStream, or a provider's redelivery published
         # again, or deferred (a dispatcher that stopped after deferring it and before its
         # ack dispatched it again): the store says which sessions exist.
-        if (msg.metadata.num_delivered or 1) > 1 or event.memo.get("redelivered") or deferred:
+        if (msg.metadata.num_delivered or 1) > 1 or self._redelivery(event) or deferred:
             jobs = await not_started(self.nc, jobs)
         for job in jobs:
             await publish_session(pub, job)
@@ -154,6 +154,15 @@ class Dispatcher:
                 wire.pack({"sessions": reached, "signaled": len(deliveries)}),
             )
         return started
+
+    def _redelivery(self, event: wire.Event) -> bool:
+        """Whether ingress marked the event a provider's redelivery (in its memo); one
+        whose memo does not open is taken for one (the store then says which of its
+        sessions exist)."""
+        try:
+            return bool(eventdata.memo_of(event, self.keys).get("redelivered"))
+        except SealError:
+            return True
 
     def _in_clear(self, msg: Msg, event: wire.Event) -> bytes | None:
         """The event for the filter evaluators, its data opened (they judge the data); None

@@ -203,11 +203,12 @@ def apply_events(conn: Connection, events: list[wire.Event], keys: Keyring) -> N
                 "project_id": ev.project_id,
                 "destination_id": ev.destination_id,
                 "event_type": ev.event_type,
-                "data": eventdata.sealed(ev, keys).sealed_data or wire.pack(ev.data),
-                "memo": ev.memo,
+                "data": sealed.sealed_data or wire.pack(ev.data),
+                "memo": sealed.memo,
+                "sealed_memo": sealed.sealed_memo or None,
                 "created_us": ev.created_at_us,
             }
-            for ev in events
+            for ev, sealed in ((ev, eventdata.sealed(ev, keys)) for ev in events)
         ],
     )
 

@@ -110,6 +110,8 @@ class EventRow(SQLModel, table=True):
     event_type: str = ""
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # msgpack
     memo: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # the memo sealed (akcore.eventdata), ``memo`` then empty; None in rows of earlier versions
+    sealed_memo: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 

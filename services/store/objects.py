@@ -434,7 +434,9 @@ class Objects:
                     destination_id=req.destination_id,
                     event_type=req.event_type,
                     data=eventdata.seal(req.data, req.project_id, req.event_id, self.keys),
-                    memo=req.memo,
+                    sealed_memo=eventdata.seal_memo(
+                        req.memo, req.project_id, req.event_id, self.keys
+                    ),
                     created_us=timefmt.now_us(),
                 )
             )

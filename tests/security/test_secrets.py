@@ -30,6 +30,7 @@ from tests.helpers import start_stack, write_project
 PLANTED = "planted-TOKEN-q8z3v7k2"
 BEARER = "hdr-bearer-w7m2x9"  # sent in webhook headers
 SENT = "query-and-body-k5t9r3"  # sent in a webhook's query string and body
+NOTED = "memo-note-p3x8d6"  # given to `ak event dispatch --memo` and `ak event save --memo`
 
 MANIFEST = """\
 version: v1
@@ -155,11 +156,12 @@ def test_planted_secret_is_nowhere_at_rest(tmp_path: Path) -> None:
 
         _credential_headers(stack, paths["hdr"])
         _query_and_body(stack, paths["query"], paths["feed"])
+        _hand_made_memos(stack, tmp_path)
     finally:
         stack.stop()
 
     forms = [*encodings(PLANTED.encode()), *encodings(BEARER.encode())]
-    forms += encodings(SENT.encode())
+    forms += encodings(SENT.encode()) + encodings(NOTED.encode())
     at_rest = [f for f in Path(stack.env["XDG_DATA_HOME"]).rglob("*") if f.is_file()]
     leaks = [(str(f), form) for f in at_rest for form in forms if form in f.read_bytes()]
     assert leaks == []
@@ -212,6 +214,23 @@ def _query_and_body(stack, query: str, feed: str) -> None:  # type: ignore[no-un
     for event_id in (answer["autokitteh-event-id"], fed["autokitteh-event-id"]):
         shown = json.loads(stack.ak("event", "get", event_id, "-j", check=True).stdout)
         assert shown["data"]["body"]["json"] == {"password": SENT}  # to its owner, opened
+
+
+def _hand_made_memos(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A memo given to a hand-made event, dispatched or only kept, is shown to its owner."""
+    feed = next(t for t in stack.api("trigger.list", project="planted") if t["name"] == "feed")
+    spec = tmp_path / "event.json"
+    spec.write_text(json.dumps({"destination_id": feed["trigger_id"], "event_type": "noted"}))
+    for verb in ("dispatch", "save"):
+        made = stack.ak("event", verb, "-f", str(spec), "-m", f"note={NOTED}", "-j", check=True)
+        event_id = json.loads(made.stdout)["event_id"]
+
+        def shown(event_id: str = event_id) -> dict | None:  # type: ignore[type-arg]
+            res = stack.ak("event", "get", event_id, "-j")  # (kept once the store has it)
+            return json.loads(res.stdout) if res.returncode == 0 else None
+
+        stack.wait_until(shown, f"the {verb}ed event kept")
+        assert shown()["memo"] == {"note": NOTED}  # type: ignore[index]
 
 
 def _child_of(stack, parent: str) -> str:  # type: ignore[no-untyped-def]
