@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,16 @@ class WorkerGroups:
             except OSError as e:
                 return None, f"cannot make {parent}: {e.strerror or e}"
             parents[controller] = parent
+        # A group must be made, not only the parent found (one an earlier runner left on a
+        # file system now read-only): one of this process's own, made and removed.
+        probe = parents["memory"] / f"probe-{os.getpid()}"
+        try:
+            probe.mkdir(mode=0o700)
+            (probe / "memory.limit_in_bytes").write_text(str(1 << 30))
+        except OSError as e:
+            return None, f"cannot make a control group in {probe.parent}: {e.strerror or e}"
+        finally:
+            _rmdir(probe)
         return cls(parents), ""
 
     @property
@@ -114,27 +125,47 @@ class WorkerGroups:
 
     def make(self, uid: int, memory: int) -> None:
         """A fresh group for ``uid`` in each controller (what an earlier one held is
-        killed, and the group removed), limited to ``memory`` bytes (0: none)."""
-        self.remove(uid)
-        for controller in CONTROLLERS:
-            self._group(controller, uid).mkdir(mode=0o755)
-        mem = self._group("memory", uid)
-        if memory > 0:
-            (mem / "memory.limit_in_bytes").write_text(str(memory))
-            with contextlib.suppress(FileNotFoundError):  # (a kernel that counts no swap)
-                (mem / "memory.memsw.limit_in_bytes").write_text(str(memory))
+        killed, and the group removed; a parent removed meanwhile is made again), limited
+        to ``memory`` bytes (0: none), its socket buffers included. Only root may look into
+        it (its processes, their memory: ``hidepid`` hides them from other workers).
 
-    def oom_kills(self, uid: int) -> int:
-        """How many processes of ``uid``'s group the kernel killed at its memory limit."""
+        Raises:
+            GroupError: naming the group and why it could not be made.
+        """
+        self.remove(uid)
+        group = self._group("memory", uid)
         try:
-            text = (self._group("memory", uid) / "memory.oom_control").read_text()
-        except OSError:
-            return 0
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name == "oom_kill" and value.strip().isdigit():
-                return int(value)
-        return 0
+            for controller in CONTROLLERS:
+                self.parents[controller].mkdir(mode=0o755, parents=True, exist_ok=True)
+                self._group(controller, uid).mkdir(mode=0o700)
+            if memory > 0:
+                (group / "memory.limit_in_bytes").write_text(str(memory))
+                # Swap, and the TCP buffers of its sockets, which v1 counts only in a group
+                # given a limit of them (a peer that never reads holds what was sent).
+                for extra in ("memory.memsw.limit_in_bytes", "memory.kmem.tcp.limit_in_bytes"):
+                    with contextlib.suppress(FileNotFoundError):  # (a kernel without it)
+                        (group / extra).write_text(str(memory))
+        except OSError as e:
+            raise GroupError(
+                f"cannot make the control group {group} for a worker: {e.strerror or e}"
+            ) from None
+
+    def stops(self, uid: int, reset: bool = False) -> Stops:
+        """What the kernel did at ``uid``'s memory limit so far (``Stops``); ``reset``:
+        its high-water mark starts again from what it holds now (a session starts)."""
+        memory = self._group("memory", uid)
+        kills, peaked = 0, False
+        with contextlib.suppress(OSError, ValueError):
+            for line in (memory / "memory.oom_control").read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == "oom_kill":
+                    kills = int(value)
+            limit = int((memory / "memory.limit_in_bytes").read_text())
+            high = int((memory / "memory.max_usage_in_bytes").read_text())
+            peaked = high >= limit - PEAK_SLACK
+            if reset:
+                (memory / "memory.max_usage_in_bytes").write_text("0")
+        return Stops(kills, peaked)
 
     def used(self, uid: int) -> int:
         """The memory (bytes) ``uid``'s group holds now, the kernel's count."""
@@ -167,6 +198,30 @@ class WorkerGroups:
                     if entry.name.startswith("u") and entry.name[1:].isdigit():
                         found.add(int(entry.name[1:]))
         return sorted(found)
+
+
+class GroupError(OSError):
+    """A worker's control group could not be made."""
+
+
+# How far under its limit a group's high-water mark may stay and still count as having
+# reached it (the kernel charges pages in batches).
+PEAK_SLACK = 1 << 20
+
+
+class Stops(NamedTuple):
+    """A group's processes the kernel killed for want of memory (for the group's own
+    limit, a parent group's, or the machine's), and whether what it held reached its own
+    limit since its high-water mark was last reset."""
+
+    kills: int = 0
+    peaked: bool = False
+
+    def over_since(self, before: Stops) -> bool:
+        """Whether the kernel killed a process of the group at the group's own limit since
+        ``before``: a kill, with the group at its limit (one for a parent group's limit, or
+        the machine's, finds it under its own)."""
+        return self.kills > before.kills and self.peaked
 
 
 def _procs(group: Path) -> list[int]:

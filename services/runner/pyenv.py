@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from akcore import config, sdkdist
+from akcore.cgroups import Stops
 from akcore.config import ENV_PACKAGES_MEMORY_MB, ENV_PACKAGES_TIMEOUT, REQUIREMENTS_FILE
 from akcore.errors import AKError, InvalidArgument
 from packaging.requirements import InvalidRequirement, Requirement
@@ -309,7 +310,7 @@ async def _run(
             f"than the {build.memory_mb} MiB allowed ({ENV_PACKAGES_MEMORY_MB}); give more, "
             f"or fewer or prebuilt packages (wheels)\n{build.tail()}"
         )
-    if uid >= 0 and users is not None and users.oom_kills(uid):
+    if uid >= 0 and users is not None and users.stops(uid).over_since(Stops()):
         raise EnvError(
             f"{what} was stopped: installing the packages went over the {build.memory_mb} "
             f"MiB allowed ({ENV_PACKAGES_MEMORY_MB}), where the kernel stopped a process of "

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from akcore.cgroups import WorkerGroups
+from akcore.cgroups import Stops, WorkerGroups
 from akcore.config import private_dir
 from autokitteh import _hide
 
@@ -198,10 +198,10 @@ class UserIds:
         """What a process of an id is told to join (``WorkerLimits.groups``): "" for none."""
         return self.groups.joined if self.groups is not None else ""
 
-    def oom_kills(self, uid: int) -> int:
-        """How many processes of ``uid`` the kernel killed at its memory limit (0 without
-        control groups)."""
-        return self.groups.oom_kills(uid) if self.groups is not None else 0
+    def stops(self, uid: int, reset: bool = False) -> Stops:
+        """What the kernel did at ``uid``'s memory limit so far (nothing without control
+        groups; ``cgroups.WorkerGroups.stops``)."""
+        return self.groups.stops(uid, reset) if self.groups is not None else Stops()
 
     async def take(self, memory_mb: int = 0) -> int:
         """A free user id, with no process left running as it and nothing of it left in the
@@ -666,18 +666,18 @@ class MemoryWatch:
 
     def __init__(self, users: UserIds | None = None) -> None:
         self.users = users
-        # uid -> (limit, the kernel's kills of it when watched, callback)
-        self._watched: dict[int, tuple[int, int, Callable[[str], None]]] = {}
+        # uid -> (limit, what the kernel had done at its limit when watched, callback)
+        self._watched: dict[int, tuple[int, Stops, Callable[[str], None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def oom_kills(self, uid: int) -> int:
-        """How many processes of ``uid`` the kernel killed at its memory limit so far."""
-        return self.users.oom_kills(uid) if self.users is not None and uid >= 0 else 0
+    def stops(self, uid: int, reset: bool = False) -> Stops:
+        """What the kernel did at ``uid``'s memory limit so far (``cgroups.Stops``)."""
+        return self.users.stops(uid, reset) if self.users is not None and uid >= 0 else Stops()
 
     def watch(self, uid: int, limit: int, over: Callable[[str], None]) -> None:
         """Calls ``over(what went over)`` once if ``uid``'s processes use more than
         ``limit``, or the kernel kills one of them at it, from now on."""
-        self._watched[uid] = (limit, self.oom_kills(uid), over)
+        self._watched[uid] = (limit, self.stops(uid), over)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
 
@@ -693,12 +693,12 @@ class MemoryWatch:
                 if watched is not None:
                     watched[2](what)
 
-    def _look(self, watched: dict[int, tuple[int, int, Callable[[str], None]]]) -> dict[int, str]:
+    def _look(self, watched: dict[int, tuple[int, Stops, Callable[[str], None]]]) -> dict[int, str]:
         """The watched users over their limits, each with what went over (in a thread)."""
         found = {}
         for uid, used in resident_by_user(list(watched)).items():
-            limit, kills, _ = watched[uid]
-            if self.oom_kills(uid) > kills:
+            limit, before, _ = watched[uid]
+            if self.stops(uid).over_since(before):
                 found[uid] = KERNEL_STOPPED
             elif used > limit:
                 found[uid] = f"its processes and System V memory used {used >> 20} MiB together"

@@ -22,6 +22,7 @@ from typing import Any
 from akcore import bus, credheaders, ids, journal, parking, subjects, timefmt, tracing, wire
 from akcore.bus import may_pass
 from akcore.cache import StoreCache
+from akcore.cgroups import GroupError, Stops
 from akcore.config import ENV_SESSION_TIMEOUT, ENV_WORKER_MEMORY_MB, REQUIREMENTS_FILE
 from akcore.datakey import Keyring, SealError
 from akcore.errors import AKError, InvalidArgument, Unavailable
@@ -250,7 +251,7 @@ class SessionRun:
         self.ended = False
         self.held: Held | None = None  # its build's directory, while the attempt uses it
         self.stop_reason: str | None = None
-        self.oom_kills = 0  # the kernel's kills at its worker's memory limit before it ran
+        self.stops = Stops()  # what the kernel had done at its worker's memory limit before
         self.stop_state = wire.STOPPED
         self._stop = asyncio.Event()
         self.lane = subjects.job_lane(job.project_id)
@@ -533,6 +534,9 @@ class SessionRun:
         self.env = {**variables, **extra_env}
         try:
             worker = await self.host.pool.take(python, base, job.project_id)
+        except GroupError as e:  # (not the interpreter's doing: the runner's machine's)
+            await self.end(wire.ERROR, f"error: no worker for the session: {e}")
+            return
         except OSError as e:
             await self.end(
                 wire.ERROR,
@@ -576,7 +580,7 @@ class SessionRun:
         stop = asyncio.create_task(self._stop.wait())
         lost = asyncio.create_task(self.lease.lost.wait())
         timer = asyncio.create_task(self._time_limit())
-        self.oom_kills = self.host.memory.oom_kills(worker.uid)  # this session's are past it
+        self.stops = self.host.memory.stops(worker.uid, reset=True)  # this session's: past it
         self._memory_limit(worker)
         try:
             while True:
@@ -615,10 +619,13 @@ class SessionRun:
                 t.cancel()
         if talk.done() and not talk.cancelled():
             talk.result()
-            return
-        talk.cancel()
-        worker.kill()
-        await asyncio.gather(talk, return_exceptions=True)
+            if self.ended or not self._stop.is_set():
+                return
+            # (The worker ended as a stop came, and the talk left its end to the stop.)
+        else:
+            talk.cancel()
+            worker.kill()
+            await asyncio.gather(talk, return_exceptions=True)
         if self.lease.lost.is_set():
             raise Fenced(f"it lost its job ({self.lease.lost_because})")
         if not self.ended:
@@ -801,7 +808,9 @@ class SessionRun:
     def _kernel_stopped(self, worker: WorkerProcess) -> str:
         """``KERNEL_STOPPED`` when the kernel killed a process of the worker's at its
         memory limit during this session (its control groups), else ""."""
-        if worker.uid < 0 or self.host.memory.oom_kills(worker.uid) <= self.oom_kills:
+        if worker.uid < 0 or self.host.worker_limits.memory_mb <= 0:
+            return ""  # (a kill with no limit is a parent group's or the machine's)
+        if not self.host.memory.stops(worker.uid).over_since(self.stops):
             return ""
         return KERNEL_STOPPED
 

@@ -81,6 +81,28 @@ def shm_file(event):
     print("all written")
 
 
+def peek_groups(event):
+    # The other workers' control groups (a spare's at least): what runs there, which /proc
+    # hides from this user, and how much memory it holds.
+    mine = next(line.split(":", 2)[2] for line in open("/proc/self/cgroup")
+                if "memory" in line.split(":")[1].split(","))
+    parent, own = os.path.split("/sys/fs/cgroup/memory" + mine.strip())
+    others = [n for n in os.listdir(parent) if n.startswith("u") and n != own]
+    print("others", bool(others))
+    for name in others:
+        for what in ("cgroup.procs", "memory.stat", "memory.limit_in_bytes"):
+            try:
+                open(os.path.join(parent, name, what)).read()
+                print("read", name, what)
+            except PermissionError:
+                pass
+        try:
+            open(os.path.join(parent, name, "cgroup.procs"), "w").write(str(os.getpid()))
+            print("moved into", name)
+        except PermissionError:
+            pass
+
+
 def spin(event):
     while True:
         time.sleep(0.05)
@@ -263,6 +285,16 @@ def test_a_handlers_processes_are_held_to_the_memory_limit_together(stack: Stack
     else:
         assert session["error"].startswith(OVER_512 + "its processes and System V memory used ")
         assert session["error"].endswith(" MiB together"), session
+
+
+@pytest.mark.skipif(not _kernel_holds_memory(), reason="needs cgroup v1's memory controller")
+def test_a_handler_neither_reads_nor_joins_another_workers_group(stack: Stack) -> None:
+    """A worker's group is root's alone: its processes (which /proc hides from the other
+    workers' users) and their memory are not shown to another worker, which cannot move
+    into it either."""
+    sid = _start(stack, "peek_groups")
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    assert _prints(stack, sid) == ["others True"]  # (the spare workers' groups at least)
 
 
 @pytest.mark.skipif(not _kernel_holds_memory(), reason="needs cgroup v1's memory controller")
