@@ -61,6 +61,8 @@ ENV_HTTP_REQUEST_TIMEOUT = "AK_HTTP__REQUEST_TIMEOUT"
 ENV_HTTP_IDLE_TIMEOUT = "AK_HTTP__IDLE_TIMEOUT"
 ENV_HTTP_MAX_CONNECTIONS = "AK_HTTP__MAX_CONNECTIONS"
 ENV_HTTP_MAX_API_BODY = "AK_HTTP__MAX_API_BODY"
+# Proxies in front of ingress whose X-Forwarded-For is believed (addresses or networks).
+ENV_HTTP_TRUSTED_PROXIES = "AK_HTTP__TRUSTED_PROXIES"
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:9980"
 # User ids no account uses, one per worker process at a time (see services/runner/sandbox.py).
@@ -126,10 +128,13 @@ class HttpLimits:
     idle_timeout: int = 5  # seconds a connection may wait for its next request
     max_connections: int = 1000  # open at once, per ingress process
     max_api_body: int = 8 * 1024 * 1024  # an /api request (the NATS message limit of `ak up`)
+    # the networks of the proxies whose X-Forwarded-For names the client (none: the peer is)
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> HttpLimits:
         return cls(
+            trusted_proxies=_networks(ENV_HTTP_TRUSTED_PROXIES),
             max_header_bytes=_count(ENV_HTTP_MAX_HEADER_BYTES, cls.max_header_bytes, 1024),
             max_headers=_count(ENV_HTTP_MAX_HEADERS, cls.max_headers, 10),
             request_timeout=_count(ENV_HTTP_REQUEST_TIMEOUT, cls.request_timeout, 1),
@@ -246,6 +251,24 @@ def _count(name: str, default: int, least: int) -> int:
     if not text.isdigit() or int(text) < least:
         raise ValueError(f"{name} must be a whole number of at least {least}, not {text!r}")
     return int(text)
+
+
+def _networks(name: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or networks (``10.0.0.0/8``) from the environment."""
+    import ipaddress
+
+    found = []
+    for part in os.environ.get(name, "").split(","):
+        if not part.strip():
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{name} must list IP addresses or networks (10.0.0.5, 10.0.0.0/8), comma-"
+                f"separated; {part.strip()!r} is neither"
+            ) from None
+    return tuple(found)
 
 
 def _seconds_or_off(name: str, default: float) -> float:

@@ -22,6 +22,7 @@ from opentelemetry.trace import Span, SpanKind
 from . import github, slack
 from .auth import Authenticator
 from .body import read_body
+from .clients import ClientAddresses
 from .commands import EVENTS_FULL, perform
 from .lookups import WebhookLookups
 from .sync import SyncWaits
@@ -67,6 +68,11 @@ def create_app(
     lookups = lookups or WebhookLookups(nc, ttl=0)
     auth = Authenticator(nc, tokens_required)
     max_api_body = (limits or HttpLimits()).max_api_body
+    clients = ClientAddresses((limits or HttpLimits()).trusted_proxies)
+
+    def client_of(request: Request) -> str:
+        return clients.of(request.scope, request.headers.getlist("x-forwarded-for"))
+
     keys = keys or load_keyring()
     sync_waits = SyncWaits(nc)
 
@@ -104,7 +110,7 @@ def create_app(
             memo={
                 "method": request.method,
                 "webhook_slug": slug,
-                "remote_addr": request.client.host if request.client else "",
+                "remote_addr": client_of(request),
                 "trigger_id": target.trigger_id,
             },
             created_at_us=timefmt.now_us(),
@@ -176,7 +182,7 @@ def create_app(
         """A provider's request (GitHub, Slack): read, handled, refusals counted."""
         attrs = {"http.request.method": "POST", "http.route": route}
         with tel.span(f"POST {route}", kind=SpanKind.SERVER, attributes=attrs) as span:
-            address = request.client.host if request.client else ""
+            address = client_of(request)
             try:
                 body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
                 if body is None:
@@ -239,6 +245,7 @@ def create_app(
                 request.scope.get("client"),
                 request.scope.get("server"),
                 request.headers,
+                client_of(request),
             )
             ops.public(name)  # NotFound before the body is read
             body = await read_body(request, max_api_body, max_api_body)
@@ -269,7 +276,7 @@ def create_app(
             )
         return Response("ready\n", status_code=200)
 
-    add_ui(app, nc, auth, keys)
+    add_ui(app, nc, auth, keys, clients)
     return WebhookFront(app, webhook)
 
 

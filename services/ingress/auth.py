@@ -64,17 +64,20 @@ class Authenticator:
         client: tuple[str, int] | None = None,
         server: tuple[str, int] | None = None,
         headers: Mapping[str, str] | None = None,
+        address: str | None = None,
     ) -> Caller:
         """The caller the header names; Unauthenticated without a token the store knows.
         With tokens off, the caller must be the server's own user (or root), as the
         connection ``client`` -> ``server`` shows: a handler (a sandbox user) or another
         account on the machine is refused; and the request must come from a program, not a
-        web page (``_check_not_a_browser``)."""
+        web page (``_check_not_a_browser``). Failed tokens spend the budget of ``address``
+        (the client's, ``clients.ClientAddresses``; by default ``client``'s)."""
         if not self.required:
             self._check_not_a_browser(headers or {})
             await self.check_local_user(client, server)
             return DEV_CALLER
-        address = client[0] if client else ""
+        if address is None:  # (the budget's key: the client, behind trusted proxies too)
+            address = client[0] if client else ""
         if not self._remembered(authorization):
             self.failures.check(address)
         try:

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 
 from . import uiviews
 from .auth import Authenticator, Caller
+from .clients import ClientAddresses
 from .commands import perform
 from .uiauth import UiAuth, after_login, check_form, csrf_token, read_form, set_cookies
 
@@ -61,10 +62,16 @@ _templates.globals["duration"] = uiviews.duration
 Page = Callable[[Request, Caller], Awaitable[Response]]
 
 
-def add_ui(app: FastAPI, nc: Client, auth: Authenticator, keys: Keyring) -> None:
+def add_ui(
+    app: FastAPI,
+    nc: Client,
+    auth: Authenticator,
+    keys: Keyring,
+    clients: ClientAddresses | None = None,
+) -> None:
     """Adds ``/`` (a redirect), ``/ui`` and its pages to ``app`` (``keys`` open the events'
     data that the pages dispatch again)."""
-    gate = UiAuth(auth)
+    gate = UiAuth(auth, clients)
 
     def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         csrf = csrf_token(request)

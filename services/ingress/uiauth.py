@@ -24,6 +24,7 @@ from fastapi import Request, Response
 
 from .auth import DEV_CALLER, Authenticator, Caller, host_name
 from .body import read_body
+from .clients import ClientAddresses
 
 TOKEN_COOKIE = "ak_ui_token"
 CSRF_COOKIE = "ak_ui_csrf"
@@ -36,8 +37,12 @@ MAX_FORM = 8192
 class UiAuth:
     """The UI's gate in front of ``Authenticator``."""
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, clients: ClientAddresses | None = None) -> None:
         self.auth = auth
+        self.clients = clients or ClientAddresses()
+
+    def _address(self, request: Request) -> str:
+        return self.clients.of(request.scope, request.headers.getlist("x-forwarded-for"))
 
     @property
     def tokens_required(self) -> bool:
@@ -50,7 +55,9 @@ class UiAuth:
             token = request.cookies.get(TOKEN_COOKIE, "")
             if not token:
                 raise Unauthenticated("log in with an API token")
-            return await self.auth.caller(f"Bearer {token}", client, server)
+            return await self.auth.caller(
+                f"Bearer {token}", client, server, address=self._address(request)
+            )
         check_page_request(request.headers)
         await self.auth.check_local_user(client, server)
         return DEV_CALLER
@@ -58,7 +65,9 @@ class UiAuth:
     async def check_token(self, request: Request, token: str) -> Caller:
         """The caller a token typed into the login page names (Unauthenticated if none)."""
         client, server = request.scope.get("client"), request.scope.get("server")
-        return await self.auth.caller(f"Bearer {token}", client, server)
+        return await self.auth.caller(
+            f"Bearer {token}", client, server, address=self._address(request)
+        )
 
 
 def check_page_request(headers: Mapping[str, str]) -> None:

@@ -280,7 +280,11 @@ def test_guessing_tokens_is_throttled_per_address(tmp_path: Path) -> None:
     s = start_stack(tmp_path)
     try:
         bad = {"Authorization": "Bearer akt_" + "0" * 64}
-        replies = [post(s, "project.list", {}, bad) for _ in range(70)]
+        # (A header naming another client changes nothing without trusted proxies.)
+        replies = [
+            post(s, "project.list", {}, {**bad, "X-Forwarded-For": f"198.51.100.{i}"})
+            for i in range(70)
+        ]
         statuses = [status for status, _ in replies]
         assert statuses[:40] == [401] * 40, statuses
         assert 429 in statuses[50:], statuses
@@ -290,6 +294,34 @@ def test_guessing_tokens_is_throttled_per_address(tmp_path: Path) -> None:
         ), reply
         # The budget refills: the CLI's good token gets through again.
         wait_until(lambda: s.ak("project", "list").returncode == 0, "the CLI let in again", 20)
+    finally:
+        s.stop()
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_budget(tmp_path: Path) -> None:
+    """With AK_HTTP__TRUSTED_PROXIES naming the proxy (here the test's own loopback), the
+    address its X-Forwarded-For gives is the client: one client guessing tokens spends its
+    own budget, not every client's; an address it writes itself, left of what the proxy
+    adds, does not get it a new one; a webhook event's memo names it."""
+    s = start_stack(tmp_path, {"AK_HTTP__TRUSTED_PROXIES": "127.0.0.1/32,::1"})
+    try:
+        bad = {"Authorization": "Bearer akt_" + "0" * 64}
+
+        def guess(client: str) -> int:
+            return post(s, "project.list", {}, {**bad, "X-Forwarded-For": client})[0]
+
+        statuses = [guess("203.0.113.5") for _ in range(70)]
+        assert statuses[:40] == [401] * 40 and 429 in statuses[50:], statuses
+        assert guess("9.9.9.9, 203.0.113.5") == 429  # (its own words, then the proxy's)
+        assert guess("203.0.113.6") == 401  # another client: its own budget
+        assert s.ak("project", "list").returncode == 0  # the proxy's own address too
+        manifest = MANIFEST.format(name="proxied")
+        proj = write_project(tmp_path / "p", {"autokitteh.yaml": manifest, "h.py": CODE})
+        hook = s.deploy_paths(proj)["hook"]
+        status, head, _ = s.request("POST", hook, b"{}", {"X-Forwarded-For": "203.0.113.7"})
+        assert status == 202
+        shown = json.loads(s.ak("event", "get", head["autokitteh-event-id"], "-j").stdout)
+        assert shown["memo"]["remote_addr"] == "203.0.113.7"
     finally:
         s.stop()
 
