@@ -167,13 +167,6 @@ class WorkerGroups:
                 (memory / "memory.max_usage_in_bytes").write_text("0")
         return Stops(kills, peaked)
 
-    def used(self, uid: int) -> int:
-        """The memory (bytes) ``uid``'s group holds now, the kernel's count."""
-        try:
-            return int((self._group("memory", uid) / "memory.usage_in_bytes").read_text())
-        except (OSError, ValueError):
-            return 0
-
     def remove(self, uid: int) -> None:
         """Kills every process in ``uid``'s groups and removes them (none there: nothing)."""
         for controller in CONTROLLERS:
