@@ -23,7 +23,7 @@ def _seconds(text: str) -> int:
     text = text.strip().lower()
     unit = UNITS.get(text[-1:]) if text[-1:].isalpha() else 1
     number = text[:-1] if text[-1:].isalpha() else text
-    if unit is None or not number.isdigit() or int(number) == 0:
+    if unit is None or not (number.isascii() and number.isdigit()) or int(number) == 0:
         raise InvalidArgument(
             f"--expires: {text!r} is not a duration: give a whole number and a unit, s, m, h "
             "or d (90m, 12h, 30d)"

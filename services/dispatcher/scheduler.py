@@ -11,7 +11,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from akcore import bus, cron, ids, subjects, tracing, wire
+from akcore import bus, cron, eventdata, ids, subjects, tracing, wire
+from akcore.datakey import Keyring
 from akcore.errors import AKError
 from nats.aio.client import Client
 
@@ -36,8 +37,11 @@ def tick_event(trigger: dict[str, Any], at: datetime) -> wire.Event:
 
 
 class Scheduler:
-    def __init__(self, nc: Client, telemetry: tracing.Telemetry) -> None:
+    def __init__(
+        self, nc: Client, telemetry: tracing.Telemetry, keys: Keyring | None = None
+    ) -> None:
         self.nc, self.tel = nc, telemetry
+        self.keys = keys  # a tick's memo rests sealed, as every event's (akcore.eventdata)
         self.next_fire: dict[tuple[str, str], datetime] = {}  # (trigger id, schedule) -> time
         self.triggers: list[dict[str, Any]] = []
         self.away_since: float | None = None  # when the store stopped answering
@@ -71,7 +75,7 @@ class Scheduler:
             with self.tel.span("schedule tick", attributes={**attrs, "ak.event_id": ev.event_id}):
                 await pub.publish(
                     subjects.event_subject(ev.project_id, ev.event_id),
-                    wire.encode(ev),
+                    wire.encode(eventdata.sealed(ev, self.keys) if self.keys else ev),
                     headers=tracing.inject({subjects.HDR_MSG_ID: ev.event_id}),
                 )
             self.next_fire[key] = cron.parse(t["schedule"]).next_after(max(at, now))

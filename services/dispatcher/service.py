@@ -366,7 +366,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     tel = tracing.Telemetry("dispatcher")
     tel.send_to_store(nc)
     events = await bus.Puller.bind(nc, subjects.CONSUMER_DISPATCHER)
-    ticks = asyncio.create_task(Scheduler(nc, tel).run(stop))
+    ticks = asyncio.create_task(Scheduler(nc, tel, keys).run(stop))
     waker = asyncio.create_task(Waker(nc).run(stop))
     turns = Turns()
     targets = StoreCache(ahead=True, fetch=fetch_targets)  # (asked again while in use)

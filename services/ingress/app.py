@@ -55,12 +55,14 @@ def create_app(
     tokens_required: bool = True,
     limits: HttpLimits | None = None,
     keys: Keyring | None = None,
+    worker_uids: tuple[int, int] | None = None,
 ) -> WebhookFront:
     """The HTTP app (an ASGI callable). ``lookups`` keeps webhook lookups (it should watch
     the store's change notices; without one every request asks the store, and only this
     process remembers the last known answers). ``tokens_required``: ``/api`` calls need an
-    API token (off only for dev mode on loopback). ``limits`` caps ``/api`` bodies. ``keys``
-    seal the events' data (by default the data home's)."""
+    API token (off only for dev mode on loopback). ``limits`` caps ``/api`` bodies and names
+    the trusted proxies; a loopback connection of ``worker_uids`` (a handler's) is never
+    one. ``keys`` seal the events' data (by default the data home's)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
     events = bus.publisher(nc)
@@ -68,7 +70,7 @@ def create_app(
     lookups = lookups or WebhookLookups(nc, ttl=0)
     auth = Authenticator(nc, tokens_required)
     max_api_body = (limits or HttpLimits()).max_api_body
-    clients = ClientAddresses((limits or HttpLimits()).trusted_proxies)
+    clients = ClientAddresses((limits or HttpLimits()).trusted_proxies, worker_uids)
 
     def client_of(request: Request) -> str:
         return clients.of(request.scope, request.headers.getlist("x-forwarded-for"))

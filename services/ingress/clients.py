@@ -8,6 +8,11 @@ spend everyone's budget.
 got the request from, so the first address that is not a trusted proxy's is the client's;
 what a client wrote itself stands left of it and is not believed. Who owns a loopback
 connection (tokens off) is always the socket's peer, never a header.
+
+A proxy on this host's loopback shares it with every local process, handlers included
+(they may reach the stack's HTTP port): a loopback peer is taken for a proxy only when the
+socket is not a worker user id's (``peers.owner``; a read of ``/proc/net/tcp`` per such
+request, so a proxy on an address of its own costs less).
 """
 
 from __future__ import annotations
@@ -16,12 +21,17 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from . import peers
+
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class ClientAddresses:
-    def __init__(self, trusted: Iterable[str] = ()) -> None:
+    def __init__(
+        self, trusted: Iterable[str] = (), worker_uids: tuple[int, int] | None = None
+    ) -> None:
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+        self.worker_uids = worker_uids  # (first, last): a handler's sockets are these users'
 
     def _is_proxy(self, address: IpAddress) -> bool:
         return any(address in network for network in self.trusted)
@@ -38,12 +48,24 @@ class ClientAddresses:
         except ValueError:
             return peer
         hops = [hop.strip() for value in forwarded for hop in value.split(",")]
+        if hops and address.is_loopback and self._is_proxy(address) and self._a_worker(scope):
+            return peer
         while self._is_proxy(address) and hops:
             try:
                 address = _ip(hops.pop())
             except ValueError:  # (a name, a port, garbage: the last sure hop is the client)
                 break
         return str(address)
+
+    def _a_worker(self, scope: Any) -> bool:
+        """Whether a loopback connection may be a handler's: its socket is a worker user
+        id's, or its owner cannot be told (the connection already closed)."""
+        if self.worker_uids is None or not peers.supported():
+            return False
+        client, server = scope.get("client"), scope.get("server")
+        uid = peers.owner(tuple(client), tuple(server)) if client and server else None
+        first, last = self.worker_uids
+        return uid is None or first <= uid <= last
 
 
 def _ip(text: str) -> IpAddress:

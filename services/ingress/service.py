@@ -93,7 +93,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await bus.close(nc)
         raise failed[0]
     config = uvicorn.Config(
-        create_app(nc, tel, lookups, settings.auth_tokens, settings.http, keys),
+        create_app(
+            nc, tel, lookups, settings.auth_tokens, settings.http, keys, settings.worker_uids
+        ),
         host=host,
         port=port,
         log_level="warning",

@@ -175,6 +175,10 @@ class ApiToken(SQLModel, table=True):
     expires_us: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
+    # when it was revoked (kept so that its digest is never taken again); 0: it was not
+    revoked_us: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class Delivery(SQLModel, table=True):

@@ -30,7 +30,10 @@ class Tokens:
         if req.expires_us and req.expires_us <= timefmt.now_us():
             raise InvalidArgument("token.add: the token would have expired already")
         with DB(self.engine) as db:
-            if db.exec(select(ApiToken).where(ApiToken.digest == req.digest)).first():
+            kept = db.exec(select(ApiToken).where(ApiToken.digest == req.digest)).first()
+            if kept is not None and kept.revoked_us:
+                raise Conflict("that API token was revoked, and stays refused")
+            if kept is not None:
                 return
             db.add(
                 ApiToken(
@@ -54,6 +57,8 @@ class Tokens:
             ).all()
         for row in rows:
             if hmac.compare_digest(row.digest.encode(), req.digest.encode()):
+                if row.revoked_us:
+                    break
                 if row.expires_us and row.expires_us <= timefmt.now_us():
                     raise Unauthenticated(tokens.expired(timefmt.rfc3339(row.expires_us)))
                 return {
@@ -68,7 +73,9 @@ class Tokens:
         """Every token, oldest first: its id, name, maker, time and expiry ("" for none;
         never the token)."""
         with DB(self.engine) as db:
-            rows = db.exec(select(ApiToken).order_by(ApiToken.created_us)).all()  # type: ignore[arg-type]
+            rows = db.exec(
+                select(ApiToken).where(ApiToken.revoked_us == 0).order_by(ApiToken.created_us)  # type: ignore[arg-type]
+            ).all()
         return [
             {
                 "token_id": row.token_id,
@@ -81,20 +88,32 @@ class Tokens:
         ]
 
     def revoke(self, req: rq.TokenRevoke) -> None:
-        """Forgets a token (ingresses forget what they took when the store announces it:
-        ``Authenticator``); never the last one, which would leave no way in."""
+        """Refuses a token from now on (ingresses forget what they took when the store
+        announces it: ``Authenticator``); its row stays, so that its digest is never taken
+        again. Never the last token that does not expire, which would leave no lasting way
+        in (once the others expire)."""
         with DB(self.engine) as db:
             row = db.get(ApiToken, req.token_id)
-            if row is None:
+            if row is None or row.revoked_us:
                 raise NotFound(f'API token "{req.token_id}" not found (ak auth list-tokens)')
-            if len(db.exec(select(ApiToken.token_id)).all()) == 1:
-                raise Conflict(
-                    f'"{req.token_id}" is the last API token: revoked, nothing could call the '
-                    "API any more; make another first (ak auth create-token)"
+            lasting = db.exec(
+                select(ApiToken.token_id).where(
+                    ApiToken.revoked_us == 0,
+                    ApiToken.expires_us == 0,
+                    ApiToken.token_id != row.token_id,
                 )
-            db.delete(row)
+            ).first()
+            if not row.expires_us and lasting is None:
+                raise Conflict(
+                    f'"{req.token_id}" is the last API token that never expires: revoked, '
+                    "nothing could call the API once the others expire; make another first "
+                    "(ak auth create-token, called with a token that never expires)"
+                )
+            name = row.name
+            row.revoked_us = timefmt.now_us()
+            db.add(row)
             db.commit()
-        log.info("API token %s (%s) revoked", req.token_id, row.name or "no name")
+        log.info("API token %s (%s) revoked", req.token_id, name or "no name")
 
     def bootstrap(self, path: str) -> None:
         """Keeps the token (or digest) of an operator's bootstrap file, if one is set."""
@@ -106,5 +125,24 @@ class Tokens:
             raise InvalidArgument(f"cannot read the bootstrap token file {path}: {e}") from None
         except ValueError as e:
             raise InvalidArgument(f"{path}: {e}") from None
-        self.add(rq.TokenAdd(digest=found, name="bootstrap", created_by="bootstrap"))
+        try:
+            self.add(rq.TokenAdd(digest=found, name="bootstrap", created_by="bootstrap"))
+        except Conflict:
+            log.error(
+                "the bootstrap API token of %s was revoked (ak auth revoke-token) and stays "
+                "refused: give the CLI another token (ak auth create-token, then ak auth "
+                "set-token) and start again",
+                path,
+            )
+            return
+        with DB(self.engine) as db:
+            row = db.exec(select(ApiToken).where(ApiToken.digest == found)).one()
+        if row.expires_us and row.expires_us <= timefmt.now_us():
+            log.error(
+                "the bootstrap API token of %s expired at %s (it was made with --expires): "
+                "give the CLI a token that never expires (ak auth set-token) and start again",
+                path,
+                timefmt.rfc3339(row.expires_us),
+            )
+            return
         log.info("bootstrap API token from %s is kept", path)

@@ -322,8 +322,63 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_budget(tmp_path: Path) -
         assert status == 202
         shown = json.loads(s.ak("event", "get", head["autokitteh-event-id"], "-j").stdout)
         assert shown["memo"]["remote_addr"] == "203.0.113.7"
+        if os.geteuid() == 0:  # (handlers run as worker user ids: the sandbox)
+            _a_handler_is_no_proxy(s, tmp_path, hook)
     finally:
         s.stop()
+
+
+FORGER = """import json
+import urllib.error
+import urllib.request
+
+
+def forge(event):
+    url, hook, victim = event.data["url"], event.data["hook"], event.data["victim"]
+    request = urllib.request.Request(url + hook, b"{}", {"X-Forwarded-For": victim})
+    with urllib.request.urlopen(request) as answer:
+        print("event", answer.headers["AutoKitteh-Event-ID"])
+    body = bytes([0x81, 0xA4]) + b"args" + bytes([0x80])  # msgpack {"args": {}}
+    headers = {
+        "Content-Type": "application/msgpack",
+        "Authorization": "Bearer akt_" + "0" * 64,
+        "X-Forwarded-For": victim,
+    }
+    statuses = []
+    for _ in range(70):
+        try:
+            request = urllib.request.Request(url + "/api/project.list", body, headers)
+            with urllib.request.urlopen(request) as answer:
+                statuses.append(answer.status)
+        except urllib.error.HTTPError as e:
+            statuses.append(e.code)
+    print("statuses", json.dumps(statuses))
+"""
+
+
+def _a_handler_is_no_proxy(s: Stack, tmp_path: Path, hook: str) -> None:
+    """A handler reaches the stack's port on loopback, where the trusted proxy is: its
+    connections (a worker user id's) are no proxy's, so what it writes in X-Forwarded-For
+    neither names a webhook event's sender nor spends another client's budget."""
+    victim = "203.0.113.50"
+    proj = write_project(
+        tmp_path / "forger",
+        {"autokitteh.yaml": MANIFEST.format(name="forger"), "h.py": CODE + FORGER},
+    )
+    s.deploy(proj)
+    inputs = {"url": s.url, "hook": hook, "victim": victim}
+    args = [x for k, v in inputs.items() for x in ("-I", f"{k}={json.dumps(v)}")]
+    res = s.ak("session", "start", "-o", "forger", "-p", "h.py:forge", *args, check=True)
+    sid = res.stdout.strip().removeprefix("session_id: ")
+    assert s.wait_session(sid, 60)["state"] == "COMPLETED"
+    prints = dict(
+        line.split(" ", 1) for line in s.ak("session", "prints", sid, "-n").stdout.splitlines()
+    )
+    shown = json.loads(s.ak("event", "get", prints["event"], "-j", check=True).stdout)
+    assert shown["memo"]["remote_addr"] == "127.0.0.1"  # the handler's own address
+    assert 429 in json.loads(prints["statuses"])  # its guesses spent its own budget...
+    bad = {"Authorization": "Bearer akt_" + "0" * 64, "X-Forwarded-For": victim}
+    assert post(s, "project.list", {}, bad)[0] == 401  # ...not the victim's
 
 
 def test_webhooks_and_health_need_no_token(stack: Stack) -> None:

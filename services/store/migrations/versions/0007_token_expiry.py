@@ -2,6 +2,8 @@
 
 An API token may expire (``ak auth create-token --expires 30d``): ``expires_us``, the
 moment it stops being taken; 0 for a token that never expires (all those made before).
+A revoked token's row stays, with ``revoked_us``, so that its digest is never taken again
+(``ak up`` gives the store the CLI's stored token at every start).
 
 Revision ID: 0007
 Revises: 0006
@@ -24,8 +26,12 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("expires_us", sa.BigInteger(), nullable=False, server_default="0")
         )
+        batch.add_column(
+            sa.Column("revoked_us", sa.BigInteger(), nullable=False, server_default="0")
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("api_tokens") as batch:
+        batch.drop_column("revoked_us")
         batch.drop_column("expires_us")
