@@ -192,6 +192,7 @@ class UserIds:
         self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
         # Ids a System V segment of still holds (see ``_clear``): not handed out meanwhile.
         self._unclear: set[int] = set()
+        self._giving: set[asyncio.Future[None]] = set()  # ids given back after a failed take
 
     @property
     def groups_arg(self) -> str:
@@ -215,9 +216,14 @@ class UserIds:
         try:
             await asyncio.shield(making)
         except BaseException:  # failed, or its taker cancelled: given back once it is over
-            making.add_done_callback(lambda _: asyncio.ensure_future(self.give_back(uid)))
+            making.add_done_callback(lambda _: self._give_back_later(uid))
             raise
         return uid
+
+    def _give_back_later(self, uid: int) -> None:
+        task = asyncio.ensure_future(self.give_back(uid))
+        self._giving.add(task)  # (held until done: a task nothing holds may be collected)
+        task.add_done_callback(self._giving.discard)
 
     async def _take(self) -> int:
         if self._unclear:
