@@ -25,119 +25,101 @@ import errno
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
-PARENT = "autokitteh-workers"  # the runner's groups, in its own group of each controller
-CONTROLLERS = ("memory",)
+PARENT = "autokitteh-workers"  # the runner's groups, in its own memory group
 KILL_ROUNDS = 50  # reads of a group's processes; each kills what it finds
 
 
-def _mounts() -> dict[str, tuple[Path, str]]:
-    """Each cgroup v1 controller's mount point and the group mounted there (``/`` but in
-    a container showing the host's tree from a group down)."""
-    found: dict[str, tuple[Path, str]] = {}
+def _memory_mount() -> tuple[Path, str] | None:
+    """Where cgroup v1's memory controller is mounted, and the group mounted there (``/``
+    but in a container showing the host's tree from a group down); None without one."""
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             pre, _, post = line.decode(errors="replace").partition(" - ")
             fields, tail = pre.split(), post.split()
-            if len(fields) < 5 or len(tail) < 3 or tail[0] != "cgroup":
-                continue
-            for option in tail[2].split(","):
-                if option in CONTROLLERS and option not in found:
-                    found[option] = (Path(_unescape(fields[4])), _unescape(fields[3]))
-    return found
+            if len(fields) >= 5 and len(tail) >= 3 and tail[0] == "cgroup":
+                if "memory" in tail[2].split(","):
+                    return Path(_unescape(fields[4])), _unescape(fields[3])
+    return None
 
 
 def _unescape(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
 
 
-def _own_groups() -> dict[str, str]:
-    """The runner's group in each cgroup v1 controller (``/proc/self/cgroup``)."""
-    own: dict[str, str] = {}
+def _own_memory_group() -> str | None:
+    """The runner's group of cgroup v1's memory controller (``/proc/self/cgroup``)."""
     with open("/proc/self/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
-            for controller in controllers.split(","):
-                own[controller] = path
-    return own
+            if "memory" in controllers.split(","):
+                return path
+    return None
 
 
 class WorkerGroups:
-    """The runner's groups, one per user id it hands out, in each controller's tree."""
+    """The runner's memory groups, one per user id it hands out, under ``parent``."""
 
-    def __init__(self, parents: dict[str, Path]) -> None:
-        self.parents = parents  # controller -> this runner's ``autokitteh-workers``
+    def __init__(self, parent: Path) -> None:
+        self.parent = parent  # this runner's ``autokitteh-workers``
 
     @classmethod
     def find(cls) -> tuple[WorkerGroups | None, str]:
-        """The groups, made ready (their parent in each controller); or None and why not,
-        for the log."""
+        """The groups, made ready (their parent made); or None and why not, for the log."""
         if os.geteuid() != 0:
             return None, "the runner is not root"
         try:
-            mounts, own = _mounts(), _own_groups()
+            mounted, path = _memory_mount(), _own_memory_group()
         except OSError as e:
             return None, f"cannot read this process's control groups: {e}"
-        missing = [c for c in CONTROLLERS if c not in mounts or c not in own]
-        if missing:
+        if mounted is None or path is None:
             return None, "no cgroup v1 memory controller mounted (cgroup v2 is not used yet)"
-        parents: dict[str, Path] = {}
-        for controller in CONTROLLERS:
-            mount, root = mounts[controller]
-            path = own[controller]
-            if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
-                path = path[len(root.rstrip("/")) :]  # (a mount of a group, not the tree)
-            parent = mount / path.lstrip("/") / PARENT
-            try:
-                parent.mkdir(mode=0o755, exist_ok=True)
-                if controller == "memory":
-                    with contextlib.suppress(OSError):  # (one with children refuses it)
-                        (parent / "memory.use_hierarchy").write_text("1")
-                    if (parent / "memory.use_hierarchy").read_text().strip() != "1":
-                        return None, f"{parent} does not count its groups' memory in its own"
-            except OSError as e:
-                return None, f"cannot make {parent}: {e.strerror or e}"
-            parents[controller] = parent
+        mount, root = mounted
+        if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
+            path = path[len(root.rstrip("/")) :]  # (a mount of a group, not the tree)
+        parent = mount / path.lstrip("/") / PARENT
+        try:
+            parent.mkdir(mode=0o755, exist_ok=True)
+            with contextlib.suppress(OSError):  # (one with children refuses it)
+                (parent / "memory.use_hierarchy").write_text("1")
+            if (parent / "memory.use_hierarchy").read_text().strip() != "1":
+                return None, f"{parent} does not count its groups' memory in its own"
+        except OSError as e:
+            return None, f"cannot make {parent}: {e.strerror or e}"
         # A group must be made, not only the parent found (one an earlier runner left on a
         # file system now read-only): one of this process's own, made and removed.
-        probe = parents["memory"] / f"probe-{os.getpid()}"
+        probe = parent / f"probe-{os.getpid()}"
         try:
             probe.mkdir(mode=0o700)
             (probe / "memory.limit_in_bytes").write_text(str(1 << 30))
         except OSError as e:
-            return None, f"cannot make a control group in {probe.parent}: {e.strerror or e}"
+            return None, f"cannot make a control group in {parent}: {e.strerror or e}"
         finally:
             _rmdir(probe)
-        return cls(parents), ""
+        return cls(parent), ""
 
-    @property
-    def joined(self) -> str:
-        """What a process told to join its user id's groups is given: the parents, joined
-        by newlines (``autokitteh._worker.join_groups`` adds ``u<uid>``)."""
-        return "\n".join(str(p) for p in self.parents.values())
-
-    def _group(self, controller: str, uid: int) -> Path:
-        return self.parents[controller] / f"u{uid}"
+    def _group(self, uid: int) -> Path:
+        return self.parent / f"u{uid}"
 
     def make(self, uid: int, memory: int) -> None:
-        """A fresh group for ``uid`` in each controller (what an earlier one held is
-        killed, and the group removed; a parent removed meanwhile is made again), limited
-        to ``memory`` bytes (0: none), its socket buffers included. Only root may look into
-        it (its processes, their memory: ``hidepid`` hides them from other workers).
+        """A fresh group for ``uid`` (what an earlier one held is killed, and the group
+        removed; a parent removed meanwhile is made again), limited to ``memory`` bytes (0:
+        none), its socket buffers included. Only root may look into it (its processes,
+        their memory: ``hidepid`` hides them from other workers).
 
         Raises:
             GroupError: naming the group and why it could not be made.
         """
         self.remove(uid)
-        group = self._group("memory", uid)
+        group = self._group(uid)
         try:
-            for controller in CONTROLLERS:
-                self.parents[controller].mkdir(mode=0o755, parents=True, exist_ok=True)
-                self._group(controller, uid).mkdir(mode=0o700)
+            self.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            group.mkdir(mode=0o700)
             if memory > 0:
                 (group / "memory.limit_in_bytes").write_text(str(memory))
                 # Swap, and the TCP buffers of its sockets, which v1 counts only in a group
@@ -153,7 +135,7 @@ class WorkerGroups:
     def stops(self, uid: int, reset: bool = False) -> Stops:
         """What the kernel did at ``uid``'s memory limit so far (``Stops``); ``reset``:
         its high-water mark starts again from what it holds now (a session starts)."""
-        memory = self._group("memory", uid)
+        memory = self._group(uid)
         kills, peaked = 0, False
         with contextlib.suppress(OSError, ValueError):
             for line in (memory / "memory.oom_control").read_text().splitlines():
@@ -168,29 +150,28 @@ class WorkerGroups:
         return Stops(kills, peaked)
 
     def remove(self, uid: int) -> None:
-        """Kills every process in ``uid``'s groups and removes them (none there: nothing)."""
-        for controller in CONTROLLERS:
-            group = self._group(controller, uid)
-            if not group.is_dir():
-                continue
-            for _ in range(KILL_ROUNDS):
-                pids = _procs(group)
-                if not pids:
-                    break
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            _rmdir(group)
+        """Kills every process in ``uid``'s group and removes it (none there: nothing)."""
+        group = self._group(uid)
+        if not group.is_dir():
+            return
+        for _ in range(KILL_ROUNDS):
+            pids = _procs(group)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        _rmdir(group)
 
     def leftovers(self) -> list[int]:
         """The user ids that have a group (a runner that died could not remove its)."""
-        found: set[int] = set()
-        for parent in self.parents.values():
-            with contextlib.suppress(OSError):
-                for entry in parent.iterdir():
-                    if entry.name.startswith("u") and entry.name[1:].isdigit():
-                        found.add(int(entry.name[1:]))
-        return sorted(found)
+        with contextlib.suppress(OSError):
+            return sorted(
+                int(entry.name[1:])
+                for entry in self.parent.iterdir()
+                if entry.name.startswith("u") and entry.name[1:].isdigit()
+            )
+        return []
 
 
 class GroupError(OSError):
@@ -227,8 +208,6 @@ def _procs(group: Path) -> list[int]:
 def _rmdir(group: Path) -> None:
     """Removes an emptied group: a killed process leaves it only once the kernel is done
     with it, a moment after the kill."""
-    import time
-
     for attempt in range(100):
         try:
             group.rmdir()

@@ -377,7 +377,7 @@ def sandboxed(
     uid: int, venv: str, memory_mb: int, processes: int, hidden: str = "", groups: str = ""
 ) -> None:
     """What a worker started by a root runner does before anything of its environment
-    runs: it stops seeing ``hidden`` (see ``hide``), joins its user id's control groups
+    runs: it stops seeing ``hidden`` (see ``hide``), joins its user id's control group
     (``join_groups``), becomes its user, takes its limits, then opens its packages."""
     if hidden:  # (a fork server hid it once, for all its workers: it passes none)
         _hide.hide(hidden)
@@ -388,19 +388,17 @@ def sandboxed(
     open_packages(venv)
 
 
-def join_groups(parents: str, uid: int) -> None:
-    """Moves this process into the control groups the runner made for user ``uid``
-    (``u<uid>`` under each of ``parents``, one per line), while it is still root: what it
-    runs and starts from then on is held there to the kernel's memory and process limits,
-    and cannot leave (the groups are root's). OSError when a group is missing: a worker
-    must not run outside the limits it was given."""
-    pid = str(os.getpid()).encode()
-    for parent in parents.splitlines():
-        fd = os.open(os.path.join(parent, f"u{uid}", "cgroup.procs"), os.O_WRONLY)
-        try:
-            os.write(fd, pid)
-        finally:
-            os.close(fd)
+def join_groups(parent: str, uid: int) -> None:
+    """Moves this process into the control group the runner made for user ``uid``
+    (``u<uid>`` under ``parent``), while it is still root: what it runs and starts from
+    then on is held there to the kernel's memory limit, and cannot leave (the group is
+    root's). OSError when the group is missing: a worker must not run outside the limits
+    it was given."""
+    fd = os.open(os.path.join(parent, f"u{uid}", "cgroup.procs"), os.O_WRONLY)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
 
 
 def open_packages(venv: str) -> None:
@@ -557,7 +555,7 @@ def _max_fd() -> int:
 def main(argv: list[str]) -> None:
     """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES HIDDEN GROUPS]``: with a user id, the
     process (started as root, isolated) hides ``HIDDEN`` ("-": nothing), joins its control
-    groups under ``GROUPS`` ("-": none; ``join_groups``), becomes that user, takes its
+    group under ``GROUPS`` ("-": none; ``join_groups``), becomes that user, takes its
     limits, then opens its environment's packages (``open_packages``)."""
     close_other_fds({int(argv[0]), int(argv[1])})
     if len(argv) > 5:

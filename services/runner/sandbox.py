@@ -57,7 +57,7 @@ class WorkerLimits:
     processes: int = 0  # processes of its user (RLIMIT_NPROC), only with a user of its own
     # a directory it does not see (``netfence.hidden``), only with a user of its own
     hidden: str = ""
-    # the parents of its user id's control groups (``WorkerGroups.joined``), which it joins
+    # the parent of its user id's control group (``WorkerGroups.parent``), which it joins
     # before it drops root; "" where the kernel does not keep its limits
     groups: str = ""
 
@@ -77,8 +77,8 @@ u, nproc = (int(x) for x in sys.argv[1].split(","))
 os.closerange(3, 1 << 20)
 if sys.argv[3] != "-":
     runpy.run_path(sys.argv[2])["hide"](sys.argv[3])
-for parent in sys.argv[4].splitlines() if sys.argv[4] != "-" else []:
-    with open(os.path.join(parent, f"u{u}", "cgroup.procs"), "w") as f:
+if sys.argv[4] != "-":
+    with open(os.path.join(sys.argv[4], f"u{u}", "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
 if nproc:
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
@@ -101,8 +101,8 @@ def as_user(
 ) -> list[str]:
     """``argv`` run as user ``uid``, what it writes readable by others (a build tool),
     not seeing ``hidden`` (as a worker, ``netfence.hidden``), with at most ``processes``
-    processes of that user at once (0: no limit), in its control groups under ``groups``
-    (``WorkerGroups.joined``; "": none)."""
+    processes of that user at once (0: no limit), in its control group under ``groups``
+    (``WorkerGroups.parent``; "": none)."""
     return [
         sys.executable,
         "-I",
@@ -196,8 +196,9 @@ class UserIds:
 
     @property
     def groups_arg(self) -> str:
-        """What a process of an id is told to join (``WorkerLimits.groups``): "" for none."""
-        return self.groups.joined if self.groups is not None else ""
+        """Where a process of an id finds its group to join (``WorkerLimits.groups``): ""
+        for none."""
+        return str(self.groups.parent) if self.groups is not None else ""
 
     def stops(self, uid: int, reset: bool = False) -> Stops:
         """What the kernel did at ``uid``'s memory limit so far (nothing without control

@@ -364,7 +364,7 @@ def _sandbox(settings: Settings) -> UserIds | None:
         log.info(
             "the kernel holds each worker's processes to its memory limit together "
             "(control groups under %s)",
-            ", ".join(map(str, groups.parents.values())),
+            groups.parent,
         )
     else:
         log.warning("workers' memory is counted twice a second, not held by the kernel: %s", why)
