@@ -33,13 +33,7 @@ def seal(data: dict[str, Any], project_id: str, event_id: str, keys: Keyring) ->
 def open_data(blob: bytes, project_id: str, event_id: str, keys: Keyring) -> dict[str, Any]:
     """The data sealed in ``blob``; raises SealError (another event's, altered, another
     key's, or not sealed data at all)."""
-    try:
-        data = wire.unpack(keys.open(blob, _aad(project_id, event_id)))
-    except ValueError:  # (msgpack's errors are ValueErrors) sealed by no version of ours
-        raise SealError("an event's sealed data is not an encoded map") from None
-    if not isinstance(data, dict):
-        raise SealError("an event's sealed data is not a map")
-    return data
+    return _open_map(blob, project_id, event_id, "data", keys)
 
 
 def seal_memo(memo: dict[str, str], project_id: str, event_id: str, keys: Keyring) -> bytes:
@@ -49,13 +43,19 @@ def seal_memo(memo: dict[str, str], project_id: str, event_id: str, keys: Keyrin
 def open_memo(blob: bytes, project_id: str, event_id: str, keys: Keyring) -> dict[str, str]:
     """The memo sealed in ``blob``; raises SealError (another event's, altered, another
     key's, or not a memo)."""
+    return wire.memo_text(_open_map(blob, project_id, event_id, "memo", keys))
+
+
+def _open_map(
+    blob: bytes, project_id: str, event_id: str, part: str, keys: Keyring
+) -> dict[str, Any]:
     try:
-        memo = wire.unpack(keys.open(blob, _aad(project_id, event_id, "memo")))
-    except ValueError:
-        raise SealError("an event's sealed memo is not an encoded map") from None
-    if not isinstance(memo, dict):
-        raise SealError("an event's sealed memo is not a map")
-    return wire.memo_text(memo)
+        opened = wire.unpack(keys.open(blob, _aad(project_id, event_id, part)))
+    except ValueError:  # (msgpack's errors are ValueErrors) sealed by no version of ours
+        raise SealError(f"an event's sealed {part} is not an encoded map") from None
+    if not isinstance(opened, dict):
+        raise SealError(f"an event's sealed {part} is not a map")
+    return opened
 
 
 def sealed(event: wire.Event, keys: Keyring) -> wire.Event:
