@@ -69,11 +69,9 @@ def create_app(
     tel = telemetry or tracing.Telemetry("ingress")
     lookups = lookups or WebhookLookups(nc, ttl=0)
     auth = Authenticator(nc, tokens_required)
-    max_api_body = (limits or HttpLimits()).max_api_body
-    clients = ClientAddresses((limits or HttpLimits()).trusted_proxies, worker_uids)
-
-    def client_of(request: Request) -> str:
-        return clients.of(request.scope, request.headers.getlist("x-forwarded-for"))
+    limits = limits or HttpLimits()
+    max_api_body = limits.max_api_body
+    clients = ClientAddresses(limits.trusted_proxies, worker_uids)
 
     keys = keys or load_keyring()
     sync_waits = SyncWaits(nc)
@@ -112,7 +110,7 @@ def create_app(
             memo={
                 "method": request.method,
                 "webhook_slug": slug,
-                "remote_addr": client_of(request),
+                "remote_addr": clients.of_request(request),
                 "trigger_id": target.trigger_id,
             },
             created_at_us=timefmt.now_us(),
@@ -184,7 +182,7 @@ def create_app(
         """A provider's request (GitHub, Slack): read, handled, refusals counted."""
         attrs = {"http.request.method": "POST", "http.route": route}
         with tel.span(f"POST {route}", kind=SpanKind.SERVER, attributes=attrs) as span:
-            address = client_of(request)
+            address = clients.of_request(request)
             try:
                 body = await read_body(request, MAX_BODY, DRAIN_LIMIT)
                 if body is None:
@@ -247,7 +245,7 @@ def create_app(
                 request.scope.get("client"),
                 request.scope.get("server"),
                 request.headers,
-                client_of(request),
+                clients.of_request(request),
             )
             ops.public(name)  # NotFound before the body is read
             body = await read_body(request, max_api_body, max_api_body)

@@ -21,6 +21,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from starlette.requests import Request
+
 from . import peers
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,6 +37,10 @@ class ClientAddresses:
 
     def _is_proxy(self, address: IpAddress) -> bool:
         return any(address in network for network in self.trusted)
+
+    def of_request(self, request: Request) -> str:
+        """The client of an HTTP request."""
+        return self.of(request.scope, request.headers.getlist("x-forwarded-for"))
 
     def of(self, scope: Any, forwarded: Iterable[str] = ()) -> str:
         """The client's address for an ASGI ``scope`` and its ``X-Forwarded-For`` header

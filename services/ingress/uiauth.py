@@ -41,9 +41,6 @@ class UiAuth:
         self.auth = auth
         self.clients = clients or ClientAddresses()
 
-    def _address(self, request: Request) -> str:
-        return self.clients.of(request.scope, request.headers.getlist("x-forwarded-for"))
-
     @property
     def tokens_required(self) -> bool:
         return self.auth.required
@@ -56,7 +53,7 @@ class UiAuth:
             if not token:
                 raise Unauthenticated("log in with an API token")
             return await self.auth.caller(
-                f"Bearer {token}", client, server, address=self._address(request)
+                f"Bearer {token}", client, server, address=self.clients.of_request(request)
             )
         check_page_request(request.headers)
         await self.auth.check_local_user(client, server)
@@ -66,7 +63,7 @@ class UiAuth:
         """The caller a token typed into the login page names (Unauthenticated if none)."""
         client, server = request.scope.get("client"), request.scope.get("server")
         return await self.auth.caller(
-            f"Bearer {token}", client, server, address=self._address(request)
+            f"Bearer {token}", client, server, address=self.clients.of_request(request)
         )
 
 
