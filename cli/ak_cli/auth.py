@@ -42,10 +42,24 @@ def create_token(
             "calling token, for ever when that one never expires.",
         ),
     ] = "",
+    projects: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--project",
+            "-p",
+            help="A project (name or id) the token may act on, and none else; repeat it for "
+            "more. By default those of the calling token (every project when it is not "
+            "limited).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API token and print it (it is shown only this once)."""
-    args = {"expires_in": _seconds(expires)} if expires else {}  # (an earlier server has none)
+    args: dict[str, object] = {}  # (only what is asked: an earlier server knows neither)
+    if expires:
+        args["expires_in"] = _seconds(expires)
+    if projects:
+        args["projects"] = projects
     token = client.call("auth.create_token", name=name, **args)
     typer.echo(json.dumps(token) if as_json else token)
 
@@ -58,12 +72,12 @@ def set_token(token: Annotated[str, typer.Argument(help="The token; empty delete
 
 @app.command("list-tokens")
 def list_tokens(as_json: JsonOpt = False) -> None:
-    """List the API tokens: id, name, who made it, when, and when it expires (never the
-    tokens themselves)."""
+    """List the API tokens: id, name, who made it, when, when it expires and the projects
+    it is limited to (never the tokens themselves)."""
     emit_list(
         client.call("auth.list_tokens"),
         as_json,
-        ["token_id", "name", "created_by", "created_at", "expires_at"],
+        ["token_id", "name", "created_by", "created_at", "expires_at", "projects"],
     )
 
 

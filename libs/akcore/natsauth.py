@@ -60,6 +60,7 @@ CALLS: dict[str, frozenset[str]] = {
             "keys.check",
             "project.active",
             "pyenv.prepare",
+            "scope.resolve",
             "slack.route",
             "token.add",
             "token.check",

@@ -91,7 +91,7 @@ _NONE_T = type(None)
 
 _TABLE = (
     # The CLI's operations: public (with a token).
-    _api("project.list", rq.Empty, list, _S, ""),
+    _api("project.list", rq.ProjectList, list, _S, ""),
     _api("project.get", rq.ProjectRef, dict, _S, "project"),
     _api("project.create", rq.ProjectCreate, dict, _S, "name"),
     _api("project.delete", rq.ProjectRef, _NONE_T, _S, "project", ALL_CACHES),
@@ -108,13 +108,13 @@ _TABLE = (
     _api("deployment.activate", rq.DeploymentRef, _NONE_T, _S, "deployment_id", _HOOKS),
     _api("deployment.deactivate", rq.DeploymentRef, dict, _S, "deployment_id", _HOOKS),
     _api("deployment.get", rq.DeploymentRef, dict, _S, "deployment_id"),
-    _api("deployment.list", rq.ProjectRef, list, _S, "project"),
+    _api("deployment.list", rq.ProjectFilter, list, _S, "project"),
     _api("deployment.delete", rq.DeploymentDelete, _NONE_T, _S, "deployment_id", _HOOKS),
     _api("trigger.create", rq.TriggerCreate, dict, _S, "project", ALL_CACHES),
     _api("trigger.delete", rq.TriggerRef, _NONE_T, _S, "trigger", ALL_CACHES),
     _api("trigger.get", rq.TriggerRef, dict, _S, "trigger"),
-    _api("trigger.list", rq.ProjectRef, list, _S, "project"),
-    _api("env.list", rq.ProjectRef, list, _S, "project"),
+    _api("trigger.list", rq.ProjectFilter, list, _S, "project"),
+    _api("env.list", rq.ProjectFilter, list, _S, "project"),
     _api("var.set", rq.VarSet, _NONE_T, _S, "project", _ENV),
     _api("var.get", rq.VarGet, list, _S, "project"),
     _api("var.delete", rq.VarDelete, _NONE_T, _S, "project", _ENV),
@@ -160,6 +160,7 @@ _TABLE = (
     _internal("session.states", rq.SessionStates, dict, _S, "session_ids"),
     _internal("token.add", rq.TokenAdd, _NONE_T, _S, ""),
     _internal("token.check", rq.TokenCheck, dict, _S, ""),
+    _internal("scope.resolve", rq.ScopeResolve, list, _S, ""),
     _internal("keys.check", rq.KeysCheck, dict, _S, ""),
     _internal("pyenv.prepare", rq.PyenvPrepare, dict, _R, ""),
 )

@@ -15,9 +15,26 @@ class Empty:
     """An operation that takes no arguments."""
 
 
+# ``within`` (list operations): only the projects of these ids; ingress sets it for an API
+# token limited to projects (``ak auth create-token --project``); empty: every project.
+
+
 @dataclass(frozen=True)
 class ProjectRef:
     project: str = ""  # a project name or prj_ id
+
+
+@dataclass(frozen=True)
+class ProjectList:
+    within: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProjectFilter:
+    """The objects of one project (``project``), or of every project (``within`` them)."""
+
+    project: str = ""
+    within: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -185,12 +202,14 @@ class SessionList:
     page_size: int = 0
     skip: int = 0
     page_token: str = ""
+    within: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class EventList:
     project: str = ""
     trigger: str = ""  # a trg_ id, or the name of a trigger of ``project``
+    within: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -254,10 +273,12 @@ class PyenvPrepare:
 @dataclass(frozen=True)
 class TokenCreate:
     """A new API token for the caller (``name`` labels it), taken for ``expires_in``
-    seconds (0: as long as the caller's own token, never for one that never expires)."""
+    seconds (0: as long as the caller's own token, never for one that never expires), on
+    ``projects`` only (names or ids; none: those of the caller's own token)."""
 
     name: str = ""
     expires_in: int = 0
+    projects: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -268,11 +289,20 @@ class TokenAdd:
     name: str = ""
     created_by: str = ""
     expires_us: int = 0  # when it stops being taken (0: never)
+    projects: list[str] = field(default_factory=list)  # the project ids it may act on (none: all)
 
 
 @dataclass(frozen=True)
 class TokenCheck:
     digest: str
+
+
+@dataclass(frozen=True)
+class ScopeResolve:
+    """Which project each of ``refs`` names or belongs to: ``[kind, value, project]``, the
+    project naming the context of a name (a trigger's name in it); see ``akcore.scope``."""
+
+    refs: list[list[str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -327,6 +357,7 @@ class SessionDelete:
 class ConnectionList:
     project: str = ""
     integration: str = ""
+    within: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class Caller:
     name: str
     created_at: str = ""
     expires_us: int = 0  # when its token stops being taken (0: never)
+    projects: tuple[str, ...] = ()  # the project ids its token is limited to (none: every one)
 
 
 DEV_CALLER = Caller(token_id="", name="dev (API tokens are off: dev mode on a loopback address)")
@@ -124,7 +125,8 @@ class Authenticator:
         expires = int(who.get("expires_us") or 0)
         if expires and expires <= timefmt.now_us():  # (an answer kept from before)
             raise Unauthenticated(tokens.expired(timefmt.rfc3339(expires)))
-        return Caller(who["token_id"], who["name"], who["created_at"], expires)
+        projects = tuple(str(p) for p in who.get("projects") or ())
+        return Caller(who["token_id"], who["name"], who["created_at"], expires, projects)
 
     @staticmethod
     def _check_not_a_browser(headers: Mapping[str, str]) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, credheaders, eventdata, ids, ops, subjects, timefmt, tokens, wire
+from akcore import bus, credheaders, eventdata, ids, ops, scope, subjects, timefmt, tokens, wire
 from akcore import requests as rq
 from akcore.datakey import Keyring
-from akcore.errors import Conflict, InvalidArgument, Unavailable
+from akcore.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from nats.aio.client import Client
 from nats.js.errors import APIError
 
+from . import confine
 from .auth import Caller
 
 
@@ -136,6 +137,8 @@ async def create_token(nc: Client, req: rq.TokenCreate, caller: Caller, keys: Ke
     }
     if expires := _expiry(req.expires_in, caller.expires_us):
         add["expires_us"] = expires  # (only then: a store of an earlier version has none)
+    if projects := await _projects(nc, req.projects, caller):
+        add["projects"] = projects
     await bus.store_call(nc, "token.add", add)
     return token
 
@@ -161,13 +164,35 @@ def _expiry(expires_in: int, maker_expires_us: int) -> int:
     return expires
 
 
+async def _projects(nc: Client, asked: list[str], caller: Caller) -> list[str]:
+    """The ids of the projects a new token is limited to: ``asked`` (names or ids), each of
+    the caller's own projects when its token is limited; the caller's when none is asked."""
+    if not asked:
+        return list(caller.projects)
+    refs = [(scope.PROJECT, str(p), "") for p in dict.fromkeys(asked)]
+    if caller.projects:
+        await confine.check(nc, refs, caller)
+    found = await confine.resolve(nc, refs)
+    for (_, name, _), project_id in zip(refs, found, strict=True):
+        if not project_id:
+            raise NotFound(f'project "{name}" not found (ak project list)')
+    return found
+
+
 async def whoami(nc: Client, req: rq.Empty, caller: Caller, keys: Keyring) -> dict[str, Any]:
+    """The calling token; ``projects``: the names of those it is limited to (none: it may
+    act on every project)."""
     expires = timefmt.rfc3339(caller.expires_us) if caller.expires_us else ""
+    projects: list[str] = []
+    if caller.projects:
+        listed = await bus.store_call(nc, "project.list", {"within": list(caller.projects)})
+        projects = [str(p["name"]) for p in listed]
     return {
         "token_id": caller.token_id,
         "name": caller.name,
         "created_at": caller.created_at,
         "expires_at": expires,
+        "projects": projects,
     }
 
 
@@ -194,6 +219,9 @@ async def perform(
     answered within ``timeout`` seconds). The API and the UI call this."""
     op = ops.public(name)
     typed = op.parse(args)  # refused here when malformed, before anything runs
+    if caller.projects:  # a token limited to projects: narrowed to them, or refused
+        args = await confine.confine(nc, op, args, caller)
+        typed = op.parse(args)
     if op.service is ops.Service.INGRESS:
         return await COMMANDS[name](nc, typed, caller, keys)
     if op.service is ops.Service.RUNNER:  # a runner restarting answers within seconds

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from akcore import credheaders, eventdata, github, ids, keycheck, slack, timefmt, wire
+from akcore import credheaders, eventdata, github, ids, keycheck, scope, slack, timefmt, wire
 from akcore import requests as rq
 from akcore.buildfiles import check_build
 from akcore.datakey import Keyring, SealError, is_sealed
@@ -42,7 +42,7 @@ from .models import (
     Trigger,
     Var,
 )
-from .objects import Objects
+from .objects import Objects, within
 from .sealed import open_record, open_session
 from .tokens import Tokens
 
@@ -80,6 +80,7 @@ def env_id(p: Project) -> str:
 
 SESSION_STATES = ("CREATED", "RUNNING", *wire.FINAL_STATES)
 DEFAULT_PAGE, MAX_PAGE = 50, 1000
+MAX_SCOPE_REFS = MAX_PAGE + 100  # (a session list's event ids and its other filters)
 RECORDS_PAGE, RECORDS_BYTES = 1000, 1 << 20  # a page of a session's records, at most
 MAX_SPANS = 5000  # spans of a trace in one answer (each ~0.4 KB)
 
@@ -223,6 +224,7 @@ class StoreApi:
             "event.get": self.event_get,
             "token.add": self.tokens.add,
             "token.check": self.tokens.check,
+            "scope.resolve": self.scope_resolve,
             "auth.list_tokens": self.tokens.list,
             "auth.revoke_token": self.tokens.revoke,
             **self.objects.routes(),
@@ -297,11 +299,50 @@ class StoreApi:
             raise NotFound(f'project "{ref}" has no sessions')
         return s.session_id
 
+    def scope_resolve(self, req: rq.ScopeResolve) -> list[str]:
+        """The id of the project each reference names or belongs to ("" for one that names
+        nothing); see ``akcore.scope``."""
+        if len(req.refs) > MAX_SCOPE_REFS:
+            raise InvalidArgument(f"at most {MAX_SCOPE_REFS} references, not {len(req.refs)}")
+        with DB(self.engine) as db:
+            return [self._project_of(db, *ref) for ref in req.refs]
+
+    def _project_of(self, db: DB, kind: str, ref: str, project: str = "") -> str:
+        if kind not in scope.KINDS:
+            raise InvalidArgument(f"unknown kind of reference {kind!r}")
+        trg = ids.is_id(ref, "trg")
+        try:
+            row: Any = None
+            if kind == scope.PROJECT:
+                row = self._project(db, ref)
+            elif kind == scope.ENV:
+                row = self._env_project(db, rq.VarScope(env=ref))
+            elif kind == scope.CONNECTION or (kind == scope.DESTINATION and not trg):
+                row = self.objects.connection(db, ref)
+            elif kind in (scope.TRIGGER, scope.DESTINATION) and trg:
+                row = db.get(Trigger, ref)
+            elif kind == scope.TRIGGER:  # a name: looked up in the request's project
+                row = self._project(db, project) if project else None
+            elif kind == scope.SESSION_OR_PROJECT and not ids.is_id(ref, "ses"):
+                row = self._project(db, ref)
+            elif kind in (scope.SESSION, scope.SESSION_OR_PROJECT):
+                row = db.get(Session, ref)
+            elif kind == scope.BUILD:
+                row = db.get(Build, ref)
+            elif kind == scope.DEPLOYMENT:
+                row = db.get(Deployment, ref)
+            elif kind == scope.EVENT:
+                row = db.exec(select(EventRow).where(EventRow.event_id == ref)).first()
+        except (NotFound, InvalidArgument):  # (a malformed name names nothing either)
+            return ""
+        return str(row.project_id) if row is not None else ""
+
     # --- operations
 
-    def project_list(self, req: rq.Empty) -> list[dict[str, Any]]:
+    def project_list(self, req: rq.ProjectList) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
-            return [_project_view(p) for p in db.exec(select(Project).order_by(Project.name))]
+            q = within(select(Project).order_by(Project.name), Project, req.within)
+            return [_project_view(p) for p in db.exec(q)]
 
     def project_get(self, req: rq.ProjectRef) -> dict[str, Any]:
         with DB(self.engine) as db:
@@ -446,9 +487,10 @@ class StoreApi:
                 db.delete(t)
                 db.commit()
 
-    def deployment_list(self, req: rq.ProjectRef) -> list[dict[str, Any]]:
+    def deployment_list(self, req: rq.ProjectFilter) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
-            q = select(Deployment).order_by(col(Deployment.created_us).desc())
+            q = within(select(Deployment), Deployment, req.within)
+            q = q.order_by(col(Deployment.created_us).desc())
             if req.project:
                 q = q.where(Deployment.project_id == self._project(db, req.project).project_id)
             names = self._names(db)
@@ -461,9 +503,9 @@ class StoreApi:
                 for d in db.exec(q)
             ]
 
-    def trigger_list(self, req: rq.ProjectRef) -> list[dict[str, Any]]:
+    def trigger_list(self, req: rq.ProjectFilter) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
-            q = select(Trigger).order_by(Trigger.name)
+            q = within(select(Trigger).order_by(Trigger.name), Trigger, req.within)
             if req.project:
                 q = q.where(Trigger.project_id == self._project(db, req.project).project_id)
             names = self._names(db)
@@ -886,9 +928,9 @@ class StoreApi:
             raise NotFound(f'connection "{ref}" not found')
         return conn.connection_id, f'connection "{ref}"'
 
-    def env_list(self, req: rq.ProjectRef) -> list[dict[str, Any]]:
+    def env_list(self, req: rq.ProjectFilter) -> list[dict[str, Any]]:
         with DB(self.engine) as db:
-            q = select(Project).order_by(Project.name)
+            q = within(select(Project).order_by(Project.name), Project, req.within)
             if req.project:
                 q = q.where(Project.project_id == self._project(db, req.project).project_id)
             return [
@@ -984,7 +1026,7 @@ class StoreApi:
         if skip < 0:
             raise InvalidArgument(f"rows to skip must be 0 or more, not {skip}")
         with DB(self.engine) as db:
-            q = select(Session).order_by(
+            q = within(select(Session), Session, req.within).order_by(
                 col(Session.created_us).desc(), col(Session.session_id).desc()
             )
             if req.project:
@@ -1125,7 +1167,7 @@ class StoreApi:
     def event_list(self, req: rq.EventList) -> list[dict[str, Any]]:
         """The newest 1,000 events (of a project, of one of its triggers), newest first."""
         with DB(self.engine) as db:
-            q = select(EventRow).order_by(col(EventRow.seq).desc())
+            q = within(select(EventRow), EventRow, req.within).order_by(col(EventRow.seq).desc())
             if req.project:
                 q = q.where(EventRow.project_id == self._project(db, req.project).project_id)
             if req.trigger:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -179,6 +179,8 @@ class ApiToken(SQLModel, table=True):
     revoked_us: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
+    # the ids of the projects it may act on, separated by spaces; "": every project
+    projects: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
 class Delivery(SQLModel, table=True):

@@ -52,6 +52,11 @@ SERVER_SECRETS = {"github": "GITHUB_WEBHOOK_SECRET", "slack": "SLACK_SIGNING_SEC
 ProjectLookup = Callable[[DB, str], Project]
 
 
+def within(q: Any, table: Any, project_ids: list[str]) -> Any:
+    """``q`` narrowed to the rows of the projects ``project_ids`` (none: every project's)."""
+    return q.where(col(table.project_id).in_(project_ids)) if project_ids else q
+
+
 def _build_view(b: Build, project_name: str) -> dict[str, Any]:
     files = wire.unpack(b.files)
     return {
@@ -315,7 +320,7 @@ class Objects:
 
     # --- connections and integrations
 
-    def _connection(self, db: DB, ref: str) -> Connection:
+    def connection(self, db: DB, ref: str) -> Connection:
         if ids.is_id(ref, "con"):
             c = db.get(Connection, ref)
             if c is None:
@@ -366,7 +371,8 @@ class Objects:
     def connection_list(self, req: rq.ConnectionList) -> list[dict[str, Any]]:
         wanted = _integration(req.integration) if req.integration else ""
         with DB(self.engine) as db:
-            q = select(Connection).order_by(Connection.project_id, Connection.name)
+            q = within(select(Connection), Connection, req.within)
+            q = q.order_by(Connection.project_id, Connection.name)
             if req.project:
                 q = q.where(Connection.project_id == self._project(db, req.project).project_id)
             names = {p.project_id: p.name for p in db.exec(select(Project))}
@@ -378,7 +384,7 @@ class Objects:
 
     def connection_get(self, req: rq.ConnectionRef) -> dict[str, Any]:
         with DB(self.engine) as db:
-            c = self._connection(db, req.connection)
+            c = self.connection(db, req.connection)
             return _connection_view(c, self._project_name(db, c.project_id), self._status(db, c))
 
     def connection_test(self, req: rq.ConnectionRef) -> dict[str, Any]:
@@ -386,7 +392,7 @@ class Objects:
         (``akcore.connstatus``). Unlike AutoKitteh's test it calls no third party: the
         credentials themselves are not tried."""
         with DB(self.engine) as db:
-            return self._status(db, self._connection(db, req.connection))
+            return self._status(db, self.connection(db, req.connection))
 
     def _status(self, db: DB, c: Connection) -> dict[str, str]:
         rows = db.exec(select(Var).where(Var.scope_id == c.connection_id))
@@ -397,7 +403,7 @@ class Objects:
 
     def connection_delete(self, req: rq.ConnectionRef) -> None:
         with DB(self.engine) as db:
-            c = self._connection(db, req.connection)
+            c = self.connection(db, req.connection)
             used = db.exec(
                 select(Trigger).where(
                     Trigger.project_id == c.project_id, Trigger.connection == c.name

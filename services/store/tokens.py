@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session as DB
 from sqlmodel import select
 
-from .models import ApiToken
+from .models import ApiToken, Project
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ class Tokens:
             raise InvalidArgument("token.add: digest must be 64 lowercase hex characters")
         if req.expires_us and req.expires_us <= timefmt.now_us():
             raise InvalidArgument("token.add: the token would have expired already")
+        if not all(ids.is_id(p, "prj") for p in req.projects):
+            raise InvalidArgument("token.add: projects must be prj_ ids")
         with DB(self.engine) as db:
             kept = db.exec(select(ApiToken).where(ApiToken.digest == req.digest)).first()
             if kept is not None and kept.revoked_us:
@@ -44,6 +46,7 @@ class Tokens:
                     created_by=req.created_by,
                     created_us=timefmt.now_us(),
                     expires_us=max(0, req.expires_us),
+                    projects=" ".join(dict.fromkeys(req.projects)),
                 )
             )
             db.commit()
@@ -66,16 +69,18 @@ class Tokens:
                     "name": row.name,
                     "created_at": timefmt.rfc3339(row.created_us),
                     "expires_us": row.expires_us,
+                    "projects": row.projects.split(),
                 }
         raise Unauthenticated("invalid API token")
 
     def list(self, req: rq.Empty) -> list[dict[str, Any]]:
-        """Every token, oldest first: its id, name, maker, time and expiry ("" for none;
-        never the token)."""
+        """Every token, oldest first: its id, name, maker, time, expiry ("" for none) and
+        the projects it is limited to (by name; none: every project); never the token."""
         with DB(self.engine) as db:
             rows = db.exec(
                 select(ApiToken).where(ApiToken.revoked_us == 0).order_by(ApiToken.created_us)  # type: ignore[arg-type]
             ).all()
+            names = {p.project_id: p.name for p in db.exec(select(Project))}
         return [
             {
                 "token_id": row.token_id,
@@ -83,6 +88,7 @@ class Tokens:
                 "created_by": row.created_by,
                 "created_at": timefmt.rfc3339(row.created_us),
                 "expires_at": timefmt.rfc3339(row.expires_us) if row.expires_us else "",
+                "projects": [names.get(p, p) for p in row.projects.split()],
             }
             for row in rows
         ]
@@ -90,8 +96,8 @@ class Tokens:
     def revoke(self, req: rq.TokenRevoke) -> None:
         """Refuses a token from now on (ingresses forget what they took when the store
         announces it: ``Authenticator``); its row stays, so that its digest is never taken
-        again. Never the last token that does not expire, which would leave no lasting way
-        in (once the others expire)."""
+        again. Never the last token that neither expires nor is limited to projects, which
+        would leave no lasting way to the whole server (once the others expire)."""
         with DB(self.engine) as db:
             row = db.get(ApiToken, req.token_id)
             if row is None or row.revoked_us:
@@ -100,14 +106,16 @@ class Tokens:
                 select(ApiToken.token_id).where(
                     ApiToken.revoked_us == 0,
                     ApiToken.expires_us == 0,
+                    ApiToken.projects == "",
                     ApiToken.token_id != row.token_id,
                 )
             ).first()
-            if not row.expires_us and lasting is None:
+            if not row.expires_us and not row.projects and lasting is None:
                 raise Conflict(
-                    f'"{req.token_id}" is the last API token that never expires: revoked, '
-                    "nothing could call the API once the others expire; make another first "
-                    "(ak auth create-token, called with a token that never expires)"
+                    f'"{req.token_id}" is the last API token that never expires and may act on '
+                    "every project: revoked, nothing could manage the server once the others "
+                    "expire; make another first (ak auth create-token, called with a token "
+                    "that never expires and is not limited to projects)"
                 )
             name = row.name
             row.revoked_us = timefmt.now_us()

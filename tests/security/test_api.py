@@ -214,7 +214,7 @@ def test_a_revoked_token_is_refused_at_once_and_the_last_one_is_kept(stack: Stac
         json.loads(x) for x in stack.ak("auth", "list-tokens", "-j", check=True).stdout.splitlines()
     ]
     row = next(t for t in listed if t["name"] == "leaked")
-    assert set(row) == {"token_id", "name", "created_by", "created_at", "expires_at"}
+    assert set(row) == {"token_id", "name", "created_by", "created_at", "expires_at", "projects"}
     assert row["expires_at"] == ""  # (made without --expires by a token that never expires)
     text = stack.ak("auth", "list-tokens", check=True).stdout
     assert f'token_id:"{row["token_id"]}" name:"leaked"' in text and leaked not in text

@@ -1,0 +1,90 @@
+"""API tokens limited to projects (``ak auth create-token --project``). Before an operation
+runs for such a token: what concerns the whole server is refused, every project and object
+its request names (``akcore.scope``) must be of the token's projects, and lists are
+narrowed to them. The API and the web UI both pass here (``commands.perform``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from akcore import bus, ops, scope
+from akcore.errors import NotFound, PermissionDenied
+from akcore.manifest import parse_manifest
+from nats.aio.client import Client
+
+from .auth import Caller
+
+# What a limited token may not do at all, said as "it may not ...".
+WHOLE_SERVER = {
+    "project.create": "create projects",
+    "auth.list_tokens": "list the API tokens (ak auth whoami shows its own)",
+}
+MANIFESTS = frozenset({"manifest.plan", "manifest.apply"})
+UNLIMITED = "call with a token that is not limited to projects"
+
+
+async def confine(nc: Client, op: ops.Op, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    """``args`` as operation ``op`` may run for ``caller`` (narrowed to its projects);
+    PermissionDenied or NotFound when it reaches past them. A caller whose token is not
+    limited gets ``args`` back as they are."""
+    if not caller.projects:
+        return args
+    if op.name in WHOLE_SERVER:
+        raise PermissionDenied(
+            f"this API token is limited to {await described(nc, caller)}, so it may not "
+            f"{WHOLE_SERVER[op.name]}: {UNLIMITED}"
+        )
+    typed = op.parse(args)
+    if op.name == "auth.revoke_token" and typed.token_id != caller.token_id:
+        raise PermissionDenied(
+            f"this API token is limited to {await described(nc, caller)}, so it may revoke "
+            f"only itself ({caller.token_id}): {UNLIMITED}"
+        )
+    args = dict(args)
+    if "within" in {f.name for f in dataclasses.fields(op.request)}:
+        args["within"] = list(caller.projects)
+    refs = scope.refs(typed)
+    if op.name in MANIFESTS:  # the project is the manifest's, unless project_name renames it
+        manifest = parse_manifest(typed.text, typed.project_name)
+        if manifest.project is None:  # (no project: the manifest changes nothing)
+            return args
+        name = manifest.project.name
+        (project_id,) = await resolve(nc, [(scope.PROJECT, name, "")])
+        if project_id not in caller.projects:
+            raise PermissionDenied(
+                f'project "{name}" is not one this API token may act on '
+                f"({await described(nc, caller)}): a token limited to projects neither "
+                f"creates a project nor changes another; {UNLIMITED}"
+            )
+        args["project_name"] = name  # (what was checked is what the store applies)
+    await check(nc, refs, caller)
+    return args
+
+
+async def check(nc: Client, refs: list[scope.Ref], caller: Caller) -> None:
+    """NotFound unless each of ``refs`` names something of ``caller``'s projects (one that
+    names nothing and one of another project are told apart by no one)."""
+    if not refs:
+        return
+    for (kind, value, _), project_id in zip(refs, await resolve(nc, refs), strict=True):
+        if project_id not in caller.projects:
+            raise NotFound(
+                f'{kind} "{value}" not found in the projects this API token may act on '
+                f"({await described(nc, caller)}): it reaches nothing else; {UNLIMITED}"
+            )
+
+
+async def resolve(nc: Client, refs: list[scope.Ref]) -> list[str]:
+    """The project id of each reference ("" for one naming nothing)."""
+    found = await bus.store_call(nc, "scope.resolve", {"refs": [list(r) for r in refs]})
+    return [str(x) for x in found]
+
+
+async def described(nc: Client, caller: Caller) -> str:
+    """The caller's projects, by name, for an error."""
+    listed = await bus.store_call(nc, "project.list", {"within": list(caller.projects)})
+    names = sorted(str(p["name"]) for p in listed)
+    if not names:
+        return "projects that were deleted since"
+    return ("project " if len(names) == 1 else "projects ") + ", ".join(f'"{n}"' for n in names)
