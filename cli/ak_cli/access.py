@@ -4,9 +4,11 @@ dev mode on a loopback address leaves them off (``AK_AUTH__TOKENS`` decides)."""
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from akcore import config, tokens
+from akcore import config, tokens, wire
 from akcore.errors import AKError
 
 from . import credentials
@@ -28,13 +30,13 @@ def tokens_on(mode: str, host: str, env: dict[str, str]) -> bool:
     return on
 
 
-def bootstrap(env: dict[str, str], data: Path, url: str) -> str:
+def bootstrap(env: dict[str, str], data: Path, url: str) -> tuple[str, str]:
     """Makes sure the store keeps a token the local CLI has (its entry for ``url``, the
-    URL it calls the stack by); says where it is. A token file the operator gives
-    (``AK_AUTH__BOOTSTRAP_TOKEN_FILE``) is left to the store."""
+    URL it calls the stack by); says where it is, and returns it too. A token file the
+    operator gives (``AK_AUTH__BOOTSTRAP_TOKEN_FILE``) is left to the store (no token)."""
     given = env.get(config.ENV_AUTH_BOOTSTRAP)
     if given:
-        return f"the bootstrap token of {given} ({config.ENV_AUTH_BOOTSTRAP})"
+        return f"the bootstrap token of {given} ({config.ENV_AUTH_BOOTSTRAP})", ""
     token = env.pop(config.ENV_TOKEN, "").strip()
     key = credentials.host_key(url)
     where = f"{config.ENV_TOKEN}"
@@ -56,4 +58,25 @@ def bootstrap(env: dict[str, str], data: Path, url: str) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(tokens.DIGEST_PREFIX + digest + "\n")
     env[config.ENV_AUTH_BOOTSTRAP] = str(path)
-    return f"the CLI's token is in {where}; `ak auth create-token` makes more"
+    return f"the CLI's token is in {where}; `ak auth create-token` makes more", token
+
+
+def refused(url: str, token: str) -> str:
+    """Why the stack at ``url`` refuses ``token`` (expired, revoked: the store keeps a
+    revoked token's digest refused even when given it again), "" when it takes it or
+    cannot be asked."""
+    body = wire.encode(wire.StoreRequest(args={}))
+    headers = {"Content-Type": "application/msgpack", "Authorization": f"Bearer {token}"}
+    req = urllib.request.Request(f"{url}/api/auth.whoami", body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5):
+            return ""
+    except urllib.error.HTTPError as e:
+        if e.code != 401:
+            return ""
+        try:
+            return wire.decode(wire.StoreReply, e.read()).error or "refused"
+        except Exception:  # (not our answer: nothing to say)
+            return ""
+    except OSError:
+        return ""

@@ -232,9 +232,11 @@ def up(
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     cli_url = _cli_url(env, url, host, port)
     hint = _cli_hint(env, cli_url)
+    cli_token = ""
     if require_tokens:
         env[config.ENV_AUTH_TOKENS] = "on"
-        tokens_note = "on: " + access.bootstrap(env, data, cli_url)
+        tokens_note, cli_token = access.bootstrap(env, data, cli_url)
+        tokens_note = "on: " + tokens_note
     else:
         env[config.ENV_AUTH_TOKENS] = "off"
         tokens_note = (
@@ -267,6 +269,13 @@ def up(
     try:
         if _wait_ready(url, supervised, stopping):
             say(f"ready: serving on {url} ({running})")
+            if cli_token and (why := access.refused(url, cli_token)):
+                say(
+                    f"the CLI's token is refused by this stack ({why.split(':')[0]}): `ak` "
+                    "commands will get 401. To get back in, stop and start once with a new "
+                    "token, AK_TOKEN=akt_$(openssl rand -hex 32) ak up ..., then store it "
+                    "with ak auth set-token (docs/cli.md)"
+                )
         while not stopping:
             for c in supervised:
                 c.check()

@@ -234,6 +234,37 @@ def test_a_revoked_token_is_refused_at_once_and_the_last_one_is_kept(stack: Stac
     assert post(stack, "project.list", {}, stack.auth())[0] == 200
 
 
+def test_ak_up_says_when_the_cli_s_stored_token_is_refused(tmp_path: Path) -> None:
+    """A revoked (or expired) token stored for the CLI is refused at every start: `ak up`
+    says so and how to get back in, instead of leaving each `ak` command to get 401."""
+    first = start_stack(tmp_path)
+    try:
+        stored = first.token
+        spare = first.ak("auth", "create-token", "-n", "spare", check=True).stdout.strip()
+        mine = json.loads(first.ak("auth", "whoami", "-j", check=True).stdout)["token_id"]
+        res = subprocess.run(
+            [AK, "auth", "revoke-token", mine],
+            env={**first.env, "AK_TOKEN": spare},
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        assert "refused by this stack" not in first.output()
+    finally:
+        first.stop()
+    # The same homes and URL: the CLI's stored token is the revoked one.
+    same = {"AK_HTTP__ADDR": first.url.split("://")[1], "AK_HTTP__SERVICE_URL": first.url}
+    again = start_stack(tmp_path, same)
+    try:
+        wait_until(lambda: "the CLI's token is refused" in again.output(), "ak up to say so")
+        (line,) = [x for x in again.output().splitlines() if "the CLI's token is refused" in x]
+        assert line.startswith("[ak] the CLI's token is refused by this stack (invalid API token)")
+        assert "AK_TOKEN=akt_$(openssl rand -hex 32) ak up" in line
+        assert stored not in again.output()
+    finally:
+        again.stop()
+
+
 def test_a_token_made_to_expire_is_refused_once_it_has(stack: Stack) -> None:
     """`ak auth create-token --expires` bounds how long a token is taken, remembered by
     ingress or not; a token that expires makes none that outlive it."""
