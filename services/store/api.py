@@ -304,10 +304,22 @@ class StoreApi:
         nothing); see ``akcore.scope``."""
         if len(req.refs) > MAX_SCOPE_REFS:
             raise InvalidArgument(f"at most {MAX_SCOPE_REFS} references, not {len(req.refs)}")
+        if any(len(ref) not in (2, 3) for ref in req.refs):
+            raise InvalidArgument("each reference is [kind, value] or [kind, value, project]")
+        # Events come by the thousand (a page of events, the sessions of each): one query.
+        events = [ref[1] for ref in req.refs if ref[0] == scope.EVENT]
         with DB(self.engine) as db:
-            return [self._project_of(db, *ref) for ref in req.refs]
+            of_event: dict[str, str] = {}
+            if events:
+                q = select(EventRow.event_id, EventRow.project_id)
+                of_event = dict(db.exec(q.where(col(EventRow.event_id).in_(events))).all())
+            return [
+                of_event.get(ref[1], "") if ref[0] == scope.EVENT else self._project_of(db, *ref)
+                for ref in req.refs
+            ]
 
     def _project_of(self, db: DB, kind: str, ref: str, project: str = "") -> str:
+        """(Events: ``scope_resolve`` looks them up all at once.)"""
         if kind not in scope.KINDS:
             raise InvalidArgument(f"unknown kind of reference {kind!r}")
         trg = ids.is_id(ref, "trg")
@@ -331,8 +343,6 @@ class StoreApi:
                 row = db.get(Build, ref)
             elif kind == scope.DEPLOYMENT:
                 row = db.get(Deployment, ref)
-            elif kind == scope.EVENT:
-                row = db.exec(select(EventRow).where(EventRow.event_id == ref)).first()
         except (NotFound, InvalidArgument):  # (a malformed name names nothing either)
             return ""
         return str(row.project_id) if row is not None else ""
