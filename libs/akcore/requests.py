@@ -42,6 +42,9 @@ class ManifestApply:
     text: str
     project_name: str = ""
     skip_existing_secrets: bool = False
+    # the id the manifest's project must have (ingress, for a token limited to projects:
+    # never a project made, nor another one of the same name made since the check)
+    project_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,11 @@ class TokenAdd:
 
 @dataclass(frozen=True)
 class TokenCheck:
+    """``limits``: the caller (an ingress) enforces tokens' project limits; the store
+    refuses a limited token to one that does not say so (of an earlier version)."""
+
     digest: str
+    limits: bool = False
 
 
 @dataclass(frozen=True)

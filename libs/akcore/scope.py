@@ -61,6 +61,7 @@ NOT_REFS: dict[str, str] = {
     "projects": "a new token's projects: auth.create_token checks them itself",
     "token_id": "an API token: auth.revoke_token is checked by itself",
     "project_name": "a manifest's project: manifest.plan/apply are checked by themselves",
+    "project_id": "the id manifest.apply's project must have (set by ingress when limited)",
     "text": "a manifest: its project is checked with project_name",
     "name": "a new object's name in the request's project (or a var's)",
     "display_name": "a new project's label (project.create is refused)",

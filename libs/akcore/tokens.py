@@ -17,6 +17,10 @@ MIN_LENGTH = 32
 DIGEST_PREFIX = "sha256:"
 # The store finds a digest by its first characters, then compares all of them in constant time.
 KEY_LENGTH = 16
+# How the store keeps the digest of a token limited to projects: a store or an ingress of
+# an earlier version, which knows no limits, compares it with the bare digest and refuses
+# the token instead of taking it for one that may act on every project.
+LIMITED_PREFIX = "limited:"
 
 
 # The longest a token may be made to last (``ak auth create-token --expires``).

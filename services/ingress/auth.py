@@ -7,11 +7,12 @@ import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from akcore import timefmt, tokens
 from akcore.cache import StoreCache
 from akcore.config import is_loopback
-from akcore.errors import Unauthenticated
+from akcore.errors import InvalidArgument, Unauthenticated
 from nats.aio.client import Client
 
 from . import peers
@@ -115,7 +116,7 @@ class Authenticator:
             await self.known.watch(self.nc)
         try:
             digest = tokens.digest(token)
-            who = await self.known.call(self.nc, "token.check", {"digest": digest}, digest)
+            who = await self._check(digest)
         except Unauthenticated as e:
             if e.message.startswith("API token expired"):
                 raise
@@ -127,6 +128,15 @@ class Authenticator:
             raise Unauthenticated(tokens.expired(timefmt.rfc3339(expires)))
         projects = tuple(str(p) for p in who.get("projects") or ())
         return Caller(who["token_id"], who["name"], who["created_at"], expires, projects)
+
+    async def _check(self, digest: str) -> dict[str, Any]:
+        """The store's answer for a digest; ``limits``: this ingress enforces tokens' project
+        limits (a store refuses a limited token to one that does not say so)."""
+        args = {"digest": digest, "limits": True}
+        try:
+            return await self.known.call(self.nc, "token.check", args, digest)  # type: ignore[no-any-return]
+        except InvalidArgument:  # a store of an earlier version: it keeps no limited tokens
+            return await self.known.call(self.nc, "token.check", {"digest": digest}, digest)  # type: ignore[no-any-return]
 
     @staticmethod
     def _check_not_a_browser(headers: Mapping[str, str]) -> None:

@@ -170,8 +170,8 @@ async def _projects(nc: Client, asked: list[str], caller: Caller) -> list[str]:
     if not asked:
         return list(caller.projects)
     refs = [(scope.PROJECT, str(p), "") for p in dict.fromkeys(asked)]
-    if caller.projects:
-        await confine.check(nc, refs, caller)
+    if caller.projects:  # (the ids checked are the ones kept)
+        return await confine.check(nc, refs, caller)
     found = await confine.resolve(nc, refs)
     for (_, name, _), project_id in zip(refs, found, strict=True):
         if not project_id:
@@ -183,10 +183,7 @@ async def whoami(nc: Client, req: rq.Empty, caller: Caller, keys: Keyring) -> di
     """The calling token; ``projects``: the names of those it is limited to (none: it may
     act on every project)."""
     expires = timefmt.rfc3339(caller.expires_us) if caller.expires_us else ""
-    projects: list[str] = []
-    if caller.projects:
-        listed = await bus.store_call(nc, "project.list", {"within": list(caller.projects)})
-        projects = [str(p["name"]) for p in listed]
+    projects = await confine.names(nc, caller) if caller.projects else []
     return {
         "token_id": caller.token_id,
         "name": caller.name,

@@ -57,22 +57,27 @@ async def confine(nc: Client, op: ops.Op, args: dict[str, Any], caller: Caller) 
                 f"({await described(nc, caller)}): a token limited to projects neither "
                 f"creates a project nor changes another; {UNLIMITED}"
             )
-        args["project_name"] = name  # (what was checked is what the store applies)
+        # What was checked is what the store applies: that name, and the project of that id
+        # (not one deleted and made again under the name since).
+        args["project_name"], args["project_id"] = name, project_id
     await check(nc, refs, caller)
     return args
 
 
-async def check(nc: Client, refs: list[scope.Ref], caller: Caller) -> None:
-    """NotFound unless each of ``refs`` names something of ``caller``'s projects (one that
-    names nothing and one of another project are told apart by no one)."""
+async def check(nc: Client, refs: list[scope.Ref], caller: Caller) -> list[str]:
+    """The project id of each of ``refs``; NotFound unless each names something of
+    ``caller``'s projects (one that names nothing and one of another project are told
+    apart by no one)."""
     if not refs:
-        return
-    for (kind, value, _), project_id in zip(refs, await resolve(nc, refs), strict=True):
+        return []
+    found = await resolve(nc, refs)
+    for (kind, value, _), project_id in zip(refs, found, strict=True):
         if project_id not in caller.projects:
             raise NotFound(
                 f'{kind} "{value}" not found in the projects this API token may act on '
                 f"({await described(nc, caller)}): it reaches nothing else; {UNLIMITED}"
             )
+    return found
 
 
 async def resolve(nc: Client, refs: list[scope.Ref]) -> list[str]:
@@ -81,10 +86,14 @@ async def resolve(nc: Client, refs: list[scope.Ref]) -> list[str]:
     return [str(x) for x in found]
 
 
-async def described(nc: Client, caller: Caller) -> str:
-    """The caller's projects, by name, for an error."""
+async def names(nc: Client, caller: Caller) -> list[str]:
+    """The names of the caller's projects (the id of one deleted since)."""
     listed = await bus.store_call(nc, "project.list", {"within": list(caller.projects)})
-    names = sorted(str(p["name"]) for p in listed)
-    if not names:
-        return "projects that were deleted since"
-    return ("project " if len(names) == 1 else "projects ") + ", ".join(f'"{n}"' for n in names)
+    named = {str(p["project_id"]): str(p["name"]) for p in listed}
+    return [named.get(p, f"{p} (deleted)") for p in caller.projects]
+
+
+async def described(nc: Client, caller: Caller) -> str:
+    """The caller's projects, for an error."""
+    found = sorted(await names(nc, caller))
+    return ("project " if len(found) == 1 else "projects ") + ", ".join(f'"{n}"' for n in found)

@@ -366,6 +366,7 @@ class StoreApi:
                 self.sealer,
                 req.project_name,
                 bool(req.skip_existing_secrets),
+                req.project_id,
             )
 
     def build_create(self, req: rq.BuildCreate) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from akcore import ids, timefmt
-from akcore.errors import AKError, InvalidArgument
+from akcore.errors import AKError, Conflict, InvalidArgument
 from akcore.integrations import INTEGRATIONS, unknown
 from akcore.manifest import parse_manifest
 from akcore.planning import Action, Current, plan_manifest
@@ -189,12 +189,19 @@ def apply_manifest(
     sealer: Sealer,
     project_name: str = "",
     skip_existing_secrets: bool = False,
+    project_id: str = "",
 ) -> dict[str, Any]:
-    """Returns the transcript lines ((stream, text) pairs) and the project's id."""
+    """Returns the transcript lines ((stream, text) pairs) and the project's id.
+    ``project_id``: the project must be the one of this id (none is made)."""
     m = parse_manifest(text, project_name)
     if m.project is None:
         return {"lines": [], "project_id": "", "project_name": "", "created": False}
     project, cur = current_state(db, m.project.name, sealer)
+    if project_id and cur.project_id != project_id:
+        raise Conflict(
+            f'project "{m.project.name}" is no longer the project {project_id} that was '
+            "checked (deleted or made again meanwhile): nothing was applied"
+        )
     plan = plan_manifest(m, cur, skip_existing_secrets)
     lines: list[tuple[str, str]] = [(OUT, line) for line in plan.lines]
     exec_lines: list[tuple[str, str]] = []

@@ -64,7 +64,7 @@ def check_unclaimed(db: DB, scope: str, name: str, value: str, secret: bool) -> 
     # Only connections' vars route (a project's var, or a leftover of a deleted connection,
     # with the same name routes nothing), and every one of them is looked at.
     q = (
-        select(Connection.connection_id)
+        select(Connection.connection_id, Connection.project_id)
         .join(Var, Var.scope_id == Connection.connection_id)  # type: ignore[arg-type]
         .where(Var.name == name, Var.scope_id != scope)
     )
@@ -73,9 +73,12 @@ def check_unclaimed(db: DB, scope: str, name: str, value: str, secret: bool) -> 
     owner = db.exec(q.order_by(Connection.connection_id)).first()
     if owner is None:
         return
+    mine = db.get(Connection, scope)
+    # Another project's connection is not named: whoever sets this var may not see it.
+    which = owner[0] if mine is not None and mine.project_id == owner[1] else "of another project"
     raise Conflict(
         f"connection var {name}={value!r} is already used by another connection "
-        f"({owner}); each routes its own deliveries: choose another value"
+        f"({which}); each routes its own deliveries: choose another value"
     )
 
 

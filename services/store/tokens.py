@@ -12,7 +12,7 @@ from akcore import requests as rq
 from akcore.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
-from sqlmodel import select
+from sqlmodel import col, select
 
 from .models import ApiToken, Project
 
@@ -31,8 +31,9 @@ class Tokens:
             raise InvalidArgument("token.add: the token would have expired already")
         if not all(ids.is_id(p, "prj") for p in req.projects):
             raise InvalidArgument("token.add: projects must be prj_ ids")
+        projects = " ".join(dict.fromkeys(req.projects))
         with DB(self.engine) as db:
-            kept = db.exec(select(ApiToken).where(ApiToken.digest == req.digest)).first()
+            kept = _find(db, req.digest)
             if kept is not None and kept.revoked_us:
                 raise Conflict("that API token was revoked, and stays refused")
             if kept is not None:
@@ -41,29 +42,34 @@ class Tokens:
                 ApiToken(
                     token_id=ids.new_id("tok"),
                     key=req.digest[: tokens.KEY_LENGTH],
-                    digest=req.digest,
+                    digest=(tokens.LIMITED_PREFIX if projects else "") + req.digest,
                     name=req.name,
                     created_by=req.created_by,
                     created_us=timefmt.now_us(),
                     expires_us=max(0, req.expires_us),
-                    projects=" ".join(dict.fromkeys(req.projects)),
+                    projects=projects,
                 )
             )
             db.commit()
 
     def check(self, req: rq.TokenCheck) -> dict[str, Any]:
-        """Who a digest belongs to (and until when: ``expires_us``, 0 for ever);
-        Unauthenticated when it is no token's, or its token expired."""
+        """Who a digest belongs to (until when: ``expires_us``, 0 for ever; on which
+        projects: ``projects``, none for every one); Unauthenticated when it is no token's,
+        its token expired, or it is limited to projects and the caller does not enforce
+        limits (an ingress of an earlier version)."""
         with DB(self.engine) as db:
-            rows = db.exec(
-                select(ApiToken).where(ApiToken.key == req.digest[: tokens.KEY_LENGTH])
-            ).all()
-        for row in rows:
-            if hmac.compare_digest(row.digest.encode(), req.digest.encode()):
-                if row.revoked_us:
-                    break
-                if row.expires_us and row.expires_us <= timefmt.now_us():
-                    raise Unauthenticated(tokens.expired(timefmt.rfc3339(row.expires_us)))
+            row = _find(db, req.digest)
+        if row is not None and not row.revoked_us:
+            if row.expires_us and row.expires_us <= timefmt.now_us():
+                raise Unauthenticated(tokens.expired(timefmt.rfc3339(row.expires_us)))
+            if _limited(row) and not (req.limits and row.projects):
+                log.warning(
+                    "API token %s is limited to projects and was refused: the ingress asking "
+                    "is of an earlier version (it does not enforce limits), or the token's "
+                    "projects are not recorded (the database went back a migration)",
+                    row.token_id,
+                )
+            else:
                 return {
                     "token_id": row.token_id,
                     "name": row.name,
@@ -107,10 +113,11 @@ class Tokens:
                     ApiToken.revoked_us == 0,
                     ApiToken.expires_us == 0,
                     ApiToken.projects == "",
+                    col(ApiToken.digest).not_like(f"{tokens.LIMITED_PREFIX}%"),
                     ApiToken.token_id != row.token_id,
                 )
             ).first()
-            if not row.expires_us and not row.projects and lasting is None:
+            if not row.expires_us and not _limited(row) and lasting is None:
                 raise Conflict(
                     f'"{req.token_id}" is the last API token that never expires and may act on '
                     "every project: revoked, nothing could manage the server once the others "
@@ -144,7 +151,8 @@ class Tokens:
             )
             return
         with DB(self.engine) as db:
-            row = db.exec(select(ApiToken).where(ApiToken.digest == found)).one()
+            row = _find(db, found)
+        assert row is not None
         if row.expires_us and row.expires_us <= timefmt.now_us():
             log.error(
                 "the bootstrap API token of %s expired at %s (it was made with --expires): "
@@ -154,3 +162,17 @@ class Tokens:
             )
             return
         log.info("bootstrap API token from %s is kept", path)
+
+
+def _find(db: DB, digest: str) -> ApiToken | None:
+    """The token kept under ``digest`` (limited or not), compared in constant time."""
+    rows = db.exec(select(ApiToken).where(ApiToken.key == digest[: tokens.KEY_LENGTH])).all()
+    for row in rows:
+        kept = row.digest.removeprefix(tokens.LIMITED_PREFIX)
+        if hmac.compare_digest(kept.encode(), digest.encode()):
+            return row
+    return None
+
+
+def _limited(row: ApiToken) -> bool:
+    return bool(row.projects) or row.digest.startswith(tokens.LIMITED_PREFIX)

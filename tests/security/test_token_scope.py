@@ -331,3 +331,19 @@ def test_the_web_ui_shows_a_limited_token_its_projects_only(stack: Stack) -> Non
         "GET", f"/ui/sessions/{b['session']}", headers={"Cookie": cookie}
     )
     assert status == 404 and b"beta" not in body
+
+
+def test_a_routing_var_held_by_another_project_is_not_named(stack: Stack) -> None:
+    """Routing vars (a GitHub installation, a webhook key) are unique across the server:
+    claiming one another project's connection holds is refused without naming it."""
+    beta = objects(stack, "beta")["connection"]
+    stack.api("var.set", connection="beta/gh", name="pat_key", value="beta-hook-key-77")
+    token = limited(stack, "alpha", name="router")
+    args = {"connection": "alpha/gh", "name": "pat_key", "value": "beta-hook-key-77"}
+    status, reply = call(stack, token, "var.set", args)
+    assert status == 409
+    assert reply.error == (
+        "connection var pat_key='beta-hook-key-77' is already used by another connection "
+        "(of another project); each routes its own deliveries: choose another value"
+    )
+    assert beta not in reply.error
