@@ -58,11 +58,6 @@ FIELDS: dict[str, str] = {
 # Fields that are not references, and why.
 NOT_REFS: dict[str, str] = {
     "within": "set by ingress to the token's projects",
-    "projects": "a new token's projects: auth.create_token checks them itself",
-    "token_id": "an API token: auth.revoke_token is checked by itself",
-    "project_name": "a manifest's project: manifest.plan/apply are checked by themselves",
-    "project_id": "the id manifest.apply's project must have (set by ingress when limited)",
-    "text": "a manifest: its project is checked with project_name",
     "name": "a new object's name in the request's project (or a var's)",
     "display_name": "a new project's label (project.create is refused)",
     "names": "var names in the request's project",
@@ -105,6 +100,13 @@ NOT_REFS: dict[str, str] = {
 # (request type, field) pairs that share a reference's name but are not one.
 NOT_REFS_OF: dict[tuple[str, str], str] = {
     ("TriggerCreate", "trigger"): "a new trigger's spec, in the request's project",
+    ("TokenCreate", "projects"): "a new token's projects: auth.create_token checks them",
+    ("TokenRevoke", "token_id"): "an API token: auth.revoke_token is checked by itself",
+    ("ManifestPlan", "project_name"): "the manifest's project: checked with the manifest",
+    ("ManifestApply", "project_name"): "the manifest's project: checked with the manifest",
+    ("ManifestPlan", "text"): "a manifest: its project is checked (ak_ingress.confine)",
+    ("ManifestApply", "text"): "a manifest: its project is checked (ak_ingress.confine)",
+    ("ManifestApply", "project_id"): "the id its project must have (set by ingress)",
 }
 
 Ref = tuple[str, str, str]  # kind, value, the request's project (where a name is looked up)

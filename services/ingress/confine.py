@@ -59,7 +59,9 @@ async def confine(nc: Client, op: ops.Op, args: dict[str, Any], caller: Caller) 
             )
         # What was checked is what the store applies: that name, and the project of that id
         # (not one deleted and made again under the name since).
-        args["project_name"], args["project_id"] = name, project_id
+        args["project_name"] = name
+        if op.name == "manifest.apply":
+            args["project_id"] = project_id
     await check(nc, refs, caller)
     return args
 

@@ -228,7 +228,10 @@ def test_a_limited_token_works_on_its_own_project(stack: Stack, tmp_path: Path) 
         tmp_path / "alpha",
         {"autokitteh.yaml": MANIFEST.format(name="alpha", secret="rotated"), "h.py": CODE},
     )
-    res = as_token(stack, token, "deploy", "--manifest", str(project / "autokitteh.yaml"))
+    manifest = str(project / "autokitteh.yaml")
+    res = as_token(stack, token, "manifest", "plan", manifest)
+    assert res.returncode == 0 and "SECRET_KEY" in res.stdout, res.stderr
+    res = as_token(stack, token, "deploy", "--manifest", manifest)
     assert res.returncode == 0, res.stderr
     started = as_token(
         stack, token, "session", "start", "--project", "alpha", "--entrypoint", "h.py:main"
