@@ -51,3 +51,18 @@ def test_a_revoked_token_stays_refused_even_given_again(t: Tokens, tmp_path: Pat
     with pytest.raises(Conflict, match="was revoked"):
         t.add(rq.TokenAdd(digest=tokens.digest(leaked), name="again"))
     assert [row["name"] for row in t.list(rq.Empty())] == ["other"]
+
+
+def test_a_limited_token_given_as_the_cli_s_stays_limited(t: Tokens, tmp_path: Path) -> None:
+    """`ak up` gives the store the CLI's stored token as a bootstrap token: one limited to
+    projects keeps its limit (no second, unlimited row for the same token)."""
+    t.add(rq.TokenAdd(digest=tokens.digest("akt_admin"), name="admin"))
+    limited = "akt_" + "p" * 40
+    project = "prj_" + "0" * 26
+    t.add(rq.TokenAdd(digest=tokens.digest(limited), name="ci", projects=[project]))
+    boot = tmp_path / "bootstrap.sha256"
+    boot.write_text(tokens.DIGEST_PREFIX + tokens.digest(limited) + "\n")
+    t.bootstrap(str(boot))
+    who = t.check(rq.TokenCheck(digest=tokens.digest(limited), limits=True))
+    assert (who["name"], who["projects"]) == ("ci", [project])
+    assert sorted(row["name"] for row in t.list(rq.Empty())) == ["admin", "ci"]
