@@ -23,6 +23,16 @@ import base64
 from .errors import MAX_SHOWN
 
 INTEGRATIONS = ("http", "github", "slack")
+
+
+def routes_an_installation(name: str) -> bool:
+    """Whether connection var ``name`` routes a GitHub or Slack installation of the server's
+    own app to the connection (``install_key__<app>__<installation>``, ``install_ids``):
+    deliveries signed with the app's secret, which the server cannot tell apart by
+    project, so whoever sets the var receives that installation's."""
+    return name == "install_ids" or name.startswith("install_key__")
+
+
 # AutoKitteh's other integrations: a connection of one is refused with a clear line (the
 # SDK's client helpers read the same variables from project vars meanwhile).
 NOT_YET = (

@@ -10,7 +10,8 @@ from typing import Any
 
 from akcore import bus, ops, scope
 from akcore.errors import NotFound, PermissionDenied
-from akcore.manifest import parse_manifest
+from akcore.integrations import routes_an_installation
+from akcore.manifest import Manifest, parse_manifest
 from nats.aio.client import Client
 
 from .auth import Caller
@@ -41,12 +42,19 @@ async def confine(nc: Client, op: ops.Op, args: dict[str, Any], caller: Caller) 
             f"this API token is limited to {await described(nc, caller)}, so it may revoke "
             f"only itself ({caller.token_id}): {UNLIMITED}"
         )
+    manifest = parse_manifest(typed.text, typed.project_name) if op.name in MANIFESTS else None
+    routing = _installation_vars(op.name, typed, manifest)
+    if routing:
+        raise PermissionDenied(
+            f"connection var {routing[0]} routes an installation of the server's GitHub or "
+            "Slack app, whose deliveries the server cannot tell apart by project: a token "
+            f"limited to projects may not set it; {UNLIMITED}"
+        )
     args = dict(args)
     if "within" in {f.name for f in dataclasses.fields(op.request)}:
         args["within"] = list(caller.projects)
     refs = scope.refs(typed)
-    if op.name in MANIFESTS:  # the project is the manifest's, unless project_name renames it
-        manifest = parse_manifest(typed.text, typed.project_name)
+    if manifest is not None:  # its project is the manifest's, unless project_name renames it
         if manifest.project is None:  # (no project: the manifest changes nothing)
             return args
         name = manifest.project.name
@@ -64,6 +72,20 @@ async def confine(nc: Client, op: ops.Op, args: dict[str, Any], caller: Caller) 
             args["project_id"] = project_id
     await check(nc, refs, caller)
     return args
+
+
+def _installation_vars(name: str, typed: Any, manifest: Manifest | None) -> list[str]:
+    """The vars routing an installation of the server's app (``integrations``) that an
+    operation would set on a connection."""
+    if name == "var.set" and typed.connection:
+        names = [typed.name]
+    elif name == "connection.init":
+        names = [*typed.values, *typed.secrets]
+    elif name == "manifest.apply" and manifest is not None and manifest.project is not None:
+        names = [v.name for c in manifest.project.connections for v in c.vars]
+    else:
+        return []
+    return [n for n in names if routes_an_installation(n)]
 
 
 async def check(nc: Client, refs: list[scope.Ref], caller: Caller) -> list[str]:

@@ -350,3 +350,29 @@ def test_a_routing_var_held_by_another_project_is_not_named(stack: Stack) -> Non
         "(of another project); each routes its own deliveries: choose another value"
     )
     assert beta not in reply.error
+
+
+def test_a_limited_token_may_not_route_an_installation_of_the_server_s_app(stack: Stack) -> None:
+    """A GitHub or Slack installation of the server's own app is routed by a connection
+    var; its deliveries are signed with the app's secret, which tells no project apart:
+    whoever sets the var first gets them. A limited token may not set one, by any path."""
+    token = limited(stack, "alpha", name="installer")
+    text = MANIFEST.format(name="alpha", secret="alpha-secret").replace(
+        "      integration: github\n",
+        "      integration: github\n      vars:\n        - name: install_key__77__123\n"
+        "          value: x\n",
+    )
+    for op, args in (
+        ("var.set", {"connection": "alpha/gh", "name": "install_key__77__123", "value": "x"}),
+        ("connection.init", {"connection": "alpha/gh", "values": {"install_ids": "A/E/T"}}),
+        ("manifest.apply", {"text": text}),
+    ):
+        status, reply = call(stack, token, op, args)
+        assert status == 403, (op, status, reply.error)
+        assert "routes an installation of the server's GitHub or Slack app" in reply.error
+    assert stack.api("var.get", connection="alpha/gh", names=[]) == []  # nothing was set
+    # Its own webhook's key (checked with its own secret) it may set; an unlimited token
+    # may route an installation.
+    args = {"connection": "alpha/gh", "name": "pat_key", "value": "alpha-own-key-5"}
+    assert call(stack, token, "var.set", args)[0] == 200
+    stack.api("var.set", connection="alpha/gh", name="install_key__77__123", value="x")
