@@ -46,9 +46,9 @@ def test_bootstrap_stores_a_token_for_the_cli_and_gives_the_store_its_digest(
     tmp_path: Path,
 ) -> None:
     env: dict[str, str] = {}
-    note = access.bootstrap(env, tmp_path / "data", "http://127.0.0.1:9999")
+    note, given = access.bootstrap(env, tmp_path / "data", "http://127.0.0.1:9999")
     token = credentials.load()["127.0.0.1:9999"]
-    assert token.startswith("akt_") and "new" in note
+    assert token.startswith("akt_") and "new" in note and given == token
     digest_file = Path(env["AK_AUTH__BOOTSTRAP_TOKEN_FILE"])
     assert digest_file.read_text() == f"sha256:{tokens.digest(token)}\n"
     assert token not in digest_file.read_text()
