@@ -94,7 +94,8 @@ class Tokens:
                 "created_by": row.created_by,
                 "created_at": timefmt.rfc3339(row.created_us),
                 "expires_at": timefmt.rfc3339(row.expires_us) if row.expires_us else "",
-                "projects": [names.get(p, p) for p in row.projects.split()],
+                "projects": [names.get(p, p) for p in row.projects.split()]
+                or (["(not recorded: the token is refused)"] if _limited(row) else []),
             }
             for row in rows
         ]

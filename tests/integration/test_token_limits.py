@@ -141,6 +141,8 @@ async def test_going_back_a_migration_leaves_limited_tokens_refused(settings: Se
     async with store(settings) as nc:
         with pytest.raises(Unauthenticated, match="invalid API token"):
             await Authenticator(nc, True).caller(f"Bearer {raw}")
+        listed = await bus.store_call(nc, "auth.list_tokens", {})
+        assert [t["projects"] for t in listed] == [["(not recorded: the token is refused)"]]
 
 
 async def test_a_limited_token_s_error_names_projects_deleted_since(settings: Settings) -> None:
