@@ -166,13 +166,20 @@ class Tokens:
 
 
 def _find(db: DB, digest: str) -> ApiToken | None:
-    """The token kept under ``digest`` (limited or not), compared in constant time."""
+    """The token kept under ``digest`` (limited or not), compared in constant time. Should
+    it be kept twice (a store of an earlier version, which does not match a limited
+    token's digest, added it again when given it as a bootstrap token), the row that
+    allows least: a revoked one, else a limited one."""
     rows = db.exec(select(ApiToken).where(ApiToken.key == digest[: tokens.KEY_LENGTH])).all()
-    for row in rows:
-        kept = row.digest.removeprefix(tokens.LIMITED_PREFIX)
-        if hmac.compare_digest(kept.encode(), digest.encode()):
-            return row
-    return None
+    found = [
+        row
+        for row in rows
+        if hmac.compare_digest(
+            row.digest.removeprefix(tokens.LIMITED_PREFIX).encode(), digest.encode()
+        )
+    ]
+    found.sort(key=lambda row: (not row.revoked_us, not _limited(row)))
+    return found[0] if found else None
 
 
 def _limited(row: ApiToken) -> bool:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from ak_store.db import open_engine
+from ak_store.models import ApiToken
 from ak_store.tokens import Tokens
 from akcore import requests as rq
 from akcore import timefmt, tokens
 from akcore.errors import Conflict, Unauthenticated
+from sqlmodel import Session as DB
 
 
 @pytest.fixture
@@ -66,3 +68,33 @@ def test_a_limited_token_given_as_the_cli_s_stays_limited(t: Tokens, tmp_path: P
     who = t.check(rq.TokenCheck(digest=tokens.digest(limited), limits=True))
     assert (who["name"], who["projects"]) == ("ci", [project])
     assert sorted(row["name"] for row in t.list(rq.Empty())) == ["admin", "ci"]
+
+
+def test_a_limited_token_kept_twice_stays_limited(db_dsn: str) -> None:
+    """A store of an earlier version (gone back to) adds a limited token's digest again,
+    bare, when `ak up` gives it as the CLI's: upgraded again, the row that allows least is
+    the one taken, whichever the database lists first."""
+    engine = open_engine(db_dsn)
+    t = Tokens(engine)
+    raw, project = "akt_" + "d" * 40, "prj_" + "1" * 26
+    digest = tokens.digest(raw)
+    with DB(engine) as db:  # the bare row first, the limited one after
+        for n, (kept, projects) in enumerate(
+            [(digest, ""), (tokens.LIMITED_PREFIX + digest, project)]
+        ):
+            db.add(
+                ApiToken(
+                    token_id=f"tok_{n}" + "2" * 25,
+                    key=digest[: tokens.KEY_LENGTH],
+                    digest=kept,
+                    name="ci" if projects else "bootstrap",
+                    created_us=timefmt.now_us(),
+                    projects=projects,
+                )
+            )
+            db.commit()
+    who = t.check(rq.TokenCheck(digest=digest, limits=True))
+    assert (who["name"], who["projects"]) == ("ci", [project])
+    with pytest.raises(Unauthenticated):
+        t.check(rq.TokenCheck(digest=digest))  # (an ingress knowing no limits)
+    engine.dispose()
