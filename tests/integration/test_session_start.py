@@ -131,7 +131,7 @@ async def _job_alone(nc: Client, job: wire.Job, deliveries: int) -> None:
     async def delivered() -> bool:
         return await _deliveries(js) >= deliveries
 
-    await eventually(delivered, timeout=30)
+    await eventually(delivered, timeout=90)  # (~2.5 s each here; a loaded machine is slower)
 
 
 async def _deliveries(js: JetStreamContext) -> int:

@@ -343,7 +343,9 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_budget(tmp_path: Path) -
 
         statuses = [guess("203.0.113.5") for _ in range(70)]
         assert statuses[:40] == [401] * 40 and 429 in statuses[50:], statuses
-        assert guess("9.9.9.9, 203.0.113.5") == 429  # (its own words, then the proxy's)
+        # Its own words, then the proxy's: the same budget, spent (it refills at 10 a second,
+        # so one of a burst is refused; a fresh budget would take 50 at once).
+        assert 429 in [guess("9.9.9.9, 203.0.113.5") for _ in range(20)]
         assert guess("203.0.113.6") == 401  # another client: its own budget
         assert s.ak("project", "list").returncode == 0  # the proxy's own address too
         manifest = MANIFEST.format(name="proxied")
