@@ -93,7 +93,7 @@ class Authenticator:
     ) -> None:
         """Unauthenticated unless the connection comes from the server's own user or root
         (what a tokens-off server answers; the web UI checks it too)."""
-        if peers.supported():  # (a table read: off the event loop)
+        if peers.supported():  # (maybe a read of the whole socket table: off the event loop)
             await asyncio.to_thread(self._check_local_user, client, server)
 
     def _remembered(self, authorization: str | None) -> bool:

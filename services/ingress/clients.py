@@ -11,8 +11,8 @@ connection (tokens off) is always the socket's peer, never a header.
 
 A proxy on this host's loopback shares it with every local process, handlers included
 (they may reach the stack's HTTP port): a loopback peer is taken for a proxy only when the
-socket is not a worker user id's (``peers.owner``; a read of ``/proc/net/tcp`` per such
-request, so a proxy on an address of its own costs less).
+socket is not a worker user id's (``peers.owner``: one netlink request per such request,
+so a proxy on an address of its own costs less).
 """
 
 from __future__ import annotations

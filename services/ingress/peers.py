@@ -1,15 +1,21 @@
 """Which user is at the other end of a loopback TCP connection.
 
-The kernel lists every TCP socket of the network namespace, with the user id that owns it,
-in ``/proc/net/tcp`` and ``/proc/net/tcp6``. The client's end of a connection to us is the
-line whose local address is the connection's peer and whose remote address is ours. Used
-when API tokens are off (dev mode on loopback): the API then answers only the user that
-runs the server, not a handler's sandbox user or another account on the machine.
+The kernel answers for one socket, found by its addresses, over netlink (``sock_diag``,
+what ``ss`` asks): the client's end of a connection to us is the socket whose local address
+is the connection's peer and whose remote address is ours. Where netlink is refused (a
+seccomp profile, an old kernel), the same comes from ``/proc/net/tcp`` and
+``/proc/net/tcp6``, which list every TCP socket of the network namespace (a read that grows
+with the number of connections). Used when API tokens are off (dev mode on loopback): the
+API then answers only the user that runs the server, not a handler's sandbox user or
+another account on the machine; and to tell a trusted proxy on loopback from a handler.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
+import struct
 import sys
 from pathlib import Path
 
@@ -38,6 +44,56 @@ _HELD_STATES = frozenset({"01", "04", "05"})
 def owner(client: tuple[str, int], server: tuple[str, int]) -> int | None:
     """The user id holding the client's socket of the connection ``client`` -> ``server``,
     or None when no process holds one now (it closed already): never a guess."""
+    try:
+        return _asked(client, server)
+    except OSError:  # (netlink refused here: the table, read whole)
+        return _listed(client, server)
+
+
+# Netlink's sock_diag (linux/sock_diag.h, linux/inet_diag.h).
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST = 1
+_NO_COOKIE = 0xFFFFFFFF
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
+_REQUEST = struct.Struct("=BBBBI")  # inet_diag_req_v2: family, protocol, ext, pad, states
+_SOCKET_ID = struct.Struct("!HH16s16s")  # inet_diag_sockid: ports, addresses (network order)
+_ID_REST = struct.Struct("=III")  # inet_diag_sockid: interface, cookie (two words)
+_UID_INODE = struct.Struct("=II")  # inet_diag_msg: uid and inode, after 64 bytes
+
+
+def _asked(client: tuple[str, int], server: tuple[str, int]) -> int | None:
+    """``owner`` by one netlink request for that one socket; OSError when netlink fails."""
+    local = ipaddress.ip_address(client[0].strip("[]"))
+    remote = ipaddress.ip_address(server[0].strip("[]"))
+    family = socket.AF_INET6 if local.version == 6 else socket.AF_INET
+    request = (
+        _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+        + _SOCKET_ID.pack(client[1], server[1], local.packed, remote.packed)
+        + _ID_REST.pack(0, _NO_COOKIE, _NO_COOKIE)
+    )
+    header = _HEADER.pack(_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(2)
+        nl.sendall(header + request)
+        answer = nl.recv(8192)
+    _, kind, _, _, _ = _HEADER.unpack_from(answer)
+    body = _HEADER.size
+    if kind == _NLMSG_ERROR:
+        (code,) = struct.unpack_from("=i", answer, body)
+        if code == -errno.ENOENT:  # no such socket (closed and gone)
+            return None
+        raise OSError(-code, "sock_diag refused the request")
+    if kind != _SOCK_DIAG_BY_FAMILY or len(answer) < body + 72:
+        raise OSError(errno.EPROTO, "sock_diag answered something else")
+    state = answer[body + 1]
+    uid, inode = _UID_INODE.unpack_from(answer, body + 64)
+    return uid if f"{state:02X}" in _HELD_STATES and inode else None
+
+
+def _listed(client: tuple[str, int], server: tuple[str, int]) -> int | None:
+    """``owner`` from the kernel's table of every TCP socket."""
     wanted = f"{_hex_address(*client)} {_hex_address(*server)}"
     table = TABLES[1] if ":" in client[0] else TABLES[0]
     try:
