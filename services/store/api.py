@@ -319,7 +319,8 @@ class StoreApi:
             ]
 
     def _project_of(self, db: DB, kind: str, ref: str, project: str = "") -> str:
-        """(Events: ``scope_resolve`` looks them up all at once.)"""
+        """The project id of one reference ("" when it names nothing), by the lookups the
+        operations themselves use (events: ``scope_resolve`` finds them all at once)."""
         if kind not in scope.KINDS:
             raise InvalidArgument(f"unknown kind of reference {kind!r}")
         trg = ids.is_id(ref, "trg")
