@@ -318,11 +318,11 @@ def test_guessing_tokens_is_throttled_per_address(tmp_path: Path) -> None:
         ]
         statuses = [status for status, _ in replies]
         assert statuses[:40] == [401] * 40, statuses
-        assert 429 in statuses[50:], statuses
-        status, reply = replies[-1]
-        assert status == 429 and "too many requests with a missing or invalid API token" in (
-            reply.error
-        ), reply
+        # (Refused once the burst is spent; it refills at 10 a second, so under load a late
+        # guess may get through again.)
+        refused = [reply for status, reply in replies[50:] if status == 429]
+        assert refused, statuses
+        assert "too many requests with a missing or invalid API token" in refused[-1].error
         # The budget refills: the CLI's good token gets through again.
         wait_until(lambda: s.ak("project", "list").returncode == 0, "the CLI let in again", 20)
     finally:
