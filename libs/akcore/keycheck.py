@@ -58,7 +58,7 @@ _CANARY_AAD = b"keys.canary"
 MALFORMED = "malformed"  # the id named for a canary that is not sealed bytes, or altered
 
 CANARY_ALTERED = (
-    "the secrets key's canary in the KV bucket {bucket} is not a value any store sealed (it "
+    "the secrets key's canary in {where} is not a value any store sealed (it "
     "was altered, or written by hand): check who may write to it. To seal it anew with this "
     "store's key, start the store once with AK_SECRETS__LOST_KEY=malformed"
 )
@@ -117,36 +117,50 @@ async def _canary(js: JetStreamContext) -> tuple[bytes | None, int]:
     return entry.value or b"", entry.revision or 0
 
 
+async def judge(
+    nc: Client, keys: Keyring, blob: bytes | None, lost: str | None, altered: str
+) -> bool:
+    """The store's verdict on a canary (``blob``; None when there is none): whether it must
+    be sealed (again) with this store's primary key: when there is none, when another of
+    its keys sealed it (rotation), or when ``lost`` names the id of the key that sealed it
+    (a key lost for good), but only while no other store runs (one that does may hold that
+    key: this store would be the one given the wrong key). Raises KeyMismatch when it does
+    not open otherwise (``altered``: what to say of one no key sealed)."""
+    if blob is None:
+        return True
+    if opens(keys, blob, _CANARY_AAD):
+        return sealed_by(blob) != keys.primary_id
+    by = sealed_by(blob)
+    named = by.hex() if by is not None and not keys.holds(by) else MALFORMED
+    if lost != named:
+        raise KeyMismatch(altered if named == MALFORMED else STORE_LACKS.format(by=named))
+    if await bus.ping_service(nc, "store", timeout=0.5):  # (not this one yet)
+        raise KeyMismatch(LOST_WHILE_RUNNING)
+    log.warning(
+        "the secrets key %s is lost (AK_SECRETS__LOST_KEY): what it sealed stays unreadable; "
+        "the canary is sealed with this store's primary key",
+        named,
+    )
+    return True
+
+
+def seal_canary(keys: Keyring) -> bytes:
+    """A canary sealed with the primary key."""
+    return keys.seal(_CANARY, _CANARY_AAD)
+
+
 async def settle(nc: Client, keys: Keyring, lost: str | None) -> None:
-    """The store's part, before it serves: seals the canary (first start), opens it, seals
-    it again with the primary key when another of its keys sealed it, or with ``lost`` naming
-    the id of the key that sealed it (a key lost for good), seals it anew, but only while no
-    other store runs (one that does may hold that key: this store would be the one given
-    the wrong key). Raises KeyMismatch when it does not open otherwise."""
+    """The store's part for the canary in JetStream, before it serves (``judge``): seals
+    it when it must. Raises KeyMismatch when it does not open."""
     js = nc.jetstream()
     kv = await js.key_value(natsauth.BUCKET_KEYS)
+    altered = CANARY_ALTERED.format(where=f"the KV bucket {natsauth.BUCKET_KEYS}")
     for _ in range(100):  # (stores starting together: a few rounds at most)
         blob, revision = await _canary(js)
-        if blob is not None:
-            if opens(keys, blob, _CANARY_AAD):
-                if sealed_by(blob) == keys.primary_id:
-                    return
-            else:
-                by = sealed_by(blob)
-                named = by.hex() if by is not None and not keys.holds(by) else MALFORMED
-                if lost != named:
-                    if named == MALFORMED:
-                        raise KeyMismatch(CANARY_ALTERED.format(bucket=natsauth.BUCKET_KEYS))
-                    raise KeyMismatch(STORE_LACKS.format(by=named))
-                if await bus.ping_service(nc, "store", timeout=0.5):  # (not this one yet)
-                    raise KeyMismatch(LOST_WHILE_RUNNING)
-                log.warning(
-                    "the secrets key %s is lost (AK_SECRETS__LOST_KEY): what it sealed stays "
-                    "unreadable; the canary is sealed with this store's primary key",
-                    named,
-                )
+        if not await judge(nc, keys, blob, lost, altered):
+            return
         try:  # (two stores starting at once: one seals it, the other opens that)
-            await kv.update(CANARY, keys.seal(_CANARY, _CANARY_AAD), last=revision)
+            await kv.update(CANARY, seal_canary(keys), last=revision)
             return
         except KeyWrongLastSequenceError:
             continue

@@ -183,6 +183,15 @@ class ApiToken(SQLModel, table=True):
     projects: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
+class KeyCanary(SQLModel, table=True):
+    """The secrets key's canary kept beside the data it guards (``ak_store.keycanary``): one
+    row, a fixed value sealed with the key that seals this database's secrets."""
+
+    __tablename__ = "key_canary"
+    id: int = Field(default=1, primary_key=True)
+    sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
 class Delivery(SQLModel, table=True):
     """A provider's delivery (GitHub's ``X-GitHub-Delivery``, Slack's event id) to one
     connection, and the event it became: a redelivery finds it and makes no second event.

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from sqlalchemy import Connection, Engine, text
 
+from . import keycanary
 from .api import StoreApi
 from .cleanup import Purger, prune
 from .db import open_engine
@@ -220,8 +221,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     serve = serve_ops(api, nc, sql)
     js = nc.jetstream()
     await bus.ensure_streams(js)
-    try:
-        await keycheck.settle(nc, api.keys, os.environ.get(ENV_LOST, "").strip().lower() or None)
+    lost = os.environ.get(ENV_LOST, "").strip().lower() or None
+    try:  # (the database's canary first: it is where the data is)
+        await keycanary.settle(nc, engine, api.keys, lost)
+        await keycheck.settle(nc, api.keys, lost)
     except BaseException:  # (a mismatch, NATS away: nothing left open)
         await bus.close(nc)
         pool.shutdown(wait=True)

@@ -15,6 +15,8 @@ from akcore.config import Settings, data_home
 from akcore.datakey import Keyring
 from akcore.errors import AKError
 from cryptography.fernet import Fernet
+from sqlalchemy import text
+from sqlmodel import create_engine
 
 from .conftest import as_service, running
 
@@ -173,23 +175,70 @@ async def test_rotation_seals_the_canary_again_with_the_new_key(
 async def test_a_canary_deleted_by_hand_is_sealed_again(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Deleting the canary (a NATS administrator: only stores may write it) resets the
-    check: the next store seals it with its key (it once went round forever, writing
+    """Deleting the canary in JetStream (a NATS administrator: only stores may write it):
+    the next store seals it again with its key (it once went round forever, writing
     against the delete marker's revision as if there were nothing)."""
+    key = Fernet.generate_key()
+    await _store_runs(settings, [key], monkeypatch)
+    nc = await bus.connect(settings.nats_url, "t")
+    try:
+        kv = await nc.jetstream().key_value(natsauth.BUCKET_KEYS)
+        for gone in (kv.delete, kv.purge):
+            await gone(keycheck.CANARY)
+            assert not await keycheck.canary(nc.jetstream(), Keyring([key]))  # none now
+            await asyncio.wait_for(_store_runs(settings, [key], monkeypatch), 60)
+            assert await keycheck.canary(nc.jetstream(), Keyring([key]))
+    finally:
+        await nc.close()
+
+
+async def test_a_store_given_another_key_stops_even_when_jetstream_lost_its_canary(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JetStream lost or reset on its own (its canary gone) while the database keeps what
+    the old key sealed: the database's canary stops a store given another key, before it
+    seals a new canary in JetStream."""
     first, second = Fernet.generate_key(), Fernet.generate_key()
     await _store_runs(settings, [first], monkeypatch)
     nc = await bus.connect(settings.nats_url, "t")
     try:
         kv = await nc.jetstream().key_value(natsauth.BUCKET_KEYS)
-        await kv.delete(keycheck.CANARY)
-        assert not await keycheck.canary(nc.jetstream(), Keyring([second]))  # none now
-        await asyncio.wait_for(_store_runs(settings, [second], monkeypatch), 60)
-        assert await keycheck.canary(nc.jetstream(), Keyring([second]))
         await kv.purge(keycheck.CANARY)
+        first_id = datakey.key_id(datakey.derive(first)).hex()
+        message = await _store_fails(settings, [second], monkeypatch)
+        assert message.startswith(
+            f"the secrets key that sealed this system's data (key id {first_id}) is not among "
+            "this store's keys"
+        ), message
+        assert not await keycheck.canary(nc.jetstream(), Keyring([second]))  # not sealed
         await asyncio.wait_for(_store_runs(settings, [first], monkeypatch), 60)
         assert await keycheck.canary(nc.jetstream(), Keyring([first]))
+        # Told the old key is lost for good, a store seals both anew.
+        monkeypatch.setenv("AK_SECRETS__LOST_KEY", first_id)
+        await asyncio.wait_for(_store_runs(settings, [second], monkeypatch), 60)
+        monkeypatch.delenv("AK_SECRETS__LOST_KEY")
+        await asyncio.wait_for(_store_runs(settings, [second], monkeypatch), 60)
+        assert await keycheck.canary(nc.jetstream(), Keyring([second]))
     finally:
         await nc.close()
+
+
+async def test_an_altered_database_canary_stops_the_store_saying_so(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = Fernet.generate_key()
+    await _store_runs(settings, [key], monkeypatch)
+    engine = create_engine(settings.db_dsn)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE key_canary SET sealed = :x"), {"x": b"written by hand"})
+    engine.dispose()
+    message = await _store_fails(settings, [key], monkeypatch)
+    assert message.startswith(
+        "the secrets key's canary in the database (table key_canary) is not a value any "
+        "store sealed"
+    ), message
+    monkeypatch.setenv("AK_SECRETS__LOST_KEY", "malformed")
+    await asyncio.wait_for(_store_runs(settings, [key], monkeypatch), 60)
 
 
 async def test_an_altered_canary_stops_the_store_saying_so(
