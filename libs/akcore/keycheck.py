@@ -118,14 +118,20 @@ async def _canary(js: JetStreamContext) -> tuple[bytes | None, int]:
 
 
 async def judge(
-    nc: Client, keys: Keyring, blob: bytes | None, lost: str | None, altered: str
+    nc: Client,
+    keys: Keyring,
+    blob: bytes | None,
+    lost: str | None,
+    altered: str,
+    quiet: bool = False,
 ) -> bool:
     """The store's verdict on a canary (``blob``; None when there is none): whether it must
     be sealed (again) with this store's primary key: when there is none, when another of
     its keys sealed it (rotation), or when ``lost`` names the id of the key that sealed it
     (a key lost for good), but only while no other store runs (one that does may hold that
     key: this store would be the one given the wrong key). Raises KeyMismatch when it does
-    not open otherwise (``altered``: what to say of one no key sealed)."""
+    not open otherwise (``altered``: what to say of one no key sealed; ``quiet``: a lost
+    key accepted is not said, the canary is not sealed yet)."""
     if blob is None:
         return True
     if opens(keys, blob, _CANARY_AAD):
@@ -136,6 +142,8 @@ async def judge(
         raise KeyMismatch(altered if named == MALFORMED else STORE_LACKS.format(by=named))
     if await bus.ping_service(nc, "store", timeout=0.5):  # (not this one yet)
         raise KeyMismatch(LOST_WHILE_RUNNING)
+    if quiet:
+        return True
     log.warning(
         "the secrets key %s is lost (AK_SECRETS__LOST_KEY): what it sealed stays unreadable; "
         "the canary is sealed with this store's primary key",

@@ -1,10 +1,13 @@
 """The secrets key's canary in the database (``akcore.keycheck`` keeps one in JetStream).
 
-Both are checked as the store starts, this one first: JetStream can be lost or reset on
+Both are checked as the store starts, and neither is written until both are judged
+(``check``, then ``keycheck.settle``, then ``settle``): JetStream can be lost or reset on
 its own (its files deleted, a new NATS cluster) while the database keeps every secret var,
 journal and event sealed with the old key. With only the JetStream canary, a store then
 given another key found no canary, sealed a new one and went on writing what nothing else
-could open beside what it could not open itself.
+could open beside what it could not open itself. (Sealing this one before the other was
+judged would have a store given the wrong key, on a database of an earlier version, leave
+it sealed with that key.)
 """
 
 from __future__ import annotations
@@ -22,12 +25,22 @@ ALTERED = keycheck.CANARY_ALTERED.format(where=f"the database (table {KeyCanary.
 _TABLE = KeyCanary.__table__  # type: ignore[attr-defined]
 
 
+def _read(engine: Engine) -> bytes | None:
+    with engine.connect() as conn:
+        return conn.execute(select(_TABLE.c.sealed).where(_TABLE.c.id == 1)).scalar()
+
+
+async def check(nc: Client, engine: Engine, keys: Keyring, lost: str | None) -> None:
+    """KeyMismatch when the database's canary does not open (``keycheck.judge``); writes
+    nothing."""
+    await keycheck.judge(nc, keys, _read(engine), lost, ALTERED, quiet=True)
+
+
 async def settle(nc: Client, engine: Engine, keys: Keyring, lost: str | None) -> None:
     """Opens the database's canary, or seals it (first start, rotation, a key named lost:
     ``keycheck.judge``); KeyMismatch when it does not open."""
     for _ in range(100):  # (stores starting together: a few rounds at most)
-        with engine.connect() as conn:
-            blob = conn.execute(select(_TABLE.c.sealed).where(_TABLE.c.id == 1)).scalar()
+        blob = _read(engine)
         if not await keycheck.judge(nc, keys, blob, lost, ALTERED):
             return
         fresh = keycheck.seal_canary(keys)

@@ -222,9 +222,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     js = nc.jetstream()
     await bus.ensure_streams(js)
     lost = os.environ.get(ENV_LOST, "").strip().lower() or None
-    try:  # (the database's canary first: it is where the data is)
-        await keycanary.settle(nc, engine, api.keys, lost)
+    try:  # (both canaries judged before either is written: ak_store.keycanary)
+        await keycanary.check(nc, engine, api.keys, lost)
         await keycheck.settle(nc, api.keys, lost)
+        await keycanary.settle(nc, engine, api.keys, lost)
     except BaseException:  # (a mismatch, NATS away: nothing left open)
         await bus.close(nc)
         pool.shutdown(wait=True)

@@ -223,6 +223,26 @@ async def test_a_store_given_another_key_stops_even_when_jetstream_lost_its_cana
         await nc.close()
 
 
+async def test_a_database_from_before_its_canary_is_not_sealed_by_a_wrong_key(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database of an earlier version has no canary: a store given another key stops on
+    JetStream's before it seals the database's (else the right key would be refused next)."""
+    right, wrong = Fernet.generate_key(), Fernet.generate_key()
+    await _store_runs(settings, [right], monkeypatch)
+    engine = create_engine(settings.db_dsn)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM key_canary"))
+    assert "is not among this store's keys" in await _store_fails(settings, [wrong], monkeypatch)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM key_canary")).scalar() == 0
+    await asyncio.wait_for(_store_runs(settings, [right], monkeypatch), 60)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM key_canary")).scalar() == 1
+    engine.dispose()
+    assert "is not among this store's keys" in await _store_fails(settings, [wrong], monkeypatch)
+
+
 async def test_an_altered_database_canary_stops_the_store_saying_so(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
