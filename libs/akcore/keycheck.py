@@ -1,10 +1,11 @@
 """Whether a service holds the store's secrets key, checked as it starts.
 
 The canary: a fixed value the store seals with its primary key the first time it starts and
-keeps in the JetStream KV bucket ``AK_KEYS``. A store that starts again opens it before it
-serves: a store whose keys do not include the one that sealed it (the key replaced instead
-of rotated, or a second store given another key) stops, unless told that key is lost for
-good (``AK_SECRETS__LOST_KEY=<its id>``), and it seals the canary again with its primary
+keeps in the JetStream KV bucket ``AK_KEYS`` (and in its database: ``ak_store.keycanary``).
+A store that starts again opens it before it serves: a store whose keys do not include
+the one that sealed it (the key replaced instead of rotated, or a second store given
+another key) stops, unless told that key is lost for good (``AK_SECRETS__LOST_KEY=<its
+id>``), and it seals the canary again with its primary
 when an older key sealed it (rotation). Every other service opens it too, as soon as NATS
 answers, store or no store: one given another key stops at once.
 
@@ -69,7 +70,7 @@ STORE_LACKS = (
     "<new>,<old>, or the lines of secrets.key in the data home: docs/deploy.md). If it is "
     "lost for good, nothing it sealed (secret vars, sessions' journals, events) can be read "
     "again by anyone; to go on without it, stop every store and start one with "
-    "AK_SECRETS__LOST_KEY={by}"
+    "AK_SECRETS__LOST_KEY={ids}"
 )
 LOST_WHILE_RUNNING = (
     "AK_SECRETS__LOST_KEY names the key that sealed the canary, but another store is "
@@ -117,39 +118,59 @@ async def _canary(js: JetStreamContext) -> tuple[bytes | None, int]:
     return entry.value or b"", entry.revision or 0
 
 
-async def judge(
-    nc: Client,
-    keys: Keyring,
-    blob: bytes | None,
-    lost: str | None,
-    altered: str,
-    quiet: bool = False,
-) -> bool:
+def lost_ids(text: str) -> frozenset[str]:
+    """The key ids ``AK_SECRETS__LOST_KEY`` names (one, or several separated by commas or
+    spaces; either case)."""
+    return frozenset(x for x in text.lower().replace(",", " ").split() if x)
+
+
+def _named(keys: Keyring, blob: bytes) -> str:
+    """The id of the key that sealed a canary these keys do not open (``MALFORMED`` for one
+    no key sealed)."""
+    by = sealed_by(blob)
+    return by.hex() if by is not None and not keys.holds(by) else MALFORMED
+
+
+def judge(keys: Keyring, blob: bytes | None, lost: frozenset[str], altered: str) -> bool:
     """The store's verdict on a canary (``blob``; None when there is none): whether it must
     be sealed (again) with this store's primary key: when there is none, when another of
     its keys sealed it (rotation), or when ``lost`` names the id of the key that sealed it
-    (a key lost for good), but only while no other store runs (one that does may hold that
-    key: this store would be the one given the wrong key). Raises KeyMismatch when it does
-    not open otherwise (``altered``: what to say of one no key sealed; ``quiet``: a lost
-    key accepted is not said, the canary is not sealed yet)."""
+    (a key lost for good: ``admit`` has made sure no other store runs). Raises KeyMismatch
+    when it does not open otherwise (``altered``: what to say of one no key sealed)."""
     if blob is None:
         return True
     if opens(keys, blob, _CANARY_AAD):
         return sealed_by(blob) != keys.primary_id
-    by = sealed_by(blob)
-    named = by.hex() if by is not None and not keys.holds(by) else MALFORMED
-    if lost != named:
-        raise KeyMismatch(altered if named == MALFORMED else STORE_LACKS.format(by=named))
+    named = _named(keys, blob)
+    if named not in lost:
+        if named == MALFORMED:
+            raise KeyMismatch(altered)
+        # (the ids already named lost too: the two canaries may name different keys)
+        raise KeyMismatch(STORE_LACKS.format(by=named, ids=",".join(sorted(lost | {named}))))
+    return True
+
+
+async def admit(
+    nc: Client, keys: Keyring, canaries: list[tuple[bytes | None, str]], lost: frozenset[str]
+) -> None:
+    """The store's check of its canaries (each with what to say when it was altered),
+    before it writes anything: KeyMismatch when one does not open (``judge``). When one
+    opens only by a key named lost, no other store may be running (one that does may hold
+    that key: this store would be the one given the wrong key), asked once for all."""
+    for blob, altered in canaries:
+        judge(keys, blob, lost, altered)
+    used = sorted(
+        {_named(keys, b) for b, _ in canaries if b is not None and not opens(keys, b, _CANARY_AAD)}
+    )
+    if not used:
+        return
     if await bus.ping_service(nc, "store", timeout=0.5):  # (not this one yet)
         raise KeyMismatch(LOST_WHILE_RUNNING)
-    if quiet:
-        return True
     log.warning(
         "the secrets key %s is lost (AK_SECRETS__LOST_KEY): what it sealed stays unreadable; "
         "the canary is sealed with this store's primary key",
-        named,
+        ", ".join(used),
     )
-    return True
 
 
 def seal_canary(keys: Keyring) -> bytes:
@@ -157,15 +178,22 @@ def seal_canary(keys: Keyring) -> bytes:
     return keys.seal(_CANARY, _CANARY_AAD)
 
 
-async def settle(nc: Client, keys: Keyring, lost: str | None) -> None:
-    """The store's part for the canary in JetStream, before it serves (``judge``): seals
-    it when it must. Raises KeyMismatch when it does not open."""
+ALTERED_KV = CANARY_ALTERED.format(where=f"the KV bucket {natsauth.BUCKET_KEYS}")
+
+
+async def read(js: JetStreamContext) -> bytes | None:
+    """The canary in JetStream (None: none)."""
+    return (await _canary(js))[0]
+
+
+async def settle(nc: Client, keys: Keyring, lost: frozenset[str]) -> None:
+    """The store's part for the canary in JetStream, once ``admit`` passed: seals it when
+    it must (``judge``). Raises KeyMismatch when it does not open."""
     js = nc.jetstream()
     kv = await js.key_value(natsauth.BUCKET_KEYS)
-    altered = CANARY_ALTERED.format(where=f"the KV bucket {natsauth.BUCKET_KEYS}")
     for _ in range(100):  # (stores starting together: a few rounds at most)
         blob, revision = await _canary(js)
-        if not await judge(nc, keys, blob, lost, altered):
+        if not judge(keys, blob, lost, ALTERED_KV):
             return
         try:  # (two stores starting at once: one seals it, the other opens that)
             await kv.update(CANARY, seal_canary(keys), last=revision)

@@ -22,7 +22,7 @@ from .errors import AKError
 
 ENV_KEY = "AK_SECRETS__KEY"
 ENV_KEYS = "AK_SECRETS__KEYS"
-ENV_LOST = "AK_SECRETS__LOST_KEY"  # the id of a key lost for good (akcore.keycheck.settle)
+ENV_LOST = "AK_SECRETS__LOST_KEY"  # the ids of keys lost for good (akcore.keycheck.admit)
 KEY_FILE = "secrets.key"
 PREFIX = "fernet:"
 

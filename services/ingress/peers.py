@@ -45,9 +45,11 @@ def owner(client: tuple[str, int], server: tuple[str, int]) -> int | None:
     """The user id holding the client's socket of the connection ``client`` -> ``server``,
     or None when no process holds one now (it closed already): never a guess."""
     try:
-        return _asked(client, server)
-    except OSError:  # (netlink refused here: the table, read whole)
+        found = _asked(client, server)
+    except (OSError, struct.error, ValueError):  # (netlink refused here: the table, whole)
         return _listed(client, server)
+    # No such socket, or a kernel without TCP's sock_diag (it says the same): the table.
+    return _listed(client, server) if found is _NONE_FOUND else found
 
 
 # Netlink's sock_diag (linux/sock_diag.h, linux/inet_diag.h).
@@ -63,8 +65,12 @@ _ID_REST = struct.Struct("=III")  # inet_diag_sockid: interface, cookie (two wor
 _UID_INODE = struct.Struct("=II")  # inet_diag_msg: uid and inode, after 64 bytes
 
 
+_NONE_FOUND = -1  # (the kernel found no such socket)
+
+
 def _asked(client: tuple[str, int], server: tuple[str, int]) -> int | None:
-    """``owner`` by one netlink request for that one socket; OSError when netlink fails."""
+    """``owner`` by one netlink request for that one socket (``_NONE_FOUND`` when the
+    kernel says there is none); OSError when netlink fails."""
     local = ipaddress.ip_address(client[0].strip("[]"))
     remote = ipaddress.ip_address(server[0].strip("[]"))
     family = socket.AF_INET6 if local.version == 6 else socket.AF_INET
@@ -82,8 +88,8 @@ def _asked(client: tuple[str, int], server: tuple[str, int]) -> int | None:
     body = _HEADER.size
     if kind == _NLMSG_ERROR:
         (code,) = struct.unpack_from("=i", answer, body)
-        if code == -errno.ENOENT:  # no such socket (closed and gone)
-            return None
+        if code == -errno.ENOENT:  # no such socket (closed and gone), or no tcp_diag
+            return _NONE_FOUND
         raise OSError(-code, "sock_diag refused the request")
     if kind != _SOCK_DIAG_BY_FAMILY or len(answer) < body + 72:
         raise OSError(errno.EPROTO, "sock_diag answered something else")

@@ -1,7 +1,7 @@
 """The secrets key's canary in the database (``akcore.keycheck`` keeps one in JetStream).
 
 Both are checked as the store starts, and neither is written until both are judged
-(``check``, then ``keycheck.settle``, then ``settle``): JetStream can be lost or reset on
+(``keycheck.admit``, then ``keycheck.settle``, then ``settle``): JetStream can be lost or reset on
 its own (its files deleted, a new NATS cluster) while the database keeps every secret var,
 journal and event sealed with the old key. With only the JetStream canary, a store then
 given another key found no canary, sealed a new one and went on writing what nothing else
@@ -15,7 +15,6 @@ from __future__ import annotations
 from akcore import keycheck
 from akcore.datakey import Keyring
 from akcore.errors import AKError
-from nats.aio.client import Client
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -25,23 +24,18 @@ ALTERED = keycheck.CANARY_ALTERED.format(where=f"the database (table {KeyCanary.
 _TABLE = KeyCanary.__table__  # type: ignore[attr-defined]
 
 
-def _read(engine: Engine) -> bytes | None:
+def read(engine: Engine) -> bytes | None:
+    """The canary in the database (None: none)."""
     with engine.connect() as conn:
         return conn.execute(select(_TABLE.c.sealed).where(_TABLE.c.id == 1)).scalar()
 
 
-async def check(nc: Client, engine: Engine, keys: Keyring, lost: str | None) -> None:
-    """KeyMismatch when the database's canary does not open (``keycheck.judge``); writes
-    nothing."""
-    await keycheck.judge(nc, keys, _read(engine), lost, ALTERED, quiet=True)
-
-
-async def settle(nc: Client, engine: Engine, keys: Keyring, lost: str | None) -> None:
+async def settle(engine: Engine, keys: Keyring, lost: frozenset[str]) -> None:
     """Opens the database's canary, or seals it (first start, rotation, a key named lost:
-    ``keycheck.judge``); KeyMismatch when it does not open."""
+    ``keycheck.judge``), once ``keycheck.admit`` passed; KeyMismatch when it does not open."""
     for _ in range(100):  # (stores starting together: a few rounds at most)
-        blob = _read(engine)
-        if not await keycheck.judge(nc, keys, blob, lost, ALTERED):
+        blob = read(engine)
+        if not keycheck.judge(keys, blob, lost, ALTERED):
             return
         fresh = keycheck.seal_canary(keys)
         try:

@@ -221,11 +221,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     serve = serve_ops(api, nc, sql)
     js = nc.jetstream()
     await bus.ensure_streams(js)
-    lost = os.environ.get(ENV_LOST, "").strip().lower() or None
+    lost = keycheck.lost_ids(os.environ.get(ENV_LOST, ""))
     try:  # (both canaries judged before either is written: ak_store.keycanary)
-        await keycanary.check(nc, engine, api.keys, lost)
+        canaries = [
+            (keycanary.read(engine), keycanary.ALTERED),
+            (await keycheck.read(js), keycheck.ALTERED_KV),
+        ]
+        await keycheck.admit(nc, api.keys, canaries, lost)
         await keycheck.settle(nc, api.keys, lost)
-        await keycanary.settle(nc, engine, api.keys, lost)
+        await keycanary.settle(engine, api.keys, lost)
     except BaseException:  # (a mismatch, NATS away: nothing left open)
         await bus.close(nc)
         pool.shutdown(wait=True)

@@ -9,6 +9,7 @@ import pytest
 from ak_dispatcher.service import run as run_dispatcher
 from ak_ingress.service import run as run_ingress
 from ak_runner.service import run as run_runner
+from ak_store import keycanary
 from ak_store.service import run as run_store
 from akcore import bus, datakey, keycheck, natsauth
 from akcore.config import Settings, data_home
@@ -241,6 +242,40 @@ async def test_a_database_from_before_its_canary_is_not_sealed_by_a_wrong_key(
         assert conn.execute(text("SELECT count(*) FROM key_canary")).scalar() == 1
     engine.dispose()
     assert "is not among this store's keys" in await _store_fails(settings, [wrong], monkeypatch)
+
+
+class Killed(BaseException):
+    """The store's process ended here (kill -9, the node lost)."""
+
+
+async def test_canaries_split_by_a_store_killed_between_them_can_be_given_up_together(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store killed during a rotation after it sealed JetStream's canary and before the
+    database's: the two name different keys. With both keys lost, the store says to name
+    both, and `AK_SECRETS__LOST_KEY=<one>,<other>` goes on (one id at a time went round)."""
+    k1, k2, fresh = Fernet.generate_key(), Fernet.generate_key(), Fernet.generate_key()
+    await _store_runs(settings, [k1], monkeypatch)
+
+    async def dies(*_args: object) -> None:
+        raise Killed()
+
+    with monkeypatch.context() as m:
+        m.setattr(keycanary, "settle", dies)
+        m.setenv("AK_SECRETS__KEYS", f"{k2.decode()},{k1.decode()}")
+        with pytest.raises(Killed):
+            await asyncio.wait_for(run_store(as_service(settings, "store"), asyncio.Event()), 60)
+    id1, id2 = (datakey.key_id(datakey.derive(k)).hex() for k in (k1, k2))
+    said = await _store_fails(settings, [fresh], monkeypatch)
+    assert said.endswith(f"AK_SECRETS__LOST_KEY={id1}"), said  # the database's first
+    monkeypatch.setenv("AK_SECRETS__LOST_KEY", id1)
+    said = await _store_fails(settings, [fresh], monkeypatch)
+    assert f"(key id {id2})" in said, said
+    assert said.endswith(f"AK_SECRETS__LOST_KEY={','.join(sorted([id1, id2]))}"), said
+    monkeypatch.setenv("AK_SECRETS__LOST_KEY", f"{id2}, {id1.upper()}")
+    await asyncio.wait_for(_store_runs(settings, [fresh], monkeypatch), 60)
+    monkeypatch.delenv("AK_SECRETS__LOST_KEY")
+    await asyncio.wait_for(_store_runs(settings, [fresh], monkeypatch), 60)
 
 
 async def test_an_altered_database_canary_stops_the_store_saying_so(

@@ -13,8 +13,14 @@ from ak_ingress import peers
 
 pytestmark = pytest.mark.skipif(not peers.supported(), reason="Linux shows socket owners")
 
+
+def _netlink(client: tuple[str, int], server: tuple[str, int]) -> int | None:
+    found = peers._asked(client, server)
+    return None if found == peers._NONE_FOUND else found
+
+
 WAYS: dict[str, Callable[[tuple[str, int], tuple[str, int]], int | None]] = {
-    "netlink": peers._asked,
+    "netlink": _netlink,
     "table": peers._listed,
     "owner": peers.owner,
 }
@@ -68,6 +74,21 @@ def test_another_user_s_socket_is_theirs(way: str) -> None:
             os.waitpid(pid, 0)
             for fd in (ready_r, ready_w, done_r, done_w):
                 os.close(fd)
+
+
+def test_a_socket_netlink_does_not_find_is_looked_for_in_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel without TCP's sock_diag says "no such socket" for every one: the table."""
+    monkeypatch.setattr(peers, "_asked", lambda *_: peers._NONE_FOUND)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.socket() as client:
+            client.connect(server.getsockname())
+            conn, _ = server.accept()
+            with conn:
+                assert peers.owner(conn.getpeername(), conn.getsockname()) == os.geteuid()
 
 
 def test_netlink_refused_falls_back_to_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
