@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
@@ -186,24 +188,44 @@ async def read(js: JetStreamContext) -> bytes | None:
     return (await _canary(js))[0]
 
 
+async def seal_when_due(
+    keys: Keyring,
+    lost: frozenset[str],
+    altered: str,
+    where: str,
+    read: Callable[[], Awaitable[tuple[bytes | None, Any]]],
+    swap: Callable[[Any, bytes], Awaitable[bool]],
+) -> None:
+    """Seals a canary (kept in ``where``) with the primary key when ``judge`` says it must,
+    once ``admit`` passed: ``read`` gives it and what a write must find unchanged, ``swap``
+    writes the fresh one unless it changed meanwhile (False: another store wrote it first,
+    and that one is judged). Raises KeyMismatch when it does not open."""
+    for _ in range(100):  # (stores starting together: a few rounds at most)
+        blob, seen = await read()
+        if not judge(keys, blob, lost, altered):
+            return
+        if await swap(seen, seal_canary(keys)):
+            return
+    raise AKError(
+        f"the secrets key's canary in {where} kept changing while this store started: is "
+        "something else writing it?"
+    )
+
+
 async def settle(nc: Client, keys: Keyring, lost: frozenset[str]) -> None:
-    """The store's part for the canary in JetStream, once ``admit`` passed: seals it when
-    it must (``judge``). Raises KeyMismatch when it does not open."""
+    """The store's part for the canary in JetStream (``seal_when_due``)."""
     js = nc.jetstream()
     kv = await js.key_value(natsauth.BUCKET_KEYS)
-    for _ in range(100):  # (stores starting together: a few rounds at most)
-        blob, revision = await _canary(js)
-        if not judge(keys, blob, lost, ALTERED_KV):
-            return
+
+    async def swap(revision: int, fresh: bytes) -> bool:
         try:  # (two stores starting at once: one seals it, the other opens that)
-            await kv.update(CANARY, seal_canary(keys), last=revision)
-            return
+            await kv.update(CANARY, fresh, last=revision)
         except KeyWrongLastSequenceError:
-            continue
-    raise AKError(
-        f"the secrets key's canary ({natsauth.BUCKET_KEYS}) kept changing while this store "
-        "started: is something else writing it?"
-    )
+            return False
+        return True
+
+    where = f"the KV bucket {natsauth.BUCKET_KEYS}"
+    await seal_when_due(keys, lost, ALTERED_KV, where, lambda: _canary(js), swap)
 
 
 async def canary(js: JetStreamContext, keys: Keyring) -> bool:
