@@ -33,10 +33,12 @@ class Probe(SessionRun):
         self.stop_reason, self.ended = None, False
         self.ends: list[tuple[str, str]] = []
         self.closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.conversing = asyncio.Event()
 
     async def _converse(self, worker: Any, code_dir: Path) -> None:
         # As the real one once its worker is gone: it waits for the close, then leaves the
         # end to a stop that came meanwhile.
+        self.conversing.set()  # (the run waits on it, a stop, the lease and parking now)
         await self.closing
         if self._stop.is_set():
             return
@@ -47,22 +49,23 @@ class Probe(SessionRun):
         self.ends.append((state, error))
 
 
-async def _run(turns_apart: int) -> Probe:
+async def _run(stop_first: bool) -> Probe:
     probe = Probe()
-    worker = types.SimpleNamespace(uid=779999, kill=lambda: None)
+    killed = asyncio.Event()
+    worker = types.SimpleNamespace(uid=779999, kill=killed.set)
     run = asyncio.create_task(probe._run_until_stopped(worker, Path("/")))
-    for _ in range(5):
-        await asyncio.sleep(0)  # it waits on the talk, a stop, the lease, parking
+    await probe.conversing.wait()
     probe._request_stop(probe._over_memory(True, KERNEL_STOPPED), failed=True)
-    for _ in range(turns_apart):
-        await asyncio.sleep(0)
+    if stop_first:  # the stop acted on (the worker killed) before the close ends
+        await killed.wait()
+    # (else the close ends in the same turn as the stop: nothing awaited between them)
     if not probe.closing.done():
         probe.closing.set_result(None)
     await run
     return probe
 
 
-@pytest.mark.parametrize("turns_apart", [0, 5], ids=["same turn", "turns apart"])
-def test_a_stop_that_comes_as_the_worker_closes_ends_the_session(turns_apart: int) -> None:
-    probe = asyncio.run(_run(turns_apart))
+@pytest.mark.parametrize("stop_first", [False, True], ids=["same turn", "stop first"])
+def test_a_stop_that_comes_as_the_worker_closes_ends_the_session(stop_first: bool) -> None:
+    probe = asyncio.run(_run(stop_first))
     assert probe.ends == [("ERROR", probe._over_memory(True, KERNEL_STOPPED))]
