@@ -217,7 +217,7 @@ async def perform(
     op = ops.public(name)
     typed = op.parse(args)  # refused here when malformed, before anything runs
     if caller.projects:  # a token limited to projects: narrowed to them, or refused
-        args = await confine.confine(nc, op, args, caller)
+        args = await confine.confine(nc, op, args, typed, caller)
         typed = op.parse(args)
     if op.service is ops.Service.INGRESS:
         return await COMMANDS[name](nc, typed, caller, keys)

@@ -25,18 +25,17 @@ MANIFESTS = frozenset({"manifest.plan", "manifest.apply"})
 UNLIMITED = "call with a token that is not limited to projects"
 
 
-async def confine(nc: Client, op: ops.Op, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-    """``args`` as operation ``op`` may run for ``caller`` (narrowed to its projects);
-    PermissionDenied or NotFound when it reaches past them. A caller whose token is not
-    limited gets ``args`` back as they are."""
-    if not caller.projects:
-        return args
+async def confine(
+    nc: Client, op: ops.Op, args: dict[str, Any], typed: Any, caller: Caller
+) -> dict[str, Any]:
+    """``args`` (parsed: ``typed``) as operation ``op`` may run for ``caller``, whose token
+    is limited to projects (narrowed to them); PermissionDenied or NotFound when it reaches
+    past them."""
     if op.name in WHOLE_SERVER:
         raise PermissionDenied(
             f"this API token is limited to {await described(nc, caller)}, so it may not "
             f"{WHOLE_SERVER[op.name]}: {UNLIMITED}"
         )
-    typed = op.parse(args)
     if op.name == "auth.revoke_token" and typed.token_id != caller.token_id:
         raise PermissionDenied(
             f"this API token is limited to {await described(nc, caller)}, so it may revoke "
