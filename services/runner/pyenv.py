@@ -275,7 +275,8 @@ async def _run(
 
     ended = asyncio.create_task(exited())
     over: list[int] = []  # what it used, once over the memory limit (it is killed then)
-    watching = asyncio.create_task(_watch_memory(build, proc.pid, uid, over))
+    held = uid >= 0 and users is not None and users.groups is not None  # by the kernel
+    watching = asyncio.create_task(_watch_memory(build, proc.pid, uid, over, held))
     try:
         async with asyncio.timeout(max(1.0, build.deadline - time.monotonic())):
             # Until the tool ends, or its output fails (a line over the reader's limit).
@@ -320,13 +321,17 @@ async def _run(
         raise EnvError(f"{what} failed (exit code {code})\n{build.tail()}")
 
 
-async def _watch_memory(build: Build, pid: int, uid: int, over: list[int]) -> None:
+async def _watch_memory(
+    build: Build, pid: int, uid: int, over: list[int], held: bool = False
+) -> None:
     """Kills the tool and what it started once they use more than the build's memory
     limit together (counted by their user, when they have one of their own, else by the
     session they were started in), saying what they used in ``over``. Looked at twice a
     second, as a worker's memory is: a build that grabs more than the machine has within
-    half a second is for the kernel to stop."""
-    if build.memory_mb <= 0:
+    half a second is for the kernel to stop. Not counted where the kernel ``held`` their
+    user to the limit (a control group of its own): its count is exact where a sum of
+    processes' sizes is not (``sandbox.MemoryWatch``)."""
+    if build.memory_mb <= 0 or held:
         return
     limit = build.memory_mb * MIB
     while True:

@@ -667,7 +667,11 @@ class MemoryWatch:
     (``resident_by_user``), and a user over its limit gets its callback once, told what
     went over. With control groups (``users.groups``), where the kernel holds them to the
     limit at every allocation, a process of theirs the kernel killed there counts as over
-    too. Scans run only while a worker is watched."""
+    too, and is all that counts: the kernel charges each page once, to the group that
+    first used it, where the sum of processes' proportional sizes also counts pages of
+    shared libraries another group brought in, and so can pass the limit while the group
+    is under it (a session ended over a limit it never reached). Scans run only while a
+    worker is watched."""
 
     INTERVAL = 0.5
 
@@ -702,12 +706,15 @@ class MemoryWatch:
 
     def _look(self, watched: dict[int, tuple[int, Stops, Callable[[str], None]]]) -> dict[int, str]:
         """The watched users over their limits, each with what went over (in a thread)."""
+        if self.users is not None and self.users.groups is not None:
+            return {
+                uid: KERNEL_STOPPED
+                for uid, (_, before, _) in watched.items()
+                if self.stops(uid).over_since(before)
+            }
         found = {}
         for uid, used in resident_by_user(list(watched)).items():
-            limit, before, _ = watched[uid]
-            if self.stops(uid).over_since(before):
-                found[uid] = KERNEL_STOPPED
-            elif used > limit:
+            if used > watched[uid][0]:
                 found[uid] = f"its processes and System V memory used {used >> 20} MiB together"
         return found
 

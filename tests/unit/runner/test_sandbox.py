@@ -805,6 +805,72 @@ async def test_system_v_shared_memory_a_user_made_counts_against_its_memory_limi
         remove_ipc_of(uid)
 
 
+# Maps a file and reads every page of it once it has been moved into its group.
+_FILE_READER = """
+import mmap, sys
+sys.stdin.readline()
+pages = mmap.mmap(int(sys.argv[1]), 0, prot=mmap.PROT_READ)
+sum(pages[i] for i in range(0, len(pages), 4096))
+print("read", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or sandbox.WorkerGroups.find()[0] is None,
+    reason="needs root and cgroup v1's memory controller",
+)
+async def test_with_control_groups_pages_charged_to_another_group_do_not_count(
+    tmp_path: Path, python_for_all: None
+) -> None:
+    """Where the kernel holds a user id to its limit, its count is the one that counts: a
+    file whose pages another group brought in (as a shared library's are) shows in the
+    worker's proportional size, but its group is not charged for them. Summing the sizes
+    ended sessions over a limit their group never reached."""
+    groups = sandbox.WorkerGroups.find()[0]
+    assert groups is not None
+    users = UserIds(779980, 779981, tmp_path / "locks", groups=groups)
+    (tmp_path / "locks").mkdir()
+    data = tmp_path / "pages"
+    data.write_bytes(os.urandom(100 << 20))  # cached, charged to this process's group
+    uid = await users.take(64)
+    opened = os.open(data, os.O_RDONLY)
+    reader = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _FILE_READER, str(opened)],
+        pass_fds=[opened],
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        cwd="/",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdin is not None and reader.stdout is not None
+    watch = sandbox.MemoryWatch(users)
+    try:
+        group = groups.parent / f"u{uid}"
+        (group / "cgroup.procs").write_text(str(reader.pid))
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        assert await asyncio.to_thread(reader.stdout.readline) == "read\n"
+        assert sandbox.resident_by_user([uid])[uid] > 64 << 20  # what a sum would say
+        assert int((group / "memory.usage_in_bytes").read_text()) < 64 << 20
+        said: list[str] = []
+        watch.watch(uid, 64 << 20, said.append)
+        assert watch._look(dict(watch._watched)) == {}
+        # Without control groups the same processes are counted, and over.
+        (what,) = sandbox.MemoryWatch()._look(dict(watch._watched)).values()
+        used = re.fullmatch(r"its processes and System V memory used (\d+) MiB together", what)
+        assert used and int(used[1]) > 64, what
+    finally:
+        await watch.close()
+        reader.kill()
+        reader.communicate()
+        os.close(opened)
+        await users.give_back(uid)
+
+
 # A segment anyone may attach (made by the first user, attached by the second until told).
 _SHM_SHARED = """
 import ctypes, sys
