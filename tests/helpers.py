@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,34 @@ class Stack:
         ]
         assert not refused, "\n".join(refused)
         return code
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """Process ``pid`` stopped (SIGSTOP) for the block, continued however it ends. The
+    block begins once every thread of it is stopped: a stop is delivered to each thread
+    as it next runs, and one busy on another core went on answering requests meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: all(_stopped(pid, t) for t in _threads(pid)), f"{pid} stopped")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _threads(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
+def _stopped(pid: int, thread: str) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
+    except OSError:  # (a thread that ended)
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
 def wait_until(probe: Callable[[], object], what: str, timeout: float = 30) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, eventdata, ids, ops, subjects, timefmt, tracing, values, wire
+from akcore import bus, ids, ops, subjects, timefmt, tracing, values, wire
 from akcore.config import ENV_HTTP_MAX_API_BODY, HttpLimits
 from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, NotFound, ResourceExhausted
@@ -16,14 +15,14 @@ from akcore.secrets import load_keyring
 from akcore.webhook import MAX_BODY, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
-from nats.js.errors import APIError
 from opentelemetry.trace import Span, SpanKind
 
 from . import github, slack
 from .auth import Authenticator
 from .body import read_body
 from .clients import ClientAddresses
-from .commands import EVENTS_FULL, perform
+from .commands import perform
+from .intake import EventsFull, NotAcknowledged, store_event
 from .lookups import WebhookLookups
 from .sync import SyncWaits
 from .throttle import FailedTries, Refusals
@@ -33,9 +32,6 @@ log = logging.getLogger(__name__)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 MSGPACK = "application/msgpack"
-# Seconds a webhook's event may take to be stored while JetStream cannot take it for a
-# reason that may pass (a cluster electing a new leader after losing a node), before 503.
-PUBLISH_WITHIN = 8.0
 
 
 # An over-limit webhook body is still read (and dropped) up to this size (read_body).
@@ -65,7 +61,6 @@ def create_app(
     one. ``keys`` seal the events' data (by default the data home's)."""
     app = FastAPI(title="autokitteh ingress", docs_url=None, redoc_url=None, openapi_url=None)
     js = nc.jetstream()
-    events = bus.publisher(nc)
     tel = telemetry or tracing.Telemetry("ingress")
     lookups = lookups or WebhookLookups(nc, ttl=0)
     auth = Authenticator(nc, tokens_required)
@@ -134,41 +129,26 @@ def create_app(
         )
 
     async def publish(event: wire.Event, slug: str) -> Response | None:
-        """Publishes the event, its data sealed; a 503 response when JetStream did not
-        acknowledge it."""
+        """Stores the event (``intake.store_event``); the response to send instead of the
+        webhook's when it was not acknowledged."""
         try:
-            await events.publish_within(
-                PUBLISH_WITHIN,
-                subjects.event_subject(event.project_id, event.event_id),
-                wire.encode(eventdata.sealed(event, keys)),
-                tracing.inject({subjects.HDR_MSG_ID: event.event_id}),
+            await store_event(nc, event, keys)
+        except EventsFull as e:
+            log.error("webhook %s: event not stored: AK_EVENTS is full", slug)
+            return Response(
+                f"Service Unavailable: {e}\n", status_code=503, headers={"Retry-After": "10"}
             )
-        except APIError as e:
-            if bus.is_full(e):
-                log.error("webhook %s: event not stored: AK_EVENTS is full (%s)", slug, e)
-                return Response(
-                    f"Service Unavailable: {EVENTS_FULL}\n",
-                    status_code=503,
-                    headers={"Retry-After": "10"},
-                )
-            log.error("webhook %s: event not stored: %s", slug, e)
-            return Response("Service Unavailable\n", status_code=503)
-        except Exception as e:
-            if isinstance(e, asyncio.TimeoutError):  # sent, no answer: it may yet be stored
-                log.error(
-                    "webhook %s: event %s not acknowledged within %gs; it may still be stored",
-                    slug,
-                    event.event_id,
-                    PUBLISH_WITHIN,
-                )
-                return Response(
-                    "Gateway Timeout: the event store did not answer in time; the event may "
-                    "still be stored and run (ak event get <the AutoKitteh-Event-ID header>), "
-                    "check before sending it again\n",
-                    status_code=504,
-                    headers={"AutoKitteh-Event-ID": event.event_id},
-                )
-            log.error("webhook %s: event not stored: %s", slug, e)
+        except NotAcknowledged as e:  # sent, no answer: it may yet be stored
+            log.error("webhook %s: %s", slug, e)
+            return Response(
+                "Gateway Timeout: the event store did not answer in time; the event may "
+                "still be stored and run (ak event get <the AutoKitteh-Event-ID header>), "
+                "check before sending it again\n",
+                status_code=504,
+                headers={"AutoKitteh-Event-ID": event.event_id},
+            )
+        except AKError as e:
+            log.error("webhook %s: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
         return None
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from akcore import bus, credheaders, eventdata, ids, ops, scope, subjects, timefmt, tokens, wire
+from akcore import bus, credheaders, eventdata, ids, ops, scope, timefmt, tokens, wire
 from akcore import requests as rq
 from akcore.datakey import Keyring
-from akcore.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from akcore.errors import Conflict, InvalidArgument, NotFound
 from nats.aio.client import Client
-from nats.js.errors import APIError
 
 from . import confine
 from .auth import Caller
+from .intake import store_event
 
 
 async def event_redispatch(
@@ -33,28 +33,8 @@ async def event_redispatch(
         memo={**ev["memo"], "redispatched_from": ev["event_id"]},
         created_at_us=timefmt.now_us(),
     )
-    await _publish(nc, copy, keys)
+    await store_event(nc, copy, keys)
     return {"event_id": copy.event_id}
-
-
-# What a full AK_EVENTS means to whoever sent the event (a webhook's 503, `ak event dispatch`).
-EVENTS_FULL = (
-    "the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES); the event was not accepted, "
-    "send it again later"
-)
-
-
-async def _publish(nc: Client, event: wire.Event, keys: Keyring) -> None:
-    try:
-        await bus.publisher(nc).publish(
-            subjects.event_subject(event.project_id, event.event_id),
-            wire.encode(eventdata.sealed(event, keys)),
-            headers={subjects.HDR_MSG_ID: event.event_id},
-        )
-    except APIError as e:
-        if bus.is_full(e):  # as a webhook's event is answered (ak_ingress.app)
-            raise Unavailable(EVENTS_FULL) from None
-        raise
 
 
 async def _resolve_destination(nc: Client, destination: str) -> tuple[str, str]:
@@ -90,7 +70,7 @@ async def event_dispatch(
     """Dispatches a hand-made event as a webhook's would be: kept, then matched against
     its destination: a trigger, or a connection's triggers and subscriptions."""
     ev = _new_event(req, *await _resolve_destination(nc, req.destination))
-    await _publish(nc, ev, keys)
+    await store_event(nc, ev, keys)
     return {"event_id": ev.event_id}
 
 

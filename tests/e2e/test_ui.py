@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-import os
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.uiproject import HOSTILE, SECRET, deploy
-from tests.helpers import Stack, start_stack
+from tests.helpers import Stack, frozen, start_stack
 
 
 @pytest.fixture(scope="module")
@@ -223,12 +221,8 @@ def test_static_files_and_pages_load_nothing_from_elsewhere(stack: Stack, tmp_pa
 def test_a_page_says_when_the_store_is_away(open_stack: Stack) -> None:
     """A frozen store: the page answers 503 and says who did not answer, not a blank page."""
     (store,) = open_stack.pids("store")
-    os.kill(store, signal.SIGSTOP)
-    try:
-        with httpx.Client(base_url=open_stack.url, timeout=60) as client:
-            page = client.get("/ui/sessions")
-    finally:
-        os.kill(store, signal.SIGCONT)
+    with frozen(store), httpx.Client(base_url=open_stack.url, timeout=60) as client:
+        page = client.get("/ui/sessions")
     assert page.status_code == 503
     assert "store did not answer" in page.text and "Try again" in page.text
     with httpx.Client(base_url=open_stack.url, timeout=60) as client:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from ak_ingress import app as ak_app
+from ak_ingress import intake
 from ak_ingress.app import create_app
 from ak_store.service import run as run_store
 from akcore import bus, eventdata, subjects, wire
@@ -20,6 +19,8 @@ from akcore.config import Settings
 from akcore.secrets import load_keyring
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
+
+from tests.helpers import frozen
 
 from .conftest import running
 from .helpers import api_headers, deploy, eventually
@@ -122,17 +123,13 @@ async def test_an_event_not_acknowledged_in_time_is_a_504_that_names_it(
     """JetStream frozen (SIGSTOP) while a webhook's event is sent: no answer in time is not
     a refusal (the event sits in the server's socket and is stored once it runs again), so
     ingress says so (504, the event's id) instead of a 503 that reads as not stored."""
-    monkeypatch.setattr(ak_app, "PUBLISH_WITHIN", 1.0)
+    monkeypatch.setattr(intake, "PUBLISH_WITHIN", 1.0)
     async with _ingress(settings) as (nc, d, http):
         js = nc.jetstream()
         slug = d["trigger"]["webhook_slug"]
         assert (await http.post(f"/webhooks/{slug}", content=b"1")).status_code == 202
-        server = _nats_server_of(tmp_path)
-        os.kill(server, signal.SIGSTOP)
-        try:
+        with frozen(_nats_server_of(tmp_path)):
             r = await http.post(f"/webhooks/{slug}", content=b"2")
-        finally:
-            os.kill(server, signal.SIGCONT)
         assert r.status_code == 504, r.text
         assert "may still be stored" in r.text
         eid = r.headers["AutoKitteh-Event-ID"]
@@ -146,6 +143,53 @@ async def test_an_event_not_acknowledged_in_time_is_a_504_that_names_it(
                 return False
 
         await eventually(stored, timeout=30)  # as the 504 said it might be
+
+
+async def test_a_hand_made_event_not_acknowledged_in_time_says_it_may_be_stored(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ak event dispatch` as a webhook: JetStream frozen as the event is published (not
+    before: the API's token and the destination are looked up first) is told apart from a
+    refusal, naming the event to look for; and a try refused for a reason that may pass
+    is tried again (it was sent once)."""
+    monkeypatch.setattr(intake, "PUBLISH_WITHIN", 1.0)
+    publish_within = bus.Publisher.publish_within
+    server = _nats_server_of(tmp_path)
+
+    async def frozen_first(self: bus.Publisher, *args: Any) -> dict[str, Any]:
+        with frozen(server):
+            return await publish_within(self, *args)
+
+    async with _ingress(settings) as (nc, d, http):
+        auth = await api_headers(nc)
+        request = {"destination": d["trigger"]["trigger_id"], "event_type": "post"}
+        monkeypatch.setattr(bus.Publisher, "publish_within", frozen_first)
+        r = await http.post(
+            "/api/event.dispatch", content=wire.encode(wire.StoreRequest(request)), headers=auth
+        )
+        monkeypatch.setattr(bus.Publisher, "publish_within", publish_within)
+        assert r.status_code == 503, r.content
+        error = wire.decode(wire.StoreReply, r.content).error
+        eid = re.search(r"event (evt_\w+) may", error)[1]  # type: ignore[index]
+        assert error == (
+            f"the event store did not answer within 1s: event {eid} may still be stored and "
+            f"run (ak event get {eid}); check before sending it again"
+        )
+        js = nc.jetstream()
+
+        async def stored() -> bool:
+            try:
+                subject = subjects.event_subject(d["project_id"], eid)
+                await js.get_last_msg(subjects.STREAM_EVENTS, subject)
+                return True
+            except NotFoundError:
+                return False
+
+        await eventually(stored, timeout=30)  # as it said it might be
+        ok = await http.post(
+            "/api/event.dispatch", content=wire.encode(wire.StoreRequest(request)), headers=auth
+        )
+        assert ok.status_code == 200, ok.content
 
 
 def _nats_server_of(tmp_path: Path) -> int:

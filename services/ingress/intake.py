@@ -1,0 +1,59 @@
+"""Storing an event in ``AK_EVENTS``, however it came in (a webhook, a GitHub or Slack
+delivery, ``ak event dispatch`` or ``redispatch``): its data sealed, tried again while
+JetStream cannot take it for a reason that may pass, and each way it can fail told apart,
+so that whoever sent it knows whether to send it again."""
+
+from __future__ import annotations
+
+from akcore import bus, eventdata, subjects, tracing, wire
+from akcore.datakey import Keyring
+from akcore.errors import Unavailable
+from nats.aio.client import Client
+from nats.js.errors import APIError
+
+# Seconds an event may take to be stored while JetStream cannot take it for a reason that
+# may pass (a cluster electing a new leader after losing a node), before it is refused.
+PUBLISH_WITHIN = 8.0
+
+EVENTS_FULL = (
+    "the event stream is full (AK_RETENTION__EVENTS_MAX_BYTES); the event was not accepted, "
+    "send it again later"
+)
+
+
+class EventsFull(Unavailable):
+    """``AK_EVENTS`` is at its limit: the event was not stored."""
+
+
+class NotAcknowledged(Unavailable):
+    """The event was sent and JetStream did not answer in time: it may still be stored
+    (and run), so sending it again may run it twice."""
+
+
+async def store_event(nc: Client, event: wire.Event, keys: Keyring) -> None:
+    """Stores ``event`` (its data sealed), its trace's context with it.
+
+    Raises:
+        EventsFull: the stream is full.
+        NotAcknowledged: a try went unanswered and none was acknowledged in time.
+        Unavailable: it was not stored (JetStream refused it, or NATS is away).
+    """
+    try:
+        await bus.publisher(nc).publish_within(
+            PUBLISH_WITHIN,
+            subjects.event_subject(event.project_id, event.event_id),
+            wire.encode(eventdata.sealed(event, keys)),
+            tracing.inject({subjects.HDR_MSG_ID: event.event_id}),
+        )
+    except APIError as e:
+        if bus.is_full(e):
+            raise EventsFull(EVENTS_FULL) from None
+        raise Unavailable(f"the event was not stored: {e.description or e}") from None
+    except TimeoutError:
+        raise NotAcknowledged(
+            f"the event store did not answer within {PUBLISH_WITHIN:g}s: event "
+            f"{event.event_id} may still be stored and run (ak event get {event.event_id}); "
+            "check before sending it again"
+        ) from None
+    except Exception as e:  # NATS away (a reconnect), a connection closed
+        raise Unavailable(f"the event was not stored: {e!r}") from None
