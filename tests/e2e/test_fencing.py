@@ -6,8 +6,6 @@ come from the runner's test hook (AK_TEST__FAULTS) or SIGSTOP, never from a time
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.faultproject import EFFECT, Env, fault_env, fire, gone, journal_log, runs
-from tests.helpers import Stack
+from tests.helpers import Stack, frozen
 
 CODE = (
     EFFECT
@@ -200,11 +198,8 @@ def test_a_frozen_runner_is_fenced_off(env: Env) -> None:
     ((_, runner),) = _attempts(journal_log(stack, sid))
     pid = int(runner.rsplit("-", 1)[1])
     worker = runs(markers, sid, "a1")[0]
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen(pid):
         session = stack.wait_session(sid, timeout=60)
-    finally:
-        os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
     _fenced_off(stack, sid, worker)
     assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
@@ -239,8 +234,7 @@ def test_a_runner_frozen_mid_activity_is_fenced_off(
     _wait("the activity never started", lambda: len(runs(markers, sid, "held")) == 1, stack)
     ((_, runner),) = _attempts(journal_log(stack, sid))
     pid = int(runner.rsplit("-", 1)[1])
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen(pid):
         _wait(
             "no other attempt ran the activity",
             lambda: len(runs(markers, sid, "held")) == 2,
@@ -248,8 +242,6 @@ def test_a_runner_frozen_mid_activity_is_fenced_off(
         )
         (markers / f"{sid}.release").touch()  # both workers' activities finish now
         session = stack.wait_session(sid, timeout=60)
-    finally:
-        os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
     first = runs(markers, sid, "held")[0]
     _fenced_off(stack, sid, first)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +29,7 @@ from tests.e2e.faultproject import (
     manifest,
     runs,
 )
-from tests.helpers import Stack, start_stack, wait_until, write_project
+from tests.helpers import Stack, frozen, start_stack, wait_until, write_project
 
 T = TypeVar("T")
 
@@ -284,12 +282,9 @@ def test_a_signal_wakes_a_parked_session_on_the_other_runner(
     assert _state(stack, sid) == "RUNNING"
     (first,) = _runners(journal_log(stack, sid))
     pid = int(first.rsplit("-", 1)[1])
-    os.kill(pid, signal.SIGSTOP)  # it takes nothing more: the wake job goes to the other one
-    try:
+    with frozen(pid):  # it takes nothing more: the wake job goes to the other one
         _fire(stack, paths["signaller"], {"to": sid})
         session = stack.wait_session(sid, timeout=90)
-    finally:
-        os.kill(pid, signal.SIGCONT)
     assert session["state"] == "COMPLETED", session
     runners = _runners(journal_log(stack, sid))
     assert len(runners) == 2 and runners[1] != first, runners
