@@ -54,7 +54,10 @@ async def api_headers(nc: Client) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10) -> T:
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 30) -> T:
+    """Polls ``probe`` until it gives a true value: a state waited on, never a chosen time
+    (``timeout`` only bounds a test that fails, so it is generous: a CI machine running
+    two test processes beside nats-servers and stacks is slow)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await probe()
