@@ -181,7 +181,8 @@ def test_ak_session_trace_prints_the_tree(traced_stack: Stack, session_id: str) 
     assert all(s["end_us"] >= s["start_us"] for s in spans)
 
 
-def test_a_child_session_joins_its_parents_trace(traced_stack: Stack) -> None:
+def test_a_child_session_joins_its_parents_trace(traced_stack: Stack, session_id: str) -> None:
+    # (session_id: the project deployed, whatever test ran first)
     path = json.loads(
         traced_stack.ak("trigger", "get", "spawn", "-p", "traced", "-j", check=True).stdout
     )["webhook_slug"]
