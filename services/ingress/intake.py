@@ -48,7 +48,10 @@ async def store_event(nc: Client, event: wire.Event, keys: Keyring) -> None:
     except APIError as e:
         if bus.is_full(e):
             raise EventsFull(EVENTS_FULL) from None
-        raise Unavailable(f"the event was not stored: {e.description or e}") from None
+        raise Unavailable(
+            f"the event was not stored: JetStream refused it ({e.description or e.code}); "
+            "send it again later"
+        ) from None
     except TimeoutError:
         raise NotAcknowledged(
             f"the event store did not answer within {PUBLISH_WITHIN:g}s: event "
@@ -56,4 +59,8 @@ async def store_event(nc: Client, event: wire.Event, keys: Keyring) -> None:
             "check before sending it again"
         ) from None
     except Exception as e:  # NATS away (a reconnect), a connection closed
-        raise Unavailable(f"the event was not stored: {e!r}") from None
+        # (Its name only: the text of an error of the client is not this module's to vet.)
+        raise Unavailable(
+            f"the event was not stored: NATS is not available ({type(e).__name__}); send it "
+            "again later"
+        ) from None
