@@ -76,3 +76,39 @@ async def test_a_go_ahead_in_advance_ends_before_the_lease() -> None:
     lease.until = time.monotonic() + 10
     lease.lose("test")
     assert lease.grant_until(1.0) == 0.0
+
+
+async def test_heartbeats_stop_when_cancelled_as_an_answer_arrives() -> None:
+    """handle_job cancels the heartbeats when the attempt ends. nats-py waits for a
+    heartbeat's answer with asyncio.wait_for, which on Python 3.11 drops a cancellation that
+    comes in the turn the answer arrived: heartbeats must stop all the same (else the job,
+    heartbeated for ever, is never delivered again)."""
+    from nats.aio.client import Client as Nats
+    from nats.aio.msg import Msg
+
+    prefix = "_INBOX.t."
+    nc = Nats()  # not connected: only nats-py's request path runs, its publish recorded
+    nc._resp_sub_prefix = bytearray(prefix.encode())
+    replies: list[str] = []
+    sent = asyncio.Event()
+
+    async def publish(
+        subject: str, payload: bytes = b"", reply: str = "", headers: Any = None
+    ) -> None:
+        replies.append(reply)
+        sent.set()
+
+    nc.publish = publish  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    lease = Lease(FakeMsg(nc), 0.6, loop.time(), "ses_1")  # type: ignore[arg-type]
+    beat = asyncio.create_task(lease.keep())
+    await sent.wait()  # a heartbeat waits for its answer
+    sent.clear()
+    count = len(replies)
+    nc._resp_map[replies[-1].removeprefix(prefix)].set_result(Msg(nc, subject=replies[-1]))
+    beat.cancel()  # in the same turn
+    more = asyncio.create_task(sent.wait())
+    await asyncio.wait({beat, more}, return_when=asyncio.FIRST_COMPLETED)  # whichever comes
+    more.cancel()
+    assert beat.done() and beat.cancelled()
+    assert len(replies) == count  # no heartbeat after the cancel
