@@ -34,9 +34,12 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from . import config, natsauth, ops, subjects, tracing, wire
+from . import config, natsauth, ops, subjects, tracing, waitfor, wire
 from .errors import AKError, InvalidArgument, NotFound, Unavailable, error_from_kind
 from .retention import Retention
+
+# nats-py waits for every request's answer with asyncio.wait_for, looked up as it is called.
+waitfor.install()
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
