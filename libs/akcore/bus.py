@@ -577,8 +577,12 @@ async def _ensure_streams(js: JetStreamContext, n: int, last_try: bool = True) -
             )
             await js.add_consumer(stream, ccfg)
     for bucket in natsauth.BUCKETS:
-        if f"KV_{bucket}" not in existing:
-            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=n))
+        have = existing.get(f"KV_{bucket}")
+        if have is None:
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=KV_HISTORY, replicas=n))
+        elif (have.max_msgs_per_subject or 0) < KV_HISTORY:  # made by an earlier version
+            log.info("bucket %s: keeps up to %d versions of a key", bucket, KV_HISTORY)
+            await js.update_stream(dataclasses.replace(have, max_msgs_per_subject=KV_HISTORY))
 
 
 async def _ensure_stream(
@@ -638,6 +642,34 @@ async def _missing(js: JetStreamContext) -> str:
 
 
 VALUES_BUCKET = natsauth.BUCKET_VALUES
+
+# Versions of a key a KV bucket may hold, far more than the one a key needs: JetStream
+# drops a version over the limit without writing that down (no tombstone), and once a
+# delete and its purge left none of the key's later messages, such a version came back
+# after nats-server was killed (nats-server 2.15: a deleted value, a woken session's
+# parked entry). Every write is followed by ``keep_latest`` instead, whose removals are
+# written down; deletes purge what they delete the same way.
+KV_HISTORY = 64
+_PURGE_REFUSED: set[str] = set()  # buckets whose purges NATS refused (said once)
+
+
+async def keep_latest(js: JetStreamContext, bucket: str, key: str) -> None:
+    """Removes the versions of ``key`` before its last one (after a write), so that none
+    is left for the bucket's limit to drop unrecorded. Best effort: the write is done, and
+    a version left is dropped by the next write's call."""
+    try:
+        await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}", keep=1)
+    except Exception as e:
+        if isinstance(e, NatsError) and not isinstance(e, APIError):
+            return  # (NATS away: the next write's call does it)
+        if bucket not in _PURGE_REFUSED:
+            _PURGE_REFUSED.add(bucket)
+            log.warning(
+                "bucket %s: the versions before a key's last one could not be removed (%s); "
+                "on a NATS server of your own, give the users what `ak nats-config` prints",
+                bucket,
+                getattr(e, "description", None) or repr(e),
+            )
 
 
 async def values_bucket(js: JetStreamContext) -> Any:

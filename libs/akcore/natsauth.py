@@ -249,6 +249,7 @@ def permissions(service: str) -> Permissions:
                 subjects.health_subject("*"),
                 *_requests(service),
                 *_kv(subjects.BUCKET_WEBHOOKS),
+                f"{API}.STREAM.PURGE.KV_{subjects.BUCKET_WEBHOOKS}",  # a lookup's earlier ones
                 *_get(f"KV_{BUCKET_VALUES}"),
                 *_get(f"KV_{BUCKET_KEYS}"),  # the key's canary
                 *_waits(),
@@ -300,6 +301,7 @@ def permissions(service: str) -> Permissions:
                 *_kv(BUCKET_VALUES),
                 f"{API}.STREAM.PURGE.KV_{BUCKET_VALUES}",  # deleted values leave no marker
                 *_kv(subjects.BUCKET_PARKED),  # parking a waiting session
+                f"{API}.STREAM.PURGE.KV_{subjects.BUCKET_PARKED}",  # an entry's earlier ones
                 *_get(f"KV_{BUCKET_KEYS}"),  # the key's canary
                 *_requests(service),
                 *_waits(),

@@ -76,6 +76,7 @@ class KnownWebhooks:
         if self._kv is not None:
             try:
                 await self._kv.put(slug, wire.encode(target))
+                await bus.keep_latest(self._kv._js, subjects.BUCKET_WEBHOOKS, slug)
             except Exception as e:  # memory still has it; only a restart would miss it
                 log.warning("webhook %s: last known lookup not saved: %s", slug, e)
 
@@ -86,6 +87,7 @@ class KnownWebhooks:
         if self._kv is not None:
             try:
                 await self._kv.delete(slug)
+                await bus.keep_latest(self._kv._js, subjects.BUCKET_WEBHOOKS, slug)  # the marker
             except Exception as e:
                 log.warning("webhook %s: last known lookup not deleted: %s", slug, e)
 

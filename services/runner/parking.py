@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from akcore import subjects
+from akcore import bus, subjects
 from akcore.parking import Entry
 from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -44,6 +44,7 @@ class Parking:
                     found = await kv.get(session_id)
                 except (KeyNotFoundError, KeyDeletedError):
                     await kv.create(session_id, entry.encode())
+                    await bus.keep_latest(self.js, subjects.BUCKET_PARKED, session_id)
                     return
                 try:
                     older = Entry.decode(found.value or b"").parked_seq < entry.parked_seq
@@ -51,6 +52,7 @@ class Parking:
                     older = True
                 if older:  # an entry of an earlier parking that no waker woke (yet)
                     await kv.update(session_id, entry.encode(), last=found.revision)
+                    await bus.keep_latest(self.js, subjects.BUCKET_PARKED, session_id)
                 return
             except (KeyWrongLastSequenceError, KeyNotFoundError):
                 # The key changed as it was written: put meanwhile (by its parking attempt),

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from akcore import bus
 from akcore.datakey import Keyring
 from akcore.errors import InvalidArgument
 from akcore.values import encode, kv_key, open_entry, seal, user_key
@@ -91,6 +92,10 @@ class Values:
         )
         await self._forget(k, ack.seq)
 
+    async def _written(self, k: str) -> None:
+        """After a write: ``k``'s earlier versions removed (``bus.keep_latest``)."""
+        await bus.keep_latest(self.kv._js, bus.VALUES_BUCKET, k)
+
     async def _forget(self, k: str, marker: int) -> None:
         """Removes ``k``'s messages up to its delete marker at stream sequence ``marker``
         (a value set again after it stays). Best effort: the delete is done already."""
@@ -124,6 +129,7 @@ class Values:
                     # (Named revision: the key's marker, or none: a set racing a delete
                     # is a conflict, tried again.)
                     made = await self.kv.update(k, self._sealed(k, new, False), last=rev)
+                    await self._written(k)
                     # Sessions adding keys at once all saw room: the ones past the limit
                     # take theirs back.
                     if len(await self.keys()) > MAX_KEYS:
@@ -133,6 +139,7 @@ class Values:
                 else:
                     published = bool(entry and entry["p"])
                     await self.kv.update(k, self._sealed(k, new, published), last=rev)
+                    await self._written(k)
                 return result
             except InvalidArgument:
                 raise
@@ -185,6 +192,7 @@ class Values:
         if entry is None:
             raise InvalidArgument(f"value {key!r} not found")
         await self.kv.update(k, self._sealed(k, entry["v"], published), last=rev)
+        await self._written(k)
 
 
 async def _back_off(attempt: int, deadline: float) -> None:
