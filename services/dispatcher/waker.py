@@ -296,9 +296,18 @@ class Waker:
             log.info("session %s wakes: %s", session_id, why)
             try:
                 await self._kv.delete(session_id, last=revision)
-            except APIError as e:
-                if not bus.is_wrong_last(e):
-                    raise
+            except Exception as e:
+                if not (isinstance(e, APIError) and bus.is_wrong_last(e)):
+                    # NATS away, a timeout: the entry stays, so the session is woken again
+                    # in a while and the delete tried again (its wake job then a duplicate,
+                    # or a stale one that runners drop). Else it stayed for good: woken
+                    # again by every dispatcher that starts.
+                    log.warning(
+                        "parked session %s: woken; its entry not deleted yet: %r", session_id, e
+                    )
+                    self.parked.later(session_id, timefmt.now_us() + int(self.RETRY * 1e6))
+                    self.changed.set()
+                    return
                 # another waker woke it first (or the session parked again meanwhile)
             self.parked.forget(session_id, revision)
         except Exception:  # a task's one broad catch: the watch tells what happened

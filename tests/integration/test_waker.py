@@ -137,6 +137,30 @@ async def test_a_woken_entrys_delete_marker_is_purged(probe: Client, waker: Wake
     await eventually(lambda: _gone(probe, "ses_due"))
 
 
+async def test_an_entry_whose_delete_failed_is_deleted_on_a_later_try(
+    probe: Client, waker: Waker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wake job published, the entry's delete timed out (NATS away a moment): the
+    entry is not left for good (woken again by every dispatcher that starts): the session
+    is woken again in a while, and its entry deleted then."""
+    from nats.js.kv import KeyValue
+
+    delete, failed = KeyValue.delete, asyncio.Event()
+
+    async def fails_once(self: KeyValue, key: str, last: int | None = None) -> bool:
+        if not failed.is_set():
+            failed.set()
+            raise NatsTimeout
+        return await delete(self, key, last=last)
+
+    monkeypatch.setattr(KeyValue, "delete", fails_once)
+    waker.RETRY = 0.1
+    await _park(probe, "ses_flaky", deadline_us=timefmt.now_us() - 1)
+    await failed.wait()
+    await eventually(lambda: _gone(probe, "ses_flaky"))
+    assert await _woken(probe, "ses_flaky")
+
+
 async def _gone(nc: Client, sid: str) -> bool:
     return not await _in_bucket(nc, sid)
 
