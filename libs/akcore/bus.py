@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -650,25 +651,42 @@ VALUES_BUCKET = natsauth.BUCKET_VALUES
 # parked entry). Every write is followed by ``keep_latest`` instead, whose removals are
 # written down; deletes purge what they delete the same way.
 KV_HISTORY = 64
-_PURGE_REFUSED: set[str] = set()  # buckets whose purges NATS refused (said once)
+PURGE_TIMEOUT = 1.0  # seconds a purge may take (NATS answers a refused one with nothing)
+PURGE_PAUSE = 60.0  # seconds a bucket's purges are not tried after one failed
+_purges_paused: dict[str, float] = {}  # bucket -> until when (time.monotonic())
+_purge_said: set[str] = set()  # buckets whose failed purges were said (once)
 
 
 async def keep_latest(js: JetStreamContext, bucket: str, key: str) -> None:
     """Removes the versions of ``key`` before its last one (after a write), so that none
-    is left for the bucket's limit to drop unrecorded. Best effort: the write is done, and
-    a version left is dropped by the next write's call."""
+    is left for the bucket's limit to drop unrecorded. Best effort, the write being done:
+    after a purge that failed (refused by a NATS configuration from before this, which
+    NATS answers with silence; or NATS away) the bucket's are not tried for
+    ``PURGE_PAUSE`` seconds, so writes do not each wait for one. A version left then goes
+    with the next purge of its key (a key written more than ``KV_HISTORY`` times meanwhile
+    loses its oldest ones to the limit, as before)."""
+    now = time.monotonic()
+    if _purges_paused.get(bucket, 0.0) > now:
+        return
+    body = json.dumps({"filter": f"$KV.{bucket}.{key}", "keep": 1}).encode()
     try:
-        await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}", keep=1)
+        reply = await js._nc.request(  # (nats-py's purge waits its context's 5 s)
+            f"{natsauth.API}.STREAM.PURGE.KV_{bucket}", body, timeout=PURGE_TIMEOUT
+        )
+        error = json.loads(reply.data).get("error")
+        if error:
+            raise RuntimeError(error.get("description") or error)
     except Exception as e:
-        if isinstance(e, NatsError) and not isinstance(e, APIError):
-            return  # (NATS away: the next write's call does it)
-        if bucket not in _PURGE_REFUSED:
-            _PURGE_REFUSED.add(bucket)
+        _purges_paused[bucket] = now + PURGE_PAUSE
+        if bucket not in _purge_said:
+            _purge_said.add(bucket)
             log.warning(
-                "bucket %s: the versions before a key's last one could not be removed (%s); "
-                "on a NATS server of your own, give the users what `ak nats-config` prints",
+                "bucket %s: the versions before a key's last one could not be removed (%s; "
+                "not tried again for %gs); on a NATS server of your own, give the users "
+                "what `ak nats-config` prints",
                 bucket,
-                getattr(e, "description", None) or repr(e),
+                "no answer" if isinstance(e, asyncio.TimeoutError) else e,
+                PURGE_PAUSE,
             )
 
 

@@ -183,7 +183,7 @@ def _bootstrap() -> tuple[str, ...]:
     return (
         f"{API}.STREAM.LIST",
         *(f"{API}.STREAM.{verb}.{s}" for s in names for verb in ("CREATE", "INFO")),
-        *(f"{API}.STREAM.UPDATE.{s}" for s in STREAMS),
+        *(f"{API}.STREAM.UPDATE.{s}" for s in names),  # (buckets: their versions kept)
         *(f"{API}.CONSUMER.INFO.{s}.{c}" for s, c in DURABLES),
         *(f"{API}.CONSUMER.CREATE.{s}.{c}" for s, c in DURABLES),
         *(f"{API}.CONSUMER.CREATE.{s}.{c}.>" for s, c in DURABLES),

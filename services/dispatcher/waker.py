@@ -65,11 +65,13 @@ class Parked:
         out, self.markers = self.markers, {}
         return out
 
-    def later(self, session_id: str, at_us: int) -> None:
-        """Looks at the session again at ``at_us`` (its wake job could not be published)."""
+    def later(self, session_id: str, at_us: int, revision: int) -> None:
+        """Looks at the session's entry of ``revision`` again at ``at_us`` (its wake job
+        could not be published, or it could not be deleted); not an entry that replaced
+        it, which keeps its own deadline (a later parking is not woken early)."""
         known = self.entries.get(session_id)
-        if known is not None:
-            heapq.heappush(self._heap, (at_us, session_id, known[0]))
+        if known is not None and known[0] == revision:
+            heapq.heappush(self._heap, (at_us, session_id, revision))
 
     def due(self, now_us: int, busy: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """The sessions whose deadline has passed (each once; stale heap items skipped).
@@ -290,7 +292,7 @@ class Waker:
                 )
             except Exception as e:  # NATS away: again in a while (the entry stays)
                 log.warning("parked session %s: not woken yet: %r", session_id, e)
-                self.parked.later(session_id, timefmt.now_us() + int(self.RETRY * 1e6))
+                self.parked.later(session_id, timefmt.now_us() + int(self.RETRY * 1e6), revision)
                 self.changed.set()
                 return
             log.info("session %s wakes: %s", session_id, why)
@@ -305,7 +307,9 @@ class Waker:
                     log.warning(
                         "parked session %s: woken; its entry not deleted yet: %r", session_id, e
                     )
-                    self.parked.later(session_id, timefmt.now_us() + int(self.RETRY * 1e6))
+                    self.parked.later(
+                        session_id, timefmt.now_us() + int(self.RETRY * 1e6), revision
+                    )
                     self.changed.set()
                     return
                 # another waker woke it first (or the session parked again meanwhile)

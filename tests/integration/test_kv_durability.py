@@ -11,10 +11,13 @@ write removes the earlier ones itself (``bus.keep_latest``). Found by a chaos re
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ak_runner.parking import Parking
 from ak_runner.values import Values
 from akcore import bus, natsauth, natsserver, subjects
@@ -148,30 +151,96 @@ def test_woken_parked_entries_stay_gone_across_kills(tmp_path: Path) -> None:
 
 
 def test_buckets_of_an_earlier_version_keep_more_versions_once_the_store_starts(
-    tmp_path: Path,
+    nats_url: str,
 ) -> None:
     """Buckets made by an earlier version kept one version of a key: the store's start
-    (``ensure_streams``) raises that, and the keys they hold stay."""
+    (``ensure_streams``, on the store's own NATS user) raises that, and the keys they hold
+    stay. (The ``nats_url`` fixture fails the test on any permissions violation.)"""
     from nats.js.api import KeyValueConfig
 
-    server = Server(tmp_path / "nats")
+    from tests.conftest import connect_as
 
     async def main() -> list[int]:
-        nc = await bus.connect(server.url, "kv-durability-test")
-        js = nc.jetstream()
-        old = await js.create_key_value(KeyValueConfig(bucket=subjects.BUCKET_PARKED, history=1))
-        await old.put("ses_kept", b"x")
-        await bus.ensure_streams(js)
+        admin = await bus.connect(nats_url, "kv-durability-test")
+        js = admin.jetstream()
+        for bucket in natsauth.BUCKETS:  # as the earlier version's store made them
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+        await (await js.key_value(subjects.BUCKET_PARKED)).put("ses_kept", b"x")
+        store = await connect_as(nats_url, "store")
+        await bus.ensure_streams(store.jetstream(), timeout=10.0)
+        await store.close()
         kept = (await (await js.key_value(subjects.BUCKET_PARKED)).get("ses_kept")).value
         assert kept == b"x"
         limits = [
             (await js.stream_info(f"KV_{b}")).config.max_msgs_per_subject or 0
             for b in natsauth.BUCKETS
         ]
-        await nc.close()
+        await admin.close()
         return limits
 
+    assert asyncio.run(main()) == [bus.KV_HISTORY] * len(natsauth.BUCKETS)
+
+
+def test_a_refused_purge_is_said_once_and_not_tried_on_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NATS server of one's own configured before runners could purge `KV_AK_PARKED`
+    (a rolling upgrade): NATS answers the refused purge with silence. The runner says so
+    once and does not try again on each write (each would wait for that silence)."""
+    real = natsauth.permissions
+    purge = f"{natsauth.API}.STREAM.PURGE.KV_{subjects.BUCKET_PARKED}"
+
+    def before(service: str) -> natsauth.Permissions:
+        p = real(service)
+        return natsauth.Permissions(
+            tuple(s for s in p.publish if s != purge), p.subscribe, p.deny_publish
+        )
+
+    monkeypatch.setattr(natsauth, "permissions", before)
+    monkeypatch.setattr(bus, "_purges_paused", {})
+    monkeypatch.setattr(bus, "_purge_said", set())
+    runner_pw, admin_pw = natsauth.new_password(), natsauth.new_password()
+    auth = natsauth.authorization_block(
+        {"runner": json.dumps(runner_pw)}, {"test": json.dumps(admin_pw)}
+    )
+    proc, url = natsserver.start(tmp_path / "nats", auth=auth)
+    asked: list[str] = []
+
+    async def main() -> None:
+        admin = await bus.connect(url.replace("//", f"//test:{admin_pw}@", 1), "test")
+        await bus.ensure_streams(admin.jetstream())
+        runner = await bus.connect(
+            url,
+            "ak-runner",
+            user="runner",
+            password=runner_pw,
+            inbox_prefix=natsauth.inbox_prefix("runner"),
+        )
+        request = runner.request
+
+        async def counted(subject: str, *args: Any, **kw: Any) -> Any:
+            if subject == purge:
+                asked.append(subject)
+            return await request(subject, *args, **kw)
+
+        runner.request = counted  # type: ignore[method-assign]
+        parking = Parking(runner.jetstream(), 1.0)
+        for i in range(5):
+            entry = Entry(parked_seq=4, deadline_us=0, inbox_seq=0, job=b"")
+            await parking.register(f"ses_{i}", entry)
+        await runner.close()
+        await admin.close()
+
     try:
-        assert asyncio.run(main()) == [bus.KV_HISTORY] * len(natsauth.BUCKETS)
+        with caplog.at_level(logging.WARNING, logger="akcore.bus"):
+            asyncio.run(main())
     finally:
-        server.stop()
+        proc.terminate()
+        proc.wait()
+    assert len(asked) == 1  # the first write's; the next ones within the pause skip it
+    said = [r.getMessage() for r in caplog.records if "could not be removed" in r.getMessage()]
+    assert said == [
+        f"bucket {subjects.BUCKET_PARKED}: the versions before a key's last one could not be "
+        f"removed (no answer; not tried again for 60s); on a NATS server of your own, give "
+        "the users what `ak nats-config` prints"
+    ]

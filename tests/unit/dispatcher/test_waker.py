@@ -46,8 +46,23 @@ def test_an_inbox_message_wakes_only_past_what_the_session_read() -> None:
 def test_a_wake_that_failed_is_looked_at_again() -> None:
     p = Parked()
     p.learn("ses_a", 3, _entry(4))
-    p.later("ses_a", 2_000)
+    p.later("ses_a", 2_000, 3)
     assert p.due(2_000) == ["ses_a"]
+
+
+def test_a_retry_is_for_the_entry_it_failed_on_not_a_later_parkings() -> None:
+    """The session parked again while its wake's delete failed: the later parking keeps
+    its own deadline (it is not woken early by the retry)."""
+    p = Parked()
+    p.learn("ses_a", 3, _entry(4))
+    p.learn("ses_a", 7, _entry(9))  # (replaced before the retry was asked for)
+    p.later("ses_a", 2_000, 3)
+    assert p.due(2_000) == []
+    p = Parked()
+    p.learn("ses_a", 3, _entry(4))
+    p.later("ses_a", 2_000, 3)
+    p.learn("ses_a", 7, _entry(9))  # (replaced after)
+    assert p.due(2_000) == []
 
 
 def test_an_entry_round_trips_and_makes_the_wake_job() -> None:
