@@ -74,9 +74,10 @@ class Lease:
 
     async def keep(self) -> None:
         """Heartbeats every sixth of the ack wait until the lease is lost or cancelled (the
-        first one a sixth after the pull request: most sessions end before it)."""
+        first one a sixth after the pull request: most sessions end before it). A cancel
+        that comes as a heartbeat's answer does is not lost (``akcore.waitfor``, which the
+        runner has installed: else the job would be heartbeated for ever)."""
         every = self.ack_wait / 6
-        me = asyncio.current_task()
         await asyncio.sleep(max(0.0, self.until - self.ack_wait / 2 + every - self._loop.time()))
         while self.valid():
             sent = self._loop.time()
@@ -90,10 +91,4 @@ class Lease:
                 else:
                     if self.valid():  # never revive a lease that was lost meanwhile
                         self.until = max(self.until, sent + self.ack_wait / 2)
-            if me is not None and me.cancelling():
-                # Cancelled (its attempt ended) in the turn the answer came: nats-py waits for
-                # it with asyncio.wait_for, which then returns the answer and drops the
-                # cancellation (Python 3.11, CPython issue #86296). Heartbeating on would hold
-                # the job for ever: JetStream would never deliver it again.
-                raise asyncio.CancelledError
             await asyncio.sleep(max(0.0, sent + every - self._loop.time()))
