@@ -180,7 +180,8 @@ def seal_canary(keys: Keyring) -> bytes:
     return keys.seal(_CANARY, _CANARY_AAD)
 
 
-ALTERED_KV = CANARY_ALTERED.format(where=f"the KV bucket {natsauth.BUCKET_KEYS}")
+WHERE_KV = f"the KV bucket {natsauth.BUCKET_KEYS}"
+ALTERED_KV = CANARY_ALTERED.format(where=WHERE_KV)
 
 
 async def read(js: JetStreamContext) -> bytes | None:
@@ -224,8 +225,7 @@ async def settle(nc: Client, keys: Keyring, lost: frozenset[str]) -> None:
             return False
         return True
 
-    where = f"the KV bucket {natsauth.BUCKET_KEYS}"
-    await seal_when_due(keys, lost, ALTERED_KV, where, lambda: _canary(js), swap)
+    await seal_when_due(keys, lost, ALTERED_KV, WHERE_KV, lambda: _canary(js), swap)
 
 
 async def canary(js: JetStreamContext, keys: Keyring) -> bool:
