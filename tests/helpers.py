@@ -233,10 +233,16 @@ def frozen(pid: int) -> Iterator[None]:
     as it next runs, and one busy on another core went on answering requests meanwhile."""
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: all(_stopped(pid, t) for t in _threads(pid)), f"{pid} stopped")
+        wait_until(lambda: stopped(pid), f"process {pid} stopped")
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (False when it is gone)."""
+    threads = _threads(pid)
+    return bool(threads) and all(_stopped(pid, t) for t in threads)
 
 
 def _threads(pid: int) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Stack, write_project
+from tests.helpers import Stack, stopped, write_project
 
 MANIFEST = """\
 version: v1
@@ -127,7 +127,7 @@ def test_ingress_restarted_while_the_store_is_down(
     frozen.extend(store)
     for pid in store:
         os.kill(pid, signal.SIGSTOP)
-    _wait("store not stopped", lambda: all(_state(p) == "T" for p in store), stack)
+    _wait("store not stopped", lambda: all(stopped(p) for p in store), stack)
     (ingress,) = _pids(stack, "ingress")
     os.kill(ingress, signal.SIGKILL)
     _wait("no new ingress", lambda: [p for p in _pids(stack, "ingress") if p != ingress], stack)
@@ -195,7 +195,7 @@ def test_a_system_call_waits_for_the_store(
     frozen.extend(store)
     for pid in store:
         os.kill(pid, signal.SIGSTOP)
-    _wait("store not stopped", lambda: all(_state(p) == "T" for p in store), stack)
+    _wait("store not stopped", lambda: all(stopped(p) for p in store), stack)
     seen = len(stack.output())
     go.write_text("")
     _wait(
