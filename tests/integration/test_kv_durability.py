@@ -14,8 +14,9 @@ import asyncio
 import json
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from ak_runner.parking import Parking
@@ -26,6 +27,7 @@ from akcore.parking import Entry
 from cryptography.fernet import Fernet
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
+T = TypeVar("T")
 KEYS = Keyring([Fernet.generate_key()])
 ROUNDS = 4
 
@@ -58,8 +60,23 @@ async def _connected(url: str) -> Any:
     return nc
 
 
+def _across_kills(
+    server: Server,
+    round_: Callable[[int], Awaitable[None]],
+    read: Callable[[], Awaitable[T]],
+) -> T:
+    """``round_`` run ``ROUNDS`` times, nats-server killed after each; then ``read``."""
+    try:
+        for r in range(ROUNDS):
+            asyncio.run(round_(r))
+            server.kill()
+        return asyncio.run(read())
+    finally:
+        server.stop()
+
+
 def test_deleted_values_stay_deleted_across_kills(tmp_path: Path) -> None:
-    """Each round sets new keys (one of them twice) and deletes the last round's, then
+    """Each round sets new keys (each twice) and deletes the last round's, then
     nats-server is killed."""
     server = Server(tmp_path / "nats")
 
@@ -69,9 +86,8 @@ def test_deleted_values_stay_deleted_across_kills(tmp_path: Path) -> None:
         for i in range(8):
             await values.apply(f"r{r}k{i}", "set", ["old"])
             await values.apply(f"r{r}k{i}", "set", [f"v{r}"])
-        for i in range(8):
-            if r:
-                await values.apply(f"r{r - 1}k{i}", "del", [])
+        for i in range(8 if r else 0):
+            await values.apply(f"r{r - 1}k{i}", "del", [])
         await nc.close()
 
     async def read() -> dict[str, Any]:
@@ -85,13 +101,7 @@ def test_deleted_values_stay_deleted_across_kills(tmp_path: Path) -> None:
         await nc.close()
         return found
 
-    try:
-        for r in range(ROUNDS):
-            asyncio.run(round_(r))
-            server.kill()
-        found = asyncio.run(read())
-    finally:
-        server.stop()
+    found = _across_kills(server, round_, read)
     last = ROUNDS - 1
     assert {k: v for k, v in found.items() if v is not None} == {
         f"r{last}k{i}": f"v{last}" for i in range(8)
@@ -140,13 +150,7 @@ def test_woken_parked_entries_stay_gone_across_kills(tmp_path: Path) -> None:
         await nc.close()
         return there
 
-    try:
-        for r in range(ROUNDS):
-            asyncio.run(round_(r))
-            server.kill()
-        there = asyncio.run(left())
-    finally:
-        server.stop()
+    there = _across_kills(server, round_, left)
     assert there == [f"ses_r{ROUNDS - 1}k{i}" for i in range(8)]
 
 
