@@ -668,14 +668,9 @@ async def keep_latest(js: JetStreamContext, bucket: str, key: str) -> None:
     now = time.monotonic()
     if _purges_paused.get(bucket, 0.0) > now:
         return
-    body = json.dumps({"filter": f"$KV.{bucket}.{key}", "keep": 1}).encode()
+    brief = js._nc.jetstream(timeout=PURGE_TIMEOUT)  # (the services' contexts wait 5 s)
     try:
-        reply = await js._nc.request(  # (nats-py's purge waits its context's 5 s)
-            f"{natsauth.API}.STREAM.PURGE.KV_{bucket}", body, timeout=PURGE_TIMEOUT
-        )
-        error = json.loads(reply.data).get("error")
-        if error:
-            raise RuntimeError(error.get("description") or error)
+        await brief.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}", keep=1)
     except Exception as e:
         _purges_paused[bucket] = now + PURGE_PAUSE
         if bucket not in _purge_said:
@@ -685,7 +680,9 @@ async def keep_latest(js: JetStreamContext, bucket: str, key: str) -> None:
                 "not tried again for %gs); on a NATS server of your own, give the users "
                 "what `ak nats-config` prints",
                 bucket,
-                "no answer" if isinstance(e, asyncio.TimeoutError) else e,
+                "no answer"
+                if isinstance(e, asyncio.TimeoutError)
+                else getattr(e, "description", None) or e,
                 PURGE_PAUSE,
             )
 
