@@ -277,6 +277,11 @@ class Waker:
         self._waking.add(session_id)
         self._spawn(self._wake(session_id, why))
 
+    def _again(self, session_id: str, revision: int) -> None:
+        """The wake of the session's entry of ``revision`` is tried again in ``RETRY`` s."""
+        self.parked.later(session_id, timefmt.now_us() + int(self.RETRY * 1e6), revision)
+        self.changed.set()
+
     async def _wake(self, session_id: str, why: str) -> None:
         known = self.parked.entries.get(session_id)
         try:
@@ -292,8 +297,7 @@ class Waker:
                 )
             except Exception as e:  # NATS away: again in a while (the entry stays)
                 log.warning("parked session %s: not woken yet: %r", session_id, e)
-                self.parked.later(session_id, timefmt.now_us() + int(self.RETRY * 1e6), revision)
-                self.changed.set()
+                self._again(session_id, revision)
                 return
             log.info("session %s wakes: %s", session_id, why)
             try:
@@ -307,10 +311,7 @@ class Waker:
                     log.warning(
                         "parked session %s: woken; its entry not deleted yet: %r", session_id, e
                     )
-                    self.parked.later(
-                        session_id, timefmt.now_us() + int(self.RETRY * 1e6), revision
-                    )
-                    self.changed.set()
+                    self._again(session_id, revision)
                     return
                 # another waker woke it first (or the session parked again meanwhile)
             self.parked.forget(session_id, revision)
