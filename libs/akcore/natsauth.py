@@ -258,7 +258,7 @@ def permissions(service: str) -> Permissions:
                 *_common(service),
                 subjects.CHANGED,
                 subjects.dispatched_subject("*"),
-                subjects.outcome_subject("*"),
+                subjects.OUTCOMES_ALL,  # outcomes and the ends of sync webhooks' sessions
             ),
         )
     if service == "dispatcher":
@@ -292,6 +292,7 @@ def permissions(service: str) -> Permissions:
                 *new_session,  # child sessions
                 subjects.INBOX_ALL,
                 subjects.outcome_subject("*"),
+                subjects.ended_subject("*"),
                 subjects.SPANS,
                 *_read(subjects.STREAM_JOURNAL),
                 *_read(subjects.STREAM_INBOX),

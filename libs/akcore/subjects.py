@@ -126,6 +126,18 @@ def outcome_subject(event_id: str) -> str:
     return f"{PREFIX}.outcomes.{event_id}"
 
 
+def ended_subject(event_id: str) -> str:
+    """Core NATS: a sync webhook's session has ended (a runner says so after its `ended`
+    record). Under ``outcome_subject`` so that one subscription to ``OUTCOMES_ALL`` hears
+    an outcome and its session's end in the order they were published (nats-py runs each
+    subscription's callbacks in a task of its own); an earlier ingress's ``ak.outcomes.*``
+    does not hear it."""
+    return f"{outcome_subject(event_id)}.ended"
+
+
+OUTCOMES_ALL = f"{PREFIX}.outcomes.>"
+
+
 def dispatched_subject(event_id: str) -> str:
     """Core NATS: how many sessions and subscriptions one event reached."""
     return f"{PREFIX}.dispatched.{event_id}"

@@ -177,6 +177,9 @@ class Job:
     # The event's data as it rests, sealed (akcore.eventdata: bound to the event), ``data``
     # then empty: the job of a session started by an event.
     sealed_data: bytes = b""
+    # Started by a sync webhook's event: the runner says when the session has ended
+    # (``subjects.ended_subject``), so a request no outcome will answer is answered then.
+    is_sync: bool = False
 
 
 # Inbox message kinds.

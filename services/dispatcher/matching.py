@@ -87,6 +87,7 @@ def _jobs(
             data=event.data,
             trigger_id=trigger["trigger_id"],
             sealed_data=event.sealed_data,
+            is_sync=bool(trigger.get("is_sync")),
         )
         out.append(job)
     return out

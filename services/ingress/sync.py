@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+from asyncio import FIRST_COMPLETED as FIRST
 from typing import Any
 
 from akcore import subjects, wire
@@ -19,10 +20,11 @@ TIMEOUT = float(os.environ.get("AK_WEBHOOKS__RESPONSE_TIMEOUT", "30"))
 
 class SyncWaits:
     """The sync webhook requests of one ingress process waiting for their events' dispatch
-    reports and outcomes: one subscription to each subject for all requests, made once.
-    (Two subscriptions, a flush and two unsubscribes per request were a third of ingress's
-    CPU per sync request.) With several ingress processes, each also hears the others'
-    reports and outcomes and drops them unread."""
+    reports, outcomes and sessions' ends: one subscription to the reports and one to the
+    outcomes and ends (``subjects.OUTCOMES_ALL``: heard in the order sent) for all
+    requests, made once. (Subscriptions, a flush and unsubscribes per request were a third
+    of ingress's CPU per sync request.) With several ingress processes, each also hears the
+    others' and drops them unread."""
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
@@ -43,7 +45,7 @@ class SyncWaits:
     async def _subscribe(self) -> None:
         subs = [
             await self.nc.subscribe(subjects.dispatched_subject("*"), cb=self._on_dispatched),
-            await self.nc.subscribe(subjects.outcome_subject("*"), cb=self._on_outcome),
+            await self.nc.subscribe(subjects.OUTCOMES_ALL, cb=self._on_outcome),
         ]
         try:
             await self.nc.flush()  # the server has them before any event is published
@@ -52,27 +54,45 @@ class SyncWaits:
                 await sub.unsubscribe()
             raise
 
-    def _waiting(self, msg: Msg) -> SyncWait | None:
-        return self._waits.get(msg.subject.rpartition(".")[2])
-
     async def _on_dispatched(self, msg: Msg) -> None:
-        wait = self._waiting(msg)
+        wait = self._waits.get(msg.subject.rpartition(".")[2])
         if wait is not None and not wait.dispatched.done():
             wait.dispatched.set_result(wire.unpack(msg.data))
 
     async def _on_outcome(self, msg: Msg) -> None:
-        wait = self._waiting(msg)
-        if wait is not None and not wait.outcome.done():
+        # ak.outcomes.<event> (an outcome) or ak.outcomes.<event>.ended (a session's end)
+        _, _, event_id, *ended = msg.subject.split(".", 3)
+        wait = self._waits.get(event_id)
+        if wait is None:
+            return
+        if ended == ["ended"]:
+            wait.heard_end(wire.unpack(msg.data))
+        elif not ended and not wait.outcome.done():
             wait.outcome.set_result(wire.unpack(msg.data).get("value"))
 
 
 class SyncWait:
-    """One sync webhook request's wait for its event's dispatch report and first outcome."""
+    """One sync webhook request's wait for its event's dispatch report and first outcome,
+    or for every session it started to end without one."""
 
     def __init__(self, waits: SyncWaits, event_id: str) -> None:
         self.waits, self.event_id = waits, event_id
-        self.dispatched: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.dispatched: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.outcome: asyncio.Future[Any] = loop.create_future()
+        self.ended: dict[str, str] = {}  # session id -> its final state
+        self._news: asyncio.Future[None] = loop.create_future()  # another session ended
+
+    def heard_end(self, end: Any) -> None:
+        """A runner's word that one of the event's sessions ended (checked: a session id
+        and a final state); it may come before the dispatcher's report."""
+        if not isinstance(end, dict):
+            return
+        sid, state = end.get("session_id"), end.get("state")
+        if isinstance(sid, str) and state in wire.FINAL_STATES:
+            self.ended[sid] = state
+            if not self._news.done():
+                self._news.set_result(None)
 
     async def __aenter__(self) -> SyncWait:
         await self.waits._ready()
@@ -89,15 +109,35 @@ class SyncWait:
             report = await asyncio.wait_for(asyncio.shield(self.dispatched), TIMEOUT)
         except TimeoutError:
             return Response("Gateway Timeout\n", status_code=504)
-        if not report.get("sessions") and not report.get("signaled"):
+        sessions = [s for s in report.get("sessions") or () if isinstance(s, str)]
+        if not sessions and not report.get("signaled"):
             return Response(
                 "No sessions were started or signaled for sync webhook\n", status_code=502
             )
-        try:
-            value = await asyncio.wait_for(self.outcome, max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            return Response("Gateway Timeout\n", status_code=504)
-        return outcome_response(value)
+        while not self.outcome.done():
+            # Only the event's own sessions are known to end: a waiting session it was
+            # delivered to (signaled) may answer it any time until the deadline.
+            if not report.get("signaled") and all(s in self.ended for s in sessions):
+                return self._no_outcome(sessions)
+            left = deadline - loop.time()
+            if left <= 0:
+                return Response("Gateway Timeout\n", status_code=504)
+            if self._news.done():
+                self._news = loop.create_future()
+            await asyncio.wait((self.outcome, self._news), timeout=left, return_when=FIRST)
+        return outcome_response(self.outcome.result())
+
+    def _no_outcome(self, sessions: list[str]) -> Response:
+        if len(sessions) == 1:
+            sid = sessions[0]
+            why = (
+                f"session {sid} ended ({self.ended[sid]}) without an outcome for this event; "
+                f"ak session log {sid} shows what it did"
+            )
+        else:
+            states = ", ".join(f"{s} ({self.ended[s]})" for s in sessions)
+            why = f"the event's sessions ended without an outcome for it: {states}"
+        return Response(f"Bad Gateway: {why}\n", status_code=502)
 
 
 # Headers of the message's framing and of the connection, which the server sets: a

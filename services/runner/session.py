@@ -1132,8 +1132,12 @@ async def after_end(
     syscalls: Syscalls | None = None,
 ) -> None:
     """What follows a session's `ended` record: its parent hears of it (de-duplicated by
-    id, so a later attempt may tell it again) and its subscriptions go. A redelivered job
-    whose journal already ends does it again: its attempt may have stopped in between."""
+    id, so a later attempt may tell it again), a sync webhook's request hears of it and its
+    subscriptions go. A redelivered job whose journal already ends does it again: its
+    attempt may have stopped in between."""
+    if job.is_sync and job.event_id:  # (after any outcome it gave, on the same connection)
+        end = {"session_id": job.session_id, "state": ended.state}
+        await nc.publish(subjects.ended_subject(job.event_id), wire.pack(end))
     if job.parent_session_id:
         msg = wire.InboxMessage(
             kind=wire.INBOX_CHILD_END,

@@ -35,6 +35,14 @@ project:
       call: program.py:sync_silent
       webhook: {}
       is_sync: true
+    - name: sync_raising
+      call: program.py:sync_raises
+      webhook: {}
+      is_sync: true
+    - name: sync_waiting
+      call: program.py:sync_waits
+      webhook: {}
+      is_sync: true
 """
 HANDLERS = [
     "short_wait",
@@ -232,6 +240,14 @@ def sync_silent(event):
     print("no outcome")
 
 
+def sync_raises(event):
+    raise RuntimeError("the handler's own words, token=s3cr3t")
+
+
+def sync_waits(event):
+    autokitteh.next_signal("never", timeout=60)
+
+
 def manual(event):
     print("inputs", dict(event.data), event.event_id)
 
@@ -255,7 +271,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, dict[
         {
             "MARKER_DIR": str(markers),
             "AK_JOBS__ACK_WAIT": "3",
-            "AK_WEBHOOKS__RESPONSE_TIMEOUT": "2",
+            "AK_WEBHOOKS__RESPONSE_TIMEOUT": "5",
         },
     )
     manifest = MANIFEST + "".join(
@@ -556,10 +572,34 @@ def test_replay_of_a_session_waiting_in_next_signal(
     assert stack.wait_session(waker)["state"] == "COMPLETED"
 
 
-def test_sync_webhook_timeout(env: tuple[Stack, dict[str, str], Path]) -> None:
+@pytest.mark.parametrize(
+    ("trigger", "state"), [("sync_quiet", "COMPLETED"), ("sync_raising", "ERROR")]
+)
+def test_a_sync_webhook_whose_session_ended_without_an_outcome_is_answered_then(
+    env: tuple[Stack, dict[str, str], Path], trigger: str, state: str
+) -> None:
+    """Not after the response timeout (AutoKitteh waits it out and answers 504, as this
+    stack would after 5 s): the session's end is heard. What the handler raised stays out
+    of the answer."""
     stack, paths, _ = env
-    status, _, body = stack.request("POST", paths["sync_quiet"], b"{}")
+    status, headers, body = stack.request("POST", paths[trigger], b"{}")
+    sid = _session_of(stack, headers["autokitteh-event-id"])
+    assert (status, body.decode()) == (
+        502,
+        f"Bad Gateway: session {sid} ended ({state}) without an outcome for this event; "
+        f"ak session log {sid} shows what it did\n",
+    )
+    assert stack.wait_session(sid)["state"] == state
+
+
+def test_sync_webhook_timeout(env: tuple[Stack, dict[str, str], Path]) -> None:
+    """A session that has not ended and gave no outcome: 504 once the timeout has passed."""
+    stack, paths, _ = env
+    status, headers, body = stack.request("POST", paths["sync_waiting"], b"{}")
     assert (status, body) == (504, b"Gateway Timeout\n")
+    sid = _session_of(stack, headers["autokitteh-event-id"])
+    stack.ak("session", "stop", sid, check=True)
+    assert stack.wait_session(sid)["state"] == "STOPPED"
 
 
 def test_redeploy_drains_the_old_deployment(env: tuple[Stack, dict[str, str], Path]) -> None:

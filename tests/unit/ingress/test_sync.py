@@ -4,8 +4,10 @@ dispatch report and first outcome."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from ak_ingress import sync
 from ak_ingress.sync import SyncWaits, outcome_response
 from akcore import bus, subjects, wire
 from fastapi import Response
@@ -40,6 +42,76 @@ async def test_each_request_gets_its_own_events_report_and_first_outcome(nats_ur
     finally:
         await ingress.close()
         await other.close()
+
+
+async def test_a_request_is_answered_once_every_session_ended_without_an_outcome(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the runner's and ingress's own users: a runner's word that a session ended ends
+    the wait when every session of the report has ended and no waiting session was
+    delivered the event (it could still answer); an outcome sent before its session's end
+    always wins (one subscription hears both in the order sent)."""
+    monkeypatch.setattr(sync, "TIMEOUT", 1.0)
+    ingress = await connect_as(nats_url, "ingress")
+    runner = await connect_as(nats_url, "runner")
+    dispatcher = await connect_as(nats_url, "dispatcher")
+    waits = SyncWaits(ingress)
+
+    async def answer(event: str, report: dict[str, Any], sent: list[tuple[str, Any]]) -> Response:
+        async with waits.wait(event) as wait:
+            for subject, message in sent:  # a session's end may come before the report
+                await runner.publish(subject, wire.pack(message))
+            await runner.flush()
+            await dispatcher.publish(subjects.dispatched_subject(event), wire.pack(report))
+            return await wait.response()
+
+    def ended(event: str, sid: str, state: str = "ERROR") -> tuple[str, Any]:
+        return subjects.ended_subject(event), {"session_id": sid, "state": state}
+
+    try:
+        one = {"sessions": ["ses_1"], "signaled": 0}
+        resp = await answer("evt_a", one, [ended("evt_a", "ses_1")])
+        assert (resp.status_code, resp.body.decode()) == (
+            502,
+            "Bad Gateway: session ses_1 ended (ERROR) without an outcome for this event; "
+            "ak session log ses_1 shows what it did\n",
+        )
+        for n in range(20):  # the outcome, then at once its session's end
+            event = f"evt_o{n}"
+            outcome = (subjects.outcome_subject(event), {"session_id": "ses_1", "value": n})
+            resp = await answer(event, one, [outcome, ended(event, "ses_1", "COMPLETED")])
+            assert (resp.status_code, resp.body) == (200, f"{n}\n".encode())
+        two = {"sessions": ["ses_1", "ses_2"], "signaled": 0}
+        resp = await answer(
+            "evt_b", two, [ended("evt_b", "ses_2", "STOPPED"), ended("evt_b", "ses_1")]
+        )
+        assert resp.body == (
+            b"Bad Gateway: the event's sessions ended without an outcome for it: "
+            b"ses_1 (ERROR), ses_2 (STOPPED)\n"
+        )
+        # Not enough to answer: one of two ended; ends of others' sessions or of another
+        # event; what is not an end; a session delivered the event may still answer it.
+        for event, report, sent in (
+            ("evt_c", two, [ended("evt_c", "ses_1")]),
+            ("evt_d", one, [ended("evt_d", "ses_9"), ended("evt_x", "ses_1")]),
+            ("evt_e", one, [(subjects.ended_subject("evt_e"), m) for m in _not_ends()]),
+            ("evt_f", {"sessions": ["ses_1"], "signaled": 1}, [ended("evt_f", "ses_1")]),
+        ):
+            resp = await answer(event, report, sent)
+            assert (resp.status_code, resp.body) == (504, b"Gateway Timeout\n"), event
+    finally:
+        for nc in (ingress, runner, dispatcher):
+            await nc.close()
+
+
+def _not_ends() -> list[Any]:
+    return [
+        {"session_id": "ses_1", "state": "RUNNING"},
+        {"session_id": "ses_1"},
+        {"session_id": 1, "state": "ERROR"},
+        ["ses_1", "ERROR"],
+        "ses_1",
+    ]
 
 
 def _framing(resp: Response) -> list[tuple[bytes, bytes]]:
