@@ -685,10 +685,13 @@ class MemoryWatch:
         """What the kernel did at ``uid``'s memory limit so far (``cgroups.Stops``)."""
         return self.users.stops(uid, reset) if self.users is not None and uid >= 0 else Stops()
 
-    def watch(self, uid: int, limit: int, over: Callable[[str], None]) -> None:
+    def watch(
+        self, uid: int, limit: int, over: Callable[[str], None], since: Stops | None = None
+    ) -> None:
         """Calls ``over(what went over)`` once if ``uid``'s processes use more than
-        ``limit``, or the kernel kills one of them at it, from now on."""
-        self._watched[uid] = (limit, self.stops(uid), over)
+        ``limit``, or the kernel kills one of them at it, from now on (or since ``since``,
+        what ``stops`` said a moment ago)."""
+        self._watched[uid] = (limit, self.stops(uid) if since is None else since, over)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
 

@@ -744,7 +744,7 @@ class SessionRun:
         def over(what: str) -> None:
             self._request_stop(self._over_memory(True, what), failed=True)
 
-        self.host.memory.watch(worker.uid, limit << 20, over)
+        self.host.memory.watch(worker.uid, limit << 20, over, self.stops)
 
     # --- the conversation with the worker
 
