@@ -157,6 +157,15 @@ class WorkerGroups:
                 _write(memory + "memory.max_usage_in_bytes", b"0")
         return Stops(kills, peaked)
 
+    def processes(self, uid: int) -> list[int] | None:
+        """The processes in ``uid``'s group (None when it cannot be read): whatever a
+        worker started, however it left its parent, process group or session, until it
+        ends (the group is root's: nothing in it can move out)."""
+        try:
+            return [int(x) for x in _read(f"{self.parent}/u{uid}/cgroup.procs").split()]
+        except (OSError, ValueError):
+            return None
+
     def remove(self, uid: int) -> None:
         """Kills every process in ``uid``'s group and removes it (none there: nothing)."""
         group = self._group(uid)

@@ -270,11 +270,16 @@ class ForkServer:
 
 
 def _may_have_left_some(worker: WorkerProcess) -> bool:
-    """Whether a worker's session may have left a process running: the worker has
-    children, or (a forked worker) the fork server has a child it did not fork, which a
-    handler's ``clone(CLONE_PARENT)`` makes. (A worker started as a process of its own has
-    the runner as its parent: such a sibling is not looked for; see docs/security.md.)"""
+    """Whether a worker's session may have left a process running. Where a control group
+    holds the worker's user id, whether the worker is not alone in it (one read); else:
+    the worker has children, or (a forked worker) the fork server has a child it did not
+    fork, which a handler's ``clone(CLONE_PARENT)`` makes. (A worker started as a process
+    of its own has the runner as its parent: such a sibling is not looked for without a
+    group; see docs/security.md.)"""
     proc = worker.proc
+    groups = worker.users.groups if worker.users is not None else None
+    if groups is not None and (inside := groups.processes(worker.uid)) is not None:
+        return inside != [proc.pid]
     if has_children(proc.pid):
         return True
     return isinstance(proc, ForkedProcess) and has_strangers(proc.pid, proc.server.forks())
