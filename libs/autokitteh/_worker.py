@@ -11,6 +11,7 @@ send one.
 
 from __future__ import annotations
 
+import _thread
 import builtins
 import ctypes
 import functools
@@ -22,8 +23,10 @@ import os
 import pickle
 import queue
 import resource
+import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from types import FunctionType
@@ -249,10 +252,13 @@ class _Baseline:
         self.stdout, self.stderr = sys.stdout, sys.stderr
         self.print = builtins.print
         self.threads = set(threading.enumerate())
+        self.thread_count = _thread._count()  # (also threads threading does not list)
+        self.os_threads = _os_threads()
 
     def restore(self, code_dir: str) -> bool:
         """Undoes the session; False when something it left behind cannot be undone (a
-        thread still running), in which case the worker must not take another session."""
+        thread still running, a timer armed), in which case the worker must not take
+        another session."""
         builtins.print = self.print
         _runtime.install(None)
         sys.stdout, sys.stderr = self.stdout, self.stderr
@@ -274,7 +280,35 @@ class _Baseline:
             os.chdir(self.cwd)
         except OSError:
             return False
-        return set(threading.enumerate()) <= self.threads
+        armed = any(signal.getitimer(t) != (0.0, 0.0) for t in _TIMERS)  # (`alarm` too)
+        return not armed and not self._threads_left()
+
+    def _threads_left(self) -> bool:
+        """Whether a thread the session started still runs: one ``threading`` lists, or
+        one started with ``_thread`` (which counts itself only once it first holds the
+        interpreter: a process with more threads than before is given a moment to let
+        such a one run; a library's threads of its own, not Python's, never count)."""
+        if not set(threading.enumerate()) <= self.threads or _thread._count() > self.thread_count:
+            return True
+        if _os_threads() <= self.os_threads:
+            return False
+        deadline = time.monotonic() + 0.1  # (paid once by a session whose library made some)
+        while time.monotonic() < deadline:
+            time.sleep(0.001)
+            if _thread._count() > self.thread_count:
+                return True
+        return False
+
+
+# A timer the session armed would run its signal handler in a later session.
+_TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
+
+
+def _os_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # (no /proc)
+        return 0
 
 
 def _environ_now() -> dict[bytes, bytes]:

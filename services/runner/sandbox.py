@@ -737,7 +737,9 @@ def _pids() -> list[int]:
 
 
 def _real_uid(pid: int) -> int:
-    """The real user id of a live process (-1 for one gone, or a zombie: dead already)."""
+    """The real user id of a live process (-1 for one gone, or a zombie: dead already).
+    A process whose main thread exited while another one runs shows as a zombie too, with
+    more than one thread: it is alive (and SIGKILL to it ends them all)."""
     try:
         fd = os.open(f"/proc/{pid}/status", os.O_RDONLY)
         try:
@@ -745,12 +747,24 @@ def _real_uid(pid: int) -> int:
         finally:
             os.close(fd)
         state = head.index(b"\nState:") + 7
-        if head[state : state + 3].split()[0] in (b"Z", b"X"):
+        if head[state : state + 3].split()[0] in (b"Z", b"X") and _threads(head) <= 1:
             return -1
         uid = head.index(b"\nUid:") + 5
         return int(head[uid : head.index(b"\n", uid)].split()[0])
     except (OSError, ValueError, IndexError):
         return -1
+
+
+def _threads(status: bytes) -> int:
+    """The ``Threads:`` of a ``/proc/<pid>/status`` (a zombie's is short: it has no memory
+    lines before it); 0 when it is not there."""
+    at = status.find(b"\nThreads:")
+    if at < 0:
+        return 0
+    try:
+        return int(status[at + 9 : status.index(b"\n", at + 9)])
+    except ValueError:
+        return 0
 
 
 def lock_dir() -> Path:

@@ -125,6 +125,26 @@ def litter_and_return(event):
     print("left one behind")
 
 
+def litter_leaderless(event):
+    # A process whose main thread exits while another runs: /proc says "State: Z" of it.
+    # Its other thread says "x" once the main thread is gone (joined: glibc lets it).
+    code = chr(10).join([
+        "import ctypes, os, threading, time",
+        "libc = ctypes.CDLL(None)",
+        "libc.pthread_self.restype = ctypes.c_ulong",
+        "main = ctypes.c_ulong(libc.pthread_self())",
+        "def watch():",
+        "    libc.pthread_join(main, None)",
+        "    os.write(1, b'x')",
+        "    time.sleep(1000)",
+        "threading.Thread(target=watch).start()",
+        "libc.syscall(60, 0)",  # x86_64 exit: the main thread alone
+    ])
+    argv = [sys.executable, "-c", code, event.data["mark"]]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True)
+    print("left a leaderless one behind", proc.stdout.read(1) == b"x")
+
+
 def litter_as_sibling(event):
     # A process made its worker's parent's child (clone with CLONE_PARENT): no child of
     # the worker, and of the worker's user.
@@ -353,6 +373,30 @@ def test_what_a_finished_session_left_running_is_killed(stack: Stack) -> None:
     # Its worker waits for the project's next session; what the session started does not
     # live on with it (not even a daemon in a session of its own).
     wait_until(lambda: not _marked(mark), "a finished session's processes gone", 10)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the exit syscall's number")
+def test_a_process_whose_main_thread_exited_is_killed_with_its_session(stack: Stack) -> None:
+    """It looks like a zombie in /proc/<pid>/status (State: Z) while its other thread runs as
+    the worker's user: it is killed as any other (it outlived its session before)."""
+    mark = f"ak-leaderless-{os.getpid()}-{time.monotonic_ns()}"
+    sid = _start(stack, "litter_leaderless", mark=mark)
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    assert _prints(stack, sid) == ["left a leaderless one behind True"]
+    wait_until(lambda: not _threads_marked(mark), "the leftover gone", 10)
+
+
+def _threads_marked(mark: str) -> list[str]:
+    """The threads whose command line has ``mark`` (a process whose main thread exited
+    shows none for its pid: its other threads do)."""
+    found = []
+    for task in Path("/proc").glob("[0-9]*/task/[0-9]*"):
+        try:
+            if mark.encode() in (task / "cmdline").read_bytes().split(b"\0"):
+                found.append(task.name)
+        except OSError:
+            continue
+    return found
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the clone syscall's number")

@@ -141,6 +141,27 @@ def imports_written(event):
 
 def leaves_a_thread(event):
     threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+
+
+def leaves_a_raw_thread(event):
+    import _thread  # (a thread threading.enumerate() does not list)
+
+    running = _thread.allocate_lock()
+    running.acquire()
+
+    def run():
+        running.release()
+        time.sleep(5)
+
+    _thread.start_new_thread(run, ())
+    running.acquire()
+
+
+def leaves_a_timer(event):
+    import signal
+
+    signal.signal(signal.SIGALRM, lambda *_: os.system("true"))
+    signal.setitimer(signal.ITIMER_REAL, 5)
 """
 
 
@@ -249,11 +270,19 @@ async def test_handlers_get_the_session_id_when_they_name_it(tmp_path: Path) -> 
     assert await w.close() == 0
 
 
-async def test_a_session_that_leaves_a_thread_running_ends_its_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "handler",
+    ["leaves_a_thread", "leaves_a_raw_thread", "leaves_a_timer"],
+)
+async def test_a_session_that_leaves_a_thread_running_ends_its_worker(
+    tmp_path: Path, handler: str
+) -> None:
+    """What would act in the project's next session in the same process (a thread, one
+    started with `_thread` too, a timer whose handler would run then) ends the worker."""
     (tmp_path / "h.py").write_text(REUSED)
     (tmp_path / "helper.py").write_text("CALLS = []\n")
     w = await WorkerProcess.spawn(sys.executable, tmp_path, {"PATH": "/usr/bin:/bin"})
-    frames = await _session(w, tmp_path, "h.py:leaves_a_thread", {}, durable=False)
+    frames = await _session(w, tmp_path, f"h.py:{handler}", {}, durable=False)
     assert frames[-1][0] == {"type": "done", "ok": True, "reusable": False}
     assert await w.close() == 0  # it exits on its own: it takes no other session
 
