@@ -161,10 +161,7 @@ class WorkerGroups:
         """The processes in ``uid``'s group (None when it cannot be read): whatever a
         worker started, however it left its parent, process group or session, until it
         ends (the group is root's: nothing in it can move out)."""
-        try:
-            return [int(x) for x in _read(f"{self.parent}/u{uid}/cgroup.procs").split()]
-        except (OSError, ValueError):
-            return None
+        return _procs(self._group(uid))
 
     def remove(self, uid: int) -> None:
         """Kills every process in ``uid``'s group and removes it (none there: nothing)."""
@@ -232,11 +229,11 @@ def _write(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _procs(group: Path) -> list[int]:
+def _procs(group: Path) -> list[int] | None:
     try:
-        return [int(x) for x in (group / "cgroup.procs").read_text().split()]
+        return [int(x) for x in _read(f"{group}/cgroup.procs").split()]
     except (OSError, ValueError):
-        return []
+        return None
 
 
 def _rmdir(group: Path) -> None:
