@@ -545,23 +545,46 @@ def sysv_memory_by_creator(uids: Collection[int]) -> dict[int, int]:
     return used
 
 
-def kill_user(uid: int, keep: int = 0) -> int:
-    """SIGKILLs every process whose real user id is ``uid`` (but ``keep``), until none is
-    left; returns how many it killed. Read from ``/proc/<pid>/status``, which a process
-    cannot hide from (its ``/proc`` directory's owner it can, by becoming non-dumpable)."""
-    killed = 0
-    for _ in range(KILL_ROUNDS):
-        found = [pid for pid in _pids() if pid != keep and _real_uid(pid) == uid]
+def kill_user(uid: int) -> int:
+    """SIGKILLs every process of user ``uid``, all at once (``_kill_all_at_once``), then
+    any still seen alive, until none is left; returns how many there were. Seen in
+    ``/proc/<pid>/status``, which a process cannot hide from (its ``/proc`` directory's
+    owner it can, by becoming non-dumpable). A scan alone could be outrun: a process that
+    forks and exits in a loop has a child the scan did not list by the time it is killed."""
+    if uid <= 0:  # (root's: everything; a worker's id is never 0)
+        raise ValueError(f"not a worker's user id: {uid}")
+    there = sum(1 for pid in _pids() if _real_uid(pid) == uid)
+    _kill_all_at_once(uid)
+    for _ in range(KILL_ROUNDS):  # (dying ones, which the signal has not ended yet)
+        found = [pid for pid in _pids() if _real_uid(pid) == uid]
         if not found:
-            return killed
+            return there
         for pid in found:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
     log.warning("user %d: processes still running after %d rounds of kills", uid, KILL_ROUNDS)
-    return killed
+    return there
+
+
+# The real and saved user id of the process ``_kill_all_at_once`` makes: one that nothing
+# runs as, so that the user's processes may not signal it.
+KILLER_UID = 4294967293
+
+
+def _kill_all_at_once(uid: int) -> None:
+    """SIGKILLs every process of ``uid`` in one step: a child of this (root) process with
+    ``uid`` as its effective user id signals every process it may (``kill(-1)``), which the
+    kernel does holding the process list, so a process forking meanwhile cannot slip past
+    (its fork fails with the signal pending). Its real and saved ids are ``KILLER_UID``: the
+    user's processes cannot kill it first (they could one whose real id were theirs)."""
+    pid = os.fork()
+    if pid == 0:  # (only system calls here: this process may have had other threads)
+        try:
+            os.setresuid(KILLER_UID, uid, KILLER_UID)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def children(pid: int) -> set[int]:

@@ -860,10 +860,13 @@ class WorkerPool:
             await worker.close()
             return
         if worker.uid >= 0 and _may_have_left_some(worker):
-            # What its session left running dies with the session. (The worker is its
-            # descendants' reaper: a session that started nothing, or whose processes all
-            # ended and were waited for, leaves it no children, and /proc need not be read.)
-            await asyncio.to_thread(kill_user, worker.uid, worker.proc.pid)
+            # What its session left running dies with the session, and the worker with it:
+            # every process of its user is killed at once, which one that forks and exits
+            # in a loop cannot outrun (``kill_user``), and the next session gets a fresh
+            # worker. (A session that started nothing, or whose processes all ended and
+            # were waited for, leaves the worker alone in its group, or without children.)
+            await worker.close()
+            return
         key = pool_key(python, env)
         worker.stderr_tail.clear()
         worker.idle_since = asyncio.get_running_loop().time()
