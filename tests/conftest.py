@@ -47,11 +47,16 @@ async def connect_as(nats_url: str, service: str) -> Client:
     """A connection to the test server (``nats_url`` of the fixture) as ``service``'s own
     user: its permissions, its inbox prefix."""
     plain = re.sub(r"//[^@/]*@", "//", nats_url)
+    return await connect_user(plain, service, PASSWORDS[nats_url][service])
+
+
+async def connect_user(url: str, service: str, password: str) -> Client:
+    """A connection to any server as ``service``'s user, with ``password``."""
     return await bus.connect(
-        plain,
+        url,
         f"ak-{service}",
         user=service,
-        password=PASSWORDS[nats_url][service],
+        password=password,
         inbox_prefix=natsauth.inbox_prefix(service),
     )
 

@@ -142,7 +142,7 @@ class WorkerGroups:
         (Opening a control group's file costs the kernel more than most reads: three
         reads, a write and a second look at the start were a seventh of the runner's
         CPU in a closed loop of trivial sessions.)"""
-        memory = f"{self.parent}/u{uid}/"
+        memory = f"{self._group(uid)}/"
         kills, peaked = 0, False
         with contextlib.suppress(OSError, ValueError):
             for line in _read(memory + "memory.oom_control").splitlines():

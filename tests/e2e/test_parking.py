@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from akcore import bus, natsauth, parking, subjects, wire
+from akcore import natsauth, parking, subjects, wire
 from nats.aio.client import Client
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
+from tests.conftest import connect_user
 from tests.e2e.faultproject import (
     EFFECT,
     Env,
@@ -418,13 +419,7 @@ def _as_dispatcher(stack: Stack, work: Callable[[Client], Awaitable[T]]) -> T:
     url, password = _nats(stack, "dispatcher")
 
     async def run() -> T:
-        nc = await bus.connect(
-            url,
-            "test-dispatcher",
-            user="dispatcher",
-            password=password,
-            inbox_prefix=natsauth.inbox_prefix("dispatcher"),
-        )
+        nc = await connect_user(url, "dispatcher", password)
         try:
             return await work(nc)
         finally:

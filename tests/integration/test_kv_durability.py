@@ -27,6 +27,8 @@ from akcore.parking import Entry
 from cryptography.fernet import Fernet
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
+from tests.conftest import connect_as, connect_user
+
 T = TypeVar("T")
 KEYS = Keyring([Fernet.generate_key()])
 ROUNDS = 4
@@ -162,8 +164,6 @@ def test_buckets_of_an_earlier_version_keep_more_versions_once_the_store_starts(
     stay. (The ``nats_url`` fixture fails the test on any permissions violation.)"""
     from nats.js.api import KeyValueConfig
 
-    from tests.conftest import connect_as
-
     async def main() -> list[int]:
         admin = await bus.connect(nats_url, "kv-durability-test")
         js = admin.jetstream()
@@ -213,13 +213,7 @@ def test_a_refused_purge_is_said_once_and_not_tried_on_every_write(
     async def main() -> None:
         admin = await bus.connect(url.replace("//", f"//test:{admin_pw}@", 1), "test")
         await bus.ensure_streams(admin.jetstream())
-        runner = await bus.connect(
-            url,
-            "ak-runner",
-            user="runner",
-            password=runner_pw,
-            inbox_prefix=natsauth.inbox_prefix("runner"),
-        )
+        runner = await connect_user(url, "runner", runner_pw)
         request = runner.request
 
         async def counted(subject: str, *args: Any, **kw: Any) -> Any:
