@@ -1063,6 +1063,19 @@ class Puller:
         self._requests.clear()
 
 
+async def flush(nc: Client, timeout: int = 10) -> None:
+    """Returns once the server has everything ``nc`` sent before the call, subscriptions
+    included: after it, another connection's publish reaches a subscription just made.
+    nats-py's ``Client.flush`` alone does not promise that: it writes its PING straight to
+    the socket, ahead of commands still in the client's buffer (a SUB made a moment ago),
+    so its PONG may come back before the server has read them. Its round trip lets the
+    buffer out; a second PING, written after it, is answered only once the server has
+    read what came before. Raises as ``Client.flush`` does (``nats.errors.TimeoutError``
+    when no answer comes within ``timeout``)."""
+    for _ in range(2):
+        await nc.flush(timeout=timeout)
+
+
 async def close(nc: Client) -> None:
     """Flushes what was published and closes (drain would wait on open pull requests)."""
     try:

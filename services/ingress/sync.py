@@ -9,7 +9,7 @@ import re
 from asyncio import FIRST_COMPLETED as FIRST
 from typing import Any
 
-from akcore import subjects, wire
+from akcore import bus, subjects, wire
 from akcore.errors import shown
 from fastapi import Response
 from nats.aio.client import Client
@@ -48,7 +48,7 @@ class SyncWaits:
             await self.nc.subscribe(subjects.OUTCOMES_ALL, cb=self._on_outcome),
         ]
         try:
-            await self.nc.flush()  # the server has them before any event is published
+            await bus.flush(self.nc)  # the server has them before any event is published
         except BaseException:
             for sub in subs:
                 await sub.unsubscribe()
