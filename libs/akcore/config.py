@@ -67,6 +67,9 @@ ENV_HTTP_TRUSTED_PROXIES = "AK_HTTP__TRUSTED_PROXIES"
 DEFAULT_HTTP_ADDR = "127.0.0.1:9980"
 # User ids no account uses, one per worker process at a time (see services/runner/sandbox.py).
 DEFAULT_WORKER_UIDS = (820000, 829999)
+# The highest worker user id: the ids above 2**31 are left to the runner's own processes
+# (the killers of sandbox.kill_user, one id each).
+MAX_WORKER_UID = 2**30 - 1
 DEFAULT_SERVICE_URL = "http://localhost:9980"
 
 # Settings that belong to the system, never to user code: stripped from a worker's environment.
@@ -320,13 +323,16 @@ def _choice(name: str, choices: tuple[str, ...]) -> str:
 
 
 def _uid_range(text: str) -> tuple[int, int]:
-    """``FIRST-LAST`` user ids (at least 2 of them, none below 1000)."""
+    """``FIRST-LAST`` user ids (at least 2 of them, from 1000 to ``MAX_WORKER_UID``)."""
     if not text.strip():
         return DEFAULT_WORKER_UIDS
     first, _, last = text.strip().partition("-")
-    if not (first.isdigit() and last.isdigit()) or not 1000 <= int(first) < int(last):
+    if not (first.isdigit() and last.isdigit()) or not (
+        1000 <= int(first) < int(last) <= MAX_WORKER_UID
+    ):
         raise ValueError(
-            f"{ENV_WORKER_UIDS} must be FIRST-LAST user ids from 1000 up, not {text!r}"
+            f"{ENV_WORKER_UIDS} must be FIRST-LAST user ids from 1000 to {MAX_WORKER_UID}, "
+            f"not {text!r}"
         )
     return int(first), int(last)
 

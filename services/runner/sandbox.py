@@ -566,21 +566,32 @@ def kill_user(uid: int) -> int:
     return there
 
 
-# The real and saved user id of the process ``_kill_all_at_once`` makes: one that nothing
-# runs as, so that the user's processes may not signal it.
-KILLER_UID = 4294967293
+# The real and saved user ids of the processes ``_kill_all_at_once`` makes count down from
+# here, one for each worker id (``killer_uid``): ids nothing runs as.
+KILLER_TOP = 4294967293  # (2**32 - 1 is no id: it means "unchanged" to setresuid)
+
+
+def killer_uid(uid: int) -> int:
+    """The real and saved user id of ``_kill_all_at_once``'s process for worker id ``uid``:
+    one of its own, so that neither the user's processes nor the killer of another worker
+    id (another runner's, at the same moment) may signal it, as they could one with their
+    own real id or with a real id every killer shared. Above every worker id (they are
+    below ``config.MAX_WORKER_UID``)."""
+    return KILLER_TOP - uid
 
 
 def _kill_all_at_once(uid: int) -> None:
     """SIGKILLs every process of ``uid`` in one step: a child of this (root) process with
     ``uid`` as its effective user id signals every process it may (``kill(-1)``), which the
     kernel does holding the process list, so a process forking meanwhile cannot slip past
-    (its fork fails with the signal pending). Its real and saved ids are ``KILLER_UID``: the
-    user's processes cannot kill it first (they could one whose real id were theirs)."""
+    (its fork fails with the signal pending). Its real and saved ids are ``killer_uid``'s.
+    Where that id cannot be taken (a user namespace without it), the scans that follow
+    are all there is."""
+    killer = killer_uid(uid)
     pid = os.fork()
     if pid == 0:  # (only system calls here: this process may have had other threads)
         try:
-            os.setresuid(KILLER_UID, uid, KILLER_UID)
+            os.setresuid(killer, uid, killer)
             os.kill(-1, signal.SIGKILL)
         finally:
             os._exit(0)

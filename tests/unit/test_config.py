@@ -89,9 +89,10 @@ def test_sandbox_settings_default_and_are_checked(monkeypatch: pytest.MonkeyPatc
         (5000, 5009),
         ("MARKER_DIR", "TOKEN"),
     )
-    monkeypatch.setenv("AK_RUNNER__WORKER_UIDS", "0-10")
-    with pytest.raises(ValueError, match="AK_RUNNER__WORKER_UIDS must be FIRST-LAST user ids"):
-        Settings.from_env()
+    for wrong in ("0-10", f"5000-{2**30}"):  # (ids above are the runner's own: kill_user)
+        monkeypatch.setenv("AK_RUNNER__WORKER_UIDS", wrong)
+        with pytest.raises(ValueError, match="must be FIRST-LAST user ids from 1000 to 107374"):
+            Settings.from_env()
     monkeypatch.setenv("AK_RUNNER__WORKER_UIDS", "5000-5009")
     monkeypatch.setenv("AK_RUNNER__SANDBOX", "no")
     with pytest.raises(ValueError, match="AK_RUNNER__SANDBOX must be one of auto, off"):

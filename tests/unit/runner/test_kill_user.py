@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from ak_runner import sandbox
 from ak_runner.sandbox import UserIds, kill_user
+from akcore import config
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runs a process as another user id"),
@@ -183,6 +184,30 @@ def test_an_id_given_back_and_taken_again_runs_nothing(hopper: Hopper, tmp_path:
 
     assert asyncio.run(give_back_and_take()) == UID
     assert hopper.hop() is None, "the id was handed out with a process of the last one's"
+
+
+def test_a_kill_spares_another_ids_killer() -> None:
+    """Two runners killing two users at the same moment: neither killer may kill the other
+    (with one real id for every killer, each could, and the other user's processes were
+    left to the scans a hopper outruns). Here the other killer is a process with the ids
+    ``kill_user`` gives the killer of another id, waiting."""
+    other = 779997  # (no other test uses it: one killing it would kill this process)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.setresuid(sandbox.killer_uid(other), other, sandbox.killer_uid(other))
+        os.read(r, 1)  # (until the test ends)
+        os._exit(0)
+    os.close(r)
+    try:
+        assert kill_user(UID) == 0
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # alive
+        assert sandbox.killer_uid(UID) > config.MAX_WORKER_UID
+    finally:
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # it ended by itself, not by SIGKILL
 
 
 def test_root_is_never_the_user_killed() -> None:
