@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from akcore import subjects
+from akcore import bus, subjects
 from nats.aio.client import Client
 
 from tests.helpers import Stack, free_port, start_stack, write_project
@@ -110,7 +110,7 @@ class Attacker:
     async def refused(self, what: str, subject: str) -> bool:
         """Whether the server refused ``what`` ("publish" or "subscription") on ``subject``
         (it says so before it answers the flush that follows)."""
-        await self.nc.flush(timeout=5)
+        await bus.flush(self.nc, timeout=5)
         for _ in range(50):
             said = f'permissions violation for {what} to "{subject.lower()}"'
             if any(said in e for e in self.errors):
