@@ -285,6 +285,9 @@ class JournalWriter:
         self.limits, (self.records, self.size) = limits, written
         self.fenced = False
         self.waited_for_room = False
+        # Appends cancelled while their publish was out (a stop cancels a step's write):
+        # stored or not, the server knows. (record number, data, record), until one lands.
+        self._unsettled: list[tuple[int, bytes, wire.JournalRecord]] = []
 
     async def append(self, p: journal.Payload, final: bool = False) -> int:
         """Writes one record; returns once JetStream has it (write-ahead). Raises Fenced
@@ -293,7 +296,8 @@ class JournalWriter:
         ends the session, which is always written).
 
         The record number is taken before publishing: a stop can cancel this while the
-        publish is in flight (and already stored), and the next record must not reuse it."""
+        publish is in flight (and already stored), and the next record must not reuse it;
+        refused as out of turn, the next one finds it stored and goes after it."""
         if self.fenced:
             raise Fenced(f"session {self.session_id}: this attempt no longer owns the journal")
         if not self.may_write():  # e.g. a record about a worker the lost attempt killed
@@ -322,6 +326,9 @@ class JournalWriter:
         while True:
             try:
                 ack = await self.pub.publish(self.subject, data, headers=headers)
+            except asyncio.CancelledError:
+                self._unsettled.append((seq, data, rec))
+                raise
             except MaxPayloadError:
                 raise RecordTooLarge(
                     f"a {rec.kind} record of {len(data)} bytes is over the NATS message limit"
@@ -329,14 +336,22 @@ class JournalWriter:
             except Exception as e:
                 in_flight = getattr(e, "err_code", None) == bus.ERR_WRONG_LAST_IN_FLIGHT
                 if bus.is_wrong_last(e) and not in_flight:
-                    return await self._settle(rec, data, "another attempt wrote the journal")
+                    stream_seq = await self._settle(rec, data, "another attempt wrote the journal")
+                    if stream_seq:
+                        return stream_seq
+                    # (a cancelled write of this attempt's landed: this one goes after it)
+                    headers[subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ] = str(self.last)
+                    continue
                 # (the stream full, or without a leader, may pass; a message in flight lands)
                 if not (may_pass(e) or in_flight):
                     raise
                 error = e
             else:
                 if ack.get("duplicate"):  # never success: that number was someone else's
-                    return await self._settle(rec, data, "JetStream already had this record number")
+                    why = "JetStream already had this record number"
+                    if stream_seq := await self._settle(rec, data, why):
+                        return stream_seq
+                    raise self._fence(why)
                 return self._stored(seq, int(ack["seq"]), data, rec)
             # Stored or not? A retry tells: stored, it is refused as out of turn and
             # _settle finds it is ours.
@@ -366,20 +381,31 @@ class JournalWriter:
         self, seq: int, stream_seq: int, data: bytes, rec: wire.JournalRecord | bytes
     ) -> int:
         self.last = stream_seq
+        self._unsettled.clear()  # (each had this one's place: refused, if not stored)
         if self.chunker is not None:
             self.chunker.add(seq, stream_seq, len(data), rec)
         return stream_seq
 
     async def _settle(self, rec: wire.JournalRecord, data: bytes, why: str) -> int:
         """A refused append: ours all the same if the subject's last record is exactly the
-        one we sent (an earlier try of this append was stored), else we are fenced."""
+        one we sent (an earlier try of this append was stored; its stream sequence is
+        returned). 0 when it is a write of this attempt's that was cancelled as it went out
+        (stored all the same: taken as written, so the refused one may go after it). Else
+        another attempt wrote: Fenced."""
         try:
             last = await self.js.get_last_msg(subjects.STREAM_JOURNAL, self.subject)
         except NotFoundError:
             raise self._fence("its journal is gone: the session was ended") from None
-        if last.data == data and last.seq is not None:
+        if last.seq is None:
+            raise self._fence(why)
+        if last.data == data:
             return self._stored(rec.seq, last.seq, data, rec)
-        raise self._fence(why)
+        landed = [u for u in self._unsettled if u[1] == last.data]
+        if not landed:
+            raise self._fence(why)
+        seq, landed_data, landed_rec = landed[0]
+        self._stored(seq, last.seq, landed_data, landed_rec)
+        return 0
 
     def _fence(self, why: str) -> Fenced:
         self.fenced = True

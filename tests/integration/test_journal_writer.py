@@ -5,6 +5,9 @@ only once another attempt wrote)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from akcore import bus, ids, journal
 from akcore.datakey import Keyring
@@ -30,5 +33,55 @@ async def test_nothing_is_written_once_the_attempt_lost_its_job(nats_url: str) -
             await writer.append(journal.Started(runner="r", attempt=1))
         read = await read_journal(js, session_id, keys)
         assert [r.kind for r in read.records] == [journal.Kind.STARTED]
+    finally:
+        await nc.close()
+
+
+class _AckLost:
+    """A publisher whose first publish is stored but whose acknowledgement never comes back
+    to the writer (as when a stop cancels a step's write after it went out)."""
+
+    def __init__(self, real: bus.Publisher) -> None:
+        self.real, self.sent = real, asyncio.Event()
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
+        ack = await self.real.publish(subject, data, headers=headers)
+        if self.sent.is_set():
+            return ack
+        self.sent.set()
+        await asyncio.Event().wait()  # (until cancelled)
+
+
+async def test_a_stop_that_cancels_a_stored_write_still_ends_the_session(nats_url: str) -> None:
+    """A stop cancels the conversation while a step's record is out: the record may be
+    stored all the same. The session's end, written next, is then refused as out of turn;
+    it must go after that record, not take it for another attempt's (the session was left
+    running, and each later attempt did the same: a stop that never stopped it)."""
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        session_id = ids.new_id("ses")
+        keys = Keyring([Fernet.generate_key()])
+        pub = _AckLost(bus.publisher(nc))
+        writer = JournalWriter(js, pub, keys, session_id, 0, 1)  # type: ignore[arg-type]
+        pub.sent.set()  # (the first write is acknowledged)
+        await writer.append(journal.Started(runner="r", attempt=1))
+        pub.sent.clear()
+        step = asyncio.create_task(writer.append(journal.Sleep(step=1, seconds=5, deadline_us=1)))
+        await pub.sent.wait()  # stored; its acknowledgement lost
+        step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        await writer.append(journal.Ended(state="STOPPED", error="stopped"), final=True)
+        read = await read_journal(js, session_id, keys)
+        kinds = [r.kind for r in read.records]
+        assert kinds == [journal.Kind.STARTED, journal.Kind.SLEEP, journal.Kind.ENDED]
+        assert [r.seq for r in read.records] == [1, 2, 3]
+        # Another attempt's record is still another attempt's: fenced.
+        other = JournalWriter(js, bus.publisher(nc), keys, session_id, writer.last, 4)
+        await other.append(journal.Started(runner="r2", attempt=2))
+        with pytest.raises(Fenced, match="another attempt wrote the journal"):
+            await writer.append(journal.Ended(state="STOPPED"), final=True)
     finally:
         await nc.close()
