@@ -12,14 +12,16 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from akcore import config, natsserver
 
 AK = str(Path(sys.executable).parent / "ak")
+R = TypeVar("R")
 WEBHOOK_RE = re.compile(r'trigger "(\w+)" created, webhook path is "(/webhooks/[0-9a-z]{26})"')
 
 
@@ -267,6 +269,19 @@ def wait_until(probe: Callable[[], object], what: str, timeout: float = 30) -> N
     while not probe():
         assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}"
         time.sleep(0.1)
+
+
+def until_throttled(send: Callable[[int], R], status: Callable[[R], int]) -> list[R]:
+    """What ``send(n)`` (n = 0, 1, ...) gave, sent 8 at a time until one has ``status`` 429
+    (at most 1,000). Refusal budgets (ingress's throttle: 50 at once, then 10 a second) are
+    spent so however slow the machine, as long as it answers 8 requests at once faster than
+    10 a second; one by one, a loaded machine's requests may come slower than the refill.
+    Answers are in the order sent, not the order the server took them in: count them."""
+    got: list[R] = []
+    with ThreadPoolExecutor(8) as pool:
+        while len(got) < 1000 and not any(status(r) == 429 for r in got[-8:]):
+            got += list(pool.map(send, range(len(got), len(got) + 8)))
+    return got
 
 
 def start_stack(

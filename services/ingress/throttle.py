@@ -19,6 +19,7 @@ class FailedTries:
     BURST = 50.0
     PER_SECOND = 10.0
     CLIENTS = 10_000
+    clock = staticmethod(time.monotonic)  # (a test's own, to refill the buckets at will)
 
     def __init__(self, what: str) -> None:
         self.what = what  # what failed, for the message: "requests with a bad signature"
@@ -30,14 +31,14 @@ class FailedTries:
 
     def check(self, client: str) -> None:
         """ResourceExhausted when ``client`` has no failure left to spend."""
-        if client in self._buckets and self._level(client, time.monotonic()) < 1.0:
+        if client in self._buckets and self._level(client, self.clock()) < 1.0:
             raise ResourceExhausted(
                 f"too many {self.what} from this address; wait {1 / self.PER_SECOND:g} s "
                 "and try again"
             )
 
     def failed(self, client: str) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self._buckets[client] = (self._level(client, now) - 1.0, now)
         self._buckets.move_to_end(client)
         while len(self._buckets) > self.CLIENTS:

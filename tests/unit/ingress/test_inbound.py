@@ -127,6 +127,7 @@ def test_refusals_are_counted_per_address_and_connection(monkeypatch: pytest.Mon
     refused deliveries (someone guessing its secret) slow down only that connection's from
     that address; requests for no connection cost nothing."""
     tries = FailedTries("refused deliveries")
+    tries.clock = lambda: 1000.0  # (no refill while it runs, however slow the machine)
     refusals = Refusals(tries, "192.0.2.1")
 
     async def store_call(nc: Any, op: str, args: dict[str, Any], **_: Any) -> Any:
