@@ -322,13 +322,23 @@ class JournalWriter:
             subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: str(self.last),
             subjects.HDR_JOURNAL_BYTES: str(self.size),
         }
+        try:
+            return await self._write(seq, rec, data, headers)
+        except asyncio.CancelledError:
+            # Cancelled once its first try went out (a stop cancels a step's write): in a
+            # publish, in the pause before another try, or in a look at the journal after
+            # one, a try may be stored all the same (the server knows).
+            self._unsettled.append((seq, data, rec))
+            raise
+
+    async def _write(
+        self, seq: int, rec: wire.JournalRecord, data: bytes, headers: dict[str, str]
+    ) -> int:
+        """``append``'s tries of record ``seq``, until one is known to be stored."""
         pause = self.RETRY_PAUSE
         while True:
             try:
                 ack = await self.pub.publish(self.subject, data, headers=headers)
-            except asyncio.CancelledError:
-                self._unsettled.append((seq, data, rec))
-                raise
             except MaxPayloadError:
                 raise RecordTooLarge(
                     f"a {rec.kind} record of {len(data)} bytes is over the NATS message limit"

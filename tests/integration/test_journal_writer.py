@@ -13,6 +13,7 @@ from akcore import bus, ids, journal
 from akcore.datakey import Keyring
 from akcore.journalio import Fenced, JournalWriter, read_journal
 from cryptography.fernet import Fernet
+from nats.errors import TimeoutError as NatsTimeout
 
 
 async def test_nothing_is_written_once_the_attempt_lost_its_job(nats_url: str) -> None:
@@ -83,5 +84,103 @@ async def test_a_stop_that_cancels_a_stored_write_still_ends_the_session(nats_ur
         await other.append(journal.Started(runner="r2", attempt=2))
         with pytest.raises(Fenced, match="another attempt wrote the journal"):
             await writer.append(journal.Ended(state="STOPPED"), final=True)
+    finally:
+        await nc.close()
+
+
+class _StoredThenTimedOut:
+    """The first publish after ``arm`` is stored, then times out (its acknowledgement lost),
+    and the writing task is asked to stop (as a stop request cancels the conversation)."""
+
+    def __init__(self, real: bus.Publisher) -> None:
+        self.real = real
+        self.victim: asyncio.Task[Any] | None = None
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
+        ack = await self.real.publish(subject, data, headers=headers)
+        if self.victim is None:
+            return ack
+        self.victim.cancel()  # delivered at the writer's next await: its pause
+        self.victim = None
+        raise NatsTimeout
+
+
+async def test_a_stop_in_the_pause_between_tries_still_ends_the_session(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        session_id = ids.new_id("ses")
+        keys = Keyring([Fernet.generate_key()])
+        pub = _StoredThenTimedOut(bus.publisher(nc))
+        writer = JournalWriter(js, pub, keys, session_id, 0, 1)  # type: ignore[arg-type]
+        await writer.append(journal.Started(runner="r", attempt=1))
+        step = asyncio.create_task(writer.append(journal.Print(text="hello")))
+        pub.victim = step
+        try:
+            await step
+        except asyncio.CancelledError:
+            pass
+        # The stop's end: must go after the print (the journal's last record is this
+        # attempt's own), not raise Fenced "another attempt wrote the journal".
+        await writer.append(journal.Ended(state="STOPPED", error="stopped"), final=True)
+        read = await read_journal(js, session_id, keys)
+        kinds = [r.kind for r in read.records]
+        assert kinds == [journal.Kind.STARTED, journal.Kind.PRINT, journal.Kind.ENDED]
+    finally:
+        await nc.close()
+
+
+class _TimedOutThenRefused:
+    """The first publish after arming is stored and times out; the writer's retry is
+    refused as out of turn (JetStream has it: the expected last sequence is checked before
+    the message id), and the writing task is asked to stop as that answer comes: the
+    cancellation lands in ``_settle``'s look at the journal, which would have found the
+    record to be this attempt's own."""
+
+    def __init__(self, real: bus.Publisher) -> None:
+        self.real = real
+        self.victim: asyncio.Task[Any] | None = None
+        self.tries = 0
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
+        if self.victim is None:
+            return await self.real.publish(subject, data, headers=headers)
+        self.tries += 1
+        if self.tries == 1:
+            await self.real.publish(subject, data, headers=headers)
+            raise NatsTimeout
+        try:
+            return await self.real.publish(subject, data, headers=headers)
+        except Exception as e:
+            assert bus.is_wrong_last(e), e
+            self.victim.cancel()
+            self.victim = None
+            raise
+
+
+async def test_a_stop_as_a_retry_is_refused_still_ends_the_session(
+    nats_url: str,
+) -> None:
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        session_id = ids.new_id("ses")
+        keys = Keyring([Fernet.generate_key()])
+        pub = _TimedOutThenRefused(bus.publisher(nc))
+        writer = JournalWriter(js, pub, keys, session_id, 0, 1)  # type: ignore[arg-type]
+        writer.RETRY_PAUSE = 0.0
+        await writer.append(journal.Started(runner="r", attempt=1))
+        step = asyncio.create_task(writer.append(journal.Print(text="hello")))
+        pub.victim = step
+        try:
+            await step
+        except asyncio.CancelledError:
+            pass
+        await writer.append(journal.Ended(state="STOPPED", error="stopped"), final=True)
+        read = await read_journal(js, session_id, keys)
+        kinds = [r.kind for r in read.records]
+        assert kinds == [journal.Kind.STARTED, journal.Kind.PRINT, journal.Kind.ENDED]
     finally:
         await nc.close()
