@@ -105,32 +105,6 @@ class _StoredThenTimedOut:
         raise NatsTimeout
 
 
-async def test_a_stop_in_the_pause_between_tries_still_ends_the_session(nats_url: str) -> None:
-    nc = await bus.connect(nats_url, "t")
-    try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
-        keys = Keyring([Fernet.generate_key()])
-        pub = _StoredThenTimedOut(bus.publisher(nc))
-        writer = JournalWriter(js, pub, keys, session_id, 0, 1)  # type: ignore[arg-type]
-        await writer.append(journal.Started(runner="r", attempt=1))
-        step = asyncio.create_task(writer.append(journal.Print(text="hello")))
-        pub.victim = step
-        try:
-            await step
-        except asyncio.CancelledError:
-            pass
-        # The stop's end: must go after the print (the journal's last record is this
-        # attempt's own), not raise Fenced "another attempt wrote the journal".
-        await writer.append(journal.Ended(state="STOPPED", error="stopped"), final=True)
-        read = await read_journal(js, session_id, keys)
-        kinds = [r.kind for r in read.records]
-        assert kinds == [journal.Kind.STARTED, journal.Kind.PRINT, journal.Kind.ENDED]
-    finally:
-        await nc.close()
-
-
 class _TimedOutThenRefused:
     """The first publish after arming is stored and times out; the writer's retry is
     refused as out of turn (JetStream has it: the expected last sequence is checked before
@@ -159,8 +133,13 @@ class _TimedOutThenRefused:
             raise
 
 
-async def test_a_stop_as_a_retry_is_refused_still_ends_the_session(
-    nats_url: str,
+@pytest.mark.parametrize(
+    "faulty",
+    [_StoredThenTimedOut, _TimedOutThenRefused],
+    ids=["cancelled in the pause between tries", "cancelled as a retry is refused"],
+)
+async def test_a_stop_during_a_retried_write_still_ends_the_session(
+    nats_url: str, faulty: type[_StoredThenTimedOut] | type[_TimedOutThenRefused]
 ) -> None:
     nc = await bus.connect(nats_url, "t")
     try:
@@ -168,9 +147,9 @@ async def test_a_stop_as_a_retry_is_refused_still_ends_the_session(
         await bus.ensure_streams(js)
         session_id = ids.new_id("ses")
         keys = Keyring([Fernet.generate_key()])
-        pub = _TimedOutThenRefused(bus.publisher(nc))
+        pub = faulty(bus.publisher(nc))
         writer = JournalWriter(js, pub, keys, session_id, 0, 1)  # type: ignore[arg-type]
-        writer.RETRY_PAUSE = 0.0
+        writer.RETRY_PAUSE = 0.0 if faulty is _TimedOutThenRefused else writer.RETRY_PAUSE
         await writer.append(journal.Started(runner="r", attempt=1))
         step = asyncio.create_task(writer.append(journal.Print(text="hello")))
         pub.victim = step
@@ -178,6 +157,8 @@ async def test_a_stop_as_a_retry_is_refused_still_ends_the_session(
             await step
         except asyncio.CancelledError:
             pass
+        # The stop's end: must go after the print (the journal's last record is this
+        # attempt's own), not raise Fenced "another attempt wrote the journal".
         await writer.append(journal.Ended(state="STOPPED", error="stopped"), final=True)
         read = await read_journal(js, session_id, keys)
         kinds = [r.kind for r in read.records]
