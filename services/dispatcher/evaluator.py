@@ -3,7 +3,8 @@
 ``python -m ak_dispatcher.evaluator`` reads requests on its standard input and answers on
 its standard output (anything else it prints goes to standard error). A frame is a 4-byte
 big-endian length and a msgpack body: a ``FilterRequest`` in, one ``cel.Verdict`` out per
-filter, in order, each as soon as it is known. It ends when its input closes.
+filter, in order, each as soon as it is known. The first frame out is empty: ready. It
+ends when its input closes.
 
 The budget is CPU time, kept by a ``setitimer(ITIMER_PROF)`` timer: cel-python is pure
 Python, so its signal stops a filter between two bytecodes (regular expressions check for
@@ -167,6 +168,8 @@ def main() -> None:
     os.dup2(2, 1)
     # (After the imports: a limit set too low fails filters, with a note that says so.)
     limit_memory(config.evaluator_memory_mb())
+    out.write(HEADER.pack(0))  # ready: the dispatcher counts filters' time from here
+    out.flush()
     serve(sys.stdin.buffer, out)
 
 

@@ -30,6 +30,15 @@ PROCESSES = 2  # evaluators per dispatcher, each judging one event at a time
 # that the machine, not the filter, made slow.
 SLACK = 10
 GRACE = 5.0
+# Seconds an evaluator may take to start (its imports: over a second on a loaded machine)
+# before it says it is ready; not counted against the first filter it is given. One that
+# does not start in time is stopped, and the event is tried again later (the machine, not
+# the event, is at fault).
+STARTUP = 60.0
+
+
+class Ended(Exception):
+    """An evaluator ended before it said it was ready."""
 
 
 class Evaluator:
@@ -42,12 +51,25 @@ class Evaluator:
 
     @classmethod
     async def start(cls) -> Evaluator:
+        """A new evaluator, once it said it is ready (``STARTUP``). Raises ``Ended`` when
+        it ended first, ``TimeoutError`` when it did not start in time (stopped)."""
         proc = await asyncio.create_subprocess_exec(
             *COMMAND,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        return cls(proc)
+        evaluator = cls(proc)
+        try:
+            async with asyncio.timeout(STARTUP):
+                (n,) = HEADER.unpack(await evaluator._out.readexactly(HEADER.size))
+                await evaluator._out.readexactly(n)  # (empty: the ready frame)
+        except asyncio.IncompleteReadError:
+            await evaluator.kill()
+            raise Ended(f"ended (exit code {proc.returncode})") from None
+        except BaseException:
+            await asyncio.shield(evaluator.kill())
+            raise
+        return evaluator
 
     async def send(self, req: FilterRequest) -> None:
         body = wire.encode(req)  # the event's bytes copied once, into the request
@@ -140,7 +162,14 @@ class Evaluators:
         verdicts: list[cel.Verdict] = []
         while len(verdicts) < len(filters):
             rest = filters[len(verdicts) :]
-            evaluator = await self._take()
+            try:
+                evaluator = await self._take()
+            except Ended as e:  # as it started: the next would most likely do the same
+                log.warning("a filter evaluator %s as it started", e)
+                verdicts.extend(cel.Verdict(False, f"the filter's evaluator {e}") for _ in rest)
+                break
+            except TimeoutError as e:  # the machine is slow: the event is tried again later
+                raise TimeoutError(f"a filter evaluator did not start within {STARTUP:g} s") from e
             try:
                 await evaluator.send(FilterRequest(event, rest, self.budget_ms))
                 for _ in rest:

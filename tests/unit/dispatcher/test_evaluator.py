@@ -114,9 +114,7 @@ async def test_an_evaluator_that_hangs_or_dies_is_stopped_and_its_filter_fails(
 ) -> None:
     monkeypatch.setattr(evaluators, "GRACE", 0.2)
     hanging = Evaluators(budget_ms=10)
-    monkeypatch.setattr(
-        evaluators, "COMMAND", (sys.executable, "-c", "import time; time.sleep(60)")
-    )
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", READY_THEN_HANG))
     assert (
         await hanging.judge(_event(), [LIGHT, LIGHT])
         == [
@@ -127,11 +125,54 @@ async def test_an_evaluator_that_hangs_or_dies_is_stopped_and_its_filter_fails(
         * 2
     )
     assert hanging._idle == []
-    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", "pass"))
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", READY_THEN_DIE))
     # (its exit code, 0, is not always known: a process reaped before asyncio saw it is 255)
     (dead,) = await hanging.judge(_event(), [LIGHT])
     assert not dead.matched and dead.problem.startswith("the filter's evaluator ended (exit code")
     await hanging.close()
+
+
+READY = "import sys; sys.stdout.buffer.write(bytes(4)); sys.stdout.flush(); "
+READY_THEN_HANG = READY + "import time; time.sleep(60)"
+READY_THEN_DIE = READY + "sys.stdin.buffer.read(1)"
+# A real evaluator whose start takes a second (its imports on a loaded machine, say).
+SLOW_START = "import time; time.sleep(1); from ak_dispatcher.evaluator import main; main()"
+
+
+async def test_an_evaluators_start_does_not_count_against_its_first_filter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The time an evaluator takes to start is not part of its first filter's deadline
+    (here 0.3 s, and a start of a second): the filter is judged."""
+    monkeypatch.setattr(evaluators, "GRACE", 0.2)
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", SLOW_START))
+    slow = Evaluators(budget_ms=10)
+    assert await slow.judge(_event(), [LIGHT, LIGHT]) == [cel.Verdict(True)] * 2
+    await slow.close()
+
+
+async def test_an_evaluator_that_does_not_start_in_time_leaves_the_event_to_be_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An evaluator that has not said it is ready within ``STARTUP`` is stopped and the
+    event's filters are not judged (the machine is at fault: the dispatcher tries the event
+    again); one that ends as it starts fails the event's filters, each with a note."""
+    monkeypatch.setattr(evaluators, "STARTUP", 0.5)
+    monkeypatch.setattr(
+        evaluators, "COMMAND", (sys.executable, "-c", "import time; time.sleep(60)")
+    )
+    pool = Evaluators(budget_ms=10)
+    with pytest.raises(TimeoutError, match="a filter evaluator did not start within 0.5 s"):
+        await pool.judge(_event(), [LIGHT])
+    assert pool._idle == []
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", "raise SystemExit(3)"))
+    verdicts = await pool.judge(_event(), [LIGHT, LIGHT])
+    assert len(verdicts) == 2 and verdicts[0] == verdicts[1]
+    # (3, or 255 when reaped before asyncio saw it, as above)
+    assert not verdicts[0].matched
+    assert verdicts[0].problem.startswith("the filter's evaluator ended (exit code")
+    assert await asyncio.wait_for(pool.judge(_event(), [LIGHT]), 5)  # its turn was given back
+    await pool.close()
 
 
 async def test_a_burst_of_one_triggers_heavy_filters_does_not_hold_up_another(
