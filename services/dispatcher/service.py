@@ -6,8 +6,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 from akcore import bus, cel, eventdata, keycheck, service, subjects, tracing, wire
 from akcore.cache import StoreCache
@@ -31,15 +31,20 @@ from .takeback import DESTINATION, TakeBack
 from .waker import Waker
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-# Seconds between in-progress notices for an event whose filters are being judged (so that
-# JetStream does not redeliver it while it waits for an evaluator or for a heavy filter).
+# Seconds between in-progress notices for an event being handled (so that JetStream does
+# not redeliver it while it waits for an evaluator, a heavy filter, or its turn).
 HOLD = 1.0
 # Deliveries of an event whose dispatch failed with an error that is not the store's or
 # JetStream's absence (which are waited out, however long) before it is given up.
 GIVE_UP = 3
+# Pauses before an event whose dispatch failed for a reason that passes (the store or
+# JetStream away or busy) is tried again in place, holding its turn, so the events of its
+# destination after it wait (handed back to JetStream, it would come again behind them).
+# After the last, it is handed back all the same: an outage that long holds up no
+# destination for good.
+AGAIN_IN_PLACE = (1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
 MAX_FAILING = 10_000  # events whose failures a dispatcher counts at once
 
 
@@ -80,18 +85,26 @@ class Dispatcher:
         self.deferring = False  # AK_DEFERRED is there (see ``_take_back``)
         # told of each destination deferred (``TakeBack.deferred``: it takes turns at once)
         self.on_deferred: Callable[[str], None] = lambda key: None
+        self.stopping = asyncio.Event()  # set: events that failed are handed back at once
 
     async def dispatch(
-        self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool = False
+        self,
+        msg: Msg,
+        event: wire.Event,
+        turn: Turn,
+        deferred: bool = False,
+        again: bool = False,
     ) -> list[str]:
         """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
         waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
         Filters that could not decide leave notes on the event, kept by the store. An
         event whose filters cannot wait here now is deferred instead (and starts nothing
-        yet); ``deferred``: ``msg`` is one taken back from ``AK_DEFERRED``."""
+        yet); ``deferred``: ``msg`` is one taken back from ``AK_DEFERRED``; ``again``: this
+        delivery of it was tried before, and failed."""
         pub = bus.publisher(self.nc)
         key = event.destination_id
-        if deferred and (msg.metadata.num_delivered or 1) == 1:
+        redelivered = again or (msg.metadata.num_delivered or 1) > 1
+        if deferred and not redelivered:
             self.admission.taken_back(key)
         targets = await self.targets.call(self.nc, "dispatch.targets", {"trigger_id": key}, key)
         triggers, subs = targets["triggers"], targets.get("subscriptions", [])
@@ -104,7 +117,6 @@ class Dispatcher:
             # deliveries to waiting sessions would come twice (further apart than the
             # duplicate window). Deferring it again is safe either way: JetStream drops the
             # copy as a duplicate if the first is there (or was, and was judged).
-            redelivered = (msg.metadata.num_delivered or 1) > 1
             if (
                 not deferred
                 and (redelivered or not await self.admits(key))
@@ -116,8 +128,8 @@ class Dispatcher:
                 verdicts = dict.fromkeys(filters, problem)
             else:
                 with self.admission.waiting(key, deferred):
-                    judged = self.evaluators.judge(clear, list(filters.values()), key)
-                    verdicts = dict(zip(filters, await _holding(msg, judged), strict=True))
+                    judged = await self.evaluators.judge(clear, list(filters.values()), key)
+                    verdicts = dict(zip(filters, judged, strict=True))
         # Sessions and waiting sessions get the data sealed: as it is, or sealed here when
         # an earlier version published it in the clear.
         event = eventdata.sealed(event, self.keys)
@@ -127,7 +139,7 @@ class Dispatcher:
         # Dispatched before? Redelivered by JetStream, or a provider's redelivery published
         # again, or deferred (a dispatcher that stopped after deferring it and before its
         # ack dispatched it again): the store says which sessions exist.
-        if (msg.metadata.num_delivered or 1) > 1 or self._redelivery(event) or deferred:
+        if redelivered or self._redelivery(event) or deferred:
             jobs = await not_started(self.nc, jobs)
         for job in jobs:
             await publish_session(pub, job)
@@ -237,17 +249,36 @@ class Dispatcher:
     async def handle(self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool) -> None:
         attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
         parent = tracing.extract(msg.headers)
+        holding = asyncio.create_task(_hold(msg))
+        pauses, again = iter(AGAIN_IN_PLACE), False
         try:
-            with self.tel.span("dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs):
-                await self.dispatch(msg, event, turn, deferred)
-        except Exception as e:
-            if _will_repeat(e):
-                await self._failed(msg, event, e)
-            else:  # the store or JetStream is away, or busy: waited out, however long
-                log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
-                await msg.nak(delay=1.0)
-            return
+            while True:
+                try:
+                    with self.tel.span(
+                        "dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs
+                    ):
+                        await self.dispatch(msg, event, turn, deferred, again)
+                    break
+                except Exception as e:
+                    if _will_repeat(e):
+                        await self._failed(msg, event, e)
+                        return
+                    # the store or JetStream is away, or busy: waited out, however long
+                    why = e or type(e).__name__
+                    pause = next(pauses, None)
+                    if pause is not None and not self.stopping.is_set():
+                        log.warning("event %s: will retry in %g s: %s", event.event_id, pause, why)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.stopping.wait(), pause)
+                        if not self.stopping.is_set():
+                            again = True
+                            continue
+                    # handed back: it comes again, behind the events after it
+                    log.warning("event %s: will retry: %s", event.event_id, why)
+                    await msg.nak(delay=1.0)
+                    return
         finally:
+            holding.cancel()
             turn.release()
         self._failures.pop(event.event_id, None)
         await msg.ack()
@@ -293,17 +324,17 @@ def _will_repeat(e: Exception) -> bool:
     return not isinstance(e, _PASSING)
 
 
-async def _holding(msg: Msg, judged: Awaitable[T]) -> T:
-    """Awaits ``judged``, telling JetStream every ``HOLD`` seconds that ``msg`` is still
-    being worked on (an event with many heavy filters can take longer than its ack wait)."""
-    task = asyncio.ensure_future(judged)
-    try:
-        while not (await asyncio.wait({task}, timeout=HOLD))[0]:
+async def _hold(msg: Msg) -> None:
+    """Tells JetStream every ``HOLD`` seconds that ``msg`` is still being handled, until
+    cancelled. An event can take longer than its ack wait: many heavy filters, an evaluator
+    slow to start, or the events of its destination before it still being handled. Handed
+    out again meanwhile, its copy would take a turn behind the events after it."""
+    while True:
+        await asyncio.sleep(HOLD)
+        try:
             await msg.in_progress()
-    except BaseException:
-        task.cancel()
-        raise
-    return task.result()
+        except (NatsError, OSError) as e:  # NATS away: its redelivery is safe, if later
+            log.debug("holding an event: %s", e)
 
 
 # Events handled at once: their sessions are created concurrently. Deliveries to waiting
@@ -323,19 +354,36 @@ class Turn:
 
     def __init__(self, turns: Turns, key: str, before: asyncio.Future[None] | None) -> None:
         self._turns, self._key, self._before = turns, key, before
+        self._released = False
+        # Set once this event and every event of the destination before it are through.
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def __aenter__(self) -> None:
         if self._before is not None:
             await asyncio.shield(self._before)
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
+    async def __aexit__(self, failed: type[BaseException] | None, *exc: object) -> None:
+        if failed is None:  # (one that failed may be tried again in its turn: see ``handle``)
+            self.release()
 
     def release(self) -> None:
-        """Lets the next event of the destination go (also when this one failed)."""
+        """This event is through (also when it failed, or was deferred before its turn):
+        the next event of the destination goes once those before this one are through too.
+        (Let go at once, it would pass those still being handled: a deferred event, say,
+        ahead of one waiting for its filters.)"""
+        if self._released:
+            return
+        self._released = True
+        if self._before is None or self._before.done():
+            self._through()
+        else:
+            self._before.add_done_callback(lambda _: self._through())
+
+    def _through(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
+            # (only now: forgotten while one before is pending, the next event taken would
+            # go at once)
             self._turns.forget(self._key, self.done)
 
 
@@ -373,6 +421,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await targets.watch(nc)
     evaluators = Evaluators(settings.filter_budget_ms)
     dispatcher = Dispatcher(nc, tel, targets, evaluators, keys)
+    dispatcher.stopping = stop
     service.settle_heap()
     log.info("dispatcher ready")
 

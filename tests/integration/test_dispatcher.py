@@ -3,6 +3,7 @@ filters are judged within their budget and leave notes on the event."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from typing import Any
@@ -17,6 +18,7 @@ from akcore.config import Settings
 from akcore.errors import InvalidArgument, NotFound, Unavailable
 from akcore.secrets import load_keyring
 from akcore.sessions import job_data, publish_session
+from nats.js.api import DeliverPolicy
 
 from .conftest import dispatching, running
 from .helpers import deploy, eventually, journal
@@ -256,7 +258,7 @@ async def test_an_event_that_fails_every_time_is_given_up_with_a_note(
     """An event whose dispatch fails with an error that will come again (here a fault put
     in for one event: a bug, say) is tried until it failed so GIVE_UP times, then left with
     a note: no endless redelivery, no session; the events after it are dispatched. Failures
-    that pass (the store away, twice first) do not count."""
+    that pass (the store away, twice first) do not count: they are tried again in place."""
     d: dict[str, Any] = {}
     bad: list[wire.Event] = []
     calls: list[str] = []
@@ -292,8 +294,9 @@ async def test_an_event_that_fails_every_time_is_given_up_with_a_note(
         )
         await eventually(lambda: _acked(js, 2))  # nothing left to deliver: not retried
         info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
-        # Two events delivered, the bad one 2 + GIVE_UP times, and then neither again.
-        assert info.delivered.consumer_seq == 1 + 2 + GIVE_UP and info.num_pending == 0
+        # Two events delivered, the bad one GIVE_UP times (its first delivery tried three
+        # times in place), and then neither again.
+        assert info.delivered.consumer_seq == 1 + GIVE_UP and info.num_pending == 0
         assert len(calls) == 2 + GIVE_UP
         assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 1  # the good one
 
@@ -447,3 +450,140 @@ async def test_a_session_and_a_source_have_at_most_so_many_subscriptions(
             )
         finally:
             await nc.close()
+
+
+async def test_an_event_waiting_for_its_turn_past_the_ack_wait_is_not_handed_out_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two events of one trigger with a waiting session subscribed: the first is held up
+    (its session made slowly: a busy store, say) for twice the ack wait, the second waits
+    for its turn behind it. Both are told in progress all along: neither is handed out again
+    (a copy would take a turn behind the events after it: the session got them out of
+    order), and the session gets them in the order they came."""
+    consumers = dict(bus.CONSUMERS)
+    stream, config = consumers[subjects.CONSUMER_DISPATCHER]
+    consumers[subjects.CONSUMER_DISPATCHER] = (stream, dataclasses.replace(config, ack_wait=2.0))
+    monkeypatch.setattr(bus, "CONSUMERS", consumers)
+    slow: list[str] = []
+    real = publish_session
+
+    async def slowly(pub: Any, job: wire.Job) -> None:
+        if job.event_id in slow:
+            await asyncio.sleep(4.0)  # (twice the ack wait: no window, a stretch)
+        await real(pub, job)
+
+    monkeypatch.setattr("ak_dispatcher.service.publish_session", slowly)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
+        args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
+        await bus.store_call(
+            nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": ""}
+        )
+        first, second = _event(d, "post"), _event(d, "get")
+        slow.append(first.event_id)
+        for ev in (first, second):
+            await js.publish(subjects.event_subject(ev.project_id, ev.event_id), wire.encode(ev))
+        await eventually(lambda: _acked(js, 2), timeout=30)
+        info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
+        assert info.num_redelivered == 0 and info.delivered.consumer_seq == 2
+        inbox = await js.subscribe(
+            subjects.inbox_subject(sid), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        got = [wire.decode(wire.InboxMessage, (await inbox.next_msg(5)).data) for _ in range(2)]
+        assert [m.event["event_id"] for m in got] == [first.event_id, second.event_id]
+        await inbox.unsubscribe()
+
+
+async def test_an_event_whose_delivery_failed_for_a_while_keeps_its_place(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first of two events of one trigger cannot be delivered to the waiting session
+    for a while (JetStream did not answer, twice); it is tried again in place, holding its
+    turn: the session gets the two in the order they came, each once (handed back to
+    JetStream, the first came again after the second)."""
+    monkeypatch.setattr("ak_dispatcher.service.AGAIN_IN_PLACE", (0.2, 0.2, 0.2))
+    failing: list[str] = []
+    publish = bus.Publisher.publish
+
+    async def unanswered(self: bus.Publisher, subject: str, *a: Any, **kw: Any) -> Any:
+        msg_id = (kw.get("headers") or {}).get(subjects.HDR_MSG_ID, "")
+        if failing and msg_id.startswith(failing[0]) and len(failing) < 3:
+            failing.append(subject)
+            raise TimeoutError("nats: timeout (a fault for this test)")
+        return await publish(self, subject, *a, **kw)
+
+    monkeypatch.setattr(bus.Publisher, "publish", unanswered)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
+        args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
+        await bus.store_call(
+            nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": ""}
+        )
+        first, second = _event(d, "get"), _event(d, "get")  # (no session: deliveries only)
+        failing.append(first.event_id)
+        for ev in (first, second):
+            await js.publish(subjects.event_subject(ev.project_id, ev.event_id), wire.encode(ev))
+        await eventually(lambda: _acked(js, 2), timeout=30)
+        assert failing[1:] == [subjects.inbox_subject(sid)] * 2  # (the fault did happen)
+        info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
+        assert info.delivered.consumer_seq == 2  # neither handed back
+        inbox = await js.subscribe(
+            subjects.inbox_subject(sid), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        got = [wire.decode(wire.InboxMessage, (await inbox.next_msg(5)).data) for _ in range(2)]
+        assert [m.event["event_id"] for m in got] == [first.event_id, second.event_id]
+        with pytest.raises(TimeoutError):  # each once
+            await inbox.next_msg(0.5)
+        await inbox.unsubscribe()
+
+
+async def test_a_dispatcher_that_stops_hands_back_the_event_it_was_trying_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dispatcher told to stop while an event waits to be tried again in place (its
+    delivery failed: JetStream did not answer) stops at once and hands the event back
+    (the pause before the next try is ten minutes; the test's wait for the stop, 15 s): the
+    next dispatcher delivers it, once."""
+    monkeypatch.setattr("ak_dispatcher.service.AGAIN_IN_PLACE", (600.0,))
+    failing: list[str] = []
+    publish = bus.Publisher.publish
+
+    async def unanswered(self: bus.Publisher, subject: str, *a: Any, **kw: Any) -> Any:
+        msg_id = (kw.get("headers") or {}).get(subjects.HDR_MSG_ID, "")
+        if failing and msg_id.startswith(failing[0]):
+            failing.append(subject)
+            raise TimeoutError("nats: timeout (a fault for this test)")
+        return await publish(self, subject, *a, **kw)
+
+    monkeypatch.setattr(bus.Publisher, "publish", unanswered)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
+        args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
+        await bus.store_call(
+            nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": ""}
+        )
+        event = _event(d, "get")
+        failing.append(event.event_id)
+        await js.publish(
+            subjects.event_subject(event.project_id, event.event_id), wire.encode(event)
+        )
+        await eventually(_async(lambda: len(failing) > 1), timeout=30)
+    assert failing[1:] == [subjects.inbox_subject(sid)]  # tried once, then the stop
+    failing.clear()
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        await eventually(lambda: _acked(js, 1), timeout=30)
+        inbox = await js.subscribe(
+            subjects.inbox_subject(sid), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        got = wire.decode(wire.InboxMessage, (await inbox.next_msg(5)).data)
+        assert got.event["event_id"] == event.event_id
+        with pytest.raises(TimeoutError):  # once
+            await inbox.next_msg(0.5)
+        await inbox.unsubscribe()

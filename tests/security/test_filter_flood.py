@@ -393,6 +393,7 @@ async def test_an_event_deferred_by_a_dispatcher_that_stopped_is_judged_once(
         return await dispatch(self, msg, event, *a)
 
     monkeypatch.setattr(Dispatcher, "dispatch", first_delivery_lost)
+    monkeypatch.setattr("ak_dispatcher.service.AGAIN_IN_PLACE", ())  # (it stopped: no retry)
     async with dispatching(settings) as nc:
         js = nc.jetstream()
         filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
@@ -445,6 +446,7 @@ async def test_an_event_that_comes_again_is_not_lost_when_the_store_is_away(
         return await real(nc, jobs)
 
     monkeypatch.setattr(svc.Dispatcher, "dispatch", first_delivery_lost)
+    monkeypatch.setattr(svc, "AGAIN_IN_PLACE", ())  # (it stopped: no retry in place)
     monkeypatch.setattr(svc, "not_started", store_away_once)
     async with dispatching(settings) as nc:
         js = nc.jetstream()
