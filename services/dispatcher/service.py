@@ -63,6 +63,19 @@ async def fetch_targets(nc: Client, op: str, args: dict[str, Any]) -> Any:
     return {**answer, "subscriptions": subs, "more": ""}
 
 
+class Tries:
+    """What the earlier tries in place of one delivery of an event found (``handle``);
+    true once one was made."""
+
+    def __init__(self) -> None:
+        self.count = 0  # earlier tries that failed
+        self.admitted = False  # one let it wait here for its filters (not deferred)
+        self.deferring = False  # one's deferral timed out: a copy may be in AK_DEFERRED
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
 class Dispatcher:
     """Dispatches events: the connection, the caches and the filter evaluators they share.
 
@@ -93,7 +106,7 @@ class Dispatcher:
         event: wire.Event,
         turn: Turn,
         deferred: bool = False,
-        again: bool = False,
+        again: bool | Tries = False,
     ) -> list[str]:
         """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
         waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
@@ -103,7 +116,9 @@ class Dispatcher:
         delivery of it was tried before, and failed."""
         pub = bus.publisher(self.nc)
         key = event.destination_id
-        redelivered = again or (msg.metadata.num_delivered or 1) > 1
+        handed_again = (msg.metadata.num_delivered or 1) > 1  # by JetStream
+        redelivered = bool(again) or handed_again
+        tries = again if isinstance(again, Tries) else Tries()
         if deferred and not redelivered:
             self.admission.taken_back(key)
         targets = await self.targets.call(self.nc, "dispatch.targets", {"trigger_id": key}, key)
@@ -117,12 +132,22 @@ class Dispatcher:
             # deliveries to waiting sessions would come twice (further apart than the
             # duplicate window). Deferring it again is safe either way: JetStream drops the
             # copy as a duplicate if the first is there (or was, and was judged).
-            if (
-                not deferred
-                and (redelivered or not await self.admits(key))
-                and await self.defer(msg, event)
-            ):
-                return []
+            # Tried again in place (``again``), it was not handed out again: deferred only
+            # when an earlier try's copy may be there (its deferral timed out), or, not
+            # judged here yet, when its destination's events are deferred now. One an
+            # earlier try let wait here keeps its turn (deferred now, the events after it,
+            # judged meanwhile, would reach waiting sessions before it).
+            if not deferred and not tries.admitted:
+                must = handed_again or tries.deferring or not await self.admits(key)
+                if must:
+                    tries.deferring = False
+                    try:
+                        if await self.defer(msg, event):
+                            return []
+                    except TimeoutError:
+                        tries.deferring = True  # (stored or not: unknown)
+                        raise
+                tries.admitted = True
             if (clear := self._in_clear(msg, event)) is None:
                 problem = cel.Verdict(False, "its data could not be opened (see the log)")
                 verdicts = dict.fromkeys(filters, problem)
@@ -250,7 +275,7 @@ class Dispatcher:
         attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
         parent = tracing.extract(msg.headers)
         holding = asyncio.create_task(_hold(msg))
-        pauses, again = iter(AGAIN_IN_PLACE), False
+        pauses, again = iter(AGAIN_IN_PLACE), Tries()
         try:
             while True:
                 try:
@@ -271,7 +296,7 @@ class Dispatcher:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.stopping.wait(), pause)
                         if not self.stopping.is_set():
-                            again = True
+                            again.count += 1
                             continue
                     # handed back: it comes again, behind the events after it
                     log.warning("event %s: will retry: %s", event.event_id, why)
