@@ -15,6 +15,8 @@ import collections
 import contextlib
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from akcore import cel, wire
 
@@ -41,6 +43,11 @@ class Ended(Exception):
     """An evaluator ended before it said it was ready."""
 
 
+class Stopped(OSError):
+    """The dispatcher stopped while an evaluator started (it was stopped too): the event
+    is handed back (an ``OSError``: a failure that passes)."""
+
+
 class Evaluator:
     """One evaluator process and its two pipes."""
 
@@ -50,9 +57,10 @@ class Evaluator:
         self._in, self._out = proc.stdin, proc.stdout
 
     @classmethod
-    async def start(cls) -> Evaluator:
+    async def start(cls, stopping: asyncio.Event | None = None) -> Evaluator:
         """A new evaluator, once it said it is ready (``STARTUP``). Raises ``Ended`` when
-        it ended first, ``TimeoutError`` when it did not start in time (stopped)."""
+        it ended first, ``TimeoutError`` when it did not start in time (stopped),
+        ``Stopped`` when ``stopping`` was set first (stopped)."""
         proc = await asyncio.create_subprocess_exec(
             *COMMAND,
             stdin=asyncio.subprocess.PIPE,
@@ -61,8 +69,7 @@ class Evaluator:
         evaluator = cls(proc)
         try:
             async with asyncio.timeout(STARTUP):
-                (n,) = HEADER.unpack(await evaluator._out.readexactly(HEADER.size))
-                await evaluator._out.readexactly(n)  # (empty: the ready frame)
+                await _unless_stopping(evaluator._ready(), stopping)
         except asyncio.IncompleteReadError:
             await evaluator.kill()
             raise Ended(f"ended (exit code {proc.returncode})") from None
@@ -70,6 +77,10 @@ class Evaluator:
             await asyncio.shield(evaluator.kill())
             raise
         return evaluator
+
+    async def _ready(self) -> None:
+        (n,) = HEADER.unpack(await self._out.readexactly(HEADER.size))
+        await self._out.readexactly(n)  # (empty: the ready frame)
 
     async def send(self, req: FilterRequest) -> None:
         body = wire.encode(req)  # the event's bytes copied once, into the request
@@ -94,6 +105,27 @@ class Evaluator:
             await asyncio.wait_for(self.proc.wait(), timeout=GRACE)
         except TimeoutError:
             await self.kill()
+
+
+async def _unless_stopping(
+    ready: Coroutine[Any, Any, None], stopping: asyncio.Event | None
+) -> None:
+    """Awaits ``ready``; raises ``Stopped`` (``ready`` cancelled) once ``stopping`` is set."""
+    if stopping is None:
+        return await ready
+    task = asyncio.ensure_future(ready)
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise Stopped("the dispatcher is stopping")
+    return task.result()
 
 
 class FairTurns:
@@ -148,6 +180,7 @@ class Evaluators:
         self.budget_ms = budget_ms
         self._turns = FairTurns(processes)
         self._idle: list[Evaluator] = []
+        self.stopping: asyncio.Event | None = None  # set: evaluators starting are stopped
 
     async def judge(self, event: bytes, filters: list[str], key: str = "") -> list[cel.Verdict]:
         """Each filter's verdict on ``event`` (an encoded ``wire.Event`` whose destination
@@ -191,7 +224,7 @@ class Evaluators:
             if evaluator.proc.returncode is None:
                 return evaluator
             await evaluator.kill()  # it ended while idle (killed from outside): not our filter
-        return await Evaluator.start()
+        return await Evaluator.start(self.stopping)
 
     def _deadline(self) -> float:
         return SLACK * self.budget_ms / 1000 + GRACE

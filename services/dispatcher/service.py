@@ -447,6 +447,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     evaluators = Evaluators(settings.filter_budget_ms)
     dispatcher = Dispatcher(nc, tel, targets, evaluators, keys)
     dispatcher.stopping = stop
+    evaluators.stopping = stop  # (an evaluator starting, up to STARTUP, holds up no stop)
     service.settle_heap()
     log.info("dispatcher ready")
 
