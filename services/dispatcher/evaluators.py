@@ -40,7 +40,12 @@ STARTUP = 60.0
 
 
 class Ended(Exception):
-    """An evaluator ended before it said it was ready."""
+    """An evaluator ended, or said something else, before it said it was ready."""
+
+
+class Killed(OSError):
+    """An evaluator was killed by a signal as it started (the OOM killer, say): the machine
+    is at fault, and the event is tried again (an ``OSError``: a failure that passes)."""
 
 
 class Stopped(OSError):
@@ -72,7 +77,12 @@ class Evaluator:
                 await _unless_stopping(evaluator._ready(), stopping)
         except asyncio.IncompleteReadError:
             await evaluator.kill()
-            raise Ended(f"ended (exit code {proc.returncode})") from None
+            code = proc.returncode or 0
+            if code < 0:
+                raise Killed(
+                    f"a filter evaluator was killed by signal {-code} as it started"
+                ) from None
+            raise Ended(f"ended (exit code {code})") from None
         except BaseException:
             await asyncio.shield(evaluator.kill())
             raise
@@ -80,7 +90,8 @@ class Evaluator:
 
     async def _ready(self) -> None:
         (n,) = HEADER.unpack(await self._out.readexactly(HEADER.size))
-        await self._out.readexactly(n)  # (empty: the ready frame)
+        if n:  # (a stray print as it started, read as a frame's length)
+            raise Ended("wrote something other than its ready frame")
 
     async def send(self, req: FilterRequest) -> None:
         body = wire.encode(req)  # the event's bytes copied once, into the request
@@ -204,7 +215,9 @@ class Evaluators:
             except TimeoutError as e:  # the machine is slow: the event is tried again later
                 raise TimeoutError(f"a filter evaluator did not start within {STARTUP:g} s") from e
             try:
-                await evaluator.send(FilterRequest(event, rest, self.budget_ms))
+                # (bounded: a frozen evaluator does not read a request over the pipe's buffer)
+                request = FilterRequest(event, rest, self.budget_ms)
+                await asyncio.wait_for(evaluator.send(request), self._deadline())
                 for _ in rest:
                     verdict = await asyncio.wait_for(evaluator.verdict(), self._deadline())
                     verdicts.append(verdict)

@@ -42,8 +42,8 @@ GIVE_UP = 3
 # Pauses before an event whose dispatch failed for a reason that passes (the store or
 # JetStream away or busy) is tried again in place, holding its turn, so the events of its
 # destination after it wait (handed back to JetStream, it would come again behind them).
-# After the last, it is handed back all the same: an outage that long holds up no
-# destination for good.
+# Once they are over (counted from the first failure, the tries' own time included), it is
+# handed back all the same: an outage that long holds up no destination for good.
 AGAIN_IN_PLACE = (1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
 MAX_FAILING = 10_000  # events whose failures a dispatcher counts at once
 
@@ -64,16 +64,12 @@ async def fetch_targets(nc: Client, op: str, args: dict[str, Any]) -> Any:
 
 
 class Tries:
-    """What the earlier tries in place of one delivery of an event found (``handle``);
-    true once one was made."""
+    """What the earlier tries in place of one delivery of an event found (``handle``)."""
 
     def __init__(self) -> None:
-        self.count = 0  # earlier tries that failed
+        self.failed = 0  # earlier tries, each of which failed
         self.admitted = False  # one let it wait here for its filters (not deferred)
         self.deferring = False  # one's deferral timed out: a copy may be in AK_DEFERRED
-
-    def __bool__(self) -> bool:
-        return self.count > 0
 
 
 class Dispatcher:
@@ -106,19 +102,19 @@ class Dispatcher:
         event: wire.Event,
         turn: Turn,
         deferred: bool = False,
-        again: bool | Tries = False,
+        tries: Tries | None = None,
     ) -> list[str]:
         """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
         waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
         Filters that could not decide leave notes on the event, kept by the store. An
         event whose filters cannot wait here now is deferred instead (and starts nothing
-        yet); ``deferred``: ``msg`` is one taken back from ``AK_DEFERRED``; ``again``: this
-        delivery of it was tried before, and failed."""
+        yet); ``deferred``: ``msg`` is one taken back from ``AK_DEFERRED``; ``tries``: this
+        delivery's earlier tries, which failed."""
         pub = bus.publisher(self.nc)
         key = event.destination_id
+        tries = tries if tries is not None else Tries()
         handed_again = (msg.metadata.num_delivered or 1) > 1  # by JetStream
-        redelivered = bool(again) or handed_again
-        tries = again if isinstance(again, Tries) else Tries()
+        redelivered = handed_again or tries.failed > 0
         if deferred and not redelivered:
             self.admission.taken_back(key)
         targets = await self.targets.call(self.nc, "dispatch.targets", {"trigger_id": key}, key)
@@ -132,7 +128,7 @@ class Dispatcher:
             # deliveries to waiting sessions would come twice (further apart than the
             # duplicate window). Deferring it again is safe either way: JetStream drops the
             # copy as a duplicate if the first is there (or was, and was judged).
-            # Tried again in place (``again``), it was not handed out again: deferred only
+            # Tried again in place (``tries``), it was not handed out again: deferred only
             # when an earlier try's copy may be there (its deferral timed out), or, not
             # judged here yet, when its destination's events are deferred now. One an
             # earlier try let wait here keeps its turn (deferred now, the events after it,
@@ -275,14 +271,14 @@ class Dispatcher:
         attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
         parent = tracing.extract(msg.headers)
         holding = asyncio.create_task(_hold(msg))
-        pauses, again = iter(AGAIN_IN_PLACE), Tries()
+        pauses, tries, until = iter(AGAIN_IN_PLACE), Tries(), 0.0
         try:
             while True:
                 try:
                     with self.tel.span(
                         "dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs
                     ):
-                        await self.dispatch(msg, event, turn, deferred, again)
+                        await self.dispatch(msg, event, turn, deferred, tries)
                     break
                 except Exception as e:
                     if _will_repeat(e):
@@ -290,13 +286,16 @@ class Dispatcher:
                         return
                     # the store or JetStream is away, or busy: waited out, however long
                     why = e or type(e).__name__
+                    now = asyncio.get_running_loop().time()
+                    if not tries.failed:  # the tries' own time counts too (a store call's 10 s)
+                        until = now + sum(AGAIN_IN_PLACE)
                     pause = next(pauses, None)
-                    if pause is not None and not self.stopping.is_set():
+                    if pause is not None and now + pause <= until and not self.stopping.is_set():
                         log.warning("event %s: will retry in %g s: %s", event.event_id, pause, why)
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.stopping.wait(), pause)
                         if not self.stopping.is_set():
-                            again.count += 1
+                            tries.failed += 1
                             continue
                     # handed back: it comes again, behind the events after it
                     log.warning("event %s: will retry: %s", event.event_id, why)

@@ -496,14 +496,34 @@ async def test_an_event_waiting_for_its_turn_past_the_ack_wait_is_not_handed_out
         await inbox.unsubscribe()
 
 
+@pytest.mark.parametrize("sub_filter", ["", "event_type == 'get'"], ids=["plain", "filtered"])
 async def test_an_event_whose_delivery_failed_for_a_while_keeps_its_place(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, sub_filter: str
 ) -> None:
     """The first of two events of one trigger cannot be delivered to the waiting session
-    for a while (JetStream did not answer, twice); it is tried again in place, holding its
-    turn: the session gets the two in the order they came, each once (handed back to
-    JetStream, the first came again after the second)."""
-    monkeypatch.setattr("ak_dispatcher.service.AGAIN_IN_PLACE", (0.2, 0.2, 0.2))
+    for a while (JetStream did not answer, twice) while the second, judged, waits for its
+    turn behind it. The first is tried again in place, keeping its turn (with a filter it
+    is not deferred: its copy, judged later, came after the second): the session gets the
+    two in the order they came, each once (handed back to JetStream, the first came again
+    after the second)."""
+    from ak_dispatcher import service as svc
+
+    monkeypatch.setattr(svc, "AGAIN_IN_PLACE", (0.2,) * 5)
+    made: list[svc.Dispatcher] = []
+    init, aenter = svc.Dispatcher.__init__, svc.Turn.__aenter__
+
+    def capture(self: svc.Dispatcher, *a: Any, **kw: Any) -> None:
+        init(self, *a, **kw)
+        made.append(self)
+
+    entered: list[svc.Turn] = []
+
+    async def entering(self: svc.Turn) -> None:
+        entered.append(self)
+        await aenter(self)
+
+    monkeypatch.setattr(svc.Dispatcher, "__init__", capture)
+    monkeypatch.setattr(svc.Turn, "__aenter__", entering)
     failing: list[str] = []
     publish = bus.Publisher.publish
 
@@ -511,17 +531,20 @@ async def test_an_event_whose_delivery_failed_for_a_while_keeps_its_place(
         msg_id = (kw.get("headers") or {}).get(subjects.HDR_MSG_ID, "")
         if failing and msg_id.startswith(failing[0]) and len(failing) < 3:
             failing.append(subject)
+            # the second waits for its turn behind it (a state, not a window)
+            await eventually(_async(lambda: len(entered) >= 2), timeout=20)
             raise TimeoutError("nats: timeout (a fault for this test)")
         return await publish(self, subject, *a, **kw)
 
     monkeypatch.setattr(bus.Publisher, "publish", unanswered)
     async with dispatching(settings) as nc:
         js = nc.jetstream()
+        await eventually(_async(lambda: made and made[0].deferring), timeout=30)  # (it could)
         d = await deploy(nc, "p", {"simple.py": b""})
         trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
         args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
         await bus.store_call(
-            nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": ""}
+            nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": sub_filter}
         )
         first, second = _event(d, "get"), _event(d, "get")  # (no session: deliveries only)
         failing.append(first.event_id)
@@ -531,6 +554,7 @@ async def test_an_event_whose_delivery_failed_for_a_while_keeps_its_place(
         assert failing[1:] == [subjects.inbox_subject(sid)] * 2  # (the fault did happen)
         info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
         assert info.delivered.consumer_seq == 2  # neither handed back
+        assert (await js.stream_info(subjects.STREAM_DEFERRED)).state.last_seq == 0
         inbox = await js.subscribe(
             subjects.inbox_subject(sid), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )

@@ -208,3 +208,81 @@ async def test_fair_turns_go_round_the_keys() -> None:
     cancelled.cancel()  # a waiter given up on takes no turn with it
     turns.release()
     await asyncio.wait_for(turns.acquire("z"), 1)
+
+
+async def test_an_evaluator_that_is_frozen_is_stopped_even_when_it_cannot_take_the_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An evaluator that said it is ready, then froze, is sent an event over the pipe's
+    buffer (2 MB): the send does not wait for it for ever; the filter fails."""
+    monkeypatch.setattr(evaluators, "GRACE", 0.2)
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", READY_THEN_HANG))
+    frozen = Evaluators(budget_ms=10)
+    big = wire.encode(wire.Event("evt_1", "prj_1", "trg_1", "post", {"body": "x" * 2_000_000}))
+    verdict = await asyncio.wait_for(frozen.judge(big, [LIGHT]), 20)
+    assert verdict == [
+        cel.Verdict(False, "the filter's evaluator did not answer within 0.3 s and was stopped")
+    ]
+    assert frozen._idle == []
+    await frozen.close()
+
+
+async def test_an_evaluator_that_writes_before_it_is_ready_fails_the_events_filters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stray print as the evaluator starts is not taken for a frame's length (which
+    would wait out ``STARTUP`` for bytes that never come)."""
+    stray = "import sys, time; sys.stdout.write('loaded'); sys.stdout.flush(); time.sleep(60)"
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", stray))
+    pool = Evaluators(budget_ms=10)
+    verdicts = await asyncio.wait_for(pool.judge(_event(), [LIGHT]), 20)
+    note = "the filter's evaluator wrote something other than its ready frame"
+    assert verdicts == [cel.Verdict(False, note)]
+    await pool.close()
+
+
+async def test_an_evaluator_killed_as_it_starts_leaves_the_event_to_be_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed by a signal as it starts (the OOM killer, say), the machine is at fault: the
+    event is not judged (its filters failed, it would start nothing), it is tried again."""
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", suicide))
+    pool = Evaluators(budget_ms=10)
+    with pytest.raises(OSError, match="a filter evaluator was killed by signal 9 as it started"):
+        await pool.judge(_event(), [LIGHT])
+    await pool.close()
+
+
+async def test_a_dispatcher_stopping_stops_an_evaluator_as_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait for a start (up to ``STARTUP``, 60 s) ends as the dispatcher stops: the
+    evaluator is stopped and the event handed back (a failure that passes)."""
+    monkeypatch.setattr(
+        evaluators, "COMMAND", (sys.executable, "-c", "import time; time.sleep(600)")
+    )
+    pool = Evaluators(budget_ms=10)
+    pool.stopping = asyncio.Event()
+    started: list[asyncio.subprocess.Process] = []
+    start = evaluators.Evaluator.start.__func__  # type: ignore[attr-defined]
+
+    async def watched(cls: type[evaluators.Evaluator], stopping: asyncio.Event) -> object:
+        original = asyncio.create_subprocess_exec
+
+        async def spawn(*a: object, **kw: object) -> asyncio.subprocess.Process:
+            proc = await original(*a, **kw)  # type: ignore[arg-type]
+            started.append(proc)
+            return proc
+
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+        return await start(cls, stopping)
+
+    monkeypatch.setattr(evaluators.Evaluator, "start", classmethod(watched))
+    judging = asyncio.create_task(pool.judge(_event(), [LIGHT]))
+    while not started:
+        await asyncio.sleep(0.01)
+    pool.stopping.set()
+    with pytest.raises(evaluators.Stopped):
+        await asyncio.wait_for(judging, 20)
+    assert started[0].returncode is not None  # stopped, not left running
