@@ -104,6 +104,13 @@ class Evaluator:
         return wire.decode(cel.Verdict, await self._out.readexactly(n))
 
     async def kill(self) -> None:
+        if self.proc.returncode is None and self._out.at_eof():
+            # It closed its output: it is ending. Its exit code comes from the wait (a kill
+            # now would have subprocess look first, reaping it before asyncio's watcher,
+            # which then reports 255).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(GRACE):
+                    await self.proc.wait()
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):  # it ended just now
                 self.proc.kill()
