@@ -134,7 +134,8 @@ class Dispatcher:
             # earlier try let wait here keeps its turn (deferred now, the events after it,
             # judged meanwhile, would reach waiting sessions before it).
             if not deferred and not tries.admitted:
-                must = handed_again or tries.deferring or not await self.admits(key)
+                maybe_there = tries.deferring
+                must = handed_again or maybe_there or not await self.admits(key)
                 if must:
                     tries.deferring = False
                     try:
@@ -143,6 +144,9 @@ class Dispatcher:
                     except TimeoutError:
                         tries.deferring = True  # (stored or not: unknown)
                         raise
+                    if maybe_there:  # refused now, an earlier try's copy may be there still:
+                        tries.deferring = True  # judged here, it could be judged twice
+                        raise TimeoutError("an earlier try's deferred copy may be stored")
                 tries.admitted = True
             if (clear := self._in_clear(msg, event)) is None:
                 problem = cel.Verdict(False, "its data could not be opened (see the log)")
