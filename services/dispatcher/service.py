@@ -294,7 +294,10 @@ class Dispatcher:
                     if not tries.failed:  # the tries' own time counts too (a store call's 10 s)
                         until = now + sum(AGAIN_IN_PLACE)
                     pause = next(pauses, None)
-                    if pause is not None and now + pause <= until and not self.stopping.is_set():
+                    if pause is not None and now < until and not self.stopping.is_set():
+                        # (cut to the window: the pauses add up to it, and each try takes a
+                        # little time, so the last would never fit whole)
+                        pause = min(pause, until - now)
                         log.warning("event %s: will retry in %g s: %s", event.event_id, pause, why)
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.stopping.wait(), pause)
