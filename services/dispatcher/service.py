@@ -286,6 +286,7 @@ class Dispatcher:
                     break
                 except Exception as e:
                     if _will_repeat(e):
+                        holding.cancel()  # (before the nak: a +WPI after it resets its delay)
                         await self._failed(msg, event, e)
                         return
                     # the store or JetStream is away, or busy: waited out, however long
@@ -306,6 +307,9 @@ class Dispatcher:
                             continue
                     # handed back: it comes again, behind the events after it
                     log.warning("event %s: will retry: %s", event.event_id, why)
+                    # (the hold first: a +WPI that reached JetStream after the nak would put
+                    # its redelivery off to the whole ack wait)
+                    holding.cancel()
                     await msg.nak(delay=1.0)
                     return
         finally:
@@ -360,8 +364,13 @@ async def _hold(msg: Msg) -> None:
     cancelled. An event can take longer than its ack wait: many heavy filters, an evaluator
     slow to start, or the events of its destination before it still being handled. Handed
     out again meanwhile, its copy would take a turn behind the events after it."""
+    me = asyncio.current_task()
     while True:
         await asyncio.sleep(HOLD)
+        if me is not None and me.cancelling():
+            # cancelled while an in-progress ack waited on a flush, which nats-py's client
+            # swallows: held on, it would keep a nak'd event from its redelivery for good
+            return
         try:
             await msg.in_progress()
         except (NatsError, OSError) as e:  # NATS away: its redelivery is safe, if later
