@@ -76,7 +76,8 @@ class Evaluator:
             async with asyncio.timeout(STARTUP):
                 await _unless_stopping(evaluator._ready(), stopping)
         except asyncio.IncompleteReadError:
-            await evaluator.kill()
+            if await evaluator.kill():  # it closed its output and lived on: ours, the -9
+                raise Ended("closed its output and did not end") from None
             code = proc.returncode or 0
             if code < 0:
                 raise Killed(
@@ -103,7 +104,8 @@ class Evaluator:
         (n,) = HEADER.unpack(await self._out.readexactly(HEADER.size))
         return wire.decode(cel.Verdict, await self._out.readexactly(n))
 
-    async def kill(self) -> None:
+    async def kill(self) -> bool:
+        """Ends the process; True when it was killed here (not when it ended by itself)."""
         if self.proc.returncode is None and self._out.at_eof():
             # It closed its output: it is ending. Its exit code comes from the wait (a kill
             # now would have subprocess look first, reaping it before asyncio's watcher,
@@ -111,10 +113,13 @@ class Evaluator:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(GRACE):
                     await self.proc.wait()
+        killed = False
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):  # it ended just now
                 self.proc.kill()
+                killed = True
         await self.proc.wait()
+        return killed
 
     async def close(self) -> None:
         """Ends the process by closing its input (it finishes what it was doing first)."""
