@@ -611,3 +611,34 @@ async def test_a_dispatcher_that_stops_hands_back_the_event_it_was_trying_again(
         with pytest.raises(TimeoutError):  # once
             await inbox.next_msg(0.5)
         await inbox.unsubscribe()
+
+
+async def test_an_event_that_keeps_failing_is_tried_after_each_pause_then_handed_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store does not answer for one delivery of an event: it is tried again after
+    each pause of ``AGAIN_IN_PLACE`` (the last cut to the window, not skipped), then handed
+    back to JetStream; its next delivery starts its session, once."""
+    from ak_dispatcher import service as svc
+
+    monkeypatch.setattr(svc, "AGAIN_IN_PLACE", (0.05,) * 3)
+    deliveries: list[int] = []  # each try's delivery number
+    dispatch = svc.Dispatcher.dispatch
+
+    async def away_for_one_delivery(self: svc.Dispatcher, msg: Any, *a: Any) -> Any:
+        deliveries.append(msg.metadata.num_delivered)
+        if msg.metadata.num_delivered == 1:
+            raise Unavailable("the store did not answer (a fault for this test)")
+        return await dispatch(self, msg, *a)
+
+    monkeypatch.setattr(svc.Dispatcher, "dispatch", away_for_one_delivery)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        event = _event(d, "post")
+        await js.publish(
+            subjects.event_subject(event.project_id, event.event_id), wire.encode(event)
+        )
+        await eventually(lambda: _acked(js, 1), timeout=30)
+        assert deliveries == [1, 1, 1, 1, 2]  # four tries (three pauses), then handed back
+        assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 1

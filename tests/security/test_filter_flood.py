@@ -23,6 +23,7 @@ from ak_store.service import run as run_store
 from akcore import bus, cel, ids, subjects, timefmt, wire
 from akcore.config import Settings
 from akcore.errors import Unavailable
+from nats.errors import NoRespondersError
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from tests.integration.conftest import dispatching, running
@@ -461,3 +462,46 @@ async def test_an_event_that_comes_again_is_not_lost_when_the_store_is_away(
         await eventually(_async(lambda: bool(failed)), timeout=30)
         assert await _started(js, 1, timeout=30) == [ev.event_id]
         await eventually(lambda: _settled(js), timeout=30)
+
+
+async def test_a_deferral_left_unknown_then_refused_is_not_judged_here_as_well(
+    settings: Settings, judging: Judging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event to defer: its copy's publish times out although JetStream stored it, and
+    the next try's is refused (no responders: the stream's leader moving). Judged here then,
+    it would be judged again from its copy in AK_DEFERRED (its deliveries to waiting
+    sessions repeated past the duplicate window); it is tried again until its deferral is
+    known, and judged once, from AK_DEFERRED."""
+    from ak_dispatcher import service as svc
+
+    monkeypatch.setattr(svc, "AGAIN_IN_PLACE", (0.05,) * 5)
+
+    async def not_here(self: svc.Dispatcher, key: str) -> bool:
+        return False  # (its destination's events are deferred now)
+
+    monkeypatch.setattr(svc.Dispatcher, "admits", not_here)
+    faults = ["stored, unanswered", "refused"]
+    publish = bus.Publisher.publish
+
+    async def faulty(self: bus.Publisher, subject: str, *a: Any, **kw: Any) -> Any:
+        if subject.startswith(subjects.deferred_subject("")) and faults:
+            if faults.pop(0) == "refused":
+                raise NoRespondersError
+            await publish(self, subject, *a, **kw)
+            raise TimeoutError("nats: timeout (a fault for this test)")
+        return await publish(self, subject, *a, **kw)
+
+    monkeypatch.setattr(bus.Publisher, "publish", faulty)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
+        ev = _event(filtered, 1)
+        await bus.publisher(nc).publish(
+            subjects.event_subject(ev.project_id, ev.event_id),
+            wire.encode(ev),
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        assert await _started(js, 1, timeout=30) == [ev.event_id]
+        await eventually(lambda: _settled(js), timeout=30)
+        assert faults == []  # (both faults happened)
+        assert judging.judged == [ev.event_id]  # once

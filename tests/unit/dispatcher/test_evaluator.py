@@ -285,3 +285,18 @@ async def test_a_dispatcher_stopping_stops_an_evaluator_as_it_starts(
     with pytest.raises(evaluators.Stopped):
         await asyncio.wait_for(judging, 20)
     assert started[0].returncode is not None  # stopped, not left running
+
+
+async def test_an_evaluator_stopped_here_is_not_taken_for_one_the_machine_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One that closes its output as it starts and lives on is killed here after
+    ``GRACE``: its SIGKILL is ours, not the OOM killer's (which would have the event tried
+    again for ever); the event's filters fail with a note."""
+    monkeypatch.setattr(evaluators, "GRACE", 0.2)
+    lingers = "import os, time; os.close(1); time.sleep(60)"
+    monkeypatch.setattr(evaluators, "COMMAND", (sys.executable, "-c", lingers))
+    pool = Evaluators(budget_ms=10)
+    note = "the filter's evaluator closed its output and did not end"
+    assert await pool.judge(_event(), [LIGHT]) == [cel.Verdict(False, note)]
+    await pool.close()
