@@ -320,7 +320,9 @@ def start_stack(
     with open(log, "wb") as out:
         proc = subprocess.Popen([AK, "up", "--mode", "dev", *args], env=env, stdout=out, stderr=out)
     stack = Stack(proc, f"http://127.0.0.1:{port}", env, log)
-    deadline = time.monotonic() + 60
+    # (a bound, not a measure: the stack takes ~5 s idle, and over a minute on a machine
+    # whose two cores run three suites)
+    deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         if "[ak] ready" in stack.output():
             return stack
