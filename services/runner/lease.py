@@ -78,6 +78,7 @@ class Lease:
         that comes as a heartbeat's answer does is not lost (``akcore.waitfor``, which the
         runner has installed: else the job would be heartbeated for ever)."""
         every = self.ack_wait / 6
+        me = asyncio.current_task()
         await asyncio.sleep(max(0.0, self.until - self.ack_wait / 2 + every - self._loop.time()))
         while self.valid():
             sent = self._loop.time()
@@ -91,4 +92,10 @@ class Lease:
                 else:
                     if self.valid():  # never revive a lease that was lost meanwhile
                         self.until = max(self.until, sent + self.ack_wait / 2)
+            if me is not None and me.cancelling():
+                # Cancelled while the heartbeat's publish waited for the client's buffer to
+                # flush: nats-py swallows that cancel. Heartbeating on, it would keep a job
+                # naked after its attempt from coming back for as long as the runner runs
+                # (a heartbeat after a nak puts its redelivery off to the whole ack wait).
+                return
             await asyncio.sleep(max(0.0, sent + every - self._loop.time()))

@@ -112,3 +112,36 @@ async def test_heartbeats_stop_when_cancelled_as_an_answer_arrives() -> None:
     more.cancel()
     assert beat.done() and beat.cancelled()
     assert len(replies) == count  # no heartbeat after the cancel
+
+
+class Swallowing(Client):
+    """As nats-py's client whose buffer is over its limit: a publish waits for the buffer
+    to flush, and swallows a cancel that comes meanwhile (``Client._flush_pending``)."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+        self.waiting = asyncio.Event()
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> None:
+        self.sent += 1
+        if self.sent == 1:
+            self.waiting.set()
+            try:
+                await asyncio.Event().wait()  # (a flush that does not come)
+            except asyncio.CancelledError:
+                pass
+
+
+async def test_a_cancel_swallowed_by_the_client_still_stops_the_heartbeats() -> None:
+    """The attempt ended and stopped heartbeating its job while a heartbeat waited for the
+    client's buffer to flush; nats-py swallowed the cancel. The heartbeats stop all the
+    same (sent on, each would put the redelivery of a job naked after the attempt off to
+    the whole ack wait: it would never come back while the runner runs)."""
+    loop = asyncio.get_running_loop()
+    client = Swallowing()
+    lease = Lease(FakeMsg(client), 0.6, loop.time(), "ses_1")  # type: ignore[arg-type]
+    keeping = asyncio.create_task(lease.keep())
+    await asyncio.wait_for(client.waiting.wait(), 10)
+    keeping.cancel()
+    await asyncio.wait_for(asyncio.shield(keeping), 5)  # it ends (before: heartbeats for ever)
+    assert client.sent == 1
