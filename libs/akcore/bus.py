@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import AuthorizationError, MaxPayloadError, NoRespondersError
@@ -331,22 +330,26 @@ async def connect(
         if on_reconnect is not None:
             await on_reconnect()
 
+    options: dict[str, Any] = {  # (the client's annotations say int; seconds may be floats)
+        "reconnect_time_wait": 0.5,
+        # A server that stops answering (frozen, or cut off) is left for another within
+        # about 10 s, instead of the client's default of minutes.
+        "ping_interval": PING_INTERVAL,
+    }
+    nc = CancellableClient()
     connecting = asyncio.ensure_future(
-        nats.connect(
+        nc.connect(
             servers=server_list(url),
             name=name,
             user=user or None,
             password=password or None,
             inbox_prefix=inbox_prefix,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            # A server that stops answering (frozen, or cut off) is left for another within
-            # about 10 s, instead of the client's default of minutes.
-            ping_interval=PING_INTERVAL,
             max_outstanding_pings=2,
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnected,
+            **options,
         )
     )
     await asyncio.wait((connecting, refused), return_when=asyncio.FIRST_COMPLETED)
@@ -354,8 +357,24 @@ async def connect(
         connecting.cancel()
         await asyncio.gather(connecting, return_exceptions=True)
         raise _refused(url, name, user)
-    nc: Client = connecting.result()
+    connecting.result()
     return nc
+
+
+class CancellableClient(Client):
+    """nats-py's client, whose sends no longer swallow a cancel. ``Client._flush_pending``
+    catches ``CancelledError``: a task cancelled while its publish waits for the flusher (a
+    message over the client's 2 MiB buffer always does; any does while the buffer is
+    backed up) goes on as if nothing had happened, its cancel lost (a heartbeat loop
+    heartbeats on, an ``asyncio.timeout`` does not fire). Here the cancel is raised again
+    once the send is done (what was sent stays sent)."""
+
+    async def _flush_pending(self, force_flush: bool = False) -> Any:
+        task = asyncio.current_task()
+        before = task.cancelling() if task is not None else 0
+        await super()._flush_pending(force_flush)
+        if task is not None and task.cancelling() > before:
+            raise asyncio.CancelledError
 
 
 def may_pass(e: BaseException) -> bool:
