@@ -476,11 +476,7 @@ async def test_an_event_waiting_for_its_turn_past_the_ack_wait_is_not_handed_out
     async with dispatching(settings) as nc:
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""})
-        trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
-        args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
-        await bus.store_call(
-            nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": ""}
-        )
+        sid = await _subscribed(nc, d)
         first, second = _event(d, "post"), _event(d, "get")
         slow.append(first.event_id)
         for ev in (first, second):
@@ -488,12 +484,7 @@ async def test_an_event_waiting_for_its_turn_past_the_ack_wait_is_not_handed_out
         await eventually(lambda: _acked(js, 2), timeout=30)
         info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
         assert info.num_redelivered == 0 and info.delivered.consumer_seq == 2
-        inbox = await js.subscribe(
-            subjects.inbox_subject(sid), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-        got = [wire.decode(wire.InboxMessage, (await inbox.next_msg(5)).data) for _ in range(2)]
-        assert [m.event["event_id"] for m in got] == [first.event_id, second.event_id]
-        await inbox.unsubscribe()
+        assert await _inbox(js, sid, 2) == [first.event_id, second.event_id]
 
 
 @pytest.mark.parametrize("sub_filter", ["", "event_type == 'get'"], ids=["plain", "filtered"])
@@ -541,11 +532,7 @@ async def test_an_event_whose_delivery_failed_for_a_while_keeps_its_place(
         js = nc.jetstream()
         await eventually(_async(lambda: made and made[0].deferring), timeout=30)  # (it could)
         d = await deploy(nc, "p", {"simple.py": b""})
-        trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
-        args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
-        await bus.store_call(
-            nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": sub_filter}
-        )
+        sid = await _subscribed(nc, d, sub_filter)
         first, second = _event(d, "get"), _event(d, "get")  # (no session: deliveries only)
         failing.append(first.event_id)
         for ev in (first, second):
@@ -555,14 +542,7 @@ async def test_an_event_whose_delivery_failed_for_a_while_keeps_its_place(
         info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
         assert info.delivered.consumer_seq == 2  # neither handed back
         assert (await js.stream_info(subjects.STREAM_DEFERRED)).state.last_seq == 0
-        inbox = await js.subscribe(
-            subjects.inbox_subject(sid), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-        got = [wire.decode(wire.InboxMessage, (await inbox.next_msg(5)).data) for _ in range(2)]
-        assert [m.event["event_id"] for m in got] == [first.event_id, second.event_id]
-        with pytest.raises(TimeoutError):  # each once
-            await inbox.next_msg(0.5)
-        await inbox.unsubscribe()
+        assert await _inbox(js, sid, 2) == [first.event_id, second.event_id]  # each once
 
 
 async def test_a_dispatcher_that_stops_hands_back_the_event_it_was_trying_again(
@@ -587,11 +567,7 @@ async def test_a_dispatcher_that_stops_hands_back_the_event_it_was_trying_again(
     async with dispatching(settings) as nc:
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""})
-        trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
-        args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
-        await bus.store_call(
-            nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": ""}
-        )
+        sid = await _subscribed(nc, d)
         event = _event(d, "get")
         failing.append(event.event_id)
         await js.publish(
@@ -603,14 +579,7 @@ async def test_a_dispatcher_that_stops_hands_back_the_event_it_was_trying_again(
     async with dispatching(settings) as nc:
         js = nc.jetstream()
         await eventually(lambda: _acked(js, 1), timeout=30)
-        inbox = await js.subscribe(
-            subjects.inbox_subject(sid), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-        got = wire.decode(wire.InboxMessage, (await inbox.next_msg(5)).data)
-        assert got.event["event_id"] == event.event_id
-        with pytest.raises(TimeoutError):  # once
-            await inbox.next_msg(0.5)
-        await inbox.unsubscribe()
+        assert await _inbox(js, sid, 1) == [event.event_id]  # once
 
 
 async def test_an_event_that_keeps_failing_is_tried_after_each_pause_then_handed_back(
@@ -642,3 +611,28 @@ async def test_an_event_that_keeps_failing_is_tried_after_each_pause_then_handed
         await eventually(lambda: _acked(js, 1), timeout=30)
         assert deliveries == [1, 1, 1, 1, 2]  # four tries (three pauses), then handed back
         assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 1
+
+
+async def _subscribed(nc: Any, d: dict[str, Any], sub_filter: str = "") -> str:
+    """A waiting session subscribed to the events of the deployed trigger ``d``: its id."""
+    trigger_id, sid = d["trigger"]["trigger_id"], ids.new_id("ses")
+    args = {"session_id": sid, "project_id": d["project_id"], "trigger_id": trigger_id}
+    await bus.store_call(
+        nc, "subscription.create", {**args, "subscription_id": "sub-1", "filter": sub_filter}
+    )
+    return sid
+
+
+async def _inbox(js: Any, sid: str, n: int) -> list[str]:
+    """The events delivered to the session's inbox, in order, once there are ``n``; no
+    more come."""
+    inbox = await js.subscribe(
+        subjects.inbox_subject(sid), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    try:
+        got = [wire.decode(wire.InboxMessage, (await inbox.next_msg(5)).data) for _ in range(n)]
+        with pytest.raises(TimeoutError):
+            await inbox.next_msg(0.5)
+    finally:
+        await inbox.unsubscribe()
+    return [m.event["event_id"] for m in got]
