@@ -70,6 +70,8 @@ class Tries:
         self.failed = 0  # earlier tries, each of which failed
         self.admitted = False  # one let it wait here for its filters (not deferred)
         self.deferring = False  # one's deferral timed out: a copy may be in AK_DEFERRED
+        self.pauses = iter(AGAIN_IN_PLACE)
+        self.until = 0.0  # the loop time after which it is handed back (from the first failure)
 
 
 class Dispatcher:
@@ -275,7 +277,7 @@ class Dispatcher:
         attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
         parent = tracing.extract(msg.headers)
         holding = asyncio.create_task(_hold(msg))
-        pauses, tries, until = iter(AGAIN_IN_PLACE), Tries(), 0.0
+        tries = Tries()
         try:
             while True:
                 try:
@@ -290,23 +292,11 @@ class Dispatcher:
                         await self._failed(msg, event, e)
                         return
                     # the store or JetStream is away, or busy: waited out, however long
-                    why = e or type(e).__name__
-                    now = asyncio.get_running_loop().time()
-                    if not tries.failed:  # the tries' own time counts too (a store call's 10 s)
-                        until = now + sum(AGAIN_IN_PLACE)
-                    pause = next(pauses, None)
-                    if pause is not None and now < until and not self.stopping.is_set():
-                        # (cut to the window: the pauses add up to it, and each try takes a
-                        # little time, so the last would never fit whole)
-                        pause = min(pause, until - now)
-                        log.warning("event %s: will retry in %g s: %s", event.event_id, pause, why)
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self.stopping.wait(), pause)
-                        if not self.stopping.is_set():
-                            tries.failed += 1
-                            continue
+                    if await self._paused(event, e, tries):
+                        tries.failed += 1
+                        continue
                     # handed back: it comes again, behind the events after it
-                    log.warning("event %s: will retry: %s", event.event_id, why)
+                    log.warning("event %s: will retry: %s", event.event_id, e or type(e).__name__)
                     # (the hold first: a +WPI that reached JetStream after the nak would put
                     # its redelivery off to the whole ack wait)
                     holding.cancel()
@@ -317,6 +307,25 @@ class Dispatcher:
             turn.release()
         self._failures.pop(event.event_id, None)
         await msg.ack()
+
+    async def _paused(self, event: wire.Event, e: Exception, tries: Tries) -> bool:
+        """Waits for the next pause of ``AGAIN_IN_PLACE`` after a failure that passes;
+        False when the event is to be handed back instead (the pauses are over, or the
+        dispatcher is stopping)."""
+        now = asyncio.get_running_loop().time()
+        if not tries.failed:  # the tries' own time counts too (a store call's 10 s)
+            tries.until = now + sum(AGAIN_IN_PLACE)
+        pause = next(tries.pauses, None)
+        if pause is None or now >= tries.until or self.stopping.is_set():
+            return False
+        # (cut to the window: the pauses add up to it, and each try takes a little time,
+        # so the last would never fit whole)
+        pause = min(pause, tries.until - now)
+        why = e or type(e).__name__
+        log.warning("event %s: will retry in %g s: %s", event.event_id, pause, why)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), pause)
+        return not self.stopping.is_set()
 
     async def _failed(self, msg: Msg, event: wire.Event, e: Exception) -> None:
         """An error that will most likely come again (a bug, a malformed event): the event
