@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -224,7 +225,29 @@ class Waker:
 
     async def _look_at_inbox(self, session_id: str, revision: int, entry: Entry) -> None:
         """Wakes a session just learned of whose inbox got a message while it parked (one
-        its wait takes, or a stop request)."""
+        its wait takes, or a stop request). A look that fails (JetStream busy or away) is
+        tried again, for as long as the entry is the one known: this look is the only one
+        that sees a message that came before the waker learned the entry (a later one is
+        seen as it comes), so given up, such a session would sleep until its deadline, or
+        for good without one."""
+        while True:
+            try:
+                await self._look_once(session_id, revision, entry)
+                return
+            except Exception as e:
+                known = self.parked.entries.get(session_id)
+                if known is None or known[0] != revision:
+                    return  # woken meanwhile, or parked again (that parking is looked at)
+                pause = self.RETRY * (1 + random.random())  # (many entries fail together)
+                log.warning(
+                    "parked session %s: its inbox not looked at yet (%r); again in %.1f s",
+                    session_id,
+                    e,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+
+    async def _look_once(self, session_id: str, revision: int, entry: Entry) -> None:
         await self._read_inboxes()  # from now on, a new message is seen as it comes
         subject = subjects.inbox_subject(session_id)
         try:

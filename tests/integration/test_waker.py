@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from ak_dispatcher.waker import Waker
@@ -167,3 +168,31 @@ async def _gone(nc: Client, sid: str) -> bool:
 
 async def _ready(w: Waker, n: int) -> bool:
     return len(w.parked.entries) >= n and w._inbox is not None
+
+
+async def test_a_look_at_an_inbox_that_fails_is_tried_again(
+    probe: Client, waker: Waker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's signal reached its inbox while it parked, before the waker learned its
+    entry: only the waker's look at the inbox as it learns the entry sees it. That look
+    fails once (JetStream did not answer: busy, electing a leader, a waker starting with
+    many entries at once). It is tried again, and the session wakes (given up, it slept
+    until its deadline; without one, for good)."""
+    from nats.js.client import JetStreamContext
+
+    go = (parking.want(wire.INBOX_SIGNAL, "go"),)
+    await _park(probe, "ses_first", wants=go)  # (the waker's inbox subscription is up)
+    await eventually(lambda: _ready(waker, 1))
+    real, failed = JetStreamContext.get_last_msg, asyncio.Event()
+
+    async def fails_once(self: JetStreamContext, stream: str, subject: str, *a: Any) -> Any:
+        if subject == subjects.inbox_subject("ses_late") and not failed.is_set():
+            failed.set()
+            raise NatsTimeout
+        return await real(self, stream, subject, *a)
+
+    monkeypatch.setattr(JetStreamContext, "get_last_msg", fails_once)
+    await _send(probe, "ses_late", _signal("go"))  # before it parks: its inbox_seq is past it
+    await _park(probe, "ses_late", wants=go)
+    await failed.wait()
+    assert await eventually(lambda: _woken(probe, "ses_late"))
