@@ -372,14 +372,10 @@ async def _hold(msg: Msg) -> None:
     """Tells JetStream every ``HOLD`` seconds that ``msg`` is still being handled, until
     cancelled. An event can take longer than its ack wait: many heavy filters, an evaluator
     slow to start, or the events of its destination before it still being handled. Handed
-    out again meanwhile, its copy would take a turn behind the events after it."""
-    me = asyncio.current_task()
+    out again meanwhile, its copy would take a turn behind the events after it. (A cancel
+    that comes as a notice waits for the client's flush is not lost: ``bus.CancellableClient``.)"""
     while True:
         await asyncio.sleep(HOLD)
-        if me is not None and me.cancelling():
-            # cancelled while an in-progress ack waited on a flush, which nats-py's client
-            # swallows: held on, it would keep a nak'd event from its redelivery for good
-            return
         try:
             await msg.in_progress()
         except (NatsError, OSError) as e:  # NATS away: its redelivery is safe, if later
