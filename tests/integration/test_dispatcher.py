@@ -4,6 +4,7 @@ filters are judged within their budget and leave notes on the event."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 from typing import Any
@@ -18,6 +19,7 @@ from akcore.config import Settings
 from akcore.errors import InvalidArgument, NotFound, Unavailable
 from akcore.secrets import load_keyring
 from akcore.sessions import job_data, publish_session
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from .conftest import dispatching, running
@@ -456,24 +458,33 @@ async def test_an_event_waiting_for_its_turn_past_the_ack_wait_is_not_handed_out
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two events of one trigger with a waiting session subscribed: the first is held up
-    (its session made slowly: a busy store, say) for twice the ack wait, the second waits
-    for its turn behind it. Both are told in progress all along: neither is handed out again
-    (a copy would take a turn behind the events after it: the session got them out of
-    order), and the session gets them in the order they came."""
+    (its session made slowly: a busy store, say) until both were told in progress four
+    times (past twice the ack wait), the second waiting for its turn behind it. Neither is
+    handed out again (a copy would take a turn behind the events after it: the session got
+    them out of order), and the session gets them in the order they came."""
     consumers = dict(bus.CONSUMERS)
     stream, config = consumers[subjects.CONSUMER_DISPATCHER]
     consumers[subjects.CONSUMER_DISPATCHER] = (stream, dataclasses.replace(config, ack_wait=2.0))
     monkeypatch.setattr(bus, "CONSUMERS", consumers)
+    told: collections.Counter[int] = collections.Counter()  # in-progress notices, by event
+    in_progress = Msg.in_progress
+
+    async def counted(self: Msg) -> None:
+        told[self.metadata.sequence.stream] += 1
+        await in_progress(self)
+
+    monkeypatch.setattr(Msg, "in_progress", counted)
     slow: list[str] = []
+    let_go = asyncio.Event()
     real = publish_session
 
     async def slowly(pub: Any, job: wire.Job) -> None:
         if job.event_id in slow:
-            await asyncio.sleep(4.0)  # (twice the ack wait: no window, a stretch)
+            await let_go.wait()
         await real(pub, job)
 
     monkeypatch.setattr("ak_dispatcher.service.publish_session", slowly)
-    async with dispatching(settings) as nc:
+    async with dispatching(settings, let_go) as nc:
         js = nc.jetstream()
         d = await deploy(nc, "p", {"simple.py": b""})
         sid = await _subscribed(nc, d)
@@ -481,6 +492,9 @@ async def test_an_event_waiting_for_its_turn_past_the_ack_wait_is_not_handed_out
         slow.append(first.event_id)
         for ev in (first, second):
             await js.publish(subjects.event_subject(ev.project_id, ev.event_id), wire.encode(ev))
+        # (HOLD is 1 s: four notices each is past twice the 2 s ack wait)
+        await eventually(_async(lambda: told[1] >= 4 and told[2] >= 4), timeout=30)
+        let_go.set()
         await eventually(lambda: _acked(js, 2), timeout=30)
         info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
         assert info.num_redelivered == 0 and info.delivered.consumer_seq == 2

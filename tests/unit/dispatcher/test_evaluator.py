@@ -264,6 +264,7 @@ async def test_a_dispatcher_stopping_stops_an_evaluator_as_it_starts(
     pool = Evaluators(budget_ms=10)
     pool.stopping = asyncio.Event()
     started: list[asyncio.subprocess.Process] = []
+    spawned = asyncio.Event()
     start = evaluators.Evaluator.start.__func__  # type: ignore[attr-defined]
 
     async def watched(cls: type[evaluators.Evaluator], stopping: asyncio.Event) -> object:
@@ -272,6 +273,7 @@ async def test_a_dispatcher_stopping_stops_an_evaluator_as_it_starts(
         async def spawn(*a: object, **kw: object) -> asyncio.subprocess.Process:
             proc = await original(*a, **kw)  # type: ignore[arg-type]
             started.append(proc)
+            spawned.set()
             return proc
 
         monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
@@ -279,8 +281,7 @@ async def test_a_dispatcher_stopping_stops_an_evaluator_as_it_starts(
 
     monkeypatch.setattr(evaluators.Evaluator, "start", classmethod(watched))
     judging = asyncio.create_task(pool.judge(_event(), [LIGHT]))
-    while not started:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(spawned.wait(), 20)
     pool.stopping.set()
     with pytest.raises(evaluators.Stopped):
         await asyncio.wait_for(judging, 20)
