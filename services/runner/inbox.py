@@ -51,6 +51,8 @@ class Inbox:
     session waits for one (``take``), or when the runner hears that one arrived
     (``InboxWatch``). It reads the inbox from its start, so nothing is missed."""
 
+    CATCH_UP = 10.0  # seconds a wait whose time is up waits for messages sent before
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -129,18 +131,22 @@ class Inbox:
             return
         if item.kind == wire.INBOX_STOP:
             self.on_stop(item.reason, item.failed)
-            return
-        self.buffer.append((seq, item))
-        self._changed.set()
+        else:
+            self.buffer.append((seq, item))
+        self._changed.set()  # also for what it skips: ``_read_up_to_now`` counts those
 
     async def take(
         self, wanted: list[str], key: Key, timeout: float | None
     ) -> tuple[int, wire.InboxMessage] | None:
         """The oldest message whose ``key`` is ``wanted[0]``, else ``wanted[1]``, ...; waits
-        up to ``timeout`` seconds (None: forever) for one to arrive."""
+        up to ``timeout`` seconds (None: forever) for one to arrive. A message the inbox
+        held before the time was up is taken though its consumer was slow to deliver it
+        (one that was just made, as when a wake after the deadline resumes a parked wait
+        with a timeout of 0)."""
         await self.start()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        caught_up = False
         while True:
             for w in wanted:
                 for i, (seq, item) in enumerate(self.buffer):
@@ -152,12 +158,42 @@ class Inbox:
             self.examined_seq = self.last_seq  # every message read so far was looked at
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                return None
+                if caught_up:
+                    return None
+                caught_up = True
+                await self._read_up_to_now()
+                continue
             try:
                 with self.waiting():
                     await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
-                return None
+                pass
+
+    async def _read_up_to_now(self) -> None:
+        """Waits (up to CATCH_UP seconds) until the consumer has delivered every message
+        the inbox holds now."""
+        subject = subjects.inbox_subject(self.session_id)
+        try:
+            last = (await self.js.get_last_msg(subjects.STREAM_INBOX, subject)).seq or 0
+        except NotFoundError:
+            return
+        except Exception as e:  # NATS away: what was read is all there is
+            log.warning("session %s: inbox not read to its end: %r", self.session_id, e)
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.CATCH_UP
+        while self.last_seq < last and not self._closed:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), until - loop.time())
+            except TimeoutError:
+                log.warning(
+                    "session %s: inbox read to #%d of #%d only",
+                    self.session_id,
+                    self.last_seq,
+                    last,
+                )
+                return
 
 
 class InboxWatch:

@@ -8,8 +8,11 @@ NATS failures and freezes come from the runner's fault hook
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,6 +110,13 @@ def timed_waiter(event, session_id):
     effect(session_id, "a2")
 
 
+def late_wake(event, session_id):
+    effect(session_id, "a1")
+    sig = autokitteh.next_signal("go", timeout=4)
+    effect(session_id, "a2")
+    print("late wake got", "nothing" if sig is None else sig.name)
+
+
 def parent(event, session_id):
     child = autokitteh.start("f.py:child", {})
     end = autokitteh.next_signal(child, timeout=600)
@@ -159,6 +169,7 @@ HANDLERS = [
     "signal_waiter",
     "signaller",
     "timed_waiter",
+    "late_wake",
     "parent",
     "crash_parked",
     "crash_registered",
@@ -302,6 +313,39 @@ def test_a_parked_wait_keeps_its_timeout(env: Env) -> None:
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
     assert _prints(stack, sid) == "timed out True\n"
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
+
+
+def test_a_wake_after_the_deadline_still_takes_the_signal_that_came_before_it(
+    env: Env,
+) -> None:
+    """next_signal("go", timeout=4) parks; "go" reaches its inbox before the deadline, but
+    the wakers are frozen until after it (a flood in the wake's lane, a frozen dispatcher).
+    The woken wait has no time left: it takes the signal all the same. It reported a
+    timeout when the inbox's consumer, made as the woken attempt starts, had not delivered
+    the signal by the time the worker's replay reached the wait (seen with that consumer
+    made late; tests/integration/test_inbox_take.py shows the race itself)."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["late_wake"])
+    (parked,) = _parked(stack, sid)
+    deadline = datetime.datetime.fromisoformat(parked["until"]).timestamp()
+    dispatchers = stack.pids("dispatcher")
+    assert len(dispatchers) == 2, dispatchers
+    with contextlib.ExitStack() as held:
+        for pid in dispatchers:
+            held.enter_context(frozen(pid))
+        go = wire.InboxMessage(kind=wire.INBOX_SIGNAL, name="go")
+
+        async def send(nc: Client) -> None:
+            await nc.jetstream().publish(
+                subjects.inbox_subject(sid), wire.encode(go), headers=parking.inbox_headers(go)
+            )
+
+        _as_dispatcher(stack, send)
+        wait_until(lambda: time.time() > deadline + 0.5, "the wait's deadline passed", 30)
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    assert _prints(stack, sid) == "late wake got go\n"
     assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
 
 
