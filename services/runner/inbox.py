@@ -64,6 +64,7 @@ class Inbox:
         self.js, self.session_id, self.consumed, self.on_stop = js, session_id, consumed, on_stop
         self.waiting = waiting  # held while ``take`` waits for a message
         self.buffer: list[tuple[int, wire.InboxMessage]] = []
+        self._child_ends: set[str] = set()  # the children whose end was read
         self._changed = asyncio.Event()
         self._sub: JetStreamContext.PushSubscription | None = None
         self._starting: asyncio.Task[None] | None = None
@@ -122,18 +123,28 @@ class Inbox:
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         self.last_seq = max(self.last_seq, seq)
-        if seq in self.consumed:
-            return
+        self._changed.set()  # also for what it skips: ``_read_up_to_now`` counts those
         try:
             item = wire.decode(wire.InboxMessage, msg.data)
         except Exception as e:
-            log.error("session %s: dropping malformed inbox message: %s", self.session_id, e)
+            if seq not in self.consumed:
+                log.error("session %s: dropping malformed inbox message: %s", self.session_id, e)
+            return
+        if item.kind == wire.INBOX_CHILD_END:
+            # A child ends once: a second copy (its end told again by a job delivered past
+            # the duplicate window) is not a second end, whether the first was taken or not.
+            if item.name in self._child_ends:
+                log.info(
+                    "session %s: child %s's end told again; dropped", self.session_id, item.name
+                )
+                return
+            self._child_ends.add(item.name)
+        if seq in self.consumed:
             return
         if item.kind == wire.INBOX_STOP:
             self.on_stop(item.reason, item.failed)
         else:
             self.buffer.append((seq, item))
-        self._changed.set()  # also for what it skips: ``_read_up_to_now`` counts those
 
     async def take(
         self, wanted: list[str], key: Key, timeout: float | None

@@ -1,7 +1,10 @@
 """A wait whose time is up still takes a message its inbox held before: the inbox's
-consumer, made only as the wait begins, delivers what the inbox holds a moment later."""
+consumer, made only as the wait begins, delivers what the inbox holds a moment later.
+A child's end told twice is one end."""
 
 from __future__ import annotations
+
+import asyncio
 
 from ak_runner.inbox import Inbox
 from akcore import bus, subjects, wire
@@ -45,4 +48,62 @@ async def test_a_wait_with_no_time_left_on_an_empty_inbox_times_out(nats_url: st
         assert await inbox.take(["go"], lambda m: m.name, timeout=0.2) is None
     finally:
         await inbox.close()
+    await nc.close()
+
+
+async def test_a_wait_whose_inbox_ends_with_a_message_taken_before_does_not_hang(
+    nats_url: str,
+) -> None:
+    """The inbox's messages were all taken by earlier attempts (the replay skips them):
+    the read up to the end counts them as read, rather than waiting for a message to come.
+    (Many, so that some are delivered after the wait learned the last one's number.)"""
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    sid = "ses_01m8cpgk96e6wakscbfn3064yy"
+    go = wire.InboxMessage(kind=wire.INBOX_SIGNAL, name="go")
+    taken = {
+        (await js.publish(subjects.inbox_subject(sid), wire.encode(go))).seq for _ in range(500)
+    }
+    inbox = Inbox(js, sid, taken, lambda reason, failed: None)
+    inbox.CATCH_UP = 3600  # a read that waited for more would outlast the test's timeout
+    try:
+        async with asyncio.timeout(30):
+            assert await inbox.take(["go"], lambda m: m.name, timeout=0) is None
+    finally:
+        await inbox.close()
+    await nc.close()
+
+
+async def test_a_child_s_end_told_twice_is_taken_once(nats_url: str) -> None:
+    """A child's end comes again when a job of the child delivered past JetStream's
+    duplicate window finds its journal ended and tells the parent once more: the parent
+    takes one end, whether the first was taken by this attempt or an earlier one."""
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    sid = "ses_01m8cpgk96e6wakscbfn3064xx"
+    end = wire.InboxMessage(kind=wire.INBOX_CHILD_END, name="ses_child", completed=True)
+    first = await js.publish(subjects.inbox_subject(sid), wire.encode(end))
+    sig = wire.InboxMessage(kind=wire.INBOX_SIGNAL, name="ses_child")  # a signal: not an end
+    await js.publish(subjects.inbox_subject(sid), wire.encode(sig))
+    await js.publish(subjects.inbox_subject(sid), wire.encode(end))
+
+    def key(m: wire.InboxMessage) -> str:
+        return f"{m.kind}:{m.name}"
+
+    wanted = [f"{wire.INBOX_CHILD_END}:ses_child"]
+    inbox = Inbox(js, sid, set(), lambda reason, failed: None)
+    try:
+        got = await inbox.take(wanted, key, timeout=5)
+        assert got is not None and got[0] == first.seq
+        assert await inbox.take(wanted, key, timeout=0) is None
+        assert [m.kind for _, m in inbox.buffer] == [wire.INBOX_SIGNAL]
+    finally:
+        await inbox.close()
+    again = Inbox(js, sid, {first.seq}, lambda reason, failed: None)  # the next attempt
+    try:
+        assert await again.take(wanted, key, timeout=0) is None
+    finally:
+        await again.close()
     await nc.close()
