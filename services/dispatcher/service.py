@@ -48,6 +48,10 @@ AGAIN_IN_PLACE = (1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
 MAX_FAILING = 10_000  # events whose failures a dispatcher counts at once
 
 
+class Refused(Exception):
+    """JetStream refused an event's copy for AK_DEFERRED (the stream full, or away)."""
+
+
 async def fetch_targets(nc: Client, op: str, args: dict[str, Any]) -> Any:
     """The store's answer to ``op``; for ``dispatch.targets``, with every page of the
     trigger's subscriptions (the store answers them a page at a time)."""
@@ -123,33 +127,44 @@ class Dispatcher:
         triggers, subs = targets["triggers"], targets.get("subscriptions", [])
         filters = filters_of(event, triggers, subs)
         verdicts: dict[str, cel.Verdict] = {}
+        # Deferred when its filters cannot wait here now, and whenever it comes again:
+        # a dispatcher that stopped after its copy was stored and before it acked it
+        # left it in AK_DEFERRED, where it is judged in its turn, and judged here too its
+        # deliveries to waiting sessions would come twice (further apart than the
+        # duplicate window). Deferring it again is safe either way: JetStream drops the
+        # copy as a duplicate if the first is there (or was, and was judged).
+        # Tried again in place (``tries``), it was not handed out again: deferred only
+        # when an earlier try's copy may be there (its deferral timed out), or, not
+        # judged here yet, when its destination's events are deferred now. One an
+        # earlier try let wait here keeps its turn (deferred now, the events after it,
+        # judged meanwhile, would reach waiting sessions before it).
+        # An event whose filters went since an earlier try's deferral timed out is deferred
+        # all the same: its copy may be there, and is the one judged.
+        if (filters or tries.deferring) and not deferred and not tries.admitted:
+            maybe_there = tries.deferring
+            must = handed_again or maybe_there or not await self.admits(key)
+            if must:
+                tries.deferring = False
+                try:
+                    if await self.defer(msg, event):
+                        return []
+                except TimeoutError:
+                    tries.deferring = True  # (stored or not: unknown)
+                    raise
+                except Refused as e:
+                    if maybe_there or handed_again:
+                        # A copy an earlier try or delivery stored may be there still
+                        # (a dispatcher that stopped after storing it handed it again):
+                        # judged here, it could be judged twice. Tried again, deferred
+                        # once AK_DEFERRED takes it (a duplicate if the copy is there).
+                        tries.deferring = True
+                        raise TimeoutError(
+                            f"not deferred ({e}); a deferred copy of an earlier try or "
+                            "delivery may be stored"
+                        ) from e
+                    log.warning("event %s: not deferred (%s); judging it here", event.event_id, e)
+            tries.admitted = True
         if filters:  # most events have none, and pay nothing for the evaluators
-            # Deferred when its filters cannot wait here now, and whenever it comes again:
-            # a dispatcher that stopped after its copy was stored and before it acked it
-            # left it in AK_DEFERRED, where it is judged in its turn, and judged here too its
-            # deliveries to waiting sessions would come twice (further apart than the
-            # duplicate window). Deferring it again is safe either way: JetStream drops the
-            # copy as a duplicate if the first is there (or was, and was judged).
-            # Tried again in place (``tries``), it was not handed out again: deferred only
-            # when an earlier try's copy may be there (its deferral timed out), or, not
-            # judged here yet, when its destination's events are deferred now. One an
-            # earlier try let wait here keeps its turn (deferred now, the events after it,
-            # judged meanwhile, would reach waiting sessions before it).
-            if not deferred and not tries.admitted:
-                maybe_there = tries.deferring
-                must = handed_again or maybe_there or not await self.admits(key)
-                if must:
-                    tries.deferring = False
-                    try:
-                        if await self.defer(msg, event):
-                            return []
-                    except TimeoutError:
-                        tries.deferring = True  # (stored or not: unknown)
-                        raise
-                    if maybe_there:  # refused now, an earlier try's copy may be there still:
-                        tries.deferring = True  # judged here, it could be judged twice
-                        raise TimeoutError("an earlier try's deferred copy may be stored")
-                tries.admitted = True
             if (clear := self._in_clear(msg, event)) is None:
                 problem = cel.Verdict(False, "its data could not be opened (see the log)")
                 verdicts = dict.fromkeys(filters, problem)
@@ -232,7 +247,9 @@ class Dispatcher:
 
     async def defer(self, msg: Msg, event: wire.Event) -> bool:
         """Copies the event to ``AK_DEFERRED``, from which it is judged once the events of
-        its destination before it were; False when that failed (it is judged here)."""
+        its destination before it were; False when there is nowhere to (it is judged here).
+        Raises ``Refused`` when JetStream refused the copy (full, or away), TimeoutError
+        when its answer did not come (stored or not: unknown)."""
         key = event.destination_id
         if not self.deferring or not DESTINATION.fullmatch(key):
             return False  # nowhere to, or no subject token: judged here
@@ -257,9 +274,8 @@ class Dispatcher:
             self.admission.taken_back(key)
             raise
         except NatsError as e:  # full, or away: judged late rather than not
-            log.warning("event %s: not deferred (%s); judging it here", event.event_id, e)
             self.admission.taken_back(key)
-            return False
+            raise Refused(str(e) or type(e).__name__) from e
         self.on_deferred(key)
         # write-ahead: kept on AK_DEFERRED before the caller acks it on AK_EVENTS (a copy
         # there already, a duplicate, is as good: the event was deferred before)

@@ -505,3 +505,119 @@ async def test_a_deferral_left_unknown_then_refused_is_not_judged_here_as_well(
         await eventually(lambda: _settled(js), timeout=30)
         assert faults == []  # (both faults happened)
         assert judging.judged == [ev.event_id]  # once
+
+
+async def test_an_event_deferred_by_a_dispatcher_that_stopped_and_then_refused_is_judged_once(
+    settings: Settings, judging: Judging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dispatcher stored an event's copy in AK_DEFERRED and stopped before acking it; as
+    the event comes again, AK_DEFERRED refuses its new copy (no responders: its leader
+    moving). Judged here then, it would be judged again from its copy (its deliveries to
+    waiting sessions repeated past the duplicate window): it is handed back until its copy
+    is taken, and judged once, from AK_DEFERRED."""
+    judged = judging.judged
+    from ak_dispatcher import service as svc
+
+    dispatch = svc.Dispatcher.dispatch
+    comes_again: set[str] = set()
+
+    async def first_delivery_lost(self: Any, msg: Any, event: wire.Event, *a: Any) -> Any:
+        if event.event_id in comes_again and (msg.metadata.num_delivered or 1) == 1:
+            raise TimeoutError("stopped before acking it")  # (naked: it comes again)
+        return await dispatch(self, msg, event, *a)
+
+    refusals = ["refused"]
+    publish = bus.Publisher.publish
+
+    async def refused_once(self: bus.Publisher, subject: str, *a: Any, **kw: Any) -> Any:
+        if subject.startswith(subjects.deferred_subject("")) and comes_again and refusals:
+            refusals.pop()
+            raise NoRespondersError
+        return await publish(self, subject, *a, **kw)
+
+    monkeypatch.setattr(svc.Dispatcher, "dispatch", first_delivery_lost)
+    monkeypatch.setattr(svc, "AGAIN_IN_PLACE", ())  # (handed back at once)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
+        pub = bus.publisher(nc)
+        ev = _event(filtered, 1)
+        data = wire.encode(ev)
+        # the copy the stopped dispatcher stored, and the event it did not ack
+        await pub.publish(
+            subjects.deferred_subject(ev.destination_id),
+            data,
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        comes_again.add(ev.event_id)
+        monkeypatch.setattr(bus.Publisher, "publish", refused_once)
+        await pub.publish(
+            subjects.event_subject(ev.project_id, ev.event_id),
+            data,
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        assert await _started(js, 1, timeout=30) == [ev.event_id]
+        await eventually(lambda: _settled(js), timeout=30)
+        assert refusals == []  # (the refusal happened)
+        assert judged == [ev.event_id]  # once
+
+
+async def test_an_event_whose_filters_went_while_its_deferral_was_unknown_is_dispatched_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event's copy for AK_DEFERRED was stored but its answer did not come; as it is tried
+    again in place, its destination has no filters any more. Dispatched here then, it would
+    be dispatched again from its copy (its deliveries to waiting sessions repeated past the
+    duplicate window): it is deferred again (a duplicate) and dispatched from the copy."""
+    from ak_dispatcher import service as svc
+
+    monkeypatch.setattr(svc, "AGAIN_IN_PLACE", (0.05,) * 5)
+    victim: set[str] = set()
+    publish = bus.Publisher.publish
+    unanswered: list[str] = []
+
+    async def stored_but_unanswered(self: bus.Publisher, subject: str, *a: Any, **kw: Any) -> Any:
+        ack = await publish(self, subject, *a, **kw)
+        if subject.startswith(subjects.deferred_subject("")) and victim and not unanswered:
+            unanswered.append(subject)
+            raise TimeoutError("no answer in time")
+        return ack
+
+    fetch = svc.fetch_targets
+
+    async def filters_gone_after_the_first_try(nc: Any, op: str, args: Any) -> Any:
+        found = await fetch(nc, op, args)
+        if unanswered:  # (the trigger changed: its filter removed)
+            found["triggers"] = [{**t, "filter": ""} for t in found["triggers"]]
+        return found
+
+    delivered = svc.inbox_deliveries
+    dispatched: list[str] = []
+
+    def counted(event: wire.Event, *a: Any) -> Any:
+        dispatched.append(event.event_id)
+        return delivered(event, *a)
+
+    async def not_here(self: svc.Dispatcher, key: str) -> bool:
+        return False  # (its destination's events are deferred now)
+
+    monkeypatch.setattr(svc.Dispatcher, "admits", not_here)
+    monkeypatch.setattr(svc, "fetch_targets", filters_gone_after_the_first_try)
+    cache = svc.StoreCache
+    monkeypatch.setattr(svc, "StoreCache", lambda **kw: cache(ttl=0.0, **kw))  # (each try asks)
+    monkeypatch.setattr(svc, "inbox_deliveries", counted)
+    monkeypatch.setattr(bus.Publisher, "publish", stored_but_unanswered)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
+        ev = _event(filtered, 1)
+        victim.add(ev.event_id)
+        await bus.publisher(nc).publish(
+            subjects.event_subject(ev.project_id, ev.event_id),
+            wire.encode(ev),
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        assert await _started(js, 1, timeout=30) == [ev.event_id]
+        await eventually(lambda: _settled(js), timeout=30)
+        assert unanswered  # (the fault happened)
+        assert dispatched == [ev.event_id]  # once
