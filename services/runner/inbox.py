@@ -112,6 +112,7 @@ class Inbox:
 
     async def close(self) -> None:
         self._closed = True
+        self._changed.set()  # a catch-up (``_read_up_to_now``) ends
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
         if self._sub is not None:

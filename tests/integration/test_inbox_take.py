@@ -107,3 +107,52 @@ async def test_a_child_s_end_told_twice_is_taken_once(nats_url: str) -> None:
     finally:
         await again.close()
     await nc.close()
+
+
+async def test_a_wait_with_no_time_left_does_not_wait_for_a_malformed_last_message(
+    nats_url: str,
+) -> None:
+    """The inbox's last message is one the runner cannot decode (dropped): the catch-up
+    counts it as read."""
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    pub = bus.publisher(nc)
+    sid = "ses_01m8cpgk96e6wakscbfn3064zx"
+    for _ in range(3000):  # many, so that some come after the wait learned the last one
+        await pub.publish(subjects.inbox_subject(sid), b"\xc1not msgpack")
+    inbox = Inbox(js, sid, set(), lambda reason, failed: None)
+    inbox.CATCH_UP = 3600  # a read that waited for more would outlast the test's timeout
+    try:
+        async with asyncio.timeout(30):
+            assert await inbox.take(["go"], lambda m: m.name, timeout=0) is None
+        assert inbox.last_seq == 3000
+    finally:
+        await inbox.close()
+    await nc.close()
+
+
+async def test_closing_the_inbox_ends_a_catch_up(nats_url: str) -> None:
+    """A catch-up whose consumer delivers nothing more (here: a consumer that drops all it
+    reads) ends as the inbox is closed, not CATCH_UP seconds later."""
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    sid = "ses_01m8cpgk96e6wakscbfn3064zw"
+    go = wire.InboxMessage(kind=wire.INBOX_SIGNAL, name="go")
+    await bus.publisher(nc).publish(subjects.inbox_subject(sid), wire.encode(go))
+    inbox = Inbox(js, sid, set(), lambda reason, failed: None)
+
+    async def dropped(msg: object) -> None:
+        pass
+
+    inbox._on_msg = dropped
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    take = asyncio.create_task(inbox.take(["go"], lambda m: m.name, timeout=0))
+    await asyncio.sleep(0.3)
+    assert not take.done()  # catching up
+    await inbox.close()
+    assert await asyncio.wait_for(take, 5) is None
+    assert loop.time() - t0 < 2.0
+    await nc.close()
