@@ -52,6 +52,8 @@ class Inbox:
     (``InboxWatch``). It reads the inbox from its start, so nothing is missed."""
 
     CATCH_UP = 10.0  # seconds a wait whose time is up waits for messages sent before
+    LOOKUP = 2.0  # seconds it waits for the inbox's last sequence (NATS away: none)
+    FRESH = 1.0  # a consumer younger than this may not have delivered what is stored
 
     def __init__(
         self,
@@ -69,6 +71,8 @@ class Inbox:
         self._sub: JetStreamContext.PushSubscription | None = None
         self._starting: asyncio.Task[None] | None = None
         self._closed = False
+        self._live_since = 0.0  # when its consumer was made (loop time; 0: not yet)
+        self._pending = 0  # what JetStream had left to deliver as of the last delivery
         # Parking records these: the last stream sequence read, and the last one a waiting
         # ``take`` had looked at (messages after it may be what the wait waits for).
         self.last_seq = 0
@@ -109,6 +113,7 @@ class Inbox:
             deliver_policy=DeliverPolicy.ALL,
             cb=self._on_msg,
         )
+        self._live_since = asyncio.get_running_loop().time()
 
     async def close(self) -> None:
         self._closed = True
@@ -124,6 +129,7 @@ class Inbox:
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         self.last_seq = max(self.last_seq, seq)
+        self._pending = msg.metadata.num_pending or 0
         self._changed.set()  # also for what it skips: ``_read_up_to_now`` counts those
         try:
             item = wire.decode(wire.InboxMessage, msg.data)
@@ -183,16 +189,21 @@ class Inbox:
 
     async def _read_up_to_now(self) -> None:
         """Waits (up to CATCH_UP seconds) until the consumer has delivered every message
-        the inbox holds now."""
+        the inbox holds now. Not asked of one that has been delivering for a while with
+        nothing left (a handler polling with short timeouts pays no request per poll)."""
+        loop = asyncio.get_running_loop()
+        live = self._live_since and loop.time() - self._live_since >= self.FRESH
+        if live and not self._pending:
+            return
         subject = subjects.inbox_subject(self.session_id)
         try:
-            last = (await self.js.get_last_msg(subjects.STREAM_INBOX, subject)).seq or 0
+            async with asyncio.timeout(self.LOOKUP):
+                last = (await self.js.get_last_msg(subjects.STREAM_INBOX, subject)).seq or 0
         except NotFoundError:
             return
         except Exception as e:  # NATS away: what was read is all there is
             log.warning("session %s: inbox not read to its end: %r", self.session_id, e)
             return
-        loop = asyncio.get_running_loop()
         until = loop.time() + self.CATCH_UP
         while self.last_seq < last and not self._closed:
             self._changed.clear()

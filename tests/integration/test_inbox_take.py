@@ -5,7 +5,9 @@ A child's end told twice is one end."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from ak_runner.inbox import Inbox
 from akcore import bus, subjects, wire
 
@@ -155,4 +157,40 @@ async def test_closing_the_inbox_ends_a_catch_up(nats_url: str) -> None:
     await inbox.close()
     assert await asyncio.wait_for(take, 5) is None
     assert loop.time() - t0 < 2.0
+    await nc.close()
+
+
+async def test_a_handler_polling_a_live_inbox_asks_jetstream_nothing_per_poll(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its consumer has been delivering (``FRESH``) with nothing left to deliver, a
+    wait whose time is up does not look up the inbox's last message: a handler polling with
+    ``timeout=0`` costs no JetStream request per poll."""
+    nc = await bus.connect(nats_url, "t")
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    sid = "ses_01m8cpgk96e6wakscbfn3064ww"
+    other = wire.InboxMessage(kind=wire.INBOX_SIGNAL, name="other")
+    await js.publish(subjects.inbox_subject(sid), wire.encode(other))
+    lookups: list[str] = []
+    get_last_msg = js.get_last_msg
+
+    async def counted(*a: Any, **kw: Any) -> Any:
+        lookups.append(a[1] if len(a) > 1 else "")
+        return await get_last_msg(*a, **kw)
+
+    monkeypatch.setattr(js, "get_last_msg", counted)
+    inbox = Inbox(js, sid, set(), lambda reason, failed: None)
+    inbox.FRESH = 0.0  # (delivering "for a while" from the start)
+    try:
+        assert await inbox.take(["other"], lambda m: m.name, timeout=10) is not None
+        for _ in range(50):
+            assert await inbox.take(["go"], lambda m: m.name, timeout=0) is None
+        assert lookups == []
+        # with the consumer new, the same wait looks (once)
+        inbox.FRESH = 3600.0
+        assert await inbox.take(["go"], lambda m: m.name, timeout=0) is None
+        assert lookups == [subjects.inbox_subject(sid)]
+    finally:
+        await inbox.close()
     await nc.close()
