@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import re
 import time
 import weakref
@@ -105,7 +104,7 @@ MAX_LIVE_SESSIONS = 4096
 # A message held by a process that died (a job, an event being dispatched, a journal record
 # being materialized) moves on this soon; runners heartbeat their jobs well within it.
 # Every service reconciles the consumers with it as it starts.
-JOB_ACK_WAIT = float(os.environ.get("AK_JOBS__ACK_WAIT", "15"))
+JOB_ACK_WAIT = config.or_default(config.job_ack_wait, 15.0)
 
 
 def _durable(name: str, subject: str, max_ack_pending: int) -> ConsumerConfig:
@@ -243,7 +242,7 @@ def server_list(url: str) -> list[str]:
 
 def replicas() -> int:
     """How many copies of each stream a JetStream cluster keeps (``AK_NATS__REPLICAS``)."""
-    return max(1, int(os.environ.get("AK_NATS__REPLICAS", "1")))
+    return config.nats_replicas()
 
 
 PING_INTERVAL = 4.0

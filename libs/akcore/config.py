@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 ENV_HTTP_ADDR = "AK_HTTP__ADDR"  # where ingress listens
 ENV_SERVICE_URL = "AK_HTTP__SERVICE_URL"  # where the CLI sends requests
@@ -32,6 +34,10 @@ ENV_WORKER_SESSIONS = "AK_RUNNER__WORKER_SESSIONS"
 ENV_FILTER_BUDGET_MS = "AK_DISPATCHER__FILTER_BUDGET_MS"  # CPU time of one CEL filter
 ENV_EVALUATOR_MEMORY_MB = "AK_DISPATCHER__EVALUATOR_MEMORY_MB"  # of one; 0 = no limit
 ENV_JOBS_MAX_ATTEMPTS = "AK_JOBS__MAX_ATTEMPTS"
+ENV_JOBS_ACK_WAIT = "AK_JOBS__ACK_WAIT"  # seconds before a dead holder's message moves on
+ENV_NATS_REPLICAS = "AK_NATS__REPLICAS"  # copies of each stream a JetStream cluster keeps
+ENV_WEBHOOK_TIMEOUT = "AK_WEBHOOKS__RESPONSE_TIMEOUT"  # seconds a sync webhook waits
+ENV_LOG_LEVEL = "AK_LOG_LEVEL"  # the services' log level: DEBUG, INFO (default), WARNING, ...
 ENV_JOURNAL_MAX_RECORDS = "AK_RUNNER__JOURNAL_MAX_RECORDS"
 ENV_JOURNAL_MAX_BYTES = "AK_RUNNER__JOURNAL_MAX_BYTES"
 ENV_SANDBOX = "AK_RUNNER__SANDBOX"  # auto (workers boxed in when the runner is root) or off
@@ -223,7 +229,62 @@ class Settings:
             packages_memory_mb=_count(ENV_PACKAGES_MEMORY_MB, 4096, 0),
             build_cache_mb=_count(ENV_BUILD_CACHE_MB, 1024, 64),
             build_cache_idle=_seconds_or_off(ENV_BUILD_CACHE_IDLE, BUILD_CACHE_IDLE),
+        )._checked()
+
+    def _checked(self) -> Settings:
+        """Refuses the settings read where a module is imported (not kept here): a bad one
+        is said once, as the service starts, not as a traceback."""
+        job_ack_wait()
+        nats_replicas()
+        webhook_timeout()
+        log_level()
+        return self
+
+
+T = TypeVar("T")
+
+
+def or_default(read: Callable[[], T], default: T) -> T:
+    """``read()``, or ``default`` when its setting is malformed: for a value read as a module
+    is imported, whose setting ``Settings.from_env`` refuses with its message as the
+    service starts."""
+    try:
+        return read()
+    except ValueError:
+        return default
+
+
+def job_ack_wait() -> float:
+    """``AK_JOBS__ACK_WAIT``: how long a message held by a process that died waits."""
+    return _seconds(ENV_JOBS_ACK_WAIT, 15.0, least=1.0)
+
+
+def nats_replicas() -> int:
+    """``AK_NATS__REPLICAS``: how many copies of each stream a JetStream cluster keeps."""
+    n = _count(ENV_NATS_REPLICAS, 1, 1)
+    if n > 5:  # JetStream's own limit
+        raise ValueError(f"{ENV_NATS_REPLICAS} must be a whole number from 1 to 5, not {n}")
+    return n
+
+
+def webhook_timeout() -> float:
+    """``AK_WEBHOOKS__RESPONSE_TIMEOUT``: how long a sync webhook's request waits."""
+    return _seconds(ENV_WEBHOOK_TIMEOUT, 30.0, least=1.0)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level() -> str:
+    """``AK_LOG_LEVEL``: one of ``LOG_LEVELS`` (any case; WARN is WARNING)."""
+    text = os.environ.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
+    text = "WARNING" if text == "WARN" else text
+    if text not in LOG_LEVELS:
+        raise ValueError(
+            f"{ENV_LOG_LEVEL} must be one of {', '.join(LOG_LEVELS)}, not "
+            f"{os.environ.get(ENV_LOG_LEVEL, '')!r}"
         )
+    return text
 
 
 def evaluator_memory_mb() -> int:
@@ -272,6 +333,20 @@ def _networks(name: str) -> tuple[str, ...]:
                 f"separated; {part.strip()!r} is neither"
             ) from None
     return tuple(found)
+
+
+def _seconds(name: str, default: float, least: float) -> float:
+    """A number of seconds, at least ``least``; unset: ``default``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not least <= value < 1e9:  # (also refuses nan and inf)
+        raise ValueError(f"{name} must be a number of seconds of at least {least:g}, not {text!r}")
+    return value
 
 
 def _seconds_or_off(name: str, default: float) -> float:

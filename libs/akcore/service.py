@@ -10,14 +10,14 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from .config import ENV_EVENT_LOOP, Settings
+from .config import ENV_EVENT_LOOP, Settings, log_level, or_default
 from .errors import AKError
 
 Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
 
 def setup_logging(service: str) -> None:
-    level = os.environ.get("AK_LOG_LEVEL", "INFO").upper()
+    level = or_default(log_level, "INFO")
     logging.basicConfig(
         level=level,
         stream=sys.stderr,

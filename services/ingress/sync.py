@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from asyncio import FIRST_COMPLETED as FIRST
 from typing import Any
 
-from akcore import bus, subjects, wire
+from akcore import bus, config, subjects, wire
 from akcore.errors import shown
 from fastapi import Response
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-TIMEOUT = float(os.environ.get("AK_WEBHOOKS__RESPONSE_TIMEOUT", "30"))
+TIMEOUT = config.or_default(config.webhook_timeout, 30.0)
 
 
 class SyncWaits:

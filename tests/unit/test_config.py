@@ -40,6 +40,58 @@ def test_ak_up_refuses_a_bad_setting_before_starting_anything() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "bad", "says"),
+    [
+        ("AK_JOBS__ACK_WAIT", "abc", "a number of seconds of at least 1, not 'abc'"),
+        ("AK_JOBS__ACK_WAIT", "0.5", "a number of seconds of at least 1, not '0.5'"),
+        ("AK_NATS__REPLICAS", "x", "a whole number of at least 1, not 'x'"),
+        ("AK_NATS__REPLICAS", "7", "a whole number from 1 to 5, not 7"),
+        ("AK_WEBHOOKS__RESPONSE_TIMEOUT", "soon", "a number of seconds of at least 1, not 'soon'"),
+        ("AK_LOG_LEVEL", "loud", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'loud'"),
+    ],
+)
+def test_settings_read_as_modules_are_imported_are_checked_too(
+    name: str, bad: str, says: str
+) -> None:
+    """Read where a module is imported, these crashed each service with a traceback as it
+    started (`ak up` restarted them for ever): `ak up` now refuses them before starting
+    anything, and a service started on its own says it once and exits with code 2."""
+    env = {**os.environ, name: bad}
+    res = subprocess.run(
+        [sys.executable, "-m", "ak_cli.main", "up", "--mode", "dev"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (res.returncode, res.stderr) == (1, f"Error: {name} must be {says}\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "ak_ingress"],
+        env={**env, "AK_NATS_URL": "nats://127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2, res.stderr
+    assert f"{name} must be {says}" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_settings_read_as_modules_are_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from akcore import config
+
+    for name in ("AK_JOBS__ACK_WAIT", "AK_NATS__REPLICAS", "AK_WEBHOOKS__RESPONSE_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AK_LOG_LEVEL", "warn")
+    got = (config.job_ack_wait(), config.nats_replicas(), config.webhook_timeout())
+    assert got + (config.log_level(),) == (15.0, 1, 30.0, "WARNING")
+    monkeypatch.setenv("AK_JOBS__ACK_WAIT", "2.5")
+    monkeypatch.setenv("AK_NATS__REPLICAS", "3")
+    assert (config.job_ack_wait(), config.nats_replicas()) == (2.5, 3)
+    monkeypatch.setenv("AK_JOBS__ACK_WAIT", "never")
+    assert config.or_default(config.job_ack_wait, 15.0) == 15.0
+
+
 def test_evaluator_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AK_DISPATCHER__EVALUATOR_MEMORY_MB", raising=False)
     assert Settings.from_env().evaluator_memory_mb == 1024
