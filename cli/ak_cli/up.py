@@ -170,6 +170,10 @@ def up(
     try:  # the services would each fail on a bad setting, over and over: say it once
         config.Settings.from_env()
         Retention.from_env()
+        if http_addr:
+            config.split_addr(http_addr)
+        if dsn := db or os.environ.get(config.ENV_DB_DSN):
+            config.check_db_dsn(dsn)
     except ValueError as e:
         raise AKError(str(e)) from None
     sync = os.environ.get(config.ENV_NATS_SYNC, "always")
@@ -194,6 +198,7 @@ def up(
     from akcore import secrets  # (cryptography: only for `ak up`)
 
     secrets.ensure_key_file(announce=mode != "dev")  # before the services that share it
+    secrets.Sealer(*secrets.load_keys())  # a key that is no key: said once, here
     env[config.ENV_HTTP_ADDR] = addr
     env.setdefault(config.ENV_DB_DSN, config.default_db_dsn())
     nats_child, users = None, None

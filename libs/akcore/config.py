@@ -238,6 +238,13 @@ class Settings:
         nats_replicas()
         webhook_timeout()
         log_level()
+        _choice(ENV_EVENT_LOOP, ("uvloop", "asyncio"))
+        try:
+            split_addr(self.http_addr)
+        except ValueError:
+            raise ValueError(
+                f"{ENV_HTTP_ADDR} must be HOST:PORT (127.0.0.1:9980, :9980), not {self.http_addr!r}"
+            ) from None
         return self
 
 
@@ -419,6 +426,29 @@ def _ports(name: str) -> tuple[int, ...]:
     if not all(p.isdigit() and 1 <= int(p) <= 65535 for p in ports):
         raise ValueError(f"{name} must be port numbers separated by commas, not {text!r}")
     return tuple(sorted({int(p) for p in ports}))
+
+
+def check_db_dsn(dsn: str) -> None:
+    """Raises ValueError when ``dsn`` is no database URL the store can use (a typo in its
+    scheme, a driver not installed). The message leaves the URL out: it may hold a
+    password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(dsn)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"{ENV_DB_DSN} is not a database URL: {DB_DSN_FORMS}") from None
+    try:
+        url.get_dialect()
+    except (NoSuchModuleError, ImportError):
+        raise ValueError(
+            f"{ENV_DB_DSN} names a database this store cannot use ({url.drivername!r}): "
+            f"{DB_DSN_FORMS}"
+        ) from None
+
+
+DB_DSN_FORMS = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
 def split_addr(addr: str) -> tuple[str, int]:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from .config import ENV_EVENT_LOOP, Settings, log_level, or_default
-from .errors import AKError
+from .errors import AKError, Unavailable
 
 Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
@@ -47,7 +47,7 @@ def main(service: str, run: Run) -> None:
             runner.run(_main())
     except AKError as e:  # a setting the operator must fix: said once, plainly
         logging.getLogger(service).error("%s", e.message)
-        sys.exit(2)
+        sys.exit(1 if isinstance(e, Unavailable) else 2)  # (what passes: not a setting)
 
 
 def settle_heap() -> None:

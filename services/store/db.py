@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from akcore.config import check_db_dsn
+from akcore.errors import AKError
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, event, inspect, text
@@ -17,6 +19,10 @@ _LOCK_ID = 0x616B5F73  # "ak_s": one migrating store at a time on PostgreSQL
 
 def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
     """Opens the database at ``dsn`` and brings its schema up to date."""
+    try:
+        check_db_dsn(dsn)
+    except ValueError as e:
+        raise AKError(str(e)) from None
     if dsn.startswith("sqlite:///"):
         Path(dsn.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(dsn, connect_args={"check_same_thread": False})

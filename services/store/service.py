@@ -13,14 +13,15 @@ from typing import Any, TypeVar
 
 from akcore import bus, keycheck, ops, service, subjects, tracing, wire
 from akcore import requests as rq
-from akcore.config import Settings
+from akcore.config import ENV_DB_DSN, Settings
 from akcore.datakey import Keyring
-from akcore.errors import AKError, NotFound
+from akcore.errors import AKError, NotFound, Unavailable
 from akcore.retention import Retention
 from akcore.secrets import ENV_LOST, Sealer, load_keys
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from . import keycanary
 from .api import StoreApi
@@ -212,7 +213,10 @@ def serve_ops(
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    engine = open_engine(settings.db_dsn)
+    try:
+        engine = open_engine(settings.db_dsn)
+    except OperationalError as e:  # away, or refusing us: said in a line, tried again
+        raise Unavailable(f"cannot open the database ({ENV_DB_DSN}): {e.orig or e}") from None
     sql, pool = sql_thread(engine)
     keys = load_keys()
     api = StoreApi(engine, Sealer(*keys), Keyring(keys))

@@ -77,6 +77,66 @@ def test_settings_read_as_modules_are_imported_are_checked_too(
     assert f"{name} must be {says}" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "bad", "says"),
+    [
+        (
+            "AK_SECRETS__KEY",
+            "notakey",
+            "a secrets key is not a valid Fernet key (check AK_SECRETS__KEYS, AK_SECRETS__KEY "
+            "or the data home's secrets.key)",
+        ),
+        ("AK_HTTP__ADDR", "nonsense", "AK_HTTP__ADDR must be HOST:PORT (127.0.0.1:9980, :9980), "),
+        (
+            "AK_DB__DSN",
+            "postgres://u:hunter2@db/ak",
+            "AK_DB__DSN names a database this store cannot use ('postgres'): sqlite:///PATH or ",
+        ),
+        ("AK_DB__DSN", "://u:hunter2@", "AK_DB__DSN is not a database URL: sqlite:///PATH or "),
+        ("AK_EVENT_LOOP", "bogus", "AK_EVENT_LOOP must be one of uvloop, asyncio, not 'bogus'"),
+    ],
+)
+def test_ak_up_refuses_what_a_service_would_fail_on_at_start(
+    name: str, bad: str, says: str, tmp_path: Path
+) -> None:
+    """Each was found by a service as it started, over and over (a store in a crash loop
+    printing a traceback each time, or an event loop setting ignored): `ak up` says it once
+    and starts nothing; a database URL's password is never in the message."""
+    env = {
+        **os.environ,
+        name: bad,
+        "XDG_DATA_HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "ak_cli.main", "up", "--mode", "dev"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.startswith(f"Error: {says}") and res.stderr.count("\n") == 1, res.stderr
+    assert "hunter2" not in res.stdout + res.stderr
+
+
+def test_a_store_that_cannot_reach_its_database_says_so_in_a_line(tmp_path: Path) -> None:
+    """The database away (or refusing the store): one line, without the URL's password, and
+    exit code 1 (what passes: `ak up` restarts it), not a traceback or code 2 (a setting)."""
+    env = {
+        **os.environ,
+        "AK_DB__DSN": "postgresql+psycopg://u:hunter2@127.0.0.1:1/ak",
+        "AK_NATS_URL": "nats://127.0.0.1:1",
+        "XDG_DATA_HOME": str(tmp_path),
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "ak_store"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 1, res.stderr
+    assert "cannot open the database (AK_DB__DSN): " in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "hunter2" not in res.stderr, res.stderr
+
+
 def test_settings_read_as_modules_are_imported(monkeypatch: pytest.MonkeyPatch) -> None:
     from akcore import config
 
