@@ -38,7 +38,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from akcore.errors import Unavailable
+from akcore.errors import AKError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,10 @@ class Faults:
 
     @classmethod
     def from_env(cls) -> Faults:
-        return cls(parse(os.environ.get(ENV, "")))
+        try:
+            return cls(parse(os.environ.get(ENV, "")))
+        except ValueError as e:  # said once, as the runner starts (akcore.service)
+            raise AKError(str(e)) from None
 
     def armed(self, point: str, entry: str, attempt: int, step: int = 0) -> bool:
         """Whether a rule applies at this point (the runner then gives no go-ahead in

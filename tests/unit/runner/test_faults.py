@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from ak_runner.faults import Faults, Rule, parse
-from akcore.errors import Unavailable
+from akcore.errors import AKError, Unavailable
 
 
 def test_rules_parse() -> None:
@@ -26,6 +26,14 @@ def test_rules_parse() -> None:
 def test_a_bad_rule_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="AK_TEST__FAULTS"):
         parse(text)
+
+
+def test_a_bad_setting_is_said_once_as_the_runner_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AKError: akcore.service logs its message and exits 2 (a ValueError was a
+    traceback, and `ak up` restarted the runner over and over)."""
+    monkeypatch.setenv("AK_TEST__FAULTS", "garbage")
+    with pytest.raises(AKError, match="AK_TEST__FAULTS: 'garbage' needs an action and a point"):
+        Faults.from_env()
 
 
 def test_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
