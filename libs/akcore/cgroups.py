@@ -16,6 +16,14 @@ message.
 
 Where there is no such controller (cgroup v2 alone, a container without it, a runner that
 is not root), the runner says so once in its log and counts memory as before.
+
+Where cgroup v1's ``cpu`` controller is mounted writable too, each user id also gets a group
+``u<uid>`` under ``autokitteh-workers`` in the runner's cpu group, which its process joins
+with the memory one: all the processes of a worker share one scheduling group, so that a
+handler cannot take more of the CPU than another worker by starting many processes, each in
+a session of its own (the kernel's autogroup gives every session of the root group a share
+as large as all the services together). The workers' groups together share one group of
+the default weight, beside the runner's.
 """
 
 from __future__ import annotations
@@ -35,15 +43,15 @@ PARENT = "autokitteh-workers"  # the runner's groups, in its own memory group
 KILL_ROUNDS = 50  # reads of a group's processes; each kills what it finds
 
 
-def _memory_mount() -> tuple[Path, str] | None:
-    """Where cgroup v1's memory controller is mounted, and the group mounted there (``/``
-    but in a container showing the host's tree from a group down); None without one."""
+def _mount(controller: str = "memory") -> tuple[Path, str] | None:
+    """Where cgroup v1's ``controller`` is mounted, and the group mounted there (``/`` but
+    in a container showing the host's tree from a group down); None without one."""
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             pre, _, post = line.decode(errors="replace").partition(" - ")
             fields, tail = pre.split(), post.split()
             if len(fields) >= 5 and len(tail) >= 3 and tail[0] == "cgroup":
-                if "memory" in tail[2].split(","):
+                if controller in tail[2].split(","):
                     return Path(_unescape(fields[4])), _unescape(fields[3])
     return None
 
@@ -52,21 +60,66 @@ def _unescape(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
 
 
-def _own_memory_group() -> str | None:
-    """The runner's group of cgroup v1's memory controller (``/proc/self/cgroup``)."""
+def _own_group(controller: str = "memory") -> str | None:
+    """The runner's group of cgroup v1's ``controller`` (``/proc/self/cgroup``)."""
     with open("/proc/self/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
-            if "memory" in controllers.split(","):
+            if controller in controllers.split(","):
                 return path
     return None
 
 
-class WorkerGroups:
-    """The runner's memory groups, one per user id it hands out, under ``parent``."""
+def _parent_in(controller: str) -> Path | None:
+    """``autokitteh-workers`` in the runner's group of ``controller`` (its path; not made),
+    or None when that controller is not mounted."""
+    mounted, path = _mount(controller), _own_group(controller)
+    if mounted is None or path is None:
+        return None
+    mount, root = mounted
+    if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
+        path = path[len(root.rstrip("/")) :]  # (a mount of a group, not the tree)
+    return mount / path.lstrip("/") / PARENT
 
-    def __init__(self, parent: Path) -> None:
+
+def _cpu_parent() -> Path | None:
+    """The workers' cpu groups' parent, made (with the default weight), or None where
+    cgroup v1's cpu controller is not mounted writable: workers then share the CPU as
+    their processes and sessions do."""
+    try:
+        parent = _parent_in("cpu")
+        if parent is None:
+            return None
+        parent.mkdir(mode=0o755, exist_ok=True)
+        probe = parent / f"probe-{os.getpid()}"
+        try:
+            probe.mkdir(mode=0o700)
+        finally:
+            _rmdir(probe)
+    except OSError as e:
+        log.warning("workers share no cpu control group (each process its own share): %s", e)
+        return None
+    return parent
+
+
+class WorkerGroups:
+    """The runner's memory groups, one per user id it hands out, under ``parent``; and its
+    cpu groups under ``cpu`` where there is that controller."""
+
+    def __init__(self, parent: Path, cpu: Path | None = None) -> None:
         self.parent = parent  # this runner's ``autokitteh-workers``
+        self.cpu = cpu  # and in the cpu controller's tree, if any
+
+    @property
+    def parents(self) -> list[Path]:
+        """Where a user id's groups are (``u<uid>`` in each), the memory controller's first."""
+        return [self.parent, *([self.cpu] if self.cpu is not None else [])]
+
+    @property
+    def arg(self) -> str:
+        """The parents, as a process joining its groups is told them (``os.pathsep``
+        between them: ``autokitteh._worker.join_groups``)."""
+        return os.pathsep.join(map(str, self.parents))
 
     @classmethod
     def find(cls) -> tuple[WorkerGroups | None, str]:
@@ -74,15 +127,11 @@ class WorkerGroups:
         if os.geteuid() != 0:
             return None, "the runner is not root"
         try:
-            mounted, path = _memory_mount(), _own_memory_group()
+            parent = _parent_in("memory")
         except OSError as e:
             return None, f"cannot read this process's control groups: {e}"
-        if mounted is None or path is None:
+        if parent is None:
             return None, "no cgroup v1 memory controller mounted (cgroup v2 is not used yet)"
-        mount, root = mounted
-        if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
-            path = path[len(root.rstrip("/")) :]  # (a mount of a group, not the tree)
-        parent = mount / path.lstrip("/") / PARENT
         try:
             parent.mkdir(mode=0o755, exist_ok=True)
             with contextlib.suppress(OSError):  # (one with children refuses it)
@@ -101,7 +150,7 @@ class WorkerGroups:
             return None, f"cannot make a control group in {parent}: {e.strerror or e}"
         finally:
             _rmdir(probe)
-        return cls(parent), ""
+        return cls(parent, _cpu_parent()), ""
 
     def _group(self, uid: int) -> Path:
         return self.parent / f"u{uid}"
@@ -118,8 +167,9 @@ class WorkerGroups:
         self.remove(uid)
         group = self._group(uid)
         try:
-            self.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            group.mkdir(mode=0o700)
+            for parent in self.parents:
+                parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                (parent / group.name).mkdir(mode=0o700)
             if memory > 0:
                 (group / "memory.limit_in_bytes").write_text(str(memory))
                 # Swap, and the TCP buffers of its sockets, which v1 counts only in a group
@@ -164,9 +214,12 @@ class WorkerGroups:
         return _procs(self._group(uid))
 
     def remove(self, uid: int) -> None:
-        """Kills every process in ``uid``'s group and removes it (none there: nothing)."""
+        """Kills every process in ``uid``'s group and removes it, and its cpu group (none
+        there: nothing)."""
         group = self._group(uid)
         if not group.is_dir():
+            if self.cpu is not None:
+                _rmdir(self.cpu / group.name)
             return
         for _ in range(KILL_ROUNDS):
             pids = _procs(group)
@@ -176,16 +229,20 @@ class WorkerGroups:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         _rmdir(group)
+        if self.cpu is not None:  # (its processes are the memory group's: gone)
+            _rmdir(self.cpu / group.name)
 
     def leftovers(self) -> list[int]:
         """The user ids that have a group (a runner that died could not remove its)."""
-        with contextlib.suppress(OSError):
-            return sorted(
-                int(entry.name[1:])
-                for entry in self.parent.iterdir()
-                if entry.name.startswith("u") and entry.name[1:].isdigit()
-            )
-        return []
+        found: set[int] = set()
+        for parent in self.parents:
+            with contextlib.suppress(OSError):
+                found.update(
+                    int(entry.name[1:])
+                    for entry in parent.iterdir()
+                    if entry.name.startswith("u") and entry.name[1:].isdigit()
+                )
+        return sorted(found)
 
 
 class GroupError(OSError):

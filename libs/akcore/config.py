@@ -46,6 +46,7 @@ ENV_NETWORK_FENCE = "AK_RUNNER__NETWORK_FENCE"  # auto, required or off (akcore.
 ENV_HOST_PORTS = "AK_RUNNER__HOST_PORTS"  # ports of this host fenced handlers may still reach
 ENV_WORKER_MEMORY_MB = "AK_RUNNER__WORKER_MEMORY_MB"  # address space of one worker; 0 = none
 ENV_WORKER_PROCESSES = "AK_RUNNER__WORKER_PROCESSES"  # processes of one worker's user
+ENV_WORKER_FILES = "AK_RUNNER__WORKER_FILES"  # open files of each process of a worker
 ENV_SESSION_TIMEOUT = "AK_RUNNER__SESSION_TIMEOUT"  # seconds an attempt may run; 0 = none
 ENV_ECHO_PRINTS = "AK_RUNNER__ECHO_PRINTS"  # also write handler output to the runner's log
 ENV_WORKER_ENV = "AK_RUNNER__WORKER_ENV"  # names of the runner's variables workers also get
@@ -185,6 +186,7 @@ class Settings:
     host_ports: tuple[int, ...] = ()  # ports of this host they may still reach (and DNS, HTTP)
     worker_memory_mb: int = 1024
     worker_processes: int = 64
+    worker_files: int = 1024
     session_timeout: int = 0
     echo_prints: bool = False
     worker_env: tuple[str, ...] = ()
@@ -222,6 +224,7 @@ class Settings:
             host_ports=_ports(ENV_HOST_PORTS),
             worker_memory_mb=_count(ENV_WORKER_MEMORY_MB, 1024, 0),
             worker_processes=_count(ENV_WORKER_PROCESSES, 64, 1),
+            worker_files=_count(ENV_WORKER_FILES, 1024, 64),
             session_timeout=_count(ENV_SESSION_TIMEOUT, 0, 0),
             echo_prints=_switch(ENV_ECHO_PRINTS, False),
             worker_env=tuple(n for n in os.environ.get(ENV_WORKER_ENV, "").split(",") if n),

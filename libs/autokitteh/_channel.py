@@ -19,7 +19,16 @@ MAX_HEADER = 1024 * 1024
 
 # One encoder for every frame (``json.dumps`` with separators makes a new one per call).
 _encode = json.JSONEncoder(separators=(",", ":")).encode
-_decode = json.JSONDecoder().decode
+
+
+def _not_finite(name: str) -> Any:
+    """JSON's decoder reads ``NaN``, ``Infinity`` and ``-Infinity`` by default: no frame
+    carries one (a handler's own frame with a sleep of ``Infinity`` seconds failed in the
+    runner as its own error, with a traceback in its log)."""
+    raise ValueError(f"a number that is not finite ({name})")
+
+
+_decode = json.JSONDecoder(parse_constant=_not_finite).decode
 
 
 class FrameTooLarge(ValueError):

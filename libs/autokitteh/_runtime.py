@@ -180,6 +180,8 @@ class Runtime:
 
     def sleep(self, seconds: float, where: str) -> None:
         """A durable sleep: its deadline is journaled, so a replay waits only what remains."""
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            _real_sleep(seconds)  # (time.sleep's own error: no frame carries such a number)
         with self._lock:
             _, reply, _ = self._ask("sleep", "sleep", where, seconds=seconds)
         remaining = reply["deadline_us"] / 1e6 - time.time()

@@ -408,31 +408,43 @@ def reap_children() -> None:
 
 
 def sandboxed(
-    uid: int, venv: str, memory_mb: int, processes: int, hidden: str = "", groups: str = ""
+    uid: int,
+    venv: str,
+    memory_mb: int,
+    processes: int,
+    hidden: str = "",
+    groups: str = "",
+    files: int = 0,
+    temp: str = "",
 ) -> None:
     """What a worker started by a root runner does before anything of its environment
     runs: it stops seeing ``hidden`` (see ``hide``), joins its user id's control group
     (``join_groups``), becomes its user, takes its limits, then opens its packages."""
     if hidden:  # (a fork server hid it once, for all its workers: it passes none)
         _hide.hide(hidden)
+    if temp:  # (a namespace of its own: not its fork server's, which its siblings share)
+        _hide.private_temp(temp.split(os.pathsep), memory_mb)
     if groups:
         join_groups(groups, uid)
     become_user(uid)
-    confine({"memory_mb": memory_mb, "processes": processes})
+    confine({"memory_mb": memory_mb, "processes": processes, "files": files})
     open_packages(venv)
 
 
-def join_groups(parent: str, uid: int) -> None:
-    """Moves this process into the control group the runner made for user ``uid``
-    (``u<uid>`` under ``parent``), while it is still root: what it runs and starts from
-    then on is held there to the kernel's memory limit, and cannot leave (the group is
-    root's). OSError when the group is missing: a worker must not run outside the limits
+def join_groups(parents: str, uid: int) -> None:
+    """Moves this process into the control groups the runner made for user ``uid``
+    (``u<uid>`` under each of ``parents``, ``os.pathsep`` between them: the memory
+    controller's, and the cpu controller's where there is one), while it is still root:
+    what it runs and starts from then on is held there to the kernel's memory limit and
+    shares one scheduling group, whatever session it makes, and cannot leave (the groups
+    are root's). OSError when a group is missing: a worker must not run outside the limits
     it was given."""
-    fd = os.open(os.path.join(parent, f"u{uid}", "cgroup.procs"), os.O_WRONLY)
-    try:
-        os.write(fd, str(os.getpid()).encode())
-    finally:
-        os.close(fd)
+    for parent in parents.split(os.pathsep):
+        fd = os.open(os.path.join(parent, f"u{uid}", "cgroup.procs"), os.O_WRONLY)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
 
 
 def open_packages(venv: str) -> None:
@@ -461,11 +473,12 @@ def open_packages(venv: str) -> None:
 
 def confine(limits: dict[str, Any]) -> None:
     """Sets the limits the runner asked for (``memory_mb``: address space; ``processes``:
-    of this user) as hard limits, which the handler cannot raise again. One lower already
-    (set by the system) stays."""
+    of this user; ``files``: open files of each process) as hard limits, which the handler
+    cannot raise again. One lower already (set by the system) stays."""
     for which, value in (
         (resource.RLIMIT_AS, int(limits.get("memory_mb") or 0) * 1024 * 1024),
         (resource.RLIMIT_NPROC, int(limits.get("processes") or 0)),
+        (resource.RLIMIT_NOFILE, int(limits.get("files") or 0)),
     ):
         if value > 0:
             hard = resource.getrlimit(which)[1]
@@ -587,14 +600,18 @@ def _max_fd() -> int:
 
 
 def main(argv: list[str]) -> None:
-    """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES HIDDEN GROUPS]``: with a user id, the
-    process (started as root, isolated) hides ``HIDDEN`` ("-": nothing), joins its control
-    group under ``GROUPS`` ("-": none; ``join_groups``), becomes that user, takes its
-    limits, then opens its environment's packages (``open_packages``)."""
+    """``IN_FD OUT_FD [UID VENV MEMORY_MB PROCESSES HIDDEN GROUPS FILES TEMP]``: with a user
+    id, the process (started as root, isolated) hides ``HIDDEN`` ("-": nothing), gets the
+    temporary directories ``TEMP`` of its own ("-": none; ``_hide.private_temp``), joins its
+    control group under ``GROUPS`` ("-": none; ``join_groups``), becomes that user, takes
+    its limits (``FILES``: open files of each process), then opens its environment's
+    packages (``open_packages``)."""
     close_other_fds({int(argv[0]), int(argv[1])})
     if len(argv) > 5:
-        hidden, groups = [a if a != "-" else "" for a in argv[6:8]] + [""] * (8 - len(argv))
-        sandboxed(int(argv[2]), argv[3], int(argv[4]), int(argv[5]), hidden, groups)
+        hidden, groups = [a if a != "-" else "" for a in (argv[6:8] + ["-", "-"])[:2]]
+        files = int(argv[8]) if len(argv) > 8 else 0
+        temp = argv[9] if len(argv) > 9 and argv[9] != "-" else ""
+        sandboxed(int(argv[2]), argv[3], int(argv[4]), int(argv[5]), hidden, groups, files, temp)
     os.dup2(2, 1)  # what a handler writes to stdout is not the runner's: see its stderr
     fin = os.fdopen(int(argv[0]), "rb", buffering=0)
     fout = os.fdopen(int(argv[1]), "wb", buffering=0)

@@ -1,7 +1,7 @@
 """The fork server: starts worker processes by forking itself.
 
 Started by the runner as ``python -u -m autokitteh._zygote CTRL_FD [VENV MEMORY_MB
-PROCESSES HIDDEN GROUPS]`` in a worker's environment; a root runner starts it isolated
+PROCESSES HIDDEN GROUPS FILES TEMP]`` in a worker's environment; a root runner starts it isolated
 (``-I -S``, the SDK from its own root-owned copy) and names the environment whose packages a
 worker opens once it is its user, within its limits, and where its control groups are. It
 imports what a worker needs once, then forks a worker for each request on its control
@@ -48,9 +48,17 @@ def _child(
         os.close(err)
         _worker.close_other_fds({fd_in, fd_out})
         if uid >= 0:
-            venv, memory_mb, processes, _, groups = box  # (hidden by the fork server)
-            groups = groups if groups != "-" else ""
-            _worker.sandboxed(uid, venv, int(memory_mb), int(processes), groups=groups)
+            venv, memory_mb, processes, _, groups, files, temp = box  # (hidden by the server)
+            groups, temp = (x if x != "-" else "" for x in (groups, temp))
+            _worker.sandboxed(
+                uid,
+                venv,
+                int(memory_mb),
+                int(processes),
+                groups=groups,
+                files=int(files),
+                temp=temp,
+            )
         os.chdir(cwd)
         _worker.main([str(fd_in), str(fd_out)])
     except BaseException as e:  # said on its stderr, which the runner keeps for the session
@@ -80,8 +88,11 @@ def _reap(ctrl: socket.socket) -> None:
 def main(argv: list[str]) -> None:
     _worker.close_other_fds({int(argv[0])})  # (its workers inherit what it holds)
     ctrl = socket.socket(fileno=int(argv[0]))
-    # venv, memory_mb, processes, hidden, control groups: for sandboxed workers
-    box = (argv[1:6] + ["-"])[:5] if len(argv) > 4 else ["-", "0", "0", "-", "-"]
+    # venv, memory_mb, processes, hidden, control groups, open files, temporary directories:
+    # for sandboxed workers
+    defaults = ["-", "0", "0", "-", "-", "0", "-"]
+    given = argv[1:8] if len(argv) > 4 else []
+    box = given + defaults[len(given) :]
     if box[3] != "-":
         _hide.hide(box[3])  # once, for all its workers: they are forked in its namespace
     wake_r, wake_w = os.pipe()

@@ -60,9 +60,17 @@ class WorkerLimits:
     # the parent of its user id's control group (``WorkerGroups.parent``), which it joins
     # before it drops root; "" where the kernel does not keep its limits
     groups: str = ""
+    # open files of each of its processes (RLIMIT_NOFILE); 0 = as the runner's. Every open
+    # file takes a slot of the kernel's one table (``fs.file-max``), which every process of
+    # the machine shares: the runner's own limit, times the processes a worker may have,
+    # times the workers, would let one project's handlers fill it.
+    files: int = 0
+    # the temporary directories it gets of its own, in memory (``private_temps``;
+    # ``os.pathsep`` between them), only with a user of its own; "": the machine's
+    temp: str = ""
 
     def frame(self) -> dict[str, Any]:
-        return {"memory_mb": self.memory_mb, "processes": self.processes}
+        return {"memory_mb": self.memory_mb, "processes": self.processes, "files": self.files}
 
 
 # Runs a command as a user id (argv[1]); started by a root runner with its own interpreter
@@ -77,8 +85,8 @@ u, nproc = (int(x) for x in sys.argv[1].split(","))
 os.closerange(3, 1 << 20)
 if sys.argv[3] != "-":
     runpy.run_path(sys.argv[2])["hide"](sys.argv[3])
-if sys.argv[4] != "-":
-    with open(os.path.join(sys.argv[4], f"u{u}", "cgroup.procs"), "w") as f:
+for parent in sys.argv[4].split(os.pathsep) if sys.argv[4] != "-" else []:
+    with open(os.path.join(parent, f"u{u}", "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
 if nproc:
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
@@ -115,6 +123,34 @@ def as_user(
         groups or "-",
         *argv,
     ]
+
+
+# The machine's temporary directories, every user's to write to, most often on the disk
+# that also holds the data home, the database and NATS's store.
+TEMP_DIRS = ("/tmp", "/var/tmp")
+
+
+def private_temps(needed: dict[str, str]) -> tuple[list[str], str]:
+    """The temporary directories (``TEMP_DIRS``, as real paths) sandboxed workers get of
+    their own, in memory (``autokitteh._hide.private_temp``): those that hold nothing of
+    ``needed`` (what workers read: the data home, their interpreter, the paths of their
+    environment, by name), and why the others are left as they are ("": none is)."""
+    found: list[str] = []
+    why = []
+    for folder in TEMP_DIRS:
+        real = os.path.realpath(folder)
+        if real in found or not os.path.isdir(real) or os.path.islink(real):
+            continue
+        inside = [
+            what
+            for what, path in needed.items()
+            if (p := os.path.realpath(path)) == real or p.startswith(real.rstrip("/") + "/")
+        ]
+        if inside:
+            why.append(f"{real} holds {inside[0]}")
+        else:
+            found.append(real)
+    return found, "; ".join(why)
 
 
 # Mode bits a tree given back to root must not keep: what an installer made writable by
@@ -185,9 +221,11 @@ class UserIds:
         locks: Path,
         hidden: str = "",
         groups: WorkerGroups | None = None,
+        temp: str = "",
     ) -> None:
         self.first, self.last, self._locks = first, last, locks
         self.hidden = hidden  # the directory their processes do not see (``netfence.hidden``)
+        self.temp = temp  # the temporary directories they get of their own (``private_temps``)
         self.groups = groups
         self._held: dict[int, int] = {}  # uid -> its lock file's descriptor
         # Ids a System V segment of still holds (see ``_clear``): not handed out meanwhile.
@@ -198,7 +236,7 @@ class UserIds:
     def groups_arg(self) -> str:
         """Where a process of an id finds its group to join (``WorkerLimits.groups``): ""
         for none."""
-        return str(self.groups.parent) if self.groups is not None else ""
+        return self.groups.arg if self.groups is not None else ""
 
     def stops(self, uid: int, reset: bool = False) -> Stops:
         """What the kernel did at ``uid``'s memory limit so far (nothing without control

@@ -6,7 +6,9 @@ import asyncio
 import functools
 import logging
 import os
+import shutil
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,7 +46,15 @@ from .lanes import Lanes
 from .lease import Lease
 from .parking import Parking
 from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
-from .sandbox import MemoryWatch, UserIds, WorkerLimits, is_root, lock_dir, seal_data_home
+from .sandbox import (
+    MemoryWatch,
+    UserIds,
+    WorkerLimits,
+    is_root,
+    lock_dir,
+    private_temps,
+    seal_data_home,
+)
 from .session import Host, Outcome, SessionRun, after_end, parked_entry
 from .worker import WorkerPool
 
@@ -363,12 +373,14 @@ def _sandbox(settings: Settings) -> UserIds | None:
     if groups is not None:
         log.info(
             "the kernel holds each worker's processes to its memory limit together "
-            "(control groups under %s)",
+            "(control groups under %s)%s",
             groups.parent,
+            "" if groups.cpu is None else f", and to one share of the CPU ({groups.cpu})",
         )
     else:
         log.warning("workers' memory is counted twice a second, not held by the kernel: %s", why)
-    return UserIds(first, last, lock_dir(), _hidden(settings), groups)
+    hidden = _hidden(settings)
+    return UserIds(first, last, lock_dir(), hidden, groups, _temp(settings) if hidden else "")
 
 
 def _hidden(settings: Settings) -> str:
@@ -385,6 +397,33 @@ def _hidden(settings: Settings) -> str:
             why,
         )
     return hidden
+
+
+def _temp(settings: Settings) -> str:
+    """The temporary directories sandboxed workers get of their own, in memory
+    (``sandbox.private_temps``; ``os.pathsep`` between them), said once."""
+    env = worker_env(dict(os.environ), settings.worker_env)
+    python = shutil.which(settings.worker_python) or settings.worker_python or sys.executable
+    needed = {
+        "the data home": str(config.data_home()),
+        "the interpreter": sys.executable,
+        "the workers' interpreter": python,
+    }
+    for name, value in env.items():
+        needed.update((f"{name}={p}", p) for p in value.split(os.pathsep) if p.startswith("/"))
+    private, why = private_temps(needed)
+    if private:
+        log.info(
+            "handlers get %s of their own, in memory (counted against their memory limit)",
+            " and ".join(private),
+        )
+    if why:
+        log.warning(
+            "handlers share this host's temporary directory on its disk, which nothing "
+            "bounds (a handler can fill the disk the data home is on): %s",
+            why,
+        )
+    return os.pathsep.join(private)
 
 
 def _fence(settings: Settings) -> None:
@@ -458,7 +497,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     processes = settings.worker_processes if users is not None else 0  # counted per user
     hidden = users.hidden if users is not None else ""
     groups = users.groups_arg if users is not None else ""
-    worker_limits = WorkerLimits(settings.worker_memory_mb, processes, hidden, groups)
+    temp = users.temp if users is not None else ""
+    worker_limits = WorkerLimits(
+        settings.worker_memory_mb, processes, hidden, groups, settings.worker_files, temp
+    )
     pool = WorkerPool(
         settings.warm_workers,
         spare,

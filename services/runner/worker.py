@@ -343,10 +343,13 @@ class ForkedProcess:
 def _box(env: dict[str, str], limits: WorkerLimits | None) -> list[int | str]:
     """What a sandboxed worker is told as it starts: the virtual environment its packages
     come from, as ``activate`` names it (``-``: the interpreter's own), its limits, the
-    directory it does not see and where its control groups are (``-``: none)."""
+    directory it does not see, where its control groups are (``-``: none), the open files
+    each of its processes may have (0: as the runner's) and the temporary directories it
+    gets of its own (``-``: none)."""
     limits = limits or WorkerLimits()
     venv, hidden, groups = env.get("VIRTUAL_ENV") or "-", limits.hidden or "-", limits.groups or "-"
-    return [venv, limits.memory_mb, limits.processes, hidden, groups]
+    temp = limits.temp or "-"
+    return [venv, limits.memory_mb, limits.processes, hidden, groups, limits.files, temp]
 
 
 def _kill_forked(pid: int) -> None:

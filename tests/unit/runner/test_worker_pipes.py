@@ -337,3 +337,15 @@ async def test_a_large_message_sent_slowly_is_refused_past_its_time(
     with pytest.raises(worker.FrameError, match="last .* bytes did not come within 0.2 s"):
         [x async for x in w.frames("evil")]
     assert worker.READING.free == worker.READING.total
+
+
+@pytest.mark.parametrize("number", [b"Infinity", b"-Infinity", b"NaN"])
+async def test_a_number_that_is_not_finite_is_a_malformed_message(number: bytes) -> None:
+    """JSON's decoder takes ``Infinity`` by default: a handler's own frame of a sleep that
+    long ended its session as the runner's failure (an OverflowError, with a traceback in
+    the runner's log), not as the malformed message it is."""
+    from autokitteh._channel import decode_header
+
+    head = b'{"type":"step","step":1,"kind":"sleep","function":"sleep","seconds":' + number + b"}"
+    with pytest.raises(ValueError, match="not finite"):
+        decode_header(head)
