@@ -860,7 +860,11 @@ class SessionRun:
 
     async def _step(self, worker: WorkerProcess, f: StepFrame, blob: bytes) -> None:
         """A durable step: recorded (replayed) or live. Steps come in order, one at a time."""
-        if not self.job.is_durable or f.step != self.next_step or self.granted is not None:
+        if not self.job.is_durable:
+            raise FrameError(f"step {f.step} of a session that is not durable")
+        if self.granted is not None:
+            raise FrameError(f"step {f.step} came while step {self.granted.step} was running")
+        if f.step != self.next_step:
             raise FrameError(f"step {f.step} out of turn (expected step {self.next_step})")
         grant, self.grant = self.grant, 0  # a go-ahead in advance is for the next step only
         try:

@@ -185,6 +185,14 @@ def forges(event):
     step = {"type": "step", "step": 1, "kind": "activity", "function": "random"}
     rt.channel.send({**step, "where": "simple.py:16", "granted": True})
     time.sleep(60)
+
+
+def overlaps(event):
+    rt = autokitteh._runtime._runtime
+    step = {"type": "step", "kind": "activity", "function": "random", "where": "simple.py:24"}
+    rt.channel.send({**step, "step": 1})
+    rt.channel.send({**step, "step": 2})  # (while step 1 runs)
+    time.sleep(60)
 """
 
 
@@ -226,6 +234,20 @@ async def test_a_step_on_a_go_ahead_never_given_ends_its_session(settings: Setti
     )
     kinds = [r["kind"] for r in recs]
     assert kinds == ["created", "started", "print", "ended"], kinds  # one attempt
+
+
+async def test_a_step_while_an_activity_runs_ends_its_session_saying_so(
+    settings: Settings,
+) -> None:
+    """Steps come one at a time: a second while the first's activity runs (a forged frame)
+    ends the session in ERROR with a message that says which (it said "step 2 out of turn
+    (expected step 2)")."""
+    session, recs = await _steps_session(settings, "ses_01m8cpgk96e6wakscbfn3064d1", "overlaps")
+    assert session["state"] == wire.ERROR, session
+    assert session["error"] == (
+        "error: the worker process sent a malformed message (step 2 came while step 1 was "
+        "running); the session was ended so that it does not repeat it"
+    )
 
 
 async def _steps_session(
