@@ -13,6 +13,12 @@ from .errors import InvalidArgument
 
 T = TypeVar("T")
 
+# Lists and maps a field's value may nest (its own counted): as deep as a webhook's JSON
+# (``webhook.MAX_JSON_DEPTH``) and the values between sessions (``autokitteh._values``).
+# Deeper values overflow the recursion of what carries them on (a runner pickling an
+# event for its worker failed at ~500, the worker's decoding at ~400, ``ak event get``).
+MAX_DEPTH = 100
+
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
@@ -43,8 +49,32 @@ def parse(op: str, cls: type[T], args: Any) -> T:
                 f"{op}: field {f.name!r} must be {_describe(hints[f.name])}, "
                 f"not {value if _too_big(value) else type(value).__name__}"
             )
+        if _nested_deeper(value, MAX_DEPTH):
+            raise InvalidArgument(
+                f"{op}: field {f.name!r} nests lists and maps more than {MAX_DEPTH} levels "
+                "deep: send flatter data"
+            )
         given[f.name] = value
     return cls(**given)
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether lists and maps nest more than ``limit`` levels in ``value`` (walked without
+    recursion: a decoded msgpack value may be nested ~1,000 deep; a map's keys too, where
+    msgpack makes lists tuples)."""
+    if not isinstance(value, _NESTING):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, _NESTING))
+    return False
+
+
+_NESTING = (dict, list, tuple)
 
 
 def fields_of(cls: type) -> dict[str, Any]:

@@ -90,7 +90,30 @@ def journal_row(rec: dict[str, Any]) -> JournalRow:
 
 def pretty(value: Any) -> str:
     """JSON, indented, for a person (what JSON cannot hold is shown by its repr)."""
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=_readable)
+    return json.dumps(
+        _sortable(value), indent=2, sort_keys=True, ensure_ascii=False, default=_readable
+    )
+
+
+SHOWN_DEPTH = 100  # levels of lists and maps shown; deeper ones by a note
+
+
+def _sortable(value: Any, depth: int = 0) -> Any:
+    """``value`` with every map's keys as text, so that ``json.dumps`` can sort and write
+    them: a hand-made event's data and a session's inputs are any msgpack value, whose
+    keys may be numbers, bytes or null, mixed with text (a key that is not text shows as
+    its repr, so ``1`` and ``"1"`` stay apart). Lists and maps nested deeper than
+    SHOWN_DEPTH (kept before the API refused them) are shown by a note."""
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if depth >= SHOWN_DEPTH:
+        return f"<nested deeper than {SHOWN_DEPTH} levels: not shown>"
+    if isinstance(value, dict):
+        return {
+            (k if isinstance(k, str) else repr(k)): _sortable(v, depth + 1)
+            for k, v in value.items()
+        }
+    return [_sortable(v, depth + 1) for v in value]
 
 
 def _readable(value: Any) -> Any:

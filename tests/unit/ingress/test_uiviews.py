@@ -70,6 +70,17 @@ def test_event_bodies_show_as_json_text_or_hex() -> None:
     assert (raw["body_kind"], raw["body"]) == ("bytes (hex)", "ff 00")
 
 
+def test_pretty_shows_keys_that_are_not_text_and_data_nested_too_deep() -> None:
+    # (a hand-made event's data or a session's inputs: any msgpack value)
+    shown = uiviews.pretty({"a": 1, 1: "one", None: 0, b"\xff": b"v"})
+    assert '"a": 1' in shown and '"1": "one"' in shown and '"None": 0' in shown
+    assert '"b\'\\\\xff\'": "v"' in shown
+    deep: object = "leaf"
+    for _ in range(900):
+        deep = [deep]
+    assert "nested deeper than 100 levels: not shown" in uiviews.pretty({"x": deep})
+
+
 def test_durations_read_as_a_person_says_them() -> None:
     t0 = "2026-01-01T00:00:00Z"
     assert uiviews.duration(t0, "2026-01-01T00:00:00.250000Z") == "250 ms"

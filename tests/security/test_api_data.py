@@ -1,0 +1,123 @@
+"""What a token holder's data may do (an adversarial review of the HTTP edge, 2026-12-07):
+hand-made events (`ak event dispatch|save`) and session inputs (`ak session start`) are any
+msgpack value. Nested ~900 deep, they were accepted (200) and then overflowed the runner's
+recursion (its session ended in ERROR with `the runner failed running this session:
+RecursionError`, a traceback in the runner's log; `ak event get` crashed the CLI); with map
+keys that are not text, or text mixed with numbers, their event's and session's pages in
+the web UI answered 500 (a traceback in ingress's log)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from akcore import wire
+
+from tests.helpers import Stack, start_stack, write_project
+
+MANIFEST = """\
+version: v1
+project:
+  name: deep
+  triggers:
+    - name: hook
+      call: h.py:on_event
+      webhook: {}
+"""
+CODE = """\
+def on_event(event):
+    print("ran", type(event.data).__name__)
+
+
+def main(event):
+    print("main ran")
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("data")
+    s = start_stack(home)
+    s.deploy(write_project(home / "deep", {"autokitteh.yaml": MANIFEST, "h.py": CODE}))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def trigger(stack: Stack) -> str:
+    (t,) = stack.api("trigger.list", project="deep")
+    return str(t["trigger_id"])
+
+
+def post(stack: Stack, op: str, args: dict[str, Any]) -> tuple[int, wire.StoreReply]:
+    body = wire.encode(wire.StoreRequest(args=args))
+    headers = {"Content-Type": "application/msgpack", **stack.auth()}
+    status, _, data = stack.request("POST", f"/api/{op}", body, headers)
+    return status, wire.decode(wire.StoreReply, data)
+
+
+def nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def ui(stack: Stack, path: str) -> tuple[int, str]:
+    status, _, body = stack.request("GET", path, headers={"Cookie": f"ak_ui_token={stack.token}"})
+    return status, body.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("op", "field"),
+    [("event.dispatch", "data"), ("event.save", "data"), ("session.start", "inputs")],
+)
+def test_data_nested_too_deep_is_refused_before_anything_runs(
+    stack: Stack, trigger: str, op: str, field: str
+) -> None:
+    events = stack.api("event.list", project="deep")
+    sessions = stack.api("session.list", project="deep")["sessions"]
+    for value in (nested(900), [[[[nested(200)]]]]):
+        if op == "session.start":
+            args = {"project": "deep", "entrypoint": "h.py:main", "inputs": {"x": value}}
+        else:
+            args = {"destination": trigger, "data": {"x": value}}
+        status, reply = post(stack, op, args)
+        assert status == 400, reply
+        assert f"{op}: field {field!r} nests lists and maps more than 100 levels deep" in (
+            reply.error
+        )
+    assert stack.api("event.list", project="deep") == events
+    assert stack.api("session.list", project="deep")["sessions"] == sessions
+    assert "RecursionError" not in stack.output()
+
+
+def test_data_at_the_limit_still_runs(stack: Stack, trigger: str) -> None:
+    status, reply = post(stack, "event.dispatch", {"destination": trigger, "data": nested(99)})
+    assert status == 200, reply.error
+    sid = stack.session_of("deep", reply.result["event_id"])
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    got = json.loads(stack.ak("event", "get", reply.result["event_id"], "-j", check=True).stdout)
+    assert got["event_id"] == reply.result["event_id"]
+
+
+def test_ui_shows_data_whose_keys_are_not_all_text(stack: Stack, trigger: str) -> None:
+    data = {"mixed": {"a": 1, 1: "one", None: 0}, "raw": {b"\xffkey": b"v"}}
+    status, reply = post(stack, "event.dispatch", {"destination": trigger, "data": data})
+    assert status == 200, reply.error
+    event_id = reply.result["event_id"]
+    sid = stack.session_of("deep", event_id)
+    stack.wait_session(sid)
+    status, reply = post(
+        stack, "session.start", {"project": "deep", "entrypoint": "h.py:main", "inputs": data}
+    )
+    assert status == 200, reply.error
+    started = reply.result["session_id"]
+    stack.wait_session(started)
+    for path in (f"/ui/events/{event_id}", f"/ui/sessions/{sid}", f"/ui/sessions/{started}"):
+        status, page = ui(stack, path)
+        assert status == 200, (path, page[:300])
+        assert "&#34;a&#34;: 1" in page and "&#34;1&#34;: &#34;one&#34;" in page, path
+    assert "Exception in ASGI application" not in stack.output()
