@@ -164,8 +164,9 @@ class LimitedProtocol(HttpToolsProtocol):
             raise head_too_large(self.limits)
         if len(self.connections) > self.limits.max_connections:
             raise too_many_connections(self.limits)
-        self._in_head, self._in_body = False, True
-        super().on_headers_complete()
+        self._in_head = False
+        super().on_headers_complete()  # (raises for a target that is no URL: a CONNECT's)
+        self._in_body = True  # only now: the request has its cycle (``_may_answer``)
 
     def on_message_complete(self) -> None:
         self._in_body = False

@@ -256,3 +256,24 @@ def test_json_nested_100k_deep_is_kept_as_text(stack: Stack, hook: str) -> None:
     assert stack.wait_session(sid)["state"] == "COMPLETED"
     prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
     assert prints == "json: None text: 100000\n"
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:22", "example.com:443", "http://[::1/x"])
+def test_a_request_target_no_url_parser_takes_gets_400(stack: Stack, target: str) -> None:
+    """A CONNECT (its target is a host and port) and targets httptools reads as a request
+    but cannot parse as a URL: the connection was dropped without an answer and ingress
+    logged a "Fatal error on transport" traceback for each (an adversarial review, 2026-12-07)."""
+    method = "GET" if target.startswith("http") else "CONNECT"
+    for earlier in (False, True):  # on a new connection, and after an answered request
+        with _connect(stack) as sock:
+            if earlier:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b'{"status":"ok"}'):
+                    answer += sock.recv(65536)
+            sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            status, _, body = _response(sock)
+        assert status == 400, stack.output()[-3000:]
+        assert body == b"Bad Request: the request is not valid HTTP/1.1\n"
+    assert "Fatal error on transport" not in stack.output()
+    assert stack.request("GET", "/healthz")[0] == 200
