@@ -100,6 +100,9 @@ class _Checker:
         if not isinstance(d[key], str):
             self.fail(f"{where}.{key}", f"expected a string, got {_kind(d[key])}")
             return ""
+        if "\x00" in d[key]:  # ("\0" in YAML): no database column or environment takes it
+            self.fail(f"{where}.{key}", "holds a NUL character (\\0), which no text here may")
+            return ""
         return str(d[key])
 
     def boolean(self, d: dict[str, Any], key: str, where: str, default: bool) -> bool:

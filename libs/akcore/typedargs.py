@@ -49,6 +49,11 @@ def parse(op: str, cls: type[T], args: Any) -> T:
                 f"{op}: field {f.name!r} must be {_describe(hints[f.name])}, "
                 f"not {value if _too_big(value) else type(value).__name__}"
             )
+        if _has_nul(hints[f.name], value):
+            raise InvalidArgument(
+                f"{op}: field {f.name!r} holds a NUL character (\\0), which no text here may "
+                "(a database cannot store it, nor an environment variable hold it)"
+            )
         if _nested_deeper(value, MAX_DEPTH):
             raise InvalidArgument(
                 f"{op}: field {f.name!r} nests lists and maps more than {MAX_DEPTH} levels "
@@ -56,6 +61,43 @@ def parse(op: str, cls: type[T], args: Any) -> T:
             )
         given[f.name] = value
     return cls(**given)
+
+
+def _has_nul(hint: Any, value: Any) -> bool:
+    """Whether text that ``hint`` types (a ``str``, a ``list[str]``'s items, a
+    ``dict[str, ...]``'s keys and text values) holds a NUL character: PostgreSQL refuses
+    it in any text it stores or compares (a slug with one in a lookup, an event type in the
+    events table), and so do environment variables (a var's value). What ``Any`` types (an
+    event's data, a session's inputs) is sealed as bytes: NUL is fine there."""
+    if hint is Any:  # (not looked into: it may be nested ~1,000 deep)
+        return False
+    if isinstance(value, str):
+        return "\x00" in value and _texts(hint)
+    if isinstance(value, list):
+        return any(_has_nul(_item(hint, 0), v) for v in value)
+    if isinstance(value, dict):
+        return any(
+            _has_nul(_item(hint, 0), k) or _has_nul(_item(hint, 1), v) for k, v in value.items()
+        )
+    return False
+
+
+def _texts(hint: Any) -> bool:
+    """Whether ``hint`` is text (or a union with it), not ``Any``."""
+    if hint is str:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_texts(h) for h in typing.get_args(hint))
+    return False
+
+
+def _item(hint: Any, index: int) -> Any:
+    """The type of a ``list``'s items (0) or a ``dict``'s keys (0) and values (1) in
+    ``hint`` (``Any`` when it says none)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next((h for h in typing.get_args(hint) if typing.get_origin(h)), Any)
+    args = typing.get_args(hint)
+    return args[index] if len(args) > index else Any
 
 
 def _nested_deeper(value: Any, limit: int) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from akcore import bus, github, ids, wire
-from akcore.errors import AKError, NotFound
+from akcore.errors import AKError, InvalidArgument, NotFound
 from fastapi import Request, Response
 from nats.aio.client import Client
 
@@ -62,6 +62,8 @@ async def deliver(
     refusals.check(route)
     try:
         routed = await bus.store_call(nc, "github.route", args)
+    except InvalidArgument as e:  # a field no text may hold (a NUL character)
+        return Response(f"Bad Request: {e.message}\n", status_code=400)
     except AKError as e:
         log.warning("github delivery: the store did not route it: %s", e)
         return Response("Service Unavailable\n", status_code=503, headers={"Retry-After": "10"})

@@ -19,7 +19,7 @@ from typing import Any
 
 from akcore import bus, subjects, wire
 from akcore.cache import StoreCache
-from akcore.errors import AKError, NotFound
+from akcore.errors import AKError, InvalidArgument, NotFound
 from akcore.webhook import WebhookTarget
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -133,6 +133,9 @@ class WebhookLookups:
         slug = args["slug"]
         try:
             answer = await bus.store_call(nc, op, args)
+        except InvalidArgument:  # no slug at all (a NUL in it): no webhook, the store is up
+            self._came_back()
+            raise NotFound(f"no webhook {slug!r}") from None
         except NotFound:
             self._came_back()
             await self._known.forget(slug)

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from akcore import bus, ids, slack, timefmt, wire
-from akcore.errors import AKError
+from akcore.errors import AKError, InvalidArgument
 from fastapi import Request, Response
 from nats.aio.client import Client
 
@@ -64,6 +64,8 @@ async def receive(
     refusals.check(route)
     try:
         routed = await bus.store_call(nc, "slack.route", args)
+    except InvalidArgument as e:  # a field no text may hold (a NUL character)
+        return Response(f"Bad Request: {e.message}\n", status_code=400)
     except AKError as e:
         log.warning("slack request: the store did not route it: %s", e)
         return Response("Service Unavailable\n", status_code=503, headers={"Retry-After": "10"})
@@ -124,6 +126,8 @@ async def _verify_url(
     refusals.check("slack url_verification")
     try:
         routed = await bus.store_call(nc, "slack.route", {**args, "any_connection": True})
+    except InvalidArgument as e:  # a field no text may hold (a NUL character)
+        return Response(f"Bad Request: {e.message}\n", status_code=400)
     except AKError:
         return Response("Service Unavailable\n", status_code=503)
     if routed["status"] != 200:

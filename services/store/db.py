@@ -18,14 +18,17 @@ _LOCK_ID = 0x616B5F73  # "ak_s": one migrating store at a time on PostgreSQL
 
 
 def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
-    """Opens the database at ``dsn`` and brings its schema up to date."""
+    """Opens the database at ``dsn`` and brings its schema up to date. A statement's
+    values are left out of the database's errors (``hide_parameters``): such an error is
+    logged, and answered to the API's caller, and its values may be a var's, a token's
+    digest, an event's."""
     try:
         check_db_dsn(dsn)
     except ValueError as e:
         raise AKError(str(e)) from None
     if dsn.startswith("sqlite:///"):
         Path(dsn.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(dsn, connect_args={"check_same_thread": False})
+        engine = create_engine(dsn, connect_args={"check_same_thread": False}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn, _rec):  # type: ignore[no-untyped-def]
@@ -34,7 +37,7 @@ def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
     else:
-        engine = create_engine(dsn, pool_pre_ping=True)
+        engine = create_engine(dsn, pool_pre_ping=True, hide_parameters=True)
     if migrate_schema:
         migrate(engine)
     return engine
