@@ -469,9 +469,13 @@ class StoreApi:
         with DB(self.engine) as db:
             p = self._project(db, req.project)
             spec = {k: v for k, v in (req.trigger or {}).items() if v not in (None, "")}
-            m = parse_manifest(
-                json.dumps({"version": "v1", "project": {"name": p.name, "triggers": [spec]}})
-            )
+            try:  # (a msgpack request may hold bytes, which no manifest does)
+                text = json.dumps(
+                    {"version": "v1", "project": {"name": p.name, "triggers": [spec]}}
+                )
+            except (TypeError, ValueError) as e:
+                raise InvalidArgument(f"invalid trigger: {e}") from None
+            m = parse_manifest(text)
             assert m.project is not None
             (t,) = m.project.triggers
             if db.exec(

@@ -121,3 +121,13 @@ def test_ui_shows_data_whose_keys_are_not_all_text(stack: Stack, trigger: str) -
         assert status == 200, (path, page[:300])
         assert "&#34;a&#34;: 1" in page and "&#34;1&#34;: &#34;one&#34;" in page, path
     assert "Exception in ASGI application" not in stack.output()
+
+
+def test_a_trigger_holding_bytes_is_refused(stack: Stack) -> None:
+    """A trigger is text, booleans and maps (``ak trigger create``); bytes (msgpack) got 500
+    ``Object of type bytes is not JSON serializable``."""
+    trigger = {"name": "t2", "call": "h.py:main", "webhook": {"x": b"\xff"}}
+    status, reply = post(stack, "trigger.create", {"project": "deep", "trigger": trigger})
+    assert status == 400, reply
+    assert reply.error.startswith("invalid trigger: ") and "bytes" in reply.error
+    assert [t["name"] for t in stack.api("trigger.list", project="deep")] == ["hook"]
