@@ -461,6 +461,11 @@ class Publisher:
         if fut is not None and not fut.done():
             fut.set_exception(NatsTimeout())
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (0: not known yet)."""
+        return int(getattr(self._nc, "max_payload", 0) or 0)
+
     async def publish(
         self,
         subject: str,

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 from nats.js.errors import APIError
 
 from . import bus, eventdata, journal, subjects, timefmt, tracing, wire
@@ -81,6 +82,12 @@ async def publish_session(
         )
     # (the memo is the `created` record's, sealed: the job need not carry it in the clear)
     job = dataclasses.replace(job, journal_seq=0, memo={})
+    created_data, job_data = wire.encode(created), wire.encode(job)
+    limit = getattr(pub, "max_payload", 0)  # (0: not known)
+    if limit and max(len(created_data), len(job_data)) > limit:
+        # Before either goes: a job whose `created` never comes is retried by a runner
+        # for minutes (big inputs or a big memo of `ak session start`, or of a child).
+        raise MaxPayloadError
     # `created` goes out first, on the same connection: it reaches the server first. Each
     # is stored only if its subject holds nothing yet: a try past JetStream's duplicate
     # window (which de-duplicates by Nats-Msg-Id only within it) must not add a second job
@@ -91,13 +98,13 @@ async def publish_session(
         _first(
             pub,
             subjects.journal_subject(sid),
-            wire.encode(created),
+            created_data,
             {subjects.HDR_MSG_ID: f"{sid}:0"},
         ),
         _first(
             pub,
             subjects.job_subject(job.project_id, sid),
-            wire.encode(job),
+            job_data,
             {**context, subjects.HDR_MSG_ID: f"job:{sid}"},
         ),
     )

@@ -16,6 +16,7 @@ from akcore.manifest import parse_call
 from akcore.parking import inbox_headers
 from akcore.sessions import publish_session
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 
 
 async def session_start(nc: Client, keys: Keyring, req: rq.SessionStart) -> dict[str, Any]:
@@ -41,8 +42,20 @@ async def session_start(nc: Client, keys: Keyring, req: rq.SessionStart) -> dict
         data=req.inputs,
         memo=req.memo,
     )
-    await publish_session(bus.publisher(nc), job, keys)
+    await _publish(nc, job, keys)
     return {"session_id": job.session_id}
+
+
+async def _publish(nc: Client, job: wire.Job, keys: Keyring) -> None:
+    """``publish_session``; InvalidArgument when its messages are over NATS's limit."""
+    try:
+        await publish_session(bus.publisher(nc), job, keys)
+    except MaxPayloadError:
+        raise InvalidArgument(
+            f"the session's inputs and memo are over the NATS message limit "
+            f"({nc.max_payload} bytes): send less (keep big data elsewhere and pass a "
+            "reference to it)"
+        ) from None
 
 
 async def _check_build(nc: Client, build_id: str, dep: dict[str, Any]) -> None:
@@ -88,7 +101,7 @@ async def session_restart(nc: Client, keys: Keyring, req: rq.SessionRef) -> dict
         trigger_id=s.get("trigger_id", ""),
         sealed_data=sealed_data,
     )
-    await publish_session(bus.publisher(nc), job, keys)
+    await _publish(nc, job, keys)
     return {"session_id": job.session_id}
 
 

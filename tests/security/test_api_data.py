@@ -9,6 +9,7 @@ the web UI answered 500 (a traceback in ingress's log)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,3 +132,19 @@ def test_a_trigger_holding_bytes_is_refused(stack: Stack) -> None:
     assert status == 400, reply
     assert reply.error.startswith("invalid trigger: ") and "bytes" in reply.error
     assert [t["name"] for t in stack.api("trigger.list", project="deep")] == ["hook"]
+
+
+def test_a_session_start_over_the_message_limit_is_refused_whole(stack: Stack) -> None:
+    """Inputs or a memo that make the session's `created` record larger than a NATS
+    message got 500 ``nats: maximum payload exceeded`` (a traceback in the runner's log),
+    and its job went out alone: a runner retried it for two minutes."""
+    big = "m" * (8 * 1024 * 1024 - 4096)  # (under the API's 8 MiB body limit)
+    for field, value in (("memo", {"k": big}), ("inputs", {"k": big})):
+        args = {"project": "deep", "entrypoint": "h.py:main", field: value}
+        status, reply = post(stack, "session.start", args)
+        assert status == 400, (field, status, reply.error[:300])
+        assert "the session's inputs and memo are over the NATS message limit" in reply.error
+    time.sleep(2)  # (a job without its record would be taken, and retried, at once)
+    out = stack.output()
+    assert "maximum payload exceeded" not in out
+    assert "is not in its journal yet" not in out
