@@ -83,6 +83,21 @@ DEFAULT_PAGE, MAX_PAGE = 50, 1000
 MAX_SCOPE_REFS = MAX_PAGE + 100  # (a session list's event ids and its other filters)
 RECORDS_PAGE, RECORDS_BYTES = 1000, 1 << 20  # a page of a session's records, at most
 MAX_SPANS = 5000  # spans of a trace in one answer (each ~0.4 KB)
+# A page of sessions, or the events listed, ends once it takes about this many bytes: a
+# memo or an event type is as long as its maker wants (one project's three sessions with
+# 3 MB memos made every session list over the NATS message limit, ``ak session list`` and
+# the web UI's Sessions page of every other project's users included).
+LIST_BYTES = 4 << 20
+
+
+def _within_bytes(views: list[dict[str, Any]], budget: int = LIST_BYTES) -> int:
+    """How many of ``views`` (at least one) fit ``budget`` bytes, encoded."""
+    size = 0
+    for i, v in enumerate(views):
+        size += len(wire.pack(v))
+        if i and size > budget:
+            return i
+    return len(views)
 
 
 def _page_after(token: str) -> tuple[int, str]:
@@ -1084,6 +1099,9 @@ class StoreApi:
         views = [self._session_view(s, names) for s in rows]
         for v in views:
             del v["inputs"]
+        fit = _within_bytes(views)
+        if fit < len(views):
+            more, rows, views = True, rows[:fit], views[:fit]
         last = rows[-1] if more else None
         return {
             "sessions": views,
@@ -1181,14 +1199,16 @@ class StoreApi:
         }
 
     def event_list(self, req: rq.EventList) -> list[dict[str, Any]]:
-        """The newest 1,000 events (of a project, of one of its triggers), newest first."""
+        """The newest 1,000 events (of a project, of one of its triggers), newest first; fewer
+        when they take more than about LIST_BYTES."""
         with DB(self.engine) as db:
             q = within(select(EventRow), EventRow, req.within).order_by(col(EventRow.seq).desc())
             if req.project:
                 q = q.where(EventRow.project_id == self._project(db, req.project).project_id)
             if req.trigger:
                 q = self._offered_to(db, q, self._trigger_id(db, req.project, req.trigger))
-            return [_event_view(e, self.keys) for e in db.exec(q.limit(1000))]
+            views = [_event_view(e, self.keys) for e in db.exec(q.limit(1000))]
+        return views[: _within_bytes(views)]
 
     def event_get(self, req: rq.EventGet) -> dict[str, Any]:
         """An event; its data opened and its credential headers masked, unless ``reveal``

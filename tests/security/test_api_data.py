@@ -148,3 +148,32 @@ def test_a_session_start_over_the_message_limit_is_refused_whole(stack: Stack) -
     out = stack.output()
     assert "maximum payload exceeded" not in out
     assert "is not in its journal yet" not in out
+
+
+def test_big_memos_and_event_types_do_not_break_the_lists(stack: Stack, trigger: str) -> None:
+    """Three sessions with 3 MB memos (or events with 3 MB types), made by a token limited
+    to one project, made every session (event) list over the NATS message limit: `ak
+    session list` and the UI's Sessions page failed for the users of every project."""
+    token = stack.ak("auth", "create-token", "-n", "one", "-p", "deep", check=True).stdout
+    headers = {"Content-Type": "application/msgpack", "Authorization": f"Bearer {token.strip()}"}
+    big = "m" * (3 * 1024 * 1024)
+    made = set()
+    for _ in range(3):
+        args = {"project": "deep", "entrypoint": "h.py:main", "memo": {"k": big}}
+        body = wire.encode(wire.StoreRequest(args=args))
+        status, _, data = stack.request("POST", "/api/session.start", body, headers)
+        assert status == 200, data[:300]
+        made.add(wire.decode(wire.StoreReply, data).result["session_id"])
+        args = {"destination": trigger, "event_type": "e" * (3 * 1024 * 1024)}
+        body = wire.encode(wire.StoreRequest(args=args))
+        assert stack.request("POST", "/api/event.save", body, headers)[0] == 200
+    seen, token_ = set(), ""
+    while True:  # every session, page by page
+        page = stack.api("session.list", page_token=token_)
+        seen |= {s["session_id"] for s in page["sessions"]}
+        if not (token_ := page["next_page_token"]):
+            break
+    assert made <= seen
+    assert stack.api("event.list")  # (the newest that fit)
+    for path in ("/ui/sessions", "/ui/events"):
+        assert ui(stack, path)[0] == 200, path
