@@ -10,7 +10,7 @@ from akcore.integrations import INTEGRATIONS, unknown
 from akcore.manifest import parse_manifest
 from akcore.planning import Action, Current, plan_manifest
 from akcore.secrets import Sealer
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from . import routes
 from .models import Connection, Project, Trigger, Var
@@ -47,6 +47,35 @@ def _vars(db: Session, scope_id: str, sealer: Sealer) -> dict[str, dict[str, Any
     }
 
 
+# Bytes a project's vars and its connections' may take together, as stored (a secret's
+# ciphertext is about a third longer than its value). A session's worker gets them all in
+# one NATS message (``session.env``), and the web UI's Projects page each project's: nine
+# vars of 1 MiB made every session of their project fail, and that page fail for the users
+# of every project.
+MAX_PROJECT_VARS = 4 * 1024 * 1024
+
+
+def _check_room(db: Session, scope: str, name: str, size: int) -> None:
+    """InvalidArgument when var ``name`` of ``scope`` (a project or connection id), taking
+    ``size`` bytes, would put its project's vars over MAX_PROJECT_VARS."""
+    project_id = scope
+    if scope.startswith("con_"):
+        conn = db.get(Connection, scope)
+        project_id = conn.project_id if conn is not None else scope
+    conns = select(Connection.connection_id).where(Connection.project_id == project_id)
+    scopes = [project_id, *db.exec(conns)]
+    others = db.exec(select(Var).where(col(Var.scope_id).in_(scopes)))
+    total = size + sum(
+        len(v.value.encode()) for v in others if (v.scope_id, v.name) != (scope, name)
+    )
+    if total > MAX_PROJECT_VARS:
+        raise InvalidArgument(
+            f"var {name!r}: the vars of its project (and of the project's connections) would "
+            f"take {total} bytes, over the {MAX_PROJECT_VARS} they may take together: keep big "
+            "data elsewhere and put a reference to it in a var"
+        )
+
+
 def put_var(
     db: Session,
     sealer: Sealer,
@@ -62,7 +91,9 @@ def put_var(
     routes.check_unclaimed(db, scope, name, value, secret)
     var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
     var = var or Var(scope_id=scope, name=name)
-    var.value = sealer.seal(value) if secret else value
+    stored = sealer.seal(value) if secret else value
+    _check_room(db, scope, name, len(stored.encode()))
+    var.value = stored
     var.is_secret = secret
     var.route_key = routes.claim(scope, name, value)
     if description is not None:

@@ -177,3 +177,31 @@ def test_big_memos_and_event_types_do_not_break_the_lists(stack: Stack, trigger:
     assert stack.api("event.list")  # (the newest that fit)
     for path in ("/ui/sessions", "/ui/events"):
         assert ui(stack, path)[0] == 200, path
+
+
+def test_a_projects_vars_are_bounded_together(stack: Stack, trigger: str) -> None:
+    """Nine vars of 1 MiB (each within the var limit) made `session.env` and `var.get` over
+    the NATS message limit: every session of the project failed, and the web UI's Projects
+    page (which lists each project's vars) failed for the users of every project."""
+    value = "v" * (1024 * 1024 - 64)
+    refused = []
+    for i in range(6):
+        status, reply = post(
+            stack, "var.set", {"project": "deep", "name": f"BIG{i}", "value": value}
+        )
+        if status != 200:
+            refused.append(reply.error)
+    assert len(refused) == 2, refused
+    assert "over the 4194304 they may take together" in refused[0]
+    assert ui(stack, "/ui/projects")[0] == 200
+    status, headers, _ = stack.request("POST", f"/webhooks/{_slug(stack)}", b"{}")
+    assert status == 202
+    sid = stack.session_of("deep", headers["autokitteh-event-id"])
+    assert stack.wait_session(sid)["state"] == "COMPLETED"
+    for i in range(6):
+        stack.ak("var", "delete", f"BIG{i}", "-p", "deep")
+
+
+def _slug(stack: Stack) -> str:
+    (t,) = stack.api("trigger.list", project="deep")
+    return str(t["webhook_slug"])
