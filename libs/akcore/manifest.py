@@ -194,6 +194,11 @@ def _read_vars(c: _Checker, raw: Any, where: str) -> tuple[Var, ...]:
     return tuple(out)
 
 
+# Triggers of one project: every list of triggers (the web UI's pages, `ak trigger list`,
+# a manifest's plan) is one NATS message; 2,200 with long filters made every such list
+# fail, for the users of every project.
+MAX_TRIGGERS = 500
+
 _TRIGGER_KEYS = {
     "name",
     "type",
@@ -296,7 +301,10 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
         name = c.name(p, "project")
         triggers: list[Trigger] = []
         names: set[str] = set()
-        for i, item in enumerate(c.items(p.get("triggers"), "project.triggers")):
+        listed = c.items(p.get("triggers"), "project.triggers")
+        if len(listed) > MAX_TRIGGERS:
+            c.fail("project.triggers", f"{len(listed)} triggers, over the limit of {MAX_TRIGGERS}")
+        for i, item in enumerate(listed[:MAX_TRIGGERS]):
             t = _read_trigger(c, item, f"project.triggers[{i}]", durable_default=version == "v1")
             if t.name in names:
                 c.fail(f"project.triggers[{i}].name", f"duplicate trigger {shown(t.name)}")

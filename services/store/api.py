@@ -16,7 +16,7 @@ from akcore.buildfiles import check_build
 from akcore.datakey import Keyring, SealError, is_sealed
 from akcore.errors import Conflict, InvalidArgument, NotFound, shown
 from akcore.integrations import connection_env
-from akcore.manifest import parse_manifest
+from akcore.manifest import MAX_TRIGGERS, parse_manifest
 from akcore.names import name_problem
 from akcore.secrets import Sealer
 from sqlalchemy import Engine
@@ -497,6 +497,11 @@ class StoreApi:
                 select(Trigger).where(Trigger.project_id == p.project_id, Trigger.name == t.name)
             ).first():
                 raise Conflict(f'trigger "{t.name}" already exists in project "{p.name}"')
+            count = select(func.count()).select_from(Trigger)
+            if db.exec(count.where(Trigger.project_id == p.project_id)).one() >= MAX_TRIGGERS:
+                raise InvalidArgument(
+                    f'project "{p.name}" has {MAX_TRIGGERS} triggers, the limit: delete one first'
+                )
             trg = Trigger(
                 trigger_id=ids.new_id("trg"),
                 project_id=p.project_id,

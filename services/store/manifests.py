@@ -47,11 +47,11 @@ def _vars(db: Session, scope_id: str, sealer: Sealer) -> dict[str, dict[str, Any
     }
 
 
-# Bytes a project's vars and its connections' may take together, as stored (a secret's
-# ciphertext is about a third longer than its value). A session's worker gets them all in
-# one NATS message (``session.env``), and the web UI's Projects page each project's: nine
-# vars of 1 MiB made every session of their project fail, and that page fail for the users
-# of every project.
+# Bytes a project's vars and its connections' may take together, as stored (names and
+# values; a secret's ciphertext is about a third longer than its value). A session's
+# worker gets them all in one NATS message (``session.env``), and the web UI's Projects
+# page each project's: nine vars of 1 MiB made every session of their project fail, and
+# that page fail for the users of every project.
 MAX_PROJECT_VARS = 4 * 1024 * 1024
 
 
@@ -66,7 +66,7 @@ def _check_room(db: Session, scope: str, name: str, size: int) -> None:
     scopes = [project_id, *db.exec(conns)]
     others = db.exec(select(Var).where(col(Var.scope_id).in_(scopes)))
     total = size + sum(
-        len(v.value.encode()) for v in others if (v.scope_id, v.name) != (scope, name)
+        _stored_size(v.name, v.value) for v in others if (v.scope_id, v.name) != (scope, name)
     )
     if total > MAX_PROJECT_VARS:
         raise InvalidArgument(
@@ -74,6 +74,11 @@ def _check_room(db: Session, scope: str, name: str, size: int) -> None:
             f"take {total} bytes, over the {MAX_PROJECT_VARS} they may take together: keep big "
             "data elsewhere and put a reference to it in a var"
         )
+
+
+def _stored_size(name: str, value: str) -> int:
+    """What a var takes in a list of vars: its value, its name and their framing."""
+    return len(value.encode()) + len(name) + 64
 
 
 def put_var(
@@ -92,7 +97,7 @@ def put_var(
     var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
     var = var or Var(scope_id=scope, name=name)
     stored = sealer.seal(value) if secret else value
-    _check_room(db, scope, name, len(stored.encode()))
+    _check_room(db, scope, name, _stored_size(name, stored))
     var.value = stored
     var.is_secret = secret
     var.route_key = routes.claim(scope, name, value)

@@ -183,7 +183,7 @@ def test_a_projects_vars_are_bounded_together(stack: Stack, trigger: str) -> Non
     """Nine vars of 1 MiB (each within the var limit) made `session.env` and `var.get` over
     the NATS message limit: every session of the project failed, and the web UI's Projects
     page (which lists each project's vars) failed for the users of every project."""
-    value = "v" * (1024 * 1024 - 64)
+    value = "v" * (1024 * 1024 - 256)
     refused = []
     for i in range(6):
         status, reply = post(
@@ -205,3 +205,31 @@ def test_a_projects_vars_are_bounded_together(stack: Stack, trigger: str) -> Non
 def _slug(stack: Stack) -> str:
     (t,) = stack.api("trigger.list", project="deep")
     return str(t["webhook_slug"])
+
+
+def test_a_project_has_at_most_500_triggers(stack: Stack) -> None:
+    """2,200 triggers with 4 KB filters, made by a token limited to one project, made every
+    list of triggers (the web UI's Projects, Sessions and Events pages, for the users of
+    every project; that project's own deploys) fail over the NATS message limit."""
+    flt = 'data.method == "' + "x" * 3900 + '"'
+    head, _, _ = MANIFEST.partition("  triggers:")
+
+    def manifest(n: int) -> str:
+        items = "".join(
+            f"    - name: t{i}\n      call: h.py:on_event\n      webhook: {{}}\n"
+            f"      filter: '{flt}'\n"
+            for i in range(n)
+        )
+        return head + "  triggers:\n" + items
+
+    status, reply = post(stack, "manifest.apply", {"text": manifest(501)})
+    assert status == 400 and "project.triggers: 501 triggers, over the limit of 500" in reply.error
+    status, reply = post(stack, "manifest.apply", {"text": manifest(500)})
+    assert status == 200, reply.error
+    trigger = {"name": "one_more", "call": "h.py:on_event", "webhook": {}}
+    status, reply = post(stack, "trigger.create", {"project": "deep", "trigger": trigger})
+    assert status == 400 and 'project "deep" has 500 triggers, the limit' in reply.error
+    assert len(stack.api("trigger.list")) == 500
+    for path in ("/ui/projects", "/ui/sessions", "/ui/events"):
+        assert ui(stack, path)[0] == 200, path
+    assert post(stack, "manifest.apply", {"text": MANIFEST})[0] == 200
