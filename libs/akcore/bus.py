@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import re
+import secrets
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -802,6 +804,18 @@ async def _call(
     return reply.result
 
 
+def internal(op: str, e: Exception, service: str) -> str:
+    """Logs an unexpected error of operation ``op`` (with its traceback, under a reference)
+    and gives what its caller is told: which error and where it was logged, never its
+    text, which may quote a statement and what it touched."""
+    ref = secrets.token_hex(4)
+    log.error("request %s failed (error %s)", op, ref, exc_info=e)
+    return (
+        f"{op} failed with {type(e).__name__}: an internal error, logged as error {ref} by "
+        f"{service} {os.getpid()}"
+    )
+
+
 async def serve_requests(
     nc: Client,
     subject: str,
@@ -821,8 +835,7 @@ async def serve_requests(
         except AKError as e:
             return wire.StoreReply(ok=False, error_kind=e.kind, error=e.message)
         except Exception as e:  # one bad request must not stop the service
-            log.exception("request %s failed", op)
-            return wire.StoreReply(ok=False, error_kind="internal", error=f"{op}: {e}")
+            return wire.StoreReply(ok=False, error_kind="internal", error=internal(op, e, queue))
 
     async def on_msg(msg: Msg) -> None:
         op = msg.subject[prefix_len:]

@@ -239,6 +239,11 @@ def create_app(
         except AKError as e:
             reply = wire.StoreReply(ok=False, error_kind=e.kind, error=e.message)
             return _reply(reply, e.http_status)
+        except Exception as e:  # the client's answer is the API's, a 500 all the same
+            reply = wire.StoreReply(
+                ok=False, error_kind=AKError.kind, error=bus.internal(name, e, "ingress")
+            )
+            return _reply(reply, AKError.http_status)
         return _reply(wire.StoreReply(ok=True, result=result), 200)
 
     @app.get("/healthz")

@@ -187,3 +187,30 @@ def _nats_server_of(tmp_path: Path) -> int:
     pids = [int(p) for p in out.split()]
     assert len(pids) == 1, pids
     return pids[0]
+
+
+async def test_an_unexpected_error_is_an_api_answer_naming_its_log_entry(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error ingress did not expect (a bug) answers 500 in the API's own form, as every
+    failure does (the CLI reads it), naming its log entry, not its text (it was FastAPI's
+    plain "Internal Server Error")."""
+    from ak_ingress import app as ingress_app
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a statement quoting secret value hunter2")
+
+    async with _ingress(settings) as (nc, d, http):
+        auth = await api_headers(nc)
+        monkeypatch.setattr(ingress_app, "perform", broken)
+        r = await http.post(
+            "/api/project.list", content=wire.encode(wire.StoreRequest({})), headers=auth
+        )
+        assert r.status_code == 500, r.content
+        reply = wire.decode(wire.StoreReply, r.content)
+        assert reply.error_kind == "internal" and "hunter2" not in reply.error, reply
+        assert re.fullmatch(
+            r"project\.list failed with RuntimeError: an internal error, logged as error "
+            r"[0-9a-f]{8} by ingress \d+",
+            reply.error,
+        ), reply.error
