@@ -23,6 +23,7 @@ import os
 import pickle
 import queue
 import resource
+import shutil
 import signal
 import sys
 import threading
@@ -407,6 +408,30 @@ def reap_children() -> None:
             return
 
 
+# This worker's own temporary directories (``sandboxed``), in memory: emptied between
+# sessions.
+_private_temps: list[str] = []
+
+
+def clear_private_temps() -> None:
+    """Empties this worker's own temporary directories: what a session left there is its
+    worker's memory, which the project's next sessions in this worker would otherwise
+    inherit and pile up, until one of them ran over the memory limit for it."""
+    for folder in _private_temps:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
 def sandboxed(
     uid: int,
     venv: str,
@@ -424,6 +449,7 @@ def sandboxed(
         _hide.hide(hidden)
     if temp:  # (a namespace of its own: not its fork server's, which its siblings share)
         _hide.private_temp(temp.split(os.pathsep), memory_mb)
+        _private_temps[:] = temp.split(os.pathsep)
     if groups:
         join_groups(groups, uid)
     become_user(uid)
@@ -502,6 +528,7 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     reusable = baseline.restore(code_dir)
     if reusable:  # (no thread of the handler's is left to wait for its own processes)
         reap_children()  # what the session started and did not wait for, ended: not left
+        clear_private_temps()
     ch.idle = True
     ch.send({**done, "reusable": reusable}, blob)
     return reusable

@@ -102,6 +102,14 @@ def look(event):
         print("not there")
 
 
+def leave(event):
+    # Whether a file an earlier session left is here; then one left behind.
+    path = f"/tmp/{event.data['mark']}"
+    print(os.getpid(), os.path.exists(path))
+    with open(path, "wb") as f:
+        f.write(b"x" * (1 << 20))
+
+
 def fill(event):
     # Twice its memory limit written to a file of the disk (the machine's temporary
     # directory): the disk holds the data home, the database and NATS's store too.
@@ -222,6 +230,22 @@ def test_a_handler_cannot_fill_the_disk_through_a_temporary_directory(stack: Sta
                 f"session ended: over its memory limit of {MEMORY_MB} MiB "
                 "(AK_RUNNER__WORKER_MEMORY_MB): the kernel stopped a process of it there"
             ), (where, session)
+
+
+def test_a_worker_s_own_tmp_is_emptied_between_sessions(stack: Stack) -> None:
+    """A worker's /tmp is its memory: what a session left there stayed for the project's
+    next sessions in that worker (up to AK_RUNNER__WORKER_SESSIONS), piling up until one of
+    them ran over the memory limit for files it never wrote. Each session starts with it
+    empty."""
+    mark = f"left-{os.getpid()}-{time.monotonic_ns()}"
+    found: dict[str, list[str]] = {}
+    for _ in range(6):
+        sid = _start(stack, "hostile", "leave", mark=mark)
+        assert stack.wait_session(sid)["state"] == "COMPLETED"
+        pid, there = _prints(stack, sid)[0].split()
+        found.setdefault(pid, []).append(there)
+    assert any(len(runs) > 1 for runs in found.values()), found  # (a worker ran several)
+    assert all(there == "False" for runs in found.values() for there in runs), found
 
 
 def test_a_file_one_projects_handler_leaves_in_tmp_is_not_another_projects(
