@@ -3,7 +3,9 @@ and what a webhook's slug leads to."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -59,10 +61,10 @@ def _first_json(body: bytes) -> Any:
     if not text:
         return None
     try:
-        value, _ = json.JSONDecoder().raw_decode(text)
+        value, end = json.JSONDecoder().raw_decode(text)
     except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion
         return None
-    if nested_deeper(text, value):
+    if nested_deeper(text[:end], value):
         return None
     if "\\u" in text and not _encodable(value):  # a lone surrogate, e.g. "\\ud800"
         return None
@@ -80,27 +82,22 @@ def _encodable(value: Any) -> bool:
 
 
 def nested_deeper(raw: str | bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``value``, parsed from the JSON text ``raw``, nests lists and maps more than
-    ``limit`` levels (the text is looked at first: most have too few brackets to)."""
-    if isinstance(raw, str):
-        brackets = raw.count("[") + raw.count("{")
-    else:
-        brackets = raw.count(b"[") + raw.count(b"{")
-    return brackets > limit and _deeper_than(value, limit)
+    """Whether ``value``, parsed from the JSON text ``raw`` (that value's text alone), nests
+    lists and maps more than ``limit`` levels. Read from the text, its strings left out:
+    walking the value took ~0.5 s of ingress's loop for a 512 KiB body of 170,000 empty
+    maps, anyone's to send to a public webhook; the text's brackets take ~20 ms."""
+    data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
+    if data.count(b"[") + data.count(b"{") <= limit:  # (most have too few brackets to)
+        return False
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether lists and maps nest more than ``limit`` levels (walked without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if not isinstance(item, (dict, list)):
-            continue
-        if depth > limit:
-            return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children)
-    return False
+# A JSON string (in a text JSON parsed: its escapes are well formed), and what is not a
+# bracket; an opening bracket goes one level deeper, a closing one back.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 def _text(body: bytes) -> str | None:
