@@ -443,7 +443,9 @@ def check_db_dsn(dsn: str) -> None:
     except (ArgumentError, ValueError):
         raise ValueError(f"{ENV_DB_DSN} is not a database URL: {DB_DSN_FORMS}") from None
     try:
-        url.get_dialect()
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise NoSuchModuleError(url.drivername)
+        url.get_dialect().import_dbapi()  # (its driver: installed?)
     except (NoSuchModuleError, ImportError):
         raise ValueError(
             f"{ENV_DB_DSN} names a database this store cannot use ({url.drivername!r}): "

@@ -93,6 +93,16 @@ def test_settings_read_as_modules_are_imported_are_checked_too(
             "AK_DB__DSN names a database this store cannot use ('postgres'): sqlite:///PATH or ",
         ),
         ("AK_DB__DSN", "://u:hunter2@", "AK_DB__DSN is not a database URL: sqlite:///PATH or "),
+        (
+            "AK_DB__DSN",
+            "mysql://u:hunter2@db/ak",
+            "AK_DB__DSN names a database this store cannot use ('mysql'): sqlite:///PATH or ",
+        ),
+        (
+            "AK_DB__DSN",
+            "postgresql+psycopg2://u:hunter2@db/ak",
+            "AK_DB__DSN names a database this store cannot use ('postgresql+psycopg2'): ",
+        ),
         ("AK_EVENT_LOOP", "bogus", "AK_EVENT_LOOP must be one of uvloop, asyncio, not 'bogus'"),
     ],
 )
