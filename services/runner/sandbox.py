@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from akcore.cgroups import Stops, WorkerGroups
-from akcore.config import private_dir
+from akcore.config import Settings, data_home, private_dir, worker_env
 from autokitteh import _hide
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,33 @@ def private_temps(needed: dict[str, str]) -> tuple[list[str], str]:
         else:
             found.append(real)
     return found, "; ".join(why)
+
+
+def temp_dirs(settings: Settings) -> str:
+    """The temporary directories sandboxed workers get of their own, in memory
+    (``sandbox.private_temps``; ``os.pathsep`` between them), said once."""
+    env = worker_env(dict(os.environ), settings.worker_env)
+    python = shutil.which(settings.worker_python) or settings.worker_python or sys.executable
+    needed = {
+        "the data home": str(data_home()),
+        "the interpreter": sys.executable,
+        "the workers' interpreter": python,
+    }
+    for name, value in env.items():
+        needed.update((f"{name}={p}", p) for p in value.split(os.pathsep) if p.startswith("/"))
+    private, why = private_temps(needed)
+    if private:
+        log.info(
+            "handlers get %s of their own, in memory (counted against their memory limit)",
+            " and ".join(private),
+        )
+    if why:
+        log.warning(
+            "handlers share this host's temporary directory on its disk, which nothing "
+            "bounds (a handler can fill the disk the data home is on): %s",
+            why,
+        )
+    return os.pathsep.join(private)
 
 
 # Mode bits a tree given back to root must not keep: what an installer made writable by

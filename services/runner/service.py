@@ -6,9 +6,7 @@ import asyncio
 import functools
 import logging
 import os
-import shutil
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,8 +50,8 @@ from .sandbox import (
     WorkerLimits,
     is_root,
     lock_dir,
-    private_temps,
     seal_data_home,
+    temp_dirs,
 )
 from .session import Host, Outcome, SessionRun, after_end, parked_entry
 from .worker import WorkerPool
@@ -380,7 +378,7 @@ def _sandbox(settings: Settings) -> UserIds | None:
     else:
         log.warning("workers' memory is counted twice a second, not held by the kernel: %s", why)
     hidden = _hidden(settings)
-    return UserIds(first, last, lock_dir(), hidden, groups, _temp(settings) if hidden else "")
+    return UserIds(first, last, lock_dir(), hidden, groups, temp_dirs(settings) if hidden else "")
 
 
 def _hidden(settings: Settings) -> str:
@@ -397,33 +395,6 @@ def _hidden(settings: Settings) -> str:
             why,
         )
     return hidden
-
-
-def _temp(settings: Settings) -> str:
-    """The temporary directories sandboxed workers get of their own, in memory
-    (``sandbox.private_temps``; ``os.pathsep`` between them), said once."""
-    env = worker_env(dict(os.environ), settings.worker_env)
-    python = shutil.which(settings.worker_python) or settings.worker_python or sys.executable
-    needed = {
-        "the data home": str(config.data_home()),
-        "the interpreter": sys.executable,
-        "the workers' interpreter": python,
-    }
-    for name, value in env.items():
-        needed.update((f"{name}={p}", p) for p in value.split(os.pathsep) if p.startswith("/"))
-    private, why = private_temps(needed)
-    if private:
-        log.info(
-            "handlers get %s of their own, in memory (counted against their memory limit)",
-            " and ".join(private),
-        )
-    if why:
-        log.warning(
-            "handlers share this host's temporary directory on its disk, which nothing "
-            "bounds (a handler can fill the disk the data home is on): %s",
-            why,
-        )
-    return os.pathsep.join(private)
 
 
 def _fence(settings: Settings) -> None:
