@@ -93,13 +93,19 @@ class Stack:
 
     def api(self, op: str, **args: Any) -> Any:
         """The result of API operation ``op`` over HTTP ``/api`` (msgpack, with the token)."""
+        status, reply = self.api_reply(op, args)
+        assert status == 200 and reply.ok, f"{op}: {status} {reply.error}"
+        return reply.result
+
+    def api_reply(self, op: str, args: dict[str, Any]) -> tuple[int, Any]:
+        """The HTTP status and the reply (``wire.StoreReply``) of API operation ``op``,
+        whatever they are."""
         from akcore import wire
 
         body = wire.encode(wire.StoreRequest(args))
-        status, _, raw = self.request("POST", f"/api/{op}", body, self.auth())
-        reply = wire.decode(wire.StoreReply, raw)
-        assert status == 200 and reply.ok, f"{op}: {status} {reply.error}"
-        return reply.result
+        headers = {"Content-Type": "application/msgpack", **self.auth()}
+        status, _, raw = self.request("POST", f"/api/{op}", body, headers)
+        return status, wire.decode(wire.StoreReply, raw)
 
     def post_json(self, path: str, body: Any) -> tuple[int, str]:
         """POSTs JSON to a webhook: the status and the event id ("" when not accepted)."""

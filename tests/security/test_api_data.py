@@ -53,10 +53,7 @@ def trigger(stack: Stack) -> str:
 
 
 def post(stack: Stack, op: str, args: dict[str, Any]) -> tuple[int, wire.StoreReply]:
-    body = wire.encode(wire.StoreRequest(args=args))
-    headers = {"Content-Type": "application/msgpack", **stack.auth()}
-    status, _, data = stack.request("POST", f"/api/{op}", body, headers)
-    return status, wire.decode(wire.StoreReply, data)
+    return stack.api_reply(op, args)  # type: ignore[no-any-return]
 
 
 def nested(levels: int) -> Any:

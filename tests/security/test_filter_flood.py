@@ -300,6 +300,15 @@ def _event(deployed: dict[str, Any], n: int) -> wire.Event:
     )
 
 
+async def _publish(nc: Any, ev: wire.Event) -> None:
+    """Publishes ``ev`` as ingress does."""
+    await bus.publisher(nc).publish(
+        subjects.event_subject(ev.project_id, ev.event_id),
+        wire.encode(ev),
+        headers={subjects.HDR_MSG_ID: ev.event_id},
+    )
+
+
 async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
     """Publishes an event ``{"n": n}`` to the deployed trigger, as ingress does; its id."""
     ev = _event(deployed, n)
@@ -454,11 +463,7 @@ async def test_an_event_that_comes_again_is_not_lost_when_the_store_is_away(
         filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
         ev = _event(filtered, 1)
         victim.add(ev.event_id)
-        await bus.publisher(nc).publish(
-            subjects.event_subject(ev.project_id, ev.event_id),
-            wire.encode(ev),
-            headers={subjects.HDR_MSG_ID: ev.event_id},
-        )
+        await _publish(nc, ev)
         await eventually(_async(lambda: bool(failed)), timeout=30)
         assert await _started(js, 1, timeout=30) == [ev.event_id]
         await eventually(lambda: _settled(js), timeout=30)
@@ -496,11 +501,7 @@ async def test_a_deferral_left_unknown_then_refused_is_not_judged_here_as_well(
         js = nc.jetstream()
         filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
         ev = _event(filtered, 1)
-        await bus.publisher(nc).publish(
-            subjects.event_subject(ev.project_id, ev.event_id),
-            wire.encode(ev),
-            headers={subjects.HDR_MSG_ID: ev.event_id},
-        )
+        await _publish(nc, ev)
         assert await _started(js, 1, timeout=30) == [ev.event_id]
         await eventually(lambda: _settled(js), timeout=30)
         assert faults == []  # (both faults happened)
@@ -612,11 +613,7 @@ async def test_an_event_whose_filters_went_while_its_deferral_was_unknown_is_dis
         filtered = await deploy(nc, "filtered", {"simple.py": b""}, FILTERED)
         ev = _event(filtered, 1)
         victim.add(ev.event_id)
-        await bus.publisher(nc).publish(
-            subjects.event_subject(ev.project_id, ev.event_id),
-            wire.encode(ev),
-            headers={subjects.HDR_MSG_ID: ev.event_id},
-        )
+        await _publish(nc, ev)
         assert await _started(js, 1, timeout=30) == [ev.event_id]
         await eventually(lambda: _settled(js), timeout=30)
         assert unanswered  # (the fault happened)

@@ -67,10 +67,7 @@ def stack(
 
 
 def post(stack: Stack, op: str, args: dict[str, Any]) -> tuple[int, wire.StoreReply]:
-    body = wire.encode(wire.StoreRequest(args=args))
-    headers = {"Content-Type": "application/msgpack", **stack.auth()}
-    status, _, data = stack.request("POST", f"/api/{op}", body, headers)
-    return status, wire.decode(wire.StoreReply, data)
+    return stack.api_reply(op, args)  # type: ignore[no-any-return]
 
 
 def test_text_with_a_nul_is_refused_naming_the_field(stack: Stack) -> None:

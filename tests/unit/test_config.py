@@ -25,15 +25,20 @@ def test_numbers_default_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> Non
         Settings.from_env()
 
 
-def test_ak_up_refuses_a_bad_setting_before_starting_anything() -> None:
-    env = {**os.environ, "AK_RUNNER__MAX_WAITING": "lots"}
-    res = subprocess.run(
+def _ak_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``ak up --mode dev`` with ``env`` (one refused as it starts returns at once)."""
+    return subprocess.run(
         [sys.executable, "-m", "ak_cli.main", "up", "--mode", "dev"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_ak_up_refuses_a_bad_setting_before_starting_anything() -> None:
+    env = {**os.environ, "AK_RUNNER__MAX_WAITING": "lots"}
+    res = _ak_up(env)
     assert res.returncode == 1
     assert res.stderr == (
         "Error: AK_RUNNER__MAX_WAITING must be a whole number of at least 0, not 'lots'\n"
@@ -58,13 +63,7 @@ def test_settings_read_as_modules_are_imported_are_checked_too(
     started (`ak up` restarted them for ever): `ak up` now refuses them before starting
     anything, and a service started on its own says it once and exits with code 2."""
     env = {**os.environ, name: bad}
-    res = subprocess.run(
-        [sys.executable, "-m", "ak_cli.main", "up", "--mode", "dev"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = _ak_up(env)
     assert (res.returncode, res.stderr) == (1, f"Error: {name} must be {says}\n")
     res = subprocess.run(
         [sys.executable, "-m", "ak_ingress"],
@@ -118,13 +117,7 @@ def test_ak_up_refuses_what_a_service_would_fail_on_at_start(
         "XDG_DATA_HOME": str(tmp_path),
         "XDG_CONFIG_HOME": str(tmp_path),
     }
-    res = subprocess.run(
-        [sys.executable, "-m", "ak_cli.main", "up", "--mode", "dev"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = _ak_up(env)
     assert res.returncode == 1, res.stderr
     assert res.stderr.startswith(f"Error: {says}") and res.stderr.count("\n") == 1, res.stderr
     assert "hunter2" not in res.stdout + res.stderr
