@@ -25,7 +25,7 @@ from sqlmodel import Session as DB
 from sqlmodel import col, func, select
 
 from . import routes
-from .manifests import apply_manifest, put_var
+from .manifests import apply_manifest, check_room, put_var, vars_size
 from .materialize import insert_new
 from .models import (
     Build,
@@ -994,17 +994,28 @@ class StoreApi:
             raise InvalidArgument(f"var {sorted(both)[0]!r} is given both as a secret and not")
         with DB(self.engine) as db:
             scope, _ = self._var_scope(db, rq.VarScope(connection=req.connection))
+            conn = db.get(Connection, scope)
+            project_id = conn.project_id if conn is not None else scope
+            before = vars_size(db, project_id)
             for name in set(req.delete) - set(req.values) - set(req.secrets):
                 found = select(Var).where(Var.scope_id == scope, Var.name == name)
                 for row in db.exec(found):
                     db.delete(row)
             for secret, given in ((False, req.values), (True, req.secrets)):
                 for name, value in given.items():
-                    self._put_var(db, scope, name, value, secret, None)
+                    self._put_var(db, scope, name, value, secret, None, room=False)
+            check_room(db, project_id, before)  # (once, on what they leave)
             routes.write(db, commit=True)
 
     def _put_var(
-        self, db: DB, scope: str, name: str, value: object, secret: bool, description: object
+        self,
+        db: DB,
+        scope: str,
+        name: str,
+        value: object,
+        secret: bool,
+        description: object,
+        room: bool = True,
     ) -> None:
         """Adds (or changes) a var in ``db``, not committed; refused before any change when
         the name, the value or a routing claim is not good."""
@@ -1016,7 +1027,7 @@ class StoreApi:
         if len(value.encode()) > MAX_VAR:
             raise InvalidArgument(f"the value is over the {MAX_VAR} byte limit")
         text = None if description is None else str(description)
-        put_var(db, self.sealer, scope, name, value, secret, text)
+        put_var(db, self.sealer, scope, name, value, secret, text, room)
 
     def var_get(self, req: rq.VarGet) -> list[dict[str, Any]]:
         """Vars of a project; secret values stay masked unless ``reveal``."""

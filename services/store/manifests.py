@@ -55,23 +55,49 @@ def _vars(db: Session, scope_id: str, sealer: Sealer) -> dict[str, dict[str, Any
 MAX_PROJECT_VARS = 4 * 1024 * 1024
 
 
-def _check_room(db: Session, scope: str, name: str, size: int) -> None:
-    """InvalidArgument when var ``name`` of ``scope`` (a project or connection id), taking
-    ``size`` bytes, would put its project's vars over MAX_PROJECT_VARS."""
-    project_id = scope
+def _project_of(db: Session, scope: str) -> str:
+    """The project of a var's ``scope`` (a project id, or a connection's)."""
     if scope.startswith("con_"):
         conn = db.get(Connection, scope)
-        project_id = conn.project_id if conn is not None else scope
+        return conn.project_id if conn is not None else scope
+    return scope
+
+
+def vars_size(db: Session, project_id: str) -> int:
+    """What the vars of a project and of its connections take, as stored (``_stored_size``);
+    one query, of names and values only."""
     conns = select(Connection.connection_id).where(Connection.project_id == project_id)
     scopes = [project_id, *db.exec(conns)]
-    others = db.exec(select(Var).where(col(Var.scope_id).in_(scopes)))
-    total = size + sum(
-        _stored_size(v.name, v.value) for v in others if (v.scope_id, v.name) != (scope, name)
-    )
-    if total > MAX_PROJECT_VARS:
+    rows = db.exec(select(Var.name, Var.value).where(col(Var.scope_id).in_(scopes)))
+    return sum(_stored_size(name, value) for name, value in rows)
+
+
+def check_room(db: Session, project_id: str, before: int, name: str = "") -> None:
+    """InvalidArgument when the vars of ``project_id`` (as ``db`` holds them now, changes
+    flushed) are over MAX_PROJECT_VARS and more than ``before``, what they took before the
+    change: a change that grows nothing (a rename, a var made smaller, a project over the
+    limit from before it was set shrinking) goes through."""
+    total = vars_size(db, project_id)
+    if total > MAX_PROJECT_VARS and total > before:
+        which = f"var {name!r}: the vars of its project" if name else "the vars of the project"
+        raise InvalidArgument(
+            f"{which} (and of the project's connections) would take {total} bytes, over the "
+            f"{MAX_PROJECT_VARS} they may take together: keep big data elsewhere and put a "
+            "reference to it in a var"
+        )
+
+
+def _check_room(db: Session, scope: str, name: str, size: int, old: int) -> None:
+    """``check_room`` for one var of ``scope`` that took ``old`` bytes (0: new) and would
+    take ``size``, before it is changed."""
+    if size <= old:
+        return
+    before = vars_size(db, _project_of(db, scope))
+    after = before - old + size
+    if after > MAX_PROJECT_VARS:
         raise InvalidArgument(
             f"var {name!r}: the vars of its project (and of the project's connections) would "
-            f"take {total} bytes, over the {MAX_PROJECT_VARS} they may take together: keep big "
+            f"take {after} bytes, over the {MAX_PROJECT_VARS} they may take together: keep big "
             "data elsewhere and put a reference to it in a var"
         )
 
@@ -89,15 +115,19 @@ def put_var(
     value: str,
     secret: bool,
     description: str | None,
+    room: bool = True,
 ) -> None:
     """Adds (or changes) a var of a project or connection in ``db`` (flushed, not
     committed); Conflict, before any change, when it would claim another connection's
-    routing value (``routes``). ``description`` None keeps the var's."""
+    routing value (``routes``). ``description`` None keeps the var's. ``room`` False: the
+    caller checks its project's room (``check_room``) once its changes are all made."""
     routes.check_unclaimed(db, scope, name, value, secret)
     var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
+    old = _stored_size(name, var.value) if var is not None else 0
     var = var or Var(scope_id=scope, name=name)
     stored = sealer.seal(value) if secret else value
-    _check_room(db, scope, name, _stored_size(name, stored))
+    if room:
+        _check_room(db, scope, name, _stored_size(name, stored), old)
     var.value = stored
     var.is_secret = secret
     var.route_key = routes.claim(scope, name, value)
@@ -160,6 +190,7 @@ def _execute(
             a.args["value"],
             bool(a.args["secret"]),
             a.args["description"],
+            room=False,  # (checked once, after every action: ``apply_manifest``)
         )
         said(scope, "updated")
     elif a.type == "delete_var":
@@ -241,8 +272,13 @@ def apply_manifest(
     plan = plan_manifest(m, cur, skip_existing_secrets)
     lines: list[tuple[str, str]] = [(OUT, line) for line in plan.lines]
     exec_lines: list[tuple[str, str]] = []
+    # The vars' room is checked once, on what the manifest leaves (its new vars are set
+    # before the ones it drops are deleted: a rename of big vars must not be refused).
+    before = vars_size(db, cur.project_id) if cur.project_id else 0
     for action in plan.actions:
         project = _execute(db, action, project, m.project.name, exec_lines, sealer)
+    if project is not None and any(a.type == "set_var" for a in plan.actions):
+        check_room(db, project.project_id, before)
     # AutoKitteh prints the webhook paths after all [exec] lines.
     lines += [x for x in exec_lines if x[0] == OUT] + [x for x in exec_lines if x[0] == ERR]
     routes.write(db, commit=True)
