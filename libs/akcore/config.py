@@ -283,12 +283,15 @@ def webhook_timeout() -> float:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Names Python's logging also takes, which AK_LOG_LEVEL was given as is before it was checked.
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}
 
 
 def log_level() -> str:
-    """``AK_LOG_LEVEL``: one of ``LOG_LEVELS`` (any case; WARN is WARNING)."""
+    """``AK_LOG_LEVEL``: one of ``LOG_LEVELS`` (any case; WARN is WARNING, FATAL is
+    CRITICAL, NOTSET is DEBUG: what ``logging`` takes)."""
     text = os.environ.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
-    text = "WARNING" if text == "WARN" else text
+    text = _LEVEL_ALIASES.get(text, text)
     if text not in LOG_LEVELS:
         raise ValueError(
             f"{ENV_LOG_LEVEL} must be one of {', '.join(LOG_LEVELS)}, not "

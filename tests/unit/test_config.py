@@ -155,6 +155,17 @@ def test_settings_read_as_modules_are_imported(monkeypatch: pytest.MonkeyPatch) 
     assert config.or_default(config.job_ack_wait, 15.0) == 15.0
 
 
+def test_log_levels_logging_took_are_still_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AK_LOG_LEVEL was handed to ``logging`` as it was: FATAL and NOTSET worked, and
+    a stack set so must not now be refused by ``ak up``."""
+    from akcore import config
+
+    for given, level in (("fatal", "CRITICAL"), ("NOTSET", "DEBUG"), ("Warn", "WARNING")):
+        monkeypatch.setenv("AK_LOG_LEVEL", given)
+        assert config.log_level() == level
+        Settings.from_env()
+
+
 def test_evaluator_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AK_DISPATCHER__EVALUATOR_MEMORY_MB", raising=False)
     assert Settings.from_env().evaluator_memory_mb == 1024
