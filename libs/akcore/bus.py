@@ -362,6 +362,18 @@ async def connect(
     return nc
 
 
+def header_bytes(headers: dict[str, str] | None) -> int:
+    """What a message's headers take of NATS's message limit, as nats-py writes them
+    (``NATS/1.0``, a line per header, a blank line); 0 for none."""
+    if not headers:
+        return 0
+    size = len(b"NATS/1.0\r\n\r\n")
+    for k, v in headers.items():
+        if key := k.strip():
+            size += len(key.encode()) + len(str(v).strip().encode()) + 4  # ": ", CRLF
+    return size
+
+
 class CancellableClient(Client):
     """nats-py's client, mended in two ways (a test of each fails once nats-py is):
 
@@ -385,6 +397,15 @@ class CancellableClient(Client):
         reply: str = "",
         headers: dict[str, str] | None = None,
     ) -> None:
+        # NATS counts a message's headers with its data against its limit; nats-py checks
+        # the data alone. A message the headers take over the limit was sent, and the
+        # server closed the connection for it ("maximum payload exceeded"), which nats-py
+        # then took as closed for good: the service stayed up without NATS (a handler's
+        # activity result, value or child's inputs sized so did that to its runner, an
+        # event of `ak event dispatch` to ingress). Refused here, as one over by its data.
+        limit = self._max_payload
+        if headers and limit and len(payload) + header_bytes(headers) > limit:
+            raise MaxPayloadError
         task = asyncio.current_task()
         before = task.cancelling() if task is not None else 0
         await super().publish(subject, payload, reply, headers)

@@ -83,10 +83,17 @@ async def publish_session(
     # (the memo is the `created` record's, sealed: the job need not carry it in the clear)
     job = dataclasses.replace(job, journal_seq=0, memo={})
     created_data, job_data = wire.encode(created), wire.encode(job)
+    created_headers = {subjects.HDR_MSG_ID: f"{sid}:0"}
+    job_headers = {**context, subjects.HDR_MSG_ID: f"job:{sid}"}
     limit = getattr(pub, "max_payload", 0)  # (0: not known)
-    if limit and max(len(created_data), len(job_data)) > limit:
+    expected = {subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: "0"}  # (what ``_first`` adds)
+    if limit and any(
+        len(data) + bus.header_bytes({**headers, **expected}) > limit
+        for data, headers in ((created_data, created_headers), (job_data, job_headers))
+    ):
         # Before either goes: a job whose `created` never comes is retried by a runner
         # for minutes (big inputs or a big memo of `ak session start`, or of a child).
+        # (NATS counts the headers too: a message they take over it is refused.)
         raise MaxPayloadError
     # `created` goes out first, on the same connection: it reaches the server first. Each
     # is stored only if its subject holds nothing yet: a try past JetStream's duplicate
@@ -95,18 +102,8 @@ async def publish_session(
     # second's delivery again reads the journal as a resumption, and an activity running
     # in the first runs again in it), nor a second `created` to a journal.
     await asyncio.gather(
-        _first(
-            pub,
-            subjects.journal_subject(sid),
-            created_data,
-            {subjects.HDR_MSG_ID: f"{sid}:0"},
-        ),
-        _first(
-            pub,
-            subjects.job_subject(job.project_id, sid),
-            job_data,
-            {**context, subjects.HDR_MSG_ID: f"job:{sid}"},
-        ),
+        _first(pub, subjects.journal_subject(sid), created_data, created_headers),
+        _first(pub, subjects.job_subject(job.project_id, sid), job_data, job_headers),
     )
     return job
 
