@@ -112,8 +112,9 @@ class WorkerGroups:
 
     @property
     def parents(self) -> list[Path]:
-        """Where a user id's groups are (``u<uid>`` in each), the memory controller's first."""
-        return [self.parent, *([self.cpu] if self.cpu is not None else [])]
+        """Where a user id's groups are (``u<uid>`` in each), the memory controller's first
+        (one where the two controllers are mounted together: one hierarchy, one group)."""
+        return [self.parent, *([self.cpu] if self.cpu not in (None, self.parent) else [])]
 
     @property
     def arg(self) -> str:

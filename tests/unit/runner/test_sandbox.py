@@ -952,3 +952,17 @@ async def test_a_starting_runner_kills_what_ids_no_runner_holds_left_running(
             kill_user(uid)
         for p in procs:
             p.wait(timeout=10)
+
+
+def test_worker_groups_where_cpu_and_memory_are_mounted_together(tmp_path: Path) -> None:
+    """Where cgroup v1's cpu and memory controllers share a hierarchy (``-o cpu,memory``),
+    the runner's memory and cpu parents are one directory: a user id's group was made twice
+    there, and the second ``mkdir`` (FileExistsError) failed every worker's start."""
+    from akcore.cgroups import WorkerGroups
+
+    groups = WorkerGroups(tmp_path / "autokitteh-workers", cpu=tmp_path / "autokitteh-workers")
+    groups.make(4242, 0)
+    assert (tmp_path / "autokitteh-workers" / "u4242").is_dir()
+    assert groups.arg == str(tmp_path / "autokitteh-workers")
+    groups.remove(4242)
+    assert not (tmp_path / "autokitteh-workers" / "u4242").exists()
