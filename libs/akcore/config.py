@@ -47,6 +47,7 @@ ENV_HOST_PORTS = "AK_RUNNER__HOST_PORTS"  # ports of this host fenced handlers m
 ENV_WORKER_MEMORY_MB = "AK_RUNNER__WORKER_MEMORY_MB"  # address space of one worker; 0 = none
 ENV_WORKER_PROCESSES = "AK_RUNNER__WORKER_PROCESSES"  # processes of one worker's user
 ENV_WORKER_FILES = "AK_RUNNER__WORKER_FILES"  # open files of each process of a worker
+ENV_WORKER_TEMP = "AK_RUNNER__WORKER_TEMP"  # memory (a /tmp of each worker's own) or host
 ENV_SESSION_TIMEOUT = "AK_RUNNER__SESSION_TIMEOUT"  # seconds an attempt may run; 0 = none
 ENV_ECHO_PRINTS = "AK_RUNNER__ECHO_PRINTS"  # also write handler output to the runner's log
 ENV_WORKER_ENV = "AK_RUNNER__WORKER_ENV"  # names of the runner's variables workers also get
@@ -187,6 +188,7 @@ class Settings:
     worker_memory_mb: int = 1024
     worker_processes: int = 64
     worker_files: int = 1024
+    worker_temp: str = "memory"  # sandboxed workers' /tmp and /var/tmp: their own, or the host's
     session_timeout: int = 0
     echo_prints: bool = False
     worker_env: tuple[str, ...] = ()
@@ -225,6 +227,7 @@ class Settings:
             worker_memory_mb=_count(ENV_WORKER_MEMORY_MB, 1024, 0),
             worker_processes=_count(ENV_WORKER_PROCESSES, 64, 1),
             worker_files=_count(ENV_WORKER_FILES, 1024, 64),
+            worker_temp=_choice(ENV_WORKER_TEMP, ("memory", "host")),
             session_timeout=_count(ENV_SESSION_TIMEOUT, 0, 0),
             echo_prints=_switch(ENV_ECHO_PRINTS, False),
             worker_env=tuple(n for n in os.environ.get(ENV_WORKER_ENV, "").split(",") if n),

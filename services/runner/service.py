@@ -378,7 +378,15 @@ def _sandbox(settings: Settings) -> UserIds | None:
     else:
         log.warning("workers' memory is counted twice a second, not held by the kernel: %s", why)
     hidden = _hidden(settings)
-    return UserIds(first, last, lock_dir(), hidden, groups, temp_dirs(settings) if hidden else "")
+    temp = ""
+    if settings.worker_temp == "host":
+        log.info(
+            "handlers share this host's temporary directories, on its disk (%s=host)",
+            config.ENV_WORKER_TEMP,
+        )
+    elif hidden:
+        temp = temp_dirs(settings)
+    return UserIds(first, last, lock_dir(), hidden, groups, temp)
 
 
 def _hidden(settings: Settings) -> str:

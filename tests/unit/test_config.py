@@ -293,3 +293,13 @@ def test_build_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AK_RUNNER__BUILD_CACHE_MB", "10")
     with pytest.raises(ValueError, match="BUILD_CACHE_MB must be a whole number of at least 64"):
         Settings.from_env()
+
+
+def test_worker_temp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AK_RUNNER__WORKER_TEMP", raising=False)
+    assert Settings.from_env().worker_temp == "memory"
+    monkeypatch.setenv("AK_RUNNER__WORKER_TEMP", "host")
+    assert Settings.from_env().worker_temp == "host"
+    monkeypatch.setenv("AK_RUNNER__WORKER_TEMP", "disk")
+    with pytest.raises(ValueError, match="AK_RUNNER__WORKER_TEMP must be one of memory, host"):
+        Settings.from_env()
