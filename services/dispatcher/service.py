@@ -20,6 +20,7 @@ from akcore.sessions import not_started, publish_session
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
@@ -380,8 +381,9 @@ _PASSING = (AKError, NatsError, TimeoutError, OSError, MemoryError)
 
 def _will_repeat(e: Exception) -> bool:
     """Whether an error of a dispatch would come again with the same event (a bug, or an
-    event the code cannot take)."""
-    return not isinstance(e, _PASSING)
+    event the code cannot take: one whose session's job or record is over NATS's message
+    limit, which is so on every try)."""
+    return isinstance(e, MaxPayloadError) or not isinstance(e, _PASSING)
 
 
 async def _hold(msg: Msg) -> None:

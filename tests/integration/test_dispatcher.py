@@ -303,6 +303,32 @@ async def test_an_event_that_fails_every_time_is_given_up_with_a_note(
         assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 1  # the good one
 
 
+async def test_an_event_whose_session_is_over_the_nats_limit_is_given_up(
+    settings: Settings,
+) -> None:
+    """An event that fits NATS's message limit, whose session's job (its data sealed, and
+    the session's fields) does not (``ak event dispatch`` of ~8 MiB of data): each try
+    failed with MaxPayloadError, which was taken for a failure that passes: tried again in
+    place for 31 s (holding its destination's turn), handed back, and again, for ever. It
+    fails the same every time: given up with a note after GIVE_UP tries."""
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        d = await deploy(nc, "p", {"simple.py": b""})
+        limit = nc.max_payload
+        big = _event(d, "post", {"pad": "x"})
+        pad = limit - len(wire.encode(big)) - 80  # (a longer string header: 4 bytes more)
+        big = dataclasses.replace(big, data={"pad": "x" * pad})
+        assert limit - 200 < len(wire.encode(big)) <= limit - 64
+        await js.publish(subjects.event_subject(big.project_id, big.event_id), wire.encode(big))
+
+        # Left (its note kept: too big an event for `event.get` to show here), not tried
+        # again: delivered GIVE_UP times, and nothing is pending.
+        await eventually(lambda: _acked(js, 1), timeout=30)
+        info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_DISPATCHER)
+        assert info.delivered.consumer_seq == GIVE_UP and info.num_pending == 0
+        assert (await js.stream_info(subjects.STREAM_JOBS)).state.messages == 0
+
+
 def _event(d: dict[str, Any], event_type: str, data: dict[str, Any] | None = None) -> wire.Event:
     """An event of the deployed trigger ``d``, sent now."""
     return wire.Event(
