@@ -65,7 +65,8 @@ def parse(op: str, cls: type[T], args: Any) -> T:
 
 def _has_nul(hint: Any, value: Any) -> bool:
     """Whether text that ``hint`` types (a ``str``, a ``list[str]``'s items, a
-    ``dict[str, ...]``'s keys and text values) holds a NUL character: PostgreSQL refuses
+    ``dict[str, ...]``'s keys and text values; not a ``dict[str, Any]``'s keys, which are
+    data with its values) holds a NUL character: PostgreSQL refuses
     it in any text it stores or compares (a slug with one in a lookup, an event type in the
     events table), and so do environment variables (a var's value). What ``Any`` types (an
     event's data, a session's inputs) is sealed as bytes: NUL is fine there."""
@@ -76,6 +77,8 @@ def _has_nul(hint: Any, value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_nul(_item(hint, 0), v) for v in value)
     if isinstance(value, dict):
+        if _item(hint, 1) is Any:  # (data: its keys are sealed with its values)
+            return False
         return any(
             _has_nul(_item(hint, 0), k) or _has_nul(_item(hint, 1), v) for k, v in value.items()
         )

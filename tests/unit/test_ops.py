@@ -108,3 +108,19 @@ def test_operations_that_only_read_invalidate_no_cache() -> None:
     assert {"session.get", "token.check", "session.list"} <= {op.name for op in reads}
     assert not [op.name for op in reads if op.invalidates]
     assert not ops.changes_nothing("session.stop") and not ops.changes_nothing("var.set")
+
+
+def test_a_nul_is_refused_in_text_but_not_in_data_of_any_value() -> None:
+    """An event's data and a session's inputs are any msgpack value, sealed as bytes
+    (docs/security.md: they may hold NUL): a NUL in a key of their top level was refused
+    (400) as one in text, while the same in a nested map, or in a value, went."""
+    from akcore import requests as rq
+    from akcore.errors import InvalidArgument
+
+    for data in ({"a\x00b": 1}, {"k": {"a\x00b": "c\x00d"}}, {"k": "a\x00b"}):
+        parse("event.dispatch", rq.EventNew, {"destination": "trg_x", "data": data})
+        parse("session.start", rq.SessionStart, {"entrypoint": "a.py:f", "inputs": data})
+    with pytest.raises(InvalidArgument, match="field 'memo' holds a NUL"):
+        parse("event.dispatch", rq.EventNew, {"destination": "trg_x", "memo": {"a\x00": "b"}})
+    with pytest.raises(InvalidArgument, match="field 'event_type' holds a NUL"):
+        parse("event.dispatch", rq.EventNew, {"destination": "trg_x", "event_type": "a\x00"})
