@@ -61,7 +61,8 @@ def settle_heap() -> None:
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed (faster I/O for every message), unless ``AK_EVENT_LOOP=asyncio``."""
-    if os.environ.get(ENV_EVENT_LOOP, "uvloop") == "asyncio":
+    # (as ``Settings`` checks it: any case, spaces around)
+    if os.environ.get(ENV_EVENT_LOOP, "").strip().lower() == "asyncio":
         return None
     try:
         import uvloop

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def test_settle_heap_hides_what_was_made_at_start_and_still_collects_what_comes_after() -> None:
     # In a process of its own: freezing pytest's heap would outlive the test.
@@ -34,3 +36,15 @@ def test_settle_heap_hides_what_was_made_at_start_and_still_collects_what_comes_
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok ")
+
+
+def test_the_event_loop_setting_is_read_as_it_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Settings`` takes AK_EVENT_LOOP in any case (``ASYNCIO``, `` asyncio``); the
+    services then ran uvloop all the same, as for any value but ``asyncio`` itself."""
+    from akcore.config import Settings
+    from akcore.service import loop_factory
+
+    for value in ("ASYNCIO", " asyncio ", "Asyncio"):
+        monkeypatch.setenv("AK_EVENT_LOOP", value)
+        Settings.from_env()  # taken
+        assert loop_factory() is None, value
