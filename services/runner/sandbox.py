@@ -141,10 +141,14 @@ def private_temps(needed: dict[str, str]) -> tuple[list[str], str]:
         real = os.path.realpath(folder)
         if real in found or not os.path.isdir(real) or os.path.islink(real):
             continue
-        inside = [
+        under = real.rstrip("/") + "/"
+        inside = [  # (a path as given, and where it leads: a venv's python is a link out)
             what
             for what, path in needed.items()
-            if (p := os.path.realpath(path)) == real or p.startswith(real.rstrip("/") + "/")
+            if any(
+                p == real or p.startswith(under)
+                for p in (os.path.realpath(path), os.path.realpath(os.path.dirname(path)))
+            )
         ]
         if inside:
             why.append(f"{real} holds {inside[0]}")

@@ -966,3 +966,24 @@ def test_worker_groups_where_cpu_and_memory_are_mounted_together(tmp_path: Path)
     assert groups.arg == str(tmp_path / "autokitteh-workers")
     groups.remove(4242)
     assert not (tmp_path / "autokitteh-workers" / "u4242").exists()
+
+
+def test_a_temporary_directory_holding_a_link_workers_run_stays_the_hosts() -> None:
+    """A venv's interpreter is a link to the system's (``/tmp/venv/bin/python`` ->
+    ``/usr/bin/python3.11``): looked at by where the link leads only, a worker python (or
+    the runner's own) in a venv under /tmp was taken for nothing of /tmp, which workers then
+    got of their own, empty: the venv's packages and ``sys.executable`` were gone for them."""
+    real = os.path.realpath(sys.executable)
+    if real.startswith(("/tmp/", "/var/tmp/")):
+        pytest.skip("this interpreter is in a temporary directory already")
+    venv = Path(tempfile.mkdtemp(prefix="ak-venv-", dir="/tmp"))
+    try:
+        (venv / "bin").mkdir()
+        (venv / "bin" / "python").symlink_to(real)
+        found, why = sandbox.private_temps(
+            {"the workers' interpreter": str(venv / "bin" / "python")}
+        )
+        assert os.path.realpath("/tmp") not in found, found
+        assert "the workers' interpreter" in why, why
+    finally:
+        shutil.rmtree(venv)
