@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from akcore import bus, eventdata, subjects, tracing, wire
 from akcore.datakey import Keyring
-from akcore.errors import Unavailable
+from akcore.errors import InvalidArgument, Unavailable
 from nats.aio.client import Client
+from nats.errors import MaxPayloadError
 from nats.js.errors import APIError
 
 # Seconds an event may take to be stored while JetStream cannot take it for a reason that
@@ -35,6 +36,7 @@ async def store_event(nc: Client, event: wire.Event, keys: Keyring) -> None:
 
     Raises:
         EventsFull: the stream is full.
+        InvalidArgument: the event is over NATS's message limit.
         NotAcknowledged: a try went unanswered and none was acknowledged in time.
         Unavailable: it was not stored (JetStream refused it, or NATS is away).
     """
@@ -51,6 +53,11 @@ async def store_event(nc: Client, event: wire.Event, keys: Keyring) -> None:
         raise Unavailable(
             f"the event was not stored: JetStream refused it ({e.description or e.code}); "
             "send it again later"
+        ) from None
+    except MaxPayloadError:  # (so every time: not NATS away, not to be sent again)
+        raise InvalidArgument(
+            f"the event is over the NATS message limit ({nc.max_payload} bytes, its headers "
+            "included): send less data (keep big data elsewhere and send a reference)"
         ) from None
     except TimeoutError:
         raise NotAcknowledged(

@@ -107,3 +107,32 @@ async def test_a_session_whose_job_is_over_the_limit_with_its_headers_is_refused
         await sessions.publish_session(bus.publisher(nc), small, KEYS)
     finally:
         await nc.close()
+
+
+async def test_an_event_over_the_limit_with_its_headers_is_refused_as_too_large(
+    nats_url: str,
+) -> None:
+    """``ak event dispatch`` of an event whose data fits and whose headers do not: it
+    closed ingress's connection for good (every webhook then 503); and one over by its data
+    was answered 503 "NATS is not available ... send it again later" (so every time)."""
+    from ak_ingress.intake import store_event
+    from akcore import eventdata, ids, timefmt
+    from akcore.errors import InvalidArgument
+
+    nc = await bus.connect(nats_url, "t")
+    try:
+        await bus.ensure_streams(nc.jetstream())
+        event = wire.Event(
+            ids.new_id("evt"), "prj_01m98z0000000000000000000a", "trg_01m98z0000000000000000000a",
+            "post", {"pad": ""}, {}, timefmt.now_us(),
+        )  # fmt: skip
+        size = len(wire.encode(eventdata.sealed(event, KEYS)))
+        pad = nc.max_payload - size - 30  # its data 20-some bytes within the limit
+        event = dataclasses.replace(event, data={"pad": "x" * pad})
+        assert len(wire.encode(eventdata.sealed(event, KEYS))) <= nc.max_payload
+        for e in (event, dataclasses.replace(event, data={"pad": "x" * (pad + 100)})):
+            with pytest.raises(InvalidArgument, match="over the NATS message limit"):
+                await store_event(nc, e, KEYS)
+        await _still_connected(nc)
+    finally:
+        await nc.close()
