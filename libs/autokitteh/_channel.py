@@ -28,7 +28,17 @@ def _not_finite(name: str) -> Any:
     raise ValueError(f"a number that is not finite ({name})")
 
 
-_decode = json.JSONDecoder(parse_constant=_not_finite).decode
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent; one too large for a float (``1e999``),
+    which ``float`` makes infinite, is refused as ``Infinity`` is."""
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"a number that is not finite ({text[:40]})")
+    return value
+
+
+_INF = float("inf")
+_decode = json.JSONDecoder(parse_constant=_not_finite, parse_float=_finite).decode
 
 
 class FrameTooLarge(ValueError):

@@ -339,7 +339,7 @@ async def test_a_large_message_sent_slowly_is_refused_past_its_time(
     assert worker.READING.free == worker.READING.total
 
 
-@pytest.mark.parametrize("number", [b"Infinity", b"-Infinity", b"NaN"])
+@pytest.mark.parametrize("number", [b"Infinity", b"-Infinity", b"NaN", b"1e999", b"-1e400"])
 async def test_a_number_that_is_not_finite_is_a_malformed_message(number: bytes) -> None:
     """JSON's decoder takes ``Infinity`` by default: a handler's own frame of a sleep that
     long ended its session as the runner's failure (an OverflowError, with a traceback in
