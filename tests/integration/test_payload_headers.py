@@ -10,7 +10,6 @@ carried (a review of 2026-12-07's "sessions over the NATS limit refused")."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Any
 
@@ -52,8 +51,9 @@ class _Sizes:
 
 
 async def _still_connected(nc: Any) -> None:
-    await asyncio.sleep(0.5)
-    await nc.flush(timeout=2)
+    """The server read all ``nc`` sent (a message over its limit would have closed the
+    connection before its answer) and the connection is the one it was."""
+    await bus.flush(nc, timeout=2)
     assert nc.is_connected and nc.stats["reconnects"] == 0, nc.stats
 
 
