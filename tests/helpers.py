@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,14 +12,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from akcore import config, natsserver
+from akcore import bus, config, natsauth, natsserver
+from nats.aio.client import Client
 
 AK = str(Path(sys.executable).parent / "ak")
 R = TypeVar("R")
@@ -190,6 +192,29 @@ class Stack:
             if name.encode() in cmdline:
                 found.append(int(pid))
         return found
+
+    def as_service(self, service: str, work: Callable[[Client], Awaitable[R]]) -> R:
+        """Runs ``work`` on a connection to this stack's embedded NATS as ``service``'s
+        user (what a test reads or sends past the API, as that service would)."""
+        found = re.search(r"(nats://\S+) \(embedded", self.output())
+        assert found, self.output()[-2000:]
+        users = Path(self.env["XDG_DATA_HOME"]) / "autokitteh" / "nats-users"
+        password = natsauth.read_password(users / f"{service}.password")
+
+        async def run() -> R:
+            nc = await bus.connect(
+                found.group(1),
+                f"ak-{service}",
+                user=service,
+                password=password,
+                inbox_prefix=natsauth.inbox_prefix(service),
+            )
+            try:
+                return await work(nc)
+            finally:
+                await nc.close()
+
+        return asyncio.run(run())
 
     def kill_runner(self) -> None:
         """SIGKILLs the runner process of this stack (`ak up` restarts it)."""

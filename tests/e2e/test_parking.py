@@ -11,18 +11,16 @@ import asyncio
 import contextlib
 import datetime
 import json
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from akcore import natsauth, parking, subjects, wire
+from akcore import parking, subjects, wire
 from nats.aio.client import Client
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
-from tests.conftest import connect_user
 from tests.e2e.faultproject import (
     EFFECT,
     Env,
@@ -35,7 +33,6 @@ from tests.e2e.faultproject import (
 )
 from tests.helpers import Stack, frozen, start_stack, wait_until, write_project
 
-T = TypeVar("T")
 
 CODE = (
     EFFECT
@@ -341,7 +338,7 @@ def test_a_wake_after_the_deadline_still_takes_the_signal_that_came_before_it(
                 subjects.inbox_subject(sid), wire.encode(go), headers=parking.inbox_headers(go)
             )
 
-        _as_dispatcher(stack, send)
+        stack.as_service("dispatcher", send)
         wait_until(lambda: time.time() > deadline + 0.5, "the wait's deadline passed", 30)
     session = stack.wait_session(sid, timeout=60)
     assert session["state"] == "COMPLETED", session
@@ -451,27 +448,6 @@ def test_no_parking_when_off(tmp_path: Path) -> None:
         stack.stop()
 
 
-def _nats(stack: Stack, service: str) -> tuple[str, str]:
-    """The embedded NATS's URL and ``service``'s password on it (``ak up`` keeps them)."""
-    found = re.search(r"(nats://\S+) \(embedded", stack.output())
-    assert found, stack.output()[-2000:]
-    users = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "nats-users"
-    return found.group(1), natsauth.read_password(users / f"{service}.password")
-
-
-def _as_dispatcher(stack: Stack, work: Callable[[Client], Awaitable[T]]) -> T:
-    url, password = _nats(stack, "dispatcher")
-
-    async def run() -> T:
-        nc = await connect_user(url, "dispatcher", password)
-        try:
-            return await work(nc)
-        finally:
-            await nc.close()
-
-    return asyncio.run(run())
-
-
 def test_a_parked_wait_wakes_only_for_what_it_takes(env: Env) -> None:
     """A session parked in next_signal("go") is not woken by signals of another name: they
     wait in its inbox, and it reads them, in order, once "go" has woken it. Another session
@@ -532,7 +508,7 @@ def test_a_second_wake_job_of_one_parking_is_dropped(env: Env) -> None:
                 await asyncio.sleep(0.05)
         raise AssertionError(f"{sid} was never in AK_PARKED")
 
-    parked = _as_dispatcher(stack, entry)
+    parked = stack.as_service("dispatcher", entry)
     hold = "fault injected: hold at read of step 0 (f.py:double_wake)"
     wait_until(lambda: hold in stack.output(), "the waker's wake job held", 60)
 
@@ -543,7 +519,7 @@ def test_a_second_wake_job_of_one_parking_is_dropped(env: Env) -> None:
             headers={subjects.HDR_MSG_ID: f"wake-again-{sid}"},
         )
 
-    _as_dispatcher(stack, wake_again)
+    stack.as_service("dispatcher", wake_again)
     wait_until(lambda: stack.output().count(hold) >= 2, "the second wake job held", 60)
     (markers / "go-double_wake").touch()
     held = "fault injected: hold at step of step 3 (f.py:double_wake)"
