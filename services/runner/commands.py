@@ -11,7 +11,7 @@ from typing import Any
 from akcore import bus, ids, subjects, wire
 from akcore import requests as rq
 from akcore.datakey import Keyring
-from akcore.errors import Conflict, InvalidArgument
+from akcore.errors import Conflict, InvalidArgument, NotFound
 from akcore.manifest import parse_call
 from akcore.parking import inbox_headers
 from akcore.sessions import publish_session
@@ -69,6 +69,19 @@ async def _check_build(nc: Client, build_id: str, dep: dict[str, Any]) -> None:
         )
 
 
+async def _check_kept(nc: Client, s: dict[str, Any]) -> None:
+    """A session runs again only with its own build, which goes with its deployment once
+    the project has made newer ones (``ak_store.history``)."""
+    try:
+        await bus.store_call(nc, "build.get", {"build_id": s["build_id"], "with_files": False})
+    except NotFound:
+        raise NotFound(
+            f"session {s['session_id']} ran build {s['build_id']}, which is no longer kept "
+            "(a project keeps the builds of its newest deployments): start a new session "
+            "of the project instead (`ak session start`)"
+        ) from None
+
+
 async def session_stop(nc: Client, keys: Keyring, req: rq.SessionStop) -> None:
     """Asks the session's runner to stop it (delivered through the session's inbox)."""
     s = await bus.store_call(nc, "session.get", {"session": req.session})
@@ -84,6 +97,7 @@ async def session_stop(nc: Client, keys: Keyring, req: rq.SessionStop) -> None:
 async def session_restart(nc: Client, keys: Keyring, req: rq.SessionRef) -> dict[str, Any]:
     """A new session with the same deployment, entry point, inputs (or event) and durability."""
     s = await bus.store_call(nc, "session.get", {"session": req.session})
+    await _check_kept(nc, s)
     data, event_type, sealed_data = s.get("inputs") or {}, None, b""
     if s.get("event_id"):  # the event's data, sealed to it, passes on as it is
         ev = await bus.store_call(nc, "event.get", {"event_id": s["event_id"], "sealed": True})

@@ -25,6 +25,7 @@ from sqlmodel import Session as DB
 from sqlmodel import col, func, select
 
 from . import routes
+from .history import make_room_for_build, make_room_for_deployment
 from .manifests import apply_manifest, check_room, put_var, vars_size
 from .materialize import insert_new
 from .models import (
@@ -88,6 +89,7 @@ MAX_SPANS = 5000  # spans of a trace in one answer (each ~0.4 KB)
 # 3 MB memos made every session list over the NATS message limit, ``ak session list`` and
 # the web UI's Sessions page of every other project's users included).
 LIST_BYTES = 4 << 20
+NOTES_BYTES = 32 << 10  # of an event's notes in ``event.get`` (ingress keeps 64 KiB room)
 
 
 def _within_bytes(views: list[dict[str, Any]], budget: int = LIST_BYTES) -> int:
@@ -173,6 +175,23 @@ def _event_memo(e: EventRow, keys: Keyring) -> dict[str, str]:
     except SealError as err:
         log.warning("event %s: its memo could not be opened: %s", e.event_id, err.message)
         return {}
+
+
+def _notes_shown(notes: list[DispatchNote]) -> list[dict[str, str]]:
+    """An event's dispatch notes, the first that fit ``NOTES_BYTES`` and then one saying
+    how many more there are (one per trigger and subscription the event was offered to:
+    thousands would not fit the answer beside an event of nearly the message limit, which
+    ingress keeps room for)."""
+    shown: list[dict[str, str]] = []
+    size = 0
+    for i, n in enumerate(notes):
+        note = {"source": n.source, "note": n.note, "at": timefmt.rfc3339(n.created_us)}
+        size += len(wire.pack(note))
+        if size > NOTES_BYTES:
+            left = f"{len(notes) - i} more notes not shown (they take over {NOTES_BYTES} bytes)"
+            return [*shown, {"source": "", "note": left, "at": note["at"]}]
+        shown.append(note)
+    return shown
 
 
 def _sealed_data(e: EventRow, keys: Keyring) -> bytes:
@@ -394,6 +413,7 @@ class StoreApi:
         check_build(files)
         with DB(self.engine) as db:
             p = self._project(db, req.project)
+            make_room_for_build(db, p)
             b = Build(
                 build_id=ids.new_id("bld"),
                 project_id=p.project_id,
@@ -420,6 +440,7 @@ class StoreApi:
             b = db.get(Build, req.build_id)
             if b is None or b.project_id != p.project_id:
                 raise NotFound(f'build "{req.build_id}" not found in project "{p.name}"')
+            make_room_for_deployment(db, p, b.build_id)
             d = Deployment(
                 deployment_id=ids.new_id("dep"),
                 project_id=p.project_id,
@@ -1247,10 +1268,4 @@ class StoreApi:
                 view["data"] = credheaders.unseal(data, e.project_id, self.keys)
             else:
                 view["data"] = credheaders.mask(_event_data(e, self.keys))
-            return {
-                **view,
-                "notes": [
-                    {"source": n.source, "note": n.note, "at": timefmt.rfc3339(n.created_us)}
-                    for n in notes
-                ],
-            }
+            return {**view, "notes": _notes_shown(list(notes))}
