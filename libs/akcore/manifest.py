@@ -12,6 +12,11 @@ from . import cron
 from .errors import InvalidArgument, shown
 from .names import name_problem
 
+# Characters of a manifest's other text (a trigger's event type, call and schedule, a
+# project's display name): each is in every list of its kind, and a 3 MB event type of
+# three triggers made every list of triggers (and the web UI's pages) fail over the NATS
+# message limit, a 7 MB display name every list of projects.
+MAX_TEXT = 1024
 _CALL_RE = re.compile(r"^(?P<path>[^:\s]+\.py)[: ](?P<name>[A-Za-z_]\w*)\Z")
 SOURCE_TYPES = ("webhook", "schedule", "connection")
 
@@ -92,7 +97,10 @@ class _Checker:
                 self.fail(f"{where}.{field_name}" if where else field_name, "unknown field")
         return value
 
-    def string(self, d: dict[str, Any], key: str, where: str, required: bool = False) -> str:
+    def string(
+        self, d: dict[str, Any], key: str, where: str, required: bool = False, most: int = MAX_TEXT
+    ) -> str:
+        """The text of field ``key``; at most ``most`` characters (0: any number)."""
         if key not in d or d[key] is None:
             if required:
                 self.fail(f"{where}.{key}", "missing required field")
@@ -102,6 +110,9 @@ class _Checker:
             return ""
         if "\x00" in d[key]:  # ("\0" in YAML): no database column or environment takes it
             self.fail(f"{where}.{key}", "holds a NUL character (\\0), which no text here may")
+            return ""
+        if most and len(d[key]) > most:
+            self.fail(f"{where}.{key}", f"{len(d[key]):,} characters, over the limit of {most:,}")
             return ""
         return str(d[key])
 
@@ -186,9 +197,9 @@ def _read_vars(c: _Checker, raw: Any, where: str) -> tuple[Var, ...]:
         out.append(
             Var(
                 name,
-                c.string(d, "value", w, required=True),
+                c.string(d, "value", w, required=True, most=0),  # (vars: the project's room)
                 c.boolean(d, "secret", w, False),
-                c.string(d, "description", w),
+                c.string(d, "description", w, most=0),
             )
         )
     return tuple(out)
@@ -196,8 +207,10 @@ def _read_vars(c: _Checker, raw: Any, where: str) -> tuple[Var, ...]:
 
 # Triggers of one project: every list of triggers (the web UI's pages, `ak trigger list`,
 # a manifest's plan) is one NATS message; 2,200 with long filters made every such list
-# fail, for the users of every project.
+# fail, for the users of every project. Likewise its connections (17,000 made `ak
+# connection list` and the web UI's Events page fail).
 MAX_TRIGGERS = 500
+MAX_CONNECTIONS = 500
 
 _TRIGGER_KEYS = {
     "name",
@@ -235,7 +248,7 @@ def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trig
     call = c.string(d, "call", w)
     if call and not _CALL_RE.match(call):
         c.fail(f"{w}.call", f"{shown(call)} is not of the form file.py:function")
-    flt = c.string(d, "filter", w)
+    flt = c.string(d, "filter", w, most=0)  # (measured as CEL: akcore.cellimits)
     if flt:
         # CEL takes ~0.2 s to import: a CLI checking a manifest without filters skips it.
         from .cel import FilterError, validate_filter
@@ -259,7 +272,7 @@ def _read_trigger(c: _Checker, item: Any, w: str, durable_default: bool) -> Trig
         event_type=c.string(d, "event_type", w),
         filter=flt,
         call=call,
-        schedule=c.string(d, "schedule", w),
+        schedule=schedule,
         connection=c.string(d, "connection", w),
         is_durable=c.boolean(d, "is_durable", w, durable_default),
         is_sync=is_sync,
@@ -312,7 +325,13 @@ def parse_manifest(text: str, project_name: str = "") -> Manifest:
             triggers.append(t)
         conns: list[Connection] = []
         conn_names: set[str] = set()
-        for i, item in enumerate(c.items(p.get("connections"), "project.connections")):
+        listed = c.items(p.get("connections"), "project.connections")
+        if len(listed) > MAX_CONNECTIONS:
+            c.fail(
+                "project.connections",
+                f"{len(listed)} connections, over the limit of {MAX_CONNECTIONS}",
+            )
+        for i, item in enumerate(listed[:MAX_CONNECTIONS]):
             w = f"project.connections[{i}]"
             d = c.mapping(item, w, {"name", "integration", "vars"})
             conn = Connection(

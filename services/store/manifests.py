@@ -65,11 +65,13 @@ def _project_of(db: Session, scope: str) -> str:
 
 def vars_size(db: Session, project_id: str) -> int:
     """What the vars of a project and of its connections take, as stored (``_stored_size``);
-    one query, of names and values only."""
+    one query, of names, values and descriptions only."""
     conns = select(Connection.connection_id).where(Connection.project_id == project_id)
     scopes = [project_id, *db.exec(conns)]
-    rows = db.exec(select(Var.name, Var.value).where(col(Var.scope_id).in_(scopes)))
-    return sum(_stored_size(name, value) for name, value in rows)
+    rows = db.exec(
+        select(Var.name, Var.value, Var.description).where(col(Var.scope_id).in_(scopes))
+    )
+    return sum(_stored_size(*row) for row in rows)
 
 
 def check_room(db: Session, project_id: str, before: int, name: str = "") -> None:
@@ -102,9 +104,10 @@ def _check_room(db: Session, scope: str, name: str, size: int, old: int) -> None
         )
 
 
-def _stored_size(name: str, value: str) -> int:
-    """What a var takes in a list of vars: its value, its name and their framing."""
-    return len(value.encode()) + len(name) + 64
+def _stored_size(name: str, value: str, description: str = "") -> int:
+    """What a var takes in a list of vars: its value, its name, its description (each in
+    every list of the project's vars, the web UI's Projects page) and their framing."""
+    return len(value.encode()) + len(name) + len(description.encode()) + 64
 
 
 def put_var(
@@ -123,11 +126,12 @@ def put_var(
     caller checks its project's room (``check_room``) once its changes are all made."""
     routes.check_unclaimed(db, scope, name, value, secret)
     var = db.exec(select(Var).where(Var.scope_id == scope, Var.name == name)).first()
-    old = _stored_size(name, var.value) if var is not None else 0
+    old = _stored_size(name, var.value, var.description) if var is not None else 0
     var = var or Var(scope_id=scope, name=name)
     stored = sealer.seal(value) if secret else value
     if room:
-        _check_room(db, scope, name, _stored_size(name, stored), old)
+        text = var.description if description is None else description
+        _check_room(db, scope, name, _stored_size(name, stored, text), old)
     var.value = stored
     var.is_secret = secret
     var.route_key = routes.claim(scope, name, value)

@@ -19,13 +19,13 @@ from akcore import requests as rq
 from akcore.datakey import Keyring
 from akcore.errors import Conflict, InvalidArgument, NotFound, shown
 from akcore.integrations import DESCRIPTIONS, INTEGRATIONS, integration_id, unknown
-from akcore.manifest import parse_manifest
+from akcore.manifest import MAX_CONNECTIONS, MAX_TEXT, parse_manifest
 from akcore.names import name_problem
 from akcore.planning import Current, plan_manifest
 from akcore.secrets import Sealer
 from sqlalchemy import Engine
 from sqlmodel import Session as DB
-from sqlmodel import col, delete, select
+from sqlmodel import col, delete, func, select
 
 from .manifests import current_state, delete_connection
 from .models import (
@@ -123,6 +123,11 @@ class Objects:
             problem = name_problem(name)
             if problem:
                 raise InvalidArgument(f"parse project name: invalid name {shown(name)}: {problem}")
+            if len(req.display_name) > MAX_TEXT:
+                raise InvalidArgument(
+                    f"display name of {len(req.display_name):,} characters, over the limit "
+                    f"of {MAX_TEXT:,}"
+                )
             if db.exec(select(Project).where(Project.name == name)).first():
                 raise Conflict(f'project "{name}" already exists')
             p = Project(
@@ -358,6 +363,14 @@ class Objects:
                 )
             ).first():
                 raise Conflict(f'connection "{p.name}/{req.name}" already exists')
+            count = select(func.count()).select_from(Connection)
+            if db.exec(count.where(Connection.project_id == p.project_id)).one() >= (
+                MAX_CONNECTIONS
+            ):
+                raise InvalidArgument(
+                    f'project "{p.name}" has {MAX_CONNECTIONS} connections, the limit: '
+                    "delete one first (`ak connection delete`)"
+                )
             c = Connection(
                 connection_id=ids.new_id("con"),
                 project_id=p.project_id,

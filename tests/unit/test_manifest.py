@@ -239,7 +239,8 @@ def test_a_long_bad_text_is_quoted_cut(field: str) -> None:
         text = f"version: v1\nproject:\n  name: p\n  triggers:\n  - name: t\n    {field}: {long}\n"
     with pytest.raises(InvalidArgument) as e:
         parse_manifest(text)
-    assert "(1,000,000 characters)" in e.value.message and len(e.value.message) < 600
+    # (text over MAX_TEXT is refused by its length, quoting none of it)
+    assert "1,000,000 characters" in e.value.message and len(e.value.message) < 600
 
 
 @pytest.fixture(params=["libyaml", "python"])
@@ -274,3 +275,22 @@ def test_a_manifest_nested_too_deeply_is_refused_plainly(kind: str) -> None:
         text = "version: v1\nx:\n" + "".join(" " * i + "- \n" for i in range(n))
     with pytest.raises(InvalidArgument, match="yaml: the manifest's collections are nested too"):
         parse_manifest(text)
+
+
+def test_a_projects_other_text_and_connections_are_bounded() -> None:
+    """A trigger's event type, call and schedule and a project's display name are in every
+    list of their kind: at most MAX_TEXT characters; a project at most MAX_CONNECTIONS
+    connections (as MAX_TRIGGERS triggers)."""
+    from akcore.manifest import MAX_CONNECTIONS, MAX_TEXT
+
+    head = "version: v1\nproject:\n  name: p\n"
+    ok = parse_manifest(head + f"  display_name: {'d' * MAX_TEXT}\n")
+    assert ok.project is not None and len(ok.project.display_name) == MAX_TEXT
+    with pytest.raises(InvalidArgument, match="display_name: 1,025 characters, over the limit"):
+        parse_manifest(head + f"  display_name: {'d' * (MAX_TEXT + 1)}\n")
+    trigger = "  triggers:\n  - name: t\n    webhook: {}\n    call: a.py:f\n"
+    with pytest.raises(InvalidArgument, match="event_type: 1,025 characters"):
+        parse_manifest(head + trigger + f"    event_type: {'e' * (MAX_TEXT + 1)}\n")
+    conns = "".join(f"  - name: c{i}\n    integration: http\n" for i in range(MAX_CONNECTIONS + 1))
+    with pytest.raises(InvalidArgument, match="501 connections, over the limit of 500"):
+        parse_manifest(head + "  connections:\n" + conns)
