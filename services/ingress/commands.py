@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from . import confine
 from .auth import Caller
-from .intake import store_event
+from .intake import check_size, store_event
 
 
 async def event_redispatch(
@@ -85,6 +85,7 @@ async def event_save(nc: Client, req: rq.EventNew, caller: Caller, keys: Keyring
         "data": ev.data,
         "memo": ev.memo,
     }
+    check_size(nc, len(wire.encode(wire.StoreRequest(args=args))))
     await bus.store_call(nc, "event.store", args)
     return {"event_id": ev.event_id}
 

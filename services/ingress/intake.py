@@ -21,6 +21,24 @@ EVENTS_FULL = (
     "send it again later"
 )
 
+# Room kept beside an event's own bytes in a NATS message: ``event.get`` answers the event
+# with its dispatch notes and its view's fields. One of 8 MiB less 256 bytes was kept, and
+# then no ``event.get`` of it fit: `ak event get`, `ak event redispatch`, `ak session
+# restart` of its sessions and their pages in the web UI failed, every time.
+EVENT_ROOM = 64 * 1024
+
+
+def check_size(nc: Client, size: int) -> None:
+    """InvalidArgument unless an event of ``size`` bytes (as sent) leaves ``EVENT_ROOM``
+    in a NATS message."""
+    limit = nc.max_payload - EVENT_ROOM
+    if size > limit:
+        raise InvalidArgument(
+            f"the event is {size} bytes, over the NATS message limit less what its notes "
+            f"need ({limit} bytes, its headers included): send less data (keep big data "
+            "elsewhere and send a reference)"
+        )
+
 
 class EventsFull(Unavailable):
     """``AK_EVENTS`` is at its limit: the event was not stored."""
@@ -40,12 +58,12 @@ async def store_event(nc: Client, event: wire.Event, keys: Keyring) -> None:
         NotAcknowledged: a try went unanswered and none was acknowledged in time.
         Unavailable: it was not stored (JetStream refused it, or NATS is away).
     """
+    data = wire.encode(eventdata.sealed(event, keys))
+    headers = tracing.inject({subjects.HDR_MSG_ID: event.event_id})
+    check_size(nc, len(data) + sum(len(k) + len(v) + 4 for k, v in headers.items()))
     try:
         await bus.publisher(nc).publish_within(
-            PUBLISH_WITHIN,
-            subjects.event_subject(event.project_id, event.event_id),
-            wire.encode(eventdata.sealed(event, keys)),
-            tracing.inject({subjects.HDR_MSG_ID: event.event_id}),
+            PUBLISH_WITHIN, subjects.event_subject(event.project_id, event.event_id), data, headers
         )
     except APIError as e:
         if bus.is_full(e):

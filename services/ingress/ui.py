@@ -32,6 +32,7 @@ RECORDS_SHOWN = 500  # journal records on one page of a session
 SESSIONS_SHOWN = 50  # sessions on a page of the list (?size= up to 1000)
 EVENTS_SHOWN = 200  # the newest events on the events page
 CHILDREN_SHOWN = 100  # the newest child sessions on a session's page
+EVENT_PAGES = 10  # pages of sessions (each 1,000 or 4 MiB) the events page shows at most
 # The sessions page's filters: ``within`` ("1h", ...) is a shorthand for ``created_after``.
 SESSION_FILTERS = (
     "project", "state", "deployment", "event_id", "trigger", "parent", "within",
@@ -105,6 +106,32 @@ def add_ui(
 
     async def call(caller: Caller, op: str, **args: Any) -> Any:
         return await perform(nc, op, args, caller, keys, timeout=STORE_WAIT)
+
+    async def of_projects(caller: Caller, op: str, project: str) -> list[dict[str, Any]]:
+        """``op``'s list of one project, or of every project the caller sees, asked project
+        by project: one answer of all would be over the NATS message limit once a few
+        projects hold their most (500 triggers, 500 connections each)."""
+        if project:
+            return list(await call(caller, op, project=project))
+        listed = []
+        for p in await call(caller, "project.list"):
+            listed += await call(caller, op, project=p["project_id"])
+        return listed
+
+    async def sessions_of(caller: Caller, project: str, events: list[str]) -> dict[str, Any]:
+        """The sessions the events started (each page ends at 4 MiB: failed sessions with
+        long errors fill one with ~60), and whether some were left out (over EVENT_PAGES)."""
+        found: list[dict[str, Any]] = []
+        token = ""
+        for _ in range(EVENT_PAGES):
+            page = await call(
+                caller, "session.list", project=project, event_ids=events, page_size=1000,
+                page_token=token,
+            )  # fmt: skip
+            found += page["sessions"]
+            if not (token := page["next_page_token"]):
+                break
+        return {"sessions": found, "more": bool(token)}
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/ui/sessions", status_code=307)
@@ -205,7 +232,7 @@ def add_ui(
     async def sessions(request: Request, caller: Caller) -> Response:
         listed = await session_rows(request, caller)
         names = [p["name"] for p in await call(caller, "project.list")]
-        triggers = await call(caller, "trigger.list", project=listed["filters"]["project"])
+        triggers = await of_projects(caller, "trigger.list", listed["filters"]["project"])
         return render(
             request, "sessions.html", projects=names, states=uiviews.STATES,
             triggers=triggers, withins=uiviews.WITHIN, **listed,
@@ -284,23 +311,20 @@ def add_ui(
         trigger = request.query_params.get("trigger", "")
         listed = await call(caller, "event.list", project=project, trigger=trigger)
         listed = listed[:EVENTS_SHOWN]
-        triggers = {t["trigger_id"]: t for t in await call(caller, "trigger.list", project=project)}
+        triggers = {t["trigger_id"]: t for t in await of_projects(caller, "trigger.list", project)}
         connections = {
-            c["connection_id"]: c for c in await call(caller, "connection.list", project=project)
+            c["connection_id"]: c for c in await of_projects(caller, "connection.list", project)
         }
         ids = [e["event_id"] for e in listed]
-        started = (
-            await call(caller, "session.list", project=project, event_ids=ids, page_size=1000)
-            if ids
-            else {}
-        )
+        started = await sessions_of(caller, project, ids) if ids else {"sessions": []}
         by_event: dict[str, list[dict[str, Any]]] = {}
-        for ses in started.get("sessions", []):
+        for ses in started["sessions"]:
             by_event.setdefault(ses.get("event_id") or "", []).append(ses)
         names = [p["name"] for p in await call(caller, "project.list")]
         return render(
             request, "events.html", events=listed, triggers=triggers, sessions=by_event,
             project=project, projects=names, trigger=trigger, connections=connections,
+            sessions_cut=started.get("more", False),
         )  # fmt: skip
 
     async def event(request: Request, caller: Caller) -> Response:
