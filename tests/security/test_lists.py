@@ -8,6 +8,7 @@ fail over the NATS message limit. Reproduced by repro/unbounded_lists.py."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,43 @@ def _notes(stack: Stack, token: str, event_id: str) -> bool:
 def _slug(stack: Stack) -> str:
     (t,) = stack.api("trigger.list", project="grow")
     return str(t["webhook_slug"])
+
+
+FAILING = """\
+version: v1
+project:
+  name: failing
+  triggers:
+    - name: hook
+      call: f.py:on_event
+      webhook: {}
+"""
+
+
+def test_the_events_page_shows_every_events_sessions(stack: Stack, home: Path) -> None:
+    """The web UI's Events page asked one page of its events' sessions (1,000, or 4 MiB):
+    70 sessions that failed with a long error (32 KiB of it and of its traceback are
+    kept) filled it past 60, and the events after showed "none", unsaid."""
+    code = "def on_event(event):\n    raise RuntimeError('x' * 100_000)\n"
+    _, path = stack.deploy(
+        write_project(home / "failing", {"autokitteh.yaml": FAILING, "f.py": code})
+    )
+    events = {stack.post_json(path, {"i": i})[1] for i in range(70)}
+    stack.wait_until(lambda: len(_failed(stack)) >= 70, "70 sessions in ERROR", timeout=240)
+    status, _, body = stack.request(
+        "GET", "/ui/events?project=failing", headers={"Cookie": f"ak_ui_token={stack.token}"}
+    )
+    assert status == 200
+    rows = re.findall(r'<tr data-event="(evt_\w+)">(.*?)</tr>', body.decode(), re.S)
+    assert {e for e, _ in rows} == events
+    assert [e for e, row in rows if "/ui/sessions/ses_" not in row] == []
+
+
+def _failed(stack: Stack) -> list[str]:
+    """The sessions of project "failing" in ERROR, page by page."""
+    found, token = [], ""
+    while True:
+        page = stack.api("session.list", project="failing", state="ERROR", page_token=token)
+        found += [s["session_id"] for s in page["sessions"]]
+        if not (token := page["next_page_token"]):
+            return found
