@@ -33,7 +33,6 @@ from tests.e2e.faultproject import (
 )
 from tests.helpers import Stack, frozen, start_stack, wait_until, write_project
 
-
 CODE = (
     EFFECT
     + """
