@@ -36,6 +36,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from . import config, natsauth, ops, subjects, tracing, waitfor, wire
+from . import service as akservice
 from .errors import AKError, InvalidArgument, NotFound, Unavailable, error_from_kind
 from .retention import Retention
 
@@ -285,7 +286,9 @@ async def connect_service(
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
 ) -> Client:
     """``connect`` as one of the services, with its credentials from ``settings`` and its
-    own inbox prefix (only its user may read the replies sent there)."""
+    own inbox prefix (only its user may read the replies sent there). A connection closed
+    for good (``connect``'s ``on_lost``) ends the service, whose supervisor restarts it:
+    a service without NATS serves nothing (a runner would run no session again)."""
     nc = await connect(
         settings.nats_url,
         f"ak-{service}",
@@ -293,6 +296,7 @@ async def connect_service(
         user=settings.nats_user,
         password=settings.nats_password,
         inbox_prefix=natsauth.inbox_prefix(service),
+        on_lost=akservice.end,
     )
     _services[nc] = service
     return nc
@@ -305,11 +309,17 @@ async def connect(
     user: str = "",
     password: str = "",
     inbox_prefix: str = "_INBOX",
+    on_lost: Callable[[str], None] | None = None,
 ) -> Client:
     """Connects to any server of the list, with unlimited reconnects to any of them, so a
     NATS restart or the loss of one cluster node never kills a service. ``on_reconnect``
     runs after each reconnect (core-NATS messages sent meanwhile were missed). Raises
-    ``CredentialsRefused`` when the server refuses the credentials (or their absence)."""
+    ``CredentialsRefused`` when the server refuses the credentials (or their absence).
+
+    Reconnects do not cover everything: a server that ends the connection with an error
+    (``-ERR``: a message over its limit, an unknown command, an expired user) leaves it
+    closed for good, as nats-py takes every such error. ``on_lost`` is then told what
+    happened (one line), unless the connection's owner closed it."""
     loop = asyncio.get_running_loop()
     refused: asyncio.Future[None] = loop.create_future()
 
@@ -331,6 +341,16 @@ async def connect(
         if on_reconnect is not None:
             await on_reconnect()
 
+    async def on_closed() -> None:
+        if nc.asked_to_close:
+            return
+        said = nc.last_error or "without an error"
+        why = f"the NATS connection of {name} was closed for good ({said})"
+        if on_lost is None:
+            log.error("%s", why)
+        else:
+            on_lost(why)
+
     options: dict[str, Any] = {  # (the client's annotations say int; seconds may be floats)
         "reconnect_time_wait": 0.5,
         # A server that stops answering (frozen, or cut off) is left for another within
@@ -350,6 +370,7 @@ async def connect(
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnected,
+            closed_cb=on_closed,
             **options,
         )
     )
@@ -388,7 +409,22 @@ class CancellableClient(Client):
       came later, ``_process_pong`` set a result on the cancelled future, and the
       ``InvalidStateError`` ended the read loop (the connection heard nothing until the
       stale-connection check reconnected it, ~12 s).
+
+    And it tells a close its owner asked for (``asked_to_close``) from one it did not:
+    nats-py calls the closed callback for both.
     """
+
+    asked_to_close = False  # close() or drain() called: the closed callback is expected
+
+    async def close(self) -> None:
+        # (nats-py calls it too, from its reconnecting task, when reconnects run out)
+        if asyncio.current_task() is not self._reconnection_task:
+            self.asked_to_close = True
+        await super().close()
+
+    async def drain(self) -> None:
+        self.asked_to_close = True
+        await super().drain()
 
     async def publish(
         self,

@@ -12,7 +12,11 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
            environment variables expanded: the test makes it when it has done what must
            happen meanwhile; without ``file=``, until a stop request reaches the attempt;
            only at the points ``step``, ``read`` and ``parking``: held at ``step``, a live
-           attempt keeps its job, heartbeating, its worker waiting for the go-ahead)
+           attempt keeps its job, heartbeating, its worker waiting for the go-ahead),
+           ``nats_closed`` (the NATS server closes the runner's connection for good: a
+           message over its ``max_payload`` is announced on it, raw, which the server
+           answers with ``-ERR 'Maximum Payload Violation'`` and a close; nats-py does not
+           reconnect after such an error)
   points   ``step`` (the worker asks for durable step N, before anything is done),
            ``journaling`` (the record of step N is about to be written), ``journaled`` (it
            was acknowledged, the worker not answered yet), ``started`` (the attempt's
@@ -38,12 +42,14 @@ import signal
 import time
 from dataclasses import dataclass
 
+from akcore import subjects
 from akcore.errors import AKError, Unavailable
+from nats.aio.client import Client
 
 log = logging.getLogger(__name__)
 
 ENV = "AK_TEST__FAULTS"
-ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable", "hold")
+ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable", "hold", "nats_closed")
 HOLD_POINTS = ("step", "read", "parking")  # where the runner waits out a ``hold`` rule
 POINTS = (
     "step",
@@ -106,15 +112,17 @@ def parse(text: str) -> list[Rule]:
 
 
 class Faults:
-    """The rules in force in this runner (none outside tests)."""
+    """The rules in force in this runner (none outside tests); ``nc``: the runner's NATS
+    connection (what ``nats_closed`` has the server close)."""
 
-    def __init__(self, rules: list[Rule]) -> None:
+    def __init__(self, rules: list[Rule], nc: Client | None = None) -> None:
         self.rules = rules
+        self.nc = nc
 
     @classmethod
-    def from_env(cls) -> Faults:
+    def from_env(cls, nc: Client | None = None) -> Faults:
         try:
-            return cls(parse(os.environ.get(ENV, "")))
+            return cls(parse(os.environ.get(ENV, "")), nc)
         except ValueError as e:  # said once, as the runner starts (akcore.service)
             raise AKError(str(e)) from None
 
@@ -138,7 +146,17 @@ class Faults:
                 raise Unavailable(f"fault injected at {point} of step {step}")
             elif rule.action == "no_heartbeats":
                 stop_beating = True
+            elif rule.action == "nats_closed":
+                self._close_nats()
         return stop_beating
+
+    def _close_nats(self) -> None:
+        """Announces a message one byte over the server's limit on the connection's own
+        socket (nats-py's publish refuses it): the server refuses it by closing."""
+        if self.nc is None:
+            raise RuntimeError("nats_closed: the runner's faults have no NATS connection")
+        size = self.nc.max_payload + 1
+        self.nc._transport.write(f"PUB {subjects.SPANS} {size}\r\n".encode())  # type: ignore[union-attr]
 
     async def hold(
         self, point: str, entry: str, attempt: int, stopped: asyncio.Event | None = None

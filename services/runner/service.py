@@ -508,7 +508,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await inboxes.watch(nc)
     js = nc.jetstream()
     base_env = worker_env(dict(os.environ), settings.worker_env)
-    faults = Faults.from_env()
+    faults = Faults.from_env(nc)
     limits = Limits(settings.journal_max_records, settings.journal_max_bytes)
     host = Host(
         nc,
