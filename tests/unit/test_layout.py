@@ -100,3 +100,43 @@ def test_subjects_spelled_once() -> None:
         if f.name != "subjects.py" and SUBJECT_RE.search(f.read_text())
     ]
     assert offenders == []
+
+
+def _calls(tree: ast.AST) -> set[tuple[str, str]]:
+    """``(owner, name)`` of every call in ``tree``: ``bus.connect(...)`` is ``("bus",
+    "connect")``, ``Client()`` is ``("", "Client")``."""
+    found: set[tuple[str, str]] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        fn = node.func
+        if isinstance(fn, ast.Name):
+            found.add(("", fn.id))
+        elif isinstance(fn, ast.Attribute):
+            found.add((fn.value.id if isinstance(fn.value, ast.Name) else "", fn.attr))
+    return found
+
+
+@pytest.mark.parametrize("pkg", sorted(SERVICES))
+def test_services_connect_to_nats_one_way(pkg: str) -> None:
+    """A service's NATS connections all come from ``bus.connect_service``, in a process
+    ``akcore.service.main`` runs: one closed for good then ends the process, which its
+    supervisor restarts. One made another way would leave the service up without NATS,
+    serving nothing (docs/reliability.md)."""
+    calls = set().union(*(_calls(ast.parse(f.read_text())) for f in PACKAGES[pkg].rglob("*.py")))
+    assert ("bus", "connect_service") in calls
+    others = {
+        (owner, name)
+        for owner, name in calls
+        if name in ("Client", "CancellableClient")
+        or (owner in ("bus", "nats") and name == "connect")
+    }
+    assert not others, f"{pkg} connects to NATS by {others}"
+    entry = ast.parse((PACKAGES[pkg] / "__main__.py").read_text())
+    imported = {
+        (n.module, a.name)
+        for n in ast.walk(entry)
+        if isinstance(n, ast.ImportFrom)
+        for a in n.names
+    }
+    assert ("akcore.service", "main") in imported and ("", "main") in _calls(entry)

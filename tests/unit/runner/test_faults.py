@@ -104,3 +104,11 @@ async def _run_others() -> None:
     """Lets the tasks that can run run (a held one waits, whatever the time)."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+def test_nats_closed_needs_the_runners_connection() -> None:
+    """(``tests/e2e/test_nats_closed.py`` has the server close it.)"""
+    faults = Faults(parse("nats_closed step step=2"))
+    assert faults.at("step", "h.py:f", 1, 1) is False
+    with pytest.raises(RuntimeError, match="no NATS connection"):
+        faults.at("step", "h.py:f", 1, 2)
