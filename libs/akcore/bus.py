@@ -317,7 +317,7 @@ async def connect(
     ``CredentialsRefused`` when the server refuses the credentials (or their absence).
 
     Reconnects do not cover everything: a server that ends the connection with an error
-    (``-ERR``: a message over its limit, an unknown command, an expired user) leaves it
+    (``-ERR``: a message announced over its limit, a command it cannot parse) leaves it
     closed for good, as nats-py takes every such error. ``on_lost`` is then told what
     happened (one line), unless the connection's owner closed it."""
     loop = asyncio.get_running_loop()
