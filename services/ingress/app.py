@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 MSGPACK = "application/msgpack"
+# Every answer of this port but the web UI's own is a sandboxed document (an opaque origin
+# of its own), whatever else it says: a sync webhook's answer is its handler's page, on the
+# UI's origin, and its script would otherwise read the UI's pages (their CSRF token) and post
+# their forms as the admin who opened it (docs/ui.md#security). Its script still runs.
+SANDBOX = (
+    b"content-security-policy",
+    b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads",
+)
 
 
 # An over-limit webhook body is still read (and dropped) up to this size (read_body).
@@ -276,12 +284,31 @@ class WebhookFront:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
+        if scope["type"] == "http" and not is_ui_path(path):
+            send = _sandboxed(send)
         slug = path[len(self.PREFIX) :].split("/", 1)[0] if path.startswith(self.PREFIX) else ""
         if not slug or scope.get("method") not in METHODS:
             await self.app(scope, receive, send)
             return
         response = await self.webhook(Request(scope, receive), slug)
         await response(scope, receive, send)
+
+
+def is_ui_path(path: str) -> bool:
+    """Whether ``path`` is the web UI's (its pages set their own policy, ``ui.HEADERS``)."""
+    return path == "/ui" or path.startswith("/ui/")
+
+
+def _sandboxed(send: Any) -> Any:
+    """``send`` with ``SANDBOX`` added to the response's headers (beside any policy the
+    answer has: a browser enforces each)."""
+
+    async def sending(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), SANDBOX]}
+        await send(message)
+
+    return sending
 
 
 def _too_large(limit: int) -> Response:

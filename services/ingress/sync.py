@@ -14,6 +14,8 @@ from fastapi import Response
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from .uiauth import UI_COOKIES
+
 TIMEOUT = config.or_default(config.webhook_timeout, 30.0)
 
 
@@ -237,12 +239,24 @@ def _headers(raw: Any) -> dict[str, str]:
             raise BadOutcome(f"the headers take more than {MAX_HEADER_BYTES} bytes")
         if name.lower() in SERVER_HEADERS:
             continue  # (the server's own: see SERVER_HEADERS)
+        if name.lower() == "set-cookie" and _cookie_name(value).lower().startswith(UI_COOKIES):
+            raise BadOutcome(
+                f"header Set-Cookie sets {_cookie_name(value)!r}, a cookie of this server's "
+                f"web UI (named {UI_COOKIES}...): name the handler's cookie otherwise"
+            )
         # one header of a name, the last given (as Go's Header.Set, names in any case)
         headers.pop(by_name.get(name.lower(), ""), None)
         by_name[name.lower()] = name
         # sent as its UTF-8 bytes (as Go's server does; headers are Latin-1 to Starlette)
         headers[name] = value.encode(errors="replace").decode("latin-1")
     return headers
+
+
+def _cookie_name(set_cookie: str) -> str:
+    """The name a browser reads in a Set-Cookie value (before the first ``=`` of its first
+    ``;`` part, without the spaces around it; none without an ``=``)."""
+    pair = set_cookie.split(";", 1)[0]
+    return pair.partition("=")[0].strip(" \t") if "=" in pair else ""
 
 
 def _json(value: Any) -> str:

@@ -26,8 +26,12 @@ from .auth import DEV_CALLER, Authenticator, Caller, host_name
 from .body import read_body
 from .clients import ClientAddresses
 
-TOKEN_COOKIE = "ak_ui_token"
-CSRF_COOKIE = "ak_ui_csrf"
+# The UI's cookies share the origin with webhooks, whose sync answers are the handlers':
+# such an answer may set no cookie named so (``sync``), which would log the admin in as
+# another token, or out.
+UI_COOKIES = "ak_ui_"
+TOKEN_COOKIE = f"{UI_COOKIES}token"
+CSRF_COOKIE = f"{UI_COOKIES}csrf"
 COOKIE_PATH = "/ui"
 # Requests a browser makes from a UI page or from its address bar (Sec-Fetch-Site).
 OWN_FETCHES = frozenset({"same-origin", "none"})

@@ -341,3 +341,30 @@ def test_numbers_out_of_range_and_mistyped_ids_are_clear_errors(
     status, _, raw = stack.request("POST", "/api/session.list", body, stack.auth())
     reply = wire.decode(wire.StoreReply, raw)
     assert status == 400 and f"must be a whole number, not {2**64 - 1}" in reply.error, reply
+
+
+def test_a_webhooks_answer_is_sandboxed_and_sets_no_ui_cookie(
+    stack: Stack, demo: dict[str, str]
+) -> None:
+    """A sync webhook's answer is its handler's (any page, any script) on the UI's own
+    origin: it comes sandboxed (an opaque origin, which reads no UI page and posts no UI
+    form), and may not set the cookies of the UI's login."""
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        page = client.get(demo["page"])
+        assert page.status_code == 200 and "<script>" in page.text
+        policies = page.headers.get_list("content-security-policy")
+        assert any(p.split()[0] == "sandbox" for p in policies), policies
+        assert not any("allow-same-origin" in p for p in policies), policies
+        unknown = client.get("/webhooks/nope")  # the ingress's own answers too
+        assert unknown.status_code == 404
+        assert "sandbox" in unknown.headers["content-security-policy"]
+        ui = client.get("/ui/login").headers.get_list("content-security-policy")
+        assert ui and not any("sandbox" in p for p in ui)  # the UI's pages are its own
+        for name in ("ak_ui_token", "ak_ui_csrf", " ak_ui_token", "AK_UI_TOKEN"):
+            refused = client.get(demo["cookie"], params={"name": name})
+            assert refused.status_code == 502, (name, refused.text)
+            assert "a cookie of this server's web UI" in refused.text, refused.text
+            assert "set-cookie" not in refused.headers
+        other = client.get(demo["cookie"], params={"name": "visits"})
+        assert other.status_code == 200
+        assert other.headers["set-cookie"] == "visits=theirs; Path=/ui"

@@ -187,3 +187,18 @@ def test_pages_fit_a_phone(stack: Stack, browser: Any, demo: dict[str, str]) -> 
             chromium.shot(browser, name)
     finally:
         browser.set_window_size(1280, 900)
+
+
+def test_a_webhooks_page_cannot_act_as_the_ui(
+    stack: Stack, browser: Any, demo: dict[str, str]
+) -> None:
+    """The logged-in admin opens a sync webhook's URL (same origin as the UI): its page's
+    script runs, but neither reads the UI's pages nor posts its forms."""
+    browser.get(stack.url + demo["page"])
+    title = chromium.wait_for(
+        browser, lambda d: d.title if d.title != "loading" else "", "the page's script"
+    )
+    assert title == "kept out: TypeError", title
+    assert "FROM_PAGE" not in {v["name"] for v in stack.api("var.get", project="ui_demo")}
+    browser.get(f"{stack.url}/ui/projects")  # still logged in
+    chromium.wait_for(browser, lambda d: d.current_url.endswith("/ui/projects"), "projects")

@@ -1,6 +1,7 @@
 """The project the web UI's tests deploy: prints that try to be markup, an activity, a
-secret var, a session that waits (for the stop button and for prints that stream), and one
-that starts two children."""
+secret var, a session that waits (for the stop button and for prints that stream), one
+that starts two children, and sync webhooks whose answers try to act as the UI (a page
+whose script reads the UI and posts its forms, a cookie named as the UI's login)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,23 @@ from tests.helpers import Stack, write_project
 
 SECRET = "ui-secret-value-8c1f"
 HOSTILE = "<script>window.pwned=1</script><b>bold?</b>"
+# What a project's author (or a handler echoing its webhook's sender) may answer on the
+# UI's own origin: a page whose script reads the admin's Projects page and sets a var with
+# its CSRF token. Its title says how far it got ("kept out: ..." once its fetch fails).
+ATTACK_PAGE = """<!doctype html><title>loading</title><script>
+(async () => {
+  try {
+    const page = await (await fetch("/ui/projects")).text();
+    const csrf = page.match(/name="csrf" value="([^"]+)"/)[1];
+    const prj = page.match(/<section class="project" id="(prj_\\w+)"/)[1];
+    const set = await fetch(`/ui/projects/${prj}/vars/set`, {method: "POST",
+      body: new URLSearchParams({csrf, name: "FROM_PAGE", value: "set by a webhook's page"})});
+    document.title = "acted as the UI: " + set.status;
+  } catch (e) {
+    document.title = "kept out: " + e.name;
+  }
+})();
+</script>"""
 
 MANIFEST = f"""\
 version: v1
@@ -33,6 +51,14 @@ project:
     - name: spawn
       call: h.py:spawn
       webhook: {{}}
+    - name: page
+      call: h.py:page
+      webhook: {{}}
+      is_sync: true
+    - name: cookie
+      call: h.py:cookie
+      webhook: {{}}
+      is_sync: true
 """
 
 CODE = f"""\
@@ -63,6 +89,16 @@ def spawn(event):
 
 def child(event):
     print("child", event.data.n)
+
+
+def page(event):
+    autokitteh.http_outcome(200, body={ATTACK_PAGE!r}, headers={{"Content-Type": "text/html"}})
+
+
+def cookie(event):
+    name = event.data.url.query.get("name", "ak_ui_token")
+    headers = {{"Set-Cookie": f"{{name}}=theirs; Path=/ui"}}
+    autokitteh.http_outcome(200, body="ok", headers=headers)
 """
 
 

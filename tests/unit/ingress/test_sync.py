@@ -183,6 +183,10 @@ def test_an_outcome_cannot_frame_the_response_itself() -> None:
         ({"status_code": 200, "headers": {"X-A": None}}, "header X-A's value is NoneType"),
         ({"status_code": 200, "headers": {f"X-{i}": "v" for i in range(101)}}, "101 headers"),
         ({"status_code": 200, "headers": {"X-A": "v" * 70_000}}, "the headers take more than"),
+        (
+            {"status_code": 200, "headers": {"set-cookie": " ak_ui_token = x; Path=/ui"}},
+            "header Set-Cookie sets 'ak_ui_token', a cookie of this server's web UI",
+        ),
     ],
 )
 def test_an_outcome_that_is_no_valid_response_is_a_502_saying_why(
