@@ -14,6 +14,7 @@ SameSite alone does not do), and its ``csrf`` field must match the ``ak_ui_csrf`
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlsplit
@@ -36,6 +37,9 @@ COOKIE_PATH = "/ui"
 # Requests a browser makes from a UI page or from its address bar (Sec-Fetch-Site).
 OWN_FETCHES = frozenset({"same-origin", "none"})
 MAX_FORM = 8192
+# A UI page's path, as ``after_login`` goes on to: /ui/ then segments of letters, digits,
+# "_" and "-" (ids, page names), each after a single "/".
+UI_PAGE = re.compile(r"/ui(/[A-Za-z0-9_-]+)+")
 
 
 class UiAuth:
@@ -134,7 +138,11 @@ async def read_form(request: Request, limit: int = MAX_FORM) -> dict[str, str]:
 
 
 def after_login(target: str | None) -> str:
-    """Where to go after logging in: a UI page of this server, never elsewhere."""
-    if target and target.startswith("/ui/") and not target.startswith("/ui//"):
-        return target
+    """Where to go after logging in: a UI page of this server, never elsewhere. Its path is
+    plain segments of the UI's addresses (ids, page names): no dot segment, which a browser
+    resolves out of ``/ui`` even encoded (``/ui/%2e%2e/webhooks/...``, a project's page on
+    this origin), no ``//``, backslash or control character; the query is kept as it is."""
+    path, mark, query = (target or "").partition("?")
+    if UI_PAGE.fullmatch(path) and not any(c < " " or c == "\x7f" for c in query):
+        return path + mark + query
     return "/ui/sessions"

@@ -75,6 +75,33 @@ def test_login_sets_a_strict_http_only_cookie(stack: Stack) -> None:
         assert client.get("/ui/sessions").status_code == 200
 
 
+def test_login_goes_on_to_ui_pages_only(stack: Stack) -> None:
+    """``next`` may name a UI page only: not a dot segment a browser resolves out of /ui
+    (``%2e%2e`` is one to a browser), which would land the admin, just logged in, on a
+    webhook's page of this origin (a project's, asking for the token again)."""
+    escaping = (
+        "/ui/%2e%2e/webhooks/x",
+        "/ui/.%2E/webhooks/x",
+        "/ui/../webhooks/x",
+        "/ui/sessions/..",
+        "/ui/\\..\\webhooks/x",
+        "/ui//evil.example/",
+        "//evil.example/ui/",
+        "https://evil.example/ui/",
+        "/ui/%0a/x",
+    )
+    with httpx.Client(base_url=stack.url, timeout=20) as client:
+        csrf = _csrf(client)
+        for target in (*escaping, "/ui/sessions/ses_x?skip=500&project=a%2Fb"):
+            form = {"token": stack.token, "csrf": csrf, "next": target}
+            resp = client.post("/ui/login", data=form, headers={"Origin": stack.url})
+            assert resp.status_code == 303, resp.text
+            expected = "/ui/sessions" if target in escaping else target
+            assert resp.headers["location"] == expected, target
+            shown = client.get("/ui/login", params={"next": target}).text
+            assert f'name="next" value="{html.escape(expected)}"' in shown, target
+
+
 def test_login_from_another_site_is_refused(stack: Stack) -> None:
     with httpx.Client(base_url=stack.url, timeout=20) as client:
         csrf = _csrf(client)
