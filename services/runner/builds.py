@@ -181,12 +181,3 @@ def disk_usage(root: Path) -> int:
                 if entry.is_dir(follow_symlinks=False):
                     todo.append(entry.path)
     return total
-
-
-def worker_env(
-    base: dict[str, str], variables: dict[str, str], internal_prefixes: tuple[str, ...]
-) -> dict[str, str]:
-    """The worker's environment: ours minus the system's own settings, plus the project's vars."""
-    env = {k: v for k, v in base.items() if not k.startswith(internal_prefixes)}
-    env.update(variables)
-    return env

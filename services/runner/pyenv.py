@@ -35,7 +35,6 @@ from akcore.config import ENV_PACKAGES_MEMORY_MB, ENV_PACKAGES_TIMEOUT, REQUIREM
 from akcore.errors import AKError, InvalidArgument
 from packaging.requirements import InvalidRequirement, Requirement
 
-from .builds import worker_env
 from .requirements import RequirementsRefused, check_requirements
 from .sandbox import (
     UserIds,
@@ -194,6 +193,7 @@ class Build:
     spec: Spec
     timeout: int = 1800  # seconds (AK_RUNNER__PACKAGES_TIMEOUT)
     memory_mb: int = 0  # its tools' processes together (AK_RUNNER__PACKAGES_MEMORY_MB); 0: none
+    env_names: tuple[str, ...] = ()  # of the runner's environment, given too (``tool_env``)
     lines: list[str] = field(default_factory=list)
     error: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -230,8 +230,20 @@ def _base_python() -> str:
     )
 
 
-def _tool_env() -> dict[str, str]:
-    env = worker_env(dict(os.environ), {}, config.INTERNAL_ENV_PREFIXES)
+# pip's own settings (an index or mirror the operator chose: PIP_INDEX_URL, ...).
+PIP_ENV_PREFIX = "PIP_"
+
+
+def tool_env(also: tuple[str, ...] = ()) -> dict[str, str]:
+    """What pip and the packages' build scripts get of the runner's environment: what a
+    worker gets (``config.worker_env``: PATH, HOME, TMPDIR, locale, certificates, proxies,
+    and the names ``also`` lists, AK_RUNNER__WORKER_ENV) and pip's own settings (PIP_*),
+    nothing else. A build script is anyone's code, and what it prints `ak deploy` shows:
+    given the runner's whole environment, one printed the passwords and cloud keys the
+    operator's shell held (PGPASSWORD, AWS_SECRET_ACCESS_KEY, a DSN) to the deployer."""
+    environ = dict(os.environ)
+    env = config.worker_env(environ, also)
+    env.update((k, v) for k, v in environ.items() if k.startswith(PIP_ENV_PREFIX))
     env.pop("PYTHONPATH", None)
     env.pop("VIRTUAL_ENV", None)
     return env
@@ -244,7 +256,7 @@ async def _run(
     processes; not seeing what ``users`` hide, in its control groups), adding its
     output to the build's lines; raises EnvError when it fails or is not done by the
     build's deadline (what the builder left running is then killed by ``_build``)."""
-    env = _tool_env()
+    env = tool_env(build.env_names)
     if uid >= 0:
         env["PIP_NO_CACHE_DIR"] = "1"  # the builder cannot write to HOME
         hidden, groups = (users.hidden, users.groups_arg) if users is not None else ("", "")
@@ -502,14 +514,18 @@ class PythonEnvs:
         users: UserIds | None = None,
         timeout: int = 1800,
         memory_mb: int = 0,
+        env_names: tuple[str, ...] = (),
     ) -> None:
         """``timeout``: seconds installing one environment may take
         (``AK_RUNNER__PACKAGES_TIMEOUT``); ``memory_mb``: what its processes may use
-        together (``AK_RUNNER__PACKAGES_MEMORY_MB``, 0: no limit)."""
+        together (``AK_RUNNER__PACKAGES_MEMORY_MB``, 0: no limit); ``env_names``: of the
+        runner's environment, what its tools get besides a worker's minimum and pip's
+        settings (``AK_RUNNER__WORKER_ENV``)."""
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
         self.users = users  # the sandbox: packages are installed as a user of their own
         self.timeout, self.memory_mb = timeout, memory_mb
+        self.env_names = env_names
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
 
@@ -521,7 +537,7 @@ class PythonEnvs:
         for path, old in list(self._builds.items()):
             if old.done.is_set() and now - old.finished > KEEP_FINISHED:
                 del self._builds[path]
-        build = Build(spec, self.timeout, self.memory_mb)
+        build = Build(spec, self.timeout, self.memory_mb, env_names=self.env_names)
         self._builds[spec.path] = build
 
         async def go() -> None:

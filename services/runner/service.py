@@ -470,6 +470,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         users,
         settings.packages_timeout,
         settings.packages_memory_mb,
+        settings.worker_env,
     )
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ak_runner.builds import BuildCache, disk_usage, worker_env
+from ak_runner.builds import BuildCache, disk_usage
 from akcore.buildfiles import MAX_BUILD_FILES
 from akcore.errors import InvalidArgument
 
@@ -156,17 +156,3 @@ def test_a_crashed_unpack_is_cleaned_up_once_stale(tmp_path: Path) -> None:
     os.utime(left, (then, then))
     cache.prune()
     assert not left.exists() and fresh.exists()
-
-
-def test_worker_env_drops_internal_settings_and_adds_vars() -> None:
-    base = {
-        "HOME": "/root",
-        "USER": "root",
-        "AK_NATS_URL": "nats://x",
-        "AK_DB__DSN": "s",
-        "OTEL_X": "1",
-    }
-    assert worker_env(base, {"USER": "Garfield"}, ("AK_", "OTEL_")) == {
-        "HOME": "/root",
-        "USER": "Garfield",
-    }
