@@ -194,6 +194,7 @@ class Build:
     timeout: int = 1800  # seconds (AK_RUNNER__PACKAGES_TIMEOUT)
     memory_mb: int = 0  # its tools' processes together (AK_RUNNER__PACKAGES_MEMORY_MB); 0: none
     env_names: tuple[str, ...] = ()  # of the runner's environment, given too (``tool_env``)
+    files: int = 0  # open files of each builder process (AK_RUNNER__WORKER_FILES); 0: the runner's
     lines: list[str] = field(default_factory=list)
     error: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -260,7 +261,7 @@ async def _run(
     if uid >= 0:
         env["PIP_NO_CACHE_DIR"] = "1"  # the builder cannot write to HOME
         hidden, groups = (users.hidden, users.groups_arg) if users is not None else ("", "")
-        argv = tuple(as_user(uid, list(argv), hidden, BUILDER_PROCESSES, groups))
+        argv = tuple(as_user(uid, list(argv), hidden, BUILDER_PROCESSES, groups, build.files))
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -515,17 +516,19 @@ class PythonEnvs:
         timeout: int = 1800,
         memory_mb: int = 0,
         env_names: tuple[str, ...] = (),
+        files: int = 0,
     ) -> None:
         """``timeout``: seconds installing one environment may take
         (``AK_RUNNER__PACKAGES_TIMEOUT``); ``memory_mb``: what its processes may use
         together (``AK_RUNNER__PACKAGES_MEMORY_MB``, 0: no limit); ``env_names``: of the
         runner's environment, what its tools get besides a worker's minimum and pip's
-        settings (``AK_RUNNER__WORKER_ENV``)."""
+        settings (``AK_RUNNER__WORKER_ENV``); ``files``: open files each process of a
+        sandboxed install may have, as a worker's (``AK_RUNNER__WORKER_FILES``)."""
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
         self.users = users  # the sandbox: packages are installed as a user of their own
         self.timeout, self.memory_mb = timeout, memory_mb
-        self.env_names = env_names
+        self.env_names, self.files = env_names, files
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
 
@@ -537,7 +540,9 @@ class PythonEnvs:
         for path, old in list(self._builds.items()):
             if old.done.is_set() and now - old.finished > KEEP_FINISHED:
                 del self._builds[path]
-        build = Build(spec, self.timeout, self.memory_mb, env_names=self.env_names)
+        build = Build(
+            spec, self.timeout, self.memory_mb, env_names=self.env_names, files=self.files
+        )
         self._builds[spec.path] = build
 
         async def go() -> None:

@@ -81,7 +81,7 @@ class WorkerLimits:
 # Linux 6.12; nothing on older kernels): a package's build script is anyone's code.
 _AS_USER = """\
 import ctypes, os, resource, runpy, sys
-u, nproc = (int(x) for x in sys.argv[1].split(","))
+u, nproc, nofile = (int(x) for x in sys.argv[1].split(","))
 os.closerange(3, 1 << 20)
 if sys.argv[3] != "-":
     runpy.run_path(sys.argv[2])["hide"](sys.argv[3])
@@ -90,6 +90,8 @@ for parent in sys.argv[4].split(os.pathsep) if sys.argv[4] != "-" else []:
         f.write(str(os.getpid()))
 if nproc:
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+if nofile:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 os.setgroups([])
 os.setresgid(u, u, u)
 os.setresuid(u, u, u)
@@ -105,19 +107,25 @@ os.execv(sys.argv[5], sys.argv[5:])
 
 
 def as_user(
-    uid: int, argv: list[str], hidden: str = "", processes: int = 0, groups: str = ""
+    uid: int,
+    argv: list[str],
+    hidden: str = "",
+    processes: int = 0,
+    groups: str = "",
+    files: int = 0,
 ) -> list[str]:
     """``argv`` run as user ``uid``, what it writes readable by others (a build tool),
     not seeing ``hidden`` (as a worker, ``netfence.hidden``), with at most ``processes``
     processes of that user at once (0: no limit), in its control group under ``groups``
-    (``WorkerGroups.parent``; "": none)."""
+    (``WorkerGroups.parent``; "": none), each process with at most ``files`` open files
+    (0: as the runner's; a worker's ``WorkerLimits.files``, for the same reason)."""
     return [
         sys.executable,
         "-I",
         "-S",
         "-c",
         _AS_USER,
-        f"{uid},{processes}",
+        f"{uid},{processes},{files}",
         _hide.__file__,
         hidden or "-",
         groups or "-",

@@ -471,6 +471,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         settings.packages_timeout,
         settings.packages_memory_mb,
         settings.worker_env,
+        settings.worker_files,
     )
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)

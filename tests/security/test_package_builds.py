@@ -16,11 +16,13 @@ and it wrote what it liked to the machine's /tmp and /var/tmp, on the disk of th
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import typing
 
 import pytest
 from ak_runner import pyenv
+from ak_runner.sandbox import kill_user
 
 SECRETS = {
     "PGPASSWORD": "hunter2-pgpassword",
@@ -49,3 +51,32 @@ def test_a_build_script_gets_none_of_the_runners_other_settings(
     assert "PIP_INDEX_URL=https://mirror.example/simple" in build.lines
     assert "CFLAGS=-O2" in build.lines
     assert any(line.startswith("PATH=") for line in build.lines)
+
+
+# Opens files until it may open no more, and says how many it opened.
+OPEN_FILES = (
+    "import os\n"
+    "opened = []\n"
+    "try:\n"
+    "    while len(opened) < 5000:\n"
+    "        opened.append(os.open('/dev/null', os.O_RDONLY))\n"
+    "except OSError:\n"
+    "    pass\n"
+    "print('opened', len(opened))\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+def test_a_build_script_opens_no_more_files_than_a_worker() -> None:
+    """A sandboxed build's processes each hold at most a worker's open files
+    (AK_RUNNER__WORKER_FILES): the runner's own limit (20,000 under `ak up`) times the
+    512 processes a build may run would fill the kernel's one table of open files,
+    after which nothing on the machine opens a file or a socket."""
+    build = pyenv.Build(typing.cast(pyenv.Spec, None), 60, files=256)
+    uid = 779983  # outside the workers' range
+    try:
+        asyncio.run(pyenv._run(build, "pip install", sys.executable, "-c", OPEN_FILES, uid=uid))
+    finally:
+        kill_user(uid)
+    [said] = [line for line in build.lines if line.startswith("opened ")]
+    assert said == "opened 253", build.lines  # 256, less stdin, stdout and stderr
