@@ -362,12 +362,24 @@ async def _watch_memory(
             return
 
 
+LOCKS = "venv-locks"  # in the data home: the runner's user's alone
+
+
+def lock_file(spec: Spec) -> Path:
+    """The file runners lock while one of them builds ``spec``'s environment, in a directory
+    of the runner's user alone (``config.private_dir``). It was a 0644 file beside the venv,
+    on a path every worker reaches: a handler of any project opened it and held it
+    (``flock`` takes a file opened only to read), and no runner could build that
+    environment again (the default one, after an upgrade or a change of its list)."""
+    return config.private_dir(config.data_home() / LOCKS) / f"{spec.path.name}.lock"
+
+
 @contextlib.asynccontextmanager
 async def _file_lock(path: Path, build: Build) -> AsyncIterator[None]:
     """``path`` locked for ``build``: a wait is said in its output and lasts no longer than
     a build may (another runner's build holds it at most that long)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "r+b") as f:
         limit = build.timeout + 60
         give_up = time.monotonic() + limit
         said = False
@@ -381,7 +393,7 @@ async def _file_lock(path: Path, build: Build) -> AsyncIterator[None]:
                     build.say("waiting for another runner that is building this environment")
                 if time.monotonic() > give_up:
                     raise EnvError(
-                        f"another runner has held this environment's lock ({path}) for over "
+                        f"another runner has held the lock of {build.spec.label} for over "
                         f"{limit} s ({ENV_PACKAGES_TIMEOUT}): is it stuck? Restart it and "
                         "deploy again"
                     ) from None
@@ -397,7 +409,7 @@ async def _build(build: Build, users: UserIds | None) -> None:
     user id of their own, which owns the environment only while they install: what their
     installers run cannot touch anything else, and the workers cannot change it after."""
     spec = build.spec
-    async with _file_lock(spec.path.parent / f".{spec.path.name}.lock", build):
+    async with _file_lock(lock_file(spec), build):
         if is_ready(spec):  # another runner built it while we waited
             return
         build.deadline = time.monotonic() + build.timeout  # (not counting that wait)
@@ -423,6 +435,7 @@ async def _install(build: Build, spec: Spec, builder: int, users: UserIds | None
     of ``users`` (boxed in as workers are)."""
     if not spec.python.exists() or not spec.base_file.is_file():
         shutil.rmtree(spec.path, ignore_errors=True)
+        _make_parent(spec)
         base = _base_python()
         build.say(f"creating {spec.label} at {spec.path} with {base}")
         await _run(build, "python -m venv", base, "-m", "venv", str(spec.path))
@@ -478,6 +491,16 @@ async def _install(build: Build, spec: Spec, builder: int, users: UserIds | None
                 uid=builder,
                 users=users,
             )
+
+
+def _make_parent(spec: Spec) -> None:
+    """Makes the directory of ``spec``'s venv; that of the projects' venvs workers may cross
+    but not list (each reaches its own by its path): listed, it named every environment
+    of every project, and which of their locks to hold."""
+    parent = spec.path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if parent == config.project_venvs():
+        parent.chmod(0o711)
 
 
 async def _check_version(build: Build, spec: Spec) -> str:

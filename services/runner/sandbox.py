@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # Entries of the data home that workers read (Python environments, unpacked builds).
 WORKER_DIRS = frozenset({"venv", "venvs", "runner"})
+CROSSED_DIRS = frozenset({"venvs", "runner"})  # of those, the ones workers may not list
 KILL_ROUNDS = 50  # scans of /proc; each kills what it finds, so a fork loop runs out of them
 
 
@@ -903,8 +904,8 @@ def seal_data_home(data: Path) -> None:
         if entry.is_symlink():
             continue
         mode = stat.S_IMODE(entry.stat().st_mode)
-        if entry.name in WORKER_DIRS:
-            entry.chmod(mode | 0o055 if entry.name != "runner" else 0o711)
+        if entry.name in WORKER_DIRS:  # (crossed, never listed: "runner", "venvs")
+            entry.chmod(mode | 0o055 if entry.name not in CROSSED_DIRS else 0o711)
         elif mode & 0o077:
             entry.chmod(mode & ~0o077)
     for name, mode in (("builds", 0o711), ("spare", 0o711), ("sdk", 0o755)):

@@ -16,13 +16,23 @@ and it wrote what it liked to the machine's /tmp and /var/tmp, on the disk of th
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import typing
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from ak_runner import pyenv
 from ak_runner.sandbox import kill_user
+
+from tests.helpers import AK, Stack, start_stack, wait_until, write_project
 
 SECRETS = {
     "PGPASSWORD": "hunter2-pgpassword",
@@ -80,3 +90,125 @@ def test_a_build_script_opens_no_more_files_than_a_worker() -> None:
         kill_user(uid)
     [said] = [line for line in build.lines if line.startswith("opened ")]
     assert said == "opened 253", build.lines  # 256, less stdin, stdout and stderr
+
+
+def _wheel(index: Path, name: str) -> None:
+    """A pure wheel ``<name>-1.0`` with one module, in the local index ``index``."""
+    entries = {
+        f"{name}/__init__.py": "VALUE = 1\n",
+        f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{name}-1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = ""
+    for n, text in entries.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record += f"{n},sha256={digest.decode()},{len(text.encode())}\n"
+    entries[f"{name}-1.0.dist-info/RECORD"] = record + f"{name}-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(index / f"{name}-1.0-py3-none-any.whl", "w") as zf:
+        for n, text in entries.items():
+            zf.writestr(n, text)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """A sandboxed stack (root, AK_WORKER_PYTHON unset: venvs built by pip, as in
+    production) whose pip installs from a local index of wheels and probe sdists; the
+    default package list is one of those wheels."""
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs the runner to run as root")
+    # Not under pytest's own directory: the workers' users must reach what is there.
+    home = Path(tempfile.mkdtemp(prefix="ak-package-builds-"))
+    home.chmod(0o755)
+    index = home / "index"
+    index.mkdir()
+    for name in ("okpkg", "otherpkg", "lockpkg"):
+        _wheel(index, name)
+    (home / "config" / "autokitteh").mkdir(parents=True)
+    (home / "config" / "autokitteh" / "python-requirements.txt").write_text("okpkg\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIP_NO_INDEX", "1")
+        mp.setenv("PIP_FIND_LINKS", str(index))
+        # A build waiting for a lock gives up after this and a minute (not half an hour).
+        s = start_stack(home, {"AK_WORKER_PYTHON": "", "AK_RUNNER__PACKAGES_TIMEOUT": "10"})
+    s.home = home  # type: ignore[attr-defined]
+    yield s
+    s.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+HOLDER = """\
+import fcntl, os, time
+
+def hold(event):
+    held = []
+    for path in {paths!r}:
+        try:
+            f = open(path)
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(f)
+            print("held", path, flush=True)
+        except OSError as e:
+            print("could not hold", path, e.strerror, flush=True)
+    print("tried", flush=True)
+    time.sleep(3600)
+"""
+
+
+def _limited(stack: Stack, project: str) -> dict[str, str]:
+    """The environment of a CLI holding a token limited to ``project`` (made first)."""
+    manifest = f"version: v1\nproject:\n  name: {project}\n"
+    root = write_project(stack.home / f"{project}-0", {"autokitteh.yaml": manifest})  # type: ignore[attr-defined]
+    stack.ak("deploy", "--manifest", str(root / "autokitteh.yaml"), check=True)
+    made = stack.ak("auth", "create-token", "-n", project, "-p", project, check=True)
+    return dict(stack.env, AK_TOKEN=made.stdout.strip())
+
+
+def _ak(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AK, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_handler_cannot_hold_an_environments_build_lock(stack: Stack) -> None:
+    """A handler of one project cannot keep a runner from building another's environment:
+    here the default one, after its package list changed (an upgrade does the same), while
+    the handler holds every lock file it can open."""
+    data = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh"
+    victim = write_project(
+        stack.home / "victim",  # type: ignore[attr-defined]
+        {"autokitteh.yaml": "version: v1\nproject:\n  name: victim\n", "h.py": "x = 1\n"},
+    )
+    stack.ak("deploy", "--manifest", str(victim / "autokitteh.yaml"), check=True)
+    # Where the default environment's lock was, and where it is now.
+    paths = [str(data / ".venv.lock"), str(data / "venv-locks" / "venv.lock")]
+    assert any(Path(p).exists() for p in paths)
+    env = _limited(stack, "holder")
+    holder = write_project(
+        stack.home / "holder",  # type: ignore[attr-defined]
+        {
+            "autokitteh.yaml": "version: v1\nproject:\n  name: holder\n",
+            "h.py": HOLDER.format(paths=paths),
+            "requirements.txt": "otherpkg\n",
+        },
+    )
+    res = _ak(env, "deploy", "--manifest", str(holder / "autokitteh.yaml"))
+    assert res.returncode == 0, res.stderr
+    started = _ak(env, "session", "start", "-o", "holder", "-p", "h.py:hold")
+    sid = started.stdout.strip().removeprefix("session_id: ")
+    prints = ""
+
+    def tried() -> bool:
+        nonlocal prints
+        prints = _ak(env, "session", "prints", sid, "-n").stdout
+        return "tried" in prints
+
+    wait_until(tried, "the handler to try the locks", 60)
+    assert "held" not in prints.replace("could not hold", ""), prints
+    # The operator adds a package to the default list: the environment is built again.
+    config_home = Path(stack.env["XDG_CONFIG_HOME"]) / "autokitteh"
+    (config_home / "python-requirements.txt").write_text("okpkg\nlockpkg\n")
+    res = stack.ak("deploy", "--manifest", str(victim / "autokitteh.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert "waiting for another runner" not in res.stderr
+    assert "Successfully installed lockpkg" in res.stderr
+    _ak(env, "session", "stop", sid)

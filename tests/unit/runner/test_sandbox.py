@@ -327,6 +327,7 @@ def test_the_data_home_is_closed_but_for_what_workers_read(tmp_path: Path) -> No
     data = tmp_path / "autokitteh"
     (data / "nats").mkdir(parents=True)
     (data / "venv").mkdir(mode=0o700)
+    (data / "venvs").mkdir(mode=0o755)
     (data / "autokitteh.sqlite").write_bytes(b"")
     (data / "autokitteh.sqlite").chmod(0o644)
     seal_data_home(data)
@@ -338,6 +339,7 @@ def test_the_data_home_is_closed_but_for_what_workers_read(tmp_path: Path) -> No
     assert mode(data / "autokitteh.sqlite") == 0o600
     assert mode(data / "nats") & 0o077 == 0
     assert mode(data / "venv") == 0o755
+    assert mode(data / "venvs") == 0o711  # each worker reaches its own venv by its path
     assert mode(data / "runner") == mode(data / "runner" / "builds") == 0o711
     assert mode(tmp_path) & 0o001  # the way to it is open
 
