@@ -266,11 +266,14 @@ class SessionStop:
 @dataclass(frozen=True)
 class PyenvPrepare:
     """``requirements``: the bytes of a project's requirements.txt (none: the default list);
-    ``token`` and ``offset`` continue following an install already asked for."""
+    ``token`` and ``offset`` continue following an install already asked for; ``within``
+    (ingress sets it for a token limited to projects): a runner builds one environment at a
+    time for those projects."""
 
     requirements: bytes | None = None
     token: str = ""
     offset: int = 0
+    within: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

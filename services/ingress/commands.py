@@ -94,8 +94,14 @@ async def build_prepare(
     nc: Client, req: rq.PyenvPrepare, caller: Caller, keys: Keyring
 ) -> dict[str, Any]:
     """Has a runner build (or reuse) the Python environment of a requirements.txt, before
-    ``ak deploy`` changes anything; ``token``/``offset`` follow pip's progress."""
-    args = {"requirements": req.requirements, "token": req.token, "offset": req.offset}
+    ``ak deploy`` changes anything; ``token``/``offset`` follow pip's progress; ``within``:
+    the projects of a token limited to them (``confine`` set it), built for one at a time."""
+    args = {
+        "requirements": req.requirements,
+        "token": req.token,
+        "offset": req.offset,
+        "within": list(req.within),
+    }
     return await bus.runner_call(nc, "pyenv.prepare", args, timeout=60)  # type: ignore[no-any-return]
 
 

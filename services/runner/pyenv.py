@@ -31,8 +31,13 @@ from typing import Any
 
 from akcore import config, sdkdist
 from akcore.cgroups import Stops
-from akcore.config import ENV_PACKAGES_MEMORY_MB, ENV_PACKAGES_TIMEOUT, REQUIREMENTS_FILE
-from akcore.errors import AKError, InvalidArgument
+from akcore.config import (
+    ENV_PACKAGES_BUILDS,
+    ENV_PACKAGES_MEMORY_MB,
+    ENV_PACKAGES_TIMEOUT,
+    REQUIREMENTS_FILE,
+)
+from akcore.errors import AKError, InvalidArgument, ResourceExhausted
 from packaging.requirements import InvalidRequirement, Requirement
 
 from .requirements import RequirementsRefused, check_requirements
@@ -203,6 +208,7 @@ class Build:
     last: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=15))
     deadline: float = 0.0
     finished: float = 0.0  # when it was done (time.monotonic)
+    within: frozenset[str] = frozenset()  # the projects of the limited token that asked for it
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.timeout
@@ -540,22 +546,27 @@ class PythonEnvs:
         memory_mb: int = 0,
         env_names: tuple[str, ...] = (),
         files: int = 0,
+        builds: int = 2,
     ) -> None:
         """``timeout``: seconds installing one environment may take
         (``AK_RUNNER__PACKAGES_TIMEOUT``); ``memory_mb``: what its processes may use
         together (``AK_RUNNER__PACKAGES_MEMORY_MB``, 0: no limit); ``env_names``: of the
         runner's environment, what its tools get besides a worker's minimum and pip's
         settings (``AK_RUNNER__WORKER_ENV``); ``files``: open files each process of a
-        sandboxed install may have, as a worker's (``AK_RUNNER__WORKER_FILES``)."""
+        sandboxed install may have, as a worker's (``AK_RUNNER__WORKER_FILES``); ``builds``:
+        environments installed at once (``AK_RUNNER__PACKAGES_BUILDS``), the others wait
+        their turn."""
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
         self.users = users  # the sandbox: packages are installed as a user of their own
         self.timeout, self.memory_mb = timeout, memory_mb
         self.env_names, self.files = env_names, files
+        self.builds = builds
+        self._turns = asyncio.Semaphore(builds)
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
 
-    def _start(self, spec: Spec) -> Build:
+    def _start(self, spec: Spec, within: frozenset[str] = frozenset()) -> Build:
         running = self._builds.get(spec.path)
         if running is not None and not running.done.is_set():
             return running
@@ -566,11 +577,13 @@ class PythonEnvs:
         build = Build(
             spec, self.timeout, self.memory_mb, env_names=self.env_names, files=self.files
         )
+        build.within = within
         self._builds[spec.path] = build
 
         async def go() -> None:
             try:
-                await _build(build, self.users)
+                async with self._turn(build):
+                    await _build(build, self.users)
             except EnvError as e:
                 build.error = e.message
             except Exception as e:  # a bug or the disk: still one clear answer
@@ -582,6 +595,31 @@ class PythonEnvs:
 
         build.task = asyncio.create_task(go())
         return build
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, build: Build) -> AsyncIterator[None]:
+        """One of the ``builds`` places to install in, waited for in turn (said in the
+        build's output). Any number of environments were built at once: a token limited to
+        one project had a runner build twelve together, each allowed 4 GiB and 512
+        processes, and twelve venvs made at once as root took a minute of both cores."""
+        if self._turns.locked():
+            build.say(
+                f"waiting for a turn: {self.builds} environment(s) are being built on this "
+                f"runner ({ENV_PACKAGES_BUILDS})"
+            )
+        async with self._turns:
+            yield
+
+    def _one_at_a_time(self, within: frozenset[str], spec: Spec) -> None:
+        """Refuses a new build for a token limited to the projects ``within`` while another
+        of theirs is not done here: one such token cannot fill every turn, nor the line."""
+        for other in self._builds.values():
+            if other.within == within and not other.done.is_set() and other.spec != spec:
+                raise ResourceExhausted(
+                    f"{other.spec.label} is still being built on this runner for this API "
+                    "token's projects, and they get one build at a time: let that deploy "
+                    "end, then deploy again"
+                )
 
     async def python_for(self, requirements: bytes | None) -> tuple[str, dict[str, str], str]:
         """The interpreter for a session's worker, what to add to its environment, and which
@@ -613,8 +651,16 @@ class PythonEnvs:
         python = spec.base_python() if self.users is not None else str(spec.python)
         return python, {"VIRTUAL_ENV": str(spec.path), "PATH": path}, kind
 
-    async def prepare(self, requirements: bytes | None, token: str, offset: int) -> dict[str, Any]:
-        """For ``ak deploy``: starts the environment's build when needed and reports on it."""
+    async def prepare(
+        self,
+        requirements: bytes | None,
+        token: str,
+        offset: int,
+        within: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """For ``ak deploy``: starts the environment's build when needed and reports on it.
+        ``within``: the projects of a token limited to them, which get one build at a time
+        (ResourceExhausted while another of theirs is not done)."""
         self._ready.clear()  # the package lists may have changed: look again
         # Checked even when not installed: a list refused in production is refused here too.
         spec = await asyncio.to_thread(spec_for, requirements)
@@ -624,7 +670,9 @@ class PythonEnvs:
         if build is None or build.token != token:
             if is_ready(spec) and (build is None or build.done.is_set()):
                 return {"state": "ready", "python": str(spec.python), "path": str(spec.path)}
-            build = self._start(spec)
+            if within and (build is None or build.done.is_set()):
+                self._one_at_a_time(within, spec)
+            build = self._start(spec, within)
             offset = 0
         state = "building" if not build.done.is_set() else "failed" if build.error else "ready"
         page: list[str] = []

@@ -99,7 +99,9 @@ def request_handler(
             raise NotFound(f"unknown runner operation {name!r}")
         req = op.parse(args)
         if isinstance(req, rq.PyenvPrepare):
-            return await envs.prepare(req.requirements, req.token, req.offset)
+            return await envs.prepare(
+                req.requirements, req.token, req.offset, frozenset(req.within)
+            )
         return await commands.COMMANDS[name](nc, keys, req)  # type: ignore[operator]
 
     return handle
@@ -468,10 +470,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         settings.worker_python,
         sdk_copies,
         users,
-        settings.packages_timeout,
-        settings.packages_memory_mb,
-        settings.worker_env,
-        settings.worker_files,
+        timeout=settings.packages_timeout,
+        memory_mb=settings.packages_memory_mb,
+        env_names=settings.worker_env,
+        files=settings.worker_files,
+        builds=settings.packages_builds,
     )
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)

@@ -18,19 +18,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import typing
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ak_runner import pyenv
 from ak_runner.sandbox import kill_user
+from akcore.errors import ResourceExhausted
 
 from tests.helpers import AK, Stack, start_stack, wait_until, write_project
 
@@ -212,3 +216,177 @@ def test_a_handler_cannot_hold_an_environments_build_lock(stack: Stack) -> None:
     assert "waiting for another runner" not in res.stderr
     assert "Successfully installed lockpkg" in res.stderr
     _ak(env, "session", "stop", sid)
+
+
+@pytest.fixture
+def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+
+class Installs:
+    """Stands in for pip (``pyenv._install``): each install says it started and then waits
+    until the test lets it end."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started: dict[str, asyncio.Event] = {}
+        self.release: dict[str, asyncio.Event] = {}
+        monkeypatch.setattr(pyenv, "_install", self.install)
+
+    def of(self, requirements: str) -> tuple[asyncio.Event, asyncio.Event]:
+        key = pyenv.spec_for(requirements.encode()).path.name
+        started = self.started.setdefault(key, asyncio.Event())
+        return started, self.release.setdefault(key, asyncio.Event())
+
+    async def install(self, build: pyenv.Build, spec: pyenv.Spec, *_: object) -> None:
+        started = self.started.setdefault(spec.path.name, asyncio.Event())
+        release = self.release.setdefault(spec.path.name, asyncio.Event())
+        started.set()
+        build.say("installing")
+        await release.wait()
+        spec.path.mkdir(parents=True)
+
+
+async def _prepared(envs: pyenv.PythonEnvs, text: str, **kw: typing.Any) -> dict[str, typing.Any]:
+    return await envs.prepare(text.encode(), "", 0, **kw)
+
+
+@pytest.mark.usefixtures("homes")
+async def test_a_runner_builds_at_most_its_number_of_environments_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Environments beyond AK_RUNNER__PACKAGES_BUILDS wait their turn, and say so to `ak
+    deploy`; the time limit counts from their turn."""
+    installs = Installs(monkeypatch)
+    envs = pyenv.PythonEnvs("", tmp_path / "sdk", builds=2)
+    lists = ["aaa\n", "bbb\n", "ccc\n"]
+    answers = [await _prepared(envs, text) for text in lists]
+    first, second = installs.of(lists[0]), installs.of(lists[1])
+    await asyncio.wait_for(asyncio.gather(first[0].wait(), second[0].wait()), 10)
+    third = installs.of(lists[2])
+    waiting = await envs.prepare(lists[2].encode(), answers[2]["token"], 0)
+    assert waiting["state"] == "building"
+    assert waiting["lines"] == [
+        "waiting for a turn: 2 environment(s) are being built on this runner "
+        "(AK_RUNNER__PACKAGES_BUILDS)"
+    ]
+    assert not third[0].is_set()
+    first[1].set()
+    await asyncio.wait_for(third[0].wait(), 10)
+    second[1].set()
+    third[1].set()
+    for text, answer in zip(lists, answers, strict=True):
+        build = envs._builds[pyenv.spec_for(text.encode()).path]
+        await asyncio.wait_for(build.done.wait(), 10)
+        assert not build.error, build.error
+        assert (await envs.prepare(text.encode(), answer["token"], 0))["state"] == "ready"
+
+
+@pytest.mark.usefixtures("homes")
+async def test_a_limited_token_gets_one_build_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token limited to projects has one environment built at a time on a runner: it
+    cannot take every turn, nor fill the line, with requirements.txt that differ by a
+    comment. Another token's projects, and sessions, are not held up by it."""
+    installs = Installs(monkeypatch)
+    envs = pyenv.PythonEnvs("", tmp_path / "sdk", builds=4)
+    evil = frozenset({"prj_evil"})
+    first = await _prepared(envs, "aaa\n# 1\n", within=evil)
+    await asyncio.wait_for(installs.of("aaa\n# 1\n")[0].wait(), 10)
+    with pytest.raises(ResourceExhausted) as e:
+        await _prepared(envs, "aaa\n# 2\n", within=evil)
+    key = pyenv.spec_for(b"aaa\n# 1\n").path.name
+    assert e.value.message == (
+        f"requirements.txt {key} is still being built on this runner for this API token's "
+        "projects, and they get one build at a time: let that deploy end, then deploy again"
+    )
+    # The same list again follows the same build (`ak deploy` run twice).
+    again = await _prepared(envs, "aaa\n# 1\n", within=evil)
+    assert again["token"] == first["token"]
+    # Another token's projects are not held up.
+    other = await _prepared(envs, "bbb\n", within=frozenset({"prj_other"}))
+    assert other["state"] == "building"
+    installs.of("aaa\n# 1\n")[1].set()
+    await asyncio.wait_for(envs._builds[pyenv.spec_for(b"aaa\n# 1\n").path].done.wait(), 10)
+    second = await _prepared(envs, "aaa\n# 2\n", within=evil)  # its turn now
+    assert second["state"] == "building"
+    for text in ("aaa\n# 2\n", "bbb\n"):
+        installs.of(text)[1].set()
+        await asyncio.wait_for(envs._builds[pyenv.spec_for(text.encode()).path].done.wait(), 10)
+
+
+def _sdist(index: Path, name: str, code: str) -> None:
+    """``<name>-1.0.tar.gz``: an sdist whose build backend (in the sdist itself, as PEP 517
+    allows) runs ``code`` when pip asks it what it needs to build, then fails, so that pip
+    shows what it printed."""
+    backend = (
+        "import sys\n\n\ndef get_requires_for_build_wheel(config_settings=None):\n"
+        + "".join(f"    {line}\n" for line in code.splitlines())
+        + "    sys.stdout.flush()\n    raise SystemExit('probe done')\n"
+    )
+    files = {
+        "pyproject.toml": (
+            '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        ),
+        "backend.py": backend,
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+    }
+    with tarfile.open(index / f"{name}-1.0.tar.gz", "w:gz") as tf:
+        for fname, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{name}-1.0/{fname}")
+            info.size, info.mode = len(data), 0o644
+            tf.addfile(info, io.BytesIO(data))
+
+
+def _prepare(stack: Stack, env: dict[str, str], text: str, token: str = "") -> tuple[int, Any]:
+    """`build.prepare` over HTTP with the CLI token of ``env``: its status and reply."""
+    from akcore import wire
+
+    args = {"requirements": text.encode(), "token": token}
+    headers = {"Content-Type": "application/msgpack", "Authorization": f"Bearer {env['AK_TOKEN']}"}
+    status, _, raw = stack.request(
+        "POST", "/api/build.prepare", wire.encode(wire.StoreRequest(args)), headers
+    )
+    return status, wire.decode(wire.StoreReply, raw)
+
+
+def test_a_limited_token_has_one_environment_built_at_a_time(stack: Stack) -> None:
+    """Through the API: while a build asked for with a token limited to a project runs,
+    another requirements.txt asked for with it is refused (429), saying why; once the
+    first is over, it is built."""
+    home: Path = stack.home  # type: ignore[attr-defined]
+    marks = home / "marks"
+    marks.mkdir()
+    marks.chmod(0o1777)  # (the builder's user leaves its mark here)
+    release = home / "release"
+    code = (
+        "import os, time\n"
+        f"open(os.path.join({str(marks)!r}, 'started-%d' % os.getpid()), 'w').close()\n"
+        f"while not os.path.exists({str(release)!r}):\n"
+        "    time.sleep(0.05)\n"
+    )
+    _sdist(home / "index", "waitpkg", code)
+    env = _limited(stack, "greedy")
+    status, first = _prepare(stack, env, "waitpkg\n# 1\n")
+    assert status == 200 and first.result["state"] == "building", (status, first)
+    wait_until(lambda: any(marks.iterdir()), "the first build's script to start", 120)
+    status, second = _prepare(stack, env, "waitpkg\n# 2\n")
+    assert status == 429, (status, second)
+    assert second.error_kind == "resource_exhausted"
+    assert "is still being built on this runner for this API token's projects" in second.error
+    # Another project's token is not held up by it.
+    status, other = _prepare(stack, _limited(stack, "bystander"), "otherpkg\n# other\n")
+    assert status == 200 and other.result["state"] in ("building", "ready"), (status, other)
+    release.touch()
+
+    def first_over() -> bool:
+        return _prepare(stack, env, "waitpkg\n# 1\n", first.result["token"])[1].result["state"] in (
+            "ready",
+            "failed",
+        )
+
+    wait_until(first_over, "the first build to end", 120)
+    status, second = _prepare(stack, env, "waitpkg\n# 2\n")
+    assert status == 200 and second.result["state"] == "building", (status, second)
