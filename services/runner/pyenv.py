@@ -266,8 +266,9 @@ async def _run(
     env = tool_env(build.env_names)
     if uid >= 0:
         env["PIP_NO_CACHE_DIR"] = "1"  # the builder cannot write to HOME
-        hidden, groups = (users.hidden, users.groups_arg) if users is not None else ("", "")
-        argv = tuple(as_user(uid, list(argv), hidden, BUILDER_PROCESSES, groups, build.files))
+        hidden, groups, temp = ("", "", "") if users is None else users.boxing
+        box = (hidden, BUILDER_PROCESSES, groups, build.files, temp, build.memory_mb)
+        argv = tuple(as_user(uid, list(argv), *box))
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -480,7 +481,11 @@ async def _install(build: Build, spec: Spec, builder: int, users: UserIds | None
             )
     if marker.get("sdk") != wanted["sdk"] or marker.get("requirements") != wanted["requirements"]:
         build.say(f"installing the autokitteh SDK {sdkdist.version()}")
-        with tempfile.TemporaryDirectory(prefix="ak-sdk-") as tmp:
+        # (Not in /tmp: the builder's is its own. Root's: no installer's process left
+        # running can put a link where root writes the wheel.)
+        wheels = config.data_home() / "runner"
+        wheels.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="sdk-wheel-", dir=wheels) as tmp:
             Path(tmp).chmod(0o755)  # for the builder
             wheel = sdkdist.build_wheel(Path(tmp))
             await _run(

@@ -78,14 +78,18 @@ class WorkerLimits:
 # isolated (-I -S), so nothing of the command's environment runs as root. As a worker
 # does (autokitteh._worker.become_user), it keeps no descriptor but stdio (uvloop's spawn
 # leaves the runner's stdout and stderr open in a child), gains no privilege from what it
-# runs (no_new_privs) and connects to no abstract Unix socket made outside it (Landlock,
-# Linux 6.12; nothing on older kernels): a package's build script is anyone's code.
+# runs (no_new_privs), connects to no abstract Unix socket made outside it (Landlock,
+# Linux 6.12; nothing on older kernels) and gets temporary directories of its own in
+# memory (argv[5]): a package's build script is anyone's code.
 _AS_USER = """\
 import ctypes, os, resource, runpy, sys
-u, nproc, nofile = (int(x) for x in sys.argv[1].split(","))
+u, nproc, nofile, temp_mb = (int(x) for x in sys.argv[1].split(","))
 os.closerange(3, 1 << 20)
+boxing = runpy.run_path(sys.argv[2]) if sys.argv[3] != "-" or sys.argv[5] != "-" else {}
 if sys.argv[3] != "-":
-    runpy.run_path(sys.argv[2])["hide"](sys.argv[3])
+    boxing["hide"](sys.argv[3])
+if sys.argv[5] != "-":
+    boxing["private_temp"](sys.argv[5].split(os.pathsep), temp_mb)
 for parent in sys.argv[4].split(os.pathsep) if sys.argv[4] != "-" else []:
     with open(os.path.join(parent, f"u{u}", "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
@@ -103,7 +107,7 @@ fd = libc.syscall(444, (ctypes.c_uint64 * 3)(0, 0, 1), 24, 0)
 if fd >= 0:
     libc.syscall(446, fd, 0)
     os.close(fd)
-os.execv(sys.argv[5], sys.argv[5:])
+os.execv(sys.argv[6], sys.argv[6:])
 """
 
 
@@ -114,22 +118,27 @@ def as_user(
     processes: int = 0,
     groups: str = "",
     files: int = 0,
+    temp: str = "",
+    temp_mb: int = 0,
 ) -> list[str]:
     """``argv`` run as user ``uid``, what it writes readable by others (a build tool),
     not seeing ``hidden`` (as a worker, ``netfence.hidden``), with at most ``processes``
     processes of that user at once (0: no limit), in its control group under ``groups``
     (``WorkerGroups.parent``; "": none), each process with at most ``files`` open files
-    (0: as the runner's; a worker's ``WorkerLimits.files``, for the same reason)."""
+    (0: as the runner's; a worker's ``WorkerLimits.files``, for the same reason), and
+    the temporary directories ``temp`` (``private_temps``, ``os.pathsep`` between them)
+    of its own, in memory, of at most ``temp_mb`` MiB each (0: the kernel's default)."""
     return [
         sys.executable,
         "-I",
         "-S",
         "-c",
         _AS_USER,
-        f"{uid},{processes},{files}",
+        f"{uid},{processes},{files},{temp_mb}",
         _hide.__file__,
         hidden or "-",
         groups or "-",
+        temp or "-",
         *argv,
     ]
 
@@ -271,6 +280,12 @@ class UserIds:
         # Ids a System V segment of still holds (see ``_clear``): not handed out meanwhile.
         self._unclear: set[int] = set()
         self._giving: set[asyncio.Future[None]] = set()  # ids given back after a failed take
+
+    @property
+    def boxing(self) -> tuple[str, str, str]:
+        """What boxes in a process of an id (a package install's, ``as_user``): the
+        directory it does not see, where it finds its group, its temporary directories."""
+        return self.hidden, self.groups_arg, self.temp
 
     @property
     def groups_arg(self) -> str:

@@ -115,6 +115,10 @@ def _wheel(index: Path, name: str) -> None:
             zf.writestr(n, text)
 
 
+HOMES = Path("/var/lib/autokitteh-tests")
+PACKAGES_MEMORY_MB = 512
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """A sandboxed stack (root, AK_WORKER_PYTHON unset: venvs built by pip, as in
@@ -122,8 +126,10 @@ def stack() -> Iterator[Stack]:
     default package list is one of those wheels."""
     if os.geteuid() != 0:
         pytest.skip("the sandbox needs the runner to run as root")
-    # Not under pytest's own directory: the workers' users must reach what is there.
-    home = Path(tempfile.mkdtemp(prefix="ak-package-builds-"))
+    # Not under pytest's own directory (the workers' users must reach what is there), nor
+    # under the machine's temporary directories (they are then not made the builds' own).
+    HOMES.mkdir(mode=0o755, parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="ak-package-builds-", dir=HOMES))
     home.chmod(0o755)
     index = home / "index"
     index.mkdir()
@@ -134,8 +140,8 @@ def stack() -> Iterator[Stack]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIP_NO_INDEX", "1")
         mp.setenv("PIP_FIND_LINKS", str(index))
-        # A build waiting for a lock gives up after this and a minute (not half an hour).
-        s = start_stack(home, {"AK_WORKER_PYTHON": "", "AK_RUNNER__PACKAGES_TIMEOUT": "10"})
+        memory = {"AK_RUNNER__PACKAGES_MEMORY_MB": str(PACKAGES_MEMORY_MB)}
+        s = start_stack(home, {"AK_WORKER_PYTHON": "", **memory})
     s.home = home  # type: ignore[attr-defined]
     yield s
     s.stop()
@@ -390,3 +396,31 @@ def test_a_limited_token_has_one_environment_built_at_a_time(stack: Stack) -> No
     wait_until(first_over, "the first build to end", 120)
     status, second = _prepare(stack, env, "waitpkg\n# 2\n")
     assert status == 200 and second.result["state"] == "building", (status, second)
+
+
+TEMPS = (
+    "import os\n"
+    "for d in ('/tmp', '/var/tmp'):\n"
+    "    open(os.path.join(d, 'probe-%d' % os.getpid()), 'w').write('x')\n"
+    "    fs = os.statvfs(d)\n"
+    "    print('TEMP', d, os.stat(d).st_dev, fs.f_blocks * fs.f_frsize >> 20)\n"
+)
+
+
+def test_a_build_script_writes_to_temporary_directories_of_its_own(stack: Stack) -> None:
+    """A package's build script has /tmp and /var/tmp of its own, in memory, of at most the
+    build's memory limit (and counted against it): it wrote to the machine's, on the disk
+    of the data home, the database and NATS's store, which nothing bounded."""
+    home: Path = stack.home  # type: ignore[attr-defined]
+    _sdist(home / "index", "temppkg", TEMPS)
+    env = _limited(stack, "temps")
+    files = {"autokitteh.yaml": "version: v1\nproject:\n  name: temps\n", "h.py": "x = 1\n"}
+    proj = write_project(home / "temps", {**files, "requirements.txt": "temppkg\n"})
+    res = _ak(env, "deploy", "--manifest", str(proj / "autokitteh.yaml"))
+    said = [line.split() for line in res.stderr.splitlines() if " TEMP /" in line]
+    seen = {words[-3]: (int(words[-2]), int(words[-1])) for words in said}
+    assert set(seen) == {"/tmp", "/var/tmp"}, res.stderr
+    for folder, (device, size_mb) in seen.items():
+        assert device != os.stat(folder).st_dev, f"{folder} is the machine's"
+        assert size_mb <= PACKAGES_MEMORY_MB, (folder, size_mb)
+        assert not list(Path(folder).glob("probe-*")), f"the build script wrote to {folder}"
