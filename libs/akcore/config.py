@@ -55,6 +55,8 @@ ENV_PACKAGES_TIMEOUT = "AK_RUNNER__PACKAGES_TIMEOUT"  # seconds one environment'
 # memory the processes installing one environment's packages may use together; 0 = no limit
 ENV_PACKAGES_MEMORY_MB = "AK_RUNNER__PACKAGES_MEMORY_MB"
 ENV_PACKAGES_BUILDS = "AK_RUNNER__PACKAGES_BUILDS"  # environments one runner installs at once
+# room package installs leave on the disks they write to (the data home's); 0 = not watched
+ENV_PACKAGES_MIN_FREE_MB = "AK_RUNNER__PACKAGES_MIN_FREE_MB"
 ENV_BUILD_CACHE_MB = "AK_RUNNER__BUILD_CACHE_MB"  # disk the unpacked builds may take
 ENV_BUILD_CACHE_IDLE = "AK_RUNNER__BUILD_CACHE_IDLE"  # seconds an unused build is kept, or off
 BUILD_CACHE_IDLE = 86400.0  # its default: a day
@@ -196,6 +198,7 @@ class Settings:
     packages_timeout: int = 1800  # seconds installing one environment's packages may take
     packages_memory_mb: int = 4096  # what installing them may use, all processes together
     packages_builds: int = 2  # environments one runner installs at once; the others wait
+    packages_min_free_mb: int = 2048  # room installs leave on the data home's disk
     build_cache_mb: int = 1024  # the runner's unpacked builds, at most (but those in use)
     build_cache_idle: float = BUILD_CACHE_IDLE  # an unused build is removed after (0: never)
 
@@ -236,6 +239,7 @@ class Settings:
             packages_timeout=_count(ENV_PACKAGES_TIMEOUT, 1800, 10),
             packages_memory_mb=_count(ENV_PACKAGES_MEMORY_MB, 4096, 0),
             packages_builds=_count(ENV_PACKAGES_BUILDS, 2, 1),
+            packages_min_free_mb=_count(ENV_PACKAGES_MIN_FREE_MB, 2048, 0),
             build_cache_mb=_count(ENV_BUILD_CACHE_MB, 1024, 64),
             build_cache_idle=_seconds_or_off(ENV_BUILD_CACHE_IDLE, BUILD_CACHE_IDLE),
         )._checked()

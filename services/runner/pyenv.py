@@ -34,14 +34,17 @@ from akcore.cgroups import Stops
 from akcore.config import (
     ENV_PACKAGES_BUILDS,
     ENV_PACKAGES_MEMORY_MB,
+    ENV_PACKAGES_MIN_FREE_MB,
     ENV_PACKAGES_TIMEOUT,
     REQUIREMENTS_FILE,
 )
 from akcore.errors import AKError, InvalidArgument, ResourceExhausted
 from packaging.requirements import InvalidRequirement, Requirement
 
+from . import diskroom
 from .requirements import RequirementsRefused, check_requirements
 from .sandbox import (
+    TEMP_DIRS,
     UserIds,
     as_user,
     chown_tree,
@@ -209,6 +212,9 @@ class Build:
     deadline: float = 0.0
     finished: float = 0.0  # when it was done (time.monotonic)
     within: frozenset[str] = frozenset()  # the projects of the limited token that asked for it
+    min_free_mb: int = 0  # room kept free on ``disks`` (AK_RUNNER__PACKAGES_MIN_FREE_MB); 0: none
+    disks: tuple[tuple[str, str], ...] = ()  # what its tools write to: (a name, a path on it)
+    created: bool = False  # whether it made the venv (removed again when it fails)
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.timeout
@@ -297,6 +303,8 @@ async def _run(
     over: list[int] = []  # what it used, once over the memory limit (it is killed then)
     held = uid >= 0 and users is not None and users.groups is not None  # by the kernel
     watching = asyncio.create_task(_watch_memory(build, proc.pid, uid, over, held))
+    low: list[str] = []  # which disk ran low on room, once one did (it is killed then)
+    watching_disks = asyncio.create_task(_watch_disks(build, proc.pid, uid, low))
     try:
         async with asyncio.timeout(max(1.0, build.deadline - time.monotonic())):
             # Until the tool ends, or its output fails (a line over the reader's limit).
@@ -318,6 +326,7 @@ async def _run(
         ) from None
     finally:
         watching.cancel()
+        watching_disks.cancel()
         if not reading.done():  # (a process it left holds the pipe: let it go)
             reading.cancel()
             transport = getattr(proc, "_transport", None)
@@ -325,6 +334,12 @@ async def _run(
                 transport.close()
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(ended, 10)  # (killed: reaped at once)
+    if low:
+        raise EnvError(
+            f"{what} was stopped: {low[0]}, less than the {build.min_free_mb} MiB kept free "
+            f"for the services ({ENV_PACKAGES_MIN_FREE_MB}); free some room and deploy "
+            f"again\n{build.tail()}"
+        )
     if over:
         raise EnvError(
             f"{what} was stopped: installing the packages used {over[0] // MIB} MiB, more "
@@ -362,10 +377,31 @@ async def _watch_memory(
             used = await asyncio.to_thread(resident_of_session, pid)
         if used > limit:
             over.append(used)
-            if uid >= 0:  # whatever group or session they moved to
-                await asyncio.to_thread(kill_user, uid)
-            else:  # whatever group they moved to (this is how they were counted)
-                await asyncio.to_thread(kill_session, pid)
+            await asyncio.to_thread(_kill_tools, pid, uid)
+            return
+
+
+def _kill_tools(pid: int, uid: int) -> None:
+    """Kills the tool started as ``pid`` and whatever it started: every process of its
+    user ``uid`` (whatever group or session they moved to), or, without one (-1), of the
+    session it was started in (whatever group they moved to)."""
+    if uid >= 0:
+        kill_user(uid)
+    else:
+        kill_session(pid)
+
+
+async def _watch_disks(build: Build, pid: int, uid: int, low: list[str]) -> None:
+    """Kills the tool and what it started once a disk they write to has less room left
+    than the build keeps free (``diskroom.low``), saying which in ``low``; looked at as
+    often as their memory."""
+    if build.min_free_mb <= 0:
+        return
+    while True:
+        await asyncio.sleep(MEMORY_INTERVAL)
+        if found := await asyncio.to_thread(diskroom.low, build.disks, build.min_free_mb):
+            low.append(found)
+            await asyncio.to_thread(_kill_tools, pid, uid)
             return
 
 
@@ -420,11 +456,19 @@ async def _build(build: Build, users: UserIds | None) -> None:
         if is_ready(spec):  # another runner built it while we waited
             return
         build.deadline = time.monotonic() + build.timeout  # (not counting that wait)
+        if low := await asyncio.to_thread(diskroom.low, build.disks, build.min_free_mb):
+            raise EnvError(
+                f"{spec.label} was not built: {low}, less than the {build.min_free_mb} MiB "
+                f"kept free for the services ({ENV_PACKAGES_MIN_FREE_MB}); free some room "
+                "and deploy again"
+            )
         builder = -1
         if users is not None:
             builder = await users.take(max(0, build.memory_mb))
+        failed = True
         try:
             await _install(build, spec, builder, users)
+            failed = False
         finally:
             if users is not None:
                 # What an installer left running dies first: it cannot change the venv
@@ -433,6 +477,8 @@ async def _build(build: Build, users: UserIds | None) -> None:
                 if spec.path.exists():
                     await asyncio.to_thread(chown_tree, spec.path, 0)
                 await users.give_back(builder)
+            if failed and build.created:  # (of no use; what a build script wrote there)
+                await asyncio.to_thread(_remove_venv, spec)
         _write_new(spec.path / MARKER, json.dumps(spec.wanted))
         build.say(f"{spec.label} is ready: {spec.python}")
 
@@ -443,6 +489,7 @@ async def _install(build: Build, spec: Spec, builder: int, users: UserIds | None
     if not spec.python.exists() or not spec.base_file.is_file():
         shutil.rmtree(spec.path, ignore_errors=True)
         _make_parent(spec)
+        build.created = True
         base = _base_python()
         build.say(f"creating {spec.label} at {spec.path} with {base}")
         await _run(build, "python -m venv", base, "-m", "venv", str(spec.path))
@@ -504,6 +551,14 @@ async def _install(build: Build, spec: Spec, builder: int, users: UserIds | None
             )
 
 
+def _remove_venv(spec: Spec) -> None:
+    """Removes a venv a failed build made, never following a link (``shutil.rmtree`` works
+    relative to each directory it holds open): what the build's scripts wrote there took
+    the data home's disk for good, one venv per requirements.txt."""
+    shutil.rmtree(spec.path, ignore_errors=True)
+    spec.base_file.unlink(missing_ok=True)
+
+
 def _make_parent(spec: Spec) -> None:
     """Makes the directory of ``spec``'s venv; that of the projects' venvs workers may cross
     but not list (each reaches its own by its path): listed, it named every environment
@@ -537,6 +592,14 @@ async def _check_version(build: Build, spec: Spec) -> str:
     return base
 
 
+def _disks(users: UserIds | None) -> tuple[tuple[str, str], ...]:
+    """The disks a build writes to (a name, a path on it): the data home's (the venv), and
+    the machine's temporary directories an install does not get of its own."""
+    own = users.temp.split(os.pathsep) if users is not None and users.temp else []
+    temps = tuple((t, t) for t in TEMP_DIRS if os.path.realpath(t) not in own)
+    return (("the data home", str(config.data_home())), *temps)
+
+
 class PythonEnvs:
     """The runner's environments, by requirements; shared by all its sessions."""
 
@@ -552,6 +615,7 @@ class PythonEnvs:
         env_names: tuple[str, ...] = (),
         files: int = 0,
         builds: int = 2,
+        min_free_mb: int = 0,
     ) -> None:
         """``timeout``: seconds installing one environment may take
         (``AK_RUNNER__PACKAGES_TIMEOUT``); ``memory_mb``: what its processes may use
@@ -560,13 +624,14 @@ class PythonEnvs:
         settings (``AK_RUNNER__WORKER_ENV``); ``files``: open files each process of a
         sandboxed install may have, as a worker's (``AK_RUNNER__WORKER_FILES``); ``builds``:
         environments installed at once (``AK_RUNNER__PACKAGES_BUILDS``), the others wait
-        their turn."""
+        their turn; ``min_free_mb``: room installs leave on the disks they write to
+        (``AK_RUNNER__PACKAGES_MIN_FREE_MB``, 0: not watched)."""
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
         self.users = users  # the sandbox: packages are installed as a user of their own
         self.timeout, self.memory_mb = timeout, memory_mb
         self.env_names, self.files = env_names, files
-        self.builds = builds
+        self.builds, self.min_free_mb = builds, min_free_mb
         self._turns = asyncio.Semaphore(builds)
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
@@ -582,7 +647,8 @@ class PythonEnvs:
         build = Build(
             spec, self.timeout, self.memory_mb, env_names=self.env_names, files=self.files
         )
-        build.within = within
+        build.within, build.min_free_mb = within, self.min_free_mb
+        build.disks = _disks(self.users)
         self._builds[spec.path] = build
 
         async def go() -> None:

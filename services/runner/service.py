@@ -475,6 +475,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         env_names=settings.worker_env,
         files=settings.worker_files,
         builds=settings.packages_builds,
+        min_free_mb=settings.packages_min_free_mb,
     )
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)

@@ -20,11 +20,13 @@ import base64
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import typing
 import zipfile
 from collections.abc import Iterator
@@ -424,3 +426,84 @@ def test_a_build_script_writes_to_temporary_directories_of_its_own(stack: Stack)
         assert device != os.stat(folder).st_dev, f"{folder} is the machine's"
         assert size_mb <= PACKAGES_MEMORY_MB, (folder, size_mb)
         assert not list(Path(folder).glob("probe-*")), f"the build script wrote to {folder}"
+
+
+# Writes 1 MiB at a time (up to 60) to the file it is given, then waits: only a kill ends it.
+FILL = (
+    "import sys, time\n"
+    "with open(sys.argv[1], 'wb') as f:\n"
+    "    for i in range(60):\n"
+    "        f.write(b'x' * (1 << 20))\n"
+    "        f.flush()\n"
+    "print('filled', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small disk")
+def test_an_install_that_fills_the_disk_is_stopped_and_says_so(tmp_path: Path) -> None:
+    """An install is stopped once a disk it writes to has less room left than is kept
+    free for the services (AK_RUNNER__PACKAGES_MIN_FREE_MB): the data home's disk holds
+    the database and NATS's store too, which stop when it is full."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True)
+    try:
+        build = pyenv.Build(typing.cast(pyenv.Spec, None), 60)
+        build.min_free_mb, build.disks = 32, (("scratch", str(disk)),)
+        started = time.monotonic()
+        with pytest.raises(pyenv.EnvError) as e:
+            argv = (sys.executable, "-c", FILL, str(disk / "f"))
+            asyncio.run(pyenv._run(build, "pip install", *argv))
+        assert time.monotonic() - started < 30
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+    assert re.match(
+        r"pip install was stopped: scratch's disk has \d+ MiB free, less than the 32 MiB "
+        r"kept free for the services \(AK_RUNNER__PACKAGES_MIN_FREE_MB\); free some room "
+        r"and deploy again",
+        e.value.message,
+    ), e.value.message
+
+
+@pytest.mark.usefixtures("homes")
+async def test_no_build_starts_while_the_disk_is_low(tmp_path: Path) -> None:
+    """An install is not started while the data home's disk has less room left than is
+    kept free: `ak deploy` says so, and no venv is made."""
+    envs = pyenv.PythonEnvs("", tmp_path / "sdk", min_free_mb=1 << 40)  # (a TiB free)
+    answer = await envs.prepare(b"six\n", "", 0)
+    build = envs._builds[pyenv.spec_for(b"six\n").path]
+    await asyncio.wait_for(build.done.wait(), 30)
+    assert build.error.startswith(
+        f"requirements.txt {build.spec.path.name} was not built: the data home's disk has "
+    ), build.error
+    assert build.error.endswith(
+        "MiB free, less than the 1099511627776 MiB kept free for the services "
+        "(AK_RUNNER__PACKAGES_MIN_FREE_MB); free some room and deploy again"
+    )
+    assert answer["state"] == "building" and not build.spec.path.exists()
+
+
+JUNK = (
+    "import os, sys\n"
+    "with open(os.path.join(sys.prefix, 'junk'), 'wb') as f:\n"
+    "    f.write(b'x' * (30 << 20))\n"
+    "print('JUNK', sys.prefix)\n"
+)
+
+
+def test_a_failed_build_leaves_no_venv_behind(stack: Stack) -> None:
+    """The venv of a build that failed is removed, with what its build scripts wrote
+    there: one per requirements.txt (a comment more is another), they took the data
+    home's disk for good."""
+    home: Path = stack.home  # type: ignore[attr-defined]
+    _sdist(home / "index", "junkpkg", JUNK)
+    env = _limited(stack, "junk")
+    files = {"autokitteh.yaml": "version: v1\nproject:\n  name: junk\n", "h.py": "x = 1\n"}
+    proj = write_project(home / "junk", {**files, "requirements.txt": "junkpkg\n"})
+    res = _ak(env, "deploy", "--manifest", str(proj / "autokitteh.yaml"))
+    assert res.returncode != 0
+    [venv] = [line.split()[-1] for line in res.stderr.splitlines() if " JUNK /" in line]
+    assert Path(venv).parent == Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "venvs"
+    assert not Path(venv).exists()
+    assert not (Path(venv).parent / f".{Path(venv).name}.python").exists()
