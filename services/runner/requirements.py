@@ -16,8 +16,13 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 # As pip strips comments: a "#" at the start of a line or after whitespace.
 _COMMENT_RE = re.compile(r"(^|\s)#.*$")
-# Names pip would take for a local archive file rather than a package on the index.
-_ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tgz", ".tbz", ".txz", ".tlz", ".gz", ".bz2")
+# Names pip would take for a local archive file rather than a package on the index (pip's
+# ARCHIVE_EXTENSIONS: ``foo.tar.xz`` was installed from pip's working directory, the
+# runner's, and pip's error named that directory).
+_ARCHIVE_SUFFIXES = (
+    *(".whl", ".zip", ".tar", ".tgz", ".tbz", ".txz", ".tlz"),
+    *(".gz", ".bz2", ".xz", ".lz", ".lzma"),
+)
 _ALLOWED = (
     "only package requirements are allowed, one a line: a name with optional extras, "
     'version and markers, e.g. requests[socks]>=2.31; python_version >= "3.11"'

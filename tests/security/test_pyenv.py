@@ -21,6 +21,9 @@ ATTACKS = {
     "a path": ("/etc/passwd", "is not a package requirement"),
     "a URL": ("https://evil.example/pkg-1.0.tar.gz", "is not a package requirement"),
     "a direct reference": ("pkg @ file:///etc/passwd", "installs from a URL or path (@)"),
+    # (pip took it for a file in its working directory, the runner's, and named that)
+    "an xz archive": ("pkg.tar.xz", "names an archive file"),
+    "an lzma archive": ("pkg.tar.lzma", "names an archive file"),
 }
 
 
