@@ -62,4 +62,18 @@ def _requirement(line: str, where: str) -> Requirement:
         raise RequirementsRefused(f"{where} installs from a URL or path (@); {_ALLOWED}")
     if req.name.lower().endswith(_ARCHIVE_SUFFIXES):
         raise RequirementsRefused(f"{where} names an archive file; {_ALLOWED}")
+    if _split_by_pip(str(req)):
+        raise RequirementsRefused(
+            f"{where} has a marker value pip would read as an option or a comment "
+            f"(a word starting with - or #); {_ALLOWED}"
+        )
     return req
+
+
+def _split_by_pip(line: str) -> bool:
+    """Whether pip would cut ``line`` (as written for it) short: at the first word starting
+    with ``-``, the rest read as its options, or at a ``#`` after a space, a comment. Only a
+    marker's quoted value holds such a word; the part pip keeps then ends inside that
+    value, so pip refuses the line, but what it would do with the rest is pip's to change."""
+    words = line.split(" ")
+    return any(w.startswith("-") for w in words[1:]) or _COMMENT_RE.search(line) is not None

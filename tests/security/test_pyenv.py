@@ -24,6 +24,11 @@ ATTACKS = {
     # (pip took it for a file in its working directory, the runner's, and named that)
     "an xz archive": ("pkg.tar.xz", "names an archive file"),
     "an lzma archive": ("pkg.tar.lzma", "names an archive file"),
+    # (pip cuts a line at a word starting with -: the rest are its options)
+    "an option in a marker": (
+        "pkg; platform_release == 'x\" -r /etc/passwd \"y'",
+        "has a marker value pip would read as an option or a comment (a word starting with - or #)",
+    ),
 }
 
 
