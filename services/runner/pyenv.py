@@ -32,7 +32,6 @@ from typing import Any
 from akcore import config, sdkdist
 from akcore.cgroups import Stops
 from akcore.config import (
-    ENV_PACKAGES_BUILDS,
     ENV_PACKAGES_MEMORY_MB,
     ENV_PACKAGES_MIN_FREE_MB,
     ENV_PACKAGES_TIMEOUT,
@@ -55,6 +54,7 @@ from .sandbox import (
     resident_by_user,
     resident_of_session,
 )
+from .turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -632,7 +632,7 @@ class PythonEnvs:
         self.timeout, self.memory_mb = timeout, memory_mb
         self.env_names, self.files = env_names, files
         self.builds, self.min_free_mb = builds, min_free_mb
-        self._turns = asyncio.Semaphore(builds)
+        self._turns = Turns(builds)
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
 
@@ -653,7 +653,7 @@ class PythonEnvs:
 
         async def go() -> None:
             try:
-                async with self._turn(build):
+                async with self._turns.turn(build.within, build.say):
                     await _build(build, self.users)
             except EnvError as e:
                 build.error = e.message
@@ -667,20 +667,6 @@ class PythonEnvs:
         build.task = asyncio.create_task(go())
         return build
 
-    @contextlib.asynccontextmanager
-    async def _turn(self, build: Build) -> AsyncIterator[None]:
-        """One of the ``builds`` places to install in, waited for in turn (said in the
-        build's output). Any number of environments were built at once: a token limited to
-        one project had a runner build twelve together, each allowed 4 GiB and 512
-        processes, and twelve venvs made at once as root took a minute of both cores."""
-        if self._turns.locked():
-            build.say(
-                f"waiting for a turn: {self.builds} environment(s) are being built on this "
-                f"runner ({ENV_PACKAGES_BUILDS})"
-            )
-        async with self._turns:
-            yield
-
     def _one_at_a_time(self, within: frozenset[str], spec: Spec) -> None:
         """Refuses a new build for a token limited to the projects ``within`` while another
         of theirs is not done here: one such token cannot fill every turn, nor the line."""
@@ -692,25 +678,32 @@ class PythonEnvs:
                     "end, then deploy again"
                 )
 
-    async def python_for(self, requirements: bytes | None) -> tuple[str, dict[str, str], str]:
+    async def python_for(
+        self, requirements: bytes | None, project_id: str = ""
+    ) -> tuple[str, dict[str, str], str]:
         """The interpreter for a session's worker, what to add to its environment, and which
         kind of environment it is (``given``, ``default`` or ``project``). An environment
-        found ready is not checked again for ``READY_SECONDS`` (nor until the next deploy)."""
+        found ready is not checked again for ``READY_SECONDS`` (nor until the next deploy).
+        One that must be built is built in the turns of the session's project
+        (``project_id``): one at a time for it."""
         now = time.monotonic()
         known = self._ready.get(requirements)
         if known is None or now - known[0] >= self.READY_SECONDS:
-            known = self._ready[requirements] = (now, await self._python_for(requirements))
+            found = await self._python_for(requirements, project_id)
+            known = self._ready[requirements] = (now, found)
         python, extra_env, kind = known[1]
         return python, dict(extra_env), kind  # the caller adds to the environment
 
-    async def _python_for(self, requirements: bytes | None) -> tuple[str, dict[str, str], str]:
+    async def _python_for(
+        self, requirements: bytes | None, project_id: str
+    ) -> tuple[str, dict[str, str], str]:
         if self.worker_python:
             copy = await asyncio.to_thread(sdkdist.write_copy, self.sdk_copies)
             return self.worker_python, {"PYTHONPATH": str(copy)}, "given"
         spec = await asyncio.to_thread(spec_for, requirements)
         if not is_ready(spec):
             log.info("building %s for a session", spec.path)
-            build = self._start(spec)
+            build = self._start(spec, frozenset({project_id} if project_id else ()))
             await build.done.wait()
             if build.error:
                 raise EnvError(build.error)

@@ -526,7 +526,9 @@ class SessionRun:
         self, job: wire.Job, code_dir: Path, requirements: bytes | None, variables: dict[str, str]
     ) -> None:
         try:
-            python, extra_env, self.python_env = await self.host.envs.python_for(requirements)
+            python, extra_env, self.python_env = await self.host.envs.python_for(
+                requirements, job.project_id
+            )
         except EnvError as e:
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return

@@ -507,3 +507,34 @@ def test_a_failed_build_leaves_no_venv_behind(stack: Stack) -> None:
     assert Path(venv).parent == Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "venvs"
     assert not Path(venv).exists()
     assert not (Path(venv).parent / f".{Path(venv).name}.python").exists()
+
+
+@pytest.mark.usefixtures("homes")
+async def test_one_projects_builds_do_not_hold_up_anothers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions of one project (on deployments of its own whose requirements.txt differ by
+    a comment) have its environments built one at a time: another project's environment,
+    asked for after all of them, takes the next free turn."""
+    installs = Installs(monkeypatch)
+    envs = pyenv.PythonEnvs("", tmp_path / "sdk", builds=2)
+    flood = [f"aaa\n# {i}\n" for i in range(3)]
+    sessions = [asyncio.create_task(envs.python_for(text.encode(), "prj_flood")) for text in flood]
+    await asyncio.wait_for(installs.of(flood[0])[0].wait(), 10)
+    other = asyncio.create_task(envs.python_for(b"bbb\n", "prj_other"))
+    await asyncio.wait_for(installs.of("bbb\n")[0].wait(), 10)  # the second turn is its
+    assert not installs.of(flood[1])[0].is_set() and not installs.of(flood[2])[0].is_set()
+    waiting = envs._builds[pyenv.spec_for(flood[1].encode()).path].lines
+    assert waiting == [
+        "waiting for a turn: another environment of this project is being built on this "
+        "runner (one at a time for each project)"
+    ]
+    installs.of("bbb\n")[1].set()
+    _, _, kind = await asyncio.wait_for(other, 10)
+    assert kind == "project"
+    for i, text in enumerate(flood):  # each in its turn
+        await asyncio.wait_for(installs.of(text)[0].wait(), 10)
+        if i + 1 < len(flood):
+            assert not installs.of(flood[i + 1])[0].is_set()
+        installs.of(text)[1].set()
+    await asyncio.wait_for(asyncio.gather(*sessions), 10)
