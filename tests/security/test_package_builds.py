@@ -10,7 +10,8 @@ process of the machine); a handler of any project could hold the lock of the def
 environment for ever (it was a 0644 file on a path every worker reaches), so that no
 runner could build it again; any number of environments were built at once (a token
 limited to one project had twelve built together, each allowed 4 GiB and 512 processes);
-and it wrote what it liked to the machine's /tmp and /var/tmp, on the disk of the data home.
+it wrote what it liked to the machine's /tmp and /var/tmp and to its venv, on the disk of
+the data home, and a failed build's venv stayed there.
 """
 
 from __future__ import annotations
