@@ -193,6 +193,8 @@ MAX_LINES = 5_000
 MAX_LINE = 1_000  # characters of one line kept
 PAGE_BYTES = 512 * 1024  # of output in one answer to `ak deploy` (it asks for the rest)
 KEEP_FINISHED = 600.0  # seconds a finished build's output is kept for `ak deploy`
+# characters of output finished builds keep together at most (the oldest forgotten first)
+KEEP_OUTPUT = 64 * MIB
 OUTPUT_GRACE = 2.0  # seconds output is still read after the tool ended (a process it left)
 
 
@@ -215,6 +217,7 @@ class Build:
     min_free_mb: int = 0  # room kept free on ``disks`` (AK_RUNNER__PACKAGES_MIN_FREE_MB); 0: none
     disks: tuple[tuple[str, str], ...] = ()  # what its tools write to: (a name, a path on it)
     created: bool = False  # whether it made the venv (removed again when it fails)
+    size: int = 0  # characters of ``lines``
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.timeout
@@ -224,6 +227,7 @@ class Build:
         self.last.append(line)
         if len(self.lines) < MAX_LINES:
             self.lines.append(line)
+            self.size += len(line)
         elif len(self.lines) == MAX_LINES:
             self.lines.append(f"[more output not shown: only the first {MAX_LINES:,} lines]")
 
@@ -640,10 +644,7 @@ class PythonEnvs:
         running = self._builds.get(spec.path)
         if running is not None and not running.done.is_set():
             return running
-        now = time.monotonic()  # a finished build's output is kept a while only
-        for path, old in list(self._builds.items()):
-            if old.done.is_set() and now - old.finished > KEEP_FINISHED:
-                del self._builds[path]
+        self._forget_finished()
         build = Build(
             spec, self.timeout, self.memory_mb, env_names=self.env_names, files=self.files
         )
@@ -666,6 +667,22 @@ class PythonEnvs:
 
         build.task = asyncio.create_task(go())
         return build
+
+    def _forget_finished(self) -> None:
+        """Forgets the output of finished builds after ``KEEP_FINISHED``, and of the oldest
+        first while all of it is over ``KEEP_OUTPUT``: each keeps up to 5 MB, and a build
+        that prints that much and fails takes seconds, so one token kept starting them and
+        the runner (every project's) grew by hundreds of megabytes for ten minutes."""
+        now = time.monotonic()
+        finished = sorted(
+            (b for b in self._builds.values() if b.done.is_set()), key=lambda b: b.finished
+        )
+        kept = sum(b.size for b in finished)
+        for old in finished:
+            if now - old.finished <= KEEP_FINISHED and kept <= KEEP_OUTPUT:
+                break
+            kept -= old.size
+            del self._builds[old.spec.path]
 
     def _one_at_a_time(self, within: frozenset[str], spec: Spec) -> None:
         """Refuses a new build for a token limited to the projects ``within`` while another

@@ -539,3 +539,31 @@ async def test_one_projects_builds_do_not_hold_up_anothers(
             assert not installs.of(flood[i + 1])[0].is_set()
         installs.of(text)[1].set()
     await asyncio.wait_for(asyncio.gather(*sessions), 10)
+
+
+@pytest.mark.usefixtures("homes")
+async def test_finished_builds_keep_a_bounded_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished builds' output, kept for `ak deploy` to read, is bounded all together, the
+    oldest forgotten first: a build script that prints the most a build keeps (about
+    5 MB) and fails takes seconds, and one after another they grew the runner, which every
+    project shares, by hundreds of megabytes."""
+    monkeypatch.setattr(pyenv, "KEEP_OUTPUT", 8 << 20, raising=False)
+    full = pyenv.MAX_LINES * pyenv.MAX_LINE
+
+    async def loud(build: pyenv.Build, *_: object) -> None:
+        for _ in range(pyenv.MAX_LINES):
+            build.say("y" * pyenv.MAX_LINE)
+        raise pyenv.EnvError("pip install failed (exit code 1)")
+
+    monkeypatch.setattr(pyenv, "_install", loud)
+    envs = pyenv.PythonEnvs("", tmp_path / "sdk")
+    for i in range(6):
+        await envs.prepare(f"aaa\n# {i}\n".encode(), "", 0)
+        build = envs._builds[pyenv.spec_for(f"aaa\n# {i}\n".encode()).path]
+        await asyncio.wait_for(build.done.wait(), 30)
+        assert build.error.startswith("pip install failed")
+    kept = sum(len(line) for b in envs._builds.values() for line in b.lines)
+    assert kept <= (8 << 20) + full + pyenv.MAX_LINES, kept
+    assert build.lines  # the last one's is there for its `ak deploy`
