@@ -4,9 +4,11 @@ keeps storage bounded (``cleanup``). Its SQL runs on threads of its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,7 +25,7 @@ from nats.aio.msg import Msg
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
-from . import keycanary
+from . import dbfaults, keycanary
 from .api import StoreApi
 from .cleanup import Purger, prune
 from .db import open_engine
@@ -70,12 +72,16 @@ async def consume(
     """Pulls a stream and applies what has arrived in one transaction per batch, in stream
     order. A message that cannot be decoded is dropped; a batch that fails is applied again
     one message at a time, so that one bad message is retried alone; one that still fails
-    after a few deliveries while the database answers is set aside (terminated, and
-    ``set_aside`` told why): it must not stop the rest. ``applied`` hears of each batch
-    once it is committed."""
+    by its own doing (``dbfaults.message_at_fault``) after a few deliveries while the
+    database answers is set aside (terminated, and ``set_aside`` told why): it must not
+    stop the rest. A batch the database refuses for a reason of its own (away, read-only,
+    full) is handed back whole, and the consumer pauses: every message would fail alike,
+    and none may be set aside for it. ``applied`` hears of each batch once it is
+    committed."""
     puller = await bus.Puller.bind(nc, durable)
     loop = asyncio.get_running_loop()
     last = 0.0
+    outage = Outage(durable)
     try:
         while not stop.is_set():
             msgs = await puller.take(BATCH)
@@ -97,6 +103,13 @@ async def consume(
             try:
                 await sql(_in_transaction, engine, apply, [x for _, x in batch])
             except Exception as e:
+                if not dbfaults.message_at_fault(e):
+                    pause = outage.failed(e)
+                    for msg, _ in batch:
+                        await msg.nak(delay=pause)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pause)
+                    continue
                 log.warning("%s: batch of %d failed (%s); one at a time", durable, len(batch), e)
                 done = []
                 for msg, item in batch:
@@ -105,6 +118,7 @@ async def consume(
                 if applied is not None:
                     applied(done)
                 continue
+            outage.over()
             for msg, _ in batch:
                 await msg.ack()
             if applied is not None:
@@ -137,7 +151,11 @@ async def _apply_one(
         await sql(_in_transaction, engine, apply, [item])
     except Exception as e:
         attempts = msg.metadata.num_delivered or 1
-        if attempts >= MAX_APPLY_ATTEMPTS and await _database_answers(engine, sql):
+        if (
+            attempts >= MAX_APPLY_ATTEMPTS
+            and dbfaults.message_at_fault(e)
+            and await _database_answers(engine, sql)
+        ):
             log.exception(
                 "%s: %s could not be applied in %d attempts; set aside",
                 durable,
@@ -153,6 +171,45 @@ async def _apply_one(
         return False
     await msg.ack()
     return True
+
+
+# Seconds a consumer pauses after the database refused a batch: the first time, and at most.
+OUTAGE_PAUSE = 0.5
+OUTAGE_PAUSE_MAX = 5.0
+
+
+class Outage:
+    """A consumer's view of the database refusing its batches: said once as it begins and
+    once as it ends (not once per message: that was thousands of lines a second), and how
+    long to pause before the next try (doubling, up to ``OUTAGE_PAUSE_MAX``)."""
+
+    def __init__(self, durable: str) -> None:
+        self.durable = durable
+        self.since = 0.0  # when the database began refusing (monotonic); 0: it takes them
+        self.pause = 0.0
+
+    def failed(self, e: BaseException) -> float:
+        """Seconds to pause after a batch the database refused with ``e``."""
+        if not self.since:
+            self.since, self.pause = time.monotonic(), OUTAGE_PAUSE
+            log.warning(
+                "%s: the database refuses what the store writes (%s); the messages wait in "
+                "JetStream and are applied once it takes them again",
+                self.durable,
+                dbfaults.reason(e),
+            )
+        else:
+            self.pause = min(self.pause * 2, OUTAGE_PAUSE_MAX)
+        return self.pause
+
+    def over(self) -> None:
+        if self.since:
+            log.info(
+                "%s: the database takes what the store writes again (after %.0f s)",
+                self.durable,
+                time.monotonic() - self.since,
+            )
+            self.since = 0.0
 
 
 def _select_one(engine: Engine) -> None:
@@ -175,7 +232,9 @@ def serve_ops(
     """Answers the store's operations of ``akcore.ops``: each request parsed into its typed
     request once, here; an operation that changes what caches keep is announced on
     ``ak.changed`` before it is answered, so caches forget before the caller goes on. Most
-    are the database's (``api.routes``, on its thread); a few are JetStream's (here)."""
+    are the database's (``api.routes``, on its thread); a few are JetStream's (here). The
+    database away or refusing is "unavailable", as the store away is: a runner's system
+    call or an attempt's start waits for it rather than ending its session."""
     routes = api.routes()
     js = nc.jetstream()
 
@@ -201,7 +260,16 @@ def serve_ops(
         if name in streams:
             result = await streams[name](op.parse(args))
         else:
-            result = await sql(routes[name], op.parse(args))
+            try:
+                result = await sql(routes[name], op.parse(args))
+            except Exception as e:
+                if not dbfaults.database_away(e):
+                    raise
+                log.warning("request %s: the database refused it: %s", name, dbfaults.reason(e))
+                raise Unavailable(
+                    f"{name} failed: the store's database is away or refusing it for now (the "
+                    "store's log says why): try again once it is back"
+                ) from None
         if not isinstance(result, op.reply):  # the store's bug, not the caller's
             raise AKError(f"{name} answered a {type(result).__name__}, not {op.reply.__name__}")
         if op.invalidates:
