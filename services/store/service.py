@@ -40,6 +40,8 @@ T = TypeVar("T")
 BATCH = 256
 # Seconds a store lets messages gather after a transaction before the next one.
 LINGER = 0.01
+# Seconds between two log lines about spans the database did not take.
+SPANS_DROPPED_EVERY = 60.0
 
 
 Sql = Callable[..., Awaitable[Any]]
@@ -310,11 +312,18 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     tel = tracing.Telemetry("store")
     tel.send_to_store(nc)
 
+    spans_dropped = [0.0]  # when the last drop was said (monotonic)
+
     async def on_spans(msg: Msg) -> None:
         try:
             await sql(apply_spans, engine, wire.unpack(msg.data))
         except Exception as e:  # spans are diagnostics: never let them hurt the store
-            log.warning("dropping %d bytes of spans: %s", len(msg.data), e)
+            # (said once a minute: with the database away every span of every session
+            # fails, and each failure was a line and its statement)
+            now = time.monotonic()
+            if now - spans_dropped[0] >= SPANS_DROPPED_EVERY:
+                spans_dropped[0] = now
+                log.warning("dropping spans (and more for a minute): %s", dbfaults.reason(e))
 
     purger = Purger(js, engine, sql)
 

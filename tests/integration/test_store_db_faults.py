@@ -145,3 +145,33 @@ async def test_the_stores_callers_are_told_to_wait(pg_settings: Settings) -> Non
         created = await bus.store_call(nc, "project.create", {"name": "p1"})
         assert created  # and once it is back, it is answered
         await nc.close()
+
+
+async def test_spans_dropped_while_the_database_is_away_are_said_once(
+    pg_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spans are diagnostics, dropped when the database refuses them; every span of every
+    session then failed, and each drop was a log line of its own with its statement."""
+    tries = [0]
+    apply = store_service.apply_spans
+
+    def counted(engine: Any, spans: Any) -> None:
+        tries[0] += 1
+        apply(engine, spans)
+
+    monkeypatch.setattr(store_service, "apply_spans", counted)
+    span = {"trace_id": "t1", "span_id": "s1", "name": "x", "start_us": 1, "end_us": 2}
+    async with running(run_store, pg_settings, "store"):
+        nc = await bus.connect(pg_settings.nats_url, "t")
+        with refusing(pg_settings.db_dsn, "closed"):
+            for _ in range(5):
+                await nc.publish(subjects.SPANS, wire.pack([span]))
+
+            async def all_tried() -> bool:
+                return tries[0] >= 5
+
+            await eventually(all_tried)
+        await nc.close()
+    said = [r.getMessage() for r in caplog.records if "dropping" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "\n" not in said[0] and "SQL" not in said[0]
