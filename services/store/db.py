@@ -15,6 +15,12 @@ from . import models  # noqa: F401  (registers the tables)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_ID = 0x616B5F73  # "ak_s": one migrating store at a time on PostgreSQL
+# Seconds a store's PostgreSQL session may sit in a transaction with no statement running
+# before the server ends it (and its transaction, and its locks). A store never pauses that
+# long inside one; one frozen there (SIGSTOP, a paused VM) or cut off from the database held
+# the journal's lock, which every store takes to apply records, for as long as the server
+# kept its connection: hours, with the kernel's TCP keepalive. No session reached SQL.
+IDLE_IN_TRANSACTION = 60.0
 
 
 def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
@@ -38,6 +44,15 @@ def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
             cur.close()
     else:
         engine = create_engine(dsn, pool_pre_ping=True, hide_parameters=True)
+        idle_ms = int(IDLE_IN_TRANSACTION * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _session_limits(conn, _rec):  # type: ignore[no-untyped-def]
+            cur = conn.cursor()
+            cur.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+            cur.close()
+            conn.commit()
+
     if migrate_schema:
         migrate(engine)
     return engine

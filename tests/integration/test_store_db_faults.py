@@ -12,8 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ak_store.db as store_db
 import ak_store.service as store_service
 import pytest
+from ak_store.materialize import _JOURNAL_LOCK as JOURNAL_LOCK
 from ak_store.service import run as run_store
 from akcore import bus, ids, subjects, wire
 from akcore.config import Settings
@@ -175,3 +177,41 @@ async def test_spans_dropped_while_the_database_is_away_are_said_once(
     said = [r.getMessage() for r in caplog.records if "dropping" in r.getMessage()]
     assert len(said) == 1, said
     assert "\n" not in said[0] and "SQL" not in said[0]
+
+
+async def test_a_store_frozen_in_a_transaction_holds_up_the_others_for_a_while(
+    pg_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every store takes one lock to apply journal records. A store frozen in the middle of
+    that (SIGSTOP, a paused VM, a network cut) left its transaction open on the server, and
+    no other store applied a record until it came back: sessions stayed CREATED or RUNNING
+    in SQL. The server now ends such a transaction (``db.IDLE_IN_TRANSACTION``); here a
+    connection of the store's holds the lock, idle, as a frozen store's does."""
+    monkeypatch.setattr(store_db, "IDLE_IN_TRANSACTION", 1.0, raising=False)
+    frozen = store_db.open_engine(pg_settings.db_dsn)
+    conn = frozen.connect()
+    try:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": JOURNAL_LOCK})
+        async with running(run_store, pg_settings, "store"):
+            nc = await bus.connect(pg_settings.nats_url, "t")
+            js = nc.jetstream()
+            sid = ids.new_id("ses")
+            for rec in (
+                wire.JournalRecord(sid, 0, wire.CREATED, 1, {"project_id": "prj_1"}),
+                wire.JournalRecord(sid, 1, wire.ENDED, 2, {"state": wire.COMPLETED}),
+            ):
+                await js.publish(subjects.journal_subject(sid), wire.encode(rec))
+
+            async def ended() -> dict[str, Any] | None:
+                try:
+                    found = await bus.store_call(nc, "session.get", {"session": sid})
+                except Exception:
+                    return None
+                return found if found["state"] == "COMPLETED" else None
+
+            assert await eventually(ended, timeout=30)
+            await nc.close()
+    finally:
+        conn.invalidate()  # (the server ended it: nothing to roll back)
+        conn.close()
+        frozen.dispose()
