@@ -8,6 +8,8 @@ from akcore.config import check_db_dsn
 from akcore.errors import AKError
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlmodel import SQLModel, create_engine
 
@@ -54,7 +56,11 @@ def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
             conn.commit()
 
     if migrate_schema:
-        migrate(engine)
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
     return engine
 
 
@@ -66,16 +72,57 @@ def alembic_config(conn: Connection) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Applies pending migrations. Several stores may start at once: on PostgreSQL an
-    advisory lock makes the others wait; SQLite serializes writers itself. A database made
-    before migrations existed gets its missing tables and is marked as up to date."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
-        cfg = alembic_config(conn)
-        tables = set(inspect(conn).get_table_names())
-        if "alembic_version" not in tables and "project" in tables:
-            SQLModel.metadata.create_all(conn)
-            command.stamp(cfg, "head")
-        else:
-            command.upgrade(cfg, "head")
+    """Applies pending migrations, all or none: a store killed in the middle leaves the
+    schema as it was. Several stores may start at once: on PostgreSQL an advisory lock
+    makes the others wait; on SQLite the write lock, taken as the migration begins. A
+    database made before migrations existed gets its missing tables and is marked as up to
+    date."""
+    atomic = _atomic_sqlite(engine) if engine.dialect.name == "sqlite" else engine
+    try:
+        with atomic.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+            cfg = alembic_config(conn)
+            tables = set(inspect(conn).get_table_names())
+            if "alembic_version" not in tables and "project" in tables:
+                SQLModel.metadata.create_all(conn)
+                command.stamp(cfg, "head")
+            else:
+                _upgrade(conn, cfg)
+    finally:
+        if atomic is not engine:
+            atomic.dispose()
+
+
+def _upgrade(conn: Connection, cfg: Config) -> None:
+    """Brings the schema to this version's head; a schema of a later version (a newer
+    store migrated it) is refused in a line that says so."""
+    script = ScriptDirectory.from_config(cfg)
+    have = MigrationContext.configure(conn).get_current_revision()
+    if have is not None and have not in {s.revision for s in script.walk_revisions()}:
+        raise AKError(
+            f"the database's schema is at version {have}, from a later autokitteh than this "
+            f"store (which knows versions up to {script.get_current_head()}): run stores of "
+            "that version or later on it"
+        )
+    command.upgrade(cfg, "head")
+
+
+def _atomic_sqlite(engine: Engine) -> Engine:
+    """An engine on ``engine``'s SQLite file whose transactions hold DDL too. Python's
+    sqlite3 begins a transaction only before an INSERT, UPDATE or DELETE, so each CREATE,
+    DROP or ALTER of a migration was committed as it ran: a store killed in the middle
+    left a schema the next start could not migrate ("table ... already exists", a table
+    copied and dropped but not renamed back), and it failed to start for ever. (The
+    SQLAlchemy recipe for pysqlite: the driver begins nothing, the engine says BEGIN.)"""
+    atomic = create_engine(engine.url, hide_parameters=True)
+
+    @event.listens_for(atomic, "connect")
+    def _no_driver_transactions(conn, _rec):  # type: ignore[no-untyped-def]
+        conn.isolation_level = None
+
+    @event.listens_for(atomic, "begin")
+    def _begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return atomic
