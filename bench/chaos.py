@@ -30,12 +30,14 @@ from ak_cli.sessionlog import log_entries
 from akcore.config import ENV_SERVICE_URL, ENV_TOKEN
 
 from bench.chaos_faults import (
+    DB,
     MODES,
     NATS,
     SERVICES,
     Fault,
     Injector,
     NatsNode,
+    PgServer,
     nats_cluster,
     plan,
     service_pids,
@@ -56,6 +58,7 @@ class Config:
     mode: str = "both"  # kill, freeze or both
     freeze: float = 15.0  # seconds a frozen process stays stopped
     nats_down: float = 5.0  # seconds a killed NATS node stays down
+    db_down: float = 5.0  # seconds the killed database stays down (DB among the targets)
     targets: tuple[str, ...] = (*SERVICES, NATS)
     sleep: float = 2.0  # seconds of each durable sleep
     quick_share: float = 0.25  # share of sessions without sleeps
@@ -75,7 +78,7 @@ def run(cfg: Config) -> Tally:
     effects = root / "effects"
     effects.mkdir(parents=True, exist_ok=True)
     print(f"[chaos] run directory {root}", flush=True)
-    with _database(cfg.dsn) as dsn, _cluster(root / "nats") as nodes:
+    with _server(cfg, root) as db, _database(cfg.dsn, db) as dsn, _cluster(root / "nats") as nodes:
         env = {
             "AK_NATS_URL": ",".join(n.url for n in nodes),
             "AK_NATS__REPLICAS": str(len(nodes)),
@@ -89,7 +92,7 @@ def run(cfg: Config) -> Tally:
         stack = start_stack(root / "home", env, args)
         try:
             with _service_url(stack):
-                t = _soak(cfg, stack, nodes, effects)
+                t = _soak(cfg, stack, nodes, effects, db)
                 _keep_examples(t, effects, root / "examples.jsonl")
         finally:
             stack.stop()
@@ -99,7 +102,9 @@ def run(cfg: Config) -> Tally:
     return t
 
 
-def _soak(cfg: Config, stack: Stack, nodes: list[NatsNode], effects: Path) -> Tally:
+def _soak(
+    cfg: Config, stack: Stack, nodes: list[NatsNode], effects: Path, db: PgServer | None
+) -> Tally:
     path = stack.deploy_paths(PROJECT)["soak"]
     faults = cfg.faults
     if faults is None:
@@ -111,6 +116,8 @@ def _soak(cfg: Config, stack: Stack, nodes: list[NatsNode], effects: Path) -> Ta
         cfg.freeze,
         cfg.nats_down,
         seed=cfg.seed,
+        db=db,
+        db_down_seconds=cfg.db_down,
     )
     print(f"[chaos] {cfg.rate:g}/s for {cfg.duration:g}s, {len(faults)} faults", flush=True)
     injector.start()
@@ -258,20 +265,40 @@ def _service_url(stack: Stack) -> Iterator[None]:
 
 
 @contextmanager
-def _database(dsn: str) -> Iterator[str]:
-    """``dsn`` if given, else a fresh database on PG_URL, dropped afterwards."""
+def _server(cfg: Config, root: Path) -> Iterator[PgServer | None]:
+    """With the database among the targets, a PostgreSQL server of the run's own (in the run
+    directory), which the faults kill and freeze; stopped afterwards."""
+    if DB not in cfg.targets:
+        yield None
+        return
+    if cfg.dsn:
+        raise ValueError("the database as a target needs the harness's own server: no dsn")
+    server = PgServer(root / "postgres.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _database(dsn: str, server: PgServer | None = None) -> Iterator[str]:
+    """``dsn`` if given, else a fresh database on ``server`` (or PG_URL), dropped
+    afterwards."""
     if dsn:
         yield dsn
         return
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    admin_url = server.url if server is not None else PG_URL
+    # (pre-ping: the harness's own server may have been killed since the database was made)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     name = f"ak_chaos_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -298,9 +325,13 @@ def main(argv: list[str]) -> Tally:
     ap.add_argument("--freeze", type=float, default=d.freeze, help="seconds frozen")
     ap.add_argument("--nats-down", type=float, default=d.nats_down, help="seconds down")
     ap.add_argument(
+        "--db-down", type=float, default=d.db_down, help="seconds the killed database is down"
+    )
+    ap.add_argument(
         "--targets",
         default=",".join(d.targets),
-        help=f"comma-separated, among {', '.join((*SERVICES, NATS))}",
+        help=f"comma-separated, among {', '.join((*SERVICES, NATS, DB))} (db: a PostgreSQL "
+        "of the run's own, not in the default)",
     )
     ap.add_argument("--sleep", type=float, default=d.sleep, help="seconds per durable sleep")
     ap.add_argument("--drain", type=float, default=d.drain, help="seconds to wait at the end")
@@ -320,7 +351,7 @@ def main(argv: list[str]) -> Tally:
     with contextlib.suppress(PermissionError):  # (already a group leader: a shell's job)
         os.setsid()
     targets = tuple(x for x in a.targets.split(",") if x)
-    bad = set(targets) - {*SERVICES, NATS}
+    bad = set(targets) - {*SERVICES, NATS, DB}
     if bad:
         ap.error(f"unknown targets: {', '.join(sorted(bad))}")
     cfg = Config(
@@ -330,6 +361,7 @@ def main(argv: list[str]) -> Tally:
         mode=a.mode,
         freeze=a.freeze,
         nats_down=a.nats_down,
+        db_down=a.db_down,
         targets=targets,
         sleep=a.sleep,
         drain=a.drain,

@@ -3,10 +3,13 @@ faults, and the thread that carries it out (SIGKILL, or SIGSTOP then SIGCONT).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -18,6 +21,7 @@ from akcore import natsserver
 
 SERVICES = ("ingress", "dispatcher", "runner", "store")
 NATS = "nats"
+DB = "db"  # the harness's own PostgreSQL (``PgServer``)
 KILL, FREEZE = "kill", "freeze"
 MODES = {"kill": (KILL,), "freeze": (FREEZE,), "both": (KILL, FREEZE)}
 
@@ -48,6 +52,83 @@ class NatsNode:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class PgServer:
+    """A PostgreSQL server of the harness's own (initdb in ``root``, a free port), which
+    it kills (SIGKILL of the postmaster and every backend, as a crash: the next start
+    recovers from its WAL), freezes and restarts; never the machine's own. As root, it
+    runs as the user ``postgres`` (initdb refuses root)."""
+
+    BIN = Path("/usr/lib/postgresql")
+
+    def __init__(self, log: Path) -> None:
+        """``log``: where its log is copied as it stops (its files are in a directory of
+        their own, which the user ``postgres`` can reach: not a test's, which only root can,
+        and removed as it stops)."""
+        self.log = log
+        self.root = Path(tempfile.mkdtemp(prefix="ak-chaos-pg-"))
+        self.data = self.root / "data"
+        self.port = natsserver.free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        versions = sorted(self.BIN.glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+        if not versions:
+            raise RuntimeError(f"no PostgreSQL server under {self.BIN} (apt install postgresql)")
+        self.bin = versions[-1].parent
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        log = str(self.root / "postgres.log")
+        self._run("pg_ctl", "-D", str(self.data), "-l", log, "-w", "-o", opts, "start")
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children (backends, writer, WAL writer...)."""
+        try:
+            master = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        tasks = Path(f"/proc/{master}/task").glob("*/children")
+        return [master, *(int(p) for t in tasks for p in _words(t))]
+
+    def kill(self) -> int:
+        pids = self.pids()
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        return pids[0] if pids else 0
+
+    def freeze(self, sig: int = signal.SIGSTOP) -> int:
+        pids = self.pids()
+        for pid in pids:
+            _signal(pid, sig)
+        return pids[0] if pids else 0
+
+    def running(self) -> bool:
+        """Whether its postmaster is alive (not gone, not a zombie)."""
+        pids = self.pids()
+        try:
+            stat = Path(f"/proc/{pids[0]}/stat").read_text() if pids else ""
+        except OSError:
+            return False
+        return bool(stat) and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    def stop(self) -> None:
+        self.freeze(signal.SIGCONT)  # a frozen server would never stop
+        try:
+            if self.running():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self.root / "postgres.log", self.log)
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def nats_cluster(root: Path, size: int = 3) -> list[NatsNode]:
@@ -111,6 +192,7 @@ class Impaired:
     pid: int
     until: float  # monotonic time it is resumed or restarted
     node: NatsNode | None = None
+    db: PgServer | None = None
 
 
 @dataclass
@@ -126,6 +208,8 @@ class Injector:
     freeze_seconds: float = 15.0
     nats_down_seconds: float = 5.0
     seed: int = 0
+    db: PgServer | None = None  # the database the harness owns, for DB faults
+    db_down_seconds: float = 5.0
     done: Counter[tuple[str, str]] = field(default_factory=Counter)  # (action, label) -> count
     skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
     history: list[str] = field(default_factory=list)
@@ -170,6 +254,9 @@ class Injector:
         if fault.target == NATS:
             self._apply_nats(fault, rng)
             return
+        if fault.target == DB:
+            self._apply_db(fault)
+            return
         frozen = {i.pid for i in self._impaired}
         pids = self.pids(fault.target)
         free = [p for p in pids if p not in frozen]
@@ -206,8 +293,32 @@ class Injector:
         self.done[(fault.action, f"{NATS} {node.name}")] += 1
         self._note(f"{fault.action} nats {node.name} pid {pid}")
 
+    def _apply_db(self, fault: Fault) -> None:
+        db = self.db
+        if db is None or any(i.db is not None for i in self._impaired):
+            self.skipped[(fault.action, DB)] += 1
+            self._note(f"{fault.action} db: skipped (none of the harness's, or already down)")
+            return
+        if fault.action == KILL:
+            pid = db.kill()
+            until = time.monotonic() + self.db_down_seconds
+        else:
+            pid = db.freeze()
+            until = time.monotonic() + self.freeze_seconds
+        self._impaired.append(Impaired(DB, pid, until, db=db))
+        self.done[(fault.action, DB)] += 1
+        self._note(f"{fault.action} db pid {pid}")
+
     def _recover(self, imp: Impaired) -> None:
         self._impaired.remove(imp)
+        if imp.db is not None:
+            if imp.db.running():
+                imp.db.freeze(signal.SIGCONT)
+                self._note(f"resumed db pid {imp.pid}")
+            else:
+                imp.db.start()  # (recovers from its WAL, as after a crash)
+                self._note("restarted db")
+            return
         if imp.node is not None and imp.node.proc is not None and imp.node.proc.poll() is not None:
             imp.node.start()
             self._note(f"restarted nats {imp.node.name}")

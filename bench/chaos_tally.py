@@ -108,6 +108,8 @@ class Tally:
             "duplicated": self.duplicated,
             "stuck": self.stuck,
             "finished activity run again": self.finished_reruns,
+            # (a session that ran, whose records never reached SQL: the store set them aside)
+            "unlisted sessions that ran activities": self.unlisted,
         }
 
     def rows(self) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import Config, run
-from bench.chaos_faults import FREEZE, SERVICES, Fault, plan
+from bench.chaos_faults import DB, FREEZE, KILL, SERVICES, Fault, plan
 from tests.pg import fresh_database
 
 ACK_WAIT = 5  # seconds: the frozen runner's jobs go to the other runner while it is stopped
@@ -41,3 +41,40 @@ def test_chaos_soak_loses_nothing_and_runs_no_finished_activity_twice(tmp_path: 
     assert t.states["COMPLETED"] > 0, table
     assert t.drained, table
     assert {k: n for k, n in t.failures().items() if n} == {}, table
+
+
+@pytest.mark.timeout(480)
+def test_chaos_soak_with_the_database_killed_and_frozen(tmp_path: Path) -> None:
+    """The same soak on a PostgreSQL of the harness's own, killed (SIGKILL of every one of
+    its processes, then started again: a crash recovery) and frozen past the services'
+    request timeouts, with a runner killed while it is down (its sessions resume on the
+    next runner meanwhile: they must wait for the database, not end in ERROR "could not
+    prepare the session's code: build.get failed with OperationalError") and stores
+    killed. Nothing is lost, listed twice or left unlisted (a session whose records the
+    store set aside), and every session completes."""
+    faults = [
+        Fault(at=4.0, action=KILL, target=DB),
+        Fault(at=6.0, action=KILL, target="runner"),
+        Fault(at=10.0, action=KILL, target="store"),
+        Fault(at=20.0, action=FREEZE, target=DB),
+        Fault(at=24.0, action=KILL, target="store"),
+    ]
+    t = run(
+        Config(
+            rate=4,
+            duration=30.0,
+            sleep=1.0,
+            freeze=12.0,
+            db_down=12.0,
+            drain=200,
+            faults=faults,
+            targets=(*SERVICES, DB),
+            root=tmp_path,
+            env={"AK_JOBS__ACK_WAIT": str(ACK_WAIT)},
+        )
+    )
+    table = t.table()
+    assert t.faults[(KILL, DB)] == 1 and t.faults[(FREEZE, DB)] == 1, table
+    assert t.drained, table
+    assert {k: n for k, n in t.failures().items() if n} == {}, table
+    assert set(t.states) == {"COMPLETED"}, table
