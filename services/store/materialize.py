@@ -191,6 +191,27 @@ def retire_drained(conn: Connection, ended: set[str]) -> None:
             conn.execute(_RETIRE, {"dep": dep})
 
 
+def end_unkept(engine: Engine, session_id: str, error: str, t_us: int, keys: Keyring) -> None:
+    """Ends a session in ERROR with ``error`` when its `ended` record could not be kept (set
+    aside): the session did end, and nothing else would ever say so in SQL (it stayed
+    RUNNING, its subscriptions judged for every event, its deployment never retired)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(_SESSIONS)
+            .where(
+                _SESSIONS.c.session_id == session_id,
+                _SESSIONS.c.state.not_in(wire.FINAL_STATES),
+            )
+            .values(
+                state=wire.ERROR,
+                error=seal_column(keys, session_id, "error", error),
+                updated_us=t_us,
+            )
+        )
+        retire_drained(conn, {session_id})
+        conn.execute(delete(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.session_id == session_id))
+
+
 def apply_events(conn: Connection, events: list[wire.Event], keys: Keyring) -> None:
     """Keeps events, their data sealed (the caller commits); an event already kept is
     skipped."""

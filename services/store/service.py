@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from akcore import bus, keycheck, ops, service, subjects, tracing, wire
+from akcore import bus, keycheck, ops, service, subjects, timefmt, tracing, wire
 from akcore import requests as rq
 from akcore.config import ENV_DB_DSN, Settings
 from akcore.datakey import Keyring
@@ -29,7 +29,7 @@ from . import dbfaults, keycanary
 from .api import StoreApi
 from .cleanup import Purger, prune
 from .db import open_engine
-from .materialize import apply_events, apply_records, apply_spans
+from .materialize import apply_events, apply_records, apply_spans, end_unkept
 from .room import Room, tell
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,18 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     purger = Purger(js, engine, sql)
 
     async def record_set_aside(rec: wire.JournalRecord, error: str) -> None:
-        """A session must not go on without its history: it ends in ERROR."""
+        """A session must not go on without its history: it ends in ERROR. One whose end is
+        the record set aside has ended already: SQL is told here, as nothing else would."""
+        if rec.kind == wire.ENDED:
+            reason = (
+                f"error: the store could not keep this session's end ({error}); it ended, "
+                "but how is not known here: `ak session log` shows its last records"
+            )
+            try:
+                await sql(end_unkept, engine, rec.session_id, reason, timefmt.now_us(), api.keys)
+            except Exception as e:  # (the log has said it was set aside)
+                log.warning("session %s: its end not kept either: %r", rec.session_id, e)
+            return
         reason = (
             f"error: the store could not keep record {rec.seq} ({rec.kind}) of this session "
             f"({error}); the session was ended so that it does not go on without it"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import ak_store.service as store_service
+import pytest
 from ak_store.cleanup import Purger, prune
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records, apply_spans
@@ -14,6 +16,7 @@ from ak_store.service import run as run_store
 from akcore import bus, chunks, ids, journal, subjects, wire
 from akcore.config import Settings
 from akcore.datakey import Keyring
+from akcore.errors import NotFound
 from akcore.retention import Retention
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine, text
@@ -187,4 +190,34 @@ async def test_a_record_the_store_cannot_keep_ends_its_session(settings: Setting
         assert stop.reason.startswith("error: the store could not keep record 1 (print) of this")
         got = await bus.store_call(nc, "session.get", {"session": other})
         assert got["state"] == "CREATED"  # the records after it were applied
+        await nc.close()
+
+
+async def test_a_session_whose_end_the_store_cannot_keep_ends_in_sql(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its `ended` record set aside, a session that had ended stayed RUNNING in SQL for
+    ever (the stop the store sends reaches no one): it now ends in ERROR there, saying so."""
+    monkeypatch.setattr(store_service, "MAX_APPLY_ATTEMPTS", 2)
+    async with running(run_store, settings, "store"):
+        nc = await bus.connect(settings.nats_url, "t")
+        js = nc.jetstream()
+        sid = ids.new_id("ses")
+        for rec in (
+            wire.JournalRecord(sid, 0, wire.CREATED, 1, {"project_id": "prj_1"}),
+            wire.JournalRecord(sid, 1, wire.STARTED, 2, {"attempt": 1}),
+            wire.JournalRecord(sid, 2, wire.ENDED, 2**70, {"state": wire.COMPLETED}),
+        ):
+            await js.publish(subjects.journal_subject(sid), wire.encode(rec))
+
+        async def ended() -> dict[str, Any] | None:
+            try:
+                got: dict[str, Any] = await bus.store_call(nc, "session.get", {"session": sid})
+            except NotFound:  # (not applied yet)
+                return None
+            return got if got["state"] not in ("CREATED", "RUNNING") else None
+
+        got = await eventually(ended, timeout=60)
+        assert got["state"] == "ERROR"
+        assert got["error"].startswith("error: the store could not keep this session's end (")
         await nc.close()
