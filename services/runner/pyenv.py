@@ -214,6 +214,8 @@ class Build:
     deadline: float = 0.0
     finished: float = 0.0  # when it was done (time.monotonic)
     within: frozenset[str] = frozenset()  # the projects of the limited token that asked for it
+    # whose turns it may be built in (``Turns``): the first to ask, then others that need it
+    holders: list[frozenset[str]] = field(default_factory=list)
     min_free_mb: int = 0  # room kept free on ``disks`` (AK_RUNNER__PACKAGES_MIN_FREE_MB); 0: none
     disks: tuple[tuple[str, str], ...] = ()  # what its tools write to: (a name, a path on it)
     created: bool = False  # whether it made the venv (removed again when it fails)
@@ -643,18 +645,22 @@ class PythonEnvs:
     def _start(self, spec: Spec, within: frozenset[str] = frozenset()) -> Build:
         running = self._builds.get(spec.path)
         if running is not None and not running.done.is_set():
+            if within not in running.holders:  # (it may take this one's turn: ``Turns``)
+                running.holders.append(within)
+                self._turns.joined()
             return running
         self._forget_finished()
         build = Build(
             spec, self.timeout, self.memory_mb, env_names=self.env_names, files=self.files
         )
         build.within, build.min_free_mb = within, self.min_free_mb
+        build.holders = [within]
         build.disks = _disks(self.users)
         self._builds[spec.path] = build
 
         async def go() -> None:
             try:
-                async with self._turns.turn(build.within, build.say):
+                async with self._turns.turn(build.holders, build.say):
                     await _build(build, self.users)
             except EnvError as e:
                 build.error = e.message

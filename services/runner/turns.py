@@ -8,6 +8,12 @@ build twelve together, each allowed 4 GiB and 512 processes. With turns alone, f
 first served, one project's builds (a session each, on deployments of its own that differ
 by a comment in requirements.txt) would fill the line and every turn, and another
 project's deploy would wait behind all of them.
+
+An environment is built once for all who need it: while it waits, each holder that comes to
+need it may give it its turn (``Turns.joined``). It waited in the turns of the one that asked
+first alone, and every other project's sessions with it, a turn free, while that one's other
+build ran (up to the packages' time limit): the default environment after an upgrade, first
+asked by a session of a project building another.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ Holder = frozenset[str]  # project ids; the empty one: no limit of its own (an u
 
 @dataclass
 class _Waiting:
-    holder: Holder
-    given: asyncio.Future[None]
+    holders: list[Holder]  # any of them may take the turn, the first asked first
+    given: asyncio.Future[Holder]  # the holder whose turn it took
 
 
 class Turns:
@@ -45,26 +51,32 @@ class Turns:
         return self.busy < self.size and not (holder and self._running.get(holder))
 
     @contextlib.asynccontextmanager
-    async def turn(self, holder: Holder, say: Callable[[str], None]) -> AsyncIterator[None]:
-        """Waits for a turn of ``holder``'s (``say`` says why, once, when it must), holds it
-        while the caller builds."""
-        waiting = _Waiting(holder, asyncio.get_running_loop().create_future())
+    async def turn(self, holders: list[Holder], say: Callable[[str], None]) -> AsyncIterator[None]:
+        """Waits for a turn of one of ``holders`` (``say`` says why, once, when it must),
+        holds it while the caller builds. The caller may add holders to the list while it
+        waits, then tells ``joined``."""
+        waiting = _Waiting(holders, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)  # (behind those waiting already)
         self._hand_out()
         if not waiting.given.done():
-            say(self._why_wait(holder))
+            say(self._why_wait(holders[0]))
             try:
                 await asyncio.shield(waiting.given)
             except asyncio.CancelledError:
                 if waiting.given.done():  # given meanwhile: passed on
-                    self._give_back(holder)
+                    self._give_back(waiting.given.result())
                 else:
                     self._waiting.remove(waiting)
                 raise
+        holder = waiting.given.result()
         try:
             yield
         finally:
             self._give_back(holder)
+
+    def joined(self) -> None:
+        """A waiting build has a holder more: it may take a turn of that one's now."""
+        self._hand_out()
 
     def _why_wait(self, holder: Holder) -> str:
         if holder and self._running.get(holder):
@@ -91,7 +103,8 @@ class Turns:
         for waiting in list(self._waiting):
             if self.busy >= self.size:
                 return
-            if self._may_run(waiting.holder):
+            holder = next((h for h in waiting.holders if self._may_run(h)), None)
+            if holder is not None:
                 self._waiting.remove(waiting)
-                self._take(waiting.holder)
-                waiting.given.set_result(None)
+                self._take(holder)
+                waiting.given.set_result(holder)

@@ -542,6 +542,44 @@ async def test_one_projects_builds_do_not_hold_up_anothers(
 
 
 @pytest.mark.usefixtures("homes")
+async def test_an_environment_another_project_waits_for_takes_a_free_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment is built once for all who need it, in the turns of the project that
+    asked first: one that project queued behind its own build (the default environment
+    after an upgrade, asked by a session of a project whose other environment is being
+    built) kept every other project's sessions waiting for it, a turn free, for as long as
+    that other build took (up to AK_RUNNER__PACKAGES_TIMEOUT). Another project asking for
+    it now lets it take a free turn of its own."""
+    installs = Installs(monkeypatch)
+    envs = pyenv.PythonEnvs("", tmp_path / "sdk", builds=2)
+    busy = asyncio.create_task(envs.python_for(b"aaa\n", "prj_first"))
+    await asyncio.wait_for(installs.of("aaa\n")[0].wait(), 10)
+    queued = asyncio.create_task(envs.python_for(b"bbb\n", "prj_first"))
+    await asyncio.wait_for(_said(envs, b"bbb\n", "waiting for a turn"), 10)
+    other = asyncio.create_task(envs.python_for(b"bbb\n", "prj_other"))
+    started, release = installs.of("bbb\n")
+    await asyncio.wait_for(started.wait(), 10)  # a turn was free: built now, for both
+    assert not busy.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(queued, other), 10)
+    # ... under the other project's turn: the first project's own may still take one.
+    third = asyncio.create_task(envs.python_for(b"ccc\n", "prj_third"))
+    await asyncio.wait_for(installs.of("ccc\n")[0].wait(), 10)
+    for text in ("aaa\n", "ccc\n"):
+        installs.of(text)[1].set()
+    await asyncio.wait_for(asyncio.gather(busy, third), 10)
+    assert envs._turns.busy == 0
+
+
+async def _said(envs: pyenv.PythonEnvs, requirements: bytes, start: str) -> None:
+    """Until the build of ``requirements`` has said a line starting with ``start``."""
+    path = pyenv.spec_for(requirements).path
+    while not any(x.startswith(start) for x in getattr(envs._builds.get(path), "lines", [])):
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.usefixtures("homes")
 async def test_finished_builds_keep_a_bounded_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
