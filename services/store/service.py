@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -79,12 +80,15 @@ async def consume(
     stop the rest. A batch the database refuses for a reason of its own (away, read-only,
     full) is handed back whole, and the consumer pauses: every message would fail alike,
     and none may be set aside for it. One failing for no known reason while the database
-    answers is tried message by message, the others applied, none set aside for it.
-    ``applied`` hears of each batch once it is committed."""
+    answers is tried message by message, the others applied; such a message is set aside
+    only once it has failed ``MAX_UNKNOWN_ATTEMPTS`` times while others went through
+    (``Progress``): one failing for ever would never end its session. ``applied`` hears of
+    each batch once it is committed."""
     puller = await bus.Puller.bind(nc, durable)
     loop = asyncio.get_running_loop()
     last = 0.0
     outage = Outage(durable)
+    progress = Progress()
     try:
         while not stop.is_set():
             msgs = await puller.take(BATCH)
@@ -117,7 +121,9 @@ async def consume(
                     )
                 done = []
                 for msg, item in batch:
-                    if await _apply_one(msg, item, apply, engine, durable, sql, set_aside, quiet):
+                    if await _apply_one(
+                        msg, item, apply, engine, durable, sql, set_aside, quiet, progress
+                    ):
                         done.append((msg, item))
                 if applied is not None:
                     applied(done)
@@ -132,6 +138,7 @@ async def consume(
             outage.over()
             for msg, _ in batch:
                 await msg.ack()
+            progress.went_through(len(batch))
             if applied is not None:
                 applied(batch)
     finally:
@@ -166,6 +173,42 @@ def _in_transaction(
 
 # Deliveries of a message that fails to apply on its own before it is set aside.
 MAX_APPLY_ATTEMPTS = 5
+# Deliveries of a message failing for no known reason (not surely its own doing, nor the
+# database's) before it is set aside, if others went through meanwhile: ~3 minutes of
+# retries (each delayed a second more than the last).
+MAX_UNKNOWN_ATTEMPTS = 20
+
+
+class Progress:
+    """What a consumer applied, to tell a message failing alone (a bug of the store's on
+    it: the database takes the others) from one failing as every message does (a schema
+    older than the code: none may be set aside for it)."""
+
+    KEPT = 10_000  # messages failing at once that are remembered (the oldest forgotten)
+
+    def __init__(self) -> None:
+        self.count = 0  # messages applied so far
+        self._failed: dict[tuple[str, int], int] = {}  # a failing message: ``count`` then
+
+    def went_through(self, n: int = 1) -> None:
+        self.count += n
+
+    def others_since_first_failure(self, msg: Msg) -> bool:
+        """Whether other messages were applied since ``msg`` first failed (remembered now,
+        if it was not)."""
+        key = self._key(msg)
+        if key not in self._failed:
+            if len(self._failed) >= self.KEPT:
+                del self._failed[next(iter(self._failed))]
+            self._failed[key] = self.count
+        return self.count > self._failed[key]
+
+    def forget(self, msg: Msg) -> None:
+        self._failed.pop(self._key(msg), None)
+
+    @staticmethod
+    def _key(msg: Msg) -> tuple[str, int]:
+        return msg.subject, zlib.crc32(msg.data)
 
 
 async def _apply_one(
@@ -177,18 +220,22 @@ async def _apply_one(
     sql: Sql,
     set_aside: Callable[[T, str], Awaitable[None]] | None,
     quiet: bool = False,
+    progress: Progress | None = None,
 ) -> bool:
-    """Applies one message alone; sets it aside when it keeps failing by its own doing.
-    ``quiet``: a failure to retry is not logged (each failed alone the time before)."""
+    """Applies one message alone; sets it aside when it keeps failing by its own doing, or
+    for no known reason while others go through (``progress``). ``quiet``: a failure to
+    retry is not logged (each failed alone the time before)."""
+    progress = progress or Progress()
     try:
         await sql(_in_transaction, engine, apply, [item])
     except Exception as e:
         attempts = msg.metadata.num_delivered or 1
+        alone = not dbfaults.database_away(e) and progress.others_since_first_failure(msg)
         if (
-            attempts >= MAX_APPLY_ATTEMPTS
-            and dbfaults.message_at_fault(e)
-            and await _database_answers(engine, sql)
-        ):
+            (attempts >= MAX_APPLY_ATTEMPTS and dbfaults.message_at_fault(e))
+            or (attempts >= MAX_UNKNOWN_ATTEMPTS and alone)
+        ) and await _database_answers(engine, sql):
+            progress.forget(msg)
             log.exception(
                 "%s: %s could not be applied in %d attempts; set aside",
                 durable,
@@ -204,6 +251,8 @@ async def _apply_one(
         await msg.nak(delay=float(attempts))
         return False
     await msg.ack()
+    progress.forget(msg)
+    progress.went_through()
     return True
 
 

@@ -44,14 +44,18 @@ class FakePuller:
 
     async def take(self, n: int, timeout: float | None = None) -> list[FakeMsg]:
         pending = [m for m in self.msgs if m.outcome in ("", "nak")]
-        if not self.rounds or not pending:
+        if not pending:  # (all handed out: none more until some come back)
+            if all(m.outcome in ("ack", "term") for m in self.msgs):
+                self.stop.set()
+            return []
+        if not self.rounds:
             self.stop.set()
             return []
         self.rounds -= 1
         for m in pending:
             if m.outcome:
                 m.metadata.num_delivered += 1
-            m.outcome = ""
+            m.outcome = "out"  # (not handed out again until acknowledged or handed back)
         return pending
 
     async def close(self) -> None:
@@ -118,11 +122,34 @@ async def test_one_records_bug_holds_up_no_other_record(monkeypatch: pytest.Monk
     assert not aside
 
 
+async def test_a_record_failing_alone_for_ever_is_set_aside_in_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record failing for no known reason while the others go through is not retried
+    for ever (its session would never end): after MAX_UNKNOWN_ATTEMPTS deliveries it is
+    set aside, as one failing by its own doing is after fewer."""
+    recs = _records("ses_bad", "ses_a", "ses_b")
+    rounds = store_service.MAX_UNKNOWN_ATTEMPTS + 5
+    msgs, applied, aside = await _consume(
+        monkeypatch,
+        recs,
+        lambda batch: any(r.session_id == "ses_bad" for r in batch),
+        rounds=rounds,
+    )
+    assert [r.session_id for r in applied] == ["ses_a", "ses_b"]
+    assert aside == ["ses_bad"]
+    assert msgs[0].outcome == "term"
+    assert msgs[0].metadata.num_delivered == store_service.MAX_UNKNOWN_ATTEMPTS
+
+
 async def test_a_failure_of_every_record_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """When every record fails alike (a schema older than the code), none is set aside,
-    however many rounds."""
+    however many rounds (more than a record failing alone is given)."""
     msgs, applied, aside = await _consume(
-        monkeypatch, _records("ses_a", "ses_b"), lambda batch: True, rounds=10
+        monkeypatch,
+        _records("ses_a", "ses_b"),
+        lambda batch: True,
+        rounds=store_service.MAX_UNKNOWN_ATTEMPTS + 5,
     )
     assert not applied and not aside
     assert [m.outcome for m in msgs] == ["nak", "nak"]
