@@ -267,6 +267,10 @@ def _where(url: str) -> str:
     return f"{u.hostname}:{u.port or 4222}"
 
 
+# Seconds between two log lines of a service whose reconnects the server refuses.
+REFUSED_EVERY = 60.0
+
+
 def _refused(url: str, name: str, user: str) -> CredentialsRefused:
     where = ", ".join(_where(u) for u in server_list(url))
     what = f"the credentials of user {user!r}" if user else "a connection without credentials"
@@ -322,12 +326,24 @@ async def connect(
     happened (one line), unless the connection's owner closed it."""
     loop = asyncio.get_running_loop()
     refused: asyncio.Future[None] = loop.create_future()
+    said_refused = [-REFUSED_EVERY, 0]  # when a refused reconnect was last said; since then
+
+    def say_refused() -> None:
+        """Says a refused reconnect: the first, then once every ``REFUSED_EVERY`` seconds
+        with how many there were (one line per try, twice a second, flooded the log)."""
+        said_refused[1] += 1
+        if loop.time() - said_refused[0] < REFUSED_EVERY:
+            return
+        more = said_refused[1] - 1
+        again = f" ({more} more refusals since last said)" if more else ""
+        log.error("nats: %s%s", _refused(url, name, user).message, again)
+        said_refused[:] = [loop.time(), 0]
 
     async def on_error(e: Exception) -> None:
         if not _is_refusal(e):
             log.warning("nats: %s", e)
         elif connecting.done():  # reconnecting: it goes on trying (a server may disagree)
-            log.error("nats: %s", _refused(url, name, user).message)
+            say_refused()
         elif not refused.done():  # the first connection: the caller hears of it
             refused.set_result(None)
 

@@ -7,6 +7,7 @@ then ``bus.connect``'s own part, in-process: which closes are a loss."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -130,3 +131,41 @@ async def test_reconnects_running_out_count_as_a_loss(tmp_path: Path) -> None:
 async def _until(probe: Callable[[], bool]) -> None:
     while not probe():
         await asyncio.sleep(0.01)
+
+
+# nats-py leaves the socket of each refused reconnect to the garbage collector.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_refused_reconnects_are_said_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service whose server comes back not taking its user any more (restarted with
+    other passwords) keeps trying, refused each time (another server of a cluster may take
+    it): it said so in one log line per try, twice a second, for as long as it lasted. Now
+    once, then once a minute with how many more there were."""
+    from akcore import natsauth
+
+    def auth(password: str) -> str:
+        return natsauth.authorization_block({"runner": json.dumps(password)}, {})
+
+    proc, url = natsserver.start(tmp_path / "nats", auth=auth("first"))
+    port = int(url.rsplit(":", 1)[1])
+    nc = await bus.connect(url, "ak-runner", user="runner", password="first")
+    proc.terminate()
+    proc.wait(timeout=10)
+    log_file = tmp_path / "nats.log"
+    proc, _ = natsserver.start(tmp_path / "nats", port=port, auth=auth("second"), log_file=log_file)
+    try:
+        for _ in range(600):
+            if log_file.read_text().count("authentication error") >= 4:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(log_file.read_text()[-2000:])
+        await asyncio.sleep(0.1)  # (the client's error callback of the last refusal)
+        said = [r for r in caplog.records if "refused the credentials" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        assert not nc.is_closed
+        await nc.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
