@@ -112,7 +112,10 @@ class _Checker:
             self.fail(f"{where}.{key}", "holds a NUL character (\\0), which no text here may")
             return ""
         if most and len(d[key]) > most:
-            self.fail(f"{where}.{key}", f"{len(d[key]):,} characters, over the limit of {most:,}")
+            self.fail(
+                f"{where}.{key}",
+                f"{len(d[key]):,} characters, over the limit of {most:,}: shorten it",
+            )
             return ""
         return str(d[key])
 
