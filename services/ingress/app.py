@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,13 @@ SANDBOX = (
     b"content-security-policy",
     b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads",
 )
+# Audio or video is the exception: opened by its URL it is the browser's own player, which
+# runs no script of the answer's, and which, sandboxed, fetches the media from its opaque
+# origin (cross-origin: refused) and plays nothing. No "+" (a "+xml" type renders as XML,
+# whose script runs). It is sent with NOSNIFF, whatever the answer said, so that no browser
+# reads its body as a page.
+MEDIA = re.compile(rb"(audio|video)/[a-z0-9][a-z0-9.-]*")
+NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 # An over-limit webhook body is still read (and dropped) up to this size (read_body).
@@ -301,14 +309,28 @@ def is_ui_path(path: str) -> bool:
 
 def _sandboxed(send: Any) -> Any:
     """``send`` with ``SANDBOX`` added to the response's headers (beside any policy the
-    answer has: a browser enforces each)."""
+    answer has: a browser enforces each), or, for audio or video, ``NOSNIFF`` in place of
+    the answer's own (``MEDIA``)."""
 
     async def sending(message: Any) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), SANDBOX]}
+            headers = list(message.get("headers", ()))
+            if _is_media(headers):
+                headers = [h for h in headers if h[0].lower() != NOSNIFF[0]] + [NOSNIFF]
+            else:
+                headers.append(SANDBOX)
+            message = {**message, "headers": headers}
         await send(message)
 
     return sending
+
+
+def _is_media(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the answer has one Content-Type, and it is audio or video (``MEDIA``)."""
+    types = [value for name, value in headers if name.lower() == b"content-type"]
+    if len(types) != 1:
+        return False
+    return MEDIA.fullmatch(types[0].split(b";", 1)[0].strip().lower()) is not None
 
 
 def _too_large(limit: int) -> Response:

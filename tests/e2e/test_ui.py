@@ -370,6 +370,25 @@ def test_numbers_out_of_range_and_mistyped_ids_are_clear_errors(
     assert status == 400 and f"must be a whole number, not {2**64 - 1}" in reply.error, reply
 
 
+def test_a_webhooks_audio_or_video_is_not_sandboxed_and_never_sniffed(
+    stack: Stack, demo: dict[str, str]
+) -> None:
+    """An answer that is audio or video is the browser's own player, which runs no script of
+    the answer's (and plays nothing sandboxed): it comes unsandboxed, with nosniff whatever
+    the handler says, so that no browser reads its body as a page. Any other type (SVG and
+    XML run script), or one that only looks like media, stays sandboxed."""
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        for kind in ("audio/wav", "video/mp4", "Audio/X-WAV; codecs=1"):
+            for sniff in ("", "sniff-it"):
+                got = client.get(demo["sound"], params={"type": kind, "sniff": sniff})
+                assert got.status_code == 200 and got.content.startswith(b"RIFF"), got.text
+                assert "content-security-policy" not in got.headers, (kind, got.headers)
+                assert got.headers.get_list("x-content-type-options") == ["nosniff"], kind
+        for kind in ("image/svg+xml", "text/html", "video/x+xml", "audio/wav, text/html", ""):
+            got = client.get(demo["sound"], params={"type": kind})
+            assert got.headers["content-security-policy"].startswith("sandbox "), kind
+
+
 def test_a_webhooks_answer_is_sandboxed_and_sets_no_ui_cookie(
     stack: Stack, demo: dict[str, str]
 ) -> None:

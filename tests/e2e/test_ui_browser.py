@@ -189,6 +189,18 @@ def test_pages_fit_a_phone(stack: Stack, browser: Any, demo: dict[str, str]) -> 
         browser.set_window_size(1280, 900)
 
 
+def test_a_webhooks_sound_plays_opened_by_its_url(
+    stack: Stack, browser: Any, demo: dict[str, str]
+) -> None:
+    """A sync webhook's audio (or video) opened by its URL plays in the browser's own player
+    (which, in a sandboxed document, fetched it from an opaque origin and was refused)."""
+    browser.get(stack.url + demo["sound"])
+    script = """const v = document.querySelector('video');
+        return !v ? '' : v.error ? 'error ' + v.error.code : v.readyState >= 1 ? 'loaded' : '';"""
+    state = chromium.wait_for(browser, lambda d: d.execute_script(script), "the player")
+    assert state == "loaded", state
+
+
 def test_a_webhooks_page_cannot_act_as_the_ui(
     stack: Stack, browser: Any, demo: dict[str, str]
 ) -> None:

@@ -1,7 +1,8 @@
 """The project the web UI's tests deploy: prints that try to be markup, an activity, a
 secret var, a session that waits (for the stop button and for prints that stream), one
 that starts two children, and sync webhooks whose answers try to act as the UI (a page
-whose script reads the UI and posts its forms, a cookie named as the UI's login)."""
+whose script reads the UI and posts its forms, a cookie named as the UI's login), and one
+whose answer is a sound, to be played."""
 
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ project:
       call: h.py:cookie
       webhook: {{}}
       is_sync: true
+    - name: sound
+      call: h.py:sound
+      webhook: {{}}
+      is_sync: true
 """
 
 CODE = f"""\
@@ -99,6 +104,22 @@ def cookie(event):
     name = event.data.url.query.get("name", "ak_ui_token")
     headers = {{"Set-Cookie": f"{{name}}=theirs; Path=/ui"}}
     autokitteh.http_outcome(200, body="ok", headers=headers)
+
+
+def sound(event):
+    # a WAV of 1 s of near silence, every byte of it ASCII (a body is text); ?type= and
+    # ?sniff= set its Content-Type and X-Content-Type-Options
+    import struct
+
+    data = b"\\x7f" * 8000
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, 8000, 8000, 1, 8)
+    wav = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
+    wav += b"data" + struct.pack("<I", len(data)) + data
+    query = event.data.url.query
+    headers = {{"Content-Type": query.get("type", "audio/wav")}}
+    if query.get("sniff"):
+        headers["X-Content-Type-Options"] = query.get("sniff")
+    autokitteh.http_outcome(200, body=wav, headers=headers)
 """
 
 
