@@ -132,8 +132,7 @@ async def consume(
                 elif not dbfaults.message_at_fault(e):
                     # Each failed alone for no known reason (a schema older than the code):
                     # none was set aside; waited out as the database's faults are.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), outage.failed(e))
+                    await _pause(stop, outage.failed(e))
                 continue
             outage.over()
             for msg, _ in batch:
@@ -160,8 +159,13 @@ async def _wait_out(pause: float, batch: list[tuple[Msg, Any]], stop: asyncio.Ev
     """Hands ``batch`` back to be delivered after ``pause`` seconds, and pauses as long."""
     for msg, _ in batch:
         await msg.nak(delay=pause)
+    await _pause(stop, pause)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Waits ``seconds``, or less if the consumer is asked to stop."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), pause)
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def _in_transaction(
@@ -219,13 +223,12 @@ async def _apply_one(
     durable: str,
     sql: Sql,
     set_aside: Callable[[T, str], Awaitable[None]] | None,
-    quiet: bool = False,
-    progress: Progress | None = None,
+    quiet: bool,
+    progress: Progress,
 ) -> bool:
     """Applies one message alone; sets it aside when it keeps failing by its own doing, or
     for no known reason while others go through (``progress``). ``quiet``: a failure to
     retry is not logged (each failed alone the time before)."""
-    progress = progress or Progress()
     try:
         await sql(_in_transaction, engine, apply, [item])
     except Exception as e:
