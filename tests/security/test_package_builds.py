@@ -410,16 +410,24 @@ TEMPS = (
 )
 
 
+def _deploy_package(
+    stack: Stack, project: str, package: str, script: str
+) -> subprocess.CompletedProcess[str]:
+    """``ak deploy``, with a token limited to ``project``, of a project whose
+    requirements.txt names ``package``, an sdist whose build runs ``script``."""
+    home: Path = stack.home  # type: ignore[attr-defined]
+    _sdist(home / "index", package, script)
+    env = _limited(stack, project)
+    files = {"autokitteh.yaml": f"version: v1\nproject:\n  name: {project}\n", "h.py": "x = 1\n"}
+    proj = write_project(home / project, {**files, "requirements.txt": f"{package}\n"})
+    return _ak(env, "deploy", "--manifest", str(proj / "autokitteh.yaml"))
+
+
 def test_a_build_script_writes_to_temporary_directories_of_its_own(stack: Stack) -> None:
     """A package's build script has /tmp and /var/tmp of its own, in memory, of at most the
     build's memory limit (and counted against it): it wrote to the machine's, on the disk
     of the data home, the database and NATS's store, which nothing bounded."""
-    home: Path = stack.home  # type: ignore[attr-defined]
-    _sdist(home / "index", "temppkg", TEMPS)
-    env = _limited(stack, "temps")
-    files = {"autokitteh.yaml": "version: v1\nproject:\n  name: temps\n", "h.py": "x = 1\n"}
-    proj = write_project(home / "temps", {**files, "requirements.txt": "temppkg\n"})
-    res = _ak(env, "deploy", "--manifest", str(proj / "autokitteh.yaml"))
+    res = _deploy_package(stack, "temps", "temppkg", TEMPS)
     said = [line.split() for line in res.stderr.splitlines() if " TEMP /" in line]
     seen = {words[-3]: (int(words[-2]), int(words[-1])) for words in said}
     assert set(seen) == {"/tmp", "/var/tmp"}, res.stderr
@@ -497,12 +505,7 @@ def test_a_failed_build_leaves_no_venv_behind(stack: Stack) -> None:
     """The venv of a build that failed is removed, with what its build scripts wrote
     there: one per requirements.txt (a comment more is another), they took the data
     home's disk for good."""
-    home: Path = stack.home  # type: ignore[attr-defined]
-    _sdist(home / "index", "junkpkg", JUNK)
-    env = _limited(stack, "junk")
-    files = {"autokitteh.yaml": "version: v1\nproject:\n  name: junk\n", "h.py": "x = 1\n"}
-    proj = write_project(home / "junk", {**files, "requirements.txt": "junkpkg\n"})
-    res = _ak(env, "deploy", "--manifest", str(proj / "autokitteh.yaml"))
+    res = _deploy_package(stack, "junk", "junkpkg", JUNK)
     assert res.returncode != 0
     [venv] = [line.split()[-1] for line in res.stderr.splitlines() if " JUNK /" in line]
     assert Path(venv).parent == Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "venvs"
