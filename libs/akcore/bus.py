@@ -602,6 +602,32 @@ class Publisher:
 _publishers: weakref.WeakKeyDictionary[Client, Publisher] = weakref.WeakKeyDictionary()
 
 
+class _AtOnce:
+    """Stands in for the future of a subscription made with one (``subscribe(future=)``):
+    nats-py hands each message of such a subscription to ``set_result`` in its read loop,
+    instead of queueing it for a task of the subscription's own (``cb=``) that wakes up
+    for every message. The handler must be quick and never raise (an error here would end
+    the client's read loop): what it raises is logged and dropped."""
+
+    def __init__(self, handler: Callable[[Msg], None]) -> None:
+        self.handler = handler
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        try:
+            self.handler(msg)
+        except Exception:
+            log.exception("a subscription's handler failed on %s", msg.subject)
+
+
+async def subscribe_at_once(nc: Client, subject: str, handler: Callable[[Msg], None]) -> Any:
+    """A subscription whose messages go to ``handler`` as the client reads them (no task,
+    no queue; see ``_AtOnce``); resubscribed on reconnect as any. ``unsubscribe()`` ends it."""
+    return await nc.subscribe(subject, future=_AtOnce(handler))  # type: ignore[arg-type]
+
+
 def publisher(nc: Client) -> Publisher:
     """The connection's ``Publisher``."""
     pub = _publishers.get(nc)

@@ -12,10 +12,14 @@ Records rest sealed (``journal.seal``): the writer seals each, the reader unseal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
@@ -251,6 +255,74 @@ async def _read(
         await sub.unsubscribe()
 
 
+# Records after which an attempt writes nothing more: another may write the journal then.
+LAST_RECORDS = (journal.Ended, journal.Retry, journal.Parked)
+
+
+class JournalWatch:
+    """Stops an attempt as soon as another attempt of its session is about to write.
+
+    Two attempts may run one session at once when JetStream delivers its job twice (a
+    consumer leader change in a cluster, while the first holder's heartbeats are still
+    confirmed): the fence stops the older one at its next write, but its worker may start
+    the next step meanwhile, so that an activity runs twice, both at once. Every attempt
+    says on ``ak.attempts.<session>`` (core NATS) that it is about to write its `started`
+    record, and which record it expects to be the journal's last (``announce``); each
+    attempt of the session listening there calls ``on_taken`` when that record would be
+    stored after its own (``JournalWriter.overtaken``), which is before the new attempt's
+    worker can start a step. The fence remains the guarantee: the watch narrows the window
+    to the time a message takes (an attempt that announced before another subscribed, or
+    a runner frozen as the notice came, is left to the fence). One notice per attempt:
+    nothing is added to a step."""
+
+    def __init__(self, writer: JournalWriter, on_taken: Callable[[str], None]) -> None:
+        self.writer, self.on_taken = writer, on_taken
+        self.subject = subjects.attempts_subject(writer.session_id)
+        self.token = secrets.token_hex(8)
+        self._nc: Client | None = None
+        self._sub: Any = None
+        self.heard = 0  # notices heard, its own included (for tests)
+
+    async def start(self, nc: Client) -> None:
+        self._nc = nc
+        self._sub = await bus.subscribe_at_once(nc, self.subject, self._on_msg)
+
+    async def stop(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # (the connection closed: nothing to undo)
+                await sub.unsubscribe()
+
+    async def announce(self, attempt: int, runner: str) -> None:
+        """Says that this attempt writes its `started` record next (as the writer stands)."""
+        if self._nc is None:
+            return
+        notice = wire.AttemptNotice(
+            token=self.token,
+            expected_last=self.writer.last,
+            record=self.writer.seq,
+            attempt=attempt,
+            runner=runner,
+        )
+        await self._nc.publish(self.subject, wire.encode(notice))
+
+    def _on_msg(self, msg: Msg) -> None:
+        self.heard += 1
+        try:
+            notice = wire.decode(wire.AttemptNotice, msg.data)
+        except (ValueError, TypeError) as e:
+            log.warning("session %s: a malformed attempt notice: %s", self.writer.session_id, e)
+            return
+        if notice.token == self.token or self._sub is None:
+            return
+        if self.writer.overtaken(notice.expected_last):
+            self.on_taken(
+                f"attempt {notice.attempt} of runner {notice.runner or '?'} took the session "
+                f"over: its `started` record (number {notice.record}) goes after this "
+                "attempt's records"
+            )
+
+
 class JournalWriter:
     """Appends one attempt's records to a session's journal, fenced (see the module).
 
@@ -284,6 +356,8 @@ class JournalWriter:
         self.last, self.seq, self.may_write = last, seq, may_write
         self.limits, (self.records, self.size) = limits, written
         self.fenced = False
+        self.closed = False  # its last record (an end, a retry, a wait parked) is written
+        self.sending = 0  # appends out, not known to be stored or refused yet
         self.waited_for_room = False
         # Appends cancelled while their publish was out (a stop cancels a step's write):
         # stored or not, the server knows. (record number, data, record), until one lands.
@@ -322,14 +396,33 @@ class JournalWriter:
             subjects.HDR_EXPECTED_LAST_SUBJECT_SEQ: str(self.last),
             subjects.HDR_JOURNAL_BYTES: str(self.size),
         }
+        self.sending += 1
         try:
-            return await self._write(seq, rec, data, headers)
+            stream_seq = await self._write(seq, rec, data, headers)
         except asyncio.CancelledError:
             # Cancelled once its first try went out (a stop cancels a step's write): in a
             # publish, in the pause before another try, or in a look at the journal after
             # one, a try may be stored all the same (the server knows).
             self._unsettled.append((seq, data, rec))
             raise
+        finally:
+            self.sending -= 1
+        if isinstance(p, LAST_RECORDS):
+            self.closed = True
+        return stream_seq
+
+    def overtaken(self, expected_last: int) -> bool:
+        """Whether another attempt's record, which JetStream stores only if the subject's
+        last record is then ``expected_last``, is or will be stored after this attempt's
+        records: that attempt then owns the journal.
+
+        False for a record refused for sure (it expects a record older than this attempt's
+        last stored one), and while an append of this attempt's is out: JetStream stores one
+        of the two, and this one's refusal fences it. Once its last record is written (an
+        end, a retry, a wait parked), others may write after it."""
+        if self.closed or not expected_last or expected_last < self.last:
+            return False
+        return expected_last > self.last or not (self.sending or self._unsettled)
 
     async def _write(
         self, seq: int, rec: wire.JournalRecord, data: bytes, headers: dict[str, str]

@@ -297,6 +297,7 @@ def permissions(service: str) -> Permissions:
                 *_read(subjects.STREAM_JOURNAL),
                 *_read(subjects.STREAM_INBOX),
                 subjects.REPLAY_ALL,  # replay chunks (akcore.chunks)
+                subjects.attempts_subject("*"),  # attempts starting (journalio.JournalWatch)
                 *_read(subjects.STREAM_REPLAY),
                 *_get(subjects.STREAM_EVENTS),  # whose an event is (a session's outcome)
                 *_kv(BUCKET_VALUES),
@@ -311,6 +312,7 @@ def permissions(service: str) -> Permissions:
                 *_common(service),
                 subjects.CHANGED,
                 subjects.inbox_subject("*"),
+                subjects.attempts_subject("*"),  # attempts starting (journalio.JournalWatch)
                 subjects.RUNNER_ALL,
             ),
             deny_publish=_no_durables(subjects.STREAM_JOURNAL, subjects.STREAM_INBOX),

@@ -98,6 +98,13 @@ def journal_subject(session_id: str) -> str:
     return f"{PREFIX}.journal.{session_id}"
 
 
+def attempts_subject(session_id: str) -> str:
+    """Core NATS (not stored): an attempt of the session says it is about to write its
+    `started` record, so that an attempt still running it stops (akcore.journalio.JournalWatch).
+    Not under ``journal_subject``'s prefix: AK_JOURNAL stores all of that."""
+    return f"{PREFIX}.attempts.{session_id}"
+
+
 def inbox_subject(session_id: str) -> str:
     return f"{PREFIX}.inbox.{session_id}"
 

@@ -234,6 +234,20 @@ class JournalRecord:
 
 
 @dataclass
+class AttemptNotice:
+    """On ``ak.attempts.<session_id>`` (core NATS): an attempt of the session is about to
+    write its `started` record as record number ``record``, expecting the journal's last
+    record at stream sequence ``expected_last`` (JetStream stores it only then).
+    ``token``: the attempt's own, to tell its notice from the others'."""
+
+    token: str
+    expected_last: int
+    record: int
+    attempt: int = 0
+    runner: str = ""
+
+
+@dataclass
 class StoreRequest:
     args: dict[str, Any] = field(default_factory=dict)
 

@@ -6,8 +6,12 @@ Off unless the test setting ``AK_TEST__FAULTS`` is set: rules separated by ``;``
 
   actions  ``crash`` (SIGKILL of the runner itself), ``stall=S`` (blocks the runner's event
            loop for S seconds, as a synchronous call would), ``no_heartbeats`` (the session's
-           heartbeats stop from there on), ``unavailable`` (the attempt fails as when the
-           store or NATS is away: it is journaled as a retry and the job naked), ``hold``
+           heartbeats stop from there on), ``forgotten_heartbeats`` (from there on they are
+           not sent, yet the attempt takes them as confirmed: as when the JetStream consumer
+           leader that confirmed them lost them in a leader change, so that the job is
+           delivered again while this attempt still holds it), ``unavailable`` (the
+           attempt fails as when the store or NATS is away: it is journaled as a retry and
+           the job naked), ``hold``
            (the attempt waits, the runner going on, until the file named by ``file=`` exists,
            environment variables expanded: the test makes it when it has done what must
            happen meanwhile; without ``file=``, until a stop request reaches the attempt;
@@ -49,7 +53,16 @@ from nats.aio.client import Client
 log = logging.getLogger(__name__)
 
 ENV = "AK_TEST__FAULTS"
-ACTIONS = ("crash", "stall", "no_heartbeats", "unavailable", "hold", "nats_closed")
+ACTIONS = (
+    "crash",
+    "stall",
+    "no_heartbeats",
+    "forgotten_heartbeats",
+    "unavailable",
+    "hold",
+    "nats_closed",
+)
+HEARTBEAT_ACTIONS = ("no_heartbeats", "forgotten_heartbeats")
 HOLD_POINTS = ("step", "read", "parking")  # where the runner waits out a ``hold`` rule
 POINTS = (
     "step",
@@ -131,9 +144,10 @@ class Faults:
         advance for the step: the worker must ask, so that the rule fires before it starts)."""
         return any(rule.matches(point, step, entry, attempt) for rule in self.rules)
 
-    def at(self, point: str, entry: str, attempt: int, step: int = 0) -> bool:
-        """Applies the rules for this point; True when heartbeats must stop."""
-        stop_beating = False
+    def at(self, point: str, entry: str, attempt: int, step: int = 0) -> str:
+        """Applies the rules for this point; what becomes of the session's heartbeats from
+        here on: ``no_heartbeats``, ``forgotten_heartbeats`` or "" (nothing)."""
+        heartbeats = ""
         for rule in self.rules:
             if not rule.matches(point, step, entry, attempt):
                 continue
@@ -144,11 +158,11 @@ class Faults:
                 time.sleep(rule.seconds)  # on purpose: the event loop stalls
             elif rule.action == "unavailable":
                 raise Unavailable(f"fault injected at {point} of step {step}")
-            elif rule.action == "no_heartbeats":
-                stop_beating = True
+            elif rule.action in HEARTBEAT_ACTIONS:
+                heartbeats = rule.action
             elif rule.action == "nats_closed":
                 self._close_nats()
-        return stop_beating
+        return heartbeats
 
     def _close_nats(self) -> None:
         """Announces a message one byte over the server's limit on the connection's own
@@ -163,8 +177,8 @@ class Faults:
     ) -> None:
         """Applies the rules for this point: the others as ``at``, then the ``hold`` ones
         (``held``), at a point with no step where heartbeats cannot be stopped."""
-        if self.at(point, entry, attempt):
-            raise RuntimeError(f"no_heartbeats is not a fault of point {point}")
+        if heartbeats := self.at(point, entry, attempt):
+            raise RuntimeError(f"{heartbeats} is not a fault of point {point}")
         await self.held(point, entry, attempt, stopped=stopped)
 
     async def held(

@@ -9,6 +9,11 @@ acking, naking or heartbeating again. Heartbeats are requests, so a sent one is 
 have reached the server; one sent after the lease was lost never renews it, because by then
 the job may be another runner's (JetStream applies a heartbeat to the message, whichever
 delivery sent it).
+
+JetStream delivers at least once, not to one holder at a time: in a cluster, a consumer
+leader change can deliver a job again while the heartbeats of its holder are still being
+confirmed. The lease cannot see that; the journal can: an attempt that sees another one
+write its session's journal (``journalio.JournalWatch``) gives its lease up as ``taken``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ class Lease:
         self.until = since + ack_wait / 2
         self.lost_because = ""
         self.lost = asyncio.Event()
+        self.taken = False  # lost because another attempt wrote the session's journal
         self.beating = True  # the fault hook turns it off
+        self.forgotten = False  # the fault hook: heartbeats not sent, taken as confirmed
         self.on_lost: Callable[[str], None] | None = None
 
     def valid(self) -> bool:
@@ -64,10 +71,12 @@ class Lease:
         left = min(longest, self.until - now - GRANT_MARGIN)
         return now + left if left > 0 else 0.0
 
-    def lose(self, why: str) -> None:
+    def lose(self, why: str, taken: bool = False) -> None:
+        """Lost for good; ``taken``: the job is not known to be lost, but another attempt
+        wrote the session's journal (a second live delivery, or another job of it)."""
         if self.lost.is_set():
             return
-        self.lost_because = why
+        self.lost_because, self.taken = why, taken
         self.lost.set()
         if self.on_lost is not None:
             self.on_lost(why)
@@ -82,16 +91,9 @@ class Lease:
         await asyncio.sleep(max(0.0, self.until - self.ack_wait / 2 + every - self._loop.time()))
         while self.valid():
             sent = self._loop.time()
-            if self.beating:
-                try:
-                    await self.msg._client.request(
-                        self.msg.reply, ACK_PROGRESS, timeout=max(every, 0.5)
-                    )
-                except Exception as e:  # it counts only when the server answers
-                    log.debug("session %s: heartbeat not confirmed: %r", self.session_id, e)
-                else:
-                    if self.valid():  # never revive a lease that was lost meanwhile
-                        self.until = max(self.until, sent + self.ack_wait / 2)
+            if self.beating and await self._beat(every):
+                if self.valid():  # never revive a lease that was lost meanwhile
+                    self.until = max(self.until, sent + self.ack_wait / 2)
             if me is not None and me.cancelling():
                 # Cancelled while the heartbeat's publish waited for the client's buffer to
                 # flush: nats-py swallows that cancel. Heartbeating on, it would keep a job
@@ -99,3 +101,14 @@ class Lease:
                 # (a heartbeat after a nak puts its redelivery off to the whole ack wait).
                 return
             await asyncio.sleep(max(0.0, sent + every - self._loop.time()))
+
+    async def _beat(self, every: float) -> bool:
+        """One heartbeat; whether the server confirmed it."""
+        if self.forgotten:
+            return True
+        try:
+            await self.msg._client.request(self.msg.reply, ACK_PROGRESS, timeout=max(every, 0.5))
+        except Exception as e:  # it counts only when the server answers
+            log.debug("session %s: heartbeat not confirmed: %r", self.session_id, e)
+            return False
+        return True

@@ -139,12 +139,13 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
         await msg.ack()
     elif outcome is Outcome.DROPPED:  # a stale job: another one runs the session
         await msg.ack_sync()
-    elif outcome is Outcome.FENCED and job.parked_seq and lease.valid():
-        # A wake job that still holds its job yet was fenced: another job of the session
-        # wrote its journal meanwhile (a second wake job of the same parking, published
-        # past JetStream's duplicate window, that read the journal as this one did). That
-        # one runs the session: this one is dropped, not delivered again (it would fence
-        # the other in turn, and so on until the attempts run out).
+    elif outcome is Outcome.FENCED and job.parked_seq and (lease.valid() or lease.taken):
+        # A wake job that still holds its job yet was fenced (or saw the journal written by
+        # another attempt): another job of the session wrote its journal meanwhile (a
+        # second wake job of the same parking, published past JetStream's duplicate window,
+        # that read the journal as this one did). That one runs the session: this one is
+        # dropped, not delivered again (it would fence the other in turn, and so on until
+        # the attempts run out).
         log.info("session %s: a wake job fenced by another one; dropped", job.session_id)
         await msg.ack_sync()
     elif outcome is Outcome.RETRY and lease.valid():

@@ -30,6 +30,7 @@ from akcore.journal import Kind, Parked, Started
 from akcore.journalio import (
     Fenced,
     JournalFull,
+    JournalWatch,
     JournalWriter,
     Limits,
     RecordTooLarge,
@@ -275,6 +276,7 @@ class SessionRun:
         self.parked = False
         self.park_journaled = False  # its `parked` record is written (see _park_now)
         self.begun: asyncio.Task[None] | None = None  # writing `started` (see _run)
+        self.watch = JournalWatch(writer, self._taken)  # started with the attempt (_run)
         self._located = asyncio.Event()  # the place of `started` is known (see _locate)
         # When AK_RUNNER__SESSION_TIMEOUT started counting (µs): as the attempt starts, but
         # an attempt a wake starts goes on with the clock of the attempt that parked (the
@@ -287,8 +289,11 @@ class SessionRun:
     # --- the journal
 
     def _fault(self, point: str, step: int = 0) -> None:
-        if self.host.faults.at(point, self.job.entrypoint, self.attempt, step):
+        heartbeats = self.host.faults.at(point, self.job.entrypoint, self.attempt, step)
+        if heartbeats == "no_heartbeats":
             self.lease.beating = False
+        elif heartbeats == "forgotten_heartbeats":
+            self.lease.forgotten = True
 
     async def journal(self, p: journal.Payload, step: int = 0) -> None:
         """Appends a record once JetStream acknowledges it (write-ahead); raises Fenced,
@@ -402,8 +407,14 @@ class SessionRun:
         try:
             return await self._attempt()
         finally:
+            await self.watch.stop()
             if self.held is not None:
                 self.held.close()  # its build may be pruned now
+
+    def _taken(self, why: str) -> None:
+        """Another attempt writes the session's journal: this one stops at once (its worker
+        killed, nothing more written, its job neither acked nor heartbeated)."""
+        self.lease.lose(why, taken=True)
 
     async def _attempt(self) -> Outcome:
         try:
@@ -486,6 +497,7 @@ class SessionRun:
 
     async def _run(self) -> None:
         job = self.job
+        await self.watch.start(self.nc)
         started = journal.Started(
             runner=self.host.runner_id,
             attempt=self.attempt,
@@ -498,7 +510,8 @@ class SessionRun:
         except (AKError, OSError, ValueError) as e:
             if isinstance(e, Unavailable):
                 raise
-            await self.journal(started)  # fenced: the session is still this attempt's
+            await self._locate()
+            await self._write_started(started)  # fenced: the session is still this attempt's
             await self.end(wire.ERROR, f"error: could not prepare the session's code: {e}")
             return
         # The attempt's first write (a stale attempt stops there). In a first attempt it goes
@@ -519,8 +532,14 @@ class SessionRun:
     async def _begin(self, started: Started) -> None:
         await self._locate()
         self._located.set()
-        await self.writer.append(started)
+        await self._write_started(started)
         self._fault("started")
+
+    async def _write_started(self, started: Started) -> None:
+        """Writes `started` once the attempts still running the session were told: each
+        stops if it goes after its records (``JournalWatch``)."""
+        await self.watch.announce(self.attempt, self.host.runner_id)
+        await self.writer.append(started)
 
     async def _take_and_run(
         self, job: wire.Job, code_dir: Path, requirements: bytes | None, variables: dict[str, str]
@@ -628,6 +647,8 @@ class SessionRun:
             talk.cancel()
             worker.kill()
             await asyncio.gather(talk, return_exceptions=True)
+        if self.lease.taken:
+            raise Fenced(self.lease.lost_because)
         if self.lease.lost.is_set():
             raise Fenced(f"it lost its job ({self.lease.lost_because})")
         if not self.ended:

@@ -6,6 +6,7 @@ come from the runner's test hook (AK_TEST__FAULTS) or SIGSTOP, never from a time
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -52,6 +53,12 @@ def stalled(event, session_id):
 def no_beats(event, session_id):
     effect(session_id, "a1")
     time.sleep(3)
+    effect(session_id, "a2")
+    print("done")
+
+
+def delivered_twice(event, session_id):
+    effect(session_id, "a1")
     effect(session_id, "a2")
     print("done")
 
@@ -112,6 +119,7 @@ HANDLERS = [
     "mid_activity",
     "stalled",
     "no_beats",
+    "delivered_twice",
     "crashes",
     "malformed",
     "big_print",
@@ -125,6 +133,11 @@ HANDLERS = [
 FAULTS = (
     "stall=8 journaled step=1 entry=f.py:stalled; "
     "no_heartbeats started entry=f.py:no_beats; "
+    # Attempt 1 of `delivered_twice` takes its heartbeats for confirmed while JetStream
+    # hears none (as after a consumer leader change), so the job is delivered again while
+    # attempt 1 holds it; attempt 1 waits before its second activity until the test says.
+    "forgotten_heartbeats started entry=f.py:delivered_twice; "
+    "hold step step=2 entry=f.py:delivered_twice file=$MARKER_DIR/delivered_twice.go; "
     "crash step step=1 entry=f.py:crashes attempt=any; "
     "unavailable step step=2 entry=f.py:flaky; "
     "unavailable step step=1 entry=f.py:always_flaky attempt=any; "
@@ -302,6 +315,41 @@ def test_a_runner_that_cannot_heartbeat_stops_its_attempt(
     assert "no heartbeat confirmed" in out
     assert [a for a, _ in _attempts(journal_log(stack, sid))] == [1, 2]
     assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
+
+
+def test_an_attempt_stops_once_another_delivery_of_its_job_writes_the_journal(
+    env: Env,
+) -> None:
+    """JetStream delivers a job again while its first attempt still holds it (its
+    heartbeats taken as confirmed, never heard: a consumer leader change in a cluster): the
+    second attempt writes `started` and finishes the session; the first stops as soon as
+    that record is written (it watches its journal), killing its worker, instead of
+    starting its next activity a second time (the fence alone stopped it only at its next
+    write, after that activity ran). Each activity ran once."""
+    stack, paths, markers = env
+    sid = _fire(stack, paths["delivered_twice"])
+    session = stack.wait_session(sid, timeout=60)
+    assert session["state"] == "COMPLETED", session
+    (markers / "delivered_twice.go").touch()  # attempt 1 may go on, if it still runs
+    first = runs(markers, sid, "a1")[0]
+    _fenced_off(stack, sid, first)
+    assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
+    assert re.search(
+        f"session {sid}: attempt 1 stops: attempt 2 of runner [^ ]+ took the session over: "
+        r"its `started` record \(number 3\) goes after this attempt's records",
+        stack.output(),
+    )
+    log = journal_log(stack, sid)
+    assert [a for a, _ in _attempts(log)] == [1, 2]
+    assert _history(log) == [
+        "created",
+        "running:1",
+        "call:effect",
+        "running:2",
+        "call:effect",
+        "print",
+        "completed",
+    ]
 
 
 def test_a_session_whose_runner_dies_every_time_gives_up(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from akcore import bus, ids, journal
 from akcore.datakey import Keyring
-from akcore.journalio import Fenced, JournalWriter, read_journal
+from akcore.journalio import Fenced, JournalWatch, JournalWriter, read_journal
 from cryptography.fernet import Fernet
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -165,3 +165,89 @@ async def test_a_stop_during_a_retried_write_still_ends_the_session(
         assert kinds == [journal.Kind.STARTED, journal.Kind.PRINT, journal.Kind.ENDED]
     finally:
         await nc.close()
+
+
+async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_write(
+    nats_url: str,
+) -> None:
+    """``JournalWatch``: an attempt's own notice, and a stale attempt's (its `started`
+    would be refused), leave it be; another attempt's whose `started` goes after its
+    records stops it at once, saying which; after its last record, nothing does."""
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        session_id = ids.new_id("ses")
+        keys = Keyring([Fernet.generate_key()])
+        mine = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
+        taken: list[str] = []
+        watch = JournalWatch(mine, taken.append)
+        await watch.start(nc)
+        await watch.announce(1, "r1")
+        await mine.append(journal.Started(runner="r1", attempt=1))
+        first = mine.last
+        await mine.append(journal.Print(text="one"))
+        await heard_by(watch, 1)
+        assert taken == []  # its own notice
+
+        stale = JournalWriter(js, bus.publisher(nc), keys, session_id, first, 2)
+        await _started(nc, stale, 2, "r0")
+        await heard_by(watch, 2)
+        assert taken == []  # its `started` is refused: the attempt still owns the journal
+
+        other = JournalWriter(js, bus.publisher(nc), keys, session_id, mine.last, 3)
+        await _started(nc, other, 2, "r2")
+        await heard_by(watch, 3)
+        assert taken == [
+            "attempt 2 of runner r2 took the session over: its `started` record (number 3) "
+            "goes after this attempt's records"
+        ]
+        with pytest.raises(Fenced):
+            await mine.append(journal.Print(text="two"))
+        await watch.stop()
+
+        # An attempt whose last record is written lets the next one start.
+        taken.clear()
+        watch = JournalWatch(other, taken.append)
+        await watch.start(nc)
+        await other.append(journal.Retry(attempt=2, error="NATS away"), final=True)
+        nxt = JournalWriter(js, bus.publisher(nc), keys, session_id, other.last, 5)
+        await _started(nc, nxt, 3, "r3")
+        await heard_by(watch, 1)
+        assert taken == []
+        await watch.stop()
+    finally:
+        await nc.close()
+
+
+async def _started(nc: Any, writer: JournalWriter, attempt: int, runner: str) -> None:
+    """What another attempt does as it starts: announces its `started` record, writes it
+    (refused, if it goes before the journal's last record)."""
+    watch = JournalWatch(writer, lambda why: None)
+    await watch.start(nc)
+    await watch.announce(attempt, runner)
+    try:
+        await writer.append(journal.Started(runner=runner, attempt=attempt))
+    except Fenced:
+        pass
+    await watch.stop()
+
+
+async def heard_by(watch: JournalWatch, n: int) -> None:
+    async with asyncio.timeout(10):
+        while watch.heard < n:
+            await asyncio.sleep(0.01)
+
+
+def test_a_record_racing_one_of_the_attempts_own_is_left_to_jetstream() -> None:
+    """While an append is out, a record expecting the same last one may be stored or
+    refused (JetStream stores one of the two): the append's own answer settles it. One
+    that expects a record the attempt has not stored yet was written after it: taken."""
+    writer = JournalWriter(None, None, Keyring([Fernet.generate_key()]), "ses_x", 7, 3)  # type: ignore[arg-type]
+    assert writer.overtaken(7)  # the attempt's last, nothing of its own out: stored
+    assert not writer.overtaken(6) and not writer.overtaken(0)
+    writer.sending = 1
+    assert not writer.overtaken(7)
+    assert writer.overtaken(8)
+    writer.sending, writer.closed = 0, True
+    assert not writer.overtaken(8)

@@ -42,9 +42,12 @@ def test_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_actions() -> None:
-    faults = Faults(parse("no_heartbeats started; unavailable step step=3"))
-    assert faults.at("started", "h.py:f", 1) is True
-    assert faults.at("step", "h.py:f", 1, 2) is False
+    faults = Faults(
+        parse("no_heartbeats started; forgotten_heartbeats journaled; unavailable step step=3")
+    )
+    assert faults.at("started", "h.py:f", 1) == "no_heartbeats"
+    assert faults.at("journaled", "h.py:f", 1, 2) == "forgotten_heartbeats"
+    assert faults.at("step", "h.py:f", 1, 2) == ""
     with pytest.raises(Unavailable, match="fault injected at step of step 3"):
         faults.at("step", "h.py:f", 1, 3)
 
@@ -109,6 +112,6 @@ async def _run_others() -> None:
 def test_nats_closed_needs_the_runners_connection() -> None:
     """(``tests/e2e/test_nats_closed.py`` has the server close it.)"""
     faults = Faults(parse("nats_closed step step=2"))
-    assert faults.at("step", "h.py:f", 1, 1) is False
+    assert faults.at("step", "h.py:f", 1, 1) == ""
     with pytest.raises(RuntimeError, match="no NATS connection"):
         faults.at("step", "h.py:f", 1, 2)

@@ -27,7 +27,7 @@ class Probe(SessionRun):
         self.host = types.SimpleNamespace(
             memory=memory, worker_limits=types.SimpleNamespace(memory_mb=256), session_timeout=0
         )
-        self.lease = types.SimpleNamespace(lost=asyncio.Event())
+        self.lease = types.SimpleNamespace(lost=asyncio.Event(), taken=False)
         self._stop, self._park = asyncio.Event(), asyncio.Event()
         self._park_timer, self.wait = None, None
         self.stop_reason, self.ended = None, False
