@@ -275,17 +275,16 @@ class JournalWatch:
     a runner frozen as the notice came, is left to the fence). One notice per attempt:
     nothing is added to a step."""
 
-    def __init__(self, writer: JournalWriter, on_taken: Callable[[str], None]) -> None:
-        self.writer, self.on_taken = writer, on_taken
+    def __init__(self, nc: Client, writer: JournalWriter, on_taken: Callable[[str], None]) -> None:
+        self.nc, self.writer, self.on_taken = nc, writer, on_taken
         self.subject = subjects.attempts_subject(writer.session_id)
         self.token = secrets.token_hex(8)
-        self._nc: Client | None = None
+        self.announced = False
         self._sub: Any = None
         self.heard = 0  # notices heard, its own included (for tests)
 
-    async def start(self, nc: Client) -> None:
-        self._nc = nc
-        self._sub = await bus.subscribe_at_once(nc, self.subject, self._on_msg)
+    async def start(self) -> None:
+        self._sub = await bus.subscribe_at_once(self.nc, self.subject, self._on_msg)
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
@@ -294,9 +293,11 @@ class JournalWatch:
                 await sub.unsubscribe()
 
     async def announce(self, attempt: int, runner: str) -> None:
-        """Says that this attempt writes its `started` record next (as the writer stands)."""
-        if self._nc is None:
+        """Says that this attempt writes its first record next (as the writer stands): its
+        `started` record, or the end of a session whose attempts ran out. Once."""
+        if self.announced:
             return
+        self.announced = True
         notice = wire.AttemptNotice(
             token=self.token,
             expected_last=self.writer.last,
@@ -304,7 +305,7 @@ class JournalWatch:
             attempt=attempt,
             runner=runner,
         )
-        await self._nc.publish(self.subject, wire.encode(notice))
+        await self.nc.publish(self.subject, wire.encode(notice))
 
     def _on_msg(self, msg: Msg) -> None:
         self.heard += 1
@@ -318,8 +319,7 @@ class JournalWatch:
         if self.writer.overtaken(notice.expected_last):
             self.on_taken(
                 f"attempt {notice.attempt} of runner {notice.runner or '?'} took the session "
-                f"over: its `started` record (number {notice.record}) goes after this "
-                "attempt's records"
+                f"over: its records (from number {notice.record}) go after this attempt's"
             )
 
 

@@ -276,7 +276,7 @@ class SessionRun:
         self.parked = False
         self.park_journaled = False  # its `parked` record is written (see _park_now)
         self.begun: asyncio.Task[None] | None = None  # writing `started` (see _run)
-        self.watch = JournalWatch(writer, self._taken)  # started with the attempt (_run)
+        self.watch = JournalWatch(host.nc, writer, self._taken)  # started in _run
         self._located = asyncio.Event()  # the place of `started` is known (see _locate)
         # When AK_RUNNER__SESSION_TIMEOUT started counting (µs): as the attempt starts, but
         # an attempt a wake starts goes on with the clock of the attempt that parked (the
@@ -300,6 +300,9 @@ class SessionRun:
         JournalFull (but for the end). Waits for the attempt's first write (``_run``)."""
         await self._begun()
         await self._locate()
+        # Attempts still running the session hear that this one writes now (once: its
+        # first record), and stop if it goes after theirs (``JournalWatch``).
+        await self.watch.announce(self.attempt, self.host.runner_id)
         if step:
             self._fault("journaling", step)
         await self.writer.append(p, final=isinstance(p, (journal.Ended, journal.Retry)))
@@ -497,7 +500,7 @@ class SessionRun:
 
     async def _run(self) -> None:
         job = self.job
-        await self.watch.start(self.nc)
+        await self.watch.start()
         started = journal.Started(
             runner=self.host.runner_id,
             attempt=self.attempt,
@@ -510,8 +513,7 @@ class SessionRun:
         except (AKError, OSError, ValueError) as e:
             if isinstance(e, Unavailable):
                 raise
-            await self._locate()
-            await self._write_started(started)  # fenced: the session is still this attempt's
+            await self.journal(started)  # fenced: the session is still this attempt's
             await self.end(wire.ERROR, f"error: could not prepare the session's code: {e}")
             return
         # The attempt's first write (a stale attempt stops there). In a first attempt it goes
@@ -532,14 +534,9 @@ class SessionRun:
     async def _begin(self, started: Started) -> None:
         await self._locate()
         self._located.set()
-        await self._write_started(started)
-        self._fault("started")
-
-    async def _write_started(self, started: Started) -> None:
-        """Writes `started` once the attempts still running the session were told: each
-        stops if it goes after its records (``JournalWatch``)."""
-        await self.watch.announce(self.attempt, self.host.runner_id)
+        await self.watch.announce(self.attempt, self.host.runner_id)  # (as ``journal``)
         await self.writer.append(started)
+        self._fault("started")
 
     async def _take_and_run(
         self, job: wire.Job, code_dir: Path, requirements: bytes | None, variables: dict[str, str]

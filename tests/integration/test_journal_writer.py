@@ -181,8 +181,8 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
         keys = Keyring([Fernet.generate_key()])
         mine = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
         taken: list[str] = []
-        watch = JournalWatch(mine, taken.append)
-        await watch.start(nc)
+        watch = JournalWatch(nc, mine, taken.append)
+        await watch.start()
         await watch.announce(1, "r1")
         await mine.append(journal.Started(runner="r1", attempt=1))
         first = mine.last
@@ -199,8 +199,8 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
         await _started(nc, other, 2, "r2")
         await heard_by(watch, 3)
         assert taken == [
-            "attempt 2 of runner r2 took the session over: its `started` record (number 3) "
-            "goes after this attempt's records"
+            "attempt 2 of runner r2 took the session over: its records (from number 3) go "
+            "after this attempt's"
         ]
         with pytest.raises(Fenced):
             await mine.append(journal.Print(text="two"))
@@ -208,8 +208,8 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
 
         # An attempt whose last record is written lets the next one start.
         taken.clear()
-        watch = JournalWatch(other, taken.append)
-        await watch.start(nc)
+        watch = JournalWatch(nc, other, taken.append)
+        await watch.start()
         await other.append(journal.Retry(attempt=2, error="NATS away"), final=True)
         nxt = JournalWriter(js, bus.publisher(nc), keys, session_id, other.last, 5)
         await _started(nc, nxt, 3, "r3")
@@ -223,8 +223,8 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
 async def _started(nc: Any, writer: JournalWriter, attempt: int, runner: str) -> None:
     """What another attempt does as it starts: announces its `started` record, writes it
     (refused, if it goes before the journal's last record)."""
-    watch = JournalWatch(writer, lambda why: None)
-    await watch.start(nc)
+    watch = JournalWatch(nc, writer, lambda why: None)
+    await watch.start()
     await watch.announce(attempt, runner)
     try:
         await writer.append(journal.Started(runner=runner, attempt=attempt))
