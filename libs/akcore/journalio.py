@@ -268,15 +268,23 @@ class JournalWatch:
     the next step meanwhile, so that an activity runs twice, both at once. Every attempt
     says on ``ak.attempts.<session>`` (core NATS) that it is about to write its `started`
     record, and which record it expects to be the journal's last (``announce``); each
-    attempt of the session listening there calls ``on_taken`` when that record would be
+    attempt of the session listening there calls ``on_taken`` (why, and whether the other
+    attempt runs a delivery of the same job message) when that record would be
     stored after its own (``JournalWriter.overtaken``), which is before the new attempt's
     worker can start a step. The fence remains the guarantee: the watch narrows the window
     to the time a message takes (an attempt that announced before another subscribed, or
     a runner frozen as the notice came, is left to the fence). One notice per attempt:
     nothing is added to a step."""
 
-    def __init__(self, nc: Client, writer: JournalWriter, on_taken: Callable[[str], None]) -> None:
-        self.nc, self.writer, self.on_taken = nc, writer, on_taken
+    def __init__(
+        self,
+        nc: Client,
+        writer: JournalWriter,
+        on_taken: Callable[[str, bool], None],
+        job_seq: int = 0,
+    ) -> None:
+        """``job_seq``: the stream sequence of the job message the attempt runs (0: none)."""
+        self.nc, self.writer, self.on_taken, self.job_seq = nc, writer, on_taken, job_seq
         self.subject = subjects.attempts_subject(writer.session_id)
         self.token = secrets.token_hex(8)
         self.announced = False
@@ -304,6 +312,7 @@ class JournalWatch:
             record=self.writer.seq,
             attempt=attempt,
             runner=runner,
+            job_seq=self.job_seq,
         )
         await self.nc.publish(self.subject, wire.encode(notice))
 
@@ -319,7 +328,8 @@ class JournalWatch:
         if self.writer.overtaken(notice.expected_last):
             self.on_taken(
                 f"attempt {notice.attempt} of runner {notice.runner or '?'} took the session "
-                f"over: its records (from number {notice.record}) go after this attempt's"
+                f"over: its records (from number {notice.record}) go after this attempt's",
+                bool(self.job_seq) and notice.job_seq == self.job_seq,
             )
 
 

@@ -238,13 +238,15 @@ class AttemptNotice:
     """On ``ak.attempts.<session_id>`` (core NATS): an attempt of the session is about to
     write its `started` record as record number ``record``, expecting the journal's last
     record at stream sequence ``expected_last`` (JetStream stores it only then).
-    ``token``: the attempt's own, to tell its notice from the others'."""
+    ``token``: the attempt's own, to tell its notice from the others'; ``job_seq``: the
+    stream sequence of the job message it runs (0: not known)."""
 
     token: str
     expected_last: int
     record: int
     attempt: int = 0
     runner: str = ""
+    job_seq: int = 0
 
 
 @dataclass

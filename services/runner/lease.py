@@ -72,8 +72,8 @@ class Lease:
         return now + left if left > 0 else 0.0
 
     def lose(self, why: str, taken: bool = False) -> None:
-        """Lost for good; ``taken``: the job is not known to be lost, but another attempt
-        wrote the session's journal (a second live delivery, or another job of it)."""
+        """Lost for good; ``taken``: the job was still held, but another job of the session
+        (not a delivery of the same message) writes its journal now."""
         if self.lost.is_set():
             return
         self.lost_because, self.taken = why, taken

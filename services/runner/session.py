@@ -276,7 +276,8 @@ class SessionRun:
         self.parked = False
         self.park_journaled = False  # its `parked` record is written (see _park_now)
         self.begun: asyncio.Task[None] | None = None  # writing `started` (see _run)
-        self.watch = JournalWatch(host.nc, writer, self._taken)  # started in _run
+        job_seq = lease.msg.metadata.sequence.stream  # (of the job message it runs)
+        self.watch = JournalWatch(host.nc, writer, self._taken, job_seq)  # started in _run
         self._located = asyncio.Event()  # the place of `started` is known (see _locate)
         # When AK_RUNNER__SESSION_TIMEOUT started counting (µs): as the attempt starts, but
         # an attempt a wake starts goes on with the clock of the attempt that parked (the
@@ -414,10 +415,12 @@ class SessionRun:
             if self.held is not None:
                 self.held.close()  # its build may be pruned now
 
-    def _taken(self, why: str) -> None:
+    def _taken(self, why: str, same_job: bool) -> None:
         """Another attempt writes the session's journal: this one stops at once (its worker
-        killed, nothing more written, its job neither acked nor heartbeated)."""
-        self.lease.lose(why, taken=True)
+        killed, nothing more written, its job not heartbeated). Its job is left alone when
+        the other runs a delivery of the same message, or when this attempt's hold on it
+        had lapsed anyway; else (``Lease.taken``) a wake job may be dropped (ak_runner.service)."""
+        self.lease.lose(why, taken=not same_job and self.lease.valid())
 
     async def _attempt(self) -> Outcome:
         try:

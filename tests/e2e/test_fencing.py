@@ -335,8 +335,8 @@ def test_an_attempt_stops_once_another_delivery_of_its_job_writes_the_journal(
     _fenced_off(stack, sid, first)
     assert len(runs(markers, sid, "a1")) == 1 and len(runs(markers, sid, "a2")) == 1
     assert re.search(
-        f"session {sid}: attempt 1 stops: attempt 2 of runner [^ ]+ took the session over: "
-        r"its records \(from number 3\) go after this attempt's",
+        f"session {sid}: attempt 1 stops: it lost its job \\(attempt 2 of runner [^ ]+ "
+        r"took the session over: its records \(from number 3\) go after this attempt's\)",
         stack.output(),
     )
     log = journal_log(stack, sid)

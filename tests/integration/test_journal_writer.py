@@ -180,8 +180,8 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
         session_id = ids.new_id("ses")
         keys = Keyring([Fernet.generate_key()])
         mine = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
-        taken: list[str] = []
-        watch = JournalWatch(nc, mine, taken.append)
+        taken: list[tuple[str, bool]] = []
+        watch = JournalWatch(nc, mine, lambda why, same: taken.append((why, same)), 70)
         await watch.start()
         await watch.announce(1, "r1")
         await mine.append(journal.Started(runner="r1", attempt=1))
@@ -191,16 +191,19 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
         assert taken == []  # its own notice
 
         stale = JournalWriter(js, bus.publisher(nc), keys, session_id, first, 2)
-        await _started(nc, stale, 2, "r0")
+        await _started(nc, stale, 2, "r0", 71)
         await heard_by(watch, 2)
         assert taken == []  # its `started` is refused: the attempt still owns the journal
 
         other = JournalWriter(js, bus.publisher(nc), keys, session_id, mine.last, 3)
-        await _started(nc, other, 2, "r2")
+        await _started(nc, other, 2, "r2", 70)
         await heard_by(watch, 3)
         assert taken == [
-            "attempt 2 of runner r2 took the session over: its records (from number 3) go "
-            "after this attempt's"
+            (
+                "attempt 2 of runner r2 took the session over: its records (from number 3) go "
+                "after this attempt's",
+                True,  # another delivery of the same job message (70)
+            )
         ]
         with pytest.raises(Fenced):
             await mine.append(journal.Print(text="two"))
@@ -208,11 +211,11 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
 
         # An attempt whose last record is written lets the next one start.
         taken.clear()
-        watch = JournalWatch(nc, other, taken.append)
+        watch = JournalWatch(nc, other, lambda why, same: taken.append((why, same)), 70)
         await watch.start()
         await other.append(journal.Retry(attempt=2, error="NATS away"), final=True)
         nxt = JournalWriter(js, bus.publisher(nc), keys, session_id, other.last, 5)
-        await _started(nc, nxt, 3, "r3")
+        await _started(nc, nxt, 3, "r3", 72)
         await heard_by(watch, 1)
         assert taken == []
         await watch.stop()
@@ -220,10 +223,10 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
         await nc.close()
 
 
-async def _started(nc: Any, writer: JournalWriter, attempt: int, runner: str) -> None:
+async def _started(nc: Any, writer: JournalWriter, attempt: int, runner: str, job: int) -> None:
     """What another attempt does as it starts: announces its `started` record, writes it
-    (refused, if it goes before the journal's last record)."""
-    watch = JournalWatch(nc, writer, lambda why: None)
+    (refused, if it goes before the journal's last record); ``job``: its job message."""
+    watch = JournalWatch(nc, writer, lambda why, same: None, job)
     await watch.start()
     await watch.announce(attempt, runner)
     try:
@@ -251,3 +254,29 @@ def test_a_record_racing_one_of_the_attempts_own_is_left_to_jetstream() -> None:
     assert writer.overtaken(8)
     writer.sending, writer.closed = 0, True
     assert not writer.overtaken(8)
+
+
+async def test_the_watch_tells_another_job_of_the_session_from_another_delivery(
+    nats_url: str,
+) -> None:
+    """A second wake job of one parking (another message) is told apart from a second
+    delivery of the attempt's own job message: only the former may be dropped by the
+    runner that was overtaken (acking the latter would ack the live attempt's job)."""
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        session_id = ids.new_id("ses")
+        keys = Keyring([Fernet.generate_key()])
+        mine = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
+        await mine.append(journal.Started(runner="r1", attempt=1))
+        same: list[bool] = []
+        watch = JournalWatch(nc, mine, lambda why, s: same.append(s), 70)
+        await watch.start()
+        other = JournalWriter(js, bus.publisher(nc), keys, session_id, mine.last, 2)
+        await _started(nc, other, 2, "r2", 80)
+        await heard_by(watch, 1)
+        assert same == [False]
+        await watch.stop()
+    finally:
+        await nc.close()
