@@ -526,7 +526,7 @@ class Publisher:
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._subscribed = False
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         fut = self._waiting.pop(msg.subject, None)
         if fut is not None and not fut.done():
             fut.set_result(msg)
@@ -550,7 +550,7 @@ class Publisher:
     ) -> dict[str, Any]:
         """Returns JetStream's acknowledgement (``stream``, ``seq``, ``duplicate``)."""
         if not self._subscribed:  # queued before this publish: its reply cannot be missed
-            await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+            await subscribe_at_once(self._nc, self._prefix + ".*", self._on_reply)
             self._subscribed = True  # (publishes racing this may subscribe twice: harmless)
         self._n += 1
         reply = f"{self._prefix}.{self._n}"
