@@ -11,6 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event, inspect, text
+from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel, create_engine
 
 from . import models  # noqa: F401  (registers the tables)
@@ -45,7 +46,10 @@ def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
     else:
-        engine = create_engine(dsn, pool_pre_ping=True, hide_parameters=True)
+        # A database that does not answer (frozen, a network cut that drops packets) held a
+        # connection attempt for ever: a store starting then hung, saying nothing.
+        connect = {} if "connect_timeout" in make_url(dsn).query else {"connect_timeout": 10}
+        engine = create_engine(dsn, pool_pre_ping=True, hide_parameters=True, connect_args=connect)
         idle_ms = int(IDLE_IN_TRANSACTION * 1000)
 
         @event.listens_for(engine, "connect")
