@@ -38,7 +38,7 @@ from nats.js.errors import (
 )
 from nats.js.errors import NotFoundError as StreamNotFound
 
-from . import bus, natsauth
+from . import bus, natsauth, waitfor
 from .datakey import Keyring, SealError, sealed_by
 from .errors import AKError, NotFound
 
@@ -286,10 +286,7 @@ async def wait(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:
                     e or type(e).__name__,
                 )
                 say_at = loop.time() + 60
-        try:
-            await asyncio.wait_for(stop.wait(), RETRY)
-        except TimeoutError:
-            pass
+        await waitfor.pause(stop, RETRY)
 
 
 async def first(nc: Client, keys: Keyring, stop: asyncio.Event) -> None:

@@ -40,6 +40,17 @@ async def wait_for(fut: Awaitable[T], timeout: float | None) -> T:
         return await fut
 
 
+async def pause(stop: asyncio.Event, seconds: float) -> bool:
+    """Waits ``seconds``, or less once ``stop`` is set (a service's loop between its
+    rounds); whether it is set."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+    return stop.is_set()
+
+
 def install() -> None:
     """Makes ``asyncio.wait_for`` this one (on a Python before 3.12; later ones have it)."""
     if sys.version_info < (3, 12):

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from akcore import bus, cel, eventdata, keycheck, service, subjects, tracing, wire
+from akcore import bus, cel, eventdata, keycheck, service, subjects, tracing, waitfor, wire
 from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.datakey import Keyring, SealError
@@ -521,8 +521,7 @@ async def _take_back(dispatcher: Dispatcher, turns: Turns, stop: asyncio.Event) 
                 said = True
         except NatsError as e:  # NATS away: asked again
             log.debug("looking for %s: %s", subjects.STREAM_DEFERRED, e)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 5.0)
+        await waitfor.pause(stop, 5.0)
     if stop.is_set():
         return
     if said:

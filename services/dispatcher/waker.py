@@ -21,7 +21,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from akcore import bus, subjects, timefmt, wire
+from akcore import bus, subjects, timefmt, waitfor, wire
 from akcore.parking import Entry, wake_headers
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -141,10 +141,7 @@ class Waker:
                 log.warning("waker: %r; starting over", e)
                 self.parked = Parked()
                 self._inbox = None
-                try:
-                    await asyncio.wait_for(stop.wait(), self.RETRY)
-                except TimeoutError:
-                    pass
+                await waitfor.pause(stop, self.RETRY)
 
     async def _run(self, stop: asyncio.Event) -> None:
         self._kv = await self.js.key_value(subjects.BUCKET_PARKED)

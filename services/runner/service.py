@@ -22,6 +22,7 @@ from akcore import (
     service,
     subjects,
     tracing,
+    waitfor,
     wire,
 )
 from akcore import requests as rq
@@ -63,11 +64,8 @@ PRUNE_EVERY = 300.0  # seconds between looks for unpacked builds to remove
 
 async def _reap(pool: WorkerPool, stop: asyncio.Event) -> None:
     """Stops worker processes that waited too long for their project's next session."""
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=pool.IDLE_SECONDS / 4)
-        except TimeoutError:
-            await pool.reap()
+    while not await waitfor.pause(stop, pool.IDLE_SECONDS / 4):
+        await pool.reap()
 
 
 async def _prune(host: Host, stop: asyncio.Event) -> None:
@@ -78,10 +76,7 @@ async def _prune(host: Host, stop: asyncio.Event) -> None:
     every = min(PRUNE_EVERY, idle / 2) if idle > 0 else PRUNE_EVERY
     while not stop.is_set():
         await host.prune()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=every)
-        except TimeoutError:
-            pass
+        await waitfor.pause(stop, every)
 
 
 def request_handler(

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from akcore import ids, subjects, timefmt, wire
+from akcore import ids, subjects, timefmt, waitfor, wire
 from akcore.retention import Retention
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -63,10 +63,7 @@ class Purger:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + self.SWEEP_EVERY / 4
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.FAST_EVERY)
-            except TimeoutError:
-                pass
+            await waitfor.pause(stop, self.FAST_EVERY)
             try:
                 if self._ended:
                     await self._purge_ready()

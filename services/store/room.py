@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from akcore import bus, subjects, timefmt, wire
+from akcore import bus, subjects, timefmt, waitfor, wire
 from akcore.config import ENV_JOURNAL_MAX_BYTES
 from akcore.datakey import Keyring
 from akcore.parking import inbox_headers
@@ -93,12 +93,7 @@ class Room:
         self.engine, self.sql, self.keys, self.ops = engine, sql, keys, ops
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), EVERY * random.uniform(0.8, 1.2))
-                return
-            except TimeoutError:
-                pass
+        while not await waitfor.pause(stop, EVERY * random.uniform(0.8, 1.2)):
             try:
                 await self.look()
             except Exception as e:  # NATS or SQL away: next time

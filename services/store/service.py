@@ -4,7 +4,6 @@ keeps storage bounded (``cleanup``). Its SQL runs on threads of its own."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -14,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from akcore import bus, keycheck, ops, service, subjects, timefmt, tracing, wire
+from akcore import bus, keycheck, ops, service, subjects, timefmt, tracing, waitfor, wire
 from akcore import requests as rq
 from akcore.config import ENV_DB_DSN, Settings
 from akcore.datakey import Keyring
@@ -132,7 +131,7 @@ async def consume(
                 elif not dbfaults.message_at_fault(e):
                     # Each failed alone for no known reason (a schema older than the code):
                     # none was set aside; waited out as the database's faults are.
-                    await _pause(stop, outage.failed(e))
+                    await waitfor.pause(stop, outage.failed(e))
                 continue
             outage.over()
             for msg, _ in batch:
@@ -159,13 +158,7 @@ async def _wait_out(pause: float, batch: list[tuple[Msg, Any]], stop: asyncio.Ev
     """Hands ``batch`` back to be delivered after ``pause`` seconds, and pauses as long."""
     for msg, _ in batch:
         await msg.nak(delay=pause)
-    await _pause(stop, pause)
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    """Waits ``seconds``, or less if the consumer is asked to stop."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    await waitfor.pause(stop, pause)
 
 
 def _in_transaction(
@@ -486,12 +479,7 @@ PRUNE_EVERY = 300.0
 async def _prune(engine: Engine, sql: Sql, stop: asyncio.Event) -> None:
     keep = Retention.from_env()
     wait = 30.0
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), wait)
-            return
-        except TimeoutError:
-            pass
+    while not await waitfor.pause(stop, wait):
         wait = PRUNE_EVERY
         try:
             done = await sql(prune, engine, keep)
