@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,16 +265,22 @@ class JournalWatch:
     Two attempts may run one session at once when JetStream delivers its job twice (a
     consumer leader change in a cluster, while the first holder's heartbeats are still
     confirmed): the fence stops the older one at its next write, but its worker may start
-    the next step meanwhile, so that an activity runs twice, both at once. Every attempt
-    says on ``ak.attempts.<session>`` (core NATS) that it is about to write its `started`
-    record, and which record it expects to be the journal's last (``announce``); each
-    attempt of the session listening there calls ``on_taken`` (why, and whether the other
-    attempt runs a delivery of the same job message) when that record would be
-    stored after its own (``JournalWriter.overtaken``), which is before the new attempt's
-    worker can start a step. The fence remains the guarantee: the watch narrows the window
-    to the time a message takes (an attempt that announced before another subscribed, or
-    a runner frozen as the notice came, is left to the fence). One notice per attempt:
-    nothing is added to a step."""
+    the next step meanwhile, so that an activity runs twice, both at once. As its first
+    append begins, every attempt says on ``ak.attempts.<session>`` (core NATS) that it
+    writes now, and which record it expects to be the journal's last (the writer's
+    ``announce`` hook); each attempt of the session listening there calls ``on_taken``
+    (why, and whether the other attempt runs a delivery of the same job message) when that
+    record would be stored after its own (``JournalWriter.overtaken``), which is before
+    the new attempt's worker can start a step. An attempt counts as writing from its
+    notice on, so two attempts announcing at once leave it to JetStream, which stores one
+    `started` and fences the other; one that cannot write (its job lost) says nothing.
+
+    The fence remains the guarantee: the watch narrows the window to the time a message
+    takes (an attempt that announced before another subscribed, or a runner frozen as the
+    notice came, is left to the fence). A notice whose write then fails (NATS away, the
+    job lost meanwhile) has stopped the other attempt for nothing: the session goes on
+    once its job comes back, as after a runner's death. One notice per attempt: nothing is
+    added to a step."""
 
     def __init__(
         self,
@@ -282,14 +288,18 @@ class JournalWatch:
         writer: JournalWriter,
         on_taken: Callable[[str, bool], None],
         job_seq: int = 0,
+        attempt: int = 0,
+        runner: str = "",
     ) -> None:
-        """``job_seq``: the stream sequence of the job message the attempt runs (0: none)."""
+        """``job_seq``: the stream sequence of the job message the attempt runs (0: none).
+        Arms ``writer``: its first append announces itself."""
         self.nc, self.writer, self.on_taken, self.job_seq = nc, writer, on_taken, job_seq
+        self.attempt, self.runner = attempt, runner
         self.subject = subjects.attempts_subject(writer.session_id)
         self.token = secrets.token_hex(8)
-        self.announced = False
         self._sub: Any = None
         self.heard = 0  # notices heard, its own included (for tests)
+        writer.announce = self._announce
 
     async def start(self) -> None:
         self._sub = await bus.subscribe_at_once(self.nc, self.subject, self._on_msg)
@@ -300,18 +310,13 @@ class JournalWatch:
             with contextlib.suppress(Exception):  # (the connection closed: nothing to undo)
                 await sub.unsubscribe()
 
-    async def announce(self, attempt: int, runner: str) -> None:
-        """Says that this attempt writes its first record next (as the writer stands): its
-        `started` record, or the end of a session whose attempts ran out. Once."""
-        if self.announced:
-            return
-        self.announced = True
+    async def _announce(self, expected_last: int, record: int) -> None:
         notice = wire.AttemptNotice(
             token=self.token,
-            expected_last=self.writer.last,
-            record=self.writer.seq,
-            attempt=attempt,
-            runner=runner,
+            expected_last=expected_last,
+            record=record,
+            attempt=self.attempt,
+            runner=self.runner,
             job_seq=self.job_seq,
         )
         await self.nc.publish(self.subject, wire.encode(notice))
@@ -368,6 +373,8 @@ class JournalWriter:
         self.fenced = False
         self.closed = False  # its last record (an end, a retry, a wait parked) is written
         self.sending = 0  # appends out, not known to be stored or refused yet
+        # Said before the first append goes out (``JournalWatch``): (expected last, record).
+        self.announce: Callable[[int, int], Awaitable[None]] | None = None
         self.waited_for_room = False
         # Appends cancelled while their publish was out (a stop cancels a step's write):
         # stored or not, the server knows. (record number, data, record), until one lands.
@@ -408,6 +415,9 @@ class JournalWriter:
         }
         self.sending += 1
         try:
+            if self.announce is not None:  # (its first append: see JournalWatch)
+                announce, self.announce = self.announce, None
+                await announce(self.last, seq)
             stream_seq = await self._write(seq, rec, data, headers)
         except asyncio.CancelledError:
             # Cancelled once its first try went out (a stop cancels a step's write): in a

@@ -277,7 +277,9 @@ class SessionRun:
         self.park_journaled = False  # its `parked` record is written (see _park_now)
         self.begun: asyncio.Task[None] | None = None  # writing `started` (see _run)
         job_seq = lease.msg.metadata.sequence.stream  # (of the job message it runs)
-        self.watch = JournalWatch(host.nc, writer, self._taken, job_seq)  # started in _run
+        self.watch = JournalWatch(  # (listens from _run on; its first record announces it)
+            host.nc, writer, self._taken, job_seq, attempt, host.runner_id
+        )
         self._located = asyncio.Event()  # the place of `started` is known (see _locate)
         # When AK_RUNNER__SESSION_TIMEOUT started counting (µs): as the attempt starts, but
         # an attempt a wake starts goes on with the clock of the attempt that parked (the
@@ -301,9 +303,6 @@ class SessionRun:
         JournalFull (but for the end). Waits for the attempt's first write (``_run``)."""
         await self._begun()
         await self._locate()
-        # Attempts still running the session hear that this one writes now (once: its
-        # first record), and stop if it goes after theirs (``JournalWatch``).
-        await self.watch.announce(self.attempt, self.host.runner_id)
         if step:
             self._fault("journaling", step)
         await self.writer.append(p, final=isinstance(p, (journal.Ended, journal.Retry)))
@@ -537,7 +536,6 @@ class SessionRun:
     async def _begin(self, started: Started) -> None:
         await self._locate()
         self._located.set()
-        await self.watch.announce(self.attempt, self.host.runner_id)  # (as ``journal``)
         await self.writer.append(started)
         self._fault("started")
 

@@ -181,10 +181,9 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
         keys = Keyring([Fernet.generate_key()])
         mine = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
         taken: list[tuple[str, bool]] = []
-        watch = JournalWatch(nc, mine, lambda why, same: taken.append((why, same)), 70)
+        watch = JournalWatch(nc, mine, lambda why, same: taken.append((why, same)), 70, 1, "r1")
         await watch.start()
-        await watch.announce(1, "r1")
-        await mine.append(journal.Started(runner="r1", attempt=1))
+        await mine.append(journal.Started(runner="r1", attempt=1))  # (announced)
         first = mine.last
         await mine.append(journal.Print(text="one"))
         await heard_by(watch, 1)
@@ -223,17 +222,101 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
         await nc.close()
 
 
+async def test_an_attempt_that_cannot_write_says_nothing(nats_url: str) -> None:
+    """An attempt whose job was lost after it read the journal (its runner froze, its
+    heartbeats went unconfirmed) writes nothing, so it announces nothing either: the
+    attempt that runs the session, busy in a long activity, must not stop for it."""
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        session_id = ids.new_id("ses")
+        keys = Keyring([Fernet.generate_key()])
+        live = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
+        await live.append(journal.Started(runner="r1", attempt=1))
+        taken: list[str] = []
+        watch = JournalWatch(nc, live, lambda why, same: taken.append(why), 70)
+        await watch.start()
+        lapsed = JournalWriter(js, bus.publisher(nc), keys, session_id, live.last, 2, lambda: False)
+        JournalWatch(nc, lapsed, lambda why, same: None, 70, 2, "r2")
+        with pytest.raises(Fenced, match="lost its job"):
+            await lapsed.append(journal.Started(runner="r2", attempt=2))
+        # A stale attempt's notice after it, on the same connection: heard in order.
+        stale = JournalWriter(js, bus.publisher(nc), keys, session_id, live.last - 1, 2)
+        await _started(nc, stale, 2, "r0", 71)
+        await heard_by(watch, 1)
+        assert watch.heard == 1 and taken == []
+        await watch.stop()
+    finally:
+        await nc.close()
+
+
+class _HeldPublish:
+    """A connection whose publishes go out at once but return only once ``release`` is
+    set (as nats-py's do when its buffer is backed up)."""
+
+    def __init__(self, nc: Any) -> None:
+        self._nc, self.release = nc, asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._nc, name)
+
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        await self._nc.publish(*args, **kwargs)
+        await self._nc.flush()
+        await self.release.wait()
+
+
+async def test_two_attempts_announcing_at_once_leave_it_to_jetstream(nats_url: str) -> None:
+    """Two wake jobs of one parking (two messages) announce at once, each notice reaching
+    the other attempt before its own publish returned: each counts as writing from its
+    notice on, so neither stops the other (both would have stopped, both wake jobs
+    dropped, the session left RUNNING with no job); JetStream stores one `started` and
+    fences the other."""
+    nc1 = await bus.connect(nats_url, "r1")
+    nc2 = await bus.connect(nats_url, "r2")
+    try:
+        js = nc1.jetstream()
+        await bus.ensure_streams(js)
+        session_id = ids.new_id("ses")
+        keys = Keyring([Fernet.generate_key()])
+        first = JournalWriter(js, bus.publisher(nc1), keys, session_id, 0, 1)
+        await first.append(journal.Started(runner="r0", attempt=1))
+        await first.append(journal.Parked(step=1, reason="sleep"))
+        taken: list[str] = []
+        held = [_HeldPublish(nc1), _HeldPublish(nc2)]
+        writers, watches = [], []
+        for n, (nc, slow) in enumerate(zip((nc1, nc2), held, strict=True)):
+            w = JournalWriter(js, bus.publisher(nc), keys, session_id, first.last, 3)
+            watch = JournalWatch(slow, w, lambda why, same: taken.append(why), 80 + n, 2, f"r{n}")  # type: ignore[arg-type]
+            await watch.start()
+            writers.append(w)
+            watches.append(watch)
+        appends = [
+            asyncio.create_task(w.append(journal.Started(runner="r", attempt=2))) for w in writers
+        ]
+        for watch in watches:
+            await heard_by(watch, 2)  # its own notice and the other's
+        for slow in held:
+            slow.release.set()
+        outcomes = await asyncio.gather(*appends, return_exceptions=True)
+        assert taken == []
+        assert sorted(type(o).__name__ for o in outcomes) == ["Fenced", "int"], outcomes
+        for watch in watches:
+            await watch.stop()
+    finally:
+        await nc1.close()
+        await nc2.close()
+
+
 async def _started(nc: Any, writer: JournalWriter, attempt: int, runner: str, job: int) -> None:
-    """What another attempt does as it starts: announces its `started` record, writes it
+    """What another attempt does as it starts: announces and writes its `started` record
     (refused, if it goes before the journal's last record); ``job``: its job message."""
-    watch = JournalWatch(nc, writer, lambda why, same: None, job)
-    await watch.start()
-    await watch.announce(attempt, runner)
+    JournalWatch(nc, writer, lambda why, same: None, job, attempt, runner)
     try:
         await writer.append(journal.Started(runner=runner, attempt=attempt))
     except Fenced:
         pass
-    await watch.stop()
 
 
 async def heard_by(watch: JournalWatch, n: int) -> None:
