@@ -103,6 +103,7 @@ class Started:
     replayed_steps: int = 0
     read_us: int = 0  # how long reading the journal took
     chunked: int = 0  # how many of the records read came from replay chunks (akcore.chunks)
+    job_seq: int = 0  # the stream sequence of the job message its attempt ran (0: not known)
 
 
 @dataclass(frozen=True)

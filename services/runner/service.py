@@ -134,7 +134,11 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
         await msg.ack()
     elif outcome is Outcome.DROPPED:  # a stale job: another one runs the session
         await msg.ack_sync()
-    elif outcome is Outcome.FENCED and job.parked_seq and (lease.valid() or lease.taken):
+    elif (
+        outcome is Outcome.FENCED
+        and job.parked_seq
+        and await _overtaken_by_another_job(host, msg, job, lease)
+    ):
         # A wake job that still holds its job yet was fenced (or saw the journal written by
         # another attempt): another job of the session wrote its journal meanwhile (a
         # second wake job of the same parking, published past JetStream's duplicate window,
@@ -145,6 +149,26 @@ async def handle_job(host: Host, msg: Msg, ack_wait: float, since: float, limit:
         await msg.ack_sync()
     elif outcome is Outcome.RETRY and lease.valid():
         await msg.nak(delay=retry_delay(msg.metadata.num_delivered or 1))
+
+
+async def _overtaken_by_another_job(host: Host, msg: Msg, job: wire.Job, lease: Lease) -> bool:
+    """Whether a fenced attempt's journal was written by an attempt of another job message
+    while this one still held its own (else, by another delivery of this very message,
+    which runs the session: acking it would leave nothing to bring the session back if
+    that attempt's runner died). The watch knows (``Lease.taken``); a fence at a write
+    (the other attempt announced before this one listened) is judged by the last `started`
+    record's job message, and taken for another's when the journal cannot be read."""
+    if lease.taken:
+        return True
+    if not lease.valid():
+        return False
+    try:
+        history = journal.fold((await read_journal(host.js, job.session_id, host.keys)).records)
+    except Exception as e:
+        log.debug("session %s: journal not read after a fence: %r", job.session_id, e)
+        return True
+    started = history.last_started
+    return started is None or started.job_seq != msg.metadata.sequence.stream
 
 
 def retry_delay(delivery: int) -> float:

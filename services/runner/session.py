@@ -509,6 +509,7 @@ class SessionRun:
             replayed_steps=len(self.history.steps),
             read_us=self.read_us,
             chunked=self.chunked,
+            job_seq=self.watch.job_seq,
         )
         try:
             code_dir, requirements, variables = await self._prepare()
