@@ -103,6 +103,20 @@ def main(service: str, run: Run) -> None:
         if _ending.why:  # said: what failed as it stopped is what it lost
             logging.getLogger(service).debug("while ending: %r", e)
             sys.exit(LOST)
+        from . import bus  # (which imports this module)
+
+        if not isinstance(e, AKError) and bus.may_pass(e):
+            # NATS or the store not answering (a NATS node frozen as the service started):
+            # it passes, and the supervisor starts the service again; a traceback says no more.
+            log = logging.getLogger(service)
+            log.error(
+                "stopped: NATS or the store did not answer (%s: %s); exiting so that the "
+                "supervisor starts this service again",
+                type(e).__name__,
+                e or "no answer",
+            )
+            log.debug("what stopped it", exc_info=e)
+            sys.exit(1)
         if not isinstance(e, AKError):
             raise
         # a setting the operator must fix: said once, plainly

@@ -48,3 +48,29 @@ def test_the_event_loop_setting_is_read_as_it_is_checked(monkeypatch: pytest.Mon
         monkeypatch.setenv("AK_EVENT_LOOP", value)
         Settings.from_env()  # taken
         assert loop_factory() is None, value
+
+
+def test_nats_not_answering_ends_a_service_in_one_line() -> None:
+    """A NATS request that times out as a service starts (a NATS node frozen meanwhile: the
+    store's secrets key check) ends it with exit code 1, for its supervisor to start it
+    again, in one line; it was a traceback of 60 lines."""
+    script = textwrap.dedent(
+        """
+        import nats.errors
+        from akcore import service
+
+        async def run(settings, stop):
+            raise nats.errors.TimeoutError
+
+        service.main("store", run)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(
+        "stopped: NATS or the store did not answer (TimeoutError: nats: timeout); exiting so "
+        "that the supervisor starts this service again"
+    ), lines
