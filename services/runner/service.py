@@ -157,18 +157,21 @@ async def _overtaken_by_another_job(host: Host, msg: Msg, job: wire.Job, lease: 
     which runs the session: acking it would leave nothing to bring the session back if
     that attempt's runner died). The watch knows (``Lease.taken``); a fence at a write
     (the other attempt announced before this one listened) is judged by the last `started`
-    record's job message, and taken for another's when the journal cannot be read."""
+    record's job message, and taken for another's when the journal cannot be read; never
+    once the hold lapsed, before or during that read."""
     if lease.taken:
         return True
     if not lease.valid():
         return False
+    # (Its heartbeats are stopped and the read may take long, NATS being slow: the hold may
+    # lapse meanwhile and the job be delivered again; an ack then would be that delivery's.)
     try:
         history = journal.fold((await read_journal(host.js, job.session_id, host.keys)).records)
     except Exception as e:
         log.debug("session %s: journal not read after a fence: %r", job.session_id, e)
-        return True
+        return lease.valid()
     started = history.last_started
-    return started is None or started.job_seq != msg.metadata.sequence.stream
+    return lease.valid() and (started is None or started.job_seq != msg.metadata.sequence.stream)
 
 
 def retry_delay(delivery: int) -> float:
