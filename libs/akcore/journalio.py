@@ -279,8 +279,8 @@ class JournalWatch:
     takes (an attempt that announced before another subscribed, or a runner frozen as the
     notice came, is left to the fence). A notice whose write then fails (NATS away, the
     job lost meanwhile) has stopped the other attempt for nothing: the session goes on
-    once its job comes back, as after a runner's death. One notice per attempt: nothing is
-    added to a step."""
+    once its job comes back, as after a runner's death; a notice that cannot be published
+    is left out, not the record. One notice per attempt: nothing is added to a step."""
 
     def __init__(
         self,
@@ -319,7 +319,12 @@ class JournalWatch:
             runner=self.runner,
             job_seq=self.job_seq,
         )
-        await self.nc.publish(self.subject, wire.encode(notice))
+        try:
+            await self.nc.publish(self.subject, wire.encode(notice))
+        except Exception as e:  # (the connection's buffer full while it reconnects)
+            # Left out: the record still goes (retried by the writer while NATS is away),
+            # and the fence stops another attempt at its next write, as without the watch.
+            log.warning("session %s: attempt notice not sent: %r", self.writer.session_id, e)
 
     def _on_msg(self, msg: Msg) -> None:
         self.heard += 1

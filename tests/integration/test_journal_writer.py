@@ -13,6 +13,7 @@ from akcore import bus, ids, journal
 from akcore.datakey import Keyring
 from akcore.journalio import Fenced, JournalWatch, JournalWriter, read_journal
 from cryptography.fernet import Fernet
+from nats.errors import OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
 
 
@@ -361,5 +362,39 @@ async def test_the_watch_tells_another_job_of_the_session_from_another_delivery(
         await heard_by(watch, 1)
         assert same == [False]
         await watch.stop()
+    finally:
+        await nc.close()
+
+
+class _BufferFull:
+    """A connection reconnecting with its buffer full: nats-py's publish raises at once."""
+
+    def __init__(self, nc: Any) -> None:
+        self._nc = nc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._nc, name)
+
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        raise OutboundBufferLimitError
+
+
+async def test_a_notice_that_cannot_be_published_leaves_the_record_to_the_writer(
+    nats_url: str,
+) -> None:
+    """The notice is best effort: failing to publish it (the client's buffer full while it
+    reconnects) neither fails the attempt's first record, which the writer retries until
+    NATS is back, nor spends its record number."""
+    nc = await bus.connect(nats_url, "t")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        session_id = ids.new_id("ses")
+        keys = Keyring([Fernet.generate_key()])
+        writer = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
+        JournalWatch(_BufferFull(nc), writer, lambda why, same: None, 70, 1, "r1")  # type: ignore[arg-type]
+        await writer.append(journal.Started(runner="r1", attempt=1))
+        read = await read_journal(js, session_id, keys)
+        assert [(r.seq, r.kind) for r in read.records] == [(1, journal.Kind.STARTED)]
     finally:
         await nc.close()
