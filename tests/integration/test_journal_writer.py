@@ -293,6 +293,8 @@ async def test_two_attempts_announcing_at_once_leave_it_to_jetstream(nats_url: s
             await watch.start()
             writers.append(w)
             watches.append(watch)
+        for nc in (nc1, nc2):  # (each watch's subscription reaches the server before the
+            await nc.flush()  # other connection's notice: else it missed it, 2 runs in 30)
         appends = [
             asyncio.create_task(w.append(journal.Started(runner="r", attempt=2))) for w in writers
         ]
