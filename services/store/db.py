@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from akcore.config import check_db_dsn
@@ -48,7 +49,9 @@ def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
     else:
         # A database that does not answer (frozen, a network cut that drops packets) held a
         # connection attempt for ever: a store starting then hung, saying nothing.
-        connect = {} if "connect_timeout" in make_url(dsn).query else {"connect_timeout": 10}
+        # (A limit the URL or libpq's PGCONNECT_TIMEOUT sets is the operator's: kept.)
+        given = "connect_timeout" in make_url(dsn).query or "PGCONNECT_TIMEOUT" in os.environ
+        connect = {} if given else {"connect_timeout": 10}
         engine = create_engine(dsn, pool_pre_ping=True, hide_parameters=True, connect_args=connect)
         idle_ms = int(IDLE_IN_TRANSACTION * 1000)
 
