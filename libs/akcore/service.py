@@ -11,6 +11,8 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 
+import nats.errors
+
 from .config import ENV_EVENT_LOOP, Settings, log_level, or_default
 from .errors import AKError, Unavailable
 
@@ -103,9 +105,7 @@ def main(service: str, run: Run) -> None:
         if _ending.why:  # said: what failed as it stopped is what it lost
             logging.getLogger(service).debug("while ending: %r", e)
             sys.exit(LOST)
-        from . import bus  # (which imports this module)
-
-        if not isinstance(e, AKError) and bus.may_pass(e):
+        if _not_answered(e):
             # NATS or the store not answering (a NATS node frozen as the service started):
             # it passes, and the supervisor starts the service again; a traceback says no more.
             log = logging.getLogger(service)
@@ -124,6 +124,21 @@ def main(service: str, run: Run) -> None:
         sys.exit(1 if isinstance(e, Unavailable) else 2)  # (what passes: not a setting)
     if _ending.why:
         sys.exit(LOST)
+
+
+def _not_answered(e: BaseException) -> bool:
+    """NATS (or a service over it) did not answer, or could not be reached: what passes.
+    Not any error of nats-py's (a programming error is one too: it keeps its traceback)."""
+    return isinstance(
+        e,
+        (
+            TimeoutError,  # (asyncio's too)
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.errors.NoServersError,
+            nats.errors.ConnectionClosedError,
+        ),
+    )
 
 
 def settle_heap() -> None:

@@ -48,7 +48,7 @@ def open_engine(dsn: str, migrate_schema: bool = True) -> Engine:
             cur.close()
     else:
         # A database that does not answer (frozen, a network cut that drops packets) held a
-        # connection attempt for ever: a store starting then hung, saying nothing.
+        # connection attempt for 130 s (psycopg's own limit): a store starting said nothing.
         # (A limit the URL or libpq's PGCONNECT_TIMEOUT sets is the operator's: kept.)
         given = "connect_timeout" in make_url(dsn).query or "PGCONNECT_TIMEOUT" in os.environ
         connect = {} if given else {"connect_timeout": 10}

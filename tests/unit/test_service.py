@@ -74,3 +74,21 @@ def test_nats_not_answering_ends_a_service_in_one_line() -> None:
         "stopped: NATS or the store did not answer (TimeoutError: nats: timeout); exiting so "
         "that the supervisor starts this service again"
     ), lines
+
+
+def test_a_programming_error_of_nats_py_keeps_its_traceback() -> None:
+    """Not every error of nats-py's passes: one saying the code is wrong must show where."""
+    script = textwrap.dedent(
+        """
+        import nats.errors
+        from akcore import service
+
+        async def run(settings, stop):
+            raise nats.errors.Error("nats: must use coroutine for subscriptions")
+
+        service.main("store", run)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "must use coroutine" in out.stderr
