@@ -17,6 +17,21 @@ from cryptography.fernet import Fernet
 from nats.errors import TimeoutError as NatsTimeout
 
 
+async def _woken_twice(nc: Any) -> tuple[Any, Keyring, wire.Job]:
+    """A session's journal: attempt 1 (job message 40) parked, then attempt 2 of wake job
+    message 41 started; and a wake job of that parking."""
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    keys = Keyring([Fernet.generate_key()])
+    sid = ids.new_id("ses")
+    job = wire.Job(sid, "prj", "dep", "bld", "f.py:h", True, None, None, {}, parked_seq=3)
+    writer = JournalWriter(js, bus.publisher(nc), keys, sid, 0, 1)
+    await writer.append(journal.Started(runner="r1", attempt=1, job_seq=40))
+    await writer.append(journal.Parked(step=1, reason="sleep"))
+    await writer.append(journal.Started(runner="r2", attempt=2, job_seq=41))
+    return js, keys, job
+
+
 def _delivery(stream_seq: int, valid: bool = True, taken: bool = False) -> tuple[object, object]:
     msg = types.SimpleNamespace(
         metadata=types.SimpleNamespace(sequence=types.SimpleNamespace(stream=stream_seq))
@@ -28,16 +43,8 @@ def _delivery(stream_seq: int, valid: bool = True, taken: bool = False) -> tuple
 async def test_a_fenced_wake_job_is_dropped_only_for_another_job_message(nats_url: str) -> None:
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        keys = Keyring([Fernet.generate_key()])
+        js, keys, job = await _woken_twice(nc)
         host = types.SimpleNamespace(js=js, keys=keys)
-        sid = ids.new_id("ses")
-        job = wire.Job(sid, "prj", "dep", "bld", "f.py:h", True, None, None, {}, parked_seq=3)
-        writer = JournalWriter(js, bus.publisher(nc), keys, sid, 0, 1)
-        await writer.append(journal.Started(runner="r1", attempt=1, job_seq=40))
-        await writer.append(journal.Parked(step=1, reason="sleep"))
-        await writer.append(journal.Started(runner="r2", attempt=2, job_seq=41))
 
         async def dropped(stream_seq: int, valid: bool = True, taken: bool = False) -> bool:
             msg, lease = _delivery(stream_seq, valid, taken)
@@ -75,18 +82,10 @@ async def test_a_wake_job_whose_hold_lapsed_during_the_read_is_left_alone(nats_u
     said or if it failed."""
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        keys = Keyring([Fernet.generate_key()])
-        sid = ids.new_id("ses")
-        job = wire.Job(sid, "prj", "dep", "bld", "f.py:h", True, None, None, {}, parked_seq=3)
-        writer = JournalWriter(js, bus.publisher(nc), keys, sid, 0, 1)
-        await writer.append(journal.Started(runner="r1", attempt=1, job_seq=40))
-        await writer.append(journal.Parked(step=1, reason="sleep"))
-        await writer.append(journal.Started(runner="r2", attempt=2, job_seq=41))
+        js, keys, job = await _woken_twice(nc)
         msg, _ = _delivery(42)  # another wake job wrote: dropped, were it still held
         for fail in (False, True):
-            lease = Lease(msg, 1.0, asyncio.get_running_loop().time(), sid)  # type: ignore[arg-type]
+            lease = Lease(msg, 1.0, asyncio.get_running_loop().time(), job.session_id)  # type: ignore[arg-type]
             host = types.SimpleNamespace(js=_SlowJs(js, lease, fail), keys=keys)
             assert not await _overtaken_by_another_job(host, msg, job, lease)  # type: ignore[arg-type]
             assert not lease.valid()
