@@ -38,7 +38,9 @@ async def test_each_tick_once_with_two_dispatchers(settings: Settings) -> None:
             nc, "deployment.create", {"project": res["project_id"], "build_id": bid}
         )
         await bus.store_call(nc, "deployment.activate", {"deployment_id": did})
-        await asyncio.sleep(5.5)
+        async with asyncio.timeout(60):  # a few ticks dispatched (a slow machine: later)
+            while len(await _all(js, subjects.STREAM_JOBS, wire.Job)) < 3:
+                await asyncio.sleep(0.2)
         await bus.store_call(
             nc, "manifest.apply", {"text": "version: v1\nproject:\n  name: ticks\n"}
         )
@@ -46,11 +48,13 @@ async def test_each_tick_once_with_two_dispatchers(settings: Settings) -> None:
         events = await _all(js, subjects.STREAM_EVENTS, wire.Event)
         jobs = [j.event_id for j in await _all(js, subjects.STREAM_JOBS, wire.Job)]
         ticks = [e for e in events if e.event_type == "tick"]
-        assert 2 <= len(ticks) <= 10  # ~5.5 s of ticks plus up to one refresh period
         assert len({e.created_at_us for e in ticks}) == len(ticks)  # no tick twice
-        assert len(set(jobs)) == len(jobs)  # one session per tick, never two
-        # Every tick started a session, except perhaps the last, dispatched after the delete.
-        assert set(jobs) <= {e.event_id for e in ticks} and len(jobs) >= len(ticks) - 1
+        assert len(set(jobs)) == len(jobs) >= 3  # one session per tick, never two
+        assert set(jobs) <= {e.event_id for e in ticks}
+        # Every tick started a session but the last ones, dispatched after the delete (how
+        # many depends on the machine's speed): none was skipped in between.
+        started = [e.event_id in jobs for e in sorted(ticks, key=lambda e: e.created_at_us)]
+        assert started == sorted(started, reverse=True), started
         before = len(ticks)
         await asyncio.sleep(2)
         after = [
@@ -62,6 +66,8 @@ async def test_each_tick_once_with_two_dispatchers(settings: Settings) -> None:
 
 async def _all(js, stream: str, cls):  # type: ignore[no-untyped-def]
     info = await js.stream_info(stream)
+    if not info.state.messages:
+        return []
     out = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(stream, seq)
