@@ -165,13 +165,15 @@ async def _overtaken_by_another_job(host: Host, msg: Msg, job: wire.Job, lease: 
         return False
     # (Its heartbeats are stopped and the read may take long, NATS being slow: the hold may
     # lapse meanwhile and the job be delivered again; an ack then would be that delivery's.)
+    own = msg.metadata.sequence.stream
     try:
         history = journal.fold((await read_journal(host.js, job.session_id, host.keys)).records)
+        started = history.last_started
+        another = started is None or started.job_seq != own
     except Exception as e:
         log.debug("session %s: journal not read after a fence: %r", job.session_id, e)
-        return lease.valid()
-    started = history.last_started
-    return lease.valid() and (started is None or started.job_seq != msg.metadata.sequence.stream)
+        another = True
+    return another and lease.valid()
 
 
 def retry_delay(delivery: int) -> float:
