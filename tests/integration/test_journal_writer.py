@@ -17,14 +17,18 @@ from nats.errors import OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
 
 
+async def _journal(nc: Any) -> tuple[Any, str, Keyring]:
+    """JetStream with the streams made, a new session's id and a keyring to seal with."""
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    return js, ids.new_id("ses"), Keyring([Fernet.generate_key()])
+
+
 async def test_nothing_is_written_once_the_attempt_lost_its_job(nats_url: str) -> None:
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
+        js, session_id, keys = await _journal(nc)
         holds = [True]
-        keys = Keyring([Fernet.generate_key()])
         writer = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1, lambda: holds[0])
         await writer.append(journal.Started(runner="r", attempt=1))
         holds[0] = False  # the lease lapsed
@@ -61,10 +65,7 @@ async def test_a_stop_that_cancels_a_stored_write_still_ends_the_session(nats_ur
     running, and each later attempt did the same: a stop that never stopped it)."""
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
-        keys = Keyring([Fernet.generate_key()])
+        js, session_id, keys = await _journal(nc)
         pub = _AckLost(bus.publisher(nc))
         writer = JournalWriter(js, pub, keys, session_id, 0, 1)  # type: ignore[arg-type]
         pub.sent.set()  # (the first write is acknowledged)
@@ -144,10 +145,7 @@ async def test_a_stop_during_a_retried_write_still_ends_the_session(
 ) -> None:
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
-        keys = Keyring([Fernet.generate_key()])
+        js, session_id, keys = await _journal(nc)
         pub = faulty(bus.publisher(nc))
         writer = JournalWriter(js, pub, keys, session_id, 0, 1)  # type: ignore[arg-type]
         writer.RETRY_PAUSE = 0.0 if faulty is _TimedOutThenRefused else writer.RETRY_PAUSE
@@ -176,10 +174,7 @@ async def test_the_watch_stops_an_attempt_as_soon_as_another_one_is_about_to_wri
     records stops it at once, saying which; after its last record, nothing does."""
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
-        keys = Keyring([Fernet.generate_key()])
+        js, session_id, keys = await _journal(nc)
         mine = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
         taken: list[tuple[str, bool]] = []
         watch = JournalWatch(nc, mine, lambda why, same: taken.append((why, same)), 70, 1, "r1")
@@ -229,10 +224,7 @@ async def test_an_attempt_that_cannot_write_says_nothing(nats_url: str) -> None:
     attempt that runs the session, busy in a long activity, must not stop for it."""
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
-        keys = Keyring([Fernet.generate_key()])
+        js, session_id, keys = await _journal(nc)
         live = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
         await live.append(journal.Started(runner="r1", attempt=1))
         taken: list[str] = []
@@ -277,10 +269,7 @@ async def test_two_attempts_announcing_at_once_leave_it_to_jetstream(nats_url: s
     nc1 = await bus.connect(nats_url, "r1")
     nc2 = await bus.connect(nats_url, "r2")
     try:
-        js = nc1.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
-        keys = Keyring([Fernet.generate_key()])
+        js, session_id, keys = await _journal(nc1)
         first = JournalWriter(js, bus.publisher(nc1), keys, session_id, 0, 1)
         await first.append(journal.Started(runner="r0", attempt=1))
         await first.append(journal.Parked(step=1, reason="sleep"))
@@ -350,10 +339,7 @@ async def test_the_watch_tells_another_job_of_the_session_from_another_delivery(
     runner that was overtaken (acking the latter would ack the live attempt's job)."""
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
-        keys = Keyring([Fernet.generate_key()])
+        js, session_id, keys = await _journal(nc)
         mine = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
         await mine.append(journal.Started(runner="r1", attempt=1))
         same: list[bool] = []
@@ -389,10 +375,7 @@ async def test_a_notice_that_cannot_be_published_leaves_the_record_to_the_writer
     NATS is back, nor spends its record number."""
     nc = await bus.connect(nats_url, "t")
     try:
-        js = nc.jetstream()
-        await bus.ensure_streams(js)
-        session_id = ids.new_id("ses")
-        keys = Keyring([Fernet.generate_key()])
+        js, session_id, keys = await _journal(nc)
         writer = JournalWriter(js, bus.publisher(nc), keys, session_id, 0, 1)
         JournalWatch(_BufferFull(nc), writer, lambda why, same: None, 70, 1, "r1")  # type: ignore[arg-type]
         await writer.append(journal.Started(runner="r1", attempt=1))

@@ -69,8 +69,8 @@ class _SlowJs:
         return getattr(self._js, name)
 
     async def get_last_msg(self, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, self._lease.until - loop.time()) + 0.05)
+        while self._lease.valid():  # (answers once the hold lapsed)
+            await asyncio.sleep(0.05)
         if self._fail:
             raise NatsTimeout
         return await self._js.get_last_msg(*args, **kwargs)
