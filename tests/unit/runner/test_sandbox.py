@@ -348,6 +348,7 @@ def test_the_data_home_is_closed_but_for_what_workers_read(tmp_path: Path) -> No
 @pytest.mark.usefixtures("python_for_all")
 def test_a_build_tool_runs_as_its_user_and_writes_files_others_read(tmp_path: Path) -> None:
     tmp_path.chmod(0o777)
+    open_way_to(tmp_path)  # (the test before it opened it, run alone it was not)
     out = tmp_path / "out"
     script = f"import os; print(os.getuid(), os.getgid(), os.getgroups()); open('{out}', 'w')"
     res = subprocess.run(
