@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from nats.aio.msg import Msg
 
@@ -46,7 +45,6 @@ class Lease:
         self.taken = False  # lost because another attempt wrote the session's journal
         self.beating = True  # the fault hook turns it off
         self.forgotten = False  # the fault hook: heartbeats not sent, taken as confirmed
-        self.on_lost: Callable[[str], None] | None = None
 
     def valid(self) -> bool:
         if self.lost.is_set():
@@ -78,8 +76,6 @@ class Lease:
             return
         self.lost_because, self.taken = why, taken
         self.lost.set()
-        if self.on_lost is not None:
-            self.on_lost(why)
 
     async def keep(self) -> None:
         """Heartbeats every sixth of the ack wait until the lease is lost or cancelled (the
