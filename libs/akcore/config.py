@@ -60,6 +60,8 @@ ENV_PACKAGES_MIN_FREE_MB = "AK_RUNNER__PACKAGES_MIN_FREE_MB"
 ENV_BUILD_CACHE_MB = "AK_RUNNER__BUILD_CACHE_MB"  # disk the unpacked builds may take
 ENV_BUILD_CACHE_IDLE = "AK_RUNNER__BUILD_CACHE_IDLE"  # seconds an unused build is kept, or off
 BUILD_CACHE_IDLE = 86400.0  # its default: a day
+ENV_VENVS_MB = "AK_RUNNER__VENVS_MB"  # disk the projects' environments may take
+ENV_VENVS_IDLE = "AK_RUNNER__VENVS_IDLE"  # seconds an unused project environment is kept, or off
 ENV_TIMEOUT = "AK_TIMEOUT"
 ENV_EVENT_LOOP = "AK_EVENT_LOOP"  # uvloop (default when installed) or asyncio
 ENV_AUTH_TOKENS = "AK_AUTH__TOKENS"  # on (default) or off: /api calls need an API token
@@ -201,6 +203,8 @@ class Settings:
     packages_min_free_mb: int = 2048  # room installs leave on the data home's disk
     build_cache_mb: int = 1024  # the runner's unpacked builds, at most (but those in use)
     build_cache_idle: float = BUILD_CACHE_IDLE  # an unused build is removed after (0: never)
+    venvs_mb: int = 10240  # the projects' environments, at most (but those in use)
+    venvs_idle: float = 0.0  # an unused project environment is removed after (0: never)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -242,6 +246,8 @@ class Settings:
             packages_min_free_mb=_count(ENV_PACKAGES_MIN_FREE_MB, 2048, 0),
             build_cache_mb=_count(ENV_BUILD_CACHE_MB, 1024, 64),
             build_cache_idle=_seconds_or_off(ENV_BUILD_CACHE_IDLE, BUILD_CACHE_IDLE),
+            venvs_mb=_count(ENV_VENVS_MB, 10240, 1),
+            venvs_idle=_seconds_or_off(ENV_VENVS_IDLE, 0.0),
         )._checked()
 
     def _checked(self) -> Settings:

@@ -1,5 +1,6 @@
 """Build files on local disk: each build unpacked once into a cache that the runners of one
-data home share, and removed again when no session needs it (``BuildCache``)."""
+data home share, and removed again when no session needs it (``BuildCache``). The projects'
+Python environments are kept the same way (``DirCache``, ``pyenv.VenvCache``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from akcore.buildfiles import check_build
@@ -23,10 +26,11 @@ STALE_SECONDS = 3600.0
 
 
 class Held:
-    """A session's hold on its build's directory: while it is open, no runner removes the
-    directory (a shared ``flock`` on the build's lock file; ``BuildCache.prune`` needs an
-    exclusive one). The lock files are root's alone, beside the cache: a worker's user can
-    read a build's directory, and a lock on that it took would keep sessions from it."""
+    """A session's hold on a directory of a ``DirCache`` (its build's, its environment's):
+    while it is open, no runner removes the directory (a shared ``flock`` on the
+    directory's lock file; ``prune`` needs an exclusive one). The lock files are root's
+    alone, beside the cache: a worker's user can read the directory, and a lock on that it
+    took would keep sessions from it."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -37,22 +41,144 @@ class Held:
             self._fd = -1
 
 
-class BuildCache:
-    """The builds unpacked under ``root``, a directory each (``root/<build id>``).
+class DirCache:
+    """Directories under ``root``, one per name, that sessions hold while they use one and
+    that are removed when none does.
 
-    A directory is whole or missing: a build is written under another name and renamed
-    into place. A session holds its build (``hold``) from before its worker starts until
-    its attempt ends, and each hold marks the directory used (its mtime, which every
-    runner sharing the cache sees). ``prune`` removes directories no one holds: those not
-    used for ``idle`` seconds (0: kept however old), then the least recently used while
-    all of them take more than ``max_bytes`` of disk.
-    """
+    A session holds its directory (``hold``) until its attempt ends, and each hold marks the
+    directory used (its mtime, which every runner sharing the cache sees). ``prune`` removes
+    directories no one holds: those not used for ``idle`` seconds (0: kept however old),
+    then the least recently used while all of them take more than ``max_bytes`` of disk.
+    ``what`` names them in the log."""
 
-    def __init__(self, root: Path, max_bytes: int, idle: float) -> None:
+    what = "directories"
+
+    def __init__(self, root: Path, max_bytes: int, idle: float, locks: Path | None = None) -> None:
         self.root, self.max_bytes, self.idle = root, max_bytes, idle
-        self.locks = root.with_name(root.name + "-locks")  # a lock file per build
+        # A lock file per directory (``locks``: where; by default beside ``root``).
+        self.locks = locks or root.with_name(root.name + "-locks")
         self._sizes: dict[str, int] = {}  # each directory's disk use, measured once
         self._pruning = threading.Lock()
+
+    def _leftover(self, name: str) -> bool:
+        """Whether an entry of ``root`` is work a runner left (removed once stale)."""
+        return name.startswith(".")
+
+    @contextmanager
+    def _exclusive(self, name: str) -> Iterator[None]:
+        """Held while ``name`` is removed (with the holders' lock): what else must not use
+        it meanwhile. Raises OSError (BlockingIOError) when it cannot be removed now."""
+        yield
+
+    def _detach(self, name: str) -> None:
+        """What goes with ``name``'s directory besides it (once it is renamed away)."""
+
+    def forget_size(self, name: str) -> None:
+        """``name``'s directory changed: its size is measured again at the next prune."""
+        self._sizes.pop(name, None)
+
+    def hold(self, name: str) -> Held | None:
+        """Holds ``name``'s directory for a session; None when it is not there (never made,
+        or removed meanwhile: make it again)."""
+        path = self.root / name
+        fd = self._lock_file(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused: it is being removed
+            if not self._still(fd, name) or not path.is_dir():  # (removed meanwhile)
+                raise FileNotFoundError(path)
+            os.utime(path)  # its last use
+        except OSError:
+            os.close(fd)
+            return None
+        return Held(fd)
+
+    def _lock_file(self, name: str) -> int:
+        self.locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(self.locks / name, flags, 0o600)
+
+    def _still(self, fd: int, name: str) -> bool:
+        """Whether the lock file open as ``fd`` is still ``name``'s (a remover unlinks it,
+        holding it, after the directory is gone: a lock taken on it after that is void)."""
+        try:
+            there, held = os.stat(self.locks / name), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
+    def prune(self, keep: str = "") -> list[str]:
+        """Removes what ``DirCache`` says (but ``keep``, one just made for a session);
+        returns the names of the directories removed."""
+        with self._pruning:
+            now = time.time()
+            found: list[tuple[float, str]] = []
+            try:
+                entries = list(os.scandir(self.root))
+            except FileNotFoundError:  # nothing unpacked yet
+                entries = []
+            for entry in entries:
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    if entry.name.startswith("."):
+                        if self._leftover(entry.name) and now - mtime > STALE_SECONDS:
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                    elif entry.is_dir(follow_symlinks=False):
+                        if entry.name not in self._sizes:
+                            self._sizes[entry.name] = disk_usage(Path(entry.path))
+                        found.append((mtime, entry.name))
+                except FileNotFoundError:  # removed meanwhile by another runner
+                    continue
+            total = sum(self._sizes[name] for _, name in found)
+            removed = []
+            for mtime, name in sorted(found):  # least recently used first
+                unused = self.idle > 0 and now - mtime >= self.idle
+                if not unused and total <= self.max_bytes:
+                    break
+                if name != keep and self._remove(name):
+                    total -= self._sizes.pop(name, 0)
+                    removed.append(name)
+            if removed:
+                log.info("removed %d %s: %s", len(removed), self.what, ", ".join(removed))
+            return removed
+
+    def _remove(self, name: str) -> bool:
+        """Removes one directory unless a session holds it."""
+        path = self.root / name
+        try:
+            fd = self._lock_file(name)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not self._still(fd, name):
+                return False
+            with self._exclusive(name):
+                # Renamed first: a runner that looks for it now makes it again.
+                gone = self.root / f".removing-{name}-{secrets.token_hex(4)}"
+                try:
+                    os.rename(path, gone)
+                except FileNotFoundError:  # another runner's prune was first
+                    gone = path  # (nothing there to remove)
+                self._detach(name)
+            os.unlink(self.locks / name)  # (still held: a hold opened before is void)
+        except OSError:  # held (BlockingIOError), or removed meanwhile
+            return False
+        finally:
+            os.close(fd)
+        if gone != path:
+            shutil.rmtree(gone, ignore_errors=True)
+        return True
+
+
+class BuildCache(DirCache):
+    """The builds unpacked under ``root``, a directory each (``root/<build id>``), pruned as
+    ``DirCache`` says.
+
+    A directory is whole or missing: a build is written under another name and renamed
+    into place. A session holds its build from before its worker starts until its
+    attempt ends."""
+
+    what = "unpacked builds"
 
     def unpack(self, build_id: str, files: dict[str, bytes]) -> Path:
         """Writes ``files`` to ``root/<build_id>`` unless it is there; returns that directory.
@@ -78,96 +204,6 @@ class BuildCache:
             return final
         self._sizes[build_id] = size
         return final
-
-    def hold(self, build_id: str) -> Held | None:
-        """Holds the build's directory for a session; None when it is not there (never
-        unpacked, or removed meanwhile: unpack it again)."""
-        path = self.root / build_id
-        fd = self._lock_file(build_id)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused: it is being removed
-            if not self._still(fd, build_id) or not path.is_dir():  # (removed meanwhile)
-                raise FileNotFoundError(path)
-            os.utime(path)  # its last use
-        except OSError:
-            os.close(fd)
-            return None
-        return Held(fd)
-
-    def _lock_file(self, build_id: str) -> int:
-        self.locks.mkdir(mode=0o700, parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        return os.open(self.locks / build_id, flags, 0o600)
-
-    def _still(self, fd: int, build_id: str) -> bool:
-        """Whether the lock file open as ``fd`` is still the build's (a remover unlinks it,
-        holding it, after the directory is gone: a lock taken on it after that is void)."""
-        try:
-            there, held = os.stat(self.locks / build_id), os.fstat(fd)
-        except FileNotFoundError:
-            return False
-        return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
-
-    def prune(self, keep: str = "") -> list[str]:
-        """Removes what ``BuildCache`` says (but ``keep``, a build just unpacked for a
-        session); returns the ids of the builds removed."""
-        with self._pruning:
-            now = time.time()
-            found: list[tuple[float, str]] = []
-            try:
-                entries = list(os.scandir(self.root))
-            except FileNotFoundError:  # nothing unpacked yet
-                entries = []
-            for entry in entries:
-                try:
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                    if entry.name.startswith("."):
-                        if now - mtime > STALE_SECONDS:
-                            shutil.rmtree(entry.path, ignore_errors=True)
-                    elif entry.is_dir(follow_symlinks=False):
-                        if entry.name not in self._sizes:
-                            self._sizes[entry.name] = disk_usage(Path(entry.path))
-                        found.append((mtime, entry.name))
-                except FileNotFoundError:  # removed meanwhile by another runner
-                    continue
-            total = sum(self._sizes[name] for _, name in found)
-            removed = []
-            for mtime, name in sorted(found):  # least recently used first
-                unused = self.idle > 0 and now - mtime >= self.idle
-                if not unused and total <= self.max_bytes:
-                    break
-                if name != keep and self._remove(name):
-                    total -= self._sizes.pop(name, 0)
-                    removed.append(name)
-            if removed:
-                log.info("removed %d unpacked builds: %s", len(removed), ", ".join(removed))
-            return removed
-
-    def _remove(self, build_id: str) -> bool:
-        """Removes one build's directory unless a session holds it."""
-        path = self.root / build_id
-        try:
-            fd = self._lock_file(build_id)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not self._still(fd, build_id):
-                return False
-            # Renamed first: a runner that looks for it now unpacks it again.
-            gone = self.root / f".removing-{build_id}-{secrets.token_hex(4)}"
-            try:
-                os.rename(path, gone)
-            except FileNotFoundError:  # another runner's prune was first
-                gone = path  # (nothing there to remove)
-            os.unlink(self.locks / build_id)  # (still held: a hold opened before is void)
-        except OSError:  # held (BlockingIOError), or removed meanwhile
-            return False
-        finally:
-            os.close(fd)
-        if gone != path:
-            shutil.rmtree(gone, ignore_errors=True)
-        return True
 
 
 def disk_usage(root: Path) -> int:

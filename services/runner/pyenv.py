@@ -23,7 +23,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,6 +41,7 @@ from akcore.errors import AKError, InvalidArgument, ResourceExhausted
 from packaging.requirements import InvalidRequirement, Requirement
 
 from . import diskroom
+from .builds import DirCache, Held
 from .requirements import RequirementsRefused, check_requirements
 from .sandbox import (
     TEMP_DIRS,
@@ -143,8 +144,12 @@ def spec_for(requirements: bytes | None) -> Spec:
         source = str(config.python_requirements())
         text, skipped = _packages(default_requirements(), source)
         return Spec(config.default_venv(), text, "the default environment", tuple(skipped))
-    key = hashlib.sha256(requirements).hexdigest()[:16]
     text, skipped = _packages(requirements.decode(errors="replace"), REQUIREMENTS_FILE)
+    # Named by the packages as parsed, in order and once each: a comment, a blank line,
+    # spacing or the lines' order made another environment, which a token limited to a
+    # project could repeat until the disk was full (``VenvCache`` bounds them all).
+    text = "".join(sorted(set(text.splitlines(keepends=True))))
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
     return Spec(config.project_venvs() / key, text, f"{REQUIREMENTS_FILE} {key}", tuple(skipped))
 
 
@@ -420,7 +425,50 @@ def lock_file(spec: Spec) -> Path:
     on a path every worker reaches: a handler of any project opened it and held it
     (``flock`` takes a file opened only to read), and no runner could build that
     environment again (the default one, after an upgrade or a change of its list)."""
-    return config.private_dir(config.data_home() / LOCKS) / f"{spec.path.name}.lock"
+    return _lock_path(spec.path.name)
+
+
+def _lock_path(name: str) -> Path:
+    return config.private_dir(config.data_home() / LOCKS) / f"{name}.lock"
+
+
+class VenvCache(DirCache):
+    """The projects' environments (``config.project_venvs()``: a venv each, named by its
+    package list), kept as unpacked builds are (``DirCache``): a session holds its
+    environment from before its worker starts until its attempt ends, and the environments
+    no session holds are removed when unused for ``idle`` seconds, then the least recently
+    used while all of them take more than ``max_bytes``. One removed is built again when a
+    session or a deploy needs it. Never removed: one being built (its build lock), and the
+    default environment, which lives elsewhere. Before, every venv stayed for good: a token
+    limited to one project could deploy one ``requirements.txt`` after another (a comment
+    more was another venv) until the data home's disk was full."""
+
+    what = "project environments"
+
+    def _leftover(self, name: str) -> bool:
+        return name.startswith(".removing-")  # (not ``.<name>.python``: ``Spec.base_file``)
+
+    @contextlib.contextmanager
+    def _exclusive(self, name: str) -> Iterator[None]:
+        fd = os.open(_lock_path(name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while a runner builds it
+            yield
+        finally:
+            os.close(fd)  # (the lock file stays: a builder may wait on it)
+
+    def _detach(self, name: str) -> None:
+        (self.root / f".{name}.python").unlink(missing_ok=True)
+
+    def hold(self, name: str) -> Held | None:
+        """As ``DirCache.hold``, and None too while the environment is not whole: removed
+        and being built again by another runner (whose build has not written its marker
+        yet), which this runner, having found it ready a moment before, would not see."""
+        held = super().hold(name)
+        if held is not None and not (self.root / name / MARKER).is_file():
+            held.close()
+            return None
+        return held
 
 
 @contextlib.asynccontextmanager
@@ -622,6 +670,7 @@ class PythonEnvs:
         files: int = 0,
         builds: int = 2,
         min_free_mb: int = 0,
+        venvs: VenvCache | None = None,
     ) -> None:
         """``timeout``: seconds installing one environment may take
         (``AK_RUNNER__PACKAGES_TIMEOUT``); ``memory_mb``: what its processes may use
@@ -631,13 +680,15 @@ class PythonEnvs:
         sandboxed install may have, as a worker's (``AK_RUNNER__WORKER_FILES``); ``builds``:
         environments installed at once (``AK_RUNNER__PACKAGES_BUILDS``), the others wait
         their turn; ``min_free_mb``: room installs leave on the disks they write to
-        (``AK_RUNNER__PACKAGES_MIN_FREE_MB``, 0: not watched)."""
+        (``AK_RUNNER__PACKAGES_MIN_FREE_MB``, 0: not watched); ``venvs``: the projects'
+        environments, pruned after each build (None: never)."""
         self.worker_python = worker_python
         self.sdk_copies = sdk_copies
         self.users = users  # the sandbox: packages are installed as a user of their own
         self.timeout, self.memory_mb = timeout, memory_mb
         self.env_names, self.files = env_names, files
         self.builds, self.min_free_mb = builds, min_free_mb
+        self.venvs = venvs
         self._turns = Turns(builds)
         self._builds: dict[Path, Build] = {}
         self._ready: dict[bytes | None, tuple[float, tuple[str, dict[str, str], str]]] = {}
@@ -662,6 +713,9 @@ class PythonEnvs:
             try:
                 async with self._turns.turn(build.holders, build.say):
                     await _build(build, self.users)
+                if self.venvs is not None and spec.path.parent == self.venvs.root:
+                    self.venvs.forget_size(spec.path.name)  # (measured again, as built)
+                    await self.prune(keep=spec.path.name)  # (before its deploy is told)
             except EnvError as e:
                 build.error = e.message
             except Exception as e:  # a bug or the disk: still one clear answer
@@ -716,6 +770,38 @@ class PythonEnvs:
             known = self._ready[requirements] = (now, found)
         python, extra_env, kind = known[1]
         return python, dict(extra_env), kind  # the caller adds to the environment
+
+    async def hold_python_for(
+        self, requirements: bytes | None, project_id: str = ""
+    ) -> tuple[str, dict[str, str], str, Held | None]:
+        """``python_for``, and a hold on the project environment it gives (None for another
+        kind) that keeps it from being pruned until the session lets go of it
+        (``Held.close``). One pruned meanwhile is built again."""
+        for _ in range(3):
+            python, extra_env, kind = await self.python_for(requirements, project_id)
+            if kind != "project" or self.venvs is None:
+                return python, extra_env, kind, None
+            name = Path(extra_env["VIRTUAL_ENV"]).name
+            held = self.venvs.hold(name)  # (a lock and a stat: no thread for it)
+            if held is not None:
+                return python, extra_env, kind, held
+            self._ready.pop(requirements, None)  # removed since (by a prune): built again
+        raise EnvError(
+            f"{REQUIREMENTS_FILE} {name} keeps being removed from the runner's disk as soon "
+            "as it is built: raise AK_RUNNER__VENVS_MB"
+        )
+
+    async def prune(self, keep: str = "") -> None:
+        """Removes the project environments that ``VenvCache`` says no session needs."""
+        if self.venvs is None:
+            return
+        try:
+            removed = await asyncio.to_thread(self.venvs.prune, keep)
+        except Exception as e:  # (the disk): the next prune tries again, the build stands
+            log.warning("pruning project environments failed: %s", e)
+            return
+        if removed:
+            self._ready.clear()
 
     async def _python_for(
         self, requirements: bytes | None, project_id: str

@@ -44,7 +44,7 @@ from .inbox import InboxWatch
 from .lanes import Lanes
 from .lease import Lease
 from .parking import Parking
-from .pyenv import EnvError, PythonEnvs, is_ready, spec_for
+from .pyenv import EnvError, PythonEnvs, VenvCache, is_ready, spec_for
 from .sandbox import (
     MemoryWatch,
     UserIds,
@@ -69,13 +69,16 @@ async def _reap(pool: WorkerPool, stop: asyncio.Event) -> None:
 
 
 async def _prune(host: Host, stop: asyncio.Event) -> None:
-    """Removes unpacked builds no session needs: at start, then every few minutes, or
-    twice per AK_RUNNER__BUILD_CACHE_IDLE when that is shorter (and ``Host`` after each
-    build it unpacks)."""
-    idle = host.cache.idle
-    every = min(PRUNE_EVERY, idle / 2) if idle > 0 else PRUNE_EVERY
+    """Removes unpacked builds and project environments no session needs: at start, then
+    every few minutes, or twice per AK_RUNNER__BUILD_CACHE_IDLE (or AK_RUNNER__VENVS_IDLE)
+    when that is shorter (and ``Host`` after each build it unpacks, ``PythonEnvs`` after
+    each environment it builds)."""
+    venvs = host.envs.venvs
+    idles = [t for t in (host.cache.idle, venvs.idle if venvs else 0) if t > 0]
+    every = min([PRUNE_EVERY, *(t / 2 for t in idles)])
     while not stop.is_set():
         await host.prune()
+        await host.envs.prune()
         await waitfor.pause(stop, every)
 
 
@@ -501,6 +504,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         files=settings.worker_files,
         builds=settings.packages_builds,
         min_free_mb=settings.packages_min_free_mb,
+        venvs=VenvCache(
+            config.project_venvs(),
+            settings.venvs_mb * 1024 * 1024,
+            settings.venvs_idle,
+            locks=config.data_home() / "runner" / "venvs-locks",
+        ),
     )
     spare = config.data_home() / "runner" / "spare"
     spare.mkdir(parents=True, exist_ok=True)

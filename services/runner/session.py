@@ -251,6 +251,7 @@ class SessionRun:
         }
         self.ended = False
         self.held: Held | None = None  # its build's directory, while the attempt uses it
+        self.venv_held: Held | None = None  # its project environment's, likewise
         self.stop_reason: str | None = None
         self.stops = Stops()  # what the kernel had done at its worker's memory limit before
         self.stop_state = wire.STOPPED
@@ -411,8 +412,9 @@ class SessionRun:
             return await self._attempt()
         finally:
             await self.watch.stop()
-            if self.held is not None:
-                self.held.close()  # its build may be pruned now
+            for held in (self.held, self.venv_held):
+                if held is not None:
+                    held.close()  # its build and environment may be pruned now
 
     def _taken(self, why: str, same_job: bool) -> None:
         """Another attempt writes the session's journal: this one stops at once (its worker
@@ -544,12 +546,15 @@ class SessionRun:
         self, job: wire.Job, code_dir: Path, requirements: bytes | None, variables: dict[str, str]
     ) -> None:
         try:
-            python, extra_env, self.python_env = await self.host.envs.python_for(
+            python, extra_env, self.python_env, held = await self.host.envs.hold_python_for(
                 requirements, job.project_id
             )
         except EnvError as e:
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
+        if self.venv_held is not None:
+            self.venv_held.close()
+        self.venv_held = held  # let go of as the attempt ends (``run``)
         base = self.host.spawn_env(extra_env)
         self.env = {**variables, **extra_env}
         try:

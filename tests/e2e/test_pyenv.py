@@ -182,6 +182,80 @@ def test_requirements_txt_gets_its_own_environment(venv_stack: Stack, tmp_path: 
     assert "a  1" in prints and "new code" not in prints
 
 
+def test_project_environments_are_bounded_on_disk_and_built_again_when_needed(
+    tmp_path: Path,
+) -> None:
+    """AK_RUNNER__VENVS_MB: past it, the environments no session runs on are removed after
+    each build (least recently used first); a session whose environment went builds it
+    again, and one running on its environment keeps it."""
+    home = tmp_path / "home"
+    (home / "config" / "autokitteh").mkdir(parents=True)
+    stack = start_stack(
+        home,
+        # 1 MiB: every environment no session needs goes as soon as another is built.
+        {"AK_WORKER_PYTHON": "", "AK_RUNNER__VENVS_MB": "1", "AK_RUNNER__PARK_AFTER": "off"},
+    )
+    try:
+        venvs = _data(stack) / "venvs"
+        handlers = (
+            "import time\n"
+            + PROJECT_HANDLERS
+            + "\n\ndef wait(event):\n    print('waiting')\n    time.sleep(3600)\n"
+        )
+        tables = write_project(
+            tmp_path / "tables",
+            {
+                "autokitteh.yaml": MANIFEST.format(name="venv_tables", fn="table")
+                + "    - name: wait\n      webhook: {}\n      call: handlers.py:wait\n",
+                "handlers.py": handlers,
+                "requirements.txt": "tabulate==0.9.0\n",
+            },
+        )
+        other = write_project(
+            tmp_path / "other",
+            {
+                "autokitteh.yaml": MANIFEST.format(name="venv_other", fn="where"),
+                "handlers.py": DEFAULT_HANDLERS,
+                "requirements.txt": "six\n",
+            },
+        )
+        res = stack.ak("deploy", "--manifest", str(tables / "autokitteh.yaml"), check=True)
+        paths = webhook_paths(res.stderr)
+        (tables_env,) = [p.name for p in venvs.iterdir() if not p.name.startswith(".")]
+        stack.ak("deploy", "--manifest", str(other / "autokitteh.yaml"), check=True)
+        # Building the other project's removed this one's: no session ran on it.
+        (other_env,) = [p.name for p in venvs.iterdir() if not p.name.startswith(".")]
+        assert other_env != tables_env
+        assert not (venvs / f".{tables_env}.python").exists()
+        stack.wait_until(
+            lambda: f"removed 1 project environments: {tables_env}" in stack.output(),
+            "the runner's log of the removal",
+        )
+
+        # Its next session builds it again (and removes the other), and runs on it.
+        s, prints = _run(stack, "venv_tables", paths["hook"])
+        assert s["state"] == "COMPLETED", prints
+        assert f"prefix: {venvs / tables_env}\n" in prints and "a  1" in prints
+        assert sorted(p.name for p in venvs.iterdir()) == [f".{tables_env}.python", tables_env]
+
+        # A session running on it keeps it through another project's build.
+        status, headers, _ = stack.request("POST", paths["wait"], b"{}")
+        assert status == 202
+        sid = stack.session_of("venv_tables", headers["autokitteh-event-id"])
+        stack.wait_until(
+            lambda: "waiting" in stack.ak("session", "prints", sid, "-n").stdout,
+            "the waiting session's print",
+        )
+        stack.ak("deploy", "--manifest", str(other / "autokitteh.yaml"), check=True)
+        assert sorted(p.name for p in venvs.iterdir()) == sorted(
+            [f".{tables_env}.python", tables_env, f".{other_env}.python", other_env]
+        )
+        stack.ak("session", "stop", sid, check=True)
+        assert stack.wait_session(sid)["state"] == "STOPPED"
+    finally:
+        stack.stop()
+
+
 def test_worker_python_skips_venvs(stack: Stack, tmp_path: Path) -> None:
     # `stack` is the plain test stack: the test helper sets AK_WORKER_PYTHON.
     root = write_project(

@@ -296,31 +296,32 @@ async def test_a_limited_token_gets_one_build_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A token limited to projects has one environment built at a time on a runner: it
-    cannot take every turn, nor fill the line, with requirements.txt that differ by a
-    comment. Another token's projects, and sessions, are not held up by it."""
+    cannot take every turn, nor fill the line, with requirements.txt that differ (by a
+    comment, before environments were named by their packages). Another token's
+    projects, and sessions, are not held up by it."""
     installs = Installs(monkeypatch)
     envs = pyenv.PythonEnvs("", tmp_path / "sdk", builds=4)
     evil = frozenset({"prj_evil"})
-    first = await _prepared(envs, "aaa\n# 1\n", within=evil)
-    await asyncio.wait_for(installs.of("aaa\n# 1\n")[0].wait(), 10)
+    first = await _prepared(envs, "aaa1\n", within=evil)
+    await asyncio.wait_for(installs.of("aaa1\n")[0].wait(), 10)
     with pytest.raises(ResourceExhausted) as e:
-        await _prepared(envs, "aaa\n# 2\n", within=evil)
-    key = pyenv.spec_for(b"aaa\n# 1\n").path.name
+        await _prepared(envs, "aaa2\n", within=evil)
+    key = pyenv.spec_for(b"aaa1\n").path.name
     assert e.value.message == (
         f"requirements.txt {key} is still being built on this runner for this API token's "
         "projects, and they get one build at a time: let that deploy end, then deploy again"
     )
     # The same list again follows the same build (`ak deploy` run twice).
-    again = await _prepared(envs, "aaa\n# 1\n", within=evil)
+    again = await _prepared(envs, "aaa1\n", within=evil)
     assert again["token"] == first["token"]
     # Another token's projects are not held up.
     other = await _prepared(envs, "bbb\n", within=frozenset({"prj_other"}))
     assert other["state"] == "building"
-    installs.of("aaa\n# 1\n")[1].set()
-    await asyncio.wait_for(envs._builds[pyenv.spec_for(b"aaa\n# 1\n").path].done.wait(), 10)
-    second = await _prepared(envs, "aaa\n# 2\n", within=evil)  # its turn now
+    installs.of("aaa1\n")[1].set()
+    await asyncio.wait_for(envs._builds[pyenv.spec_for(b"aaa1\n").path].done.wait(), 10)
+    second = await _prepared(envs, "aaa2\n", within=evil)  # its turn now
     assert second["state"] == "building"
-    for text in ("aaa\n# 2\n", "bbb\n"):
+    for text in ("aaa2\n", "bbb\n"):
         installs.of(text)[1].set()
         await asyncio.wait_for(envs._builds[pyenv.spec_for(text.encode()).path].done.wait(), 10)
 
@@ -378,26 +379,26 @@ def test_a_limited_token_has_one_environment_built_at_a_time(stack: Stack) -> No
     )
     _sdist(home / "index", "waitpkg", code)
     env = _limited(stack, "greedy")
-    status, first = _prepare(stack, env, "waitpkg\n# 1\n")
+    status, first = _prepare(stack, env, "waitpkg\n")
     assert status == 200 and first.result["state"] == "building", (status, first)
     wait_until(lambda: any(marks.iterdir()), "the first build's script to start", 120)
-    status, second = _prepare(stack, env, "waitpkg\n# 2\n")
+    status, second = _prepare(stack, env, "waitpkg>=1.0\n")
     assert status == 429, (status, second)
     assert second.error_kind == "resource_exhausted"
     assert "is still being built on this runner for this API token's projects" in second.error
     # Another project's token is not held up by it.
-    status, other = _prepare(stack, _limited(stack, "bystander"), "otherpkg\n# other\n")
+    status, other = _prepare(stack, _limited(stack, "bystander"), "otherpkg\n")
     assert status == 200 and other.result["state"] in ("building", "ready"), (status, other)
     release.touch()
 
     def first_over() -> bool:
-        return _prepare(stack, env, "waitpkg\n# 1\n", first.result["token"])[1].result["state"] in (
+        return _prepare(stack, env, "waitpkg\n", first.result["token"])[1].result["state"] in (
             "ready",
             "failed",
         )
 
     wait_until(first_over, "the first build to end", 120)
-    status, second = _prepare(stack, env, "waitpkg\n# 2\n")
+    status, second = _prepare(stack, env, "waitpkg>=1.0\n")
     assert status == 200 and second.result["state"] == "building", (status, second)
 
 
@@ -503,8 +504,7 @@ JUNK = (
 
 def test_a_failed_build_leaves_no_venv_behind(stack: Stack) -> None:
     """The venv of a build that failed is removed, with what its build scripts wrote
-    there: one per requirements.txt (a comment more is another), they took the data
-    home's disk for good."""
+    there: one per requirements.txt, they took the data home's disk for good."""
     res = _deploy_package(stack, "junk", "junkpkg", JUNK)
     assert res.returncode != 0
     [venv] = [line.split()[-1] for line in res.stderr.splitlines() if " JUNK /" in line]
@@ -517,12 +517,12 @@ def test_a_failed_build_leaves_no_venv_behind(stack: Stack) -> None:
 async def test_one_projects_builds_do_not_hold_up_anothers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Sessions of one project (on deployments of its own whose requirements.txt differ by
-    a comment) have its environments built one at a time: another project's environment,
+    """Sessions of one project (on deployments of its own whose requirements.txt differ)
+    have its environments built one at a time: another project's environment,
     asked for after all of them, takes the next free turn."""
     installs = Installs(monkeypatch)
     envs = pyenv.PythonEnvs("", tmp_path / "sdk", builds=2)
-    flood = [f"aaa\n# {i}\n" for i in range(3)]
+    flood = [f"aaa{i}\n" for i in range(3)]
     sessions = [asyncio.create_task(envs.python_for(text.encode(), "prj_flood")) for text in flood]
     await asyncio.wait_for(installs.of(flood[0])[0].wait(), 10)
     other = asyncio.create_task(envs.python_for(b"bbb\n", "prj_other"))

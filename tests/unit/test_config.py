@@ -295,6 +295,19 @@ def test_build_cache(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings.from_env()
 
 
+def test_project_environments_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AK_RUNNER__VENVS_MB", "AK_RUNNER__VENVS_IDLE"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.venvs_mb, s.venvs_idle) == (10240, 0)
+    monkeypatch.setenv("AK_RUNNER__VENVS_IDLE", "604800")
+    monkeypatch.setenv("AK_RUNNER__VENVS_MB", "2048")
+    assert (Settings.from_env().venvs_mb, Settings.from_env().venvs_idle) == (2048, 604800)
+    monkeypatch.setenv("AK_RUNNER__VENVS_MB", "0")
+    with pytest.raises(ValueError, match="VENVS_MB must be a whole number of at least 1"):
+        Settings.from_env()
+
+
 def test_worker_temp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AK_RUNNER__WORKER_TEMP", raising=False)
     assert Settings.from_env().worker_temp == "memory"

@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from ak_runner import pyenv
 from ak_runner.builds import BuildCache, disk_usage
+from ak_runner.pyenv import VenvCache
+from akcore import config
 from akcore.buildfiles import MAX_BUILD_FILES
 from akcore.errors import InvalidArgument
 
@@ -156,3 +159,72 @@ def test_a_crashed_unpack_is_cleaned_up_once_stale(tmp_path: Path) -> None:
     os.utime(left, (then, then))
     cache.prune()
     assert not left.exists() and fresh.exists()
+
+
+def _venvs(tmp_path: Path, max_bytes: int = 100 * MiB, idle: float = 0) -> VenvCache:
+    return VenvCache(config.project_venvs(), max_bytes, idle, locks=tmp_path / "venvs-locks")
+
+
+def _venv(venvs: VenvCache, name: str, age: float) -> None:
+    """A venv as a build leaves one (its base interpreter recorded beside it), used ``age``
+    seconds ago."""
+    (venvs.root / name / "bin").mkdir(parents=True)
+    (venvs.root / name / "bin" / "python").write_bytes(b"x" * 4096)
+    (venvs.root / name / pyenv.MARKER).write_text("{}")
+    (venvs.root / f".{name}.python").write_text("/usr/bin/python3\n")
+    then = time.time() - age
+    os.utime(venvs.root / name, (then, then))
+
+
+def test_project_environments_go_as_builds_do_but_not_one_held_or_being_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    venvs = _venvs(tmp_path, max_bytes=1)  # over it: every one no one needs goes
+    for i, name in enumerate(("v_old", "v_held", "v_building", "v_new")):
+        _venv(venvs, name, 100 - i)
+    held = venvs.hold("v_held")  # a session runs on it
+    assert held is not None
+    # A runner builds (or updates) this one: it holds the build lock (``pyenv._file_lock``).
+    building = os.open(
+        pyenv.lock_file(pyenv.Spec(venvs.root / "v_building", "", "")), os.O_RDWR | os.O_CREAT
+    )
+    fcntl.flock(building, fcntl.LOCK_EX)
+    stale = venvs.root / ".removing-v_gone-1234"  # a crashed prune's
+    stale.mkdir()
+    then = time.time() - 2 * 3600
+    os.utime(stale, (then, then))
+    try:
+        assert venvs.prune(keep="v_new") == ["v_old"]
+    finally:
+        os.close(building)
+    assert sorted(os.listdir(venvs.root)) == [
+        ".v_building.python",
+        ".v_held.python",
+        ".v_new.python",
+        "v_building",
+        "v_held",
+        "v_new",
+    ]  # each kept venv with its base interpreter's record; the stale removal cleaned up
+    held.close()  # the session ended, the build is done
+    # (v_held's hold marked it used just now: the least recently used goes first)
+    assert venvs.prune(keep="v_new") == ["v_building", "v_held"]
+    assert sorted(os.listdir(venvs.root)) == [".v_new.python", "v_new"]
+    assert venvs.hold("v_held") is None  # removed: a session builds it again
+    (venvs.root / "v_held" / "bin").mkdir(parents=True)  # another runner builds it again
+    assert venvs.hold("v_held") is None  # not whole yet: this runner waits for that build
+    (venvs.root / "v_held" / pyenv.MARKER).write_text("{}")
+    again = venvs.hold("v_held")
+    assert again is not None
+    again.close()
+
+
+def test_project_environments_unused_for_their_idle_time_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    venvs = _venvs(tmp_path, idle=3600)
+    _venv(venvs, "v_old", 7200)
+    _venv(venvs, "v_recent", 60)
+    assert venvs.prune() == ["v_old"]
+    assert sorted(os.listdir(venvs.root)) == [".v_recent.python", "v_recent"]

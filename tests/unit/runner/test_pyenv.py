@@ -47,12 +47,22 @@ def test_default_list_is_copied_to_the_config_home_once_and_then_read_from_there
     assert pyenv.spec_for(None).requirements == "six\n"
 
 
-def test_a_requirements_file_is_keyed_by_its_hash() -> None:
+def test_a_requirements_file_is_keyed_by_the_hash_of_its_packages() -> None:
     a, b = pyenv.spec_for(b"six\n"), pyenv.spec_for(b"six==1.17.0\n")
     assert a.path.parent == b.path.parent == config.project_venvs()
     assert a.path.name == hashlib.sha256(b"six\n").hexdigest()[:16]
     assert a.path != b.path
     assert pyenv.spec_for(b"six\n") == a
+    # Comments, blank lines, spacing, order and repeats make no other environment: each
+    # was a new venv on the data home's disk, one per deploy.
+    two = pyenv.spec_for(b"six\ntabulate==0.9.0\n")
+    for same in (
+        b"# tables\ntabulate == 0.9.0  # pinned\n\n   six\n",
+        b"tabulate==0.9.0\nsix\nsix\n",
+        b"six\r\ntabulate==0.9.0",
+    ):
+        assert pyenv.spec_for(same).path == two.path, same
+    assert two.requirements == "six\ntabulate==0.9.0\n"
 
 
 def test_ready_only_when_the_marker_matches(tmp_path: Path) -> None:
