@@ -257,6 +257,15 @@ class CredentialsRefused(AKError):
     kind = "unauthenticated"
 
 
+def error_text(e: BaseException) -> str:
+    """An error of the client's connection as one line of the log: its text without the
+    ``nats: `` nats-py puts first (the line says it already), or its kind when it has none
+    (an ``OSError`` or ``TimeoutError`` from the socket gave an empty ``nats: ``)."""
+    text = str(e).strip()
+    text = text.removeprefix("nats: ").strip()
+    return text or type(e).__name__
+
+
 def _is_refusal(e: Exception) -> bool:
     return isinstance(e, AuthorizationError) or "authorization violation" in str(e).lower()
 
@@ -341,7 +350,7 @@ async def connect(
 
     async def on_error(e: Exception) -> None:
         if not _is_refusal(e):
-            log.warning("nats: %s", e)
+            log.warning("nats: %s", error_text(e))
         elif connecting.done():  # reconnecting: it goes on trying (a server may disagree)
             say_refused()
         elif not refused.done():  # the first connection: the caller hears of it
