@@ -6,6 +6,7 @@ are stand-ins (fake ids, an in-memory store) so handlers can be imported and uni
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -197,18 +198,23 @@ def http_outcome(
     """The HTTP response of a sync webhook (``is_sync: true``)."""
     if body is not None and json is not None:
         raise ValueError("http_outcome: give body or json, not both")
-    if isinstance(body, bytes):
-        body = body.decode(errors="replace")
-    outcome(
-        {
-            "status_code": status_code,
-            "body": body,
-            "json": json,
-            "headers": dict(headers or {}),
-            "more": more,
-        },
-        event_id=event_id,
-    )
+    answer: dict[str, Any] = {
+        "status_code": status_code,
+        "body": body,
+        "json": json,
+        "headers": dict(headers or {}),
+        "more": more,
+    }
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        # Written as given, as AutoKitteh does: text as text, other bytes (an image, a
+        # file) carried in base64 through the outcome, which holds JSON data only. They
+        # were decoded with their bad bytes replaced before, which broke every binary body.
+        raw = bytes(body)
+        try:
+            answer["body"] = raw.decode()
+        except UnicodeDecodeError:
+            answer["body"], answer["body_base64"] = None, base64.b64encode(raw).decode("ascii")
+    outcome(answer, event_id=event_id)
 
 
 def get_webhook_url(trigger_name: str) -> str:

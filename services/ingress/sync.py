@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from asyncio import FIRST_COMPLETED as FIRST
@@ -193,13 +194,24 @@ def _response(value: Any) -> Response:
             headers["Content-Type"] = "application/json"
         return Response(_json(value["json"]), status_code=status, headers=headers)
     body = value.get("body")
-    if body is None:
+    if body is None and value.get("body_base64") is not None:
+        content = _base64(value["body_base64"])  # bytes that are not text (``http_outcome``)
+    elif body is None:
         content = b""
     elif isinstance(body, str):
         content = body.encode(errors="replace")
     else:
         content = _json(body).encode()
     return Response(content, status_code=status, headers=headers)
+
+
+def _base64(raw: Any) -> bytes:
+    if not isinstance(raw, str):
+        raise BadOutcome(f"body_base64 must be text, not {type(raw).__name__}")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise BadOutcome(f"body_base64 {shown(raw)} is not base64") from None
 
 
 def _status(raw: Any) -> int:

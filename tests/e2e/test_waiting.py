@@ -43,6 +43,10 @@ project:
       call: program.py:sync_waits
       webhook: {}
       is_sync: true
+    - name: sync_binary
+      call: program.py:sync_png
+      webhook: {}
+      is_sync: true
 """
 HANDLERS = [
     "short_wait",
@@ -155,6 +159,13 @@ def stoppable(event):
     sub = autokitteh.subscribe("source_only", "false")
     print("waiting forever")
     autokitteh.next_event(sub)
+
+
+PNG = b"\\x89PNG\\r\\n\\x1a\\n\\x00\\x00\\x00\\rIHDR\\xff\\xfe"
+
+
+def sync_png(event):
+    autokitteh.http_outcome(200, body=PNG, headers={"Content-Type": "image/png"})
 
 
 def sync_answer(event):
@@ -469,6 +480,10 @@ def test_sync_webhook_and_published_values(env: tuple[Stack, dict[str, str], Pat
     assert headers["autokitteh-event-id"].startswith("evt_")
     status, _, body = stack.request("POST", paths["sync_nobody"], b"{}")
     assert (status, body) == (502, b"No sessions were started or signaled for sync webhook\n")
+    # Bytes that are not text go as they are (they were decoded, their bad bytes replaced).
+    status, headers, body = stack.request("POST", paths["sync_binary"], b"{}")
+    assert (status, headers["content-type"]) == (200, "image/png")
+    assert body == b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
     pid = json.loads(stack.ak("project", "get", "waiting", "-j", check=True).stdout)["project_id"]
     deadline = time.monotonic() + 10
     while (

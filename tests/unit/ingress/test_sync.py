@@ -4,6 +4,7 @@ dispatch report and first outcome."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import pytest
@@ -130,6 +131,17 @@ def test_an_http_outcome_becomes_its_response() -> None:
     resp = outcome_response({"status_code": 201, "headers": {"X-Name": "caf\u00e9"}})
     assert resp.raw_headers[0] == (b"x-name", "caf\u00e9".encode())  # its UTF-8 bytes
     assert outcome_response(["any", "value"]).body == b'["any", "value"]\n'
+    # Bytes that are not text come in base64 (``http_outcome`` with bytes) and go as they are.
+    png = b"\x89PNG\r\n\x1a\n\x00\xff"
+    resp = outcome_response(
+        {
+            "status_code": 200,
+            "body": None,
+            "body_base64": base64.b64encode(png).decode(),
+            "headers": {"Content-Type": "image/png"},
+        }
+    )
+    assert (resp.status_code, resp.body, resp.headers["content-type"]) == (200, png, "image/png")
 
 
 def test_an_outcome_cannot_frame_the_response_itself() -> None:
@@ -179,6 +191,8 @@ def test_an_outcome_cannot_frame_the_response_itself() -> None:
         ({"status_code": 200, "headers": ["X-A"]}, "headers must be a dict of names to values"),
         ({"status_code": 200, "json": {"b": b"bytes"}}, "the body cannot be sent as JSON"),
         ({"status_code": 200.9}, "status code 200.9 (give 200-599)"),
+        ({"status_code": 200, "body_base64": "not base64!"}, "body_base64 'not base64!' is not"),
+        ({"status_code": 200, "body_base64": [1]}, "body_base64 must be text, not list"),
         ({"status_code": 200, "headers": {"X-A": ["a", "b"]}}, "header X-A's value is list"),
         ({"status_code": 200, "headers": {"X-A": None}}, "header X-A's value is NoneType"),
         ({"status_code": 200, "headers": {f"X-{i}": "v" for i in range(101)}}, "101 headers"),
