@@ -207,13 +207,15 @@ class BuildCache(DirCache):
 
 
 def disk_usage(root: Path) -> int:
-    """Bytes of disk a directory tree takes (its blocks: a one-byte file takes 4 KiB)."""
-    total, todo = 0, [str(root)]
-    while todo:
-        with os.scandir(todo.pop()) as entries:
-            for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                total += st.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    todo.append(entry.path)
+    """Bytes of disk a directory tree takes (its blocks: a one-byte file takes 4 KiB).
+
+    Never through a link: the walk holds each directory open and looks at what it lists
+    relative to it (``os.fwalk``), so a directory swapped for a link while it walks leads
+    nowhere. A project environment is measured while its builder (anyone's build script)
+    may still write to it: walked by path, a directory it listed and then replaced with a
+    link to ``/`` had root walk the machine and count it all as that venv's."""
+    total = 0
+    for _, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
+        for name in (*dirs, *files):
+            total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_blocks * 512
     return total

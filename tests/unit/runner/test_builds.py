@@ -228,3 +228,57 @@ def test_project_environments_unused_for_their_idle_time_go(
     _venv(venvs, "v_recent", 60)
     assert venvs.prune() == ["v_old"]
     assert sorted(os.listdir(venvs.root)) == [".v_recent.python", "v_recent"]
+
+
+def test_a_directory_swapped_for_a_link_while_its_size_is_measured_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project environment being built is its builder's (a package's build script) while
+    a prune measures it: a directory it lists, swapped for a link before it is entered, is
+    not walked. Followed, root walked wherever the link led (the data home's database and
+    NATS store, /usr) and counted that as the venv's size, so that the prune removed every
+    other project's environment to make room for bytes that were not there."""
+    venv = tmp_path / "venvs" / "v_building"
+    (venv / "lib").mkdir(parents=True)
+    (venv / "lib" / "mod.py").write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere"  # what the link leads to: 8 MiB of someone else's
+    elsewhere.mkdir()
+    (elsewhere / "big").write_bytes(b"x" * 8 * MiB)
+    real_scandir = os.scandir
+    swapped: list[bool] = []
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        listing = real_scandir(path)
+        if not swapped:  # the builder, between the listing of the venv and the walk of lib/
+            entries = list(listing)
+            listing.close()
+            swapped.append(True)
+            (venv / "lib" / "mod.py").unlink()
+            (venv / "lib").rmdir()
+            (venv / "lib").symlink_to(elsewhere)
+            return _Listing(entries)
+        return listing
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    size = disk_usage(venv)
+    monkeypatch.undo()
+    assert swapped and size < MiB
+
+
+class _Listing:
+    """What ``os.scandir`` returns, from entries listed before."""
+
+    def __init__(self, entries: list[os.DirEntry[str]]) -> None:
+        self.entries = entries
+
+    def __enter__(self) -> _Listing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.entries)
+
+    def close(self) -> None:
+        pass
