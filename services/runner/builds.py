@@ -58,6 +58,7 @@ class DirCache:
         # A lock file per directory (``locks``: where; by default beside ``root``).
         self.locks = locks or root.with_name(root.name + "-locks")
         self._sizes: dict[str, int] = {}  # each directory's disk use, measured once
+        self._stamps: dict[str, object] = {}  # what it was measured as (``_stamp``)
         self._pruning = threading.Lock()
 
     def _leftover(self, name: str) -> bool:
@@ -73,9 +74,16 @@ class DirCache:
     def _detach(self, name: str) -> None:
         """What goes with ``name``'s directory besides it (once it is renamed away)."""
 
+    def _stamp(self, name: str) -> object | None:
+        """What tells ``name``'s directory as it was measured from the same directory
+        changed since (measured again then); None while it is not whole (measured at each
+        prune, never kept). A directory of this cache is whole once there."""
+        return ""
+
     def forget_size(self, name: str) -> None:
         """``name``'s directory changed: its size is measured again at the next prune."""
         self._sizes.pop(name, None)
+        self._stamps.pop(name, None)
 
     def hold(self, name: str) -> Held | None:
         """Holds ``name``'s directory for a session; None when it is not there (never made,
@@ -123,9 +131,11 @@ class DirCache:
                         if self._leftover(entry.name) and now - mtime > STALE_SECONDS:
                             shutil.rmtree(entry.path, ignore_errors=True)
                     elif entry.is_dir(follow_symlinks=False):
-                        if entry.name not in self._sizes:
-                            self._sizes[entry.name] = disk_usage(Path(entry.path))
-                        found.append((mtime, entry.name))
+                        name, stamp = entry.name, self._stamp(entry.name)
+                        if stamp is None or self._stamps.get(name) != stamp:
+                            self._sizes[name] = disk_usage(Path(entry.path))
+                            self._stamps[name] = stamp
+                        found.append((mtime, name))
                 except FileNotFoundError:  # removed meanwhile by another runner
                     continue
             total = sum(self._sizes[name] for _, name in found)
@@ -136,6 +146,7 @@ class DirCache:
                     break
                 if name != keep and self._remove(name):
                     total -= self._sizes.pop(name, 0)
+                    self._stamps.pop(name, None)
                     removed.append(name)
             if removed:
                 log.info("removed %d %s: %s", len(removed), self.what, ", ".join(removed))
@@ -202,7 +213,7 @@ class BuildCache(DirCache):
             if not final.is_dir():  # not a lost race with another session of the same build
                 raise
             return final
-        self._sizes[build_id] = size
+        self._sizes[build_id], self._stamps[build_id] = size, self._stamp(build_id)
         return final
 
 

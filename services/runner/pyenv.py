@@ -460,6 +460,17 @@ class VenvCache(DirCache):
     def _detach(self, name: str) -> None:
         (self.root / f".{name}.python").unlink(missing_ok=True)
 
+    def _stamp(self, name: str) -> object | None:
+        """Its marker, as the build that finished it wrote it (None: not whole, being
+        built). Measured once, while a runner built it, a venv kept the size of its first
+        files for as long as the runner that measured it ran: the runners of one data home
+        measure each other's."""
+        try:
+            st = os.stat(self.root / name / MARKER, follow_symlinks=False)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
     def hold(self, name: str) -> Held | None:
         """As ``DirCache.hold``, and None too while the environment is not whole: removed
         and being built again by another runner (whose build has not written its marker

@@ -282,3 +282,33 @@ class _Listing:
 
     def close(self) -> None:
         pass
+
+
+def test_a_project_environment_measured_while_it_was_built_is_measured_again_once_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runners sharing a data home prune each other's environments: one measured while
+    another runner built it (a few files, so far) is measured again once it is whole. Its
+    size was kept as first measured, so that runner held the cap with the size of a venv
+    that had only begun, for as long as it ran; a build script that waited before filling
+    its venv made sure of it."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    venvs = _venvs(tmp_path, max_bytes=1 * MiB)
+    _venv(venvs, "v_old", 100)
+    building = venvs.root / "v_built"
+    (building / "bin").mkdir(parents=True)  # another runner builds it: so far, this little
+    lock = os.open(pyenv.lock_file(pyenv.Spec(building, "", "")), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        assert venvs.prune() == []  # (both under the cap)
+        (building / "lib").mkdir()
+        (building / "lib" / "big.so").write_bytes(b"x" * 2 * MiB)
+        (building / pyenv.MARKER).write_text("{}")
+    finally:
+        os.close(lock)  # its build is done
+    held = venvs.hold("v_built")  # a session runs on it
+    assert held is not None
+    try:
+        assert venvs.prune() == ["v_old"]  # 2 MiB of v_built: over the cap
+    finally:
+        held.close()
