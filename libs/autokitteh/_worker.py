@@ -497,6 +497,29 @@ def open_packages(venv: str) -> None:
     site.execsitecustomize()
 
 
+def reopen_packages() -> None:
+    """Opens the directories of the path that were missing when this process first looked
+    (Python remembers one as missing for good) and are there now: a spare worker can start
+    while its project environment is away (removed by a prune as the runner refilled its
+    spares, and built again for the session that gets it), and imported none of its
+    packages. Those of the environment's packages get their ``.pth`` files read, as at a
+    start (``open_packages``)."""
+    back = [
+        path
+        for path, finder in list(sys.path_importer_cache.items())
+        if finder is None and os.path.isdir(path)
+    ]
+    if not back:
+        return
+    import site
+
+    for path in back:
+        del sys.path_importer_cache[path]
+    for packages in site.getsitepackages([sys.prefix]):
+        if packages in back:
+            site.addsitedir(packages)
+
+
 def confine(limits: dict[str, Any]) -> None:
     """Sets the limits the runner asked for (``memory_mb``: address space; ``processes``:
     of this user; ``files``: open files of each process) as hard limits, which the handler
@@ -517,6 +540,7 @@ def run(ch: Channel, start: dict[str, Any], payload: bytes) -> bool:
     grants = _runtime.same_clock(start.get("clock"))  # (first: read as soon as it came)
     confine(start.get("limits") or {})
     reap_children()  # what the runner killed after the last session
+    reopen_packages()
     baseline = _Baseline()
     code_dir = real_path(start["code_dir"])
     ch.idle = False

@@ -605,3 +605,67 @@ async def _session_of(tmp_path: Path, entry: str) -> list[tuple[dict[str, Any], 
         return await asyncio.wait_for(_session(w, tmp_path, entry, {}, durable=False), 60)
     finally:
         await w.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a worker of its own user")
+async def test_a_worker_started_while_its_environment_was_away_imports_its_packages(
+    tmp_path: Path,
+) -> None:
+    """A spare worker can start while its project environment is away: a prune removed it
+    as the pool refilled its spares after a session of it, and it is built again for the
+    next. That session gets the spare (the same interpreter and environment), and imports
+    its packages. Python had remembered the venv's packages' directory as missing and never
+    looked again: every session it ran failed with ModuleNotFoundError."""
+    import site
+
+    from ak_runner.sandbox import open_way_to
+    from akcore import sdkdist
+
+    venv = tmp_path / "venvs" / "v_pruned"
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "h.py").write_text("def f(event):\n    import tabmod\n    return tabmod.X\n")
+    sdk = sdkdist.write_copy(tmp_path / "sdk")
+    for path in (Path(sys.executable), code / "h.py", sdk / "autokitteh" / "__init__.py"):
+        open_way_to(path)
+    uid = 779_990
+    env = {"PATH": "/usr/bin:/bin", "VIRTUAL_ENV": str(venv)}
+    w = await WorkerProcess.spawn(sys.executable, code, env, uid, str(sdk))
+    try:
+        await _started(w.proc.pid, uid)
+        # The environment, built again.
+        (packages,) = site.getsitepackages([str(venv)])
+        Path(packages).mkdir(parents=True)
+        Path(packages, "tabmod.py").write_text("X = 'found'\n")
+        for made in [venv, *Path(packages).relative_to(venv).parents, Path(packages)]:
+            (venv / made).chmod(0o755)
+        await w.send(
+            {"type": "start", "code_dir": str(code), "entrypoint": "h.py:f", "session_id": "s"},
+            pickle.dumps({"data": {}, "event_type": "post", "event_id": "evt_1"}),
+        )
+        done, blob = (await _until_done(w))[-1]
+        assert done["ok"], done.get("error")
+        assert loads(blob) == "found"
+    finally:
+        w.kill()
+        await w.close()
+
+
+async def _started(pid: int, uid: int) -> None:
+    """Until the worker ``pid`` is its user ``uid`` and waits for its first session (its
+    main thread waits on its channel), its packages opened."""
+    for _ in range(200):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                uids = [line.split()[1] for line in f if line.startswith("Uid:")]
+            with open(f"/proc/{pid}/syscall") as f:
+                call = f.read().split()[0]
+        except OSError:
+            call, uids = "", []
+        if uids == [str(uid)] and call in ("0", "202"):  # read(2), futex(2)
+            await asyncio.sleep(0.3)  # (still waiting: not a file read for an import)
+            with open(f"/proc/{pid}/syscall") as f:
+                if f.read().split()[0] == call:
+                    return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the worker did not start")
