@@ -789,7 +789,14 @@ class PythonEnvs:
         kind) that keeps it from being pruned until the session lets go of it
         (``Held.close``). One pruned meanwhile is built again."""
         for _ in range(3):
-            python, extra_env, kind = await self.python_for(requirements, project_id)
+            try:
+                python, extra_env, kind = await self.python_for(requirements, project_id)
+            except FileNotFoundError:  # (its record, as it was found ready: pruned since)
+                if self.venvs is None or requirements is None or self.worker_python:
+                    raise
+                self._ready.pop(requirements, None)
+                name = spec_for(requirements).path.name
+                continue
             if kind != "project" or self.venvs is None:
                 return python, extra_env, kind, None
             name = Path(extra_env["VIRTUAL_ENV"]).name

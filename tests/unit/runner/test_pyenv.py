@@ -287,3 +287,55 @@ def test_ak_deploy_gets_a_long_output_in_pages(tmp_path: Path) -> None:
         if res["state"] != "building":
             break
     assert res["state"] == "failed" and got == build.lines and answers > 5
+
+
+class _Builders:
+    """The sandbox's user ids as a build takes them (none really: the install is faked)."""
+
+    temp = ""
+
+    async def take(self, memory_mb: int = 0) -> int:
+        return 779_998
+
+    async def give_back(self, uid: int) -> None:
+        pass
+
+
+async def test_an_environment_pruned_as_a_session_finds_it_ready_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another runner's prune may remove a project environment between the moment a
+    session finds it ready and the moment it reads which interpreter it was made from (its
+    record beside the venv, removed with it): the session builds it again, as when the
+    prune comes a moment later. That FileNotFoundError ended the session in ERROR ("the
+    runner failed running this session")."""
+    builds: list[str] = []
+
+    async def install(build: pyenv.Build, spec: pyenv.Spec, *_: object) -> None:
+        builds.append(spec.path.name)
+        (spec.path / "bin").mkdir(parents=True, exist_ok=True)
+        (spec.path / "bin" / "python").write_text("")
+        spec.base_file.write_text(sys.executable + "\n")
+
+    monkeypatch.setattr(pyenv, "_install", install)
+    venvs = pyenv.VenvCache(config.project_venvs(), 1, 0, locks=tmp_path / "venvs-locks")
+    users = typing.cast(UserIds, _Builders())
+    envs = pyenv.PythonEnvs("", tmp_path / "sdk", users=users, venvs=venvs)
+    python, _, kind, held = await envs.hold_python_for(b"six\n", "prj_1")
+    assert (python, kind, len(builds)) == (sys.executable, "project", 1) and held is not None
+    held.close()
+    envs._ready.clear()  # (a session more than READY_SECONDS later)
+    real_is_ready = pyenv.is_ready
+    pruned: list[str] = []
+
+    def is_ready(spec: pyenv.Spec) -> bool:
+        ready = real_is_ready(spec)
+        if not pruned:  # the other runner's prune, right after
+            pruned.extend(venvs.prune())
+        return ready
+
+    monkeypatch.setattr(pyenv, "is_ready", is_ready)
+    python, _, kind, held = await envs.hold_python_for(b"six\n", "prj_1")
+    assert pruned == [pyenv.spec_for(b"six\n").path.name]
+    assert (python, kind, len(builds)) == (sys.executable, "project", 2) and held is not None
+    held.close()
