@@ -59,7 +59,7 @@ from .faults import Faults
 from .inbox import Inbox, InboxWatch, seal_payload
 from .lease import Lease
 from .parking import Parking
-from .pyenv import EnvError, PythonEnvs
+from .pyenv import EnvError, PythonEnvs, RequirementsError
 from .sandbox import KERNEL_STOPPED, MemoryWatch, WorkerLimits
 from .syscalls import SyscallError, Syscalls
 from .worker import WorkerPool, WorkerProcess
@@ -80,6 +80,13 @@ class Outcome(enum.Enum):
 
 class SessionError(Exception):
     """Ends the session in ERROR with this message (a failure that would repeat)."""
+
+
+class EnvAway(Exception):
+    """A session that has run before found its Python environment gone (removed from the
+    disk since, ``VenvCache``) and could not have it built again: pip failed, for a reason
+    that may pass (the package index away, the disk full). The attempt is tried again
+    later, as when NATS is away, until the session's attempts run out."""
 
 
 class Admission:
@@ -432,6 +439,8 @@ class SessionRun:
             return Outcome.FENCED
         except SessionError as e:
             return await self.fail(str(e))
+        except EnvAway as e:
+            return await self._retry(e)
         except RecordTooLarge as e:
             return await self.fail(f"error: {e}; the session cannot go on")
         except JournalFull as e:
@@ -542,6 +551,11 @@ class SessionRun:
         await self.writer.append(started)
         self._fault("started")
 
+    def _has_run(self) -> bool:
+        """Whether the session ran before this attempt (a replay or a wake-up): its
+        environment was there then, and what it did is kept only if it can go on."""
+        return self.attempt > 1 or bool(self.job.parked_seq) or bool(self.history.steps)
+
     async def _take_and_run(
         self, job: wire.Job, code_dir: Path, requirements: bytes | None, variables: dict[str, str]
     ) -> None:
@@ -550,6 +564,8 @@ class SessionRun:
                 requirements, job.project_id
             )
         except EnvError as e:
+            if self._has_run() and not isinstance(e, RequirementsError):
+                raise EnvAway(f"its Python environment could not be built: {e.message}") from None
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
         if self.venv_held is not None:

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from ak_runner import pyenv
 from ak_runner.sandbox import kill_user
 from akcore.errors import ResourceExhausted
 
+from tests.e2e.faultproject import fire, journal_log
 from tests.helpers import AK, Stack, start_stack, wait_until, write_project
 
 SECRETS = {
@@ -608,3 +610,101 @@ async def test_finished_builds_keep_a_bounded_output(
     kept = sum(len(line) for b in envs._builds.values() for line in b.lines)
     assert kept <= (8 << 20) + full + pyenv.MAX_LINES, kept
     assert build.lines  # the last one's is there for its `ak deploy`
+
+
+RESUMES = """\
+version: v1
+project:
+  name: {name}
+  triggers:
+    - name: hook
+      webhook: {{}}
+      call: handlers.py:{fn}
+    - name: go
+      webhook: {{}}
+"""
+
+
+def test_a_resumed_session_whose_environment_went_waits_for_pip() -> None:
+    """A parked session's project environment removed meanwhile (past AK_RUNNER__VENVS_MB)
+    is built again as it resumes; while pip cannot install its packages (here missing from
+    the index, as when the index is away) the session is tried again later, not ended in
+    ERROR, and it goes on once pip can: what it did before is not lost."""
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs the runner to run as root")
+    HOMES.mkdir(mode=0o755, parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="ak-venvs-resume-", dir=HOMES))
+    home.chmod(0o755)
+    index = home / "index"
+    index.mkdir()
+    for name in ("keptpkg", "otherpkg"):
+        _wheel(index, name)
+    (home / "config" / "autokitteh").mkdir(parents=True)
+    (home / "config" / "autokitteh" / "python-requirements.txt").write_text("otherpkg\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIP_NO_INDEX", "1")
+        mp.setenv("PIP_FIND_LINKS", str(index))
+        stack = start_stack(
+            home,
+            {
+                "AK_WORKER_PYTHON": "",
+                "AK_RUNNER__PACKAGES_MEMORY_MB": str(PACKAGES_MEMORY_MB),
+                "AK_RUNNER__VENVS_MB": "1",  # every environment no session holds goes
+                "AK_RUNNER__PARK_AFTER": "1",
+            },
+        )
+    try:
+        code = (
+            "import autokitteh\nimport keptpkg\n\n\ndef wait(event):\n"
+            "    print('before', keptpkg.VALUE)\n"
+            "    autokitteh.next_event(autokitteh.subscribe('go'))\n"
+            "    print('after', keptpkg.VALUE)\n"
+        )
+        resumes = write_project(
+            home / "resumes",
+            {
+                "autokitteh.yaml": RESUMES.format(name="resumes", fn="wait"),
+                "handlers.py": code,
+                "requirements.txt": "keptpkg\n",
+            },
+        )
+        other = write_project(
+            home / "other",
+            {
+                "autokitteh.yaml": RESUMES.format(name="other", fn="nothing"),
+                "handlers.py": "def nothing(event):\n    pass\n",
+                "requirements.txt": "otherpkg\n",
+            },
+        )
+        paths = stack.deploy_paths(resumes)
+        venvs = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "venvs"
+        (kept,) = [p.name for p in venvs.iterdir() if not p.name.startswith(".")]
+        sid = fire(stack, "resumes", paths["hook"])
+
+        def log_has(kind: str, text: str = "") -> bool:
+            return any(e["type"] == kind and text in str(e) for e in journal_log(stack, sid))
+
+        wait_until(lambda: log_has("parked"), "the session to park", 60)
+        stack.ak("deploy", "--manifest", str(other / "autokitteh.yaml"), check=True)
+        assert not (venvs / kept).exists()  # removed: no running attempt held it
+        wheel = index / "keptpkg-1.0-py3-none-any.whl"
+        wheel.rename(home / wheel.name)  # pip cannot install it for now
+        status, _, _ = stack.request("POST", paths["go"], b"{}")  # wakes it
+        assert status == 202
+
+        wait_until(
+            lambda: log_has("retry", "its Python environment could not be built"),
+            f"an attempt to stop for pip, to be tried again\n{stack.output()[-3000:]}",
+            120,
+        )
+        got = json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)
+        assert got["state"] == "RUNNING", got  # (it ended in ERROR before)
+        (home / wheel.name).rename(wheel)  # the index is back
+        s = stack.wait_session(sid, timeout=120)
+        prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
+        assert s["state"] == "COMPLETED", prints
+        assert prints.splitlines() == ["before 1", "after 1"]
+        assert (venvs / kept).is_dir()
+    finally:
+        stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
