@@ -1,0 +1,80 @@
+"""What one request may cost the store, which answers one at a time on SQLite (four on
+PostgreSQL) for every project: a token limited to one project filled its own project with
+big rows (events of 1 MiB, builds of 5 MiB, sessions with 4 MiB inputs, prints of 256 KiB)
+and repeated a list or an export; each took the store seconds, and another project's
+webhooks waited 7 to 18 s for their handlers (repro/store_slow.py). Here: what each of
+those reads of the database, counted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from ak_store.api import StoreApi
+from ak_store.db import open_engine
+from ak_store.materialize import apply_events
+from akcore import ops, wire
+from akcore.datakey import Keyring
+from akcore.secrets import Sealer
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine
+from sqlalchemy import event as sa_event
+
+KEYS = Keyring([Fernet.generate_key()])
+MANIFEST = """\
+version: v1
+project:
+  name: evil
+  triggers:
+    - name: hook
+      call: h.py:on_event
+      webhook: {}
+"""
+
+
+def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
+    return api.routes()[name](ops.get(name).parse(args))
+
+
+@pytest.fixture
+def store(db_dsn: str) -> Iterator[tuple[StoreApi, Engine]]:
+    engine = open_engine(db_dsn)
+    yield StoreApi(engine, Sealer(Fernet.generate_key()), KEYS), engine
+    engine.dispose()
+
+
+@pytest.fixture
+def statements(store: tuple[StoreApi, Engine]) -> Iterator[list[str]]:
+    """The SQL statements the store runs from now on."""
+    _, engine = store
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", record)
+    yield seen
+    sa_event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_list_of_events_does_not_read_their_data(
+    store: tuple[StoreApi, Engine], statements: list[str]
+) -> None:
+    """`ak event list` read each of its 1,000 events' data (up to 8 MiB each) to show
+    their ids, types and memos: 1.3 s a list for events of 1 MiB."""
+    api, engine = store
+    pid = call(api, "manifest.apply", {"text": MANIFEST})["project_id"]
+    blob = "y" * (1 << 20)
+    events = [
+        wire.Event(f"evt_{i:026d}", pid, "trg_x", "post", {"body": blob}, {"m": str(i)}, i)
+        for i in range(3)
+    ]
+    with engine.begin() as conn:
+        apply_events(conn, events, KEYS)
+    statements.clear()
+    listed = call(api, "event.list", {"project": "evil"})
+    assert [e["memo"] for e in listed] == [{"m": "2"}, {"m": "1"}, {"m": "0"}]
+    assert [e["event_type"] for e in listed] == ["post"] * 3
+    reads = [s for s in statements if "FROM events" in s]
+    assert reads and not any("events.data" in s for s in reads), reads
