@@ -84,6 +84,7 @@ SESSION_STATES = ("CREATED", "RUNNING", *wire.FINAL_STATES)
 DEFAULT_PAGE, MAX_PAGE = 50, 1000
 MAX_SCOPE_REFS = MAX_PAGE + 100  # (a session list's event ids and its other filters)
 RECORDS_PAGE, RECORDS_BYTES = 1000, 1 << 20  # a page of a session's records, at most
+RECORDS_READ = 8  # records read from the database at a time, as a page fills
 MAX_SPANS = 5000  # spans of a trace in one answer (each ~0.4 KB)
 # A page of sessions, or the events listed, ends once it takes about this many bytes: a
 # memo or an event type is as long as its maker wants (one project's three sessions with
@@ -1194,19 +1195,25 @@ class StoreApi:
             if req.kinds:
                 q = q.where(col(SessionRecord.kind).in_(req.kinds))
             q = q.order_by(col(SessionRecord.seq)).offset(skip).limit(limit + 1)
-            rows = list(db.exec(q))
-        records: list[dict[str, Any]] = []
-        size = 0
-        for r in rows[:limit]:
-            if records and size > RECORDS_BYTES:
-                break
-            data = open_record(sid, r.seq, r.data, self.keys)
-            if r.kind == wire.CREATED and "memo" not in data:  # (sealed with the inputs)
-                with contextlib.suppress(SealError):  # (an error that does not open: none)
-                    data["memo"] = self._session_view(session, {})["memo"]
-            records.append({"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": data})
-            size += len(repr(data))
-        return {"session_id": sid, "records": records, "more": len(rows) > len(records)}
+            # Read as the page fills, a few rows at a time: all of them were read first
+            # (190 prints of 256 KiB, 50 MiB, for a page of 1 MiB), and a token limited to
+            # one project held every project's sessions up with a loop of `ak session log`.
+            rows = db.exec(q.execution_options(yield_per=RECORDS_READ))
+            records: list[dict[str, Any]] = []
+            size = 0
+            more = False
+            for r in rows:
+                if len(records) == limit or (records and size > RECORDS_BYTES):
+                    more = True
+                    break
+                data = open_record(sid, r.seq, r.data, self.keys)
+                if r.kind == wire.CREATED and "memo" not in data:  # (sealed with the inputs)
+                    with contextlib.suppress(SealError):  # (an error that does not open: none)
+                        data["memo"] = self._session_view(session, {})["memo"]
+                records.append({"seq": r.seq, "kind": r.kind, "t_us": r.t_us, "data": data})
+                size += len(repr(data))
+            rows.close()
+        return {"session_id": sid, "records": records, "more": more}
 
     def session_trace(self, req: rq.SessionRef) -> dict[str, Any]:
         """The spans of the trace(s) a session belongs to, oldest first."""

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ak_store.api import StoreApi
+from ak_store.api import RECORDS_READ, StoreApi
 from ak_store.db import open_engine
-from ak_store.materialize import apply_events
-from akcore import ops, wire
+from ak_store.materialize import apply_events, apply_records
+from ak_store.models import SessionRecord
+from akcore import journal, ops, wire
 from akcore.datakey import Keyring
 from akcore.secrets import Sealer
 from cryptography.fernet import Fernet
@@ -78,3 +79,42 @@ def test_a_list_of_events_does_not_read_their_data(
     assert [e["event_type"] for e in listed] == ["post"] * 3
     reads = [s for s in statements if "FROM events" in s]
     assert reads and not any("events.data" in s for s in reads), reads
+
+
+def loaded(table: type) -> list[Any]:
+    """The rows of ``table`` the store makes objects of from now on (each one it read)."""
+    seen: list[Any] = []
+    sa_event.listen(table, "load", lambda target, _ctx: seen.append(target))
+    return seen
+
+
+def test_a_page_of_records_reads_no_more_records_than_it_holds(
+    store: tuple[StoreApi, Engine],
+) -> None:
+    """`ak session log` read a page's 1,000 records before keeping the first 1 MiB of
+    them: 190 prints of 256 KiB (a session's 50 MiB journal) for 5 of them."""
+    api, engine = store
+    sid = "ses_01m8cpgk96e6wakscbfn3064d1"
+    created = {"project_id": "prj_x", "entrypoint": "h.py:chatty"}
+    line = "x" * (256 * 1024 - 1)
+    recs = [wire.JournalRecord(sid, 0, wire.CREATED, 1_000, created)]
+    recs += [
+        wire.JournalRecord(sid, i, wire.PRINT, 1_000 + i, {"text": line, "n": i})
+        for i in range(1, 41)
+    ]
+    with engine.begin() as conn:
+        apply_records(conn, [journal.seal(r, KEYS) for r in recs], KEYS)
+    seen = loaded(SessionRecord)
+    page = call(api, "session.records", {"session": sid})
+    assert 1 < len(page["records"]) < 10 and page["more"]
+    assert len(seen) <= len(page["records"]) + RECORDS_READ, len(seen)
+    got, skip = [], 0
+    while True:  # and paging through still gives every record, once
+        page = call(api, "session.records", {"session": sid, "skip": skip})
+        got += [r["seq"] for r in page["records"]]
+        skip += len(page["records"])
+        if not page["more"]:
+            break
+    assert got == list(range(41))
+    assert call(api, "session.records", {"session": sid, "limit": 3})["more"]
+    assert not call(api, "session.records", {"session": sid, "skip": 39, "limit": 2})["more"]
