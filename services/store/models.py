@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -55,6 +55,8 @@ class Trigger(SQLModel, table=True):
 
 
 class Build(SQLModel, table=True):
+    # A project's builds newest first (its newest: `ak project export`), found in the index.
+    __table_args__ = (Index("ix_build_project_newest", "project_id", "created_us", "build_id"),)
     # Build files live in SQL: they are small (source code), written once, read once per
     # runner, and belong in the same transaction and backup as the deployment that uses them.
     build_id: str = Field(primary_key=True)
@@ -72,6 +74,8 @@ class Deployment(SQLModel, table=True):
 
 
 class Session(SQLModel, table=True):
+    # A page of a project's sessions (newest first) is read off the index, not sorted.
+    __table_args__ = (Index("ix_session_project_newest", "project_id", "created_us", "session_id"),)
     session_id: str = Field(primary_key=True)
     project_id: str = Field(index=True)
     deployment_id: str = ""

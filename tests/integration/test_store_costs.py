@@ -14,12 +14,12 @@ import pytest
 from ak_store.api import RECORDS_READ, StoreApi
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records
-from ak_store.models import SessionRecord
+from ak_store.models import Build, SessionRecord
 from akcore import journal, ops, wire
 from akcore.datakey import Keyring
 from akcore.secrets import Sealer
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy import event as sa_event
 
 KEYS = Keyring([Fernet.generate_key()])
@@ -118,3 +118,34 @@ def test_a_page_of_records_reads_no_more_records_than_it_holds(
     assert got == list(range(41))
     assert call(api, "session.records", {"session": sid, "limit": 3})["more"]
     assert not call(api, "session.records", {"session": sid, "skip": 39, "limit": 2})["more"]
+
+
+def test_an_export_reads_the_newest_build_only(store: tuple[StoreApi, Engine]) -> None:
+    """`ak project export` sorted the project's builds with their files (200 of 5 MiB:
+    2 to 5 s of the store each) to take the newest."""
+    api, _ = store
+    call(api, "manifest.apply", {"text": MANIFEST})
+    for i in range(5):
+        call(api, "build.create", {"project": "evil", "files": {"h.py": f"# {i}\n".encode()}})
+    seen = loaded(Build)
+    assert call(api, "project.export", {"project": "evil"})["files"] == {"h.py": b"# 4\n"}
+    assert len(seen) == 1
+
+
+def test_the_newest_sessions_and_builds_of_a_project_come_off_an_index(
+    store: tuple[StoreApi, Engine],
+) -> None:
+    """SQLite sorted every session of a project, inputs and all, for each page of them."""
+    _, engine = store
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's plans")
+    queries = (
+        "SELECT * FROM session WHERE project_id = 'p' "
+        "ORDER BY created_us DESC, session_id DESC LIMIT 51",
+        "SELECT build_id FROM build WHERE project_id = 'p' "
+        "ORDER BY created_us DESC, build_id DESC LIMIT 1",
+    )
+    with engine.connect() as conn:
+        for q in queries:
+            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + q)))
+            assert "newest" in plan and "TEMP B-TREE" not in plan, plan
