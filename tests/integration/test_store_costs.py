@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ak_store.api import RECORDS_READ, StoreApi
+from ak_store.api import LIST_READ_BYTES, LIST_READ_ROWS, RECORDS_READ, StoreApi
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records
-from ak_store.models import Build, SessionRecord
+from ak_store.models import Build, Session, SessionRecord
 from akcore import journal, ops, wire
 from akcore.datakey import Keyring
 from akcore.secrets import Sealer
@@ -149,3 +149,40 @@ def test_the_newest_sessions_and_builds_of_a_project_come_off_an_index(
         for q in queries:
             plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + q)))
             assert "newest" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_page_of_sessions_ends_once_it_has_read_its_share_of_inputs(
+    store: tuple[StoreApi, Engine],
+) -> None:
+    """A page of sessions read all of its sessions (up to 1,000) and opened their inputs
+    (up to 8 MiB each, sealed with the memo it shows): 60 sessions with 4 MiB inputs took
+    the store 2 s a page. A page now ends once it has read LIST_READ_BYTES of inputs, and
+    the next page goes on after it."""
+    api, engine = store
+    pid = call(api, "manifest.apply", {"text": MANIFEST})["project_id"]
+    blob = "z" * (3 << 20)
+    sids = [f"ses_01m8cpgk96e6wakscbfn30{i:04d}" for i in range(12)]
+    for i, sid in enumerate(sids):
+        created = {
+            "project_id": pid,
+            "entrypoint": "h.py:nothing",
+            "inputs": {"blob": blob},
+            "memo": {"i": str(i)},
+        }
+        rec = wire.JournalRecord(sid, 0, wire.CREATED, 1_000 + i, created)
+        with engine.begin() as conn:
+            apply_records(conn, [journal.seal(rec, KEYS)], KEYS)
+    seen = loaded(Session)
+    page = call(api, "session.list", {"project": "evil", "page_size": 1000})
+    assert 1 <= len(page["sessions"]) <= 1 + LIST_READ_BYTES // len(blob)
+    assert page["next_page_token"]
+    assert len(seen) <= len(page["sessions"]) + 1 + LIST_READ_ROWS < len(sids), len(seen)
+    assert page["sessions"][0]["memo"] == {"i": "11"}
+    got = [s["session_id"] for s in page["sessions"]]
+    while page["next_page_token"]:
+        args = {"project": "evil", "page_size": 1000, "page_token": page["next_page_token"]}
+        page = call(api, "session.list", args)
+        got += [s["session_id"] for s in page["sessions"]]
+    assert got == sids[::-1]
+    small = call(api, "session.list", {"project": "evil", "page_size": 2})
+    assert len(small["sessions"]) == 2 and small["next_page_token"]
