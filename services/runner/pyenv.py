@@ -145,7 +145,7 @@ def spec_for(requirements: bytes | None) -> Spec:
         text, skipped = _packages(default_requirements(), source)
         return Spec(config.default_venv(), text, "the default environment", tuple(skipped))
     text, skipped = _packages(requirements.decode(errors="replace"), REQUIREMENTS_FILE)
-    # Named by the packages as parsed, in order and once each: a comment, a blank line,
+    # Named by the packages as parsed, sorted and once each: a comment, a blank line,
     # spacing or the lines' order made another environment, which a token limited to a
     # project could repeat until the disk was full (``VenvCache`` bounds them all).
     text = "".join(sorted(set(text.splitlines(keepends=True))))
