@@ -74,6 +74,7 @@ ENV_HTTP_REQUEST_TIMEOUT = "AK_HTTP__REQUEST_TIMEOUT"
 ENV_HTTP_IDLE_TIMEOUT = "AK_HTTP__IDLE_TIMEOUT"
 ENV_HTTP_MAX_CONNECTIONS = "AK_HTTP__MAX_CONNECTIONS"
 ENV_HTTP_MAX_API_BODY = "AK_HTTP__MAX_API_BODY"
+ENV_HTTP_WEBHOOK_PROJECT_MB = "AK_HTTP__WEBHOOK_PROJECT_MB"  # MiB/s of webhooks per project
 # Proxies in front of ingress whose X-Forwarded-For is believed (addresses or networks).
 ENV_HTTP_TRUSTED_PROXIES = "AK_HTTP__TRUSTED_PROXIES"
 
@@ -144,6 +145,7 @@ class HttpLimits:
     idle_timeout: int = 5  # seconds a connection may wait for its next request
     max_connections: int = 1000  # open at once, per ingress process
     max_api_body: int = 8 * 1024 * 1024  # an /api request (the NATS message limit of `ak up`)
+    webhook_project_mb: int = 8  # MiB a second of webhook requests per project (0: no limit)
     # the networks of the proxies whose X-Forwarded-For names the client (none: the peer is)
     trusted_proxies: tuple[str, ...] = ()
 
@@ -157,6 +159,7 @@ class HttpLimits:
             idle_timeout=_count(ENV_HTTP_IDLE_TIMEOUT, cls.idle_timeout, 1),
             max_connections=_count(ENV_HTTP_MAX_CONNECTIONS, cls.max_connections, 1),
             max_api_body=_count(ENV_HTTP_MAX_API_BODY, cls.max_api_body, 64 * 1024),
+            webhook_project_mb=_count(ENV_HTTP_WEBHOOK_PROJECT_MB, cls.webhook_project_mb, 0),
         )
 
 

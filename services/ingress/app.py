@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from akcore import bus, ids, ops, subjects, timefmt, tracing, values, wire
-from akcore.config import ENV_HTTP_MAX_API_BODY, HttpLimits
+from akcore.config import ENV_HTTP_MAX_API_BODY, ENV_HTTP_WEBHOOK_PROJECT_MB, HttpLimits
 from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, NotFound, ResourceExhausted
 from akcore.secrets import load_keyring
@@ -26,7 +27,7 @@ from .commands import perform
 from .intake import EventsFull, NotAcknowledged, store_event
 from .lookups import WebhookLookups
 from .sync import SyncWaits
-from .throttle import FailedTries, Refusals
+from .throttle import FailedTries, Refusals, WebhookBytes
 from .ui import add_ui
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def create_app(
 
     keys = keys or load_keyring()
     sync_waits = SyncWaits(nc)
+    webhook_bytes = WebhookBytes(limits.webhook_project_mb * 1024 * 1024)
 
     async def webhook(request: Request, slug: str) -> Response:
         """The root span of the trace of every session this request starts."""
@@ -109,6 +111,8 @@ def create_app(
         except AKError as e:  # the store is away and this webhook has no last known lookup
             log.warning("webhook %s: lookup failed: %s", slug, e)
             return Response("Service Unavailable\n", status_code=503)
+        if later := webhook_bytes.take(target.project_id, len(body)):
+            return _over_budget(limits.webhook_project_mb, later)
         data = normalize_request(
             request.method, _raw_url(request), request.headers.items(), body, slug
         )
@@ -331,6 +335,18 @@ def _is_media(headers: list[tuple[bytes, bytes]]) -> bool:
     if len(types) != 1:
         return False
     return MEDIA.fullmatch(types[0].split(b";", 1)[0].strip().lower()) is not None
+
+
+def _over_budget(mb_per_second: int, wait: float) -> Response:
+    """429: the project's webhooks brought in more than their share (``WebhookBytes``)."""
+    seconds = max(1, math.ceil(wait))
+    return Response(
+        f"Too Many Requests: this project's webhooks may bring {mb_per_second} MiB a second "
+        f"into this server ({ENV_HTTP_WEBHOOK_PROJECT_MB}), and more came; try again in "
+        f"{seconds} s\n",
+        status_code=429,
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def _too_large(limit: int) -> Response:

@@ -1,5 +1,6 @@
 """How much failing one client may cost: a budget of failed requests per address (or per
-address and what it names)."""
+address and what it names); and how much one project's webhooks may bring in: a budget of
+bytes per project (``WebhookBytes``)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,40 @@ class Refusals:
 
     def failed(self, route: str) -> None:
         self._tries.failed(f"{self._address} {route}")
+
+
+class WebhookBytes:
+    """Token buckets of webhook bytes, one per project: ``per_second`` of them (each
+    request counts its body and ``REQUEST_COST``), up to ``BURST_SECONDS`` of that at once.
+    A request over its project's budget is refused (429) before its event is stored: the
+    dispatcher takes every project's events in one queue, so 49 requests a second of 500
+    KiB to one project's public webhook (no token needed) held up every other project's
+    sessions by 40 s and more. The ``PROJECTS`` last seen are remembered."""
+
+    BURST_SECONDS = 4.0
+    REQUEST_COST = 1024  # bytes a request counts besides its body (its head, its event)
+    PROJECTS = 10_000
+    clock = staticmethod(time.monotonic)  # (a test's own, to refill the buckets at will)
+
+    def __init__(self, per_second: int) -> None:
+        """``per_second``: bytes; 0: no limit."""
+        self.per_second = per_second
+        self.burst = per_second * self.BURST_SECONDS
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, project_id: str, body_bytes: int) -> float:
+        """0.0 when the project may send this request now (it is counted), else the seconds
+        until it may (nothing counted)."""
+        if self.per_second <= 0:
+            return 0.0
+        now = self.clock()
+        level, since = self._buckets.get(project_id, (self.burst, now))
+        level = min(self.burst, level + (now - since) * self.per_second)
+        cost = min(body_bytes + self.REQUEST_COST, self.burst)  # (one may always come)
+        if level < cost:
+            return (cost - level) / self.per_second
+        self._buckets[project_id] = (level - cost, now)
+        self._buckets.move_to_end(project_id)
+        while len(self._buckets) > self.PROJECTS:
+            self._buckets.popitem(last=False)
+        return 0.0

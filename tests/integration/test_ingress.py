@@ -13,9 +13,10 @@ import httpx
 import pytest
 from ak_ingress import intake
 from ak_ingress.app import create_app
+from ak_ingress.throttle import WebhookBytes
 from ak_store.service import run as run_store
 from akcore import bus, eventdata, subjects, wire
-from akcore.config import Settings
+from akcore.config import HttpLimits, Settings
 from akcore.secrets import load_keyring
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
@@ -28,7 +29,7 @@ from .helpers import api_headers, deploy, eventually
 
 @asynccontextmanager
 async def _ingress(
-    settings: Settings,
+    settings: Settings, limits: HttpLimits | None = None
 ) -> AsyncIterator[tuple[Client, dict[str, Any], httpx.AsyncClient]]:
     """A store, project p deployed with one webhook trigger, and ingress's app in this
     process: a NATS connection, the deployment and an HTTP client of the app."""
@@ -36,7 +37,7 @@ async def _ingress(
         nc = await bus.connect(settings.nats_url, "ingress-test")
         try:
             d = await deploy(nc, "p", {"simple.py": b""})
-            transport = httpx.ASGITransport(app=create_app(nc))
+            transport = httpx.ASGITransport(app=create_app(nc, limits=limits))
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
                 yield nc, d, http
         finally:
@@ -92,6 +93,37 @@ async def test_webhook_to_event(settings: Settings) -> None:
         # Dispatcher and runner are not running here, so the stack is not ready.
         ready = await http.get("/readyz")
         assert ready.status_code == 503 and "dispatcher" in ready.text
+
+
+async def test_a_projects_webhooks_over_their_bytes_a_second_get_429_and_others_do_not(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AK_HTTP__WEBHOOK_PROJECT_MB: a flood of large bodies to one project's public
+    webhook held up every project's sessions (one event queue); now the requests past
+    the project's budget are refused before their events are stored, and another
+    project's webhooks are not."""
+    now = [1000.0]
+    monkeypatch.setattr(WebhookBytes, "clock", staticmethod(lambda: now[0]))
+    async with _ingress(settings, HttpLimits(webhook_project_mb=1)) as (nc, d, http):
+        other = await deploy(nc, "q", {"simple.py": b""})
+        body = b"x" * (512 * 1024)  # 0.5 MiB (and 1 KiB for the request): 7 fit in 4 MiB
+        codes = [
+            (await http.post(f"/webhooks/{d['trigger']['webhook_slug']}", content=body))
+            for _ in range(8)
+        ]
+        assert [r.status_code for r in codes] == [202] * 7 + [429]
+        refused = codes[-1]
+        assert "AutoKitteh-Event-ID" not in refused.headers  # no event was stored
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.text == (
+            "Too Many Requests: this project's webhooks may bring 1 MiB a second into this "
+            "server (AK_HTTP__WEBHOOK_PROJECT_MB), and more came; try again in 1 s\n"
+        )
+        r = await http.post(f"/webhooks/{other['trigger']['webhook_slug']}", content=body)
+        assert r.status_code == 202  # another project's budget is its own
+        now[0] += 1.0  # a second later: one more
+        r = await http.post(f"/webhooks/{d['trigger']['webhook_slug']}", content=body)
+        assert r.status_code == 202
 
 
 async def test_kept_webhook_lookups_are_forgotten_when_the_store_changes(
