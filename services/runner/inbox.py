@@ -117,7 +117,7 @@ class Inbox:
 
     async def close(self) -> None:
         self._closed = True
-        self._changed.set()  # a catch-up (``_read_up_to_now``) ends
+        self._changed.set()  # a catch-up (``read_up_to_now``) ends
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
         if self._sub is not None:
@@ -130,7 +130,7 @@ class Inbox:
         seq = msg.metadata.sequence.stream
         self.last_seq = max(self.last_seq, seq)
         self._pending = msg.metadata.num_pending or 0
-        self._changed.set()  # also for what it skips: ``_read_up_to_now`` counts those
+        self._changed.set()  # also for what it skips: ``read_up_to_now`` counts those
         try:
             item = wire.decode(wire.InboxMessage, msg.data)
         except Exception as e:
@@ -179,7 +179,7 @@ class Inbox:
                 if caught_up:
                     return None
                 caught_up = True
-                await self._read_up_to_now()
+                await self.read_up_to_now()
                 continue
             try:
                 with self.waiting():
@@ -187,7 +187,7 @@ class Inbox:
             except TimeoutError:
                 pass
 
-    async def _read_up_to_now(self) -> None:
+    async def read_up_to_now(self) -> None:
         """Waits (up to CATCH_UP seconds) until the consumer has delivered every message
         the inbox holds now. Not asked of one that has been delivering for a while with
         nothing left (a handler polling with short timeouts pays no request per poll)."""

@@ -556,6 +556,20 @@ class SessionRun:
         environment was there then, and what it did is kept only if it can go on."""
         return self.attempt > 1 or bool(self.job.parked_seq) or bool(self.history.steps)
 
+    async def _stop_asked(self) -> bool:
+        """Whether the inbox holds a stop request not yet taken (read to its end): an
+        attempt that cannot run its handler (``EnvAway``) ends then, as asked, instead of
+        being tried again until its attempts run out, the stop unread."""
+        try:
+            await self.inbox.open()
+            if self.inbox.reading:
+                await self.inbox.read_up_to_now()
+        except Exception as e:  # (NATS away: tried again, as the attempt is)
+            log.debug("session %s: inbox not read: %r", self.job.session_id, e)
+        finally:
+            await self.inbox.close()
+        return self.stop_reason is not None
+
     async def _take_and_run(
         self, job: wire.Job, code_dir: Path, requirements: bytes | None, variables: dict[str, str]
     ) -> None:
@@ -565,7 +579,12 @@ class SessionRun:
             )
         except EnvError as e:
             if self._has_run() and not isinstance(e, RequirementsError):
-                raise EnvAway(f"its Python environment could not be built: {e.message}") from None
+                if not await self._stop_asked():
+                    raise EnvAway(
+                        f"its Python environment could not be built: {e.message}"
+                    ) from None
+                await self.end(self.stop_state, self.stop_reason or "stopped")
+                return
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
         if self.venv_held is not None:

@@ -708,3 +708,83 @@ def test_a_resumed_session_whose_environment_went_waits_for_pip() -> None:
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_session_waiting_for_pip_stops_when_asked() -> None:
+    """A resumed session tried again while pip cannot build its environment
+    (``EnvAway``) still reads its inbox: `ak session stop` ends it in STOPPED at its next
+    attempt, not after every attempt it has left (minutes), in ERROR."""
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs the runner to run as root")
+    HOMES.mkdir(mode=0o755, parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="ak-venvs-stop-", dir=HOMES))
+    home.chmod(0o755)
+    index = home / "index"
+    index.mkdir()
+    for name in ("keptpkg", "otherpkg"):
+        _wheel(index, name)
+    (home / "config" / "autokitteh").mkdir(parents=True)
+    (home / "config" / "autokitteh" / "python-requirements.txt").write_text("otherpkg\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIP_NO_INDEX", "1")
+        mp.setenv("PIP_FIND_LINKS", str(index))
+        stack = start_stack(
+            home,
+            {
+                "AK_WORKER_PYTHON": "",
+                "AK_RUNNER__PACKAGES_MEMORY_MB": str(PACKAGES_MEMORY_MB),
+                "AK_RUNNER__VENVS_MB": "1",
+                "AK_RUNNER__PARK_AFTER": "1",
+                "AK_JOBS__MAX_ATTEMPTS": "30",  # (it must not end by running out of them)
+            },
+        )
+    try:
+        code = (
+            "import autokitteh\nimport keptpkg\n\n\ndef wait(event):\n"
+            "    autokitteh.next_event(autokitteh.subscribe('go'))\n"
+        )
+        resumes = write_project(
+            home / "resumes",
+            {
+                "autokitteh.yaml": RESUMES.format(name="resumes", fn="wait"),
+                "handlers.py": code,
+                "requirements.txt": "keptpkg\n",
+            },
+        )
+        other = write_project(
+            home / "other",
+            {
+                "autokitteh.yaml": RESUMES.format(name="other", fn="nothing"),
+                "handlers.py": "def nothing(event):\n    pass\n",
+                "requirements.txt": "otherpkg\n",
+            },
+        )
+        paths = stack.deploy_paths(resumes)
+        sid = fire(stack, "resumes", paths["hook"])
+
+        def log_has(kind: str, text: str = "") -> bool:
+            return any(e["type"] == kind and text in str(e) for e in journal_log(stack, sid))
+
+        wait_until(lambda: log_has("parked"), "the session to park", 60)
+        stack.ak("deploy", "--manifest", str(other / "autokitteh.yaml"), check=True)
+        wheel = index / "keptpkg-1.0-py3-none-any.whl"
+        wheel.rename(home / wheel.name)  # pip cannot install it (for good, here)
+        status, _, _ = stack.request("POST", paths["go"], b"{}")
+        assert status == 202
+        wait_until(
+            lambda: log_has("retry", "its Python environment could not be built"),
+            f"an attempt to stop for pip\n{stack.output()[-3000:]}",
+            120,
+        )
+        stack.ak("session", "stop", sid, check=True)
+
+        def state() -> str:
+            got = json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)
+            return str(got["state"])
+
+        # (The next attempt comes 30 s at most after the one before.)
+        wait_until(lambda: state() != "RUNNING", "the session to end", 75)
+        assert state() == "STOPPED", journal_log(stack, sid)
+    finally:
+        stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
