@@ -68,7 +68,8 @@ class Refusals:
 
 class WebhookBytes:
     """Token buckets of webhook bytes, one per project: ``per_second`` of them (each
-    request counts its body and ``REQUEST_COST``), up to ``BURST_SECONDS`` of that at once.
+    request counts its body, its URL and headers (``app._head_bytes``) and
+    ``REQUEST_COST``), up to ``BURST_SECONDS`` of that at once.
     A request over its project's budget is refused (429) before its event is stored: the
     dispatcher takes every project's events in one queue, so 49 requests a second of 500
     KiB to one project's public webhook (no token needed) held up every other project's

@@ -246,3 +246,21 @@ async def test_an_unexpected_error_is_an_api_answer_naming_its_log_entry(
             r"[0-9a-f]{8} by ingress \d+",
             reply.error,
         ), reply.error
+
+
+async def test_a_webhooks_head_counts_in_its_projects_budget_as_its_body_does(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event carries a request's URL (as sent, as a path and as a query) and its
+    headers as well as its body: requests with an empty body and 60 KiB of query string
+    (each event ~180 KiB) were counted 1 KiB each, so a flood of them brought their
+    project's events in at 40 times AK_HTTP__WEBHOOK_PROJECT_MB, unrefused."""
+    now = [1000.0]
+    monkeypatch.setattr(WebhookBytes, "clock", staticmethod(lambda: now[0]))
+    async with _ingress(settings, HttpLimits(webhook_project_mb=1)) as (nc, d, http):
+        query = "q=" + "x" * (60 * 1024)
+        url = f"/webhooks/{d['trigger']['webhook_slug']}?{query}"
+        codes = [(await http.get(url)).status_code for _ in range(40)]
+        # 4 MiB at once: at most 4 MiB / 120 KiB (the query twice) of them.
+        assert codes.count(202) <= 34, codes
+        assert codes[-1] == 429
