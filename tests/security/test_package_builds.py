@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -32,6 +33,7 @@ import time
 import typing
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -625,11 +627,30 @@ project:
 """
 
 
-def test_a_resumed_session_whose_environment_went_waits_for_pip() -> None:
-    """A parked session's project environment removed meanwhile (past AK_RUNNER__VENVS_MB)
-    is built again as it resumes; while pip cannot install its packages (here missing from
-    the index, as when the index is away) the session is tried again later, not ended in
-    ERROR, and it goes on once pip can: what it did before is not lost."""
+@dataclass
+class _Resuming:
+    """A session parked, its project environment pruned meanwhile (by another project's
+    build: AK_RUNNER__VENVS_MB=1), woken while pip cannot build it again (its package
+    taken out of the index), and stopped for pip once (a `retry` record)."""
+
+    stack: Stack
+    sid: str
+    venvs: Path
+    kept: str  # its environment's name
+    wheel: Path  # where its package goes back to (``put_back``)
+    away: Path  # where it is meanwhile
+
+    def put_back(self) -> None:
+        self.away.rename(self.wheel)
+
+    def journal_has(self, kind: str, text: str = "") -> bool:
+        return any(e["type"] == kind and text in str(e) for e in journal_log(self.stack, self.sid))
+
+
+@contextlib.contextmanager
+def _resuming(code: str, settings: dict[str, str] | None = None) -> Iterator[_Resuming]:
+    """``_Resuming`` of a session of ``code``'s ``wait`` (it imports ``keptpkg``, of its
+    requirements.txt, and waits for an event of its trigger ``go``, which wakes it)."""
     if os.geteuid() != 0:
         pytest.skip("the sandbox needs the runner to run as root")
     HOMES.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -651,15 +672,10 @@ def test_a_resumed_session_whose_environment_went_waits_for_pip() -> None:
                 "AK_RUNNER__PACKAGES_MEMORY_MB": str(PACKAGES_MEMORY_MB),
                 "AK_RUNNER__VENVS_MB": "1",  # every environment no session holds goes
                 "AK_RUNNER__PARK_AFTER": "1",
+                **(settings or {}),
             },
         )
     try:
-        code = (
-            "import autokitteh\nimport keptpkg\n\n\ndef wait(event):\n"
-            "    print('before', keptpkg.VALUE)\n"
-            "    autokitteh.next_event(autokitteh.subscribe('go'))\n"
-            "    print('after', keptpkg.VALUE)\n"
-        )
         resumes = write_project(
             home / "resumes",
             {
@@ -679,112 +695,63 @@ def test_a_resumed_session_whose_environment_went_waits_for_pip() -> None:
         paths = stack.deploy_paths(resumes)
         venvs = Path(stack.env["XDG_DATA_HOME"]) / "autokitteh" / "venvs"
         (kept,) = [p.name for p in venvs.iterdir() if not p.name.startswith(".")]
-        sid = fire(stack, "resumes", paths["hook"])
-
-        def log_has(kind: str, text: str = "") -> bool:
-            return any(e["type"] == kind and text in str(e) for e in journal_log(stack, sid))
-
-        wait_until(lambda: log_has("parked"), "the session to park", 60)
+        wheel = index / "keptpkg-1.0-py3-none-any.whl"
+        r = _Resuming(
+            stack, fire(stack, "resumes", paths["hook"]), venvs, kept, wheel, home / wheel.name
+        )
+        wait_until(lambda: r.journal_has("parked"), "the session to park", 60)
         stack.ak("deploy", "--manifest", str(other / "autokitteh.yaml"), check=True)
         assert not (venvs / kept).exists()  # removed: no running attempt held it
-        wheel = index / "keptpkg-1.0-py3-none-any.whl"
-        wheel.rename(home / wheel.name)  # pip cannot install it for now
+        wheel.rename(r.away)  # pip cannot install it for now
         status, _, _ = stack.request("POST", paths["go"], b"{}")  # wakes it
         assert status == 202
-
         wait_until(
-            lambda: log_has("retry", "its Python environment could not be built"),
+            lambda: r.journal_has("retry", "its Python environment could not be built"),
             f"an attempt to stop for pip, to be tried again\n{stack.output()[-3000:]}",
             120,
         )
-        got = json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)
-        assert got["state"] == "RUNNING", got  # (it ended in ERROR before)
-        (home / wheel.name).rename(wheel)  # the index is back
-        s = stack.wait_session(sid, timeout=120)
-        prints = stack.ak("session", "prints", sid, "-n", check=True).stdout
-        assert s["state"] == "COMPLETED", prints
-        assert prints.splitlines() == ["before 1", "after 1"]
-        assert (venvs / kept).is_dir()
+        yield r
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _state(stack: Stack, sid: str) -> str:
+    return str(json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)["state"])
+
+
+def test_a_resumed_session_whose_environment_went_waits_for_pip() -> None:
+    """A parked session's project environment removed meanwhile (past AK_RUNNER__VENVS_MB)
+    is built again as it resumes; while pip cannot install its packages (here missing from
+    the index, as when the index is away) the session is tried again later, not ended in
+    ERROR, and it goes on once pip can: what it did before is not lost."""
+    code = (
+        "import autokitteh\nimport keptpkg\n\n\ndef wait(event):\n"
+        "    print('before', keptpkg.VALUE)\n"
+        "    autokitteh.next_event(autokitteh.subscribe('go'))\n"
+        "    print('after', keptpkg.VALUE)\n"
+    )
+    with _resuming(code) as r:
+        assert _state(r.stack, r.sid) == "RUNNING"  # (it ended in ERROR before)
+        r.put_back()  # the index is back
+        s = r.stack.wait_session(r.sid, timeout=120)
+        prints = r.stack.ak("session", "prints", r.sid, "-n", check=True).stdout
+        assert s["state"] == "COMPLETED", prints
+        assert prints.splitlines() == ["before 1", "after 1"]
+        assert (r.venvs / r.kept).is_dir()
 
 
 def test_a_session_waiting_for_pip_stops_when_asked() -> None:
     """A resumed session tried again while pip cannot build its environment
     (``EnvAway``) still reads its inbox: `ak session stop` ends it in STOPPED at its next
     attempt, not after every attempt it has left (minutes), in ERROR."""
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox needs the runner to run as root")
-    HOMES.mkdir(mode=0o755, parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="ak-venvs-stop-", dir=HOMES))
-    home.chmod(0o755)
-    index = home / "index"
-    index.mkdir()
-    for name in ("keptpkg", "otherpkg"):
-        _wheel(index, name)
-    (home / "config" / "autokitteh").mkdir(parents=True)
-    (home / "config" / "autokitteh" / "python-requirements.txt").write_text("otherpkg\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIP_NO_INDEX", "1")
-        mp.setenv("PIP_FIND_LINKS", str(index))
-        stack = start_stack(
-            home,
-            {
-                "AK_WORKER_PYTHON": "",
-                "AK_RUNNER__PACKAGES_MEMORY_MB": str(PACKAGES_MEMORY_MB),
-                "AK_RUNNER__VENVS_MB": "1",
-                "AK_RUNNER__PARK_AFTER": "1",
-                "AK_JOBS__MAX_ATTEMPTS": "30",  # (it must not end by running out of them)
-            },
-        )
-    try:
-        code = (
-            "import autokitteh\nimport keptpkg\n\n\ndef wait(event):\n"
-            "    autokitteh.next_event(autokitteh.subscribe('go'))\n"
-        )
-        resumes = write_project(
-            home / "resumes",
-            {
-                "autokitteh.yaml": RESUMES.format(name="resumes", fn="wait"),
-                "handlers.py": code,
-                "requirements.txt": "keptpkg\n",
-            },
-        )
-        other = write_project(
-            home / "other",
-            {
-                "autokitteh.yaml": RESUMES.format(name="other", fn="nothing"),
-                "handlers.py": "def nothing(event):\n    pass\n",
-                "requirements.txt": "otherpkg\n",
-            },
-        )
-        paths = stack.deploy_paths(resumes)
-        sid = fire(stack, "resumes", paths["hook"])
-
-        def log_has(kind: str, text: str = "") -> bool:
-            return any(e["type"] == kind and text in str(e) for e in journal_log(stack, sid))
-
-        wait_until(lambda: log_has("parked"), "the session to park", 60)
-        stack.ak("deploy", "--manifest", str(other / "autokitteh.yaml"), check=True)
-        wheel = index / "keptpkg-1.0-py3-none-any.whl"
-        wheel.rename(home / wheel.name)  # pip cannot install it (for good, here)
-        status, _, _ = stack.request("POST", paths["go"], b"{}")
-        assert status == 202
-        wait_until(
-            lambda: log_has("retry", "its Python environment could not be built"),
-            f"an attempt to stop for pip\n{stack.output()[-3000:]}",
-            120,
-        )
-        stack.ak("session", "stop", sid, check=True)
-
-        def state() -> str:
-            got = json.loads(stack.ak("session", "get", sid, "-j", check=True).stdout)
-            return str(got["state"])
-
+    code = (
+        "import autokitteh\nimport keptpkg\n\n\ndef wait(event):\n"
+        "    autokitteh.next_event(autokitteh.subscribe('go'))\n"
+    )
+    # (It must not end by running out of attempts; its package stays away for good.)
+    with _resuming(code, {"AK_JOBS__MAX_ATTEMPTS": "30"}) as r:
+        r.stack.ak("session", "stop", r.sid, check=True)
         # (The next attempt comes 30 s at most after the one before.)
-        wait_until(lambda: state() != "RUNNING", "the session to end", 75)
-        assert state() == "STOPPED", journal_log(stack, sid)
-    finally:
-        stack.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        wait_until(lambda: _state(r.stack, r.sid) != "RUNNING", "the session to end", 75)
+        assert _state(r.stack, r.sid) == "STOPPED", journal_log(r.stack, r.sid)
