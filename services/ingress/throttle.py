@@ -10,7 +10,28 @@ from collections import OrderedDict
 from akcore.errors import ResourceExhausted
 
 
-class FailedTries:
+class _Buckets:
+    """Token buckets by key, each holding up to ``burst`` and gaining ``per_second``; the
+    ``kept`` keys spent from last are remembered (one forgotten starts full again)."""
+
+    clock = staticmethod(time.monotonic)  # (a test's own, to refill the buckets at will)
+
+    def __init__(self, burst: float, per_second: float, kept: int) -> None:
+        self.burst, self.per_second, self.kept = burst, per_second, kept
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def level(self, key: str, now: float) -> float:
+        level, since = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, level + (now - since) * self.per_second)
+
+    def spend(self, key: str, amount: float, now: float) -> None:
+        self._buckets[key] = (self.level(key, now) - amount, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.kept:
+            self._buckets.popitem(last=False)
+
+
+class FailedTries(_Buckets):
     """Token buckets of failed requests (a bad token, a bad signature), one per client
     (an address, or an address and what it names: ``Refusals``): ``BURST`` failures at
     once, then ``PER_SECOND``; a client out of them is refused (429) before its request is
@@ -20,30 +41,21 @@ class FailedTries:
     BURST = 50.0
     PER_SECOND = 10.0
     CLIENTS = 10_000
-    clock = staticmethod(time.monotonic)  # (a test's own, to refill the buckets at will)
 
     def __init__(self, what: str) -> None:
+        super().__init__(self.BURST, self.PER_SECOND, self.CLIENTS)
         self.what = what  # what failed, for the message: "requests with a bad signature"
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def _level(self, client: str, now: float) -> float:
-        level, since = self._buckets.get(client, (self.BURST, now))
-        return min(self.BURST, level + (now - since) * self.PER_SECOND)
 
     def check(self, client: str) -> None:
         """ResourceExhausted when ``client`` has no failure left to spend."""
-        if client in self._buckets and self._level(client, self.clock()) < 1.0:
+        if client in self._buckets and self.level(client, self.clock()) < 1.0:
             raise ResourceExhausted(
                 f"too many {self.what} from this address; wait {1 / self.PER_SECOND:g} s "
                 "and try again"
             )
 
     def failed(self, client: str) -> None:
-        now = self.clock()
-        self._buckets[client] = (self._level(client, now) - 1.0, now)
-        self._buckets.move_to_end(client)
-        while len(self._buckets) > self.CLIENTS:
-            self._buckets.popitem(last=False)
+        self.spend(client, 1.0, self.clock())
 
 
 class Refusals:
@@ -66,7 +78,7 @@ class Refusals:
         self._tries.failed(f"{self._address} {route}")
 
 
-class WebhookBytes:
+class WebhookBytes(_Buckets):
     """Token buckets of webhook bytes, one per project: ``per_second`` of them (each
     request counts its body, its URL and headers (``app._head_bytes``) and
     ``REQUEST_COST``), up to ``BURST_SECONDS`` of that at once.
@@ -78,13 +90,10 @@ class WebhookBytes:
     BURST_SECONDS = 4.0
     REQUEST_COST = 1024  # bytes a request counts besides its body (its head, its event)
     PROJECTS = 10_000
-    clock = staticmethod(time.monotonic)  # (a test's own, to refill the buckets at will)
 
     def __init__(self, per_second: int) -> None:
         """``per_second``: bytes; 0: no limit."""
-        self.per_second = per_second
-        self.burst = per_second * self.BURST_SECONDS
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        super().__init__(per_second * self.BURST_SECONDS, per_second, self.PROJECTS)
 
     def take(self, project_id: str, body_bytes: int) -> float:
         """0.0 when the project may send this request now (it is counted), else the seconds
@@ -92,13 +101,9 @@ class WebhookBytes:
         if self.per_second <= 0:
             return 0.0
         now = self.clock()
-        level, since = self._buckets.get(project_id, (self.burst, now))
-        level = min(self.burst, level + (now - since) * self.per_second)
+        level = self.level(project_id, now)
         cost = min(body_bytes + self.REQUEST_COST, self.burst)  # (one may always come)
         if level < cost:
             return (cost - level) / self.per_second
-        self._buckets[project_id] = (level - cost, now)
-        self._buckets.move_to_end(project_id)
-        while len(self._buckets) > self.PROJECTS:
-            self._buckets.popitem(last=False)
+        self.spend(project_id, cost, now)
         return 0.0
