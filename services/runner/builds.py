@@ -102,8 +102,7 @@ class DirCache:
 
     def _lock_file(self, name: str) -> int:
         self.locks.mkdir(mode=0o700, parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        return os.open(self.locks / name, flags, 0o600)
+        return open_lock_file(self.locks / name)
 
     def _still(self, fd: int, name: str) -> bool:
         """Whether the lock file open as ``fd`` is still ``name``'s (a remover unlinks it,
@@ -215,6 +214,12 @@ class BuildCache(DirCache):
             return final
         self._sizes[build_id], self._stamps[build_id] = size, self._stamp(build_id)
         return final
+
+
+def open_lock_file(path: Path) -> int:
+    """A lock file's descriptor, the file made (the owner's alone) if missing; never
+    through a link."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def disk_usage(root: Path) -> int:

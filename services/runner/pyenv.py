@@ -41,7 +41,7 @@ from akcore.errors import AKError, InvalidArgument, ResourceExhausted
 from packaging.requirements import InvalidRequirement, Requirement
 
 from . import diskroom
-from .builds import DirCache, Held
+from .builds import DirCache, Held, open_lock_file
 from .requirements import RequirementsRefused, check_requirements
 from .sandbox import (
     TEMP_DIRS,
@@ -450,7 +450,7 @@ class VenvCache(DirCache):
 
     @contextlib.contextmanager
     def _exclusive(self, name: str) -> Iterator[None]:
-        fd = os.open(_lock_path(name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = open_lock_file(_lock_path(name))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while a runner builds it
             yield
@@ -486,7 +486,7 @@ class VenvCache(DirCache):
 async def _file_lock(path: Path, build: Build) -> AsyncIterator[None]:
     """``path`` locked for ``build``: a wait is said in its output and lasts no longer than
     a build may (another runner's build holds it at most that long)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = open_lock_file(path)
     with open(fd, "r+b") as f:
         limit = build.timeout + 60
         give_up = time.monotonic() + limit
