@@ -574,7 +574,9 @@ class SessionRun:
         self, job: wire.Job, code_dir: Path, requirements: bytes | None, variables: dict[str, str]
     ) -> None:
         try:
-            python, extra_env, self.python_env, held = await self.host.envs.hold_python_for(
+            # (Held until the attempt ends: ``run`` lets go of it.)
+            envs = self.host.envs
+            python, extra_env, self.python_env, self.venv_held = await envs.hold_python_for(
                 requirements, job.project_id
             )
         except EnvError as e:
@@ -587,9 +589,6 @@ class SessionRun:
                 return
             await self.end(wire.ERROR, f"error: the session's Python environment: {e.message}")
             return
-        if self.venv_held is not None:
-            self.venv_held.close()
-        self.venv_held = held  # let go of as the attempt ends (``run``)
         base = self.host.spawn_env(extra_env)
         self.env = {**variables, **extra_env}
         try:
