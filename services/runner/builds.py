@@ -57,8 +57,8 @@ class DirCache:
         self.root, self.max_bytes, self.idle = root, max_bytes, idle
         # A lock file per directory (``locks``: where; by default beside ``root``).
         self.locks = locks or root.with_name(root.name + "-locks")
-        self._sizes: dict[str, int] = {}  # each directory's disk use, measured once
-        self._stamps: dict[str, object] = {}  # what it was measured as (``_stamp``)
+        # Each directory's disk use, and what it was measured as (``_stamp``).
+        self._measured: dict[str, tuple[object | None, int]] = {}
         self._pruning = threading.Lock()
 
     def _leftover(self, name: str) -> bool:
@@ -79,11 +79,6 @@ class DirCache:
         changed since (measured again then); None while it is not whole (measured at each
         prune, never kept). A directory of this cache is whole once there."""
         return ""
-
-    def forget_size(self, name: str) -> None:
-        """``name``'s directory changed: its size is measured again at the next prune."""
-        self._sizes.pop(name, None)
-        self._stamps.pop(name, None)
 
     def hold(self, name: str) -> Held | None:
         """Holds ``name``'s directory for a session; None when it is not there (never made,
@@ -131,21 +126,20 @@ class DirCache:
                             shutil.rmtree(entry.path, ignore_errors=True)
                     elif entry.is_dir(follow_symlinks=False):
                         name, stamp = entry.name, self._stamp(entry.name)
-                        if stamp is None or self._stamps.get(name) != stamp:
-                            self._sizes[name] = disk_usage(Path(entry.path))
-                            self._stamps[name] = stamp
+                        known = self._measured.get(name)
+                        if stamp is None or known is None or known[0] != stamp:
+                            self._measured[name] = (stamp, disk_usage(Path(entry.path)))
                         found.append((mtime, name))
                 except FileNotFoundError:  # removed meanwhile by another runner
                     continue
-            total = sum(self._sizes[name] for _, name in found)
+            total = sum(self._measured[name][1] for _, name in found)
             removed = []
             for mtime, name in sorted(found):  # least recently used first
                 unused = self.idle > 0 and now - mtime >= self.idle
                 if not unused and total <= self.max_bytes:
                     break
                 if name != keep and self._remove(name):
-                    total -= self._sizes.pop(name, 0)
-                    self._stamps.pop(name, None)
+                    total -= self._measured.pop(name, (None, 0))[1]
                     removed.append(name)
             if removed:
                 log.info("removed %d %s: %s", len(removed), self.what, ", ".join(removed))
@@ -212,7 +206,7 @@ class BuildCache(DirCache):
             if not final.is_dir():  # not a lost race with another session of the same build
                 raise
             return final
-        self._sizes[build_id], self._stamps[build_id] = size, self._stamp(build_id)
+        self._measured[build_id] = (self._stamp(build_id), size)
         return final
 
 

@@ -725,7 +725,7 @@ class PythonEnvs:
                 async with self._turns.turn(build.holders, build.say):
                     await _build(build, self.users)
                 if self.venvs is not None and spec.path.parent == self.venvs.root:
-                    self.venvs.forget_size(spec.path.name)  # (measured again, as built)
+                    # (Measured again: the build wrote its marker anew, ``VenvCache._stamp``.)
                     await self.prune(keep=spec.path.name)  # (before its deploy is told)
             except EnvError as e:
                 build.error = e.message
