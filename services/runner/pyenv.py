@@ -794,19 +794,16 @@ class PythonEnvs:
             except FileNotFoundError:  # (its record, as it was found ready: pruned since)
                 if self.venvs is None or requirements is None or self.worker_python:
                     raise
-                self._ready.pop(requirements, None)
-                name = spec_for(requirements).path.name
-                continue
-            if kind != "project" or self.venvs is None:
-                return python, extra_env, kind, None
-            name = Path(extra_env["VIRTUAL_ENV"]).name
-            held = self.venvs.hold(name)  # (a lock and a stat: no thread for it)
-            if held is not None:
-                return python, extra_env, kind, held
+            else:
+                if kind != "project" or self.venvs is None:
+                    return python, extra_env, kind, None
+                held = self.venvs.hold(Path(extra_env["VIRTUAL_ENV"]).name)  # (no thread)
+                if held is not None:
+                    return python, extra_env, kind, held
             self._ready.pop(requirements, None)  # removed since (by a prune): built again
         raise EnvError(
-            f"{REQUIREMENTS_FILE} {name} keeps being removed from the runner's disk as soon "
-            "as it is built: raise AK_RUNNER__VENVS_MB"
+            f"{spec_for(requirements).label} keeps being removed from the runner's disk as "
+            "soon as it is built: raise AK_RUNNER__VENVS_MB"
         )
 
     async def prune(self, keep: str = "") -> None:
