@@ -126,33 +126,44 @@ HOMES = Path("/var/lib/autokitteh-tests")
 PACKAGES_MEMORY_MB = 512
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+@contextlib.contextmanager
+def _indexed_stack(
+    prefix: str, wheels: tuple[str, ...], settings: dict[str, str] | None = None
+) -> Iterator[Stack]:
     """A sandboxed stack (root, AK_WORKER_PYTHON unset: venvs built by pip, as in
-    production) whose pip installs from a local index of wheels and probe sdists; the
-    default package list is one of those wheels."""
+    production) whose pip installs from a local index (``stack.home / "index"``) of
+    ``wheels``; the default package list is the first of them."""
     if os.geteuid() != 0:
         pytest.skip("the sandbox needs the runner to run as root")
     # Not under pytest's own directory (the workers' users must reach what is there), nor
     # under the machine's temporary directories (they are then not made the builds' own).
     HOMES.mkdir(mode=0o755, parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="ak-package-builds-", dir=HOMES))
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir=HOMES))
     home.chmod(0o755)
     index = home / "index"
     index.mkdir()
-    for name in ("okpkg", "otherpkg", "lockpkg"):
+    for name in wheels:
         _wheel(index, name)
     (home / "config" / "autokitteh").mkdir(parents=True)
-    (home / "config" / "autokitteh" / "python-requirements.txt").write_text("okpkg\n")
+    (home / "config" / "autokitteh" / "python-requirements.txt").write_text(f"{wheels[0]}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIP_NO_INDEX", "1")
         mp.setenv("PIP_FIND_LINKS", str(index))
         memory = {"AK_RUNNER__PACKAGES_MEMORY_MB": str(PACKAGES_MEMORY_MB)}
-        s = start_stack(home, {"AK_WORKER_PYTHON": "", **memory})
+        s = start_stack(home, {"AK_WORKER_PYTHON": "", **memory, **(settings or {})})
     s.home = home  # type: ignore[attr-defined]
-    yield s
-    s.stop()
-    shutil.rmtree(home, ignore_errors=True)
+    try:
+        yield s
+    finally:
+        s.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """``_indexed_stack`` of wheels and probe sdists (made by the tests)."""
+    with _indexed_stack("ak-package-builds-", ("okpkg", "otherpkg", "lockpkg")) as s:
+        yield s
 
 
 HOLDER = """\
@@ -651,31 +662,17 @@ class _Resuming:
 def _resuming(code: str, settings: dict[str, str] | None = None) -> Iterator[_Resuming]:
     """``_Resuming`` of a session of ``code``'s ``wait`` (it imports ``keptpkg``, of its
     requirements.txt, and waits for an event of its trigger ``go``, which wakes it)."""
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox needs the runner to run as root")
-    HOMES.mkdir(mode=0o755, parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="ak-venvs-resume-", dir=HOMES))
-    home.chmod(0o755)
-    index = home / "index"
-    index.mkdir()
-    for name in ("keptpkg", "otherpkg"):
-        _wheel(index, name)
-    (home / "config" / "autokitteh").mkdir(parents=True)
-    (home / "config" / "autokitteh" / "python-requirements.txt").write_text("otherpkg\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIP_NO_INDEX", "1")
-        mp.setenv("PIP_FIND_LINKS", str(index))
-        stack = start_stack(
-            home,
-            {
-                "AK_WORKER_PYTHON": "",
-                "AK_RUNNER__PACKAGES_MEMORY_MB": str(PACKAGES_MEMORY_MB),
-                "AK_RUNNER__VENVS_MB": "1",  # every environment no session holds goes
-                "AK_RUNNER__PARK_AFTER": "1",
-                **(settings or {}),
-            },
-        )
-    try:
+    with _indexed_stack(
+        "ak-venvs-resume-",
+        ("otherpkg", "keptpkg"),
+        {
+            "AK_RUNNER__VENVS_MB": "1",  # every environment no session holds goes
+            "AK_RUNNER__PARK_AFTER": "1",
+            **(settings or {}),
+        },
+    ) as stack:
+        home: Path = stack.home  # type: ignore[attr-defined]
+        index = home / "index"
         resumes = write_project(
             home / "resumes",
             {
@@ -711,9 +708,6 @@ def _resuming(code: str, settings: dict[str, str] | None = None) -> Iterator[_Re
             120,
         )
         yield r
-    finally:
-        stack.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _state(stack: Stack, sid: str) -> str:
