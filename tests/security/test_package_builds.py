@@ -43,6 +43,7 @@ from ak_runner.sandbox import kill_user
 from akcore.errors import ResourceExhausted
 
 from tests.e2e.faultproject import fire, journal_log
+from tests.e2e.test_pyenv import MANIFEST
 from tests.helpers import AK, Stack, start_stack, wait_until, write_project
 
 SECRETS = {
@@ -625,17 +626,8 @@ async def test_finished_builds_keep_a_bounded_output(
     assert build.lines  # the last one's is there for its `ak deploy`
 
 
-RESUMES = """\
-version: v1
-project:
-  name: {name}
-  triggers:
-    - name: hook
-      webhook: {{}}
-      call: handlers.py:{fn}
-    - name: go
-      webhook: {{}}
-"""
+# test_pyenv's project, with a trigger ``go`` that only carries events (a session's wake-up).
+RESUMES = MANIFEST + "    - name: go\n      webhook: {{}}\n"
 
 
 @dataclass
