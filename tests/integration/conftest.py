@@ -9,12 +9,19 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
+from ak_store.api import StoreApi
+from ak_store.db import open_engine
 from akcore import bus
 from akcore.config import Settings
+from akcore.secrets import Sealer
+from cryptography.fernet import Fernet
 from nats.aio.client import Client
+from sqlalchemy import Engine
 
 from tests.conftest import as_service
 from tests.pg import fresh_database
+
+from .helpers import KEYS
 
 Run = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
@@ -27,6 +34,15 @@ def db_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with fresh_database() as url:
             yield url
+
+
+@pytest.fixture
+def store(db_dsn: str) -> Iterator[tuple[StoreApi, Engine]]:
+    """The store's operations on a fresh database, called directly (no NATS), its data
+    keys ``helpers.KEYS``."""
+    engine = open_engine(db_dsn)
+    yield StoreApi(engine, Sealer(Fernet.generate_key()), KEYS), engine
+    engine.dispose()
 
 
 @pytest.fixture

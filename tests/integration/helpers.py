@@ -7,11 +7,23 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from akcore import bus, subjects, tokens, wire
+from ak_store.api import StoreApi
+from akcore import bus, ops, subjects, tokens, wire
+from akcore.datakey import Keyring
 from akcore.errors import NotFound
+from cryptography.fernet import Fernet
 from nats.aio.client import Client
 
 T = TypeVar("T")
+
+# The data keys of the store a test calls directly (the ``store`` fixture).
+KEYS = Keyring([Fernet.generate_key()])
+
+
+def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
+    """One operation as the store serves it: the request parsed into its type first."""
+    return api.routes()[name](ops.get(name).parse(args))
+
 
 MANIFEST = """\
 version: v1

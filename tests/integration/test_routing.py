@@ -15,18 +15,15 @@ from typing import Any
 import pytest
 from ak_store.api import StoreApi
 from ak_store.db import open_engine
-from akcore import ops
 from akcore.datakey import Keyring
 from akcore.errors import Conflict
 from akcore.secrets import Sealer
 from cryptography.fernet import Fernet
 
+from .helpers import call
+
 KEYS = Keyring([Fernet.generate_key()])
 BODY = json.dumps({"action": "created", "installation": {"id": 77}}).encode()
-
-
-def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
-    return api.routes()[name](ops.get(name).parse(args))
 
 
 @pytest.fixture

@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from ak_store.api import MAX_SPANS, StoreApi
 from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records, apply_spans
 from ak_store.service import run as run_store
-from akcore import bus, cel, eventdata, journal, ops, subjects, wire
+from akcore import bus, cel, eventdata, journal, subjects, wire
 from akcore.config import Settings
-from akcore.datakey import Keyring, SealError
+from akcore.datakey import SealError
 from akcore.errors import InvalidArgument, NotFound
-from akcore.secrets import Sealer, load_keyring
-from cryptography.fernet import Fernet
+from akcore.secrets import load_keyring
 from sqlalchemy import Engine, text
 
 from .conftest import running
-from .helpers import MANIFEST, deploy, eventually
-
-KEYS = Keyring([Fernet.generate_key()])
+from .helpers import KEYS, MANIFEST, call, deploy, eventually
 
 
 def sealed(*recs: wire.JournalRecord) -> list[wire.JournalRecord]:
     """Records as a runner writes them (sealed with the data key)."""
     return [journal.seal(r, KEYS) for r in recs]
-
-
-def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
-    """One operation as the store serves it: the request parsed into its type first."""
-    return api.routes()[name](ops.get(name).parse(args))
-
-
-@pytest.fixture
-def store(db_dsn: str) -> Iterator[tuple[StoreApi, Engine]]:
-    """The store's operations on a fresh database, called directly (no NATS)."""
-    engine = open_engine(db_dsn)
-    yield StoreApi(engine, Sealer(Fernet.generate_key()), KEYS), engine
-    engine.dispose()
 
 
 async def test_manifest_and_deployments(settings: Settings) -> None:
@@ -150,7 +131,6 @@ async def test_journal_is_materialized_once(settings: Settings) -> None:
 def test_records_applied_out_of_order_give_the_same_session(db_dsn: str) -> None:
     """Two stores share the journal: a session's end may be applied before its creation,
     and a batch may come again. The session still ends up as its journal says, once."""
-    from ak_store.db import open_engine
     from ak_store.materialize import apply_records
     from ak_store.models import Session, SessionRecord
     from ak_store.sealed import open_session

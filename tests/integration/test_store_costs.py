@@ -12,17 +12,14 @@ from typing import Any
 
 import pytest
 from ak_store.api import LIST_READ_BYTES, LIST_READ_ROWS, RECORDS_READ, StoreApi
-from ak_store.db import open_engine
 from ak_store.materialize import apply_events, apply_records
 from ak_store.models import Build, Session, SessionRecord
-from akcore import journal, ops, wire
-from akcore.datakey import Keyring
-from akcore.secrets import Sealer
-from cryptography.fernet import Fernet
+from akcore import journal, wire
 from sqlalchemy import Engine, text
 from sqlalchemy import event as sa_event
 
-KEYS = Keyring([Fernet.generate_key()])
+from .helpers import KEYS, call
+
 MANIFEST = """\
 version: v1
 project:
@@ -32,17 +29,6 @@ project:
       call: h.py:on_event
       webhook: {}
 """
-
-
-def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
-    return api.routes()[name](ops.get(name).parse(args))
-
-
-@pytest.fixture
-def store(db_dsn: str) -> Iterator[tuple[StoreApi, Engine]]:
-    engine = open_engine(db_dsn)
-    yield StoreApi(engine, Sealer(Fernet.generate_key()), KEYS), engine
-    engine.dispose()
 
 
 @pytest.fixture

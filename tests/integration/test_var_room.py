@@ -14,25 +14,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from ak_store.api import StoreApi
 from ak_store.db import open_engine
 from ak_store.models import Var
-from akcore import ops
 from akcore.datakey import Keyring
 from akcore.errors import InvalidArgument
 from akcore.secrets import Sealer
 from cryptography.fernet import Fernet
 from sqlmodel import Session as DB
 
+from .helpers import call
+
 MIB = 1024 * 1024
 BIG = "v" * (MIB - 256)  # within the 1 MiB a var may take
-
-
-def call(api: StoreApi, name: str, args: dict[str, Any]) -> Any:
-    return api.routes()[name](ops.get(name).parse(args))
 
 
 @pytest.fixture
