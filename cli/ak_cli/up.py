@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import os
 import signal
@@ -149,6 +150,12 @@ def _wait_ready(url: str, children: list[Child], stopping: list[bool]) -> bool:
                     return True
         except OSError:
             pass
+        except http.client.HTTPException:  # (not an HTTP server: it took the port first)
+            raise AKError(
+                f"something else answers on {url}, not as HTTP: another program took the "
+                "port before this stack's HTTP server. Start again, or pick another address "
+                f"with --http-addr or {config.ENV_HTTP_ADDR}"
+            ) from None
         time.sleep(0.2)
     return False
 
@@ -219,9 +226,18 @@ def up(
                 cancelled=lambda: bool(stopping),
                 keep_fds=(lock,),
                 with_parent=True,
+                # (free until the ingress listens: the kernel may offer it to NATS)
+                avoid_ports=(http_port,),
             )
 
-        nats_proc, nats_url = start_nats(int(env.get(config.ENV_NATS_PORT, "0")))
+        http_port = config.split_addr(addr)[1]
+        nats_port = int(env.get(config.ENV_NATS_PORT, "0"))
+        if nats_port == http_port:
+            raise AKError(
+                f"{config.ENV_NATS_PORT}={nats_port} is the HTTP port too: pick another "
+                f"for one of them ({config.ENV_HTTP_ADDR} or --http-addr)"
+            )
+        nats_proc, nats_url = start_nats(nats_port)
         # Supervised as the services are: restarted on the same port (they reconnect).
         nats_port = urlsplit(nats_url).port or 0
         nats_child = Child("nats-server", lambda: start_nats(nats_port)[0], nats_proc)

@@ -40,10 +40,16 @@ MAX_PAYLOAD = 8 * 1024 * 1024
 SYNC_CHOICES = ("always", "default")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1", avoid: tuple[int, ...] = ()) -> int:
+    """A port nothing listens on, as the kernel picks one, but none of ``avoid`` (ports
+    another program of ours is about to listen on: the kernel may offer one of them, free
+    until then)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 LISTEN_WITHIN = 120.0  # seconds a started nats-server, still running, has to listen
@@ -73,6 +79,7 @@ def start(
     cancelled: Callable[[], bool] = lambda: False,
     keep_fds: tuple[int, ...] = (),
     with_parent: bool = False,
+    avoid_ports: tuple[int, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Starts nats-server with JetStream; returns the process and its URL once it accepts.
 
@@ -83,13 +90,14 @@ def start(
     the disk has). ``cancelled``: asked while it waits for the server to listen; true, the
     server is stopped and RuntimeError raised. ``keep_fds``: descriptors the server
     inherits (``ak up``'s lock on its data home); ``with_parent``: it ends when the process
-    that started it dies (``ends_with_parent``).
+    that started it dies (``ends_with_parent``). ``avoid_ports``: ports a free one is not
+    picked from (where ``ak up``'s HTTP server is about to listen).
     """
     if sync not in SYNC_CHOICES:
         raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)} (got {sync!r})")
     if port and not _free(host, port):  # (else whatever listens there looks like it)
         raise RuntimeError(f"port {port} of {host} is taken by another process")
-    port = port or free_port(host)
+    port = port or free_port(host, avoid_ports)
     store_dir.mkdir(parents=True, exist_ok=True)
     conf = store_dir / "nats-server.conf"
     jetstream = f"  store_dir: {json.dumps(str(store_dir))}\n"

@@ -96,3 +96,51 @@ def test_ctrl_c_during_the_first_start_leaves_no_server(tmp_path: Path) -> None:
     conf = str(tmp_path / "nats" / "nats-server.conf")
     left = subprocess.run(["pgrep", "-f", conf], capture_output=True, text=True).stdout
     assert left == ""
+
+
+def test_a_free_port_is_never_one_to_avoid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ak up` starts NATS before its HTTP server listens: the kernel may offer NATS the
+    HTTP port (free until then), and the stack's /readyz then reached nats-server."""
+    offered = [50429, 50429, 50431]
+
+    class Kernel:
+        def __init__(self) -> None:
+            self.port = offered.pop(0)
+
+        def __enter__(self) -> Kernel:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def bind(self, _addr: tuple[str, int]) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(natsserver.socket, "socket", Kernel)
+    assert natsserver.free_port(avoid=(50429,)) == 50431
+    assert offered == []
+
+
+def test_ak_up_refuses_a_nats_port_that_is_the_http_port(tmp_path: Path) -> None:
+    port = natsserver.free_port()
+    res = subprocess.run(
+        [sys.executable, "-m", "ak_cli.main", "up", "--mode", "dev"],
+        env={
+            **os.environ,
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "AK_HTTP__ADDR": f"127.0.0.1:{port}",
+            "AK_NATS__PORT": str(port),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert res.stderr == (
+        f"Error: AK_NATS__PORT={port} is the HTTP port too: pick another for one of them "
+        "(AK_HTTP__ADDR or --http-addr)\n"
+    )
