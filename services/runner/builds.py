@@ -34,6 +34,9 @@ class Held:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        # Which build of the directory is held (for a venv: its marker's identity), where
+        # the cache tells builds apart: one removed and made again is another.
+        self.build: object = None
 
     def close(self) -> None:
         if self._fd >= 0:

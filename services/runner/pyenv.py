@@ -476,9 +476,11 @@ class VenvCache(DirCache):
         and being built again by another runner (whose build has not written its marker
         yet), which this runner, having found it ready a moment before, would not see."""
         held = super().hold(name)
-        if held is not None and not (self.root / name / MARKER).is_file():
+        if held is not None and (build := self._stamp(name)) is None:
             held.close()
             return None
+        if held is not None:
+            held.build = build  # (workers started on an earlier build are not this one's)
         return held
 
 

@@ -592,7 +592,8 @@ class SessionRun:
         base = self.host.spawn_env(extra_env)
         self.env = {**variables, **extra_env}
         try:
-            worker = await self.host.pool.take(python, base, job.project_id)
+            build = self.venv_held.build if self.venv_held else None
+            worker = await self.host.pool.take(python, base, job.project_id, build)
         except GroupError as e:  # (not the interpreter's doing: the runner's machine's)
             await self.end(wire.ERROR, f"error: no worker for the session: {e}")
             return

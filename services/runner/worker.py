@@ -510,6 +510,7 @@ class WorkerProcess:
         self._line = bytearray()  # the stderr line being read: its first STDERR_LINE bytes
         self._line_length = 0  # and its length so far
         self.sessions = 0  # sessions it has run
+        self.build: object = None  # the build of its environment it started on (``WorkerPool``)
         self.reusable = False  # its last session ended cleanly and it can take another
         self.idle_since = 0.0
         self._stderr_task = asyncio.create_task(self._forward_stderr())
@@ -741,6 +742,11 @@ def pool_key(python: str, env: dict[str, str]) -> PoolKey:
     return python, frozenset(env.items())
 
 
+def _venv_there(key: PoolKey) -> bool:
+    venv = dict(key[1]).get("VIRTUAL_ENV")
+    return venv is None or os.path.isdir(venv)
+
+
 class WorkerPool:
     """Worker processes ready for a session, so that a session does not wait for an
     interpreter to start and import the SDK.
@@ -778,10 +784,12 @@ class WorkerPool:
         self._filling: set[asyncio.Task[None]] = set()
         self._servers: dict[PoolKey, ForkServer] = {}
         self._starting = asyncio.Lock()
+        # The build of each key's environment its workers were started on (``take``).
+        self._builds: dict[PoolKey, object] = {}
 
     async def _start(self, key: PoolKey, python: str, env: dict[str, str]) -> WorkerProcess:
         """A new worker, as a user of its own when sandboxed."""
-        uid = -1
+        uid, build = -1, self._builds.get(key)
         if self.users is not None:
             if python not in self._reached:
                 await asyncio.to_thread(open_way_to, Path(python))
@@ -794,6 +802,7 @@ class WorkerPool:
                 await self.users.give_back(uid)
             raise
         worker.users, worker.echo = self.users, self.echo
+        worker.build = build
         return worker
 
     async def _launch(
@@ -816,13 +825,21 @@ class WorkerPool:
                 log.warning("no worker from the fork server (%s); starting one: %s", python, e)
         return await WorkerProcess.spawn(python, self.cwd, env, uid, self.sdk, self.limits)
 
-    async def take(self, python: str, env: dict[str, str], project: str = "") -> WorkerProcess:
+    async def take(
+        self, python: str, env: dict[str, str], project: str = "", build: object = None
+    ) -> WorkerProcess:
+        """A worker for a session of ``project``. ``build``: which build of the environment
+        the session holds (``Held.build``); workers and the fork server started on another
+        one are stopped, never handed out."""
         key = pool_key(python, env)
-        worker = await self._pop_live(self._done.get((key, project), []))
+        if self._builds.get(key) != build:
+            self._builds[key] = build
+            await self._retire(key)
+        worker = await self._pop_live(self._done.get((key, project), []), build)
         if worker is not None:
             return worker
         idle = self._idle.setdefault(key, [])
-        worker = await self._pop_live(idle)
+        worker = await self._pop_live(idle, build)
         if worker is None:
             worker = await self._start(key, python, env)
         if self.size and not self._filling:  # one refill at a time
@@ -839,11 +856,29 @@ class WorkerPool:
         task.add_done_callback(self._filling.discard)
         return task
 
-    async def _pop_live(self, workers: list[WorkerProcess]) -> WorkerProcess | None:
-        """Takes the last live worker of the list (closing dead ones); the rest stay in it."""
+    async def _retire(self, key: PoolKey) -> None:
+        """Stops the workers and the fork server of ``key``: its environment was removed and
+        built again. A process started on the build before has its packages' path entries
+        as they were (a ``.pth`` file installed since is never read) and keeps files of the
+        build before open."""
+        idle = self._idle.get(key, [])
+        stale = idle[:]
+        idle.clear()  # (in place: a refill under way goes on adding to it)
+        for k in [k for k in self._done if k[0] == key]:
+            stale += self._done.pop(k)
+        async with self._starting:  # (not while it forks a worker)
+            server = self._servers.pop(key, None)
+        for w in stale:
+            await w.close()
+        if server is not None:
+            await server.close()
+
+    async def _pop_live(self, workers: list[WorkerProcess], build: object) -> WorkerProcess | None:
+        """Takes the last live worker of the list started on ``build`` (closing the others
+        it meets); the rest stay in it."""
         while workers:
             candidate = workers.pop()
-            if candidate.proc.returncode is None and candidate.quiet():
+            if candidate.proc.returncode is None and candidate.quiet() and candidate.build == build:
                 return candidate
             candidate.kill()
             await candidate.close()
@@ -855,10 +890,12 @@ class WorkerPool:
         """A worker whose session ended: kept for the project's next session if it may run
         another, else stopped."""
         worker.sessions += 1
+        key = pool_key(python, env)
         if (
             worker.sessions >= self.reuse
             or not worker.reusable
             or worker.proc.returncode is not None
+            or worker.build != self._builds.get(key)  # (its environment was built again)
         ):
             await worker.close()
             return
@@ -870,13 +907,16 @@ class WorkerPool:
             # were waited for, leaves the worker alone in its group, or without children.)
             await worker.close()
             return
-        key = pool_key(python, env)
         worker.stderr_tail.clear()
         worker.idle_since = asyncio.get_running_loop().time()
         self._done.setdefault((key, project), []).append(worker)
 
     async def reap(self) -> None:
-        """Stops finished workers that waited longer than ``IDLE_SECONDS`` for a session."""
+        """Stops finished workers that waited longer than ``IDLE_SECONDS`` for a session,
+        and the spares and fork servers of environments removed from the disk (pruned)."""
+        for key in [k for k in self._builds if not _venv_there(k)]:
+            del self._builds[key]
+            await self._retire(key)
         cutoff = asyncio.get_running_loop().time() - self.IDLE_SECONDS
         for k, workers in list(self._done.items()):
             stale = [w for w in workers if w.idle_since < cutoff or w.proc.returncode is not None]

@@ -669,3 +669,102 @@ async def _started(pid: int, uid: int) -> None:
                     return
         await asyncio.sleep(0.05)
     raise AssertionError("the worker did not start")
+
+
+@pytest.mark.parametrize(
+    "fork",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(not ForkServer.SUPPORTED, reason="the fork server: Linux"),
+        ),
+    ],
+)
+async def test_workers_of_an_environment_built_again_are_not_handed_out(
+    tmp_path: Path, fork: bool
+) -> None:
+    """A project environment pruned and built again (same packages, same path) for a
+    session: the workers and the fork server that started on the build before read its
+    packages' ``.pth`` files as they were then. Handed to the session, a package the new
+    build installed through a ``.pth`` file was not found."""
+    import site
+    import subprocess
+
+    from akcore import sdkdist
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (packages,) = site.getsitepackages([str(venv)])
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "h.py").write_text("def f(event):\n    import pthmod\n    return pthmod.X\n")
+    python = str(venv / "bin" / "python")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "VIRTUAL_ENV": str(venv),
+        "PYTHONPATH": str(sdkdist.write_copy(tmp_path / "sdk")),
+    }
+    pool = WorkerPool(1, tmp_path, reuse=2, fork=fork)
+    try:
+        first = await pool.take(python, env, "prj_a", build="build 1")
+        await asyncio.gather(*pool._filling)  # a spare of the first build, started
+        [spare] = pool._idle[(python, frozenset(env.items()))]
+        first.reusable = True
+        await pool.give_back(first, python, env, "prj_a")
+        # Built again: this build's package comes in through a .pth file.
+        (tmp_path / "extra").mkdir()
+        (tmp_path / "extra" / "pthmod.py").write_text("X = 'found'\n")
+        Path(packages, "extra.pth").write_text(f"{tmp_path / 'extra'}\n")
+        worker = await pool.take(python, env, "prj_a", build="build 2")
+        try:
+            assert worker is not first and worker is not spare
+            assert first.proc.returncode is not None and spare.proc.returncode is not None
+            frames = await asyncio.wait_for(_session(worker, code, "h.py:f", {}), 60)
+            done, blob = frames[-1]
+            assert done["ok"], done.get("error")
+            assert loads(blob) == "found"
+        finally:
+            await worker.close()
+    finally:
+        await pool.close()
+
+
+async def test_a_worker_of_the_build_before_is_not_kept(tmp_path: Path) -> None:
+    """A session of the build before ends after a session of the new build took a worker:
+    its worker is stopped, not kept for the project's next session."""
+    env = {"PATH": "/usr/bin:/bin"}
+    pool = WorkerPool(0, tmp_path, reuse=10)
+    try:
+        old = await pool.take(sys.executable, env, "prj_a", build="build 1")
+        new = await pool.take(sys.executable, env, "prj_a", build="build 2")
+        old.reusable = new.reusable = True
+        await pool.give_back(old, sys.executable, env, "prj_a")
+        assert old.proc.returncode is not None
+        await pool.give_back(new, sys.executable, env, "prj_a")
+        assert await pool.take(sys.executable, env, "prj_a", build="build 2") is new
+        await new.close()
+    finally:
+        await pool.close()
+
+
+async def test_the_workers_of_a_removed_environment_are_stopped(tmp_path: Path) -> None:
+    """Spares and fork servers of a project environment the runner pruned (or another
+    runner of its data home did) do not live until the runner stops."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "VIRTUAL_ENV": str(venv)}
+    pool = WorkerPool(2, tmp_path)
+    try:
+        taken = await pool.take(sys.executable, env, "prj_a", build="build 1")
+        await asyncio.gather(*pool._filling)
+        spares = list(pool._idle[(sys.executable, frozenset(env.items()))])
+        assert len(spares) == 2
+        await pool.reap()
+        assert all(w.proc.returncode is None for w in spares)  # (still there)
+        venv.rmdir()
+        await pool.reap()
+        assert all(w.proc.returncode is not None for w in spares)
+        await taken.close()
+    finally:
+        await pool.close()
