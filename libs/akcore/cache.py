@@ -3,8 +3,9 @@ event or session (a webhook's trigger, a project's vars).
 
 The store publishes the name of every operation that changes projects, deployments,
 triggers or vars on ``ak.changed`` (core NATS) before it answers it; a ``StoreCache``
-forgets everything when it hears one, so a change is seen by the next event. The time
-limit covers a notice lost in a reconnect. With ``ahead``, an answer still in use is asked
+forgets everything when it hears one that changes what it keeps (``ops.Op.invalidates``:
+a var set does not empty the webhook lookups), so a change is seen by the next event. The
+time limit covers a notice lost in a reconnect. With ``ahead``, an answer still in use is asked
 for again before it expires, off the caller's path.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from . import bus, subjects
+from . import bus, ops, subjects
 from .errors import NotFound
 
 Fetch = Callable[[Client, str, dict[str, Any]], Awaitable[Any]]
@@ -36,10 +37,18 @@ class StoreCache:
     # ones are dropped, and if that is not enough, all of them.
     MAX_KEPT = 10_000
 
-    def __init__(self, ttl: float = 5.0, fetch: Fetch | None = None, ahead: bool = False) -> None:
+    def __init__(
+        self,
+        ttl: float = 5.0,
+        fetch: Fetch | None = None,
+        ahead: bool = False,
+        kind: ops.Cache | None = None,
+    ) -> None:
         """``ahead``: an answer used in the second half of its time is asked again in the
-        background, so that a key in steady use is never asked for while a caller waits."""
-        self.ttl, self.ahead = ttl, ahead
+        background, so that a key in steady use is never asked for while a caller waits.
+        ``kind``: what it keeps, of ``ops.Cache``; a change notice of an operation that
+        does not invalidate it is let pass (None: every notice empties it)."""
+        self.ttl, self.ahead, self.kind = ttl, ahead, kind
         self._fetch: Fetch = fetch or bus.store_call
         self._kept: dict[tuple[str, str], tuple[float, Any, str | None]] = {}
         self._asking: dict[tuple[str, str], asyncio.Future[Any]] = {}
@@ -48,10 +57,17 @@ class StoreCache:
         self._generation = 0
 
     async def watch(self, nc: Client) -> None:
-        async def on_change(_: Msg) -> None:
-            self.forget()
+        async def on_change(msg: Msg) -> None:
+            if self.stale_after(msg.data.decode(errors="replace")):
+                self.forget()
 
         await nc.subscribe(subjects.CHANGED, cb=on_change)
+
+    def stale_after(self, op_name: str) -> bool:
+        """Whether operation ``op_name`` may have changed what this cache keeps (one it
+        does not know of, a newer store's, may have)."""
+        op = ops.OPS.get(op_name)
+        return self.kind is None or op is None or self.kind in op.invalidates
 
     def forget(self) -> None:
         """Forgets every answer, kept or on its way (a change was made)."""

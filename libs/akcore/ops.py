@@ -82,6 +82,8 @@ _S, _R, _I = Service.STORE, Service.RUNNER, Service.INGRESS
 _TARGETS = frozenset({Cache.TARGETS})
 _HOOKS = frozenset({Cache.WEBHOOKS, Cache.TARGETS})
 _ENV = frozenset({Cache.SESSION_ENV})
+# (A connection's events reach the triggers naming it: ``dispatch.targets``.)
+_CONNECTION = frozenset({Cache.SESSION_ENV, Cache.TARGETS})
 
 
 _api = functools.partial(Op, public=True)
@@ -131,12 +133,12 @@ _TABLE = (
     _api("event.redispatch", rq.EventRef, dict, _I, "event_id"),
     _api("event.dispatch", rq.EventNew, dict, _I, "destination"),
     _api("event.save", rq.EventNew, dict, _I, "destination"),
-    _api("connection.create", rq.ConnectionCreate, dict, _S, "project", _ENV),
+    _api("connection.create", rq.ConnectionCreate, dict, _S, "project", _CONNECTION),
     _api("connection.list", rq.ConnectionList, list, _S, "project"),
     _api("connection.get", rq.ConnectionRef, dict, _S, "connection"),
     _api("connection.init", rq.ConnectionInit, _NONE_T, _S, "connection", _ENV),
     _api("connection.test", rq.ConnectionRef, dict, _S, "connection"),
-    _api("connection.delete", rq.ConnectionRef, _NONE_T, _S, "connection", _ENV),
+    _api("connection.delete", rq.ConnectionRef, _NONE_T, _S, "connection", _CONNECTION),
     _api("integration.list", rq.Empty, list, _S, ""),
     _api("auth.create_token", rq.TokenCreate, str, _I, ""),
     _api("auth.whoami", rq.Empty, dict, _I, ""),

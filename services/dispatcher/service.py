@@ -14,6 +14,7 @@ from akcore.cache import StoreCache
 from akcore.config import Settings
 from akcore.datakey import Keyring, SealError
 from akcore.errors import AKError
+from akcore.ops import Cache
 from akcore.parking import inbox_headers
 from akcore.secrets import load_keyring
 from akcore.sessions import not_started, publish_session
@@ -480,7 +481,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     ticks = asyncio.create_task(Scheduler(nc, tel, keys).run(stop))
     waker = asyncio.create_task(Waker(nc).run(stop))
     turns = Turns()
-    targets = StoreCache(ahead=True, fetch=fetch_targets)  # (asked again while in use)
+    targets = StoreCache(
+        ahead=True, fetch=fetch_targets, kind=Cache.TARGETS
+    )  # (asked again while in use)
     await targets.watch(nc)
     evaluators = Evaluators(settings.filter_budget_ms)
     dispatcher = Dispatcher(nc, tel, targets, evaluators, keys)

@@ -13,6 +13,7 @@ from akcore import timefmt, tokens
 from akcore.cache import StoreCache
 from akcore.config import is_loopback
 from akcore.errors import InvalidArgument, Unauthenticated
+from akcore.ops import Cache
 from nats.aio.client import Client
 
 from . import peers
@@ -56,7 +57,7 @@ class Authenticator:
 
     def __init__(self, nc: Client, required: bool) -> None:
         self.nc, self.required = nc, required
-        self.known = StoreCache(ttl=self.KEEP)
+        self.known = StoreCache(ttl=self.KEEP, kind=Cache.TOKENS)
         self.watching = False  # the store's change notices (a revoked token is forgotten)
         self.failures = FailedTries("requests with a missing or invalid API token")
 

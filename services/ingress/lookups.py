@@ -20,6 +20,7 @@ from typing import Any
 from akcore import bus, subjects, wire
 from akcore.cache import StoreCache
 from akcore.errors import AKError, InvalidArgument, NotFound
+from akcore.ops import Cache
 from akcore.webhook import WebhookTarget
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -105,7 +106,7 @@ class WebhookLookups:
     def __init__(self, nc: Client, known: KnownWebhooks | None = None, ttl: float = 5.0) -> None:
         self._nc = nc
         self._known = known if known is not None else KnownWebhooks()
-        self._cache = StoreCache(ttl, fetch=self._fetch)
+        self._cache = StoreCache(ttl, fetch=self._fetch, kind=Cache.WEBHOOKS)
         self._away = False  # the store did not answer the last request
 
     async def watch(self) -> None:

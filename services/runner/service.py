@@ -33,6 +33,7 @@ from akcore.config import Settings, worker_env
 from akcore.datakey import Keyring
 from akcore.errors import AKError, NotFound
 from akcore.journalio import JournalWriter, Limits, last_seq, read_journal
+from akcore.ops import Cache
 from akcore.secrets import load_keyring
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -543,7 +544,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await keycheck.first(nc, keys, stop)  # before it seals or opens anything
     tel = tracing.Telemetry("runner")
     tel.send_to_store(nc)
-    env_cache = StoreCache(ahead=True)  # asked again in the background while in use
+    env_cache = StoreCache(
+        ahead=True, kind=Cache.SESSION_ENV
+    )  # asked again in the background while in use
     await env_cache.watch(nc)
     await inboxes.watch(nc)
     js = nc.jetstream()
