@@ -924,16 +924,32 @@ def internal(op: str, e: Exception, service: str) -> str:
     )
 
 
+class Room:
+    """Where some of a service's requests are answered (``serve_requests``): ``at_once`` of
+    them at a time, in the order they came, with up to ``waiting`` more taken from the
+    subscription to wait for their turn."""
+
+    def __init__(self, at_once: int, waiting: int) -> None:
+        self.answering = asyncio.Semaphore(at_once)  # (its waiters go in turn)
+        self.admitted = asyncio.Semaphore(at_once + waiting)
+
+
 async def serve_requests(
     nc: Client,
     subject: str,
     handle: Callable[[str, dict[str, Any]], Awaitable[Any]],
     queue: str,
     telemetry: tracing.Telemetry | None = None,
+    rooms: Callable[[str], Room] | None = None,
 ) -> Any:
     """Answers ``ak.<service>.<op>`` requests; ``handle(op, args)`` gives the result. A
-    request that carries a trace context gets a server span."""
+    request that carries a trace context gets a server span.
+
+    Requests are answered one at a time, in the order they came, unless ``rooms`` gives
+    each operation's ``Room``: then the requests of each room are answered as it says,
+    beside those of the others."""
     prefix_len = len(subject) - 1  # subject ends with ">"
+    answering: set[asyncio.Task[None]] = set()
 
     async def answer(op: str, msg: Msg) -> wire.StoreReply:
         try:
@@ -947,6 +963,25 @@ async def serve_requests(
 
     async def on_msg(msg: Msg) -> None:
         op = msg.subject[prefix_len:]
+        if rooms is None:
+            await respond(op, msg)
+            return
+        room = rooms(op)
+        await room.admitted.acquire()  # (full: this and every request behind it wait)
+        task = asyncio.create_task(respond_in(room, op, msg))
+        answering.add(task)
+        task.add_done_callback(answering.discard)
+
+    async def respond_in(room: Room, op: str, msg: Msg) -> None:
+        try:
+            async with room.answering:
+                await respond(op, msg)
+        except Exception as e:  # (the connection closing: the caller asks again)
+            log.debug("request %s: not answered: %s", op, e)
+        finally:
+            room.admitted.release()
+
+    async def respond(op: str, msg: Msg) -> None:
         if telemetry is None or not (msg.headers or {}).get(subjects.HDR_TRACEPARENT):
             reply = await answer(op, msg)
         else:

@@ -47,12 +47,14 @@ SPANS_DROPPED_EVERY = 60.0
 Sql = Callable[..., Awaitable[Any]]
 
 
-def sql_thread(engine: Engine) -> tuple[Sql, ThreadPoolExecutor]:
+def sql_thread(
+    engine: Engine, threads: int = 0, name: str = "sql"
+) -> tuple[Sql, ThreadPoolExecutor]:
     """Runs the store's SQL off the event loop (which keeps NATS answered meanwhile): one
-    thread on SQLite (one writer at a time anyway), a few on PostgreSQL."""
-    pool = ThreadPoolExecutor(
-        max_workers=1 if engine.dialect.name == "sqlite" else 4, thread_name_prefix="sql"
-    )
+    thread on SQLite (one writer at a time anyway), a few on PostgreSQL; ``threads`` if
+    given."""
+    threads = threads or (1 if engine.dialect.name == "sqlite" else 4)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
 
     async def sql(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -305,15 +307,49 @@ async def _database_answers(engine: Engine, sql: Sql) -> bool:
     return True
 
 
+# Reads on the path of every webhook, event and session, each indexed and bounded: served
+# on a thread of their own (``serve_ops``' ``hot``), so that an API read (a page of
+# sessions, an export) or a batch of journal records being applied holds no other
+# project's webhook or session start behind it. (SQLite in WAL mode reads beside its
+# writer.)
+HOT_OPS = frozenset(
+    {
+        "webhook.lookup",
+        "dispatch.targets",
+        "session.env",
+        "build.get",
+        "session.states",
+        "project.active",
+        "token.check",
+    }
+)
+
+
+class Rooms:
+    """``bus.serve_requests``' rooms of the store. ``HOT_OPS``, reads, are answered 64 at a
+    time (on their own thread, ``serve_ops``); the other operations one at a time, in the
+    order they came, as ever: some check and then write in two steps, and rely on it. Up to
+    256 of those wait for their turn beside the hot ones; beyond that, every request waits
+    in the subscription."""
+
+    def __init__(self) -> None:
+        self.hot = bus.Room(at_once=64, waiting=0)
+        self.others = bus.Room(at_once=1, waiting=256)
+
+    def __call__(self, op: str) -> bus.Room:
+        return self.hot if op in HOT_OPS else self.others
+
+
 def serve_ops(
-    api: StoreApi, nc: Client, sql: Sql
+    api: StoreApi, nc: Client, sql: Sql, hot: Sql | None = None
 ) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
     """Answers the store's operations of ``akcore.ops``: each request parsed into its typed
     request once, here; an operation that changes what caches keep is announced on
     ``ak.changed`` before it is answered, so caches forget before the caller goes on. Most
     are the database's (``api.routes``, on its thread); a few are JetStream's (here). The
     database away or refusing is "unavailable", as the store away is: a runner's system
-    call or an attempt's start waits for it rather than ending its session."""
+    call or an attempt's start waits for it rather than ending its session. ``hot``: where
+    ``HOT_OPS`` run (beside ``sql``)."""
     routes = api.routes()
     js = nc.jetstream()
 
@@ -340,7 +376,8 @@ def serve_ops(
             result = await streams[name](op.parse(args))
         else:
             try:
-                result = await sql(routes[name], op.parse(args))
+                on = hot if hot is not None and name in HOT_OPS else sql
+                result = await on(routes[name], op.parse(args))
             except Exception as e:
                 if not dbfaults.database_away(e):
                     raise
@@ -365,11 +402,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     except OperationalError as e:  # away, or refusing us: said in a line, tried again
         raise Unavailable(f"cannot open the database ({ENV_DB_DSN}): {e.orig or e}") from None
     sql, pool = sql_thread(engine)
+    hot, hot_pool = sql_thread(engine, threads=1, name="sql-hot")
     keys = load_keys()
     api = StoreApi(engine, Sealer(*keys), Keyring(keys))
     await sql(api.tokens.bootstrap, settings.auth_bootstrap_file)
     nc = await bus.connect_service(settings, "store")
-    serve = serve_ops(api, nc, sql)
+    serve = serve_ops(api, nc, sql, hot)
     js = nc.jetstream()
     await bus.ensure_streams(js)
     lost = keycheck.lost_ids(os.environ.get(ENV_LOST, ""))
@@ -384,6 +422,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     except BaseException:  # (a mismatch, NATS away: nothing left open)
         await bus.close(nc)
         pool.shutdown(wait=True)
+        hot_pool.shutdown(wait=True)
         engine.dispose()
         raise
     tel = tracing.Telemetry("store")
@@ -430,7 +469,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 inbox = bool(rec.data.get("inbox", True))  # (older runners did not say)
                 purger.ended(rec.session_id, msg.metadata.sequence.stream, inbox)
 
-    await bus.serve_requests(nc, subjects.STORE_ALL, serve, queue="store", telemetry=tel)
+    await bus.serve_requests(
+        nc, subjects.STORE_ALL, serve, queue="store", telemetry=tel, rooms=Rooms()
+    )
     await nc.subscribe(subjects.SPANS, queue="store", cb=on_spans)
     await bus.serve_health(nc, "store")
     journal = consume(
@@ -469,6 +510,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await tel.close()
     await bus.close(nc)
     pool.shutdown(wait=True)
+    hot_pool.shutdown(wait=True)
     engine.dispose()
 
 
