@@ -1053,6 +1053,12 @@ class Puller:
     """
 
     EXPIRES = 5.0
+    # The most one request may deliver, in bytes (at least twice the server's largest
+    # message: a request must be able to take any one message). Without it, 64 events of
+    # 1.5 MB asked for at once went out together and overfilled the server's buffer for a
+    # busy client (64 MiB), which then cut the dispatcher off as a slow consumer; its calls
+    # in flight waited out their timeouts.
+    MAX_BYTES = 16 << 20
     STALE = 60.0  # seconds after its expiry a superseded request's subscription is dropped
     PAUSE = 1.0  # seconds without a request after one was refused
     SAY_EVERY = 60.0  # seconds between two warnings of refused requests
@@ -1087,6 +1093,7 @@ class Puller:
         # timed: each request's subscription id -> (its reply subject, when it was sent, it)
         self._requests: dict[int, tuple[str, float, Any]] = {}
         self._times: dict[str, float] = {}  # a delivered message's ack subject -> that time
+        self._unbounded = False  # the next request asks without a byte limit (see _on_msg)
 
     @classmethod
     async def bind(
@@ -1122,10 +1129,16 @@ class Puller:
                 await self._ended(msg.subject, msg.sid)
                 if msg.subject == self._reply:
                     self.came_empty = self._left == self._asked
+                    description = headers.get("Description", "")
                     if status == "408":
                         self.pending = 0  # it waited with room left: nothing came
+                    elif status == "409" and "MaxBytes" in description:
+                        # It delivered its bytes' worth: the next request takes the rest.
+                        # (One that delivered nothing met a message over the limit, from
+                        # a server whose messages may be larger than it said.)
+                        self._unbounded = self.came_empty
                     else:
-                        self._refused(status, headers.get("Description", ""))
+                        self._refused(status, description)
                     self._reply, self._left = "", 0
                     self._arrived.set()
             return
@@ -1184,7 +1197,13 @@ class Puller:
                     await old.unsubscribe()
         expires = min(expires or self.expires, self.expires)
         self._deadline = now + expires + 2.0
-        body = f'{{"batch":{limit},"expires":{int(expires * 1e9)}}}'.encode()
+        max_bytes = 0 if self._unbounded else max(self.MAX_BYTES, 2 * self.nc.max_payload)
+        self._unbounded = False
+        body = json.dumps(
+            {"batch": limit, "expires": int(expires * 1e9)}
+            | ({"max_bytes": max_bytes} if max_bytes else {}),
+            separators=(",", ":"),
+        ).encode()
         await self.nc.publish(self._next_subject, body, reply=self._reply)
 
     async def take(self, limit: int, timeout: float = 1.0) -> list[Msg]:
