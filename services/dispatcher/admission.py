@@ -11,6 +11,13 @@ them from there, a few at a time, to be judged (``Admission`` only counts).
 
 A destination that has events deferred defers its next ones too, until the dispatcher has
 taken those back, so that its events are judged in the order they arrived.
+
+Events without filters are deferred too once their destination has ``PER_DESTINATION``
+events of ``AK_EVENTS`` in the dispatcher (``enter``): a flood of small webhooks to one
+project (600 a second, more than the dispatcher starts sessions for on two cores) held
+every other project's next event behind it in ``AK_EVENTS``, seconds more for every
+minute it lasted. Deferred, they are read past at the rate JetStream stores copies, and
+taken back in turns with the other destinations'.
 """
 
 from __future__ import annotations
@@ -34,6 +41,27 @@ class Admission:
         self._waiting: dict[str, int] = {}  # by destination, from either stream
         self._deferred: dict[str, int] = {}  # by destination: deferred, not taken back yet
         self._looked: dict[str, float] = {}  # by destination: when AK_DEFERRED was looked at
+        self._busy: dict[str, int] = {}  # by destination: events of AK_EVENTS being handled
+
+    def enter(self, key: str) -> bool:
+        """Counts an event of ``key`` from ``AK_EVENTS`` taken to be handled (until
+        ``leave``); True when ``PER_DESTINATION`` of them were being handled already: it is
+        to be deferred, filters or not."""
+        busy = self._busy.get(key, 0)
+        self._busy[key] = busy + 1
+        return busy >= self.per_destination
+
+    def leave(self, key: str) -> None:
+        busy = self._busy.get(key, 0) - 1
+        if busy > 0:
+            self._busy[key] = busy
+        else:
+            self._busy.pop(key, None)
+
+    def has_deferred(self, key: str) -> bool:
+        """Whether ``key`` has events this dispatcher deferred and has not taken back: its
+        next ones are deferred too (in order), filters or not."""
+        return bool(self._deferred.get(key))
 
     def admits(self, key: str) -> bool:
         """Whether an event of destination ``key`` from ``AK_EVENTS`` may wait here."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -111,13 +112,16 @@ class Dispatcher:
         turn: Turn,
         deferred: bool = False,
         tries: Tries | None = None,
+        crowded: bool = False,
     ) -> list[str]:
         """Creates the event's sessions and, in its ``turn``, delivers it to the sessions
         waiting for it; returns the new sessions' ids. Safe to repeat for the same event.
         Filters that could not decide leave notes on the event, kept by the store. An
         event whose filters cannot wait here now is deferred instead (and starts nothing
         yet); ``deferred``: ``msg`` is one taken back from ``AK_DEFERRED``; ``tries``: this
-        delivery's earlier tries, which failed."""
+        delivery's earlier tries, which failed; ``crowded``: its destination had its share
+        of events in the dispatcher when it was taken (``Admission.enter``): deferred,
+        filters or not."""
         pub = bus.publisher(self.nc)
         key = event.destination_id
         tries = tries if tries is not None else Tries()
@@ -142,9 +146,12 @@ class Dispatcher:
         # judged meanwhile, would reach waiting sessions before it).
         # An event whose filters went since an earlier try's deferral timed out is deferred
         # all the same: its copy may be there, and is the one judged.
-        if (filters or tries.deferring) and not deferred and not tries.admitted:
+        # (Without filters too, when its destination is crowded or has events deferred,
+        # which must go first: ``admission``.)
+        pressed = crowded or self.admission.has_deferred(key)
+        if (filters or pressed or tries.deferring) and not deferred and not tries.admitted:
             maybe_there = tries.deferring
-            must = handed_again or maybe_there or not await self.admits(key)
+            must = handed_again or maybe_there or crowded or not await self.admits(key)
             if must:
                 tries.deferring = False
                 try:
@@ -257,8 +264,8 @@ class Dispatcher:
             return False  # nowhere to, or no subject token: judged here
         if self.admission.deferred(key):  # counted at once: its next events defer too
             log.info(
-                "destination %s: too many events wait for their filters; deferring its "
-                "next ones to %s",
+                "destination %s: too many of its events are in the dispatcher or wait for "
+                "their filters; deferring its next ones to %s",
                 key,
                 subjects.STREAM_DEFERRED,
             )
@@ -291,7 +298,9 @@ class Dispatcher:
             args = {"event_id": event.event_id, "notes": notes}
             await bus.store_call(self.nc, "dispatch.note", args)
 
-    async def handle(self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool) -> None:
+    async def handle(
+        self, msg: Msg, event: wire.Event, turn: Turn, deferred: bool, crowded: bool = False
+    ) -> None:
         attrs = {"ak.event_id": event.event_id, "ak.project": event.project_id}
         parent = tracing.extract(msg.headers)
         holding = asyncio.create_task(_hold(msg))
@@ -302,7 +311,7 @@ class Dispatcher:
                     with self.tel.span(
                         "dispatch", parent=parent, kind=SpanKind.CONSUMER, attributes=attrs
                     ):
-                        await self.dispatch(msg, event, turn, deferred, tries)
+                        await self.dispatch(msg, event, turn, deferred, tries, crowded)
                     break
                 except Exception as e:
                     if _will_repeat(e):
@@ -535,6 +544,10 @@ async def _take_back(dispatcher: Dispatcher, turns: Turns, stop: asyncio.Event) 
     await takeback.run(stop)
 
 
+def _left(admission: Admission, key: str, _: asyncio.Task[None]) -> None:
+    admission.leave(key)
+
+
 async def _take(
     puller: bus.Puller,
     room: Callable[[int], int],
@@ -555,8 +568,12 @@ async def _take(
             event = await bus.decode_or_drop(wire.Event, msg, "event")
             if event is None:
                 continue
-            turn = turns.take(event.destination_id)
-            task = asyncio.create_task(dispatcher.handle(msg, event, turn, deferred))
+            key = event.destination_id
+            turn = turns.take(key)
+            crowded = not deferred and dispatcher.admission.enter(key)
+            task = asyncio.create_task(dispatcher.handle(msg, event, turn, deferred, crowded))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            if not deferred:
+                task.add_done_callback(functools.partial(_left, dispatcher.admission, key))
     await asyncio.gather(*tasks, return_exceptions=True)

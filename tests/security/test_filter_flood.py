@@ -103,6 +103,47 @@ async def test_a_flooded_filter_holds_up_no_other_project(
         await eventually(lambda: _settled(js), timeout=10)
 
 
+async def test_a_flood_without_filters_holds_up_no_other_project(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of events without filters (small webhooks, faster than the dispatcher starts
+    their sessions) held every other project's next event behind it in AK_EVENTS. Here the
+    flood's sessions are not started until the test lets them (as a dispatcher slower than
+    the flood): past its share of the dispatcher, the flood is deferred, the victim's
+    session starts meanwhile, and every flooded event starts its session once."""
+    import ak_dispatcher.service as dispatcher_service
+
+    let_go, flooded_trigger = asyncio.Event(), ""
+    publish = dispatcher_service.publish_session
+
+    async def held(pub: bus.Publisher, job: wire.Job) -> None:
+        if job.trigger_id == flooded_trigger:
+            await let_go.wait()
+        await publish(pub, job)
+
+    monkeypatch.setattr(dispatcher_service, "publish_session", held)
+    async with dispatching(settings, let_go) as nc:
+        js = nc.jetstream()
+        flooded = await deploy(nc, "flooded", {"simple.py": b""})
+        victim = await deploy(nc, "victim", {"simple.py": b""})
+        flooded_trigger = flooded["trigger"]["trigger_id"]
+        pub = bus.publisher(nc)
+        flood: list[str] = []
+        for start in range(0, FLOOD, 100):  # all in the stream before the victim's event
+            batch = (_send(pub, flooded, n) for n in range(start, start + 100))
+            flood += await asyncio.gather(*batch)
+        victim_event = await _send(pub, victim, 0)
+
+        (victim_job,) = await eventually(lambda: _jobs(js), timeout=30)
+        assert not let_go.is_set()
+        assert await _event_of(js, victim_job) == victim_event
+
+        let_go.set()  # the flood's sessions start
+        started = await _started(js, FLOOD + 1, timeout=60)
+        assert sorted(started) == sorted([*flood, victim_event])
+        await eventually(lambda: _settled(js), timeout=10)
+
+
 async def test_a_flooded_filter_holds_up_no_other_filtered_trigger(
     settings: Settings, judging: Judging
 ) -> None:
