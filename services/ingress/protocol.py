@@ -7,6 +7,9 @@ takes any number of connections. Here, before the app sees the request:
 
 - a head over ``max_header_bytes`` or with more than ``max_headers`` headers gets 431;
   the head is counted as it arrives, so at most the limit and one read of it is held;
+  so are a chunked body's trailers (headers after its last chunk), which httptools joins
+  with ``bytes +=`` on every read: one connection sending an endless trailer held the event
+  loop for seconds at a time (quadratic copying) until the request timeout;
 - a request (head and body) that has not fully arrived ``request_timeout`` s after its first
   byte gets 408 (or, when an answer is already on its way on that connection, the connection
   is closed); time the server itself does not read (a pipelined request waiting its turn)
@@ -67,6 +70,15 @@ def head_too_large(limits: HttpLimits) -> Refused:
     )
 
 
+def trailers_too_large(limits: HttpLimits) -> Refused:
+    return Refused(
+        431,
+        f"Request Header Fields Too Large: the request's trailers (headers after its chunked "
+        f"body) are over {limits.max_header_bytes} bytes ({ENV_HTTP_MAX_HEADER_BYTES}); send "
+        "fewer or smaller trailers",
+    )
+
+
 def too_many_headers(limits: HttpLimits) -> Refused:
     return Refused(
         431,
@@ -108,6 +120,11 @@ class LimitedProtocol(HttpToolsProtocol):
         self._in_body = False  # its head has arrived (the app has it), its body not all
         self._heads = 0  # requests begun on this connection
         self._head_bytes = 0  # bytes of reads that continued the unfinished head
+        # A chunk's header has come and no byte of its data: the last (empty) chunk's
+        # trailers are being read, or a chunk's data has not arrived yet.
+        self._chunk_empty = False
+        self._body_bytes = 0  # body bytes of this connection parsed so far
+        self._trailer_bytes = 0  # bytes of reads that continued the unfinished trailers
         self._deadline: TimerHandle | None = None
         self._refused = False
 
@@ -130,7 +147,8 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._refused:
             return  # lingering: what still arrives is dropped
         self._unset_keepalive_if_required()
-        heads, in_head = self._heads, self._in_head
+        heads, in_head, body_bytes = self._heads, self._in_head, self._body_bytes
+        in_trailers = self._in_body and self._chunk_empty
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -145,11 +163,22 @@ class LimitedProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(head_too_large(self.limits))
+        elif self._in_body and self._chunk_empty and heads == self._heads:
+            # Trailers: a read spent on them whole counts whole; one where they (or a
+            # chunk's header) began counts its bytes that were not body.
+            body = self._body_bytes - body_bytes
+            if in_trailers and not body:
+                self._trailer_bytes += len(data)
+            else:
+                self._trailer_bytes = len(data) - body
+            if self._trailer_bytes > self.limits.max_header_bytes:
+                self._refuse(trailers_too_large(self.limits))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._heads += 1
         self._in_head, self._head_bytes = True, 0
+        self._chunk_empty, self._trailer_bytes = False, 0
         self._cancel_deadline()
         self._deadline = self.loop.call_later(self.limits.request_timeout, self._too_slow)
 
@@ -167,6 +196,17 @@ class LimitedProtocol(HttpToolsProtocol):
         self._in_head = False
         super().on_headers_complete()  # (raises for a target that is no URL: a CONNECT's)
         self._in_body = True  # only now: the request has its cycle (``_may_answer``)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunk_empty = False
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_empty = True
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_empty = False
 
     def on_message_complete(self) -> None:
         self._in_body = False
