@@ -96,6 +96,12 @@ def nested_deeper(raw: str | bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> 
     return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
 
 
+def json_containers(body: bytes) -> int:
+    """How many lists and maps the JSON ``body`` may hold: its brackets, those inside its
+    strings too (~1 ms for 512 KiB; telling them apart took as long as parsing it)."""
+    return body.count(b"[") + body.count(b"{")
+
+
 # A JSON string (in a text JSON parsed: its escapes are well formed), and what is not a
 # bracket; an opening bracket goes one level deeper, a closing one back.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)

@@ -14,7 +14,7 @@ from akcore.config import ENV_HTTP_MAX_API_BODY, ENV_HTTP_WEBHOOK_PROJECT_MB, Ht
 from akcore.datakey import Keyring
 from akcore.errors import AKError, InvalidArgument, NotFound, ResourceExhausted
 from akcore.secrets import load_keyring
-from akcore.webhook import MAX_BODY, normalize_request
+from akcore.webhook import MAX_BODY, json_containers, normalize_request
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
 from opentelemetry.trace import Span, SpanKind
@@ -124,6 +124,10 @@ def create_app(
         ):
             return _over_budget(limits.webhook_project_mb, later)
         data = normalize_request(request.method, raw_url, request.headers.items(), body, slug)
+        if data["body"]["json"] is not None:  # its lists and maps cost more than their bytes
+            webhook_bytes.owe(
+                target.project_id, webhook_bytes.JSON_CONTAINER_BYTES * json_containers(body)
+            )
         event = wire.Event(
             event_id=ids.new_id("evt"),
             project_id=target.project_id,

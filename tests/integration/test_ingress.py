@@ -310,3 +310,25 @@ async def test_a_sync_webhook_waits_without_holding_its_requests_data(
             assert not waiting.done()  # still waiting for the outcome
         finally:
             waiting.cancel()
+
+
+async def test_a_json_bodys_lists_and_maps_count_in_its_projects_budget(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each list and map of a JSON body is a Python object on every hop (ingress, runner,
+    the handler's worker): 512 KiB of ``[{},{},...]`` took ~200 ms of the stack's CPU to
+    run, five times a text body of as many bytes, and 16 of them a second (8 MiB) held
+    another project's sync webhook up to 32 s. Each now counts ``JSON_CONTAINER_BYTES``."""
+    now = [1000.0]
+    monkeypatch.setattr(WebhookBytes, "clock", staticmethod(lambda: now[0]))
+    async with _ingress(settings, HttpLimits(webhook_project_mb=1)) as (nc, d, http):
+        other = await deploy(nc, "q", {"simple.py": b""})
+        maps = b"[" + b"{}," * 20_000 + b"{}]"  # 60 KiB, 20,001 maps: ~1.3 MiB counted
+        hook = f"/webhooks/{d['trigger']['webhook_slug']}"
+        codes = [(await http.post(hook, content=maps)).status_code for _ in range(6)]
+        # 4 MiB at once; the fourth is let in on its bytes, and its maps are owed
+        assert codes == [202] * 4 + [429] * 2
+        text = b"x" * len(maps)  # as many bytes of text: 61 KiB counted
+        hook = f"/webhooks/{other['trigger']['webhook_slug']}"
+        codes = [(await http.post(hook, content=text)).status_code for _ in range(60)]
+        assert codes == [202] * 60

@@ -39,3 +39,13 @@ def test_small_requests_count_too_and_none_is_too_big_to_ever_come(now: list[flo
 def test_off() -> None:
     budget = WebhookBytes(0)
     assert all(budget.take("prj_a", 512 * 1024) == 0.0 for _ in range(1000))
+
+
+def test_what_is_owed_after_the_fact_holds_the_next_requests(now: list[float]) -> None:
+    budget = WebhookBytes(MiB)  # 4 MiB at once
+    assert budget.take("prj_a", 0) == 0.0
+    budget.owe("prj_a", 6 * MiB)  # (a JSON body's maps, counted once it was parsed)
+    assert budget.take("prj_a", 0) == pytest.approx(2.0 + 2 / 1024)  # 2 MiB 1 KiB below zero
+    now[0] += 3.0
+    assert budget.take("prj_a", 0) == 0.0
+    WebhookBytes(0).owe("prj_a", MiB)  # (no limit: nothing owed)
