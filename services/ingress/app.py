@@ -124,10 +124,7 @@ def create_app(
         ):
             return _over_budget(limits.webhook_project_mb, later)
         data = normalize_request(request.method, raw_url, request.headers.items(), body, slug)
-        if data["body"]["json"] is not None:  # its lists and maps cost more than their bytes
-            webhook_bytes.owe(
-                target.project_id, webhook_bytes.JSON_CONTAINER_BYTES * json_containers(body)
-            )
+        webhook_bytes.owe(target.project_id, _body_extra(data["body"], body))
         event = wire.Event(
             event_id=ids.new_id("evt"),
             project_id=target.project_id,
@@ -354,6 +351,16 @@ def _is_media(headers: list[tuple[bytes, bytes]]) -> bool:
     if len(types) != 1:
         return False
     return MEDIA.fullmatch(types[0].split(b";", 1)[0].strip().lower()) is not None
+
+
+def _body_extra(parsed: dict[str, Any], body: bytes) -> int:
+    """What a webhook's body costs its project's budget besides its bytes, once parsed: its
+    bytes again when its event carries them as text too (``body.text``), and a JSON body's
+    lists and maps (``WebhookBytes.JSON_CONTAINER_BYTES`` each)."""
+    extra = len(body) if parsed["text"] is not None else 0
+    if parsed["json"] is not None:
+        extra += WebhookBytes.JSON_CONTAINER_BYTES * json_containers(body)
+    return extra
 
 
 def _over_budget(mb_per_second: int, wait: float) -> Response:

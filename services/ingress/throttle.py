@@ -85,8 +85,10 @@ class WebhookBytes(_Buckets):
     A request over its project's budget is refused (429) before its event is stored: the
     dispatcher takes every project's events in one queue, so 49 requests a second of 500
     KiB to one project's public webhook (no token needed) held up every other project's
-    sessions by 40 s and more. A JSON body also counts ``JSON_CONTAINER_BYTES`` for each
-    list and map it holds, once it is parsed (``owe``): each is a Python object on every
+    sessions by 40 s and more. Once a body is parsed (``owe``), it counts again when its
+    event carries it as text too (``body.text`` beside ``body.bytes``: 8 MiB a second
+    had AK_EVENTS and the database take 16), and a JSON body counts
+    ``JSON_CONTAINER_BYTES`` for each list and map it holds: each is a Python object on every
     hop, ~1 µs and 64 bytes or more, and a 512 KiB body of 175,000 empty maps took ~200 ms
     of the stack's CPU to run (a text body of as many bytes ~40 ms): 16 of them a second, within
     8 MiB, held another project's sync webhook up to 32 s. The ``PROJECTS`` last seen are
