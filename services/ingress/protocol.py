@@ -15,7 +15,11 @@ takes any number of connections. Here, before the app sees the request:
   is closed); time the server itself does not read (a pipelined request waiting its turn)
   does not count;
 - a connection waits at most ``idle_timeout`` s for its first request and between requests;
-- a request on a connection beyond ``max_connections`` gets 503.
+- a request on a connection beyond ``max_connections`` gets 503;
+- a connection with ``MAX_PIPELINED`` requests waiting behind the one being answered is
+  closed: uvicorn queues a request cycle for every request it has read and reads again
+  after each answer, so connections that sent megabytes of tiny pipelined requests and
+  read no answer grew ingress by gigabytes.
 
 A refused connection is answered, half-closed, and read (and dropped) for ``LINGER`` s before
 it is closed: closing at once while the client still sends would reset the connection and
@@ -39,6 +43,9 @@ from akcore.config import (
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 LINGER = 1.0
+# Requests that may wait on one connection behind the one being answered (HTTP/1.1
+# pipelining: rare, and a few deep, from clients that use it).
+MAX_PIPELINED = 64
 
 
 class Refused(Exception):
@@ -101,6 +108,14 @@ def too_many_connections(limits: HttpLimits) -> Refused:
         f"Service Unavailable: this server has {limits.max_connections} connections open, its "
         f"limit ({ENV_HTTP_MAX_CONNECTIONS}); send the request again later",
         ("retry-after: 1",),
+    )
+
+
+def too_many_pipelined() -> Refused:
+    # (Never sent: the answers of the requests before it are due first; the connection
+    # is closed.)
+    return Refused(
+        503, f"Service Unavailable: more than {MAX_PIPELINED} requests pipelined on one connection"
     )
 
 
@@ -193,6 +208,8 @@ class LimitedProtocol(HttpToolsProtocol):
             raise head_too_large(self.limits)
         if len(self.connections) > self.limits.max_connections:
             raise too_many_connections(self.limits)
+        if len(self.pipeline) >= MAX_PIPELINED:
+            raise too_many_pipelined()
         self._in_head = False
         super().on_headers_complete()  # (raises for a target that is no URL: a CONNECT's)
         self._in_body = True  # only now: the request has its cycle (``_may_answer``)

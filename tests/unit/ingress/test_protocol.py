@@ -67,6 +67,7 @@ async def _exchange(port: int, parts: list[bytes]) -> bytes:
         writer.close()
 
 
+CLOSE = b"\r\nConnection: close\r\n\r\n"  # (a head's end, asking the server to close)
 CHUNKED = b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -91,3 +92,26 @@ async def test_a_chunked_body_with_small_trailers_is_served() -> None:
         answer = await _exchange(port, [CHUNKED, *chunks, *small, trailers])
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert answer.endswith(b"\r\n\r\n%d" % (64 * 0x4000 + 500))
+
+
+async def _answers(port: int, requests: bytes) -> int:
+    """How many answers the server gives to ``requests`` (sent at once) before it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(requests)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+    return data.count(b"HTTP/1.1 200 ")
+
+
+async def test_a_connection_pipelining_too_many_requests_is_closed() -> None:
+    """uvicorn queued a request cycle for every pipelined request it read, and read again
+    after each answer: connections sending megabytes of tiny requests, reading no answer,
+    grew ingress by gigabytes."""
+    get = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with _server() as port:
+        assert await _answers(port, get * 2000 + get.replace(b"\r\n\r\n", CLOSE)) <= 100
+        # a few pipelined requests are served, every one
+        assert await _answers(port, get * 49 + get.replace(b"\r\n\r\n", CLOSE)) == 50
