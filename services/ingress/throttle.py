@@ -83,7 +83,7 @@ class WebhookBytes(_Buckets):
     request counts its body, its URL and headers (``app._head_bytes``) and
     ``REQUEST_COST``), up to ``BURST_SECONDS`` of that at once.
     A request over its project's budget is refused (429) before its event is stored: the
-    dispatcher takes every project's events in one queue, so 49 requests a second of 500
+    dispatcher took every project's events in one queue, so 49 requests a second of 500
     KiB to one project's public webhook (no token needed) held up every other project's
     sessions by 40 s and more. Once a body is parsed (``owe``), it counts again when its
     event carries it as text too (``body.text`` beside ``body.bytes``: 8 MiB a second
