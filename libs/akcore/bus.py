@@ -1132,7 +1132,7 @@ class Puller:
                     description = headers.get("Description", "")
                     if status == "408":
                         self.pending = 0  # it waited with room left: nothing came
-                    elif status == "409" and "MaxBytes" in description:
+                    elif status == "409" and description == "Message Size Exceeds MaxBytes":
                         # It delivered its bytes' worth: the next request takes the rest.
                         # (One that delivered nothing met a message over the limit, from
                         # a server whose messages may be larger than it said.)

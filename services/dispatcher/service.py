@@ -146,10 +146,17 @@ class Dispatcher:
         # judged meanwhile, would reach waiting sessions before it).
         # An event whose filters went since an earlier try's deferral timed out is deferred
         # all the same: its copy may be there, and is the one judged.
-        # (Without filters too, when its destination is crowded or has events deferred,
-        # which must go first: ``admission``.)
-        pressed = crowded or self.admission.has_deferred(key)
-        if (filters or pressed or tries.deferring) and not deferred and not tries.admitted:
+        # Without filters too: when its destination has events deferred, which go first;
+        # and when it is crowded (``admission``) and has no waiting sessions, whose
+        # deliveries an event dispatched twice would repeat. (One deferred without and
+        # handed out again, dispatched here and from its copy, starts its sessions once:
+        # their ids derive from the event, and both dispatches ask the store which exist.)
+        # An event with waiting sessions that comes again may have such a copy: deferred
+        # again, as a filtered one (JetStream drops the copy as a duplicate if the first
+        # is there, or was).
+        pressed = (crowded and not subs) or self.admission.has_deferred(key)
+        again = handed_again and bool(subs)
+        if (filters or pressed or again or tries.deferring) and not deferred and not tries.admitted:
             maybe_there = tries.deferring
             must = handed_again or maybe_there or crowded or not await self.admits(key)
             if must:

@@ -659,3 +659,76 @@ async def test_an_event_whose_filters_went_while_its_deferral_was_unknown_is_dis
         await eventually(lambda: _settled(js), timeout=30)
         assert unanswered  # (the fault happened)
         assert dispatched == [ev.event_id]  # once
+
+
+@pytest.mark.parametrize("taken_back_first", [False, True], ids=["waiting", "taken-back"])
+@pytest.mark.parametrize("waited_on", [False, True], ids=["no-subscription", "subscribed"])
+async def test_an_unfiltered_event_deferred_by_a_dispatcher_that_stopped_acts_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, taken_back_first: bool, waited_on: bool
+) -> None:
+    """Events without filters are deferred too (their destination crowded, or with events
+    deferred): a dispatcher stored such an event's copy in AK_DEFERRED and stopped before
+    acking it. The event comes again to a dispatcher whose destination is not crowded.
+    With a session waiting on the destination, dispatched there it would be dispatched
+    again from its copy, its delivery repeated past the duplicate window (a review): it
+    is deferred again (a duplicate) and dispatched once. Without, it may be dispatched
+    twice, and starts its session once."""
+    from ak_dispatcher import service as svc
+
+    dispatch = svc.Dispatcher.dispatch
+    comes_again: set[str] = set()
+    delivered = svc.inbox_deliveries
+    dispatched: list[str] = []
+
+    def counted(event: wire.Event, *a: Any) -> Any:
+        dispatched.append(event.event_id)
+        return delivered(event, *a)
+
+    async def first_delivery_lost(
+        self: Any, msg: Any, event: wire.Event, turn: Any, deferred: bool, *a: Any
+    ) -> Any:
+        lost = event.event_id in comes_again and not deferred  # (of AK_EVENTS)
+        if lost and (msg.metadata.num_delivered or 1) == 1:
+            if taken_back_first:  # (its copy dispatched before it comes again)
+                await eventually(_async(lambda: event.event_id in dispatched), timeout=20)
+            raise TimeoutError("stopped before acking it")  # (naked: it comes again)
+        return await dispatch(self, msg, event, turn, deferred, *a)
+
+    monkeypatch.setattr(svc.Dispatcher, "dispatch", first_delivery_lost)
+    monkeypatch.setattr(svc, "AGAIN_IN_PLACE", ())  # (it stopped: no retry)
+    monkeypatch.setattr(svc, "inbox_deliveries", counted)
+    async with dispatching(settings) as nc:
+        js = nc.jetstream()
+        plain = await deploy(nc, "plain", {"simple.py": b""})
+        if waited_on:
+            await bus.store_call(
+                nc,
+                "subscription.create",
+                {
+                    "subscription_id": "sub-1",
+                    "session_id": ids.new_id("ses"),
+                    "project_id": plain["project_id"],
+                    "trigger_id": plain["trigger"]["trigger_id"],
+                },
+            )
+        pub = bus.publisher(nc)
+        ev = _event(plain, 1)
+        comes_again.add(ev.event_id)
+        data = wire.encode(ev)
+        # the copy the stopped dispatcher stored, and the event it did not ack
+        await pub.publish(
+            subjects.deferred_subject(ev.destination_id),
+            data,
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        await pub.publish(
+            subjects.event_subject(ev.project_id, ev.event_id),
+            data,
+            headers={subjects.HDR_MSG_ID: ev.event_id},
+        )
+        assert await _started(js, 1, timeout=30) == [ev.event_id]
+        await eventually(lambda: _settled(js), timeout=30)
+        if waited_on:
+            assert dispatched == [ev.event_id]  # once
+            info = await js.stream_info(subjects.STREAM_INBOX, subjects_filter=subjects.INBOX_ALL)
+            assert sum((info.state.subjects or {}).values()) == 1  # delivered once
