@@ -728,6 +728,7 @@ async def test_an_unfiltered_event_deferred_by_a_dispatcher_that_stopped_acts_on
         )
         assert await _started(js, 1, timeout=30) == [ev.event_id]
         await eventually(lambda: _settled(js), timeout=30)
+        assert len(await _jobs(js)) == 1  # one session, however many dispatches
         if waited_on:
             assert dispatched == [ev.event_id]  # once
             info = await js.stream_info(subjects.STREAM_INBOX, subjects_filter=subjects.INBOX_ALL)
