@@ -1035,6 +1035,12 @@ async def decode_or_drop(cls: type[T], msg: Msg, what: str) -> T | None:
         return None
 
 
+# How a pull request with a byte limit ends when it delivered what it could: its bytes'
+# worth, or its whole batch (said only to requests with a byte limit). Not refusals.
+BYTES_SPENT = "Message Size Exceeds MaxBytes"
+BATCH_ENDS = (BYTES_SPENT, "Batch Completed")
+
+
 class Puller:
     """Reads a durable pull consumer as a stream of batches, with no added latency.
 
@@ -1132,11 +1138,12 @@ class Puller:
                     description = headers.get("Description", "")
                     if status == "408":
                         self.pending = 0  # it waited with room left: nothing came
-                    elif status == "409" and description == "Message Size Exceeds MaxBytes":
-                        # It delivered its bytes' worth: the next request takes the rest.
-                        # (One that delivered nothing met a message over the limit, from
-                        # a server whose messages may be larger than it said.)
-                        self._unbounded = self.came_empty
+                    elif status == "409" and description in BATCH_ENDS:
+                        # It delivered its bytes' worth (or its batch, said so since it
+                        # had a byte limit): the next request takes the rest. (One that
+                        # delivered nothing met a message over the limit, from a server
+                        # whose messages may be larger than it said.)
+                        self._unbounded = self.came_empty and description == BYTES_SPENT
                     else:
                         self._refused(status, description)
                     self._reply, self._left = "", 0

@@ -67,3 +67,37 @@ async def test_a_message_over_the_byte_limit_is_still_taken(nats_url: str) -> No
         got += batch
     await puller.close()
     await nc.close()
+
+
+@pytest.mark.parametrize("description", ["Batch Completed", "Message Size Exceeds MaxBytes"])
+async def test_the_end_of_a_request_with_a_byte_limit_is_no_refusal(
+    nats_url: str, caplog: pytest.LogCaptureFixture, description: str
+) -> None:
+    """A request with a byte limit that delivered its batch ends with a 409 saying so:
+    taken for a refusal, every runner paused its lane for a second (the compose stack's
+    runners logged `refused a pull request (409 Batch Completed)` again and again)."""
+    from nats.aio.msg import Msg
+
+    await _stream_of_big_messages(nats_url, 0)
+    nc = await bus.connect(nats_url, "t")
+    for timed in (False, True):
+        puller = await bus.Puller.of(nc, "BIG", "c", timed=timed)
+        caplog.set_level(logging.WARNING, logger="akcore.bus")
+        await puller.ask(2)
+        assert puller.asking
+        sid = next(iter(puller._requests)) if timed else puller._sub._id
+        end = Msg(
+            nc,
+            subject=puller._reply,
+            reply="",
+            data=b"",
+            _sid=sid,
+            headers={"Status": "409", "Description": description},
+        )
+        await puller._on_msg(end)
+        assert not puller.asking  # over: the next request goes out at once
+        loop = asyncio.get_running_loop()
+        assert puller._paused_until <= loop.time()
+        assert "refused" not in caplog.text
+        await puller.close()
+    await nc.close()
