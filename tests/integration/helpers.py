@@ -38,6 +38,17 @@ project:
       call: simple.py:greet
       webhook: {{}}
 """
+# A sync webhook's project (its requests wait for the session's outcome).
+SYNC = """\
+version: v1
+project:
+  name: {name}
+  triggers:
+    - name: events
+      call: simple.py:greet
+      webhook: {{}}
+      is_sync: true
+"""
 
 
 def short_job_ack_wait(monkeypatch: Any, seconds: float = 2.0) -> None:

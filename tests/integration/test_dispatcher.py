@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from .conftest import dispatching, running
-from .helpers import deploy, eventually, journal
+from .helpers import SYNC, deploy, eventually, journal
 
 
 async def test_event_becomes_one_session(settings: Settings) -> None:
@@ -160,18 +160,6 @@ async def test_a_redelivered_event_does_not_start_an_ended_session_again(
         got = await bus.store_call(nc, "session.get", {"session": job.session_id})
         assert got["state"] == wire.COMPLETED
         await nc.close()
-
-
-SYNC = """\
-version: v1
-project:
-  name: {name}
-  triggers:
-    - name: events
-      call: simple.py:greet
-      webhook: {{}}
-      is_sync: true
-"""
 
 
 async def test_a_sync_webhooks_event_dispatched_again_reports_its_session(

@@ -27,7 +27,7 @@ from nats.js.errors import NotFoundError
 from tests.helpers import frozen
 
 from .conftest import running
-from .helpers import api_headers, deploy, eventually
+from .helpers import SYNC, api_headers, deploy, eventually
 
 
 @asynccontextmanager
@@ -272,18 +272,6 @@ async def test_a_webhooks_head_counts_in_its_projects_budget_as_its_body_does(
         # 4 MiB at once: at most 4 MiB / 120 KiB (the query twice) of them.
         assert codes.count(202) <= 34, codes
         assert codes[-1] == 429
-
-
-SYNC = """\
-version: v1
-project:
-  name: {name}
-  triggers:
-    - name: events
-      call: simple.py:greet
-      webhook: {{}}
-      is_sync: true
-"""
 
 
 async def test_a_sync_webhook_waits_without_holding_its_requests_data(

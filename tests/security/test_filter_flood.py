@@ -358,6 +358,14 @@ async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
     return ev.event_id
 
 
+async def _stored_and_not_acked(pub: bus.Publisher, ev: wire.Event) -> None:
+    """What a dispatcher that stopped between storing an event's copy in AK_DEFERRED and
+    acking it leaves: the copy, and the event on AK_EVENTS, to come again."""
+    data, headers = wire.encode(ev), {subjects.HDR_MSG_ID: ev.event_id}
+    await pub.publish(subjects.deferred_subject(ev.destination_id), data, headers=headers)
+    await pub.publish(subjects.event_subject(ev.project_id, ev.event_id), data, headers=headers)
+
+
 async def _jobs(js: Any) -> dict[str, int]:
     """The job subjects in AK_JOBS: one per session created."""
     info = await js.stream_info(subjects.STREAM_JOBS, subjects_filter=subjects.JOBS_ALL)
@@ -451,18 +459,7 @@ async def test_an_event_deferred_by_a_dispatcher_that_stopped_is_judged_once(
         pub = bus.publisher(nc)
         ev = _event(filtered, 1)
         comes_again.add(ev.event_id)
-        data = wire.encode(ev)
-        # the copy the stopped dispatcher stored, and the event it did not ack
-        await pub.publish(
-            subjects.deferred_subject(ev.destination_id),
-            data,
-            headers={subjects.HDR_MSG_ID: ev.event_id},
-        )
-        await pub.publish(
-            subjects.event_subject(ev.project_id, ev.event_id),
-            data,
-            headers={subjects.HDR_MSG_ID: ev.event_id},
-        )
+        await _stored_and_not_acked(pub, ev)
         assert await _started(js, 1, timeout=30) == [ev.event_id]
         await eventually(lambda: _settled(js), timeout=30)
         assert judged == [ev.event_id]  # once
@@ -714,18 +711,7 @@ async def test_an_unfiltered_event_deferred_by_a_dispatcher_that_stopped_acts_on
         pub = bus.publisher(nc)
         ev = _event(plain, 1)
         comes_again.add(ev.event_id)
-        data = wire.encode(ev)
-        # the copy the stopped dispatcher stored, and the event it did not ack
-        await pub.publish(
-            subjects.deferred_subject(ev.destination_id),
-            data,
-            headers={subjects.HDR_MSG_ID: ev.event_id},
-        )
-        await pub.publish(
-            subjects.event_subject(ev.project_id, ev.event_id),
-            data,
-            headers={subjects.HDR_MSG_ID: ev.event_id},
-        )
+        await _stored_and_not_acked(pub, ev)
         assert await _started(js, 1, timeout=30) == [ev.event_id]
         await eventually(lambda: _settled(js), timeout=30)
         assert len(await _jobs(js)) == 1  # one session, however many dispatches
