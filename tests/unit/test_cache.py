@@ -123,34 +123,44 @@ async def test_an_answer_asked_for_before_a_change_is_neither_kept_nor_joined() 
     assert len(gates) == 2
 
 
-async def test_a_cache_forgets_only_on_changes_to_what_it_keeps(nats_url: str) -> None:
+async def test_a_cache_forgets_only_on_changes_to_what_it_keeps(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A var set (a limited token may send them in a loop) leaves the webhook lookups, the
     dispatch targets and the tokens kept: it empties the runners' session environments
     only. A notice of an operation this version does not know empties every cache."""
     from akcore.ops import Cache
 
+    heard: list[tuple[Cache | None, str]] = []  # (cache, notice) as each cache hears one
+    stale_after = StoreCache.stale_after
+
+    def recorded(self: StoreCache, op_name: str) -> bool:
+        stale = stale_after(self, op_name)
+        heard.append((self.kind, op_name))
+        return stale
+
+    monkeypatch.setattr(StoreCache, "stale_after", recorded)
     nc = await bus.connect(nats_url, "t")
     caches = {kind: StoreCache(ttl=3600, kind=kind) for kind in Cache}
     for cache in caches.values():
         await cache.watch(nc)
-    heard = {kind: cache._generation for kind, cache in caches.items()}
 
-    async def notice(op: bytes) -> set[Cache]:
-        """The caches that forgot on ``op``'s notice (every cache hears a last one)."""
-        await nc.publish(subjects.CHANGED, op)
-        await nc.publish(subjects.CHANGED, b"project.delete")  # (empties all: the marker)
+    async def notice(op: str) -> set[Cache]:
+        """The caches that forgot what they kept on ``op``'s notice."""
+        before = {k: c._generation for k, c in caches.items()}
+        heard.clear()
+        await nc.publish(subjects.CHANGED, op.encode())
         await bus.flush(nc)
         async with asyncio.timeout(10):
-            while any(c._generation == heard[k] for k, c in caches.items()):
+            while len(heard) < len(caches):
                 await asyncio.sleep(0.01)
-        forgot = {k for k, c in caches.items() if c._generation - heard[k] == 2}
-        heard.update((k, c._generation) for k, c in caches.items())
-        return forgot
+        assert {kind for kind, name in heard if name == op} == set(Cache)
+        return {k for k, c in caches.items() if c._generation != before[k]}
 
-    assert await notice(b"var.set") == {Cache.SESSION_ENV}
-    assert await notice(b"auth.revoke_token") == {Cache.TOKENS}
-    assert await notice(b"deployment.activate") == {Cache.WEBHOOKS, Cache.TARGETS}
-    assert await notice(b"connection.delete") == {Cache.SESSION_ENV, Cache.TARGETS}
-    assert await notice(b"trigger.create") == set(Cache)
-    assert await notice(b"some.op_of_a_newer_store") == set(Cache)
+    assert await notice("var.set") == {Cache.SESSION_ENV}
+    assert await notice("auth.revoke_token") == {Cache.TOKENS}
+    assert await notice("deployment.activate") == {Cache.WEBHOOKS, Cache.TARGETS}
+    assert await notice("connection.delete") == {Cache.SESSION_ENV, Cache.TARGETS}
+    assert await notice("trigger.create") == set(Cache)
+    assert await notice("some.op_of_a_newer_store") == set(Cache)
     await nc.close()
