@@ -81,26 +81,12 @@ async def test_a_flooded_filter_holds_up_no_other_project(
     # in its evaluator); other filters are judged as usual.
     let_go, stuck = judging.let_go, judging.stuck
     async with dispatching(settings, judging.let_go) as nc:
-        js = nc.jetstream()
         flooded = await deploy(nc, "flooded", {"simple.py": b""}, FILTERED)
         victim = await deploy(nc, "victim", {"simple.py": b""})
         stuck.add(flooded["trigger"]["trigger_id"])
-        pub = bus.publisher(nc)
-        flood: list[str] = []
-        for start in range(0, FLOOD, 100):  # all in the stream before the victim's event
-            batch = (_send(pub, flooded, n) for n in range(start, start + 100))
-            flood += await asyncio.gather(*batch)
-        victim_event = await _send(pub, victim, 0)
-
-        # The victim's session is created while no flooded event has been judged.
-        (victim_job,) = await eventually(lambda: _jobs(js), timeout=30)
-        assert not let_go.is_set()
-        assert await _event_of(js, victim_job) == victim_event
-
-        let_go.set()  # the flooded filter decides: each flooded event starts a session
-        started = await _started(js, FLOOD + 1, timeout=60)
-        assert sorted(started) == sorted([*flood, victim_event])
-        await eventually(lambda: _settled(js), timeout=10)
+        # The victim's session is created while no flooded event has been judged; then
+        # the flooded filter decides, and each flooded event starts a session.
+        await _flood_then_victim(nc, flooded, victim, let_go)
 
 
 async def test_a_flood_without_filters_holds_up_no_other_project(
@@ -123,25 +109,10 @@ async def test_a_flood_without_filters_holds_up_no_other_project(
 
     monkeypatch.setattr(dispatcher_service, "publish_session", held)
     async with dispatching(settings, let_go) as nc:
-        js = nc.jetstream()
         flooded = await deploy(nc, "flooded", {"simple.py": b""})
         victim = await deploy(nc, "victim", {"simple.py": b""})
         flooded_trigger = flooded["trigger"]["trigger_id"]
-        pub = bus.publisher(nc)
-        flood: list[str] = []
-        for start in range(0, FLOOD, 100):  # all in the stream before the victim's event
-            batch = (_send(pub, flooded, n) for n in range(start, start + 100))
-            flood += await asyncio.gather(*batch)
-        victim_event = await _send(pub, victim, 0)
-
-        (victim_job,) = await eventually(lambda: _jobs(js), timeout=30)
-        assert not let_go.is_set()
-        assert await _event_of(js, victim_job) == victim_event
-
-        let_go.set()  # the flood's sessions start
-        started = await _started(js, FLOOD + 1, timeout=60)
-        assert sorted(started) == sorted([*flood, victim_event])
-        await eventually(lambda: _settled(js), timeout=10)
+        await _flood_then_victim(nc, flooded, victim, let_go)
 
 
 async def test_a_flooded_filter_holds_up_no_other_filtered_trigger(
@@ -356,6 +327,30 @@ async def _send(pub: bus.Publisher, deployed: dict[str, Any], n: int) -> str:
     subject = subjects.event_subject(ev.project_id, ev.event_id)
     await pub.publish(subject, wire.encode(ev), headers={subjects.HDR_MSG_ID: ev.event_id})
     return ev.event_id
+
+
+async def _flood_then_victim(
+    nc: Any, flooded: dict[str, Any], victim: dict[str, Any], let_go: asyncio.Event
+) -> None:
+    """Sends ``FLOOD`` events to ``flooded`` and then one to ``victim``, all in the stream
+    before the victim's; the victim's session must start while the flood is held back
+    (until ``let_go``), and then every flooded event starts its own, once."""
+    js = nc.jetstream()
+    pub = bus.publisher(nc)
+    flood: list[str] = []
+    for start in range(0, FLOOD, 100):
+        batch = (_send(pub, flooded, n) for n in range(start, start + 100))
+        flood += await asyncio.gather(*batch)
+    victim_event = await _send(pub, victim, 0)
+
+    (victim_job,) = await eventually(lambda: _jobs(js), timeout=30)
+    assert not let_go.is_set()
+    assert await _event_of(js, victim_job) == victim_event
+
+    let_go.set()
+    started = await _started(js, FLOOD + 1, timeout=60)
+    assert sorted(started) == sorted([*flood, victim_event])
+    await eventually(lambda: _settled(js), timeout=10)
 
 
 async def _stored_and_not_acked(pub: bus.Publisher, ev: wire.Event) -> None:
