@@ -201,7 +201,8 @@ def up(
     lock = _lock_data_home(data)
     _check_free(addr)
     sandbox_note = _sandbox_note(addr)
-    require_tokens = access.tokens_on(mode, config.split_addr(addr)[0], env)
+    host, port = config.split_addr(addr)
+    require_tokens = access.tokens_on(mode, host, env)
     from akcore import secrets  # (cryptography: only for `ak up`)
 
     secrets.ensure_key_file(announce=mode != "dev")  # before the services that share it
@@ -227,12 +228,11 @@ def up(
                 keep_fds=(lock,),
                 with_parent=True,
                 # (free until the ingress listens: the kernel may offer it to NATS)
-                avoid_ports=(http_port,),
+                avoid_ports=(port,),
             )
 
-        http_port = config.split_addr(addr)[1]
         nats_port = int(env.get(config.ENV_NATS_PORT, "0"))
-        if nats_port == http_port:
+        if nats_port == port:
             raise AKError(
                 f"{config.ENV_NATS_PORT}={nats_port} is the HTTP port too: pick another "
                 f"for one of them ({config.ENV_HTTP_ADDR} or --http-addr)"
@@ -249,7 +249,6 @@ def up(
     else:
         nats_note = ", ".join(_without_credentials(u) for u in nats_url.split(","))
     env[config.ENV_NATS_URL] = nats_url
-    host, port = config.split_addr(addr)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     cli_url = _cli_url(env, url, host, port)
     hint = _cli_hint(env, cli_url)
